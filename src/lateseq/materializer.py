@@ -1,0 +1,171 @@
+"""The materializer: turns a batch of pointers back into the exact sequences online saw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import ChecksumMismatch
+from .kernels import copy_windows
+from .pointer import Pointers
+from .projection import Projection
+from .segment import Segment
+from .store import Located, Store
+
+
+@dataclass
+class JaggedBatch:
+    """Sequences as one values array per column sharing ``offsets`` (oldest event first).
+
+    ``mismatched`` flags rows whose rebuilt history differs from the pointer's length
+    or checksum (only possible with ``on_mismatch="flag"``): drop them before training.
+    """
+
+    offsets: np.ndarray
+    values: dict[str, np.ndarray]
+    mismatched: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, name: str, length: int | None = None, pad_value: Any = 0,
+               side: Literal["right", "left"] = "right") -> np.ndarray:
+        """A dense (rows, length) array of one column; ``side`` is where padding goes."""
+        lengths = self.lengths
+        width = int(lengths.max(initial=0)) if length is None else length
+        values = self.values[name]
+        out = np.full((len(self), width), pad_value, dtype=values.dtype)
+        keep = np.minimum(lengths, width)
+        rows = np.repeat(np.arange(len(self)), keep)
+        # keep the newest `width` events of each row
+        first = self.offsets[1:] - keep
+        src = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(first, keep)
+        cols = src - np.repeat(first, keep)
+        if side == "left":
+            cols = cols + np.repeat(width - keep, keep)
+        out[rows, cols] = values[src]
+        return out
+
+    def to_arrow(self) -> pa.Table:
+        """One list column per projected column, one row per pointer."""
+        offsets = pa.array(self.offsets.astype(np.int32 if self.offsets[-1] < 2**31 else np.int64))
+        make = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+        return pa.table({name: make.from_arrays(offsets, pa.array(v)) for name, v in self.values.items()})
+
+    def to_torch(self, device: Any = None, pin_memory: bool = False) -> dict[str, Any]:
+        """Tensors: ``offsets``, ``lengths`` and one values tensor per column."""
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_torch needs PyTorch: pip install 'lateseq[torch]'") from exc
+        arrays = {"offsets": self.offsets, "lengths": self.lengths, **self.values}
+        out = {}
+        for name, array in arrays.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            if pin_memory:
+                tensor = tensor.pin_memory()
+            out[name] = tensor.to(device, non_blocking=pin_memory) if device is not None else tensor
+        return out
+
+
+def materialize(
+    store: Store,
+    pointers: Pointers | pa.Table | pa.RecordBatch,
+    projection: Projection,
+    *,
+    verify: bool = True,
+    on_mismatch: Literal["raise", "flag"] = "raise",
+) -> JaggedBatch:
+    """Rebuilds, for each pointer, the newest ``projection.max_len`` events it saw.
+
+    Events are those of the pointer's user with event time strictly before the request,
+    visible in the pointer's version, oldest first. With ``verify`` (the default, and
+    nearly free), each history's length and checksum are compared with the pointer's;
+    a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks the row.
+    """
+    if not isinstance(pointers, Pointers):
+        pointers = Pointers.from_arrow(pointers)
+    columns = projection.resolve(store.schema)
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.version, projection.max_len)
+
+    mismatched = np.zeros(len(pointers), bool)
+    if verify:
+        mismatched = (located.count != pointers.length) | (located.checksum != pointers.checksum)
+        if on_mismatch == "raise" and mismatched.any():
+            rows = np.flatnonzero(mismatched)
+            raise ChecksumMismatch(
+                f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
+                f"(first rows: {rows[:5].tolist()}); the store lost or gained events those "
+                "pointers counted. Use on_mismatch='flag' to keep the batch and drop them.",
+                rows.tolist(),
+            )
+
+    lengths = np.minimum(located.count, projection.max_len)
+    offsets = np.zeros(len(pointers) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    gathered = _merge_spread(store, located, pointers, projection.max_len, offsets) if located.spread.any() else None
+    values = {}
+    for name in columns:
+        dtype = _output_dtype(store, name)
+        out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+        for segment, idx, lo, hi, holes in located.windows:
+            single = ~located.spread[idx]
+            idx, lo, hi, holes = idx[single], lo[single], hi[single], holes[single]
+            copy_windows(segment.stored(name), segment.base(name), segment.stored("_version"),
+                         segment.base("_version"), pointers.version[idx], lo, hi, holes,
+                         offsets[idx], out)
+        if gathered is not None:
+            for segment, rows, dst in gathered:
+                out[dst] = segment.decoded(name)[rows]
+        values[name] = out.view(np.bool_) if dtype == np.bool_ else out
+    return JaggedBatch(offsets, values, mismatched)
+
+
+def _output_dtype(store: Store, name: str) -> np.dtype:
+    if name == store.schema.time_col:
+        return np.dtype(np.int64)
+    dtype = store.schema.columns[name]
+    return np.dtype(np.bool_ if dtype == "bool" else dtype)
+
+
+def _merge_spread(store: Store, located: Located, pointers: Pointers, max_len: int,
+                  offsets: np.ndarray) -> list[tuple[Segment, np.ndarray, np.ndarray]]:
+    """For histories spread over several segments: merge candidates by (time, tie-break).
+
+    Each segment's window already holds its newest ``max_len`` visible events, so the
+    newest ``max_len`` of their union are the answer. Ties keep segment order (older
+    commits first), then row order, exactly as compaction would.
+    """
+    parts = []  # (pointer, ts, tiebreak, segment order, row)
+    for order, (segment, idx, lo, hi, _) in enumerate(located.windows):
+        spread = located.spread[idx]
+        idx, lo, hi = idx[spread], lo[spread], hi[spread]
+        if len(idx) == 0:
+            continue
+        sizes = hi - lo
+        rows = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        ptr = np.repeat(idx, sizes)
+        version = segment.decoded("_version")[rows]
+        visible = version <= pointers.version[ptr]
+        rows, ptr = rows[visible], ptr[visible]
+        tiebreak = (segment.decoded(store.schema.tiebreak)[rows] if store.schema.tiebreak
+                    else np.zeros(len(rows), np.int64))
+        parts.append((ptr, segment.decoded("ts")[rows], tiebreak, np.full(len(rows), order), rows))
+    ptr, ts, tiebreak, seg, rows = (np.concatenate(c) for c in zip(*parts, strict=True))
+    order = np.lexsort((rows, seg, tiebreak, ts, ptr))
+    ptr, seg, rows = ptr[order], seg[order], rows[order]
+    # keep the newest max_len candidates of each pointer, placed after its offset
+    counts = np.bincount(ptr, minlength=len(pointers))
+    group_end = np.repeat(np.cumsum(counts), counts)
+    keep = group_end - np.arange(len(ptr)) <= max_len
+    ptr, seg, rows = ptr[keep], seg[keep], rows[keep]
+    kept = np.bincount(ptr, minlength=len(pointers))
+    dst = offsets[ptr] + np.arange(len(ptr)) - np.repeat(np.cumsum(kept) - kept, kept)
+    return [(located.windows[s][0], rows[seg == s], dst[seg == s]) for s in np.unique(seg)]

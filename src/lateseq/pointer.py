@@ -1,0 +1,114 @@
+"""Versioned pointers: what each training example carries instead of its sequence.
+
+A pointer names the user, the request time, the store version the online side read,
+how many events were visible to it (event time strictly before the request, committed
+in that version or earlier) and a 32-bit checksum of those events (the sum of their
+content hashes). Together they pin the exact history: any later handle on the store
+rebuilds it and can prove it did. On disk a pointer is 28 bytes:
+
+===============  ======  ==========================================================
+column           type    meaning
+===============  ======  ==========================================================
+``user_id``      int64   whose history
+``request_ts``   int64   the request time; only events strictly before it count
+``uih_version``  uint32  the store version online read (0: the empty store)
+``uih_length``   uint32  number of events visible to the request
+``uih_checksum`` uint32  sum (mod 2**32) of those events' content hashes
+===============  ======  ==========================================================
+
+An *example log* is any Arrow table or Parquet file with these columns plus whatever
+else an example carries (labels, request features).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import PointerError, SchemaError
+from .store import Store
+
+POINTER_FIELDS = pa.schema([
+    ("user_id", pa.int64()),
+    ("request_ts", pa.int64()),
+    ("uih_version", pa.uint32()),
+    ("uih_length", pa.uint32()),
+    ("uih_checksum", pa.uint32()),
+])
+POINTER_BYTES = sum(f.type.byte_width for f in POINTER_FIELDS)
+
+
+@dataclass(frozen=True)
+class Pointers:
+    """Pointer columns as numpy arrays, checked for presence and type."""
+
+    user_id: np.ndarray
+    request_ts: np.ndarray
+    version: np.ndarray
+    length: np.ndarray
+    checksum: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    @classmethod
+    def from_arrow(cls, examples: pa.Table | pa.RecordBatch) -> Pointers:
+        missing = [f.name for f in POINTER_FIELDS if f.name not in examples.schema.names]
+        if missing:
+            raise PointerError(f"example log is missing pointer columns {missing}; "
+                               "make pointers with lateseq.log_examples or `lateseq pointers`")
+        arrays = []
+        for f in POINTER_FIELDS:
+            column = examples.column(f.name)
+            if column.null_count:
+                raise PointerError(f"pointer column {f.name!r} has null values")
+            try:
+                arrays.append(column.cast(f.type).to_numpy())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
+                                   f"expected {f.type}") from exc
+        return cls(arrays[0], arrays[1], arrays[2].astype(np.int64), arrays[3].astype(np.int64), arrays[4])
+
+
+def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray) -> pa.Table:
+    """Pointers for requests served from ``store``'s version, as online makes them."""
+    user_id = np.asarray(user_id, np.int64)
+    request_ts = np.asarray(request_ts, np.int64)
+    versions = np.full(len(user_id), store.version, np.int64)
+    located = store.locate(user_id, request_ts, versions, max_len=0)
+    return pa.Table.from_arrays(
+        [user_id, request_ts, versions.astype(np.uint32), located.count.astype(np.uint32), located.checksum],
+        schema=POINTER_FIELDS,
+    )
+
+
+def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | None = None) -> pa.Table:
+    """Adds a pointer to every request (columns ``user_id``, ``request_ts``, any others kept).
+
+    Writes the example log to ``path`` as Parquet when given, and returns it.
+    """
+    for needed in ("user_id", "request_ts"):
+        if needed not in requests.column_names:
+            raise SchemaError(f"requests have no column {needed!r} (columns: {requests.column_names})")
+        if requests.column(needed).null_count:
+            raise SchemaError(f"requests column {needed!r} has null values")
+    clashes = [n for n in POINTER_FIELDS.names[2:] if n in requests.column_names]
+    if clashes:
+        raise SchemaError(f"requests already have pointer columns {clashes}")
+    try:
+        users = requests.column("user_id").cast(pa.int64()).to_numpy()
+        times = requests.column("request_ts").cast(pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SchemaError(f"requests' user_id and request_ts must be integers: {exc}") from exc
+    pointers = make_pointers(store, users, times)
+    examples = pointers
+    for name in requests.column_names:
+        if name not in ("user_id", "request_ts"):
+            examples = examples.append_column(requests.schema.field(name), requests.column(name))
+    if path is not None:
+        pq.write_table(examples, path)
+    return examples

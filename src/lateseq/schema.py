@@ -1,0 +1,155 @@
+"""The store's schema: which column is the user, which is event time, and the payload.
+
+The schema is fixed when a store is created and written once to ``schema.json``;
+every commit is checked against it so a version never holds data of another shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import SchemaError
+
+PAYLOAD_TYPES: dict[str, pa.DataType] = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+}
+_TYPE_NAMES = {str(t): name for name, t in PAYLOAD_TYPES.items()}
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Names the user and time columns and the typed payload columns.
+
+    ``feature_groups`` names sets of payload columns a tenant can ask for by one name.
+    ``tiebreak`` optionally names an integer payload column that orders events sharing
+    a timestamp; without it, ties keep commit order, then row order within the commit.
+    ``partitions`` splits users by hash into independently written and read parts.
+    """
+
+    columns: dict[str, str]
+    user_col: str = "user_id"
+    time_col: str = "ts"
+    feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    tiebreak: str | None = None
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        for name, dtype in self.columns.items():
+            if dtype not in PAYLOAD_TYPES:
+                raise SchemaError(
+                    f"column {name!r} has type {dtype!r}; supported payload types are "
+                    f"{', '.join(PAYLOAD_TYPES)}"
+                )
+            if name.startswith("_"):
+                raise SchemaError(f"column {name!r}: names starting with '_' are reserved")
+        if self.user_col == self.time_col:
+            raise SchemaError("user column and time column must differ")
+        for reserved in (self.user_col, self.time_col):
+            if reserved in self.columns:
+                raise SchemaError(f"{reserved!r} is the user or time column, not a payload column")
+        for group, members in self.feature_groups.items():
+            unknown = [m for m in members if m not in self.columns and m != self.time_col]
+            if unknown:
+                raise SchemaError(f"feature group {group!r} names unknown columns {unknown}")
+        if self.tiebreak is not None and not self.columns.get(self.tiebreak, "").startswith("int"):
+            raise SchemaError(f"tiebreak {self.tiebreak!r} must name an integer payload column")
+        if not 1 <= self.partitions <= 65536:
+            raise SchemaError(f"partitions must be between 1 and 65536, got {self.partitions}")
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Feature groups, with every payload column in ``default`` when none are named."""
+        return self.feature_groups or {DEFAULT_GROUP: list(self.columns)}
+
+    @classmethod
+    def infer(
+        cls, arrow_schema: pa.Schema, user_col: str = "user_id", time_col: str = "ts", **options: Any
+    ) -> Schema:
+        """Every column other than user and time becomes a payload column."""
+        names = arrow_schema.names
+        for needed in (user_col, time_col):
+            if needed not in names:
+                raise SchemaError(f"input has no column {needed!r} (columns: {names})")
+        columns = {}
+        for f in arrow_schema:
+            if f.name in (user_col, time_col):
+                continue
+            dtype = _TYPE_NAMES.get(str(f.type))
+            if dtype is None:
+                raise SchemaError(
+                    f"column {f.name!r} has type {f.type}, which a store cannot hold; "
+                    f"drop it or cast it to one of {', '.join(PAYLOAD_TYPES)}"
+                )
+            columns[f.name] = dtype
+        return cls(columns=columns, user_col=user_col, time_col=time_col, **options)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Check ``table`` against the schema and return it cast to the schema's types.
+
+        Raises SchemaError naming the first problem; nothing is written before this passes.
+        """
+        if table.num_rows == 0:
+            raise SchemaError("no events to commit: the input is empty")
+        expected = [self.user_col, self.time_col, *self.columns]
+        missing = [c for c in expected if c not in table.column_names]
+        if missing:
+            raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
+        extra = [c for c in table.column_names if c not in expected]
+        if extra:
+            raise SchemaError(f"input has columns {extra} that the store's schema does not know")
+        targets = {self.user_col: pa.int64(), self.time_col: pa.int64()}
+        targets.update({n: PAYLOAD_TYPES[t] for n, t in self.columns.items()})
+        arrays = []
+        for name in expected:
+            col = table.column(name)
+            if col.null_count:
+                raise SchemaError(f"column {name!r} has {col.null_count} null values; lateseq stores none")
+            target = targets[name]
+            if not _castable(col.type, target):
+                raise SchemaError(f"column {name!r} has type {col.type}, expected {target}")
+            try:
+                arrays.append(pc.cast(col, target, safe=True))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(f"column {name!r} does not fit {target}: {exc}") from exc
+        return pa.table(arrays, names=expected)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": 1,
+                "user_col": self.user_col,
+                "time_col": self.time_col,
+                "columns": self.columns,
+                "feature_groups": self.feature_groups,
+                "tiebreak": self.tiebreak,
+                "partitions": self.partitions,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        data = json.loads(text)
+        data.pop("format", None)
+        return cls(**data)
+
+
+def _castable(source: pa.DataType, target: pa.DataType) -> bool:
+    """Numbers cast between numeric types (safely, checked per value); nothing else does."""
+    if pa.types.is_boolean(target):
+        return pa.types.is_boolean(source) or pa.types.is_integer(source)
+    if pa.types.is_integer(target):
+        return pa.types.is_integer(source) or pa.types.is_timestamp(source)
+    return pa.types.is_integer(source) or pa.types.is_floating(source)

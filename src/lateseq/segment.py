@@ -1,0 +1,216 @@
+"""Segments: the immutable, memory-mapped data files of a store.
+
+A segment holds one partition's events sorted by (user, time, tie-break), as an
+uncompressed Arrow IPC file with a single record batch so every column maps straight
+into numpy. Integer columns are frame-of-reference encoded (``value = base + stored``,
+``stored`` in the narrowest unsigned type that fits), which keeps random access and
+roughly halves the bytes of timestamps and ids. The user column is not stored per
+event: a small index file maps each user to its row range. Three system columns ride
+along: ``_version`` (the version in which the event became visible), ``_vmax`` (its
+running maximum within the user, so "is everything before this row visible?" is one
+lookup) and ``_hcum`` (running sum of event hashes, so a range checksum is one
+subtraction).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .kernels import _mix64, event_hashes
+from .schema import Schema
+
+SYSTEM_COLUMNS = ("_version", "_vmax", "_hcum")
+_UNSIGNED = (np.uint8, np.uint16, np.uint32)
+
+
+def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
+    """The user-hash partition of each user (stable across processes and machines)."""
+    if partitions == 1:
+        return np.zeros(len(users), np.int64)
+    with np.errstate(over="ignore"):
+        return (_mix64(users.astype(np.int64).view(np.uint64)) % np.uint64(partitions)).astype(np.int64)
+
+
+@dataclass
+class Events:
+    """Decoded, sorted event columns of one partition, on their way into a segment."""
+
+    user: np.ndarray
+    ts: np.ndarray
+    payload: dict[str, np.ndarray]
+    version: np.ndarray
+    hashes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, order: np.ndarray) -> Events:
+        return Events(
+            self.user[order], self.ts[order], {k: v[order] for k, v in self.payload.items()},
+            self.version[order], self.hashes[order],
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, schema: Schema, version: int) -> Events:
+        """Conformed commit input, in input order, every event stamped with ``version``."""
+        user = table.column(schema.user_col).to_numpy()
+        ts = table.column(schema.time_col).to_numpy()
+        payload = {name: _to_numpy(table.column(name)) for name in schema.columns}
+        hashes = event_hashes(user, ts, list(payload.values()))
+        return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
+
+    @classmethod
+    def concat(cls, parts: list[Events]) -> Events:
+        return cls(
+            np.concatenate([p.user for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            {k: np.concatenate([p.payload[k] for p in parts]) for k in parts[0].payload},
+            np.concatenate([p.version for p in parts]),
+            np.concatenate([p.hashes for p in parts]),
+        )
+
+    def sorted(self, tiebreak: str | None) -> Events:
+        """Stable sort by (user, time, tie-break): equal keys keep their current order."""
+        keys = [self.ts, self.user]
+        if tiebreak is not None:
+            keys.insert(0, self.payload[tiebreak])
+        return self.take(np.lexsort(keys))
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A segment's entry in a version manifest."""
+
+    name: str
+    partition: int
+    rows: int
+    users: int
+    min_version: int
+    max_version: int
+    bytes: int
+    bases: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_boolean(column.type):
+        return column.to_numpy().astype(np.uint8)
+    return column.to_numpy()
+
+
+def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Frame-of-reference: (stored, base) with stored in the narrowest unsigned type."""
+    if values.dtype.kind not in "iu" or len(values) == 0:
+        return values, 0
+    low, high = int(values.min()), int(values.max())
+    for dtype in _UNSIGNED:
+        if high - low <= np.iinfo(dtype).max:
+            return (values.astype(np.int64) - low).astype(dtype), low
+    return values, 0
+
+
+def write_segment(directory: Path, partition: int, events: Events) -> SegmentInfo:
+    """Writes sorted, non-empty events as a new segment, durable before it is returned."""
+    user_ids, starts = np.unique(events.user, return_index=True)
+    ends = np.append(starts[1:], len(events)).astype(np.int64)
+    # running max of the version within each user: offset each user's versions by its rank
+    rank = np.repeat(np.arange(len(user_ids), dtype=np.int64), np.diff(np.append(starts, len(events))))
+    vmax = np.maximum.accumulate(rank * (1 << 32) + events.version.astype(np.int64)) - rank * (1 << 32)
+    hcum = np.cumsum(events.hashes, dtype=np.uint32)
+
+    bases: dict[str, int] = {}
+    arrays, names = [], []
+    for name, values in [("ts", events.ts), *events.payload.items()]:
+        stored, bases[name] = _encode(values)
+        arrays.append(pa.array(stored))
+        names.append(name)
+    version, bases["_version"] = _encode(events.version.astype(np.int64))
+    arrays += [pa.array(version), pa.array((vmax - bases["_version"]).astype(version.dtype)),
+               pa.array(hcum)]
+    names += list(SYSTEM_COLUMNS)
+
+    name = f"p{partition:05d}-{uuid.uuid4().hex}"
+    data = pa.table(arrays, names=names)
+    index = pa.table({"user_id": user_ids.astype(np.int64), "end": ends})
+    size = _write_ipc(directory / f"{name}.arrow", data) + _write_ipc(directory / f"{name}.index.arrow", index)
+    return SegmentInfo(
+        name=name, partition=partition, rows=len(events), users=len(user_ids),
+        min_version=int(events.version.min()), max_version=int(events.version.max()),
+        bytes=size, bases=bases,
+    )
+
+
+def _write_ipc(path: Path, table: pa.Table) -> int:
+    """Write to a temporary name, fsync, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with pa.OSFile(str(tmp), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+class Segment:
+    """An open, memory-mapped segment; columns are zero-copy numpy views."""
+
+    def __init__(self, directory: Path, info: SegmentInfo):
+        self.info = info
+        self._data = _read_ipc(directory / f"{info.name}.arrow")
+        index = _read_ipc(directory / f"{info.name}.index.arrow")
+        self.user_ids: np.ndarray = index["user_id"]
+        self.ends: np.ndarray = index["end"]
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+
+    def stored(self, name: str) -> np.ndarray:
+        return self._data[name]
+
+    def base(self, name: str) -> int:
+        return self.info.bases.get(name, 0)
+
+    def decoded(self, name: str) -> np.ndarray:
+        stored = self._data[name]
+        return stored.astype(np.int64) + self.base(name) if stored.dtype.kind == "u" else stored
+
+    def user_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row range [lo, hi) of each user in this segment; empty where absent."""
+        pos = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
+        found = self.user_ids[pos] == users
+        return np.where(found, self.starts[pos], 0), np.where(found, self.ends[pos], 0)
+
+    def events(self, schema: Schema) -> Events:
+        """Every event decoded, for compaction."""
+        user = np.repeat(self.user_ids, np.diff(np.append(self.starts, self.info.rows)))
+        hcum = self._data["_hcum"]
+        hashes = np.diff(hcum, prepend=np.uint32(0)).astype(np.uint32)
+        payload = {name: self._decode_payload(name, schema) for name in schema.columns}
+        return Events(user, self.decoded("ts"), payload,
+                      self.decoded("_version").astype(np.uint32), hashes)
+
+    def _decode_payload(self, name: str, schema: Schema) -> np.ndarray:
+        values = self.decoded(name)
+        if schema.columns[name] == "bool":
+            return values.astype(np.uint8)
+        return values.astype(schema.columns[name])
+
+
+def _read_ipc(path: Path) -> dict[str, np.ndarray]:
+    source = pa.memory_map(str(path), "r")
+    batch = pa.ipc.open_file(source).get_batch(0)
+    return {name: batch.column(name).to_numpy(zero_copy_only=True) for name in batch.schema.names}

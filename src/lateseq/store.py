@@ -1,0 +1,315 @@
+"""The store: an immutable, versioned, columnar record of every user's events.
+
+Layout of a store directory::
+
+    schema.json               the schema, written once at creation
+    versions/00000007.json    one manifest per published version: its segments and stats
+    segments/p00000-<id>.arrow, .index.arrow
+    tags/<name>.json          a name for a version; a tagged version is pinned
+
+A version is published by creating its manifest with a hard link, which either
+succeeds whole or fails if the name exists: readers never see a partial version, a
+crash leaves at most unreferenced files, and two writers cannot publish the same
+number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
+``checkout`` return new handles and never move an existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CommitConflict, PointerError, SchemaError, StoreError, VersionNotFound
+from .kernels import locate
+from .schema import Schema
+from .segment import Events, Segment, SegmentInfo, partition_of, write_segment
+
+EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
+_SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    created_at: float
+    operation: str
+    events: int
+    segments: int
+    bytes: int
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Located:
+    """Where each pointer's visible events are, as found by ``Store.locate``.
+
+    ``windows`` has one entry per segment that holds visible events for some pointer:
+    (segment, pointer indices, lo, hi, holes). ``spread`` marks pointers whose events
+    span several segments (uncompacted versions) and so must be merged by time.
+    """
+
+    count: np.ndarray
+    checksum: np.ndarray
+    windows: list[tuple[Segment, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    spread: np.ndarray
+
+
+class Store:
+    """A handle on one version of a store. Pickles as (path, version)."""
+
+    def __init__(self, path: str | os.PathLike, version: int | str | None = None):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a store directory")
+        schema_file = self.path / "schema.json"
+        if not schema_file.is_file():
+            raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
+        self.schema = Schema.from_json(schema_file.read_text())
+        self.version = self._resolve(version)
+        manifest = self._manifest(self.version) if self.version else {"segments": [], "events": 0}
+        self.segment_infos = [SegmentInfo(**s) for s in manifest["segments"]]
+        self.num_events: int = manifest["events"]
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, schema: Schema) -> Store:
+        """A new, empty store (version 0) at ``path``, which must not hold one already."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a store directory")
+        if (path / "schema.json").exists():
+            raise StoreError(f"{path} already holds a store")
+        for sub in ("versions", "segments", "tags"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        tmp = path / f".tmp-schema-{uuid.uuid4().hex}"
+        tmp.write_text(schema.to_json())
+        os.replace(tmp, path / "schema.json")
+        return cls(path)
+
+    def __reduce__(self):
+        return (Store, (str(self.path), self.version))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, version={self.version})"
+
+    def checkout(self, version: int | str) -> Store:
+        """Another handle on the same store at ``version`` (a number or a tag)."""
+        return Store(self.path, version)
+
+    @property
+    def latest_version(self) -> int:
+        names = [n for n in os.listdir(self.path / "versions") if n.endswith(".json")]
+        return max((int(n[:-5]) for n in names), default=0)
+
+    def _resolve(self, version: int | str | None) -> int:
+        if version is None:
+            return self.latest_version
+        if isinstance(version, str) and not version.isdigit():
+            tag = self.path / "tags" / f"{version}.json"
+            if not tag.is_file():
+                raise VersionNotFound(f"no tag {version!r} in {self.path}; tags: {sorted(self.tags())}")
+            return json.loads(tag.read_text())["version"]
+        number = int(version)
+        if number != 0 and not (self.path / "versions" / f"{number:08d}.json").is_file():
+            raise VersionNotFound(
+                f"version {number} is not kept in {self.path}; latest is {self.latest_version}"
+            )
+        return number
+
+    def _manifest(self, version: int) -> dict:
+        try:
+            return json.loads((self.path / "versions" / f"{version:08d}.json").read_text())
+        except FileNotFoundError as exc:
+            raise VersionNotFound(f"version {version} is not kept in {self.path}") from exc
+
+    # ------------------------------------------------------------ versions and tags
+
+    def versions(self) -> list[VersionInfo]:
+        tags: dict[int, list[str]] = {}
+        for name, v in self.tags().items():
+            tags.setdefault(v, []).append(name)
+        out = []
+        for n in sorted(os.listdir(self.path / "versions")):
+            if not n.endswith(".json"):
+                continue
+            m = json.loads((self.path / "versions" / n).read_text())
+            out.append(VersionInfo(
+                m["version"], m["created_at"], m["operation"], m["events"], len(m["segments"]),
+                sum(s["bytes"] for s in m["segments"]), tuple(sorted(tags.get(m["version"], []))),
+            ))
+        return out
+
+    def tags(self) -> dict[str, int]:
+        return {p.stem: json.loads(p.read_text())["version"] for p in (self.path / "tags").glob("*.json")}
+
+    def tag(self, name: str, version: int | None = None) -> None:
+        """Names a version (this handle's by default); a tagged version is never cleaned up."""
+        if not name or name.isdigit() or "/" in name or name.startswith("."):
+            raise SchemaError(f"tag name {name!r} must be non-numeric and a plain file name")
+        number = self._resolve(self.version if version is None else version)
+        if number == 0:
+            raise VersionNotFound("the empty store has no version to tag; commit first")
+        tmp = self.path / "tags" / f".tmp-{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps({"version": number}))
+        os.replace(tmp, self.path / "tags" / f"{name}.json")
+
+    def untag(self, name: str) -> None:
+        try:
+            (self.path / "tags" / f"{name}.json").unlink()
+        except FileNotFoundError as exc:
+            raise VersionNotFound(f"no tag {name!r} in {self.path}") from exc
+
+    # ------------------------------------------------------------ writing
+
+    def commit(self, events: EventSource) -> Store:
+        """Publishes ``events`` as the next version; returns a handle on it.
+
+        Validates everything before writing anything: bad input raises SchemaError and
+        leaves the store as it was.
+        """
+        table = self.schema.conform(_read_events(events))
+        base = Store(self.path)  # commit on top of the latest version, whatever this handle is
+        version = base.version + 1
+        incoming = Events.from_table(table, self.schema, version)
+        parts = partition_of(incoming.user, self.schema.partitions)
+        new = []
+        for p in np.unique(parts):
+            chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
+            new.append(write_segment(self.path / "segments", int(p), chunk))
+        return base._publish(version, "commit", base.segment_infos + new, new)
+
+    def compact(self) -> Store:
+        """Merges each partition's segments into one sorted segment, as a new version.
+
+        Events keep the version they became visible in, so every pointer into any kept
+        version rebuilds the same sequence. Returns this handle if nothing needs merging.
+        """
+        base = Store(self.path)
+        by_partition: dict[int, list[SegmentInfo]] = {}
+        for info in base.segment_infos:
+            by_partition.setdefault(info.partition, []).append(info)
+        if all(len(infos) == 1 for infos in by_partition.values()):
+            return base
+        kept, new = [], []
+        for p, infos in sorted(by_partition.items()):
+            if len(infos) == 1:
+                kept += infos
+                continue
+            merged = Events.concat([base._open(i).events(self.schema) for i in infos])
+            new.append(write_segment(self.path / "segments", p, merged.sorted(self.schema.tiebreak)))
+        return base._publish(base.version + 1, "compact", kept + new, new)
+
+    def _publish(self, version: int, operation: str, infos: list[SegmentInfo],
+                 new: list[SegmentInfo]) -> Store:
+        manifest = {
+            "version": version,
+            "parent": self.version,
+            "created_at": time.time(),
+            "operation": operation,
+            "events": sum(i.rows for i in infos),
+            "segments": [i.to_dict() for i in infos],
+        }
+        versions = self.path / "versions"
+        tmp = versions / f".tmp-{uuid.uuid4().hex}"
+        with open(tmp, "w") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, versions / f"{version:08d}.json")
+        except FileExistsError as exc:
+            for info in new:
+                _remove_segment(self.path / "segments", info)
+            raise CommitConflict(
+                f"version {version} of {self.path} was published by another writer; retry"
+            ) from exc
+        finally:
+            tmp.unlink()
+        _fsync_dir(versions)
+        return Store(self.path, version)
+
+    # ------------------------------------------------------------ reading
+
+    def _open(self, info: SegmentInfo) -> Segment:
+        key = (str(self.path), info.name)
+        segment = _SEGMENT_CACHE.get(key)
+        if segment is None:
+            segment = _SEGMENT_CACHE[key] = Segment(self.path / "segments", info)
+        return segment
+
+    def segments(self, partition: int | None = None) -> list[Segment]:
+        """Open segments of this version (of one partition), oldest first."""
+        return [self._open(i) for i in self.segment_infos if partition in (None, i.partition)]
+
+    def locate(self, users: np.ndarray, request_ts: np.ndarray, versions: np.ndarray,
+               max_len: int) -> Located:
+        """Finds each pointer's visible events (time < request, version <= pointer's)."""
+        if len(versions) and (versions.max() > self.version or versions.min() < 0):
+            raise PointerError(
+                f"pointers name versions {int(versions.min())}..{int(versions.max())} but this handle "
+                f"is at version {self.version}; open the store at a version >= every pointer's"
+            )
+        n = len(users)
+        count = np.zeros(n, np.int64)
+        checksum = np.zeros(n, np.uint32)
+        hits = np.zeros(n, np.int64)
+        windows = []
+        parts = partition_of(users, self.schema.partitions)
+        for p in np.unique(parts) if self.schema.partitions > 1 else [0]:
+            rows = np.flatnonzero(parts == p) if self.schema.partitions > 1 else np.arange(n)
+            for segment in self.segments(int(p)):
+                lo, hi = segment.user_ranges(users[rows])
+                keep = hi > lo
+                if not keep.any():
+                    continue
+                present = rows[keep]
+                c, s, wlo, whi, holes = locate(
+                    lo[keep], hi[keep], segment.stored("ts"), segment.base("ts"),
+                    segment.stored("_version"), segment.stored("_vmax"), segment.base("_version"),
+                    segment.stored("_hcum"), request_ts[present], versions[present], max_len,
+                )
+                count[present] += c
+                checksum[present] += s
+                nonempty = whi > wlo
+                hits[present[nonempty]] += 1
+                if nonempty.any():
+                    windows.append((segment, present[nonempty], wlo[nonempty], whi[nonempty], holes[nonempty]))
+        return Located(count, checksum, windows, hits > 1)
+
+
+def _read_events(source: EventSource) -> pa.Table:
+    if isinstance(source, pa.Table):
+        return source
+    if isinstance(source, pa.RecordBatchReader):
+        return source.read_all()
+    if isinstance(source, str | os.PathLike):
+        try:
+            return pq.read_table(source)
+        except FileNotFoundError as exc:
+            raise SchemaError(f"no events file at {source}") from exc
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
+    raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, "
+                      "RecordBatchReader or Parquet path")
+
+
+def _remove_segment(directory: Path, info: SegmentInfo) -> None:
+    for suffix in (".arrow", ".index.arrow"):
+        (directory / f"{info.name}{suffix}").unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
