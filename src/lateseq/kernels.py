@@ -13,6 +13,8 @@ arrivals from newer versions), which ``copy_windows`` then skips one by one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -71,21 +73,26 @@ def event_hash_reference(user: int, ts: int, payload: list[int | float | bool]) 
 # ---------------------------------------------------------------- locate
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):  # pragma: no cover
+    v = ver_base + np.int64(ver[i])
+    return v <= version or (v <= version_hi and arrival_base + np.int64(arrival[i]) < arrival_limit)
+
+
 @njit(cache=True, nogil=True)
 def _locate(
-    user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, request_ts, version, max_len,
-    count, checksum, lo, hi, holes,
+    user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, arrival, arrival_base,
+    request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
 ):  # pragma: no cover - compiled; the reference below is what coverage and tests read
     for p in range(user_lo.shape[0]):
         start = user_lo[p]
         end = user_hi[p]
-        limit = version[p] - ver_base
         count[p] = 0
         checksum[p] = 0
         lo[p] = start
         hi[p] = start
         holes[p] = False
-        if start == end or limit < 0:
+        if start == end or max(version[p], version_hi[p]) < ver_base:
             continue
         # first event at or after the request time
         a = start
@@ -100,7 +107,7 @@ def _locate(
         cut = a
         if cut == start:
             continue
-        if np.int64(vmax[cut - 1]) <= limit:
+        if ver_base + np.int64(vmax[cut - 1]) <= version[p]:
             n = cut - start
             count[p] = n
             before = hcum[start - 1] if start > 0 else np.uint32(0)
@@ -109,14 +116,14 @@ def _locate(
             lo[p] = cut - take
             hi[p] = cut
             continue
-        # slow path: late events from newer versions sit among the visible ones
+        # slow path: events invisible to this pointer sit among the visible ones
         n = 0
         s = np.uint32(0)
         window_lo = cut
         for i in range(cut - 1, start - 1, -1):
-            if np.int64(ver[i]) <= limit:
-                h = hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
-                s += h
+            if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
+                        arrival_limit[p]):
+                s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
                 if n < max_len:
                     window_lo = i
                 n += 1
@@ -128,6 +135,32 @@ def _locate(
         hi[p] = cut if n > 0 else window_lo
 
 
+@dataclass(frozen=True)
+class Visibility:
+    """Which events each pointer sees, besides event time strictly before its request.
+
+    An event is visible when its version is <= ``version``, or when its version is <=
+    ``version_hi`` and it arrived strictly before ``arrival_limit`` (the second clause
+    rebuilds an online tail from the versions that later absorbed it). Plain pointers
+    have ``version_hi == version``, which makes arrival irrelevant.
+    """
+
+    version: np.ndarray
+    version_hi: np.ndarray
+    arrival_limit: np.ndarray
+
+    @classmethod
+    def of_versions(cls, version: np.ndarray) -> Visibility:
+        version = np.asarray(version, np.int64)
+        return cls(version, version, np.zeros(len(version), np.int64))
+
+    def take(self, rows: np.ndarray) -> Visibility:
+        return Visibility(self.version[rows], self.version_hi[rows], self.arrival_limit[rows])
+
+
+_NO_ARRIVAL = np.zeros(1, np.int64)
+
+
 def locate(
     user_lo: np.ndarray,
     user_hi: np.ndarray,
@@ -137,11 +170,15 @@ def locate(
     vmax: np.ndarray,
     ver_base: int,
     hcum: np.ndarray,
+    arrival: np.ndarray | None,
+    arrival_base: int,
     request_ts: np.ndarray,
-    version: np.ndarray,
+    visibility: Visibility,
     max_len: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns (count, checksum, lo, hi, holes), one entry per pointer."""
+    if arrival is None and np.any(visibility.version_hi != visibility.version):
+        raise ValueError("arrival bounds need an arrival column")
     n = user_lo.shape[0]
     count = np.empty(n, np.int64)
     checksum = np.empty(n, np.uint32)
@@ -150,22 +187,29 @@ def locate(
     holes = np.empty(n, np.bool_)
     _locate(
         user_lo, user_hi, ts, np.int64(ts_base), ver, vmax, np.int64(ver_base), hcum,
-        request_ts, version, np.int64(max_len), count, checksum, lo, hi, holes,
+        _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
+        visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len),
+        count, checksum, lo, hi, holes,
     )
     return count, checksum, lo, hi, holes
 
 
-def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, request_ts,
-                     version, max_len):
+def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, arrival,
+                     arrival_base, request_ts, visibility, max_len):
     """The same contract as ``locate``, written for clarity, one pointer at a time."""
     del vmax  # the reference needs no shortcut
     hashes = np.diff(hcum.astype(np.int64), prepend=0).astype(np.uint32)
+
+    def visible(i: int, p: int) -> bool:
+        v = ver_base + int(ver[i])
+        late_ok = (v <= visibility.version_hi[p] and arrival is not None
+                   and arrival_base + int(arrival[i]) < visibility.arrival_limit[p])
+        return v <= visibility.version[p] or late_ok
+
     out = [[], [], [], [], []]
     for p in range(len(user_lo)):
-        rows = [
-            i for i in range(user_lo[p], user_hi[p])
-            if ts_base + int(ts[i]) < request_ts[p] and ver_base + int(ver[i]) <= version[p]
-        ]
+        rows = [i for i in range(user_lo[p], user_hi[p])
+                if ts_base + int(ts[i]) < request_ts[p] and visible(i, p)]
         window = rows[len(rows) - min(len(rows), max_len):]
         lo = window[0] if window else user_lo[p]
         hi = window[-1] + 1 if window else lo
@@ -182,7 +226,8 @@ def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, r
 
 
 @njit(cache=True, nogil=True)
-def _copy_windows(src, base, ver, ver_base, version, lo, hi, holes, dst, out):  # pragma: no cover
+def _copy_windows(src, base, ver, ver_base, arrival, arrival_base, version, version_hi,
+                  arrival_limit, lo, hi, holes, dst, out):  # pragma: no cover
     for p in range(lo.shape[0]):
         d = dst[p]
         if not holes[p]:
@@ -190,21 +235,30 @@ def _copy_windows(src, base, ver, ver_base, version, lo, hi, holes, dst, out):  
                 out[d] = base + src[i]
                 d += 1
         else:
-            limit = version[p] - ver_base
             for i in range(lo[p], hi[p]):
-                if np.int64(ver[i]) <= limit:
+                if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
+                            arrival_limit[p]):
                     out[d] = base + src[i]
                     d += 1
 
 
-def copy_windows(src, base, ver, ver_base, version, lo, hi, holes, dst, out) -> None:
+def copy_windows(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi, holes,
+                 dst, out) -> None:
     """Copies each pointer's visible window of ``src`` (decoded) to ``out[dst[p]:]``."""
-    _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base), version, lo, hi, holes,
-                  dst, out)
+    _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base),
+                  _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base),
+                  visibility.version, visibility.version_hi, visibility.arrival_limit,
+                  lo, hi, holes, dst, out)
 
 
-def copy_windows_reference(src, base, ver, ver_base, version, lo, hi, holes, dst, out) -> None:
+def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi,
+                           holes, dst, out) -> None:
     for p in range(len(lo)):
-        rows = [i for i in range(lo[p], hi[p])
-                if not holes[p] or ver_base + int(ver[i]) <= version[p]]
+        rows = []
+        for i in range(lo[p], hi[p]):
+            v = ver_base + int(ver[i])
+            late_ok = (arrival is not None and v <= visibility.version_hi[p]
+                       and arrival_base + int(arrival[i]) < visibility.arrival_limit[p])
+            if not holes[p] or v <= visibility.version[p] or late_ok:
+                rows.append(i)
         out[dst[p]:dst[p] + len(rows)] = np.asarray(src[rows]).astype(out.dtype) + out.dtype.type(base)

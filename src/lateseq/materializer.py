@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import ChecksumMismatch
-from .kernels import copy_windows
+from .kernels import Visibility, copy_windows
 from .pointer import Pointers
 from .projection import Projection
 from .segment import Segment
@@ -93,7 +93,8 @@ def materialize(
     if not isinstance(pointers, Pointers):
         pointers = Pointers.from_arrow(pointers)
     columns = projection.resolve(store.schema)
-    located = store.locate(pointers.user_id, pointers.request_ts, pointers.version, projection.max_len)
+    visibility = pointers.visibility
+    located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len)
 
     mismatched = np.zeros(len(pointers), bool)
     if verify:
@@ -110,8 +111,9 @@ def materialize(
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    gathered = _merge_spread(store, located, pointers, projection.max_len, offsets) if located.spread.any() else None
+    gathered = _merge_spread(store, located, visibility, projection.max_len, offsets) if located.spread.any() else None
     values = {}
+    arrival = store.schema.arrival_col
     for name in columns:
         dtype = _output_dtype(store, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
@@ -119,7 +121,8 @@ def materialize(
             single = ~located.spread[idx]
             idx, lo, hi, holes = idx[single], lo[single], hi[single], holes[single]
             copy_windows(segment.stored(name), segment.base(name), segment.stored("_version"),
-                         segment.base("_version"), pointers.version[idx], lo, hi, holes,
+                         segment.base("_version"), *segment.encoded(arrival),
+                         visibility.take(idx), lo, hi, holes,
                          offsets[idx], out)
         if gathered is not None:
             for segment, rows, dst in gathered:
@@ -135,7 +138,7 @@ def _output_dtype(store: Store, name: str) -> np.dtype:
     return np.dtype(np.bool_ if dtype == "bool" else dtype)
 
 
-def _merge_spread(store: Store, located: Located, pointers: Pointers, max_len: int,
+def _merge_spread(store: Store, located: Located, visibility: Visibility, max_len: int,
                   offsets: np.ndarray) -> list[tuple[Segment, np.ndarray, np.ndarray]]:
     """For histories spread over several segments: merge candidates by (time, tie-break).
 
@@ -153,7 +156,10 @@ def _merge_spread(store: Store, located: Located, pointers: Pointers, max_len: i
         rows = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
         ptr = np.repeat(idx, sizes)
         version = segment.decoded("_version")[rows]
-        visible = version <= pointers.version[ptr]
+        visible = version <= visibility.version[ptr]
+        if store.schema.arrival_col:
+            late = segment.decoded(store.schema.arrival_col)[rows] < visibility.arrival_limit[ptr]
+            visible |= (version <= visibility.version_hi[ptr]) & late
         rows, ptr = rows[visible], ptr[visible]
         tiebreak = (segment.decoded(store.schema.tiebreak)[rows] if store.schema.tiebreak
                     else np.zeros(len(rows), np.int64))
@@ -162,10 +168,10 @@ def _merge_spread(store: Store, located: Located, pointers: Pointers, max_len: i
     order = np.lexsort((rows, seg, tiebreak, ts, ptr))
     ptr, seg, rows = ptr[order], seg[order], rows[order]
     # keep the newest max_len candidates of each pointer, placed after its offset
-    counts = np.bincount(ptr, minlength=len(pointers))
+    counts = np.bincount(ptr, minlength=len(offsets) - 1)
     group_end = np.repeat(np.cumsum(counts), counts)
     keep = group_end - np.arange(len(ptr)) <= max_len
     ptr, seg, rows = ptr[keep], seg[keep], rows[keep]
-    kept = np.bincount(ptr, minlength=len(pointers))
+    kept = np.bincount(ptr, minlength=len(offsets) - 1)
     dst = offsets[ptr] + np.arange(len(ptr)) - np.repeat(np.cumsum(kept) - kept, kept)
     return [(located.windows[s][0], rows[seg == s], dst[seg == s]) for s in np.unique(seg)]

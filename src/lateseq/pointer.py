@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import PointerError, SchemaError
+from .kernels import Visibility
 from .store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -44,16 +45,29 @@ POINTER_BYTES = sum(f.type.byte_width for f in POINTER_FIELDS)
 
 @dataclass(frozen=True)
 class Pointers:
-    """Pointer columns as numpy arrays, checked for presence and type."""
+    """Pointer columns as numpy arrays, checked for presence and type.
+
+    ``version_hi`` and ``arrival_limit`` widen what a pointer sees to events of later
+    versions that arrived before ``arrival_limit`` (how a stripped online tail is
+    rebuilt, see ``online.py``); plain pointers leave them unset.
+    """
 
     user_id: np.ndarray
     request_ts: np.ndarray
     version: np.ndarray
     length: np.ndarray
     checksum: np.ndarray
+    version_hi: np.ndarray | None = None
+    arrival_limit: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user_id)
+
+    @property
+    def visibility(self) -> Visibility:
+        if self.version_hi is None:
+            return Visibility.of_versions(self.version)
+        return Visibility(self.version, np.maximum(self.version_hi, self.version), self.arrival_limit)
 
     @classmethod
     def from_arrow(cls, examples: pa.Table | pa.RecordBatch) -> Pointers:
@@ -79,7 +93,7 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray) -> 
     user_id = np.asarray(user_id, np.int64)
     request_ts = np.asarray(request_ts, np.int64)
     versions = np.full(len(user_id), store.version, np.int64)
-    located = store.locate(user_id, request_ts, versions, max_len=0)
+    located = store.locate(user_id, request_ts, Visibility.of_versions(versions), max_len=0)
     return pa.Table.from_arrays(
         [user_id, request_ts, versions.astype(np.uint32), located.count.astype(np.uint32), located.checksum],
         schema=POINTER_FIELDS,

@@ -36,6 +36,9 @@ class Schema:
     ``tiebreak`` optionally names an integer payload column that orders events sharing
     a timestamp; without it, ties keep commit order, then row order within the commit.
     ``partitions`` splits users by hash into independently written and read parts.
+    ``arrival_col`` names the int64 column holding when each event became readable
+    online (the two-tier protocol bounds by it); ``event_id_col`` names an int64 event
+    id, and a commit keeps one copy of events sharing (user, event id).
     """
 
     columns: dict[str, str]
@@ -44,6 +47,8 @@ class Schema:
     feature_groups: dict[str, list[str]] = field(default_factory=dict)
     tiebreak: str | None = None
     partitions: int = 1
+    arrival_col: str | None = None
+    event_id_col: str | None = None
 
     def __post_init__(self) -> None:
         for name, dtype in self.columns.items():
@@ -65,6 +70,9 @@ class Schema:
                 raise SchemaError(f"feature group {group!r} names unknown columns {unknown}")
         if self.tiebreak is not None and not self.columns.get(self.tiebreak, "").startswith("int"):
             raise SchemaError(f"tiebreak {self.tiebreak!r} must name an integer payload column")
+        for role, name in (("arrival_col", self.arrival_col), ("event_id_col", self.event_id_col)):
+            if name is not None and self.columns.get(name) != "int64":
+                raise SchemaError(f"{role} {name!r} must name an int64 payload column")
         if not 1 <= self.partitions <= 65536:
             raise SchemaError(f"partitions must be between 1 and 65536, got {self.partitions}")
 
@@ -135,6 +143,8 @@ class Schema:
                 "feature_groups": self.feature_groups,
                 "tiebreak": self.tiebreak,
                 "partitions": self.partitions,
+                "arrival_col": self.arrival_col,
+                "event_id_col": self.event_id_col,
             },
             indent=2,
         )

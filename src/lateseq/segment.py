@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +28,7 @@ from .kernels import _mix64, event_hashes
 from .schema import Schema
 
 SYSTEM_COLUMNS = ("_version", "_vmax", "_hcum")
+SEGMENT_FILES = (".arrow", ".index.arrow")
 _UNSIGNED = (np.uint8, np.uint16, np.uint32)
 
 
@@ -76,6 +78,15 @@ class Events:
             np.concatenate([p.hashes for p in parts]),
         )
 
+    def first_deliveries(self, event_id: str) -> Events:
+        """Keeps the first row of each (user, event id): redeliveries are dropped."""
+        ids = self.payload[event_id]
+        order = np.lexsort((np.arange(len(self)), ids, self.user))
+        repeat = (self.user[order][1:] == self.user[order][:-1]) & (ids[order][1:] == ids[order][:-1])
+        keep = np.ones(len(self), bool)
+        keep[order[1:][repeat]] = False
+        return self.take(np.flatnonzero(keep))
+
     def sorted(self, tiebreak: str | None) -> Events:
         """Stable sort by (user, time, tie-break): equal keys keep their current order."""
         keys = [self.ts, self.user]
@@ -96,9 +107,21 @@ class SegmentInfo:
     max_version: int
     bytes: int
     bases: dict[str, int] = field(default_factory=dict)
+    crc32: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
+
+    def files(self, directory: Path) -> list[Path]:
+        return [directory / f"{self.name}{suffix}" for suffix in SEGMENT_FILES]
+
+    def corrupt_files(self, directory: Path) -> list[Path]:
+        """Files that are missing or whose CRC-32 differs from the one written."""
+        bad = []
+        for path, crc in zip(self.files(directory), self.crc32, strict=True):
+            if not path.is_file() or file_crc32(path) != crc:
+                bad.append(path)
+        return bad
 
 
 def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
@@ -141,27 +164,40 @@ def write_segment(directory: Path, partition: int, events: Events) -> SegmentInf
     name = f"p{partition:05d}-{uuid.uuid4().hex}"
     data = pa.table(arrays, names=names)
     index = pa.table({"user_id": user_ids.astype(np.int64), "end": ends})
-    size = _write_ipc(directory / f"{name}.arrow", data) + _write_ipc(directory / f"{name}.index.arrow", index)
+    crc32 = [_write_ipc(directory / f"{name}{suffix}", table)
+             for suffix, table in ((".arrow", data), (".index.arrow", index))]
+    size = sum((directory / f"{name}{suffix}").stat().st_size for suffix in SEGMENT_FILES)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
         min_version=int(events.version.min()), max_version=int(events.version.max()),
-        bytes=size, bases=bases,
+        bytes=size, bases=bases, crc32=crc32,
     )
 
 
 def _write_ipc(path: Path, table: pa.Table) -> int:
-    """Write to a temporary name, fsync, then rename: a reader never sees half a file."""
+    """Write to a temporary name, fsync, then rename: a reader never sees half a file.
+
+    Returns the file's CRC-32, kept in the manifest so corruption can be found later.
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    data = sink.getvalue()
     tmp = path.with_name(f".tmp-{path.name}")
-    with pa.OSFile(str(tmp), "wb") as sink:
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path.stat().st_size
+    return zlib.crc32(data)
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 class Segment:
@@ -183,6 +219,10 @@ class Segment:
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)
+
+    def encoded(self, name: str | None) -> tuple[np.ndarray | None, int]:
+        """(stored, base) of a column, or (None, 0) when no column is named."""
+        return (None, 0) if name is None else (self._data[name], self.base(name))
 
     def decoded(self, name: str) -> np.ndarray:
         stored = self._data[name]

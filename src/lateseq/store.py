@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import CommitConflict, PointerError, SchemaError, StoreError, VersionNotFound
-from .kernels import locate
+from .kernels import Visibility, locate
 from .schema import Schema
 from .segment import Events, Segment, SegmentInfo, partition_of, write_segment
 
@@ -77,6 +77,8 @@ class Store:
         manifest = self._manifest(self.version) if self.version else {"segments": [], "events": 0}
         self.segment_infos = [SegmentInfo(**s) for s in manifest["segments"]]
         self.num_events: int = manifest["events"]
+        # every event that arrived before the watermark is in this version (two-tier stores)
+        self.watermark: int | None = manifest.get("watermark")
 
     # ------------------------------------------------------------ opening
 
@@ -170,22 +172,28 @@ class Store:
 
     # ------------------------------------------------------------ writing
 
-    def commit(self, events: EventSource) -> Store:
+    def commit(self, events: EventSource, *, watermark: int | None = None) -> Store:
         """Publishes ``events`` as the next version; returns a handle on it.
 
         Validates everything before writing anything: bad input raises SchemaError and
-        leaves the store as it was.
+        leaves the store as it was. ``watermark`` records that every event which arrived
+        before it is now in the store (see ``online.py``).
         """
         table = self.schema.conform(_read_events(events))
         base = Store(self.path)  # commit on top of the latest version, whatever this handle is
+        if watermark is not None and base.watermark is not None and watermark < base.watermark:
+            raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
         version = base.version + 1
         incoming = Events.from_table(table, self.schema, version)
+        if self.schema.event_id_col:
+            incoming = incoming.first_deliveries(self.schema.event_id_col)
         parts = partition_of(incoming.user, self.schema.partitions)
         new = []
         for p in np.unique(parts):
             chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
             new.append(write_segment(self.path / "segments", int(p), chunk))
-        return base._publish(version, "commit", base.segment_infos + new, new)
+        return base._publish(version, "commit", base.segment_infos + new, new,
+                             base.watermark if watermark is None else watermark)
 
     def compact(self) -> Store:
         """Merges each partition's segments into one sorted segment, as a new version.
@@ -206,11 +214,12 @@ class Store:
                 continue
             merged = Events.concat([base._open(i).events(self.schema) for i in infos])
             new.append(write_segment(self.path / "segments", p, merged.sorted(self.schema.tiebreak)))
-        return base._publish(base.version + 1, "compact", kept + new, new)
+        return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo],
-                 new: list[SegmentInfo]) -> Store:
+                 new: list[SegmentInfo], watermark: int | None) -> Store:
         manifest = {
+            "watermark": watermark,
             "version": version,
             "parent": self.version,
             "created_at": time.time(),
@@ -250,14 +259,15 @@ class Store:
         """Open segments of this version (of one partition), oldest first."""
         return [self._open(i) for i in self.segment_infos if partition in (None, i.partition)]
 
-    def locate(self, users: np.ndarray, request_ts: np.ndarray, versions: np.ndarray,
+    def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int) -> Located:
-        """Finds each pointer's visible events (time < request, version <= pointer's)."""
-        if len(versions) and (versions.max() > self.version or versions.min() < 0):
+        """Finds each pointer's visible events: time before the request, and ``visibility``."""
+        if len(users) and (visibility.version_hi.max() > self.version or visibility.version.min() < 0):
             raise PointerError(
-                f"pointers name versions {int(versions.min())}..{int(versions.max())} but this handle "
+                f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
                 f"is at version {self.version}; open the store at a version >= every pointer's"
             )
+        arrival = self.schema.arrival_col
         n = len(users)
         count = np.zeros(n, np.int64)
         checksum = np.zeros(n, np.uint32)
@@ -275,7 +285,8 @@ class Store:
                 c, s, wlo, whi, holes = locate(
                     lo[keep], hi[keep], segment.stored("ts"), segment.base("ts"),
                     segment.stored("_version"), segment.stored("_vmax"), segment.base("_version"),
-                    segment.stored("_hcum"), request_ts[present], versions[present], max_len,
+                    segment.stored("_hcum"), *segment.encoded(arrival), request_ts[present],
+                    visibility.take(present), max_len,
                 )
                 count[present] += c
                 checksum[present] += s
@@ -303,8 +314,8 @@ def _read_events(source: EventSource) -> pa.Table:
 
 
 def _remove_segment(directory: Path, info: SegmentInfo) -> None:
-    for suffix in (".arrow", ".index.arrow"):
-        (directory / f"{info.name}{suffix}").unlink(missing_ok=True)
+    for path in info.files(directory):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
