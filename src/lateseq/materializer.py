@@ -165,13 +165,38 @@ def _merge_spread(store: Store, located: Located, visibility: Visibility, max_le
                     else np.zeros(len(rows), np.int64))
         parts.append((ptr, segment.decoded("ts")[rows], tiebreak, np.full(len(rows), order), rows))
     ptr, ts, tiebreak, seg, rows = (np.concatenate(c) for c in zip(*parts, strict=True))
-    order = np.lexsort((rows, seg, tiebreak, ts, ptr))
-    ptr, seg, rows = ptr[order], seg[order], rows[order]
-    # keep the newest max_len candidates of each pointer, placed after its offset
-    counts = np.bincount(ptr, minlength=len(offsets) - 1)
-    group_end = np.repeat(np.cumsum(counts), counts)
-    keep = group_end - np.arange(len(ptr)) <= max_len
-    ptr, seg, rows = ptr[keep], seg[keep], rows[keep]
-    kept = np.bincount(ptr, minlength=len(offsets) - 1)
+    chosen, kept = newest_per_group(ptr, [ts, tiebreak, seg, rows], max_len, len(offsets) - 1)
+    ptr, seg, rows = ptr[chosen], seg[chosen], rows[chosen]
     dst = offsets[ptr] + np.arange(len(ptr)) - np.repeat(np.cumsum(kept) - kept, kept)
     return [(located.windows[s][0], rows[seg == s], dst[seg == s]) for s in np.unique(seg)]
+
+
+def newest_per_group(group: np.ndarray, keys: list[np.ndarray], max_len: int,
+                     groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorts rows by (group, *keys) and keeps each group's last ``max_len``.
+
+    Returns the chosen row indices, grouped and in order, and how many each group kept.
+    """
+    order = np.lexsort((*reversed(keys), group))
+    counts = np.bincount(group, minlength=groups)
+    group_end = np.repeat(np.cumsum(counts), counts)
+    chosen = order[group_end - np.arange(len(order)) <= max_len]
+    return chosen, np.minimum(counts, max_len)
+
+
+def stitch(parts: list[tuple[np.ndarray, JaggedBatch]], rows: int) -> JaggedBatch:
+    """One batch from batches that each answer some of ``rows`` rows (given by index)."""
+    lengths = np.zeros(rows, np.int64)
+    mismatched = np.zeros(rows, bool)
+    for index, batch in parts:
+        lengths[index] = batch.lengths
+        mismatched[index] = batch.mismatched
+    offsets = np.zeros(rows + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    names = next((list(b.values) for _, b in parts), [])
+    values = {n: np.empty(int(offsets[-1]), parts[0][1].values[n].dtype) for n in names}
+    for index, batch in parts:
+        dst = np.repeat(offsets[index] - batch.offsets[:-1], batch.lengths) + np.arange(batch.offsets[-1])
+        for n in names:
+            values[n][dst] = batch.values[n]
+    return JaggedBatch(offsets, values, mismatched)

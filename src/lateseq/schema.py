@@ -133,6 +133,12 @@ class Schema:
                 raise SchemaError(f"column {name!r} does not fit {target}: {exc}") from exc
         return pa.table(arrays, names=expected)
 
+    def empty_table(self) -> pa.Table:
+        """A table with no rows and exactly the conformed columns."""
+        fields = [(self.user_col, pa.int64()), (self.time_col, pa.int64())]
+        fields += [(n, PAYLOAD_TYPES[t]) for n, t in self.columns.items()]
+        return pa.schema(fields).empty_table()
+
     def to_json(self) -> str:
         return json.dumps(
             {

@@ -1,0 +1,141 @@
+"""The mutable tier: recent events, readable online the moment they arrive.
+
+Online serving reads a store version plus this tier's events that arrived after the
+version's watermark. The tier keeps events at least ``retention`` seconds (one
+compaction period or more, so the next version always covers what it drops) and
+drops redeliveries of an event it still remembers.
+
+``MutableTier`` is the interface a real key-value store would implement;
+``InMemoryTier`` is the in-process reference implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import SchemaError
+from .schema import Schema
+
+_FAR_PAST = np.iinfo(np.int64).min
+
+
+class MutableTier(ABC):
+    """Arrival-ordered recent events, queried by user and arrival window."""
+
+    def __init__(self, schema: Schema, retention: int):
+        if schema.arrival_col is None or schema.event_id_col is None:
+            raise SchemaError("a mutable tier needs a schema with arrival_col and event_id_col")
+        if retention <= 0:
+            raise SchemaError(f"retention must be positive seconds, got {retention}")
+        self.schema = schema
+        self.retention = retention
+        # events that arrived before this were dropped; reads must not reach below it
+        self.expired_before = _FAR_PAST
+
+    @abstractmethod
+    def append(self, events: pa.Table) -> int:
+        """Adds events as they arrive (arrival time never decreasing); returns how many
+        were new (redeliveries of a remembered (user, event id) are dropped)."""
+
+    @abstractmethod
+    def tail(self, users: np.ndarray, since: int | None, until: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+        """Each request's events with ``since <= arrival < until[i]``, in arrival order:
+        (request index per row, rows). ``since=None`` means from the beginning."""
+
+    @abstractmethod
+    def drain(self, since: int | None, until: int) -> pa.Table:
+        """Every event with ``since <= arrival < until``, in arrival order, for a commit."""
+
+    @abstractmethod
+    def _drop_before(self, cutoff: int) -> None:
+        """Forgets events that arrived before ``cutoff``."""
+
+    def expire(self, now: int, folded_watermark: int | None) -> int:
+        """Drops what retention allows: older than ``now - retention`` and already
+        folded into a store version. Returns the cutoff applied."""
+        cutoff = now - self.retention
+        if folded_watermark is None:
+            return self.expired_before
+        cutoff = min(cutoff, folded_watermark)
+        if cutoff > self.expired_before:
+            self._drop_before(cutoff)
+            self.expired_before = cutoff
+        return self.expired_before
+
+
+class InMemoryTier(MutableTier):
+    """Columns in arrival order, with a (user, arrival) index rebuilt after appends."""
+
+    def __init__(self, schema: Schema, retention: int):
+        super().__init__(schema, retention)
+        self._names = [schema.user_col, schema.time_col, *schema.columns]
+        self._table = schema.empty_table()
+        self._seen: set[tuple[int, int]] = set()
+        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def append(self, events: pa.Table) -> int:
+        if events.num_rows == 0:
+            return 0
+        events = self.schema.conform(events)
+        arrival = events.column(self.schema.arrival_col).to_numpy()
+        last = self._last_arrival()
+        if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
+            raise SchemaError("events must be appended in arrival order")
+        users = events.column(self.schema.user_col).to_numpy()
+        ids = events.column(self.schema.event_id_col).to_numpy()
+        keep = np.zeros(len(users), bool)
+        for i, key in enumerate(zip(users.tolist(), ids.tolist(), strict=True)):
+            if key not in self._seen:
+                self._seen.add(key)
+                keep[i] = True
+        if keep.any():
+            self._table = pa.concat_tables([self._table, events.filter(pa.array(keep))]).combine_chunks()
+            self._index = None
+        return int(keep.sum())
+
+    def _last_arrival(self) -> int | None:
+        if self._table.num_rows == 0:
+            return None
+        return self._table.column(self.schema.arrival_col)[-1].as_py()
+
+    def _by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._index is None:
+            users = self._table.column(self.schema.user_col).to_numpy()
+            arrival = self._table.column(self.schema.arrival_col).to_numpy()
+            order = np.lexsort((np.arange(len(users)), arrival, users))
+            self._index = (order, users[order], arrival[order])
+        return self._index
+
+    def tail(self, users, since, until):
+        order, sorted_users, sorted_arrival = self._by_user()
+        since = _FAR_PAST if since is None else since
+        lo = np.searchsorted(sorted_users, users, "left")
+        hi = np.searchsorted(sorted_users, users, "right")
+        rows, owners = [], []
+        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            window = order[a:b][(sorted_arrival[a:b] >= since) & (sorted_arrival[a:b] < until[i])]
+            rows.append(np.sort(window))
+            owners.append(np.full(len(window), i, np.int64))
+        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        owners = np.concatenate(owners) if owners else np.empty(0, np.int64)
+        return owners, self._table.take(pa.array(rows, pa.int64()))
+
+    def drain(self, since, until):
+        arrival = self._table.column(self.schema.arrival_col).to_numpy()
+        since = _FAR_PAST if since is None else since
+        return self._table.filter(pa.array((arrival >= since) & (arrival < until)))
+
+    def _drop_before(self, cutoff):
+        arrival = self._table.column(self.schema.arrival_col).to_numpy()
+        dropped = self._table.filter(pa.array(arrival < cutoff))
+        for key in zip(dropped.column(self.schema.user_col).to_pylist(),
+                       dropped.column(self.schema.event_id_col).to_pylist(), strict=True):
+            self._seen.discard(key)
+        self._table = self._table.filter(pa.array(arrival >= cutoff))
+        self._index = None

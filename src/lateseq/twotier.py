@@ -1,0 +1,228 @@
+"""The two-tier protocol: exact online-to-offline (O2O) reconstruction.
+
+Online, a request at time ``t`` reads store version ``k`` (every event that arrived
+before ``k``'s watermark ``W_k``) plus the mutable tier's events that arrived in
+``[W_k, t)``; both are cut to event time ``< t``. What it served is therefore exactly
+*the user's events that arrived before t, with event time before t*. The log record
+holds the pointer into ``k`` (``uih_*``), the tail inline (``tail_*`` list columns),
+and the length and checksum of the whole served history (``seq_*``).
+
+- Streaming rebuild (before the tail is folded): version ``k`` through the pointer,
+  plus the inline tail, merged by (time, tie-break, store before tail, arrival).
+- Batch rebuild (any time later): a version ``K`` whose watermark is ``>= t`` holds
+  every event that arrived before ``t``. Events of versions ``<= k``, plus events of
+  versions ``(k, K]`` that arrived before ``t``, are exactly the served set, in the
+  same order, because folds commit the tier in arrival order. Once such a ``K`` is
+  kept, ``strip_tails`` drops the inline tail and records ``tail_version = K``.
+
+Both rebuilds are checked against ``seq_length``/``seq_checksum``; when an
+assumption is broken (a version or tail gone too early, corrupt files, events that
+bypassed the tier) the check fails loudly, never silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import ChecksumMismatch, PointerError, SchemaError, StoreError
+from .kernels import event_hashes
+from .materializer import JaggedBatch, materialize, newest_per_group, stitch
+from .mutable import MutableTier
+from .pointer import Pointers, log_examples
+from .projection import Projection
+from .segment import _to_numpy
+from .store import Store
+
+TAIL_PREFIX = "tail_"
+RECORD_FIELDS = pa.schema([
+    ("seq_length", pa.uint32()),
+    ("seq_checksum", pa.uint32()),
+    ("tail_version", pa.uint32()),
+])
+
+
+def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
+    """Commits the tier's events that arrived before ``watermark`` as a new version."""
+    since = store.latest().watermark
+    if since is not None and watermark <= since:
+        raise SchemaError(f"watermark {watermark} does not advance past {since}")
+    return store.commit(tier.drain(since, watermark), watermark=watermark)
+
+
+class OnlineReader:
+    """Lateseq's reference online side: serves sequences and writes log records."""
+
+    def __init__(self, store: Store, tier: MutableTier, projection: Projection):
+        if store.schema.arrival_col is None or store.schema.event_id_col is None:
+            raise SchemaError("the two-tier protocol needs a schema with arrival_col and event_id_col")
+        self.store = store
+        self.tier = tier
+        self.projection = projection
+
+    def serve(self, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
+        """The log records and the sequences served, for requests at ``request_ts``."""
+        store = self.store.latest()
+        times = requests.column("request_ts").to_numpy()
+        users = requests.column("user_id").to_numpy()
+        if store.watermark is not None and len(times) and times.min() < store.watermark:
+            raise PointerError(f"version {store.version} covers arrivals up to {store.watermark}, "
+                               "after some requests: serve each request from a version published before it")
+        if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
+            raise StoreError("the mutable tier dropped events the store does not hold yet: "
+                             "fold more often than the tier's retention")
+        log = log_examples(store, requests)
+        owners, tail = self.tier.tail(users, store.watermark, times)
+        before = tail.column(store.schema.time_col).to_numpy() < times[owners]
+        tail, owners = tail.filter(pa.array(before)), owners[before]
+        log = _with_tail(log, store, tail, owners)
+        return log, rebuild_streaming(store, log, self.projection)
+
+
+def _payload_names(store: Store) -> list[str]:
+    return [store.schema.time_col, *store.schema.columns]
+
+
+def _tail_digest(store: Store, user: np.ndarray, columns: dict[str, np.ndarray], owners: np.ndarray,
+                 rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: how many tail events, and the sum of their content hashes."""
+    names = _payload_names(store)
+    hashes = event_hashes(user, columns[names[0]], [columns[n] for n in names[1:]])
+    total = np.zeros(rows, np.uint64)
+    np.add.at(total, owners, hashes.astype(np.uint64))
+    return np.bincount(owners, minlength=rows), (total & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def _with_tail(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray) -> pa.Table:
+    columns = {n: _to_numpy(tail.column(n)) for n in _payload_names(store)}
+    count, digest = _tail_digest(store, tail.column(store.schema.user_col).to_numpy(), columns,
+                                 owners, log.num_rows)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(count)]).astype(np.int32))
+    length = log.column("uih_length").to_numpy().astype(np.int64) + count
+    checksum = log.column("uih_checksum").to_numpy() + digest
+    for field, values in zip(RECORD_FIELDS, [length, checksum, np.zeros(log.num_rows)], strict=True):
+        log = log.append_column(field, pa.array(values.astype(field.type.to_pandas_dtype())))
+    for name in _payload_names(store):
+        log = log.append_column(TAIL_PREFIX + name, pa.ListArray.from_arrays(offsets, tail.column(name).combine_chunks()))
+    return log
+
+
+def _inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(owner per tail row, user per tail row, column values) from a log's tail columns."""
+    names = _payload_names(store)
+    first = log.column(TAIL_PREFIX + names[0])
+    if isinstance(first, pa.ChunkedArray):
+        first = first.combine_chunks()
+    lengths = pc.list_value_length(first).fill_null(0).to_numpy()
+    owners = np.repeat(np.arange(len(lengths)), lengths)
+    columns = {}
+    for name in names:
+        column = log.column(TAIL_PREFIX + name)
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        columns[name] = _to_numpy(pc.list_flatten(column))
+    user = log.column("user_id").to_numpy()[owners]
+    return owners, user, columns
+
+
+def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
+                      on_mismatch: str = "raise") -> JaggedBatch:
+    """Version ``uih_version`` through the pointer, plus the inline tail."""
+    schema = store.schema
+    wanted = projection.resolve(schema)
+    keys = [schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])
+    names = list(dict.fromkeys(wanted + keys))
+    head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
+    owners, user, tail = _inline_tail(store, log)
+    rows = len(head)
+    count, digest = _tail_digest(store, user, tail, owners, rows)
+    seq = Pointers.from_arrow(log)
+    seq_length = log.column("seq_length").to_numpy().astype(np.int64)
+    seq_checksum = log.column("seq_checksum").to_numpy()
+    bad = (seq.length + count != seq_length) | (seq.checksum + digest != seq_checksum) | head.mismatched
+    _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
+
+    group = np.concatenate([np.repeat(np.arange(rows), head.lengths), owners])
+    source = np.concatenate([np.zeros(len(group) - len(owners), np.int8), np.ones(len(owners), np.int8)])
+    position = np.arange(len(group))
+    sort_keys = [np.concatenate([head.values[k], tail[k]]) for k in keys] + [source, position]
+    chosen, kept = newest_per_group(group, sort_keys, projection.max_len, rows)
+    offsets = np.concatenate([[0], np.cumsum(kept)])
+    values = {n: np.concatenate([head.values[n], tail[n].astype(head.values[n].dtype)])[chosen] for n in wanted}
+    return JaggedBatch(offsets, values, bad)
+
+
+def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
+                  on_mismatch: str = "raise") -> JaggedBatch:
+    """From the store alone: versions up to a covering version, bounded by arrival."""
+    pointers = Pointers.from_arrow(log)
+    tail_version = log.column("tail_version").to_numpy().astype(np.int64)
+    uncovered = tail_version == 0
+    if uncovered.any():
+        tail_version = tail_version.copy()
+        tail_version[uncovered] = covering_versions(store, pointers.request_ts[uncovered])
+    if (tail_version == 0).any():
+        first = int(np.flatnonzero(tail_version == 0)[0])
+        raise PointerError(f"no kept version covers arrivals up to request {first}'s time yet; "
+                           "rebuild in streaming mode, or fold first")
+    seq = Pointers(
+        pointers.user_id, pointers.request_ts, pointers.version,
+        log.column("seq_length").to_numpy().astype(np.int64), log.column("seq_checksum").to_numpy(),
+        version_hi=tail_version, arrival_limit=pointers.request_ts,
+    )
+    return materialize(store, seq, projection, on_mismatch=on_mismatch)
+
+
+def rebuild(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
+            on_mismatch: str = "raise") -> JaggedBatch:
+    """Streaming where a record still carries its tail, batch where it was stripped."""
+    stripped = log.column("tail_version").to_numpy() > 0
+    if stripped.all() or not stripped.any():
+        how = rebuild_batch if stripped.all() and len(stripped) else rebuild_streaming
+        return how(store, log, projection, on_mismatch)
+    parts = []
+    for mask, how in ((stripped, rebuild_batch), (~stripped, rebuild_streaming)):
+        index = np.flatnonzero(mask)
+        parts.append((index, how(store, log.take(pa.array(index)), projection, on_mismatch)))
+    return stitch(parts, len(stripped))
+
+
+def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:
+    """For each request time, the oldest kept version whose watermark reaches it (0: none)."""
+    kept = [(v.version, Store(store.path, v.version).watermark) for v in store.versions()
+            if v.version <= store.version]
+    versions = np.array([v for v, w in kept if w is not None], np.int64)
+    marks = np.array([w for v, w in kept if w is not None], np.int64)
+    if len(versions) == 0:
+        return np.zeros(len(request_ts), np.int64)
+    best = np.maximum.accumulate(marks)  # watermarks never go back; be safe anyway
+    pos = np.searchsorted(best, request_ts, "left")
+    return np.where(pos < len(versions), versions[np.minimum(pos, len(versions) - 1)], 0)
+
+
+def strip_tails(store: Store, log: pa.Table) -> tuple[pa.Table, int]:
+    """Drops inline tails that a kept version covers; returns the log and how many."""
+    covering = covering_versions(store, log.column("request_ts").to_numpy())
+    current = log.column("tail_version").to_numpy().astype(np.int64)
+    strip = (current == 0) & (covering > 0)
+    if not strip.any():
+        return log, 0
+    tail_version = np.where(strip, covering, current).astype(np.uint32)
+    log = log.set_column(log.schema.get_field_index("tail_version"), RECORD_FIELDS.field("tail_version"),
+                         pa.array(tail_version))
+    for name in _payload_names(store):
+        index = log.schema.get_field_index(TAIL_PREFIX + name)
+        column = log.column(index).combine_chunks()
+        lengths = pc.list_value_length(column).to_numpy()
+        keep = np.repeat(~strip, lengths)
+        lengths = np.where(strip, 0, lengths)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        values = pc.list_flatten(column).filter(pa.array(keep))
+        log = log.set_column(index, log.schema.field(index), pa.ListArray.from_arrays(offsets, values))
+    return log, int(strip.sum())
+
+
+def _check(bad: np.ndarray, on_mismatch: str, what: str) -> None:
+    if on_mismatch == "raise" and bad.any():
+        rows = np.flatnonzero(bad)
+        raise ChecksumMismatch(f"{len(rows)} records: {what} (first rows: {rows[:5].tolist()})", rows.tolist())
