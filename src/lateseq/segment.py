@@ -234,11 +234,17 @@ class Segment:
         found = self.user_ids[pos] == users
         return np.where(found, self.starts[pos], 0), np.where(found, self.ends[pos], 0)
 
+    def hashes(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The stored content hash of each event in rows [lo, hi)."""
+        hcum = self._data["_hcum"]
+        hi = len(hcum) if hi is None else hi
+        before = hcum[lo - 1] if lo > 0 else np.uint32(0)
+        return np.diff(hcum[lo:hi], prepend=before).astype(np.uint32)
+
     def events(self, schema: Schema) -> Events:
         """Every event decoded, for compaction."""
         user = np.repeat(self.user_ids, np.diff(np.append(self.starts, self.info.rows)))
-        hcum = self._data["_hcum"]
-        hashes = np.diff(hcum, prepend=np.uint32(0)).astype(np.uint32)
+        hashes = self.hashes()
         payload = {name: self._decode_payload(name, schema) for name in schema.columns}
         return Events(user, self.decoded("ts"), payload,
                       self.decoded("_version").astype(np.uint32), hashes)

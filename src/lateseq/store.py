@@ -253,6 +253,24 @@ class Store:
         _fsync_dir(versions)
         return Store(self.path, version)
 
+    def cleanup(self, before: int) -> list[int]:
+        """Forgets versions older than ``before`` (tagged ones stay) and deletes segment
+        files no kept version references. Returns the versions removed.
+
+        Pointers into removed versions still rebuild, because events keep their
+        version; their checksums prove it. Readers holding an old handle open keep
+        their memory-mapped files until they close them.
+        """
+        pinned = set(self.tags().values())
+        removed = [v.version for v in self.versions() if v.version < before and v.version not in pinned]
+        for v in removed:
+            (self.path / "versions" / f"{v:08d}.json").unlink()
+        referenced = {s["name"] for v in self.versions() for s in self._manifest(v.version)["segments"]}
+        for path in (self.path / "segments").glob("*.arrow"):
+            if path.name.split(".")[0] not in referenced:
+                path.unlink()
+        return removed
+
     # ------------------------------------------------------------ reading
 
     def _open(self, info: SegmentInfo) -> Segment:

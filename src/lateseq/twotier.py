@@ -125,6 +125,15 @@ def _inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarr
     return owners, user, columns
 
 
+def tail_intact(store: Store, log: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Per record: pointer plus inline tail add up to the served length and checksum."""
+    owners, user, tail = _inline_tail(store, log)
+    count, digest = _tail_digest(store, user, tail, owners, log.num_rows)
+    pointers = Pointers.from_arrow(log)
+    return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
+            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()))
+
+
 def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
                       on_mismatch: str = "raise") -> JaggedBatch:
     """Version ``uih_version`` through the pointer, plus the inline tail."""
@@ -133,13 +142,9 @@ def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: 
     keys = [schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])
     names = list(dict.fromkeys(wanted + keys))
     head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
-    owners, user, tail = _inline_tail(store, log)
+    owners, _, tail = _inline_tail(store, log)
     rows = len(head)
-    count, digest = _tail_digest(store, user, tail, owners, rows)
-    seq = Pointers.from_arrow(log)
-    seq_length = log.column("seq_length").to_numpy().astype(np.int64)
-    seq_checksum = log.column("seq_checksum").to_numpy()
-    bad = (seq.length + count != seq_length) | (seq.checksum + digest != seq_checksum) | head.mismatched
+    bad = ~tail_intact(store, log) | head.mismatched
     _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
 
     group = np.concatenate([np.repeat(np.arange(rows), head.lengths), owners])
