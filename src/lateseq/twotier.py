@@ -76,7 +76,7 @@ class OnlineReader:
         owners, tail = self.tier.tail(users, store.watermark, times)
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
-        log = _with_tail(log, store, tail, owners)
+        log = attach_tails(log, store, tail, owners)
         return log, rebuild_streaming(store, log, self.projection)
 
 
@@ -94,7 +94,8 @@ def _tail_digest(store: Store, user: np.ndarray, columns: dict[str, np.ndarray],
     return np.bincount(owners, minlength=rows), (total & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-def _with_tail(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray) -> pa.Table:
+def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray) -> pa.Table:
+    """Adds the inline tail (rows of `tail`, owned by log row `owners`) and seq_* columns."""
     columns = {n: _to_numpy(tail.column(n)) for n in _payload_names(store)}
     count, digest = _tail_digest(store, tail.column(store.schema.user_col).to_numpy(), columns,
                                  owners, log.num_rows)
