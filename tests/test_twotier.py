@@ -228,3 +228,25 @@ def test_simulation_is_exact(tmp_path_factory, seed, late, duplicates, ties, out
     assert result["leaked_events"] == 0
     if late >= 0.3:
         assert result["naive_leaked_events"] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rows=st.integers(0, 6), max_len=st.integers(1, 6))
+def test_merge_newest_matches_reference(data, rows, max_len):
+    from lateseq.kernels import merge_newest, merge_newest_reference
+
+    def run(rows_):
+        sizes = [data.draw(st.integers(0, 5)) for _ in range(rows_)]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        keys = [sorted(data.draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)),
+                                          min_size=n, max_size=n))) for n in sizes]
+        flat = [k for group in keys for k in group]
+        ts = np.array([k[0] for k in flat], np.int64)
+        tb = np.array([k[1] for k in flat], np.int64)
+        return offsets, ts, tb
+
+    head, tail = run(rows), run(rows)
+    fast = merge_newest(*head, *tail, max_len)
+    slow = merge_newest_reference(*head, *tail, max_len)
+    assert fast[0].tolist() == slow[0].tolist()
+    assert fast[1].tolist() == slow[1].tolist()

@@ -262,3 +262,55 @@ def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visi
             if not holes[p] or v <= visibility.version[p] or late_ok:
                 rows.append(i)
         out[dst[p]:dst[p] + len(rows)] = np.asarray(src[rows]).astype(out.dtype) + out.dtype.type(base)
+
+
+# ---------------------------------------------------------------- merge with a tail
+
+
+@njit(cache=True, nogil=True)
+def _merge_newest(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, max_len,
+                  out_offsets, out):  # pragma: no cover
+    tail_base = head_ts.shape[0]
+    for g in range(head_offsets.shape[0] - 1):
+        i = head_offsets[g + 1] - 1
+        j = tail_offsets[g + 1] - 1
+        pos = out_offsets[g + 1] - 1
+        while pos >= out_offsets[g]:
+            take_tail = j >= tail_offsets[g] and (
+                i < head_offsets[g] or tail_ts[j] > head_ts[i]
+                or (tail_ts[j] == head_ts[i] and tail_tb[j] >= head_tb[i]))
+            if take_tail:
+                out[pos] = tail_base + j
+                j -= 1
+            else:
+                out[pos] = i
+                i -= 1
+            pos -= 1
+
+
+def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndarray,
+                 tail_offsets: np.ndarray, tail_ts: np.ndarray, tail_tb: np.ndarray,
+                 max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merges two sorted jagged runs per row (head from the store, tail from online)
+    by (time, tie-break), the tail after the head on equal keys, keeping the newest
+    ``max_len``. Returns (offsets, indices into head ++ tail)."""
+    lengths = np.minimum(np.diff(head_offsets) + np.diff(tail_offsets), max_len)
+    out_offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), np.int64)
+    _merge_newest(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, np.int64(max_len),
+                  out_offsets, out)
+    return out_offsets, out
+
+
+def merge_newest_reference(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, max_len):
+    rows = len(head_offsets) - 1
+    out, lengths = [], []
+    for g in range(rows):
+        items = [(head_ts[i], head_tb[i], 0, i) for i in range(head_offsets[g], head_offsets[g + 1])]
+        items += [(tail_ts[j], tail_tb[j], 1, len(head_ts) + j)
+                  for j in range(tail_offsets[g], tail_offsets[g + 1])]
+        chosen = [index for *_, index in sorted(items)][-max_len:] if max_len else []
+        out += chosen
+        lengths.append(len(chosen))
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(out, np.int64)

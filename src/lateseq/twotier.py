@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ChecksumMismatch, PointerError, SchemaError, StoreError
-from .kernels import event_hashes
-from .materializer import JaggedBatch, materialize, newest_per_group, stitch
+from .kernels import event_hashes, merge_newest
+from .materializer import JaggedBatch, materialize, stitch
 from .mutable import MutableTier
 from .pointer import Pointers, log_examples
 from .projection import Projection
@@ -140,20 +140,23 @@ def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: 
     """Version ``uih_version`` through the pointer, plus the inline tail."""
     schema = store.schema
     wanted = projection.resolve(schema)
-    keys = [schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])
-    names = list(dict.fromkeys(wanted + keys))
+    names = list(dict.fromkeys([*wanted, schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])))
     head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
     owners, _, tail = _inline_tail(store, log)
     rows = len(head)
     bad = ~tail_intact(store, log) | head.mismatched
     _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
 
-    group = np.concatenate([np.repeat(np.arange(rows), head.lengths), owners])
-    source = np.concatenate([np.zeros(len(group) - len(owners), np.int8), np.ones(len(owners), np.int8)])
-    position = np.arange(len(group))
-    sort_keys = [np.concatenate([head.values[k], tail[k]]) for k in keys] + [source, position]
-    chosen, kept = newest_per_group(group, sort_keys, projection.max_len, rows)
-    offsets = np.concatenate([[0], np.cumsum(kept)])
+    # the tail arrives in arrival order; order it by (row, time, tie-break), stably
+    tail_tb = tail[schema.tiebreak] if schema.tiebreak else np.zeros(len(owners), np.int64)
+    order = np.lexsort((tail_tb, tail[schema.time_col], owners))
+    tail = {k: v[order] for k, v in tail.items()}
+    tail_offsets = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=rows))])
+    head_tb = head.values[schema.tiebreak] if schema.tiebreak else np.zeros(len(head.values[schema.time_col]), np.int64)
+    offsets, chosen = merge_newest(
+        head.offsets, head.values[schema.time_col], head_tb, tail_offsets, tail[schema.time_col],
+        tail_tb[order], projection.max_len,
+    )
     values = {n: np.concatenate([head.values[n], tail[n].astype(head.values[n].dtype)])[chosen] for n in wanted}
     return JaggedBatch(offsets, values, bad)
 
