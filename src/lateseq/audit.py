@@ -14,7 +14,7 @@ from .pointer import Pointers
 from .projection import Projection
 from .segment import Segment
 from .store import Store
-from .twotier import rebuild, tail_intact
+from .twotier import is_two_tier, rebuild, tail_intact
 
 CAUSES = ("corrupt data", "version no longer kept", "tail stripped too early", "late event", "unknown")
 
@@ -40,12 +40,8 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
     subset = log.take(pa.array(rows, pa.int64()))
-    two_tier = "seq_checksum" in subset.column_names
-    cheap = Projection(1, (store.schema.time_col,))
-    if two_tier:
-        bad = rebuild(store, subset, cheap, on_mismatch="flag").mismatched
-    else:
-        bad = materialize(store, subset, cheap, on_mismatch="flag").mismatched
+    two_tier = is_two_tier(subset)
+    bad = rebuild(store, subset, Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched
     report = AuditReport(log.num_rows, len(rows))
     for i in np.flatnonzero(bad):
         report.mismatches[int(rows[i])] = _cause(store, subset.slice(int(i), 1), two_tier)

@@ -116,11 +116,22 @@ def _locate(
             lo[p] = cut - take
             hi[p] = cut
             continue
-        # slow path: events invisible to this pointer sit among the visible ones
+        # slow path: events invisible to this pointer sit among the visible ones. _vmax
+        # never decreases within a user, so every row before the first _vmax > version
+        # is visible: count and checksum that prefix in one step, scan only the rest.
+        a = start
+        b = cut
+        while a < b:
+            mid = (a + b) >> 1
+            if ver_base + np.int64(vmax[mid]) <= version[p]:
+                a = mid + 1
+            else:
+                b = mid
+        prefix_end = a
         n = 0
         s = np.uint32(0)
         window_lo = cut
-        for i in range(cut - 1, start - 1, -1):
+        for i in range(cut - 1, prefix_end - 1, -1):
             if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
                         arrival_limit[p]):
                 s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
@@ -129,6 +140,12 @@ def _locate(
                 n += 1
             elif n < max_len:
                 holes[p] = True
+        if prefix_end > start:
+            before = hcum[start - 1] if start > 0 else np.uint32(0)
+            s += hcum[prefix_end - 1] - before
+            if n < max_len:
+                window_lo = max(start, prefix_end - (max_len - n))
+            n += prefix_end - start
         count[p] = n
         checksum[p] = s
         lo[p] = window_lo
@@ -227,28 +244,32 @@ def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, a
 
 @njit(cache=True, nogil=True)
 def _copy_windows(src, base, ver, ver_base, arrival, arrival_base, version, version_hi,
-                  arrival_limit, lo, hi, holes, dst, out):  # pragma: no cover
+                  arrival_limit, lo, hi, holes, dst, out, add_base):  # pragma: no cover
     for p in range(lo.shape[0]):
         d = dst[p]
         if not holes[p]:
             for i in range(lo[p], hi[p]):
-                out[d] = base + src[i]
+                out[d] = base + src[i] if add_base else src[i]
                 d += 1
         else:
             for i in range(lo[p], hi[p]):
                 if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
                             arrival_limit[p]):
-                    out[d] = base + src[i]
+                    out[d] = base + src[i] if add_base else src[i]
                     d += 1
 
 
 def copy_windows(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi, holes,
                  dst, out) -> None:
-    """Copies each pointer's visible window of ``src`` (decoded) to ``out[dst[p]:]``."""
+    """Copies each pointer's visible window of ``src`` (decoded) to ``out[dst[p]:]``.
+
+    Floats are never encoded and are copied bit for bit: adding a zero base would turn
+    -0.0 into 0.0 and quieten signalling NaNs.
+    """
     _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base),
                   _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base),
                   visibility.version, visibility.version_hi, visibility.arrival_limit,
-                  lo, hi, holes, dst, out)
+                  lo, hi, holes, dst, out, out.dtype.kind != "f")
 
 
 def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi,
@@ -261,7 +282,8 @@ def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visi
                        and arrival_base + int(arrival[i]) < visibility.arrival_limit[p])
             if not holes[p] or v <= visibility.version[p] or late_ok:
                 rows.append(i)
-        out[dst[p]:dst[p] + len(rows)] = np.asarray(src[rows]).astype(out.dtype) + out.dtype.type(base)
+        values = np.asarray(src[rows]).astype(out.dtype)
+        out[dst[p]:dst[p] + len(rows)] = values if out.dtype.kind == "f" else values + out.dtype.type(base)
 
 
 # ---------------------------------------------------------------- merge with a tail

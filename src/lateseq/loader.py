@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SchemaError
-from .materializer import JaggedBatch, materialize
+from .materializer import JaggedBatch
 from .pointer import POINTER_FIELDS
 from .projection import Projection
 from .schema import PAYLOAD_TYPES
 from .store import Store
+from .twotier import rebuild
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
@@ -60,7 +61,7 @@ def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: P
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     for batch in batches:
-        sequences = materialize(store, batch, projection, verify=verify, on_mismatch=on_mismatch)
+        sequences = rebuild(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
         yield batch.select(_selected(batch.schema, columns)), sequences
 
 

@@ -182,9 +182,18 @@ def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Proj
     return materialize(store, seq, projection, on_mismatch=on_mismatch)
 
 
+def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
+    """Whether a log holds two-tier records (else plain pointers)."""
+    return "seq_checksum" in log.schema.names
+
+
 def rebuild(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
-            on_mismatch: str = "raise") -> JaggedBatch:
-    """Streaming where a record still carries its tail, batch where it was stripped."""
+            on_mismatch: str = "raise", verify: bool = True) -> JaggedBatch:
+    """Any example log: streaming where a record still carries its tail, batch where
+    it was stripped, plain ``materialize`` for logs of plain pointers. Two-tier
+    records are always verified (the merge relies on it)."""
+    if not is_two_tier(log):
+        return materialize(store, log, projection, verify=verify, on_mismatch=on_mismatch)
     stripped = log.column("tail_version").to_numpy() > 0
     if stripped.all() or not stripped.any():
         how = rebuild_batch if stripped.all() and len(stripped) else rebuild_streaming

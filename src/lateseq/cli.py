@@ -1,0 +1,408 @@
+"""The ``lateseq`` command line: a contract other tools script against.
+
+Results go to stdout (a bare version number where one is produced, so scripts can
+capture it); progress and information go to stderr. Bad input of any kind exits
+non-zero with one line on stderr, ``error: <message>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from .errors import LateseqError, SchemaError, StoreError
+from .loader import materialize_log
+from .pointer import log_examples
+from .projection import Projection
+from .schema import Schema
+from .store import Store
+
+# errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
+_USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's usage errors (click is vendored by newer typer, so matched by shape)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "exit_code")
+
+
+class _Group(TyperGroup):
+    """Reports every user error, usage errors included, as one ``error:`` line."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            _fail("aborted", 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except _USER_ERRORS as exc:
+            _fail(str(exc) or type(exc).__name__)
+        except Exception as exc:
+            if _is_usage_error(exc):
+                if type(exc).__name__ == "NoArgsIsHelpError":
+                    ctx = getattr(exc, "ctx", None)
+                    print(ctx.get_help() if ctx is not None else "", file=sys.stderr)
+                    sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+                _fail(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
+            if os.environ.get("LATESEQ_DEBUG"):  # a bug: still one line, the traceback on request
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with LATESEQ_DEBUG=1 "
+                  "for a traceback, and please report it)")
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="lateseq",
+    help="Versioned late materialization of user histories for sequential recommendation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _out() -> Console:
+    """Stdout; not wrapped at 80 columns when piped, so tables stay one line per row."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _input_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} file at {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} path {path} is not a file")
+    return path
+
+
+def _read_parquet(path: Path, what: str) -> pa.Table:
+    _input_file(path, what)
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"cannot read {what} file {path} as Parquet: {exc}") from exc
+
+
+def _open(store: Path, version: str | None = None) -> Store:
+    return Store(store, version)
+
+
+def _columns(option: str | None) -> tuple[str, ...]:
+    if option is None:
+        return ()
+    names = tuple(c.strip() for c in option.split(",") if c.strip())
+    if not names:
+        raise SchemaError(f"--columns {option!r} names no columns")
+    return names
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=_err, transient=True, disable=not _err.is_terminal)
+
+
+StoreArg = Annotated[Path, typer.Argument(help="Store directory.", show_default=False)]
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command()
+def ingest(
+    store: StoreArg,
+    events: Annotated[Path, typer.Argument(help="Parquet file of events.", show_default=False)],
+    user_col: Annotated[str | None, typer.Option(help="User column.", show_default="user_id")] = None,
+    time_col: Annotated[str | None, typer.Option(help="Event time column.", show_default="ts")] = None,
+    tiebreak: Annotated[str | None, typer.Option(help="Integer column ordering events that share a time.")] = None,
+    partitions: Annotated[int | None, typer.Option(help="User-hash partitions.", show_default="1")] = None,
+) -> None:
+    """Commit EVENTS as a new version (creating the store on first use); print its number."""
+    table = _read_parquet(events, "events")
+    if (store / "schema.json").is_file():
+        handle = _open(store)
+        schema = handle.schema
+        given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
+                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions)}
+        for option, (value, existing) in given.items():
+            if value is not None and value != existing:
+                raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
+                                  "a store's schema is fixed when it is created")
+        created = False
+    else:
+        if store.exists() and not store.is_dir():
+            raise StoreError(f"{store} is a file, not a store directory")
+        if store.is_dir() and any(store.iterdir()):
+            raise StoreError(f"{store} exists and is not a lateseq store (no schema.json); "
+                             "pick a new or empty directory")
+        schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts",
+                              tiebreak=tiebreak, partitions=1 if partitions is None else partitions)
+        schema.conform(table)  # check everything before creating anything
+        handle = Store.create(store, schema)
+        created = True
+    new = handle.commit(table)
+    print(new.version)
+    _err.print(f"{'created store, ' if created else ''}committed {table.num_rows:,} events from {events} "
+               f"as version {new.version} ({new.num_events:,} events in all)", highlight=False)
+
+
+@app.command()
+def versions(
+    store: StoreArg,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version, for scripts.")] = False,
+) -> None:
+    """List the store's versions."""
+    infos = _open(store).versions()
+    if as_json:
+        for v in infos:
+            print(json.dumps({"version": v.version, "created_at": v.created_at, "operation": v.operation,
+                              "events": v.events, "segments": v.segments, "bytes": v.bytes,
+                              "tags": list(v.tags)}))
+        return
+    table = Table(title=f"versions of {store}")
+    for name, justify in [("version", "right"), ("created", "left"), ("operation", "left"),
+                          ("events", "right"), ("segments", "right"), ("bytes", "right"), ("tags", "left")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for v in infos:
+        created = _dt.datetime.fromtimestamp(v.created_at).isoformat(sep=" ", timespec="seconds")
+        table.add_row(str(v.version), created, v.operation, f"{v.events:,}", str(v.segments),
+                      f"{v.bytes:,}", ", ".join(v.tags))
+    _out().print(table)
+
+
+@app.command()
+def compact(store: StoreArg) -> None:
+    """Merge each partition's segments into one, as a new version; print its number."""
+    handle = _open(store)
+    new = handle.compact()
+    print(new.version)
+    if new.version == handle.version:
+        _err.print("nothing to compact: every partition is one segment already", highlight=False)
+
+
+@app.command()
+def tag(
+    store: StoreArg,
+    version: Annotated[str, typer.Argument(help="Version number (or a tag).", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Tag name.", show_default=False)],
+) -> None:
+    """Name VERSION as NAME (moving NAME if it exists); a tagged version is pinned."""
+    handle = _open(store)
+    handle.tag(name, version)
+    _err.print(f"tagged version {handle.tags()[name]} as {name!r}", highlight=False)
+
+
+@app.command()
+def untag(store: StoreArg, name: Annotated[str, typer.Argument(help="Tag name.", show_default=False)]) -> None:
+    """Remove the tag NAME."""
+    _open(store).untag(name)
+    _err.print(f"removed tag {name!r}", highlight=False)
+
+
+@app.command()
+def pointers(
+    store: StoreArg,
+    requests: Annotated[Path, typer.Argument(help="Parquet file: user_id, request_ts, any other columns.",
+                                             show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
+    version: Annotated[str | None, typer.Option(help="Version or tag served from.", show_default="latest")] = None,
+) -> None:
+    """Log REQUESTS as examples with pointers into the store, as online does."""
+    table = _read_parquet(requests, "requests")
+    handle = _open(store, version)
+    examples = log_examples(handle, table, out)
+    _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
+               highlight=False)
+
+
+@app.command()
+def materialize(
+    store: StoreArg,
+    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers).", show_default=False)],
+    max_len: Annotated[int, typer.Option("--max-len", help="Newest events per example.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.", show_default=False)],
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns.", show_default="all payload")] = None,
+    keep: Annotated[str | None, typer.Option(help="Comma-separated example-log columns to copy over.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
+    verify: Annotated[bool, typer.Option(help="Check each history against its pointer's checksum.")] = True,
+) -> None:
+    """Rebuild each example's history: one row per example, a list column per column."""
+    _input_file(examples, "example log")
+    handle = _open(store)
+    projection = Projection(max_len, _columns(columns))
+    if batch_size < 1:
+        raise SchemaError(f"--batch-size must be positive, got {batch_size}")
+    try:
+        total = pq.ParquetFile(examples).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"cannot read example log {examples} as Parquet: {exc}") from exc
+    with _progress() as bar:
+        task = bar.add_task("materialize", total=total)
+        rows = materialize_log(handle, examples, projection, out, batch_size, _columns(keep) if keep else (),
+                               verify=verify, progress=lambda n: bar.update(task, completed=n))
+    _err.print(f"wrote {rows:,} histories (max {max_len} events of "
+               f"{', '.join(projection.resolve(handle.schema))}) to {out}", highlight=False)
+
+
+@app.command()
+def strip(
+    store: StoreArg,
+    examples: Annotated[Path, typer.Argument(help="Two-tier example log (Parquet).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
+) -> None:
+    """Drop the inline tails that a kept version covers; batch rebuilds stay exact."""
+    from .twotier import is_two_tier, strip_tails
+
+    log = _read_parquet(examples, "example log")
+    if not is_two_tier(log):
+        raise SchemaError(f"{examples} holds plain pointers, no online tails to strip")
+    stripped, count = strip_tails(_open(store), log)
+    _write_atomically(stripped, out)
+    _err.print(f"stripped {count:,} of {log.num_rows:,} tails; {out} is "
+               f"{out.stat().st_size:,} bytes (was {examples.stat().st_size:,})", highlight=False)
+
+
+@app.command()
+def audit(
+    store: StoreArg,
+    examples: Annotated[Path, typer.Argument(help="Example log (Parquet).", show_default=False)],
+    sample: Annotated[int | None, typer.Option(help="Examples to check.", show_default="all")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+) -> None:
+    """Rebuild examples and explain each mismatch; exit 1 if anything mismatches."""
+    from .audit import audit as run_audit
+
+    if sample is not None and sample < 1:
+        raise SchemaError(f"--sample must be positive, got {sample}")
+    report = run_audit(_open(store), _read_parquet(examples, "example log"), sample, seed)
+    table = Table(title=f"audit of {examples}")
+    table.add_column("")
+    table.add_column("examples", justify="right")
+    table.add_row("checked", f"{report.checked:,} of {report.examples:,}")
+    table.add_row("matched", f"{report.matched:,}")
+    for cause, count in sorted(report.causes.items()):
+        table.add_row(f"mismatch: {cause}", f"{count:,}")
+    _out().print(table)
+    if report.mismatches:
+        rows = sorted(report.mismatches)[:5]
+        _fail(f"{len(report.mismatches)} examples do not match what online served (first rows: {rows})")
+
+
+@app.command()
+def simulate(
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    users: Annotated[int, typer.Option(help="Users.")] = 300,
+    days: Annotated[float, typer.Option(help="Days of traffic.")] = 4.0,
+    events_per_day: Annotated[float, typer.Option(help="Events per user per day.")] = 30.0,
+    requests_per_day: Annotated[float, typer.Option(help="Requests per user per day.")] = 4.0,
+    lag: Annotated[float, typer.Option(help="Mean ingestion lag, seconds.")] = 30.0,
+    late_share: Annotated[float, typer.Option(help="Share of events arriving 1 h to 2 days late.")] = 0.05,
+    out_of_order_share: Annotated[float, typer.Option(help="Share stamped up to 15 min early.")] = 0.10,
+    duplicate_share: Annotated[float, typer.Option(help="Share delivered twice.")] = 0.03,
+    tie_share: Annotated[float, typer.Option(help="Share sharing the previous event's second.")] = 0.30,
+    compaction_hours: Annotated[float, typer.Option(help="Fold and compaction period, hours.")] = 6.0,
+    max_len: Annotated[int, typer.Option(help="Events the online model reads.")] = 50,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Serve, fold and rebuild a synthetic stream; compare with the naive join."""
+    from .simulate import SimulationConfig, simulate as run
+
+    shares = (late_share, out_of_order_share, duplicate_share, tie_share)
+    if users < 1 or days <= 0 or compaction_hours <= 0 or max_len < 1 or not all(0 <= x <= 1 for x in shares):
+        raise SchemaError("--users, --days, --compaction-hours, --max-len must be positive and shares in [0, 1]")
+    config = SimulationConfig(seed, users, days, events_per_day, requests_per_day, lag, late_share,
+                              out_of_order_share, duplicate_share, tie_share, compaction_hours, max_len)
+    with _progress() as bar:
+        task = bar.add_task("simulate", total=100)
+        result = run(config, progress=lambda _, done: bar.update(task, completed=100 * done))
+    table = Table(title=f"O2O simulation: {result['examples']:,} requests, {result['events']:,} events "
+                        f"({result['deliveries']:,} deliveries), {result['versions']} versions")
+    for name in ("", "match rate", "future events leaked"):
+        table.add_column(name, justify="left" if not name else "right")
+    table.add_row("online served vs brute force", f"{result['served_vs_truth_match_rate']:.4f}", "")
+    table.add_row("lateseq, streaming (tail inline)", f"{result['streaming_match_rate']:.4f}",
+                  f"{result['streaming_leaked_events']:,}")
+    table.add_row("lateseq, batch (tail stripped)", f"{result['batch_match_rate']:.4f}",
+                  f"{result['batch_leaked_events']:,}")
+    table.add_row("naive join on event time", f"{result['naive_match_rate']:.4f}",
+                  f"{result['naive_leaked_events']:,}")
+    _out().print(table)
+    _out().print(f"example log: {result['log_bytes_per_example_inline']:.1f} bytes/example with tails inline, "
+                 f"{result['log_bytes_per_example_stripped']:.1f} after stripping {result['tails_stripped']:,}",
+                 highlight=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+    if result["streaming_match_rate"] < 1 or result["batch_match_rate"] < 1 or result["leaked_events"]:
+        _fail("lateseq did not rebuild every example exactly")
+
+
+def _write_atomically(table: pa.Table, out: Path) -> None:
+    tmp = out.with_name(f".tmp-{out.name}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help="movielens (MovieLens-1M) or synthetic.")] = "movielens",
+    users: Annotated[int, typer.Option(help="Users of the synthetic dataset.")] = 200_000,
+    examples: Annotated[int | None, typer.Option(help="Synthetic examples.", show_default="10 per user")] = None,
+    cadence: Annotated[str | None, typer.Option(
+        help="MovieLens commit period: month, week or day.", show_default="the coarsest leaving most "
+             "histories non-empty, else day")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the files here.", show_default="a temporary dir")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data and of sampling.")] = 0,
+    fat_sample: Annotated[int | None, typer.Option(
+        help="Examples built as Fat Rows and compared.", show_default="all for movielens, 200k for synthetic")] = None,
+) -> None:
+    """Ingest, log pointers, materialize and check every history against Fat Rows."""
+    from .demo import run_demo  # the demo pulls in the datasets: load it only when asked
+
+    if dataset not in ("movielens", "synthetic"):
+        raise SchemaError(f"--dataset must be movielens or synthetic, not {dataset!r}")
+    if cadence is not None and cadence not in ("month", "week", "day"):
+        raise SchemaError(f"--cadence must be month, week or day, not {cadence!r}")
+    if users < 1 or (examples is not None and examples < 1) or (fat_sample is not None and fat_sample < 1):
+        raise SchemaError("--users, --examples and --fat-sample must be positive")
+    summary = run_demo(dataset, users=users, workdir=workdir, seed=seed, cadence=cadence,
+                       examples=examples, fat_sample=fat_sample, console=_err)
+    _err.print(f"demo finished in {summary['seconds']:.1f}s", highlight=False)
+    if summary["mismatches"] or summary["checksum_mismatches"]:
+        _fail(f"{summary['mismatches']} histories differ from the Fat Rows and "
+              f"{summary['checksum_mismatches']} from their checksums")
+
+
+def main() -> None:  # pragma: no cover - the console script calls app() directly
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

