@@ -117,16 +117,17 @@ def materialize(
     for name in columns:
         dtype = _output_dtype(store, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+        stored = "ts" if name == store.schema.time_col else name  # segments keep time as "ts"
         for segment, idx, lo, hi, holes in located.windows:
             single = ~located.spread[idx]
             idx, lo, hi, holes = idx[single], lo[single], hi[single], holes[single]
-            copy_windows(segment.stored(name), segment.base(name), segment.stored("_version"),
+            copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
                          segment.base("_version"), *segment.encoded(arrival),
                          visibility.take(idx), lo, hi, holes,
                          offsets[idx], out)
         if gathered is not None:
             for segment, rows, dst in gathered:
-                out[dst] = segment.decoded(name)[rows]
+                out[dst] = segment.decoded(stored)[rows]
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
 

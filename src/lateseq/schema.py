@@ -64,6 +64,9 @@ class Schema:
         for reserved in (self.user_col, self.time_col):
             if reserved in self.columns:
                 raise SchemaError(f"{reserved!r} is the user or time column, not a payload column")
+        if "ts" in self.columns:  # segments store the time column as "ts"
+            raise SchemaError(f"payload column 'ts' would clash with the time column {self.time_col!r} "
+                              "in storage; rename it, or make it the time column")
         for group, members in self.feature_groups.items():
             unknown = [m for m in members if m not in self.columns and m != self.time_col]
             if unknown:
@@ -127,6 +130,11 @@ class Schema:
             target = targets[name]
             if not _castable(col.type, target):
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}")
+            if pa.types.is_boolean(target) and pa.types.is_integer(col.type):
+                bounds = pc.min_max(col).as_py()  # a cast would turn any nonzero into True
+                if bounds["min"] is not None and (bounds["min"] < 0 or bounds["max"] > 1):
+                    raise SchemaError(f"column {name!r} is bool but holds integers other than 0 and 1 "
+                                      f"(from {bounds['min']} to {bounds['max']})")
             try:
                 arrays.append(pc.cast(col, target, safe=True))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

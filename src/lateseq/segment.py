@@ -228,10 +228,29 @@ class Segment:
         stored = self._data[name]
         return stored.astype(np.int64) + self.base(name) if stored.dtype.kind == "u" else stored
 
+    @cached_property
+    def _dense_slots(self) -> np.ndarray | None:
+        """user id - first id -> index slot, when ids are dense enough to index directly
+        (a binary search per user costs cache misses; a direct lookup costs one)."""
+        low, high = int(self.user_ids[0]), int(self.user_ids[-1])
+        if high - low + 1 > 4 * len(self.user_ids) + 4096:
+            return None
+        slots = np.full(high - low + 2, len(self.user_ids), np.int64)  # last slot: "absent"
+        slots[self.user_ids - low] = np.arange(len(self.user_ids))
+        return slots
+
     def user_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row range [lo, hi) of each user in this segment; empty where absent."""
-        pos = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
-        found = self.user_ids[pos] == users
+        slots = self._dense_slots
+        if slots is None:
+            pos = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
+            found = self.user_ids[pos] == users
+        else:
+            offset = users - self.user_ids[0]
+            inside = (offset >= 0) & (offset < len(slots) - 1)
+            pos = slots[np.where(inside, offset, len(slots) - 1)]
+            found = pos < len(self.user_ids)
+            pos = np.minimum(pos, len(self.user_ids) - 1)
         return np.where(found, self.starts[pos], 0), np.where(found, self.ends[pos], 0)
 
     def hashes(self, lo: int = 0, hi: int | None = None) -> np.ndarray:

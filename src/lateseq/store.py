@@ -262,6 +262,7 @@ class Store:
         their memory-mapped files until they close them.
         """
         pinned = set(self.tags().values())
+        before = min(before, self.latest_version)  # the latest version always stays
         removed = [v.version for v in self.versions() if v.version < before and v.version not in pinned]
         for v in removed:
             (self.path / "versions" / f"{v:08d}.json").unlink()
@@ -293,6 +294,9 @@ class Store:
                 f"is at version {self.version}; open the store at a version >= every pointer's"
             )
         arrival = self.schema.arrival_col
+        if arrival is None and np.any(visibility.version_hi != visibility.version):
+            raise PointerError("pointers bounded by arrival (version_hi, arrival_limit) need a store "
+                               "whose schema names an arrival_col; this one has none")
         n = len(users)
         count = np.zeros(n, np.int64)
         checksum = np.zeros(n, np.uint32)

@@ -1,0 +1,73 @@
+"""Shared fixtures: store factories, directory snapshots, Hypothesis profiles, slow tests.
+
+Hypothesis runs under the ``ci`` profile (no deadline: the first calls compile numba
+kernels) unless ``HYPOTHESIS_PROFILE`` names another registered one. Each property test
+sets its own example count, sized so the suite runs in about two minutes on two cores;
+tests marked ``slow`` (bigger runs of the same properties) run only when asked for:
+``pytest -m slow``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, settings
+
+import lateseq
+
+settings.register_profile(
+    "ci", deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_store(tmp_path):
+    """``make_store(columns, **schema_options)`` -> a new, empty store under tmp_path."""
+    counter = itertools.count()
+
+    def make(columns: dict[str, str] | None = None, **options) -> lateseq.Store:
+        schema = lateseq.Schema(columns={"item": "int64"} if columns is None else columns, **options)
+        return lateseq.create(tmp_path / f"store{next(counter)}", schema)
+
+    return make
+
+
+@pytest.fixture
+def small_store(make_store):
+    """A store with two commits: users 1 and 2, then a late event for user 1."""
+    store = make_store({"item": "int64", "rating": "int8"})
+    store = store.commit(pa.table({
+        "user_id": [1, 1, 1, 2, 2],
+        "ts": [10, 20, 30, 10, 15],
+        "item": [100, 200, 300, 400, 500],
+        "rating": pa.array([1, 2, 3, 4, 5], pa.int8()),
+    }))
+    return store.commit(pa.table({
+        "user_id": [1], "ts": [15], "item": [150], "rating": pa.array([9], pa.int8()),
+    }))
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (relative name -> contents), to prove nothing changed."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def dir_snapshot():
+    return snapshot

@@ -1,0 +1,196 @@
+"""A brute-force reference for what lateseq must return, written for clarity, not speed.
+
+The oracle knows nothing of segments, encodings, kernels or compaction. It keeps every
+committed event in a plain list with the version of its commit and its row in the
+committed input, and answers every question by filtering and sorting that list. The
+only thing it borrows from lateseq is ``kernels.event_hashes`` (the content hash that
+checksums are made of), itself tested against ``kernels.event_hash_reference``.
+
+The contract it encodes:
+
+- An event is visible to a pointer (user, request_ts, version[, version_hi,
+  arrival_limit]) when it is the user's, its time is strictly before request_ts, and
+  its commit version is <= version, or <= version_hi with arrival < arrival_limit.
+- A user's events are ordered by (time, tie-break column if any, commit version, row in
+  the committed input).
+- uih_length counts the visible events; uih_checksum is the sum of their hashes mod 2**32.
+- A materialized sequence is the newest min(max_len, length) visible events, oldest first.
+- A commit with an event-id column keeps the first row of each (user, event id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lateseq.kernels import event_hashes
+
+NUMPY_TYPES = {
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "float32": np.float32,
+    "float64": np.float64,
+    "bool": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    user: int
+    ts: int
+    version: int
+    row: int
+    values: dict  # payload column -> numpy scalar of the column's type
+    hash: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """One pointer as the oracle sees it; ``version_hi``/``arrival_limit`` for two-tier."""
+
+    user: int
+    request_ts: int
+    version: int
+    version_hi: int | None = None
+    arrival_limit: int | None = None
+
+
+class Oracle:
+    """Every committed event, in a list; versions count commits and compactions alike."""
+
+    def __init__(self, columns: dict[str, str], *, time_col: str = "ts", tiebreak: str | None = None,
+                 arrival_col: str | None = None, event_id_col: str | None = None):
+        self.columns = dict(columns)
+        self.time_col = time_col
+        self.tiebreak = tiebreak
+        self.arrival_col = arrival_col
+        self.event_id_col = event_id_col
+        self.version = 0
+        self.events: list[Event] = []
+        self.operations: dict[int, str] = {}
+        self._visible: dict[tuple[Request, int], list[Event]] = {}  # answers so far, by request
+
+    @classmethod
+    def for_schema(cls, schema) -> Oracle:
+        return cls(schema.columns, time_col=schema.time_col, tiebreak=schema.tiebreak,
+                   arrival_col=schema.arrival_col, event_id_col=schema.event_id_col)
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(self, user: Sequence[int], ts: Sequence[int], payload: dict[str, Sequence]) -> int:
+        """Records one commit of rows given column by column; returns its version."""
+        assert len(user) == len(ts) and all(len(v) == len(user) for v in payload.values())
+        self.version += 1
+        self.operations[self.version] = "commit"
+        arrays = {name: np.array(payload[name], dtype=NUMPY_TYPES[t]) for name, t in self.columns.items()}
+        hash_inputs = [a.astype(np.uint8) if a.dtype == np.bool_ else a for a in arrays.values()]
+        hashes = event_hashes(np.array(user, np.int64), np.array(ts, np.int64), hash_inputs)
+        seen = set()
+        for row in range(len(user)):
+            if self.event_id_col is not None:
+                key = (int(user[row]), int(arrays[self.event_id_col][row]))
+                if key in seen:
+                    continue
+                seen.add(key)
+            self.events.append(Event(
+                int(user[row]), int(ts[row]), self.version, row,
+                {name: a[row] for name, a in arrays.items()}, int(hashes[row]),
+            ))
+        return self.version
+
+    def compact(self) -> int:
+        """A compaction publishes a version with the same events."""
+        self.version += 1
+        self.operations[self.version] = "compact"
+        return self.version
+
+    # ------------------------------------------------------------------ reading
+
+    def order_key(self, e: Event) -> tuple:
+        tiebreak = int(e.values[self.tiebreak]) if self.tiebreak else 0
+        return (e.ts, tiebreak, e.version, e.row)
+
+    def visible(self, r: Request) -> list[Event]:
+        """The request's visible events, oldest first."""
+        assert r.version <= self.version, "a pointer cannot name a version not yet published"
+
+        def sees(e: Event) -> bool:
+            if e.user != r.user or not e.ts < r.request_ts:
+                return False
+            if e.version <= r.version:
+                return True
+            if r.version_hi is None:
+                return False
+            return e.version <= r.version_hi and int(e.values[self.arrival_col]) < r.arrival_limit
+
+        key = (r, len(self.events))
+        if key not in self._visible:
+            self._visible[key] = sorted((e for e in self.events if sees(e)), key=self.order_key)
+        return self._visible[key]
+
+    def pointer(self, r: Request) -> tuple[int, int]:
+        """(uih_length, uih_checksum) online would log for this request."""
+        events = self.visible(r)
+        return len(events), sum(e.hash for e in events) % 2**32
+
+    def sequence(self, r: Request, max_len: int) -> list[Event]:
+        events = self.visible(r)
+        return events[len(events) - min(len(events), max_len):]
+
+    def output_dtype(self, name: str) -> np.dtype:
+        if name == self.time_col:
+            return np.dtype(np.int64)
+        return np.dtype(NUMPY_TYPES[self.columns[name]])
+
+    def expected(self, requests: Iterable[Request], max_len: int,
+                 columns: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(offsets, values per column) that materialize must return."""
+        sequences = [self.sequence(r, max_len) for r in requests]
+        offsets = np.zeros(len(sequences) + 1, np.int64)
+        offsets[1:] = np.cumsum([len(s) for s in sequences], dtype=np.int64)
+        values = {}
+        for name in columns:
+            dtype = self.output_dtype(name)
+            if name == self.time_col:
+                items = [e.ts for s in sequences for e in s]
+            else:
+                items = [e.values[name] for s in sequences for e in s]
+            values[name] = np.array(items, dtype=dtype) if items else np.empty(0, dtype)
+        return offsets, values
+
+    def all_events(self, version: int) -> list[Event]:
+        """Every event of ``version``, in the order of a full scan: user, then history order."""
+        return sorted((e for e in self.events if e.version <= version),
+                      key=lambda e: (e.user, *self.order_key(e)))
+
+
+# ---------------------------------------------------------------------- comparing
+
+
+def same_values(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Exact equality, bit for bit for floats (so NaN == NaN and -0.0 != 0.0)."""
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        return False
+    if actual.dtype.kind == "f":
+        width = {2: np.uint16, 4: np.uint32, 8: np.uint64}[actual.dtype.itemsize]
+        return bool(np.array_equal(actual.view(width), expected.view(width)))
+    return bool(np.array_equal(actual, expected))
+
+
+def assert_batch_equal(batch, offsets: np.ndarray, values: dict[str, np.ndarray], context: str = "") -> None:
+    """A JaggedBatch equals the oracle's (offsets, values) exactly: dtypes, bits, lengths."""
+    assert batch.offsets.dtype == np.int64, context
+    assert np.array_equal(batch.offsets, offsets), (
+        f"{context}\nlengths {np.diff(batch.offsets).tolist()} != expected {np.diff(offsets).tolist()}"
+    )
+    assert sorted(batch.values) == sorted(values), f"{context}\ncolumns {list(batch.values)} != {list(values)}"
+    for name, want in values.items():
+        got = batch.values[name]
+        assert same_values(got, want), (
+            f"{context}\ncolumn {name!r}: got {got.dtype} {got.tolist()}\n"
+            f"{'':>{len(name) + 10}}expected {want.dtype} {want.tolist()}"
+        )

@@ -1,0 +1,230 @@
+"""Bad input raises the specific lateseq error, names the problem, and changes nothing.
+
+Every error is also catchable as the builtin it resembles (SchemaError is a ValueError,
+StoreError an OSError, VersionNotFound a LookupError...), and the store directory is
+byte-for-byte the same afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import snapshot
+
+import lateseq
+
+COLUMNS = {"item": "int64", "rating": "int8", "w": "float32", "click": "bool"}
+
+
+def good(**changes) -> pa.Table:
+    data = {
+        "user_id": pa.array([1, 2], pa.int64()), "ts": pa.array([10, 20], pa.int64()),
+        "item": pa.array([5, 6], pa.int64()), "rating": pa.array([1, 2], pa.int8()),
+        "w": pa.array([0.5, 1.5], pa.float32()), "click": pa.array([True, False]),
+    }
+    data.update(changes)
+    return pa.table({k: v for k, v in data.items() if v is not None})
+
+
+@pytest.fixture
+def store(make_store):
+    store = make_store(COLUMNS, tiebreak="rating", partitions=2)
+    store = store.commit(good())
+    store.tag("first")
+    return store.commit(good(ts=pa.array([5, 5], pa.int64())))
+
+
+def raises_and_changes_nothing(store: lateseq.Store, error: type[Exception], builtin: type[Exception],
+                               pattern: str, action) -> Exception:
+    before = snapshot(store.path)
+    with pytest.raises(error) as info:
+        action()
+    assert isinstance(info.value, lateseq.LateseqError)
+    assert isinstance(info.value, builtin)
+    assert re.search(pattern, str(info.value)), str(info.value)
+    assert snapshot(store.path) == before, "a failed call changed the store"
+    assert lateseq.open(store.path).version == store.version
+    return info.value
+
+
+BAD_EVENTS = {
+    "missing column": (good(item=None), r"missing columns \['item'\]"),
+    "string payload": (good(item=pa.array(["a", "b"])), r"'item' has type string"),
+    "float time": (good(ts=pa.array([1.5, 2.0])), r"'ts' has type double"),
+    "float user": (good(user_id=pa.array([1.0, 2.0])), r"'user_id' has type double"),
+    "float into int payload": (good(item=pa.array([1.0, 2.0])), r"'item' has type double"),
+    "string into bool": (good(click=pa.array(["y", "n"])), r"'click' has type string"),
+    "null user": (good(user_id=pa.array([1, None], pa.int64())), r"'user_id' has 1 null"),
+    "null time": (good(ts=pa.array([None, None], pa.int64())), r"'ts' has 2 null"),
+    "null payload": (good(w=pa.array([None, 1.0], pa.float32())), r"'w' has 1 null"),
+    "null bool": (good(click=pa.array([None, True])), r"'click' has 1 null"),
+    "empty table": (good().slice(0, 0), r"empty"),
+    "extra column": (good(surprise=pa.array([1, 2])), r"\['surprise'\].*does not know"),
+    "int8 overflow": (good(rating=pa.array([1, 300])), r"'rating' does not fit int8"),
+    "user beyond int64": (good(user_id=pa.array([1, 2**64 - 1], pa.uint64())), r"'user_id' does not fit int64"),
+    "bool from 2": (good(click=pa.array([1, 2])), r"'click' is bool but holds integers other than 0 and 1"),
+    "list column": (good(item=pa.array([[1], [2]])), r"'item' has type list"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_EVENTS, ids=list(BAD_EVENTS))
+def test_bad_events_raise_schema_error(store, case):
+    table, pattern = BAD_EVENTS[case]
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern, lambda: store.commit(table))
+
+
+def test_bad_events_in_a_record_batch_reader_or_parquet_file(store, tmp_path):
+    table, pattern = BAD_EVENTS["null payload"]
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                               lambda: store.commit(table.to_reader()))
+    pq.write_table(BAD_EVENTS["extra column"][0], tmp_path / "extra.parquet")
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "surprise",
+                               lambda: store.commit(tmp_path / "extra.parquet"))
+
+
+def test_bad_event_sources(store, tmp_path):
+    missing = tmp_path / "nope.parquet"
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, re.escape(str(missing)),
+                               lambda: store.commit(missing))
+    text = tmp_path / "events.csv"
+    text.write_text("user_id,ts,item\n1,2,3\n")
+    error = raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"cannot read .* as Parquet",
+                                       lambda: store.commit(str(text)))
+    assert error.__cause__ is not None  # the pyarrow error is chained, not lost
+    for source in ({"user_id": [1]}, [1, 2], None, 3):
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, type(source).__name__,
+                                   lambda source=source: store.commit(source))
+
+
+def test_store_paths_that_are_not_stores(tmp_path):
+    file = tmp_path / "file"
+    file.write_bytes(b"not a store")
+    schema = lateseq.Schema(columns={"item": "int64"})
+    for action in (lambda: lateseq.create(file, schema), lambda: lateseq.open(file)):
+        with pytest.raises(lateseq.StoreError, match="is a file") as info:
+            action()
+        assert isinstance(info.value, OSError)
+    assert file.read_bytes() == b"not a store"
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "absent"):
+        with pytest.raises(lateseq.StoreError, match="not a lateseq store"):
+            lateseq.open(target)
+    assert not (tmp_path / "absent").exists()
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("options, pattern", [
+    ({"columns": {"item": "uint64"}}, r"'item' has type 'uint64'"),
+    ({"columns": {"item": "string"}}, r"supported payload types"),
+    ({"columns": {"_item": "int64"}}, r"reserved"),
+    ({"columns": {"ts": "int64"}}, r"'ts' is the user or time column"),
+    ({"columns": {"user_id": "int64"}}, r"'user_id' is the user or time column"),
+    ({"columns": {"ts": "int64"}, "time_col": "t"}, r"'ts' would clash"),
+    ({"columns": {}, "user_col": "x", "time_col": "x"}, r"must differ"),
+    ({"columns": {"w": "float64"}, "tiebreak": "w"}, r"tiebreak 'w' must name an integer"),
+    ({"columns": {}, "tiebreak": "nope"}, r"tiebreak 'nope'"),
+    ({"columns": {"a": "int32"}, "arrival_col": "a"}, r"arrival_col 'a' must name an int64"),
+    ({"columns": {}, "event_id_col": "e"}, r"event_id_col 'e'"),
+    ({"columns": {}, "partitions": 0}, r"partitions must be between"),
+    ({"columns": {}, "feature_groups": {"g": ["nope"]}}, r"feature group 'g' names unknown columns \['nope'\]"),
+])
+def test_bad_schemas(options, pattern):
+    with pytest.raises(lateseq.SchemaError, match=pattern) as info:
+        lateseq.Schema(**options)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("max_len", [0, -1, 2.5, "3", None])
+def test_bad_max_len(max_len):
+    with pytest.raises(lateseq.SchemaError, match="max_len must be a positive integer") as info:
+        lateseq.Projection(max_len)
+    assert isinstance(info.value, ValueError)
+
+
+def examples_for(store: lateseq.Store) -> pa.Table:
+    return lateseq.log_examples(store, pa.table({"user_id": [1, 2, 3], "request_ts": [30, 30, 30]}))
+
+
+@pytest.mark.parametrize("projection, pattern", [
+    (lateseq.Projection(5, ("item", "nope")), r"unknown columns \['nope'\]"),
+    (lateseq.Projection(5, ("user_id",)), r"unknown columns \['user_id'\]"),
+    (lateseq.Projection(5, ("_version",)), r"unknown columns \['_version'\]"),
+    (lateseq.Projection(5, feature_groups=("tenant_a",)), r"unknown feature groups \['tenant_a'\]"),
+])
+def test_bad_projections(store, projection, pattern):
+    examples = examples_for(store)
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                               lambda: lateseq.materialize(store, examples, projection))
+
+
+def test_pointers_newer_than_the_handle(store):
+    examples = examples_for(store)  # version 2
+    old = store.checkout(1)
+    error = raises_and_changes_nothing(store, lateseq.PointerError, ValueError, r"versions up to 2.*version 1",
+                                       lambda: lateseq.materialize(old, examples, lateseq.Projection(5)))
+    assert "open the store at a version" in str(error)
+    empty = lateseq.open(store.path, version=0)
+    raises_and_changes_nothing(store, lateseq.PointerError, ValueError, r"version 0",
+                               lambda: lateseq.materialize(empty, examples, lateseq.Projection(5)))
+
+
+def test_bad_pointer_tables(store):
+    examples = examples_for(store)
+    cases = [
+        (examples.drop_columns(["uih_checksum"]), r"missing pointer columns \['uih_checksum'\]"),
+        (examples.set_column(0, "user_id", pa.array([1, None, 3], pa.int64())), r"'user_id' has null"),
+        (examples.set_column(2, "uih_version", pa.array([-1, 1, 1], pa.int64())), r"'uih_version' has type int64"),
+        (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
+    ]
+    for table, pattern in cases:
+        raises_and_changes_nothing(store, lateseq.PointerError, ValueError, pattern,
+                                   lambda table=table: lateseq.materialize(store, table, lateseq.Projection(5)))
+
+
+def test_arrival_bounds_on_a_store_without_arrival(store):
+    pointers = lateseq.Pointers(np.array([1]), np.array([30]), np.array([1]), np.array([1]),
+                                np.array([0], np.uint32), version_hi=np.array([2]), arrival_limit=np.array([9]))
+    raises_and_changes_nothing(store, lateseq.PointerError, ValueError, r"arrival_col",
+                               lambda: lateseq.materialize(store, pointers, lateseq.Projection(5)))
+
+
+def test_bad_requests(store, tmp_path):
+    cases = [
+        (pa.table({"user_id": [1]}), r"no column 'request_ts'"),
+        (pa.table({"user_id": [1], "request_ts": pa.array([None], pa.int64())}), r"'request_ts' has null"),
+        (pa.table({"user_id": ["x"], "request_ts": [1]}), r"must be integers"),
+        (pa.table({"user_id": [1], "request_ts": [1], "uih_length": [3]}), r"already have pointer columns"),
+    ]
+    for table, pattern in cases:
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                                   lambda table=table: lateseq.log_examples(store, table, tmp_path / "log.parquet"))
+        assert not (tmp_path / "log.parquet").exists()
+
+
+def test_checksum_mismatch_changes_nothing(store):
+    examples = examples_for(store)
+    wrong = examples.set_column(3, "uih_length", pa.array([9, 9, 9], pa.uint32()))
+    error = raises_and_changes_nothing(store, lateseq.ChecksumMismatch, ValueError, r"3 of 3",
+                                       lambda: lateseq.materialize(store, wrong, lateseq.Projection(5)))
+    assert error.rows == [0, 1, 2]
+
+
+def test_unknown_versions_and_tags(store):
+    for version in (3, 99, "nope"):
+        raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, str(version),
+                                   lambda version=version: lateseq.open(store.path, version=version))
+        raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, str(version),
+                                   lambda version=version: store.checkout(version))
+    raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, "nope", lambda: store.untag("nope"))
+    raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, "7", lambda: store.tag("x", 7))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "tag name", lambda: store.tag("1"))
+
+
+def test_create_over_an_existing_store(store):
+    raises_and_changes_nothing(store, lateseq.StoreError, OSError, "already holds a store",
+                               lambda: lateseq.create(Path(store.path), store.schema))

@@ -1,0 +1,208 @@
+"""Crash safety: a writer killed at any moment never damages a published version.
+
+A child process commits (and now and then compacts) sizeable tables in a loop and is
+SIGKILLed at a random moment, over and over. After every kill, every published version
+must open, have intact segment files, and materialize completely to exactly what a
+brute-force oracle expects for it; and the next commit, from this process, must succeed.
+
+The child commits ``crash_events(v)`` as version ``v`` (a pure function of ``v``), so
+the oracle can replay any version from the operations its manifests record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import lateseq
+from lateseq.kernels import event_hashes
+
+COLUMNS = {"item": "int32", "w": "float64", "seq": "int16", "flag": "bool"}
+USERS = 150
+ROUNDS, KILLS_PER_ROUND = 4, 6
+CHILD = "import sys; sys.path.insert(0, sys.argv[1]); import test_crash; test_crash.child()"
+
+
+def crash_events(version: int) -> dict[str, np.ndarray]:
+    """The events committed as ``version``: late arrivals, ties, and every payload kind."""
+    rng = np.random.default_rng([20_260_101, version])
+    n = int(rng.integers(3000, 7000))
+    return {
+        "user_id": rng.integers(0, USERS, n),
+        "ts": rng.integers(0, 1500, n),
+        "item": rng.integers(-(2**31), 2**31, n).astype(np.int32),
+        "w": rng.standard_normal(n),
+        "seq": rng.integers(0, 3, n).astype(np.int16),
+        "flag": rng.random(n) < 0.5,
+    }
+
+
+def child() -> None:
+    """Once told a store and a seed on stdin, commits and compacts it until killed.
+
+    It starts (imports, warms up) before it is needed, so that starting overlaps the
+    parent's checks and the kill window holds nothing but writing.
+    """
+    pa.table(crash_events(0))  # the first pa.table() imports pandas: not inside the kill window
+    print("ready", flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        return  # not needed after all
+    path, seed = line.split()
+    rng = random.Random(int(seed))
+    store = lateseq.open(path)
+    print("writing", flush=True)
+    while True:
+        store = store.latest()
+        if rng.random() < 0.25:
+            store = store.compact()
+        else:
+            version = store.version + 1
+            store = store.commit(pa.table(crash_events(version)))
+            assert store.version == version
+
+
+class FrameOracle:
+    """The oracle, vectorized with pandas for tables of many thousand events."""
+
+    def __init__(self):
+        self._commits: dict = {}
+
+    def commit_frame(self, version: int):
+        import pandas as pd  # here, so that the child process starts without it
+
+        if version not in self._commits:
+            data = crash_events(version)
+            frame = pd.DataFrame(data)
+            payload = [data[n].astype(np.uint8) if n == "flag" else data[n] for n in COLUMNS]
+            frame["hash"] = event_hashes(data["user_id"], data["ts"], payload).astype(np.uint64)
+            frame["version"] = version
+            frame["row"] = np.arange(len(frame))
+            self._commits[version] = frame
+        return self._commits[version]
+
+    def expected(self, commits: list[int], request_ts: int, max_len: int):
+        """(lengths, checksums, offsets, values) for requests by every user 0..USERS."""
+        import pandas as pd
+
+        frame = pd.concat([self.commit_frame(v) for v in commits], ignore_index=True)
+        frame = frame[frame["ts"] < request_ts]
+        frame = frame.sort_values(["user_id", "ts", "seq", "version", "row"], kind="stable")
+        users = pd.Index(range(USERS + 1))  # user USERS never has events
+        by_user = frame.groupby("user_id")
+        lengths = by_user.size().reindex(users, fill_value=0).to_numpy()
+        checksums = (by_user["hash"].sum().reindex(users, fill_value=0).to_numpy() % 2**32).astype(np.uint32)
+        newest = by_user.tail(max_len)
+        offsets = np.concatenate([[0], np.cumsum(np.minimum(lengths, max_len))]).astype(np.int64)
+        values = {"ts": newest["ts"].to_numpy(np.int64)}
+        values.update({n: newest[n].to_numpy(np.bool_ if t == "bool" else t) for n, t in COLUMNS.items()})
+        return lengths, checksums, offsets, values
+
+
+def digest(batch: lateseq.JaggedBatch) -> str:
+    h = hashlib.sha256(batch.offsets.tobytes())
+    for name in sorted(batch.values):
+        h.update(name.encode() + batch.values[name].tobytes())
+    return h.hexdigest()
+
+
+REQUESTS = [(2**62, 10**9), (700, 7)]  # (request time, max_len): whole histories, and a cut
+
+
+def verify_version(store: lateseq.Store, oracle: FrameOracle, known: dict) -> None:
+    """Opens, checks every file's CRC, rebuilds every user's history and compares."""
+    infos = {i.version: i for i in store.versions()}
+    handle = lateseq.open(store.path, version=store.version)
+    assert handle.num_events == infos[store.version].events
+    for info in handle.segment_infos:
+        assert info.corrupt_files(store.path / "segments") == []
+    commits = [v for v, i in infos.items() if v <= store.version and i.operation == "commit"]
+    assert sum(len(oracle.commit_frame(v)) for v in commits) == handle.num_events
+    for request_ts, max_len in REQUESTS:
+        requests = pa.table({"user_id": np.arange(USERS + 1), "request_ts": np.full(USERS + 1, request_ts)})
+        examples = lateseq.log_examples(handle, requests)
+        projection = lateseq.Projection(max_len, ("ts", *COLUMNS))
+        batch = lateseq.materialize(handle, examples, projection)  # verifies checksums
+        key = (store.version, request_ts)
+        if key in known:  # already compared with the oracle: must not have changed since
+            assert digest(batch) == known[key], f"version {store.version} changed after a crash"
+            return  # the whole history is enough to prove that
+        lengths, checksums, offsets, values = oracle.expected(commits, request_ts, max_len)
+        assert np.array_equal(examples.column("uih_length").to_numpy(), lengths)
+        assert np.array_equal(examples.column("uih_checksum").to_numpy(), checksums)
+        assert np.array_equal(batch.offsets, offsets)
+        for name, want in values.items():
+            got = batch.values[name]
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), f"v{store.version} {name}"
+        known[key] = digest(batch)
+
+
+def test_killed_writers_never_damage_published_versions(tmp_path):
+    rng = random.Random(1234)
+    oracle = FrameOracle()
+    tests_dir = str(Path(__file__).parent)
+    kills = mid_write = 0
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", CHILD, tests_dir], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    waiting = start()
+    try:
+        for round_ in range(ROUNDS):
+            path = tmp_path / f"store{round_}"
+            schema = lateseq.Schema(columns=COLUMNS, tiebreak="seq", partitions=1 + round_ % 3)
+            store = lateseq.create(path, schema).commit(pa.table(crash_events(1)))
+            known: dict = {}
+            for _ in range(KILLS_PER_ROUND):
+                with waiting as proc:
+                    waiting = start()  # the next writer warms up while this one is checked
+                    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()
+                    proc.stdin.write(f"{path} {rng.getrandbits(32)}\n".encode())
+                    proc.stdin.flush()
+                    assert proc.stdout.readline() == b"writing\n", proc.stderr.read().decode()
+                    time.sleep(rng.uniform(0.0, 0.12))
+                    assert proc.poll() is None, proc.stderr.read().decode()  # it was still writing
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                kills += 1
+                mid_write += verify_after_kill(path, oracle, known)
+    finally:
+        waiting.stdin.close()  # it exits when it reads end-of-file
+        waiting.wait(timeout=60)
+        waiting.stdout.close()
+        waiting.stderr.close()
+    assert kills == ROUNDS * KILLS_PER_ROUND
+    print(f"{kills} kills, {mid_write} left a half-written commit or compaction behind")
+
+
+def verify_after_kill(path: Path, oracle: FrameOracle, known: dict) -> bool:
+    """Every published version is whole and right; the next commit succeeds.
+
+    Returns whether the kill left unreferenced files behind (it hit a write midway).
+    """
+    store = lateseq.open(path)
+    names = referenced(store)
+    orphans = any(p.name not in names for p in (path / "segments").iterdir())
+    for version in range(1, store.version + 1):
+        verify_version(store.checkout(version), oracle, known)
+    store = store.commit(pa.table(crash_events(store.version + 1)))  # writing goes on
+    verify_version(store, oracle, known)
+    return orphans
+
+
+def referenced(store: lateseq.Store) -> set[str]:
+    names = set()
+    for v in store.versions():
+        for info in store.checkout(v.version).segment_infos:
+            names |= {p.name for p in info.files(store.path / "segments")}
+    return names

@@ -1,0 +1,75 @@
+"""The public API is exactly what we mean to export: adding a name is a deliberate act."""
+
+from __future__ import annotations
+
+import types
+
+import lateseq
+
+EXPORTED = {
+    "POINTER_BYTES",
+    "POINTER_FIELDS",
+    "ChecksumMismatch",
+    "CommitConflict",
+    "JaggedBatch",
+    "LateseqError",
+    "PointerError",
+    "Pointers",
+    "Projection",
+    "Schema",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "VersionInfo",
+    "VersionNotFound",
+    "create",
+    "log_examples",
+    "make_pointers",
+    "materialize",
+    "open",
+}
+
+
+def isort_key(name: str) -> tuple[int, str]:
+    """Ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical."""
+    if name.isupper():
+        return (0, name)
+    return (1, name) if name[0].isupper() else (2, name)
+
+
+def test_all_is_exactly_the_public_api():
+    assert set(lateseq.__all__) == EXPORTED
+    assert len(lateseq.__all__) == len(EXPORTED)
+
+
+def test_all_is_sorted():
+    assert lateseq.__all__ == sorted(lateseq.__all__, key=isort_key)
+
+
+def test_every_export_exists_and_nothing_public_is_left_out():
+    for name in lateseq.__all__:
+        assert getattr(lateseq, name) is not None
+    public = {
+        name for name in vars(lateseq)
+        if not name.startswith("_") and not isinstance(vars(lateseq)[name], types.ModuleType)
+        and name != "annotations"  # from __future__
+    }
+    assert public == EXPORTED
+
+
+def test_errors_subclass_the_root_and_the_matching_builtin():
+    expected = {
+        lateseq.SchemaError: ValueError,
+        lateseq.StoreError: OSError,
+        lateseq.CommitConflict: lateseq.StoreError,
+        lateseq.VersionNotFound: LookupError,
+        lateseq.PointerError: ValueError,
+        lateseq.ChecksumMismatch: ValueError,
+    }
+    for error, builtin in expected.items():
+        assert issubclass(error, lateseq.LateseqError) and issubclass(error, builtin), error
+    assert issubclass(lateseq.LateseqError, Exception)
+
+
+def test_version_string():
+    assert isinstance(lateseq.__version__, str) and lateseq.__version__.count(".") == 2

@@ -1,0 +1,180 @@
+"""Numba kernels against the plain reference versions kept beside them in kernels.py.
+
+Inputs imitate a segment: users' row ranges sorted by time, frame-of-reference encoded
+columns (``base + stored``), versions with late arrivals (holes inside windows), an
+optional arrival column, and pointers that see a version and, optionally, later
+versions' events that arrived before a limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lateseq.kernels import (
+    Visibility,
+    copy_windows,
+    copy_windows_reference,
+    locate,
+    locate_reference,
+)
+
+STORED = [np.uint8, np.uint16, np.uint32, np.int64]
+
+
+@dataclass
+class Case:
+    user_lo: np.ndarray
+    user_hi: np.ndarray
+    ts: np.ndarray
+    ts_base: int
+    ver: np.ndarray
+    vmax: np.ndarray
+    ver_base: int
+    hcum: np.ndarray
+    arrival: np.ndarray | None
+    arrival_base: int
+    request_ts: np.ndarray
+    visibility: Visibility
+    max_len: int
+
+    def args(self) -> tuple:
+        return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.ver_base,
+                self.hcum, self.arrival, self.arrival_base, self.request_ts, self.visibility, self.max_len)
+
+    def visible(self, i: int, p: int) -> bool:
+        v = self.ver_base + int(self.ver[i])
+        if v <= self.visibility.version[p]:
+            return True
+        return (self.arrival is not None and v <= self.visibility.version_hi[p]
+                and self.arrival_base + int(self.arrival[i]) < self.visibility.arrival_limit[p])
+
+
+@st.composite
+def cases(draw) -> Case:
+    sizes = draw(st.lists(st.integers(0, 12), min_size=1, max_size=5))
+    ts_dtype = draw(st.sampled_from(STORED))
+    ver_dtype = draw(st.sampled_from(STORED[:2]))
+    ts_base = draw(st.integers(-(10**15), 10**15))
+    ver_base = draw(st.integers(0, 4))
+    with_arrival = draw(st.booleans())
+    arrival_base = draw(st.integers(-100, 100))
+    ts, ver, arrival, vmax = [], [], [], []
+    for size in sizes:
+        ts += sorted(draw(st.lists(st.integers(0, 6), min_size=size, max_size=size)))  # ties
+        versions = draw(st.lists(st.integers(0, 4), min_size=size, max_size=size))
+        ver += versions
+        vmax += np.maximum.accumulate(versions).tolist() if size else []
+        arrival += draw(st.lists(st.integers(0, 10), min_size=size, max_size=size))
+    n = len(ts)
+    hashes = np.array(draw(st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)), np.uint32)
+    ends = np.cumsum(sizes)
+    starts = ends - np.array(sizes)
+
+    pointers = draw(st.integers(0, 8))
+    users = draw(st.lists(st.integers(0, len(sizes) - 1), min_size=pointers, max_size=pointers))
+    request_ts = [ts_base + draw(st.integers(-1, 8)) for _ in users]
+    version = [ver_base + draw(st.integers(-2, 5)) for _ in users]
+    if with_arrival:
+        version_hi = [v + draw(st.integers(0, 4)) for v in version]
+        limit = [arrival_base + draw(st.integers(-1, 12)) for _ in users]
+    else:
+        version_hi, limit = version, [0] * len(users)
+    return Case(
+        np.array(starts[users] if users else [], np.int64), np.array(ends[users] if users else [], np.int64),
+        np.array(ts, ts_dtype), ts_base if ts_dtype != np.int64 else 0,
+        np.array(ver, ver_dtype), np.array(vmax, ver_dtype), ver_base, np.cumsum(hashes, dtype=np.uint32),
+        np.array(arrival, np.uint8) if with_arrival else None, arrival_base,
+        np.array(request_ts, np.int64) if ts_dtype != np.int64 else np.array(request_ts, np.int64) - ts_base,
+        Visibility(np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
+        draw(st.integers(0, 14)),
+    )
+
+
+def window_rows(case: Case, p: int, lo: int, hi: int, holes: bool) -> list[int]:
+    """The rows a copy takes from window [lo, hi): all of them, or the visible ones."""
+    return [i for i in range(lo, hi) if not holes or case.visible(i, p)]
+
+
+@given(cases())
+@settings(max_examples=400)
+def test_locate_matches_reference(case):
+    count, checksum, lo, hi, holes = locate(*case.args())
+    r_count, r_checksum, r_lo, r_hi, r_holes = locate_reference(*case.args())
+    for array, dtype in ((count, np.int64), (checksum, np.uint32), (lo, np.int64), (hi, np.int64)):
+        assert array.dtype == dtype
+    assert count.tolist() == r_count.tolist()
+    assert checksum.tolist() == r_checksum.tolist()
+    for p in range(len(count)):
+        # windows may differ in where they start and end around invisible rows, never in
+        # the rows they yield: the newest min(count, max_len) visible events
+        assert case.user_lo[p] <= lo[p] <= hi[p] <= max(case.user_hi[p], case.user_lo[p])
+        rows = window_rows(case, p, lo[p], hi[p], holes[p])
+        assert rows == window_rows(case, p, r_lo[p], r_hi[p], r_holes[p])
+        assert len(rows) == min(count[p], case.max_len)
+        if not holes[p]:
+            assert all(case.visible(i, p) for i in range(lo[p], hi[p]))
+        for i in rows:
+            assert case.ts_base + int(case.ts[i]) < case.request_ts[p]
+
+
+@given(cases(), st.sampled_from(["uint8", "uint16", "int64", "float32", "float64"]), st.data())
+@settings(max_examples=300)
+def test_copy_windows_matches_reference(case, kind, data):
+    count, _, lo, hi, holes = locate(*case.args())
+    r_count, _, r_lo, r_hi, r_holes = locate_reference(*case.args())
+    n = len(case.ts)
+    if kind.startswith("float"):
+        src = np.array(data.draw(st.lists(st.floats(width=int(kind[5:])), min_size=n, max_size=n)), kind)
+        base, out_dtype = 0, np.dtype(kind)
+    else:
+        info = np.iinfo(kind)
+        src = np.array(data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=n, max_size=n)),
+                       kind)
+        base = data.draw(st.integers(-1000, 1000)) if kind != "int64" else 0
+        out_dtype = np.dtype(np.int64)
+    lengths = np.minimum(count, case.max_len)
+    dst = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+    args = (src, base, case.ver, case.ver_base, case.arrival, case.arrival_base, case.visibility)
+    out = np.full(int(lengths.sum()), 7, out_dtype)
+    copy_windows(*args, lo, hi, holes, dst, out)
+    same_inputs = np.full_like(out, 7)
+    copy_windows_reference(*args, lo, hi, holes, dst, same_inputs)
+    from_reference = np.full_like(out, 7)
+    copy_windows_reference(*args, r_lo, r_hi, r_holes, dst, from_reference)
+    expected = [src[i] if kind.startswith("float") else base + int(src[i])
+                for p in range(len(count)) for i in window_rows(case, p, r_lo[p], r_hi[p], r_holes[p])]
+    expected = np.array(expected, out_dtype)
+    width = np.uint64 if out_dtype.itemsize == 8 else np.uint32
+    for got in (out, same_inputs, from_reference):
+        assert got.view(width).tolist() == expected.view(width).tolist()  # bit for bit
+
+
+def test_copy_windows_narrow_output_wraps_like_the_column_type():
+    """int8 columns stored as uint8 above base -128 decode back into int8 exactly."""
+    values = np.array([-128, -1, 0, 127], np.int8)
+    stored = (values.astype(np.int64) + 128).astype(np.uint8)
+    out = np.empty(4, np.int8)
+    vis = Visibility.of_versions(np.array([1]))
+    copy_windows(stored, -128, np.zeros(4, np.uint8), 1, None, 0, vis, np.array([0]), np.array([4]),
+                 np.array([False]), np.array([0]), out)
+    assert out.tolist() == values.tolist()
+
+
+def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
+    # one user, times 1..4; the event at time 3 arrived in version 2 (a hole for version 1)
+    ts = np.array([1, 2, 3, 4], np.uint8)
+    ver = np.array([1, 1, 2, 1], np.uint8)
+    vmax = np.maximum.accumulate(ver)
+    hcum = np.cumsum(np.array([10, 20, 30, 40], np.uint32))
+    vis = Visibility.of_versions(np.array([1, 2, 1, 1]))
+    args = (np.zeros(4, np.int64), np.full(4, 4, np.int64), ts, 0, ver, vmax, 0, hcum, None, 0,
+            np.array([5, 5, 3, 4]), vis, 2)
+    count, checksum, lo, hi, holes = locate(*args)
+    assert count.tolist() == [3, 4, 2, 2]
+    assert checksum.tolist() == [70, 100, 30, 30]
+    assert holes.tolist()[:2] == [True, False]
+    assert (lo[1], hi[1]) == (2, 4)

@@ -1,0 +1,307 @@
+"""The store: versions, tags, handles, pickling, compaction, dedup and commit conflicts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from oracle import Oracle, Request, assert_batch_equal
+
+import lateseq
+import lateseq.store
+
+
+def events(users, ts, items, *, rating: bool = False) -> pa.Table:
+    table = pa.table({"user_id": pa.array(users, pa.int64()), "ts": pa.array(ts, pa.int64()),
+                      "item": pa.array(items, pa.int64())})
+    return table.append_column("rating", pa.array([0] * len(users), pa.int8())) if rating else table
+
+
+def segment_files(store: lateseq.Store) -> set[str]:
+    return {p.name for p in (store.path / "segments").iterdir()}
+
+
+def referenced_files(store: lateseq.Store) -> set[str]:
+    names = set()
+    for v in store.versions():
+        for info in store.checkout(v.version).segment_infos:
+            names |= {p.name for p in info.files(store.path / "segments")}
+    return names
+
+
+# ---------------------------------------------------------------------- versions
+
+
+def test_versions_number_from_one_and_describe_each_version(make_store):
+    store = make_store(partitions=2)
+    assert store.version == 0 and store.versions() == [] and store.num_events == 0
+    v1 = store.commit(events([1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]))
+    v2 = v1.commit(events([1], [0], [5]))
+    v3 = v2.compact()
+    assert [v1.version, v2.version, v3.version] == [1, 2, 3]
+    infos = v3.versions()
+    assert [i.version for i in infos] == [1, 2, 3]
+    assert [i.operation for i in infos] == ["commit", "commit", "compact"]
+    assert [i.events for i in infos] == [4, 5, 5]
+    assert [i.tags for i in infos] == [(), (), ()]
+    assert infos[0].created_at <= infos[1].created_at <= infos[2].created_at
+    for info in infos:
+        handle = store.checkout(info.version)
+        assert info.segments == len(handle.segment_infos)
+        on_disk = sum(p.stat().st_size for s in handle.segment_infos for p in s.files(store.path / "segments"))
+        assert info.bytes == on_disk > 0
+        assert handle.num_events == info.events
+    assert infos[2].segments <= 2 < infos[1].segments  # one segment per partition after compaction
+
+
+def test_open_resolves_latest_numbers_and_tags(make_store):
+    store = make_store()
+    v1 = store.commit(events([1], [1], [1]))
+    v1.commit(events([1], [2], [2]))
+    assert lateseq.open(store.path).version == 2
+    assert lateseq.open(store.path, version=1).version == 1
+    assert lateseq.open(str(store.path), version="1").version == 1
+    assert lateseq.open(store.path, version=0).num_events == 0
+    for missing in (3, 99, -1, "nope"):
+        with pytest.raises(lateseq.VersionNotFound) as info:
+            lateseq.open(store.path, version=missing)
+        assert isinstance(info.value, LookupError)
+        assert str(missing) in str(info.value)
+
+
+def test_tags_pin_resolve_list_and_untag(make_store):
+    store = make_store()
+    v1 = store.commit(events([1], [1], [1]))
+    v2 = v1.commit(events([1], [2], [2]))
+    v1.tag("first")  # the handle's own version by default
+    v2.tag("prod", 1)
+    assert v2.tags() == {"first": 1, "prod": 1}
+    assert lateseq.open(store.path, version="prod").version == 1
+    assert v2.checkout("first").version == 1
+    assert [i.tags for i in v2.versions()] == [("first", "prod"), ()]
+    v2.tag("prod", 2)  # re-tagging moves the tag
+    assert lateseq.open(store.path, version="prod").version == 2
+    v2.untag("prod")
+    assert v2.tags() == {"first": 1}
+    with pytest.raises(lateseq.VersionNotFound) as info:
+        lateseq.open(store.path, version="prod")
+    assert isinstance(info.value, LookupError) and "prod" in str(info.value)
+    with pytest.raises(LookupError):
+        v2.untag("prod")
+    with pytest.raises(lateseq.VersionNotFound):
+        v2.tag("later", 3)
+    with pytest.raises(lateseq.VersionNotFound):
+        store.tag("empty")  # version 0 has nothing to tag
+    for bad in ("", "12", "a/b", ".hidden"):
+        with pytest.raises(lateseq.SchemaError):
+            v2.tag(bad, 1)
+    assert v2.tags() == {"first": 1}
+
+
+def test_checkout_commit_and_compact_return_new_handles(small_store):
+    v2 = small_store
+    before = (v2.version, v2.num_events, list(v2.segment_infos))
+    v1 = v2.checkout(1)
+    v3 = v2.compact()
+    v4 = v1.commit(events([9], [9], [9], rating=True))  # an old handle commits on top of the latest
+    assert (v1.version, v3.version, v4.version) == (1, 3, 4)
+    assert (v2.version, v2.num_events, list(v2.segment_infos)) == before
+    assert v4.num_events == v2.num_events + 1
+    assert v1.num_events == 5 and v1.checkout(1) is not v1
+    examples = lateseq.log_examples(v1, pa.table({"user_id": [1], "request_ts": [99]}))
+    assert examples.column("uih_length").to_pylist() == [3]  # still version 1's view
+
+
+def test_pickle_is_path_and_version(small_store):
+    v1 = small_store.checkout(1)
+    blob = pickle.dumps(v1)
+    small_store.commit(events([1], [1], [1], rating=True))
+    again = pickle.loads(blob)
+    assert isinstance(again, lateseq.Store)
+    assert (again.path, again.version) == (v1.path, 1)  # pinned: never "the latest"
+    assert pickle.loads(pickle.dumps(lateseq.open(small_store.path, "2"))).version == 2
+    assert small_store.__reduce__() == (lateseq.Store, (str(small_store.path), 2))
+
+
+def _materialize_in_worker(blob: bytes, examples: pa.Table) -> tuple[int, dict]:
+    store = pickle.loads(blob)
+    batch = lateseq.materialize(store, examples, lateseq.Projection(3, ("ts", "item")))
+    return store.version, {"offsets": batch.offsets, **batch.values}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_pickled_handle_materializes_the_same_in_a_worker(small_store, method):
+    v1 = small_store.checkout(1)
+    examples = lateseq.log_examples(v1, pa.table({"user_id": [1, 2, 3], "request_ts": [31, 16, 5]}))
+    small_store.commit(events([1, 2], [0, 1], [7, 8], rating=True))  # a later version the worker must not read
+    here = _materialize_in_worker(pickle.dumps(v1), examples)
+    context = multiprocessing.get_context(method)
+    with context.Pool(1) as pool:
+        there = pool.apply(_materialize_in_worker, (pickle.dumps(v1), examples))
+    assert there[0] == here[0] == 1
+    assert there[1].keys() == here[1].keys()
+    for name in here[1]:
+        assert np.array_equal(there[1][name], here[1][name])
+    assert here[1]["item"].tolist() == [100, 200, 300, 400, 500]
+
+
+# ---------------------------------------------------------------------- compaction
+
+
+def test_compaction_is_a_no_op_when_nothing_to_merge(make_store):
+    store = make_store(partitions=4)
+    assert store.compact().version == 0
+    v1 = store.commit(events(range(40), [0] * 40, range(40)))
+    files = segment_files(v1)
+    same = v1.compact()
+    assert same.version == 1 and len(v1.versions()) == 1 and segment_files(v1) == files
+    v3 = v1.commit(events([0, 1], [5, 5], [1, 2])).compact()
+    assert v3.version == 3 and v3.compact().version == 3 and len(v3.versions()) == 3
+
+
+def test_compaction_keeps_every_version_rebuildable(make_store):
+    store = make_store({"item": "int64", "seq": "int32"}, tiebreak="seq", partitions=3)
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(3)
+    logs = []
+    for step in range(6):
+        n = int(rng.integers(1, 30))
+        users, ts = rng.integers(0, 6, n).tolist(), rng.integers(0, 10, n).tolist()
+        payload = {"item": rng.integers(0, 1000, n).tolist(), "seq": rng.integers(0, 2, n).tolist()}
+        oracle.commit(users, ts, payload)
+        store = store.commit(pa.table({"user_id": users, "ts": ts, "item": payload["item"],
+                                       "seq": pa.array(payload["seq"], pa.int32())}))
+        if step % 2:
+            oracle.compact()
+            store = store.compact()
+        requests = pa.table({"user_id": np.repeat(np.arange(-1, 7), 11), "request_ts": np.tile(np.arange(11), 8)})
+        logs.append(lateseq.log_examples(store, requests))
+    examples = pa.concat_tables(logs)
+    reqs = [Request(u, t, v) for u, t, v in zip(*(examples.column(c).to_pylist()
+                                                  for c in ("user_id", "request_ts", "uih_version")), strict=True)]
+    for max_len in (1, 4, 100):
+        offsets, values = oracle.expected(reqs, max_len, ("ts", "item", "seq"))
+        batch = lateseq.materialize(store, examples, lateseq.Projection(max_len, ("ts", "item", "seq")))
+        assert_batch_equal(batch, offsets, values, f"max_len={max_len}")
+
+
+# ---------------------------------------------------------------------- event ids
+
+
+def test_event_id_dedup_keeps_the_first_delivery_within_a_commit(make_store):
+    store = make_store({"item": "int64", "eid": "int64"}, event_id_col="eid")
+    store = store.commit(pa.table({
+        "user_id": [1, 1, 2, 1, 1],
+        "ts": [5, 6, 7, 5, 1],
+        "item": [10, 11, 12, 13, 14],
+        "eid": [100, 101, 100, 100, 101],  # user 2 may reuse user 1's id; user 1 repeats two
+    }))
+    assert store.num_events == 3
+    examples = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [99, 99]}))
+    batch = lateseq.materialize(store, examples, lateseq.Projection(9, ("ts", "item", "eid")))
+    assert batch.offsets.tolist() == [0, 2, 3]
+    assert batch.values["item"].tolist() == [10, 11, 12]
+    assert batch.values["ts"].tolist() == [5, 6, 7]
+
+
+# ---------------------------------------------------------------------- commit conflicts
+
+
+def test_commit_conflict_leaves_no_orphans_and_a_readable_store(make_store, monkeypatch):
+    store = make_store(partitions=2)
+    v1 = store.commit(events([1, 2, 3], [1, 2, 3], [1, 2, 3]))
+    rival = lateseq.open(store.path)
+    real_write = lateseq.store.write_segment
+    raced = []
+
+    def write_then_lose_the_race(*args, **kwargs):
+        info = real_write(*args, **kwargs)
+        if not raced:  # another writer publishes version 2 while we are still writing
+            raced.append(True)
+            monkeypatch.setattr(lateseq.store, "write_segment", real_write)
+            raced.append(rival.commit(events([7], [7], [7])))
+        return info
+
+    monkeypatch.setattr(lateseq.store, "write_segment", write_then_lose_the_race)
+    with pytest.raises(lateseq.CommitConflict) as info:
+        v1.commit(events([1, 2, 3, 4], [9, 9, 9, 9], [4, 5, 6, 7]))
+    assert isinstance(info.value, lateseq.StoreError) and isinstance(info.value, OSError)
+    assert re.search(r"version 2 .*another writer", str(info.value))
+    assert raced[1].version == 2
+    latest = lateseq.open(store.path)
+    assert latest.version == 2 and latest.num_events == 4
+    assert segment_files(latest) == referenced_files(latest)  # nothing orphaned, nothing missing
+    assert not [p for p in (store.path / "versions").iterdir() if not p.name.endswith(".json")]
+    examples = lateseq.log_examples(latest, pa.table({"user_id": [7, 4], "request_ts": [8, 99]}))
+    assert examples.column("uih_length").to_pylist() == [1, 0]
+    retried = v1.commit(events([1, 2, 3, 4], [9, 9, 9, 9], [4, 5, 6, 7]))
+    assert retried.version == 3 and retried.num_events == 8
+    assert segment_files(retried) == referenced_files(retried)
+
+
+def test_conflict_on_a_pre_created_manifest_name(make_store, monkeypatch):
+    store = make_store()
+    v1 = store.commit(events([1], [1], [1]))
+    squatter = store.path / "versions" / f"{2:08d}.json"
+    real_write = lateseq.store.write_segment
+
+    def write_and_squat(*args, **kwargs):
+        info = real_write(*args, **kwargs)
+        squatter.write_bytes((store.path / "versions" / f"{1:08d}.json").read_bytes())
+        return info
+
+    monkeypatch.setattr(lateseq.store, "write_segment", write_and_squat)
+    with pytest.raises(lateseq.CommitConflict):
+        v1.commit(events([2], [2], [2]))
+    assert squatter.read_bytes() == (store.path / "versions" / f"{1:08d}.json").read_bytes()
+    assert segment_files(v1) == {p.name for p in v1.segment_infos[0].files(Path("."))}
+
+
+def test_create_refuses_an_existing_store(small_store):
+    with pytest.raises(lateseq.StoreError, match="already holds a store"):
+        lateseq.create(small_store.path, small_store.schema)
+    assert lateseq.open(small_store.path).version == 2
+
+
+def test_commit_accepts_tables_readers_and_parquet_files(make_store, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = events([1, 1, 2], [3, 1, 2], [1, 2, 3])
+    pq.write_table(table, tmp_path / "events.parquet")
+    sources = [table, table.to_reader(max_chunksize=1), tmp_path / "events.parquet",
+               str(tmp_path / "events.parquet")]
+    for source in sources:
+        store = make_store().commit(source)
+        examples = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [9, 9]}))
+        batch = lateseq.materialize(store, examples, lateseq.Projection(5, ("ts", "item")))
+        assert batch.values["item"].tolist() == [2, 1, 3], type(source)
+
+
+# ---------------------------------------------------------------------- cleanup
+
+
+def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_store):
+    store = make_store(partitions=2)
+    logs = []
+    for step in range(4):
+        store = store.commit(events([1, 2, 3], [step, step, 10 - step], [step, step + 10, step + 20]))
+        logs.append(lateseq.log_examples(store, pa.table({"user_id": [1, 2, 3], "request_ts": [9, 9, 9]})))
+    store.tag("keep", 2)
+    store = store.compact()
+    projection = lateseq.Projection(9, ("ts", "item"))
+    before = [lateseq.materialize(store, log, projection) for log in logs]
+    assert store.cleanup(before=store.version + 10) == [1, 3, 4]  # never the latest, never a tag
+    assert [v.version for v in store.versions()] == [2, 5]
+    assert segment_files(store) == referenced_files(store)
+    for log, expected in zip(logs, before, strict=True):  # events keep their version
+        batch = lateseq.materialize(lateseq.open(store.path), log, projection)
+        assert np.array_equal(batch.offsets, expected.offsets)
+        assert all(np.array_equal(batch.values[n], expected.values[n]) for n in expected.values)
+    with pytest.raises(lateseq.VersionNotFound):
+        store.checkout(3)
+    assert store.commit(events([1], [0], [0])).version == 6  # numbers are never reused
