@@ -124,7 +124,6 @@ def test_store_paths_that_are_not_stores(tmp_path):
     ({"columns": {"_item": "int64"}}, r"reserved"),
     ({"columns": {"ts": "int64"}}, r"'ts' is the user or time column"),
     ({"columns": {"user_id": "int64"}}, r"'user_id' is the user or time column"),
-    ({"columns": {"ts": "int64"}, "time_col": "t"}, r"'ts' would clash"),
     ({"columns": {}, "user_col": "x", "time_col": "x"}, r"must differ"),
     ({"columns": {"w": "float64"}, "tiebreak": "w"}, r"tiebreak 'w' must name an integer"),
     ({"columns": {}, "tiebreak": "nope"}, r"tiebreak 'nope'"),

@@ -305,3 +305,15 @@ def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_
     with pytest.raises(lateseq.VersionNotFound):
         store.checkout(3)
     assert store.commit(events([1], [0], [0])).version == 6  # numbers are never reused
+
+
+def test_any_time_column_name_next_to_a_payload_called_ts(tmp_path):
+    """Segments store time under a reserved name, so a payload column may be called "ts"."""
+    schema = lateseq.Schema({"ts": "int64"}, user_col="u", time_col="t")
+    store = lateseq.create(tmp_path / "s", schema).commit(
+        pa.table({"u": [1, 1, 1], "t": [30, 10, 20], "ts": [7, 8, 9]}))
+    store = store.commit(pa.table({"u": [1], "t": [15], "ts": [6]})).compact()
+    pointers = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [25]}))
+    batch = lateseq.materialize(store, pointers, lateseq.Projection(5, ("t", "ts")))
+    assert batch.values["t"].tolist() == [10, 15, 20]
+    assert batch.values["ts"].tolist() == [8, 6, 9]

@@ -333,7 +333,7 @@ def _compare(store: Store, examples_path: Path, fat_path: Path, tenant: Tenant, 
     fat = _Cursor(fatrow.read_fat_rows_batches(fat_path, columns, BATCH_SIZE), projection.max_len)
     # warm up both readers before timing: JIT cache load and file opening on a first batch,
     # and the store's pages mapped (the Fat Row file was just written: it is in page cache)
-    _prefault(store, [*columns, store.schema.time_col])
+    store.prefault([*columns, store.schema.time_col])
     for _ in zip(iter_batches(store, examples_path, projection, BATCH_SIZE, columns=[], on_mismatch="flag"),
                  fatrow.read_fat_rows_batches(fat_path, columns, BATCH_SIZE), strict=False):
         break
@@ -370,14 +370,6 @@ def _compare(store: Store, examples_path: Path, fat_path: Path, tenant: Tenant, 
         "mismatches": mismatches,
         "checksum_mismatches": checksum_mismatches,
     }
-
-
-def _prefault(store: Store, columns: list[str]) -> None:
-    """Touches every page of the memory-mapped columns a tenant reads (as a long-running
-    loader worker has them mapped after its first pass)."""
-    for segment in store.segments():
-        for name in dict.fromkeys([*columns, "ts", "_version", "_vmax", "_hcum"]):
-            np.add.reduce(segment.stored(name).view(np.uint8)[::4096], dtype=np.uint64)
 
 
 class _Cursor:

@@ -12,7 +12,7 @@ from .errors import ChecksumMismatch
 from .kernels import Visibility, copy_windows
 from .pointer import Pointers
 from .projection import Projection
-from .segment import Segment
+from .segment import TIME, Segment
 from .store import Located, Store
 
 
@@ -117,7 +117,7 @@ def materialize(
     for name in columns:
         dtype = _output_dtype(store, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-        stored = "ts" if name == store.schema.time_col else name  # segments keep time as "ts"
+        stored = TIME if name == store.schema.time_col else name
         for segment, idx, lo, hi, holes in located.windows:
             single = ~located.spread[idx]
             idx, lo, hi, holes = idx[single], lo[single], hi[single], holes[single]
@@ -164,7 +164,7 @@ def _merge_spread(store: Store, located: Located, visibility: Visibility, max_le
         rows, ptr = rows[visible], ptr[visible]
         tiebreak = (segment.decoded(store.schema.tiebreak)[rows] if store.schema.tiebreak
                     else np.zeros(len(rows), np.int64))
-        parts.append((ptr, segment.decoded("ts")[rows], tiebreak, np.full(len(rows), order), rows))
+        parts.append((ptr, segment.decoded(TIME)[rows], tiebreak, np.full(len(rows), order), rows))
     ptr, ts, tiebreak, seg, rows = (np.concatenate(c) for c in zip(*parts, strict=True))
     chosen, kept = newest_per_group(ptr, [ts, tiebreak, seg, rows], max_len, len(offsets) - 1)
     ptr, seg, rows = ptr[chosen], seg[chosen], rows[chosen]

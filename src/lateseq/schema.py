@@ -64,9 +64,6 @@ class Schema:
         for reserved in (self.user_col, self.time_col):
             if reserved in self.columns:
                 raise SchemaError(f"{reserved!r} is the user or time column, not a payload column")
-        if "ts" in self.columns:  # segments store the time column as "ts"
-            raise SchemaError(f"payload column 'ts' would clash with the time column {self.time_col!r} "
-                              "in storage; rename it, or make it the time column")
         for group, members in self.feature_groups.items():
             unknown = [m for m in members if m not in self.columns and m != self.time_col]
             if unknown:

@@ -27,6 +27,7 @@ import pyarrow as pa
 from .kernels import _mix64, event_hashes
 from .schema import Schema
 
+TIME = "_ts"  # the time column's name in segments, whatever the schema calls it
 SYSTEM_COLUMNS = ("_version", "_vmax", "_hcum")
 SEGMENT_FILES = (".arrow", ".index.arrow")
 _UNSIGNED = (np.uint8, np.uint16, np.uint32)
@@ -152,7 +153,7 @@ def write_segment(directory: Path, partition: int, events: Events) -> SegmentInf
 
     bases: dict[str, int] = {}
     arrays, names = [], []
-    for name, values in [("ts", events.ts), *events.payload.items()]:
+    for name, values in [(TIME, events.ts), *events.payload.items()]:
         stored, bases[name] = _encode(values)
         arrays.append(pa.array(stored))
         names.append(name)
@@ -265,7 +266,7 @@ class Segment:
         user = np.repeat(self.user_ids, np.diff(np.append(self.starts, self.info.rows)))
         hashes = self.hashes()
         payload = {name: self._decode_payload(name, schema) for name in schema.columns}
-        return Events(user, self.decoded("ts"), payload,
+        return Events(user, self.decoded(TIME), payload,
                       self.decoded("_version").astype(np.uint32), hashes)
 
     def _decode_payload(self, name: str, schema: Schema) -> np.ndarray:

@@ -17,6 +17,7 @@ from .materializer import JaggedBatch
 from .mutable import InMemoryTier
 from .projection import Projection
 from .schema import Schema
+from .segment import TIME
 from .store import Store
 from .twotier import OnlineReader, fold, rebuild_batch, rebuild_streaming, strip_tails
 
@@ -92,7 +93,7 @@ def _naive(store: Store, requests: pa.Table, max_len: int) -> JaggedBatch:
     """The feature-store point-in-time join: every stored event with ts < request_ts."""
     events = pa.concat_tables(
         pa.table({"user_id": np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))),
-                  **{c: s.decoded(c) for c in COLUMNS}})
+                  **{c: s.decoded(TIME if c == "ts" else c) for c in COLUMNS}})
         for s in store.segments()
     ).to_pandas()
     events = events.sort_values(["user_id", "ts", "arrival_ts", "event_id"], kind="stable")

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from .errors import CommitConflict, PointerError, SchemaError, StoreError, VersionNotFound
 from .kernels import Visibility, locate
 from .schema import Schema
-from .segment import Events, Segment, SegmentInfo, partition_of, write_segment
+from .segment import SYSTEM_COLUMNS, TIME, Events, Segment, SegmentInfo, partition_of, write_segment
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}
@@ -281,6 +281,14 @@ class Store:
             segment = _SEGMENT_CACHE[key] = Segment(self.path / "segments", info)
         return segment
 
+    def prefault(self, columns: list[str]) -> None:
+        """Touches every page of the columns a projection reads, so a long-running
+        loader starts warm instead of faulting pages in during its first batches."""
+        names = [TIME if c == self.schema.time_col else c for c in columns]
+        for segment in self.segments():
+            for name in dict.fromkeys([*names, TIME, *SYSTEM_COLUMNS]):
+                np.add.reduce(segment.stored(name).view(np.uint8)[::4096], dtype=np.uint64)
+
     def segments(self, partition: int | None = None) -> list[Segment]:
         """Open segments of this version (of one partition), oldest first."""
         return [self._open(i) for i in self.segment_infos if partition in (None, i.partition)]
@@ -312,7 +320,7 @@ class Store:
                     continue
                 present = rows[keep]
                 c, s, wlo, whi, holes = locate(
-                    lo[keep], hi[keep], segment.stored("ts"), segment.base("ts"),
+                    lo[keep], hi[keep], segment.stored(TIME), segment.base(TIME),
                     segment.stored("_version"), segment.stored("_vmax"), segment.base("_version"),
                     segment.stored("_hcum"), *segment.encoded(arrival), request_ts[present],
                     visibility.take(present), max_len,
