@@ -89,7 +89,8 @@ class Oracle:
         arrays = {name: np.array(payload[name], dtype=NUMPY_TYPES[t]) for name, t in self.columns.items()}
         hash_inputs = [a.astype(np.uint8) if a.dtype == np.bool_ else a for a in arrays.values()]
         hashes = event_hashes(np.array(user, np.int64), np.array(ts, np.int64), hash_inputs)
-        seen = set()
+        # a redelivery of a stored event, or of one earlier in this commit, is dropped
+        seen = {(e.user, int(e.values[self.event_id_col])) for e in self.events} if self.event_id_col else set()
         for row in range(len(user)):
             if self.event_id_col is not None:
                 key = (int(user[row]), int(arrays[self.event_id_col][row]))

@@ -250,3 +250,24 @@ def test_merge_newest_matches_reference(data, rows, max_len):
     slow = merge_newest_reference(*head, *tail, max_len)
     assert fast[0].tolist() == slow[0].tolist()
     assert fast[1].tolist() == slow[1].tolist()
+
+
+def test_redelivery_after_expiry_is_still_kept_once(tmp_path):
+    store = lateseq.create(tmp_path / "store", SCHEMA)
+    tier = InMemoryTier(SCHEMA, retention=10, store=store)
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.expire(now=100, folded_watermark=20)
+    assert len(tier) == 0
+    assert tier.append(events((1, 5, 150, 1), (1, 7, 150, 2))) == 1  # event 1 is in the store
+    assert fold(store, tier, 200).num_events == 2
+
+
+def test_commit_drops_events_already_stored(tmp_path):
+    store = lateseq.create(tmp_path / "store", SCHEMA)
+    store = store.commit(events((1, 5, 6, 1), (1, 5, 7, 1)))
+    assert store.num_events == 1
+    store = store.commit(events((1, 5, 9, 1), (2, 5, 9, 1)))
+    assert store.num_events == 2  # user 1's event 1 is a redelivery; user 2's is new
+    again = store.commit(events((1, 5, 9, 1)))
+    assert (again.version, again.num_events) == (store.version + 1, 2)

@@ -12,7 +12,7 @@ from .errors import ChecksumMismatch
 from .kernels import Visibility, copy_windows
 from .pointer import Pointers
 from .projection import Projection
-from .segment import TIME, Segment
+from .segment import TIME, Segment, row_ranges
 from .store import Located, Store
 
 
@@ -127,7 +127,7 @@ def materialize(
                          offsets[idx], out)
         if gathered is not None:
             for segment, rows, dst in gathered:
-                out[dst] = segment.decoded(stored)[rows]
+                out[dst] = segment.decoded(stored, rows)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
 
@@ -153,18 +153,17 @@ def _merge_spread(store: Store, located: Located, visibility: Visibility, max_le
         idx, lo, hi = idx[spread], lo[spread], hi[spread]
         if len(idx) == 0:
             continue
-        sizes = hi - lo
-        rows = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-        ptr = np.repeat(idx, sizes)
-        version = segment.decoded("_version")[rows]
+        rows = row_ranges(lo, hi)
+        ptr = np.repeat(idx, hi - lo)
+        version = segment.decoded("_version", rows)
         visible = version <= visibility.version[ptr]
         if store.schema.arrival_col:
-            late = segment.decoded(store.schema.arrival_col)[rows] < visibility.arrival_limit[ptr]
+            late = segment.decoded(store.schema.arrival_col, rows) < visibility.arrival_limit[ptr]
             visible |= (version <= visibility.version_hi[ptr]) & late
         rows, ptr = rows[visible], ptr[visible]
-        tiebreak = (segment.decoded(store.schema.tiebreak)[rows] if store.schema.tiebreak
+        tiebreak = (segment.decoded(store.schema.tiebreak, rows) if store.schema.tiebreak
                     else np.zeros(len(rows), np.int64))
-        parts.append((ptr, segment.decoded(TIME)[rows], tiebreak, np.full(len(rows), order), rows))
+        parts.append((ptr, segment.decoded(TIME, rows), tiebreak, np.full(len(rows), order), rows))
     ptr, ts, tiebreak, seg, rows = (np.concatenate(c) for c in zip(*parts, strict=True))
     chosen, kept = newest_per_group(ptr, [ts, tiebreak, seg, rows], max_len, len(offsets) - 1)
     ptr, seg, rows = ptr[chosen], seg[chosen], rows[chosen]

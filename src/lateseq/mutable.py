@@ -3,7 +3,7 @@
 Online serving reads a store version plus this tier's events that arrived after the
 version's watermark. The tier keeps events at least ``retention`` seconds (one
 compaction period or more, so the next version always covers what it drops) and
-drops redeliveries of an event it still remembers.
+drops redeliveries of an event it holds, or, given the store, of one already stored.
 
 ``MutableTier`` is the interface a real key-value store would implement;
 ``InMemoryTier`` is the in-process reference implementation.
@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from .errors import SchemaError
 from .schema import Schema
+from .segment import first_deliveries
+from .store import Store
 
 _FAR_PAST = np.iinfo(np.int64).min
 
@@ -38,7 +40,7 @@ class MutableTier(ABC):
     @abstractmethod
     def append(self, events: pa.Table) -> int:
         """Adds events as they arrive (arrival time never decreasing); returns how many
-        were new (redeliveries of a remembered (user, event id) are dropped)."""
+        were new (redeliveries of a known (user, event id) are dropped)."""
 
     @abstractmethod
     def tail(self, users: np.ndarray, since: int | None, until: np.ndarray) -> tuple[np.ndarray, pa.Table]:
@@ -69,11 +71,10 @@ class MutableTier(ABC):
 class InMemoryTier(MutableTier):
     """Columns in arrival order, with a (user, arrival) index rebuilt after appends."""
 
-    def __init__(self, schema: Schema, retention: int):
+    def __init__(self, schema: Schema, retention: int, store: Store | None = None):
         super().__init__(schema, retention)
-        self._names = [schema.user_col, schema.time_col, *schema.columns]
+        self._store = store
         self._table = schema.empty_table()
-        self._seen: set[tuple[int, int]] = set()
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -89,11 +90,13 @@ class InMemoryTier(MutableTier):
             raise SchemaError("events must be appended in arrival order")
         users = events.column(self.schema.user_col).to_numpy()
         ids = events.column(self.schema.event_id_col).to_numpy()
-        keep = np.zeros(len(users), bool)
-        for i, key in enumerate(zip(users.tolist(), ids.tolist(), strict=True)):
-            if key not in self._seen:
-                self._seen.add(key)
-                keep[i] = True
+        known_users = [self._table.column(self.schema.user_col).to_numpy()]
+        known_ids = [self._table.column(self.schema.event_id_col).to_numpy()]
+        if self._store is not None:  # events folded and expired from the tier are still known
+            stored_users, stored_ids = self._store.latest().event_ids(np.unique(users))
+            known_users.append(stored_users)
+            known_ids.append(stored_ids)
+        keep = first_deliveries(users, ids, np.concatenate(known_users), np.concatenate(known_ids))
         if keep.any():
             self._table = pa.concat_tables([self._table, events.filter(pa.array(keep))]).combine_chunks()
             self._index = None
@@ -133,9 +136,5 @@ class InMemoryTier(MutableTier):
 
     def _drop_before(self, cutoff):
         arrival = self._table.column(self.schema.arrival_col).to_numpy()
-        dropped = self._table.filter(pa.array(arrival < cutoff))
-        for key in zip(dropped.column(self.schema.user_col).to_pylist(),
-                       dropped.column(self.schema.event_id_col).to_pylist(), strict=True):
-            self._seen.discard(key)
         self._table = self._table.filter(pa.array(arrival >= cutoff))
         self._index = None

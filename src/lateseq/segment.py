@@ -79,14 +79,9 @@ class Events:
             np.concatenate([p.hashes for p in parts]),
         )
 
-    def first_deliveries(self, event_id: str) -> Events:
-        """Keeps the first row of each (user, event id): redeliveries are dropped."""
-        ids = self.payload[event_id]
-        order = np.lexsort((np.arange(len(self)), ids, self.user))
-        repeat = (self.user[order][1:] == self.user[order][:-1]) & (ids[order][1:] == ids[order][:-1])
-        keep = np.ones(len(self), bool)
-        keep[order[1:][repeat]] = False
-        return self.take(np.flatnonzero(keep))
+    def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
+        """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""
+        return self.take(np.flatnonzero(first_deliveries(self.user, self.payload[event_id], *known)))
 
     def sorted(self, tiebreak: str | None) -> Events:
         """Stable sort by (user, time, tie-break): equal keys keep their current order."""
@@ -94,6 +89,27 @@ class Events:
         if tiebreak is not None:
             keys.insert(0, self.payload[tiebreak])
         return self.take(np.lexsort(keys))
+
+
+def row_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Every row index of the ranges [lo[i], hi[i]), concatenated in order."""
+    sizes = hi - lo
+    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+
+
+def first_deliveries(user: np.ndarray, ids: np.ndarray, known_user: np.ndarray,
+                     known_ids: np.ndarray) -> np.ndarray:
+    """Mask of rows that are the first delivery of their (user, event id), counting
+    the ``known`` pairs (already stored) as delivered before every row."""
+    all_user = np.concatenate([known_user, user])
+    all_ids = np.concatenate([known_ids, ids])
+    order = np.lexsort((np.arange(len(all_user)), all_ids, all_user))
+    u, e = all_user[order], all_ids[order]
+    repeat = np.zeros(len(order), bool)
+    repeat[1:] = (u[1:] == u[:-1]) & (e[1:] == e[:-1])
+    seen = np.zeros(len(all_user), bool)
+    seen[order] = repeat
+    return ~seen[len(known_user):]
 
 
 @dataclass(frozen=True)
@@ -225,8 +241,9 @@ class Segment:
         """(stored, base) of a column, or (None, 0) when no column is named."""
         return (None, 0) if name is None else (self._data[name], self.base(name))
 
-    def decoded(self, name: str) -> np.ndarray:
-        stored = self._data[name]
+    def decoded(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """A column's values (at ``rows`` only, when given: no need to decode the rest)."""
+        stored = self._data[name] if rows is None else self._data[name][rows]
         return stored.astype(np.int64) + self.base(name) if stored.dtype.kind == "u" else stored
 
     @cached_property

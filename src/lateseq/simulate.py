@@ -140,7 +140,7 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
                         arrival_col="arrival_ts", event_id_col="event_id")
         store = Store.create(Path(tmp) / "store", schema)
         period = int(cfg.compaction_hours * HOUR)
-        tier = InMemoryTier(schema, retention=2 * period)
+        tier = InMemoryTier(schema, retention=2 * period, store=store)
         projection = Projection(cfg.max_len, COLUMNS)
         reader = OnlineReader(store, tier, projection)
         arrival = deliveries.column("arrival_ts").to_numpy()

@@ -30,7 +30,16 @@ import pyarrow.parquet as pq
 from .errors import CommitConflict, PointerError, SchemaError, StoreError, VersionNotFound
 from .kernels import Visibility, locate
 from .schema import Schema
-from .segment import SYSTEM_COLUMNS, TIME, Events, Segment, SegmentInfo, partition_of, write_segment
+from .segment import (
+    SYSTEM_COLUMNS,
+    TIME,
+    Events,
+    Segment,
+    SegmentInfo,
+    partition_of,
+    row_ranges,
+    write_segment,
+)
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}
@@ -193,7 +202,11 @@ class Store:
         table = self.schema.conform(table)
         incoming = Events.from_table(table, self.schema, version)
         if self.schema.event_id_col:
-            incoming = incoming.first_deliveries(self.schema.event_id_col)
+            known = base.event_ids(np.unique(incoming.user))
+            incoming = incoming.first_deliveries(self.schema.event_id_col, known)
+            if len(incoming) == 0:  # only redeliveries: a version with nothing new
+                return base._publish(version, "commit", base.segment_infos, [],
+                                     base.watermark if watermark is None else watermark)
         parts = partition_of(incoming.user, self.schema.partitions)
         new = []
         for p in np.unique(parts):
@@ -280,6 +293,18 @@ class Store:
         if segment is None:
             segment = _SEGMENT_CACHE[key] = Segment(self.path / "segments", info)
         return segment
+
+    def event_ids(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(user, event id) of every stored event of ``users`` (unique), for dedup."""
+        column = self.schema.event_id_col
+        found_user, found_ids = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        parts = partition_of(users, self.schema.partitions)
+        for segment in self.segments():
+            mine = users[parts == segment.info.partition]
+            lo, hi = segment.user_ranges(mine)
+            found_user.append(np.repeat(mine, hi - lo))
+            found_ids.append(segment.decoded(column, row_ranges(lo, hi)).astype(np.int64))
+        return np.concatenate(found_user), np.concatenate(found_ids)
 
     def prefault(self, columns: list[str]) -> None:
         """Touches every page of the columns a projection reads, so a long-running
