@@ -227,3 +227,12 @@ def test_unknown_versions_and_tags(store):
 def test_create_over_an_existing_store(store):
     raises_and_changes_nothing(store, lateseq.StoreError, OSError, "already holds a store",
                                lambda: lateseq.create(Path(store.path), store.schema))
+
+
+def test_float_overflow_and_bool_max_len_are_refused(tmp_path):
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"w": "float32"}))
+    with pytest.raises(lateseq.SchemaError, match="too large for float"):
+        store.commit(pa.table({"user_id": [1], "ts": [1], "w": pa.array([1e300], pa.float64())}))
+    assert store.latest().version == 0
+    with pytest.raises(lateseq.SchemaError, match="max_len"):
+        lateseq.Projection(True)

@@ -295,8 +295,12 @@ def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_
     store = store.compact()
     projection = lateseq.Projection(9, ("ts", "item"))
     before = [lateseq.materialize(store, log, projection) for log in logs]
+    unpublished = store.path / "segments" / "p00000-concurrent-writer.arrow"
+    unpublished.write_bytes(b"not yet published")
     assert store.cleanup(before=store.version + 10) == [1, 3, 4]  # never the latest, never a tag
     assert [v.version for v in store.versions()] == [2, 5]
+    assert unpublished.exists()  # younger than the grace period: maybe another writer's
+    store.cleanup(before=store.version, grace_s=0)
     assert segment_files(store) == referenced_files(store)
     for log, expected in zip(logs, before, strict=True):  # events keep their version
         batch = lateseq.materialize(lateseq.open(store.path), log, projection)

@@ -171,7 +171,7 @@ def test_audit_tail_stripped_too_early(world):
 def test_cleanup_keeps_rebuilds_exact(world):
     store, log, served = serve_one_scenario(*world)
     stripped, _ = strip_tails(store, log)
-    removed = store.latest().cleanup(before=store.latest().version)
+    removed = store.latest().cleanup(before=store.latest().version, grace_s=0)
     assert 1 in removed
     assert audit(store.latest(), stripped).mismatches == {}
     assert rebuild(store.latest(), stripped, PROJECTION).values["item_id"].tolist() == served.values["item_id"].tolist()
@@ -181,7 +181,7 @@ def test_audit_version_no_longer_kept(world):
     store, log, _ = serve_one_scenario(*world)
     stripped, _ = strip_tails(store, log)
     latest = store.latest()
-    latest.cleanup(before=latest.version)
+    latest.cleanup(before=latest.version, grace_s=0)
     # a rewrite (as a purge would do) drops user 1's oldest event after its version is gone
     segment = latest.segments()[0]
     ev = segment.events(SCHEMA)

@@ -21,7 +21,7 @@ class Projection:
     feature_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_len, int) or self.max_len < 1:
+        if not isinstance(self.max_len, int) or isinstance(self.max_len, bool) or self.max_len < 1:
             raise SchemaError(f"max_len must be a positive integer, got {self.max_len!r}")
         object.__setattr__(self, "columns", tuple(self.columns))
         object.__setattr__(self, "feature_groups", tuple(self.feature_groups))

@@ -133,9 +133,13 @@ class Schema:
                     raise SchemaError(f"column {name!r} is bool but holds integers other than 0 and 1 "
                                       f"(from {bounds['min']} to {bounds['max']})")
             try:
-                arrays.append(pc.cast(col, target, safe=True))
+                cast = pc.cast(col, target, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaError(f"column {name!r} does not fit {target}: {exc}") from exc
+            if pa.types.is_floating(col.type) and pa.types.is_floating(target) and col.type != target:
+                if pc.sum(pc.is_finite(cast)).as_py() != pc.sum(pc.is_finite(col)).as_py():
+                    raise SchemaError(f"column {name!r} holds values too large for {target}")
+            arrays.append(cast)
         return pa.table(arrays, names=expected)
 
     def empty_table(self) -> pa.Table:

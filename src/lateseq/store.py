@@ -141,10 +141,14 @@ class Store:
         return number
 
     def _manifest(self, version: int) -> dict:
+        path = self.path / "versions" / f"{version:08d}.json"
         try:
-            return json.loads((self.path / "versions" / f"{version:08d}.json").read_text())
+            return json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise VersionNotFound(f"version {version} is not kept in {self.path}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"the manifest {path} is corrupt ({exc}); restore it from a backup "
+                             "or remove it to fall back to the previous version") from exc
 
     # ------------------------------------------------------------ versions and tags
 
@@ -266,13 +270,15 @@ class Store:
         _fsync_dir(versions)
         return Store(self.path, version)
 
-    def cleanup(self, before: int) -> list[int]:
+    def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
         """Forgets versions older than ``before`` (tagged ones stay) and deletes segment
-        files no kept version references. Returns the versions removed.
+        files no kept version references, including leftovers of crashed writers.
+        Returns the versions removed.
 
-        Pointers into removed versions still rebuild, because events keep their
-        version; their checksums prove it. Readers holding an old handle open keep
-        their memory-mapped files until they close them.
+        Only files older than ``grace_s`` are deleted, so a concurrent writer's segments,
+        written but not yet published, survive. Pointers into removed versions still
+        rebuild, because events keep their version; their checksums prove it. Readers
+        holding an old handle keep their memory-mapped files until they close them.
         """
         pinned = set(self.tags().values())
         before = min(before, self.latest_version)  # the latest version always stays
@@ -280,9 +286,11 @@ class Store:
         for v in removed:
             (self.path / "versions" / f"{v:08d}.json").unlink()
         referenced = {s["name"] for v in self.versions() for s in self._manifest(v.version)["segments"]}
-        for path in (self.path / "segments").glob("*.arrow"):
-            if path.name.split(".")[0] not in referenced:
-                path.unlink()
+        old = time.time() - grace_s
+        for path in (self.path / "segments").iterdir():
+            name = path.name.removeprefix(".tmp-").split(".")[0]
+            if (path.name.startswith(".tmp-") or name not in referenced) and path.stat().st_mtime < old:
+                path.unlink(missing_ok=True)
         return removed
 
     # ------------------------------------------------------------ reading
