@@ -195,3 +195,12 @@ def assert_batch_equal(batch, offsets: np.ndarray, values: dict[str, np.ndarray]
             f"{context}\ncolumn {name!r}: got {got.dtype} {got.tolist()}\n"
             f"{'':>{len(name) + 10}}expected {want.dtype} {want.tolist()}"
         )
+
+
+def referenced_files(store) -> set[str]:
+    """Names of the segment files some kept version of ``store`` lists."""
+    names = set()
+    for v in store.versions():
+        for info in store.checkout(v.version).segment_infos:
+            names |= {p.name for p in info.files(store.path / "segments")}
+    return names

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 import lateseq
 from lateseq.kernels import event_hashes
+from oracle import referenced_files
 
 COLUMNS = {"item": "int32", "w": "float64", "seq": "int16", "flag": "bool"}
 USERS = 150
@@ -191,7 +192,7 @@ def verify_after_kill(path: Path, oracle: FrameOracle, known: dict) -> bool:
     Returns whether the kill left unreferenced files behind (it hit a write midway).
     """
     store = lateseq.open(path)
-    names = referenced(store)
+    names = referenced_files(store)
     orphans = any(p.name not in names for p in (path / "segments").iterdir())
     for version in range(1, store.version + 1):
         verify_version(store.checkout(version), oracle, known)
@@ -200,9 +201,3 @@ def verify_after_kill(path: Path, oracle: FrameOracle, known: dict) -> bool:
     return orphans
 
 
-def referenced(store: lateseq.Store) -> set[str]:
-    names = set()
-    for v in store.versions():
-        for info in store.checkout(v.version).segment_infos:
-            names |= {p.name for p in info.files(store.path / "segments")}
-    return names

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from oracle import Oracle, Request, assert_batch_equal
+from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
 import lateseq
 import lateseq.store
@@ -26,12 +26,6 @@ def segment_files(store: lateseq.Store) -> set[str]:
     return {p.name for p in (store.path / "segments").iterdir()}
 
 
-def referenced_files(store: lateseq.Store) -> set[str]:
-    names = set()
-    for v in store.versions():
-        for info in store.checkout(v.version).segment_infos:
-            names |= {p.name for p in info.files(store.path / "segments")}
-    return names
 
 
 # ---------------------------------------------------------------------- versions

@@ -42,7 +42,8 @@ from .segment import (
 )
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
-_SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}
+_SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}  # insertion order = recency
+_SEGMENT_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Store:
         self.version = self._resolve(version)
         manifest = self._manifest(self.version) if self.version else {"segments": [], "events": 0}
         self.segment_infos = [SegmentInfo(**s) for s in manifest["segments"]]
+        self._by_partition: dict[int, list[SegmentInfo]] = {}
+        for info in self.segment_infos:
+            self._by_partition.setdefault(info.partition, []).append(info)
         self.num_events: int = manifest["events"]
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
@@ -226,13 +230,10 @@ class Store:
         version rebuilds the same sequence. Returns this handle if nothing needs merging.
         """
         base = Store(self.path)
-        by_partition: dict[int, list[SegmentInfo]] = {}
-        for info in base.segment_infos:
-            by_partition.setdefault(info.partition, []).append(info)
-        if all(len(infos) == 1 for infos in by_partition.values()):
+        if all(len(infos) == 1 for infos in base._by_partition.values()):
             return base
         kept, new = [], []
-        for p, infos in sorted(by_partition.items()):
+        for p, infos in sorted(base._by_partition.items()):
             if len(infos) == 1:
                 kept += infos
                 continue
@@ -296,10 +297,13 @@ class Store:
     # ------------------------------------------------------------ reading
 
     def _open(self, info: SegmentInfo) -> Segment:
+        """Segments are immutable, so one open map per file serves every handle; the
+        least recently used are let go (a deleted file's space returns when unmapped)."""
         key = (str(self.path), info.name)
-        segment = _SEGMENT_CACHE.get(key)
-        if segment is None:
-            segment = _SEGMENT_CACHE[key] = Segment(self.path / "segments", info)
+        segment = _SEGMENT_CACHE.pop(key, None) or Segment(self.path / "segments", info)
+        _SEGMENT_CACHE[key] = segment
+        if len(_SEGMENT_CACHE) > _SEGMENT_CACHE_SIZE:
+            del _SEGMENT_CACHE[next(iter(_SEGMENT_CACHE))]
         return segment
 
     def event_ids(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +328,9 @@ class Store:
 
     def segments(self, partition: int | None = None) -> list[Segment]:
         """Open segments of this version (of one partition), oldest first."""
-        return [self._open(i) for i in self.segment_infos if partition in (None, i.partition)]
+        if partition is None:
+            return [self._open(i) for i in self.segment_infos]
+        return [self._open(i) for i in self._by_partition.get(partition, [])]
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int) -> Located:
