@@ -26,7 +26,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 import lateseq  # noqa: E402
-from lateseq.datasets import synthetic_events, synthetic_requests  # noqa: E402
+from lateseq.datasets import synthetic_events  # noqa: E402
 from lateseq.twotier import attach_tails, rebuild_batch, rebuild_streaming, strip_tails  # noqa: E402
 
 DAY = 86400
@@ -55,8 +55,13 @@ def build(workdir: Path, users: int, requests: int, seed: int):
         since = mark
     store = store.compact()
 
-    last_week = events.filter(pa.array((ts >= marks[0]) & (ts < marks[-1])))
-    reqs = synthetic_requests(last_week, requests, seed=seed)
+    # requests at distinct events of the last week (drawn with replacement, repeated
+    # requests would make the log compress unrealistically well)
+    in_week = np.flatnonzero((ts >= marks[0]) & (ts < marks[-1]))
+    chosen = np.sort(rng.choice(in_week, min(requests, len(in_week)), replace=False))
+    chosen = chosen[np.argsort(ts[chosen], kind="stable")]
+    reqs = pa.table({"user_id": events.column("user_id").to_numpy()[chosen], "request_ts": ts[chosen],
+                     "label": (events.column("action").to_numpy()[chosen] > 0).astype(np.int8)})
     t = reqs.column("request_ts").to_numpy()
     version = np.searchsorted(np.array(marks), t, "right")  # version k has watermark marks[k-1]
     logs = []
@@ -99,7 +104,7 @@ def timed(fn, store, path: Path, projection) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20000)
-    parser.add_argument("--requests", type=int, default=200000)
+    parser.add_argument("--requests", type=int, default=200000, help="at most one per event of the week")
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
