@@ -23,6 +23,7 @@ EXPORTED = {
     "VersionInfo",
     "VersionNotFound",
     "create",
+    "iter_batches",
     "log_examples",
     "make_pointers",
     "materialize",

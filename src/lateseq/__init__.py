@@ -17,6 +17,7 @@ from .errors import (
     StoreError,
     VersionNotFound,
 )
+from .loader import iter_batches
 from .materializer import JaggedBatch, materialize
 from .pointer import POINTER_BYTES, POINTER_FIELDS, Pointers, log_examples, make_pointers
 from .projection import Projection
@@ -53,6 +54,7 @@ __all__ = [
     "VersionInfo",
     "VersionNotFound",
     "create",
+    "iter_batches",
     "log_examples",
     "make_pointers",
     "materialize",

@@ -65,7 +65,7 @@ class Events:
         """Conformed commit input, in input order, every event stamped with ``version``."""
         user = table.column(schema.user_col).to_numpy()
         ts = table.column(schema.time_col).to_numpy()
-        payload = {name: _to_numpy(table.column(name)) for name in schema.columns}
+        payload = {name: column_numpy(table.column(name)) for name in schema.columns}
         hashes = event_hashes(user, ts, list(payload.values()))
         return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
 
@@ -141,10 +141,10 @@ class SegmentInfo:
         return bad
 
 
-def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_boolean(column.type):
-        return column.to_numpy().astype(np.uint8)
-    return column.to_numpy()
+def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow column as numpy, bools as uint8 (how segments and hashes see them)."""
+    values = column.to_numpy(zero_copy_only=False)
+    return values.astype(np.uint8) if pa.types.is_boolean(column.type) else values
 
 
 def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -32,7 +32,7 @@ from .materializer import JaggedBatch, materialize, stitch
 from .mutable import MutableTier
 from .pointer import Pointers, log_examples
 from .projection import Projection
-from .segment import _to_numpy
+from .segment import column_numpy
 from .store import Store
 
 TAIL_PREFIX = "tail_"
@@ -96,7 +96,7 @@ def _tail_digest(store: Store, user: np.ndarray, columns: dict[str, np.ndarray],
 
 def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray) -> pa.Table:
     """Adds the inline tail (rows of `tail`, owned by log row `owners`) and seq_* columns."""
-    columns = {n: _to_numpy(tail.column(n)) for n in _payload_names(store)}
+    columns = {n: column_numpy(tail.column(n)) for n in _payload_names(store)}
     count, digest = _tail_digest(store, tail.column(store.schema.user_col).to_numpy(), columns,
                                  owners, log.num_rows)
     offsets = pa.array(np.concatenate([[0], np.cumsum(count)]).astype(np.int32))
@@ -121,14 +121,16 @@ def _inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarr
     for name in names:
         column = log.column(TAIL_PREFIX + name)
         column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        columns[name] = _to_numpy(pc.list_flatten(column))
+        columns[name] = column_numpy(pc.list_flatten(column))
     user = log.column("user_id").to_numpy()[owners]
     return owners, user, columns
 
 
-def tail_intact(store: Store, log: pa.Table | pa.RecordBatch) -> np.ndarray:
-    """Per record: pointer plus inline tail add up to the served length and checksum."""
-    owners, user, tail = _inline_tail(store, log)
+def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
+                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None) -> np.ndarray:
+    """Per record: pointer plus inline tail add up to the served length and checksum.
+    ``inline`` is the log's ``_inline_tail``, when the caller has it already."""
+    owners, user, tail = inline or _inline_tail(store, log)
     count, digest = _tail_digest(store, user, tail, owners, log.num_rows)
     pointers = Pointers.from_arrow(log)
     return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
@@ -142,9 +144,10 @@ def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: 
     wanted = projection.resolve(schema)
     names = list(dict.fromkeys([*wanted, schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])))
     head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
-    owners, _, tail = _inline_tail(store, log)
+    inline = _inline_tail(store, log)
+    owners, _, tail = inline
     rows = len(head)
-    bad = ~tail_intact(store, log) | head.mismatched
+    bad = ~tail_intact(store, log, inline) | head.mismatched
     _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
 
     # the tail arrives in arrival order; order it by (row, time, tie-break), stably
