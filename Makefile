@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 # torch first: the CPU build on disk meets the package's range, so nothing pulls a CUDA build.
 # MovieLens-1M comes from a package (its licence forbids committing the data).
