@@ -112,19 +112,22 @@ def materialize(
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     gathered = _merge_spread(store, located, visibility, projection.max_len, offsets) if located.spread.any() else None
+    # windows of histories held by one segment: copied column by column below
+    runs = []
+    for segment, idx, lo, hi, holes in located.windows:
+        single = ~located.spread[idx]
+        idx = idx[single]
+        runs.append((segment, lo[single], hi[single], holes[single], visibility.take(idx), offsets[idx]))
     values = {}
     arrival = store.schema.arrival_col
     for name in columns:
         dtype = _output_dtype(store, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
-        for segment, idx, lo, hi, holes in located.windows:
-            single = ~located.spread[idx]
-            idx, lo, hi, holes = idx[single], lo[single], hi[single], holes[single]
+        for segment, lo, hi, holes, seen_by, dst in runs:
             copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
-                         segment.base("_version"), *segment.encoded(arrival),
-                         visibility.take(idx), lo, hi, holes,
-                         offsets[idx], out)
+                         segment.base("_version"), *segment.encoded(arrival), seen_by, lo, hi, holes,
+                         dst, out)
         if gathered is not None:
             for segment, rows, dst in gathered:
                 out[dst] = segment.decoded(stored, rows)
