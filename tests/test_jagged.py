@@ -1,0 +1,52 @@
+"""JaggedBatch helpers: dense padding, Arrow lists and torch tensors, against plain loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lateseq import JaggedBatch
+
+
+def batch_of(rows: list[list[int]]) -> JaggedBatch:
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    values = np.array([v for r in rows for v in r], np.int64)
+    return JaggedBatch(offsets, {"item": values, "flag": values % 2 == 0}, np.zeros(len(rows), bool))
+
+
+rows_strategy = st.lists(st.lists(st.integers(-5, 50), max_size=7), max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=rows_strategy, width=st.one_of(st.none(), st.integers(0, 9)), side=st.sampled_from(["right", "left"]))
+def test_padded_keeps_the_newest_events(rows, width, side):
+    dense = batch_of(rows).padded("item", length=width, pad_value=-1, side=side)
+    expected_width = max((len(r) for r in rows), default=0) if width is None else width
+    assert dense.shape == (len(rows), expected_width)
+    for r, got in zip(rows, dense, strict=True):
+        newest = r[len(r) - min(len(r), expected_width):]
+        pad = [-1] * (expected_width - len(newest))
+        assert got.tolist() == (newest + pad if side == "right" else pad + newest)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=rows_strategy)
+def test_to_arrow_is_one_list_per_row(rows):
+    table = batch_of(rows).to_arrow()
+    assert table.column("item").to_pylist() == rows
+    assert table.column("flag").to_pylist() == [[v % 2 == 0 for v in r] for r in rows]
+    assert table.schema.field("item").type == pa.list_(pa.int64())
+
+
+def test_to_torch_shares_the_data():
+    torch = pytest.importorskip("torch")
+    batch = batch_of([[1, 2], [], [3]])
+    tensors = batch.to_torch()
+    assert tensors["offsets"].tolist() == [0, 2, 2, 3]
+    assert tensors["lengths"].tolist() == [2, 0, 1]
+    assert tensors["item"].dtype == torch.int64 and tensors["item"].tolist() == [1, 2, 3]
+    assert tensors["flag"].dtype == torch.bool
+    assert batch.to_torch(device="cpu")["item"].device.type == "cpu"
