@@ -182,7 +182,7 @@ def versions(
         for v in infos:
             print(json.dumps({"version": v.version, "created_at": v.created_at, "operation": v.operation,
                               "events": v.events, "segments": v.segments, "bytes": v.bytes,
-                              "tags": list(v.tags)}))
+                              "tags": list(v.tags), "watermark": v.watermark}))
         return
     table = Table(title=f"versions of {store}")
     for name, justify in [("version", "right"), ("created", "left"), ("operation", "left"),

@@ -55,6 +55,7 @@ class VersionInfo:
     segments: int
     bytes: int
     tags: tuple[str, ...] = ()
+    watermark: int | None = None  # two-tier stores: every arrival before it is in this version
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Store:
             out.append(VersionInfo(
                 m["version"], m["created_at"], m["operation"], m["events"], len(m["segments"]),
                 sum(s["bytes"] for s in m["segments"]), tuple(sorted(tags.get(m["version"], []))),
+                m.get("watermark"),
             ))
         return out
 

@@ -210,8 +210,7 @@ def rebuild(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection
 
 def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:
     """For each request time, the oldest kept version whose watermark reaches it (0: none)."""
-    kept = [(v.version, Store(store.path, v.version).watermark) for v in store.versions()
-            if v.version <= store.version]
+    kept = [(v.version, v.watermark) for v in store.versions() if v.version <= store.version]
     versions = np.array([v for v, w in kept if w is not None], np.int64)
     marks = np.array([w for v, w in kept if w is not None], np.int64)
     if len(versions) == 0:
