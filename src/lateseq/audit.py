@@ -12,7 +12,7 @@ from .kernels import Visibility, event_hashes
 from .materializer import materialize
 from .pointer import Pointers
 from .projection import Projection
-from .segment import Segment
+from .segment import TIME
 from .store import Store
 from .twotier import is_two_tier, rebuild, tail_intact
 
@@ -40,49 +40,56 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
     subset = log.take(pa.array(rows, pa.int64()))
-    two_tier = is_two_tier(subset)
     bad = rebuild(store, subset, Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched
     report = AuditReport(log.num_rows, len(rows))
-    for i in np.flatnonzero(bad):
-        report.mismatches[int(rows[i])] = _cause(store, subset.slice(int(i), 1), two_tier)
+    if bad.any():
+        explain = _Explainer(store, is_two_tier(subset))
+        for i in np.flatnonzero(bad):
+            report.mismatches[int(rows[i])] = explain(subset.slice(int(i), 1))
     return report
 
 
-def _cause(store: Store, record: pa.Table, two_tier: bool) -> str:
-    pointer = Pointers.from_arrow(record)
-    user = pointer.user_id[:1]
-    if _corrupt(store, user):
-        return "corrupt data"
-    tail_version = int(record.column("tail_version")[0].as_py()) if two_tier else 0
-    if two_tier and tail_version == 0 and not tail_intact(store, record)[0]:
-        return "corrupt data"
-    kept = {v.version for v in store.versions()}
-    if int(pointer.version[0]) not in kept | {0} or (tail_version and tail_version not in kept):
-        return "version no longer kept"
-    if tail_version and (store.checkout(tail_version).watermark or np.iinfo(np.int64).min) < pointer.request_ts[0]:
-        return "tail stripped too early"
-    if _late_events(store, pointer) > 0:
-        return "late event"
-    return "unknown"
+class _Explainer:
+    """Names the cause of one mismatched record; store-wide facts are read once."""
 
+    def __init__(self, store: Store, two_tier: bool):
+        self.store = store
+        self.two_tier = two_tier
+        self.watermarks = {v.version: v.watermark for v in store.versions()}
+        directory = store.path / "segments"
+        self.crc_failed = any(s.info.corrupt_files(directory) for s in store.segments())
 
-def _corrupt(store: Store, user: np.ndarray) -> bool:
-    """The user's segment files fail their CRC, or an event no longer hashes as written."""
-    for segment in store.segments():
-        if segment.info.corrupt_files(store.path / "segments"):
-            return True
-        if _rehash_differs(store, segment, user):
-            return True
-    return False
+    def __call__(self, record: pa.Table) -> str:
+        pointer = Pointers.from_arrow(record)
+        tail_version = int(record.column("tail_version")[0].as_py()) if self.two_tier else 0
+        if self.crc_failed and self._rehash_differs(pointer.user_id[:1]):
+            return "corrupt data"
+        if self.two_tier and tail_version == 0 and not tail_intact(self.store, record)[0]:
+            return "corrupt data"
+        kept = self.watermarks.keys() | {0}
+        if int(pointer.version[0]) not in kept or tail_version not in kept:
+            return "version no longer kept"
+        mark = self.watermarks.get(tail_version)
+        if tail_version and (mark is None or mark < pointer.request_ts[0]):
+            return "tail stripped too early"
+        if _late_events(self.store, pointer) > 0:
+            return "late event"
+        return "unknown"
 
-
-def _rehash_differs(store: Store, segment: Segment, user: np.ndarray) -> bool:
-    lo, hi = (int(x[0]) for x in segment.user_ranges(user))
-    if hi == lo:
+    def _rehash_differs(self, user: np.ndarray) -> bool:
+        """Whether any of the user's events no longer hashes as it did when written."""
+        schema = self.store.schema
+        for segment in self.store.segments():
+            lo, hi = segment.user_ranges(user)
+            if hi[0] == lo[0]:
+                continue
+            rows = np.arange(lo[0], hi[0])
+            payload = [segment.decoded(n, rows).astype(np.uint8 if t == "bool" else t)
+                       for n, t in schema.columns.items()]
+            fresh = event_hashes(np.full(len(rows), user[0]), segment.decoded(TIME, rows), payload)
+            if not np.array_equal(fresh, segment.hashes(int(lo[0]), int(hi[0]))):
+                return True
         return False
-    events = segment.events(store.schema)  # decoded once; audits look at few users
-    fresh = event_hashes(events.user[lo:hi], events.ts[lo:hi], [v[lo:hi] for v in events.payload.values()])
-    return not np.array_equal(fresh, segment.hashes(lo, hi))
 
 
 def _late_events(store: Store, pointer: Pointers) -> int:
