@@ -293,3 +293,23 @@ def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     for batch in (rebuild_streaming(store, log, projection), rebuild(store, stripped, projection)):
         assert batch.values["flag"].tolist() == [True, False, True]
         assert batch.values["w"].tobytes() == served.values["w"].tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_tier_tail_matches_brute_force(data):
+    arrivals = sorted(data.draw(st.lists(st.integers(-5, 30), max_size=25)))
+    users = [data.draw(st.integers(0, 3)) for _ in arrivals]
+    tier = InMemoryTier(SCHEMA, retention=100)
+    if arrivals:
+        tier.append(events(*[(u, a, a, i) for i, (u, a) in enumerate(zip(users, arrivals, strict=True))]))
+    queries = data.draw(st.lists(st.tuples(st.integers(-1, 4), st.integers(-10, 35)), max_size=6))
+    since = data.draw(st.one_of(st.none(), st.integers(-10, 35)))
+    q_users = np.array([u for u, _ in queries], np.int64)
+    q_until = np.array([t for _, t in queries], np.int64)
+    owners, rows = tier.tail(q_users, since, q_until)
+    got = list(zip(owners.tolist(), rows.column("event_id").to_pylist(), strict=True))
+    expected = [(q, i) for q, (u, t) in enumerate(queries)
+                for i, (eu, a) in enumerate(zip(users, arrivals, strict=True))
+                if eu == u and (since is None or a >= since) and a < t]
+    assert got == expected

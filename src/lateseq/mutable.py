@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .errors import SchemaError
 from .schema import Schema
-from .segment import first_deliveries
+from .segment import first_deliveries, row_ranges
 from .store import Store
 
 _FAR_PAST = np.iinfo(np.int64).min
@@ -75,7 +75,7 @@ class InMemoryTier(MutableTier):
         super().__init__(schema, retention)
         self._store = store
         self._table = schema.empty_table()
-        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._index: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._table.num_rows
@@ -107,27 +107,33 @@ class InMemoryTier(MutableTier):
             return None
         return self._table.column(self.schema.arrival_col)[-1].as_py()
 
-    def _by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows sorted by (user, arrival) (storage order breaks ties: it is arrival order),
+        with one int64 search key per row: user slot * (arrivals + 1) + arrival rank."""
         if self._index is None:
             users = self._table.column(self.schema.user_col).to_numpy()
-            arrival = self._table.column(self.schema.arrival_col).to_numpy()
-            order = np.lexsort((np.arange(len(users)), arrival, users))
-            self._index = (order, users[order], arrival[order])
+            arrival = self._table.column(self.schema.arrival_col).to_numpy()  # sorted: see append
+            order = np.argsort(users, kind="stable")
+            new_user = np.r_[True, users[order][1:] != users[order][:-1]][:len(users)]
+            new_arrival = np.r_[True, arrival[1:] != arrival[:-1]][:len(users)]
+            user_ids, arrivals = users[order][new_user], arrival[new_arrival]
+            keys = (np.cumsum(new_user) - 1) * (len(arrivals) + 1) + (np.cumsum(new_arrival) - 1)[order]
+            self._index = (order, keys, user_ids, arrivals)
         return self._index
 
     def tail(self, users, since, until):
-        order, sorted_users, sorted_arrival = self._by_user()
-        since = _FAR_PAST if since is None else since
-        lo = np.searchsorted(sorted_users, users, "left")
-        hi = np.searchsorted(sorted_users, users, "right")
-        rows, owners = [], []
-        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-            window = order[a:b][(sorted_arrival[a:b] >= since) & (sorted_arrival[a:b] < until[i])]
-            rows.append(np.sort(window))
-            owners.append(np.full(len(window), i, np.int64))
-        rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-        owners = np.concatenate(owners) if owners else np.empty(0, np.int64)
-        return owners, self._table.take(pa.array(rows, pa.int64()))
+        order, keys, user_ids, arrivals = self._by_user()
+        if len(order) == 0:
+            return np.empty(0, np.int64), self._table
+        slot = np.searchsorted(user_ids, users)
+        present = (slot < len(user_ids)) & (user_ids[np.minimum(slot, len(user_ids) - 1)] == users)
+        since = np.full(len(users), _FAR_PAST if since is None else since, np.int64)
+        base = slot * (len(arrivals) + 1)
+        lo = np.searchsorted(keys, base + np.searchsorted(arrivals, since), "left")
+        hi = np.searchsorted(keys, base + np.searchsorted(arrivals, until), "left")
+        hi = np.where(present, np.maximum(hi, lo), lo)
+        rows = order[row_ranges(lo, hi)]
+        return np.repeat(np.arange(len(users)), hi - lo), self._table.take(pa.array(rows, pa.int64()))
 
     def drain(self, since, until):
         arrival = self._table.column(self.schema.arrival_col).to_numpy()
