@@ -38,17 +38,31 @@ def value_bits(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64).view(np.uint64)
 
 
+@njit(cache=True, nogil=True)
+def _hash_rows(bits):  # pragma: no cover - compiled; event_hash_reference is its reference
+    out = np.empty(bits.shape[1], np.uint32)
+    for i in range(bits.shape[1]):
+        h = bits[0, i] + np.uint64(0x9E3779B97F4A7C15)
+        for c in range(bits.shape[0]):
+            if c > 0:
+                h ^= bits[c, i]
+            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+        out[i] = np.uint32((h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF)))
+    return out
+
+
 def event_hashes(user: np.ndarray, ts: np.ndarray, payload: list[np.ndarray]) -> np.ndarray:
     """A 32-bit content hash per event: user, time and payload, in schema order.
 
     Content only (never the version or position), so the same event hashes the same
     before and after compaction, in the online tail and in the store.
     """
-    with np.errstate(over="ignore"):
-        h = _mix64(value_bits(user) + np.uint64(0x9E3779B97F4A7C15))
-        for column in (ts, *payload):
-            h = _mix64(h ^ value_bits(column))
-    return ((h >> np.uint64(32)) ^ h).astype(np.uint32)
+    bits = np.empty((2 + len(payload), len(user)), np.uint64)
+    for row, column in enumerate((user, ts, *payload)):
+        bits[row] = value_bits(np.asarray(column))
+    return _hash_rows(bits)
 
 
 def event_hash_reference(user: int, ts: int, payload: list[int | float | bool]) -> int:

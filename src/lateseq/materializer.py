@@ -31,6 +31,14 @@ class JaggedBatch:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    @classmethod
+    def concat(cls, batches: list[JaggedBatch]) -> JaggedBatch:
+        """One batch holding the rows of ``batches`` (which share their columns), in order."""
+        lengths = np.concatenate([b.lengths for b in batches])
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values = {name: np.concatenate([b.values[name] for b in batches]) for name in batches[0].values}
+        return cls(offsets, values, np.concatenate([b.mismatched for b in batches]))
+
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from .materializer import JaggedBatch
 from .mutable import InMemoryTier
 from .projection import Projection
+from .errors import SchemaError
 from .schema import Schema
 from .segment import TIME
 from .store import Store
@@ -135,6 +136,8 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
     """Runs the scenario; returns the figures the CLI prints and writes as JSON."""
     rng = np.random.default_rng(cfg.seed)
     deliveries, requests = _generate(cfg, rng)
+    if requests.num_rows == 0:
+        raise SchemaError("the scenario makes no requests: raise users, days or requests per day")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         schema = Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
                         arrival_col="arrival_ts", event_id_col="event_id")
@@ -179,8 +182,8 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
             boundary += period
 
         log = pa.concat_tables(logs) if logs else None
-        served_all = _concat(served)
-        streaming_all = _concat(streaming)
+        served_all = JaggedBatch.concat(served)
+        streaming_all = JaggedBatch.concat(streaming)
         truth = _truth(deliveries, requests, cfg.max_len)
         stripped, n_stripped = strip_tails(store, log)
         paths = {name: Path(tmp) / f"{name}.parquet" for name in ("inline", "stripped")}
@@ -209,15 +212,6 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
             "config": asdict(cfg),
         }
     return result
-
-
-def _concat(batches: list[JaggedBatch]) -> JaggedBatch:
-    lengths = np.concatenate([b.lengths for b in batches]) if batches else np.empty(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = {c: np.concatenate([b.values[c] for b in batches]) for c in COLUMNS} if batches else {
-        c: np.empty(0, np.int64) for c in COLUMNS}
-    mismatched = np.concatenate([b.mismatched for b in batches]) if batches else np.empty(0, bool)
-    return JaggedBatch(offsets, values, mismatched)
 
 
 def _rate(matches: np.ndarray) -> float:

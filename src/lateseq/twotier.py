@@ -77,7 +77,9 @@ class OnlineReader:
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
         log = attach_tails(log, store, tail, owners)
-        return log, rebuild_streaming(store, log, self.projection)
+        # the tail's digest was just computed from these very rows: merge, don't re-verify
+        return log, _merge_tail(store, log, _inline_tail(store, log), self.projection,
+                                np.zeros(log.num_rows, bool), "raise")
 
 
 def _payload_names(store: Store) -> list[str]:
@@ -140,15 +142,24 @@ def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
 def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
                       on_mismatch: str = "raise") -> JaggedBatch:
     """Version ``uih_version`` through the pointer, plus the inline tail."""
+    inline = _inline_tail(store, log)
+    bad = ~tail_intact(store, log, inline)
+    _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
+    return _merge_tail(store, log, inline, projection, bad, on_mismatch)
+
+
+def _merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
+                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], projection: Projection,
+                bad: np.ndarray, on_mismatch: str) -> JaggedBatch:
+    """The newest ``max_len`` of each record's history: the store part through the
+    pointer, merged with the inline tail in serving order."""
     schema = store.schema
     wanted = projection.resolve(schema)
     names = list(dict.fromkeys([*wanted, schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])))
     head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
-    inline = _inline_tail(store, log)
     owners, _, tail = inline
     rows = len(head)
-    bad = ~tail_intact(store, log, inline) | head.mismatched
-    _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
+    bad = bad | head.mismatched
 
     # the tail arrives in arrival order; order it by (row, time, tie-break), stably
     tail_tb = tail[schema.tiebreak] if schema.tiebreak else np.zeros(len(owners), np.int64)
@@ -209,7 +220,10 @@ def rebuild(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection
 
 
 def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:
-    """For each request time, the oldest kept version whose watermark reaches it (0: none)."""
+    """For each request time, a kept version whose watermark reaches it (0: none): this
+    handle's own when it covers them all, else the oldest that does."""
+    if store.watermark is not None and (len(request_ts) == 0 or request_ts.max() <= store.watermark):
+        return np.full(len(request_ts), store.version, np.int64)
     kept = [(v.version, v.watermark) for v in store.versions() if v.version <= store.version]
     versions = np.array([v for v, w in kept if w is not None], np.int64)
     marks = np.array([w for v, w in kept if w is not None], np.int64)
