@@ -71,3 +71,13 @@ def snapshot(path: Path) -> dict[str, bytes]:
 @pytest.fixture
 def dir_snapshot():
     return snapshot
+
+
+@pytest.fixture
+def world(tmp_path):
+    """An empty two-tier setup: a store with arrival and event ids, and a mutable tier."""
+    from oracle import TWO_TIER_SCHEMA
+
+    from lateseq.mutable import InMemoryTier
+
+    return lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA), InMemoryTier(TWO_TIER_SCHEMA, retention=100)

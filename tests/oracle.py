@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import lateseq
 from lateseq.kernels import event_hashes
 
 NUMPY_TYPES = {
@@ -204,3 +205,8 @@ def referenced_files(store) -> set[str]:
         for info in store.checkout(v.version).segment_infos:
             names |= {p.name for p in info.files(store.path / "segments")}
     return names
+
+
+# the schema of the two-tier tests: events with an arrival time and an event id
+TWO_TIER_SCHEMA = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                                 arrival_col="arrival_ts", event_id_col="event_id")

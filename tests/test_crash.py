@@ -162,7 +162,7 @@ def test_killed_writers_never_damage_published_versions(tmp_path):
         for round_ in range(ROUNDS):
             path = tmp_path / f"store{round_}"
             schema = lateseq.Schema(columns=COLUMNS, tiebreak="seq", partitions=1 + round_ % 3)
-            store = lateseq.create(path, schema).commit(pa.table(crash_events(1)))
+            lateseq.create(path, schema).commit(pa.table(crash_events(1)))
             known: dict = {}
             for _ in range(KILLS_PER_ROUND):
                 with waiting as proc:

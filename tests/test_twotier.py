@@ -9,15 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lateseq
+from oracle import TWO_TIER_SCHEMA
 from lateseq.audit import audit
 from lateseq.errors import PointerError, SchemaError, StoreError
 from lateseq.mutable import InMemoryTier
-from lateseq.segment import Events, write_segment
+from lateseq.segment import write_segment
 from lateseq.simulate import SimulationConfig, simulate
 from lateseq.twotier import OnlineReader, fold, rebuild, rebuild_batch, rebuild_streaming, strip_tails
 
-SCHEMA = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
-                        arrival_col="arrival_ts", event_id_col="event_id")
+SCHEMA = TWO_TIER_SCHEMA
 PROJECTION = lateseq.Projection(10, ("item_id", "ts", "arrival_ts"))
 
 
@@ -31,12 +31,6 @@ def events(*rows: tuple[int, int, int, int]) -> pa.Table:
 def requests(*rows: tuple[int, int]) -> pa.Table:
     user, t = (list(c) for c in zip(*rows, strict=True))
     return pa.table({"user_id": user, "request_ts": t})
-
-
-@pytest.fixture
-def world(tmp_path):
-    store = lateseq.create(tmp_path / "store", SCHEMA)
-    return store, InMemoryTier(SCHEMA, retention=100)
 
 
 def serve_one_scenario(store, tier):

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from lateseq.cli import app
-from tests.test_twotier import serve_one_scenario, world  # noqa: F401  (the fixture)
+from tests.test_twotier import serve_one_scenario
 
 runner = CliRunner()
 

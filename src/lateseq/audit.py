@@ -16,11 +16,13 @@ from .segment import TIME
 from .store import Store
 from .twotier import is_two_tier, rebuild, tail_intact
 
-CAUSES = ("corrupt data", "version no longer kept", "tail stripped too early", "late event", "unknown")
 
 
 @dataclass
 class AuditReport:
+    """Mismatch causes: "corrupt data", "version no longer kept", "tail stripped too
+    early", "late event", or "unknown" when none of those explains it."""
+
     examples: int
     checked: int
     mismatches: dict[int, str] = field(default_factory=dict)  # log row -> cause

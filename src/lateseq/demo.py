@@ -244,12 +244,12 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
         oracle_requests = compared_log.select(["user_id", "request_ts", "uih_version", *extra]) \
             .rename_columns(["user_id", "request_ts", "version", *extra])
 
-        def chunks() -> Iterator[pa.Table]:
+        def chunks(oracle_events: pa.Table) -> Iterator[pa.Table]:
             for chunk in fatrow.iter_fat_rows(oracle_events, oracle_requests, fat_columns, fat_len):
                 yield chunk
                 bar.advance(task, chunk.num_rows)
 
-        fat_bytes = fatrow.write_fat_rows(chunks(), fat_path)
+        fat_bytes = fatrow.write_fat_rows(chunks(oracle_events), fat_path)
     fat_build_s = time.perf_counter() - t
     del oracle_events
 
