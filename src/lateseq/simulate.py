@@ -134,6 +134,10 @@ def _leaks(batch: JaggedBatch, request_ts: np.ndarray) -> int:
 def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
              progress: Callable[[str, float], None] | None = None) -> dict:
     """Runs the scenario; returns the figures the CLI prints and writes as JSON."""
+    try:
+        import pandas  # noqa: F401 - the brute-force oracles below are written in pandas
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the simulation's brute-force checks need pandas: pip install 'lateseq[demo]'") from exc
     rng = np.random.default_rng(cfg.seed)
     deliveries, requests = _generate(cfg, rng)
     if requests.num_rows == 0:
