@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import uuid
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +48,7 @@ class Events:
 
     user: np.ndarray
     ts: np.ndarray
-    payload: dict[str, np.ndarray]
+    payload: Mapping[str, np.ndarray]
     version: np.ndarray
     hashes: np.ndarray
 
@@ -68,16 +69,6 @@ class Events:
         payload = {name: column_numpy(table.column(name)) for name in schema.columns}
         hashes = event_hashes(user, ts, list(payload.values()))
         return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
-
-    @classmethod
-    def concat(cls, parts: list[Events]) -> Events:
-        return cls(
-            np.concatenate([p.user for p in parts]),
-            np.concatenate([p.ts for p in parts]),
-            {k: np.concatenate([p.payload[k] for p in parts]) for k in parts[0].payload},
-            np.concatenate([p.version for p in parts]),
-            np.concatenate([p.hashes for p in parts]),
-        )
 
     def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
         """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""
@@ -279,18 +270,45 @@ class Segment:
         return np.diff(hcum[lo:hi], prepend=before).astype(np.uint32)
 
     def events(self, schema: Schema) -> Events:
-        """Every event decoded, for compaction."""
-        user = np.repeat(self.user_ids, np.diff(np.append(self.starts, self.info.rows)))
-        hashes = self.hashes()
-        payload = {name: self._decode_payload(name, schema) for name in schema.columns}
-        return Events(user, self.decoded(TIME), payload,
-                      self.decoded("_version").astype(np.uint32), hashes)
+        """Every event, decoded."""
+        return merge_segments([self], schema)
 
-    def _decode_payload(self, name: str, schema: Schema) -> np.ndarray:
-        values = self.decoded(name)
-        if schema.columns[name] == "bool":
-            return values.astype(np.uint8)
-        return values.astype(schema.columns[name])
+    def payload(self, name: str, schema: Schema) -> np.ndarray:
+        """A payload column decoded to its schema type (bools as uint8)."""
+        return self.decoded(name).astype(np.uint8 if schema.columns[name] == "bool" else schema.columns[name])
+
+
+class _Gathered(Mapping):
+    """Payload columns of several segments in a merged order, each gathered only when
+    read: a compaction writing them one by one holds one decoded column at a time."""
+
+    def __init__(self, segments: list[Segment], schema: Schema, order: np.ndarray):
+        self._segments, self._schema, self._order = segments, schema, order
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.concatenate([s.payload(name, self._schema) for s in self._segments])[self._order]
+
+    def __iter__(self):
+        return iter(self._schema.columns)
+
+    def __len__(self) -> int:
+        return len(self._schema.columns)
+
+
+def merge_segments(segments: list[Segment], schema: Schema) -> Events:
+    """The events of one partition's segments, oldest segment first, stably sorted by
+    (user, time, tie-break): equal keys keep segment order, then row order, which is
+    commit order, so the merge is the order a single commit of everything would have."""
+    user = np.concatenate([np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))) for s in segments])
+    ts = np.concatenate([s.decoded(TIME) for s in segments])
+    keys = [ts, user]
+    if schema.tiebreak is not None:
+        keys.insert(0, np.concatenate([s.payload(schema.tiebreak, schema) for s in segments]))
+    order = np.lexsort(keys)
+    del keys
+    version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
+    hashes = np.concatenate([s.hashes() for s in segments])[order]
+    return Events(user[order], ts[order], _Gathered(segments, schema, order), version, hashes)
 
 
 def _read_ipc(path: Path) -> dict[str, np.ndarray]:

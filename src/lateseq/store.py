@@ -36,6 +36,7 @@ from .segment import (
     Events,
     Segment,
     SegmentInfo,
+    merge_segments,
     partition_of,
     row_ranges,
     write_segment,
@@ -239,8 +240,8 @@ class Store:
             if len(infos) == 1:
                 kept += infos
                 continue
-            merged = Events.concat([base._open(i).events(self.schema) for i in infos])
-            new.append(write_segment(self.path / "segments", p, merged.sorted(self.schema.tiebreak)))
+            merged = merge_segments([base._open(i) for i in infos], self.schema)
+            new.append(write_segment(self.path / "segments", p, merged))
         return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo],
