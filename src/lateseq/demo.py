@@ -515,24 +515,9 @@ def _differing_rows(offsets: np.ndarray, values: dict[str, np.ndarray], fat_offs
     n = len(offsets) - 1
     if len(fat_offsets) != len(offsets):
         return n  # the Fat Rows ran out: every row here is unmatched
-    bad = np.diff(offsets) != np.diff(fat_offsets)
-    if bad.any():
-        return int(bad.sum())  # values no longer line up: count the rows whose length differs
-    row_of = np.repeat(np.arange(n), np.diff(offsets))
-    for name, mine in values.items():
-        theirs = fat_values.get(name)
-        if theirs is None or theirs.dtype != mine.dtype:
-            return n
-        differs = _bits(mine) != _bits(theirs)
-        if differs.any():
-            bad[np.unique(row_of[differs])] = True
-    return int(bad.sum())
-
-
-def _bits(values: np.ndarray) -> np.ndarray:
-    """Each value as an unsigned integer of the same width, so floats compare by their bits."""
-    values = np.ascontiguousarray(values)
-    return values.view(f"u{values.dtype.itemsize}") if values.dtype.itemsize in (1, 2, 4, 8) else values
+    unflagged = np.zeros(n, bool)
+    mine, fat = JaggedBatch(offsets, values, unflagged), JaggedBatch(fat_offsets, fat_values, unflagged)
+    return int(mine.rows_differ(fat).sum())
 
 
 def _du(path: Path) -> int:

@@ -43,6 +43,24 @@ class JaggedBatch:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def rows_differ(self, other: JaggedBatch) -> np.ndarray:
+        """Per row: a different length, or a value of one of this batch's columns that
+        differs in its bits (so -0.0 is not 0.0); every row when a column is missing
+        from ``other`` or has another dtype there."""
+        if len(other) != len(self):
+            raise ValueError(f"cannot compare {len(self)} rows with {len(other)}")
+        differ = self.lengths != other.lengths
+        same = np.flatnonzero(~differ)
+        mine = row_ranges(self.offsets[same], self.offsets[same + 1])
+        theirs = row_ranges(other.offsets[same], other.offsets[same + 1])
+        owner = np.repeat(same, self.lengths[same])
+        for name, values in self.values.items():
+            their_values = other.values.get(name)
+            if their_values is None or their_values.dtype != values.dtype:
+                return np.ones(len(self), bool)
+            differ[owner[_bits(values[mine]) != _bits(their_values[theirs])]] = True
+        return differ
+
     def padded(self, name: str, length: int | None = None, pad_value: Any = 0,
                side: Literal["right", "left"] = "right") -> np.ndarray:
         """A dense (rows, length) array of one column; ``side`` is where padding goes."""
@@ -141,6 +159,11 @@ def materialize(
                 out[dst] = segment.decoded(stored, rows)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """Each value as an unsigned integer of the same width, so floats compare by their bits."""
+    return values.view(f"u{values.dtype.itemsize}") if values.dtype.itemsize in (1, 2, 4, 8) else values
 
 
 def _output_dtype(store: Store, name: str) -> np.dtype:

@@ -115,18 +115,6 @@ def _jagged(rows: list, lengths: list[int]) -> JaggedBatch:
     return JaggedBatch(offsets, values, np.zeros(len(lengths), bool))
 
 
-def row_matches(a: JaggedBatch, b: JaggedBatch) -> np.ndarray:
-    """Per row: same length and the same values in every column both carry."""
-    same = a.lengths == b.lengths
-    for name in set(a.values) & set(b.values):
-        for i in np.flatnonzero(same):
-            x = a.values[name][a.offsets[i]:a.offsets[i + 1]]
-            y = b.values[name][b.offsets[i]:b.offsets[i + 1]]
-            if not np.array_equal(x, y):
-                same[i] = False
-    return same
-
-
 def _leaks(batch: JaggedBatch, request_ts: np.ndarray) -> int:
     return int((batch.values["arrival_ts"] >= np.repeat(request_ts, batch.lengths)).sum())
 
@@ -202,13 +190,13 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
                                       deliveries.column("event_id").to_pylist(), strict=True)))),
             "deliveries": deliveries.num_rows,
             "versions": store.latest().version,
-            "served_vs_truth_match_rate": _rate(row_matches(served_all, truth)),
-            "streaming_match_rate": _rate(row_matches(streaming_all, served_all) & ~streaming_all.mismatched),
-            "batch_match_rate": _rate(row_matches(batch, served_all) & ~batch.mismatched),
+            "served_vs_truth_match_rate": _rate(~served_all.rows_differ(truth)),
+            "streaming_match_rate": _rate(~streaming_all.rows_differ(served_all) & ~streaming_all.mismatched),
+            "batch_match_rate": _rate(~batch.rows_differ(served_all) & ~batch.mismatched),
             "leaked_events": _leaks(streaming_all, req_t) + _leaks(batch, req_t),
             "streaming_leaked_events": _leaks(streaming_all, req_t),
             "batch_leaked_events": _leaks(batch, req_t),
-            "naive_match_rate": _rate(row_matches(naive, served_all)),
+            "naive_match_rate": _rate(~naive.rows_differ(served_all)),
             "naive_leaked_events": _leaks(naive, req_t),
             "tails_stripped": n_stripped,
             "log_bytes_per_example_inline": paths["inline"].stat().st_size / max(n, 1),
