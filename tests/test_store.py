@@ -111,7 +111,7 @@ def test_checkout_commit_and_compact_return_new_handles(small_store):
     assert examples.column("uih_length").to_pylist() == [3]  # still version 1's view
 
 
-def test_pickle_is_path_and_version(small_store):
+def test_pickle_is_path_version_and_cache(small_store, tmp_path):
     v1 = small_store.checkout(1)
     blob = pickle.dumps(v1)
     small_store.commit(events([1], [1], [1], rating=True))
@@ -119,7 +119,9 @@ def test_pickle_is_path_and_version(small_store):
     assert isinstance(again, lateseq.Store)
     assert (again.path, again.version) == (v1.path, 1)  # pinned: never "the latest"
     assert pickle.loads(pickle.dumps(lateseq.open(small_store.path, "2"))).version == 2
-    assert small_store.__reduce__() == (lateseq.Store, (str(small_store.path), 2))
+    elsewhere = pickle.loads(pickle.dumps(lateseq.open(small_store.path, 1, cache_dir=tmp_path / "local")))
+    assert (elsewhere.version, elsewhere.cache_dir) == (1, tmp_path / "local")
+    assert len(pickle.dumps(small_store)) < 400  # a path and a number, never data
 
 
 def _materialize_in_worker(blob: bytes, examples: pa.Table) -> tuple[int, dict]:
@@ -294,8 +296,12 @@ def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_
     assert store.cleanup(before=store.version + 10) == [1, 3, 4]  # never the latest, never a tag
     assert [v.version for v in store.versions()] == [2, 5]
     assert unpublished.exists()  # younger than the grace period: maybe another writer's
+    (store.cache_dir / ".tmp-0badf00d-crashed-decoder.arrow").write_bytes(b"half")
     store.cleanup(before=store.version, grace_s=0)
     assert segment_files(store) == referenced_files(store)
+    kept = {name.split(".")[0] for name in referenced_files(store)}
+    assert {p.name for p in store.cache_dir.iterdir()} <= {f"{name}.arrow" for name in kept}
+    assert {f"{i.name}.arrow" for i in store.segment_infos} <= {p.name for p in store.cache_dir.iterdir()}
     for log, expected in zip(logs, before, strict=True):  # events keep their version
         batch = lateseq.materialize(lateseq.open(store.path), log, projection)
         assert np.array_equal(batch.offsets, expected.offsets)
@@ -315,3 +321,55 @@ def test_any_time_column_name_next_to_a_payload_called_ts(tmp_path):
     batch = lateseq.materialize(store, pointers, lateseq.Projection(5, ("t", "ts")))
     assert batch.values["t"].tolist() == [10, 15, 20]
     assert batch.values["ts"].tolist() == [8, 6, 9]
+
+
+# ---------------------------------------------------------------------- durable and decoded forms
+
+
+def test_decoded_segments_are_rebuilt_from_the_durable_files(make_store, tmp_path, monkeypatch):
+    store = make_store({"item": "int64", "score": "float32", "flag": "bool"}, partitions=2)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        n = 500
+        store = store.commit(pa.table({
+            "user_id": rng.integers(0, 40, n), "ts": rng.integers(-2**40, 2**40, n),
+            "item": rng.integers(-2**62, 2**62, n),
+            "score": pa.array(rng.choice([0.0, -0.0, np.nan, np.inf, 1.5], n).astype(np.float32)),
+            "flag": rng.random(n) < 0.5,
+        }))
+    requests = pa.table({"user_id": np.arange(41), "request_ts": np.full(41, 2**40)})
+    examples = lateseq.log_examples(store, requests)
+    projection = lateseq.Projection(1000)
+    written = lateseq.materialize(store, examples, projection)
+    monkeypatch.setattr(lateseq.segment, "_HASH_CHUNK", 7)  # hashing in chunks changes nothing
+    for version in (store.version, store.compact().version):
+        fresh = lateseq.open(store.path, version, cache_dir=tmp_path / f"fresh{version}")
+        rebuilt = lateseq.materialize(fresh, examples, projection)  # verifies every checksum
+        assert not rebuilt.rows_differ(written).any()
+        for info in fresh.segment_infos:
+            decoded = (fresh.cache_dir / f"{info.name}.arrow").read_bytes()
+            assert decoded == (store.cache_dir / f"{info.name}.arrow").read_bytes()
+    assert sum(i.bytes for i in fresh.segment_infos) == sum(
+        p.stat().st_size for i in fresh.segment_infos for p in i.files(store.path / "segments"))
+
+
+def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path, dir_snapshot):
+    info = small_store.segment_infos[0]
+    packed = small_store.path / "segments" / f"{info.name}.parquet"
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    packed.write_bytes(bytes(data))
+    before = dir_snapshot(small_store.path)
+    lateseq.store._SEGMENT_CACHE.clear()
+    with pytest.raises(lateseq.StoreError, match=f"segment {info.name} is damaged.*{info.name}.parquet.*CRC-32"):
+        lateseq.open(small_store.path, cache_dir=tmp_path / "elsewhere").segments()
+    assert dir_snapshot(small_store.path) == before
+    assert not any((tmp_path / "elsewhere").glob("*.arrow"))
+    assert len(lateseq.open(small_store.path).segments()) == 2  # the existing decoded copies still serve
+
+
+def test_a_cache_that_cannot_be_created_is_named(small_store, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(lateseq.StoreError, match="cannot create the read cache .*cache_dir="):
+        lateseq.open(small_store.path, cache_dir=blocker / "cache").segments()

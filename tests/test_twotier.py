@@ -144,7 +144,7 @@ def test_audit_corrupt_tail(world):
 
 def test_audit_corrupt_segment(world):
     store, log, _ = serve_one_scenario(*world)
-    path = store.latest().segment_infos[0].files(store.path / "segments")[0]
+    path = store.cache_dir / f"{store.latest().segment_infos[0].name}.arrow"  # the decoded, mapped file
     data = bytearray(path.read_bytes())
     ts_offset = data.find((5 - 1).to_bytes(1, "little") + (8 - 1).to_bytes(1, "little"))  # user 1's ts
     data[ts_offset] ^= 0x7F
@@ -180,7 +180,7 @@ def test_audit_version_no_longer_kept(world):
     segment = latest.segments()[0]
     ev = segment.events(SCHEMA)
     keep = ~((ev.user == 1) & (ev.payload["event_id"] == 1))
-    info = write_segment(latest.path / "segments", 0, ev.take(np.flatnonzero(keep)))
+    info = write_segment(latest.path / "segments", 0, ev.take(np.flatnonzero(keep)), latest.cache_dir)
     rewritten = latest._publish(latest.version + 1, "compact", [info], [info], latest.watermark)
     assert audit(rewritten, stripped).mismatches == {0: "version no longer kept"}
 

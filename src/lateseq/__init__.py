@@ -27,9 +27,14 @@ from .store import Store, VersionInfo
 __version__ = "0.1.0"
 
 
-def open(path: str | os.PathLike, version: int | str | None = None) -> Store:  # noqa: A001
-    """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default)."""
-    return Store(path, version)
+def open(path: str | os.PathLike, version: int | str | None = None, *,  # noqa: A001
+         cache_dir: str | os.PathLike | None = None) -> Store:
+    """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default).
+
+    Readers memory-map decoded segments from ``cache_dir`` (default: ``path/cache``),
+    decoding any that are missing there from the store's durable files.
+    """
+    return Store(path, version, cache_dir=cache_dir)
 
 
 def create(path: str | os.PathLike, schema: Schema) -> Store:

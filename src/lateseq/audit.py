@@ -58,13 +58,11 @@ class _Explainer:
         self.store = store
         self.two_tier = two_tier
         self.watermarks = {v.version: v.watermark for v in store.versions()}
-        directory = store.path / "segments"
-        self.crc_failed = any(s.info.corrupt_files(directory) for s in store.segments())
 
     def __call__(self, record: pa.Table) -> str:
         pointer = Pointers.from_arrow(record)
         tail_version = int(record.column("tail_version")[0].as_py()) if self.two_tier else 0
-        if self.crc_failed and self._rehash_differs(pointer.user_id[:1]):
+        if self._rehash_differs(pointer.user_id[:1]):
             return "corrupt data"
         if self.two_tier and tail_version == 0 and not tail_intact(self.store, record)[0]:
             return "corrupt data"
@@ -79,7 +77,8 @@ class _Explainer:
         return "unknown"
 
     def _rehash_differs(self, user: np.ndarray) -> bool:
-        """Whether any of the user's events no longer hashes as it did when written."""
+        """Whether any of the user's events no longer hashes as it did when written
+        (damage to a decoded segment; damaged durable files fail their CRC on decoding)."""
         schema = self.store.schema
         for segment in self.store.segments():
             lo, hi = segment.user_ranges(user)

@@ -4,8 +4,11 @@ Layout of a store directory::
 
     schema.json               the schema, written once at creation
     versions/00000007.json    one manifest per published version: its segments and stats
-    segments/p00000-<id>.arrow, .index.arrow
+    segments/p00000-<id>.parquet, .index.arrow   a segment's durable files (packed, CRC-checked)
     tags/<name>.json          a name for a version; a tagged version is pinned
+    cache/p00000-<id>.arrow   decoded segments, memory-mapped by readers (a read cache:
+                              rebuilt from the durable files when missing; ``cache_dir``
+                              puts it elsewhere, e.g. on local disk for a shared store)
 
 A version is published by creating its manifest with a hard link, which either
 succeeds whole or fails if the name exists: readers never see a partial version, a
@@ -75,10 +78,12 @@ class Located:
 
 
 class Store:
-    """A handle on one version of a store. Pickles as (path, version)."""
+    """A handle on one version of a store. Pickles as (path, version, cache_dir)."""
 
-    def __init__(self, path: str | os.PathLike, version: int | str | None = None):
+    def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
+                 cache_dir: str | os.PathLike | None = None):
         self.path = Path(path)
+        self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         schema_file = self.path / "schema.json"
@@ -113,18 +118,22 @@ class Store:
         return cls(path)
 
     def __reduce__(self):
-        return (Store, (str(self.path), self.version))
+        return (_unpickle, (str(self.path), self.version, str(self.cache_dir)))
+
+    def _handle(self, version: int | str | None = None) -> Store:
+        """Another handle on this store, reading through the same cache."""
+        return Store(self.path, version, cache_dir=self.cache_dir)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, version={self.version})"
 
     def latest(self) -> Store:
         """A handle on the newest published version."""
-        return Store(self.path)
+        return self._handle()
 
     def checkout(self, version: int | str) -> Store:
         """Another handle on the same store at ``version`` (a number or a tag)."""
-        return Store(self.path, version)
+        return self._handle(version)
 
     @property
     def latest_version(self) -> int:
@@ -204,7 +213,7 @@ class Store:
         before it is now in the store (see ``online.py``).
         """
         table = _read_events(events)
-        base = Store(self.path)  # commit on top of the latest version, whatever this handle is
+        base = self._handle()  # commit on top of the latest version, whatever this handle is
         if watermark is not None and base.watermark is not None and watermark < base.watermark:
             raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
         version = base.version + 1
@@ -222,7 +231,7 @@ class Store:
         new = []
         for p in np.unique(parts):
             chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
-            new.append(write_segment(self.path / "segments", int(p), chunk))
+            new.append(write_segment(self.path / "segments", int(p), chunk, self.cache_dir))
         return base._publish(version, "commit", base.segment_infos + new, new,
                              base.watermark if watermark is None else watermark)
 
@@ -232,7 +241,7 @@ class Store:
         Events keep the version they became visible in, so every pointer into any kept
         version rebuilds the same sequence. Returns this handle if nothing needs merging.
         """
-        base = Store(self.path)
+        base = self._handle()
         if all(len(infos) == 1 for infos in base._by_partition.values()):
             return base
         kept, new = [], []
@@ -241,7 +250,7 @@ class Store:
                 kept += infos
                 continue
             merged = merge_segments([base._open(i) for i in infos], self.schema)
-            new.append(write_segment(self.path / "segments", p, merged))
+            new.append(write_segment(self.path / "segments", p, merged, self.cache_dir))
         return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo],
@@ -265,14 +274,14 @@ class Store:
             os.link(tmp, versions / f"{version:08d}.json")
         except FileExistsError as exc:
             for info in new:
-                _remove_segment(self.path / "segments", info)
+                self._remove_segment(info)
             raise CommitConflict(
                 f"version {version} of {self.path} was published by another writer; retry"
             ) from exc
         finally:
             tmp.unlink()
         _fsync_dir(versions)
-        return Store(self.path, version)
+        return self._handle(version)
 
     def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
         """Forgets versions older than ``before`` (tagged ones stay) and deletes segment
@@ -292,8 +301,12 @@ class Store:
         referenced = {s["name"] for v in self.versions() for s in self._manifest(v.version)["segments"]}
         old = time.time() - grace_s
         for path in (self.path / "segments").iterdir():
-            name = path.name.removeprefix(".tmp-").split(".")[0]
-            if (path.name.startswith(".tmp-") or name not in referenced) and path.stat().st_mtime < old:
+            name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
+            if name not in referenced and path.stat().st_mtime < old:
+                path.unlink(missing_ok=True)
+                (self.cache_dir / f"{name}.arrow").unlink(missing_ok=True)
+        for path in self.cache_dir.glob(".tmp-*"):  # a crashed reader's half-decoded file
+            if path.stat().st_mtime < old:
                 path.unlink(missing_ok=True)
         return removed
 
@@ -302,12 +315,16 @@ class Store:
     def _open(self, info: SegmentInfo) -> Segment:
         """Segments are immutable, so one open map per file serves every handle; the
         least recently used are let go (a deleted file's space returns when unmapped)."""
-        key = (str(self.path), info.name)
-        segment = _SEGMENT_CACHE.pop(key, None) or Segment(self.path / "segments", info)
+        key = (str(self.cache_dir), info.name)
+        segment = _SEGMENT_CACHE.pop(key, None) or Segment(self.path / "segments", info, self.cache_dir)
         _SEGMENT_CACHE[key] = segment
         if len(_SEGMENT_CACHE) > _SEGMENT_CACHE_SIZE:
             del _SEGMENT_CACHE[next(iter(_SEGMENT_CACHE))]
         return segment
+
+    def _remove_segment(self, info: SegmentInfo) -> None:
+        for path in [*info.files(self.path / "segments"), self.cache_dir / f"{info.name}.arrow"]:
+            path.unlink(missing_ok=True)
 
     def event_ids(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(user, event id) of every stored event of ``users`` (unique), for dedup."""
@@ -392,9 +409,8 @@ def _read_events(source: EventSource) -> pa.Table:
                       "RecordBatchReader or Parquet path")
 
 
-def _remove_segment(directory: Path, info: SegmentInfo) -> None:
-    for path in info.files(directory):
-        path.unlink(missing_ok=True)
+def _unpickle(path: str, version: int, cache_dir: str) -> Store:
+    return Store(path, version, cache_dir=cache_dir)
 
 
 def _fsync_dir(path: Path) -> None:
