@@ -257,7 +257,8 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
     for tenant in tenants:
         results.append(_compare(store, compared_path, fat_path, tenant, compared_log.num_rows, console, show))
 
-    store_bytes = _du(root / "store")
+    store_bytes = _du(root / "store" / "segments")
+    cache_bytes = sum(_du(store.cache_dir / f"{info.name}.arrow") for info in store.segment_infos)
     latest_bytes = store.versions()[-1].bytes
     log_bytes = os.path.getsize(examples_path)
     fat_total = fat_bytes * log.num_rows / compared_log.num_rows  # extrapolated when sampled
@@ -274,6 +275,7 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
         "empty_history_share": float((lengths == 0).mean()) if len(lengths) else 0.0,
         "store_bytes": store_bytes,
         "store_latest_bytes": latest_bytes,
+        "read_cache_bytes": cache_bytes,
         "example_log_bytes": log_bytes,
         "fat_row_bytes": fat_total,
         "fat_row_bytes_measured": fat_bytes,
@@ -549,8 +551,10 @@ def _report(s: dict[str, Any], console: Console) -> None:
     table.add_row("mean history at request", f"{s['mean_history']:.1f}",
                   f"{s['empty_history_share']:.0%} empty; {s['mean_history_capped']:.1f} capped at N=200")
     table.add_section()
-    table.add_row("store, latest version", _size(s["store_latest_bytes"]), "events once")
+    table.add_row("store, latest version", _size(s["store_latest_bytes"]), "events once, packed (durable)")
     table.add_row("store, all versions", _size(s["store_bytes"]), "before any cleanup of old segments")
+    table.add_row("read cache, latest version", _size(s["read_cache_bytes"]),
+                  "decoded, memory-mapped; per host, rebuilt when missing")
     table.add_row("example log (pointers)", _size(s["example_log_bytes"]), "28-byte pointer + request columns")
     fat_note = "union of both tenants, N=200"
     if s["sampled"]:
