@@ -201,13 +201,18 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
     deltas = stored[TIME]
     stored[TIME] = _user_sums(deltas, starts).astype(deltas.dtype)
     user = np.repeat(index["user_id"], ends - starts)
-    decode = {name: (v.astype(np.int64) + info.bases[name] if v.dtype.kind == "u" else v)
-              for name, v in stored.items() if name != "_version"}
-    hashes = np.concatenate([np.empty(0, np.uint32)] + [
-        event_hashes(user[lo:lo + _HASH_CHUNK], decode[TIME][lo:lo + _HASH_CHUNK],
-                     [v[lo:lo + _HASH_CHUNK] for name, v in decode.items() if name != TIME])
-        for lo in range(0, len(user), _HASH_CHUNK)])
+    hashes = np.empty(len(user), np.uint32)
+    content = [name for name in stored if name != "_version"]  # time, then payload in schema order
+    for lo in range(0, len(user), _HASH_CHUNK):
+        rows = slice(lo, lo + _HASH_CHUNK)
+        ts, *payload = (_decode(stored[name][rows], info.bases[name]) for name in content)
+        hashes[rows] = event_hashes(user[rows], ts, payload)
     _write_decoded(cache / f"{info.name}.arrow", stored, starts, hashes)
+
+
+def _decode(stored: np.ndarray, base: int) -> np.ndarray:
+    """Values of a frame-of-reference encoded column (others are stored as they are)."""
+    return stored.astype(np.int64) + base if stored.dtype.kind == "u" else stored
 
 
 def _user_deltas(ts: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -232,8 +237,11 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
     # running max of the version within each user: offset each user's versions by its rank
     rank = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.append(starts, len(version))))
     vmax = np.maximum.accumulate(rank * (1 << 32) + version.astype(np.int64)) - rank * (1 << 32)
-    columns = {**stored, "_vmax": vmax.astype(version.dtype), "_hcum": np.cumsum(hashes, dtype=np.uint32)}
-    _write_file(path, _ipc_bytes(pa.table(columns)), durable=False)
+    table = pa.table({**stored, "_vmax": vmax.astype(version.dtype), "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    tmp = _temporary(path)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    os.replace(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
 
 
 def _parquet_bytes(columns: dict[str, np.ndarray]) -> pa.Buffer:
@@ -255,18 +263,22 @@ def _ipc_bytes(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _write_file(path: Path, data: pa.Buffer, durable: bool = True) -> int:
-    """Write to a temporary name (fsynced when ``durable``), then rename: a reader never
-    sees half a file, and two processes writing the same decoded file cannot mix.
+def _temporary(path: Path) -> Path:
+    """A name no other process writes to, renamed into place when complete: readers
+    never see half a file, and two processes decoding the same segment cannot mix."""
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def _write_file(path: Path, data: pa.Buffer) -> int:
+    """Writes a durable file: fsynced under a temporary name, then renamed.
 
     Returns the data's CRC-32, kept in the manifest so corruption can be found later.
     """
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return zlib.crc32(data)
 
@@ -313,8 +325,7 @@ class Segment:
 
     def decoded(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """A column's values (at ``rows`` only, when given: no need to decode the rest)."""
-        stored = self._data[name] if rows is None else self._data[name][rows]
-        return stored.astype(np.int64) + self.base(name) if stored.dtype.kind == "u" else stored
+        return _decode(self._data[name] if rows is None else self._data[name][rows], self.base(name))
 
     @cached_property
     def _dense_slots(self) -> np.ndarray | None:
