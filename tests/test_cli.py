@@ -223,6 +223,7 @@ def test_synthetic_demo_has_no_mismatches(tmp_path):
     assert summary["versions"] == summary["commits"] + 1 == 11
     assert summary["mean_history"] > 0 and 0 < summary["empty_history_share"] < 1
     assert [r["rows"] for r in summary["tenants"]] == [3000, 3000]
+    assert 0 < summary["store_latest_bytes"] < summary["read_cache_bytes"]  # packed on disk, decoded to read
     text = out.getvalue()
     assert "mismatches" in text and "ex/s" in text
     assert (tmp_path / "store" / "schema.json").is_file()
