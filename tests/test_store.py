@@ -353,6 +353,18 @@ def test_decoded_segments_are_rebuilt_from_the_durable_files(make_store, tmp_pat
         p.stat().st_size for i in fresh.segment_infos for p in i.files(store.path / "segments"))
 
 
+def test_a_truncated_decoded_copy_is_decoded_again(small_store):
+    info = small_store.segment_infos[0]
+    copy = small_store.cache_dir / f"{info.name}.arrow"
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: len(whole) // 2])
+    lateseq.store._SEGMENT_CACHE.clear()
+    examples = lateseq.log_examples(small_store, pa.table({"user_id": [1, 2], "request_ts": [99, 99]}))
+    batch = lateseq.materialize(lateseq.open(small_store.path), examples, lateseq.Projection(9, ("item",)))
+    assert batch.values["item"].tolist() == [100, 150, 200, 300, 400, 500]
+    assert copy.read_bytes() == whole
+
+
 def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path, dir_snapshot):
     info = small_store.segment_infos[0]
     packed = small_store.path / "segments" / f"{info.name}.parquet"

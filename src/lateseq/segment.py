@@ -297,14 +297,16 @@ class Segment:
     def __init__(self, directory: Path, info: SegmentInfo, cache: Path):
         self.info = info
         decoded = cache / f"{info.name}.arrow"
-        if not decoded.is_file():
+        try:
+            self._data = _read_ipc(decoded)
+        except (OSError, pa.ArrowInvalid):  # not decoded here yet, or a truncated copy
             try:
                 cache.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
                                  "open the store with cache_dir= a writable folder") from exc
             decode_segment(directory, info, cache)
-        self._data = _read_ipc(decoded)
+            self._data = _read_ipc(decoded)
         index = _read_ipc(directory / f"{info.name}.index.arrow")
         self.user_ids: np.ndarray = index["user_id"]
         self.ends: np.ndarray = index["end"]
