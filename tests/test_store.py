@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +364,26 @@ def test_a_truncated_decoded_copy_is_decoded_again(small_store):
     batch = lateseq.materialize(lateseq.open(small_store.path), examples, lateseq.Projection(9, ("item",)))
     assert batch.values["item"].tolist() == [100, 150, 200, 300, 400, 500]
     assert copy.read_bytes() == whole
+
+
+def test_readers_that_need_the_same_segment_at_once_decode_it_once(small_store, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lateseq.segment import Segment
+
+    real, calls = lateseq.segment.decode_segment, []
+
+    def slow_decode(*args):
+        calls.append(args)
+        time.sleep(0.2)  # long enough for every reader to be waiting
+        real(*args)
+
+    monkeypatch.setattr(lateseq.segment, "decode_segment", slow_decode)
+    info = small_store.segment_infos[0]
+    with ThreadPoolExecutor(4) as pool:
+        opened = list(pool.map(lambda _: Segment(small_store.path / "segments", info, tmp_path / "c"), range(4)))
+    assert len(calls) == 1
+    assert all(np.array_equal(s.stored("item"), opened[0].stored("item")) for s in opened)
 
 
 def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path, dir_snapshot):

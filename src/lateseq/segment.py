@@ -24,6 +24,7 @@ page cache by all its processes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 import zlib
@@ -291,6 +292,25 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
+def _decode_once(directory: Path, info: SegmentInfo, cache: Path) -> dict[str, np.ndarray]:
+    """Decodes a segment into ``cache`` and maps it. Processes that need the same segment
+    at once (a loader's workers) take turns on a lock file, so one decodes and the others
+    map its file."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / f".tmp-lock-{info.name}", "a")  # noqa: SIM115 - held for the block below
+    except OSError as exc:
+        raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
+                         "open the store with cache_dir= a writable folder") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _read_ipc(cache / f"{info.name}.arrow")  # decoded while we waited
+        except (OSError, pa.ArrowInvalid):
+            decode_segment(directory, info, cache)
+            return _read_ipc(cache / f"{info.name}.arrow")
+
+
 class Segment:
     """An open, memory-mapped segment; columns are zero-copy numpy views."""
 
@@ -300,13 +320,7 @@ class Segment:
         try:
             self._data = _read_ipc(decoded)
         except (OSError, pa.ArrowInvalid):  # not decoded here yet, or a truncated copy
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
-                                 "open the store with cache_dir= a writable folder") from exc
-            decode_segment(directory, info, cache)
-            self._data = _read_ipc(decoded)
+            self._data = _decode_once(directory, info, cache)
         index = _read_ipc(directory / f"{info.name}.index.arrow")
         self.user_ids: np.ndarray = index["user_id"]
         self.ends: np.ndarray = index["end"]
