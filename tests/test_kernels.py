@@ -33,6 +33,7 @@ class Case:
     ts_base: int
     ver: np.ndarray
     vmax: np.ndarray
+    vmin: np.ndarray
     ver_base: int
     hcum: np.ndarray
     arrival: np.ndarray | None
@@ -42,7 +43,7 @@ class Case:
     max_len: int
 
     def args(self) -> tuple:
-        return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.ver_base,
+        return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.vmin, self.ver_base,
                 self.hcum, self.arrival, self.arrival_base, self.request_ts, self.visibility, self.max_len)
 
     def visible(self, i: int, p: int) -> bool:
@@ -62,12 +63,13 @@ def cases(draw) -> Case:
     ver_base = draw(st.integers(0, 4))
     with_arrival = draw(st.booleans())
     arrival_base = draw(st.integers(-100, 100))
-    ts, ver, arrival, vmax = [], [], [], []
+    ts, ver, arrival, vmax, vmin = [], [], [], [], []
     for size in sizes:
         ts += sorted(draw(st.lists(st.integers(0, 6), min_size=size, max_size=size)))  # ties
         versions = draw(st.lists(st.integers(0, 4), min_size=size, max_size=size))
         ver += versions
         vmax += np.maximum.accumulate(versions).tolist() if size else []
+        vmin += np.minimum.accumulate(versions[::-1])[::-1].tolist() if size else []
         arrival += draw(st.lists(st.integers(0, 10), min_size=size, max_size=size))
     n = len(ts)
     hashes = np.array(draw(st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)), np.uint32)
@@ -86,7 +88,8 @@ def cases(draw) -> Case:
     return Case(
         np.array(starts[users] if users else [], np.int64), np.array(ends[users] if users else [], np.int64),
         np.array(ts, ts_dtype), ts_base if ts_dtype != np.int64 else 0,
-        np.array(ver, ver_dtype), np.array(vmax, ver_dtype), ver_base, np.cumsum(hashes, dtype=np.uint32),
+        np.array(ver, ver_dtype), np.array(vmax, ver_dtype), np.array(vmin, ver_dtype), ver_base,
+        np.cumsum(hashes, dtype=np.uint32),
         np.array(arrival, np.uint8) if with_arrival else None, arrival_base,
         np.array(request_ts, np.int64) if ts_dtype != np.int64 else np.array(request_ts, np.int64) - ts_base,
         Visibility(np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
@@ -169,12 +172,25 @@ def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
     ts = np.array([1, 2, 3, 4], np.uint8)
     ver = np.array([1, 1, 2, 1], np.uint8)
     vmax = np.maximum.accumulate(ver)
+    vmin = np.minimum.accumulate(ver[::-1])[::-1]
     hcum = np.cumsum(np.array([10, 20, 30, 40], np.uint32))
     vis = Visibility.of_versions(np.array([1, 2, 1, 1]))
-    args = (np.zeros(4, np.int64), np.full(4, 4, np.int64), ts, 0, ver, vmax, 0, hcum, None, 0,
+    args = (np.zeros(4, np.int64), np.full(4, 4, np.int64), ts, 0, ver, vmax, vmin, 0, hcum, None, 0,
             np.array([5, 5, 3, 4]), vis, 2)
     count, checksum, lo, hi, holes = locate(*args)
     assert count.tolist() == [3, 4, 2, 2]
     assert checksum.tolist() == [70, 100, 30, 30]
     assert holes.tolist()[:2] == [True, False]
     assert (lo[1], hi[1]) == (2, 4)
+
+
+def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
+    # versions arrive in time order; the store has moved on past the pointer's version 1
+    ts = np.array([1, 2, 3, 4, 5], np.uint8)
+    ver = np.array([1, 1, 1, 2, 3], np.uint8)
+    hcum = np.cumsum(np.array([10, 20, 30, 40, 50], np.uint32))
+    args = (np.zeros(1, np.int64), np.full(1, 5, np.int64), ts, 0, ver, np.maximum.accumulate(ver),
+            np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, None, 0, np.array([9]),
+            Visibility.of_versions(np.array([1])), 2)
+    count, checksum, lo, hi, holes = locate(*args)
+    assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy

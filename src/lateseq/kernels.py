@@ -95,7 +95,7 @@ def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arriv
 
 @njit(cache=True, nogil=True)
 def _locate(
-    user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, arrival, arrival_base,
+    user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
     request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
 ):  # pragma: no cover - compiled; the reference below is what coverage and tests read
     for p in range(user_lo.shape[0]):
@@ -132,7 +132,9 @@ def _locate(
             continue
         # slow path: events invisible to this pointer sit among the visible ones. _vmax
         # never decreases within a user, so every row before the first _vmax > version
-        # is visible: count and checksum that prefix in one step, scan only the rest.
+        # is visible: count and checksum that prefix in one step. _vmin (the smallest
+        # version from a row to the user's end) says whether any later row can be
+        # visible at all; only then are the rows up to the cut scanned one by one.
         a = start
         b = cut
         while a < b:
@@ -144,16 +146,20 @@ def _locate(
         prefix_end = a
         n = 0
         s = np.uint32(0)
-        window_lo = cut
-        for i in range(cut - 1, prefix_end - 1, -1):
-            if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
-                        arrival_limit[p]):
-                s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
-                if n < max_len:
-                    window_lo = i
-                n += 1
-            elif n < max_len:
-                holes[p] = True
+        newest = -1  # the newest visible row after the prefix
+        window_lo = prefix_end
+        if ver_base + np.int64(vmin[prefix_end]) <= max(version[p], version_hi[p]):
+            for i in range(cut - 1, prefix_end - 1, -1):
+                if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
+                            arrival_limit[p]):
+                    s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
+                    if newest < 0:
+                        newest = i
+                    if n < max_len:
+                        window_lo = i
+                    n += 1
+                elif n < max_len and newest >= 0:
+                    holes[p] = True
         if prefix_end > start:
             before = hcum[start - 1] if start > 0 else np.uint32(0)
             s += hcum[prefix_end - 1] - before
@@ -162,8 +168,9 @@ def _locate(
             n += prefix_end - start
         count[p] = n
         checksum[p] = s
-        lo[p] = window_lo
-        hi[p] = cut if n > 0 else window_lo
+        if min(n, max_len) > 0:
+            lo[p] = window_lo
+            hi[p] = newest + 1 if newest >= 0 else prefix_end
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ def locate(
     ts_base: int,
     ver: np.ndarray,
     vmax: np.ndarray,
+    vmin: np.ndarray,
     ver_base: int,
     hcum: np.ndarray,
     arrival: np.ndarray | None,
@@ -217,7 +225,7 @@ def locate(
     hi = np.empty(n, np.int64)
     holes = np.empty(n, np.bool_)
     _locate(
-        user_lo, user_hi, ts, np.int64(ts_base), ver, vmax, np.int64(ver_base), hcum,
+        user_lo, user_hi, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
         _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len),
         count, checksum, lo, hi, holes,
@@ -225,10 +233,10 @@ def locate(
     return count, checksum, lo, hi, holes
 
 
-def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, ver_base, hcum, arrival,
+def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival,
                      arrival_base, request_ts, visibility, max_len):
     """The same contract as ``locate``, written for clarity, one pointer at a time."""
-    del vmax  # the reference needs no shortcut
+    del vmax, vmin  # the reference needs no shortcut
     hashes = np.diff(hcum.astype(np.int64), prepend=0).astype(np.uint32)
 
     def visible(i: int, p: int) -> bool:

@@ -11,10 +11,12 @@ in two forms:
   missing): an uncompressed Arrow IPC file with one record batch, so every column maps
   straight into numpy and a history is a contiguous slice. Integers are
   frame-of-reference encoded (``value = base + stored``, ``stored`` in the narrowest
-  unsigned type that fits), and three system columns ride along: ``_version`` (the
+  unsigned type that fits), and four system columns ride along: ``_version`` (the
   version in which the event became visible), ``_vmax`` (its running maximum within
-  the user, so "is everything before this row visible?" is one lookup) and ``_hcum``
-  (running sum of event hashes, so a range checksum is one subtraction).
+  the user, so "is everything before this row visible?" is one lookup), ``_vmin`` (the
+  smallest version from the event to the user's end, so "can anything after this row be
+  visible?" is one lookup too) and ``_hcum`` (running sum of event hashes, so a range
+  checksum is one subtraction).
 
 Compression cannot sit on the read path (BRIEF section 3: decompressing chunks per
 batch was ~200x slower), and the decoded form is 2-3x the durable one; so the store
@@ -42,7 +44,7 @@ from .kernels import _mix64, event_hashes
 from .schema import Schema
 
 TIME = "_ts"  # the time column's name in segments, whatever the schema calls it
-SYSTEM_COLUMNS = ("_version", "_vmax", "_hcum")
+SYSTEM_COLUMNS = ("_version", "_vmax", "_vmin", "_hcum")
 SEGMENT_FILES = (".parquet", ".index.arrow")  # the durable files; the decoded one is "<name>.arrow"
 _UNSIGNED = (np.uint8, np.uint16, np.uint32)
 _HASH_CHUNK = 1 << 20  # rows hashed at once when decoding (bounds the hasher's scratch memory)
@@ -235,10 +237,14 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray,
                    hashes: np.ndarray) -> None:
     version = stored["_version"]
-    # running max of the version within each user: offset each user's versions by its rank
-    rank = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.append(starts, len(version))))
-    vmax = np.maximum.accumulate(rank * (1 << 32) + version.astype(np.int64)) - rank * (1 << 32)
-    table = pa.table({**stored, "_vmax": vmax.astype(version.dtype), "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    # running max (and, backwards, min) of the version within each user: offsetting each
+    # user's versions by its rank makes one accumulate restart at every user
+    offset = np.repeat(np.arange(len(starts), dtype=np.int64) << 32, np.diff(np.append(starts, len(version))))
+    keyed = offset + version.astype(np.int64)
+    vmax = np.maximum.accumulate(keyed) - offset
+    vmin = np.minimum.accumulate(keyed[::-1])[::-1] - offset
+    table = pa.table({**stored, "_vmax": vmax.astype(version.dtype), "_vmin": vmin.astype(version.dtype),
+                      "_hcum": np.cumsum(hashes, dtype=np.uint32)})
     tmp = _temporary(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))

@@ -304,7 +304,8 @@ class Store:
             name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
             if name not in referenced and path.stat().st_mtime < old:
                 path.unlink(missing_ok=True)
-                (self.cache_dir / f"{name}.arrow").unlink(missing_ok=True)
+                if name:
+                    (self.cache_dir / f"{name}.arrow").unlink(missing_ok=True)
         for path in self.cache_dir.glob(".tmp-*"):  # a crashed reader's half-decoded file
             if path.stat().st_mtime < old:
                 path.unlink(missing_ok=True)
@@ -380,7 +381,8 @@ class Store:
                 present = rows[keep]
                 c, s, wlo, whi, holes = locate(
                     lo[keep], hi[keep], segment.stored(TIME), segment.base(TIME),
-                    segment.stored("_version"), segment.stored("_vmax"), segment.base("_version"),
+                    segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
+                    segment.base("_version"),
                     segment.stored("_hcum"), *segment.encoded(arrival), request_ts[present],
                     visibility.take(present), max_len,
                 )
