@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from lateseq import demo
 from lateseq.cli import app
+from lateseq.store import _SEGMENT_CACHE
 
 runner = CliRunner()
 
@@ -139,6 +141,19 @@ def test_materialize_defaults_to_every_payload_column(files):
     table = pq.read_table(d / "o.parquet")
     assert table.column_names == ["item_id", "rating"]
     assert table.num_rows == 60
+
+
+def test_cache_dir_moves_the_decoded_segments(files):
+    store, d = Path(files["store"]), files["dir"]
+    assert lateseq("--cache-dir", d / "local", "ingest", store, files["e1"])[0] == 0
+    assert lateseq("--cache-dir", d / "local", "pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
+    assert not (store / "cache").exists() and len(list((d / "local").glob("*.arrow"))) == 1
+    _SEGMENT_CACHE.clear()  # a fresh process, as the CLI always is
+    result = runner.invoke(app, ["materialize", str(store), str(d / "ex.parquet"), "--max-len", "3", "--out",
+                                 str(d / "o.parquet")], env={"LATESEQ_CACHE_DIR": str(d / "from-env")})
+    assert result.exit_code == 0, result.stderr
+    assert len(list((d / "from-env").glob("*.arrow"))) == 1  # decoded there from the durable files
+    assert pq.read_table(d / "o.parquet").num_rows == 60
 
 
 def test_ingest_options_create_the_schema(files, tmp_path):

@@ -82,6 +82,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _err = Console(stderr=True, soft_wrap=True)
+_read_cache: dict[str, Path | None] = {"dir": None}  # set by the global --cache-dir option
+
+
+@app.callback()
+def _global_options(
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar="LATESEQ_CACHE_DIR", show_default="STORE/cache",
+        help="Where decoded segments are kept for reading (e.g. local disk when STORE is shared or read-only).",
+    )] = None,
+) -> None:
+    _read_cache["dir"] = cache_dir
 
 
 def _out() -> Console:
@@ -110,7 +121,7 @@ def _read_parquet(path: Path, what: str) -> pa.Table:
 
 
 def _open(store: Path, version: str | None = None) -> Store:
-    return Store(store, version)
+    return Store(store, version, cache_dir=_read_cache["dir"])
 
 
 def _columns(option: str | None) -> tuple[str, ...]:
@@ -163,7 +174,8 @@ def ingest(
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts",
                               tiebreak=tiebreak, partitions=1 if partitions is None else partitions)
         schema.conform(table)  # check everything before creating anything
-        handle = Store.create(store, schema)
+        Store.create(store, schema)
+        handle = _open(store)
         created = True
     new = handle.commit(table)
     print(new.version)
