@@ -48,6 +48,7 @@ import lateseq  # noqa: E402
 from lateseq import datasets  # noqa: E402
 from lateseq.fatrow import iter_fat_rows, read_fat_rows_batches, write_fat_rows  # noqa: E402
 from lateseq.pointer import POINTER_FIELDS, Pointers  # noqa: E402
+from lateseq.segment import decoded_file  # noqa: E402
 
 COLUMNS = ("item_id", "action", "ts")
 SCHEMA = lateseq.Schema({"item_id": "int64", "action": "int8", "dwell": "float32"})
@@ -313,7 +314,7 @@ def run(scale: Scale, workdir: Path, steps: dict[str, float], memcpy: float, rep
 
     live = store.versions()[-1].bytes
     store_bytes, log_bytes = du(store_dir / "segments"), du(log)
-    cache_bytes = sum(du(store.cache_dir / f"{info.name}.arrow") for info in store.segment_infos)
+    cache_bytes = sum(du(decoded_file(store.cache_dir, info.name)) for info in store.segment_infos)
     with step("decode the live version into an empty read cache (once per host)", steps):
         decoded = lateseq.open(store_dir, cache_dir=workdir / "fresh-cache").segments()
     del decoded

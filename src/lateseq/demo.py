@@ -37,6 +37,7 @@ from .loader import iter_batches
 from .pointer import POINTER_FIELDS, log_examples
 from .projection import Projection
 from .schema import Schema
+from .segment import decoded_file
 from .materializer import JaggedBatch
 from .mutable import InMemoryTier
 from .store import Store
@@ -258,7 +259,7 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
         results.append(_compare(store, compared_path, fat_path, tenant, compared_log.num_rows, console, show))
 
     store_bytes = _du(root / "store" / "segments")
-    cache_bytes = sum((store.cache_dir / f"{info.name}.arrow").stat().st_size for info in store.segment_infos)
+    cache_bytes = sum(decoded_file(store.cache_dir, i.name).stat().st_size for i in store.segment_infos)
     latest_bytes = store.versions()[-1].bytes
     log_bytes = os.path.getsize(examples_path)
     fat_total = fat_bytes * log.num_rows / compared_log.num_rows  # extrapolated when sampled

@@ -50,6 +50,11 @@ _UNSIGNED = (np.uint8, np.uint16, np.uint32)
 _HASH_CHUNK = 1 << 20  # rows hashed at once when decoding (bounds the hasher's scratch memory)
 
 
+def decoded_file(cache: Path, name: str) -> Path:
+    """Where segment ``name``'s decoded copy lives in a read cache."""
+    return cache / f"{name}.arrow"
+
+
 def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
     """The user-hash partition of each user (stable across processes and machines)."""
     if partitions == 1:
@@ -182,7 +187,7 @@ def write_segment(directory: Path, partition: int, events: Events, cache: Path) 
              _write_file(directory / f"{name}.index.arrow", _ipc_bytes(index))]
     size = sum((directory / f"{name}{suffix}").stat().st_size for suffix in SEGMENT_FILES)
     cache.mkdir(parents=True, exist_ok=True)
-    _write_decoded(cache / f"{name}.arrow", stored, starts, events.hashes)
+    _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
         min_version=int(events.version.min()), max_version=int(events.version.max()),
@@ -210,7 +215,7 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
         rows = slice(lo, lo + _HASH_CHUNK)
         ts, *payload = (_decode(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
-    _write_decoded(cache / f"{info.name}.arrow", stored, starts, hashes)
+    _write_decoded(decoded_file(cache, info.name), stored, starts, hashes)
 
 
 def _decode(stored: np.ndarray, base: int) -> np.ndarray:
@@ -311,10 +316,10 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path) -> dict[str, n
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _read_ipc(cache / f"{info.name}.arrow")  # decoded while we waited
+            return _read_ipc(decoded_file(cache, info.name))  # decoded while we waited
         except (OSError, pa.ArrowInvalid):
             decode_segment(directory, info, cache)
-            return _read_ipc(cache / f"{info.name}.arrow")
+            return _read_ipc(decoded_file(cache, info.name))
 
 
 class Segment:
@@ -322,9 +327,8 @@ class Segment:
 
     def __init__(self, directory: Path, info: SegmentInfo, cache: Path):
         self.info = info
-        decoded = cache / f"{info.name}.arrow"
         try:
-            self._data = _read_ipc(decoded)
+            self._data = _read_ipc(decoded_file(cache, info.name))
         except (OSError, pa.ArrowInvalid):  # not decoded here yet, or a truncated copy
             self._data = _decode_once(directory, info, cache)
         index = _read_ipc(directory / f"{info.name}.index.arrow")

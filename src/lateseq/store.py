@@ -39,6 +39,7 @@ from .segment import (
     Events,
     Segment,
     SegmentInfo,
+    decoded_file,
     merge_segments,
     partition_of,
     row_ranges,
@@ -305,7 +306,7 @@ class Store:
             if name not in referenced and path.stat().st_mtime < old:
                 path.unlink(missing_ok=True)
                 if name:
-                    (self.cache_dir / f"{name}.arrow").unlink(missing_ok=True)
+                    decoded_file(self.cache_dir, name).unlink(missing_ok=True)
         for path in self.cache_dir.glob(".tmp-*"):  # a crashed reader's half-decoded file
             if path.stat().st_mtime < old:
                 path.unlink(missing_ok=True)
@@ -324,7 +325,7 @@ class Store:
         return segment
 
     def _remove_segment(self, info: SegmentInfo) -> None:
-        for path in [*info.files(self.path / "segments"), self.cache_dir / f"{info.name}.arrow"]:
+        for path in [*info.files(self.path / "segments"), decoded_file(self.cache_dir, info.name)]:
             path.unlink(missing_ok=True)
 
     def event_ids(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
