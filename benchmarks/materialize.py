@@ -45,10 +45,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import lateseq  # noqa: E402
-from lateseq import datasets  # noqa: E402
-from lateseq.fatrow import iter_fat_rows, read_fat_rows_batches, write_fat_rows  # noqa: E402
-from lateseq.pointer import POINTER_FIELDS, Pointers  # noqa: E402
-from lateseq.segment import decoded_file  # noqa: E402
+from lateseq import (  # noqa: E402
+    POINTER_FIELDS,
+    Pointers,
+    datasets,  # noqa: E402
+)
+from lateseq._format import decoded_file  # noqa: E402
+from lateseq.cli.fatrow import iter_fat_rows, read_fat_rows_batches, write_fat_rows  # noqa: E402
 
 COLUMNS = ("item_id", "action", "ts")
 SCHEMA = lateseq.Schema({"item_id": "int64", "action": "int8", "dwell": "float32"})

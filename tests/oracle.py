@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import lateseq
-from lateseq.kernels import event_hashes
+from lateseq._kernels import event_hashes
 
 NUMPY_TYPES = {
     "int8": np.int8,

@@ -18,9 +18,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lateseq import demo
-from lateseq.cli import app
-from lateseq.store import _SEGMENT_CACHE
+from lateseq.cli import app, demo
 
 runner = CliRunner()
 
@@ -148,7 +146,6 @@ def test_cache_dir_moves_the_decoded_segments(files):
     assert lateseq("--cache-dir", d / "local", "ingest", store, files["e1"])[0] == 0
     assert lateseq("--cache-dir", d / "local", "pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
     assert not (store / "cache").exists() and len(list((d / "local").glob("*.arrow"))) == 1
-    _SEGMENT_CACHE.clear()  # a fresh process, as the CLI always is
     result = runner.invoke(app, ["materialize", str(store), str(d / "ex.parquet"), "--max-len", "3", "--out",
                                  str(d / "o.parquet")], env={"LATESEQ_CACHE_DIR": str(d / "from-env")})
     assert result.exit_code == 0, result.stderr

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from oracle import referenced_files
 
 import lateseq
-from lateseq.kernels import event_hashes
-from oracle import referenced_files
+from lateseq._kernels import event_hashes
 
 COLUMNS = {"item": "int32", "w": "float64", "seq": "int16", "flag": "bool"}
 USERS = 150

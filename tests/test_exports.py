@@ -74,3 +74,22 @@ def test_errors_subclass_the_root_and_the_matching_builtin():
 
 def test_version_string():
     assert isinstance(lateseq.__version__, str) and lateseq.__version__.count(".") == 2
+
+
+def test_modules_are_private_except_the_documented_subpackages():
+    import pkgutil
+
+    public = {m.name for m in pkgutil.iter_modules(lateseq.__path__) if not m.name.startswith("_")}
+    assert public == {"audit", "cli", "datasets", "mutable", "twotier"}
+
+
+def test_importing_lateseq_stays_light():
+    """The library needs numpy, pyarrow and numba only; the CLI's typer and rich, the
+    demo's pandas and torch load only where they are used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lateseq, lateseq.twotier, lateseq.audit, lateseq.datasets, lateseq.cli; "
+            "print(sorted(m for m in ('typer', 'rich', 'pandas', 'torch', 'click') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

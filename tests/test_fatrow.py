@@ -8,7 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lateseq.fatrow import fat_rows, iter_fat_rows, jagged_columns, read_fat_rows_batches, write_fat_rows
+from lateseq.cli.fatrow import (
+    fat_rows,
+    iter_fat_rows,
+    jagged_columns,
+    read_fat_rows_batches,
+    write_fat_rows,
+)
 
 
 def brute_force(events: pa.Table, requests: pa.Table, columns: list[str], max_len: int,

@@ -13,14 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import copy_windows_reference, locate_reference
 
-from lateseq.kernels import (
-    Visibility,
-    copy_windows,
-    copy_windows_reference,
-    locate,
-    locate_reference,
-)
+from lateseq._kernels import Visibility, copy_windows, locate
 
 STORED = [np.uint8, np.uint16, np.uint32, np.int64]
 

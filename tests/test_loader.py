@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import lateseq
-from lateseq import loader
-from lateseq.loader import iter_batches, materialize_log
+from lateseq import _loader as loader
+from lateseq._loader import iter_batches, materialize_log
 
 COLUMNS = ("item_id", "action", "ts")
 

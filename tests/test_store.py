@@ -14,7 +14,9 @@ import pytest
 from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
 import lateseq
-import lateseq.store
+import lateseq._format
+import lateseq._segments
+import lateseq._store
 
 
 def events(users, ts, items, *, rating: bool = False) -> pa.Table:
@@ -213,18 +215,18 @@ def test_commit_conflict_leaves_no_orphans_and_a_readable_store(make_store, monk
     store = make_store(partitions=2)
     v1 = store.commit(events([1, 2, 3], [1, 2, 3], [1, 2, 3]))
     rival = lateseq.open(store.path)
-    real_write = lateseq.store.write_segment
+    real_write = lateseq._store.write_segment
     raced = []
 
     def write_then_lose_the_race(*args, **kwargs):
         info = real_write(*args, **kwargs)
         if not raced:  # another writer publishes version 2 while we are still writing
             raced.append(True)
-            monkeypatch.setattr(lateseq.store, "write_segment", real_write)
+            monkeypatch.setattr(lateseq._store, "write_segment", real_write)
             raced.append(rival.commit(events([7], [7], [7])))
         return info
 
-    monkeypatch.setattr(lateseq.store, "write_segment", write_then_lose_the_race)
+    monkeypatch.setattr(lateseq._store, "write_segment", write_then_lose_the_race)
     with pytest.raises(lateseq.CommitConflict) as info:
         v1.commit(events([1, 2, 3, 4], [9, 9, 9, 9], [4, 5, 6, 7]))
     assert isinstance(info.value, lateseq.StoreError) and isinstance(info.value, OSError)
@@ -245,14 +247,14 @@ def test_conflict_on_a_pre_created_manifest_name(make_store, monkeypatch):
     store = make_store()
     v1 = store.commit(events([1], [1], [1]))
     squatter = store.path / "versions" / f"{2:08d}.json"
-    real_write = lateseq.store.write_segment
+    real_write = lateseq._store.write_segment
 
     def write_and_squat(*args, **kwargs):
         info = real_write(*args, **kwargs)
         squatter.write_bytes((store.path / "versions" / f"{1:08d}.json").read_bytes())
         return info
 
-    monkeypatch.setattr(lateseq.store, "write_segment", write_and_squat)
+    monkeypatch.setattr(lateseq._store, "write_segment", write_and_squat)
     with pytest.raises(lateseq.CommitConflict):
         v1.commit(events([2], [2], [2]))
     assert squatter.read_bytes() == (store.path / "versions" / f"{1:08d}.json").read_bytes()
@@ -342,7 +344,7 @@ def test_decoded_segments_are_rebuilt_from_the_durable_files(make_store, tmp_pat
     examples = lateseq.log_examples(store, requests)
     projection = lateseq.Projection(1000)
     written = lateseq.materialize(store, examples, projection)
-    monkeypatch.setattr(lateseq.segment, "_HASH_CHUNK", 7)  # hashing in chunks changes nothing
+    monkeypatch.setattr(lateseq._format, "_HASH_CHUNK", 7)  # hashing in chunks changes nothing
     for version in (store.version, store.compact().version):
         fresh = lateseq.open(store.path, version, cache_dir=tmp_path / f"fresh{version}")
         rebuilt = lateseq.materialize(fresh, examples, projection)  # verifies every checksum
@@ -359,7 +361,6 @@ def test_a_truncated_decoded_copy_is_decoded_again(small_store):
     copy = small_store.cache_dir / f"{info.name}.arrow"
     whole = copy.read_bytes()
     copy.write_bytes(whole[: len(whole) // 2])
-    lateseq.store._SEGMENT_CACHE.clear()
     examples = lateseq.log_examples(small_store, pa.table({"user_id": [1, 2], "request_ts": [99, 99]}))
     batch = lateseq.materialize(lateseq.open(small_store.path), examples, lateseq.Projection(9, ("item",)))
     assert batch.values["item"].tolist() == [100, 150, 200, 300, 400, 500]
@@ -369,16 +370,16 @@ def test_a_truncated_decoded_copy_is_decoded_again(small_store):
 def test_readers_that_need_the_same_segment_at_once_decode_it_once(small_store, tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lateseq.segment import Segment
+    from lateseq._segments import Segment
 
-    real, calls = lateseq.segment.decode_segment, []
+    real, calls = lateseq._segments.decode_segment, []
 
     def slow_decode(*args):
         calls.append(args)
         time.sleep(0.2)  # long enough for every reader to be waiting
         real(*args)
 
-    monkeypatch.setattr(lateseq.segment, "decode_segment", slow_decode)
+    monkeypatch.setattr(lateseq._segments, "decode_segment", slow_decode)
     info = small_store.segment_infos[0]
     with ThreadPoolExecutor(4) as pool:
         opened = list(pool.map(lambda _: Segment(small_store.path / "segments", info, tmp_path / "c"), range(4)))
@@ -393,7 +394,6 @@ def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path
     data[len(data) // 2] ^= 0x01
     packed.write_bytes(bytes(data))
     before = dir_snapshot(small_store.path)
-    lateseq.store._SEGMENT_CACHE.clear()
     with pytest.raises(lateseq.StoreError, match=f"segment {info.name} is damaged.*{info.name}.parquet.*CRC-32"):
         lateseq.open(small_store.path, cache_dir=tmp_path / "elsewhere").segments()
     assert dir_snapshot(small_store.path) == before

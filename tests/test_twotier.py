@@ -7,15 +7,22 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import TWO_TIER_SCHEMA
 
 import lateseq
-from oracle import TWO_TIER_SCHEMA
+from lateseq import PointerError, SchemaError, StoreError
+from lateseq._format import write_segment
+from lateseq._merge import merge_segments
 from lateseq.audit import audit
-from lateseq.errors import PointerError, SchemaError, StoreError
+from lateseq.cli.simulate import SimulationConfig, simulate
 from lateseq.mutable import InMemoryTier
-from lateseq.segment import write_segment
-from lateseq.simulate import SimulationConfig, simulate
-from lateseq.twotier import OnlineReader, fold, rebuild, rebuild_batch, rebuild_streaming, strip_tails
+from lateseq.twotier import (
+    OnlineReader,
+    fold,
+    rebuild_batch,
+    rebuild_streaming,
+    strip_tails,
+)
 
 SCHEMA = TWO_TIER_SCHEMA
 PROJECTION = lateseq.Projection(10, ("item_id", "ts", "arrival_ts"))
@@ -62,7 +69,7 @@ def test_streaming_and_batch_rebuild_exactly(world):
     stripped, count = strip_tails(store, log)
     assert count == 3
     assert stripped.column("tail_item_id").to_pylist() == [[], [], []]
-    again = rebuild(store, stripped, PROJECTION)
+    again = lateseq.materialize(store, stripped, PROJECTION)
     assert again.values["item_id"].tolist() == served.values["item_id"].tolist()
 
 
@@ -81,7 +88,7 @@ def test_strip_keeps_uncovered_tails(world):
     assert count == 0 and stripped.equals(log)
     with pytest.raises(PointerError, match="no kept version covers"):
         rebuild_batch(store, log, PROJECTION)
-    assert rebuild(store, log, PROJECTION).values["item_id"].tolist() == [10]
+    assert lateseq.materialize(store, log, PROJECTION).values["item_id"].tolist() == [10]
 
 
 def test_duplicate_delivery_kept_once(world):
@@ -100,7 +107,7 @@ def test_event_time_far_from_arrival_both_ways(world):
     assert served.lengths.tolist() == [0, 1, 2]  # arrival bounds the first, event time the second
     store = fold(store, tier, 2000).compact()
     stripped, _ = strip_tails(store, log)
-    assert rebuild(store, stripped, PROJECTION).values["ts"].tolist() == served.values["ts"].tolist()
+    assert lateseq.materialize(store, stripped, PROJECTION).values["ts"].tolist() == served.values["ts"].tolist()
 
 
 def test_retention_is_enforced(world):
@@ -149,7 +156,6 @@ def test_audit_corrupt_segment(world):
     ts_offset = data.find((5 - 1).to_bytes(1, "little") + (8 - 1).to_bytes(1, "little"))  # user 1's ts
     data[ts_offset] ^= 0x7F
     path.write_bytes(bytes(data))
-    lateseq.store._SEGMENT_CACHE.clear()
     report = audit(lateseq.open(store.path), log)
     assert report.mismatches and set(report.mismatches.values()) == {"corrupt data"}
 
@@ -168,7 +174,7 @@ def test_cleanup_keeps_rebuilds_exact(world):
     removed = store.latest().cleanup(before=store.latest().version, grace_s=0)
     assert 1 in removed
     assert audit(store.latest(), stripped).mismatches == {}
-    assert rebuild(store.latest(), stripped, PROJECTION).values["item_id"].tolist() == served.values["item_id"].tolist()
+    assert lateseq.materialize(store.latest(), stripped, PROJECTION).values["item_id"].tolist() == served.values["item_id"].tolist()
 
 
 def test_audit_version_no_longer_kept(world):
@@ -178,7 +184,7 @@ def test_audit_version_no_longer_kept(world):
     latest.cleanup(before=latest.version, grace_s=0)
     # a rewrite (as a purge would do) drops user 1's oldest event after its version is gone
     segment = latest.segments()[0]
-    ev = segment.events(SCHEMA)
+    ev = merge_segments([segment], SCHEMA)
     keep = ~((ev.user == 1) & (ev.payload["event_id"] == 1))
     info = write_segment(latest.path / "segments", 0, ev.take(np.flatnonzero(keep)), latest.cache_dir)
     rewritten = latest._publish(latest.version + 1, "compact", [info], [info], latest.watermark)
@@ -227,7 +233,9 @@ def test_simulation_is_exact(tmp_path_factory, seed, late, duplicates, ties, out
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), rows=st.integers(0, 6), max_len=st.integers(1, 6))
 def test_merge_newest_matches_reference(data, rows, max_len):
-    from lateseq.kernels import merge_newest, merge_newest_reference
+    from naive import merge_newest_reference
+
+    from lateseq._kernels import merge_newest
 
     def run(rows_):
         sizes = [data.draw(st.integers(0, 5)) for _ in range(rows_)]
@@ -284,7 +292,7 @@ def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     assert np.signbit(served.values["w"][0])  # -0.0 survives the tail and the merge
     store = fold(store, tier, 50).compact()
     stripped, _ = strip_tails(store, log)
-    for batch in (rebuild_streaming(store, log, projection), rebuild(store, stripped, projection)):
+    for batch in (rebuild_streaming(store, log, projection), lateseq.materialize(store, stripped, projection)):
         assert batch.values["flag"].tolist() == [True, False, True]
         assert batch.values["w"].tobytes() == served.values["w"].tobytes()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import (
+from ._errors import (
     ChecksumMismatch,
     CommitConflict,
     LateseqError,
@@ -17,12 +17,20 @@ from .errors import (
     StoreError,
     VersionNotFound,
 )
-from .loader import iter_batches
-from .materializer import JaggedBatch, materialize
-from .pointer import POINTER_BYTES, POINTER_FIELDS, Pointers, log_examples, make_pointers
-from .projection import Projection
-from .schema import Schema
-from .store import Store, VersionInfo
+from ._jagged import JaggedBatch
+from ._loader import iter_batches
+from ._materialize import materialize
+from ._pointers import (
+    POINTER_BYTES,
+    POINTER_FIELDS,
+    Pointers,
+    log_examples,
+    make_pointers,
+)
+from ._projection import Projection
+from ._schema import Schema
+from ._store import Store
+from ._versions import VersionInfo
 
 __version__ = "0.1.0"
 

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .kernels import Visibility, event_hashes
-from .materializer import materialize
-from .pointer import Pointers
-from .projection import Projection
-from .segment import TIME
-from .store import Store
-from .twotier import is_two_tier, rebuild, tail_intact
-
+from ._format import TIME
+from ._kernels import Visibility, event_hashes
+from ._materialize import materialize
+from ._pointers import Pointers
+from ._projection import Projection
+from ._records import is_two_tier, tail_intact
+from ._store import Store
 
 
 @dataclass
@@ -42,7 +41,7 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
     subset = log.take(pa.array(rows, pa.int64()))
-    bad = rebuild(store, subset, Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched
+    bad = materialize(store, subset, Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched
     report = AuditReport(log.num_rows, len(rows))
     if bad.any():
         explain = _Explainer(store, is_two_tier(subset))

@@ -16,10 +16,10 @@ from abc import ABC, abstractmethod
 import numpy as np
 import pyarrow as pa
 
-from .errors import SchemaError
-from .schema import Schema
-from .segment import first_deliveries, row_ranges
-from .store import Store
+from ._errors import SchemaError
+from ._events import first_deliveries, row_ranges
+from ._schema import Schema
+from ._store import Store
 
 _FAR_PAST = np.iinfo(np.int64).min
 

@@ -20,27 +20,46 @@ assumption is broken (a version or tail gone too early, corrupt files, events th
 bypassed the tier) the check fails loudly, never silently.
 """
 
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ChecksumMismatch, PointerError, SchemaError, StoreError
-from .kernels import event_hashes, merge_newest
-from .materializer import JaggedBatch, materialize, stitch
+from ._errors import PointerError, SchemaError, StoreError
+from ._jagged import JaggedBatch
+from ._pointers import log_examples
+from ._projection import Projection
+from ._records import (
+    RECORD_FIELDS,
+    TAIL_PREFIX,
+    attach_tails,
+    covering_versions,
+    inline_tail,
+    is_two_tier,
+    merge_tail,
+    payload_names,
+    rebuild_batch,
+    rebuild_streaming,
+    tail_intact,
+)
+from ._store import Store
 from .mutable import MutableTier
-from .pointer import Pointers, log_examples
-from .projection import Projection
-from .segment import column_numpy
-from .store import Store
 
-TAIL_PREFIX = "tail_"
-RECORD_FIELDS = pa.schema([
-    ("seq_length", pa.uint32()),
-    ("seq_checksum", pa.uint32()),
-    ("tail_version", pa.uint32()),
-])
+__all__ = [
+    "RECORD_FIELDS",
+    "TAIL_PREFIX",
+    "OnlineReader",
+    "attach_tails",
+    "covering_versions",
+    "fold",
+    "is_two_tier",
+    "rebuild_batch",
+    "rebuild_streaming",
+    "strip_tails",
+    "tail_intact",
+]
 
 
 def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
@@ -78,160 +97,8 @@ class OnlineReader:
         tail, owners = tail.filter(pa.array(before)), owners[before]
         log = attach_tails(log, store, tail, owners)
         # the tail's digest was just computed from these very rows: merge, don't re-verify
-        return log, _merge_tail(store, log, _inline_tail(store, log), self.projection,
+        return log, merge_tail(store, log, inline_tail(store, log), self.projection,
                                 np.zeros(log.num_rows, bool), "raise")
-
-
-def _payload_names(store: Store) -> list[str]:
-    return [store.schema.time_col, *store.schema.columns]
-
-
-def _tail_digest(store: Store, user: np.ndarray, columns: dict[str, np.ndarray], owners: np.ndarray,
-                 rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per record: how many tail events, and the sum of their content hashes."""
-    names = _payload_names(store)
-    hashes = event_hashes(user, columns[names[0]], [columns[n] for n in names[1:]])
-    total = np.zeros(rows, np.uint64)
-    np.add.at(total, owners, hashes.astype(np.uint64))
-    return np.bincount(owners, minlength=rows), (total & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-
-
-def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray) -> pa.Table:
-    """Adds the inline tail (rows of `tail`, owned by log row `owners`) and seq_* columns."""
-    columns = {n: column_numpy(tail.column(n)) for n in _payload_names(store)}
-    count, digest = _tail_digest(store, tail.column(store.schema.user_col).to_numpy(), columns,
-                                 owners, log.num_rows)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(count)]).astype(np.int32))
-    length = log.column("uih_length").to_numpy().astype(np.int64) + count
-    checksum = log.column("uih_checksum").to_numpy() + digest
-    for field, values in zip(RECORD_FIELDS, [length, checksum, np.zeros(log.num_rows)], strict=True):
-        log = log.append_column(field, pa.array(values.astype(field.type.to_pandas_dtype())))
-    for name in _payload_names(store):
-        log = log.append_column(TAIL_PREFIX + name, pa.ListArray.from_arrays(offsets, tail.column(name).combine_chunks()))
-    return log
-
-
-def _inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(owner per tail row, user per tail row, column values) from a log's tail columns."""
-    names = _payload_names(store)
-    first = log.column(TAIL_PREFIX + names[0])
-    if isinstance(first, pa.ChunkedArray):
-        first = first.combine_chunks()
-    lengths = pc.list_value_length(first).fill_null(0).to_numpy()
-    owners = np.repeat(np.arange(len(lengths)), lengths)
-    columns = {}
-    for name in names:
-        column = log.column(TAIL_PREFIX + name)
-        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        columns[name] = column_numpy(pc.list_flatten(column))
-    user = log.column("user_id").to_numpy()[owners]
-    return owners, user, columns
-
-
-def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
-                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None) -> np.ndarray:
-    """Per record: pointer plus inline tail add up to the served length and checksum.
-    ``inline`` is the log's ``_inline_tail``, when the caller has it already."""
-    owners, user, tail = inline or _inline_tail(store, log)
-    count, digest = _tail_digest(store, user, tail, owners, log.num_rows)
-    pointers = Pointers.from_arrow(log)
-    return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
-            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()))
-
-
-def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
-                      on_mismatch: str = "raise") -> JaggedBatch:
-    """Version ``uih_version`` through the pointer, plus the inline tail."""
-    inline = _inline_tail(store, log)
-    bad = ~tail_intact(store, log, inline)
-    _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
-    return _merge_tail(store, log, inline, projection, bad, on_mismatch)
-
-
-def _merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
-                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], projection: Projection,
-                bad: np.ndarray, on_mismatch: str) -> JaggedBatch:
-    """The newest ``max_len`` of each record's history: the store part through the
-    pointer, merged with the inline tail in serving order."""
-    schema = store.schema
-    wanted = projection.resolve(schema)
-    names = list(dict.fromkeys([*wanted, schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])))
-    head = materialize(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
-    owners, _, tail = inline
-    rows = len(head)
-    bad = bad | head.mismatched
-
-    # the tail arrives in arrival order; order it by (row, time, tie-break), stably
-    tail_tb = tail[schema.tiebreak] if schema.tiebreak else np.zeros(len(owners), np.int64)
-    order = np.lexsort((tail_tb, tail[schema.time_col], owners))
-    tail = {k: v[order] for k, v in tail.items()}
-    tail_offsets = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=rows))])
-    head_tb = head.values[schema.tiebreak] if schema.tiebreak else np.zeros(len(head.values[schema.time_col]), np.int64)
-    offsets, chosen = merge_newest(
-        head.offsets, head.values[schema.time_col], head_tb, tail_offsets, tail[schema.time_col],
-        tail_tb[order], projection.max_len,
-    )
-    values = {n: np.concatenate([head.values[n], tail[n].astype(head.values[n].dtype)])[chosen] for n in wanted}
-    return JaggedBatch(offsets, values, bad)
-
-
-def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
-                  on_mismatch: str = "raise") -> JaggedBatch:
-    """From the store alone: versions up to a covering version, bounded by arrival."""
-    pointers = Pointers.from_arrow(log)
-    tail_version = log.column("tail_version").to_numpy().astype(np.int64)
-    uncovered = tail_version == 0
-    if uncovered.any():
-        tail_version = tail_version.copy()
-        tail_version[uncovered] = covering_versions(store, pointers.request_ts[uncovered])
-    if (tail_version == 0).any():
-        first = int(np.flatnonzero(tail_version == 0)[0])
-        raise PointerError(f"no kept version covers arrivals up to request {first}'s time yet; "
-                           "rebuild in streaming mode, or fold first")
-    seq = Pointers(
-        pointers.user_id, pointers.request_ts, pointers.version,
-        log.column("seq_length").to_numpy().astype(np.int64), log.column("seq_checksum").to_numpy(),
-        version_hi=tail_version, arrival_limit=pointers.request_ts,
-    )
-    return materialize(store, seq, projection, on_mismatch=on_mismatch)
-
-
-def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
-    """Whether a log holds two-tier records (else plain pointers)."""
-    return "seq_checksum" in log.schema.names
-
-
-def rebuild(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
-            on_mismatch: str = "raise", verify: bool = True) -> JaggedBatch:
-    """Any example log: streaming where a record still carries its tail, batch where
-    it was stripped, plain ``materialize`` for logs of plain pointers. Two-tier
-    records are always verified (the merge relies on it)."""
-    if not is_two_tier(log):
-        return materialize(store, log, projection, verify=verify, on_mismatch=on_mismatch)
-    stripped = log.column("tail_version").to_numpy() > 0
-    if stripped.all() or not stripped.any():
-        how = rebuild_batch if stripped.all() and len(stripped) else rebuild_streaming
-        return how(store, log, projection, on_mismatch)
-    parts = []
-    for mask, how in ((stripped, rebuild_batch), (~stripped, rebuild_streaming)):
-        index = np.flatnonzero(mask)
-        parts.append((index, how(store, log.take(pa.array(index)), projection, on_mismatch)))
-    return stitch(parts, len(stripped))
-
-
-def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:
-    """For each request time, a kept version whose watermark reaches it (0: none): this
-    handle's own when it covers them all, else the oldest that does."""
-    if store.watermark is not None and (len(request_ts) == 0 or request_ts.max() <= store.watermark):
-        return np.full(len(request_ts), store.version, np.int64)
-    kept = [(v.version, v.watermark) for v in store.versions() if v.version <= store.version]
-    versions = np.array([v for v, w in kept if w is not None], np.int64)
-    marks = np.array([w for v, w in kept if w is not None], np.int64)
-    if len(versions) == 0:
-        return np.zeros(len(request_ts), np.int64)
-    best = np.maximum.accumulate(marks)  # watermarks never go back; be safe anyway
-    pos = np.searchsorted(best, request_ts, "left")
-    return np.where(pos < len(versions), versions[np.minimum(pos, len(versions) - 1)], 0)
 
 
 def strip_tails(store: Store, log: pa.Table) -> tuple[pa.Table, int]:
@@ -244,7 +111,7 @@ def strip_tails(store: Store, log: pa.Table) -> tuple[pa.Table, int]:
     tail_version = np.where(strip, covering, current).astype(np.uint32)
     log = log.set_column(log.schema.get_field_index("tail_version"), RECORD_FIELDS.field("tail_version"),
                          pa.array(tail_version))
-    for name in _payload_names(store):
+    for name in payload_names(store):
         index = log.schema.get_field_index(TAIL_PREFIX + name)
         column = log.column(index).combine_chunks()
         lengths = pc.list_value_length(column).to_numpy()
@@ -254,9 +121,3 @@ def strip_tails(store: Store, log: pa.Table) -> tuple[pa.Table, int]:
         values = pc.list_flatten(column).filter(pa.array(keep))
         log = log.set_column(index, log.schema.field(index), pa.ListArray.from_arrays(offsets, values))
     return log, int(strip.sum())
-
-
-def _check(bad: np.ndarray, on_mismatch: str, what: str) -> None:
-    if on_mismatch == "raise" and bad.any():
-        rows = np.flatnonzero(bad)
-        raise ChecksumMismatch(f"{len(rows)} records: {what} (first rows: {rows[:5].tolist()})", rows.tolist())

@@ -1,4 +1,5 @@
-"""Hot kernels, each beside a plain reference version that the tests compare against.
+"""Hot kernels. Each has a plain reference version in ``tests/naive.py`` that the tests
+compare it against.
 
 Kernels take validated numpy arrays only and do no I/O; the materializer prepares the
 arrays and wraps the results. Integer columns arrive frame-of-reference encoded
@@ -17,9 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-
-_MASK64 = (1 << 64) - 1
-
 
 # ---------------------------------------------------------------- event hashing
 
@@ -65,25 +63,6 @@ def event_hashes(user: np.ndarray, ts: np.ndarray, payload: list[np.ndarray]) ->
     return _hash_rows(bits)
 
 
-def event_hash_reference(user: int, ts: int, payload: list[int | float | bool]) -> int:
-    """One event's hash in plain Python integers, for the tests."""
-
-    def mix(x: int) -> int:
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-        return x ^ (x >> 31)
-
-    def bits(v: int | float | bool) -> int:
-        if isinstance(v, float):
-            return int(np.array(v, dtype=np.float64).view(np.uint64))
-        return int(v) & _MASK64
-
-    h = mix((bits(user) + 0x9E3779B97F4A7C15) & _MASK64)
-    for v in (ts, *payload):
-        h = mix(h ^ bits(v))
-    return ((h >> 32) ^ h) & 0xFFFFFFFF
-
-
 # ---------------------------------------------------------------- locate
 
 
@@ -97,7 +76,7 @@ def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arriv
 def _locate(
     user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
     request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
-):  # pragma: no cover - compiled; the reference below is what coverage and tests read
+):  # pragma: no cover - compiled; tests/naive.py holds its reference
     for p in range(user_lo.shape[0]):
         start = user_lo[p]
         end = user_hi[p]
@@ -233,34 +212,6 @@ def locate(
     return count, checksum, lo, hi, holes
 
 
-def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival,
-                     arrival_base, request_ts, visibility, max_len):
-    """The same contract as ``locate``, written for clarity, one pointer at a time."""
-    del vmax, vmin  # the reference needs no shortcut
-    hashes = np.diff(hcum.astype(np.int64), prepend=0).astype(np.uint32)
-
-    def visible(i: int, p: int) -> bool:
-        v = ver_base + int(ver[i])
-        late_ok = (v <= visibility.version_hi[p] and arrival is not None
-                   and arrival_base + int(arrival[i]) < visibility.arrival_limit[p])
-        return v <= visibility.version[p] or late_ok
-
-    out = [[], [], [], [], []]
-    for p in range(len(user_lo)):
-        rows = [i for i in range(user_lo[p], user_hi[p])
-                if ts_base + int(ts[i]) < request_ts[p] and visible(i, p)]
-        window = rows[len(rows) - min(len(rows), max_len):]
-        lo = window[0] if window else user_lo[p]
-        hi = window[-1] + 1 if window else lo
-        out[0].append(len(rows))
-        out[1].append(int(hashes[rows].astype(np.uint64).sum()) & 0xFFFFFFFF)
-        out[2].append(lo)
-        out[3].append(hi)
-        out[4].append(hi - lo != len(window))
-    return (np.array(out[0], np.int64), np.array(out[1], np.uint32), np.array(out[2], np.int64),
-            np.array(out[3], np.int64), np.array(out[4], np.bool_))
-
-
 # ---------------------------------------------------------------- copy
 
 
@@ -300,20 +251,6 @@ def copy_windows(src, base, ver, ver_base, arrival, arrival_base, visibility, lo
                   lo, hi, holes, dst, out, out.dtype.kind != "f")
 
 
-def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi,
-                           holes, dst, out) -> None:
-    for p in range(len(lo)):
-        rows = []
-        for i in range(lo[p], hi[p]):
-            v = ver_base + int(ver[i])
-            late_ok = (arrival is not None and v <= visibility.version_hi[p]
-                       and arrival_base + int(arrival[i]) < visibility.arrival_limit[p])
-            if not holes[p] or v <= visibility.version[p] or late_ok:
-                rows.append(i)
-        values = np.asarray(src[rows]).astype(out.dtype)
-        out[dst[p]:dst[p] + len(rows)] = values if out.dtype.kind == "f" else values + out.dtype.type(base)
-
-
 # ---------------------------------------------------------------- merge with a tail
 
 
@@ -351,16 +288,3 @@ def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndar
     _merge_newest(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, np.int64(max_len),
                   out_offsets, out)
     return out_offsets, out
-
-
-def merge_newest_reference(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, max_len):
-    rows = len(head_offsets) - 1
-    out, lengths = [], []
-    for g in range(rows):
-        items = [(head_ts[i], head_tb[i], 0, i) for i in range(head_offsets[g], head_offsets[g + 1])]
-        items += [(tail_ts[j], tail_tb[j], 1, len(head_ts) + j)
-                  for j in range(tail_offsets[g], tail_offsets[g + 1])]
-        chosen = [index for *_, index in sorted(items)][-max_len:] if max_len else []
-        out += chosen
-        lengths.append(len(chosen))
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(out, np.int64)

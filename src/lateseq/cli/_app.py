@@ -19,16 +19,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .errors import LateseqError, SchemaError, StoreError
-from .loader import materialize_log
-from .pointer import log_examples
-from .projection import Projection
-from .schema import Schema
-from .store import Store
+from lateseq import (
+    LateseqError,
+    Projection,
+    Schema,
+    SchemaError,
+    Store,
+    StoreError,
+    log_examples,
+)
+from lateseq._loader import materialize_log
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
 _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
@@ -288,7 +298,7 @@ def strip(
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
 ) -> None:
     """Drop the inline tails that a kept version covers; batch rebuilds stay exact."""
-    from .twotier import is_two_tier, strip_tails
+    from lateseq.twotier import is_two_tier, strip_tails
 
     log = _read_parquet(examples, "example log")
     if not is_two_tier(log):
@@ -307,7 +317,7 @@ def audit(
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
 ) -> None:
     """Rebuild examples and explain each mismatch; exit 1 if anything mismatches."""
-    from .audit import audit as run_audit
+    from lateseq.audit import audit as run_audit
 
     if sample is not None and sample < 1:
         raise SchemaError(f"--sample must be positive, got {sample}")
@@ -342,7 +352,8 @@ def simulate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Serve, fold and rebuild a synthetic stream; compare with the naive join."""
-    from .simulate import SimulationConfig, simulate as run
+    from lateseq.cli.simulate import SimulationConfig
+    from lateseq.cli.simulate import simulate as run
 
     shares = (late_share, out_of_order_share, duplicate_share, tie_share)
     if users < 1 or days <= 0 or compaction_hours <= 0 or max_len < 1 or not all(0 <= x <= 1 for x in shares):
@@ -396,7 +407,9 @@ def demo(
         help="Examples built as Fat Rows and compared.", show_default="all for movielens, 200k for synthetic")] = None,
 ) -> None:
     """Ingest, log pointers, materialize and check every history against Fat Rows."""
-    from .demo import run_demo  # the demo pulls in the datasets: load it only when asked
+    from lateseq.cli.demo import (
+        run_demo,  # the demo pulls in the datasets: load it only when asked
+    )
 
     if dataset not in ("movielens", "synthetic"):
         raise SchemaError(f"--dataset must be movielens or synthetic, not {dataset!r}")

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import SchemaError
+from ._errors import SchemaError
 
 PAYLOAD_TYPES: dict[str, pa.DataType] = {
     "int8": pa.int8(),

@@ -13,14 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .materializer import JaggedBatch
-from .mutable import InMemoryTier
-from .projection import Projection
-from .errors import SchemaError
-from .schema import Schema
-from .segment import TIME
-from .store import Store
-from .twotier import OnlineReader, fold, rebuild_batch, rebuild_streaming, strip_tails
+from lateseq import JaggedBatch, Projection, Schema, SchemaError, Store
+from lateseq._format import TIME
+from lateseq.mutable import InMemoryTier
+from lateseq.twotier import (
+    OnlineReader,
+    fold,
+    rebuild_batch,
+    rebuild_streaming,
+    strip_tails,
+)
 
 HOUR = 3600
 DAY = 24 * HOUR

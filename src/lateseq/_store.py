@@ -19,70 +19,33 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import CommitConflict, PointerError, SchemaError, StoreError, VersionNotFound
-from .kernels import Visibility, locate
-from .schema import Schema
-from .segment import (
-    SYSTEM_COLUMNS,
-    TIME,
-    Events,
-    Segment,
-    SegmentInfo,
-    decoded_file,
-    merge_segments,
-    partition_of,
-    row_ranges,
-    write_segment,
-)
+from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
+from ._events import Events, partition_of, row_ranges
+from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, write_segment
+from ._kernels import Visibility
+from ._locate import Located, locate
+from ._merge import merge_segments
+from ._schema import Schema
+from ._segments import Segment, SegmentCache
+from ._versions import VersionInfo, VersionLog, older_than
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
-_SEGMENT_CACHE: dict[tuple[str, str], Segment] = {}  # insertion order = recency
-_SEGMENT_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    created_at: float
-    operation: str
-    events: int
-    segments: int
-    bytes: int
-    tags: tuple[str, ...] = ()
-    watermark: int | None = None  # two-tier stores: every arrival before it is in this version
-
-
-@dataclass
-class Located:
-    """Where each pointer's visible events are, as found by ``Store.locate``.
-
-    ``windows`` has one entry per segment that holds visible events for some pointer:
-    (segment, pointer indices, lo, hi, holes). ``spread`` marks pointers whose events
-    span several segments (uncompacted versions) and so must be merged by time.
-    """
-
-    count: np.ndarray
-    checksum: np.ndarray
-    windows: list[tuple[Segment, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    spread: np.ndarray
 
 
 class Store:
     """A handle on one version of a store. Pickles as (path, version, cache_dir)."""
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, _segments: SegmentCache | None = None):
         self.path = Path(path)
         self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
         if self.path.exists() and not self.path.is_dir():
@@ -91,8 +54,10 @@ class Store:
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         self.schema = Schema.from_json(schema_file.read_text())
-        self.version = self._resolve(version)
-        manifest = self._manifest(self.version) if self.version else {"segments": [], "events": 0}
+        self._log = VersionLog(self.path)
+        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
+        self.version = self._log.resolve(version)
+        manifest = self._log.manifest(self.version) if self.version else {"segments": [], "events": 0}
         self.segment_infos = [SegmentInfo(**s) for s in manifest["segments"]]
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
@@ -122,8 +87,8 @@ class Store:
         return (_unpickle, (str(self.path), self.version, str(self.cache_dir)))
 
     def _handle(self, version: int | str | None = None) -> Store:
-        """Another handle on this store, reading through the same cache."""
-        return Store(self.path, version, cache_dir=self.cache_dir)
+        """Another handle on this store, sharing this one's open segments."""
+        return Store(self.path, version, cache_dir=self.cache_dir, _segments=self._segments)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, version={self.version})"
@@ -138,71 +103,25 @@ class Store:
 
     @property
     def latest_version(self) -> int:
-        names = [n for n in os.listdir(self.path / "versions") if n.endswith(".json")]
-        return max((int(n[:-5]) for n in names), default=0)
-
-    def _resolve(self, version: int | str | None) -> int:
-        if version is None:
-            return self.latest_version
-        if isinstance(version, str) and not version.isdigit():
-            tag = self.path / "tags" / f"{version}.json"
-            if not tag.is_file():
-                raise VersionNotFound(f"no tag {version!r} in {self.path}; tags: {sorted(self.tags())}")
-            return json.loads(tag.read_text())["version"]
-        number = int(version)
-        if number != 0 and not (self.path / "versions" / f"{number:08d}.json").is_file():
-            raise VersionNotFound(
-                f"version {number} is not kept in {self.path}; latest is {self.latest_version}"
-            )
-        return number
-
-    def _manifest(self, version: int) -> dict:
-        path = self.path / "versions" / f"{version:08d}.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise VersionNotFound(f"version {version} is not kept in {self.path}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"the manifest {path} is corrupt ({exc}); restore it from a backup "
-                             "or remove it to fall back to the previous version") from exc
+        return self._log.latest
 
     # ------------------------------------------------------------ versions and tags
 
     def versions(self) -> list[VersionInfo]:
-        tags: dict[int, list[str]] = {}
-        for name, v in self.tags().items():
-            tags.setdefault(v, []).append(name)
-        out = []
-        for n in sorted(os.listdir(self.path / "versions")):
-            if not n.endswith(".json"):
-                continue
-            m = json.loads((self.path / "versions" / n).read_text())
-            out.append(VersionInfo(
-                m["version"], m["created_at"], m["operation"], m["events"], len(m["segments"]),
-                sum(s["bytes"] for s in m["segments"]), tuple(sorted(tags.get(m["version"], []))),
-                m.get("watermark"),
-            ))
-        return out
+        return self._log.infos()
 
     def tags(self) -> dict[str, int]:
-        return {p.stem: json.loads(p.read_text())["version"] for p in (self.path / "tags").glob("*.json")}
+        return self._log.tags()
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Names a version (this handle's by default); a tagged version is never cleaned up."""
-        if not name or name.isdigit() or "/" in name or name.startswith("."):
-            raise SchemaError(f"tag name {name!r} must be non-numeric and a plain file name")
-        number = self._resolve(self.version if version is None else version)
+        number = self._log.resolve(self.version if version is None else version)
         if number == 0:
             raise VersionNotFound("the empty store has no version to tag; commit first")
-        tmp = self.path / "tags" / f".tmp-{uuid.uuid4().hex}"
-        tmp.write_text(json.dumps({"version": number}))
-        os.replace(tmp, self.path / "tags" / f"{name}.json")
+        self._log.tag(name, number)
 
     def untag(self, name: str) -> None:
-        try:
-            (self.path / "tags" / f"{name}.json").unlink()
-        except FileNotFoundError as exc:
-            raise VersionNotFound(f"no tag {name!r} in {self.path}") from exc
+        self._log.untag(name)
 
     # ------------------------------------------------------------ writing
 
@@ -250,7 +169,7 @@ class Store:
             if len(infos) == 1:
                 kept += infos
                 continue
-            merged = merge_segments([base._open(i) for i in infos], self.schema)
+            merged = merge_segments([base._segments.get(i) for i in infos], self.schema)
             new.append(write_segment(self.path / "segments", p, merged, self.cache_dir))
         return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
 
@@ -265,23 +184,12 @@ class Store:
             "events": sum(i.rows for i in infos),
             "segments": [i.to_dict() for i in infos],
         }
-        versions = self.path / "versions"
-        tmp = versions / f".tmp-{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
         try:
-            os.link(tmp, versions / f"{version:08d}.json")
-        except FileExistsError as exc:
+            self._log.publish(version, manifest)
+        except CommitConflict:
             for info in new:
                 self._remove_segment(info)
-            raise CommitConflict(
-                f"version {version} of {self.path} was published by another writer; retry"
-            ) from exc
-        finally:
-            tmp.unlink()
-        _fsync_dir(versions)
+            raise
         return self._handle(version)
 
     def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
@@ -294,35 +202,20 @@ class Store:
         rebuild, because events keep their version; their checksums prove it. Readers
         holding an old handle keep their memory-mapped files until they close them.
         """
-        pinned = set(self.tags().values())
-        before = min(before, self.latest_version)  # the latest version always stays
-        removed = [v.version for v in self.versions() if v.version < before and v.version not in pinned]
-        for v in removed:
-            (self.path / "versions" / f"{v:08d}.json").unlink()
-        referenced = {s["name"] for v in self.versions() for s in self._manifest(v.version)["segments"]}
-        old = time.time() - grace_s
+        removed = self._log.retire_before(before)
+        referenced = self._log.referenced_segments()
         for path in (self.path / "segments").iterdir():
             name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
-            if name not in referenced and path.stat().st_mtime < old:
+            if name not in referenced and older_than(path, grace_s):
                 path.unlink(missing_ok=True)
                 if name:
                     decoded_file(self.cache_dir, name).unlink(missing_ok=True)
         for path in self.cache_dir.glob(".tmp-*"):  # a crashed reader's half-decoded file
-            if path.stat().st_mtime < old:
+            if older_than(path, grace_s):
                 path.unlink(missing_ok=True)
         return removed
 
     # ------------------------------------------------------------ reading
-
-    def _open(self, info: SegmentInfo) -> Segment:
-        """Segments are immutable, so one open map per file serves every handle; the
-        least recently used are let go (a deleted file's space returns when unmapped)."""
-        key = (str(self.cache_dir), info.name)
-        segment = _SEGMENT_CACHE.pop(key, None) or Segment(self.path / "segments", info, self.cache_dir)
-        _SEGMENT_CACHE[key] = segment
-        if len(_SEGMENT_CACHE) > _SEGMENT_CACHE_SIZE:
-            del _SEGMENT_CACHE[next(iter(_SEGMENT_CACHE))]
-        return segment
 
     def _remove_segment(self, info: SegmentInfo) -> None:
         for path in [*info.files(self.path / "segments"), decoded_file(self.cache_dir, info.name)]:
@@ -351,49 +244,13 @@ class Store:
     def segments(self, partition: int | None = None) -> list[Segment]:
         """Open segments of this version (of one partition), oldest first."""
         if partition is None:
-            return [self._open(i) for i in self.segment_infos]
-        return [self._open(i) for i in self._by_partition.get(partition, [])]
+            return [self._segments.get(i) for i in self.segment_infos]
+        return [self._segments.get(i) for i in self._by_partition.get(partition, [])]
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int) -> Located:
         """Finds each pointer's visible events: time before the request, and ``visibility``."""
-        if len(users) and (visibility.version_hi.max() > self.version or visibility.version.min() < 0):
-            raise PointerError(
-                f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
-                f"is at version {self.version}; open the store at a version >= every pointer's"
-            )
-        arrival = self.schema.arrival_col
-        if arrival is None and np.any(visibility.version_hi != visibility.version):
-            raise PointerError("pointers bounded by arrival (version_hi, arrival_limit) need a store "
-                               "whose schema names an arrival_col; this one has none")
-        n = len(users)
-        count = np.zeros(n, np.int64)
-        checksum = np.zeros(n, np.uint32)
-        hits = np.zeros(n, np.int64)
-        windows = []
-        parts = partition_of(users, self.schema.partitions)
-        for p in np.unique(parts) if self.schema.partitions > 1 else [0]:
-            rows = np.flatnonzero(parts == p) if self.schema.partitions > 1 else np.arange(n)
-            for segment in self.segments(int(p)):
-                lo, hi = segment.user_ranges(users[rows])
-                keep = hi > lo
-                if not keep.any():
-                    continue
-                present = rows[keep]
-                c, s, wlo, whi, holes = locate(
-                    lo[keep], hi[keep], segment.stored(TIME), segment.base(TIME),
-                    segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
-                    segment.base("_version"),
-                    segment.stored("_hcum"), *segment.encoded(arrival), request_ts[present],
-                    visibility.take(present), max_len,
-                )
-                count[present] += c
-                checksum[present] += s
-                nonempty = whi > wlo
-                hits[present[nonempty]] += 1
-                if nonempty.any():
-                    windows.append((segment, present[nonempty], wlo[nonempty], whi[nonempty], holes[nonempty]))
-        return Located(count, checksum, windows, hits > 1)
+        return locate(self.schema, self.segments, self.version, users, request_ts, visibility, max_len)
 
 
 def _read_events(source: EventSource) -> pa.Table:
@@ -414,11 +271,3 @@ def _read_events(source: EventSource) -> pa.Table:
 
 def _unpickle(path: str, version: int, cache_dir: str) -> Store:
     return Store(path, version, cache_dir=cache_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

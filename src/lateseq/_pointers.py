@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import PointerError, SchemaError
-from .kernels import Visibility
-from .store import Store
+from ._errors import PointerError, SchemaError
+from ._kernels import Visibility
+from ._store import Store
 
 POINTER_FIELDS = pa.schema([
     ("user_id", pa.int64()),

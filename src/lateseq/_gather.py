@@ -1,107 +1,25 @@
-"""The materializer: turns a batch of pointers back into the exact sequences online saw."""
+"""Pointers to sequences: the copy of each pointer's window out of the mapped segments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from .errors import ChecksumMismatch
-from .kernels import Visibility, copy_windows
-from .pointer import Pointers
-from .projection import Projection
-from .segment import TIME, Segment, row_ranges
-from .store import Located, Store
+from ._errors import ChecksumMismatch
+from ._events import row_ranges
+from ._format import TIME
+from ._jagged import JaggedBatch
+from ._kernels import Visibility, copy_windows
+from ._locate import Located
+from ._pointers import Pointers
+from ._projection import Projection
+from ._segments import Segment
+from ._store import Store
 
 
-@dataclass
-class JaggedBatch:
-    """Sequences as one values array per column sharing ``offsets`` (oldest event first).
-
-    ``mismatched`` flags rows whose rebuilt history differs from the pointer's length
-    or checksum (only possible with ``on_mismatch="flag"``): drop them before training.
-    """
-
-    offsets: np.ndarray
-    values: dict[str, np.ndarray]
-    mismatched: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @classmethod
-    def concat(cls, batches: list[JaggedBatch]) -> JaggedBatch:
-        """One batch holding the rows of ``batches`` (which share their columns), in order."""
-        lengths = np.concatenate([b.lengths for b in batches])
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        values = {name: np.concatenate([b.values[name] for b in batches]) for name in batches[0].values}
-        return cls(offsets, values, np.concatenate([b.mismatched for b in batches]))
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def rows_differ(self, other: JaggedBatch) -> np.ndarray:
-        """Per row: a different length, or a value of one of this batch's columns that
-        differs in its bits (so -0.0 is not 0.0); every row when a column is missing
-        from ``other`` or has another dtype there."""
-        if len(other) != len(self):
-            raise ValueError(f"cannot compare {len(self)} rows with {len(other)}")
-        differ = self.lengths != other.lengths
-        same = np.flatnonzero(~differ)
-        mine = row_ranges(self.offsets[same], self.offsets[same + 1])
-        theirs = row_ranges(other.offsets[same], other.offsets[same + 1])
-        owner = np.repeat(same, self.lengths[same])
-        for name, values in self.values.items():
-            their_values = other.values.get(name)
-            if their_values is None or their_values.dtype != values.dtype:
-                return np.ones(len(self), bool)
-            differ[owner[_bits(values[mine]) != _bits(their_values[theirs])]] = True
-        return differ
-
-    def padded(self, name: str, length: int | None = None, pad_value: Any = 0,
-               side: Literal["right", "left"] = "right") -> np.ndarray:
-        """A dense (rows, length) array of one column; ``side`` is where padding goes."""
-        lengths = self.lengths
-        width = int(lengths.max(initial=0)) if length is None else length
-        values = self.values[name]
-        out = np.full((len(self), width), pad_value, dtype=values.dtype)
-        keep = np.minimum(lengths, width)
-        rows = np.repeat(np.arange(len(self)), keep)
-        # keep the newest `width` events of each row
-        first = self.offsets[1:] - keep
-        src = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(first, keep)
-        cols = src - np.repeat(first, keep)
-        if side == "left":
-            cols = cols + np.repeat(width - keep, keep)
-        out[rows, cols] = values[src]
-        return out
-
-    def to_arrow(self) -> pa.Table:
-        """One list column per projected column, one row per pointer."""
-        offsets = pa.array(self.offsets.astype(np.int32 if self.offsets[-1] < 2**31 else np.int64))
-        make = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
-        return pa.table({name: make.from_arrays(offsets, pa.array(v)) for name, v in self.values.items()})
-
-    def to_torch(self, device: Any = None, pin_memory: bool = False) -> dict[str, Any]:
-        """Tensors: ``offsets``, ``lengths`` and one values tensor per column."""
-        try:
-            import torch
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("to_torch needs PyTorch: pip install 'lateseq[torch]'") from exc
-        arrays = {"offsets": self.offsets, "lengths": self.lengths, **self.values}
-        out = {}
-        for name, array in arrays.items():
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-            if pin_memory:
-                tensor = tensor.pin_memory()
-            out[name] = tensor.to(device, non_blocking=pin_memory) if device is not None else tensor
-        return out
-
-
-def materialize(
+def gather(
     store: Store,
     pointers: Pointers | pa.Table | pa.RecordBatch,
     projection: Projection,
@@ -161,11 +79,6 @@ def materialize(
     return JaggedBatch(offsets, values, mismatched)
 
 
-def _bits(values: np.ndarray) -> np.ndarray:
-    """Each value as an unsigned integer of the same width, so floats compare by their bits."""
-    return values.view(f"u{values.dtype.itemsize}") if values.dtype.itemsize in (1, 2, 4, 8) else values
-
-
 def _output_dtype(store: Store, name: str) -> np.dtype:
     if name == store.schema.time_col:
         return np.dtype(np.int64)
@@ -216,21 +129,3 @@ def newest_per_group(group: np.ndarray, keys: list[np.ndarray], max_len: int,
     group_end = np.repeat(np.cumsum(counts), counts)
     chosen = order[group_end - np.arange(len(order)) <= max_len]
     return chosen, np.minimum(counts, max_len)
-
-
-def stitch(parts: list[tuple[np.ndarray, JaggedBatch]], rows: int) -> JaggedBatch:
-    """One batch from batches that each answer some of ``rows`` rows (given by index)."""
-    lengths = np.zeros(rows, np.int64)
-    mismatched = np.zeros(rows, bool)
-    for index, batch in parts:
-        lengths[index] = batch.lengths
-        mismatched[index] = batch.mismatched
-    offsets = np.zeros(rows + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    names = next((list(b.values) for _, b in parts), [])
-    values = {n: np.empty(int(offsets[-1]), parts[0][1].values[n].dtype) for n in names}
-    for index, batch in parts:
-        dst = np.repeat(offsets[index] - batch.offsets[:-1], batch.lengths) + np.arange(batch.offsets[-1])
-        for n in names:
-            values[n][dst] = batch.values[n]
-    return JaggedBatch(offsets, values, mismatched)

@@ -17,13 +17,13 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SchemaError
-from .materializer import JaggedBatch
-from .pointer import POINTER_FIELDS
-from .projection import Projection
-from .schema import PAYLOAD_TYPES
-from .store import Store
-from .twotier import rebuild
+from ._errors import SchemaError
+from ._jagged import JaggedBatch
+from ._materialize import materialize
+from ._pointers import POINTER_FIELDS
+from ._projection import Projection
+from ._schema import PAYLOAD_TYPES
+from ._store import Store
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
@@ -61,7 +61,7 @@ def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: P
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     for batch in batches:
-        sequences = rebuild(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
+        sequences = materialize(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
         yield batch.select(_selected(batch.schema, columns)), sequences
 
 

@@ -1,4 +1,4 @@
-"""Segments: the immutable data files of a store, and their memory-mapped read form.
+"""The segment file format: the immutable data files of a store, written and decoded.
 
 A segment holds one partition's events sorted by (user, time, tie-break). It is kept
 in two forms:
@@ -26,22 +26,19 @@ page cache by all its processes.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import uuid
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import StoreError
-from .kernels import _mix64, event_hashes
-from .schema import Schema
+from ._errors import StoreError
+from ._events import Events
+from ._kernels import event_hashes
 
 TIME = "_ts"  # the time column's name in segments, whatever the schema calls it
 SYSTEM_COLUMNS = ("_version", "_vmax", "_vmin", "_hcum")
@@ -53,75 +50,6 @@ _HASH_CHUNK = 1 << 20  # rows hashed at once when decoding (bounds the hasher's 
 def decoded_file(cache: Path, name: str) -> Path:
     """Where segment ``name``'s decoded copy lives in a read cache."""
     return cache / f"{name}.arrow"
-
-
-def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
-    """The user-hash partition of each user (stable across processes and machines)."""
-    if partitions == 1:
-        return np.zeros(len(users), np.int64)
-    with np.errstate(over="ignore"):
-        return (_mix64(users.astype(np.int64).view(np.uint64)) % np.uint64(partitions)).astype(np.int64)
-
-
-@dataclass
-class Events:
-    """Decoded, sorted event columns of one partition, on their way into a segment."""
-
-    user: np.ndarray
-    ts: np.ndarray
-    payload: Mapping[str, np.ndarray]
-    version: np.ndarray
-    hashes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-    def take(self, order: np.ndarray) -> Events:
-        return Events(
-            self.user[order], self.ts[order], {k: v[order] for k, v in self.payload.items()},
-            self.version[order], self.hashes[order],
-        )
-
-    @classmethod
-    def from_table(cls, table: pa.Table, schema: Schema, version: int) -> Events:
-        """Conformed commit input, in input order, every event stamped with ``version``."""
-        user = table.column(schema.user_col).to_numpy()
-        ts = table.column(schema.time_col).to_numpy()
-        payload = {name: column_numpy(table.column(name)) for name in schema.columns}
-        hashes = event_hashes(user, ts, list(payload.values()))
-        return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
-
-    def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
-        """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""
-        return self.take(np.flatnonzero(first_deliveries(self.user, self.payload[event_id], *known)))
-
-    def sorted(self, tiebreak: str | None) -> Events:
-        """Stable sort by (user, time, tie-break): equal keys keep their current order."""
-        keys = [self.ts, self.user]
-        if tiebreak is not None:
-            keys.insert(0, self.payload[tiebreak])
-        return self.take(np.lexsort(keys))
-
-
-def row_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Every row index of the ranges [lo[i], hi[i]), concatenated in order."""
-    sizes = hi - lo
-    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-
-
-def first_deliveries(user: np.ndarray, ids: np.ndarray, known_user: np.ndarray,
-                     known_ids: np.ndarray) -> np.ndarray:
-    """Mask of rows that are the first delivery of their (user, event id), counting
-    the ``known`` pairs (already stored) as delivered before every row."""
-    all_user = np.concatenate([known_user, user])
-    all_ids = np.concatenate([known_ids, ids])
-    order = np.lexsort((np.arange(len(all_user)), all_ids, all_user))
-    u, e = all_user[order], all_ids[order]
-    repeat = np.zeros(len(order), bool)
-    repeat[1:] = (u[1:] == u[:-1]) & (e[1:] == e[:-1])
-    seen = np.zeros(len(all_user), bool)
-    seen[order] = repeat
-    return ~seen[len(known_user):]
 
 
 @dataclass(frozen=True)
@@ -151,12 +79,6 @@ class SegmentInfo:
             if not path.is_file() or file_crc32(path) != crc:
                 bad.append(path)
         return bad
-
-
-def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """An Arrow column as numpy, bools as uint8 (how segments and hashes see them)."""
-    values = column.to_numpy(zero_copy_only=False)
-    return values.astype(np.uint8) if pa.types.is_boolean(column.type) else values
 
 
 def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -201,7 +123,7 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
     if bad := info.corrupt_files(directory):
         raise StoreError(f"segment {info.name} is damaged or missing ({', '.join(p.name for p in bad)} "
                          "fails its CRC-32); restore the file from a backup or replica")
-    index = _read_ipc(directory / f"{info.name}.index.arrow")
+    index = read_ipc(directory / f"{info.name}.index.arrow")
     ends = index["end"]
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     table = pq.read_table(directory / f"{info.name}.parquet")
@@ -213,12 +135,12 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
     content = [name for name in stored if name != "_version"]  # time, then payload in schema order
     for lo in range(0, len(user), _HASH_CHUNK):
         rows = slice(lo, lo + _HASH_CHUNK)
-        ts, *payload = (_decode(stored[name][rows], info.bases[name]) for name in content)
+        ts, *payload = (decode_values(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
     _write_decoded(decoded_file(cache, info.name), stored, starts, hashes)
 
 
-def _decode(stored: np.ndarray, base: int) -> np.ndarray:
+def decode_values(stored: np.ndarray, base: int) -> np.ndarray:
     """Values of a frame-of-reference encoded column (others are stored as they are)."""
     return stored.astype(np.int64) + base if stored.dtype.kind == "u" else stored
 
@@ -303,131 +225,7 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def _decode_once(directory: Path, info: SegmentInfo, cache: Path) -> dict[str, np.ndarray]:
-    """Decodes a segment into ``cache`` and maps it. Processes that need the same segment
-    at once (a loader's workers) take turns on a lock file, so one decodes and the others
-    map its file."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        lock = open(cache / f".tmp-lock-{info.name}", "a")  # noqa: SIM115 - held for the block below
-    except OSError as exc:
-        raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
-                         "open the store with cache_dir= a writable folder") from exc
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _read_ipc(decoded_file(cache, info.name))  # decoded while we waited
-        except (OSError, pa.ArrowInvalid):
-            decode_segment(directory, info, cache)
-            return _read_ipc(decoded_file(cache, info.name))
-
-
-class Segment:
-    """An open, memory-mapped segment; columns are zero-copy numpy views."""
-
-    def __init__(self, directory: Path, info: SegmentInfo, cache: Path):
-        self.info = info
-        try:
-            self._data = _read_ipc(decoded_file(cache, info.name))
-        except (OSError, pa.ArrowInvalid):  # not decoded here yet, or a truncated copy
-            self._data = _decode_once(directory, info, cache)
-        index = _read_ipc(directory / f"{info.name}.index.arrow")
-        self.user_ids: np.ndarray = index["user_id"]
-        self.ends: np.ndarray = index["end"]
-
-    @cached_property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
-
-    def stored(self, name: str) -> np.ndarray:
-        return self._data[name]
-
-    def base(self, name: str) -> int:
-        return self.info.bases.get(name, 0)
-
-    def encoded(self, name: str | None) -> tuple[np.ndarray | None, int]:
-        """(stored, base) of a column, or (None, 0) when no column is named."""
-        return (None, 0) if name is None else (self._data[name], self.base(name))
-
-    def decoded(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """A column's values (at ``rows`` only, when given: no need to decode the rest)."""
-        return _decode(self._data[name] if rows is None else self._data[name][rows], self.base(name))
-
-    @cached_property
-    def _dense_slots(self) -> np.ndarray | None:
-        """user id - first id -> index slot, when ids are dense enough to index directly
-        (a binary search per user costs cache misses; a direct lookup costs one)."""
-        low, high = int(self.user_ids[0]), int(self.user_ids[-1])
-        if high - low + 1 > 4 * len(self.user_ids) + 4096:
-            return None
-        slots = np.full(high - low + 2, len(self.user_ids), np.int64)  # last slot: "absent"
-        slots[self.user_ids - low] = np.arange(len(self.user_ids))
-        return slots
-
-    def user_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row range [lo, hi) of each user in this segment; empty where absent."""
-        slots = self._dense_slots
-        if slots is None:
-            pos = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
-            found = self.user_ids[pos] == users
-        else:
-            offset = users - self.user_ids[0]
-            inside = (offset >= 0) & (offset < len(slots) - 1)
-            pos = slots[np.where(inside, offset, len(slots) - 1)]
-            found = pos < len(self.user_ids)
-            pos = np.minimum(pos, len(self.user_ids) - 1)
-        return np.where(found, self.starts[pos], 0), np.where(found, self.ends[pos], 0)
-
-    def hashes(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """The stored content hash of each event in rows [lo, hi)."""
-        hcum = self._data["_hcum"]
-        hi = len(hcum) if hi is None else hi
-        before = hcum[lo - 1] if lo > 0 else np.uint32(0)
-        return np.diff(hcum[lo:hi], prepend=before).astype(np.uint32)
-
-    def events(self, schema: Schema) -> Events:
-        """Every event, decoded."""
-        return merge_segments([self], schema)
-
-    def payload(self, name: str, schema: Schema) -> np.ndarray:
-        """A payload column decoded to its schema type (bools as uint8)."""
-        return self.decoded(name).astype(np.uint8 if schema.columns[name] == "bool" else schema.columns[name])
-
-
-class _Gathered(Mapping):
-    """Payload columns of several segments in a merged order, each gathered only when
-    read: a compaction writing them one by one holds one decoded column at a time."""
-
-    def __init__(self, segments: list[Segment], schema: Schema, order: np.ndarray):
-        self._segments, self._schema, self._order = segments, schema, order
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return np.concatenate([s.payload(name, self._schema) for s in self._segments])[self._order]
-
-    def __iter__(self):
-        return iter(self._schema.columns)
-
-    def __len__(self) -> int:
-        return len(self._schema.columns)
-
-
-def merge_segments(segments: list[Segment], schema: Schema) -> Events:
-    """The events of one partition's segments, oldest segment first, stably sorted by
-    (user, time, tie-break): equal keys keep segment order, then row order, which is
-    commit order, so the merge is the order a single commit of everything would have."""
-    user = np.concatenate([np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))) for s in segments])
-    ts = np.concatenate([s.decoded(TIME) for s in segments])
-    keys = [ts, user]
-    if schema.tiebreak is not None:
-        keys.insert(0, np.concatenate([s.payload(schema.tiebreak, schema) for s in segments]))
-    order = np.lexsort(keys)
-    del keys
-    version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
-    hashes = np.concatenate([s.hashes() for s in segments])[order]
-    return Events(user[order], ts[order], _Gathered(segments, schema, order), version, hashes)
-
-
-def _read_ipc(path: Path) -> dict[str, np.ndarray]:
+def read_ipc(path: Path) -> dict[str, np.ndarray]:
     source = pa.memory_map(str(path), "r")
     batch = pa.ipc.open_file(source).get_batch(0)
     return {name: batch.column(name).to_numpy(zero_copy_only=True) for name in batch.schema.names}

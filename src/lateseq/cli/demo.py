@@ -29,19 +29,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from . import datasets, fatrow
-from .loader import iter_batches
-from .pointer import POINTER_FIELDS, log_examples
-from .projection import Projection
-from .schema import Schema
-from .segment import decoded_file
-from .materializer import JaggedBatch
-from .mutable import InMemoryTier
-from .store import Store
-from .twotier import OnlineReader, fold, rebuild_batch, rebuild_streaming, strip_tails
+from lateseq import (
+    POINTER_FIELDS,
+    JaggedBatch,
+    Projection,
+    Schema,
+    Store,
+    datasets,
+    iter_batches,
+    log_examples,
+)
+from lateseq._format import decoded_file
+from lateseq.cli import fatrow
+from lateseq.mutable import InMemoryTier
+from lateseq.twotier import (
+    OnlineReader,
+    fold,
+    rebuild_batch,
+    rebuild_streaming,
+    strip_tails,
+)
 
 CADENCES = ("month", "week", "day")
 _DATETIME_UNIT = {"month": "M", "week": "W", "day": "D"}

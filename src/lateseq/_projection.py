@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SchemaError
-from .schema import Schema
+from ._errors import SchemaError
+from ._schema import Schema
 
 
 @dataclass(frozen=True)

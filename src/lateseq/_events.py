@@ -1,0 +1,88 @@
+"""Events on their way into (or out of) a segment: decoded columns sorted by user and
+time, with the helpers that partition, order and deduplicate them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ._kernels import _mix64, event_hashes
+from ._schema import Schema
+
+
+def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
+    """The user-hash partition of each user (stable across processes and machines)."""
+    if partitions == 1:
+        return np.zeros(len(users), np.int64)
+    with np.errstate(over="ignore"):
+        return (_mix64(users.astype(np.int64).view(np.uint64)) % np.uint64(partitions)).astype(np.int64)
+
+
+@dataclass
+class Events:
+    """Decoded, sorted event columns of one partition, on their way into a segment."""
+
+    user: np.ndarray
+    ts: np.ndarray
+    payload: Mapping[str, np.ndarray]
+    version: np.ndarray
+    hashes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, order: np.ndarray) -> Events:
+        return Events(
+            self.user[order], self.ts[order], {k: v[order] for k, v in self.payload.items()},
+            self.version[order], self.hashes[order],
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, schema: Schema, version: int) -> Events:
+        """Conformed commit input, in input order, every event stamped with ``version``."""
+        user = table.column(schema.user_col).to_numpy()
+        ts = table.column(schema.time_col).to_numpy()
+        payload = {name: column_numpy(table.column(name)) for name in schema.columns}
+        hashes = event_hashes(user, ts, list(payload.values()))
+        return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
+
+    def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
+        """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""
+        return self.take(np.flatnonzero(first_deliveries(self.user, self.payload[event_id], *known)))
+
+    def sorted(self, tiebreak: str | None) -> Events:
+        """Stable sort by (user, time, tie-break): equal keys keep their current order."""
+        keys = [self.ts, self.user]
+        if tiebreak is not None:
+            keys.insert(0, self.payload[tiebreak])
+        return self.take(np.lexsort(keys))
+
+
+def row_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Every row index of the ranges [lo[i], hi[i]), concatenated in order."""
+    sizes = hi - lo
+    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+
+
+def first_deliveries(user: np.ndarray, ids: np.ndarray, known_user: np.ndarray,
+                     known_ids: np.ndarray) -> np.ndarray:
+    """Mask of rows that are the first delivery of their (user, event id), counting
+    the ``known`` pairs (already stored) as delivered before every row."""
+    all_user = np.concatenate([known_user, user])
+    all_ids = np.concatenate([known_ids, ids])
+    order = np.lexsort((np.arange(len(all_user)), all_ids, all_user))
+    u, e = all_user[order], all_ids[order]
+    repeat = np.zeros(len(order), bool)
+    repeat[1:] = (u[1:] == u[:-1]) & (e[1:] == e[:-1])
+    seen = np.zeros(len(all_user), bool)
+    seen[order] = repeat
+    return ~seen[len(known_user):]
+
+
+def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow column as numpy, bools as uint8 (how segments and hashes see them)."""
+    values = column.to_numpy(zero_copy_only=False)
+    return values.astype(np.uint8) if pa.types.is_boolean(column.type) else values

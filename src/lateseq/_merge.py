@@ -1,0 +1,46 @@
+"""Merging a partition's segments into one order: what compaction writes, and what a
+read of an uncompacted version must reproduce."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._events import Events
+from ._format import TIME
+from ._schema import Schema
+from ._segments import Segment
+
+
+class _Gathered(Mapping):
+    """Payload columns of several segments in a merged order, each gathered only when
+    read: a compaction writing them one by one holds one decoded column at a time."""
+
+    def __init__(self, segments: list[Segment], schema: Schema, order: np.ndarray):
+        self._segments, self._schema, self._order = segments, schema, order
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.concatenate([s.payload(name, self._schema) for s in self._segments])[self._order]
+
+    def __iter__(self):
+        return iter(self._schema.columns)
+
+    def __len__(self) -> int:
+        return len(self._schema.columns)
+
+
+def merge_segments(segments: list[Segment], schema: Schema) -> Events:
+    """The events of one partition's segments, oldest segment first, stably sorted by
+    (user, time, tie-break): equal keys keep segment order, then row order, which is
+    commit order, so the merge is the order a single commit of everything would have."""
+    user = np.concatenate([np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))) for s in segments])
+    ts = np.concatenate([s.decoded(TIME) for s in segments])
+    keys = [ts, user]
+    if schema.tiebreak is not None:
+        keys.insert(0, np.concatenate([s.payload(schema.tiebreak, schema) for s in segments]))
+    order = np.lexsort(keys)
+    del keys
+    version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
+    hashes = np.concatenate([s.hashes() for s in segments])[order]
+    return Events(user[order], ts[order], _Gathered(segments, schema, order), version, hashes)

@@ -1,0 +1,26 @@
+"""Tools around the library: the ``lateseq`` command line, the demo, the O2O simulator
+and the Fat Row baseline they compare against. They need ``pip install 'lateseq[cli]'``
+(the demo and the simulator also need pandas); ``import lateseq`` never loads them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def main() -> None:
+    """The ``lateseq`` console script."""
+    try:
+        from ._app import app
+    except ImportError as exc:
+        sys.exit(f"error: the lateseq command line needs its extra: pip install 'lateseq[cli]' ({exc})")
+    app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the Typer application, for tests and for embedding
+        from ._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
