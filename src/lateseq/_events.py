@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from ._kernels import _mix64, event_hashes
 from ._schema import Schema
@@ -48,6 +49,10 @@ class Events:
         payload = {name: column_numpy(table.column(name)) for name in schema.columns}
         hashes = event_hashes(user, ts, list(payload.values()))
         return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
+
+    def digest(self) -> str:
+        """A digest of the events' contents in their order (what a commit id vouches for)."""
+        return xxhash.xxh3_64(np.ascontiguousarray(self.hashes)).hexdigest()
 
     def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
         """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""

@@ -18,6 +18,12 @@ in two forms:
   visible?" is one lookup too) and ``_hcum`` (running sum of event hashes, so a range
   checksum is one subtraction).
 
+Every byte a reader uses is checked: the durable files against the CRC-32s in the
+manifest before they are decoded, the user index likewise when it is opened, and each
+column of the decoded copy against its xxh3 digest (also in the manifest) the first
+time a process reads that column. A decoded copy that fails is decoded again from the
+durable files; a durable file that fails is named in the error.
+
 Compression cannot sit on the read path (BRIEF section 3: decompressing chunks per
 batch was ~200x slower), and the decoded form is 2-3x the durable one; so the store
 pays for the small form and each reading host for one decoded copy, shared through the
@@ -27,14 +33,18 @@ page cache by all its processes.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from ._errors import StoreError
 from ._events import Events
@@ -45,6 +55,7 @@ SYSTEM_COLUMNS = ("_version", "_vmax", "_vmin", "_hcum")
 SEGMENT_FILES = (".parquet", ".index.arrow")  # the durable files; the decoded one is "<name>.arrow"
 _UNSIGNED = (np.uint8, np.uint16, np.uint32)
 _HASH_CHUNK = 1 << 20  # rows hashed at once when decoding (bounds the hasher's scratch memory)
+_SEGMENT_NAME = re.compile(r"p(\d{5})-[0-9a-f]{32}")
 
 
 def decoded_file(cache: Path, name: str) -> Path:
@@ -52,9 +63,24 @@ def decoded_file(cache: Path, name: str) -> Path:
     return cache / f"{name}.arrow"
 
 
+def is_segment_name(name: str) -> bool:
+    return _SEGMENT_NAME.fullmatch(name) is not None
+
+
+def column_digest(values: np.ndarray) -> str:
+    """xxh3 of a column's bytes, its dtype and its length (a flipped type flag is damage too)."""
+    digest = xxhash.xxh3_64(f"{values.dtype.str}:{len(values)}:".encode())
+    digest.update(np.ascontiguousarray(values).view(np.uint8))
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
-    """A segment's entry in a version manifest."""
+    """A segment's entry in a version manifest.
+
+    ``crc32`` checks the durable files (in ``SEGMENT_FILES`` order); ``decoded`` holds
+    the digest of every column of the decoded copy, which decoding must reproduce.
+    """
 
     name: str
     partition: int
@@ -65,6 +91,25 @@ class SegmentInfo:
     bytes: int
     bases: dict[str, int] = field(default_factory=dict)
     crc32: list[int] = field(default_factory=list)
+    decoded: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, entry: Any, manifest: Path) -> SegmentInfo:
+        """An entry read from ``manifest``, checked field by field: its name becomes a
+        path, so nothing but a well-formed segment name may pass."""
+        try:
+            info = cls(**entry)
+            match = _SEGMENT_NAME.fullmatch(info.name)
+            valid = (match is not None and int(match.group(1)) == info.partition
+                     and all(isinstance(getattr(info, f), int) and getattr(info, f) >= 0
+                             for f in ("rows", "users", "min_version", "max_version", "bytes"))
+                     and len(info.crc32) == len(SEGMENT_FILES) and info.decoded)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise StoreError(f"the manifest {manifest} lists a malformed segment entry {str(entry)[:200]!r}; "
+                             "restore the manifest from a backup")
+        return info
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -73,10 +118,13 @@ class SegmentInfo:
         return [directory / f"{self.name}{suffix}" for suffix in SEGMENT_FILES]
 
     def corrupt_files(self, directory: Path) -> list[Path]:
-        """Files that are missing or whose CRC-32 differs from the one written."""
+        """Durable files that are missing, not regular files, or fail their CRC-32."""
         bad = []
         for path, crc in zip(self.files(directory), self.crc32, strict=True):
-            if not path.is_file() or file_crc32(path) != crc:
+            try:
+                if zlib.crc32(read_regular(path)) != crc:
+                    bad.append(path)
+            except StoreError:
                 bad.append(path)
         return bad
 
@@ -109,35 +157,61 @@ def write_segment(directory: Path, partition: int, events: Events, cache: Path) 
              _write_file(directory / f"{name}.index.arrow", _ipc_bytes(index))]
     size = sum((directory / f"{name}{suffix}").stat().st_size for suffix in SEGMENT_FILES)
     cache.mkdir(parents=True, exist_ok=True)
-    _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
+    decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
         min_version=int(events.version.min()), max_version=int(events.version.max()),
-        bytes=size, bases=bases, crc32=crc32,
+        bytes=size, bases=bases, crc32=crc32, decoded=decoded,
     )
+
+
+def read_index(directory: Path, info: SegmentInfo) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, end rows) of a segment, from index bytes that passed their CRC-32 and
+    describe exactly ``info``'s users and rows (kernels index with them unchecked)."""
+    path = directory / f"{info.name}.index.arrow"
+    data = read_regular(path)
+    if zlib.crc32(data) != info.crc32[1]:
+        raise StoreError(f"segment {info.name} is damaged: {path} fails its CRC-32; "
+                         "restore the file from a backup or replica")
+    try:
+        batch = pa.ipc.open_file(pa.BufferReader(data)).get_batch(0)
+        user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+        ends = batch.column("end").to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, KeyError, ValueError) as exc:
+        raise StoreError(f"segment {info.name}: cannot read its index {path} ({exc})") from exc
+    sound = (user_ids.dtype == np.int64 and ends.dtype == np.int64 and len(user_ids) == len(ends) == info.users
+             and (info.users == 0 or (ends[0] > 0 and ends[-1] == info.rows))
+             and bool(np.all(np.diff(user_ids) > 0)) and bool(np.all(np.diff(ends) > 0)))
+    if not sound:
+        raise StoreError(f"segment {info.name}: its index {path} does not describe {info.users} users "
+                         f"and {info.rows} rows; restore the file from a backup or replica")
+    return user_ids, ends
 
 
 def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
     """Rebuilds a segment's decoded file in ``cache`` from its durable files, which must
-    pass their CRC-32 first: a damaged file is reported, never decoded."""
-    if bad := info.corrupt_files(directory):
-        raise StoreError(f"segment {info.name} is damaged or missing ({', '.join(p.name for p in bad)} "
-                         "fails its CRC-32); restore the file from a backup or replica")
-    index = read_ipc(directory / f"{info.name}.index.arrow")
-    ends = index["end"]
+    pass their CRC-32 first: a damaged file is reported, never decoded. The result must
+    match the digests its writer recorded, or nothing is written."""
+    path = directory / f"{info.name}.parquet"
+    packed = read_regular(path)
+    if zlib.crc32(packed) != info.crc32[0]:
+        raise StoreError(f"segment {info.name} is damaged or missing ({path.name} fails its CRC-32); "
+                         "restore the file from a backup or replica")
+    user_ids, ends = read_index(directory, info)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    table = pq.read_table(directory / f"{info.name}.parquet")
+    table = pq.read_table(pa.BufferReader(packed))
+    del packed
     stored = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns, strict=True)}
     deltas = stored[TIME]
     stored[TIME] = _user_sums(deltas, starts).astype(deltas.dtype)
-    user = np.repeat(index["user_id"], ends - starts)
+    user = np.repeat(user_ids, ends - starts)
     hashes = np.empty(len(user), np.uint32)
     content = [name for name in stored if name != "_version"]  # time, then payload in schema order
     for lo in range(0, len(user), _HASH_CHUNK):
         rows = slice(lo, lo + _HASH_CHUNK)
         ts, *payload = (decode_values(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
-    _write_decoded(decoded_file(cache, info.name), stored, starts, hashes)
+    _write_decoded(decoded_file(cache, info.name), stored, starts, hashes, expect=info.decoded)
 
 
 def decode_values(stored: np.ndarray, base: int) -> np.ndarray:
@@ -162,7 +236,9 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray,
-                   hashes: np.ndarray) -> None:
+                   hashes: np.ndarray, expect: dict[str, str] | None = None) -> dict[str, str]:
+    """Writes the decoded copy; returns its column digests, which must equal ``expect``
+    (the writer's) when given, or nothing is written."""
     version = stored["_version"]
     # running max (and, backwards, min) of the version within each user: offsetting each
     # user's versions by its rank makes one accumulate restart at every user
@@ -172,10 +248,17 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
     vmin = np.minimum.accumulate(keyed[::-1])[::-1] - offset
     table = pa.table({**stored, "_vmax": vmax.astype(version.dtype), "_vmin": vmin.astype(version.dtype),
                       "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    digests = {name: column_digest(column.to_numpy()) for name, column in zip(table.column_names, table.columns,
+                                                                               strict=True)}
+    if expect is not None and digests != expect:
+        differ = sorted(name for name in expect.keys() | digests.keys() if expect.get(name) != digests.get(name))
+        raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
+                         f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
     tmp = _temporary(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
     os.replace(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
+    return digests
 
 
 def _parquet_bytes(columns: dict[str, np.ndarray]) -> pa.Buffer:
@@ -217,15 +300,28 @@ def _write_file(path: Path, data: pa.Buffer) -> int:
     return zlib.crc32(data)
 
 
-def file_crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of the store, never through a symbolic link (a link
+    planted in a store must not make lateseq read files elsewhere)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path} is missing; restore it from a backup or replica") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror} (lateseq never follows symbolic links "
+                         "inside a store)") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        return f.read()
 
 
-def read_ipc(path: Path) -> dict[str, np.ndarray]:
+def map_decoded(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a decoded copy, memory-mapped (zero-copy); unchecked: readers
+    verify each column against its digest before use. Raises OSError or ArrowException
+    when the file is missing or not a readable IPC file."""
+    if path.is_symlink():
+        raise OSError(f"{path} is a symbolic link")
     source = pa.memory_map(str(path), "r")
     batch = pa.ipc.open_file(source).get_batch(0)
     return {name: batch.column(name).to_numpy(zero_copy_only=True) for name in batch.schema.names}

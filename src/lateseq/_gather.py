@@ -13,7 +13,7 @@ from ._format import TIME
 from ._jagged import JaggedBatch
 from ._kernels import Visibility, copy_windows
 from ._locate import Located
-from ._pointers import Pointers
+from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._segments import Segment
 from ._store import Store
@@ -35,7 +35,7 @@ def gather(
     a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks the row.
     """
     if not isinstance(pointers, Pointers):
-        pointers = Pointers.from_arrow(pointers)
+        pointers = pointers_from_log(pointers, store.schema)
     columns = projection.resolve(store.schema)
     visibility = pointers.visibility
     located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len)

@@ -17,7 +17,9 @@ column           type    meaning
 ===============  ======  ==========================================================
 
 An *example log* is any Arrow table or Parquet file with these columns plus whatever
-else an example carries (labels, request features).
+else an example carries (labels, request features). ``request_ts`` counts the store's
+``time_unit``; a timestamp-typed ``request_ts`` is converted to it against the store's
+schema (``log_examples``, ``make_pointers``, ``pointers_from_log``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError
 from ._kernels import Visibility
+from ._schema import Schema
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -71,27 +74,53 @@ class Pointers:
 
     @classmethod
     def from_arrow(cls, examples: pa.Table | pa.RecordBatch) -> Pointers:
-        missing = [f.name for f in POINTER_FIELDS if f.name not in examples.schema.names]
-        if missing:
-            raise PointerError(f"example log is missing pointer columns {missing}; "
-                               "make pointers with lateseq.log_examples or `lateseq pointers`")
-        arrays = []
-        for f in POINTER_FIELDS:
-            column = examples.column(f.name)
-            if column.null_count:
-                raise PointerError(f"pointer column {f.name!r} has null values")
-            try:
-                arrays.append(column.cast(f.type).to_numpy())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
-                                   f"expected {f.type}") from exc
-        return cls(arrays[0], arrays[1], arrays[2].astype(np.int64), arrays[3].astype(np.int64), arrays[4])
+        """The pointer columns of an example log. A timestamp-typed ``request_ts`` is
+        refused: only the store's schema knows its unit (see ``pointers_from_log``)."""
+        return _read_pointers(examples, None)
 
 
-def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray) -> pa.Table:
-    """Pointers for requests served from ``store``'s version, as online makes them."""
+def pointers_from_log(log: pa.Table | pa.RecordBatch, schema: Schema) -> Pointers:
+    """The pointer columns of an example log read against the store's ``schema``: a
+    timestamp-typed ``request_ts`` is converted exactly to the store's time unit."""
+    return _read_pointers(log, schema)
+
+
+def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -> Pointers:
+    missing = [f.name for f in POINTER_FIELDS if f.name not in examples.schema.names]
+    if missing:
+        raise PointerError(f"example log is missing pointer columns {missing}; "
+                           "make pointers with lateseq.log_examples or `lateseq pointers`")
+    arrays = []
+    for f in POINTER_FIELDS:
+        column = examples.column(f.name)
+        if column.null_count:
+            raise PointerError(f"pointer column {f.name!r} has null values")
+        if f.name == "request_ts" and pa.types.is_timestamp(column.type):
+            if schema is None:
+                raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "
+                                   "against the store's schema, which knows the store's time unit")
+            column = schema.times_to_store(column, "example log column 'request_ts'")
+        try:
+            arrays.append(column.cast(f.type).to_numpy())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
+                               f"expected {f.type}") from exc
+    return Pointers(arrays[0], arrays[1], arrays[2].astype(np.int64), arrays[3].astype(np.int64), arrays[4])
+
+
+def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa.Array) -> pa.Table:
+    """Pointers for requests served from ``store``'s version, as online makes them.
+
+    ``request_ts`` holds integers in the store's time unit, or timestamps (numpy
+    ``datetime64`` or Arrow), converted to it exactly.
+    """
     user_id = np.asarray(user_id, np.int64)
-    request_ts = np.asarray(request_ts, np.int64)
+    if not isinstance(request_ts, pa.Array | pa.ChunkedArray):
+        request_ts = np.asarray(request_ts)
+        request_ts = pa.array(request_ts if request_ts.dtype.kind == "M" else request_ts.astype(np.int64))
+    if request_ts.null_count:
+        raise SchemaError(f"request_ts has {request_ts.null_count} null values")
+    request_ts = np.asarray(store.schema.times_to_store(request_ts, "request_ts"))
     versions = np.full(len(user_id), store.version, np.int64)
     located = store.locate(user_id, request_ts, Visibility.of_versions(versions), max_len=0)
     return pa.Table.from_arrays(
@@ -115,10 +144,9 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
         raise SchemaError(f"requests already have pointer columns {clashes}")
     try:
         users = requests.column("user_id").cast(pa.int64()).to_numpy()
-        times = requests.column("request_ts").cast(pa.int64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaError(f"requests' user_id and request_ts must be integers: {exc}") from exc
-    pointers = make_pointers(store, users, times)
+        raise SchemaError(f"requests' user_id must be integers: {exc}") from exc
+    pointers = make_pointers(store, users, requests.column("request_ts"))
     examples = pointers
     for name in requests.column_names:
         if name not in ("user_id", "request_ts"):

@@ -20,7 +20,7 @@ from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
 from ._kernels import event_hashes, merge_newest
-from ._pointers import Pointers
+from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._store import Store
 
@@ -85,7 +85,7 @@ def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
     ``inline`` is the log's ``inline_tail``, when the caller has it already."""
     owners, user, tail = inline or inline_tail(store, log)
     count, digest = _tail_digest(store, user, tail, owners, log.num_rows)
-    pointers = Pointers.from_arrow(log)
+    pointers = pointers_from_log(log, store.schema)
     return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
             & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()))
 
@@ -129,7 +129,7 @@ def merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
 def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
                   on_mismatch: str = "raise") -> JaggedBatch:
     """From the store alone: versions up to a covering version, bounded by arrival."""
-    pointers = Pointers.from_arrow(log)
+    pointers = pointers_from_log(log, store.schema)
     tail_version = log.column("tail_version").to_numpy().astype(np.int64)
     uncovered = tail_version == 0
     if uncovered.any():

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,6 +27,8 @@ PAYLOAD_TYPES: dict[str, pa.DataType] = {
 }
 _TYPE_NAMES = {str(t): name for name, t in PAYLOAD_TYPES.items()}
 DEFAULT_GROUP = "default"
+TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Schema:
     ``arrival_col`` names the int64 column holding when each event became readable
     online (the two-tier protocol bounds by it); ``event_id_col`` names an int64 event
     id, and a commit keeps one copy of events sharing (user, event id).
+
+    ``time_unit`` ("s", "ms", "us" or "ns") says what the stored int64 times count, so
+    timestamp-typed inputs (events, arrivals, request times) are converted to it
+    exactly; integer inputs are taken to be in that unit already. ``None`` (stores made
+    before units existed, or by choice) means plain integers of no stated unit, and
+    timestamp-typed inputs are refused rather than guessed at.
     """
 
     columns: dict[str, str]
@@ -49,6 +58,7 @@ class Schema:
     partitions: int = 1
     arrival_col: str | None = None
     event_id_col: str | None = None
+    time_unit: str | None = None
 
     def __post_init__(self) -> None:
         for name, dtype in self.columns.items():
@@ -75,6 +85,9 @@ class Schema:
                 raise SchemaError(f"{role} {name!r} must name an int64 payload column")
         if not 1 <= self.partitions <= 65536:
             raise SchemaError(f"partitions must be between 1 and 65536, got {self.partitions}")
+        if self.time_unit is not None and self.time_unit not in TIME_UNITS:
+            raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} or None (plain integers), "
+                              f"got {self.time_unit!r}")
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -85,11 +98,18 @@ class Schema:
     def infer(
         cls, arrow_schema: pa.Schema, user_col: str = "user_id", time_col: str = "ts", **options: Any
     ) -> Schema:
-        """Every column other than user and time becomes a payload column."""
+        """Every column other than user and time becomes a payload column.
+
+        A timestamp-typed time column gives the store its ``time_unit`` unless the
+        options name one; an integer time column gives none (plain integers).
+        """
         names = arrow_schema.names
         for needed in (user_col, time_col):
             if needed not in names:
                 raise SchemaError(f"input has no column {needed!r} (columns: {names})")
+        time_type = arrow_schema.field(time_col).type
+        if pa.types.is_timestamp(time_type):
+            options.setdefault("time_unit", time_type.unit)
         columns = {}
         for f in arrow_schema:
             if f.name in (user_col, time_col):
@@ -124,6 +144,8 @@ class Schema:
             col = table.column(name)
             if col.null_count:
                 raise SchemaError(f"column {name!r} has {col.null_count} null values; lateseq stores none")
+            if name in (self.time_col, self.arrival_col):
+                col = self.times_to_store(col, f"column {name!r}")
             target = targets[name]
             if not _castable(col.type, target):
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}")
@@ -141,6 +163,54 @@ class Schema:
                     raise SchemaError(f"column {name!r} holds values too large for {target}")
             arrays.append(cast)
         return pa.table(arrays, names=expected)
+
+    def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str) -> pa.Array | pa.ChunkedArray:
+        """``times`` as int64 counts of the store's ``time_unit``, converted exactly.
+
+        The one place event, arrival and request times meet the store's unit, so a
+        ``timestamp[ms]`` request is never compared with microseconds. Timestamps are
+        converted from their own unit (zoned ones too: Arrow holds them as UTC);
+        integers are taken as already in the store's unit. Raises SchemaError, naming
+        ``what``, for a timestamp into a store of plain integers, a conversion that
+        would drop precision or overflow int64, or any other type. Nulls pass through.
+        """
+        source = times.type
+        if pa.types.is_integer(source):
+            try:
+                return pc.cast(times, pa.int64(), safe=True)
+            except pa.ArrowInvalid as exc:
+                raise SchemaError(f"{what} has type {source} with values that do not fit int64: {exc}") from exc
+        if not pa.types.is_timestamp(source):
+            raise SchemaError(f"{what} has type {source}; times must be integers or timestamps")
+        if self.time_unit is None:
+            raise SchemaError(
+                f"{what} has type {source}, but the store holds plain integer times (its schema has no "
+                f"time_unit), so lateseq cannot tell which unit they count: cast the column to int64 in the "
+                f"store's time scale yourself, or create the store with a time_unit "
+                f"(Schema(time_unit={source.unit!r}), or `lateseq ingest --time-unit {source.unit}`)")
+        raw = pc.cast(times, pa.int64())
+        shift = 3 * (TIME_UNITS.index(self.time_unit) - TIME_UNITS.index(source.unit))
+        unit = _UNIT_WORDS[self.time_unit]
+        if shift > 0:
+            factor = 10 ** shift
+            limit = np.iinfo(np.int64).max // factor  # the same bound both ways: 10**k never divides 2**63
+            overflow = pc.sum(pc.or_(pc.greater(raw, limit), pc.less(raw, -limit))).as_py() or 0
+            if overflow:
+                raise SchemaError(
+                    f"{what} has type {source}: {overflow} of {len(times)} values overflow int64 when converted "
+                    f"to the store's timestamp[{self.time_unit}] (int64 {unit} reach only ±{limit} {source.unit})")
+            return pc.multiply(raw, factor)
+        if shift < 0:
+            divisor = 10 ** -shift
+            whole = pc.divide(raw, divisor)  # truncates; exact where the remainder is zero
+            lossy = pc.sum(pc.not_equal(pc.multiply(whole, divisor), raw)).as_py() or 0
+            if lossy:
+                raise SchemaError(
+                    f"{what} has type {source} but the store's times are timestamp[{self.time_unit}]: "
+                    f"{lossy} of {len(times)} values are not whole {unit} and would lose precision; "
+                    f"round them first, or use a store with a finer time_unit")
+            return whole
+        return raw
 
     def empty_table(self) -> pa.Table:
         """A table with no rows and exactly the conformed columns."""
@@ -160,12 +230,14 @@ class Schema:
                 "partitions": self.partitions,
                 "arrival_col": self.arrival_col,
                 "event_id_col": self.event_id_col,
+                "time_unit": self.time_unit,
             },
             indent=2,
         )
 
     @classmethod
     def from_json(cls, text: str) -> Schema:
+        """Older schema.json files have no ``time_unit``: they load as plain integer times."""
         data = json.loads(text)
         data.pop("format", None)
         return cls(**data)

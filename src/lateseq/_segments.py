@@ -12,27 +12,43 @@ import numpy as np
 import pyarrow as pa
 
 from ._errors import StoreError
-from ._format import SegmentInfo, decode_segment, decode_values, decoded_file, read_ipc
+from ._format import (
+    SegmentInfo,
+    column_digest,
+    decode_segment,
+    decode_values,
+    decoded_file,
+    map_decoded,
+    read_index,
+)
+
+# what reading a missing, truncated or garbled decoded copy raises
+_UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
 from ._schema import Schema
 
 
-def _decode_once(directory: Path, info: SegmentInfo, cache: Path) -> dict[str, np.ndarray]:
+def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
+                 damaged: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """Decodes a segment into ``cache`` and maps it. Processes that need the same segment
     at once (a loader's workers) take turns on a lock file, so one decodes and the others
-    map its file."""
+    map its file. ``damaged`` is the identity of a copy that failed verification: it is
+    decoded again unless another process replaced it meanwhile."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
         lock = open(cache / f".tmp-lock-{info.name}", "a")  # noqa: SIM115 - held for the block below
     except OSError as exc:
         raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
                          "open the store with cache_dir= a writable folder") from exc
+    path = decoded_file(cache, info.name)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return read_ipc(decoded_file(cache, info.name))  # decoded while we waited
-        except (OSError, pa.ArrowInvalid):
-            decode_segment(directory, info, cache)
-            return read_ipc(decoded_file(cache, info.name))
+        if damaged is None or _identity(path) != damaged:
+            try:
+                return map_decoded(path)  # decoded while we waited
+            except _UNREADABLE:
+                pass
+        decode_segment(directory, info, cache)
+        return map_decoded(path)
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:
@@ -80,37 +96,71 @@ class SegmentCache:
 
 
 class Segment:
-    """An open, memory-mapped segment; columns are zero-copy numpy views."""
+    """An open, memory-mapped segment; columns are zero-copy numpy views.
+
+    Each column is checked against its digest the first time it is read; a damaged
+    decoded copy is decoded again from the durable files, once, and checked again.
+    """
 
     def __init__(self, directory: Path, info: SegmentInfo, cache: Path):
         self.info = info
-        decoded = decoded_file(cache, info.name)
+        self._directory = directory
+        self._cache = cache
+        self._path = decoded_file(cache, info.name)
+        self.user_ids, self.ends = read_index(directory, info)
         try:
-            self._data = read_ipc(decoded)
-        except (OSError, pa.ArrowInvalid):  # not decoded here yet, or a truncated copy
+            self._data = map_decoded(self._path)
+        except _UNREADABLE:  # not decoded here yet, or a truncated copy
             self._data = _decode_once(directory, info, cache)
-        self.identity = _identity(decoded)
-        index = read_ipc(directory / f"{info.name}.index.arrow")
-        self.user_ids: np.ndarray = index["user_id"]
-        self.ends: np.ndarray = index["end"]
+        self.identity = _identity(self._path)
+        self._verified: set[str] = set()
+        self._lock = threading.Lock()
 
     @cached_property
     def starts(self) -> np.ndarray:
         return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
 
     def stored(self, name: str) -> np.ndarray:
+        """A column as stored (checked before its first use)."""
+        if name not in self._verified:
+            self._verify(name)
         return self._data[name]
+
+    def _verify(self, name: str) -> None:
+        with self._lock:
+            if name in self._verified:
+                return
+            if self._sound(name):
+                self._verified.add(name)
+                return
+            # the decoded copy is damaged: decode it again and check everything anew
+            self._data = _decode_once(self._directory, self.info, self._cache, damaged=self.identity)
+            self.identity = _identity(self._path)
+            self._verified.clear()
+            if not self._sound(name):
+                raise StoreError(f"the decoded copy {self._path} of segment {self.info.name} fails its "
+                                 f"digest for column {name!r} even after decoding it again; is another "
+                                 "process writing into the read cache?")
+            self._verified.add(name)
+
+    def _sound(self, name: str) -> bool:
+        expected = self.info.decoded.get(name)
+        column = self._data.get(name)
+        if expected is None:
+            raise StoreError(f"segment {self.info.name} has no column {name!r}")
+        return column is not None and len(column) == self.info.rows and column_digest(column) == expected
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)
 
     def encoded(self, name: str | None) -> tuple[np.ndarray | None, int]:
         """(stored, base) of a column, or (None, 0) when no column is named."""
-        return (None, 0) if name is None else (self._data[name], self.base(name))
+        return (None, 0) if name is None else (self.stored(name), self.base(name))
 
     def decoded(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """A column's values (at ``rows`` only, when given: no need to decode the rest)."""
-        return decode_values(self._data[name] if rows is None else self._data[name][rows], self.base(name))
+        column = self.stored(name)
+        return decode_values(column if rows is None else column[rows], self.base(name))
 
     @cached_property
     def _dense_slots(self) -> np.ndarray | None:
@@ -139,7 +189,7 @@ class Segment:
 
     def hashes(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """The stored content hash of each event in rows [lo, hi)."""
-        hcum = self._data["_hcum"]
+        hcum = self.stored("_hcum")
         hi = len(hcum) if hi is None else hi
         before = hcum[lo - 1] if lo > 0 else np.uint32(0)
         return np.diff(hcum[lo:hi], prepend=before).astype(np.uint32)

@@ -19,9 +19,10 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,16 @@ import pyarrow.parquet as pq
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
 from ._events import Events, partition_of, row_ranges
-from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, write_segment
+from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
 from ._locate import Located, locate
 from ._merge import merge_segments
 from ._schema import Schema
 from ._segments import Segment, SegmentCache
-from ._versions import VersionInfo, VersionLog, older_than
+from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
+_COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 
 
 class Store:
@@ -53,12 +55,13 @@ class Store:
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
-        self.schema = Schema.from_json(schema_file.read_text())
+        self.schema = Schema.from_json(json.dumps(load_checked(schema_file)))
         self._log = VersionLog(self.path)
         self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
         self.version = self._log.resolve(version)
         manifest = self._log.manifest(self.version) if self.version else {"segments": [], "events": 0}
-        self.segment_infos = [SegmentInfo(**s) for s in manifest["segments"]]
+        where = self._log.manifest_path(self.version)
+        self.segment_infos = [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
@@ -76,11 +79,14 @@ class Store:
             raise StoreError(f"{path} is a file, not a store directory")
         if (path / "schema.json").exists():
             raise StoreError(f"{path} already holds a store")
+        try:
+            for sub in ("versions", "segments", "tags"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
         for sub in ("versions", "segments", "tags"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        tmp = path / f".tmp-schema-{uuid.uuid4().hex}"
-        tmp.write_text(schema.to_json())
-        os.replace(tmp, path / "schema.json")
+            fsync_dir(path / sub)
+        write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
         return cls(path)
 
     def __reduce__(self):
@@ -125,14 +131,20 @@ class Store:
 
     # ------------------------------------------------------------ writing
 
-    def commit(self, events: EventSource, *, watermark: int | None = None) -> Store:
+    def commit(self, events: EventSource, *, watermark: int | None = None,
+               commit_id: str | None = None) -> Store:
         """Publishes ``events`` as the next version; returns a handle on it.
 
         Validates everything before writing anything: bad input raises SchemaError and
         leaves the store as it was. ``watermark`` records that every event which arrived
-        before it is now in the store (see ``online.py``).
+        before it is now in the store (see ``lateseq.twotier``). ``commit_id`` makes the
+        commit idempotent: when a version was already published with that id (and the
+        same events), nothing is written and a handle on that version is returned (on the
+        latest, if cleanup retired it); the same id with other events is an error.
         """
         table = _read_events(events)
+        if commit_id is not None and (not isinstance(commit_id, str) or not _COMMIT_ID.fullmatch(commit_id)):
+            raise SchemaError(f"commit id {str(commit_id)[:80]!r} must be 1-256 printable characters without spaces")
         base = self._handle()  # commit on top of the latest version, whatever this handle is
         if watermark is not None and base.watermark is not None and watermark < base.watermark:
             raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
@@ -141,19 +153,25 @@ class Store:
             return base._publish(version, "commit", base.segment_infos, [], watermark)
         table = self.schema.conform(table)
         incoming = Events.from_table(table, self.schema, version)
+        content = incoming.digest()
+        if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
+            if done[1] != content:
+                raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
+            return self._handle(done[0]) if done[0] in {v.version for v in base.versions()} else base
         if self.schema.event_id_col:
             known = base.event_ids(np.unique(incoming.user))
             incoming = incoming.first_deliveries(self.schema.event_id_col, known)
-            if len(incoming) == 0:  # only redeliveries: a version with nothing new
-                return base._publish(version, "commit", base.segment_infos, [],
-                                     base.watermark if watermark is None else watermark)
-        parts = partition_of(incoming.user, self.schema.partitions)
-        new = []
-        for p in np.unique(parts):
-            chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
-            new.append(write_segment(self.path / "segments", int(p), chunk, self.cache_dir))
-        return base._publish(version, "commit", base.segment_infos + new, new,
-                             base.watermark if watermark is None else watermark)
+        if watermark is None:
+            watermark = base.watermark
+        if len(incoming) == 0:  # only redeliveries: a version with nothing new
+            return base._publish(version, "commit", base.segment_infos, [], watermark, commit_id, content)
+        with self._log.writing():
+            parts = partition_of(incoming.user, self.schema.partitions)
+            new = []
+            for p in np.unique(parts):
+                chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
+                new.append(self._write(int(p), chunk))
+            return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
     def compact(self) -> Store:
         """Merges each partition's segments into one sorted segment, as a new version.
@@ -164,17 +182,54 @@ class Store:
         base = self._handle()
         if all(len(infos) == 1 for infos in base._by_partition.values()):
             return base
-        kept, new = [], []
-        for p, infos in sorted(base._by_partition.items()):
-            if len(infos) == 1:
-                kept += infos
-                continue
-            merged = merge_segments([base._segments.get(i) for i in infos], self.schema)
-            new.append(write_segment(self.path / "segments", p, merged, self.cache_dir))
-        return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
+        with self._log.writing():
+            kept, new = [], []
+            for p, infos in sorted(base._by_partition.items()):
+                if len(infos) == 1:
+                    kept += infos
+                    continue
+                new.append(self._write(p, merge_segments([base._segments.get(i) for i in infos], self.schema)))
+            return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
 
-    def _publish(self, version: int, operation: str, infos: list[SegmentInfo],
-                 new: list[SegmentInfo], watermark: int | None) -> Store:
+    def delete(self, users: np.ndarray | list[int]) -> Store:
+        """Publishes a version without any event of ``users`` (a privacy request).
+
+        Older versions still hold the events until ``cleanup`` retires them (tagged
+        versions stay until untagged); the manifest records the users, so the audit
+        reports their pointers as ``deleted``. Returns this handle when none is stored.
+        """
+        users = np.unique(np.asarray(users, np.int64))
+        base = self._handle()
+        touched = []
+        for info in base.segment_infos:
+            lo, hi = base._segments.get(info).user_ranges(users)
+            if (hi > lo).any():
+                touched.append(info)
+        if not touched:
+            return base
+        with self._log.writing():
+            new, dropped = [], {i.name for i in touched}
+            for info in touched:
+                events = merge_segments([base._segments.get(info)], self.schema)
+                keep = np.flatnonzero(~np.isin(events.user, users))
+                if len(keep):
+                    new.append(self._write(info.partition, events.take(keep)))
+            infos = [i for i in base.segment_infos if i.name not in dropped] + new
+            return base._publish(base.version + 1, "delete", infos, new, base.watermark,
+                                 deleted=users.tolist())
+
+    def deleted_users(self) -> np.ndarray:
+        """Users whose events a kept or retired version's deletion removed."""
+        return np.unique(np.asarray(self._log.deleted_users(), np.int64))
+
+    def _write(self, partition: int, events: Events) -> SegmentInfo:
+        info = write_segment(self.path / "segments", partition, events, self.cache_dir)
+        fsync_dir(self.path / "segments")  # the files survive a power loss before the manifest names them
+        return info
+
+    def _publish(self, version: int, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
+                 watermark: int | None, commit_id: str | None = None, content: str | None = None,
+                 deleted: list[int] | None = None) -> Store:
         manifest = {
             "watermark": watermark,
             "version": version,
@@ -183,6 +238,9 @@ class Store:
             "operation": operation,
             "events": sum(i.rows for i in infos),
             "segments": [i.to_dict() for i in infos],
+            "commit_id": commit_id,
+            "content": content,
+            "deleted": deleted,
         }
         try:
             self._log.publish(version, manifest)
@@ -193,27 +251,32 @@ class Store:
         return self._handle(version)
 
     def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
-        """Forgets versions older than ``before`` (tagged ones stay) and deletes segment
-        files no kept version references, including leftovers of crashed writers.
-        Returns the versions removed.
+        """Retires versions older than ``before`` (tagged ones stay, the latest always
+        does) and deletes every file no kept version references: segments, their decoded
+        copies in this handle's read cache, and crashed writers' leftovers. Returns the
+        versions retired.
 
-        Only files older than ``grace_s`` are deleted, so a concurrent writer's segments,
-        written but not yet published, survive. Pointers into removed versions still
-        rebuild, because events keep their version; their checksums prove it. Readers
-        holding an old handle keep their memory-mapped files until they close them.
+        Writers on this host hold the store's lock while their files are unpublished, so
+        cleanup never deletes those; ``grace_s`` also spares files younger than that, for
+        writers on other hosts of a shared file system. Pointers into retired versions
+        still rebuild, because events keep their version; their checksums prove it.
+        Readers holding an old handle keep their memory-mapped files until they close them.
         """
-        removed = self._log.retire_before(before)
-        referenced = self._log.referenced_segments()
-        for path in (self.path / "segments").iterdir():
-            name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
-            if name not in referenced and older_than(path, grace_s):
-                path.unlink(missing_ok=True)
-                if name:
-                    decoded_file(self.cache_dir, name).unlink(missing_ok=True)
-        for path in self.cache_dir.glob(".tmp-*"):  # a crashed reader's half-decoded file
-            if older_than(path, grace_s):
-                path.unlink(missing_ok=True)
-        return removed
+        if not isinstance(grace_s, int | float) or grace_s < 0:
+            raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
+        retired = self._log.retire_before(before)
+        with self._log.deleting():
+            referenced = self._log.referenced_segments()
+            for path in (self.path / "segments").iterdir():
+                name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
+                if name not in referenced and older_than(path, grace_s):
+                    path.unlink(missing_ok=True)
+            for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
+                name = path.name.split(".")[0]
+                stale = name not in referenced if is_segment_name(name) else path.name.startswith(".tmp-")
+                if stale and older_than(path, grace_s):  # decoded copies of gone segments, crashed decodes
+                    path.unlink(missing_ok=True)
+        return retired
 
     # ------------------------------------------------------------ reading
 

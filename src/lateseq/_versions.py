@@ -2,19 +2,37 @@
 
 One manifest per published version lives in ``versions/``; a version is published by
 hard-linking its manifest into place, which either succeeds whole or fails because
-another writer took the number. Tags in ``tags/`` name versions and pin them.
+another writer took the number. Cleanup never frees a number: it replaces a retired
+version's manifest by a small tombstone, so a slow writer that meant to publish that
+number fails with ``CommitConflict`` instead of publishing a version nobody reads.
+Tags in ``tags/`` name versions and pin them. Every JSON file (schema, manifests,
+tombstones, tags) carries a CRC-32 of its content, checked on every read.
+
+Writers hold a shared lock on ``.lock`` from their first segment write until their
+manifest is published (or their files removed); cleanup deletes files only under the
+exclusive lock, so it never deletes a segment a writer is about to publish.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
+from ._format import read_regular
+
+_TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MANIFEST_NAME = re.compile(r"(\d{8})\.json")
 
 
 @dataclass(frozen=True)
@@ -29,6 +47,55 @@ class VersionInfo:
     watermark: int | None = None  # two-tier stores: every arrival before it is in this version
 
 
+def check_tag_name(name: Any) -> str:
+    """Tag names become file names: only plain, non-numeric names of at most 128 characters."""
+    if not isinstance(name, str) or not _TAG_NAME.fullmatch(name) or name.isdigit():
+        raise SchemaError(f"tag name {str(name)[:80]!r} is not allowed: use 1-128 letters, digits, '.', '_' "
+                          "or '-', starting with a letter or digit, and not only digits")
+    return name
+
+
+def dump_checked(content: dict) -> bytes:
+    """JSON with a CRC-32 of its canonical form, so any flipped byte is noticed."""
+    body = {k: v for k, v in content.items() if k != "crc32"}
+    return json.dumps({**body, "crc32": _crc(body)}, indent=1).encode()
+
+
+def load_checked(path: Path) -> dict:
+    """A file written by ``dump_checked``, or StoreError naming it."""
+    data = read_regular(path)
+    try:
+        content = json.loads(data)
+        valid = isinstance(content, dict) and content.pop("crc32", None) == _crc(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        valid = False
+    if valid is False and b'"crc32"' not in data and data.lstrip().startswith(b"{"):
+        raise StoreError(f"{path} has no checksum: the store was written by lateseq 0.1, which this "
+                         "version cannot trust; rebuild the store from its events")
+    if not valid:
+        raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
+    return content
+
+
+def _crc(content: dict) -> int:
+    return zlib.crc32(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Writes ``data`` under a temporary name, fsyncs it, renames it over ``path`` and
+    fsyncs the directory: after a power loss ``path`` holds the old or the new bytes."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
 class VersionLog:
     """The versioned side of a store directory (never its data files' contents)."""
 
@@ -40,44 +107,56 @@ class VersionLog:
     def manifest_path(self, version: int) -> Path:
         return self.versions_dir / f"{version:08d}.json"
 
+    def numbers(self) -> list[int]:
+        """Every version number ever published (kept or retired), ascending."""
+        try:
+            names = os.listdir(self.versions_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot list {self.versions_dir}: {exc.strerror}") from exc
+        return sorted(int(m.group(1)) for n in names if (m := _MANIFEST_NAME.fullmatch(n)))
+
     @property
     def latest(self) -> int:
-        names = [n for n in os.listdir(self.versions_dir) if n.endswith(".json")]
-        return max((int(n[:-5]) for n in names), default=0)
+        """The newest version (never retired: cleanup keeps the latest)."""
+        numbers = self.numbers()
+        return numbers[-1] if numbers else 0
 
     def resolve(self, version: int | str | None) -> int:
-        """A version number from a number, a numeric string, a tag, or None (the latest)."""
+        """A kept version's number from a number, a numeric string, a tag, or None (the latest)."""
         if version is None:
             return self.latest
         if isinstance(version, str) and not version.isdigit():
-            tag = self.tags_dir / f"{version}.json"
-            if not tag.is_file():
-                raise VersionNotFound(f"no tag {version!r} in {self.root}; tags: {sorted(self.tags())}")
-            return json.loads(tag.read_text())["version"]
+            return self.tags_of(check_tag_name(version))
+        if isinstance(version, bool) or not isinstance(version, int | str):
+            raise SchemaError(f"a version is a number or a tag name, not {type(version).__name__}")
         number = int(version)
-        if number != 0 and not self.manifest_path(number).is_file():
-            raise VersionNotFound(f"version {number} is not kept in {self.root}; latest is {self.latest}")
+        if number != 0:
+            self.manifest(number)  # raises VersionNotFound when it is not kept
         return number
 
     def manifest(self, version: int) -> dict:
+        """A kept version's manifest, checked; VersionNotFound for a retired or unknown one."""
+        if version < 0:
+            raise VersionNotFound(f"there is no version {version}")
         path = self.manifest_path(version)
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise VersionNotFound(f"version {version} is not kept in {self.root}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"the manifest {path} is corrupt ({exc}); restore it from a backup "
-                             "or remove it to fall back to the previous version") from exc
+        if not path.exists() and not path.is_symlink():
+            raise VersionNotFound(f"version {version} is not kept in {self.root}; latest is {self.latest}")
+        manifest = load_checked(path)
+        if manifest.get("retired"):
+            raise VersionNotFound(f"version {version} of {self.root} was cleaned up; latest is {self.latest}")
+        if manifest.get("version") != version:
+            raise StoreError(f"{path} describes version {manifest.get('version')}, not {version}")
+        return manifest
 
     def infos(self) -> list[VersionInfo]:
         tags: dict[int, list[str]] = {}
         for name, v in self.tags().items():
             tags.setdefault(v, []).append(name)
         out = []
-        for n in sorted(os.listdir(self.versions_dir)):
-            if not n.endswith(".json"):
+        for number in self.numbers():
+            m = load_checked(self.manifest_path(number))
+            if m.get("retired"):
                 continue
-            m = json.loads((self.versions_dir / n).read_text())
             out.append(VersionInfo(
                 m["version"], m["created_at"], m["operation"], m["events"], len(m["segments"]),
                 sum(s["bytes"] for s in m["segments"]), tuple(sorted(tags.get(m["version"], []))),
@@ -85,51 +164,105 @@ class VersionLog:
             ))
         return out
 
+    def find_commit(self, commit_id: str) -> tuple[int, str] | None:
+        """(version, content digest) of the commit that used ``commit_id``, kept or retired."""
+        for number in reversed(self.numbers()):
+            m = load_checked(self.manifest_path(number))
+            if m.get("commit_id") == commit_id:
+                return number, m.get("content", "")
+        return None
+
+    def deleted_users(self) -> list[int]:
+        """Every user a deletion removed, from kept manifests and tombstones alike."""
+        users: list[int] = []
+        for number in self.numbers():
+            users += load_checked(self.manifest_path(number)).get("deleted") or []
+        return users
+
     # ------------------------------------------------------------ tags
 
     def tags(self) -> dict[str, int]:
-        return {p.stem: json.loads(p.read_text())["version"] for p in self.tags_dir.glob("*.json")}
+        out = {}
+        for path in sorted(self.tags_dir.glob("*.json")):
+            name = path.name[:-5]
+            if _TAG_NAME.fullmatch(name):
+                out[name] = load_checked(path)["version"]
+        return out
+
+    def tags_of(self, name: str) -> int:
+        path = self.tags_dir / f"{check_tag_name(name)}.json"
+        if not path.exists():
+            raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {sorted(self.tags())}")
+        return load_checked(path)["version"]
 
     def tag(self, name: str, version: int) -> None:
-        if not name or name.isdigit() or "/" in name or name.startswith("."):
-            raise SchemaError(f"tag name {name!r} must be non-numeric and a plain file name")
-        tmp = self.tags_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.write_text(json.dumps({"version": version}))
-        os.replace(tmp, self.tags_dir / f"{name}.json")
+        write_durably(self.tags_dir / f"{check_tag_name(name)}.json", dump_checked({"version": version}))
 
     def untag(self, name: str) -> None:
         try:
-            (self.tags_dir / f"{name}.json").unlink()
+            (self.tags_dir / f"{check_tag_name(name)}.json").unlink()
         except FileNotFoundError as exc:
             raise VersionNotFound(f"no tag {name!r} in {self.root}") from exc
+        fsync_dir(self.tags_dir)
 
     # ------------------------------------------------------------ publishing and cleanup
 
-    def publish(self, version: int, manifest: dict) -> None:
-        """Makes ``manifest`` version ``version``, or raises CommitConflict if taken."""
-        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held by a writer from its first data file until its version is published."""
+        with self._lock(fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def deleting(self) -> Iterator[None]:
+        """Held by cleanup while it deletes files: no writer is midway meanwhile."""
+        with self._lock(fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
         try:
+            handle = open(self.root / ".lock", "a")  # noqa: SIM115 - held for the block
+        except OSError as exc:
+            raise StoreError(f"cannot lock {self.root}: {exc.strerror}") from exc
+        with handle:
+            fcntl.flock(handle, mode)
+            yield
+
+    def publish(self, version: int, manifest: dict) -> None:
+        """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
+        was ever taken (published, or published and retired since)."""
+        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(dump_checked(manifest))
+                f.flush()
+                os.fsync(f.fileno())
             os.link(tmp, self.manifest_path(version))
         except FileExistsError as exc:
             raise CommitConflict(
                 f"version {version} of {self.root} was published by another writer; retry"
             ) from exc
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         fsync_dir(self.versions_dir)
 
     def retire_before(self, before: int) -> list[int]:
-        """Forgets versions older than ``before`` (never the latest, never a tagged one)."""
-        pinned = set(self.tags().values())
+        """Retires versions older than ``before`` (never the latest, never a tagged one):
+        each manifest becomes a tombstone that keeps its number and commit id taken."""
         before = min(before, self.latest)
-        removed = [v.version for v in self.infos() if v.version < before and v.version not in pinned]
-        for v in removed:
-            self.manifest_path(v).unlink()
-        return removed
+        retired = []
+        for number in self.numbers():
+            if number >= before or number in self.tags().values():  # re-read: a tag may have just come
+                continue
+            m = load_checked(self.manifest_path(number))
+            if m.get("retired"):
+                continue
+            tombstone = {"version": number, "retired": True, "retired_at": time.time(),
+                         "commit_id": m.get("commit_id"), "content": m.get("content"), "deleted": m.get("deleted")}
+            write_durably(self.manifest_path(number), dump_checked(tombstone))
+            retired.append(number)
+        return retired
 
     def referenced_segments(self) -> set[str]:
         """Names of the segments any kept version uses."""
@@ -147,6 +280,6 @@ def fsync_dir(path: Path) -> None:
 def older_than(path: Path, grace_s: float) -> bool:
     """Whether ``path`` was last changed more than ``grace_s`` ago (False if it is gone)."""
     try:
-        return path.stat().st_mtime < time.time() - grace_s
+        return path.lstat().st_mtime < time.time() - grace_s
     except FileNotFoundError:
         return False

@@ -1,26 +1,32 @@
-"""The audit: rebuild logged examples and explain every one that does not match."""
+"""Checking: ``audit`` rebuilds logged examples and explains every one that does not
+match; ``verify`` (``lateseq verify``, an fsck) checks every file of a store."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ._format import TIME
+from ._errors import LateseqError, StoreError
+from ._format import TIME, SegmentInfo, column_digest, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize
-from ._pointers import Pointers
+from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
 from ._store import Store
+from ._versions import VersionLog, load_checked
 
 
 @dataclass
 class AuditReport:
-    """Mismatch causes: "corrupt data", "version no longer kept", "tail stripped too
-    early", "late event", or "unknown" when none of those explains it."""
+    """Mismatch causes: "deleted" (the user's events were deleted), "corrupt data",
+    "version no longer kept", "tail stripped too early", "late event", or "unknown" when
+    none of those explains it."""
 
     examples: int
     checked: int
@@ -57,10 +63,13 @@ class _Explainer:
         self.store = store
         self.two_tier = two_tier
         self.watermarks = {v.version: v.watermark for v in store.versions()}
+        self.deleted = set(store.deleted_users().tolist())
 
     def __call__(self, record: pa.Table) -> str:
-        pointer = Pointers.from_arrow(record)
+        pointer = pointers_from_log(record, self.store.schema)
         tail_version = int(record.column("tail_version")[0].as_py()) if self.two_tier else 0
+        if int(pointer.user_id[0]) in self.deleted:
+            return "deleted"
         if self._rehash_differs(pointer.user_id[:1]):
             return "corrupt data"
         if self.two_tier and tail_version == 0 and not tail_intact(self.store, record)[0]:
@@ -102,3 +111,68 @@ def _late_events(store: Store, pointer: Pointers) -> int:
     full = Pointers(pointer.user_id, pointer.request_ts, pointer.version, located.count, located.checksum)
     batch = materialize(store, full, Projection(max(int(located.count[0]), 1), (arrival,)))
     return int((batch.values[arrival] >= pointer.request_ts[0]).sum())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file of a store."""
+
+    path: str
+    message: str
+
+
+def verify(store: Store, deep: bool = False) -> list[Problem]:
+    """Checks every file of ``store`` that a kept version needs: the schema, every
+    manifest and tag, each segment's durable files (CRC-32 and index), and the decoded
+    copies in this handle's read cache (digest of every column). ``deep`` also decodes
+    every segment again from its durable files into a scratch cache and checks that the
+    result is what its writer wrote (every event re-hashed). Returns the problems found.
+    """
+    import tempfile
+
+    problems: list[Problem] = []
+
+    def check(path: Path, action: Callable[[], object]) -> bool:
+        try:
+            action()
+        except LateseqError as exc:
+            problems.append(Problem(str(path), str(exc)))
+            return False
+        return True
+
+    log = VersionLog(store.path)
+    check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json"))
+    for path in sorted(log.tags_dir.glob("*.json")):
+        check(path, lambda path=path: log.manifest(load_checked(path)["version"]))
+    kept: dict[str, SegmentInfo] = {}
+    for number in log.numbers():
+        path = log.manifest_path(number)
+        if check(path, lambda path=path: load_checked(path)) and not load_checked(path).get("retired"):
+            check(path, lambda number=number: kept.update(
+                {i.name: i for i in store.checkout(number).segment_infos}))
+    segments = store.path / "segments"
+    with tempfile.TemporaryDirectory(prefix="lateseq-verify-") as scratch:
+        for info in kept.values():
+            for bad in info.corrupt_files(segments):
+                problems.append(Problem(str(bad), f"segment {info.name}: missing, or fails its CRC-32"))
+            if not check(segments / f"{info.name}.index.arrow", lambda info=info: read_index(segments, info)):
+                continue
+            decoded = decoded_file(store.cache_dir, info.name)
+            if decoded.exists():
+                check(decoded, lambda info=info, decoded=decoded: _check_decoded(decoded, info))
+            if deep:
+                check(segments / f"{info.name}.parquet",
+                      lambda info=info: decode_segment(segments, info, Path(scratch)))
+    return problems
+
+
+def _check_decoded(path: Path, info: SegmentInfo) -> None:
+    try:
+        columns = map_decoded(path)
+    except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+        raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); it is decoded "
+                         "again from the durable files when next read") from exc
+    bad = [n for n, digest in info.decoded.items() if n not in columns or column_digest(columns[n]) != digest]
+    if bad:
+        raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; it is "
+                         "decoded again from the durable files when next read")

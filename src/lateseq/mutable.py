@@ -36,11 +36,15 @@ class MutableTier(ABC):
         self.retention = retention
         # events that arrived before this were dropped; reads must not reach below it
         self.expired_before = _FAR_PAST
+        # a store version holds every event that arrived before this: the next fold
+        # drains from here, so an append below it would never be stored nor served
+        self.folded_before = _FAR_PAST
 
     @abstractmethod
     def append(self, events: pa.Table) -> int:
-        """Adds events as they arrive (arrival time never decreasing); returns how many
-        were new (redeliveries of a known (user, event id) are dropped)."""
+        """Adds events as they arrive (arrival time never decreasing, and not before
+        the folded watermark: see ``_refuse_folded``); returns how many were new
+        (redeliveries of a known (user, event id) are dropped)."""
 
     @abstractmethod
     def tail(self, users: np.ndarray, since: int | None, until: np.ndarray) -> tuple[np.ndarray, pa.Table]:
@@ -54,6 +58,24 @@ class MutableTier(ABC):
     @abstractmethod
     def _drop_before(self, cutoff: int) -> None:
         """Forgets events that arrived before ``cutoff``."""
+
+    def folded(self, watermark: int) -> None:
+        """Records that a store version now holds every event that arrived before
+        ``watermark`` (``twotier.fold`` calls this after committing)."""
+        self.folded_before = max(self.folded_before, watermark)
+
+    def _refuse_folded(self, arrival: np.ndarray, store_watermark: int | None) -> None:
+        """Raises SchemaError if any arrival time is below the folded watermark (the
+        tier's own, or ``store_watermark``, its store's newest); implementations call
+        this in ``append`` before changing anything."""
+        floor = max(self.folded_before, _FAR_PAST if store_watermark is None else store_watermark)
+        late = arrival < floor
+        if late.any():
+            raise SchemaError(
+                f"{int(late.sum())} events arrived before {floor} (the first at {int(arrival[late].min())}), "
+                f"the watermark already folded into the store: the next fold starts there, so they would "
+                f"never be stored nor served; append events as they arrive, before folding past them")
+        self.folded_before = floor
 
     def expire(self, now: int, folded_watermark: int | None) -> int:
         """Drops what retention allows: older than ``now - retention`` and already
@@ -88,12 +110,14 @@ class InMemoryTier(MutableTier):
         last = self._last_arrival()
         if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
             raise SchemaError("events must be appended in arrival order")
+        latest = self._store.latest() if self._store is not None else None
+        self._refuse_folded(arrival, latest.watermark if latest is not None else None)
         users = events.column(self.schema.user_col).to_numpy()
         ids = events.column(self.schema.event_id_col).to_numpy()
         known_users = [self._table.column(self.schema.user_col).to_numpy()]
         known_ids = [self._table.column(self.schema.event_id_col).to_numpy()]
-        if self._store is not None:  # events folded and expired from the tier are still known
-            stored_users, stored_ids = self._store.latest().event_ids(np.unique(users))
+        if latest is not None:  # events folded and expired from the tier are still known
+            stored_users, stored_ids = latest.event_ids(np.unique(users))
             known_users.append(stored_users)
             known_ids.append(stored_ids)
         keep = first_deliveries(users, ids, np.concatenate(known_users), np.concatenate(known_ids))

@@ -63,11 +63,14 @@ __all__ = [
 
 
 def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
-    """Commits the tier's events that arrived before ``watermark`` as a new version."""
+    """Commits the tier's events that arrived before ``watermark`` as a new version,
+    and tells the tier, which from then on refuses appends that arrive before it."""
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")
-    return store.commit(tier.drain(since, watermark), watermark=watermark)
+    folded = store.commit(tier.drain(since, watermark), watermark=watermark)
+    tier.folded(watermark)
+    return folded
 
 
 class OnlineReader:
@@ -83,7 +86,7 @@ class OnlineReader:
     def serve(self, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
         """The log records and the sequences served, for requests at ``request_ts``."""
         store = self.store.latest()
-        times = requests.column("request_ts").to_numpy()
+        times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts"))
         users = requests.column("user_id").to_numpy()
         if store.watermark is not None and len(times) and times.min() < store.watermark:
             raise PointerError(f"version {store.version} covers arrivals up to {store.watermark}, "
@@ -101,14 +104,24 @@ class OnlineReader:
                                 np.zeros(log.num_rows, bool), "raise")
 
 
-def strip_tails(store: Store, log: pa.Table) -> tuple[pa.Table, int]:
-    """Drops inline tails that a kept version covers; returns the log and how many."""
-    covering = covering_versions(store, log.column("request_ts").to_numpy())
+def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tuple[pa.Table, int]:
+    """Drops inline tails that a kept version covers; returns the log and how many.
+
+    ``drop_deleted`` also drops the tails of users the store deleted (their events must
+    not survive in example logs either); those records then no longer verify, and the
+    audit reports them as ``deleted``.
+    """
+    request_ts = np.asarray(store.schema.times_to_store(log.column("request_ts"), "request_ts"))
+    covering = covering_versions(store, request_ts)
     current = log.column("tail_version").to_numpy().astype(np.int64)
     strip = (current == 0) & (covering > 0)
-    if not strip.any():
+    erase = np.zeros(log.num_rows, bool)
+    if drop_deleted:
+        erase = np.isin(log.column("user_id").to_numpy(), store.deleted_users())
+    if not (strip | erase).any():
         return log, 0
     tail_version = np.where(strip, covering, current).astype(np.uint32)
+    strip |= erase
     log = log.set_column(log.schema.get_field_index("tail_version"), RECORD_FIELDS.field("tail_version"),
                          pa.array(tail_version))
     for name in payload_names(store):

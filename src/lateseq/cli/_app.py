@@ -2,7 +2,9 @@
 
 Results go to stdout (a bare version number where one is produced, so scripts can
 capture it); progress and information go to stderr. Bad input of any kind exits
-non-zero with one line on stderr, ``error: <message>``, never a traceback.
+non-zero with one line on stderr, ``error: <message>``, never a traceback. An output
+file that exists is replaced only with ``--force`` (and never when it is one of the
+command's inputs, or inside the store); outputs are written whole or not at all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import datetime as _dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,6 +153,45 @@ def _progress() -> Progress:
 
 
 StoreArg = Annotated[Path, typer.Argument(help="Store directory.", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
+
+
+def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = (),
+                  store: Path | None = None) -> None:
+    """Refuses, before any work, an output that exists (unless ``force``), that is one of
+    the command's ``inputs`` or inside ``store`` (even with ``force``: a failed or wrong
+    run would destroy what it reads), or whose directory does not exist."""
+    if store is not None and out.resolve().is_relative_to(store.resolve()):
+        raise FileExistsError(f"{option} {out} is inside the store {store}; write it elsewhere")
+    if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in inputs):
+        raise FileExistsError(f"{option} {out} is also this command's input; write to another path "
+                              "(--force never overwrites an input)")
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {out} is a directory")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise FileExistsError(f"{option} {out} exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{option} {out}: directory {out.parent} does not exist")
+
+
+def _write_atomically(out: Path, write: Callable[[Path], object]) -> None:
+    """``write`` to a temporary file beside ``out``, then renamed over it: a reader sees
+    the old file or the whole new one, and a failed run leaves no partial output."""
+    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class TimeUnit(str, Enum):
+    """``--time-unit``'s choices: Arrow's timestamp units (``Schema.time_unit``)."""
+
+    s = "s"
+    ms = "ms"
+    us = "us"
+    ns = "ns"
 
 
 # ---------------------------------------------------------------- commands
@@ -162,14 +205,23 @@ def ingest(
     time_col: Annotated[str | None, typer.Option(help="Event time column.", show_default="ts")] = None,
     tiebreak: Annotated[str | None, typer.Option(help="Integer column ordering events that share a time.")] = None,
     partitions: Annotated[int | None, typer.Option(help="User-hash partitions.", show_default="1")] = None,
+    time_unit: Annotated[TimeUnit | None, typer.Option(
+        help="What integer times count, for a new store (a timestamp time column brings its own unit; "
+             "timestamps are converted to the store's unit, integers are taken as in it).",
+        show_default="the time column's timestamp unit, else none: plain integers")] = None,
+    commit_id: Annotated[str | None, typer.Option(
+        help="Names this ingest: rerunning it with the same id (and file) commits nothing and prints "
+             "the version that holds it.")] = None,
 ) -> None:
     """Commit EVENTS as a new version (creating the store on first use); print its number."""
     table = _read_parquet(events, "events")
+    unit = None if time_unit is None else time_unit.value
     if (store / "schema.json").is_file():
         handle = _open(store)
         schema = handle.schema
         given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
-                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions)}
+                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions),
+                 "--time-unit": (unit, schema.time_unit)}
         for option, (value, existing) in given.items():
             if value is not None and value != existing:
                 raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
@@ -181,14 +233,19 @@ def ingest(
         if store.is_dir() and any(store.iterdir()):
             raise StoreError(f"{store} exists and is not a lateseq store (no schema.json); "
                              "pick a new or empty directory")
-        schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts",
-                              tiebreak=tiebreak, partitions=1 if partitions is None else partitions)
+        options: dict[str, Any] = {"time_unit": unit} if unit is not None else {}
+        schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
+                              partitions=1 if partitions is None else partitions, **options)
         schema.conform(table)  # check everything before creating anything
         Store.create(store, schema)
         handle = _open(store)
         created = True
-    new = handle.commit(table)
+    latest = handle.latest_version
+    new = handle.commit(table, commit_id=commit_id)
     print(new.version)
+    if new.version <= latest:
+        _err.print(f"{events} was committed before under id {commit_id!r}: nothing to do", highlight=False)
+        return
     _err.print(f"{'created store, ' if created else ''}committed {table.num_rows:,} events from {events} "
                f"as version {new.version} ({new.num_events:,} events in all)", highlight=False)
 
@@ -247,17 +304,55 @@ def untag(store: StoreArg, name: Annotated[str, typer.Argument(help="Tag name.",
 
 
 @app.command()
+def cleanup(
+    store: StoreArg,
+    before: Annotated[int | None, typer.Option(help="Retire versions older than this one.",
+                                               show_default="the latest")] = None,
+    keep_tags: Annotated[bool, typer.Option(
+        "--keep-tags/--no-keep-tags",
+        help="Keep tagged versions; --no-keep-tags first removes the tags of versions older than --before.")] = True,
+    grace: Annotated[float, typer.Option(
+        help="Seconds: files younger than this are spared (another host's writer may not have published them).",
+    )] = 3600.0,
+) -> None:
+    """Retire versions older than BEFORE and delete the files no kept version uses; print the retired versions."""
+    if not grace >= 0:  # also refuses nan
+        raise SchemaError(f"--grace must be zero or more seconds, got {grace}")
+    handle = _open(store)
+    latest = handle.latest_version
+    before = latest if before is None else before
+    if not 0 <= before <= latest:
+        raise SchemaError(f"--before {before} is not a version of {store} (0 to the latest, {latest})")
+    untagged = []
+    if not keep_tags:
+        for name, version in sorted(handle.tags().items()):
+            if version < before:
+                handle.untag(name)
+                untagged.append(name)
+    retired = handle.cleanup(before, grace_s=grace)
+    for version in retired:
+        print(version)
+    pinned = sorted({v for v in handle.tags().values() if v < before})
+    _err.print(f"retired {len(retired)} versions older than {before}"
+               + (f"; removed tags {', '.join(untagged)}" if untagged else "")
+               + (f"; kept tagged versions {', '.join(map(str, pinned))}" if pinned else ""), highlight=False)
+
+
+@app.command()
 def pointers(
     store: StoreArg,
     requests: Annotated[Path, typer.Argument(help="Parquet file: user_id, request_ts, any other columns.",
                                              show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
     version: Annotated[str | None, typer.Option(help="Version or tag served from.", show_default="latest")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Log REQUESTS as examples with pointers into the store, as online does."""
+    _check_output(out, force, "--out", [requests], store)
     table = _read_parquet(requests, "requests")
     handle = _open(store, version)
-    examples = log_examples(handle, table, out)
+    examples = log_examples(handle, table)
+    _write_atomically(out, lambda tmp: pq.write_table(examples, tmp))
     _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
                highlight=False)
 
@@ -272,8 +367,10 @@ def materialize(
     keep: Annotated[str | None, typer.Option(help="Comma-separated example-log columns to copy over.")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
     verify: Annotated[bool, typer.Option(help="Check each history against its pointer's checksum.")] = True,
+    force: ForceOpt = False,
 ) -> None:
     """Rebuild each example's history: one row per example, a list column per column."""
+    _check_output(out, force, "--out", [examples], store)
     _input_file(examples, "example log")
     handle = _open(store)
     projection = Projection(max_len, _columns(columns))
@@ -296,17 +393,68 @@ def strip(
     store: StoreArg,
     examples: Annotated[Path, typer.Argument(help="Two-tier example log (Parquet).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
+    force: ForceOpt = False,
+    drop_deleted: Annotated[bool, typer.Option(
+        help="Also drop the tails of users deleted from the store (their records then audit as deleted).")] = False,
 ) -> None:
     """Drop the inline tails that a kept version covers; batch rebuilds stay exact."""
     from lateseq.twotier import is_two_tier, strip_tails
 
+    _check_output(out, force, "--out", [examples], store)
     log = _read_parquet(examples, "example log")
     if not is_two_tier(log):
         raise SchemaError(f"{examples} holds plain pointers, no online tails to strip")
-    stripped, count = strip_tails(_open(store), log)
-    _write_atomically(stripped, out)
+    stripped, count = strip_tails(_open(store), log, drop_deleted)
+    _write_atomically(out, lambda tmp: pq.write_table(stripped, tmp))
     _err.print(f"stripped {count:,} of {log.num_rows:,} tails; {out} is "
                f"{out.stat().st_size:,} bytes (was {examples.stat().st_size:,})", highlight=False)
+
+
+@app.command()
+def verify(
+    store: StoreArg,
+    deep: Annotated[bool, typer.Option(help="Also decode every segment again and re-hash every event.")] = False,
+) -> None:
+    """Check every file the store's kept versions need (an fsck); exit 1 on any problem."""
+    from lateseq.audit import verify as run_verify
+
+    handle = _open(store)
+    problems = run_verify(handle, deep=deep)
+    for problem in problems:
+        print(f"{problem.path}: {problem.message}")
+    kept = len(handle.versions())
+    if problems:
+        _fail(f"{len(problems)} problems in {store} ({kept} kept versions checked)")
+    _err.print(f"{store}: {kept} kept versions, every file sound{' (deep)' if deep else ''}", highlight=False)
+
+
+@app.command()
+def delete(
+    store: StoreArg,
+    users: Annotated[Path, typer.Argument(help="Parquet file with a user_id column.", show_default=False)],
+) -> None:
+    """Publish a version without USERS' events; print its number and what still holds them."""
+    table = _read_parquet(users, "users")
+    if "user_id" not in table.column_names:
+        raise SchemaError(f"{users} has no user_id column (columns: {table.column_names})")
+    try:
+        ids = table.column("user_id").cast(pa.int64()).to_numpy()
+    except pa.ArrowException as exc:
+        raise SchemaError(f"{users}: user_id must hold integers ({exc})") from exc
+    handle = _open(store)
+    new = handle.delete(ids)
+    print(new.version)
+    if new.version == handle.version:
+        _err.print(f"none of the {len(set(ids.tolist())):,} users has events in {store}: nothing to do",
+                   highlight=False)
+        return
+    older = sorted({v.version for v in new.versions() if v.version < new.version})
+    pinned = {name: v for name, v in new.tags().items() if v < new.version}
+    _err.print(f"version {new.version} holds no event of {len(set(ids.tolist())):,} users. Still holding them: "
+               f"{len(older)} older kept versions (`lateseq cleanup {store}` retires them"
+               + (f"; tags {sorted(pinned)} pin some: untag them or use --no-keep-tags" if pinned else "")
+               + "), read caches on other hosts (their `lateseq cleanup` clears them), and inline tails "
+               "in two-tier example logs (`lateseq strip --drop-deleted`).", highlight=False)
 
 
 @app.command()
@@ -350,11 +498,14 @@ def simulate(
     compaction_hours: Annotated[float, typer.Option(help="Fold and compaction period, hours.")] = 6.0,
     max_len: Annotated[int, typer.Option(help="Events the online model reads.")] = 50,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Serve, fold and rebuild a synthetic stream; compare with the naive join."""
     from lateseq.cli.simulate import SimulationConfig
     from lateseq.cli.simulate import simulate as run
 
+    if json_path is not None:
+        _check_output(json_path, force, "--json")
     shares = (late_share, out_of_order_share, duplicate_share, tie_share)
     if users < 1 or days <= 0 or compaction_hours <= 0 or max_len < 1 or not all(0 <= x <= 1 for x in shares):
         raise SchemaError("--users, --days, --compaction-hours, --max-len must be positive and shares in [0, 1]")
@@ -379,18 +530,9 @@ def simulate(
                  f"{result['log_bytes_per_example_stripped']:.1f} after stripping {result['tails_stripped']:,}",
                  highlight=False)
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2))
+        _write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     if result["streaming_match_rate"] < 1 or result["batch_match_rate"] < 1 or result["leaked_events"]:
         _fail("lateseq did not rebuild every example exactly")
-
-
-def _write_atomically(table: pa.Table, out: Path) -> None:
-    tmp = out.with_name(f".tmp-{out.name}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @app.command()
@@ -405,6 +547,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and of sampling.")] = 0,
     fat_sample: Annotated[int | None, typer.Option(
         help="Examples built as Fat Rows and compared.", show_default="all for movielens, 200k for synthetic")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Use a --workdir that is not empty, replacing the "
+                                                         "demo's files there.")] = False,
 ) -> None:
     """Ingest, log pointers, materialize and check every history against Fat Rows."""
     from lateseq.cli.demo import (
@@ -417,6 +561,9 @@ def demo(
         raise SchemaError(f"--cadence must be month, week or day, not {cadence!r}")
     if users < 1 or (examples is not None and examples < 1) or (fat_sample is not None and fat_sample < 1):
         raise SchemaError("--users, --examples and --fat-sample must be positive")
+    if workdir is not None and workdir.is_dir() and any(workdir.iterdir()) and not force:
+        raise FileExistsError(f"--workdir {workdir} is not empty; the demo replaces its store and files there: "
+                              "pass --force, or pick an empty directory")
     summary = run_demo(dataset, users=users, workdir=workdir, seed=seed, cadence=cadence,
                        examples=examples, fat_sample=fat_sample, console=_err)
     _err.print(f"demo finished in {summary['seconds']:.1f}s", highlight=False)
@@ -425,9 +572,4 @@ def demo(
               f"{summary['checksum_mismatches']} from their checksums")
 
 
-def main() -> None:  # pragma: no cover - the console script calls app() directly
-    app()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -114,7 +114,7 @@ def run_demo(
     temporary = workdir is None
     root = Path(tempfile.mkdtemp(prefix="lateseq-demo-") if temporary else workdir)
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("store", "examples.parquet", "fatrows.parquet", "fat-examples.parquet"):
+    for name in ("store", "online-store", "examples.parquet", "fatrows.parquet", "fat-examples.parquet"):
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)

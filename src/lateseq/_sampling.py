@@ -1,0 +1,263 @@
+"""Which rows of an example log each loader shard produces, in which batches: torch-free.
+
+A *shard* is one (rank, worker) pair. Over an epoch every row of the log comes out of
+exactly one shard exactly once, whatever the number of ranks and workers. Memory stays
+bounded whatever the size of the log, because nothing is planned per row globally:
+
+1. The log is cut into *blocks* of consecutive rows (``block_rows``, or whole Parquet
+   row groups, since reading part of a row group costs reading all of it). The blocks
+   are permuted with ``(seed, epoch)`` and dealt round-robin to ranks, then to each
+   rank's workers, so a rank's rows do not depend on its number of workers. A shard
+   reads only its own blocks.
+2. A shard's blocks, in dealt order, are grouped into *windows* of about
+   ``window_rows`` rows; rows are shuffled within a window only, so one window is all a
+   shard ever holds. With ``affinity``, a window's rows are ordered by a salted hash of
+   the user, then user, then request time: one user's examples sit together (a history
+   read serves several of them) while users still come in random order.
+3. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
+   may span two windows); only a shard's last batch can be short (or is dropped).
+
+Resuming after ``i`` batches is arithmetic on block sizes: ``slices(start=i)`` begins
+at the window holding row ``i * batch_size`` without touching the batches before.
+
+>>> plan = ShardPlan(num_rows=10, batch_size=4, world_size=2, rank=1)
+>>> [b.tolist() for b in plan.batches()]
+[]
+>>> [b.tolist() for b in ShardPlan(num_rows=10, batch_size=4).batches()]
+[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ._errors import SchemaError
+
+BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align with
+WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at once
+
+Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _positive(name: str, value: object) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise SchemaError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _index(name: str, value: object, count: int, count_name: str) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or not 0 <= value < count:
+        raise SchemaError(f"{name} must be an integer in [0, {count_name}={count}), got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard's batches of one epoch of an example log of ``num_rows`` rows.
+
+    ``row_groups`` (rows per Parquet row group, in file order) aligns blocks with row
+    groups: a block is one or more whole consecutive row groups of at most
+    ``block_rows`` rows in all (a bigger row group is a block by itself).
+    """
+
+    num_rows: int
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+    drop_last: bool = False
+    affinity: bool = False
+    row_groups: tuple[int, ...] | None = None
+    block_rows: int = BLOCK_ROWS
+    window_rows: int = WINDOW_ROWS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_rows, int | np.integer) or isinstance(self.num_rows, bool) or self.num_rows < 0:
+            raise SchemaError(f"num_rows must be a non-negative integer, got {self.num_rows!r}")
+        _positive("batch_size", self.batch_size)
+        _positive("world_size", self.world_size)
+        _positive("num_workers", self.num_workers)
+        _positive("block_rows", self.block_rows)
+        _positive("window_rows", self.window_rows)
+        _index("rank", self.rank, self.world_size, "world_size")
+        _index("worker", self.worker, self.num_workers, "num_workers")
+        for name in ("seed", "epoch"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+                raise SchemaError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.row_groups is not None:
+            groups = tuple(int(n) for n in self.row_groups)
+            if any(n < 0 for n in groups) or sum(groups) != self.num_rows:
+                raise SchemaError(f"row_groups must be non-negative row counts summing to num_rows="
+                                  f"{self.num_rows}, got {len(groups)} groups of {sum(groups)} rows")
+            object.__setattr__(self, "row_groups", groups)
+
+    # ------------------------------------------------------------ blocks and windows
+
+    @cached_property
+    def _block_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row bounds, row-group bounds) of every non-empty block, each of length blocks+1."""
+        if self.row_groups is None:
+            rows = np.append(np.arange(0, self.num_rows, self.block_rows, dtype=np.int64), self.num_rows)
+            return (rows, rows.copy()) if self.num_rows else (np.zeros(1, np.int64),) * 2
+        rows, groups = [0], [0]
+        size = 0
+        for g, n in enumerate(self.row_groups):
+            if size and size + n > self.block_rows:
+                rows.append(rows[-1] + size)
+                groups.append(g)
+                size = 0
+            size += n
+        rows.append(self.num_rows)
+        groups.append(len(self.row_groups))
+        rows_a, groups_a = np.array(rows, np.int64), np.array(groups, np.int64)
+        keep = np.flatnonzero(np.diff(rows_a) > 0)  # blocks of empty row groups hold nothing
+        return (np.append(rows_a[keep], self.num_rows), np.append(groups_a[keep], groups_a[-1]))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._block_table[0]) - 1
+
+    @cached_property
+    def blocks(self) -> np.ndarray:
+        """This shard's block ids, in the order it reads them."""
+        order = np.arange(self.num_blocks)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
+        return order[self.rank::self.world_size][self.worker::self.num_workers]
+
+    @cached_property
+    def windows(self) -> list[np.ndarray]:
+        """This shard's blocks grouped into windows of at least ``window_rows`` rows (but
+        the last)."""
+        bounds = self._block_table[0]
+        out, current, size = [], [], 0
+        for b in self.blocks.tolist():
+            current.append(b)
+            size += int(bounds[b + 1] - bounds[b])
+            if size >= self.window_rows:
+                out.append(np.array(current, np.int64))
+                current, size = [], 0
+        if current:
+            out.append(np.array(current, np.int64))
+        return out
+
+    @cached_property
+    def _window_starts(self) -> np.ndarray:
+        bounds = self._block_table[0]
+        sizes = [int((bounds[w + 1] - bounds[w]).sum()) for w in self.windows]
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+    @property
+    def num_rows_shard(self) -> int:
+        """Rows this shard holds (before ``drop_last``)."""
+        return int(self._window_starts[-1])
+
+    @property
+    def num_batches(self) -> int:
+        rows = self.num_rows_shard
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def ranges_of(self, window: int) -> list[tuple[int, int]]:
+        """The (start, stop) log rows of a window's blocks, in read order."""
+        bounds = self._block_table[0]
+        return [(int(bounds[b]), int(bounds[b + 1])) for b in self.windows[window].tolist()]
+
+    def window_rows_of(self, window: int) -> np.ndarray:
+        """The log rows of a window, in read order (its blocks' rows, block after block)."""
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.ranges_of(window)])
+
+    def row_groups_of(self, window: int) -> list[int]:
+        """The Parquet row groups of a window, in read order (needs ``row_groups``)."""
+        if self.row_groups is None:
+            raise SchemaError("this plan was made without row_groups")
+        groups = self._block_table[1]
+        return [g for b in self.windows[window].tolist() for g in range(groups[b], groups[b + 1])]
+
+    # ------------------------------------------------------------ order and batches
+
+    def order(self, window: int, user: np.ndarray | None = None,
+              request_ts: np.ndarray | None = None) -> np.ndarray:
+        """Positions of a window's rows (in read order) in the order they are served.
+
+        ``user`` and ``request_ts`` (one per row of the window, in read order) are needed
+        with ``affinity`` only.
+        """
+        size = int(self._window_starts[window + 1] - self._window_starts[window])
+        first = int(self.windows[window][0])
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch, first, 1]).permutation(size)
+        else:
+            perm = np.arange(size)
+        if not self.affinity:
+            return perm
+        if user is None or request_ts is None or len(user) != size or len(request_ts) != size:
+            raise SchemaError(f"affinity needs user and request_ts for each of the window's {size} rows")
+        user = np.asarray(user, np.int64)[perm]
+        salt = np.zeros(1, np.uint64)
+        for part in (self.seed, self.epoch, first):  # users come in a new order each window
+            salt = _mix(salt ^ np.uint64(part))
+        hashed = _mix(user.view(np.uint64) ^ salt)
+        return perm[np.lexsort((np.asarray(request_ts)[perm], user, hashed))]
+
+    def slices(self, start: int = 0) -> Iterator[list[tuple[int, int, int]]]:
+        """For each batch from batch ``start`` on: its ``(window, lo, hi)`` parts, each
+        ``order(window)[lo:hi]``."""
+        n = self.num_batches
+        if not isinstance(start, int | np.integer) or isinstance(start, bool) or not 0 <= start <= n:
+            raise SchemaError(f"cannot resume at batch {start!r}: this shard has {n} batches")
+        starts = self._window_starts
+        end_of_shard = self.num_rows_shard
+        for i in range(int(start), n):
+            pos, end = i * self.batch_size, min((i + 1) * self.batch_size, end_of_shard)
+            w = int(np.searchsorted(starts, pos, side="right")) - 1
+            parts = []
+            while pos < end:
+                hi = min(end, int(starts[w + 1]))
+                parts.append((w, pos - int(starts[w]), hi - int(starts[w])))
+                pos, w = hi, w + 1
+            yield parts
+
+    def batches(self, start: int = 0,
+                keys: Keys | tuple[Sequence[int], Sequence[int]] | None = None) -> Iterator[np.ndarray]:
+        """The log rows of each batch from batch ``start`` on.
+
+        With ``affinity``, ``keys`` gives (user, request_ts) either as two arrays over
+        the whole log or as a function of an array of rows (read what you need).
+        """
+        if self.affinity and keys is None:
+            raise SchemaError("affinity needs keys: (user_id, request_ts) arrays or a function of rows")
+        if keys is not None and not callable(keys):
+            user_all, ts_all = (np.asarray(k) for k in keys)
+
+            def keys(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return user_all[rows], ts_all[rows]
+        current: tuple[int, np.ndarray, np.ndarray] | None = None
+        for parts in self.slices(start):
+            out = []
+            for w, lo, hi in parts:
+                if current is None or current[0] != w:
+                    rows = self.window_rows_of(w)
+                    current = (w, rows, self.order(w, *(keys(rows) if self.affinity else (None, None))))
+                out.append(current[1][current[2][lo:hi]])
+            yield np.concatenate(out)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a cheap, well-spread 64-bit hash of each value."""
+    x = np.asarray(x, np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x

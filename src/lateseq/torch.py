@@ -1,0 +1,456 @@
+"""PyTorch loading: an example log in, batches of tensors with exact sequences out.
+
+A thin leaf over the torch-free plan (``lateseq._sampling``): ``ExampleDataset`` is a
+``torch.utils.data.IterableDataset`` that each (rank, worker) shard iterates over its
+own rows of the log, reading only its own row groups, so that over an epoch every
+example comes out exactly once; ``state_dict``/``load_state_dict`` let torchdata's
+``StatefulDataLoader`` resume exactly after the last batch it handed out.
+
+>>> ds = ExampleDataset(store, "examples.parquet", Projection(200, ("item_id", "ts")),
+...                     batch_size=256, shuffle=True)
+>>> loader = DataLoader(ds, batch_size=None, num_workers=4, multiprocessing_context="spawn")
+>>> for batch in rebatch(loader, 1024):
+...     ids = batch.padded("item_id", 200)          # newest 200 events, right-padded
+...     label = batch.examples["label"]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
+
+from ._errors import PointerError, SchemaError
+from ._jagged import JaggedBatch
+from ._loader import _open_parquet
+from ._materialize import materialize
+from ._pointers import POINTER_FIELDS
+from ._projection import Projection
+from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
+from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
+from ._store import Store
+
+__all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "rebatch"]
+
+
+# ---------------------------------------------------------------------- batches
+
+
+@dataclass
+class BatchStats:
+    """What producing one batch cost, carried with it so a trainer can add up workers'."""
+
+    read_s: float = 0.0  # reading and reordering example-log rows
+    materialize_s: float = 0.0  # rebuilding the sequences
+    busy_s: float = 0.0  # everything, tensors included
+    shared_histories: int = 0  # examples whose user already has an example in the batch
+
+    def __add__(self, other: BatchStats) -> BatchStats:
+        return BatchStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass
+class Batch:
+    """Examples with their sequences: ``values[name][offsets[i]:offsets[i+1]]`` is example
+    ``i``'s history of one column, oldest event first.
+
+    ``rows`` is each example's row number in the log; ``examples`` its per-example
+    columns (labels, request features).
+    """
+
+    rows: torch.Tensor
+    examples: dict[str, torch.Tensor]
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+    values: dict[str, torch.Tensor]
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _map(self, fn: Any) -> Batch:
+        return Batch(fn(self.rows), {k: fn(v) for k, v in self.examples.items()}, fn(self.offsets),
+                     fn(self.lengths), {k: fn(v) for k, v in self.values.items()}, self.stats)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so ``DataLoader(pin_memory=True)`` and ``to(non_blocking=True)`` work."""
+        return self._map(lambda t: t.pin_memory())
+
+    def __getitem__(self, index: slice) -> Batch:
+        """Examples ``index`` (a slice with step 1), with their sequences."""
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a Batch is sliced by a slice of step 1")
+        a, b, _ = index.indices(len(self))
+        b = max(a, b)
+        lo, hi = int(self.offsets[a]), int(self.offsets[b])
+        return Batch(self.rows[a:b], {k: v[a:b] for k, v in self.examples.items()},
+                     self.offsets[a:b + 1] - lo, self.lengths[a:b],
+                     {k: v[lo:hi] for k, v in self.values.items()}, self.stats)
+
+    @classmethod
+    def cat(cls, batches: Sequence[Batch]) -> Batch:
+        """One batch holding the examples of ``batches`` in order (same columns)."""
+        if not batches:
+            raise SchemaError("cannot join zero batches")
+        lengths = torch.cat([b.lengths for b in batches])
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=lengths.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        first = batches[0]
+        stats = BatchStats()
+        for b in batches:
+            stats = stats + b.stats
+        return cls(torch.cat([b.rows for b in batches]),
+                   {k: torch.cat([b.examples[k] for b in batches]) for k in first.examples},
+                   offsets, lengths, {k: torch.cat([b.values[k] for b in batches]) for k in first.values},
+                   stats)
+
+    def padded(self, name: str, length: int | None = None, side: Literal["right", "left"] = "right",
+               pad_value: Any = 0) -> torch.Tensor:
+        """A dense (examples, length) tensor of one column: each example's newest ``length``
+        events, oldest first, padded on ``side`` (``length`` None: the longest here)."""
+        if name not in self.values:
+            raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
+        if side not in ("right", "left"):
+            raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
+        if length is None:
+            length = int(self.lengths.max()) if len(self) else 0
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise SchemaError(f"length must be a non-negative integer, got {length!r}")
+        values = self.values[name]
+        keep = torch.clamp(self.lengths, max=length)[:, None]
+        col = torch.arange(length, device=values.device)
+        end = self.offsets[1:, None]
+        if side == "right":
+            mask, src = col < keep, end - keep + col
+        else:
+            mask, src = col >= length - keep, end - length + col
+        out = torch.full((len(self), length), pad_value, dtype=values.dtype, device=values.device)
+        out[mask] = values[src[mask]]
+        return out
+
+    def to_kjt(self, keys: Sequence[str] | None = None) -> Any:
+        """A TorchRec ``KeyedJaggedTensor`` of the sequence columns ``keys`` (default: all).
+
+        A KJT has one values tensor, and its values are ids for embedding tables: integer
+        and bool columns are widened to int64 (lossless); a float column raises, name
+        the id columns in ``keys`` and read floats from ``values`` or ``padded``.
+        """
+        try:
+            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+        except ImportError as exc:
+            raise ImportError("to_kjt needs TorchRec: pip install 'lateseq[torchrec]'") from exc
+        keys = list(self.values) if keys is None else list(keys)
+        unknown = [k for k in keys if k not in self.values]
+        if unknown:
+            raise SchemaError(f"batch has no columns {unknown}; it has {sorted(self.values)}")
+        floats = [k for k in keys if self.values[k].is_floating_point()]
+        if floats:
+            raise SchemaError(f"columns {floats} are floats, and KeyedJaggedTensor values are ids; "
+                              "pass keys= naming the integer columns")
+        values = [self.values[k].to(torch.int64) for k in keys]
+        return KeyedJaggedTensor(
+            keys=keys,
+            values=torch.cat(values) if values else torch.zeros(0, dtype=torch.int64),
+            lengths=self.lengths.repeat(len(keys)),  # key-major, like the values
+        )
+
+    def to_hstu(self, ids: str = "item_id", timestamps: str = "ts",
+                max_len: int | None = None) -> dict[str, Any]:
+        """The fields of generative-recommenders' ``SequentialFeatures`` (HSTU's input).
+
+        As its ``DatasetV2(chronological=True)`` makes them: each example's newest
+        ``max_len`` events, oldest first, right-padded with 0 (so ids must be > 0, and
+        ``past_lengths[i]`` says where the target goes; HSTU wants it > 0, so leave out
+        examples with empty histories); ``past_payloads`` holds
+        ``timestamps`` and every other column under its own name, padded alike.
+        ``SequentialFeatures(**batch.to_hstu())`` builds it.
+        """
+        for name in (ids, timestamps):
+            if name not in self.values:
+                raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
+        width = max_len if max_len is not None else (int(self.lengths.max()) if len(self) else 0)
+        payloads = {"timestamps": self.padded(timestamps, width).to(torch.int64)}
+        payloads |= {k: self.padded(k, width) for k in self.values if k not in (ids, timestamps)}
+        return {
+            "past_lengths": torch.clamp(self.lengths, max=width),
+            "past_ids": self.padded(ids, width).to(torch.int64),
+            "past_embeddings": None,
+            "past_payloads": payloads,
+        }
+
+
+def rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """Training batches of exactly ``batch_size`` examples (the last may be smaller) from
+    smaller worker batches, in order: workers make small batches (less memory, finer
+    resume), the trainer takes big ones."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
+    pending: list[Batch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += len(batch)
+        while count >= batch_size:
+            joined = Batch.cat(pending) if len(pending) > 1 else pending[0]
+            yield joined[:batch_size]
+            rest = joined[batch_size:]
+            rest.stats = BatchStats()  # counted once, in the batch above
+            pending, count = ([rest] if len(rest) else []), len(rest)
+    if count:
+        yield Batch.cat(pending)
+
+
+@dataclass
+class LoaderMetrics:
+    """Running totals of what batches cost. The dataset keeps one for batches made in
+    its own process (``num_workers=0``); with workers, ``add`` each batch in the trainer."""
+
+    batches: int = 0
+    examples: int = 0
+    read_s: float = 0.0
+    materialize_s: float = 0.0
+    busy_s: float = 0.0
+    shared_histories: int = 0
+
+    def add(self, batch: Batch) -> None:
+        self.batches += 1
+        self.examples += len(batch)
+        for name in ("read_s", "materialize_s", "busy_s", "shared_histories"):
+            setattr(self, name, getattr(self, name) + getattr(batch.stats, name))
+
+    @property
+    def examples_per_s(self) -> float:
+        """Examples per second one loader process makes (time spent making batches only)."""
+        return self.examples / self.busy_s if self.busy_s else 0.0
+
+    @property
+    def shared_share(self) -> float:
+        """Share of examples whose user's history another example of its batch also read."""
+        return self.shared_histories / self.examples if self.examples else 0.0
+
+
+# ---------------------------------------------------------------------- the dataset
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+class ExampleDataset(IterableDataset):
+    """Batches of an example log with their exact sequences, sharded by rank and worker.
+
+    ``store`` is a handle or a path (opened once, here, at its latest version; workers
+    reopen that same version). ``examples`` is a Parquet path (each worker reads only
+    its own row groups: write logs with row groups of ~64k rows) or a pyarrow Table
+    (copied into each worker).
+    Every example comes out exactly once per epoch; with ``shuffle``, in a new order
+    each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
+    within windows of ``window_rows``. ``affinity`` groups each window's examples by
+    user. ``drop_last`` drops each shard's short last batch. ``example_columns``
+    (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
+    ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
+    initialised (create the dataset after ``init_process_group``).
+    """
+
+    def __init__(self, store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
+                 projection: Projection, *, batch_size: int = 1024, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, affinity: bool = False, example_columns: Sequence[str] | None = None,
+                 verify: bool = True, rank: int | None = None, world_size: int | None = None,
+                 block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
+        super().__init__()
+        self.store = store if isinstance(store, Store) else Store(store)
+        if not isinstance(projection, Projection):
+            raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
+        projection.resolve(self.store.schema)  # unknown columns fail here, not in a worker
+        self.projection = projection
+        if isinstance(examples, pa.Table):
+            self._table: pa.Table | None = examples
+            self._path: str | None = None
+            schema, num_rows, row_groups = examples.schema, examples.num_rows, None
+        else:
+            with _open_parquet(examples) as source:
+                schema, meta = source.schema_arrow, source.metadata
+                num_rows = meta.num_rows
+                row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            self._table, self._path = None, os.fspath(examples)
+        missing = [f.name for f in POINTER_FIELDS if f.name not in schema.names]
+        if missing:
+            raise PointerError(f"example log is missing pointer columns {missing}; "
+                               "make pointers with lateseq.log_examples or `lateseq pointers`")
+        self.example_columns = _example_columns(schema, example_columns)
+        protocol = [f.name for f in POINTER_FIELDS]
+        if is_two_tier(schema.empty_table()):
+            protocol += [n for n in schema.names if n in RECORD_FIELDS.names or n.startswith(TAIL_PREFIX)]
+        self._read = list(dict.fromkeys(protocol + self.example_columns))
+        if rank is None or world_size is None:
+            dist = torch.distributed
+            ready = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if ready else 0) if rank is None else rank
+            world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
+        self.verify = verify
+        self.epoch = 0
+        self.metrics = LoaderMetrics()
+        self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
+                        "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
+                        "affinity": bool(affinity), "row_groups": row_groups, "block_rows": block_rows,
+                        "window_rows": window_rows}
+        self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
+        self._resume: dict[str, Any] | None = None
+        self._yielded = 0
+        self._shard: tuple[int, int] | None = None
+
+    def _plan(self, worker: int, num_workers: int) -> ShardPlan:
+        return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffles anew for ``epoch`` (call before each epoch, with workers not persistent)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise SchemaError(f"epoch must be a non-negative integer, got {epoch!r}")
+        if epoch != self.epoch:
+            self._resume = None
+        self.epoch = epoch
+
+    # ------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this shard stands: its epoch and how many batches it has handed out."""
+        worker, workers = self._shard if self._shard else (None, None)
+        return {"epoch": self.epoch, "batches": self._yielded, "worker": worker, "num_workers": workers,
+                "plan": _fingerprint(self._config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next iteration starts after the batches ``state`` says were handed out."""
+        try:
+            epoch, batches, plan = state["epoch"], state["batches"], state["plan"]
+        except (KeyError, TypeError) as exc:
+            raise SchemaError(f"not an ExampleDataset state: {state!r}") from exc
+        if plan != _fingerprint(self._config):
+            raise SchemaError(f"cannot resume: the state was saved with {plan}, this dataset has "
+                              f"{_fingerprint(self._config)}")
+        self.set_epoch(epoch)
+        self._resume = dict(state, batches=batches)
+
+    # ------------------------------------------------------------ iterating
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self._plan(worker, workers)
+        start = 0
+        if self._resume is not None:
+            saved = (self._resume.get("worker"), self._resume.get("num_workers"))
+            if saved != (None, None) and saved != (worker, workers):
+                raise SchemaError(f"cannot resume worker {worker} of {workers} from the state of "
+                                  f"worker {saved[0]} of {saved[1]}")
+            start, self._resume = self._resume["batches"], None
+        self._shard, self._yielded = (worker, workers), start
+        return self._batches(plan, start)
+
+    def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
+        source = None if self._table is not None else _open_parquet(self._path)
+        reorder = plan.shuffle or plan.affinity
+        window: tuple[int, pa.Table, np.ndarray, np.ndarray] | None = None
+        try:
+            for parts in plan.slices(start):
+                t0 = time.perf_counter()
+                pieces, rows = [], []
+                for w, lo, hi in parts:
+                    if window is None or window[0] != w:
+                        window = self._window(plan, source, w)
+                    _, table, window_rows, order = window
+                    pieces.append(table.take(pa.array(order[lo:hi])) if reorder else table.slice(lo, hi - lo))
+                    rows.append(window_rows[order[lo:hi]])
+                examples = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
+                t1 = time.perf_counter()
+                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+                t2 = time.perf_counter()
+                batch = self._batch(np.concatenate(rows), examples, sequences)
+                batch.stats = BatchStats(t1 - t0, t2 - t1, time.perf_counter() - t0,
+                                         len(batch) - len(np.unique(examples.column("user_id").to_numpy())))
+                self._yielded += 1  # before the yield: a checkpoint taken now must count it
+                self.metrics.add(batch)
+                yield batch
+        finally:
+            if source is not None:
+                source.close()
+
+    def _window(self, plan: ShardPlan, source: Any, w: int) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
+        """A window's rows of the log (read order), their row numbers, and their serving order."""
+        if source is None:
+            table = pa.concat_tables([self._table.slice(a, b - a) for a, b in plan.ranges_of(w)])
+            table = table.select(self._read)
+        else:
+            try:
+                table = source.read_row_groups(plan.row_groups_of(w), columns=self._read)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise SchemaError(f"cannot read example log {self._path}: {exc}") from exc
+        keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
+        return w, table, plan.window_rows_of(w), plan.order(w, *keys)
+
+    def _batch(self, rows: np.ndarray, examples: pa.Table, sequences: JaggedBatch) -> Batch:
+        return Batch(
+            rows=torch.from_numpy(rows.astype(np.int64, copy=False)),
+            examples={name: _tensor(_example_numpy(examples, name)) for name in self.example_columns},
+            offsets=_tensor(sequences.offsets),
+            lengths=_tensor(sequences.lengths),
+            values={name: _tensor(v) for name, v in sequences.values.items()},
+        )
+
+
+def _fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """What a saved position means: resuming under another plan would repeat or skip rows."""
+    out = {k: v for k, v in config.items() if k != "row_groups"}
+    out["row_groups"] = None if config["row_groups"] is None else len(config["row_groups"])
+    return out
+
+
+def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list[str]:
+    if requested is None:
+        protocol = {f.name for f in POINTER_FIELDS}
+        if is_two_tier(schema.empty_table()):
+            protocol |= set(RECORD_FIELDS.names)
+        return [f.name for f in schema if f.name not in protocol and _numeric(f.type)]
+    if isinstance(requested, str):
+        raise SchemaError(f"example_columns must be a list of names, not the string {requested!r}")
+    requested = list(requested)
+    unknown = [c for c in requested if c not in schema.names]
+    if unknown:
+        raise SchemaError(f"example log has no columns {unknown} (it has {schema.names})")
+    bad = [f"{c} ({schema.field(c).type})" for c in requested if not _numeric(schema.field(c).type)]
+    if bad:
+        raise SchemaError(f"example columns {bad} are not numeric or bool, so cannot be tensors; "
+                          "leave them out of example_columns")
+    return list(dict.fromkeys(requested))
+
+
+def _example_numpy(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise SchemaError(f"example column {name!r} has nulls; fill them before training")
+    array = np.asarray(column.to_numpy())
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # torch lacks most unsigned ops
+        if array.dtype.itemsize == 8 and len(array) and array.max() >= 2**63:
+            raise SchemaError(f"example column {name!r} holds uint64 values that do not fit int64")
+        array = array.astype(np.int64)
+    return array
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor owning a writable copy only when needed (torch warns on read-only arrays)."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+

@@ -1,0 +1,273 @@
+"""CLI outputs are never overwritten without --force, never written over an input or into
+the store even with it, and are written whole or not at all; and ``lateseq cleanup``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import lateseq
+from lateseq.cli import app
+from tests.test_twotier import serve_one_scenario
+
+runner = CliRunner()
+OLD = b"an older output that must survive"
+
+
+def cli(*args) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+
+
+def no_temporaries(directory: Path) -> bool:
+    return not [p for p in directory.rglob(".tmp-*") if "cache" not in p.parts]
+
+
+@pytest.fixture
+def plain(tmp_path):
+    """A store, its requests and an example log, all through the CLI."""
+    tmp_path = tmp_path / "plain"
+    tmp_path.mkdir()
+    rng = np.random.default_rng(5)
+    pq.write_table(pa.table({"user_id": rng.integers(0, 5, 40), "ts": rng.integers(0, 50, 40),
+                             "item_id": rng.integers(0, 99, 40)}), tmp_path / "events.parquet")
+    pq.write_table(pa.table({"user_id": rng.integers(0, 5, 20), "request_ts": rng.integers(0, 60, 20)}),
+                   tmp_path / "requests.parquet")
+    assert cli("ingest", tmp_path / "store", tmp_path / "events.parquet")[0] == 0
+    assert cli("pointers", tmp_path / "store", tmp_path / "requests.parquet", "--out", tmp_path / "ex.parquet")[0] == 0
+    return tmp_path
+
+
+@pytest.fixture
+def two_tier(world, tmp_path):
+    store, log, _ = serve_one_scenario(*world)
+    pq.write_table(log, tmp_path / "log.parquet")
+    return store, tmp_path
+
+
+def commands(d: Path, store: Path, out: Path) -> dict[str, list]:
+    return {
+        "pointers": ["pointers", store, d / "requests.parquet", "--out", out],
+        "materialize": ["materialize", store, d / "ex.parquet", "--max-len", 5, "--out", out],
+    }
+
+
+@pytest.mark.parametrize("command", ["pointers", "materialize"])
+def test_an_existing_output_needs_force(plain, dir_snapshot, command):
+    d = plain
+    out = d / "out.parquet"
+    args = commands(d, d / "store", out)[command]
+    assert cli(*args)[0] == 0
+    fresh = pq.read_table(out)
+    out.write_bytes(OLD)
+    before = dir_snapshot(d)
+    one_line_error(*cli(*args)[::2], str(out), "--force")
+    assert dir_snapshot(d) == before
+    code, _, err = cli(*args, "--force")
+    assert code == 0, err
+    assert pq.read_table(out).equals(fresh)
+    assert no_temporaries(d)
+
+
+def test_strip_and_simulate_outputs_need_force(two_tier, dir_snapshot):
+    store, d = two_tier
+    out = d / "stripped.parquet"
+    out.write_bytes(OLD)
+    before = dir_snapshot(d)
+    one_line_error(*cli("strip", store.path, d / "log.parquet", "--out", out)[::2], str(out), "--force")
+    sim = d / "sim.json"
+    sim.write_bytes(OLD)
+    before = dir_snapshot(d)
+    one_line_error(*cli("simulate", "--users", 5, "--days", 0.5, "--json", sim)[::2], str(sim), "--force")
+    assert dir_snapshot(d) == before
+    code, _, err = cli("strip", store.path, d / "log.parquet", "--out", out, "--force")
+    assert code == 0, err
+    assert pq.read_table(out).column("tail_item_id").to_pylist() == [[], [], []]
+    code, _, err = cli("simulate", "--users", 5, "--days", 0.5, "--json", sim, "--force")
+    assert code == 0, err
+    assert b"streaming_match_rate" in sim.read_bytes()
+    assert no_temporaries(d)
+
+
+def test_an_input_is_never_overwritten_even_with_force(plain, two_tier, dir_snapshot):
+    """An in-place rewrite would lose the only copy of what the command reads (an example
+    log records what online served) if the output is wrong; write elsewhere, then move."""
+    d = plain
+    store, d2 = two_tier
+    os.link(d / "ex.parquet", d / "alias.parquet")  # the same file under another name
+    (d / "link.parquet").symlink_to(d / "requests.parquet")
+    cases = [
+        ["pointers", d / "store", d / "requests.parquet", "--out", d / "requests.parquet"],
+        ["pointers", d / "store", d / "requests.parquet", "--out", d / "link.parquet"],
+        ["materialize", d / "store", d / "ex.parquet", "--max-len", 5, "--out", d / "ex.parquet"],
+        ["materialize", d / "store", d / "ex.parquet", "--max-len", 5, "--out", d / "alias.parquet"],
+        ["strip", store.path, d2 / "log.parquet", "--out", d2 / "log.parquet"],
+    ]
+    before = dir_snapshot(d), dir_snapshot(d2)
+    for args in cases:
+        for force in ([], ["--force"]):
+            one_line_error(*cli(*args, *force)[::2], str(args[args.index("--out") + 1]), "input")
+    assert (dir_snapshot(d), dir_snapshot(d2)) == before
+
+
+def test_outputs_never_go_into_the_store(plain, dir_snapshot):
+    d = plain
+    store = d / "store"
+    manifest = max((store / "versions").glob("*.json"))
+    before = dir_snapshot(d)
+    for out in (manifest, store / "schema.json", store / "new.parquet"):
+        for force in ([], ["--force"]):
+            args = commands(d, store, out)
+            for command in args.values():
+                one_line_error(*cli(*command, *force)[::2], "inside the store")
+    assert dir_snapshot(d) == before
+    assert lateseq.open(store).num_events == 40
+
+
+def test_bad_output_paths(plain, dir_snapshot):
+    d = plain
+    (d / "a-dir").mkdir()
+    before = dir_snapshot(d)
+    for args in commands(d, d / "store", d / "a-dir").values():
+        one_line_error(*cli(*args, "--force")[::2], "is a directory")
+    for args in commands(d, d / "store", d / "missing" / "o.parquet").values():
+        one_line_error(*cli(*args)[::2], "does not exist")
+    one_line_error(*cli("simulate", "--json", d / "missing" / "sim.json")[::2], "does not exist")
+    assert dir_snapshot(d) == before and not (d / "missing").exists()
+
+
+def test_a_failed_forced_run_leaves_the_old_output(plain, dir_snapshot):
+    """materialize fails midway (the histories no longer match their checksums): the old
+    output stays whole and no temporary file is left behind."""
+    d = plain
+    table = pq.read_table(d / "events.parquet")
+    changed = table.set_column(2, "item_id", pc.add(table.column("item_id"), 1))
+    pq.write_table(changed, d / "changed.parquet")
+    assert cli("ingest", d / "other", d / "changed.parquet")[0] == 0
+    out = d / "out.parquet"
+    out.write_bytes(OLD)
+    before = dir_snapshot(d)
+    one_line_error(*cli("materialize", d / "other", d / "ex.parquet", "--max-len", 5, "--out", out,
+                        "--force")[::2], "differ")
+    assert out.read_bytes() == OLD
+    assert dir_snapshot(d) == before
+
+
+def test_demo_workdir_that_is_not_empty_needs_force(tmp_path, dir_snapshot):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    (work / "examples.parquet").write_bytes(OLD)
+    before = dir_snapshot(tmp_path)
+    one_line_error(*cli("demo", "--dataset", "synthetic", "--users", 50, "--workdir", work)[::2],
+                   str(work), "--force")
+    assert dir_snapshot(tmp_path) == before
+    code, _, err = cli("demo", "--dataset", "synthetic", "--users", 50, "--examples", 300, "--workdir", work,
+                       "--force")
+    assert code == 0, err
+    assert (work / "notes.txt").read_text() == "mine"  # only the demo's own files are replaced
+    assert pq.read_table(work / "examples.parquet").num_rows == 300
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+@pytest.fixture
+def history(tmp_path):
+    """Versions 1-4: three commits and a compaction; version 1 tagged "first", 3 "third"."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
+    for i in range(3):
+        store = store.commit(pa.table({"user_id": [1, 2], "ts": [i, i], "item_id": [i, i]}))
+    store = store.compact()
+    store.tag("first", 1)
+    store.tag("third", 3)
+    log = lateseq.log_examples(store.checkout(2), pa.table({"user_id": [1], "request_ts": [10]}))
+    return store.path, log
+
+
+def kept(path: Path) -> list[int]:
+    out = []
+    for v in range(1, lateseq.open(path).latest_version + 1):
+        try:
+            lateseq.open(path, v)
+        except lateseq.VersionNotFound:
+            continue
+        out.append(v)
+    return out
+
+
+def test_cleanup_retires_untagged_versions_before_the_latest(history):
+    path, log = history
+    code, out, err = cli("cleanup", path)
+    assert code == 0, err
+    assert out.split() == ["2"]
+    assert kept(path) == [1, 3, 4]
+    assert len(err.strip().splitlines()) == 1 and "retired 1 versions older than 4" in err
+    assert "kept tagged versions 1, 3" in err
+    # pointers into the retired version still rebuild, checked by their checksums
+    assert lateseq.materialize(lateseq.open(path), log, lateseq.Projection(5, ("item_id",))).values[
+        "item_id"].tolist() == [0, 1]
+    code, out, _ = cli("cleanup", path)
+    assert (code, out) == (0, "")
+
+
+def test_cleanup_no_keep_tags_removes_older_tags_first(history):
+    path, _ = history
+    code, out, err = cli("cleanup", path, "--before", 3, "--no-keep-tags")
+    assert code == 0, err
+    assert out.split() == ["1", "2"]
+    assert lateseq.open(path).tags() == {"third": 3}  # a tag at --before or later stays
+    assert kept(path) == [3, 4]
+    assert "removed tags first" in err
+
+
+def test_cleanup_grace_spares_young_files(history):
+    path, _ = history
+    segments = path / "segments"
+    count = len(list(segments.iterdir()))
+    assert cli("cleanup", path, "--no-keep-tags")[0] == 0  # every file is seconds old: spared
+    assert len(list(segments.iterdir())) == count
+    code, _, err = cli("cleanup", path, "--grace", 0)
+    assert code == 0, err
+    left = len(list(segments.iterdir()))
+    assert left < count
+    live = {s.name for s in lateseq.open(path).segment_infos}
+    assert {p.name.split(".")[0] for p in segments.iterdir()} == live
+    assert lateseq.open(path).num_events == 6
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--grace", "-1"], "--grace"),
+    (["--grace", "nan"], "--grace"),
+    (["--grace", "soon"], "--grace"),
+    (["--before", "x"], "--before"),
+    (["--before", "first"], "--before"),
+    (["--before", "1.5"], "--before"),
+    (["--before", "-1"], "--before"),
+    (["--before", "99"], "--before 99"),
+])
+def test_cleanup_bad_input_changes_nothing(history, dir_snapshot, args, needle):
+    path, _ = history
+    before = dir_snapshot(path)
+    one_line_error(*cli("cleanup", path, "--no-keep-tags", *args)[::2], needle)
+    assert dir_snapshot(path) == before
+
+
+def test_cleanup_of_a_missing_store(tmp_path):
+    one_line_error(*cli("cleanup", tmp_path / "nope")[::2], "not a lateseq store")
+    assert not (tmp_path / "nope").exists()

@@ -1,0 +1,130 @@
+"""The mutable tier refuses events that arrive below the watermark already folded into
+the store: the next fold drains from that watermark, so they would be neither stored
+nor served. A refused append changes nothing; an accepted one is never lost."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import TWO_TIER_SCHEMA
+
+import lateseq
+from lateseq import SchemaError
+from lateseq.mutable import InMemoryTier
+from lateseq.twotier import OnlineReader, fold
+
+PROJECTION = lateseq.Projection(100, ("item_id", "ts", "arrival_ts"))
+
+
+def events(*rows: tuple[int, int, int, int]) -> pa.Table:
+    """Rows of (user, event time, arrival time, event id); item id = 10 * event id."""
+    user, ts, arrival, eid = (list(c) for c in zip(*rows, strict=True))
+    return pa.table({"user_id": user, "ts": ts, "item_id": [10 * e for e in eid],
+                     "arrival_ts": arrival, "event_id": eid})
+
+
+def stored_ids(store: lateseq.Store) -> list[int]:
+    users = pa.array(range(10), pa.int64()).to_numpy()
+    return sorted(store.latest().event_ids(users)[1].tolist())
+
+
+def state(tier: InMemoryTier) -> tuple:
+    return tier.drain(None, 2**62).to_pydict(), tier.expired_before, tier.folded_before
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_an_append_below_the_folded_watermark_is_refused(tmp_path, dir_snapshot, with_store):
+    store = lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA)
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=100, store=store if with_store else None)
+    tier.append(events((1, 5, 15, 1)))
+    store = fold(store, tier, 20)
+    store_before, tier_before = dir_snapshot(store.path), state(tier)
+    with pytest.raises(SchemaError) as err:  # after the tier's last arrival (15), but already folded
+        tier.append(events((1, 6, 18, 2)))
+    assert "18" in str(err.value) and "20" in str(err.value)
+    with pytest.raises(SchemaError, match="2 events arrived before 20 \\(the first at 17\\)"):
+        tier.append(events((1, 6, 17, 3), (1, 7, 19, 4), (1, 8, 20, 5), (2, 1, 25, 6)))  # all or nothing
+    assert state(tier) == tier_before and dir_snapshot(store.path) == store_before
+    # arriving exactly at the watermark is the next fold's: accepted, stored, served
+    assert tier.append(events((1, 8, 20, 5))) == 1
+    served = OnlineReader(store, tier, PROJECTION).serve(pa.table({"user_id": [1], "request_ts": [21]}))[1]
+    assert served.values["item_id"].tolist() == [10, 50]
+    store = fold(store, tier, 30)
+    assert stored_ids(store) == [1, 5]
+
+
+def test_the_tier_learns_the_watermark_from_its_store(tmp_path, dir_snapshot):
+    """Another writer folded (or committed with a watermark) without telling this tier."""
+    store = lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA)
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=100, store=store)
+    tier.append(events((1, 5, 6, 1)))
+    other = InMemoryTier(TWO_TIER_SCHEMA, retention=100)
+    other.append(events((2, 5, 6, 2)))
+    store = fold(store, other, 40)
+    assert tier.folded_before < 40  # fold told the other tier, not this one
+    before = state(tier)
+    with pytest.raises(SchemaError, match="arrived before 40 \\(the first at 39\\)"):
+        tier.append(events((1, 9, 39, 3)))
+    assert state(tier)[0] == before[0]
+    assert tier.append(events((1, 9, 41, 4))) == 1
+
+
+def test_folded_never_goes_back(world):
+    _, tier = world
+    tier.folded(30)
+    tier.folded(10)
+    assert tier.folded_before == 30
+    with pytest.raises(SchemaError, match="before 30"):
+        tier.append(events((1, 1, 29, 1)))
+
+
+def test_a_failed_fold_does_not_move_the_tier(world, monkeypatch):
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+
+    def broken(*args, **kwargs):
+        raise lateseq.StoreError("disk full")
+
+    monkeypatch.setattr(lateseq.Store, "commit", broken)
+    with pytest.raises(lateseq.StoreError):
+        fold(store, tier, 20)
+    monkeypatch.undo()
+    assert tier.append(events((1, 7, 10, 2))) == 1  # nothing was folded: 10 is still on time
+    store = fold(store, tier, 20)
+    assert stored_ids(store) == [1, 2]
+
+
+@settings(max_examples=60)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(-5, 30), st.integers(1, 3)),  # arrival step, how many
+    st.tuples(st.just("fold"), st.integers(1, 20), st.just(0)),  # watermark step
+), max_size=25), st.booleans())
+def test_every_accepted_event_is_stored_and_every_refusal_is_justified(tmp_path_factory, ops, with_store):
+    """A model: appends are refused exactly when some arrival is below the highest
+    folded watermark (or out of arrival order); every accepted event is in the store
+    after a last fold past everything."""
+    store = lateseq.create(tmp_path_factory.mktemp("s") / "store", TWO_TIER_SCHEMA)
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=10**6, store=store if with_store else None)
+    clock, folded, last_arrival, accepted, next_id = 0, None, None, [], 1
+    for op, step, count in ops:
+        if op == "fold":
+            watermark = (folded or 0) + step
+            store = fold(store, tier, watermark)
+            folded = watermark
+            continue
+        first = clock + step
+        rows = [(1 + i % 2, i, first + i, next_id + i) for i in range(count)]
+        next_id += count
+        out_of_order = last_arrival is not None and first < last_arrival
+        too_late = folded is not None and first < folded
+        if out_of_order or too_late:
+            with pytest.raises(SchemaError):
+                tier.append(events(*rows))
+            continue
+        assert tier.append(events(*rows)) == count
+        accepted += [r[3] for r in rows]
+        clock = last_arrival = first + count - 1
+    store = fold(store, tier, max(folded or 0, clock) + 1)
+    assert stored_ids(store) == sorted(accepted)

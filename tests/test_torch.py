@@ -1,0 +1,372 @@
+"""lateseq.torch against a brute-force oracle: real DataLoaders (0 and 2 workers, fork and
+spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batch API."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from oracle import Oracle, Request, assert_batch_equal
+from torch.utils.data import DataLoader
+
+import lateseq
+from lateseq import JaggedBatch
+from lateseq.torch import Batch, BatchStats, ExampleDataset, LoaderMetrics, rebatch
+
+COLUMNS = ("item_id", "rating", "ts")
+MAX_LEN = 6
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store of three commits (late events, time ties) and a compaction, an oracle of it,
+    and a log of examples made against each version as it was current."""
+    root = tmp_path_factory.mktemp("torch")
+    rng = np.random.default_rng(11)
+    schema = lateseq.Schema({"item_id": "int64", "rating": "int8"})
+    store = lateseq.create(root / "store", schema)
+    oracle = Oracle(schema.columns)
+    logs = []
+    for _ in range(3):
+        n = 120
+        users, ts = rng.integers(0, 15, n), rng.integers(0, 200, n) // 4 * 4
+        items, ratings = rng.integers(1, 500, n), rng.integers(0, 5, n).astype(np.int8)
+        store = store.commit(pa.table({"user_id": users, "ts": ts, "item_id": items, "rating": ratings}))
+        oracle.commit(users.tolist(), ts.tolist(), {"item_id": items, "rating": ratings})
+        m = 80
+        logs.append(lateseq.log_examples(store, pa.table({
+            "user_id": rng.integers(0, 18, m), "request_ts": rng.integers(0, 220, m),
+            "label": rng.integers(0, 2, m).astype(np.int8), "weight": rng.random(m).astype(np.float32),
+            "clicked": rng.random(m) < 0.5, "note": [f"n{i}" for i in range(m)],
+        })))
+    store = store.compact()
+    oracle.compact()
+    log = pa.concat_tables(logs)
+    path = root / "examples.parquet"
+    pq.write_table(log, path, row_group_size=16)  # 15 row groups: workers share them out
+    return store, oracle, log, path
+
+
+def check(batches: list[Batch], oracle: Oracle, log: pa.Table, rows_expected: int | None = None) -> None:
+    """Every row exactly once, each with the oracle's sequence and its own example columns."""
+    rows = np.concatenate([b.rows.numpy() for b in batches]) if batches else np.zeros(0, np.int64)
+    want = log.num_rows if rows_expected is None else rows_expected
+    assert len(rows) == want and len(np.unique(rows)) == want, "rows missing or repeated"
+    for b in batches:
+        picked = log.take(pa.array(b.rows.numpy()))
+        requests = [Request(r["user_id"], r["request_ts"], r["uih_version"]) for r in picked.to_pylist()]
+        offsets, values = oracle.expected(requests, MAX_LEN, COLUMNS)
+        got = JaggedBatch(b.offsets.numpy(), {k: v.numpy() for k, v in b.values.items()}, np.zeros(len(b), bool))
+        assert_batch_equal(got, offsets, values, f"rows {b.rows.tolist()}")
+        assert np.array_equal(b.lengths.numpy(), np.diff(offsets))
+        for name in ("label", "weight", "clicked"):
+            assert np.array_equal(b.examples[name].numpy(), picked.column(name).to_numpy()), name
+
+
+def dataset(world, source="path", **options) -> ExampleDataset:
+    store, _, log, path = world
+    options = {"batch_size": 10, "block_rows": 32, "window_rows": 64, **options}  # several per shard
+    return ExampleDataset(store, path if source == "path" else log, lateseq.Projection(MAX_LEN, COLUMNS),
+                          **options)
+
+
+def same(a: Batch, b: Batch) -> bool:
+    pairs = [(a.rows, b.rows), (a.offsets, b.offsets)] + [(a.values[k], b.values[k]) for k in a.values]
+    pairs += [(a.examples[k], b.examples[k]) for k in a.examples]
+    return a.values.keys() == b.values.keys() and all(torch.equal(x, y) for x, y in pairs)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("source", ["path", "table"])
+@pytest.mark.parametrize("shuffle, affinity", [(False, False), (True, False), (True, True)])
+def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(world, source, shuffle,
+                                                                                affinity):
+    _, oracle, log, _ = world
+    ds = dataset(world, source, shuffle=shuffle, affinity=affinity, block_rows=40, window_rows=60)
+    batches = list(DataLoader(ds, batch_size=None))
+    check(batches, oracle, log)
+    assert [len(b) for b in batches[:-1]] == [10] * (len(batches) - 1)
+    assert sorted(batches[0].examples) == ["clicked", "label", "weight"]  # numeric, not pointers
+    assert batches[0].examples["clicked"].dtype == torch.bool
+    assert batches[0].values["rating"].dtype == torch.int8 and batches[0].values["ts"].dtype == torch.int64
+    in_log_order = np.concatenate([b.rows.numpy() for b in batches])
+    assert np.array_equal(in_log_order, np.arange(log.num_rows)) != shuffle
+    assert ds.metrics.batches == len(batches) and ds.metrics.examples == log.num_rows
+    assert ds.metrics.examples_per_s > 0 and 0 < ds.metrics.materialize_s < ds.metrics.busy_s
+
+
+def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world):
+    _, oracle, log, _ = world
+    per_rank = []
+    for rank in range(3):
+        ds = dataset(world, shuffle=True, seed=4, rank=rank, world_size=3)
+        per_rank.append(list(DataLoader(ds, batch_size=None)))
+        assert per_rank[-1], "every rank has row groups here"
+    check([b for bs in per_rank for b in bs], oracle, log)
+    ds = dataset(world, shuffle=True, seed=4)
+    first = np.concatenate([b.rows.numpy() for b in ds])
+    assert np.array_equal(first, np.concatenate([b.rows.numpy() for b in ds]))  # same epoch: same order
+    ds.set_epoch(1)
+    second = np.concatenate([b.rows.numpy() for b in ds])
+    assert not np.array_equal(first, second) and np.array_equal(np.sort(first), np.sort(second))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_workers_under_fork_and_spawn(world, context):
+    _store, oracle, log, _ = world
+    ds = dataset(world, shuffle=True, affinity=True, seed=1, drop_last=False)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    batches = list(loader)
+    check(batches, oracle, log)
+    assert sum(len(b) < 10 for b in batches) <= 2  # each worker's last batch only may be short
+    metrics = LoaderMetrics()
+    for b in batches:
+        metrics.add(b)
+    assert metrics.examples == log.num_rows and metrics.busy_s > 0
+    assert ds.metrics.batches == 0  # workers counted in their own processes, not here
+
+
+def test_more_workers_than_row_groups_and_rows_fewer_than_a_batch(world, tmp_path):
+    store, oracle, log, _ = world
+    small = log.slice(5, 7)
+    path = tmp_path / "small.parquet"
+    pq.write_table(small, path)  # one row group for two workers
+    ds = ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10, shuffle=True)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert len(batches) == 1 and len(batches[0]) == 7
+    check(batches, oracle, small)
+    empty = ExampleDataset(store, log.slice(0, 0), lateseq.Projection(MAX_LEN, COLUMNS), batch_size=4)
+    assert list(DataLoader(empty, batch_size=None, num_workers=2)) == []
+
+
+def test_drop_last_drops_each_shards_short_batch(world):
+    _, oracle, log, _ = world
+    batches = list(DataLoader(dataset(world, batch_size=16, drop_last=True), batch_size=None))
+    assert {len(b) for b in batches} == {16} and len(batches) == log.num_rows // 16
+    check(batches, oracle, log, rows_expected=16 * (log.num_rows // 16))
+
+
+def test_affinity_shares_histories_within_batches(world):
+    shared = {}
+    for affinity in (False, True):
+        ds = dataset(world, shuffle=True, affinity=affinity, seed=3)
+        for _ in ds:
+            pass
+        shared[affinity] = ds.metrics.shared_share
+    assert shared[True] > 2 * shared[False]
+
+
+def test_the_handle_pins_the_version_the_dataset_opened(world, tmp_path):
+    store, _, log, _path = world
+    copy = lateseq.create(tmp_path / "s", store.schema)
+    copy = copy.commit(pa.table({"user_id": [1], "ts": [1], "item_id": [1], "rating": pa.array([1], pa.int8())}))
+    ds = ExampleDataset(copy.path, log.slice(0, 0), lateseq.Projection(3, ("item_id",)))
+    copy.commit(pa.table({"user_id": [1], "ts": [2], "item_id": [2], "rating": pa.array([1], pa.int8())}))
+    assert pickle.loads(pickle.dumps(ds)).store.version == ds.store.version == 1
+
+
+
+def test_two_tier_logs_with_inline_tails_load_as_served(tmp_path):
+    from oracle import TWO_TIER_SCHEMA
+
+    from lateseq.mutable import InMemoryTier
+    from lateseq.twotier import OnlineReader, fold
+
+    store = lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA)
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=3600, store=store)
+    for eid, (user, ts, arrival) in enumerate([(1, 5, 6), (2, 3, 7), (1, 12, 21), (1, 2, 22), (2, 9, 23)], 1):
+        if eid == 3:
+            store = fold(store, tier, watermark=20)
+        tier.append(pa.table({"user_id": [user], "ts": [ts], "item_id": [eid * 10], "arrival_ts": [arrival],
+                              "event_id": [eid]}))
+    projection = lateseq.Projection(50, ("item_id", "ts"))
+    log, served = OnlineReader(store, tier, projection).serve(
+        pa.table({"user_id": [1, 2, 1, 3], "request_ts": [25, 25, 22, 25], "label": [1, 0, 1, 1]}))
+    pq.write_table(log, tmp_path / "log.parquet")
+    for source in (log, tmp_path / "log.parquet"):
+        (b,) = list(ExampleDataset(store, source, projection, batch_size=8))
+        assert sorted(b.examples) == ["label"]  # the record's seq_* columns are not examples
+        assert np.array_equal(b.offsets.numpy(), served.offsets)
+        assert all(np.array_equal(b.values[k].numpy(), served.values[k]) for k in served.values)
+
+
+# ---------------------------------------------------------------------- resuming
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stateful_dataloader_resumes_with_exactly_the_next_batches(world, num_workers):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    _, oracle, log, _ = world
+
+    def loader():
+        ds = dataset(world, batch_size=7, shuffle=True, affinity=True, seed=5, block_rows=32, window_rows=40)
+        ds.set_epoch(2)
+        return StatefulDataLoader(ds, batch_size=None, num_workers=num_workers)
+
+    full = list(loader())
+    check(full, oracle, log)
+    for stop in (0, 5, len(full) - 2):
+        interrupted = loader()
+        it = iter(interrupted)
+        for _ in range(stop + 1):
+            next(it)
+        state = interrupted.state_dict()
+        del it
+        resumed = loader()
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(full) - stop - 1
+        assert all(same(a, b) for a, b in zip(rest, full[stop + 1:], strict=True)), f"after batch {stop}"
+
+
+def test_resume_state_is_checked(world):
+    ds = dataset(world, shuffle=True)
+    it = iter(ds)
+    next(it), next(it)
+    state = ds.state_dict()
+    assert state["batches"] == 2
+    other = dataset(world, shuffle=True, batch_size=11)
+    with pytest.raises(lateseq.SchemaError, match="cannot resume"):
+        other.load_state_dict(state)
+    with pytest.raises(lateseq.SchemaError, match="not an ExampleDataset state"):
+        other.load_state_dict({"epoch": 0})
+    again = dataset(world, shuffle=True)
+    again.load_state_dict(state)
+    assert same(next(iter(again)), next(it))
+    assert len(list(again)) == len(list(dataset(world, shuffle=True)))  # the next epoch starts over
+
+
+# ---------------------------------------------------------------------- batches
+
+
+@pytest.fixture(scope="module")
+def batch(world):
+    return next(iter(dataset(world, shuffle=True, seed=8)))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("length", [None, 0, 1, 3, 20])
+def test_padded_is_the_newest_events_like_the_numpy_batch(batch, side, length):
+    jagged = JaggedBatch(batch.offsets.numpy(), {k: v.numpy() for k, v in batch.values.items()},
+                         np.zeros(len(batch), bool))
+    for name in COLUMNS:
+        want = jagged.padded(name, length, pad_value=-1, side=side)
+        got = batch.padded(name, length, side=side, pad_value=-1)
+        assert got.dtype == batch.values[name].dtype and np.array_equal(got.numpy(), want)
+
+
+def test_to_hstu_gives_sequential_features_fields_right_padded(batch):
+    hstu = batch.to_hstu(max_len=4)
+    assert set(hstu) == {"past_lengths", "past_ids", "past_embeddings", "past_payloads"}
+    assert hstu["past_embeddings"] is None and set(hstu["past_payloads"]) == {"timestamps", "rating"}
+    assert torch.equal(hstu["past_lengths"], torch.clamp(batch.lengths, max=4))
+    assert torch.equal(hstu["past_ids"], batch.padded("item_id", 4).to(torch.int64))
+    assert torch.equal(hstu["past_payloads"]["timestamps"], batch.padded("ts", 4))
+    for i, n in enumerate(hstu["past_lengths"].tolist()):  # valid first, zeros after
+        assert (hstu["past_ids"][i, n:] == 0).all() and (hstu["past_ids"][i, :n] > 0).all()
+    assert batch.to_hstu()["past_ids"].shape[1] == int(batch.lengths.max())
+    with pytest.raises(lateseq.SchemaError, match="no column 'movie'"):
+        batch.to_hstu(ids="movie")
+
+
+def test_to_kjt_builds_the_documented_constructor_call(batch, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchrec", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'lateseq\[torchrec\]'"):
+        batch.to_kjt()
+    calls = {}
+
+    class KeyedJaggedTensor:
+        def __init__(self, keys, values, lengths):
+            calls.update(keys=keys, values=values, lengths=lengths)
+
+    module = types.ModuleType("torchrec.sparse.jagged_tensor")
+    module.KeyedJaggedTensor = KeyedJaggedTensor
+    for name in ("torchrec", "torchrec.sparse"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchrec.sparse.jagged_tensor", module)
+    batch.to_kjt(["item_id", "rating"])
+    assert calls["keys"] == ["item_id", "rating"] and calls["values"].dtype == torch.int64
+    # key-major: every row's item ids, then every row's ratings
+    assert torch.equal(calls["values"], torch.cat([batch.values["item_id"], batch.values["rating"].long()]))
+    assert torch.equal(calls["lengths"], torch.cat([batch.lengths, batch.lengths]))
+    floaty = Batch(batch.rows, {}, batch.offsets, batch.lengths, {"w": batch.values["ts"].double()})
+    with pytest.raises(lateseq.SchemaError, match=r"\['w'\] are floats"):
+        floaty.to_kjt()
+
+
+def test_rebatch_joins_worker_batches_into_exact_training_batches(world):
+    small = list(dataset(world, batch_size=7))
+    big = list(dataset(world, batch_size=25))
+    joined = list(rebatch(small, 25))
+    assert [len(b) for b in joined] == [len(b) for b in big]
+    assert all(same(a, b) for a, b in zip(joined, big, strict=True))
+    assert sum(b.stats.busy_s for b in joined) == pytest.approx(sum(b.stats.busy_s for b in small))
+    assert list(rebatch([], 4)) == []
+    with pytest.raises(lateseq.SchemaError, match="batch_size"):
+        next(rebatch(small, 0))
+
+
+def test_to_device_and_pin_memory_move_every_tensor(batch, monkeypatch):
+    moved = batch.to("meta")
+    tensors = [moved.rows, moved.offsets, moved.lengths, *moved.values.values(), *moved.examples.values()]
+    assert all(t.device.type == "meta" for t in tensors) and len(moved) == len(batch)
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t) or t.clone())
+    from torch.utils.data._utils.pin_memory import (
+        pin_memory,  # what DataLoader(pin_memory=True) calls
+    )
+
+    out = pin_memory(batch)
+    assert isinstance(out, Batch) and len(pinned) == 3 + len(batch.values) + len(batch.examples)
+    assert same(out, batch)
+
+
+def test_batch_stats_add_up():
+    total = BatchStats(1.0, 2.0, 3.0, 4) + BatchStats(0.5, 0.5, 0.5, 1)
+    assert total == BatchStats(1.5, 2.5, 3.5, 5)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_clear_lateseq_errors(world):
+    store, _, log, path = world
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    cases = [
+        ({"batch_size": 0}, lateseq.SchemaError, "batch_size"),
+        ({"example_columns": ["note"]}, lateseq.SchemaError, r"note \(string\)"),
+        ({"example_columns": ["nope"]}, lateseq.SchemaError, "no columns"),
+        ({"rank": 3, "world_size": 2}, lateseq.SchemaError, "rank"),
+    ]
+    for kwargs, error, words in cases:
+        with pytest.raises(error, match=words):
+            ExampleDataset(store, path, projection, **kwargs)
+    with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
+        ExampleDataset(store, log.drop_columns(["uih_checksum"]), projection)
+    with pytest.raises(lateseq.SchemaError, match="unknown columns"):
+        ExampleDataset(store, log, lateseq.Projection(3, ("price",)))
+    with pytest.raises(lateseq.StoreError):
+        ExampleDataset(path.parent / "nowhere", log, projection)
+    ds = ExampleDataset(store, log, projection, example_columns=["user_id", "uih_length"])
+    b = next(iter(ds))
+    assert sorted(b.examples) == ["uih_length", "user_id"] and b.examples["uih_length"].dtype == torch.int64
+    with pytest.raises(lateseq.SchemaError, match="side"):
+        b.padded("item_id", 3, side="middle")
+
+
+def test_import_error_names_the_extra_when_torch_is_missing():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import lateseq.torch\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'lateseq[torch]'" in out.stdout

@@ -1,0 +1,322 @@
+"""Trust: damaged files, names from outside, racing cleanup, idempotent commits, deletion.
+
+Every test here attacks the store the way a user's disk, a careless script or another
+process would, and checks that lateseq returns the right bytes or a clear error naming
+the file, never silently wrong output, and never loses a commit that returned success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from oracle import referenced_files
+
+import lateseq
+import lateseq._store
+from lateseq._versions import dump_checked
+from lateseq.audit import audit, verify
+
+PROJECTION = lateseq.Projection(10, ("ts", "item", "rating"))
+
+
+def events(users, ts, items) -> pa.Table:
+    return pa.table({"user_id": pa.array(users, pa.int64()), "ts": pa.array(ts, pa.int64()),
+                     "item": pa.array(items, pa.int64()), "rating": pa.array([1] * len(users), pa.int8())})
+
+
+@pytest.fixture
+def store(make_store):
+    """Three commits over two partitions, compacted, then one more commit: several
+    segments, old and new, and pointers into every version."""
+    s = make_store({"item": "int64", "rating": "int8"}, partitions=2)
+    rng = np.random.default_rng(7)
+    for k in range(3):
+        users = rng.integers(1, 30, 200)
+        s = s.commit(events(users, rng.integers(0, 1000, 200), rng.integers(0, 10**6, 200)))
+    s = s.compact()
+    s.tag("good")
+    return s.commit(events([1, 2, 3], [5, 500, 999], [7, 8, 9]))
+
+
+@pytest.fixture
+def log(store):
+    requests = pa.table({"user_id": np.arange(1, 31, dtype=np.int64), "request_ts": np.full(30, 2000, np.int64)})
+    return lateseq.log_examples(store, requests)
+
+
+def output(store_path: Path, log: pa.Table, cache: Path | None = None) -> lateseq.JaggedBatch:
+    return lateseq.materialize(lateseq.open(store_path, cache_dir=cache), log, PROJECTION)
+
+
+def same(a: lateseq.JaggedBatch, b: lateseq.JaggedBatch) -> bool:
+    return not a.rows_differ(b).any()
+
+
+def flip(path: Path, at: int, mask: int = 0x20) -> None:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= mask
+    path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def test_every_flipped_byte_of_a_decoded_copy_gives_the_right_output(store, log):
+    """The decoded copies are what materialize maps: a flip anywhere (data, Arrow
+    metadata, system columns) must be caught by the digests and the copy decoded again."""
+    expected = output(store.path, log)
+    rng = np.random.default_rng(0)
+    repaired = 0
+    for info in store.segment_infos:
+        path = store.cache_dir / f"{info.name}.arrow"
+        pristine = path.read_bytes()
+        for at in rng.integers(0, len(pristine), 25):
+            flip(path, int(at), int(rng.integers(1, 256)))
+            assert same(output(store.path, log), expected), f"flip at {at} of {path.name}"
+            repaired += path.read_bytes() == pristine  # decoded again from the durable files
+            path.write_bytes(pristine)  # (a flip in padding changes no column and is left alone)
+    assert repaired > 0.5 * 25 * len(store.segment_infos)
+
+
+def test_a_decoded_copy_replaced_under_an_open_handle_is_checked_again(store, log):
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    path = store.cache_dir / f"{store.segment_infos[0].name}.arrow"
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    tmp = path.with_name("replacement")
+    tmp.write_bytes(bytes(damaged))
+    os.replace(tmp, path)  # a new file at the same name, as another process would leave
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "index.arrow"])
+def test_a_damaged_durable_file_is_named_and_never_used(store, log, tmp_path, kind):
+    info = store.segment_infos[0]
+    flip(store.path / "segments" / f"{info.name}.{kind}", 40)
+    with pytest.raises(lateseq.StoreError, match=rf"{info.name}.*(CRC-32|damaged)|{info.name}\.{kind}"):
+        output(store.path, log, tmp_path / "empty-cache")  # nothing decoded yet: the durable files are read
+    assert not list((tmp_path / "empty-cache").glob("*.arrow"))
+    problems = verify(lateseq.open(store.path))
+    assert any(p.path.endswith(f"{info.name}.{kind}") for p in problems)
+
+
+def test_a_damaged_index_is_caught_even_with_a_decoded_copy(store, log):
+    info = store.segment_infos[0]
+    flip(store.path / "segments" / f"{info.name}.index.arrow", 200)
+    with pytest.raises(lateseq.StoreError, match=f"{info.name}.index.arrow"):
+        output(store.path, log)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["segments"][0]["bases"].update(item=m["segments"][0]["bases"]["item"] + 1),
+    lambda m: m["segments"][0]["bases"].update(itme=m["segments"][0]["bases"].pop("item")),
+    lambda m: m.update(events=m["events"] + 1),
+])
+def test_an_edited_manifest_is_refused(store, log, edit):
+    path = store.path / "versions" / f"{store.version:08d}.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))  # edited by hand: the checksum no longer fits
+    with pytest.raises(lateseq.StoreError, match=f"{path.name}.*damaged"):
+        output(store.path, log)
+
+
+@pytest.mark.parametrize("name", ["schema.json", "tags/good.json"])
+def test_damaged_schema_and_tags_are_named(store, name):
+    path = store.path / name
+    text = path.read_text()
+    path.write_text(text.replace('"int8"', '"int16"') if name == "schema.json" else text.replace("4", "3"))
+    assert path.read_text() != text
+    with pytest.raises(lateseq.StoreError, match=f"{path.name}.*damaged"):
+        lateseq.open(store.path, "good")
+
+
+def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
+    assert verify(store, deep=True) == []
+    damaged = [store.path / "versions" / f"{store.version:08d}.json", store.path / "tags" / "good.json",
+               store.cache_dir / f"{store.checkout('good').segment_infos[0].name}.arrow"]
+    for path in damaged:
+        flip(path, path.stat().st_size // 2)
+    found = {Path(p.path).name for p in verify(store)}
+    assert {p.name for p in damaged} <= found
+
+
+# ---------------------------------------------------------------- names and paths
+
+
+@pytest.mark.parametrize("name", ["../schema", "/abs/x", "a/b", "..", ".hidden", "x\x00y", "a\nb", "x" * 300,
+                                  "", "123", " space"])
+def test_tag_names_from_outside_never_touch_a_file(store, name, dir_snapshot):
+    before = dir_snapshot(store.path)
+    for action in (lambda: store.tag(name), lambda: store.untag(name), lambda: lateseq.open(store.path, name)):
+        with pytest.raises((lateseq.SchemaError, lateseq.VersionNotFound)):
+            action()
+    assert dir_snapshot(store.path) == before
+
+
+@pytest.mark.parametrize("version", ["../versions/00000001", -1, 1.5, True, "1e3"])
+def test_versions_from_outside_are_refused(store, version):
+    with pytest.raises(lateseq.LateseqError):
+        lateseq.open(store.path, version)
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/etc/passwd", "p00000-" + "0" * 31 + "/", "p00001-" + "a" * 32])
+def test_a_manifest_cannot_name_a_file_outside_the_store(store, name):
+    """Even a manifest with a valid checksum (forged by a script) is refused when it
+    names a segment that is not a well-formed name of its own partition."""
+    path = store.path / "versions" / f"{store.version:08d}.json"
+    manifest = json.loads(path.read_text())
+    manifest["segments"][0]["name"] = name
+    path.write_bytes(dump_checked(manifest))
+    with pytest.raises(lateseq.StoreError, match="malformed segment entry"):
+        lateseq.open(store.path)
+
+
+def test_symlinks_planted_in_a_store_are_not_followed(store, log, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    info = store.segment_infos[0]
+    index = store.path / "segments" / f"{info.name}.index.arrow"
+    index.unlink()
+    index.symlink_to(secret)
+    with pytest.raises(lateseq.StoreError, match="symbolic link"):
+        output(store.path, log)
+
+
+def test_a_dangling_manifest_names_the_missing_file(store, log, tmp_path):
+    info = store.segment_infos[0]
+    (store.path / "segments" / f"{info.name}.parquet").unlink()
+    with pytest.raises(lateseq.StoreError, match=f"{info.name}.parquet.*missing|missing.*{info.name}"):
+        output(store.path, log, tmp_path / "empty-cache")
+
+
+# ---------------------------------------------------------------- versions are never reused
+
+
+def test_a_slow_commit_cannot_take_a_number_that_cleanup_retired(store, monkeypatch):
+    """The lost update: a commit starts at version n, others publish n+1 and n+2, cleanup
+    retires n+1, and the slow commit then tries to publish n+1."""
+    base = store.version
+    real_write = lateseq._store.write_segment
+    raced = []
+
+    def slow_write(*args, **kwargs):
+        info = real_write(*args, **kwargs)
+        if not raced:
+            monkeypatch.setattr(lateseq._store, "write_segment", real_write)
+            other = lateseq.open(store.path).commit(events([50], [1], [1])).commit(events([51], [1], [1]))
+            # cleanup retires at once, then waits for this writer before deleting files
+            raced.append(threading.Thread(target=lambda: raced.append(
+                other.cleanup(before=other.version, grace_s=0))))
+            raced[0].start()
+            manifest = store.path / "versions" / f"{base + 1:08d}.json"
+            while b'"retired"' not in manifest.read_bytes():
+                raced[0].join(0.01)
+        return info
+
+    monkeypatch.setattr(lateseq._store, "write_segment", slow_write)
+    with pytest.raises(lateseq.CommitConflict):
+        store.commit(events([52], [1], [1]))
+    raced[0].join()
+    assert base + 1 in raced[1]
+    latest = lateseq.open(store.path)
+    assert latest.version == base + 2
+    assert referenced_files(latest) <= {p.name for p in (store.path / "segments").iterdir()}
+    with pytest.raises(lateseq.VersionNotFound, match="cleaned up"):
+        lateseq.open(store.path, base + 1)
+    again = latest.commit(events([52], [1], [1]))
+    assert again.version == base + 3 and again.num_events == latest.num_events + 1
+
+
+def test_cleanup_waits_for_a_writer_between_its_segments_and_its_manifest(store, monkeypatch):
+    real_publish = lateseq._versions.VersionLog.publish
+    cleaned = []
+
+    def publish_while_cleanup_runs(self, version, manifest):
+        cleaner = threading.Thread(target=lambda: cleaned.append(
+            lateseq.open(store.path).cleanup(before=10**6, grace_s=0)))
+        cleaner.start()
+        cleaner.join(0.5)  # cleanup must be blocked by our lock, not delete our files
+        assert cleaner.is_alive()
+        real_publish(self, version, manifest)
+        cleaned.append(cleaner)
+
+    monkeypatch.setattr(lateseq._versions.VersionLog, "publish", publish_while_cleanup_runs)
+    new = store.commit(events([60], [1], [1]))
+    cleaned[0].join()
+    assert all((store.path / "segments" / f).exists() for f in referenced_files(new))
+    assert lateseq.materialize(lateseq.open(store.path), lateseq.log_examples(
+        new, pa.table({"user_id": [60], "request_ts": [2]})), PROJECTION).values["item"].tolist() == [1]
+
+
+# ---------------------------------------------------------------- idempotent commits
+
+
+def test_a_commit_id_makes_a_rerun_a_no_op(store):
+    table = events([70, 71], [1, 2], [3, 4])
+    first = store.commit(table, commit_id="ingest-2026-11-30")
+    again = first.commit(table, commit_id="ingest-2026-11-30")
+    assert again.version == first.version and again.num_events == first.num_events
+    with pytest.raises(lateseq.SchemaError, match="used by version .* for other events"):
+        first.commit(events([70], [1], [3]), commit_id="ingest-2026-11-30")
+    first.commit(events([72], [1], [1])).cleanup(before=10**6, grace_s=0)  # retires the first commit
+    assert lateseq.open(store.path).commit(table, commit_id="ingest-2026-11-30").version == first.version + 1
+    for bad in ["", "has space", "x" * 300, 12]:
+        with pytest.raises(lateseq.SchemaError, match="commit id"):
+            store.commit(table, commit_id=bad)
+
+
+# ---------------------------------------------------------------- deletion
+
+
+def test_delete_removes_every_byte_of_a_user_once_cleaned_up(store, log):
+    before = output(store.path, log)
+    deleted = [3, 7]
+    new = store.delete(deleted)
+    assert new.version == store.version + 1
+    after = lateseq.materialize(new, log, PROJECTION, on_mismatch="flag")
+    users = log.column("user_id").to_numpy()
+    gone = np.isin(users, deleted)
+    assert after.mismatched.tolist() == gone.tolist()  # their pointers no longer verify
+    assert (after.lengths[gone] == 0).all()
+    assert not before.rows_differ(after)[~gone].any()  # nobody else changed
+    report = audit(new, log)
+    assert set(report.mismatches) == set(np.flatnonzero(gone).tolist())
+    assert set(report.causes) == {"deleted"}
+
+    new.untag("good")
+    new.cleanup(before=new.version, grace_s=0)
+    files = list((store.path / "segments").iterdir()) + list(store.cache_dir.glob("*.arrow"))
+    assert {p.name.split(".")[0] for p in files} == {i.name for i in lateseq.open(store.path).segment_infos}
+    for info in lateseq.open(store.path).segment_infos:
+        segment = lateseq.open(store.path)._segments.get(info)
+        assert not np.isin(segment.user_ids, deleted).any()
+    assert store.delete([999]).version == lateseq.open(store.path).version  # nobody to delete: no version
+
+
+# ---------------------------------------------------------------- durability
+
+
+def test_published_files_and_their_directories_are_fsynced_in_order(store, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    store.commit(events([80], [1], [1]))
+    segments, versions = str(store.path / "segments"), str(store.path / "versions")
+    last_file = max(i for i, p in enumerate(synced) if p.startswith(segments + "/"))
+    directory = synced.index(segments, last_file)  # the renamed files' directory entries
+    manifest = next(i for i, p in enumerate(synced) if p.startswith(versions + "/"))
+    assert last_file < directory < manifest < synced.index(versions) == len(synced) - 1

@@ -1,0 +1,68 @@
+"""The trust commands of the CLI: verify, delete, ingest --commit-id, strip --drop-deleted."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+import lateseq
+from lateseq.cli import app
+from tests.test_twotier import serve_one_scenario
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def events_file(path, users, ts):
+    pq.write_table(pa.table({"user_id": pa.array(users, pa.int64()), "ts": pa.array(ts, pa.int64()),
+                             "item": pa.array(range(len(users)), pa.int64())}), path)
+    return path
+
+
+def test_ingest_with_a_commit_id_runs_once(tmp_path):
+    store, first = tmp_path / "store", events_file(tmp_path / "e1.parquet", [1, 2], [5, 6])
+    assert run("ingest", store, first, "--commit-id", "day-1")[:2] == (0, "1\n")
+    code, out, err = run("ingest", store, first, "--commit-id", "day-1")
+    assert (code, out) == (0, "1\n") and "nothing to do" in err
+    assert lateseq.open(store).num_events == 2
+    other = events_file(tmp_path / "e2.parquet", [3], [7])
+    code, _, err = run("ingest", store, other, "--commit-id", "day-1")
+    assert code == 1 and "for other events" in err and err.count("\n") == 1
+    assert run("ingest", store, other, "--commit-id", "day-2")[:2] == (0, "2\n")
+
+
+def test_verify_exits_1_and_names_each_damaged_file(tmp_path):
+    store = tmp_path / "store"
+    run("ingest", store, events_file(tmp_path / "e.parquet", [1, 2, 3], [1, 2, 3]))
+    code, out, err = run("verify", store, "--deep")
+    assert code == 0 and out == "" and "every file sound" in err
+    info = lateseq.open(store).segment_infos[0]
+    packed = store / "segments" / f"{info.name}.parquet"
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 1
+    packed.write_bytes(bytes(data))
+    code, out, err = run("verify", store)
+    assert code == 1 and f"{info.name}.parquet" in out and "1 problems" in err
+
+
+def test_delete_then_cleanup_then_strip(world, tmp_path):
+    store, log, _ = serve_one_scenario(*world)
+    pq.write_table(pa.table({"user_id": [1]}), tmp_path / "users.parquet")
+    code, out, err = run("delete", store.path, tmp_path / "users.parquet")
+    assert code == 0 and int(out) == store.latest().version and "strip --drop-deleted" in err
+    pq.write_table(log, tmp_path / "log.parquet")
+    code, _, _ = run("strip", store.path, tmp_path / "log.parquet", "--out", tmp_path / "s.parquet",
+                     "--drop-deleted")
+    assert code == 0
+    stripped = pq.read_table(tmp_path / "s.parquet")
+    users = stripped.column("user_id").to_pylist()
+    assert all(t == [] for u, t in zip(users, stripped.column("tail_item_id").to_pylist(), strict=True) if u == 1)
+    code, out, err = run("audit", store.path, tmp_path / "s.parquet")
+    assert code == 1 and "deleted" in out
+    assert run("cleanup", store.path, "--grace", "0")[0] == 0
+    assert run("verify", store.path)[0] == 0

@@ -1,0 +1,357 @@
+"""Time units: a store records what its int64 times count, and every timestamp-typed
+input (event times, arrival times, request times) is converted to it exactly, or refused.
+
+Expected values are computed independently: with Python integers (exact at any size)
+and with pandas, which knows calendars, time zones and dates before 1970.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import lateseq
+from lateseq import PointerError, Schema, SchemaError
+from lateseq._pointers import pointers_from_log
+from lateseq.cli import app
+from lateseq.mutable import InMemoryTier
+
+UNITS = ["s", "ms", "us", "ns"]
+PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+INT64 = (-(2**63), 2**63 - 1)
+PROJECTION = lateseq.Projection(100, ("item", "ts"))
+
+
+def events(ts: pa.Array, users: list[int] | None = None) -> pa.Table:
+    users = users if users is not None else [1] * len(ts)
+    return pa.table({"user_id": pa.array(users, pa.int64()), "ts": ts,
+                     "item": pa.array(np.arange(len(ts)), pa.int64())})
+
+
+def expected_conversion(values: list[int], source: str, target: str) -> list[int] | str:
+    """Python-integer arithmetic: the converted values, or "overflow" / "precision"."""
+    if PER_SECOND[target] >= PER_SECOND[source]:
+        out = [v * (PER_SECOND[target] // PER_SECOND[source]) for v in values]
+        return out if all(INT64[0] <= v <= INT64[1] for v in out) else "overflow"
+    divisor = PER_SECOND[source] // PER_SECOND[target]
+    return [v // divisor for v in values] if all(v % divisor == 0 for v in values) else "precision"
+
+
+def history(store: lateseq.Store, user: int, request: pa.Array) -> list[int]:
+    """The event times a request at ``request`` sees, in the store's unit."""
+    log = lateseq.log_examples(store, pa.table({"user_id": [user], "request_ts": request}))
+    return lateseq.materialize(store, log, PROJECTION).values["ts"].tolist()
+
+
+# ---------------------------------------------------------------- the schema
+
+
+def test_time_unit_is_validated_and_persisted(tmp_path):
+    with pytest.raises(SchemaError, match="time_unit must be one of s, ms, us, ns"):
+        Schema({"item": "int64"}, time_unit="seconds")
+    for unit in [*UNITS, None]:
+        schema = Schema({"item": "int64"}, time_unit=unit)
+        assert Schema.from_json(schema.to_json()) == schema
+        store = lateseq.create(tmp_path / f"store-{unit}", schema)
+        assert json.loads((store.path / "schema.json").read_text())["time_unit"] == unit
+        assert lateseq.open(store.path).schema.time_unit == unit
+
+
+def test_schema_json_without_time_unit_loads_as_plain_integers(tmp_path, dir_snapshot):
+    """A store made before units existed: its schema.json has no time_unit key."""
+    text = json.loads(Schema({"item": "int64"}).to_json())
+    del text["time_unit"]
+    assert Schema.from_json(json.dumps(text)).time_unit is None
+
+    store = lateseq.create(tmp_path / "old", Schema({"item": "int64"}))
+    path = store.path / "schema.json"
+    data = json.loads(path.read_text())
+    del data["time_unit"]
+    if "crc32" in data:  # the store checksums its JSON files: re-sign the edited one
+        from lateseq._versions import dump_checked
+        path.write_bytes(dump_checked(data))
+    else:
+        path.write_text(json.dumps(data))
+    store = lateseq.open(store.path)
+    assert store.schema.time_unit is None
+    store = store.commit(events(pa.array([5, 7], pa.int64())))  # plain integers, as always
+    assert history(store, 1, pa.array([7], pa.int64())) == [5]
+    before = dir_snapshot(store.path)
+    with pytest.raises(SchemaError, match="plain integer") as err:
+        store.commit(events(pa.array([5], pa.timestamp("us"))))
+    assert "int64" in str(err.value) and "time_unit" in str(err.value)
+    with pytest.raises(SchemaError, match="plain integer"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([9], pa.timestamp("s"))}))
+    assert dir_snapshot(store.path) == before
+
+
+@pytest.mark.parametrize("field_type, unit", [
+    (pa.timestamp("ms"), "ms"), (pa.timestamp("ns", tz="Asia/Tokyo"), "ns"), (pa.int64(), None),
+    (pa.int32(), None),
+])
+def test_infer_takes_the_unit_from_a_timestamp_column(field_type, unit):
+    arrow = pa.schema([("user_id", pa.int64()), ("ts", field_type), ("item", pa.int64())])
+    assert Schema.infer(arrow).time_unit == unit
+    assert Schema.infer(arrow, time_unit="s").time_unit == "s"  # an explicit unit wins
+
+
+# ---------------------------------------------------------------- the conversion
+
+
+values_strategy = st.lists(
+    st.one_of(
+        st.integers(*INT64),
+        st.integers(-(10**9), 10**9),
+        st.builds(lambda v, k: max(INT64[0], min(INT64[1], v * 10**k)),
+                  st.integers(-(10**6), 10**6), st.sampled_from([3, 6, 9])),
+        st.sampled_from([0, -1, 1, INT64[0] + 1, INT64[1], -(10**9), 10**9]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300)
+@given(values=values_strategy, source=st.sampled_from(UNITS), target=st.sampled_from(UNITS),
+       tz=st.sampled_from([None, "UTC", "America/New_York"]), chunked=st.booleans())
+def test_times_to_store_is_exact_or_refuses(values, source, target, tz, chunked):
+    times = pa.array(values, pa.timestamp(source, tz=tz))
+    if chunked:
+        times = pa.chunked_array([times[:len(values) // 2], times[len(values) // 2:]], times.type)
+    schema = Schema({"item": "int64"}, time_unit=target)
+    want = expected_conversion(values, source, target)
+    if isinstance(want, str):
+        with pytest.raises(SchemaError, match=want) as err:
+            schema.times_to_store(times, "column 'when'")
+        assert "column 'when'" in str(err.value) and f"timestamp[{source}" in str(err.value)
+        bad = sum(1 for v in values if expected_conversion([v], source, target) == want)
+        assert f"{bad} of {len(values)} values" in str(err.value)
+    else:
+        got = schema.times_to_store(times, "column 'when'")
+        assert got.type == pa.int64()
+        assert got.to_pylist() == want
+
+
+@settings(max_examples=100)
+@given(values=st.lists(st.integers(*INT64), max_size=8), unit=st.sampled_from([*UNITS, None]),
+       int_type=st.sampled_from([pa.int8(), pa.int32(), pa.int64(), pa.uint16()]))
+def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_type):
+    info = np.iinfo(int_type.to_pandas_dtype())
+    values = [min(max(v, int(info.min)), int(info.max)) for v in values]
+    got = Schema({"item": "int64"}, time_unit=unit).times_to_store(pa.array(values, int_type), "ts")
+    assert got.type == pa.int64() and got.to_pylist() == values
+
+
+def test_other_time_types_are_refused():
+    schema = Schema({"item": "int64"}, time_unit="us")
+    for array in (pa.array([1.5]), pa.array([1], pa.date32()), pa.array(["1"]),
+                  pa.array([2**63], pa.uint64())):
+        with pytest.raises(SchemaError, match="'t'"):
+            schema.times_to_store(array, "'t'")
+
+
+# ---------------------------------------------------------------- events into a store
+
+
+def test_events_convert_exactly_into_the_store_unit(make_store):
+    """Dates before 1970, zoned timestamps, coarser and finer units, checked with pandas."""
+    when = pd.to_datetime(["1969-07-20 20:17:40.5", "1970-01-01", "1999-12-31 23:59:59.999", "2024-03-10 07:30"],
+                          format="ISO8601")
+    want_us = [int(t.value // 1000) for t in when]  # pandas holds nanoseconds since 1970 (UTC)
+    assert want_us[0] < 0
+    store = make_store({"item": "int64"}, time_unit="us")
+    ms = pa.array(when.values.astype("datetime64[ms]"), pa.timestamp("ms"))
+    store = store.commit(events(ms))
+    assert history(store, 1, pa.array([2**62], pa.int64())) == want_us
+
+    # the same instants, zoned: Arrow keeps UTC, so they store the same numbers
+    zoned = when.tz_localize("UTC").tz_convert("America/New_York")
+    tz_events = pa.array(zoned, pa.timestamp("ns", tz="America/New_York"))
+    store = store.commit(events(tz_events, users=[2] * 4))
+    assert history(store, 2, pa.array([2**62], pa.int64())) == want_us
+
+    # integers are already microseconds
+    store = store.commit(events(pa.array([want_us[0] + 1], pa.int64()), users=[3]))
+    assert history(store, 3, pa.array([want_us[0] + 2], pa.int64())) == [want_us[0] + 1]
+
+
+def test_the_issue_microseconds_into_a_seconds_store(make_store, dir_snapshot):
+    """timestamp[us] used to be cast silently to int64 microseconds in a seconds store."""
+    store = make_store({"item": "int64"}, time_unit="s")
+    store = store.commit(events(pa.array([0], pa.int64())))
+    before = dir_snapshot(store.path)
+    fractional = pa.array([-1_500_000, 2_000_000, 3_000_001], pa.timestamp("us"))  # -1.5 s, 2 s, 3.000001 s
+    with pytest.raises(SchemaError) as err:
+        store.commit(events(fractional))
+    message = str(err.value)
+    assert "'ts'" in message and "timestamp[us]" in message and "timestamp[s]" in message
+    assert "2 of 3 values" in message and "precision" in message
+    assert dir_snapshot(store.path) == before
+    whole = pa.array([-2_000_000, 2_000_000], pa.timestamp("us"))
+    store = store.commit(events(whole, users=[5, 5]))
+    assert history(store, 5, pa.array([3], pa.int64())) == [-2, 2]
+
+
+def test_nanoseconds_that_are_not_whole_microseconds(make_store, dir_snapshot):
+    store = make_store({"item": "int64"}, time_unit="us")
+    store = store.commit(events(pa.array([1], pa.int64())))
+    before = dir_snapshot(store.path)
+    ns = pd.to_datetime(["2024-01-01 00:00:00.000001", "2024-01-01 00:00:00.0000015"])
+    with pytest.raises(SchemaError, match="1 of 2 values are not whole microseconds"):
+        store.commit(events(pa.array(ns, pa.timestamp("ns"))))
+    assert dir_snapshot(store.path) == before
+
+
+def test_overflow_is_refused(make_store, dir_snapshot):
+    store = make_store({"item": "int64"}, time_unit="ns")
+    store = store.commit(events(pa.array([1], pa.int64())))
+    before = dir_snapshot(store.path)
+    far = 10**10  # seconds: year 2286, beyond int64 nanoseconds
+    with pytest.raises(SchemaError, match="1 of 2 values overflow int64") as err:
+        store.commit(events(pa.array([0, far], pa.timestamp("s"))))
+    assert "timestamp[ns]" in str(err.value)
+    with pytest.raises(SchemaError, match="overflow"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([-far], pa.timestamp("s"))}))
+    assert dir_snapshot(store.path) == before
+
+
+def test_empty_inputs(make_store, dir_snapshot):
+    store = make_store({"item": "int64"}, time_unit="ms")
+    before = dir_snapshot(store.path)
+    with pytest.raises(SchemaError, match="empty"):
+        store.commit(events(pa.array([], pa.timestamp("us"))))
+    assert dir_snapshot(store.path) == before
+    got = store.schema.times_to_store(pa.array([], pa.timestamp("ns")), "ts")
+    assert got.type == pa.int64() and len(got) == 0
+    log = lateseq.log_examples(store, pa.table({"user_id": pa.array([], pa.int64()),
+                                                "request_ts": pa.array([], pa.timestamp("s"))}))
+    assert log.num_rows == 0 and log.schema.field("request_ts").type == pa.int64()
+
+
+def test_nulls_are_still_refused(make_store):
+    store = make_store({"item": "int64"}, time_unit="ms")
+    with pytest.raises(SchemaError, match="null"):
+        store.commit(events(pa.array([1, None], pa.timestamp("ms"))))
+    with pytest.raises(SchemaError, match="null"):
+        lateseq.make_pointers(store, np.array([1]), pa.array([None], pa.timestamp("ms")))
+
+
+def test_arrival_times_are_times_too(tmp_path):
+    schema = Schema({"item": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                    arrival_col="arrival_ts", event_id_col="event_id", time_unit="ms")
+    tier = InMemoryTier(schema, retention=10_000)
+    tier.append(pa.table({"user_id": [1], "ts": pa.array([2], pa.timestamp("s")), "item": [7],
+                          "arrival_ts": pa.array([3], pa.timestamp("s")), "event_id": [1]}))
+    got = tier.drain(None, 10**9)
+    assert got.column("ts").to_pylist() == [2000] and got.column("arrival_ts").to_pylist() == [3000]
+    plain = lateseq.create(tmp_path / "plain", Schema(
+        {"item": "int64", "arrival_ts": "int64", "event_id": "int64"}, arrival_col="arrival_ts",
+        event_id_col="event_id"))
+    with pytest.raises(SchemaError, match="'arrival_ts'.*plain integer"):
+        plain.commit(pa.table({"user_id": [1], "ts": [2], "item": [7],
+                               "arrival_ts": pa.array([3], pa.timestamp("s")), "event_id": [1]}))
+
+
+# ---------------------------------------------------------------- request times
+
+
+def test_the_issue_millisecond_requests_against_a_microsecond_store(make_store):
+    """A timestamp[ms] request_ts against timestamp[us] events used to see nothing."""
+    t0 = pd.Timestamp("2024-05-01 12:00:00")
+    ev = [t0 + pd.Timedelta(milliseconds=m) for m in (0, 1, 2)]
+    store = make_store({"item": "int64"}, time_unit="us")
+    store = store.commit(events(pa.array(ev, pa.timestamp("us"))))
+    request = t0 + pd.Timedelta(milliseconds=2)  # sees the first two events, not the third
+    want = [int(t.value // 1000) for t in ev[:2]]
+    assert history(store, 1, pa.array([request], pa.timestamp("ms"))) == want
+    assert history(store, 1, pa.array([request], pa.timestamp("ns", tz="Europe/Paris"))) == want
+    assert history(store, 1, pa.array([request.value // 1000], pa.int64())) == want  # integers: already us
+    # make_pointers takes numpy datetime64 too
+    pointers = lateseq.make_pointers(store, np.array([1]), np.array([request.value // 10**6], "datetime64[ms]"))
+    assert pointers.column("request_ts").to_pylist() == [request.value // 1000]
+    assert pointers.column("uih_length").to_pylist() == [2]
+    # and plain integers, as before
+    pointers = lateseq.make_pointers(store, [1], [request.value // 1000])
+    assert pointers.column("uih_length").to_pylist() == [2]
+
+
+def test_request_times_that_would_lose_precision_are_refused(make_store):
+    store = make_store({"item": "int64"}, time_unit="s")
+    with pytest.raises(SchemaError, match="request_ts.*not whole seconds"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([1500], pa.timestamp("ms"))}))
+
+
+def test_logs_with_timestamp_request_times_are_read_against_the_schema(make_store):
+    store = make_store({"item": "int64"}, time_unit="us")
+    store = store.commit(events(pa.array([1_000_000, 2_000_000], pa.int64())))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [2_000_000]}))
+    as_ms = log.set_column(1, "request_ts", pa.array([2000], pa.timestamp("ms")))
+    pointers = pointers_from_log(as_ms, store.schema)
+    assert pointers.request_ts.tolist() == [2_000_000]
+    assert pointers.length.tolist() == [1]
+    with pytest.raises(PointerError, match="timestamp\\[ms\\].*schema"):
+        lateseq.Pointers.from_arrow(as_ms)  # it cannot know the unit
+    lossy = log.set_column(1, "request_ts", pa.array([1], pa.timestamp("ns")))
+    with pytest.raises(SchemaError, match="not whole microseconds"):
+        pointers_from_log(lossy, store.schema)
+    assert pointers_from_log(log, store.schema).request_ts.tolist() == [2_000_000]
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+runner = CliRunner()
+
+
+def cli(*args) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+
+
+def test_ingest_time_unit(tmp_path, dir_snapshot):
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(events(pa.array([1000, 2000], pa.int64())), ints)
+    stamps = tmp_path / "stamps.parquet"  # (Parquet has no seconds: timestamps are ms at the coarsest)
+    pq.write_table(events(pa.array([3_000_000, 4_000_000], pa.timestamp("us"))), stamps)
+
+    code, out, err = cli("ingest", tmp_path / "a", ints, "--time-unit", "ms")
+    assert (code, out) == (0, "1\n"), err
+    assert lateseq.open(tmp_path / "a").schema.time_unit == "ms"
+    code, out, err = cli("ingest", tmp_path / "a", stamps)  # microseconds into a milliseconds store
+    assert (code, out) == (0, "2\n"), err
+    assert history(lateseq.open(tmp_path / "a"), 1, pa.array([10**9], pa.int64())) == [1000, 2000, 3000, 4000]
+
+    code, out, err = cli("ingest", tmp_path / "b", stamps)  # the column brings its unit
+    assert code == 0, err
+    assert lateseq.open(tmp_path / "b").schema.time_unit == "us"
+    code, out, err = cli("ingest", tmp_path / "c", ints)  # integers, no unit given: plain
+    assert code == 0, err
+    assert lateseq.open(tmp_path / "c").schema.time_unit is None
+
+    before = dir_snapshot(tmp_path)
+    one_line_error(*cli("ingest", tmp_path / "a", ints, "--time-unit", "us")[::2], "--time-unit us", "ms")
+    one_line_error(*cli("ingest", tmp_path / "c", ints, "--time-unit", "s")[::2], "--time-unit")
+    one_line_error(*cli("ingest", tmp_path / "c", stamps)[::2], "plain integer", "--time-unit us")
+    one_line_error(*cli("ingest", tmp_path / "d", ints, "--time-unit", "hours")[::2], "hours")
+    one_line_error(*cli("ingest", tmp_path / "e", stamps, "--time-unit", "h")[::2], "--time-unit")
+    assert dir_snapshot(tmp_path) == before
+    assert not (tmp_path / "d").exists()
+    # a timestamp file into a new store of a coarser unit than it holds: refused, nothing created
+    fine = tmp_path / "fine.parquet"
+    pq.write_table(events(pa.array([1, 1_500], pa.timestamp("ms"))), fine)
+    one_line_error(*cli("ingest", tmp_path / "f", fine, "--time-unit", "s")[::2], "not whole seconds")
+    assert not (tmp_path / "f").exists()
