@@ -1,4 +1,4 @@
-"""Pointers to sequences: the copy of each pointer's window out of the mapped segments."""
+"""Pointers to sequences: each pointer's window copied out of the mapped segments."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from . import _kernels
 from ._errors import ChecksumMismatch
-from ._events import row_ranges
 from ._format import TIME
 from ._jagged import JaggedBatch
 from ._kernels import Visibility, copy_windows
-from ._locate import Located
+from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
-from ._segments import Segment
 from ._store import Store
 
 
@@ -55,28 +54,50 @@ def gather(
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    gathered = _merge_spread(store, located, visibility, projection.max_len, offsets) if located.spread.any() else None
-    # windows of histories held by one segment: copied column by column below
-    runs = []
-    for segment, idx, lo, hi, holes in located.windows:
-        single = ~located.spread[idx]
-        idx = idx[single]
-        runs.append((segment, lo[single], hi[single], holes[single], visibility.take(idx), offsets[idx]))
+    merged = [_merge(store, located, w, visibility, offsets) for w in located.partitions]
+    single = [visibility.take(w.ptr) if w.single else None for w in located.partitions]
     values = {}
-    arrival = store.schema.arrival_col
     for name in columns:
         dtype = _output_dtype(store, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
-        for segment, lo, hi, holes, seen_by, dst in runs:
-            copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
-                         segment.base("_version"), *segment.encoded(arrival), seen_by, lo, hi, holes,
-                         dst, out)
-        if gathered is not None:
-            for segment, rows, dst in gathered:
-                out[dst] = segment.decoded(stored, rows)
+        for w, runs, seen_by in zip(located.partitions, merged, single, strict=True):
+            if w.single:
+                segment = w.view.segments[0]
+                copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
+                             segment.base("_version"), *segment.encoded(store.schema.arrival_col), seen_by,
+                             w.lo, w.hi, w.holes, offsets[w.ptr], out)
+                continue
+            src, bases = w.view.column(stored)
+            bases = bases.astype(out.dtype)
+            add_base = out.dtype.kind != "f"  # floats are copied bit for bit (-0.0, NaN payloads)
+            ver, arrival = w.view.column("_version"), w.view.column(store.schema.arrival_col)
+            _kernels._copy_view(len(w.ptr), w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off, located.merge, offsets,
+                                src, bases, add_base, *ver, *arrival, visibility.version, visibility.version_hi,
+                                visibility.arrival_limit, out)
+            if len(runs[0]):
+                _kernels._copy_runs(*runs, src, bases, add_base, out)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
+
+
+def _merge(store: Store, located: Located, w: Windows, visibility: Visibility,
+           offsets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Runs (segment, lo, hi, output position) holding the events of this partition's
+    pointers whose windows overlap in time, chosen newest first by (time, tie-break,
+    segment order)."""
+    rows = w.rows[located.merge[w.rows]] if not w.single else w.rows[:0]
+    size = int((offsets[rows + 1] - offsets[rows]).sum())
+    runs = tuple(np.empty(size, np.int64) for _ in range(4))
+    if size:
+        schema = store.schema
+        found = _kernels._merge_view(
+            rows, offsets, located.first_window, located.end_window, w.seg, w.lo, w.hi, w.holes,
+            *w.view.column(TIME), *w.view.column(schema.tiebreak), schema.tiebreak is not None,
+            *w.view.column("_version"), *w.view.column(schema.arrival_col), visibility.version,
+            visibility.version_hi, visibility.arrival_limit, *runs)
+        runs = tuple(r[:found] for r in runs)
+    return runs
 
 
 def _output_dtype(store: Store, name: str) -> np.dtype:
@@ -84,48 +105,3 @@ def _output_dtype(store: Store, name: str) -> np.dtype:
         return np.dtype(np.int64)
     dtype = store.schema.columns[name]
     return np.dtype(np.bool_ if dtype == "bool" else dtype)
-
-
-def _merge_spread(store: Store, located: Located, visibility: Visibility, max_len: int,
-                  offsets: np.ndarray) -> list[tuple[Segment, np.ndarray, np.ndarray]]:
-    """For histories spread over several segments: merge candidates by (time, tie-break).
-
-    Each segment's window already holds its newest ``max_len`` visible events, so the
-    newest ``max_len`` of their union are the answer. Ties keep segment order (older
-    commits first), then row order, exactly as compaction would.
-    """
-    parts = []  # (pointer, ts, tiebreak, segment order, row)
-    for order, (segment, idx, lo, hi, _) in enumerate(located.windows):
-        spread = located.spread[idx]
-        idx, lo, hi = idx[spread], lo[spread], hi[spread]
-        if len(idx) == 0:
-            continue
-        rows = row_ranges(lo, hi)
-        ptr = np.repeat(idx, hi - lo)
-        version = segment.decoded("_version", rows)
-        visible = version <= visibility.version[ptr]
-        if store.schema.arrival_col:
-            late = segment.decoded(store.schema.arrival_col, rows) < visibility.arrival_limit[ptr]
-            visible |= (version <= visibility.version_hi[ptr]) & late
-        rows, ptr = rows[visible], ptr[visible]
-        tiebreak = (segment.decoded(store.schema.tiebreak, rows) if store.schema.tiebreak
-                    else np.zeros(len(rows), np.int64))
-        parts.append((ptr, segment.decoded(TIME, rows), tiebreak, np.full(len(rows), order), rows))
-    ptr, ts, tiebreak, seg, rows = (np.concatenate(c) for c in zip(*parts, strict=True))
-    chosen, kept = newest_per_group(ptr, [ts, tiebreak, seg, rows], max_len, len(offsets) - 1)
-    ptr, seg, rows = ptr[chosen], seg[chosen], rows[chosen]
-    dst = offsets[ptr] + np.arange(len(ptr)) - np.repeat(np.cumsum(kept) - kept, kept)
-    return [(located.windows[s][0], rows[seg == s], dst[seg == s]) for s in np.unique(seg)]
-
-
-def newest_per_group(group: np.ndarray, keys: list[np.ndarray], max_len: int,
-                     groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorts rows by (group, *keys) and keeps each group's last ``max_len``.
-
-    Returns the chosen row indices, grouped and in order, and how many each group kept.
-    """
-    order = np.lexsort((*reversed(keys), group))
-    counts = np.bincount(group, minlength=groups)
-    group_end = np.repeat(np.cumsum(counts), counts)
-    chosen = order[group_end - np.arange(len(order)) <= max_len]
-    return chosen, np.minimum(counts, max_len)

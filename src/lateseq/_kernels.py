@@ -72,84 +72,80 @@ def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arriv
     return v <= version or (v <= version_hi and arrival_base + np.int64(arrival[i]) < arrival_limit)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
+                  t, version, version_hi, arrival_limit, max_len):  # pragma: no cover - compiled
+    """One pointer in one user's row range [start, end) of one segment: (count,
+    checksum, lo, hi, holes) of its visible events and the window of the newest
+    ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows."""
+    if start == end or max(version, version_hi) < ver_base:
+        return 0, np.uint32(0), start, start, False
+    # first event at or after the request time
+    a = start
+    b = end
+    while a < b:
+        mid = (a + b) >> 1
+        if ts_base + np.int64(ts[mid]) < t:
+            a = mid + 1
+        else:
+            b = mid
+    cut = a
+    if cut == start:
+        return 0, np.uint32(0), start, start, False
+    if ver_base + np.int64(vmax[cut - 1]) <= version:
+        n = cut - start
+        before = hcum[start - 1] if start > 0 else np.uint32(0)
+        return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False
+    # slow path: events invisible to this pointer sit among the visible ones. _vmax
+    # never decreases within a user, so every row before the first _vmax > version
+    # is visible: count and checksum that prefix in one step. _vmin (the smallest
+    # version from a row to the user's end) says whether any later row can be
+    # visible at all; only then are the rows up to the cut scanned one by one.
+    a = start
+    b = cut
+    while a < b:
+        mid = (a + b) >> 1
+        if ver_base + np.int64(vmax[mid]) <= version:
+            a = mid + 1
+        else:
+            b = mid
+    prefix_end = a
+    n = 0
+    s = np.uint32(0)
+    holes = False
+    newest = -1  # the newest visible row after the prefix
+    window_lo = prefix_end
+    if ver_base + np.int64(vmin[prefix_end]) <= max(version, version_hi):
+        for i in range(cut - 1, prefix_end - 1, -1):
+            if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
+                s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
+                if newest < 0:
+                    newest = i
+                if n < max_len:
+                    window_lo = i
+                n += 1
+            elif n < max_len and newest >= 0:
+                holes = True
+    if prefix_end > start:
+        before = hcum[start - 1] if start > 0 else np.uint32(0)
+        s += hcum[prefix_end - 1] - before
+        if n < max_len:
+            window_lo = max(start, prefix_end - (max_len - n))
+        n += prefix_end - start
+    if min(n, max_len) == 0:
+        return n, s, start, start, False
+    return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes
+
+
 @njit(cache=True, nogil=True)
 def _locate(
     user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
     request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
     for p in range(user_lo.shape[0]):
-        start = user_lo[p]
-        end = user_hi[p]
-        count[p] = 0
-        checksum[p] = 0
-        lo[p] = start
-        hi[p] = start
-        holes[p] = False
-        if start == end or max(version[p], version_hi[p]) < ver_base:
-            continue
-        # first event at or after the request time
-        a = start
-        b = end
-        t = request_ts[p]
-        while a < b:
-            mid = (a + b) >> 1
-            if ts_base + np.int64(ts[mid]) < t:
-                a = mid + 1
-            else:
-                b = mid
-        cut = a
-        if cut == start:
-            continue
-        if ver_base + np.int64(vmax[cut - 1]) <= version[p]:
-            n = cut - start
-            count[p] = n
-            before = hcum[start - 1] if start > 0 else np.uint32(0)
-            checksum[p] = hcum[cut - 1] - before
-            take = min(n, max_len)
-            lo[p] = cut - take
-            hi[p] = cut
-            continue
-        # slow path: events invisible to this pointer sit among the visible ones. _vmax
-        # never decreases within a user, so every row before the first _vmax > version
-        # is visible: count and checksum that prefix in one step. _vmin (the smallest
-        # version from a row to the user's end) says whether any later row can be
-        # visible at all; only then are the rows up to the cut scanned one by one.
-        a = start
-        b = cut
-        while a < b:
-            mid = (a + b) >> 1
-            if ver_base + np.int64(vmax[mid]) <= version[p]:
-                a = mid + 1
-            else:
-                b = mid
-        prefix_end = a
-        n = 0
-        s = np.uint32(0)
-        newest = -1  # the newest visible row after the prefix
-        window_lo = prefix_end
-        if ver_base + np.int64(vmin[prefix_end]) <= max(version[p], version_hi[p]):
-            for i in range(cut - 1, prefix_end - 1, -1):
-                if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
-                            arrival_limit[p]):
-                    s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
-                    if newest < 0:
-                        newest = i
-                    if n < max_len:
-                        window_lo = i
-                    n += 1
-                elif n < max_len and newest >= 0:
-                    holes[p] = True
-        if prefix_end > start:
-            before = hcum[start - 1] if start > 0 else np.uint32(0)
-            s += hcum[prefix_end - 1] - before
-            if n < max_len:
-                window_lo = max(start, prefix_end - (max_len - n))
-            n += prefix_end - start
-        count[p] = n
-        checksum[p] = s
-        if min(n, max_len) > 0:
-            lo[p] = window_lo
-            hi[p] = newest + 1 if newest >= 0 else prefix_end
+        count[p], checksum[p], lo[p], hi[p], holes[p] = _locate_range(
+            user_lo[p], user_hi[p], ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
+            request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
 
 
 @dataclass(frozen=True)
@@ -212,30 +208,235 @@ def locate(
     return count, checksum, lo, hi, holes
 
 
-# ---------------------------------------------------------------- copy
+# ---------------------------------------------------------------- a partition's segments at once
+#
+# A version's partition may hold many segments (daily commits before compaction). These
+# kernels take each column of all of them at once, as typed lists indexed by segment,
+# so a batch costs a few calls whatever the number of segments.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
+    """Index of ``user`` in the sorted ``v_users``, or -1; one lookup when ids are dense."""
+    if v_slots.shape[0] > 0:
+        off = user - v_low
+        return v_slots[off] if 0 <= off < v_slots.shape[0] else -1
+    a = 0
+    b = v_users.shape[0]
+    while a < b:
+        mid = (a + b) >> 1
+        if v_users[mid] < user:
+            a = mid + 1
+        else:
+            b = mid
+    return a if a < v_users.shape[0] and v_users[a] == user else -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
+    return ts_a < ts_b or (ts_a == ts_b and tb_a < tb_b)
+
+
+@njit(cache=True, nogil=True)
+def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len,
+                 v_users, v_low, v_slots, v_first, e_seg, e_lo, e_hi,
+                 ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, arr_l, arr_b, tb_l, tb_b, has_tb,
+                 count, checksum, merge, p_w0, p_w1,
+                 w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off):  # pragma: no cover - compiled
+    nw = 0
+    for r in range(rows.shape[0]):
+        p = rows[r]
+        count[p] = 0
+        checksum[p] = 0
+        merge[p] = False
+        p_w0[p] = nw
+        p_w1[p] = nw
+        u = _find_user(users[p], v_users, v_low, v_slots)
+        if u < 0:
+            continue
+        first = nw
+        total = 0
+        digest = np.uint32(0)
+        for e in range(v_first[u], v_first[u + 1]):
+            g = e_seg[e]
+            c, s, lo, hi, holes = _locate_range(
+                e_lo[e], e_hi[e], ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
+                arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+            total += c
+            digest += s
+            if hi > lo:
+                w_ptr[nw] = p
+                w_seg[nw] = g
+                w_lo[nw] = lo
+                w_hi[nw] = hi
+                w_holes[nw] = holes
+                w_n[nw] = min(c, max_len)
+                nw += 1
+        count[p] = total
+        checksum[p] = digest
+        p_w1[p] = nw
+        # windows of successive segments whose keys do not overlap are the history in
+        # pieces: copy each as a slice. Otherwise (late events) the merge kernel orders them.
+        for j in range(first + 1, nw):
+            g, f = w_seg[j], w_seg[j - 1]
+            ts_first = ts_b[g] + np.int64(ts_l[g][w_lo[j]])
+            ts_last = ts_b[f] + np.int64(ts_l[f][w_hi[j - 1] - 1])
+            tb_first = tb_b[g] + np.int64(tb_l[g][w_lo[j]]) if has_tb else 0
+            tb_last = tb_b[f] + np.int64(tb_l[f][w_hi[j - 1] - 1]) if has_tb else 0
+            if _key_before(ts_first, tb_first, ts_last, tb_last):
+                merge[p] = True
+        remaining = min(total, max_len)
+        for j in range(nw - 1, first - 1, -1):  # a window with holes cannot start midway
+            take = min(w_n[j], remaining)
+            remaining -= take
+            if w_holes[j] and 0 < take < w_n[j]:
+                merge[p] = True
+        if merge[p]:
+            continue
+        remaining = min(total, max_len)
+        for j in range(nw - 1, first - 1, -1):  # newest first: each window ends where the next begins
+            take = min(w_n[j], remaining)
+            remaining -= take
+            w_off[j] = remaining
+            if not w_holes[j]:
+                w_lo[j] = w_hi[j] - take
+            w_n[j] = take
+    return nw
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l, arr_b,
+                    version, version_hi, arrival_limit, key_ts, key_tb, j):  # pragma: no cover - compiled
+    """Moves window ``w``'s cursor ``i`` down to a visible row and caches its key at ``j``."""
+    g = w_seg[w]
+    if w_holes[w]:
+        ver, arr = ver_l[g], arr_l[g]
+        while i >= w_lo[w] and not _visible(i, ver, ver_b[g], arr, arr_b[g], version, version_hi, arrival_limit):
+            i -= 1
+    if i >= w_lo[w]:
+        key_ts[j] = ts_b[g] + np.int64(ts_l[g][i])
+        if has_tb:
+            key_tb[j] = tb_b[g] + np.int64(tb_l[g][i])
+    return i
+
+
+@njit(cache=True, nogil=True)
+def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
+                ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
+                g_seg, g_lo, g_hi, g_dst):  # pragma: no cover - compiled
+    """Each pointer's newest events over windows that overlap in time, newest first by
+    (time, tie-break, segment order), as runs of consecutive rows of one segment: the
+    window holding the newest event gives a run down to the next window's newest, so
+    windows are scanned once per run, not once per event. Returns the number of runs."""
+    k = 0
+    for r in range(rows.shape[0]):
+        p = rows[r]
+        j0 = p_w0[p]
+        m = p_w1[p] - j0
+        cursor = w_hi[j0:j0 + m] - 1
+        key_ts = np.empty(m, np.int64)  # each window's newest unused event: only the window
+        key_tb = np.zeros(m, np.int64)  # a run came from moves, so only its key is read again
+        for j in range(m):
+            cursor[j] = _newest_visible(j0 + j, cursor[j], w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
+                                        ver_l, ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
+                                        key_ts, key_tb, j)
+        pos = offsets[p + 1] - 1
+        while pos >= offsets[p]:
+            best = -1
+            second = -1
+            for j in range(m):
+                if cursor[j] < w_lo[j0 + j]:
+                    continue
+                # on equal keys the later segment's event is the newer: j grows, so ties replace
+                if best < 0 or not _key_before(key_ts[j], key_tb[j], key_ts[best], key_tb[best]):
+                    second = best
+                    best = j
+                elif second < 0 or not _key_before(key_ts[j], key_tb[j], key_ts[second], key_tb[second]):
+                    second = j
+            if best < 0:  # cannot happen: the windows hold every event the offsets count
+                break
+            w = j0 + best
+            g = w_seg[w]
+            ts, tb, ver, arr = ts_l[g], tb_l[g], ver_l[g], arr_l[g]
+            i = cursor[best]
+            top = i  # the run is rows (i, top]
+            while pos >= offsets[p] and i >= w_lo[w]:
+                if w_holes[w] and not _visible(i, ver, ver_b[g], arr, arr_b[g], version[p], version_hi[p],
+                                               arrival_limit[p]):
+                    if top > i:
+                        g_seg[k], g_lo[k], g_hi[k], g_dst[k] = g, i + 1, top + 1, pos + 1
+                        k += 1
+                    i -= 1
+                    top = i
+                    continue
+                if second >= 0:
+                    t = ts_b[g] + np.int64(ts[i])
+                    b = tb_b[g] + np.int64(tb[i]) if has_tb else np.int64(0)
+                    if _key_before(t, b, key_ts[second], key_tb[second]) or (
+                            t == key_ts[second] and b == key_tb[second] and best < second):
+                        break
+                pos -= 1
+                i -= 1
+            if top > i:
+                g_seg[k], g_lo[k], g_hi[k], g_dst[k] = g, i + 1, top + 1, pos + 1
+                k += 1
+            cursor[best] = _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l,
+                                           ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
+                                           key_ts, key_tb, best)
+    return k
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_one(src, base, add_base, lo, hi, holes, ver, ver_base, arrival, arrival_base, version, version_hi,
+              arrival_limit, out, d):  # pragma: no cover - compiled
+    """Copies the visible rows of window [lo, hi) to ``out[d:]``."""
+    if not holes:
+        # slices with a plain counter: the form LLVM vectorizes (2.3x over a running index)
+        window = src[lo:hi]
+        target = out[d:d + window.shape[0]]
+        if add_base:
+            for k in range(window.shape[0]):
+                target[k] = base + window[k]
+        else:
+            for k in range(window.shape[0]):
+                target[k] = window[k]
+        return
+    for i in range(lo, hi):
+        if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
+            out[d] = base + src[i] if add_base else src[i]
+            d += 1
+
+
+@njit(cache=True, nogil=True)
+def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off, merge, offsets, src_l, base_l, add_base,
+               ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit, out):  # pragma: no cover
+    for w in range(nw):
+        p = w_ptr[w]
+        if w_n[w] == 0 or merge[p]:
+            continue
+        g = w_seg[w]
+        hi = w_hi[w] if w_holes[w] else w_lo[w] + w_n[w]
+        _copy_one(src_l[g], base_l[g], add_base, w_lo[w], hi, w_holes[w], ver_l[g], ver_b[g], arr_l[g], arr_b[g],
+                  version[p], version_hi[p], arrival_limit[p], out, offsets[p] + w_off[w])
+
+
+@njit(cache=True, nogil=True)
+def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragma: no cover - compiled
+    for k in range(g_seg.shape[0]):
+        src = src_l[g_seg[k]]
+        base = base_l[g_seg[k]]
+        d = g_dst[k]
+        for i in range(g_lo[k], g_hi[k]):
+            out[d] = base + src[i] if add_base else src[i]
+            d += 1
 
 
 @njit(cache=True, nogil=True)
 def _copy_windows(src, base, ver, ver_base, arrival, arrival_base, version, version_hi,
                   arrival_limit, lo, hi, holes, dst, out, add_base):  # pragma: no cover
     for p in range(lo.shape[0]):
-        d = dst[p]
-        if not holes[p]:
-            # slices with a plain counter: the form LLVM vectorizes (2.3x over a running index)
-            window = src[lo[p]:hi[p]]
-            target = out[d:d + window.shape[0]]
-            if add_base:
-                for k in range(window.shape[0]):
-                    target[k] = base + window[k]
-            else:
-                for k in range(window.shape[0]):
-                    target[k] = window[k]
-        else:
-            for i in range(lo[p], hi[p]):
-                if _visible(i, ver, ver_base, arrival, arrival_base, version[p], version_hi[p],
-                            arrival_limit[p]):
-                    out[d] = base + src[i] if add_base else src[i]
-                    d += 1
+        _copy_one(src, base, add_base, lo[p], hi[p], holes[p], ver, ver_base, arrival, arrival_base, version[p],
+                  version_hi[p], arrival_limit[p], out, dst[p])
 
 
 def copy_windows(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi, holes,

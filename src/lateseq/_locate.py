@@ -1,11 +1,20 @@
-"""The read path's first step: where each pointer's visible events are, segment by segment."""
+"""The read path's first step: where each pointer's visible events are.
+
+A ``PartitionView`` lays out the segments of one partition of a version for the fused
+kernels: one user index over all of them, and each column as a typed list indexed by
+segment. A batch then costs a few kernel calls whatever the number of segments, and a
+history spread over time-ordered segments is copied slice by slice; only where late
+events make segments overlap are events merged one by one (in a compiled kernel).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from numba import typed
 
 from . import _kernels
 from ._errors import PointerError
@@ -15,60 +24,173 @@ from ._kernels import Visibility
 from ._schema import Schema
 from ._segments import Segment
 
+_NO_COLUMN = np.zeros(1, np.int64)  # stands in for an absent arrival or tie-break column
+
+
+class PartitionView:
+    """The segments of one partition of a version (oldest first), ready for the kernels."""
+
+    def __init__(self, segments: list[Segment], schema: Schema):
+        self.segments = segments
+        self.schema = schema
+        ids = np.concatenate([s.user_ids for s in segments])
+        seg = np.repeat(np.arange(len(segments)), [len(s.user_ids) for s in segments])
+        order = np.lexsort((seg, ids))  # by user, then segment order
+        ids = ids[order]
+        self.e_seg = seg[order].astype(np.int64)
+        self.e_lo = np.concatenate([s.starts for s in segments])[order]
+        self.e_hi = np.concatenate([s.ends for s in segments])[order].astype(np.int64)
+        new = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
+        self.users = ids[new]
+        self.first = np.append(np.flatnonzero(new), len(ids)).astype(np.int64)
+        self.low, self.slots = _dense_slots(self.users)
+        self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, users: np.ndarray) -> np.ndarray:
+        """Each user's index in ``self.users``, or -1."""
+        if len(self.slots):
+            offset = users - self.low
+            inside = (offset >= 0) & (offset < len(self.slots))
+            return np.where(inside, self.slots[np.where(inside, offset, 0)], -1)
+        pos = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
+        return np.where(self.users[pos] == users, pos, -1)
+
+    def entries(self, found: np.ndarray) -> int:
+        """How many (user, segment) ranges the users at ``found`` have (window capacity)."""
+        found = found[found >= 0]
+        return int((self.first[found + 1] - self.first[found]).sum())
+
+    def column(self, name: str | None) -> tuple[typed.List, np.ndarray]:
+        """(stored arrays, bases) of a column across the segments, as one typed list of one
+        dtype: a segment stored narrower than the others is widened in memory (rare)."""
+        with self._lock:
+            if name is None and None not in self._columns:
+                self._columns[None] = self._dummy()
+            if name not in self._columns:
+                arrays = [s.stored(name) for s in self.segments]
+                common = np.result_type(*arrays)
+                listed = typed.List()
+                for array in arrays:
+                    if array.dtype != common:
+                        array = array.astype(common)
+                        array.setflags(write=False)
+                    listed.append(array)
+                bases = np.array([s.base(name) for s in self.segments], np.int64)
+                self._columns[name] = (listed, bases)
+            return self._columns[name]
+
+    def _dummy(self) -> tuple[typed.List, np.ndarray]:
+        listed = typed.List()
+        for _ in self.segments:
+            listed.append(_NO_COLUMN)
+        return listed, np.zeros(len(self.segments), np.int64)
+
+
+def _dense_slots(users: np.ndarray) -> tuple[int, np.ndarray]:
+    """(first id, id - first id -> index) when ids are dense enough to index directly (a
+    binary search per pointer costs cache misses; a direct lookup costs one)."""
+    if len(users) == 0 or int(users[-1]) - int(users[0]) + 1 > 4 * len(users) + 4096:
+        return 0, np.zeros(0, np.int64)
+    low = int(users[0])
+    slots = np.full(int(users[-1]) - low + 1, -1, np.int64)
+    slots[users - low] = np.arange(len(users))
+    return low, slots
+
+
+@dataclass
+class Windows:
+    """One partition's windows: (pointer, segment, lo, hi, holes, events taken, offset in
+    the pointer's output), pointer by pointer, segments in order."""
+
+    view: PartitionView
+    rows: np.ndarray
+    single: bool  # one segment: the plain per-segment kernels serve it, without typed lists
+    ptr: np.ndarray
+    seg: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    holes: np.ndarray
+    n: np.ndarray
+    off: np.ndarray
+
 
 @dataclass
 class Located:
     """Where each pointer's visible events are, as found by :func:`locate`.
 
-    ``windows`` has one entry per segment that holds visible events for some pointer:
-    (segment, pointer indices, lo, hi, holes). ``spread`` marks pointers whose events
-    span several segments (uncompacted versions) and so must be merged by time.
+    ``merge`` marks pointers whose windows overlap in time (late events in uncompacted
+    versions): their events are merged one by one; every other window is a slice.
     """
 
     count: np.ndarray
     checksum: np.ndarray
-    windows: list[tuple[Segment, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    spread: np.ndarray
+    merge: np.ndarray
+    first_window: np.ndarray
+    end_window: np.ndarray
+    partitions: list[Windows] = field(default_factory=list)
 
 
-def locate(schema: Schema, segments: Callable[[int], list[Segment]], version: int, users: np.ndarray,
+def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
            request_ts: np.ndarray, visibility: Visibility, max_len: int) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
-    in the ``segments(partition)`` of a handle at ``version``."""
+    in the ``views(partition)`` of a handle at ``version``."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
             f"is at version {version}; open the store at a version >= every pointer's"
         )
-    arrival = schema.arrival_col
-    if arrival is None and np.any(visibility.version_hi != visibility.version):
+    if schema.arrival_col is None and np.any(visibility.version_hi != visibility.version):
         raise PointerError("pointers bounded by arrival (version_hi, arrival_limit) need a store "
                            "whose schema names an arrival_col; this one has none")
     n = len(users)
-    count = np.zeros(n, np.int64)
-    checksum = np.zeros(n, np.uint32)
-    hits = np.zeros(n, np.int64)
-    windows = []
+    located = Located(np.zeros(n, np.int64), np.zeros(n, np.uint32), np.zeros(n, bool),
+                      np.zeros(n, np.int64), np.zeros(n, np.int64))
+    users = np.ascontiguousarray(users, np.int64)
+    request_ts = np.ascontiguousarray(request_ts, np.int64)
     parts = partition_of(users, schema.partitions)
     for p in np.unique(parts) if schema.partitions > 1 else [0]:
+        view = views(int(p))
+        if view is None:
+            continue
         rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
-        for segment in segments(int(p)):
-            lo, hi = segment.user_ranges(users[rows])
-            keep = hi > lo
-            if not keep.any():
-                continue
-            present = rows[keep]
-            c, s, wlo, whi, holes = _kernels.locate(
-                lo[keep], hi[keep], segment.stored(TIME), segment.base(TIME),
-                segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
-                segment.base("_version"),
-                segment.stored("_hcum"), *segment.encoded(arrival), request_ts[present],
-                visibility.take(present), max_len,
-            )
-            count[present] += c
-            checksum[present] += s
-            nonempty = whi > wlo
-            hits[present[nonempty]] += 1
-            if nonempty.any():
-                windows.append((segment, present[nonempty], wlo[nonempty], whi[nonempty], holes[nonempty]))
-    return Located(count, checksum, windows, hits > 1)
+        found = view.lookup(users[rows])
+        if len(view.segments) == 1:
+            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, located))
+            continue
+        capacity = view.entries(found)
+        w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
+                    np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
+                    np.empty(capacity, np.int64), np.empty(capacity, np.int64))
+        tb = view.column(schema.tiebreak)
+        found = _kernels._locate_view(
+            rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
+            np.int64(max_len), view.users, np.int64(view.low), view.slots, view.first, view.e_seg, view.e_lo,
+            view.e_hi, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
+            view.column("_vmin")[0], view.column("_hcum")[0], *view.column(schema.arrival_col), *tb,
+            schema.tiebreak is not None, located.count, located.checksum, located.merge,
+            located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off)
+        for name in ("ptr", "seg", "lo", "hi", "holes", "n", "off"):
+            setattr(w, name, getattr(w, name)[:found])
+        located.partitions.append(w)
+    return located
+
+
+def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, request_ts: np.ndarray,
+                   visibility: Visibility, max_len: int, located: Located) -> Windows:
+    """A partition held by one segment (a compacted version): each pointer has at most
+    one window, and the segment's arrays go to the kernel as they are."""
+    segment = view.segments[0]
+    user_lo = np.where(found >= 0, view.e_lo[found], 0)
+    user_hi = np.where(found >= 0, view.e_hi[found], 0)
+    count, checksum, lo, hi, holes = _kernels.locate(
+        user_lo, user_hi, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
+        segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
+        *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len)
+    located.count[rows] = count
+    located.checksum[rows] = checksum
+    keep = hi > lo
+    ptr = rows[keep]
+    zeros = np.zeros(len(ptr), np.int64)
+    return Windows(view, rows, True, ptr, zeros, lo[keep], hi[keep], holes[keep],
+                   np.minimum(count[keep], max_len), zeros)

@@ -33,7 +33,7 @@ from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
 from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
-from ._locate import Located, locate
+from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
 from ._schema import Schema
 from ._segments import Segment, SegmentCache
@@ -65,6 +65,7 @@ class Store:
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
+        self._views: dict[int, PartitionView | None] = {}
         self.num_events: int = manifest["events"]
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
@@ -313,7 +314,14 @@ class Store:
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int) -> Located:
         """Finds each pointer's visible events: time before the request, and ``visibility``."""
-        return locate(self.schema, self.segments, self.version, users, request_ts, visibility, max_len)
+        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len)
+
+    def _view(self, partition: int) -> PartitionView | None:
+        """The partition's segments laid out for the read kernels (built once per handle)."""
+        if partition not in self._views:
+            segments = self.segments(partition)
+            self._views[partition] = PartitionView(segments, self.schema) if segments else None
+        return self._views[partition]
 
 
 def _read_events(source: EventSource) -> pa.Table:
