@@ -284,3 +284,13 @@ def test_movielens_demo(tmp_path):
     assert summary["events"] == 1_000_209 and summary["users"] == 6_040
     assert summary["examples"] == 1_000_209 - 6_040 == summary["compared"]
     assert summary["mismatches"] == 0 and summary["checksum_mismatches"] == 0
+
+
+def test_compact_with_the_tiered_policy(files):
+    store = files["store"]
+    for events in ("e1", "e2", "e1"):
+        assert lateseq("ingest", store, files[events])[0] == 0
+    code, out, err = lateseq("compact", store, "--policy", "tiered", "--fanout", "2")
+    assert (code, out) == (0, "4\n") and "segments ->" in err
+    assert_one_line_error(*lateseq("compact", store, "--policy", "weekly")[::2], "policy")
+    assert_one_line_error(*lateseq("compact", store, "--policy", "tiered", "--fanout", "1")[::2], "fanout")

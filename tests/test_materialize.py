@@ -76,7 +76,7 @@ class Scenario:
     columns: dict[str, str]
     tiebreak: str | None
     two_tier: bool
-    steps: list  # ("commit", users, ts, payload) or ("compact",)
+    steps: list  # ("commit", users, ts, payload) or ("compact", "full" | "tiered")
     users: list[int]
     ghost: int
     request_ts: list[int]
@@ -132,7 +132,7 @@ def scenarios(draw, max_commits: int = 8, max_rows: int = 12) -> Scenario:
         steps.append(("commit", draw(st.lists(st.sampled_from(users), min_size=rows, max_size=rows)),
                       draw(st.lists(ts_values, min_size=rows, max_size=rows)), payload))
         for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
-            steps.append(("compact",))
+            steps.append(("compact", draw(st.sampled_from(["full", "tiered"]))))
     request_ts = draw(st.lists(ts_values, min_size=1, max_size=3))
     user_col, time_col = draw(st.sampled_from([("user_id", "ts"), ("uid", "event_time")]))
     selectable = [time_col, *columns]
@@ -205,9 +205,9 @@ def replay(sc: Scenario, path: Path, partitions: int) -> tuple[lateseq.Store, Or
             oracle.commit(users, ts, payload)
             store = store.commit(event_table(sc.columns, users, ts, payload, sc.user_col, sc.time_col))
         else:
-            compacted = store.compact()
+            compacted = store.compact(step[1], fanout=2)  # fanout 2: tiny commits do climb tiers
             if compacted.version == store.version:  # nothing to merge: no new version
-                assert all(len(s) == 1 for s in _segments_by_partition(store).values())
+                assert step[1] == "tiered" or all(len(s) == 1 for s in _segments_by_partition(store).values())
                 assert len(store.versions()) == store.version
                 continue
             oracle.compact()

@@ -406,3 +406,29 @@ def test_a_cache_that_cannot_be_created_is_named(small_store, tmp_path):
     blocker.write_text("")
     with pytest.raises(lateseq.StoreError, match="cannot create the read cache .*cache_dir="):
         lateseq.open(small_store.path, cache_dir=blocker / "cache").segments()
+
+
+def test_tiered_compaction_merges_adjacent_runs_of_one_tier(make_store):
+    from lateseq._store import _tiered_runs
+
+    assert _tiered_runs([10] * 4, 4) == [(0, 4)]
+    assert _tiered_runs([10] * 3, 4) == [(0, 1), (1, 2), (2, 3)]
+    assert _tiered_runs([1000, 10, 10, 10, 10], 4) == [(0, 1), (1, 5)]  # the big old one is left alone
+    # 16 equal segments climb two tiers into one group; of 17, the newest 16 do
+    assert _tiered_runs([5] * 16, 4) == [(0, 16)]
+    assert _tiered_runs([5] * 17, 4) == [(0, 1), (1, 17)]
+    store = make_store(partitions=2)
+    for day in range(9):
+        store = store.commit(events(list(range(20)), [day] * 20, list(range(20))))
+    tiered = store.compact("tiered", fanout=3)
+    assert len(tiered.segment_infos) < len(store.segment_infos) and tiered.num_events == store.num_events
+    again = tiered.compact("tiered", fanout=3)
+    assert len(again.segment_infos) <= len(tiered.segment_infos)
+    examples = lateseq.log_examples(store, pa.table({"user_id": list(range(20)), "request_ts": [99] * 20}))
+    for handle in (tiered, again, again.compact()):
+        assert not lateseq.materialize(handle, examples, lateseq.Projection(5)).rows_differ(
+            lateseq.materialize(store, examples, lateseq.Projection(5))).any()
+    with pytest.raises(lateseq.SchemaError, match="policy"):
+        store.compact("nightly")
+    with pytest.raises(lateseq.SchemaError, match="fanout"):
+        store.compact("tiered", fanout=1)

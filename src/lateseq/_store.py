@@ -24,6 +24,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -174,23 +175,42 @@ class Store:
                 new.append(self._write(int(p), chunk))
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
-    def compact(self) -> Store:
-        """Merges each partition's segments into one sorted segment, as a new version.
+    def compact(self, policy: Literal["full", "tiered"] = "full", *, fanout: int = 4) -> Store:
+        """Merges segments into sorted ones, as a new version.
 
-        Events keep the version they became visible in, so every pointer into any kept
-        version rebuilds the same sequence. Returns this handle if nothing needs merging.
+        ``"full"`` merges each partition's segments into one. ``"tiered"`` bounds the
+        write cost of frequent commits: it merges runs of ``fanout`` adjacent segments of
+        the same size tier (rows in [fanout**k, fanout**(k+1))) into one of the next tier,
+        and repeats, so a partition keeps O(fanout * log rows) segments while each event
+        is rewritten once per tier it climbs, not once per compaction. Only adjacent
+        segments merge, so events that tie keep their commit order. Events keep the
+        version they became visible in, so every pointer into any kept version rebuilds
+        the same sequence. Returns this handle if nothing needs merging.
         """
+        if policy not in ("full", "tiered"):
+            raise SchemaError(f"compaction policy must be 'full' or 'tiered', not {policy!r}")
+        if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
+            raise SchemaError(f"fanout must be an integer >= 2, got {fanout!r}")
         base = self._handle()
-        if all(len(infos) == 1 for infos in base._by_partition.values()):
+        plans = {p: [(0, len(infos))] if policy == "full" else _tiered_runs([i.rows for i in infos], fanout)
+                 for p, infos in base._by_partition.items()}
+        if not any(end - start > 1 for runs in plans.values() for start, end in runs):
             return base
         with self._log.writing():
-            kept, new = [], []
-            for p, infos in sorted(base._by_partition.items()):
-                if len(infos) == 1:
-                    kept += infos
-                    continue
-                new.append(self._write(p, merge_segments([base._segments.get(i) for i in infos], self.schema)))
-            return base._publish(base.version + 1, "compact", kept + new, new, base.watermark)
+            infos, new = [], []
+            for p, segments in sorted(base._by_partition.items()):
+                runs = {start: end for start, end in plans[p] if end - start > 1}
+                i = 0
+                while i < len(segments):
+                    end = runs.get(i, i + 1)
+                    if end - i == 1:
+                        infos.append(segments[i])
+                    else:
+                        merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
+                        new.append(self._write(p, merged))
+                        infos.append(new[-1])
+                    i = end
+            return base._publish(base.version + 1, "compact", infos, new, base.watermark)
 
     def delete(self, users: np.ndarray | list[int]) -> Store:
         """Publishes a version without any event of ``users`` (a privacy request).
@@ -322,6 +342,31 @@ class Store:
             segments = self.segments(partition)
             self._views[partition] = PartitionView(segments, self.schema) if segments else None
         return self._views[partition]
+
+
+def _tiered_runs(rows: list[int], fanout: int) -> list[tuple[int, int]]:
+    """The ranges of adjacent segments (given their row counts, oldest first) that size-
+    tiered compaction merges: while ``fanout`` adjacent groups share a tier, the newest
+    such run becomes one group of the next tier."""
+    groups = [(i, i + 1, r) for i, r in enumerate(rows)]  # (first, end, rows)
+
+    def tier(count: int) -> int:
+        level = 0
+        while count >= fanout:
+            count //= fanout
+            level += 1
+        return level
+
+    merged = True
+    while merged:
+        merged = False
+        for end in range(len(groups), fanout - 1, -1):
+            run = groups[end - fanout:end]
+            if len({tier(g[2]) for g in run}) == 1:
+                groups[end - fanout:end] = [(run[0][0], run[-1][1], sum(g[2] for g in run))]
+                merged = True
+                break
+    return [(first, end) for first, end, _ in groups]
 
 
 def _read_events(source: EventSource) -> pa.Table:

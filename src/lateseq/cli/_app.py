@@ -275,13 +275,23 @@ def versions(
 
 
 @app.command()
-def compact(store: StoreArg) -> None:
-    """Merge each partition's segments into one, as a new version; print its number."""
+def compact(
+    store: StoreArg,
+    policy: Annotated[str, typer.Option(
+        help="full: one segment per partition; tiered: merge runs of FANOUT adjacent segments of one size "
+             "tier (bounded rewriting for daily commits).")] = "full",
+    fanout: Annotated[int, typer.Option(help="Segments a tiered merge joins.")] = 4,
+) -> None:
+    """Merge segments (all of a partition's, or size tier by size tier), as a new version; print its number."""
     handle = _open(store)
-    new = handle.compact()
+    new = handle.compact(policy, fanout=fanout)  # type: ignore[arg-type]
     print(new.version)
     if new.version == handle.version:
-        _err.print("nothing to compact: every partition is one segment already", highlight=False)
+        _err.print(f"nothing to compact under the {policy} policy", highlight=False)
+        return
+    _err.print(f"{len(handle.segment_infos)} segments -> {len(new.segment_infos)}; wrote "
+               f"{sum(i.bytes for i in new.segment_infos if i not in handle.segment_infos):,} bytes",
+               highlight=False)
 
 
 @app.command()
