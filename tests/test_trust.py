@@ -320,3 +320,27 @@ def test_published_files_and_their_directories_are_fsynced_in_order(store, monke
     directory = synced.index(segments, last_file)  # the renamed files' directory entries
     manifest = next(i for i, p in enumerate(synced) if p.startswith(versions + "/"))
     assert last_file < directory < manifest < synced.index(versions) == len(synced) - 1
+
+
+def test_a_decoded_copy_changed_in_place_under_an_open_handle_is_checked_again(store, log):
+    """lateseq only ever replaces files, but another program might write into the cache:
+    a changed file (new mtime) is mapped and checked again before the next batch."""
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    for info in handle.segment_infos:
+        path = store.cache_dir / f"{info.name}.arrow"
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            data[len(data) // 3] ^= 0x01
+            f.seek(0)
+            f.write(data)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+def test_a_truncated_json_file_is_called_damaged_not_old(store):
+    tag = store.path / "tags" / "good.json"
+    tag.write_bytes(tag.read_bytes()[:10])
+    with pytest.raises(lateseq.StoreError, match="good.json is damaged"):
+        lateseq.open(store.path, "good")

@@ -337,11 +337,13 @@ class Store:
         return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len)
 
     def _view(self, partition: int) -> PartitionView | None:
-        """The partition's segments laid out for the read kernels (built once per handle)."""
-        if partition not in self._views:
-            segments = self.segments(partition)
-            self._views[partition] = PartitionView(segments, self.schema) if segments else None
-        return self._views[partition]
+        """The partition's segments laid out for the read kernels: built once per handle,
+        and again when a decoded copy was replaced (the segment cache notices)."""
+        segments = self.segments(partition)
+        view = self._views.get(partition)
+        if view is None or any(a is not b for a, b in zip(view.segments, segments, strict=True)):
+            view = self._views[partition] = PartitionView(segments, self.schema) if segments else None
+        return view
 
 
 def _tiered_runs(rows: list[int], fanout: int) -> list[tuple[int, int]]:

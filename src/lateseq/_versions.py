@@ -66,12 +66,12 @@ def load_checked(path: Path) -> dict:
     data = read_regular(path)
     try:
         content = json.loads(data)
-        valid = isinstance(content, dict) and content.pop("crc32", None) == _crc(content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        valid = False
-    if valid is False and b'"crc32"' not in data and data.lstrip().startswith(b"{"):
-        raise StoreError(f"{path} has no checksum: the store was written by lateseq 0.1, which this "
-                         "version cannot trust; rebuild the store from its events")
+        content = None  # truncated or garbled
+    if isinstance(content, dict) and "crc32" not in content and ("version" in content or "columns" in content):
+        raise StoreError(f"{path} has no checksum: it was written by lateseq 0.1, which this version "
+                         "cannot trust; rebuild the store from its events")
+    valid = isinstance(content, dict) and content.pop("crc32", None) == _crc(content)
     if not valid:
         raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
     return content
