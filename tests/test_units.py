@@ -16,13 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 import lateseq
 from lateseq import PointerError, Schema, SchemaError
 from lateseq._pointers import pointers_from_log
-from lateseq.cli import app
 from lateseq.mutable import InMemoryTier
+from tests.test_cli_outputs import cli, one_line_error
 
 UNITS = ["s", "ms", "us", "ns"]
 PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
@@ -307,19 +306,6 @@ def test_logs_with_timestamp_request_times_are_read_against_the_schema(make_stor
 # ---------------------------------------------------------------- the CLI
 
 
-runner = CliRunner()
-
-
-def cli(*args) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code: int, stderr: str, *needles: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for needle in needles:
-        assert needle in lines[0], stderr
 
 
 def test_ingest_time_unit(tmp_path, dir_snapshot):
