@@ -80,8 +80,9 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows."""
     if start == end or max(version, version_hi) < ver_base:
         return 0, np.uint32(0), start, start, False
-    # first event at or after the request time
-    a = start
+    # first event at or after the request time (none when the user's newest is before it:
+    # the common case for the older segments of an uncompacted version)
+    a = end if ts_base + np.int64(ts[end - 1]) < t else start
     b = end
     while a < b:
         mid = (a + b) >> 1
