@@ -181,7 +181,7 @@ def read_index(directory: Path, info: SegmentInfo) -> tuple[np.ndarray, np.ndarr
         raise StoreError(f"segment {info.name}: cannot read its index {path} ({exc})") from exc
     sound = (user_ids.dtype == np.int64 and ends.dtype == np.int64 and len(user_ids) == len(ends) == info.users
              and (info.users == 0 or (ends[0] > 0 and ends[-1] == info.rows))
-             and bool(np.all(np.diff(user_ids) > 0)) and bool(np.all(np.diff(ends) > 0)))
+             and bool(np.all(user_ids[1:] > user_ids[:-1])) and bool(np.all(ends[1:] > ends[:-1])))
     if not sound:
         raise StoreError(f"segment {info.name}: its index {path} does not describe {info.users} users "
                          f"and {info.rows} rows; restore the file from a backup or replica")
