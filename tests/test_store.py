@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import re
 import time
@@ -299,8 +300,14 @@ def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_
     assert store.cleanup(before=store.version + 10) == [1, 3, 4]  # never the latest, never a tag
     assert [v.version for v in store.versions()] == [2, 5]
     assert unpublished.exists()  # younger than the grace period: maybe another writer's
-    (store.cache_dir / ".tmp-0badf00d-crashed-decoder.arrow").write_bytes(b"half")
+    crashed = store.cache_dir / ".tmp-0badf00d-crashed-decoder.arrow"
+    crashed.write_bytes(b"half")
+    decoding = store.cache_dir / ".tmp-0badf00d-decoding-now.arrow"
+    decoding.write_bytes(b"half")
+    os.utime(crashed, (time.time() - 7200, time.time() - 7200))
     store.cleanup(before=store.version, grace_s=0)
+    assert not crashed.exists() and decoding.exists()  # a decode may take a while: an hour's grace
+    decoding.unlink()
     assert segment_files(store) == referenced_files(store)
     kept = {name.split(".")[0] for name in referenced_files(store)}
     assert {p.name for p in store.cache_dir.iterdir()} <= {f"{name}.arrow" for name in kept}

@@ -41,6 +41,7 @@ from ._segments import Segment, SegmentCache
 from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
+_DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 
 
@@ -59,8 +60,7 @@ class Store:
         self.schema = Schema.from_json(json.dumps(load_checked(schema_file)))
         self._log = VersionLog(self.path)
         self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
-        self.version = self._log.resolve(version)
-        manifest = self._log.manifest(self.version) if self.version else {"segments": [], "events": 0}
+        manifest = self._read_manifest(version)
         where = self._log.manifest_path(self.version)
         self.segment_infos = [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
         self._by_partition: dict[int, list[SegmentInfo]] = {}
@@ -70,6 +70,18 @@ class Store:
         self.num_events: int = manifest["events"]
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
+
+    def _read_manifest(self, version: int | str | None) -> dict:
+        """Sets ``self.version`` and returns its manifest. "The latest" is read again if
+        cleanup retired it between reading its number and its manifest (a newer version
+        was published meanwhile)."""
+        while True:
+            self.version = self._log.resolve(version)
+            try:
+                return self._log.manifest(self.version) if self.version else {"segments": [], "events": 0}
+            except VersionNotFound:
+                if version is not None:
+                    raise
 
     # ------------------------------------------------------------ opening
 
@@ -147,30 +159,31 @@ class Store:
         table = _read_events(events)
         if commit_id is not None and (not isinstance(commit_id, str) or not _COMMIT_ID.fullmatch(commit_id)):
             raise SchemaError(f"commit id {str(commit_id)[:80]!r} must be 1-256 printable characters without spaces")
-        base = self._handle()  # commit on top of the latest version, whatever this handle is
-        if watermark is not None and base.watermark is not None and watermark < base.watermark:
-            raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
-        version = base.version + 1
-        if watermark is not None and table.num_rows == 0:  # coverage advanced, no new events
-            return base._publish(version, "commit", base.segment_infos, [], watermark)
-        table = self.schema.conform(table)
-        incoming = Events.from_table(table, self.schema, version)
-        content = incoming.digest()
-        if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
-            if done[1] != content:
-                raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
-            return self._handle(done[0]) if done[0] in {v.version for v in base.versions()} else base
-        if self.schema.event_id_col:
-            known = base.event_ids(np.unique(incoming.user))
-            incoming = incoming.first_deliveries(self.schema.event_id_col, known)
-        if watermark is None:
-            watermark = base.watermark
-        if len(incoming) == 0:  # only redeliveries: a version with nothing new
-            return base._publish(version, "commit", base.segment_infos, [], watermark, commit_id, content)
+        if table.num_rows or watermark is None:
+            table = self.schema.conform(table)
+        # from reading the base to publishing, hold the store's lock: cleanup then deletes
+        # none of the files the new version names (its parent's included)
         with self._log.writing():
-            parts = partition_of(incoming.user, self.schema.partitions)
+            base = self._handle()  # commit on top of the latest version, whatever this handle is
+            if watermark is not None and base.watermark is not None and watermark < base.watermark:
+                raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
+            version = base.version + 1
+            if watermark is not None and table.num_rows == 0:  # coverage advanced, no new events
+                return base._publish(version, "commit", base.segment_infos, [], watermark)
+            incoming = Events.from_table(table, self.schema, version)
+            content = incoming.digest()
+            if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
+                if done[1] != content:
+                    raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
+                return self._handle(done[0]) if done[0] in {v.version for v in base.versions()} else base
+            if self.schema.event_id_col:
+                known = base.event_ids(np.unique(incoming.user))
+                incoming = incoming.first_deliveries(self.schema.event_id_col, known)
+            if watermark is None:
+                watermark = base.watermark
             new = []
-            for p in np.unique(parts):
+            parts = partition_of(incoming.user, self.schema.partitions)
+            for p in np.unique(parts):  # none when every event was a redelivery
                 chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
                 new.append(self._write(int(p), chunk))
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
@@ -191,12 +204,12 @@ class Store:
             raise SchemaError(f"compaction policy must be 'full' or 'tiered', not {policy!r}")
         if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
             raise SchemaError(f"fanout must be an integer >= 2, got {fanout!r}")
-        base = self._handle()
-        plans = {p: [(0, len(infos))] if policy == "full" else _tiered_runs([i.rows for i in infos], fanout)
-                 for p, infos in base._by_partition.items()}
-        if not any(end - start > 1 for runs in plans.values() for start, end in runs):
-            return base
         with self._log.writing():
+            base = self._handle()
+            plans = {p: [(0, len(infos))] if policy == "full" else _tiered_runs([i.rows for i in infos], fanout)
+                     for p, infos in base._by_partition.items()}
+            if not any(end - start > 1 for runs in plans.values() for start, end in runs):
+                return base
             infos, new = [], []
             for p, segments in sorted(base._by_partition.items()):
                 runs = {start: end for start, end in plans[p] if end - start > 1}
@@ -220,15 +233,15 @@ class Store:
         reports their pointers as ``deleted``. Returns this handle when none is stored.
         """
         users = np.unique(np.asarray(users, np.int64))
-        base = self._handle()
-        touched = []
-        for info in base.segment_infos:
-            lo, hi = base._segments.get(info).user_ranges(users)
-            if (hi > lo).any():
-                touched.append(info)
-        if not touched:
-            return base
         with self._log.writing():
+            base = self._handle()
+            touched = []
+            for info in base.segment_infos:
+                lo, hi = base._segments.get(info).user_ranges(users)
+                if (hi > lo).any():
+                    touched.append(info)
+            if not touched:
+                return base
             new, dropped = [], {i.name for i in touched}
             for info in touched:
                 events = merge_segments([base._segments.get(info)], self.schema)
@@ -293,9 +306,13 @@ class Store:
                 if name not in referenced and older_than(path, grace_s):
                     path.unlink(missing_ok=True)
             for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
-                name = path.name.split(".")[0]
-                stale = name not in referenced if is_segment_name(name) else path.name.startswith(".tmp-")
-                if stale and older_than(path, grace_s):  # decoded copies of gone segments, crashed decodes
+                if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
+                    stale = path.name[len(".tmp-lock-"):] not in referenced
+                elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
+                    stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
+                else:  # decoded copies of segments no kept version uses
+                    stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
+                if stale and older_than(path, grace_s):
                     path.unlink(missing_ok=True)
         return retired
 

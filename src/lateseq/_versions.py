@@ -265,8 +265,13 @@ class VersionLog:
         return retired
 
     def referenced_segments(self) -> set[str]:
-        """Names of the segments any kept version uses."""
-        return {s["name"] for v in self.infos() for s in self.manifest(v.version)["segments"]}
+        """Names of the segments any kept version uses (each manifest read once: another
+        cleanup may retire versions meanwhile, which only ever frees names)."""
+        names = set()
+        for number in self.numbers():
+            manifest = load_checked(self.manifest_path(number))
+            names.update(s["name"] for s in manifest.get("segments", []))
+        return names
 
 
 def fsync_dir(path: Path) -> None:
