@@ -452,7 +452,8 @@ def test_a_commit_that_loses_a_race_to_a_cleanup_raises_commit_conflict(tmp_path
     other, other_out = _act(tmp_path, "race", race)
     _until(lambda: not other.is_alive(), 2)
     outcome = _finish(child, resume, out)
-    assert _outcome(other, other_out) == {"outcome": "ok", "value": [store.version + 1, list(range(1, store.version + 1))]}
+    expected = {"outcome": "ok", "value": [store.version + 1, list(range(1, store.version + 1))]}
+    assert _outcome(other, other_out) == expected
     assert outcome["paused"]
     assert outcome["outcome"] != "raw", outcome["traceback"]
     if outcome["outcome"] == "error":

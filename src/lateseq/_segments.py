@@ -21,10 +21,10 @@ from ._format import (
     map_decoded,
     read_index,
 )
+from ._schema import Schema
 
 # what reading a missing, truncated or garbled decoded copy raises
 _UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
-from ._schema import Schema
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
