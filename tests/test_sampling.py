@@ -152,7 +152,8 @@ def test_affinity_groups_a_users_examples_and_keeps_users_in_random_order():
     rng = np.random.default_rng(5)
     users = rng.permutation(np.repeat(np.arange(200), 10))  # 200 users, 10 examples each, scattered
     ts = rng.integers(0, 10**6, len(users))
-    config = {"num_rows": len(users), "batch_size": 64, "shuffle": True, "seed": 2, "block_rows": 250, "window_rows": 1000}
+    config = {"num_rows": len(users), "batch_size": 64, "shuffle": True, "seed": 2, "block_rows": 250,
+              "window_rows": 1000}
     grouped = ShardPlan(**config, affinity=True)
     plain = ShardPlan(**config)
     assert np.array_equal(np.sort(np.concatenate(list(grouped.batches(keys=(users, ts))))), np.arange(2000))
