@@ -61,6 +61,13 @@ def child() -> None:
     path, seed = line.split()
     rng = random.Random(int(seed))
     store = lateseq.open(path)
+    real_write = lateseq._store.write_segment
+
+    def announced_write(*args, **kwargs):
+        print("segment", flush=True)  # the parent may aim its kill at the write that follows
+        return real_write(*args, **kwargs)
+
+    lateseq._store.write_segment = announced_write
     print("writing", flush=True)
     while True:
         store = store.latest()
@@ -171,7 +178,11 @@ def test_killed_writers_never_damage_published_versions(tmp_path):
                     proc.stdin.write(f"{path} {rng.getrandbits(32)}\n".encode())
                     proc.stdin.flush()
                     assert proc.stdout.readline() == b"writing\n", proc.stderr.read().decode()
-                    time.sleep(rng.uniform(0.0, 0.12))
+                    if rng.random() < 0.5:  # aimed: just after a segment write starts
+                        assert proc.stdout.readline() == b"segment\n", proc.stderr.read().decode()
+                        time.sleep(rng.uniform(0.0, 0.005))
+                    else:  # anywhere in the loop of commits and compactions
+                        time.sleep(rng.uniform(0.0, 0.12))
                     assert proc.poll() is None, proc.stderr.read().decode()  # it was still writing
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
