@@ -23,7 +23,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/materialize.py --small
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/materialize.py --small --cold
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,22 +1,44 @@
-"""Materialization throughput and storage: lateseq versus the Fat Row baseline.
+"""Materialization throughput and bytes: lateseq in every store state against the
+strongest Fat Rows.
 
-    python benchmarks/materialize.py            # BRIEF section 3 scale: 200k users, ~50M events, 2M pointers
-    python benchmarks/materialize.py --small    # 20k users, ~5M events, 200k pointers (about a minute)
-    python benchmarks/materialize.py --json out.json
+    python benchmarks/materialize.py            # 200k users per workload (realistic: 40M events, 43M examples)
+    python benchmarks/materialize.py --small    # 20k users (about 6 minutes on 2 cores with --cold)
+    python benchmarks/materialize.py --tiny     # a smoke run of every part (seconds; what the tests run)
+    options: --json PATH  --plot PATH  --cold  --repeat R  --cpu K  --workdir DIR  --fat-budget-gb G
 
-One core (the process is pinned to one CPU; numba, Arrow and BLAS run one thread),
-warm page cache (one untimed pass over every file first), batches of 1024 examples,
-projection (item_id, action, ts), N = 256 and N = 4096.
+Workloads and store states are ``benchmarks/workload.py``'s: a realistic one (power-law
+users over 30 days, an example per event) read through five store states (compacted with
+pointers at the latest version; 30 daily commits never compacted; 5% late events,
+uncompacted and compacted; daily commits with tiered compaction where lateseq has it),
+and the original sparse one. For each state and N in (256, 1024, 4096), projection
+(item_id, action, ts):
 
-- Fat Row: examples store their history as Parquet list columns (pyarrow defaults,
-  snappy, 64k-row groups); read with ``ParquetFile.iter_batches`` into values + offsets.
-- lateseq: the events live once in a store (committed in time slices, then compacted);
-  the example log holds 28-byte pointers; each batch of pointers read from the log's
-  Parquet is materialized with verification on (the default).
+- **lateseq** reads the example log (Parquet, batches of 1024) and materializes each
+  batch from the store, verifying every history's checksum (the default).
+- **Fat Rows** hold the same examples' histories, built by an independent oracle, in
+  three forms: Parquet with pyarrow's defaults, Parquet in its smallest form (sorted by
+  user then time, zstd, the smallest of several encodings), and an Arrow IPC file read
+  through a memory map with each batch's values copied out into numpy.
 
-Where the Fat Row file for all pointers would be too big (N = 4096 at full scale), it is
-built for a random sample of the pointers; both sides are timed on that same sample and
-the Fat Row bytes are extrapolated linearly to every pointer. The output says so.
+Before anything is timed, an untimed pass reads every Fat Row form and rebuilds the same
+examples with lateseq, and checks each batch equal (offsets and values, bit for bit).
+Then each side is timed ``--repeat`` times (fewer for a side whose passes took over
+``--patience`` seconds in all), the passes interleaved, and the best pass counts: one
+core (the process is pinned; numba, Arrow and BLAS run one thread), warm page cache;
+each pass's CPU share (CPU time over wall time) shows whether other processes took the
+core meanwhile. With ``--cold`` every file of both sides (store segments, decoded read
+cache, example log, Fat Row file) is evicted from the page cache before each pass with
+``posix_fadvise(DONTNEED)``; the output reports how much of them stayed cached (mincore)
+and how many bytes each pass read from disk (/proc/self/io).
+
+Where the Fat Rows of every example would exceed ``--fat-budget-gb`` (as an Arrow IPC
+file: 4 GB at full scale, for run time), both sides are timed on a uniform random sample
+of requests (with all their examples: a request's impressions stay together), so
+lateseq reads from all over the store as it would for the whole log. Fat Row bytes for
+every example are then extrapolated, and the output says so: the IPC and default Parquet
+files by output events; the smallest form from a separate file of every example of a
+random sample of whole users (it compresses each row against the user's previous one,
+which a sample of requests would break), scaled by examples.
 """
 
 from __future__ import annotations
@@ -28,13 +50,21 @@ for _name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
     os.environ[_name] = "1"
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
@@ -45,84 +75,89 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import lateseq  # noqa: E402
-from lateseq import (  # noqa: E402
-    POINTER_FIELDS,
-    Pointers,
-    datasets,  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from workload import (  # noqa: E402
+    BATCH,
+    COLUMNS,
+    FORMS,
+    FatRowMismatch,
+    Histories,
+    State,
+    Workload,
+    build_forms,
+    build_states,
+    check_equal,
+    read_days,
+    read_fat_rows,
+    readable_days,
+    realistic,
+    request_sample,
+    smallest_settings,
+    sparse,
+    store_files,
+    tiered_compaction,
+    user_sample,
 )
-from lateseq._format import decoded_file  # noqa: E402
-from lateseq.cli.fatrow import iter_fat_rows, read_fat_rows_batches, write_fat_rows  # noqa: E402
 
-COLUMNS = ("item_id", "action", "ts")
-SCHEMA = lateseq.Schema({"item_id": "int64", "action": "int8", "dwell": "float32"})
-BATCH = 1024
-console = Console(highlight=False, width=132)
+NS = (256, 1024, 4096)
+EVENT_BYTES = 17  # item_id + action + ts: what one projected event costs in memory
+console = Console(highlight=False, width=150)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scale:
-    users: int
-    pointers: int
-    fat_sample: dict[int, int]  # N -> pointers in the Fat Row file (all when >= pointers)
-    commits: int
+    realistic_users: int
+    sparse_users: int
+    sparse_pointers: int
+    fat_budget: float  # bytes of Arrow IPC Fat Rows above which both sides are timed on a user sample
+    max_timed: int  # examples timed at most per N
 
 
 SCALES = {
-    "full": Scale(users=200_000, pointers=2_000_000, fat_sample={256: 2_000_000, 4096: 200_000}, commits=4),
-    "small": Scale(users=20_000, pointers=200_000, fat_sample={256: 200_000, 4096: 50_000}, commits=4),
+    "full": Scale(realistic_users=200_000, sparse_users=200_000, sparse_pointers=2_000_000,
+                  fat_budget=4e9, max_timed=2_000_000),
+    "small": Scale(realistic_users=20_000, sparse_users=20_000, sparse_pointers=200_000,
+                   fat_budget=0.4e9, max_timed=200_000),
+    "tiny": Scale(realistic_users=100, sparse_users=200, sparse_pointers=3_000, fat_budget=20e6, max_timed=6_000),
 }
 
 
-@dataclass
-class Run:
-    examples: int
-    seconds: float
-    out_bytes: int
-    events: int
-
-    @property
-    def ex_s(self) -> float:
-        return self.examples / self.seconds
-
-    @property
-    def gb_s(self) -> float:
-        return self.out_bytes / self.seconds / 1e9
-
-
-@contextmanager
-def step(name: str, steps: dict[str, float]):
-    """Times one named step into ``steps``, printing as it starts and ends."""
-    console.print(f"[dim]{name} ...[/dim]")
-    start = time.perf_counter()
-    yield
-    steps[name] = time.perf_counter() - start
-    console.print(f"[dim]{name}: {steps[name]:.1f} s[/dim]")
-
-
-# ---------------------------------------------------------------- machine
+# ---------------------------------------------------------------- the machine
 
 
 def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    def first(path: str, key: str) -> str:
+        try:
+            return next((line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines()
+                         if line.startswith(key)), "unknown")
+        except OSError:
+            return "unknown"
+
+    memory = first("/proc/meminfo", "MemTotal")
     return {
-        "cpu": model, "cores": os.cpu_count(), "memory_gb": round(memory / 1e9, 1),
+        "cpu": first("/proc/cpuinfo", "model name"), "cores": os.cpu_count(),
+        "memory_gb": round(int(memory.split()[0]) * 1024 / 1e9, 1) if memory != "unknown" else None,
         "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "numba": numba.__version__, "lateseq": lateseq.__version__,
+        "numba": numba.__version__, "lateseq": lateseq.__version__, "git": _git(),
     }
+
+
+def _git() -> str:
+    """The commit of the lateseq this run imports (and whether its src/ has uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
+    imported = Path(lateseq.__file__).resolve().parent
+    if not imported.is_relative_to(root):
+        return f"the copy in {imported}"
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in src/" if dirty else "")
 
 
 def pin_one_core(cpu: int | None) -> int | None:
@@ -131,7 +166,7 @@ def pin_one_core(cpu: int | None) -> int | None:
     pa.set_io_thread_count(1)
     if not hasattr(os, "sched_setaffinity"):
         return None
-    chosen = sorted(os.sched_getaffinity(0))[-1] if cpu is None else cpu
+    chosen = max(os.sched_getaffinity(0)) if cpu is None else cpu
     os.sched_setaffinity(0, {chosen})
     return chosen
 
@@ -141,256 +176,474 @@ def memcpy_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
     src = np.ones(megabytes * (1 << 20) // 8, np.int64)
     dst = np.empty_like(src)
     np.copyto(dst, src)  # fault the pages in
-    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
     return src.nbytes / best / 1e9
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _load() -> str:
+def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def du(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+# ---------------------------------------------------------------- the page cache
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-# ---------------------------------------------------------------- building
+def evict(paths: list[Path]) -> None:
+    """Drops ``paths`` from the page cache (written back first: dirty pages are not dropped)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
-def commit_in_slices(store: lateseq.Store, events: pa.Table, commits: int) -> lateseq.Store:
-    """Commits events in ``commits`` time slices (a tie never spans two), then compacts."""
-    ts = events.column("ts").to_numpy()
-    bounds = np.quantile(ts, np.linspace(0, 1, commits + 1)[1:-1]).astype(np.int64)
-    slice_of = np.searchsorted(bounds, ts, side="right")
-    for k in range(commits):
-        store = store.commit(events.filter(pa.array(slice_of == k)))
-    return store.compact()
+def resident_bytes(paths: list[Path]) -> int:
+    """Bytes of ``paths`` now in the page cache (mincore on a fresh, untouched map)."""
+    total = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        if size == 0:
+            continue
+        view = np.memmap(path, dtype=np.uint8, mode="r")
+        pages = (size + _PAGE - 1) // _PAGE
+        vector = (ctypes.c_ubyte * pages)()
+        if _LIBC.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
+        total += int((np.frombuffer(vector, np.uint8) & 1).sum()) * _PAGE
+        del view
+    return total
 
 
-def build_fat_rows(events: pa.Table, requests: pa.Table, max_len: int, path: Path) -> int:
-    return write_fat_rows(iter_fat_rows(events, requests, list(COLUMNS), max_len), path)
+def disk_read_bytes() -> int | None:
+    """Bytes this process has caused to be read from storage (None where not reported)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 # ---------------------------------------------------------------- timing
 
 
-def fat_batches(path: Path):
-    return read_fat_rows_batches(path, list(COLUMNS), BATCH)
+@dataclass
+class Run:
+    examples: int = 0
+    events: int = 0
+    out_bytes: int = 0
+    seconds: float = float("inf")
+    cpu_seconds: float = 0.0  # CPU time this process used in the pass: less than seconds when others ran
+    disk_bytes: int | None = None  # read from storage during the pass (cold passes)
+    resident_after_evict: float | None = None  # share of the evicted bytes still cached (cold passes)
+    passes: int = 0  # passes made (this one is the fastest)
+
+    @property
+    def ex_s(self) -> float:
+        return self.examples / self.seconds
+
+    @property
+    def gb_s(self) -> float:
+        return self.out_bytes / self.seconds / 1e9
+
+    def figures(self, memcpy: float) -> dict:
+        return {"ex_s": self.ex_s, "gb_s": self.gb_s, "memcpy_fraction": self.gb_s / memcpy,
+                "events_per_example": self.events / max(self.examples, 1), "seconds": self.seconds,
+                "cpu_share": self.cpu_seconds / self.seconds, "passes": self.passes}
 
 
-def lateseq_batches(store: lateseq.Store, log: Path, max_len: int, verify: bool = True):
+Batches = Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+def drain(batches: Batches) -> Run:
+    """Times draining (offsets, values) batches, counting what they hold."""
+    run = Run()
+    start, cpu = time.perf_counter(), time.process_time()
+    for offsets, values in batches:
+        run.examples += len(offsets) - 1
+        run.events += int(offsets[-1])
+        run.out_bytes += offsets.nbytes + sum(v.nbytes for v in values.values())
+    run.seconds = time.perf_counter() - start
+    run.cpu_seconds = time.process_time() - cpu
+    return run
+
+
+def best_of(repeat: int, sides: dict[str, Callable[[], Batches]], cold_files: list[Path] | None = None,
+            patience: float = float("inf")) -> dict[str, Run]:
+    """The fastest of ``repeat`` passes of each side, passes interleaved (so a busy moment
+    on a shared machine does not fall on one side only); a side stops early once its
+    passes took ``patience`` seconds in all. With ``cold_files``, they are all evicted
+    from the page cache before every pass."""
+    best = {name: Run() for name in sides}
+    spent = dict.fromkeys(sides, 0.0)
+    for _ in range(repeat):
+        for name, make in sides.items():
+            if spent[name] >= patience:
+                continue
+            before = None
+            resident = None
+            if cold_files is not None:
+                gc.collect()  # close maps of finished passes: mapped pages cannot be evicted
+                evict(cold_files)
+                resident = resident_bytes(cold_files) / max(sum(os.path.getsize(p) for p in cold_files), 1)
+                before = disk_read_bytes()
+            run = drain(make())
+            if before is not None:
+                run.disk_bytes = disk_read_bytes() - before
+            run.resident_after_evict = resident
+            spent[name] += run.seconds
+            run.passes = best[name].passes + 1
+            if run.seconds < best[name].seconds:
+                best[name] = run
+            else:
+                best[name].passes = run.passes
+    return best
+
+
+def lateseq_batches(open_store: Callable[[], lateseq.Store], log: Path, max_len: int) -> Batches:
+    """A loader's loop: read a batch of pointers from the example log, materialize it (verified)."""
+    store = open_store()
     projection = lateseq.Projection(max_len, COLUMNS)
-    for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=POINTER_FIELDS.names):
-        jagged = lateseq.materialize(store, batch, projection, verify=verify)
+    for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names):
+        jagged = lateseq.materialize(store, batch, projection)
         yield jagged.offsets, jagged.values
 
 
-def timed(batches) -> Run:
-    """Drains an iterator of (offsets, values) batches, counting what it produced."""
+@contextmanager
+def step(name: str, steps: dict[str, float]):
+    """Times one named step into ``steps``, printing as it starts and ends."""
+    console.print(f"[dim]{name} ...[/dim]")
     start = time.perf_counter()
-    examples = out = events = 0
-    for offsets, values in batches:
-        examples += len(offsets) - 1
-        events += int(offsets[-1])
-        out += offsets.nbytes + sum(v.nbytes for v in values.values())
-    return Run(examples, time.perf_counter() - start, out, events)
+    yield
+    steps[name] = round(time.perf_counter() - start, 2)
+    console.print(f"[dim]{name}: {steps[name]:.1f} s[/dim]")
 
 
-def best_of(repeats: int, make_batches) -> Run:
-    return min((timed(make_batches()) for _ in range(repeats)), key=lambda run: run.seconds)
+# ---------------------------------------------------------------- one workload
 
 
-def warm_and_compare(store: lateseq.Store, log: Path, fat: Path, max_len: int) -> None:
-    """The untimed warm-up pass: reads both sides whole and checks they agree batch by batch."""
-    pairs = zip(fat_batches(fat), lateseq_batches(store, log, max_len), strict=True)
-    for k, ((fat_offsets, fat_values), (offsets, values)) in enumerate(pairs):
-        same = np.array_equal(fat_offsets, offsets) and all(
-            np.array_equal(fat_values[name], values[name]) for name in COLUMNS)
-        if not same:
-            raise SystemExit(f"N={max_len}: lateseq and Fat Row disagree in batch {k}")
+@dataclass
+class Options:
+    repeat: int
+    patience: float
+    cold: bool
+    memcpy: float
+    scale: Scale
 
 
-def breakdown(store: lateseq.Store, log: Path, max_len: int) -> dict[str, float]:
-    """Seconds spent by the parts of the lateseq loop, each timed on its own."""
-    projection = lateseq.Projection(max_len, COLUMNS)
-    batches = list(pq.ParquetFile(log).iter_batches(BATCH, columns=POINTER_FIELDS.names))
-    pointers = [Pointers.from_arrow(b) for b in batches]
+@dataclass
+class Sample:
+    timed: np.ndarray  # log rows both sides are timed on: a uniform sample of requests, all their examples
+    sized: np.ndarray  # log rows the smallest form's bytes come from: every example of a sample of users
 
-    def loop(fn, items) -> float:
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        return time.perf_counter() - start
-
-    return {
-        "read pointer batches (Parquet)": loop(lambda b: None, pq.ParquetFile(log).iter_batches(
-            BATCH, columns=POINTER_FIELDS.names)),
-        "Pointers.from_arrow": loop(Pointers.from_arrow, batches),
-        "store.locate": loop(lambda p: store.locate(p.user_id, p.request_ts, p.visibility, max_len), pointers),
-        "materialize, verify off (locate + copy)": loop(
-            lambda p: lateseq.materialize(store, p, projection, verify=False), pointers),
-        "materialize, verify on (the default)": loop(lambda p: lateseq.materialize(store, p, projection), pointers),
-    }
+    def describe(self, requests: pa.Table) -> str:
+        total = requests.num_rows
+        if len(self.timed) == total:
+            return "every example"
+        users = len(np.unique(requests.column("user_id").to_numpy()[self.sized]))
+        sized = (f"every example of {users:,} random users ({len(self.sized):,} examples), scaled by examples"
+                 if len(self.sized) < total else "every example")
+        return (f"{len(self.timed):,} of {total:,} examples (uniform random requests, all their examples); "
+                f"Fat Row bytes scaled from them by output events, but the smallest form's from {sized}")
 
 
-# ---------------------------------------------------------------- main
+def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, float]) -> dict:
+    out: dict = {"workload": work.describe(), "states": {}, "n": {}}
+    unavailable = None
+    if work.arrival is not None:  # the realistic workload: try daily commits + tiered compaction too
+        unavailable = tiered_compaction(root / "probe")
+        out["tiered_compaction"] = "measured" if unavailable is None else f"not measured: {unavailable}"
+    with step(f"{work.name}: store states", steps):
+        states = build_states(work, root / "stores", tiered=unavailable is None,
+                              progress=lambda text: console.print(f"[dim]  {text}[/dim]"))
+    for state in states:
+        log = root / f"{work.name}-{state.name}-examples.parquet"
+        pq.write_table(state.log, log)
+        durable, cache = store_files(state)
+        out["states"][state.name] = {
+            "title": state.title, "visibility": state.visibility, "version": state.version,
+            "segments": len(state.open().segment_infos), "durable_bytes": sum(p.stat().st_size for p in durable),
+            "read_cache_bytes": sum(p.stat().st_size for p in cache), "example_log_bytes": log.stat().st_size,
+            "written_bytes": state.written, "written_cache_bytes": state.written_cache, "days": state.days,
+        }
+        log.unlink()
+    # per N, shared by every state and form: the examples both sides are timed on (uniform
+    # requests), and those the smallest form's bytes are measured on (whole users)
+    lengths = states[0].log.column("uih_length").to_numpy().astype(np.int64)
+    samples = {}
+    for n in NS:
+        cost = np.minimum(lengths, n) * EVENT_BYTES + 8.0  # bytes of the example's Fat Row in memory
+        samples[n] = Sample(request_sample(work.requests, cost, opts.scale.fat_budget, opts.scale.max_timed),
+                            user_sample(work.requests, cost, opts.scale.fat_budget, work.requests.num_rows))
+        out["n"][str(n)] = {
+            "examples": work.requests.num_rows, "timed_examples": len(samples[n].timed),
+            "sample": samples[n].describe(work.requests), "fat_rows": {}, "lateseq": {},
+        }
+    for visibility in dict.fromkeys(s.visibility for s in states):
+        group = [s for s in states if s.visibility == visibility]
+        with step(f"{work.name}: Fat Row oracle, history = {visibility}", steps):
+            histories = Histories(work.events, readable_days(work, visibility))
+            read_day = read_days(visibility, work.requests)
+        for n in NS:
+            measure(work, group, histories, read_day, n, samples[n], root, opts, steps, out)
+        del histories
+    for at in out["n"].values():
+        base = at["lateseq"]["compacted-latest"]
+        for s in at["lateseq"].values():
+            s["vs_compacted_latest"] = s["ex_s"] / base["ex_s"]
+            if "cold" in s:
+                s["cold"]["vs_compacted_latest"] = s["cold"]["ex_s"] / base["cold"]["ex_s"]
+    return out
 
 
-def main() -> None:
+def measure(work: Workload, group: list[State], histories: Histories, read_day: np.ndarray, n: int,
+            sample: Sample, root: Path, opts: Options, steps: dict[str, float], out: dict) -> None:
+    """Builds one history's Fat Rows at N=n, checks them against every state that shares
+    that history, times both sides, and fills ``out["n"][n]``."""
+    at = out["n"][str(n)]
+    visibility = group[0].visibility
+    tag = f"{work.name}-{visibility}-n{n}"
+    rows = sample.timed
+    with step(f"{tag}: build Fat Rows of {len(rows):,} examples (3 forms)", steps):
+        settings, candidates = smallest_settings(histories, work.requests, read_day, sample.sized, n)
+        forms = build_forms(histories, work.requests, read_day, rows, n, root / "fat", tag, settings)
+        forms["parquet-smallest"].candidates = candidates
+        sized = forms["parquet-smallest"]
+        if not np.array_equal(sample.sized, rows):
+            sized = build_forms(histories, work.requests, read_day, sample.sized, n, root / "fat", f"{tag}-sized",
+                                settings, forms=("parquet-smallest",))["parquet-smallest"]
+            sized.path.unlink()
+    logs = {}
+    for state in group:  # the timed example log: the same rows, pointer columns + label
+        logs[state.name] = root / f"{tag}-{state.name}-examples.parquet"
+        pq.write_table(state.log.take(pa.array(rows)), logs[state.name])
+    handles = {state.name: state.open() for state in group}
+    checked: dict[str, dict[str, int]] = {}
+    with step(f"{tag}: untimed pass, every form checked equal to lateseq in {len(group)} state(s)", steps):
+        same_order = [[forms["parquet-default"], forms["arrow-ipc"]], [forms["parquet-smallest"]]]
+        for state in group:
+            checked[state.name] = {}
+            for files in same_order:
+                compared = check_equal(files, handles[state.name], state.log, n, f"{tag}/{state.name}")
+                checked[state.name].update({file.form: compared for file in files})
+
+    def sides(cold: bool) -> dict[str, Callable[[], Batches]]:
+        made: dict[str, Callable[[], Batches]] = {
+            f"fat:{form}": (lambda file=file: read_fat_rows(file)) for form, file in forms.items()}
+        for state in group:
+            opener = state.open if cold else (lambda h=handles[state.name]: h)
+            made[state.name] = lambda opener=opener, log=logs[state.name]: lateseq_batches(opener, log, n)
+        return made
+
+    with step(f"{tag}: time, warm", steps):
+        warm = best_of(opts.repeat, sides(cold=False), patience=opts.patience)
+    cold = None
+    if opts.cold:
+        handles.clear()
+        files = [file.path for file in forms.values()] + list(logs.values())
+        for state in group:
+            durable, cache = store_files(state)
+            files += durable + cache
+        with step(f"{tag}: time, cold", steps):
+            cold = best_of(opts.repeat, sides(cold=True), cold_files=files, patience=opts.patience)
+    counts = {(run.examples, run.events) for run in warm.values()}
+    if len(counts) != 1:
+        raise SystemExit(f"{tag}: the sides produced different examples/events: {counts}")
+
+    # every example's Fat Rows: the sample's file, scaled by output events when sampled
+    lengths = group[0].log.column("uih_length").to_numpy().astype(np.int64)
+    events_all = int(np.minimum(lengths, n).sum())
+    fat: dict[str, dict] = {}
+    for form, file in forms.items():
+        run = warm[f"fat:{form}"]
+        if len(file.rows) == work.requests.num_rows:
+            bytes_all = file.bytes
+        elif form == "parquet-smallest":  # sorted rows cost about the same each: scale by examples
+            bytes_all = sized.bytes * work.requests.num_rows / len(sized.rows)
+        else:  # the other forms cost about the same per event
+            bytes_all = file.bytes * events_all / max(file.events, 1)
+        fat[form] = {
+            **run.figures(opts.memcpy), "file_bytes": file.bytes, "bytes": bytes_all,
+            "extrapolated": len((sized if form == "parquet-smallest" else file).rows) < work.requests.num_rows,
+            "settings": file.settings, "candidates": file.candidates,
+        }
+        if cold:
+            fat[form]["cold"] = _cold(cold[f"fat:{form}"])
+    at["fat_rows"][visibility] = fat
+    for state in group:
+        run = warm[state.name]
+        info = out["states"][state.name]
+        ours = info["durable_bytes"] + info["example_log_bytes"]
+        days = state.days
+        entry = {
+            **run.figures(opts.memcpy),
+            "vs_fat_row": {form: run.ex_s / fat[form]["ex_s"] for form in FORMS},
+            "checked": checked[state.name],
+            "bytes": ours, "bytes_vs_fat_row": {form: fat[form]["bytes"] / ours for form in FORMS},
+            "written_per_day": {"lateseq": (info["written_bytes"] + info["example_log_bytes"]) / days,
+                                "fat_rows": {form: fat[form]["bytes"] / days for form in FORMS}},
+        }
+        if cold:
+            entry["cold"] = {**_cold(cold[state.name]),
+                             "vs_fat_row": {form: cold[state.name].ex_s / fat[form]["cold"]["ex_s"] for form in FORMS}}
+        at["lateseq"][state.name] = entry
+    for file in forms.values():
+        file.path.unlink()
+    for log in logs.values():
+        log.unlink()
+
+
+def _cold(run: Run) -> dict:
+    return {"ex_s": run.ex_s, "gb_s": run.gb_s, "seconds": run.seconds, "disk_read_bytes": run.disk_bytes,
+            "resident_after_evict": run.resident_after_evict, "passes": run.passes}
+
+
+# ---------------------------------------------------------------- targets
+
+
+def targets(results: dict) -> list[dict]:
+    """Every target, for every workload, state and N it applies to; met or not."""
+    out = []
+
+    def add(target: str, workload: str, n: str, state: str, value: float, threshold: float) -> None:
+        out.append({"target": target, "workload": workload, "n": int(n), "state": state, "value": round(value, 3),
+                    "threshold": threshold, "met": bool(value >= threshold)})
+
+    for name, work in results["workloads"].items():
+        for n, at in work["n"].items():
+            for state, s in at["lateseq"].items():
+                if state != "compacted-latest":
+                    add("state vs compacted-latest, warm ex/s", name, n, state, s["vs_compacted_latest"], 0.7)
+                if n in ("256", "4096"):
+                    add("warm ex/s vs Arrow IPC mmap Fat Row", name, n, state, s["vs_fat_row"]["arrow-ipc"],
+                        1.0 if n == "4096" else 0.5)
+                    add("warm ex/s vs smallest Parquet Fat Row", name, n, state,
+                        s["vs_fat_row"]["parquet-smallest"], 10.0 if n == "4096" else 5.0)
+                if name == "realistic" and n == "1024":
+                    add("bytes: smallest Parquet Fat Row / (durable store + example log)", name, n, state,
+                        s["bytes_vs_fat_row"]["parquet-smallest"], 10.0)
+                    if "cold" in s:
+                        add("cold ex/s vs Arrow IPC mmap Fat Row", name, n, state,
+                            s["cold"]["vs_fat_row"]["arrow-ipc"], 2.0)
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_tables(results: dict) -> None:
+    for spec in report.tables(results):
+        table = Table(title=spec.title, title_justify="left")
+        for k, header in enumerate(spec.headers):
+            left = k < 2 or header in ("what it is", "settings", "target")
+            table.add_column(header, justify="left" if left else "right", no_wrap=k < 2 and header != "target",
+                             overflow="fold")
+        for row in spec.rows:
+            style = "red" if row and row[-1] == "MISSED" else None
+            table.add_row(*row, style=style)
+        console.print(table)
+        for note in spec.notes:
+            console.print(f"[dim]  {note}[/dim]")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="20k users, 200k pointers (about a minute)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--workdir", type=Path,
-                        help="parent of the temporary build folder (removed after; default: the system's)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="20k users per workload (minutes)")
+    size.add_argument("--tiny", action="store_true", help="a smoke run of every part (seconds)")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--plot", type=Path, help="write a PNG chart here (needs matplotlib)")
+    parser.add_argument("--cold", action="store_true", help="also time with both sides evicted from the page cache")
+    parser.add_argument("--repeat", type=int, help="timed passes per side, the best counts (default 3; 1 with --tiny)")
+    parser.add_argument("--patience", type=float, default=60.0,
+                        help="a side whose passes took this many seconds in all makes no more (default 60)")
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes per side; the best counts")
-    parser.add_argument("--no-breakdown", action="store_true", help="skip timing the lateseq loop's parts")
-    args = parser.parse_args()
-    scale = SCALES["small" if args.small else "full"]
+    parser.add_argument("--workdir", type=Path,
+                        help="parent of the build folder (removed after; default: the system's)")
+    parser.add_argument("--fat-budget-gb", type=float,
+                        help="time on a user sample where every example's Fat Rows (IPC) would exceed this")
+    args = parser.parse_args(argv)
+    scale_name = "small" if args.small else "tiny" if args.tiny else "full"
+    scale = SCALES[scale_name]
+    if args.repeat is None:
+        args.repeat = 1 if args.tiny else 3
+    if args.fat_budget_gb is not None:
+        scale = Scale(**{**asdict(scale), "fat_budget": args.fat_budget_gb * 1e9})
 
+    started = time.perf_counter()
     cpu = pin_one_core(args.cpu)
     info = machine()
-    console.print(f"[bold]machine[/bold]: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
-                  f"pinned to CPU {cpu}; python {info['python']}, numpy {info['numpy']}, "
-                  f"pyarrow {info['pyarrow']}, numba {info['numba']}, lateseq {info['lateseq']}")
-    memcpy = memcpy_gb_s()
-    console.print(f"single-core memcpy: {memcpy:.1f} GB/s; load average {_load()} (other processes share the cores)")
-
-    workdir = Path(tempfile.mkdtemp(prefix="lateseq-bench-", dir=args.workdir))
+    load_start = load_average()
+    console.print(f"[bold]machine[/bold]: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; pinned to "
+                  f"CPU {cpu}; python {info['python']}, numpy {info['numpy']}, pyarrow {info['pyarrow']}, numba "
+                  f"{info['numba']}, lateseq {info['lateseq']} at {info['git']}")
+    memcpy = memcpy_gb_s(64 if args.tiny else 512)
+    console.print(f"single-core memcpy {memcpy:.1f} GB/s; load average {load_start} (other processes share the cores)")
+    opts = Options(args.repeat, args.patience, args.cold, memcpy, scale)
     steps: dict[str, float] = {}
+    results: dict = {
+        "benchmark": "materialize",
+        "command": shlex.join(["python", "benchmarks/materialize.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "scale": scale_name, "scale_settings": asdict(scale),
+        "settings": {"batch": BATCH, "repeat": args.repeat, "patience_s": args.patience,
+                     "columns": list(COLUMNS), "n": list(NS),
+                     "cold": args.cold, "pinned_cpu": cpu, "verify": True},
+        "workloads": {},
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="lateseq-bench-", dir=args.workdir))
     try:
-        results = run(scale, workdir, steps, memcpy, args.repeat, breakdowns=not args.no_breakdown)
+        for make in (lambda: realistic(scale.realistic_users),
+                     lambda: sparse(scale.sparse_users, scale.sparse_pointers)):
+            with step("generate a workload", steps):
+                work = make()
+            name = work.name
+            results["workloads"][name] = run_workload(work, workdir / name, opts, steps)
+            del work
+            shutil.rmtree(workdir / name, ignore_errors=True)
+    except FatRowMismatch as exc:
+        raise SystemExit(f"lateseq and the Fat Rows disagree: {exc}") from exc
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    console.print(f"load average at the end: {_load()}")
-    results["machine"] = {**info, "pinned_cpu": cpu, "memcpy_gb_s": round(memcpy, 2), "load_average_end": _load()}
-    results["steps_s"] = {k: round(v, 2) for k, v in steps.items()}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
-
-
-def run(scale: Scale, workdir: Path, steps: dict[str, float], memcpy: float, repeat: int,
-        breakdowns: bool) -> dict:
-    with step("generate events", steps):
-        events = datasets.synthetic_events(scale.users)
-        lengths = np.bincount(events.column("user_id").to_numpy(), minlength=scale.users)
-    p50, p99 = np.percentile(lengths, [50, 99])
-    console.print(f"events: {events.num_rows:,} for {scale.users:,} users; length mean {lengths.mean():.0f}, "
-                  f"p50 {p50:.0f}, p99 {p99:.0f}, max {lengths.max():,}, "
-                  f"{int((lengths >= 10_000).sum())} users with 10k+")
-    with step("generate requests", steps):
-        requests = datasets.synthetic_requests(events, scale.pointers)
-
-    store_dir, log = workdir / "store", workdir / "examples.parquet"
-    with step(f"lateseq: {scale.commits} commits + compact", steps):
-        store = commit_in_slices(lateseq.create(store_dir, SCHEMA), events, scale.commits)
-    with step("lateseq: log_examples", steps):
-        examples = lateseq.log_examples(store, requests, log)
-
-    fat: dict[int, tuple[Path, Path, int]] = {}  # N -> (Fat Row file, example log of the same rows, rows)
-    rng = np.random.default_rng(0)
-    for n, rows in scale.fat_sample.items():
-        path = workdir / f"fatrow-{n}.parquet"
-        sample_log, sampled = log, requests
-        if rows < scale.pointers:
-            keep = pa.array(np.sort(rng.choice(scale.pointers, rows, replace=False)))
-            sample_log = workdir / f"examples-sample-{n}.parquet"
-            pq.write_table(examples.take(keep), sample_log)
-            sampled = requests.take(keep)
-        rows = sampled.num_rows
-        with step(f"Fat Row N={n}: build and write ({rows:,} examples)", steps):
-            write_fat_rows(iter_fat_rows(events, sampled, list(COLUMNS), n), path)
-        fat[n] = (path, sample_log, rows)
-    del events, examples, requests, sampled
-
-    with step("warm-up: read both sides whole, check they agree", steps):
-        for n, (path, sample_log, _) in fat.items():
-            warm_and_compare(store, sample_log, path, n)
-
-    live = store.versions()[-1].bytes
-    store_bytes, log_bytes = du(store_dir / "segments"), du(log)
-    cache_bytes = sum(du(decoded_file(store.cache_dir, info.name)) for info in store.segment_infos)
-    with step("decode the live version into an empty read cache (once per host)", steps):
-        decoded = lateseq.open(store_dir, cache_dir=workdir / "fresh-cache").segments()
-    del decoded
-    results: dict = {}
-    speed = Table(title=f"materialize: lateseq vs Fat Row (one core, warm cache, batches of {BATCH}, best of {repeat})")
-    for col in ("N", "examples", "events/ex", "Fat Row ex/s", "lateseq ex/s", "ratio", "Fat Row GB/s",
-                "lateseq GB/s", "lateseq % memcpy"):
-        speed.add_column(col, justify="right")
-    parts, floor = {}, {}  # N -> breakdown; N -> seconds memcpy would take for lateseq's output
-    for n, (path, sample_log, rows) in fat.items():
-        with step(f"time N={n}", steps):
-            base = best_of(repeat, lambda path=path: fat_batches(path))
-            ours = best_of(repeat, lambda sample_log=sample_log, n=n: lateseq_batches(store, sample_log, n))
-        if breakdowns:
-            with step(f"breakdown N={n}", steps):
-                parts[n] = breakdown(store, sample_log, n)
-        if (base.examples, base.events) != (ours.examples, ours.events):
-            raise SystemExit(f"N={n}: Fat Row gave {base.events} events, lateseq {ours.events}")
-        floor[n] = ours.out_bytes / memcpy / 1e9
-        fat_bytes = path.stat().st_size * scale.pointers / rows
-        results[f"n{n}"] = {
-            "lateseq_ex_s": round(ours.ex_s), "fatrow_ex_s": round(base.ex_s),
-            "ratio": round(ours.ex_s / base.ex_s, 2),
-            "lateseq_gb_s": round(ours.gb_s, 3), "fatrow_gb_s": round(base.gb_s, 3),
-            "lateseq_memcpy_fraction": round(ours.gb_s / memcpy, 3),
-            "fatrow_memcpy_fraction": round(base.gb_s / memcpy, 3),
-            "examples_timed": rows, "fatrow_sampled": rows < scale.pointers,
-            "mean_events_per_example": round(ours.events / rows, 1),
-            "fatrow_bytes": round(fat_bytes), "fatrow_file_bytes": path.stat().st_size,
+    results["machine"] = {**info, "pinned_cpu": cpu, "memcpy_gb_s": round(memcpy, 2),
+                          "load_average_start": load_start, "load_average_end": load_average(),
+                          "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)}
+    results["targets"] = targets(results)
+    if args.cold:
+        resident = [side["cold"]["resident_after_evict"] for w in results["workloads"].values()
+                    for at in w["n"].values()
+                    for side in [*at["lateseq"].values(), *(f for fs in at["fat_rows"].values() for f in fs.values())]]
+        results["eviction"] = {
+            "method": "fsync + posix_fadvise(POSIX_FADV_DONTNEED) on every file of both sides before each pass",
+            "max_resident_after_evict": max(resident), "worked": max(resident) < 0.05,
         }
-        results[f"bytes_ratio_n{n}"] = round(fat_bytes / (live + log_bytes), 2)
-        results[f"bytes_ratio_with_read_cache_n{n}"] = round(fat_bytes / (live + cache_bytes + log_bytes), 2)
-        speed.add_row(str(n), f"{rows:,}", f"{ours.events / rows:.0f}", f"{base.ex_s:,.0f}", f"{ours.ex_s:,.0f}",
-                      f"{ours.ex_s / base.ex_s:.2f}x", f"{base.gb_s:.2f}", f"{ours.gb_s:.2f}",
-                      f"{100 * ours.gb_s / memcpy:.0f}%")
-    console.print(speed)
-
-    sizes = Table(title="bytes on disk")
-    for col in ("layout", "bytes", "Fat Row / lateseq"):
-        sizes.add_column(col, justify="right")
-    sizes.add_row("lateseq store, live version (durable: packed Parquet + user index)", f"{live / 1e9:.3f} GB", "")
-    sizes.add_row("lateseq segments, all versions (+ pre-compaction segments)", f"{store_bytes / 1e9:.3f} GB", "")
-    sizes.add_row("read cache: decoded live segments (per host, rebuilt when missing)",
-                  f"{cache_bytes / 1e9:.3f} GB", "")
-    sizes.add_row(f"example log ({scale.pointers:,} pointers + label)", f"{log_bytes / 1e9:.3f} GB", "")
-    for n, (path, _, rows) in fat.items():
-        note = "" if rows == scale.pointers else f" (extrapolated from {rows:,})"
-        sizes.add_row(f"Fat Row N={n}{note}", f"{results[f'n{n}']['fatrow_bytes'] / 1e9:.3f} GB",
-                      f"{results[f'bytes_ratio_n{n}']:.1f}x")
-    console.print(sizes)
-    console.print("bytes ratio = Fat Row / (live store version + example log); the store holds all 4 columns, "
-                  "the Fat Row only the 3 projected ones. Counting a host's read cache too: " + ", ".join(
-                      f"N={n} {results[f'bytes_ratio_with_read_cache_n{n}']:.1f}x" for n in fat))
-    results.update(store_live_bytes=live, store_dir_bytes=store_bytes, read_cache_bytes=cache_bytes,
-                   example_log_bytes=log_bytes,
-                   events=int(lengths.sum()), users=scale.users, pointers=scale.pointers)
-
-    if parts:
-        split = Table(title="lateseq loop: seconds per part, each timed alone")
-        split.add_column("part")
-        for n in parts:
-            split.add_column(f"N={n}", justify="right")
-        for name in next(iter(parts.values())):
-            split.add_row(name, *(f"{parts[n][name]:.2f}" for n in parts))
-        split.add_row("(memcpy of the same output bytes)", *(f"{floor[n]:.2f}" for n in parts))
-        console.print(split)
-        results["breakdown_s"] = {f"n{n}": {k: round(v, 3) for k, v in p.items()} for n, p in parts.items()}
-    for n, target in ((256, 3), (4096, 8)):
-        ratio = results[f"n{n}"]["ratio"]
-        console.print(f"target N={n}: ratio >= {target}: {ratio:.2f} ({'met' if ratio >= target else 'MISSED'})")
-    ratio = results["bytes_ratio_n256"]
-    console.print(f"target bytes ratio N=256 >= 5: {ratio:.2f} ({'met' if ratio >= 5 else 'MISSED'})")
-    return results
+    results["steps_s"] = steps
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(results)
+    if args.cold:
+        verdict = "worked" if results["eviction"]["worked"] else "DID NOT WORK"
+        console.print(f"eviction {verdict}: at most {100 * results['eviction']['max_resident_after_evict']:.1f}% "
+                      "of the evicted bytes stayed cached (mincore)")
+    console.print(f"load average at the end: {results['machine']['load_average_end']}; "
+                  f"{results['seconds']:.0f} s in all")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        if report.plot(results, args.plot):
+            console.print(f"wrote {args.plot}")
+        else:
+            console.print("no chart: matplotlib is not installed (pip install matplotlib)")
 
 
 if __name__ == "__main__":

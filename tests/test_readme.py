@@ -25,3 +25,14 @@ def test_readme_example_runs_and_prints_what_it_says(block, tmp_path):
         expected = claim.split(" (")[0]  # "[0 2 3] [100 101 200] (no 102: ...)"
         if expected.startswith("["):
             assert any(line.startswith(expected) for line in printed), (expected, printed)
+
+
+def test_readme_performance_tables_are_the_committed_results():
+    """The README's figures are rendered from benchmarks/results/, never typed by hand."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=root, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -69,8 +69,8 @@ def load_checked(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         content = None  # truncated or garbled
     if isinstance(content, dict) and "crc32" not in content and ("version" in content or "columns" in content):
-        raise StoreError(f"{path} has no checksum: it was written by lateseq 0.1, which this version "
-                         "cannot trust; rebuild the store from its events")
+        raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
+                         "from a backup, or rebuild a 0.1 store from its events")
     valid = isinstance(content, dict) and content.pop("crc32", None) == _crc(content)
     if not valid:
         raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")

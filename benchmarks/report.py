@@ -1,0 +1,352 @@
+"""The README's performance tables, rendered from the results files in benchmarks/results/.
+
+    python benchmarks/report.py            # print every results file's section as Markdown
+    python benchmarks/report.py --write    # rewrite those sections in README.md
+    python benchmarks/report.py --check    # exit 1 when README.md differs from the results files
+    python benchmarks/report.py --plot out.png benchmarks/results/materialize.json
+
+A results file ``benchmarks/results/NAME.json`` fills the README section between
+``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``. The tables here are also what
+``benchmarks/materialize.py`` prints on the console (``tables``), so the two never differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+FORM_SHORT = {"arrow-ipc": "IPC mmap", "parquet-smallest": "PQ smallest", "parquet-default": "PQ default"}
+FORM_ORDER = ("arrow-ipc", "parquet-smallest", "parquet-default")
+FORM_TEXT = {
+    "arrow-ipc": "an Arrow IPC file, one record batch per 1024 examples, memory-mapped; each batch's offsets and "
+                 "values copied out into numpy (the fastest Fat Row)",
+    "parquet-smallest": "Parquet sorted by user then time, zstd; the smallest of several encodings and page sizes "
+                        "on a trial slice (settings)",
+    "parquet-default": "Parquet with pyarrow's defaults (dictionary, snappy), in log order",
+}
+VISIBILITY = {"all": "every event before the request", "daily": "events of days before the request's",
+              "daily-late": "events that arrived on days before the request's"}
+
+
+@dataclass
+class TableSpec:
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _n(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def _gb(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x / 1e9:.3f} GB" if x >= 1e8 else f"{x / 1e6:.1f} MB" if x >= 1e5 else f"{x / 1e3:.1f} kB"
+
+
+def _x(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×" if x < 10 else f"{x:.1f}×"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def tables(results: dict) -> list[TableSpec]:
+    """Every table of a materialize results dict, in reading order."""
+    out = [_workloads(results)]
+    for name, work in results["workloads"].items():
+        out += [_states(name, work), _speed(name, work, results), _fat_speed(name, work)]
+        if any("cold" in s for n in work["n"].values() for s in n["lateseq"].values()):
+            out.append(_cold(name, work, results.get("eviction")))
+        out += [_bytes(name, work), _written(name, work)]
+    out.append(_targets(results))
+    return out
+
+
+def _workloads(results: dict) -> TableSpec:
+    spec = TableSpec("workloads", ["workload", "events", "users", "examples", "examples/event", "days",
+                                   "history mean / p50 / p99 / max", "users with 10k+"])
+    for name, work in results["workloads"].items():
+        w = work["workload"]
+        spec.rows.append([name, _n(w["events"]), _n(w["users"]), _n(w["examples"]), f"{w['examples_per_event']:.2f}",
+                          f"{w['days']:.0f}", (f"{w['history_mean']:.0f} / {w['history_p50']:,} / "
+                                                  f"{w['history_p99']:,} / {w['history_max']:,}"),
+                          _n(w["users_10k_plus"])])
+        spec.notes += [f"{name}: {note}" for note in w["notes"]]
+    return spec
+
+
+def _states(name: str, work: dict) -> TableSpec:
+    spec = TableSpec(f"{name}: store states", ["state", "segments read", "durable store", "example log",
+                                               "read cache", "written (durable)", "what it is"])
+    for state, s in work["states"].items():
+        spec.rows.append([state, _n(s["segments"]), _gb(s["durable_bytes"]), _gb(s["example_log_bytes"]),
+                          _gb(s["read_cache_bytes"]), _gb(s["written_bytes"]), s["title"]])
+    spec.notes.append("durable store: the version's packed segment files; read cache: their decoded copies, "
+                      "per reading host; written: every segment file ingestion and compaction wrote")
+    if work.get("tiered_compaction", "measured") != "measured":
+        spec.notes.append(f"daily commits + tiered compaction: {work.get('tiered_compaction')}")
+    return spec
+
+
+def _speed(name: str, work: dict, results: dict) -> TableSpec:
+    repeat = results["settings"]["repeat"]
+    spec = TableSpec(f"{name}: lateseq, warm (one core, batches of {results['settings']['batch']}, "
+                     + (f"best of {repeat} passes)" if repeat > 1 else "one pass)"),
+                     ["N", "state", "examples timed", "events/ex", "ex/s", "GB/s", "% memcpy", "CPU share",
+                      "passes", "vs compacted-latest", *[f"÷ {FORM_SHORT[f]}" for f in FORM_ORDER]])
+    for n, at in work["n"].items():
+        for state, s in at["lateseq"].items():
+            spec.rows.append([n, state, _n(at["timed_examples"]), f"{s['events_per_example']:.0f}", _n(s["ex_s"]),
+                              f"{s['gb_s']:.2f}", _pct(s["memcpy_fraction"]), _pct(s.get("cpu_share")),
+                              _n(s.get("passes")), _x(s["vs_compacted_latest"]),
+                              *[_x(s["vs_fat_row"].get(f)) for f in FORM_ORDER]])
+        spec.notes.append(f"N={n}: timed on {at['sample']}")
+    spec.notes.append("÷ form: lateseq ex/s over that Fat Row form's, on the same examples, after checking every "
+                      "batch equal (offsets and values, bit for bit)")
+    spec.notes.append("CPU share: the process's CPU time over the wall time of the pass counted (below 100%: other "
+                      "processes took the core for part of it); passes: how many were made, the fastest counts "
+                      f"(fewer than {results['settings']['repeat']} where a side's passes took over "
+                      f"{results['settings'].get('patience_s', '–')} s in all)")
+    return spec
+
+
+def _fat_speed(name: str, work: dict) -> TableSpec:
+    spec = TableSpec(f"{name}: Fat Rows, warm", ["N", "history", "form", "ex/s", "GB/s", "% memcpy", "CPU share",
+                                                 "passes", "settings"])
+    for n, at in work["n"].items():
+        for visibility, forms in at["fat_rows"].items():
+            for form in FORM_ORDER:
+                f = forms[form]
+                spec.rows.append([n, visibility, FORM_SHORT[form], _n(f["ex_s"]), f"{f['gb_s']:.2f}",
+                                  _pct(f["memcpy_fraction"]), _pct(f.get("cpu_share")), _n(f.get("passes")),
+                                  f.get("settings", "")])
+    spec.notes += [f"{FORM_SHORT[form]}: {text}" for form, text in FORM_TEXT.items()]
+    spec.notes += [f"history {k}: {v}" for k, v in VISIBILITY.items()]
+    return spec
+
+
+def _cold(name: str, work: dict, eviction: dict | None) -> TableSpec:
+    spec = TableSpec(f"{name}: cold (every file of both sides evicted from the page cache before each pass)",
+                     ["N", "state", "lateseq ex/s", *[f"{FORM_SHORT[f]} ex/s" for f in FORM_ORDER],
+                      *[f"÷ {FORM_SHORT[f]}" for f in FORM_ORDER], "lateseq read from disk",
+                      "IPC read from disk", "left cached after eviction"])
+    for n, at in work["n"].items():
+        for state, s in at["lateseq"].items():
+            cold = s.get("cold")
+            if not cold:
+                continue
+            fat = at["fat_rows"][work["states"][state]["visibility"]]
+            spec.rows.append([n, state, _n(cold["ex_s"]), *[_n(fat[f]["cold"]["ex_s"]) for f in FORM_ORDER],
+                              *[_x(cold["vs_fat_row"].get(f)) for f in FORM_ORDER], _gb(cold["disk_read_bytes"]),
+                              _gb(fat["arrow-ipc"]["cold"]["disk_read_bytes"]), _pct(cold["resident_after_evict"])])
+    spec.notes.append("lateseq's cold pass includes opening the store, as a new process does (each projected "
+                      "column is checked against its digest on first use, which reads it whole: the whole store "
+                      "is read even for a sample of the examples, so this understates lateseq on a sample)")
+    if eviction:
+        spec.notes.append(f"eviction {'worked' if eviction['worked'] else 'DID NOT WORK'}: at most "
+                          f"{_pct(eviction['max_resident_after_evict'])} of the evicted bytes stayed cached "
+                          "(mincore, every side and pass); read from disk: /proc/self/io read_bytes during the pass")
+    return spec
+
+
+def _bytes(name: str, work: dict) -> TableSpec:
+    spec = TableSpec(f"{name}: bytes on disk (all examples)",
+                     ["N", "state", "lateseq: durable store + example log", "read cache",
+                      *[FORM_SHORT[f] for f in FORM_ORDER], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in FORM_ORDER]])
+    extrapolated = False
+    for n, at in work["n"].items():
+        for state, s in at["lateseq"].items():
+            fat = at["fat_rows"][work["states"][state]["visibility"]]
+            extrapolated |= any(f["extrapolated"] for f in fat.values())
+            spec.rows.append([n, state, _gb(s["bytes"]), _gb(work["states"][state]["read_cache_bytes"]),
+                              *[_gb(fat[f]["bytes"]) for f in FORM_ORDER],
+                              *[_x(s["bytes_vs_fat_row"].get(f)) for f in FORM_ORDER]])
+    if extrapolated:
+        spec.notes.append("Fat Row bytes for all examples are extrapolated from samples: IPC and default Parquet "
+                          "from the timed sample's files by output events; the smallest Parquet from the file of "
+                          "every example of random whole users (its compression feeds on a user's consecutive "
+                          "examples) by examples (checked against the exact size at --small: within 1% at N=256, "
+                          "1.5-3.7% under at N=1024; scaling by events would overstate it by up to 53%)")
+    return spec
+
+
+def _written(name: str, work: dict) -> TableSpec:
+    spec = TableSpec(f"{name}: bytes written per day of data",
+                     ["N", "state", "lateseq: segments (compactions included) + example log",
+                      *[FORM_SHORT[f] for f in FORM_ORDER], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in FORM_ORDER]])
+    for n, at in work["n"].items():
+        for state, s in at["lateseq"].items():
+            w = s["written_per_day"]
+            spec.rows.append([n, state, _gb(w["lateseq"]), *[_gb(w["fat_rows"].get(f)) for f in FORM_ORDER],
+                              *[_x(w["fat_rows"][f] / w["lateseq"]) if f in w["fat_rows"] else "–"
+                                for f in FORM_ORDER]])
+    days = {s["days"] for s in work["states"].values()}
+    spec.notes.append(f"everything written over the {'/'.join(map(str, sorted(days)))} days of data, divided by "
+                      "the days; Fat Rows: the file for all examples (written as their day's examples come)")
+    return spec
+
+
+def _targets(results: dict) -> TableSpec:
+    spec = TableSpec("targets", ["target", "workload", "N", "state", "value", "needed", "verdict"])
+    for t in results["targets"]:
+        spec.rows.append([t["target"], t["workload"], str(t["n"]), t["state"], _x(t["value"]),
+                          f">= {t['threshold']:g}×", "met" if t["met"] else "MISSED"])
+    met = sum(t["met"] for t in results["targets"])
+    spec.notes.append(f"{met} of {len(results['targets'])} met")
+    return spec
+
+
+# ---------------------------------------------------------------- Markdown and the README
+
+
+def markdown(results: dict, source: str) -> str:
+    """A results file as a README section: how it was made, then every table."""
+    m = results["machine"]
+    made = (f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, "
+            f"{m['cores']} cores, {m['memory_gb']} GB, single-core memcpy {m['memcpy_gb_s']:.1f} GB/s, "
+            f"load average {m['load_average_start']} at the start and {m['load_average_end']} at the end; "
+            f"lateseq {m['lateseq']} at {m.get('git', 'unknown')}; {results['seconds']:.0f} s in all.")
+    lines = [made, ""]
+    for spec in tables(results):
+        lines += [f"**{spec.title}**", "", "| " + " | ".join(spec.headers) + " |",
+                  "|" + "|".join("---" for _ in spec.headers) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in spec.rows]
+        lines += [""] + [f"- {note}" for note in spec.notes] + ([""] if spec.notes else [])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def sections(folder: Path = RESULTS) -> dict[str, str]:
+    """NAME -> rendered section, for every results file in ``folder``."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        results = json.loads(path.read_text())
+        source = f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
+        if results.get("benchmark") == "materialize":
+            out[path.stem] = markdown(results, source)
+        elif "trials_per_kind" in results:  # benchmarks/faults.py
+            out[path.stem] = faults_markdown(results, source)
+    return out
+
+
+def faults_markdown(results: dict, source: str) -> str:
+    """A fault-injection run (benchmarks/faults.py) as a README section."""
+    m = results["machine"]
+    columns = ["correct", "clear error", "unclear error", "raw exception", "silently wrong", "crash"]
+    lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, {m['cores']} cores; "
+             f"{results['trials_per_kind']} trials per kind of file, {results['wall_s']:.0f} s in all.", "",
+             "| file | trials | " + " | ".join(columns) + " | verify found |",
+             "|" + "|".join("---" for _ in range(len(columns) + 3)) + "|"]
+    for kind, counts in results["kinds"].items():
+        found = counts.get("verify found", counts.get("verify_found", ""))
+        lines.append(f"| {kind} | {counts['trials']} | " + " | ".join(str(counts.get(c, 0)) for c in columns)
+                     + f" | {found} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewrite(readme: str, rendered: dict[str, str]) -> tuple[str, list[str]]:
+    """``readme`` with every section that has markers replaced; and the names without markers."""
+    missing = []
+    for name, body in rendered.items():
+        key = re.escape(name)
+        pattern = re.compile(rf"(<!-- results:{key} -->\n).*?(<!-- /results:{key} -->)", re.DOTALL)
+        if not pattern.search(readme):
+            missing.append(name)
+            continue
+        readme = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), readme)
+    return readme, missing
+
+
+# ---------------------------------------------------------------- chart
+
+
+def plot(results: dict, path: Path) -> bool:
+    """A PNG chart: ex/s and bytes per N, lateseq states beside the Fat Row forms, one row
+    per workload. Returns False (and writes nothing) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    works = results["workloads"]
+    fig, axes = plt.subplots(len(works), 2, figsize=(14, 4.5 * len(works)), squeeze=False)
+    for row, (name, work) in zip(axes, works.items(), strict=True):
+        ns = list(work["n"])
+        states = list(work["states"])
+        bars = [(f"lateseq {s}", [work["n"][n]["lateseq"][s]["ex_s"] for n in ns],
+                 [work["n"][n]["lateseq"][s]["bytes"] for n in ns]) for s in states]
+        first = work["states"][states[0]]["visibility"]
+        bars += [(f"Fat Row {FORM_SHORT[f]}", [work["n"][n]["fat_rows"][first][f]["ex_s"] for n in ns],
+                  [work["n"][n]["fat_rows"][first][f]["bytes"] for n in ns]) for f in FORM_ORDER]
+        width = 0.8 / len(bars)
+        blues = plt.get_cmap("Blues")
+        colors = [blues(0.45 + 0.5 * k / max(len(states) - 1, 1)) for k in range(len(states))]
+        colors += ["#d62728", "#ff7f0e", "#8c564b"]  # the Fat Row forms
+        for k, (label, speed, size) in enumerate(bars):
+            xs = [i + (k - len(bars) / 2 + 0.5) * width for i in range(len(ns))]
+            hatch = "//" if label.startswith("Fat Row") else None
+            row[0].bar(xs, speed, width, label=label, hatch=hatch, color=colors[k], edgecolor="white")
+            row[1].bar(xs, size, width, label=label, hatch=hatch, color=colors[k], edgecolor="white")
+        for ax, what in zip(row, ("examples/s (warm, one core)", "bytes on disk (all examples)"), strict=True):
+            ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns])
+            ax.set_yscale("log")
+            ax.set_title(f"{name}: {what}")
+            ax.grid(axis="y", alpha=0.3)
+        row[1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{results['command']}  ({results['date']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help="rewrite the results sections of README.md")
+    action.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the results")
+    action.add_argument("--plot", type=Path, metavar="PNG", help="chart one results file (given after)")
+    parser.add_argument("results", nargs="?", type=Path, help="the results file for --plot")
+    args = parser.parse_args()
+    if args.plot:
+        if args.results is None:
+            parser.error("--plot needs a results file")
+        if not plot(json.loads(args.results.read_text()), args.plot):
+            sys.exit("matplotlib is not installed: pip install matplotlib")
+        return
+    rendered = sections()
+    if not args.write and not args.check:
+        for name, body in rendered.items():
+            print(f"<!-- results:{name} -->\n{body}<!-- /results:{name} -->\n")
+        return
+    current = README.read_text()
+    updated, missing = rewrite(current, rendered)
+    for name in missing:
+        print(f"README.md has no <!-- results:{name} --> ... <!-- /results:{name} --> markers", file=sys.stderr)
+    if args.write:
+        if updated != current:
+            README.write_text(updated)
+        print(f"README.md: {len(rendered) - len(missing)} section(s) rendered")
+    elif updated != current or missing:
+        sys.exit("README.md differs from benchmarks/results/: run python benchmarks/report.py --write")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,624 @@
+"""The benchmarks' shared workload: events, examples, lateseq store states, and the Fat
+Row baseline in three forms, built from an oracle that shares no code with lateseq.
+
+Two workloads, generated in-process from a seed:
+
+- **realistic**: power-law users (Pareto history lengths, alpha 1.4, up to 50k events,
+  the heaviest users with 10k+) over 30 days, and an example per event on average: a
+  request at 90% of events' times (from day 1 on: day 0 has no published version to
+  read), each with 1 + Poisson(0.25) examples (the impressions of one ranking request
+  share its history), as when every impression or engagement is a training example.
+- **sparse**: ``lateseq.datasets.synthetic_events`` over a year with requests at random
+  events (``synthetic_requests``): the benchmark's original workload, kept for continuity.
+
+Store states hold the same events and serve the same requests (``build_states``):
+compacted with pointers at the latest version; 30 daily commits, never compacted, each
+request's pointer against the version online could read (the previous midnight's); the
+same with 5% of events arriving 1 h to 2 days late (so committed on a later day and
+invisible to some pointers), uncompacted and compacted; and daily commits with tiered
+compaction when ``Store.compact`` takes a ``policy``.
+
+A Fat Row is an example that carries its history. ``Histories`` rebuilds each history
+from the raw events with numpy and a plain loop (events of the user before the request,
+readable online on the request's day, the newest ``max_len``), and ``build_forms`` writes
+them in three forms: Parquet with pyarrow's defaults, Parquet in its smallest form
+(examples sorted by user then time; the smallest of ``SMALLEST_CANDIDATES`` on a trial
+slice, ``smallest_settings``), and an Arrow IPC file that ``read_fat_rows`` reads through
+a memory map. ``check_equal`` compares them with lateseq's rebuild, bit for bit.
+(``lateseq.cli.fatrow`` keeps the demo's own builder.)
+
+Samples, where every example's Fat Rows would be too big: ``request_sample`` (uniform
+requests with all their examples: what to time) and ``user_sample`` (every example of
+random users: what the smallest form's bytes are measured on).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import lateseq
+from lateseq import datasets
+
+SCHEMA = lateseq.Schema({"item_id": "int64", "action": "int8", "dwell": "float32"})
+COLUMNS = ("item_id", "action", "ts")  # what the benchmarks project (dwell is stored, not read)
+BATCH = 1024  # examples per loader batch
+DAY = 86_400
+START_TS = 1_700_006_400  # a UTC midnight: day d is [START_TS + d * DAY, START_TS + (d + 1) * DAY)
+REALISTIC_DAYS = 30
+ALL_DAYS = np.iinfo(np.int64).max  # "reads every event": the read day of a pointer at the latest version
+TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, where it exists
+
+FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc")
+
+
+# ---------------------------------------------------------------- events and requests
+
+
+@dataclass
+class Workload:
+    """Events (time order), requests (log order: time) and, for late ingestion, arrivals."""
+
+    name: str
+    events: pa.Table  # user_id, ts, item_id, action, dwell
+    requests: pa.Table  # user_id, request_ts, label
+    arrival: np.ndarray | None = None  # arrival time of each event (realistic only)
+    notes: list[str] = field(default_factory=list)
+
+    def lengths(self) -> np.ndarray:
+        """Events per user (users with none left out)."""
+        counts = np.bincount(self.events.column("user_id").to_numpy())
+        return counts[counts > 0]
+
+    def describe(self) -> dict:
+        lengths = self.lengths()
+        p50, p99 = np.percentile(lengths, [50, 99])
+        return {
+            "events": self.events.num_rows, "users": len(lengths), "examples": self.requests.num_rows,
+            "examples_per_event": round(self.requests.num_rows / max(self.events.num_rows, 1), 3),
+            "history_mean": round(float(lengths.mean()), 1), "history_p50": int(p50),
+            "history_p99": int(p99), "history_max": int(lengths.max()),
+            "users_10k_plus": int((lengths >= 10_000).sum()),
+            "days": round(float(np.ptp(self.events.column("ts").to_numpy())) / DAY, 1),
+            "late_share": None if self.arrival is None else round(float(np.mean(
+                self.arrival != self.events.column("ts").to_numpy())), 4),
+            "notes": self.notes,
+        }
+
+
+def day_of(ts: np.ndarray) -> np.ndarray:
+    return (np.asarray(ts, np.int64) - START_TS) // DAY
+
+
+def realistic(users: int, seed: int = 0) -> Workload:
+    events = realistic_events(users, seed=seed)
+    return Workload("realistic", events, realistic_requests(events, seed=seed),
+                    late_arrivals(events.column("ts").to_numpy(), seed=seed),
+                    [(f"{users:,} users, Pareto(1.4) history lengths of 60 to 50,000 events over "
+                      f"{REALISTIC_DAYS} days; a request at 90% of events (from day 1), 1 + Poisson(0.25) "
+                      "examples each; 5% of events arrive 1 h to 2 days late in the late-ingestion states")])
+
+
+def sparse(users: int, pointers: int, seed: int = 0) -> Workload:
+    events = datasets.synthetic_events(users, seed=seed)
+    return Workload("sparse", events, datasets.synthetic_requests(events, pointers, seed=seed), None,
+                    [(f"lateseq.datasets.synthetic_events({users:,}) (lognormal lengths, one year), "
+                      f"{pointers:,} requests at random events: the original benchmark")])
+
+
+def realistic_events(users: int, days: int = REALISTIC_DAYS, seed: int = 0, *, alpha: float = 1.4,
+                     min_len: int = 60, max_len: int = 50_000, items: int = 1_000_000) -> pa.Table:
+    """Power-law users over ``days``: ``user_id``, ``ts``, ``item_id``, ``action`` (int8), ``dwell``.
+
+    History lengths are Pareto (``alpha``, at least ``min_len``, capped at ``max_len``). A
+    user's events come in sessions of ~15 (30% in the same second as the previous one,
+    the others ~30 s apart), sessions spread over the whole span, so a heavy user is
+    active every day. Items follow a power law. Rows are in time order (ties in
+    generation order), as events are ingested.
+    """
+    rng = np.random.default_rng([seed, 21])
+    lengths = np.minimum(np.floor(min_len * (1 + rng.pareto(alpha, users))), max_len).astype(np.int64)
+    total = int(lengths.sum())
+    span = days * DAY
+    first = np.cumsum(lengths) - lengths
+    kind = rng.random(total, dtype=np.float32)
+    new_session = kind < 1 / 15
+    gaps = rng.standard_exponential(total).astype(np.float64)
+    between = np.repeat(span / np.maximum(lengths / 15, 1), lengths)  # mean gap before a session
+    gaps *= np.where(new_session, between, 30.0)
+    gaps[~new_session & (kind < 1 / 15 + 0.3)] = 0
+    del kind, new_session, between
+    gaps[first] = 0
+    elapsed = np.cumsum(gaps)
+    del gaps
+    elapsed -= np.repeat(elapsed[first], lengths)
+    duration = elapsed[first + lengths - 1]
+    squeeze = np.minimum(1.0, (span - 1) / np.maximum(duration, 1e-9))
+    offset = rng.random(users) * np.maximum(span - 1 - duration * squeeze, 0)
+    ts = np.floor(elapsed * np.repeat(squeeze, lengths) + np.repeat(offset, lengths)).astype(np.int64)
+    np.clip(ts, 0, span - 1, out=ts)  # float rounding must not leave the span
+    del elapsed
+    ts += START_TS
+    ranks = np.exp(rng.random(total) * np.log(items + 1)).astype(np.int64) - 1
+    item_id = rng.permutation(items).astype(np.int64)[np.minimum(ranks, items - 1)]
+    del ranks
+    action_p = np.array([0.62, 0.18, 0.08, 0.05, 0.03, 0.02, 0.012, 0.008])
+    action = np.searchsorted(np.cumsum(action_p)[:-1], rng.random(total, dtype=np.float32), side="right")
+    dwell = rng.lognormal(2.0, 1.0, total).astype(np.float32)
+    order = np.argsort(ts, kind="stable")
+    user = np.repeat(np.arange(users, dtype=np.int64), lengths)
+    return pa.table({"user_id": user[order], "ts": ts[order], "item_id": item_id[order],
+                     "action": action.astype(np.int8)[order], "dwell": dwell[order]})
+
+
+def realistic_requests(events: pa.Table, seed: int = 0, share: float = 0.9, extra: float = 0.25) -> pa.Table:
+    """A request at ``share`` of the events' times (from day 1 on), with 1 + Poisson(``extra``)
+    examples each, in time order: ``user_id``, ``request_ts``, ``label`` (int8)."""
+    rng = np.random.default_rng([seed, 22])
+    ts = events.column("ts").to_numpy()
+    rows = np.flatnonzero((rng.random(len(ts)) < share) & (day_of(ts) >= 1))
+    copies = 1 + rng.poisson(extra, len(rows))
+    label = np.repeat(events.column("action").to_numpy()[rows] > 0, copies)
+    firsts = np.cumsum(copies) - copies
+    others = np.ones(len(label), bool)
+    others[firsts] = False
+    label[others] = rng.random(int(others.sum())) < 0.05  # the other impressions of a request
+    rows = np.repeat(rows, copies)
+    return pa.table({"user_id": events.column("user_id").to_numpy()[rows], "request_ts": ts[rows],
+                     "label": label.astype(np.int8)})
+
+
+def late_arrivals(ts: np.ndarray, seed: int = 0, share: float = 0.05) -> np.ndarray:
+    """Arrival times: ``share`` of the events arrive 1 h to 2 days late, the others at once."""
+    rng = np.random.default_rng([seed, 23])
+    arrival = np.asarray(ts, np.int64).copy()
+    late = rng.random(len(arrival)) < share
+    arrival[late] += rng.integers(3600, 2 * DAY + 1, int(late.sum()))
+    return arrival
+
+
+# ---------------------------------------------------------------- store states
+
+
+@dataclass
+class State:
+    """One store state: a store version to read through and the example log it serves."""
+
+    name: str
+    title: str
+    path: Path  # the store directory
+    version: int  # the version loaders read through
+    log: pa.Table  # the example log (pointer columns + label, a row per request, log order), memory-mapped
+    visibility: str  # the Fat Row oracle that matches it: "all", "daily" or "daily-late"
+    written: int  # durable bytes written while ingesting (every commit and compaction)
+    written_cache: int  # decoded copies the writers put in the read cache meanwhile
+    days: int  # days of ingestion (for bytes written per day)
+
+    def open(self) -> lateseq.Store:
+        """A fresh handle (its own open segments), at the state's version."""
+        return lateseq.open(self.path, self.version)
+
+
+def build_states(work: Workload, root: Path, tiered: bool = False,
+                 progress: Callable[[str], None] = print) -> list[State]:
+    """Every store state of ``work`` under ``root``: the sparse workload has one (4 commits,
+    compacted, pointers at the latest version), the realistic one four, five with
+    ``tiered`` (see ``tiered_compaction``)."""
+    ts = work.events.column("ts").to_numpy()
+    if work.arrival is None:
+        bounds = np.quantile(ts, [0.25, 0.5, 0.75]).astype(np.int64)  # a tie never spans two slices
+        store, _ = _ingest(root / "store", work.events, np.searchsorted(bounds, ts, side="right"))
+        store = store.compact()
+        days = max(1, round(float(np.ptp(ts)) / DAY))
+        return [State("compacted-latest", "4 commits + compaction; pointers at the latest version", store.path,
+                      store.version, _log(store, work.requests, root / "logs" / "latest.arrow"), "all",
+                      *_written(store), days)]
+
+    day = day_of(work.requests.column("request_ts").to_numpy())  # a request on day d reads read[d - 1]
+    progress("ingest: daily commits, then a compaction")
+    daily, read = _ingest(root / "daily", work.events, day_of(ts))
+    daily_log = _log(daily, work.requests, root / "logs" / "daily.arrow", np.asarray(read)[day - 1])
+    written = _written(daily)
+    latest = daily.compact()
+    states = [
+        State("compacted-latest", f"{len(read)} daily commits + compaction; pointers at the latest version",
+              latest.path, latest.version, _log(latest, work.requests, root / "logs" / "latest.arrow"), "all",
+              *_written(latest), len(read)),
+        State(f"daily-{len(read)}", f"{len(read)} daily commits, never compacted; pointers against the version "
+              "online read", daily.path, daily.version, daily_log, "daily", *written, len(read)),
+    ]
+    progress("ingest: 5% late events, daily commits by arrival, then a compaction")
+    late, read = _ingest(root / "late", work.events, day_of(work.arrival))
+    late_log = _log(late, work.requests, root / "logs" / "late.arrow", np.asarray(read)[day - 1])
+    states.append(State(f"late-daily-{len(read)}", f"5% late events, {len(read)} daily commits by arrival, never "
+                        "compacted; pointers against the version online read", late.path, late.version, late_log,
+                        "daily-late", *_written(late), len(read)))
+    compacted = late.compact()
+    states.append(State("late-compacted", "the same, compacted once at the end; the same pointers", compacted.path,
+                        compacted.version, late_log, "daily-late", *_written(compacted), len(read)))
+    if tiered:
+        progress(f"ingest: 5% late events, daily commits, compact(policy={TIERED_POLICY!r}) after each")
+        store, read = _ingest(root / "tiered", work.events, day_of(work.arrival),
+                              lambda store: store.compact(policy=TIERED_POLICY))
+        states.append(State("late-tiered", f"5% late events, {len(read)} daily commits, each followed by "
+                            f"compact(policy={TIERED_POLICY!r}); pointers against the version online read",
+                            store.path, store.version,
+                            _log(store, work.requests, root / "logs" / "tiered.arrow", np.asarray(read)[day - 1]),
+                            "daily-late", *_written(store), len(read)))
+    return states
+
+
+def tiered_compaction(scratch: Path) -> str | None:
+    """Why this lateseq cannot do daily commits + tiered compaction (tried on a scratch
+    store at ``scratch``), or None when it can."""
+    store = lateseq.create(scratch, SCHEMA)
+    store = store.commit(pa.table({"user_id": [1], "ts": [START_TS], "item_id": [1], "action": [0], "dwell": [0.0]}))
+    try:
+        store.compact(policy=TIERED_POLICY)
+    except TypeError as exc:  # no policy parameter
+        return f"Store.compact() takes no policy in this lateseq ({exc})"
+    except ValueError as exc:  # a policy parameter, but not this policy (SchemaError is a ValueError)
+        return f"Store.compact(policy={TIERED_POLICY!r}) is refused: {exc}"
+    return None
+
+
+def _ingest(path: Path, events: pa.Table, day: np.ndarray,
+            after_commit: Callable[[lateseq.Store], lateseq.Store | None] | None = None,
+            ) -> tuple[lateseq.Store, list[int]]:
+    """A new store holding the events of each day (``day`` per event, from 0) in its own
+    commit, ``after_commit`` run after each; returns it and the version published after
+    each day (what online reads the next day)."""
+    if day.min() < 0:
+        raise ValueError("events before day 0")
+    store = lateseq.create(path, SCHEMA)
+    order = np.argsort(day, kind="stable")  # the rows of a day stay in time order
+    bounds = np.searchsorted(day[order], np.arange(int(day.max()) + 2))
+    read = []
+    for d in range(int(day.max()) + 1):
+        rows = order[bounds[d]:bounds[d + 1]]
+        if len(rows):
+            store = store.commit(events.take(pa.array(rows)))
+        if after_commit is not None:
+            store = after_commit(store) or store
+        read.append(store.version)
+    return store, read
+
+
+def _written(store: lateseq.Store) -> tuple[int, int]:
+    """Bytes of every segment file written so far (nothing is cleaned up): durable, and
+    the decoded copies writers put in the read cache."""
+    return _du(store.path / "segments"), _du(store.cache_dir, ".arrow")
+
+
+def _du(path: Path, suffix: str = "") -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob(f"*{suffix}") if p.is_file())
+
+
+def _log(store: lateseq.Store, requests: pa.Table, path: Path, versions: np.ndarray | None = None,
+         chunk: int = 1 << 21) -> pa.Table:
+    """The example log: each request's pointer against ``versions[i]`` (the latest if
+    None), logged in runs of one version (requests are in time order) of at most
+    ``chunk``, written to ``path`` (Arrow IPC) and returned memory-mapped from it, so
+    several logs of many examples fit in memory."""
+    versions = np.full(requests.num_rows, store.version) if versions is None else versions
+    cuts = sorted({0, requests.num_rows, *(np.flatnonzero(np.diff(versions)) + 1).tolist(),
+                   *range(0, requests.num_rows, chunk)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for lo, hi in itertools.pairwise(cuts):
+        part = lateseq.log_examples(store.checkout(int(versions[lo])), requests.slice(lo, hi - lo))
+        writer = writer or pa.ipc.new_file(path, part.schema)
+        writer.write_table(part)
+    writer.close()
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def read_days(visibility: str, requests: pa.Table) -> np.ndarray:
+    """The day whose readable events each request sees (``ALL_DAYS`` for the latest version)."""
+    if visibility == "all":
+        return np.full(requests.num_rows, ALL_DAYS, np.int64)
+    return day_of(requests.column("request_ts").to_numpy())
+
+
+def readable_days(work: Workload, visibility: str) -> np.ndarray:
+    """The first day online can read each event: the day after it arrives (0 for "all")."""
+    if visibility == "all":
+        return np.zeros(work.events.num_rows, np.int64)
+    arrival = work.events.column("ts").to_numpy() if visibility == "daily" else work.arrival
+    return day_of(arrival) + 1
+
+
+# ---------------------------------------------------------------- the Fat Row oracle
+
+
+class Histories:
+    """Every user's events in history order, with the day each became readable online.
+
+    History order is (ts, readable day, row): lateseq's order within a user, (ts, commit,
+    row in the commit), when each day is one commit. A request on day ``d`` sees the
+    user's events with ``ts < request_ts`` and readable day ``<= d``. Independent of
+    lateseq: one sort, one binary search and a backward walk per request.
+    """
+
+    def __init__(self, events: pa.Table, readable: np.ndarray, columns: tuple[str, ...] = COLUMNS):
+        user = events.column("user_id").to_numpy()
+        ts = events.column("ts").to_numpy()
+        order = np.lexsort((readable, ts, user))
+        self.ts = ts[order]
+        self.readable = np.ascontiguousarray(readable[order], np.int64)
+        self.users, starts = np.unique(user[order], return_index=True)
+        self.bounds = np.append(starts, len(order)).astype(np.int64)
+        self.columns = {name: events.column(name).to_numpy()[order] for name in columns}
+
+    def windows(self, user: np.ndarray, request_ts: np.ndarray, read_day: np.ndarray,
+                max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, rows): each request's newest ``max_len`` visible events, oldest first."""
+        slot = np.minimum(np.searchsorted(self.users, user), len(self.users) - 1)
+        found = self.users[slot] == user
+        lo = np.where(found, self.bounds[slot], 0)
+        hi = np.where(found, self.bounds[slot + 1], 0)
+        offsets = np.zeros(len(user) + 1, np.int64)
+        request_ts, read_day = np.asarray(request_ts, np.int64), np.asarray(read_day, np.int64)
+        _walk(lo, hi, self.ts, self.readable, request_ts, read_day, max_len, offsets[1:], np.empty(0, np.int64))
+        np.cumsum(offsets, out=offsets)
+        rows = np.empty(int(offsets[-1]), np.int64)
+        _walk(lo, hi, self.ts, self.readable, request_ts, read_day, max_len, offsets, rows)
+        return offsets, rows
+
+    def lengths(self, user: np.ndarray, request_ts: np.ndarray, read_day: np.ndarray, max_len: int) -> np.ndarray:
+        return np.diff(self.windows(user, request_ts, read_day, max_len)[0])
+
+
+@numba.njit(cache=True)
+def _walk(lo, hi, ts, readable, request_ts, read_day, max_len, offsets, rows):  # pragma: no cover - jitted
+    """Walks back from each request's cut keeping visible events. Without ``rows`` it
+    writes each count to ``offsets[i]``; with them, the rows ending at ``offsets[i + 1]``."""
+    fill = len(rows) > 0
+    for i in range(len(lo)):
+        j = lo[i] + np.searchsorted(ts[lo[i]:hi[i]], request_ts[i])  # first event not before the request
+        kept = 0
+        while j > lo[i] and kept < max_len:
+            j -= 1
+            if readable[j] <= read_day[i]:
+                if fill:
+                    rows[offsets[i + 1] - 1 - kept] = j
+                kept += 1
+        if not fill:
+            offsets[i] = kept
+
+
+# ---------------------------------------------------------------- Fat Row forms
+
+# The "smallest" Parquet candidates (all zstd; examples sorted by user then time).
+# Sorted Fat Rows repeat most of the previous row's history, which zstd finds only
+# where the encoding keeps repeated values byte-aligned (plain), and better in larger
+# pages (each page starts a new zstd frame). Level 9: level 15 saves ~5% more at 10x
+# the write time; level 3 leaves ~50% more.
+SMALLEST_CANDIDATES: dict[str, dict] = {
+    "zstd-9, dictionary": {"compression": "zstd", "compression_level": 9},
+    "zstd-9, plain": {"compression": "zstd", "compression_level": 9, "use_dictionary": False},
+    "zstd-9, plain, 8 MB pages": {"compression": "zstd", "compression_level": 9, "use_dictionary": False,
+                                  "data_page_size": 8 << 20},
+    "zstd-9, plain, 32 MB pages": {"compression": "zstd", "compression_level": 9, "use_dictionary": False,
+                                   "data_page_size": 32 << 20},
+    "zstd-9, delta ints, byte-stream-split int8": {
+        "compression": "zstd", "compression_level": 9, "use_dictionary": False,
+        "column_encoding": {"item_id.list.element": "DELTA_BINARY_PACKED", "ts.list.element": "DELTA_BINARY_PACKED",
+                            "action.list.element": "BYTE_STREAM_SPLIT", "user_id": "DELTA_BINARY_PACKED",
+                            "request_ts": "DELTA_BINARY_PACKED"}},
+}
+_TRIAL_EVENTS = 4 << 20  # events in the slice the candidates are tried on
+_CHUNK_EVENTS = 8 << 20  # events per chunk built at once (~140 MB; a row group of the Parquet forms)
+
+
+@dataclass
+class FatRowFile:
+    form: str
+    path: Path
+    rows: np.ndarray  # the example-log rows it holds, in file order
+    bytes: int
+    events: int
+    columns: tuple[str, ...] = COLUMNS
+    settings: str = ""  # for the smallest form: the candidate chosen
+    candidates: dict[str, int] = field(default_factory=dict)  # trial bytes of every candidate
+
+
+def fat_row_schema(columns: tuple[str, ...] = COLUMNS) -> pa.Schema:
+    types = {"item_id": pa.int64(), "action": pa.int8(), "ts": pa.int64(), "dwell": pa.float32()}
+    return pa.schema([("user_id", pa.int64()), ("request_ts", pa.int64()), ("label", pa.int8()),
+                      *[(name, pa.list_(types[name])) for name in columns]])
+
+
+def fat_row_chunks(histories: Histories, requests: pa.Table, read_day: np.ndarray, rows: np.ndarray,
+                   max_len: int, chunk_events: int = _CHUNK_EVENTS) -> Iterator[pa.Table]:
+    """Fat Rows of ``requests[rows]`` in that order: tables of whole loader batches, each
+    with about ``chunk_events`` events."""
+    user = requests.column("user_id").to_numpy()[rows]
+    request_ts = requests.column("request_ts").to_numpy()[rows]
+    day = read_day[rows]
+    per_batch = np.add.reduceat(histories.lengths(user, request_ts, day, max_len),
+                                np.arange(0, len(rows), BATCH)) if len(rows) else np.zeros(0, np.int64)
+    # cut into chunks of whole batches, about chunk_events events each
+    starts = [0]
+    total = 0
+    for b, events in enumerate(per_batch):
+        if total and total + events > chunk_events:
+            starts.append(b * BATCH)
+            total = 0
+        total += events
+    label = requests.column("label").to_numpy()[rows]
+    schema = fat_row_schema(tuple(histories.columns))
+    for lo, hi in zip(starts, [*starts[1:], len(rows)], strict=True):
+        offsets, where = histories.windows(user[lo:hi], request_ts[lo:hi], day[lo:hi], max_len)
+        arrays = [pa.array(user[lo:hi]), pa.array(request_ts[lo:hi]), pa.array(label[lo:hi])]
+        list_offsets = pa.array(offsets.astype(np.int32 if offsets[-1] < 2**31 else np.int64))
+        arrays += [pa.ListArray.from_arrays(list_offsets, pa.array(values[where]))
+                   for values in histories.columns.values()]
+        yield pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_fat_rows(form: str, path: Path, chunks: Iterator[pa.Table], rows: np.ndarray,
+                   **parquet_options) -> FatRowFile:
+    """Writes Fat Row tables (one schema) in ``form``; IPC files get one record batch per loader batch."""
+    writer = schema = None
+    events = 0
+    for chunk in chunks:
+        if writer is None:
+            schema = chunk.schema
+            writer = (pa.ipc.new_file(path, chunk.schema) if form == "arrow-ipc"
+                      else pq.ParquetWriter(path, chunk.schema, **parquet_options))
+        if form == "arrow-ipc":
+            writer.write_table(chunk, max_chunksize=BATCH)
+        else:
+            writer.write_table(chunk, row_group_size=chunk.num_rows)
+        events += sum(len(c.flatten()) for c in chunk.column(chunk.schema.names[3]).chunks)
+    if writer is None:
+        raise ValueError("no Fat Rows to write")
+    writer.close()
+    return FatRowFile(form, path, rows, path.stat().st_size, events, tuple(schema.names[3:]))
+
+
+def by_user(requests: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """``rows`` ordered by user, then request time (ties keep log order): the smallest form's order."""
+    user, ts = requests.column("user_id").to_numpy()[rows], requests.column("request_ts").to_numpy()[rows]
+    return rows[np.lexsort((ts, user))]
+
+
+def smallest_settings(histories: Histories, requests: pa.Table, read_day: np.ndarray, rows: np.ndarray,
+                      max_len: int) -> tuple[str, dict[str, int]]:
+    """The ``SMALLEST_CANDIDATES`` entry that writes the first slice of ``rows`` (ordered
+    by user) smallest, and the bytes of each candidate on that slice."""
+    trial = next(fat_row_chunks(histories, requests, read_day, by_user(requests, rows), max_len, _TRIAL_EVENTS))
+    candidates = {}
+    for name, options in SMALLEST_CANDIDATES.items():
+        sink = pa.BufferOutputStream()
+        pq.write_table(trial, sink, **options)
+        candidates[name] = sink.getvalue().size
+    return min(candidates, key=candidates.get), candidates
+
+
+def build_forms(histories: Histories, requests: pa.Table, read_day: np.ndarray, rows: np.ndarray,
+                max_len: int, folder: Path, tag: str, smallest: str,
+                forms: tuple[str, ...] = FORMS) -> dict[str, FatRowFile]:
+    """Fat Row files of ``requests[rows]`` under ``folder``: the default Parquet and IPC
+    forms in log order, the smallest Parquet form ordered by user with the
+    ``SMALLEST_CANDIDATES`` entry named ``smallest``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for form in forms:
+        order = by_user(requests, rows) if form == "parquet-smallest" else rows
+        options = SMALLEST_CANDIDATES[smallest] if form == "parquet-smallest" else {}
+        path = folder / f"{tag}-{form}.{'arrow' if form == 'arrow-ipc' else 'parquet'}"
+        chunks = fat_row_chunks(histories, requests, read_day, order, max_len)
+        out[form] = write_fat_rows(form, path, chunks, order, **options)
+    if "parquet-smallest" in out:
+        out["parquet-smallest"].settings = smallest
+    return out
+
+
+def read_fat_rows(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """A loader's read of a Fat Row file: (offsets from 0, {column: values}) per batch of 1024.
+
+    Parquet batches are decoded into fresh buffers; memory-mapped IPC batches are copied
+    out of the map into numpy (what a loader hands on must not pin the map).
+    """
+    columns = file.columns
+    if file.form == "arrow-ipc":
+        with pa.memory_map(str(file.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield _jagged(reader.get_batch(i), columns, copy=True)
+    else:
+        for batch in pq.ParquetFile(file.path).iter_batches(batch_size=BATCH, columns=list(columns)):
+            yield _jagged(batch, columns, copy=False)
+
+
+def _jagged(batch: pa.RecordBatch, columns: tuple[str, ...], copy: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Offsets of the first list column (the others share them, by construction) and values."""
+    raw = batch.column(columns[0]).offsets.to_numpy()
+    first, last = int(raw[0]), int(raw[-1])
+    offsets = raw.astype(np.int64)
+    offsets -= first
+    values = {}
+    for name in columns:
+        array = batch.column(name).values.slice(first, last - first).to_numpy()
+        values[name] = np.array(array) if copy else array
+    return offsets, values
+
+
+class FatRowMismatch(AssertionError):
+    """lateseq's rebuild and a Fat Row file differ."""
+
+
+def check_equal(files: list[FatRowFile], store: lateseq.Store, log: pa.Table, max_len: int,
+                what: str = "") -> int:
+    """Reads Fat Row files holding the same rows in the same order and checks each batch
+    against lateseq's rebuild of those rows of ``log`` (offsets and values, bit for bit);
+    raises FatRowMismatch at the first difference. Returns the examples compared."""
+    projection = lateseq.Projection(max_len, tuple(files[0].columns))
+    rows = files[0].rows
+    done = 0
+    for k, batches in enumerate(zip(*(read_fat_rows(file) for file in files), strict=True)):
+        size = len(batches[0][0]) - 1
+        ours = lateseq.materialize(store, log.take(pa.array(rows[done:done + size])), projection)
+        done += size
+        for file, (offsets, values) in zip(files, batches, strict=True):
+            same = offsets.dtype == ours.offsets.dtype and np.array_equal(offsets, ours.offsets) and all(
+                values[c].dtype == ours.values[c].dtype
+                and np.array_equal(values[c].view(np.uint8), ours.values[c].view(np.uint8)) for c in values)
+            if not same:
+                raise FatRowMismatch(f"{what}: lateseq and the Fat Row ({file.form}) differ in batch {k}")
+    if done != len(rows):
+        raise FatRowMismatch(f"{what}: the Fat Row files hold {done} examples, not {len(rows)}")
+    return done
+
+
+# ---------------------------------------------------------------- samples
+
+
+def request_sample(requests: pa.Table, cost: np.ndarray, budget: float, max_rows: int,
+                   seed: int = 0) -> np.ndarray:
+    """Log rows (ascending) of a uniform random sample of requests with all their examples
+    (the impressions of a request stay together): every row when the total ``cost`` fits
+    ``budget`` and the rows ``max_rows``, else a share of requests that fits in expectation."""
+    share = min(1.0, budget / max(float(cost.sum()), 1.0), max_rows / max(requests.num_rows, 1))
+    if share >= 1.0:
+        return np.arange(requests.num_rows)
+    user = requests.column("user_id").to_numpy()
+    ts = requests.column("request_ts").to_numpy()
+    starts = np.r_[True, (user[1:] != user[:-1]) | (ts[1:] != ts[:-1])]  # a request's first example
+    picked = np.random.default_rng([seed, 25]).random(int(starts.sum())) < share
+    return np.flatnonzero(picked[np.cumsum(starts) - 1])
+
+
+def user_sample(requests: pa.Table, cost: np.ndarray, budget: float, max_rows: int, seed: int = 0) -> np.ndarray:
+    """Log rows (ascending) of every example of a random set of users: all users when the
+    total ``cost`` fits ``budget`` and the rows ``max_rows``, else users in a seeded random
+    order while they fit (at least one). Whole users keep a user's consecutive examples
+    together, as in the full log (what the smallest form's compression feeds on)."""
+    if cost.sum() <= budget and requests.num_rows <= max_rows:
+        return np.arange(requests.num_rows)
+    users, slot = np.unique(requests.column("user_id").to_numpy(), return_inverse=True)
+    rank = np.random.default_rng([seed, 24]).permutation(len(users))  # rank of each user
+    by_rank = np.empty(len(users), np.int64)
+    by_rank[rank] = np.arange(len(users))  # user at each rank
+    cost_of = np.bincount(slot, weights=cost, minlength=len(users))[by_rank]
+    rows_of = np.bincount(slot, minlength=len(users))[by_rank]
+    fits = (np.cumsum(cost_of) <= budget) & (np.cumsum(rows_of) <= max_rows)
+    taken = max(int(np.argmin(fits)) if not fits.all() else len(users), 1)
+    return np.flatnonzero(rank[slot] < taken)
+
+
+def store_files(state: State) -> tuple[list[Path], list[Path]]:
+    """(durable files, read-cache files) of the segments ``state``'s version reads."""
+    store = state.open()
+    names = [info.name for info in store.segment_infos]
+    durable = [p for name in names for p in sorted((state.path / "segments").glob(f"{name}.*"))]
+    return durable, [p for name in names if (p := store.cache_dir / f"{name}.arrow").exists()]

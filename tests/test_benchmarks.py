@@ -1,0 +1,144 @@
+"""The materialize benchmark runs end to end at its smoke scale, checks both sides equal
+in every store state and Fat Row form, and its report renders (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+FORMS = {"parquet-default", "parquet-smallest", "arrow-ipc"}
+NS = {"256", "1024", "4096"}
+
+
+def _module(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (and numba's cache) look the module up by its name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "materialize.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "materialize.py"), "--tiny", "--json", str(out)],
+                   cwd=ROOT, check=True, timeout=300, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def test_tiny_run_reports_every_state_and_form(tiny_results):
+    r = tiny_results
+    assert r["benchmark"] == "materialize" and r["scale"] == "tiny"
+    assert r["command"].startswith("python benchmarks/materialize.py --tiny") and r["date"]
+    assert {"cpu", "cores", "memcpy_gb_s", "load_average_start", "load_average_end", "git"} <= r["machine"].keys()
+    assert set(r["workloads"]) == {"realistic", "sparse"}
+    realistic = r["workloads"]["realistic"]
+    expected = {"compacted-latest", "daily-30", "late-daily-32", "late-compacted"}
+    if realistic["tiered_compaction"] == "measured":
+        expected.add("late-tiered")
+    assert set(realistic["states"]) == expected
+    assert set(r["workloads"]["sparse"]["states"]) == {"compacted-latest"}
+    for work in r["workloads"].values():
+        assert work["workload"]["examples"] > 0
+        assert set(work["n"]) == NS
+        for at in work["n"].values():
+            assert set(at["lateseq"]) == set(work["states"])
+            visibilities = {s["visibility"] for s in work["states"].values()}
+            assert set(at["fat_rows"]) == visibilities
+            for forms in at["fat_rows"].values():
+                assert set(forms) == FORMS
+                for form in forms.values():
+                    assert form["ex_s"] > 0 and form["bytes"] > 0 and form["file_bytes"] > 0
+            for s in at["lateseq"].values():
+                # the untimed pass compared every timed example with every form, batch by batch
+                assert s["checked"] == {form: at["timed_examples"] for form in FORMS}
+                assert at["timed_examples"] > 0
+                assert {"ex_s", "gb_s", "memcpy_fraction", "vs_compacted_latest", "bytes"} <= s.keys()
+                assert set(s["vs_fat_row"]) == set(s["bytes_vs_fat_row"]) == FORMS
+                assert set(s["written_per_day"]["fat_rows"]) == FORMS
+    assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
+    names = {t["target"] for t in r["targets"]}
+    assert any("smallest Parquet" in n for n in names) and any("Arrow IPC" in n for n in names)
+
+
+def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
+    workload = _module("workload")
+    work = workload.realistic(12)
+    states = workload.build_states(work, tmp_path / "stores", progress=lambda _: None)
+    latest = next(s for s in states if s.name == "compacted-latest")
+    daily = next(s for s in states if s.visibility == "daily")
+    histories = workload.Histories(work.events, workload.readable_days(work, "all"))
+    rows = np.arange(work.requests.num_rows)
+    read_day = workload.read_days("all", work.requests)
+    smallest, candidates = workload.smallest_settings(histories, work.requests, read_day, rows, 64)
+    assert set(candidates) == set(workload.SMALLEST_CANDIDATES) and candidates[smallest] == min(candidates.values())
+    forms = workload.build_forms(histories, work.requests, read_day, rows, 64, tmp_path / "fat", "t", smallest)
+    for files in ([forms["parquet-default"], forms["arrow-ipc"]], [forms["parquet-smallest"]]):
+        assert workload.check_equal(files, latest.open(), latest.log, 64) == len(rows)
+    # pointers into the daily versions saw fewer events than these Fat Rows hold
+    with pytest.raises(workload.FatRowMismatch, match="differ in batch 0"):
+        workload.check_equal([forms["arrow-ipc"]], daily.open(), daily.log, 64)
+
+
+def _hand_made() -> dict:
+    fat = {form: {"ex_s": 100_000.0, "gb_s": 1.0, "memcpy_fraction": 0.1, "events_per_example": 200.0,
+                  "file_bytes": 5_000_000, "bytes": 50_000_000.0, "extrapolated": True, "settings": "",
+                  "candidates": {}} for form in FORMS}
+    state = {"ex_s": 800_000.0, "gb_s": 2.5, "memcpy_fraction": 0.25, "events_per_example": 180.0,
+             "vs_compacted_latest": 1.0, "vs_fat_row": {form: 8.0 for form in FORMS},
+             "checked": {form: 4096 for form in FORMS}, "bytes": 4_000_000,
+             "bytes_vs_fat_row": {form: 12.5 for form in FORMS},
+             "written_per_day": {"lateseq": 200_000.0, "fat_rows": {form: 1_000_000.0 for form in FORMS}}}
+    return {
+        "benchmark": "materialize", "command": "python benchmarks/materialize.py --small --json x.json",
+        "date": "2026-12-01 10:00 UTC", "seconds": 321.0,
+        "settings": {"batch": 1024, "repeat": 3},
+        "machine": {"cpu": "Test CPU", "cores": 2, "memory_gb": 25.0, "memcpy_gb_s": 10.0, "lateseq": "0.1.0",
+                    "git": "abc1234", "load_average_start": "0.50 0.40 0.30", "load_average_end": "0.60 0.50 0.40"},
+        "workloads": {"realistic": {
+            "workload": {"events": 1000, "users": 10, "examples": 1100, "examples_per_event": 1.1, "days": 30.0,
+                         "history_mean": 100.0, "history_p50": 50, "history_p99": 900, "history_max": 12_000,
+                         "users_10k_plus": 1, "notes": ["hand-made"]},
+            "tiered_compaction": "not measured: no policy",
+            "states": {"compacted-latest": {"title": "one segment", "visibility": "all", "segments": 1,
+                                            "durable_bytes": 3_000_000, "example_log_bytes": 1_000_000,
+                                            "read_cache_bytes": 8_000_000, "written_bytes": 6_000_000,
+                                            "days": 30}},
+            "n": {"1024": {"timed_examples": 4096, "sample": "every example", "fat_rows": {"all": fat},
+                           "lateseq": {"compacted-latest": state}}},
+        }},
+        "targets": [{"target": "warm ex/s vs smallest Parquet Fat Row", "workload": "realistic", "n": 1024,
+                     "state": "compacted-latest", "value": 8.0, "threshold": 10.0, "met": False}],
+    }
+
+
+def test_report_renders_the_tables_with_command_and_date():
+    report = _module("report")
+    text = report.markdown(_hand_made(), "`benchmarks/results/materialize.json`")
+    assert "`python benchmarks/materialize.py --small --json x.json`" in text
+    assert "2026-12-01 10:00 UTC" in text and "Test CPU" in text
+    assert "| N | state | examples timed |" in text
+    row = "| 1024 | compacted-latest | 4,096 | 180 | 800,000 | 2.50 | 25% | – | – | 1.00× | 8.00× | 8.00× | 8.00× |"
+    assert row in text
+    assert "MISSED" in text and "0 of 1 met" in text
+    assert "extrapolated" in text  # the bytes table says where Fat Row bytes were scaled up
+    assert "not measured: no policy" in text
+
+
+def test_report_rewrites_only_between_markers():
+    report = _module("report")
+    readme = "intro\n<!-- results:materialize -->\nold\n<!-- /results:materialize -->\nend\n"
+    updated, missing = report.rewrite(readme, {"materialize": "new table\n", "other": "x\n"})
+    assert updated == "intro\n<!-- results:materialize -->\nnew table\n<!-- /results:materialize -->\nend\n"
+    assert missing == ["other"]
+    assert report.rewrite(updated, {"materialize": "new table\n"}) == (updated, [])
