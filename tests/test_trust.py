@@ -88,9 +88,11 @@ def test_a_decoded_copy_replaced_under_an_open_handle_is_checked_again(store, lo
     expected = output(store.path, log)
     handle = lateseq.open(store.path)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
-    path = store.cache_dir / f"{store.segment_infos[0].name}.arrow"
+    info = store.segment_infos[0]
+    path = store.cache_dir / f"{info.name}.arrow"
     damaged = bytearray(path.read_bytes())
-    damaged[len(damaged) // 2] ^= 0xFF
+    column = handle._segments.get(info).stored("item").tobytes()
+    damaged[damaged.find(column) + len(column) // 2] ^= 0xFF  # inside a column the batch reads
     tmp = path.with_name("replacement")
     tmp.write_bytes(bytes(damaged))
     os.replace(tmp, path)  # a new file at the same name, as another process would leave
