@@ -22,7 +22,7 @@ from ._events import partition_of
 from ._format import TIME
 from ._kernels import Visibility
 from ._schema import Schema
-from ._segments import Segment
+from ._segments import Segment, UserIndex
 
 _NO_COLUMN = np.zeros(1, np.int64)  # stands in for an absent arrival or tie-break column
 
@@ -41,20 +41,10 @@ class PartitionView:
         self.e_lo = np.concatenate([s.starts for s in segments])[order]
         self.e_hi = np.concatenate([s.ends for s in segments])[order].astype(np.int64)
         new = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
-        self.users = ids[new]
+        self.users = UserIndex(ids[new])
         self.first = np.append(np.flatnonzero(new), len(ids)).astype(np.int64)
-        self.low, self.slots = _dense_slots(self.users)
         self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
         self._lock = threading.Lock()
-
-    def lookup(self, users: np.ndarray) -> np.ndarray:
-        """Each user's index in ``self.users``, or -1."""
-        if len(self.slots):
-            offset = users - self.low
-            inside = (offset >= 0) & (offset < len(self.slots))
-            return np.where(inside, self.slots[np.where(inside, offset, 0)], -1)
-        pos = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
-        return np.where(self.users[pos] == users, pos, -1)
 
     def entries(self, found: np.ndarray) -> int:
         """How many (user, segment) ranges the users at ``found`` have (window capacity)."""
@@ -85,17 +75,6 @@ class PartitionView:
         for _ in self.segments:
             listed.append(_NO_COLUMN)
         return listed, np.zeros(len(self.segments), np.int64)
-
-
-def _dense_slots(users: np.ndarray) -> tuple[int, np.ndarray]:
-    """(first id, id - first id -> index) when ids are dense enough to index directly (a
-    binary search per pointer costs cache misses; a direct lookup costs one)."""
-    if len(users) == 0 or int(users[-1]) - int(users[0]) + 1 > 4 * len(users) + 4096:
-        return 0, np.zeros(0, np.int64)
-    low = int(users[0])
-    slots = np.full(int(users[-1]) - low + 1, -1, np.int64)
-    slots[users - low] = np.arange(len(users))
-    return low, slots
 
 
 @dataclass
@@ -154,7 +133,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         if view is None:
             continue
         rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
-        found = view.lookup(users[rows])
+        found = view.users.find(users[rows])
         if len(view.segments) == 1:
             located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, located))
             continue
@@ -165,8 +144,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         tb = view.column(schema.tiebreak)
         found = _kernels._locate_view(
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
-            np.int64(max_len), view.users, np.int64(view.low), view.slots, view.first, view.e_seg, view.e_lo,
-            view.e_hi, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
+            np.int64(max_len), view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
+            view.e_seg, view.e_lo, view.e_hi, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
             view.column("_vmin")[0], view.column("_hcum")[0], *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
             located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off)

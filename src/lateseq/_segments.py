@@ -51,6 +51,30 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
         return map_decoded(path)
 
 
+class UserIndex:
+    """Sorted, unique user ids, found by one direct lookup when they are dense enough (a
+    binary search per user costs cache misses; a direct lookup costs one)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        dense = len(ids) > 0 and int(ids[-1]) - int(ids[0]) + 1 <= 4 * len(ids) + 4096
+        self.low = int(ids[0]) if dense else 0
+        self.slots = np.full(int(ids[-1]) - self.low + 1 if dense else 0, -1, np.int64)  # -1: absent
+        if dense:
+            self.slots[ids - self.low] = np.arange(len(ids))
+
+    def find(self, users: np.ndarray) -> np.ndarray:
+        """Each user's position in ``ids``, or -1."""
+        if len(self.slots):
+            offset = users - self.low
+            inside = (offset >= 0) & (offset < len(self.slots))
+            return np.where(inside, self.slots[np.where(inside, offset, 0)], -1)
+        if len(self.ids) == 0:
+            return np.full(len(users), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, users), len(self.ids) - 1)
+        return np.where(self.ids[pos] == users, pos, -1)
+
+
 def _identity(path: Path) -> tuple[int, ...] | None:
     """What tells one file at ``path`` from a replacement (None: no file)."""
     try:
@@ -163,28 +187,14 @@ class Segment:
         return decode_values(column if rows is None else column[rows], self.base(name))
 
     @cached_property
-    def _dense_slots(self) -> np.ndarray | None:
-        """user id - first id -> index slot, when ids are dense enough to index directly
-        (a binary search per user costs cache misses; a direct lookup costs one)."""
-        low, high = int(self.user_ids[0]), int(self.user_ids[-1])
-        if high - low + 1 > 4 * len(self.user_ids) + 4096:
-            return None
-        slots = np.full(high - low + 2, len(self.user_ids), np.int64)  # last slot: "absent"
-        slots[self.user_ids - low] = np.arange(len(self.user_ids))
-        return slots
+    def index(self) -> UserIndex:
+        return UserIndex(self.user_ids)
 
     def user_ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row range [lo, hi) of each user in this segment; empty where absent."""
-        slots = self._dense_slots
-        if slots is None:
-            pos = np.minimum(np.searchsorted(self.user_ids, users), len(self.user_ids) - 1)
-            found = self.user_ids[pos] == users
-        else:
-            offset = users - self.user_ids[0]
-            inside = (offset >= 0) & (offset < len(slots) - 1)
-            pos = slots[np.where(inside, offset, len(slots) - 1)]
-            found = pos < len(self.user_ids)
-            pos = np.minimum(pos, len(self.user_ids) - 1)
+        pos = self.index.find(users)
+        found = pos >= 0
+        pos = np.maximum(pos, 0)
         return np.where(found, self.starts[pos], 0), np.where(found, self.ends[pos], 0)
 
     def hashes(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
