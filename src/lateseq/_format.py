@@ -117,6 +117,10 @@ class SegmentInfo:
     def files(self, directory: Path) -> list[Path]:
         return [directory / f"{self.name}{suffix}" for suffix in SEGMENT_FILES]
 
+    def column_sound(self, name: str, column: np.ndarray | None) -> bool:
+        """Whether ``column`` (from a decoded copy; None if absent) is what the writer wrote."""
+        return column is not None and len(column) == self.rows and column_digest(column) == self.decoded[name]
+
     def corrupt_files(self, directory: Path) -> list[Path]:
         """Durable files that are missing, not regular files, or fail their CRC-32."""
         bad = []

@@ -14,7 +14,6 @@ import pyarrow as pa
 from ._errors import StoreError
 from ._format import (
     SegmentInfo,
-    column_digest,
     decode_segment,
     decode_values,
     decoded_file,
@@ -168,11 +167,9 @@ class Segment:
             self._verified.add(name)
 
     def _sound(self, name: str) -> bool:
-        expected = self.info.decoded.get(name)
-        column = self._data.get(name)
-        if expected is None:
+        if name not in self.info.decoded:
             raise StoreError(f"segment {self.info.name} has no column {name!r}")
-        return column is not None and len(column) == self.info.rows and column_digest(column) == expected
+        return self.info.column_sound(name, self._data.get(name))
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._errors import LateseqError, StoreError
-from ._format import TIME, SegmentInfo, column_digest, decode_segment, decoded_file, map_decoded, read_index
+from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize
 from ._pointers import Pointers, pointers_from_log
@@ -172,7 +172,7 @@ def _check_decoded(path: Path, info: SegmentInfo) -> None:
     except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
         raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); it is decoded "
                          "again from the durable files when next read") from exc
-    bad = [n for n, digest in info.decoded.items() if n not in columns or column_digest(columns[n]) != digest]
+    bad = [name for name in info.decoded if not info.column_sound(name, columns.get(name))]
     if bad:
         raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; it is "
                          "decoded again from the durable files when next read")
