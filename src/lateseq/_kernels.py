@@ -174,6 +174,10 @@ class Visibility:
 
 _NO_ARRIVAL = np.zeros(1, np.int64)
 
+# the columns of a PartitionView's (user, segment) range summaries, one row per range
+E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH = range(7)
+ENTRY_WIDTH = 8  # a 64-byte cache line
+
 
 def locate(
     user_lo: np.ndarray,
@@ -240,7 +244,7 @@ def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len,
-                 v_users, v_low, v_slots, v_first, e_seg, e_lo, e_hi,
+                 v_users, v_low, v_slots, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
                  w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off):  # pragma: no cover - compiled
@@ -258,34 +262,46 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
         first = nw
         total = 0
         digest = np.uint32(0)
+        last = -1  # the entry of the newest window so far
         for e in range(v_first[u], v_first[u + 1]):
-            g = e_seg[e]
-            c, s, lo, hi, holes = _locate_range(
-                e_lo[e], e_hi[e], ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
-                arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+            entry = entries[e]
+            g, e_lo, e_hi = entry[E_SEG], entry[E_LO], entry[E_HI]
+            if entry[E_TMIN] >= request_ts[p] or max(version[p], version_hi[p]) < ver_b[g]:
+                continue  # wholly at or after the request, or newer than the pointer's version
+            if entry[E_TMAX] < request_ts[p] and entry[E_VMAX] <= version[p]:
+                # wholly before the request and visible: the summary answers
+                c, s, hi, holes = e_hi - e_lo, np.uint32(entry[E_HASH]), e_hi, False
+                lo = hi - min(c, max_len)
+            else:
+                c, s, lo, hi, holes = _locate_range(
+                    e_lo, e_hi, ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
+                    arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
             total += c
             digest += s
-            if hi > lo:
-                w_ptr[nw] = p
-                w_seg[nw] = g
-                w_lo[nw] = lo
-                w_hi[nw] = hi
-                w_holes[nw] = holes
-                w_n[nw] = min(c, max_len)
-                nw += 1
+            if hi <= lo:
+                continue
+            # windows of successive segments whose keys do not overlap are the history in
+            # pieces: copy each as a slice. Otherwise (late events) the merge kernel orders
+            # them. Entry summaries settle most pairs; equal times need the rows' keys.
+            if last >= 0 and not merge[p] and entry[E_TMIN] <= entries[last, E_TMAX]:
+                f = w_seg[nw - 1]
+                ts_first = ts_b[g] + np.int64(ts_l[g][lo])
+                ts_last = ts_b[f] + np.int64(ts_l[f][w_hi[nw - 1] - 1])
+                tb_first = tb_b[g] + np.int64(tb_l[g][lo]) if has_tb else 0
+                tb_last = tb_b[f] + np.int64(tb_l[f][w_hi[nw - 1] - 1]) if has_tb else 0
+                if _key_before(ts_first, tb_first, ts_last, tb_last):
+                    merge[p] = True
+            last = e
+            w_ptr[nw] = p
+            w_seg[nw] = g
+            w_lo[nw] = lo
+            w_hi[nw] = hi
+            w_holes[nw] = holes
+            w_n[nw] = min(c, max_len)
+            nw += 1
         count[p] = total
         checksum[p] = digest
         p_w1[p] = nw
-        # windows of successive segments whose keys do not overlap are the history in
-        # pieces: copy each as a slice. Otherwise (late events) the merge kernel orders them.
-        for j in range(first + 1, nw):
-            g, f = w_seg[j], w_seg[j - 1]
-            ts_first = ts_b[g] + np.int64(ts_l[g][w_lo[j]])
-            ts_last = ts_b[f] + np.int64(ts_l[f][w_hi[j - 1] - 1])
-            tb_first = tb_b[g] + np.int64(tb_l[g][w_lo[j]]) if has_tb else 0
-            tb_last = tb_b[f] + np.int64(tb_l[f][w_hi[j - 1] - 1]) if has_tb else 0
-            if _key_before(ts_first, tb_first, ts_last, tb_last):
-                merge[p] = True
         remaining = min(total, max_len)
         for j in range(nw - 1, first - 1, -1):  # a window with holes cannot start midway
             take = min(w_n[j], remaining)
@@ -302,6 +318,20 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             if not w_holes[j]:
                 w_lo[j] = w_hi[j] - take
             w_n[j] = take
+        # the oldest windows gave nothing (the newest max_len were found before them): drop them
+        drop = 0
+        while first + drop < nw and w_n[first + drop] == 0:
+            drop += 1
+        if drop:
+            for j in range(first, nw - drop):
+                w_seg[j] = w_seg[j + drop]
+                w_lo[j] = w_lo[j + drop]
+                w_hi[j] = w_hi[j + drop]
+                w_holes[j] = w_holes[j + drop]
+                w_n[j] = w_n[j + drop]
+                w_off[j] = w_off[j + drop]
+            nw -= drop
+            p_w1[p] = nw
     return nw
 
 
@@ -416,9 +446,12 @@ def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off, merge, offsets
         if w_n[w] == 0 or merge[p]:
             continue
         g = w_seg[w]
-        hi = w_hi[w] if w_holes[w] else w_lo[w] + w_n[w]
-        _copy_one(src_l[g], base_l[g], add_base, w_lo[w], hi, w_holes[w], ver_l[g], ver_b[g], arr_l[g], arr_b[g],
-                  version[p], version_hi[p], arrival_limit[p], out, offsets[p] + w_off[w])
+        if w_holes[w]:
+            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_hi[w], True, ver_l[g], ver_b[g], arr_l[g],
+                      arr_b[g], version[p], version_hi[p], arrival_limit[p], out, offsets[p] + w_off[w])
+        else:  # a plain slice: no visibility columns to fetch
+            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_lo[w] + w_n[w], False, _NO_ARRIVAL, 0,
+                      _NO_ARRIVAL, 0, 0, 0, 0, out, offsets[p] + w_off[w])
 
 
 @njit(cache=True, nogil=True)

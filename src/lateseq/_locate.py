@@ -20,7 +20,7 @@ from . import _kernels
 from ._errors import PointerError
 from ._events import partition_of
 from ._format import TIME
-from ._kernels import Visibility
+from ._kernels import E_HI, E_LO, E_SEG, E_TMAX, E_TMIN, E_VMAX, E_HASH, ENTRY_WIDTH, Visibility
 from ._schema import Schema
 from ._segments import Segment, UserIndex
 
@@ -37,16 +37,22 @@ class PartitionView:
         seg = np.repeat(np.arange(len(segments)), [len(s.user_ids) for s in segments])
         order = np.lexsort((seg, ids))  # by user, then segment order
         ids = ids[order]
-        self.e_seg = seg[order].astype(np.int64)
-        self.e_lo = np.concatenate([s.starts for s in segments])[order]
-        self.e_hi = np.concatenate([s.ends for s in segments])[order].astype(np.int64)
         new = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
         self.users = UserIndex(ids[new])
         self.first = np.append(np.flatnonzero(new), len(ids)).astype(np.int64)
+        # one row per (user, segment) range, a cache line each: a user's rows are adjacent,
+        # and the summary lets the kernel settle a range wholly before a request (every
+        # older segment of a time-ordered history) without a probe into the segment
+        self.entries = np.zeros((len(ids), ENTRY_WIDTH), np.int64)
+        self.entries[:, E_SEG] = seg[order]
+        self.entries[:, E_LO] = np.concatenate([s.starts for s in segments])[order]
+        self.entries[:, E_HI] = np.concatenate([s.ends for s in segments])[order]
+        for column, values in zip((E_TMIN, E_TMAX, E_VMAX, E_HASH), zip(*map(_summary, segments)), strict=True):
+            self.entries[:, column] = np.concatenate(values)[order]
         self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
         self._lock = threading.Lock()
 
-    def entries(self, found: np.ndarray) -> int:
+    def ranges(self, found: np.ndarray) -> int:
         """How many (user, segment) ranges the users at ``found`` have (window capacity)."""
         found = found[found >= 0]
         return int((self.first[found + 1] - self.first[found]).sum())
@@ -75,6 +81,21 @@ class PartitionView:
         for _ in self.segments:
             listed.append(_NO_COLUMN)
         return listed, np.zeros(len(self.segments), np.int64)
+
+
+def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
+    """Per user of ``segment``: first time, last time, newest version and the hash of its
+    rows (as the kernels read them: absolute int64 values, the hash's bits)."""
+    lo, hi = segment.starts, segment.ends.astype(np.int64)
+    if not segment.info.rows:
+        return (np.zeros(len(lo), np.int64),) * 4
+    last = np.maximum(hi - 1, 0)
+    ts, hcum = segment.stored(TIME), segment.stored("_hcum")
+    tmin = segment.base(TIME) + ts[np.minimum(lo, len(ts) - 1)].astype(np.int64)
+    tmax = segment.base(TIME) + ts[last].astype(np.int64)
+    vmax = segment.base("_version") + segment.stored("_vmax")[last].astype(np.int64)
+    before = np.where(lo > 0, hcum[np.maximum(lo - 1, 0)], np.uint32(0))
+    return tmin, tmax, vmax, (hcum[last] - before).astype(np.int64)
 
 
 @dataclass
@@ -137,7 +158,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         if len(view.segments) == 1:
             located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, located))
             continue
-        capacity = view.entries(found)
+        capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64))
@@ -145,7 +166,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         found = _kernels._locate_view(
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
             np.int64(max_len), view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
-            view.e_seg, view.e_lo, view.e_hi, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
+            view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
             view.column("_vmin")[0], view.column("_hcum")[0], *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
             located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off)
@@ -160,8 +181,8 @@ def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, req
     """A partition held by one segment (a compacted version): each pointer has at most
     one window, and the segment's arrays go to the kernel as they are."""
     segment = view.segments[0]
-    user_lo = np.where(found >= 0, view.e_lo[found], 0)
-    user_hi = np.where(found >= 0, view.e_hi[found], 0)
+    user_lo = np.where(found >= 0, view.entries[found, E_LO], 0)
+    user_hi = np.where(found >= 0, view.entries[found, E_HI], 0)
     count, checksum, lo, hi, holes = _kernels.locate(
         user_lo, user_hi, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
         segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 from collections import OrderedDict
 from functools import cached_property
@@ -74,10 +75,10 @@ class UserIndex:
         return np.where(self.ids[pos] == users, pos, -1)
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
+def _identity(path: Path | str) -> tuple[int, ...] | None:
     """What tells one file at ``path`` from a replacement (None: no file)."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -97,10 +98,14 @@ class SegmentCache:
         self.cache = cache
         self._size = size
         self._open: OrderedDict[str, Segment] = OrderedDict()
+        self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
         self._lock = threading.Lock()
 
     def get(self, info: SegmentInfo) -> Segment:
-        current = _identity(decoded_file(self.cache, info.name))
+        path = self._paths.get(info.name)
+        if path is None:
+            path = self._paths[info.name] = str(decoded_file(self.cache, info.name))
+        current = _identity(path)
         with self._lock:
             segment = self._open.pop(info.name, None)
             if segment is not None and current is not None and segment.identity == current:
