@@ -19,7 +19,7 @@ from ._errors import (
 )
 from ._jagged import JaggedBatch
 from ._loader import iter_batches
-from ._materialize import materialize
+from ._materialize import materialize, materialize_tenants
 from ._pointers import (
     POINTER_BYTES,
     POINTER_FIELDS,
@@ -27,9 +27,10 @@ from ._pointers import (
     log_examples,
     make_pointers,
 )
-from ._projection import Projection
+from ._projection import Filter, Projection
 from ._schema import Schema
 from ._store import Store
+from ._tenants import check_tenants, load_tenants
 from ._versions import VersionInfo
 
 __version__ = "0.1.0"
@@ -51,12 +52,13 @@ def create(path: str | os.PathLike, schema: Schema) -> Store:
 
 
 __all__ = [
-    "POINTER_BYTES",
-    "POINTER_FIELDS",
     "ChecksumMismatch",
     "CommitConflict",
+    "Filter",
     "JaggedBatch",
     "LateseqError",
+    "POINTER_BYTES",
+    "POINTER_FIELDS",
     "PointerError",
     "Pointers",
     "Projection",
@@ -66,10 +68,13 @@ __all__ = [
     "StoreError",
     "VersionInfo",
     "VersionNotFound",
+    "check_tenants",
     "create",
     "iter_batches",
+    "load_tenants",
     "log_examples",
     "make_pointers",
     "materialize",
+    "materialize_tenants",
     "open",
 ]

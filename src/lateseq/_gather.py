@@ -15,6 +15,7 @@ from ._kernels import Visibility, copy_windows
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
+from ._schema import Schema
 from ._store import Store
 
 
@@ -39,26 +40,15 @@ def gather(
     visibility = pointers.visibility
     located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len)
 
-    mismatched = np.zeros(len(pointers), bool)
-    if verify:
-        mismatched = (located.count != pointers.length) | (located.checksum != pointers.checksum)
-        if on_mismatch == "raise" and mismatched.any():
-            rows = np.flatnonzero(mismatched)
-            raise ChecksumMismatch(
-                f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
-                f"(first rows: {rows[:5].tolist()}); the store lost or gained events those "
-                "pointers counted. Use on_mismatch='flag' to keep the batch and drop them.",
-                rows.tolist(),
-            )
-
+    mismatched = compare(pointers, located, verify, on_mismatch)
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    merged = [_merge(store, located, w, visibility, offsets) for w in located.partitions]
+    merged = [merge_runs(store, located, w, visibility, offsets) for w in located.partitions]
     single = [visibility.take(w.ptr) if w.single else None for w in located.partitions]
     values = {}
     for name in columns:
-        dtype = _output_dtype(store, name)
+        dtype = output_dtype(store.schema, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
         for w, runs, seen_by in zip(located.partitions, merged, single, strict=True):
@@ -81,8 +71,25 @@ def gather(
     return JaggedBatch(offsets, values, mismatched)
 
 
-def _merge(store: Store, located: Located, w: Windows, visibility: Visibility,
-           offsets: np.ndarray) -> tuple[np.ndarray, ...]:
+def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Literal["raise", "flag"]) -> np.ndarray:
+    """Which rebuilt histories differ from their pointer's length and checksum (all False
+    without ``verify``); with ``on_mismatch="raise"``, raises ChecksumMismatch on any."""
+    mismatched = np.zeros(len(pointers), bool)
+    if verify:
+        mismatched = (located.count != pointers.length) | (located.checksum != pointers.checksum)
+        if on_mismatch == "raise" and mismatched.any():
+            rows = np.flatnonzero(mismatched)
+            raise ChecksumMismatch(
+                f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
+                f"(first rows: {rows[:5].tolist()}); the store lost or gained events those "
+                "pointers counted. Use on_mismatch='flag' to keep the batch and drop them.",
+                rows.tolist(),
+            )
+    return mismatched
+
+
+def merge_runs(store: Store, located: Located, w: Windows, visibility: Visibility,
+               offsets: np.ndarray) -> tuple[np.ndarray, ...]:
     """Runs (segment, lo, hi, output position) holding the events of this partition's
     pointers whose windows overlap in time, chosen newest first by (time, tie-break,
     segment order)."""
@@ -100,8 +107,9 @@ def _merge(store: Store, located: Located, w: Windows, visibility: Visibility,
     return runs
 
 
-def _output_dtype(store: Store, name: str) -> np.dtype:
-    if name == store.schema.time_col:
+def output_dtype(schema: Schema, name: str) -> np.dtype:
+    """The dtype a column is returned in (times as int64, bools as bool)."""
+    if name == schema.time_col:
         return np.dtype(np.int64)
-    dtype = store.schema.columns[name]
+    dtype = schema.columns[name]
     return np.dtype(np.bool_ if dtype == "bool" else dtype)

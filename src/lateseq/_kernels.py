@@ -523,3 +523,95 @@ def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndar
     _merge_newest(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, np.int64(max_len),
                   out_offsets, out)
     return out_offsets, out
+
+
+# ---------------------------------------------------------------- selection (windows, filters)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _passes(value, mode, values):  # pragma: no cover - compiled
+    if mode == 0:
+        for v in values:
+            if v == value:
+                return True
+        return False
+    if mode == 1:
+        return (value & values[0]) != 0
+    return (value & values[0]) == values[0]
+
+
+@njit(cache=True, nogil=True)
+def _select(emit, c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
+            ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
+            f_l, f_b, has_filter, f_mode, f_values,
+            lengths, r_ptr, r_seg, r_lo, r_hi, r_rank):  # pragma: no cover - tests/naive.py: select_reference
+    """Each pointer's newest ``max_len`` events that are at or after ``lower[p]`` (with
+    ``has_window``) and pass the filter, from its candidate ranges (grouped by pointer,
+    newest first, each ascending rows of one segment; ``c_holes``: check visibility).
+    Writes ``lengths`` and, with ``emit``, the runs of consecutive chosen rows with the
+    rank (0 = newest) of each run's newest row. Returns (runs, rows scanned one by one)."""
+    k = 0
+    scanned = 0
+    c = 0
+    n = c_ptr.shape[0]
+    while c < n:
+        p = c_ptr[c]
+        taken = 0
+        done = False
+        while c < n and c_ptr[c] == p:
+            if done or taken >= max_len:
+                c += 1
+                continue
+            g, lo, hi = c_seg[c], c_lo[c], c_hi[c]
+            if not c_holes[c] and not has_filter:  # a slice: cut by the window, then by length
+                a = lo
+                if has_window:
+                    ts, tb = ts_l[g], ts_b[g]
+                    b = hi
+                    while a < b:
+                        mid = (a + b) >> 1
+                        if tb + np.int64(ts[mid]) < lower[p]:
+                            a = mid + 1
+                        else:
+                            b = mid
+                    done = a > lo
+                take = min(hi - a, max_len - taken)
+                if take > 0:
+                    if emit:
+                        r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, hi - take, hi, taken
+                    k += 1
+                    taken += take
+                c += 1
+                continue
+            run_hi = -1
+            run_rank = 0
+            i = hi - 1
+            while i >= lo and taken < max_len:
+                scanned += 1
+                keep = True
+                if c_holes[c] and not _visible(i, ver_l[g], ver_b[g], arr_l[g], arr_b[g], version[p],
+                                               version_hi[p], arrival_limit[p]):
+                    keep = False
+                elif has_window and ts_b[g] + np.int64(ts_l[g][i]) < lower[p]:
+                    done = True
+                    break
+                elif has_filter and not _passes(f_b[g] + np.int64(f_l[g][i]), f_mode, f_values):
+                    keep = False
+                if keep:
+                    if run_hi < 0:
+                        run_hi = i + 1
+                        run_rank = taken
+                    taken += 1
+                elif run_hi >= 0:
+                    if emit:
+                        r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, i + 1, run_hi, run_rank
+                    k += 1
+                    run_hi = -1
+                i -= 1
+            if run_hi >= 0:
+                if emit:
+                    r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, i + 1, run_hi, run_rank
+                k += 1
+            c += 1
+        lengths[p] = taken
+    return k, scanned

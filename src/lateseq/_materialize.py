@@ -3,16 +3,19 @@ inline tails, or stripped ones) to the exact sequences online saw."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from ._gather import gather
+from ._errors import SchemaError
+from ._gather import compare, gather
 from ._jagged import JaggedBatch, stitch
-from ._pointers import Pointers
+from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming
+from ._select import FULL, select, transform
 from ._store import Store
 
 
@@ -34,6 +37,17 @@ def materialize(
     record's; a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks
     the row. Two-tier records are always verified (their merge relies on it).
     """
+    if projection.selects:
+        return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
+    batch = _rebuild(store, examples, projection, verify, on_mismatch)
+    if projection.transforms:
+        pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
+        batch = transform(batch, projection, store.schema, pointers.request_ts)
+    return batch
+
+
+def _rebuild(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, projection: Projection, verify: bool,
+             on_mismatch: Literal["raise", "flag"]) -> JaggedBatch:
     if isinstance(examples, Pointers) or not is_two_tier(examples):
         return gather(store, examples, projection, verify=verify, on_mismatch=on_mismatch)
     stripped = examples.column("tail_version").to_numpy() > 0
@@ -45,3 +59,38 @@ def materialize(
         index = np.flatnonzero(mask)
         parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
     return stitch(parts, len(stripped))
+
+def materialize_tenants(
+    store: Store,
+    examples: Pointers | pa.Table | pa.RecordBatch,
+    tenants: Mapping[str, Projection],
+    *,
+    verify: bool = True,
+    on_mismatch: Literal["raise", "flag"] = "raise",
+) -> dict[str, JaggedBatch]:
+    """Rebuilds ``examples`` for several tenants (name -> Projection) in one pass.
+
+    Each history is located (and verified) once; each tenant then gets its own batch
+    with its window, filter, length and columns. A two-tier log is rebuilt once per
+    tenant instead, and only for tenants without a window or filter.
+    """
+    tenants = dict(tenants)
+    for name, projection in tenants.items():
+        if not isinstance(projection, Projection):
+            raise SchemaError(f"tenant {name!r}: expected a lateseq.Projection, got {type(projection).__name__}")
+        try:
+            projection.resolve(store.schema)
+        except SchemaError as exc:
+            raise SchemaError(f"tenant {name!r}: {exc}") from None
+    if not isinstance(examples, Pointers) and is_two_tier(examples):
+        selecting = [name for name, p in tenants.items() if p.selects]
+        if selecting:
+            raise SchemaError(f"tenants {selecting} select by window or filter, which reads plain pointer logs; "
+                              "this is a two-tier log (strip it with `lateseq strip`, or log plain pointers)")
+        return {name: materialize(store, examples, p, verify=verify, on_mismatch=on_mismatch)
+                for name, p in tenants.items()}
+    pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL)
+    mismatched = compare(pointers, located, verify, on_mismatch)
+    return {name: batch for name, (batch, _) in select(store, pointers, located, tenants, mismatched).items()}
+

@@ -1,30 +1,118 @@
-"""Projections: the slice of each history one model (tenant) reads."""
+"""Projections: the slice of each history one model (tenant) reads.
+
+A projection selects on every dimension a model asks for, and the read path pushes each
+one down: columns (only those are copied), length (only the newest part of a history),
+a time window and an event filter (rows they drop are never copied).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._errors import SchemaError
-from ._schema import Schema
+from ._schema import TIME_UNITS, Schema
+
+TRANSFORMS = {
+    "age": "request time minus event time, in the store's time unit (int64)",
+    "age_s": "request time minus event time, in whole seconds (int64); needs a store with a time_unit",
+}
+_WINDOW = re.compile(r"^\s*(\d+)\s*(d|h|m|s|ms|us|ns)\s*$")
+_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_INTEGER_TYPES = ("int8", "int16", "int32", "int64", "bool")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events a projection keeps, by one integer (or bool) payload column:
+    ``isin`` (its value is one of these), or ``any_bits`` / ``all_bits`` (a flags column
+    has any / all of these bits set). Exactly one of the three is given."""
+
+    column: str
+    isin: tuple[int, ...] | None = None
+    any_bits: int | None = None
+    all_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("isin", "any_bits", "all_bits") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SchemaError(f"filter on {self.column!r} needs exactly one of isin, any_bits, all_bits; got "
+                              f"{given or 'none'}")
+        if self.isin is not None:
+            values = tuple(self.isin) if not isinstance(self.isin, (str, bytes)) else None
+            if not values or not all(_is_int(v) for v in values):
+                raise SchemaError(f"filter on {self.column!r}: isin must be a non-empty list of integers, "
+                                  f"got {self.isin!r}")
+            object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
+        for key in ("any_bits", "all_bits"):
+            bits = getattr(self, key)
+            if bits is not None and (not _is_int(bits) or bits <= 0):
+                raise SchemaError(f"filter on {self.column!r}: {key} must be a positive integer mask, got {bits!r}")
+
+    @property
+    def mode(self) -> int:
+        """0: isin, 1: any_bits, 2: all_bits (what the selection kernel branches on)."""
+        return 0 if self.isin is not None else 1 if self.any_bits is not None else 2
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        return self.isin if self.isin is not None else (self.any_bits if self.any_bits is not None else self.all_bits,)
 
 
 @dataclass(frozen=True)
 class Projection:
-    """The newest ``max_len`` events before each request, with only the named columns.
+    """The newest ``max_len`` events before each request that a model reads.
 
     ``columns`` and ``feature_groups`` select payload columns (the time column may be
-    named too); with neither, every payload column is read.
+    named too); with neither, every payload column is read. ``window`` keeps only events
+    at most that long before the request (an int in the store's time unit, a
+    ``datetime.timedelta``, or a string such as ``"90d"``, ``"12h"``, ``"30m"``,
+    ``"45s"``); ``where`` keeps only events passing a :class:`Filter`. Both apply before
+    the length: the result is the newest ``max_len`` events in the window that pass the
+    filter. ``transforms`` maps an output column (the time column) to one of
+    :data:`TRANSFORMS`, done as the sequence is copied out.
+
+    The pointer's length and checksum always describe the whole visible history, so
+    verification works for every projection at the same (nearly nil) cost.
     """
 
     max_len: int
     columns: tuple[str, ...] = ()
     feature_groups: tuple[str, ...] = ()
+    window: int | dt.timedelta | str | None = None
+    where: Filter | None = None
+    transforms: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_len, int) or isinstance(self.max_len, bool) or self.max_len < 1:
+        if not _is_int(self.max_len) or self.max_len < 1:
             raise SchemaError(f"max_len must be a positive integer, got {self.max_len!r}")
-        object.__setattr__(self, "columns", tuple(self.columns))
-        object.__setattr__(self, "feature_groups", tuple(self.feature_groups))
+        for name in ("columns", "feature_groups"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)):
+                raise SchemaError(f"{name} must be a list of names, not the string {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if self.window is not None:
+            _window_parts(self.window)  # a malformed window fails here, not at the first read
+        if self.where is not None and not isinstance(self.where, Filter):
+            raise SchemaError(f"where must be a lateseq.Filter, not {type(self.where).__name__}")
+        if not isinstance(self.transforms, Mapping):
+            raise SchemaError(f"transforms must map column names to transforms, got {self.transforms!r}")
+        bad = {k: v for k, v in self.transforms.items() if v not in TRANSFORMS}
+        if bad:
+            raise SchemaError(f"unknown transforms {bad}; known: {sorted(TRANSFORMS)}")
+        object.__setattr__(self, "transforms", dict(self.transforms))
+
+    def __hash__(self) -> int:
+        return hash((self.max_len, self.columns, self.feature_groups, self.window, self.where,
+                     tuple(sorted(self.transforms.items()))))
+
+    @property
+    def selects(self) -> bool:
+        """Whether rows are chosen by more than their recency (a window or a filter)."""
+        return self.window is not None or self.where is not None
 
     def resolve(self, schema: Schema) -> list[str]:
         """The stored column names to read, in a stable order, checked against ``schema``."""
@@ -41,4 +129,66 @@ class Projection:
             wanted += groups[g]
         if not wanted:
             wanted = list(schema.columns)
-        return list(dict.fromkeys(wanted))
+        wanted = list(dict.fromkeys(wanted))
+        for name, transform in self.transforms.items():
+            if name != schema.time_col:
+                raise SchemaError(f"transform {transform!r} applies to the time column {schema.time_col!r}, "
+                                  f"not {name!r}")
+            if name not in wanted:
+                raise SchemaError(f"transform {transform!r} on {name!r}, which the projection does not read; "
+                                  f"add it to columns")
+            if transform == "age_s" and schema.time_unit is None:
+                raise SchemaError("transform 'age_s' needs a store with a time_unit; this one holds plain "
+                                  "integers: use 'age' (in the store's own unit)")
+        if self.where is not None:
+            dtype = schema.columns.get(self.where.column)
+            if dtype is None:
+                raise SchemaError(f"filter names unknown column {self.where.column!r}; the store's payload "
+                                  f"columns are {sorted(schema.columns)}")
+            if dtype not in _INTEGER_TYPES:
+                raise SchemaError(f"filter column {self.where.column!r} has type {dtype}; filters need an "
+                                  "integer or bool column")
+        self.window_in(schema)
+        return wanted
+
+    def window_in(self, schema: Schema) -> int | None:
+        """The window as a count of the store's time unit (None: no window)."""
+        if self.window is None:
+            return None
+        amount, unit = _window_parts(self.window)
+        if unit is None:
+            return amount
+        if schema.time_unit is None:
+            raise SchemaError(f"window {self.window!r} has a unit, but this store's times are plain integers "
+                              "(no time_unit): give the window as an integer in the store's own unit")
+        per_second = 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+        if unit in _SECONDS:
+            return amount * _SECONDS[unit] * per_second
+        ticks = amount * 10 ** (3 * TIME_UNITS.index(schema.time_unit)) // 10 ** (3 * TIME_UNITS.index(unit))
+        if ticks * 10 ** (3 * TIME_UNITS.index(unit)) != amount * 10 ** (3 * TIME_UNITS.index(schema.time_unit)):
+            raise SchemaError(f"window {self.window!r} is finer than the store's time unit {schema.time_unit!r}")
+        return ticks
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _window_parts(window: int | dt.timedelta | str) -> tuple[int, str | None]:
+    """(amount, unit) of a window; unit None: already in the store's unit."""
+    if _is_int(window):
+        if window < 1:
+            raise SchemaError(f"window must be positive, got {window!r}")
+        return int(window), None
+    if isinstance(window, dt.timedelta):
+        micros = (window.days * 86_400 + window.seconds) * 1_000_000 + window.microseconds
+        if micros <= 0:
+            raise SchemaError(f"window must be positive, got {window!r}")
+        return micros, "us"
+    if isinstance(window, str):
+        match = _WINDOW.match(window)
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1)), match.group(2)
+    raise SchemaError(f"window must be a positive integer (store time units), a timedelta, or a string like "
+                      f"'90d', '12h', '30m', '45s', '500ms'; got {window!r}")
+

@@ -16,11 +16,14 @@ example comes out exactly once; ``state_dict``/``load_state_dict`` let torchdata
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +35,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
 from ._errors import PointerError, SchemaError
+from ._format import TIME
 from ._jagged import JaggedBatch
 from ._loader import _open_parquet
 from ._materialize import materialize
-from ._pointers import POINTER_FIELDS
+from ._pointers import POINTER_FIELDS, pointers_from_log
 from ._projection import Projection
 from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
 from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
@@ -260,7 +264,11 @@ class ExampleDataset(IterableDataset):
     Every example comes out exactly once per epoch; with ``shuffle``, in a new order
     each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
-    user. ``drop_last`` drops each shard's short last batch. ``example_columns``
+    user. ``prefetch`` overlaps I/O with work: a background thread reads batch i+1's
+    rows of the log and asks the kernel to read its histories' pages ahead
+    (``madvise(WILLNEED)``) while batch i is materialized, so a cold store is read
+    with many requests in flight instead of one page fault at a time; batches are
+    the same either way. ``drop_last`` drops each shard's short last batch. ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``).
@@ -268,7 +276,8 @@ class ExampleDataset(IterableDataset):
 
     def __init__(self, store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
                  projection: Projection, *, batch_size: int = 1024, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, affinity: bool = False, example_columns: Sequence[str] | None = None,
+                 drop_last: bool = False, affinity: bool = False, prefetch: bool = False,
+                 example_columns: Sequence[str] | None = None,
                  verify: bool = True, rank: int | None = None, world_size: int | None = None,
                  block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
         super().__init__()
@@ -287,21 +296,14 @@ class ExampleDataset(IterableDataset):
                 num_rows = meta.num_rows
                 row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
             self._table, self._path = None, os.fspath(examples)
-        missing = [f.name for f in POINTER_FIELDS if f.name not in schema.names]
-        if missing:
-            raise PointerError(f"example log is missing pointer columns {missing}; "
-                               "make pointers with lateseq.log_examples or `lateseq pointers`")
-        self.example_columns = _example_columns(schema, example_columns)
-        protocol = [f.name for f in POINTER_FIELDS]
-        if is_two_tier(schema.empty_table()):
-            protocol += [n for n in schema.names if n in RECORD_FIELDS.names or n.startswith(TAIL_PREFIX)]
-        self._read = list(dict.fromkeys(protocol + self.example_columns))
+        self._read, self.example_columns = _log_columns(schema, example_columns)
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
             rank = (dist.get_rank() if ready else 0) if rank is None else rank
             world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
         self.verify = verify
+        self.prefetch = bool(prefetch)
         self.epoch = 0
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
@@ -362,31 +364,46 @@ class ExampleDataset(IterableDataset):
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
         source = None if self._table is not None else _open_parquet(self._path)
-        reorder = plan.shuffle or plan.affinity
-        window: tuple[int, pa.Table, np.ndarray, np.ndarray] | None = None
+        reads = self._reads(plan, source, start)
+        if self.prefetch:
+            reads = _ahead(reads, lambda read: _will_need(self.store, read[0], self.projection))
         try:
-            for parts in plan.slices(start):
+            while True:
                 t0 = time.perf_counter()
-                pieces, rows = [], []
-                for w, lo, hi in parts:
-                    if window is None or window[0] != w:
-                        window = self._window(plan, source, w)
-                    _, table, window_rows, order = window
-                    pieces.append(table.take(pa.array(order[lo:hi])) if reorder else table.slice(lo, hi - lo))
-                    rows.append(window_rows[order[lo:hi]])
-                examples = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
+                read = next(reads, None)
+                if read is None:
+                    return
+                examples, rows, read_s = read
                 t1 = time.perf_counter()
                 sequences = materialize(self.store, examples, self.projection, verify=self.verify)
                 t2 = time.perf_counter()
-                batch = self._batch(np.concatenate(rows), examples, sequences)
-                batch.stats = BatchStats(t1 - t0, t2 - t1, time.perf_counter() - t0,
+                batch = self._batch(rows, examples, sequences)
+                batch.stats = BatchStats(read_s, t2 - t1, time.perf_counter() - t0,
                                          len(batch) - len(np.unique(examples.column("user_id").to_numpy())))
                 self._yielded += 1  # before the yield: a checkpoint taken now must count it
                 self.metrics.add(batch)
                 yield batch
         finally:
+            reads.close()  # first: a prefetch under way still reads from the source
             if source is not None:
                 source.close()
+
+    def _reads(self, plan: ShardPlan, source: Any, start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
+        """Each batch's rows of the log (served order), their row numbers, and the seconds
+        reading them took."""
+        reorder = plan.shuffle or plan.affinity
+        window: tuple[int, pa.Table, np.ndarray, np.ndarray] | None = None
+        for parts in plan.slices(start):
+            t0 = time.perf_counter()
+            pieces, rows = [], []
+            for w, lo, hi in parts:
+                if window is None or window[0] != w:
+                    window = self._window(plan, source, w)
+                _, table, window_rows, order = window
+                pieces.append(table.take(pa.array(order[lo:hi])) if reorder else table.slice(lo, hi - lo))
+                rows.append(window_rows[order[lo:hi]])
+            examples = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
+            yield examples, np.concatenate(rows), time.perf_counter() - t0
 
     def _window(self, plan: ShardPlan, source: Any, w: int) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
         """A window's rows of the log (read order), their row numbers, and their serving order."""
@@ -411,11 +428,79 @@ class ExampleDataset(IterableDataset):
         )
 
 
+# ---------------------------------------------------------------------- prefetching
+
+T = TypeVar("T")
+_PAGE = mmap.PAGESIZE
+_MADV_WILLNEED = 3
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _ahead(items: Iterator[T], touch: Callable[[T], None]) -> Iterator[T]:
+    """``items`` one ahead: a background thread makes item i+1 and ``touch``es it while
+    item i is in use. Closing the generator waits for the item under way."""
+    def make() -> T | None:
+        item = next(items, None)
+        if item is not None:
+            touch(item)
+        return item
+
+    with ThreadPoolExecutor(1, thread_name_prefix="lateseq-prefetch") as pool:
+        pending = pool.submit(make)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(make)
+            yield item
+
+
+def _will_need(store: Store, examples: pa.Table, projection: Projection) -> None:
+    """Asks the kernel to read ahead the pages of the projected columns that the
+    histories of ``examples`` will be copied from (the locate step, then one
+    ``madvise(WILLNEED)`` per run of pages): a hint, which changes no result."""
+    pointers = pointers_from_log(examples.select([f.name for f in POINTER_FIELDS]), store.schema)
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, projection.max_len)
+    names = [TIME if c == store.schema.time_col else c for c in projection.resolve(store.schema)]
+    for w in located.partitions:
+        for k, segment in enumerate(w.view.segments):
+            mine = (w.seg == k) & (w.hi > w.lo)
+            lo, hi = w.lo[mine], w.hi[mine]
+            for name in names:
+                _will_need_rows(segment.stored(name), lo, hi)
+
+
+def _will_need_rows(column: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """``madvise(WILLNEED)`` on the pages holding rows [lo, hi) of a mapped column, one
+    call per run of adjacent or overlapping pages."""
+    if not len(lo) or not column.nbytes:
+        return
+    start = column.ctypes.data + lo * column.itemsize
+    end = column.ctypes.data + hi * column.itemsize
+    first, last = start // _PAGE, (end - 1) // _PAGE + 1
+    order = np.argsort(first, kind="stable")
+    first, last = first[order], np.maximum.accumulate(last[order])
+    new_run = np.r_[True, first[1:] > last[:-1]]
+    for a, b in zip(first[new_run].tolist(), np.r_[last[:-1][new_run[1:]], last[-1]].tolist(), strict=True):
+        _libc.madvise(ctypes.c_void_p(a * _PAGE), ctypes.c_size_t((b - a) * _PAGE), _MADV_WILLNEED)
+
+
 def _fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """What a saved position means: resuming under another plan would repeat or skip rows."""
     out = {k: v for k, v in config.items() if k != "row_groups"}
     out["row_groups"] = None if config["row_groups"] is None else len(config["row_groups"])
     return out
+
+
+def _log_columns(schema: pa.Schema, requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(the columns of the log to read: the protocol's, then the example columns; the
+    example columns), checked: the pointer columns must be there."""
+    missing = [f.name for f in POINTER_FIELDS if f.name not in schema.names]
+    if missing:
+        raise PointerError(f"example log is missing pointer columns {missing}; "
+                           "make pointers with lateseq.log_examples or `lateseq pointers`")
+    examples = _example_columns(schema, requested)
+    protocol = [f.name for f in POINTER_FIELDS]
+    if is_two_tier(schema.empty_table()):
+        protocol += [n for n in schema.names if n in RECORD_FIELDS.names or n.startswith(TAIL_PREFIX)]
+    return list(dict.fromkeys(protocol + examples)), examples
 
 
 def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list[str]:

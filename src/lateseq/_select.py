@@ -1,0 +1,139 @@
+"""Many projections from one pass: each history located once, then every tenant's
+window, filter and length chosen from it, and only the chosen rows copied.
+
+``locate`` runs at full length, so its windows span each pointer's whole visible
+history (its length and checksum are the pointer's, whatever a tenant keeps). Each
+tenant then walks those windows newest first: a slice it takes whole costs one binary
+search (a window cut) or none; a filter reads its one column row by row and nothing
+else. The chosen rows become runs, and only the runs of the columns a tenant reads are
+copied, by the same kernel for every tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+from ._format import TIME
+from ._gather import merge_runs, output_dtype
+from ._jagged import JaggedBatch
+from ._kernels import Visibility
+from ._locate import Located, Windows
+from ._pointers import Pointers
+from ._projection import Projection
+from ._schema import TIME_UNITS, Schema
+from ._store import Store
+
+FULL = 1 << 62  # "no length limit" for locate: windows span the whole visible history
+_NO_FILTER = np.zeros(1, np.int64)
+
+
+@dataclass
+class Touched:
+    """What a tenant's read touched in the store's columns, in bytes: rows copied out of
+    the columns it reads, and rows its filter (or window) scanned one by one."""
+
+    copied: int = 0
+    scanned: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.copied + self.scanned
+
+
+def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[str, Projection],
+           mismatched: np.ndarray) -> dict[str, tuple[JaggedBatch, Touched]]:
+    """Each tenant's sequences for ``pointers``, from ``located`` (made at length FULL)."""
+    schema = store.schema
+    candidates = [_candidates(store, located, w, pointers.visibility) for w in located.partitions]
+    out = {}
+    for name, projection in tenants.items():
+        columns = projection.resolve(schema)
+        window = projection.window_in(schema)
+        lower = pointers.request_ts - window if window is not None else pointers.request_ts
+        lengths = np.zeros(len(pointers), np.int64)
+        picked = []
+        touched = Touched()
+        for w, cand in zip(located.partitions, candidates, strict=True):
+            runs, scanned = _runs(schema, w, cand, projection, lower, pointers.visibility, lengths)
+            picked.append(runs)
+            touched.scanned += scanned * _scan_bytes(store, w, projection)
+        offsets = np.zeros(len(pointers) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = {}
+        for column in columns:
+            stored = TIME if column == schema.time_col else column
+            dtype = output_dtype(schema, column)
+            target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+            for w, (ptr, seg, lo, hi, rank) in zip(located.partitions, picked, strict=True):
+                if not len(ptr):
+                    continue
+                src, bases = w.view.column(stored)
+                dst = offsets[ptr] + lengths[ptr] - rank - (hi - lo)
+                _kernels._copy_runs(seg, lo, hi, dst, src, bases.astype(target.dtype), target.dtype.kind != "f",
+                                    target)
+                touched.copied += int((hi - lo).sum()) * w.view.segments[0].stored(stored).dtype.itemsize
+            values[column] = target.view(np.bool_) if dtype == np.bool_ else target
+        batch = JaggedBatch(offsets, values, mismatched)
+        out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
+    return out
+
+
+def transform(batch: JaggedBatch, projection: Projection, schema: Schema, request_ts: np.ndarray) -> JaggedBatch:
+    """``batch`` with ``projection.transforms`` applied (a new array per transformed column)."""
+    for name, how in projection.transforms.items():
+        age = np.repeat(request_ts, np.diff(batch.offsets)) - batch.values[name]
+        if how == "age_s":
+            age //= 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+        batch.values[name] = age
+    return batch
+
+
+def _candidates(store: Store, located: Located, w: Windows, visibility: Visibility) -> tuple[np.ndarray, ...]:
+    """(pointer, segment, lo, hi, holes) of every range a pointer's history lies in,
+    grouped by pointer, newest first: its windows, or where they overlap in time (late
+    events, uncompacted) the runs the merge kernel orders them into."""
+    if w.single:
+        return w.ptr, w.seg, w.lo, w.hi, w.holes
+    plain = ~located.merge[w.ptr]
+    ptr, seg, lo, hi, holes = (a[plain][::-1] for a in (w.ptr, w.seg, w.lo, w.hi, w.holes))
+    merging = w.rows[located.merge[w.rows]]
+    if len(merging):
+        offsets = np.zeros(len(located.count) + 1, np.int64)
+        np.cumsum(np.where(located.merge, located.count, 0), out=offsets[1:])
+        g_seg, g_lo, g_hi, g_dst = merge_runs(store, located, w, visibility, offsets)
+        g_ptr = np.searchsorted(offsets, g_dst, side="right") - 1
+        ptr, seg, lo, hi = (np.concatenate(pair) for pair in ((ptr, g_ptr), (seg, g_seg), (lo, g_lo), (hi, g_hi)))
+        holes = np.concatenate([holes, np.zeros(len(g_seg), bool)])
+    order = np.argsort(ptr, kind="stable")  # by pointer; each pointer's ranges stay newest first
+    return ptr[order], seg[order], lo[order], hi[order], holes[order]
+
+
+def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection,
+          lower: np.ndarray, visibility: Visibility, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """The runs (pointer, segment, lo, hi, rank of the newest row) one tenant takes from
+    one partition's candidates, counted first, then written; and the rows scanned."""
+    view = w.view
+    where = projection.where
+    filtered = view.column(where.column) if where is not None else view.column(None)
+    args = (*cand, lower, projection.window is not None, np.int64(projection.max_len),
+            *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
+            visibility.version, visibility.version_hi, visibility.arrival_limit,
+            *filtered, where is not None, np.int64(where.mode if where is not None else 0),
+            np.array(where.values if where is not None else (0,), np.int64), lengths)
+    empty = np.zeros(0, np.int64)
+    count, scanned = _kernels._select(False, *args, empty, empty, empty, empty, empty)
+    runs = tuple(np.empty(count, np.int64) for _ in range(5))
+    _kernels._select(True, *args, *runs)
+    return runs, scanned
+
+
+def _scan_bytes(store: Store, w: Windows, projection: Projection) -> int:
+    """Bytes per row a row-by-row scan reads: the filter column, the time column for a window."""
+    names = ([projection.where.column] if projection.where is not None else []) + (
+        [TIME] if projection.window is not None else [])
+    return sum(w.view.segments[0].stored(n).dtype.itemsize for n in names)
+

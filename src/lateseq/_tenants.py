@@ -1,0 +1,97 @@
+"""Tenant configs: the projections of several models, declared in a TOML file kept in the
+model's repository and checked against a store's schema before any training starts.
+
+    [tenants.retrieval]
+    columns = ["item_id", "ts"]
+    max_len = 128
+
+    [tenants.engaged]
+    columns = ["item_id", "ts"]
+    max_len = 1024
+    window = "90d"
+    where = { column = "action", isin = [1, 3] }
+    transforms = { ts = "age_s" }
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Any
+
+from ._errors import SchemaError
+from ._projection import Filter, Projection
+from ._schema import Schema
+
+_FIELDS = {"max_len", "columns", "feature_groups", "window", "where", "transforms"}
+_FILTER_FIELDS = {"column", "isin", "any_bits", "all_bits"}
+
+
+def load_tenants(source: str | os.PathLike, schema: Schema | None = None) -> dict[str, Projection]:
+    """The tenants of a TOML config (a path), as name -> Projection, checked against
+    ``schema`` when given. Raises SchemaError listing every problem, each naming the
+    tenant and the field."""
+    problems, tenants = _parse(source)
+    if schema is not None:
+        problems += check_tenants(tenants, schema)
+    if problems:
+        raise SchemaError(f"{os.fspath(source)}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return tenants
+
+
+def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
+    """Every way ``tenants`` do not fit ``schema``, one line each naming the tenant."""
+    problems = []
+    for name, projection in tenants.items():
+        try:
+            projection.resolve(schema)
+        except SchemaError as exc:
+            problems.append(f"tenant {name!r}: {exc}")
+    return problems
+
+
+def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]:
+    try:
+        with open(source, "rb") as file:
+            config = tomllib.load(file)
+    except OSError as exc:
+        raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError(f"{os.fspath(source)}: not valid TOML: {exc}") from None
+    unknown = sorted(set(config) - {"tenants"})
+    if unknown or not isinstance(config.get("tenants"), dict) or not config["tenants"]:
+        raise SchemaError(f"{os.fspath(source)}: expected [tenants.NAME] tables and nothing else; found "
+                          f"{unknown or 'no tenants'}")
+    problems: list[str] = []
+    tenants: dict[str, Projection] = {}
+    for name, spec in config["tenants"].items():
+        try:
+            tenants[name] = _projection(spec)
+        except SchemaError as exc:
+            problems.append(f"tenant {name!r}: {exc}")
+    return problems, tenants
+
+
+def _projection(spec: Any) -> Projection:
+    if not isinstance(spec, dict):
+        raise SchemaError(f"must be a table of fields ({', '.join(sorted(_FIELDS))}), got {spec!r}")
+    unknown = sorted(set(spec) - _FIELDS)
+    if unknown:
+        raise SchemaError(f"unknown field(s) {unknown}; known: {sorted(_FIELDS)}")
+    if "max_len" not in spec:
+        raise SchemaError("field 'max_len' is required (the most recent N events to read)")
+    for key in ("columns", "feature_groups"):
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SchemaError(f"field {key!r} must be a list of names, got {value!r}")
+    where = spec.get("where")
+    if where is not None:
+        if not isinstance(where, dict) or "column" not in where or set(where) - _FILTER_FIELDS:
+            raise SchemaError(f"field 'where' must be a table with 'column' and one of isin, any_bits, all_bits; "
+                              f"got {where!r}")
+        where = Filter(**where)
+    transforms = spec.get("transforms", {})
+    if not isinstance(transforms, dict):
+        raise SchemaError(f"field 'transforms' must be a table of column = transform, got {transforms!r}")
+    return Projection(spec["max_len"], tuple(spec.get("columns", ())), tuple(spec.get("feature_groups", ())),
+                      spec.get("window"), where, transforms)

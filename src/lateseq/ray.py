@@ -1,0 +1,201 @@
+"""Ray Data: sequences rebuilt on CPU workers, handed to the trainer as lateseq Batches.
+
+Disaggregated preprocessing: the trainer's process need not rebuild histories.
+``materialized`` reads an example log as a Ray Dataset and rebuilds each example's
+sequences in a pool of actors (each opens the store once, at the version the driver
+pinned); each output row holds the example's log row number, its example columns and
+one list column per projected column. ``Collate`` turns those Arrow batches into
+``lateseq.torch.Batch`` (values + offsets) in ``iter_torch_batches``, where Ray would
+otherwise make numpy object arrays of ragged lists (ray#44615).
+
+>>> ds = lateseq.ray.materialized(store, "examples.parquet", Projection(200, ("item_id", "ts")), actors=4)
+>>> for batch in ds.iter_torch_batches(batch_size=1024, collate_fn=lateseq.ray.Collate()):
+...     ids = batch.padded("item_id", 200)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+try:
+    import ray.data
+    from ray.data.collate_fn import ArrowBatchCollateFn
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("lateseq.ray needs Ray Data: pip install 'lateseq[ray]'") from exc
+
+from ._errors import SchemaError
+from ._events import partition_of
+from ._loader import _open_parquet
+from ._materialize import materialize
+from ._projection import Projection
+from ._sampling import BLOCK_ROWS
+from ._store import Store
+from .torch import Batch, _example_numpy, _log_columns, _tensor
+
+__all__ = ["ROW", "Collate", "Materializer", "materialized", "read_examples"]
+
+ROW = "row"  # each example's row number in the log
+_PARTITION = "_partition"  # the store partition of the example's user, while grouping
+
+
+def read_examples(examples: pa.Table | str | os.PathLike,
+                  example_columns: Sequence[str] | None = None) -> ray.data.Dataset:
+    """The example log as a Ray Dataset: the columns materializing needs, the example
+    columns, and ``ROW``, each example's row number in the log (Ray's own Parquet reader
+    does not give it; it says which examples came out, and joins them back to the log).
+
+    A Parquet log is read one row group per task; a Table is put in the object store.
+    ``example_columns`` as in ``lateseq.torch.ExampleDataset`` (default: every numeric or
+    bool column but the pointer's).
+    """
+    return _read(examples, example_columns)[0]
+
+
+def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str] | None,
+          blocks: int = 1) -> tuple[ray.data.Dataset, list[str]]:
+    """(the log as a Dataset, its example columns), both from the log's schema alone; a
+    Table is cut into at least ``blocks`` blocks (of at most ``BLOCK_ROWS`` rows), so
+    that as many actors share it."""
+    if isinstance(examples, pa.Table):
+        read, example_columns = _log_columns(examples.schema, example_columns)
+        _check_row_name(read)
+        table = examples.select(read)
+        table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        step = max(1, min(BLOCK_ROWS, -(-table.num_rows // blocks)))
+        return ray.data.from_arrow([table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]), \
+            example_columns
+    with _open_parquet(examples) as source:
+        read, example_columns = _log_columns(source.schema_arrow, example_columns)
+        sizes = [source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)]
+        empty = source.schema_arrow.empty_table().select(read)
+    _check_row_name(read)
+    if not sizes:
+        return ray.data.from_arrow(empty.append_column(ROW, pa.array([], pa.int64()))), example_columns
+    firsts = np.cumsum([0, *sizes[:-1]]).tolist()
+    groups = ray.data.from_items([{"group": g, "first": first} for g, first in enumerate(firsts)])
+    return groups.map_batches(_read_row_groups, batch_size=1, batch_format="pyarrow",
+                              fn_kwargs={"path": os.fspath(examples), "columns": read}), example_columns
+
+
+def _check_row_name(read: list[str]) -> None:
+    if ROW in read:
+        raise SchemaError(f"the example column {ROW!r} clashes with the row numbers lateseq.ray adds; "
+                          "rename it or leave it out of example_columns")
+
+
+def _read_row_groups(groups: pa.Table, path: str, columns: list[str]) -> pa.Table:
+    source = pq.ParquetFile(path)
+    tables = []
+    for group, first in zip(groups.column("group").to_pylist(), groups.column("first").to_pylist(), strict=True):
+        table = source.read_row_group(group, columns=columns)
+        tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))))
+    return pa.concat_tables(tables)
+
+
+class Materializer:
+    """Rebuilds the sequences of batches of an example log (a callable class for Ray
+    Data's ``map_batches`` and ``map_groups``).
+
+    ``store`` pickles as (path, version), so each actor opens exactly the driver's
+    version, once, and keeps its segments mapped across batches. Each call's output:
+    ``ROW``, the example columns, then one list column per projected column
+    (``large_list``: 64-bit offsets, as ``Batch.offsets``), one row per example.
+    """
+
+    def __init__(self, store: Store, projection: Projection, example_columns: Sequence[str],
+                 batch_size: int = 1024, verify: bool = True):
+        self.store = store
+        self.projection = projection
+        self.names = projection.resolve(store.schema)
+        self.example_columns = list(example_columns)
+        clash = [c for c in [ROW, *self.example_columns] if c in self.names]
+        if clash:
+            raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
+        self.batch_size = batch_size
+        self.verify = verify
+
+    def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
+        """Batches of at most ``batch_size`` examples (a group may be bigger)."""
+        for start in range(0, examples.num_rows, self.batch_size):
+            part = examples.slice(start, self.batch_size).combine_chunks()
+            sequences = materialize(self.store, part, self.projection, verify=self.verify)
+            offsets = pa.array(sequences.offsets)
+            lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
+            yield pa.Table.from_arrays([part.column(c) for c in [ROW, *self.example_columns]] + lists,
+                                       names=[ROW, *self.example_columns, *self.names])
+
+
+def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
+                 projection: Projection, *, actors: int = 1, batch_size: int = 1024, by_partition: bool = False,
+                 example_columns: Sequence[str] | None = None, verify: bool = True) -> ray.data.Dataset:
+    """A Ray Dataset of the examples of ``examples`` with their exact sequences, rebuilt
+    by ``actors`` ``Materializer`` actors on CPU workers (every example exactly once;
+    Ray decides the order).
+
+    ``store`` is a handle or a path (opened here at its latest version, which every
+    actor then reads). ``examples`` is an example log (a Parquet path or a Table; see
+    ``read_examples``). ``by_partition`` groups examples by the store
+    partition of their user (a shuffle), so each call maps and reads one partition's
+    segments only: worth it for stores of many partitions whose segments do not all fit
+    in a worker's page cache; each partition's examples must fit in a worker's memory.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    projection.resolve(store.schema)  # unknown columns fail here, not in an actor
+    if not isinstance(actors, int) or isinstance(actors, bool) or actors < 1:
+        raise SchemaError(f"actors must be a positive integer, got {actors!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if by_partition and store.schema.partitions == 1:
+        raise SchemaError("by_partition groups by store partition, and this store has one: every example "
+                          "would go to one actor; leave by_partition off")
+    ds, example_columns = _read(examples, example_columns, actors)
+    options: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(size=actors), "batch_format": "pyarrow",
+        "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}
+    if not by_partition:
+        return ds.map_batches(Materializer, batch_size=batch_size, **options)
+    keyed = ds.map_batches(_with_partition, batch_format="pyarrow",
+                           fn_kwargs={"partitions": store.schema.partitions})
+    return keyed.groupby(_PARTITION).map_groups(Materializer, **options)
+
+
+def _with_partition(examples: pa.Table, partitions: int) -> pa.Table:
+    users = examples.column("user_id").to_numpy()
+    return examples.append_column(_PARTITION, pa.array(partition_of(users, partitions)))
+
+
+class Collate(ArrowBatchCollateFn):
+    """``iter_torch_batches(collate_fn=Collate())``: each Arrow batch of ``materialized``
+    as a ``lateseq.torch.Batch``, list columns as one values tensor each plus shared
+    offsets, on ``device`` (Ray moves only tensors and dicts of them, not a Batch)."""
+
+    def __init__(self, device: str | Any | None = None):
+        super().__init__()
+        self.device = device
+
+    def __call__(self, batch: pa.Table) -> Batch:
+        rows = batch.column(ROW).to_numpy()
+        lists = [f.name for f in batch.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+        if not lists:
+            raise SchemaError(f"batch has no list columns (it has {batch.schema.names}); collate the output "
+                              "of lateseq.ray.materialized")
+        offsets, values = None, {}
+        for name in lists:
+            column = batch.column(name).combine_chunks()
+            raw = column.offsets.to_numpy().astype(np.int64)
+            here = raw - raw[0]
+            if offsets is not None and not np.array_equal(here, offsets):
+                raise SchemaError(f"list column {name!r} has other lengths than {lists[0]!r}")
+            offsets = here
+            values[name] = _tensor(column.flatten().to_numpy(zero_copy_only=False))
+        out = Batch(rows=_tensor(rows),
+                    examples={n: _tensor(_example_numpy(batch, n)) for n in batch.schema.names
+                              if n != ROW and n not in values},
+                    offsets=_tensor(offsets), lengths=_tensor(np.diff(offsets)), values=values)
+        return out if self.device is None else out.to(self.device)
