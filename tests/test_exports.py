@@ -12,6 +12,7 @@ EXPORTED = {
     "ChecksumMismatch",
     "CommitConflict",
     "JaggedBatch",
+    "Filter",
     "LateseqError",
     "PointerError",
     "Pointers",
@@ -22,11 +23,14 @@ EXPORTED = {
     "StoreError",
     "VersionInfo",
     "VersionNotFound",
+    "check_tenants",
     "create",
     "iter_batches",
+    "load_tenants",
     "log_examples",
     "make_pointers",
     "materialize",
+    "materialize_tenants",
     "open",
 }
 

@@ -52,13 +52,13 @@ def create(path: str | os.PathLike, schema: Schema) -> Store:
 
 
 __all__ = [
+    "POINTER_BYTES",
+    "POINTER_FIELDS",
     "ChecksumMismatch",
     "CommitConflict",
     "Filter",
     "JaggedBatch",
     "LateseqError",
-    "POINTER_BYTES",
-    "POINTER_FIELDS",
     "PointerError",
     "Pointers",
     "Projection",

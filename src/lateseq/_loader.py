@@ -10,8 +10,9 @@ stays bounded by one batch whatever the size of the log.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import pyarrow as pa
@@ -19,11 +20,12 @@ import pyarrow.parquet as pq
 
 from ._errors import SchemaError
 from ._jagged import JaggedBatch
-from ._materialize import materialize
+from ._materialize import materialize, materialize_tenants
 from ._pointers import POINTER_FIELDS
 from ._projection import Projection
 from ._schema import PAYLOAD_TYPES
 from ._store import Store
+from ._tenants import is_tenant_name
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
@@ -83,43 +85,82 @@ def materialize_log(
     first). Streams batch by batch with constant memory. ``progress`` is called with
     the number of rows after each batch is written.
     """
+    return _write_logs(store, examples, {"": projection}, {"": os.fspath(out_path)}, batch_size, columns,
+                       verify, progress)
+
+
+def materialize_log_tenants(
+    store: Store | str | os.PathLike,
+    examples: ExampleSource,
+    tenants: Mapping[str, Projection],
+    out_dir: str | os.PathLike,
+    batch_size: int = 1024,
+    columns: Sequence[str] = (),
+    *,
+    verify: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """:func:`materialize_log` for several tenants in one pass over the log (each
+    history located once): ``out_dir/NAME.parquet`` per tenant; returns those paths."""
+    bad = [name for name in tenants if not is_tenant_name(name)]
+    if bad:
+        raise SchemaError(f"tenant names {bad} cannot name output files; use letters, digits, '_', '-', '.'")
+    outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
+    _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, progress)
+    return outs
+
+
+def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenants: dict[str, Projection],
+                outs: dict[str, str], batch_size: int, columns: Sequence[str], verify: bool,
+                progress: Callable[[int], None] | None) -> int:
+    """Each tenant's sequences to its own Parquet file, all written under temporary
+    names and renamed only once every file is complete: a failed run leaves none."""
     if not isinstance(store, Store):
         store = Store(store)
-    names = projection.resolve(store.schema)
+    names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
     columns = list(columns)
-    clash = [c for c in columns if c in names]
-    if clash:
-        raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
-    batches = iter_batches(store, examples, projection, batch_size, columns, verify=verify)
+    for tenant, projected in names.items():
+        clash = [c for c in columns if c in projected]
+        if clash:
+            label = f"tenant {tenant!r}: " if tenant else ""
+            raise SchemaError(f"{label}example columns {clash} clash with projected columns of the same name")
     log_schema = _read_schema(examples)
-    schema = pa.schema([log_schema.field(c) for c in columns] + [
-        pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col
-                             else PAYLOAD_TYPES[store.schema.columns[n]]))
-        for n in names
-    ])
-    out_path = os.fspath(out_path)
-    tmp = os.path.join(os.path.dirname(out_path) or ".", f".tmp-{os.path.basename(out_path)}")
+    schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
+        pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]))
+        for n in projected]) for tenant, projected in names.items()}
+    temporary = {t: os.path.join(os.path.dirname(p) or ".", f".tmp-{os.path.basename(p)}") for t, p in outs.items()}
     rows = 0
-    pending: list[pa.Table] = []
+    pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
     try:
-        # written under a temporary name: a failed run leaves no partial output behind
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch, seqs in batches:
-                lists = seqs.to_arrow()
-                arrays = list(batch.columns) + [lists.column(n).cast(schema.field(n).type) for n in names]
-                pending.append(pa.Table.from_arrays(arrays, schema=schema))
+        with contextlib.ExitStack() as stack:
+            writers = {t: stack.enter_context(pq.ParquetWriter(temporary[t], schemas[t])) for t in tenants}
+            for batch in _example_batches(examples, batch_size, columns):
+                if len(tenants) == 1:
+                    (tenant, projection), = tenants.items()
+                    sequences = {tenant: materialize(store, batch, projection, verify=verify)}
+                else:
+                    sequences = materialize_tenants(store, batch, tenants, verify=verify)
+                kept = batch.select(columns)
+                for tenant, seqs in sequences.items():
+                    lists = seqs.to_arrow()
+                    schema = schemas[tenant]
+                    arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
+                    pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
+                    if sum(t.num_rows for t in pending[tenant]) >= _ROW_GROUP_ROWS:
+                        writers[tenant].write_table(pa.concat_tables(pending[tenant]))
+                        pending[tenant].clear()
                 rows += batch.num_rows
-                if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending))
-                    pending.clear()
                 if progress is not None:
                     progress(rows)
-            if pending:
-                writer.write_table(pa.concat_tables(pending))
-        os.replace(tmp, out_path)
+            for tenant, tables in pending.items():
+                if tables:
+                    writers[tenant].write_table(pa.concat_tables(tables))
+        for tenant, path in outs.items():
+            os.replace(temporary[tenant], path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in temporary.values():
+            if os.path.exists(path):
+                os.unlink(path)
     return rows
 
 

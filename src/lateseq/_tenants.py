@@ -16,6 +16,7 @@ model's repository and checked against a store's schema before any training star
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from typing import Any
 
@@ -23,6 +24,7 @@ from ._errors import SchemaError
 from ._projection import Filter, Projection
 from ._schema import Schema
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _FIELDS = {"max_len", "columns", "feature_groups", "window", "where", "transforms"}
 _FILTER_FIELDS = {"column", "isin", "any_bits", "all_bits"}
 
@@ -50,6 +52,11 @@ def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
     return problems
 
 
+def is_tenant_name(name: str) -> bool:
+    """Whether ``name`` can name a tenant (and its output file: no path, no dot file)."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
 def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]:
     try:
         with open(source, "rb") as file:
@@ -65,6 +72,10 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]
     problems: list[str] = []
     tenants: dict[str, Projection] = {}
     for name, spec in config["tenants"].items():
+        if not is_tenant_name(name):
+            problems.append(f"tenant {name!r}: a name is letters, digits, '_', '-' and '.', not starting "
+                            "with '.' or '-' (it names the tenant's output file)")
+            continue
         try:
             tenants[name] = _projection(spec)
         except SchemaError as exc:

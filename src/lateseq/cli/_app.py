@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -40,16 +41,18 @@ from lateseq import (
     SchemaError,
     Store,
     StoreError,
+    load_tenants,
     log_examples,
 )
-from lateseq._loader import materialize_log
+from lateseq._loader import materialize_log, materialize_log_tenants
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
 _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    lines = (" ".join(line.split()) for line in str(message).splitlines())  # a list of problems keeps its lines
+    print("error: " + "\n  ".join(line for line in lines if line), file=sys.stderr)
     sys.exit(code)
 
 
@@ -371,31 +374,93 @@ def pointers(
 def materialize(
     store: StoreArg,
     examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers).", show_default=False)],
-    max_len: Annotated[int, typer.Option("--max-len", help="Newest events per example.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (with --tenants: a directory, one "
+                                      "NAME.parquet per tenant).", show_default=False)],
+    max_len: Annotated[int | None, typer.Option("--max-len", help="Newest events per example.",
+                                                show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns.", show_default="all payload")] = None,
+    tenants: Annotated[Path | None, typer.Option(help="Tenant config (TOML): every tenant in one pass, instead of "
+                                                 "--max-len/--columns.", show_default=False)] = None,
     keep: Annotated[str | None, typer.Option(help="Comma-separated example-log columns to copy over.")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
     verify: Annotated[bool, typer.Option(help="Check each history against its pointer's checksum.")] = True,
     force: ForceOpt = False,
 ) -> None:
     """Rebuild each example's history: one row per example, a list column per column."""
-    _check_output(out, force, "--out", [examples], store)
-    _input_file(examples, "example log")
-    handle = _open(store)
-    projection = Projection(max_len, _columns(columns))
+    if (tenants is None) == (max_len is None) or (tenants is not None and columns is not None):
+        raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG")
     if batch_size < 1:
         raise SchemaError(f"--batch-size must be positive, got {batch_size}")
+    _input_file(examples, "example log")
+    handle = _open(store)
+    if tenants is not None:
+        config = load_tenants(_input_file(tenants, "tenant config"), handle.schema)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file; with --tenants it names a directory")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+        out.mkdir(exist_ok=True)
+        for name in config:
+            _check_output(out / f"{name}.parquet", force, "--out", [examples], store)
+    else:
+        _check_output(out, force, "--out", [examples], store)
+        config = {"": Projection(max_len, _columns(columns))}
     try:
         total = pq.ParquetFile(examples).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(f"cannot read example log {examples} as Parquet: {exc}") from exc
+    kept = _columns(keep) if keep else ()
     with _progress() as bar:
         task = bar.add_task("materialize", total=total)
-        rows = materialize_log(handle, examples, projection, out, batch_size, _columns(keep) if keep else (),
-                               verify=verify, progress=lambda n: bar.update(task, completed=n))
-    _err.print(f"wrote {rows:,} histories (max {max_len} events of "
-               f"{', '.join(projection.resolve(handle.schema))}) to {out}", highlight=False)
+        advance = lambda n: bar.update(task, completed=n)  # noqa: E731
+        if tenants is None:
+            materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify, progress=advance)
+        else:
+            materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify, progress=advance)
+    for name, projection in config.items():
+        where = out / f"{name}.parquet" if name else out
+        label = f"{name}: " if name else ""
+        _err.print(f"{label}wrote {total:,} histories (max {projection.max_len} events of "
+                   f"{', '.join(projection.resolve(handle.schema))}) to {where}", highlight=False)
+
+
+tenants_app = typer.Typer(help="Tenant configs: the projections of several models.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+
+
+@tenants_app.command("check")
+def tenants_check(
+    config: Annotated[Path, typer.Argument(help="Tenant config (TOML).", show_default=False)],
+    store: StoreArg,
+) -> None:
+    """Check a tenant config against a store's schema; list every problem."""
+    handle = _open(store)
+    tenants = load_tenants(_input_file(config, "tenant config"), handle.schema)
+    table = Table("tenant", "columns", "max_len", "window", "filter", "transforms")
+    for name, p in tenants.items():
+        where = "" if p.where is None else f"{p.where.column} {['in', 'any bits', 'all bits'][p.where.mode]} " + \
+            ",".join(map(str, p.where.values))
+        table.add_row(name, ", ".join(p.resolve(handle.schema)), str(p.max_len), str(p.window or ""), where,
+                      ", ".join(f"{k}={v}" for k, v in p.transforms.items()))
+    _out().print(table)
+    _err.print(f"{config}: {len(tenants)} tenant(s) fit {store}", highlight=False)
+
+
+@app.command()
+def bench(
+    scale: Annotated[str, typer.Option(help="tiny (seconds), small (minutes), full, or a number of users.")] = "small",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here (needs the bench extra).")] = None,
+) -> None:
+    """Run the reference multi-tenant benchmark (lateseq vs the Fat Row union)."""
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "tenants.py"
+    if not script.is_file():
+        raise FileNotFoundError("lateseq bench runs benchmarks/tenants.py from a source checkout of lateseq "
+                                "(pip install -e '.[bench]' in a clone); this installation has none")
+    command = [sys.executable, str(script), "--scale", scale]
+    command += ["--json", str(json_path)] if json_path is not None else []
+    command += ["--plot", str(plot)] if plot is not None else []
+    raise typer.Exit(subprocess.call(command))
 
 
 @app.command()
