@@ -456,9 +456,16 @@ def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off, merge, offsets
 
 @njit(cache=True, nogil=True)
 def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragma: no cover - compiled
+    if g_seg.shape[0] == 0:
+        return
+    g = g_seg[0]
+    src = src_l[g]
+    base = base_l[g]
     for k in range(g_seg.shape[0]):
-        src = src_l[g_seg[k]]
-        base = base_l[g_seg[k]]
+        if g_seg[k] != g:  # runs of one segment come together: fetch its array once for them
+            g = g_seg[k]
+            src = src_l[g]
+            base = base_l[g]
         d = g_dst[k]
         for i in range(g_lo[k], g_hi[k]):
             out[d] = base + src[i] if add_base else src[i]
@@ -541,21 +548,22 @@ def _passes(value, mode, values):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _select(emit, c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
+def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
             f_l, f_b, has_filter, f_mode, f_values,
-            lengths, r_ptr, r_seg, r_lo, r_hi, r_rank):  # pragma: no cover - tests/naive.py: select_reference
+            lengths, r_ptr, r_seg, r_lo, r_hi, r_at):  # pragma: no cover - tests/naive.py: select_reference
     """Each pointer's newest ``max_len`` events that are at or after ``lower[p]`` (with
     ``has_window``) and pass the filter, from its candidate ranges (grouped by pointer,
     newest first, each ascending rows of one segment; ``c_holes``: check visibility).
-    Writes ``lengths`` and, with ``emit``, the runs of consecutive chosen rows with the
-    rank (0 = newest) of each run's newest row. Returns (runs, rows scanned one by one)."""
+    Writes ``lengths`` and the runs of consecutive chosen rows, each with its place in
+    its pointer's output (oldest first). Returns (runs, rows scanned one by one)."""
     k = 0
     scanned = 0
     c = 0
     n = c_ptr.shape[0]
     while c < n:
         p = c_ptr[c]
+        first_run = k
         taken = 0
         done = False
         while c < n and c_ptr[c] == p:
@@ -577,8 +585,7 @@ def _select(emit, c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
                     done = a > lo
                 take = min(hi - a, max_len - taken)
                 if take > 0:
-                    if emit:
-                        r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, hi - take, hi, taken
+                    r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_at[k] = p, g, hi - take, hi, taken
                     k += 1
                     taken += take
                 c += 1
@@ -586,16 +593,18 @@ def _select(emit, c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             run_hi = -1
             run_rank = 0
             i = hi - 1
+            holes = c_holes[c]
+            ts, tb, ver, vb, arr, ab, f, fb = ts_l[g], ts_b[g], ver_l[g], ver_b[g], arr_l[g], arr_b[g], f_l[g], f_b[g]
+            low = lower[p]
             while i >= lo and taken < max_len:
                 scanned += 1
                 keep = True
-                if c_holes[c] and not _visible(i, ver_l[g], ver_b[g], arr_l[g], arr_b[g], version[p],
-                                               version_hi[p], arrival_limit[p]):
+                if holes and not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
                     keep = False
-                elif has_window and ts_b[g] + np.int64(ts_l[g][i]) < lower[p]:
+                elif has_window and tb + np.int64(ts[i]) < low:
                     done = True
                     break
-                elif has_filter and not _passes(f_b[g] + np.int64(f_l[g][i]), f_mode, f_values):
+                elif has_filter and not _passes(fb + np.int64(f[i]), f_mode, f_values):
                     keep = False
                 if keep:
                     if run_hi < 0:
@@ -603,15 +612,15 @@ def _select(emit, c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
                         run_rank = taken
                     taken += 1
                 elif run_hi >= 0:
-                    if emit:
-                        r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, i + 1, run_hi, run_rank
+                    r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_at[k] = p, g, i + 1, run_hi, run_rank
                     k += 1
                     run_hi = -1
                 i -= 1
             if run_hi >= 0:
-                if emit:
-                    r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_rank[k] = p, g, i + 1, run_hi, run_rank
+                r_ptr[k], r_seg[k], r_lo[k], r_hi[k], r_at[k] = p, g, i + 1, run_hi, run_rank
                 k += 1
             c += 1
         lengths[p] = taken
+        for j in range(first_run, k):  # from ranks (newest first) to places (oldest first)
+            r_at[j] = taken - r_at[j] - (r_hi[j] - r_lo[j])
     return k, scanned

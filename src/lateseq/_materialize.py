@@ -81,7 +81,7 @@ def materialize_tenants(
         try:
             projection.resolve(store.schema)
         except SchemaError as exc:
-            raise SchemaError(f"tenant {name!r}: {exc}") from None
+            raise SchemaError(f"tenant {name!r}: {exc}" if name else str(exc)) from None
     if not isinstance(examples, Pointers) and is_two_tier(examples):
         selecting = [name for name, p in tenants.items() if p.selects]
         if selecting:

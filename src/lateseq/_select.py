@@ -28,7 +28,7 @@ from ._schema import TIME_UNITS, Schema
 from ._store import Store
 
 FULL = 1 << 62  # "no length limit" for locate: windows span the whole visible history
-_NO_FILTER = np.zeros(1, np.int64)
+_CHUNK_RUNS = 1 << 20  # runs sized per kernel call (40 MiB): a chunk of pointers at a time
 
 
 @dataclass
@@ -55,12 +55,12 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         window = projection.window_in(schema)
         lower = pointers.request_ts - window if window is not None else pointers.request_ts
         lengths = np.zeros(len(pointers), np.int64)
-        picked = []
         touched = Touched()
+        picked = []
         for w, cand in zip(located.partitions, candidates, strict=True):
-            runs, scanned = _runs(schema, w, cand, projection, lower, pointers.visibility, lengths)
+            runs, scanned = _runs(schema, w, cand, projection, lower, pointers.visibility, located.count, lengths)
             picked.append(runs)
-            touched.scanned += scanned * _scan_bytes(store, w, projection)
+            touched.scanned += scanned * _scan_bytes(w, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         values = {}
@@ -68,11 +68,11 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             stored = TIME if column == schema.time_col else column
             dtype = output_dtype(schema, column)
             target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-            for w, (ptr, seg, lo, hi, rank) in zip(located.partitions, picked, strict=True):
-                if not len(ptr):
+            for w, (ptr, seg, lo, hi, at) in zip(located.partitions, picked, strict=True):
+                if not len(seg):
                     continue
+                dst = offsets[ptr] + at
                 src, bases = w.view.column(stored)
-                dst = offsets[ptr] + lengths[ptr] - rank - (hi - lo)
                 _kernels._copy_runs(seg, lo, hi, dst, src, bases.astype(target.dtype), target.dtype.kind != "f",
                                     target)
                 touched.copied += int((hi - lo).sum()) * w.view.segments[0].stored(stored).dtype.itemsize
@@ -112,26 +112,41 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
     return ptr[order], seg[order], lo[order], hi[order], holes[order]
 
 
-def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection,
-          lower: np.ndarray, visibility: Visibility, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
-    """The runs (pointer, segment, lo, hi, rank of the newest row) one tenant takes from
-    one partition's candidates, counted first, then written; and the rows scanned."""
+def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
+          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """The runs (pointer, segment, lo, hi, place in the pointer's output) one tenant takes
+    from one partition's candidates, and the rows it scanned one by one. A run is a slice
+    of a candidate, or for rows scanned one by one as few as one row: the run arrays are
+    sized for the worst case, a chunk of pointers at a time to bound their memory."""
     view = w.view
     where = projection.where
     filtered = view.column(where.column) if where is not None else view.column(None)
-    args = (*cand, lower, projection.window is not None, np.int64(projection.max_len),
-            *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
-            visibility.version, visibility.version_hi, visibility.arrival_limit,
-            *filtered, where is not None, np.int64(where.mode if where is not None else 0),
-            np.array(where.values if where is not None else (0,), np.int64), lengths)
-    empty = np.zeros(0, np.int64)
-    count, scanned = _kernels._select(False, *args, empty, empty, empty, empty, empty)
-    runs = tuple(np.empty(count, np.int64) for _ in range(5))
-    _kernels._select(True, *args, *runs)
-    return runs, scanned
+    fixed = (lower, projection.window is not None, np.int64(projection.max_len),
+             *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
+             visibility.version, visibility.version_hi, visibility.arrival_limit,
+             *filtered, where is not None, np.int64(where.mode if where is not None else 0),
+             np.array(where.values if where is not None else (0,), np.int64), lengths)
+    ptr = cand[0]
+    starts = np.flatnonzero(np.r_[True, ptr[1:] != ptr[:-1]]) if len(ptr) else np.zeros(0, np.int64)
+    ranges = np.diff(np.append(starts, len(ptr)))  # candidates per pointer
+    bound = ranges.copy()
+    if where is not None or cand[4].any():  # rows scanned one by one: a run per row at worst
+        bound += np.minimum(count[ptr[starts]], projection.max_len)
+    parts, scanned, first = [], 0, 0
+    while first < len(starts):
+        last = max(first + 1, int(np.searchsorted(np.cumsum(bound[first:]), _CHUNK_RUNS, side="right")) + first)
+        lo, hi = starts[first], starts[last] if last < len(starts) else len(ptr)
+        runs = tuple(np.empty(int(bound[first:last].sum()), np.int64) for _ in range(5))
+        found, rows = _kernels._select(*(a[lo:hi] for a in cand), *fixed, *runs)
+        parts.append(tuple(r[:found] for r in runs))
+        scanned += rows
+        first = last
+    if not parts:
+        return tuple(np.zeros(0, np.int64) for _ in range(5)), 0
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True)), scanned
 
 
-def _scan_bytes(store: Store, w: Windows, projection: Projection) -> int:
+def _scan_bytes(w: Windows, projection: Projection) -> int:
     """Bytes per row a row-by-row scan reads: the filter column, the time column for a window."""
     names = ([projection.where.column] if projection.where is not None else []) + (
         [TIME] if projection.window is not None else [])
