@@ -635,13 +635,18 @@ def main(argv: list[str] | None = None) -> None:
                       "of the evicted bytes stayed cached (mincore)")
     console.print(f"load average at the end: {results['machine']['load_average_end']}; "
                   f"{results['seconds']:.0f} s in all")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-        console.print(f"wrote {args.json}")
-    if args.plot:
-        if report.plot(results, args.plot):
-            console.print(f"wrote {args.plot}")
+    save(results, args.json, args.plot)
+
+
+def save(results: dict, json_path: Path | None, plot_path: Path | None) -> None:
+    """Writes the results as JSON and the chart (report.plot), where asked."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        if report.plot(results, plot_path):
+            console.print(f"wrote {plot_path}")
         else:
             console.print("no chart: matplotlib is not installed (pip install matplotlib)")
 

@@ -3,11 +3,12 @@
     python benchmarks/report.py            # print every results file's section as Markdown
     python benchmarks/report.py --write    # rewrite those sections in README.md
     python benchmarks/report.py --check    # exit 1 when README.md differs from the results files
-    python benchmarks/report.py --plot out.png benchmarks/results/materialize.json
+    python benchmarks/report.py --plot out.png benchmarks/results/materialize.json   # or a tenants-*.json
 
 A results file ``benchmarks/results/NAME.json`` fills the README section between
 ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``. The tables here are also what
-``benchmarks/materialize.py`` prints on the console (``tables``), so the two never differ.
+``benchmarks/materialize.py`` and ``benchmarks/tenants.py`` print on the console
+(``tables``), so the two never differ.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def _pct(x: float | None) -> str:
 
 
 def tables(results: dict) -> list[TableSpec]:
-    """Every table of a materialize results dict, in reading order."""
+    """Every table of a materialize (or tenants) results dict, in reading order."""
+    if results.get("benchmark") == "tenants":
+        return tenant_tables(results)
     out = [_workloads(results)]
     for name, work in results["workloads"].items():
         out += [_states(name, work), _speed(name, work, results), _fat_speed(name, work)]
@@ -213,6 +216,198 @@ def _targets(results: dict) -> TableSpec:
     return spec
 
 
+# ---------------------------------------------------------------- tenants (benchmarks/tenants.py)
+
+UNION_FORMS = ("parquet-smallest", "arrow-ipc")
+
+
+def tenant_tables(results: dict) -> list[TableSpec]:
+    """Every table of a tenants results dict (benchmarks/tenants.py), in reading order."""
+    return [_tenant_config(results), _tenant_speed(results), _tenant_reads(results), _tenant_bytes(results),
+            _tenant_build(results), _tenant_targets(results)]
+
+
+def _projection_text(p: dict) -> tuple[str, str, str]:
+    window = "–" if p["window"] is None else f"{p['window']:,} s ({p['window'] / 86_400:.3g} days)"
+    where = p["where"]
+    rule = "–" if where is None else f"{where['column']} " + (
+        f"in {{{', '.join(map(str, where['isin']))}}}" if "isin" in where
+        else ", ".join(f"{k} {v:#x}" for k, v in where.items() if k != "column"))
+    return ", ".join(p["columns"]), window, rule
+
+
+def _tenant_config(results: dict) -> TableSpec:
+    w, union, sample = results["workload"], results["union"], results["sample"]
+    spec = TableSpec("tenants (benchmarks/tenants.toml) and the Fat Row union",
+                     ["tenant", "columns", "last N", "window", "filter", "events/example"])
+    for name, t in results["tenants"].items():
+        columns, window, rule = _projection_text(t["projection"])
+        spec.rows.append([name, columns, _n(t["projection"]["max_len"]), window, rule,
+                          f"{t['lateseq']['events_per_example']:.0f}"])
+    spec.rows.append(["Fat Row union", ", ".join(union["columns"]), _n(union["max_len"]), "–", "–",
+                      f"{union['events_per_example']:.0f}"])
+    spec.notes.append(f"workload: {w['events']:,} events of {w['users']:,} users over {w['days']:.0f} days, "
+                      f"{w['examples']:,} examples ({w['examples_per_event']:.2f} per event), histories "
+                      f"{w['history_mean']:.0f} / {w['history_p50']:,} / {w['history_p99']:,} / {w['history_max']:,} "
+                      f"events (mean / p50 / p99 / max); {'; '.join(w['notes'])}")
+    spec.notes.append(f"lateseq: {results['build']['lateseq']['commits']} daily commits, compacted once; every "
+                      "example's pointer at the latest version")
+    for name, sel in results.get("selection", {}).items():
+        if "window_drops_share" in sel:
+            spec.notes.append(f"{name}: its window drops {_pct(sel['window_drops_share'])} of the events the same "
+                              f"tenant reads without it ({sel['events_kept']:,} of {sel['events_without_window']:,} "
+                              f"kept); the issue's 180-day window would drop none (the workload spans "
+                              f"{sel['workload_span_days']:g} days)")
+        if "filter_share_of_events" in sel:
+            spec.notes.append(f"{name}: its filter keeps {_pct(sel['filter_share_of_events'])} of the workload's "
+                              "events")
+    if sample["sampled"]:
+        spec.notes.append(f"timed on {sample['timed_examples']:,} of {sample['examples']:,} examples (uniform random "
+                          f"requests, all their examples): every example's Fat Row union at N={union['max_len']} "
+                          "would not fit the budget; Fat Row bytes and build time are extrapolated (IPC by events, "
+                          f"the smallest form from every example of {sample['sized_users']:,} random users, "
+                          f"{sample['sized_examples']:,} examples, by examples)")
+    return spec
+
+
+def _tenant_speed(results: dict) -> TableSpec:
+    repeat = results["settings"]["repeat"]
+    spec = TableSpec("examples/s per tenant (one core, CPU time, "
+                     + (f"best of {repeat} passes)" if repeat > 1 else "one pass)"),
+                     ["tenant", "lateseq ex/s", *[f"{FORM_SHORT[f]} ex/s" for f in UNION_FORMS],
+                      *[f"÷ {FORM_SHORT[f]}" for f in UNION_FORMS], "lateseq % memcpy",
+                      *[f"{FORM_SHORT[f]} % memcpy" for f in UNION_FORMS], "lateseq CPU share"])
+    for name, t in results["tenants"].items():
+        fat = t["fat_rows"]
+        spec.rows.append([name, _n(t["lateseq"]["ex_s"]), *[_n(fat[f]["ex_s"]) for f in UNION_FORMS],
+                          *[_x(t["speedup"][f]) for f in UNION_FORMS], _pct(t["memcpy_fraction"]),
+                          *[_pct(fat[f]["memcpy_fraction"]) for f in UNION_FORMS], _pct(t["lateseq"]["cpu_share"])])
+    one = results.get("one_pass")
+    if one:
+        spec.rows.append([f"all {one['tenants']}, one pass", _n(one["ex_s"]), "–", "–", "–", "–",
+                          _pct(one["memcpy_fraction"]), "–", "–", _pct(one["cpu_share"])])
+        spec.notes.append(f"all {one['tenants']}, one pass: lateseq.materialize_tenants, each history located once "
+                          f"for every tenant: {_x(one['vs_separate'])} the speed of the tenants read one by one")
+    for name, pair in results.get("twins", {}).items():
+        spec.notes.append(f"{name} takes {_x(pair['time_ratio'])} the time per example of its unfiltered twin "
+                          f"{pair['twin']} in lateseq; reading the union, " + ", ".join(
+                              f"{_x(pair['fat_row_time_ratio'][f])} ({FORM_SHORT[f]})" for f in UNION_FORMS))
+    spec.notes.append("÷ form: lateseq ex/s over the Fat Row union's, the same examples, every tenant's output "
+                      "checked equal first (offsets and values, bit for bit); each tenant reads the union itself: "
+                      "only its columns, then its window and filter and last N with numpy (vectorised)")
+    spec.notes.append(f"ex/s and % memcpy on the process's CPU time (time.process_time), pinned to one core; % "
+                      f"memcpy: output bytes (values + offsets) per CPU second over single-core memcpy "
+                      f"({results['machine']['memcpy_gb_s']:.1f} GB/s); CPU share: CPU over wall time of the pass")
+    spec.notes += [f"{FORM_SHORT[f]}: {FORM_TEXT[f]}" for f in UNION_FORMS]
+    return spec
+
+
+def _tenant_reads(results: dict) -> TableSpec:
+    spec = TableSpec("bytes read per example",
+                     ["tenant", "lateseq", "store: copied", "store: scanned", "example log",
+                      *[FORM_SHORT[f] for f in UNION_FORMS], *[f"lateseq ÷ {FORM_SHORT[f]}" for f in UNION_FORMS],
+                      "union columns read"])
+    for name, t in results["tenants"].items():
+        timed = results["sample"]["timed_examples"]
+        ours = t["lateseq"]["read"]
+        spec.rows.append([name, _b(t["lateseq"]["read_bytes_per_example"]), _b(ours["copied"] / timed),
+                          _b(ours["scanned"] / timed), _b(ours["example_log"] / timed),
+                          *[_b(t["fat_rows"][f]["read_bytes_per_example"]) for f in UNION_FORMS],
+                          *[_x(t["read_bytes_ratio_by_form"][f]) for f in UNION_FORMS],
+                          ", ".join(t["fat_rows"]["arrow-ipc"]["columns_read"])])
+    spec.notes.append("lateseq: bytes its kernels read from the store's columns (rows copied out of the columns "
+                      "the tenant reads, rows its filter or window scanned one by one; lateseq.Touched) plus the "
+                      "pointer columns of the example log (compressed); the few cache lines a history's lookup "
+                      "reads are not counted")
+    spec.notes.append("Fat Row union: the columns the tenant reads; PQ smallest: their compressed column chunks "
+                      "(Parquet metadata); IPC mmap: their buffers (a reader that copies only each row's last N "
+                      "touches fewer pages)")
+    return spec
+
+
+def _b(x: float) -> str:
+    return f"{x / 1e3:,.1f} kB" if x >= 1e4 else f"{x:,.0f} B"
+
+
+def _tenant_bytes(results: dict) -> TableSpec:
+    ours = results["bytes"]["lateseq"]
+    spec = TableSpec("bytes written (all examples)", ["dataset", "bytes", "Fat Row ÷ lateseq", "what it is"])
+    spec.rows.append(["lateseq", _gb(ours["total"]), "",
+                      f"durable store {_gb(ours['durable_store'])} + example log {_gb(ours['example_log'])}"])
+    for f in UNION_FORMS:
+        fat = results["bytes"]["fat_rows"][f]
+        spec.rows.append([f"Fat Row union, {FORM_SHORT[f]}", _gb(fat["bytes"]),
+                          _x(results["bytes_written_ratio_by_form"][f]),
+                          fat["settings"] + (" (extrapolated)" if fat["extrapolated"] else "")])
+    spec.notes.append(f"lateseq wrote {_gb(ours['written_with_compaction'])} in all (every daily segment and the "
+                      f"compaction's, plus the example log: the smallest union is "
+                      f"{_x(results['bytes_written_ratio_with_compaction'])} that); its read cache (decoded, per "
+                      f"reading host, not durable) is {_gb(ours['read_cache'])}")
+    return spec
+
+
+def _tenant_build(results: dict) -> TableSpec:
+    build = results["build"]
+    ours = build["lateseq"]
+    spec = TableSpec("build cost from the same events (CPU seconds, one core)", ["build", "CPU s", "÷ lateseq",
+                                                                                 "what it is"])
+    what = (f"{ours['commits']} daily commits {ours['ingest_cpu_s']:.1f} s, compaction {ours['compact_cpu_s']:.1f} s, "
+            f"every example's pointer {ours['log_cpu_s']:.1f} s")
+    spec.rows.append(["lateseq", f"{ours['cpu_s']:.1f}", "", what])
+    for f in UNION_FORMS:
+        spec.rows.append([f"Fat Row union, {FORM_SHORT[f]}", f"{build['fat_rows'][f]:.1f}", _x(build["ratio"][f]),
+                          f"index of every history {build['fat_rows']['oracle_cpu_s']:.1f} s + every example's "
+                          "union row written" + (" (extrapolated)" if results["sample"]["sampled"] else "")])
+    spec.notes.append("the Fat Row builder is the benchmarks' oracle (one sort of the events, numba walks): a lower "
+                      "bound on a join in a data pipeline; the smallest form's choice of encoding is not counted")
+    return spec
+
+
+def _tenant_targets(results: dict) -> TableSpec:
+    spec = TableSpec("targets", ["target", "tenant", "value", "needed", "verdict"])
+    for t in results["targets"]:
+        spec.rows.append([t["target"], t["tenant"], _x(t["value"]), f"{t['direction']} {t['threshold']:.3g}×",
+                          "met" if t["met"] else "MISSED"])
+    spec.notes.append(f"{sum(t['met'] for t in results['targets'])} of {len(results['targets'])} met")
+    return spec
+
+
+def tenant_plot(results: dict, path: Path, plt) -> None:
+    """ex/s and bytes read per example per tenant, and bytes written, lateseq beside the union's forms."""
+    names = list(results["tenants"])
+    sides = [("lateseq", "#1f77b4", None)] + [(f, c, "//") for f, c in zip(UNION_FORMS, ("#ff7f0e", "#d62728"),
+                                                                           strict=True)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [3, 3, 1.3]})
+    width = 0.8 / len(sides)
+    for k, (side, color, hatch) in enumerate(sides):
+        label = "lateseq" if side == "lateseq" else f"Fat Row union, {FORM_SHORT[side]}"
+        xs = [i + (k - len(sides) / 2 + 0.5) * width for i in range(len(names))]
+        t = results["tenants"]
+        speed = [t[n]["lateseq"]["ex_s"] if side == "lateseq" else t[n]["fat_rows"][side]["ex_s"] for n in names]
+        read = [t[n]["lateseq"]["read_bytes_per_example"] if side == "lateseq"
+                else t[n]["fat_rows"][side]["read_bytes_per_example"] for n in names]
+        axes[0].bar(xs, speed, width, label=label, color=color, hatch=hatch, edgecolor="white")
+        axes[1].bar(xs, read, width, label=label, color=color, hatch=hatch, edgecolor="white")
+        written = (results["bytes"]["lateseq"]["total"] if side == "lateseq"
+                   else results["bytes"]["fat_rows"][side]["bytes"])
+        axes[2].bar([k], [written], 0.7, color=color, hatch=hatch, edgecolor="white")
+    for ax, title in zip(axes[:2], ("examples/s per tenant (one core, CPU time)", "bytes read per example"),
+                         strict=True):
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(title)
+    axes[2].set_xticks(range(len(sides)), ["lateseq", *[FORM_SHORT[f] for f in UNION_FORMS]], fontsize=8)
+    axes[2].set_title("bytes written (all examples)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper right", ncols=len(sides))
+    fig.suptitle(f"{results['command']}  ({results['date']})", fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- Markdown and the README
 
 
@@ -238,7 +433,7 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
     for path in sorted(folder.glob("*.json")):
         results = json.loads(path.read_text())
         source = f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
-        if results.get("benchmark") == "materialize":
+        if results.get("benchmark") in ("materialize", "tenants"):
             out[path.stem] = markdown(results, source)
         elif "trials_per_kind" in results:  # benchmarks/faults.py
             out[path.stem] = faults_markdown(results, source)
@@ -285,6 +480,9 @@ def plot(results: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    if results.get("benchmark") == "tenants":
+        tenant_plot(results, path, plt)
+        return True
     works = results["workloads"]
     fig, axes = plt.subplots(len(works), 2, figsize=(14, 4.5 * len(works)), squeeze=False)
     for row, (name, work) in zip(axes, works.items(), strict=True):

@@ -529,15 +529,22 @@ def read_fat_rows(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.n
     Parquet batches are decoded into fresh buffers; memory-mapped IPC batches are copied
     out of the map into numpy (what a loader hands on must not pin the map).
     """
-    columns = file.columns
+    copy = file.form == "arrow-ipc"
+    for batch in record_batches(file, file.columns):
+        yield _jagged(batch, file.columns, copy=copy)
+
+
+def record_batches(file: FatRowFile, columns: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    """A Fat Row file's batches of 1024 examples: memory-mapped IPC record batches (every
+    column a zero-copy view into the map: a reader touches only the buffers it uses), or
+    Parquet batches with only ``columns`` read and decoded (column pruning)."""
     if file.form == "arrow-ipc":
         with pa.memory_map(str(file.path)) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
-                yield _jagged(reader.get_batch(i), columns, copy=True)
+                yield reader.get_batch(i)
     else:
-        for batch in pq.ParquetFile(file.path).iter_batches(batch_size=BATCH, columns=list(columns)):
-            yield _jagged(batch, columns, copy=False)
+        yield from pq.ParquetFile(file.path).iter_batches(batch_size=BATCH, columns=list(columns))
 
 
 def _jagged(batch: pa.RecordBatch, columns: tuple[str, ...], copy: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -557,6 +564,13 @@ class FatRowMismatch(AssertionError):
     """lateseq's rebuild and a Fat Row file differ."""
 
 
+def same_jagged(offsets: np.ndarray, values: dict[str, np.ndarray], ours: lateseq.JaggedBatch) -> bool:
+    """Whether (offsets, values) equal lateseq's batch: dtypes, and bit for bit."""
+    return offsets.dtype == ours.offsets.dtype and np.array_equal(offsets, ours.offsets) and all(
+        values[c].dtype == ours.values[c].dtype
+        and np.array_equal(values[c].view(np.uint8), ours.values[c].view(np.uint8)) for c in values)
+
+
 def check_equal(files: list[FatRowFile], store: lateseq.Store, log: pa.Table, max_len: int,
                 what: str = "") -> int:
     """Reads Fat Row files holding the same rows in the same order and checks each batch
@@ -570,10 +584,7 @@ def check_equal(files: list[FatRowFile], store: lateseq.Store, log: pa.Table, ma
         ours = lateseq.materialize(store, log.take(pa.array(rows[done:done + size])), projection)
         done += size
         for file, (offsets, values) in zip(files, batches, strict=True):
-            same = offsets.dtype == ours.offsets.dtype and np.array_equal(offsets, ours.offsets) and all(
-                values[c].dtype == ours.values[c].dtype
-                and np.array_equal(values[c].view(np.uint8), ours.values[c].view(np.uint8)) for c in values)
-            if not same:
+            if not same_jagged(offsets, values, ours):
                 raise FatRowMismatch(f"{what}: lateseq and the Fat Row ({file.form}) differ in batch {k}")
     if done != len(rows):
         raise FatRowMismatch(f"{what}: the Fat Row files hold {done} examples, not {len(rows)}")
