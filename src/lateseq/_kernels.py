@@ -466,10 +466,14 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragm
             g = g_seg[k]
             src = src_l[g]
             base = base_l[g]
-        d = g_dst[k]
-        for i in range(g_lo[k], g_hi[k]):
-            out[d] = base + src[i] if add_base else src[i]
-            d += 1
+        window = src[g_lo[k]:g_hi[k]]  # slices with a plain counter, as in _copy_one: LLVM vectorizes them
+        target = out[g_dst[k]:g_dst[k] + window.shape[0]]
+        if add_base:
+            for i in range(window.shape[0]):
+                target[i] = base + window[i]
+        else:
+            for i in range(window.shape[0]):
+                target[i] = window[i]
 
 
 @njit(cache=True, nogil=True)
