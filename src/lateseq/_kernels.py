@@ -116,8 +116,20 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
     holes = False
     newest = -1  # the newest visible row after the prefix
     window_lo = prefix_end
-    if ver_base + np.int64(vmin[prefix_end]) <= max(version, version_hi):
-        for i in range(cut - 1, prefix_end - 1, -1):
+    # _vmin never decreases either: rows from the first whose _vmin is past every version
+    # the pointer can see are all invisible (today's events before a request against
+    # yesterday's version): only the rows before them are scanned
+    top = max(version, version_hi)
+    a = prefix_end
+    b = cut
+    while a < b:
+        mid = (a + b) >> 1
+        if ver_base + np.int64(vmin[mid]) <= top:
+            a = mid + 1
+        else:
+            b = mid
+    if a > prefix_end:
+        for i in range(a - 1, prefix_end - 1, -1):
             if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
                 s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
                 if newest < 0:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._errors import SchemaError
 from ._schema import TIME_UNITS, Schema
 
@@ -23,6 +25,7 @@ TRANSFORMS = {
 _WINDOW = re.compile(r"^\s*(\d+)\s*(d|h|m|s|ms|us|ns)\s*$")
 _SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _INTEGER_TYPES = ("int8", "int16", "int32", "int64", "bool")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 @dataclass(frozen=True)
@@ -37,29 +40,43 @@ class Filter:
     all_bits: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.column, str):
+            raise SchemaError(f"where: column must be a column name, got {self.column!r}")
         given = [k for k in ("isin", "any_bits", "all_bits") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise SchemaError(f"filter on {self.column!r} needs exactly one of isin, any_bits, all_bits; got "
-                              f"{given or 'none'}")
+            raise SchemaError(f"where: a filter on {self.column!r} needs exactly one of isin, any_bits, all_bits; "
+                              f"got {given or 'none'}")
         if self.isin is not None:
-            values = tuple(self.isin) if not isinstance(self.isin, (str, bytes)) else None
+            values = tuple(self.isin) if isinstance(self.isin, (list, tuple, set, frozenset)) else ()
             if not values or not all(_is_int(v) for v in values):
-                raise SchemaError(f"filter on {self.column!r}: isin must be a non-empty list of integers, "
-                                  f"got {self.isin!r}")
+                raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list of "
+                                  f"integers, got {self.isin!r}")
             object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
         for key in ("any_bits", "all_bits"):
             bits = getattr(self, key)
-            if bits is not None and (not _is_int(bits) or bits <= 0):
-                raise SchemaError(f"filter on {self.column!r}: {key} must be a positive integer mask, got {bits!r}")
+            if bits is not None and (not _is_int(bits) or not 0 < bits < 1 << 64):
+                raise SchemaError(f"where: {key} of the filter on {self.column!r} must be a mask of 1 to 64 bits "
+                                  f"(a positive integer below 2**64), got {bits!r}")
 
     @property
     def mode(self) -> int:
         """0: isin, 1: any_bits, 2: all_bits (what the selection kernel branches on)."""
         return 0 if self.isin is not None else 1 if self.any_bits is not None else 2
 
-    @property
-    def values(self) -> tuple[int, ...]:
-        return self.isin if self.isin is not None else (self.any_bits if self.any_bits is not None else self.all_bits,)
+    def __str__(self) -> str:
+        if self.isin is not None:
+            return f"{self.column} in {{{', '.join(map(str, self.isin))}}}"
+        kind = "any" if self.any_bits is not None else "all"
+        return f"{self.column} has {kind} of bits {self.kernel_values().view(np.uint64)[0]:#x}"
+
+    def kernel_values(self) -> np.ndarray:
+        """The values (isin) or mask as the kernel compares them with int64 column values:
+        isin values no int64 holds are left out (they match nothing); a mask's 64 bits
+        are those of the int64 with the same two's complement bits."""
+        if self.isin is not None:
+            return np.array([v for v in self.isin if _INT64[0] <= v <= _INT64[1]], np.int64)
+        mask = self.any_bits if self.any_bits is not None else self.all_bits
+        return np.array([mask], np.uint64).view(np.int64)
 
 
 @dataclass(frozen=True)
@@ -98,11 +115,12 @@ class Projection:
             _window_parts(self.window)  # a malformed window fails here, not at the first read
         if self.where is not None and not isinstance(self.where, Filter):
             raise SchemaError(f"where must be a lateseq.Filter, not {type(self.where).__name__}")
-        if not isinstance(self.transforms, Mapping):
-            raise SchemaError(f"transforms must map column names to transforms, got {self.transforms!r}")
+        if not isinstance(self.transforms, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.transforms.items()):
+            raise SchemaError(f"transforms must map column names to transform names, got {self.transforms!r}")
         bad = {k: v for k, v in self.transforms.items() if v not in TRANSFORMS}
         if bad:
-            raise SchemaError(f"unknown transforms {bad}; known: {sorted(TRANSFORMS)}")
+            raise SchemaError(f"transforms: unknown {bad}; known: {sorted(TRANSFORMS)}")
         object.__setattr__(self, "transforms", dict(self.transforms))
 
     def __hash__(self) -> int:
@@ -115,41 +133,57 @@ class Projection:
         return self.window is not None or self.where is not None
 
     def resolve(self, schema: Schema) -> list[str]:
-        """The stored column names to read, in a stable order, checked against ``schema``."""
+        """The stored column names to read, in a stable order, checked against ``schema``
+        (a SchemaError lists every problem)."""
+        problems = self.problems(schema)
+        if problems:
+            raise SchemaError("; ".join(problems))
+        return self._wanted(schema)
+
+    def problems(self, schema: Schema) -> list[str]:
+        """Every way this projection does not fit ``schema``, each naming its field."""
+        problems = []
         known = {schema.time_col, *schema.columns}
         unknown = [c for c in self.columns if c not in known]
         if unknown:
-            raise SchemaError(f"projection names unknown columns {unknown}; the store has {sorted(known)}")
+            problems.append(f"columns: unknown columns {unknown}; the store has {sorted(known)}")
         groups = schema.groups
         missing = [g for g in self.feature_groups if g not in groups]
         if missing:
-            raise SchemaError(f"projection names unknown feature groups {missing}; the store has {sorted(groups)}")
-        wanted = list(self.columns)
-        for g in self.feature_groups:
-            wanted += groups[g]
-        if not wanted:
-            wanted = list(schema.columns)
-        wanted = list(dict.fromkeys(wanted))
+            problems.append(f"feature_groups: unknown feature groups {missing}; the store has {sorted(groups)}")
+        wanted = self._wanted(schema)
         for name, transform in self.transforms.items():
             if name != schema.time_col:
-                raise SchemaError(f"transform {transform!r} applies to the time column {schema.time_col!r}, "
-                                  f"not {name!r}")
-            if name not in wanted:
-                raise SchemaError(f"transform {transform!r} on {name!r}, which the projection does not read; "
-                                  f"add it to columns")
-            if transform == "age_s" and schema.time_unit is None:
-                raise SchemaError("transform 'age_s' needs a store with a time_unit; this one holds plain "
-                                  "integers: use 'age' (in the store's own unit)")
+                problems.append(f"transforms: {transform!r} applies to the time column {schema.time_col!r}, "
+                                f"not {name!r}")
+            elif name not in wanted:
+                problems.append(f"transforms: {transform!r} on {name!r}, which the projection does not read; "
+                                "add it to columns")
+            elif transform == "age_s" and schema.time_unit is None:
+                problems.append("transforms: 'age_s' needs a store with a time_unit; this one holds plain "
+                                "integers: use 'age' (in the store's own unit)")
         if self.where is not None:
             dtype = schema.columns.get(self.where.column)
             if dtype is None:
-                raise SchemaError(f"filter names unknown column {self.where.column!r}; the store's payload "
-                                  f"columns are {sorted(schema.columns)}")
-            if dtype not in _INTEGER_TYPES:
-                raise SchemaError(f"filter column {self.where.column!r} has type {dtype}; filters need an "
-                                  "integer or bool column")
-        self.window_in(schema)
-        return wanted
+                problems.append(f"where: filter names unknown column {self.where.column!r}; the store's payload "
+                                f"columns are {sorted(schema.columns)}")
+            elif dtype not in _INTEGER_TYPES:
+                problems.append(f"where: filter column {self.where.column!r} has type {dtype}; filters need an "
+                                "integer or bool column")
+        try:
+            self.window_in(schema)
+        except SchemaError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def _wanted(self, schema: Schema) -> list[str]:
+        wanted = [c for c in self.columns if c == schema.time_col or c in schema.columns]
+        groups = schema.groups
+        for g in self.feature_groups:
+            wanted += groups.get(g, [])
+        if not wanted and not self.columns and not self.feature_groups:
+            wanted = list(schema.columns)
+        return list(dict.fromkeys(wanted))
 
     def window_in(self, schema: Schema) -> int | None:
         """The window as a count of the store's time unit (None: no window)."""

@@ -53,7 +53,10 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
     for name, projection in tenants.items():
         columns = projection.resolve(schema)
         window = projection.window_in(schema)
-        lower = pointers.request_ts - window if window is not None else pointers.request_ts
+        lower = pointers.request_ts
+        if window is not None:  # saturating: a window reaching below the smallest time keeps everything
+            floor, window = np.iinfo(np.int64).min, min(window, np.iinfo(np.int64).max)
+            lower = np.where(lower < floor + window, floor, lower - window)
         lengths = np.zeros(len(pointers), np.int64)
         touched = Touched()
         picked = []
@@ -125,7 +128,7 @@ def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: 
              *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
              visibility.version, visibility.version_hi, visibility.arrival_limit,
              *filtered, where is not None, np.int64(where.mode if where is not None else 0),
-             np.array(where.values if where is not None else (0,), np.int64), lengths)
+             where.kernel_values() if where is not None else np.zeros(1, np.int64), lengths)
     ptr = cand[0]
     starts = np.flatnonzero(np.r_[True, ptr[1:] != ptr[:-1]]) if len(ptr) else np.zeros(0, np.int64)
     ranges = np.diff(np.append(starts, len(ptr)))  # candidates per pointer

@@ -45,10 +45,7 @@ def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
     """Every way ``tenants`` do not fit ``schema``, one line each naming the tenant."""
     problems = []
     for name, projection in tenants.items():
-        try:
-            projection.resolve(schema)
-        except SchemaError as exc:
-            problems.append(f"tenant {name!r}: {exc}")
+        problems += [f"tenant {name!r}: {problem}" for problem in projection.problems(schema)]
     return problems
 
 

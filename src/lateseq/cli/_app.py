@@ -438,8 +438,7 @@ def tenants_check(
     tenants = load_tenants(_input_file(config, "tenant config"), handle.schema)
     table = Table("tenant", "columns", "max_len", "window", "filter", "transforms")
     for name, p in tenants.items():
-        where = "" if p.where is None else f"{p.where.column} {['in', 'any bits', 'all bits'][p.where.mode]} " + \
-            ",".join(map(str, p.where.values))
+        where = "" if p.where is None else str(p.where)
         table.add_row(name, ", ".join(p.resolve(handle.schema)), str(p.max_len), str(p.window or ""), where,
                       ", ".join(f"{k}={v}" for k, v in p.transforms.items()))
     _out().print(table)
