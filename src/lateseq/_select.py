@@ -66,19 +66,20 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             touched.scanned += scanned * _scan_bytes(w, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        placed = [(seg, lo, hi, offsets[ptr] + at) for ptr, seg, lo, hi, at in picked]
         values = {}
         for column in columns:
             stored = TIME if column == schema.time_col else column
             dtype = output_dtype(schema, column)
             target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-            for w, (ptr, seg, lo, hi, at) in zip(located.partitions, picked, strict=True):
+            for w, (seg, lo, hi, dst) in zip(located.partitions, placed, strict=True):
                 if not len(seg):
                     continue
-                dst = offsets[ptr] + at
                 src, bases = w.view.column(stored)
                 _kernels._copy_runs(seg, lo, hi, dst, src, bases.astype(target.dtype), target.dtype.kind != "f",
                                     target)
-                touched.copied += int((hi - lo).sum()) * w.view.segments[0].stored(stored).dtype.itemsize
+            if located.partitions:  # every chosen row, at the column's stored width
+                touched.copied += int(offsets[-1]) * located.partitions[0].view.segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
         batch = JaggedBatch(offsets, values, mismatched)
         out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
