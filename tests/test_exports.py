@@ -84,16 +84,16 @@ def test_modules_are_private_except_the_documented_subpackages():
     import pkgutil
 
     public = {m.name for m in pkgutil.iter_modules(lateseq.__path__) if not m.name.startswith("_")}
-    assert public == {"audit", "cli", "datasets", "mutable", "torch", "twotier"}
+    assert public == {"audit", "cli", "datasets", "mutable", "ray", "torch", "twotier"}
 
 
 def test_importing_lateseq_stays_light():
     """The library needs numpy, pyarrow and numba only; the CLI's typer and rich, the
-    demo's pandas and torch load only where they are used."""
+    demo's pandas, torch and ray load only where they are used."""
     import subprocess
     import sys
 
     code = ("import sys, lateseq, lateseq.twotier, lateseq.audit, lateseq.datasets, lateseq.cli; "
-            "print(sorted(m for m in ('typer', 'rich', 'pandas', 'torch', 'click') if m in sys.modules))")
+            "print(sorted(m for m in ('typer', 'rich', 'pandas', 'torch', 'click', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

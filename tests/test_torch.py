@@ -3,6 +3,7 @@ spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batc
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import subprocess
 import sys
@@ -104,6 +105,41 @@ def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(
     assert ds.metrics.examples_per_s > 0 and 0 < ds.metrics.materialize_s < ds.metrics.busy_s
 
 
+@pytest.mark.parametrize("source, num_workers", [("path", 0), ("table", 0), ("path", 2)])
+def test_prefetch_changes_nothing_but_asks_the_kernel_for_the_next_histories(world, source, num_workers,
+                                                                              monkeypatch):
+    _, oracle, log, _ = world
+    options = {"shuffle": True, "affinity": True, "seed": 2, "batch_size": 9}
+    plain = list(DataLoader(dataset(world, source, **options), batch_size=None, num_workers=num_workers))
+    hints = []
+    real = lateseq.torch._will_need
+    monkeypatch.setattr(lateseq.torch, "_will_need", lambda *a: hints.append(len(a[1])) or real(*a))
+    ahead = list(DataLoader(dataset(world, source, prefetch=True, **options), batch_size=None,
+                            num_workers=num_workers))
+    check(ahead, oracle, log)
+    assert len(plain) == len(ahead) and all(same(a, b) for a, b in zip(plain, ahead, strict=True))
+    if num_workers == 0:  # workers hint in their own processes
+        assert hints == [len(b) for b in ahead]
+
+
+def test_will_need_asks_once_per_run_of_pages(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lateseq.torch, "_libc", types.SimpleNamespace(
+        madvise=lambda addr, size, advice: calls.append((addr.value, size.value, advice))))
+    page, gap = lateseq.torch._PAGE, lateseq.torch._GAP_PAGES
+    column = np.frombuffer(mmap.mmap(-1, (gap + 10) * page), np.int64)  # page-aligned, like a mapped segment
+    base, per_page = column.ctypes.data, page // 8
+    far = (gap + 3) * per_page  # rows on page gap + 3 and on
+    lo = np.array([0, far + 1, 5, far, 2 * per_page], np.int64)
+    hi = np.array([10, far + per_page + 2, 20, far + 3, 2 * per_page + 1], np.int64)
+    lateseq.torch._will_need_rows(column, lo, hi)
+    # pages 0 and 2 in one call (closer than the gap); pages gap + 3 and gap + 4 in another
+    assert calls == [(base, 3 * page, 3), (base + (gap + 3) * page, 2 * page, 3)]
+    calls.clear()
+    lateseq.torch._will_need_rows(column, lo[:0], hi[:0])
+    assert calls == []
+
+
 def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world):
     _, oracle, log, _ = world
     per_rank = []
@@ -192,8 +228,8 @@ def test_two_tier_logs_with_inline_tails_load_as_served(tmp_path):
     log, served = OnlineReader(store, tier, projection).serve(
         pa.table({"user_id": [1, 2, 1, 3], "request_ts": [25, 25, 22, 25], "label": [1, 0, 1, 1]}))
     pq.write_table(log, tmp_path / "log.parquet")
-    for source in (log, tmp_path / "log.parquet"):
-        (b,) = list(ExampleDataset(store, source, projection, batch_size=8))
+    for source, prefetch in ((log, False), (tmp_path / "log.parquet", True)):
+        (b,) = list(ExampleDataset(store, source, projection, batch_size=8, prefetch=prefetch))
         assert sorted(b.examples) == ["label"]  # the record's seq_* columns are not examples
         assert np.array_equal(b.offsets.numpy(), served.offsets)
         assert all(np.array_equal(b.values[k].numpy(), served.values[k]) for k in served.values)
@@ -303,6 +339,19 @@ def test_to_kjt_builds_the_documented_constructor_call(batch, monkeypatch):
     floaty = Batch(batch.rows, {}, batch.offsets, batch.lengths, {"w": batch.values["ts"].double()})
     with pytest.raises(lateseq.SchemaError, match=r"\['w'\] are floats"):
         floaty.to_kjt()
+
+
+@pytest.mark.filterwarnings("ignore:.*(Failed to import|is now DEPRECATED).*:DeprecationWarning")  # fbgemm-gpu-cpu
+def test_to_kjt_makes_a_real_keyed_jagged_tensor(batch):
+    pytest.importorskip("torchrec.sparse.jagged_tensor", reason="TorchRec is not installed (see the Makefile)")
+    kjt = batch.to_kjt(["item_id", "rating"])
+    assert kjt.keys() == ["item_id", "rating"]
+    jagged = kjt.to_dict()
+    for key in ("item_id", "rating"):
+        assert torch.equal(jagged[key].offsets(), batch.offsets)
+        assert torch.equal(jagged[key].values(), batch.values[key].long())
+    assert torch.equal(kjt.lengths(), torch.cat([batch.lengths, batch.lengths]))
+    assert torch.equal(jagged["item_id"].to_padded_dense(), batch.padded("item_id").long())
 
 
 def test_rebatch_joins_worker_batches_into_exact_training_batches(world):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,12 +36,15 @@ from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
 from ._store import Store
-from .torch import Batch, _example_numpy, _log_columns, _tensor
+
+# lateseq.torch (and so torch) is imported where it is used, on the driver and the
+# trainer: Ray's workers unpickle this module's tasks and actors, and need not load torch
+if TYPE_CHECKING:
+    from .torch import Batch
 
 __all__ = ["ROW", "Collate", "Materializer", "materialized", "read_examples"]
 
 ROW = "row"  # each example's row number in the log
-_PARTITION = "_partition"  # the store partition of the example's user, while grouping
 
 
 def read_examples(examples: pa.Table | str | os.PathLike,
@@ -62,14 +65,16 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
     """(the log as a Dataset, its example columns), both from the log's schema alone; a
     Table is cut into at least ``blocks`` blocks (of at most ``BLOCK_ROWS`` rows), so
     that as many actors share it."""
+    from .torch import _log_columns
+
     if isinstance(examples, pa.Table):
         read, example_columns = _log_columns(examples.schema, example_columns)
         _check_row_name(read)
         table = examples.select(read)
         table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         step = max(1, min(BLOCK_ROWS, -(-table.num_rows // blocks)))
-        return ray.data.from_arrow([table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]), \
-            example_columns
+        parts = [table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]
+        return ray.data.from_arrow(parts), example_columns
     with _open_parquet(examples) as source:
         read, example_columns = _log_columns(source.schema_arrow, example_columns)
         sizes = [source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)]
@@ -100,7 +105,7 @@ def _read_row_groups(groups: pa.Table, path: str, columns: list[str]) -> pa.Tabl
 
 class Materializer:
     """Rebuilds the sequences of batches of an example log (a callable class for Ray
-    Data's ``map_batches`` and ``map_groups``).
+    Data's ``map_batches``).
 
     ``store`` pickles as (path, version), so each actor opens exactly the driver's
     version, once, and keeps its segments mapped across batches. Each call's output:
@@ -121,7 +126,7 @@ class Materializer:
         self.verify = verify
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
-        """Batches of at most ``batch_size`` examples (a group may be bigger)."""
+        """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
             sequences = materialize(self.store, part, self.projection, verify=self.verify)
@@ -140,10 +145,11 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
 
     ``store`` is a handle or a path (opened here at its latest version, which every
     actor then reads). ``examples`` is an example log (a Parquet path or a Table; see
-    ``read_examples``). ``by_partition`` groups examples by the store
-    partition of their user (a shuffle), so each call maps and reads one partition's
-    segments only: worth it for stores of many partitions whose segments do not all fit
-    in a worker's page cache; each partition's examples must fit in a worker's memory.
+    ``read_examples``). ``by_partition`` gives each actor its own store partitions
+    (those ``p`` with ``p % actors == k``; a user's examples all go to one actor), so
+    each actor maps and reads only its partitions' segments: worth it when a store's
+    segments do not fit in one worker's page cache. It reads the log (pointers: small)
+    once per actor, and needs a store of several partitions.
     """
     store = store if isinstance(store, Store) else Store(store)
     projection.resolve(store.schema)  # unknown columns fail here, not in an actor
@@ -152,22 +158,28 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
     if by_partition and store.schema.partitions == 1:
-        raise SchemaError("by_partition groups by store partition, and this store has one: every example "
-                          "would go to one actor; leave by_partition off")
-    ds, example_columns = _read(examples, example_columns, actors)
+        raise SchemaError("by_partition shares store partitions out to actors, and this store has one: "
+                          "one actor would do everything; leave by_partition off")
+    ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors)
     options: dict[str, Any] = {
-        "compute": ray.data.ActorPoolStrategy(size=actors), "batch_format": "pyarrow",
+        "batch_size": batch_size, "batch_format": "pyarrow",
         "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}
     if not by_partition:
-        return ds.map_batches(Materializer, batch_size=batch_size, **options)
-    keyed = ds.map_batches(_with_partition, batch_format="pyarrow",
-                           fn_kwargs={"partitions": store.schema.partitions})
-    return keyed.groupby(_PARTITION).map_groups(Materializer, **options)
+        return ds.map_batches(Materializer, compute=ray.data.ActorPoolStrategy(size=actors), **options)
+    # one branch per actor, each keeping its partitions' examples (Ray Data cannot route
+    # rows to a chosen actor of one pool; its grouping shuffle also fails on Ray 2.60)
+    branches = [
+        ds.map_batches(_of_actor, batch_format="pyarrow",
+                       fn_kwargs={"actor": k, "actors": actors, "partitions": store.schema.partitions})
+        .map_batches(Materializer, compute=ray.data.ActorPoolStrategy(size=1), **options)
+        for k in range(actors)]
+    return branches[0].union(*branches[1:]) if actors > 1 else branches[0]
 
 
-def _with_partition(examples: pa.Table, partitions: int) -> pa.Table:
-    users = examples.column("user_id").to_numpy()
-    return examples.append_column(_PARTITION, pa.array(partition_of(users, partitions)))
+def _of_actor(examples: pa.Table, actor: int, actors: int, partitions: int) -> pa.Table:
+    """The examples whose user's store partition is ``actor``'s."""
+    parts = partition_of(examples.column("user_id").to_numpy(), partitions)
+    return examples.filter(pa.array(parts % actors == actor))
 
 
 class Collate(ArrowBatchCollateFn):
@@ -180,6 +192,8 @@ class Collate(ArrowBatchCollateFn):
         self.device = device
 
     def __call__(self, batch: pa.Table) -> Batch:
+        from .torch import Batch, _example_numpy, _tensor
+
         rows = batch.column(ROW).to_numpy()
         lists = [f.name for f in batch.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
         if not lists:

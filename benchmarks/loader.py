@@ -1,0 +1,487 @@
+"""Loader throughput: lateseq.torch's ExampleDataset against the same loader over Fat
+Rows, data affinity and prefetch on a cold page cache, and Ray Data actors.
+
+    python benchmarks/loader.py            # 200k users (realistic: 40M events, 43M examples)
+    python benchmarks/loader.py --small    # 20k users (minutes)
+    python benchmarks/loader.py --tiny     # a smoke run of every part (under a minute; what the tests run)
+    options: --json PATH  --repeat R  --workdir DIR
+
+The workload is ``benchmarks/workload.py``'s realistic one (power-law users, an example
+per event), in a compacted store with every pointer at the latest version. Timed on a
+uniform sample of requests (all their examples), batches of 1024, projection (item_id,
+action, ts), histories of at most N events:
+
+- **loader**: examples/s through ``torch.utils.data.DataLoader(batch_size=None)`` with 0, 1
+  and 2 worker processes (fork), warm page cache, best of ``--repeat``: lateseq's
+  ExampleDataset (reads the example log's Parquet row groups, materializes, verifies
+  every checksum) against a Fat Row IterableDataset of the same shape (each worker reads
+  its own record batches or row groups, 1024 examples at a time, into the same Batch of
+  tensors) over a memory-mapped Arrow IPC file and zstd Parquet (the smallest form,
+  sorted by user). The Fat Rows are checked equal to lateseq's rebuild first, bit for bit.
+- **cold**: one process (no workers), shuffled, over its own sample of examples as dense
+  in users as one shuffle window of the whole log (262,144 rows); data affinity and
+  prefetch each on and off; bytes this process read from disk (/proc/self/io) and
+  examples/s. The store handle is opened and its columns verified first (a fresh handle
+  digests every column it reads once, reading it whole), as in a long-running loader;
+  then its pages are dropped, maps included. *epoch*: dropped once before the pass (a
+  store that fits in the page cache, read cold once). *batch*: dropped before each of
+  the first 24 batches (a store far bigger than the page cache: nothing one batch read
+  is still cached for the next; prefetch off, since dropping would discard what it
+  fetched). *-random*: the same without the kernel's readahead (``MADV_RANDOM`` on the
+  maps), so that bytes read are the pages the loader needs, each read on its fault
+  (random reads of a store much bigger than memory) unless prefetch asked for them.
+- **ray**: examples/s through ``lateseq.ray.materialized(...).iter_torch_batches(collate_fn=
+  lateseq.ray.Collate())`` with 1 and 2 actors, against the in-process loader (0 workers);
+  from the call to the last batch, and from the first batch on (actors started).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import materialize  # noqa: I001  (first: it sets one thread per process before numpy and numba load)
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+import lateseq
+from lateseq._sampling import WINDOW_ROWS
+from lateseq.torch import Batch, ExampleDataset, _tensor
+from materialize import disk_read_bytes, evict, load_average, machine, resident_bytes
+from workload import (
+    BATCH,
+    COLUMNS,
+    SCHEMA,
+    FatRowFile,
+    FatRowMismatch,
+    Histories,
+    _jagged,
+    build_forms,
+    check_equal,
+    read_days,
+    readable_days,
+    realistic,
+    request_sample,
+    smallest_settings,
+)
+
+NS = (256, 4096)
+WORKERS = (0, 1, 2)
+FORMS = ("arrow-ipc", "parquet-smallest")
+EVENT_BYTES = materialize.EVENT_BYTES
+LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share them out
+COLD_BATCHES = 24  # batches timed with the store dropped before each
+_MADV_NORMAL, _MADV_RANDOM, _MADV_DONTNEED = 0, 1, 4
+
+
+@dataclass(frozen=True)
+class Scale:
+    users: int
+    fat_budget: float  # bytes of N=4096 Fat Rows (in memory) above which examples are sampled
+    max_timed: int
+    cold_rows: int  # examples the cold passes read: one shuffle window's worth, as dense in users as the log's
+
+
+SCALES = {
+    "full": Scale(users=200_000, fat_budget=4e9, max_timed=2_000_000, cold_rows=WINDOW_ROWS),
+    "small": Scale(users=20_000, fat_budget=2.5e9, max_timed=200_000, cold_rows=WINDOW_ROWS),
+    "tiny": Scale(users=100, fat_budget=20e6, max_timed=6_000, cold_rows=6_000),
+}
+
+
+# ---------------------------------------------------------------- the two loaders
+
+
+class FatRowDataset(IterableDataset):
+    """The Fat Row side: each (worker) shard reads its own record batches (IPC) or row
+    groups (Parquet) of a Fat Row file, 1024 examples at a time, into a lateseq Batch."""
+
+    def __init__(self, file: FatRowFile):
+        super().__init__()
+        self.file = file
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        columns = self.file.columns
+        if self.file.form == "arrow-ipc":
+            with pa.memory_map(str(self.file.path)) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(worker, reader.num_record_batches, workers):
+                    yield _fat_batch(reader.get_batch(i), columns, copy=True)
+        else:
+            source = pq.ParquetFile(self.file.path)
+            groups = list(range(worker, source.metadata.num_row_groups, workers))
+            if groups:
+                for batch in source.iter_batches(BATCH, row_groups=groups, columns=["label", *columns]):
+                    yield _fat_batch(batch, columns, copy=False)
+
+
+def _fat_batch(batch: pa.RecordBatch, columns: tuple[str, ...], copy: bool) -> Batch:
+    offsets, values = _jagged(batch, columns, copy)
+    return Batch(rows=torch.zeros(batch.num_rows, dtype=torch.int64),
+                 examples={"label": _tensor(batch.column("label").to_numpy())},
+                 offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(np.diff(offsets)),
+                 values={name: _tensor(v) for name, v in values.items()})
+
+
+@dataclass
+class Pass:
+    examples: int = 0
+    seconds: float = float("inf")
+    first_batch_s: float = 0.0  # until the first batch came out (workers or actors started)
+    disk_read_bytes: int | None = None
+    resident_after_drop: float | None = None  # share of the dropped store bytes still cached
+
+    @property
+    def ex_s(self) -> float:
+        return self.examples / self.seconds
+
+    def figures(self) -> dict:
+        after = self.seconds - self.first_batch_s
+        return {"ex_s": self.ex_s, "examples": self.examples, "seconds": self.seconds,
+                "first_batch_s": self.first_batch_s,
+                "ex_s_after_first_batch": (self.examples - BATCH) / after if after > 0 and self.examples > BATCH
+                else None,
+                "disk_read_bytes": self.disk_read_bytes, "resident_after_drop": self.resident_after_drop}
+
+
+def drain(batches: Iterable[Batch], before_each: Callable[[], None] | None = None,
+          limit: int | None = None) -> Pass:
+    """Times draining a loader, or its first ``limit`` batches (``before_each`` batch is
+    run untimed)."""
+    run = Pass(seconds=0.0)
+    it = iter(batches)
+    for count in range(limit or sys.maxsize):
+        if before_each is not None:
+            before_each()
+        start = time.perf_counter()
+        batch = next(it, None)
+        run.seconds += time.perf_counter() - start
+        if batch is None:
+            break
+        run.examples += len(batch)
+        if count == 0:
+            run.first_batch_s = run.seconds
+    return run
+
+
+def best(repeat: int, make: Callable[[], Pass]) -> Pass:
+    return min((make() for _ in range(repeat)), key=lambda run: run.seconds)
+
+
+# ---------------------------------------------------------------- the page cache
+
+
+def drop_pages(store: lateseq.Store, files: list[Path], advice: int = _MADV_NORMAL) -> None:
+    """Evicts the store's files from the page cache, pages this process maps included:
+    fadvise keeps mapped pages, so the handle's maps drop theirs first (the next access
+    faults them in from disk again). ``advice`` (``_MADV_RANDOM``: no readahead, each
+    fault reads its own page) is set on the maps."""
+    for segment in store.segments():
+        for name in segment.info.decoded:
+            column = segment.stored(name)
+            if column.nbytes:
+                start = column.ctypes.data // materialize._PAGE * materialize._PAGE
+                size = ctypes.c_size_t(column.ctypes.data + column.nbytes - start)
+                for how in (_MADV_DONTNEED, advice):
+                    materialize._LIBC.madvise(ctypes.c_void_p(start), size, how)
+    evict(files)
+
+
+def cold_pass(store: lateseq.Store, files: list[Path], loader: Iterable[Batch], mode: str) -> Pass:
+    """A pass of ``loader`` with the store dropped from the page cache once ("epoch")
+    or before each of ``COLD_BATCHES`` batches ("batch"); "-random": without readahead."""
+    advice = _MADV_RANDOM if mode.endswith("-random") else _MADV_NORMAL
+    drop_pages(store, files, advice)
+    resident = resident_bytes(files) / max(sum(p.stat().st_size for p in files), 1)
+    before = disk_read_bytes()
+    per_batch = mode.startswith("batch")
+    run = drain(loader, (lambda: drop_pages(store, files, advice)) if per_batch else None,
+                COLD_BATCHES if per_batch else None)
+    run.disk_read_bytes = None if before is None else disk_read_bytes() - before
+    run.resident_after_drop = resident
+    drop_pages(store, files)  # readahead back on
+    return run
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def build(scale: Scale, root: Path, steps: dict[str, float]) -> dict:
+    """The workload, its compacted store, the timed sample's example log, and Fat Rows."""
+    t = time.perf_counter()
+    work = realistic(scale.users)
+    store = lateseq.create(root / "store", SCHEMA).commit(work.events).compact()
+    log = lateseq.log_examples(store, work.requests)
+    steps["workload and store"] = round(time.perf_counter() - t, 1)
+    lengths = log.column("uih_length").to_numpy().astype(np.int64)
+    rows = request_sample(work.requests, np.minimum(lengths, max(NS)) * EVENT_BYTES + 8.0, scale.fat_budget,
+                          scale.max_timed)
+    path = root / "examples.parquet"
+    pq.write_table(log.take(pa.array(rows)), path, row_group_size=LOG_ROW_GROUP)
+    cold_rows = request_sample(work.requests, np.ones(len(lengths)), np.inf, scale.cold_rows, seed=1)
+    cold_path = root / "cold-examples.parquet"
+    pq.write_table(log.take(pa.array(cold_rows)), cold_path, row_group_size=LOG_ROW_GROUP)
+    t = time.perf_counter()
+    histories = Histories(work.events, readable_days(work, "all"))
+    read_day = read_days("all", work.requests)
+    fat = {}
+    for n in NS:
+        settings, _ = smallest_settings(histories, work.requests, read_day, rows, n)
+        fat[n] = build_forms(histories, work.requests, read_day, rows, n, root / "fat", f"n{n}", settings, FORMS)
+        for form in FORMS:  # each form checked equal to lateseq's rebuild, batch by batch
+            check_equal([fat[n][form]], store, log, n, f"N={n} {form}")
+    steps["Fat Rows, built and checked"] = round(time.perf_counter() - t, 1)
+    files = [store.cache_dir / f"{info.name}.arrow" for info in store.segment_infos]
+    return {"work": work, "store": store, "rows": rows, "path": path, "cold_rows": cold_rows,
+            "cold_path": cold_path, "fat": fat, "files": files}
+
+
+def measure_loaders(built: dict, repeat: int) -> dict:
+    out = {}
+    for n in NS:
+        projection = lateseq.Projection(n, COLUMNS)
+        sides: dict[str, Callable[[], IterableDataset]] = {
+            "lateseq": lambda p=projection: ExampleDataset(built["store"], built["path"], p, batch_size=BATCH)}
+        for form in FORMS:
+            sides[f"fat:{form}"] = lambda file=built["fat"][n][form]: FatRowDataset(file)
+        at = out[str(n)] = {}
+        for name, make in sides.items():
+            at[name] = {str(w): best(repeat, lambda make=make, w=w: drain(DataLoader(
+                make(), batch_size=None, num_workers=w))).figures() for w in WORKERS}
+        for w in map(str, WORKERS):
+            at["lateseq"][w]["vs"] = {form: at["lateseq"][w]["ex_s"] / at[f"fat:{form}"][w]["ex_s"] for form in FORMS}
+        for name in sides:
+            for w in map(str, WORKERS):
+                at[name][w]["vs_0_workers"] = at[name][w]["ex_s"] / at[name]["0"]["ex_s"]
+    return out
+
+
+_ALL = [(a, p) for a in (False, True) for p in (False, True)]  # (affinity, prefetch)
+_NO_PREFETCH = [(False, False), (True, False)]  # dropping pages before each batch would discard what it fetched
+CONFIGS = {"epoch": _ALL, "epoch-random": _ALL, "batch": _NO_PREFETCH, "batch-random": _NO_PREFETCH}
+
+
+def measure_cold(built: dict, repeat: int) -> dict:
+    store = built["store"]  # the one handle in this process: every map of the store is its
+    out = {}
+    for n in NS:
+        projection = lateseq.Projection(n, COLUMNS)
+        lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)  # verify columns now
+        at = out[str(n)] = {}
+        for mode, configs in CONFIGS.items():
+            at[mode] = {}
+            for affinity, prefetch in configs:
+                def run(affinity=affinity, prefetch=prefetch, projection=projection, mode=mode) -> Pass:
+                    loader = ExampleDataset(store, built["cold_path"], projection, batch_size=BATCH, shuffle=True,
+                                            seed=1, affinity=affinity, prefetch=prefetch)
+                    return cold_pass(store, built["files"], loader, mode)
+                at[mode][_config(affinity, prefetch)] = best(1 if mode.startswith("batch") else repeat,
+                                                             run).figures()
+            base = at[mode][_config(False, False)]
+            for entry in at[mode].values():
+                entry["vs_off"] = entry["ex_s"] / base["ex_s"]
+                entry["read_vs_off"] = (entry["disk_read_bytes"] / base["disk_read_bytes"]
+                                        if entry["disk_read_bytes"] is not None and base["disk_read_bytes"] else None)
+    return out
+
+
+def _config(affinity: bool, prefetch: bool) -> str:
+    return f"affinity {'on' if affinity else 'off'}, prefetch {'on' if prefetch else 'off'}"
+
+
+def measure_ray(built: dict, loaders: dict) -> dict | str:
+    """Ray Data actors against the in-process loader; a sentence when Ray is not installed."""
+    try:
+        import ray
+
+        import lateseq.ray
+    except ImportError as exc:
+        return f"not measured: {exc}"
+    import logging
+    import warnings
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no log lines per dataset run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's own DataContext defaults
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    out = {}
+    try:
+        for n in NS:
+            at = out[str(n)] = {"in-process": loaders[str(n)]["lateseq"]["0"]["ex_s"]}
+            for actors in (1, 2):
+                start = time.perf_counter()
+                ds = lateseq.ray.materialized(built["store"], built["path"], lateseq.Projection(n, COLUMNS),
+                                              actors=actors, batch_size=BATCH)
+                rows, first = [], None
+                for batch in ds.iter_torch_batches(batch_size=BATCH, collate_fn=lateseq.ray.Collate()):
+                    first = first or time.perf_counter()
+                    rows.append(batch.rows.numpy())
+                end = time.perf_counter()
+                rows = np.sort(np.concatenate(rows))
+                if not np.array_equal(rows, np.arange(len(built["rows"]))):
+                    raise SystemExit(f"Ray with {actors} actors did not give every example exactly once")
+                steady = len(rows) - BATCH
+                at[str(actors)] = {
+                    "ex_s": len(rows) / (end - start), "seconds": end - start, "first_batch_s": first - start,
+                    "ex_s_after_first_batch": steady / (end - first) if steady > 0 and end > first else None,
+                    "vs_in_process": len(rows) / (end - start) / at["in-process"]}
+    finally:
+        ray.shutdown()
+    return out
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's affinity targets, where the store is dropped before every batch (a
+    store bigger than the page cache), with and without readahead."""
+    out = []
+    for n, at in results["cold"].items():
+        for mode in ("batch", "batch-random"):
+            on = at[mode][_config(True, False)]
+            if on["read_vs_off"] is not None:
+                out.append({"target": f"affinity ({mode}): disk bytes read, less than off by", "n": int(n),
+                            "threshold": 0.6, "value": round(1 - on["read_vs_off"], 3),
+                            "met": bool(1 - on["read_vs_off"] >= 0.6)})
+            out.append({"target": f"affinity ({mode}): ex/s vs off", "n": int(n), "threshold": 1.3,
+                        "value": round(on["vs_off"], 3), "met": bool(on["vs_off"] >= 1.3)})
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    return [f"**{title}**", "", "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def _n(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def _mb(x: int | None) -> str:
+    return "–" if x is None else f"{x / 1e6:,.1f} MB"
+
+
+def markdown(results: dict) -> str:
+    """Every table of a run, as Markdown."""
+    m = results["machine"]
+    lines = [f"Made by `{results['command']}` on {results['date']}: {m['cpu']}, {m['cores']} cores, "
+             f"load average {m['load_average_start']} at the start and {m['load_average_end']} at the end; lateseq "
+             f"{m['lateseq']} at {m['git']}; {results['seconds']:.0f} s in all. {results['timed_examples']:,} "
+             f"examples timed ({results['sample']}), batches of {BATCH}.", ""]
+    rows = []
+    for n, at in results["loader"].items():
+        for w in map(str, WORKERS):
+            ours, fat = at["lateseq"][w], [at[f"fat:{f}"][w] for f in FORMS]
+            rows.append([n, w, *(f"{e['ex_s']:,.0f}" for e in [ours, *fat]), *(f"{ours['vs'][f]:.2f}×" for f in FORMS),
+                         *(_n(e["ex_s_after_first_batch"]) for e in [ours, *fat])])
+    lines += _table("loader ex/s, warm (DataLoader workers; best of passes)",
+                    ["N", "workers", "lateseq", "Fat Row IPC mmap", "Fat Row PQ zstd", "÷ IPC", "÷ PQ",
+                     "after 1st batch: lateseq", "IPC", "PQ"], rows)
+    for mode, title in (("epoch", "cold, store dropped from the page cache once per pass"),
+                        ("epoch-random", "the same without readahead (MADV_RANDOM: each fault reads its page)"),
+                        ("batch", f"cold, store dropped before each of {COLD_BATCHES} batches (a store far bigger "
+                                  "than RAM)"),
+                        ("batch-random", "the same without readahead (MADV_RANDOM: each fault reads its page)")):
+        rows = [[n, config, f"{e['ex_s']:,.0f}", _mb(e["disk_read_bytes"]), f"{e['vs_off']:.2f}×",
+                 "–" if e["read_vs_off"] is None else f"{e['read_vs_off']:.2f}×"]
+                for n, at in results["cold"].items() for config, e in at[mode].items()]
+        lines += _table(f"{title}; one process, shuffled, {results['cold_examples']:,} examples",
+                        ["N", "config", "ex/s", "read from disk", "ex/s vs all off", "read vs all off"], rows)
+    if isinstance(results["ray"], str):
+        lines += [f"**Ray Data**: {results['ray']}", ""]
+    else:
+        rows = [[n, k, f"{e['ex_s']:,.0f}", f"{e['first_batch_s']:.1f} s",
+                 "–" if e["ex_s_after_first_batch"] is None else f"{e['ex_s_after_first_batch']:,.0f}",
+                 f"{at['in-process']:,.0f}", f"{e['vs_in_process']:.2f}×"]
+                for n, at in results["ray"].items() for k, e in at.items() if k != "in-process"]
+        lines += _table("Ray Data actors → iter_torch_batches(collate_fn=Collate())",
+                        ["N", "actors", "ex/s (call to last batch)", "first batch after", "ex/s after first batch",
+                         "in-process ex/s (0 workers)", "÷ in-process"], rows)
+    rows = [[t["target"], str(t["n"]), f"{t['value']}", f"{t['threshold']}", "met" if t["met"] else "MISSED"]
+            for t in results["targets"]]
+    lines += _table("targets", ["target", "N", "value", "threshold", ""], rows)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="20k users (minutes)")
+    size.add_argument("--tiny", action="store_true", help="a smoke run of every part (under a minute)")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--repeat", type=int, help="passes per measurement, the best counts (default 2; 1 with --tiny)")
+    parser.add_argument("--workdir", type=Path, help="parent of the build folder (removed after)")
+    args = parser.parse_args(argv)
+    scale_name = "small" if args.small else "tiny" if args.tiny else "full"
+    scale = SCALES[scale_name]
+    repeat = args.repeat or (1 if args.tiny else 2)
+    pa.set_cpu_count(1)  # one thread per process: workers, not threads, scale the loaders
+    pa.set_io_thread_count(1)
+    started = time.perf_counter()
+    info = machine()
+    load_start = load_average()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; load average {load_start}", flush=True)
+    results: dict = {
+        "benchmark": "loader",
+        "command": shlex.join(["python", "benchmarks/loader.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "scale": scale_name, "scale_settings": asdict(scale),
+        "settings": {"batch": BATCH, "repeat": repeat, "columns": list(COLUMNS), "n": list(NS),
+                     "workers": list(WORKERS), "log_row_group": LOG_ROW_GROUP, "verify": True},
+    }
+    steps: dict[str, float] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="lateseq-loader-", dir=args.workdir))
+    try:
+        built = build(scale, workdir, steps)
+        work = built["work"]
+        results["workload"] = work.describe()
+        results["timed_examples"] = len(built["rows"])
+        results["cold_examples"] = len(built["cold_rows"])
+        results["sample"] = ("every example" if len(built["rows"]) == work.requests.num_rows else
+                             f"a uniform sample of requests of {work.requests.num_rows:,} examples")
+        for name, measure in (("loader", lambda: measure_loaders(built, repeat)),
+                              ("cold", lambda: measure_cold(built, repeat)),
+                              ("ray", lambda: measure_ray(built, results["loader"]))):
+            print(f"{name} ...", flush=True)
+            t = time.perf_counter()
+            results[name] = measure()
+            steps[name] = round(time.perf_counter() - t, 1)
+    except FatRowMismatch as exc:
+        raise SystemExit(f"lateseq and the Fat Rows disagree: {exc}") from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["targets"] = targets(results)
+    results["machine"] = {**info, "load_average_start": load_start, "load_average_end": load_average(),
+                          "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)}
+    results["steps_s"] = steps
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print(markdown(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

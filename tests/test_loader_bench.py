@@ -1,0 +1,41 @@
+"""The loader benchmark runs end to end at its smoke scale (its Fat Rows checked equal to
+lateseq's rebuild, Ray's output checked exactly once) and reports every part; no timing
+is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
+    out = tmp_path / "loader.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loader.py"), "--tiny", "--json", str(out)],
+                          cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["benchmark"] == "loader" and r["scale"] == "tiny" and r["timed_examples"] > 0
+    assert "**loader ex/s, warm" in done.stdout and "| 4096 | 2 |" in done.stdout
+    for n in ("256", "4096"):
+        loader = r["loader"][n]
+        assert set(loader) == {"lateseq", "fat:arrow-ipc", "fat:parquet-smallest"}
+        for side in loader.values():
+            assert set(side) == {"0", "1", "2"}
+            assert all(w["examples"] == r["timed_examples"] and w["ex_s"] > 0 for w in side.values())
+        cold = r["cold"][n]
+        assert {mode: len(configs) for mode, configs in cold.items()} == {
+            "epoch": 4, "epoch-random": 4, "batch": 2, "batch-random": 2}
+        for mode, configs in cold.items():
+            for entry in configs.values():  # the batch modes time the first batches only
+                assert entry["examples"] == r["cold_examples"] if mode.startswith("epoch") else entry["examples"] > 0
+                assert entry["resident_after_drop"] is None or entry["resident_after_drop"] < 0.5
+    if importlib.util.find_spec("ray") is None:
+        assert r["ray"].startswith("not measured")
+    else:
+        assert {"in-process", "1", "2"} == set(r["ray"]["256"])
+    assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])

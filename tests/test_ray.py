@@ -1,0 +1,144 @@
+"""lateseq.ray on a local Ray instance: every example of the log exactly once, with the
+sequence lateseq.materialize gives its row, from 1 and 2 actors, grouped by partition or
+not; and the collate that makes lateseq.torch Batches of Arrow list columns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'lateseq[ray]'")
+torch = pytest.importorskip("torch")
+
+import lateseq  # noqa: E402
+from lateseq._events import partition_of  # noqa: E402
+from lateseq.ray import ROW, Collate, materialized, read_examples  # noqa: E402
+
+PROJECTION = lateseq.Projection(5, ("item_id", "liked", "ts"))
+# Ray 2.60's DataContext sets three deprecated options of its own when it is first made
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store of 4 partitions (two commits, compacted) and a log of examples against both
+    versions, with row groups for the read tasks to share out."""
+    root = tmp_path_factory.mktemp("ray")
+    rng = np.random.default_rng(5)
+    store = lateseq.create(root / "store", lateseq.Schema({"item_id": "int64", "liked": "bool"}, partitions=4))
+    logs = []
+    for _ in range(2):
+        n = 150
+        store = store.commit(pa.table({"user_id": rng.integers(0, 20, n), "ts": rng.integers(0, 100, n),
+                                       "item_id": rng.integers(1, 999, n), "liked": rng.random(n) < 0.3}))
+        m = 60
+        logs.append(lateseq.log_examples(store, pa.table({
+            "user_id": rng.integers(0, 22, m), "request_ts": rng.integers(0, 110, m),
+            "label": rng.integers(0, 2, m).astype(np.int8), "note": [f"n{i}" for i in range(m)]})))
+    store = store.compact()
+    log = pa.concat_tables(logs)
+    path = root / "examples.parquet"
+    pq.write_table(log, path, row_group_size=40)
+    return store, log, path
+
+
+def expect_exact(batches: list, store: lateseq.Store, log: pa.Table) -> None:
+    """Every row of the log exactly once, each with lateseq.materialize's sequence."""
+    rows = np.concatenate([b.rows.numpy() for b in batches])
+    assert np.array_equal(np.sort(rows), np.arange(log.num_rows)), "rows missing or repeated"
+    for b in batches:
+        picked = log.take(pa.array(b.rows.numpy()))
+        want = lateseq.materialize(store, picked, PROJECTION)
+        assert np.array_equal(b.offsets.numpy(), want.offsets)
+        for name, values in want.values.items():
+            assert b.values[name].numpy().dtype == values.dtype and np.array_equal(b.values[name].numpy(), values)
+        assert np.array_equal(b.examples["label"].numpy(), picked.column("label").to_numpy())
+        assert sorted(b.examples) == ["label"]  # numeric, not a pointer's, not the row number
+
+
+@pytest.mark.parametrize("source, actors, by_partition", [("path", 1, False), ("table", 2, False),
+                                                          ("path", 2, True)])
+def test_every_example_exactly_once_with_its_exact_sequence(local_ray, world, source, actors, by_partition):
+    store, log, path = world
+    ds = materialized(store, path if source == "path" else log, PROJECTION, actors=actors, batch_size=16,
+                      by_partition=by_partition)
+    if not by_partition:
+        batches = list(ds.iter_torch_batches(batch_size=40, collate_fn=Collate()))
+    else:  # each block comes from one actor, which reads only its partitions (p % 2 == actor)
+        blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        parts = partition_of(log.column("user_id").to_numpy(), 4)
+        assert all(len(np.unique(parts[b.column(ROW).to_numpy()] % actors)) == 1 for b in blocks)
+        assert {int(parts[b.column(ROW).to_numpy()][0] % actors) for b in blocks} == set(range(actors))
+        batches = [Collate()(b) for b in blocks]
+    expect_exact(batches, store, log)
+
+
+def test_read_examples_numbers_rows_across_row_groups(local_ray, world, tmp_path):
+    _, log, path = world
+    got = pa.concat_tables(ray.get(read_examples(path).to_arrow_refs())).sort_by(ROW)
+    assert got.column(ROW).to_pylist() == list(range(log.num_rows))
+    assert np.array_equal(got.column("request_ts").to_numpy(), log.column("request_ts").to_numpy())
+    assert "note" not in got.column_names  # not numeric: not an example column
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(log.slice(0, 0), empty)
+    assert read_examples(empty).count() == 0
+
+
+def test_collate_makes_a_batch_of_values_and_offsets_from_chunked_list_columns():
+    def part(rows, lists, labels):
+        offsets = pa.array(np.r_[0, np.cumsum([len(x) for x in lists])].astype(np.int64))
+        flat = [v for x in lists for v in x]
+        return pa.table({ROW: pa.array(rows, pa.int64()), "label": pa.array(labels, pa.int8()),
+                         "item_id": pa.LargeListArray.from_arrays(offsets, pa.array(flat, pa.int64())),
+                         "liked": pa.LargeListArray.from_arrays(offsets, pa.array([v > 2 for v in flat]))})
+
+    table = pa.concat_tables([part([7, 3], [[1, 2], []], [1, 0]), part([0, 9, 4], [[3], [4, 5, 6], [9]], [0, 0, 1])])
+    table = table.slice(1)  # chunked, and the first chunk sliced: offsets no longer start at 0
+    batch = Collate()(table)
+    assert batch.rows.tolist() == [3, 0, 9, 4] and batch.examples["label"].tolist() == [0, 0, 0, 1]
+    assert batch.offsets.tolist() == [0, 0, 1, 4, 5] and batch.lengths.tolist() == [0, 1, 3, 1]
+    assert batch.values["item_id"].tolist() == [3, 4, 5, 6, 9]
+    assert batch.values["liked"].dtype == torch.bool and batch.values["liked"].tolist() == [True, True, True,
+                                                                                              True, True]
+    assert batch.padded("item_id", 2).tolist() == [[0, 0], [3, 0], [5, 6], [9, 0]]
+    assert Collate(device="meta")(table).values["item_id"].device.type == "meta"
+    with pytest.raises(lateseq.SchemaError, match="no list columns"):
+        Collate()(table.drop_columns(["item_id", "liked"]))
+    odd = table.set_column(3, "liked", pa.array([[True]] * 4, pa.large_list(pa.bool_())))
+    with pytest.raises(lateseq.SchemaError, match="other lengths"):
+        Collate()(odd)
+
+
+def test_bad_input_is_refused_on_the_driver(world, tmp_path):
+    store, log, path = world
+    with pytest.raises(lateseq.SchemaError, match="unknown columns"):
+        materialized(store, path, lateseq.Projection(3, ("price",)))
+    with pytest.raises(lateseq.SchemaError, match="actors"):
+        materialized(store, path, PROJECTION, actors=0)
+    with pytest.raises(lateseq.SchemaError, match="clashes with the row numbers"):
+        read_examples(log.append_column(ROW, pa.array(np.zeros(log.num_rows, np.int64))), [ROW])
+    with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
+        read_examples(log.drop_columns(["uih_checksum"]))
+    one = lateseq.create(tmp_path / "one", lateseq.Schema({"item_id": "int64", "liked": "bool"}))
+    with pytest.raises(lateseq.SchemaError, match="has one"):
+        materialized(one, log.slice(0, 0), PROJECTION, by_partition=True)
+
+
+def test_import_error_names_the_extra_when_ray_is_missing():
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "try:\n    import lateseq.ray\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'lateseq[ray]'" in out.stdout
