@@ -435,6 +435,10 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
         source = f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
         if results.get("benchmark") in ("materialize", "tenants"):
             out[path.stem] = markdown(results, source)
+        elif results.get("benchmark") == "loader":  # its renderer lives with it (it needs torch)
+            import loader
+
+            out[path.stem] = loader.markdown(results) + f"\n(from {source})\n"
         elif "trials_per_kind" in results:  # benchmarks/faults.py
             out[path.stem] = faults_markdown(results, source)
     return out
