@@ -81,3 +81,53 @@ def merge_newest_reference(head_offsets, head_ts, head_tb, tail_offsets, tail_ts
         out += chosen
         lengths.append(len(chosen))
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(out, np.int64)
+
+
+def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
+                     ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
+                     f_l, f_b, has_filter, f_mode, f_values, pointers):
+    """The contract of ``_kernels._select``, one row at a time: for each of ``pointers``,
+    its candidate rows (newest first: candidates in the given order, each read from its
+    last row down) that are visible (checked only in candidates with holes), at or after
+    ``lower[p]`` (with ``has_window``) and pass the filter; the first ``max_len`` of them.
+
+    Returns (lengths, runs): runs as sorted (pointer, segment, lo, hi, place) tuples, a run
+    being a maximal stretch of consecutive chosen rows of one candidate and ``place`` the
+    position of its first (oldest) row in the pointer's output, oldest first."""
+    lengths = np.zeros(pointers, np.int64)
+    runs = []
+
+    def keeps(c: int, i: int, p: int) -> bool:
+        g = int(c_seg[c])
+        if c_holes[c]:
+            v = int(ver_b[g]) + int(ver_l[g][i])
+            seen = v <= version[p] or (v <= version_hi[p] and int(arr_b[g]) + int(arr_l[g][i]) < arrival_limit[p])
+            if not seen:
+                return False
+        if has_window and int(ts_b[g]) + int(ts_l[g][i]) < lower[p]:
+            return False
+        if has_filter:
+            value = int(f_b[g]) + int(f_l[g][i])
+            if f_mode == 0:
+                return value in {int(v) for v in f_values}
+            if f_mode == 1:
+                return value & int(f_values[0]) != 0
+            return value & int(f_values[0]) == int(f_values[0])
+        return True
+
+    for p in range(pointers):
+        newest_first = [(c, i) for c in range(len(c_ptr)) if c_ptr[c] == p
+                        for i in range(int(c_hi[c]) - 1, int(c_lo[c]) - 1, -1) if keeps(c, i, p)]
+        chosen = newest_first[:max_len]
+        lengths[p] = len(chosen)
+        # place of the k-th newest chosen row: len(chosen) - 1 - k
+        k = 0
+        while k < len(chosen):
+            c, top = chosen[k]
+            end = k
+            while end + 1 < len(chosen) and chosen[end + 1] == (c, chosen[end][1] - 1):
+                end += 1
+            low = chosen[end][1]
+            runs.append((p, int(c_seg[c]), low, top + 1, len(chosen) - 1 - end))
+            k = end + 1
+    return lengths, sorted(runs)

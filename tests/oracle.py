@@ -16,12 +16,28 @@ The contract it encodes:
 - uih_length counts the visible events; uih_checksum is the sum of their hashes mod 2**32.
 - A materialized sequence is the newest min(max_len, length) visible events, oldest first.
 - A commit with an event-id column keeps the first row of each (user, event id).
+
+Projections that select (tenants) add, on top of the visible history:
+
+- ``window``: only events with time >= request_ts - window (the window in the store's
+  time unit: an int as it is; "90d", "12h", "30m", "45s", "500ms", "7us", "3ns" or a
+  timedelta converted exactly by the store's ``time_unit``); events at request_ts are
+  never visible anyway.
+- ``where``: only events whose (integer or bool) column value is in ``isin``, has any
+  bit of ``any_bits`` set, or has every bit of ``all_bits`` set.
+- Both apply BEFORE the length: the sequence is the newest max_len of the events left.
+- ``transforms``: {time column: "age"} gives request_ts - event time (int64, store
+  units); "age_s" that in whole seconds (floor division by the units per second).
+- The pointer's length and checksum still describe the whole visible history.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -64,8 +80,11 @@ class Oracle:
     """Every committed event, in a list; versions count commits and compactions alike."""
 
     def __init__(self, columns: dict[str, str], *, time_col: str = "ts", tiebreak: str | None = None,
-                 arrival_col: str | None = None, event_id_col: str | None = None):
+                 arrival_col: str | None = None, event_id_col: str | None = None,
+                 feature_groups: dict[str, list[str]] | None = None, time_unit: str | None = None):
         self.columns = dict(columns)
+        self.feature_groups = dict(feature_groups or {})
+        self.time_unit = time_unit
         self.time_col = time_col
         self.tiebreak = tiebreak
         self.arrival_col = arrival_col
@@ -78,7 +97,8 @@ class Oracle:
     @classmethod
     def for_schema(cls, schema) -> Oracle:
         return cls(schema.columns, time_col=schema.time_col, tiebreak=schema.tiebreak,
-                   arrival_col=schema.arrival_col, event_id_col=schema.event_id_col)
+                   arrival_col=schema.arrival_col, event_id_col=schema.event_id_col,
+                   feature_groups=schema.feature_groups, time_unit=schema.time_unit)
 
     # ------------------------------------------------------------------ writing
 
@@ -164,10 +184,89 @@ class Oracle:
             values[name] = np.array(items, dtype=dtype) if items else np.empty(0, dtype)
         return offsets, values
 
+    # ------------------------------------------------------------------ projections (tenants)
+
+    def passes(self, e: Event, where) -> bool:
+        """Whether ``e`` passes a filter (anything with column, isin, any_bits, all_bits)."""
+        value = int(e.values[where.column])  # bools as 0 / 1; Python ints: two's complement bits
+        if where.isin is not None:
+            return value in {int(v) for v in where.isin}
+        if where.any_bits is not None:
+            return value & int(where.any_bits) != 0
+        return value & int(where.all_bits) == int(where.all_bits)
+
+    def chosen(self, r: Request, max_len: int, window: int | None = None, where=None) -> list[Event]:
+        """The newest ``max_len`` visible events with time >= request_ts - window (in store
+        units; None: no window) that pass ``where``, oldest first: selection first, then length."""
+        kept = [e for e in self.visible(r)
+                if (window is None or e.ts >= r.request_ts - window) and (where is None or self.passes(e, where))]
+        return kept[len(kept) - min(len(kept), max_len):]
+
+    def projection_columns(self, projection) -> list[str]:
+        """The output columns of a projection: its columns, then its feature groups'
+        members, each once; every payload column when it names neither."""
+        groups = self.feature_groups or {"default": list(self.columns)}
+        wanted = list(projection.columns)
+        for g in projection.feature_groups:
+            wanted += groups[g]
+        return list(dict.fromkeys(wanted)) or list(self.columns)
+
+    def expected_projection(self, requests: Sequence[Request],
+                            projection) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(offsets, values per column) that materialize must return for a projection with
+        any window, filter and transforms (see the module docstring)."""
+        window = window_ticks(projection.window, self.time_unit)
+        sequences = [self.chosen(r, projection.max_len, window, projection.where) for r in requests]
+        offsets = np.zeros(len(sequences) + 1, np.int64)
+        offsets[1:] = np.cumsum([len(s) for s in sequences], dtype=np.int64)
+        values = {}
+        for name in self.projection_columns(projection):
+            how = projection.transforms.get(name)
+            if how is not None:
+                assert name == self.time_col, "transforms apply to the time column"
+                divisor = UNITS_PER_SECOND[self.time_unit] if how == "age_s" else 1
+                items = [(r.request_ts - e.ts) // divisor for r, s in zip(requests, sequences, strict=True)
+                         for e in s]
+                dtype = np.dtype(np.int64)
+            elif name == self.time_col:
+                items, dtype = [e.ts for s in sequences for e in s], np.dtype(np.int64)
+            else:
+                items, dtype = [e.values[name] for s in sequences for e in s], self.output_dtype(name)
+            values[name] = np.array(items, dtype=dtype) if items else np.empty(0, dtype)
+        return offsets, values
+
     def all_events(self, version: int) -> list[Event]:
         """Every event of ``version``, in the order of a full scan: user, then history order."""
         return sorted((e for e in self.events if e.version <= version),
                       key=lambda e: (e.user, *self.order_key(e)))
+
+
+# ---------------------------------------------------------------------- windows
+
+UNITS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_SECONDS_PER = {"d": Fraction(86_400), "h": Fraction(3_600), "m": Fraction(60), "s": Fraction(1),
+                "ms": Fraction(1, 10**3), "us": Fraction(1, 10**6), "ns": Fraction(1, 10**9)}
+
+
+def window_ticks(window, time_unit: str | None) -> int | None:
+    """A projection's window as a count of the store's time unit (None: no window). Only
+    for windows the contract accepts: an int (already store units), or a string or
+    timedelta that is a whole number of the store's unit."""
+    if window is None:
+        return None
+    if isinstance(window, int) and not isinstance(window, bool):
+        assert window > 0
+        return window
+    if isinstance(window, dt.timedelta):
+        seconds = Fraction(window // dt.timedelta(microseconds=1), 10**6)
+    else:
+        match = re.fullmatch(r"\s*([0-9]+)\s*([a-z]+)\s*", window)
+        assert match and match.group(2) in _SECONDS_PER, f"not a window: {window!r}"
+        seconds = int(match.group(1)) * _SECONDS_PER[match.group(2)]
+    assert time_unit is not None, "a window with a unit needs a store with a time_unit"
+    ticks = seconds * UNITS_PER_SECOND[time_unit]
+    assert ticks.denominator == 1 and ticks > 0, f"{window!r} is not a whole number of {time_unit}"
+    return int(ticks)
 
 
 # ---------------------------------------------------------------------- comparing

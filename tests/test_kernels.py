@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import copy_windows_reference, locate_reference
+from naive import copy_windows_reference, locate_reference, select_reference
+from numba import typed
 
-from lateseq._kernels import Visibility, copy_windows, locate
+from lateseq._kernels import Visibility, _select, copy_windows, locate
 
 STORED = [np.uint8, np.uint16, np.uint32, np.int64]
 
@@ -189,3 +190,130 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
             Visibility.of_versions(np.array([1])), 2)
     count, checksum, lo, hi, holes = locate(*args)
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
+
+
+# ---------------------------------------------------------------- selection (windows, filters)
+
+
+def typed_list(arrays: list[np.ndarray]) -> typed.List:
+    listed = typed.List()
+    for array in arrays:
+        listed.append(array)
+    return listed
+
+
+@st.composite
+def select_cases(draw) -> dict:
+    """Candidates as ``select`` gets them: each pointer's history (sorted by time, ties
+    included) cut into ranges, listed newest first, each range ascending rows of one of
+    a few segments (frame-of-reference encoded). A range with holes also holds rows the
+    pointer cannot see; one without holds only visible rows (the kernel's contract)."""
+    segments = draw(st.integers(1, 3))
+    ts_dtype = draw(st.sampled_from([np.uint8, np.uint16, np.int64]))
+    f_dtype = draw(st.sampled_from([np.uint8, np.int64]))
+    with_arrival = draw(st.booleans())
+    origin = draw(st.integers(-(10**12), 10**12))
+    ts_b = [0 if ts_dtype == np.int64 else origin - draw(st.integers(0, 40)) for _ in range(segments)]
+    ver_b = [draw(st.integers(0, 2)) for _ in range(segments)]
+    arr_b = [draw(st.integers(-5, 5)) if with_arrival else 0 for _ in range(segments)]
+    f_b = [-8 if f_dtype == np.uint8 else 0 for _ in range(segments)]
+    cols = {name: [[] for _ in range(segments)] for name in ("ts", "ver", "arr", "f")}
+
+    pointers = draw(st.integers(0, 5))
+    version = [draw(st.integers(2, 6)) for _ in range(pointers)]
+    version_hi = [v + (draw(st.integers(0, 3)) if with_arrival else 0) for v in version]
+    limit = [draw(st.integers(0, 12)) if with_arrival else 0 for _ in range(pointers)]
+    c_ptr, c_seg, c_lo, c_hi, c_holes = [], [], [], [], []
+    for p in range(pointers):
+        sizes = draw(st.lists(st.integers(1, 7), max_size=4))
+        times = sorted(draw(st.lists(st.integers(0, 14), min_size=sum(sizes), max_size=sum(sizes))))
+        chunks, at = [], 0
+        for size in sizes:
+            chunks.append(times[at:at + size])
+            at += size
+        for chunk in reversed(chunks):  # newest first
+            g = draw(st.integers(0, segments - 1))
+            holes = draw(st.booleans())
+            lo = len(cols["ts"][g])
+            for t in chunk:
+                cols["ts"][g].append(origin + t - ts_b[g])
+                if holes:  # any version; the pointer may or may not see the row
+                    cols["ver"][g].append(draw(st.integers(ver_b[g], ver_b[g] + 9)) - ver_b[g])
+                else:  # only rows it sees
+                    cols["ver"][g].append(draw(st.integers(ver_b[g], max(ver_b[g], version[p]))) - ver_b[g])
+                cols["arr"][g].append(draw(st.integers(0, 14)) if with_arrival else 0)
+                cols["f"][g].append(draw(st.integers(-4, 7)) - f_b[g])
+            c_ptr.append(p)
+            c_seg.append(g)
+            c_lo.append(lo)
+            c_hi.append(len(cols["ts"][g]))
+            c_holes.append(holes)
+    mode = draw(st.integers(0, 2))
+    values = (draw(st.lists(st.integers(-5, 8), min_size=1, max_size=3, unique=True)) if mode == 0
+              else [draw(st.integers(1, 15))])
+    has_window = draw(st.booleans())
+    has_filter = draw(st.booleans())
+    return {
+        "candidates": tuple(np.array(a, dtype) for a, dtype in (
+            (c_ptr, np.int64), (c_seg, np.int64), (c_lo, np.int64), (c_hi, np.int64), (c_holes, np.bool_))),
+        "lower": np.array([origin + draw(st.integers(-2, 16)) for _ in range(pointers)], np.int64),
+        "has_window": has_window,
+        "max_len": np.int64(draw(st.sampled_from([1, 2, 3]) | st.integers(1, 30))),
+        "ts": (typed_list([np.array(c, ts_dtype) for c in cols["ts"]]), np.array(ts_b, np.int64)),
+        "ver": (typed_list([np.array(c, np.uint8) for c in cols["ver"]]), np.array(ver_b, np.int64)),
+        "arr": (typed_list([np.array(c, np.int64) if with_arrival else np.zeros(1, np.int64)
+                            for c in cols["arr"]]), np.array(arr_b, np.int64)),
+        "visibility": (np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
+        "filter": ((typed_list([np.array(c, f_dtype) for c in cols["f"]]), np.array(f_b, np.int64))
+                   if has_filter else (typed_list([np.zeros(1, np.int64)] * segments), np.zeros(segments, np.int64))),
+        "has_filter": has_filter,
+        "mode": np.int64(mode),
+        "values": np.array(values, np.int64),
+        "pointers": pointers,
+    }
+
+
+def select_args(case: dict) -> tuple:
+    return (*case["candidates"], case["lower"], case["has_window"], case["max_len"], *case["ts"], *case["ver"],
+            *case["arr"], *case["visibility"], *case["filter"], case["has_filter"], case["mode"], case["values"])
+
+
+@given(select_cases())
+@settings(max_examples=300)
+def test_select_matches_reference(case):
+    candidates = case["candidates"]
+    size = int((candidates[3] - candidates[2]).sum()) + len(candidates[0])
+    lengths = np.full(case["pointers"], 0, np.int64)
+    runs = tuple(np.full(size, -1, np.int64) for _ in range(5))
+    found, scanned = _select(*select_args(case), lengths, *runs)
+    r_lengths, r_runs = select_reference(*select_args(case), case["pointers"])
+    assert lengths.tolist() == r_lengths.tolist()
+    got = sorted(zip(*(r[:found].tolist() for r in runs), strict=True))
+    assert got == r_runs
+    assert 0 <= scanned <= size
+    # the runs of a pointer tile its output exactly: places 0 .. length - 1, each once
+    for p in range(case["pointers"]):
+        places = sorted(at + k for q, _, lo, hi, at in got if q == p for k in range(hi - lo))
+        assert places == list(range(int(lengths[p])))
+
+
+def test_select_takes_the_newest_after_the_filter_not_before():
+    """One range of six rows (times 1..6, flags 1 0 1 0 0 0), filter flag == 1, max_len 2:
+    the answer is rows 0 and 2; cutting to the newest two first would keep nothing."""
+    case = {
+        "candidates": (np.array([0]), np.array([0]), np.array([0]), np.array([6]), np.array([False])),
+        "lower": np.array([0], np.int64), "has_window": False, "max_len": np.int64(2),
+        "ts": (typed_list([np.arange(1, 7).astype(np.int64)]), np.zeros(1, np.int64)),
+        "ver": (typed_list([np.zeros(6, np.uint8)]), np.zeros(1, np.int64)),
+        "arr": (typed_list([np.zeros(1, np.int64)]), np.zeros(1, np.int64)),
+        "visibility": (np.array([1]), np.array([1]), np.array([0])),
+        "filter": (typed_list([np.array([1, 0, 1, 0, 0, 0], np.uint8)]), np.zeros(1, np.int64)),
+        "has_filter": True, "mode": np.int64(0), "values": np.array([1], np.int64), "pointers": 1,
+    }
+    lengths = np.zeros(1, np.int64)
+    runs = tuple(np.full(8, -1, np.int64) for _ in range(5))
+    found, _ = _select(*select_args(case), lengths, *runs)
+    assert lengths.tolist() == [2]
+    assert sorted(zip(*(r[:found].tolist() for r in runs), strict=True)) == [(0, 0, 0, 1, 0), (0, 0, 2, 3, 1)]
+    r_lengths, r_runs = select_reference(*select_args(case), 1)
+    assert r_lengths.tolist() == [2] and r_runs == [(0, 0, 0, 1, 0), (0, 0, 2, 3, 1)]
