@@ -176,12 +176,13 @@ def windows(time_unit: str | None):
         lambda k: dt.timedelta(milliseconds=k), small)
 
 
-INT_ISIN = st.lists(st.integers(-5, 8) | st.sampled_from([-128, 127, INT64[0], INT64[1]]), min_size=1, max_size=3)
+INT_ISIN = st.lists(st.integers(-5, 8) | st.sampled_from([-128, 127, INT64[0], INT64[1], 2**63, INT64[0] - 1]),
+                    min_size=1, max_size=3)
+MASKS = [0x80, 0xFF, 1 << 62, 1 << 63, (1 << 63) | 1, (1 << 64) - 1]  # masks of up to 64 bits
 FILTERS = st.one_of(
     st.builds(Filter, st.sampled_from(["f8", "f64"]), isin=INT_ISIN),
-    st.builds(Filter, st.sampled_from(["f8", "f64"]), any_bits=st.integers(1, 15) | st.sampled_from([0x80, 1 << 62])),
-    st.builds(Filter, st.sampled_from(["f8", "f64"]),
-              all_bits=st.integers(1, 7) | st.sampled_from([0x80, 0xFF, 1 << 62])),
+    st.builds(Filter, st.sampled_from(["f8", "f64"]), any_bits=st.integers(1, 15) | st.sampled_from(MASKS)),
+    st.builds(Filter, st.sampled_from(["f8", "f64"]), all_bits=st.integers(1, 7) | st.sampled_from(MASKS)),
     st.builds(Filter, st.just("fb"), isin=st.lists(st.integers(0, 1), min_size=1, max_size=2)),
     st.builds(Filter, st.just("fb"), any_bits=st.integers(1, 3)),
     st.builds(Filter, st.just("fb"), all_bits=st.integers(1, 3)),
@@ -467,22 +468,27 @@ def test_window_reaching_below_the_smallest_time(make_store):
     assert batch.values["ts"].tolist() == [low, low + 1, low + 3]
 
 
-@pytest.mark.parametrize("window", [2**63 - 1, 2**63, 10**30])
-def test_window_bigger_than_all_time(make_store, window):
-    store = make_store({"flag": "int8"})
-    store = store.commit(pa.table({"user_id": [1, 1], "ts": [-100, -50], "flag": pa.array([1, 0], pa.int8())}))
-    examples = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [-10]}))
-    batch = lateseq.materialize(store, examples, Projection(10, ("ts",), window=window))
-    assert batch.values["ts"].tolist() == [-100, -50]
-
-
-def test_window_string_bigger_than_all_time_in_nanoseconds(make_store):
-    """200000 days is more nanoseconds than int64 holds: still a window that holds everything."""
-    store = make_store({"flag": "int8"}, time_unit="ns")
-    store = store.commit(pa.table({"user_id": [1, 1], "ts": [5, 7], "flag": pa.array([1, 0], pa.int8())}))
-    examples = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [10]}))
-    batch = lateseq.materialize(store, examples, Projection(10, ("ts",), window="200000d"))
-    assert batch.values["ts"].tolist() == [5, 7]
+@pytest.mark.parametrize("window, time_unit", [
+    (2**62, None), (2**63 - 1, None), (2**63, None), (2**63 + 5, None), (10**30, None),
+    ("100000d", "ns"),  # 8.64e18 ns: fits int64
+    ("200000d", "ns"),  # 1.7e19 ns: more than int64 holds, still a window like any other
+])
+def test_windows_as_wide_as_int64_and_wider(make_store, window, time_unit):
+    """Events at the smallest times, requests at -10, 0 and 5: each keeps exactly the
+    events at or after request_ts - window, computed without wrapping or clamping."""
+    store = make_store({"flag": "int8"}, time_unit=time_unit)
+    oracle = Oracle.for_schema(store.schema)
+    low = INT64[0]
+    users, ts, payload = [1] * 4, [low, low + 1, low + 6, -20], {"flag": [1, 1, 1, 1]}
+    oracle.commit(users, ts, payload)
+    store = store.commit(event_table(store.schema.columns, users, ts, payload))
+    examples = lateseq.log_examples(store, pa.table({"user_id": [1, 1, 1], "request_ts": [-10, 0, 5]}))
+    projection = Projection(10, ("ts",), window=window)
+    ticks = window_ticks(window, time_unit)
+    expected = [[t for t in ts if t >= request - ticks] for request in (-10, 0, 5)]
+    batch = lateseq.materialize(store, examples, projection)
+    assert [batch.values["ts"][a:b].tolist() for a, b in zip(batch.offsets, batch.offsets[1:])] == expected
+    check(store, examples, oracle_requests(examples), oracle, {"wide": projection}, f"window {window!r}")
 
 
 @pytest.mark.parametrize("where, expected", [

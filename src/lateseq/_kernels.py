@@ -73,6 +73,19 @@ def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arriv
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _first_at_least(values, base, a, b, bound):  # pragma: no cover - compiled
+    """The first i in [a, b) with ``base + values[i] >= bound`` (b if none), for values
+    that never decrease over [a, b)."""
+    while a < b:
+        mid = (a + b) >> 1
+        if base + np.int64(values[mid]) < bound:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
@@ -82,15 +95,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
         return 0, np.uint32(0), start, start, False
     # first event at or after the request time (none when the user's newest is before it:
     # the common case for the older segments of an uncompacted version)
-    a = end if ts_base + np.int64(ts[end - 1]) < t else start
-    b = end
-    while a < b:
-        mid = (a + b) >> 1
-        if ts_base + np.int64(ts[mid]) < t:
-            a = mid + 1
-        else:
-            b = mid
-    cut = a
+    cut = end if ts_base + np.int64(ts[end - 1]) < t else _first_at_least(ts, ts_base, start, end, t)
     if cut == start:
         return 0, np.uint32(0), start, start, False
     if ver_base + np.int64(vmax[cut - 1]) <= version:
@@ -102,15 +107,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
     # is visible: count and checksum that prefix in one step. _vmin (the smallest
     # version from a row to the user's end) says whether any later row can be
     # visible at all; only then are the rows up to the cut scanned one by one.
-    a = start
-    b = cut
-    while a < b:
-        mid = (a + b) >> 1
-        if ver_base + np.int64(vmax[mid]) <= version:
-            a = mid + 1
-        else:
-            b = mid
-    prefix_end = a
+    prefix_end = _first_at_least(vmax, ver_base, start, cut, version + 1)
     n = 0
     s = np.uint32(0)
     holes = False
@@ -119,15 +116,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
     # _vmin never decreases either: rows from the first whose _vmin is past every version
     # the pointer can see are all invisible (today's events before a request against
     # yesterday's version): only the rows before them are scanned
-    top = max(version, version_hi)
-    a = prefix_end
-    b = cut
-    while a < b:
-        mid = (a + b) >> 1
-        if ver_base + np.int64(vmin[mid]) <= top:
-            a = mid + 1
-        else:
-            b = mid
+    a = _first_at_least(vmin, ver_base, prefix_end, cut, max(version, version_hi) + 1)
     if a > prefix_end:
         for i in range(a - 1, prefix_end - 1, -1):
             if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
@@ -238,14 +227,7 @@ def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
     if v_slots.shape[0] > 0:
         off = user - v_low
         return v_slots[off] if 0 <= off < v_slots.shape[0] else -1
-    a = 0
-    b = v_users.shape[0]
-    while a < b:
-        mid = (a + b) >> 1
-        if v_users[mid] < user:
-            a = mid + 1
-        else:
-            b = mid
+    a = _first_at_least(v_users, 0, 0, v_users.shape[0], user)
     return a if a < v_users.shape[0] and v_users[a] == user else -1
 
 
@@ -590,14 +572,7 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             if not c_holes[c] and not has_filter:  # a slice: cut by the window, then by length
                 a = lo
                 if has_window:
-                    ts, tb = ts_l[g], ts_b[g]
-                    b = hi
-                    while a < b:
-                        mid = (a + b) >> 1
-                        if tb + np.int64(ts[mid]) < lower[p]:
-                            a = mid + 1
-                        else:
-                            b = mid
+                    a = _first_at_least(ts_l[g], ts_b[g], lo, hi, lower[p])
                     done = a > lo
                 take = min(hi - a, max_len - taken)
                 if take > 0:

@@ -53,10 +53,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
     for name, projection in tenants.items():
         columns = projection.resolve(schema)
         window = projection.window_in(schema)
-        lower = pointers.request_ts
-        if window is not None:  # saturating: a window reaching below the smallest time keeps everything
-            floor, window = np.iinfo(np.int64).min, min(window, np.iinfo(np.int64).max)
-            lower = np.where(lower < floor + window, floor, lower - window)
+        lower = pointers.request_ts if window is None else _window_start(pointers.request_ts, window)
         lengths = np.zeros(len(pointers), np.int64)
         touched = Touched()
         picked = []
@@ -84,6 +81,18 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         batch = JaggedBatch(offsets, values, mismatched)
         out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
     return out
+
+
+def _window_start(request_ts: np.ndarray, window: int) -> np.ndarray:
+    """``request_ts - window`` exactly, the smallest int64 where it is below it (a window
+    of any width, 2**63 and wider included, never wraps around)."""
+    floor = np.iinfo(np.int64).min
+    if window >= 1 << 64:
+        return np.full(len(request_ts), floor, np.int64)
+    sign = np.uint64(1 << 63)
+    above_floor = np.ascontiguousarray(request_ts, np.int64).view(np.uint64) ^ sign  # request_ts - floor
+    width = np.uint64(window)
+    return np.where(above_floor >= width, ((above_floor - width) ^ sign).view(np.int64), floor)
 
 
 def transform(batch: JaggedBatch, projection: Projection, schema: Schema, request_ts: np.ndarray) -> JaggedBatch:
