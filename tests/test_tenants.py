@@ -289,8 +289,8 @@ LONG_TENANTS = {
 
 @pytest.mark.parametrize("shape", ["uncompacted", "full", "tiered"])
 def test_long_histories(tmp_path, shape):
-    """Two users with thousands of events over four commits (late events, many ties with
-    a tie-break column), two partitions, pointers logged at every version."""
+    """Users with up to thousands of events over four commits (late events, many ties with
+    a tie-break column), two partitions, pointers logged at every version, an unknown user."""
     rng = np.random.default_rng(11)
     schema = lateseq.Schema({"f8": "int8", "fb": "bool", "f64": "int64", "tb": "int16", "arr": "int64"},
                             tiebreak="tb", partitions=2, arrival_col="arr", time_unit="ms")
@@ -469,23 +469,25 @@ def test_window_reaching_below_the_smallest_time(make_store):
 
 
 @pytest.mark.parametrize("window, time_unit", [
-    (2**62, None), (2**63 - 1, None), (2**63, None), (2**63 + 5, None), (10**30, None),
+    (2**62, None), (2**63 - 1, None), (2**63, None), (2**63 + 5, None), (2**64 - 1, None), (2**64, None),
+    (10**30, None),
     ("100000d", "ns"),  # 8.64e18 ns: fits int64
     ("200000d", "ns"),  # 1.7e19 ns: more than int64 holds, still a window like any other
 ])
 def test_windows_as_wide_as_int64_and_wider(make_store, window, time_unit):
-    """Events at the smallest times, requests at -10, 0 and 5: each keeps exactly the
-    events at or after request_ts - window, computed without wrapping or clamping."""
+    """Events at the smallest times, requests from the smallest time to the largest: each
+    keeps exactly the events at or after request_ts - window (no wrapping, no clamping)."""
     store = make_store({"flag": "int8"}, time_unit=time_unit)
     oracle = Oracle.for_schema(store.schema)
     low = INT64[0]
-    users, ts, payload = [1] * 4, [low, low + 1, low + 6, -20], {"flag": [1, 1, 1, 1]}
+    users, ts, payload = [1] * 5, [low, low + 1, low + 6, -20, 3], {"flag": [1] * 5}
     oracle.commit(users, ts, payload)
     store = store.commit(event_table(store.schema.columns, users, ts, payload))
-    examples = lateseq.log_examples(store, pa.table({"user_id": [1, 1, 1], "request_ts": [-10, 0, 5]}))
+    requests = [low, low + 2, -10, 0, 5, INT64[1]]
+    examples = lateseq.log_examples(store, pa.table({"user_id": [1] * len(requests), "request_ts": requests}))
     projection = Projection(10, ("ts",), window=window)
     ticks = window_ticks(window, time_unit)
-    expected = [[t for t in ts if t >= request - ticks] for request in (-10, 0, 5)]
+    expected = [sorted(t for t in ts if request - ticks <= t < request) for request in requests]
     batch = lateseq.materialize(store, examples, projection)
     assert [batch.values["ts"][a:b].tolist() for a, b in zip(batch.offsets, batch.offsets[1:])] == expected
     check(store, examples, oracle_requests(examples), oracle, {"wide": projection}, f"window {window!r}")
