@@ -42,6 +42,7 @@ class HSTUConfig:
     layers: int = 2
     heads: int = 1
     dropout: float = 0.2
+    absolute_positions: bool = True  # a learned embedding per position, as published for ML-1M
 
 
 def time_buckets(query_ts: torch.Tensor, key_ts: torch.Tensor) -> torch.Tensor:
@@ -98,11 +99,12 @@ class HSTU(nn.Module):
             raise ValueError(f"dim {cfg.dim} is not a multiple of heads {cfg.heads}")
         self.cfg = cfg
         self.items = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
-        self.positions = nn.Embedding(cfg.max_len, cfg.dim)
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim) if cfg.absolute_positions else None
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.layers))
         self.dropout = nn.Dropout(cfg.dropout)
         nn.init.trunc_normal_(self.items.weight, std=0.02)
-        nn.init.trunc_normal_(self.positions.weight, std=0.02)
+        if self.positions is not None:
+            nn.init.trunc_normal_(self.positions.weight, std=0.02)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -124,7 +126,9 @@ class HSTU(nn.Module):
             raise ValueError(f"inputs of width {w} exceed max_len {self.cfg.max_len}")
         pos = torch.arange(w, device=ids.device)
         valid = pos[None, :] < lengths[:, None]  # (B, W)
-        x = self.items(ids) * math.sqrt(self.cfg.dim) + self.positions(pos)[None]
+        x = self.items(ids) * math.sqrt(self.cfg.dim)
+        if self.positions is not None:
+            x = x + self.positions(pos)[None]
         x = self.dropout(x) * valid[..., None]
         if len(self.layers) > 1 or not last_only:  # a one-layer model ranking needs no full attention
             full = self._geometry(pos[None, :], pos, valid, ts, query_ts)

@@ -86,8 +86,9 @@ def long_range(name: str) -> str:
     lines = [_made_by(r, name), "",
              (f"{c['users']:,} training users ({c['users'] // 4:,} validation, {c['users'] // 4:,} test), "
               f"{c['history']:,} events each, {c['keys']} keys, {c['filler']} filler items, key burst of "
-              f"{c['burst']}; HSTU with 1 layer, dim {c['dim']}, {c['epochs']} epochs, batch {c['batch_size']}, "
-              f"lr {c['lr']}."), "",
+              f"{c['burst']}; HSTU with 1 layer, dim {c['dim']}, "
+              f"{'with' if c.get('absolute_positions') else 'without'} absolute position embeddings, "
+              f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']}."), "",
              "| max length | key visible (test) | HR@10 | ideal HR@10 | NDCG@10 | MRR | best epoch | s/epoch |",
              "|---|---|---|---|---|---|---|---|"]
     for x in r["results"]:
@@ -117,6 +118,8 @@ def main() -> None:
         names = [p.name for p in study]
         sections.append(("history length study", lambda: lengths(names), names))
     sections += [("long-range study", lambda: long_range("long-range.json"), ["long-range.json"]),
+                 ("long-range study, with absolute position embeddings",
+                  lambda: long_range("long-range-absolute-positions.json"), ["long-range-absolute-positions.json"]),
                  ("training speed (gpu_train.py)", lambda: gpu_train("gpu-train-cpu-tiny.json"),
                   ["gpu-train-cpu-tiny.json"])]
     for title, render, needs in sections:
