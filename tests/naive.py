@@ -28,10 +28,10 @@ def event_hash_reference(user: int, ts: int, payload: list[int | float | bool]) 
     return ((h >> 32) ^ h) & 0xFFFFFFFF
 
 
-def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival,
+def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival,
                      arrival_base, request_ts, visibility, max_len):
     """The same contract as ``locate``, written for clarity, one pointer at a time."""
-    del vmax, vmin  # the reference needs no shortcut
+    del vmax, vmin, late  # the reference needs no shortcut
     hashes = np.diff(hcum.astype(np.int64), prepend=0).astype(np.uint32)
 
     def visible(i: int, p: int) -> bool:
@@ -56,8 +56,9 @@ def locate_reference(user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, h
             np.array(out[3], np.int64), np.array(out[4], np.bool_))
 
 
-def copy_windows_reference(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi,
+def copy_windows_reference(src, base, ver, ver_base, late, arrival, arrival_base, visibility, lo, hi,
                            holes, dst, out) -> None:
+    del late  # every row of a window with holes is checked
     for p in range(len(lo)):
         rows = []
         for i in range(lo[p], hi[p]):

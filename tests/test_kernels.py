@@ -16,7 +16,21 @@ from hypothesis import strategies as st
 from naive import copy_windows_reference, locate_reference, select_reference
 from numba import typed
 
-from lateseq._kernels import Visibility, _select, copy_windows, locate
+from lateseq._kernels import (
+    E_HI,
+    E_LATE,
+    E_LO,
+    ENTRY_WIDTH,
+    LATE_ROW,
+    ROW_BITS,
+    Visibility,
+    _select,
+    _select_rows,
+    copy_windows,
+    filter_tables,
+    late_rows,
+    locate,
+)
 
 STORED = [np.uint8, np.uint16, np.uint32, np.int64]
 
@@ -39,8 +53,16 @@ class Case:
     max_len: int
 
     def args(self) -> tuple:
+        """The kernel's arguments: each pointer's user as a row of range summaries."""
+        found, entries = summaries(self.user_lo, self.user_hi, self.late())
+        return (found, entries, *self.reference_args()[2:])
+
+    def reference_args(self) -> tuple:
         return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.vmin, self.ver_base,
-                self.hcum, self.arrival, self.arrival_base, self.request_ts, self.visibility, self.max_len)
+                self.hcum, self.late(), self.arrival, self.arrival_base, self.request_ts, self.visibility, self.max_len)
+
+    def late(self) -> np.ndarray:
+        return late_rows(self.ver, self.vmax, self.vmin, self.ver_base, self.hcum)
 
     def visible(self, i: int, p: int) -> bool:
         v = self.ver_base + int(self.ver[i])
@@ -48,6 +70,14 @@ class Case:
             return True
         return (self.arrival is not None and v <= self.visibility.version_hi[p]
                 and self.arrival_base + int(self.arrival[i]) < self.visibility.arrival_limit[p])
+
+
+def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, entries) for the kernel: one summary row per pointer (E_LO, E_HI, E_LATE)."""
+    entries = np.zeros((len(user_lo), ENTRY_WIDTH), np.int64)
+    entries[:, E_LO], entries[:, E_HI] = user_lo, user_hi
+    entries[:, E_LATE] = np.searchsorted(late[:, LATE_ROW], user_lo)
+    return np.arange(len(user_lo), dtype=np.int64), entries
 
 
 @st.composite
@@ -102,7 +132,7 @@ def window_rows(case: Case, p: int, lo: int, hi: int, holes: bool) -> list[int]:
 @settings(max_examples=400)
 def test_locate_matches_reference(case):
     count, checksum, lo, hi, holes = locate(*case.args())
-    r_count, r_checksum, r_lo, r_hi, r_holes = locate_reference(*case.args())
+    r_count, r_checksum, r_lo, r_hi, r_holes = locate_reference(*case.reference_args())
     for array, dtype in ((count, np.int64), (checksum, np.uint32), (lo, np.int64), (hi, np.int64)):
         assert array.dtype == dtype
     assert count.tolist() == r_count.tolist()
@@ -124,7 +154,7 @@ def test_locate_matches_reference(case):
 @settings(max_examples=300)
 def test_copy_windows_matches_reference(case, kind, data):
     count, _, lo, hi, holes = locate(*case.args())
-    r_count, _, r_lo, r_hi, r_holes = locate_reference(*case.args())
+    r_count, _, r_lo, r_hi, r_holes = locate_reference(*case.reference_args())
     n = len(case.ts)
     if kind.startswith("float"):
         src = np.array(data.draw(st.lists(st.floats(width=int(kind[5:])), min_size=n, max_size=n)), kind)
@@ -137,7 +167,8 @@ def test_copy_windows_matches_reference(case, kind, data):
         out_dtype = np.dtype(np.int64)
     lengths = np.minimum(count, case.max_len)
     dst = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
-    args = (src, base, case.ver, case.ver_base, case.arrival, case.arrival_base, case.visibility)
+    args = (src, base, case.ver, case.ver_base, case.late(), case.arrival, case.arrival_base,
+            case.visibility)
     out = np.full(int(lengths.sum()), 7, out_dtype)
     copy_windows(*args, lo, hi, holes, dst, out)
     same_inputs = np.full_like(out, 7)
@@ -158,7 +189,7 @@ def test_copy_windows_narrow_output_wraps_like_the_column_type():
     stored = (values.astype(np.int64) + 128).astype(np.uint8)
     out = np.empty(4, np.int8)
     vis = Visibility.of_versions(np.array([1]))
-    copy_windows(stored, -128, np.zeros(4, np.uint8), 1, None, 0, vis, np.array([0]), np.array([4]),
+    copy_windows(stored, -128, np.zeros(4, np.uint8), 1, np.zeros((0, 4), np.int64), None, 0, vis, np.array([0]), np.array([4]),
                  np.array([False]), np.array([0]), out)
     assert out.tolist() == values.tolist()
 
@@ -171,8 +202,9 @@ def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
     vmin = np.minimum.accumulate(ver[::-1])[::-1]
     hcum = np.cumsum(np.array([10, 20, 30, 40], np.uint32))
     vis = Visibility.of_versions(np.array([1, 2, 1, 1]))
-    args = (np.zeros(4, np.int64), np.full(4, 4, np.int64), ts, 0, ver, vmax, vmin, 0, hcum, None, 0,
-            np.array([5, 5, 3, 4]), vis, 2)
+    late = late_rows(ver, vmax, vmin, 0, hcum)
+    args = (*summaries(np.zeros(4, np.int64), np.full(4, 4, np.int64), late), ts, 0, ver, vmax, vmin, 0, hcum, late,
+            None, 0, np.array([5, 5, 3, 4]), vis, 2)
     count, checksum, lo, hi, holes = locate(*args)
     assert count.tolist() == [3, 4, 2, 2]
     assert checksum.tolist() == [70, 100, 30, 30]
@@ -185,8 +217,9 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
     ts = np.array([1, 2, 3, 4, 5], np.uint8)
     ver = np.array([1, 1, 1, 2, 3], np.uint8)
     hcum = np.cumsum(np.array([10, 20, 30, 40, 50], np.uint32))
-    args = (np.zeros(1, np.int64), np.full(1, 5, np.int64), ts, 0, ver, np.maximum.accumulate(ver),
-            np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, None, 0, np.array([9]),
+    late = np.zeros((0, 4), np.int64)
+    args = (*summaries(np.zeros(1, np.int64), np.full(1, 5, np.int64), late), ts, 0, ver, np.maximum.accumulate(ver),
+            np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, late, None, 0, np.array([9]),
             Visibility.of_versions(np.array([1])), 2)
     count, checksum, lo, hi, holes = locate(*args)
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
@@ -274,8 +307,39 @@ def select_cases(draw) -> dict:
 
 
 def select_args(case: dict) -> tuple:
-    return (*case["candidates"], case["lower"], case["has_window"], case["max_len"], *case["ts"], *case["ver"],
-            *case["arr"], *case["visibility"], *case["filter"], case["has_filter"], case["mode"], case["values"])
+    """The arguments every selection kernel and the reference share."""
+    return (*case["candidates"], case["lower"], case["has_window"])
+
+
+def shared_args(case: dict) -> tuple:
+    return (*case["ts"], *case["ver"], *case["arr"], *case["visibility"])
+
+
+def reference(case: dict) -> tuple[np.ndarray, list]:
+    return select_reference(*select_args(case), case["max_len"], *shared_args(case), *case["filter"],
+                            case["has_filter"], case["mode"], case["values"], case["pointers"])
+
+
+def kept_rows(case: dict) -> tuple[np.ndarray, list, int]:
+    """``_select_rows`` on a case with a filter: (lengths, [(pointer, place, segment, row)],
+    rows scanned), each pointer given room for ``max_len`` or all its rows if fewer."""
+    candidates = case["candidates"]
+    rows = np.bincount(candidates[0], weights=candidates[3] - candidates[2], minlength=case["pointers"])
+    region = np.zeros(case["pointers"] + 1, np.int64)
+    np.cumsum(np.minimum(rows.astype(np.int64), case["max_len"]), out=region[1:])
+    lengths = np.zeros(case["pointers"], np.int64)
+    kept = np.full(region[-1], -1, np.int64)
+    tables = filter_tables(*case["filter"], case["mode"], case["values"])
+    scanned = _select_rows(*select_args(case), region, *shared_args(case), *case["filter"], case["mode"],
+                           case["values"], *tables, lengths, kept)
+    chosen = [(p, k, *divmod(int(kept[region[p + 1] - lengths[p] + k]), 1 << ROW_BITS))
+              for p in range(case["pointers"]) for k in range(int(lengths[p]))]
+    return lengths, chosen, scanned
+
+
+def as_rows(runs: list) -> list:
+    """Runs (pointer, segment, lo, hi, place) as (pointer, place, segment, row), sorted."""
+    return sorted((p, at + k, g, lo + k) for p, g, lo, hi, at in runs for k in range(hi - lo))
 
 
 @given(select_cases())
@@ -283,10 +347,16 @@ def select_args(case: dict) -> tuple:
 def test_select_matches_reference(case):
     candidates = case["candidates"]
     size = int((candidates[3] - candidates[2]).sum()) + len(candidates[0])
+    r_lengths, r_runs = reference(case)
+    if case["has_filter"]:
+        lengths, chosen, scanned = kept_rows(case)
+        assert lengths.tolist() == r_lengths.tolist()
+        assert chosen == as_rows(r_runs)
+        assert 0 <= scanned <= size
+        return
     lengths = np.full(case["pointers"], 0, np.int64)
     runs = tuple(np.full(size, -1, np.int64) for _ in range(5))
-    found, scanned = _select(*select_args(case), lengths, *runs)
-    r_lengths, r_runs = select_reference(*select_args(case), case["pointers"])
+    found, scanned = _select(*select_args(case), case["max_len"], *shared_args(case), lengths, *runs)
     assert lengths.tolist() == r_lengths.tolist()
     got = sorted(zip(*(r[:found].tolist() for r in runs), strict=True))
     assert got == r_runs
@@ -310,10 +380,8 @@ def test_select_takes_the_newest_after_the_filter_not_before():
         "filter": (typed_list([np.array([1, 0, 1, 0, 0, 0], np.uint8)]), np.zeros(1, np.int64)),
         "has_filter": True, "mode": np.int64(0), "values": np.array([1], np.int64), "pointers": 1,
     }
-    lengths = np.zeros(1, np.int64)
-    runs = tuple(np.full(8, -1, np.int64) for _ in range(5))
-    found, _ = _select(*select_args(case), lengths, *runs)
+    lengths, chosen, _ = kept_rows(case)
     assert lengths.tolist() == [2]
-    assert sorted(zip(*(r[:found].tolist() for r in runs), strict=True)) == [(0, 0, 0, 1, 0), (0, 0, 2, 3, 1)]
-    r_lengths, r_runs = select_reference(*select_args(case), 1)
+    assert chosen == [(0, 0, 0, 0), (0, 1, 0, 2)]
+    r_lengths, r_runs = reference(case)
     assert r_lengths.tolist() == [2] and r_runs == [(0, 0, 0, 1, 0), (0, 0, 2, 3, 1)]

@@ -11,7 +11,7 @@ from . import _kernels
 from ._errors import ChecksumMismatch
 from ._format import TIME
 from ._jagged import JaggedBatch
-from ._kernels import Visibility, copy_windows
+from ._kernels import Visibility, copy_windows, late_from
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
@@ -45,26 +45,29 @@ def gather(
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     merged = [merge_runs(store, located, w, visibility, offsets) for w in located.partitions]
-    single = [visibility.take(w.ptr) if w.single else None for w in located.partitions]
+    # found once for every column: where the late rows of windows with holes begin, and
+    # for a one-segment partition, what each window sees and where it goes
+    starts = [late_from(w.view.late(), w.seg, w.lo, w.holes) for w in located.partitions]
+    single = [(visibility.take(w.ptr), offsets[w.ptr]) if w.single else None for w in located.partitions]
     values = {}
     for name in columns:
         dtype = output_dtype(store.schema, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
-        for w, runs, seen_by in zip(located.partitions, merged, single, strict=True):
-            if w.single:
+        for w, runs, one, late_at in zip(located.partitions, merged, single, starts, strict=True):
+            if one is not None:
                 segment = w.view.segments[0]
                 copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
-                             segment.base("_version"), *segment.encoded(store.schema.arrival_col), seen_by,
-                             w.lo, w.hi, w.holes, offsets[w.ptr], out)
+                             segment.base("_version"), segment.late, *segment.encoded(store.schema.arrival_col),
+                             one[0], w.lo, w.hi, w.holes, one[1], out, late_at)
                 continue
             src, bases = w.view.column(stored)
             bases = bases.astype(out.dtype)
             add_base = out.dtype.kind != "f"  # floats are copied bit for bit (-0.0, NaN payloads)
             ver, arrival = w.view.column("_version"), w.view.column(store.schema.arrival_col)
-            _kernels._copy_view(len(w.ptr), w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off, located.merge, offsets,
-                                src, bases, add_base, *ver, *arrival, visibility.version, visibility.version_hi,
-                                visibility.arrival_limit, out)
+            _kernels._copy_view(len(w.ptr), w.ptr, w.seg, w.lo, w.hi, w.holes, late_at, w.n, w.off, located.merge,
+                                offsets, src, bases, add_base, *ver, w.view.late(), *arrival, visibility.version,
+                                visibility.version_hi, visibility.arrival_limit, out)
             if len(runs[0]):
                 _kernels._copy_runs(*runs, src, bases, add_base, out)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, typed
 
 # ---------------------------------------------------------------- event hashing
 
@@ -86,11 +86,30 @@ def _first_at_least(values, base, a, b, bound):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
+def _row_hash(hcum, i):  # pragma: no cover - compiled
+    return hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - compiled
+    """``_first_at_least`` for an answer expected near ``b``: steps of 1, 2, 4, ... down
+    from ``b``, then a binary search in the last step."""
+    step = 1
+    while b - step > a:
+        if base + np.int64(values[b - step]) < bound:
+            return _first_at_least(values, base, b - step + 1, b, bound)
+        b -= step
+        step *= 2
+    return _first_at_least(values, base, a, b, bound)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
     checksum, lo, hi, holes) of its visible events and the window of the newest
-    ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows."""
+    ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
+    is the range's first late row, if it has any."""
     if start == end or max(version, version_hi) < ver_base:
         return 0, np.uint32(0), start, start, False
     # first event at or after the request time (none when the user's newest is before it:
@@ -102,32 +121,33 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
         n = cut - start
         before = hcum[start - 1] if start > 0 else np.uint32(0)
         return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False
-    # slow path: events invisible to this pointer sit among the visible ones. _vmax
-    # never decreases within a user, so every row before the first _vmax > version
-    # is visible: count and checksum that prefix in one step. _vmin (the smallest
-    # version from a row to the user's end) says whether any later row can be
-    # visible at all; only then are the rows up to the cut scanned one by one.
-    prefix_end = _first_at_least(vmax, ver_base, start, cut, version + 1)
+    # slow path: events invisible to this pointer sit among the visible ones. _vmin (the
+    # smallest version from a row to the user's end) never decreases: rows from the first
+    # whose _vmin is past every version the pointer can see are all invisible (today's
+    # events before a request against yesterday's version). That row is near the cut:
+    # searched from there.
+    a = _first_at_least_from_end(vmin, ver_base, start, cut, max(version, version_hi) + 1)
+    if version_hi == version:
+        return _locate_late(start, a, hcum, late, late_start, version, max_len)
+    # bounded by arrival too: the rows up to ``a`` are scanned one by one. _vmax never
+    # decreases within a user either, so every row before the first _vmax > version is
+    # visible: only the rows from there to ``a`` are
+    prefix_end = _first_at_least(vmax, ver_base, start, a, version + 1)
     n = 0
     s = np.uint32(0)
     holes = False
     newest = -1  # the newest visible row after the prefix
     window_lo = prefix_end
-    # _vmin never decreases either: rows from the first whose _vmin is past every version
-    # the pointer can see are all invisible (today's events before a request against
-    # yesterday's version): only the rows before them are scanned
-    a = _first_at_least(vmin, ver_base, prefix_end, cut, max(version, version_hi) + 1)
-    if a > prefix_end:
-        for i in range(a - 1, prefix_end - 1, -1):
-            if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
-                s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
-                if newest < 0:
-                    newest = i
-                if n < max_len:
-                    window_lo = i
-                n += 1
-            elif n < max_len and newest >= 0:
-                holes = True
+    for i in range(a - 1, prefix_end - 1, -1):
+        if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
+            s += _row_hash(hcum, i)
+            if newest < 0:
+                newest = i
+            if n < max_len:
+                window_lo = i
+            n += 1
+        elif n < max_len and newest >= 0:
+            holes = True
     if prefix_end > start:
         before = hcum[start - 1] if start > 0 else np.uint32(0)
         s += hcum[prefix_end - 1] - before
@@ -139,15 +159,59 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arri
     return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma: no cover
+    """The slow path of ``_locate_range`` for a pointer that sees one version: below
+    ``a`` a row is invisible only if it is late (``late_rows``) with a version past the
+    pointer's. Late rows are visited newest first down to the first whose _vmax is
+    within the pointer's version (every row before it is visible), not every row."""
+    # at most as many late rows as rows in a range: the search stays in the user's
+    k1 = _first_at_least(late[:, LATE_ROW], 0, late_start, min(late.shape[0], late_start + a - start), a)
+    n = a - start
+    s = np.uint32(hcum[a - 1] - (hcum[start - 1] if start > 0 else np.uint32(0))) if a > start else np.uint32(0)
+    k0 = k1  # the oldest late row that can be invisible
+    while k0 > late_start and late[k0 - 1, LATE_VMAX] > version:
+        k0 -= 1
+        if late[k0, LATE_VERSION] > version:
+            n -= 1
+            s -= np.uint32(late[k0, LATE_HASH])
+    remaining = min(n, max_len)
+    if remaining == 0:
+        return n, s, start, start, False
+    # the window, newest first: stretches of visible rows between invisible late rows
+    cur = a
+    hi = -1
+    holes = False
+    k = k1 - 1
+    while True:
+        while k >= k0 and late[k, LATE_VERSION] <= version:
+            k -= 1
+        below = late[k, LATE_ROW] if k >= k0 else start - 1  # the next invisible row down
+        avail = cur - below - 1
+        if avail > 0:
+            if hi < 0:
+                hi = cur
+            if remaining <= avail:
+                return n, s, cur - remaining, hi, holes
+            remaining -= avail
+        holes = hi >= 0  # rows are still owed below an invisible one: the window spans it
+        cur = below
+        k -= 1
+
+
 @njit(cache=True, nogil=True)
 def _locate(
-    user_lo, user_hi, ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
+    found, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
     request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
-    for p in range(user_lo.shape[0]):
+    for p in range(found.shape[0]):
+        if found[p] < 0:  # a user without events
+            count[p], checksum[p], lo[p], hi[p], holes[p] = 0, 0, 0, 0, False
+            continue
+        entry = entries[found[p]]
         count[p], checksum[p], lo[p], hi[p], holes[p] = _locate_range(
-            user_lo[p], user_hi[p], ts, ts_base, ver, vmax, vmin, ver_base, hcum, arrival, arrival_base,
-            request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+            entry[E_LO], entry[E_HI], ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, entry[E_LATE], arrival,
+            arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
 
 
 @dataclass(frozen=True)
@@ -175,14 +239,32 @@ class Visibility:
 
 _NO_ARRIVAL = np.zeros(1, np.int64)
 
+
+LATE_ROW, LATE_VERSION, LATE_VMAX, LATE_HASH = range(4)  # the columns of ``late_rows``
+
+
+def late_rows(ver: np.ndarray, vmax: np.ndarray, vmin: np.ndarray, ver_base: int, hcum: np.ndarray) -> np.ndarray:
+    """The rows of a segment whose version exceeds that of a later row of the same user
+    (``vmin`` is the smallest version from a row to its user's end): late arrivals. Every
+    other row is visible to any version at least its own, which is what lets the read
+    path check only these one by one. One row each: its row, version, _vmax and hash,
+    side by side so that visiting them reads a few cache lines, not one per late row."""
+    rows = np.flatnonzero(ver > vmin)
+    late = np.empty((len(rows), 4), np.int64)
+    late[:, LATE_ROW] = rows
+    late[:, LATE_VERSION] = ver_base + ver[rows].astype(np.int64)
+    late[:, LATE_VMAX] = ver_base + vmax[rows].astype(np.int64)
+    late[:, LATE_HASH] = hcum[rows] - np.where(rows > 0, hcum[np.maximum(rows - 1, 0)], np.uint32(0))
+    return late
+
 # the columns of a PartitionView's (user, segment) range summaries, one row per range
-E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH = range(7)
+E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE = range(8)  # E_LATE: its first late row's index
 ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
 def locate(
-    user_lo: np.ndarray,
-    user_hi: np.ndarray,
+    found: np.ndarray,
+    entries: np.ndarray,
     ts: np.ndarray,
     ts_base: int,
     ver: np.ndarray,
@@ -190,23 +272,26 @@ def locate(
     vmin: np.ndarray,
     ver_base: int,
     hcum: np.ndarray,
+    late: np.ndarray,
     arrival: np.ndarray | None,
     arrival_base: int,
     request_ts: np.ndarray,
     visibility: Visibility,
     max_len: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (count, checksum, lo, hi, holes), one entry per pointer."""
+    """Returns (count, checksum, lo, hi, holes), one entry per pointer. ``found[p]`` is
+    the row of ``entries`` (E_LO, E_HI and E_LATE are read) holding the pointer's user,
+    or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``."""
     if arrival is None and np.any(visibility.version_hi != visibility.version):
         raise ValueError("arrival bounds need an arrival column")
-    n = user_lo.shape[0]
+    n = found.shape[0]
     count = np.empty(n, np.int64)
     checksum = np.empty(n, np.uint32)
     lo = np.empty(n, np.int64)
     hi = np.empty(n, np.int64)
     holes = np.empty(n, np.bool_)
     _locate(
-        user_lo, user_hi, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
+        found, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
         _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len),
         count, checksum, lo, hi, holes,
@@ -239,7 +324,7 @@ def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len,
                  v_users, v_low, v_slots, v_first, entries,
-                 ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, arr_l, arr_b, tb_l, tb_b, has_tb,
+                 ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
                  w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off):  # pragma: no cover - compiled
     nw = 0
@@ -269,7 +354,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             else:
                 c, s, lo, hi, holes = _locate_range(
                     e_lo, e_hi, ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
-                    arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+                    late_l[g], entry[E_LATE], arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
             total += c
             digest += s
             if hi <= lo:
@@ -412,19 +497,38 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _copy_one(src, base, add_base, lo, hi, holes, ver, ver_base, arrival, arrival_base, version, version_hi,
-              arrival_limit, out, d):  # pragma: no cover - compiled
-    """Copies the visible rows of window [lo, hi) to ``out[d:]``."""
+def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - compiled
+    """Copies rows [lo, hi) to ``out[d:]`` with a plain counter over slices: the form
+    LLVM vectorizes (2.3x over a running index)."""
+    window = src[lo:hi]
+    target = out[d:d + window.shape[0]]
+    if add_base:
+        for k in range(window.shape[0]):
+            target[k] = base + window[k]
+    else:
+        for k in range(window.shape[0]):
+            target[k] = window[k]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_one(src, base, add_base, lo, hi, holes, ver, ver_base, late, k, arrival, arrival_base, version,
+              version_hi, arrival_limit, out, d):  # pragma: no cover - compiled
+    """Copies the visible rows of window [lo, hi) to ``out[d:]``; ``late[k]`` is its
+    first late row (or any earlier one)."""
     if not holes:
-        # slices with a plain counter: the form LLVM vectorizes (2.3x over a running index)
-        window = src[lo:hi]
-        target = out[d:d + window.shape[0]]
-        if add_base:
-            for k in range(window.shape[0]):
-                target[k] = base + window[k]
-        else:
-            for k in range(window.shape[0]):
-                target[k] = window[k]
+        _copy_slice(src, base, add_base, lo, hi, out, d)
+        return
+    if version_hi == version:  # only late rows can be invisible: slices between them
+        while k < late.shape[0] and late[k, LATE_ROW] < lo:
+            k += 1
+        while k < late.shape[0] and late[k, LATE_ROW] < hi:
+            i = late[k, LATE_ROW]
+            if late[k, LATE_VERSION] > version:
+                _copy_slice(src, base, add_base, lo, i, out, d)
+                d += i - lo
+                lo = i + 1
+            k += 1
+        _copy_slice(src, base, add_base, lo, hi, out, d)
         return
     for i in range(lo, hi):
         if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
@@ -433,19 +537,19 @@ def _copy_one(src, base, add_base, lo, hi, holes, ver, ver_base, arrival, arriva
 
 
 @njit(cache=True, nogil=True)
-def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off, merge, offsets, src_l, base_l, add_base,
-               ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit, out):  # pragma: no cover
+def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, src_l, base_l, add_base,
+               ver_l, ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit, out):  # pragma: no cover
     for w in range(nw):
         p = w_ptr[w]
         if w_n[w] == 0 or merge[p]:
             continue
         g = w_seg[w]
         if w_holes[w]:
-            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_hi[w], True, ver_l[g], ver_b[g], arr_l[g],
+            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_hi[w], True, ver_l[g], ver_b[g], late_l[g], w_late[w],
+                      arr_l[g],
                       arr_b[g], version[p], version_hi[p], arrival_limit[p], out, offsets[p] + w_off[w])
         else:  # a plain slice: no visibility columns to fetch
-            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_lo[w] + w_n[w], False, _NO_ARRIVAL, 0,
-                      _NO_ARRIVAL, 0, 0, 0, 0, out, offsets[p] + w_off[w])
+            _copy_slice(src_l[g], base_l[g], add_base, w_lo[w], w_lo[w] + w_n[w], out, offsets[p] + w_off[w])
 
 
 @njit(cache=True, nogil=True)
@@ -460,32 +564,39 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragm
             g = g_seg[k]
             src = src_l[g]
             base = base_l[g]
-        window = src[g_lo[k]:g_hi[k]]  # slices with a plain counter, as in _copy_one: LLVM vectorizes them
-        target = out[g_dst[k]:g_dst[k] + window.shape[0]]
-        if add_base:
-            for i in range(window.shape[0]):
-                target[i] = base + window[i]
-        else:
-            for i in range(window.shape[0]):
-                target[i] = window[i]
+        _copy_slice(src, base, add_base, g_lo[k], g_hi[k], out, g_dst[k])
 
 
 @njit(cache=True, nogil=True)
-def _copy_windows(src, base, ver, ver_base, arrival, arrival_base, version, version_hi,
+def _copy_windows(src, base, ver, ver_base, late, late_from, arrival, arrival_base, version, version_hi,
                   arrival_limit, lo, hi, holes, dst, out, add_base):  # pragma: no cover
     for p in range(lo.shape[0]):
-        _copy_one(src, base, add_base, lo[p], hi[p], holes[p], ver, ver_base, arrival, arrival_base, version[p],
-                  version_hi[p], arrival_limit[p], out, dst[p])
+        _copy_one(src, base, add_base, lo[p], hi[p], holes[p], ver, ver_base, late, late_from[p], arrival,
+                  arrival_base, version[p], version_hi[p], arrival_limit[p], out, dst[p])
 
 
-def copy_windows(src, base, ver, ver_base, arrival, arrival_base, visibility, lo, hi, holes,
-                 dst, out) -> None:
+@njit(cache=True, nogil=True)
+def late_from(late_l, seg: np.ndarray, lo: np.ndarray, holes: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Where the late rows of each window with holes begin in its segment's ``late``
+    (``late_l[seg]``; 0 for windows without holes): found once for every column."""
+    out = np.zeros(lo.shape[0], np.int64)
+    for w in range(lo.shape[0]):
+        if holes[w]:
+            late = late_l[seg[w]]
+            out[w] = _first_at_least(late[:, LATE_ROW], 0, 0, late.shape[0], lo[w])
+    return out
+
+
+def copy_windows(src, base, ver, ver_base, late, arrival, arrival_base, visibility, lo, hi, holes,
+                 dst, out, starts: np.ndarray | None = None) -> None:
     """Copies each pointer's visible window of ``src`` (decoded) to ``out[dst[p]:]``.
 
-    Floats are never encoded and are copied bit for bit: adding a zero base would turn
-    -0.0 into 0.0 and quieten signalling NaNs.
+    ``starts`` is ``late_from([late], zeros, lo, holes)``: found here when not given, it
+    is worth finding once for the columns of a batch. Floats are never encoded and are copied bit
+    for bit: adding a zero base would turn -0.0 into 0.0 and quieten signalling NaNs.
     """
-    _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base),
+    _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base), late,
+                  late_from(typed.List([late]), np.zeros(len(lo), np.int64), lo, holes) if starts is None else starts,
                   _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base),
                   visibility.version, visibility.version_hi, visibility.arrival_limit,
                   lo, hi, holes, dst, out, out.dtype.kind != "f")
@@ -536,10 +647,10 @@ def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndar
 @njit(cache=True, nogil=True, inline="always")
 def _passes(value, mode, values):  # pragma: no cover - compiled
     if mode == 0:
-        for v in values:
-            if v == value:
-                return True
-        return False
+        found = False
+        for v in values:  # no early exit: a short loop without branches on the data
+            found |= v == value
+        return found
     if mode == 1:
         return (value & values[0]) != 0
     return (value & values[0]) == values[0]
@@ -548,13 +659,12 @@ def _passes(value, mode, values):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
-            f_l, f_b, has_filter, f_mode, f_values,
             lengths, r_ptr, r_seg, r_lo, r_hi, r_at):  # pragma: no cover - tests/naive.py: select_reference
     """Each pointer's newest ``max_len`` events that are at or after ``lower[p]`` (with
-    ``has_window``) and pass the filter, from its candidate ranges (grouped by pointer,
-    newest first, each ascending rows of one segment; ``c_holes``: check visibility).
-    Writes ``lengths`` and the runs of consecutive chosen rows, each with its place in
-    its pointer's output (oldest first). Returns (runs, rows scanned one by one)."""
+    ``has_window``), from its candidate ranges (grouped by pointer, newest first, each
+    ascending rows of one segment; ``c_holes``: check visibility). Writes ``lengths`` and
+    the runs of consecutive chosen rows, each with its place in its pointer's output
+    (oldest first). Returns (runs, rows scanned one by one)."""
     k = 0
     scanned = 0
     c = 0
@@ -569,7 +679,7 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
                 c += 1
                 continue
             g, lo, hi = c_seg[c], c_lo[c], c_hi[c]
-            if not c_holes[c] and not has_filter:  # a slice: cut by the window, then by length
+            if not c_holes[c]:  # a slice: cut by the window, then by length
                 a = lo
                 if has_window:
                     a = _first_at_least(ts_l[g], ts_b[g], lo, hi, lower[p])
@@ -584,20 +694,14 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             run_hi = -1
             run_rank = 0
             i = hi - 1
-            holes = c_holes[c]
-            ts, tb, ver, vb, arr, ab, f, fb = ts_l[g], ts_b[g], ver_l[g], ver_b[g], arr_l[g], arr_b[g], f_l[g], f_b[g]
+            ts, tb, ver, vb, arr, ab = ts_l[g], ts_b[g], ver_l[g], ver_b[g], arr_l[g], arr_b[g]
             low = lower[p]
             while i >= lo and taken < max_len:
                 scanned += 1
-                keep = True
-                if holes and not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
-                    keep = False
-                elif has_window and tb + np.int64(ts[i]) < low:
+                if has_window and tb + np.int64(ts[i]) < low:
                     done = True
                     break
-                elif has_filter and not _passes(fb + np.int64(f[i]), f_mode, f_values):
-                    keep = False
-                if keep:
+                if _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
                     if run_hi < 0:
                         run_hi = i + 1
                         run_rank = taken
@@ -615,3 +719,94 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
         for j in range(first_run, k):  # from ranks (newest first) to places (oldest first)
             r_at[j] = taken - r_at[j] - (r_hi[j] - r_lo[j])
     return k, scanned
+
+
+@njit(cache=True, nogil=True)
+def _filter_table(base, size, mode, values):  # pragma: no cover - compiled
+    table = np.empty(size, np.bool_)
+    for stored in range(size):
+        table[stored] = _passes(base + stored, mode, values)
+    return table
+
+
+def filter_tables(stored: typed.List, bases: np.ndarray, mode: int, values: np.ndarray) -> tuple[typed.List, bool]:
+    """(tables, use_tables) for ``_select_rows``: a filter on a column stored in one or two
+    bytes is answered by one lookup per row, a table per segment of every stored value."""
+    small = all(a.dtype in (np.uint8, np.uint16) for a in stored)
+    tables = typed.List([_filter_table(np.int64(b), 1 << (8 * a.dtype.itemsize), np.int64(mode), values)
+                         for a, b in zip(stored, bases, strict=True)] if small else [np.zeros(1, np.bool_)])
+    return tables, small
+
+
+ROW_BITS = 40  # a kept row is ``segment << ROW_BITS | row``: segments of up to 2**40 rows
+ROW_MASK = (1 << ROW_BITS) - 1
+
+
+@njit(cache=True, nogil=True)
+def _select_rows(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, region,
+                 ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
+                 f_l, f_b, f_mode, f_values, tables, use_tables, lengths, kept):  # pragma: no cover - tests/naive.py
+    """``_select`` with a filter: a filter keeps rows here and there, so the chosen rows
+    are written one by one, as ``segment << ROW_BITS | row`` in output order, not as
+    runs. Pointer p owns ``kept`` over [region[p], region[p + 1]) (room for its newest
+    ``max_len`` visible events) and fills it from the top: its ``lengths[p]`` rows end at
+    region[p + 1]. The scan writes every row it reads and moves on only past kept ones,
+    so it does not branch on the filter; with ``use_tables``, ``tables[g][stored]`` is
+    the filter's answer for a stored value of segment g (see ``filter_tables``). Returns
+    the rows scanned."""
+    scanned = 0
+    c = 0
+    n = c_ptr.shape[0]
+    while c < n:
+        p = c_ptr[c]
+        top = region[p + 1] - 1
+        bound = region[p + 1] - region[p]
+        taken = 0
+        done = False
+        while c < n and c_ptr[c] == p:
+            if done or taken >= bound:
+                c += 1
+                continue
+            g, lo, hi, holes = c_seg[c], c_lo[c], c_hi[c], c_holes[c]
+            ts, tb, f, fb = ts_l[g], ts_b[g], f_l[g], f_b[g]
+            ver, vb, arr, ab = ver_l[g], ver_b[g], arr_l[g], arr_b[g]
+            table = tables[g] if use_tables else tables[0]
+            tag = g << ROW_BITS
+            low = lower[p]
+            i = hi - 1
+            if has_window:  # rows below the window's start are never read
+                i_low = _first_at_least(ts, tb, lo, hi, low)
+                done = i_low > lo
+            else:
+                i_low = lo
+            while i >= i_low and taken < bound:
+                keep = table[f[i]] if use_tables else _passes(fb + np.int64(f[i]), f_mode, f_values)
+                if holes:
+                    keep = keep and _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p])
+                kept[top - taken] = tag | i
+                taken += np.int64(keep)
+                i -= 1
+            scanned += hi - 1 - i
+            c += 1
+        lengths[p] = taken
+    return scanned
+
+
+@njit(cache=True, nogil=True)
+def _copy_rows(rows, lengths, region, offsets, kept, src_l, base_l, add_base, out):  # pragma: no cover
+    """Copies the rows ``_select_rows`` chose for pointers ``rows`` to their places in ``out``."""
+    g = 0
+    src = src_l[0]
+    base = base_l[0]
+    for r in range(rows.shape[0]):
+        p = rows[r]
+        first = region[p + 1] - lengths[p]
+        d = offsets[p]
+        for k in range(first, region[p + 1]):
+            if kept[k] >> ROW_BITS != g:  # a pointer's rows mostly come from one segment: fetch it once
+                g = kept[k] >> ROW_BITS
+                src = src_l[g]
+                base = base_l[g]
+            i = kept[k] & ROW_MASK
+            out[d] = base + src[i] if add_base else src[i]
+            d += 1

@@ -20,7 +20,19 @@ from . import _kernels
 from ._errors import PointerError
 from ._events import partition_of
 from ._format import TIME
-from ._kernels import E_HI, E_LO, E_SEG, E_TMAX, E_TMIN, E_VMAX, E_HASH, ENTRY_WIDTH, Visibility
+from ._kernels import (
+    E_HASH,
+    E_HI,
+    E_LATE,
+    E_LO,
+    E_SEG,
+    E_TMAX,
+    E_TMIN,
+    E_VMAX,
+    ENTRY_WIDTH,
+    LATE_ROW,
+    Visibility,
+)
 from ._schema import Schema
 from ._segments import Segment, UserIndex
 
@@ -47,9 +59,11 @@ class PartitionView:
         self.entries[:, E_SEG] = seg[order]
         self.entries[:, E_LO] = np.concatenate([s.starts for s in segments])[order]
         self.entries[:, E_HI] = np.concatenate([s.ends for s in segments])[order]
-        for column, values in zip((E_TMIN, E_TMAX, E_VMAX, E_HASH), zip(*map(_summary, segments)), strict=True):
+        for column, values in zip((E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE), zip(*map(_summary, segments)),
+                                  strict=True):
             self.entries[:, column] = np.concatenate(values)[order]
         self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
+        self._late: typed.List | None = None
         self._lock = threading.Lock()
 
     def ranges(self, found: np.ndarray) -> int:
@@ -76,6 +90,13 @@ class PartitionView:
                 self._columns[name] = (listed, bases)
             return self._columns[name]
 
+    def late(self) -> typed.List:
+        """Each segment's ``Segment.late`` rows, as a typed list for the kernels."""
+        with self._lock:
+            if self._late is None:
+                self._late = typed.List(s.late for s in self.segments)
+            return self._late
+
     def _dummy(self) -> tuple[typed.List, np.ndarray]:
         listed = typed.List()
         for _ in self.segments:
@@ -84,18 +105,19 @@ class PartitionView:
 
 
 def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
-    """Per user of ``segment``: first time, last time, newest version and the hash of its
-    rows (as the kernels read them: absolute int64 values, the hash's bits)."""
+    """Per user of ``segment``: first time, last time, newest version, the hash of its
+    rows (as the kernels read them: absolute int64 values, the hash's bits) and where its
+    late rows begin in ``segment.late``."""
     lo, hi = segment.starts, segment.ends.astype(np.int64)
     if not segment.info.rows:
-        return (np.zeros(len(lo), np.int64),) * 4
+        return (np.zeros(len(lo), np.int64),) * 5
     last = np.maximum(hi - 1, 0)
     ts, hcum = segment.stored(TIME), segment.stored("_hcum")
     tmin = segment.base(TIME) + ts[np.minimum(lo, len(ts) - 1)].astype(np.int64)
     tmax = segment.base(TIME) + ts[last].astype(np.int64)
     vmax = segment.base("_version") + segment.stored("_vmax")[last].astype(np.int64)
     before = np.where(lo > 0, hcum[np.maximum(lo - 1, 0)], np.uint32(0))
-    return tmin, tmax, vmax, (hcum[last] - before).astype(np.int64)
+    return tmin, tmax, vmax, (hcum[last] - before).astype(np.int64), np.searchsorted(segment.late[:, LATE_ROW], lo)
 
 
 @dataclass
@@ -167,7 +189,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
             np.int64(max_len), view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
             view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
-            view.column("_vmin")[0], view.column("_hcum")[0], *view.column(schema.arrival_col), *tb,
+            view.column("_vmin")[0], view.column("_hcum")[0], view.late(), *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
             located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off)
         for name in ("ptr", "seg", "lo", "hi", "holes", "n", "off"):
@@ -181,12 +203,10 @@ def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, req
     """A partition held by one segment (a compacted version): each pointer has at most
     one window, and the segment's arrays go to the kernel as they are."""
     segment = view.segments[0]
-    user_lo = np.where(found >= 0, view.entries[found, E_LO], 0)
-    user_hi = np.where(found >= 0, view.entries[found, E_HI], 0)
     count, checksum, lo, hi, holes = _kernels.locate(
-        user_lo, user_hi, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
+        found, view.entries, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
         segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
-        *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len)
+        segment.late, *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len)
     located.count[rows] = count
     located.checksum[rows] = checksum
     keep = hi > lo

@@ -101,7 +101,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
                                    "against the store's schema, which knows the store's time unit")
             column = schema.times_to_store(column, "example log column 'request_ts'")
         try:
-            arrays.append(column.cast(f.type).to_numpy())
+            arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
                                f"expected {f.type}") from exc

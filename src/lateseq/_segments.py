@@ -21,6 +21,7 @@ from ._format import (
     map_decoded,
     read_index,
 )
+from ._kernels import late_rows
 from ._schema import Schema
 
 # what reading a missing, truncated or garbled decoded copy raises
@@ -187,6 +188,12 @@ class Segment:
         """A column's values (at ``rows`` only, when given: no need to decode the rest)."""
         column = self.stored(name)
         return decode_values(column if rows is None else column[rows], self.base(name))
+
+    @cached_property
+    def late(self) -> np.ndarray:
+        """Rows that arrived after a later row of their user (see ``late_rows``)."""
+        return late_rows(self.stored("_version"), self.stored("_vmax"), self.stored("_vmin"), self.base("_version"),
+                         self.stored("_hcum"))
 
     @cached_property
     def index(self) -> UserIndex:

@@ -4,9 +4,9 @@ window, filter and length chosen from it, and only the chosen rows copied.
 ``locate`` runs at full length, so its windows span each pointer's whole visible
 history (its length and checksum are the pointer's, whatever a tenant keeps). Each
 tenant then walks those windows newest first: a slice it takes whole costs one binary
-search (a window cut) or none; a filter reads its one column row by row and nothing
-else. The chosen rows become runs, and only the runs of the columns a tenant reads are
-copied, by the same kernel for every tenant.
+search (a window cut) or none, and becomes a run; a filter reads its one column row by
+row and nothing else, and keeps rows one by one. Only the columns a tenant reads are
+copied, from the runs or the kept rows.
 """
 
 from __future__ import annotations
@@ -58,23 +58,27 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         touched = Touched()
         picked = []
         for w, cand in zip(located.partitions, candidates, strict=True):
-            runs, scanned = _runs(schema, w, cand, projection, lower, pointers.visibility, located.count, lengths)
-            picked.append(runs)
+            pick = _rows if projection.where is not None else _runs
+            chosen, scanned = pick(schema, w, cand, projection, lower, pointers.visibility, located.count, lengths)
+            picked.append(chosen)
             touched.scanned += scanned * _scan_bytes(w, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        placed = [(seg, lo, hi, offsets[ptr] + at) for ptr, seg, lo, hi, at in picked]
         values = {}
         for column in columns:
             stored = TIME if column == schema.time_col else column
             dtype = output_dtype(schema, column)
             target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-            for w, (seg, lo, hi, dst) in zip(located.partitions, placed, strict=True):
-                if not len(seg):
-                    continue
+            for w, chosen in zip(located.partitions, picked, strict=True):
                 src, bases = w.view.column(stored)
-                _kernels._copy_runs(seg, lo, hi, dst, src, bases.astype(target.dtype), target.dtype.kind != "f",
-                                    target)
+                add_base = target.dtype.kind != "f"
+                if isinstance(chosen, Kept):
+                    _kernels._copy_rows(w.rows, lengths, chosen.region, offsets, chosen.rows, src,
+                                        bases.astype(target.dtype), add_base, target)
+                elif len(chosen[0]):
+                    ptr, seg, lo, hi, at = chosen
+                    _kernels._copy_runs(seg, lo, hi, offsets[ptr] + at, src, bases.astype(target.dtype), add_base,
+                                        target)
             if located.partitions:  # every chosen row, at the column's stored width
                 touched.copied += int(offsets[-1]) * located.partitions[0].view.segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
@@ -125,25 +129,51 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
     return ptr[order], seg[order], lo[order], hi[order], holes[order]
 
 
-def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
-          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
-    """The runs (pointer, segment, lo, hi, place in the pointer's output) one tenant takes
-    from one partition's candidates, and the rows it scanned one by one. A run is a slice
-    of a candidate, or for rows scanned one by one as few as one row: the run arrays are
-    sized for the worst case, a chunk of pointers at a time to bound their memory."""
+@dataclass
+class Kept:
+    """The rows a filtered tenant keeps in one partition, as ``_kernels._select_rows``
+    writes them: pointer p's are rows[region[p + 1] - lengths[p]:region[p + 1]]."""
+
+    region: np.ndarray
+    rows: np.ndarray
+
+
+def _rows(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
+          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[Kept, int]:
+    """The rows a filtered tenant keeps from one partition's candidates, and the rows its
+    filter scanned: room for each pointer's newest ``max_len`` visible events."""
     view = w.view
     where = projection.where
-    filtered = view.column(where.column) if where is not None else view.column(None)
+    bound = np.zeros(len(count), np.int64)
+    bound[w.rows] = np.minimum(count[w.rows], projection.max_len)
+    region = np.zeros(len(count) + 1, np.int64)
+    np.cumsum(bound, out=region[1:])
+    kept = Kept(region, np.empty(int(region[-1]), np.int64))
+    values = where.kernel_values()
+    filtered = view.column(where.column)
+    scanned = _kernels._select_rows(
+        *cand, lower, projection.window is not None, region, *view.column(TIME), *view.column("_version"),
+        *view.column(schema.arrival_col), visibility.version, visibility.version_hi, visibility.arrival_limit,
+        *filtered, np.int64(where.mode), values, *_kernels.filter_tables(*filtered, where.mode, values), lengths,
+        kept.rows)
+    return kept, scanned
+
+
+def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
+          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """The runs (pointer, segment, lo, hi, place in the pointer's output) one tenant without
+    a filter takes from one partition's candidates, and the rows it scanned one by one. A
+    run is a slice of a candidate, or in a candidate with holes as few as one row: the run
+    arrays are sized for the worst case, a chunk of pointers at a time to bound their memory."""
+    view = w.view
     fixed = (lower, projection.window is not None, np.int64(projection.max_len),
              *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
-             visibility.version, visibility.version_hi, visibility.arrival_limit,
-             *filtered, where is not None, np.int64(where.mode if where is not None else 0),
-             where.kernel_values() if where is not None else np.zeros(1, np.int64), lengths)
+             visibility.version, visibility.version_hi, visibility.arrival_limit, lengths)
     ptr = cand[0]
     starts = np.flatnonzero(np.r_[True, ptr[1:] != ptr[:-1]]) if len(ptr) else np.zeros(0, np.int64)
     ranges = np.diff(np.append(starts, len(ptr)))  # candidates per pointer
     bound = ranges.copy()
-    if where is not None or cand[4].any():  # rows scanned one by one: a run per row at worst
+    if cand[4].any():  # rows scanned one by one: a run per row at worst
         bound += np.minimum(count[ptr[starts]], projection.max_len)
     parts, scanned, first = [], 0, 0
     while first < len(starts):
@@ -160,8 +190,11 @@ def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: 
 
 
 def _scan_bytes(w: Windows, projection: Projection) -> int:
-    """Bytes per row a row-by-row scan reads: the filter column, the time column for a window."""
-    names = ([projection.where.column] if projection.where is not None else []) + (
-        [TIME] if projection.window is not None else [])
+    """Bytes per row a row-by-row scan reads: a filter's column, or in a range with holes
+    the version (and the time, for a window)."""
+    if projection.where is not None:
+        names = [projection.where.column]
+    else:
+        names = ["_version"] + ([TIME] if projection.window is not None else [])
     return sum(w.view.segments[0].stored(n).dtype.itemsize for n in names)
 
