@@ -78,6 +78,27 @@ def test_every_row_comes_out_exactly_once_whatever_the_shards(config, drop_last,
     assert len(rows) + dropped == config["num_rows"]
 
 
+@settings(max_examples=150)
+@given(plans(), st.booleans())
+def test_even_batches_give_every_rank_as_many_batches_as_the_rank_with_fewest(config, drop_last):
+    world, workers = config["world_size"], config["num_workers"]
+    plans_ = {(r, w): ShardPlan(**{**config, "rank": r, "worker": w}, drop_last=drop_last, even_batches=True)
+              for r in range(world) for w in range(workers)}
+    plain = {key: ShardPlan(**{**config, "rank": key[0], "worker": key[1]}, drop_last=drop_last)
+             for key in plans_}
+    batches = {key: list(plan.batches()) for key, plan in plans_.items()}
+    per_rank = [sum(len(batches[r, w]) for w in range(workers)) for r in range(world)]
+    fewest = min(sum(plain[r, w].num_batches for w in range(workers)) for r in range(world))
+    assert per_rank == [fewest] * world
+    for key, got in batches.items():  # each shard yields the start of what it yields uneven
+        assert len(got) == plans_[key].num_batches
+        assert all(np.array_equal(a, b) for a, b in zip(got, plain[key].batches(), strict=False))
+    rows = np.concatenate([np.zeros(0, np.int64)] + [b for bs in batches.values() for b in bs])
+    assert len(np.unique(rows)) == len(rows), "a row came out twice"
+    if len({sum(plain[r, w].num_batches for w in range(workers)) for r in range(world)}) == 1:
+        assert all(len(batches[key]) == plain[key].num_batches for key in plans_)  # nothing dropped
+
+
 @settings(max_examples=100)
 @given(plans(), st.data())
 def test_resuming_after_batch_i_is_the_rest_of_the_uninterrupted_run(config, data):

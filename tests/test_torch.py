@@ -156,6 +156,24 @@ def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world):
     assert not np.array_equal(first, second) and np.array_equal(np.sort(first), np.sort(second))
 
 
+def test_even_batches_step_every_rank_the_same_number_of_times(world):
+    """What DistributedDataParallel needs: 3 ranks of 2 workers with uneven shards all
+    yield the fewest rank's count of batches, each an exact, distinct set of examples."""
+    _, oracle, log, _ = world
+    counts, batches = [], []
+    for rank in range(3):
+        ds = dataset(world, shuffle=True, seed=4, rank=rank, world_size=3, block_rows=50, even_batches=True)
+        got = list(DataLoader(ds, batch_size=None, num_workers=2))
+        counts.append(len(got))
+        batches += got
+    uneven = [len(list(DataLoader(dataset(world, shuffle=True, seed=4, rank=rank, world_size=3, block_rows=50),
+                                  batch_size=None, num_workers=2))) for rank in range(3)]
+    assert len(set(uneven)) > 1, "the shards are meant to be uneven here"
+    assert counts == [min(uneven)] * 3
+    rows = np.concatenate([b.rows.numpy() for b in batches])
+    check(batches, oracle, log, rows_expected=len(rows))
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_two_workers_under_fork_and_spawn(world, context):
     _store, oracle, log, _ = world

@@ -16,6 +16,10 @@ bounded whatever the size of the log, because nothing is planned per row globall
    read serves several of them) while users still come in random order.
 3. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
    may span two windows); only a shard's last batch can be short (or is dropped).
+4. With ``even_batches``, every rank yields as many batches as the rank with fewest
+   (DistributedDataParallel steps all ranks together: a rank with one more batch would
+   wait forever for the others). Ranks with more drop their last batches, from their
+   workers with the most first; each shard works this out alone, from the plan.
 
 Resuming after ``i`` batches is arithmetic on block sizes: ``slices(start=i)`` begins
 at the window holding row ``i * batch_size`` without touching the batches before.
@@ -30,7 +34,7 @@ at the window holding row ``i * batch_size`` without touching the batches before
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -78,6 +82,7 @@ class ShardPlan:
     row_groups: tuple[int, ...] | None = None
     block_rows: int = BLOCK_ROWS
     window_rows: int = WINDOW_ROWS
+    even_batches: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_rows, int | np.integer) or isinstance(self.num_rows, bool) or self.num_rows < 0:
@@ -161,8 +166,20 @@ class ShardPlan:
         """Rows this shard holds (before ``drop_last``)."""
         return int(self._window_starts[-1])
 
-    @property
+    @cached_property
     def num_batches(self) -> int:
+        if not self.even_batches or self.world_size == 1:
+            return self._own_batches
+        counts = [[self._own_batches if (rank, worker) == (self.rank, self.worker) else
+                   replace(self, rank=rank, worker=worker, even_batches=False).num_batches
+                   for worker in range(self.num_workers)] for rank in range(self.world_size)]
+        mine = counts[self.rank]
+        for _ in range(sum(mine) - min(map(sum, counts))):  # one batch less, from the worker with most
+            mine[max(range(self.num_workers), key=lambda w: (mine[w], w))] -= 1
+        return mine[self.worker]
+
+    @property
+    def _own_batches(self) -> int:
         rows = self.num_rows_shard
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 

@@ -268,7 +268,9 @@ class ExampleDataset(IterableDataset):
     rows of the log and asks the kernel to read its histories' pages ahead
     (``madvise(WILLNEED)``) while batch i is materialized, so a cold store is read
     with many requests in flight instead of one page fault at a time; batches are
-    the same either way. ``drop_last`` drops each shard's short last batch. ``example_columns``
+    the same either way. ``drop_last`` drops each shard's short last batch; ``even_batches``
+    gives every rank as many batches as the rank with fewest (what DistributedDataParallel
+    needs; the others drop their last, up to about a block per rank). ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``).
@@ -276,7 +278,7 @@ class ExampleDataset(IterableDataset):
 
     def __init__(self, store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
                  projection: Projection, *, batch_size: int = 1024, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, affinity: bool = False, prefetch: bool = False,
+                 drop_last: bool = False, even_batches: bool = False, affinity: bool = False, prefetch: bool = False,
                  example_columns: Sequence[str] | None = None,
                  verify: bool = True, rank: int | None = None, world_size: int | None = None,
                  block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
@@ -308,8 +310,8 @@ class ExampleDataset(IterableDataset):
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
-                        "affinity": bool(affinity), "row_groups": row_groups, "block_rows": block_rows,
-                        "window_rows": window_rows}
+                        "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
+                        "block_rows": block_rows, "window_rows": window_rows}
         self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
