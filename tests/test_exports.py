@@ -24,6 +24,7 @@ EXPORTED = {
     "VersionInfo",
     "VersionNotFound",
     "check_tenants",
+    "copartition_log",
     "create",
     "iter_batches",
     "load_tenants",

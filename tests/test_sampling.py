@@ -99,6 +99,31 @@ def test_even_batches_give_every_rank_as_many_batches_as_the_rank_with_fewest(co
         assert all(len(batches[key]) == plain[key].num_batches for key in plans_)  # nothing dropped
 
 
+@settings(max_examples=150)
+@given(plans(), st.data())
+def test_a_copartitioned_log_deals_each_partition_to_one_shard_and_every_row_once(config, data):
+    groups = config.get("row_groups") or ((config["num_rows"],) if config["num_rows"] else ())
+    config = {**config, "row_groups": groups}
+    parts = tuple(data.draw(st.lists(st.integers(0, 7), min_size=len(groups), max_size=len(groups))))
+    world, workers = config.pop("world_size"), config.pop("num_workers")
+    starts = np.concatenate([[0], np.cumsum(groups, dtype=np.int64)])
+    partition_of_row = np.repeat(np.array(parts, np.int64), groups) if groups else np.zeros(0, np.int64)
+    seen = []
+    for rank in range(world):
+        for worker in range(workers):
+            plan = ShardPlan(**config, rank=rank, world_size=world, worker=worker, num_workers=workers,
+                             row_group_partitions=parts)
+            for batch in plan.batches():
+                mine = partition_of_row[batch]
+                assert np.all(mine % world == rank) and np.all(mine // world % workers == worker)
+                seen.append(batch)
+            for w in range(len(plan.windows)):  # a block reads whole row groups of its partition
+                assert all(parts[g] % world == rank for g in plan.row_groups_of(w) if groups[g])
+    rows = np.concatenate([np.zeros(0, np.int64)] + seen)
+    assert np.array_equal(np.sort(rows), np.arange(config["num_rows"])), "rows missing or repeated"
+    assert starts[-1] == config["num_rows"]
+
+
 @settings(max_examples=100)
 @given(plans(), st.data())
 def test_resuming_after_batch_i_is_the_rest_of_the_uninterrupted_run(config, data):

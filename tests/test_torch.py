@@ -174,6 +174,42 @@ def test_even_batches_step_every_rank_the_same_number_of_times(world):
     check(batches, oracle, log, rows_expected=len(rows))
 
 
+def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path):
+    rng = np.random.default_rng(5)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=4))
+    users = rng.integers(0, 40, 600)
+    store = store.commit(pa.table({"user_id": users, "ts": rng.integers(0, 1000, 600), "item_id": users * 7}))
+    log = lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 44, 300),
+                                                "request_ts": rng.integers(0, 1100, 300)}))
+    path = tmp_path / "log.parquet"
+    lateseq.copartition_log(store, log, path, row_group_rows=16)
+    written = pq.read_table(path)
+    assert sorted(written.to_pylist(), key=str) == sorted(log.to_pylist(), key=str)  # the same examples
+    projection = lateseq.Projection(10, ("item_id",))
+    rows = []
+    for rank in range(2):
+        ds = ExampleDataset(str(tmp_path / "store"), path, projection, batch_size=8, shuffle=True,
+                            copartition=True, rank=rank, world_size=2)
+        for b in ds:
+            want = lateseq.materialize(store, written.take(pa.array(b.rows.numpy())), projection)
+            assert np.array_equal(b.offsets.numpy(), want.offsets)
+            assert np.array_equal(b.values["item_id"].numpy(), want.values["item_id"])
+            rows.append(b.rows.numpy())
+        opened = {int(name[1:6]) for name in ds.store._segments._open}
+        assert opened and opened <= {p for p in range(4) if p % 2 == rank}, opened
+    rows = np.concatenate(rows)
+    assert np.array_equal(np.sort(rows), np.arange(len(log)))
+    two = ExampleDataset(store, path, projection, batch_size=8, copartition=True)
+    got = np.concatenate([b.rows.numpy() for b in DataLoader(two, batch_size=None, num_workers=2)])
+    assert np.array_equal(np.sort(got), np.arange(len(log)))
+    pq.write_table(log, tmp_path / "plain.parquet")
+    with pytest.raises(lateseq.SchemaError, match="not co-partitioned"):
+        ExampleDataset(store, tmp_path / "plain.parquet", projection, copartition=True)
+    other = lateseq.create(tmp_path / "other", lateseq.Schema({"item_id": "int64"}, partitions=2))
+    with pytest.raises(lateseq.SchemaError, match="for a store of 4 partitions"):
+        ExampleDataset(other, path, projection, copartition=True)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_two_workers_under_fork_and_spawn(world, context):
     _store, oracle, log, _ = world

@@ -24,6 +24,7 @@ from ._pointers import (
     POINTER_BYTES,
     POINTER_FIELDS,
     Pointers,
+    copartition_log,
     log_examples,
     make_pointers,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "VersionInfo",
     "VersionNotFound",
     "check_tenants",
+    "copartition_log",
     "create",
     "iter_batches",
     "load_tenants",

@@ -24,6 +24,7 @@ schema (``log_examples``, ``make_pointers``, ``pointers_from_log``).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError
+from ._events import partition_of
 from ._kernels import Visibility
 from ._schema import Schema
 from ._store import Store
@@ -44,6 +46,7 @@ POINTER_FIELDS = pa.schema([
     ("uih_checksum", pa.uint32()),
 ])
 POINTER_BYTES = sum(f.type.byte_width for f in POINTER_FIELDS)
+PARTITIONS_KEY = b"lateseq.row_group_partitions"  # a co-partitioned log's metadata (see copartition_log)
 
 
 @dataclass(frozen=True)
@@ -154,3 +157,38 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     if path is not None:
         pq.write_table(examples, path)
     return examples
+
+
+def copartition_log(store: Store, examples: pa.Table, path: str | os.PathLike, *, row_group_rows: int = 65536) -> None:
+    """Writes ``examples`` to ``path`` as Parquet co-partitioned with ``store``: each row
+    group holds examples of one of the store's user-hash partitions (in log order within
+    it), and the file's metadata names each group's partition. A loader dealing row
+    groups by partition (``ExampleDataset(copartition=True)``) then has each worker read
+    the segments of its own partitions only."""
+    if not isinstance(row_group_rows, int) or isinstance(row_group_rows, bool) or row_group_rows < 1:
+        raise SchemaError(f"row_group_rows must be a positive integer, got {row_group_rows!r}")
+    users = pointers_from_log(examples, store.schema).user_id
+    parts = partition_of(users, store.schema.partitions)
+    order = np.argsort(parts, kind="stable")
+    table = examples.take(pa.array(order))
+    parts = parts[order]
+    bounds = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1], True]) if len(parts) else np.zeros(1, np.int64)
+    groups = [(int(parts[a]), start, min(start + row_group_rows, b))
+              for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
+    meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
+    with pq.ParquetWriter(path, schema) as writer:
+        for _, a, b in groups:
+            writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata), row_group_size=b - a)
+
+
+def row_group_partitions(metadata: dict[bytes, bytes] | None, partitions: int, name: str) -> tuple[int, ...]:
+    """Each row group's partition, from a log written by ``copartition_log`` for a store
+    of ``partitions`` partitions."""
+    if not metadata or PARTITIONS_KEY not in metadata:
+        raise SchemaError(f"{name} is not co-partitioned: write it with lateseq.copartition_log")
+    meta = json.loads(metadata[PARTITIONS_KEY])
+    if meta["partitions"] != partitions:
+        raise SchemaError(f"{name} was co-partitioned for a store of {meta['partitions']} partitions; "
+                          f"this store has {partitions}")
+    return tuple(int(p) for p in meta["row_groups"])

@@ -16,7 +16,11 @@ bounded whatever the size of the log, because nothing is planned per row globall
    read serves several of them) while users still come in random order.
 3. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
    may span two windows); only a shard's last batch can be short (or is dropped).
-4. With ``even_batches``, every rank yields as many batches as the rank with fewest
+4. With ``row_group_partitions`` (a log written by ``copartition_log``: each row group
+   holds examples of one store partition), blocks never mix partitions and are dealt by
+   partition: partition p to rank p % world_size, then to worker (p // world_size) %
+   num_workers. A worker then maps the segments of its own partitions only.
+5. With ``even_batches``, every rank yields as many batches as the rank with fewest
    (DistributedDataParallel steps all ranks together: a rank with one more batch would
    wait forever for the others). Ranks with more drop their last batches, from their
    workers with the most first; each shard works this out alone, from the plan.
@@ -83,6 +87,7 @@ class ShardPlan:
     block_rows: int = BLOCK_ROWS
     window_rows: int = WINDOW_ROWS
     even_batches: bool = False
+    row_group_partitions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_rows, int | np.integer) or isinstance(self.num_rows, bool) or self.num_rows < 0:
@@ -104,6 +109,11 @@ class ShardPlan:
                 raise SchemaError(f"row_groups must be non-negative row counts summing to num_rows="
                                   f"{self.num_rows}, got {len(groups)} groups of {sum(groups)} rows")
             object.__setattr__(self, "row_groups", groups)
+        if self.row_group_partitions is not None:
+            parts = tuple(int(p) for p in self.row_group_partitions)
+            if self.row_groups is None or len(parts) != len(self.row_groups) or any(p < 0 for p in parts):
+                raise SchemaError("row_group_partitions needs row_groups, a partition for each of them")
+            object.__setattr__(self, "row_group_partitions", parts)
 
     # ------------------------------------------------------------ blocks and windows
 
@@ -113,10 +123,13 @@ class ShardPlan:
         if self.row_groups is None:
             rows = np.append(np.arange(0, self.num_rows, self.block_rows, dtype=np.int64), self.num_rows)
             return (rows, rows.copy()) if self.num_rows else (np.zeros(1, np.int64),) * 2
+        parts = self.row_group_partitions
         rows, groups = [0], [0]
         size = 0
         for g, n in enumerate(self.row_groups):
-            if size and size + n > self.block_rows:
+            if parts is not None and not size:
+                groups[-1] = g  # a block's partition is that of its first row group with rows
+            if size and (size + n > self.block_rows or (parts is not None and parts[g] != parts[groups[-1]])):
                 rows.append(rows[-1] + size)
                 groups.append(g)
                 size = 0
@@ -137,7 +150,11 @@ class ShardPlan:
         order = np.arange(self.num_blocks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
-        return order[self.rank::self.world_size][self.worker::self.num_workers]
+        if self.row_group_partitions is None:
+            return order[self.rank::self.world_size][self.worker::self.num_workers]
+        part = np.array(self.row_group_partitions, np.int64)[self._block_table[1][:-1]][order]
+        return order[(part % self.world_size == self.rank)
+                     & (part // self.world_size % self.num_workers == self.worker)]
 
     @cached_property
     def windows(self) -> list[np.ndarray]:

@@ -39,7 +39,7 @@ from ._format import TIME
 from ._jagged import JaggedBatch
 from ._loader import _open_parquet
 from ._materialize import materialize
-from ._pointers import POINTER_FIELDS, pointers_from_log
+from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
 from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
@@ -264,7 +264,9 @@ class ExampleDataset(IterableDataset):
     Every example comes out exactly once per epoch; with ``shuffle``, in a new order
     each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
-    user. ``prefetch`` overlaps I/O with work: a background thread reads batch i+1's
+    user. ``copartition`` deals a log written by ``lateseq.copartition_log`` to shards by
+    the store's user-hash partitions, so each worker maps its own partitions' segments
+    only. ``prefetch`` overlaps I/O with work: a background thread reads batch i+1's
     rows of the log and asks the kernel to read its histories' pages ahead
     (``madvise(WILLNEED)``) while batch i is materialized, so a cold store is read
     with many requests in flight instead of one page fault at a time; batches are
@@ -278,7 +280,8 @@ class ExampleDataset(IterableDataset):
 
     def __init__(self, store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
                  projection: Projection, *, batch_size: int = 1024, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, even_batches: bool = False, affinity: bool = False, prefetch: bool = False,
+                 drop_last: bool = False, even_batches: bool = False, affinity: bool = False,
+                 copartition: bool = False, prefetch: bool = False,
                  example_columns: Sequence[str] | None = None,
                  verify: bool = True, rank: int | None = None, world_size: int | None = None,
                  block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
@@ -288,7 +291,10 @@ class ExampleDataset(IterableDataset):
             raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
         projection.resolve(self.store.schema)  # unknown columns fail here, not in a worker
         self.projection = projection
+        partitions = None
         if isinstance(examples, pa.Table):
+            if copartition:
+                raise SchemaError("copartition reads a Parquet log written by lateseq.copartition_log, not a table")
             self._table: pa.Table | None = examples
             self._path: str | None = None
             schema, num_rows, row_groups = examples.schema, examples.num_rows, None
@@ -298,6 +304,9 @@ class ExampleDataset(IterableDataset):
                 num_rows = meta.num_rows
                 row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
             self._table, self._path = None, os.fspath(examples)
+            if copartition:
+                partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
+                                                  f"example log {self._path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -311,7 +320,7 @@ class ExampleDataset(IterableDataset):
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
                         "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
-                        "block_rows": block_rows, "window_rows": window_rows}
+                        "block_rows": block_rows, "window_rows": window_rows, "row_group_partitions": partitions}
         self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
