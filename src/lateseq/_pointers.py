@@ -159,7 +159,8 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     return examples
 
 
-def copartition_log(store: Store, examples: pa.Table, path: str | os.PathLike, *, row_group_rows: int = 65536) -> None:
+def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str | os.PathLike, *,
+                    row_group_rows: int = 65536) -> None:
     """Writes ``examples`` to ``path`` as Parquet co-partitioned with ``store``: each row
     group holds examples of one of the store's user-hash partitions (in log order within
     it), and the file's metadata names each group's partition. A loader dealing row
@@ -167,6 +168,8 @@ def copartition_log(store: Store, examples: pa.Table, path: str | os.PathLike, *
     the segments of its own partitions only."""
     if not isinstance(row_group_rows, int) or isinstance(row_group_rows, bool) or row_group_rows < 1:
         raise SchemaError(f"row_group_rows must be a positive integer, got {row_group_rows!r}")
+    if isinstance(examples, pa.RecordBatch):
+        examples = pa.Table.from_batches([examples])
     users = pointers_from_log(examples, store.schema).user_id
     parts = partition_of(users, store.schema.partitions)
     order = np.argsort(parts, kind="stable")
