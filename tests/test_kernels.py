@@ -51,11 +51,12 @@ class Case:
     request_ts: np.ndarray
     visibility: Visibility
     max_len: int
+    hint: np.ndarray  # right, wrong or absent (-1): it must never change a result
 
     def args(self) -> tuple:
         """The kernel's arguments: each pointer's user as a row of range summaries."""
         found, entries = summaries(self.user_lo, self.user_hi, self.late())
-        return (found, entries, *self.reference_args()[2:])
+        return (found, entries, *self.reference_args()[2:], self.hint)
 
     def reference_args(self) -> tuple:
         return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.vmin, self.ver_base,
@@ -111,6 +112,10 @@ def cases(draw) -> Case:
         limit = [arrival_base + draw(st.integers(-1, 12)) for _ in users]
     else:
         version_hi, limit = version, [0] * len(users)
+    hint = []
+    for u, t in zip(users, request_ts, strict=True):
+        before = sum(ts_base + x < t for x in ts[starts[u]:ends[u]])  # where the history ends
+        hint.append(draw(st.sampled_from([-1, before, before - 1, before + 1]) | st.integers(-3, 15)))
     return Case(
         np.array(starts[users] if users else [], np.int64), np.array(ends[users] if users else [], np.int64),
         np.array(ts, ts_dtype), ts_base if ts_dtype != np.int64 else 0,
@@ -119,7 +124,7 @@ def cases(draw) -> Case:
         np.array(arrival, np.uint8) if with_arrival else None, arrival_base,
         np.array(request_ts, np.int64) if ts_dtype != np.int64 else np.array(request_ts, np.int64) - ts_base,
         Visibility(np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
-        draw(st.integers(0, 14)),
+        draw(st.integers(0, 14)), np.array(hint, np.int64),
     )
 
 
@@ -204,7 +209,7 @@ def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
     vis = Visibility.of_versions(np.array([1, 2, 1, 1]))
     late = late_rows(ver, vmax, vmin, 0, hcum)
     args = (*summaries(np.zeros(4, np.int64), np.full(4, 4, np.int64), late), ts, 0, ver, vmax, vmin, 0, hcum, late,
-            None, 0, np.array([5, 5, 3, 4]), vis, 2)
+            None, 0, np.array([5, 5, 3, 4]), vis, 2, np.full(4, -1))
     count, checksum, lo, hi, holes = locate(*args)
     assert count.tolist() == [3, 4, 2, 2]
     assert checksum.tolist() == [70, 100, 30, 30]
@@ -220,7 +225,7 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
     late = np.zeros((0, 4), np.int64)
     args = (*summaries(np.zeros(1, np.int64), np.full(1, 5, np.int64), late), ts, 0, ver, np.maximum.accumulate(ver),
             np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, late, None, 0, np.array([9]),
-            Visibility.of_versions(np.array([1])), 2)
+            Visibility.of_versions(np.array([1])), 2, np.array([3]))
     count, checksum, lo, hi, holes = locate(*args)
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
 

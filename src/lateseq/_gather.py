@@ -38,7 +38,7 @@ def gather(
         pointers = pointers_from_log(pointers, store.schema)
     columns = projection.resolve(store.schema)
     visibility = pointers.visibility
-    located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len)
+    located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len, pointers.length)
 
     mismatched = compare(pointers, located, verify, on_mismatch)
     lengths = np.minimum(located.count, projection.max_len)

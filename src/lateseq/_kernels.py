@@ -105,16 +105,23 @@ def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - c
 
 @njit(cache=True, nogil=True, inline="always")
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
-                  t, version, version_hi, arrival_limit, max_len):  # pragma: no cover - compiled
+                  t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
     checksum, lo, hi, holes) of its visible events and the window of the newest
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
-    is the range's first late row, if it has any."""
+    is the range's first late row, if it has any. ``hint`` is a guess of how many rows
+    come before the request (the pointer's recorded length): checked, it saves a search."""
     if start == end or max(version, version_hi) < ver_base:
         return 0, np.uint32(0), start, start, False
     # first event at or after the request time (none when the user's newest is before it:
     # the common case for the older segments of an uncompacted version)
-    cut = end if ts_base + np.int64(ts[end - 1]) < t else _first_at_least(ts, ts_base, start, end, t)
+    if ts_base + np.int64(ts[end - 1]) < t:
+        cut = end
+    elif 0 <= hint < end - start and ts_base + np.int64(ts[start + hint]) >= t and (
+            hint == 0 or ts_base + np.int64(ts[start + hint - 1]) < t):
+        cut = start + hint  # the first row at or after the request, as the hint says
+    else:
+        cut = _first_at_least(ts, ts_base, start, end, t)
     if cut == start:
         return 0, np.uint32(0), start, start, False
     if ver_base + np.int64(vmax[cut - 1]) <= version:
@@ -202,7 +209,7 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
 @njit(cache=True, nogil=True)
 def _locate(
     found, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
-    request_ts, version, version_hi, arrival_limit, max_len, count, checksum, lo, hi, holes,
+    request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
     for p in range(found.shape[0]):
         if found[p] < 0:  # a user without events
@@ -211,7 +218,7 @@ def _locate(
         entry = entries[found[p]]
         count[p], checksum[p], lo[p], hi[p], holes[p] = _locate_range(
             entry[E_LO], entry[E_HI], ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, entry[E_LATE], arrival,
-            arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+            arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
 
 
 @dataclass(frozen=True)
@@ -278,10 +285,12 @@ def locate(
     request_ts: np.ndarray,
     visibility: Visibility,
     max_len: int,
+    hint: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns (count, checksum, lo, hi, holes), one entry per pointer. ``found[p]`` is
     the row of ``entries`` (E_LO, E_HI and E_LATE are read) holding the pointer's user,
-    or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``."""
+    or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a
+    guess of the pointer's count (its recorded length, or -1), checked before it is used."""
     if arrival is None and np.any(visibility.version_hi != visibility.version):
         raise ValueError("arrival bounds need an arrival column")
     n = found.shape[0]
@@ -293,7 +302,7 @@ def locate(
     _locate(
         found, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
         _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
-        visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len),
+        visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
         count, checksum, lo, hi, holes,
     )
     return count, checksum, lo, hi, holes
@@ -322,7 +331,7 @@ def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len,
+def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len, hint,
                  v_users, v_low, v_slots, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
@@ -354,7 +363,8 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             else:
                 c, s, lo, hi, holes = _locate_range(
                     e_lo, e_hi, ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
-                    late_l[g], entry[E_LATE], arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len)
+                    late_l[g], entry[E_LATE], arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p],
+                    arrival_limit[p], max_len, hint[p] - total)
             total += c
             digest += s
             if hi <= lo:

@@ -154,9 +154,10 @@ class Located:
 
 
 def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
-           request_ts: np.ndarray, visibility: Visibility, max_len: int) -> Located:
+           request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
-    in the ``views(partition)`` of a handle at ``version``."""
+    in the ``views(partition)`` of a handle at ``version``. ``lengths`` (the pointers'
+    recorded lengths) saves most searches for where a history ends; never trusted."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
@@ -170,6 +171,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
                       np.zeros(n, np.int64), np.zeros(n, np.int64))
     users = np.ascontiguousarray(users, np.int64)
     request_ts = np.ascontiguousarray(request_ts, np.int64)
+    hint = np.full(n, -1, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
     parts = partition_of(users, schema.partitions)
     for p in np.unique(parts) if schema.partitions > 1 else [0]:
         view = views(int(p))
@@ -178,7 +180,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
         found = view.users.find(users[rows])
         if len(view.segments) == 1:
-            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, located))
+            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, hint[rows],
+                                                     located))
             continue
         capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
@@ -187,7 +190,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         tb = view.column(schema.tiebreak)
         found = _kernels._locate_view(
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
-            np.int64(max_len), view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
+            np.int64(max_len), hint, view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
             view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
             view.column("_vmin")[0], view.column("_hcum")[0], view.late(), *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
@@ -199,14 +202,15 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
 
 
 def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, request_ts: np.ndarray,
-                   visibility: Visibility, max_len: int, located: Located) -> Windows:
+                   visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
     """A partition held by one segment (a compacted version): each pointer has at most
     one window, and the segment's arrays go to the kernel as they are."""
     segment = view.segments[0]
     count, checksum, lo, hi, holes = _kernels.locate(
         found, view.entries, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
         segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
-        segment.late, *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len)
+        segment.late, *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len,
+        hint)
     located.count[rows] = count
     located.checksum[rows] = checksum
     keep = hi > lo

@@ -90,7 +90,7 @@ def materialize_tenants(
         return {name: materialize(store, examples, p, verify=verify, on_mismatch=on_mismatch)
                 for name, p in tenants.items()}
     pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
-    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL)
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL, pointers.length)
     mismatched = compare(pointers, located, verify, on_mismatch)
     return {name: batch for name, (batch, _) in select(store, pointers, located, tenants, mismatched).items()}
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -180,9 +182,15 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
               for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
     meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
-    with pq.ParquetWriter(path, schema) as writer:
-        for _, a, b in groups:
-            writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata), row_group_size=b - a)
+    tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex[:8]}-{Path(path).name}")  # all or nothing at ``path``
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for _, a, b in groups:
+                writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata),
+                                   row_group_size=b - a)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def row_group_partitions(metadata: dict[bytes, bytes] | None, partitions: int, name: str) -> tuple[int, ...]:

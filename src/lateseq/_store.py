@@ -349,9 +349,10 @@ class Store:
         return [self._segments.get(i) for i in self._by_partition.get(partition, [])]
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
-               max_len: int) -> Located:
-        """Finds each pointer's visible events: time before the request, and ``visibility``."""
-        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len)
+               max_len: int, lengths: np.ndarray | None = None) -> Located:
+        """Finds each pointer's visible events: time before the request, and ``visibility``
+        (``lengths``, the pointers' recorded ones, only speed the search up)."""
+        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths)
 
     def _view(self, partition: int) -> PartitionView | None:
         """The partition's segments laid out for the read kernels: built once per handle,
