@@ -9,7 +9,9 @@ Per segment and pointer, ``locate`` finds the user's events visible to the point
 (event time strictly before the request, committed in a version <= the pointer's) and
 returns their count, their checksum, and the window ``[lo, hi)`` holding the newest
 ``max_len`` of them. ``holes`` marks windows that also hold invisible events (late
-arrivals from newer versions), which ``copy_windows`` then skips one by one.
+arrivals from newer versions), which ``copy_windows`` then skips: for a pointer that
+sees one version, only a segment's late rows (``late_rows``) can be invisible below the
+first row of a newer version, so those are the rows visited, not every row.
 """
 
 from __future__ import annotations
@@ -86,11 +88,6 @@ def _first_at_least(values, base, a, b, bound):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_hash(hcum, i):  # pragma: no cover - compiled
-    return hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - compiled
     """``_first_at_least`` for an answer expected near ``b``: steps of 1, 2, 4, ... down
     from ``b``, then a binary search in the last step."""
@@ -147,7 +144,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     window_lo = prefix_end
     for i in range(a - 1, prefix_end - 1, -1):
         if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
-            s += _row_hash(hcum, i)
+            s += hcum[i] - (hcum[i - 1] if i > 0 else np.uint32(0))
             if newest < 0:
                 newest = i
             if n < max_len:
