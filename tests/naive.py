@@ -87,7 +87,8 @@ def merge_newest_reference(head_offsets, head_ts, head_tb, tail_offsets, tail_ts
 def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
                      ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
                      f_l, f_b, has_filter, f_mode, f_values, pointers):
-    """The contract of ``_kernels._select``, one row at a time: for each of ``pointers``,
+    """The contract of ``_kernels._select`` (and with a filter, of ``_select_rows``, whose
+    kept rows are these runs row by row), one row at a time: for each of ``pointers``,
     its candidate rows (newest first: candidates in the given order, each read from its
     last row down) that are visible (checked only in candidates with holes), at or after
     ``lower[p]`` (with ``has_window``) and pass the filter; the first ``max_len`` of them.
