@@ -26,9 +26,6 @@ data pipeline against a deliberately plain trainer, which is what the wait share
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import sys
 import tempfile
 import time
@@ -43,7 +40,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from hstu_ml1m import machine  # noqa: E402
+from hstu_ml1m import provenance, save_json  # noqa: E402
 from hstu_model import HSTU, HSTUConfig  # noqa: E402
 from hstu_train import TrainConfig, train_step  # noqa: E402
 from seqdata import LateseqSource  # noqa: E402
@@ -161,13 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['examples_per_s']:,.0f}", f"{r['events_per_s']:,.0f}", f"{r['s_per_step']:.3f}",
                       f"{r['data_wait']:.1%}", f"{per_worker:,.0f}" if per_worker else "-")
     console.print(table)
-    out = {"command": "python benchmarks/gpu_train.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "machine": machine(),
-           "wall_s": round(time.time() - started, 1),
+    out = {**provenance("benchmarks/gpu_train.py", argv, started),
            "config": {k: v for k, v in vars(args).items() if k != "json"}, "results": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    save_json(args.json, out)
     return out
 
 

@@ -54,6 +54,20 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
+def provenance(script: str, argv: list[str] | None, started: float) -> dict:
+    """What a results file records first: the command that made it, when, where, how long."""
+    return {"command": f"python {script} " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(), "wall_s": round(time.time() - started, 1)}
+
+
+def save_json(path: Path | None, out: dict) -> None:
+    """Writes a results file (when ``--json`` names one)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
+
+
 def run_source(source: str, files: dict, max_len: int, history: int, num_items: int, pool: torch.Tensor,
                not_items: torch.Tensor, cfg: TrainConfig, device: torch.device, console: Console) -> FitResult:
     """One training run from ``source``, from a freshly seeded model."""
@@ -155,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(table)
 
     out = {
-        "command": "python examples/hstu_ml1m.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(), "wall_s": round(time.time() - started, 1),
+        **provenance("examples/hstu_ml1m.py", argv, started),
         "config": {"max_len": max_len, "users": files["users"], "ratings": ratings.num_rows,
                    "items": len(items), "model": HSTUConfig(num_items, max_len).__dict__, "train": cfg.__dict__},
         "data_bytes": data_bytes,
@@ -172,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(f"batches bit-identical across sources: {same_batches}; metrics identical: {same_metrics}")
         if not (same_batches and same_metrics):
             console.print("[red]the two sources differ[/red]")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    save_json(args.json, out)
     if args.plot:
         plot(args.plot, out["runs"], f"HSTU on ML-1M, max length {max_len}")
     if "identical" in out and not all(out["identical"].values()):

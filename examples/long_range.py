@@ -25,10 +25,6 @@ are each seen a few times in training, and their embeddings overfit.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from hstu_ml1m import machine
+from hstu_ml1m import provenance, save_json
 from hstu_model import HSTU, HSTUConfig
 from hstu_train import TrainConfig, fit
 from rich.console import Console
@@ -143,14 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['ceiling_hr@10']:.3f}", f"{r['test']['ndcg@10']:.3f}", f"{r['test']['mrr']:.3f}",
                       f"{r['s_per_epoch']:.1f}")
     console.print(table)
-    out = {"command": "python examples/long_range.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "machine": machine(),
-           "wall_s": round(time.time() - started, 1),
-           "config": {k: v for k, v in vars(args).items() if k != "json"},
-           "results": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    out = {**provenance("examples/long_range.py", argv, started),
+           "config": {k: v for k, v in vars(args).items() if k != "json"}, "results": rows}
+    save_json(args.json, out)
     return out
 
 

@@ -76,6 +76,29 @@ class Request:
     arrival_limit: int | None = None
 
 
+def oracle_requests(examples) -> list[Request]:
+    """The pointers of an example log (a pyarrow table) as the oracle's requests."""
+    return [Request(u, t, v) for u, t, v in zip(examples.column("user_id").to_pylist(),
+                                                 examples.column("request_ts").to_pylist(),
+                                                 examples.column("uih_version").to_pylist(), strict=True)]
+
+
+def widened_pointers(oracle: Oracle, examples, rng: np.random.Generator,
+                     final: int) -> tuple[list[Request], lateseq.Pointers]:
+    """The log's pointers widened by arrival (how a stripped online tail is rebuilt): each
+    also sees events of versions up to a random one <= ``final`` that arrived before a
+    random limit; lengths and checksums from the oracle."""
+    requests = [Request(r.user, r.request_ts, r.version, int(rng.integers(r.version, final + 1)),
+                        int(rng.integers(-4, 14))) for r in oracle_requests(examples)]
+    lengths, checksums = zip(*(oracle.pointer(r) for r in requests), strict=True)
+    pointers = lateseq.Pointers(
+        np.array([r.user for r in requests], np.int64), np.array([r.request_ts for r in requests], np.int64),
+        np.array([r.version for r in requests], np.int64), np.array(lengths, np.int64),
+        np.array(checksums, np.uint32), version_hi=np.array([r.version_hi for r in requests], np.int64),
+        arrival_limit=np.array([r.arrival_limit for r in requests], np.int64))
+    return requests, pointers
+
+
 class Oracle:
     """Every committed event, in a list; versions count commits and compactions alike."""
 

@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import event_hash_reference
-from oracle import NUMPY_TYPES, Oracle, Request, assert_batch_equal
+from oracle import (
+    NUMPY_TYPES,
+    Oracle,
+    Request,
+    assert_batch_equal,
+    oracle_requests,
+    widened_pointers,
+)
 
 import lateseq
 from lateseq._kernels import event_hashes
@@ -169,11 +176,6 @@ def requests_for(oracle: Oracle, users: list[int], ghost: int, extra_ts: list[in
                      "label": pa.array(range(len(rows_user)), pa.int32())})
 
 
-def oracle_requests(examples: pa.Table) -> list[Request]:
-    return [Request(u, t, v) for u, t, v in zip(examples.column("user_id").to_pylist(),
-                                                 examples.column("request_ts").to_pylist(),
-                                                 examples.column("uih_version").to_pylist(), strict=True)]
-
 
 def projected(projection: lateseq.Projection, columns: dict[str, str]) -> list[str]:
     return list(projection.columns) if projection.columns else list(columns)
@@ -276,17 +278,7 @@ def run_scenario(sc: Scenario, root: Path) -> None:
 def check_two_tier(oracle: Oracle, store: lateseq.Store, logs: list[pa.Table], sc: Scenario,
                    rng: np.random.Generator) -> None:
     """Pointers widened by arrival: later versions' events that arrived before the limit."""
-    examples = pa.concat_tables(logs)
-    base = oracle_requests(examples)
-    requests = [Request(r.user, r.request_ts, r.version, int(rng.integers(r.version, oracle.version + 1)),
-                        int(rng.integers(-4, 14))) for r in base]
-    lengths, checksums = zip(*(oracle.pointer(r) for r in requests), strict=True)
-    pointers = lateseq.Pointers(
-        np.array([r.user for r in requests], np.int64), np.array([r.request_ts for r in requests], np.int64),
-        np.array([r.version for r in requests], np.int64), np.array(lengths, np.int64),
-        np.array(checksums, np.uint32), version_hi=np.array([r.version_hi for r in requests], np.int64),
-        arrival_limit=np.array([r.arrival_limit for r in requests], np.int64),
-    )
+    requests, pointers = widened_pointers(oracle, pa.concat_tables(logs), rng, oracle.version)
     for projection in sc.projections:
         columns = projected(projection, sc.columns)
         batch = lateseq.materialize(store, pointers, projection)

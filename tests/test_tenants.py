@@ -22,7 +22,15 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import NUMPY_TYPES, Oracle, Request, assert_batch_equal, window_ticks
+from oracle import (
+    NUMPY_TYPES,
+    Oracle,
+    Request,
+    assert_batch_equal,
+    oracle_requests,
+    widened_pointers,
+    window_ticks,
+)
 
 import lateseq
 import lateseq._select
@@ -130,11 +138,6 @@ def requests_for(oracle: Oracle, users: list[int], extra_ts: list[int]) -> pa.Ta
         rows_ts += sorted(times)
     return pa.table({"user_id": pa.array(rows_user, pa.int64()), "request_ts": pa.array(rows_ts, pa.int64())})
 
-
-def oracle_requests(examples: pa.Table) -> list[Request]:
-    return [Request(u, t, v) for u, t, v in zip(examples.column("user_id").to_pylist(),
-                                                 examples.column("request_ts").to_pylist(),
-                                                 examples.column("uih_version").to_pylist(), strict=True)]
 
 
 def replay(world: World, path: Path) -> tuple[lateseq.Store, Oracle, list[pa.Table]]:
@@ -247,15 +250,7 @@ def run_world(world: World, data, root: Path) -> None:
         check(handle, examples, oracle_requests(examples), oracle, tenants,
               f"handle v{hv} of {final}, partitions={world.partitions} tiebreak={world.tiebreak}", chunk)
     if world.arrival:  # pointers that also see later versions' events that arrived before a limit
-        base = oracle_requests(pa.concat_tables(logs))
-        requests = [Request(r.user, r.request_ts, r.version, int(rng.integers(r.version, final + 1)),
-                            int(rng.integers(-4, 14))) for r in base]
-        lengths, checksums = zip(*(oracle.pointer(r) for r in requests), strict=True)
-        pointers = lateseq.Pointers(
-            np.array([r.user for r in requests], np.int64), np.array([r.request_ts for r in requests], np.int64),
-            np.array([r.version for r in requests], np.int64), np.array(lengths, np.int64),
-            np.array(checksums, np.uint32), version_hi=np.array([r.version_hi for r in requests], np.int64),
-            arrival_limit=np.array([r.arrival_limit for r in requests], np.int64))
+        requests, pointers = widened_pointers(oracle, pa.concat_tables(logs), rng, final)
         check(store, pointers, requests, oracle, tenants, "arrival-bounded pointers", chunk)
 
 
