@@ -374,6 +374,7 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
             "segments": len(state.open().segment_infos), "durable_bytes": sum(p.stat().st_size for p in durable),
             "read_cache_bytes": sum(p.stat().st_size for p in cache), "example_log_bytes": log.stat().st_size,
             "written_bytes": state.written, "written_cache_bytes": state.written_cache, "days": state.days,
+            "merged_reads": state.merged_reads, "merge_s": state.merge_s,
         }
         log.unlink()
     # per N, shared by every state and form: the examples both sides are timed on (uniform

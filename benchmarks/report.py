@@ -97,12 +97,16 @@ def _workloads(results: dict) -> TableSpec:
 
 def _states(name: str, work: dict) -> TableSpec:
     spec = TableSpec(f"{name}: store states", ["state", "segments read", "durable store", "example log",
-                                               "read cache", "written (durable)", "what it is"])
+                                               "read cache", "merge s", "written (durable)", "what it is"])
     for state, s in work["states"].items():
-        spec.rows.append([state, _n(s["segments"]), _gb(s["durable_bytes"]), _gb(s["example_log_bytes"]),
-                          _gb(s["read_cache_bytes"]), _gb(s["written_bytes"]), s["title"]])
+        merge = s.get("merge_s")
+        spec.rows.append([state, "1 merged per partition" if s.get("merged_reads") else _n(s["segments"]),
+                          _gb(s["durable_bytes"]), _gb(s["example_log_bytes"]), _gb(s["read_cache_bytes"]),
+                          "-" if merge is None else f"{merge:.1f}", _gb(s["written_bytes"]), s["title"]])
     spec.notes.append("durable store: the version's packed segment files; read cache: their decoded copies, "
-                      "per reading host; written: every segment file ingestion and compaction wrote")
+                      "per reading host (and, for +merged states, the merged copies built from them); merge s: "
+                      "building those merged copies on the reading host, once per version; written: every "
+                      "segment file ingestion and compaction wrote")
     if work.get("tiered_compaction", "measured") != "measured":
         spec.notes.append(f"daily commits + tiered compaction: {work.get('tiered_compaction')}")
     return spec

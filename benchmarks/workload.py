@@ -35,8 +35,9 @@ random users: what the smallest form's bytes are measured on).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numba
@@ -200,10 +201,23 @@ class State:
     written: int  # durable bytes written while ingesting (every commit and compaction)
     written_cache: int  # decoded copies the writers put in the read cache meanwhile
     days: int  # days of ingestion (for bytes written per day)
+    merged_reads: bool = False  # read through merged copies in the read cache
+    merge_s: float | None = None  # seconds the reading host spent building those copies
 
     def open(self) -> lateseq.Store:
         """A fresh handle (its own open segments), at the state's version."""
-        return lateseq.open(self.path, self.version)
+        return lateseq.open(self.path, self.version, merged_reads=self.merged_reads)
+
+
+def merged_twin(state: State) -> State:
+    """``state`` read with ``merged_reads``: its merged copies built (and timed) here, as a
+    training host would before its first epoch (``Store.prefault``)."""
+    twin = replace(state, name=f"{state.name}+merged",
+                   title=f"{state.title}; read through merged copies in the read cache (merged_reads=True)",
+                   merged_reads=True)
+    start = time.perf_counter()
+    twin.open().prefault(list(SCHEMA.columns))
+    return replace(twin, merge_s=time.perf_counter() - start)
 
 
 def build_states(work: Workload, root: Path, tiered: bool = False,
@@ -252,7 +266,8 @@ def build_states(work: Workload, root: Path, tiered: bool = False,
                             store.path, store.version,
                             _log(store, work.requests, root / "logs" / "tiered.arrow", np.asarray(read)[day - 1]),
                             "daily-late", *_written(store), len(read)))
-    return states
+    progress("merged copies of the states of many segments, as a reading host builds them")
+    return states + [merged_twin(s) for s in states if len(s.open().segment_infos) > SCHEMA.partitions]
 
 
 def tiered_compaction(scratch: Path) -> str | None:
@@ -632,4 +647,7 @@ def store_files(state: State) -> tuple[list[Path], list[Path]]:
     store = state.open()
     names = [info.name for info in store.segment_infos]
     durable = [p for name in names for p in sorted((state.path / "segments").glob(f"{name}.*"))]
-    return durable, [p for name in names if (p := store.cache_dir / f"{name}.arrow").exists()]
+    cache = [p for name in names if (p := store.cache_dir / f"{name}.arrow").exists()]
+    if state.merged_reads:  # what its reads map, beside the decoded copies they were merged from
+        cache += sorted(p for p in (store.cache_dir / "merged").glob("p*") if p.suffix in (".arrow", ".json"))
+    return durable, cache

@@ -46,7 +46,12 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
     expected = {"compacted-latest", "daily-30", "late-daily-32", "late-compacted"}
     if realistic["tiered_compaction"] == "measured":
         expected.add("late-tiered")
-    assert set(realistic["states"]) == expected
+    merged = {f"{name}+merged" for name in expected if realistic["states"][name]["segments"] > 1}
+    assert merged >= {"daily-30+merged", "late-daily-32+merged"}
+    assert set(realistic["states"]) == expected | merged
+    for name in merged:  # read through merged copies built on the reading host, timed apart
+        assert realistic["states"][name]["merged_reads"] and realistic["states"][name]["merge_s"] > 0
+        assert realistic["states"][name]["read_cache_bytes"] > realistic["states"][name[:-7]]["read_cache_bytes"]
     assert set(r["workloads"]["sparse"]["states"]) == {"compacted-latest"}
     for work in r["workloads"].values():
         assert work["workload"]["examples"] > 0

@@ -38,13 +38,14 @@ __version__ = "0.1.0"
 
 
 def open(path: str | os.PathLike, version: int | str | None = None, *,  # noqa: A001
-         cache_dir: str | os.PathLike | None = None) -> Store:
+         cache_dir: str | os.PathLike | None = None, merged_reads: bool = False) -> Store:
     """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default).
 
     Readers memory-map decoded segments from ``cache_dir`` (default: ``path/cache``),
-    decoding any that are missing there from the store's durable files.
+    decoding any that are missing there from the store's durable files. ``merged_reads``
+    reads a version of many segments through merged copies kept there (see ``Store``).
     """
-    return Store(path, version, cache_dir=cache_dir)
+    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)
 
 
 def create(path: str | os.PathLike, schema: Schema) -> Store:

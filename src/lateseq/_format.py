@@ -147,21 +147,33 @@ def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
 def write_segment(directory: Path, partition: int, events: Events, cache: Path) -> SegmentInfo:
     """Writes sorted, non-empty events as a new segment: the durable files, durable
     before it returns, and the decoded file in ``cache``, so the writer reads it at once."""
+    return _write_segment(directory, f"p{partition:05d}-{uuid.uuid4().hex}", partition, events, cache, packed=True)
+
+
+def write_unpacked_segment(directory: Path, name: str, partition: int, events: Events) -> SegmentInfo:
+    """Writes sorted, non-empty events as segment ``name`` without its Parquet file: the
+    index and the decoded file only, both in ``directory``. For derived copies (a read
+    cache's merged segments), which are rebuilt from the store, never decoded."""
+    return _write_segment(directory, name, partition, events, directory, packed=False)
+
+
+def _write_segment(directory: Path, name: str, partition: int, events: Events, cache: Path,
+                   packed: bool) -> SegmentInfo:
     user_ids, starts = np.unique(events.user, return_index=True)
     ends = np.append(starts[1:], len(events)).astype(np.int64)
     bases: dict[str, int] = {}
     stored: dict[str, np.ndarray] = {}
-    for name, values in [(TIME, events.ts), *events.payload.items(), ("_version", events.version)]:
-        stored[name], bases[name] = _encode(values)
+    for column, values in [(TIME, events.ts), *events.payload.items(), ("_version", events.version)]:
+        stored[column], bases[column] = _encode(values)
 
-    name = f"p{partition:05d}-{uuid.uuid4().hex}"
-    packed = {**stored, TIME: _user_deltas(stored[TIME], starts)}
     index = pa.table({"user_id": user_ids.astype(np.int64), "end": ends})
-    crc32 = [_write_file(directory / f"{name}.parquet", _parquet_bytes(packed)),
+    parquet = directory / f"{name}.parquet"
+    crc32 = [_write_file(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
+             if packed else 0,
              _write_file(directory / f"{name}.index.arrow", _ipc_bytes(index))]
-    size = sum((directory / f"{name}{suffix}").stat().st_size for suffix in SEGMENT_FILES)
     cache.mkdir(parents=True, exist_ok=True)
     decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
+    size = sum(path.stat().st_size for path in [*([parquet] if packed else []), directory / f"{name}.index.arrow"])
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
         min_version=int(events.version.min()), max_version=int(events.version.max()),

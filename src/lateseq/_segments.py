@@ -6,6 +6,7 @@ import fcntl
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ._kernels import late_rows
 from ._schema import Schema
 
 # what reading a missing, truncated or garbled decoded copy raises
-_UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
+UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
@@ -46,7 +47,7 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
         if damaged is None or _identity(path) != damaged:
             try:
                 return map_decoded(path)  # decoded while we waited
-            except _UNREADABLE:
+            except UNREADABLE:
                 pass
         decode_segment(directory, info, cache)
         return map_decoded(path)
@@ -119,6 +120,23 @@ class SegmentCache:
                 self._open.popitem(last=False)
         return segment
 
+    def derived(self, name: str, build: Callable[[], Segment]) -> Segment:
+        """A segment made from others (a merged copy, checked whole when built or opened):
+        kept with the open segments, and built or opened by ``build`` when not open yet or
+        when its decoded file changed on disk since."""
+        with self._lock:
+            segment = self._open.pop(name, None)
+        if segment is not None and _identity(segment.path) == segment.identity:
+            with self._lock:
+                self._open[name] = segment
+            return segment
+        segment = build()  # unlocked: merging may take a while
+        with self._lock:
+            self._open[name] = segment
+            while len(self._open) > self._size:
+                self._open.popitem(last=False)
+        return segment
+
     def clear(self) -> None:
         with self._lock:
             self._open.clear()
@@ -135,13 +153,13 @@ class Segment:
         self.info = info
         self._directory = directory
         self._cache = cache
-        self._path = decoded_file(cache, info.name)
+        self.path = decoded_file(cache, info.name)
         self.user_ids, self.ends = read_index(directory, info)
         try:
-            self._data = map_decoded(self._path)
-        except _UNREADABLE:  # not decoded here yet, or a truncated copy
+            self._data = map_decoded(self.path)
+        except UNREADABLE:  # not decoded here yet, or a truncated copy
             self._data = _decode_once(directory, info, cache)
-        self.identity = _identity(self._path)
+        self.identity = _identity(self.path)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
 
@@ -164,10 +182,10 @@ class Segment:
                 return
             # the decoded copy is damaged: decode it again and check everything anew
             self._data = _decode_once(self._directory, self.info, self._cache, damaged=self.identity)
-            self.identity = _identity(self._path)
+            self.identity = _identity(self.path)
             self._verified.clear()
             if not self._sound(name):
-                raise StoreError(f"the decoded copy {self._path} of segment {self.info.name} fails its "
+                raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "
                                  f"digest for column {name!r} even after decoding it again; is another "
                                  "process writing into the read cache?")
             self._verified.add(name)

@@ -35,7 +35,7 @@ from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
-from ._merge import merge_segments
+from ._merge import merge_segments, merged_copy, merged_name, remove_stale_copies
 from ._schema import Schema
 from ._segments import Segment, SegmentCache
 from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably
@@ -46,10 +46,21 @@ _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 
 
 class Store:
-    """A handle on one version of a store. Pickles as (path, version, cache_dir)."""
+    """A handle on one version of a store. Pickles as (path, version, cache_dir, merged_reads).
+
+    With ``merged_reads``, a partition of more than one segment is read through one merged
+    copy of them in the read cache, built on this host by the first read that needs it (a
+    local compaction: about a second per 4M events) and shared by every later reader of
+    the version. Training, which reads a version many times, wants it; a few reads of a
+    version with daily, uncompacted commits do not.
+    """
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, _segments: SegmentCache | None = None):
+                 cache_dir: str | os.PathLike | None = None, merged_reads: bool = False,
+                 _segments: SegmentCache | None = None):
+        if not isinstance(merged_reads, bool):
+            raise SchemaError(f"merged_reads must be True or False, not {merged_reads!r}")
+        self.merged_reads = merged_reads
         self.path = Path(path)
         self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
         if self.path.exists() and not self.path.is_dir():
@@ -104,14 +115,16 @@ class Store:
         return cls(path)
 
     def __reduce__(self):
-        return (_unpickle, (str(self.path), self.version, str(self.cache_dir)))
+        return (_unpickle, (str(self.path), self.version, str(self.cache_dir), self.merged_reads))
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
-        return Store(self.path, version, cache_dir=self.cache_dir, _segments=self._segments)
+        return Store(self.path, version, cache_dir=self.cache_dir, merged_reads=self.merged_reads,
+                     _segments=self._segments)
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r}, version={self.version})"
+        merged = ", merged_reads=True" if self.merged_reads else ""
+        return f"Store({str(self.path)!r}, version={self.version}{merged})"
 
     def latest(self) -> Store:
         """A handle on the newest published version."""
@@ -314,6 +327,7 @@ class Store:
                     stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
                 if stale and older_than(path, grace_s):
                     path.unlink(missing_ok=True)
+            remove_stale_copies(self.cache_dir, referenced, grace_s, max(grace_s, _DECODE_GRACE_S))
         return retired
 
     # ------------------------------------------------------------ reading
@@ -335,10 +349,11 @@ class Store:
         return np.concatenate(found_user), np.concatenate(found_ids)
 
     def prefault(self, columns: list[str]) -> None:
-        """Touches every page of the columns a projection reads, so a long-running
-        loader starts warm instead of faulting pages in during its first batches."""
+        """Touches every page of the columns a projection reads (building merged copies
+        first, with ``merged_reads``), so a long-running loader starts warm instead of
+        faulting pages in, or merging, during its first batches."""
         names = [TIME if c == self.schema.time_col else c for c in columns]
-        for segment in self.segments():
+        for segment in (s for p in sorted(self._by_partition) for s in self._view(p).segments):
             for name in dict.fromkeys([*names, TIME, *SYSTEM_COLUMNS]):
                 np.add.reduce(segment.stored(name).view(np.uint8)[::4096], dtype=np.uint64)
 
@@ -355,9 +370,14 @@ class Store:
         return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths)
 
     def _view(self, partition: int) -> PartitionView | None:
-        """The partition's segments laid out for the read kernels: built once per handle,
-        and again when a decoded copy was replaced (the segment cache notices)."""
+        """The partition's segments laid out for the read kernels (or their merged copy):
+        built once per handle, and again when a decoded copy was replaced (the segment
+        cache notices)."""
         segments = self.segments(partition)
+        if self.merged_reads and len(segments) > 1:
+            inputs = segments
+            segments = [self._segments.derived(merged_name(inputs),
+                                               lambda: merged_copy(inputs, self.schema, self.cache_dir))]
         view = self._views.get(partition)
         if view is None or any(a is not b for a, b in zip(view.segments, segments, strict=True)):
             view = self._views[partition] = PartitionView(segments, self.schema) if segments else None
@@ -405,5 +425,5 @@ def _read_events(source: EventSource) -> pa.Table:
                       "RecordBatchReader or Parquet path")
 
 
-def _unpickle(path: str, version: int, cache_dir: str) -> Store:
-    return Store(path, version, cache_dir=cache_dir)
+def _unpickle(path: str, version: int, cache_dir: str, merged_reads: bool = False) -> Store:
+    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)
