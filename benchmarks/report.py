@@ -346,7 +346,9 @@ def _tenant_bytes(results: dict) -> TableSpec:
     spec.notes.append(f"lateseq wrote {_gb(ours['written_with_compaction'])} in all (every daily segment and the "
                       f"compaction's, plus the example log: the smallest union is "
                       f"{_x(results['bytes_written_ratio_with_compaction'])} that); its read cache (decoded, per "
-                      f"reading host, not durable) is {_gb(ours['read_cache'])}")
+                      f"reading host, not durable) is {_gb(ours['read_cache'])}"
+                      + (f", and the filtered copies its filtered tenants read {_gb(ours['read_cache_filtered'])}"
+                         if ours.get("read_cache_filtered") else ""))
     return spec
 
 
@@ -357,6 +359,8 @@ def _tenant_build(results: dict) -> TableSpec:
                                                                                  "what it is"])
     what = (f"{ours['commits']} daily commits {ours['ingest_cpu_s']:.1f} s, compaction {ours['compact_cpu_s']:.1f} s, "
             f"every example's pointer {ours['log_cpu_s']:.1f} s")
+    copies = {k.split(":", 1)[1]: v for k, v in ours.items() if k.startswith("filtered_copy_s:")}
+    what += "".join(f"; then, on the reading host, {name}'s filtered copy {s:.1f} s" for name, s in copies.items())
     spec.rows.append(["lateseq", f"{ours['cpu_s']:.1f}", "", what])
     for f in UNION_FORMS:
         spec.rows.append([f"Fat Row union, {FORM_SHORT[f]}", f"{build['fat_rows'][f]:.1f}", _x(build["ratio"][f]),

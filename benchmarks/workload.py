@@ -649,5 +649,5 @@ def store_files(state: State) -> tuple[list[Path], list[Path]]:
     durable = [p for name in names for p in sorted((state.path / "segments").glob(f"{name}.*"))]
     cache = [p for name in names if (p := store.cache_dir / f"{name}.arrow").exists()]
     if state.merged_reads:  # what its reads map, beside the decoded copies they were merged from
-        cache += sorted(p for p in (store.cache_dir / "merged").glob("p*") if p.suffix in (".arrow", ".json"))
+        cache += sorted(p for p in (store.cache_dir / "derived").glob("p*") if p.suffix in (".arrow", ".json"))
     return durable, cache

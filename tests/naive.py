@@ -85,13 +85,11 @@ def merge_newest_reference(head_offsets, head_ts, head_tb, tail_offsets, tail_ts
 
 
 def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
-                     ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
-                     f_l, f_b, has_filter, f_mode, f_values, pointers):
-    """The contract of ``_kernels._select`` (and with a filter, of ``_select_rows``, whose
-    kept rows are these runs row by row), one row at a time: for each of ``pointers``,
+                     ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit, pointers):
+    """The contract of ``_kernels._select``, one row at a time: for each of ``pointers``,
     its candidate rows (newest first: candidates in the given order, each read from its
-    last row down) that are visible (checked only in candidates with holes), at or after
-    ``lower[p]`` (with ``has_window``) and pass the filter; the first ``max_len`` of them.
+    last row down) that are visible (checked only in candidates with holes) and at or
+    after ``lower[p]`` (with ``has_window``); the first ``max_len`` of them.
 
     Returns (lengths, runs): runs as sorted (pointer, segment, lo, hi, place) tuples, a run
     being a maximal stretch of consecutive chosen rows of one candidate and ``place`` the
@@ -106,16 +104,7 @@ def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_l
             seen = v <= version[p] or (v <= version_hi[p] and int(arr_b[g]) + int(arr_l[g][i]) < arrival_limit[p])
             if not seen:
                 return False
-        if has_window and int(ts_b[g]) + int(ts_l[g][i]) < lower[p]:
-            return False
-        if has_filter:
-            value = int(f_b[g]) + int(f_l[g][i])
-            if f_mode == 0:
-                return value in {int(v) for v in f_values}
-            if f_mode == 1:
-                return value & int(f_values[0]) != 0
-            return value & int(f_values[0]) == int(f_values[0])
-        return True
+        return not (has_window and int(ts_b[g]) + int(ts_l[g][i]) < lower[p])
 
     for p in range(pointers):
         newest_first = [(c, i) for c in range(len(c_ptr)) if c_ptr[c] == p

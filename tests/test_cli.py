@@ -153,6 +153,19 @@ def test_cache_dir_moves_the_decoded_segments(files):
     assert pq.read_table(d / "o.parquet").num_rows == 60
 
 
+def test_merged_reads_give_the_same_sequences(files):
+    store, d = Path(files["store"]), files["dir"]
+    for events in ("e1", "e2", "e3"):  # three segments, late events among them
+        assert lateseq("ingest", store, files[events])[0] == 0
+    assert lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
+    for options, out in (([], "plain"), (["--merged-reads"], "merged")):
+        code, _, err = lateseq(*options, "materialize", store, d / "ex.parquet", "--max-len", 5, "--out",
+                               d / f"{out}.parquet")
+        assert code == 0, err
+    assert pq.read_table(d / "merged.parquet").equals(pq.read_table(d / "plain.parquet"))
+    assert len(list((store / "cache" / "derived").glob("*.json"))) == 1  # the merged copy
+
+
 def test_ingest_options_create_the_schema(files, tmp_path):
     path = write(tmp_path / "other.parquet", uid=[1, 1, 2], t=[5, 5, 6], seq=[2, 1, 0], item_id=[7, 8, 9])
     store = tmp_path / "s2"

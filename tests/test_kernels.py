@@ -22,12 +22,9 @@ from lateseq._kernels import (
     E_LO,
     ENTRY_WIDTH,
     LATE_ROW,
-    ROW_BITS,
     Visibility,
     _select,
-    _select_rows,
     copy_windows,
-    filter_tables,
     late_rows,
     locate,
 )
@@ -230,7 +227,7 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
 
 
-# ---------------------------------------------------------------- selection (windows, filters)
+# ---------------------------------------------------------------- selection (windows)
 
 
 def typed_list(arrays: list[np.ndarray]) -> typed.List:
@@ -248,14 +245,12 @@ def select_cases(draw) -> dict:
     pointer cannot see; one without holds only visible rows (the kernel's contract)."""
     segments = draw(st.integers(1, 3))
     ts_dtype = draw(st.sampled_from([np.uint8, np.uint16, np.int64]))
-    f_dtype = draw(st.sampled_from([np.uint8, np.int64]))
     with_arrival = draw(st.booleans())
     origin = draw(st.integers(-(10**12), 10**12))
     ts_b = [0 if ts_dtype == np.int64 else origin - draw(st.integers(0, 40)) for _ in range(segments)]
     ver_b = [draw(st.integers(0, 2)) for _ in range(segments)]
     arr_b = [draw(st.integers(-5, 5)) if with_arrival else 0 for _ in range(segments)]
-    f_b = [-8 if f_dtype == np.uint8 else 0 for _ in range(segments)]
-    cols = {name: [[] for _ in range(segments)] for name in ("ts", "ver", "arr", "f")}
+    cols = {name: [[] for _ in range(segments)] for name in ("ts", "ver", "arr")}
 
     pointers = draw(st.integers(0, 5))
     version = [draw(st.integers(2, 6)) for _ in range(pointers)]
@@ -280,17 +275,12 @@ def select_cases(draw) -> dict:
                 else:  # only rows it sees
                     cols["ver"][g].append(draw(st.integers(ver_b[g], max(ver_b[g], version[p]))) - ver_b[g])
                 cols["arr"][g].append(draw(st.integers(0, 14)) if with_arrival else 0)
-                cols["f"][g].append(draw(st.integers(-4, 7)) - f_b[g])
             c_ptr.append(p)
             c_seg.append(g)
             c_lo.append(lo)
             c_hi.append(len(cols["ts"][g]))
             c_holes.append(holes)
-    mode = draw(st.integers(0, 2))
-    values = (draw(st.lists(st.integers(-5, 8), min_size=1, max_size=3, unique=True)) if mode == 0
-              else [draw(st.integers(1, 15))])
     has_window = draw(st.booleans())
-    has_filter = draw(st.booleans())
     return {
         "candidates": tuple(np.array(a, dtype) for a, dtype in (
             (c_ptr, np.int64), (c_seg, np.int64), (c_lo, np.int64), (c_hi, np.int64), (c_holes, np.bool_))),
@@ -302,11 +292,6 @@ def select_cases(draw) -> dict:
         "arr": (typed_list([np.array(c, np.int64) if with_arrival else np.zeros(1, np.int64)
                             for c in cols["arr"]]), np.array(arr_b, np.int64)),
         "visibility": (np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
-        "filter": ((typed_list([np.array(c, f_dtype) for c in cols["f"]]), np.array(f_b, np.int64))
-                   if has_filter else (typed_list([np.zeros(1, np.int64)] * segments), np.zeros(segments, np.int64))),
-        "has_filter": has_filter,
-        "mode": np.int64(mode),
-        "values": np.array(values, np.int64),
         "pointers": pointers,
     }
 
@@ -321,30 +306,7 @@ def shared_args(case: dict) -> tuple:
 
 
 def reference(case: dict) -> tuple[np.ndarray, list]:
-    return select_reference(*select_args(case), case["max_len"], *shared_args(case), *case["filter"],
-                            case["has_filter"], case["mode"], case["values"], case["pointers"])
-
-
-def kept_rows(case: dict) -> tuple[np.ndarray, list, int]:
-    """``_select_rows`` on a case with a filter: (lengths, [(pointer, place, segment, row)],
-    rows scanned), each pointer given room for ``max_len`` or all its rows if fewer."""
-    candidates = case["candidates"]
-    rows = np.bincount(candidates[0], weights=candidates[3] - candidates[2], minlength=case["pointers"])
-    region = np.zeros(case["pointers"] + 1, np.int64)
-    np.cumsum(np.minimum(rows.astype(np.int64), case["max_len"]), out=region[1:])
-    lengths = np.zeros(case["pointers"], np.int64)
-    kept = np.full(region[-1], -1, np.int64)
-    tables = filter_tables(*case["filter"], case["mode"], case["values"])
-    scanned = _select_rows(*select_args(case), region, *shared_args(case), *case["filter"], case["mode"],
-                           case["values"], *tables, lengths, kept)
-    chosen = [(p, k, *divmod(int(kept[region[p + 1] - lengths[p] + k]), 1 << ROW_BITS))
-              for p in range(case["pointers"]) for k in range(int(lengths[p]))]
-    return lengths, chosen, scanned
-
-
-def as_rows(runs: list) -> list:
-    """Runs (pointer, segment, lo, hi, place) as (pointer, place, segment, row), sorted."""
-    return sorted((p, at + k, g, lo + k) for p, g, lo, hi, at in runs for k in range(hi - lo))
+    return select_reference(*select_args(case), case["max_len"], *shared_args(case), case["pointers"])
 
 
 @given(select_cases())
@@ -353,12 +315,6 @@ def test_select_matches_reference(case):
     candidates = case["candidates"]
     size = int((candidates[3] - candidates[2]).sum()) + len(candidates[0])
     r_lengths, r_runs = reference(case)
-    if case["has_filter"]:
-        lengths, chosen, scanned = kept_rows(case)
-        assert lengths.tolist() == r_lengths.tolist()
-        assert chosen == as_rows(r_runs)
-        assert 0 <= scanned <= size
-        return
     lengths = np.full(case["pointers"], 0, np.int64)
     runs = tuple(np.full(size, -1, np.int64) for _ in range(5))
     found, scanned = _select(*select_args(case), case["max_len"], *shared_args(case), lengths, *runs)
@@ -370,23 +326,3 @@ def test_select_matches_reference(case):
     for p in range(case["pointers"]):
         places = sorted(at + k for q, _, lo, hi, at in got if q == p for k in range(hi - lo))
         assert places == list(range(int(lengths[p])))
-
-
-def test_select_takes_the_newest_after_the_filter_not_before():
-    """One range of six rows (times 1..6, flags 1 0 1 0 0 0), filter flag == 1, max_len 2:
-    the answer is rows 0 and 2; cutting to the newest two first would keep nothing."""
-    case = {
-        "candidates": (np.array([0]), np.array([0]), np.array([0]), np.array([6]), np.array([False])),
-        "lower": np.array([0], np.int64), "has_window": False, "max_len": np.int64(2),
-        "ts": (typed_list([np.arange(1, 7).astype(np.int64)]), np.zeros(1, np.int64)),
-        "ver": (typed_list([np.zeros(6, np.uint8)]), np.zeros(1, np.int64)),
-        "arr": (typed_list([np.zeros(1, np.int64)]), np.zeros(1, np.int64)),
-        "visibility": (np.array([1]), np.array([1]), np.array([0])),
-        "filter": (typed_list([np.array([1, 0, 1, 0, 0, 0], np.uint8)]), np.zeros(1, np.int64)),
-        "has_filter": True, "mode": np.int64(0), "values": np.array([1], np.int64), "pointers": 1,
-    }
-    lengths, chosen, _ = kept_rows(case)
-    assert lengths.tolist() == [2]
-    assert chosen == [(0, 0, 0, 0), (0, 1, 0, 2)]
-    r_lengths, r_runs = reference(case)
-    assert r_lengths.tolist() == [2] and r_runs == [(0, 0, 0, 1, 0), (0, 0, 2, 3, 1)]

@@ -160,13 +160,13 @@ def write_unpacked_segment(directory: Path, name: str, partition: int, events: E
 def _write_segment(directory: Path, name: str, partition: int, events: Events, cache: Path,
                    packed: bool) -> SegmentInfo:
     user_ids, starts = np.unique(events.user, return_index=True)
-    ends = np.append(starts[1:], len(events)).astype(np.int64)
+    ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
     bases: dict[str, int] = {}
     stored: dict[str, np.ndarray] = {}
     for column, values in [(TIME, events.ts), *events.payload.items(), ("_version", events.version)]:
         stored[column], bases[column] = _encode(values)
 
-    index = pa.table({"user_id": user_ids.astype(np.int64), "end": ends})
+    index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
     parquet = directory / f"{name}.parquet"
     crc32 = [_write_file(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
              if packed else 0,
@@ -176,7 +176,7 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
     size = sum(path.stat().st_size for path in [*([parquet] if packed else []), directory / f"{name}.index.arrow"])
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
-        min_version=int(events.version.min()), max_version=int(events.version.max()),
+        min_version=int(events.version.min()) if len(events) else 0, max_version=int(events.version.max(initial=0)),
         bytes=size, bases=bases, crc32=crc32, decoded=decoded,
     )
 
@@ -262,17 +262,18 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
     keyed = offset + version.astype(np.int64)
     vmax = np.maximum.accumulate(keyed) - offset
     vmin = np.minimum.accumulate(keyed[::-1])[::-1] - offset
-    table = pa.table({**stored, "_vmax": vmax.astype(version.dtype), "_vmin": vmin.astype(version.dtype),
-                      "_hcum": np.cumsum(hashes, dtype=np.uint32)})
-    digests = {name: column_digest(column.to_numpy()) for name, column in zip(table.column_names, table.columns,
-                                                                               strict=True)}
+    # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
+    table = pa.record_batch({**stored, "_vmax": vmax.astype(version.dtype), "_vmin": vmin.astype(version.dtype),
+                             "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    digests = {name: column_digest(column.to_numpy(zero_copy_only=False))
+               for name, column in zip(table.schema.names, table.columns, strict=True)}
     if expect is not None and digests != expect:
         differ = sorted(name for name in expect.keys() | digests.keys() if expect.get(name) != digests.get(name))
         raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
     tmp = _temporary(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+        writer.write_batch(table)
     os.replace(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
     return digests
 
@@ -289,10 +290,10 @@ def _parquet_bytes(columns: dict[str, np.ndarray]) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _ipc_bytes(table: pa.Table) -> pa.Buffer:
+def _ipc_bytes(batch: pa.RecordBatch) -> pa.Buffer:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)  # one batch, even of no rows: readers read batch 0
     return sink.getvalue()
 
 

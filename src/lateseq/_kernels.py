@@ -648,19 +648,7 @@ def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndar
     return out_offsets, out
 
 
-# ---------------------------------------------------------------- selection (windows, filters)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _passes(value, mode, values):  # pragma: no cover - compiled
-    if mode == 0:
-        found = False
-        for v in values:  # no early exit: a short loop without branches on the data
-            found |= v == value
-        return found
-    if mode == 1:
-        return (value & values[0]) != 0
-    return (value & values[0]) == values[0]
+# ---------------------------------------------------------------- selection (windows)
 
 
 @njit(cache=True, nogil=True)
@@ -726,94 +714,3 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
         for j in range(first_run, k):  # from ranks (newest first) to places (oldest first)
             r_at[j] = taken - r_at[j] - (r_hi[j] - r_lo[j])
     return k, scanned
-
-
-@njit(cache=True, nogil=True)
-def _filter_table(base, size, mode, values):  # pragma: no cover - compiled
-    table = np.empty(size, np.bool_)
-    for stored in range(size):
-        table[stored] = _passes(base + stored, mode, values)
-    return table
-
-
-def filter_tables(stored: typed.List, bases: np.ndarray, mode: int, values: np.ndarray) -> tuple[typed.List, bool]:
-    """(tables, use_tables) for ``_select_rows``: a filter on a column stored in one or two
-    bytes is answered by one lookup per row, a table per segment of every stored value."""
-    small = all(a.dtype in (np.uint8, np.uint16) for a in stored)
-    tables = typed.List([_filter_table(np.int64(b), 1 << (8 * a.dtype.itemsize), np.int64(mode), values)
-                         for a, b in zip(stored, bases, strict=True)] if small else [np.zeros(1, np.bool_)])
-    return tables, small
-
-
-ROW_BITS = 40  # a kept row is ``segment << ROW_BITS | row``: segments of up to 2**40 rows
-ROW_MASK = (1 << ROW_BITS) - 1
-
-
-@njit(cache=True, nogil=True)
-def _select_rows(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, region,
-                 ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
-                 f_l, f_b, f_mode, f_values, tables, use_tables, lengths, kept):  # pragma: no cover - tests/naive.py
-    """``_select`` with a filter: a filter keeps rows here and there, so the chosen rows
-    are written one by one, as ``segment << ROW_BITS | row`` in output order, not as
-    runs. Pointer p owns ``kept`` over [region[p], region[p + 1]) (room for its newest
-    ``max_len`` visible events) and fills it from the top: its ``lengths[p]`` rows end at
-    region[p + 1]. The scan writes every row it reads and moves on only past kept ones,
-    so it does not branch on the filter; with ``use_tables``, ``tables[g][stored]`` is
-    the filter's answer for a stored value of segment g (see ``filter_tables``). Returns
-    the rows scanned."""
-    scanned = 0
-    c = 0
-    n = c_ptr.shape[0]
-    while c < n:
-        p = c_ptr[c]
-        top = region[p + 1] - 1
-        bound = region[p + 1] - region[p]
-        taken = 0
-        done = False
-        while c < n and c_ptr[c] == p:
-            if done or taken >= bound:
-                c += 1
-                continue
-            g, lo, hi, holes = c_seg[c], c_lo[c], c_hi[c], c_holes[c]
-            ts, tb, f, fb = ts_l[g], ts_b[g], f_l[g], f_b[g]
-            ver, vb, arr, ab = ver_l[g], ver_b[g], arr_l[g], arr_b[g]
-            table = tables[g] if use_tables else tables[0]
-            tag = g << ROW_BITS
-            low = lower[p]
-            i = hi - 1
-            if has_window:  # rows below the window's start are never read
-                i_low = _first_at_least(ts, tb, lo, hi, low)
-                done = i_low > lo
-            else:
-                i_low = lo
-            while i >= i_low and taken < bound:
-                keep = table[f[i]] if use_tables else _passes(fb + np.int64(f[i]), f_mode, f_values)
-                if holes:
-                    keep = keep and _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p])
-                kept[top - taken] = tag | i
-                taken += np.int64(keep)
-                i -= 1
-            scanned += hi - 1 - i
-            c += 1
-        lengths[p] = taken
-    return scanned
-
-
-@njit(cache=True, nogil=True)
-def _copy_rows(rows, lengths, region, offsets, kept, src_l, base_l, add_base, out):  # pragma: no cover
-    """Copies the rows ``_select_rows`` chose for pointers ``rows`` to their places in ``out``."""
-    g = 0
-    src = src_l[0]
-    base = base_l[0]
-    for r in range(rows.shape[0]):
-        p = rows[r]
-        first = region[p + 1] - lengths[p]
-        d = offsets[p]
-        for k in range(first, region[p + 1]):
-            if kept[k] >> ROW_BITS != g:  # a pointer's rows mostly come from one segment: fetch it once
-                g = kept[k] >> ROW_BITS
-                src = src_l[g]
-                base = base_l[g]
-            i = kept[k] & ROW_MASK
-            out[d] = base + src[i] if add_base else src[i]
-            d += 1

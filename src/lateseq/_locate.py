@@ -65,6 +65,7 @@ class PartitionView:
         self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
         self._late: typed.List | None = None
         self._lock = threading.Lock()
+        self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
 
     def ranges(self, found: np.ndarray) -> int:
         """How many (user, segment) ranges the users at ``found`` have (window capacity)."""

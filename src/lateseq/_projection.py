@@ -69,6 +69,14 @@ class Filter:
         kind = "any" if self.any_bits is not None else "all"
         return f"{self.column} has {kind} of bits {self.kernel_values().view(np.uint64)[0]:#x}"
 
+    def keeps(self, values: np.ndarray) -> np.ndarray:
+        """Which of a column's ``values`` pass (as a bool array)."""
+        wanted = self.kernel_values()
+        if self.isin is not None:
+            return np.isin(values, wanted)
+        bits = values.astype(np.int64) & wanted[0]
+        return bits != 0 if self.any_bits is not None else bits == wanted[0]
+
     def kernel_values(self) -> np.ndarray:
         """The values (isin) or mask as the kernel compares them with int64 column values:
         isin values no int64 holds are left out (they match nothing); a mask's 64 bits

@@ -126,7 +126,7 @@ class SegmentCache:
         when its decoded file changed on disk since."""
         with self._lock:
             segment = self._open.pop(name, None)
-        if segment is not None and _identity(segment.path) == segment.identity:
+        if segment is not None and not segment.changed():
             with self._lock:
                 self._open[name] = segment
             return segment
@@ -154,6 +154,7 @@ class Segment:
         self._directory = directory
         self._cache = cache
         self.path = decoded_file(cache, info.name)
+        self.sources: tuple[str, ...] = (info.name,)  # the store segments it holds (a derived copy: several)
         self.user_ids, self.ends = read_index(directory, info)
         try:
             self._data = map_decoded(self.path)
@@ -194,6 +195,10 @@ class Segment:
         if name not in self.info.decoded:
             raise StoreError(f"segment {self.info.name} has no column {name!r}")
         return self.info.column_sound(name, self._data.get(name))
+
+    def changed(self) -> bool:
+        """Whether the decoded file on disk is no longer the one this segment checked."""
+        return _identity(self.path) != self.identity
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)

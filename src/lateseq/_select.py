@@ -4,9 +4,11 @@ window, filter and length chosen from it, and only the chosen rows copied.
 ``locate`` runs at full length, so its windows span each pointer's whole visible
 history (its length and checksum are the pointer's, whatever a tenant keeps). Each
 tenant then walks those windows newest first: a slice it takes whole costs one binary
-search (a window cut) or none, and becomes a run; a filter reads its one column row by
-row and nothing else, and keeps rows one by one. Only the columns a tenant reads are
-copied, from the runs or the kept rows.
+search (a window cut) or none, and becomes a run. A filtered tenant walks the same
+windows in the filtered copies of the segments (``_derived``: the rows that pass, made
+once per host), where each window is a slice again, found by two binary searches; so a
+filter costs about what a shorter history does, not a test of every row. Only the
+columns a tenant reads are copied, from the runs.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels
+from ._derived import filtered_view
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
 from ._kernels import Visibility
-from ._locate import Located, Windows
+from ._locate import Located, PartitionView, Windows
 from ._pointers import Pointers
 from ._projection import Projection
 from ._schema import TIME_UNITS, Schema
@@ -58,10 +61,15 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         touched = Touched()
         picked = []
         for w, cand in zip(located.partitions, candidates, strict=True):
-            pick = _rows if projection.where is not None else _runs
-            chosen, scanned = pick(schema, w, cand, projection, lower, pointers.visibility, located.count, lengths)
-            picked.append(chosen)
-            touched.scanned += scanned * _scan_bytes(w, projection)
+            view = w.view
+            if projection.where is not None:  # the same walk over the copy of the rows that pass
+                filtered = filtered_view(view, projection.where, store.cache_dir)
+                view = filtered.view
+                cand = (cand[0], cand[1], *filtered.remap(*cand[1:4]), cand[4])
+            chosen, scanned = _runs(schema, view, cand, projection, lower, pointers.visibility, located.count,
+                                    lengths)
+            picked.append((view, chosen))
+            touched.scanned += scanned * _scan_bytes(view, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         values = {}
@@ -69,18 +77,13 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             stored = TIME if column == schema.time_col else column
             dtype = output_dtype(schema, column)
             target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-            for w, chosen in zip(located.partitions, picked, strict=True):
-                src, bases = w.view.column(stored)
-                add_base = target.dtype.kind != "f"
-                if isinstance(chosen, Kept):
-                    _kernels._copy_rows(w.rows, lengths, chosen.region, offsets, chosen.rows, src,
-                                        bases.astype(target.dtype), add_base, target)
-                elif len(chosen[0]):
-                    ptr, seg, lo, hi, at = chosen
-                    _kernels._copy_runs(seg, lo, hi, offsets[ptr] + at, src, bases.astype(target.dtype), add_base,
-                                        target)
-            if located.partitions:  # every chosen row, at the column's stored width
-                touched.copied += int(offsets[-1]) * located.partitions[0].view.segments[0].stored(stored).dtype.itemsize
+            for view, (ptr, seg, lo, hi, at) in picked:
+                src, bases = view.column(stored)
+                if len(ptr):
+                    _kernels._copy_runs(seg, lo, hi, offsets[ptr] + at, src, bases.astype(target.dtype),
+                                        target.dtype.kind != "f", target)
+            if picked:  # every chosen row, at the column's stored width
+                touched.copied += int(offsets[-1]) * picked[0][0].segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
         batch = JaggedBatch(offsets, values, mismatched)
         out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
@@ -129,43 +132,14 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
     return ptr[order], seg[order], lo[order], hi[order], holes[order]
 
 
-@dataclass
-class Kept:
-    """The rows a filtered tenant keeps in one partition, as ``_kernels._select_rows``
-    writes them: pointer p's are rows[region[p + 1] - lengths[p]:region[p + 1]]."""
-
-    region: np.ndarray
-    rows: np.ndarray
-
-
-def _rows(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
-          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[Kept, int]:
-    """The rows a filtered tenant keeps from one partition's candidates, and the rows its
-    filter scanned: room for each pointer's newest ``max_len`` visible events."""
-    view = w.view
-    where = projection.where
-    bound = np.zeros(len(count), np.int64)
-    bound[w.rows] = np.minimum(count[w.rows], projection.max_len)
-    region = np.zeros(len(count) + 1, np.int64)
-    np.cumsum(bound, out=region[1:])
-    kept = Kept(region, np.empty(int(region[-1]), np.int64))
-    values = where.kernel_values()
-    filtered = view.column(where.column)
-    scanned = _kernels._select_rows(
-        *cand, lower, projection.window is not None, region, *view.column(TIME), *view.column("_version"),
-        *view.column(schema.arrival_col), visibility.version, visibility.version_hi, visibility.arrival_limit,
-        *filtered, np.int64(where.mode), values, *_kernels.filter_tables(*filtered, where.mode, values), lengths,
-        kept.rows)
-    return kept, scanned
-
-
-def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: Projection, lower: np.ndarray,
-          visibility: Visibility, count: np.ndarray, lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
-    """The runs (pointer, segment, lo, hi, place in the pointer's output) one tenant without
-    a filter takes from one partition's candidates, and the rows it scanned one by one. A
-    run is a slice of a candidate, or in a candidate with holes as few as one row: the run
-    arrays are sized for the worst case, a chunk of pointers at a time to bound their memory."""
-    view = w.view
+def _runs(schema: Schema, view: PartitionView, cand: tuple[np.ndarray, ...], projection: Projection,
+          lower: np.ndarray, visibility: Visibility, count: np.ndarray,
+          lengths: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """The runs (pointer, segment, lo, hi, place in the pointer's output) one tenant takes
+    from one partition's candidates (ranges of ``view``'s segments), and the rows it scanned
+    one by one. A run is a slice of a candidate, or in a candidate with holes as few as one
+    row: the run arrays are sized for the worst case, a chunk of pointers at a time to bound
+    their memory."""
     fixed = (lower, projection.window is not None, np.int64(projection.max_len),
              *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
              visibility.version, visibility.version_hi, visibility.arrival_limit, lengths)
@@ -189,12 +163,8 @@ def _runs(schema: Schema, w: Windows, cand: tuple[np.ndarray, ...], projection: 
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True)), scanned
 
 
-def _scan_bytes(w: Windows, projection: Projection) -> int:
-    """Bytes per row a row-by-row scan reads: a filter's column, or in a range with holes
-    the version (and the time, for a window)."""
-    if projection.where is not None:
-        names = [projection.where.column]
-    else:
-        names = ["_version"] + ([TIME] if projection.window is not None else [])
-    return sum(w.view.segments[0].stored(n).dtype.itemsize for n in names)
-
+def _scan_bytes(view: PartitionView, projection: Projection) -> int:
+    """Bytes per row a row-by-row scan (a range with holes) reads: the version, and the
+    time for a window."""
+    names = ["_version"] + ([TIME] if projection.window is not None else [])
+    return sum(view.segments[0].stored(n).dtype.itemsize for n in names)

@@ -9,6 +9,7 @@ Layout of a store directory::
     cache/p00000-<id>.arrow   decoded segments, memory-mapped by readers (a read cache:
                               rebuilt from the durable files when missing; ``cache_dir``
                               puts it elsewhere, e.g. on local disk for a shared store)
+    cache/derived/            merged and filtered copies derived from segments (``_derived``)
 
 A version is published by creating its manifest with a hard link, which either
 succeeds whole or fails if the name exists: readers never see a partial version, a
@@ -35,7 +36,8 @@ from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
-from ._merge import merge_segments, merged_copy, merged_name, remove_stale_copies
+from ._derived import merged_copy, merged_name, remove_stale_copies
+from ._merge import merge_segments
 from ._schema import Schema
 from ._segments import Segment, SegmentCache
 from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably

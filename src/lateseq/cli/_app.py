@@ -99,7 +99,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _err = Console(stderr=True, soft_wrap=True)
-_read_cache: dict[str, Path | None] = {"dir": None}  # set by the global --cache-dir option
+_read_cache: dict = {"dir": None, "merged": False}  # set by the global --cache-dir and --merged-reads
 
 
 @app.callback()
@@ -108,8 +108,14 @@ def _global_options(
         envvar="LATESEQ_CACHE_DIR", show_default="STORE/cache",
         help="Where decoded segments are kept for reading (e.g. local disk when STORE is shared or read-only).",
     )] = None,
+    merged_reads: Annotated[bool, typer.Option(
+        "--merged-reads", envvar="LATESEQ_MERGED_READS",
+        help="Read a version of many segments through merged copies built in the read cache (a local "
+             "compaction, once per version and host): for reading a version many times.",
+    )] = False,
 ) -> None:
     _read_cache["dir"] = cache_dir
+    _read_cache["merged"] = merged_reads
 
 
 def _out() -> Console:
@@ -138,7 +144,7 @@ def _read_parquet(path: Path, what: str) -> pa.Table:
 
 
 def _open(store: Path, version: str | None = None) -> Store:
-    return Store(store, version, cache_dir=_read_cache["dir"])
+    return Store(store, version, cache_dir=_read_cache["dir"], merged_reads=_read_cache["merged"])
 
 
 def _columns(option: str | None) -> tuple[str, ...]:

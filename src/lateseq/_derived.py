@@ -1,0 +1,161 @@
+"""Derived segments: copies a read cache keeps beside the decoded ones, made from the
+store's segments on the reading host, never stored durably, built again whenever
+missing or damaged.
+
+- A *merged copy* holds a partition's segments merged into one, as compaction would
+  write it: a version of daily commits or late events then reads like a compacted one
+  (``Store(merged_reads=True)``).
+- A *filtered copy* holds the rows of one segment that pass a tenant's filter, each with
+  its row in the segment (``_row``): a filtered tenant then copies slices of it, as an
+  unfiltered tenant copies slices of the segment, instead of testing every row of every
+  history it reads.
+
+A copy is named after what it is made of and built by the first process that needs it
+(the others wait on a lock, then map its files). Every column is checked against the
+digests its builder recorded, all at once when a process opens it; a copy that fails is
+built again from the segments, which are checked in turn. A sidecar file names the
+store segments a copy came from, so cleanup deletes it with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import StoreError
+from ._events import Events
+from ._format import TIME, SegmentInfo, decoded_file, write_unpacked_segment
+from ._locate import PartitionView
+from ._merge import merge_segments
+from ._projection import Filter
+from ._schema import Schema
+from ._segments import UNREADABLE, Segment
+from ._versions import dump_checked, load_checked, older_than
+
+DERIVED_DIR = "derived"  # the read cache's folder of derived copies
+ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
+
+
+def merged_name(segments: list[Segment]) -> str:
+    """The name of the merged copy of ``segments`` (one partition's, oldest first)."""
+    return _name(segments[0].info.partition, {"merged": [s.info.name for s in segments]})
+
+
+def merged_copy(segments: list[Segment], schema: Schema, cache: Path) -> Segment:
+    """The events of ``segments`` (one partition's, oldest first) as one segment, in the
+    order a full compaction writes them."""
+    key = {"merged": [s.info.name for s in segments]}
+    return _derive(cache, segments, key, lambda: merge_segments(segments, schema))
+
+
+def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) -> Segment:
+    """The rows of ``segment`` that pass ``where``, in their order, with every payload
+    column, the time, the version and ``ROW``."""
+    key = {"filtered": segment.info.name, "where": dataclasses.asdict(where)}
+
+    def events() -> Events:
+        keep = np.flatnonzero(where.keeps(segment.decoded(where.column)))
+        user = np.repeat(segment.user_ids, np.diff(np.append(segment.starts, segment.info.rows)))
+        payload = {name: segment.payload(name, schema)[keep] for name in schema.columns}
+        return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
+                      segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
+
+    return _derive(cache, [segment], key, events)
+
+
+@dataclass
+class FilteredView:
+    """One partition's filtered copies (one per segment of ``PartitionView`` it came from,
+    in the same order), laid out for the kernels, and each copy's rows in its segment."""
+
+    view: PartitionView
+    rows: list[np.ndarray]
+
+    def remap(self, seg: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The row ranges of the copies holding the kept rows of segment ranges [lo, hi)."""
+        out_lo, out_hi = np.empty_like(lo), np.empty_like(hi)
+        for g in np.unique(seg):
+            at = seg == g
+            out_lo[at] = np.searchsorted(self.rows[g], lo[at])
+            out_hi[at] = np.searchsorted(self.rows[g], hi[at])
+        return out_lo, out_hi
+
+
+def filtered_view(view: PartitionView, where: Filter, cache: Path) -> FilteredView:
+    """The filtered copies of ``view``'s segments, made once per view and filter (and
+    opened and checked again when a file changed on disk meanwhile)."""
+    key = ("filtered", where)
+    if key not in view.derived or any(c.changed() for c in view.derived[key].view.segments):
+        copies = [filtered_copy(s, where, view.schema, cache) for s in view.segments]
+        view.derived[key] = FilteredView(PartitionView(copies, view.schema), [c.decoded(ROW) for c in copies])
+    return view.derived[key]
+
+
+def _name(partition: int, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return f"p{partition:05d}-{digest}"
+
+
+def _derive(cache: Path, inputs: list[Segment], key: dict, events: Callable[[], Events]) -> Segment:
+    """The copy named after ``key``, made of ``inputs`` by ``events`` when not built yet."""
+    partition = inputs[0].info.partition
+    name = _name(partition, key)
+    sources = sorted({source for segment in inputs for source in segment.sources})
+    folder = cache / DERIVED_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f".tmp-build-{name}", "a")  # noqa: SIM115 - held for the block below
+    except OSError as exc:
+        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror}); "
+                         "open the store with cache_dir= a writable folder") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _open_checked(folder, name, key)
+        except (*UNREADABLE, StoreError):
+            pass  # not built on this host yet, or damaged: build it (again)
+        info = write_unpacked_segment(folder, name, partition, events())
+        sidecar = folder / f"{name}.json"
+        tmp = sidecar.with_name(f".tmp-{os.getpid()}-{sidecar.name}")
+        tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
+        os.replace(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
+        return _open_checked(folder, name, key)
+
+
+def _open_checked(folder: Path, name: str, key: dict) -> Segment:
+    sidecar = folder / f"{name}.json"
+    content = load_checked(sidecar)
+    if content.get("key") != json.loads(json.dumps(key)):
+        raise StoreError(f"{sidecar} describes another copy")
+    segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder)
+    for column in segment.info.decoded:  # all now: a copy is rebuilt, never decoded from a Parquet file
+        segment.stored(column)
+    segment.sources = tuple(content["sources"])
+    return segment
+
+
+def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, temporary_grace_s: float) -> None:
+    """Deletes the copies in the read cache ``cache`` made from a segment no kept version
+    references (and unreadable ones) once older than ``grace_s``, and builders' temporary
+    files (a crashed build's leftovers) once older than ``temporary_grace_s``."""
+    folder = cache / DERIVED_DIR
+    for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+        if older_than(path, temporary_grace_s):
+            path.unlink(missing_ok=True)  # a build lock going only lets a second builder in
+    for sidecar in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            stale = not set(load_checked(sidecar)["sources"]) <= referenced
+        except (StoreError, KeyError, TypeError):
+            stale = True
+        if stale and older_than(sidecar, grace_s):
+            name = sidecar.name[:-len(".json")]
+            for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name)):
+                path.unlink(missing_ok=True)

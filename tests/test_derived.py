@@ -1,0 +1,184 @@
+"""Derived copies in the read cache: merged copies (a version of many segments read as
+one) and filtered copies (the rows a tenant's filter keeps).
+
+A copy is derived data on a reader's disk, so it gets the attacks a read cache gets:
+flipped bytes in each of its files, a file edited under an open handle, builders racing,
+cleanup after the versions it came from are retired. In every case the output must equal
+an independent read: for merged copies the segment-by-segment read (checked against the
+oracle in test_materialize, where merged handles run every scenario too), for filtered
+copies the unfiltered full history filtered and cut here in plain Python (and the tenant
+oracle in test_tenants).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import lateseq
+from lateseq._derived import DERIVED_DIR
+
+COLUMNS = ("ts", "item", "rating")
+PROJECTIONS = {
+    "merged": lateseq.Projection(12, COLUMNS),
+    "filtered": lateseq.Projection(12, COLUMNS, where=lateseq.Filter("rating", isin=[1, 3])),
+}
+KINDS = list(PROJECTIONS)
+LOG: dict = {}  # store path -> its example log
+
+
+def events(rng: np.random.Generator, n: int, ts_low: int) -> pa.Table:
+    return pa.table({"user_id": rng.integers(1, 40, n), "ts": rng.integers(ts_low, ts_low + 1000, n),
+                     "item": rng.integers(0, 10**6, n), "rating": pa.array(rng.integers(0, 5, n), pa.int8())})
+
+
+@pytest.fixture
+def store(make_store) -> lateseq.Store:
+    """Daily commits with late events over two partitions, and pointers into each version."""
+    s = make_store({"item": "int64", "rating": "int8"}, partitions=2)
+    rng = np.random.default_rng(3)
+    logs = []
+    for day in range(6):
+        s = s.commit(events(rng, 150, day * 500))  # overlapping time ranges: some events are late
+        requests = pa.table({"user_id": np.arange(1, 41, dtype=np.int64),
+                             "request_ts": rng.integers(0, day * 500 + 1000, 40)})
+        logs.append(lateseq.log_examples(s, requests))
+    LOG[s.path] = pa.concat_tables(logs)
+    return s
+
+
+def read(store: lateseq.Store, kind: str, handle: lateseq.Store | None = None, **options) -> list:
+    """Every example of the fixture's log through ``kind``'s copies (a new handle on the
+    latest version unless given), as one list of event tuples per example."""
+    handle = handle or lateseq.open(store.path, merged_reads=kind == "merged", **options)
+    return rows(lateseq.materialize(handle, LOG[store.path], PROJECTIONS[kind]))
+
+
+def rows(batch: lateseq.JaggedBatch) -> list:
+    return [list(zip(*(batch.values[c][a:b].tolist() for c in COLUMNS), strict=True))
+            for a, b in zip(batch.offsets[:-1], batch.offsets[1:], strict=True)]
+
+
+def expected(store: lateseq.Store, kind: str) -> list:
+    """The same examples without any copy: the segments read one by one, and for the
+    filter, every visible event filtered here, then the newest 12 kept."""
+    full = lateseq.Projection(10**6, COLUMNS)
+    everything = rows(lateseq.materialize(lateseq.open(store.path), LOG[store.path], full))
+    if kind == "merged":
+        return [history[-12:] for history in everything]
+    return [[e for e in history if e[2] in (1, 3)][-12:] for history in everything]
+
+
+def copy_files(store: lateseq.Store, suffix: str = "") -> list:
+    return sorted(p for p in (store.cache_dir / DERIVED_DIR).iterdir()
+                  if not p.name.startswith(".tmp-") and p.name.endswith(suffix)
+                  and not (suffix == ".arrow" and p.name.endswith(".index.arrow")))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_copies_equal_a_read_without_them_and_are_built_once(store, kind):
+    want = expected(store, kind)
+    assert want != [history[-12:] for history in expected(store, "merged")] or kind == "merged"
+    assert read(store, kind) == want
+    # merged: one copy per partition; filtered: one per segment
+    assert len(copy_files(store, ".json")) == (2 if kind == "merged" else len(store.segment_infos))
+    before = {p: p.stat().st_mtime_ns for p in copy_files(store)}
+    assert read(store, kind) == want  # a new handle maps the copies, builds nothing
+    assert {p: p.stat().st_mtime_ns for p in copy_files(store)} == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("suffix", [".arrow", ".index.arrow", ".json"])
+def test_every_damaged_copy_file_is_built_again(store, kind, suffix):
+    want = expected(store, kind)
+    read(store, kind)
+    rng = np.random.default_rng(1)
+    for path in copy_files(store, suffix)[:3]:
+        pristine = path.read_bytes()
+        for at in rng.integers(0, len(pristine), 8):
+            damaged = bytearray(pristine)
+            damaged[int(at)] ^= int(rng.integers(1, 256))
+            path.write_bytes(bytes(damaged))
+            assert read(store, kind) == want, f"flip at {at} of {path.name}"
+        path.unlink()
+        assert read(store, kind) == want, f"{path.name} missing"
+        assert path.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_copy_changed_under_an_open_handle_is_checked_again(store, kind):
+    """lateseq only replaces files, but another program may write into the cache in place:
+    a changed copy (new mtime) is opened and checked again before the next batch."""
+    want = expected(store, kind)
+    handle = lateseq.open(store.path, merged_reads=kind == "merged")
+    assert read(store, kind, handle) == want
+    for path in copy_files(store, ".arrow"):
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            data[len(data) // 2] ^= 0xFF
+            f.seek(0)
+            f.write(data)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert read(store, kind, handle) == want
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_racing_builders_agree(store, kind):
+    want = expected(store, kind)
+    results: list = [None] * 4
+
+    def work(k: int) -> None:
+        results[k] = read(store, kind)  # each thread its own handle and open files
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [want] * 4
+    assert len(copy_files(store, ".json")) == (2 if kind == "merged" else len(store.segment_infos))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_copy_is_made_from_checked_segments(store, tmp_path, kind):
+    info = store.segment_infos[0]
+    data = bytearray((store.path / "segments" / f"{info.name}.parquet").read_bytes())
+    data[60] ^= 0x10
+    (store.path / "segments" / f"{info.name}.parquet").write_bytes(bytes(data))
+    with pytest.raises(lateseq.StoreError, match=info.name):
+        read(store, kind, cache_dir=tmp_path / "empty-cache")  # nothing decoded: the durable files are read
+    assert not list((tmp_path / "empty-cache" / DERIVED_DIR).glob("*.json"))
+
+
+def test_a_filter_over_merged_copies(store):
+    handle = lateseq.open(store.path, merged_reads=True)
+    assert read(store, "filtered", handle) == expected(store, "filtered")
+    assert len(copy_files(store, ".json")) == 4  # a merged copy per partition, and a filtered copy of each
+
+
+def test_cleanup_removes_copies_of_retired_versions_only(store):
+    read(store, "merged")
+    read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+    old = set(copy_files(store))
+    newer = store.compact().commit(events(np.random.default_rng(9), 100, 0))
+    read(newer, "merged")
+    read(newer, "filtered", lateseq.open(store.path, merged_reads=True))
+    new = set(copy_files(store)) - old
+    assert new
+    newer.cleanup(before=newer.version, grace_s=0)
+    assert set(copy_files(store)) == new  # the retired version's copies went, the latest's stayed
+    assert read(newer, "merged") == expected(newer, "merged")
+
+
+def test_the_setting_travels_with_the_handle_and_is_checked(store):
+    handle = lateseq.open(store.path, merged_reads=True)
+    assert pickle.loads(pickle.dumps(handle)).merged_reads
+    assert handle.checkout(2).merged_reads and handle.latest().merged_reads
+    assert "merged_reads=True" in repr(handle)
+    with pytest.raises(lateseq.SchemaError, match="merged_reads"):
+        lateseq.open(store.path, merged_reads="yes")
