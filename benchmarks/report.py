@@ -320,9 +320,10 @@ def _tenant_reads(results: dict) -> TableSpec:
                           *[_x(t["read_bytes_ratio_by_form"][f]) for f in UNION_FORMS],
                           ", ".join(t["fat_rows"]["arrow-ipc"]["columns_read"])])
     spec.notes.append("lateseq: bytes its kernels read from the store's columns (rows copied out of the columns "
-                      "the tenant reads, rows its filter or window scanned one by one; lateseq.Touched) plus the "
-                      "pointer columns of the example log (compressed); the few cache lines a history's lookup "
-                      "reads are not counted")
+                      "the tenant reads, for a filter out of its filtered copies; rows scanned one by one where a "
+                      "range holds late events the pointer cannot see; lateseq.Touched) plus the pointer columns "
+                      "of the example log (compressed); the few cache lines a history's lookup reads are not "
+                      "counted")
     spec.notes.append("Fat Row union: the columns the tenant reads; PQ smallest: their compressed column chunks "
                       "(Parquet metadata); IPC mmap: their buffers (a reader that copies only each row's last N "
                       "touches fewer pages)")

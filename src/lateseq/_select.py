@@ -37,7 +37,8 @@ _CHUNK_RUNS = 1 << 20  # runs sized per kernel call (40 MiB): a chunk of pointer
 @dataclass
 class Touched:
     """What a tenant's read touched in the store's columns, in bytes: rows copied out of
-    the columns it reads, and rows its filter (or window) scanned one by one."""
+    the columns it reads (a filtered tenant's, out of its filtered copies), and rows
+    scanned one by one (ranges holding late events the pointer cannot see)."""
 
     copied: int = 0
     scanned: int = 0
