@@ -89,6 +89,8 @@ FORMS = ("arrow-ipc", "parquet-smallest")
 EVENT_BYTES = materialize.EVENT_BYTES
 LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share them out
 COLD_BATCHES = 24  # batches timed with the store dropped before each
+HOSTS = 2  # co-partitioning: ranks, each standing for a host of its own
+PARTITIONS = 8  # co-partitioning: the user-hash partitions of its store
 _MADV_NORMAL, _MADV_RANDOM, _MADV_DONTNEED = 0, 1, 4
 
 
@@ -305,6 +307,42 @@ def measure_cold(built: dict, repeat: int) -> dict:
     return out
 
 
+def measure_copartition(built: dict, root: Path) -> dict:
+    """Co-partitioning, cold: each of ``HOSTS`` ranks (each a host of its own, its page
+    cache dropped before its pass) reads its share of the cold sample's examples, from a
+    store of ``PARTITIONS`` user-hash partitions, with the example log co-partitioned
+    (``copartition_log``, ``ExampleDataset(copartition=True)``: a rank reads its own
+    partitions' segments) and not (a shuffled share of every partition's users)."""
+    schema = lateseq.Schema(dict(SCHEMA.columns), partitions=PARTITIONS)
+    store = lateseq.create(root / "partitioned", schema).commit(built["work"].events).compact()
+    log = lateseq.log_examples(store, built["work"].requests.take(pa.array(built["cold_rows"])))
+    paths = {False: root / "cold-plain.parquet", True: root / "cold-copartitioned.parquet"}
+    group = min(LOG_ROW_GROUP, max(1, log.num_rows // (2 * PARTITIONS)))  # row groups enough for every rank
+    pq.write_table(log, paths[False], row_group_size=group)
+    lateseq.copartition_log(store, log, paths[True], row_group_rows=group)
+    files = [store.cache_dir / f"{info.name}.arrow" for info in store.segment_infos]
+    out = {}
+    for n in NS:
+        projection = lateseq.Projection(n, COLUMNS)
+        lateseq.materialize(store, log.slice(0, 16), projection)  # verify columns now
+        at = out[str(n)] = {}
+        for copartition in (False, True):
+            ranks = [cold_pass(store, files, ExampleDataset(
+                store, paths[copartition], projection, batch_size=BATCH, shuffle=True, seed=1, rank=rank,
+                world_size=HOSTS, copartition=copartition, block_rows=group), "epoch").figures()
+                for rank in range(HOSTS)]
+            at["on" if copartition else "off"] = {
+                "ranks": ranks, "examples": sum(r["examples"] for r in ranks),
+                "disk_read_bytes_per_host": float(np.mean([r["disk_read_bytes"] or 0 for r in ranks])),
+                "ex_s_per_host": float(np.mean([r["ex_s"] for r in ranks]))}
+        on, off = at["on"], at["off"]
+        if not on["examples"] == off["examples"] == len(built["cold_rows"]):
+            raise SystemExit(f"co-partitioning: {on['examples']} examples on, {off['examples']} off")
+        at["read_vs_off"] = on["disk_read_bytes_per_host"] / max(off["disk_read_bytes_per_host"], 1)
+        at["ex_s_vs_off"] = on["ex_s_per_host"] / off["ex_s_per_host"]
+    return {"hosts": HOSTS, "partitions": PARTITIONS, "store_bytes": sum(f.stat().st_size for f in files), "n": out}
+
+
 def _config(affinity: bool, prefetch: bool) -> str:
     return f"affinity {'on' if affinity else 'off'}, prefetch {'on' if prefetch else 'off'}"
 
@@ -409,6 +447,14 @@ def markdown(results: dict) -> str:
                 for n, at in results["cold"].items() for config, e in at[mode].items()]
         lines += _table(f"{title}; one process, shuffled, {results['cold_examples']:,} examples",
                         ["N", "config", "ex/s", "read from disk", "ex/s vs all off", "read vs all off"], rows)
+    cop = results["copartition"]
+    rows = [[n, config, f"{e['examples']:,}", _mb(int(e["disk_read_bytes_per_host"])), f"{e['ex_s_per_host']:,.0f}",
+             *(("", "") if config == "off" else (f"{at['read_vs_off']:.2f}×", f"{at['ex_s_vs_off']:.2f}×"))]
+            for n, at in cop["n"].items() for config, e in (("off", at["off"]), ("on", at["on"]))]
+    lines += _table(f"co-partitioning, cold: {cop['hosts']} ranks (hosts), each reading its share from a store of "
+                    f"{cop['partitions']} partitions ({_mb(cop['store_bytes'])} decoded), its page cache dropped "
+                    "first", ["N", "co-partitioned", "examples (all ranks)", "read from disk per host",
+                              "ex/s per host", "read vs off", "ex/s vs off"], rows)
     if isinstance(results["ray"], str):
         lines += [f"**Ray Data**: {results['ray']}", ""]
     else:
@@ -462,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"a uniform sample of requests of {work.requests.num_rows:,} examples")
         for name, measure in (("loader", lambda: measure_loaders(built, repeat)),
                               ("cold", lambda: measure_cold(built, repeat)),
+                              ("copartition", lambda: measure_copartition(built, workdir)),
                               ("ray", lambda: measure_ray(built, results["loader"]))):
             print(f"{name} ...", flush=True)
             t = time.perf_counter()
