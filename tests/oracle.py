@@ -34,6 +34,7 @@ Projections that select (tenants) add, on top of the visible history:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -318,6 +319,17 @@ def assert_batch_equal(batch, offsets: np.ndarray, values: dict[str, np.ndarray]
             f"{context}\ncolumn {name!r}: got {got.dtype} {got.tolist()}\n"
             f"{'':>{len(name) + 10}}expected {want.dtype} {want.tolist()}"
         )
+
+
+def edit_in_place(path, at: float, mask: int) -> None:
+    """Flips bits of the byte at fraction ``at`` of a file, in place (same inode), and
+    moves its mtime on: what another program writing into a read cache leaves."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        data[int(len(data) * at)] ^= mask
+        f.seek(0)
+        f.write(data)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
 
 
 def referenced_files(store) -> set[str]:

@@ -12,13 +12,13 @@ oracle in test_tenants).
 
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from oracle import edit_in_place
 
 import lateseq
 from lateseq._derived import DERIVED_DIR
@@ -118,12 +118,7 @@ def test_a_copy_changed_under_an_open_handle_is_checked_again(store, kind):
     handle = lateseq.open(store.path, merged_reads=kind == "merged")
     assert read(store, kind, handle) == want
     for path in copy_files(store, ".arrow"):
-        with open(path, "r+b") as f:
-            data = bytearray(f.read())
-            data[len(data) // 2] ^= 0xFF
-            f.seek(0)
-            f.write(data)
-        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+        edit_in_place(path, 0.5, 0xFF)
     assert read(store, kind, handle) == want
 
 

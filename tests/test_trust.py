@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from oracle import referenced_files
+from oracle import edit_in_place, referenced_files
 
 import lateseq
 import lateseq._store
@@ -331,13 +331,7 @@ def test_a_decoded_copy_changed_in_place_under_an_open_handle_is_checked_again(s
     handle = lateseq.open(store.path)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
     for info in handle.segment_infos:
-        path = store.cache_dir / f"{info.name}.arrow"
-        with open(path, "r+b") as f:
-            data = bytearray(f.read())
-            data[len(data) // 3] ^= 0x01
-            f.seek(0)
-            f.write(data)
-        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+        edit_in_place(store.cache_dir / f"{info.name}.arrow", 1 / 3, 0x01)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
 
 

@@ -20,7 +20,6 @@ store segments a copy came from, so cleanup deletes it with them.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, Segment
+from ._segments import UNREADABLE, Segment, cache_lock
 from ._versions import dump_checked, load_checked, older_than
 
 DERIVED_DIR = "derived"  # the read cache's folder of derived copies
@@ -110,14 +109,7 @@ def _derive(cache: Path, inputs: list[Segment], key: dict, events: Callable[[], 
     name = _name(partition, key)
     sources = sorted({source for segment in inputs for source in segment.sources})
     folder = cache / DERIVED_DIR
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / f".tmp-build-{name}", "a")  # noqa: SIM115 - held for the block below
-    except OSError as exc:
-        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror}); "
-                         "open the store with cache_dir= a writable folder") from exc
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(folder, f".tmp-build-{name}"):
         try:
             return _open_checked(folder, name, key)
         except (*UNREADABLE, StoreError):

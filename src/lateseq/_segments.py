@@ -6,7 +6,8 @@ import fcntl
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -29,21 +30,29 @@ from ._schema import Schema
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
 
 
-def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
-                 damaged: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-    """Decodes a segment into ``cache`` and maps it. Processes that need the same segment
-    at once (a loader's workers) take turns on a lock file, so one decodes and the others
-    map its file. ``damaged`` is the identity of a copy that failed verification: it is
-    decoded again unless another process replaced it meanwhile."""
+@contextmanager
+def cache_lock(folder: Path, name: str) -> Iterator[None]:
+    """Holds the lock file ``name`` of a read cache folder (made if missing): processes
+    that need the same file of the cache at once (a loader's workers) take turns, so one
+    writes it and the others map it."""
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        lock = open(cache / f".tmp-lock-{info.name}", "a")  # noqa: SIM115 - held for the block below
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / name, "a")  # noqa: SIM115 - held for the block below
     except OSError as exc:
-        raise StoreError(f"cannot create the read cache {cache} ({exc.strerror}); "
+        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror}); "
                          "open the store with cache_dir= a writable folder") from exc
-    path = decoded_file(cache, info.name)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
+                 damaged: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Decodes a segment into ``cache`` and maps it, one process at a time (``cache_lock``).
+    ``damaged`` is the identity of a copy that failed verification: it is decoded again
+    unless another process replaced it meanwhile."""
+    path = decoded_file(cache, info.name)
+    with cache_lock(cache, f".tmp-lock-{info.name}"):
         if damaged is None or _identity(path) != damaged:
             try:
                 return map_decoded(path)  # decoded while we waited
