@@ -13,10 +13,14 @@ oracle in test_tenants).
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from oracle import edit_in_place
 
@@ -148,6 +152,38 @@ def test_a_copy_is_made_from_checked_segments(store, tmp_path, kind):
     with pytest.raises(lateseq.StoreError, match=info.name):
         read(store, kind, cache_dir=tmp_path / "empty-cache")  # nothing decoded: the durable files are read
     assert not list((tmp_path / "empty-cache" / DERIVED_DIR).glob("*.json"))
+
+
+# rebuilds the copies (merged, and filtered ones of those) over and over until killed
+BUILDER = """
+import shutil, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+import lateseq
+path, log = Path(sys.argv[1]), pq.read_table(sys.argv[2])
+where = lateseq.Filter("rating", isin=[1, 3])
+print("ready", flush=True)
+while True:
+    shutil.rmtree(path / "cache" / "derived", ignore_errors=True)
+    handle = lateseq.open(path, merged_reads=True)
+    lateseq.materialize(handle, log, lateseq.Projection(12, ("ts",), where=where))
+"""
+
+
+def test_a_builder_killed_at_any_moment_leaves_a_cache_that_reads_right(store, tmp_path):
+    log = tmp_path / "log.parquet"
+    pq.write_table(LOG[store.path], log)
+    want = {kind: expected(store, kind) for kind in KINDS}
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        with subprocess.Popen([sys.executable, "-c", BUILDER, str(store.path), str(log)],
+                              stdout=subprocess.PIPE, text=True) as builder:
+            assert builder.stdout.readline() == "ready\n"
+            time.sleep(float(rng.uniform(0.0, 0.3)))
+            builder.kill()
+        handle = lateseq.open(store.path, merged_reads=True)
+        assert read(store, "merged", handle) == want["merged"]
+        assert read(store, "filtered", handle) == want["filtered"]
 
 
 def test_a_filter_over_merged_copies(store):
