@@ -112,11 +112,18 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         return 0, np.uint32(0), start, start, False
     # first event at or after the request time (none when the user's newest is before it:
     # the common case for the older segments of an uncompacted version)
-    if ts_base + np.int64(ts[end - 1]) < t:
+    hinted = 0 <= hint < end - start
+    h = start + hint
+    if hinted and ts_base + np.int64(ts[h]) >= t and (hint == 0 or ts_base + np.int64(ts[h - 1]) < t):
+        cut = h  # the first row at or after the request, as the hint says
+    elif (hinted and version_hi == version and ts_base + np.int64(ts[h]) < t
+          and ver_base + np.int64(vmin[h]) > version and (hint == 0 or ver_base + np.int64(vmin[h - 1]) <= version)):
+        # the hint is where the rows newer than the pointer's version begin, before the
+        # request (the day's events online had not seen yet): the slow path's ``a`` below,
+        # found without searching for the cut
+        return _locate_late(start, h, hcum, late, late_start, version, max_len)
+    elif ts_base + np.int64(ts[end - 1]) < t:
         cut = end
-    elif 0 <= hint < end - start and ts_base + np.int64(ts[start + hint]) >= t and (
-            hint == 0 or ts_base + np.int64(ts[start + hint - 1]) < t):
-        cut = start + hint  # the first row at or after the request, as the hint says
     else:
         cut = _first_at_least(ts, ts_base, start, end, t)
     if cut == start:
