@@ -31,12 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._derived import merged_copy, merged_name, remove_stale_copies
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
 from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
-from ._derived import merged_copy, merged_name, remove_stale_copies
 from ._merge import merge_segments
 from ._schema import Schema
 from ._segments import Segment, SegmentCache
