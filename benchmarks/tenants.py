@@ -80,6 +80,7 @@ from workload import (  # noqa: E402
     _written,
     build_forms,
     day_of,
+    derived_files,
     read_days,
     readable_days,
     realistic,
@@ -360,8 +361,7 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
             if plan.projection.where is not None:
                 _, build["lateseq"][f"filtered_copy_s:{name}"] = cpu_timed(
                     lambda p=plan.projection: lateseq.materialize(handle, first, p))
-        ours["read_cache_filtered"] = sum(p.stat().st_size for p in (store.cache_dir / "derived").glob("p*")
-                                          if p.suffix in (".arrow", ".json"))
+        ours["read_cache_filtered"] = sum(p.stat().st_size for p in derived_files(store))
     with step("untimed: every tenant's Fat Row output checked equal to lateseq's (both forms)", steps):
         checked = {name: {form: check_tenant(file, plan, handle, log) for form, file in forms.items()}
                    for name, plan in plans.items()}

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 import lateseq
 from lateseq import datasets
+from lateseq._derived import DERIVED_DIR
 
 SCHEMA = lateseq.Schema({"item_id": "int64", "action": "int8", "dwell": "float32"})
 COLUMNS = ("item_id", "action", "ts")  # what the benchmarks project (dwell is stored, not read)
@@ -649,5 +650,10 @@ def store_files(state: State) -> tuple[list[Path], list[Path]]:
     durable = [p for name in names for p in sorted((state.path / "segments").glob(f"{name}.*"))]
     cache = [p for name in names if (p := store.cache_dir / f"{name}.arrow").exists()]
     if state.merged_reads:  # what its reads map, beside the decoded copies they were merged from
-        cache += sorted(p for p in (store.cache_dir / "derived").glob("p*") if p.suffix in (".arrow", ".json"))
+        cache += derived_files(store)
     return durable, cache
+
+
+def derived_files(store: lateseq.Store) -> list[Path]:
+    """The files of the merged and filtered copies in ``store``'s read cache."""
+    return sorted(p for p in (store.cache_dir / DERIVED_DIR).glob("p*") if p.suffix in (".arrow", ".json"))

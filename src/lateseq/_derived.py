@@ -45,14 +45,17 @@ ROW = "_row"  # a filtered copy's column: each row's row in the segment it came 
 
 def merged_name(segments: list[Segment]) -> str:
     """The name of the merged copy of ``segments`` (one partition's, oldest first)."""
-    return _name(segments[0].info.partition, {"merged": [s.info.name for s in segments]})
+    return _name(segments[0].info.partition, _merged_key(segments))
 
 
 def merged_copy(segments: list[Segment], schema: Schema, cache: Path) -> Segment:
     """The events of ``segments`` (one partition's, oldest first) as one segment, in the
     order a full compaction writes them."""
-    key = {"merged": [s.info.name for s in segments]}
-    return _derive(cache, segments, key, lambda: merge_segments(segments, schema))
+    return _derive(cache, segments, _merged_key(segments), lambda: merge_segments(segments, schema))
+
+
+def _merged_key(segments: list[Segment]) -> dict:
+    return {"merged": [s.info.name for s in segments]}
 
 
 def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) -> Segment:

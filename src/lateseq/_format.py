@@ -151,9 +151,9 @@ def write_segment(directory: Path, partition: int, events: Events, cache: Path) 
 
 
 def write_unpacked_segment(directory: Path, name: str, partition: int, events: Events) -> SegmentInfo:
-    """Writes sorted, non-empty events as segment ``name`` without its Parquet file: the
+    """Writes sorted events (none, too) as segment ``name`` without its Parquet file: the
     index and the decoded file only, both in ``directory``. For derived copies (a read
-    cache's merged segments), which are rebuilt from the store, never decoded."""
+    cache's merged and filtered segments), which are rebuilt from the store, never decoded."""
     return _write_segment(directory, name, partition, events, directory, packed=False)
 
 
@@ -167,16 +167,17 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
         stored[column], bases[column] = _encode(values)
 
     index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
-    parquet = directory / f"{name}.parquet"
+    parquet, index_file = (directory / f"{name}{suffix}" for suffix in SEGMENT_FILES)
     crc32 = [_write_file(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
-             if packed else 0,
-             _write_file(directory / f"{name}.index.arrow", _ipc_bytes(index))]
+             if packed else 0,  # an unpacked segment has no Parquet file to check
+             _write_file(index_file, _ipc_bytes(index))]
     cache.mkdir(parents=True, exist_ok=True)
     decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
-    size = sum(path.stat().st_size for path in [*([parquet] if packed else []), directory / f"{name}.index.arrow"])
+    size = (parquet.stat().st_size if packed else 0) + index_file.stat().st_size
+    versions = (int(events.version.min()), int(events.version.max())) if len(events) else (0, 0)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
-        min_version=int(events.version.min()) if len(events) else 0, max_version=int(events.version.max(initial=0)),
+        min_version=versions[0], max_version=versions[1],
         bytes=size, bases=bases, crc32=crc32, decoded=decoded,
     )
 
