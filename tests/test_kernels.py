@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import copy_windows_reference, locate_reference, select_reference
-from numba import typed
+from numba import njit, typed
 
 from lateseq._kernels import (
     E_HI,
@@ -27,6 +27,7 @@ from lateseq._kernels import (
     copy_windows,
     late_rows,
     locate,
+    prefetch,
 )
 
 STORED = [np.uint8, np.uint16, np.uint32, np.int64]
@@ -326,3 +327,20 @@ def test_select_matches_reference(case):
     for p in range(case["pointers"]):
         places = sorted(at + k for q, _, lo, hi, at in got if q == p for k in range(hi - lo))
         assert places == list(range(int(lengths[p])))
+
+
+def test_prefetch_is_only_a_hint():
+    """Prefetching far outside an array (a wrong hint, a damaged length) neither faults
+    nor changes a value."""
+    @njit
+    def touch(values, far):
+        total = 0
+        for i in range(values.shape[0]):
+            prefetch(values, i + far)
+            prefetch(values, i - far)
+            total += values[i]
+        return total
+
+    values = np.arange(100, dtype=np.int64)
+    for far in (1, 8, 10**6, 2**40):
+        assert touch(values, far) == values.sum()
