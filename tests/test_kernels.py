@@ -24,7 +24,8 @@ from lateseq._kernels import (
     LATE_ROW,
     Visibility,
     _select,
-    copy_windows,
+    _window_runs,
+    copy_runs,
     late_rows,
     locate,
     prefetch,
@@ -134,7 +135,7 @@ def window_rows(case: Case, p: int, lo: int, hi: int, holes: bool) -> list[int]:
 @given(cases())
 @settings(max_examples=400)
 def test_locate_matches_reference(case):
-    count, checksum, lo, hi, holes = locate(*case.args())
+    count, checksum, lo, hi, holes, _ = locate(*case.args())
     r_count, r_checksum, r_lo, r_hi, r_holes = locate_reference(*case.reference_args())
     for array, dtype in ((count, np.int64), (checksum, np.uint32), (lo, np.int64), (hi, np.int64)):
         assert array.dtype == dtype
@@ -153,10 +154,26 @@ def test_locate_matches_reference(case):
             assert case.ts_base + int(case.ts[i]) < case.request_ts[p]
 
 
+def copy_windows(case: Case, src: np.ndarray, base: int, lo: np.ndarray, hi: np.ndarray, holes: np.ndarray,
+                 late_at: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+    """The read path's copy of one segment's windows: runs planned once, then copied."""
+    n = np.minimum(hi - lo, case.max_len)
+    take = np.array([len(window_rows(case, p, lo[p], hi[p], holes[p])) for p in range(len(lo))], np.int64)
+    n = np.where(holes, take, n)
+    zeros = np.zeros(len(lo), np.int64)
+    arrival = case.arrival if case.arrival is not None else np.zeros(1, np.int64)
+    runs = tuple(np.empty(len(lo) + int((hi - lo).sum()), np.int64) for _ in range(4))
+    found = _window_runs(np.arange(len(lo)), zeros, lo, hi, holes, late_at, n, zeros, np.zeros(len(lo), np.bool_),
+                         np.append(dst, 0), typed_list([case.ver]), np.array([case.ver_base]),
+                         typed_list([case.late()]), typed_list([arrival]), np.array([case.arrival_base]),
+                         case.visibility.version, case.visibility.version_hi, case.visibility.arrival_limit, *runs)
+    copy_runs(tuple(r[:found] for r in runs), typed_list([src]), np.array([base]), out)
+
+
 @given(cases(), st.sampled_from(["uint8", "uint16", "int64", "float32", "float64"]), st.data())
 @settings(max_examples=300)
 def test_copy_windows_matches_reference(case, kind, data):
-    count, _, lo, hi, holes = locate(*case.args())
+    count, _, lo, hi, holes, late_at = locate(*case.args())
     r_count, _, r_lo, r_hi, r_holes = locate_reference(*case.reference_args())
     n = len(case.ts)
     if kind.startswith("float"):
@@ -173,7 +190,7 @@ def test_copy_windows_matches_reference(case, kind, data):
     args = (src, base, case.ver, case.ver_base, case.late(), case.arrival, case.arrival_base,
             case.visibility)
     out = np.full(int(lengths.sum()), 7, out_dtype)
-    copy_windows(*args, lo, hi, holes, dst, out)
+    copy_windows(case, src, base, lo, hi, holes, late_at, dst, out)
     same_inputs = np.full_like(out, 7)
     copy_windows_reference(*args, lo, hi, holes, dst, same_inputs)
     from_reference = np.full_like(out, 7)
@@ -186,14 +203,13 @@ def test_copy_windows_matches_reference(case, kind, data):
         assert got.view(width).tolist() == expected.view(width).tolist()  # bit for bit
 
 
-def test_copy_windows_narrow_output_wraps_like_the_column_type():
+def test_copy_runs_narrow_output_wraps_like_the_column_type():
     """int8 columns stored as uint8 above base -128 decode back into int8 exactly."""
     values = np.array([-128, -1, 0, 127], np.int8)
     stored = (values.astype(np.int64) + 128).astype(np.uint8)
     out = np.empty(4, np.int8)
-    vis = Visibility.of_versions(np.array([1]))
-    copy_windows(stored, -128, np.zeros(4, np.uint8), 1, np.zeros((0, 4), np.int64), None, 0, vis, np.array([0]), np.array([4]),
-                 np.array([False]), np.array([0]), out)
+    runs = (np.array([0]), np.array([0]), np.array([4]), np.array([0]))
+    copy_runs(runs, typed_list([stored]), np.array([-128]), out)
     assert out.tolist() == values.tolist()
 
 
@@ -208,7 +224,7 @@ def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
     late = late_rows(ver, vmax, vmin, 0, hcum)
     args = (*summaries(np.zeros(4, np.int64), np.full(4, 4, np.int64), late), ts, 0, ver, vmax, vmin, 0, hcum, late,
             None, 0, np.array([5, 5, 3, 4]), vis, 2, np.full(4, -1))
-    count, checksum, lo, hi, holes = locate(*args)
+    count, checksum, lo, hi, holes, _ = locate(*args)
     assert count.tolist() == [3, 4, 2, 2]
     assert checksum.tolist() == [70, 100, 30, 30]
     assert holes.tolist()[:2] == [True, False]
@@ -224,7 +240,7 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
     args = (*summaries(np.zeros(1, np.int64), np.full(1, 5, np.int64), late), ts, 0, ver, np.maximum.accumulate(ver),
             np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, late, None, 0, np.array([9]),
             Visibility.of_versions(np.array([1])), 2, np.array([3]))
-    count, checksum, lo, hi, holes = locate(*args)
+    count, checksum, lo, hi, holes, _ = locate(*args)
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
 
 

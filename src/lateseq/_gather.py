@@ -11,7 +11,7 @@ from . import _kernels
 from ._errors import ChecksumMismatch
 from ._format import TIME
 from ._jagged import JaggedBatch
-from ._kernels import Visibility, copy_windows, late_from
+from ._kernels import Visibility, copy_runs
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
@@ -44,32 +44,18 @@ def gather(
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    merged = [merge_runs(store, located, w, visibility, offsets) for w in located.partitions]
-    # found once for every column: where the late rows of windows with holes begin, and
-    # for a one-segment partition, what each window sees and where it goes
-    starts = [late_from(w.view.late(), w.seg, w.lo, w.holes) for w in located.partitions]
-    single = [(visibility.take(w.ptr), offsets[w.ptr]) if w.single else None for w in located.partitions]
+    # where each window's visible rows go, found once for every column
+    runs = [(window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets))
+            for w in located.partitions]
     values = {}
     for name in columns:
         dtype = output_dtype(store.schema, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
-        for w, runs, one, late_at in zip(located.partitions, merged, single, starts, strict=True):
-            if one is not None:
-                segment = w.view.segments[0]
-                copy_windows(segment.stored(stored), segment.base(stored), segment.stored("_version"),
-                             segment.base("_version"), segment.late, *segment.encoded(store.schema.arrival_col),
-                             one[0], w.lo, w.hi, w.holes, one[1], out, late_at)
-                continue
+        for w, (windows, merged) in zip(located.partitions, runs, strict=True):
             src, bases = w.view.column(stored)
-            bases = bases.astype(out.dtype)
-            add_base = out.dtype.kind != "f"  # floats are copied bit for bit (-0.0, NaN payloads)
-            ver, arrival = w.view.column("_version"), w.view.column(store.schema.arrival_col)
-            _kernels._copy_view(len(w.ptr), w.ptr, w.seg, w.lo, w.hi, w.holes, late_at, w.n, w.off, located.merge,
-                                offsets, src, bases, add_base, *ver, w.view.late(), *arrival, visibility.version,
-                                visibility.version_hi, visibility.arrival_limit, out)
-            if len(runs[0]):
-                _kernels._copy_runs(*runs, src, bases, add_base, out)
+            copy_runs(windows, src, bases, out)
+            copy_runs(merged, src, bases, out)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
 
@@ -89,6 +75,21 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
                 rows.tolist(),
             )
     return mismatched
+
+
+def window_runs(store: Store, located: Located, w: Windows, visibility: Visibility,
+                offsets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Runs (segment, lo, hi, output position) that copy this partition's windows of
+    pointers not merged: a window without holes is one run of its rows, one with holes
+    is cut around its invisible rows (late rows from newer versions, rows past an
+    arrival limit)."""
+    capacity = len(w.ptr) + int((w.hi - w.lo)[w.holes].sum())
+    runs = tuple(np.empty(capacity, np.int64) for _ in range(4))
+    found = _kernels._window_runs(
+        w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, located.merge, offsets, *w.view.column("_version"),
+        w.view.late(), *w.view.column(store.schema.arrival_col), visibility.version, visibility.version_hi,
+        visibility.arrival_limit, *runs)
+    return tuple(r[:found] for r in runs)
 
 
 def merge_runs(store: Store, located: Located, w: Windows, visibility: Visibility,

@@ -9,9 +9,13 @@ Per segment and pointer, ``locate`` finds the user's events visible to the point
 (event time strictly before the request, committed in a version <= the pointer's) and
 returns their count, their checksum, and the window ``[lo, hi)`` holding the newest
 ``max_len`` of them. ``holes`` marks windows that also hold invisible events (late
-arrivals from newer versions), which ``copy_windows`` then skips: for a pointer that
-sees one version, only a segment's late rows (``late_rows``) can be invisible below the
-first row of a newer version, so those are the rows visited, not every row.
+arrivals from newer versions), which the copy skips: for a pointer that sees one
+version, only a segment's late rows (``late_rows``) can be invisible below the first
+row of a newer version, so those are the rows visited, not every row.
+
+A batch is copied in two steps: ``_window_runs`` cuts every window into runs of visible
+rows once, then ``copy_runs`` copies the runs of each column. Visibility is settled once
+for all columns, and the copy kernel is compiled per (stored, output) dtype pair only.
 """
 
 from __future__ import annotations
@@ -134,12 +138,14 @@ def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - c
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
-    checksum, lo, hi, holes) of its visible events and the window of the newest
+    checksum, lo, hi, holes, late_at) of its visible events and the window of the newest
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
     is the range's first late row, if it has any. ``hint`` is a guess of how many rows
-    come before the request (the pointer's recorded length): checked, it saves a search."""
+    come before the request (the pointer's recorded length): checked, it saves a search.
+    A window with holes that sees one version has every late row inside it that it cannot
+    see at ``late[late_at:]`` (0 otherwise): the copy starts there, without a search."""
     if start == end or max(version, version_hi) < ver_base:
-        return 0, np.uint32(0), start, start, False
+        return 0, np.uint32(0), start, start, False, 0
     # first event at or after the request time (none when the user's newest is before it:
     # the common case for the older segments of an uncompacted version)
     hinted = 0 <= hint < end - start
@@ -157,11 +163,11 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     else:
         cut = _first_at_least(ts, ts_base, start, end, t)
     if cut == start:
-        return 0, np.uint32(0), start, start, False
+        return 0, np.uint32(0), start, start, False, 0
     if ver_base + np.int64(vmax[cut - 1]) <= version:
         n = cut - start
         before = hcum[start - 1] if start > 0 else np.uint32(0)
-        return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False
+        return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False, 0
     # slow path: events invisible to this pointer sit among the visible ones. _vmin (the
     # smallest version from a row to the user's end) never decreases: rows from the first
     # whose _vmin is past every version the pointer can see are all invisible (today's
@@ -196,8 +202,8 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
             window_lo = max(start, prefix_end - (max_len - n))
         n += prefix_end - start
     if min(n, max_len) == 0:
-        return n, s, start, start, False
-    return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes
+        return n, s, start, start, False, 0
+    return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes, 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -218,7 +224,7 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
             s -= np.uint32(late[k0, LATE_HASH])
     remaining = min(n, max_len)
     if remaining == 0:
-        return n, s, start, start, False
+        return n, s, start, start, False, 0
     # the window, newest first: stretches of visible rows between invisible late rows
     cur = a
     hi = -1
@@ -232,8 +238,8 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
         if avail > 0:
             if hi < 0:
                 hi = cur
-            if remaining <= avail:
-                return n, s, cur - remaining, hi, holes
+            if remaining <= avail:  # the invisible late rows inside: from past ``below`` on
+                return n, s, cur - remaining, hi, holes, max(k + 1, k0)
             remaining -= avail
         holes = hi >= 0  # rows are still owed below an invisible one: the window spans it
         cur = below
@@ -243,7 +249,7 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
 @njit(cache=True, nogil=True)
 def _locate(
     found, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
-    request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes,
+    request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes, late_at,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
     n = found.shape[0]
     for p in range(n):
@@ -264,10 +270,10 @@ def _locate(
             prefetch(vmin, h - 1)
             prefetch(late, e[E_LATE] * LATE_WIDTH)
         if found[p] < 0:  # a user without events
-            count[p], checksum[p], lo[p], hi[p], holes[p] = 0, 0, 0, 0, False
+            count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = 0, 0, 0, 0, False, 0
             continue
         entry = entries[found[p]]
-        count[p], checksum[p], lo[p], hi[p], holes[p] = _locate_range(
+        count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range(
             entry[E_LO], entry[E_HI], ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, entry[E_LATE], arrival,
             arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
 
@@ -338,10 +344,10 @@ def locate(
     visibility: Visibility,
     max_len: int,
     hint: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (count, checksum, lo, hi, holes), one entry per pointer. ``found[p]`` is
-    the row of ``entries`` (E_LO, E_HI and E_LATE are read) holding the pointer's user,
-    or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a
+) -> tuple[np.ndarray, ...]:
+    """Returns (count, checksum, lo, hi, holes, late_at), one entry per pointer (see
+    ``_locate_range``). ``found[p]`` is the row of ``entries`` (E_LO, E_HI and E_LATE are
+    read) holding the pointer's user, or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a
     guess of the pointer's count (its recorded length, or -1), checked before it is used."""
     if arrival is None and np.any(visibility.version_hi != visibility.version):
         raise ValueError("arrival bounds need an arrival column")
@@ -351,13 +357,14 @@ def locate(
     lo = np.empty(n, np.int64)
     hi = np.empty(n, np.int64)
     holes = np.empty(n, np.bool_)
+    late_at = np.empty(n, np.int64)
     _locate(
         found, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
         _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
-        count, checksum, lo, hi, holes,
+        count, checksum, lo, hi, holes, late_at,
     )
-    return count, checksum, lo, hi, holes
+    return count, checksum, lo, hi, holes, late_at
 
 
 # ---------------------------------------------------------------- a partition's segments at once
@@ -387,7 +394,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                  v_users, v_low, v_slots, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
-                 w_ptr, w_seg, w_lo, w_hi, w_holes, w_n, w_off):  # pragma: no cover - compiled
+                 w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off):  # pragma: no cover - compiled
     nw = 0
     for r in range(rows.shape[0]):
         if r + AHEAD < rows.shape[0]:
@@ -414,10 +421,10 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 continue  # wholly at or after the request, or newer than the pointer's version
             if entry[E_TMAX] < request_ts[p] and entry[E_VMAX] <= version[p]:
                 # wholly before the request and visible: the summary answers
-                c, s, hi, holes = e_hi - e_lo, np.uint32(entry[E_HASH]), e_hi, False
+                c, s, hi, holes, late_at = e_hi - e_lo, np.uint32(entry[E_HASH]), e_hi, False, 0
                 lo = hi - min(c, max_len)
             else:
-                c, s, lo, hi, holes = _locate_range(
+                c, s, lo, hi, holes, late_at = _locate_range(
                     e_lo, e_hi, ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
                     late_l[g], entry[E_LATE], arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p],
                     arrival_limit[p], max_len, hint[p] - total)
@@ -442,6 +449,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             w_lo[nw] = lo
             w_hi[nw] = hi
             w_holes[nw] = holes
+            w_late[nw] = late_at
             w_n[nw] = min(c, max_len)
             nw += 1
         count[p] = total
@@ -473,6 +481,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 w_lo[j] = w_lo[j + drop]
                 w_hi[j] = w_hi[j + drop]
                 w_holes[j] = w_holes[j + drop]
+                w_late[j] = w_late[j + drop]
                 w_n[j] = w_n[j + drop]
                 w_off[j] = w_off[j + drop]
             nw -= drop
@@ -577,47 +586,45 @@ def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - comp
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _copy_one(src, base, add_base, lo, hi, holes, ver, ver_base, late, k, arrival, arrival_base, version,
-              version_hi, arrival_limit, out, d):  # pragma: no cover - compiled
-    """Copies the visible rows of window [lo, hi) to ``out[d:]``; ``late[k]`` is its
-    first late row (or any earlier one)."""
-    if not holes:
-        _copy_slice(src, base, add_base, lo, hi, out, d)
-        return
-    if version_hi == version:  # only late rows can be invisible: slices between them
-        while k < late.shape[0] and late[k, LATE_ROW] < lo:
-            k += 1
-        while k < late.shape[0] and late[k, LATE_ROW] < hi:
-            i = late[k, LATE_ROW]
-            if late[k, LATE_VERSION] > version:
-                _copy_slice(src, base, add_base, lo, i, out, d)
-                d += i - lo
-                lo = i + 1
-            k += 1
-        _copy_slice(src, base, add_base, lo, hi, out, d)
-        return
-    for i in range(lo, hi):
-        if _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):
-            out[d] = base + src[i] if add_base else src[i]
-            d += 1
+def _add_run(g, lo, hi, d, k, r_seg, r_lo, r_hi, r_dst):  # pragma: no cover - compiled
+    r_seg[k], r_lo[k], r_hi[k], r_dst[k] = g, lo, hi, d
+    return k + 1
 
 
 @njit(cache=True, nogil=True)
-def _copy_view(nw, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, src_l, base_l, add_base,
-               ver_l, ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit, out):  # pragma: no cover
-    for w in range(nw):
-        if w + AHEAD < nw:
-            prefetch(src_l[w_seg[w + AHEAD]], w_lo[w + AHEAD])
+def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
+                 arr_b, version, version_hi, arrival_limit, r_seg, r_lo, r_hi, r_dst):  # pragma: no cover - compiled
+    k = 0
+    for w in range(w_ptr.shape[0]):
         p = w_ptr[w]
         if w_n[w] == 0 or merge[p]:
             continue
-        g = w_seg[w]
-        if w_holes[w]:
-            _copy_one(src_l[g], base_l[g], add_base, w_lo[w], w_hi[w], True, ver_l[g], ver_b[g], late_l[g], w_late[w],
-                      arr_l[g],
-                      arr_b[g], version[p], version_hi[p], arrival_limit[p], out, offsets[p] + w_off[w])
-        else:  # a plain slice: no visibility columns to fetch
-            _copy_slice(src_l[g], base_l[g], add_base, w_lo[w], w_lo[w] + w_n[w], out, offsets[p] + w_off[w])
+        g, lo, hi, d = w_seg[w], w_lo[w], w_hi[w], offsets[p] + w_off[w]
+        if not w_holes[w]:
+            k = _add_run(g, lo, lo + w_n[w], d, k, r_seg, r_lo, r_hi, r_dst)
+            continue
+        if version_hi[p] == version[p]:  # only late rows can be invisible: runs between them
+            late = late_l[g]
+            j = w_late[w]
+            while j < late.shape[0] and late[j, LATE_ROW] < hi:
+                i = late[j, LATE_ROW]
+                if late[j, LATE_VERSION] > version[p]:
+                    if i > lo:
+                        k = _add_run(g, lo, i, d, k, r_seg, r_lo, r_hi, r_dst)
+                        d += i - lo
+                    lo = i + 1
+                j += 1
+        else:  # bounded by arrival too: row by row
+            ver, vb, arr, ab = ver_l[g], ver_b[g], arr_l[g], arr_b[g]
+            for i in range(lo, hi):
+                if not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
+                    if i > lo:
+                        k = _add_run(g, lo, i, d, k, r_seg, r_lo, r_hi, r_dst)
+                        d += i - lo
+                    lo = i + 1
+        if hi > lo:
+            k = _add_run(g, lo, hi, d, k, r_seg, r_lo, r_hi, r_dst)
+    return k
 
 
 @njit(cache=True, nogil=True)
@@ -629,7 +636,8 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragm
     base = base_l[g]
     for k in range(g_seg.shape[0]):
         if k + AHEAD < g_seg.shape[0]:
-            prefetch(src_l[g_seg[k + AHEAD]], g_lo[k + AHEAD])
+            ahead = g_seg[k + AHEAD]
+            prefetch(src if ahead == g else src_l[ahead], g_lo[k + AHEAD])
         if g_seg[k] != g:  # runs of one segment come together: fetch its array once for them
             g = g_seg[k]
             src = src_l[g]
@@ -637,43 +645,13 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragm
         _copy_slice(src, base, add_base, g_lo[k], g_hi[k], out, g_dst[k])
 
 
-@njit(cache=True, nogil=True)
-def _copy_windows(src, base, ver, ver_base, late, late_from, arrival, arrival_base, version, version_hi,
-                  arrival_limit, lo, hi, holes, dst, out, add_base):  # pragma: no cover
-    for p in range(lo.shape[0]):
-        if p + AHEAD < lo.shape[0]:
-            prefetch(src, lo[p + AHEAD])
-            if holes[p + AHEAD]:
-                prefetch(late, late_from[p + AHEAD] * LATE_WIDTH)
-        _copy_one(src, base, add_base, lo[p], hi[p], holes[p], ver, ver_base, late, late_from[p], arrival,
-                  arrival_base, version[p], version_hi[p], arrival_limit[p], out, dst[p])
-
-
-@njit(cache=True, nogil=True)
-def late_from(late_l, seg: np.ndarray, lo: np.ndarray, holes: np.ndarray) -> np.ndarray:  # pragma: no cover
-    """Where the late rows of each window with holes begin in its segment's ``late``
-    (``late_l[seg]``; 0 for windows without holes): found once for every column."""
-    out = np.zeros(lo.shape[0], np.int64)
-    for w in range(lo.shape[0]):
-        if holes[w]:
-            late = late_l[seg[w]]
-            out[w] = _first_at_least(late[:, LATE_ROW], 0, 0, late.shape[0], lo[w])
-    return out
-
-
-def copy_windows(src, base, ver, ver_base, late, arrival, arrival_base, visibility, lo, hi, holes,
-                 dst, out, starts: np.ndarray | None = None) -> None:
-    """Copies each pointer's visible window of ``src`` (decoded) to ``out[dst[p]:]``.
-
-    ``starts`` is ``late_from([late], zeros, lo, holes)``: found here when not given, it
-    is worth finding once for the columns of a batch. Floats are never encoded and are copied bit
-    for bit: adding a zero base would turn -0.0 into 0.0 and quieten signalling NaNs.
-    """
-    _copy_windows(src, out.dtype.type(base), ver, np.int64(ver_base), late,
-                  late_from(typed.List([late]), np.zeros(len(lo), np.int64), lo, holes) if starts is None else starts,
-                  _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base),
-                  visibility.version, visibility.version_hi, visibility.arrival_limit,
-                  lo, hi, holes, dst, out, out.dtype.kind != "f")
+def copy_runs(runs: tuple[np.ndarray, ...], src: typed.List, bases: np.ndarray, out: np.ndarray) -> None:
+    """Copies each run (segment, lo, hi, output position) of the segments' stored
+    column ``src`` (with its frame-of-reference ``bases``) into ``out``, decoded to
+    ``out``'s dtype. Floats are never encoded and are copied bit for bit: adding a zero
+    base would turn -0.0 into 0.0 and quieten signalling NaNs."""
+    if len(runs[0]):
+        _copy_runs(*runs, src, bases.astype(out.dtype), out.dtype.kind != "f", out)
 
 
 # ---------------------------------------------------------------- merge with a tail

@@ -123,17 +123,19 @@ def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
 
 @dataclass
 class Windows:
-    """One partition's windows: (pointer, segment, lo, hi, holes, events taken, offset in
-    the pointer's output), pointer by pointer, segments in order."""
+    """One partition's windows: (pointer, segment, lo, hi, holes, where the late rows
+    inside a window with holes begin, events taken, offset in the pointer's output),
+    pointer by pointer, segments in order."""
 
     view: PartitionView
     rows: np.ndarray
-    single: bool  # one segment: the plain per-segment kernels serve it, without typed lists
+    single: bool  # one segment (a compacted version): no window is merged
     ptr: np.ndarray
     seg: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     holes: np.ndarray
+    late: np.ndarray
     n: np.ndarray
     off: np.ndarray
 
@@ -181,13 +183,12 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
         found = view.users.find(users[rows])
         if len(view.segments) == 1:
-            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, hint[rows],
-                                                     located))
+            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, hint, located))
             continue
         capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
-                    np.empty(capacity, np.int64), np.empty(capacity, np.int64))
+                    np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64))
         tb = view.column(schema.tiebreak)
         found = _kernels._locate_view(
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
@@ -195,8 +196,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
             view.column("_vmin")[0], view.column("_hcum")[0], view.late(), *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
-            located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.n, w.off)
-        for name in ("ptr", "seg", "lo", "hi", "holes", "n", "off"):
+            located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off)
+        for name in ("ptr", "seg", "lo", "hi", "holes", "late", "n", "off"):
             setattr(w, name, getattr(w, name)[:found])
         located.partitions.append(w)
     return located
@@ -204,18 +205,19 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
 
 def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, request_ts: np.ndarray,
                    visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
-    """A partition held by one segment (a compacted version): each pointer has at most
-    one window, and the segment's arrays go to the kernel as they are."""
+    """A partition held by one segment (a compacted version): each pointer has one
+    window (empty for a user without events before the request), and the segment's
+    arrays go to the kernel as they are."""
     segment = view.segments[0]
-    count, checksum, lo, hi, holes = _kernels.locate(
+    everyone = len(rows) == len(located.count)  # one partition: rows are 0..n-1, nothing to gather
+    count, checksum, lo, hi, holes, late = _kernels.locate(
         found, view.entries, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
         segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
-        segment.late, *segment.encoded(view.schema.arrival_col), request_ts[rows], visibility.take(rows), max_len,
-        hint)
-    located.count[rows] = count
-    located.checksum[rows] = checksum
-    keep = hi > lo
-    ptr = rows[keep]
-    zeros = np.zeros(len(ptr), np.int64)
-    return Windows(view, rows, True, ptr, zeros, lo[keep], hi[keep], holes[keep],
-                   np.minimum(count[keep], max_len), zeros)
+        segment.late, *segment.encoded(view.schema.arrival_col), request_ts if everyone else request_ts[rows],
+        visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
+    if everyone:
+        located.count, located.checksum = count, checksum
+    else:
+        located.count[rows], located.checksum[rows] = count, checksum
+    zeros = np.zeros(len(rows), np.int64)
+    return Windows(view, rows, True, rows, zeros, lo, hi, holes, late, np.minimum(count, max_len), zeros)

@@ -23,7 +23,7 @@ from ._derived import filtered_view
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
-from ._kernels import Visibility
+from ._kernels import Visibility, copy_runs
 from ._locate import Located, PartitionView, Windows
 from ._pointers import Pointers
 from ._projection import Projection
@@ -79,10 +79,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             dtype = output_dtype(schema, column)
             target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
             for view, (ptr, seg, lo, hi, at) in picked:
-                src, bases = view.column(stored)
-                if len(ptr):
-                    _kernels._copy_runs(seg, lo, hi, offsets[ptr] + at, src, bases.astype(target.dtype),
-                                        target.dtype.kind != "f", target)
+                copy_runs((seg, lo, hi, offsets[ptr] + at), *view.column(stored), target)
             if picked:  # every chosen row, at the column's stored width
                 touched.copied += int(offsets[-1]) * picked[0][0].segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
