@@ -162,12 +162,11 @@ def copy_windows(case: Case, src: np.ndarray, base: int, lo: np.ndarray, hi: np.
     n = np.where(holes, take, n)
     zeros = np.zeros(len(lo), np.int64)
     arrival = case.arrival if case.arrival is not None else np.zeros(1, np.int64)
-    runs = tuple(np.empty(len(lo) + int((hi - lo).sum()), np.int64) for _ in range(4))
-    found = _window_runs(np.arange(len(lo)), zeros, lo, hi, holes, late_at, n, zeros, np.zeros(len(lo), np.bool_),
-                         np.append(dst, 0), typed_list([case.ver]), np.array([case.ver_base]),
-                         typed_list([case.late()]), typed_list([arrival]), np.array([case.arrival_base]),
-                         case.visibility.version, case.visibility.version_hi, case.visibility.arrival_limit, *runs)
-    copy_runs(tuple(r[:found] for r in runs), typed_list([src]), np.array([base]), out)
+    runs = _window_runs(np.arange(len(lo)), zeros, lo, hi, holes, late_at, n, zeros, np.zeros(len(lo), np.bool_),
+                        np.append(dst, 0), typed_list([case.ver]), np.array([case.ver_base]),
+                        typed_list([case.late()]), typed_list([arrival]), np.array([case.arrival_base]),
+                        case.visibility.version, case.visibility.version_hi, case.visibility.arrival_limit)
+    copy_runs(tuple(runs), typed_list([src]), np.array([base]), out)
 
 
 @given(cases(), st.sampled_from(["uint8", "uint16", "int64", "float32", "float64"]), st.data())

@@ -44,18 +44,15 @@ def gather(
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    # where each window's visible rows go, found once for every column
-    runs = [(window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets))
-            for w in located.partitions]
+    runs = [copy_plan(store, located, w, visibility, offsets) for w in located.partitions]
     values = {}
     for name in columns:
         dtype = output_dtype(store.schema, name)
         out = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
         stored = TIME if name == store.schema.time_col else name
-        for w, (windows, merged) in zip(located.partitions, runs, strict=True):
-            src, bases = w.view.column(stored)
-            copy_runs(windows, src, bases, out)
-            copy_runs(merged, src, bases, out)
+        for w, plan in zip(located.partitions, runs, strict=True):
+            for part in plan:
+                copy_runs(part, *w.view.column(stored), out)
         values[name] = out.view(np.bool_) if dtype == np.bool_ else out
     return JaggedBatch(offsets, values, mismatched)
 
@@ -77,19 +74,24 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
     return mismatched
 
 
+def copy_plan(store: Store, located: Located, w: Windows, visibility: Visibility,
+              offsets: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Every run (segment, lo, hi, output position) that copies this partition's part of
+    the batch, found once for all columns: its windows' and its merged pointers'."""
+    return [window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets)]
+
+
 def window_runs(store: Store, located: Located, w: Windows, visibility: Visibility,
                 offsets: np.ndarray) -> tuple[np.ndarray, ...]:
     """Runs (segment, lo, hi, output position) that copy this partition's windows of
     pointers not merged: a window without holes is one run of its rows, one with holes
     is cut around its invisible rows (late rows from newer versions, rows past an
     arrival limit)."""
-    capacity = len(w.ptr) + int((w.hi - w.lo)[w.holes].sum())
-    runs = tuple(np.empty(capacity, np.int64) for _ in range(4))
-    found = _kernels._window_runs(
+    runs = _kernels._window_runs(
         w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, located.merge, offsets, *w.view.column("_version"),
         w.view.late(), *w.view.column(store.schema.arrival_col), visibility.version, visibility.version_hi,
-        visibility.arrival_limit, *runs)
-    return tuple(r[:found] for r in runs)
+        visibility.arrival_limit)
+    return tuple(runs)
 
 
 def merge_runs(store: Store, located: Located, w: Windows, visibility: Visibility,
@@ -98,17 +100,17 @@ def merge_runs(store: Store, located: Located, w: Windows, visibility: Visibilit
     pointers whose windows overlap in time, chosen newest first by (time, tie-break,
     segment order)."""
     rows = w.rows[located.merge[w.rows]] if not w.single else w.rows[:0]
-    size = int((offsets[rows + 1] - offsets[rows]).sum())
-    runs = tuple(np.empty(size, np.int64) for _ in range(4))
-    if size:
-        schema = store.schema
-        found = _kernels._merge_view(
-            rows, offsets, located.first_window, located.end_window, w.seg, w.lo, w.hi, w.holes,
-            *w.view.column(TIME), *w.view.column(schema.tiebreak), schema.tiebreak is not None,
-            *w.view.column("_version"), *w.view.column(schema.arrival_col), visibility.version,
-            visibility.version_hi, visibility.arrival_limit, *runs)
-        runs = tuple(r[:found] for r in runs)
-    return runs
+    if not len(rows):
+        return _NO_RUNS
+    schema = store.schema
+    return tuple(_kernels._merge_view(
+        rows, offsets, located.first_window, located.end_window, w.seg, w.lo, w.hi, w.holes,
+        *w.view.column(TIME), *w.view.column(schema.tiebreak), schema.tiebreak is not None,
+        *w.view.column("_version"), *w.view.column(schema.arrival_col), visibility.version,
+        visibility.version_hi, visibility.arrival_limit))
+
+
+_NO_RUNS = tuple(np.empty(0, np.int64) for _ in range(4))
 
 
 def output_dtype(schema: Schema, name: str) -> np.dtype:

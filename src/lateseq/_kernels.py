@@ -505,14 +505,27 @@ def _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, 
     return i
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
+    """Appends run k (segment, lo, hi, output position) to ``runs`` (one row per field),
+    doubling it when full; returns the runs array it is now in."""
+    if k == runs.shape[1]:
+        grown = np.empty((4, 2 * runs.shape[1]), np.int64)
+        grown[:, :k] = runs
+        runs = grown
+    runs[0, k], runs[1, k], runs[2, k], runs[3, k] = g, lo, hi, d
+    return runs
+
+
 @njit(cache=True, nogil=True)
 def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
-                ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
-                g_seg, g_lo, g_hi, g_dst):  # pragma: no cover - compiled
+                ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
     """Each pointer's newest events over windows that overlap in time, newest first by
     (time, tie-break, segment order), as runs of consecutive rows of one segment: the
     window holding the newest event gives a run down to the next window's newest, so
-    windows are scanned once per run, not once per event. Returns the number of runs."""
+    windows are scanned once per run, not once per event. Returns the runs (one row per
+    field: segment, lo, hi, output position)."""
+    runs = np.empty((4, 4 * rows.shape[0] + 16), np.int64)  # grown as needed
     k = 0
     for r in range(rows.shape[0]):
         p = rows[r]
@@ -549,7 +562,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
                 if w_holes[w] and not _visible(i, ver, ver_b[g], arr, arr_b[g], version[p], version_hi[p],
                                                arrival_limit[p]):
                     if top > i:
-                        g_seg[k], g_lo[k], g_hi[k], g_dst[k] = g, i + 1, top + 1, pos + 1
+                        runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
                         k += 1
                     i -= 1
                     top = i
@@ -563,12 +576,12 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
                 pos -= 1
                 i -= 1
             if top > i:
-                g_seg[k], g_lo[k], g_hi[k], g_dst[k] = g, i + 1, top + 1, pos + 1
+                runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
                 k += 1
             cursor[best] = _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l,
                                            ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
                                            key_ts, key_tb, best)
-    return k
+    return runs[:, :k]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -585,15 +598,10 @@ def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - comp
             target[k] = window[k]
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _add_run(g, lo, hi, d, k, r_seg, r_lo, r_hi, r_dst):  # pragma: no cover - compiled
-    r_seg[k], r_lo[k], r_hi[k], r_dst[k] = g, lo, hi, d
-    return k + 1
-
-
 @njit(cache=True, nogil=True)
 def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
-                 arr_b, version, version_hi, arrival_limit, r_seg, r_lo, r_hi, r_dst):  # pragma: no cover - compiled
+                 arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
+    runs = np.empty((4, w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
     k = 0
     for w in range(w_ptr.shape[0]):
         p = w_ptr[w]
@@ -601,7 +609,8 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
             continue
         g, lo, hi, d = w_seg[w], w_lo[w], w_hi[w], offsets[p] + w_off[w]
         if not w_holes[w]:
-            k = _add_run(g, lo, lo + w_n[w], d, k, r_seg, r_lo, r_hi, r_dst)
+            runs = _add_run(runs, k, g, lo, lo + w_n[w], d)
+            k += 1
             continue
         if version_hi[p] == version[p]:  # only late rows can be invisible: runs between them
             late = late_l[g]
@@ -610,7 +619,8 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
                 i = late[j, LATE_ROW]
                 if late[j, LATE_VERSION] > version[p]:
                     if i > lo:
-                        k = _add_run(g, lo, i, d, k, r_seg, r_lo, r_hi, r_dst)
+                        runs = _add_run(runs, k, g, lo, i, d)
+                        k += 1
                         d += i - lo
                     lo = i + 1
                 j += 1
@@ -619,12 +629,14 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
             for i in range(lo, hi):
                 if not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
                     if i > lo:
-                        k = _add_run(g, lo, i, d, k, r_seg, r_lo, r_hi, r_dst)
+                        runs = _add_run(runs, k, g, lo, i, d)
+                        k += 1
                         d += i - lo
                     lo = i + 1
         if hi > lo:
-            k = _add_run(g, lo, hi, d, k, r_seg, r_lo, r_hi, r_dst)
-    return k
+            runs = _add_run(runs, k, g, lo, hi, d)
+            k += 1
+    return runs[:, :k]
 
 
 @njit(cache=True, nogil=True)
