@@ -54,8 +54,7 @@ class Case:
 
     def args(self) -> tuple:
         """The kernel's arguments: each pointer's user as a row of range summaries."""
-        found, entries = summaries(self.user_lo, self.user_hi, self.late())
-        return (found, entries, *self.reference_args()[2:], self.hint)
+        return (*summaries(self.user_lo, self.user_hi, self.late()), *self.reference_args()[2:], self.hint)
 
     def reference_args(self) -> tuple:
         return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.vmin, self.ver_base,
@@ -72,12 +71,14 @@ class Case:
                 and self.arrival_base + int(self.arrival[i]) < self.visibility.arrival_limit[p])
 
 
-def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found, entries) for the kernel: one summary row per pointer (E_LO, E_HI, E_LATE)."""
+def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tuple:
+    """(users, user index, entries) for the kernel: pointer p's user is p, with one
+    summary row (E_LO, E_HI, E_LATE), found by binary search in the index's ids."""
     entries = np.zeros((len(user_lo), ENTRY_WIDTH), np.int64)
     entries[:, E_LO], entries[:, E_HI] = user_lo, user_hi
     entries[:, E_LATE] = np.searchsorted(late[:, LATE_ROW], user_lo)
-    return np.arange(len(user_lo), dtype=np.int64), entries
+    users = np.arange(len(user_lo), dtype=np.int64)
+    return users, (users, 0, np.zeros(0, np.int64)), entries
 
 
 @st.composite

@@ -246,12 +246,26 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
         k -= 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
+    """Index of ``user`` in the sorted ``v_users``, or -1; one lookup when ids are dense."""
+    if v_slots.shape[0] > 0:
+        off = user - v_low
+        return v_slots[off] if 0 <= off < v_slots.shape[0] else -1
+    a = _first_at_least(v_users, 0, 0, v_users.shape[0], user)
+    return a if a < v_users.shape[0] and v_users[a] == user else -1
+
+
 @njit(cache=True, nogil=True)
 def _locate(
-    found, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
-    request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes, late_at,
+    users, v_users, v_low, v_slots, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival,
+    arrival_base, request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes,
+    late_at,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
-    n = found.shape[0]
+    n = users.shape[0]
+    found = np.empty(n, np.int64)
+    for p in range(n):
+        found[p] = _find_user(users[p], v_users, v_low, v_slots)
     for p in range(n):
         # pointers are users at random: every read below misses the cache. Prefetched in
         # two stages, a pointer's summary row first, then (with it at hand) the rows its
@@ -328,7 +342,8 @@ ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
 def locate(
-    found: np.ndarray,
+    users: np.ndarray,
+    user_index: tuple[np.ndarray, int, np.ndarray],
     entries: np.ndarray,
     ts: np.ndarray,
     ts_base: int,
@@ -346,20 +361,22 @@ def locate(
     hint: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     """Returns (count, checksum, lo, hi, holes, late_at), one entry per pointer (see
-    ``_locate_range``). ``found[p]`` is the row of ``entries`` (E_LO, E_HI and E_LATE are
-    read) holding the pointer's user, or -1; ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a
-    guess of the pointer's count (its recorded length, or -1), checked before it is used."""
+    ``_locate_range``). ``user_index`` (ids, low, slots: see ``_find_user``) finds each
+    user's row of ``entries`` (E_LO, E_HI and E_LATE are read); ``late`` is
+    ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a guess of the pointer's
+    count (its recorded length, or -1), checked before it is used."""
     if arrival is None and np.any(visibility.version_hi != visibility.version):
         raise ValueError("arrival bounds need an arrival column")
-    n = found.shape[0]
+    n = users.shape[0]
     count = np.empty(n, np.int64)
     checksum = np.empty(n, np.uint32)
     lo = np.empty(n, np.int64)
     hi = np.empty(n, np.int64)
     holes = np.empty(n, np.bool_)
     late_at = np.empty(n, np.int64)
+    ids, low, slots = user_index
     _locate(
-        found, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
+        users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
         _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
         count, checksum, lo, hi, holes, late_at,
@@ -372,16 +389,6 @@ def locate(
 # A version's partition may hold many segments (daily commits before compaction). These
 # kernels take each column of all of them at once, as typed lists indexed by segment,
 # so a batch costs a few calls whatever the number of segments.
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
-    """Index of ``user`` in the sorted ``v_users``, or -1; one lookup when ids are dense."""
-    if v_slots.shape[0] > 0:
-        off = user - v_low
-        return v_slots[off] if 0 <= off < v_slots.shape[0] else -1
-    a = _first_at_least(v_users, 0, 0, v_users.shape[0], user)
-    return a if a < v_users.shape[0] and v_users[a] == user else -1
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -181,10 +181,10 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         if view is None:
             continue
         rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
-        found = view.users.find(users[rows])
         if len(view.segments) == 1:
-            located.partitions.append(_locate_single(view, rows, found, request_ts, visibility, max_len, hint, located))
+            located.partitions.append(_locate_single(view, rows, users, request_ts, visibility, max_len, hint, located))
             continue
+        found = view.users.find(users[rows])
         capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
@@ -203,15 +203,16 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     return located
 
 
-def _locate_single(view: PartitionView, rows: np.ndarray, found: np.ndarray, request_ts: np.ndarray,
+def _locate_single(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
                    visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
     """A partition held by one segment (a compacted version): each pointer has one
     window (empty for a user without events before the request), and the segment's
     arrays go to the kernel as they are."""
     segment = view.segments[0]
     everyone = len(rows) == len(located.count)  # one partition: rows are 0..n-1, nothing to gather
+    index = view.users
     count, checksum, lo, hi, holes, late = _kernels.locate(
-        found, view.entries, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
+        users if everyone else users[rows], (index.ids, index.low, index.slots), view.entries, segment.stored(TIME), segment.base(TIME), segment.stored("_version"),
         segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
         segment.late, *segment.encoded(view.schema.arrival_col), request_ts if everyone else request_ts[rows],
         visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
