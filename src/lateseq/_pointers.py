@@ -91,7 +91,8 @@ def pointers_from_log(log: pa.Table | pa.RecordBatch, schema: Schema) -> Pointer
 
 
 def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -> Pointers:
-    missing = [f.name for f in POINTER_FIELDS if f.name not in examples.schema.names]
+    names = examples.schema.names
+    missing = [f.name for f in POINTER_FIELDS if f.name not in names]
     if missing:
         raise PointerError(f"example log is missing pointer columns {missing}; "
                            "make pointers with lateseq.log_examples or `lateseq pointers`")
