@@ -375,8 +375,8 @@ def locate(
     late_at = np.empty(n, np.int64)
     ids, low, slots = user_index
     _locate(
-        users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum, late,
-        _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
+        users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
+        late, _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
         count, checksum, lo, hi, holes, late_at,
     )
