@@ -213,7 +213,8 @@ def _locate_single(view: PartitionView, rows: np.ndarray, users: np.ndarray, req
     index = view.users
     count, checksum, lo, hi, holes, late = _kernels.locate(
         users if everyone else users[rows], (index.ids, index.low, index.slots), view.entries, segment.stored(TIME),
-        segment.base(TIME), segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"), segment.base("_version"), segment.stored("_hcum"),
+        segment.base(TIME), segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
+        segment.base("_version"), segment.stored("_hcum"),
         segment.late, *segment.encoded(view.schema.arrival_col), request_ts if everyone else request_ts[rows],
         visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
     if everyone:
