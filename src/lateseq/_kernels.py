@@ -134,6 +134,19 @@ def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover - compiled
+    """``_first_at_least`` for an answer expected near ``a``: steps of 1, 2, 4, ... up
+    from ``a``, then a binary search in the last step."""
+    step = 1
+    while a + step < b:
+        if base + np.int64(values[a + step - 1]) >= bound:
+            return _first_at_least(values, base, a, a + step - 1, bound)
+        a += step
+        step *= 2
+    return _first_at_least(values, base, a, b, bound)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
@@ -157,6 +170,13 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         # request (the day's events online had not seen yet): the slow path's ``a`` below,
         # found without searching for the cut
         return _locate_late(start, h, hcum, late, late_start, version, max_len)
+    elif hinted and version_hi == version and ts_base + np.int64(ts[h]) < t and ver_base + np.int64(vmin[h]) <= version:
+        # late rows the pointer cannot see lie below: the rows newer than its version (or
+        # the cut) begin that many rows above the hint, found by stepping up from it
+        a = _first_at_least_from_start(vmin, ver_base, h + 1, end, version + 1)
+        if a < end and ts_base + np.int64(ts[a]) < t:
+            return _locate_late(start, a, hcum, late, late_start, version, max_len)
+        cut = _first_at_least(ts, ts_base, h + 1, a, t)  # the request falls in (h, a]
     elif ts_base + np.int64(ts[end - 1]) < t:
         cut = end
     else:
