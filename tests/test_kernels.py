@@ -29,6 +29,7 @@ from lateseq._kernels import (
     late_rows,
     locate,
     prefetch,
+    remap_ranges,
 )
 
 STORED = [np.uint8, np.uint16, np.uint32, np.int64]
@@ -361,3 +362,15 @@ def test_prefetch_is_only_a_hint():
     for far in (1, 8, 10**6, 2**40):
         assert touch(values, far) == values.sum()
     assert "@llvm.prefetch" in "".join(touch.inspect_llvm().values())  # a real prefetch, not dropped
+
+
+@given(st.lists(st.integers(0, 200), unique=True), st.lists(st.tuples(st.integers(0, 210), st.integers(0, 30))),
+       st.sampled_from([np.int64, np.uint32]))
+@settings(max_examples=200)
+def test_remap_ranges_matches_searchsorted(kept, ranges, dtype):
+    rows = np.array(sorted(kept), dtype)
+    lo = np.array([a for a, _ in ranges], np.int64)
+    hi = lo + np.array([n for _, n in ranges], np.int64)
+    got_lo, got_hi = remap_ranges(rows, lo, hi)
+    assert got_lo.tolist() == np.searchsorted(rows, lo).tolist()
+    assert got_hi.tolist() == np.searchsorted(rows, hi).tolist()

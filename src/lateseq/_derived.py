@@ -32,6 +32,7 @@ import numpy as np
 from ._errors import StoreError
 from ._events import Events
 from ._format import TIME, SegmentInfo, decoded_file, write_unpacked_segment
+from ._kernels import remap_ranges
 from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
@@ -86,8 +87,7 @@ class FilteredView:
         out_lo, out_hi = np.empty_like(lo), np.empty_like(hi)
         for g in np.unique(seg):
             at = seg == g
-            out_lo[at] = np.searchsorted(self.rows[g], lo[at])
-            out_hi[at] = np.searchsorted(self.rows[g], hi[at])
+            out_lo[at], out_hi[at] = remap_ranges(self.rows[g], lo[at], hi[at])
         return out_lo, out_hi
 
 

@@ -692,6 +692,24 @@ def copy_runs(runs: tuple[np.ndarray, ...], src: typed.List, bases: np.ndarray, 
         _copy_runs(*runs, src, bases.astype(out.dtype), out.dtype.kind != "f", out)
 
 
+@njit(cache=True, nogil=True)
+def _remap_ranges(rows, lo, hi, out_lo, out_hi):  # pragma: no cover - compiled
+    for k in range(lo.shape[0]):
+        a = _first_at_least(rows, 0, 0, rows.shape[0], lo[k])
+        out_lo[k] = a
+        # at most hi - lo of the sorted, distinct ``rows`` lie in [lo, hi): a short search
+        out_hi[k] = _first_at_least(rows, 0, a, min(rows.shape[0], a + hi[k] - lo[k]), hi[k])
+
+
+def remap_ranges(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.searchsorted(rows, lo)`` and ``np.searchsorted(rows, hi)`` for sorted, distinct
+    ``rows`` and ranges ``lo <= hi``: the second found near the first, in the few cache
+    lines after it, instead of by a second search over all of ``rows``."""
+    out_lo, out_hi = np.empty(len(lo), np.int64), np.empty(len(hi), np.int64)
+    _remap_ranges(rows, np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64), out_lo, out_hi)
+    return out_lo, out_hi
+
+
 # ---------------------------------------------------------------- merge with a tail
 
 

@@ -6,9 +6,9 @@ history (its length and checksum are the pointer's, whatever a tenant keeps). Ea
 tenant then walks those windows newest first: a slice it takes whole costs one binary
 search (a window cut) or none, and becomes a run. A filtered tenant walks the same
 windows in the filtered copies of the segments (``_derived``: the rows that pass, made
-once per host), where each window is a slice again, found by two binary searches; so a
-filter costs about what a shorter history does, not a test of every row. Only the
-columns a tenant reads are copied, from the runs.
+once per host), where each window is a slice again, found by one binary search and a
+short one after it (``remap_ranges``); so a filter costs about what a shorter history
+does, not a test of every row. Only the columns a tenant reads are copied, from the runs.
 """
 
 from __future__ import annotations
