@@ -162,6 +162,8 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     # the common case for the older segments of an uncompacted version)
     hinted = 0 <= hint < end - start
     h = start + hint
+    a = -1  # the first row newer than every version the pointer sees, before the request
+    cut = end
     if hinted and ts_base + np.int64(ts[h]) >= t and (hint == 0 or ts_base + np.int64(ts[h - 1]) < t):
         cut = h  # the first row at or after the request, as the hint says
     elif (hinted and version_hi == version and ts_base + np.int64(ts[h]) < t
@@ -169,31 +171,30 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         # the hint is where the rows newer than the pointer's version begin, before the
         # request (the day's events online had not seen yet): the slow path's ``a`` below,
         # found without searching for the cut
-        return _locate_late(start, h, hcum, late, late_start, version, max_len)
+        a = h
     elif hinted and version_hi == version and ts_base + np.int64(ts[h]) < t and ver_base + np.int64(vmin[h]) <= version:
         # late rows the pointer cannot see lie below: the rows newer than its version (or
         # the cut) begin that many rows above the hint, found by stepping up from it
         a = _first_at_least_from_start(vmin, ver_base, h + 1, end, version + 1)
-        if a < end and ts_base + np.int64(ts[a]) < t:
-            return _locate_late(start, a, hcum, late, late_start, version, max_len)
-        cut = _first_at_least(ts, ts_base, h + 1, a, t)  # the request falls in (h, a]
-    elif ts_base + np.int64(ts[end - 1]) < t:
-        cut = end
-    else:
+        if a == end or ts_base + np.int64(ts[a]) >= t:
+            cut = _first_at_least(ts, ts_base, h + 1, a, t)  # the request falls in (h, a]
+            a = -1
+    elif ts_base + np.int64(ts[end - 1]) >= t:
         cut = _first_at_least(ts, ts_base, start, end, t)
-    if cut == start:
-        return 0, np.uint32(0), start, start, False, 0
-    if ver_base + np.int64(vmax[cut - 1]) <= version:
-        n = cut - start
-        before = hcum[start - 1] if start > 0 else np.uint32(0)
-        return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False, 0
-    # slow path: events invisible to this pointer sit among the visible ones. _vmin (the
-    # smallest version from a row to the user's end) never decreases: rows from the first
-    # whose _vmin is past every version the pointer can see are all invisible (today's
-    # events before a request against yesterday's version). That row is near the cut:
-    # searched from there.
-    a = _first_at_least_from_end(vmin, ver_base, start, cut, max(version, version_hi) + 1)
-    if version_hi == version:
+    if a < 0:
+        if cut == start:
+            return 0, np.uint32(0), start, start, False, 0
+        if ver_base + np.int64(vmax[cut - 1]) <= version:
+            n = cut - start
+            before = hcum[start - 1] if start > 0 else np.uint32(0)
+            return n, np.uint32(hcum[cut - 1] - before), cut - min(n, max_len), cut, False, 0
+        # slow path: events invisible to this pointer sit among the visible ones. _vmin
+        # (the smallest version from a row to the user's end) never decreases: rows from
+        # the first whose _vmin is past every version the pointer can see are all
+        # invisible (today's events before a request against yesterday's version). That
+        # row is near the cut: searched from there.
+        a = _first_at_least_from_end(vmin, ver_base, start, cut, max(version, version_hi) + 1)
+    if version_hi == version:  # one call site: the kernels inlining this compile once
         return _locate_late(start, a, hcum, late, late_start, version, max_len)
     # bounded by arrival too: the rows up to ``a`` are scanned one by one. _vmax never
     # decreases within a user either, so every row before the first _vmax > version is
