@@ -96,6 +96,21 @@ def test_copies_equal_a_read_without_them_and_are_built_once(store, kind):
     assert {p: p.stat().st_mtime_ns for p in copy_files(store)} == before
 
 
+def test_reads_through_merged_copies_open_no_segment(store):
+    """Once built, a merged copy is all a read maps: its segments' decoded copies may be
+    evicted from the cache, and neither an open handle nor a new one decodes them again."""
+    want = expected(store, "merged")
+    handle = lateseq.open(store.path, merged_reads=True)
+    assert read(store, "merged", handle) == want
+    decoded = sorted(store.cache_dir.glob("*.arrow"))
+    assert decoded
+    for path in decoded:
+        path.unlink()
+    assert read(store, "merged", handle) == want
+    assert read(store, "merged") == want
+    assert not any(path.exists() for path in decoded)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("suffix", [".arrow", ".index.arrow", ".json"])
 def test_every_damaged_copy_file_is_built_again(store, kind, suffix):

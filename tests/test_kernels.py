@@ -23,6 +23,7 @@ from lateseq._kernels import (
     ENTRY_WIDTH,
     LATE_ROW,
     Visibility,
+    _by_segment,
     _select,
     _window_runs,
     copy_runs,
@@ -202,6 +203,19 @@ def test_copy_windows_matches_reference(case, kind, data):
     width = np.uint64 if out_dtype.itemsize == 8 else np.uint32
     for got in (out, same_inputs, from_reference):
         assert got.view(width).tolist() == expected.view(width).tolist()  # bit for bit
+
+
+@given(st.integers(1, 5), st.lists(st.integers(0, 4), max_size=40), st.integers(0, 8))
+def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg, spare):
+    """The copy plan's runs, grouped by segment: a stable sort, and the spare columns
+    (runs beyond ``k`` in a grown array) are never read."""
+    seg = np.array([g % segments for g in seg], np.int64)
+    k = len(seg)
+    runs = np.full((4, k + spare), -1, np.int64)
+    runs[0, :k] = seg
+    runs[1:, :k] = np.arange(3 * k).reshape(3, k)
+    grouped = _by_segment(runs, k, segments)
+    assert grouped.tolist() == runs[:, :k][:, np.argsort(seg, kind="stable")].tolist()
 
 
 def test_copy_runs_narrow_output_wraps_like_the_column_type():

@@ -44,19 +44,23 @@ DERIVED_DIR = "derived"  # the read cache's folder of derived copies
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
 
 
-def merged_name(segments: list[Segment]) -> str:
-    """The name of the merged copy of ``segments`` (one partition's, oldest first)."""
-    return _name(segments[0].info.partition, _merged_key(segments))
+def merged_name(infos: list[SegmentInfo]) -> str:
+    """The name of the merged copy of the segments ``infos`` (one partition's, oldest
+    first): known without opening them, so a read through an open copy opens nothing else."""
+    return _name(infos[0].partition, _merged_key(infos))
 
 
-def merged_copy(segments: list[Segment], schema: Schema, cache: Path) -> Segment:
-    """The events of ``segments`` (one partition's, oldest first) as one segment, in the
-    order a full compaction writes them."""
-    return _derive(cache, segments, _merged_key(segments), lambda: merge_segments(segments, schema))
+def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]], schema: Schema,
+                cache: Path) -> Segment:
+    """The events of the segments ``infos`` (one partition's, oldest first) as one
+    segment, in the order a full compaction writes them; ``segments`` opens them, only
+    when the copy must be built."""
+    return _derive(cache, infos[0].partition, [info.name for info in infos], _merged_key(infos),
+                   lambda: merge_segments(segments(), schema))
 
 
-def _merged_key(segments: list[Segment]) -> dict:
-    return {"merged": [s.info.name for s in segments]}
+def _merged_key(infos: list[SegmentInfo]) -> dict:
+    return {"merged": [info.name for info in infos]}
 
 
 def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) -> Segment:
@@ -71,7 +75,7 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
         return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
                       segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
 
-    return _derive(cache, [segment], key, events)
+    return _derive(cache, segment.info.partition, list(segment.sources), key, events)
 
 
 @dataclass
@@ -106,11 +110,11 @@ def _name(partition: int, key: dict) -> str:
     return f"p{partition:05d}-{digest}"
 
 
-def _derive(cache: Path, inputs: list[Segment], key: dict, events: Callable[[], Events]) -> Segment:
-    """The copy named after ``key``, made of ``inputs`` by ``events`` when not built yet."""
-    partition = inputs[0].info.partition
+def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events]) -> Segment:
+    """The copy named after ``key``, made by ``events`` when not built yet; ``sources``
+    are the store segments its events come from (cleanup removes it with the last)."""
     name = _name(partition, key)
-    sources = sorted({source for segment in inputs for source in segment.sources})
+    sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
     with cache_lock(folder, f".tmp-build-{name}"):
         try:

