@@ -427,7 +427,8 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
         if r + AHEAD < rows.shape[0]:
             u = _find_user(users[rows[r + AHEAD]], v_users, v_low, v_slots)
             if u >= 0:
-                prefetch(entries, v_first[u] * ENTRY_WIDTH)
+                for e in range(v_first[u], v_first[u + 1]):  # a line per (user, segment)
+                    prefetch(entries, e * ENTRY_WIDTH)
         p = rows[r]
         count[p] = 0
         checksum[p] = 0
