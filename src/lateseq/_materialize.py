@@ -60,6 +60,7 @@ def _rebuild(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, proje
         parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
     return stitch(parts, len(stripped))
 
+
 def materialize_tenants(
     store: Store,
     examples: Pointers | pa.Table | pa.RecordBatch,
