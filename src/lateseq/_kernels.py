@@ -421,7 +421,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                  v_users, v_low, v_slots, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
-                 w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off):  # pragma: no cover - compiled
+                 w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, w_top):  # pragma: no cover - compiled
     nw = 0
     for r in range(rows.shape[0]):
         if r + AHEAD < rows.shape[0]:
@@ -447,8 +447,8 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             g, e_lo, e_hi = entry[E_SEG], entry[E_LO], entry[E_HI]
             if entry[E_TMIN] >= request_ts[p] or max(version[p], version_hi[p]) < ver_b[g]:
                 continue  # wholly at or after the request, or newer than the pointer's version
-            if entry[E_TMAX] < request_ts[p] and entry[E_VMAX] <= version[p]:
-                # wholly before the request and visible: the summary answers
+            summarised = entry[E_TMAX] < request_ts[p] and entry[E_VMAX] <= version[p]
+            if summarised:  # wholly before the request and visible: the summary answers
                 c, s, hi, holes, late_at = e_hi - e_lo, np.uint32(entry[E_HASH]), e_hi, False, 0
                 lo = hi - min(c, max_len)
             else:
@@ -460,13 +460,16 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             digest += s
             if hi <= lo:
                 continue
+            # the window's newest time (its row hi - 1 is visible): the merge kernel starts
+            # from it without reading a row of each window, most of which it never takes
+            top = entry[E_TMAX] if summarised else ts_b[g] + np.int64(ts_l[g][hi - 1])
             # windows of successive segments whose keys do not overlap are the history in
             # pieces: copy each as a slice. Otherwise (late events) the merge kernel orders
             # them. Entry summaries settle most pairs; equal times need the rows' keys.
             if last >= 0 and not merge[p] and entry[E_TMIN] <= entries[last, E_TMAX]:
                 f = w_seg[nw - 1]
                 ts_first = ts_b[g] + np.int64(ts_l[g][lo])
-                ts_last = ts_b[f] + np.int64(ts_l[f][w_hi[nw - 1] - 1])
+                ts_last = w_top[nw - 1]
                 tb_first = tb_b[g] + np.int64(tb_l[g][lo]) if has_tb else 0
                 tb_last = tb_b[f] + np.int64(tb_l[f][w_hi[nw - 1] - 1]) if has_tb else 0
                 if _key_before(ts_first, tb_first, ts_last, tb_last):
@@ -478,6 +481,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
             w_hi[nw] = hi
             w_holes[nw] = holes
             w_late[nw] = late_at
+            w_top[nw] = top
             w_n[nw] = min(c, max_len)
             nw += 1
         count[p] = total
@@ -512,6 +516,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 w_late[j] = w_late[j + drop]
                 w_n[j] = w_n[j + drop]
                 w_off[j] = w_off[j + drop]
+                w_top[j] = w_top[j + drop]
             nw -= drop
             p_w1[p] = nw
     return nw
@@ -566,7 +571,7 @@ def _by_segment(runs, k, segments):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
+def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts_l, ts_b, tb_l, tb_b, has_tb,
                 ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
     """Each pointer's newest events over windows that overlap in time, newest first by
     (time, tie-break, segment order), as runs of consecutive rows of one segment: the
@@ -582,10 +587,10 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, ts_l, ts_
         cursor = w_hi[j0:j0 + m] - 1
         key_ts = np.empty(m, np.int64)  # each window's newest unused event: only the window
         key_tb = np.zeros(m, np.int64)  # a run came from moves, so only its key is read again
-        for j in range(m):
-            cursor[j] = _newest_visible(j0 + j, cursor[j], w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb,
-                                        ver_l, ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
-                                        key_ts, key_tb, j)
+        for j in range(m):  # a window's newest row is visible: its time is known (w_top)
+            key_ts[j] = w_top[j0 + j]
+            if has_tb:
+                key_tb[j] = tb_b[w_seg[j0 + j]] + np.int64(tb_l[w_seg[j0 + j]][cursor[j]])
         pos = offsets[p + 1] - 1
         while pos >= offsets[p]:
             best = -1

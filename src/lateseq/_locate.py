@@ -124,7 +124,8 @@ def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
 @dataclass
 class Windows:
     """One partition's windows: (pointer, segment, lo, hi, holes, where the late rows
-    inside a window with holes begin, events taken, offset in the pointer's output),
+    inside a window with holes begin, events taken, offset in the pointer's output, the
+    time of its newest row: for the merge, so zeros where one segment never merges),
     pointer by pointer, segments in order."""
 
     view: PartitionView
@@ -138,6 +139,7 @@ class Windows:
     late: np.ndarray
     n: np.ndarray
     off: np.ndarray
+    top: np.ndarray
 
 
 @dataclass
@@ -188,7 +190,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
-                    np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64))
+                    np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64),
+                    np.empty(capacity, np.int64))
         tb = view.column(schema.tiebreak)
         found = _kernels._locate_view(
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
@@ -196,8 +199,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
             view.column("_vmin")[0], view.column("_hcum")[0], view.late(), *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
-            located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off)
-        for name in ("ptr", "seg", "lo", "hi", "holes", "late", "n", "off"):
+            located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, w.top)
+        for name in ("ptr", "seg", "lo", "hi", "holes", "late", "n", "off", "top"):
             setattr(w, name, getattr(w, name)[:found])
         located.partitions.append(w)
     return located
@@ -222,4 +225,4 @@ def _locate_single(view: PartitionView, rows: np.ndarray, users: np.ndarray, req
     else:
         located.count[rows], located.checksum[rows] = count, checksum
     zeros = np.zeros(len(rows), np.int64)
-    return Windows(view, rows, True, rows, zeros, lo, hi, holes, late, np.minimum(count, max_len), zeros)
+    return Windows(view, rows, True, rows, zeros, lo, hi, holes, late, np.minimum(count, max_len), zeros, zeros)
