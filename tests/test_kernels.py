@@ -23,9 +23,9 @@ from lateseq._kernels import (
     ENTRY_WIDTH,
     LATE_ROW,
     Visibility,
-    _by_segment,
     _select,
     _window_runs,
+    by_segment,
     copy_runs,
     late_rows,
     locate,
@@ -205,17 +205,14 @@ def test_copy_windows_matches_reference(case, kind, data):
         assert got.view(width).tolist() == expected.view(width).tolist()  # bit for bit
 
 
-@given(st.integers(1, 5), st.lists(st.integers(0, 4), max_size=40), st.integers(0, 8))
-def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg, spare):
-    """The copy plan's runs, grouped by segment: a stable sort, and the spare columns
-    (runs beyond ``k`` in a grown array) are never read."""
+@given(st.integers(1, 5), st.lists(st.integers(0, 4), max_size=40))
+def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg):
+    """The copy plan's runs, grouped by segment: a stable sort of every field."""
     seg = np.array([g % segments for g in seg], np.int64)
-    k = len(seg)
-    runs = np.full((4, k + spare), -1, np.int64)
-    runs[0, :k] = seg
-    runs[1:, :k] = np.arange(3 * k).reshape(3, k)
-    grouped = _by_segment(runs, k, segments)
-    assert grouped.tolist() == runs[:, :k][:, np.argsort(seg, kind="stable")].tolist()
+    fields = np.arange(3 * len(seg), dtype=np.int64).reshape(3, len(seg))
+    grouped = by_segment((seg, *fields), segments)
+    order = np.argsort(seg, kind="stable")
+    assert [a.tolist() for a in grouped] == [seg[order].tolist(), *(f[order].tolist() for f in fields)]
 
 
 def test_copy_runs_narrow_output_wraps_like_the_column_type():

@@ -11,7 +11,7 @@ from . import _kernels
 from ._errors import ChecksumMismatch
 from ._format import TIME
 from ._jagged import JaggedBatch
-from ._kernels import Visibility, copy_runs
+from ._kernels import Visibility, by_segment, copy_runs
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
@@ -79,7 +79,8 @@ def copy_plan(store: Store, located: Located, w: Windows, visibility: Visibility
     """Every run (segment, lo, hi, output position) that copies this partition's part of
     the batch, found once for all columns: its windows' and its merged pointers', each
     grouped by segment."""
-    return [window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets)]
+    return [by_segment(runs, len(w.view.segments)) for runs in (
+        window_runs(store, located, w, visibility, offsets), merge_runs(store, located, w, visibility, offsets))]
 
 
 def window_runs(store: Store, located: Located, w: Windows, visibility: Visibility,

@@ -123,8 +123,6 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
         offsets = np.zeros(len(located.count) + 1, np.int64)
         np.cumsum(np.where(located.merge, located.count, 0), out=offsets[1:])
         g_seg, g_lo, g_hi, g_dst = merge_runs(store, located, w, visibility, offsets)
-        newest_first = np.argsort(-g_dst, kind="stable")  # the kernel groups runs by segment
-        g_seg, g_lo, g_hi, g_dst = (a[newest_first] for a in (g_seg, g_lo, g_hi, g_dst))
         g_ptr = np.searchsorted(offsets, g_dst, side="right") - 1
         ptr, seg, lo, hi = (np.concatenate(pair) for pair in ((ptr, g_ptr), (seg, g_seg), (lo, g_lo), (hi, g_hi)))
         holes = np.concatenate([holes, np.zeros(len(g_seg), bool)])
