@@ -75,6 +75,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import lateseq  # noqa: E402
+from lateseq._derived import DERIVED_DIR  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
@@ -89,6 +90,7 @@ from workload import (  # noqa: E402
     build_forms,
     build_states,
     check_equal,
+    derived_files,
     read_days,
     read_fat_rows,
     readable_days,
@@ -401,6 +403,8 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
         base = at["lateseq"]["compacted-latest"]
         for s in at["lateseq"].values():
             s["vs_compacted_latest"] = s["ex_s"] / base["ex_s"]
+            if "epoch" in s:
+                s["epoch"]["vs_compacted_latest"] = s["epoch"]["ex_s"] / base["epoch"]["ex_s"]
             if "cold" in s:
                 s["cold"]["vs_compacted_latest"] = s["cold"]["ex_s"] / base["cold"]["ex_s"]
     return out
@@ -501,6 +505,25 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         file.path.unlink()
     for log in logs.values():
         log.unlink()
+    with step(f"{tag}: one epoch over the whole example log per state, default reads (merged_reads='auto')", steps):
+        for state in group:
+            if not state.merged_reads:
+                at["lateseq"][state.name]["epoch"] = epoch(state, n, root, opts.memcpy)
+
+
+def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:
+    """One pass over ``state``'s whole example log through a new handle with the default
+    ``merged_reads="auto"`` and no merged copy on this host yet: a first epoch of training,
+    reading segment by segment until the reads paid for the merged copies, then building
+    and reading through them."""
+    store = lateseq.open(state.path, state.version)
+    for path in [*derived_files(store), *(store.cache_dir / DERIVED_DIR).glob(".tmp-rent-*")]:
+        path.unlink()  # the copies, and what earlier reads paid towards them
+    log = root / f"{state.name}-epoch-examples.parquet"
+    pq.write_table(state.log, log)
+    run = drain(lateseq_batches(lambda: store, log, n))
+    log.unlink()
+    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": sum(p.suffix == ".json" for p in derived_files(store))}
 
 
 def _cold(run: Run) -> dict:

@@ -71,6 +71,14 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                 assert {"ex_s", "gb_s", "memcpy_fraction", "vs_compacted_latest", "bytes"} <= s.keys()
                 assert set(s["vs_fat_row"]) == set(s["bytes_vs_fat_row"]) == FORMS
                 assert set(s["written_per_day"]["fat_rows"]) == FORMS
+            for name, s in at["lateseq"].items():  # a first epoch with the default reads, every example
+                if work["states"][name]["merged_reads"]:
+                    assert "epoch" not in s
+                    continue
+                assert s["epoch"]["examples"] == work["workload"]["examples"] and s["epoch"]["ex_s"] > 0
+                assert s["epoch"]["merged_copies"] == 0 or work["states"][name]["segments"] > 1
+            if "daily-30" in at["lateseq"]:  # an epoch reads each event far more than 32 times: "auto" merged
+                assert at["lateseq"]["daily-30"]["epoch"]["merged_copies"] > 0
     assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
     names = {t["target"] for t in r["targets"]}
     assert any("smallest Parquet" in n for n in names) and any("Arrow IPC" in n for n in names)

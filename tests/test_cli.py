@@ -158,12 +158,15 @@ def test_merged_reads_give_the_same_sequences(files):
     for events in ("e1", "e2", "e3"):  # three segments, late events among them
         assert lateseq("ingest", store, files[events])[0] == 0
     assert lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
-    for options, out in (([], "plain"), (["--merged-reads"], "merged")):
+    for options, out in ((["--merged-reads", "never"], "plain"), (["--merged-reads", "always"], "merged")):
         code, _, err = lateseq(*options, "materialize", store, d / "ex.parquet", "--max-len", 5, "--out",
                                d / f"{out}.parquet")
         assert code == 0, err
     assert pq.read_table(d / "merged.parquet").equals(pq.read_table(d / "plain.parquet"))
     assert len(list((store / "cache" / "derived").glob("*.json"))) == 1  # the merged copy
+    code, _, err = lateseq("--merged-reads", "sometimes", "materialize", store, d / "ex.parquet", "--out",
+                           d / "x.parquet")
+    assert code != 0 and "--merged-reads" in err and "sometimes" in err
 
 
 def test_ingest_options_create_the_schema(files, tmp_path):

@@ -26,6 +26,8 @@ from oracle import edit_in_place
 
 import lateseq
 from lateseq._derived import DERIVED_DIR
+from lateseq._events import partition_of
+from lateseq._store import AUTO_MERGE_RENT
 
 COLUMNS = ("ts", "item", "rating")
 PROJECTIONS = {
@@ -72,7 +74,7 @@ def expected(store: lateseq.Store, kind: str) -> list:
     """The same examples without any copy: the segments read one by one, and for the
     filter, every visible event filtered here, then the newest 12 kept."""
     full = lateseq.Projection(10**6, COLUMNS)
-    everything = rows(lateseq.materialize(lateseq.open(store.path), LOG[store.path], full))
+    everything = rows(lateseq.materialize(lateseq.open(store.path, merged_reads=False), LOG[store.path], full))
     if kind == "merged":
         return [history[-12:] for history in everything]
     return [[e for e in history if e[2] in (1, 3)][-12:] for history in everything]
@@ -222,9 +224,78 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
 
 
 def test_the_setting_travels_with_the_handle_and_is_checked(store):
-    handle = lateseq.open(store.path, merged_reads=True)
-    assert pickle.loads(pickle.dumps(handle)).merged_reads
-    assert handle.checkout(2).merged_reads and handle.latest().merged_reads
-    assert "merged_reads=True" in repr(handle)
-    with pytest.raises(lateseq.SchemaError, match="merged_reads"):
-        lateseq.open(store.path, merged_reads="yes")
+    for setting in (True, False, "auto"):
+        handle = lateseq.open(store.path, merged_reads=setting)
+        assert pickle.loads(pickle.dumps(handle)).merged_reads == setting
+        assert handle.checkout(2).merged_reads == setting and handle.latest().merged_reads == setting
+    assert "merged_reads=True" in repr(lateseq.open(store.path, merged_reads=True))
+    assert lateseq.open(store.path).merged_reads == "auto"
+    for bad in ("yes", 1, None, "AUTO"):
+        with pytest.raises(lateseq.SchemaError, match="merged_reads"):
+            lateseq.open(store.path, merged_reads=bad)
+
+
+def partition_copies(store: lateseq.Store) -> set[int]:
+    """The partitions whose merged copy is in the read cache (copies are named p{partition}-...)."""
+    built = (store.cache_dir / DERIVED_DIR).is_dir()
+    return {int(p.name[1:6]) for p in copy_files(store, ".json")} if built else set()
+
+
+def test_auto_reads_segment_by_segment_until_the_reads_paid_for_the_copy(store):
+    """"auto" rents before it buys: a partition is read segment by segment until the events
+    read from it reach AUTO_MERGE_RENT times the events it holds, then through its merged
+    copy (built by the next read), with the same output all along; False never merges."""
+    want = expected(store, "merged")
+    builds_at = passes_to_build(store, want)
+    auto, never = lateseq.open(store.path), lateseq.open(store.path, merged_reads=False)
+    for n in range(1, max(builds_at.values()) + 1):
+        assert read(store, "merged", auto) == want
+        assert partition_copies(store) == {p for p in (0, 1) if builds_at[p] <= n}, f"after pass {n}"
+    for _ in range(3):
+        assert read(store, "merged", never) == want
+    assert read(store, "merged", auto) == want
+
+
+def passes_to_build(store: lateseq.Store, want: list) -> dict[int, int]:
+    """Per partition, the read of the fixture's log (1, 2, ...) at whose start the reads
+    before it have paid for its merged copy, so "auto" builds it then."""
+    held = {p: sum(i.rows for i in store.segment_infos if i.partition == p) for p in (0, 1)}
+    users = LOG[store.path].column("user_id").to_numpy()
+    read_per_pass = {p: sum(len(h) for h, u in zip(want, users, strict=True)
+                            if partition_of(np.array([u]), 2)[0] == p) for p in (0, 1)}
+    return {p: -(-AUTO_MERGE_RENT * held[p] // read_per_pass[p]) + 1 for p in (0, 1)}
+
+
+def test_auto_counts_what_every_reader_on_the_host_paid(store):
+    """A loader's workers (here two handles taking turns) pay the same rent: the copy is
+    built once their reads together paid for it (a handle learns of the other's reads
+    when it next records its own, so up to one read late), not when each one's did."""
+    want = expected(store, "merged")
+    builds_at = passes_to_build(store, want)
+    assert min(builds_at.values()) > 3
+    workers = [lateseq.open(store.path), pickle.loads(pickle.dumps(lateseq.open(store.path)))]
+    for n in range(1, max(builds_at.values()) + 2):
+        assert read(store, "merged", workers[n % 2]) == want
+        built = partition_copies(store)
+        for p, at in builds_at.items():
+            assert (p in built) if n > at else (p not in built) if n < at else True, f"after read {n}"
+
+
+def test_auto_reads_through_a_copy_another_reader_built(store):
+    want = expected(store, "merged")
+    assert read(store, "merged", lateseq.open(store.path, merged_reads=True)) == want
+    decoded = sorted(store.cache_dir.glob("*.arrow"))
+    for path in decoded:  # a segment-by-segment read would decode them again
+        path.unlink()
+    assert read(store, "merged", lateseq.open(store.path)) == want
+    assert not any(path.exists() for path in decoded)
+    assert read(store, "merged", lateseq.open(store.path, merged_reads=False)) == want
+    assert all(path.exists() for path in decoded)
+
+
+def test_prefault_builds_the_copies_an_auto_handle_reads(store):
+    handle = lateseq.open(store.path)
+    handle.prefault(list(COLUMNS))
+    assert partition_copies(store) == {0, 1}
+    assert read(store, "merged", handle) == expected(store, "merged")
+    lateseq.open(store.path, merged_reads=False).prefault(list(COLUMNS))

@@ -245,11 +245,12 @@ def run_scenario(sc: Scenario, root: Path) -> None:
     for p, (last, oracle, logs) in replays.items():
         final = last.version
         # the latest version read segment by segment and through merged copies (a local compaction)
-        handles = [(final, last), (final, lateseq.open(last.path, final, merged_reads=True))]
+        handles = [(final, lateseq.open(last.path, final, merged_reads=False)),
+                   (final, lateseq.open(last.path, final, merged_reads=True))]
         for v in {int(rng.integers(1, final + 1)) for _ in range(2)}:
             # an empty cache: every segment read below is decoded from the durable files
             handles.append((v, lateseq.open(last.path, v, cache_dir=root / f"decoded-p{p}-v{v}",
-                                            merged_reads=bool(rng.integers(2)))))
+                                            merged_reads=[False, True, "auto"][rng.integers(3)])))
         for k, projection in enumerate(sc.projections):
             columns = projected(projection, sc.columns)
             for hv, handle in handles:

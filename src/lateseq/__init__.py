@@ -7,6 +7,7 @@ materializer rebuilds exactly the sequence the online model saw.
 from __future__ import annotations
 
 import os
+import typing
 
 from ._errors import (
     ChecksumMismatch,
@@ -38,12 +39,13 @@ __version__ = "0.1.0"
 
 
 def open(path: str | os.PathLike, version: int | str | None = None, *,  # noqa: A001
-         cache_dir: str | os.PathLike | None = None, merged_reads: bool = False) -> Store:
+         cache_dir: str | os.PathLike | None = None, merged_reads: bool | typing.Literal["auto"] = "auto") -> Store:
     """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default).
 
     Readers memory-map decoded segments from ``cache_dir`` (default: ``path/cache``),
     decoding any that are missing there from the store's durable files. ``merged_reads``
-    reads a version of many segments through merged copies kept there (see ``Store``).
+    says when a version of many segments is read through merged copies kept there
+    (``"auto"``: once its reads have cost about what the copy does; see ``Store``).
     """
     return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)
 

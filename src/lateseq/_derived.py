@@ -4,7 +4,7 @@ missing or damaged.
 
 - A *merged copy* holds a partition's segments merged into one, as compaction would
   write it: a version of daily commits or late events then reads like a compacted one
-  (``Store(merged_reads=True)``).
+  (``Store(merged_reads=...)``).
 - A *filtered copy* holds the rows of one segment that pass a tenant's filter, each with
   its row in the segment (``_row``): a filtered tenant then copies slices of it, as an
   unfiltered tenant copies slices of the segment, instead of testing every row of every
@@ -48,6 +48,51 @@ def merged_name(infos: list[SegmentInfo]) -> str:
     """The name of the merged copy of the segments ``infos`` (one partition's, oldest
     first): known without opening them, so a read through an open copy opens nothing else."""
     return _name(infos[0].partition, _merged_key(infos))
+
+
+def derived_built(name: str, cache: Path) -> bool:
+    """Whether a process on this host built the copy ``name`` (it is checked when opened)."""
+    return (cache / DERIVED_DIR / f"{name}.json").is_file()
+
+
+class MergeRent:
+    """What the reads of one partition segment by segment have cost on this host, in events
+    read, against the ``price`` of building its merged copy ``name``: shared by every
+    process reading through this read cache (a loader's workers, each epoch's new ones),
+    as the size of a file each appends a byte to per ``unit`` events, every ``price / 64``
+    events or so. A reader that cannot write there counts its own reads only. The file is
+    a temporary of the cache (cleanup removes it once idle), and only its size counts: a
+    damaged one changes when the copy is built, never what a read returns."""
+
+    def __init__(self, cache: Path, name: str, price: int):
+        self._cache, self._name, self.price = cache, name, price
+        self._path: Path | None = cache / DERIVED_DIR / f".tmp-rent-{name}"
+        self._unit = max(1, price // 65536)
+        self._every = max(self._unit, price // 64)
+        self._pending = 0  # events read here, not yet in the file
+        self._paid = self._units() * self._unit
+        self.settled = self._paid >= price or derived_built(name, cache)
+
+    def pay(self, events: int) -> None:
+        self._pending += events
+        if self._pending >= self._every or self._paid + self._pending >= self.price:
+            whole = self._pending // self._unit
+            if self._path is not None and whole:
+                try:
+                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(self._path, "ab") as file:
+                        file.write(bytes(whole))
+                    self._pending -= whole * self._unit
+                    self._paid = self._units() * self._unit
+                except OSError:
+                    self._path = None
+            self.settled = self._paid + self._pending >= self.price or derived_built(self._name, self._cache)
+
+    def _units(self) -> int:
+        try:
+            return self._path.stat().st_size if self._path is not None else 0
+        except OSError:
+            return 0
 
 
 def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]], schema: Schema,

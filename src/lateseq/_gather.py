@@ -41,6 +41,7 @@ def gather(
     located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len, pointers.length)
 
     mismatched = compare(pointers, located, verify, on_mismatch)
+    store._record_reads(located, projection.max_len)
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._derived import merged_copy, merged_name, remove_stale_copies
+from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
 from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
@@ -45,23 +45,29 @@ from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_ch
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
+AUTO_MERGE_RENT = 32  # events read segment by segment, per event held, before "auto" merges
+MergedReads = bool | Literal["auto"]
 
 
 class Store:
     """A handle on one version of a store. Pickles as (path, version, cache_dir, merged_reads).
 
-    With ``merged_reads``, a partition of more than one segment is read through one merged
-    copy of them in the read cache, built on this host by the first read that needs it (a
-    local compaction: about a second per 4M events) and shared by every later reader of
-    the version. Training, which reads a version many times, wants it; a few reads of a
-    version with daily, uncompacted commits do not.
+    A partition of more than one segment can be read through one merged copy of them in
+    the read cache, built on this host by the first read that needs it (a local
+    compaction: about a second per 4M events) and shared by every later reader of the
+    version. Training, which reads a version many times, wants it; a few reads of a new
+    version do not. ``merged_reads=True`` or ``False`` decides; ``"auto"`` (the default)
+    rents before it buys: a partition is read segment by segment until the events read
+    from it on this host (by every process: ``MergeRent``) reach ``AUTO_MERGE_RENT`` times
+    the events it holds (about what building its copy costs, in the time those reads
+    lost), or until its copy exists on this host.
     """
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, merged_reads: bool = False,
+                 cache_dir: str | os.PathLike | None = None, merged_reads: MergedReads = "auto",
                  _segments: SegmentCache | None = None):
-        if not isinstance(merged_reads, bool):
-            raise SchemaError(f"merged_reads must be True or False, not {merged_reads!r}")
+        if not (isinstance(merged_reads, bool) or (isinstance(merged_reads, str) and merged_reads == "auto")):
+            raise SchemaError(f"merged_reads must be True, False or 'auto', not {merged_reads!r}")
         self.merged_reads = merged_reads
         self.path = Path(path)
         self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
@@ -81,6 +87,8 @@ class Store:
             self._by_partition.setdefault(info.partition, []).append(info)
         self._views: dict[int, PartitionView | None] = {}
         self._merged_names: dict[int, str] = {}
+        self._merged: set[int] = set()  # partitions read through their merged copy
+        self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
         self.num_events: int = manifest["events"]
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
@@ -126,7 +134,7 @@ class Store:
                      _segments=self._segments)
 
     def __repr__(self) -> str:
-        merged = ", merged_reads=True" if self.merged_reads else ""
+        merged = "" if self.merged_reads == "auto" else f", merged_reads={self.merged_reads}"
         return f"Store({str(self.path)!r}, version={self.version}{merged})"
 
     def latest(self) -> Store:
@@ -353,8 +361,10 @@ class Store:
 
     def prefault(self, columns: list[str]) -> None:
         """Touches every page of the columns a projection reads (building merged copies
-        first, with ``merged_reads``), so a long-running loader starts warm instead of
-        faulting pages in, or merging, during its first batches."""
+        first, unless ``merged_reads=False``), so a long-running loader starts warm instead
+        of faulting pages in, or merging, during its first batches."""
+        if self.merged_reads == "auto":  # a loader that warms up reads long enough to pay for them
+            self._merged.update(p for p, infos in self._by_partition.items() if len(infos) > 1)
         names = [TIME if c == self.schema.time_col else c for c in columns]
         for segment in (s for p in sorted(self._by_partition) for s in self._view(p).segments):
             for name in dict.fromkeys([*names, TIME, *SYSTEM_COLUMNS]):
@@ -372,14 +382,32 @@ class Store:
         (``lengths``, the pointers' recorded ones, only speed the search up)."""
         return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths)
 
+    def _record_reads(self, located: Located, max_len: int) -> None:
+        """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
+        returns (its newest ``max_len`` per pointer) from partitions read segment by segment."""
+        for windows in located.partitions if self.merged_reads == "auto" else []:
+            if len(windows.view.segments) > 1:
+                rent = self._rents[windows.view.segments[0].info.partition]
+                rent.pay(int(np.minimum(located.count[windows.rows], max_len).sum()))
+
+    def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
+        """Whether ``partition`` (of segments ``infos``, more than one) is read through its
+        merged copy; once so, for the rest of this handle's life."""
+        if partition not in self._merged_names:
+            self._merged_names[partition] = name = merged_name(infos)
+            if self.merged_reads == "auto":
+                price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
+                self._rents[partition] = MergeRent(self.cache_dir, name, price)
+        if self.merged_reads is True or (self.merged_reads == "auto" and self._rents[partition].settled):
+            self._merged.add(partition)
+        return partition in self._merged
+
     def _view(self, partition: int) -> PartitionView | None:
         """The partition's segments laid out for the read kernels (or their merged copy):
         built once per handle, and again when a decoded copy was replaced (the segment
         cache notices)."""
         infos = self._by_partition.get(partition, [])
-        if self.merged_reads and len(infos) > 1:  # its inputs are opened only to build it
-            if partition not in self._merged_names:
-                self._merged_names[partition] = merged_name(infos)
+        if len(infos) > 1 and self._reads_merged(partition, infos):  # its inputs are opened only to build it
             segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
                 infos, lambda: self.segments(partition), self.schema, self.cache_dir))]
         else:
@@ -431,5 +459,5 @@ def _read_events(source: EventSource) -> pa.Table:
                       "RecordBatchReader or Parquet path")
 
 
-def _unpickle(path: str, version: int, cache_dir: str, merged_reads: bool = False) -> Store:
+def _unpickle(path: str, version: int, cache_dir: str, merged_reads: MergedReads = "auto") -> Store:
     return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)

@@ -99,7 +99,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _err = Console(stderr=True, soft_wrap=True)
-_read_cache: dict = {"dir": None, "merged": False}  # set by the global --cache-dir and --merged-reads
+_read_cache: dict = {"dir": None, "merged": "auto"}  # set by the global --cache-dir and --merged-reads
+
+
+class MergedReads(str, Enum):
+    """``--merged-reads``'s choices (``Store``'s ``merged_reads``: "auto", True, False)."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+_MERGED_READS = {MergedReads.auto: "auto", MergedReads.always: True, MergedReads.never: False}
 
 
 @app.callback()
@@ -108,14 +119,15 @@ def _global_options(
         envvar="LATESEQ_CACHE_DIR", show_default="STORE/cache",
         help="Where decoded segments are kept for reading (e.g. local disk when STORE is shared or read-only).",
     )] = None,
-    merged_reads: Annotated[bool, typer.Option(
-        "--merged-reads", envvar="LATESEQ_MERGED_READS",
+    merged_reads: Annotated[MergedReads, typer.Option(
+        "--merged-reads", envvar="LATESEQ_MERGED_READS", case_sensitive=False,
         help="Read a version of many segments through merged copies built in the read cache (a local "
-             "compaction, once per version and host): for reading a version many times.",
-    )] = False,
+             "compaction, once per version and host): always, never, or auto (once the reads of a "
+             "partition have cost about what its copy does).",
+    )] = MergedReads.auto,
 ) -> None:
     _read_cache["dir"] = cache_dir
-    _read_cache["merged"] = merged_reads
+    _read_cache["merged"] = _MERGED_READS[merged_reads]
 
 
 def _out() -> Console:
