@@ -76,6 +76,7 @@ from rich.table import Table  # noqa: E402
 
 import lateseq  # noqa: E402
 from lateseq._derived import DERIVED_DIR  # noqa: E402
+from lateseq._store import AUTO_MERGE_RENT  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
@@ -621,7 +622,8 @@ def main(argv: list[str] | None = None) -> None:
         "scale": scale_name, "scale_settings": asdict(scale),
         "settings": {"batch": BATCH, "repeat": args.repeat, "patience_s": args.patience,
                      "columns": list(COLUMNS), "n": list(NS),
-                     "cold": args.cold, "pinned_cpu": cpu, "verify": True},
+                     "cold": args.cold, "pinned_cpu": cpu, "verify": True,
+                     "auto_merge_rent": AUTO_MERGE_RENT},
         "workloads": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="lateseq-bench-", dir=args.workdir))

@@ -76,7 +76,7 @@ def tables(results: dict) -> list[TableSpec]:
     for name, work in results["workloads"].items():
         out += [_states(name, work), _speed(name, work, results)]
         if any("epoch" in s for n in work["n"].values() for s in n["lateseq"].values()):
-            out.append(_epoch(name, work))
+            out.append(_epoch(name, work, results["settings"].get("auto_merge_rent")))
         out.append(_fat_speed(name, work))
         if any("cold" in s for n in work["n"].values() for s in n["lateseq"].values()):
             out.append(_cold(name, work, results.get("eviction")))
@@ -140,7 +140,7 @@ def _speed(name: str, work: dict, results: dict) -> TableSpec:
     return spec
 
 
-def _epoch(name: str, work: dict) -> TableSpec:
+def _epoch(name: str, work: dict, rent: int | None) -> TableSpec:
     spec = TableSpec(f"{name}: first epoch, default reads (one pass over every example, one core, a new handle "
                      "with merged_reads='auto' and no merged copy built yet)",
                      ["N", "state", "examples", "seconds", "ex/s", "vs compacted-latest", "merged copies built",
@@ -152,8 +152,8 @@ def _epoch(name: str, work: dict) -> TableSpec:
                 spec.rows.append([n, state, _n(e["examples"]), f"{e['seconds']:.1f}", _n(e["ex_s"]),
                                   _x(e["vs_compacted_latest"]), _n(e["merged_copies"]), _x(e["ex_s"] / s["ex_s"])])
     spec.notes.append("a partition is read segment by segment until the events read from it reach "
-                      "AUTO_MERGE_RENT (32) times the events it holds, then its merged copy is built (timed "
-                      "here, in the epoch) and read; later epochs read as the +merged state above")
+                      f"AUTO_MERGE_RENT ({rent}) times the events it holds, then its merged copy is built "
+                      "(timed here, in the epoch) and read; later epochs read as the +merged state above")
     return spec
 
 

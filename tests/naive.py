@@ -122,3 +122,9 @@ def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_l
             runs.append((p, int(c_seg[c]), low, top + 1, len(chosen) - 1 - end))
             k = end + 1
     return lengths, sorted(runs)
+
+
+def merge_order_reference(user, ts, tiebreak):
+    """``merge_order``: the rows sorted by (user, time, tie-break), ties in row order."""
+    keys = [ts, user] if tiebreak is None else [tiebreak, ts, user]
+    return np.lexsort(keys)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import copy_windows_reference, locate_reference, select_reference
+from naive import copy_windows_reference, locate_reference, merge_order_reference, select_reference
 from numba import njit, typed
 
 from lateseq._kernels import (
@@ -29,6 +29,7 @@ from lateseq._kernels import (
     copy_runs,
     late_rows,
     locate,
+    merge_order,
     prefetch,
     remap_ranges,
 )
@@ -213,6 +214,18 @@ def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg):
     grouped = by_segment((seg, *fields), segments)
     order = np.argsort(seg, kind="stable")
     assert [a.tolist() for a in grouped] == [seg[order].tolist(), *(f[order].tolist() for f in fields)]
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(-2, 2), st.integers(-1, 1)), max_size=12),
+                min_size=1, max_size=6), st.booleans())
+def test_merge_order_is_the_stable_sort_of_its_sorted_segments(segments, with_tiebreak):
+    """Segments each sorted by (user, time, tie-break), with ties inside and across them
+    (equal keys keep segment order, then row order), some empty."""
+    rows = [sorted(segment, key=lambda e: e if with_tiebreak else e[:2]) for segment in segments]
+    user, ts, tb = (np.array([e[k] for segment in rows for e in segment], np.int64) for k in range(3))
+    tiebreak = tb.astype(np.int8) if with_tiebreak else None
+    got = merge_order(user, ts, tiebreak, [len(segment) for segment in rows])
+    assert got.tolist() == merge_order_reference(user, ts, tiebreak).tolist()
 
 
 def test_copy_runs_narrow_output_wraps_like_the_column_type():

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._events import Events
 from ._format import TIME
+from ._kernels import merge_order
 from ._schema import Schema
 from ._segments import Segment
 
@@ -35,12 +36,12 @@ def merge_segments(segments: list[Segment], schema: Schema) -> Events:
     (user, time, tie-break): equal keys keep segment order, then row order, which is
     commit order, so the merge is the order a single commit of everything would have."""
     user = np.concatenate([np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))) for s in segments])
-    ts = np.concatenate([s.decoded(TIME) for s in segments])
-    keys = [ts, user]
+    ts = np.concatenate([s.decoded(TIME) for s in segments]).astype(np.int64, copy=False)
+    tiebreak = None
     if schema.tiebreak is not None:
-        keys.insert(0, np.concatenate([s.payload(schema.tiebreak, schema) for s in segments]))
-    order = np.lexsort(keys)
-    del keys
+        tiebreak = np.concatenate([s.payload(schema.tiebreak, schema) for s in segments])
+    order = merge_order(user, ts, tiebreak, [s.info.rows for s in segments])
+    del tiebreak
     version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
     hashes = np.concatenate([s.hashes() for s in segments])[order]
     return Events(user[order], ts[order], _Gathered(segments, schema, order), version, hashes)

@@ -45,7 +45,7 @@ from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_ch
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
-AUTO_MERGE_RENT = 32  # events read segment by segment, per event held, before "auto" merges
+AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
 MergedReads = bool | Literal["auto"]
 
 
