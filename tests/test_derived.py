@@ -12,6 +12,7 @@ oracle in test_tenants).
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -279,6 +280,30 @@ def test_auto_counts_what_every_reader_on_the_host_paid(store):
         built = partition_copies(store)
         for p, at in builds_at.items():
             assert (p in built) if n > at else (p not in built) if n < at else True, f"after read {n}"
+
+
+@pytest.mark.parametrize("damage", ["huge", "a folder", "flipped"])
+def test_a_damaged_tally_moves_when_auto_merges_never_what_it_reads(store, damage):
+    """Only a tally's size counts: flipped bytes change nothing, a huge one merges at once,
+    one that cannot be read or written leaves each reader counting its own reads."""
+    want = expected(store, "merged")
+    assert min(passes_to_build(store, want).values()) > 4
+    assert read(store, "merged", lateseq.open(store.path)) == want  # leaves a tally per partition
+    tallies = sorted((store.cache_dir / DERIVED_DIR).glob(".tmp-rent-*"))
+    assert len(tallies) == 2
+    for tally in tallies:
+        if damage == "huge":
+            os.truncate(tally, 1 << 40)  # sparse: paid many times over
+        elif damage == "a folder":
+            tally.unlink()
+            tally.mkdir()
+        else:
+            edit_in_place(tally, 0.5, 0xFF)
+    handle = lateseq.open(store.path)
+    for _ in range(3):
+        assert read(store, "merged", handle) == want
+    if damage != "a folder":
+        assert partition_copies(store) == ({0, 1} if damage == "huge" else set())
 
 
 def test_auto_reads_through_a_copy_another_reader_built(store):
