@@ -54,7 +54,7 @@ class Store:
 
     A partition of more than one segment can be read through one merged copy of them in
     the read cache, built on this host by the first read that needs it (a local
-    compaction: about a second per 4M events) and shared by every later reader of the
+    compaction: about half a second per 4M events) and shared by every later reader of the
     version. Training, which reads a version many times, wants it; a few reads of a new
     version do not. ``merged_reads=True`` or ``False`` decides; ``"auto"`` (the default)
     rents before it buys: a partition is read segment by segment until the events read
