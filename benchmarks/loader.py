@@ -32,8 +32,8 @@ action, ts), histories of at most N events:
   (random reads of a store much bigger than memory) unless prefetch asked for them.
 - **co-partitioning**: a store of the same events in 8 user-hash partitions, the cold
   sample's example log written plain and co-partitioned (``lateseq.copartition_log``); 2
-  ranks, each standing for a host: its page cache dropped, it reads its share
-  (``ExampleDataset(rank=, world_size=2, copartition=...)``, shuffled); bytes it read from
+  and 4 ranks, each standing for a host: its page cache dropped, it reads its share
+  (``ExampleDataset(rank=, world_size=, copartition=...)``, shuffled); bytes it read from
   disk and examples/s, per host, on and off.
 - **ray**: examples/s through ``lateseq.ray.materialized(...).iter_torch_batches(collate_fn=
   lateseq.ray.Collate())`` with 1 and 2 actors, against the in-process loader (0 workers);
@@ -94,7 +94,7 @@ FORMS = ("arrow-ipc", "parquet-smallest")
 EVENT_BYTES = materialize.EVENT_BYTES
 LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share them out
 COLD_BATCHES = 24  # batches timed with the store dropped before each
-HOSTS = 2  # co-partitioning: ranks, each standing for a host of its own
+HOSTS = (2, 4)  # co-partitioning: ranks, each standing for a host of its own
 PARTITIONS = 8  # co-partitioning: the user-hash partitions of its store
 _MADV_NORMAL, _MADV_RANDOM, _MADV_DONTNEED = 0, 1, 4
 
@@ -312,10 +312,10 @@ def measure_cold(built: dict, repeat: int) -> dict:
     return out
 
 
-def measure_copartition(built: dict, root: Path) -> dict:
-    """Co-partitioning, cold: each of ``HOSTS`` ranks (each a host of its own, its page
-    cache dropped before its pass) reads its share of the cold sample's examples, from a
-    store of ``PARTITIONS`` user-hash partitions, with the example log co-partitioned
+def measure_copartition(built: dict, root: Path) -> list[dict]:
+    """Co-partitioning, cold, for each number of ``HOSTS``: each rank (a host of its own,
+    its page cache dropped before its pass) reads its share of the cold sample's examples,
+    from a store of ``PARTITIONS`` user-hash partitions, with the example log co-partitioned
     (``copartition_log``, ``ExampleDataset(copartition=True)``: a rank reads its own
     partitions' segments) and not (a shuffled share of every partition's users)."""
     schema = lateseq.Schema(dict(SCHEMA.columns), partitions=PARTITIONS)
@@ -326,26 +326,30 @@ def measure_copartition(built: dict, root: Path) -> dict:
     pq.write_table(log, paths[False], row_group_size=group)
     lateseq.copartition_log(store, log, paths[True], row_group_rows=group)
     files = [store.cache_dir / f"{info.name}.arrow" for info in store.segment_infos]
-    out = {}
-    for n in NS:
-        projection = lateseq.Projection(n, COLUMNS)
-        lateseq.materialize(store, log.slice(0, 16), projection)  # verify columns now
-        at = out[str(n)] = {}
-        for copartition in (False, True):
-            ranks = [cold_pass(store, files, ExampleDataset(
-                store, paths[copartition], projection, batch_size=BATCH, shuffle=True, seed=1, rank=rank,
-                world_size=HOSTS, copartition=copartition, block_rows=group), "epoch").figures()
-                for rank in range(HOSTS)]
-            at["on" if copartition else "off"] = {
-                "ranks": ranks, "examples": sum(r["examples"] for r in ranks),
-                "disk_read_bytes_per_host": float(np.mean([r["disk_read_bytes"] or 0 for r in ranks])),
-                "ex_s_per_host": float(np.mean([r["ex_s"] for r in ranks]))}
-        on, off = at["on"], at["off"]
-        if not on["examples"] == off["examples"] == len(built["cold_rows"]):
-            raise SystemExit(f"co-partitioning: {on['examples']} examples on, {off['examples']} off")
-        at["read_vs_off"] = on["disk_read_bytes_per_host"] / max(off["disk_read_bytes_per_host"], 1)
-        at["ex_s_vs_off"] = on["ex_s_per_host"] / off["ex_s_per_host"]
-    return {"hosts": HOSTS, "partitions": PARTITIONS, "store_bytes": sum(f.stat().st_size for f in files), "n": out}
+    results = []
+    for hosts in HOSTS:
+        out = {}
+        for n in NS:
+            projection = lateseq.Projection(n, COLUMNS)
+            lateseq.materialize(store, log.slice(0, 16), projection)  # verify columns now
+            at = out[str(n)] = {}
+            for copartition in (False, True):
+                ranks = [cold_pass(store, files, ExampleDataset(
+                    store, paths[copartition], projection, batch_size=BATCH, shuffle=True, seed=1, rank=rank,
+                    world_size=hosts, copartition=copartition, block_rows=group), "epoch").figures()
+                    for rank in range(hosts)]
+                at["on" if copartition else "off"] = {
+                    "ranks": ranks, "examples": sum(r["examples"] for r in ranks),
+                    "disk_read_bytes_per_host": float(np.mean([r["disk_read_bytes"] or 0 for r in ranks])),
+                    "ex_s_per_host": float(np.mean([r["ex_s"] for r in ranks]))}
+            on, off = at["on"], at["off"]
+            if not on["examples"] == off["examples"] == len(built["cold_rows"]):
+                raise SystemExit(f"co-partitioning, {hosts} hosts: {on['examples']} examples on, {off['examples']} off")
+            at["read_vs_off"] = on["disk_read_bytes_per_host"] / max(off["disk_read_bytes_per_host"], 1)
+            at["ex_s_vs_off"] = on["ex_s_per_host"] / off["ex_s_per_host"]
+        results.append({"hosts": hosts, "partitions": PARTITIONS,
+                        "store_bytes": sum(f.stat().st_size for f in files), "n": out})
+    return results
 
 
 def _config(affinity: bool, prefetch: bool) -> str:
@@ -397,7 +401,7 @@ def measure_ray(built: dict, loaders: dict) -> dict | str:
 def targets(results: dict) -> list[dict]:
     """The issue's affinity targets, where the store is dropped before every batch (a
     store bigger than the page cache), with and without readahead; and the same for
-    co-partitioning, per host (it reads 1/hosts of the store: 60% less needs 3 hosts)."""
+    co-partitioning, per host and number of hosts (a host reads 1/hosts of the store)."""
     out = []
     for n, at in results["cold"].items():
         for mode in ("batch", "batch-random"):
@@ -408,13 +412,15 @@ def targets(results: dict) -> list[dict]:
                             "met": bool(1 - on["read_vs_off"] >= 0.6)})
             out.append({"target": f"affinity ({mode}): ex/s vs off", "n": int(n), "threshold": 1.3,
                         "value": round(on["vs_off"], 3), "met": bool(on["vs_off"] >= 1.3)})
-    hosts = results["copartition"]["hosts"]
-    for n, at in results["copartition"]["n"].items():
-        less = 1 - at["read_vs_off"]
-        out.append({"target": f"co-partitioning ({hosts} hosts): disk bytes read per host, less than off by",
-                    "n": int(n), "threshold": 0.6, "value": round(less, 3), "met": bool(less >= 0.6)})
-        out.append({"target": f"co-partitioning ({hosts} hosts): ex/s per host vs off", "n": int(n),
-                    "threshold": 1.3, "value": round(at["ex_s_vs_off"], 3), "met": bool(at["ex_s_vs_off"] >= 1.3)})
+    for cop in results["copartition"]:
+        hosts = cop["hosts"]
+        for n, at in cop["n"].items():
+            less = 1 - at["read_vs_off"]
+            out.append({"target": f"co-partitioning ({hosts} hosts): disk bytes read per host, less than off by",
+                        "n": int(n), "threshold": 0.6, "value": round(less, 3), "met": bool(less >= 0.6)})
+            out.append({"target": f"co-partitioning ({hosts} hosts): ex/s per host vs off", "n": int(n),
+                        "threshold": 1.3, "value": round(at["ex_s_vs_off"], 3),
+                        "met": bool(at["ex_s_vs_off"] >= 1.3)})
     return out
 
 
@@ -460,14 +466,16 @@ def markdown(results: dict) -> str:
                 for n, at in results["cold"].items() for config, e in at[mode].items()]
         lines += _table(f"{title}; one process, shuffled, {results['cold_examples']:,} examples",
                         ["N", "config", "ex/s", "read from disk", "ex/s vs all off", "read vs all off"], rows)
-    cop = results["copartition"]
-    rows = [[n, config, f"{e['examples']:,}", _mb(int(e["disk_read_bytes_per_host"])), f"{e['ex_s_per_host']:,.0f}",
+    cops = results["copartition"]
+    rows = [[str(cop["hosts"]), n, config, f"{e['examples']:,}", _mb(int(e["disk_read_bytes_per_host"])),
+             f"{e['ex_s_per_host']:,.0f}",
              *(("", "") if config == "off" else (f"{at['read_vs_off']:.2f}×", f"{at['ex_s_vs_off']:.2f}×"))]
-            for n, at in cop["n"].items() for config, e in (("off", at["off"]), ("on", at["on"]))]
-    lines += _table(f"co-partitioning, cold: {cop['hosts']} ranks (hosts), each reading its share from a store of "
-                    f"{cop['partitions']} partitions ({_mb(cop['store_bytes'])} decoded), its page cache dropped "
-                    "first", ["N", "co-partitioned", "examples (all ranks)", "read from disk per host",
-                              "ex/s per host", "read vs off", "ex/s vs off"], rows)
+            for cop in cops for n, at in cop["n"].items() for config, e in (("off", at["off"]), ("on", at["on"]))]
+    lines += _table(f"co-partitioning, cold: ranks (hosts) each reading their share from a store of "
+                    f"{cops[0]['partitions']} partitions ({_mb(cops[0]['store_bytes'])} decoded), each rank's page "
+                    "cache dropped first", ["hosts", "N", "co-partitioned", "examples (all ranks)",
+                                            "read from disk per host", "ex/s per host", "read vs off",
+                                            "ex/s vs off"], rows)
     if isinstance(results["ray"], str):
         lines += [f"**Ray Data**: {results['ray']}", ""]
     else:

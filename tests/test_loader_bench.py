@@ -35,11 +35,13 @@ def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
                 assert entry["examples"] == r["cold_examples"] if mode.startswith("epoch") else entry["examples"] > 0
                 assert entry["resident_after_drop"] is None or entry["resident_after_drop"] < 0.5
         # co-partitioning on and off: every example once across the ranks, each rank's pass timed cold
-        cop = r["copartition"]["n"][n]
-        for config in ("on", "off"):
-            assert cop[config]["examples"] == r["cold_examples"] and len(cop[config]["ranks"]) == r["copartition"]["hosts"]
-            assert all(rank["ex_s"] > 0 for rank in cop[config]["ranks"])
-        assert cop["ex_s_vs_off"] > 0 and cop["read_vs_off"] >= 0
+        assert [cop["hosts"] for cop in r["copartition"]] == [2, 4]
+        for hosts in r["copartition"]:
+            cop = hosts["n"][n]
+            for config in ("on", "off"):
+                assert cop[config]["examples"] == r["cold_examples"] and len(cop[config]["ranks"]) == hosts["hosts"]
+                assert all(rank["ex_s"] > 0 for rank in cop[config]["ranks"])
+            assert cop["ex_s_vs_off"] > 0 and cop["read_vs_off"] >= 0
     if importlib.util.find_spec("ray") is None:
         assert r["ray"].startswith("not measured")
     else:
