@@ -217,7 +217,7 @@ def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg):
 
 
 @given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(-2, 2), st.integers(-1, 1)), max_size=12),
-                min_size=1, max_size=6), st.booleans())
+                min_size=1, max_size=40), st.booleans())
 def test_merge_order_is_the_stable_sort_of_its_sorted_segments(segments, with_tiebreak):
     """Segments each sorted by (user, time, tie-break), with ties inside and across them
     (equal keys keep segment order, then row order), some empty."""

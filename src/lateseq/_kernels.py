@@ -418,38 +418,59 @@ def _row_before(user, ts, tb, i, j):  # pragma: no cover - compiled
     return i < j
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _sift_down(heap, size, heads, user, ts, tb):  # pragma: no cover - compiled
+    i = 0
+    while 2 * i + 1 < size:
+        c = 2 * i + 1
+        if c + 1 < size and _row_before(user, ts, tb, heads[heap[c + 1]], heads[heap[c]]):
+            c += 1
+        if not _row_before(user, ts, tb, heads[heap[c]], heads[heap[i]]):
+            return
+        heap[i], heap[c] = heap[c], heap[i]
+        i = c
+
+
 @njit(cache=True, nogil=True)
 def _merge_order(user, ts, tb, bounds):  # pragma: no cover - compiled; merge_order_reference is its reference
     heads = bounds[:-1].copy()
     order = np.empty(bounds[-1], np.int64)
+    heap = np.empty(heads.shape[0], np.int64)  # segments with rows left, by their head row
+    size = 0
+    for g in range(heads.shape[0]):
+        if heads[g] < bounds[g + 1]:  # added in key order of their heads: a heap insertion each
+            heap[size] = g
+            i = size
+            size += 1
+            while i > 0 and _row_before(user, ts, tb, heads[heap[i]], heads[heap[(i - 1) // 2]]):
+                heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
+                i = (i - 1) // 2
     out = 0
-    while out < order.shape[0]:
-        best, second = -1, -1
-        for g in range(heads.shape[0]):
-            if heads[g] == bounds[g + 1]:
-                continue
-            if best < 0 or _row_before(user, ts, tb, heads[g], heads[best]):
-                second, best = best, g
-            elif second < 0 or _row_before(user, ts, tb, heads[g], heads[second]):
-                second = g
-        end = heads[best] + 1
-        if second < 0:
-            end = bounds[best + 1]
-        else:
+    while size > 0:
+        best = heap[0]
+        end = bounds[best + 1]
+        if size > 1:  # the run of ``best`` ends at the first row after the next segment's head
+            second = heap[1] if size == 2 or _row_before(user, ts, tb, heads[heap[1]], heads[heap[2]]) else heap[2]
+            end = heads[best] + 1
             while end < bounds[best + 1] and _row_before(user, ts, tb, end, heads[second]):
                 end += 1
         for row in range(heads[best], end):
             order[out] = row
             out += 1
         heads[best] = end
+        if end == bounds[best + 1]:
+            size -= 1
+            heap[0] = heap[size]
+        _sift_down(heap, size, heads, user, ts, tb)
     return order
 
 
 def merge_order(user: np.ndarray, ts: np.ndarray, tiebreak: np.ndarray | None, rows: list[int]) -> np.ndarray:
     """The order of the rows of segments laid end to end (``rows`` each, each sorted by
     (user, time, tie-break)) sorted by that key, ties in row order: ``np.lexsort``'s
-    result, by a k-way merge that takes each segment's run before the next segment's head
-    at once (a user's day of events in a daily segment is one run), 10x faster."""
+    result, by a k-way merge (a heap of the segments' heads) that takes each segment's run
+    before the next segment's head at once (a user's day of events in a daily segment is
+    one run): 5-20x faster than the lexsort on the benchmark's stores."""
     bounds = np.zeros(len(rows) + 1, np.int64)
     np.cumsum(rows, out=bounds[1:])
     return _merge_order(user, ts, ts if tiebreak is None else tiebreak.astype(np.int64), bounds)

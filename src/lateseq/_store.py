@@ -386,8 +386,8 @@ class Store:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
         returns (its newest ``max_len`` per pointer) from partitions read segment by segment."""
         for windows in located.partitions if self.merged_reads == "auto" else []:
-            if len(windows.view.segments) > 1:
-                rent = self._rents[windows.view.segments[0].info.partition]
+            rent = self._rents.get(windows.view.segments[0].info.partition)
+            if rent is not None and len(windows.view.segments) > 1:
                 rent.pay(int(np.minimum(located.count[windows.rows], max_len).sum()))
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
