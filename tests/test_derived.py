@@ -306,6 +306,22 @@ def test_a_damaged_tally_moves_when_auto_merges_never_what_it_reads(store, damag
         assert partition_copies(store) == ({0, 1} if damage == "huge" else set())
 
 
+def test_auto_reads_segment_by_segment_where_no_copy_can_be_built(store):
+    """A full or unwritable read cache (here: a file where the copies' folder goes) costs
+    "auto" its merged copies, with a warning, never a read; True says so with an error."""
+    want = expected(store, "merged")
+    (store.cache_dir / DERIVED_DIR).write_bytes(b"")
+    handle = lateseq.open(store.path)
+    with pytest.warns(RuntimeWarning, match="no merged copy of partition") as warned:
+        handle.prefault(list(COLUMNS))  # wants the copies at once
+        assert read(store, "merged", handle) == want
+    assert len(warned) == 2  # once per partition
+    for _ in range(max(passes_to_build(store, want).values()) + 1):  # paid many times over: not tried again
+        assert read(store, "merged", handle) == want
+    with pytest.raises(lateseq.StoreError, match="read cache"):
+        read(store, "merged", lateseq.open(store.path, merged_reads=True))
+
+
 def test_auto_reads_through_a_copy_another_reader_built(store):
     want = expected(store, "merged")
     assert read(store, "merged", lateseq.open(store.path, merged_reads=True)) == want

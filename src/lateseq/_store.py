@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -407,10 +409,22 @@ class Store:
         built once per handle, and again when a decoded copy was replaced (the segment
         cache notices)."""
         infos = self._by_partition.get(partition, [])
+        segments = None
         if len(infos) > 1 and self._reads_merged(partition, infos):  # its inputs are opened only to build it
-            segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
-                infos, lambda: self.segments(partition), self.schema, self.cache_dir))]
-        else:
+            try:
+                segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
+                    infos, lambda: self.segments(partition), self.schema, self.cache_dir))]
+            except (OSError, StoreError) as exc:
+                if self.merged_reads is True:
+                    raise
+                # "auto" on a full or unwritable cache: read segment by segment (a damaged
+                # store segment raises there too), and stop paying towards a copy
+                warnings.warn(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
+                              "reading its segments one by one", RuntimeWarning, stacklevel=2)
+                self._merged.discard(partition)
+                never = self._rents[partition] = MergeRent(self.cache_dir, self._merged_names[partition], sys.maxsize)
+                never.settled = False  # not tried again by this handle, whoever builds it
+        if segments is None:
             segments = self.segments(partition)
         view = self._views.get(partition)
         if view is None or any(a is not b for a, b in zip(view.segments, segments, strict=True)):
