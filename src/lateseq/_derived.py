@@ -67,7 +67,7 @@ class MergeRent:
     def __init__(self, cache: Path, name: str, price: int):
         self._cache, self._name, self.price = cache, name, price
         self._path: Path | None = cache / DERIVED_DIR / f".tmp-rent-{name}"
-        self._unit = max(1, price // 65536)
+        self._unit = max(1, price // 4096)  # a tally stays under about 4 KB
         self._every = max(self._unit, price // 64)
         self._pending = 0  # events read here, not yet in the file
         self._paid = self._units() * self._unit
