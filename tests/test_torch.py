@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 
 import lateseq
 from lateseq import JaggedBatch
+from lateseq._derived import DERIVED_DIR
+from lateseq._store import AUTO_MERGE_RENT
 from lateseq.torch import Batch, BatchStats, ExampleDataset, LoaderMetrics, rebatch
 
 COLUMNS = ("item_id", "rating", "ts")
@@ -223,6 +225,30 @@ def test_two_workers_under_fork_and_spawn(world, context):
         metrics.add(b)
     assert metrics.examples == log.num_rows and metrics.busy_s > 0
     assert ds.metrics.batches == 0  # workers counted in their own processes, not here
+
+
+def test_workers_share_what_auto_merged_reads_paid_for(world, tmp_path):
+    """The uncompacted version of the fixture read by two workers, epoch after epoch (new
+    worker processes each time): "auto" builds the merged copy once their reads together
+    paid for it, not once each worker's did, and every epoch gives the oracle's sequences."""
+    store, oracle, log, path = world
+    cache = tmp_path / "cache"
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    plain = lateseq.open(store.path, 3, cache_dir=cache, merged_reads=False)
+    assert len(plain.segment_infos) == 3
+    per_epoch = int(lateseq.materialize(plain, log, projection).offsets[-1])
+    paid_after = -(-AUTO_MERGE_RENT * plain.num_events // per_epoch)  # epochs, the two workers together
+    assert paid_after >= 3  # each worker alone would need about twice as many
+    ds = ExampleDataset(lateseq.open(store.path, 3, cache_dir=cache), path, projection, batch_size=10,
+                        block_rows=32, window_rows=64, shuffle=True, seed=1)
+    for epoch in range(1, paid_after + 2):
+        ds.set_epoch(epoch)
+        check(list(DataLoader(ds, batch_size=None, num_workers=2)), oracle, log)
+        built = len(list((cache / DERIVED_DIR).glob("p*.json"))) if (cache / DERIVED_DIR).is_dir() else 0
+        if epoch < paid_after:
+            assert built == 0, f"built in epoch {epoch}, before the reads paid for it"
+        elif epoch > paid_after:  # built in the epoch the reads paid for it, or at the next one's start
+            assert built == 1, f"not built after epoch {epoch}"
 
 
 def test_more_workers_than_row_groups_and_rows_fewer_than_a_batch(world, tmp_path):
