@@ -314,7 +314,6 @@ def test_auto_reads_segment_by_segment_where_no_copy_can_be_built(store):
     handle = lateseq.open(store.path)
     with pytest.warns(RuntimeWarning, match="no merged copy of partition") as warned:
         handle.prefault(list(COLUMNS))  # wants the copies at once
-        assert read(store, "merged", handle) == want
     assert len(warned) == 2  # once per partition
     for _ in range(max(passes_to_build(store, want).values()) + 1):  # paid many times over: not tried again
         assert read(store, "merged", handle) == want

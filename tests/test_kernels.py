@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import copy_windows_reference, locate_reference, merge_order_reference, select_reference
+from naive import (
+    copy_windows_reference,
+    locate_reference,
+    merge_order_reference,
+    select_reference,
+)
 from numba import njit, typed
 
 from lateseq._kernels import (
