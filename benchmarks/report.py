@@ -75,7 +75,7 @@ def tables(results: dict) -> list[TableSpec]:
     out = [_workloads(results)]
     for name, work in results["workloads"].items():
         out += [_states(name, work), _speed(name, work, results)]
-        if any("epoch" in s for n in work["n"].values() for s in n["lateseq"].values()):
+        if len(work["states"]) > 1 and any("epoch" in s for n in work["n"].values() for s in n["lateseq"].values()):
             out.append(_epoch(name, work, results["settings"].get("auto_merge_rent")))
         out.append(_fat_speed(name, work))
         if any("cold" in s for n in work["n"].values() for s in n["lateseq"].values()):
@@ -110,9 +110,10 @@ def _states(name: str, work: dict) -> TableSpec:
                       "per reading host (and, for +merged states, the merged copies built from them); merge s: "
                       "building those merged copies on the reading host, once per version; written: every "
                       "segment file ingestion and compaction wrote")
-    spec.notes.append("a state without +merged is read segment by segment (merged_reads=False); by default "
-                      "(merged_reads='auto') a handle reads it so until its reads of a partition paid for the "
-                      "partition's merged copy, then as +merged (see the first epoch below)")
+    if len(work["states"]) > 1:
+        spec.notes.append("a state without +merged is read segment by segment (merged_reads=False); by default "
+                          "(merged_reads='auto') a handle reads it so until its reads of a partition paid for the "
+                          "partition's merged copy, then as +merged (see the first epoch below)")
     if work.get("tiered_compaction", "measured") != "measured":
         spec.notes.append(f"daily commits + tiered compaction: {work.get('tiered_compaction')}")
     return spec
