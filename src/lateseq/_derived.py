@@ -52,7 +52,7 @@ def merged_name(infos: list[SegmentInfo]) -> str:
 
 def derived_built(name: str, cache: Path) -> bool:
     """Whether a process on this host built the copy ``name`` (it is checked when opened)."""
-    return (cache / DERIVED_DIR / f"{name}.json").is_file()
+    return _sidecar(cache / DERIVED_DIR, name).is_file()
 
 
 class MergeRent:
@@ -167,15 +167,20 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
         info = write_unpacked_segment(folder, name, partition, events())
-        sidecar = folder / f"{name}.json"
+        sidecar = _sidecar(folder, name)
         tmp = sidecar.with_name(f".tmp-{os.getpid()}-{sidecar.name}")
         tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         os.replace(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
         return _open_checked(folder, name, key)
 
 
+def _sidecar(folder: Path, name: str) -> Path:
+    """The file naming what copy ``name`` is made of: written last, so a copy is built once it exists."""
+    return folder / f"{name}.json"
+
+
 def _open_checked(folder: Path, name: str, key: dict) -> Segment:
-    sidecar = folder / f"{name}.json"
+    sidecar = _sidecar(folder, name)
     content = load_checked(sidecar)
     if content.get("key") != json.loads(json.dumps(key)):
         raise StoreError(f"{sidecar} describes another copy")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -395,12 +394,15 @@ class Store:
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
         merged copy; once so, for the rest of this handle's life."""
+        if self.merged_reads is False:
+            return False
         if partition not in self._merged_names:
             self._merged_names[partition] = name = merged_name(infos)
             if self.merged_reads == "auto":
                 price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
                 self._rents[partition] = MergeRent(self.cache_dir, name, price)
-        if self.merged_reads is True or (self.merged_reads == "auto" and self._rents[partition].settled):
+        rent = self._rents.get(partition)  # none once a copy could not be built here
+        if self.merged_reads is True or (rent is not None and rent.settled):
             self._merged.add(partition)
         return partition in self._merged
 
@@ -422,8 +424,7 @@ class Store:
                 warnings.warn(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
                               "reading its segments one by one", RuntimeWarning, stacklevel=2)
                 self._merged.discard(partition)
-                never = self._rents[partition] = MergeRent(self.cache_dir, self._merged_names[partition], sys.maxsize)
-                never.settled = False  # not tried again by this handle, whoever builds it
+                self._rents.pop(partition)  # not tried again by this handle
         if segments is None:
             segments = self.segments(partition)
         view = self._views.get(partition)
