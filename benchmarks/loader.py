@@ -24,12 +24,13 @@ action, ts), histories of at most N events:
   examples/s. The store handle is opened and its columns verified first (a fresh handle
   digests every column it reads once, reading it whole), as in a long-running loader;
   then its pages are dropped, maps included. *epoch*: dropped once before the pass (a
-  store that fits in the page cache, read cold once). *batch*: dropped before each of
-  the first 24 batches (a store far bigger than the page cache: nothing one batch read
-  is still cached for the next; prefetch off, since dropping would discard what it
-  fetched). *-random*: the same without the kernel's readahead (``MADV_RANDOM`` on the
-  maps), so that bytes read are the pages the loader needs, each read on its fault
-  (random reads of a store much bigger than memory) unless prefetch asked for them.
+  store that fits in the page cache, read cold once), with the kernel's readahead, as
+  ``readahead="auto"`` has it for such a store. *batch*: dropped before each of the first
+  24 batches (a store far bigger than the page cache: nothing one batch read is still
+  cached for the next; prefetch off, since dropping would discard what it fetched), with
+  readahead off (``MADV_RANDOM``), as "auto" has it for a store bigger than half the
+  memory: bytes read are the pages the loader needs, each read on its fault.
+  *epoch-no-readahead*, *batch-readahead*: the same with the other setting.
 - **co-partitioning**: a store of the same events in 8 user-hash partitions, the cold
   sample's example log written plain and co-partitioned (``lateseq.copartition_log``); 2
   and 4 ranks, each standing for a host: its page cache dropped, it reads its share
@@ -50,6 +51,7 @@ import materialize  # noqa: I001  (first: it sets one thread per process before 
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -96,7 +98,7 @@ LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share 
 COLD_BATCHES = 24  # batches timed with the store dropped before each
 HOSTS = (2, 4)  # co-partitioning: ranks, each standing for a host of its own
 PARTITIONS = 8  # co-partitioning: the user-hash partitions of its store
-_MADV_NORMAL, _MADV_RANDOM, _MADV_DONTNEED = 0, 1, 4
+_MADV_DONTNEED = 4
 
 
 @dataclass(frozen=True)
@@ -198,35 +200,43 @@ def best(repeat: int, make: Callable[[], Pass]) -> Pass:
 # ---------------------------------------------------------------- the page cache
 
 
-def drop_pages(store: lateseq.Store, files: list[Path], advice: int = _MADV_NORMAL) -> None:
+def drop_pages(store: lateseq.Store, files: list[Path]) -> None:
     """Evicts the store's files from the page cache, pages this process maps included:
     fadvise keeps mapped pages, so the handle's maps drop theirs first (the next access
-    faults them in from disk again). ``advice`` (``_MADV_RANDOM``: no readahead, each
-    fault reads its own page) is set on the maps."""
+    faults them in from disk again; the maps keep their readahead advice)."""
     for segment in store.segments():
         for name in segment.info.decoded:
             column = segment.stored(name)
             if column.nbytes:
                 start = column.ctypes.data // materialize._PAGE * materialize._PAGE
                 size = ctypes.c_size_t(column.ctypes.data + column.nbytes - start)
-                for how in (_MADV_DONTNEED, advice):
-                    materialize._LIBC.madvise(ctypes.c_void_p(start), size, how)
+                materialize._LIBC.madvise(ctypes.c_void_p(start), size, _MADV_DONTNEED)
     evict(files)
+
+
+def read_ahead_kb(path: Path) -> int | None:
+    """The kernel's readahead for the block device holding ``path`` (None: unknown)."""
+    device = os.stat(path).st_dev
+    queue = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}")
+    for where in (queue / "queue", queue / ".." / "queue"):  # a disk, or a partition of one
+        try:
+            return int((where / "read_ahead_kb").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def cold_pass(store: lateseq.Store, files: list[Path], loader: Iterable[Batch], mode: str) -> Pass:
     """A pass of ``loader`` with the store dropped from the page cache once ("epoch")
-    or before each of ``COLD_BATCHES`` batches ("batch"); "-random": without readahead."""
-    advice = _MADV_RANDOM if mode.endswith("-random") else _MADV_NORMAL
-    drop_pages(store, files, advice)
+    or before each of ``COLD_BATCHES`` batches ("batch")."""
+    drop_pages(store, files)
     resident = resident_bytes(files) / max(sum(p.stat().st_size for p in files), 1)
     before = disk_read_bytes()
     per_batch = mode.startswith("batch")
-    run = drain(loader, (lambda: drop_pages(store, files, advice)) if per_batch else None,
+    run = drain(loader, (lambda: drop_pages(store, files)) if per_batch else None,
                 COLD_BATCHES if per_batch else None)
     run.disk_read_bytes = None if before is None else disk_read_bytes() - before
     run.resident_after_drop = resident
-    drop_pages(store, files)  # readahead back on
     return run
 
 
@@ -285,17 +295,23 @@ def measure_loaders(built: dict, repeat: int) -> dict:
 
 _ALL = [(a, p) for a in (False, True) for p in (False, True)]  # (affinity, prefetch)
 _NO_PREFETCH = [(False, False), (True, False)]  # dropping pages before each batch would discard what it fetched
-CONFIGS = {"epoch": _ALL, "epoch-random": _ALL, "batch": _NO_PREFETCH, "batch-random": _NO_PREFETCH}
+# mode: (configs, the store's readahead). "epoch" stands for a store that stays in the
+# page cache, "batch" for one far bigger than memory: each first with the readahead that
+# lateseq's "auto" picks for such a store, then with the other
+MODES = {"epoch": (_ALL, True), "epoch-no-readahead": (_ALL, False), "batch": (_NO_PREFETCH, False),
+         "batch-readahead": (_NO_PREFETCH, True)}
 
 
 def measure_cold(built: dict, repeat: int) -> dict:
-    store = built["store"]  # the one handle in this process: every map of the store is its
+    drop_pages(built["store"], built["files"])  # the build's handle lets go of its pages: they are evicted
     out = {}
     for n in NS:
         projection = lateseq.Projection(n, COLUMNS)
-        lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)  # verify columns now
         at = out[str(n)] = {}
-        for mode, configs in CONFIGS.items():
+        for mode, (configs, readahead) in MODES.items():
+            # the one handle in this process while it runs: every map of the store is its
+            store = lateseq.open(built["store"].path, readahead=readahead)
+            lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)  # verify now
             at[mode] = {}
             for affinity, prefetch in configs:
                 def run(affinity=affinity, prefetch=prefetch, projection=projection, mode=mode) -> Pass:
@@ -304,6 +320,8 @@ def measure_cold(built: dict, repeat: int) -> dict:
                     return cold_pass(store, built["files"], loader, mode)
                 at[mode][_config(affinity, prefetch)] = best(1 if mode.startswith("batch") else repeat,
                                                              run).figures()
+            del store, run
+            gc.collect()  # its maps go: the next mode's handle maps the files anew
             base = at[mode][_config(False, False)]
             for entry in at[mode].values():
                 entry["vs_off"] = entry["ex_s"] / base["ex_s"]
@@ -404,7 +422,7 @@ def targets(results: dict) -> list[dict]:
     co-partitioning, per host and number of hosts (a host reads 1/hosts of the store)."""
     out = []
     for n, at in results["cold"].items():
-        for mode in ("batch", "batch-random"):
+        for mode in ("batch", "batch-readahead"):
             on = at[mode][_config(True, False)]
             if on["read_vs_off"] is not None:
                 out.append({"target": f"affinity ({mode}): disk bytes read, less than off by", "n": int(n),
@@ -456,11 +474,14 @@ def markdown(results: dict) -> str:
     lines += _table("loader ex/s, warm (DataLoader workers; best of passes)",
                     ["N", "workers", "lateseq", "Fat Row IPC mmap", "Fat Row PQ zstd", "÷ IPC", "÷ PQ",
                      "after 1st batch: lateseq", "IPC", "PQ"], rows)
-    for mode, title in (("epoch", "cold, store dropped from the page cache once per pass"),
-                        ("epoch-random", "the same without readahead (MADV_RANDOM: each fault reads its page)"),
+    for mode, title in (("epoch", "cold, store dropped from the page cache once per pass (a store that stays in "
+                                  "it: readahead on, as lateseq's auto sets it)"),
+                        ("epoch-no-readahead", "the same with readahead off (readahead=False: each fault reads "
+                                               "its page)"),
                         ("batch", f"cold, store dropped before each of {COLD_BATCHES} batches (a store far bigger "
-                                  "than RAM)"),
-                        ("batch-random", "the same without readahead (MADV_RANDOM: each fault reads its page)")):
+                                  "than RAM: readahead off, as lateseq's auto sets it)"),
+                        ("batch-readahead", "the same with the kernel's readahead (readahead=True; "
+                                            f"read_ahead_kb {results['settings'].get('read_ahead_kb')})")):
         rows = [[n, config, f"{e['ex_s']:,.0f}", _mb(e["disk_read_bytes"]), f"{e['vs_off']:.2f}×",
                  "–" if e["read_vs_off"] is None else f"{e['read_vs_off']:.2f}×"]
                 for n, at in results["cold"].items() for config, e in at[mode].items()]
@@ -519,6 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     steps: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="lateseq-loader-", dir=args.workdir))
+    results["settings"]["read_ahead_kb"] = read_ahead_kb(workdir)
     try:
         built = build(scale, workdir, steps)
         work = built["work"]

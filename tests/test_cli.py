@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from lateseq._store import Store
 from lateseq.cli import app, demo
 
 runner = CliRunner()
@@ -167,6 +168,22 @@ def test_merged_reads_give_the_same_sequences(files):
     code, _, err = lateseq("--merged-reads", "sometimes", "materialize", store, d / "ex.parquet", "--out",
                            d / "x.parquet")
     assert code != 0 and "--merged-reads" in err and "sometimes" in err
+
+
+def test_readahead_is_passed_to_the_store(files, monkeypatch):
+    store, d = Path(files["store"]), files["dir"]
+    assert lateseq("ingest", store, files["e1"])[0] == 0
+    assert lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
+    opened = []
+    monkeypatch.setattr(Store, "_reads_ahead", lambda self: opened.append(self.readahead) or True)
+    for option, setting in (("never", False), ("always", True), ("auto", "auto")):
+        code, _, err = lateseq("--readahead", option, "materialize", store, d / "ex.parquet", "--max-len", 5,
+                               "--out", d / f"{option}.parquet")
+        assert code == 0, err
+        assert opened.pop() == setting
+        assert pq.read_table(d / f"{option}.parquet").equals(pq.read_table(d / "never.parquet"))
+    code, _, err = lateseq("--readahead", "maybe", "materialize", store, d / "ex.parquet", "--out", d / "x.parquet")
+    assert code != 0 and "--readahead" in err and "maybe" in err
 
 
 def test_ingest_options_create_the_schema(files, tmp_path):

@@ -29,7 +29,7 @@ def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
             assert all(w["examples"] == r["timed_examples"] and w["ex_s"] > 0 for w in side.values())
         cold = r["cold"][n]
         assert {mode: len(configs) for mode, configs in cold.items()} == {
-            "epoch": 4, "epoch-random": 4, "batch": 2, "batch-random": 2}
+            "epoch": 4, "epoch-no-readahead": 4, "batch": 2, "batch-readahead": 2}
         for mode, configs in cold.items():
             for entry in configs.values():  # the batch modes time the first batches only
                 assert entry["examples"] == r["cold_examples"] if mode.startswith("epoch") else entry["examples"] > 0

@@ -126,9 +126,8 @@ def test_prefetch_changes_nothing_but_asks_the_kernel_for_the_next_histories(wor
 
 def test_will_need_asks_once_per_run_of_pages(monkeypatch):
     calls = []
-    monkeypatch.setattr(lateseq.torch, "_libc", types.SimpleNamespace(
-        madvise=lambda addr, size, advice: calls.append((addr.value, size.value, advice))))
-    page, gap = lateseq.torch._PAGE, lateseq.torch._GAP_PAGES
+    monkeypatch.setattr(lateseq.torch, "madvise", lambda start, size, advice: calls.append((start, size, advice)))
+    page, gap = lateseq.torch.PAGE, lateseq.torch._GAP_PAGES
     column = np.frombuffer(mmap.mmap(-1, (gap + 10) * page), np.int64)  # page-aligned, like a mapped segment
     base, per_page = column.ctypes.data, page // 8
     far = (gap + 3) * per_page  # rows on page gap + 3 and on
@@ -136,7 +135,7 @@ def test_will_need_asks_once_per_run_of_pages(monkeypatch):
     hi = np.array([10, far + per_page + 2, 20, far + 3, 2 * per_page + 1], np.int64)
     lateseq.torch._will_need_rows(column, lo, hi)
     # pages 0 and 2 in one call (closer than the gap); pages gap + 3 and gap + 4 in another
-    assert calls == [(base, 3 * page, 3), (base + (gap + 3) * page, 2 * page, 3)]
+    assert calls == [(base, 3 * page, mmap.MADV_WILLNEED), (base + (gap + 3) * page, 2 * page, mmap.MADV_WILLNEED)]
     calls.clear()
     lateseq.torch._will_need_rows(column, lo[:0], hi[:0])
     assert calls == []

@@ -39,15 +39,18 @@ __version__ = "0.1.0"
 
 
 def open(path: str | os.PathLike, version: int | str | None = None, *,  # noqa: A001
-         cache_dir: str | os.PathLike | None = None, merged_reads: bool | typing.Literal["auto"] = "auto") -> Store:
+         cache_dir: str | os.PathLike | None = None, merged_reads: bool | typing.Literal["auto"] = "auto",
+         readahead: bool | typing.Literal["auto"] = "auto") -> Store:
     """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default).
 
     Readers memory-map decoded segments from ``cache_dir`` (default: ``path/cache``),
     decoding any that are missing there from the store's durable files. ``merged_reads``
     says when a version of many segments is read through merged copies kept there
-    (``"auto"``: once its reads have cost about what the copy does; see ``Store``).
+    (``"auto"``: once its reads have cost about what the copy does); ``readahead``
+    whether the kernel reads ahead of the pages a read needs (``"auto"``: unless the
+    version would not fit in half of this machine's memory). See ``Store``.
     """
-    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)
+    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead)
 
 
 def create(path: str | os.PathLike, schema: Schema) -> Store:

@@ -96,12 +96,12 @@ class MergeRent:
 
 
 def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]], schema: Schema,
-                cache: Path) -> Segment:
+                cache: Path, random_access: bool) -> Segment:
     """The events of the segments ``infos`` (one partition's, oldest first) as one
     segment, in the order a full compaction writes them; ``segments`` opens them, only
-    when the copy must be built."""
+    when the copy must be built. ``random_access``: see ``Segment``."""
     return _derive(cache, infos[0].partition, [info.name for info in infos], _merged_key(infos),
-                   lambda: merge_segments(segments(), schema))
+                   lambda: merge_segments(segments(), schema), random_access)
 
 
 def _merged_key(infos: list[SegmentInfo]) -> dict:
@@ -120,7 +120,7 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
         return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
                       segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
 
-    return _derive(cache, segment.info.partition, list(segment.sources), key, events)
+    return _derive(cache, segment.info.partition, list(segment.sources), key, events, segment.random_access)
 
 
 @dataclass
@@ -155,7 +155,8 @@ def _name(partition: int, key: dict) -> str:
     return f"p{partition:05d}-{digest}"
 
 
-def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events]) -> Segment:
+def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events],
+            random_access: bool) -> Segment:
     """The copy named after ``key``, made by ``events`` when not built yet; ``sources``
     are the store segments its events come from (cleanup removes it with the last)."""
     name = _name(partition, key)
@@ -163,7 +164,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
     folder = cache / DERIVED_DIR
     with cache_lock(folder, f".tmp-build-{name}"):
         try:
-            return _open_checked(folder, name, key)
+            return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
         info = write_unpacked_segment(folder, name, partition, events())
@@ -171,7 +172,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         tmp = sidecar.with_name(f".tmp-{os.getpid()}-{sidecar.name}")
         tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         os.replace(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
-        return _open_checked(folder, name, key)
+        return _open_checked(folder, name, key, random_access)
 
 
 def _sidecar(folder: Path, name: str) -> Path:
@@ -179,12 +180,12 @@ def _sidecar(folder: Path, name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def _open_checked(folder: Path, name: str, key: dict) -> Segment:
+def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Segment:
     sidecar = _sidecar(folder, name)
     content = load_checked(sidecar)
     if content.get("key") != json.loads(json.dumps(key)):
         raise StoreError(f"{sidecar} describes another copy")
-    segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder)
+    segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder, random_access)
     for column in segment.info.decoded:  # all now: a copy is rebuilt, never decoded from a Parquet file
         segment.stored(column)
     segment.sources = tuple(content["sources"])

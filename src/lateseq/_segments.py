@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -28,6 +30,21 @@ from ._schema import Schema
 
 # what reading a missing, truncated or garbled decoded copy raises
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
+
+PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def madvise(start: int, size: int, advice: int | None) -> None:
+    """``madvise`` on the pages of [start, start + size) of a map: a hint about how they
+    will be read, which changes no byte read (``advice`` None: not on this platform)."""
+    if advice is not None and size > 0:
+        first = start // PAGE * PAGE
+        _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(start + size - first), advice)
+
+
+MADV_RANDOM = getattr(mmap, "MADV_RANDOM", None)
+MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
 
 
 @contextmanager
@@ -104,9 +121,10 @@ class SegmentCache:
     file's space returns when it is unmapped).
     """
 
-    def __init__(self, directory: Path, cache: Path, size: int = 4096):
+    def __init__(self, directory: Path, cache: Path, size: int = 4096, *, random_access: bool = False):
         self.directory = directory
         self.cache = cache
+        self.random_access = random_access  # see ``Segment``
         self._size = size
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
@@ -122,7 +140,7 @@ class SegmentCache:
             if segment is not None and current is not None and segment.identity == current:
                 self._open[info.name] = segment
                 return segment
-        segment = Segment(self.directory, info, self.cache)  # unlocked: decoding may take a while
+        segment = Segment(self.directory, info, self.cache, self.random_access)  # unlocked: decoding may take a while
         with self._lock:
             self._open[info.name] = segment
             while len(self._open) > self._size:
@@ -155,11 +173,16 @@ class Segment:
     """An open, memory-mapped segment; columns are zero-copy numpy views.
 
     Each column is checked against its digest the first time it is read; a damaged
-    decoded copy is decoded again from the durable files, once, and checked again.
+    decoded copy is decoded again from the durable files, once, and checked again. With
+    ``random_access``, a checked column's pages are read without the kernel's readahead
+    (``MADV_RANDOM``): histories read at random from a store bigger than memory would
+    otherwise pull in up to ``read_ahead_kb`` (8 MB on some cloud disks) per page fault.
+    The check itself reads the column whole, with readahead.
     """
 
-    def __init__(self, directory: Path, info: SegmentInfo, cache: Path):
+    def __init__(self, directory: Path, info: SegmentInfo, cache: Path, random_access: bool = False):
         self.info = info
+        self.random_access = random_access
         self._directory = directory
         self._cache = cache
         self.path = decoded_file(cache, info.name)
@@ -188,7 +211,7 @@ class Segment:
             if name in self._verified:
                 return
             if self._sound(name):
-                self._verified.add(name)
+                self._checked(name)
                 return
             # the decoded copy is damaged: decode it again and check everything anew
             self._data = _decode_once(self._directory, self.info, self._cache, damaged=self.identity)
@@ -198,7 +221,13 @@ class Segment:
                 raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "
                                  f"digest for column {name!r} even after decoding it again; is another "
                                  "process writing into the read cache?")
-            self._verified.add(name)
+            self._checked(name)
+
+    def _checked(self, name: str) -> None:
+        self._verified.add(name)
+        column = self._data[name]
+        if self.random_access:
+            madvise(column.ctypes.data, column.nbytes, MADV_RANDOM)
 
     def _sound(self, name: str) -> bool:
         if name not in self.info.decoded:

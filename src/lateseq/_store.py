@@ -47,11 +47,12 @@ EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
-MergedReads = bool | Literal["auto"]
+Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
 
 
 class Store:
-    """A handle on one version of a store. Pickles as (path, version, cache_dir, merged_reads).
+    """A handle on one version of a store. Pickles as (path, version, cache_dir,
+    merged_reads, readahead).
 
     A partition of more than one segment can be read through one merged copy of them in
     the read cache, built on this host by the first read that needs it (a local
@@ -62,14 +63,23 @@ class Store:
     from it on this host (by every process: ``MergeRent``) reach ``AUTO_MERGE_RENT`` times
     the events it holds (about what building its copy costs, in the time those reads
     lost), or until its copy exists on this host.
+
+    ``readahead`` says whether the kernel reads ahead of the pages a read faults in.
+    Histories read at random from a store bigger than memory want it off (each fault
+    would read up to the disk's ``read_ahead_kb``, 8 MB on some cloud disks, for a few
+    KB used); a store that stays in the page cache wants it on (its first pass reads it
+    in large requests). ``"auto"`` (the default) turns it off when the version's mapped
+    columns would take more than half of this machine's memory.
     """
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, merged_reads: MergedReads = "auto",
-                 _segments: SegmentCache | None = None):
-        if not (isinstance(merged_reads, bool) or (isinstance(merged_reads, str) and merged_reads == "auto")):
-            raise SchemaError(f"merged_reads must be True, False or 'auto', not {merged_reads!r}")
+                 cache_dir: str | os.PathLike | None = None, merged_reads: Setting = "auto",
+                 readahead: Setting = "auto", _segments: SegmentCache | None = None):
+        for name, value in (("merged_reads", merged_reads), ("readahead", readahead)):
+            if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
+                raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
         self.merged_reads = merged_reads
+        self.readahead = readahead
         self.path = Path(path)
         self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
         if self.path.exists() and not self.path.is_dir():
@@ -79,7 +89,6 @@ class Store:
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         self.schema = Schema.from_json(json.dumps(load_checked(schema_file)))
         self._log = VersionLog(self.path)
-        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
         manifest = self._read_manifest(version)
         where = self._log.manifest_path(self.version)
         self.segment_infos = [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
@@ -91,6 +100,8 @@ class Store:
         self._merged: set[int] = set()  # partitions read through their merged copy
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
         self.num_events: int = manifest["events"]
+        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir,
+                                                   random_access=not self._reads_ahead())
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
 
@@ -126,17 +137,24 @@ class Store:
         write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
         return cls(path)
 
+    def _reads_ahead(self) -> bool:
+        if self.readahead != "auto":
+            return self.readahead
+        row = 8 + 4 * len(SYSTEM_COLUMNS) + sum(np.dtype(t).itemsize for t in self.schema.columns.values())
+        return self.num_events * row <= _physical_memory() // 2  # an upper bound: decoding packs narrower
+
     def __reduce__(self):
-        return (_unpickle, (str(self.path), self.version, str(self.cache_dir), self.merged_reads))
+        return (_unpickle, (str(self.path), self.version, str(self.cache_dir), self.merged_reads, self.readahead))
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
         return Store(self.path, version, cache_dir=self.cache_dir, merged_reads=self.merged_reads,
-                     _segments=self._segments)
+                     readahead=self.readahead, _segments=self._segments)
 
     def __repr__(self) -> str:
-        merged = "" if self.merged_reads == "auto" else f", merged_reads={self.merged_reads}"
-        return f"Store({str(self.path)!r}, version={self.version}{merged})"
+        settings = "".join(f", {name}={value}" for name, value in (
+            ("merged_reads", self.merged_reads), ("readahead", self.readahead)) if value != "auto")
+        return f"Store({str(self.path)!r}, version={self.version}{settings})"
 
     def latest(self) -> Store:
         """A handle on the newest published version."""
@@ -415,7 +433,8 @@ class Store:
         if len(infos) > 1 and self._reads_merged(partition, infos):  # its inputs are opened only to build it
             try:
                 segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
-                    infos, lambda: self.segments(partition), self.schema, self.cache_dir))]
+                    infos, lambda: self.segments(partition), self.schema, self.cache_dir,
+                    self._segments.random_access))]
             except (OSError, StoreError) as exc:
                 if self.merged_reads is True:
                     raise
@@ -474,5 +493,10 @@ def _read_events(source: EventSource) -> pa.Table:
                       "RecordBatchReader or Parquet path")
 
 
-def _unpickle(path: str, version: int, cache_dir: str, merged_reads: MergedReads = "auto") -> Store:
-    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads)
+def _unpickle(path: str, version: int, cache_dir: str, merged_reads: Setting = "auto",
+              readahead: Setting = "auto") -> Store:
+    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -16,8 +16,6 @@ example comes out exactly once; ``state_dict``/``load_state_dict`` let torchdata
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +41,7 @@ from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
 from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
+from ._segments import MADV_WILLNEED, PAGE, madvise
 from ._store import Store
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "rebatch"]
@@ -442,10 +441,7 @@ class ExampleDataset(IterableDataset):
 # ---------------------------------------------------------------------- prefetching
 
 T = TypeVar("T")
-_PAGE = mmap.PAGESIZE
-_MADV_WILLNEED = 3
 _GAP_PAGES = 8  # runs of pages closer than this are asked for in one call: fewer calls, little more read
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _ahead(items: Iterator[T], touch: Callable[[T], None]) -> Iterator[T]:
@@ -488,12 +484,12 @@ def _will_need_rows(column: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         return
     start = column.ctypes.data + lo * column.itemsize
     end = column.ctypes.data + hi * column.itemsize
-    first, last = start // _PAGE, (end - 1) // _PAGE + 1
+    first, last = start // PAGE, (end - 1) // PAGE + 1
     order = np.argsort(first, kind="stable")
     first, last = first[order], np.maximum.accumulate(last[order])
     new_run = np.r_[True, first[1:] >= last[:-1] + _GAP_PAGES]
     for a, b in zip(first[new_run].tolist(), np.r_[last[:-1][new_run[1:]], last[-1]].tolist(), strict=True):
-        _libc.madvise(ctypes.c_void_p(a * _PAGE), ctypes.c_size_t((b - a) * _PAGE), _MADV_WILLNEED)
+        madvise(a * PAGE, (b - a) * PAGE, MADV_WILLNEED)
 
 
 def _fingerprint(config: dict[str, Any]) -> dict[str, Any]:

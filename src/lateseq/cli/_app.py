@@ -99,18 +99,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _err = Console(stderr=True, soft_wrap=True)
-_read_cache: dict = {"dir": None, "merged": "auto"}  # set by the global --cache-dir and --merged-reads
+_read_cache: dict = {"dir": None, "merged": "auto", "readahead": "auto"}  # set by the global options
 
 
-class MergedReads(str, Enum):
-    """``--merged-reads``'s choices (``Store``'s ``merged_reads``: "auto", True, False)."""
+class Setting(str, Enum):
+    """The choices of ``--merged-reads`` and ``--readahead`` (a ``Store`` setting's "auto", True, False)."""
 
     auto = "auto"
     always = "always"
     never = "never"
 
 
-_MERGED_READS = {MergedReads.auto: "auto", MergedReads.always: True, MergedReads.never: False}
+_SETTING = {Setting.auto: "auto", Setting.always: True, Setting.never: False}
 
 
 @app.callback()
@@ -119,15 +119,22 @@ def _global_options(
         envvar="LATESEQ_CACHE_DIR", show_default="STORE/cache",
         help="Where decoded segments are kept for reading (e.g. local disk when STORE is shared or read-only).",
     )] = None,
-    merged_reads: Annotated[MergedReads, typer.Option(
+    merged_reads: Annotated[Setting, typer.Option(
         "--merged-reads", envvar="LATESEQ_MERGED_READS", case_sensitive=False,
         help="Read a version of many segments through merged copies built in the read cache (a local "
              "compaction, once per version and host): always, never, or auto (once the reads of a "
              "partition have cost about what its copy does).",
-    )] = MergedReads.auto,
+    )] = Setting.auto,
+    readahead: Annotated[Setting, typer.Option(
+        "--readahead", envvar="LATESEQ_READAHEAD", case_sensitive=False,
+        help="Let the kernel read ahead of the store pages a read needs: always, never (for random reads of "
+             "a store bigger than memory), or auto (never when the version would take more than half of "
+             "this machine's memory).",
+    )] = Setting.auto,
 ) -> None:
     _read_cache["dir"] = cache_dir
-    _read_cache["merged"] = _MERGED_READS[merged_reads]
+    _read_cache["merged"] = _SETTING[merged_reads]
+    _read_cache["readahead"] = _SETTING[readahead]
 
 
 def _out() -> Console:
@@ -156,7 +163,8 @@ def _read_parquet(path: Path, what: str) -> pa.Table:
 
 
 def _open(store: Path, version: str | None = None) -> Store:
-    return Store(store, version, cache_dir=_read_cache["dir"], merged_reads=_read_cache["merged"])
+    return Store(store, version, cache_dir=_read_cache["dir"], merged_reads=_read_cache["merged"],
+                 readahead=_read_cache["readahead"])
 
 
 def _columns(option: str | None) -> tuple[str, ...]:
