@@ -138,11 +138,22 @@ def test_bad_schemas(options, pattern):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("max_len", [0, -1, 2.5, "3", None])
+@pytest.mark.parametrize("max_len", [0, -1, 2.5, "3", None, True, np.bool_(True), 2**63, np.uint64(2**63)])
 def test_bad_max_len(max_len):
-    with pytest.raises(lateseq.SchemaError, match="max_len must be a positive integer") as info:
+    with pytest.raises(lateseq.SchemaError, match=r"max_len must be an integer from 1 to 2\*\*63 - 1") as info:
         lateseq.Projection(max_len)
     assert isinstance(info.value, ValueError)
+
+
+def test_numpy_integers_are_integers(store):
+    """What configs read through numpy hand over: taken as the ints they are."""
+    numpy = lateseq.Projection(np.int64(2), ("item",), window=np.int32(25), where=lateseq.Filter("item", isin=[
+        np.int64(v) for v in range(1000)]))
+    plain = lateseq.Projection(2, ("item",), window=25, where=lateseq.Filter("item", isin=list(range(1000))))
+    assert numpy == plain and type(numpy.max_len) is int and type(numpy.window) is int
+    assert lateseq.Filter("item", any_bits=np.uint64(3)).any_bits == 3
+    examples = examples_for(store)
+    assert not lateseq.materialize(store, examples, numpy).rows_differ(lateseq.materialize(store, examples, plain)).any()
 
 
 def examples_for(store: lateseq.Store) -> pa.Table:

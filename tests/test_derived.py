@@ -282,10 +282,11 @@ def test_auto_counts_what_every_reader_on_the_host_paid(store):
             assert (p in built) if n > at else (p not in built) if n < at else True, f"after read {n}"
 
 
-@pytest.mark.parametrize("damage", ["huge", "a folder", "flipped"])
-def test_a_damaged_tally_moves_when_auto_merges_never_what_it_reads(store, damage):
+@pytest.mark.parametrize("damage", ["huge", "a folder", "a link", "flipped"])
+def test_a_damaged_tally_moves_when_auto_merges_never_what_it_reads(store, damage, tmp_path):
     """Only a tally's size counts: flipped bytes change nothing, a huge one merges at once,
-    one that cannot be read or written leaves each reader counting its own reads."""
+    one that cannot be read or written (a folder; a link, never followed: a read must not
+    write elsewhere) leaves each reader counting its own reads."""
     want = expected(store, "merged")
     assert min(passes_to_build(store, want).values()) > 4
     assert read(store, "merged", lateseq.open(store.path)) == want  # leaves a tally per partition
@@ -297,13 +298,21 @@ def test_a_damaged_tally_moves_when_auto_merges_never_what_it_reads(store, damag
         elif damage == "a folder":
             tally.unlink()
             tally.mkdir()
+        elif damage == "a link":
+            elsewhere = tmp_path / f"someone's {tally.name}"
+            elsewhere.write_bytes(bytes(1 << 20))  # big enough to count as paid, if it were counted
+            tally.unlink()
+            tally.symlink_to(elsewhere)
         else:
             edit_in_place(tally, 0.5, 0xFF)
     handle = lateseq.open(store.path)
     for _ in range(3):
         assert read(store, "merged", handle) == want
-    if damage != "a folder":
+    if damage not in ("a folder", "a link"):
         assert partition_copies(store) == ({0, 1} if damage == "huge" else set())
+    if damage == "a link":
+        assert all(p.read_bytes() == bytes(1 << 20) for p in tmp_path.glob("someone's *"))
+        assert partition_copies(store) == set()
 
 
 def test_auto_reads_segment_by_segment_where_no_copy_can_be_built(store):

@@ -7,18 +7,22 @@ the file, never silently wrong output, and never loses a commit that returned su
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from oracle import edit_in_place, referenced_files
 
 import lateseq
 import lateseq._store
+from lateseq._loader import _open_parquet
 from lateseq._versions import dump_checked
 from lateseq.audit import audit, verify
 
@@ -343,3 +347,95 @@ def test_a_truncated_json_file_is_called_damaged_not_old(store):
     tag.write_bytes(tag.read_bytes()[:10])
     with pytest.raises(lateseq.StoreError, match="good.json is damaged"):
         lateseq.open(store.path, "good")
+
+
+@pytest.mark.parametrize("name", ["index", "manifest", "tag"])
+def test_a_store_file_made_a_folder_is_named_and_leaks_nothing(store, log, name):
+    files = {"index": store.path / "segments" / f"{store.segment_infos[0].name}.index.arrow",
+             "manifest": store.path / "versions" / f"{store.version:08d}.json", "tag": store.path / "tags" / "good.json"}
+    path = files[name]
+    path.unlink()
+    path.mkdir()
+    shutil.rmtree(store.cache_dir)
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(3):
+        with pytest.raises(lateseq.StoreError, match=f"{path.name} is not a regular file"):
+            output(store.path, log) if name != "tag" else lateseq.open(store.path, "good")
+    assert descriptors is None or len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_a_read_cache_entry_made_a_folder_is_built_again_or_named(store, log):
+    expected = output(store.path, log)
+    entry = store.cache_dir / f"{store.segment_infos[0].name}.arrow"
+    entry.unlink()
+    entry.mkdir()  # empty: lateseq's own name, nothing of anyone's in it
+    assert same(output(store.path, log), expected) and entry.is_file()
+    entry.unlink()
+    entry.mkdir()
+    (entry / "someone's").write_bytes(b"")
+    with pytest.raises(lateseq.StoreError, match=f"{entry.name} is a folder where lateseq keeps a file"):
+        output(store.path, log)
+    assert (entry / "someone's").exists() and not list(store.cache_dir.glob(".tmp-*.arrow"))
+
+
+def example_log_reads(store: lateseq.Store, path: Path) -> dict[str, list | None]:
+    """The log as each of lateseq's log readers gives it (None: it raised a LateseqError):
+    iter_batches, and the PyTorch dataset's (whole row groups, planned from the footer)."""
+    def iter_batches() -> list:
+        return [(examples, seqs.offsets.tolist(), seqs.values["item"].tolist())
+                for examples, seqs in lateseq.iter_batches(store, path, PROJECTION, batch_size=7)]
+
+    def dataset() -> list:
+        from lateseq.torch import ExampleDataset
+        return [(b.rows.tolist(), {k: v.tolist() for k, v in b.examples.items()}, b.offsets.tolist(),
+                 b.values["item"].tolist()) for b in ExampleDataset(store, path, PROJECTION, batch_size=7)]
+
+    readers = {"iter_batches": iter_batches}
+    if importlib.util.find_spec("torch") is not None:
+        readers["dataset"] = dataset
+    out = {}
+    for name, read in readers.items():
+        try:
+            out[name] = read()
+        except lateseq.LateseqError:
+            out[name] = None
+    return out
+
+
+def row_counts(path: Path) -> list[int] | None:
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except OSError:  # a footer that does not parse at all
+        return None
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    return [meta.num_rows, *(g.num_rows for g in groups), *(g.column(i).num_values for g in groups
+                                                            for i in range(meta.num_columns))]
+
+
+def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
+    """The pointer checksum covers a history, not the log's other bytes: a request time
+    moved by a flipped bit reads the same history with another window. Logs lateseq
+    writes carry a CRC-32 per page, and its readers check them and the footer's counts."""
+    requests = pa.table({"user_id": np.arange(1, 31, dtype=np.int64), "request_ts": np.full(30, 2000, np.int64),
+                         "label": np.arange(30, dtype=np.float32)})
+    path = tmp_path / "log.parquet"
+    lateseq.log_examples(store, requests, path)
+    good = path.read_bytes()
+    expected = example_log_reads(store, path)
+    bad = tmp_path / "bad.parquet"
+    footer = len(good) - 8 - int.from_bytes(good[-8:-4], "little")
+    # every byte of the pages; no checksum covers the footer, but its row counts (30: the
+    # byte 60 in thrift's zigzag varints) are checked against each other
+    count_at = [i for i in range(footer, len(good) - 8) if good[i] == 60]
+    for at in [*range(4, footer), *count_at]:
+        damaged = bytearray(good)
+        damaged[at] ^= 0x04
+        bad.write_bytes(bytes(damaged))
+        if at in count_at and row_counts(bad) not in (None, row_counts(path)):  # every reader (Ray's plans by them) refuses
+            with pytest.raises(lateseq.SchemaError, match="row counts disagree"):
+                _open_parquet(bad)
+        for reader, got in example_log_reads(store, bad).items():
+            if got is not None:
+                assert len(got) == len(expected[reader]) and all(
+                    g[0].equals(e[0]) and g[1:] == e[1:] if reader == "iter_batches" else g == e
+                    for g, e in zip(got, expected[reader], strict=True)), (reader, at)

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 
 from ._errors import StoreError
 from ._events import Events
-from ._format import TIME, SegmentInfo, decoded_file, write_unpacked_segment
+from ._format import TIME, SegmentInfo, decoded_file, put_in_place, write_unpacked_segment
 from ._kernels import remap_ranges
 from ._locate import PartitionView
 from ._merge import merge_segments
@@ -60,7 +61,8 @@ class MergeRent:
     read, against the ``price`` of building its merged copy ``name``: shared by every
     process reading through this read cache (a loader's workers, each epoch's new ones),
     as the size of a file each appends a byte to per ``unit`` events, every ``price / 64``
-    events or so. A reader that cannot write there counts its own reads only. The file is
+    events or so. A reader that cannot write there (or finds a link or a folder there: never
+    followed) counts its own reads only. The file is
     a temporary of the cache (cleanup removes it once idle), and only its size counts: a
     damaged one changes when the copy is built, never what a read returns."""
 
@@ -80,8 +82,11 @@ class MergeRent:
             if self._path is not None and whole:
                 try:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(self._path, "ab") as file:
-                        file.write(bytes(whole))
+                    tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                    try:
+                        os.write(tally, bytes(whole))
+                    finally:
+                        os.close(tally)
                     self._pending -= whole * self._unit
                     self._paid = self._units() * self._unit
                 except OSError:
@@ -90,9 +95,10 @@ class MergeRent:
 
     def _units(self) -> int:
         try:
-            return self._path.stat().st_size if self._path is not None else 0
+            found = os.lstat(self._path) if self._path is not None else None
         except OSError:
             return 0
+        return found.st_size if found is not None and stat.S_ISREG(found.st_mode) else 0
 
 
 def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]], schema: Schema,
@@ -171,7 +177,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         sidecar = _sidecar(folder, name)
         tmp = sidecar.with_name(f".tmp-{os.getpid()}-{sidecar.name}")
         tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
-        os.replace(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
+        put_in_place(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
         return _open_checked(folder, name, key, random_access)
 
 

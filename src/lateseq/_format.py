@@ -275,7 +275,7 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
     tmp = _temporary(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_batch(table)
-    os.replace(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
+    put_in_place(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
     return digests
 
 
@@ -314,8 +314,23 @@ def _write_file(path: Path, data: pa.Buffer) -> int:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    put_in_place(tmp, path)
     return zlib.crc32(data)
+
+
+def put_in_place(tmp: Path, path: Path) -> None:
+    """Renames the finished file ``tmp`` to ``path``. An empty folder there (a read cache
+    entry someone made a folder) goes first; anything else in a folder is an error that
+    names it, and ``tmp`` is removed."""
+    try:
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        try:
+            os.rmdir(path)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"{path} is a folder where lateseq keeps a file; remove it ({exc.strerror})") from exc
 
 
 def read_regular(path: Path) -> bytes:
@@ -328,9 +343,10 @@ def read_regular(path: Path) -> bytes:
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror} (lateseq never follows symbolic links "
                          "inside a store)") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a folder with a bare fd number
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; restore it from a backup or replica")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise StoreError(f"{path} is not a regular file")
         return f.read()
 
 

@@ -195,9 +195,22 @@ def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
     try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+        source = pq.ParquetFile(path, page_checksum_verification=True)  # pages written with one: see write_log
+    except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read example log {path} as Parquet: {exc}") from exc
+    _check_row_counts(source.metadata, path)
+    return source
+
+
+def _check_row_counts(meta: pq.FileMetaData, path: str | os.PathLike) -> None:
+    """The footer's row counts agree with each other. No checksum covers the footer: a
+    damaged count would silently drop or invent rows, but a count is kept twice (a row
+    group's rows; each of its unrepeated columns' values), so one damaged is found."""
+    flat = [i for i in range(meta.num_columns) if meta.schema.column(i).max_repetition_level == 0]
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    if (sum(group.num_rows for group in groups) != meta.num_rows
+            or any(group.column(i).num_values != group.num_rows for group in groups for i in flat)):
+        raise SchemaError(f"example log {path} is damaged: its row counts disagree with each other")
 
 
 def _example_batches(examples: ExampleSource, batch_size: int,
@@ -220,7 +233,13 @@ def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]
 def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int,
                      read: list[str] | None) -> Iterator[pa.RecordBatch]:
     with source:
+        rows = 0
         try:
-            yield from source.iter_batches(batch_size=batch_size, columns=read)
-        except (pa.ArrowInvalid, OSError) as exc:
+            for batch in source.iter_batches(batch_size=batch_size, columns=read):
+                rows += batch.num_rows
+                yield batch
+        except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read example log {name}: {exc}") from exc
+        if rows != source.metadata.num_rows:  # a damaged page header ends a column early, silently
+            raise SchemaError(f"example log {name} is damaged: {rows:,} of its {source.metadata.num_rows:,} rows "
+                              "could be read")

@@ -158,8 +158,15 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
         if name not in ("user_id", "request_ts"):
             examples = examples.append_column(requests.schema.field(name), requests.column(name))
     if path is not None:
-        pq.write_table(examples, path)
+        write_log(examples, path)
     return examples
+
+
+def write_log(examples: pa.Table, path: str | os.PathLike) -> None:
+    """Writes an example log as Parquet with a CRC-32 per page, which lateseq's readers
+    check: a damaged request time or label is an error, not a silently shifted window
+    (the pointer checksum covers the history, not the log's other bytes)."""
+    pq.write_table(examples, path, write_page_checksum=True)
 
 
 def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str | os.PathLike, *,
@@ -185,7 +192,7 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
     tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex[:8]}-{Path(path).name}")  # all or nothing at ``path``
     try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
             for _, a, b in groups:
                 writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata),
                                    row_group_size=b - a)

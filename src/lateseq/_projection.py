@@ -8,6 +8,7 @@ a time window and an event filter (rows they drop are never copied).
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Filter:
             if bits is not None and (not _is_int(bits) or not 0 < bits < 1 << 64):
                 raise SchemaError(f"where: {key} of the filter on {self.column!r} must be a mask of 1 to 64 bits "
                                   f"(a positive integer below 2**64), got {bits!r}")
+            if bits is not None:
+                object.__setattr__(self, key, int(bits))
 
     @property
     def mode(self) -> int:
@@ -112,8 +115,9 @@ class Projection:
     transforms: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_len) or self.max_len < 1:
-            raise SchemaError(f"max_len must be a positive integer, got {self.max_len!r}")
+        if not _is_int(self.max_len) or not 1 <= self.max_len <= _INT64[1]:  # lengths and offsets are int64
+            raise SchemaError(f"max_len must be an integer from 1 to 2**63 - 1, got {self.max_len!r}")
+        object.__setattr__(self, "max_len", int(self.max_len))
         for name in ("columns", "feature_groups"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)):
@@ -121,6 +125,8 @@ class Projection:
             object.__setattr__(self, name, tuple(value))
         if self.window is not None:
             _window_parts(self.window)  # a malformed window fails here, not at the first read
+            if _is_int(self.window):
+                object.__setattr__(self, "window", int(self.window))
         if self.where is not None and not isinstance(self.where, Filter):
             raise SchemaError(f"where must be a lateseq.Filter, not {type(self.where).__name__}")
         if not isinstance(self.transforms, Mapping) or not all(
@@ -213,7 +219,8 @@ class Projection:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer, a numpy one included (what configs and arrays hand over); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _window_parts(window: int | dt.timedelta | str) -> tuple[int, str | None]:

@@ -54,13 +54,15 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / name, "a")  # noqa: SIM115 - held for the block below
+        lock = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link: refused
     except OSError as exc:
-        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror}); "
+        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
                          "open the store with cache_dir= a writable folder") from exc
-    with lock:
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(lock)
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path,

@@ -487,7 +487,7 @@ def _read_events(source: EventSource) -> pa.Table:
             return pq.read_table(source)
         except FileNotFoundError as exc:
             raise SchemaError(f"no events file at {source}") from exc
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
     raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, "
                       "RecordBatchReader or Parquet path")

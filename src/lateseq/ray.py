@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 try:
     import ray.data
@@ -95,7 +94,7 @@ def _check_row_name(read: list[str]) -> None:
 
 
 def _read_row_groups(groups: pa.Table, path: str, columns: list[str]) -> pa.Table:
-    source = pq.ParquetFile(path)
+    source = _open_parquet(path)
     tables = []
     for group, first in zip(groups.column("group").to_pylist(), groups.column("first").to_pylist(), strict=True):
         table = source.read_row_group(group, columns=columns)

@@ -423,7 +423,7 @@ class ExampleDataset(IterableDataset):
         else:
             try:
                 table = source.read_row_groups(plan.row_groups_of(w), columns=self._read)
-            except (pa.ArrowInvalid, OSError) as exc:
+            except (pa.ArrowException, OSError) as exc:
                 raise SchemaError(f"cannot read example log {self._path}: {exc}") from exc
         keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
         return w, table, plan.window_rows_of(w), plan.order(w, *keys)

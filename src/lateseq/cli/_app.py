@@ -45,6 +45,7 @@ from lateseq import (
     log_examples,
 )
 from lateseq._loader import materialize_log, materialize_log_tenants
+from lateseq._pointers import write_log
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
 _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
@@ -157,8 +158,8 @@ def _input_file(path: Path, what: str) -> Path:
 def _read_parquet(path: Path, what: str) -> pa.Table:
     _input_file(path, what)
     try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+        return pq.read_table(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} file {path} as Parquet: {exc}") from exc
 
 
@@ -391,7 +392,7 @@ def pointers(
     table = _read_parquet(requests, "requests")
     handle = _open(store, version)
     examples = log_examples(handle, table)
-    _write_atomically(out, lambda tmp: pq.write_table(examples, tmp))
+    _write_atomically(out, lambda tmp: write_log(examples, tmp))
     _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
                highlight=False)
 
@@ -433,7 +434,7 @@ def materialize(
         config = {"": Projection(max_len, _columns(columns))}
     try:
         total = pq.ParquetFile(examples).metadata.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read example log {examples} as Parquet: {exc}") from exc
     kept = _columns(keep) if keep else ()
     with _progress() as bar:
@@ -505,7 +506,7 @@ def strip(
     if not is_two_tier(log):
         raise SchemaError(f"{examples} holds plain pointers, no online tails to strip")
     stripped, count = strip_tails(_open(store), log, drop_deleted)
-    _write_atomically(out, lambda tmp: pq.write_table(stripped, tmp))
+    _write_atomically(out, lambda tmp: write_log(stripped, tmp))
     _err.print(f"stripped {count:,} of {log.num_rows:,} tails; {out} is "
                f"{out.stat().st_size:,} bytes (was {examples.stat().st_size:,})", highlight=False)
 

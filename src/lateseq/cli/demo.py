@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -49,6 +48,7 @@ from lateseq import (
     log_examples,
 )
 from lateseq._format import decoded_file
+from lateseq._pointers import write_log
 from lateseq.cli import fatrow
 from lateseq.mutable import InMemoryTier
 from lateseq.twotier import (
@@ -237,7 +237,7 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
 
     store, commit, commits, log = _ingest_and_log(root, inputs, console, show)
     examples_path = root / "examples.parquet"
-    pq.write_table(log, examples_path)
+    write_log(log, examples_path)
     lengths = log.column("uih_length").to_numpy().astype(np.int64)
 
     # the oracle: Fat Rows from the raw events, at the longest length any tenant needs
@@ -247,7 +247,7 @@ def _run(dataset: str, users: int, root: Path, seed: int, cadence: str | None,
         keep = np.sort(rng.choice(log.num_rows, fat_sample, replace=False))
         compared_log = log.take(keep)
         compared_path = root / "fat-examples.parquet"
-        pq.write_table(compared_log, compared_path)
+        write_log(compared_log, compared_path)
     else:
         compared_log, compared_path = log, examples_path
     fat_columns = list(dict.fromkeys(c for tenant in tenants for c in tenant.projection.columns))
@@ -375,7 +375,7 @@ def _online_replay(events: pa.Table, requests: pa.Table, root: Path, console: Co
         hi = min(lo + (1 << 16), stripped.num_rows)
         batch_mismatches += differing(rebuild_batch(store, stripped.slice(lo, hi - lo), projection, "flag"), lo, hi)
     paths = {name: root / f"online-{name}.parquet" for name in ("stripped", "fatrows")}
-    pq.write_table(stripped, paths["stripped"])
+    write_log(stripped, paths["stripped"])
     fatrow.write_fat_rows(fat, paths["fatrows"])
     lengths = stripped.column("seq_length").to_numpy().astype(np.int64)
     return {

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from lateseq import JaggedBatch, Projection, Schema, SchemaError, Store
 from lateseq._format import TIME
+from lateseq._pointers import write_log
 from lateseq.mutable import InMemoryTier
 from lateseq.twotier import (
     OnlineReader,
@@ -181,8 +182,8 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None,
         truth = _truth(deliveries, requests, cfg.max_len)
         stripped, n_stripped = strip_tails(store, log)
         paths = {name: Path(tmp) / f"{name}.parquet" for name in ("inline", "stripped")}
-        pq.write_table(log, paths["inline"])
-        pq.write_table(stripped, paths["stripped"])
+        write_log(log, paths["inline"])
+        write_log(stripped, paths["stripped"])
         batch = rebuild_batch(store.latest(), pq.read_table(paths["stripped"]), projection, on_mismatch="flag")
         naive = _naive(store.latest(), requests, cfg.max_len)
         n = len(req_t)
