@@ -207,7 +207,7 @@ def test_bad_requests(store, tmp_path):
     cases = [
         (pa.table({"user_id": [1]}), r"no column 'request_ts'"),
         (pa.table({"user_id": [1], "request_ts": pa.array([None], pa.int64())}), r"'request_ts' has null"),
-        (pa.table({"user_id": ["x"], "request_ts": [1]}), r"must be integers"),
+        (pa.table({"user_id": ["x"], "request_ts": [1]}), r"user_id must be integer user ids, not string"),
         (pa.table({"user_id": [1], "request_ts": [1], "uih_length": [3]}), r"already have pointer columns"),
     ]
     for table, pattern in cases:
@@ -247,3 +247,35 @@ def test_float_overflow_and_bool_max_len_are_refused(tmp_path):
     assert store.latest().version == 0
     with pytest.raises(lateseq.SchemaError, match="max_len"):
         lateseq.Projection(True)
+
+
+@pytest.mark.parametrize("users, pattern", [
+    ([1.9], "must be integer user ids, not double"),  # would have deleted user 1
+    (np.array([2**64 - 1], np.uint64), "do not fit int64"),  # would have wrapped to user -1
+    (["2"], "must be integer user ids, not string"),
+    ([None, 1], "null values"),
+    ([2**64 - 1], "must be integer user ids"),
+])
+def test_a_deletion_of_ids_that_are_not_user_ids_deletes_nobody(store, users, pattern):
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern, lambda: store.delete(users))
+
+
+@pytest.mark.parametrize("user_id, request_ts, pattern", [
+    ([1.7], [5], "user_id must be integer user ids, not double"),
+    ([1], [15.9], "request_ts has type double"),
+    ([1], [np.nan], "request_ts has type double"),
+    ([1, 2], [5], "2 user ids but 1 request times"),
+])
+def test_pointers_are_never_made_from_truncated_input(store, user_id, request_ts, pattern):
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                               lambda: lateseq.make_pointers(store, user_id, request_ts))
+
+
+@pytest.mark.parametrize("inside", ["versions/00000001.json", "schema.json", "new.parquet"])
+def test_an_example_log_is_never_written_into_the_store(store, inside):
+    requests = pa.table({"user_id": [1], "request_ts": [30]})
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "is inside the store",
+                               lambda: lateseq.log_examples(store, requests, store.path / inside))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "is inside the store",
+                               lambda: lateseq.copartition_log(store, lateseq.log_examples(store, requests),
+                                                               store.path / inside))

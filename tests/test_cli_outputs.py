@@ -135,7 +135,11 @@ def test_outputs_never_go_into_the_store(plain, dir_snapshot):
             args = commands(d, store, out)
             for command in args.values():
                 one_line_error(*cli(*command, *force)[::2], "inside the store")
-    assert dir_snapshot(d) == before
+    (d / "tenants.toml").write_text('[tenants.a]\nmax_len = 3\n')
+    before = dir_snapshot(d)
+    one_line_error(*cli("materialize", store, d / "ex.parquet", "--tenants", d / "tenants.toml", "--out",
+                        store / "new-folder")[::2], "inside the store")
+    assert dir_snapshot(d) == before and not (store / "new-folder").exists()  # not even a folder made
     assert lateseq.open(store).num_events == 40
 
 

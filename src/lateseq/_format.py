@@ -272,7 +272,7 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
         differ = sorted(name for name in expect.keys() | digests.keys() if expect.get(name) != digests.get(name))
         raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_batch(table)
     put_in_place(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
@@ -298,7 +298,7 @@ def _ipc_bytes(batch: pa.RecordBatch) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
     """A name no other process writes to, renamed into place when complete: readers
     never see half a file, and two processes decoding the same segment cannot mix."""
     return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
@@ -309,7 +309,7 @@ def _write_file(path: Path, data: pa.Buffer) -> int:
 
     Returns the data's CRC-32, kept in the manifest so corruption can be found later.
     """
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +35,9 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError
 from ._events import partition_of
+from ._format import temporary_path
 from ._kernels import Visibility
-from ._schema import Schema
+from ._schema import Schema, as_user_ids
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -120,12 +120,13 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     ``request_ts`` holds integers in the store's time unit, or timestamps (numpy
     ``datetime64`` or Arrow), converted to it exactly.
     """
-    user_id = np.asarray(user_id, np.int64)
+    user_id = as_user_ids(user_id, "user_id")
     if not isinstance(request_ts, pa.Array | pa.ChunkedArray):
-        request_ts = np.asarray(request_ts)
-        request_ts = pa.array(request_ts if request_ts.dtype.kind == "M" else request_ts.astype(np.int64))
+        request_ts = pa.array(np.asarray(request_ts))  # integers or timestamps; anything else is refused below
     if request_ts.null_count:
         raise SchemaError(f"request_ts has {request_ts.null_count} null values")
+    if len(request_ts) != len(user_id):
+        raise SchemaError(f"{len(user_id)} user ids but {len(request_ts)} request times")
     request_ts = np.asarray(store.schema.times_to_store(request_ts, "request_ts"))
     versions = np.full(len(user_id), store.version, np.int64)
     located = store.locate(user_id, request_ts, Visibility.of_versions(versions), max_len=0)
@@ -148,25 +149,36 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     clashes = [n for n in POINTER_FIELDS.names[2:] if n in requests.column_names]
     if clashes:
         raise SchemaError(f"requests already have pointer columns {clashes}")
-    try:
-        users = requests.column("user_id").cast(pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaError(f"requests' user_id must be integers: {exc}") from exc
-    pointers = make_pointers(store, users, requests.column("request_ts"))
+    pointers = make_pointers(store, requests.column("user_id"), requests.column("request_ts"))
     examples = pointers
     for name in requests.column_names:
         if name not in ("user_id", "request_ts"):
             examples = examples.append_column(requests.schema.field(name), requests.column(name))
     if path is not None:
-        write_log(examples, path)
+        write_log(examples, path, store)
     return examples
 
 
-def write_log(examples: pa.Table, path: str | os.PathLike) -> None:
+def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None = None) -> None:
     """Writes an example log as Parquet with a CRC-32 per page, which lateseq's readers
     check: a damaged request time or label is an error, not a silently shifted window
-    (the pointer checksum covers the history, not the log's other bytes)."""
-    pq.write_table(examples, path, write_page_checksum=True)
+    (the pointer checksum covers the history, not the log's other bytes). All or nothing
+    at ``path``, which must not be inside ``store``."""
+    tmp = temporary_path(_outside(store, path))
+    try:
+        pq.write_table(examples, tmp, write_page_checksum=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _outside(store: Store | None, path: str | os.PathLike) -> Path:
+    """``path``, refused if it is in ``store``'s directory: a log written over a manifest
+    or the schema would destroy the store."""
+    target = Path(path).resolve()
+    if store is not None and store.path.resolve() in (target, *target.parents):
+        raise SchemaError(f"{path} is inside the store {store.path}; write example logs elsewhere")
+    return Path(path)
 
 
 def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str | os.PathLike, *,
@@ -190,7 +202,7 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
               for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
     meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
-    tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex[:8]}-{Path(path).name}")  # all or nothing at ``path``
+    tmp = temporary_path(_outside(store, path))  # all or nothing at ``path``
     try:
         with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
             for _, a, b in groups:

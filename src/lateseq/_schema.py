@@ -243,6 +243,25 @@ class Schema:
         return cls(**data)
 
 
+def as_user_ids(values: Any, what: str) -> np.ndarray:
+    """``values`` as int64 user ids. Raises SchemaError, naming ``what``, unless every
+    one is an integer that fits: a float, a string or a wrapped uint64 names another user."""
+    try:
+        array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise SchemaError(f"{what} must be integer user ids: {exc}") from exc
+    if len(array) == 0:
+        return np.empty(0, np.int64)
+    if not pa.types.is_integer(array.type):
+        raise SchemaError(f"{what} must be integer user ids, not {array.type}")
+    if array.null_count:
+        raise SchemaError(f"{what} has {array.null_count} null values")
+    try:
+        return pc.cast(array, pa.int64(), safe=True).to_numpy()
+    except pa.ArrowInvalid as exc:
+        raise SchemaError(f"{what} holds ids that do not fit int64: {exc}") from exc
+
+
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:
     """Numbers cast between numeric types (safely, checked per value); nothing else does."""
     if pa.types.is_boolean(target):

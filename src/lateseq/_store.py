@@ -39,7 +39,7 @@ from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
-from ._schema import Schema
+from ._schema import Schema, as_user_ids
 from ._segments import Segment, SegmentCache
 from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably
 
@@ -275,7 +275,7 @@ class Store:
         versions stay until untagged); the manifest records the users, so the audit
         reports their pointers as ``deleted``. Returns this handle when none is stored.
         """
-        users = np.unique(np.asarray(users, np.int64))
+        users = np.unique(as_user_ids(users, "users to delete"))
         with self._log.writing():
             base = self._handle()
             touched = []

@@ -191,8 +191,8 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
     """Refuses, before any work, an output that exists (unless ``force``), that is one of
     the command's ``inputs`` or inside ``store`` (even with ``force``: a failed or wrong
     run would destroy what it reads), or whose directory does not exist."""
-    if store is not None and out.resolve().is_relative_to(store.resolve()):
-        raise FileExistsError(f"{option} {out} is inside the store {store}; write it elsewhere")
+    if store is not None:
+        _outside_store(out, option, store)
     if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in inputs):
         raise FileExistsError(f"{option} {out} is also this command's input; write to another path "
                               "(--force never overwrites an input)")
@@ -202,6 +202,11 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
         raise FileExistsError(f"{option} {out} exists; pass --force to overwrite it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{option} {out}: directory {out.parent} does not exist")
+
+
+def _outside_store(out: Path, option: str, store: Path) -> None:
+    if out.resolve().is_relative_to(store.resolve()):
+        raise FileExistsError(f"{option} {out} is inside the store {store}; write it elsewhere")
 
 
 def _write_atomically(out: Path, write: Callable[[Path], object]) -> None:
@@ -426,6 +431,7 @@ def materialize(
             raise NotADirectoryError(f"--out {out} is a file; with --tenants it names a directory")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+        _outside_store(out, "--out", store)  # before the folder is made: a refusal changes nothing
         out.mkdir(exist_ok=True)
         for name in config:
             _check_output(out / f"{name}.parquet", force, "--out", [examples], store)
