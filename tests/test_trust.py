@@ -439,3 +439,25 @@ def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
                 assert len(got) == len(expected[reader]) and all(
                     g[0].equals(e[0]) and g[1:] == e[1:] if reader == "iter_batches" else g == e
                     for g, e in zip(got, expected[reader], strict=True)), (reader, at)
+
+
+def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):
+    """Tagging checks that its version is kept, then writes the tag; a cleanup retiring in
+    between would leave a tag naming a deleted version. Retirement waits for the tagger."""
+    real_tag = lateseq._versions.VersionLog.tag
+    cleaner = []
+
+    def tag_while_cleanup_runs(self, name, version):
+        cleaner.append(threading.Thread(target=lambda: lateseq.open(store.path).cleanup(
+            before=store.version, grace_s=0)))
+        cleaner[0].start()
+        cleaner[0].join(0.5)
+        assert cleaner[0].is_alive()  # waiting for this tag, not retiring the version under it
+        real_tag(self, name, version)
+
+    monkeypatch.setattr(lateseq._versions.VersionLog, "tag", tag_while_cleanup_runs)
+    old = store.version - 1
+    store.tag("pinned", old)
+    cleaner[0].join()
+    assert lateseq.open(store.path, "pinned").version == old
+    assert lateseq.open(store.path, old).num_events > 0

@@ -178,10 +178,11 @@ class Store:
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Names a version (this handle's by default); a tagged version is never cleaned up."""
-        number = self._log.resolve(self.version if version is None else version)
-        if number == 0:
-            raise VersionNotFound("the empty store has no version to tag; commit first")
-        self._log.tag(name, number)
+        with self._log.tagging():  # cleanup retires holding it too: a version kept here stays kept
+            number = self._log.resolve(self.version if version is None else version)
+            if number == 0:
+                raise VersionNotFound("the empty store has no version to tag; commit first")
+            self._log.tag(name, number)
 
     def untag(self, name: str) -> None:
         self._log.untag(name)
@@ -343,6 +344,10 @@ class Store:
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
         retired = self._log.retire_before(before)
         with self._log.deleting():
+            for folder in (self._log.versions_dir, self._log.tags_dir):  # crashed publishes and tags
+                for path in folder.glob(".tmp-*"):
+                    if older_than(path, grace_s):
+                        path.unlink(missing_ok=True)
             referenced = self._log.referenced_segments()
             for path in (self.path / "segments").iterdir():
                 name = path.name.split(".")[0]  # "" for a crashed writer's temporary file

@@ -125,7 +125,7 @@ class VersionLog:
         """A kept version's number from a number, a numeric string, a tag, or None (the latest)."""
         if version is None:
             return self.latest
-        if isinstance(version, str) and not version.isdigit():
+        if isinstance(version, str) and not (version.isascii() and version.isdigit()):  # "²" is a digit too
             return self.tags_of(check_tag_name(version))
         if isinstance(version, bool) or not isinstance(version, int | str):
             raise SchemaError(f"a version is a number or a tag name, not {type(version).__name__}")
@@ -220,9 +220,16 @@ class VersionLog:
             yield
 
     @contextlib.contextmanager
-    def _lock(self, mode: int) -> Iterator[None]:
+    def tagging(self) -> Iterator[None]:
+        """Held by a tagger from checking its version is kept until its tag is written, and
+        by retirement: a tag never names a version retired meanwhile."""
+        with self._lock(fcntl.LOCK_EX, self.tags_dir / ".lock"):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int, path: Path | None = None) -> Iterator[None]:
         try:
-            handle = open(self.root / ".lock", "a")  # noqa: SIM115 - held for the block
+            handle = open(path or self.root / ".lock", "a")  # noqa: SIM115 - held for the block
         except OSError as exc:
             raise StoreError(f"cannot lock {self.root}: {exc.strerror}") from exc
         with handle:
@@ -252,16 +259,19 @@ class VersionLog:
         each manifest becomes a tombstone that keeps its number and commit id taken."""
         before = min(before, self.latest)
         retired = []
-        for number in self.numbers():
-            if number >= before or number in self.tags().values():  # re-read: a tag may have just come
-                continue
-            m = load_checked(self.manifest_path(number))
-            if m.get("retired"):
-                continue
-            tombstone = {"version": number, "retired": True, "retired_at": time.time(),
-                         "commit_id": m.get("commit_id"), "content": m.get("content"), "deleted": m.get("deleted")}
-            write_durably(self.manifest_path(number), dump_checked(tombstone))
-            retired.append(number)
+        with self.tagging():
+            tagged = set(self.tags().values())
+            for number in self.numbers():
+                if number >= before or number in tagged:
+                    continue
+                m = load_checked(self.manifest_path(number))
+                if m.get("retired"):
+                    continue
+                tombstone = {"version": number, "retired": True, "retired_at": time.time(),
+                             "commit_id": m.get("commit_id"), "content": m.get("content"),
+                             "deleted": m.get("deleted")}
+                write_durably(self.manifest_path(number), dump_checked(tombstone))
+                retired.append(number)
         return retired
 
     def referenced_segments(self) -> set[str]:
