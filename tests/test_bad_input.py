@@ -130,6 +130,9 @@ def test_store_paths_that_are_not_stores(tmp_path):
     ({"columns": {"a": "int32"}, "arrival_col": "a"}, r"arrival_col 'a' must name an int64"),
     ({"columns": {}, "event_id_col": "e"}, r"event_id_col 'e'"),
     ({"columns": {}, "partitions": 0}, r"partitions must be between"),
+    ({"columns": {}, "partitions": 1.5}, r"partitions must be between"),
+    ({"columns": {}, "partitions": "2"}, r"partitions must be between"),
+    ({"columns": ["x"]}, r"columns must map names to types"),
     ({"columns": {}, "feature_groups": {"g": ["nope"]}}, r"feature group 'g' names unknown columns \['nope'\]"),
 ])
 def test_bad_schemas(options, pattern):
@@ -279,3 +282,21 @@ def test_an_example_log_is_never_written_into_the_store(store, inside):
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "is inside the store",
                                lambda: lateseq.copartition_log(store, lateseq.log_examples(store, requests),
                                                                store.path / inside))
+
+
+def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
+    twice = pa.table([pa.array([1]), pa.array([1]), pa.array([2])], names=["user_id", "ts", "ts"])
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"columns \['ts'\] more than once",
+                               lambda: store.commit(twice))
+    for before, grace in (("x", 0), (1, float("nan")), (True, 0), (1, float("inf"))):
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "before must be|grace_s must be",
+                                   lambda before=before, grace=grace: store.cleanup(before, grace_s=grace))
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"user_id": [1], "request_ts": [30]})
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "requests are a pyarrow Table, not a DataFrame",
+                               lambda: lateseq.log_examples(store, frame))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "an example log is a pyarrow Table, not a dict",
+                               lambda: lateseq.materialize(store, {"user_id": [1]}, lateseq.Projection(3)))
+    with pytest.raises(lateseq.StoreError, match="is inside the store"):
+        lateseq.create(store.path / "versions" / "nested", lateseq.Schema({"item": "int64"}))
+    assert not (store.path / "versions" / "nested").exists()

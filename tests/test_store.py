@@ -124,7 +124,8 @@ def test_pickle_is_path_version_and_cache(small_store, tmp_path):
     assert (again.path, again.version) == (v1.path, 1)  # pinned: never "the latest"
     assert pickle.loads(pickle.dumps(lateseq.open(small_store.path, "2"))).version == 2
     elsewhere = pickle.loads(pickle.dumps(lateseq.open(small_store.path, 1, cache_dir=tmp_path / "local")))
-    assert (elsewhere.version, elsewhere.cache_dir) == (1, tmp_path / "local")
+    assert (elsewhere.version, elsewhere.cache_dir.parent) == (1, tmp_path / "local")
+    assert pickle.loads(pickle.dumps(elsewhere)).cache_dir == elsewhere.cache_dir
     assert len(pickle.dumps(small_store)) < 400  # a path and a number, never data
 
 
@@ -285,6 +286,27 @@ def test_commit_accepts_tables_readers_and_parquet_files(make_store, tmp_path):
 # ---------------------------------------------------------------------- cleanup
 
 
+def test_stores_sharing_a_cache_dir_never_clean_up_each_other(make_store, tmp_path):
+    """One LATESEQ_CACHE_DIR for every store: each store's cleanup deletes what it no
+    longer uses there, and only its own files."""
+    shared = tmp_path / "shared-cache"
+    stores = []
+    for _ in range(2):
+        store = make_store({"item": "int64", "rating": "bool"})
+        store = lateseq.open(store.path, cache_dir=shared)
+        for k in range(2):
+            store = store.commit(events([1, 2], [k, k + 1], [3, 4], rating=True))
+        stores.append(store.compact())
+    assert stores[0].cache_dir != stores[1].cache_dir and stores[0].cache_dir.parent == shared
+    someone = shared / ".tmp-someone-elses-download"
+    someone.write_bytes(b"x")
+    os.utime(someone, (0, 0))  # older than any grace
+    others = sorted(stores[1].cache_dir.rglob("*"))
+    stores[0].cleanup(before=stores[0].version, grace_s=0)
+    assert sorted(stores[1].cache_dir.rglob("*")) == others and someone.exists()
+    assert len(list(stores[0].cache_dir.glob("*.arrow"))) == 1  # its retired versions' copies went
+
+
 def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_store):
     store = make_store(partitions=2)
     logs = []
@@ -404,7 +426,7 @@ def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path
     with pytest.raises(lateseq.StoreError, match=f"segment {info.name} is damaged.*{info.name}.parquet.*CRC-32"):
         lateseq.open(small_store.path, cache_dir=tmp_path / "elsewhere").segments()
     assert dir_snapshot(small_store.path) == before
-    assert not any((tmp_path / "elsewhere").glob("*.arrow"))
+    assert not any((tmp_path / "elsewhere").glob("**/*.arrow"))
     assert len(lateseq.open(small_store.path).segments()) == 2  # the existing decoded copies still serve
 
 

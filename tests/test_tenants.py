@@ -738,6 +738,18 @@ def test_every_problem_of_one_tenant_is_listed(tmp_path):
     assert "columns" in message and "window" in message, message
 
 
+@pytest.mark.parametrize("fields", ['max_len = 5\nwindow = "3w"', "max_len = 0", 'max_len = 5\nwhere = {column = "dwell"}',
+                                    "max_len = 5\nsizes = 3"])
+def test_a_field_that_makes_no_projection_hides_no_other_problem(tmp_path, fields):
+    """One field that cannot be read at all (a bad window, max_len, filter, an unknown
+    field) is listed with the schema problems of the tenant's other fields."""
+    path = write_config(tmp_path, f'[tenants.many]\ncolumns = ["nope"]\n{fields}\n')
+    with pytest.raises(SchemaError) as info:
+        lateseq.load_tenants(path, CONFIG_SCHEMA)
+    message = str(info.value)
+    assert "unknown columns ['nope']" in message and message.count("tenant 'many'") == 2, message
+
+
 def test_check_tenants_collects_problems_across_tenants():
     tenants = {
         "fine": Projection(5, ("item_id",), window="1d", where=Filter("action", isin=[1])),

@@ -461,3 +461,12 @@ def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):
     cleaner[0].join()
     assert lateseq.open(store.path, "pinned").version == old
     assert lateseq.open(store.path, old).num_events > 0
+
+
+def test_a_handle_whose_version_was_cleaned_up_says_so_not_that_the_store_is_damaged(store, log):
+    reader = lateseq.open(store.path, merged_reads=False)  # nothing opened yet
+    other = lateseq.open(store.path).compact()
+    other.cleanup(before=other.version, grace_s=0)
+    with pytest.raises(lateseq.VersionNotFound, match=f"version {reader.version} .* cleaned up.*still read it"):
+        lateseq.materialize(reader, log, PROJECTION)
+    assert same(lateseq.materialize(other, log, PROJECTION), output(other.path, log))  # nothing is damaged

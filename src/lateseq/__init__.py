@@ -43,7 +43,8 @@ def open(path: str | os.PathLike, version: int | str | None = None, *,  # noqa: 
          readahead: bool | typing.Literal["auto"] = "auto") -> Store:
     """Opens the store at ``path`` at ``version`` (a number or a tag; the latest by default).
 
-    Readers memory-map decoded segments from ``cache_dir`` (default: ``path/cache``),
+    Readers memory-map decoded segments from a read cache (default: ``path/cache``;
+    with ``cache_dir``, the store's own folder in it, so that stores can share one),
     decoding any that are missing there from the store's durable files. ``merged_reads``
     says when a version of many segments is read through merged copies kept there
     (``"auto"``: once its reads have cost about what the copy does); ``readahead``

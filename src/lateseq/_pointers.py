@@ -141,6 +141,9 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
 
     Writes the example log to ``path`` as Parquet when given, and returns it.
     """
+    if not isinstance(requests, pa.Table):
+        raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__} (pa.Table.from_pandas "
+                          "converts a DataFrame)")
     for needed in ("user_id", "request_ts"):
         if needed not in requests.column_names:
             raise SchemaError(f"requests have no column {needed!r} (columns: {requests.column_names})")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import ChecksumMismatch, PointerError
+from ._errors import ChecksumMismatch, PointerError, SchemaError
 from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
@@ -149,6 +149,8 @@ def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Proj
 
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
+    if not isinstance(log, pa.Table | pa.RecordBatch):
+        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}")
     return "seq_checksum" in log.schema.names
 
 

@@ -61,6 +61,8 @@ class Schema:
     time_unit: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.columns, dict):
+            raise SchemaError(f"columns must map names to types, e.g. {{'item_id': 'int64'}}; got {self.columns!r}")
         for name, dtype in self.columns.items():
             if dtype not in PAYLOAD_TYPES:
                 raise SchemaError(
@@ -83,7 +85,8 @@ class Schema:
         for role, name in (("arrival_col", self.arrival_col), ("event_id_col", self.event_id_col)):
             if name is not None and self.columns.get(name) != "int64":
                 raise SchemaError(f"{role} {name!r} must name an int64 payload column")
-        if not 1 <= self.partitions <= 65536:
+        if not isinstance(self.partitions, int) or isinstance(self.partitions, bool) or not (
+                1 <= self.partitions <= 65536):
             raise SchemaError(f"partitions must be between 1 and 65536, got {self.partitions}")
         if self.time_unit is not None and self.time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} or None (plain integers), "
@@ -130,6 +133,9 @@ class Schema:
         """
         if table.num_rows == 0:
             raise SchemaError("no events to commit: the input is empty")
+        twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+        if twice:
+            raise SchemaError(f"input has columns {twice} more than once")
         expected = [self.user_col, self.time_col, *self.columns]
         missing = [c for c in expected if c not in table.column_names]
         if missing:

@@ -7,8 +7,9 @@ Layout of a store directory::
     segments/p00000-<id>.parquet, .index.arrow   a segment's durable files (packed, CRC-checked)
     tags/<name>.json          a name for a version; a tagged version is pinned
     cache/p00000-<id>.arrow   decoded segments, memory-mapped by readers (a read cache:
-                              rebuilt from the durable files when missing; ``cache_dir``
-                              puts it elsewhere, e.g. on local disk for a shared store)
+                              rebuilt from the durable files when missing; ``cache_dir=C``
+                              puts it in C/<store name>-<hash of its path>, e.g. on local
+                              disk for a shared store; one C serves many stores)
     cache/derived/            merged and filtered copies derived from segments (``_derived``)
 
 A version is published by creating its manifest with a hard link, which either
@@ -20,6 +21,7 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -81,7 +83,8 @@ class Store:
         self.merged_reads = merged_reads
         self.readahead = readahead
         self.path = Path(path)
-        self.cache_dir = self.path / "cache" if cache_dir is None else Path(cache_dir)
+        self._cache_root = None if cache_dir is None else Path(cache_dir)
+        self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(Path(cache_dir), self.path)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         schema_file = self.path / "schema.json"
@@ -127,6 +130,10 @@ class Store:
             raise StoreError(f"{path} is a file, not a store directory")
         if (path / "schema.json").exists():
             raise StoreError(f"{path} already holds a store")
+        inside = next((p for p in Path(path).resolve().parents if (p / "schema.json").is_file()
+                       and (p / "versions").is_dir()), None)
+        if inside is not None:
+            raise StoreError(f"{path} is inside the store {inside}; create a store elsewhere")
         try:
             for sub in ("versions", "segments", "tags"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
@@ -144,11 +151,12 @@ class Store:
         return self.num_events * row <= _physical_memory() // 2  # an upper bound: decoding packs narrower
 
     def __reduce__(self):
-        return (_unpickle, (str(self.path), self.version, str(self.cache_dir), self.merged_reads, self.readahead))
+        root = None if self._cache_root is None else str(self._cache_root)
+        return (_unpickle, (str(self.path), self.version, root, self.merged_reads, self.readahead))
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
-        return Store(self.path, version, cache_dir=self.cache_dir, merged_reads=self.merged_reads,
+        return Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
                      readahead=self.readahead, _segments=self._segments)
 
     def __repr__(self) -> str:
@@ -338,10 +346,13 @@ class Store:
         cleanup never deletes those; ``grace_s`` also spares files younger than that, for
         writers on other hosts of a shared file system. Pointers into retired versions
         still rebuild, because events keep their version; their checksums prove it.
-        Readers holding an old handle keep their memory-mapped files until they close them.
+        A handle on a retired version keeps the segments it has mapped; one it has not
+        opened yet is gone, and reading it raises VersionNotFound: tag what must stay.
         """
-        if not isinstance(grace_s, int | float) or grace_s < 0:
+        if not isinstance(grace_s, int | float) or not 0 <= grace_s < float("inf"):
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
+        if not isinstance(before, int) or isinstance(before, bool):
+            raise SchemaError(f"before must be a version number, got {before!r}")
         retired = self._log.retire_before(before)
         with self._log.deleting():
             for folder in (self._log.versions_dir, self._log.tags_dir):  # crashed publishes and tags
@@ -396,9 +407,16 @@ class Store:
 
     def segments(self, partition: int | None = None) -> list[Segment]:
         """Open segments of this version (of one partition), oldest first."""
-        if partition is None:
-            return [self._segments.get(i) for i in self.segment_infos]
-        return [self._segments.get(i) for i in self._by_partition.get(partition, [])]
+        infos = self.segment_infos if partition is None else self._by_partition.get(partition, [])
+        try:
+            return [self._segments.get(i) for i in infos]
+        except StoreError as exc:
+            try:  # a missing file of a version cleaned up since this handle opened it is no damage
+                self._log.manifest(self.version)
+            except VersionNotFound as gone:
+                raise VersionNotFound(f"{gone}, while this handle still read it ({exc.args[0]}); a tagged version "
+                                      "is never cleaned up") from exc
+            raise
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int, lengths: np.ndarray | None = None) -> Located:
@@ -498,9 +516,17 @@ def _read_events(source: EventSource) -> pa.Table:
                       "RecordBatchReader or Parquet path")
 
 
-def _unpickle(path: str, version: int, cache_dir: str, merged_reads: Setting = "auto",
+def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",
               readahead: Setting = "auto") -> Store:
     return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead)
+
+
+def _own_cache(root: Path, store: Path) -> Path:
+    """A store's folder in a read cache ``root`` that other stores may share (one
+    LATESEQ_CACHE_DIR for all): cleanup deletes what its store no longer uses there, so
+    no store may see another's files."""
+    where = store.resolve()
+    return root / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
 def _physical_memory() -> int:

@@ -33,9 +33,9 @@ def load_tenants(source: str | os.PathLike, schema: Schema | None = None) -> dic
     """The tenants of a TOML config (a path), as name -> Projection, checked against
     ``schema`` when given. Raises SchemaError listing every problem, each naming the
     tenant and the field."""
-    problems, tenants = _parse(source)
+    problems, tenants, partial = _parse(source)
     if schema is not None:
-        problems += check_tenants(tenants, schema)
+        problems += check_tenants({**tenants, **partial}, schema)
     if problems:
         raise SchemaError(f"{os.fspath(source)}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return tenants
@@ -54,7 +54,9 @@ def is_tenant_name(name: str) -> bool:
     return isinstance(name, str) and _NAME.match(name) is not None
 
 
-def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]:
+def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection], dict[str, Projection]]:
+    """(problems, tenants, partial): ``partial`` holds each tenant with a bad field made
+    of its other fields, so that the schema check finds their problems in the same run."""
     try:
         with open(source, "rb") as file:
             config = tomllib.load(file)
@@ -68,6 +70,7 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]
                           f"{unknown or 'no tenants'}")
     problems: list[str] = []
     tenants: dict[str, Projection] = {}
+    partial: dict[str, Projection] = {}
     for name, spec in config["tenants"].items():
         if not is_tenant_name(name):
             problems.append(f"tenant {name!r}: a name is letters, digits, '_', '-' and '.', not starting "
@@ -77,7 +80,27 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection]]
             tenants[name] = _projection(spec)
         except SchemaError as exc:
             problems.append(f"tenant {name!r}: {exc}")
-    return problems, tenants
+            rest = _sound_part(spec)
+            if rest is not None:
+                partial[name] = rest
+    return problems, tenants, partial
+
+
+def _sound_part(spec: Any) -> Projection | None:
+    """The projection of the fields of ``spec`` that are sound on their own (a max_len of
+    1 unless its own is), for the schema check; None when no such projection is made."""
+    if not isinstance(spec, dict):
+        return None
+
+    def sound(fields: dict) -> bool:
+        try:
+            _projection({"max_len": 1, **fields})
+        except SchemaError:
+            return False
+        return True
+
+    kept = {key: value for key, value in spec.items() if key in _FIELDS and sound({key: value})}
+    return _projection({"max_len": 1, **kept}) if sound(kept) else None
 
 
 def _projection(spec: Any) -> Projection:

@@ -203,6 +203,8 @@ class VersionLog:
             (self.tags_dir / f"{check_tag_name(name)}.json").unlink()
         except FileNotFoundError as exc:
             raise VersionNotFound(f"no tag {name!r} in {self.root}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
         fsync_dir(self.tags_dir)
 
     # ------------------------------------------------------------ publishing and cleanup
