@@ -314,7 +314,7 @@ def measure_cold(built: dict, repeat: int) -> dict:
             lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)  # verify now
             at[mode] = {}
             for affinity, prefetch in configs:
-                def run(affinity=affinity, prefetch=prefetch, projection=projection, mode=mode) -> Pass:
+                def run(affinity=affinity, prefetch=prefetch, projection=projection, mode=mode, store=store) -> Pass:
                     loader = ExampleDataset(store, built["cold_path"], projection, batch_size=BATCH, shuffle=True,
                                             seed=1, affinity=affinity, prefetch=prefetch)
                     return cold_pass(store, built["files"], loader, mode)

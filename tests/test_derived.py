@@ -224,18 +224,6 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
     assert read(newer, "merged") == expected(newer, "merged")
 
 
-def test_the_setting_travels_with_the_handle_and_is_checked(store):
-    for setting in (True, False, "auto"):
-        handle = lateseq.open(store.path, merged_reads=setting)
-        assert pickle.loads(pickle.dumps(handle)).merged_reads == setting
-        assert handle.checkout(2).merged_reads == setting and handle.latest().merged_reads == setting
-    assert "merged_reads=True" in repr(lateseq.open(store.path, merged_reads=True))
-    assert lateseq.open(store.path).merged_reads == "auto"
-    for bad in ("yes", 1, None, "AUTO"):
-        with pytest.raises(lateseq.SchemaError, match="merged_reads"):
-            lateseq.open(store.path, merged_reads=bad)
-
-
 def partition_copies(store: lateseq.Store) -> set[int]:
     """The partitions whose merged copy is in the read cache (copies are named p{partition}-...)."""
     built = (store.cache_dir / DERIVED_DIR).is_dir()

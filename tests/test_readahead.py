@@ -4,7 +4,6 @@ the disk's readahead window per page fault. What the kernel was told is read bac
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
@@ -107,14 +106,3 @@ def test_a_copy_decoded_again_after_damage_is_advised_too(store):
     assert not batch.rows_differ(expected).any()
     assert all(advised_random(c) for c in read_columns(handle))
 
-
-def test_the_setting_travels_with_the_handle_and_is_checked(store):
-    for setting in (True, False, "auto"):
-        handle = lateseq.open(store.path, readahead=setting)
-        assert pickle.loads(pickle.dumps(handle)).readahead == setting
-        assert handle.checkout(2).readahead == setting and handle.latest().readahead == setting
-    assert "readahead=False" in repr(lateseq.open(store.path, readahead=False))
-    assert "readahead" not in repr(lateseq.open(store.path))
-    for bad in ("yes", 0, None, "AUTO"):
-        with pytest.raises(lateseq.SchemaError, match="readahead"):
-            lateseq.open(store.path, readahead=bad)

@@ -286,6 +286,19 @@ def test_commit_accepts_tables_readers_and_parquet_files(make_store, tmp_path):
 # ---------------------------------------------------------------------- cleanup
 
 
+@pytest.mark.parametrize("name", ["merged_reads", "readahead"])
+def test_read_settings_travel_with_the_handle_and_are_checked(small_store, name):
+    for setting in (True, False, "auto"):
+        handle = lateseq.open(small_store.path, **{name: setting})
+        assert getattr(pickle.loads(pickle.dumps(handle)), name) == setting
+        assert getattr(handle.checkout(1), name) == setting and getattr(handle.latest(), name) == setting
+    assert f"{name}=False" in repr(lateseq.open(small_store.path, **{name: False}))
+    assert getattr(lateseq.open(small_store.path), name) == "auto" and name not in repr(lateseq.open(small_store.path))
+    for bad in ("yes", 0, 1, None, "AUTO"):
+        with pytest.raises(lateseq.SchemaError, match=name):
+            lateseq.open(small_store.path, **{name: bad})
+
+
 def test_stores_sharing_a_cache_dir_never_clean_up_each_other(make_store, tmp_path):
     """One LATESEQ_CACHE_DIR for every store: each store's cleanup deletes what it no
     longer uses there, and only its own files."""

@@ -114,24 +114,26 @@ class Setting(str, Enum):
 _SETTING = {Setting.auto: "auto", Setting.always: True, Setting.never: False}
 
 
+def _setting_option(flag: str, text: str) -> Any:
+    """A global ``Setting`` option, also read from LATESEQ_<FLAG> (``--merged-reads``: LATESEQ_MERGED_READS)."""
+    return typer.Option(flag, envvar=f"LATESEQ_{flag[2:].upper().replace('-', '_')}", case_sensitive=False, help=text)
+
+
 @app.callback()
 def _global_options(
     cache_dir: Annotated[Path | None, typer.Option(
         envvar="LATESEQ_CACHE_DIR", show_default="STORE/cache",
-        help="Where decoded segments are kept for reading (e.g. local disk when STORE is shared or read-only).",
+        help="Where decoded segments are kept for reading, in a folder of the store's own (e.g. local disk "
+             "when STORE is shared or read-only; one such directory serves many stores).",
     )] = None,
-    merged_reads: Annotated[Setting, typer.Option(
-        "--merged-reads", envvar="LATESEQ_MERGED_READS", case_sensitive=False,
-        help="Read a version of many segments through merged copies built in the read cache (a local "
-             "compaction, once per version and host): always, never, or auto (once the reads of a "
-             "partition have cost about what its copy does).",
-    )] = Setting.auto,
-    readahead: Annotated[Setting, typer.Option(
-        "--readahead", envvar="LATESEQ_READAHEAD", case_sensitive=False,
-        help="Let the kernel read ahead of the store pages a read needs: always, never (for random reads of "
-             "a store bigger than memory), or auto (never when the version would take more than half of "
-             "this machine's memory).",
-    )] = Setting.auto,
+    merged_reads: Annotated[Setting, _setting_option(
+        "--merged-reads", "Read a version of many segments through merged copies built in the read cache (a "
+        "local compaction, once per version and host): always, never, or auto (once the reads of a partition "
+        "have cost about what its copy does).")] = Setting.auto,
+    readahead: Annotated[Setting, _setting_option(
+        "--readahead", "Let the kernel read ahead of the store pages a read needs: always, never (for random "
+        "reads of a store bigger than memory), or auto (never when the version would take more than half of "
+        "this machine's memory).")] = Setting.auto,
 ) -> None:
     _read_cache["dir"] = cache_dir
     _read_cache["merged"] = _SETTING[merged_reads]
