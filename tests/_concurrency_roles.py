@@ -658,7 +658,7 @@ def paused(point: str, path: str, cache: str | None, arrived, resume, out: str, 
         real_replace = os.replace
 
         def replace(src, dst, *args, **kwargs):
-            if os.path.basename(os.fspath(src)).startswith(".tmp-") and Path(dst).parent == Path(cache):
+            if os.path.basename(os.fspath(src)).startswith(".tmp-") and Path(cache) in Path(dst).parents:
                 stop_here()
             return real_replace(src, dst, *args, **kwargs)
 

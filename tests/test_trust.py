@@ -470,3 +470,15 @@ def test_a_handle_whose_version_was_cleaned_up_says_so_not_that_the_store_is_dam
     with pytest.raises(lateseq.VersionNotFound, match=f"version {reader.version} .* cleaned up.*still read it"):
         lateseq.materialize(reader, log, PROJECTION)
     assert same(lateseq.materialize(other, log, PROJECTION), output(other.path, log))  # nothing is damaged
+
+
+def test_cleanup_removes_the_temporaries_of_crashed_publishes_and_tags(store):
+    old = [store.path / "versions" / ".tmp-crashed-publish", store.path / "tags" / ".tmp-crashed-tag"]
+    young = store.path / "versions" / ".tmp-someone-publishing"
+    for path in [*old, young]:
+        path.write_bytes(b"{}")
+    for path in old:
+        os.utime(path, (0, 0))
+    store.cleanup(before=0, grace_s=3600)
+    assert not any(p.exists() for p in old) and young.exists()  # one younger than the grace may be under way
+    assert lateseq.open(store.path, "good").version < store.version

@@ -355,10 +355,11 @@ class Store:
             raise SchemaError(f"before must be a version number, got {before!r}")
         retired = self._log.retire_before(before)
         with self._log.deleting():
-            for folder in (self._log.versions_dir, self._log.tags_dir):  # crashed publishes and tags
-                for path in folder.glob(".tmp-*"):
-                    if older_than(path, grace_s):
-                        path.unlink(missing_ok=True)
+            with self._log.tagging():  # crashed publishes, retirements and tags: none is under way
+                for folder in (self._log.versions_dir, self._log.tags_dir):
+                    for path in folder.glob(".tmp-*"):
+                        if older_than(path, grace_s):
+                            path.unlink(missing_ok=True)
             referenced = self._log.referenced_segments()
             for path in (self.path / "segments").iterdir():
                 name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
@@ -526,6 +527,8 @@ def _own_cache(root: Path, store: Path) -> Path:
     LATESEQ_CACHE_DIR for all): cleanup deletes what its store no longer uses there, so
     no store may see another's files."""
     where = store.resolve()
+    if root.resolve() == where / "cache":  # the store's own read cache, named explicitly
+        return root
     return root / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
