@@ -231,14 +231,14 @@ def test_workers_share_what_auto_merged_reads_paid_for(world, tmp_path):
     worker processes each time): "auto" builds the merged copy once their reads together
     paid for it, not once each worker's did, and every epoch gives the oracle's sequences."""
     store, oracle, log, path = world
-    cache = tmp_path / "cache"
     projection = lateseq.Projection(MAX_LEN, COLUMNS)
-    plain = lateseq.open(store.path, 3, cache_dir=cache, merged_reads=False)
+    plain = lateseq.open(store.path, 3, cache_dir=tmp_path / "cache", merged_reads=False)
+    cache = plain.cache_dir  # the store's folder in it
     assert len(plain.segment_infos) == 3
     per_epoch = int(lateseq.materialize(plain, log, projection).offsets[-1])
     paid_after = -(-AUTO_MERGE_RENT * plain.num_events // per_epoch)  # epochs, the two workers together
     assert paid_after >= 3  # each worker alone would need about twice as many
-    ds = ExampleDataset(lateseq.open(store.path, 3, cache_dir=cache), path, projection, batch_size=10,
+    ds = ExampleDataset(lateseq.open(store.path, 3, cache_dir=tmp_path / "cache"), path, projection, batch_size=10,
                         block_rows=32, window_rows=64, shuffle=True, seed=1)
     for epoch in range(1, paid_after + 2):
         ds.set_epoch(epoch)
