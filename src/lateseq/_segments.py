@@ -106,12 +106,14 @@ class UserIndex:
 
 
 def _identity(path: Path | str) -> tuple[int, ...] | None:
-    """What tells one file at ``path`` from a replacement (None: no file)."""
+    """What tells one file at ``path`` from a replacement or a file written in place
+    (None: no file). The change time, not the modification time: a writer can set the
+    latter back, while the kernel moves the former on every write, and only it can."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class SegmentCache:
