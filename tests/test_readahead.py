@@ -106,3 +106,25 @@ def test_a_copy_decoded_again_after_damage_is_advised_too(store):
     assert not batch.rows_differ(expected).any()
     assert all(advised_random(c) for c in read_columns(handle))
 
+
+
+def test_a_map_stays_one_area_however_many_columns_are_read(make_store):
+    """Advice per column would split a map into an area per column, and a process may
+    hold only vm.max_map_count areas (65,530 by default): a few thousand open segments of
+    a wide store would exhaust it. The map is advised whole, the check's readahead undone."""
+    columns = {f"c{i:02d}": "int64" for i in range(16)}
+    store = make_store(columns)
+    rng = np.random.default_rng(1)
+    store = store.commit(pa.table({"user_id": rng.integers(0, 9, 2000), "ts": rng.integers(0, 10**6, 2000),
+                                   **{c: rng.integers(0, 1 << 40, 2000) for c in columns}}))
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(9), "request_ts": np.full(9, 10**6)}))
+    for ahead in (False, True):
+        handle = lateseq.open(store.path, readahead=ahead)
+        lateseq.materialize(handle, log, lateseq.Projection(50, tuple(list(columns)[::2])))  # every other column
+        (segment,) = handle.segments()
+        stored = list(segment._data.values())  # not .stored(): that would check (and advise) every column
+        first = min(c.ctypes.data for c in stored)
+        last = max(c.ctypes.data + c.nbytes for c in stored)
+        areas = [(start, end) for start, end, _ in random_read_flags() if start < last and end > first]
+        assert len(areas) == 1, (ahead, len(areas))
+        assert all(advised_random(c) != ahead for c in read_columns(handle))

@@ -32,6 +32,8 @@ page cache by all its processes.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import re
 import stat
@@ -350,12 +352,31 @@ def read_regular(path: Path) -> bytes:
         return f.read()
 
 
-def map_decoded(path: Path) -> dict[str, np.ndarray]:
+PAGE = mmap.PAGESIZE
+MADV_NORMAL = getattr(mmap, "MADV_NORMAL", None)  # None: not on this platform
+MADV_RANDOM = getattr(mmap, "MADV_RANDOM", None)
+MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def madvise(start: int, size: int, advice: int | None) -> None:
+    """``madvise`` on the pages of [start, start + size) of a map: a hint about how they
+    will be read, which changes no byte read."""
+    if advice is not None and size > 0:
+        first = start // PAGE * PAGE
+        _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(start + size - first), advice)
+
+
+def map_decoded(path: Path, random_access: bool = False) -> dict[str, np.ndarray]:
     """The columns of a decoded copy, memory-mapped (zero-copy); unchecked: readers
-    verify each column against its digest before use. Raises OSError or ArrowException
-    when the file is missing or not a readable IPC file."""
+    verify each column against its digest before use. ``random_access``: the whole map
+    without readahead (one advice for the map: advice per column would split it into an
+    area per column, and a process may hold only ``vm.max_map_count`` areas). Raises
+    OSError or ArrowException when the file is missing or not a readable IPC file."""
     if path.is_symlink():
         raise OSError(f"{path} is a symbolic link")
-    source = pa.memory_map(str(path), "r")
-    batch = pa.ipc.open_file(source).get_batch(0)
+    whole = pa.memory_map(str(path), "r").read_buffer()  # zero-copy: the map itself
+    if random_access:
+        madvise(whole.address, whole.size, MADV_RANDOM)
+    batch = pa.ipc.open_file(whole).get_batch(0)
     return {name: batch.column(name).to_numpy(zero_copy_only=True) for name in batch.schema.names}

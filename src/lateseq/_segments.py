@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -22,6 +20,9 @@ from ._format import (
     decode_segment,
     decode_values,
     decoded_file,
+    MADV_NORMAL,
+    MADV_RANDOM,
+    madvise,
     map_decoded,
     read_index,
 )
@@ -30,21 +31,6 @@ from ._schema import Schema
 
 # what reading a missing, truncated or garbled decoded copy raises
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
-
-PAGE = mmap.PAGESIZE
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def madvise(start: int, size: int, advice: int | None) -> None:
-    """``madvise`` on the pages of [start, start + size) of a map: a hint about how they
-    will be read, which changes no byte read (``advice`` None: not on this platform)."""
-    if advice is not None and size > 0:
-        first = start // PAGE * PAGE
-        _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(start + size - first), advice)
-
-
-MADV_RANDOM = getattr(mmap, "MADV_RANDOM", None)
-MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
 
 
 @contextmanager
@@ -65,7 +51,7 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
         os.close(lock)
 
 
-def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
+def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
                  damaged: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """Decodes a segment into ``cache`` and maps it, one process at a time (``cache_lock``).
     ``damaged`` is the identity of a copy that failed verification: it is decoded again
@@ -74,11 +60,11 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path,
     with cache_lock(cache, f".tmp-lock-{info.name}"):
         if damaged is None or _identity(path) != damaged:
             try:
-                return map_decoded(path)  # decoded while we waited
+                return map_decoded(path, random_access)  # decoded while we waited
             except UNREADABLE:
                 pass
         decode_segment(directory, info, cache)
-        return map_decoded(path)
+        return map_decoded(path, random_access)
 
 
 class UserIndex:
@@ -178,10 +164,10 @@ class Segment:
 
     Each column is checked against its digest the first time it is read; a damaged
     decoded copy is decoded again from the durable files, once, and checked again. With
-    ``random_access``, a checked column's pages are read without the kernel's readahead
-    (``MADV_RANDOM``): histories read at random from a store bigger than memory would
-    otherwise pull in up to ``read_ahead_kb`` (8 MB on some cloud disks) per page fault.
-    The check itself reads the column whole, with readahead.
+    ``random_access``, the map is read without the kernel's readahead (``MADV_RANDOM``):
+    histories read at random from a store bigger than memory would otherwise pull in up
+    to ``read_ahead_kb`` (8 MB on some cloud disks) per page fault. The check reads a
+    column whole, with readahead for that while.
     """
 
     def __init__(self, directory: Path, info: SegmentInfo, cache: Path, random_access: bool = False):
@@ -193,9 +179,9 @@ class Segment:
         self.sources: tuple[str, ...] = (info.name,)  # the store segments it holds (a derived copy: several)
         self.user_ids, self.ends = read_index(directory, info)
         try:
-            self._data = map_decoded(self.path)
+            self._data = map_decoded(self.path, random_access)
         except UNREADABLE:  # not decoded here yet, or a truncated copy
-            self._data = _decode_once(directory, info, cache)
+            self._data = _decode_once(directory, info, cache, random_access)
         self.identity = _identity(self.path)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
@@ -215,28 +201,30 @@ class Segment:
             if name in self._verified:
                 return
             if self._sound(name):
-                self._checked(name)
+                self._verified.add(name)
                 return
             # the decoded copy is damaged: decode it again and check everything anew
-            self._data = _decode_once(self._directory, self.info, self._cache, damaged=self.identity)
+            self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
+                                      damaged=self.identity)
             self.identity = _identity(self.path)
             self._verified.clear()
             if not self._sound(name):
                 raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "
                                  f"digest for column {name!r} even after decoding it again; is another "
                                  "process writing into the read cache?")
-            self._checked(name)
-
-    def _checked(self, name: str) -> None:
-        self._verified.add(name)
-        column = self._data[name]
-        if self.random_access:
-            madvise(column.ctypes.data, column.nbytes, MADV_RANDOM)
+            self._verified.add(name)
 
     def _sound(self, name: str) -> bool:
         if name not in self.info.decoded:
             raise StoreError(f"segment {self.info.name} has no column {name!r}")
-        return self.info.column_sound(name, self._data.get(name))
+        column = self._data.get(name)
+        if not self.random_access or column is None:
+            return self.info.column_sound(name, column)
+        madvise(column.ctypes.data, column.nbytes, MADV_NORMAL)  # read whole: with readahead
+        try:
+            return self.info.column_sound(name, column)
+        finally:  # like the rest of the map again, which the kernel then keeps as one area
+            madvise(column.ctypes.data, column.nbytes, MADV_RANDOM)
 
     def changed(self) -> bool:
         """Whether the decoded file on disk is no longer the one this segment checked."""

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
 from ._errors import PointerError, SchemaError
-from ._format import TIME
+from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch
 from ._loader import _open_parquet
 from ._materialize import materialize
@@ -41,7 +41,6 @@ from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
 from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
-from ._segments import MADV_WILLNEED, PAGE, madvise
 from ._store import Store
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "rebatch"]
