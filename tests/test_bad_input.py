@@ -300,3 +300,16 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     with pytest.raises(lateseq.StoreError, match="is inside the store"):
         lateseq.create(store.path / "versions" / "nested", lateseq.Schema({"item": "int64"}))
     assert not (store.path / "versions" / "nested").exists()
+
+
+def test_user_ids_in_every_form_users_hold_them(store):
+    """Categoricals (dictionary arrays), scalars, byte-swapped arrays, pandas nullable
+    integers: the ids they hold, as before the checks."""
+    pd = pytest.importorskip("pandas")
+    requests = pa.table({"user_id": pa.array([1, 2, 1]).dictionary_encode(), "request_ts": [30, 30, 30]})
+    plain = pa.table({"user_id": [1, 2, 1], "request_ts": [30, 30, 30]})
+    assert lateseq.log_examples(store, requests).equals(lateseq.log_examples(store, plain))
+    assert lateseq.make_pointers(store, np.array([1, 2], ">i8"), [30, 30]).equals(
+        lateseq.make_pointers(store, pd.Series([1, 2], dtype="Int64"), [30, 30]))
+    assert 1 in store.delete(1).deleted_users()
+    assert 2 in store.delete(pd.Categorical([2])).deleted_users()

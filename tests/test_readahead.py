@@ -128,3 +128,16 @@ def test_a_map_stays_one_area_however_many_columns_are_read(make_store):
         areas = [(start, end) for start, end, _ in random_read_flags() if start < last and end > first]
         assert len(areas) == 1, (ahead, len(areas))
         assert all(advised_random(c) != ahead for c in read_columns(handle))
+
+
+def test_auto_decides_again_for_each_handle_of_a_growing_store(store, monkeypatch):
+    """A lineage of handles starts small (create, then commits): a handle on a version
+    past half the memory reads at random however its lineage began."""
+    monkeypatch.setattr(_store, "_physical_memory", lambda: 10**15)
+    small = lateseq.open(store.path, 1)
+    lateseq.materialize(small, examples(small), PROJECTION)
+    assert not any(advised_random(c) for c in read_columns(small))
+    monkeypatch.setattr(_store, "_physical_memory", lambda: 1000)  # the store outgrew the machine
+    grown = small.latest()
+    lateseq.materialize(grown, examples(grown), PROJECTION)
+    assert all(advised_random(c) for c in read_columns(grown))

@@ -299,6 +299,13 @@ def test_read_settings_travel_with_the_handle_and_are_checked(small_store, name)
             lateseq.open(small_store.path, **{name: bad})
 
 
+def test_a_cache_dir_inside_the_store_is_refused_but_its_own_cache(small_store):
+    for inside in ("segments", "versions", "."):
+        with pytest.raises(lateseq.SchemaError, match="is inside the store"):
+            lateseq.open(small_store.path, cache_dir=small_store.path / inside)
+    assert lateseq.open(small_store.path, cache_dir=small_store.path / "cache").cache_dir == small_store.path / "cache"
+
+
 def test_stores_sharing_a_cache_dir_never_clean_up_each_other(make_store, tmp_path):
     """One LATESEQ_CACHE_DIR for every store: each store's cleanup deletes what it no
     longer uses there, and only its own files."""

@@ -750,6 +750,12 @@ def test_a_field_that_makes_no_projection_hides_no_other_problem(tmp_path, field
     assert "unknown columns ['nope']" in message and message.count("tenant 'many'") == 2, message
 
 
+def test_a_dropped_field_raises_no_follow_on_problem(tmp_path):
+    path = write_config(tmp_path, '[tenants.t]\nmax_len = 5\ncolumns = ["ts", 5]\ntransforms = {ts = "age"}\n')
+    with pytest.raises(SchemaError, match=r"1 problem\(s\):\n.*'columns' must be a list of names"):
+        lateseq.load_tenants(path, CONFIG_SCHEMA)
+
+
 def test_check_tenants_collects_problems_across_tenants():
     tenants = {
         "fine": Projection(5, ("item_id",), window="1d", where=Filter("action", isin=[1])),

@@ -488,3 +488,29 @@ def test_cleanup_removes_the_temporaries_of_crashed_publishes_and_tags(store):
     store.cleanup(before=0, grace_s=3600)
     assert not any(p.exists() for p in old) and young.exists()  # one younger than the grace may be under way
     assert lateseq.open(store.path, "good").version < store.version
+
+
+def test_a_tag_untagged_while_tags_are_listed_is_no_damage(store, monkeypatch):
+    store.tag("going", store.version - 1)
+    real = lateseq._versions.load_checked
+
+    def untagged_meanwhile(path):
+        if path.name == "going.json":
+            store.untag("going")  # another process, between the listing and the read
+        return real(path)
+
+    monkeypatch.setattr(lateseq._versions, "load_checked", untagged_meanwhile)
+    assert "going" not in store.tags() and "good" in store.tags()
+
+
+def test_a_damaged_file_of_a_cleaned_up_version_is_called_damaged(store):
+    """A retired version's segment that the latest still uses, damaged: restore it (a
+    retirement is not what is wrong)."""
+    store.untag("good")
+    reader = lateseq.open(store.path, store.version - 1)  # the compaction, which the latest builds on
+    store.cleanup(before=store.version, grace_s=0)
+    shared = {i.name for i in reader.segment_infos} & {i.name for i in store.segment_infos}
+    flip(store.path / "segments" / f"{min(shared)}.index.arrow", 40)
+    with pytest.raises(lateseq.StoreError, match="damaged") as info:
+        reader.segments()
+    assert not isinstance(info.value, lateseq.VersionNotFound)

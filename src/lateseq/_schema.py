@@ -253,11 +253,15 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     """``values`` as int64 user ids. Raises SchemaError, naming ``what``, unless every
     one is an integer that fits: a float, a string or a wrapped uint64 names another user."""
     try:
-        array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
+        array = _arrow_ids(values, what)
+    except SchemaError:
+        raise
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise SchemaError(f"{what} must be integer user ids: {exc}") from exc
     if len(array) == 0:
         return np.empty(0, np.int64)
+    if pa.types.is_dictionary(array.type):  # a categorical column of ids
+        array = array.cast(array.type.value_type)
     if not pa.types.is_integer(array.type):
         raise SchemaError(f"{what} must be integer user ids, not {array.type}")
     if array.null_count:
@@ -266,6 +270,19 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
         return pc.cast(array, pa.int64(), safe=True).to_numpy()
     except pa.ArrowInvalid as exc:
         raise SchemaError(f"{what} holds ids that do not fit int64: {exc}") from exc
+
+
+def _arrow_ids(values: Any, what: str) -> pa.Array | pa.ChunkedArray:
+    """``values`` as Arrow: lists and pandas objects as Arrow reads them (their nulls
+    stay nulls), anything else through numpy (tensors, scalars, byte-swapped arrays)."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    if isinstance(values, list | tuple | range) or type(values).__module__.split(".")[0] == "pandas":
+        return pa.array(values)
+    raw = np.atleast_1d(np.asarray(values))
+    if raw.ndim != 1:
+        raise SchemaError(f"{what} must be one-dimensional, not of shape {raw.shape}")
+    return pa.array(raw if raw.dtype.isnative else raw.astype(raw.dtype.newbyteorder("=")))
 
 
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:

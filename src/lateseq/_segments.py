@@ -137,6 +137,13 @@ class SegmentCache:
                 self._open.popitem(last=False)
         return segment
 
+    def read_at_random(self) -> None:
+        """``random_access`` from now on, for the segments open already too."""
+        with self._lock:
+            self.random_access = True
+            for segment in self._open.values():
+                segment.read_at_random()
+
     def derived(self, name: str, build: Callable[[], Segment]) -> Segment:
         """A segment made from others (a merged copy, checked whole when built or opened):
         kept with the open segments, and built or opened by ``build`` when not open yet or
@@ -185,6 +192,13 @@ class Segment:
         self.identity = _identity(self.path)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
+
+    def read_at_random(self) -> None:
+        """Turns ``random_access`` on for an open segment: its columns' span is advised."""
+        columns = list(self._data.values())
+        first = min((c.ctypes.data for c in columns), default=0)
+        madvise(first, max((c.ctypes.data + c.nbytes for c in columns), default=0) - first, MADV_RANDOM)
+        self.random_access = True
 
     @cached_property
     def starts(self) -> np.ndarray:

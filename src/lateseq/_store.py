@@ -85,6 +85,9 @@ class Store:
         self.path = Path(path)
         self._cache_root = None if cache_dir is None else Path(cache_dir)
         self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(Path(cache_dir), self.path)
+        if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
+                ).is_relative_to(self.path.resolve() / "cache"):
+            raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         schema_file = self.path / "schema.json"
@@ -103,8 +106,9 @@ class Store:
         self._merged: set[int] = set()  # partitions read through their merged copy
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
         self.num_events: int = manifest["events"]
-        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir,
-                                                   random_access=not self._reads_ahead())
+        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
+        if not self._reads_ahead() and not self._segments.random_access:
+            self._segments.read_at_random()  # the lineage's first handles saw a smaller store
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
 
@@ -412,6 +416,8 @@ class Store:
         try:
             return [self._segments.get(i) for i in infos]
         except StoreError as exc:
+            if not isinstance(exc.__cause__, FileNotFoundError):  # damaged, not gone: restore it
+                raise
             try:  # a missing file of a version cleaned up since this handle opened it is no damage
                 self._log.manifest(self.version)
             except VersionNotFound as gone:
@@ -533,4 +539,11 @@ def _own_cache(root: Path, store: Path) -> Path:
 
 
 def _physical_memory() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """This machine's memory, or the container's where a cgroup limits it to less."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v2, v1
+        try:
+            memory = min(memory, int(Path(limit).read_text()))
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+    return memory

@@ -100,6 +100,8 @@ def _sound_part(spec: Any) -> Projection | None:
         return True
 
     kept = {key: value for key, value in spec.items() if key in _FIELDS and sound({key: value})}
+    if any(key in spec and key not in kept for key in ("columns", "feature_groups")):
+        kept.pop("transforms", None)  # they name columns the dropped field may have read
     return _projection({"max_len": 1, **kept}) if sound(kept) else None
 
 

@@ -186,7 +186,12 @@ class VersionLog:
         for path in sorted(self.tags_dir.glob("*.json")):
             name = path.name[:-5]
             if _TAG_NAME.fullmatch(name):
-                out[name] = load_checked(path)["version"]
+                try:
+                    out[name] = load_checked(path)["version"]
+                except StoreError:
+                    if path.exists() or path.is_symlink():
+                        raise
+                    # untagged since the listing: not a tag any more
         return out
 
     def tags_of(self, name: str) -> int:
@@ -199,13 +204,15 @@ class VersionLog:
         write_durably(self.tags_dir / f"{check_tag_name(name)}.json", dump_checked({"version": version}))
 
     def untag(self, name: str) -> None:
-        try:
-            (self.tags_dir / f"{check_tag_name(name)}.json").unlink()
-        except FileNotFoundError as exc:
-            raise VersionNotFound(f"no tag {name!r} in {self.root}") from exc
-        except OSError as exc:
-            raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
-        fsync_dir(self.tags_dir)
+        path = self.tags_dir / f"{check_tag_name(name)}.json"
+        with self.tagging():
+            try:
+                path.unlink()
+            except FileNotFoundError as exc:
+                raise VersionNotFound(f"no tag {name!r} in {self.root}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
+            fsync_dir(self.tags_dir)
 
     # ------------------------------------------------------------ publishing and cleanup
 
