@@ -71,7 +71,8 @@ class Store:
     would read up to the disk's ``read_ahead_kb``, 8 MB on some cloud disks, for a few
     KB used); a store that stays in the page cache wants it on (its first pass reads it
     in large requests). ``"auto"`` (the default) turns it off when the version's mapped
-    columns would take more than half of this machine's memory.
+    columns would take more than half of this machine's memory (or its cgroup's limit),
+    for each handle: the first handles of a store that grew keep their maps, advised anew.
     """
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
