@@ -156,7 +156,8 @@ def test_numpy_integers_are_integers(store):
     assert numpy == plain and type(numpy.max_len) is int and type(numpy.window) is int
     assert lateseq.Filter("item", any_bits=np.uint64(3)).any_bits == 3
     examples = examples_for(store)
-    assert not lateseq.materialize(store, examples, numpy).rows_differ(lateseq.materialize(store, examples, plain)).any()
+    batch = lateseq.materialize(store, examples, numpy)
+    assert not batch.rows_differ(lateseq.materialize(store, examples, plain)).any()
 
 
 def examples_for(store: lateseq.Store) -> pa.Table:

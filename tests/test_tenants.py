@@ -738,8 +738,8 @@ def test_every_problem_of_one_tenant_is_listed(tmp_path):
     assert "columns" in message and "window" in message, message
 
 
-@pytest.mark.parametrize("fields", ['max_len = 5\nwindow = "3w"', "max_len = 0", 'max_len = 5\nwhere = {column = "dwell"}',
-                                    "max_len = 5\nsizes = 3"])
+@pytest.mark.parametrize("fields", ['max_len = 5\nwindow = "3w"', "max_len = 0",
+                                    'max_len = 5\nwhere = {column = "dwell"}', "max_len = 5\nsizes = 3"])
 def test_a_field_that_makes_no_projection_hides_no_other_problem(tmp_path, fields):
     """One field that cannot be read at all (a bad window, max_len, filter, an unknown
     field) is listed with the schema problems of the tenant's other fields."""

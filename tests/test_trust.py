@@ -358,7 +358,8 @@ def test_a_truncated_json_file_is_called_damaged_not_old(store):
 @pytest.mark.parametrize("name", ["index", "manifest", "tag"])
 def test_a_store_file_made_a_folder_is_named_and_leaks_nothing(store, log, name):
     files = {"index": store.path / "segments" / f"{store.segment_infos[0].name}.index.arrow",
-             "manifest": store.path / "versions" / f"{store.version:08d}.json", "tag": store.path / "tags" / "good.json"}
+             "manifest": store.path / "versions" / f"{store.version:08d}.json",
+             "tag": store.path / "tags" / "good.json"}
     path = files[name]
     path.unlink()
     path.mkdir()
@@ -437,7 +438,7 @@ def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
         damaged = bytearray(good)
         damaged[at] ^= 0x04
         bad.write_bytes(bytes(damaged))
-        if at in count_at and row_counts(bad) not in (None, row_counts(path)):  # every reader (Ray's plans by them) refuses
+        if at in count_at and row_counts(bad) not in (None, row_counts(path)):  # every reader refuses (Ray's too)
             with pytest.raises(lateseq.SchemaError, match="row counts disagree"):
                 _open_parquet(bad)
         for reader, got in example_log_reads(store, bad).items():

@@ -16,12 +16,12 @@ import pyarrow as pa
 
 from ._errors import StoreError
 from ._format import (
+    MADV_NORMAL,
+    MADV_RANDOM,
     SegmentInfo,
     decode_segment,
     decode_values,
     decoded_file,
-    MADV_NORMAL,
-    MADV_RANDOM,
     madvise,
     map_decoded,
     read_index,
@@ -111,10 +111,10 @@ class SegmentCache:
     file's space returns when it is unmapped).
     """
 
-    def __init__(self, directory: Path, cache: Path, size: int = 4096, *, random_access: bool = False):
+    def __init__(self, directory: Path, cache: Path, size: int = 4096):
         self.directory = directory
         self.cache = cache
-        self.random_access = random_access  # see ``Segment``
+        self.random_access = False  # see ``Segment``; turned on by ``read_at_random``
         self._size = size
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
