@@ -451,18 +451,19 @@ def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
 def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):
     """Tagging checks that its version is kept, then writes the tag; a cleanup retiring in
     between would leave a tag naming a deleted version. Retirement waits for the tagger."""
-    real_tag = lateseq._versions.VersionLog.tag
+    real_write = lateseq._versions.write_durably
     cleaner = []
 
-    def tag_while_cleanup_runs(self, name, version):
-        cleaner.append(threading.Thread(target=lambda: lateseq.open(store.path).cleanup(
-            before=store.version, grace_s=0)))
-        cleaner[0].start()
-        cleaner[0].join(0.5)
-        assert cleaner[0].is_alive()  # waiting for this tag, not retiring the version under it
-        real_tag(self, name, version)
+    def tag_while_cleanup_runs(path, data):
+        if path.name == "pinned.json":  # the tag, checked kept, about to be written
+            cleaner.append(threading.Thread(target=lambda: lateseq.open(store.path).cleanup(
+                before=store.version, grace_s=0)))
+            cleaner[0].start()
+            cleaner[0].join(0.5)
+            assert cleaner[0].is_alive()  # waiting for this tag, not retiring the version under it
+        real_write(path, data)
 
-    monkeypatch.setattr(lateseq._versions.VersionLog, "tag", tag_while_cleanup_runs)
+    monkeypatch.setattr(lateseq._versions, "write_durably", tag_while_cleanup_runs)
     old = store.version - 1
     store.tag("pinned", old)
     cleaner[0].join()

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._errors import StoreError
 from ._events import Events
-from ._format import TIME, SegmentInfo, decoded_file, put_in_place, write_unpacked_segment
+from ._format import TIME, SegmentInfo, decoded_file, put_in_place, temporary_path, write_unpacked_segment
 from ._kernels import remap_ranges
 from ._locate import PartitionView
 from ._merge import merge_segments
@@ -175,7 +175,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
             pass  # not built on this host yet, or damaged: build it (again)
         info = write_unpacked_segment(folder, name, partition, events())
         sidecar = _sidecar(folder, name)
-        tmp = sidecar.with_name(f".tmp-{os.getpid()}-{sidecar.name}")
+        tmp = temporary_path(sidecar)
         tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         put_in_place(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
         return _open_checked(folder, name, key, random_access)

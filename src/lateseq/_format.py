@@ -32,6 +32,7 @@ page cache by all its processes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -39,6 +40,7 @@ import re
 import stat
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,6 +306,18 @@ def temporary_path(path: Path) -> Path:
     """A name no other process writes to, renamed into place when complete: readers
     never see half a file, and two processes decoding the same segment cannot mix."""
     return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary to write ``path``'s new content to, renamed over ``path`` when the block
+    ends without error (all or nothing at ``path``), removed otherwise."""
+    tmp = temporary_path(Path(path))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_file(path: Path, data: pa.Buffer) -> int:

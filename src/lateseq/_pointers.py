@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError
 from ._events import partition_of
-from ._format import temporary_path
+from ._format import replaced_when_written
 from ._kernels import Visibility
 from ._schema import Schema, as_user_ids
 from ._store import Store
@@ -167,12 +167,8 @@ def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None =
     check: a damaged request time or label is an error, not a silently shifted window
     (the pointer checksum covers the history, not the log's other bytes). All or nothing
     at ``path``, which must not be inside ``store``."""
-    tmp = temporary_path(_outside(store, path))
-    try:
+    with replaced_when_written(_outside(store, path)) as tmp:
         pq.write_table(examples, tmp, write_page_checksum=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _outside(store: Store | None, path: str | os.PathLike) -> Path:
@@ -205,15 +201,11 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
               for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
     meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
-    tmp = temporary_path(_outside(store, path))  # all or nothing at ``path``
-    try:
+    with replaced_when_written(_outside(store, path)) as tmp:
         with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
             for _, a, b in groups:
                 writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata),
                                    row_group_size=b - a)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def row_group_partitions(metadata: dict[bytes, bytes] | None, partitions: int, name: str) -> tuple[int, ...]:

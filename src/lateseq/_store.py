@@ -21,6 +21,7 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -191,11 +192,10 @@ class Store:
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Names a version (this handle's by default); a tagged version is never cleaned up."""
-        with self._log.tagging():  # cleanup retires holding it too: a version kept here stays kept
-            number = self._log.resolve(self.version if version is None else version)
-            if number == 0:
-                raise VersionNotFound("the empty store has no version to tag; commit first")
-            self._log.tag(name, number)
+        number = self._log.resolve(self.version if version is None else version)
+        if number == 0:
+            raise VersionNotFound("the empty store has no version to tag; commit first")
+        self._log.tag(name, number)
 
     def untag(self, name: str) -> None:
         self._log.untag(name)
@@ -539,6 +539,7 @@ def _own_cache(root: Path, store: Path) -> Path:
     return root / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
+@functools.cache
 def _physical_memory() -> int:
     """This machine's memory, or the container's where a cgroup limits it to less."""
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

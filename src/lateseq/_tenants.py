@@ -92,17 +92,16 @@ def _sound_part(spec: Any) -> Projection | None:
     if not isinstance(spec, dict):
         return None
 
-    def sound(fields: dict) -> bool:
+    def attempt(fields: dict) -> Projection | None:
         try:
-            _projection({"max_len": 1, **fields})
+            return _projection({"max_len": 1, **fields})
         except SchemaError:
-            return False
-        return True
+            return None
 
-    kept = {key: value for key, value in spec.items() if key in _FIELDS and sound({key: value})}
+    kept = {key: value for key, value in spec.items() if key in _FIELDS and attempt({key: value}) is not None}
     if any(key in spec and key not in kept for key in ("columns", "feature_groups")):
         kept.pop("transforms", None)  # they name columns the dropped field may have read
-    return _projection({"max_len": 1, **kept}) if sound(kept) else None
+    return attempt(kept)
 
 
 def _projection(spec: Any) -> Projection:

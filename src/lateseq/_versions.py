@@ -201,7 +201,10 @@ class VersionLog:
         return load_checked(path)["version"]
 
     def tag(self, name: str, version: int) -> None:
-        write_durably(self.tags_dir / f"{check_tag_name(name)}.json", dump_checked({"version": version}))
+        path = self.tags_dir / f"{check_tag_name(name)}.json"
+        with self.tagging():  # retirement holds it too: a version kept here stays kept
+            self.manifest(version)  # VersionNotFound when it was retired before the lock
+            write_durably(path, dump_checked({"version": version}))
 
     def untag(self, name: str) -> None:
         path = self.tags_dir / f"{check_tag_name(name)}.json"

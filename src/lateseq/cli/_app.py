@@ -14,8 +14,7 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +43,7 @@ from lateseq import (
     load_tenants,
     log_examples,
 )
+from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._pointers import write_log
 
@@ -209,17 +209,6 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
 def _outside_store(out: Path, option: str, store: Path) -> None:
     if out.resolve().is_relative_to(store.resolve()):
         raise FileExistsError(f"{option} {out} is inside the store {store}; write it elsewhere")
-
-
-def _write_atomically(out: Path, write: Callable[[Path], object]) -> None:
-    """``write`` to a temporary file beside ``out``, then renamed over it: a reader sees
-    the old file or the whole new one, and a failed run leaves no partial output."""
-    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class TimeUnit(str, Enum):
@@ -399,7 +388,7 @@ def pointers(
     table = _read_parquet(requests, "requests")
     handle = _open(store, version)
     examples = log_examples(handle, table)
-    _write_atomically(out, lambda tmp: write_log(examples, tmp))
+    write_log(examples, out)
     _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
                highlight=False)
 
@@ -514,7 +503,7 @@ def strip(
     if not is_two_tier(log):
         raise SchemaError(f"{examples} holds plain pointers, no online tails to strip")
     stripped, count = strip_tails(_open(store), log, drop_deleted)
-    _write_atomically(out, lambda tmp: write_log(stripped, tmp))
+    write_log(stripped, out)
     _err.print(f"stripped {count:,} of {log.num_rows:,} tails; {out} is "
                f"{out.stat().st_size:,} bytes (was {examples.stat().st_size:,})", highlight=False)
 
@@ -639,7 +628,8 @@ def simulate(
                  f"{result['log_bytes_per_example_stripped']:.1f} after stripping {result['tails_stripped']:,}",
                  highlight=False)
     if json_path is not None:
-        _write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+        with replaced_when_written(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
     if result["streaming_match_rate"] < 1 or result["batch_match_rate"] < 1 or result["leaked_events"]:
         _fail("lateseq did not rebuild every example exactly")
 
