@@ -31,6 +31,10 @@ action, ts), histories of at most N events:
   readahead off (``MADV_RANDOM``), as "auto" has it for a store bigger than half the
   memory: bytes read are the pages the loader needs, each read on its fault.
   *epoch-no-readahead*, *batch-readahead*: the same with the other setting.
+- **pipeline**: prefetch with a trainer. One process, warm, the cold sample shuffled; after
+  each batch the consumer sleeps for as long as making a batch takes alone (a GPU step
+  waits without the GIL; equal times are where a pipeline gains most, up to 2x);
+  examples/s and the share of time the trainer waited for batches, prefetch off and on.
 - **co-partitioning**: a store of the same events in 8 user-hash partitions, the cold
   sample's example log written plain and co-partitioned (``lateseq.copartition_log``); 2
   and 4 ranks, each standing for a host: its page cache dropped, it reads its share
@@ -71,7 +75,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import lateseq
 from lateseq._sampling import WINDOW_ROWS
-from lateseq.torch import Batch, ExampleDataset, _tensor
+from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _tensor
 from materialize import disk_read_bytes, evict, load_average, machine, resident_bytes
 from workload import (
     BATCH,
@@ -330,6 +334,35 @@ def measure_cold(built: dict, repeat: int) -> dict:
     return out
 
 
+def measure_pipeline(built: dict, repeat: int) -> dict:
+    """Prefetch with a trainer: after each batch the consumer takes a step as long as
+    lateseq takes to make a batch (a sleep: a GPU step waits without the GIL), warm,
+    one process; the trainer's wait (``LoaderMetrics.watch``) with prefetch off and on."""
+    out = {}
+    for n in NS:
+        projection = lateseq.Projection(n, COLUMNS)
+
+        def loader(prefetch: bool, projection=projection) -> ExampleDataset:
+            return ExampleDataset(built["store"], built["cold_path"], projection, batch_size=BATCH, shuffle=True,
+                                  seed=1, prefetch=prefetch)
+
+        made = best(repeat, lambda: drain(loader(False)))
+        step = made.seconds / -(-made.examples // BATCH)
+        at = out[str(n)] = {"step_s": step, "making_ex_s": made.ex_s}
+        for prefetch in (False, True):
+            def run(prefetch=prefetch) -> tuple[float, LoaderMetrics]:
+                metrics = LoaderMetrics()
+                start = time.perf_counter()
+                for _ in metrics.watch(loader(prefetch)):
+                    time.sleep(step)
+                return time.perf_counter() - start, metrics
+            seconds, metrics = min((run() for _ in range(repeat)), key=lambda r: r[0])
+            at["on" if prefetch else "off"] = {"ex_s": metrics.examples / seconds, "seconds": seconds,
+                                               "waited_share": metrics.waited_s / seconds}
+        at["on_vs_off"] = at["on"]["ex_s"] / at["off"]["ex_s"]
+    return out
+
+
 def measure_copartition(built: dict, root: Path) -> list[dict]:
     """Co-partitioning, cold, for each number of ``HOSTS``: each rank (a host of its own,
     its page cache dropped before its pass) reads its share of the cold sample's examples,
@@ -487,6 +520,13 @@ def markdown(results: dict) -> str:
                 for n, at in results["cold"].items() for config, e in at[mode].items()]
         lines += _table(f"{title}; one process, shuffled, {results['cold_examples']:,} examples",
                         ["N", "config", "ex/s", "read from disk", "ex/s vs all off", "read vs all off"], rows)
+    rows = [[n, f"{at['step_s'] * 1e3:.2f} ms", f"{at['making_ex_s']:,.0f}",
+             *(x for side in ("off", "on") for x in (f"{at[side]['ex_s']:,.0f}", f"{at[side]['waited_share']:.0%}")),
+             f"{at['on_vs_off']:.2f}×"] for n, at in results["pipeline"].items()]
+    lines += _table("prefetch with a trainer: a step per batch as long as making one (a sleep, as a GPU step "
+                    f"holds no GIL), warm, one process, {results['cold_examples']:,} examples",
+                    ["N", "step per batch", "making alone ex/s", "prefetch off ex/s", "trainer waited",
+                     "prefetch on ex/s", "trainer waited", "on ÷ off"], rows)
     cops = results["copartition"]
     rows = [[str(cop["hosts"]), n, config, f"{e['examples']:,}", _mb(int(e["disk_read_bytes_per_host"])),
              f"{e['ex_s_per_host']:,.0f}",
@@ -551,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"a uniform sample of requests of {work.requests.num_rows:,} examples")
         for name, measure in (("loader", lambda: measure_loaders(built, repeat)),
                               ("cold", lambda: measure_cold(built, repeat)),
+                              ("pipeline", lambda: measure_pipeline(built, repeat)),
                               ("copartition", lambda: measure_copartition(built, workdir)),
                               ("ray", lambda: measure_ray(built, results["loader"]))):
             print(f"{name} ...", flush=True)

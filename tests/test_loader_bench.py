@@ -34,6 +34,9 @@ def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
             for entry in configs.values():  # the batch modes time the first batches only
                 assert entry["examples"] == r["cold_examples"] if mode.startswith("epoch") else entry["examples"] > 0
                 assert entry["resident_after_drop"] is None or entry["resident_after_drop"] < 0.5
+        pipeline = r["pipeline"][n]  # prefetch with a trainer's step
+        assert pipeline["step_s"] > 0 and all(0 <= pipeline[c]["waited_share"] <= 1 for c in ("on", "off"))
+        assert "prefetch with a trainer" in done.stdout
         # co-partitioning on and off: every example once across the ranks, each rank's pass timed cold
         assert [cop["hosts"] for cop in r["copartition"]] == [2, 4]
         for hosts in r["copartition"]:

@@ -4,10 +4,14 @@ spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batc
 from __future__ import annotations
 
 import mmap
+import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -105,23 +109,44 @@ def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(
     assert np.array_equal(in_log_order, np.arange(log.num_rows)) != shuffle
     assert ds.metrics.batches == len(batches) and ds.metrics.examples == log.num_rows
     assert ds.metrics.examples_per_s > 0 and 0 < ds.metrics.materialize_s < ds.metrics.busy_s
+    assert ds.metrics.history_bytes == sum(v.nbytes for b in batches for v in b.values.values())
+    assert ds.metrics.waited_s >= ds.metrics.busy_s * 0.5  # no prefetch: the consumer waits while each is made
 
 
-@pytest.mark.parametrize("source, num_workers", [("path", 0), ("table", 0), ("path", 2)])
-def test_prefetch_changes_nothing_but_asks_the_kernel_for_the_next_histories(world, source, num_workers,
-                                                                              monkeypatch):
-    _, oracle, log, _ = world
+@pytest.mark.parametrize("source, num_workers, readahead", [("path", 0, False), ("table", 0, True),
+                                                              ("path", 2, False)])
+def test_prefetch_makes_the_next_batch_ahead_and_changes_nothing(world, source, num_workers, readahead,
+                                                                  monkeypatch):
+    store, oracle, log, path = world
+    store = lateseq.open(store.path, readahead=readahead)  # without readahead, the loader asks for pages itself
     options = {"shuffle": True, "affinity": True, "seed": 2, "batch_size": 9}
-    plain = list(DataLoader(dataset(world, source, **options), batch_size=None, num_workers=num_workers))
-    hints = []
-    real = lateseq.torch._will_need
-    monkeypatch.setattr(lateseq.torch, "_will_need", lambda *a: hints.append(len(a[1])) or real(*a))
-    ahead = list(DataLoader(dataset(world, source, prefetch=True, **options), batch_size=None,
-                            num_workers=num_workers))
+
+    def batches(prefetch: bool) -> list[Batch]:
+        ds = ExampleDataset(store, path if source == "path" else log, lateseq.Projection(MAX_LEN, COLUMNS),
+                            prefetch=prefetch, **options)
+        return list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+
+    plain = batches(False)
+    hints, made_in = [], []
+    real_hint, real_materialize = lateseq.torch._will_need, lateseq.torch.materialize
+    monkeypatch.setattr(lateseq.torch, "_will_need", lambda *a: hints.append(len(a[1])) or real_hint(*a))
+    monkeypatch.setattr(lateseq.torch, "materialize",
+                        lambda *a, **k: made_in.append(threading.current_thread().name) or real_materialize(*a, **k))
+    ahead = batches(True)
     check(ahead, oracle, log)
     assert len(plain) == len(ahead) and all(same(a, b) for a, b in zip(plain, ahead, strict=True))
-    if num_workers == 0:  # workers hint in their own processes
-        assert hints == [len(b) for b in ahead]
+    if num_workers == 0:  # workers make batches in their own processes
+        assert hints == ([] if readahead else [len(b) for b in ahead])
+        assert len(made_in) == len(ahead) and all(n.startswith("lateseq-prefetch") for n in made_in)
+        # pipelined: while the consumer holds batch 0, batch 1 is made
+        made_in.clear()
+        it = iter(ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), prefetch=True, **options))
+        next(it)
+        deadline = time.monotonic() + 30
+        while len(made_in) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(made_in) == 2
+        it.close()
 
 
 def test_will_need_asks_once_per_run_of_pages(monkeypatch):
@@ -216,13 +241,13 @@ def test_two_workers_under_fork_and_spawn(world, context):
     _store, oracle, log, _ = world
     ds = dataset(world, shuffle=True, affinity=True, seed=1, drop_last=False)
     loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
-    batches = list(loader)
+    metrics = LoaderMetrics()
+    batches = list(metrics.watch(loader))
     check(batches, oracle, log)
     assert sum(len(b) < 10 for b in batches) <= 2  # each worker's last batch only may be short
-    metrics = LoaderMetrics()
-    for b in batches:
-        metrics.add(b)
-    assert metrics.examples == log.num_rows and metrics.busy_s > 0
+    assert metrics.batches == len(batches) and metrics.examples == log.num_rows and metrics.busy_s > 0
+    assert metrics.history_bytes == sum(v.nbytes for b in batches for v in b.values.values())
+    assert metrics.waited_s > 0  # the trainer waited for workers to start, at least
     assert ds.metrics.batches == 0  # workers counted in their own processes, not here
 
 
@@ -461,8 +486,25 @@ def test_to_device_and_pin_memory_move_every_tensor(batch, monkeypatch):
 
 
 def test_batch_stats_add_up():
-    total = BatchStats(1.0, 2.0, 3.0, 4) + BatchStats(0.5, 0.5, 0.5, 1)
-    assert total == BatchStats(1.5, 2.5, 3.5, 5)
+    total = BatchStats(1.0, 2.0, 3.0, 4, 4096, 80) + BatchStats(0.5, 0.5, 0.5, 1, 0, 8)
+    assert total == BatchStats(1.5, 2.5, 3.5, 5, 4096, 88)
+
+
+def test_disk_read_bytes_counts_what_this_process_reads_from_storage(tmp_path):
+    if not os.path.exists("/proc/self/io"):
+        pytest.skip("this system has no /proc/self/io")
+    path = tmp_path / "data"
+    path.write_bytes(os.urandom(4 << 20))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())  # written back, so that it can be dropped from the page cache
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        _, kind = max((m for m in mounts if str(path).startswith(m[0])), key=lambda m: len(m[0]))
+        if kind in ("tmpfs", "ramfs"):
+            pytest.skip(f"{tmp_path} is on {kind}: nothing is read from storage")
+        before = lateseq.torch._disk_read_bytes()
+        f.read()
+    assert lateseq.torch._disk_read_bytes() - before >= 1 << 20
 
 
 # ---------------------------------------------------------------------- bad input

@@ -150,6 +150,12 @@ class Store:
         write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
         return cls(path)
 
+    @property
+    def random_access(self) -> bool:
+        """Whether this store's maps are read without the kernel's readahead (see
+        ``readahead``): a loader then asks for the pages it will need itself."""
+        return self._segments.random_access
+
     def _reads_ahead(self) -> bool:
         if self.readahead != "auto":
             return self.readahead

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
@@ -57,6 +57,8 @@ class BatchStats:
     materialize_s: float = 0.0  # rebuilding the sequences
     busy_s: float = 0.0  # everything, tensors included
     shared_histories: int = 0  # examples whose user already has an example in the batch
+    disk_read_bytes: int = 0  # what the making process read from storage meanwhile (Linux; else 0)
+    history_bytes: int = 0  # the sequences' values, as copied out of the store
 
     def __add__(self, other: BatchStats) -> BatchStats:
         return BatchStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -219,7 +221,8 @@ def rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
 @dataclass
 class LoaderMetrics:
     """Running totals of what batches cost. The dataset keeps one for batches made in
-    its own process (``num_workers=0``); with workers, ``add`` each batch in the trainer."""
+    its own process (``num_workers=0``); with workers, ``watch`` the DataLoader in the
+    trainer (or ``add`` each batch)."""
 
     batches: int = 0
     examples: int = 0
@@ -227,12 +230,28 @@ class LoaderMetrics:
     materialize_s: float = 0.0
     busy_s: float = 0.0
     shared_histories: int = 0
+    disk_read_bytes: int = 0
+    history_bytes: int = 0
+    waited_s: float = 0.0  # the consumer's time between asking for a batch and getting it
 
-    def add(self, batch: Batch) -> None:
+    def add(self, batch: Batch, waited_s: float = 0.0) -> None:
         self.batches += 1
         self.examples += len(batch)
-        for name in ("read_s", "materialize_s", "busy_s", "shared_histories"):
-            setattr(self, name, getattr(self, name) + getattr(batch.stats, name))
+        self.waited_s += waited_s
+        for f in fields(BatchStats):
+            setattr(self, f.name, getattr(self, f.name) + getattr(batch.stats, f.name))
+
+    def watch(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """``batches`` (a DataLoader, say), each added here with the time the consumer
+        waited for it: the trainer's view, workers' costs included."""
+        it = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                return
+            self.add(batch, time.perf_counter() - asked)
+            yield batch
 
     @property
     def examples_per_s(self) -> float:
@@ -264,11 +283,11 @@ class ExampleDataset(IterableDataset):
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
     user. ``copartition`` deals a log written by ``lateseq.copartition_log`` to shards by
     the store's user-hash partitions, so each worker maps its own partitions' segments
-    only. ``prefetch`` overlaps I/O with work: a background thread reads batch i+1's
-    rows of the log and asks the kernel to read its histories' pages ahead
-    (``madvise(WILLNEED)``) while batch i is materialized, so a cold store is read
-    with many requests in flight instead of one page fault at a time; batches are
-    the same either way. ``drop_last`` drops each shard's short last batch; ``even_batches``
+    only. ``prefetch`` pipelines: a background thread makes batch i+1 while batch i is
+    in use (the trainer's step; a worker's sending it), and for a store read without
+    readahead (``Store.random_access``) first asks the kernel for its histories' pages
+    (``madvise(WILLNEED)``), so a cold store is read with many requests in flight
+    instead of one page fault at a time; batches are the same either way. ``drop_last`` drops each shard's short last batch; ``even_batches``
     gives every rank as many batches as the rank with fewest (what DistributedDataParallel
     needs; the others drop their last, up to about a block per rank). ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
@@ -373,29 +392,36 @@ class ExampleDataset(IterableDataset):
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
         source = None if self._table is not None else _open_parquet(self._path)
-        reads = self._reads(plan, source, start)
+        made = (self._made(*read) for read in self._reads(plan, source, start))
         if self.prefetch:
-            reads = _ahead(reads, lambda read: _will_need(self.store, read[0], self.projection))
+            made = _ahead(made)
         try:
             while True:
-                t0 = time.perf_counter()
-                read = next(reads, None)
-                if read is None:
+                asked = time.perf_counter()
+                batch = next(made, None)
+                if batch is None:
                     return
-                examples, rows, read_s = read
-                t1 = time.perf_counter()
-                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
-                t2 = time.perf_counter()
-                batch = self._batch(rows, examples, sequences)
-                batch.stats = BatchStats(read_s, t2 - t1, time.perf_counter() - t0,
-                                         len(batch) - len(np.unique(examples.column("user_id").to_numpy())))
                 self._yielded += 1  # before the yield: a checkpoint taken now must count it
-                self.metrics.add(batch)
+                self.metrics.add(batch, time.perf_counter() - asked)
                 yield batch
         finally:
-            reads.close()  # first: a prefetch under way still reads from the source
+            made.close()  # first: a batch under way still reads from the source
             if source is not None:
                 source.close()
+
+    def _made(self, examples: pa.Table, rows: np.ndarray, read_s: float) -> Batch:
+        """The batch of ``examples`` (their rows of the log ``rows``, read in ``read_s``)."""
+        t0, io = time.perf_counter(), _disk_read_bytes()
+        if self.prefetch and self.store.random_access:
+            _will_need(self.store, examples, self.projection)
+        sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+        t1 = time.perf_counter()
+        batch = self._batch(rows, examples, sequences)
+        batch.stats = BatchStats(
+            read_s, t1 - t0, read_s + time.perf_counter() - t0,
+            len(batch) - len(np.unique(examples.column("user_id").to_numpy())),
+            _disk_read_bytes() - io, sum(v.nbytes for v in sequences.values.values()))
+        return batch
 
     def _reads(self, plan: ShardPlan, source: Any, start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
         """Each batch's rows of the log (served order), their row numbers, and the seconds
@@ -443,19 +469,13 @@ T = TypeVar("T")
 _GAP_PAGES = 8  # runs of pages closer than this are asked for in one call: fewer calls, little more read
 
 
-def _ahead(items: Iterator[T], touch: Callable[[T], None]) -> Iterator[T]:
-    """``items`` one ahead: a background thread makes item i+1 and ``touch``es it while
-    item i is in use. Closing the generator waits for the item under way."""
-    def make() -> T | None:
-        item = next(items, None)
-        if item is not None:
-            touch(item)
-        return item
-
+def _ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items`` one ahead: a background thread makes item i+1 while item i is in use
+    (the kernels release the GIL). Closing the generator waits for the item under way."""
     with ThreadPoolExecutor(1, thread_name_prefix="lateseq-prefetch") as pool:
-        pending = pool.submit(make)
+        pending = pool.submit(next, items, None)
         while (item := pending.result()) is not None:
-            pending = pool.submit(make)
+            pending = pool.submit(next, items, None)
             yield item
 
 
@@ -489,6 +509,16 @@ def _will_need_rows(column: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
     new_run = np.r_[True, first[1:] >= last[:-1] + _GAP_PAGES]
     for a, b in zip(first[new_run].tolist(), np.r_[last[:-1][new_run[1:]], last[-1]].tolist(), strict=True):
         madvise(a * PAGE, (b - a) * PAGE, MADV_WILLNEED)
+
+
+def _disk_read_bytes() -> int:
+    """Bytes this process has had read from storage (page cache misses), where Linux
+    says (``/proc/self/io``); 0 elsewhere."""
+    try:
+        with open("/proc/self/io", "rb") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith(b"read_bytes:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
 
 
 def _fingerprint(config: dict[str, Any]) -> dict[str, Any]:

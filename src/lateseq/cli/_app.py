@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -446,6 +447,90 @@ def materialize(
         label = f"{name}: " if name else ""
         _err.print(f"{label}wrote {total:,} histories (max {projection.max_len} events of "
                    f"{', '.join(projection.resolve(handle.schema))}) to {where}", highlight=False)
+
+
+@app.command()
+def loader(
+    store: StoreArg,
+    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers).", show_default=False)],
+    max_len: Annotated[int | None, typer.Option("--max-len", help="Newest events per example.",
+                                                show_default=False)] = None,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns.", show_default="all payload")] = None,
+    tenants: Annotated[Path | None, typer.Option(help="Tenant config (TOML), with --tenant, instead of "
+                                                 "--max-len/--columns.", show_default=False)] = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant of --tenants to load for.",
+                                               show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes (0: this one).")] = 0,
+    shuffle: Annotated[bool, typer.Option(help="Shuffle (the dataset's two-level shuffle).")] = True,
+    seed: Annotated[int, typer.Option(help="Shuffle seed.")] = 0,
+    affinity: Annotated[bool, typer.Option(help="Group each shuffle window's examples by user.")] = False,
+    copartition: Annotated[bool, typer.Option(help="The log was written by copartition_log; deal it "
+                                              "to workers by the store's partitions.")] = False,
+    prefetch: Annotated[bool, typer.Option(help="Make batch i+1 in a thread while batch i is used.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many batches.", show_default="all")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here too.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run the PyTorch loader over an example log, as a trainer would, and print its metrics."""
+    try:
+        from torch.utils.data import DataLoader
+
+        from lateseq.torch import ExampleDataset, LoaderMetrics
+    except ImportError as exc:
+        raise ImportError(f"lateseq loader needs PyTorch: pip install 'lateseq[torch]' ({exc})") from None
+    if (tenants is None) == (max_len is None) or (tenants is None) != (tenant is None) or (
+            tenants is not None and columns is not None):
+        raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG --tenant NAME")
+    for option, value, least in (("--workers", workers, 0), ("--limit", limit, 1)):
+        if value is not None and value < least:
+            raise SchemaError(f"{option} must be at least {least}, got {value}")
+    if json_path is not None:
+        _check_output(json_path, force, "--json", [examples], store)
+    handle = _open(store)
+    if tenants is not None:
+        config = load_tenants(_input_file(tenants, "tenant config"), handle.schema)
+        if tenant not in config:
+            raise SchemaError(f"{tenants} has no tenant {tenant!r}; it has {sorted(config)}")
+        projection = config[tenant]
+    else:
+        projection = Projection(max_len, _columns(columns))
+    dataset = ExampleDataset(handle, _input_file(examples, "example log"), projection, batch_size=batch_size,
+                             shuffle=shuffle, seed=seed, affinity=affinity, copartition=copartition,
+                             prefetch=prefetch)
+    metrics = LoaderMetrics()
+    started = time.perf_counter()
+    for count, _ in enumerate(metrics.watch(DataLoader(dataset, batch_size=None, num_workers=workers)), 1):
+        if count == limit:
+            break
+    wall = time.perf_counter() - started
+    figures = {
+        "batches": metrics.batches, "examples": metrics.examples, "seconds": wall,
+        "examples_per_s": metrics.examples / wall if wall else 0.0,
+        "waited_s": metrics.waited_s, "waited_share": metrics.waited_s / wall if wall else 0.0,
+        "busy_s": metrics.busy_s, "examples_per_s_per_process": metrics.examples_per_s,
+        "read_s": metrics.read_s, "materialize_s": metrics.materialize_s,
+        "disk_read_bytes": metrics.disk_read_bytes, "history_bytes": metrics.history_bytes,
+        "shared_histories": metrics.shared_histories, "shared_share": metrics.shared_share,
+        "workers": workers, "prefetch": prefetch, "affinity": affinity, "max_len": projection.max_len,
+        "columns": list(projection.resolve(handle.schema)),
+    }
+    table = Table("metric", "value")
+    for label, value in (
+            ("batches, examples", f"{metrics.batches:,}, {metrics.examples:,}"),
+            ("examples/s (as the trainer got them)", f"{figures['examples_per_s']:,.0f}"),
+            ("time the trainer waited", f"{metrics.waited_s:.2f} s of {wall:.2f} s"),
+            ("examples/s per loader process (making only)", f"{metrics.examples_per_s:,.0f}"),
+            ("making: log rows, sequences, everything", f"{metrics.read_s:.2f} s, {metrics.materialize_s:.2f} s, "
+                                                        f"{metrics.busy_s:.2f} s"),
+            ("read from storage", f"{metrics.disk_read_bytes / 1e6:,.1f} MB"),
+            ("history values copied out", f"{metrics.history_bytes / 1e6:,.1f} MB"),
+            ("examples sharing a history in their batch", f"{metrics.shared_share:.1%}")):
+        table.add_row(label, value)
+    _out().print(table)
+    if json_path is not None:
+        with replaced_when_written(json_path) as tmp:
+            tmp.write_text(json.dumps(figures, indent=2))
 
 
 tenants_app = typer.Typer(help="Tenant configs: the projections of several models.", no_args_is_help=True)

@@ -1,0 +1,70 @@
+"""`lateseq loader`: the PyTorch loader driven from the command line, its metrics checked
+against a pandas brute force of the histories it must have copied out."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_cli import assert_one_line_error, brute_force, files, lateseq  # noqa: F401  (files: a fixture)
+
+
+@pytest.fixture
+def logged(files):  # noqa: F811
+    store, d = files["store"], files["dir"]
+    for name in ("e1", "e2"):
+        assert lateseq("ingest", store, files[name])[0] == 0
+    assert lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
+    events = pd.concat([pd.read_parquet(files[f"e{i}"]).assign(commit=i) for i in (1, 2)], ignore_index=True)
+    events["row"] = range(len(events))
+    return store, d, events, pd.read_parquet(d / "ex.parquet")
+
+
+@pytest.mark.parametrize("workers, prefetch", [(0, False), (2, True)])
+def test_loader_reads_every_example_and_reports_what_it_copied(logged, workers, prefetch):
+    store, d, events, examples = logged
+    code, out, err = lateseq("loader", store, d / "ex.parquet", "--max-len", 3, "--columns", "item_id,rating",
+                             "--batch-size", 7, "--workers", workers, "--affinity", "--json", d / "m.json",
+                             *(["--prefetch"] if prefetch else []))
+    assert code == 0, err
+    assert "time the trainer waited" in out and "read from storage" in out
+    got = json.loads((d / "m.json").read_text())
+    want = brute_force(events, examples, 3, ["item_id", "rating"])
+    assert got["examples"] == len(examples) and got["batches"] >= len(examples) // 7
+    # item_id is int64, rating int8: the bytes of exactly the histories online saw
+    assert got["history_bytes"] == sum(len(h) for h in want.item_id) * (8 + 1) > 0
+    assert 0 < got["waited_s"] <= got["seconds"] and got["columns"] == ["item_id", "rating"]
+
+
+def test_loader_takes_a_tenant_and_stops_at_the_limit(logged):
+    store, d, events, examples = logged
+    config = d / "tenants.toml"
+    config.write_text('[tenants.short]\ncolumns = ["item_id"]\nmax_len = 2\n')
+    code, _, err = lateseq("loader", store, d / "ex.parquet", "--tenants", config, "--tenant", "short",
+                           "--batch-size", 5, "--no-shuffle", "--json", d / "m.json")
+    assert code == 0, err
+    got = json.loads((d / "m.json").read_text())
+    assert got["history_bytes"] == sum(len(h) for h in brute_force(events, examples, 2, ["item_id"]).item_id) * 8
+    code, _, err = lateseq("loader", store, d / "ex.parquet", "--max-len", 2, "--limit", 2, "--batch-size", 5,
+                           "--json", d / "m2.json")
+    assert code == 0, err
+    assert json.loads((d / "m2.json").read_text())["batches"] == 2
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--max-len", 3, "--tenants", "T"], "either --max-len"),
+    (["--tenants", "T"], "either --max-len"),
+    (["--tenants", "T", "--tenant", "nope"], "no tenant 'nope'"),
+    (["--max-len", 3, "--workers", -1], "--workers"),
+    (["--max-len", 3, "--limit", 0], "--limit"),
+    (["--max-len", 3, "--columns", "zz"], "zz"),
+    (["--max-len", 3, "--json", "EX"], "input"),
+])
+def test_loader_bad_input_is_one_line(logged, args, match):
+    store, d, _, _ = logged
+    config = d / "T"
+    config.write_text('[tenants.short]\ncolumns = ["item_id"]\nmax_len = 2\n')
+    args = [config if a == "T" else d / "ex.parquet" if a == "EX" else a for a in args]
+    code, _, err = lateseq("loader", store, d / "ex.parquet", *args)
+    assert_one_line_error(code, err, match)
