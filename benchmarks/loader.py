@@ -35,6 +35,8 @@ action, ts), histories of at most N events:
   each batch the consumer sleeps for as long as making a batch takes alone (a GPU step
   waits without the GIL; equal times are where a pipeline gains most, up to 2x);
   examples/s and the share of time the trainer waited for batches, prefetch off and on.
+- **rebatch**: two workers making batches of 1024, against base batches of 256 that
+  ``lateseq.torch.rebatch`` joins to 1024 in the trainer; warm, ex/s as the trainer gets them.
 - **co-partitioning**: a store of the same events in 8 user-hash partitions, the cold
   sample's example log written plain and co-partitioned (``lateseq.copartition_log``); 2
   and 4 ranks, each standing for a host: its page cache dropped, it reads its share
@@ -75,7 +77,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import lateseq
 from lateseq._sampling import WINDOW_ROWS
-from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _tensor
+from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _tensor, rebatch
 from materialize import disk_read_bytes, evict, load_average, machine, resident_bytes
 from workload import (
     BATCH,
@@ -98,6 +100,7 @@ NS = (256, 4096)
 WORKERS = (0, 1, 2)
 FORMS = ("arrow-ipc", "parquet-smallest")
 EVENT_BYTES = materialize.EVENT_BYTES
+BASE_BATCH = 256  # re-batching: what workers make, joined to BATCH in the trainer
 LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share them out
 COLD_BATCHES = 24  # batches timed with the store dropped before each
 HOSTS = (2, 4)  # co-partitioning: ranks, each standing for a host of its own
@@ -363,6 +366,24 @@ def measure_pipeline(built: dict, repeat: int) -> dict:
     return out
 
 
+def measure_rebatch(built: dict, repeat: int) -> dict:
+    """Re-batching: two workers make batches of ``BATCH`` examples, or base batches of
+    ``BASE_BATCH`` that ``rebatch`` joins in the trainer to ``BATCH``; warm, examples/s as
+    the trainer gets them."""
+    out = {}
+    for n in NS:
+        projection = lateseq.Projection(n, COLUMNS)
+        at = out[str(n)] = {}
+        for name, size in (("whole", BATCH), ("rebatched", BASE_BATCH)):
+            def batches(size=size, projection=projection) -> Iterable[Batch]:
+                loader = DataLoader(ExampleDataset(built["store"], built["path"], projection, batch_size=size),
+                                    batch_size=None, num_workers=2)
+                return loader if size == BATCH else rebatch(loader, BATCH)
+            at[name] = best(repeat, lambda batches=batches: drain(batches())).figures()
+        at["rebatched_vs_whole"] = at["rebatched"]["ex_s"] / at["whole"]["ex_s"]
+    return out
+
+
 def measure_copartition(built: dict, root: Path) -> list[dict]:
     """Co-partitioning, cold, for each number of ``HOSTS``: each rank (a host of its own,
     its page cache dropped before its pass) reads its share of the cold sample's examples,
@@ -527,6 +548,11 @@ def markdown(results: dict) -> str:
                     f"holds no GIL), warm, one process, {results['cold_examples']:,} examples",
                     ["N", "step per batch", "making alone ex/s", "prefetch off ex/s", "trainer waited",
                      "prefetch on ex/s", "trainer waited", "on ÷ off"], rows)
+    rows = [[n, f"{at['whole']['ex_s']:,.0f}", f"{at['rebatched']['ex_s']:,.0f}", f"{at['rebatched_vs_whole']:.2f}×"]
+            for n, at in results["rebatch"].items()]
+    lines += _table(f"re-batching: 2 workers, batches of {BATCH} against base batches of {BASE_BATCH} joined by "
+                    "rebatch in the trainer (warm, ex/s as the trainer gets them)",
+                    ["N", f"workers make {BATCH}", f"workers make {BASE_BATCH}, rebatch", "÷"], rows)
     cops = results["copartition"]
     rows = [[str(cop["hosts"]), n, config, f"{e['examples']:,}", _mb(int(e["disk_read_bytes_per_host"])),
              f"{e['ex_s_per_host']:,.0f}",
@@ -592,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, measure in (("loader", lambda: measure_loaders(built, repeat)),
                               ("cold", lambda: measure_cold(built, repeat)),
                               ("pipeline", lambda: measure_pipeline(built, repeat)),
+                              ("rebatch", lambda: measure_rebatch(built, repeat)),
                               ("copartition", lambda: measure_copartition(built, workdir)),
                               ("ray", lambda: measure_ray(built, results["loader"]))):
             print(f"{name} ...", flush=True)

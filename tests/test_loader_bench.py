@@ -37,6 +37,8 @@ def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
         pipeline = r["pipeline"][n]  # prefetch with a trainer's step
         assert pipeline["step_s"] > 0 and all(0 <= pipeline[c]["waited_share"] <= 1 for c in ("on", "off"))
         assert "prefetch with a trainer" in done.stdout
+        rebatched = r["rebatch"][n]  # base batches joined in the trainer: the same examples
+        assert rebatched["whole"]["examples"] == rebatched["rebatched"]["examples"] == r["timed_examples"]
         # co-partitioning on and off: every example once across the ranks, each rank's pass timed cold
         assert [cop["hosts"] for cop in r["copartition"]] == [2, 4]
         for hosts in r["copartition"]:
