@@ -35,6 +35,7 @@ def test_loader_reads_every_example_and_reports_what_it_copied(logged, workers, 
     # item_id is int64, rating int8: the bytes of exactly the histories online saw
     assert got["history_bytes"] == sum(len(h) for h in want.item_id) * (8 + 1) > 0
     assert 0 < got["waited_s"] <= got["seconds"] and got["columns"] == ["item_id", "rating"]
+    assert 0 < got["first_batch_s"] <= got["seconds"]
 
 
 def test_loader_takes_a_tenant_and_stops_at_the_limit(logged):

@@ -478,7 +478,7 @@ def loader(
 
         from lateseq.torch import ExampleDataset, LoaderMetrics
     except ImportError as exc:
-        raise ImportError(f"lateseq loader needs PyTorch: pip install 'lateseq[torch]' ({exc})") from None
+        _fail(f"lateseq loader needs PyTorch: pip install 'lateseq[torch]' ({exc})")
     if (tenants is None) == (max_len is None) or (tenants is None) != (tenant is None) or (
             tenants is not None and columns is not None):
         raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG --tenant NAME")
@@ -500,13 +500,18 @@ def loader(
                              prefetch=prefetch)
     metrics = LoaderMetrics()
     started = time.perf_counter()
-    for count, _ in enumerate(metrics.watch(DataLoader(dataset, batch_size=None, num_workers=workers)), 1):
+    first: tuple[float, int] | None = None  # (when, examples) the first batch arrived: workers started, kernels loaded
+    for count, batch in enumerate(metrics.watch(DataLoader(dataset, batch_size=None, num_workers=workers)), 1):
+        first = first or (time.perf_counter() - started, len(batch))
         if count == limit:
             break
     wall = time.perf_counter() - started
+    first_s, first_examples = first or (wall, 0)
     figures = {
         "batches": metrics.batches, "examples": metrics.examples, "seconds": wall,
-        "examples_per_s": metrics.examples / wall if wall else 0.0,
+        "examples_per_s": metrics.examples / wall if wall else 0.0, "first_batch_s": first_s,
+        "examples_per_s_after_first_batch": ((metrics.examples - first_examples) / (wall - first_s)
+                                             if metrics.batches > 1 and wall > first_s else None),
         "waited_s": metrics.waited_s, "waited_share": metrics.waited_s / wall if wall else 0.0,
         "busy_s": metrics.busy_s, "examples_per_s_per_process": metrics.examples_per_s,
         "read_s": metrics.read_s, "materialize_s": metrics.materialize_s,
@@ -519,6 +524,9 @@ def loader(
     for label, value in (
             ("batches, examples", f"{metrics.batches:,}, {metrics.examples:,}"),
             ("examples/s (as the trainer got them)", f"{figures['examples_per_s']:,.0f}"),
+            ("first batch after (workers started, kernels loaded)", f"{first_s:.2f} s"),
+            ("examples/s after the first batch", "–" if figures["examples_per_s_after_first_batch"] is None
+             else f"{figures['examples_per_s_after_first_batch']:,.0f}"),
             ("time the trainer waited", f"{metrics.waited_s:.2f} s of {wall:.2f} s"),
             ("examples/s per loader process (making only)", f"{metrics.examples_per_s:,.0f}"),
             ("making: log rows, sequences, everything", f"{metrics.read_s:.2f} s, {metrics.materialize_s:.2f} s, "
