@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,7 +11,7 @@ import pytest
 
 import lateseq
 from lateseq import _loader as loader
-from lateseq._loader import iter_batches, materialize_log
+from lateseq._loader import iter_batches, materialize_log, materialize_log_tenants
 
 COLUMNS = ("item_id", "action", "ts")
 
@@ -150,9 +152,11 @@ def test_tampered_pointer_raises_or_flags(world, tmp_path):
     tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
                               pa.array(checksum, pa.uint32()))
     projection = lateseq.Projection(4, ("item_id",))
-    with pytest.raises(lateseq.ChecksumMismatch):
+    assert bad_row >= 16  # not in the first batch: the error names the row of the log, not of its batch
+    with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad_row}\]") as info:
         for _ in iter_batches(store, tampered, projection, batch_size=16):
             pass
+    assert info.value.rows == [bad_row]
     flagged = np.concatenate([s.mismatched for _, s in iter_batches(store, tampered, projection, 16,
                                                                    on_mismatch="flag")])
     assert np.flatnonzero(flagged).tolist() == [bad_row]
@@ -161,8 +165,9 @@ def test_tampered_pointer_raises_or_flags(world, tmp_path):
     assert not unchecked.any()
     # a failed materialize_log leaves no partial output behind
     out = tmp_path / "partial.parquet"
-    with pytest.raises(lateseq.ChecksumMismatch):
+    with pytest.raises(lateseq.ChecksumMismatch) as info:
         materialize_log(store, tampered, projection, out, batch_size=16)
+    assert info.value.rows == [bad_row]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -188,3 +193,28 @@ def test_bad_inputs(world, tmp_path):
     # pointers into a version newer than the handle cannot be served
     with pytest.raises(lateseq.PointerError):
         next(iter_batches(store.checkout(1), log, projection))
+
+
+def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):
+    store, _, log, _ = world
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "b"):
+        (out / f"{name}.parquet").write_text(f"old {name}")
+    tenants = {"a": lateseq.Projection(2, ("item_id",)), "b": lateseq.Projection(3, ("item_id",))}
+    real, failed = os.replace, []
+
+    def replace(src, dst):  # the new b cannot be put in place, once
+        if os.fspath(dst) == os.fspath(out / "b.parquet") and not failed:
+            failed.append(src)
+            raise PermissionError(13, "Permission denied", os.fspath(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(PermissionError):
+        materialize_log_tenants(store, log, tenants, out)
+    assert failed and {p.name: p.read_text() for p in out.iterdir()} == {"a.parquet": "old a", "b.parquet": "old b"}
+    monkeypatch.setattr(os, "replace", real)
+    materialize_log_tenants(store, log, tenants, out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.parquet", "b.parquet"]
+    assert pq.read_table(out / "b.parquet").num_rows == log.num_rows

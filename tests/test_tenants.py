@@ -182,13 +182,16 @@ def windows(time_unit: str | None):
 INT_ISIN = st.lists(st.integers(-5, 8) | st.sampled_from([-128, 127, INT64[0], INT64[1], 2**63, INT64[0] - 1]),
                     min_size=1, max_size=3)
 MASKS = [0x80, 0xFF, 1 << 62, 1 << 63, (1 << 63) | 1, (1 << 64) - 1]  # masks of up to 64 bits
+MASKS_8 = [0x80, 0xFF, 0x81]  # an int8 column's 8 bits, its sign bit included
 FILTERS = st.one_of(
     st.builds(Filter, st.sampled_from(["f8", "f64"]), isin=INT_ISIN),
-    st.builds(Filter, st.sampled_from(["f8", "f64"]), any_bits=st.integers(1, 15) | st.sampled_from(MASKS)),
-    st.builds(Filter, st.sampled_from(["f8", "f64"]), all_bits=st.integers(1, 7) | st.sampled_from(MASKS)),
-    st.builds(Filter, st.just("fb"), isin=st.lists(st.integers(0, 1), min_size=1, max_size=2)),
-    st.builds(Filter, st.just("fb"), any_bits=st.integers(1, 3)),
-    st.builds(Filter, st.just("fb"), all_bits=st.integers(1, 3)),
+    st.builds(Filter, st.sampled_from(["f8", "f64"]), any_bits=st.integers(1, 15) | st.sampled_from(MASKS_8)),
+    st.builds(Filter, st.sampled_from(["f8", "f64"]), all_bits=st.integers(1, 7) | st.sampled_from(MASKS_8)),
+    st.builds(Filter, st.just("f64"), any_bits=st.sampled_from(MASKS)),
+    st.builds(Filter, st.just("f64"), all_bits=st.sampled_from(MASKS)),
+    st.builds(Filter, st.just("fb"), isin=st.lists(st.integers(0, 1) | st.booleans(), min_size=1, max_size=2)),
+    st.builds(Filter, st.just("fb"), any_bits=st.just(1)),
+    st.builds(Filter, st.just("fb"), all_bits=st.just(1)),
 )
 
 
@@ -388,7 +391,6 @@ def test_edge_cases(make_store, shape):
     assert examples.column("uih_length").to_pylist() == [10, 0, 1, 0, 0, 0]
     tenants = {
         "nothing_passes": Projection(5, ("item", "ts"), where=Filter("flag", isin=[7])),
-        "no_bits": Projection(5, ("item",), where=Filter("clicked", any_bits=2)),
         "one": Projection(1, ("item",), where=Filter("clicked", all_bits=1), window=3600),
         "tiny_window": Projection(5, ("item",), window=1),  # smaller than any gap
         "huge_window": Projection(3, ("item", "ts"), window=2**62, transforms={"ts": "age"}),
@@ -398,7 +400,6 @@ def test_edge_cases(make_store, shape):
     check(store, examples, requests, oracle, tenants, shape)
     batches = lateseq.materialize_tenants(store, examples, tenants)
     assert batches["nothing_passes"].offsets.tolist() == [0] * 7
-    assert batches["no_bits"].offsets.tolist() == [0] * 7
     assert batches["one"].values["item"].tolist() == [6, 9]
     assert batches["tiny_window"].offsets.tolist() == [0] * 7
     assert batches["huge_window"].values["item"].tolist() == [6, 7, 8, 9]
@@ -593,7 +594,7 @@ def test_two_tier_logs_refuse_selecting_tenants_by_name(world):
     message = str(info.value)
     assert "'recent'" in message and "'picky'" in message
     assert "'plain'" not in message and "'aged'" not in message
-    with pytest.raises(SchemaError):
+    with pytest.raises(SchemaError, match="this projection selects.*inline"):
         lateseq.materialize(store, log, tenants["recent"])
     # tenants that only cut by length (and transform) still read a two-tier log
     plain = {"plain": tenants["plain"], "aged": tenants["aged"]}
@@ -605,6 +606,24 @@ def test_two_tier_logs_refuse_selecting_tenants_by_name(world):
         assert alone.offsets.tolist() == batches[name].offsets.tolist()
         for column in alone.values:
             assert alone.values[column].tolist() == batches[name].values[column].tolist()
+
+
+def test_stripped_two_tier_logs_serve_selecting_tenants(world):
+    from lateseq.twotier import strip_tails
+
+    store, log = two_tier_log(world)
+    store = store.compact()
+    stripped, count = strip_tails(store, log)
+    assert count == 2 and all(v > 0 for v in stripped.column("tail_version").to_pylist())
+    whole = lateseq.materialize(store, stripped, Projection(10, ("item_id", "ts")))  # verified against the log
+    assert whole.values["item_id"].tolist() == [10, 20, 40, 30]
+    tenants = {"recent": Projection(5, ("item_id",), window=15),  # request 25: events at ts >= 10
+               "picky": Projection(5, ("item_id",), where=Filter("event_id", isin=[1, 3]))}
+    batches = lateseq.materialize_tenants(store, stripped, tenants)
+    assert batches["recent"].values["item_id"].tolist() == [40] and batches["recent"].offsets.tolist() == [0, 1, 1]
+    assert batches["picky"].values["item_id"].tolist() == [10, 30]
+    alone = lateseq.materialize(store, stripped, tenants["recent"])
+    assert alone.values["item_id"].tolist() == [40]
 
 
 # ---------------------------------------------------------------------- configs
@@ -653,7 +672,6 @@ BAD_TENANTS = {
     "isin_empty": ('max_len = 5\nwhere = { column = "action", isin = [] }', CONFIG_SCHEMA, "isin"),
     "isin_strings": ('max_len = 5\nwhere = { column = "action", isin = ["a"] }', CONFIG_SCHEMA, "isin"),
     "isin_floats": ('max_len = 5\nwhere = { column = "action", isin = [1.5] }', CONFIG_SCHEMA, "isin"),
-    "isin_bools": ('max_len = 5\nwhere = { column = "clicked", isin = [true] }', CONFIG_SCHEMA, "isin"),
     "isin_scalar": ('max_len = 5\nwhere = { column = "action", isin = 1 }', CONFIG_SCHEMA, "isin"),
     "filter_column_list": ('max_len = 5\nwhere = { column = ["action"], isin = [1] }', CONFIG_SCHEMA, "where"),
     "any_bits_zero": ('max_len = 5\nwhere = { column = "action", any_bits = 0 }', CONFIG_SCHEMA, "any_bits"),
@@ -830,12 +848,40 @@ def test_malformed_config_files(tmp_path, body, expected):
 
 
 def test_tenant_names_and_unreadable_files(tmp_path):
-    path = write_config(tmp_path, VALID + '\n[tenants.".hidden"]\nmax_len = 1\n\n[tenants."a/b"]\nmax_len = 1\n')
+    path = write_config(tmp_path, VALID + '\n[tenants.".hidden"]\nmax_len = 1\n\n[tenants."a/b"]\nmax_len = 1\n'
+                        '\n[tenants."abc\\n"]\nmax_len = 1\n\n[tenants.' + "x" * 129 + ']\nmax_len = 1\n')
     with pytest.raises(SchemaError) as info:
         lateseq.load_tenants(path, CONFIG_SCHEMA)
-    assert "'.hidden'" in str(info.value) and "'a/b'" in str(info.value) and "2 problem(s)" in str(info.value)
+    for name in (".hidden", "a/b", "abc\n", "x" * 129):  # a newline at the end is no name either
+        assert repr(name) in str(info.value), name
+    assert "4 problem(s)" in str(info.value) and "1 to 128" in str(info.value)
     with pytest.raises(SchemaError, match="cannot read"):
         lateseq.load_tenants(tmp_path / "missing.toml", CONFIG_SCHEMA)
+    path.write_bytes(VALID.encode() + b"# caf\xe9 in Latin-1\n")
+    with pytest.raises(SchemaError, match="not UTF-8"):
+        lateseq.load_tenants(path, CONFIG_SCHEMA)
+
+
+def test_filter_masks_fit_their_column_and_bool_columns_take_bools():
+    too_wide = Projection(1, where=Filter("action", any_bits=0x100))  # action is int8
+    assert any("beyond the 8 of int8" in p for p in too_wide.problems(CONFIG_SCHEMA))
+    assert not Projection(1, where=Filter("action", all_bits=0x80)).problems(CONFIG_SCHEMA)
+    assert any("beyond the 1 of bool" in p for p in Projection(1, where=Filter("clicked", any_bits=2)).problems(
+        CONFIG_SCHEMA))
+    assert Filter("clicked", isin=[True]) == Filter("clicked", isin=[1])
+
+
+def test_an_age_that_does_not_fit_int64_is_an_error(tmp_path):
+    low, high = -(1 << 63), (1 << 63) - 1
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"item_id": "int64"})).commit(
+        pa.table({"user_id": [1, 1], "ts": [low, 10], "item_id": [1, 2]}))
+    examples = lateseq.log_examples(store, pa.table({"user_id": [1, 1], "request_ts": [11, high]}))
+    newest = lateseq.materialize(store, examples, Projection(1, ("ts",), transforms={"ts": "age"}))
+    assert newest.values["ts"].tolist() == [1, high - 10]
+    with pytest.raises(SchemaError, match="'age' of an event of example 0 does not fit int64"):
+        lateseq.materialize(store, examples, Projection(5, ("ts",), transforms={"ts": "age"}))
+
+
 
 
 def test_materialize_refuses_bad_tenants_by_name(small_store):

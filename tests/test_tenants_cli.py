@@ -67,7 +67,37 @@ def test_bad_configs_are_refused_before_anything_is_written(world, tmp_path, tex
     assert code != 0 and match in stderr and "Traceback" not in stderr
     code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out)
     assert code != 0 and match in stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # not even the folder
+
+
+def test_a_run_that_fails_leaves_no_folder_and_every_old_output(world, tmp_path):
+    store, log, config = world
+    out = tmp_path / "out"
+    table = pq.read_table(log)
+    tampered = table.set_column(table.column_names.index("uih_checksum"), "uih_checksum",
+                                pa.array([1, 2, 3], pa.uint32()))
+    pq.write_table(tampered, tmp_path / "tampered.parquet")
+    code, _, stderr = lateseq("materialize", store.path, tmp_path / "tampered.parquet", "--tenants", config,
+                              "--out", out)
+    assert code != 0 and "differ" in stderr and not out.exists()
+    out.mkdir()
+    (out / "recent.parquet").write_text("old")
+    (out / "engaged.parquet").mkdir()  # cannot be replaced: nothing is
+    code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out, "--force")
+    assert code != 0 and (out / "recent.parquet").read_text() == "old"
+    assert sorted(p.name for p in out.iterdir()) == ["engaged.parquet", "recent.parquet"]
+
+
+def test_a_link_at_an_old_temporary_name_is_never_written_through(world, tmp_path):
+    store, log, config = world
+    out = tmp_path / "out"
+    out.mkdir()
+    schema = (store.path / "schema.json").read_bytes()
+    (out / ".tmp-recent.parquet").symlink_to(store.path / "schema.json")  # where earlier versions wrote
+    code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out)
+    assert code == 0, stderr
+    assert (store.path / "schema.json").read_bytes() == schema
+    assert not (out / "recent.parquet").is_symlink() and pq.read_table(out / "recent.parquet").num_rows == 3
 
 
 def test_tenants_check_lists_a_good_config(world):

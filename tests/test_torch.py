@@ -540,3 +540,16 @@ def test_import_error_names_the_extra_when_torch_is_missing():
             "try:\n    import lateseq.torch\nexcept ImportError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'lateseq[torch]'" in out.stdout
+
+
+def test_a_mismatch_names_its_row_of_the_log_whatever_the_order(world):
+    store, _, log, _ = world
+    bad = int(np.flatnonzero(log.column("uih_length").to_numpy() > 0)[-1])
+    checksum = log.column("uih_checksum").to_numpy().copy()
+    checksum[bad] ^= 1
+    tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                              pa.array(checksum, pa.uint32()))
+    ds = ExampleDataset(store, tampered, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=7, shuffle=True, seed=3)
+    with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad}\]") as info:
+        list(ds)
+    assert info.value.rows == [bad]

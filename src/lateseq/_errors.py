@@ -14,6 +14,8 @@ can catch either::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class LateseqError(Exception):
     """Root of every lateseq error."""
@@ -45,3 +47,10 @@ class ChecksumMismatch(LateseqError, ValueError):
     def __init__(self, message: str, rows: list[int]):
         super().__init__(message)
         self.rows = rows
+
+    def in_log(self, log_rows: Sequence[int]) -> ChecksumMismatch:
+        """The same mismatch, its rows renumbered: row ``i`` of the batch is ``log_rows[i]``
+        of the example log it came from (readers that batch a log say where in it)."""
+        rows = [int(log_rows[r]) for r in self.rows]
+        message = str(self).replace(f"(first rows: {self.rows[:5]})", f"(first rows of the log: {rows[:5]})")
+        return ChecksumMismatch(message, rows)

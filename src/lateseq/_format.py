@@ -312,12 +312,48 @@ def temporary_path(path: Path) -> Path:
 def replaced_when_written(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary to write ``path``'s new content to, renamed over ``path`` when the block
     ends without error (all or nothing at ``path``), removed otherwise."""
-    tmp = temporary_path(Path(path))
-    try:
+    with all_replaced_when_written([path]) as (tmp,):
         yield tmp
-        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporaries (made empty, by this process only: never a link planted at the name) to
+    write ``paths``' new contents to, renamed over them when the block ends without
+    error, else removed. All or nothing: a path that is a folder is refused before the
+    block, and a rename that fails puts back what the others replaced (only a crash
+    between two renames can leave some replaced)."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    temporaries: list[Path] = []
+    aside: list[tuple[Path, Path]] = []  # (path, where its old file waits until all are in place)
+    placed: list[Path] = []
+    try:
+        for path in paths:
+            temporaries.append(temporary_path(path))
+            os.close(os.open(temporaries[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        yield temporaries
+        if len(paths) > 1:
+            for path in paths:
+                if os.path.lexists(path):
+                    aside.append((path, temporary_path(path)))
+                    os.replace(path, aside[-1][1])
+        for tmp, path in zip(temporaries, paths, strict=True):
+            os.replace(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for path, old in aside:
+            os.replace(old, path)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+        for _, old in aside:
+            old.unlink(missing_ok=True)
 
 
 def _write_file(path: Path, data: pa.Buffer) -> int:

@@ -18,10 +18,11 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import SchemaError
+from ._errors import ChecksumMismatch, SchemaError
+from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
-from ._pointers import POINTER_FIELDS
+from ._pointers import POINTER_FIELDS, outside_store
 from ._projection import Projection
 from ._schema import PAYLOAD_TYPES
 from ._store import Store
@@ -62,9 +63,22 @@ def iter_batches(
 def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: Projection,
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
+    first = 0
     for batch in batches:
-        sequences = materialize(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
+        with _rows_in_log(first, batch.num_rows):
+            sequences = materialize(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
+        first += batch.num_rows
         yield batch.select(_selected(batch.schema, columns)), sequences
+
+
+@contextlib.contextmanager
+def _rows_in_log(first: int, count: int) -> Iterator[None]:
+    """A ChecksumMismatch in the batch of the log's rows [first, first + count) names
+    rows of the log, not of the batch."""
+    try:
+        yield
+    except ChecksumMismatch as exc:
+        raise exc.in_log(range(first, first + count)) from None
 
 
 def materialize_log(
@@ -113,8 +127,9 @@ def materialize_log_tenants(
 def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenants: dict[str, Projection],
                 outs: dict[str, str], batch_size: int, columns: Sequence[str], verify: bool,
                 progress: Callable[[int], None] | None) -> int:
-    """Each tenant's sequences to its own Parquet file, all written under temporary
-    names and renamed only once every file is complete: a failed run leaves none."""
+    """Each tenant's sequences to its own Parquet file (outside the store), all written
+    under temporary names and renamed only once every file is complete: a failed run
+    replaces none."""
     if not isinstance(store, Store):
         store = Store(store)
     names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
@@ -128,39 +143,34 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
         pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]))
         for n in projected]) for tenant, projected in names.items()}
-    temporary = {t: os.path.join(os.path.dirname(p) or ".", f".tmp-{os.path.basename(p)}") for t, p in outs.items()}
+    for path in outs.values():
+        outside_store(store, path)
     rows = 0
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
-    try:
-        with contextlib.ExitStack() as stack:
-            writers = {t: stack.enter_context(pq.ParquetWriter(temporary[t], schemas[t])) for t in tenants}
-            for batch in _example_batches(examples, batch_size, columns):
+    with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
+        writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
+        for batch in _example_batches(examples, batch_size, columns):
+            with _rows_in_log(rows, batch.num_rows):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
                     sequences = {tenant: materialize(store, batch, projection, verify=verify)}
                 else:
                     sequences = materialize_tenants(store, batch, tenants, verify=verify)
-                kept = batch.select(columns)
-                for tenant, seqs in sequences.items():
-                    lists = seqs.to_arrow()
-                    schema = schemas[tenant]
-                    arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
-                    pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
-                    if sum(t.num_rows for t in pending[tenant]) >= _ROW_GROUP_ROWS:
-                        writers[tenant].write_table(pa.concat_tables(pending[tenant]))
-                        pending[tenant].clear()
-                rows += batch.num_rows
-                if progress is not None:
-                    progress(rows)
-            for tenant, tables in pending.items():
-                if tables:
-                    writers[tenant].write_table(pa.concat_tables(tables))
-        for tenant, path in outs.items():
-            os.replace(temporary[tenant], path)
-    finally:
-        for path in temporary.values():
-            if os.path.exists(path):
-                os.unlink(path)
+            kept = batch.select(columns)
+            for tenant, seqs in sequences.items():
+                lists = seqs.to_arrow()
+                schema = schemas[tenant]
+                arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
+                pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
+                if sum(t.num_rows for t in pending[tenant]) >= _ROW_GROUP_ROWS:
+                    writers[tenant].write_table(pa.concat_tables(pending[tenant]))
+                    pending[tenant].clear()
+            rows += batch.num_rows
+            if progress is not None:
+                progress(rows)
+        for tenant, tables in pending.items():
+            if tables:
+                writers[tenant].write_table(pa.concat_tables(tables))
     return rows
 
 

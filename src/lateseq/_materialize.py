@@ -14,7 +14,7 @@ from ._gather import compare, gather
 from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
-from ._records import is_two_tier, rebuild_batch, rebuild_streaming
+from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
 from ._select import FULL, select, transform
 from ._store import Store
 
@@ -85,11 +85,17 @@ def materialize_tenants(
             raise SchemaError(f"tenant {name!r}: {exc}" if name else str(exc)) from None
     if not isinstance(examples, Pointers) and is_two_tier(examples):
         selecting = [name for name, p in tenants.items() if p.selects]
-        if selecting:
-            raise SchemaError(f"tenants {selecting} select by window or filter, which reads plain pointer logs; "
-                              "this is a two-tier log (strip it with `lateseq strip`, or log plain pointers)")
-        return {name: materialize(store, examples, p, verify=verify, on_mismatch=on_mismatch)
-                for name, p in tenants.items()}
+        if not selecting:
+            return {name: materialize(store, examples, p, verify=verify, on_mismatch=on_mismatch)
+                    for name, p in tenants.items()}
+        inline = np.flatnonzero(examples.column("tail_version").to_numpy() == 0)
+        if len(inline):
+            who = f"tenants {selecting} select" if selecting != [""] else "this projection selects"
+            raise SchemaError(f"{who} by window or filter, which reads events from the store alone; "
+                              f"{len(inline)} records of this two-tier log carry their tail inline (first rows: "
+                              f"{inline[:5].tolist()}): strip it first (`lateseq strip`, once a kept version "
+                              "covers the tails), or log plain pointers")
+        examples = stripped_pointers(store, examples)
     pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
     located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL, pointers.length)
     mismatched = compare(pointers, located, verify, on_mismatch)

@@ -167,16 +167,16 @@ def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None =
     check: a damaged request time or label is an error, not a silently shifted window
     (the pointer checksum covers the history, not the log's other bytes). All or nothing
     at ``path``, which must not be inside ``store``."""
-    with replaced_when_written(_outside(store, path)) as tmp:
+    with replaced_when_written(outside_store(store, path)) as tmp:
         pq.write_table(examples, tmp, write_page_checksum=True)
 
 
-def _outside(store: Store | None, path: str | os.PathLike) -> Path:
+def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
     """``path``, refused if it is in ``store``'s directory: a log written over a manifest
     or the schema would destroy the store."""
     target = Path(path).resolve()
     if store is not None and store.path.resolve() in (target, *target.parents):
-        raise SchemaError(f"{path} is inside the store {store.path}; write example logs elsewhere")
+        raise SchemaError(f"{path} is inside the store {store.path}; write it elsewhere")
     return Path(path)
 
 
@@ -201,7 +201,7 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
               for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
     meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
-    with replaced_when_written(_outside(store, path)) as tmp:
+    with replaced_when_written(outside_store(store, path)) as tmp:
         with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
             for _, a, b in groups:
                 writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata),

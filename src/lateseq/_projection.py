@@ -49,9 +49,9 @@ class Filter:
                               f"got {given or 'none'}")
         if self.isin is not None:
             values = tuple(self.isin) if isinstance(self.isin, (list, tuple, set, frozenset)) else ()
-            if not values or not all(_is_int(v) for v in values):
+            if not values or not all(_is_int(v) or isinstance(v, bool | np.bool_) for v in values):
                 raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list of "
-                                  f"integers, got {self.isin!r}")
+                                  f"integers (or bools, for a bool column), got {self.isin!r}")
             object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
         for key in ("any_bits", "all_bits"):
             bits = getattr(self, key)
@@ -184,6 +184,12 @@ class Projection:
             elif dtype not in _INTEGER_TYPES:
                 problems.append(f"where: filter column {self.where.column!r} has type {dtype}; filters need an "
                                 "integer or bool column")
+            elif self.where.isin is None:
+                mask = self.where.any_bits if self.where.any_bits is not None else self.where.all_bits
+                width = 1 if dtype == "bool" else np.dtype(dtype).itemsize * 8
+                if mask >> width:
+                    problems.append(f"where: mask {mask:#x} has bits beyond the {width} of {dtype} column "
+                                    f"{self.where.column!r}")
         try:
             self.window_in(schema)
         except SchemaError as exc:

@@ -129,6 +129,12 @@ def merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
 def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
                   on_mismatch: str = "raise") -> JaggedBatch:
     """From the store alone: versions up to a covering version, bounded by arrival."""
+    return gather(store, stripped_pointers(store, log), projection, on_mismatch=on_mismatch)
+
+
+def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
+    """Two-tier records as plain pointers into the store alone (their tails in a covering
+    version, bounded by arrival), with the length and checksum of the whole history."""
     pointers = pointers_from_log(log, store.schema)
     tail_version = log.column("tail_version").to_numpy().astype(np.int64)
     uncovered = tail_version == 0
@@ -139,12 +145,11 @@ def rebuild_batch(store: Store, log: pa.Table | pa.RecordBatch, projection: Proj
         first = int(np.flatnonzero(tail_version == 0)[0])
         raise PointerError(f"no kept version covers arrivals up to request {first}'s time yet; "
                            "rebuild in streaming mode, or fold first")
-    seq = Pointers(
+    return Pointers(
         pointers.user_id, pointers.request_ts, pointers.version,
         log.column("seq_length").to_numpy().astype(np.int64), log.column("seq_checksum").to_numpy(),
         version_hi=tail_version, arrival_limit=pointers.request_ts,
     )
-    return gather(store, seq, projection, on_mismatch=on_mismatch)
 
 
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _kernels
 from ._derived import filtered_view
+from ._errors import SchemaError
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
@@ -104,6 +105,11 @@ def transform(batch: JaggedBatch, projection: Projection, schema: Schema, reques
     """``batch`` with ``projection.transforms`` applied (a new array per transformed column)."""
     for name, how in projection.transforms.items():
         age = np.repeat(request_ts, np.diff(batch.offsets)) - batch.values[name]
+        if np.any(age <= 0):  # every event is before its request: only wrapping around int64 gives this
+            event = int(np.flatnonzero(age <= 0)[0])
+            row = int(np.searchsorted(batch.offsets, event, side="right")) - 1
+            raise SchemaError(f"transforms: the {how!r} of an event of example {row} does not fit int64 (its "
+                              f"request at {int(request_ts[row])}, the event at {int(batch.values[name][event])})")
         if how == "age_s":
             age //= 10 ** (3 * TIME_UNITS.index(schema.time_unit))
         batch.values[name] = age

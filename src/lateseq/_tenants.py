@@ -24,7 +24,7 @@ from ._errors import SchemaError
 from ._projection import Filter, Projection
 from ._schema import Schema
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # whole names only: fullmatch
 _FIELDS = {"max_len", "columns", "feature_groups", "window", "where", "transforms"}
 _FILTER_FIELDS = {"column", "isin", "any_bits", "all_bits"}
 
@@ -51,7 +51,7 @@ def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
 
 def is_tenant_name(name: str) -> bool:
     """Whether ``name`` can name a tenant (and its output file: no path, no dot file)."""
-    return isinstance(name, str) and _NAME.match(name) is not None
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection], dict[str, Projection]]:
@@ -64,6 +64,9 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
         raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SchemaError(f"{os.fspath(source)}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{os.fspath(source)}: not UTF-8 text, which TOML is (byte {exc.start}: "
+                          f"{exc.object[exc.start:exc.start + 1]!r})") from None
     unknown = sorted(set(config) - {"tenants"})
     if unknown or not isinstance(config.get("tenants"), dict) or not config["tenants"]:
         raise SchemaError(f"{os.fspath(source)}: expected [tenants.NAME] tables and nothing else; found "
@@ -73,8 +76,8 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     partial: dict[str, Projection] = {}
     for name, spec in config["tenants"].items():
         if not is_tenant_name(name):
-            problems.append(f"tenant {name!r}: a name is letters, digits, '_', '-' and '.', not starting "
-                            "with '.' or '-' (it names the tenant's output file)")
+            problems.append(f"tenant {name!r}: a name is 1 to 128 letters, digits, '_', '-' and '.', not "
+                            "starting with '.' or '-' (it names the tenant's output file)")
             continue
         try:
             tenants[name] = _projection(spec)

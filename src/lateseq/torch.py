@@ -32,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._errors import PointerError, SchemaError
+from ._errors import ChecksumMismatch, PointerError, SchemaError
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch
 from ._loader import _open_parquet
@@ -414,7 +414,10 @@ class ExampleDataset(IterableDataset):
         t0, io = time.perf_counter(), _disk_read_bytes()
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
-        sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+        try:
+            sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+        except ChecksumMismatch as exc:
+            raise exc.in_log(rows) from None
         t1 = time.perf_counter()
         batch = self._batch(rows, examples, sequences)
         batch.stats = BatchStats(

@@ -190,10 +190,11 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if
 
 
 def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = (),
-                  store: Path | None = None) -> None:
+                  store: Path | None = None, folder_made_later: bool = False) -> None:
     """Refuses, before any work, an output that exists (unless ``force``), that is one of
     the command's ``inputs`` or inside ``store`` (even with ``force``: a failed or wrong
-    run would destroy what it reads), or whose directory does not exist."""
+    run would destroy what it reads), or whose directory does not exist (nor its parent,
+    when the command makes it: ``folder_made_later``)."""
     if store is not None:
         _outside_store(out, option, store)
     if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in inputs):
@@ -203,8 +204,9 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
         raise IsADirectoryError(f"{option} {out} is a directory")
     if (out.exists() or out.is_symlink()) and not force:
         raise FileExistsError(f"{option} {out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{option} {out}: directory {out.parent} does not exist")
+    folder = out.parent.parent if folder_made_later and not out.parent.exists() else out.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {out}: directory {folder} does not exist")
 
 
 def _outside_store(out: Path, option: str, store: Path) -> None:
@@ -423,10 +425,8 @@ def materialize(
             raise NotADirectoryError(f"--out {out} is a file; with --tenants it names a directory")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
-        _outside_store(out, "--out", store)  # before the folder is made: a refusal changes nothing
-        out.mkdir(exist_ok=True)
-        for name in config:
-            _check_output(out / f"{name}.parquet", force, "--out", [examples], store)
+        for name in config:  # before the folder is made: a refusal changes nothing
+            _check_output(out / f"{name}.parquet", force, "--out", [examples], store, folder_made_later=True)
     else:
         _check_output(out, force, "--out", [examples], store)
         config = {"": Projection(max_len, _columns(columns))}
@@ -435,13 +435,21 @@ def materialize(
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read example log {examples} as Parquet: {exc}") from exc
     kept = _columns(keep) if keep else ()
-    with _progress() as bar:
-        task = bar.add_task("materialize", total=total)
-        advance = lambda n: bar.update(task, completed=n)  # noqa: E731
-        if tenants is None:
-            materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify, progress=advance)
-        else:
-            materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify, progress=advance)
+    made = tenants is not None and not out.exists()
+    try:
+        with _progress() as bar:
+            task = bar.add_task("materialize", total=total)
+            advance = lambda n: bar.update(task, completed=n)  # noqa: E731
+            if tenants is None:
+                materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify, progress=advance)
+            else:
+                out.mkdir(exist_ok=True)
+                materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
+                                        progress=advance)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no folder it made
+        raise
     for name, projection in config.items():
         where = out / f"{name}.parquet" if name else out
         label = f"{name}: " if name else ""
