@@ -387,6 +387,97 @@ def test_resume_state_is_checked(world):
     assert len(list(again)) == len(list(dataset(world, shuffle=True)))  # the next epoch starts over
 
 
+def test_a_state_saved_between_epochs_or_right_after_resuming_says_where_it_stands(world):
+    _, oracle, log, _ = world
+    ds = dataset(world, shuffle=True, seed=3)
+    first = list(ds)
+    ds.set_epoch(1)
+    state = ds.state_dict()  # before any batch of epoch 1: all of it is still to come
+    assert (state["epoch"], state["batches"]) == (1, 0)
+    resumed = dataset(world, shuffle=True, seed=3)
+    resumed.load_state_dict(state)
+    check(list(resumed), oracle, log)
+    middle = dataset(world, shuffle=True, seed=3)
+    middle.load_state_dict({**ds.state_dict(), "epoch": 0, "batches": 4})
+    assert middle.state_dict()["batches"] == 4  # saved again before the next batch: the same place
+    again = dataset(world, shuffle=True, seed=3)
+    again.load_state_dict(middle.state_dict())
+    rest = list(again)
+    assert len(rest) == len(first) - 4 and all(same(a, b) for a, b in zip(rest, first[4:], strict=True))
+
+
+def test_a_state_does_not_resume_over_another_log(world, tmp_path):
+    store, _, log, _ = world
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    for name, groups in (("a", 16), ("b", 48)):  # the same rows, row groups of another size
+        pq.write_table(log, tmp_path / f"{name}.parquet", row_group_size=groups)
+    pq.write_table(pa.concat_tables([log.slice(80), log.slice(0, 80)]),
+                   tmp_path / "c.parquet", row_group_size=16)  # other rows, the same layout
+    ds = ExampleDataset(store, tmp_path / "a.parquet", projection, batch_size=10, shuffle=True)
+    it = iter(ds)
+    next(it)
+    state = ds.state_dict()
+    for name in ("b", "c"):
+        with pytest.raises(lateseq.SchemaError, match="another plan or log.*'log'"):
+            ExampleDataset(store, tmp_path / f"{name}.parquet", projection, batch_size=10,
+                           shuffle=True).load_state_dict(state)
+    other = ExampleDataset(store, log.slice(1), projection, batch_size=10, shuffle=True)
+    with pytest.raises(lateseq.SchemaError, match="'log'"):
+        other.load_state_dict(ExampleDataset(store, log.slice(0, log.num_rows - 1), projection, batch_size=10,
+                                             shuffle=True).state_dict())
+
+
+def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):
+    store, _, log, _ = world
+    path = tmp_path / "log.parquet"
+    pq.write_table(log.slice(0, 100), path, row_group_size=16)
+    ds = ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10)
+    assert sum(len(b) for b in ds) == 100
+    pq.write_table(log, path, row_group_size=16)  # grown in place
+    with pytest.raises(lateseq.SchemaError, match="changed since this dataset was made"):
+        list(ds)
+
+
+def test_rebatch_resumes_with_the_examples_it_held(world):
+    _, oracle, log, _ = world
+    whole = list(rebatch(dataset(world, batch_size=7, shuffle=True, seed=2), 25))
+    for stop in (0, 1, len(whole) - 2):
+        ds = dataset(world, batch_size=7, shuffle=True, seed=2)
+        steps = rebatch(ds, 25)
+        taken = [next(steps) for _ in range(stop + 1)]
+        saved = {"loader": ds.state_dict(), "rebatch": steps.state_dict()}
+        assert saved["rebatch"]["held"] is None or len(saved["rebatch"]["held"]["rows"]) < 25
+        resumed = dataset(world, batch_size=7, shuffle=True, seed=2)
+        resumed.load_state_dict(saved["loader"])
+        rest = list(rebatch(resumed, 25, state=saved["rebatch"]))
+        check(taken + rest, oracle, log)  # every example exactly once
+        assert all(same(a, b) for a, b in zip(taken + rest, whole, strict=True)), f"after step {stop}"
+    with pytest.raises(lateseq.SchemaError, match="not a rebatch state"):
+        rebatch([], 4, state={"pending": 1})
+
+
+def test_example_columns_with_nulls_are_refused_when_the_dataset_is_made(world, tmp_path):
+    store, _, log, _ = world
+    holes = log.set_column(log.schema.get_field_index("label"), "label",
+                           pa.array([None] + log.column("label").to_pylist()[1:], pa.int8()))
+    pq.write_table(holes, tmp_path / "holes.parquet", row_group_size=16)
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    for source in (holes, tmp_path / "holes.parquet"):
+        with pytest.raises(lateseq.SchemaError, match="example columns with nulls: {'label': 1}"):
+            ExampleDataset(store, source, projection)
+        assert len(list(ExampleDataset(store, source, projection, example_columns=["weight"]))) > 0
+
+
+def test_numpy_integers_and_a_rank_without_a_world_size(world):
+    ds = dataset(world)
+    ds.set_epoch(np.int64(1))
+    assert ds.epoch == 1
+    b = next(iter(ds))
+    assert b.padded("item_id", np.int64(3)).shape == (len(b), 3)
+    with pytest.raises(lateseq.SchemaError, match="needs world_size"):
+        dataset(world, rank=1)
+
+
 # ---------------------------------------------------------------------- batches
 
 
@@ -474,7 +565,10 @@ def test_to_device_and_pin_memory_move_every_tensor(batch, monkeypatch):
     moved = batch.to("meta")
     tensors = [moved.rows, moved.offsets, moved.lengths, *moved.values.values(), *moved.examples.values()]
     assert all(t.device.type == "meta" for t in tensors) and len(moved) == len(batch)
+    if not torch.cuda.is_available():  # nothing to pin for: the batch itself, as DataLoader(pin_memory=True) does
+        assert batch.pin_memory() is batch
     pinned = []
+    monkeypatch.setattr(lateseq.torch, "_has_accelerator", lambda: True)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t) or t.clone())
     from torch.utils.data._utils.pin_memory import (
         pin_memory,  # what DataLoader(pin_memory=True) calls

@@ -9,13 +9,16 @@ example comes out exactly once; ``state_dict``/``load_state_dict`` let torchdata
 >>> ds = ExampleDataset(store, "examples.parquet", Projection(200, ("item_id", "ts")),
 ...                     batch_size=256, shuffle=True)
 >>> loader = DataLoader(ds, batch_size=None, num_workers=4, multiprocessing_context="spawn")
->>> for batch in rebatch(loader, 1024):
+>>> steps = rebatch(loader, 1024)
+>>> for batch in steps:
 ...     ids = batch.padded("item_id", 200)          # newest 200 events, right-padded
 ...     label = batch.examples["label"]
+...     checkpoint = {"loader": loader.state_dict(), "rebatch": steps.state_dict()}  # a StatefulDataLoader's
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +28,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
 
 try:
     import torch
@@ -43,7 +48,7 @@ from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
 from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
 from ._store import Store
 
-__all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "rebatch"]
+__all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
 
 
 # ---------------------------------------------------------------------- batches
@@ -91,7 +96,10 @@ class Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
-        """Page-locked copies, so ``DataLoader(pin_memory=True)`` and ``to(non_blocking=True)`` work."""
+        """Page-locked copies, so ``DataLoader(pin_memory=True)`` and ``to(non_blocking=True)``
+        work; this batch itself on a machine without an accelerator (nothing to pin for)."""
+        if not _has_accelerator():
+            return self
         return self._map(lambda t: t.pin_memory())
 
     def __getitem__(self, index: slice) -> Batch:
@@ -132,8 +140,9 @@ class Batch:
             raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length < 0:
             raise SchemaError(f"length must be a non-negative integer, got {length!r}")
+        length = int(length)
         values = self.values[name]
         keep = torch.clamp(self.lengths, max=length)[:, None]
         col = torch.arange(length, device=values.device)
@@ -197,25 +206,55 @@ class Batch:
         }
 
 
-def rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+def rebatch(batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | None = None) -> Rebatched:
     """Training batches of exactly ``batch_size`` examples (the last may be smaller) from
     smaller worker batches, in order: workers make small batches (less memory, finer
-    resume), the trainer takes big ones."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
-    pending: list[Batch] = []
-    count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += len(batch)
-        while count >= batch_size:
-            joined = Batch.cat(pending) if len(pending) > 1 else pending[0]
-            yield joined[:batch_size]
-            rest = joined[batch_size:]
-            rest.stats = BatchStats()  # counted once, in the batch above
-            pending, count = ([rest] if len(rest) else []), len(rest)
-    if count:
-        yield Batch.cat(pending)
+    resume), the trainer takes big ones. ``state``: a ``Rebatched.state_dict()`` to
+    resume from, with the loader resumed from its own state saved at the same step."""
+    return Rebatched(batches, batch_size, state)
+
+
+class Rebatched(Iterator[Batch]):
+    """What ``rebatch`` returns. It holds examples the loader has handed out that no
+    training batch has taken yet; ``state_dict`` saves them (with the loader's state,
+    after the same step), so a resumed run neither loses nor repeats an example."""
+
+    def __init__(self, batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | None = None):
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self._batches = iter(batches)
+        self._pending: list[Batch] = []
+        if state is not None:
+            try:
+                held = state["held"]
+                self._pending = [] if held is None else [Batch(**held)]
+            except (KeyError, TypeError) as exc:
+                raise SchemaError(f"not a rebatch state: {state!r}") from exc
+        self._count = sum(len(b) for b in self._pending)
+
+    def __next__(self) -> Batch:
+        while self._count < self.batch_size:
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            self._pending.append(batch)
+            self._count += len(batch)
+        if not self._count:
+            raise StopIteration
+        joined = Batch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        out, rest = joined[:self.batch_size], joined[self.batch_size:]
+        rest.stats = BatchStats()  # counted once, in the batch handed out
+        self._pending, self._count = ([rest] if len(rest) else []), len(rest)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The examples held (as tensors; None: none), to save beside the loader's state."""
+        if not self._pending:
+            return {"held": None}
+        held = Batch.cat(self._pending)
+        return {"held": {"rows": held.rows, "examples": held.examples, "offsets": held.offsets,
+                         "lengths": held.lengths, "values": held.values}}
 
 
 @dataclass
@@ -314,7 +353,7 @@ class ExampleDataset(IterableDataset):
                 raise SchemaError("copartition reads a Parquet log written by lateseq.copartition_log, not a table")
             self._table: pa.Table | None = examples
             self._path: str | None = None
-            schema, num_rows, row_groups = examples.schema, examples.num_rows, None
+            schema, num_rows, row_groups, meta = examples.schema, examples.num_rows, None, None
         else:
             with _open_parquet(examples) as source:
                 schema, meta = source.schema_arrow, source.metadata
@@ -325,9 +364,14 @@ class ExampleDataset(IterableDataset):
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
+        _refuse_nulls(self.example_columns, examples if self._table is not None else meta)
+        self._log = _log_identity(self._table, self._path)
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
+            if not ready and world_size is None and rank not in (None, 0):
+                raise SchemaError(f"rank={rank!r} needs world_size= as well (torch.distributed is not initialised, "
+                                  "so there is no world size to default to)")
             rank = (dist.get_rank() if ready else 0) if rank is None else rank
             world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
         self.verify = verify
@@ -347,12 +391,13 @@ class ExampleDataset(IterableDataset):
         return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
 
     def set_epoch(self, epoch: int) -> None:
-        """Shuffles anew for ``epoch`` (call before each epoch, with workers not persistent)."""
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        """Shuffles anew for ``epoch`` (call before each epoch, with workers not persistent:
+        a persistent worker keeps the epoch it started with)."""
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
             raise SchemaError(f"epoch must be a non-negative integer, got {epoch!r}")
         if epoch != self.epoch:
-            self._resume = None
-        self.epoch = epoch
+            self._resume, self._yielded = None, 0  # a state saved now starts the new epoch
+        self.epoch = int(epoch)
 
     # ------------------------------------------------------------ resuming
 
@@ -360,7 +405,7 @@ class ExampleDataset(IterableDataset):
         """Where this shard stands: its epoch and how many batches it has handed out."""
         worker, workers = self._shard if self._shard else (None, None)
         return {"epoch": self.epoch, "batches": self._yielded, "worker": worker, "num_workers": workers,
-                "plan": _fingerprint(self._config)}
+                "plan": self._fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration starts after the batches ``state`` says were handed out."""
@@ -368,11 +413,24 @@ class ExampleDataset(IterableDataset):
             epoch, batches, plan = state["epoch"], state["batches"], state["plan"]
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"not an ExampleDataset state: {state!r}") from exc
-        if plan != _fingerprint(self._config):
-            raise SchemaError(f"cannot resume: the state was saved with {plan}, this dataset has "
-                              f"{_fingerprint(self._config)}")
+        mine = self._fingerprint()
+        if plan != mine:
+            differ = sorted(k for k in mine if not isinstance(plan, dict) or plan.get(k) != mine[k])
+            raise SchemaError(f"cannot resume: the state was saved with another plan or log (differing in "
+                              f"{differ}): saved {plan}, this dataset has {mine}")
         self.set_epoch(epoch)
         self._resume = dict(state, batches=batches)
+        self._yielded = batches  # a state saved before the next batch says the same
+        saved = (state.get("worker"), state.get("num_workers"))
+        self._shard = None if saved == (None, None) else saved
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a saved position means: resuming under another plan, or over another log
+        (other rows, other row groups), would repeat or skip rows."""
+        out = {k: v for k, v in self._config.items() if k != "row_groups"}
+        out["row_groups"] = None if self._config["row_groups"] is None else len(self._config["row_groups"])
+        out["log"] = self._log
+        return out
 
     # ------------------------------------------------------------ iterating
 
@@ -392,6 +450,10 @@ class ExampleDataset(IterableDataset):
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
         source = None if self._table is not None else _open_parquet(self._path)
+        if source is not None and _log_identity(None, self._path) != self._log:
+            source.close()
+            raise SchemaError(f"example log {self._path} changed since this dataset was made; make a new "
+                              "dataset (a state saved over the old log does not resume over the new one)")
         made = (self._made(*read) for read in self._reads(plan, source, start))
         if self.prefetch:
             made = _ahead(made)
@@ -524,11 +586,46 @@ def _disk_read_bytes() -> int:
         return 0
 
 
-def _fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """What a saved position means: resuming under another plan would repeat or skip rows."""
-    out = {k: v for k, v in config.items() if k != "row_groups"}
-    out["row_groups"] = None if config["row_groups"] is None else len(config["row_groups"])
-    return out
+def _log_identity(table: pa.Table | None, path: str | None) -> str:
+    """A digest of an example log: of a Parquet file's footer (its schema, row groups,
+    column chunk sizes and statistics, read in one small read), or of a table's pointer
+    columns."""
+    digest = xxhash.xxh3_64()
+    if table is not None:
+        for name in [f.name for f in POINTER_FIELDS]:
+            digest.update(np.ascontiguousarray(table.column(name).to_numpy(zero_copy_only=False)).view(np.uint8))
+        digest.update(str(table.num_rows).encode())
+        return digest.hexdigest()
+    try:
+        with open(path, "rb") as file:
+            file.seek(-8, os.SEEK_END)
+            tail = file.read(8)
+            file.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
+            digest.update(file.read())
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read example log {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def _refuse_nulls(columns: list[str], source: pa.Table | pq.FileMetaData | None) -> None:
+    """Example columns with nulls, found now (in a Parquet log, where its statistics
+    count them) rather than at the batch that holds one, mid-epoch, in a worker."""
+    if source is None:
+        return
+    if isinstance(source, pa.Table):
+        nulls = {name: source.column(name).null_count for name in columns}
+    else:
+        index = {source.schema.column(i).path: i for i in range(source.num_columns)}
+        nulls = {name: 0 for name in columns}
+        for g in range(source.num_row_groups):
+            for name in columns:
+                stats = source.row_group(g).column(index[name]).statistics
+                if stats is not None and stats.has_null_count:
+                    nulls[name] += stats.null_count
+    bad = {name: n for name, n in nulls.items() if n}
+    if bad:
+        raise SchemaError(f"example columns with nulls: {bad}; fill them, or name the columns to use with "
+                          "example_columns=")
 
 
 def _log_columns(schema: pa.Schema, requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -574,6 +671,11 @@ def _example_numpy(table: pa.Table, name: str) -> np.ndarray:
             raise SchemaError(f"example column {name!r} holds uint64 values that do not fit int64")
         array = array.astype(np.int64)
     return array
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA alone before
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
