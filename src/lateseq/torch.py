@@ -326,9 +326,10 @@ class ExampleDataset(IterableDataset):
     in use (the trainer's step; a worker's sending it), and for a store read without
     readahead (``Store.random_access``) first asks the kernel for its histories' pages
     (``madvise(WILLNEED)``), so a cold store is read with many requests in flight
-    instead of one page fault at a time; batches are the same either way. ``drop_last`` drops each shard's short last batch; ``even_batches``
-    gives every rank as many batches as the rank with fewest (what DistributedDataParallel
-    needs; the others drop their last, up to about a block per rank). ``example_columns``
+    instead of one page fault at a time; batches are the same either way. ``drop_last``
+    drops each shard's short last batch; ``even_batches`` gives every rank as many
+    batches as the rank with fewest (what DistributedDataParallel needs; the others drop
+    their last, up to about a block per rank). ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``).
