@@ -15,6 +15,7 @@ import pytest
 from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
 import lateseq
+import lateseq._events
 import lateseq._format
 import lateseq._segments
 import lateseq._store
@@ -189,6 +190,53 @@ def test_compaction_keeps_every_version_rebuildable(make_store):
         offsets, values = oracle.expected(reqs, max_len, ("ts", "item", "seq"))
         batch = lateseq.materialize(store, examples, lateseq.Projection(max_len, ("ts", "item", "seq")))
         assert_batch_equal(batch, offsets, values, f"max_len={max_len}")
+
+
+@pytest.mark.parametrize("merged_reads", [False, "auto"])
+def test_a_batch_over_many_partitions_reads_as_each_partition_alone(make_store, merged_reads, monkeypatch):
+    """A batch touching many partitions is located in one view of them all: it must give
+    what the oracle gives, what each partition's pointers give alone, and go on doing so
+    as partitions join the view, switch to their merged copies, and get new versions."""
+    monkeypatch.setattr(lateseq._store, "AUTO_MERGE_RENT", 1)  # "auto" merges after a read or two
+    store = make_store({"item": "int64"}, partitions=32)
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(9)
+    projection = lateseq.Projection(5, ("ts", "item"))
+    logs = []
+    for step in range(5):
+        n = 600
+        users, ts = rng.integers(0, 200, n).tolist(), rng.integers(0, 50, n).tolist()  # late and tied times
+        payload = {"item": rng.integers(0, 1000, n).tolist()}
+        oracle.commit(users, ts, payload)
+        store = store.commit(pa.table({"user_id": users, "ts": ts, "item": payload["item"]}))
+        if step == 2:
+            oracle.compact()
+            store = store.compact()
+        logs.append(lateseq.log_examples(store, pa.table({"user_id": rng.integers(-5, 205, 300),
+                                                          "request_ts": rng.integers(0, 55, 300)})))
+        reader = lateseq.open(store.path, merged_reads=merged_reads)
+        for examples in (logs[-1].slice(0, 3), logs[-1].slice(0, 40), pa.concat_tables(logs)):  # views join
+            reqs = [Request(u, t, v) for u, t, v in zip(*(examples.column(c).to_pylist()
+                                                          for c in ("user_id", "request_ts", "uih_version")),
+                                                        strict=True)]
+            offsets, values = oracle.expected(reqs, 5, ("ts", "item"))
+            for _ in range(3):  # merged_reads="auto" switches partitions to their copies as reads pay
+                assert_batch_equal(lateseq.materialize(reader, examples, projection), offsets, values,
+                                   f"step {step}, {examples.num_rows} examples")
+        parts = lateseq._events.partition_of(examples.column("user_id").to_numpy(), 32)
+        assert len(np.unique(parts)) > 16
+        one = np.flatnonzero(parts == parts[0])  # the pointers of one partition alone: its own view
+        alone = lateseq.materialize(reader, examples.take(pa.array(one)), projection)
+        whole = lateseq.materialize(reader, examples, projection)
+        for i, row in enumerate(one):
+            a, b = whole.offsets[row], whole.offsets[row + 1]
+            assert whole.values["item"][a:b].tolist() == alone.values["item"][alone.offsets[i]:alone.offsets[i + 1]].tolist()
+    # batches of many partitions only: each partition's reads still pay towards its merged copy
+    fresh = lateseq.open(store.path, merged_reads=merged_reads)
+    for _ in range(4):
+        lateseq.materialize(fresh, pa.concat_tables(logs), projection)
+    several = {p for p in range(32) if len(fresh._by_partition.get(p, [])) > 1}
+    assert several and fresh._merged == (several if merged_reads == "auto" else set())
 
 
 # ---------------------------------------------------------------------- event ids

@@ -156,12 +156,16 @@ class Located:
     first_window: np.ndarray
     end_window: np.ndarray
     partitions: list[Windows] = field(default_factory=list)
+    partition: np.ndarray | None = None  # each pointer's partition (None: one partition)
 
 
 def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
-           request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None) -> Located:
+           request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None,
+           joined: Callable[[np.ndarray], PartitionView | None] | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
-    in the ``views(partition)`` of a handle at ``version``. ``lengths`` (the pointers'
+    in the ``views(partition)`` of a handle at ``version``; a batch of several partitions
+    in one view ``joined(partitions)`` of them all, so that its cost does not grow with the
+    partitions it touches (a kernel call per partition would). ``lengths`` (the pointers'
     recorded lengths) saves most searches for where a history ends; never trusted."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
@@ -178,11 +182,15 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     request_ts = np.ascontiguousarray(request_ts, np.int64)
     hint = np.full(n, -1, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
     parts = partition_of(users, schema.partitions)
-    for p in np.unique(parts) if schema.partitions > 1 else [0]:
-        view = views(int(p))
+    touched = np.unique(parts) if schema.partitions > 1 else np.zeros(1, np.int64)
+    if len(touched) > 1 and joined is not None:
+        located.partition = parts
+        groups = [(joined(touched), np.arange(n))]
+    else:
+        groups = [(views(int(p)), np.flatnonzero(parts == p) if len(touched) > 1 else np.arange(n)) for p in touched]
+    for view, rows in groups:
         if view is None:
             continue
-        rows = np.flatnonzero(parts == p) if schema.partitions > 1 else np.arange(n)
         if len(view.segments) == 1:
             located.partitions.append(_locate_single(view, rows, users, request_ts, visibility, max_len, hint, located))
             continue

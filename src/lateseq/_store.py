@@ -104,6 +104,8 @@ class Store:
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
         self._views: dict[int, PartitionView | None] = {}
+        self._join: tuple[dict[int, PartitionView], PartitionView | None] = ({}, None)  # see _joined
+        self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
@@ -436,15 +438,36 @@ class Store:
                max_len: int, lengths: np.ndarray | None = None) -> Located:
         """Finds each pointer's visible events: time before the request, and ``visibility``
         (``lengths``, the pointers' recorded ones, only speed the search up)."""
-        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths)
+        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
+                      self._joined)
 
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
         returns (its newest ``max_len`` per pointer) from partitions read segment by segment."""
-        for windows in located.partitions if self.merged_reads == "auto" else []:
-            rent = self._rents.get(windows.view.segments[0].info.partition)
-            if rent is not None and len(windows.view.segments) > 1:
-                rent.pay(int(np.minimum(located.count[windows.rows], max_len).sum()))
+        if self.merged_reads != "auto" or not self._rents:
+            return
+        if located.partition is None:  # a view per partition
+            paid = {w.view.segments[0].info.partition: (w.rows, len(w.view.segments) > 1) for w in located.partitions}
+            totals = {p: int(np.minimum(located.count[rows], max_len).sum()) for p, (rows, many) in paid.items()
+                      if many}
+        else:  # one view of several partitions
+            events = np.bincount(located.partition, np.minimum(located.count, max_len), self.schema.partitions)
+            totals = {int(p): int(events[p]) for p in np.flatnonzero(events) if int(p) not in self._merged}
+        for partition, events in totals.items():
+            rent = self._rents.get(partition)
+            if rent is not None:
+                rent.pay(events)
+
+    def _joined(self, partitions: np.ndarray) -> PartitionView | None:
+        """One view of the segments of ``partitions`` and of the others this handle read
+        so far (built again only when a new partition, or a partition's new view, joins)."""
+        current = {int(p): view for p in partitions if (view := self._view(int(p))) is not None}
+        members, view = self._join
+        if any(members.get(p) is not v for p, v in current.items()):
+            members = {**members, **current}
+            view = PartitionView([s for p in sorted(members) for s in members[p].segments], self.schema)
+            self._join = (members, view)
+        return view if current else None
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
@@ -466,8 +489,13 @@ class Store:
         built once per handle, and again when a decoded copy was replaced (the segment
         cache notices)."""
         infos = self._by_partition.get(partition, [])
+        merged = len(infos) > 1 and self._reads_merged(partition, infos)
+        known = self._views.get(partition)
+        if known is not None and self._view_merged[partition] == merged and not any(
+                s.changed() for s in known.segments):
+            return known  # nothing changed on disk (a stat per file): no trip through the segment cache
         segments = None
-        if len(infos) > 1 and self._reads_merged(partition, infos):  # its inputs are opened only to build it
+        if merged:  # its inputs are opened only to build it
             try:
                 segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
                     infos, lambda: self.segments(partition), self.schema, self.cache_dir,
@@ -483,10 +511,11 @@ class Store:
                 self._rents.pop(partition)  # not tried again by this handle
         if segments is None:
             segments = self.segments(partition)
-        view = self._views.get(partition)
-        if view is None or any(a is not b for a, b in zip(view.segments, segments, strict=True)):
-            view = self._views[partition] = PartitionView(segments, self.schema) if segments else None
-        return view
+        if known is None or len(known.segments) != len(segments) or any(
+                a is not b for a, b in zip(known.segments, segments, strict=True)):
+            known = self._views[partition] = PartitionView(segments, self.schema) if segments else None
+        self._view_merged[partition] = len(infos) > 1 and partition in self._merged
+        return known
 
 
 def _tiered_runs(rows: list[int], fanout: int) -> list[tuple[int, int]]:
