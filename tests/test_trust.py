@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from oracle import edit_in_place, referenced_files
+from oracle import Oracle, Request, assert_batch_equal, edit_in_place, referenced_files
 
 import lateseq
 import lateseq._store
@@ -311,6 +311,27 @@ def test_delete_removes_every_byte_of_a_user_once_cleaned_up(store, log):
     assert store.delete([999]).version == lateseq.open(store.path).version  # nobody to delete: no version
 
 
+def test_a_deletion_leaves_every_other_history_in_its_order(make_store):
+    """Ties in time are ordered by commit (segment order): a deletion rewrites the segments
+    holding the user, and each rewritten segment must keep its place."""
+    store = make_store({"item": "int64"})
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(4)
+    for k in range(4):  # user 1 in the first commit only: one segment of four is rewritten
+        users, ts = rng.integers(1 if k == 0 else 2, 6, 40).tolist(), rng.integers(0, 4, 40).tolist()  # ties
+        items = rng.integers(0, 10**6, 40).tolist()
+        oracle.commit(users, ts, {"item": items})
+        store = store.commit(pa.table({"user_id": users, "ts": ts, "item": items}))
+    kept = pa.table({"user_id": [2, 3, 4, 5], "request_ts": [9, 9, 9, 9]})
+    examples = lateseq.log_examples(store, kept)
+    requests = [Request(u, 9, store.version) for u in (2, 3, 4, 5)]
+    offsets, values = oracle.expected(requests, 100, ("ts", "item"))
+    projection = lateseq.Projection(100, ("ts", "item"))
+    for handle in (store, store.delete([1]), store.delete([1]).compact()):
+        assert_batch_equal(lateseq.materialize(handle, examples, projection), offsets, values, f"v{handle.version}")
+
+
+# ---------------------------------------------------------------- durability
 # ---------------------------------------------------------------- durability
 
 

@@ -307,15 +307,16 @@ class Store:
                     touched.append(info)
             if not touched:
                 return base
-            new, dropped = [], {i.name for i in touched}
+            rewritten: dict[str, SegmentInfo | None] = {}
             for info in touched:
                 events = merge_segments([base._segments.get(info)], self.schema)
                 keep = np.flatnonzero(~np.isin(events.user, users))
-                if len(keep):
-                    new.append(self._write(info.partition, events.take(keep)))
-            infos = [i for i in base.segment_infos if i.name not in dropped] + new
-            return base._publish(base.version + 1, "delete", infos, new, base.watermark,
-                                 deleted=users.tolist())
+                rewritten[info.name] = self._write(info.partition, events.take(keep)) if len(keep) else None
+            # each rewritten segment takes its original's place: segment order breaks time ties
+            infos = [rewritten.get(i.name, i) for i in base.segment_infos]
+            new = [i for i in rewritten.values() if i is not None]
+            return base._publish(base.version + 1, "delete", [i for i in infos if i is not None], new,
+                                 base.watermark, deleted=users.tolist())
 
     def deleted_users(self) -> np.ndarray:
         """Users whose events a kept or retired version's deletion removed."""
