@@ -133,6 +133,24 @@ def test_online_refuses_unsafe_reads(world):
         reader.serve(requests((1, 40)))
 
 
+def test_online_serves_transforms_as_training_rebuilds_them_and_refuses_selections(world):
+    store, tier = world
+    tier.append(events((1, 5, 6, 1), (1, 8, 9, 2)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 12, 21, 4)))
+    aged = lateseq.Projection(10, ("item_id", "ts"), transforms={"ts": "age"})
+    log, served = OnlineReader(store, tier, aged).serve(requests((1, 25)))
+    assert served.values["ts"].tolist() == [20, 17, 13] and served.values["item_id"].tolist() == [10, 20, 40]
+    later = fold(store, tier, 40)
+    for rebuilt in (lateseq.materialize(store, log, aged),  # streaming, from the inline tail
+                    lateseq.materialize(later, strip_tails(later, log)[0], aged)):  # batch, tail stripped
+        assert rebuilt.values["ts"].tolist() == served.values["ts"].tolist()
+    for selecting in (lateseq.Projection(10, ("item_id",), window=15),
+                      lateseq.Projection(10, ("item_id",), where=lateseq.Filter("event_id", isin=[1]))):
+        with pytest.raises(SchemaError, match="window or filter"):
+            OnlineReader(store, tier, selecting)  # training could not rebuild what it would serve
+
+
 # ---------------------------------------------------------------- the audit's causes
 
 

@@ -44,6 +44,7 @@ from ._records import (
     rebuild_streaming,
     tail_intact,
 )
+from ._select import transform
 from ._store import Store
 from .mutable import MutableTier
 
@@ -79,6 +80,10 @@ class OnlineReader:
     def __init__(self, store: Store, tier: MutableTier, projection: Projection):
         if store.schema.arrival_col is None or store.schema.event_id_col is None:
             raise SchemaError("the two-tier protocol needs a schema with arrival_col and event_id_col")
+        if projection.selects:  # training could not rebuild it from the records: refused there too
+            raise SchemaError("OnlineReader serves the newest max_len events (and transforms); a window or "
+                              "filter reads the store alone, so select after `strip` at training time")
+        projection.resolve(store.schema)
         self.store = store
         self.tier = tier
         self.projection = projection
@@ -100,8 +105,9 @@ class OnlineReader:
         tail, owners = tail.filter(pa.array(before)), owners[before]
         log = attach_tails(log, store, tail, owners)
         # the tail's digest was just computed from these very rows: merge, don't re-verify
-        return log, merge_tail(store, log, inline_tail(store, log), self.projection,
-                                np.zeros(log.num_rows, bool), "raise")
+        served = merge_tail(store, log, inline_tail(store, log), self.projection, np.zeros(log.num_rows, bool),
+                            "raise")
+        return log, transform(served, self.projection, store.schema, times) if self.projection.transforms else served
 
 
 def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tuple[pa.Table, int]:
