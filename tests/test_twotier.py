@@ -75,9 +75,13 @@ def test_streaming_and_batch_rebuild_exactly(world):
 
 def test_naive_join_would_leak(world):
     store, log, _ = serve_one_scenario(*world)
-    pointers = lateseq.log_examples(store, requests((1, 25)))
-    naive = lateseq.materialize(store, pointers, PROJECTION)
-    assert 30 in naive.values["arrival_ts"].tolist()  # event 6 arrived after the request
+    with pytest.raises(PointerError, match="watermark"):  # pointers into the final store are refused
+        lateseq.log_examples(store, requests((1, 25)))
+    plain = log.select(["user_id", "request_ts", "uih_version", "uih_length", "uih_checksum"]).slice(0, 1)
+    naive = plain.set_column(2, "uih_version", pa.array([store.version], pa.uint32()))  # the final store's
+    read = lateseq.materialize(store, naive, PROJECTION, on_mismatch="flag")
+    assert 30 in read.values["arrival_ts"].tolist()  # event 6 arrived after the request: leaked, and
+    assert read.mismatched.tolist() == [True]  # flagged: online counted what arrived before it
 
 
 def test_strip_keeps_uncovered_tails(world):
@@ -131,6 +135,15 @@ def test_online_refuses_unsafe_reads(world):
     tier.expired_before = 30  # the tier lost events the store does not hold
     with pytest.raises(StoreError, match="fold more often"):
         reader.serve(requests((1, 40)))
+
+
+def test_pointers_are_refused_before_their_versions_watermark(world):
+    store, tier = world
+    tier.append(events((1, 5, 6, 1), (1, 8, 40, 2)))  # event 2 arrives at 40
+    store = fold(store, tier, 100)
+    with pytest.raises(PointerError, match="before the watermark 100"):
+        lateseq.log_examples(store, requests((1, 20)))  # would see event 2, which arrived after the request
+    assert lateseq.log_examples(store, requests((1, 100))).column("uih_length").to_pylist() == [2]
 
 
 def test_online_serves_transforms_as_training_rebuilds_them_and_refuses_selections(world):
