@@ -218,3 +218,14 @@ def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch
     materialize_log_tenants(store, log, tenants, out)
     assert sorted(p.name for p in out.iterdir()) == ["a.parquet", "b.parquet"]
     assert pq.read_table(out / "b.parquet").num_rows == log.num_rows
+
+
+def test_example_columns_to_keep_are_checked_and_kept_once(world, tmp_path):
+    store, _, log, _ = world
+    projection = lateseq.Projection(3, ("item_id",))
+    with pytest.raises(lateseq.SchemaError, match=r"no columns \['nope'\]"):
+        materialize_log(store, log, projection, tmp_path / "a.parquet", columns=["nope"])
+    with pytest.raises(lateseq.SchemaError, match="not the string"):
+        materialize_log(store, log, projection, tmp_path / "a.parquet", columns="label")
+    materialize_log(store, log, projection, tmp_path / "a.parquet", columns=["label", "label"])
+    assert pq.read_table(tmp_path / "a.parquet").column_names == ["label", "item_id"]

@@ -133,13 +133,16 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     if not isinstance(store, Store):
         store = Store(store)
     names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
-    columns = list(columns)
+    if isinstance(columns, str):
+        raise SchemaError(f"columns must be a list of example-log column names, not the string {columns!r}")
+    columns = list(dict.fromkeys(columns))  # a column named twice is kept once
     for tenant, projected in names.items():
         clash = [c for c in columns if c in projected]
         if clash:
             label = f"tenant {tenant!r}: " if tenant else ""
             raise SchemaError(f"{label}example columns {clash} clash with projected columns of the same name")
     log_schema = _read_schema(examples)
+    _check_columns(log_schema, columns)  # unknown ones are named
     schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
         pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]))
         for n in projected]) for tenant, projected in names.items()}
