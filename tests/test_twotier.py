@@ -349,3 +349,17 @@ def test_tier_tail_matches_brute_force(data):
                 for i, (eu, a) in enumerate(zip(users, arrivals, strict=True))
                 if eu == u and (since is None or a >= since) and a < t]
     assert got == expected
+
+
+def test_a_deletion_reaches_the_mutable_tier_too(world):
+    store, tier = world
+    tier.append(events((1, 5, 6, 1), (2, 5, 7, 2)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 21, 22, 3), (2, 21, 23, 4)))  # not folded yet when user 1 asks to be forgotten
+    store = store.delete([1])
+    assert tier.delete([1]) == 2  # folded or not, the tier holds both until they expire
+    store = fold(store, tier, 40)
+    log = lateseq.log_examples(store, requests((1, 40), (2, 40)))
+    assert log.column("uih_length").to_pylist() == [0, 2]
+    with pytest.raises(SchemaError, match="users to delete"):
+        tier.delete([1.5])

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ._errors import SchemaError
 from ._events import first_deliveries, row_ranges
-from ._schema import Schema
+from ._schema import Schema, as_user_ids
 from ._store import Store
 
 _FAR_PAST = np.iinfo(np.int64).min
@@ -58,6 +58,11 @@ class MutableTier(ABC):
     @abstractmethod
     def _drop_before(self, cutoff: int) -> None:
         """Forgets events that arrived before ``cutoff``."""
+
+    @abstractmethod
+    def delete(self, users: np.ndarray | list[int]) -> int:
+        """Forgets every event of ``users`` (a privacy request: ``Store.delete`` reaches the
+        store only, and the next fold would store the tier's events again); returns how many."""
 
     def folded(self, watermark: int) -> None:
         """Records that a store version now holds every event that arrived before
@@ -168,3 +173,9 @@ class InMemoryTier(MutableTier):
         arrival = self._table.column(self.schema.arrival_col).to_numpy()
         self._table = self._table.filter(pa.array(arrival >= cutoff))
         self._index = None
+
+    def delete(self, users):
+        gone = np.isin(self._table.column(self.schema.user_col).to_numpy(), as_user_ids(users, "users to delete"))
+        self._table = self._table.filter(pa.array(~gone))
+        self._index = None
+        return int(gone.sum())

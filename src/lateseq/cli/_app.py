@@ -652,8 +652,9 @@ def delete(
     _err.print(f"version {new.version} holds no event of {len(set(ids.tolist())):,} users. Still holding them: "
                f"{len(older)} older kept versions (`lateseq cleanup {store}` retires them"
                + (f"; tags {sorted(pinned)} pin some: untag them or use --no-keep-tags" if pinned else "")
-               + "), read caches on other hosts (their `lateseq cleanup` clears them), and inline tails "
-               "in two-tier example logs (`lateseq strip --drop-deleted`).", highlight=False)
+               + "), read caches on other hosts (their `lateseq cleanup` clears them), inline tails "
+               "in two-tier example logs (`lateseq strip --drop-deleted`), and a two-tier store's mutable tier "
+               "(`tier.delete(users)`, or its next fold stores them again).", highlight=False)
 
 
 @app.command()
