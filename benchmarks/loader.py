@@ -88,6 +88,8 @@ from workload import (
     Histories,
     _jagged,
     build_forms,
+    copied_out,
+    ipc_views,
     check_equal,
     read_days,
     readable_days,
@@ -138,23 +140,21 @@ class FatRowDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         columns = self.file.columns
-        if self.file.form == "arrow-ipc":
-            with pa.memory_map(str(self.file.path)) as source:
-                reader = pa.ipc.open_file(source)
-                for i in range(worker, reader.num_record_batches, workers):
-                    yield _fat_batch(reader.get_batch(i), columns, copy=True)
+        if self.file.form == "arrow-ipc":  # mapped once per pass, each batch's columns viewed once (workload)
+            mapped = ipc_views(self.file.path, columns, flat=("label",))
+            for i in range(worker, len(mapped), workers):
+                offsets, values, flat = mapped[i]
+                yield _batch_of(*copied_out(offsets, values), flat["label"].copy())
         else:
             source = pq.ParquetFile(self.file.path)
             groups = list(range(worker, source.metadata.num_row_groups, workers))
             if groups:
                 for batch in source.iter_batches(BATCH, row_groups=groups, columns=["label", *columns]):
-                    yield _fat_batch(batch, columns, copy=False)
+                    yield _batch_of(*_jagged(batch, columns), batch.column("label").to_numpy())
 
 
-def _fat_batch(batch: pa.RecordBatch, columns: tuple[str, ...], copy: bool) -> Batch:
-    offsets, values = _jagged(batch, columns, copy)
-    return Batch(rows=torch.zeros(batch.num_rows, dtype=torch.int64),
-                 examples={"label": _tensor(batch.column("label").to_numpy())},
+def _batch_of(offsets: np.ndarray, values: dict[str, np.ndarray], label: np.ndarray) -> Batch:
+    return Batch(rows=torch.zeros(len(label), dtype=torch.int64), examples={"label": _tensor(label)},
                  offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(np.diff(offsets)),
                  values={name: _tensor(v) for name, v in values.items()})
 

@@ -444,7 +444,7 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
 
     def sides(cold: bool) -> dict[str, Callable[[], Batches]]:
         made: dict[str, Callable[[], Batches]] = {
-            f"fat:{form}": (lambda file=file: read_fat_rows(file)) for form, file in forms.items()}
+            f"fat:{form}": (lambda file=file: read_fat_rows(file, reopen=cold)) for form, file in forms.items()}
         for state in group:
             opener = state.open if cold else (lambda h=handles[state.name]: h)
             made[state.name] = lambda opener=opener, log=logs[state.name]: lateseq_batches(opener, log, n)
@@ -455,6 +455,9 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
     cold = None
     if opts.cold:
         handles.clear()
+        for file in forms.values():
+            file.mapped = None  # the warm passes' maps go, or their pages would stay cached
+        gc.collect()
         files = [file.path for file in forms.values()] + list(logs.values())
         for state in group:
             durable, cache = store_files(state)

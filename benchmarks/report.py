@@ -26,8 +26,9 @@ README = ROOT / "README.md"
 FORM_SHORT = {"arrow-ipc": "IPC mmap", "parquet-smallest": "PQ smallest", "parquet-default": "PQ default"}
 FORM_ORDER = ("arrow-ipc", "parquet-smallest", "parquet-default")
 FORM_TEXT = {
-    "arrow-ipc": "an Arrow IPC file, one record batch per 1024 examples, memory-mapped; each batch's offsets and "
-                 "values copied out into numpy (the fastest Fat Row)",
+    "arrow-ipc": "an Arrow IPC file, one record batch per 1024 examples, memory-mapped once and kept (as lateseq's "
+                 "handle is), each batch's columns viewed as numpy once; a batch's offsets and values copied out "
+                 "(the fastest Fat Row reader we know)",
     "parquet-smallest": "Parquet sorted by user then time, zstd; the smallest of several encodings and page sizes "
                         "on a trial slice (settings)",
     "parquet-default": "Parquet with pyarrow's defaults (dictionary, snappy), in log order",

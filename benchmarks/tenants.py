@@ -135,7 +135,7 @@ class Plan:
         """The tenant's sequences from a batch of union rows, as a user writes it with numpy:
         window and filter on the values read, then the last N; values copied out where
         ``copy`` (the batch is a view into a memory map)."""
-        offsets, values = _jagged(batch, tuple(c for c in self.reads if c != "request_ts"), copy=False)
+        offsets, values = _jagged(batch, tuple(c for c in self.reads if c != "request_ts"))
         keep = _keep(self.projection.where, values)
         if self.window is not None:
             lower = batch.column("request_ts").to_numpy() - self.window
