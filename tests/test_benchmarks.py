@@ -155,3 +155,14 @@ def test_report_rewrites_only_between_markers():
     assert updated == "intro\n<!-- results:materialize -->\nnew table\n<!-- /results:materialize -->\nend\n"
     assert missing == ["other"]
     assert report.rewrite(updated, {"materialize": "new table\n"}) == (updated, [])
+
+
+def test_partitions_benchmark_checks_every_layout_reads_the_same(tmp_path):
+    out = tmp_path / "partitions.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "partitions.py"), "--users", "300", "--events", "6000",
+                           "--requests", "2000", "--repeat", "1", "--json", str(out)],
+                          cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())["partitions"]
+    assert set(r) == {"1", "16", "256", "1024"} and r["1"]["vs_one_partition"] == 1.0
+    assert r["1024"]["partitions_per_batch"] > r["16"]["partitions_per_batch"] > 1  # batches span partitions

@@ -205,7 +205,7 @@ def test_ingest_options_create_the_schema(files, tmp_path):
     "unknown tag", "missing requests file", "requests missing column", "missing example log",
     "example log without pointers", "unknown projected column", "bad max-len", "missing option",
     "schema disagrees", "not a store", "not parquet", "checksum mismatch", "untag unknown",
-    "unknown command",
+    "unknown command", "null user to delete",
 ])
 def test_bad_input_is_one_line(files, case):
     store, d = files["store"], files["dir"]
@@ -236,6 +236,8 @@ def test_bad_input_is_one_line(files, case):
                                d / "o.parquet"], "differ"),
         "untag unknown": (["untag", store, "nope"], "nope"),
         "unknown command": (["frobnicate"], "frobnicate"),
+        "null user to delete": (["delete", store, write(d / "nulls.parquet", user_id=pa.array([1, None], pa.int64()))],
+                                "1 null values"),
     }[case]
     if case == "checksum mismatch":  # the same users and times, but other items than online saw
         table = pq.read_table(files["e1"]).to_pydict()

@@ -636,6 +636,8 @@ def delete(
     table = _read_parquet(users, "users")
     if "user_id" not in table.column_names:
         raise SchemaError(f"{users} has no user_id column (columns: {table.column_names})")
+    if table.column("user_id").null_count:
+        raise SchemaError(f"{users}: user_id has {table.column('user_id').null_count} null values")
     try:
         ids = table.column("user_id").cast(pa.int64()).to_numpy()
     except pa.ArrowException as exc:
