@@ -239,6 +239,23 @@ def test_a_batch_over_many_partitions_reads_as_each_partition_alone(make_store, 
     assert several and fresh._merged == (several if merged_reads == "auto" else set())
 
 
+def test_small_batches_of_new_partitions_do_not_rebuild_the_joined_view_each_time(make_store):
+    store = make_store({"item": "int64"}, partitions=64)
+    users = np.arange(2000)
+    store = store.commit(pa.table({"user_id": users, "ts": users % 7, "item": users * 10}))
+    parts = lateseq._events.partition_of(users, 64)
+    one_per_partition = [int(users[parts == p][0]) for p in range(64)]
+    log = lateseq.log_examples(store, pa.table({"user_id": one_per_partition, "request_ts": [9] * 64}))
+    reader, built = lateseq.open(store.path), []
+    projection = lateseq.Projection(3, ("item",))
+    for start in range(0, 64, 2):  # each batch: two partitions never read before
+        batch = lateseq.materialize(reader, log.slice(start, 2), projection)
+        assert batch.values["item"].tolist() == [u * 10 for u in one_per_partition[start:start + 2]]
+        built.append(reader._join[1])  # kept alive: ids stay distinct
+    assert len({id(v) for v in built if v is not None}) <= 8  # about log2(64): each rebuild waits until batches cost what it costs
+    assert len(reader._join[0]) >= 32  # and takes every partition read meanwhile
+
+
 # ---------------------------------------------------------------------- event ids
 
 

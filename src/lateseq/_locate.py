@@ -164,9 +164,10 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
            joined: Callable[[np.ndarray], PartitionView | None] | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
     in the ``views(partition)`` of a handle at ``version``; a batch of several partitions
-    in one view ``joined(partitions)`` of them all, so that its cost does not grow with the
-    partitions it touches (a kernel call per partition would). ``lengths`` (the pointers'
-    recorded lengths) saves most searches for where a history ends; never trusted."""
+    in one view ``joined(partitions)`` of them all (when it gives one), so that its cost
+    does not grow with the partitions it touches (a kernel call per partition would).
+    ``lengths`` (the pointers' recorded lengths) saves most searches for where a history
+    ends; never trusted."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
@@ -183,9 +184,9 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     hint = np.full(n, -1, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
     parts = partition_of(users, schema.partitions)
     touched = np.unique(parts) if schema.partitions > 1 else np.zeros(1, np.int64)
-    if len(touched) > 1 and joined is not None:
+    if len(touched) > 1 and joined is not None and (view := joined(touched)) is not None:
         located.partition = parts
-        groups = [(joined(touched), np.arange(n))]
+        groups = [(view, np.arange(n))]
     else:
         groups = [(views(int(p)), np.flatnonzero(parts == p) if len(touched) > 1 else np.arange(n)) for p in touched]
     for view, rows in groups:

@@ -104,7 +104,7 @@ class Store:
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
         self._views: dict[int, PartitionView | None] = {}
-        self._join: tuple[dict[int, PartitionView], PartitionView | None] = ({}, None)  # see _joined
+        self._join: tuple[dict[int, PartitionView], PartitionView | None, set[int], int] = ({}, None, set(), 0)
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
@@ -461,14 +461,22 @@ class Store:
 
     def _joined(self, partitions: np.ndarray) -> PartitionView | None:
         """One view of the segments of ``partitions`` and of the others this handle read
-        so far (built again only when a new partition, or a partition's new view, joins)."""
+        so far, or None: read them partition by partition this time. A new partition, or
+        a partition's new view, joins once the batches read partition by partition since
+        the view was built have cost about what building it costs (a partition each, against
+        one per member): many small batches of new partitions do not rebuild it each time."""
         current = {int(p): view for p in partitions if (view := self._view(int(p))) is not None}
-        members, view = self._join
-        if any(members.get(p) is not v for p, v in current.items()):
-            members = {**members, **current}
-            view = PartitionView([s for p in sorted(members) for s in members[p].segments], self.schema)
-            self._join = (members, view)
-        return view if current else None
+        members, view, waiting, cost = self._join
+        if all(members.get(p) is v for p, v in current.items()):
+            return view if current else None
+        waiting, cost = waiting | current.keys(), cost + len(current)
+        if cost < len(members):
+            self._join = (members, view, waiting, cost)
+            return None
+        members = {p: v for p in sorted(members.keys() | waiting) if (v := self._view(p)) is not None}
+        view = PartitionView([s for v in members.values() for s in v.segments], self.schema)
+        self._join = (members, view, set(), 0)
+        return view
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
