@@ -258,6 +258,7 @@ def test_cleanup_grace_spares_young_files(history):
 @pytest.mark.parametrize("args, needle", [
     (["--grace", "-1"], "--grace"),
     (["--grace", "nan"], "--grace"),
+    (["--grace", "inf"], "--grace"),
     (["--grace", "soon"], "--grace"),
     (["--before", "x"], "--before"),
     (["--before", "first"], "--before"),
@@ -270,6 +271,14 @@ def test_cleanup_bad_input_changes_nothing(history, dir_snapshot, args, needle):
     before = dir_snapshot(path)
     one_line_error(*cli("cleanup", path, "--no-keep-tags", *args)[::2], needle)
     assert dir_snapshot(path) == before
+
+
+def test_a_refused_untag_leaves_the_store_as_it_was(tmp_path, dir_snapshot):
+    path = tmp_path / "store"
+    lateseq.create(path, lateseq.Schema({"item": "int64"})).commit(pa.table({"user_id": [1], "ts": [1], "item": [1]}))
+    before = dir_snapshot(path)
+    one_line_error(*cli("untag", path, "nope")[::2], "nope")
+    assert dir_snapshot(path) == before  # not even a lock file
 
 
 def test_cleanup_of_a_missing_store(tmp_path):

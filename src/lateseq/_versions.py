@@ -208,6 +208,8 @@ class VersionLog:
 
     def untag(self, name: str) -> None:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
+        if not os.path.lexists(path):  # refused before the lock: a refusal leaves the store as it was
+            raise VersionNotFound(f"no tag {name!r} in {self.root}")
         with self.tagging():
             try:
                 path.unlink()

@@ -355,8 +355,8 @@ def cleanup(
     )] = 3600.0,
 ) -> None:
     """Retire versions older than BEFORE and delete the files no kept version uses; print the retired versions."""
-    if not grace >= 0:  # also refuses nan
-        raise SchemaError(f"--grace must be zero or more seconds, got {grace}")
+    if not 0 <= grace < float("inf"):  # also refuses nan
+        raise SchemaError(f"--grace must be a finite number of seconds, zero or more, got {grace}")
     handle = _open(store)
     latest = handle.latest_version
     before = latest if before is None else before
