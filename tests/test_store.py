@@ -371,6 +371,12 @@ def test_a_cache_dir_inside_the_store_is_refused_but_its_own_cache(small_store):
     assert lateseq.open(small_store.path, cache_dir=small_store.path / "cache").cache_dir == small_store.path / "cache"
 
 
+def test_a_cache_dir_that_is_a_file_is_named(small_store, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(lateseq.StoreError, match="is a file, not a folder for the read cache"):
+        lateseq.open(small_store.path, cache_dir=tmp_path / "file")
+
+
 def test_stores_sharing_a_cache_dir_never_clean_up_each_other(make_store, tmp_path):
     """One LATESEQ_CACHE_DIR for every store: each store's cleanup deletes what it no
     longer uses there, and only its own files."""

@@ -90,6 +90,8 @@ class Store:
         if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
                 ).is_relative_to(self.path.resolve() / "cache"):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
+        if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         schema_file = self.path / "schema.json"
