@@ -59,6 +59,9 @@ def test_delete_then_cleanup_then_strip(world, tmp_path):
     code, _, _ = run("strip", store.path, tmp_path / "log.parquet", "--out", tmp_path / "s.parquet",
                      "--drop-deleted")
     assert code == 0
+    code, _, err = run("strip", store.path, tmp_path / "s.parquet", "--out", tmp_path / "again.parquet",
+                       "--drop-deleted")
+    assert code == 0 and "stripped 0 of" in err  # nothing left to strip: nothing counted
     stripped = pq.read_table(tmp_path / "s.parquet")
     users = stripped.column("user_id").to_pylist()
     assert all(t == [] for u, t in zip(users, stripped.column("tail_item_id").to_pylist(), strict=True) if u == 1)

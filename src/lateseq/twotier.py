@@ -122,8 +122,9 @@ def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tupl
     current = log.column("tail_version").to_numpy().astype(np.int64)
     strip = (current == 0) & (covering > 0)
     erase = np.zeros(log.num_rows, bool)
-    if drop_deleted:
-        erase = np.isin(log.column("user_id").to_numpy(), store.deleted_users())
+    if drop_deleted:  # the tails left of deleted users (a tail stripped before counts no more)
+        held = pc.list_value_length(log.column(TAIL_PREFIX + store.schema.time_col).combine_chunks()).to_numpy()
+        erase = np.isin(log.column("user_id").to_numpy(), store.deleted_users()) & (held > 0)
     if not (strip | erase).any():
         return log, 0
     tail_version = np.where(strip, covering, current).astype(np.uint32)
