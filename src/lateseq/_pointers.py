@@ -128,7 +128,8 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     if len(request_ts) != len(user_id):
         raise SchemaError(f"{len(user_id)} user ids but {len(request_ts)} request times")
     request_ts = np.asarray(store.schema.times_to_store(request_ts, "request_ts"))
-    early = np.flatnonzero(request_ts < store.watermark) if store.watermark is not None else ()
+    two_tier = store.watermark is not None and store.schema.arrival_col is not None  # arrivals are known
+    early = np.flatnonzero(request_ts < store.watermark) if two_tier else ()
     if len(early):
         raise PointerError(f"request {int(early[0])} at {int(request_ts[early[0]])} is before the watermark "
                            f"{store.watermark} of version {store.version}, which holds events that arrived "
