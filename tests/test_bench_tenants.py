@@ -104,7 +104,7 @@ def test_report_renders_the_tenants_section(tiny):
 
 
 def test_the_union_projection_is_checked_against_lateseq(tmp_path):
-    """A tenant's numpy projection of the union matches a plain loop, and the equality
+    """A tenant's compiled projection of the union matches a plain loop, and the equality
     check catches a union built shorter than a tenant needs."""
     tenants, workload = _module("tenants"), _module("workload")
     import lateseq
@@ -118,7 +118,8 @@ def test_the_union_projection_is_checked_against_lateseq(tmp_path):
         "action": pa.array([a for a, _ in rows], pa.list_(pa.int8())),
         "ts": pa.array([t for _, t in rows], pa.list_(pa.int64())),
     })
-    offsets, values = plan.project(batch, copy=True)
+    offsets, values = plan.project(*workload._jagged(batch, ("item_id", "action", "ts")),
+                                   batch.column("request_ts").to_numpy(), copy=True)
     expected = []
     for (actions, ts), request in zip(rows, [100, 5, 3], strict=True):
         kept = [10 * k for k in range(len(ts)) if actions[k] in (1, 3) and ts[k] >= request - 10]
