@@ -161,10 +161,10 @@ class Located:
 
 def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
            request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None,
-           joined: Callable[[np.ndarray], PartitionView | None] | None = None) -> Located:
+           joined: Callable[[dict[int, PartitionView | None]], PartitionView | None] | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
     in the ``views(partition)`` of a handle at ``version``; a batch of several partitions
-    in one view ``joined(partitions)`` of them all (when it gives one), so that its cost
+    in one view ``joined(their views)`` of them all (when it gives one), so that its cost
     does not grow with the partitions it touches (a kernel call per partition would).
     ``lengths`` (the pointers' recorded lengths) saves most searches for where a history
     ends; never trusted."""
@@ -184,11 +184,16 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     hint = np.full(n, -1, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
     parts = partition_of(users, schema.partitions)
     touched = np.unique(parts) if schema.partitions > 1 else np.zeros(1, np.int64)
-    if len(touched) > 1 and joined is not None and (view := joined(touched)) is not None:
-        located.partition = parts
-        groups = [(view, np.arange(n))]
-    else:
-        groups = [(views(int(p)), np.flatnonzero(parts == p) if len(touched) > 1 else np.arange(n)) for p in touched]
+    if len(touched) == 1:
+        groups = [(views(int(touched[0])), np.arange(n))]
+    else:  # each partition's view found once, for the joined view or to be read one by one
+        current = {int(p): views(int(p)) for p in touched}
+        view = joined(current) if joined is not None else None
+        if view is not None:
+            located.partition = parts
+            groups = [(view, np.arange(n))]
+        else:
+            groups = [(current[int(p)], np.flatnonzero(parts == p)) for p in touched]
     for view, rows in groups:
         if view is None:
             continue

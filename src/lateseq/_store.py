@@ -461,13 +461,13 @@ class Store:
             if rent is not None:
                 rent.pay(events)
 
-    def _joined(self, partitions: np.ndarray) -> PartitionView | None:
-        """One view of the segments of ``partitions`` and of the others this handle read
-        so far, or None: read them partition by partition this time. A new partition, or
+    def _joined(self, views: dict[int, PartitionView | None]) -> PartitionView | None:
+        """One view of the segments of ``views`` (partition -> its current view) and of the
+        others this handle read so far, or None: read them partition by partition this time. A new partition, or
         a partition's new view, joins once the batches read partition by partition since
         the view was built have cost about what building it costs (a partition each, against
         one per member): many small batches of new partitions do not rebuild it each time."""
-        current = {int(p): view for p in partitions if (view := self._view(int(p))) is not None}
+        current = {p: view for p, view in views.items() if view is not None}
         members, view, waiting, cost = self._join
         if all(members.get(p) is v for p, v in current.items()):
             return view if current else None
