@@ -595,7 +595,8 @@ def _log_identity(table: pa.Table | None, path: str | None) -> str:
     digest = xxhash.xxh3_64()
     if table is not None:
         for name in [f.name for f in POINTER_FIELDS]:
-            digest.update(np.ascontiguousarray(table.column(name).to_numpy(zero_copy_only=False)).view(np.uint8))
+            for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
+                digest.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)).view(np.uint8))
         digest.update(str(table.num_rows).encode())
         return digest.hexdigest()
     try:
