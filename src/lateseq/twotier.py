@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import PointerError, SchemaError, StoreError
+from ._errors import SchemaError, StoreError
 from ._jagged import JaggedBatch
 from ._pointers import log_examples
 from ._projection import Projection
@@ -93,13 +93,10 @@ class OnlineReader:
         store = self.store.latest()
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts"))
         users = requests.column("user_id").to_numpy()
-        if store.watermark is not None and len(times) and times.min() < store.watermark:
-            raise PointerError(f"version {store.version} covers arrivals up to {store.watermark}, "
-                               "after some requests: serve each request from a version published before it")
+        log = log_examples(store, requests)  # refuses a request before the version's watermark
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
             raise StoreError("the mutable tier dropped events the store does not hold yet: "
                              "fold more often than the tier's retention")
-        log = log_examples(store, requests)
         owners, tail = self.tier.tail(users, store.watermark, times)
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
