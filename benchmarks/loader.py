@@ -149,7 +149,8 @@ class FatRowDataset(IterableDataset):
             source = pq.ParquetFile(self.file.path)
             groups = list(range(worker, source.metadata.num_row_groups, workers))
             if groups:
-                for batch in source.iter_batches(BATCH, row_groups=groups, columns=["label", *columns]):
+                for batch in source.iter_batches(BATCH, row_groups=groups, columns=["label", *columns],
+                                                  use_threads=False):
                     yield _batch_of(*_jagged(batch, columns), batch.column("label").to_numpy())
 
 

@@ -316,7 +316,8 @@ def lateseq_batches(open_store: Callable[[], lateseq.Store], log: Path, max_len:
     """A loader's loop: read a batch of pointers from the example log, materialize it (verified)."""
     store = open_store()
     projection = lateseq.Projection(max_len, COLUMNS)
-    for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names):
+    for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names,
+                                                      use_threads=False):
         jagged = lateseq.materialize(store, batch, projection)
         yield jagged.offsets, jagged.values
 

@@ -253,14 +253,14 @@ def parquet_read_bytes(path: Path, columns: tuple[str, ...]) -> int:
 
 def lateseq_tenant(store: lateseq.Store, log: Path, projection: lateseq.Projection) -> Batches:
     """A tenant's loader: a batch of pointers from the example log, its projection materialized (verified)."""
-    for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names):
+    for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names, use_threads=False):
         batch = lateseq.materialize(store, pointers, projection)
         yield batch.offsets, batch.values
 
 
 def lateseq_one_pass(store: lateseq.Store, log: Path, tenants: dict[str, lateseq.Projection]) -> Batches:
     """Every tenant from one read of each history (``materialize_tenants``): a batch per tenant."""
-    for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names):
+    for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names, use_threads=False):
         for batch in lateseq.materialize_tenants(store, pointers, tenants).values():
             yield batch.offsets, batch.values
 

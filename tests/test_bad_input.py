@@ -194,10 +194,21 @@ def test_bad_pointer_tables(store):
         (examples.set_column(0, "user_id", pa.array([1, None, 3], pa.int64())), r"'user_id' has null"),
         (examples.set_column(2, "uih_version", pa.array([-1, 1, 1], pa.int64())), r"'uih_version' has type int64"),
         (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
+        (examples.append_column("user_id", examples.column("user_id")), r"2 columns named 'user_id'"),
     ]
     for table, pattern in cases:
         raises_and_changes_nothing(store, lateseq.PointerError, ValueError, pattern,
                                    lambda table=table: lateseq.materialize(store, table, lateseq.Projection(5)))
+
+
+def test_a_projection_changed_after_a_read_is_checked_again(store):
+    """A projection remembers the columns it resolved against a schema; its transforms
+    (a dict) can still change, and then it is checked again."""
+    projection = lateseq.Projection(5, ["ts"])
+    lateseq.materialize(store, examples_for(store), projection)
+    projection.transforms["item_id"] = "age"
+    with pytest.raises(lateseq.SchemaError, match=r"applies to the time column"):
+        lateseq.materialize(store, examples_for(store), projection)
 
 
 def test_arrival_bounds_on_a_store_without_arrival(store):

@@ -90,6 +90,8 @@ def window_runs(store: Store, located: Located, w: Windows, visibility: Visibili
     pointers not merged: a window without holes is one run of its rows, one with holes
     is cut around its invisible rows (late rows from newer versions, rows past an
     arrival limit)."""
+    if w.single and not w.holes.any():  # one segment, no invisible rows: each window is one run
+        return w.seg, w.lo, w.lo + w.n, offsets[w.ptr] + w.off
     runs = _kernels._window_runs(
         w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, located.merge, offsets, *w.view.column("_version"),
         w.view.late(), *w.view.column(store.schema.arrival_col), visibility.version, visibility.version_hi,

@@ -248,7 +248,9 @@ def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int,
     with source:
         rows = 0
         try:
-            for batch in source.iter_batches(batch_size=batch_size, columns=read):
+            # one thread: Arrow's pool costs more than it saves on a batch (4x on 1024 pointers),
+            # and a loader's worker is one core already
+            for batch in source.iter_batches(batch_size=batch_size, columns=read, use_threads=False):
                 rows += batch.num_rows
                 yield batch
         except (pa.ArrowException, OSError) as exc:

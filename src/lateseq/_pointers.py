@@ -98,9 +98,14 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
                            "make pointers with lateseq.log_examples or `lateseq pointers`")
     arrays = []
     for f in POINTER_FIELDS:
-        column = examples.column(f.name)
+        if names.count(f.name) > 1:
+            raise PointerError(f"example log has {names.count(f.name)} columns named {f.name!r}")
+        column = examples.column(names.index(f.name))  # by position: a name is looked up each time
         if column.null_count:
             raise PointerError(f"pointer column {f.name!r} has null values")
+        if column.type.id == f.type.id:  # every batch of a log made by lateseq: nothing to convert
+            arrays.append(column.to_numpy())
+            continue
         if f.name == "request_ts" and pa.types.is_timestamp(column.type):
             if schema is None:
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "

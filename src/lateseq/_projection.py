@@ -149,10 +149,16 @@ class Projection:
     def resolve(self, schema: Schema) -> list[str]:
         """The stored column names to read, in a stable order, checked against ``schema``
         (a SchemaError lists every problem)."""
+        key = hash(self)  # fields (transforms is a dict) may change after a resolve
+        cached = self.__dict__.get("_resolved")
+        if cached is not None and cached[0] is schema and cached[1] == key:
+            return list(cached[2])  # every batch of a loader resolves the same pair: check it once
         problems = self.problems(schema)
         if problems:
             raise SchemaError("; ".join(problems))
-        return self._wanted(schema)
+        wanted = self._wanted(schema)
+        object.__setattr__(self, "_resolved", (schema, key, tuple(wanted)))
+        return wanted
 
     def problems(self, schema: Schema) -> list[str]:
         """Every way this projection does not fit ``schema``, each naming its field."""
