@@ -163,6 +163,8 @@ def _batch_of(offsets: np.ndarray, values: dict[str, np.ndarray], label: np.ndar
 @dataclass
 class Pass:
     examples: int = 0
+    batches: int = 0
+    out_bytes: int = 0  # offsets and values of the batches
     seconds: float = float("inf")
     first_batch_s: float = 0.0  # until the first batch came out (workers or actors started)
     disk_read_bytes: int | None = None
@@ -175,6 +177,7 @@ class Pass:
     def figures(self) -> dict:
         after = self.seconds - self.first_batch_s
         return {"ex_s": self.ex_s, "examples": self.examples, "seconds": self.seconds,
+                "batch_bytes": self.out_bytes / max(self.batches, 1),
                 "first_batch_s": self.first_batch_s,
                 "ex_s_after_first_batch": (self.examples - BATCH) / after if after > 0 and self.examples > BATCH
                 else None,
@@ -196,6 +199,8 @@ def drain(batches: Iterable[Batch], before_each: Callable[[], None] | None = Non
         if batch is None:
             break
         run.examples += len(batch)
+        run.batches += 1
+        run.out_bytes += batch.offsets.nbytes + sum(v.nbytes for v in batch.values.values())
         if count == 0:
             run.first_batch_s = run.seconds
     return run
@@ -529,6 +534,15 @@ def markdown(results: dict) -> str:
     lines += _table("loader ex/s, warm (DataLoader workers; best of passes)",
                     ["N", "workers", "lateseq", "Fat Row IPC mmap", "Fat Row PQ zstd", "÷ IPC", "÷ PQ",
                      "after 1st batch: lateseq", "IPC", "PQ"], rows)
+    if m.get("page_fault_us"):
+        per_n = "; ".join(
+            f"N={n}: {e['batch_bytes'] / 1e6:.1f} MB, {2 * e['batch_bytes'] / 4096 * m['page_fault_us'] / 1e3:.1f} ms "
+            f"of the {1e3 * BATCH / (e['ex_s_after_first_batch'] or e['ex_s']):.1f} ms a batch took after the first, "
+            "1 worker" for n, at in results["loader"].items() for e in [at["lateseq"]["1"]])
+        lines += [(
+            f"- with workers, a batch reaches the trainer in fresh shared memory: each 4 KiB page of it faults in "
+            f"the worker and again in the trainer, and this machine takes {m['page_fault_us']:.1f} µs a fault (a "
+            f"new map written page by page), so faults alone cost ({per_n}); the Fat Row loaders pay the same"), ""]
     for mode, title in (("epoch", "cold, store dropped from the page cache once per pass (a store that stays in "
                                   "it: readahead on, as lateseq's auto sets it)"),
                         ("epoch-no-readahead", "the same with readahead off (readahead=False: each fault reads "

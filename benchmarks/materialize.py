@@ -53,6 +53,7 @@ import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import mmap  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import shlex  # noqa: E402
@@ -144,6 +145,7 @@ def machine() -> dict:
         "memory_gb": round(int(memory.split()[0]) * 1024 / 1e9, 1) if memory != "unknown" else None,
         "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
         "numba": numba.__version__, "lateseq": lateseq.__version__, "git": _git(),
+        "page_fault_us": round(page_fault_us(), 2),
     }
 
 
@@ -185,6 +187,22 @@ def memcpy_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - start)
     return src.nbytes / best / 1e9
+
+
+def page_fault_us(megabytes: int = 64, repeats: int = 3) -> float:
+    """Microseconds to fault in one page of fresh memory (a new anonymous map written
+    page by page), best of ``repeats``: what every fresh buffer costs per page on this
+    machine, which a virtual machine can make many times a bare-metal host's."""
+    best = float("inf")
+    for _ in range(repeats):
+        area = mmap.mmap(-1, megabytes << 20)
+        pages = np.frombuffer(area, np.uint8)
+        start = time.perf_counter()
+        pages[::_PAGE] = 1
+        best = min(best, (time.perf_counter() - start) / (len(pages) // _PAGE))
+        del pages
+        area.close()
+    return best * 1e6
 
 
 def load_average() -> str:
