@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lateseq
+from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq.cli import app
 from tests.test_twotier import serve_one_scenario
 
@@ -240,6 +241,18 @@ def test_cleanup_no_keep_tags_removes_older_tags_first(history):
     assert "removed tags first" in err
 
 
+def test_cleanup_no_keep_tags_that_fails_keeps_its_tags(history):
+    """A damaged manifest fails cleanup: the tags --no-keep-tags would have removed stay,
+    and no version is retired (a failed command changes nothing)."""
+    path, _ = history
+    manifest = path / "versions" / "00000002.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"compact"', b'"kompact"').replace(b'"commit"', b'"kommit"'))
+    code, _, err = cli("cleanup", path, "--before", 3, "--no-keep-tags")
+    one_line_error(code, err, "00000002.json is damaged")
+    assert lateseq.open(path).tags() == {"first": 1, "third": 3}
+    assert lateseq.open(path, 1).version == 1
+
+
 def test_cleanup_grace_spares_young_files(history):
     path, _ = history
     segments = path / "segments"
@@ -284,3 +297,57 @@ def test_a_refused_untag_leaves_the_store_as_it_was(tmp_path, dir_snapshot):
 def test_cleanup_of_a_missing_store(tmp_path):
     one_line_error(*cli("cleanup", tmp_path / "nope")[::2], "not a lateseq store")
     assert not (tmp_path / "nope").exists()
+
+
+def test_no_output_is_written_over_an_input(plain):
+    """Not the tenant config (CLI), nor the example log the library reads."""
+    config = plain / "tenants.toml"
+    config.write_text('[tenants.a]\nmax_len = 3\ncolumns = ["item_id"]\n')
+    before = config.read_bytes()
+    code, _, err = cli("loader", plain / "store", plain / "ex.parquet", "--tenants", config, "--tenant", "a",
+                       "--json", config, "--force", "--shuffle")
+    one_line_error(code, err, "is also this command's input")
+    assert config.read_bytes() == before
+    log = plain / "ex.parquet"
+    before = log.read_bytes()
+    with pytest.raises(lateseq.SchemaError, match="is the example log this reads"):
+        materialize_log(lateseq.open(plain / "store"), log, lateseq.Projection(3), log)
+    assert log.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match=r"directory .*missing does not exist"):
+        materialize_log_tenants(lateseq.open(plain / "store"), log, {"a": lateseq.Projection(3)},
+                                        plain / "missing")
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_outputs_killed_while_put_in_place_are_each_old_or_new(plain, kill_at):
+    """A kill between the renames of a multi-tenant run: every output is still there,
+    old or new, never missing (the old ones are not moved aside first)."""
+    import subprocess
+    import sys
+    config = plain / "tenants.toml"
+    config.write_text('[tenants.a]\nmax_len = 3\n[tenants.b]\nmax_len = 5\n')
+    out = plain / "out"
+    out.mkdir()
+    for name in "ab":
+        (out / f"{name}.parquet").write_bytes(OLD)
+    script = f"""
+import os
+from pathlib import Path
+real, seen = os.replace, []
+def replace(src, dst):
+    if Path(dst).parent == Path({str(out)!r}) and not Path(dst).name.startswith(".tmp-"):
+        seen.append(dst)
+        if len(seen) == {kill_at}:
+            os._exit(9)
+    return real(src, dst)
+os.replace = replace
+from lateseq.cli import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script, "materialize", str(plain / "store"), str(plain / "ex.parquet"),
+                           "--tenants", str(config), "--out", str(out), "--force"], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr
+    contents = [(out / f"{name}.parquet").read_bytes() for name in "ab"]
+    assert [c == OLD for c in contents] == [kill_at == 1, True], "each output is its old or its new file"
+    if kill_at == 2:
+        assert pq.read_table(out / "a.parquet").num_rows == 20  # the new one

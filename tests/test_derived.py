@@ -230,6 +230,23 @@ def partition_copies(store: lateseq.Store) -> set[int]:
     return {int(p.name[1:6]) for p in copy_files(store, ".json")} if built else set()
 
 
+def test_cleanup_removes_a_copy_whose_builder_died_before_its_sidecar(store):
+    """A build killed after its copy was renamed in but before its sidecar: cleanup finds
+    copies by their sidecars, so the orphan is found by name (once old enough not to be a
+    live build's)."""
+    read(store, "merged")
+    orphans = []
+    for sidecar in copy_files(store, ".json"):
+        sidecar.unlink()
+        orphans += [p for p in sidecar.parent.glob(sidecar.name[:-len(".json")] + ".*")]
+    assert orphans
+    for path in orphans:
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
+    store.cleanup(before=store.version, grace_s=0)
+    assert not [p for p in orphans if p.exists()]
+    assert read(store, "merged") == expected(store, "merged")  # built again
+
+
 def test_auto_reads_segment_by_segment_until_the_reads_paid_for_the_copy(store):
     """"auto" rents before it buys: a partition is read segment by segment until the events
     read from it reach AUTO_MERGE_RENT times the events it holds, then through its merged

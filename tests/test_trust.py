@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -537,3 +539,55 @@ def test_a_damaged_file_of_a_cleaned_up_version_is_called_damaged(store):
     with pytest.raises(lateseq.StoreError, match="damaged") as info:
         reader.segments()
     assert not isinstance(info.value, lateseq.VersionNotFound)
+
+
+@pytest.mark.parametrize("folder", ["segments", "cache"])
+def test_a_store_folder_made_a_link_is_refused_and_nothing_is_deleted_through_it(store, log, tmp_path, folder):
+    """A link in place of one of the store's folders: cleanup would delete, through it,
+    every file there that no version uses (another program's files)."""
+    lateseq.materialize(store, log, PROJECTION)  # the read cache exists
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(store.path / folder, elsewhere)
+    (elsewhere / "notes.txt").write_text("not lateseq's")
+    (store.path / folder).symlink_to(elsewhere)
+    for attempt in (lambda: lateseq.open(store.path), lambda: lateseq.open(store.path).cleanup(0, grace_s=0)):
+        with pytest.raises(lateseq.StoreError, match=rf"{folder} is a symbolic link"):
+            attempt()
+    assert (elsewhere / "notes.txt").read_text() == "not lateseq's"
+
+
+def test_a_schema_file_from_another_store_is_refused(store, make_store):
+    """Another store's valid schema.json (same columns, a time unit) would change what a
+    window means: a version remembers the schema it was written with."""
+    other = make_store({"item": "int64", "rating": "int8"}, partitions=2, time_unit="ms")
+    shutil.copyfile(other.path / "schema.json", store.path / "schema.json")
+    with pytest.raises(lateseq.StoreError, match=r"schema.json is not the schema version \d+ was written with"):
+        lateseq.open(store.path)
+
+
+def test_a_tag_file_copied_over_another_is_refused_and_its_version_stays_pinned(store):
+    first = store.version
+    store.tag("release", first)
+    newer = store.commit(events([1], [99], [7]))
+    newer.tag("nightly")
+    shutil.copyfile(store.path / "tags" / "nightly.json", store.path / "tags" / "release.json")
+    for attempt in (lambda: lateseq.open(store.path, "release"), newer.tags,
+                    lambda: newer.cleanup(newer.version, grace_s=0)):
+        with pytest.raises(lateseq.StoreError, match=r"release.json is the file of tag 'nightly', not of 'release'"):
+            attempt()
+    assert lateseq.open(store.path, first).version == first  # nothing was retired
+
+
+@pytest.mark.parametrize("where", ["tags/t.json", "schema.json", "cache/.lock-x"])
+def test_a_fifo_in_the_store_is_refused_not_waited_on(store, log, where):
+    """Opening a FIFO for reading waits for a writer forever: lateseq opens without waiting."""
+    lateseq.materialize(store, log, PROJECTION)
+    path = store.path / where
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    call = (f"from pathlib import Path; from lateseq._segments import cache_lock; "
+            f"cache_lock(Path({str(path.parent)!r}), {path.name!r}).__enter__()"
+            if where.startswith("cache/") else f"import lateseq; lateseq.open({str(store.path)!r}).tags()")
+    script = f"import sys\ntry:\n    {call}\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "StoreError" in done.stdout, (done.stdout, done.stderr)

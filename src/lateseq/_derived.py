@@ -82,7 +82,8 @@ class MergeRent:
             if self._path is not None and whole:
                 try:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
-                    tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                    tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                    | os.O_NONBLOCK, 0o644)  # a FIFO: no reader, refused, not waited on
                     try:
                         os.write(tally, bytes(whole))
                     finally:
@@ -215,3 +216,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, tempo
             name = sidecar.name[:-len(".json")]
             for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name)):
                 path.unlink(missing_ok=True)
+    for path in folder.glob("*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
+        name = path.name.removesuffix(".arrow").removesuffix(".index")
+        if not (folder / f"{name}.json").exists() and older_than(path, temporary_grace_s):
+            path.unlink(missing_ok=True)

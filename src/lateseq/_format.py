@@ -322,13 +322,15 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
     write ``paths``' new contents to, renamed over them when the block ends without
     error, else removed. All or nothing: a path that is a folder is refused before the
     block, and a rename that fails puts back what the others replaced (only a crash
-    between two renames can leave some replaced)."""
+    between two renames can leave some replaced). Each path holds its old or its new file
+    at every instant, crashes included: the old one is kept under a second name (a hard
+    link) while the new ones are renamed over them, never moved aside first."""
     paths = [Path(p) for p in paths]
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             raise IsADirectoryError(f"cannot write {path}: it is a directory")
     temporaries: list[Path] = []
-    aside: list[tuple[Path, Path]] = []  # (path, where its old file waits until all are in place)
+    kept: dict[Path, Path] = {}  # path -> a second name of its old file, until all are in place
     placed: list[Path] = []
     try:
         for path in paths:
@@ -338,22 +340,21 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         if len(paths) > 1:
             for path in paths:
                 if os.path.lexists(path):
-                    aside.append((path, temporary_path(path)))
-                    os.replace(path, aside[-1][1])
+                    kept[path] = temporary_path(path)
+                    os.link(path, kept[path], follow_symlinks=False)
         for tmp, path in zip(temporaries, paths, strict=True):
             os.replace(tmp, path)
             placed.append(path)
     except BaseException:
         for path in placed:
-            path.unlink(missing_ok=True)
-        for path, old in aside:
-            os.replace(old, path)
+            if path in kept:
+                os.replace(kept[path], path)
+            else:
+                path.unlink(missing_ok=True)
         raise
     finally:
-        for tmp in temporaries:
+        for tmp in [*temporaries, *kept.values()]:
             tmp.unlink(missing_ok=True)
-        for _, old in aside:
-            old.unlink(missing_ok=True)
 
 
 def _write_file(path: Path, data: pa.Buffer) -> int:
@@ -388,8 +389,8 @@ def put_in_place(tmp: Path, path: Path) -> None:
 def read_regular(path: Path) -> bytes:
     """The bytes of a regular file of the store, never through a symbolic link (a link
     planted in a store must not make lateseq read files elsewhere)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO planted in the store is refused below, not waited on forever
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise StoreError(f"{path} is missing; restore it from a backup or replica") from exc
     except OSError as exc:
@@ -423,8 +424,9 @@ def map_decoded(path: Path, random_access: bool = False) -> dict[str, np.ndarray
     without readahead (one advice for the map: advice per column would split it into an
     area per column, and a process may hold only ``vm.max_map_count`` areas). Raises
     OSError or ArrowException when the file is missing or not a readable IPC file."""
-    if path.is_symlink():
-        raise OSError(f"{path} is a symbolic link")
+    kind = os.lstat(path).st_mode
+    if not stat.S_ISREG(kind):  # a link is never followed; a FIFO would block the open forever
+        raise OSError(f"{path} is {'a symbolic link' if stat.S_ISLNK(kind) else 'not a regular file'}")
     whole = pa.memory_map(str(path), "r").read_buffer()  # zero-copy: the map itself
     if random_access:
         madvise(whole.address, whole.size, MADV_RANDOM)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -40,7 +42,11 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link: refused
+        # a link is refused; O_NONBLOCK: a FIFO is refused (below), not waited on forever
+        lock = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(lock).st_mode):
+            os.close(lock)
+            raise OSError(errno.EINVAL, "not a regular file")
     except OSError as exc:
         raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
                          "open the store with cache_dir= a writable folder") from exc

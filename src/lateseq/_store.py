@@ -28,6 +28,7 @@ import os
 import re
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -94,12 +95,22 @@ class Store:
             raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
+        linked = [sub for sub in ("versions", "segments", "tags", *(("cache",) if cache_dir is None else ()))
+                  if (self.path / sub).is_symlink()]
+        if linked:  # cleanup would delete, through the link, whatever it finds there that no version uses
+            raise StoreError(f"{self.path / linked[0]} is a symbolic link; lateseq never follows links inside a "
+                             "store (move the store itself, or give the read cache a folder with cache_dir=)")
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         self.schema = Schema.from_json(json.dumps(load_checked(schema_file)))
+        self._schema_crc = zlib.crc32(self.schema.to_json().encode())
         self._log = VersionLog(self.path)
         manifest = self._read_manifest(version)
+        recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
+        if recorded is not None and recorded != self._schema_crc:
+            raise StoreError(f"{schema_file} is not the schema version {self.version} was written with (a file "
+                             "copied from another store?); restore it from a backup")
         where = self._log.manifest_path(self.version)
         self.segment_infos = [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
         self._by_partition: dict[int, list[SegmentInfo]] = {}
@@ -343,6 +354,7 @@ class Store:
             "commit_id": commit_id,
             "content": content,
             "deleted": deleted,
+            "schema_crc32": self._schema_crc,  # a schema.json replaced later is refused when a version is opened
         }
         try:
             self._log.publish(version, manifest)

@@ -187,7 +187,7 @@ class VersionLog:
             name = path.name[:-5]
             if _TAG_NAME.fullmatch(name):
                 try:
-                    out[name] = load_checked(path)["version"]
+                    out[name] = _tagged(path, name)
                 except StoreError:
                     if path.exists() or path.is_symlink():
                         raise
@@ -198,13 +198,13 @@ class VersionLog:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
         if not path.exists():
             raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {sorted(self.tags())}")
-        return load_checked(path)["version"]
+        return _tagged(path, name)
 
     def tag(self, name: str, version: int) -> None:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
         with self.tagging():  # retirement holds it too: a version kept here stays kept
             self.manifest(version)  # VersionNotFound when it was retired before the lock
-            write_durably(path, dump_checked({"version": version}))
+            write_durably(path, dump_checked({"version": version, "tag": name}))
 
     def untag(self, name: str) -> None:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
@@ -275,10 +275,11 @@ class VersionLog:
         retired = []
         with self.tagging():
             tagged = set(self.tags().values())
-            for number in self.numbers():
-                if number >= before or number in tagged:
-                    continue
-                m = load_checked(self.manifest_path(number))
+            # every manifest read (and checked) before any is retired: a damaged one stops
+            # cleanup before it changed anything
+            manifests = {number: load_checked(self.manifest_path(number)) for number in self.numbers()
+                         if number < before and number not in tagged}
+            for number, m in manifests.items():
                 if m.get("retired"):
                     continue
                 tombstone = {"version": number, "retired": True, "retired_at": time.time(),
@@ -296,6 +297,16 @@ class VersionLog:
             manifest = load_checked(self.manifest_path(number))
             names.update(s["name"] for s in manifest.get("segments", []))
         return names
+
+
+def _tagged(path: Path, name: str) -> int:
+    """The version a tag file names, checked to be this tag's file (a tag's file copied
+    over another's would silently open, and pin, the other's version)."""
+    content = load_checked(path)
+    if content.get("tag", name) != name:  # tags written before names were kept in them: trusted
+        raise StoreError(f"{path} is the file of tag {content.get('tag')!r}, not of {name!r}; restore it from a "
+                         "backup or tag the version again")
+    return content["version"]
 
 
 def fsync_dir(path: Path) -> None:

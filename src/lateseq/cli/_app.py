@@ -364,6 +364,7 @@ def cleanup(
         raise SchemaError(f"--before {before} is not a version of {store} (0 to the latest, {latest})")
     untagged = []
     if not keep_tags:
+        handle.versions()  # every manifest checked first: a damaged one fails the command before a tag goes
         for name, version in sorted(handle.tags().items()):
             if version < before:
                 handle.untag(name)
@@ -426,7 +427,8 @@ def materialize(
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
         for name in config:  # before the folder is made: a refusal changes nothing
-            _check_output(out / f"{name}.parquet", force, "--out", [examples], store, folder_made_later=True)
+            _check_output(out / f"{name}.parquet", force, "--out", [examples, tenants], store,
+                          folder_made_later=True)
     else:
         _check_output(out, force, "--out", [examples], store)
         config = {"": Projection(max_len, _columns(columns))}
@@ -494,7 +496,7 @@ def loader(
         if value is not None and value < least:
             raise SchemaError(f"{option} must be at least {least}, got {value}")
     if json_path is not None:
-        _check_output(json_path, force, "--json", [examples], store)
+        _check_output(json_path, force, "--json", [examples, *([tenants] if tenants else [])], store)
     handle = _open(store)
     if tenants is not None:
         config = load_tenants(_input_file(tenants, "tenant config"), handle.schema)
