@@ -325,3 +325,41 @@ def test_user_ids_in_every_form_users_hold_them(store):
         lateseq.make_pointers(store, pd.Series([1, 2], dtype="Int64"), [30, 30]))
     assert 1 in store.delete(1).deleted_users()
     assert 2 in store.delete(pd.Categorical([2])).deleted_users()
+
+
+def test_values_a_column_cannot_hold_as_given_are_refused(make_store):
+    """A float64 that a float32 column would store as 0, a timestamp into a payload or user
+    column (its unit would silently become the store's), an empty commit that only moves
+    the watermark but names other columns."""
+    store = make_store({"score": "float32", "click_time": "int64"}, time_unit="ns")
+    row = {"user_id": [1], "ts": [1], "score": pa.array([0.5], pa.float64()), "click_time": [7]}
+    cases = [
+        ({**row, "score": pa.array([1e-50], pa.float64())}, r"'score' holds nonzero values too small"),
+        ({**row, "click_time": pa.array([1000], pa.timestamp("ms"))}, r"'click_time' has type timestamp\[ms\]"),
+        ({**row, "user_id": pa.array([1000], pa.timestamp("ms"))}, r"'user_id' has type timestamp\[ms\]"),
+    ]
+    for table, pattern in cases:
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                                   lambda table=table: store.commit(pa.table(table)))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"missing columns",
+                               lambda: store.commit(pa.table({"nonsense": pa.array([], pa.string())}), watermark=5))
+    assert store.commit(pa.table({**row, "score": pa.array([1e-40], pa.float64())})).num_events == 1  # rounded
+
+
+def test_requests_and_filters_users_really_send(store, make_store):
+    timed = make_store({"item": "int64"}, time_unit="s")
+    minutes = np.array(["1970-01-02T00:02"], "datetime64[m]")
+    for given, seconds in ((minutes, 86_520), (minutes.astype("datetime64[h]"), 86_400),
+                           (minutes.astype("datetime64[D]"), 86_400)):
+        assert lateseq.make_pointers(timed, np.array([1]), given).column("request_ts").to_pylist() == [seconds]
+    with pytest.raises(lateseq.SchemaError, match=r"datetime64\[M\]"):
+        lateseq.make_pointers(timed, np.array([1]), minutes.astype("datetime64[M]"))
+    twice = pa.table({"user_id": [1], "request_ts": [5]}).append_column("user_id", pa.array([2]))
+    with pytest.raises(lateseq.SchemaError, match=r"2 columns named 'user_id'"):
+        lateseq.log_examples(store, twice)
+    flags = lateseq.Projection(5, where=lateseq.Filter("rating", isin=[True]))
+    with pytest.raises(lateseq.SchemaError, match=r"holds bools; bools are for a bool column"):
+        lateseq.materialize(store, examples_for(store), flags)
+    batch = lateseq.materialize(store, examples_for(store), lateseq.Projection(5))
+    with pytest.raises(ValueError, match=r"padded: length must be .* got -1"):
+        batch.padded("item", -1)

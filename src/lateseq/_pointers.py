@@ -127,7 +127,7 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     """
     user_id = as_user_ids(user_id, "user_id")
     if not isinstance(request_ts, pa.Array | pa.ChunkedArray):
-        request_ts = pa.array(np.asarray(request_ts))  # integers or timestamps; anything else is refused below
+        request_ts = _arrow_times(np.asarray(request_ts))  # integers or timestamps; anything else is refused below
     if request_ts.null_count:
         raise SchemaError(f"request_ts has {request_ts.null_count} null values")
     if len(request_ts) != len(user_id):
@@ -157,6 +157,8 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
         raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__} (pa.Table.from_pandas "
                           "converts a DataFrame)")
     for needed in ("user_id", "request_ts"):
+        if requests.column_names.count(needed) > 1:
+            raise SchemaError(f"requests have {requests.column_names.count(needed)} columns named {needed!r}")
         if needed not in requests.column_names:
             raise SchemaError(f"requests have no column {needed!r} (columns: {requests.column_names})")
         if requests.column(needed).null_count:
@@ -172,6 +174,19 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     if path is not None:
         write_log(examples, path, store)
     return examples
+
+
+def _arrow_times(values: np.ndarray) -> pa.Array:
+    """numpy values as Arrow: datetime64 of a unit Arrow lacks (days, hours, minutes) in
+    exact seconds; of a unit of no fixed length (months, years) or finer than ns, refused."""
+    if values.dtype.kind == "M":
+        unit = np.datetime_data(values.dtype)[0]
+        if unit in ("W", "D", "h", "m"):
+            values = values.astype("datetime64[s]")  # exact: a whole number of seconds each
+        elif unit not in ("s", "ms", "us", "ns"):
+            raise SchemaError(f"request_ts has type datetime64[{unit}]; give times in s, ms, us or ns (or "
+                              "days, hours, minutes)")
+    return pa.array(values)
 
 
 def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None = None) -> None:

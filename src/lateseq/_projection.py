@@ -53,6 +53,7 @@ class Filter:
                 raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list of "
                                   f"integers (or bools, for a bool column), got {self.isin!r}")
             object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
+            object.__setattr__(self, "_bools", any(isinstance(v, bool | np.bool_) for v in values))  # see problems
         for key in ("any_bits", "all_bits"):
             bits = getattr(self, key)
             if bits is not None and (not _is_int(bits) or not 0 < bits < 1 << 64):
@@ -190,6 +191,9 @@ class Projection:
             elif dtype not in _INTEGER_TYPES:
                 problems.append(f"where: filter column {self.where.column!r} has type {dtype}; filters need an "
                                 "integer or bool column")
+            elif self.where.isin is not None and dtype != "bool" and self.where.__dict__.get("_bools"):
+                problems.append(f"where: isin of the filter on {dtype} column {self.where.column!r} holds bools; "
+                                "bools are for a bool column: give integers")
             elif self.where.isin is None:
                 mask = self.where.any_bits if self.where.any_bits is not None else self.where.all_bits
                 width = 1 if dtype == "bool" else np.dtype(dtype).itemsize * 8

@@ -130,19 +130,12 @@ class Schema:
         """Check ``table`` against the schema and return it cast to the schema's types.
 
         Raises SchemaError naming the first problem; nothing is written before this passes.
+        Floats going into a narrower float column are rounded to its nearest value; one
+        that would become infinite, or zero from nonzero, is refused.
         """
         if table.num_rows == 0:
             raise SchemaError("no events to commit: the input is empty")
-        twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
-        if twice:
-            raise SchemaError(f"input has columns {twice} more than once")
-        expected = [self.user_col, self.time_col, *self.columns]
-        missing = [c for c in expected if c not in table.column_names]
-        if missing:
-            raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
-        extra = [c for c in table.column_names if c not in expected]
-        if extra:
-            raise SchemaError(f"input has columns {extra} that the store's schema does not know")
+        expected = self.check_columns(table)
         targets = {self.user_col: pa.int64(), self.time_col: pa.int64()}
         targets.update({n: PAYLOAD_TYPES[t] for n, t in self.columns.items()})
         arrays = []
@@ -152,6 +145,9 @@ class Schema:
                 raise SchemaError(f"column {name!r} has {col.null_count} null values; lateseq stores none")
             if name in (self.time_col, self.arrival_col):
                 col = self.times_to_store(col, f"column {name!r}")
+            elif pa.types.is_timestamp(col.type):  # its unit would silently become the store's
+                raise SchemaError(f"column {name!r} has type {col.type}; only the time and arrival columns are "
+                                  "converted from timestamps: give it as integers (in a unit you choose)")
             target = targets[name]
             if not _castable(col.type, target):
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}")
@@ -167,8 +163,26 @@ class Schema:
             if pa.types.is_floating(col.type) and pa.types.is_floating(target) and col.type != target:
                 if pc.sum(pc.is_finite(cast)).as_py() != pc.sum(pc.is_finite(col)).as_py():
                     raise SchemaError(f"column {name!r} holds values too large for {target}")
+                if pc.sum(pc.equal(cast, 0)).as_py() != pc.sum(pc.equal(col, 0)).as_py():
+                    raise SchemaError(f"column {name!r} holds nonzero values too small for {target} "
+                                      "(they would be stored as 0)")
             arrays.append(cast)
         return pa.table(arrays, names=expected)
+
+    def check_columns(self, table: pa.Table) -> list[str]:
+        """The schema's column names, in order, once ``table`` was checked to hold exactly
+        those (SchemaError naming a duplicate, missing or unknown one)."""
+        twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+        if twice:
+            raise SchemaError(f"input has columns {twice} more than once")
+        expected = [self.user_col, self.time_col, *self.columns]
+        missing = [c for c in expected if c not in table.column_names]
+        if missing:
+            raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
+        extra = [c for c in table.column_names if c not in expected]
+        if extra:
+            raise SchemaError(f"input has columns {extra} that the store's schema does not know")
+        return expected
 
     def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str) -> pa.Array | pa.ChunkedArray:
         """``times`` as int64 counts of the store's ``time_unit``, converted exactly.
@@ -290,5 +304,5 @@ def _castable(source: pa.DataType, target: pa.DataType) -> bool:
     if pa.types.is_boolean(target):
         return pa.types.is_boolean(source) or pa.types.is_integer(source)
     if pa.types.is_integer(target):
-        return pa.types.is_integer(source) or pa.types.is_timestamp(source)
+        return pa.types.is_integer(source)
     return pa.types.is_integer(source) or pa.types.is_floating(source)
