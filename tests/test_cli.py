@@ -329,3 +329,9 @@ def test_compact_with_the_tiered_policy(files):
     assert (code, out) == (0, "4\n") and "segments ->" in err
     assert_one_line_error(*lateseq("compact", store, "--policy", "weekly")[::2], "policy")
     assert_one_line_error(*lateseq("compact", store, "--policy", "tiered", "--fanout", "1")[::2], "fanout")
+
+
+def test_python_dash_m_lateseq_runs_the_command_line():
+    """Where the console script is not on PATH (a venv not activated), ``python -m lateseq``."""
+    done = subprocess.run([sys.executable, "-m", "lateseq", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "materialize" in done.stdout, done.stderr

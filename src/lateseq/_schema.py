@@ -169,15 +169,16 @@ class Schema:
             arrays.append(cast)
         return pa.table(arrays, names=expected)
 
-    def check_columns(self, table: pa.Table) -> list[str]:
+    def check_columns(self, table: pa.Table, *, partial: bool = False) -> list[str]:
         """The schema's column names, in order, once ``table`` was checked to hold exactly
-        those (SchemaError naming a duplicate, missing or unknown one)."""
+        those, or with ``partial`` some of them (SchemaError naming a duplicate, missing or
+        unknown one)."""
         twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
         if twice:
             raise SchemaError(f"input has columns {twice} more than once")
         expected = [self.user_col, self.time_col, *self.columns]
         missing = [c for c in expected if c not in table.column_names]
-        if missing:
+        if missing and not partial:
             raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
         extra = [c for c in table.column_names if c not in expected]
         if extra:
