@@ -28,7 +28,6 @@ import os
 import re
 import time
 import warnings
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -45,7 +44,16 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
 from ._schema import Schema, as_user_ids
 from ._segments import Segment, SegmentCache
-from ._versions import VersionInfo, VersionLog, dump_checked, fsync_dir, load_checked, older_than, write_durably
+from ._versions import (
+    VersionInfo,
+    VersionLog,
+    content_crc,
+    dump_checked,
+    fsync_dir,
+    load_checked,
+    older_than,
+    write_durably,
+)
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
@@ -103,8 +111,9 @@ class Store:
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
-        self.schema = Schema.from_json(json.dumps(load_checked(schema_file)))
-        self._schema_crc = zlib.crc32(self.schema.to_json().encode())
+        schema = load_checked(schema_file)
+        self.schema = Schema.from_json(json.dumps(schema))
+        self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
         manifest = self._read_manifest(version)
         recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept

@@ -58,7 +58,7 @@ def check_tag_name(name: Any) -> str:
 def dump_checked(content: dict) -> bytes:
     """JSON with a CRC-32 of its canonical form, so any flipped byte is noticed."""
     body = {k: v for k, v in content.items() if k != "crc32"}
-    return json.dumps({**body, "crc32": _crc(body)}, indent=1).encode()
+    return json.dumps({**body, "crc32": content_crc(body)}, indent=1).encode()
 
 
 def load_checked(path: Path) -> dict:
@@ -71,13 +71,14 @@ def load_checked(path: Path) -> dict:
     if isinstance(content, dict) and "crc32" not in content and ("version" in content or "columns" in content):
         raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
                          "from a backup, or rebuild a 0.1 store from its events")
-    valid = isinstance(content, dict) and content.pop("crc32", None) == _crc(content)
+    valid = isinstance(content, dict) and content.pop("crc32", None) == content_crc(content)
     if not valid:
         raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
     return content
 
 
-def _crc(content: dict) -> int:
+def content_crc(content: dict) -> int:
+    """CRC-32 of a JSON file's content in canonical form (whatever its indentation)."""
     return zlib.crc32(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
 
 
