@@ -263,3 +263,22 @@ def test_the_plan_does_not_import_torch():
     code = "import sys, lateseq._sampling; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("row_groups", [None, (1000,), (3, 990, 7)])
+def test_a_log_of_fewer_blocks_than_ranks_is_cut_so_every_rank_gets_rows(row_groups):
+    """A small log in one big row group (pyarrow writes up to a million rows in one) was a
+    single block: rank 1 got nothing, and even_batches then gave every rank nothing."""
+    for even in (False, True):
+        shards = every_shard(num_rows=1000, batch_size=64, world_size=3, num_workers=2, shuffle=True,
+                             row_groups=row_groups, even_batches=even)
+        per_rank = [sum(len(b) for (rank, _), bs in shards.items() if rank == r for b in bs) for r in range(3)]
+        assert min(per_rank) > 0, per_rank
+        rows = np.concatenate([b for bs in shards.values() for b in bs])
+        assert len(rows) == len(np.unique(rows)) and (even or len(rows) == 1000)
+    plan = ShardPlan(1000, 64, row_groups=(3, 990, 7), world_size=3, rank=1)
+    bounds = np.concatenate([[0], np.cumsum(plan.row_groups)])
+    for w in range(len(plan.windows)):  # each piece read from its whole row group, then cut
+        read = np.concatenate([np.arange(bounds[gs[0]], bounds[gs[-1] + 1])[skip:skip + take]
+                               for gs, skip, take in plan.reads_of(w)])
+        assert np.array_equal(read, plan.window_rows_of(w))

@@ -476,6 +476,42 @@ def test_numpy_integers_and_a_rank_without_a_world_size(world):
     assert b.padded("item_id", np.int64(3)).shape == (len(b), 3)
     with pytest.raises(lateseq.SchemaError, match="needs world_size"):
         dataset(world, rank=1)
+    with pytest.raises(lateseq.SchemaError, match="needs rank"):  # each process would be rank 0
+        dataset(world, world_size=2)
+
+
+def test_persistent_workers_reshuffle_at_set_epoch(world):
+    """A persistent worker keeps its copy of the dataset across epochs: set_epoch on the
+    trainer's copy reaches it through shared memory."""
+    def epoch_rows(loader, ds, epoch):
+        ds.set_epoch(epoch)
+        return np.concatenate([b.rows.numpy() for b in loader])
+
+    ds = dataset(world, shuffle=True, seed=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    got = [epoch_rows(loader, ds, e) for e in (0, 1, 2)]
+    fresh = dataset(world, shuffle=True, seed=2)
+    want = [epoch_rows(DataLoader(fresh, batch_size=None, num_workers=2), fresh, e) for e in (0, 1, 2)]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not np.array_equal(got[0], got[1])
+
+
+def test_a_small_log_in_one_row_group_feeds_every_rank(world, tmp_path):
+    """pyarrow writes up to a million rows in one row group: a small log is one, and it is
+    cut between the ranks (with even_batches, none of them gets nothing)."""
+    _, oracle, log, _ = world
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(log, path)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    batches, counts = [], []
+    for rank in range(3):
+        ds = ExampleDataset(world[0], path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10, rank=rank,
+                            world_size=3, even_batches=True, shuffle=True)
+        got = list(DataLoader(ds, batch_size=None, num_workers=2))
+        counts.append(len(got))
+        batches += got
+    assert counts == [8] * 3  # 80 rows a rank, 10 a batch
+    check(batches, oracle, log)
 
 
 # ---------------------------------------------------------------------- batches

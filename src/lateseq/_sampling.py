@@ -5,7 +5,8 @@ exactly one shard exactly once, whatever the number of ranks and workers. Memory
 bounded whatever the size of the log, because nothing is planned per row globally:
 
 1. The log is cut into *blocks* of consecutive rows (``block_rows``, or whole Parquet
-   row groups, since reading part of a row group costs reading all of it). The blocks
+   row groups, since reading part of a row group costs reading all of it; but a log of
+   fewer blocks than ranks is cut into one block per rank, row groups split). The blocks
    are permuted with ``(seed, epoch)`` and dealt round-robin to ranks, then to each
    rank's workers, so a rank's rows do not depend on its number of workers. A shard
    reads only its own blocks.
@@ -69,7 +70,8 @@ class ShardPlan:
 
     ``row_groups`` (rows per Parquet row group, in file order) aligns blocks with row
     groups: a block is one or more whole consecutive row groups of at most
-    ``block_rows`` rows in all (a bigger row group is a block by itself).
+    ``block_rows`` rows in all (a bigger row group is a block by itself), unless there
+    would be fewer blocks than ranks (see ``_block_table``).
     """
 
     num_rows: int
@@ -118,31 +120,56 @@ class ShardPlan:
     # ------------------------------------------------------------ blocks and windows
 
     @cached_property
-    def _block_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(row bounds, row-group bounds) of every non-empty block, each of length blocks+1."""
+    def _block_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row bounds: blocks+1, first row group: blocks, end row group: blocks) of every
+        non-empty block. A log of fewer blocks than ranks (a small log in one big row
+        group) is cut again into one block per rank, row groups split: a rank with no rows
+        would make ``even_batches`` give every rank none."""
+        table = self._blocks_of(self.block_rows, split=False)
+        if self.row_group_partitions is None and len(table[1]) < self.world_size <= self.num_rows:
+            table = self._blocks_of(-(-self.num_rows // self.world_size), split=True)
+        return table
+
+    def _blocks_of(self, span: int, split: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.row_groups is None:
-            rows = np.append(np.arange(0, self.num_rows, self.block_rows, dtype=np.int64), self.num_rows)
-            return (rows, rows.copy()) if self.num_rows else (np.zeros(1, np.int64),) * 2
+            rows = np.append(np.arange(0, self.num_rows, span, dtype=np.int64), self.num_rows)
+            if not self.num_rows:
+                return np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return rows, np.arange(len(rows) - 1), np.arange(1, len(rows))
         parts = self.row_group_partitions
-        rows, groups = [0], [0]
-        size = 0
-        for g, n in enumerate(self.row_groups):
-            if parts is not None and not size:
-                groups[-1] = g  # a block's partition is that of its first row group with rows
-            if size and (size + n > self.block_rows or (parts is not None and parts[g] != parts[groups[-1]])):
+        rows, first, end = [0], [], []
+        size, start = 0, 0  # rows and first row group of the block being filled
+
+        def close(upto: int) -> None:
+            nonlocal size
+            if size:
                 rows.append(rows[-1] + size)
-                groups.append(g)
+                first.append(start)
+                end.append(upto)
                 size = 0
+
+        for g, n in enumerate(self.row_groups):
+            if not n:
+                continue  # an empty row group holds nothing to read
+            if size and (size + n > span or (parts is not None and parts[g] != parts[start])):
+                close(g)
+            if split and n > span:  # a row group cut into pieces of about ``span`` rows, each read whole
+                close(g)
+                pieces = -(-n // span)
+                for k in range(pieces):
+                    rows.append(rows[-1] + (n * (k + 1)) // pieces - (n * k) // pieces)
+                    first.append(g)
+                    end.append(g + 1)
+                continue
+            if not size:
+                start = g
             size += n
-        rows.append(self.num_rows)
-        groups.append(len(self.row_groups))
-        rows_a, groups_a = np.array(rows, np.int64), np.array(groups, np.int64)
-        keep = np.flatnonzero(np.diff(rows_a) > 0)  # blocks of empty row groups hold nothing
-        return (np.append(rows_a[keep], self.num_rows), np.append(groups_a[keep], groups_a[-1]))
+        close(len(self.row_groups))
+        return np.array(rows, np.int64), np.array(first, np.int64), np.array(end, np.int64)
 
     @property
     def num_blocks(self) -> int:
-        return len(self._block_table[0]) - 1
+        return len(self._block_table[1])
 
     @cached_property
     def blocks(self) -> np.ndarray:
@@ -152,7 +179,7 @@ class ShardPlan:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
         if self.row_group_partitions is None:
             return order[self.rank::self.world_size][self.worker::self.num_workers]
-        part = np.array(self.row_group_partitions, np.int64)[self._block_table[1][:-1]][order]
+        part = np.array(self.row_group_partitions, np.int64)[self._block_table[1]][order]
         return order[(part % self.world_size == self.rank)
                      & (part // self.world_size % self.num_workers == self.worker)]
 
@@ -211,10 +238,18 @@ class ShardPlan:
 
     def row_groups_of(self, window: int) -> list[int]:
         """The Parquet row groups of a window, in read order (needs ``row_groups``)."""
+        return list(dict.fromkeys(g for groups, _, _ in self.reads_of(window) for g in groups))
+
+    def reads_of(self, window: int) -> list[tuple[list[int], int, int]]:
+        """How to read a window: per block, the Parquet row groups holding it, and the
+        rows of them to keep (skip, take): all of them, but for a piece of a split row
+        group (needs ``row_groups``)."""
         if self.row_groups is None:
             raise SchemaError("this plan was made without row_groups")
-        groups = self._block_table[1]
-        return [g for b in self.windows[window].tolist() for g in range(groups[b], groups[b + 1])]
+        bounds, first, end = self._block_table
+        group_start = np.concatenate([[0], np.cumsum(self.row_groups, dtype=np.int64)])
+        return [(list(range(int(first[b]), int(end[b]))), int(bounds[b] - group_start[first[b]]),
+                 int(bounds[b + 1] - bounds[b])) for b in self.windows[window].tolist()]
 
     # ------------------------------------------------------------ order and batches
 

@@ -375,11 +375,17 @@ class ExampleDataset(IterableDataset):
             if not ready and world_size is None and rank not in (None, 0):
                 raise SchemaError(f"rank={rank!r} needs world_size= as well (torch.distributed is not initialised, "
                                   "so there is no world size to default to)")
+            if not ready and rank is None and world_size not in (None, 1):  # every process would be rank 0
+                raise SchemaError(f"world_size={world_size!r} needs rank= as well (torch.distributed is not "
+                                  "initialised, so there is no rank to default to)")
             rank = (dist.get_rank() if ready else 0) if rank is None else rank
             world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
         self.verify = verify
         self.prefetch = bool(prefetch)
         self.epoch = 0
+        # set_epoch writes it too: a persistent worker (which keeps its copy of this
+        # dataset across epochs) reads the epoch there, in memory shared with it
+        self._shared_epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
@@ -394,13 +400,14 @@ class ExampleDataset(IterableDataset):
         return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
 
     def set_epoch(self, epoch: int) -> None:
-        """Shuffles anew for ``epoch`` (call before each epoch, with workers not persistent:
-        a persistent worker keeps the epoch it started with)."""
+        """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
+        too, through memory shared with them)."""
         if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
             raise SchemaError(f"epoch must be a non-negative integer, got {epoch!r}")
         if epoch != self.epoch:
             self._resume, self._yielded = None, 0  # a state saved now starts the new epoch
         self.epoch = int(epoch)
+        self._shared_epoch[0] = self.epoch
 
     # ------------------------------------------------------------ resuming
 
@@ -440,6 +447,8 @@ class ExampleDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if int(self._shared_epoch[0]) != self.epoch:  # set_epoch was called on the trainer's copy
+            self.set_epoch(int(self._shared_epoch[0]))
         plan = self._plan(worker, workers)
         start = 0
         if self._resume is not None:
@@ -515,7 +524,12 @@ class ExampleDataset(IterableDataset):
             table = table.select(self._read)
         else:
             try:
-                table = source.read_row_groups(plan.row_groups_of(w), columns=self._read)
+                reads = plan.reads_of(w)
+                if all(skip == 0 and take == sum(plan.row_groups[g] for g in groups) for groups, skip, take in reads):
+                    table = source.read_row_groups(plan.row_groups_of(w), columns=self._read)  # whole row groups
+                else:  # pieces of a row group split between ranks: each read, then cut
+                    table = pa.concat_tables([source.read_row_groups(groups, columns=self._read).slice(skip, take)
+                                              for groups, skip, take in reads])
             except (pa.ArrowException, OSError) as exc:
                 raise SchemaError(f"cannot read example log {self._path}: {exc}") from exc
         keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
