@@ -552,3 +552,17 @@ def test_tiered_compaction_merges_adjacent_runs_of_one_tier(make_store):
         store.compact("nightly")
     with pytest.raises(lateseq.SchemaError, match="fanout"):
         store.compact("tiered", fanout=1)
+
+
+def test_a_mismatch_from_a_deleted_user_says_so(make_store):
+    store = make_store().commit(pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [10, 20]}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [9, 9]}))
+    after = store.delete([2])
+    with pytest.raises(lateseq.ChecksumMismatch, match=r"1 of them are examples of users deleted from the store"):
+        lateseq.materialize(after, log, lateseq.Projection(5))
+
+
+def test_delete_given_a_table_says_to_pass_its_id_column(make_store):
+    store = make_store().commit(pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [10, 20]}))
+    with pytest.raises(lateseq.SchemaError, match=r"not a Table: pass its id column"):
+        store.delete(pa.table({"user_id": [2]}))

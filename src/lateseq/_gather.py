@@ -40,7 +40,7 @@ def gather(
     visibility = pointers.visibility
     located = store.locate(pointers.user_id, pointers.request_ts, visibility, projection.max_len, pointers.length)
 
-    mismatched = compare(pointers, located, verify, on_mismatch)
+    mismatched = compare(pointers, located, verify, on_mismatch, store)
     store._record_reads(located, projection.max_len)
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
@@ -58,18 +58,23 @@ def gather(
     return JaggedBatch(offsets, values, mismatched)
 
 
-def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Literal["raise", "flag"]) -> np.ndarray:
+def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Literal["raise", "flag"],
+            store: Store | None = None) -> np.ndarray:
     """Which rebuilt histories differ from their pointer's length and checksum (all False
-    without ``verify``); with ``on_mismatch="raise"``, raises ChecksumMismatch on any."""
+    without ``verify``); with ``on_mismatch="raise"``, raises ChecksumMismatch on any,
+    saying which of them are users deleted from ``store``."""
     mismatched = np.zeros(len(pointers), bool)
     if verify:
         mismatched = (located.count != pointers.length) | (located.checksum != pointers.checksum)
         if on_mismatch == "raise" and mismatched.any():
             rows = np.flatnonzero(mismatched)
+            deleted = 0 if store is None else int(np.isin(pointers.user_id[rows], store.deleted_users()).sum())
+            why = (f"{deleted} of them are examples of users deleted from the store (Store.delete): drop those "
+                   "examples from the log" if deleted else "the store lost or gained events those pointers counted")
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
-                f"(first rows: {rows[:5].tolist()}); the store lost or gained events those "
-                "pointers counted. Use on_mismatch='flag' to keep the batch and drop them.",
+                f"(first rows: {rows[:5].tolist()}); {why}. materialize and iter_batches take "
+                "on_mismatch='flag' to keep the batch and mark them.",
                 rows.tolist(),
             )
     return mismatched

@@ -98,7 +98,7 @@ def materialize_tenants(
         examples = stripped_pointers(store, examples)
     pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
     located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL, pointers.length)
-    mismatched = compare(pointers, located, verify, on_mismatch)
+    mismatched = compare(pointers, located, verify, on_mismatch, store)
     store._record_reads(located, max((p.max_len for p in tenants.values()), default=0))
     return {name: batch for name, (batch, _) in select(store, pointers, located, tenants, mismatched).items()}
 

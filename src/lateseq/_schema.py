@@ -267,6 +267,9 @@ class Schema:
 def as_user_ids(values: Any, what: str) -> np.ndarray:
     """``values`` as int64 user ids. Raises SchemaError, naming ``what``, unless every
     one is an integer that fits: a float, a string or a wrapped uint64 names another user."""
+    if isinstance(values, pa.Table | pa.RecordBatch) or hasattr(values, "columns"):  # a table or a DataFrame
+        raise SchemaError(f"{what} must be a list or array of user ids, not a {type(values).__name__}: "
+                          "pass its id column (e.g. table.column('user_id'))")
     try:
         array = _arrow_ids(values, what)
     except SchemaError:
