@@ -305,6 +305,15 @@ def test_affinity_shares_histories_within_batches(world):
     assert shared[True] > 2 * shared[False]
 
 
+def test_a_handle_older_than_the_log_is_refused_when_the_dataset_is_made(world, tmp_path):
+    """Not at the batch that holds the first newer pointer, mid-epoch."""
+    store, _, log, path = world
+    old = lateseq.open(store.path, 1)
+    for examples in (path, log):
+        with pytest.raises(lateseq.PointerError, match=r"versions up to \d+ but this store handle is at version 1"):
+            ExampleDataset(old, examples, lateseq.Projection(MAX_LEN, COLUMNS))
+
+
 def test_the_handle_pins_the_version_the_dataset_opened(world, tmp_path):
     store, _, log, _path = world
     copy = lateseq.create(tmp_path / "s", store.schema)

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
@@ -368,6 +369,7 @@ class ExampleDataset(IterableDataset):
                                                   f"example log {self._path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
         _refuse_nulls(self.example_columns, examples if self._table is not None else meta)
+        _refuse_newer(self.store, examples if self._table is not None else meta)
         self._log = _log_identity(self._table, self._path)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -622,6 +624,22 @@ def _log_identity(table: pa.Table | None, path: str | None) -> str:
     except (OSError, ValueError) as exc:
         raise SchemaError(f"cannot read example log {path}: {exc}") from exc
     return digest.hexdigest()
+
+
+def _refuse_newer(store: Store, source: pa.Table | pq.FileMetaData) -> None:
+    """Pointers into versions newer than the handle, found now (from a Parquet log's
+    statistics where it keeps them) rather than at the batch that holds one, mid-epoch."""
+    if isinstance(source, pa.Table):
+        newest = pc.max(source.column("uih_version")).as_py() if source.num_rows else None
+    else:
+        index = next((i for i in range(source.num_columns) if source.schema.column(i).path == "uih_version"), None)
+        maxima = [stats.max for g in range(source.num_row_groups) if index is not None
+                  for stats in [source.row_group(g).column(index).statistics]
+                  if stats is not None and stats.has_min_max]
+        newest = max(maxima, default=None)
+    if newest is not None and newest > store.version:
+        raise PointerError(f"the example log points into versions up to {newest} but this store handle is at "
+                           f"version {store.version}; open the store at a version >= every pointer's")
 
 
 def _refuse_nulls(columns: list[str], source: pa.Table | pq.FileMetaData | None) -> None:
