@@ -150,8 +150,9 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         outside_store(store, path)
         if not isinstance(examples, pa.Table) and os.path.exists(path) and os.path.samefile(path, examples):
             raise SchemaError(f"{path} is the example log this reads; write the sequences elsewhere")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"{path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{path}: directory {folder} does not exist")
     rows = 0
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
