@@ -146,7 +146,9 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
     return _first_at_least(values, base, a, b, bound)
 
 
-@njit(cache=True, nogil=True, inline="always")
+# not inlined: a call per range costs nothing measurable, and compiled once it serves both
+# locate kernels, whose compilation (one per column dtypes) it halved
+@njit(cache=True, nogil=True)
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
@@ -312,6 +314,16 @@ def _locate(
             arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
 
 
+def frozen(array: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """``array`` as a read-only contiguous view (copied only to change its dtype or layout).
+    Numba compiles a kernel per argument type, and read-only is part of the type: kernels
+    get read-only inputs always (memory-mapped columns are), not whichever the caller had,
+    so one compilation serves both."""
+    view = np.ascontiguousarray(array, dtype).view()
+    view.setflags(write=False)
+    return view
+
+
 @dataclass(frozen=True)
 class Visibility:
     """Which events each pointer sees, besides event time strictly before its request.
@@ -326,6 +338,10 @@ class Visibility:
     version_hi: np.ndarray
     arrival_limit: np.ndarray
 
+    def __post_init__(self) -> None:
+        for name in ("version", "version_hi", "arrival_limit"):
+            object.__setattr__(self, name, frozen(getattr(self, name), np.int64))
+
     @classmethod
     def of_versions(cls, version: np.ndarray) -> Visibility:
         version = np.asarray(version, np.int64)
@@ -335,7 +351,7 @@ class Visibility:
         return Visibility(self.version[rows], self.version_hi[rows], self.arrival_limit[rows])
 
 
-_NO_ARRIVAL = np.zeros(1, np.int64)
+_NO_ARRIVAL = frozen(np.zeros(1, np.int64))
 
 
 LATE_ROW, LATE_VERSION, LATE_VMAX, LATE_HASH = range(4)  # the columns of ``late_rows``
@@ -395,9 +411,11 @@ def locate(
     holes = np.empty(n, np.bool_)
     late_at = np.empty(n, np.int64)
     ids, low, slots = user_index
+    users, ids, slots, entries, ts, ver, vmax, vmin, hcum, late, request_ts, hint = (
+        frozen(a) for a in (users, ids, slots, entries, ts, ver, vmax, vmin, hcum, late, request_ts, hint))
     _locate(
         users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
-        late, _NO_ARRIVAL if arrival is None else arrival, np.int64(arrival_base), request_ts,
+        late, _NO_ARRIVAL if arrival is None else frozen(arrival), np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
         count, checksum, lo, hi, holes, late_at,
     )
@@ -610,14 +628,21 @@ def _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, 
     return i
 
 
+@njit(cache=True, nogil=True)
+def _doubled(runs):  # pragma: no cover - compiled
+    """``runs`` in an array twice as wide. A call, not inlined: it is rare, and inlined at
+    each ``_add_run`` it more than doubled the merge kernel's compilation."""
+    grown = np.empty((4, 2 * runs.shape[1]), np.int64)
+    grown[:, :runs.shape[1]] = runs
+    return grown
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _add_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
     """Appends run k (segment, lo, hi, output position) to ``runs`` (one row per field),
     doubling it when full; returns the runs array it is now in."""
     if k == runs.shape[1]:
-        grown = np.empty((4, 2 * runs.shape[1]), np.int64)
-        grown[:, :k] = runs
-        runs = grown
+        runs = _doubled(runs)
     runs[0, k], runs[1, k], runs[2, k], runs[3, k] = g, lo, hi, d
     return runs
 

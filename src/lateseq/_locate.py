@@ -32,11 +32,12 @@ from ._kernels import (
     ENTRY_WIDTH,
     LATE_ROW,
     Visibility,
+    frozen,
 )
 from ._schema import Schema
 from ._segments import Segment, UserIndex
 
-_NO_COLUMN = np.zeros(1, np.int64)  # stands in for an absent arrival or tie-break column
+_NO_COLUMN = frozen(np.zeros(1, np.int64))  # stands in for an absent arrival or tie-break column
 
 
 class PartitionView:
@@ -179,9 +180,9 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     n = len(users)
     located = Located(np.zeros(n, np.int64), np.zeros(n, np.uint32), np.zeros(n, bool),
                       np.zeros(n, np.int64), np.zeros(n, np.int64))
-    users = np.ascontiguousarray(users, np.int64)
-    request_ts = np.ascontiguousarray(request_ts, np.int64)
-    hint = np.full(n, -1, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
+    users = frozen(users, np.int64)
+    request_ts = frozen(request_ts, np.int64)
+    hint = frozen(np.full(n, -1, np.int64) if lengths is None else lengths, np.int64)
     parts = partition_of(users, schema.partitions)
     touched = np.unique(parts) if schema.partitions > 1 else np.zeros(1, np.int64)
     if len(touched) == 1:
