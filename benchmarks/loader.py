@@ -77,7 +77,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import lateseq
 from lateseq._sampling import WINDOW_ROWS
-from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _tensor, rebatch
+from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _Slots, rebatch
 from materialize import disk_read_bytes, evict, load_average, machine, resident_bytes
 from workload import (
     BATCH,
@@ -135,6 +135,7 @@ class FatRowDataset(IterableDataset):
     def __init__(self, file: FatRowFile):
         super().__init__()
         self.file = file
+        self.slots = _Slots()  # batches reach the trainer in reused shared memory, as lateseq's do
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -144,20 +145,17 @@ class FatRowDataset(IterableDataset):
             mapped = ipc_views(self.file.path, columns, flat=("label",))
             for i in range(worker, len(mapped), workers):
                 offsets, values, flat = mapped[i]
-                yield _batch_of(*copied_out(offsets, values), flat["label"].copy())
+                yield self._batch(*copied_out(offsets, values), flat["label"].copy())
         else:
             source = pq.ParquetFile(self.file.path)
             groups = list(range(worker, source.metadata.num_row_groups, workers))
             if groups:
                 for batch in source.iter_batches(BATCH, row_groups=groups, columns=["label", *columns],
                                                   use_threads=False):
-                    yield _batch_of(*_jagged(batch, columns), batch.column("label").to_numpy())
+                    yield self._batch(*_jagged(batch, columns), batch.column("label").to_numpy())
 
-
-def _batch_of(offsets: np.ndarray, values: dict[str, np.ndarray], label: np.ndarray) -> Batch:
-    return Batch(rows=torch.zeros(len(label), dtype=torch.int64), examples={"label": _tensor(label)},
-                 offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(np.diff(offsets)),
-                 values={name: _tensor(v) for name, v in values.items()})
+    def _batch(self, offsets: np.ndarray, values: dict[str, np.ndarray], label: np.ndarray) -> Batch:
+        return self.slots.batch(np.zeros(len(label), np.int64), {"label": label}, offsets, np.diff(offsets), values)
 
 
 @dataclass
@@ -536,13 +534,16 @@ def markdown(results: dict) -> str:
                      "after 1st batch: lateseq", "IPC", "PQ"], rows)
     if m.get("page_fault_us"):
         per_n = "; ".join(
-            f"N={n}: {e['batch_bytes'] / 1e6:.1f} MB, {2 * e['batch_bytes'] / 4096 * m['page_fault_us'] / 1e3:.1f} ms "
-            f"of the {1e3 * BATCH / (e['ex_s_after_first_batch'] or e['ex_s']):.1f} ms a batch took after the first, "
-            "1 worker" for n, at in results["loader"].items() for e in [at["lateseq"]["1"]])
+            f"N={n}: {e['batch_bytes'] / 1e6:.1f} MB a batch, "
+            f"{2 * e['batch_bytes'] / 4096 * m['page_fault_us'] / 1e3:.1f} ms of faults against the "
+            f"{1e3 * BATCH / (e['ex_s_after_first_batch'] or e['ex_s']):.1f} ms a batch took after the first, 1 worker"
+            for n, at in results["loader"].items() for e in [at["lateseq"]["1"]])
         lines += [(
-            f"- with workers, a batch reaches the trainer in fresh shared memory: each 4 KiB page of it faults in "
-            f"the worker and again in the trainer, and this machine takes {m['page_fault_us']:.1f} µs a fault (a "
-            f"new map written page by page), so faults alone cost ({per_n}); the Fat Row loaders pay the same"), ""]
+            "- with workers, batches reach the trainer through shared-memory buffers each worker allocates once and "
+            "reuses once the trainer has let go of a batch (every loader here, the Fat Row ones too). Fresh shared "
+            "memory per batch, the DataLoader's default, would fault each 4 KiB page in the worker and again in the "
+            f"trainer, at {m['page_fault_us']:.1f} µs a fault on this machine (a new map written page by page): "
+            f"{per_n}"), ""]
     for mode, title in (("epoch", "cold, store dropped from the page cache once per pass (a store that stays in "
                                   "it: readahead on, as lateseq's auto sets it)"),
                         ("epoch-no-readahead", "the same with readahead off (readahead=False: each fault reads "

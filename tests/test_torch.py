@@ -692,3 +692,21 @@ def test_a_mismatch_names_its_row_of_the_log_whatever_the_order(world):
     with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad}\]") as info:
         list(ds)
     assert info.value.rows == [bad]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_reuse_shared_memory_only_once_the_trainer_let_go(world, context):
+    """Workers write batches into a few buffers allocated once: a buffer is reused when the
+    trainer's batch in it is gone, never while the trainer holds it (held batches stay exact)."""
+    _store, oracle, log, _ = world
+    ds = dataset(world, batch_size=4, shuffle=True, seed=3)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    slots = []
+    for batch in loader:  # each checked as it arrives, then let go
+        check([batch], oracle, log, rows_expected=len(batch))
+        slots.append(None if batch.slot is None else batch.slot[1:])
+    assert None not in slots, "a worker found no free buffer though the trainer let each batch go"
+    assert len(set(slots)) <= 2 * 8 < len(slots)
+    kept = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context))
+    check(kept, oracle, log)  # every batch held: none written over
+    assert len(kept) > 2 * 8 and sum(b.slot is None for b in kept) >= len(kept) - 2 * 8
