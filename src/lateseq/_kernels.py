@@ -146,9 +146,7 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
     return _first_at_least(values, base, a, b, bound)
 
 
-# not inlined: a call per range costs nothing measurable, and compiled once it serves both
-# locate kernels, whose compilation (one per column dtypes) it halved
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
