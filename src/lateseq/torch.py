@@ -82,7 +82,9 @@ class Batch:
     ``i``'s history of one column, oldest event first.
 
     ``rows`` is each example's row number in the log; ``examples`` its per-example
-    columns (labels, request features).
+    columns (labels, request features). ``slot``, on a batch a DataLoader worker made,
+    names the worker's shared buffer that holds its tensors (batches made from it by
+    ``to``, slicing or ``cat`` have none).
     """
 
     rows: torch.Tensor
@@ -346,7 +348,9 @@ class ExampleDataset(IterableDataset):
     their last, up to about a block per rank). ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
-    initialised (create the dataset after ``init_process_group``).
+    initialised (create the dataset after ``init_process_group``). In a DataLoader
+    worker, batches are written into shared-memory buffers reused once the trainer has
+    let go of them (``Batch.slot`` names the buffer; see ``_Slots``).
     """
 
     def __init__(self, store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
