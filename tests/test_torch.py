@@ -710,3 +710,15 @@ def test_workers_reuse_shared_memory_only_once_the_trainer_let_go(world, context
     kept = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context))
     check(kept, oracle, log)  # every batch held: none written over
     assert len(kept) > 2 * 8 and sum(b.slot is None for b in kept) >= len(kept) - 2 * 8
+
+
+def test_buffers_of_a_loop_left_early_are_freed(world):
+    """Batches in flight when the trainer leaves a loop never arrive: their buffers, taken
+    by workers that are gone, are freed, so later epochs still reuse memory."""
+    loader = DataLoader(dataset(world, batch_size=4), batch_size=None, num_workers=1)
+    for _ in range(6):
+        for i, _batch in enumerate(loader):
+            if i == 1:
+                break
+    fell_back = [batch.slot is None for batch in loader]
+    assert len(fell_back) > 8 and not any(fell_back)

@@ -572,6 +572,8 @@ class _Slots:
     written again only after the trainer's mapping of it is gone (the trainer marks it
     free in ``flags`` when a later batch arrives and finds the memory released): a batch
     the trainer keeps is never written over; with none free, the worker allocates anew.
+    A slot holds the process id of the worker that took it: one taken by a worker that
+    is gone (the trainer left the loop early; its batch will never arrive) is freed too.
     Outside a worker (nothing crosses processes) batches are plain tensors."""
 
     SLOTS = 8  # buffers per worker: the trainer's batch, the DataLoader's prefetched ones, spare
@@ -582,7 +584,7 @@ class _Slots:
 
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
-        self.flags = torch.zeros((self.WORKERS, self.SLOTS), dtype=torch.int8).share_memory_()
+        self.flags = torch.zeros((self.WORKERS, self.SLOTS), dtype=torch.int32).share_memory_()
         self._buffers: list[torch.Tensor | None] = [None] * self.SLOTS
         self._tables[self.token] = self
 
@@ -623,12 +625,13 @@ class _Slots:
         buffer = self._buffers[slot]
         if buffer is None or len(buffer) < need:
             buffer = self._buffers[slot] = torch.empty(need + need // 2, dtype=torch.uint8).share_memory_()
-        self.flags[worker, slot] = 1
+        self.flags[worker, slot] = os.getpid()
         return buffer, slot
 
     @classmethod
     def arrived(cls, batch: Batch) -> None:
-        """Trainer side: frees the slots of batches whose memory is gone; holds this one's."""
+        """Trainer side: frees the slots of batches whose memory is gone, and those of this
+        batch's worker row taken by workers that are gone; holds this one's."""
         token, worker, slot = batch.slot
         table = cls._tables.get(token)
         if table is None:  # not this process's dataset: its slot stays taken, the worker allocates anew
@@ -643,6 +646,10 @@ class _Slots:
                 else:
                     still.append(held)
             cls._held[:] = [*still, (refs, table.flags, worker, slot)]
+            mine = {s for _, flags, w, s in cls._held if flags is table.flags and w == worker}
+            for s, pid in enumerate(table.flags[worker].tolist()):
+                if pid and s not in mine and not _alive(pid):
+                    table.flags[worker, s] = 0
 
 
 # ---------------------------------------------------------------------- prefetching
@@ -812,6 +819,16 @@ def _has_accelerator() -> bool:
 
 
 _ALIGN = 64  # each array of a shared buffer starts on a cache line
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        pass
+    return True
 
 
 def _aligned(nbytes: int) -> int:
