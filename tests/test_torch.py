@@ -3,6 +3,7 @@ spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batc
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 import pickle
@@ -722,3 +723,17 @@ def test_buffers_of_a_loop_left_early_are_freed(world):
                 break
     fell_back = [batch.slot is None for batch in loader]
     assert len(fell_back) > 8 and not any(fell_back)
+
+
+def test_a_copy_of_a_batch_let_go_does_not_free_the_batch_it_copied(world):
+    """A deep copy names the same buffer; dropping it must not free the buffer while the
+    batch it copied is still held."""
+    _store, oracle, log, _ = world
+    kept, first = None, None
+    for batch in DataLoader(dataset(world, batch_size=4), batch_size=None, num_workers=1):
+        if kept is None:
+            kept, first = batch, copy.deepcopy(batch)
+            first = first.rows.clone(), first.offsets.clone(), {k: v.clone() for k, v in first.values.items()}
+    assert torch.equal(kept.rows, first[0]) and torch.equal(kept.offsets, first[1])
+    assert all(torch.equal(kept.values[k], v) for k, v in first[2].items())
+    check([kept], oracle, log, rows_expected=len(kept))

@@ -639,14 +639,16 @@ class _Slots:
         tensors = [batch.rows, batch.offsets, batch.lengths, *batch.examples.values(), *batch.values.values()]
         refs = [StorageWeakRef(t.untyped_storage()) for t in tensors]
         with cls._lock:
-            still = []
-            for held in cls._held:
-                if all(ref.expired() for ref in held[0]):
-                    held[1][held[2], held[3]] = 0
-                else:
-                    still.append(held)
-            cls._held[:] = [*still, (refs, table.flags, worker, slot)]
-            mine = {s for _, flags, w, s in cls._held if flags is table.flags and w == worker}
+            held = [*cls._held, (refs, table.flags, worker, slot)]
+            live = [h for h in held if not all(ref.expired() for ref in h[0])]
+            # a slot is free when every batch that names it is gone (a copy of a batch,
+            # deep or pickled, names it too, while the batch itself may still be in use)
+            busy = {(id(flags), w, s) for _, flags, w, s in live}
+            for _, flags, w, s in held:
+                if (id(flags), w, s) not in busy:
+                    flags[w, s] = 0
+            cls._held[:] = live
+            mine = {s for _, flags, w, s in live if flags is table.flags and w == worker}
             for s, pid in enumerate(table.flags[worker].tolist()):
                 if pid and s not in mine and not _alive(pid):
                     table.flags[worker, s] = 0
