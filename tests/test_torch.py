@@ -4,6 +4,7 @@ spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batc
 from __future__ import annotations
 
 import copy
+import hashlib
 import mmap
 import os
 import pickle
@@ -737,3 +738,49 @@ def test_a_copy_of_a_batch_let_go_does_not_free_the_batch_it_copied(world):
     assert torch.equal(kept.rows, first[0]) and torch.equal(kept.offsets, first[1])
     assert all(torch.equal(kept.values[k], v) for k, v in first[2].items())
     check([kept], oracle, log, rows_expected=len(kept))
+
+
+def _digests(queue, out) -> None:
+    """Receives (batch, digest as sent) pairs until None; after a pause, counts the
+    batches whose bytes changed since they were sent."""
+    kept = []
+    while (item := queue.get()) is not None:
+        kept.append(item)
+    time.sleep(0.3)
+    out.put(sum(_digest(b) != d for b, d in kept))
+
+
+def _digest(batch: Batch) -> str:
+    tensors = [batch.rows, batch.offsets, *batch.values.values(), *batch.examples.values()]
+    return hashlib.sha1(b"".join(t.numpy().tobytes() for t in tensors)).hexdigest()
+
+
+def test_a_batch_sent_on_to_another_process_keeps_its_values(world):
+    """The trainer cannot see when another process lets go of a worker's buffer: a batch
+    it sends on goes in memory of its own."""
+    ctx = torch.multiprocessing.get_context("fork")
+    queue, out = ctx.Queue(), ctx.Queue()
+    consumer = ctx.Process(target=_digests, args=(queue, out))
+    consumer.start()
+    for i, batch in enumerate(DataLoader(dataset(world, batch_size=4), batch_size=None, num_workers=1)):
+        if i < 3:
+            queue.put((batch, _digest(batch)))
+        del batch
+    queue.put(None)
+    assert out.get(timeout=60) == 0
+    consumer.join(timeout=60)
+
+
+def test_persistent_workers_left_early_with_prefetch_still_reuse_buffers(world):
+    """The batch a worker's prefetch thread made when the epoch was left is never sent:
+    its buffer frees itself."""
+    ds = dataset(world, batch_size=4, prefetch=True)
+    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i, _batch in enumerate(loader):
+            if i == 1:
+                break
+    ds.set_epoch(6)
+    fell_back = [batch.slot is None for batch in loader]
+    assert len(fell_back) > 8 and not any(fell_back)

@@ -18,10 +18,13 @@ example comes out exactly once; ``state_dict``/``load_state_dict`` let torchdata
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import numbers
 import os
 import resource
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -93,11 +96,22 @@ class Batch:
     lengths: torch.Tensor
     values: dict[str, torch.Tensor]
     stats: BatchStats = field(default_factory=BatchStats)
-    # (table, worker, slot) of the worker's shared memory holding every tensor (see _Slots)
-    slot: tuple[str, int, int] | None = field(default=None, repr=False, compare=False)
+    # (table, worker, slot, maker's pid) of the worker's shared memory holding every tensor (see _Slots)
+    slot: tuple[str, int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_unsent"}
+        if self.slot is None:
+            return state
+        if self.slot[3] == os.getpid():  # its worker sends it: the trainer frees its slot from now on
+            self._unsent.detach()
+            return state
+        # pickled or copied again after it arrived: the copy gets memory of its own, as
+        # the trainer cannot know when another process lets go of the worker's buffer
+        return dict(self._map(torch.clone).__dict__)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -572,27 +586,33 @@ class _Slots:
     written again only after the trainer's mapping of it is gone (the trainer marks it
     free in ``flags`` when a later batch arrives and finds the memory released): a batch
     the trainer keeps is never written over; with none free, the worker allocates anew.
-    A slot holds the process id of the worker that took it: one taken by a worker that
-    is gone (the trainer left the loop early; its batch will never arrive) is freed too.
-    Outside a worker (nothing crosses processes) batches are plain tensors."""
+    A slot holds the process id of the worker that took it, taken under a file lock
+    (several iterators' workers share a row): one taken by a worker that is gone (the
+    trainer left the loop early; its batch will never arrive) is freed too, and one whose
+    batch the worker dropped unsent frees itself. A batch pickled or copied again in the
+    trainer is copied out of the buffer. Outside a worker (nothing crosses processes)
+    batches are plain tensors."""
 
     SLOTS = 8  # buffers per worker: the trainer's batch, the DataLoader's prefetched ones, spare
     WORKERS = 64  # workers per dataset with buffers; more make plain batches
     _tables: weakref.WeakValueDictionary[str, _Slots] = weakref.WeakValueDictionary()
-    _held: list[tuple[list[StorageWeakRef], torch.Tensor, int, int]] = []  # the trainer's, per process
+    _held: list[tuple[list[StorageWeakRef], torch.Tensor, int, int]] = []  # the trainer's
+    _held_by = os.getpid()  # a process forked from the trainer holds none of its batches
     _lock = threading.Lock()
 
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
         self.flags = torch.zeros((self.WORKERS, self.SLOTS), dtype=torch.int32).share_memory_()
-        self._buffers: list[torch.Tensor | None] = [None] * self.SLOTS
-        self._tables[self.token] = self
+        fd, self.lock_path = tempfile.mkstemp(prefix="lateseq-slots-")
+        os.close(fd)
+        weakref.finalize(self, _unlink, self.lock_path, os.getpid())
+        self.__setstate__(self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"token": self.token, "flags": self.flags}
+        return {"token": self.token, "flags": self.flags, "lock_path": self.lock_path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _buffers=[None] * self.SLOTS)
+        self.__dict__.update(state, _buffers=[None] * self.SLOTS, _lock_file=None)
         self._tables.setdefault(self.token, self)
 
     def batch(self, rows: np.ndarray, examples: dict[str, np.ndarray], offsets: np.ndarray, lengths: np.ndarray,
@@ -611,34 +631,45 @@ class _Slots:
                 tensors.append(buffer[at:at + a.nbytes].view(_torch_dtype(a.dtype)))
                 at += _aligned(a.nbytes)
         it = iter(tensors)
-        return Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
-                     slot=None if place is None else (self.token, info.id, place[1]))
+        batch = Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
+                      slot=None if place is None else (self.token, info.id, place[1], os.getpid()))
+        if place is not None:
+            batch._unsent = weakref.finalize(batch, self.flags.__setitem__, (info.id, place[1]), 0)
+        return batch
 
     def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int] | None:
         """A free buffer of this worker with room for ``arrays`` (grown when too small),
         marked in use; None when all are in the trainer's hands."""
-        free = torch.nonzero(self.flags[worker] == 0)
-        if not len(free):
-            return None
-        slot = int(free[0, 0])
+        if self._lock_file is None or self._lock_file[0] != os.getpid():  # a lock per process
+            try:
+                self._lock_file = (os.getpid(), open(self.lock_path, "rb"))  # noqa: SIM115 - kept open
+            except OSError:  # the dataset that made it is gone
+                return None
+        with _locked(self._lock_file[1]):
+            free = torch.nonzero(self.flags[worker] == 0)
+            if not len(free):
+                return None
+            slot = int(free[0, 0])
+            self.flags[worker, slot] = os.getpid()
         need = sum(_aligned(a.nbytes) for a in arrays)
         buffer = self._buffers[slot]
         if buffer is None or len(buffer) < need:
             buffer = self._buffers[slot] = torch.empty(need + need // 2, dtype=torch.uint8).share_memory_()
-        self.flags[worker, slot] = os.getpid()
         return buffer, slot
 
     @classmethod
     def arrived(cls, batch: Batch) -> None:
         """Trainer side: frees the slots of batches whose memory is gone, and those of this
         batch's worker row taken by workers that are gone; holds this one's."""
-        token, worker, slot = batch.slot
+        token, worker, slot, _ = batch.slot
         table = cls._tables.get(token)
         if table is None:  # not this process's dataset: its slot stays taken, the worker allocates anew
             return
         tensors = [batch.rows, batch.offsets, batch.lengths, *batch.examples.values(), *batch.values.values()]
         refs = [StorageWeakRef(t.untyped_storage()) for t in tensors]
         with cls._lock:
+            if cls._held_by != os.getpid():
+                cls._held, cls._held_by = [], os.getpid()
             held = [*cls._held, (refs, table.flags, worker, slot)]
             live = [h for h in held if not all(ref.expired() for ref in h[0])]
             # a slot is free when every batch that names it is gone (a copy of a batch,
@@ -821,6 +852,21 @@ def _has_accelerator() -> bool:
 
 
 _ALIGN = 64  # each array of a shared buffer starts on a cache line
+
+
+@contextlib.contextmanager
+def _locked(file: Any) -> Iterator[None]:
+    fcntl.flock(file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _unlink(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # not a forked worker's copy of the dataset, at its exit
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _alive(pid: int) -> bool:
