@@ -146,7 +146,10 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
     return _first_at_least(values, base, a, b, bound)
 
 
-@njit(cache=True, nogil=True, inline="always")
+# not inlined: compiled once it serves both locate kernels, and inlined it doubled the
+# compilation of each (a kernel per column dtypes: CI compiles dozens from a cold cache);
+# the call costs 0-7% on 30 daily segments, inside this VM's noise
+@njit(cache=True, nogil=True)
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
