@@ -320,6 +320,9 @@ def frozen(array: np.ndarray, dtype: type | None = None) -> np.ndarray:
     Numba compiles a kernel per argument type, and read-only is part of the type: kernels
     get read-only inputs always (memory-mapped columns are), not whichever the caller had,
     so one compilation serves both."""
+    if (isinstance(array, np.ndarray) and not array.flags.writeable and array.flags.c_contiguous
+            and (dtype is None or array.dtype == dtype)):  # as it is: no new view on the hot path
+        return array
     view = np.ascontiguousarray(array, dtype).view()
     view.setflags(write=False)
     return view
@@ -352,7 +355,7 @@ class Visibility:
         return Visibility(self.version[rows], self.version_hi[rows], self.arrival_limit[rows])
 
 
-_NO_ARRIVAL = frozen(np.zeros(1, np.int64))
+NO_COLUMN = frozen(np.zeros(1, np.int64))  # stands in for an absent arrival or tie-break column
 
 
 LATE_ROW, LATE_VERSION, LATE_VMAX, LATE_HASH = range(4)  # the columns of ``late_rows``
@@ -416,7 +419,7 @@ def locate(
         frozen(a) for a in (users, ids, slots, entries, ts, ver, vmax, vmin, hcum, late, request_ts, hint))
     _locate(
         users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
-        late, _NO_ARRIVAL if arrival is None else frozen(arrival), np.int64(arrival_base), request_ts,
+        late, NO_COLUMN if arrival is None else frozen(arrival), np.int64(arrival_base), request_ts,
         visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
         count, checksum, lo, hi, holes, late_at,
     )

@@ -31,13 +31,12 @@ from ._kernels import (
     E_VMAX,
     ENTRY_WIDTH,
     LATE_ROW,
+    NO_COLUMN,
     Visibility,
     frozen,
 )
 from ._schema import Schema
 from ._segments import Segment, UserIndex
-
-_NO_COLUMN = frozen(np.zeros(1, np.int64))  # stands in for an absent arrival or tie-break column
 
 
 class PartitionView:
@@ -102,7 +101,7 @@ class PartitionView:
     def _dummy(self) -> tuple[typed.List, np.ndarray]:
         listed = typed.List()
         for _ in self.segments:
-            listed.append(_NO_COLUMN)
+            listed.append(NO_COLUMN)
         return listed, np.zeros(len(self.segments), np.int64)
 
 
