@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,9 @@ import pytest
 from oracle import Oracle, Request, assert_batch_equal, edit_in_place, referenced_files
 
 import lateseq
+import lateseq._segments
 import lateseq._store
+import lateseq._watch
 from lateseq._loader import _open_parquet
 from lateseq._versions import dump_checked
 from lateseq.audit import audit, verify
@@ -368,6 +373,106 @@ def test_a_decoded_copy_changed_in_place_under_an_open_handle_is_checked_again(s
         edit_in_place(path, 1 / 3, 0x01)
         if mtime == "set back":
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+def _damage_in_place(path: Path, start: int, end: int, through_a_map: bool) -> mmap.mmap | None:
+    """Flips every byte of [start, end) of ``path`` in place; through a shared map, kept
+    open (closing it would tell inotify), which is returned."""
+    if not through_a_map:
+        with open(path, "r+b") as f:
+            f.seek(start)
+            data = bytes(b ^ 0xFF for b in f.read(end - start))
+            f.seek(start)
+            f.write(data)
+        return None
+    with open(path, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0)
+    mapped[start:end] = bytes(b ^ 0xFF for b in mapped[start:end])
+    return mapped
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["inotify", "a stat per file"])
+@pytest.mark.parametrize("change", ["written in place", "replaced", "written through a map"])
+def test_a_batch_over_many_partitions_notices_a_changed_decoded_copy(make_store, monkeypatch, watched, change):
+    """A batch over many partitions reads through one view of them all, given as it is
+    while the read cache's watch hears of no change there (no stat per file). A decoded
+    copy written in place or replaced is checked again before the next batch; one written
+    through a shared map, which inotify does not report, within the watch's SWEEP_S."""
+    monkeypatch.setattr(lateseq._watch, "SWEEP_S", 0.2)
+    if not watched:
+        monkeypatch.setattr(lateseq._watch, "_inotify", lambda: None)
+    store = make_store({"item": "int64", "rating": "int8"}, partitions=8)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        users = rng.integers(0, 200, 2000)
+        store = store.commit(events(users, rng.integers(0, 1000, 2000), rng.integers(0, 10**6, 2000)))
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(200), "request_ts": np.full(200, 2000)}))
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path, merged_reads=False)
+    for _ in range(3):  # the joined view is built, then given as it is
+        assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    assert handle._join[1] is not None and len(handle._join[0]) == 8
+    stats = []
+    monkeypatch.setattr(lateseq._segments.Segment, "changed",
+                        lambda self, real=lateseq._segments.Segment.changed: stats.append(self) or real(self))
+    lateseq.materialize(handle, log, PROJECTION)
+    assert stats == [] or not watched  # nothing changed: nothing looked at
+    maps = []
+    for info in store.segment_infos:
+        path = store.cache_dir / f"{info.name}.arrow"
+        column = handle._segments.get(info).stored("item").tobytes()
+        start = path.read_bytes().find(column)
+        if change == "replaced":
+            damaged = bytearray(path.read_bytes())
+            damaged[start:start + len(column)] = bytes(b ^ 0xFF for b in column)
+            path.with_name("replacement").write_bytes(bytes(damaged))
+            os.replace(path.with_name("replacement"), path)
+        else:
+            maps.append(_damage_in_place(path, start, start + len(column), change == "written through a map"))
+    if change == "written through a map":
+        time.sleep(0.3)  # past SWEEP_S: every file is looked at again
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    assert stats  # looked at once the change could be
+    for mapped in maps:
+        if mapped is not None:
+            mapped.close()
+
+
+def test_a_forked_reader_does_not_take_the_changes_its_parent_waits_for(make_store, monkeypatch):
+    """A loader's forked workers inherit the trainer's inotify instance: a worker that read
+    its events would leave the trainer deaf to a change; each process watches for itself."""
+    if lateseq._watch._inotify() is None:
+        pytest.skip("no inotify here: every batch looks at every file")
+    monkeypatch.setattr(lateseq._watch, "SWEEP_S", 600.0)  # only inotify can tell the parent
+    store = make_store({"item": "int64", "rating": "int8"}, partitions=4)
+    rng = np.random.default_rng(4)
+    store = store.commit(events(rng.integers(0, 50, 500), rng.integers(0, 1000, 500), rng.integers(0, 10**6, 500)))
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(50), "request_ts": np.full(50, 2000)}))
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path, merged_reads=False)
+    for _ in range(2):
+        assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    context = multiprocessing.get_context("fork")
+    ready, damaged = context.Event(), context.Event()
+
+    def worker() -> None:
+        lateseq.materialize(handle, log, PROJECTION)
+        ready.set()
+        damaged.wait(60)
+        handle._segments.watch.generation()  # hears of the change: in its own instance only
+
+    child = context.Process(target=worker)
+    child.start()
+    assert ready.wait(60)
+    for info in store.segment_infos:
+        path = store.cache_dir / f"{info.name}.arrow"
+        column = handle._segments.get(info).stored("item").tobytes()
+        start = path.read_bytes().find(column)
+        _damage_in_place(path, start, start + len(column), through_a_map=False)
+    damaged.set()
+    child.join(60)
+    assert child.exitcode == 0
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
 
 

@@ -32,7 +32,15 @@ import numpy as np
 
 from ._errors import StoreError
 from ._events import Events
-from ._format import TIME, SegmentInfo, decoded_file, put_in_place, temporary_path, write_unpacked_segment
+from ._format import (
+    DERIVED_DIR,
+    TIME,
+    SegmentInfo,
+    decoded_file,
+    put_in_place,
+    temporary_path,
+    write_unpacked_segment,
+)
 from ._kernels import remap_ranges
 from ._locate import PartitionView
 from ._merge import merge_segments
@@ -41,7 +49,6 @@ from ._schema import Schema
 from ._segments import UNREADABLE, Segment, cache_lock
 from ._versions import dump_checked, load_checked, older_than
 
-DERIVED_DIR = "derived"  # the read cache's folder of derived copies
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
 
 

@@ -62,6 +62,9 @@ _HASH_CHUNK = 1 << 20  # rows hashed at once when decoding (bounds the hasher's 
 _SEGMENT_NAME = re.compile(r"p(\d{5})-[0-9a-f]{32}")
 
 
+DERIVED_DIR = "derived"  # the read cache's folder of derived copies
+
+
 def decoded_file(cache: Path, name: str) -> Path:
     """Where segment ``name``'s decoded copy lives in a read cache."""
     return cache / f"{name}.arrow"

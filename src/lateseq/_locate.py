@@ -161,13 +161,13 @@ class Located:
 
 def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
            request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None,
-           joined: Callable[[dict[int, PartitionView | None]], PartitionView | None] | None = None) -> Located:
+           joined: Callable[[np.ndarray], PartitionView | dict[int, PartitionView | None]] | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
     in the ``views(partition)`` of a handle at ``version``; a batch of several partitions
-    in one view ``joined(their views)`` of them all (when it gives one), so that its cost
-    does not grow with the partitions it touches (a kernel call per partition would).
-    ``lengths`` (the pointers' recorded lengths) saves most searches for where a history
-    ends; never trusted."""
+    in one view ``joined(those partitions)`` of them all when it gives one (else it gives
+    each one's view), so that its cost does not grow with the partitions it touches (a
+    kernel call per partition would). ``lengths`` (the pointers' recorded lengths) saves
+    most searches for where a history ends; never trusted."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
@@ -186,14 +186,13 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     touched = np.unique(parts) if schema.partitions > 1 else np.zeros(1, np.int64)
     if len(touched) == 1:
         groups = [(views(int(touched[0])), np.arange(n))]
-    else:  # each partition's view found once, for the joined view or to be read one by one
-        current = {int(p): views(int(p)) for p in touched}
-        view = joined(current) if joined is not None else None
-        if view is not None:
+    else:
+        view = joined(touched) if joined is not None else {int(p): views(int(p)) for p in touched}
+        if isinstance(view, PartitionView):
             located.partition = parts
             groups = [(view, np.arange(n))]
-        else:
-            groups = [(current[int(p)], np.flatnonzero(parts == p)) for p in touched]
+        else:  # read one by one
+            groups = [(view[int(p)], np.flatnonzero(parts == p)) for p in touched]
     for view, rows in groups:
         if view is None:
             continue

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from ._errors import StoreError
 from ._format import (
+    DERIVED_DIR,
     MADV_NORMAL,
     MADV_RANDOM,
     SegmentInfo,
@@ -30,6 +31,7 @@ from ._format import (
 )
 from ._kernels import late_rows
 from ._schema import Schema
+from ._watch import CacheWatch
 
 # what reading a missing, truncated or garbled decoded copy raises
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
@@ -125,6 +127,7 @@ class SegmentCache:
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
         self._lock = threading.Lock()
+        self.watch = CacheWatch([cache, cache / DERIVED_DIR])  # tells when the stats are needed at all
 
     def get(self, info: SegmentInfo) -> Segment:
         path = self._paths.get(info.name)

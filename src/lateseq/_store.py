@@ -127,6 +127,11 @@ class Store:
             self._by_partition.setdefault(info.partition, []).append(info)
         self._views: dict[int, PartitionView | None] = {}
         self._join: tuple[dict[int, PartitionView], PartitionView | None, set[int], int] = ({}, None, set(), 0)
+        # per partition: the read cache's generation its view was last checked at (its files
+        # unchanged on disk since, while the generation stays), and whether the joined view
+        # holds that view as it is (or it has no segments: nothing to read)
+        self._checked = np.full(self.schema.partitions, -1, np.int64)
+        self._in_join = np.zeros(self.schema.partitions, bool)
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
@@ -440,6 +445,7 @@ class Store:
         of faulting pages in, or merging, during its first batches."""
         if self.merged_reads == "auto":  # a loader that warms up reads long enough to pay for them
             self._merged.update(p for p, infos in self._by_partition.items() if len(infos) > 1)
+            self._checked[:] = -1  # their views change
         names = [TIME if c == self.schema.time_col else c for c in columns]
         for segment in (s for p in sorted(self._by_partition) for s in self._view(p).segments):
             for name in dict.fromkeys([*names, TIME, *SYSTEM_COLUMNS]):
@@ -483,24 +489,34 @@ class Store:
             rent = self._rents.get(partition)
             if rent is not None:
                 rent.pay(events)
+                if rent.settled:  # its view becomes the merged copy's at the next look
+                    self._checked[partition] = -1
 
-    def _joined(self, views: dict[int, PartitionView | None]) -> PartitionView | None:
-        """One view of the segments of ``views`` (partition -> its current view) and of the
-        others this handle read so far, or None: read them partition by partition this time. A new partition, or
-        a partition's new view, joins once the batches read partition by partition since
-        the view was built have cost about what building it costs (a partition each, against
-        one per member): many small batches of new partitions do not rebuild it each time."""
-        current = {p: view for p, view in views.items() if view is not None}
+    def _joined(self, touched: np.ndarray) -> PartitionView | dict[int, PartitionView | None]:
+        """One view of the segments of partitions ``touched`` and of the others this handle
+        read so far, or each one's own view (partition -> view): read them one by one this
+        time. While no file of the read cache changed, the view is given without a look at
+        each partition. A new partition, or a partition's new view, joins once the batches
+        read partition by partition since the view was built have cost about what building
+        it costs (a partition each, against one per member): many small batches of new
+        partitions do not rebuild it each time."""
+        generation = self._segments.watch.generation()
         members, view, waiting, cost = self._join
-        if all(members.get(p) is v for p, v in current.items()):
-            return view if current else None
+        if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all():
+            return view
+        views = {int(p): self._view(int(p), generation) for p in touched}
+        current = {p: v for p, v in views.items() if v is not None}
+        if current and all(members.get(p) is v for p, v in current.items()):
+            self._in_join[list(current)] = True
+            return view
         waiting, cost = waiting | current.keys(), cost + len(current)
-        if cost < len(members):
+        if not current or cost < len(members):
             self._join = (members, view, waiting, cost)
-            return None
-        members = {p: v for p in sorted(members.keys() | waiting) if (v := self._view(p)) is not None}
+            return views
+        members = {p: v for p in sorted(members.keys() | waiting) if (v := self._view(p, generation)) is not None}
         view = PartitionView([s for v in members.values() for s in v.segments], self.schema)
         self._join = (members, view, set(), 0)
+        self._in_join[list(members)] = True
         return view
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
@@ -518,16 +534,20 @@ class Store:
             self._merged.add(partition)
         return partition in self._merged
 
-    def _view(self, partition: int) -> PartitionView | None:
+    def _view(self, partition: int, generation: int | None = None) -> PartitionView | None:
         """The partition's segments laid out for the read kernels (or their merged copy):
-        built once per handle, and again when a decoded copy was replaced (the segment
-        cache notices)."""
+        built once per handle, and again when a decoded copy was replaced or written in
+        place (a stat per file tells, when the read cache's ``generation`` moved since the
+        last look)."""
+        if generation is None:
+            generation = self._segments.watch.generation()
         infos = self._by_partition.get(partition, [])
         merged = len(infos) > 1 and self._reads_merged(partition, infos)
         known = self._views.get(partition)
-        if known is not None and self._view_merged[partition] == merged and not any(
-                s.changed() for s in known.segments):
-            return known  # nothing changed on disk (a stat per file): no trip through the segment cache
+        if known is not None and self._view_merged[partition] == merged and (
+                self._checked[partition] == generation or not any(s.changed() for s in known.segments)):
+            self._checked[partition] = generation
+            return known  # nothing changed on disk: no trip through the segment cache
         segments = None
         if merged:  # its inputs are opened only to build it
             try:
@@ -548,7 +568,9 @@ class Store:
         if known is None or len(known.segments) != len(segments) or any(
                 a is not b for a, b in zip(known.segments, segments, strict=True)):
             known = self._views[partition] = PartitionView(segments, self.schema) if segments else None
+            self._in_join[partition] = known is None  # the joined view holds the old one
         self._view_merged[partition] = len(infos) > 1 and partition in self._merged
+        self._checked[partition] = generation
         return known
 
 
