@@ -19,7 +19,7 @@ from naive import (
     merge_order_reference,
     select_reference,
 )
-from numba import njit, typed
+from numba import njit
 
 from lateseq._kernels import (
     E_HI,
@@ -37,6 +37,7 @@ from lateseq._kernels import (
     merge_order,
     prefetch,
     remap_ranges,
+    segment_table,
 )
 
 # (time, version) dtypes as a segment stores them: every width of each, drawn in pairs, as
@@ -172,11 +173,12 @@ def copy_windows(case: Case, src: np.ndarray, base: int, lo: np.ndarray, hi: np.
     n = np.where(holes, take, n)
     zeros = np.zeros(len(lo), np.int64)
     arrival = case.arrival if case.arrival is not None else np.zeros(1, np.int64)
+    late = case.late()  # a table holds addresses: its arrays are kept alive here
     runs = _window_runs(np.arange(len(lo)), zeros, lo, hi, holes, late_at, n, zeros, np.zeros(len(lo), np.bool_),
-                        np.append(dst, 0), typed_list([case.ver]), np.array([case.ver_base]),
-                        typed_list([case.late()]), typed_list([arrival]), np.array([case.arrival_base]),
+                        np.append(dst, 0), segment_table([case.ver]), np.array([case.ver_base]),
+                        segment_table([late]), segment_table([arrival]), np.array([case.arrival_base]),
                         case.visibility.version, case.visibility.version_hi, case.visibility.arrival_limit)
-    copy_runs(tuple(runs), typed_list([src]), np.array([base]), out)
+    copy_runs(tuple(runs), segment_table([src]), np.array([base]), out)
 
 
 @given(cases(), st.sampled_from(["uint8", "uint16", "int64", "float32", "float64"]), st.data())
@@ -240,7 +242,7 @@ def test_copy_runs_narrow_output_wraps_like_the_column_type():
     stored = (values.astype(np.int64) + 128).astype(np.uint8)
     out = np.empty(4, np.int8)
     runs = (np.array([0]), np.array([0]), np.array([4]), np.array([0]))
-    copy_runs(runs, typed_list([stored]), np.array([-128]), out)
+    copy_runs(runs, segment_table([stored]), np.array([-128]), out)
     assert out.tolist() == values.tolist()
 
 
@@ -276,13 +278,6 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
 
 
 # ---------------------------------------------------------------- selection (windows)
-
-
-def typed_list(arrays: list[np.ndarray]) -> typed.List:
-    listed = typed.List()
-    for array in arrays:
-        listed.append(array)
-    return listed
 
 
 @st.composite
@@ -335,10 +330,10 @@ def select_cases(draw) -> dict:
         "lower": np.array([origin + draw(st.integers(-2, 16)) for _ in range(pointers)], np.int64),
         "has_window": has_window,
         "max_len": np.int64(draw(st.sampled_from([1, 2, 3]) | st.integers(1, 30))),
-        "ts": (typed_list([np.array(c, ts_dtype) for c in cols["ts"]]), np.array(ts_b, np.int64)),
-        "ver": (typed_list([np.array(c, np.uint8) for c in cols["ver"]]), np.array(ver_b, np.int64)),
-        "arr": (typed_list([np.array(c, np.int64) if with_arrival else np.zeros(1, np.int64)
-                            for c in cols["arr"]]), np.array(arr_b, np.int64)),
+        "ts": ([np.array(c, ts_dtype) for c in cols["ts"]], np.array(ts_b, np.int64)),
+        "ver": ([np.array(c, np.uint8) for c in cols["ver"]], np.array(ver_b, np.int64)),
+        "arr": ([np.array(c, np.int64) if with_arrival else np.zeros(1, np.int64) for c in cols["arr"]],
+                np.array(arr_b, np.int64)),
         "visibility": (np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
         "pointers": pointers,
     }
@@ -349,8 +344,12 @@ def select_args(case: dict) -> tuple:
     return (*case["candidates"], case["lower"], case["has_window"])
 
 
-def shared_args(case: dict) -> tuple:
-    return (*case["ts"], *case["ver"], *case["arr"], *case["visibility"])
+def shared_args(case: dict, tables: bool = False) -> tuple:
+    """Each column as its segments' arrays (for the reference) or their table (for the
+    kernels; the case keeps the arrays alive)."""
+    columns = [(segment_table(arrays) if tables else arrays, bases) for arrays, bases in
+               (case["ts"], case["ver"], case["arr"])]
+    return (*(part for column in columns for part in column), *case["visibility"])
 
 
 def reference(case: dict) -> tuple[np.ndarray, list]:
@@ -365,7 +364,7 @@ def test_select_matches_reference(case):
     r_lengths, r_runs = reference(case)
     lengths = np.full(case["pointers"], 0, np.int64)
     runs = tuple(np.full(size, -1, np.int64) for _ in range(5))
-    found, scanned = _select(*select_args(case), case["max_len"], *shared_args(case), lengths, *runs)
+    found, scanned = _select(*select_args(case), case["max_len"], *shared_args(case, tables=True), lengths, *runs)
     assert lengths.tolist() == r_lengths.tolist()
     got = sorted(zip(*(r[:found].tolist() for r in runs), strict=True))
     assert got == r_runs

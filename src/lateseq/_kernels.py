@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, typed, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -52,6 +52,45 @@ def prefetch(typingctx, array, index):
         builder.call(fn, [address, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return types.void(array, types.intp), codegen
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as a void pointer."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+# ---------------------------------------------------------------- segment tables
+
+# A column of a partition's segments goes to the kernels as a table: each segment's
+# address and length, and an empty array of the column's dtype (and row width). Segment g's
+# array is made from it in a nanosecond; an item of a numba typed list cost ~25 ns (its
+# reference count is changed atomically, twice), paid at every segment a kernel visits.
+
+
+def segment_table(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The table of ``arrays`` (C-contiguous, of one dtype and row width), which must
+    outlive it: it holds their addresses, not them."""
+    like = np.empty((0, *arrays[0].shape[1:]), arrays[0].dtype)
+    if any(not a.flags.c_contiguous or a.dtype != like.dtype or a.shape[1:] != like.shape[1:] for a in arrays):
+        raise ValueError("a segment table's arrays must be C-contiguous, of one dtype and row width")
+    return (np.array([a.ctypes.data for a in arrays], np.int64), np.array([len(a) for a in arrays], np.int64), like)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def segment(table, g):  # pragma: no cover - compiled
+    """Segment ``g``'s array of a 1-D column table."""
+    addresses, lengths, like = table
+    return carray(_pointer(addresses[g]), lengths[g], like.dtype)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def segment_rows(table, g):  # pragma: no cover - compiled
+    """Segment ``g``'s array of a 2-D table (rows of a fixed width)."""
+    addresses, lengths, like = table
+    return carray(_pointer(addresses[g]), (lengths[g], like.shape[1]), like.dtype)
 
 
 # ---------------------------------------------------------------- event hashing
@@ -501,7 +540,7 @@ def merge_order(user: np.ndarray, ts: np.ndarray, tiebreak: np.ndarray | None, r
 # ---------------------------------------------------------------- a partition's segments at once
 #
 # A version's partition may hold many segments (daily commits before compaction). These
-# kernels take each column of all of them at once, as typed lists indexed by segment,
+# kernels take each column of all of them at once, as a segment table (see above),
 # so a batch costs a few calls whatever the number of segments.
 
 
@@ -518,11 +557,25 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                  w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, w_top):  # pragma: no cover - compiled
     nw = 0
     for r in range(rows.shape[0]):
-        if r + AHEAD < rows.shape[0]:
-            u = _find_user(users[rows[r + AHEAD]], v_users, v_low, v_slots)
+        # prefetched in two stages, as in _locate: a pointer's summary rows (a line per
+        # (user, segment)), then, for a user held by one segment (every user of a joined
+        # view of compacted partitions), the rows its hint names
+        if r + 2 * AHEAD < rows.shape[0]:
+            u = _find_user(users[rows[r + 2 * AHEAD]], v_users, v_low, v_slots)
             if u >= 0:
-                for e in range(v_first[u], v_first[u + 1]):  # a line per (user, segment)
+                for e in range(v_first[u], v_first[u + 1]):
                     prefetch(entries, e * ENTRY_WIDTH)
+        if r + AHEAD < rows.shape[0]:
+            q = rows[r + AHEAD]
+            u = _find_user(users[q], v_users, v_low, v_slots)
+            if u >= 0 and v_first[u + 1] - v_first[u] == 1:
+                g, e_lo = entries[v_first[u], E_SEG], entries[v_first[u], E_LO]
+                h = e_lo + max(hint[q], 0)
+                prefetch(segment(ts_l, g), h)
+                prefetch(segment(vmax_l, g), h - 1)
+                prefetch(segment(vmin_l, g), h - 1)
+                prefetch(segment(hcum_l, g), e_lo - 1)
+                prefetch(segment(hcum_l, g), h - 1)
         p = rows[r]
         count[p] = 0
         checksum[p] = 0
@@ -547,8 +600,8 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 lo = hi - min(c, max_len)
             else:
                 c, s, lo, hi, holes, late_at = _locate_range(
-                    e_lo, e_hi, ts_l[g], ts_b[g], ver_l[g], vmax_l[g], vmin_l[g], ver_b[g], hcum_l[g],
-                    late_l[g], entry[E_LATE], arr_l[g], arr_b[g], request_ts[p], version[p], version_hi[p],
+                    e_lo, e_hi, segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g), segment(vmin_l, g), ver_b[g], segment(hcum_l, g),
+                    segment_rows(late_l, g), entry[E_LATE], segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p],
                     arrival_limit[p], max_len, hint[p] - total)
             total += c
             digest += s
@@ -556,16 +609,16 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 continue
             # the window's newest time (its row hi - 1 is visible): the merge kernel starts
             # from it without reading a row of each window, most of which it never takes
-            top = entry[E_TMAX] if summarised else ts_b[g] + np.int64(ts_l[g][hi - 1])
+            top = entry[E_TMAX] if summarised else ts_b[g] + np.int64(segment(ts_l, g)[hi - 1])
             # windows of successive segments whose keys do not overlap are the history in
             # pieces: copy each as a slice. Otherwise (late events) the merge kernel orders
             # them. Entry summaries settle most pairs; equal times need the rows' keys.
             if last >= 0 and not merge[p] and entry[E_TMIN] <= entries[last, E_TMAX]:
                 f = w_seg[nw - 1]
-                ts_first = ts_b[g] + np.int64(ts_l[g][lo])
+                ts_first = ts_b[g] + np.int64(segment(ts_l, g)[lo])
                 ts_last = w_top[nw - 1]
-                tb_first = tb_b[g] + np.int64(tb_l[g][lo]) if has_tb else 0
-                tb_last = tb_b[f] + np.int64(tb_l[f][w_hi[nw - 1] - 1]) if has_tb else 0
+                tb_first = tb_b[g] + np.int64(segment(tb_l, g)[lo]) if has_tb else 0
+                tb_last = tb_b[f] + np.int64(segment(tb_l, f)[w_hi[nw - 1] - 1]) if has_tb else 0
                 if _key_before(ts_first, tb_first, ts_last, tb_last):
                     merge[p] = True
             last = e
@@ -622,13 +675,13 @@ def _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, 
     """Moves window ``w``'s cursor ``i`` down to a visible row and caches its key at ``j``."""
     g = w_seg[w]
     if w_holes[w]:
-        ver, arr = ver_l[g], arr_l[g]
+        ver, arr = segment(ver_l, g), segment(arr_l, g)
         while i >= w_lo[w] and not _visible(i, ver, ver_b[g], arr, arr_b[g], version, version_hi, arrival_limit):
             i -= 1
     if i >= w_lo[w]:
-        key_ts[j] = ts_b[g] + np.int64(ts_l[g][i])
+        key_ts[j] = ts_b[g] + np.int64(segment(ts_l, g)[i])
         if has_tb:
-            key_tb[j] = tb_b[g] + np.int64(tb_l[g][i])
+            key_tb[j] = tb_b[g] + np.int64(segment(tb_l, g)[i])
     return i
 
 
@@ -668,7 +721,7 @@ def _by_segment(g_seg, g_lo, g_hi, g_dst, segments):  # pragma: no cover - compi
 
 def by_segment(runs: tuple[np.ndarray, ...], segments: int) -> tuple[np.ndarray, ...]:
     """Runs (segment, lo, hi, output position) grouped by segment, in order within each (a
-    counting sort): the copy then takes each segment's array from its typed list once, not
+    counting sort): the copy then makes each segment's array from its table once, not
     at every switch (1.6x for daily segments, where a history's runs alternate)."""
     if segments == 1 or len(runs[0]) < 2:
         return runs
@@ -695,7 +748,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts
         for j in range(m):  # a window's newest row is visible: its time is known (w_top)
             key_ts[j] = w_top[j0 + j]
             if has_tb:
-                key_tb[j] = tb_b[w_seg[j0 + j]] + np.int64(tb_l[w_seg[j0 + j]][cursor[j]])
+                key_tb[j] = tb_b[w_seg[j0 + j]] + np.int64(segment(tb_l, w_seg[j0 + j])[cursor[j]])
         pos = offsets[p + 1] - 1
         while pos >= offsets[p]:
             best = -1
@@ -713,7 +766,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts
                 break
             w = j0 + best
             g = w_seg[w]
-            ts, tb, ver, arr = ts_l[g], tb_l[g], ver_l[g], arr_l[g]
+            ts, tb, ver, arr = segment(ts_l, g), segment(tb_l, g), segment(ver_l, g), segment(arr_l, g)
             i = cursor[best]
             top = i  # the run is rows (i, top]
             while pos >= offsets[p] and i >= w_lo[w]:
@@ -771,7 +824,7 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
             k += 1
             continue
         if version_hi[p] == version[p]:  # only late rows can be invisible: runs between them
-            late = late_l[g]
+            late = segment_rows(late_l, g)
             j = w_late[w]
             while j < late.shape[0] and late[j, LATE_ROW] < hi:
                 i = late[j, LATE_ROW]
@@ -783,7 +836,7 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
                     lo = i + 1
                 j += 1
         else:  # bounded by arrival too: row by row
-            ver, vb, arr, ab = ver_l[g], ver_b[g], arr_l[g], arr_b[g]
+            ver, vb, arr, ab = segment(ver_l, g), ver_b[g], segment(arr_l, g), arr_b[g]
             for i in range(lo, hi):
                 if not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
                     if i > lo:
@@ -802,20 +855,20 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragm
     if g_seg.shape[0] == 0:
         return
     g = g_seg[0]
-    src = src_l[g]
+    src = segment(src_l, g)
     base = base_l[g]
     for k in range(g_seg.shape[0]):
         if k + AHEAD < g_seg.shape[0]:
             ahead = g_seg[k + AHEAD]
-            prefetch(src if ahead == g else src_l[ahead], g_lo[k + AHEAD])
+            prefetch(src if ahead == g else segment(src_l, ahead), g_lo[k + AHEAD])
         if g_seg[k] != g:  # runs of one segment come together: fetch its array once for them
             g = g_seg[k]
-            src = src_l[g]
+            src = segment(src_l, g)
             base = base_l[g]
         _copy_slice(src, base, add_base, g_lo[k], g_hi[k], out, g_dst[k])
 
 
-def copy_runs(runs: tuple[np.ndarray, ...], src: typed.List, bases: np.ndarray, out: np.ndarray) -> None:
+def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: np.ndarray, out: np.ndarray) -> None:
     """Copies each run (segment, lo, hi, output position) of the segments' stored
     column ``src`` (with its frame-of-reference ``bases``) into ``out``, decoded to
     ``out``'s dtype. Floats are never encoded and are copied bit for bit: adding a zero
@@ -910,7 +963,7 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             if not c_holes[c]:  # a slice: cut by the window, then by length
                 a = lo
                 if has_window:
-                    a = _first_at_least(ts_l[g], ts_b[g], lo, hi, lower[p])
+                    a = _first_at_least(segment(ts_l, g), ts_b[g], lo, hi, lower[p])
                     done = a > lo
                 take = min(hi - a, max_len - taken)
                 if take > 0:
@@ -922,7 +975,7 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             run_hi = -1
             run_rank = 0
             i = hi - 1
-            ts, tb, ver, vb, arr, ab = ts_l[g], ts_b[g], ver_l[g], ver_b[g], arr_l[g], arr_b[g]
+            ts, tb, ver, vb, arr, ab = segment(ts_l, g), ts_b[g], segment(ver_l, g), ver_b[g], segment(arr_l, g), arr_b[g]
             low = lower[p]
             while i >= lo and taken < max_len:
                 scanned += 1

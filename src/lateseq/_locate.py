@@ -1,8 +1,8 @@
 """The read path's first step: where each pointer's visible events are.
 
 A ``PartitionView`` lays out the segments of one partition of a version for the fused
-kernels: one user index over all of them, and each column as a typed list indexed by
-segment. A batch then costs a few kernel calls whatever the number of segments, and a
+kernels: one user index over all of them, and each column as a table of its segments'
+arrays. A batch then costs a few kernel calls whatever the number of segments, and a
 history spread over time-ordered segments is copied slice by slice; only where late
 events make segments overlap are events merged one by one (in a compiled kernel).
 """
@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import typed
-
 from . import _kernels
 from ._errors import PointerError
 from ._events import partition_of
@@ -34,6 +32,7 @@ from ._kernels import (
     NO_COLUMN,
     Visibility,
     frozen,
+    segment_table,
 )
 from ._schema import Schema
 from ._segments import Segment, UserIndex
@@ -62,8 +61,8 @@ class PartitionView:
         for column, values in zip((E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE), zip(*map(_summary, segments)),
                                   strict=True):
             self.entries[:, column] = np.concatenate(values)[order]
-        self._columns: dict[str | None, tuple[typed.List, np.ndarray]] = {}
-        self._late: typed.List | None = None
+        self._columns: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]] = {}
+        self._late: tuple[tuple[np.ndarray, ...], list[np.ndarray]] | None = None
         self._lock = threading.Lock()
         self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
 
@@ -72,37 +71,26 @@ class PartitionView:
         found = found[found >= 0]
         return int((self.first[found + 1] - self.first[found]).sum())
 
-    def column(self, name: str | None) -> tuple[typed.List, np.ndarray]:
-        """(stored arrays, bases) of a column across the segments, as one typed list of one
-        dtype: a segment stored narrower than the others is widened in memory (rare)."""
+    def column(self, name: str | None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(segment table, bases) of a column across the segments (``_kernels.segment_table``),
+        of one dtype: a segment stored narrower than the others is widened in memory (rare)."""
         with self._lock:
-            if name is None and None not in self._columns:
-                self._columns[None] = self._dummy()
             if name not in self._columns:
-                arrays = [s.stored(name) for s in self.segments]
+                arrays = [NO_COLUMN] * len(self.segments) if name is None else [s.stored(name) for s in self.segments]
                 common = np.result_type(*arrays)
-                listed = typed.List()
-                for array in arrays:
-                    if array.dtype != common:
-                        array = array.astype(common)
-                        array.setflags(write=False)
-                    listed.append(array)
-                bases = np.array([s.base(name) for s in self.segments], np.int64)
-                self._columns[name] = (listed, bases)
-            return self._columns[name]
+                arrays = [a if a.dtype == common else a.astype(common) for a in arrays]
+                bases = np.zeros(len(self.segments), np.int64) if name is None else np.array(
+                    [s.base(name) for s in self.segments], np.int64)
+                self._columns[name] = (segment_table(arrays), bases, arrays)  # the arrays outlive their table
+            return self._columns[name][:2]
 
-    def late(self) -> typed.List:
-        """Each segment's ``Segment.late`` rows, as a typed list for the kernels."""
+    def late(self) -> tuple[np.ndarray, ...]:
+        """Each segment's ``Segment.late`` rows, as a segment table."""
         with self._lock:
             if self._late is None:
-                self._late = typed.List(s.late for s in self.segments)
-            return self._late
-
-    def _dummy(self) -> tuple[typed.List, np.ndarray]:
-        listed = typed.List()
-        for _ in self.segments:
-            listed.append(NO_COLUMN)
-        return listed, np.zeros(len(self.segments), np.int64)
+                arrays = [s.late for s in self.segments]
+                self._late = (segment_table(arrays), arrays)
+            return self._late[0]
 
 
 def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
