@@ -738,14 +738,22 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts
     field: segment, lo, hi, output position)."""
     runs = np.empty((4, 4 * rows.shape[0] + 16), np.int64)  # grown as needed
     k = 0
+    widest = 0
     for r in range(rows.shape[0]):
+        widest = max(widest, p_w1[rows[r]] - p_w0[rows[r]])
+    cursor = np.empty(widest, np.int64)  # each window's newest unused event: only the window
+    key_ts = np.empty(widest, np.int64)  # a run came from moves, so only its key is read again
+    key_tb = np.zeros(widest, np.int64)
+    for r in range(rows.shape[0]):
+        if r + AHEAD < rows.shape[0]:  # the newest rows of each window of the pointer AHEAD on: a miss each
+            q = rows[r + AHEAD]
+            for w in range(p_w0[q], p_w1[q]):
+                prefetch(segment(ts_l, w_seg[w]), w_hi[w] - 1)
         p = rows[r]
         j0 = p_w0[p]
         m = p_w1[p] - j0
-        cursor = w_hi[j0:j0 + m] - 1
-        key_ts = np.empty(m, np.int64)  # each window's newest unused event: only the window
-        key_tb = np.zeros(m, np.int64)  # a run came from moves, so only its key is read again
         for j in range(m):  # a window's newest row is visible: its time is known (w_top)
+            cursor[j] = w_hi[j0 + j] - 1
             key_ts[j] = w_top[j0 + j]
             if has_tb:
                 key_tb[j] = tb_b[w_seg[j0 + j]] + np.int64(segment(tb_l, w_seg[j0 + j])[cursor[j]])
