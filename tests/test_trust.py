@@ -7,6 +7,7 @@ the file, never silently wrong output, and never loses a commit that returned su
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import mmap
@@ -26,6 +27,8 @@ import pytest
 from oracle import Oracle, Request, assert_batch_equal, edit_in_place, referenced_files
 
 import lateseq
+import lateseq._events
+import lateseq._locate
 import lateseq._segments
 import lateseq._store
 import lateseq._watch
@@ -393,12 +396,16 @@ def _damage_in_place(path: Path, start: int, end: int, through_a_map: bool) -> m
 
 
 @pytest.mark.parametrize("watched", [True, False], ids=["inotify", "a stat per file"])
-@pytest.mark.parametrize("change", ["written in place", "replaced", "written through a map"])
-def test_a_batch_over_many_partitions_notices_a_changed_decoded_copy(make_store, monkeypatch, watched, change):
+@pytest.mark.parametrize("change", ["written in place", "replaced", "written through a map",
+                                    "written through a hard link elsewhere", "truncated through a hard link"])
+def test_a_batch_over_many_partitions_notices_a_changed_decoded_copy(make_store, tmp_path, monkeypatch, watched,
+                                                                      change):
     """A batch over many partitions reads through one view of them all, given as it is
-    while the read cache's watch hears of no change there (no stat per file). A decoded
-    copy written in place or replaced is checked again before the next batch; one written
-    through a shared map, which inotify does not report, within the watch's SWEEP_S."""
+    while the read cache's watch hears of no change (no stat per file). A decoded copy
+    written in place, replaced, or written or cut through another name of it (which the
+    cache folder's watch does not hear: each mapped file is watched itself) is checked
+    again before the next batch; one written through a shared map, which inotify does not
+    report, within the watch's SWEEP_S."""
     monkeypatch.setattr(lateseq._watch, "SWEEP_S", 0.2)
     if not watched:
         monkeypatch.setattr(lateseq._watch, "_inotify", lambda: None)
@@ -428,6 +435,13 @@ def test_a_batch_over_many_partitions_notices_a_changed_decoded_copy(make_store,
             damaged[start:start + len(column)] = bytes(b ^ 0xFF for b in column)
             path.with_name("replacement").write_bytes(bytes(damaged))
             os.replace(path.with_name("replacement"), path)
+        elif "hard link" in change:
+            link = tmp_path / f"link-{info.name}"
+            os.link(path, link)
+            if change.startswith("truncated"):
+                os.truncate(link, 0)  # a read of the old map would die of SIGBUS
+            else:
+                _damage_in_place(link, start, start + len(column), through_a_map=False)
         else:
             maps.append(_damage_in_place(path, start, start + len(column), change == "written through a map"))
     if change == "written through a map":
@@ -473,6 +487,92 @@ def test_a_forked_reader_does_not_take_the_changes_its_parent_waits_for(make_sto
     damaged.set()
     child.join(60)
     assert child.exitcode == 0
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+def _partitioned(make_store, partitions: int) -> tuple[lateseq.Store, pa.Table]:
+    store = make_store({"item": "int64", "rating": "int8"}, partitions=partitions)
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        store = store.commit(events(rng.integers(0, 100, 1000), rng.integers(0, 1000, 1000),
+                                    rng.integers(0, 10**6, 1000)))
+    return store, lateseq.log_examples(store, pa.table({"user_id": np.arange(100), "request_ts": np.full(100, 2000)}))
+
+
+def _damage_every_copy(handle: lateseq.Store) -> None:
+    for info in handle.segment_infos:
+        path = handle.cache_dir / f"{info.name}.arrow"
+        column = handle._segments.get(info).stored("item").tobytes()
+        start = path.read_bytes().find(column)
+        _damage_in_place(path, start, start + len(column), through_a_map=False)
+
+
+@pytest.mark.parametrize("why", ["no inotify instance left", "a parent thread held the watch's lock"])
+def test_a_forked_reader_that_cannot_watch_still_reads_right(make_store, monkeypatch, why):
+    """A forked loader worker gets no inotify instance of its own (128 per user by
+    default), or is forked while a thread of its parent held the watch's lock: it reads,
+    and notices changes, by a stat per file, and never hangs."""
+    store, log = _partitioned(make_store, 8)
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path, merged_reads=False)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)  # watching, in the parent
+    if why.startswith("no inotify"):
+        monkeypatch.setattr(lateseq._watch._libc, "inotify_init1", lambda flags: -1)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def worker() -> None:
+        first = same(lateseq.materialize(handle, log, PROJECTION), expected)
+        _damage_every_copy(handle)
+        results.put((first, same(lateseq.materialize(handle, log, PROJECTION), expected)))
+
+    with contextlib.ExitStack() as stack:
+        if why.startswith("a parent thread"):
+            stack.enter_context(lateseq._watch._lock)  # held across the fork, as by a reading thread
+        child = context.Process(target=worker)
+        child.start()
+    assert results.get(timeout=60) == (True, True)
+    child.join(60)
+    assert child.exitcode == 0
+
+
+def test_threads_racing_the_joined_view_never_keep_a_stale_one(make_store, monkeypatch):
+    """Thread A builds the joined view from views it took as checked; meanwhile a copy is
+    written and thread B's batch notices it and makes that partition a new view. A's view,
+    which holds the old map, must not then be taken as current."""
+    store, log = _partitioned(make_store, 16)
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path, merged_reads=False)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    partitions = lateseq._events.partition_of(log.column("user_id").to_numpy(), 16)
+    first_half = log.take(pa.array(np.flatnonzero(partitions < 8)))
+    expected_half = output(store.path, first_half)
+    building, resume = threading.Event(), threading.Event()
+    build = lateseq._locate.PartitionView.__init__
+
+    def paused(view, segments, schema):
+        build(view, segments, schema)
+        if threading.current_thread().name == "A" and len(segments) > 4 and not building.is_set():
+            building.set()
+            resume.wait(30)
+
+    monkeypatch.setattr(lateseq._locate.PartitionView, "__init__", paused)
+    for info in store.segment_infos:  # A's next batch finds every copy replaced (by an equal file): it rebuilds
+        path = store.cache_dir / f"{info.name}.arrow"
+        shutil.copyfile(path, path.with_name("copy"))
+        os.replace(path.with_name("copy"), path)
+    a = threading.Thread(target=lateseq.materialize, args=(handle, log, PROJECTION), name="A")
+    a.start()
+    assert building.wait(30)
+    _damage_every_copy(handle)  # while A builds
+    b = threading.Thread(target=lateseq.materialize, args=(handle, first_half, PROJECTION), name="B")
+    b.start()
+    b.join(0.5)
+    resume.set()
+    a.join(30)
+    b.join(30)
+    for _ in range(2):  # batches of the partitions B looked at: the joined view is taken as it is
+        assert same(lateseq.materialize(handle, first_half, PROJECTION), expected_half)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import stat
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -140,11 +142,20 @@ class SegmentCache:
                 self._open[info.name] = segment
                 return segment
         segment = Segment(self.directory, info, self.cache, self.random_access)  # unlocked: decoding may take a while
+        self._track(segment)
         with self._lock:
             self._open[info.name] = segment
             while len(self._open) > self._size:
                 self._open.popitem(last=False)
         return segment
+
+    def _track(self, segment: Segment) -> None:
+        """Has the watch follow the file ``segment`` maps (the one it maps after decoding
+        it again too) while the segment lives."""
+        follow = functools.partial(self.watch.track, id(segment))
+        follow(segment.path)
+        segment.remapped = follow
+        weakref.finalize(segment, self.watch.untrack, id(segment))
 
     def read_at_random(self) -> None:
         """``random_access`` from now on, for the segments open already too."""
@@ -164,6 +175,7 @@ class SegmentCache:
                 self._open[name] = segment
             return segment
         segment = build()  # unlocked: merging may take a while
+        self._track(segment)
         with self._lock:
             self._open[name] = segment
             while len(self._open) > self._size:
@@ -201,6 +213,7 @@ class Segment:
         self.identity = _identity(self.path)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
+        self.remapped: Callable[[Path], None] | None = None  # told the file mapped after decoding it again
 
     def read_at_random(self) -> None:
         """Turns ``random_access`` on for an open segment: its columns' span is advised."""
@@ -230,6 +243,8 @@ class Segment:
             self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
                                       damaged=self.identity)
             self.identity = _identity(self.path)
+            if self.remapped is not None:
+                self.remapped(self.path)
             self._verified.clear()
             if not self._sound(name):
                 raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -132,6 +133,7 @@ class Store:
         # holds that view as it is (or it has no segments: nothing to read)
         self._checked = np.full(self.schema.partitions, -1, np.int64)
         self._in_join = np.zeros(self.schema.partitions, bool)
+        self._views_lock = threading.RLock()  # threads reading one handle see views and the join whole
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
@@ -500,24 +502,25 @@ class Store:
         read partition by partition since the view was built have cost about what building
         it costs (a partition each, against one per member): many small batches of new
         partitions do not rebuild it each time."""
-        generation = self._segments.watch.generation()
-        members, view, waiting, cost = self._join
-        if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all():
+        with self._views_lock:
+            generation = self._segments.watch.generation()
+            members, view, waiting, cost = self._join
+            if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all():
+                return view
+            views = {int(p): self._view(int(p), generation) for p in touched}
+            current = {p: v for p, v in views.items() if v is not None}
+            if current and all(members.get(p) is v for p, v in current.items()):
+                self._in_join[list(current)] = True
+                return view
+            waiting, cost = waiting | current.keys(), cost + len(current)
+            if not current or cost < len(members):
+                self._join = (members, view, waiting, cost)
+                return views
+            members = {p: v for p in sorted(members.keys() | waiting) if (v := self._view(p, generation)) is not None}
+            view = PartitionView([s for v in members.values() for s in v.segments], self.schema)
+            self._join = (members, view, set(), 0)
+            self._in_join[list(members)] = True
             return view
-        views = {int(p): self._view(int(p), generation) for p in touched}
-        current = {p: v for p, v in views.items() if v is not None}
-        if current and all(members.get(p) is v for p, v in current.items()):
-            self._in_join[list(current)] = True
-            return view
-        waiting, cost = waiting | current.keys(), cost + len(current)
-        if not current or cost < len(members):
-            self._join = (members, view, waiting, cost)
-            return views
-        members = {p: v for p in sorted(members.keys() | waiting) if (v := self._view(p, generation)) is not None}
-        view = PartitionView([s for v in members.values() for s in v.segments], self.schema)
-        self._join = (members, view, set(), 0)
-        self._in_join[list(members)] = True
-        return view
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
@@ -539,39 +542,40 @@ class Store:
         built once per handle, and again when a decoded copy was replaced or written in
         place (a stat per file tells, when the read cache's ``generation`` moved since the
         last look)."""
-        if generation is None:
-            generation = self._segments.watch.generation()
-        infos = self._by_partition.get(partition, [])
-        merged = len(infos) > 1 and self._reads_merged(partition, infos)
-        known = self._views.get(partition)
-        if known is not None and self._view_merged[partition] == merged and (
-                self._checked[partition] == generation or not any(s.changed() for s in known.segments)):
+        with self._views_lock:
+            if generation is None:
+                generation = self._segments.watch.generation()
+            infos = self._by_partition.get(partition, [])
+            merged = len(infos) > 1 and self._reads_merged(partition, infos)
+            known = self._views.get(partition)
+            if known is not None and self._view_merged[partition] == merged and (
+                    self._checked[partition] == generation or not any(s.changed() for s in known.segments)):
+                self._checked[partition] = generation
+                return known  # nothing changed on disk: no trip through the segment cache
+            segments = None
+            if merged:  # its inputs are opened only to build it
+                try:
+                    segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
+                        infos, lambda: self.segments(partition), self.schema, self.cache_dir,
+                        self._segments.random_access))]
+                except (OSError, StoreError) as exc:
+                    if self.merged_reads is True:
+                        raise
+                    # "auto" on a full or unwritable cache: read segment by segment (a damaged
+                    # store segment raises there too), and stop paying towards a copy
+                    warnings.warn(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
+                                  "reading its segments one by one", RuntimeWarning, stacklevel=2)
+                    self._merged.discard(partition)
+                    self._rents.pop(partition)  # not tried again by this handle
+            if segments is None:
+                segments = self.segments(partition)
+            if known is None or len(known.segments) != len(segments) or any(
+                    a is not b for a, b in zip(known.segments, segments, strict=True)):
+                known = self._views[partition] = PartitionView(segments, self.schema) if segments else None
+                self._in_join[partition] = known is None  # the joined view holds the old one
+            self._view_merged[partition] = len(infos) > 1 and partition in self._merged
             self._checked[partition] = generation
-            return known  # nothing changed on disk: no trip through the segment cache
-        segments = None
-        if merged:  # its inputs are opened only to build it
-            try:
-                segments = [self._segments.derived(self._merged_names[partition], lambda: merged_copy(
-                    infos, lambda: self.segments(partition), self.schema, self.cache_dir,
-                    self._segments.random_access))]
-            except (OSError, StoreError) as exc:
-                if self.merged_reads is True:
-                    raise
-                # "auto" on a full or unwritable cache: read segment by segment (a damaged
-                # store segment raises there too), and stop paying towards a copy
-                warnings.warn(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
-                              "reading its segments one by one", RuntimeWarning, stacklevel=2)
-                self._merged.discard(partition)
-                self._rents.pop(partition)  # not tried again by this handle
-        if segments is None:
-            segments = self.segments(partition)
-        if known is None or len(known.segments) != len(segments) or any(
-                a is not b for a, b in zip(known.segments, segments, strict=True)):
-            known = self._views[partition] = PartitionView(segments, self.schema) if segments else None
-            self._in_join[partition] = known is None  # the joined view holds the old one
-        self._view_merged[partition] = len(infos) > 1 and partition in self._merged
-        self._checked[partition] = generation
-        return known
+            return known
 
 
 def _tiered_runs(rows: list[int], fanout: int) -> list[tuple[int, int]]:
