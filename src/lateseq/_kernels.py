@@ -600,9 +600,10 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 lo = hi - min(c, max_len)
             else:
                 c, s, lo, hi, holes, late_at = _locate_range(
-                    e_lo, e_hi, segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g), segment(vmin_l, g), ver_b[g], segment(hcum_l, g),
-                    segment_rows(late_l, g), entry[E_LATE], segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p],
-                    arrival_limit[p], max_len, hint[p] - total)
+                    e_lo, e_hi, segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
+                    segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entry[E_LATE],
+                    segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p],
+                    max_len, hint[p] - total)
             total += c
             digest += s
             if hi <= lo:
@@ -983,7 +984,8 @@ def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             run_hi = -1
             run_rank = 0
             i = hi - 1
-            ts, tb, ver, vb, arr, ab = segment(ts_l, g), ts_b[g], segment(ver_l, g), ver_b[g], segment(arr_l, g), arr_b[g]
+            ts, tb, ver, vb = segment(ts_l, g), ts_b[g], segment(ver_l, g), ver_b[g]
+            arr, ab = segment(arr_l, g), arr_b[g]
             low = lower[p]
             while i >= lo and taken < max_len:
                 scanned += 1

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from . import _kernels
 from ._errors import PointerError
 from ._events import partition_of
