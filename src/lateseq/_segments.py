@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import itertools
 import os
 import stat
 import threading
@@ -34,6 +35,8 @@ from ._format import (
 from ._kernels import late_rows
 from ._schema import Schema
 from ._watch import CacheWatch
+
+_TRACKED = itertools.count()  # keys of the segments a watch follows: never reused, unlike id()
 
 # what reading a missing, truncated or garbled decoded copy raises
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
@@ -152,10 +155,11 @@ class SegmentCache:
     def _track(self, segment: Segment) -> None:
         """Has the watch follow the file ``segment`` maps (the one it maps after decoding
         it again too) while the segment lives."""
-        follow = functools.partial(self.watch.track, id(segment))
+        key = next(_TRACKED)
+        follow = functools.partial(self.watch.track, key)
         follow(segment.path)
         segment.remapped = follow
-        weakref.finalize(segment, self.watch.untrack, id(segment))
+        weakref.finalize(segment, self.watch.untrack, key)
 
     def read_at_random(self) -> None:
         """``random_access`` from now on, for the segments open already too."""

@@ -18,6 +18,7 @@ to a clean page does; later ones to a page already dirty do not, and no stat see
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import struct
@@ -135,6 +136,7 @@ class CacheWatch:
         self._folders = folders
         self._held: dict[Path, int] = {}  # the folders' watches, in process ``_pid``
         self._files: dict[int, tuple[Path, int | None]] = {}  # tracked key -> (file, its watch)
+        self._released: collections.deque[int] = collections.deque()  # keys untracked, not yet let go
         self._active = False  # every folder that exists and every tracked file watched
         self._pid = -1
         self._generation = 0
@@ -148,6 +150,7 @@ class CacheWatch:
         with _lock:
             now = time.monotonic()
             watcher = _inotify()
+            self._settle(watcher)
             if watcher is None:
                 self._active = False
             elif self._pid != watcher.pid or (not self._active and now - self._tried >= SWEEP_S):
@@ -168,11 +171,12 @@ class CacheWatch:
             return self._generation
 
     def track(self, key: int, path: Path) -> None:
-        """Watches the file a reader (``key``) just mapped at ``path``, in place of the one
-        it mapped before. What changed between the reader's own look at the file and the
+        """Watches the file a reader (``key``, never reused) just mapped at ``path``, in
+        place of the one it mapped before. What changed between the reader's own look at the file and the
         watch is looked at once more: the generation moves."""
         with _lock:
             watcher = _inotify()
+            self._settle(watcher)
             self._forget(key, watcher)
             wd = None
             if watcher is not None and self._active and self._pid == watcher.pid:
@@ -182,9 +186,14 @@ class CacheWatch:
             self._generation += 1
 
     def untrack(self, key: int) -> None:
-        """The reader ``key`` let its file go."""
-        with _lock:
-            self._forget(key, _inotify())
+        """The reader ``key`` let its file go. Called by a finalizer, which the garbage
+        collector may run inside a locked call of this very thread: the watch is let go at
+        the next call (taking the lock here would wait forever)."""
+        self._released.append(key)
+
+    def _settle(self, watcher: _Inotify | None) -> None:
+        while self._released:
+            self._forget(self._released.popleft(), watcher)
 
     def _forget(self, key: int, watcher: _Inotify | None) -> None:
         _, wd = self._files.pop(key, (None, None))
