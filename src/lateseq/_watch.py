@@ -31,7 +31,7 @@ SWEEP_S = 1.0  # the longest a change inotify cannot report goes unnoticed
 
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
-_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_UNMOUNT, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x2000, 0x4000, 0x8000
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_UNMOUNT, _IN_IGNORED = 0x400, 0x800, 0x2000, 0x8000
 _FILE_EVENTS = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF
 _FOLDER_EVENTS = _FILE_EVENTS | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
 _GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED  # the watch itself ended
@@ -94,7 +94,7 @@ class _Inotify:
                 at += _EVENT.size + length
                 if mask & _GONE:
                     self.gone.add(wd)
-                if not name.startswith(_TEMPORARY):
+                if not name.startswith(_TEMPORARY):  # a queue overflow (no name) counts too
                     self.events += 1
 
 
