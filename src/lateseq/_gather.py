@@ -114,8 +114,8 @@ def merge_runs(store: Store, located: Located, w: Windows, visibility: Visibilit
         return _NO_RUNS
     schema = store.schema
     return tuple(_kernels._merge_view(
-        rows, offsets, located.first_window, located.end_window, w.seg, w.lo, w.hi, w.holes, w.top,
-        *w.view.column(TIME), *w.view.column(schema.tiebreak), schema.tiebreak is not None,
+        rows, offsets, located.first_window, located.end_window, w.seg, w.lo, w.hi, w.holes, w.late, w.top,
+        w.view.late(), *w.view.column(TIME), *w.view.column(schema.tiebreak), schema.tiebreak is not None,
         *w.view.column("_version"), *w.view.column(schema.arrival_col), visibility.version,
         visibility.version_hi, visibility.arrival_limit))
 

@@ -729,13 +729,43 @@ def by_segment(runs: tuple[np.ndarray, ...], segments: int) -> tuple[np.ndarray,
     return tuple(_by_segment(*runs, np.int64(segments)))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _stays(ts, ts_base, tb, tb_base, has_tb, i, key_ts, key_tb, ties_stay):  # pragma: no cover - compiled
+    """Whether row i comes after the key (key_ts, key_tb) in the merge's order (newest
+    first): a later key, or the same key in a later segment (``ties_stay``)."""
+    t = ts_base + np.int64(ts[i])
+    b = tb_base + np.int64(tb[i]) if has_tb else np.int64(0)
+    return key_ts < t or (key_ts == t and (key_tb < b or (key_tb == b and ties_stay)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_start(ts, ts_base, tb, tb_base, has_tb, lo, i, key_ts, key_tb, ties_stay):  # pragma: no cover - compiled
+    """The first row r in [lo, i] such that rows r..i all come after the key (row i does):
+    steps of 1, 2, 4, ... down from i, then a binary search in the last step."""
+    step = 1
+    while i - step >= lo and _stays(ts, ts_base, tb, tb_base, has_tb, i - step, key_ts, key_tb, ties_stay):
+        i -= step
+        step *= 2
+    a = max(lo, i - step + 1)  # rows below a do not stay (or are below lo); row i does
+    while a < i:
+        mid = (a + i) >> 1
+        if _stays(ts, ts_base, tb, tb_base, has_tb, mid, key_ts, key_tb, ties_stay):
+            i = mid
+        else:
+            a = mid + 1
+    return i
+
+
 @njit(cache=True, nogil=True)
-def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts_l, ts_b, tb_l, tb_b, has_tb,
-                ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
+def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l,
+                tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version, version_hi,
+                arrival_limit):  # pragma: no cover - compiled
     """Each pointer's newest events over windows that overlap in time, newest first by
     (time, tie-break, segment order), as runs of consecutive rows of one segment: the
     window holding the newest event gives a run down to the next window's newest, so
-    windows are scanned once per run, not once per event. Returns the runs (one row per
+    windows are scanned once per run, not once per event, and a run's end is searched
+    for, not stepped to (its invisible rows are late rows, found in ``late_l`` from
+    ``w_late``), except for pointers bounded by arrival. Returns the runs (one row per
     field: segment, lo, hi, output position)."""
     runs = np.empty((4, 4 * rows.shape[0] + 16), np.int64)  # grown as needed
     k = 0
@@ -775,29 +805,55 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_top, ts
                 break
             w = j0 + best
             g = w_seg[w]
-            ts, tb, ver, arr = segment(ts_l, g), segment(tb_l, g), segment(ver_l, g), segment(arr_l, g)
             i = cursor[best]
-            top = i  # the run is rows (i, top]
-            while pos >= offsets[p] and i >= w_lo[w]:
-                if w_holes[w] and not _visible(i, ver, ver_b[g], arr, arr_b[g], version[p], version_hi[p],
-                                               arrival_limit[p]):
-                    if top > i:
-                        runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
-                        k += 1
-                    i -= 1
-                    top = i
-                    continue
-                if second >= 0:
-                    t = ts_b[g] + np.int64(ts[i])
-                    b = tb_b[g] + np.int64(tb[i]) if has_tb else np.int64(0)
-                    if _key_before(t, b, key_ts[second], key_tb[second]) or (
-                            t == key_ts[second] and b == key_tb[second] and best < second):
+            if w_holes[w] and version_hi[p] != version[p]:  # bounded by arrival too: row by row
+                ts, tb, ver, arr = segment(ts_l, g), segment(tb_l, g), segment(ver_l, g), segment(arr_l, g)
+                top = i  # the run is rows (i, top]
+                while pos >= offsets[p] and i >= w_lo[w]:
+                    if not _visible(i, ver, ver_b[g], arr, arr_b[g], version[p], version_hi[p], arrival_limit[p]):
+                        if top > i:
+                            runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
+                            k += 1
+                        i -= 1
+                        top = i
+                        continue
+                    if second >= 0 and not _stays(ts, ts_b[g], tb, tb_b[g], has_tb, i, key_ts[second],
+                                                  key_tb[second], best > second):
                         break
-                pos -= 1
-                i -= 1
-            if top > i:
-                runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
-                k += 1
+                    pos -= 1
+                    i -= 1
+                if top > i:
+                    runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
+                    k += 1
+            else:
+                # the rows from i down to the second window's newest key: found by galloping, not
+                # row by row (a run is 15-60 rows); invisible rows among them are late rows only
+                lo = w_lo[w]
+                if second >= 0:
+                    lo = _run_start(segment(ts_l, g), ts_b[g], segment(tb_l, g), tb_b[g], has_tb, lo, i,
+                                    key_ts[second], key_tb[second], best > second)
+                if not w_holes[w]:
+                    take = min(i + 1 - lo, pos + 1 - offsets[p])
+                    runs = _add_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take)
+                    k += 1
+                    pos -= take
+                    i -= take
+                else:
+                    late = segment_rows(late_l, g)
+                    kk = _first_at_least(late[:, LATE_ROW], 0, w_late[w], late.shape[0], i + 1) - 1
+                    while pos >= offsets[p] and i >= lo:
+                        while kk >= w_late[w] and late[kk, LATE_ROW] >= lo and late[kk, LATE_VERSION] <= version[p]:
+                            kk -= 1
+                        below = late[kk, LATE_ROW] if kk >= w_late[w] and late[kk, LATE_ROW] >= lo else lo - 1
+                        take = min(i - below, pos + 1 - offsets[p])
+                        if take > 0:
+                            runs = _add_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take)
+                            k += 1
+                            pos -= take
+                            i -= take
+                        if i == below and below >= lo:  # an invisible late row: stepped over
+                            i -= 1
+                            kk -= 1
             cursor[best] = _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l,
                                            ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
                                            key_ts, key_tb, best)
