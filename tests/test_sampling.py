@@ -107,21 +107,59 @@ def test_a_copartitioned_log_deals_each_partition_to_one_shard_and_every_row_onc
     parts = tuple(data.draw(st.lists(st.integers(0, 7), min_size=len(groups), max_size=len(groups))))
     world, workers = config.pop("world_size"), config.pop("num_workers")
     starts = np.concatenate([[0], np.cumsum(groups, dtype=np.int64)])
-    partition_of_row = np.repeat(np.array(parts, np.int64), groups) if groups else np.zeros(0, np.int64)
-    seen = []
+    filled = len({p for p, n in zip(parts, groups) if n})
+    if 0 < filled < world:  # a rank would get no examples
+        with pytest.raises(lateseq.SchemaError, match="would get none"):
+            ShardPlan(**config, world_size=world, num_workers=workers, row_group_partitions=parts)
+        return
+    seen, shard_of_partition = [], {}
     for rank in range(world):
         for worker in range(workers):
             plan = ShardPlan(**config, rank=rank, world_size=world, worker=worker, num_workers=workers,
                              row_group_partitions=parts)
             for batch in plan.batches():
-                mine = partition_of_row[batch]
-                assert np.all(mine % world == rank) and np.all(mine // world % workers == worker)
                 seen.append(batch)
-            for w in range(len(plan.windows)):  # a block reads whole row groups of its partition
-                assert all(parts[g] % world == rank for g in plan.row_groups_of(w) if groups[g])
+            for w in range(len(plan.windows)):  # a block reads whole row groups of one partition
+                for g in plan.row_groups_of(w):
+                    if groups[g]:  # each partition read by one shard only
+                        assert shard_of_partition.setdefault(parts[g], (rank, worker)) == (rank, worker)
     rows = np.concatenate([np.zeros(0, np.int64)] + seen)
     assert np.array_equal(np.sort(rows), np.arange(config["num_rows"])), "rows missing or repeated"
     assert starts[-1] == config["num_rows"]
+
+
+@settings(max_examples=100)
+@given(plans(), st.booleans())
+def test_ranks_differ_by_at_most_a_block_whatever_the_blocks_sizes(config, copartition):
+    """Blocks (or, co-partitioned, partitions) dealt round robin left a rank with only a
+    short last block in some epochs, and even_batches then cut every rank to its one
+    batch: 53 of 305 examples an epoch."""
+    world, workers = config.pop("world_size"), config.pop("num_workers")
+    if copartition:  # a partition per row group, as many partitions as row groups
+        config["row_groups"] = config.get("row_groups") or ((config["num_rows"],) if config["num_rows"] else ())
+        config["row_group_partitions"] = tuple(range(len(config["row_groups"])))
+        if 0 < sum(1 for n in config["row_groups"] if n) < world:
+            return  # refused: see the test above
+    plans_ = [ShardPlan(**config, rank=r, world_size=world, worker=w, num_workers=workers)
+              for r in range(world) for w in range(workers)]
+    per_rank = [sum(p.num_rows_shard for p in plans_ if p.rank == r) for r in range(world)]
+    bounds = plans_[0]._block_table[0]
+    # a partition is a row group here
+    largest = max(config["row_groups"], default=0) if copartition else int(np.diff(bounds).max(initial=0))
+    assert max(per_rank) - min(per_rank) <= largest, (per_rank, largest)
+
+
+def test_even_batches_drop_at_most_about_a_block_per_rank():
+    """The attack's cases, where a short last block was all one rank got in some epochs."""
+    for epoch in range(8):  # row groups of 100, 100, 100, 5 on 4 ranks: 53 of 305 served
+        shards = every_shard(num_rows=305, batch_size=16, world_size=4, shuffle=True, epoch=epoch,
+                             row_groups=(100, 100, 100, 5), even_batches=True)
+        served = sum(len(b) for bs in shards.values() for b in bs)
+        assert served >= 200, (epoch, served)
+        # 4 blocks of 64k rows and one of 6, batches of 1024: 4 of 257 batches served
+        batches = sum(ShardPlan(num_rows=4 * 65536 + 6, batch_size=1024, world_size=4, rank=r, shuffle=True,
+                                epoch=epoch, even_batches=True).num_batches for r in range(4))
+        assert batches == 256, (epoch, batches)
 
 
 @settings(max_examples=100)

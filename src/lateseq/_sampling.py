@@ -6,10 +6,12 @@ bounded whatever the size of the log, because nothing is planned per row globall
 
 1. The log is cut into *blocks* of consecutive rows (``block_rows``, or whole Parquet
    row groups, since reading part of a row group costs reading all of it; but a log of
-   fewer blocks than ranks is cut into one block per rank, row groups split). The blocks
-   are permuted with ``(seed, epoch)`` and dealt round-robin to ranks, then to each
-   rank's workers, so a rank's rows do not depend on its number of workers. A shard
-   reads only its own blocks.
+   fewer blocks than ranks is cut again into blocks of about a rank's share, row groups
+   split). The blocks are permuted with ``(seed, epoch)`` and dealt, in that order, each
+   to the rank with the fewest rows so far, then among each rank's workers the same
+   way: ranks differ by at most a block's rows, whatever the blocks' sizes (dealt round
+   robin, a short last block could be all a rank got), and a rank's rows do not depend
+   on its number of workers. A shard reads only its own blocks.
 2. A shard's blocks, in dealt order, are grouped into *windows* of about
    ``window_rows`` rows; rows are shuffled within a window only, so one window is all a
    shard ever holds. With ``affinity``, a window's rows are ordered by a salted hash of
@@ -18,9 +20,11 @@ bounded whatever the size of the log, because nothing is planned per row globall
 3. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
    may span two windows); only a shard's last batch can be short (or is dropped).
 4. With ``row_group_partitions`` (a log written by ``copartition_log``: each row group
-   holds examples of one store partition), blocks never mix partitions and are dealt by
-   partition: partition p to rank p % world_size, then to worker (p // world_size) %
-   num_workers. A worker then maps the segments of its own partitions only.
+   holds examples of one store partition), blocks never mix partitions and whole
+   partitions are dealt as in 1 (in the order of their first block in the permutation),
+   so a worker maps the segments of its own partitions only. Ranks then differ by up to
+   a partition's rows, and a log of fewer partitions with examples than ranks is refused
+   (a rank would have none).
 5. With ``even_batches``, every rank yields as many batches as the rank with fewest
    (DistributedDataParallel steps all ranks together: a rank with one more batch would
    wait forever for the others). Ranks with more drop their last batches, from their
@@ -38,8 +42,9 @@ at the window holding row ``i * batch_size`` without touching the batches before
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -116,6 +121,11 @@ class ShardPlan:
             if self.row_groups is None or len(parts) != len(self.row_groups) or any(p < 0 for p in parts):
                 raise SchemaError("row_group_partitions needs row_groups, a partition for each of them")
             object.__setattr__(self, "row_group_partitions", parts)
+            filled = len({p for p, n in zip(parts, self.row_groups, strict=True) if n})
+            if 0 < filled < self.world_size:
+                raise SchemaError(f"a log co-partitioned into {filled} store partitions with examples cannot feed "
+                                  f"world_size={self.world_size} ranks: {self.world_size - filled} would get none "
+                                  "(read it without copartition, or from a store of more partitions)")
 
     # ------------------------------------------------------------ blocks and windows
 
@@ -123,8 +133,8 @@ class ShardPlan:
     def _block_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row bounds: blocks+1, first row group: blocks, end row group: blocks) of every
         non-empty block. A log of fewer blocks than ranks (a small log in one big row
-        group) is cut again into one block per rank, row groups split: a rank with no rows
-        would make ``even_batches`` give every rank none."""
+        group) is cut again into blocks of at most a rank's share, row groups split: a rank
+        with no rows would make ``even_batches`` give every rank none."""
         table = self._blocks_of(self.block_rows, split=False)
         if self.row_group_partitions is None and len(table[1]) < self.world_size <= self.num_rows:
             table = self._blocks_of(-(-self.num_rows // self.world_size), split=True)
@@ -172,16 +182,34 @@ class ShardPlan:
         return len(self._block_table[1])
 
     @cached_property
-    def blocks(self) -> np.ndarray:
-        """This shard's block ids, in the order it reads them."""
+    def _dealt(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(every block in read order, the rank and the worker of each block, by block id):
+        the same for every shard, so each works out its own blocks and every shard's count."""
         order = np.arange(self.num_blocks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
+        bounds, first_group = self._block_table[0], self._block_table[1]
+        sizes = np.diff(bounds)
         if self.row_group_partitions is None:
-            return order[self.rank::self.world_size][self.worker::self.num_workers]
-        part = np.array(self.row_group_partitions, np.int64)[self._block_table[1]][order]
-        return order[(part % self.world_size == self.rank)
-                     & (part // self.world_size % self.num_workers == self.worker)]
+            unit = np.arange(self.num_blocks)  # each block is dealt alone
+        else:  # a partition's blocks go together
+            unit = np.array(self.row_group_partitions, np.int64)[first_group]
+        units = list(dict.fromkeys(unit[order].tolist()))  # in the order their first block comes
+        unit_rows: dict[int, int] = {}
+        for u, n in zip(unit.tolist(), sizes.tolist(), strict=True):
+            unit_rows[u] = unit_rows.get(u, 0) + n
+        rank_of = _deal(units, unit_rows, self.world_size)
+        worker_of: dict[int, int] = {}
+        for r in range(self.world_size):
+            worker_of.update(_deal([u for u in units if rank_of[u] == r], unit_rows, self.num_workers))
+        return (order, np.array([rank_of[u] for u in unit.tolist()], np.int64),
+                np.array([worker_of[u] for u in unit.tolist()], np.int64))
+
+    @cached_property
+    def blocks(self) -> np.ndarray:
+        """This shard's block ids, in the order it reads them."""
+        order, rank, worker = self._dealt
+        return order[(rank[order] == self.rank) & (worker[order] == self.worker)]
 
     @cached_property
     def windows(self) -> list[np.ndarray]:
@@ -214,9 +242,10 @@ class ShardPlan:
     def num_batches(self) -> int:
         if not self.even_batches or self.world_size == 1:
             return self._own_batches
-        counts = [[self._own_batches if (rank, worker) == (self.rank, self.worker) else
-                   replace(self, rank=rank, worker=worker, even_batches=False).num_batches
-                   for worker in range(self.num_workers)] for rank in range(self.world_size)]
+        _, rank, worker = self._dealt
+        rows = np.zeros((self.world_size, self.num_workers), np.int64)
+        np.add.at(rows, (rank, worker), np.diff(self._block_table[0]))
+        counts = (rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)).tolist()
         mine = counts[self.rank]
         for _ in range(sum(mine) - min(map(sum, counts))):  # one batch less, from the worker with most
             mine[max(range(self.num_workers), key=lambda w: (mine[w], w))] -= 1
@@ -318,6 +347,17 @@ class ShardPlan:
                     current = (w, rows, self.order(w, *(keys(rows) if self.affinity else (None, None))))
                 out.append(current[1][current[2][lo:hi]])
             yield np.concatenate(out)
+
+
+def _deal(units: list[int], rows: dict[int, int], bins: int) -> dict[int, int]:
+    """Each unit, in order, to the bin with the fewest rows so far (the lowest on ties)."""
+    load = [(0, b) for b in range(bins)]
+    dealt = {}
+    for u in units:
+        n, b = heapq.heappop(load)
+        dealt[u] = b
+        heapq.heappush(load, (n + rows[u], b))
+    return dealt
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -359,7 +359,8 @@ class ExampleDataset(IterableDataset):
     instead of one page fault at a time; batches are the same either way. ``drop_last``
     drops each shard's short last batch; ``even_batches`` gives every rank as many
     batches as the rank with fewest (what DistributedDataParallel needs; the others drop
-    their last, up to about a block per rank). ``example_columns``
+    their last, up to about a block per rank, or a partition's examples with
+    ``copartition``). ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
@@ -397,7 +398,7 @@ class ExampleDataset(IterableDataset):
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
-        _refuse_nulls(self.example_columns, examples if self._table is not None else meta)
+        _refuse_unfit(self.example_columns, examples if self._table is not None else meta)
         _refuse_newer(self.store, examples if self._table is not None else meta)
         self._log = _log_identity(self._table, self._path)
         if rank is None or world_size is None:
@@ -780,30 +781,44 @@ def _refuse_newer(store: Store, source: pa.Table | pq.FileMetaData) -> None:
                            f"version {store.version}; open the store at a version >= every pointer's")
 
 
-def _refuse_nulls(columns: list[str], source: pa.Table | pq.FileMetaData | None) -> None:
-    """Example columns with nulls, found now (in a Parquet log, where its statistics
-    count them) rather than at the batch that holds one, mid-epoch, in a worker."""
+def _refuse_unfit(columns: list[str], source: pa.Table | pq.FileMetaData | None) -> None:
+    """Example columns with nulls, or uint64 values past int64 (tensors are signed), found
+    now (in a Parquet log, where its statistics count nulls and give maxima) rather than
+    at the batch that holds one, mid-epoch, in a worker."""
     if source is None:
         return
+    nulls = {name: 0 for name in columns}
+    schema = source.schema if isinstance(source, pa.Table) else source.schema.to_arrow_schema()
+    unsigned = {name for name in columns if pa.types.is_uint64(schema.field(name).type)}
+    too_big = set()
     if isinstance(source, pa.Table):
-        nulls = {name: source.column(name).null_count for name in columns}
+        for name in columns:
+            nulls[name] = source.column(name).null_count
+        too_big = {name for name in unsigned if (pc.max(source.column(name)).as_py() or 0) >= 2**63}
     else:
         index = {source.schema.column(i).path: i for i in range(source.num_columns)}
-        nulls = {name: 0 for name in columns}
         for g in range(source.num_row_groups):
             for name in columns:
                 stats = source.row_group(g).column(index[name]).statistics
                 if stats is not None and stats.has_null_count:
                     nulls[name] += stats.null_count
+                if name in unsigned and stats is not None and stats.has_min_max and stats.max >= 2**63:
+                    too_big.add(name)
     bad = {name: n for name, n in nulls.items() if n}
     if bad:
         raise SchemaError(f"example columns with nulls: {bad}; fill them, or name the columns to use with "
                           "example_columns=")
+    if too_big:
+        raise SchemaError(f"example columns {sorted(too_big)} hold uint64 values that do not fit int64 (tensors "
+                          "are signed); leave them out of example_columns")
 
 
 def _log_columns(schema: pa.Schema, requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """(the columns of the log to read: the protocol's, then the example columns; the
     example columns), checked: the pointer columns must be there."""
+    repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if repeated:
+        raise SchemaError(f"example log has columns named more than once: {repeated}")
     missing = [f.name for f in POINTER_FIELDS if f.name not in schema.names]
     if missing:
         raise PointerError(f"example log is missing pointer columns {missing}; "
