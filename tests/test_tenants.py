@@ -183,8 +183,10 @@ INT_ISIN = st.lists(st.integers(-5, 8) | st.sampled_from([-128, 127, INT64[0], I
                     min_size=1, max_size=3)
 MASKS = [0x80, 0xFF, 1 << 62, 1 << 63, (1 << 63) | 1, (1 << 64) - 1]  # masks of up to 64 bits
 MASKS_8 = [0x80, 0xFF, 0x81]  # an int8 column's 8 bits, its sign bit included
-FILTERS = st.one_of(
-    st.builds(Filter, st.sampled_from(["f8", "f64"]), isin=INT_ISIN),
+FILTERS = st.one_of(  # isin lists mix values a column cannot hold (they match nothing) with one it can
+    st.builds(Filter, st.just("f8"), isin=INT_ISIN.filter(lambda values: any(-128 <= v <= 127 for v in values))),
+    st.builds(Filter, st.just("f64"), isin=INT_ISIN.filter(lambda values: any(INT64[0] <= v <= INT64[1]
+                                                                              for v in values))),
     st.builds(Filter, st.sampled_from(["f8", "f64"]), any_bits=st.integers(1, 15) | st.sampled_from(MASKS_8)),
     st.builds(Filter, st.sampled_from(["f8", "f64"]), all_bits=st.integers(1, 7) | st.sampled_from(MASKS_8)),
     st.builds(Filter, st.just("f64"), any_bits=st.sampled_from(MASKS)),
@@ -756,6 +758,17 @@ def test_every_problem_of_one_tenant_is_listed(tmp_path):
     assert "columns" in message and "window" in message, message
 
 
+def test_every_field_that_cannot_be_read_is_listed(tmp_path):
+    """Only the first field that failed was listed; the others were dropped unsaid."""
+    path = write_config(tmp_path, '[tenants.a]\nmax_len = "200"\nwindow = "3x"\n'
+                                  'where = { column = "action", isin = ["1"] }\ntransforms = "age"\n')
+    with pytest.raises(SchemaError, match=r"4 problem\(s\)") as info:
+        lateseq.load_tenants(path, CONFIG_SCHEMA)
+    lines = str(info.value).splitlines()[1:]
+    for field in ("max_len", "window", "where", "transforms"):
+        assert sum(field in line for line in lines) == 1, (field, lines)
+
+
 @pytest.mark.parametrize("fields", ['max_len = 5\nwindow = "3w"', "max_len = 0",
                                     'max_len = 5\nwhere = {column = "dwell"}', "max_len = 5\nsizes = 3"])
 def test_a_field_that_makes_no_projection_hides_no_other_problem(tmp_path, fields):
@@ -869,6 +882,13 @@ def test_filter_masks_fit_their_column_and_bool_columns_take_bools():
     assert any("beyond the 1 of bool" in p for p in Projection(1, where=Filter("clicked", any_bits=2)).problems(
         CONFIG_SCHEMA))
     assert Filter("clicked", isin=[True]) == Filter("clicked", isin=[1])
+    # a filter none of whose values the column can hold matches nothing: a mistake, refused
+    for column, values, dtype in (("action", [300], "int8"), ("clicked", [2], "bool"), ("action", [-129], "int8"),
+                                  ("item_id", [2**63], "int64")):
+        problems = Projection(1, where=Filter(column, isin=values)).problems(CONFIG_SCHEMA)
+        assert any("all lie outside" in p and f"{dtype} column {column!r}" in p for p in problems), problems
+    for values in ([-128, 127], [1, 300]):  # one value that fits is enough (a config shared by stores)
+        assert not Projection(1, where=Filter("action", isin=values)).problems(CONFIG_SCHEMA)
 
 
 def test_an_age_that_does_not_fit_int64_is_an_error(tmp_path):

@@ -521,7 +521,7 @@ def test_a_forked_reader_that_cannot_watch_still_reads_right(make_store, monkeyp
     handle = lateseq.open(store.path, merged_reads=False)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)  # watching, in the parent
     if why.startswith("no inotify"):
-        monkeypatch.setattr(lateseq._watch._libc, "inotify_init1", lambda flags: -1)
+        monkeypatch.setattr(lateseq._watch.LIBC, "inotify_init1", lambda flags: -1)
     context = multiprocessing.get_context("fork")
     results = context.Queue()
 
@@ -558,6 +558,30 @@ def test_a_file_let_go_by_the_garbage_collector_inside_a_locked_watch_call_does_
     threading.Thread(target=collected_inside_a_locked_call, daemon=True).start()
     assert done.wait(10)
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_the_watch_keeps_no_record_of_watches_let_go(tmp_path):
+    """Ended watches were kept (their descriptors) until the process ended, also the
+    ones a reader let go (removing a watch ends it too): a long-running reader grew by a
+    record per segment file it had mapped."""
+    watcher = lateseq._watch._Inotify()
+    try:
+        for gone in (False, True):
+            path = tmp_path / f"segment-{gone}.arrow"
+            path.write_bytes(b"x")
+            wd = watcher.add(path, folder=False)
+            if wd is None:
+                pytest.skip(f"{tmp_path} is on a filesystem the watch does not trust")
+            if gone:  # deleted while held: the holder must learn it
+                path.unlink()
+                watcher.poll()
+                assert wd in watcher.gone
+            watcher.release(wd)
+            watcher.poll()
+            assert not watcher.gone, (gone, watcher.gone)
+    finally:
+        os.close(watcher.fd)
 
 
 def test_threads_racing_the_joined_view_never_keep_a_stale_one(make_store, monkeypatch):

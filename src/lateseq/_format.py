@@ -410,7 +410,7 @@ PAGE = mmap.PAGESIZE
 MADV_NORMAL = getattr(mmap, "MADV_NORMAL", None)  # None: not on this platform
 MADV_RANDOM = getattr(mmap, "MADV_RANDOM", None)
 MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
-_libc = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)  # the C library: madvise, statfs, inotify
 
 
 def madvise(start: int, size: int, advice: int | None) -> None:
@@ -418,7 +418,7 @@ def madvise(start: int, size: int, advice: int | None) -> None:
     will be read, which changes no byte read."""
     if advice is not None and size > 0:
         first = start // PAGE * PAGE
-        _libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(start + size - first), advice)
+        LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(start + size - first), advice)
 
 
 def map_decoded(path: Path, random_access: bool = False) -> dict[str, np.ndarray]:

@@ -194,7 +194,12 @@ class Projection:
             elif self.where.isin is not None and dtype != "bool" and self.where.__dict__.get("_bools"):
                 problems.append(f"where: isin of the filter on {dtype} column {self.where.column!r} holds bools; "
                                 "bools are for a bool column: give integers")
-            elif self.where.isin is None:
+            elif self.where.isin is not None:
+                low, high = (0, 1) if dtype == "bool" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+                if not any(low <= v <= high for v in self.where.isin):  # one that does may be for another store
+                    problems.append(f"where: isin values {list(self.where.isin)} all lie outside [{low}, {high}], "
+                                    f"the values of {dtype} column {self.where.column!r}: no event can match")
+            else:
                 mask = self.where.any_bits if self.where.any_bits is not None else self.where.all_bits
                 width = 1 if dtype == "bool" else np.dtype(dtype).itemsize * 8
                 if mask >> width:

@@ -82,29 +82,33 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
         try:
             tenants[name] = _projection(spec)
         except SchemaError as exc:
-            problems.append(f"tenant {name!r}: {exc}")
-            rest = _sound_part(spec)
+            own, rest = _sound_part(spec)
+            problems += [f"tenant {name!r}: {problem}" for problem in dict.fromkeys([str(exc), *own])]
             if rest is not None:
                 partial[name] = rest
     return problems, tenants, partial
 
 
-def _sound_part(spec: Any) -> Projection | None:
-    """The projection of the fields of ``spec`` that are sound on their own (a max_len of
-    1 unless its own is), for the schema check; None when no such projection is made."""
+def _sound_part(spec: Any) -> tuple[list[str], Projection | None]:
+    """(the problem of each field of ``spec`` that is unsound on its own, the projection
+    of the others, for the schema check: None when no such projection is made). A field
+    is tried with a max_len of 1 unless it is the max_len."""
     if not isinstance(spec, dict):
-        return None
+        return [], None
+    own: list[str] = []
 
-    def attempt(fields: dict) -> Projection | None:
+    def attempt(fields: dict, problems: list[str] | None = None) -> Projection | None:
         try:
             return _projection({"max_len": 1, **fields})
-        except SchemaError:
+        except SchemaError as exc:
+            if problems is not None:
+                problems.append(str(exc))
             return None
 
-    kept = {key: value for key, value in spec.items() if key in _FIELDS and attempt({key: value}) is not None}
+    kept = {key: value for key, value in spec.items() if key in _FIELDS and attempt({key: value}, own) is not None}
     if any(key in spec and key not in kept for key in ("columns", "feature_groups")):
         kept.pop("transforms", None)  # they name columns the dropped field may have read
-    return attempt(kept)
+    return own, attempt(kept)
 
 
 def _projection(spec: Any) -> Projection:

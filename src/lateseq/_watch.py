@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from ._format import LIBC
+
 SWEEP_S = 1.0  # the longest a change inotify cannot report goes unnoticed
 
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
@@ -48,7 +50,6 @@ _LOCAL_FILESYSTEMS = frozenset({
     0xF2F52010,  # f2fs
 })
 _TEMPORARY = b".tmp-"  # temporaries and lock files in a watched folder: never mapped by a reader
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _Inotify:
@@ -60,14 +61,14 @@ class _Inotify:
         self.events = 0  # changes heard so far, on anything watched (never goes back)
         self.gone: set[int] = set()  # watches that ended (their folder or file went)
         self._users: dict[int, int] = {}  # watch descriptor -> how many hold it
-        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)  # -1: none left for this user
+        self.fd = LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)  # -1: none left for this user
 
     def add(self, path: Path, folder: bool) -> int | None:
         """A watch on ``path`` (a folder: its entries too), or None: missing, or where
         inotify cannot be trusted."""
         if not (path.is_dir() if folder else path.is_file()) or _filesystem(path) not in _LOCAL_FILESYSTEMS:
             return None
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), _FOLDER_EVENTS if folder else _FILE_EVENTS)
+        wd = LIBC.inotify_add_watch(self.fd, os.fsencode(path), _FOLDER_EVENTS if folder else _FILE_EVENTS)
         if wd < 0:
             return None
         self.gone.discard(wd)
@@ -78,7 +79,8 @@ class _Inotify:
         self._users[wd] -= 1
         if not self._users[wd]:
             del self._users[wd]
-            _libc.inotify_rm_watch(self.fd, wd)
+            self.gone.discard(wd)
+            LIBC.inotify_rm_watch(self.fd, wd)
 
     def poll(self) -> None:
         """Counts the changes heard since the last poll."""
@@ -92,7 +94,7 @@ class _Inotify:
                 wd, mask, _, length = _EVENT.unpack_from(data, at)
                 name = data[at + _EVENT.size:at + _EVENT.size + length]
                 at += _EVENT.size + length
-                if mask & _GONE:
+                if mask & _GONE and wd in self._users:  # not the end of one let go (rm_watch ends it too)
                     self.gone.add(wd)
                 if not name.startswith(_TEMPORARY):  # a queue overflow (no name) counts too
                     self.events += 1
@@ -221,6 +223,6 @@ class _StatFs(ctypes.Structure):
 def _filesystem(path: Path) -> int | None:
     """The filesystem type number of ``path`` (Linux ``statfs``), or None."""
     buffer = _StatFs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buffer)) != 0:
+    if LIBC.statfs(os.fsencode(path), ctypes.byref(buffer)) != 0:
         return None
     return buffer.f_type & 0xFFFFFFFF
