@@ -199,9 +199,12 @@ class ShardPlan:
         for u, n in zip(unit.tolist(), sizes.tolist(), strict=True):
             unit_rows[u] = unit_rows.get(u, 0) + n
         rank_of = _deal(units, unit_rows, self.world_size)
+        by_rank: list[list[int]] = [[] for _ in range(self.world_size)]
+        for u in units:
+            by_rank[rank_of[u]].append(u)
         worker_of: dict[int, int] = {}
-        for r in range(self.world_size):
-            worker_of.update(_deal([u for u in units if rank_of[u] == r], unit_rows, self.num_workers))
+        for mine in by_rank:
+            worker_of.update(_deal(mine, unit_rows, self.num_workers))
         return (order, np.array([rank_of[u] for u in unit.tolist()], np.int64),
                 np.array([worker_of[u] for u in unit.tolist()], np.int64))
 
