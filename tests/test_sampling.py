@@ -76,6 +76,7 @@ def test_every_row_comes_out_exactly_once_whatever_the_shards(config, drop_last,
     if not drop_last:
         assert np.array_equal(np.sort(rows), np.arange(config["num_rows"]))
     assert len(rows) + dropped == config["num_rows"]
+    assert all(plan.rows_left_out == dropped for plan, _ in shards.values())
 
 
 @settings(max_examples=150)
@@ -95,6 +96,7 @@ def test_even_batches_give_every_rank_as_many_batches_as_the_rank_with_fewest(co
         assert all(np.array_equal(a, b) for a, b in zip(got, plain[key].batches(), strict=False))
     rows = np.concatenate([np.zeros(0, np.int64)] + [b for bs in batches.values() for b in bs])
     assert len(np.unique(rows)) == len(rows), "a row came out twice"
+    assert all(plan.rows_left_out == config["num_rows"] - len(rows) for plan in plans_.values())
     if len({sum(plain[r, w].num_batches for w in range(workers)) for r in range(world)}) == 1:
         assert all(len(batches[key]) == plain[key].num_batches for key in plans_)  # nothing dropped
 

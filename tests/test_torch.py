@@ -190,7 +190,8 @@ def test_even_batches_step_every_rank_the_same_number_of_times(world):
     _, oracle, log, _ = world
     counts, batches = [], []
     for rank in range(3):
-        ds = dataset(world, shuffle=True, seed=4, rank=rank, world_size=3, block_rows=50, even_batches=True)
+        with pytest.warns(UserWarning, match="even_batches leaves out"):  # 5 blocks on 3 ranks: uneven
+            ds = dataset(world, shuffle=True, seed=4, rank=rank, world_size=3, block_rows=50, even_batches=True)
         got = list(DataLoader(ds, batch_size=None, num_workers=2))
         counts.append(len(got))
         batches += got
@@ -491,6 +492,24 @@ def test_unsigned_values_past_int64_and_repeated_columns_are_refused_when_the_da
     twice = log.append_column("label", log.column("label"))
     with pytest.raises(lateseq.SchemaError, match=r"named more than once: \['label'\]"):
         ExampleDataset(store, twice, projection)
+
+
+def test_even_batches_warn_when_they_leave_out_much_of_an_epoch(tmp_path):
+    """A co-partitioned log of 3 partitions on 2 ranks: one rank gets two, the other one,
+    and even_batches serves the second's share twice over: about a third left out."""
+    rng = np.random.default_rng(3)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=3))
+    users = rng.integers(0, 60, 900)
+    store = store.commit(pa.table({"user_id": users, "ts": rng.integers(0, 1000, 900), "item_id": users}))
+    log = lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 60, 600),
+                                                "request_ts": rng.integers(0, 1100, 600)}))
+    lateseq.copartition_log(store, log, tmp_path / "log.parquet", row_group_rows=64)
+    projection = lateseq.Projection(4, ("item_id",))
+    with pytest.warns(UserWarning, match=r"even_batches leaves out [\d,]+ of 600 examples"):
+        ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=16, copartition=True,
+                       even_batches=True, rank=0, world_size=2)
+    ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=16, copartition=True, rank=0,
+                   world_size=2)  # without even_batches, nothing is left out: no warning
 
 
 def test_numpy_integers_and_a_rank_without_a_world_size(world):

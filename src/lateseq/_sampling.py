@@ -245,14 +245,28 @@ class ShardPlan:
     def num_batches(self) -> int:
         if not self.even_batches or self.world_size == 1:
             return self._own_batches
+        return self._shard_counts[1][self.rank][self.worker]
+
+    @cached_property
+    def _shard_counts(self) -> tuple[np.ndarray, list[list[int]]]:
+        """(rows of every shard, batches of every shard): under ``even_batches``, ranks
+        with more batches than the rank with fewest drop theirs from the worker with most."""
         _, rank, worker = self._dealt
         rows = np.zeros((self.world_size, self.num_workers), np.int64)
         np.add.at(rows, (rank, worker), np.diff(self._block_table[0]))
         counts = (rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)).tolist()
-        mine = counts[self.rank]
-        for _ in range(sum(mine) - min(map(sum, counts))):  # one batch less, from the worker with most
-            mine[max(range(self.num_workers), key=lambda w: (mine[w], w))] -= 1
-        return mine[self.worker]
+        fewest = min(map(sum, counts)) if self.even_batches else None
+        for mine in counts if fewest is not None else []:
+            for _ in range(sum(mine) - fewest):
+                mine[max(range(self.num_workers), key=lambda w: (mine[w], w))] -= 1
+        return rows, counts
+
+    @property
+    def rows_left_out(self) -> int:
+        """Rows of the log (every shard's) this epoch does not serve: by ``drop_last``
+        and ``even_batches``."""
+        rows, counts = self._shard_counts
+        return self.num_rows - int(np.minimum(np.array(counts, np.int64) * self.batch_size, rows).sum())
 
     @property
     def _own_batches(self) -> int:
