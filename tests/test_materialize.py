@@ -112,6 +112,15 @@ def value_strategy(dtype: str):
     return st.one_of(st.integers(-2, 2), st.integers(int(info.min), int(info.max)))
 
 
+def commit_step(draw, columns: dict[str, str], users: list[int], ts_values, rows: int) -> tuple:
+    """A commit of ``rows`` events of ``users``, every column's values drawn for its type."""
+    strategies = {n: value_strategy(t) for n, t in columns.items()}
+    strategies.update(arr=st.integers(-3, 12), eid=st.integers(0, 3))
+    payload = {n: draw(st.lists(strategies[n], min_size=rows, max_size=rows)) for n in columns}
+    return ("commit", draw(st.lists(st.sampled_from(users), min_size=rows, max_size=rows)),
+            draw(st.lists(ts_values, min_size=rows, max_size=rows)), payload)
+
+
 @st.composite
 def scenarios(draw, max_commits: int = 8, max_rows: int = 12) -> Scenario:
     dtypes = draw(st.lists(st.sampled_from(DTYPES), max_size=len(DTYPES), unique=True))
@@ -128,16 +137,10 @@ def scenarios(draw, max_commits: int = 8, max_rows: int = 12) -> Scenario:
     ghost = draw(st.integers(*INT64).filter(lambda u: u not in users))
     wide = draw(st.booleans())
     ts_values = st.one_of(st.integers(-4, 4), st.integers(*INT64)) if wide else st.integers(-4, 4)
-    strategies = {n: value_strategy(t) for n, t in columns.items()}
-    strategies.update(arr=st.integers(-3, 12), eid=st.integers(0, 3))
 
     steps = []
     for _ in range(draw(st.integers(1, max_commits))):
-        rows = draw(st.integers(1, max_rows))
-        payload = {n: draw(st.lists(s, min_size=rows, max_size=rows)) for n, s in strategies.items()
-                   if n in columns}
-        steps.append(("commit", draw(st.lists(st.sampled_from(users), min_size=rows, max_size=rows)),
-                      draw(st.lists(ts_values, min_size=rows, max_size=rows)), payload))
+        steps.append(commit_step(draw, columns, users, ts_values, draw(st.integers(1, max_rows))))
         for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
             steps.append(("compact", draw(st.sampled_from(["full", "tiered"]))))
     request_ts = draw(st.lists(ts_values, min_size=1, max_size=3))
@@ -162,14 +165,10 @@ def tiered_late_scenarios(draw) -> Scenario:
     newer versions it cannot see (the merge kernel's windows with holes), rare in the
     free-form scenarios."""
     sc = draw(scenarios(max_commits=1))
-    strategies = {n: value_strategy(t) for n, t in sc.columns.items()}
-    strategies.update(arr=st.integers(-3, 12), eid=st.integers(0, 3))
     ts_values = st.integers(-30, 30)
 
     def commit(rows: int) -> tuple:
-        payload = {n: draw(st.lists(strategies[n], min_size=rows, max_size=rows)) for n in sc.columns}
-        return ("commit", draw(st.lists(st.sampled_from(sc.users), min_size=rows, max_size=rows)),
-                draw(st.lists(ts_values, min_size=rows, max_size=rows)), payload)
+        return commit_step(draw, sc.columns, sc.users, ts_values, rows)
 
     steps = [commit(draw(st.integers(8, 15)))]  # tier 3 at fanout 2: the small ones never reach it
     for _ in range(draw(st.integers(1, 3))):

@@ -425,8 +425,8 @@ class ExampleDataset(IterableDataset):
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
                         "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
                         "block_rows": block_rows, "window_rows": window_rows, "row_group_partitions": partitions}
-        left = self._plan(0, 1).rows_left_out  # checks batch_size, seed, rank, world_size now
-        if even_batches and left > max(0.05 * num_rows, world_size * batch_size):
+        plan = self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
+        if even_batches and (left := plan.rows_left_out) > max(0.05 * num_rows, world_size * batch_size):
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
                           f"rank): the ranks' shares differ by up to a {'partition' if copartition else 'block'}'s "
                           "examples; write the log in smaller row groups"
