@@ -56,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import materialize  # noqa: I001  (first: it sets one thread per process before numpy and numba load)
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -78,7 +77,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 import lateseq
 from lateseq._sampling import WINDOW_ROWS
 from lateseq.torch import Batch, ExampleDataset, LoaderMetrics, _Slots, rebatch
-from materialize import disk_read_bytes, evict, load_average, machine, resident_bytes
+from materialize import disk_read_bytes, drop_pages, load_average, machine, resident_bytes
 from workload import (
     BATCH,
     COLUMNS,
@@ -107,7 +106,6 @@ LOG_ROW_GROUP = 16_384  # example-log rows per Parquet row group: workers share 
 COLD_BATCHES = 24  # batches timed with the store dropped before each
 HOSTS = (2, 4)  # co-partitioning: ranks, each standing for a host of its own
 PARTITIONS = 8  # co-partitioning: the user-hash partitions of its store
-_MADV_DONTNEED = 4
 
 
 @dataclass(frozen=True)
@@ -211,18 +209,12 @@ def best(repeat: int, make: Callable[[], Pass]) -> Pass:
 # ---------------------------------------------------------------- the page cache
 
 
-def drop_pages(store: lateseq.Store, files: list[Path]) -> None:
-    """Evicts the store's files from the page cache, pages this process maps included:
-    fadvise keeps mapped pages, so the handle's maps drop theirs first (the next access
-    faults them in from disk again; the maps keep their readahead advice)."""
+def verify_now(store: lateseq.Store) -> None:
+    """Checks every column of the store's segments now (a handle does once, reading each
+    whole, on its first use), so that the cold passes read histories, not the checks."""
     for segment in store.segments():
         for name in segment.info.decoded:
-            column = segment.stored(name)
-            if column.nbytes:
-                start = column.ctypes.data // materialize._PAGE * materialize._PAGE
-                size = ctypes.c_size_t(column.ctypes.data + column.nbytes - start)
-                materialize._LIBC.madvise(ctypes.c_void_p(start), size, _MADV_DONTNEED)
-    evict(files)
+            segment.stored(name)
 
 
 def read_ahead_kb(path: Path) -> int | None:
@@ -237,14 +229,14 @@ def read_ahead_kb(path: Path) -> int | None:
     return None
 
 
-def cold_pass(store: lateseq.Store, files: list[Path], loader: Iterable[Batch], mode: str) -> Pass:
+def cold_pass(files: list[Path], loader: Iterable[Batch], mode: str) -> Pass:
     """A pass of ``loader`` with the store dropped from the page cache once ("epoch")
     or before each of ``COLD_BATCHES`` batches ("batch")."""
-    drop_pages(store, files)
+    drop_pages(files)
     resident = resident_bytes(files) / max(sum(p.stat().st_size for p in files), 1)
     before = disk_read_bytes()
     per_batch = mode.startswith("batch")
-    run = drain(loader, (lambda: drop_pages(store, files)) if per_batch else None,
+    run = drain(loader, (lambda: drop_pages(files)) if per_batch else None,
                 COLD_BATCHES if per_batch else None)
     run.disk_read_bytes = None if before is None else disk_read_bytes() - before
     run.resident_after_drop = resident
@@ -314,7 +306,7 @@ MODES = {"epoch": (_ALL, True), "epoch-no-readahead": (_ALL, False), "batch": (_
 
 
 def measure_cold(built: dict, repeat: int) -> dict:
-    drop_pages(built["store"], built["files"])  # the build's handle lets go of its pages: they are evicted
+    drop_pages(built["files"])  # the build's handle lets go of its pages: they are evicted
     out = {}
     for n in NS:
         projection = lateseq.Projection(n, COLUMNS)
@@ -322,13 +314,14 @@ def measure_cold(built: dict, repeat: int) -> dict:
         for mode, (configs, readahead) in MODES.items():
             # the one handle in this process while it runs: every map of the store is its
             store = lateseq.open(built["store"].path, readahead=readahead)
-            lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)  # verify now
+            lateseq.materialize(store, pq.read_table(built["cold_path"]).slice(0, 16), projection)
+            verify_now(store)
             at[mode] = {}
             for affinity, prefetch in configs:
                 def run(affinity=affinity, prefetch=prefetch, projection=projection, mode=mode, store=store) -> Pass:
                     loader = ExampleDataset(store, built["cold_path"], projection, batch_size=BATCH, shuffle=True,
                                             seed=1, affinity=affinity, prefetch=prefetch)
-                    return cold_pass(store, built["files"], loader, mode)
+                    return cold_pass(built["files"], loader, mode)
                 at[mode][_config(affinity, prefetch)] = best(1 if mode.startswith("batch") else repeat,
                                                              run).figures()
             del store, run
@@ -407,10 +400,11 @@ def measure_copartition(built: dict, root: Path) -> list[dict]:
         out = {}
         for n in NS:
             projection = lateseq.Projection(n, COLUMNS)
-            lateseq.materialize(store, log.slice(0, 16), projection)  # verify columns now
+            lateseq.materialize(store, log.slice(0, 16), projection)
+            verify_now(store)
             at = out[str(n)] = {}
             for copartition in (False, True):
-                ranks = [cold_pass(store, files, ExampleDataset(
+                ranks = [cold_pass(files, ExampleDataset(
                     store, paths[copartition], projection, batch_size=BATCH, shuffle=True, seed=1, rank=rank,
                     world_size=hosts, copartition=copartition, block_rows=group), "epoch").figures()
                     for rank in range(hosts)]

@@ -226,6 +226,19 @@ def evict(paths: list[Path]) -> None:
             os.close(fd)
 
 
+def drop_pages(files: list[Path]) -> None:
+    """Evicts ``files`` from the page cache, pages this process maps included: fadvise keeps
+    mapped pages, so every map of them (``/proc/self/maps``) lets go of its pages first (the
+    next access faults them in from disk again; the maps keep their readahead advice)."""
+    wanted = {str(p.resolve()) for p in files}
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in wanted:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), mmap.MADV_DONTNEED)
+    evict(files)
+
+
 def resident_bytes(paths: list[Path]) -> int:
     """Bytes of ``paths`` now in the page cache (mincore on a fresh, untouched map)."""
     total = 0

@@ -332,26 +332,36 @@ def _tenant_speed(results: dict) -> TableSpec:
 
 
 def _tenant_reads(results: dict) -> TableSpec:
-    spec = TableSpec("bytes read per example",
-                     ["tenant", "lateseq", "store: copied", "store: scanned", "example log",
-                      *[FORM_SHORT[f] for f in UNION_FORMS], *[f"lateseq ÷ {FORM_SHORT[f]}" for f in UNION_FORMS],
-                      "union columns read"])
+    spec = TableSpec("bytes read per example", [
+        "tenant", "lateseq: pages", *[f"{FORM_SHORT[f]}: {'pages' if f == 'arrow-ipc' else 'chunks'}"
+                                      for f in UNION_FORMS],
+        *[f"lateseq ÷ {FORM_SHORT[f]}" for f in UNION_FORMS], "lateseq: copied", "IPC mmap: buffers",
+        "copied ÷ buffers", "union columns read"])
+    timed = results["sample"]["timed_examples"]
     for name, t in results["tenants"].items():
-        timed = results["sample"]["timed_examples"]
-        ours = t["lateseq"]["read"]
-        spec.rows.append([name, _b(t["lateseq"]["read_bytes_per_example"]), _b(ours["copied"] / timed),
-                          _b(ours["scanned"] / timed), _b(ours["example_log"] / timed),
-                          *[_b(t["fat_rows"][f]["read_bytes_per_example"]) for f in UNION_FORMS],
+        paged = t["pages_read_per_example"]
+        spec.rows.append([name, _b(paged["lateseq"]), *[_b(paged[f]) for f in UNION_FORMS],
                           *[_x(t["read_bytes_ratio_by_form"][f]) for f in UNION_FORMS],
+                          _b(t["lateseq"]["read"]["total"] / timed),
+                          _b(t["fat_rows"]["arrow-ipc"]["read_bytes_per_example"]),
+                          _x(t["copied_bytes_ratio_by_form"]["arrow-ipc"]),
                           ", ".join(t["fat_rows"]["arrow-ipc"]["columns_read"])])
-    spec.notes.append("lateseq: bytes its kernels read from the store's columns (rows copied out of the columns "
-                      "the tenant reads, for a filter out of its filtered copies; rows scanned one by one where a "
-                      "range holds late events the pointer cannot see; lateseq.Touched) plus the pointer columns "
-                      "of the example log (compressed); the few cache lines a history's lookup reads are not "
-                      "counted")
-    spec.notes.append("Fat Row union: the columns the tenant reads; PQ smallest: their compressed column chunks "
-                      "(Parquet metadata); IPC mmap: their buffers (a reader that copies only each row's last N "
-                      "touches fewer pages)")
+    cold = results["paged"]
+    spec.notes.append(f"pages: bytes of the files' pages in the page cache after one pass over every example of "
+                      f"{cold['users']:,} whole users ({cold['examples']:,} examples, in log order), the files "
+                      f"evicted before it, this process's maps of them included (mincore; at most "
+                      f"{_pct(cold['max_resident_after_evict'])} stayed cached): what a reader reads from disk, whole "
+                      "pages and the kernel's readahead included; the target rows use these")
+    spec.notes.append("lateseq: the store's files and the example log; the fewer of readahead on (\"auto\" at this "
+                      "size) and off; a handle's first pass checks each column it reads against its digest, whole, "
+                      "once per handle, which every example of an epoch shares (per example: the first pass over "
+                      "all examples + the second, pages dropped again, over the users' examples); IPC mmap: the "
+                      "fewer of readahead on and MADV_RANDOM; PQ smallest: the compressed column chunks of the "
+                      "columns read (Parquet metadata), a lower bound on what any reader of it reads")
+    spec.notes.append("copied: bytes lateseq's kernels copy or scan from the store's columns (lateseq.Touched: each "
+                      "example's own rows, so an event is counted once per example that reads it) plus the example "
+                      "log's pointer columns, over the timed examples; buffers: the whole buffers of the union "
+                      "columns the tenant reads")
     return spec
 
 
@@ -418,14 +428,14 @@ def tenant_plot(results: dict, path: Path, plt) -> None:
         xs = [i + (k - len(sides) / 2 + 0.5) * width for i in range(len(names))]
         t = results["tenants"]
         speed = [t[n]["lateseq"]["ex_s"] if side == "lateseq" else t[n]["fat_rows"][side]["ex_s"] for n in names]
-        read = [t[n]["lateseq"]["read_bytes_per_example"] if side == "lateseq"
-                else t[n]["fat_rows"][side]["read_bytes_per_example"] for n in names]
+        read = [t[n]["pages_read_per_example"][side] for n in names]
         axes[0].bar(xs, speed, width, label=label, color=color, hatch=hatch, edgecolor="white")
         axes[1].bar(xs, read, width, label=label, color=color, hatch=hatch, edgecolor="white")
         written = (results["bytes"]["lateseq"]["total"] if side == "lateseq"
                    else results["bytes"]["fat_rows"][side]["bytes"])
         axes[2].bar([k], [written], 0.7, color=color, hatch=hatch, edgecolor="white")
-    for ax, title in zip(axes[:2], ("examples/s per tenant (one core, CPU time)", "bytes read per example"),
+    for ax, title in zip(axes[:2], ("examples/s per tenant (one core, CPU time)",
+                                      "bytes read per example (pages, cold; PQ: chunks)"),
                          strict=True):
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(title)

@@ -15,18 +15,24 @@ column; last 8192), filtered (item_id, ts; last 1024 with action in {1, 3}) and 
 unfiltered twin.
 
 - **lateseq**: each tenant reads the example log (Parquet, batches of 1024) and
-  materializes its own projection from the store (verified). Bytes read: what the
-  kernels read from the store's columns (``Touched.copied + scanned``, from
-  ``lateseq._select.select``) plus the pointer columns' bytes of the example log.
+  materializes its own projection from the store (verified).
 - **the Fat Row union**, as users build it for several models today: one dataset at the
   longest length any tenant needs (8192) with the union of their columns, one row per
   example, in its smallest form (zstd Parquet sorted by user, ``workload``'s smallest
   settings) and its fastest (an Arrow IPC file, memory-mapped). Each tenant reads only
   its columns (Parquet column pruning; IPC: only those columns' buffers) and projects
   them itself with numpy, vectorised: its window and filter on the read values, then its
-  last N, giving values + offsets (copied out of the map for IPC). Bytes read: the
-  compressed column chunks of the columns read (Parquet metadata), the buffers of the
-  columns read (IPC).
+  last N, giving values + offsets (copied out of the map for IPC).
+
+Bytes read, by page: every example of a sample of whole users (as the log holds them),
+read once cold (the files evicted, this process's maps of them included), then the
+bytes of their pages in the page cache (mincore): lateseq's store and example log, the
+IPC union file, each with the kernel's readahead and without (the fewer counts). A
+lateseq handle checks each column against its digest, whole, on first use: that first
+pass is shared by an epoch's examples, a second pass gives the histories' pages. Parquet:
+the compressed column chunks of the columns read (metadata), a lower bound. Also
+reported: the bytes lateseq's kernels copy (``Touched.copied + scanned``) against the
+IPC columns' whole buffers.
 
 An untimed pass first checks every tenant's Fat Row output (both forms) equal to
 lateseq's, offsets and values bit for bit. Timing: one core (pinned), warm page cache,
@@ -47,6 +53,8 @@ import materialize  # noqa: E402  (first: it sets one thread per pool before num
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
 import resource  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
@@ -65,7 +73,7 @@ import report  # noqa: E402
 from lateseq._gather import compare  # noqa: E402
 from lateseq._pointers import pointers_from_log  # noqa: E402
 from lateseq._select import FULL, Touched, select  # noqa: E402
-from materialize import Batches, Run, console, drain, step  # noqa: E402
+from materialize import Batches, Run, console, drain, drop_pages, resident_bytes, step  # noqa: E402
 from workload import (  # noqa: E402
     BATCH,
     DAY,
@@ -212,14 +220,16 @@ def _tenant_rows(offsets, column, mode, wanted, ts, lower, windowed, n):  # noqa
     return take[:k], out
 
 
-def fat_row_tenant(file: FatRowFile, plan: Plan) -> Batches:
+def fat_row_tenant(file: FatRowFile, plan: Plan, random_access: bool = False) -> Batches:
     """A tenant's loader over the union: only its columns read, projected batch by batch;
     the memory-mapped form through numpy views of its columns made once (no Arrow work
-    per batch), as the materialize benchmark reads it."""
+    per batch), as the materialize benchmark reads it (``random_access``: its map without
+    readahead)."""
     lists = tuple(c for c in plan.reads if c != "request_ts")
     windowed = "request_ts" in plan.reads
     if file.form == "arrow-ipc":
-        for offsets, values, flat in ipc_views(file.path, lists, flat=("request_ts",) if windowed else ()):
+        for offsets, values, flat in ipc_views(file.path, lists, flat=("request_ts",) if windowed else (),
+                                               random_access=random_access):
             first = int(offsets[0])
             yield plan.project(offsets.astype(np.int64) - first,
                                {c: v[first:int(offsets[-1])] for c, v in values.items()}, flat.get("request_ts"),
@@ -263,6 +273,45 @@ def lateseq_one_pass(store: lateseq.Store, log: Path, tenants: dict[str, lateseq
     for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names, use_threads=False):
         for batch in lateseq.materialize_tenants(store, pointers, tenants).values():
             yield batch.offsets, batch.values
+
+
+def cold_pages(files: list[Path], passes: list[Callable[[], Batches]]) -> list[dict]:
+    """Bytes each pass brings into the page cache, cold: ``files`` evicted before it (pages
+    this process maps included), then their pages resident after it (mincore): what a
+    reader really reads, whole pages and the kernel's readahead included, where
+    ``Touched`` counts the bytes the kernels copy."""
+    out = []
+    for make in passes:
+        gc.collect()  # close the maps of finished passes
+        drop_pages(files)
+        left = resident_bytes(files)
+        run = drain(make())
+        out.append({"bytes": resident_bytes(files) - left, "examples": run.examples,
+                    "resident_after_evict": left / max(sum(p.stat().st_size for p in files), 1)})
+    return out
+
+
+def pages_read(state: State, files: list[Path], log: Path, examples: int, ipc: FatRowFile, plan: Plan) -> dict:
+    """A tenant's pages read per example, cold, on ``log`` (every example of some users),
+    lateseq and the memory-mapped union, each with the kernel's readahead and without.
+    lateseq: a new handle's first pass checks each column it reads against its digest,
+    whole, once per handle (per loader worker), which an epoch of all ``examples`` shares;
+    its second pass (pages dropped again) reads only the histories."""
+    out: dict = {"evicted": []}
+    for readahead in ("auto", False):
+        handle = functools.cache(lambda readahead=readahead: lateseq.open(state.path, state.version,
+                                                                          readahead=readahead))
+        first, again = cold_pages(files, [lambda: lateseq_tenant(handle(), log, plan.projection)] * 2)
+        out[f"lateseq_readahead_{readahead}"] = {"first_pass": first["bytes"], "verified_pass": again["bytes"],
+                                                 "per_example": first["bytes"] / examples
+                                                 + again["bytes"] / again["examples"]}
+        out["evicted"] += [first, again]
+    for random_access in (False, True):
+        (run,) = cold_pages([ipc.path], [lambda r=random_access: fat_row_tenant(ipc, plan, random_access=r)])
+        out[f"arrow-ipc_random_access_{random_access}"] = {"bytes": run["bytes"],
+                                                            "per_example": run["bytes"] / run["examples"]}
+        out["evicted"].append(run)
+    return out
 
 
 def touched(store: lateseq.Store, log: pa.Table, tenants: dict[str, lateseq.Projection]) -> dict[str, Touched]:
@@ -361,6 +410,7 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
         build["lateseq"]["cpu_s"] = sum(build["lateseq"].values())
         build["lateseq"]["commits"] = len(days)
     state = State("compacted-latest", "", store.path, store.version, log, "all", *_written(store), len(days))
+    del daily, store  # handles map what they read: the cold passes below evict only what no handle maps
     log_path = root / "examples.parquet"
     pq.write_table(log, log_path)
     durable, cache = store_files(state)
@@ -380,7 +430,8 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
                      "sized_users": len(np.unique(requests.column("user_id").to_numpy()[sized])),
                      "sampled": sampled}
     with step(f"Fat Row union at N={union_len} ({', '.join(columns)}): build", steps):
-        forms, sized_file, union_build = build_union(work, columns, union_len, timed, sized, root / "fat")
+        forms, whole_users, union_build = build_union(work, columns, union_len, timed, sized, root / "fat")
+    sized_file = whole_users["parquet-smallest"]
     settings, candidates = sized_file.settings, sized_file.candidates
     oracle_s, ipc_s, smallest_s = (union_build[k] for k in ("oracle", "arrow-ipc", "parquet-smallest"))
     events_all = int(lengths.sum())
@@ -412,7 +463,7 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
             if plan.projection.where is not None:
                 _, build["lateseq"][f"filtered_copy_s:{name}"] = cpu_timed(
                     lambda p=plan.projection: lateseq.materialize(handle, first, p))
-        ours["read_cache_filtered"] = sum(p.stat().st_size for p in derived_files(store))
+        ours["read_cache_filtered"] = sum(p.stat().st_size for p in derived_files(handle))
     with step("untimed: every tenant's Fat Row output checked equal to lateseq's (both forms)", steps):
         checked = {name: {form: check_tenant(file, plan, handle, log) for form, file in forms.items()}
                    for name, plan in plans.items()}
@@ -428,6 +479,20 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
                 sides[f"{name}/{form}"] = lambda file=file, plan=plan: fat_row_tenant(file, plan)
         sides["one-pass/lateseq"] = lambda: lateseq_one_pass(handle, timed_log, tenants)
         best = best_cpu(args.repeat, sides)
+    del sides, handle  # their maps hold pages the cold passes below must evict
+
+    with step(f"cold: the pages each tenant reads (every example of {out['sample']['sized_users']} users)", steps):
+        sized_log = root / "sized-examples.parquet"
+        pq.write_table(log.take(pa.array(sized)), sized_log)
+        ours_files = [*durable, *cache, *derived_files(state.open()), sized_log]
+        cold = {name: pages_read(state, ours_files, sized_log, requests.num_rows, whole_users["arrow-ipc"], plan)
+                for name, plan in plans.items()}
+    runs_ = [run for pages in cold.values() for run in pages.pop("evicted")]
+    if {run["examples"] for run in runs_} != {len(sized)}:
+        raise SystemExit(f"the cold passes served {sorted({run['examples'] for run in runs_})} examples, "
+                         f"not {len(sized)}")
+    out["paged"] = {"examples": len(sized), "users": out["sample"]["sized_users"],
+                    "max_resident_after_evict": max(run["resident_after_evict"] for run in runs_)}
 
     out["tenants"] = {}
     for name, plan in plans.items():
@@ -444,13 +509,19 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
             per_example = sample_read / len(sized_file.rows if form == "parquet-smallest" else file.rows)
             fat_side[form] = {**figures(runs[form], memcpy), "read_bytes": per_example * len(timed),
                               "read_bytes_per_example": per_example, "columns_read": list(plan.reads)}
+        pages = cold[name]
+        paged = {"lateseq": min(v["per_example"] for k, v in pages.items() if k.startswith("lateseq")),
+                 "arrow-ipc": min(v["per_example"] for k, v in pages.items() if k.startswith("arrow-ipc")),
+                 "parquet-smallest": fat_side["parquet-smallest"]["read_bytes_per_example"]}
         out["tenants"][name] = {
             "projection": describe_projection(plan.projection),
             "lateseq": {**mine, "read_bytes": read_ours["total"], "read": read_ours,
                         "read_bytes_per_example": read_ours["total"] / len(timed)},
             "fat_rows": fat_side,
-            "read_bytes_ratio": read_ours["total"] / fat_side["parquet-smallest"]["read_bytes"],
-            "read_bytes_ratio_by_form": {f: read_ours["total"] / fat_side[f]["read_bytes"] for f in UNION_FORMS},
+            "pages_read_per_example": paged, "pages_read": pages,
+            "read_bytes_ratio": paged["lateseq"] / paged["parquet-smallest"],
+            "read_bytes_ratio_by_form": {f: paged["lateseq"] / paged[f] for f in UNION_FORMS},
+            "copied_bytes_ratio_by_form": {f: read_ours["total"] / fat_side[f]["read_bytes"] for f in UNION_FORMS},
             "speedup": {f: mine["ex_s"] / fat_side[f]["ex_s"] for f in UNION_FORMS},
             "memcpy_fraction": mine["memcpy_fraction"],
             "checked": checked[name],
@@ -468,11 +539,11 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
 
 
 def build_union(work: Workload, columns: tuple[str, ...], union_len: int, timed: np.ndarray, sized: np.ndarray,
-                folder: Path) -> tuple[dict[str, FatRowFile], FatRowFile, dict[str, float]]:
-    """The Fat Row union of the ``timed`` examples in both forms, the smallest form of the
-    ``sized`` ones (the same file when they are the same), and the CPU seconds of each
-    build: the oracle's index of every history, the IPC file of ``timed``, the smallest
-    form of ``sized`` (its settings chosen first, untimed)."""
+                folder: Path) -> tuple[dict[str, FatRowFile], dict[str, FatRowFile], dict[str, float]]:
+    """The Fat Row union of the ``timed`` examples and of the ``sized`` ones (whole users),
+    each in both forms (the same files when they are the same examples), and the CPU
+    seconds of each build: the oracle's index of every history, the IPC file of ``timed``,
+    the smallest form of ``sized`` (its settings chosen first, untimed)."""
     requests = work.requests
     histories, oracle_s = cpu_timed(lambda: Histories(work.events, readable_days(work, "all"), columns))
     read_day = read_days("all", requests)
@@ -486,7 +557,8 @@ def build_union(work: Workload, columns: tuple[str, ...], union_len: int, timed:
     sized_file.candidates = candidates
     same = np.array_equal(timed, sized)
     forms = {"parquet-smallest": sized_file if same else make(timed, "timed", "parquet-smallest"), "arrow-ipc": ipc}
-    return forms, sized_file, {"oracle": oracle_s, "arrow-ipc": ipc_s, "parquet-smallest": smallest_s}
+    whole_users = {"parquet-smallest": sized_file, "arrow-ipc": ipc if same else make(sized, "sized", "arrow-ipc")}
+    return forms, whole_users, {"oracle": oracle_s, "arrow-ipc": ipc_s, "parquet-smallest": smallest_s}
 
 
 def check_tenant(file: FatRowFile, plan: Plan, store: lateseq.Store, log: pa.Table) -> int:
@@ -539,7 +611,8 @@ def targets(results: dict) -> list[dict]:
     tenants = results["tenants"]
     for form, text in (("parquet-smallest", "smallest"), ("arrow-ipc", "memory-mapped")):
         for name, t in tenants.items():
-            add(f"bytes read: lateseq / {text} Fat Row union", name, t["read_bytes_ratio_by_form"][form], 1 / 3, True)
+            add(f"bytes read (pages, cold): lateseq / {text} Fat Row union", name, t["read_bytes_ratio_by_form"][form],
+                1 / 3, True)
     for name, t in tenants.items():
         add("ex/s: lateseq / smallest Fat Row union (zstd Parquet)", name, t["speedup"]["parquet-smallest"], 2.0, False)
     longest = max(tenants, key=lambda n: tenants[n]["projection"]["max_len"])

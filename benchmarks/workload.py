@@ -35,6 +35,7 @@ random users: what the smallest form's bytes are measured on).
 from __future__ import annotations
 
 import itertools
+import mmap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -562,12 +563,20 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
         yield copied_out(offsets, values)
 
 
-def ipc_views(path: Path, columns: tuple[str, ...],
-              flat: tuple[str, ...] = ()) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (),
+              random_access: bool = False) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Each record batch of a memory-mapped Fat Row IPC file as (list offsets, {list
     column: values}, {``flat`` column: values}), zero-copy numpy views into the map (which
-    they keep open)."""
-    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    they keep open). ``random_access``: the map is advised ``MADV_RANDOM``, so a fault
+    reads its page and no readahead (the fewest pages for a reader of each row's last N)."""
+    if random_access:
+        with open(path, "rb") as file:
+            mapped = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        mapped.madvise(mmap.MADV_RANDOM)
+        source = pa.BufferReader(pa.py_buffer(mapped))
+    else:
+        source = pa.memory_map(str(path))
+    reader = pa.ipc.open_file(source)
     out = []
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)

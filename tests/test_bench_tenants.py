@@ -78,6 +78,15 @@ def test_tiny_run_reports_every_tenant_and_form(tiny):
         widths = {"item_id": 8, "action": 1, "dwell": 4, "ts": 8, "request_ts": 0}
         per_event = sum(widths[c] for c in t["fat_rows"]["arrow-ipc"]["columns_read"])
         assert t["fat_rows"]["arrow-ipc"]["read_bytes_per_example"] >= per_event * r["union"]["events_per_example"]
+        # by page, cold: whole pages came in; the fewer of each side's ways counts, and the ratios are of those
+        paged, pages = t["pages_read_per_example"], t["pages_read"]
+        assert all(v["bytes"] % 4096 == 0 and v["bytes"] > 0 for k, v in pages.items() if k.startswith("arrow-ipc"))
+        assert paged["arrow-ipc"] == min(v["per_example"] for k, v in pages.items() if k.startswith("arrow-ipc"))
+        assert paged["lateseq"] == min(v["per_example"] for k, v in pages.items() if k.startswith("lateseq"))
+        assert all(v["first_pass"] >= v["verified_pass"] > 0 for k, v in pages.items() if k.startswith("lateseq"))
+        assert paged["parquet-smallest"] == t["fat_rows"]["parquet-smallest"]["read_bytes_per_example"]
+        assert t["read_bytes_ratio_by_form"] == {f: paged["lateseq"] / paged[f] for f in UNION_FORMS}
+    assert r["paged"]["examples"] > 0 and r["paged"]["max_resident_after_evict"] < 0.05
     t = r["tenants"]
     # a filter scans nothing at read time: it reads its filtered copies, made (and timed) on the reading host
     assert t["filtered"]["lateseq"]["read"]["scanned"] == t["unfiltered"]["lateseq"]["read"]["scanned"] == 0
