@@ -21,6 +21,7 @@ for all columns, and the copy kernel is compiled per (stored, output) dtype pair
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from llvmlite import ir
@@ -387,11 +388,19 @@ class Visibility:
 
     @classmethod
     def of_versions(cls, version: np.ndarray) -> Visibility:
-        version = np.asarray(version, np.int64)
+        version = frozen(version, np.int64)  # one array for both bounds: see ``bounded_by_arrival``
         return cls(version, version, np.zeros(len(version), np.int64))
 
+    @cached_property
+    def bounded_by_arrival(self) -> bool:
+        """Whether any pointer has ``version_hi != version`` (found without a look at
+        each pointer for plain pointers, whose two bounds are one array: every batch asks)."""
+        return self.version_hi is not self.version and bool(np.any(self.version_hi != self.version))
+
     def take(self, rows: np.ndarray) -> Visibility:
-        return Visibility(self.version[rows], self.version_hi[rows], self.arrival_limit[rows])
+        version = self.version[rows]
+        return Visibility(version, version if self.version_hi is self.version else self.version_hi[rows],
+                          self.arrival_limit[rows])
 
 
 NO_COLUMN = frozen(np.zeros(1, np.int64))  # stands in for an absent arrival or tie-break column
@@ -444,7 +453,7 @@ def locate(
     user's row of ``entries`` (E_LO, E_HI and E_LATE are read); ``late`` is
     ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a guess of the pointer's
     count (its recorded length, or -1), checked before it is used."""
-    if arrival is None and np.any(visibility.version_hi != visibility.version):
+    if arrival is None and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")
     n = users.shape[0]
     count = np.empty(n, np.int64)

@@ -162,7 +162,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
             f"is at version {version}; open the store at a version >= every pointer's"
         )
-    if schema.arrival_col is None and np.any(visibility.version_hi != visibility.version):
+    if schema.arrival_col is None and visibility.bounded_by_arrival:
         raise PointerError("pointers bounded by arrival (version_hi, arrival_limit) need a store "
                            "whose schema names an arrival_col; this one has none")
     n = len(users)

@@ -91,16 +91,18 @@ def pointers_from_log(log: pa.Table | pa.RecordBatch, schema: Schema) -> Pointer
 
 
 def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -> Pointers:
-    names = examples.schema.names
-    missing = [f.name for f in POINTER_FIELDS if f.name not in names]
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(examples.schema.names):
+        positions.setdefault(name, []).append(i)
+    missing = [f.name for f in POINTER_FIELDS if f.name not in positions]
     if missing:
         raise PointerError(f"example log is missing pointer columns {missing}; "
                            "make pointers with lateseq.log_examples or `lateseq pointers`")
     arrays = []
     for f in POINTER_FIELDS:
-        if names.count(f.name) > 1:
-            raise PointerError(f"example log has {names.count(f.name)} columns named {f.name!r}")
-        column = examples.column(names.index(f.name))  # by position: a name is looked up each time
+        if len(positions[f.name]) > 1:
+            raise PointerError(f"example log has {len(positions[f.name])} columns named {f.name!r}")
+        column = examples.column(positions[f.name][0])  # by position: a name is looked up each time
         if column.null_count:
             raise PointerError(f"pointer column {f.name!r} has null values")
         if column.type.id == f.type.id:  # every batch of a log made by lateseq: nothing to convert
