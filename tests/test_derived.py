@@ -12,8 +12,11 @@ oracle in test_tenants).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -331,8 +334,45 @@ def test_auto_reads_segment_by_segment_where_no_copy_can_be_built(store):
     assert len(warned) == 2  # once per partition
     for _ in range(max(passes_to_build(store, want).values()) + 1):  # paid many times over: not tried again
         assert read(store, "merged", handle) == want
+    handle.prefault(list(COLUMNS))  # warming up again: the copies it gave up on stay given up (it raised KeyError)
+    assert read(store, "merged", handle) == want
     with pytest.raises(lateseq.StoreError, match="read cache"):
         read(store, "merged", lateseq.open(store.path, merged_reads=True))
+
+
+@contextlib.contextmanager
+def files_at_most(size: int):
+    """No file this process writes may grow past ``size`` bytes (EFBIG, as a full disk's
+    ENOSPC: a write fails midway)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_full_read_cache_names_the_file_and_keeps_no_temporaries(store, kind):
+    """A copy that cannot be written fails with an error naming the file (it was a bare
+    OSError for filtered copies) and leaves no partly written temporary behind (each try
+    left one, filling the disk further); "auto" falls back to the segments, as before."""
+    want = expected(store, kind)
+    lateseq.open(store.path, merged_reads=False).prefault(list(COLUMNS))  # the decoded copies fit
+    for _ in range(3):
+        with files_at_most(512):
+            if kind == "merged":
+                with pytest.warns(RuntimeWarning, match="no merged copy"):
+                    auto = lateseq.open(store.path)
+                    auto.prefault(list(COLUMNS))  # wants its copies now
+                assert read(store, kind, auto) == want
+            with pytest.raises(lateseq.StoreError, match=rf"cannot write {store.cache_dir / DERIVED_DIR}/\S+ "):
+                read(store, kind)
+        assert not [p.name for p in (store.cache_dir / DERIVED_DIR).iterdir() if p.name.startswith(".tmp-")
+                    and not p.name.startswith((".tmp-build-", ".tmp-rent-"))]  # the locks and tallies stay
+    assert read(store, kind) == want  # room again: built, exact
 
 
 def test_auto_reads_through_a_copy_another_reader_built(store):

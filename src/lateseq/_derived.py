@@ -37,9 +37,8 @@ from ._format import (
     TIME,
     SegmentInfo,
     decoded_file,
-    put_in_place,
-    temporary_path,
     write_unpacked_segment,
+    written_in_place,
 )
 from ._kernels import remap_ranges
 from ._locate import PartitionView
@@ -182,10 +181,8 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
         info = write_unpacked_segment(folder, name, partition, events())
-        sidecar = _sidecar(folder, name)
-        tmp = temporary_path(sidecar)
-        tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
-        put_in_place(tmp, sidecar)  # derived data: no fsync, a crash at worst loses the copy
+        with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
+            tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         return _open_checked(folder, name, key, random_access)
 
 

@@ -279,10 +279,9 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
         differ = sorted(name for name in expect.keys() | digests.keys() if expect.get(name) != digests.get(name))
         raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
-    tmp = temporary_path(path)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_batch(table)
-    put_in_place(tmp, path)  # derived data: no fsync, a crash at worst loses the copy
+    # derived data: no fsync, a crash at worst loses the copy
+    with written_in_place(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_batch(table)
     return digests
 
 
@@ -365,13 +364,28 @@ def _write_file(path: Path, data: pa.Buffer) -> int:
 
     Returns the data's CRC-32, kept in the manifest so corruption can be found later.
     """
-    tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
+    with written_in_place(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    put_in_place(tmp, path)
     return zlib.crc32(data)
+
+
+@contextlib.contextmanager
+def written_in_place(path: Path) -> Iterator[Path]:
+    """A temporary to write ``path``'s content to, put in place (``put_in_place``) when the
+    block ends without error, removed otherwise: a write that fails (a full disk) leaves
+    no temporary behind to fill the disk further, and says which file it could not write."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+            raise StoreError(f"cannot write {path} ({exc.strerror or exc}); is its disk full, or not "
+                             "writable?") from exc
+        raise
+    put_in_place(tmp, path)
 
 
 def put_in_place(tmp: Path, path: Path) -> None:

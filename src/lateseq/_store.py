@@ -446,7 +446,8 @@ class Store:
         first, unless ``merged_reads=False``), so a long-running loader starts warm instead
         of faulting pages in, or merging, during its first batches."""
         if self.merged_reads == "auto":  # a loader that warms up reads long enough to pay for them
-            self._merged.update(p for p, infos in self._by_partition.items() if len(infos) > 1)
+            self._merged.update(p for p, infos in self._by_partition.items() if len(infos) > 1
+                                and (p not in self._merged_names or p in self._rents))  # not one given up on
             self._checked[:] = -1  # their views change
         names = [TIME if c == self.schema.time_col else c for c in columns]
         for segment in (s for p in sorted(self._by_partition) for s in self._view(p).segments):
