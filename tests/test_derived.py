@@ -227,6 +227,23 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
     assert read(newer, "merged") == expected(newer, "merged")
 
 
+@pytest.mark.parametrize("merged_reads", [True, False])
+def test_a_handle_keeps_reading_what_it_mapped_after_its_version_is_cleaned_up(store, merged_reads):
+    """``Store.cleanup``'s promise: a handle on a retired version keeps the segments it has
+    mapped. A trainer reading one version while another process compacts and cleans up
+    (decoded copies of a retired version are old enough for the default grace) raised
+    VersionNotFound on its next batch: the deleted files looked changed, and were looked
+    for again."""
+    handle = lateseq.open(store.path, merged_reads=merged_reads)
+    want = read(store, "merged", handle)
+    newer = store.compact()
+    newer.cleanup(before=newer.version, grace_s=0)
+    with pytest.raises(lateseq.VersionNotFound):
+        lateseq.open(store.path, version=store.version)
+    for _ in range(2):
+        assert read(store, "merged", handle) == want == expected(newer, "merged")
+
+
 def partition_copies(store: lateseq.Store) -> set[int]:
     """The partitions whose merged copy is in the read cache (copies are named p{partition}-...)."""
     built = (store.cache_dir / DERIVED_DIR).is_dir()

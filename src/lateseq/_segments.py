@@ -141,7 +141,7 @@ class SegmentCache:
         current = _identity(path)
         with self._lock:
             segment = self._open.pop(info.name, None)
-            if segment is not None and current is not None and segment.identity == current:
+            if segment is not None and (current is None or segment.identity == current):  # gone: see changed
                 self._open[info.name] = segment
                 return segment
         segment = Segment(self.directory, info, self.cache, self.random_access)  # unlocked: decoding may take a while
@@ -269,8 +269,12 @@ class Segment:
             madvise(column.ctypes.data, column.nbytes, MADV_RANDOM)
 
     def changed(self) -> bool:
-        """Whether the decoded file on disk is no longer the one this segment checked."""
-        return _identity(self.path) != self.identity
+        """Whether the decoded file on disk was replaced or rewritten since this segment
+        checked it. A file gone from the cache (a retired version's, cleaned up) is not: a
+        deleted file lives on while mapped, so the map still holds the bytes checked, and a
+        handle on a retired version keeps reading what it mapped (``Store.cleanup``)."""
+        current = _identity(self.path)
+        return current is not None and current != self.identity
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)
