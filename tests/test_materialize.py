@@ -170,7 +170,7 @@ def tiered_late_scenarios(draw) -> Scenario:
     def commit(rows: int) -> tuple:
         return commit_step(draw, sc.columns, sc.users, ts_values, rows)
 
-    steps = [commit(draw(st.integers(8, 15)))]  # tier 3 at fanout 2: the small ones never reach it
+    steps = [commit(draw(st.integers(37, 45)))]  # more than the small ones together: never merged with them
     for _ in range(draw(st.integers(1, 3))):
         steps += [commit(draw(st.integers(1, 3))) for _ in range(draw(st.integers(2, 4)))]
         steps.append(("compact", "tiered"))

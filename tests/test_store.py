@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import pickle
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
 import lateseq
@@ -19,6 +22,7 @@ import lateseq._events
 import lateseq._format
 import lateseq._segments
 import lateseq._store
+from lateseq._store import _tiered_runs
 
 
 def events(users, ts, items, *, rating: bool = False) -> pa.Table:
@@ -528,15 +532,43 @@ def test_a_cache_that_cannot_be_created_is_named(small_store, tmp_path):
         lateseq.open(small_store.path, cache_dir=blocker / "cache").segments()
 
 
-def test_tiered_compaction_merges_adjacent_runs_of_one_tier(make_store):
-    from lateseq._store import _tiered_runs
-
+def test_tiered_compaction_merges_recent_runs_and_leaves_big_old_segments(make_store):
     assert _tiered_runs([10] * 4, 4) == [(0, 4)]
     assert _tiered_runs([10] * 3, 4) == [(0, 1), (1, 2), (2, 3)]
     assert _tiered_runs([1000, 10, 10, 10, 10], 4) == [(0, 1), (1, 5)]  # the big old one is left alone
-    # 16 equal segments climb two tiers into one group; of 17, the newest 16 do
-    assert _tiered_runs([5] * 16, 4) == [(0, 16)]
-    assert _tiered_runs([5] * 17, 4) == [(0, 1), (1, 17)]
+    assert _tiered_runs([10, 10, 10, 10, 1000], 4) == [(0, 4), (4, 5)]  # a big new one is not rewritten for them
+    assert _tiered_runs([40, 10, 10, 10, 10], 4) == [(0, 5)]  # as many newer rows came: it joins them
+    # daily commits of sizes on both sides of 16 (fanout 4's tier edge) formed no run of one tier
+    assert _tiered_runs([12, 18] * 2, 4) == [(0, 4)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**6), max_size=120), st.integers(2, 8))
+def test_tiered_runs_leave_few_segments_and_nothing_to_merge(rows, fanout):
+    """Any row counts: the runs cover the segments in order, merging again changes nothing,
+    and at most fanout * log2(rows) segments stay (commits that grow or shrink day by day,
+    or jump between sizes, included)."""
+    runs = _tiered_runs(rows, fanout)
+    assert [k for run in runs for k in range(*run)] == list(range(len(rows)))  # every segment once, in order
+    merged = [sum(rows[a:b]) for a, b in runs]
+    assert _tiered_runs(merged, fanout) == [(k, k + 1) for k in range(len(merged))]
+    assert len(runs) <= fanout * max(1, math.ceil(math.log2(sum(rows) + 1)))
+
+
+def test_tiered_compaction_of_daily_commits_keeps_few_segments(make_store):
+    """Daily commits, each followed by a tiered compaction, keep a bounded number of
+    segments (a stranger's 120 days of 10-19 events left 96 with tiers of one size)."""
+    rng = np.random.default_rng(0)
+    store = make_store()
+    for day in range(60):
+        n = int(rng.integers(10, 20))
+        store = store.commit(events(rng.integers(1, 50, n).tolist(), (day * 100 + rng.integers(0, 100, n)).tolist(),
+                                    rng.integers(0, 1000, n).tolist())).compact("tiered", fanout=4)
+        assert len(store.segment_infos) <= 4 * math.ceil(math.log2(store.num_events + 1))
+    assert len(store.segment_infos) <= 8
+
+
+def test_tiered_compaction_keeps_every_history(make_store):
     store = make_store(partitions=2)
     for day in range(9):
         store = store.commit(events(list(range(20)), [day] * 20, list(range(20))))

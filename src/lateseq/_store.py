@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -288,11 +289,13 @@ class Store:
         """Merges segments into sorted ones, as a new version.
 
         ``"full"`` merges each partition's segments into one. ``"tiered"`` bounds the
-        write cost of frequent commits: it merges runs of ``fanout`` adjacent segments of
-        the same size tier (rows in [fanout**k, fanout**(k+1))) into one of the next tier,
-        and repeats, so a partition keeps O(fanout * log rows) segments while each event
-        is rewritten once per tier it climbs, not once per compaction. Only adjacent
-        segments merge, so events that tie keep their commit order. Events keep the
+        write cost of frequent commits: it merges runs of at least ``fanout`` adjacent
+        segments in which, going back in time, each segment is no bigger than the newer
+        ones of the run together, and repeats, so recent small segments merge and old
+        large ones wait; each event is rewritten about log2(rows / commit) times in all,
+        not once per compaction, and a partition keeps at most ``fanout * log2(rows)``
+        segments (the cheapest adjacent ones merge past that). Only adjacent segments
+        merge, so events that tie keep their commit order. Events keep the
         version they became visible in, so every pointer into any kept version rebuilds
         the same sequence. Returns this handle if nothing needs merging.
         """
@@ -581,27 +584,41 @@ class Store:
 
 def _tiered_runs(rows: list[int], fanout: int) -> list[tuple[int, int]]:
     """The ranges of adjacent segments (given their row counts, oldest first) that size-
-    tiered compaction merges: while ``fanout`` adjacent groups share a tier, the newest
-    such run becomes one group of the next tier."""
+    tiered compaction merges, repeated until none is left:
+
+    - by size: going back in time from a segment, a run takes each older segment no bigger
+      than the run so far; a run of ``fanout`` or more, whose newest segment is no bigger
+      than the others together, merges. An event is rewritten only when what joins its
+      group is at least as big: about log2(rows / commit) times in all; a big segment,
+      old or new, waits until as many rows have come after it.
+    - by count: past ``fanout * log2(rows)`` segments (commits that shrink day by day form
+      no run by size), the ``fanout`` adjacent ones with the fewest rows merge.
+
+    Tiers of fixed sizes ([fanout**k, fanout**(k+1))) merged only runs of one tier, and
+    daily commits of sizes on both sides of a tier's edge never formed one (a segment a day)."""
     groups = [(i, i + 1, r) for i, r in enumerate(rows)]  # (first, end, rows)
+    most = fanout * max(1, math.ceil(math.log2(sum(rows) + 1)))
+    while True:
+        runs = (_run_by_size(groups, newest) for newest in range(len(groups) - 1, -1, -1))
+        run = next(((a, b) for a, b, total in runs  # and the newest is no bigger than the rest of the run
+                    if b - a >= fanout and 2 * groups[b - 1][2] <= total), None)
+        if run is None and len(groups) > most:
+            first = min(range(len(groups) - fanout + 1), key=lambda k: sum(g[2] for g in groups[k:k + fanout]))
+            run = (first, first + fanout)
+        if run is None:
+            return [(first, end) for first, end, _ in groups]
+        a, b = run
+        groups[a:b] = [(groups[a][0], groups[b - 1][1], sum(g[2] for g in groups[a:b]))]
 
-    def tier(count: int) -> int:
-        level = 0
-        while count >= fanout:
-            count //= fanout
-            level += 1
-        return level
 
-    merged = True
-    while merged:
-        merged = False
-        for end in range(len(groups), fanout - 1, -1):
-            run = groups[end - fanout:end]
-            if len({tier(g[2]) for g in run}) == 1:
-                groups[end - fanout:end] = [(run[0][0], run[-1][1], sum(g[2] for g in run))]
-                merged = True
-                break
-    return [(first, end) for first, end, _ in groups]
+def _run_by_size(groups: list[tuple[int, int, int]], newest: int) -> tuple[int, int, int]:
+    """The run (first, end, rows) that starts at group ``newest`` and takes each older
+    group no bigger than the run so far."""
+    first, total = newest, groups[newest][2]
+    while first > 0 and groups[first - 1][2] <= total:
+        first -= 1
+        total += groups[first][2]
+    return first, newest + 1, total
 
 
 def _read_events(source: EventSource) -> pa.Table:
