@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
@@ -543,7 +543,9 @@ def test_tiered_compaction_merges_recent_runs_and_leaves_big_old_segments(make_s
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 10**6), max_size=120), st.integers(2, 8))
+@given(st.lists(st.integers(0, 40) | st.integers(0, 10**6), max_size=120), st.integers(2, 8))
+@example(rows=[12, 18] * 60, fanout=4)  # on both sides of a fixed tier's edge
+@example(rows=list(range(120, 0, -1)), fanout=3)  # commits that shrink day by day form no run by size
 def test_tiered_runs_leave_few_segments_and_nothing_to_merge(rows, fanout):
     """Any row counts: the runs cover the segments in order, merging again changes nothing,
     and at most fanout * log2(rows) segments stay (commits that grow or shrink day by day,
