@@ -393,6 +393,9 @@ def test_resume_state_is_checked(world):
         other.load_state_dict(state)
     with pytest.raises(lateseq.SchemaError, match="not an ExampleDataset state"):
         other.load_state_dict({"epoch": 0})
+    older = {**state, "plan": {k: v for k, v in state["plan"].items() if k != "dealing_rules"}}
+    with pytest.raises(lateseq.SchemaError, match=r"cannot resume.*dealing_rules"):  # saved before the rules
+        dataset(world, shuffle=True).load_state_dict(older)  # changed: resumed into another order
     again = dataset(world, shuffle=True)
     again.load_state_dict(state)
     assert same(next(iter(again)), next(it))

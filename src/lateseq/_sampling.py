@@ -53,6 +53,10 @@ from ._errors import SchemaError
 
 BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align with
 WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at once
+# bumped whenever a plan deals rows in another order for the same settings (2: blocks dealt to
+# the rank and worker with the fewest rows): a resume state saved under other rules is refused,
+# not resumed into a different order
+DEALING_RULES = 2
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 

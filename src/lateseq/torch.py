@@ -56,7 +56,7 @@ from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
-from ._sampling import BLOCK_ROWS, WINDOW_ROWS, ShardPlan
+from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._store import Store
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
@@ -474,11 +474,13 @@ class ExampleDataset(IterableDataset):
         self._shard = None if saved == (None, None) else saved
 
     def _fingerprint(self) -> dict[str, Any]:
-        """What a saved position means: resuming under another plan, or over another log
-        (other rows, other row groups), would repeat or skip rows."""
+        """What a saved position means: resuming under another plan, over another log
+        (other rows, other row groups), or under another version's dealing rules, would
+        repeat or skip rows."""
         out = {k: v for k, v in self._config.items() if k != "row_groups"}
         out["row_groups"] = None if self._config["row_groups"] is None else len(self._config["row_groups"])
         out["log"] = self._log
+        out["dealing_rules"] = DEALING_RULES
         return out
 
     # ------------------------------------------------------------ iterating
