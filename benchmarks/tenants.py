@@ -487,12 +487,12 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
         ours_files = [*durable, *cache, *derived_files(state.open()), sized_log]
         cold = {name: pages_read(state, ours_files, sized_log, requests.num_rows, whole_users["arrow-ipc"], plan)
                 for name, plan in plans.items()}
-    runs_ = [run for pages in cold.values() for run in pages.pop("evicted")]
-    if {run["examples"] for run in runs_} != {len(sized)}:
-        raise SystemExit(f"the cold passes served {sorted({run['examples'] for run in runs_})} examples, "
+    passes = [run for pages in cold.values() for run in pages.pop("evicted")]
+    if {run["examples"] for run in passes} != {len(sized)}:
+        raise SystemExit(f"the cold passes served {sorted({run['examples'] for run in passes})} examples, "
                          f"not {len(sized)}")
     out["paged"] = {"examples": len(sized), "users": out["sample"]["sized_users"],
-                    "max_resident_after_evict": max(run["resident_after_evict"] for run in runs_)}
+                    "max_resident_after_evict": max(run["resident_after_evict"] for run in passes)}
 
     out["tenants"] = {}
     for name, plan in plans.items():
