@@ -532,7 +532,7 @@ def test_a_cache_that_cannot_be_created_is_named(small_store, tmp_path):
         lateseq.open(small_store.path, cache_dir=blocker / "cache").segments()
 
 
-def test_tiered_compaction_merges_recent_runs_and_leaves_big_old_segments(make_store):
+def test_tiered_compaction_merges_recent_runs_and_leaves_big_old_segments():
     assert _tiered_runs([10] * 4, 4) == [(0, 4)]
     assert _tiered_runs([10] * 3, 4) == [(0, 1), (1, 2), (2, 3)]
     assert _tiered_runs([1000, 10, 10, 10, 10], 4) == [(0, 1), (1, 5)]  # the big old one is left alone
