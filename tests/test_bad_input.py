@@ -197,6 +197,7 @@ def test_bad_pointer_tables(store):
         (examples.append_column("user_id", examples.column("user_id")), r"2 columns named 'user_id'"),
     ]
     for table, pattern in cases:
+        lateseq.materialize(store, examples, lateseq.Projection(5))  # a good batch of the log first: each is checked
         raises_and_changes_nothing(store, lateseq.PointerError, ValueError, pattern,
                                    lambda table=table: lateseq.materialize(store, table, lateseq.Projection(5)))
 

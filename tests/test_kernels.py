@@ -33,12 +33,22 @@ from lateseq._kernels import (
     by_segment,
     copy_runs,
     late_rows,
-    locate,
     merge_order,
     prefetch,
     remap_ranges,
+    segment_arguments,
     segment_table,
 )
+from lateseq._kernels import locate as locate_in_segment
+
+
+def locate(users, user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
+           request_ts, visibility, max_len, hint) -> tuple:
+    """The kernel on a segment given column by column."""
+    segment = segment_arguments(user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival,
+                                arrival_base)
+    return locate_in_segment(users, segment, request_ts, visibility, max_len, hint)
+
 
 # (time, version) dtypes as a segment stores them: every width of each, drawn in pairs, as
 # each pair is a compilation of the kernels (~10 s) and widths of columns never interact

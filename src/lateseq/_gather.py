@@ -44,7 +44,7 @@ def gather(
     store._record_reads(located, projection.max_len)
     lengths = np.minimum(located.count, projection.max_len)
     offsets = np.zeros(len(pointers) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    np.add.accumulate(lengths, out=offsets[1:])
     runs = [copy_plan(store, located, w, visibility, offsets) for w in located.partitions]
     values = {}
     for name in columns:

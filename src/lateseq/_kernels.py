@@ -429,8 +429,7 @@ E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE = range(8)  # E_LATE: 
 ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
-def locate(
-    users: np.ndarray,
+def segment_arguments(
     user_index: tuple[np.ndarray, int, np.ndarray],
     entries: np.ndarray,
     ts: np.ndarray,
@@ -443,17 +442,26 @@ def locate(
     late: np.ndarray,
     arrival: np.ndarray | None,
     arrival_base: int,
-    request_ts: np.ndarray,
-    visibility: Visibility,
-    max_len: int,
-    hint: np.ndarray,
-) -> tuple[np.ndarray, ...]:
+) -> tuple:
+    """One segment's side of ``locate``, typed for the kernel once (a handle keeps it
+    with the segment's view: every batch would otherwise pay for it). ``user_index``
+    (ids, low, slots: see ``_find_user``) finds each user's row of ``entries`` (E_LO,
+    E_HI and E_LATE are read); ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``;
+    ``arrival`` None: the store has no arrival column."""
+    ids, low, slots = user_index
+    ids, slots, entries, ts, ver, vmax, vmin, hcum, late = (
+        frozen(a) for a in (ids, slots, entries, ts, ver, vmax, vmin, hcum, late))
+    return (ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
+            late, NO_COLUMN if arrival is None else frozen(arrival), np.int64(arrival_base), arrival is not None)
+
+
+def locate(users: np.ndarray, segment: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
+           hint: np.ndarray) -> tuple[np.ndarray, ...]:
     """Returns (count, checksum, lo, hi, holes, late_at), one entry per pointer (see
-    ``_locate_range``). ``user_index`` (ids, low, slots: see ``_find_user``) finds each
-    user's row of ``entries`` (E_LO, E_HI and E_LATE are read); ``late`` is
-    ``late_rows(ver, vmax, vmin, ver_base, hcum)``; ``hint[p]`` a guess of the pointer's
-    count (its recorded length, or -1), checked before it is used."""
-    if arrival is None and visibility.bounded_by_arrival:
+    ``_locate_range``), in one segment (``segment_arguments``). ``hint[p]`` is a guess of
+    the pointer's count (its recorded length, or -1), checked before it is used."""
+    *arguments, has_arrival = segment
+    if not has_arrival and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")
     n = users.shape[0]
     count = np.empty(n, np.int64)
@@ -462,15 +470,9 @@ def locate(
     hi = np.empty(n, np.int64)
     holes = np.empty(n, np.bool_)
     late_at = np.empty(n, np.int64)
-    ids, low, slots = user_index
-    users, ids, slots, entries, ts, ver, vmax, vmin, hcum, late, request_ts, hint = (
-        frozen(a) for a in (users, ids, slots, entries, ts, ver, vmax, vmin, hcum, late, request_ts, hint))
-    _locate(
-        users, ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
-        late, NO_COLUMN if arrival is None else frozen(arrival), np.int64(arrival_base), request_ts,
-        visibility.version, visibility.version_hi, visibility.arrival_limit, np.int64(max_len), hint,
-        count, checksum, lo, hi, holes, late_at,
-    )
+    _locate(frozen(users, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
+            visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64),
+            count, checksum, lo, hi, holes, late_at)
     return count, checksum, lo, hi, holes, late_at
 
 
@@ -948,7 +950,7 @@ def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: 
     ``out``'s dtype. Floats are never encoded and are copied bit for bit: adding a zero
     base would turn -0.0 into 0.0 and quieten signalling NaNs."""
     if len(runs[0]):
-        _copy_runs(*runs, src, bases.astype(out.dtype), out.dtype.kind != "f", out)
+        _copy_runs(*runs, src, bases.astype(out.dtype, copy=False), out.dtype.kind != "f", out)
 
 
 @njit(cache=True, nogil=True)

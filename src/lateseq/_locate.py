@@ -64,6 +64,7 @@ class PartitionView:
             self.entries[:, column] = np.concatenate(values)[order]
         self._columns: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]] = {}
         self._late: tuple[tuple[np.ndarray, ...], list[np.ndarray]] | None = None
+        self._segment_arguments: tuple | None = None
         self._lock = threading.Lock()
         self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
 
@@ -84,6 +85,18 @@ class PartitionView:
                     [s.base(name) for s in self.segments], np.int64)
                 self._columns[name] = (segment_table(arrays), bases, arrays)  # the arrays outlive their table
             return self._columns[name][:2]
+
+    def segment_arguments(self) -> tuple:
+        """A view of one segment: its side of ``_kernels.locate``, made once."""
+        with self._lock:
+            if self._segment_arguments is None:
+                segment, index = self.segments[0], self.users
+                self._segment_arguments = _kernels.segment_arguments(
+                    (index.ids, index.low, index.slots), self.entries, segment.stored(TIME), segment.base(TIME),
+                    segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
+                    segment.base("_version"), segment.stored("_hcum"), segment.late,
+                    *segment.encoded(self.schema.arrival_col))
+            return self._segment_arguments
 
     def late(self) -> tuple[np.ndarray, ...]:
         """Each segment's ``Segment.late`` rows, as a segment table."""
@@ -213,14 +226,9 @@ def _locate_single(view: PartitionView, rows: np.ndarray, users: np.ndarray, req
     """A partition held by one segment (a compacted version): each pointer has one
     window (empty for a user without events before the request), and the segment's
     arrays go to the kernel as they are."""
-    segment = view.segments[0]
     everyone = len(rows) == len(located.count)  # one partition: rows are 0..n-1, nothing to gather
-    index = view.users
     count, checksum, lo, hi, holes, late = _kernels.locate(
-        users if everyone else users[rows], (index.ids, index.low, index.slots), view.entries, segment.stored(TIME),
-        segment.base(TIME), segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
-        segment.base("_version"), segment.stored("_hcum"),
-        segment.late, *segment.encoded(view.schema.arrival_col), request_ts if everyone else request_ts[rows],
+        users if everyone else users[rows], view.segment_arguments(), request_ts if everyone else request_ts[rows],
         visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
     if everyone:
         located.count, located.checksum = count, checksum

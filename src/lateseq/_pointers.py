@@ -90,7 +90,19 @@ def pointers_from_log(log: pa.Table | pa.RecordBatch, schema: Schema) -> Pointer
     return _read_pointers(log, schema)
 
 
+# the schema of the last example log read whose pointer columns needed no conversion, and
+# their positions: a loader reads batch after batch of one log, and finding and checking
+# the columns anew cost as much as reading them (every batch pays it)
+_last_plain: tuple[pa.Schema, list[int]] | None = None
+
+
 def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -> Pointers:
+    global _last_plain
+    plain = _last_plain
+    if plain is not None and examples.schema.equals(plain[0]):
+        columns = [examples.column(i) for i in plain[1]]
+        if not any(column.null_count for column in columns):
+            return _pointers([column.to_numpy() for column in columns])
     positions: dict[str, list[int]] = {}
     for i, name in enumerate(examples.schema.names):
         positions.setdefault(name, []).append(i)
@@ -99,6 +111,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         raise PointerError(f"example log is missing pointer columns {missing}; "
                            "make pointers with lateseq.log_examples or `lateseq pointers`")
     arrays = []
+    converted = False
     for f in POINTER_FIELDS:
         if len(positions[f.name]) > 1:
             raise PointerError(f"example log has {len(positions[f.name])} columns named {f.name!r}")
@@ -108,6 +121,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         if column.type.id == f.type.id:  # every batch of a log made by lateseq: nothing to convert
             arrays.append(column.to_numpy())
             continue
+        converted = True
         if f.name == "request_ts" and pa.types.is_timestamp(column.type):
             if schema is None:
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "
@@ -118,6 +132,12 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
                                f"expected {f.type}") from exc
+    if not converted:
+        _last_plain = (examples.schema, [positions[f.name][0] for f in POINTER_FIELDS])
+    return _pointers(arrays)
+
+
+def _pointers(arrays: list[np.ndarray]) -> Pointers:
     return Pointers(arrays[0], arrays[1], arrays[2].astype(np.int64), arrays[3].astype(np.int64), arrays[4])
 
 

@@ -73,7 +73,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             picked.append((view, chosen))
             touched.scanned += scanned * _scan_bytes(view, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.add.accumulate(lengths, out=offsets[1:])
         values = {}
         for column in columns:
             stored = TIME if column == schema.time_col else column
