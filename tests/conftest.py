@@ -9,8 +9,11 @@ tests marked ``slow`` (bigger runs of the same properties) run only when asked f
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,6 +63,20 @@ def small_store(make_store):
     return store.commit(pa.table({
         "user_id": [1], "ts": [15], "item": [150], "rating": pa.array([9], pa.int8()),
     }))
+
+
+@contextlib.contextmanager
+def files_at_most(size: int):
+    """No file this process writes may grow past ``size`` bytes (EFBIG, as a full disk's
+    ENOSPC: a write fails midway)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

@@ -12,11 +12,8 @@ oracle in test_tenants).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import files_at_most
 from oracle import edit_in_place
 
 import lateseq
@@ -355,20 +353,6 @@ def test_auto_reads_segment_by_segment_where_no_copy_can_be_built(store):
     assert read(store, "merged", handle) == want
     with pytest.raises(lateseq.StoreError, match="read cache"):
         read(store, "merged", lateseq.open(store.path, merged_reads=True))
-
-
-@contextlib.contextmanager
-def files_at_most(size: int):
-    """No file this process writes may grow past ``size`` bytes (EFBIG, as a full disk's
-    ENOSPC: a write fails midway)."""
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from conftest import files_at_most, snapshot
 from oracle import Oracle, Request, assert_batch_equal, referenced_files
 
 import lateseq
@@ -330,6 +332,37 @@ def test_conflict_on_a_pre_created_manifest_name(make_store, monkeypatch):
         v1.commit(events([2], [2], [2]))
     assert squatter.read_bytes() == (store.path / "versions" / f"{1:08d}.json").read_bytes()
     assert segment_files(v1) == {p.name for p in v1.segment_infos[0].files(Path("."))}
+
+
+def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small_store, monkeypatch):
+    """A tag, a retired version's tombstone or a commit's manifest that cannot be written
+    (a full disk) fails with an error naming the file, as a segment file's does (they
+    raised a bare OSError), and the store is left as it was."""
+    def contents() -> dict[str, bytes]:  # but the empty lock files a tagger or cleanup makes
+        return {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")}
+
+    before = contents()
+    with files_at_most(8):
+        with pytest.raises(lateseq.StoreError, match=rf"cannot write {small_store.path / 'tags' / 'prod.json'} "):
+            small_store.tag("prod", 1)
+        with pytest.raises(lateseq.StoreError, match=rf"cannot write {small_store.path / 'versions'}/\S+\.json "):
+            small_store.cleanup(before=2, grace_s=0)
+    assert contents() == before
+
+    def no_room(*args, **kwargs):  # publishing links the manifest into place: no room for its name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", no_room)
+        with pytest.raises(lateseq.StoreError, match=rf"cannot write {small_store.path / 'versions' / '00000003.json'} "
+                                                     r"\(No space left on device\)"):
+            small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1], "rating": pa.array([1], pa.int8())}))
+    assert lateseq.open(small_store.path).version == 2
+    assert segment_files(small_store) == referenced_files(lateseq.open(small_store.path))  # nothing orphaned
+    log = small_store.path.parent / "examples.parquet"  # an output of lateseq's, too
+    with files_at_most(8), pytest.raises(lateseq.StoreError, match=rf"cannot write {log} \(.*File too large"):
+        lateseq.log_examples(small_store, pa.table({"user_id": [1], "request_ts": [99]}), log)
+    assert not list(log.parent.glob("*examples.parquet"))
 
 
 def test_create_refuses_an_existing_store(small_store):

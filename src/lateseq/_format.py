@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -347,12 +348,14 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         for tmp, path in zip(temporaries, paths, strict=True):
             os.replace(tmp, path)
             placed.append(path)
-    except BaseException:
+    except BaseException as exc:
         for path in placed:
             if path in kept:
                 os.replace(kept[path], path)
             else:
                 path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS and not isinstance(exc, StoreError):
+            raise write_failed(", ".join(map(str, paths)), exc) from exc
         raise
     finally:
         for tmp in [*temporaries, *kept.values()]:
@@ -382,10 +385,19 @@ def written_in_place(path: Path) -> Iterator[Path]:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
-            raise StoreError(f"cannot write {path} ({exc.strerror or exc}); is its disk full, or not "
-                             "writable?") from exc
+            raise write_failed(path, exc) from exc
         raise
     put_in_place(tmp, path)
+
+
+# what a write fails with when the disk is full or not writable: the errors named as a failed
+# write where the block may also read (an error while reading is not the output's fault)
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def write_failed(path: str | os.PathLike, exc: OSError) -> StoreError:
+    """The error of a write that failed (a full disk, a read-only folder), naming the file."""
+    return StoreError(f"cannot write {path} ({exc.strerror or exc}); is its disk full, or not writable?")
 
 
 def put_in_place(tmp: Path, path: Path) -> None:

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
-from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
+from ._errors import SchemaError, StoreError, VersionNotFound
 from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
@@ -379,9 +379,10 @@ class Store:
         }
         try:
             self._log.publish(version, manifest)
-        except CommitConflict:
-            for info in new:
-                self._remove_segment(info)
+        except BaseException:  # another writer's version, a full disk, an interrupt: unless published,
+            if not self._log.holds(version, manifest):  # the new files are nobody's
+                for info in new:
+                    self._remove_segment(info)
             raise
         return self._handle(version)
 

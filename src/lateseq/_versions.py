@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
-from ._format import read_regular
+from ._format import read_regular, write_failed, written_in_place
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
@@ -85,15 +85,10 @@ def content_crc(content: dict) -> int:
 def write_durably(path: Path, data: bytes) -> None:
     """Writes ``data`` under a temporary name, fsyncs it, renames it over ``path`` and
     fsyncs the directory: after a power loss ``path`` holds the old or the new bytes."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_in_place(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     fsync_dir(path.parent)
 
 
@@ -265,9 +260,20 @@ class VersionLog:
             raise CommitConflict(
                 f"version {version} of {self.root} was published by another writer; retry"
             ) from exc
+        except OSError as exc:
+            raise write_failed(self.manifest_path(version), exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.versions_dir)
+
+    def holds(self, version: int, manifest: dict) -> bool:
+        """Whether ``manifest`` is published as ``version`` (a publish that failed may
+        have placed it before failing). A manifest that cannot be read counts as placed:
+        files kept for nothing are cleaned up later, files removed under a version are lost."""
+        try:
+            return read_regular(self.manifest_path(version)) == dump_checked(manifest)
+        except StoreError as exc:
+            return not isinstance(exc.__cause__, FileNotFoundError)
 
     def retire_before(self, before: int) -> list[int]:
         """Retires versions older than ``before`` (never the latest, never a tagged one):
