@@ -8,8 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+import lateseq
 from lateseq.cli import app
-from tests.test_twotier import serve_one_scenario
+from lateseq.twotier import strip_tails
+from tests.test_twotier import PROJECTION, serve_one_scenario
 
 runner = CliRunner()
 
@@ -59,3 +61,23 @@ def test_strip_rejects_plain_logs(world, tmp_path):
                                  "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code != 0 and "plain pointers" in result.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_materialize_rebuilds_two_tier_records_on_every_path(world, tmp_path):
+    """Inline and stripped records rebuild to what online served through the CLI and
+    ``iter_batches(columns=...)`` too: they read only the pointer columns and those asked
+    for, so the record's own columns were left out and the records rebuilt as plain
+    pointers (the store part alone, which its checksum matched: no error)."""
+    store, log, served = serve_one_scenario(*world)
+    log = log.append_column("label", pa.array([1, 0, 1]))
+    stripped, _ = strip_tails(store, log)
+    want = served.values["item_id"].tolist()
+    for name, records in (("inline", log), ("stripped", stripped)):
+        pq.write_table(records, tmp_path / f"{name}.parquet")
+        out = tmp_path / f"{name}-seqs.parquet"
+        result = runner.invoke(app, ["materialize", str(store.path), str(tmp_path / f"{name}.parquet"),
+                                     "--max-len", "10", "--columns", "item_id", "--keep", "label", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert [v for row in pq.read_table(out).column("item_id").to_pylist() for v in row] == want, name
+        batches = lateseq.iter_batches(store, tmp_path / f"{name}.parquet", PROJECTION, columns=["label"])
+        assert [v for _, seqs in batches for v in seqs.values["item_id"].tolist()] == want, name

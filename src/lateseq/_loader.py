@@ -22,8 +22,9 @@ from ._errors import ChecksumMismatch, SchemaError
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
-from ._pointers import POINTER_FIELDS, outside_store
+from ._pointers import outside_store
 from ._projection import Projection
+from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES
 from ._store import Store
 from ._tenants import is_tenant_name
@@ -190,14 +191,14 @@ def _selected(schema: pa.Schema, columns: Sequence[str] | None) -> list[str]:
 
 
 def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str] | None:
-    """The columns to read: the pointer columns plus those asked for (None: all)."""
+    """The columns to read: what rebuilding the examples reads (the pointer's, a two-tier
+    record's) plus those asked for (None: all)."""
     if columns is None:
         return None
     unknown = [c for c in columns if c not in schema.names]
     if unknown:
         raise SchemaError(f"example log has no columns {unknown} (it has {schema.names})")
-    wanted = [f.name for f in POINTER_FIELDS if f.name in schema.names] + list(columns)
-    return list(dict.fromkeys(wanted))
+    return list(dict.fromkeys(protocol_columns(schema) + list(columns)))
 
 
 def _read_schema(examples: ExampleSource) -> pa.Schema:

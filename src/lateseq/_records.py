@@ -20,7 +20,7 @@ from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
 from ._kernels import event_hashes, merge_newest
-from ._pointers import Pointers, pointers_from_log
+from ._pointers import POINTER_FIELDS, Pointers, pointers_from_log
 from ._projection import Projection
 from ._store import Store
 
@@ -156,7 +156,27 @@ def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
     if not isinstance(log, pa.Table | pa.RecordBatch):
         raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}")
-    return "seq_checksum" in log.schema.names
+    return holds_records(log.schema)
+
+
+def holds_records(schema: pa.Schema) -> bool:
+    """Whether a log of ``schema`` holds two-tier records: all of ``RECORD_FIELDS``. Some
+    of them only is an error, not a plain log: its tails would be left out unseen."""
+    present = [name for name in RECORD_FIELDS.names if name in schema.names]
+    if present and len(present) < len(RECORD_FIELDS):
+        missing = [name for name in RECORD_FIELDS.names if name not in present]
+        raise SchemaError(f"example log has two-tier record columns {present} but not {missing}: a two-tier log "
+                          f"has all of {RECORD_FIELDS.names}, and a plain log cannot use these names")
+    return bool(present)
+
+
+def protocol_columns(schema: pa.Schema) -> list[str]:
+    """The columns of a log that rebuilding its examples reads: the pointer's and, in a
+    two-tier log, the record's own (``seq_*``, ``tail_*``)."""
+    names = [f.name for f in POINTER_FIELDS if f.name in schema.names]
+    if holds_records(schema):
+        names += [name for name in schema.names if name in RECORD_FIELDS.names or name.startswith(TAIL_PREFIX)]
+    return names
 
 
 def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:

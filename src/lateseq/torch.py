@@ -55,7 +55,7 @@ from ._loader import _open_parquet
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
-from ._records import RECORD_FIELDS, TAIL_PREFIX, is_two_tier
+from ._records import protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._store import Store
 
@@ -832,17 +832,12 @@ def _log_columns(schema: pa.Schema, requested: Sequence[str] | None) -> tuple[li
         raise PointerError(f"example log is missing pointer columns {missing}; "
                            "make pointers with lateseq.log_examples or `lateseq pointers`")
     examples = _example_columns(schema, requested)
-    protocol = [f.name for f in POINTER_FIELDS]
-    if is_two_tier(schema.empty_table()):
-        protocol += [n for n in schema.names if n in RECORD_FIELDS.names or n.startswith(TAIL_PREFIX)]
-    return list(dict.fromkeys(protocol + examples)), examples
+    return list(dict.fromkeys(protocol_columns(schema) + examples)), examples
 
 
 def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list[str]:
     if requested is None:
-        protocol = {f.name for f in POINTER_FIELDS}
-        if is_two_tier(schema.empty_table()):
-            protocol |= set(RECORD_FIELDS.names)
+        protocol = set(protocol_columns(schema))
         return [f.name for f in schema if f.name not in protocol and _numeric(f.type)]
     if isinstance(requested, str):
         raise SchemaError(f"example_columns must be a list of names, not the string {requested!r}")
