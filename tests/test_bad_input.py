@@ -225,11 +225,25 @@ def test_bad_requests(store, tmp_path):
         (pa.table({"user_id": [1], "request_ts": pa.array([None], pa.int64())}), r"'request_ts' has null"),
         (pa.table({"user_id": ["x"], "request_ts": [1]}), r"user_id must be integer user ids, not string"),
         (pa.table({"user_id": [1], "request_ts": [1], "uih_length": [3]}), r"already have pointer columns"),
+        # a two-tier record's names: the log would be taken for records, or hold two columns of one name
+        *[(pa.table({"user_id": [1], "request_ts": [1], name: [3]}), rf"already have pointer columns \['{name}'\]")
+          for name in ("seq_length", "seq_checksum", "tail_version", "tail_item")],
+        (pa.table([[1], [1], [0], [1]], names=["user_id", "request_ts", "label", "label"]),
+         r"named more than once: \['label'\]"),
     ]
     for table, pattern in cases:
         raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
                                    lambda table=table: lateseq.log_examples(store, table, tmp_path / "log.parquet"))
         assert not (tmp_path / "log.parquet").exists()
+
+
+def test_a_log_with_some_two_tier_record_columns_only_is_refused(store):
+    """Not read as plain pointers (a two-tier log that lost a column would rebuild without
+    its tails, unflagged), nor as records (KeyError)."""
+    partial = examples_for(store).append_column("seq_checksum", pa.array([1, 2, 3], pa.uint32()))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
+                               r"two-tier record columns \['seq_checksum'\] but not \['seq_length', 'tail_version'\]",
+                               lambda: lateseq.materialize(store, partial, lateseq.Projection(5)))
 
 
 def test_checksum_mismatch_changes_nothing(store):

@@ -48,6 +48,14 @@ POINTER_FIELDS = pa.schema([
     ("uih_checksum", pa.uint32()),
 ])
 POINTER_BYTES = sum(f.type.byte_width for f in POINTER_FIELDS)
+# a two-tier record's own columns (see ``_records``): the whole served history's length and
+# checksum, the version covering its tail once stripped, and the tail inline (``tail_<column>``)
+RECORD_FIELDS = pa.schema([
+    ("seq_length", pa.uint32()),
+    ("seq_checksum", pa.uint32()),
+    ("tail_version", pa.uint32()),
+])
+TAIL_PREFIX = "tail_"
 PARTITIONS_KEY = b"lateseq.row_group_partitions"  # a co-partitioned log's metadata (see copartition_log)
 
 
@@ -185,9 +193,14 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
             raise SchemaError(f"requests have no column {needed!r} (columns: {requests.column_names})")
         if requests.column(needed).null_count:
             raise SchemaError(f"requests column {needed!r} has null values")
-    clashes = [n for n in POINTER_FIELDS.names[2:] if n in requests.column_names]
+    repeated = sorted({n for n in requests.column_names if requests.column_names.count(n) > 1})
+    if repeated:
+        raise SchemaError(f"requests have columns named more than once: {repeated}")
+    clashes = [n for n in requests.column_names
+               if n in POINTER_FIELDS.names[2:] or n in RECORD_FIELDS.names or n.startswith(TAIL_PREFIX)]
     if clashes:
-        raise SchemaError(f"requests already have pointer columns {clashes}")
+        raise SchemaError(f"requests already have pointer columns {clashes}: lateseq adds these (uih_*, and "
+                          "seq_length, seq_checksum, tail_version and tail_* in two-tier records); rename them")
     pointers = make_pointers(store, requests.column("user_id"), requests.column("request_ts"))
     examples = pointers
     for name in requests.column_names:

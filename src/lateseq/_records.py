@@ -20,16 +20,10 @@ from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
 from ._kernels import event_hashes, merge_newest
-from ._pointers import POINTER_FIELDS, Pointers, pointers_from_log
+from ._pointers import POINTER_FIELDS, RECORD_FIELDS, TAIL_PREFIX, Pointers, pointers_from_log
 from ._projection import Projection
 from ._store import Store
 
-TAIL_PREFIX = "tail_"
-RECORD_FIELDS = pa.schema([
-    ("seq_length", pa.uint32()),
-    ("seq_checksum", pa.uint32()),
-    ("tail_version", pa.uint32()),
-])
 
 
 def payload_names(store: Store) -> list[str]:
