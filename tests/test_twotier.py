@@ -363,3 +363,36 @@ def test_a_deletion_reaches_the_mutable_tier_too(world):
     assert log.column("uih_length").to_pylist() == [0, 2]
     with pytest.raises(SchemaError, match="users to delete"):
         tier.delete([1.5])
+
+
+def test_a_user_back_after_a_deletion_keeps_its_new_records(world):
+    """Records served before a user's deletion hold deleted events: ``strip_tails(
+    drop_deleted=True)`` erases their tails and the audit says ``deleted``. Records served
+    after it hold only the user's new events: their tails stay, and a damaged one is
+    ``corrupt data``, not ``deleted`` (both went by the user id alone)."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 12, 21, 2)))
+    before, _ = OnlineReader(store, tier, PROJECTION).serve(requests((1, 25)))
+    store = store.delete([1])
+    tier.delete([1])
+    tier.append(events((1, 30, 31, 3)))  # back: new events only
+    store = fold(store, tier, 40)
+    tier.append(events((1, 42, 43, 4)))
+    after, served = OnlineReader(store, tier, PROJECTION).serve(requests((1, 45)))
+    assert served.values["item_id"].tolist() == [30, 40]
+    log = pa.concat_tables([before, after])
+    stripped, _ = strip_tails(store, log, drop_deleted=True)
+    assert stripped.column("tail_item_id").to_pylist() == [[], [40]]
+    assert audit(store, stripped).mismatches == {0: "deleted"}
+    assert lateseq.materialize(store, stripped.slice(1), PROJECTION).values["item_id"].tolist() == [30, 40]
+    damaged = after.set_column(after.schema.get_field_index("tail_item_id"), "tail_item_id",
+                               pa.array([[41]], pa.list_(pa.int64())))
+    assert audit(store, damaged).mismatches == {0: "corrupt data"}
+    with pytest.raises(lateseq.ChecksumMismatch, match="1 of them are examples of users deleted"):
+        lateseq.materialize(store, before, PROJECTION)
+    plain = lateseq.log_examples(store, requests((1, 45)))
+    plain = plain.set_column(4, "uih_checksum", pa.array([1], pa.uint32()))  # damaged after the deletion
+    with pytest.raises(lateseq.ChecksumMismatch, match="lost or gained events"):
+        lateseq.materialize(store, plain, PROJECTION)

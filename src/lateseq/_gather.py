@@ -68,7 +68,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
         mismatched = (located.count != pointers.length) | (located.checksum != pointers.checksum)
         if on_mismatch == "raise" and mismatched.any():
             rows = np.flatnonzero(mismatched)
-            deleted = 0 if store is None else int(np.isin(pointers.user_id[rows], store.deleted_users()).sum())
+            deleted = 0 if store is None else int(store.deleted_after(pointers.user_id[rows],
+                                                                      pointers.version[rows]).sum())
             why = (f"{deleted} of them are examples of users deleted from the store (Store.delete): drop those "
                    "examples from the log" if deleted else "the store lost or gained events those pointers counted")
             raise ChecksumMismatch(

@@ -354,7 +354,20 @@ class Store:
 
     def deleted_users(self) -> np.ndarray:
         """Users whose events a kept or retired version's deletion removed."""
-        return np.unique(np.asarray(self._log.deleted_users(), np.int64))
+        return np.array(sorted(self._log.deletions()), np.int64)
+
+    def deleted_after(self, users: np.ndarray, versions: np.ndarray) -> np.ndarray:
+        """Whether a deletion published after version ``versions[i]`` removed user
+        ``users[i]``'s events: a history read at that version counted events the store has
+        since lost. A user deleted and back since holds only new events in later versions."""
+        last = self._log.deletions()
+        users = np.asarray(users, np.int64)
+        if not last:
+            return np.zeros(len(users), bool)
+        ids = np.array(sorted(last), np.int64)
+        at = np.array([last[user] for user in ids.tolist()], np.int64)
+        pos = np.minimum(np.searchsorted(ids, users), len(ids) - 1)
+        return (ids[pos] == users) & (np.asarray(versions, np.int64) < at[pos])
 
     def _write(self, partition: int, events: Events) -> SegmentInfo:
         info = write_segment(self.path / "segments", partition, events, self.cache_dir)

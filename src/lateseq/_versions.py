@@ -168,12 +168,14 @@ class VersionLog:
                 return number, m.get("content", "")
         return None
 
-    def deleted_users(self) -> list[int]:
-        """Every user a deletion removed, from kept manifests and tombstones alike."""
-        users: list[int] = []
+    def deletions(self) -> dict[int, int]:
+        """Every user a deletion removed -> the version of its last deletion, from kept
+        manifests and tombstones alike."""
+        last: dict[int, int] = {}
         for number in self.numbers():
-            users += load_checked(self.manifest_path(number)).get("deleted") or []
-        return users
+            for user in load_checked(self.manifest_path(number)).get("deleted") or []:
+                last[user] = number  # numbers ascend: the last deletion stays
+        return last
 
     # ------------------------------------------------------------ tags
 

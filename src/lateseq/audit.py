@@ -51,8 +51,10 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     report = AuditReport(log.num_rows, len(rows))
     if bad.any():
         explain = _Explainer(store, is_two_tier(subset))
+        pointers = pointers_from_log(subset, store.schema)
+        deleted = store.deleted_after(pointers.user_id, pointers.version)  # served before a deletion of its user
         for i in np.flatnonzero(bad):
-            report.mismatches[int(rows[i])] = explain(subset.slice(int(i), 1))
+            report.mismatches[int(rows[i])] = "deleted" if deleted[i] else explain(subset.slice(int(i), 1))
     return report
 
 
@@ -63,13 +65,10 @@ class _Explainer:
         self.store = store
         self.two_tier = two_tier
         self.watermarks = {v.version: v.watermark for v in store.versions()}
-        self.deleted = set(store.deleted_users().tolist())
 
     def __call__(self, record: pa.Table) -> str:
         pointer = pointers_from_log(record, self.store.schema)
         tail_version = int(record.column("tail_version")[0].as_py()) if self.two_tier else 0
-        if int(pointer.user_id[0]) in self.deleted:
-            return "deleted"
         if self._rehash_differs(pointer.user_id[:1]):
             return "corrupt data"
         if self.two_tier and tail_version == 0 and not tail_intact(self.store, record)[0]:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from ._errors import SchemaError, StoreError
 from ._jagged import JaggedBatch
-from ._pointers import log_examples
+from ._pointers import log_examples, pointers_from_log
 from ._projection import Projection
 from ._records import (
     RECORD_FIELDS,
@@ -110,9 +110,10 @@ class OnlineReader:
 def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tuple[pa.Table, int]:
     """Drops inline tails that a kept version covers; returns the log and how many.
 
-    ``drop_deleted`` also drops the tails of users the store deleted (their events must
-    not survive in example logs either); those records then no longer verify, and the
-    audit reports them as ``deleted``.
+    ``drop_deleted`` also drops the tails of records served before a deletion of their
+    user (its events must not survive in example logs either); those records then no
+    longer verify, and the audit reports them as ``deleted``. A record served after the
+    deletion holds only the user's new events, and keeps them.
     """
     request_ts = np.asarray(store.schema.times_to_store(log.column("request_ts"), "request_ts"))
     covering = covering_versions(store, request_ts)
@@ -121,7 +122,8 @@ def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tupl
     erase = np.zeros(log.num_rows, bool)
     if drop_deleted:  # the tails left of deleted users (a tail stripped before counts no more)
         held = pc.list_value_length(log.column(TAIL_PREFIX + store.schema.time_col).combine_chunks()).to_numpy()
-        erase = np.isin(log.column("user_id").to_numpy(), store.deleted_users()) & (held > 0)
+        pointers = pointers_from_log(log, store.schema)
+        erase = store.deleted_after(pointers.user_id, pointers.version) & (held > 0)
     if not (strip | erase).any():
         return log, 0
     tail_version = np.where(strip, covering, current).astype(np.uint32)
