@@ -237,6 +237,22 @@ def test_bad_requests(store, tmp_path):
         assert not (tmp_path / "log.parquet").exists()
 
 
+@pytest.mark.parametrize("watermark", ["20", True, 20.0, float("nan"), 2**70, np.float64(20)])
+def test_a_watermark_that_is_not_an_integer_is_refused_before_anything_is_written(store, watermark):
+    """It goes into the manifest and every later read compares with it: a string made the
+    store unusable for the two-tier protocol, a numpy integer failed after the segment
+    files were written (left behind)."""
+    events = good(ts=pa.array([40, 40], pa.int64()))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"watermark",
+                               lambda: store.commit(events, watermark=watermark))
+
+
+def test_a_numpy_integer_watermark_is_published_as_an_int(store):
+    events = good(ts=pa.array([40, 40], pa.int64()))
+    assert store.commit(events, watermark=np.int64(50)).watermark == 50
+    assert lateseq.open(store.path).watermark == 50
+
+
 def test_a_log_with_some_two_tier_record_columns_only_is_refused(store):
     """Not read as plain pointers (a two-tier log that lost a column would rebuild without
     its tails, unflagged), nor as records (KeyError)."""

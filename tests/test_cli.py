@@ -248,6 +248,23 @@ def test_bad_input_is_one_line(files, case):
     assert not (d / "o.parquet").exists()
 
 
+def test_refused_deletes_and_ingests_change_nothing(files, dir_snapshot):
+    """User ids to delete are read exactly, as ``Store.delete`` reads them (the CLI cast
+    them: ``True`` deleted user 1, ``2**53 + 1`` as a float user ``2**53``), and an ingest
+    refused for its commit id creates no store (it did, fixing its schema)."""
+    store, d = files["store"], files["dir"]
+    lateseq("ingest", store, files["e1"])
+    before = dir_snapshot(store)
+    for ids, kind in ((pa.array([True]), "bool"), (pa.array([2.0, float(2**53 + 1)]), "double"),
+                      (pa.array(["2"]), "string")):
+        code, _, err = lateseq("delete", store, write(d / "users.parquet", user_id=ids))
+        assert_one_line_error(code, err, f"user_id must be integer user ids, not {kind}")
+    assert dir_snapshot(store) == before
+    code, _, err = lateseq("ingest", d / "fresh", files["e1"], "--commit-id", "day 1")
+    assert_one_line_error(code, err, "commit id 'day 1'")
+    assert not (d / "fresh").exists()
+
+
 def test_entry_point_reports_usage_errors_in_one_line(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "lateseq")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "lateseq.cli"]

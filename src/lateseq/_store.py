@@ -60,6 +60,25 @@ from ._versions import (
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
+
+
+def check_commit_id(commit_id: str | None) -> None:
+    """Refuses a commit id that is not 1-256 printable characters without spaces."""
+    if commit_id is not None and (not isinstance(commit_id, str) or not _COMMIT_ID.fullmatch(commit_id)):
+        raise SchemaError(f"commit id {str(commit_id)[:80]!r} must be 1-256 printable characters without spaces")
+
+
+def check_watermark(watermark: object) -> int | None:
+    """A commit's watermark as an exact int64 (numpy integers included), else SchemaError:
+    it is published in the manifest, and every later read of the store compares with it."""
+    if watermark is None:
+        return None
+    if isinstance(watermark, bool) or not isinstance(watermark, int | np.integer):
+        raise SchemaError(f"watermark must be an integer arrival time in the store's time unit, not "
+                          f"{type(watermark).__name__} {watermark!r}")
+    if not np.iinfo(np.int64).min <= int(watermark) <= np.iinfo(np.int64).max:
+        raise SchemaError(f"watermark {watermark} does not fit in int64")
+    return int(watermark)
 AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
 Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
 
@@ -252,8 +271,8 @@ class Store:
         latest, if cleanup retired it); the same id with other events is an error.
         """
         table = _read_events(events)
-        if commit_id is not None and (not isinstance(commit_id, str) or not _COMMIT_ID.fullmatch(commit_id)):
-            raise SchemaError(f"commit id {str(commit_id)[:80]!r} must be 1-256 printable characters without spaces")
+        check_commit_id(commit_id)
+        watermark = check_watermark(watermark)
         if table.num_rows or watermark is None:
             table = self.schema.conform(table)
         else:  # an empty commit that only moves the watermark: it may name no column, not another one

@@ -45,7 +45,7 @@ from ._records import (
     tail_intact,
 )
 from ._select import transform
-from ._store import Store
+from ._store import Store, check_watermark
 from .mutable import MutableTier
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
 def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     """Commits the tier's events that arrived before ``watermark`` as a new version,
     and tells the tier, which from then on refuses appends that arrive before it."""
+    watermark = check_watermark(watermark)
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")

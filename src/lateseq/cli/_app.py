@@ -47,6 +47,8 @@ from lateseq import (
 from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._pointers import write_log
+from lateseq._schema import as_user_ids
+from lateseq._store import check_commit_id
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
 _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
@@ -266,6 +268,7 @@ def ingest(
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
                               partitions=1 if partitions is None else partitions, **options)
         schema.conform(table)  # check everything before creating anything
+        check_commit_id(commit_id)
         Store.create(store, schema)
         handle = _open(store)
         created = True
@@ -640,10 +643,7 @@ def delete(
         raise SchemaError(f"{users} has no user_id column (columns: {table.column_names})")
     if table.column("user_id").null_count:
         raise SchemaError(f"{users}: user_id has {table.column('user_id').null_count} null values")
-    try:
-        ids = table.column("user_id").cast(pa.int64()).to_numpy()
-    except pa.ArrowException as exc:
-        raise SchemaError(f"{users}: user_id must hold integers ({exc})") from exc
+    ids = as_user_ids(table.column("user_id"), f"{users}: user_id")  # as Store.delete reads them: exactly
     handle = _open(store)
     new = handle.delete(ids)
     print(new.version)
