@@ -396,3 +396,19 @@ def test_a_user_back_after_a_deletion_keeps_its_new_records(world):
     plain = plain.set_column(4, "uih_checksum", pa.array([1], pa.uint32()))  # damaged after the deletion
     with pytest.raises(lateseq.ChecksumMismatch, match="lost or gained events"):
         lateseq.materialize(store, plain, PROJECTION)
+
+
+def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
+    """One record naming a version beyond the handle (tampered, or from a newer replica)
+    is a mismatch with its cause; it made the whole audit raise PointerError."""
+    store, log, _ = serve_one_scenario(*world)
+    stripped, _ = strip_tails(store, log)
+    tail_version = stripped.column("tail_version").to_numpy().copy()
+    tail_version[1] = store.version + 7
+    uih_version = stripped.column("uih_version").to_numpy().copy()
+    uih_version[2] = store.version + 1
+    bad = stripped.set_column(stripped.schema.get_field_index("tail_version"), "tail_version",
+                              pa.array(tail_version, pa.uint32()))
+    bad = bad.set_column(bad.schema.get_field_index("uih_version"), "uih_version", pa.array(uih_version, pa.uint32()))
+    assert audit(store, bad).mismatches == {1: "version newer than this handle", 2: "version newer than this handle"}
+    assert audit(store, stripped).mismatches == {}

@@ -47,14 +47,25 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
     subset = log.take(pa.array(rows, pa.int64()))
-    bad = materialize(store, subset, Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched
+    two_tier = is_two_tier(subset)
+    pointers = pointers_from_log(subset, store.schema)
+    # a record of a version this handle cannot read (tampered, or from a newer replica) is a
+    # mismatch of its own: the others are still rebuilt
+    newer = pointers.version > store.version
+    if two_tier:
+        newer |= subset.column("tail_version").to_numpy().astype(np.int64) > store.version
+    bad = newer.copy()
+    readable = np.flatnonzero(~newer)
+    if len(readable):
+        bad[readable] = materialize(store, subset.take(pa.array(readable)), Projection(1, (store.schema.time_col,)),
+                                    on_mismatch="flag").mismatched
     report = AuditReport(log.num_rows, len(rows))
     if bad.any():
-        explain = _Explainer(store, is_two_tier(subset))
-        pointers = pointers_from_log(subset, store.schema)
+        explain = _Explainer(store, two_tier)
         deleted = store.deleted_after(pointers.user_id, pointers.version)  # served before a deletion of its user
         for i in np.flatnonzero(bad):
-            report.mismatches[int(rows[i])] = "deleted" if deleted[i] else explain(subset.slice(int(i), 1))
+            report.mismatches[int(rows[i])] = ("version newer than this handle" if newer[i] else "deleted" if deleted[i]
+                                               else explain(subset.slice(int(i), 1)))
     return report
 
 
