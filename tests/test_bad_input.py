@@ -394,3 +394,14 @@ def test_requests_and_filters_users_really_send(store, make_store):
     batch = lateseq.materialize(store, examples_for(store), lateseq.Projection(5))
     with pytest.raises(ValueError, match=r"padded: length must be .* got -1"):
         batch.padded("item", -1)
+
+
+def test_request_times_are_read_as_user_ids_are(store):
+    """A scalar, a byte-swapped array and an empty list of requests, which user ids take,
+    were a raw Arrow error (or "type double" for no requests at all) as request times."""
+    want = lateseq.make_pointers(store, np.array([1]), np.array([30]))
+    for users, times in ((1, 30), (np.array([1], ">i8"), np.array([30], ">i8")), ([1], [np.int32(30)])):
+        assert lateseq.make_pointers(store, users, times).equals(want)
+    assert lateseq.make_pointers(store, [], []).num_rows == 0
+    with pytest.raises(lateseq.SchemaError, match=r"request_ts must be one-dimensional"):
+        lateseq.make_pointers(store, [1], [[30]])

@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -157,7 +158,7 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     """
     user_id = as_user_ids(user_id, "user_id")
     if not isinstance(request_ts, pa.Array | pa.ChunkedArray):
-        request_ts = _arrow_times(np.asarray(request_ts))  # integers or timestamps; anything else is refused below
+        request_ts = _arrow_times(request_ts)  # integers or timestamps; anything else is refused below
     if request_ts.null_count:
         raise SchemaError(f"request_ts has {request_ts.null_count} null values")
     if len(request_ts) != len(user_id):
@@ -211,9 +212,17 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     return examples
 
 
-def _arrow_times(values: np.ndarray) -> pa.Array:
-    """numpy values as Arrow: datetime64 of a unit Arrow lacks (days, hours, minutes) in
-    exact seconds; of a unit of no fixed length (months, years) or finer than ns, refused."""
+def _arrow_times(values: Any) -> pa.Array:
+    """Request times as Arrow, read as user ids are (scalars, byte-swapped arrays, an
+    empty list): datetime64 of a unit Arrow lacks (days, hours, minutes) in exact seconds;
+    of a unit of no fixed length (months, years) or finer than ns, refused."""
+    values = np.atleast_1d(np.asarray(values))
+    if values.ndim != 1:
+        raise SchemaError(f"request_ts must be one-dimensional, not of shape {values.shape}")
+    if values.size == 0:
+        values = values.astype(np.int64)  # no requests: times of no type (an empty list reads as floats)
+    if not values.dtype.isnative:
+        values = values.astype(values.dtype.newbyteorder("="))
     if values.dtype.kind == "M":
         unit = np.datetime_data(values.dtype)[0]
         if unit in ("W", "D", "h", "m"):
@@ -221,7 +230,10 @@ def _arrow_times(values: np.ndarray) -> pa.Array:
         elif unit not in ("s", "ms", "us", "ns"):
             raise SchemaError(f"request_ts has type datetime64[{unit}]; give times in s, ms, us or ns (or "
                               "days, hours, minutes)")
-    return pa.array(values)
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise SchemaError(f"request_ts must be integer times in the store's unit or timestamps: {exc}") from exc
 
 
 def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None = None) -> None:
