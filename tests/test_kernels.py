@@ -27,27 +27,33 @@ from lateseq._kernels import (
     E_LO,
     ENTRY_WIDTH,
     LATE_ROW,
+    NO_COLUMN,
     Visibility,
     _select,
     _window_runs,
     by_segment,
     copy_runs,
+    frozen,
     late_rows,
     merge_order,
     prefetch,
     remap_ranges,
-    segment_arguments,
     segment_table,
 )
-from lateseq._kernels import locate as locate_in_segment
+from lateseq._kernels import locate as locate_in_segments
 
 
 def locate(users, user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
            request_ts, visibility, max_len, hint) -> tuple:
-    """The kernel on a segment given column by column."""
-    segment = segment_arguments(user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival,
-                                arrival_base)
-    return locate_in_segment(users, segment, request_ts, visibility, max_len, hint)
+    """The kernel on one segment given column by column (a view of one segment)."""
+    ids, low, slots = user_index
+    held = [frozen(a) for a in (ts, ver, vmax, vmin, hcum, late, NO_COLUMN if arrival is None else arrival)]
+    ts, ver, vmax, vmin, hcum, late, arrival_values = (segment_table([a]) for a in held)  # tables of one segment
+    view = (ids, np.int64(low), slots, entries, ts, np.array([ts_base], np.int64), ver, np.array([ver_base], np.int64),
+            vmax, vmin, hcum, late, arrival_values, np.array([arrival_base], np.int64), arrival is not None)
+    _, *out = locate_in_segments(users, view, request_ts, visibility, max_len, hint)
+    del held  # the tables hold the arrays' addresses: they lived until here
+    return tuple(out)
 
 
 # (time, version) dtypes as a segment stores them: every width of each, drawn in pairs, as

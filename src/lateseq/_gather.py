@@ -96,7 +96,7 @@ def window_runs(store: Store, located: Located, w: Windows, visibility: Visibili
     pointers not merged: a window without holes is one run of its rows, one with holes
     is cut around its invisible rows (late rows from newer versions, rows past an
     arrival limit)."""
-    if w.single and not w.holes.any():  # one segment, no invisible rows: each window is one run
+    if w.single and not w.holes.any():  # one window per pointer, no invisible rows: each is one run
         return w.seg, w.lo, w.lo + w.n, offsets[w.ptr] + w.off
     runs = _kernels._window_runs(
         w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, located.merge, offsets, *w.view.column("_version"),

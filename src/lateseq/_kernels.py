@@ -321,9 +321,8 @@ def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _locate(
-    users, v_users, v_low, v_slots, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival,
-    arrival_base, request_ts, version, version_hi, arrival_limit, max_len, hint, count, checksum, lo, hi, holes,
-    late_at,
+    users, v_users, v_low, v_slots, entries, ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b,
+    request_ts, version, version_hi, arrival_limit, max_len, hint, seg, count, checksum, lo, hi, holes, late_at,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
     n = users.shape[0]
     found = np.empty(n, np.int64)
@@ -339,20 +338,24 @@ def _locate(
         q = p + AHEAD
         if q < n and found[q] >= 0:
             e = entries[found[q]]
+            g = e[E_SEG]
             h = e[E_LO] + max(hint[q], 0)
-            prefetch(ts, h)
-            prefetch(vmax, h - 1)
-            prefetch(hcum, e[E_LO] - 1)
-            prefetch(hcum, h - 1)
-            prefetch(vmin, h - 1)
-            prefetch(late, e[E_LATE] * LATE_WIDTH)
+            prefetch(segment(ts_l, g), h)
+            prefetch(segment(vmax_l, g), h - 1)
+            prefetch(segment(hcum_l, g), e[E_LO] - 1)
+            prefetch(segment(hcum_l, g), h - 1)
+            prefetch(segment(vmin_l, g), h - 1)
+            prefetch(segment_rows(late_l, g), e[E_LATE] * LATE_WIDTH)
         if found[p] < 0:  # a user without events
-            count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = 0, 0, 0, 0, False, 0
+            seg[p], count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = 0, 0, 0, 0, 0, False, 0
             continue
         entry = entries[found[p]]
+        g = entry[E_SEG]
+        seg[p] = g
         count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range(
-            entry[E_LO], entry[E_HI], ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, entry[E_LATE], arrival,
-            arrival_base, request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
+            entry[E_LO], entry[E_HI], segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
+            segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entry[E_LATE],
+            segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
 
 
 def frozen(array: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -429,51 +432,24 @@ E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE = range(8)  # E_LATE: 
 ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
-def segment_arguments(
-    user_index: tuple[np.ndarray, int, np.ndarray],
-    entries: np.ndarray,
-    ts: np.ndarray,
-    ts_base: int,
-    ver: np.ndarray,
-    vmax: np.ndarray,
-    vmin: np.ndarray,
-    ver_base: int,
-    hcum: np.ndarray,
-    late: np.ndarray,
-    arrival: np.ndarray | None,
-    arrival_base: int,
-) -> tuple:
-    """One segment's side of ``locate``, typed for the kernel once (a handle keeps it
-    with the segment's view: every batch would otherwise pay for it). ``user_index``
-    (ids, low, slots: see ``_find_user``) finds each user's row of ``entries`` (E_LO,
-    E_HI and E_LATE are read); ``late`` is ``late_rows(ver, vmax, vmin, ver_base, hcum)``;
-    ``arrival`` None: the store has no arrival column."""
-    ids, low, slots = user_index
-    ids, slots, entries, ts, ver, vmax, vmin, hcum, late = (
-        frozen(a) for a in (ids, slots, entries, ts, ver, vmax, vmin, hcum, late))
-    return (ids, np.int64(low), slots, entries, ts, np.int64(ts_base), ver, vmax, vmin, np.int64(ver_base), hcum,
-            late, NO_COLUMN if arrival is None else frozen(arrival), np.int64(arrival_base), arrival is not None)
-
-
-def locate(users: np.ndarray, segment: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
+def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
            hint: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Returns (count, checksum, lo, hi, holes, late_at), one entry per pointer (see
-    ``_locate_range``), in one segment (``segment_arguments``). ``hint[p]`` is a guess of
-    the pointer's count (its recorded length, or -1), checked before it is used."""
-    *arguments, has_arrival = segment
+    """Returns (segment, count, checksum, lo, hi, holes, late_at), one entry per pointer
+    (see ``_locate_range``), in a view whose every user has one range of rows (one
+    segment, or compacted partitions side by side): ``view`` is (user index: ids, low,
+    slots, see ``_find_user``; the range summaries, of which E_SEG, E_LO, E_HI and E_LATE
+    are read; then segment tables and bases of time, version, _vmax, _vmin, _hcum, the
+    ``late_rows`` and arrival, and whether there is an arrival column). ``hint[p]`` is a
+    guess of the pointer's count (its recorded length, or -1), checked before it is used."""
+    *arguments, has_arrival = view
     if not has_arrival and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")
     n = users.shape[0]
-    count = np.empty(n, np.int64)
-    checksum = np.empty(n, np.uint32)
-    lo = np.empty(n, np.int64)
-    hi = np.empty(n, np.int64)
-    holes = np.empty(n, np.bool_)
-    late_at = np.empty(n, np.int64)
+    out = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint32), np.empty(n, np.int64),
+           np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.int64))
     _locate(frozen(users, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
-            visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64),
-            count, checksum, lo, hi, holes, late_at)
-    return count, checksum, lo, hi, holes, late_at
+            visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64), *out)
+    return out
 
 
 # ---------------------------------------------------------------- merging segments

@@ -64,7 +64,7 @@ class PartitionView:
             self.entries[:, column] = np.concatenate(values)[order]
         self._columns: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]] = {}
         self._late: tuple[tuple[np.ndarray, ...], list[np.ndarray]] | None = None
-        self._segment_arguments: tuple | None = None
+        self._locate_arguments: tuple | None = None
         self._lock = threading.Lock()
         self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
 
@@ -86,17 +86,26 @@ class PartitionView:
                 self._columns[name] = (segment_table(arrays), bases, arrays)  # the arrays outlive their table
             return self._columns[name][:2]
 
-    def segment_arguments(self) -> tuple:
-        """A view of one segment: its side of ``_kernels.locate``, made once."""
+    @property
+    def one_range(self) -> bool:
+        """Whether each user's rows are one range of one segment: a single segment, or
+        compacted partitions side by side (a joined view). Its windows are then one per
+        pointer, never merged, and found by ``_kernels.locate``."""
+        return len(self.entries) == len(self.users.ids)
+
+    def locate_arguments(self) -> tuple:
+        """The view's side of ``_kernels.locate`` (a ``one_range`` view), made once."""
         with self._lock:
-            if self._segment_arguments is None:
-                segment, index = self.segments[0], self.users
-                self._segment_arguments = _kernels.segment_arguments(
-                    (index.ids, index.low, index.slots), self.entries, segment.stored(TIME), segment.base(TIME),
-                    segment.stored("_version"), segment.stored("_vmax"), segment.stored("_vmin"),
-                    segment.base("_version"), segment.stored("_hcum"), segment.late,
-                    *segment.encoded(self.schema.arrival_col))
-            return self._segment_arguments
+            known = self._locate_arguments
+        if known is None:
+            index = self.users
+            known = ((index.ids, np.int64(index.low), index.slots, self.entries, *self.column(TIME),
+                      *self.column("_version"), self.column("_vmax")[0], self.column("_vmin")[0],
+                      self.column("_hcum")[0], self.late(), *self.column(self.schema.arrival_col),
+                      self.schema.arrival_col is not None))
+            with self._lock:
+                self._locate_arguments = known
+        return known
 
     def late(self) -> tuple[np.ndarray, ...]:
         """Each segment's ``Segment.late`` rows, as a segment table."""
@@ -132,7 +141,7 @@ class Windows:
 
     view: PartitionView
     rows: np.ndarray
-    single: bool  # one segment (a compacted version): no window is merged
+    single: bool  # one window per pointer (a ``one_range`` view): no window is merged
     ptr: np.ndarray
     seg: np.ndarray
     lo: np.ndarray
@@ -198,8 +207,9 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     for view, rows in groups:
         if view is None:
             continue
-        if len(view.segments) == 1:
-            located.partitions.append(_locate_single(view, rows, users, request_ts, visibility, max_len, hint, located))
+        if view.one_range:
+            located.partitions.append(_locate_one_range(view, rows, users, request_ts, visibility, max_len, hint,
+                                                        located))
             continue
         found = view.users.find(users[rows])
         capacity = view.ranges(found)
@@ -221,18 +231,18 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     return located
 
 
-def _locate_single(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
-                   visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
-    """A partition held by one segment (a compacted version): each pointer has one
-    window (empty for a user without events before the request), and the segment's
-    arrays go to the kernel as they are."""
-    everyone = len(rows) == len(located.count)  # one partition: rows are 0..n-1, nothing to gather
-    count, checksum, lo, hi, holes, late = _kernels.locate(
-        users if everyone else users[rows], view.segment_arguments(), request_ts if everyone else request_ts[rows],
+def _locate_one_range(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
+                      visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
+    """A view whose every user has one range of rows (a compacted version, one partition or
+    several side by side): each pointer has one window (empty for a user without events
+    before the request), and the segments' arrays go to the kernel as they are."""
+    everyone = len(rows) == len(located.count)  # one view: rows are 0..n-1, nothing to gather
+    seg, count, checksum, lo, hi, holes, late = _kernels.locate(
+        users if everyone else users[rows], view.locate_arguments(), request_ts if everyone else request_ts[rows],
         visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
     if everyone:
         located.count, located.checksum = count, checksum
     else:
         located.count[rows], located.checksum[rows] = count, checksum
     zeros = np.zeros(len(rows), np.int64)
-    return Windows(view, rows, True, rows, zeros, lo, hi, holes, late, np.minimum(count, max_len), zeros, zeros)
+    return Windows(view, rows, True, rows, seg, lo, hi, holes, late, np.minimum(count, max_len), zeros, zeros)
