@@ -9,13 +9,21 @@ import numpy as np
 _MASK64 = (1 << 64) - 1
 
 
+def _mix(x: int) -> int:
+    """splitmix64's finaliser on 64-bit integers."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def partition_of_reference(user: int, partitions: int) -> int:
+    """A user's partition: its id's 64 bits mixed, modulo the partitions."""
+    return _mix(user & _MASK64) % partitions
+
+
 def event_hash_reference(user: int, ts: int, payload: list[int | float | bool]) -> int:
     """One event's hash in plain Python integers, for the tests."""
-
-    def mix(x: int) -> int:
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-        return x ^ (x >> 31)
+    mix = _mix
 
     def bits(v: int | float | bool) -> int:
         if isinstance(v, float):

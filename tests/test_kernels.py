@@ -17,6 +17,7 @@ from naive import (
     copy_windows_reference,
     locate_reference,
     merge_order_reference,
+    partition_of_reference,
     select_reference,
 )
 from numba import njit
@@ -40,6 +41,7 @@ from lateseq._kernels import (
     remap_ranges,
     segment_table,
 )
+from lateseq._events import partition_of
 from lateseq._kernels import locate as locate_in_segments
 
 
@@ -419,3 +421,21 @@ def test_remap_ranges_matches_searchsorted(kept, ranges, dtype):
     got_lo, got_hi = remap_ranges(rows, lo, hi)
     assert got_lo.tolist() == np.searchsorted(rows, lo).tolist()
     assert got_hi.tolist() == np.searchsorted(rows, hi).tolist()
+
+
+# ---------------------------------------------------------------- partitions
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50), st.integers(1, 2**40))
+def test_partition_of_matches_reference(users, partitions):
+    got = partition_of(np.array(users, np.int64), partitions)
+    assert got.tolist() == [partition_of_reference(u, partitions) for u in users]
+
+
+def test_partitions_stay_what_they_were():
+    """A store's partitions are on disk and in co-partitioned logs: the hash never changes."""
+    ids = np.array([0, 1, -1, 2**63 - 1, -(2**63), 123456789, 42], np.int64)
+    assert partition_of(ids, 2).tolist() == [0, 1, 1, 1, 0, 0, 0]
+    assert partition_of(ids, 16).tolist() == [0, 5, 11, 13, 10, 0, 2]
+    assert partition_of(ids, 1000).tolist() == [0, 789, 67, 533, 50, 584, 962]

@@ -10,16 +10,16 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ._kernels import _mix64, event_hashes
+from ._kernels import _partition_of, event_hashes, frozen
 from ._schema import Schema
 
 
 def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
     """The user-hash partition of each user (stable across processes and machines)."""
-    if partitions == 1:
-        return np.zeros(len(users), np.int64)
-    with np.errstate(over="ignore"):
-        return (_mix64(users.astype(np.int64).view(np.uint64)) % np.uint64(partitions)).astype(np.int64)
+    out = np.zeros(len(users), np.int64)
+    if partitions > 1:
+        _partition_of(frozen(users, np.int64), np.int64(partitions), out)
+    return out
 
 
 @dataclass

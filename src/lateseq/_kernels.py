@@ -97,11 +97,13 @@ def segment_rows(table, g):  # pragma: no cover - compiled
 # ---------------------------------------------------------------- event hashing
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser; uint64 arithmetic wraps, as intended."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+@njit(cache=True, nogil=True)
+def _partition_of(users, partitions, out):  # pragma: no cover - compiled; partition_of_reference is its reference
+    for i in range(users.shape[0]):
+        x = np.uint64(users[i])  # the id's 64 bits: negative ids wrap, as intended
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's finaliser
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = np.int64((x ^ (x >> np.uint64(31))) % np.uint64(partitions))
 
 
 def value_bits(values: np.ndarray) -> np.ndarray:
