@@ -405,3 +405,7 @@ def test_request_times_are_read_as_user_ids_are(store):
     assert lateseq.make_pointers(store, [], []).num_rows == 0
     with pytest.raises(lateseq.SchemaError, match=r"request_ts must be one-dimensional"):
         lateseq.make_pointers(store, [1], [[30]])
+    with pytest.raises(lateseq.SchemaError, match=r"request_ts must be integer times"):
+        lateseq.make_pointers(store, [1], [2**70])
+    with pytest.raises(lateseq.SchemaError, match=r"too far from 1970"):  # wrapped around in seconds
+        lateseq.make_pointers(store, [1], np.array([10**17], "datetime64[D]"))

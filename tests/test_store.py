@@ -24,6 +24,7 @@ import lateseq._events
 import lateseq._format
 import lateseq._segments
 import lateseq._store
+import lateseq._versions
 from lateseq._store import _tiered_runs
 
 
@@ -363,6 +364,32 @@ def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small
     with files_at_most(8), pytest.raises(lateseq.StoreError, match=rf"cannot write {log} \(.*File too large"):
         lateseq.log_examples(small_store, pa.table({"user_id": [1], "request_ts": [99]}), log)
     assert not list(log.parent.glob("*examples.parquet"))
+
+
+def test_a_publish_that_fails_after_its_manifest_is_placed_keeps_the_version_s_files(small_store, monkeypatch):
+    """Only a publish refused before placing its manifest (a conflict, a full disk) removes
+    the commit's new files: one that fails after (the folder's fsync) is published, and
+    another writer may already have built on it while cleanup made its manifest a
+    tombstone (its files were removed then: the newer version could not be read)."""
+    real, raced = lateseq._versions.fsync_dir, []
+
+    def another_writer_then_a_failure(path):
+        if path != small_store.path / "versions" or raced:
+            return real(path)
+        raced.append("another writer")  # its own publish calls this too
+        rival = lateseq.open(small_store.path).commit(  # version 4, on version 3's files
+            pa.table({"user_id": [4], "ts": [1], "item": [8], "rating": pa.array([1], pa.int8())}))
+        rival._log.retire_before(4)  # cleanup's first step: version 3 a tombstone
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(lateseq._versions, "fsync_dir", another_writer_then_a_failure)
+    with pytest.raises(OSError, match="Input/output error"):
+        small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [7], "rating": pa.array([1], pa.int8())}))
+    monkeypatch.undo()
+    latest = lateseq.open(small_store.path)
+    assert latest.version == 4 and segment_files(latest) >= referenced_files(latest)
+    examples = lateseq.log_examples(latest, pa.table({"user_id": [3, 4], "request_ts": [2, 2]}))
+    assert lateseq.materialize(latest, examples, lateseq.Projection(5, ["item"])).values["item"].tolist() == [7, 8]
 
 
 def test_create_refuses_an_existing_store(small_store):

@@ -412,3 +412,19 @@ def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
     bad = bad.set_column(bad.schema.get_field_index("uih_version"), "uih_version", pa.array(uih_version, pa.uint32()))
     assert audit(store, bad).mismatches == {1: "version newer than this handle", 2: "version newer than this handle"}
     assert audit(store, stripped).mismatches == {}
+
+
+def test_a_handle_from_before_a_deletion_does_not_blame_it(world):
+    """A handle at a version before a user's deletion still reads every event of that
+    user: a record failing there fails for another cause (it said ``deleted``)."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1), (2, 5, 7, 2)))
+    store = fold(store, tier, 20)
+    log = lateseq.log_examples(store, requests((1, 25), (2, 25)))
+    damaged = log.set_column(4, "uih_checksum", pa.array([123, log.column("uih_checksum")[1].as_py()], pa.uint32()))
+    store.delete([1])
+    old = lateseq.open(store.path, store.version)
+    assert audit(old, damaged).mismatches[0] != "deleted"
+    assert audit(lateseq.open(store.path), damaged).mismatches[0] == "deleted"
+    with pytest.raises(SchemaError, match="fold needs a watermark"):
+        fold(store, tier, None)

@@ -226,13 +226,17 @@ def _arrow_times(values: Any) -> pa.Array:
     if values.dtype.kind == "M":
         unit = np.datetime_data(values.dtype)[0]
         if unit in ("W", "D", "h", "m"):
-            values = values.astype("datetime64[s]")  # exact: a whole number of seconds each
+            seconds = {"W": 604_800, "D": 86_400, "h": 3_600, "m": 60}[unit]
+            raw = values.view(np.int64)
+            if np.any((raw != np.iinfo(np.int64).min) & (np.abs(raw) > np.iinfo(np.int64).max // seconds)):
+                raise SchemaError(f"request_ts has datetime64[{unit}] values too far from 1970 to count in seconds")
+            values = values.astype("datetime64[s]")  # exact: a whole number of seconds each (NaT stays NaT)
         elif unit not in ("s", "ms", "us", "ns"):
             raise SchemaError(f"request_ts has type datetime64[{unit}]; give times in s, ms, us or ns (or "
                               "days, hours, minutes)")
     try:
         return pa.array(values)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise SchemaError(f"request_ts must be integer times in the store's unit or timestamps: {exc}") from exc
 
 

@@ -372,14 +372,15 @@ class Store:
                                  base.watermark, deleted=users.tolist())
 
     def deleted_users(self) -> np.ndarray:
-        """Users whose events a kept or retired version's deletion removed."""
-        return np.array(sorted(self._log.deletions()), np.int64)
+        """Users whose events a kept or retired version's deletion (up to this handle's) removed."""
+        return np.array(sorted(self._log.deletions(self.version)), np.int64)
 
     def deleted_after(self, users: np.ndarray, versions: np.ndarray) -> np.ndarray:
         """Whether a deletion published after version ``versions[i]`` removed user
         ``users[i]``'s events: a history read at that version counted events the store has
-        since lost. A user deleted and back since holds only new events in later versions."""
-        last = self._log.deletions()
+        since lost (up to this handle's version: a deletion after it is not in what it reads).
+        A user deleted and back since holds only new events in later versions."""
+        last = self._log.deletions(self.version)
         users = np.asarray(users, np.int64)
         if not last:
             return np.zeros(len(users), bool)
@@ -411,10 +412,9 @@ class Store:
         }
         try:
             self._log.publish(version, manifest)
-        except BaseException:  # another writer's version, a full disk, an interrupt: unless published,
-            if not self._log.holds(version, manifest):  # the new files are nobody's
-                for info in new:
-                    self._remove_segment(info)
+        except StoreError:  # another writer's version, a full disk: nothing published, the new files are
+            for info in new:  # nobody's (after any other error the version may be published: they stay,
+                self._remove_segment(info)  # and cleanup removes them if it was not)
             raise
         return self._handle(version)
 

@@ -168,13 +168,14 @@ class VersionLog:
                 return number, m.get("content", "")
         return None
 
-    def deletions(self) -> dict[int, int]:
-        """Every user a deletion removed -> the version of its last deletion, from kept
-        manifests and tombstones alike."""
+    def deletions(self, up_to: int) -> dict[int, int]:
+        """Every user a deletion up to version ``up_to`` removed -> the version of its last
+        such deletion, from kept manifests and tombstones alike."""
         last: dict[int, int] = {}
         for number in self.numbers():
-            for user in load_checked(self.manifest_path(number)).get("deleted") or []:
-                last[user] = number  # numbers ascend: the last deletion stays
+            if number <= up_to:
+                for user in load_checked(self.manifest_path(number)).get("deleted") or []:
+                    last[user] = number  # numbers ascend: the last deletion stays
         return last
 
     # ------------------------------------------------------------ tags
@@ -250,7 +251,9 @@ class VersionLog:
 
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
-        was ever taken (published, or published and retired since)."""
+        was ever taken (published, or published and retired since). A StoreError means
+        nothing was placed; any other error (the folder's fsync, an interrupt) may come
+        after the manifest was, so the version may be published."""
         tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
         try:
             with open(tmp, "wb") as f:
@@ -267,15 +270,6 @@ class VersionLog:
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.versions_dir)
-
-    def holds(self, version: int, manifest: dict) -> bool:
-        """Whether ``manifest`` is published as ``version`` (a publish that failed may
-        have placed it before failing). A manifest that cannot be read counts as placed:
-        files kept for nothing are cleaned up later, files removed under a version are lost."""
-        try:
-            return read_regular(self.manifest_path(version)) == dump_checked(manifest)
-        except StoreError as exc:
-            return not isinstance(exc.__cause__, FileNotFoundError)
 
     def retire_before(self, before: int) -> list[int]:
         """Retires versions older than ``before`` (never the latest, never a tagged one):

@@ -67,6 +67,8 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     """Commits the tier's events that arrived before ``watermark`` as a new version,
     and tells the tier, which from then on refuses appends that arrive before it."""
     watermark = check_watermark(watermark)
+    if watermark is None:
+        raise SchemaError("fold needs a watermark: the arrival time before which every event is folded")
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")
