@@ -176,9 +176,9 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
 
     index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
     parquet, index_file = (directory / f"{name}{suffix}" for suffix in SEGMENT_FILES)
-    crc32 = [_write_file(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
+    crc32 = [write_synced(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
              if packed else 0,  # an unpacked segment has no Parquet file to check
-             _write_file(index_file, _ipc_bytes(index))]
+             write_synced(index_file, _ipc_bytes(index))]
     cache.mkdir(parents=True, exist_ok=True)
     decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     size = (parquet.stat().st_size if packed else 0) + index_file.stat().st_size
@@ -362,7 +362,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
             tmp.unlink(missing_ok=True)
 
 
-def _write_file(path: Path, data: pa.Buffer) -> int:
+def write_synced(path: Path, data: pa.Buffer | bytes) -> int:
     """Writes a durable file: fsynced under a temporary name, then renamed.
 
     Returns the data's CRC-32, kept in the manifest so corruption can be found later.

@@ -25,7 +25,6 @@ from ._projection import Projection
 from ._store import Store
 
 
-
 def payload_names(store: Store) -> list[str]:
     return [store.schema.time_col, *store.schema.columns]
 

@@ -60,6 +60,8 @@ from ._versions import (
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
+AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
+Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
 
 
 def check_commit_id(commit_id: str | None) -> None:
@@ -79,8 +81,6 @@ def check_watermark(watermark: object) -> int | None:
     if not np.iinfo(np.int64).min <= int(watermark) <= np.iinfo(np.int64).max:
         raise SchemaError(f"watermark {watermark} does not fit in int64")
     return int(watermark)
-AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
-Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
 
 
 class Store:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
-from ._format import read_regular, write_failed, written_in_place
+from ._format import read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
@@ -85,10 +85,7 @@ def content_crc(content: dict) -> int:
 def write_durably(path: Path, data: bytes) -> None:
     """Writes ``data`` under a temporary name, fsyncs it, renames it over ``path`` and
     fsyncs the directory: after a power loss ``path`` holds the old or the new bytes."""
-    with written_in_place(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(path, data)
     fsync_dir(path.parent)
 
 
