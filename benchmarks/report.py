@@ -485,7 +485,41 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
             out[path.stem] = loader.markdown(results) + f"\n(from {source})\n"
         elif "trials_per_kind" in results:  # benchmarks/faults.py
             out[path.stem] = faults_markdown(results, source)
+        elif results.get("benchmark") == "fatrow-forms":
+            out[path.stem] = forms_markdown(results, source)
     return out
+
+
+FORMS_TEXT = {"arrow-ipc": "IPC mmap (materialize.py's)", "flat-npy": "flat .npy memmaps",
+              "arrow-ipc-lz4": "IPC lz4", "arrow-ipc-zstd": "IPC zstd"}
+
+
+def forms_markdown(results: dict, source: str) -> str:
+    """A Fat Row forms run (benchmarks/fatrow_forms.py) as a README section."""
+    m = results["machine"]
+    ns = [str(n) for n in results["settings"]["n"]]
+    lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, {m['cores']} cores, "
+             f"single-core memcpy {m['memcpy_gb_s']:.1f} GB/s, load average {m['load_average_start']} at the start "
+             f"and {m['load_average_end']} at the end; lateseq {m['lateseq']} at {m.get('git', 'unknown')}; "
+             f"{results['seconds']:.0f} s in all.", "",
+             "| workload | side | " + " | ".join(f"N={n} ex/s | lateseq ÷ it | N={n} bytes" for n in ns) + " |",
+             "|" + "|".join("---" for _ in range(2 + 3 * len(ns))) + "|"]
+    for name, work in results["workloads"].items():
+        for form in results["settings"]["forms"]:
+            cells = []
+            for n in ns:
+                f = work["n"][n]["forms"][form]
+                cells += [_n(f["ex_s"]), _x(f["lateseq_speedup"]),
+                          f"{_gb(f['bytes'])} ({_x(f['bytes_vs_lateseq'])})" + ("¹" if f["extrapolated"] else "")]
+            lines.append(f"| {name} | {FORMS_TEXT.get(form, form)} | " + " | ".join(cells) + " |")
+        cells = []
+        for n in ns:
+            ours = work["n"][n]["lateseq"]
+            cells += [_n(ours["ex_s"]), "1.00×", _gb(ours["bytes"])]
+        lines.append(f"| {name} | lateseq (store + example log) | " + " | ".join(cells) + " |")
+    lines += ["", "¹ timed on a uniform sample of requests (all their examples); bytes scaled to every example by "
+              "output events. Bytes in brackets: the form's bytes ÷ lateseq's durable store + example log."]
+    return "\n".join(lines) + "\n"
 
 
 def faults_markdown(results: dict, source: str) -> str:

@@ -60,6 +60,10 @@ ALL_DAYS = np.iinfo(np.int64).max  # "reads every event": the read day of a poin
 TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, where it exists
 
 FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc")
+# forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: flat .npy
+# memmaps (no Arrow at all) and compressed IPC (about lateseq's bytes)
+MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd")
+_IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd"}
 
 
 # ---------------------------------------------------------------- events and requests
@@ -484,23 +488,51 @@ def fat_row_chunks(histories: Histories, requests: pa.Table, read_day: np.ndarra
 
 def write_fat_rows(form: str, path: Path, chunks: Iterator[pa.Table], rows: np.ndarray,
                    **parquet_options) -> FatRowFile:
-    """Writes Fat Row tables (one schema) in ``form``; IPC files get one record batch per loader batch."""
+    """Writes Fat Row tables (one schema) in ``form``; IPC files get one record batch per
+    loader batch; ``flat-npy`` is a folder of one .npy per column (every row's values end
+    to end, example columns included) and ``offsets.npy`` (int64, from 0)."""
+    if form == "flat-npy":
+        return _write_flat(path, chunks, rows)
     writer = schema = None
     events = 0
     for chunk in chunks:
         if writer is None:
             schema = chunk.schema
-            writer = (pa.ipc.new_file(path, chunk.schema) if form == "arrow-ipc"
-                      else pq.ParquetWriter(path, chunk.schema, **parquet_options))
-        if form == "arrow-ipc":
+            writer = (pa.ipc.new_file(path, chunk.schema,
+                                      options=pa.ipc.IpcWriteOptions(compression=_IPC_COMPRESSION[form]))
+                      if form in _IPC_COMPRESSION else pq.ParquetWriter(path, chunk.schema, **parquet_options))
+        if form in _IPC_COMPRESSION:
             writer.write_table(chunk, max_chunksize=BATCH)
         else:
             writer.write_table(chunk, row_group_size=chunk.num_rows)
-        events += sum(len(c.flatten()) for c in chunk.column(chunk.schema.names[3]).chunks)
+        events += _events(chunk)
     if writer is None:
         raise ValueError("no Fat Rows to write")
     writer.close()
     return FatRowFile(form, path, rows, path.stat().st_size, events, tuple(schema.names[3:]))
+
+
+def _events(chunk: pa.Table) -> int:
+    return sum(len(c.flatten()) for c in chunk.column(chunk.schema.names[3]).chunks)
+
+
+def _write_flat(folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> FatRowFile:
+    parts: dict[str, list[np.ndarray]] = {}
+    lengths = []
+    for chunk in chunks:
+        lists = chunk.schema.names[3:]
+        lengths.append(np.diff(chunk.column(lists[0]).combine_chunks().offsets.to_numpy()))
+        for name in chunk.schema.names:
+            column = chunk.column(name).combine_chunks()
+            parts.setdefault(name, []).append((column.flatten() if name in lists else column).to_numpy())
+    if not lengths:
+        raise ValueError("no Fat Rows to write")
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64))
+    for name, arrays in parts.items():
+        np.save(folder / f"{name}.npy", np.concatenate(arrays))
+    return FatRowFile("flat-npy", folder, rows, sum(p.stat().st_size for p in folder.iterdir()),
+                      int(sum(x.sum() for x in lengths)), tuple(lists))
 
 
 def by_user(requests: pa.Table, rows: np.ndarray) -> np.ndarray:
@@ -525,15 +557,16 @@ def smallest_settings(histories: Histories, requests: pa.Table, read_day: np.nda
 def build_forms(histories: Histories, requests: pa.Table, read_day: np.ndarray, rows: np.ndarray,
                 max_len: int, folder: Path, tag: str, smallest: str,
                 forms: tuple[str, ...] = FORMS) -> dict[str, FatRowFile]:
-    """Fat Row files of ``requests[rows]`` under ``folder``: the default Parquet and IPC
-    forms in log order, the smallest Parquet form ordered by user with the
-    ``SMALLEST_CANDIDATES`` entry named ``smallest``."""
+    """Fat Row files of ``requests[rows]`` under ``folder``: every form in log order but
+    the smallest Parquet form, ordered by user with the ``SMALLEST_CANDIDATES`` entry
+    named ``smallest``."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for form in forms:
         order = by_user(requests, rows) if form == "parquet-smallest" else rows
         options = SMALLEST_CANDIDATES[smallest] if form == "parquet-smallest" else {}
-        path = folder / f"{tag}-{form}.{'arrow' if form == 'arrow-ipc' else 'parquet'}"
+        suffix = "" if form == "flat-npy" else ".arrow" if form in _IPC_COMPRESSION else ".parquet"
+        path = folder / f"{tag}-{form}{suffix}"
         chunks = fat_row_chunks(histories, requests, read_day, order, max_len)
         out[form] = write_fat_rows(form, path, chunks, order, **options)
     if "parquet-smallest" in out:
@@ -551,6 +584,9 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
     columns taken as numpy views once; a batch then costs its offsets and one copy per
     column out of the map (what a loader hands on must not pin the map).
     """
+    if file.form == "flat-npy":
+        yield from _flat_batches(file, reopen)
+        return
     if file.form != "arrow-ipc":
         for batch in record_batches(file, file.columns):
             yield _jagged(batch, file.columns)
@@ -561,6 +597,20 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
         mapped = file.mapped = file.mapped or ipc_views(file.path, file.columns)
     for offsets, values, _ in mapped:
         yield copied_out(offsets, values)
+
+
+def _flat_batches(file: FatRowFile, reopen: bool) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The ``flat-npy`` form as mapped plain arrays (no memmap subclass per slice), kept
+    like the IPC form's views; a batch is a slice of the offsets and a copy per column."""
+    mapped = None if reopen else file.mapped
+    if mapped is None:
+        mapped = [np.asarray(np.load(file.path / "offsets.npy", mmap_mode="r")),
+                  {name: np.asarray(np.load(file.path / f"{name}.npy", mmap_mode="r")) for name in file.columns}]
+        if not reopen:
+            file.mapped = mapped
+    offsets, values = mapped
+    for lo in range(0, len(offsets) - 1, BATCH):
+        yield copied_out(offsets[lo:lo + BATCH + 1], values)
 
 
 def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (),
@@ -599,7 +649,7 @@ def record_batches(file: FatRowFile, columns: tuple[str, ...]) -> Iterator[pa.Re
     """A Fat Row file's batches of 1024 examples: memory-mapped IPC record batches (every
     column a zero-copy view into the map: a reader touches only the buffers it uses), or
     Parquet batches with only ``columns`` read and decoded (column pruning)."""
-    if file.form == "arrow-ipc":
+    if file.form in _IPC_COMPRESSION:  # compressed: each batch decompressed into its own buffers
         with pa.memory_map(str(file.path)) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):

@@ -95,12 +95,15 @@ def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
     read_day = workload.read_days("all", work.requests)
     smallest, candidates = workload.smallest_settings(histories, work.requests, read_day, rows, 64)
     assert set(candidates) == set(workload.SMALLEST_CANDIDATES) and candidates[smallest] == min(candidates.values())
-    forms = workload.build_forms(histories, work.requests, read_day, rows, 64, tmp_path / "fat", "t", smallest)
-    for files in ([forms["parquet-default"], forms["arrow-ipc"]], [forms["parquet-smallest"]]):
+    forms = workload.build_forms(histories, work.requests, read_day, rows, 64, tmp_path / "fat", "t", smallest,
+                                 workload.FORMS + workload.MORE_FORMS)
+    in_log_order = [f for f in forms.values() if f.form != "parquet-smallest"]
+    for files in (in_log_order, [forms["parquet-smallest"]]):
         assert workload.check_equal(files, latest.open(), latest.log, 64) == len(rows)
-    # pointers into the daily versions saw fewer events than these Fat Rows hold
-    with pytest.raises(workload.FatRowMismatch, match="differ in batch 0"):
-        workload.check_equal([forms["arrow-ipc"]], daily.open(), daily.log, 64)
+    # pointers into the daily versions saw fewer events than these Fat Rows hold: every form's reader says so
+    for form in ("arrow-ipc", *workload.MORE_FORMS):
+        with pytest.raises(workload.FatRowMismatch, match=f"differ in batch 0.*{form}|{form}.*differ in batch 0"):
+            workload.check_equal([forms[form]], daily.open(), daily.log, 64)
 
 
 def _hand_made() -> dict:
@@ -166,3 +169,22 @@ def test_partitions_benchmark_checks_every_layout_reads_the_same(tmp_path):
     r = json.loads(out.read_text())["partitions"]
     assert set(r) == {"1", "16", "256", "1024"} and r["1"]["vs_one_partition"] == 1.0
     assert r["1024"]["partitions_per_batch"] > r["16"]["partitions_per_batch"] > 1  # batches span partitions
+
+
+def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
+    out = tmp_path / "fatrow-forms.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "fatrow_forms.py"), "--tiny", "--repeat", "1",
+                           "--json", str(out)], cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    forms = set(r["settings"]["forms"])
+    assert {"arrow-ipc", "flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd"} <= forms
+    for work in r["workloads"].values():
+        for at in work["n"].values():
+            assert set(at["forms"]) == forms and at["lateseq"]["ex_s"] > 0
+            for f in at["forms"].values():
+                assert f["ex_s"] > 0 and f["bytes"] > 0 and f["lateseq_speedup"] > 0
+            # compressed Fat Rows are smaller than the uncompressed ones
+            assert at["forms"]["arrow-ipc-zstd"]["bytes"] < at["forms"]["arrow-ipc"]["bytes"]
+    text = _module("report").forms_markdown(r, "`x.json`")
+    assert "flat .npy memmaps" in text and "IPC zstd" in text and r["command"] in text
