@@ -129,9 +129,9 @@ def test_store_paths_that_are_not_stores(tmp_path):
     ({"columns": {}, "tiebreak": "nope"}, r"tiebreak 'nope'"),
     ({"columns": {"a": "int32"}, "arrival_col": "a"}, r"arrival_col 'a' must name an int64"),
     ({"columns": {}, "event_id_col": "e"}, r"event_id_col 'e'"),
-    ({"columns": {}, "partitions": 0}, r"partitions must be between"),
-    ({"columns": {}, "partitions": 1.5}, r"partitions must be between"),
-    ({"columns": {}, "partitions": "2"}, r"partitions must be between"),
+    ({"columns": {}, "partitions": 0}, r"partitions must be an integer from 1 to 65536"),
+    ({"columns": {}, "partitions": 1.5}, r"partitions must be an integer from 1 to 65536"),
+    ({"columns": {}, "partitions": "2"}, r"partitions must be an integer from 1 to 65536"),
     ({"columns": ["x"]}, r"columns must map names to types"),
     ({"columns": {}, "feature_groups": {"g": ["nope"]}}, r"feature group 'g' names unknown columns \['nope'\]"),
 ])

@@ -341,3 +341,43 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     pq.write_table(events(pa.array([1, 1_500], pa.timestamp("ms"))), fine)
     one_line_error(*cli("ingest", tmp_path / "f", fine, "--time-unit", "s")[::2], "not whole seconds")
     assert not (tmp_path / "f").exists()
+
+
+# counts a user passes as Python or numpy integers (a config read with numpy, a shape);
+# bools, whole floats and strings are refused, naming the argument
+
+
+@pytest.mark.parametrize("good", [4, np.int64(4), np.uint16(4), np.int8(4)])
+def test_counts_take_numpy_integers(tmp_path, good):
+    schema = Schema({"item": "int64"}, partitions=good)
+    assert schema.partitions == 4 and type(schema.partitions) is int
+    lateseq.create(tmp_path / "p", schema)  # the schema file is JSON: a numpy int would not serialize
+    assert lateseq.open(tmp_path / "p").schema.partitions == 4
+    store = lateseq.create(tmp_path / "s", Schema({"item": "int64"}, partitions=1))
+    for user in (1, 2):
+        store = store.commit(events(pa.array([5], pa.int64()), [user]))
+    assert store.compact(policy="tiered", fanout=np.int32(2)).version > store.version
+    assert store.cleanup(grace_s=0, before=np.int64(store.version)) is not None
+
+
+@pytest.mark.parametrize("bad", [True, 4.0, "4", None, np.float64(4), np.bool_(True)])
+def test_counts_refuse_what_is_not_an_integer(tmp_path, bad):
+    with pytest.raises(SchemaError, match="partitions must be an integer from 1 to 65536, got"):
+        Schema({"item": "int64"}, partitions=bad)
+    store = lateseq.create(tmp_path / "s", Schema({"item": "int64"})).commit(events(pa.array([5], pa.int64())))
+    with pytest.raises(SchemaError, match="fanout must be an integer >= 2, got"):
+        store.compact(policy="tiered", fanout=bad)
+    with pytest.raises(SchemaError, match="before must be a version number, got"):
+        store.cleanup(grace_s=0, before=bad)
+    batch = lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]})),
+                                PROJECTION)
+    if bad is not None:  # None is the longest history's length
+        with pytest.raises(SchemaError, match="padded: length must be a non-negative integer, got"):
+            batch.padded("item", bad)
+
+
+def test_a_count_out_of_range_names_its_bounds():
+    with pytest.raises(SchemaError, match=r"partitions must be an integer from 1 to 65536, got 0$"):
+        Schema({"item": "int64"}, partitions=0)
+    with pytest.raises(SchemaError, match=r"partitions must be an integer from 1 to 65536, got 65537$"):
+        Schema({"item": "int64"}, partitions=np.int64(65537))

@@ -14,6 +14,7 @@ can catch either::
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 
@@ -54,3 +55,23 @@ class ChecksumMismatch(LateseqError, ValueError):
         rows = [int(log_rows[r]) for r in self.rows]
         message = str(self).replace(f"(first rows: {self.rows[:5]})", f"(first rows of the log: {rows[:5]})")
         return ChecksumMismatch(message, rows)
+
+
+def is_integer(value: object) -> bool:
+    """An integer, numpy's included (what configs and arrays hand over); not a bool, nor a
+    whole float or a string, which would be a guess."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def exact_integer(name: str, value: object, low: int | None = None, high: int | None = None,
+                  kind: str = "an integer") -> int:
+    """``value`` as an int when ``is_integer`` and within [low, high]; else a SchemaError
+    naming ``name`` and what it must be."""
+    if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):
+        if kind == "an integer" and high is None and low in (0, 1):
+            kind, low = ("a non-negative integer", "a positive integer")[low], None
+        bounds = (f" from {low} to {high}" if low is not None and high is not None
+                  else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+        got = int(value) if is_integer(value) else f"{type(value).__name__} {value!r}"
+        raise SchemaError(f"{name} must be {kind}{bounds}, got {got}")
+    return int(value)

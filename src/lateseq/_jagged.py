@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from ._errors import exact_integer
 from ._events import row_ranges
 
 
@@ -60,9 +60,8 @@ class JaggedBatch:
     def padded(self, name: str, length: int | None = None, pad_value: Any = 0,
                side: Literal["right", "left"] = "right") -> np.ndarray:
         """A dense (rows, length) array of one column; ``side`` is where padding goes."""
-        if length is not None and (isinstance(length, bool) or not isinstance(length, numbers.Integral)
-                                   or length < 0):
-            raise ValueError(f"padded: length must be a whole number of events, zero or more, got {length!r}")
+        if length is not None:
+            length = exact_integer("padded: length", length, 0)
         lengths = self.lengths
         width = int(lengths.max(initial=0)) if length is None else int(length)
         values = self.values[name]

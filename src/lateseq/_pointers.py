@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import PointerError, SchemaError
+from ._errors import PointerError, SchemaError, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
@@ -265,8 +265,7 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     it), and the file's metadata names each group's partition. A loader dealing row
     groups by partition (``ExampleDataset(copartition=True)``) then has each worker read
     the segments of its own partitions only."""
-    if not isinstance(row_group_rows, int) or isinstance(row_group_rows, bool) or row_group_rows < 1:
-        raise SchemaError(f"row_group_rows must be a positive integer, got {row_group_rows!r}")
+    row_group_rows = exact_integer("row_group_rows", row_group_rows, 1)
     if isinstance(examples, pa.RecordBatch):
         examples = pa.Table.from_batches([examples])
     users = pointers_from_log(examples, store.schema).user_id

@@ -8,15 +8,13 @@ a time window and an event filter (rows they drop are never copied).
 from __future__ import annotations
 
 import datetime as dt
-import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from ._errors import SchemaError
+from ._errors import SchemaError, is_integer
 from ._schema import TIME_UNITS, Schema
 
 TRANSFORMS = {
@@ -49,14 +47,14 @@ class Filter:
                               f"got {given or 'none'}")
         if self.isin is not None:
             values = tuple(self.isin) if isinstance(self.isin, (list, tuple, set, frozenset)) else ()
-            if not values or not all(_is_int(v) or isinstance(v, bool | np.bool_) for v in values):
+            if not values or not all(is_integer(v) or isinstance(v, bool | np.bool_) for v in values):
                 raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list of "
                                   f"integers (or bools, for a bool column), got {self.isin!r}")
             object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
             object.__setattr__(self, "_bools", any(isinstance(v, bool | np.bool_) for v in values))  # see problems
         for key in ("any_bits", "all_bits"):
             bits = getattr(self, key)
-            if bits is not None and (not _is_int(bits) or not 0 < bits < 1 << 64):
+            if bits is not None and (not is_integer(bits) or not 0 < bits < 1 << 64):
                 raise SchemaError(f"where: {key} of the filter on {self.column!r} must be a mask of 1 to 64 bits "
                                   f"(a positive integer below 2**64), got {bits!r}")
             if bits is not None:
@@ -116,7 +114,7 @@ class Projection:
     transforms: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_len) or not 1 <= self.max_len <= _INT64[1]:  # lengths and offsets are int64
+        if not is_integer(self.max_len) or not 1 <= self.max_len <= _INT64[1]:  # lengths and offsets are int64
             raise SchemaError(f"max_len must be an integer from 1 to 2**63 - 1, got {self.max_len!r}")
         object.__setattr__(self, "max_len", int(self.max_len))
         for name in ("columns", "feature_groups"):
@@ -126,7 +124,7 @@ class Projection:
             object.__setattr__(self, name, tuple(value))
         if self.window is not None:
             _window_parts(self.window)  # a malformed window fails here, not at the first read
-            if _is_int(self.window):
+            if is_integer(self.window):
                 object.__setattr__(self, "window", int(self.window))
         if self.where is not None and not isinstance(self.where, Filter):
             raise SchemaError(f"where must be a lateseq.Filter, not {type(self.where).__name__}")
@@ -239,14 +237,9 @@ class Projection:
         return ticks
 
 
-def _is_int(value: Any) -> bool:
-    """An integer, a numpy one included (what configs and arrays hand over); not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
 def _window_parts(window: int | dt.timedelta | str) -> tuple[int, str | None]:
     """(amount, unit) of a window; unit None: already in the store's unit."""
-    if _is_int(window):
+    if is_integer(window):
         if window < 1:
             raise SchemaError(f"window must be positive, got {window!r}")
         return int(window), None

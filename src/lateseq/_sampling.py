@@ -49,7 +49,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._errors import SchemaError
+from ._errors import SchemaError, exact_integer, is_integer
 
 BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align with
 WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at once
@@ -59,18 +59,6 @@ WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at 
 DEALING_RULES = 2
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise SchemaError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _index(name: str, value: object, count: int, count_name: str) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or not 0 <= value < count:
-        raise SchemaError(f"{name} must be an integer in [0, {count_name}={count}), got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -101,19 +89,12 @@ class ShardPlan:
     row_group_partitions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_rows, int | np.integer) or isinstance(self.num_rows, bool) or self.num_rows < 0:
-            raise SchemaError(f"num_rows must be a non-negative integer, got {self.num_rows!r}")
-        _positive("batch_size", self.batch_size)
-        _positive("world_size", self.world_size)
-        _positive("num_workers", self.num_workers)
-        _positive("block_rows", self.block_rows)
-        _positive("window_rows", self.window_rows)
-        _index("rank", self.rank, self.world_size, "world_size")
-        _index("worker", self.worker, self.num_workers, "num_workers")
-        for name in ("seed", "epoch"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
-                raise SchemaError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("num_rows", "seed", "epoch"):
+            exact_integer(name, getattr(self, name), 0)
+        for name in ("batch_size", "world_size", "num_workers", "block_rows", "window_rows"):
+            exact_integer(name, getattr(self, name), 1)
+        exact_integer("rank", self.rank, 0, int(self.world_size) - 1)  # below world_size
+        exact_integer("worker", self.worker, 0, int(self.num_workers) - 1)
         if self.row_groups is not None:
             groups = tuple(int(n) for n in self.row_groups)
             if any(n < 0 for n in groups) or sum(groups) != self.num_rows:
@@ -331,7 +312,7 @@ class ShardPlan:
         """For each batch from batch ``start`` on: its ``(window, lo, hi)`` parts, each
         ``order(window)[lo:hi]``."""
         n = self.num_batches
-        if not isinstance(start, int | np.integer) or isinstance(start, bool) or not 0 <= start <= n:
+        if not is_integer(start) or not 0 <= start <= n:
             raise SchemaError(f"cannot resume at batch {start!r}: this shard has {n} batches")
         starts = self._window_starts
         end_of_shard = self.num_rows_shard

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import SchemaError
+from ._errors import SchemaError, exact_integer
 
 PAYLOAD_TYPES: dict[str, pa.DataType] = {
     "int8": pa.int8(),
@@ -85,9 +85,7 @@ class Schema:
         for role, name in (("arrival_col", self.arrival_col), ("event_id_col", self.event_id_col)):
             if name is not None and self.columns.get(name) != "int64":
                 raise SchemaError(f"{role} {name!r} must name an int64 payload column")
-        if not isinstance(self.partitions, int) or isinstance(self.partitions, bool) or not (
-                1 <= self.partitions <= 65536):
-            raise SchemaError(f"partitions must be between 1 and 65536, got {self.partitions}")
+        object.__setattr__(self, "partitions", exact_integer("partitions", self.partitions, 1, 65536))
         if self.time_unit is not None and self.time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} or None (plain integers), "
                               f"got {self.time_unit!r}")

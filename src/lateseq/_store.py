@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
-from ._errors import SchemaError, StoreError, VersionNotFound
+from ._errors import SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
 from ._events import Events, partition_of, row_ranges
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
@@ -75,7 +75,7 @@ def check_watermark(watermark: object) -> int | None:
     it is published in the manifest, and every later read of the store compares with it."""
     if watermark is None:
         return None
-    if isinstance(watermark, bool) or not isinstance(watermark, int | np.integer):
+    if not is_integer(watermark):
         raise SchemaError(f"watermark must be an integer arrival time in the store's time unit, not "
                           f"{type(watermark).__name__} {watermark!r}")
     if not np.iinfo(np.int64).min <= int(watermark) <= np.iinfo(np.int64).max:
@@ -320,8 +320,7 @@ class Store:
         """
         if policy not in ("full", "tiered"):
             raise SchemaError(f"compaction policy must be 'full' or 'tiered', not {policy!r}")
-        if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
-            raise SchemaError(f"fanout must be an integer >= 2, got {fanout!r}")
+        fanout = exact_integer("fanout", fanout, 2)
         with self._log.writing():
             base = self._handle()
             plans = {p: [(0, len(infos))] if policy == "full" else _tiered_runs([i.rows for i in infos], fanout)
@@ -433,8 +432,7 @@ class Store:
         """
         if not isinstance(grace_s, int | float) or not 0 <= grace_s < float("inf"):
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
-        if not isinstance(before, int) or isinstance(before, bool):
-            raise SchemaError(f"before must be a version number, got {before!r}")
+        before = exact_integer("before", before, kind="a version number")
         retired = self._log.retire_before(before)
         with self._log.deleting():
             with self._log.tagging():  # crashed publishes, retirements and tags: none is under way

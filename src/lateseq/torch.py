@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import numbers
 import os
 import resource
 import sys
@@ -48,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._errors import ChecksumMismatch, PointerError, SchemaError
+from ._errors import ChecksumMismatch, PointerError, SchemaError, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch
 from ._loader import _open_parquet
@@ -171,9 +170,7 @@ class Batch:
             raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
-        if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length < 0:
-            raise SchemaError(f"length must be a non-negative integer, got {length!r}")
-        length = int(length)
+        length = exact_integer("length", length, 0)
         values = self.values[name]
         keep = torch.clamp(self.lengths, max=length)[:, None]
         col = torch.arange(length, device=values.device)
@@ -251,9 +248,7 @@ class Rebatched(Iterator[Batch]):
     after the same step), so a resumed run neither loses nor repeats an example."""
 
     def __init__(self, batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | None = None):
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = exact_integer("batch_size", batch_size, 1)
         self._batches = iter(batches)
         self._pending: list[Batch] = []
         if state is not None:
@@ -441,8 +436,7 @@ class ExampleDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
         too, through memory shared with them)."""
-        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
-            raise SchemaError(f"epoch must be a non-negative integer, got {epoch!r}")
+        epoch = exact_integer("epoch", epoch, 0)
         if epoch != self.epoch:
             self._resume, self._yielded = None, 0  # a state saved now starts the new epoch
         self.epoch = int(epoch)

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._errors import exact_integer
+
 ROW_GROUP_ROWS = 65_536
 
 
@@ -112,8 +114,7 @@ def iter_fat_rows(
 
 def _check(events: pa.Table, requests: pa.Table, columns: list[str], max_len: int,
            visible_version: bool | None) -> bool:
-    if not isinstance(max_len, int | np.integer) or max_len < 1:
-        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    exact_integer("max_len", max_len, 1)
     for name in ("user_id", "ts", *columns):
         if name not in events.column_names:
             raise ValueError(f"events have no column {name!r} (columns: {events.column_names})")
