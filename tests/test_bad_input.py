@@ -194,6 +194,11 @@ def test_bad_pointer_tables(store):
         (examples.set_column(0, "user_id", pa.array([1, None, 3], pa.int64())), r"'user_id' has null"),
         (examples.set_column(2, "uih_version", pa.array([-1, 1, 1], pa.int64())), r"'uih_version' has type int64"),
         (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
+        # whole floats: above 2**53 a float names another user or time (pandas makes them of an int column with a null)
+        (examples.set_column(0, "user_id", examples.column("user_id").cast(pa.float64())),
+         r"'user_id' has type double, expected int64 \(floats cannot hold every id"),
+        (examples.set_column(1, "request_ts", examples.column("request_ts").cast(pa.float64())),
+         r"'request_ts' has type double"),
         (examples.append_column("user_id", examples.column("user_id")), r"2 columns named 'user_id'"),
     ]
     for table, pattern in cases:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lateseq import JaggedBatch
+from lateseq import JaggedBatch, SchemaError
 
 
 def batch_of(rows: list[list[int]]) -> JaggedBatch:
@@ -50,3 +50,14 @@ def test_to_torch_shares_the_data():
     assert tensors["item"].dtype == torch.int64 and tensors["item"].tolist() == [1, 2, 3]
     assert tensors["flag"].dtype == torch.bool
     assert batch.to_torch(device="cpu")["item"].device.type == "cpu"
+
+
+def test_padded_refuses_a_side_or_column_it_does_not_know_and_takes_side_by_keyword_only():
+    batch = batch_of([[1, 2], [3]])
+    for side in ("Left", "left ", "both"):  # anything but 'left' used to pad on the right
+        with pytest.raises(SchemaError, match=f"side must be 'right' or 'left', got {side!r}"):
+            batch.padded("item", 3, side=side)
+    with pytest.raises(SchemaError, match=r"batch has no column 'itemid'; it has \['flag', 'item'\]"):
+        batch.padded("itemid", 3)
+    with pytest.raises(TypeError):  # positional, lateseq.torch.Batch.padded's order would be misread
+        batch.padded("flag", 3, "left")

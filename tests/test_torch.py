@@ -710,6 +710,22 @@ def test_bad_input_raises_clear_lateseq_errors(world):
     assert sorted(b.examples) == ["uih_length", "user_id"] and b.examples["uih_length"].dtype == torch.int64
     with pytest.raises(lateseq.SchemaError, match="side"):
         b.padded("item_id", 3, side="middle")
+    with pytest.raises(lateseq.SchemaError, match=r"no column 'itemid'; it has \['item_id', 'rating', 'ts'\]"):
+        b.padded("itemid", 3)
+    with pytest.raises(TypeError):  # side and pad_value are keywords: JaggedBatch.padded takes them so too
+        b.padded("item_id", 3, "left")
+
+
+def test_the_trainers_copy_refuses_a_state_while_workers_iterate(world):
+    ds = dataset(world, shuffle=True, seed=1)
+    loader = iter(DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="fork"))
+    next(loader)
+    with pytest.raises(lateseq.SchemaError, match="iterated by DataLoader worker processes.*StatefulDataLoader"):
+        ds.state_dict()  # it would say 0 batches: resuming from it would replay the epoch
+    del loader
+    it = iter(ds)  # iterated here again: this copy's count is the truth once more
+    next(it)
+    assert ds.state_dict()["batches"] == 1
 
 
 def test_import_error_names_the_extra_when_torch_is_missing():

@@ -45,16 +45,20 @@ class PointerError(LateseqError, ValueError):
 class ChecksumMismatch(LateseqError, ValueError):
     """Rebuilt sequences differ from the length or checksum recorded online."""
 
-    def __init__(self, message: str, rows: list[int]):
-        super().__init__(message)
+    def __init__(self, message: str, rows: list[int], hint: str = ""):
+        super().__init__(f"{message} {hint}".strip())
         self.rows = rows
+        self.problem, self.hint = message, hint  # the CLI gives its own hint
+
+    def __reduce__(self) -> tuple:  # pickled whole (a worker process raises it to its parent)
+        return ChecksumMismatch, (self.problem, self.rows, self.hint)
 
     def in_log(self, log_rows: Sequence[int]) -> ChecksumMismatch:
         """The same mismatch, its rows renumbered: row ``i`` of the batch is ``log_rows[i]``
         of the example log it came from (readers that batch a log say where in it)."""
         rows = [int(log_rows[r]) for r in self.rows]
-        message = str(self).replace(f"(first rows: {self.rows[:5]})", f"(first rows of the log: {rows[:5]})")
-        return ChecksumMismatch(message, rows)
+        problem = self.problem.replace(f"(first rows: {self.rows[:5]})", f"(first rows of the log: {rows[:5]})")
+        return ChecksumMismatch(problem, rows, self.hint)
 
 
 def is_integer(value: object) -> bool:

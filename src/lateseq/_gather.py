@@ -74,10 +74,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
                    "examples from the log" if deleted else "the store lost or gained events those pointers counted")
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
-                f"(first rows: {rows[:5].tolist()}); {why}. materialize and iter_batches take "
-                "on_mismatch='flag' to keep the batch and mark them.",
-                rows.tolist(),
-            )
+                f"(first rows: {rows[:5].tolist()}); {why}.", rows.tolist(),
+                "materialize and iter_batches take on_mismatch='flag' to keep the batch and mark them.")
     return mismatched
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ._errors import exact_integer
+from ._errors import SchemaError, exact_integer
 from ._events import row_ranges
 
 
@@ -57,13 +57,14 @@ class JaggedBatch:
             differ[owner[_bits(values[mine]) != _bits(their_values[theirs])]] = True
         return differ
 
-    def padded(self, name: str, length: int | None = None, pad_value: Any = 0,
-               side: Literal["right", "left"] = "right") -> np.ndarray:
-        """A dense (rows, length) array of one column; ``side`` is where padding goes."""
-        if length is not None:
-            length = exact_integer("padded: length", length, 0)
+    def padded(self, name: str, length: int | None = None, *, side: Literal["right", "left"] = "right",
+               pad_value: Any = 0) -> np.ndarray:
+        """A dense (rows, length) array of one column: each row's newest ``length`` events,
+        oldest first, padded on ``side`` (``length`` None: the longest here). ``side`` and
+        ``pad_value`` are keywords: positional, the two classes' orders could be confused."""
+        check_padding(self.values, name, side)
         lengths = self.lengths
-        width = int(lengths.max(initial=0)) if length is None else int(length)
+        width = int(lengths.max(initial=0)) if length is None else exact_integer("padded: length", length, 0)
         values = self.values[name]
         out = np.full((len(self), width), pad_value, dtype=values.dtype)
         keep = np.minimum(lengths, width)
@@ -97,6 +98,15 @@ class JaggedBatch:
                 tensor = tensor.pin_memory()
             out[name] = tensor.to(device, non_blocking=pin_memory) if device is not None else tensor
         return out
+
+
+def check_padding(values: dict, name: str, side: str) -> None:
+    """SchemaError for a column a batch lacks or a side that is not 'right' or 'left'
+    (anything else would quietly pad on the right)."""
+    if name not in values:
+        raise SchemaError(f"batch has no column {name!r}; it has {sorted(values)}")
+    if side not in ("right", "left"):
+        raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
 
 
 def _bits(values: np.ndarray) -> np.ndarray:

@@ -136,6 +136,10 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "
                                    "against the store's schema, which knows the store's time unit")
             column = schema.times_to_store(column, "example log column 'request_ts'")
+        elif not pa.types.is_integer(column.type):  # a whole float would be cast: above 2**53 another id or time
+            raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
+                               + (" (floats cannot hold every id and time exactly: write the log's pointer "
+                                  "columns as integers)" if pa.types.is_floating(column.type) else ""))
         try:
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._errors import ChecksumMismatch, PointerError, SchemaError, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
-from ._jagged import JaggedBatch
+from ._jagged import JaggedBatch, check_padding
 from ._loader import _open_parquet
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
@@ -160,14 +160,10 @@ class Batch:
                    offsets, lengths, {k: torch.cat([b.values[k] for b in batches]) for k in first.values},
                    stats)
 
-    def padded(self, name: str, length: int | None = None, side: Literal["right", "left"] = "right",
+    def padded(self, name: str, length: int | None = None, *, side: Literal["right", "left"] = "right",
                pad_value: Any = 0) -> torch.Tensor:
-        """A dense (examples, length) tensor of one column: each example's newest ``length``
-        events, oldest first, padded on ``side`` (``length`` None: the longest here)."""
-        if name not in self.values:
-            raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
-        if side not in ("right", "left"):
-            raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
+        """``JaggedBatch.padded`` as a tensor, on the batch's device."""
+        check_padding(self.values, name, side)
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
         length = exact_integer("length", length, 0)
@@ -414,6 +410,9 @@ class ExampleDataset(IterableDataset):
         # set_epoch writes it too: a persistent worker (which keeps its copy of this
         # dataset across epochs) reads the epoch there, in memory shared with it
         self._shared_epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # set to 1 by an iteration in a DataLoader worker, to 0 by one in this process:
+        # while workers iterate, this copy's count of batches says nothing (state_dict)
+        self._iterated_by_workers = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._slots = _Slots()
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
@@ -445,7 +444,13 @@ class ExampleDataset(IterableDataset):
     # ------------------------------------------------------------ resuming
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this shard stands: its epoch and how many batches it has handed out."""
+        """Where this shard stands: its epoch and how many batches it has handed out.
+        Refused on the trainer's copy while DataLoader workers iterate: they hold the
+        shards; save the loader's state (torchdata's ``StatefulDataLoader``)."""
+        if get_worker_info() is None and int(self._iterated_by_workers[0]):
+            raise SchemaError("this ExampleDataset is iterated by DataLoader worker processes: their progress is "
+                              "not in this copy, and a state saved from it would replay the epoch. Save the "
+                              "loader's state instead (torchdata.stateful_dataloader.StatefulDataLoader.state_dict())")
         worker, workers = self._shard if self._shard else (None, None)
         return {"epoch": self.epoch, "batches": self._yielded, "worker": worker, "num_workers": workers,
                 "plan": self._fingerprint()}
@@ -482,6 +487,7 @@ class ExampleDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self._iterated_by_workers[0] = info is not None
         if int(self._shared_epoch[0]) != self.epoch:  # set_epoch was called on the trainer's copy
             self.set_epoch(int(self._shared_epoch[0]))
         plan = self._plan(worker, workers)

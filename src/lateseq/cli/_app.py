@@ -35,6 +35,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from lateseq import (
+    ChecksumMismatch,
     LateseqError,
     Projection,
     Schema,
@@ -78,6 +79,8 @@ class _Group(TyperGroup):
             _fail("aborted", 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except ChecksumMismatch as exc:  # its hint names the Python API's option
+            _fail(f"{exc.problem} `lateseq audit STORE EXAMPLES` reports each row and its cause.")
         except _USER_ERRORS as exc:
             _fail(str(exc) or type(exc).__name__)
         except Exception as exc:
