@@ -49,6 +49,7 @@ from workload import (
     realistic,
     request_sample,
     sparse,
+    store_files,
 )
 
 FORMS = ("arrow-ipc", *MORE_FORMS)
@@ -64,7 +65,8 @@ def measure(work, root: Path, scale, repeat: int, memcpy: float) -> dict:
     lengths = state.log.column("uih_length").to_numpy().astype(np.int64)
     store = state.open()
     pq.write_table(state.log, root / "log.parquet")  # the example log as materialize.py sizes it
-    ours = sum(p.stat().st_size for p in (state.path / "segments").iterdir()) + (root / "log.parquet").stat().st_size
+    durable, _ = store_files(state)  # the files of the version read (not those compaction replaced)
+    ours = sum(p.stat().st_size for p in durable) + (root / "log.parquet").stat().st_size
     out = {"workload": work.describe(), "examples": work.requests.num_rows, "n": {}}
     for n in NS:
         cost = np.minimum(lengths, n) * EVENT_BYTES + 8.0
