@@ -179,7 +179,38 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
     assert {p.name for p in damaged} <= found
 
 
+def test_verify_finds_tag_files_swapped(store):
+    store.tag("other", store.version)
+    tags = store.path / "tags"
+    good, other = (tags / "good.json").read_bytes(), (tags / "other.json").read_bytes()
+    (tags / "good.json").write_bytes(other)
+    (tags / "other.json").write_bytes(good)  # each file sound, but the other tag's
+    found = {Path(p.path).name: p.message for p in verify(store)}
+    assert set(found) == {"good.json", "other.json"} and "is the file of tag 'other', not of 'good'" in found["good.json"]
+
+
 # ---------------------------------------------------------------- names and paths
+
+
+def test_a_cache_dir_inside_another_store_is_refused(store, make_store, tmp_path):
+    other = make_store({"item": "int64"})
+    for inside in (other.path / "segments", other.path / "segments" / "new", other.path):
+        with pytest.raises(lateseq.SchemaError, match=f"inside another store, {other.path.resolve()}"):
+            lateseq.open(store.path, cache_dir=inside)
+    # a folder planted in the segments (nothing lateseq writes): cleanup leaves it, and finishes
+    (other.path / "segments" / "foreign").mkdir()
+    other.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]})).cleanup(before=99, grace_s=0)
+    assert (other.path / "segments" / "foreign").is_dir()
+
+
+def test_a_handle_opened_by_a_relative_path_stays_on_its_store(store, log, tmp_path, monkeypatch):
+    monkeypatch.chdir(store.path.parent)
+    handle = lateseq.open(store.path.name)
+    before = lateseq.materialize(handle, log, PROJECTION)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / store.path.name).mkdir(parents=True)  # the same relative name, not a store
+    monkeypatch.chdir(elsewhere)
+    assert handle.latest().path == store.path and same(lateseq.materialize(handle, log, PROJECTION), before)
 
 
 @pytest.mark.parametrize("name", ["../schema", "/abs/x", "a/b", "..", ".hidden", "x\x00y", "a\nb", "x" * 300,

@@ -114,12 +114,16 @@ class Store:
                 raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
         self.merged_reads = merged_reads
         self.readahead = readahead
-        self.path = Path(path)
-        self._cache_root = None if cache_dir is None else Path(cache_dir)
+        self.path = Path(path).absolute()  # a relative path would follow later changes of directory
+        self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
         self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(Path(cache_dir), self.path)
         if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
                 ).is_relative_to(self.path.resolve() / "cache"):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
+        holder = _store_holding(self.cache_dir.resolve())
+        if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
+            raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
+                              "folder of its own")
         if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
             raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
         if self.path.exists() and not self.path.is_dir():
@@ -187,8 +191,7 @@ class Store:
             raise StoreError(f"{path} is a file, not a store directory")
         if (path / "schema.json").exists():
             raise StoreError(f"{path} already holds a store")
-        inside = next((p for p in Path(path).resolve().parents if (p / "schema.json").is_file()
-                       and (p / "versions").is_dir()), None)
+        inside = _store_holding(path.resolve().parent)
         if inside is not None:
             raise StoreError(f"{path} is inside the store {inside}; create a store elsewhere")
         try:
@@ -443,7 +446,7 @@ class Store:
             referenced = self._log.referenced_segments()
             for path in (self.path / "segments").iterdir():
                 name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
-                if name not in referenced and older_than(path, grace_s):
+                if name not in referenced and not path.is_dir() and older_than(path, grace_s):  # a folder: not ours
                     path.unlink(missing_ok=True)
             for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
                 if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
@@ -671,6 +674,12 @@ def _read_events(source: EventSource) -> pa.Table:
 def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",
               readahead: Setting = "auto") -> Store:
     return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead)
+
+
+def _store_holding(path: Path) -> Path | None:
+    """The store whose directory is ``path`` or holds it, if any."""
+    return next((p for p in (path, *path.parents) if (p / "schema.json").is_file() and (p / "versions").is_dir()),
+                None)
 
 
 def _own_cache(root: Path, store: Path) -> Path:

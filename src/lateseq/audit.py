@@ -153,7 +153,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     log = VersionLog(store.path)
     check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json"))
     for path in sorted(log.tags_dir.glob("*.json")):
-        check(path, lambda path=path: log.manifest(load_checked(path)["version"]))
+        check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
     for number in log.numbers():
         path = log.manifest_path(number)
