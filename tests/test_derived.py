@@ -220,8 +220,12 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
     read(newer, "filtered", lateseq.open(store.path, merged_reads=True))
     new = set(copy_files(store)) - old
     assert new
+    old_names = {p.name.split(".")[0] for p in old}
+    assert any(p.name.split("-", 2)[-1] in old_names for p in (store.cache_dir / DERIVED_DIR).glob(".tmp-*"))
     newer.cleanup(before=newer.version, grace_s=0)
     assert set(copy_files(store)) == new  # the retired version's copies went, the latest's stayed
+    # and with them their build locks and merged-reads tallies (not an hour later)
+    assert not [p for p in (store.cache_dir / DERIVED_DIR).glob(".tmp-*") if p.name.split("-", 2)[-1] in old_names]
     assert read(newer, "merged") == expected(newer, "merged")
 
 

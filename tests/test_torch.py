@@ -515,6 +515,22 @@ def test_even_batches_warn_when_they_leave_out_much_of_an_epoch(tmp_path):
                    world_size=2)  # without even_batches, nothing is left out: no warning
 
 
+def test_even_batches_warn_past_five_percent_even_when_that_is_less_than_a_batch_per_rank(tmp_path):
+    """The README's promise, on a small log: 100 rows in row groups of 30, 30, 30, 10 on 2
+    ranks leave 20 out (the warning waited for a batch per rank, 80 rows, to be lost)."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
+    store = store.commit(pa.table({"user_id": np.arange(100), "ts": np.zeros(100, np.int64), "item_id": np.arange(100)}))
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(100), "request_ts": np.ones(100, np.int64)}))
+    pq.write_table(log, tmp_path / "log.parquet", row_group_size=30)
+    served = 0
+    for rank in range(2):
+        with pytest.warns(UserWarning, match=r"even_batches leaves out 20 of 100 examples"):
+            ds = ExampleDataset(store, tmp_path / "log.parquet", lateseq.Projection(5, ("item_id",)), batch_size=40,
+                                even_batches=True, block_rows=30, rank=rank, world_size=2)
+        served += sum(len(b) for b in ds)
+    assert served == 80
+
+
 def test_numpy_integers_and_a_rank_without_a_world_size(world):
     ds = dataset(world)
     ds.set_epoch(np.int64(1))

@@ -206,7 +206,9 @@ def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Se
 def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, temporary_grace_s: float) -> None:
     """Deletes the copies in the read cache ``cache`` made from a segment no kept version
     references (and unreadable ones) once older than ``grace_s``, and builders' temporary
-    files (a crashed build's leftovers) once older than ``temporary_grace_s``."""
+    files (a crashed build's leftovers) once older than ``temporary_grace_s``, or with
+    their copy (its build lock and merged-reads tally: any build of it now would read
+    segments no version keeps)."""
     folder = cache / DERIVED_DIR
     for path in folder.glob(".tmp-*") if folder.is_dir() else []:
         if older_than(path, temporary_grace_s):
@@ -218,7 +220,8 @@ def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, tempo
             stale = True
         if stale and older_than(sidecar, grace_s):
             name = sidecar.name[:-len(".json")]
-            for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name)):
+            for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
+                         folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
                 path.unlink(missing_ok=True)
     for path in folder.glob("*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
         name = path.name.removesuffix(".arrow").removesuffix(".index")

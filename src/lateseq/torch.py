@@ -420,7 +420,7 @@ class ExampleDataset(IterableDataset):
                         "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
                         "block_rows": block_rows, "window_rows": window_rows, "row_group_partitions": partitions}
         plan = self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
-        if even_batches and (left := plan.rows_left_out) > max(0.05 * num_rows, world_size * batch_size):
+        if even_batches and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
                           f"rank): the ranks' shares differ by up to a {'partition' if copartition else 'block'}'s "
                           "examples; write the log in smaller row groups"
