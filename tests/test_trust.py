@@ -252,6 +252,18 @@ def test_symlinks_planted_in_a_store_are_not_followed(store, log, tmp_path):
         output(store.path, log)
 
 
+@pytest.mark.parametrize("lock", [".lock", "tags/.lock"])
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_lock_file_that_is_a_link_or_fifo_is_refused_not_followed_or_waited_on(store, tmp_path, lock, plant):
+    path = store.path / lock
+    path.unlink(missing_ok=True)
+    os.symlink(tmp_path / "outside", path) if plant == "symlink" else os.mkfifo(path)
+    with pytest.raises(lateseq.StoreError, match=f"cannot lock .*{lock}.*must be a regular file"):
+        store.tag("new", store.version) if lock.startswith("tags") else store.commit(
+            pa.table({"user_id": [1], "ts": [1], "item": [1], "rating": [1]}))
+    assert not (tmp_path / "outside").exists()
+
+
 def test_a_dangling_manifest_names_the_missing_file(store, log, tmp_path):
     info = store.segment_infos[0]
     (store.path / "segments" / f"{info.name}.parquet").unlink()

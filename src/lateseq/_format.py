@@ -415,6 +415,16 @@ def put_in_place(tmp: Path, path: Path) -> None:
             raise StoreError(f"{path} is a folder where lateseq keeps a file; remove it ({exc.strerror})") from exc
 
 
+def open_lock_file(path: Path) -> int:
+    """A lock file's descriptor (made if missing), never through a symbolic link and never
+    a FIFO or device, on which opening or locking could wait forever; else OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
 def read_regular(path: Path) -> bytes:
     """The bytes of a regular file of the store, never through a symbolic link (a link
     planted in a store must not make lateseq read files elsewhere)."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import itertools
 import os
-import stat
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,6 +28,7 @@ from ._format import (
     decoded_file,
     madvise,
     map_decoded,
+    open_lock_file,
     read_index,
 )
 from ._kernels import late_rows
@@ -49,11 +48,7 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        # a link is refused; O_NONBLOCK: a FIFO is refused (below), not waited on forever
-        lock = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        if not stat.S_ISREG(os.fstat(lock).st_mode):
-            os.close(lock)
-            raise OSError(errno.EINVAL, "not a regular file")
+        lock = open_lock_file(folder / name)
     except OSError as exc:
         raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
                          "open the store with cache_dir= a writable folder") from exc

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
-from ._format import read_regular, write_failed, write_synced
+from ._format import open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
@@ -241,13 +241,17 @@ class VersionLog:
 
     @contextlib.contextmanager
     def _lock(self, mode: int, path: Path | None = None) -> Iterator[None]:
+        path = path or self.root / ".lock"
         try:
-            handle = open(path or self.root / ".lock", "a")  # noqa: SIM115 - held for the block
+            lock = open_lock_file(path)
         except OSError as exc:
-            raise StoreError(f"cannot lock {self.root}: {exc.strerror}") from exc
-        with handle:
-            fcntl.flock(handle, mode)
+            raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} (a lock file must be a regular "
+                             "file: lateseq follows no symbolic link and opens no FIFO inside a store)") from exc
+        try:
+            fcntl.flock(lock, mode)
             yield
+        finally:
+            os.close(lock)
 
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number

@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.ray needs Ray Data: pip install 'lateseq[ray]'") from exc
 
-from ._errors import SchemaError
+from ._errors import SchemaError, exact_integer
 from ._events import partition_of
 from ._loader import _open_parquet
 from ._materialize import materialize
@@ -60,13 +60,16 @@ def read_examples(examples: pa.Table | str | os.PathLike,
 
 
 def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str] | None,
-          blocks: int = 1) -> tuple[ray.data.Dataset, list[str]]:
+          blocks: int = 1, store: Store | None = None) -> tuple[ray.data.Dataset, list[str]]:
     """(the log as a Dataset, its example columns), both from the log's schema alone; a
     Table is cut into at least ``blocks`` blocks (of at most ``BLOCK_ROWS`` rows), so
-    that as many actors share it."""
-    from .torch import _log_columns
+    that as many actors share it. Pointers into versions newer than ``store`` are refused
+    now, not in an actor (from a Parquet log's statistics)."""
+    from .torch import _log_columns, _refuse_newer
 
     if isinstance(examples, pa.Table):
+        if store is not None:
+            _refuse_newer(store, examples)
         read, example_columns = _log_columns(examples.schema, example_columns)
         _check_row_name(read)
         table = examples.select(read)
@@ -75,6 +78,8 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
         parts = [table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]
         return ray.data.from_arrow(parts), example_columns
     with _open_parquet(examples) as source:
+        if store is not None:
+            _refuse_newer(store, source.metadata)
         read, example_columns = _log_columns(source.schema_arrow, example_columns)
         sizes = [source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)]
         empty = source.schema_arrow.empty_table().select(read)
@@ -152,14 +157,11 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     """
     store = store if isinstance(store, Store) else Store(store)
     projection.resolve(store.schema)  # unknown columns fail here, not in an actor
-    if not isinstance(actors, int) or isinstance(actors, bool) or actors < 1:
-        raise SchemaError(f"actors must be a positive integer, got {actors!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
+    actors, batch_size = exact_integer("actors", actors, 1), exact_integer("batch_size", batch_size, 1)
     if by_partition and store.schema.partitions == 1:
         raise SchemaError("by_partition shares store partitions out to actors, and this store has one: "
                           "one actor would do everything; leave by_partition off")
-    ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors)
+    ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors, store)
     options: dict[str, Any] = {
         "batch_size": batch_size, "batch_format": "pyarrow",
         "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}
