@@ -383,8 +383,8 @@ class Hooks:
                 hooks.pause(0.05)
             return listed
 
-        def resolve(self, version):
-            number = real_resolve(self, version)
+        def resolve(self, version, checked=True):
+            number = real_resolve(self, version, checked)
             if version is None:  # the latest listed, its manifest not read yet
                 hooks.pause(0.2)
             return number
@@ -666,8 +666,8 @@ def paused(point: str, path: str, cache: str | None, arrived, resume, out: str, 
     elif point == "commit-latest":
         real_resolve = VersionLog.resolve
 
-        def resolve(self, version):
-            number = real_resolve(self, version)
+        def resolve(self, version, checked=True):
+            number = real_resolve(self, version, checked)
             if version is None:
                 stop_here()
             return number
