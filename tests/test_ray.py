@@ -132,6 +132,8 @@ def test_bad_input_is_refused_on_the_driver(world, tmp_path):
         read_examples(log.append_column(ROW, pa.array(np.zeros(log.num_rows, np.int64))), [ROW])
     with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
         read_examples(log.drop_columns(["uih_checksum"]))
+    with pytest.raises(lateseq.SchemaError, match=r"example columns \['item_id'\] clash with projected columns"):
+        materialized(store, log.append_column("item_id", pa.array(np.zeros(log.num_rows, np.int64))), PROJECTION)
     old = store.checkout(1)  # the log points into version 2 too: refused here, not in an actor mid-pipeline
     for source in (log, path):
         with pytest.raises(lateseq.PointerError, match="points into versions up to 2 but this store handle is at "

@@ -162,6 +162,7 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
         raise SchemaError("by_partition shares store partitions out to actors, and this store has one: "
                           "one actor would do everything; leave by_partition off")
     ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors, store)
+    Materializer(store, projection, example_columns, batch_size, verify)  # its checks here, not in an actor
     options: dict[str, Any] = {
         "batch_size": batch_size, "batch_format": "pyarrow",
         "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}
