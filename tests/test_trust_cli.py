@@ -48,6 +48,11 @@ def test_verify_exits_1_and_names_each_damaged_file(tmp_path):
     packed.write_bytes(bytes(data))
     code, out, err = run("verify", store)
     assert code == 1 and f"{info.name}.parquet" in out and "1 problems" in err
+    lateseq.open(store).tag("a", 1)
+    lateseq.open(store).tag("b", 1)
+    (store / "tags" / "a.json").write_bytes((store / "tags" / "b.json").read_bytes())  # b's file under a's name
+    code, out, err = run("verify", store)
+    assert code == 1 and "a.json is the file of tag 'b'" in out and err == "error: 2 problems in " + f"{store}\n"
 
 
 def test_delete_then_cleanup_then_strip(world, tmp_path):

@@ -73,6 +73,16 @@ def test_streaming_and_batch_rebuild_exactly(world):
     assert again.values["item_id"].tolist() == served.values["item_id"].tolist()
 
 
+def test_a_log_whose_tail_columns_do_not_match_the_store_is_refused(world):
+    """A damaged footer renamed a tail column: a SchemaError naming the columns, not a raw KeyError."""
+    store, log, _ = serve_one_scenario(*world)
+    names = ["tail_ts_" if n == "tail_ts" else n for n in log.schema.names]
+    for bad, words in ((log.rename_columns(names), r"missing \['tail_ts'\], unknown \['tail_ts_'\]"),
+                       (log.drop_columns(["tail_item_id"]), r"missing \['tail_item_id'\], unknown \[\]")):
+        with pytest.raises(lateseq.SchemaError, match=words):
+            lateseq.materialize(store, bad, PROJECTION)
+
+
 def test_naive_join_would_leak(world):
     store, log, _ = serve_one_scenario(*world)
     with pytest.raises(PointerError, match="watermark"):  # pointers into the final store are refused

@@ -58,6 +58,11 @@ def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray
 def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(owner per tail row, user per tail row, column values) from a log's tail columns."""
     names = payload_names(store)
+    have = {n for n in log.schema.names if n.startswith(TAIL_PREFIX) and n not in RECORD_FIELDS.names}
+    missing, extra = sorted({TAIL_PREFIX + n for n in names} - have), sorted(have - {TAIL_PREFIX + n for n in names})
+    if missing or extra:
+        raise SchemaError(f"two-tier example log: its tail columns do not match the store's columns (missing "
+                          f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
     first = log.column(TAIL_PREFIX + names[0])
     if isinstance(first, pa.ChunkedArray):
         first = first.combine_chunks()

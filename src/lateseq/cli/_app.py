@@ -629,9 +629,9 @@ def verify(
     problems = run_verify(handle, deep=deep)
     for problem in problems:
         print(f"{problem.path}: {problem.message}")
+    if problems:  # listing the versions could stumble on the same damage: no count
+        _fail(f"{len(problems)} problems in {store}")
     kept = len(handle.versions())
-    if problems:
-        _fail(f"{len(problems)} problems in {store} ({kept} kept versions checked)")
     _err.print(f"{store}: {kept} kept versions, every file sound{' (deep)' if deep else ''}", highlight=False)
 
 
