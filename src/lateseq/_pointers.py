@@ -244,13 +244,16 @@ def _arrow_times(values: Any) -> pa.Array:
         raise SchemaError(f"request_ts must be integer times in the store's unit or timestamps: {exc}") from exc
 
 
+LOG_ROW_GROUP_ROWS = 65536  # a loader's block (_sampling.BLOCK_ROWS): pyarrow's 1Mi made one block of most logs
+
+
 def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None = None) -> None:
     """Writes an example log as Parquet with a CRC-32 per page, which lateseq's readers
     check: a damaged request time or label is an error, not a silently shifted window
     (the pointer checksum covers the history, not the log's other bytes). All or nothing
     at ``path``, which must not be inside ``store``."""
-    with replaced_when_written(outside_store(store, path)) as tmp:
-        pq.write_table(examples, tmp, write_page_checksum=True)
+    with replaced_when_written(outside_store(store, path)) as tmp:  # row groups: what loaders deal out
+        pq.write_table(examples, tmp, write_page_checksum=True, row_group_size=LOG_ROW_GROUP_ROWS)
 
 
 def outside_store(store: Store | None, path: str | os.PathLike) -> Path:

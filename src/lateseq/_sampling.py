@@ -54,9 +54,9 @@ from ._errors import SchemaError, exact_integer, is_integer
 BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align with
 WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at once
 # bumped whenever a plan deals rows in another order for the same settings (2: blocks dealt to
-# the rank and worker with the fewest rows): a resume state saved under other rules is refused,
-# not resumed into a different order
-DEALING_RULES = 2
+# the rank and worker with the fewest rows; 3: a log of fewer blocks than ranks x workers cut
+# again): a resume state saved under other rules is refused, not resumed into a different order
+DEALING_RULES = 3
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -117,12 +117,14 @@ class ShardPlan:
     @cached_property
     def _block_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row bounds: blocks+1, first row group: blocks, end row group: blocks) of every
-        non-empty block. A log of fewer blocks than ranks (a small log in one big row
-        group) is cut again into blocks of at most a rank's share, row groups split: a rank
-        with no rows would make ``even_batches`` give every rank none."""
+        non-empty block. A log of fewer blocks than shards (a log in one big row group) is
+        cut again into blocks of at most a shard's share, row groups split: a rank with no
+        rows would make ``even_batches`` give every rank none, and a worker with none
+        leaves the others all the work."""
         table = self._blocks_of(self.block_rows, split=False)
-        if self.row_group_partitions is None and len(table[1]) < self.world_size <= self.num_rows:
-            table = self._blocks_of(-(-self.num_rows // self.world_size), split=True)
+        shards = self.world_size * self.num_workers
+        if self.row_group_partitions is None and len(table[1]) < shards <= self.num_rows:
+            table = self._blocks_of(-(-self.num_rows // shards), split=True)
         return table
 
     def _blocks_of(self, span: int, split: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -96,7 +96,8 @@ class Batch:
     lengths: torch.Tensor
     values: dict[str, torch.Tensor]
     stats: BatchStats = field(default_factory=BatchStats)
-    # (table, worker, slot, maker's pid) of the worker's shared memory holding every tensor (see _Slots)
+    # (table, worker, slot, maker's pid) of the worker's shared memory holding every tensor (see _Slots);
+    # slot -1: made by that worker with every buffer taken (in memory of its own), its arrival frees them
     slot: tuple[str, int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -104,7 +105,7 @@ class Batch:
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k != "_unsent"}
-        if self.slot is None:
+        if self.slot is None or self.slot[2] < 0:  # memory of its own
             return state
         if self.slot[3] == os.getpid():  # its worker sends it: the trainer frees its slot from now on
             self._unsent.detach()
@@ -640,8 +641,9 @@ class _Slots:
                 tensors.append(buffer[at:at + a.nbytes].view(_torch_dtype(a.dtype)))
                 at += _aligned(a.nbytes)
         it = iter(tensors)
+        slot = -1 if place is None else place[1]  # -1: none free, yet its arrival frees those let go of since
         batch = Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
-                      slot=None if place is None else (self.token, info.id, place[1], os.getpid()))
+                      slot=None if info is None or info.id >= self.WORKERS else (self.token, info.id, slot, os.getpid()))
         if place is not None:
             batch._unsent = weakref.finalize(batch, self.flags.__setitem__, (info.id, place[1]), 0)
         return batch
@@ -669,17 +671,20 @@ class _Slots:
     @classmethod
     def arrived(cls, batch: Batch) -> None:
         """Trainer side: frees the slots of batches whose memory is gone, and those of this
-        batch's worker row taken by workers that are gone; holds this one's."""
+        batch's worker row taken by workers that are gone; holds this one's (a batch made
+        with every slot taken holds none, but its arrival frees those let go of since:
+        else, once the trainer had held them all, no batch would ever free one again)."""
         token, worker, slot, _ = batch.slot
         table = cls._tables.get(token)
         if table is None:  # not this process's dataset: its slot stays taken, the worker allocates anew
             return
         tensors = [batch.rows, batch.offsets, batch.lengths, *batch.examples.values(), *batch.values.values()]
-        refs = [StorageWeakRef(t.untyped_storage()) for t in tensors]
         with cls._lock:
             if cls._held_by != os.getpid():
                 cls._held, cls._held_by = [], os.getpid()
-            held = [*cls._held, (refs, table.flags, worker, slot)]
+            held = list(cls._held)
+            if slot >= 0:
+                held.append(([StorageWeakRef(t.untyped_storage()) for t in tensors], table.flags, worker, slot))
             live = [h for h in held if not all(ref.expired() for ref in h[0])]
             # a slot is free when every batch that names it is gone (a copy of a batch,
             # deep or pickled, names it too, while the batch itself may still be in use)
