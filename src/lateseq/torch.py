@@ -86,8 +86,8 @@ class Batch:
 
     ``rows`` is each example's row number in the log; ``examples`` its per-example
     columns (labels, request features). ``slot``, on a batch a DataLoader worker made,
-    names the worker's shared buffer that holds its tensors (batches made from it by
-    ``to``, slicing or ``cat`` have none).
+    names the worker's shared buffer that holds its tensors (index -1: none was free;
+    batches made from it by ``to``, slicing or ``cat`` have no slot).
     """
 
     rows: torch.Tensor
