@@ -120,7 +120,7 @@ class Store:
         if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
                 ).is_relative_to(self.path.resolve() / "cache"):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
-        holder = _store_holding(self.cache_dir.resolve())
+        holder = None if cache_dir is None else _store_holding(self.cache_dir.resolve())  # the default: our own
         if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
             raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
                               "folder of its own")

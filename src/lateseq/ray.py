@@ -156,13 +156,13 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     once per actor, and needs a store of several partitions.
     """
     store = store if isinstance(store, Store) else Store(store)
-    projection.resolve(store.schema)  # unknown columns fail here, not in an actor
     actors, batch_size = exact_integer("actors", actors, 1), exact_integer("batch_size", batch_size, 1)
     if by_partition and store.schema.partitions == 1:
         raise SchemaError("by_partition shares store partitions out to actors, and this store has one: "
                           "one actor would do everything; leave by_partition off")
     ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors, store)
-    Materializer(store, projection, example_columns, batch_size, verify)  # its checks here, not in an actor
+    # the actors' checks (unknown columns, clashes) made here first, not in an actor
+    Materializer(store, projection, example_columns, batch_size, verify)
     options: dict[str, Any] = {
         "batch_size": batch_size, "batch_format": "pyarrow",
         "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}

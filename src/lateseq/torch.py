@@ -629,9 +629,11 @@ class _Slots:
               values: dict[str, np.ndarray]) -> Batch:
         arrays = [rows, *examples.values(), offsets, lengths, *values.values()]
         info = get_worker_info()
-        place = self._place(info.id, arrays) if info is not None and info.id < self.WORKERS else None
+        named = info is not None and info.id < self.WORKERS  # a worker with a row of slots
+        place = self._place(info.id, arrays) if named else None
         if place is None:
             tensors = [_tensor(a) for a in arrays]
+            slot = -1  # none free: memory of its own, yet its arrival frees those let go of since
         else:
             buffer, slot = place
             tensors, at = [], 0
@@ -641,11 +643,10 @@ class _Slots:
                 tensors.append(buffer[at:at + a.nbytes].view(_torch_dtype(a.dtype)))
                 at += _aligned(a.nbytes)
         it = iter(tensors)
-        slot = -1 if place is None else place[1]  # -1: none free, yet its arrival frees those let go of since
         batch = Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
-                      slot=None if info is None or info.id >= self.WORKERS else (self.token, info.id, slot, os.getpid()))
+                      slot=(self.token, info.id, slot, os.getpid()) if named else None)
         if place is not None:
-            batch._unsent = weakref.finalize(batch, self.flags.__setitem__, (info.id, place[1]), 0)
+            batch._unsent = weakref.finalize(batch, self.flags.__setitem__, (info.id, slot), 0)
         return batch
 
     def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int] | None:
@@ -678,12 +679,12 @@ class _Slots:
         table = cls._tables.get(token)
         if table is None:  # not this process's dataset: its slot stays taken, the worker allocates anew
             return
-        tensors = [batch.rows, batch.offsets, batch.lengths, *batch.examples.values(), *batch.values.values()]
         with cls._lock:
             if cls._held_by != os.getpid():
                 cls._held, cls._held_by = [], os.getpid()
             held = list(cls._held)
             if slot >= 0:
+                tensors = [batch.rows, batch.offsets, batch.lengths, *batch.examples.values(), *batch.values.values()]
                 held.append(([StorageWeakRef(t.untyped_storage()) for t in tensors], table.flags, worker, slot))
             live = [h for h in held if not all(ref.expired() for ref in h[0])]
             # a slot is free when every batch that names it is gone (a copy of a batch,
