@@ -95,6 +95,21 @@ def test_read_examples_numbers_rows_across_row_groups(local_ray, world, tmp_path
     empty = tmp_path / "empty.parquet"
     pq.write_table(log.slice(0, 0), empty)
     assert read_examples(empty).count() == 0
+    small = tmp_path / "small.parquet"  # 40 row groups of 3 rows: read by fewer tasks, each row once
+    pq.write_table(log, small, row_group_size=3)
+    refs = read_examples(small).to_arrow_refs()
+    assert len(refs) < 40
+    assert sorted(pa.concat_tables(ray.get(refs)).column(ROW).to_pylist()) == list(range(log.num_rows))
+
+
+def test_a_log_rewritten_after_it_was_planned_is_refused(local_ray, world, tmp_path):
+    _, log, _ = world
+    path = tmp_path / "log.parquet"
+    pq.write_table(log, path, row_group_size=40)
+    planned = read_examples(path)
+    pq.write_table(log.slice(1), path, row_group_size=40)  # one example fewer: every row group moves
+    with pytest.raises(Exception, match="changed since lateseq.ray planned its reads"):
+        planned.count()
 
 
 def test_collate_makes_a_batch_of_values_and_offsets_from_chunked_list_columns():

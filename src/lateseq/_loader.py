@@ -17,6 +17,7 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from ._errors import ChecksumMismatch, SchemaError
 from ._format import all_replaced_when_written
@@ -208,16 +209,41 @@ def _read_schema(examples: ExampleSource) -> pa.Schema:
         return source.schema_arrow
 
 
-def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+def parquet_path(path: str | os.PathLike) -> str:
+    """``path`` as a string, once it is known to name a file."""
     if not isinstance(path, str | os.PathLike):
         raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
+    return os.fspath(path)
+
+
+def footer_digest(path: str) -> str:
+    """A digest of a Parquet file's footer (its schema, row groups, column chunk offsets
+    and statistics), read in one small read: what tells a log from the same file rewritten."""
+    digest = xxhash.xxh3_64()
     try:
-        source = pq.ParquetFile(path, page_checksum_verification=True)  # pages written with one: see write_log
+        with open(path, "rb") as file:
+            file.seek(-8, os.SEEK_END)
+            tail = file.read(8)
+            file.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
+            digest.update(file.read())
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read example log {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def _open_parquet(path: str | os.PathLike, checked: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """The example log at ``path``, its footer checked; or, with ``checked``, read through
+    that footer, already checked, which the caller knows to be the file's (a log of 10,000
+    row groups has a 6 MB footer: parsed and checked in ~0.2 s, every epoch of every worker)."""
+    path = parquet_path(path)
+    try:  # pages written with a checksum: see write_log
+        source = pq.ParquetFile(path, metadata=checked, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read example log {path} as Parquet: {exc}") from exc
-    _check_row_counts(source.metadata, path)
+    if checked is None:
+        _check_row_counts(source.metadata, path)
     return source
 
 

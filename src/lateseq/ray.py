@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 try:
     import ray.data
@@ -30,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._errors import SchemaError, exact_integer
 from ._events import partition_of
-from ._loader import _open_parquet
+from ._loader import _open_parquet, footer_digest, parquet_path
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
@@ -52,7 +53,9 @@ def read_examples(examples: pa.Table | str | os.PathLike,
     columns, and ``ROW``, each example's row number in the log (Ray's own Parquet reader
     does not give it; it says which examples came out, and joins them back to the log).
 
-    A Parquet log is read one row group per task; a Table is put in the object store.
+    A Parquet log is read in tasks of consecutive row groups (up to ``BLOCK_ROWS`` rows
+    each, or one row group where it is bigger), each checking that the file is still the
+    one planned; a Table is put in the object store.
     ``example_columns`` as in ``lateseq.torch.ExampleDataset`` (default: every numeric or
     bool column but the pointer's).
     """
@@ -63,7 +66,8 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
           blocks: int = 1, store: Store | None = None) -> tuple[ray.data.Dataset, list[str]]:
     """(the log as a Dataset, its example columns), both from the log's schema alone; a
     Table is cut into at least ``blocks`` blocks (of at most ``BLOCK_ROWS`` rows), so
-    that as many actors share it. Pointers into versions newer than ``store`` are refused
+    that as many actors share it, and a Parquet log's small row groups are read together
+    up to that size. Pointers into versions newer than ``store`` are refused
     now, not in an actor (from a Parquet log's statistics)."""
     from .torch import _log_columns, _refuse_newer
 
@@ -77,19 +81,28 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
         step = max(1, min(BLOCK_ROWS, -(-table.num_rows // blocks)))
         parts = [table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]
         return ray.data.from_arrow(parts), example_columns
-    with _open_parquet(examples) as source:
+    path = parquet_path(examples)
+    footer = footer_digest(path)  # before the footer is parsed: a file replaced in between fails every task
+    with _open_parquet(path) as source:
         if store is not None:
             _refuse_newer(store, source.metadata)
         read, example_columns = _log_columns(source.schema_arrow, example_columns)
-        sizes = [source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)]
+        sizes = np.array([source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)],
+                         np.int64)
         empty = source.schema_arrow.empty_table().select(read)
     _check_row_name(read)
-    if not sizes:
+    if not len(sizes):
         return ray.data.from_arrow(empty.append_column(ROW, pa.array([], pa.int64()))), example_columns
-    firsts = np.cumsum([0, *sizes[:-1]]).tolist()
-    groups = ray.data.from_items([{"group": g, "first": first} for g, first in enumerate(firsts)])
-    return groups.map_batches(_read_row_groups, batch_size=1, batch_format="pyarrow",
-                              fn_kwargs={"path": os.fspath(examples), "columns": read}), example_columns
+    # a task reads consecutive row groups up to a block's rows, as a table is cut (a log of
+    # 10,000 small row groups is not 10,000 tasks, each opening the file)
+    firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    step = max(1, min(BLOCK_ROWS, -(-int(sizes.sum()) // blocks)))
+    starts = np.flatnonzero(np.diff(firsts // step, prepend=-1))
+    tasks = [{"groups": [int(a), int(b)], "first": int(firsts[a])}
+             for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
+    return ray.data.from_items(tasks).map_batches(
+        _read_row_groups, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"path": path, "columns": read, "footer": footer}), example_columns
 
 
 def _check_row_name(read: list[str]) -> None:
@@ -98,12 +111,23 @@ def _check_row_name(read: list[str]) -> None:
                           "rename it or leave it out of example_columns")
 
 
-def _read_row_groups(groups: pa.Table, path: str, columns: list[str]) -> pa.Table:
-    source = _open_parquet(path)
-    tables = []
-    for group, first in zip(groups.column("group").to_pylist(), groups.column("first").to_pylist(), strict=True):
-        table = source.read_row_group(group, columns=columns)
-        tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))))
+_FOOTERS: dict[str, pq.FileMetaData] = {}  # the footers this process checked (a Ray worker runs many tasks)
+
+
+def _read_row_groups(tasks: pa.Table, path: str, columns: list[str], footer: str) -> pa.Table:
+    if footer_digest(path) != footer:
+        raise SchemaError(f"example log {path} changed since lateseq.ray planned its reads; read it again")
+    checked = _FOOTERS.get(footer)
+    with _open_parquet(path, checked) as source:
+        if checked is None:
+            _FOOTERS.clear()  # one log at a time, mostly: kept small
+            _FOOTERS[footer] = source.metadata
+        tables = []
+        for (lo, hi), first in zip(tasks.column("groups").to_pylist(), tasks.column("first").to_pylist(),
+                                   strict=True):
+            table = source.read_row_groups(list(range(lo, hi)), columns=columns)
+            tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows,
+                                                                      dtype=np.int64))))
     return pa.concat_tables(tables)
 
 

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._errors import ChecksumMismatch, PointerError, SchemaError, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
-from ._loader import _open_parquet
+from ._loader import _open_parquet, footer_digest, parquet_path
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -382,18 +382,22 @@ class ExampleDataset(IterableDataset):
             self._path: str | None = None
             schema, num_rows, row_groups, meta = examples.schema, examples.num_rows, None, None
         else:
-            with _open_parquet(examples) as source:
+            self._table, self._path = None, parquet_path(examples)
+            # digested before its footer is parsed: a file replaced in between fails every later check
+            self._log = footer_digest(self._path)
+            with _open_parquet(self._path) as source:
                 schema, meta = source.schema_arrow, source.metadata
                 num_rows = meta.num_rows
                 row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-            self._table, self._path = None, os.fspath(examples)
             if copartition:
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._path}")
+        self._footer = meta  # a Parquet log's, checked: later reads go through it, not a new parse
         self._read, self.example_columns = _log_columns(schema, example_columns)
         _refuse_unfit(self.example_columns, examples if self._table is not None else meta)
         _refuse_newer(self.store, examples if self._table is not None else meta)
-        self._log = _log_identity(self._table, self._path)
+        if self._table is not None:
+            self._log = _table_identity(self._table)
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
@@ -503,11 +507,10 @@ class ExampleDataset(IterableDataset):
         return self._batches(plan, start)
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
-        source = None if self._table is not None else _open_parquet(self._path)
-        if source is not None and _log_identity(None, self._path) != self._log:
-            source.close()
+        if self._path is not None and footer_digest(self._path) != self._log:
             raise SchemaError(f"example log {self._path} changed since this dataset was made; make a new "
                               "dataset (a state saved over the old log does not resume over the new one)")
+        source = None if self._path is None else _open_parquet(self._path, self._footer)  # the footer digested
         made = (self._made(*read) for read in self._reads(plan, source, start))
         if self.prefetch:
             made = _ahead(made)
@@ -757,25 +760,13 @@ def _disk_read_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
 
 
-def _log_identity(table: pa.Table | None, path: str | None) -> str:
-    """A digest of an example log: of a Parquet file's footer (its schema, row groups,
-    column chunk sizes and statistics, read in one small read), or of a table's pointer
-    columns."""
+def _table_identity(table: pa.Table) -> str:
+    """A digest of a table's pointer columns (a Parquet log's: ``footer_digest``)."""
     digest = xxhash.xxh3_64()
-    if table is not None:
-        for name in [f.name for f in POINTER_FIELDS]:
-            for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
-                digest.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)).view(np.uint8))
-        digest.update(str(table.num_rows).encode())
-        return digest.hexdigest()
-    try:
-        with open(path, "rb") as file:
-            file.seek(-8, os.SEEK_END)
-            tail = file.read(8)
-            file.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
-            digest.update(file.read())
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"cannot read example log {path}: {exc}") from exc
+    for name in [f.name for f in POINTER_FIELDS]:
+        for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
+            digest.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)).view(np.uint8))
+    digest.update(str(table.num_rows).encode())
     return digest.hexdigest()
 
 
