@@ -61,7 +61,7 @@ BAD_EVENTS = {
     "string into bool": (good(click=pa.array(["y", "n"])), r"'click' has type string"),
     "null user": (good(user_id=pa.array([1, None], pa.int64())), r"'user_id' has 1 null"),
     "null time": (good(ts=pa.array([None, None], pa.int64())), r"'ts' has 2 null"),
-    "null payload": (good(w=pa.array([None, 1.0], pa.float32())), r"'w' has 1 null"),
+    "null payload": (good(w=pa.array([None, 1.0], pa.float32())), r"'w' has 1 null.*fill_null\(column, float\('nan'\)\)"),
     "null bool": (good(click=pa.array([None, True])), r"'click' has 1 null"),
     "empty table": (good().slice(0, 0), r"empty"),
     "extra column": (good(surprise=pa.array([1, 2])), r"\['surprise'\].*does not know"),
@@ -341,8 +341,34 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
                                    lambda before=before, grace=grace: store.cleanup(before, grace_s=grace))
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"user_id": [1], "request_ts": [30]})
-    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "requests are a pyarrow Table, not a DataFrame",
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "requests are a pyarrow Table, not a "
+                               r"DataFrame \(pa.Table.from_pandas\(df, preserve_index=False\)",
                                lambda: lateseq.log_examples(store, frame))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "cannot commit a DataFrame.*from_pandas",
+                               lambda: store.commit(frame))
+    path = tmp_path / "twice.parquet"  # a join's second label: refused naming it, not a bare KeyError
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30], "label": [1]}))
+    pq.write_table(log.append_column("label", pa.array([0])), path)
+    with pytest.raises(lateseq.SchemaError, match=r"columns named more than once: \['label'\]"):
+        next(lateseq.iter_batches(store, path, lateseq.Projection(3)))
+    assert len(next(lateseq.iter_batches(store, path, lateseq.Projection(3), columns=["uih_length"]))[0]) == 1
+
+
+def test_categories_and_dates_are_taken_as_the_values_they_stand_for(make_store):
+    """A categorical column holds its values exactly, a date its whole days: both are
+    decoded, not refused."""
+    days = pa.array([19_000, 19_001], pa.date32())
+    plain = good(ts=pa.array([19_000 * 86_400, 19_001 * 86_400]))
+    coded = good(ts=days, item=pa.array([5, 6]).dictionary_encode(), user_id=pa.array([1, 2]).dictionary_encode())
+    read = []
+    for events in (plain, coded):
+        store = make_store(COLUMNS, time_unit="s").commit(events)
+        pointers = lateseq.make_pointers(store, [1, 2], [20_000 * 86_400] * 2)
+        batch = lateseq.materialize(store, pointers, lateseq.Projection(5, tuple(COLUMNS) + ("ts",)))
+        read.append((batch.offsets.tolist(), {k: v.tolist() for k, v in batch.values.items()}))
+    assert read[0] == read[1] and read[0][1]["ts"] == [19_000 * 86_400, 19_001 * 86_400]
+    inferred = lateseq.Schema.infer(coded.schema)
+    assert inferred.time_unit == "s" and inferred.columns["item"] == "int64"
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "an example log is a pyarrow Table, not a dict",
                                lambda: lateseq.materialize(store, {"user_id": [1]}, lateseq.Projection(3)))
     with pytest.raises(lateseq.StoreError, match="is inside the store"):

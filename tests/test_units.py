@@ -150,10 +150,13 @@ def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_
 
 def test_other_time_types_are_refused():
     schema = Schema({"item": "int64"}, time_unit="us")
-    for array in (pa.array([1.5]), pa.array([1], pa.date32()), pa.array(["1"]),
-                  pa.array([2**63], pa.uint64())):
+    for array in (pa.array([1.5]), pa.array(["1"]), pa.array([2**63], pa.uint64()),
+                  pa.array([1], pa.duration("s"))):
         with pytest.raises(SchemaError, match="'t'"):
             schema.times_to_store(array, "'t'")
+    # dates are whole days: exact in any unit
+    assert schema.times_to_store(pa.array([1], pa.date32()), "'t'").to_pylist() == [86_400 * 10**6]
+    assert schema.times_to_store(pa.array([86_400_000], pa.date64()), "'t'").to_pylist() == [86_400 * 10**6]
 
 
 # ---------------------------------------------------------------- events into a store
@@ -279,6 +282,25 @@ def test_the_issue_millisecond_requests_against_a_microsecond_store(make_store):
     # and plain integers, as before
     pointers = lateseq.make_pointers(store, [1], [request.value // 1000])
     assert pointers.column("uih_length").to_pylist() == [2]
+
+
+def test_pandas_request_times_keep_every_nanosecond(make_store):
+    """numpy turns a time-zoned Series into Timestamp objects, which Arrow read to the
+    microsecond: the pointer named another time, and its checksum agreed with it."""
+    t = 1_700_000_000_000_000_000
+    store = make_store({"item": "int64"}, time_unit="ns")
+    store = store.commit(pa.table({"user_id": [1], "ts": [t + 100], "item": [7]}))
+    tz_series = pd.Series(pd.to_datetime([t + 500], unit="ns", utc=True))
+    for given in (tz_series, pd.DatetimeIndex(tz_series), tz_series.dt.tz_convert("Asia/Kolkata"),
+                  [pd.Timestamp(t + 500)], [pd.Timestamp(t + 500, tz="Europe/Paris")],
+                  np.array([pd.Timestamp(t + 500)], dtype=object)):
+        pointers = lateseq.make_pointers(store, [1], given)
+        assert pointers.column("request_ts").to_pylist() == [t + 500], given
+        assert pointers.column("uih_length").to_pylist() == [1], given
+    seconds = make_store({"item": "int64"}, time_unit="s")
+    for given in (tz_series, [pd.Timestamp(t + 500)]):  # not whole seconds: refused, not cut
+        with pytest.raises(SchemaError, match="not whole seconds"):
+            lateseq.make_pointers(seconds, [1], given)
 
 
 def test_request_times_that_would_lose_precision_are_refused(make_store):

@@ -194,6 +194,10 @@ def _selected(schema: pa.Schema, columns: Sequence[str] | None) -> list[str]:
 def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str] | None:
     """The columns to read: what rebuilding the examples reads (the pointer's, a two-tier
     record's) plus those asked for (None: all)."""
+    repeated = sorted({n for n in (schema.names if columns is None else columns) if schema.names.count(n) > 1})
+    if repeated:
+        raise SchemaError(f"example log has columns named more than once: {repeated}; name the columns to read "
+                          "(columns=) without them, or rename them")
     if columns is None:
         return None
     unknown = [c for c in columns if c not in schema.names]

@@ -38,7 +38,7 @@ from ._errors import PointerError, SchemaError, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
-from ._schema import Schema, as_user_ids
+from ._schema import Schema, as_user_ids, frame_hint
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -189,8 +189,8 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     Writes the example log to ``path`` as Parquet when given, and returns it.
     """
     if not isinstance(requests, pa.Table):
-        raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__} (pa.Table.from_pandas "
-                          "converts a DataFrame)")
+        raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__}"
+                          + (f" ({frame_hint(requests)})" if hasattr(requests, "columns") else ""))
     for needed in ("user_id", "request_ts"):
         if requests.column_names.count(needed) > 1:
             raise SchemaError(f"requests have {requests.column_names.count(needed)} columns named {needed!r}")
@@ -219,8 +219,23 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
 def _arrow_times(values: Any) -> pa.Array:
     """Request times as Arrow, read as user ids are (scalars, byte-swapped arrays, an
     empty list): datetime64 of a unit Arrow lacks (days, hours, minutes) in exact seconds;
-    of a unit of no fixed length (months, years) or finer than ns, refused."""
+    of a unit of no fixed length (months, years) or finer than ns, refused. A pandas
+    Series or Index goes to Arrow as it is: numpy makes Timestamp objects of time-zoned
+    times, which Arrow would read to the microsecond only."""
+    if hasattr(values, "dtype") and not isinstance(values, np.ndarray):
+        try:
+            return pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError):
+            pass  # not a kind Arrow reads: through numpy below
     values = np.atleast_1d(np.asarray(values))
+    if values.dtype == object and len(values):
+        try:
+            times = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise SchemaError(f"request_ts must be integer times in the store's unit or timestamps: {exc}") from exc
+        if pa.types.is_timestamp(times.type) and any(getattr(v, "nanosecond", 0) for v in values):
+            times = pa.array(values, pa.timestamp("ns", times.type.tz))  # pandas Timestamps: every nanosecond
+        return times
     if values.ndim != 1:
         raise SchemaError(f"request_ts must be one-dimensional, not of shape {values.shape}")
     if values.size == 0:

@@ -108,14 +108,14 @@ class Schema:
         for needed in (user_col, time_col):
             if needed not in names:
                 raise SchemaError(f"input has no column {needed!r} (columns: {names})")
-        time_type = arrow_schema.field(time_col).type
+        time_type = _timestamp_of_date(arrow_schema.field(time_col).type)
         if pa.types.is_timestamp(time_type):
             options.setdefault("time_unit", time_type.unit)
         columns = {}
         for f in arrow_schema:
             if f.name in (user_col, time_col):
                 continue
-            dtype = _TYPE_NAMES.get(str(f.type))
+            dtype = _TYPE_NAMES.get(str(f.type.value_type if pa.types.is_dictionary(f.type) else f.type))
             if dtype is None:
                 raise SchemaError(
                     f"column {f.name!r} has type {f.type}, which a store cannot hold; "
@@ -139,8 +139,12 @@ class Schema:
         arrays = []
         for name in expected:
             col = table.column(name)
+            if pa.types.is_dictionary(col.type):  # a categorical column: its values, exactly
+                col = col.cast(col.type.value_type)
             if col.null_count:
-                raise SchemaError(f"column {name!r} has {col.null_count} null values; lateseq stores none")
+                nan = (" (pa.Table.from_pandas makes nulls of pandas' NaN: to store NaN, fill them back with "
+                       "pyarrow.compute.fill_null(column, float('nan')))" if pa.types.is_floating(col.type) else "")
+                raise SchemaError(f"column {name!r} has {col.null_count} null values; lateseq stores none{nan}")
             if name in (self.time_col, self.arrival_col):
                 col = self.times_to_store(col, f"column {name!r}")
             elif pa.types.is_timestamp(col.type):  # its unit would silently become the store's
@@ -193,6 +197,8 @@ class Schema:
         ``what``, for a timestamp into a store of plain integers, a conversion that
         would drop precision or overflow int64, or any other type. Nulls pass through.
         """
+        if _timestamp_of_date(times.type) != times.type:  # days (or date64's ms) are whole seconds
+            times = pc.cast(times, _timestamp_of_date(times.type))
         source = times.type
         if pa.types.is_integer(source):
             try:
@@ -200,7 +206,7 @@ class Schema:
             except pa.ArrowInvalid as exc:
                 raise SchemaError(f"{what} has type {source} with values that do not fit int64: {exc}") from exc
         if not pa.types.is_timestamp(source):
-            raise SchemaError(f"{what} has type {source}; times must be integers or timestamps")
+            raise SchemaError(f"{what} has type {source}; times must be integers, timestamps or dates")
         if self.time_unit is None:
             raise SchemaError(
                 f"{what} has type {source}, but the store holds plain integer times (its schema has no "
@@ -260,6 +266,21 @@ class Schema:
         data = json.loads(text)
         data.pop("format", None)
         return cls(**data)
+
+
+def _timestamp_of_date(type_: pa.DataType) -> pa.DataType:
+    """The timestamp type a date type converts to exactly (other types as they are)."""
+    if pa.types.is_date32(type_):
+        return pa.timestamp("s")
+    return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
+
+
+def frame_hint(frame: Any) -> str:
+    """How to make the Arrow table lateseq takes of a DataFrame, exactly."""
+    if type(frame).__module__.split(".")[0] == "pandas":
+        return ("pa.Table.from_pandas(df, preserve_index=False) converts a pandas DataFrame (it turns NaN into "
+                "null: fill float columns back with pyarrow.compute.fill_null(column, float('nan')))")
+    return "pa.table(df) converts a DataFrame that exports Arrow (polars, DuckDB, ...) exactly"
 
 
 def as_user_ids(values: Any, what: str) -> np.ndarray:

@@ -44,7 +44,7 @@ from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
-from ._schema import Schema, as_user_ids
+from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
     VersionInfo,
@@ -667,8 +667,8 @@ def _read_events(source: EventSource) -> pa.Table:
             raise SchemaError(f"no events file at {source}") from exc
         except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
-    raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, "
-                      "RecordBatchReader or Parquet path")
+    raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatchReader or "
+                      f"Parquet path" + (f" ({frame_hint(source)})" if hasattr(source, "columns") else ""))
 
 
 def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",
