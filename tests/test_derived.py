@@ -229,6 +229,29 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
     assert read(newer, "merged") == expected(newer, "merged")
 
 
+def test_cleanup_removes_the_merged_copies_of_retired_versions_whose_segments_stay(store):
+    """Each uncompacted version's merged copy holds every earlier day's events as well:
+    their segments stay (the latest version still uses them), but only a kept version can
+    read such a copy again, so the others go: kept, they added up to 14x the store."""
+    rng = np.random.default_rng(11)
+    versions = [store]
+    for day in range(3):
+        versions.append(versions[-1].commit(events(rng, 100, 3000 + day * 500)))
+    for version in versions:  # a day's training job through each version's merged copy
+        lateseq.open(version.path, version.version, merged_reads=True).prefault(["item"])
+    partitions = 2
+    assert len(copy_files(store, ".json")) == partitions * len(versions)
+    latest = versions[-1]
+    latest.tag("kept", versions[1].version)
+    latest.cleanup(before=latest.version, grace_s=0)
+    assert len(copy_files(store, ".json")) == partitions * 2  # the latest's and the tagged version's
+    for handle in (lateseq.open(latest.path, "kept", merged_reads=True), lateseq.open(latest.path, merged_reads=True)):
+        files = set(copy_files(store))
+        handle.prefault(["item"])
+        assert set(copy_files(store)) == files  # read through the copies kept: nothing built again
+    assert read(latest, "merged") == expected(latest, "merged")
+
+
 @pytest.mark.parametrize("merged_reads", [True, False])
 def test_a_handle_keeps_reading_what_it_mapped_after_its_version_is_cleaned_up(store, merged_reads):
     """``Store.cleanup``'s promise: a handle on a retired version keeps the segments it has

@@ -51,10 +51,10 @@ from ._versions import dump_checked, load_checked, older_than
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
 
 
-def merged_name(infos: list[SegmentInfo]) -> str:
-    """The name of the merged copy of the segments ``infos`` (one partition's, oldest
+def merged_name(partition: int, segments: list[str] | tuple[str, ...]) -> str:
+    """The name of the merged copy of a partition's ``segments`` (their names, oldest
     first): known without opening them, so a read through an open copy opens nothing else."""
-    return _name(infos[0].partition, _merged_key(infos))
+    return _name(partition, _merged_key(segments))
 
 
 def derived_built(name: str, cache: Path) -> bool:
@@ -113,12 +113,13 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
     """The events of the segments ``infos`` (one partition's, oldest first) as one
     segment, in the order a full compaction writes them; ``segments`` opens them, only
     when the copy must be built. ``random_access``: see ``Segment``."""
-    return _derive(cache, infos[0].partition, [info.name for info in infos], _merged_key(infos),
-                   lambda: merge_segments(segments(), schema), random_access)
+    names = [info.name for info in infos]
+    return _derive(cache, infos[0].partition, names, _merged_key(names), lambda: merge_segments(segments(), schema),
+                   random_access)
 
 
-def _merged_key(infos: list[SegmentInfo]) -> dict:
-    return {"merged": [info.name for info in infos]}
+def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
+    return {"merged": list(segments)}
 
 
 def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) -> Segment:
@@ -203,9 +204,13 @@ def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Se
     return segment
 
 
-def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, temporary_grace_s: float) -> None:
+def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], grace_s: float,
+                        temporary_grace_s: float) -> None:
     """Deletes the copies in the read cache ``cache`` made from a segment no kept version
-    references (and unreadable ones) once older than ``grace_s``, and builders' temporary
+    references, merged copies not named in ``merged`` (a version's partition of several
+    segments: each daily version's copy holds every earlier day's events too, so copies of
+    retired versions would add up to many times the store), and unreadable ones, once
+    older than ``grace_s``, and builders' temporary
     files (a crashed build's leftovers) once older than ``temporary_grace_s``, or with
     their copy (its build lock and merged-reads tally: any build of it now would read
     segments no version keeps)."""
@@ -215,7 +220,9 @@ def remove_stale_copies(cache: Path, referenced: set[str], grace_s: float, tempo
             path.unlink(missing_ok=True)  # a build lock going only lets a second builder in
     for sidecar in folder.glob("*.json") if folder.is_dir() else []:
         try:
-            stale = not set(load_checked(sidecar)["sources"]) <= referenced
+            content = load_checked(sidecar)
+            stale = (not set(content["sources"]) <= referenced
+                     or ("merged" in content["key"] and sidecar.name[:-len(".json")] not in merged))
         except (StoreError, KeyError, TypeError):
             stale = True
         if stale and older_than(sidecar, grace_s):

@@ -443,7 +443,8 @@ class Store:
                     for path in folder.glob(".tmp-*"):
                         if older_than(path, grace_s):
                             path.unlink(missing_ok=True)
-            referenced = self._log.referenced_segments()
+            kept = self._log.kept_partitions()
+            referenced = {name for _, names in kept for name in names}
             for path in (self.path / "segments").iterdir():
                 name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
                 if name not in referenced and not path.is_dir() and older_than(path, grace_s):  # a folder: not ours
@@ -457,7 +458,8 @@ class Store:
                     stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
                 if stale and older_than(path, grace_s):
                     path.unlink(missing_ok=True)
-            remove_stale_copies(self.cache_dir, referenced, grace_s, max(grace_s, _DECODE_GRACE_S))
+            merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
+            remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
         return retired
 
     # ------------------------------------------------------------ reading
@@ -566,7 +568,7 @@ class Store:
         if self.merged_reads is False:
             return False
         if partition not in self._merged_names:
-            self._merged_names[partition] = name = merged_name(infos)
+            self._merged_names[partition] = name = merged_name(partition, [info.name for info in infos])
             if self.merged_reads == "auto":
                 price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
                 self._rents[partition] = MergeRent(self.cache_dir, name, price)

@@ -296,14 +296,17 @@ class VersionLog:
                 retired.append(number)
         return retired
 
-    def referenced_segments(self) -> set[str]:
-        """Names of the segments any kept version uses (each manifest read once: another
-        cleanup may retire versions meanwhile, which only ever frees names)."""
-        names = set()
+    def kept_partitions(self) -> set[tuple[int, tuple[str, ...]]]:
+        """Every kept version's partitions: (partition, the names of its segments, oldest
+        first), each manifest read once (another cleanup may retire versions meanwhile,
+        which only ever frees names)."""
+        kept = set()
         for number in self.numbers():
-            manifest = load_checked(self.manifest_path(number))
-            names.update(s["name"] for s in manifest.get("segments", []))
-        return names
+            by_partition: dict[int, list[str]] = {}
+            for segment in load_checked(self.manifest_path(number)).get("segments", []):
+                by_partition.setdefault(segment["partition"], []).append(segment["name"])
+            kept.update((partition, tuple(names)) for partition, names in by_partition.items())
+        return kept
 
 
 def _tagged(path: Path, name: str) -> int:
