@@ -4,6 +4,7 @@ the store even with it, and are written whole or not at all; and ``lateseq clean
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,9 @@ def test_cleanup_retires_untagged_versions_before_the_latest(history):
     assert kept(path) == [1, 3, 4]
     assert len(err.strip().splitlines()) == 1 and "retired 1 versions older than 4" in err
     assert "kept tagged versions 1, 3" in err
+    assert re.search(r"; freed [\d,.]+ k?B \(files younger than --grace 3600 s stay until a later cleanup\)", err)
+    code, out, err = cli("cleanup", path, "--grace", "0")
+    assert code == 0 and out == "" and re.search(r"; freed [\d,.]+ k?B$", err.strip()), err
     # pointers into the retired version still rebuild, checked by their checksums
     assert lateseq.materialize(lateseq.open(path), log, lateseq.Projection(5, ("item_id",))).values[
         "item_id"].tolist() == [0, 1]

@@ -18,6 +18,15 @@ def main() -> None:
     app()
 
 
+def human_bytes(n: float) -> str:
+    """A byte count as people read it (1,234 B, 12.3 MB)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
 def __getattr__(name: str) -> Any:
     if name == "app":  # the Typer application, for tests and for embedding
         from ._app import app

@@ -50,6 +50,7 @@ from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._pointers import write_log
 from lateseq._schema import as_user_ids
 from lateseq._store import check_commit_id
+from lateseq.cli import human_bytes
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
 _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
@@ -375,13 +376,35 @@ def cleanup(
             if version < before:
                 handle.untag(name)
                 untagged.append(name)
+    held = _bytes_under(handle.path, handle.cache_dir)
     retired = handle.cleanup(before, grace_s=grace)
     for version in retired:
         print(version)
     pinned = sorted({v for v in handle.tags().values() if v < before})
+    shown = ", ".join(map(str, pinned[:10])) + (f" and {len(pinned) - 10} more" if len(pinned) > 10 else "")
+    freed = max(0, held - _bytes_under(handle.path, handle.cache_dir))
     _err.print(f"retired {len(retired)} versions older than {before}"
                + (f"; removed tags {', '.join(untagged)}" if untagged else "")
-               + (f"; kept tagged versions {', '.join(map(str, pinned))}" if pinned else ""), highlight=False)
+               + (f"; kept tagged versions {shown}" if pinned else "")
+               + f"; freed {human_bytes(freed)}"
+               + (f" (files younger than --grace {grace:g} s stay until a later cleanup)" if grace else ""),
+               highlight=False)
+
+
+def _bytes_under(*folders: Path) -> int:
+    """Bytes of the files under ``folders`` (each counted once: a cache may sit inside the store)."""
+    seen, total = set(), 0
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue  # gone meanwhile
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total
 
 
 @app.command()

@@ -49,7 +49,7 @@ from lateseq import (
 )
 from lateseq._format import decoded_file
 from lateseq._pointers import write_log
-from lateseq.cli import fatrow
+from lateseq.cli import fatrow, human_bytes
 from lateseq.mutable import InMemoryTier
 from lateseq.twotier import (
     OnlineReader,
@@ -546,14 +546,6 @@ def _du(path: Path) -> int:
 # ---------------------------------------------------------------- the report
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    raise AssertionError  # pragma: no cover
-
-
 def _report(s: dict[str, Any], console: Console) -> None:
     out = Console() if console.stderr else console
     table = Table(title=f"lateseq demo: {s['dataset']}", show_lines=False)
@@ -568,15 +560,15 @@ def _report(s: dict[str, Any], console: Console) -> None:
     table.add_row("mean history at request", f"{s['mean_history']:.1f}",
                   f"{s['empty_history_share']:.0%} empty; {s['mean_history_capped']:.1f} capped at N=200")
     table.add_section()
-    table.add_row("store, latest version", _size(s["store_latest_bytes"]), "events once, packed (durable)")
-    table.add_row("store, all versions", _size(s["store_bytes"]), "before any cleanup of old segments")
-    table.add_row("read cache, latest version", _size(s["read_cache_bytes"]),
+    table.add_row("store, latest version", human_bytes(s["store_latest_bytes"]), "events once, packed (durable)")
+    table.add_row("store, all versions", human_bytes(s["store_bytes"]), "before any cleanup of old segments")
+    table.add_row("read cache, latest version", human_bytes(s["read_cache_bytes"]),
                   "decoded, memory-mapped; per host, rebuilt when missing")
-    table.add_row("example log (pointers)", _size(s["example_log_bytes"]), "28-byte pointer + request columns")
+    table.add_row("example log (pointers)", human_bytes(s["example_log_bytes"]), "28-byte pointer + request columns")
     fat_note = "union of both tenants, N=200"
     if s["sampled"]:
         fat_note += f"; extrapolated from {s['compared']:,} sampled examples"
-    table.add_row("Fat Rows", _size(s["fat_row_bytes"]), fat_note)
+    table.add_row("Fat Rows", human_bytes(s["fat_row_bytes"]), fat_note)
     table.add_row("Fat Rows / (store + log)", f"{s['storage_ratio']:.2f}x", "latest version")
     for r in s["tenants"]:
         table.add_section()
@@ -603,9 +595,9 @@ def _report(s: dict[str, Any], console: Console) -> None:
                       "mismatches: after the day's fold + compaction, tails inline")
         table.add_row("  batch rebuild", f"{online['batch_mismatches']:,}",
                       "mismatches: at the end, tails stripped")
-        table.add_row("  store + log (stripped)", _size(online["store_bytes"] + online["log_stripped_bytes"]),
-                      f"log with tails inline: {_size(online['log_inline_bytes'])} in memory (Arrow)")
-        table.add_row(f"  Fat Rows (N={online['max_len']})", _size(online["fat_row_bytes"]),
+        table.add_row("  store + log (stripped)", human_bytes(online["store_bytes"] + online["log_stripped_bytes"]),
+                      f"log with tails inline: {human_bytes(online['log_inline_bytes'])} in memory (Arrow)")
+        table.add_row(f"  Fat Rows (N={online['max_len']})", human_bytes(online["fat_row_bytes"]),
                       f"{online['fat_row_bytes'] / (online['store_bytes'] + online['log_stripped_bytes']):.1f}x "
                       "store + stripped log")
     out.print(table)
