@@ -161,9 +161,16 @@ class VersionLog:
         return out
 
     def find_commit(self, commit_id: str) -> tuple[int, str] | None:
-        """(version, content digest) of the commit that used ``commit_id``, kept or retired."""
+        """(version, content digest) of the commit that used ``commit_id``, kept or retired.
+        A new id is looked for in every version ever published: each file is searched for
+        the id's JSON text, and parsed and checked only where it is found (parsing every
+        manifest made an idempotent commit 10x a plain one at 4,500 versions)."""
+        text = json.dumps(commit_id).encode()  # as dump_checked writes it, and any indented file too
         for number in reversed(self.numbers()):
-            m = load_checked(self.manifest_path(number))
+            path = self.manifest_path(number)
+            if text not in read_regular(path):
+                continue
+            m = load_checked(path)
             if m.get("commit_id") == commit_id:
                 return number, m.get("content", "")
         return None
