@@ -291,16 +291,16 @@ def test_pandas_request_times_keep_every_nanosecond(make_store):
     store = make_store({"item": "int64"}, time_unit="ns")
     store = store.commit(pa.table({"user_id": [1], "ts": [t + 100], "item": [7]}))
     tz_series = pd.Series(pd.to_datetime([t + 500], unit="ns", utc=True))
-    for given in (tz_series, pd.DatetimeIndex(tz_series), tz_series.dt.tz_convert("Asia/Kolkata"),
+    for times in (tz_series, pd.DatetimeIndex(tz_series), tz_series.dt.tz_convert("Asia/Kolkata"),
                   [pd.Timestamp(t + 500)], [pd.Timestamp(t + 500, tz="Europe/Paris")],
                   np.array([pd.Timestamp(t + 500)], dtype=object)):
-        pointers = lateseq.make_pointers(store, [1], given)
-        assert pointers.column("request_ts").to_pylist() == [t + 500], given
-        assert pointers.column("uih_length").to_pylist() == [1], given
+        pointers = lateseq.make_pointers(store, [1], times)
+        assert pointers.column("request_ts").to_pylist() == [t + 500], times
+        assert pointers.column("uih_length").to_pylist() == [1], times
     seconds = make_store({"item": "int64"}, time_unit="s")
-    for given in (tz_series, [pd.Timestamp(t + 500)]):  # not whole seconds: refused, not cut
+    for times in (tz_series, [pd.Timestamp(t + 500)]):  # not whole seconds: refused, not cut
         with pytest.raises(SchemaError, match="not whole seconds"):
-            lateseq.make_pointers(seconds, [1], given)
+            lateseq.make_pointers(seconds, [1], times)
 
 
 def test_request_times_that_would_lose_precision_are_refused(make_store):
