@@ -140,13 +140,8 @@ class Store:
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
-        manifest = self._read_manifest(version)
-        recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
-        if recorded is not None and recorded != self._schema_crc:
-            raise StoreError(f"{schema_file} is not the schema version {self.version} was written with (a file "
-                             "copied from another store?); restore it from a backup")
-        where = self._log.manifest_path(self.version)
-        self.segment_infos = [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
+        manifest = self._read_manifest(version)  # sets self.version
+        self.segment_infos = self._segments_of(self.version, manifest)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
@@ -168,6 +163,17 @@ class Store:
             self._segments.read_at_random()  # the lineage's first handles saw a smaller store
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
+
+    def _segments_of(self, version: int, manifest: dict | None = None) -> list[SegmentInfo]:
+        """The segments of kept ``version`` (from its ``manifest``, read when not given),
+        once the manifest is known to be written with this store's schema."""
+        manifest = self._log.manifest(version) if manifest is None else manifest
+        recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
+        if recorded is not None and recorded != self._schema_crc:
+            raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
+                             "file copied from another store?); restore it from a backup")
+        where = self._log.manifest_path(version)
+        return [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
 
     def _read_manifest(self, version: int | str | None) -> dict:
         """Sets ``self.version`` and returns its manifest. "The latest" is read again if

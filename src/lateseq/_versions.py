@@ -132,14 +132,20 @@ class VersionLog:
 
     def manifest(self, version: int) -> dict:
         """A kept version's manifest, checked; VersionNotFound for a retired or unknown one."""
+        manifest = self.published(version)
+        if manifest.get("retired"):
+            raise VersionNotFound(f"version {version} of {self.root} was cleaned up; latest is {self.latest}")
+        return manifest
+
+    def published(self, version: int) -> dict:
+        """A published version's file, checked: its manifest, or its tombstone once retired
+        (``"retired"`` is then true); VersionNotFound for a number never published."""
         if version < 0:
             raise VersionNotFound(f"there is no version {version}")
         path = self.manifest_path(version)
         if not path.exists() and not path.is_symlink():
             raise VersionNotFound(f"version {version} is not kept in {self.root}; latest is {self.latest}")
         manifest = load_checked(path)
-        if manifest.get("retired"):
-            raise VersionNotFound(f"version {version} of {self.root} was cleaned up; latest is {self.latest}")
         if manifest.get("version") != version:
             raise StoreError(f"{path} describes version {manifest.get('version')}, not {version}")
         return manifest
