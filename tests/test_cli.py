@@ -106,6 +106,11 @@ def test_ingest_versions_tag_compact_pointers_materialize(files):
     assert rows[0]["tags"] == ["also-first", "first"]
     code, out, _ = lateseq("versions", store)
     assert code == 0 and "compact" in out and "first" in out
+    for options, listed in ((["--last", "2"], [3, 4]), (["--last", "0"], []), (["--tagged"], [1]),
+                            (["--tagged", "--last", "5"], [1])):
+        code, out, err = lateseq("versions", store, "--json", *options)
+        assert code == 0 and [json.loads(line)["version"] for line in out.splitlines()] == listed, err
+    assert lateseq("versions", store, "--last", "-1")[0] != 0
     assert lateseq("untag", store, "also-first")[0] == 0
     code, out, _ = lateseq("versions", store, "--json")
     assert json.loads(out.splitlines()[0])["tags"] == ["first"]

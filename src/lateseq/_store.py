@@ -250,8 +250,11 @@ class Store:
 
     # ------------------------------------------------------------ versions and tags
 
-    def versions(self) -> list[VersionInfo]:
-        return self._log.infos()
+    def versions(self, last: int | None = None, tagged: bool = False) -> list[VersionInfo]:
+        """The kept versions, oldest first: the newest ``last`` only (when given), the
+        tagged ones only with ``tagged``. Each is read from its manifest: on a store of
+        thousands of versions, ``last`` reads only those."""
+        return self._log.infos(None if last is None else exact_integer("last", last, 0), tagged)
 
     def tags(self) -> dict[str, int]:
         return self._log.tags()

@@ -150,12 +150,15 @@ class VersionLog:
             raise StoreError(f"{path} describes version {manifest.get('version')}, not {version}")
         return manifest
 
-    def infos(self) -> list[VersionInfo]:
+    def infos(self, last: int | None = None, tagged: bool = False) -> list[VersionInfo]:
+        """See ``Store.versions``: read newest first, up to ``last`` kept versions."""
         tags: dict[int, list[str]] = {}
         for name, v in self.tags().items():
             tags.setdefault(v, []).append(name)
-        out = []
-        for number in self.numbers():
+        out: list[VersionInfo] = []
+        for number in reversed(sorted(tags) if tagged else self.numbers()):
+            if last is not None and len(out) >= last:
+                break
             m = load_checked(self.manifest_path(number))
             if m.get("retired"):
                 continue
@@ -164,7 +167,7 @@ class VersionLog:
                 sum(s["bytes"] for s in m["segments"]), tuple(sorted(tags.get(m["version"], []))),
                 m.get("watermark"),
             ))
-        return out
+        return out[::-1]
 
     def find_commit(self, commit_id: str) -> tuple[int, str] | None:
         """(version, content digest) of the commit that used ``commit_id``, kept or retired.

@@ -290,9 +290,12 @@ def ingest(
 def versions(
     store: StoreArg,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version, for scripts.")] = False,
+    last: Annotated[int | None, typer.Option(help="Only the newest LAST versions (reads only theirs).",
+                                             show_default="all")] = None,
+    tagged: Annotated[bool, typer.Option("--tagged", help="Only the tagged versions.")] = False,
 ) -> None:
-    """List the store's versions."""
-    infos = _open(store).versions()
+    """List the store's kept versions, oldest first."""
+    infos = _open(store).versions(last, tagged)
     if as_json:
         for v in infos:
             print(json.dumps({"version": v.version, "created_at": v.created_at, "operation": v.operation,
