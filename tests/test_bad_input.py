@@ -360,7 +360,8 @@ def test_categories_and_dates_are_taken_as_the_values_they_stand_for(make_store)
     decoded, not refused."""
     days = pa.array([19_000, 19_001], pa.date32())
     plain = good(ts=pa.array([19_000 * 86_400, 19_001 * 86_400]))
-    coded = good(ts=days, item=pa.array([5, 6]).dictionary_encode(), user_id=pa.array([1, 2]).dictionary_encode())
+    coded = good(ts=days.dictionary_encode(), item=pa.array([5, 6]).dictionary_encode(),
+                 user_id=pa.array([1, 2]).dictionary_encode())
     read = []
     for events in (plain, coded):
         store = make_store(COLUMNS, time_unit="s").commit(events)

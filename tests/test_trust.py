@@ -347,6 +347,20 @@ def test_a_commit_id_makes_a_rerun_a_no_op(store):
             store.commit(table, commit_id=bad)
 
 
+def test_a_rerun_that_cannot_read_every_commit_id_refuses_rather_than_commit_twice(store):
+    """A damaged version file may hide the id a rerun looks for (a tombstone keeps it):
+    the rerun refuses; it never stores the events a second time."""
+    table = events([80], [1], [3])
+    first = store.commit(table, commit_id="job-A")
+    first.commit(events([81], [1], [1])).cleanup(before=first.version + 1, grace_s=0)
+    path = first._log.manifest_path(first.version)
+    path.write_bytes(path.read_bytes().replace(b'"job-A"', b'"job-B"'))
+    latest = lateseq.open(store.path).version
+    with pytest.raises(lateseq.StoreError, match="damaged"):
+        lateseq.open(store.path).commit(table, commit_id="job-A")
+    assert lateseq.open(store.path).version == latest
+
+
 # ---------------------------------------------------------------- deletion
 
 

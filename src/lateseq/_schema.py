@@ -108,7 +108,7 @@ class Schema:
         for needed in (user_col, time_col):
             if needed not in names:
                 raise SchemaError(f"input has no column {needed!r} (columns: {names})")
-        time_type = _timestamp_of_date(arrow_schema.field(time_col).type)
+        time_type = _as_time(arrow_schema.field(time_col).type)
         if pa.types.is_timestamp(time_type):
             options.setdefault("time_unit", time_type.unit)
         columns = {}
@@ -197,8 +197,8 @@ class Schema:
         ``what``, for a timestamp into a store of plain integers, a conversion that
         would drop precision or overflow int64, or any other type. Nulls pass through.
         """
-        if _timestamp_of_date(times.type) != times.type:  # days (or date64's ms) are whole seconds
-            times = pc.cast(times, _timestamp_of_date(times.type))
+        if _as_time(times.type) != times.type:
+            times = pc.cast(times, _as_time(times.type))
         source = times.type
         if pa.types.is_integer(source):
             try:
@@ -268,8 +268,11 @@ class Schema:
         return cls(**data)
 
 
-def _timestamp_of_date(type_: pa.DataType) -> pa.DataType:
-    """The timestamp type a date type converts to exactly (other types as they are)."""
+def _as_time(type_: pa.DataType) -> pa.DataType:
+    """The type a time column of ``type_`` is read as, exactly: a categorical one's values,
+    a date as a timestamp (whole days are whole seconds; date64 counts ms)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
     if pa.types.is_date32(type_):
         return pa.timestamp("s")
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
