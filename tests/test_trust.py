@@ -33,7 +33,7 @@ import lateseq._segments
 import lateseq._store
 import lateseq._watch
 from lateseq._loader import _open_parquet
-from lateseq._versions import dump_checked
+from lateseq._versions import dump_checked, load_checked
 from lateseq.audit import audit, verify
 
 PROJECTION = lateseq.Projection(10, ("ts", "item", "rating"))
@@ -345,6 +345,48 @@ def test_a_commit_id_makes_a_rerun_a_no_op(store):
     for bad in ["", "has space", "x" * 300, 12]:
         with pytest.raises(lateseq.SchemaError, match="commit id"):
             store.commit(table, commit_id=bad)
+
+
+def test_commit_ids_are_found_by_their_marker_in_every_state_a_commit_leaves(store):
+    """An id's marker is written before its version is published: a crash in between, or
+    a version published by another commit, leaves a marker that finds nothing, and the
+    rerun commits; a published one is found whatever else the store holds."""
+    log = store._log
+    table = events([90], [1], [3])
+    done = store.commit(table, commit_id="job-1")
+    log.mark_commit("job-1", done.version - 1)  # a stale writer's attempt, marked after the publish (no lock
+    assert log.find_commit("job-1") == (done.version, log.published(done.version)["content"])  # across hosts)
+    for number in range(1, done.version):  # other versions' files are not read to find it
+        log.manifest_path(number).write_bytes(b"garbage")
+    assert lateseq.open(store.path).commit(table, commit_id="job-1").version == done.version
+    log.mark_commit("job-2", done.version + 1)  # a crash after the marker, before the publish
+    assert log.find_commit("job-2") is None
+    plain = lateseq.open(store.path).commit(events([91], [1], [4]))  # that version, published without the id
+    assert plain.version == done.version + 1 and log.find_commit("job-2") is None
+    again = plain.commit(table, commit_id="job-2")
+    assert again.version == plain.version + 1 and log.find_commit("job-2")[0] == again.version
+    assert len(log.commit_markers("job-2")) == 2  # the crashed attempt's and the published one's
+    marker = log.commit_markers("job-2")[-1]
+    marker.write_bytes(marker.read_bytes().replace(b"job-2", b"job-3"))
+    with pytest.raises(lateseq.StoreError, match="damaged"):
+        again.commit(table, commit_id="job-2")
+    assert str(marker) in [p.path for p in verify(again)]
+
+
+def test_commit_ids_of_a_store_from_before_markers_are_still_found(store):
+    table = events([92], [1], [3])
+    old = store.commit(table, commit_id="old-job")
+    index = old._log.versions_dir / "commit-index.json"
+    index.unlink()
+    for marker in old._log.commit_markers("old-job"):  # as an earlier lateseq left it
+        marker.unlink()
+    assert lateseq.open(store.path).commit(table, commit_id="old-job").version == old.version
+    new = old.commit(events([93], [1], [4]), commit_id="new-job")  # the first id this lateseq marks
+    assert load_checked(index) == {"every_id_marked": True}  # the older ids got theirs first
+    assert [load_checked(p)["version"] for p in old._log.commit_markers("old-job")] == [old.version]
+    for cid, version in (("old-job", old.version), ("new-job", new.version)):
+        assert lateseq.open(store.path).commit(table if cid == "old-job" else events([93], [1], [4]),
+                                               commit_id=cid).version == version
 
 
 def test_a_rerun_that_cannot_read_every_commit_id_refuses_rather_than_commit_twice(store):

@@ -47,6 +47,7 @@ from ._merge import merge_segments
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
+    COMMIT_INDEX,
     VersionInfo,
     VersionLog,
     content_crc,
@@ -207,6 +208,7 @@ class Store:
             raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
         for sub in ("versions", "segments", "tags"):
             fsync_dir(path / sub)
+        write_durably(path / "versions" / COMMIT_INDEX, dump_checked({"every_id_marked": True}))
         write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
         return cls(path)
 
@@ -303,7 +305,10 @@ class Store:
             if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
                 if done[1] != content:
                     raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
-                return self._handle(done[0]) if done[0] in {v.version for v in base.versions()} else base
+                try:
+                    return self._handle(done[0])
+                except VersionNotFound:  # retired by cleanup since
+                    return base
             if self.schema.event_id_col:
                 known = base.event_ids(np.unique(incoming.user))
                 incoming = incoming.first_deliveries(self.schema.event_id_col, known)
@@ -314,6 +319,8 @@ class Store:
             for p in np.unique(parts):  # none when every event was a redelivery
                 chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
                 new.append(self._write(int(p), chunk))
+            if commit_id is not None:
+                self._log.mark_commit(commit_id, version)
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
     def compact(self, policy: Literal["full", "tiered"] = "full", *, fanout: int = 4) -> Store:

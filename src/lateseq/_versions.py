@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from ._format import open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
+COMMIT_INDEX = "commit-index.json"  # in versions/: every commit id has its marker files
 
 
 @dataclass(frozen=True)
@@ -169,9 +171,54 @@ class VersionLog:
             ))
         return out[::-1]
 
+    # A commit id is found through small files named after it and a version, one written
+    # before each attempt to publish it as that version (never overwritten: writers on
+    # several hosts, without a common lock, may try one id at once): a few reads, where a
+    # search read every version file ever published (an idempotent commit cost 10x a plain
+    # one at 4,500 versions, growing for the life of the store). ``COMMIT_INDEX`` says every
+    # id has them: an older store's ids are given theirs at its first commit with an id.
+
+    def commit_markers(self, commit_id: str) -> list[Path]:
+        """The files of every attempt to publish ``commit_id``, by the version tried."""
+        return sorted(self.versions_dir.glob(f"commit-{_id_hash(commit_id)}-*.json"))
+
+    def mark_commit(self, commit_id: str, version: int) -> None:
+        """Records, durably and before ``version`` is published, that ``commit_id`` is to
+        be published as ``version``: a published version holding an id is always named by
+        one of its markers (one whose version never published it, after a crash or a
+        conflict, names a version without it)."""
+        if not self._commits_indexed():
+            for number in self.numbers():  # once: the ids of a store written before markers
+                if (cid := load_checked(self.manifest_path(number)).get("commit_id")) is not None:
+                    self._mark(cid, number)
+            write_durably(self.versions_dir / COMMIT_INDEX, dump_checked({"every_id_marked": True}))
+        self._mark(commit_id, version)
+
+    def _mark(self, commit_id: str, version: int) -> None:
+        write_durably(self.versions_dir / f"commit-{_id_hash(commit_id)}-{version:08d}.json",
+                      dump_checked({"commit_id": commit_id, "version": version}))
+
+    def _commits_indexed(self) -> bool:
+        index = self.versions_dir / COMMIT_INDEX
+        return (index.exists() or index.is_symlink()) and load_checked(index).get("every_id_marked") is True
+
     def find_commit(self, commit_id: str) -> tuple[int, str] | None:
-        """(version, content digest) of the commit that used ``commit_id``, kept or retired."""
-        for number in reversed(self.numbers()):
+        """(version, content digest) of the commit that used ``commit_id``, kept or retired.
+        A damaged file that could hold it raises StoreError: a rerun refuses rather than
+        commit twice."""
+        for marker in reversed(self.commit_markers(commit_id)):  # the newest attempt first: mostly the one
+            m = load_checked(marker)
+            if m.get("commit_id") != commit_id:
+                continue  # another id of the same hash prefix (never seen in practice)
+            try:
+                published = self.published(m["version"])
+            except VersionNotFound:  # a crash between the marker and the publish
+                continue
+            if published.get("commit_id") == commit_id:
+                return m["version"], published.get("content", "")
+        if self._commits_indexed():
+            return None
+        for number in reversed(self.numbers()):  # a store from before markers
             m = load_checked(self.manifest_path(number))
             if m.get("commit_id") == commit_id:
                 return number, m.get("content", "")
@@ -326,6 +373,10 @@ def _tagged(path: Path, name: str) -> int:
         raise StoreError(f"{path} is the file of tag {content.get('tag')!r}, not of {name!r}; restore it from a "
                          "backup or tag the version again")
     return content["version"]
+
+
+def _id_hash(commit_id: str) -> str:
+    return hashlib.sha256(commit_id.encode()).hexdigest()[:32]
 
 
 def fsync_dir(path: Path) -> None:

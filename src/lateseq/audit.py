@@ -133,7 +133,7 @@ class Problem:
 
 def verify(store: Store, deep: bool = False) -> list[Problem]:
     """Checks every file of ``store`` that a kept version needs: the schema, every
-    manifest and tag, each segment's durable files (CRC-32 and index), and the decoded
+    manifest, tag and commit id's marker, each segment's durable files (CRC-32 and index), and the decoded
     copies in this handle's read cache (digest of every column). ``deep`` also decodes
     every segment again from its durable files into a scratch cache and checks that the
     result is what its writer wrote (every event re-hashed). Returns the problems found.
@@ -155,6 +155,8 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     for path in sorted(log.tags_dir.glob("*.json")):
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
+    for path in sorted(log.versions_dir.glob("commit-*.json")):  # commit ids' markers and their index
+        check(path, lambda path=path: load_checked(path))
     for number in log.numbers():  # each manifest read once (a handle per version cost 20 ms each)
         check(log.manifest_path(number), lambda number=number: kept.update(
             {i.name: i for i in _kept_segments(store, log, number)}))
