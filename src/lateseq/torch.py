@@ -539,10 +539,10 @@ class ExampleDataset(IterableDataset):
             raise exc.in_log(rows) from None
         t1 = time.perf_counter()
         batch = self._batch(rows, examples, sequences)
-        batch.stats = BatchStats(
-            read_s, t1 - t0, read_s + time.perf_counter() - t0,
-            len(batch) - len(np.unique(examples.column("user_id").to_numpy())),
-            _disk_read_bytes() - io, sum(v.nbytes for v in sequences.values.values()))
+        shared = len(batch) - len(np.unique(examples.column("user_id").to_numpy()))
+        history_bytes = sum(v.nbytes for v in sequences.values.values())
+        read = _disk_read_bytes() - io
+        batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes)
         return batch
 
     def _reads(self, plan: ShardPlan, source: Any, start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
