@@ -377,16 +377,43 @@ def test_commit_ids_of_a_store_from_before_markers_are_still_found(store):
     table = events([92], [1], [3])
     old = store.commit(table, commit_id="old-job")
     index = old._log.versions_dir / "commit-index.json"
-    index.unlink()
+    index.unlink(missing_ok=True)
     for marker in old._log.commit_markers("old-job"):  # as an earlier lateseq left it
         marker.unlink()
     assert lateseq.open(store.path).commit(table, commit_id="old-job").version == old.version
     new = old.commit(events([93], [1], [4]), commit_id="new-job")  # the first id this lateseq marks
-    assert load_checked(index) == {"every_id_marked": True}  # the older ids got theirs first
-    assert [load_checked(p)["version"] for p in old._log.commit_markers("old-job")] == [old.version]
+    assert load_checked(index) == {"marked_through": old.version}  # the older ids got theirs first
+    assert [old._log.marker(p) for p in old._log.commit_markers("old-job")] == [("old-job", old.version)]
     for cid, version in (("old-job", old.version), ("new-job", new.version)):
         assert lateseq.open(store.path).commit(table if cid == "old-job" else events([93], [1], [4]),
                                                commit_id=cid).version == version
+    assert verify(new) == []
+
+
+def test_commit_ids_without_their_file_are_found_or_reported(store):
+    """An older lateseq (another host, mid-upgrade) publishes ids without their files: a
+    rerun searches the versions after the index's, and the next commit with an id gives
+    them theirs. Up to the index's version a lost file (a partial restore) is verify's to
+    report; a file copied over another id's is refused."""
+    log = store._log
+    first = store.commit(events([94], [1], [3]), commit_id="a")
+    second = first.commit(events([95], [1], [4]), commit_id="b")
+    for marker in log.commit_markers("b"):
+        marker.unlink()  # as an older lateseq published it
+    assert log.marked_through() < second.version
+    assert lateseq.open(store.path).commit(events([95], [1], [4]), commit_id="b").version == second.version
+    third = second.commit(events([96], [1], [5]), commit_id="c")  # gives b its file
+    assert log.marked_through() == second.version and log.commit_markers("b")
+    for marker in log.commit_markers("b"):
+        marker.unlink()  # lost below the index's version
+    assert [p.path for p in verify(third)] == [str(log.manifest_path(second.version))]
+    (log.versions_dir / "commit-index.json").unlink()  # what verify advises
+    assert lateseq.open(store.path).commit(events([95], [1], [4]), commit_id="b").version == second.version
+    a, c = log.commit_markers("a")[-1], log.commit_markers("c")[-1]
+    a.write_bytes(c.read_bytes())  # c's file copied over a's
+    with pytest.raises(lateseq.StoreError, match="not the file of the commit id"):
+        lateseq.open(store.path).commit(events([94], [1], [3]), commit_id="a")
+    assert str(a) in [p.path for p in verify(third)]
 
 
 def test_a_rerun_that_cannot_read_every_commit_id_refuses_rather_than_commit_twice(store):

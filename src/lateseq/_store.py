@@ -47,7 +47,6 @@ from ._merge import merge_segments
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
-    COMMIT_INDEX,
     VersionInfo,
     VersionLog,
     content_crc,
@@ -208,7 +207,6 @@ class Store:
             raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
         for sub in ("versions", "segments", "tags"):
             fsync_dir(path / sub)
-        write_durably(path / "versions" / COMMIT_INDEX, dump_checked({"every_id_marked": True}))
         write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
         return cls(path)
 

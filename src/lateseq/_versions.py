@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound
+from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, is_integer
 from ._format import open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
-COMMIT_INDEX = "commit-index.json"  # in versions/: every commit id has its marker files
+COMMIT_INDEX = "commit-index.json"  # in versions/: the version up to which every commit id has its files
 
 
 @dataclass(frozen=True)
@@ -172,11 +172,12 @@ class VersionLog:
         return out[::-1]
 
     # A commit id is found through small files named after it and a version, one written
-    # before each attempt to publish it as that version (never overwritten: writers on
-    # several hosts, without a common lock, may try one id at once): a few reads, where a
+    # before each attempt to publish it as that version (never replaced by another:
+    # writers on several hosts, without a common lock, may try one id at once), where a
     # search read every version file ever published (an idempotent commit cost 10x a plain
-    # one at 4,500 versions, growing for the life of the store). ``COMMIT_INDEX`` says every
-    # id has them: an older store's ids are given theirs at its first commit with an id.
+    # one at 4,500 versions, growing for the life of the store). ``COMMIT_INDEX`` holds the
+    # version up to which every id has its files; versions after it are searched, and the
+    # next commit with an id gives theirs (an older lateseq's, on another host, included).
 
     def commit_markers(self, commit_id: str) -> list[Path]:
         """The files of every attempt to publish ``commit_id``, by the version tried."""
@@ -184,45 +185,74 @@ class VersionLog:
 
     def mark_commit(self, commit_id: str, version: int) -> None:
         """Records, durably and before ``version`` is published, that ``commit_id`` is to
-        be published as ``version``: a published version holding an id is always named by
-        one of its markers (one whose version never published it, after a crash or a
-        conflict, names a version without it)."""
-        if not self._commits_indexed():
-            for number in self.numbers():  # once: the ids of a store written before markers
-                if (cid := load_checked(self.manifest_path(number)).get("commit_id")) is not None:
-                    self._mark(cid, number)
-            write_durably(self.versions_dir / COMMIT_INDEX, dump_checked({"every_id_marked": True}))
+        be published as ``version``; first gives the ids of the versions published since
+        the index's version their files and moves the index on."""
+        through = self.marked_through()
+        since = [number for number in self.numbers() if number > through]
+        for number in since:
+            if (cid := load_checked(self.manifest_path(number)).get("commit_id")) is not None:
+                self._mark(cid, number)
+        if since:  # a writer that read an older index may move it back later: that only searches more
+            write_durably(self.versions_dir / COMMIT_INDEX, dump_checked({"marked_through": since[-1]}))
         self._mark(commit_id, version)
 
     def _mark(self, commit_id: str, version: int) -> None:
         write_durably(self.versions_dir / f"commit-{_id_hash(commit_id)}-{version:08d}.json",
                       dump_checked({"commit_id": commit_id, "version": version}))
 
-    def _commits_indexed(self) -> bool:
+    def marked_through(self) -> int:
+        """The version up to which every commit id has its files (0: none known)."""
         index = self.versions_dir / COMMIT_INDEX
-        return (index.exists() or index.is_symlink()) and load_checked(index).get("every_id_marked") is True
+        if not (index.exists() or index.is_symlink()):
+            return 0
+        try:
+            through = load_checked(index).get("marked_through")
+        except StoreError as exc:
+            raise StoreError(f"{exc}; or delete it: commits with an id then search every version, and the next "
+                             "one writes it again") from None
+        if not is_integer(through) or through < 0:
+            raise StoreError(f"{index} is damaged (no version in it); delete it: commits with an id then search "
+                             "every version, and the next one writes it again")
+        return int(through)
 
     def find_commit(self, commit_id: str) -> tuple[int, str] | None:
         """(version, content digest) of the commit that used ``commit_id``, kept or retired.
         A damaged file that could hold it raises StoreError: a rerun refuses rather than
         commit twice."""
+        through = self.marked_through()  # read first: another writer may move it on meanwhile
         for marker in reversed(self.commit_markers(commit_id)):  # the newest attempt first: mostly the one
-            m = load_checked(marker)
-            if m.get("commit_id") != commit_id:
-                continue  # another id of the same hash prefix (never seen in practice)
+            version = self._marked_version(marker, commit_id)
+            if version is None:
+                continue
             try:
-                published = self.published(m["version"])
+                published = self.published(version)
             except VersionNotFound:  # a crash between the marker and the publish
                 continue
             if published.get("commit_id") == commit_id:
-                return m["version"], published.get("content", "")
-        if self._commits_indexed():
-            return None
-        for number in reversed(self.numbers()):  # a store from before markers
+                return version, published.get("content", "")
+        for number in reversed(self.numbers()):  # those after the index's version: not all marked
+            if number <= through:
+                break
             m = load_checked(self.manifest_path(number))
             if m.get("commit_id") == commit_id:
                 return number, m.get("content", "")
         return None
+
+    def _marked_version(self, marker: Path, commit_id: str) -> int | None:
+        """The version ``commit_id``'s file ``marker`` names; None where it is another id's
+        that shares the name's hash prefix."""
+        cid, version = self.marker(marker)
+        return version if cid == commit_id else None
+
+    def marker(self, path: Path) -> tuple[str, int]:
+        """(commit id, version) of a commit id's file, checked against its name."""
+        m = load_checked(path)
+        cid, version = m.get("commit_id"), m.get("version")
+        if (not isinstance(cid, str) or not is_integer(version)
+                or path.name != f"commit-{_id_hash(cid)}-{version:08d}.json"):
+            raise StoreError(f"{path} is not the file of the commit id and version it holds (damaged, or "
+                             "copied over another's); restore it from a backup")
+        return cid, int(version)
 
     def deletions(self, up_to: int) -> dict[int, int]:
         """Every user a deletion up to version ``up_to`` removed -> the version of its last

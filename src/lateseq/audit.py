@@ -19,7 +19,7 @@ from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
 from ._store import Store
-from ._versions import VersionLog, load_checked
+from ._versions import COMMIT_INDEX, VersionLog, load_checked
 
 
 @dataclass
@@ -155,11 +155,27 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     for path in sorted(log.tags_dir.glob("*.json")):
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
-    for path in sorted(log.versions_dir.glob("commit-*.json")):  # commit ids' markers and their index
-        check(path, lambda path=path: load_checked(path))
+    markers: set[tuple[str, int]] = set()  # (commit id, version) of every commit id's file
+    for path in sorted(log.versions_dir.glob("commit-*.json")):
+        if path.name != COMMIT_INDEX:
+            check(path, lambda path=path: markers.add(log.marker(path)))
+    through = [0]  # the version up to which every commit id claims its file (-1: the claim is damaged)
+    if not check(log.versions_dir / COMMIT_INDEX, lambda: through.__setitem__(0, log.marked_through())):
+        through[0] = -1
+
+    def read_version(number: int) -> None:
+        """A version's file, checked as opening the version checks it, and its commit id's file."""
+        manifest = log.published(number)
+        if not manifest.get("retired"):
+            kept.update({i.name: i for i in store._segments_of(number, manifest)})
+        cid = manifest.get("commit_id")
+        if cid is not None and number <= through[0] and (cid, number) not in markers:
+            raise StoreError(f"version {number} holds commit id {cid!r}, which has no file commit-*-{number:08d}"
+                             f".json (a rerun would commit it again): delete {log.versions_dir / COMMIT_INDEX}, "
+                             "and the next commit with an id writes every id's file again")
+
     for number in log.numbers():  # each manifest read once (a handle per version cost 20 ms each)
-        check(log.manifest_path(number), lambda number=number: kept.update(
-            {i.name: i for i in _kept_segments(store, log, number)}))
+        check(log.manifest_path(number), lambda number=number: read_version(number))
     segments = store.path / "segments"
     with tempfile.TemporaryDirectory(prefix="lateseq-verify-") as scratch:
         for info in kept.values():
@@ -174,13 +190,6 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
                 check(segments / f"{info.name}.parquet",
                       lambda info=info: decode_segment(segments, info, Path(scratch)))
     return problems
-
-
-def _kept_segments(store: Store, log: VersionLog, number: int) -> list[SegmentInfo]:
-    """The segments of version ``number``, its manifest checked as opening it checks it
-    (none for a retired version, whose tombstone is checked all the same)."""
-    manifest = log.published(number)
-    return [] if manifest.get("retired") else store._segments_of(number, manifest)
 
 
 def _check_decoded(path: Path, info: SegmentInfo) -> None:
