@@ -164,10 +164,9 @@ class Store:
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
 
-    def _segments_of(self, version: int, manifest: dict | None = None) -> list[SegmentInfo]:
-        """The segments of kept ``version`` (from its ``manifest``, read when not given),
-        once the manifest is known to be written with this store's schema."""
-        manifest = self._log.manifest(version) if manifest is None else manifest
+    def _segments_of(self, version: int, manifest: dict) -> list[SegmentInfo]:
+        """The segments of kept ``version`` from its ``manifest``, once the manifest is
+        known to be written with this store's schema."""
         recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
         if recorded is not None and recorded != self._schema_crc:
             raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "

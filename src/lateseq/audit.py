@@ -133,7 +133,8 @@ class Problem:
 
 def verify(store: Store, deep: bool = False) -> list[Problem]:
     """Checks every file of ``store`` that a kept version needs: the schema, every
-    manifest, tag and commit id's marker, each segment's durable files (CRC-32 and index), and the decoded
+    manifest, tag and commit id's file (and that every id has one, up to the version the
+    index says), each segment's durable files (CRC-32 and index), and the decoded
     copies in this handle's read cache (digest of every column). ``deep`` also decodes
     every segment again from its durable files into a scratch cache and checks that the
     result is what its writer wrote (every event re-hashed). Returns the problems found.
