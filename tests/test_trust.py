@@ -416,6 +416,18 @@ def test_commit_ids_without_their_file_are_found_or_reported(store):
     assert str(a) in [p.path for p in verify(third)]
 
 
+def test_a_commit_that_only_moves_the_watermark_is_idempotent_too(store):
+    empty = events([], [], [])
+    first = store.commit(empty, watermark=500, commit_id="tick-1")
+    later = first.commit(events([97], [1], [3]), watermark=900)
+    assert lateseq.open(store.path).commit(empty, watermark=500, commit_id="tick-1").version == first.version
+    assert lateseq.open(store.path).latest_version == later.version  # a rerun after the watermark moved on
+    with pytest.raises(lateseq.SchemaError, match="used by version .* for other events"):
+        lateseq.open(store.path).commit(empty, watermark=600, commit_id="tick-1")
+    with pytest.raises(lateseq.SchemaError, match="older than the store's"):
+        lateseq.open(store.path).commit(empty, watermark=600, commit_id="tick-2")
+
+
 def test_a_rerun_that_cannot_read_every_commit_id_refuses_rather_than_commit_twice(store):
     """A damaged version file may hide the id a rerun looks for (a tombstone keeps it):
     the rerun refuses; it never stores the events a second time."""

@@ -292,13 +292,11 @@ class Store:
         # none of the files the new version names (its parent's included)
         with self._log.writing():
             base = self._handle()  # commit on top of the latest version, whatever this handle is
-            if watermark is not None and base.watermark is not None and watermark < base.watermark:
-                raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
             version = base.version + 1
-            if watermark is not None and table.num_rows == 0:  # coverage advanced, no new events
-                return base._publish(version, "commit", base.segment_infos, [], watermark)
-            incoming = Events.from_table(table, self.schema, version)
-            content = incoming.digest()
+            only_watermark = watermark is not None and table.num_rows == 0  # coverage advanced, no new events
+            incoming = None if only_watermark else Events.from_table(table, self.schema, version)
+            content = f"watermark {watermark}" if incoming is None else incoming.digest()
+            # a rerun first: it is a no-op even after a later commit moved the watermark on
             if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
                 if done[1] != content:
                     raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
@@ -306,6 +304,12 @@ class Store:
                     return self._handle(done[0])
                 except VersionNotFound:  # retired by cleanup since
                     return base
+            if watermark is not None and base.watermark is not None and watermark < base.watermark:
+                raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
+            if incoming is None:
+                if commit_id is not None:
+                    self._log.mark_commit(commit_id, version)
+                return base._publish(version, "commit", base.segment_infos, [], watermark, commit_id, content)
             if self.schema.event_id_col:
                 known = base.event_ids(np.unique(incoming.user))
                 incoming = incoming.first_deliveries(self.schema.event_id_col, known)
