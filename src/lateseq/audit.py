@@ -160,9 +160,11 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     for path in sorted(log.versions_dir.glob("commit-*.json")):
         if path.name != COMMIT_INDEX:
             check(path, lambda path=path: markers.add(log.marker(path)))
-    through = [0]  # the version up to which every commit id claims its file (-1: the claim is damaged)
-    if not check(log.versions_dir / COMMIT_INDEX, lambda: through.__setitem__(0, log.marked_through())):
-        through[0] = -1
+    try:  # the version up to which every commit id claims its file
+        through = log.marked_through()
+    except StoreError as exc:
+        problems.append(Problem(str(log.versions_dir / COMMIT_INDEX), str(exc)))
+        through = -1  # a damaged claim: nothing to hold the versions to
 
     def read_version(number: int) -> None:
         """A version's file, checked as opening the version checks it, and its commit id's file."""
@@ -170,7 +172,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         if not manifest.get("retired"):
             kept.update({i.name: i for i in store._segments_of(number, manifest)})
         cid = manifest.get("commit_id")
-        if cid is not None and number <= through[0] and (cid, number) not in markers:
+        if cid is not None and number <= through and (cid, number) not in markers:
             raise StoreError(f"version {number} holds commit id {cid!r}, which has no file commit-*-{number:08d}"
                              f".json (a rerun would commit it again): delete {log.versions_dir / COMMIT_INDEX}, "
                              "and the next commit with an id writes every id's file again")
