@@ -471,12 +471,39 @@ def markdown(results: dict, source: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def machines_markdown(runs: dict[str, dict]) -> str:
+    """Several materialize runs (source -> results) side by side, target by target: the
+    same code meets or misses a target depending on the machine it runs on."""
+    runs = dict(sorted(runs.items(), key=lambda item: item[1]["date"]))
+    names = list(runs)
+    lines = [f"- {chr(65 + k)}: {source}, {r['machine']['cpu']}, single-core memcpy "
+             f"{r['machine']['memcpy_gb_s']:.1f} GB/s, on {r['date']}, lateseq at {r['machine'].get('git', 'unknown')}"
+             for k, (source, r) in enumerate(runs.items())]
+    headers = ["target", "workload", "N", "state", "needed"] + [f"{chr(65 + k)}" for k in range(len(names))]
+    lines += ["", "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    found: dict[tuple, list[str]] = {}
+    for k, results in enumerate(runs.values()):
+        for t in results["targets"]:
+            key = (t["target"], t["workload"], str(t["n"]), t["state"], f">= {t['threshold']:g}×")
+            cells = found.setdefault(key, ["-"] * len(names))
+            cells[k] = f"{_x(t['value'])} {'met' if t['met'] else 'MISSED'}"
+    lines += ["| " + " | ".join([*key, *cells]) + " |" for key, cells in found.items()]
+    met = [sum(t["met"] for t in r["targets"]) for r in runs.values()]
+    lines += ["", "- met: " + ", ".join(f"{chr(65 + k)} {m} of {len(r['targets'])}"
+                                       for k, (m, r) in enumerate(zip(met, runs.values(), strict=True)))]
+    return "\n".join(lines) + "\n"
+
+
 def sections(folder: Path = RESULTS) -> dict[str, str]:
-    """NAME -> rendered section, for every results file in ``folder``."""
+    """NAME -> rendered section, for every results file in ``folder`` (and, where several
+    materialize runs are there, ``materialize-machines``: their targets side by side)."""
     out = {}
+    machines = {}
     for path in sorted(folder.glob("*.json")):
         results = json.loads(path.read_text())
         source = f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
+        if results.get("benchmark") == "materialize":
+            machines[source] = results
         if results.get("benchmark") in ("materialize", "tenants"):
             out[path.stem] = markdown(results, source)
         elif results.get("benchmark") == "loader":  # its renderer lives with it (it needs torch)
@@ -487,6 +514,8 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
             out[path.stem] = faults_markdown(results, source)
         elif results.get("benchmark") == "fatrow-forms":
             out[path.stem] = forms_markdown(results, source)
+    if len(machines) > 1:
+        out["materialize-machines"] = machines_markdown(machines)
     return out
 
 

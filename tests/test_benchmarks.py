@@ -151,6 +151,21 @@ def test_report_renders_the_tables_with_command_and_date():
     assert "not measured: no policy" in text
 
 
+def test_report_sets_runs_on_several_machines_side_by_side_target_by_target():
+    report = _module("report")
+    later, earlier = _hand_made(), _hand_made()
+    later["date"], later["machine"] = "2026-12-02 09:00 UTC", {**later["machine"], "cpu": "Other CPU"}
+    later["targets"] = [{**later["targets"][0], "value": 12.0, "met": True},
+                        {"target": "cold ex/s vs Arrow IPC mmap Fat Row", "workload": "realistic", "n": 1024,
+                         "state": "compacted-latest", "value": 2.5, "threshold": 2.0, "met": True}]
+    text = report.machines_markdown({"`later.json`": later, "`earlier.json`": earlier})
+    assert text.index("A: `earlier.json`, Test CPU") < text.index("B: `later.json`, Other CPU")  # by date
+    assert ("| warm ex/s vs smallest Parquet Fat Row | realistic | 1024 | compacted-latest | >= 10× | 8.00× MISSED "
+            "| 12.0× met |") in text
+    assert "| cold ex/s vs Arrow IPC mmap Fat Row | realistic | 1024 | compacted-latest | >= 2× | - | 2.50× met |" in text
+    assert "A 0 of 1, B 2 of 2" in text
+
+
 def test_report_rewrites_only_between_markers():
     report = _module("report")
     readme = "intro\n<!-- results:materialize -->\nold\n<!-- /results:materialize -->\nend\n"
