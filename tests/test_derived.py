@@ -12,12 +12,14 @@ oracle in test_tenants).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -249,6 +251,28 @@ def test_cleanup_removes_the_merged_copies_of_retired_versions_whose_segments_st
         files = set(copy_files(store))
         handle.prefault(["item"])
         assert set(copy_files(store)) == files  # read through the copies kept: nothing built again
+    assert read(latest, "merged") == expected(latest, "merged")
+
+
+def test_cleanup_leaves_a_copy_being_built_alone(store, monkeypatch):
+    """A cleanup took a builder's temporary sidecar (``.tmp-*.json``, not yet renamed) for
+    the sidecar of a retired version's merged copy, and deleted it: the build failed, and
+    the reader went on segment by segment, its merge wasted (a flaky concurrency round)."""
+    latest = store.commit(events(np.random.default_rng(12), 100, 9000))
+    real = lateseq._derived.written_in_place
+
+    @contextlib.contextmanager
+    def cleanup_meanwhile(path):
+        with real(path) as tmp:
+            yield tmp
+            assert tmp.exists()
+            latest.cleanup(before=latest.version, grace_s=0)  # another process, just before the rename
+
+    monkeypatch.setattr(lateseq._derived, "written_in_place", cleanup_meanwhile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no merged copy of partition ...: reading its segments one by one"
+        lateseq.open(latest.path, merged_reads=True).prefault(["item"])
+    assert len(copy_files(store, ".json")) == 2  # a copy per partition, built and kept
     assert read(latest, "merged") == expected(latest, "merged")
 
 

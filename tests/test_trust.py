@@ -416,6 +416,29 @@ def test_commit_ids_without_their_file_are_found_or_reported(store):
     assert str(a) in [p.path for p in verify(third)]
 
 
+def test_a_json_file_without_its_checksum_is_blamed_on_lateseq_0_1_only_where_0_1_wrote_such_files(store):
+    """lateseq 0.1 wrote manifests and the schema without a checksum; it never wrote a
+    commit id's file, so such a file without one is damaged, not old."""
+    done = store.commit(events([98], [1], [3]), commit_id="job-x")
+    log = done._log
+
+    def unsign(path: Path) -> None:
+        content = json.loads(path.read_bytes())
+        del content["crc32"]
+        path.write_text(json.dumps(content))
+
+    unsign(log.commit_markers("job-x")[-1])
+    with pytest.raises(lateseq.StoreError, match=r"commit-.* is damaged \(it has no checksum\)") as caught:
+        done.commit(events([98], [1], [3]), commit_id="job-x")
+    assert "0.1" not in str(caught.value)
+    unsign(log.manifest_path(done.version))
+    with pytest.raises(lateseq.StoreError, match=r"\.json is damaged or was written by lateseq 0\.1"):
+        lateseq.open(done.path, done.version)
+    unsign(done.path / "schema.json")
+    with pytest.raises(lateseq.StoreError, match=r"schema\.json is damaged or was written by lateseq 0\.1"):
+        lateseq.open(done.path)
+
+
 def test_a_commit_that_only_moves_the_watermark_is_idempotent_too(store):
     empty = events([], [], [])
     first = store.commit(empty, watermark=500, commit_id="tick-1")
@@ -921,10 +944,10 @@ def test_a_tag_untagged_while_tags_are_listed_is_no_damage(store, monkeypatch):
     store.tag("going", store.version - 1)
     real = lateseq._versions.load_checked
 
-    def untagged_meanwhile(path):
+    def untagged_meanwhile(path, **how):
         if path.name == "going.json":
             store.untag("going")  # another process, between the listing and the read
-        return real(path)
+        return real(path, **how)
 
     monkeypatch.setattr(lateseq._versions, "load_checked", untagged_meanwhile)
     assert "going" not in store.tags() and "good" in store.tags()

@@ -218,7 +218,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     for path in folder.glob(".tmp-*") if folder.is_dir() else []:
         if older_than(path, temporary_grace_s):
             path.unlink(missing_ok=True)  # a build lock going only lets a second builder in
-    for sidecar in folder.glob("*.json") if folder.is_dir() else []:
+    for sidecar in folder.glob("[!.]*.json") if folder.is_dir() else []:  # not a builder's temporary (.tmp-*)
         try:
             content = load_checked(sidecar)
             stale = (not set(content["sources"]) <= referenced
@@ -230,7 +230,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
             for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
                          folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
                 path.unlink(missing_ok=True)
-    for path in folder.glob("*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
+    for path in folder.glob("[!.]*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
         name = path.name.removesuffix(".arrow").removesuffix(".index")
         if not (folder / f"{name}.json").exists() and older_than(path, temporary_grace_s):
             path.unlink(missing_ok=True)

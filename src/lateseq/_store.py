@@ -136,7 +136,7 @@ class Store:
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
-        schema = load_checked(schema_file)
+        schema = load_checked(schema_file, kept_since_v01=True)
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)

@@ -65,16 +65,20 @@ def dump_checked(content: dict) -> bytes:
     return (json.dumps({**body, "crc32": content_crc(body)}) + "\n").encode()
 
 
-def load_checked(path: Path) -> dict:
-    """A file written by ``dump_checked``, or StoreError naming it."""
+def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
+    """A file written by ``dump_checked``, or StoreError naming it. ``kept_since_v01``:
+    a kind of file lateseq 0.1 wrote without a checksum (manifests, tags, the schema),
+    which the error then names as a possible cause."""
     data = read_regular(path)
     try:
         content = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         content = None  # truncated or garbled
-    if isinstance(content, dict) and "crc32" not in content and ("version" in content or "columns" in content):
-        raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
-                         "from a backup, or rebuild a 0.1 store from its events")
+    if isinstance(content, dict) and "crc32" not in content:
+        if kept_since_v01 and ("version" in content or "columns" in content):
+            raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
+                             "from a backup, or rebuild a 0.1 store from its events")
+        raise StoreError(f"{path} is damaged (it has no checksum); restore it from a backup")
     valid = isinstance(content, dict) and content.pop("crc32", None) == content_crc(content)
     if not valid:
         raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
@@ -103,6 +107,10 @@ class VersionLog:
 
     def manifest_path(self, version: int) -> Path:
         return self.versions_dir / f"{version:08d}.json"
+
+    def _version_file(self, version: int) -> dict:
+        """A version's manifest or tombstone, checked (unchecked for its number)."""
+        return load_checked(self.manifest_path(version), kept_since_v01=True)
 
     def numbers(self) -> list[int]:
         """Every version number ever published (kept or retired), ascending."""
@@ -147,7 +155,7 @@ class VersionLog:
         path = self.manifest_path(version)
         if not path.exists() and not path.is_symlink():
             raise VersionNotFound(f"version {version} is not kept in {self.root}; latest is {self.latest}")
-        manifest = load_checked(path)
+        manifest = load_checked(path, kept_since_v01=True)
         if manifest.get("version") != version:
             raise StoreError(f"{path} describes version {manifest.get('version')}, not {version}")
         return manifest
@@ -161,7 +169,7 @@ class VersionLog:
         for number in reversed(sorted(tags) if tagged else self.numbers()):
             if last is not None and len(out) >= last:
                 break
-            m = load_checked(self.manifest_path(number))
+            m = self._version_file(number)
             if m.get("retired"):
                 continue
             out.append(VersionInfo(
@@ -190,7 +198,7 @@ class VersionLog:
         through = self.marked_through()
         since = [number for number in self.numbers() if number > through]
         for number in since:
-            if (cid := load_checked(self.manifest_path(number)).get("commit_id")) is not None:
+            if (cid := self._version_file(number).get("commit_id")) is not None:
                 self._mark(cid, number)
         if since:  # a writer that read an older index may move it back later: that only searches more
             write_durably(self.versions_dir / COMMIT_INDEX, dump_checked({"marked_through": since[-1]}))
@@ -233,7 +241,7 @@ class VersionLog:
         for number in reversed(self.numbers()):  # those after the index's version: not all marked
             if number <= through:
                 break
-            m = load_checked(self.manifest_path(number))
+            m = self._version_file(number)
             if m.get("commit_id") == commit_id:
                 return number, m.get("content", "")
         return None
@@ -260,7 +268,7 @@ class VersionLog:
         last: dict[int, int] = {}
         for number in self.numbers():
             if number <= up_to:
-                for user in load_checked(self.manifest_path(number)).get("deleted") or []:
+                for user in self._version_file(number).get("deleted") or []:
                     last[user] = number  # numbers ascend: the last deletion stays
         return last
 
@@ -370,7 +378,7 @@ class VersionLog:
             tagged = set(self.tags().values())
             # every manifest read (and checked) before any is retired: a damaged one stops
             # cleanup before it changed anything
-            manifests = {number: load_checked(self.manifest_path(number)) for number in self.numbers()
+            manifests = {number: self._version_file(number) for number in self.numbers()
                          if number < before and number not in tagged}
             for number, m in manifests.items():
                 if m.get("retired"):
@@ -389,7 +397,7 @@ class VersionLog:
         kept = set()
         for number in self.numbers():
             by_partition: dict[int, list[str]] = {}
-            for segment in load_checked(self.manifest_path(number)).get("segments", []):
+            for segment in self._version_file(number).get("segments", []):
                 by_partition.setdefault(segment["partition"], []).append(segment["name"])
             kept.update((partition, tuple(names)) for partition, names in by_partition.items())
         return kept
@@ -398,7 +406,7 @@ class VersionLog:
 def _tagged(path: Path, name: str) -> int:
     """The version a tag file names, checked to be this tag's file (a tag's file copied
     over another's would silently open, and pin, the other's version)."""
-    content = load_checked(path)
+    content = load_checked(path, kept_since_v01=True)
     if content.get("tag", name) != name:  # tags written before names were kept in them: trusted
         raise StoreError(f"{path} is the file of tag {content.get('tag')!r}, not of {name!r}; restore it from a "
                          "backup or tag the version again")

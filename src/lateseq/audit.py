@@ -152,7 +152,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         return True
 
     log = VersionLog(store.path)
-    check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json"))
+    check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
     for path in sorted(log.tags_dir.glob("*.json")):
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
