@@ -335,6 +335,8 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     pq.write_table(events(pa.array([1000, 2000], pa.int64())), ints)
     stamps = tmp_path / "stamps.parquet"  # (Parquet has no seconds: timestamps are ms at the coarsest)
     pq.write_table(events(pa.array([3_000_000, 4_000_000], pa.timestamp("us"))), stamps)
+    fine_ints = tmp_path / "fine-ints.parquet"
+    pq.write_table(events(pa.array([1_500], pa.int64())), fine_ints)
 
     code, out, err = cli("ingest", tmp_path / "a", ints, "--time-unit", "ms")
     assert (code, out) == (0, "1\n"), err
@@ -351,18 +353,46 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     assert lateseq.open(tmp_path / "c").schema.time_unit is None
 
     before = dir_snapshot(tmp_path)
-    one_line_error(*cli("ingest", tmp_path / "a", ints, "--time-unit", "us")[::2], "--time-unit us", "ms")
+    # integers into a store that counts a unit: what they count must be said (epoch
+    # milliseconds taken as the store's microseconds were events in January 1970)
+    one_line_error(*cli("ingest", tmp_path / "a", ints)[::2], "plain integers", "counts ms", "--time-unit")
+    one_line_error(*cli("ingest", tmp_path / "a", stamps, "--time-unit", "us")[::2], "its own unit")
+    one_line_error(*cli("ingest", tmp_path / "a", fine_ints, "--time-unit", "us")[::2], "not whole milliseconds")
     one_line_error(*cli("ingest", tmp_path / "c", ints, "--time-unit", "s")[::2], "--time-unit")
     one_line_error(*cli("ingest", tmp_path / "c", stamps)[::2], "plain integer", "--time-unit us")
     one_line_error(*cli("ingest", tmp_path / "d", ints, "--time-unit", "hours")[::2], "hours")
     one_line_error(*cli("ingest", tmp_path / "e", stamps, "--time-unit", "h")[::2], "--time-unit")
     assert dir_snapshot(tmp_path) == before
     assert not (tmp_path / "d").exists()
+    code, out, err = cli("ingest", tmp_path / "a", ints, "--time-unit", "s")  # seconds, in a milliseconds store
+    assert (code, out) == (0, "3\n"), err
+    assert history(lateseq.open(tmp_path / "a"), 1, pa.array([10**7], pa.int64())) == [
+        1000, 2000, 3000, 4000, 1_000_000, 2_000_000]
     # a timestamp file into a new store of a coarser unit than it holds: refused, nothing created
     fine = tmp_path / "fine.parquet"
     pq.write_table(events(pa.array([1, 1_500], pa.timestamp("ms"))), fine)
     one_line_error(*cli("ingest", tmp_path / "f", fine, "--time-unit", "s")[::2], "not whole seconds")
     assert not (tmp_path / "f").exists()
+
+
+def test_pointers_time_unit(tmp_path):
+    """Integer request times in a store that counts a unit: ``--time-unit`` says what they
+    count (epoch milliseconds read as microseconds asked about January 1970: every history
+    was empty, and exit 0)."""
+    stamps = tmp_path / "stamps.parquet"
+    pq.write_table(events(pa.array([3_000_000, 4_000_000], pa.timestamp("us"))), stamps)
+    assert cli("ingest", tmp_path / "s", stamps)[0] == 0  # a microseconds store
+    requests = tmp_path / "requests.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([1, 1], pa.int64()), "request_ts": pa.array([3_500, 5_000],
+                                                                                             pa.int64())}), requests)
+    one_line_error(*cli("pointers", tmp_path / "s", requests, "--out", tmp_path / "x.parquet")[::2],
+                   "plain integers", "counts us", "--time-unit")
+    assert not (tmp_path / "x.parquet").exists()
+    code, _, err = cli("pointers", tmp_path / "s", requests, "--out", tmp_path / "ms.parquet", "--time-unit", "ms")
+    assert code == 0, err
+    log = pq.read_table(tmp_path / "ms.parquet")
+    assert log.column("request_ts").to_pylist() == [3_500_000, 5_000_000]
+    assert log.column("uih_length").to_pylist() == [1, 2]
 
 
 # counts a user passes as Python or numpy integers (a config read with numpy, a shape);

@@ -229,6 +229,32 @@ class TimeUnit(str, Enum):
     ns = "ns"
 
 
+def _integer_times(table: pa.Table, column: str, unit: str | None, schema: Schema, source: Path) -> pa.Table:
+    """``table`` with the integers of time column ``column`` read as ``unit`` (the store then
+    converts them exactly to its own). A store that counts a unit refuses integer times whose
+    unit is not given: a file of epoch milliseconds taken as the store's microseconds would
+    put every event in January 1970, and every request there found nothing."""
+    if column not in table.column_names:
+        return table  # the schema's own check names it
+    times = table.column(column)
+    if not pa.types.is_integer(times.type):
+        if unit is not None and pa.types.is_timestamp(times.type) and schema.time_unit is not None:
+            raise SchemaError(f"--time-unit says what integer times count; {source}'s column {column!r} holds "
+                              f"{times.type}, which brings its own unit: leave --time-unit out")
+        return table
+    if schema.time_unit is None:
+        if unit is not None:
+            raise SchemaError(f"--time-unit {unit}: this store's times are plain integers (it counts no unit); "
+                              "leave --time-unit out")
+        return table
+    if unit is None:
+        raise SchemaError(f"{source}'s column {column!r} holds plain integers and this store counts "
+                          f"{schema.time_unit}: say what they count with --time-unit s|ms|us|ns (converted exactly "
+                          f"to {schema.time_unit}; --time-unit {schema.time_unit} takes them as they are)")
+    return table.set_column(table.column_names.index(column), column,
+                            times.cast(pa.int64()).cast(pa.timestamp(unit)))
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -241,8 +267,8 @@ def ingest(
     tiebreak: Annotated[str | None, typer.Option(help="Integer column ordering events that share a time.")] = None,
     partitions: Annotated[int | None, typer.Option(help="User-hash partitions.", show_default="1")] = None,
     time_unit: Annotated[TimeUnit | None, typer.Option(
-        help="What integer times count, for a new store (a timestamp time column brings its own unit; "
-             "timestamps are converted to the store's unit, integers are taken as in it).",
+        help="What the file's integer times count: a new store's unit, converted exactly to an existing "
+             "store's (needed there for integer times; a timestamp time column brings its own unit).",
         show_default="the time column's timestamp unit, else none: plain integers")] = None,
     commit_id: Annotated[str | None, typer.Option(
         help="Names this ingest: rerunning it with the same id (and file) commits nothing and prints "
@@ -255,12 +281,12 @@ def ingest(
         handle = _open(store)
         schema = handle.schema
         given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
-                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions),
-                 "--time-unit": (unit, schema.time_unit)}
+                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions)}
         for option, (value, existing) in given.items():
             if value is not None and value != existing:
                 raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
                                   "a store's schema is fixed when it is created")
+        table = _integer_times(table, schema.time_col, unit, schema, events)
         created = False
     else:
         if store.exists() and not store.is_dir():
@@ -417,12 +443,16 @@ def pointers(
                                              show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
     version: Annotated[str | None, typer.Option(help="Version or tag served from.", show_default="latest")] = None,
+    time_unit: Annotated[TimeUnit | None, typer.Option(
+        help="What integer request times count (needed where the store counts a unit), converted exactly to "
+             "the store's; a timestamp request_ts brings its own.", show_default=False)] = None,
     force: ForceOpt = False,
 ) -> None:
     """Log REQUESTS as examples with pointers into the store, as online does."""
     _check_output(out, force, "--out", [requests], store)
-    table = _read_parquet(requests, "requests")
     handle = _open(store, version)
+    table = _integer_times(_read_parquet(requests, "requests"), "request_ts",
+                           None if time_unit is None else time_unit.value, handle.schema, requests)
     examples = log_examples(handle, table)
     write_log(examples, out)
     _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
