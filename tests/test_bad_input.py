@@ -347,6 +347,14 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
                                lambda: lateseq.log_examples(store, frame))
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "cannot commit a DataFrame.*from_pandas",
                                lambda: store.commit(frame))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not a DataFrame \(pa.Table.from_pandas",
+                               lambda: lateseq.materialize(store, frame, lateseq.Projection(3)))
+    strings = "map string ids to integers the same way for events and requests.*hash_array"
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, f"'user_id' has type string.*{strings}",
+                               lambda: store.commit(good(user_id=pa.array(["u1", "u2"]))))
+    named = pa.table({"user_id": pa.array(["u1"], pa.large_string()), "request_ts": [30]})
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, f"not large_string.*{strings}",
+                               lambda: lateseq.log_examples(store, named))
     path = tmp_path / "twice.parquet"  # a join's second label: refused naming it, not a bare KeyError
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30], "label": [1]}))
     pq.write_table(log.append_column("label", pa.array([0])), path)

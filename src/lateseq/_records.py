@@ -22,6 +22,7 @@ from ._jagged import JaggedBatch
 from ._kernels import event_hashes, merge_newest
 from ._pointers import POINTER_FIELDS, RECORD_FIELDS, TAIL_PREFIX, Pointers, pointers_from_log
 from ._projection import Projection
+from ._schema import frame_hint
 from ._store import Store
 
 
@@ -153,7 +154,8 @@ def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
     if not isinstance(log, pa.Table | pa.RecordBatch):
-        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}")
+        hint = f" ({frame_hint(log)})" if hasattr(log, "columns") else ""
+        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{hint}")
     return holds_records(log.schema)
 
 

@@ -152,7 +152,8 @@ class Schema:
                                   "converted from timestamps: give it as integers (in a unit you choose)")
             target = targets[name]
             if not _castable(col.type, target):
-                raise SchemaError(f"column {name!r} has type {col.type}, expected {target}")
+                hint = f" ({STRING_IDS})" if name == self.user_col and _textual(col.type) else ""
+                raise SchemaError(f"column {name!r} has type {col.type}, expected {target}{hint}")
             if pa.types.is_boolean(target) and pa.types.is_integer(col.type):
                 bounds = pc.min_max(col).as_py()  # a cast would turn any nonzero into True
                 if bounds["min"] is not None and (bounds["min"] < 0 or bounds["max"] > 1):
@@ -278,6 +279,17 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
 
 
+STRING_IDS = ("lateseq keys users by int64: map string ids to integers the same way for events and requests, "
+              "with a table of ids you keep, or a 64-bit hash such as "
+              "pandas.util.hash_array(ids.to_numpy(object)).view('int64') (at a billion users two of them "
+              "collide with a chance of about 3%, and share one history)")
+
+
+def _textual(type_: pa.DataType) -> bool:
+    return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                          pa.types.is_binary, pa.types.is_large_binary))
+
+
 def frame_hint(frame: Any) -> str:
     """How to make the Arrow table lateseq takes of a DataFrame, exactly."""
     if type(frame).__module__.split(".")[0] == "pandas":
@@ -303,7 +315,8 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     if pa.types.is_dictionary(array.type):  # a categorical column of ids
         array = array.cast(array.type.value_type)
     if not pa.types.is_integer(array.type):
-        raise SchemaError(f"{what} must be integer user ids, not {array.type}")
+        hint = f" ({STRING_IDS})" if _textual(array.type) else ""
+        raise SchemaError(f"{what} must be integer user ids, not {array.type}{hint}")
     if array.null_count:
         raise SchemaError(f"{what} has {array.null_count} null values")
     try:

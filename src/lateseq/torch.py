@@ -339,7 +339,8 @@ class ExampleDataset(IterableDataset):
     ``store`` is a handle or a path (opened once, here, at its latest version; workers
     reopen that same version). ``examples`` is a Parquet path (each worker reads only
     its own row groups: write logs with row groups of ~64k rows) or a pyarrow Table
-    (copied into each worker).
+    (copied into each worker). It yields whole batches: give it to a DataLoader with
+    ``batch_size=None`` (the default, 1, would collate them again, and fails).
     Every example comes out exactly once per epoch; with ``shuffle``, in a new order
     each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
