@@ -105,3 +105,15 @@ def test_tenants_check_lists_a_good_config(world):
     code, stdout, stderr = lateseq("tenants", "check", config, store.path)
     assert code == 0, stderr
     assert "recent" in stdout and "engaged" in stdout and "action in {1, 3}" in stdout
+
+
+def test_tenants_check_says_what_span_an_integer_window_is(tmp_path):
+    """An integer window counts the store's unit: 259200 in a milliseconds store is 4.3
+    minutes, not the 3 days its writer meant. ``tenants check`` shows the span."""
+    events = pa.table({"user_id": [1], "ts": pa.array([1_000], pa.timestamp("ms")), "item_id": [1]})
+    store = ls.create(tmp_path / "store", ls.Schema.infer(events.schema)).commit(events)
+    config = tmp_path / "tenants.toml"
+    config.write_text('[tenants.ints]\nmax_len = 5\nwindow = 259200\n[tenants.days]\nmax_len = 5\nwindow = "3d"\n')
+    code, stdout, stderr = lateseq("tenants", "check", config, store.path)
+    assert code == 0, stderr
+    assert "259200 (4.32 minutes)" in stdout and "3d (3 days)" in stdout

@@ -48,7 +48,7 @@ from lateseq import (
 from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._pointers import write_log
-from lateseq._schema import as_user_ids
+from lateseq._schema import TIME_UNITS, as_user_ids
 from lateseq._store import check_commit_id
 from lateseq.cli import human_bytes
 
@@ -617,6 +617,20 @@ tenants_app = typer.Typer(help="Tenant configs: the projections of several model
 app.add_typer(tenants_app, name="tenants")
 
 
+def _window_text(projection: Projection, schema: Schema) -> str:
+    """A tenant's window as given, and as a span of time where the store counts a unit: an
+    integer window is in the store's unit (259200 in a milliseconds store: 4.3 minutes)."""
+    if projection.window is None:
+        return ""
+    if schema.time_unit is None:
+        return str(projection.window)
+    seconds = projection.window_in(schema) / 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+    span = next((f"{seconds / size:.3g} {name}" for name, size in (("days", 86_400), ("hours", 3_600),
+                                                                    ("minutes", 60)) if seconds >= size),
+                f"{seconds:.3g} seconds")
+    return f"{projection.window} ({span})"
+
+
 @tenants_app.command("check")
 def tenants_check(
     config: Annotated[Path, typer.Argument(help="Tenant config (TOML).", show_default=False)],
@@ -628,8 +642,8 @@ def tenants_check(
     table = Table("tenant", "columns", "max_len", "window", "filter", "transforms")
     for name, p in tenants.items():
         where = "" if p.where is None else str(p.where)
-        table.add_row(name, ", ".join(p.resolve(handle.schema)), str(p.max_len), str(p.window or ""), where,
-                      ", ".join(f"{k}={v}" for k, v in p.transforms.items()))
+        table.add_row(name, ", ".join(p.resolve(handle.schema)), str(p.max_len), _window_text(p, handle.schema),
+                      where, ", ".join(f"{k}={v}" for k, v in p.transforms.items()))
     _out().print(table)
     _err.print(f"{config}: {len(tenants)} tenant(s) fit {store}", highlight=False)
 
