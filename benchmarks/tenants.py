@@ -72,7 +72,7 @@ import lateseq  # noqa: E402
 import report  # noqa: E402
 from lateseq._gather import compare  # noqa: E402
 from lateseq._pointers import pointers_from_log  # noqa: E402
-from lateseq._select import FULL, Touched, select  # noqa: E402
+from lateseq._select import Touched, reach, select  # noqa: E402
 from materialize import Batches, Run, console, drain, drop_pages, resident_bytes, step  # noqa: E402
 from workload import (  # noqa: E402
     BATCH,
@@ -320,9 +320,10 @@ def touched(store: lateseq.Store, log: pa.Table, tenants: dict[str, lateseq.Proj
     total = {name: Touched() for name in tenants}
     for lo in range(0, log.num_rows, BATCH):
         pointers = pointers_from_log(log.slice(lo, BATCH), store.schema)
-        located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL)
+        depth = reach(tenants.values())
+        located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth)
         mismatched = compare(pointers, located, True, "raise")
-        for name, (_, t) in select(store, pointers, located, tenants, mismatched).items():
+        for name, (_, t) in select(store, pointers, located, tenants, mismatched, depth).items():
             total[name].copied += t.copied
             total[name].scanned += t.scanned
     return total

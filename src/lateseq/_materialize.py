@@ -15,7 +15,7 @@ from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
-from ._select import FULL, select, transform
+from ._select import reach, select, transform
 from ._store import Store
 
 
@@ -97,8 +97,10 @@ def materialize_tenants(
                               "covers the tails), or log plain pointers")
         examples = stripped_pointers(store, examples)
     pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
-    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, FULL, pointers.length)
+    depth = reach(tenants.values())
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth, pointers.length)
     mismatched = compare(pointers, located, verify, on_mismatch, store)
     store._record_reads(located, max((p.max_len for p in tenants.values()), default=0))
-    return {name: batch for name, (batch, _) in select(store, pointers, located, tenants, mismatched).items()}
+    selected = select(store, pointers, located, tenants, mismatched, depth)
+    return {name: batch for name, (batch, _) in selected.items()}
 

@@ -1,8 +1,9 @@
 """Many projections from one pass: each history located once, then every tenant's
 window, filter and length chosen from it, and only the chosen rows copied.
 
-``locate`` runs at full length, so its windows span each pointer's whole visible
-history (its length and checksum are the pointer's, whatever a tenant keeps). Each
+``locate`` runs as deep as the tenants reach (``reach``): its length and checksum are
+the pointer's whatever a tenant keeps, and its windows span the newest events any tenant
+can take: the longest tenant's, or the whole visible history where a tenant filters. Each
 tenant then walks those windows newest first: a slice it takes whole costs one binary
 search (a window cut) or none, and becomes a run. A filtered tenant walks the same
 windows in the filtered copies of the segments (``_derived``: the rows that pass, made
@@ -13,7 +14,7 @@ does, not a test of every row. Only the columns a tenant reads are copied, from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,11 +50,24 @@ class Touched:
         return self.copied + self.scanned
 
 
+def reach(tenants: Iterable[Projection]) -> int:
+    """How many of a history's newest events some tenant can take: a window keeps only
+    the newest (those after its start), so without a filter the longest tenant's length;
+    the newest events that pass a filter may lie anywhere in it (FULL). Locating deeper
+    only merges more (an uncompacted store with late events: 5-8x at a few hundred
+    segments, in a stranger's trial)."""
+    tenants = list(tenants)
+    if any(p.where is not None for p in tenants):
+        return FULL
+    return min(FULL, max((p.max_len for p in tenants), default=0))
+
+
 def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[str, Projection],
-           mismatched: np.ndarray) -> dict[str, tuple[JaggedBatch, Touched]]:
-    """Each tenant's sequences for ``pointers``, from ``located`` (made at length FULL)."""
+           mismatched: np.ndarray, depth: int) -> dict[str, tuple[JaggedBatch, Touched]]:
+    """Each tenant's sequences for ``pointers``, from ``located`` (made at length ``depth``,
+    at least ``reach(tenants)``)."""
     schema = store.schema
-    candidates = [_candidates(store, located, w, pointers.visibility) for w in located.partitions]
+    candidates = [_candidates(store, located, w, pointers.visibility, depth) for w in located.partitions]
     out = {}
     for name, projection in tenants.items():
         columns = projection.resolve(schema)
@@ -116,10 +130,11 @@ def transform(batch: JaggedBatch, projection: Projection, schema: Schema, reques
     return batch
 
 
-def _candidates(store: Store, located: Located, w: Windows, visibility: Visibility) -> tuple[np.ndarray, ...]:
-    """(pointer, segment, lo, hi, holes) of every range a pointer's history lies in,
-    grouped by pointer, newest first: its windows, or where they overlap in time (late
-    events, uncompacted) the runs the merge kernel orders them into."""
+def _candidates(store: Store, located: Located, w: Windows, visibility: Visibility,
+                depth: int) -> tuple[np.ndarray, ...]:
+    """(pointer, segment, lo, hi, holes) of every range the newest ``depth`` events of a
+    pointer's history lie in, grouped by pointer, newest first: its windows, or where they
+    overlap in time (late events, uncompacted) the runs the merge kernel orders them into."""
     if w.single:
         return w.ptr, w.seg, w.lo, w.hi, w.holes
     plain = ~located.merge[w.ptr]
@@ -127,7 +142,7 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
     merging = w.rows[located.merge[w.rows]]
     if len(merging):
         offsets = np.zeros(len(located.count) + 1, np.int64)
-        np.cumsum(np.where(located.merge, located.count, 0), out=offsets[1:])
+        np.cumsum(np.where(located.merge, np.minimum(located.count, depth), 0), out=offsets[1:])
         g_seg, g_lo, g_hi, g_dst = merge_runs(store, located, w, visibility, offsets)
         g_ptr = np.searchsorted(offsets, g_dst, side="right") - 1
         ptr, seg, lo, hi = (np.concatenate(pair) for pair in ((ptr, g_ptr), (seg, g_seg), (lo, g_lo), (hi, g_hi)))
