@@ -355,6 +355,12 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     named = pa.table({"user_id": pa.array(["u1"], pa.large_string()), "request_ts": [30]})
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, f"not large_string.*{strings}",
                                lambda: lateseq.log_examples(store, named))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
+    raises_and_changes_nothing(store, lateseq.PointerError, ValueError, f"'user_id' has type string.*{strings}",
+                               lambda: lateseq.materialize(store, log.set_column(0, "user_id", pa.array(["1"])),
+                                                           lateseq.Projection(3)))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not DataFrame \(pa.Table.from_pandas",
+                               lambda: next(lateseq.iter_batches(store, log.to_pandas(), lateseq.Projection(3))))
     path = tmp_path / "twice.parquet"  # a join's second label: refused naming it, not a bare KeyError
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30], "label": [1]}))
     pq.write_table(log.append_column("label", pa.array([0])), path)

@@ -238,6 +238,11 @@ def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path
     other = lateseq.create(tmp_path / "other", lateseq.Schema({"item_id": "int64"}, partitions=2))
     with pytest.raises(lateseq.SchemaError, match="for a store of 4 partitions"):
         ExampleDataset(other, path, projection, copartition=True)
+    damaged = pq.read_table(path)
+    damaged = damaged.replace_schema_metadata({**damaged.schema.metadata, b"lateseq.row_group_partitions": b"{"})
+    pq.write_table(damaged, tmp_path / "damaged.parquet")
+    with pytest.raises(lateseq.SchemaError, match="co-partitioning record .* is damaged"):
+        ExampleDataset(store, tmp_path / "damaged.parquet", projection, copartition=True)
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

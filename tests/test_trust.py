@@ -437,6 +437,10 @@ def test_a_json_file_without_its_checksum_is_blamed_on_lateseq_0_1_only_where_0_
     unsign(done.path / "schema.json")
     with pytest.raises(lateseq.StoreError, match=r"schema\.json is damaged or was written by lateseq 0\.1"):
         lateseq.open(done.path)
+    for garbage in (b'{"version": ' + b"9" * 5000 + b"}", b"[" * 100_000):  # past json's limits: not a bare
+        (done.path / "schema.json").write_bytes(garbage)  # ValueError or RecursionError ("internal error")
+        with pytest.raises(lateseq.StoreError, match=r"schema\.json is damaged"):
+            lateseq.open(done.path)
 
 
 def test_a_commit_that_only_moves_the_watermark_is_idempotent_too(store):

@@ -395,6 +395,40 @@ def test_pointers_time_unit(tmp_path):
     assert log.column("uih_length").to_pylist() == [1, 2]
 
 
+def test_ingest_time_unit_converts_every_time_column(tmp_path, dir_snapshot):
+    """A two-tier store's arrival column is a time too: ``--time-unit`` converts it with the
+    event times (it was stored as given: arrivals 1000x too small, before their events)."""
+    store = tmp_path / "s"
+    lateseq.create(store, lateseq.Schema({"item": "int64", "arrival_ts": "int64"}, time_unit="us",
+                                         arrival_col="arrival_ts"))
+    ms = 1_700_000_000_000
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([1, 1], pa.int64()), "ts": pa.array([ms, ms + 10], pa.int64()),
+                             "item": [1, 2], "arrival_ts": pa.array([ms + 5, ms + 20], pa.int64())}), ints)
+    mixed = tmp_path / "mixed.parquet"  # event times as timestamps, arrivals as integers
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "ts": pa.array([ms + 30], pa.timestamp("ms")),
+                             "item": [3], "arrival_ts": pa.array([ms + 40], pa.int64())}), mixed)
+    huge = tmp_path / "huge.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "ts": pa.array([2**63], pa.uint64()),
+                             "item": [4], "arrival_ts": pa.array([1], pa.int64())}), huge)
+    dates = tmp_path / "dates.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "ts": pa.array([19_000], pa.date32()),
+                             "item": [5], "arrival_ts": pa.array([19_000], pa.date32())}), dates)
+    before = dir_snapshot(store)
+    one_line_error(*cli("ingest", store, mixed)[::2], "'arrival_ts' hold plain integers", "--time-unit")
+    one_line_error(*cli("ingest", store, huge, "--time-unit", "ms")[::2], "'ts' holds integers that do not fit int64")
+    one_line_error(*cli("ingest", store, dates, "--time-unit", "ms")[::2], "has none", "date32")
+    assert dir_snapshot(store) == before
+    for path in (ints, mixed):
+        code, _, err = cli("ingest", store, path, "--time-unit", "ms")
+        assert code == 0, err
+    handle = lateseq.open(store)
+    log = lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": pa.array([2**62], pa.int64())}))
+    got = lateseq.materialize(handle, log, lateseq.Projection(10, ("ts", "arrival_ts"))).values
+    assert got["ts"].tolist() == [ms * 1000, (ms + 10) * 1000, (ms + 30) * 1000]
+    assert got["arrival_ts"].tolist() == [(ms + 5) * 1000, (ms + 20) * 1000, (ms + 40) * 1000]
+
+
 # counts a user passes as Python or numpy integers (a config read with numpy, a shape);
 # bools, whole floats and strings are refused, naming the argument
 

@@ -26,7 +26,7 @@ from ._materialize import materialize, materialize_tenants
 from ._pointers import outside_store
 from ._projection import Projection
 from ._records import protocol_columns
-from ._schema import PAYLOAD_TYPES
+from ._schema import PAYLOAD_TYPES, frame_hint
 from ._store import Store
 from ._tenants import is_tenant_name
 
@@ -216,7 +216,8 @@ def _read_schema(examples: ExampleSource) -> pa.Schema:
 def parquet_path(path: str | os.PathLike) -> str:
     """``path`` as a string, once it is known to name a file."""
     if not isinstance(path, str | os.PathLike):
-        raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}")
+        hint = f" ({frame_hint(path)})" if hasattr(path, "columns") else ""
+        raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}{hint}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
     return os.fspath(path)

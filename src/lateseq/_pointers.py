@@ -38,7 +38,7 @@ from ._errors import PointerError, SchemaError, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
-from ._schema import Schema, as_user_ids, frame_hint
+from ._schema import STRING_IDS, Schema, as_user_ids, frame_hint, textual
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -139,7 +139,8 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         elif not pa.types.is_integer(column.type):  # a whole float would be cast: above 2**53 another id or time
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
                                + (" (floats cannot hold every id and time exactly: write the log's pointer "
-                                  "columns as integers)" if pa.types.is_floating(column.type) else ""))
+                                  "columns as integers)" if pa.types.is_floating(column.type) else "")
+                               + (f" ({STRING_IDS})" if f.name == "user_id" and textual(column.type) else ""))
         try:
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -312,8 +313,12 @@ def row_group_partitions(metadata: dict[bytes, bytes] | None, partitions: int, n
     of ``partitions`` partitions."""
     if not metadata or PARTITIONS_KEY not in metadata:
         raise SchemaError(f"{name} is not co-partitioned: write it with lateseq.copartition_log")
-    meta = json.loads(metadata[PARTITIONS_KEY])
-    if meta["partitions"] != partitions:
-        raise SchemaError(f"{name} was co-partitioned for a store of {meta['partitions']} partitions; "
-                          f"this store has {partitions}")
-    return tuple(int(p) for p in meta["row_groups"])
+    try:
+        meta = json.loads(metadata[PARTITIONS_KEY])
+        found, row_groups = meta["partitions"], tuple(int(p) for p in meta["row_groups"])
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise SchemaError(f"{name}'s co-partitioning record ({PARTITIONS_KEY.decode()} in its metadata) is "
+                          f"damaged ({exc!r}): write it again with lateseq.copartition_log") from None
+    if found != partitions:
+        raise SchemaError(f"{name} was co-partitioned for a store of {found} partitions; this store has {partitions}")
+    return row_groups

@@ -152,7 +152,7 @@ class Schema:
                                   "converted from timestamps: give it as integers (in a unit you choose)")
             target = targets[name]
             if not _castable(col.type, target):
-                hint = f" ({STRING_IDS})" if name == self.user_col and _textual(col.type) else ""
+                hint = f" ({STRING_IDS})" if name == self.user_col and textual(col.type) else ""
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}{hint}")
             if pa.types.is_boolean(target) and pa.types.is_integer(col.type):
                 bounds = pc.min_max(col).as_py()  # a cast would turn any nonzero into True
@@ -281,11 +281,11 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
 
 STRING_IDS = ("lateseq keys users by int64: map string ids to integers the same way for events and requests, "
               "with a table of ids you keep, or a 64-bit hash such as "
-              "pandas.util.hash_array(ids.to_numpy(object)).view('int64') (at a billion users two of them "
+              "pandas.util.hash_array(numpy.asarray(ids, dtype=object)).view('int64') (at a billion users two of them "
               "collide with a chance of about 3%, and share one history)")
 
 
-def _textual(type_: pa.DataType) -> bool:
+def textual(type_: pa.DataType) -> bool:
     return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
                                           pa.types.is_binary, pa.types.is_large_binary))
 
@@ -315,7 +315,7 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     if pa.types.is_dictionary(array.type):  # a categorical column of ids
         array = array.cast(array.type.value_type)
     if not pa.types.is_integer(array.type):
-        hint = f" ({STRING_IDS})" if _textual(array.type) else ""
+        hint = f" ({STRING_IDS})" if textual(array.type) else ""
         raise SchemaError(f"{what} must be integer user ids, not {array.type}{hint}")
     if array.null_count:
         raise SchemaError(f"{what} has {array.null_count} null values")

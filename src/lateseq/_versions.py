@@ -72,8 +72,8 @@ def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
     data = read_regular(path)
     try:
         content = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        content = None  # truncated or garbled
+    except (ValueError, RecursionError):  # truncated or garbled (a number of 5,000 digits, 10,000 brackets)
+        content = None
     if isinstance(content, dict) and "crc32" not in content:
         if kept_since_v01 and ("version" in content or "columns" in content):
             raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "

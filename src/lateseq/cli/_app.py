@@ -229,30 +229,35 @@ class TimeUnit(str, Enum):
     ns = "ns"
 
 
-def _integer_times(table: pa.Table, column: str, unit: str | None, schema: Schema, source: Path) -> pa.Table:
-    """``table`` with the integers of time column ``column`` read as ``unit`` (the store then
+def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema: Schema, source: Path) -> pa.Table:
+    """``table`` with the integers of its time ``columns`` read as ``unit`` (the store then
     converts them exactly to its own). A store that counts a unit refuses integer times whose
     unit is not given: a file of epoch milliseconds taken as the store's microseconds would
     put every event in January 1970, and every request there found nothing."""
-    if column not in table.column_names:
-        return table  # the schema's own check names it
-    times = table.column(column)
-    if not pa.types.is_integer(times.type):
-        if unit is not None and pa.types.is_timestamp(times.type) and schema.time_unit is not None:
-            raise SchemaError(f"--time-unit says what integer times count; {source}'s column {column!r} holds "
-                              f"{times.type}, which brings its own unit: leave --time-unit out")
-        return table
+    present = [c for c in columns if c in table.column_names]  # a missing one: the schema's check names it
+    integers = [c for c in present if pa.types.is_integer(table.column(c).type)]
     if schema.time_unit is None:
         if unit is not None:
             raise SchemaError(f"--time-unit {unit}: this store's times are plain integers (it counts no unit); "
                               "leave --time-unit out")
         return table
+    if not integers:
+        if unit is not None:
+            kinds = ", ".join(f"{c!r} holds {table.column(c).type}" for c in present)
+            raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}, "
+                              "which brings its own unit): leave --time-unit out")
+        return table
     if unit is None:
-        raise SchemaError(f"{source}'s column {column!r} holds plain integers and this store counts "
+        raise SchemaError(f"{source}'s {' and '.join(map(repr, integers))} hold plain integers and this store counts "
                           f"{schema.time_unit}: say what they count with --time-unit s|ms|us|ns (converted exactly "
                           f"to {schema.time_unit}; --time-unit {schema.time_unit} takes them as they are)")
-    return table.set_column(table.column_names.index(column), column,
-                            times.cast(pa.int64()).cast(pa.timestamp(unit)))
+    for column in integers:
+        try:
+            times = table.column(column).cast(pa.int64())
+        except pa.ArrowInvalid as exc:
+            raise SchemaError(f"{source}'s column {column!r} holds integers that do not fit int64: {exc}") from exc
+        table = table.set_column(table.column_names.index(column), column, times.cast(pa.timestamp(unit)))
+    return table
 
 
 # ---------------------------------------------------------------- commands
@@ -286,7 +291,7 @@ def ingest(
             if value is not None and value != existing:
                 raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
                                   "a store's schema is fixed when it is created")
-        table = _integer_times(table, schema.time_col, unit, schema, events)
+        table = _integer_times(table, [schema.time_col, schema.arrival_col], unit, schema, events)
         created = False
     else:
         if store.exists() and not store.is_dir():
@@ -451,7 +456,7 @@ def pointers(
     """Log REQUESTS as examples with pointers into the store, as online does."""
     _check_output(out, force, "--out", [requests], store)
     handle = _open(store, version)
-    table = _integer_times(_read_parquet(requests, "requests"), "request_ts",
+    table = _integer_times(_read_parquet(requests, "requests"), ["request_ts"],
                            None if time_unit is None else time_unit.value, handle.schema, requests)
     examples = log_examples(handle, table)
     write_log(examples, out)
