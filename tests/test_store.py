@@ -366,6 +366,37 @@ def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small
     assert not list(log.parent.glob("*examples.parquet"))
 
 
+@pytest.mark.parametrize("operation", ["commit", "compact", "delete"])
+def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store, monkeypatch, operation):
+    """A full disk at a segment's read-cache copy, or at a later partition's segment, left
+    the segments already written in segments/ (until cleanup's grace passed; every retry
+    added more): the store was not as it was."""
+    store = make_store({"item": "int64"}, partitions=4)
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        store = store.commit(pa.table({"user_id": rng.integers(0, 40, 400), "ts": rng.integers(0, 10**6, 400),
+                                       "item": rng.integers(0, 99, 400)}))
+    before = snapshot(store.path)
+    real, written = lateseq._format._write_decoded, []
+
+    def third_fails(*args):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(lateseq._format, "_write_decoded", third_fails)
+    rng = np.random.default_rng(3)
+    more = pa.table({"user_id": rng.integers(0, 40, 400), "ts": rng.integers(0, 10**6, 400),
+                     "item": rng.integers(0, 99, 400)})
+    act = {"commit": lambda: store.commit(more),
+           "compact": store.compact, "delete": lambda: store.delete(list(range(0, 40, 2)))}[operation]
+    with pytest.raises(OSError, match="No space left on device"):
+        act()
+    assert len(written) == 2  # two segments written whole before the third failed
+    assert snapshot(store.path) == before
+
+
 def test_a_publish_that_fails_after_its_manifest_is_placed_keeps_the_version_s_files(small_store, monkeypatch):
     """Only a publish refused before placing its manifest (a conflict, a full disk) removes
     the commit's new files: one that fails after (the folder's fsync) is published, and

@@ -21,6 +21,7 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,6 +31,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -315,11 +317,11 @@ class Store:
                 incoming = incoming.first_deliveries(self.schema.event_id_col, known)
             if watermark is None:
                 watermark = base.watermark
-            new = []
             parts = partition_of(incoming.user, self.schema.partitions)
-            for p in np.unique(parts):  # none when every event was a redelivery
-                chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
-                new.append(self._write(int(p), chunk))
+            with self._unpublished() as new:
+                for p in np.unique(parts):  # none when every event was a redelivery
+                    chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
+                    new.append(self._write(int(p), chunk))
             if commit_id is not None:
                 self._log.mark_commit(commit_id, version)
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
@@ -347,19 +349,20 @@ class Store:
                      for p, infos in base._by_partition.items()}
             if not any(end - start > 1 for runs in plans.values() for start, end in runs):
                 return base
-            infos, new = [], []
-            for p, segments in sorted(base._by_partition.items()):
-                runs = {start: end for start, end in plans[p] if end - start > 1}
-                i = 0
-                while i < len(segments):
-                    end = runs.get(i, i + 1)
-                    if end - i == 1:
-                        infos.append(segments[i])
-                    else:
-                        merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
-                        new.append(self._write(p, merged))
-                        infos.append(new[-1])
-                    i = end
+            infos = []
+            with self._unpublished() as new:
+                for p, segments in sorted(base._by_partition.items()):
+                    runs = {start: end for start, end in plans[p] if end - start > 1}
+                    i = 0
+                    while i < len(segments):
+                        end = runs.get(i, i + 1)
+                        if end - i == 1:
+                            infos.append(segments[i])
+                        else:
+                            merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
+                            new.append(self._write(p, merged))
+                            infos.append(new[-1])
+                        i = end
             return base._publish(base.version + 1, "compact", infos, new, base.watermark)
 
     def delete(self, users: np.ndarray | list[int]) -> Store:
@@ -380,13 +383,14 @@ class Store:
             if not touched:
                 return base
             rewritten: dict[str, SegmentInfo | None] = {}
-            for info in touched:
-                events = merge_segments([base._segments.get(info)], self.schema)
-                keep = np.flatnonzero(~np.isin(events.user, users))
-                rewritten[info.name] = self._write(info.partition, events.take(keep)) if len(keep) else None
+            with self._unpublished() as new:
+                for info in touched:
+                    events = merge_segments([base._segments.get(info)], self.schema)
+                    keep = np.flatnonzero(~np.isin(events.user, users))
+                    rewritten[info.name] = self._write(info.partition, events.take(keep)) if len(keep) else None
+                    new += [rewritten[info.name]] if rewritten[info.name] is not None else []
             # each rewritten segment takes its original's place: segment order breaks time ties
             infos = [rewritten.get(i.name, i) for i in base.segment_infos]
-            new = [i for i in rewritten.values() if i is not None]
             return base._publish(base.version + 1, "delete", [i for i in infos if i is not None], new,
                                  base.watermark, deleted=users.tolist())
 
@@ -407,6 +411,20 @@ class Store:
         at = np.array([last[user] for user in ids.tolist()], np.int64)
         pos = np.minimum(np.searchsorted(ids, users), len(ids) - 1)
         return (ids[pos] == users) & (np.asarray(versions, np.int64) < at[pos])
+
+    @contextlib.contextmanager
+    def _unpublished(self) -> Iterator[list[SegmentInfo]]:
+        """A list for the segments written for a version not published yet, removed if the
+        block fails (a full disk at a later partition, or at a segment's read-cache copy,
+        left the others in segments/ until cleanup's grace had passed); ``_publish``
+        removes them where the publish itself fails."""
+        new: list[SegmentInfo] = []
+        try:
+            yield new
+        except BaseException:
+            for info in new:
+                self._remove_segment(info)
+            raise
 
     def _write(self, partition: int, events: Events) -> SegmentInfo:
         info = write_segment(self.path / "segments", partition, events, self.cache_dir)
