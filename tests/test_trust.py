@@ -28,6 +28,7 @@ from oracle import Oracle, Request, assert_batch_equal, edit_in_place, reference
 
 import lateseq
 import lateseq._events
+import lateseq._gather
 import lateseq._locate
 import lateseq._segments
 import lateseq._store
@@ -553,6 +554,33 @@ def test_a_decoded_copy_changed_in_place_under_an_open_handle_is_checked_again(s
         if mtime == "set back":
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+
+
+@pytest.mark.parametrize("every_read", [False, True])
+def test_a_decoded_copy_written_in_place_during_a_batch_is_never_returned(store, log, monkeypatch, every_read):
+    """The read cache is checked before each batch; a program writing into a copy while
+    the batch is copied out (after that check) changed the bytes returned, with nothing
+    flagged (a stranger's concurrent writer: 3 of 35 batches). The batch is read again,
+    through the copy checked and decoded anew; a copy written during every read is an error."""
+    expected = output(store.path, log)
+    handle = lateseq.open(store.path, merged_reads=False)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    real, writes = lateseq._gather.copy_runs, []
+
+    def written_meanwhile(*args):
+        if every_read or not writes:
+            writes.append(1)
+            for info in handle.segment_infos:
+                edit_in_place(store.cache_dir / f"{info.name}.arrow", 1 / 3, 0x01)
+        return real(*args)
+
+    monkeypatch.setattr(lateseq._gather, "copy_runs", written_meanwhile)
+    if every_read:
+        with pytest.raises(lateseq.StoreError, match="written in place during 3 reads in a row"):
+            lateseq.materialize(handle, log, PROJECTION)
+        return
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)
+    assert len(writes) == 1
 
 
 def _damage_in_place(path: Path, start: int, end: int, through_a_map: bool) -> mmap.mmap | None:

@@ -3,13 +3,13 @@ inline tails, or stripped ones) to the exact sequences online saw."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from ._errors import SchemaError
+from ._errors import ChecksumMismatch, SchemaError, StoreError
 from ._gather import compare, gather
 from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
@@ -17,6 +17,8 @@ from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
 from ._select import reach, select, transform
 from ._store import Store
+
+T = TypeVar("T")
 
 
 def materialize(
@@ -39,6 +41,35 @@ def materialize(
     """
     if projection.selects:
         return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
+    return _steady(store, lambda: _materialize(store, examples, projection, verify, on_mismatch))
+
+
+_READS = 3  # reads of one batch before a read cache written in place every time is an error
+
+
+def _steady(store: Store, read: Callable[[], T]) -> T:
+    """``read()``, made again where a decoded copy it read was written in place meanwhile.
+    The read cache is checked before each batch; a program writing into a copy during the
+    batch (``rsync --inplace``, ``dd conv=notrunc``) changed the bytes copied out after that
+    check, with nothing flagged, or a checksum blamed the store. Made again, the read finds
+    the copy changed, checks it, and decodes it again from the store."""
+    for _ in range(_READS):
+        generation = store._read_cache_generation()
+        try:
+            result = read()
+        except ChecksumMismatch:
+            if store._written_in_place_since(generation):
+                continue
+            raise
+        if not store._written_in_place_since(generation):
+            return result
+    raise StoreError(f"the read cache's decoded copies were written in place during {_READS} reads in a row: "
+                     f"another program writes into {store.cache_dir} (lateseq never writes a copy in place); stop it, "
+                     "or give this reader a cache of its own (cache_dir=)")
+
+
+def _materialize(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, projection: Projection, verify: bool,
+                 on_mismatch: Literal["raise", "flag"]) -> JaggedBatch:
     batch = _rebuild(store, examples, projection, verify, on_mismatch)
     if projection.transforms:
         pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
@@ -97,6 +128,11 @@ def materialize_tenants(
                               "covers the tails), or log plain pointers")
         examples = stripped_pointers(store, examples)
     pointers = examples if isinstance(examples, Pointers) else pointers_from_log(examples, store.schema)
+    return _steady(store, lambda: _select_tenants(store, pointers, tenants, verify, on_mismatch))
+
+
+def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Projection], verify: bool,
+                    on_mismatch: Literal["raise", "flag"]) -> dict[str, JaggedBatch]:
     depth = reach(tenants.values())
     located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth, pointers.length)
     mismatched = compare(pointers, located, verify, on_mismatch, store)

@@ -181,6 +181,12 @@ class SegmentCache:
                 self._open.popitem(last=False)
         return segment
 
+    def written_in_place(self) -> bool:
+        """Whether an open segment's file was written in place since it was checked."""
+        with self._lock:
+            segments = list(self._open.values())
+        return any(s.written_in_place() for s in segments)
+
     def clear(self) -> None:
         with self._lock:
             self._open.clear()
@@ -270,6 +276,13 @@ class Segment:
         handle on a retired version keeps reading what it mapped (``Store.cleanup``)."""
         current = _identity(self.path)
         return current is not None and current != self.identity
+
+    def written_in_place(self) -> bool:
+        """Whether the very file this segment maps was written since it was checked (a copy
+        replaced by a rename leaves the map holding the checked bytes; one written in place
+        changes what the map reads)."""
+        current = _identity(self.path)
+        return current is not None and current[:2] == self.identity[:2] and current != self.identity
 
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)

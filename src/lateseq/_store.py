@@ -550,6 +550,14 @@ class Store:
         return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
                       self._joined)
 
+    def _read_cache_generation(self) -> int:
+        return self._segments.watch.generation()
+
+    def _written_in_place_since(self, generation: int) -> bool:
+        """Whether a decoded copy this handle reads was written in place since the read
+        cache was at ``generation`` (a stat of each open one only when anything changed)."""
+        return self._segments.watch.generation() != generation and self._segments.written_in_place()
+
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
         returns (its newest ``max_len`` per pointer) from partitions read segment by segment."""
