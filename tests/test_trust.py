@@ -8,6 +8,7 @@ the file, never silently wrong output, and never loses a commit that returned su
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import mmap
@@ -32,6 +33,7 @@ import lateseq._gather
 import lateseq._locate
 import lateseq._segments
 import lateseq._store
+import lateseq._versions
 import lateseq._watch
 from lateseq._loader import _open_parquet
 from lateseq._versions import dump_checked, load_checked
@@ -263,6 +265,18 @@ def test_a_lock_file_that_is_a_link_or_fifo_is_refused_not_followed_or_waited_on
         store.tag("new", store.version) if lock.startswith("tags") else store.commit(
             pa.table({"user_id": [1], "ts": [1], "item": [1], "rating": [1]}))
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_store_this_user_cannot_write_says_so_when_a_writer_locks_it(store, monkeypatch):
+    """A read-only store's cleanup said 'Permission denied ... (a lock file must be a
+    regular file: ... no symbolic link ... no FIFO)': a permission problem read as a link."""
+    def denied(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(lateseq._versions, "open_lock_file", denied)
+    with pytest.raises(lateseq.StoreError, match="Permission denied .*may not write there") as caught:
+        store.cleanup(before=store.version)
+    assert "symbolic link" not in str(caught.value)
 
 
 def test_a_dangling_manifest_names_the_missing_file(store, log, tmp_path):

@@ -16,6 +16,7 @@ exclusive lock, so it never deletes a segment a writer is about to publish.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -339,8 +340,11 @@ class VersionLog:
         try:
             lock = open_lock_file(path)
         except OSError as exc:
-            raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} (a lock file must be a regular "
-                             "file: lateseq follows no symbolic link and opens no FIFO inside a store)") from exc
+            why = ("this user may not write there: writers need a store they can write to"
+                   if isinstance(exc, PermissionError | FileNotFoundError) or exc.errno == errno.EROFS else
+                   "a lock file must be a regular file: lateseq follows no symbolic link and opens no FIFO inside a "
+                   "store")
+            raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} ({why})") from exc
         try:
             fcntl.flock(lock, mode)
             yield
