@@ -29,6 +29,7 @@ from conftest import files_at_most
 from oracle import edit_in_place
 
 import lateseq
+import lateseq._segments
 from lateseq._derived import DERIVED_DIR
 from lateseq._events import partition_of
 from lateseq._store import AUTO_MERGE_RENT
@@ -252,6 +253,29 @@ def test_cleanup_removes_the_merged_copies_of_retired_versions_whose_segments_st
         handle.prefault(["item"])
         assert set(copy_files(store)) == files  # read through the copies kept: nothing built again
     assert read(latest, "merged") == expected(latest, "merged")
+
+
+@pytest.mark.parametrize("kind", ["merged", "filtered"])
+def test_a_copy_is_not_kept_when_what_it_was_built_from_was_written_in_place_meanwhile(store, monkeypatch, kind):
+    """A decoded copy written in place (by another program) after its column was checked,
+    while a merged or filtered copy was built from it: the copy got digests of the damaged
+    bytes, and every reader in any process read them until it was deleted (a stranger's:
+    29 of 29 rows). What it was built from is checked again before the copy is kept."""
+    want = expected(store, kind)
+    real, hit = lateseq._segments.Segment._verify, []
+
+    def checked_then_written(segment, name):
+        real(segment, name)
+        if name in ("item", "rating") and DERIVED_DIR not in str(segment.path) and segment.path not in hit:
+            hit.append(segment.path)
+            edit_in_place(segment.path, 0.5, 0x01)
+
+    monkeypatch.setattr(lateseq._segments.Segment, "_verify", checked_then_written)
+    with pytest.raises(lateseq.StoreError, match="was built from it: not kept|another process writing into the read"):
+        read(store, kind, lateseq.open(store.path, merged_reads=kind == "merged"))
+    assert hit and not copy_files(store, ".json")  # nothing kept
+    monkeypatch.undo()
+    assert read(store, kind) == want  # built again from the copies, checked and decoded anew
 
 
 def test_cleanup_leaves_a_copy_being_built_alone(store, monkeypatch):

@@ -396,6 +396,16 @@ def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store
     assert len(written) == 2  # two segments written whole before the third failed
     assert snapshot(store.path) == before
 
+    def no_room(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if operation == "commit":  # an idempotent commit's id file, after every segment is written
+        monkeypatch.setattr(lateseq._format, "_write_decoded", real)
+        monkeypatch.setattr(lateseq._versions.VersionLog, "mark_commit", no_room)
+        with pytest.raises(OSError, match="No space left on device"):
+            store.commit(more, commit_id="job")
+        assert snapshot(store.path) == before
+
 
 def test_a_publish_that_fails_after_its_manifest_is_placed_keeps_the_version_s_files(small_store, monkeypatch):
     """Only a publish refused before placing its manifest (a conflict, a full disk) removes

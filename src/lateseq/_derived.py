@@ -114,8 +114,13 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
     segment, in the order a full compaction writes them; ``segments`` opens them, only
     when the copy must be built. ``random_access``: see ``Segment``."""
     names = [info.name for info in infos]
-    return _derive(cache, infos[0].partition, names, _merged_key(names), lambda: merge_segments(segments(), schema),
-                   random_access)
+    opened: list[Segment] = []
+
+    def events() -> Events:
+        opened.extend(segments())
+        return merge_segments(opened, schema)
+
+    return _derive(cache, infos[0].partition, names, _merged_key(names), events, random_access, lambda: opened)
 
 
 def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
@@ -134,7 +139,8 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
         return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
                       segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
 
-    return _derive(cache, segment.info.partition, list(segment.sources), key, events, segment.random_access)
+    return _derive(cache, segment.info.partition, list(segment.sources), key, events, segment.random_access,
+                   lambda: [segment])
 
 
 @dataclass
@@ -170,9 +176,12 @@ def _name(partition: int, key: dict) -> str:
 
 
 def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events],
-            random_access: bool) -> Segment:
+            random_access: bool, read: Callable[[], list[Segment]]) -> Segment:
     """The copy named after ``key``, made by ``events`` when not built yet; ``sources``
-    are the store segments its events come from (cleanup removes it with the last)."""
+    are the store segments its events come from (cleanup removes it with the last), and
+    ``read`` the open segments ``events`` read, checked again once it is made: one written
+    in place meanwhile (by another program) may have given damaged bytes, which the copy's
+    own digests would then vouch for, in every process, until it was deleted."""
     name = _name(partition, key)
     sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
@@ -181,7 +190,12 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
             return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
-        info = write_unpacked_segment(folder, name, partition, events())
+        info = write_unpacked_segment(folder, name, partition, events())  # (payloads are read as written)
+        if not all(segment.intact() for segment in read()):
+            for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
+                path.unlink(missing_ok=True)
+            raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
+                             "not kept (another program writes into the read cache; lateseq only replaces files)")
         with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
             tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         return _open_checked(folder, name, key, random_access)

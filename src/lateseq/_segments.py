@@ -284,6 +284,13 @@ class Segment:
         current = _identity(self.path)
         return current is not None and current[:2] == self.identity[:2] and current != self.identity
 
+    def intact(self) -> bool:
+        """Whether every column checked so far still passes its digest: a pass over each,
+        for what a derived copy was just built from (a write in the same clock tick as the
+        map moves no time a stat can see)."""
+        with self._lock:
+            return all(self.info.column_sound(name, self._data[name]) for name in self._verified)
+
     def base(self, name: str) -> int:
         return self.info.bases.get(name, 0)
 

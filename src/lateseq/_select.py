@@ -81,6 +81,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             if projection.where is not None:  # the same walk over the copy of the rows that pass
                 filtered = filtered_view(view, projection.where, store.cache_dir)
                 view = filtered.view
+                store._note_read([view])
                 cand = (cand[0], cand[1], *filtered.remap(*cand[1:4]), cand[4])
             chosen, scanned = _runs(schema, view, cand, projection, lower, pointers.visibility, located.count,
                                     lengths)

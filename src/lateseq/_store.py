@@ -31,7 +31,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -155,6 +155,7 @@ class Store:
         self._checked = np.full(self.schema.partitions, -1, np.int64)
         self._in_join = np.zeros(self.schema.partitions, bool)
         self._views_lock = threading.RLock()  # threads reading one handle see views and the join whole
+        self._reading = threading.local()  # the views a read in this thread used (``_note_read``)
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
@@ -321,9 +322,9 @@ class Store:
             with self._unpublished() as new:
                 for p in np.unique(parts):  # none when every event was a redelivery
                     chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
-                    new.append(self._write(int(p), chunk))
-            if commit_id is not None:
-                self._log.mark_commit(commit_id, version)
+                    self._write(int(p), chunk, new)
+                if commit_id is not None:
+                    self._log.mark_commit(commit_id, version)
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
     def compact(self, policy: Literal["full", "tiered"] = "full", *, fanout: int = 4) -> Store:
@@ -360,8 +361,7 @@ class Store:
                             infos.append(segments[i])
                         else:
                             merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
-                            new.append(self._write(p, merged))
-                            infos.append(new[-1])
+                            infos.append(self._write(p, merged, new))
                         i = end
             return base._publish(base.version + 1, "compact", infos, new, base.watermark)
 
@@ -387,8 +387,7 @@ class Store:
                 for info in touched:
                     events = merge_segments([base._segments.get(info)], self.schema)
                     keep = np.flatnonzero(~np.isin(events.user, users))
-                    rewritten[info.name] = self._write(info.partition, events.take(keep)) if len(keep) else None
-                    new += [rewritten[info.name]] if rewritten[info.name] is not None else []
+                    rewritten[info.name] = self._write(info.partition, events.take(keep), new) if len(keep) else None
             # each rewritten segment takes its original's place: segment order breaks time ties
             infos = [rewritten.get(i.name, i) for i in base.segment_infos]
             return base._publish(base.version + 1, "delete", [i for i in infos if i is not None], new,
@@ -426,10 +425,11 @@ class Store:
                 self._remove_segment(info)
             raise
 
-    def _write(self, partition: int, events: Events) -> SegmentInfo:
-        info = write_segment(self.path / "segments", partition, events, self.cache_dir)
+    def _write(self, partition: int, events: Events, new: list[SegmentInfo]) -> SegmentInfo:
+        """Writes a segment for a version not published yet, into ``new`` (``_unpublished``)."""
+        new.append(write_segment(self.path / "segments", partition, events, self.cache_dir))
         fsync_dir(self.path / "segments")  # the files survive a power loss before the manifest names them
-        return info
+        return new[-1]
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
                  watermark: int | None, commit_id: str | None = None, content: str | None = None,
@@ -547,16 +547,29 @@ class Store:
                max_len: int, lengths: np.ndarray | None = None) -> Located:
         """Finds each pointer's visible events: time before the request, and ``visibility``
         (``lengths``, the pointers' recorded ones, only speed the search up)."""
-        return locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
-                      self._joined)
+        located = locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
+                         self._joined)
+        self._note_read(w.view for w in located.partitions)
+        return located
 
     def _read_cache_generation(self) -> int:
+        """The read cache's generation as a read begins; the views it reads are noted from
+        here on (``_note_read``), in this thread."""
+        self._reading.views = []
         return self._segments.watch.generation()
 
+    def _note_read(self, views: Iterable[PartitionView]) -> None:
+        known = getattr(self._reading, "views", None)
+        if known is not None:
+            known.extend(views)
+
     def _written_in_place_since(self, generation: int) -> bool:
-        """Whether a decoded copy this handle reads was written in place since the read
-        cache was at ``generation`` (a stat of each open one only when anything changed)."""
-        return self._segments.watch.generation() != generation and self._segments.written_in_place()
+        """Whether a decoded copy the read begun at ``generation`` read (plain, merged or
+        filtered) was written in place since (a stat of each only when anything changed)."""
+        views = getattr(self._reading, "views", [])
+        self._reading.views = None
+        return self._segments.watch.generation() != generation and any(
+            segment.written_in_place() for view in views for segment in view.segments)
 
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
