@@ -58,10 +58,10 @@ def _steady(store: Store, read: Callable[[], T]) -> T:
         try:
             result = read()
         except ChecksumMismatch:
-            if store._written_in_place_since(generation):
+            if store._overwritten_since(generation):
                 continue
             raise
-        if not store._written_in_place_since(generation):
+        if not store._overwritten_since(generation):
             return result
     raise StoreError(f"the read cache's decoded copies were written in place during {_READS} reads in a row: "
                      f"another program writes into {store.cache_dir} (lateseq never writes a copy in place); stop it, "

@@ -181,12 +181,6 @@ class SegmentCache:
                 self._open.popitem(last=False)
         return segment
 
-    def written_in_place(self) -> bool:
-        """Whether an open segment's file was written in place since it was checked."""
-        with self._lock:
-            segments = list(self._open.values())
-        return any(s.written_in_place() for s in segments)
-
     def clear(self) -> None:
         with self._lock:
             self._open.clear()
@@ -277,7 +271,7 @@ class Segment:
         current = _identity(self.path)
         return current is not None and current != self.identity
 
-    def written_in_place(self) -> bool:
+    def overwritten(self) -> bool:
         """Whether the very file this segment maps was written since it was checked (a copy
         replaced by a rename leaves the map holding the checked bytes; one written in place
         changes what the map reads)."""

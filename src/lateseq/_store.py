@@ -563,13 +563,13 @@ class Store:
         if known is not None:
             known.extend(views)
 
-    def _written_in_place_since(self, generation: int) -> bool:
+    def _overwritten_since(self, generation: int) -> bool:
         """Whether a decoded copy the read begun at ``generation`` read (plain, merged or
         filtered) was written in place since (a stat of each only when anything changed)."""
         views = getattr(self._reading, "views", [])
         self._reading.views = None
         return self._segments.watch.generation() != generation and any(
-            segment.written_in_place() for view in views for segment in view.segments)
+            segment.overwritten() for view in views for segment in view.segments)
 
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
