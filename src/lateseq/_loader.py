@@ -216,8 +216,8 @@ def _read_schema(examples: ExampleSource) -> pa.Schema:
 def parquet_path(path: str | os.PathLike) -> str:
     """``path`` as a string, once it is known to name a file."""
     if not isinstance(path, str | os.PathLike):
-        hint = f" ({frame_hint(path)})" if hasattr(path, "columns") else ""
-        raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}{hint}")
+        raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
+                          f"{frame_hint(path)}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
     return os.fspath(path)

@@ -38,7 +38,7 @@ from ._errors import PointerError, SchemaError, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
-from ._schema import STRING_IDS, Schema, as_user_ids, frame_hint, textual
+from ._schema import Schema, as_user_ids, frame_hint, string_ids_hint
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -140,7 +140,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
                                + (" (floats cannot hold every id and time exactly: write the log's pointer "
                                   "columns as integers)" if pa.types.is_floating(column.type) else "")
-                               + (f" ({STRING_IDS})" if f.name == "user_id" and textual(column.type) else ""))
+                               + (string_ids_hint(column.type) if f.name == "user_id" else ""))
         try:
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -191,7 +191,7 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     """
     if not isinstance(requests, pa.Table):
         raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__}"
-                          + (f" ({frame_hint(requests)})" if hasattr(requests, "columns") else ""))
+                          + frame_hint(requests))
     for needed in ("user_id", "request_ts"):
         if requests.column_names.count(needed) > 1:
             raise SchemaError(f"requests have {requests.column_names.count(needed)} columns named {needed!r}")

@@ -154,8 +154,7 @@ def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
     if not isinstance(log, pa.Table | pa.RecordBatch):
-        hint = f" ({frame_hint(log)})" if hasattr(log, "columns") else ""
-        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{hint}")
+        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{frame_hint(log)}")
     return holds_records(log.schema)
 
 

@@ -152,7 +152,7 @@ class Schema:
                                   "converted from timestamps: give it as integers (in a unit you choose)")
             target = targets[name]
             if not _castable(col.type, target):
-                hint = f" ({STRING_IDS})" if name == self.user_col and textual(col.type) else ""
+                hint = string_ids_hint(col.type) if name == self.user_col else ""
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}{hint}")
             if pa.types.is_boolean(target) and pa.types.is_integer(col.type):
                 bounds = pc.min_max(col).as_py()  # a cast would turn any nonzero into True
@@ -279,23 +279,27 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
 
 
-STRING_IDS = ("lateseq keys users by int64: map string ids to integers the same way for events and requests, "
-              "with a table of ids you keep, or a 64-bit hash such as "
-              "pandas.util.hash_array(numpy.asarray(ids, dtype=object)).view('int64') (at a billion users two of them "
-              "collide with a chance of about 3%, and share one history)")
+def string_ids_hint(type_: pa.DataType) -> str:
+    """What to do with user ids of ``type_``, for an error refusing them: how to map string
+    ids to int64 where they are strings (or bytes), else nothing."""
+    if not any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                          pa.types.is_binary, pa.types.is_large_binary)):
+        return ""
+    return (" (lateseq keys users by int64: map string ids to integers the same way for events and requests, "
+            "with a table of ids you keep, or a 64-bit hash such as "
+            "pandas.util.hash_array(numpy.asarray(ids, dtype=object)).view('int64') (at a billion users two of them "
+            "collide with a chance of about 3%, and share one history))")
 
 
-def textual(type_: pa.DataType) -> bool:
-    return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                          pa.types.is_binary, pa.types.is_large_binary))
-
-
-def frame_hint(frame: Any) -> str:
-    """How to make the Arrow table lateseq takes of a DataFrame, exactly."""
-    if type(frame).__module__.split(".")[0] == "pandas":
-        return ("pa.Table.from_pandas(df, preserve_index=False) converts a pandas DataFrame (it turns NaN into "
-                "null: fill float columns back with pyarrow.compute.fill_null(column, float('nan')))")
-    return "pa.table(df) converts a DataFrame that exports Arrow (polars, DuckDB, ...) exactly"
+def frame_hint(value: Any) -> str:
+    """How to make the Arrow table lateseq takes of ``value``, exactly, where it is a
+    DataFrame (for an error refusing it), else nothing."""
+    if not hasattr(value, "columns"):
+        return ""
+    if type(value).__module__.split(".")[0] == "pandas":
+        return (" (pa.Table.from_pandas(df, preserve_index=False) converts a pandas DataFrame (it turns NaN into "
+                "null: fill float columns back with pyarrow.compute.fill_null(column, float('nan'))))")
+    return " (pa.table(df) converts a DataFrame that exports Arrow (polars, DuckDB, ...) exactly)"
 
 
 def as_user_ids(values: Any, what: str) -> np.ndarray:
@@ -315,8 +319,7 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     if pa.types.is_dictionary(array.type):  # a categorical column of ids
         array = array.cast(array.type.value_type)
     if not pa.types.is_integer(array.type):
-        hint = f" ({STRING_IDS})" if textual(array.type) else ""
-        raise SchemaError(f"{what} must be integer user ids, not {array.type}{hint}")
+        raise SchemaError(f"{what} must be integer user ids, not {array.type}{string_ids_hint(array.type)}")
     if array.null_count:
         raise SchemaError(f"{what} has {array.null_count} null values")
     try:

@@ -726,7 +726,7 @@ def _read_events(source: EventSource) -> pa.Table:
         except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
     raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatchReader or "
-                      f"Parquet path" + (f" ({frame_hint(source)})" if hasattr(source, "columns") else ""))
+                      f"Parquet path{frame_hint(source)}")
 
 
 def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",

@@ -156,7 +156,7 @@ class VersionLog:
         path = self.manifest_path(version)
         if not path.exists() and not path.is_symlink():
             raise VersionNotFound(f"version {version} is not kept in {self.root}; latest is {self.latest}")
-        manifest = load_checked(path, kept_since_v01=True)
+        manifest = self._version_file(version)
         if manifest.get("version") != version:
             raise StoreError(f"{path} describes version {manifest.get('version')}, not {version}")
         return manifest
