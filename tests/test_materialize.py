@@ -507,3 +507,32 @@ def test_huge_history(make_store):
         for handle in (store, compacted):
             batch = lateseq.materialize(handle, pointers, projection)
             assert_batch_equal(batch, offsets, values, f"max_len={max_len} v{handle.version}")
+
+
+@pytest.mark.parametrize("state", ["uncompacted", "merged", "compacted", "tiered"])
+def test_windows_cut_into_more_runs_than_a_batch_first_holds(make_store, state):
+    """A history whose versions interleave row by row: read at an older version every
+    other row is a hole (one run per row), and overlapping segments merge row by row;
+    the runs outgrow the batch's first array mid-batch, after another user's run."""
+    store = make_store({"item": "int64"})
+    k = np.arange(150)
+    store = store.commit(pa.table({"user_id": np.r_[np.full(150, 1), [2, 2]], "ts": np.r_[4 * k, 5, 6],
+                                   "item": np.r_[4 * k, 5, 6]}))
+    store = store.commit(pa.table({"user_id": np.full(150, 1), "ts": 4 * k + 2, "item": 4 * k + 2}))
+    requests = pa.table({"user_id": [2, 1, 1, 1], "request_ts": [10**6] * 4})
+    at_two = lateseq.log_examples(store, requests)
+    for shift in (1, 3):  # late events, between every two rows already stored
+        store = store.commit(pa.table({"user_id": np.full(150, 1), "ts": 4 * k + shift, "item": 4 * k + shift}))
+    at_four = lateseq.log_examples(store, requests)
+    handle = {"uncompacted": lambda: lateseq.open(store.path, merged_reads=False),
+              "merged": lambda: lateseq.open(store.path, merged_reads=True),
+              "compacted": lambda: store.compact(),
+              "tiered": lambda: store.compact("tiered", fanout=2)}[state]()
+    seen = {2: np.sort(np.r_[4 * k, 4 * k + 2]), 4: np.arange(600)}
+    for examples, version in ((at_two, 2), (at_four, 4)):
+        for max_len in (1000, 77, 1):
+            batch = lateseq.materialize(handle, examples, lateseq.Projection(max_len, ("item",)))
+            ones = seen[version][-max_len:]
+            assert np.array_equal(batch.offsets, [0, min(2, max_len)] + [min(2, max_len) + len(ones) * i
+                                                                          for i in (1, 2, 3)])
+            assert np.array_equal(batch.values["item"], np.r_[[5, 6][-max_len:], ones, ones, ones])

@@ -677,21 +677,23 @@ def _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, 
 
 @njit(cache=True, nogil=True)
 def _doubled(runs):  # pragma: no cover - compiled
-    """``runs`` in an array twice as wide. A call, not inlined: it is rare, and inlined at
-    each ``_add_run`` it more than doubled the merge kernel's compilation."""
+    """``runs`` in an array twice as wide. A call, not inlined: it is rare."""
     grown = np.empty((4, 2 * runs.shape[1]), np.int64)
     grown[:, :runs.shape[1]] = runs
     return grown
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
-    """Appends run k (segment, lo, hi, output position) to ``runs`` (one row per field),
-    doubling it when full; returns the runs array it is now in."""
+def _put_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
+    """Writes run k (segment, lo, hi, output position) into ``runs`` (one row per field);
+    False, writing nothing, when it is full. The kernels that cut runs never reassign
+    their runs array inside their loop (an array variable that may be reassigned made
+    the whole loop 3-5x slower): when it is full they return where they stopped, and
+    their caller goes on from there in one twice as wide."""
     if k == runs.shape[1]:
-        runs = _doubled(runs)
+        return False
     runs[0, k], runs[1, k], runs[2, k], runs[3, k] = g, lo, hi, d
-    return runs
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -757,19 +759,35 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
     ``w_late``), except for pointers bounded by arrival. Returns the runs (one row per
     field: segment, lo, hi, output position)."""
     runs = np.empty((4, 4 * rows.shape[0] + 16), np.int64)  # grown as needed
-    k = 0
     widest = 0
     for r in range(rows.shape[0]):
         widest = max(widest, p_w1[rows[r]] - p_w0[rows[r]])
     cursor = np.empty(widest, np.int64)  # each window's newest unused event: only the window
     key_ts = np.empty(widest, np.int64)  # a run came from moves, so only its key is read again
     key_tb = np.zeros(widest, np.int64)
-    for r in range(rows.shape[0]):
+    k, r = 0, 0
+    while True:
+        k, r = _merge_pointers(runs, k, r, cursor, key_ts, key_tb, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi,
+                               w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l,
+                               arr_b, version, version_hi, arrival_limit)
+        if r == rows.shape[0]:
+            return runs[:, :k]
+        runs = _doubled(runs)
+
+
+@njit(cache=True, nogil=True)
+def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes,
+                    w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version,
+                    version_hi, arrival_limit):  # pragma: no cover - compiled
+    """``_merge_view`` for pointers ``first``... from ``runs[:, k]`` on; returns (runs
+    written, pointers done): fewer than all when ``runs`` is full (see ``_put_run``)."""
+    for r in range(first, rows.shape[0]):
         if r + AHEAD < rows.shape[0]:  # the newest rows of each window of the pointer AHEAD on: a miss each
             q = rows[r + AHEAD]
             for w in range(p_w0[q], p_w1[q]):
                 prefetch(segment(ts_l, w_seg[w]), w_hi[w] - 1)
         p = rows[r]
+        start = k  # the runs of this pointer, written again if they do not fit
         j0 = p_w0[p]
         m = p_w1[p] - j0
         for j in range(m):  # a window's newest row is visible: its time is known (w_top)
@@ -801,7 +819,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
                 while pos >= offsets[p] and i >= w_lo[w]:
                     if not _visible(i, ver, ver_b[g], arr, arr_b[g], version[p], version_hi[p], arrival_limit[p]):
                         if top > i:
-                            runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
+                            if not _put_run(runs, k, g, i + 1, top + 1, pos + 1):
+                                return start, r
                             k += 1
                         i -= 1
                         top = i
@@ -812,7 +831,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
                     pos -= 1
                     i -= 1
                 if top > i:
-                    runs = _add_run(runs, k, g, i + 1, top + 1, pos + 1)
+                    if not _put_run(runs, k, g, i + 1, top + 1, pos + 1):
+                        return start, r
                     k += 1
             else:
                 # the rows from i down to the second window's newest key: found by galloping, not
@@ -823,7 +843,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
                                     key_ts[second], key_tb[second], best > second)
                 if not w_holes[w]:
                     take = min(i + 1 - lo, pos + 1 - offsets[p])
-                    runs = _add_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take)
+                    if not _put_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take):
+                        return start, r
                     k += 1
                     pos -= take
                     i -= take
@@ -836,7 +857,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
                         below = late[kk, LATE_ROW] if kk >= w_late[w] and late[kk, LATE_ROW] >= lo else lo - 1
                         take = min(i - below, pos + 1 - offsets[p])
                         if take > 0:
-                            runs = _add_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take)
+                            if not _put_run(runs, k, g, i + 1 - take, i + 1, pos + 1 - take):
+                                return start, r
                             k += 1
                             pos -= take
                             i -= take
@@ -846,7 +868,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
             cursor[best] = _newest_visible(w, i, w_seg, w_lo, w_holes, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l,
                                            ver_b, arr_l, arr_b, version[p], version_hi[p], arrival_limit[p],
                                            key_ts, key_tb, best)
-    return runs[:, :k]
+    return k, rows.shape[0]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -866,15 +888,30 @@ def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - comp
 @njit(cache=True, nogil=True)
 def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
                  arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
-    runs = np.empty((4, w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
-    k = 0
-    for w in range(w_ptr.shape[0]):
+    runs = np.empty((4, 4 * w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
+    k, w = 0, 0
+    while True:
+        k, w = _cut_windows(runs, k, w, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l,
+                            ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit)
+        if w == w_ptr.shape[0]:
+            return runs[:, :k]
+        runs = _doubled(runs)
+
+
+@njit(cache=True, nogil=True)
+def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b,
+                 late_l, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
+    """Cuts windows ``first``... into runs from ``runs[:, k]`` on; returns (runs written,
+    windows done): fewer than all when ``runs`` is full (see ``_put_run``)."""
+    for w in range(first, w_ptr.shape[0]):
         p = w_ptr[w]
         if w_n[w] == 0 or merge[p]:
             continue
         g, lo, hi, d = w_seg[w], w_lo[w], w_hi[w], offsets[p] + w_off[w]
+        start = k  # the runs of this window, written again if it does not fit
         if not w_holes[w]:
-            runs = _add_run(runs, k, g, lo, lo + w_n[w], d)
+            if not _put_run(runs, k, g, lo, lo + w_n[w], d):
+                return start, w
             k += 1
             continue
         if version_hi[p] == version[p]:  # only late rows can be invisible: runs between them
@@ -884,7 +921,8 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
                 i = late[j, LATE_ROW]
                 if late[j, LATE_VERSION] > version[p]:
                     if i > lo:
-                        runs = _add_run(runs, k, g, lo, i, d)
+                        if not _put_run(runs, k, g, lo, i, d):
+                            return start, w
                         k += 1
                         d += i - lo
                     lo = i + 1
@@ -894,14 +932,16 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
             for i in range(lo, hi):
                 if not _visible(i, ver, vb, arr, ab, version[p], version_hi[p], arrival_limit[p]):
                     if i > lo:
-                        runs = _add_run(runs, k, g, lo, i, d)
+                        if not _put_run(runs, k, g, lo, i, d):
+                            return start, w
                         k += 1
                         d += i - lo
                     lo = i + 1
         if hi > lo:
-            runs = _add_run(runs, k, g, lo, hi, d)
+            if not _put_run(runs, k, g, lo, hi, d):
+                return start, w
             k += 1
-    return runs[:, :k]
+    return k, w_ptr.shape[0]
 
 
 @njit(cache=True, nogil=True)
