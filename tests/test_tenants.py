@@ -18,6 +18,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -480,6 +481,35 @@ def test_window_conversion(time_unit, window):
     assert lateseq.check_tenants({"t": projection}, schema) == []
 
 
+NUMPY_AND_PANDAS_WINDOWS = [  # (window, its length in ns), the length worked out by hand
+    (np.timedelta64(1, "D"), 86_400 * 10**9), (np.timedelta64(86_400 * 10**9, "ns"), 86_400 * 10**9),
+    (np.timedelta64(2, "h"), 7_200 * 10**9), (np.timedelta64(3, "W"), 21 * 86_400 * 10**9),
+    (np.timedelta64(250, "ms"), 250 * 10**6), (pd.Timedelta(1500, unit="ns"), 1500), (pd.Timedelta(1, unit="ns"), 1),
+    (pd.Timedelta(days=1, nanoseconds=7), 86_400 * 10**9 + 7), (pd.Timedelta("36h"), 36 * 3_600 * 10**9)]
+
+
+@pytest.mark.parametrize("time_unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize(("window", "ns"), NUMPY_AND_PANDAS_WINDOWS, ids=repr)
+def test_numpy_and_pandas_windows_keep_their_length(time_unit, window, ns):
+    """A numpy timedelta64 counts as an integer and was read as that many store ticks (a
+    day in ns: 86,400,000,000,000 seconds); a pandas Timedelta's nanoseconds were dropped."""
+    schema = lateseq.Schema({"flag": "int8"}, time_unit=time_unit)
+    tick = 10 ** (9 - 3 * ["s", "ms", "us", "ns"].index(time_unit))
+    projection = Projection(3, window=window)
+    if ns % tick:
+        with pytest.raises(SchemaError, match="finer than the store's time unit"):
+            projection.window_in(schema)
+    else:
+        assert projection.window_in(schema) == ns // tick
+
+
+@pytest.mark.parametrize("window", [np.timedelta64(1, "M"), np.timedelta64(1, "Y"), np.timedelta64(5),
+                                    np.timedelta64("NaT"), np.timedelta64(-1, "D"), pd.Timedelta(0)], ids=repr)
+def test_timedelta64_windows_without_a_fixed_positive_length_are_refused(window):
+    with pytest.raises(SchemaError, match="window"):
+        Projection(3, window=window)
+
+
 # ---------------------------------------------------------------------- times at the ends of int64
 
 
@@ -824,10 +854,12 @@ def test_check_tenants_collects_problems_across_tenants():
         "bad_filter": Projection(5, where=Filter("dwell", any_bits=1)),
         "bad_window": Projection(5, window="1ms"),
         "bad_transform": Projection(5, ("item_id",), transforms={"ts": "age"}),
+        "not_a_projection": {"max_len": 3},
     }
     problems = lateseq.check_tenants(tenants, CONFIG_SCHEMA)
-    assert len(problems) == 4, problems
-    for problem, name in zip(problems, ["bad_column", "bad_filter", "bad_window", "bad_transform"], strict=True):
+    assert len(problems) == 5, problems
+    for problem, name in zip(problems, ["bad_column", "bad_filter", "bad_window", "bad_transform",
+                                        "not_a_projection"], strict=True):
         assert problem.startswith(f"tenant '{name}'"), problem
     assert lateseq.check_tenants({"fine": tenants["fine"]}, CONFIG_SCHEMA) == []
     plain = lateseq.check_tenants({"fine": tenants["fine"], "aged": Projection(5, ("ts",),

@@ -96,7 +96,8 @@ class Projection:
     ``columns`` and ``feature_groups`` select payload columns (the time column may be
     named too); with neither, every payload column is read. ``window`` keeps only events
     at most that long before the request (an int in the store's time unit, a
-    ``datetime.timedelta``, or a string such as ``"90d"``, ``"12h"``, ``"30m"``,
+    ``datetime.timedelta`` (pandas' Timedelta and numpy's timedelta64 too, to the
+    nanosecond), or a string such as ``"90d"``, ``"12h"``, ``"30m"``,
     ``"45s"``); ``where`` keeps only events passing a :class:`Filter`. Both apply before
     the length: the result is the newest ``max_len`` events in the window that pass the
     filter. ``transforms`` maps an output column (the time column) to one of
@@ -123,6 +124,7 @@ class Projection:
                 raise SchemaError(f"{name} must be a list of names, not the string {value!r}")
             object.__setattr__(self, name, tuple(value))
         if self.window is not None:
+            object.__setattr__(self, "window", _exact_window(self.window))
             _window_parts(self.window)  # a malformed window fails here, not at the first read
             if is_integer(self.window):
                 object.__setattr__(self, "window", int(self.window))
@@ -235,6 +237,30 @@ class Projection:
         if ticks * 10 ** (3 * TIME_UNITS.index(unit)) != amount * 10 ** (3 * TIME_UNITS.index(schema.time_unit)):
             raise SchemaError(f"window {self.window!r} is finer than the store's time unit {schema.time_unit!r}")
         return ticks
+
+
+_NUMPY_UNITS = {"W": ("d", 7), "D": ("d", 1), "h": ("h", 1), "m": ("m", 1), "s": ("s", 1), "ms": ("ms", 1),
+                "us": ("us", 1), "ns": ("ns", 1)}
+
+
+def _exact_window(window: object) -> object:
+    """numpy's timedelta64 and pandas' Timedelta as the window string they equal (numpy's
+    counts as an integer, which would be read as store units, and pandas' is a
+    ``datetime.timedelta`` whose nanoseconds that type drops); any other window as it is."""
+    original = window
+    if hasattr(window, "to_timedelta64"):  # pandas' Timedelta, without importing pandas
+        window = window.to_timedelta64()
+    if not isinstance(window, np.timedelta64):
+        return original
+    unit, count = np.datetime_data(window.dtype)
+    if unit not in _NUMPY_UNITS or np.isnat(window):
+        raise SchemaError(f"window {original!r} has no fixed length in seconds (numpy unit {unit!r}): give it "
+                          "in weeks, days, hours, minutes, seconds or ms/us/ns")
+    name, factor = _NUMPY_UNITS[unit]
+    amount = int(window.astype(np.int64)) * count * factor
+    if amount <= 0:
+        raise SchemaError(f"window must be positive, got {original!r}")
+    return f"{amount}{name}"
 
 
 def _window_parts(window: int | dt.timedelta | str) -> tuple[int, str | None]:

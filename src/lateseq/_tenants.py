@@ -45,6 +45,9 @@ def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
     """Every way ``tenants`` do not fit ``schema``, one line each naming the tenant."""
     problems = []
     for name, projection in tenants.items():
+        if not isinstance(projection, Projection):
+            problems.append(f"tenant {name!r}: expected a lateseq.Projection, got {type(projection).__name__}")
+            continue
         problems += [f"tenant {name!r}: {problem}" for problem in projection.problems(schema)]
     return problems
 
@@ -74,10 +77,16 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     problems: list[str] = []
     tenants: dict[str, Projection] = {}
     partial: dict[str, Projection] = {}
+    folded: dict[str, str] = {}
     for name, spec in config["tenants"].items():
         if not is_tenant_name(name):
             problems.append(f"tenant {name!r}: a name is 1 to 128 letters, digits, '_', '-' and '.', not "
                             "starting with '.' or '-' (it names the tenant's output file)")
+            continue
+        twin = folded.setdefault(name.casefold(), name)
+        if twin != name:
+            problems.append(f"tenant {name!r}: differs from tenant {twin!r} only in case; their output files "
+                            "would be one file where names ignore case (macOS, Windows)")
             continue
         try:
             tenants[name] = _projection(spec)
