@@ -409,6 +409,37 @@ def test_stateful_dataloader_resumes_with_exactly_the_next_batches(world, num_wo
         assert all(same(a, b) for a, b in zip(rest, full[stop + 1:], strict=True)), f"after batch {stop}"
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("set_epoch_before_loading", [False, True])
+def test_a_state_saved_at_an_epochs_end_resumes_at_the_start_of_the_next(world, num_workers, set_epoch_before_loading):
+    """The loader puts the datasets' states back when it starts iterating, after the
+    trainer's set_epoch(e + 1): a state that said "epoch e, every batch handed out"
+    took the epoch back to e, and the resumed run trained on epoch e's order again."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    _, oracle, log, _ = world
+
+    def loader() -> tuple[ExampleDataset, StatefulDataLoader]:
+        ds = dataset(world, batch_size=7, shuffle=True, seed=5)
+        return ds, StatefulDataLoader(ds, batch_size=None, num_workers=num_workers)
+
+    ds, whole = loader()
+    epoch0 = list(whole)
+    state = whole.state_dict()
+    ds.set_epoch(1)
+    epoch1 = list(whole)
+    ds, resumed = loader()
+    if set_epoch_before_loading:
+        ds.set_epoch(1)
+    resumed.load_state_dict(state)
+    ds.set_epoch(1)
+    again = list(resumed)
+    check(again, oracle, log)
+    assert not all(same(a, b) for a, b in zip(again, epoch0, strict=True))
+    assert all(same(a, b) for a, b in zip(again, epoch1, strict=True))
+
+
 def test_resume_state_is_checked(world):
     ds = dataset(world, shuffle=True)
     it = iter(ds)
@@ -433,6 +464,12 @@ def test_a_state_saved_between_epochs_or_right_after_resuming_says_where_it_stan
     _, oracle, log, _ = world
     ds = dataset(world, shuffle=True, seed=3)
     first = list(ds)
+    end = ds.state_dict()  # after epoch 0's last batch
+    assert (end["epoch"], end["batches"], end["done"]) == (0, len(first), True)
+    later = dataset(world, shuffle=True, seed=3)
+    later.set_epoch(1)
+    later.load_state_dict(end)  # a later epoch is set: it starts afresh, epoch 0 is not replayed
+    assert later.epoch == 1 and len(list(later)) == len(first)
     ds.set_epoch(1)
     state = ds.state_dict()  # before any batch of epoch 1: all of it is still to come
     assert (state["epoch"], state["batches"]) == (1, 0)
@@ -570,6 +607,21 @@ def test_numpy_integers_and_a_rank_without_a_world_size(world):
         dataset(world, rank=1)
     with pytest.raises(lateseq.SchemaError, match="needs rank"):  # each process would be rank 0
         dataset(world, world_size=2)
+
+
+def test_a_spawned_worker_reports_a_version_cleaned_up_since_the_dataset_was_made(tmp_path):
+    """A spawned worker unpickles its copy of the dataset before the DataLoader can pass
+    on an error: reopening the store there killed it, and the trainer saw only "worker
+    exited unexpectedly" (the reason on the worker's stderr)."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
+    store = store.commit(pa.table({"user_id": [1, 2], "ts": [1, 2], "item_id": [10, 20]}))
+    path = tmp_path / "examples.parquet"
+    lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [5, 5]}), path)
+    ds = ExampleDataset(store, path, lateseq.Projection(3, ("item_id",)), batch_size=2)
+    store = store.commit(pa.table({"user_id": [1], "ts": [3], "item_id": [30]})).compact()
+    assert store.cleanup(before=store.version) == [1, 2]
+    with pytest.raises(Exception, match="version 1 .* was cleaned up"):
+        list(DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn"))
 
 
 def test_persistent_workers_reshuffle_at_set_epoch(world):

@@ -370,7 +370,7 @@ class ExampleDataset(IterableDataset):
                  verify: bool = True, rank: int | None = None, world_size: int | None = None,
                  block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
         super().__init__()
-        self.store = store if isinstance(store, Store) else Store(store)
+        self._store: Store | None = store if isinstance(store, Store) else Store(store)
         if not isinstance(projection, Projection):
             raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
         projection.resolve(self.store.schema)  # unknown columns fail here, not in a worker
@@ -434,16 +434,33 @@ class ExampleDataset(IterableDataset):
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._shard: tuple[int, int] | None = None
+        self._shard_plan: ShardPlan | None = None  # the plan of the shard iterated in this epoch
 
     def _plan(self, worker: int, num_workers: int) -> ShardPlan:
         return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the store travels as how to reopen it, reopened when the copy is iterated: a
+        # spawned worker unpickles its copy before the DataLoader can pass on its errors,
+        # so a version retired since (cleanup) killed it with the reason on its stderr only
+        reopen = self._reopen if self._store is None else self._store.__reduce__()
+        return dict(self.__dict__, _store=None, _reopen=reopen)
+
+    @property
+    def store(self) -> Store:
+        """The store's handle (a copy made for a worker reopens it at the same version
+        when it is first used)."""
+        if self._store is None:
+            reopen, arguments = self._reopen
+            self._store = reopen(*arguments)
+        return self._store
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
         too, through memory shared with them)."""
         epoch = exact_integer("epoch", epoch, 0)
         if epoch != self.epoch:
-            self._resume, self._yielded = None, 0  # a state saved now starts the new epoch
+            self._resume, self._yielded, self._shard_plan = None, 0, None  # a state saved now starts the new epoch
         self.epoch = int(epoch)
         self._shared_epoch[0] = self.epoch
 
@@ -458,8 +475,9 @@ class ExampleDataset(IterableDataset):
                               "not in this copy, and a state saved from it would replay the epoch. Save the "
                               "loader's state instead (torchdata.stateful_dataloader.StatefulDataLoader.state_dict())")
         worker, workers = self._shard if self._shard else (None, None)
+        done = self._shard_plan is not None and self._yielded >= self._shard_plan.num_batches
         return {"epoch": self.epoch, "batches": self._yielded, "worker": worker, "num_workers": workers,
-                "plan": self._fingerprint()}
+                "done": done, "plan": self._fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next iteration starts after the batches ``state`` says were handed out."""
@@ -472,9 +490,14 @@ class ExampleDataset(IterableDataset):
             differ = sorted(k for k in mine if not isinstance(plan, dict) or plan.get(k) != mine[k])
             raise SchemaError(f"cannot resume: the state was saved with another plan or log (differing in "
                               f"{differ}): saved {plan}, this dataset has {mine}")
+        if state.get("done") and epoch < self.epoch:
+            # this shard's part of that epoch was over and a later epoch is set: it starts
+            # afresh. A loader that puts states back as it starts iterating (torchdata's)
+            # does so after the trainer's set_epoch(e + 1): going back to e replayed it
+            return
         self.set_epoch(epoch)
         self._resume = dict(state, batches=batches)
-        self._yielded = batches  # a state saved before the next batch says the same
+        self._yielded, self._shard_plan = batches, None  # a state saved before the next batch says the same
         saved = (state.get("worker"), state.get("num_workers"))
         self._shard = None if saved == (None, None) else saved
 
@@ -502,9 +525,10 @@ class ExampleDataset(IterableDataset):
             saved = (self._resume.get("worker"), self._resume.get("num_workers"))
             if saved != (None, None) and saved != (worker, workers):
                 raise SchemaError(f"cannot resume worker {worker} of {workers} from the state of "
-                                  f"worker {saved[0]} of {saved[1]}")
+                                  f"worker {saved[0]} of {saved[1]}: a state saved mid-epoch resumes with the "
+                                  f"num_workers it was saved with ({saved[1]}); the next epoch may use any")
             start, self._resume = self._resume["batches"], None
-        self._shard, self._yielded = (worker, workers), start
+        self._shard, self._yielded, self._shard_plan = (worker, workers), start, plan
         return self._batches(plan, start)
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
