@@ -80,6 +80,30 @@ def test_open_resolves_latest_numbers_and_tags(make_store):
         assert str(missing) in str(info.value)
 
 
+def test_versions_as_users_hold_them(make_store):
+    """numpy's integers (an example log's uih_version), signed strings and 'latest' name
+    versions; 'latest' cannot be a tag (it would shadow the newest version unseen)."""
+    store = make_store()
+    store = store.commit(events([1], [1], [1]))
+    log_version = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]}))["uih_version"]
+    store = store.commit(events([1], [2], [2]))
+    for given in (np.int64(1), np.uint32(1), log_version.to_numpy()[0], "+1"):
+        assert lateseq.open(store.path, given).version == store.checkout(given).version == 1
+    assert lateseq.open(store.path, "latest").version == 2
+    store.tag("first", np.int64(1))
+    assert store.tags() == {"first": 1}
+    with pytest.raises(lateseq.VersionNotFound, match="there is no version -1"):
+        lateseq.open(store.path, "-1")
+    for name in ("latest", "LATEST"):
+        with pytest.raises(lateseq.SchemaError, match="names the newest version"):
+            store.tag(name, 1)
+    with pytest.raises(lateseq.VersionNotFound, match="version 0 is the empty store, which cannot be tagged$"):
+        store.tag("empty", 0)
+    for wrong in (True, 1.0):
+        with pytest.raises(lateseq.SchemaError, match="a version is a number or a tag name"):
+            lateseq.open(store.path, wrong)
+
+
 def test_tags_pin_resolve_list_and_untag(make_store):
     store = make_store()
     v1 = store.commit(events([1], [1], [1]))

@@ -265,7 +265,8 @@ class Store:
         """Names a version (this handle's by default); a tagged version is never cleaned up."""
         number = self._log.resolve(self.version if version is None else version)
         if number == 0:
-            raise VersionNotFound("the empty store has no version to tag; commit first")
+            raise VersionNotFound("version 0 is the empty store, which cannot be tagged"
+                                  + ("; commit first" if self._log.latest == 0 else ""))
         self._log.tag(name, number)
 
     def untag(self, name: str) -> None:

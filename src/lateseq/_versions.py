@@ -34,6 +34,8 @@ from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, i
 from ._format import open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit
+LATEST = "latest"  # the newest version, wherever a version is asked for
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
 COMMIT_INDEX = "commit-index.json"  # in versions/: the version up to which every commit id has its files
 
@@ -130,11 +132,11 @@ class VersionLog:
     def resolve(self, version: int | str | None, checked: bool = True) -> int:
         """A kept version's number from a number, a numeric string, a tag, or None (the
         latest); ``checked=False`` leaves a number's check to the caller that reads its manifest."""
-        if version is None:
+        if version is None or version == LATEST:
             return self.latest
-        if isinstance(version, str) and not (version.isascii() and version.isdigit()):  # "²" is a digit too
+        if isinstance(version, str) and not _VERSION_NUMBER.fullmatch(version):
             return self.tags_of(check_tag_name(version))
-        if isinstance(version, bool) or not isinstance(version, int | str):
+        if not (isinstance(version, str) or is_integer(version)):  # numpy's integers too, not bools
             raise SchemaError(f"a version is a number or a tag name, not {type(version).__name__}")
         number = int(version)
         if number != 0 and checked:
@@ -295,6 +297,9 @@ class VersionLog:
         return _tagged(path, name)
 
     def tag(self, name: str, version: int) -> None:
+        if isinstance(name, str) and name.casefold() == LATEST:
+            raise SchemaError(f"tag name {name!r} is not allowed: '{LATEST}' names the newest version wherever a "
+                              "version is asked for")
         path = self.tags_dir / f"{check_tag_name(name)}.json"
         with self.tagging():  # retirement holds it too: a version kept here stays kept
             self.manifest(version)  # VersionNotFound when it was retired before the lock
