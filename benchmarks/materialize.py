@@ -2,7 +2,7 @@
 strongest Fat Rows.
 
     python benchmarks/materialize.py            # 200k users per workload (realistic: 40M events, 43M examples)
-    python benchmarks/materialize.py --small    # 20k users (about 6 minutes on 2 cores with --cold)
+    python benchmarks/materialize.py --small    # 20k users (with --cold: 13 minutes on the AMD VM, 7 on the Intel one)
     python benchmarks/materialize.py --tiny     # a smoke run of every part (seconds; what the tests run)
     options: --json PATH  --plot PATH  --cold  --repeat R  --cpu K  --workdir DIR  --fat-budget-gb G
 
@@ -575,7 +575,7 @@ def targets(results: dict) -> list[dict]:
     out = []
 
     def add(target: str, workload: str, n: str, state: str, value: float, threshold: float) -> None:
-        out.append({"target": target, "workload": workload, "n": int(n), "state": state, "value": round(value, 3),
+        out.append({"target": target, "workload": workload, "n": int(n), "state": state, "value": value,
                     "threshold": threshold, "met": bool(value >= threshold)})
 
     for name, work in results["workloads"].items():

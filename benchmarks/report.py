@@ -214,8 +214,7 @@ def _bytes(name: str, work: dict) -> TableSpec:
         spec.notes.append("Fat Row bytes for all examples are extrapolated from samples: IPC and default Parquet "
                           "from the timed sample's files by output events; the smallest Parquet from the file of "
                           "every example of random whole users (its compression feeds on a user's consecutive "
-                          "examples) by examples (checked against the exact size at --small: within 1% at N=256, "
-                          "1.5-3.7% under at N=1024; scaling by events would overstate it by up to 53%)")
+                          "examples) by examples (an estimate: no whole file of every example is written)")
     return spec
 
 

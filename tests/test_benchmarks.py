@@ -204,3 +204,12 @@ def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
             assert at["forms"]["arrow-ipc-zstd"]["bytes"] < at["forms"]["arrow-ipc"]["bytes"]
     text = _module("report").forms_markdown(r, "`x.json`")
     assert "flat .npy memmaps" in text and "IPC zstd" in text and r["command"] in text
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (BENCHMARKS / "results").glob("materialize-*.json")))
+def test_committed_targets_follow_from_their_runs_figures(name):
+    """Each target's value is its run's own ratio, unrounded: rounded to 3 places and then
+    to 2 in the README, 9 targets showed other figures than the tables they come from."""
+    results = json.loads((BENCHMARKS / "results" / name).read_text())
+    assert results["targets"] == _module("materialize").targets(results)
+    assert any(t["value"] != round(t["value"], 3) for t in results["targets"])  # ratios, not rounded ones
