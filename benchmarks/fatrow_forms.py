@@ -8,7 +8,9 @@ on disk. Compacted store, pointers at the latest version, both workloads of
 Forms: the memory-mapped Arrow IPC file that materialize.py compares against (each
 batch's columns viewed once, offsets and values copied out); flat ``.npy`` memmaps (one
 array per column, every row's values end to end: no Arrow at all); IPC compressed with
-lz4 and with zstd (each batch decompressed into its own buffers: about lateseq's bytes).
+lz4 and with zstd (each batch decompressed into its own buffers), in log order and sorted
+by user (a compressor then finds each row's history in the row before; lateseq is timed
+reading the examples in that order too, its own side).
 The smallest Parquet form and the states of many segments are materialize.py's. Every
 form is checked equal to lateseq's rebuild before timing. Where the Fat Rows of every
 example would not fit, both sides are timed on the same uniform sample of requests (all
@@ -38,10 +40,12 @@ import pyarrow.parquet as pq
 
 from materialize import SCALES, best_of, lateseq_batches, load_average, machine, memcpy_gb_s, pin_one_core
 from workload import (
+    BY_USER,
     MORE_FORMS,
     Histories,
     build_forms,
     build_states,
+    by_user,
     check_equal,
     read_days,
     read_fat_rows,
@@ -72,28 +76,36 @@ def measure(work, root: Path, scale, repeat: int, memcpy: float) -> dict:
         cost = np.minimum(lengths, n) * EVENT_BYTES + 8.0
         rows = request_sample(work.requests, cost, scale.fat_budget, scale.max_timed)
         forms = build_forms(histories, work.requests, read_day, rows, n, root / "fat", f"{work.name}-n{n}", "", FORMS)
-        log = root / f"{work.name}-n{n}-examples.parquet"
-        pq.write_table(state.log.take(pa.array(rows)), log)
-        check_equal(list(forms.values()), store, state.log, n, f"{work.name} N={n}")
+        # lateseq reads the examples in each order a form holds them: its own side for each
+        logs = {"lateseq": (rows, root / f"{work.name}-n{n}-examples.parquet"),
+                "lateseq_by_user": (by_user(work.requests, rows), root / f"{work.name}-n{n}-by-user.parquet")}
+        side_of = {form: "lateseq_by_user" if form in BY_USER else "lateseq" for form in forms}
         sides = {form: (lambda file=file: read_fat_rows(file)) for form, file in forms.items()}
-        sides["lateseq"] = lambda: lateseq_batches(lambda: store, log, n)
+        for side, (order, log) in logs.items():
+            pq.write_table(state.log.take(pa.array(order)), log)
+            check_equal([f for form, f in forms.items() if side_of[form] == side], store, state.log, n,
+                        f"{work.name} N={n}")
+            sides[side] = lambda log=log: lateseq_batches(lambda: store, log, n)
         runs = best_of(repeat, sides, patience=60.0)
         events_all = int(np.minimum(lengths, n).sum())
-        at = {"timed_examples": len(rows), "lateseq": {**runs["lateseq"].figures(memcpy), "bytes": ours}, "forms": {}}
+        at = {"timed_examples": len(rows), "forms": {},
+              **{side: {**runs[side].figures(memcpy), "bytes": ours} for side in logs}}
         for form, file in forms.items():
             scaled = file.bytes * events_all / max(file.events, 1)
-            at["forms"][form] = {**runs[form].figures(memcpy), "bytes": scaled,
+            at["forms"][form] = {**runs[form].figures(memcpy), "bytes": scaled, "by_user": form in BY_USER,
                                  "extrapolated": len(rows) < work.requests.num_rows,
-                                 "lateseq_speedup": runs["lateseq"].ex_s / runs[form].ex_s,
+                                 "lateseq_speedup": runs[side_of[form]].ex_s / runs[form].ex_s,
                                  "bytes_vs_lateseq": scaled / ours}
             print(f"{work.name} N={n} {form:>17}: {runs[form].ex_s:>12,.0f} ex/s, {scaled / 1e6:>9,.1f} MB; "
                   f"lateseq {at['forms'][form]['lateseq_speedup']:.2f}x as fast", flush=True)
-        print(f"{work.name} N={n} {'lateseq':>17}: {runs['lateseq'].ex_s:>12,.0f} ex/s, {ours / 1e6:>9,.1f} MB "
-              "(durable store + example log)", flush=True)
+        for side in logs:
+            print(f"{work.name} N={n} {side:>17}: {runs[side].ex_s:>12,.0f} ex/s, {ours / 1e6:>9,.1f} MB "
+                  "(durable store + example log)", flush=True)
         out["n"][str(n)] = at
         for file in forms.values():
             shutil.rmtree(file.path) if file.path.is_dir() else file.path.unlink()
-        log.unlink()
+        for _, log in logs.values():
+            log.unlink()
     return out
 
 

@@ -144,21 +144,23 @@ class Plan:
     def project(self, offsets: np.ndarray, values: dict[str, np.ndarray], request_ts: np.ndarray | None,
                 copy: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The tenant's sequences from union rows (offsets from 0, the values it reads):
-        window and filter chosen by a compiled kernel that walks each row back from its
-        newest event and stops at N kept or the window's edge (the strongest reader a
-        skeptic's review found: numpy masks over whole rows cost 1.3-2.5x more), then one
-        gather per column; whole rows are one copy per column. ``copy``: the values are a
-        view into a memory map."""
+        with a filter, a compiled kernel walks each row back from its newest event and
+        stops at N kept or the window's edge (numpy masks over whole rows cost 1.3-2.5x
+        more), then one gather per column; without one, each row's part is one slice,
+        copied as one (whole rows: one copy per column). ``copy``: the values are a view
+        into a memory map."""
         where, n = self.projection.where, self.projection.max_len
         if where is None and self.window is None and int(np.diff(offsets).max(initial=0)) <= n:
             return offsets, {c: np.array(values[c]) if copy else values[c] for c in self.columns}
-        column = values[where.column] if where is not None else _NONE
-        column = column.view(np.uint8) if column.dtype == np.bool_ else column
-        wanted = where.kernel_values() if where is not None else _NONE
         ts = values["ts"] if self.window is not None else _NONE
         lower = request_ts - self.window if self.window is not None else _NONE
-        take, out_offsets = _tenant_rows(offsets, column, where.mode if where is not None else -1, wanted, ts,
-                                         lower, self.window is not None, n)
+        if where is None:  # each row's events are one slice: copied as one (an index gather cost 1.7-2x)
+            starts, out_offsets = _row_slices(offsets, ts, lower, self.window is not None, n)
+            return out_offsets, {c: _copy_slices(values[c], starts, out_offsets) for c in self.columns}
+        column = values[where.column]
+        column = column.view(np.uint8) if column.dtype == np.bool_ else column
+        take, out_offsets = _tenant_rows(offsets, column, where.mode, where.kernel_values(), ts, lower,
+                                         self.window is not None, n)
         return out_offsets, {c: values[c][take] for c in self.columns}
 
 
@@ -176,11 +178,38 @@ _NONE = np.zeros(0, np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_slices(offsets, ts, lower, windowed, n):  # noqa: ANN001, ANN202
+    """Each row's newest ``n`` events in the window (time >= ``lower``) without a filter:
+    one slice, its edge found by binary search (a row's times ascend): (their starts,
+    output offsets)."""
+    rows = len(offsets) - 1
+    starts = np.empty(rows, np.int64)
+    out = np.zeros(rows + 1, np.int64)
+    for r in range(rows):
+        lo, hi = offsets[r], offsets[r + 1]
+        if windowed:
+            lo += np.searchsorted(ts[lo:hi], lower[r])
+        starts[r] = max(lo, hi - n)
+        out[r + 1] = out[r] + hi - starts[r]
+    return starts, out
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_slices(src, starts, out_offsets):  # noqa: ANN001, ANN202
+    out = np.empty(out_offsets[-1], src.dtype)
+    for r in range(len(starts)):
+        window = src[starts[r]:starts[r] + out_offsets[r + 1] - out_offsets[r]]
+        target = out[out_offsets[r]:out_offsets[r + 1]]
+        for k in range(window.shape[0]):
+            target[k] = window[k]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _tenant_rows(offsets, column, mode, wanted, ts, lower, windowed, n):  # noqa: ANN001, ANN202
-    """Each row's newest ``n`` events that pass the filter (``mode`` -1: none, 0: isin
-    ``wanted``, 1: any of the bits, 2: all of them) and the window (time >= ``lower``),
-    oldest first: (their positions, output offsets). Without a filter a row's events are
-    one slice (the window's edge found by binary search: a row's times ascend)."""
+    """Each row's newest ``n`` events that pass the filter (``mode`` 0: isin ``wanted``,
+    1: any of the bits, 2: all of them) and the window (time >= ``lower``), oldest first:
+    (their positions, output offsets)."""
     rows = len(offsets) - 1
     take = np.empty(min(offsets[-1], rows * n), np.int64)
     out = np.zeros(rows + 1, np.int64)
@@ -189,56 +218,56 @@ def _tenant_rows(offsets, column, mode, wanted, ts, lower, windowed, n):  # noqa
         lo, hi = offsets[r], offsets[r + 1]
         if windowed:
             lo += np.searchsorted(ts[lo:hi], lower[r])
-        if mode == -1:
-            for i in range(max(lo, hi - n), hi):
+        first = k
+        i = hi - 1
+        while i >= lo and k - first < n:
+            keep = False
+            if mode == 0:
+                for w in wanted:
+                    if column[i] == w:
+                        keep = True
+                        break
+            elif mode == 1:
+                keep = (column[i] & wanted[0]) != 0
+            else:
+                keep = (column[i] & wanted[0]) == wanted[0]
+            if keep:
                 take[k] = i
                 k += 1
-        else:
-            first = k
-            i = hi - 1
-            while i >= lo and k - first < n:
-                keep = False
-                if mode == 0:
-                    for w in wanted:
-                        if column[i] == w:
-                            keep = True
-                            break
-                elif mode == 1:
-                    keep = (column[i] & wanted[0]) != 0
-                else:
-                    keep = (column[i] & wanted[0]) == wanted[0]
-                if keep:
-                    take[k] = i
-                    k += 1
-                i -= 1
-            a, b = first, k - 1
-            while a < b:  # newest first -> oldest first, in place
-                take[a], take[b] = take[b], take[a]
-                a += 1
-                b -= 1
+            i -= 1
+        a, b = first, k - 1
+        while a < b:  # newest first -> oldest first, in place
+            take[a], take[b] = take[b], take[a]
+            a += 1
+            b -= 1
         out[r + 1] = k
     return take[:k], out
 
 
-def fat_row_tenant(file: FatRowFile, plan: Plan, random_access: bool = False) -> Batches:
+def fat_row_tenant(file: FatRowFile, plan: Plan, random_access: bool = False, views: list | None = None) -> Batches:
     """A tenant's loader over the union: only its columns read, projected batch by batch;
-    the memory-mapped form through numpy views of its columns made once (no Arrow work
-    per batch), as the materialize benchmark reads it (``random_access``: its map without
-    readahead)."""
-    lists = tuple(c for c in plan.reads if c != "request_ts")
+    the memory-mapped form through numpy views of its columns (no Arrow work per batch),
+    as the materialize benchmark reads it: ``views`` made once by ``union_views`` and
+    kept, as a loader keeps its map (``random_access``: a map without readahead)."""
     windowed = "request_ts" in plan.reads
     if file.form == "arrow-ipc":
-        for offsets, values, flat in ipc_views(file.path, lists, flat=("request_ts",) if windowed else (),
-                                               random_access=random_access):
+        for offsets, values, flat in views if views is not None else union_views(file, plan, random_access):
             first = int(offsets[0])
             yield plan.project(offsets.astype(np.int64) - first,
                                {c: v[first:int(offsets[-1])] for c, v in values.items()}, flat.get("request_ts"),
                                copy=True)
     else:
         for batch in record_batches(file, plan.reads):
-            offsets, values = _jagged(batch, lists)
+            offsets, values = _jagged(batch, tuple(c for c in plan.reads if c != "request_ts"))
             yield plan.project(offsets, values, batch.column("request_ts").to_numpy() if windowed else None,
                                copy=False)
+
+
+def union_views(file: FatRowFile, plan: Plan, random_access: bool = False) -> list:
+    """The memory-mapped union's record batches as numpy views of the columns ``plan`` reads."""
+    lists = tuple(c for c in plan.reads if c != "request_ts")
+    flat = ("request_ts",) if "request_ts" in plan.reads else ()
+    return ipc_views(file.path, lists, flat=flat, random_access=random_access)
 
 
 def fat_row_read_bytes(file: FatRowFile, columns: tuple[str, ...]) -> int:
@@ -477,10 +506,12 @@ def measure(args: argparse.Namespace, scale: Scale, memcpy: float, root: Path, s
         for name, plan in plans.items():
             sides[f"{name}/lateseq"] = lambda p=plan.projection: lateseq_tenant(handle, timed_log, p)
             for form, file in forms.items():
-                sides[f"{name}/{form}"] = lambda file=file, plan=plan: fat_row_tenant(file, plan)
+                views = union_views(file, plan) if file.form == "arrow-ipc" else None  # made once, as lateseq's map
+                sides[f"{name}/{form}"] = lambda file=file, plan=plan, views=views: fat_row_tenant(file, plan,
+                                                                                                  views=views)
         sides["one-pass/lateseq"] = lambda: lateseq_one_pass(handle, timed_log, tenants)
         best = best_cpu(args.repeat, sides)
-    del sides, handle  # their maps hold pages the cold passes below must evict
+    del sides, handle, views  # their maps hold pages the cold passes below must evict
 
     with step(f"cold: the pages each tenant reads (every example of {out['sample']['sized_users']} users)", steps):
         sized_log = root / "sized-examples.parquet"

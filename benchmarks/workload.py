@@ -62,8 +62,11 @@ TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, whe
 FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc")
 # forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: flat .npy
 # memmaps (no Arrow at all) and compressed IPC (about lateseq's bytes)
-MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd")
-_IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd"}
+MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user")
+_IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd", "arrow-ipc-lz4-by-user": "lz4",
+                    "arrow-ipc-zstd-by-user": "zstd"}
+BY_USER = ("parquet-smallest", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user")  # examples ordered by ``by_user``:
+# a compressor finds a user's previous history in each row
 
 
 # ---------------------------------------------------------------- events and requests
@@ -558,12 +561,12 @@ def build_forms(histories: Histories, requests: pa.Table, read_day: np.ndarray, 
                 max_len: int, folder: Path, tag: str, smallest: str,
                 forms: tuple[str, ...] = FORMS) -> dict[str, FatRowFile]:
     """Fat Row files of ``requests[rows]`` under ``folder``: every form in log order but
-    the smallest Parquet form, ordered by user with the ``SMALLEST_CANDIDATES`` entry
-    named ``smallest``."""
+    those of ``BY_USER``, ordered by user (the smallest Parquet form with the
+    ``SMALLEST_CANDIDATES`` entry named ``smallest``)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for form in forms:
-        order = by_user(requests, rows) if form == "parquet-smallest" else rows
+        order = by_user(requests, rows) if form in BY_USER else rows
         options = SMALLEST_CANDIDATES[smallest] if form == "parquet-smallest" else {}
         suffix = "" if form == "flat-npy" else ".arrow" if form in _IPC_COMPRESSION else ".parquet"
         path = folder / f"{tag}-{form}{suffix}"

@@ -135,6 +135,15 @@ def test_the_union_projection_is_checked_against_lateseq(tmp_path):
         expected.append(kept[-2:])
     assert offsets.tolist() == [0, 2, 2, 3] and values["item_id"].tolist() == [20, 40, 0]
     assert [values["item_id"][offsets[i]:offsets[i + 1]].tolist() for i in range(3)] == expected
+    for window in (10, None):  # without a filter: one slice a row
+        plain = tenants.Plan("t", lateseq.Projection(2, ("item_id", "ts"), window=window), ("item_id", "ts"),
+                             window)
+        offsets, values = plain.project(*workload._jagged(batch, ("item_id", "action", "ts")),
+                                        batch.column("request_ts").to_numpy(), copy=True)
+        for i, ((_, ts), request) in enumerate(zip(rows, [100, 5, 3], strict=True)):
+            kept = [k for k in range(len(ts)) if window is None or ts[k] >= request - window][-2:]
+            assert values["item_id"][offsets[i]:offsets[i + 1]].tolist() == [10 * k for k in kept]
+            assert values["ts"][offsets[i]:offsets[i + 1]].tolist() == [ts[k] for k in kept]
 
     work = workload.realistic(12)
     store, _ = workload._ingest(tmp_path / "store", work.events, workload.day_of(work.events.column("ts").to_numpy()))

@@ -97,8 +97,10 @@ def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
     assert set(candidates) == set(workload.SMALLEST_CANDIDATES) and candidates[smallest] == min(candidates.values())
     forms = workload.build_forms(histories, work.requests, read_day, rows, 64, tmp_path / "fat", "t", smallest,
                                  workload.FORMS + workload.MORE_FORMS)
-    in_log_order = [f for f in forms.values() if f.form != "parquet-smallest"]
-    for files in (in_log_order, [forms["parquet-smallest"]]):
+    in_log_order = [f for f in forms.values() if f.form not in workload.BY_USER]
+    by_user = [forms[form] for form in workload.BY_USER]
+    assert all(np.array_equal(f.rows, workload.by_user(work.requests, rows)) for f in by_user)
+    for files in (in_log_order, by_user):
         assert workload.check_equal(files, latest.open(), latest.log, 64) == len(rows)
     # pointers into the daily versions saw fewer events than these Fat Rows hold: every form's reader says so
     for form in ("arrow-ipc", *workload.MORE_FORMS):
@@ -200,8 +202,10 @@ def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
             assert set(at["forms"]) == forms and at["lateseq"]["ex_s"] > 0
             for f in at["forms"].values():
                 assert f["ex_s"] > 0 and f["bytes"] > 0 and f["lateseq_speedup"] > 0
-            # compressed Fat Rows are smaller than the uncompressed ones
+            # compressed Fat Rows are smaller than the uncompressed ones, and sorted by user smaller still
             assert at["forms"]["arrow-ipc-zstd"]["bytes"] < at["forms"]["arrow-ipc"]["bytes"]
+            assert at["forms"]["arrow-ipc-zstd-by-user"]["bytes"] < at["forms"]["arrow-ipc-zstd"]["bytes"]
+            assert at["lateseq_by_user"]["ex_s"] > 0
     text = _module("report").forms_markdown(r, "`x.json`")
     assert "flat .npy memmaps" in text and "IPC zstd" in text and r["command"] in text
 
