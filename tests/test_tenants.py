@@ -961,6 +961,13 @@ def test_an_age_that_does_not_fit_int64_is_an_error(tmp_path):
     assert newest.values["ts"].tolist() == [1, high - 10]
     with pytest.raises(SchemaError, match="'age' of an event of example 0 does not fit int64"):
         lateseq.materialize(store, examples, Projection(5, ("ts",), transforms={"ts": "age"}))
+    # read batch by batch, the error names the example's row in the log; read as a tenant, the tenant
+    aged = Projection(5, ("ts",), transforms={"ts": "age"})
+    later = lateseq.log_examples(store, pa.table({"user_id": [3, 1], "request_ts": [5, 11]}))  # 3: no events
+    with pytest.raises(SchemaError, match="'age' of an event of row 1 of the example log does not fit int64"):
+        list(lateseq.iter_batches(store, later, aged, batch_size=1))
+    with pytest.raises(SchemaError, match="^tenant 'aged': transforms: the 'age' of an event of example 1 "):
+        lateseq.materialize_tenants(store, later, {"aged": aged, "plain": Projection(5, ("ts",))})
 
 
 

@@ -61,6 +61,26 @@ class ChecksumMismatch(LateseqError, ValueError):
         return ChecksumMismatch(problem, rows, self.hint)
 
 
+class TransformOverflow(SchemaError):
+    """A transform's result for one example does not fit its type. Says which example:
+    in a log read batch by batch, its row in the log; in a tenant's read, the tenant."""
+
+    def __init__(self, problem: str, row: int, where: str = "", tenant: str = ""):
+        self.problem, self.row, self.tenant = problem, row, tenant  # problem: with a {where} to fill
+        self.where = where or f"example {row}"
+        super().__init__((f"tenant {tenant!r}: " if tenant else "") + "transforms: " + problem.format(where=self.where))
+
+    def __reduce__(self) -> tuple:  # pickled whole (a worker process raises it to its parent)
+        return TransformOverflow, (self.problem, self.row, self.where, self.tenant)
+
+    def in_log(self, log_rows: Sequence[int]) -> TransformOverflow:
+        row = int(log_rows[self.row])
+        return TransformOverflow(self.problem, row, f"row {row} of the example log", self.tenant)
+
+    def of_tenant(self, tenant: str) -> TransformOverflow:
+        return TransformOverflow(self.problem, self.row, self.where, tenant)
+
+
 def is_integer(value: object) -> bool:
     """An integer, numpy's included (what configs and arrays hand over); not a bool, nor a
     whole float or a string, which would be a guess."""

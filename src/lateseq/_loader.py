@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from ._errors import ChecksumMismatch, SchemaError
+from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
@@ -75,11 +75,11 @@ def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: P
 
 @contextlib.contextmanager
 def _rows_in_log(first: int, count: int) -> Iterator[None]:
-    """A ChecksumMismatch in the batch of the log's rows [first, first + count) names
-    rows of the log, not of the batch."""
+    """A ChecksumMismatch or TransformOverflow in the batch of the log's rows [first,
+    first + count) names rows of the log, not of the batch."""
     try:
         yield
-    except ChecksumMismatch as exc:
+    except (ChecksumMismatch, TransformOverflow) as exc:
         raise exc.in_log(range(first, first + count)) from None
 
 

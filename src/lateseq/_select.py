@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _kernels
 from ._derived import filtered_view
-from ._errors import SchemaError
+from ._errors import SchemaError, TransformOverflow
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
@@ -100,7 +100,10 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
                 touched.copied += int(offsets[-1]) * picked[0][0].segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
         batch = JaggedBatch(offsets, values, mismatched)
-        out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
+        try:
+            out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
+        except TransformOverflow as exc:
+            raise exc.of_tenant(name) if name else exc from None
     return out
 
 
@@ -123,8 +126,8 @@ def transform(batch: JaggedBatch, projection: Projection, schema: Schema, reques
         if np.any(age <= 0):  # every event is before its request: only wrapping around int64 gives this
             event = int(np.flatnonzero(age <= 0)[0])
             row = int(np.searchsorted(batch.offsets, event, side="right")) - 1
-            raise SchemaError(f"transforms: the {how!r} of an event of example {row} does not fit int64 (its "
-                              f"request at {int(request_ts[row])}, the event at {int(batch.values[name][event])})")
+            raise TransformOverflow(f"the {how!r} of an event of {{where}} does not fit int64 (its request at "
+                                    f"{int(request_ts[row])}, the event at {int(batch.values[name][event])})", row)
         if how == "age_s":
             age //= 10 ** (3 * TIME_UNITS.index(schema.time_unit))
         batch.values[name] = age

@@ -47,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._errors import ChecksumMismatch, PointerError, SchemaError, exact_integer
+from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
 from ._loader import _open_parquet, footer_digest, parquet_path
@@ -560,7 +560,7 @@ class ExampleDataset(IterableDataset):
             _will_need(self.store, examples, self.projection)
         try:
             sequences = materialize(self.store, examples, self.projection, verify=self.verify)
-        except ChecksumMismatch as exc:
+        except (ChecksumMismatch, TransformOverflow) as exc:
             raise exc.in_log(rows) from None
         t1 = time.perf_counter()
         batch = self._batch(rows, examples, sequences)
