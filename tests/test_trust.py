@@ -349,6 +349,19 @@ def test_cleanup_waits_for_a_writer_between_its_segments_and_its_manifest(store,
 # ---------------------------------------------------------------- idempotent commits
 
 
+def test_a_rerun_with_rows_in_another_order_is_the_same_commit(store):
+    """A retry that reads the same files in another order stores the same version: a
+    no-op; rows tied in time in another order would be stored in that order: refused."""
+    table = events([70, 71, 70], [1, 2, 5], [3, 4, 6])
+    first = store.commit(table, commit_id="reordered")
+    again = first.commit(table.take([2, 0, 1]), commit_id="reordered")
+    assert again.version == first.version
+    tied = store.commit(events([80, 80], [1, 1], [1, 2]), commit_id="tied")
+    assert tied.commit(events([80, 80], [1, 1], [1, 2]), commit_id="tied").version == tied.version
+    with pytest.raises(lateseq.SchemaError, match="used by version .* for other events"):
+        tied.commit(events([80, 80], [1, 1], [2, 1]), commit_id="tied")
+
+
 def test_a_commit_id_makes_a_rerun_a_no_op(store):
     table = events([70, 71], [1, 2], [3, 4])
     first = store.commit(table, commit_id="ingest-2026-11-30")

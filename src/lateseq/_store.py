@@ -299,10 +299,14 @@ class Store:
             version = base.version + 1
             only_watermark = watermark is not None and table.num_rows == 0  # coverage advanced, no new events
             incoming = None if only_watermark else Events.from_table(table, self.schema, version)
-            content = f"watermark {watermark}" if incoming is None else incoming.digest()
+            # what a commit id vouches for: the events as stored (sorted by user and time, ties
+            # in their given order), so a rerun that reads the same files in another order
+            # is the same commit; the given order too, as recorded before this was so
+            content = f"watermark {watermark}" if incoming is None else (
+                incoming.sorted(self.schema.tiebreak) if commit_id is not None else incoming).digest()
             # a rerun first: it is a no-op even after a later commit moved the watermark on
             if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
-                if done[1] != content:
+                if done[1] not in (content, None if incoming is None else incoming.digest()):
                     raise SchemaError(f"commit id {commit_id!r} was used by version {done[0]} for other events")
                 try:
                     return self._handle(done[0])
