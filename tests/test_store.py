@@ -87,8 +87,8 @@ def test_versions_as_users_hold_them(make_store):
     store = store.commit(events([1], [1], [1]))
     log_version = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]}))["uih_version"]
     store = store.commit(events([1], [2], [2]))
-    for given in (np.int64(1), np.uint32(1), log_version.to_numpy()[0], "+1"):
-        assert lateseq.open(store.path, given).version == store.checkout(given).version == 1
+    for number in (np.int64(1), np.uint32(1), log_version.to_numpy()[0], "+1"):
+        assert lateseq.open(store.path, number).version == store.checkout(number).version == 1
     assert lateseq.open(store.path, "latest").version == 2
     store.tag("first", np.int64(1))
     assert store.tags() == {"first": 1}

@@ -58,7 +58,8 @@ def test_materialize_tenants_writes_each_tenant_as_materialize_would(world, tmp_
     ('[tenants."../x"]\nmax_len = 2\n', "'../x'"),
     ("[tenants.a]\nmax_len = 2\ncolumns = [\"nope\"]\n", "tenant 'a': columns"),
     ("[tenants.a]\nmax_len = 2\nwhere = { column = \"item_id\", isin = [] }\n", "tenant 'a': where"),
-    ("[tenants.Ranking]\nmax_len = 2\n[tenants.ranking]\nmax_len = 3\n", "'ranking': differs from tenant 'Ranking' only"),
+    ("[tenants.Ranking]\nmax_len = 2\n[tenants.ranking]\nmax_len = 3\n",
+     "'ranking': differs from tenant 'Ranking' only"),
 ])
 def test_bad_configs_are_refused_before_anything_is_written(world, tmp_path, text, match):
     store, log, config = world

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _kernels
 from ._derived import filtered_view
-from ._errors import SchemaError, TransformOverflow
+from ._errors import TransformOverflow
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
