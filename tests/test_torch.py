@@ -466,6 +466,9 @@ def test_a_state_saved_between_epochs_or_right_after_resuming_says_where_it_stan
     first = list(ds)
     end = ds.state_dict()  # after epoch 0's last batch
     assert (end["epoch"], end["batches"], end["done"]) == (0, len(first), True)
+    restored = dataset(world, shuffle=True, seed=3)
+    restored.load_state_dict(end)
+    assert restored.state_dict() == end  # saved again before iterating: still done
     later = dataset(world, shuffle=True, seed=3)
     later.set_epoch(1)
     later.load_state_dict(end)  # a later epoch is set: it starts afresh, epoch 0 is not replayed

@@ -440,7 +440,7 @@ class ExampleDataset(IterableDataset):
         return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
 
     def __getstate__(self) -> dict[str, Any]:
-        # the store travels as how to reopen it, reopened when the copy is iterated: a
+        # the store travels as how to reopen it, reopened when the copy first uses it: a
         # spawned worker unpickles its copy before the DataLoader can pass on its errors,
         # so a version retired since (cleanup) killed it with the reason on its stderr only
         reopen = self._reopen if self._store is None else self._store.__reduce__()
@@ -475,7 +475,8 @@ class ExampleDataset(IterableDataset):
                               "not in this copy, and a state saved from it would replay the epoch. Save the "
                               "loader's state instead (torchdata.stateful_dataloader.StatefulDataLoader.state_dict())")
         worker, workers = self._shard if self._shard else (None, None)
-        done = self._shard_plan is not None and self._yielded >= self._shard_plan.num_batches
+        done = (self._shard_plan is not None and self._yielded >= self._shard_plan.num_batches) or bool(
+            self._resume and self._resume.get("done"))  # restored, not yet iterated: as it was saved
         return {"epoch": self.epoch, "batches": self._yielded, "worker": worker, "num_workers": workers,
                 "done": done, "plan": self._fingerprint()}
 
