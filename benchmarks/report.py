@@ -322,7 +322,9 @@ def _tenant_speed(results: dict) -> TableSpec:
                               f"{_x(pair['fat_row_time_ratio'][f])} ({FORM_SHORT[f]})" for f in UNION_FORMS))
     spec.notes.append("÷ form: lateseq ex/s over the Fat Row union's, the same examples, every tenant's output "
                       "checked equal first (offsets and values, bit for bit); each tenant reads the union itself: "
-                      "only its columns, then its window and filter and last N with numpy (vectorised)")
+                      "only its columns; with a filter, a compiled kernel walks each row back from its newest "
+                      "event to N kept or the window's edge, without one each row's part is copied as one slice; "
+                      "the mapped union's numpy views made once and kept")
     spec.notes.append(f"ex/s and % memcpy on the process's CPU time (time.process_time), pinned to one core; % "
                       f"memcpy: output bytes (values + offsets) per CPU second over single-core memcpy "
                       f"({results['machine']['memcpy_gb_s']:.1f} GB/s); CPU share: CPU over wall time of the pass")
