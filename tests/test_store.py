@@ -431,6 +431,72 @@ def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store
         assert snapshot(store.path) == before
 
 
+@pytest.mark.parametrize("operation", ["commit", "compact", "tag", "cleanup"])
+def test_a_rename_that_fails_leaves_no_temporary_and_names_the_file(small_store, monkeypatch, operation):
+    """A file is written under a temporary name, then renamed into place: a rename that
+    failed (a full disk, a folder made read-only) left the fsynced temporary in the store
+    until cleanup's grace passed, and raised a bare OSError naming no file."""
+    before = {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")}
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    act = {"commit": lambda: small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1],
+                                                          "rating": pa.array([1], pa.int8())})),
+           "compact": small_store.compact, "tag": lambda: small_store.tag("prod", 1),
+           "cleanup": lambda: small_store.cleanup(before=2, grace_s=0)}[operation]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", no_room)
+        with pytest.raises(lateseq.StoreError, match=rf"cannot write {small_store.path}/\S+ \(No space left"):
+            act()
+    after = {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")}
+    assert after == before
+
+
+def test_two_creates_of_one_path_at_once_refuse_one(tmp_path, monkeypatch):
+    """Both of two processes creating a store at one new path succeeded: the schema
+    written last replaced the other, whose handle then held a schema it never asked for."""
+    path = tmp_path / "s"
+    real = lateseq._store._store_holding
+
+    def another_process_creates_it_meanwhile(where):  # called after create's check for a store
+        monkeypatch.setattr(lateseq._store, "_store_holding", real)
+        lateseq.create(path, lateseq.Schema({"item": "int64"}))
+        return real(where)
+
+    monkeypatch.setattr(lateseq._store, "_store_holding", another_process_creates_it_meanwhile)
+    with pytest.raises(lateseq.StoreError, match="already holds a store"):
+        lateseq.create(path, lateseq.Schema({"item": "int64", "rating": "int8"}))
+    assert dict(lateseq.open(path).schema.columns) == {"item": "int64"}
+
+
+@pytest.mark.parametrize("tagged_again", [False, True])
+def test_a_tag_moved_while_it_is_opened(small_store, monkeypatch, tagged_again):
+    """A tag untagged (and tagged again) by another process between the check that its
+    file exists and its read made ``open(path, tag)`` say the store was damaged ("restore
+    it from a backup"), a StoreError, not the VersionNotFound of a missing tag."""
+    small_store.tag("t", 1)
+    real = lateseq._versions.read_regular
+
+    def moved_first(path):
+        if path.name != "t.json":
+            return real(path)
+        monkeypatch.setattr(lateseq._versions, "read_regular", real)
+        small_store.untag("t")
+        try:
+            return real(path)
+        finally:  # tagged again just after the read missed it
+            if tagged_again:
+                small_store.tag("t", 2)
+
+    monkeypatch.setattr(lateseq._versions, "read_regular", moved_first)
+    if tagged_again:
+        assert lateseq.open(small_store.path, "t").version == 2
+    else:
+        with pytest.raises(lateseq.VersionNotFound, match="no tag 't'"):
+            lateseq.open(small_store.path, "t")
+
+
 def test_a_publish_that_fails_after_its_manifest_is_placed_keeps_the_version_s_files(small_store, monkeypatch):
     """Only a publish refused before placing its manifest (a conflict, a full disk) removes
     the commit's new files: one that fails after (the folder's fsync) is published, and

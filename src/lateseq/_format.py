@@ -418,6 +418,9 @@ def put_in_place(tmp: Path, path: Path) -> None:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{path} is a folder where lateseq keeps a file; remove it ({exc.strerror})") from exc
+    except OSError as exc:  # a full disk, a folder made read-only: the temporary would stay
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from exc
 
 
 def open_lock_file(path: Path) -> int:

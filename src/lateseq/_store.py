@@ -56,7 +56,7 @@ from ._versions import (
     fsync_dir,
     load_checked,
     older_than,
-    write_durably,
+    write_new,
 )
 
 EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
@@ -209,7 +209,11 @@ class Store:
             raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
         for sub in ("versions", "segments", "tags"):
             fsync_dir(path / sub)
-        write_durably(path / "schema.json", dump_checked(json.loads(schema.to_json())))
+        try:  # never replaces a schema: two processes creating one store at once, one of them is refused
+            write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
+        except FileExistsError as exc:
+            raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
+        fsync_dir(path)
         return cls(path)
 
     @property

@@ -93,6 +93,27 @@ def content_crc(content: dict) -> int:
     return zlib.crc32(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
 
 
+def write_new(path: Path, data: bytes) -> None:
+    """Writes ``path`` whole, fsynced under a temporary name and hard-linked into place,
+    which fails with FileExistsError if anyone made ``path`` first, where a rename would
+    silently replace theirs. Any other failure is a StoreError naming ``path``, and
+    leaves nothing behind. The caller fsyncs the folder (after the link, an error there
+    no longer means that nothing was placed)."""
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Writes ``data`` under a temporary name, fsyncs it, renames it over ``path`` and
     fsyncs the directory: after a power loss ``path`` holds the old or the new bytes."""
@@ -292,9 +313,17 @@ class VersionLog:
 
     def tags_of(self, name: str) -> int:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
-        if not path.exists():
-            raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {sorted(self.tags())}")
-        return _tagged(path, name)
+        for attempt in range(4):
+            try:
+                return _tagged(path, name)
+            except StoreError:
+                # gone: untagged (maybe between a listing and the read). Still there: damaged
+                # (raised once read a few times), or untagged and tagged again meanwhile
+                if not os.path.lexists(path):
+                    break
+                if attempt == 3:
+                    raise
+        raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {sorted(self.tags())}")
 
     def tag(self, name: str, version: int) -> None:
         if isinstance(name, str) and name.casefold() == LATEST:
@@ -361,21 +390,12 @@ class VersionLog:
         was ever taken (published, or published and retired since). A StoreError means
         nothing was placed; any other error (the folder's fsync, an interrupt) may come
         after the manifest was, so the version may be published."""
-        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(dump_checked(manifest))
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, self.manifest_path(version))
+            write_new(self.manifest_path(version), dump_checked(manifest))
         except FileExistsError as exc:
             raise CommitConflict(
                 f"version {version} of {self.root} was published by another writer; retry"
             ) from exc
-        except OSError as exc:
-            raise write_failed(self.manifest_path(version), exc) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         fsync_dir(self.versions_dir)
 
     def retire_before(self, before: int) -> list[int]:
