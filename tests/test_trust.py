@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from oracle import Oracle, Request, assert_batch_equal, edit_in_place, referenced_files
+from typer.testing import CliRunner
 
 import lateseq
 import lateseq._events
@@ -37,6 +38,7 @@ import lateseq._store
 import lateseq._versions
 import lateseq._watch
 from lateseq._loader import _open_parquet
+from lateseq.cli import app
 from lateseq._versions import dump_checked, load_checked
 from lateseq.audit import audit, verify
 
@@ -962,6 +964,75 @@ def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
                 assert len(got) == len(expected[reader]) and all(
                     g[0].equals(e[0]) and g[1:] == e[1:] if reader == "iter_batches" else g == e
                     for g, e in zip(got, expected[reader], strict=True)), (reader, at)
+
+
+def test_a_damaged_column_type_or_name_in_a_log_footer_is_an_error(store, tmp_path):
+    """pyarrow takes a column's type from the Arrow schema kept in the footer, and its name
+    from the footer's Parquet schema; no checksum covers either: a flipped bit read the
+    labels as bytes or durations, or under another name, silently, and a name's byte that
+    was not UTF-8 raised a bare UnicodeDecodeError (the CLI: 'internal error'). Logs lateseq
+    writes say their columns once more, and every reader compares."""
+    requests = pa.table({"user_id": np.arange(1, 31, dtype=np.int64), "request_ts": np.full(30, 2000, np.int64),
+                         "label": np.arange(30, dtype=np.int64), "weight": np.arange(30, dtype=np.float32)})
+    path, bad = tmp_path / "log.parquet", tmp_path / "bad.parquet"
+    lateseq.log_examples(store, requests, path)
+    good = path.read_bytes()
+    expected = example_log_reads(store, path)
+    name = good.index(b"weight")  # the Parquet schema's name, first in the footer
+    damages = [(name, ord("w") ^ 0xFF), (name + 1, ord("e") ^ ord("a"))]  # not UTF-8; another valid name
+    refused = 0
+    for at, bits in damages:
+        damaged = bytearray(good)
+        damaged[at] ^= bits
+        bad.write_bytes(bytes(damaged))
+        for reader, got in example_log_reads(store, bad).items():
+            if got is None:
+                refused += 1
+            else:
+                assert len(got) == len(expected[reader]) and all(
+                    g[0].equals(e[0]) and g[1:] == e[1:] if reader == "iter_batches" else g == e
+                    for g, e in zip(got, expected[reader], strict=True)), (reader, at)
+    assert refused == len(damages) * len(expected)
+    # a damaged type, as pyarrow reads it (a Parquet type flipped in the footer read the
+    # labels as durations in a trial): the same footer metadata over labels of another type
+    written = {key: value for key, value in pq.read_schema(path).metadata.items() if key != b"ARROW:schema"}
+    for labels in (pa.array([b""] * 30), pa.array(np.arange(30), pa.duration("s"))):
+        pq.write_table(requests.set_column(2, "label", labels).replace_schema_metadata(written), bad,
+                       write_page_checksum=True)
+        assert all(got is None for got in example_log_reads(store, bad).values())
+    for at, bits in damages:  # and the CLI, which reads logs whole (audit, strip)
+        damaged = bytearray(good)
+        damaged[at] ^= bits
+        bad.write_bytes(bytes(damaged))
+        result = CliRunner().invoke(app, ["audit", str(store.path), str(bad)])
+        assert result.exit_code == 1 and f"example log file {bad}" in result.output, result.output
+
+
+def test_logs_with_columns_of_every_kind_are_read_without_a_false_alarm(store, tmp_path):
+    """The footer checks compare types up to what Parquet changes in them (seconds stored
+    as milliseconds, dates as days): a log lateseq wrote is never refused for that."""
+    import datetime
+    import decimal
+    n = 4
+    columns = {
+        "int8": pa.array(range(n), pa.int8()), "uint32": pa.array(range(n), pa.uint32()),
+        "uint64": pa.array([2**64 - 1] * n, pa.uint64()), "float16": pa.array(np.ones(n, np.float16)),
+        "bool": pa.array([True] * n), "string": pa.array(["x"] * n), "large": pa.array(["x"] * n, pa.large_string()),
+        "bytes": pa.array([b"x"] * n), "seconds": pa.array(range(n), pa.timestamp("s")),
+        "zoned": pa.array(range(n), pa.timestamp("s", "Europe/Paris")), "nanos": pa.array(range(n), pa.timestamp("ns")),
+        "dwell": pa.array(range(n), pa.duration("s")), "day": pa.array([datetime.date(2026, 1, 1)] * n, pa.date64()),
+        "clock": pa.array(range(n), pa.time32("s")), "money": pa.array([decimal.Decimal("1.5")] * n,
+                                                                       pa.decimal128(5, 2)),
+        "ids": pa.array([[1, 2]] * n), "pairs": pa.array([{"a": 1}] * n), "kind": pa.array(["x"] * n).dictionary_encode(),
+    }
+    requests = pa.table({"user_id": np.arange(1, n + 1, dtype=np.int64), "request_ts": np.full(n, 2000, np.int64),
+                         **columns})
+    path = tmp_path / "log.parquet"
+    lateseq.log_examples(store, requests, path)
+    (examples, _), = lateseq.iter_batches(store, path, PROJECTION, batch_size=n)
+    assert examples.column_names[:2] == ["user_id", "request_ts"] and examples.num_rows == n
+    result = CliRunner().invoke(app, ["audit", str(store.path), str(path)])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):

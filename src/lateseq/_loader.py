@@ -23,6 +23,7 @@ from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
+from ._parquet import check_rows_read, open_checked
 from ._pointers import outside_store
 from ._projection import Projection
 from ._records import protocol_columns
@@ -242,25 +243,7 @@ def _open_parquet(path: str | os.PathLike, checked: pq.FileMetaData | None = Non
     """The example log at ``path``, its footer checked; or, with ``checked``, read through
     that footer, already checked, which the caller knows to be the file's (a log of 10,000
     row groups has a 6 MB footer: parsed and checked in ~0.2 s, every epoch of every worker)."""
-    path = parquet_path(path)
-    try:  # pages written with a checksum: see write_log
-        source = pq.ParquetFile(path, metadata=checked, page_checksum_verification=True)
-    except (pa.ArrowException, OSError) as exc:
-        raise SchemaError(f"cannot read example log {path} as Parquet: {exc}") from exc
-    if checked is None:
-        _check_row_counts(source.metadata, path)
-    return source
-
-
-def _check_row_counts(meta: pq.FileMetaData, path: str | os.PathLike) -> None:
-    """The footer's row counts agree with each other. No checksum covers the footer: a
-    damaged count would silently drop or invent rows, but a count is kept twice (a row
-    group's rows; each of its unrepeated columns' values), so one damaged is found."""
-    flat = [i for i in range(meta.num_columns) if meta.schema.column(i).max_repetition_level == 0]
-    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
-    if (sum(group.num_rows for group in groups) != meta.num_rows
-            or any(group.column(i).num_values != group.num_rows for group in groups for i in flat)):
-        raise SchemaError(f"example log {path} is damaged: its row counts disagree with each other")
+    return open_checked(parquet_path(path), checked)
 
 
 def _example_batches(examples: ExampleSource, batch_size: int,
@@ -292,6 +275,4 @@ def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int,
                 yield batch
         except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read example log {name}: {exc}") from exc
-        if rows != source.metadata.num_rows:  # a damaged page header ends a column early, silently
-            raise SchemaError(f"example log {name} is damaged: {rows:,} of its {source.metadata.num_rows:,} rows "
-                              "could be read")
+        check_rows_read(rows, source.metadata, name, "example log")

@@ -38,6 +38,7 @@ from ._errors import PointerError, SchemaError, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
+from ._parquet import columns_described
 from ._schema import Schema, as_user_ids, frame_hint, string_ids_hint
 from ._store import Store
 
@@ -269,7 +270,9 @@ def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None =
     (the pointer checksum covers the history, not the log's other bytes). All or nothing
     at ``path``, which must not be inside ``store``."""
     with replaced_when_written(outside_store(store, path)) as tmp:  # row groups: what loaders deal out
-        pq.write_table(examples, tmp, write_page_checksum=True, row_group_size=LOG_ROW_GROUP_ROWS)
+        described = examples.replace_schema_metadata({**(examples.schema.metadata or {}),
+                                                      **columns_described(examples.schema)})
+        pq.write_table(described, tmp, write_page_checksum=True, row_group_size=LOG_ROW_GROUP_ROWS)
 
 
 def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
@@ -300,7 +303,8 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     groups = [(int(parts[a]), start, min(start + row_group_rows, b))
               for a, b in zip(bounds[:-1], bounds[1:], strict=False) for start in range(a, b, row_group_rows)]
     meta = {"partitions": store.schema.partitions, "row_groups": [p for p, _, _ in groups]}
-    schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta)})
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta),
+                                         **columns_described(table.schema)})
     with replaced_when_written(outside_store(store, path)) as tmp:
         with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
             for _, a, b in groups:

@@ -37,7 +37,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
@@ -46,6 +45,7 @@ from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
+from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
@@ -729,11 +729,9 @@ def _read_events(source: EventSource) -> pa.Table:
         return source.read_all()
     if isinstance(source, str | os.PathLike):
         try:
-            return pq.read_table(source)
+            return read_checked(source, "events file")
         except FileNotFoundError as exc:
             raise SchemaError(f"no events file at {source}") from exc
-        except (pa.ArrowException, OSError) as exc:
-            raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
     raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatchReader or "
                       f"Parquet path{frame_hint(source)}")
 

@@ -47,6 +47,7 @@ from lateseq import (
 )
 from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
+from lateseq._parquet import open_checked, read_checked
 from lateseq._pointers import write_log
 from lateseq._schema import TIME_UNITS, as_user_ids
 from lateseq._store import check_commit_id
@@ -166,10 +167,7 @@ def _input_file(path: Path, what: str) -> Path:
 
 def _read_parquet(path: Path, what: str) -> pa.Table:
     _input_file(path, what)
-    try:
-        return pq.read_table(path, page_checksum_verification=True)
-    except (pa.ArrowException, OSError) as exc:
-        raise SchemaError(f"cannot read {what} file {path} as Parquet: {exc}") from exc
+    return read_checked(path, f"{what} file")
 
 
 def _open(store: Path, version: str | None = None) -> Store:
@@ -499,10 +497,8 @@ def materialize(
     else:
         _check_output(out, force, "--out", [examples], store)
         config = {"": Projection(max_len, _columns(columns))}
-    try:
-        total = pq.ParquetFile(examples).metadata.num_rows
-    except (pa.ArrowException, OSError) as exc:
-        raise SchemaError(f"cannot read example log {examples} as Parquet: {exc}") from exc
+    with open_checked(_input_file(examples, "example log")) as source:  # its rows: the progress bar's total
+        total = source.metadata.num_rows
     kept = _columns(keep) if keep else ()
     made = tenants is not None and not out.exists()
     try:

@@ -1,0 +1,126 @@
+"""Parquet inputs (example logs, events, requests), read checked: the pages' CRCs where
+the writer kept them, and what the footer, which no checksum covers, holds twice."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._errors import SchemaError
+
+COLUMNS_KEY = b"lateseq:columns"  # in the footer of a Parquet file lateseq wrote: see columns_described
+
+
+def open_checked(path: str | os.PathLike, checked: pq.FileMetaData | None = None,
+                 what: str = "example log") -> pq.ParquetFile:
+    """The Parquet file at ``path``, its footer checked (``check_footer``), its pages' CRCs
+    checked as they are read where it has them; or, with ``checked``, read through that
+    footer, already checked, which the caller knows to be the file's. FileNotFoundError
+    if there is none; SchemaError naming it if it cannot be read."""
+    try:
+        source = pq.ParquetFile(path, metadata=checked, page_checksum_verification=True)
+        if checked is None:
+            check_footer(source, path, what)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a name's damaged byte: not UTF-8
+        raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
+    return source
+
+
+def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
+    """A whole Parquet file (the CLI's events, requests, logs), checked as an example log is."""
+    with open_checked(path, what=what) as source:
+        try:
+            table = source.read(use_threads=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise SchemaError(f"cannot read {what} {path}: {exc}") from exc
+        check_rows_read(table.num_rows, source.metadata, path, what)
+    return table
+
+
+def check_footer(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> None:
+    """No checksum covers a Parquet footer; what it holds twice is compared. Its row
+    counts: a row group's, and each of its unrepeated columns' (one damaged would silently
+    drop or invent rows). Its columns' names and types: those of the Parquet schema, and
+    those pyarrow's writers keep again in ``ARROW:schema`` (a damaged name read as another
+    column, a damaged type read a label as bytes or durations), up to the kinds Parquet
+    cannot store (dates in days, 64-bit integers for unsigned ones in format 1.0)."""
+    meta = source.metadata
+    flat = [i for i in range(meta.num_columns) if meta.schema.column(i).max_repetition_level == 0]
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    if (sum(group.num_rows for group in groups) != meta.num_rows
+            or any(group.column(i).num_values != group.num_rows for group in groups for i in flat)):
+        raise SchemaError(f"{what} {path} is damaged: its row counts disagree with each other")
+    written_by_lateseq = (meta.metadata or {}).get(COLUMNS_KEY)
+    if written_by_lateseq is not None and written_by_lateseq != columns_described(source.schema_arrow)[COLUMNS_KEY]:
+        raise SchemaError(f"{what} {path} is damaged: its columns read as {_columns(source.schema_arrow)}, not as "
+                          f"lateseq wrote them ({written_by_lateseq.decode(errors='replace')})")
+    kept = (meta.metadata or {}).get(b"ARROW:schema")
+    if kept is None:  # written by a tool that keeps no Arrow schema
+        return
+    try:
+        written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(kept, validate=True)))
+    except (pa.ArrowException, ValueError) as exc:
+        raise SchemaError(f"{what} {path} is damaged: its footer's Arrow schema cannot be read ({exc})") from exc
+    read = source.schema_arrow
+    if read.names != written.names or any(_kind(a.type) != _kind(b.type) for a, b in zip(read, written)):
+        differ = [f"{b.name} {b.type} read as {a.name} {a.type}" for a, b in zip(read, written)
+                  if a.name != b.name or _kind(a.type) != _kind(b.type)]
+        raise SchemaError(f"{what} {path} is damaged: its footer's two schemas disagree "
+                          f"({'; '.join(differ[:3]) or f'{written.names} read as {read.names}'})")
+
+
+def columns_described(schema: pa.Schema) -> dict[bytes, bytes]:
+    """The footer metadata that lets a reader check a file lateseq wrote: its columns'
+    names and types as written, up to what Parquet changes in them (times' units, dates in
+    days). ``ARROW:schema`` is no check of those: a damaged type there is what pyarrow
+    reads (a label read as durations), and it cannot tell it from a duration column."""
+    return {COLUMNS_KEY: json.dumps(_columns(schema)).encode()}
+
+
+def _columns(schema: pa.Schema) -> list[list[str]]:
+    return [[field.name, _described(field.type)] for field in schema]
+
+
+def _described(t: pa.DataType) -> str:
+    """A type, up to what Parquet and pyarrow's versions change in it: times' units, dates
+    in days, strings, bytes and lists in their large or view forms, a list's item name."""
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.tz or ''}]"
+    if pa.types.is_dictionary(t):
+        return f"dictionary<{_described(t.value_type)}>"
+    if pa.types.is_map(t):
+        return f"map<{_described(t.key_type)}, {_described(t.item_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{field.name}: {_described(field.type)}" for field in t) + ">"
+    if pa.types.is_time(t):
+        return "time"
+    kind = _kind(t)
+    if kind == "list" or pa.types.is_fixed_size_list(t):
+        return f"list<{_described(t.value_type)}>"
+    return kind if kind in ("date", "string", "binary") else str(t)
+
+
+def _kind(t: pa.DataType) -> str:
+    """What a column's type is, up to what Parquet changes when it stores it (units,
+    widths, large or view forms)."""
+    for kind, test in (("integer", pa.types.is_integer), ("date", pa.types.is_date),
+                       ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+                        or pa.types.is_string_view(t)),
+                       ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                        or pa.types.is_binary_view(t)),
+                       ("list", lambda t: pa.types.is_list(t) or pa.types.is_large_list(t)
+                        or pa.types.is_list_view(t) or pa.types.is_large_list_view(t))):
+        if test(t):
+            return kind
+    return str(t.id)
+
+
+def check_rows_read(rows: int, meta: pq.FileMetaData, path: str | os.PathLike, what: str) -> None:
+    if rows != meta.num_rows:  # a damaged page header ends a column early, silently
+        raise SchemaError(f"{what} {path} is damaged: {rows:,} of its {meta.num_rows:,} rows could be read")
