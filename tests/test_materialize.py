@@ -8,6 +8,7 @@ every pointer is rebuilt from several later handles and must equal the oracle ex
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def test_event_hashes_see_every_input_and_its_bits():
     # float32 hashes as the float64 it widens to
     f32 = event_hashes(np.array([1]), np.array([2]), [np.array([0.1], np.float32)])
     assert f32[0] == event_hash_reference(1, 2, [float(np.float32(0.1))])
+    # a signalling NaN (valid input) hashes as the quiet NaN it widens to, with no warning
+    signalling = np.array([0x7F800001], np.uint32).view(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = event_hashes(np.array([1]), np.array([2]), [signalling])
+    assert got[0] == event_hash_reference(1, 2, [np.array([0x7FF8000020000000], np.uint64).view(np.float64)[0]])
 
 
 # ---------------------------------------------------------------------- scenarios

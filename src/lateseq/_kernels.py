@@ -107,9 +107,12 @@ def _partition_of(users, partitions, out):  # pragma: no cover - compiled; parti
 
 
 def value_bits(values: np.ndarray) -> np.ndarray:
-    """The 64 bits that identify each value: integers by value, floats by IEEE bits."""
+    """The 64 bits that identify each value: integers by value, floats by the IEEE bits of
+    their float64. Widening sets a signalling NaN's quiet bit (with no warning: the value
+    is valid input), so it hashes as that quiet NaN; kept so, for the checksums pointers hold."""
     if values.dtype.kind == "f":
-        return values.astype(np.float64).view(np.uint64)
+        with np.errstate(invalid="ignore"):
+            return values.astype(np.float64).view(np.uint64)
     return values.astype(np.int64).view(np.uint64)
 
 
