@@ -38,9 +38,9 @@ import lateseq._store
 import lateseq._versions
 import lateseq._watch
 from lateseq._loader import _open_parquet
-from lateseq.cli import app
 from lateseq._versions import dump_checked, load_checked
 from lateseq.audit import audit, verify
+from lateseq.cli import app
 
 PROJECTION = lateseq.Projection(10, ("ts", "item", "rating"))
 
@@ -1021,9 +1021,9 @@ def test_logs_with_columns_of_every_kind_are_read_without_a_false_alarm(store, t
         "bytes": pa.array([b"x"] * n), "seconds": pa.array(range(n), pa.timestamp("s")),
         "zoned": pa.array(range(n), pa.timestamp("s", "Europe/Paris")), "nanos": pa.array(range(n), pa.timestamp("ns")),
         "dwell": pa.array(range(n), pa.duration("s")), "day": pa.array([datetime.date(2026, 1, 1)] * n, pa.date64()),
-        "clock": pa.array(range(n), pa.time32("s")), "money": pa.array([decimal.Decimal("1.5")] * n,
-                                                                       pa.decimal128(5, 2)),
-        "ids": pa.array([[1, 2]] * n), "pairs": pa.array([{"a": 1}] * n), "kind": pa.array(["x"] * n).dictionary_encode(),
+        "clock": pa.array(range(n), pa.time32("s")),
+        "money": pa.array([decimal.Decimal("1.5")] * n, pa.decimal128(5, 2)), "ids": pa.array([[1, 2]] * n),
+        "pairs": pa.array([{"a": 1}] * n), "kind": pa.array(["x"] * n).dictionary_encode(),
     }
     requests = pa.table({"user_id": np.arange(1, n + 1, dtype=np.int64), "request_ts": np.full(n, 2000, np.int64),
                          **columns})
