@@ -119,3 +119,13 @@ def test_tenants_check_says_what_span_an_integer_window_is(tmp_path):
     code, stdout, stderr = lateseq("tenants", "check", config, store.path)
     assert code == 0, stderr
     assert "259200 (4.32 minutes)" in stdout and "3d (3 days)" in stdout
+
+
+def test_an_out_folder_that_is_a_dangling_link_is_named(world, tmp_path):
+    """It said "[Errno 17] File exists: 'out'" about a folder the user could not see."""
+    store, log, config = world
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "missing")
+    code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out)
+    assert code != 0 and "is a symbolic link to" in stderr and "does not exist" in stderr and "Errno" not in stderr
+    assert out.is_symlink() and not (tmp_path / "missing").exists()

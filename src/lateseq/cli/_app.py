@@ -488,6 +488,9 @@ def materialize(
         config = load_tenants(_input_file(tenants, "tenant config"), handle.schema)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"--out {out} is a file; with --tenants it names a directory")
+        if out.is_symlink() and not out.exists():
+            raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+                                    "make that directory, or name another")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
         for name in config:  # before the folder is made: a refusal changes nothing
