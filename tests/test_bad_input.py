@@ -86,6 +86,10 @@ def test_bad_events_in_a_record_batch_reader_or_parquet_file(store, tmp_path):
     pq.write_table(BAD_EVENTS["extra column"][0], tmp_path / "extra.parquet")
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "surprise",
                                lambda: store.commit(tmp_path / "extra.parquet"))
+    (tmp_path / "dataset").mkdir()  # a folder of files: read as a dataset, as pyarrow reads one
+    pq.write_table(BAD_EVENTS["extra column"][0], tmp_path / "dataset" / "part-0.parquet")
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "surprise",
+                               lambda: store.commit(tmp_path / "dataset"))
 
 
 def test_bad_event_sources(store, tmp_path):
