@@ -36,7 +36,7 @@ def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
     """A whole Parquet file (the CLI's events, requests, logs), checked as an example log is."""
     with open_checked(path, what=what) as source:
         try:
-            table = source.read(use_threads=False)
+            table = source.read()
         except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"cannot read {what} {path}: {exc}") from exc
         check_rows_read(table.num_rows, source.metadata, path, what)
