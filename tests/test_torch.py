@@ -694,6 +694,27 @@ def test_to_hstu_gives_sequential_features_fields_right_padded(batch):
         batch.to_hstu(ids="movie")
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_to_hstu_gives_timestamps_in_seconds_for_a_store_s_unit(batch, unit):
+    """HSTU buckets time gaps as seconds (log of the gap): a millisecond store's came out
+    1000x too large, silently. Whole seconds, rounded down, with the store's unit."""
+    per_second = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}[unit]
+    got = batch.to_hstu(max_len=4, time_unit=unit)["past_payloads"]["timestamps"]
+    want = np.floor_divide(batch.padded("ts", 4).numpy().astype(np.int64), per_second)
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), want)
+
+
+def test_to_hstu_and_to_kjt_refuse_what_they_would_misread(batch):
+    with pytest.raises(lateseq.SchemaError, match="time_unit must be one of s, ms, us, ns"):
+        batch.to_hstu(time_unit="sec")
+    scored = Batch(batch.rows, batch.examples, batch.offsets, batch.lengths,
+                   {**batch.values, "score": batch.values["rating"].to(torch.float32) + 0.9})
+    with pytest.raises(lateseq.SchemaError, match="ids column 'score' holds floats"):  # truncated to ints, before
+        scored.to_hstu(ids="score")
+    with pytest.raises(lateseq.SchemaError, match=r"pass keys=\['item_id'\]"):  # 'batch has no columns ['i', 't', ...
+        batch.to_kjt("item_id")
+
+
 def test_to_kjt_builds_the_documented_constructor_call(batch, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchrec", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'lateseq\[torchrec\]'"):

@@ -55,6 +55,7 @@ from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import protocol_columns
+from ._schema import TIME_UNITS
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._store import Store
 
@@ -187,6 +188,8 @@ class Batch:
         and bool columns are widened to int64 (lossless); a float column raises, name
         the id columns in ``keys`` and read floats from ``values`` or ``padded``.
         """
+        if isinstance(keys, str):  # list("item_id") would be its letters
+            raise SchemaError(f"keys is a list of column names; pass keys=[{keys!r}]")
         try:
             from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
         except ImportError as exc:
@@ -206,8 +209,8 @@ class Batch:
             lengths=self.lengths.repeat(len(keys)),  # key-major, like the values
         )
 
-    def to_hstu(self, ids: str = "item_id", timestamps: str = "ts",
-                max_len: int | None = None) -> dict[str, Any]:
+    def to_hstu(self, ids: str = "item_id", timestamps: str = "ts", max_len: int | None = None,
+                time_unit: str | None = None) -> dict[str, Any]:
         """The fields of generative-recommenders' ``SequentialFeatures`` (HSTU's input).
 
         As its ``DatasetV2(chronological=True)`` makes them: each example's newest
@@ -216,12 +219,25 @@ class Batch:
         examples with empty histories); ``past_payloads`` holds
         ``timestamps`` and every other column under its own name, padded alike.
         ``SequentialFeatures(**batch.to_hstu())`` builds it.
+
+        HSTU buckets time gaps as if timestamps were seconds: ``time_unit`` (the store's,
+        ``store.schema.time_unit``: "s", "ms", "us" or "ns") turns them into whole
+        seconds (rounded down); without it they are as stored (a millisecond store's gaps
+        would fall 10 buckets too high).
         """
         for name in (ids, timestamps):
             if name not in self.values:
                 raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
+        if self.values[ids].is_floating_point():
+            raise SchemaError(f"ids column {ids!r} holds floats; HSTU's ids are integers (name an integer column)")
+        if time_unit is not None and time_unit not in TIME_UNITS:
+            raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
+                              f"got {time_unit!r}")
         width = max_len if max_len is not None else (int(self.lengths.max()) if len(self) else 0)
-        payloads = {"timestamps": self.padded(timestamps, width).to(torch.int64)}
+        stamps = self.padded(timestamps, width).to(torch.int64)
+        if time_unit is not None:
+            stamps = torch.div(stamps, 10 ** (3 * TIME_UNITS.index(time_unit)), rounding_mode="floor")
+        payloads = {"timestamps": stamps}
         payloads |= {k: self.padded(k, width) for k in self.values if k not in (ids, timestamps)}
         return {
             "past_lengths": torch.clamp(self.lengths, max=width),
