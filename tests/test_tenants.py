@@ -34,6 +34,7 @@ from oracle import (
 )
 
 import lateseq
+import lateseq._materialize
 import lateseq._select
 from lateseq import ChecksumMismatch, Filter, Projection, SchemaError
 
@@ -220,9 +221,13 @@ def projections(draw, world: World, max_len: int = 70) -> Projection:
 def check(handle: lateseq.Store, examples, requests: list[Request], oracle: Oracle,
           tenants: dict[str, Projection], context: str, chunk: int | None = None) -> None:
     """Each tenant alone (``materialize``) and all at once (``materialize_tenants``)
-    equal the oracle; every row verifies."""
+    equal the oracle; every row verifies. ``chunk``: the selection's runs, and the events
+    merged at once, held a few at a time."""
     expected = {name: oracle.expected_projection(requests, p) for name, p in tenants.items()}
-    patch = mock.patch.object(lateseq._select, "_CHUNK_RUNS", chunk) if chunk else contextlib.nullcontext()
+    patch = contextlib.ExitStack()
+    if chunk:
+        patch.enter_context(mock.patch.object(lateseq._select, "_CHUNK_RUNS", chunk))
+        patch.enter_context(mock.patch.object(lateseq._materialize, "_MERGE_BUDGET", chunk))
     with patch:
         together = lateseq.materialize_tenants(handle, examples, tenants)
         assert list(together) == list(tenants)
