@@ -144,8 +144,7 @@ def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Project
                                                           depth).items()}
     parts: dict[str, list[JaggedBatch]] = {name: [] for name in tenants}
     for start, end in chunks:  # each located again: its merge's runs held for those pointers only
-        part = Pointers(*(None if a is None else a[start:end] for a in (getattr(pointers, f.name)
-                                                                           for f in fields(pointers))))
+        part = _rows(pointers, start, end)
         part_located = store.locate(part.user_id, part.request_ts, part.visibility, depth, part.length)
         try:
             selected = select(store, part, part_located, tenants, mismatched[start:end], depth)
@@ -154,6 +153,11 @@ def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Project
         for name, (batch, _) in selected.items():
             parts[name].append(batch)
     return {name: JaggedBatch.concat(batches) for name, batches in parts.items()}
+
+
+def _rows(pointers: Pointers, start: int, end: int) -> Pointers:
+    columns = {f.name: getattr(pointers, f.name) for f in fields(pointers)}
+    return Pointers(**{name: None if column is None else column[start:end] for name, column in columns.items()})
 
 
 _MERGE_BUDGET = 1 << 22  # events of overlapping windows merged at once (their runs: at most ~170 MB)
