@@ -90,6 +90,15 @@ def test_bad_events_in_a_record_batch_reader_or_parquet_file(store, tmp_path):
     pq.write_table(BAD_EVENTS["extra column"][0], tmp_path / "dataset" / "part-0.parquet")
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "surprise",
                                lambda: store.commit(tmp_path / "dataset"))
+    # and each of its files read checked (a folder was read unchecked: a flipped value went in)
+    (tmp_path / "dataset" / "part-0.parquet").unlink()
+    pq.write_table(pa.table({"user_id": [3, 3], "ts": [1, 2], "item": [1000036, 1000037]}),
+                   tmp_path / "dataset" / "part-0.parquet", write_page_checksum=True)
+    data = bytearray((tmp_path / "dataset" / "part-0.parquet").read_bytes())
+    data[data.index((1000037).to_bytes(8, "little"))] ^= 1
+    (tmp_path / "dataset" / "part-0.parquet").write_bytes(bytes(data))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "could not verify page integrity",
+                               lambda: store.commit(tmp_path / "dataset"))
 
 
 def test_bad_event_sources(store, tmp_path):
@@ -460,3 +469,12 @@ def test_request_times_are_read_as_user_ids_are(store):
         lateseq.make_pointers(store, [1], [2**70])
     with pytest.raises(lateseq.SchemaError, match=r"too far from 1970"):  # wrapped around in seconds
         lateseq.make_pointers(store, [1], np.array([10**17], "datetime64[D]"))
+
+
+def test_copartition_log_names_columns_it_cannot_reorder(store, tmp_path):
+    """pyarrow cannot reorder string_view columns: a raw ArrowNotImplementedError before."""
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [5, 5],
+                                                "note": pa.array(["a", "b"], pa.string_view())}))
+    with pytest.raises(lateseq.SchemaError, match="cast such columns to string"):
+        lateseq.copartition_log(store, log, tmp_path / "c.parquet")
+    assert not (tmp_path / "c.parquet").exists()

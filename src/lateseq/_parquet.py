@@ -33,7 +33,10 @@ def open_checked(path: str | os.PathLike, checked: pq.FileMetaData | None = None
 
 
 def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
-    """A whole Parquet file (the CLI's events, requests, logs), checked as an example log is."""
+    """A whole Parquet file (the CLI's events, requests, logs), checked as an example log
+    is; or a folder of them (hive partitions too), read as pyarrow reads one, each checked."""
+    if os.path.isdir(path):
+        return _read_folder(path, what)
     with open_checked(path, what=what) as source:
         try:
             table = source.read()
@@ -43,23 +46,41 @@ def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
     return table
 
 
+def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
+    import pyarrow.dataset as ds  # here: it imports pandas, which lateseq's import does not need
+
+    try:
+        folder = ds.dataset(path, format="parquet", partitioning="hive")
+        files = [fragment.path for fragment in folder.get_fragments()]
+    except (pa.ArrowException, OSError) as exc:
+        raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
+    rows = 0
+    for file in files:
+        with open_checked(file, what=what) as source:
+            rows += source.metadata.num_rows
+    try:
+        table = folder.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise SchemaError(f"cannot read {what} {path}: {exc}") from exc
+    if table.num_rows != rows:
+        raise SchemaError(f"{what} {path} is damaged: {table.num_rows:,} of its files' {rows:,} rows could be read")
+    return table
+
+
 def check_footer(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> None:
     """No checksum covers a Parquet footer; what it holds twice is compared. Its row
     counts: a row group's, and each of its unrepeated columns' (one damaged would silently
     drop or invent rows). Its columns' names and types: those of the Parquet schema, and
     those pyarrow's writers keep again in ``ARROW:schema`` (a damaged name read as another
-    column, a damaged type read a label as bytes or durations), up to the kinds Parquet
-    cannot store (dates in days, 64-bit integers for unsigned ones in format 1.0)."""
+    column, a damaged type read a label as bytes or unsigned counts as negative), up to
+    what Parquet cannot keep (``_read_as``); and in a file lateseq wrote, what it says it
+    wrote (``lateseq:columns``), while the Arrow schema still says the same."""
     meta = source.metadata
     flat = [i for i in range(meta.num_columns) if meta.schema.column(i).max_repetition_level == 0]
     groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
     if (sum(group.num_rows for group in groups) != meta.num_rows
             or any(group.column(i).num_values != group.num_rows for group in groups for i in flat)):
         raise SchemaError(f"{what} {path} is damaged: its row counts disagree with each other")
-    written_by_lateseq = (meta.metadata or {}).get(COLUMNS_KEY)
-    if written_by_lateseq is not None and written_by_lateseq != columns_described(source.schema_arrow)[COLUMNS_KEY]:
-        raise SchemaError(f"{what} {path} is damaged: its columns read as {_columns(source.schema_arrow)}, not as "
-                          f"lateseq wrote them ({written_by_lateseq.decode(errors='replace')})")
     kept = (meta.metadata or {}).get(b"ARROW:schema")
     if kept is None:  # written by a tool that keeps no Arrow schema
         return
@@ -68,11 +89,36 @@ def check_footer(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> 
     except (pa.ArrowException, ValueError) as exc:
         raise SchemaError(f"{what} {path} is damaged: its footer's Arrow schema cannot be read ({exc})") from exc
     read = source.schema_arrow
-    if read.names != written.names or any(_kind(a.type) != _kind(b.type) for a, b in zip(read, written)):
+    if read.names != written.names or any(not _read_as(a.type, b.type) for a, b in zip(read, written)):
         differ = [f"{b.name} {b.type} read as {a.name} {a.type}" for a, b in zip(read, written)
-                  if a.name != b.name or _kind(a.type) != _kind(b.type)]
+                  if a.name != b.name or not _read_as(a.type, b.type)]
         raise SchemaError(f"{what} {path} is damaged: its footer's two schemas disagree "
                           f"({'; '.join(differ[:3]) or f'{written.names} read as {read.names}'})")
+    said = (meta.metadata or {}).get(COLUMNS_KEY)
+    # a file rewritten by another writer (a column added, a label cast) carries the key along
+    # with an Arrow schema of its own: lateseq's word holds only while that one agrees with it
+    if said is not None and said == _described_json(written) and said != _described_json(read):
+        raise SchemaError(f"{what} {path} is damaged: its columns read as {_columns(read)}, not as "
+                          f"lateseq wrote them ({said.decode(errors='replace')})")
+
+
+def _read_as(read: pa.DataType, written: pa.DataType) -> bool:
+    """Whether a column pyarrow wrote as ``written`` may read back as ``read`` from an
+    undamaged file: the same kind, or unsigned integers in a wider signed type (format 1.0)."""
+    read, written = _plain(read), _plain(written)
+    if pa.types.is_integer(read) and pa.types.is_integer(written):
+        return (pa.types.is_signed_integer(read) == pa.types.is_signed_integer(written)
+                or pa.types.is_unsigned_integer(written) and read.bit_width > written.bit_width)
+    return _kind(read) == _kind(written)
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """A type without what a reader may or may not restore: a dictionary's values (pyarrow
+    restores dictionaries of strings only), an extension's storage (unknown to a process
+    that did not register it)."""
+    while isinstance(t, pa.BaseExtensionType) or pa.types.is_dictionary(t):
+        t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t.value_type
+    return t
 
 
 def columns_described(schema: pa.Schema) -> dict[bytes, bytes]:
@@ -80,7 +126,11 @@ def columns_described(schema: pa.Schema) -> dict[bytes, bytes]:
     names and types as written, up to what Parquet changes in them (times' units, dates in
     days). ``ARROW:schema`` is no check of those: a damaged type there is what pyarrow
     reads (a label read as durations), and it cannot tell it from a duration column."""
-    return {COLUMNS_KEY: json.dumps(_columns(schema)).encode()}
+    return {COLUMNS_KEY: _described_json(schema)}
+
+
+def _described_json(schema: pa.Schema) -> bytes:
+    return json.dumps(_columns(schema)).encode()
 
 
 def _columns(schema: pa.Schema) -> list[list[str]]:
@@ -90,10 +140,9 @@ def _columns(schema: pa.Schema) -> list[list[str]]:
 def _described(t: pa.DataType) -> str:
     """A type, up to what Parquet and pyarrow's versions change in it: times' units, dates
     in days, strings, bytes and lists in their large or view forms, a list's item name."""
+    t = _plain(t)
     if pa.types.is_timestamp(t):
         return f"timestamp[{t.tz or ''}]"
-    if pa.types.is_dictionary(t):
-        return f"dictionary<{_described(t.value_type)}>"
     if pa.types.is_map(t):
         return f"map<{_described(t.key_type)}, {_described(t.item_type)}>"
     if pa.types.is_struct(t):

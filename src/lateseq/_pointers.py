@@ -297,7 +297,11 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     users = pointers_from_log(examples, store.schema).user_id
     parts = partition_of(users, store.schema.partitions)
     order = np.argsort(parts, kind="stable")
-    table = examples.take(pa.array(order))
+    try:
+        table = examples.take(pa.array(order))
+    except pa.ArrowNotImplementedError as exc:  # pyarrow 26 cannot reorder string_view or binary_view
+        raise SchemaError(f"copartition_log cannot reorder the log's rows: {exc}; cast such columns to string or "
+                          "binary first") from exc
     parts = parts[order]
     bounds = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1], True]) if len(parts) else np.zeros(1, np.int64)
     groups = [(int(parts[a]), start, min(start + row_group_rows, b))

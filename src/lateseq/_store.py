@@ -37,7 +37,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
@@ -730,13 +729,9 @@ def _read_events(source: EventSource) -> pa.Table:
         return source.read_all()
     if isinstance(source, str | os.PathLike):
         try:
-            if os.path.isdir(source):  # a dataset of files (hive partitions too), as pyarrow reads it
-                return pq.read_table(source)
             return read_checked(source, "events file")
         except FileNotFoundError as exc:
             raise SchemaError(f"no events file at {source}") from exc
-        except (pa.ArrowException, OSError) as exc:  # the dataset's (a file's errors are SchemaErrors)
-            raise SchemaError(f"cannot read {source} as Parquet: {exc}") from exc
     raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatchReader or "
                       f"Parquet path{frame_hint(source)}")
 
