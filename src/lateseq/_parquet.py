@@ -4,6 +4,7 @@ the writer kept them, and what the footer, which no checksum covers, holds twice
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 
@@ -95,11 +96,21 @@ def check_footer(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> 
         raise SchemaError(f"{what} {path} is damaged: its footer's two schemas disagree "
                           f"({'; '.join(differ[:3]) or f'{written.names} read as {read.names}'})")
     said = (meta.metadata or {}).get(COLUMNS_KEY)
-    # a file rewritten by another writer (a column added, a label cast) carries the key along
-    # with an Arrow schema of its own: lateseq's word holds only while that one agrees with it
-    if said is not None and said == _described_json(written) and said != _described_json(read):
+    if said is None:
+        return
+    try:
+        said = json.loads(said)
+        columns, leaves = said["columns"], said["parquet"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SchemaError(f"{what} {path} is damaged: its footer's {COLUMNS_KEY.decode()} cannot be read") from exc
+    # a file rewritten by another writer (a label cast, a column added) carries the key along
+    # with schemas of its own: lateseq's word holds where one of them is still as it wrote it
+    if columns == _columns(written) and columns != _columns(read):
         raise SchemaError(f"{what} {path} is damaged: its columns read as {_columns(read)}, not as "
-                          f"lateseq wrote them ({said.decode(errors='replace')})")
+                          f"lateseq wrote them ({columns})")
+    if columns != _columns(written) and leaves == _leaves(source.schema):
+        raise SchemaError(f"{what} {path} is damaged: its Arrow schema says {_columns(written)}, where lateseq "
+                          f"wrote {columns} over the same Parquet columns")
 
 
 def _read_as(read: pa.DataType, written: pa.DataType) -> bool:
@@ -124,13 +135,18 @@ def _plain(t: pa.DataType) -> pa.DataType:
 def columns_described(schema: pa.Schema) -> dict[bytes, bytes]:
     """The footer metadata that lets a reader check a file lateseq wrote: its columns'
     names and types as written, up to what Parquet changes in them (times' units, dates in
-    days). ``ARROW:schema`` is no check of those: a damaged type there is what pyarrow
-    reads (a label read as durations), and it cannot tell it from a duration column."""
-    return {COLUMNS_KEY: _described_json(schema)}
+    days), and the Parquet columns pyarrow stores them as (found by writing no rows).
+    ``ARROW:schema`` alone is no check: a damaged type there is what pyarrow reads (a
+    label read as durations), which it cannot tell from a duration column."""
+    empty = io.BytesIO()
+    pq.write_table(schema.empty_table(), empty)
+    empty.seek(0)
+    leaves = _leaves(pq.ParquetFile(empty).schema)
+    return {COLUMNS_KEY: json.dumps({"columns": _columns(schema), "parquet": leaves}).encode()}
 
 
-def _described_json(schema: pa.Schema) -> bytes:
-    return json.dumps(_columns(schema)).encode()
+def _leaves(schema: pq.ParquetSchema) -> list[list[str]]:
+    return [[c.path, c.physical_type, str(c.logical_type)] for c in (schema.column(i) for i in range(len(schema)))]
 
 
 def _columns(schema: pa.Schema) -> list[list[str]]:
