@@ -90,9 +90,9 @@ def check_footer(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> 
     except (pa.ArrowException, ValueError) as exc:
         raise SchemaError(f"{what} {path} is damaged: its footer's Arrow schema cannot be read ({exc})") from exc
     read = source.schema_arrow
-    if read.names != written.names or any(not _read_as(a.type, b.type) for a, b in zip(read, written)):
-        differ = [f"{b.name} {b.type} read as {a.name} {a.type}" for a, b in zip(read, written)
-                  if a.name != b.name or not _read_as(a.type, b.type)]
+    differ = [f"{b.name} {b.type} read as {a.name} {a.type}" for a, b in zip(read, written)
+              if a.name != b.name or not _read_as(a.type, b.type)]
+    if differ or read.names != written.names:
         raise SchemaError(f"{what} {path} is damaged: its footer's two schemas disagree "
                           f"({'; '.join(differ[:3]) or f'{written.names} read as {read.names}'})")
     said = (meta.metadata or {}).get(COLUMNS_KEY)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._errors import SchemaError, is_integer
-from ._schema import TIME_UNITS, Schema
+from ._schema import Schema, ticks_per_second
 
 TRANSFORMS = {
     "age": "request time minus event time, in the store's time unit (int64)",
@@ -230,11 +230,11 @@ class Projection:
         if schema.time_unit is None:
             raise SchemaError(f"window {self.window!r} has a unit, but this store's times are plain integers "
                               "(no time_unit): give the window as an integer in the store's own unit")
-        per_second = 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+        per_second = ticks_per_second(schema.time_unit)
         if unit in _SECONDS:
             return amount * _SECONDS[unit] * per_second
-        ticks = amount * 10 ** (3 * TIME_UNITS.index(schema.time_unit)) // 10 ** (3 * TIME_UNITS.index(unit))
-        if ticks * 10 ** (3 * TIME_UNITS.index(unit)) != amount * 10 ** (3 * TIME_UNITS.index(schema.time_unit)):
+        ticks = amount * per_second // ticks_per_second(unit)
+        if ticks * ticks_per_second(unit) != amount * per_second:
             raise SchemaError(f"window {self.window!r} is finer than the store's time unit {schema.time_unit!r}")
         return ticks
 

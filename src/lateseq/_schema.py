@@ -31,6 +31,11 @@ TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
 _UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
+def ticks_per_second(unit: str) -> int:
+    """How many of ``unit`` (one of ``TIME_UNITS``) make a second."""
+    return 10 ** (3 * TIME_UNITS.index(unit))
+
+
 @dataclass(frozen=True)
 class Schema:
     """Names the user and time columns and the typed payload columns.

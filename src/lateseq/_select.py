@@ -29,7 +29,7 @@ from ._kernels import Visibility, copy_runs
 from ._locate import Located, PartitionView, Windows
 from ._pointers import Pointers
 from ._projection import Projection
-from ._schema import TIME_UNITS, Schema
+from ._schema import Schema, ticks_per_second
 from ._store import Store
 
 FULL = 1 << 62  # "no length limit" for locate: windows span the whole visible history
@@ -129,7 +129,7 @@ def transform(batch: JaggedBatch, projection: Projection, schema: Schema, reques
             raise TransformOverflow(f"the {how!r} of an event of {{where}} does not fit int64 (its request at "
                                     f"{int(request_ts[row])}, the event at {int(batch.values[name][event])})", row)
         if how == "age_s":
-            age //= 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+            age //= ticks_per_second(schema.time_unit)
         batch.values[name] = age
     return batch
 

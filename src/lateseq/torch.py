@@ -56,7 +56,7 @@ from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
-from ._schema import TIME_UNITS
+from ._schema import TIME_UNITS, ticks_per_second
 from ._store import Store
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
@@ -236,7 +236,7 @@ class Batch:
         width = max_len if max_len is not None else (int(self.lengths.max()) if len(self) else 0)
         stamps = self.padded(timestamps, width).to(torch.int64)
         if time_unit is not None:
-            stamps = torch.div(stamps, 10 ** (3 * TIME_UNITS.index(time_unit)), rounding_mode="floor")
+            stamps = torch.div(stamps, ticks_per_second(time_unit), rounding_mode="floor")
         payloads = {"timestamps": stamps}
         payloads |= {k: self.padded(k, width) for k in self.values if k not in (ids, timestamps)}
         return {

@@ -48,7 +48,7 @@ from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import open_checked, read_checked
 from lateseq._pointers import write_log
-from lateseq._schema import TIME_UNITS, as_user_ids
+from lateseq._schema import as_user_ids, ticks_per_second
 from lateseq._store import check_commit_id
 from lateseq.cli import human_bytes
 
@@ -627,7 +627,7 @@ def _window_text(projection: Projection, schema: Schema) -> str:
         return ""
     if schema.time_unit is None:
         return str(projection.window)
-    seconds = projection.window_in(schema) / 10 ** (3 * TIME_UNITS.index(schema.time_unit))
+    seconds = projection.window_in(schema) / ticks_per_second(schema.time_unit)
     span = next((f"{seconds / size:.3g} {name}" for name, size in (("days", 86_400), ("hours", 3_600),
                                                                     ("minutes", 60)) if seconds >= size),
                 f"{seconds:.3g} seconds")
