@@ -219,9 +219,9 @@ def dangling(path: Path) -> list[str]:
         manifest = load_checked(log.manifest_path(number))
         if manifest.get("retired"):
             continue
-        for segment in manifest["segments"]:
+        for segment in log.segments(number, manifest).infos:
             for suffix in (".parquet", ".index.arrow"):
-                f = path / "segments" / f"{segment['name']}{suffix}"
+                f = path / "segments" / f"{segment.name}{suffix}"
                 if not f.exists() and not load_checked(log.manifest_path(number)).get("retired"):
                     problems.append(f"kept version {number} names {f.name}, which is missing")
     return problems

@@ -107,7 +107,7 @@ def test_report_renders_the_tenants_section(tiny):
     report = _module("report")
     text = report.markdown(tiny, "`benchmarks/results/tenants-tiny.json`")
     assert "`python benchmarks/tenants.py --tiny" in text
-    for title in ("examples/s per tenant", "bytes read per example", "bytes written", "build cost", "targets"):
+    for title in ("examples/s per tenant", "bytes read per example", "bytes kept on disk", "build cost", "targets"):
         assert f"**{title}" in text
     assert "| late_ranking |" in text and ("met" in text or "MISSED" in text)
 

@@ -128,3 +128,19 @@ def test_every_accepted_event_is_stored_and_every_refusal_is_justified(tmp_path_
         clock = last_arrival = first + count - 1
     store = fold(store, tier, max(folded or 0, clock) + 1)
     assert stored_ids(store) == sorted(accepted)
+
+
+def test_an_append_that_arrived_before_a_request_already_served_is_refused(world, dir_snapshot):
+    """A request at 25 read the tier without an event; that event then stamped as having
+    arrived at 23 would be in what the store says the request saw, and its record would
+    never verify once its tail is stripped."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 12, 21, 2)))
+    OnlineReader(store, tier, PROJECTION).serve(pa.table({"user_id": [2, 1], "request_ts": [25, 24]}))
+    before, files = state(tier), dir_snapshot(store.path)
+    with pytest.raises(SchemaError, match=r"1 events arrived before 25 \(the first at 23\), when a request already"):
+        tier.append(events((3, 13, 23, 3), (3, 14, 26, 4)))
+    assert state(tier) == before and dir_snapshot(store.path) == files
+    assert tier.append(events((3, 13, 25, 3))) == 1  # at the request's time: it did not read it, as the store says

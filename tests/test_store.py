@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ import lateseq._format
 import lateseq._segments
 import lateseq._store
 import lateseq._versions
+import lateseq.audit
 from lateseq._store import _tiered_runs
 
 
@@ -791,3 +793,182 @@ def test_delete_given_a_table_says_to_pass_its_id_column(make_store):
     store = make_store().commit(pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [10, 20]}))
     with pytest.raises(lateseq.SchemaError, match=r"not a Table: pass its id column"):
         store.delete(pa.table({"user_id": [2]}))
+
+
+# ---------------------------------------------------------------------- manifests of commits
+
+
+def forget_resolved() -> None:
+    """As a new process: no version's segments recalled."""
+    lateseq._versions._resolved.clear()
+
+
+def read_back(path: Path, version: int, users: list[int]) -> dict[int, list[tuple[int, int]]]:
+    handle = lateseq.open(path, version)
+    log = lateseq.log_examples(handle, pa.table({"user_id": pa.array(users, pa.int64()),
+                                                 "request_ts": pa.array([10**12] * len(users), pa.int64())}))
+    batch = lateseq.materialize(handle, log, lateseq.Projection(10**6, ("ts", "item")))
+    return {u: list(zip(batch.values["ts"][a:b].tolist(), batch.values["item"][a:b].tolist(), strict=True))
+            for u, a, b in zip(users, batch.offsets[:-1], batch.offsets[1:], strict=True)}
+
+
+operations = st.lists(st.one_of(
+    st.tuples(st.just("commit"), st.lists(st.integers(1, 6), max_size=5)),
+    st.tuples(st.just("compact"), st.sampled_from(["full", "tiered"])),
+    st.tuples(st.just("delete"), st.integers(1, 6)),
+    st.tuples(st.just("cleanup"), st.integers(0, 6)),
+    st.tuples(st.just("tag"), st.integers(0, 20)),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=operations, depth=st.sampled_from([2, 3, lateseq._versions.DELTA_DEPTH]))
+def test_every_kept_version_reads_its_events_through_chains_of_manifests(tmp_path_factory, ops, depth):
+    """A commit's manifest lists only what it adds to its parent's: every kept version,
+    after any mix of commits, compactions, deletions, tags and cleanups, holds exactly the
+    events a plain model of the versions says, read in this process and as a new one."""
+    path = tmp_path_factory.mktemp("chains") / "store"
+    store = lateseq.create(path, lateseq.Schema({"item": "int64"}, partitions=2))
+    model: dict[int, list[tuple[int, int, int]]] = {0: []}  # kept version -> (user, ts, item)
+    tagged: set[int] = set()
+    clock = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lateseq._versions, "DELTA_DEPTH", depth)
+        for op, arg in ops:
+            if op == "commit" and arg:
+                rows = [(u, clock + i, clock + i) for i, u in enumerate(arg)]
+                clock += len(arg)
+                store = store.commit(events(*map(list, zip(*rows, strict=True))))
+                model[store.version] = model[max(model)] + rows
+            elif op == "compact" and (new := store.compact(arg)).version != store.version:
+                store, model[new.version] = new, model[store.version]
+            elif op == "delete" and (new := store.delete([arg])).version != store.version:
+                store, model[new.version] = new, [e for e in model[store.version] if e[0] != arg]
+            elif op == "cleanup":
+                before = store.version - arg
+                store.cleanup(before, grace_s=0)
+                model = {v: e for v, e in model.items() if v >= before or v in tagged or v == 0}
+            elif op == "tag" and (kept := sorted(v for v in model if v)):
+                store.tag(f"t{arg}", kept[arg % len(kept)])
+                tagged.add(kept[arg % len(kept)])
+    for fresh in (False, True):
+        if fresh:
+            forget_resolved()
+        for version, held in model.items():
+            if version:
+                expected = {u: sorted((t, i) for user, t, i in held if user == u) for u in range(1, 7)}
+                assert read_back(path, version, list(range(1, 7))) == expected, (version, fresh)
+    assert [v.version for v in store.versions()] == sorted(v for v in model if v)
+    assert not lateseq.audit.verify(lateseq.open(path))
+
+
+def manifest_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in (path / "versions").glob("0*.json"))
+
+
+def test_manifests_of_many_commits_grow_with_the_commits_not_with_the_store(make_store):
+    """600 commits of a store never compacted held 308 MB of manifests, each listing every
+    segment; a commit's now lists its own, and a full list is written every DELTA_DEPTH."""
+    store = make_store(partitions=4)
+    every_segment, counts = 0, []  # what manifests listing every segment would hold
+    for step in range(150):
+        store = store.commit(events([step % 7, step % 5 + 10], [step, step], [step, step]))
+        every_segment += len(json.dumps([i.to_dict() for i in store.segment_infos]))
+        counts.append((len(store.segment_infos), sum(i.bytes for i in store.segment_infos)))
+    assert manifest_bytes(store.path) < every_segment / 10
+    forget_resolved()
+    assert lateseq.open(store.path).segment_infos == store.segment_infos
+    assert [(v.segments, v.bytes) for v in store.versions()] == counts
+
+
+def test_cleanup_keeps_what_kept_versions_add_to_and_no_more(make_store):
+    store = make_store(partitions=2)
+    for step in range(10):
+        store = store.commit(events([1, 2], [step, step], [step, 100 + step]))
+    store.tag("keep", 3)
+    users = [1, 2]
+    before = {v: read_back(store.path, v, users) for v in range(1, 11)}
+    assert store.cleanup(8, grace_s=0) == [1, 2, 4, 5, 6, 7]
+    forget_resolved()
+    assert {v: read_back(store.path, v, users) for v in (3, 8, 9, 10)} == {v: before[v] for v in (3, 8, 9, 10)}
+    tombstone = json.loads((store.path / "versions" / "00000005.json").read_text())
+    assert tombstone["retired"] and "added" in tombstone  # version 8's manifest adds to it
+    store.untag("keep")
+    store = store.compact()  # lists every segment: no version needs the others any more
+    store.cleanup(store.version, grace_s=0)
+    for number in range(1, 11):
+        tombstone = json.loads((store.path / "versions" / f"{number:08d}.json").read_text())
+        assert tombstone["retired"] and not {"added", "segments", "base"} & set(tombstone)
+    forget_resolved()
+    assert read_back(store.path, store.version, users) == before[10]
+
+
+def test_a_cleanup_that_stops_midway_leaves_every_kept_version_readable(make_store, monkeypatch):
+    """Retired newest first: a version not retired yet adds only to older ones, still as
+    they were."""
+    store = make_store(partitions=2)
+    for step in range(8):
+        store = store.commit(events([1, 2], [step, step], [step, 100 + step]))
+    before = {v: read_back(store.path, v, [1, 2]) for v in range(1, 9)}
+    real = lateseq._versions.write_durably
+    stops = 0
+    while True:  # each try retires one more version and stops at the next one
+        writes = []
+
+        def failing(path, data):
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.EIO, "injected")
+            real(path, data)
+
+        monkeypatch.setattr(lateseq._versions, "write_durably", failing)
+        try:
+            store.cleanup(8, grace_s=0)
+        except OSError:
+            stops += 1
+        else:
+            break
+        finally:
+            monkeypatch.setattr(lateseq._versions, "write_durably", real)
+        forget_resolved()
+        for info in store.versions():
+            assert read_back(store.path, info.version, [1, 2]) == before[info.version], (stops, info.version)
+    assert stops == 6  # versions 7 to 2, one a try
+    store.cleanup(8, grace_s=0)
+    assert [v.version for v in store.versions()] == [8]
+    assert read_back(store.path, 8, [1, 2]) == before[8]
+
+
+def test_a_manifest_chain_mixing_another_store_s_file_is_refused(make_store):
+    a, b = make_store(partitions=2), make_store(partitions=2)
+    for store in (a, b):
+        for step in range(3):
+            store = store.commit(events([1], [step], [step if store is a else -step]))
+    (a.path / "versions" / "00000002.json").write_bytes((b.path / "versions" / "00000002.json").read_bytes())
+    forget_resolved()
+    for version in (2, 3):
+        with pytest.raises(lateseq.StoreError, match="does not add to the segments of version"):
+            lateseq.open(a.path, version)
+    assert lateseq.open(a.path, 1).version == 1
+
+
+def test_a_base_that_lost_its_segments_is_named(make_store):
+    store = make_store()
+    for step in range(3):
+        store = store.commit(events([1], [step], [step]))
+    base = store.path / "versions" / "00000002.json"
+    base.write_bytes(lateseq._versions.dump_checked({"version": 2, "retired": True, "retired_at": 0.0}))
+    forget_resolved()
+    with pytest.raises(lateseq.StoreError, match=r"00000002.json is missing or has lost the segments that version 3"):
+        lateseq.open(store.path)
+
+
+def test_a_shared_cache_serves_a_store_whose_name_is_as_long_as_a_file_name_may_be(tmp_path):
+    """The cache's folder for a store is its name and a hash of its path: a 250-byte name
+    made it longer than a file name may be."""
+    store = lateseq.create(tmp_path / ("é" * 127), lateseq.Schema({"item": "int64"}))
+    store = store.commit(events([1, 1], [1, 2], [10, 20]))
+    shared = lateseq.open(store.path, cache_dir=tmp_path / "cache")
+    log = lateseq.log_examples(shared, pa.table({"user_id": [1], "request_ts": [5]}))
+    assert lateseq.materialize(shared, log, lateseq.Projection(5, ("item",))).values["item"].tolist() == [10, 20]
+    assert [len(p.name.encode()) <= 255 for p in (tmp_path / "cache").iterdir()] == [True]

@@ -140,9 +140,14 @@ def test_a_damaged_index_is_caught_even_with_a_decoded_copy(store, log):
         output(store.path, log)
 
 
+def first_entry(manifest: dict) -> dict:
+    """A manifest's first segment entry, whether it lists every segment or a commit's."""
+    return (manifest.get("segments") or manifest["added"])[0]
+
+
 @pytest.mark.parametrize("edit", [
-    lambda m: m["segments"][0]["bases"].update(item=m["segments"][0]["bases"]["item"] + 1),
-    lambda m: m["segments"][0]["bases"].update(itme=m["segments"][0]["bases"].pop("item")),
+    lambda m: first_entry(m)["bases"].update(item=first_entry(m)["bases"]["item"] + 1),
+    lambda m: first_entry(m)["bases"].update(itme=first_entry(m)["bases"].pop("item")),
     lambda m: m.update(events=m["events"] + 1),
 ])
 def test_an_edited_manifest_is_refused(store, log, edit):
@@ -241,7 +246,7 @@ def test_a_manifest_cannot_name_a_file_outside_the_store(store, name):
     names a segment that is not a well-formed name of its own partition."""
     path = store.path / "versions" / f"{store.version:08d}.json"
     manifest = json.loads(path.read_text())
-    manifest["segments"][0]["name"] = name
+    first_entry(manifest)["name"] = name
     path.write_bytes(dump_checked(manifest))
     with pytest.raises(lateseq.StoreError, match="malformed segment entry"):
         lateseq.open(store.path)

@@ -105,6 +105,27 @@ def test_strip_keeps_uncovered_tails(world):
     assert lateseq.materialize(store, log, PROJECTION).values["item_id"].tolist() == [10]
 
 
+def test_strip_keeps_a_tail_its_covering_version_does_not_rebuild(world):
+    """A tier on other hosts cannot refuse an event stamped as arriving before a request
+    that did not see it; the covering version then holds it as seen, and the record's
+    tail is the only copy of what online served: strip keeps it, and says so."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1), (2, 5, 6, 4)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 12, 21, 2), (2, 12, 21, 5)))
+    log, served = OnlineReader(store, tier, PROJECTION).serve(requests((1, 25), (2, 25)))
+    tier.served_before = -(2**63)  # as a tier that never learnt of the request
+    tier.append(events((1, 13, 23, 3)))
+    store = fold(store, tier, 40)
+    with pytest.warns(UserWarning, match="kept the tails of 1 records that their covering versions do not rebuild "
+                                         r"\(the first at row 0\)"):
+        stripped, count = strip_tails(store, log)
+    assert count == 1 and stripped.column("tail_version").to_pylist() == [0, store.version]
+    assert stripped.slice(0, 1).equals(log.slice(0, 1))
+    rebuilt = lateseq.materialize(store, stripped, PROJECTION)
+    assert rebuilt.values["item_id"].tolist() == served.values["item_id"].tolist() == [10, 20, 40, 50]
+
+
 def test_duplicate_delivery_kept_once(world):
     store, tier = world
     assert tier.append(events((1, 5, 6, 1), (1, 5, 7, 1))) == 1

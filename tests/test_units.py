@@ -7,6 +7,7 @@ and with pandas, which knows calendars, time zones and dates before 1970.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import numpy as np
@@ -21,6 +22,7 @@ import lateseq
 from lateseq import PointerError, Schema, SchemaError
 from lateseq._pointers import pointers_from_log
 from lateseq.mutable import InMemoryTier
+from lateseq.twotier import OnlineReader, fold
 from tests.test_cli_outputs import cli, one_line_error
 
 UNITS = ["s", "ms", "us", "ns"]
@@ -362,6 +364,13 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     one_line_error(*cli("ingest", tmp_path / "c", stamps)[::2], "plain integer", "--time-unit us")
     one_line_error(*cli("ingest", tmp_path / "d", ints, "--time-unit", "hours")[::2], "hours")
     one_line_error(*cli("ingest", tmp_path / "e", stamps, "--time-unit", "h")[::2], "--time-unit")
+    floats = tmp_path / "floats.parquet"  # epoch seconds as pandas leaves a column that once held NaN
+    pq.write_table(events(pa.array([1.0, 2.0], pa.float64())), floats)
+    before = dir_snapshot(tmp_path)
+    one_line_error(*cli("ingest", tmp_path / "a", floats)[::2], "double", "integers, timestamps or dates")
+    code, _, err = cli("ingest", tmp_path / "a", floats, "--time-unit", "s")
+    one_line_error(code, err, "'ts' holds double", "cast them to int64")
+    assert "its own unit" not in err  # a double has none: that advice sent the user back to the first error
     assert dir_snapshot(tmp_path) == before
     assert not (tmp_path / "d").exists()
     code, out, err = cli("ingest", tmp_path / "a", ints, "--time-unit", "s")  # seconds, in a milliseconds store
@@ -467,3 +476,64 @@ def test_a_count_out_of_range_names_its_bounds():
         Schema({"item": "int64"}, partitions=0)
     with pytest.raises(SchemaError, match=r"partitions must be an integer from 1 to 65536, got 65537$"):
         Schema({"item": "int64"}, partitions=np.int64(65537))
+
+
+def test_int96_times_beyond_the_nanosecond_range_are_read_exactly(make_store, tmp_path):
+    """Spark, Hive and Impala write timestamps as INT96, which pyarrow reads as nanoseconds
+    by default, wrapping outside 1677-2262: 9999-12-31, a common "no end" date, read as
+    1816-03-29 and sorted first."""
+    times = [dt.datetime(1500, 1, 1), dt.datetime(2024, 1, 1, 0, 0, 0, 1), dt.datetime(9999, 12, 31)]
+    path = tmp_path / "spark.parquet"
+    pq.write_table(events(pa.array(times, pa.timestamp("us"))), path, use_deprecated_int96_timestamps=True)
+    expected = [(t - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) for t in times]
+    store = make_store(time_unit="us").commit(path)
+    assert history(store, 1, pa.array([2**62], pa.int64())) == expected
+    assert history(store, 1, pa.array([expected[1] + 1], pa.int64())) == expected[:2]
+    code, _, err = cli("ingest", tmp_path / "cli", path)
+    assert code == 0, err
+    assert history(lateseq.open(tmp_path / "cli"), 1, pa.array([2**62], pa.int64())) == expected
+
+
+def test_int96_nanoseconds_are_kept_where_every_time_fits(make_store, tmp_path, dir_snapshot):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    pq.write_table(events(pa.array([10**18 + 1, 10**18 + 2], pa.timestamp("ns"))), folder / "a.parquet",
+                   use_deprecated_int96_timestamps=True)  # 2001, a nanosecond apart
+    store = make_store(time_unit="ns").commit(folder / "a.parquet")
+    assert history(store, 1, pa.array([10**18 + 2], pa.int64())) == [10**18 + 1]
+    # beside a file of a time that only microseconds hold, the nanosecond would be lost
+    pq.write_table(events(pa.array([dt.datetime(9999, 12, 31)], pa.timestamp("us"))), folder / "b.parquet",
+                   use_deprecated_int96_timestamps=True)
+    before = dir_snapshot(store.path)
+    with pytest.raises(SchemaError, match="beyond 1677-2262 and times finer than a microsecond"):
+        make_store(time_unit="us").commit(folder)
+    assert dir_snapshot(store.path) == before
+    (folder / "a.parquet").unlink()
+    pq.write_table(events(pa.array([10**18], pa.timestamp("ns"))), folder / "a.parquet",
+                   use_deprecated_int96_timestamps=True)
+    whole = make_store(time_unit="us").commit(folder)
+    assert history(whole, 1, pa.array([2**62], pa.int64())) == [10**15, 253402214400 * 10**6]
+
+
+def test_tier_retention_counts_seconds_whatever_the_store_unit(tmp_path):
+    """An hour of retention kept events 3.6 s in a millisecond store: a redelivery 20 s
+    later was no longer known, and the tier served the event twice."""
+    served = {}
+    for unit in ("s", "ms", "ns"):
+        schema = Schema({"item": "int64", "arr": "int64", "eid": "int64"}, arrival_col="arr", event_id_col="eid",
+                        time_unit=unit)
+        store = lateseq.create(tmp_path / unit, schema)
+        tier = InMemoryTier(schema, retention=3600)
+        second, t0 = PER_SECOND[unit], 1_700_000_000 * PER_SECOND[unit]
+        tier.append(pa.table({"user_id": [1], "ts": [t0], "item": [7], "arr": [t0], "eid": [1]}))
+        store = fold(store, tier, t0 + 10 * second)
+        assert tier.expire(now=t0 + 10 * second, folded_watermark=t0 + 10 * second) == t0 - 3590 * second
+        tier.append(pa.table({"user_id": [1], "ts": [t0], "item": [7], "arr": [t0 + 20 * second], "eid": [1]}))
+        _, batch = OnlineReader(store, tier, lateseq.Projection(10, ("item",))).serve(
+            pa.table({"user_id": [1], "request_ts": [t0 + 25 * second]}))
+        served[unit] = batch.values["item"].tolist()
+        tier.expire(now=t0 + 3500 * second, folded_watermark=t0 + 10 * second)
+        assert len(tier) == 1  # within the hour (the redelivery was dropped as one)
+        tier.expire(now=t0 + 3700 * second, folded_watermark=t0 + 10 * second)
+        assert len(tier) == 0
+    assert served == {"s": [7], "ms": [7], "ns": [7]}

@@ -24,6 +24,10 @@ def open_checked(path: str | os.PathLike, checked: pq.FileMetaData | None = None
     if there is none; SchemaError naming it if it cannot be read."""
     try:
         source = pq.ParquetFile(path, metadata=checked, page_checksum_verification=True)
+        if (unit := _int96_unit(source, path, what)) is not None:
+            source.close()
+            source = pq.ParquetFile(path, metadata=source.metadata, page_checksum_verification=True,
+                                    coerce_int96_timestamp_unit=unit)
         if checked is None:
             check_footer(source, path, what)
     except FileNotFoundError:
@@ -47,6 +51,46 @@ def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
     return table
 
 
+_NS_RANGE_US = (2**63 - 1) // 1000  # a time in microseconds beyond this is no int64 of nanoseconds
+
+
+def _int96_unit(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> str | None:
+    """The unit to read the file's INT96 times in (Spark's, Hive's and Impala's legacy
+    timestamps: pyarrow reads them as nanoseconds, which silently wrap outside 1677-2262,
+    9999-12-31 becoming 1816-03-29): None (nanoseconds) while every time fits, else "us"."""
+    beyond, finer = _int96_times(source, path)
+    _check_int96(beyond, finer, path, what)
+    return "us" if beyond else None
+
+
+def _check_int96(beyond: bool, finer: bool, path: str | os.PathLike, what: str) -> None:
+    if beyond and finer:
+        raise SchemaError(f"{what} {path}: its INT96 times hold dates beyond 1677-2262 and times finer than a "
+                          "microsecond; no unit keeps both (write them as int64 timestamps)")
+
+
+def _int96_times(source: pq.ParquetFile, path: str | os.PathLike) -> tuple[bool, bool]:
+    """Whether the file's INT96 times hold one beyond the nanosecond range, and one (that
+    fits it) finer than a microsecond."""
+    schema = source.schema
+    names = list(dict.fromkeys(schema.column(i).path.split(".")[0] for i in range(len(schema))
+                               if schema.column(i).physical_type == "INT96"))
+    if not names:
+        return False, False
+    as_us = pq.ParquetFile(path, coerce_int96_timestamp_unit="us").read(columns=names, use_threads=False)
+    as_ns = source.read(columns=names, use_threads=False)
+    beyond = finer = False
+    for name in names:
+        if not pa.types.is_timestamp(as_us.schema.field(name).type):
+            continue  # nested INT96: left as pyarrow reads it
+        us = as_us.column(name).combine_chunks().cast(pa.int64()).fill_null(0).to_numpy()
+        ns = as_ns.column(name).combine_chunks().cast(pa.int64()).fill_null(0).to_numpy()
+        fits = (us >= -_NS_RANGE_US) & (us <= _NS_RANGE_US)
+        beyond |= not fits.all()
+        finer |= bool((ns[fits] != us[fits] * 1000).any())
+    return beyond, finer
+
+
 def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     import pyarrow.dataset as ds  # here: it imports pandas, which lateseq's import does not need
 
@@ -55,10 +99,16 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         files = [fragment.path for fragment in folder.get_fragments()]
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
-    rows = 0
+    rows, beyond, finer = 0, False, False
     for file in files:
         with open_checked(file, what=what) as source:
             rows += source.metadata.num_rows
+            times = _int96_times(pq.ParquetFile(file), file)  # as pyarrow reads it, nanoseconds
+            beyond, finer = beyond or times[0], finer or times[1]
+    _check_int96(beyond, finer, path, what)
+    if beyond:  # one file's INT96 times need microseconds: all are read so
+        folder = ds.dataset(path, partitioning="hive", format=ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
     try:
         table = folder.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
     except (pa.ArrowException, OSError) as exc:

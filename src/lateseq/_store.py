@@ -3,7 +3,8 @@
 Layout of a store directory::
 
     schema.json               the schema, written once at creation
-    versions/00000007.json    one manifest per published version: its segments and stats
+    versions/00000007.json    one manifest per published version: its segments (a commit's:
+                              those it adds to its parent's) and stats
     segments/p00000-<id>.parquet, .index.arrow   a segment's durable files (packed, CRC-checked)
     tags/<name>.json          a name for a version; a tagged version is pinned
     cache/p00000-<id>.arrow   decoded segments, memory-mapped by readers (a read cache:
@@ -49,6 +50,7 @@ from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
+    SegmentList,
     VersionInfo,
     VersionLog,
     content_crc,
@@ -143,7 +145,8 @@ class Store:
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
         manifest = self._read_manifest(version)  # sets self.version
-        self.segment_infos = self._segments_of(self.version, manifest)
+        self._segment_list = self._segments_of(self.version, manifest)
+        self.segment_infos = list(self._segment_list.infos)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
             self._by_partition.setdefault(info.partition, []).append(info)
@@ -167,15 +170,14 @@ class Store:
         # every event that arrived before the watermark is in this version (two-tier stores)
         self.watermark: int | None = manifest.get("watermark")
 
-    def _segments_of(self, version: int, manifest: dict) -> list[SegmentInfo]:
+    def _segments_of(self, version: int, manifest: dict) -> SegmentList:
         """The segments of kept ``version`` from its ``manifest``, once the manifest is
         known to be written with this store's schema."""
         recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
         if recorded is not None and recorded != self._schema_crc:
             raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
                              "file copied from another store?); restore it from a backup")
-        where = self._log.manifest_path(version)
-        return [SegmentInfo.from_manifest(s, where) for s in manifest["segments"]]
+        return self._log.segments(version, manifest) if version else SegmentList((), 0, 0)
 
     def _read_manifest(self, version: int | str | None) -> dict:
         """Sets ``self.version`` and returns its manifest. "The latest" is read again if
@@ -184,7 +186,7 @@ class Store:
         while True:
             self.version = self._log.resolve(version, checked=False)  # the manifest, read next, is the check
             try:
-                return self._log.manifest(self.version) if self.version else {"segments": [], "events": 0}
+                return self._log.manifest(self.version) if self.version else {"events": 0}
             except VersionNotFound:
                 if version is not None:
                     raise
@@ -443,6 +445,10 @@ class Store:
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
                  watermark: int | None, commit_id: str | None = None, content: str | None = None,
                  deleted: list[int] | None = None) -> Store:
+        """Publishes ``infos`` as ``version``, on this handle's; a commit's (``infos`` this
+        handle's segments and then ``new``) lists only ``new``."""
+        fields, segments = self._log.segment_fields(self.version, self._segment_list, infos,
+                                                    new if operation == "commit" else None)
         manifest = {
             "watermark": watermark,
             "version": version,
@@ -450,7 +456,7 @@ class Store:
             "created_at": time.time(),
             "operation": operation,
             "events": sum(i.rows for i in infos),
-            "segments": [i.to_dict() for i in infos],
+            **fields,
             "commit_id": commit_id,
             "content": content,
             "deleted": deleted,
@@ -462,6 +468,7 @@ class Store:
             for info in new:  # nobody's (after any other error the version may be published: they stay,
                 self._remove_segment(info)  # and cleanup removes them if it was not)
             raise
+        self._log.remember(version, segments)
         return self._handle(version)
 
     def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
@@ -754,7 +761,8 @@ def _own_cache(root: Path, store: Path) -> Path:
     where = store.resolve()
     if root.resolve() == where / "cache":  # the store's own read cache, named explicitly
         return root
-    return root / f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
+    name = where.name.encode()[:200].decode(errors="ignore")  # a file name holds 255 bytes; the hash tells apart
+    return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
 @functools.cache

@@ -170,7 +170,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         """A version's file, checked as opening the version checks it, and its commit id's file."""
         manifest = log.published(number)
         if not manifest.get("retired"):
-            kept.update({i.name: i for i in store._segments_of(number, manifest)})
+            kept.update({i.name: i for i in store._segments_of(number, manifest).infos})
         cid = manifest.get("commit_id")
         if cid is not None and number <= through and (cid, number) not in markers:
             raise StoreError(f"version {number} holds commit id {cid!r}, which has no file commit-*-{number:08d}"

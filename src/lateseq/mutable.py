@@ -2,7 +2,8 @@
 
 Online serving reads a store version plus this tier's events that arrived after the
 version's watermark. The tier keeps events at least ``retention`` seconds (one
-compaction period or more, so the next version always covers what it drops) and
+compaction period or more, so the next version always covers what it drops; in a store
+of plain integer times, ``time_unit=None``, that many of its own ticks) and
 drops redeliveries of an event it holds, or, given the store, of one already stored.
 
 ``MutableTier`` is the interface a real key-value store would implement;
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from ._errors import SchemaError
 from ._events import first_deliveries, row_ranges
-from ._schema import Schema, as_user_ids
+from ._schema import Schema, as_user_ids, ticks_per_second
 from ._store import Store
 
 _FAR_PAST = np.iinfo(np.int64).min
@@ -34,11 +35,16 @@ class MutableTier(ABC):
             raise SchemaError(f"retention must be positive seconds, got {retention}")
         self.schema = schema
         self.retention = retention
+        # in the store's time unit, which arrival times count (plain integers: seconds are theirs)
+        self._retention_ticks = int(retention * (ticks_per_second(schema.time_unit) if schema.time_unit else 1))
         # events that arrived before this were dropped; reads must not reach below it
         self.expired_before = _FAR_PAST
         # a store version holds every event that arrived before this: the next fold
         # drains from here, so an append below it would never be stored nor served
         self.folded_before = _FAR_PAST
+        # a request at this time read the tier: an event appended later that arrived
+        # before it would be in what the store says that request saw, and it was not
+        self.served_before = _FAR_PAST
 
     @abstractmethod
     def append(self, events: pa.Table) -> int:
@@ -69,23 +75,34 @@ class MutableTier(ABC):
         ``watermark`` (``twotier.fold`` calls this after committing)."""
         self.folded_before = max(self.folded_before, watermark)
 
+    def served(self, until: int) -> None:
+        """Records that a request at ``until`` read the tier (``OnlineReader.serve`` calls
+        this): from then on, appends that arrived before it are refused."""
+        self.served_before = max(self.served_before, until)
+
     def _refuse_folded(self, arrival: np.ndarray, store_watermark: int | None) -> None:
         """Raises SchemaError if any arrival time is below the folded watermark (the
-        tier's own, or ``store_watermark``, its store's newest); implementations call
-        this in ``append`` before changing anything."""
+        tier's own, or ``store_watermark``, its store's newest) or a request already
+        served; implementations call this in ``append`` before changing anything."""
         floor = max(self.folded_before, _FAR_PAST if store_watermark is None else store_watermark)
-        late = arrival < floor
-        if late.any():
+        first = int(arrival.min())
+        if first < floor:
             raise SchemaError(
-                f"{int(late.sum())} events arrived before {floor} (the first at {int(arrival[late].min())}), "
+                f"{int((arrival < floor).sum())} events arrived before {floor} (the first at {first}), "
                 f"the watermark already folded into the store: the next fold starts there, so they would "
                 f"never be stored nor served; append events as they arrive, before folding past them")
+        if first < self.served_before:
+            raise SchemaError(
+                f"{int((arrival < self.served_before).sum())} events arrived before {self.served_before} (the first "
+                f"at {first}), when a request already read the tier without them: the store would hold them as "
+                f"seen by that request, and its log record would no longer verify; stamp arrival times as events "
+                f"reach the tier")
         self.folded_before = floor
 
     def expire(self, now: int, folded_watermark: int | None) -> int:
         """Drops what retention allows: older than ``now - retention`` and already
         folded into a store version. Returns the cutoff applied."""
-        cutoff = now - self.retention
+        cutoff = now - self._retention_ticks
         if folded_watermark is None:
             return self.expired_before
         cutoff = min(cutoff, folded_watermark)

@@ -23,12 +23,15 @@ bypassed the tier) the check fails loudly, never silently.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._errors import SchemaError, StoreError
 from ._jagged import JaggedBatch
+from ._materialize import materialize
 from ._pointers import log_examples, pointers_from_log
 from ._projection import Projection
 from ._records import (
@@ -100,6 +103,8 @@ class OnlineReader:
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
             raise StoreError("the mutable tier dropped events the store does not hold yet: "
                              "fold more often than the tier's retention")
+        if len(times):
+            self.tier.served(int(times.max()))
         owners, tail = self.tier.tail(users, store.watermark, times)
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
@@ -111,8 +116,11 @@ class OnlineReader:
 
 
 def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tuple[pa.Table, int]:
-    """Drops inline tails that a kept version covers; returns the log and how many.
+    """Drops inline tails that a kept version covers and rebuilds; returns the log and how many.
 
+    A tail stays, with a warning, where the covering version does not rebuild its record:
+    online then served something the store does not hold as served (an event stamped as
+    arriving before a request that did not see it), and the tail is the only copy.
     ``drop_deleted`` also drops the tails of records served before a deletion of their
     user (its events must not survive in example logs either); those records then no
     longer verify, and the audit reports them as ``deleted``. A record served after the
@@ -129,17 +137,30 @@ def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tupl
         erase = store.deleted_after(pointers.user_id, pointers.version) & (held > 0)
     if not (strip | erase).any():
         return log, 0
-    tail_version = np.where(strip, covering, current).astype(np.uint32)
-    strip |= erase
+    stripped = _without_tails(store, log, strip | erase, np.where(strip, covering, current))
+    checked = np.flatnonzero(strip & ~erase)  # an erased tail's record no longer verifies: it is not to
+    failed = checked[materialize(store, stripped.take(pa.array(checked)), Projection(1, (store.schema.time_col,)),
+                                 on_mismatch="flag").mismatched]
+    if len(failed):
+        strip[failed] = False
+        warnings.warn(f"kept the tails of {len(failed):,} records that their covering versions do not rebuild (the "
+                      f"first at row {failed[0]}): what online served differs from what the store holds as served "
+                      "(`lateseq audit` on the log says why)", stacklevel=2)
+        stripped = _without_tails(store, log, strip | erase, np.where(strip, covering, current))
+    return stripped, int((strip | erase).sum())
+
+
+def _without_tails(store: Store, log: pa.Table, drop: np.ndarray, tail_version: np.ndarray) -> pa.Table:
+    """``log`` with the tails of the records in ``drop`` emptied, and ``tail_version`` set."""
     log = log.set_column(log.schema.get_field_index("tail_version"), RECORD_FIELDS.field("tail_version"),
-                         pa.array(tail_version))
+                         pa.array(tail_version.astype(np.uint32)))
     for name in payload_names(store):
         index = log.schema.get_field_index(TAIL_PREFIX + name)
         column = log.column(index).combine_chunks()
         lengths = pc.list_value_length(column).to_numpy()
-        keep = np.repeat(~strip, lengths)
-        lengths = np.where(strip, 0, lengths)
+        keep = np.repeat(~drop, lengths)
+        lengths = np.where(drop, 0, lengths)
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         values = pc.list_flatten(column).filter(pa.array(keep))
         log = log.set_column(index, log.schema.field(index), pa.ListArray.from_arrays(offsets, values))
-    return log, int(strip.sum())
+    return log

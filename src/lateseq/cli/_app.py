@@ -241,8 +241,13 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
     if not integers:
         if unit is not None:
             kinds = ", ".join(f"{c!r} holds {table.column(c).type}" for c in present)
-            raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}, "
-                              "which brings its own unit): leave --time-unit out")
+            if all(pa.types.is_timestamp(table.column(c).type) or pa.types.is_date(table.column(c).type)
+                   for c in present):
+                raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}, "
+                                  "which brings its own unit): leave --time-unit out")
+            raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}): times "
+                              "must be integers, timestamps or dates; cast them to int64 first where they hold "
+                              "whole numbers")
         return table
     if unit is None:
         raise SchemaError(f"{source}'s {' and '.join(map(repr, integers))} hold plain integers and this store counts "
