@@ -61,11 +61,14 @@ TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, whe
 
 FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc")
 # forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: flat .npy
-# memmaps (no Arrow at all) and compressed IPC (about lateseq's bytes)
-MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user")
+# memmaps (no Arrow at all), compressed IPC (about lateseq's bytes), and the smallest
+# Parquet's settings over flat event columns (no list levels to decode; s21d)
+MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",
+              "parquet-flat-by-user")
 _IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd", "arrow-ipc-lz4-by-user": "lz4",
                     "arrow-ipc-zstd-by-user": "zstd"}
-BY_USER = ("parquet-smallest", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user")  # examples ordered by ``by_user``:
+BY_USER = ("parquet-smallest", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",  # examples ordered by ``by_user``:
+           "parquet-flat-by-user")
 # a compressor finds a user's previous history in each row
 
 
@@ -494,8 +497,8 @@ def write_fat_rows(form: str, path: Path, chunks: Iterator[pa.Table], rows: np.n
     """Writes Fat Row tables (one schema) in ``form``; IPC files get one record batch per
     loader batch; ``flat-npy`` is a folder of one .npy per column (every row's values end
     to end, example columns included) and ``offsets.npy`` (int64, from 0)."""
-    if form == "flat-npy":
-        return _write_flat(path, chunks, rows)
+    if form in ("flat-npy", "parquet-flat-by-user"):
+        return _write_flat(form, path, chunks, rows)
     writer = schema = None
     events = 0
     for chunk in chunks:
@@ -519,7 +522,15 @@ def _events(chunk: pa.Table) -> int:
     return sum(len(c.flatten()) for c in chunk.column(chunk.schema.names[3]).chunks)
 
 
-def _write_flat(folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> FatRowFile:
+FLAT_PARQUET = "zstd-9, plain, 32 MB pages"  # the smallest form's usual choice (SMALLEST_CANDIDATES)
+_FLAT_GROUP_EVENTS = 8 << 20  # a row group: whole loader batches, at least this many events
+
+
+def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> FatRowFile:
+    """Every row's values end to end, and ``offsets.npy`` (int64, from 0): one .npy per
+    column (``flat-npy``), or (``parquet-flat-by-user``) the history columns in
+    ``events.parquet``, a row group per run of whole loader batches, and the example
+    columns in ``examples.parquet``, both written with ``FLAT_PARQUET``'s settings."""
     parts: dict[str, list[np.ndarray]] = {}
     lengths = []
     for chunk in chunks:
@@ -531,11 +542,33 @@ def _write_flat(folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> F
     if not lengths:
         raise ValueError("no Fat Rows to write")
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64))
-    for name, arrays in parts.items():
-        np.save(folder / f"{name}.npy", np.concatenate(arrays))
-    return FatRowFile("flat-npy", folder, rows, sum(p.stat().st_size for p in folder.iterdir()),
-                      int(sum(x.sum() for x in lengths)), tuple(lists))
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    np.save(folder / "offsets.npy", offsets)
+    columns = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    if form == "flat-npy":
+        for name, values in columns.items():
+            np.save(folder / f"{name}.npy", values)
+    else:
+        options = SMALLEST_CANDIDATES[FLAT_PARQUET]
+        pq.write_table(pa.table({name: columns[name] for name in columns if name not in lists}),
+                       folder / "examples.parquet", **options)
+        with pq.ParquetWriter(folder / "events.parquet", pa.schema(
+                [(name, pa.from_numpy_dtype(columns[name].dtype)) for name in lists]), **options) as writer:
+            for first, last in _flat_groups(offsets):
+                writer.write_table(pa.table({name: columns[name][offsets[first]:offsets[last]] for name in lists}),
+                                   row_group_size=int(offsets[last] - offsets[first]))
+    return FatRowFile(form, folder, rows, sum(p.stat().st_size for p in folder.iterdir()), int(offsets[-1]),
+                      tuple(lists), FLAT_PARQUET if form != "flat-npy" else "")
+
+
+def _flat_groups(offsets: np.ndarray) -> list[tuple[int, int]]:
+    """Row groups of a flat Parquet Fat Row, as (first, last) example: whole loader batches."""
+    groups, first = [], 0
+    for end in [*range(BATCH, len(offsets) - 1, BATCH), len(offsets) - 1]:
+        if offsets[end] - offsets[first] >= _FLAT_GROUP_EVENTS or end == len(offsets) - 1:
+            groups.append((first, end))
+            first = end
+    return groups
 
 
 def by_user(requests: pa.Table, rows: np.ndarray) -> np.ndarray:
@@ -590,6 +623,9 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
     if file.form == "flat-npy":
         yield from _flat_batches(file, reopen)
         return
+    if file.form == "parquet-flat-by-user":
+        yield from _flat_parquet_batches(file)
+        return
     if file.form != "arrow-ipc":
         for batch in record_batches(file, file.columns):
             yield _jagged(batch, file.columns)
@@ -614,6 +650,19 @@ def _flat_batches(file: FatRowFile, reopen: bool) -> Iterator[tuple[np.ndarray, 
     offsets, values = mapped
     for lo in range(0, len(offsets) - 1, BATCH):
         yield copied_out(offsets[lo:lo + BATCH + 1], values)
+
+
+def _flat_parquet_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The ``parquet-flat-by-user`` form: each row group decoded whole (its columns as
+    numpy), then a batch is a slice of the offsets and a copy per column."""
+    offsets = np.load(file.path / "offsets.npy")
+    events = pq.ParquetFile(file.path / "events.parquet")
+    for group, (first, last) in enumerate(_flat_groups(offsets)):
+        table = events.read_row_group(group, columns=list(file.columns), use_threads=False)
+        values = {name: table.column(name).combine_chunks().to_numpy() for name in file.columns}
+        local = offsets[first:last + 1] - offsets[first]
+        for lo in range(0, last - first, BATCH):
+            yield copied_out(local[lo:lo + BATCH + 1], values)
 
 
 def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (),
