@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -520,6 +521,39 @@ def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):
     pq.write_table(log, path, row_group_size=16)  # grown in place
     with pytest.raises(lateseq.SchemaError, match="changed since this dataset was made"):
         list(ds)
+
+
+@pytest.mark.parametrize("reader", ["dataset", "iter_batches"])
+def test_a_log_rewritten_in_place_while_read_is_refused_and_one_renamed_over_it_is_no_harm(world, tmp_path, reader):
+    """The footer is read once, when reading starts: a log rewritten in place mid-epoch
+    was read on through the old footer from the new bytes (300 rows of one file, 2,700 of
+    the other, no error); a new file renamed over it leaves the open file's bytes."""
+    store, _, log, _ = world
+    path = tmp_path / "log.parquet"
+    pq.write_table(log, path, row_group_size=16)
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+
+    def batches():
+        if reader == "dataset":
+            return iter(ExampleDataset(store, path, projection, batch_size=16, block_rows=16, window_rows=32))
+        return (examples for examples, _ in lateseq.iter_batches(store, path, projection, batch_size=16))
+
+    flipped = log.set_column(log.schema.get_field_index("label"), "label", pc.subtract(1, log.column("label")))
+    running = batches()
+    next(running)
+    pq.write_table(flipped, path, row_group_size=16)  # the same layout, in place
+    with pytest.raises(lateseq.SchemaError, match="rewritten in place while it was read"):
+        list(running)
+    pq.write_table(log, path, row_group_size=16)
+    running = batches()
+    first = next(running)
+    pq.write_table(flipped, tmp_path / "new.parquet", row_group_size=16)
+    os.replace(tmp_path / "new.parquet", path)
+    rest = list(running)
+    labels = [first, *rest]
+    got = np.concatenate([(b.examples["label"].numpy() if reader == "dataset" else b.column("label").to_numpy())
+                          for b in labels])
+    assert got.tolist() == log.column("label").to_pylist()  # the old file's, to its end
 
 
 def test_rebatch_resumes_with_the_examples_it_held(world):

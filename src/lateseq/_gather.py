@@ -75,7 +75,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
                 f"(first rows: {rows[:5].tolist()}); {why}.", rows.tolist(),
-                "materialize and iter_batches take on_mismatch='flag' to keep the batch and mark them.")
+                "materialize and iter_batches take on_mismatch='flag' to keep the batch and mark them; "
+                "the loaders (lateseq.torch, lateseq.ray) take verify=False to read them unchecked.")
     return mismatched
 
 

@@ -246,15 +246,35 @@ def _open_parquet(path: str | os.PathLike, checked: pq.FileMetaData | None = Non
     return open_checked(parquet_path(path), checked)
 
 
+def log_identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """(device, inode, size, modification time) of a log file, as its reader opens it."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_not_rewritten(path: str | os.PathLike, opened: tuple[int, int, int, int]) -> None:
+    """SchemaError if the file a reader opened as ``opened`` was rewritten in place since:
+    its later row groups would be read through the old footer from the new bytes (a file
+    renamed over it is no harm: the open file keeps its bytes)."""
+    try:
+        now = log_identity(path)
+    except OSError:  # removed or renamed away: the open file still reads its own bytes
+        return
+    if now[:2] == opened[:2] and now != opened:
+        raise SchemaError(f"example log {path} was rewritten in place while it was read (rows of two files would "
+                          "be mixed): write a new file and rename it into place, then make a new reader")
+
+
 def _example_batches(examples: ExampleSource, batch_size: int,
                      columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """Checks the log and its columns now; returns an iterator over its batches."""
     if isinstance(examples, pa.Table):
         read = _check_columns(examples.schema, columns)
         return _table_batches(examples if read is None else examples.select(read), batch_size)
+    opened = log_identity(parquet_path(examples))
     source = _open_parquet(examples)
     read = _check_columns(source.schema_arrow, columns)
-    return _parquet_batches(source, str(examples), batch_size, read)
+    return _parquet_batches(source, str(examples), batch_size, read, opened)
 
 
 def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -263,16 +283,18 @@ def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]
         yield table.slice(start, batch_size).combine_chunks().to_batches()[0]
 
 
-def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int,
-                     read: list[str] | None) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int, read: list[str] | None,
+                     opened: tuple[int, int, int, int]) -> Iterator[pa.RecordBatch]:
     with source:
         rows = 0
         try:
             # one thread: Arrow's pool costs more than it saves on a batch (4x on 1024 pointers),
             # and a loader's worker is one core already
             for batch in source.iter_batches(batch_size=batch_size, columns=read, use_threads=False):
+                check_not_rewritten(parquet_path(name), opened)
                 rows += batch.num_rows
                 yield batch
         except (pa.ArrowException, OSError) as exc:
+            check_not_rewritten(parquet_path(name), opened)  # the likeliest cause, named
             raise SchemaError(f"cannot read example log {name}: {exc}") from exc
         check_rows_read(rows, source.metadata, name, "example log")

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
-from ._loader import _open_parquet, footer_digest, parquet_path
+from ._loader import _open_parquet, check_not_rewritten, footer_digest, log_identity, parquet_path
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -543,7 +543,9 @@ class ExampleDataset(IterableDataset):
             if saved != (None, None) and saved != (worker, workers):
                 raise SchemaError(f"cannot resume worker {worker} of {workers} from the state of "
                                   f"worker {saved[0]} of {saved[1]}: a state saved mid-epoch resumes with the "
-                                  f"num_workers it was saved with ({saved[1]}); the next epoch may use any")
+                                  f"num_workers it was saved with ({saved[1]}); the dataset's own state saved after "
+                                  "an epoch resumes with any (torchdata's StatefulDataLoader keeps a state per "
+                                  "worker and resumes only with as many)")
             start, self._resume = self._resume["batches"], None
         self._shard, self._yielded, self._shard_plan = (worker, workers), start, plan
         return self._batches(plan, start)
@@ -552,8 +554,9 @@ class ExampleDataset(IterableDataset):
         if self._path is not None and footer_digest(self._path) != self._log:
             raise SchemaError(f"example log {self._path} changed since this dataset was made; make a new "
                               "dataset (a state saved over the old log does not resume over the new one)")
+        opened = None if self._path is None else log_identity(self._path)
         source = None if self._path is None else _open_parquet(self._path, self._footer)  # the footer digested
-        made = (self._made(*read) for read in self._reads(plan, source, start))
+        made = (self._made(*read) for read in self._reads(plan, source, start, opened))
         if self.prefetch:
             made = _ahead(made)
         try:
@@ -587,7 +590,8 @@ class ExampleDataset(IterableDataset):
         batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes)
         return batch
 
-    def _reads(self, plan: ShardPlan, source: Any, start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
+    def _reads(self, plan: ShardPlan, source: Any, start: int,
+               opened: tuple[int, int, int, int] | None) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
         """Each batch's rows of the log (served order), their row numbers, and the seconds
         reading them took."""
         reorder = plan.shuffle or plan.affinity
@@ -597,14 +601,17 @@ class ExampleDataset(IterableDataset):
             pieces, rows = [], []
             for w, lo, hi in parts:
                 if window is None or window[0] != w:
-                    window = self._window(plan, source, w)
+                    window = self._window(plan, source, w, opened)
+                    if opened is not None:
+                        check_not_rewritten(self._path, opened)
                 _, table, window_rows, order = window
                 pieces.append(table.take(pa.array(order[lo:hi])) if reorder else table.slice(lo, hi - lo))
                 rows.append(window_rows[order[lo:hi]])
             examples = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
             yield examples, np.concatenate(rows), time.perf_counter() - t0
 
-    def _window(self, plan: ShardPlan, source: Any, w: int) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
+    def _window(self, plan: ShardPlan, source: Any, w: int,
+                opened: tuple[int, int, int, int] | None) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
         """A window's rows of the log (read order), their row numbers, and their serving order."""
         if source is None:
             table = pa.concat_tables([self._table.slice(a, b - a) for a, b in plan.ranges_of(w)])
@@ -618,6 +625,8 @@ class ExampleDataset(IterableDataset):
                     table = pa.concat_tables([source.read_row_groups(groups, columns=self._read).slice(skip, take)
                                               for groups, skip, take in reads])
             except (pa.ArrowException, OSError) as exc:
+                if opened is not None:
+                    check_not_rewritten(self._path, opened)  # the likeliest cause, named
                 raise SchemaError(f"cannot read example log {self._path}: {exc}") from exc
         keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
         return w, table, plan.window_rows_of(w), plan.order(w, *keys)
