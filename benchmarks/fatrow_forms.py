@@ -11,7 +11,9 @@ array per column, every row's values end to end: no Arrow at all); IPC compresse
 lz4 and with zstd (each batch decompressed into its own buffers), in log order and sorted
 by user (a compressor then finds each row's history in the row before; lateseq is timed
 reading the examples in that order too, its own side).
-The smallest Parquet form and the states of many segments are materialize.py's. Every
+The smallest Parquet form (nested lists, with the settings it usually picks) sits beside
+the same settings over flat columns; its choice of settings and the states of many
+segments are materialize.py's. Every
 form is checked equal to lateseq's rebuild before timing. Where the Fat Rows of every
 example would not fit, both sides are timed on the same uniform sample of requests (all
 examples of a request kept together, in log order) and the bytes are scaled by output
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 from materialize import SCALES, best_of, lateseq_batches, load_average, machine, memcpy_gb_s, pin_one_core
 from workload import (
     BY_USER,
+    FLAT_PARQUET,
     MORE_FORMS,
     Histories,
     build_forms,
@@ -56,7 +59,7 @@ from workload import (
     store_files,
 )
 
-FORMS = ("arrow-ipc", *MORE_FORMS)
+FORMS = ("arrow-ipc", *MORE_FORMS, "parquet-smallest")  # the last: beside the flat Parquet, its usual settings
 NS = (256, 4096)
 EVENT_BYTES = materialize.EVENT_BYTES
 
@@ -75,7 +78,8 @@ def measure(work, root: Path, scale, repeat: int, memcpy: float) -> dict:
     for n in NS:
         cost = np.minimum(lengths, n) * EVENT_BYTES + 8.0
         rows = request_sample(work.requests, cost, scale.fat_budget, scale.max_timed)
-        forms = build_forms(histories, work.requests, read_day, rows, n, root / "fat", f"{work.name}-n{n}", "", FORMS)
+        forms = build_forms(histories, work.requests, read_day, rows, n, root / "fat", f"{work.name}-n{n}",
+                            FLAT_PARQUET, FORMS)
         # lateseq reads the examples in each order a form holds them: its own side for each
         logs = {"lateseq": (rows, root / f"{work.name}-n{n}-examples.parquet"),
                 "lateseq_by_user": (by_user(work.requests, rows), root / f"{work.name}-n{n}-by-user.parquet")}

@@ -523,7 +523,8 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
 FORMS_TEXT = {"arrow-ipc": "IPC mmap (materialize.py's)", "flat-npy": "flat .npy memmaps",
               "arrow-ipc-lz4": "IPC lz4", "arrow-ipc-zstd": "IPC zstd", "arrow-ipc-lz4-by-user": "IPC lz4, by user",
               "arrow-ipc-zstd-by-user": "IPC zstd, by user",
-              "parquet-flat-by-user": "PQ zstd, flat columns + offsets, by user"}
+              "parquet-flat-by-user": "PQ zstd, flat columns + offsets, by user",
+              "parquet-smallest": "PQ zstd, nested lists, by user (materialize.py's smallest)"}
 
 
 def forms_markdown(results: dict, source: str) -> str:

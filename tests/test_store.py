@@ -972,3 +972,75 @@ def test_a_shared_cache_serves_a_store_whose_name_is_as_long_as_a_file_name_may_
     log = lateseq.log_examples(shared, pa.table({"user_id": [1], "request_ts": [5]}))
     assert lateseq.materialize(shared, log, lateseq.Projection(5, ("item",))).values["item"].tolist() == [10, 20]
     assert [len(p.name.encode()) <= 255 for p in (tmp_path / "cache").iterdir()] == [True]
+
+
+def as_written_before_chains(store: lateseq.Store) -> None:
+    """Rewrites every manifest of ``store`` as lateseq wrote it before format 2: every
+    segment listed, the CRC under "crc32", no format."""
+    log = lateseq._versions.VersionLog(store.path)
+    for number in log.numbers():
+        manifest = log.manifest(number)
+        entries = [i.to_dict() for i in log.segments(number, manifest).infos]
+        old = {k: v for k, v in manifest.items() if k not in ("base", "depth", "added", "segments_crc32",
+                                                               "segment_count", "segment_bytes", "format")}
+        log.manifest_path(number).write_bytes(lateseq._versions.dump_checked({**old, "segments": entries}))
+    forget_resolved()
+
+
+def test_format_2_manifests_are_refused_by_a_lateseq_that_would_misread_them(make_store):
+    """lateseq before format 2 read a manifest without "segments" as a version of none, and
+    its cleanup deleted the segments that version added: it requires a "crc32" key, which
+    format-2 manifests and tombstones do not have, and refuses them as damaged."""
+    store = make_store()
+    for step in range(4):
+        store = store.commit(events([1], [step], [step]))
+    store.cleanup(3, grace_s=0)
+    for path in sorted((store.path / "versions").glob("0*.json")):
+        content = json.loads(path.read_text())
+        assert "crc32" not in content and content["format"] == 2, path.name
+
+
+def test_a_store_written_before_chains_reads_and_grows_in_format_2(make_store):
+    store = make_store(partitions=2)
+    for step in range(3):
+        store = store.commit(events([1, 2], [step, step], [step, 10 + step]))
+    before = {v: read_back(store.path, v, [1, 2]) for v in (1, 2, 3)}
+    as_written_before_chains(store)
+    assert {v: read_back(store.path, v, [1, 2]) for v in (1, 2, 3)} == before
+    store = lateseq.open(store.path).commit(events([1], [9], [99]))  # on a manifest a chain may not pass through
+    store = store.commit(events([2], [9], [98]))
+    files = {n: json.loads((store.path / "versions" / f"{n:08d}.json").read_text()) for n in (4, 5)}
+    assert "segments" in files[4] and files[5]["base"] == 4 and "segments" not in files[5]
+    store.cleanup(5, grace_s=0)
+    forget_resolved()
+    assert read_back(store.path, 5, [1, 2]) == {1: before[3][1] + [(9, 99)], 2: before[3][2] + [(9, 98)]}
+    assert not lateseq.audit.verify(lateseq.open(store.path))
+
+
+@pytest.mark.parametrize("reader", ["open", "commit", "cleanup"])
+def test_a_version_retired_while_its_chain_is_read_is_read_again_or_skipped(make_store, monkeypatch, reader):
+    """Another process compacts and cleans up while this one reads the latest version's
+    chain of manifests: opening the latest and committing read the new latest; a cleanup
+    skips the version retired meanwhile (VersionNotFound before, s21e)."""
+    store = make_store()
+    for step in range(5):
+        store = store.commit(events([1], [step], [step]))
+    real = lateseq._versions.VersionLog._chain_file
+
+    def racing(self, base, version):
+        monkeypatch.setattr(lateseq._versions.VersionLog, "_chain_file", real)
+        other = lateseq.open(store.path, 5).compact()
+        # cleanup's retirement (its deletions wait for this process's writer's lock)
+        lateseq._versions.VersionLog(store.path).retire_before(other.version)
+        return real(self, base, version)
+
+    forget_resolved()  # else the chain's bases are recalled, not read
+    monkeypatch.setattr(lateseq._versions.VersionLog, "_chain_file", racing)
+    if reader == "open":
+        assert lateseq.open(store.path).version == 6
+    elif reader == "commit":
+        assert store.commit(events([1], [9], [9])).version == 7
+    else:  # versions read before the retirement stay in (keeping more is safe)
+        kept = lateseq._versions.VersionLog(store.path).kept_partitions()
+        assert (0, tuple(i.name for i in lateseq.open(store.path).segment_infos)) in kept
+    assert read_back(store.path, lateseq.open(store.path).version, [1])[1][:5] == [(t, t) for t in range(5)]

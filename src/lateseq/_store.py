@@ -50,6 +50,7 @@ from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache
 from ._versions import (
+    LATEST,
     SegmentList,
     VersionInfo,
     VersionLog,
@@ -144,8 +145,7 @@ class Store:
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
-        manifest = self._read_manifest(version)  # sets self.version
-        self._segment_list = self._segments_of(self.version, manifest)
+        manifest, self._segment_list = self._read_version(version)  # sets self.version
         self.segment_infos = list(self._segment_list.infos)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
         for info in self.segment_infos:
@@ -177,18 +177,19 @@ class Store:
         if recorded is not None and recorded != self._schema_crc:
             raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
                              "file copied from another store?); restore it from a backup")
-        return self._log.segments(version, manifest) if version else SegmentList((), 0, 0)
+        return self._log.segments(version, manifest) if version else SegmentList((), 0, 0, False)
 
-    def _read_manifest(self, version: int | str | None) -> dict:
-        """Sets ``self.version`` and returns its manifest. "The latest" is read again if
-        cleanup retired it between reading its number and its manifest (a newer version
-        was published meanwhile)."""
+    def _read_version(self, version: int | str | None) -> tuple[dict, SegmentList]:
+        """Sets ``self.version`` and returns its manifest and segments. "The latest" is read
+        again if cleanup retired it between reading its number and its segments (a newer
+        version was published meanwhile)."""
         while True:
             self.version = self._log.resolve(version, checked=False)  # the manifest, read next, is the check
             try:
-                return self._log.manifest(self.version) if self.version else {"events": 0}
+                manifest = self._log.manifest(self.version) if self.version else {"events": 0}
+                return manifest, self._segments_of(self.version, manifest)
             except VersionNotFound:
-                if version is not None:
+                if version not in (None, LATEST):
                     raise
 
     # ------------------------------------------------------------ opening

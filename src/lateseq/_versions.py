@@ -47,6 +47,11 @@ LATEST = "latest"  # the newest version, wherever a version is asked for
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
 COMMIT_INDEX = "commit-index.json"  # in versions/: the version up to which every commit id has its files
 DELTA_DEPTH = 64  # a manifest lists all its segments at least every DELTA_DEPTH versions
+# Manifests and tombstones of format 2 (those a chain may pass through) keep their CRC under
+# this key, which lateseq before it does not know: it refuses them as damaged, where it read
+# a commit's manifest as a version of no segments, and its cleanup deleted theirs (s21e)
+MANIFEST_CRC = "crc32_format2"
+MANIFEST_FORMAT = 2
 _CHAIN_FIELDS = ("segments", "base", "depth", "added", "segments_crc32")  # what a needed tombstone keeps
 
 
@@ -70,6 +75,7 @@ class SegmentList:
     infos: tuple[SegmentInfo, ...]
     depth: int
     crc: int
+    chainable: bool  # read from format-2 manifests only: a commit may list what it adds to them
 
 
 # The versions resolved last in this process, by (store path, version): a commit resolves
@@ -108,12 +114,12 @@ def check_tag_name(name: Any) -> str:
     return name
 
 
-def dump_checked(content: dict) -> bytes:
-    """JSON with a CRC-32 of its canonical form, so any flipped byte is noticed."""
-    body = {k: v for k, v in content.items() if k != "crc32"}
-    # one line: with an indent, json encodes in Python, 6x slower (a commit writes a
+def dump_checked(content: dict, key: str = "crc32") -> bytes:
+    """JSON with a CRC-32 of its canonical form under ``key``, so any flipped byte is noticed."""
+    body = {k: v for k, v in content.items() if k not in ("crc32", MANIFEST_CRC)}
+    # one line: with an indent, json encodes in Python, 6x slower (a compaction writes a
     # manifest listing every segment of its version)
-    return (json.dumps({**body, "crc32": content_crc(body)}) + "\n").encode()
+    return (json.dumps({**body, key: content_crc(body)}) + "\n").encode()
 
 
 def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
@@ -125,12 +131,13 @@ def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
         content = json.loads(data)
     except (ValueError, RecursionError):  # truncated or garbled (a number of 5,000 digits, 10,000 brackets)
         content = None
-    if isinstance(content, dict) and "crc32" not in content:
+    key = MANIFEST_CRC if isinstance(content, dict) and MANIFEST_CRC in content else "crc32"
+    if isinstance(content, dict) and key not in content:
         if kept_since_v01 and ("version" in content or "columns" in content):
             raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
                              "from a backup, or rebuild a 0.1 store from its events")
         raise StoreError(f"{path} is damaged (it has no checksum); restore it from a backup")
-    valid = isinstance(content, dict) and content.pop("crc32", None) == content_crc(content)
+    valid = isinstance(content, dict) and content.pop(key, None) == content_crc(content)
     if not valid:
         raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
     return content
@@ -272,7 +279,8 @@ class VersionLog:
             crc = m.get("segments_crc32")
             resolved = SegmentList(tuple(SegmentInfo.from_manifest(e, self.manifest_path(number))
                                          for e in m["segments"]), 0,
-                                   segments_crc(m["segments"]) if crc is None else crc)  # None: before chains
+                                   segments_crc(m["segments"]) if crc is None else crc,  # None: before chains
+                                   m.get("format") == MANIFEST_FORMAT)
         for number, m in reversed(added):
             where = self.manifest_path(number)
             infos = tuple(SegmentInfo.from_manifest(e, where) for e in m["added"])
@@ -281,7 +289,7 @@ class VersionLog:
                 raise StoreError(f"{where} does not add to the segments of version {m['base']} as found (one of "
                                  "them replaced by another store's manifest or an older copy?); restore it from a "
                                  "backup")
-            resolved = SegmentList(resolved.infos + infos, resolved.depth + 1, crc)
+            resolved = SegmentList(resolved.infos + infos, resolved.depth + 1, crc, True)
         _remember(self.root, version, resolved)
         return resolved
 
@@ -303,16 +311,16 @@ class VersionLog:
                        appended: list[SegmentInfo] | None) -> tuple[dict, SegmentList]:
         """The manifest fields that give a new version's segments ``infos``, and their
         list: only ``appended`` (the segments added to ``base``'s, a commit's) while the
-        chain is short, or every one."""
-        if appended is not None and base_version and base.depth + 1 < DELTA_DEPTH:
+        chain is short and in format 2, or every one."""
+        if appended is not None and base_version and base.chainable and base.depth + 1 < DELTA_DEPTH:
             entries = [i.to_dict() for i in appended]
             crc = segments_crc(entries, base.crc)
             fields = {"base": base_version, "depth": base.depth + 1, "added": entries, "segments_crc32": crc,
                       "segment_count": len(infos), "segment_bytes": sum(i.bytes for i in infos)}
-            return fields, SegmentList(base.infos + tuple(appended), base.depth + 1, crc)
+            return fields, SegmentList(base.infos + tuple(appended), base.depth + 1, crc, True)
         entries = [i.to_dict() for i in infos]
         crc = segments_crc(entries)
-        return {"segments": entries, "segments_crc32": crc}, SegmentList(tuple(infos), 0, crc)
+        return {"segments": entries, "segments_crc32": crc}, SegmentList(tuple(infos), 0, crc, True)
 
     def remember(self, version: int, segments: SegmentList) -> None:
         """Keeps a version's segments just published for the handle opened on it next."""
@@ -506,7 +514,7 @@ class VersionLog:
         nothing was placed; any other error (the folder's fsync, an interrupt) may come
         after the manifest was, so the version may be published."""
         try:
-            write_new(self.manifest_path(version), dump_checked(manifest))
+            write_new(self.manifest_path(version), dump_checked({**manifest, "format": MANIFEST_FORMAT}, MANIFEST_CRC))
         except FileExistsError as exc:
             raise CommitConflict(
                 f"version {version} of {self.root} was published by another writer; retry"
@@ -538,12 +546,13 @@ class VersionLog:
                 if number >= before or number in tagged or (m.get("retired") and (
                         number in needed or not any(k in m for k in _CHAIN_FIELDS))):
                     continue
-                tombstone = {"version": number, "retired": True, "retired_at": m.get("retired_at", time.time()),
+                tombstone = {"version": number, "format": MANIFEST_FORMAT, "retired": True,
+                             "retired_at": m.get("retired_at", time.time()),
                              "commit_id": m.get("commit_id"), "content": m.get("content"),
                              "deleted": m.get("deleted")}
                 if number in needed:
                     tombstone.update((k, m[k]) for k in _CHAIN_FIELDS if k in m)
-                write_durably(self.manifest_path(number), dump_checked(tombstone))
+                write_durably(self.manifest_path(number), dump_checked(tombstone, MANIFEST_CRC))
                 if not m.get("retired"):
                     retired.append(number)
         return sorted(retired)
@@ -557,8 +566,12 @@ class VersionLog:
             m = self._version_file(number)
             if m.get("retired"):
                 continue
+            try:
+                segments = self.segments(number, m).infos
+            except VersionNotFound:  # retired by another cleanup while its chain was read
+                continue
             by_partition: dict[int, list[str]] = {}
-            for segment in self.segments(number, m).infos:
+            for segment in segments:
                 by_partition.setdefault(segment.partition, []).append(segment.name)
             kept.update((partition, tuple(names)) for partition, names in by_partition.items())
         return kept
