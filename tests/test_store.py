@@ -868,7 +868,8 @@ def manifest_bytes(path: Path) -> int:
 
 def test_manifests_of_many_commits_grow_with_the_commits_not_with_the_store(make_store):
     """600 commits of a store never compacted held 308 MB of manifests, each listing every
-    segment; a commit's now lists its own, and a full list is written every DELTA_DEPTH."""
+    segment; a commit's now lists its own, and a full list is written as the segments
+    double: all its manifests hold a few times what the last full list does."""
     store = make_store(partitions=4)
     every_segment, counts = 0, []  # what manifests listing every segment would hold
     for step in range(150):
@@ -876,6 +877,17 @@ def test_manifests_of_many_commits_grow_with_the_commits_not_with_the_store(make
         every_segment += len(json.dumps([i.to_dict() for i in store.segment_infos]))
         counts.append((len(store.segment_infos), sum(i.bytes for i in store.segment_infos)))
     assert manifest_bytes(store.path) < every_segment / 10
+    # a full list whenever a chain would add more than its full list holds: the lists
+    # double, so all of them hold about twice the last (one every 64 versions: quadratic)
+    files = [json.loads(p.read_text()) for p in sorted((store.path / "versions").glob("0*.json"))]
+    full, added = 0, 0
+    for m in files:
+        if "segments" in m:
+            full, added = len(m["segments"]), 0
+        else:
+            added += len(m["added"])
+            assert added <= full, m["version"]
+    assert sum("segments" in m for m in files) <= 12
     forget_resolved()
     assert lateseq.open(store.path).segment_infos == store.segment_infos
     assert [(v.segments, v.bytes) for v in store.versions()] == counts
@@ -891,8 +903,15 @@ def test_cleanup_keeps_what_kept_versions_add_to_and_no_more(make_store):
     assert store.cleanup(8, grace_s=0) == [1, 2, 4, 5, 6, 7]
     forget_resolved()
     assert {v: read_back(store.path, v, users) for v in (3, 8, 9, 10)} == {v: before[v] for v in (3, 8, 9, 10)}
-    tombstone = json.loads((store.path / "versions" / "00000005.json").read_text())
-    assert tombstone["retired"] and "added" in tombstone  # version 8's manifest adds to it
+    files = {n: json.loads((store.path / "versions" / f"{n:08d}.json").read_text()) for n in range(1, 11)}
+    chain, number = set(), 10  # the versions whose lists 8, 9 and 10 add to
+    while "segments" not in files[number]:
+        number = files[number]["base"]
+        chain.add(number)
+    assert chain & {1, 2, 4, 5, 6, 7}  # some retired version is needed (a full list every few commits)
+    for number in (1, 2, 4, 5, 6, 7):
+        assert files[number]["retired"]
+        assert bool({"added", "segments"} & set(files[number])) == (number in chain), number
     store.untag("keep")
     store = store.compact()  # lists every segment: no version needs the others any more
     store.cleanup(store.version, grace_s=0)
@@ -942,8 +961,10 @@ def test_a_cleanup_that_stops_midway_leaves_every_kept_version_readable(make_sto
 def test_a_manifest_chain_mixing_another_store_s_file_is_refused(make_store):
     a, b = make_store(partitions=2), make_store(partitions=2)
     for store in (a, b):
-        for step in range(3):
-            store = store.commit(events([1], [step], [step if store is a else -step]))
+        sign = 1 if store is a else -1
+        store = store.commit(events([1, 2, 3, 4], [0] * 4, [0] * 4))  # both partitions: the first full list
+        for step in range(1, 3):
+            store = store.commit(events([1], [step], [sign * step]))
     (a.path / "versions" / "00000002.json").write_bytes((b.path / "versions" / "00000002.json").read_bytes())
     forget_resolved()
     for version in (2, 3):
@@ -954,12 +975,12 @@ def test_a_manifest_chain_mixing_another_store_s_file_is_refused(make_store):
 
 def test_a_base_that_lost_its_segments_is_named(make_store):
     store = make_store()
-    for step in range(3):
+    for step in range(2):
         store = store.commit(events([1], [step], [step]))
-    base = store.path / "versions" / "00000002.json"
-    base.write_bytes(lateseq._versions.dump_checked({"version": 2, "retired": True, "retired_at": 0.0}))
+    base = store.path / "versions" / "00000001.json"
+    base.write_bytes(lateseq._versions.dump_checked({"version": 1, "retired": True, "retired_at": 0.0}))
     forget_resolved()
-    with pytest.raises(lateseq.StoreError, match=r"00000002.json is missing or has lost the segments that version 3"):
+    with pytest.raises(lateseq.StoreError, match=r"00000001.json is missing or has lost the segments that version 2"):
         lateseq.open(store.path)
 
 

@@ -46,7 +46,7 @@ _VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to
 LATEST = "latest"  # the newest version, wherever a version is asked for
 _MANIFEST_NAME = re.compile(r"(\d{8})\.json")
 COMMIT_INDEX = "commit-index.json"  # in versions/: the version up to which every commit id has its files
-DELTA_DEPTH = 64  # a manifest lists all its segments at least every DELTA_DEPTH versions
+DELTA_DEPTH = 1024  # a manifest lists all its segments at least every DELTA_DEPTH versions
 # Manifests and tombstones of format 2 (those a chain may pass through) keep their CRC under
 # this key, which lateseq before it does not know: it refuses them as damaged, where it read
 # a commit's manifest as a version of no segments, and its cleanup deleted theirs (s21e)
@@ -76,6 +76,7 @@ class SegmentList:
     depth: int
     crc: int
     chainable: bool  # read from format-2 manifests only: a commit may list what it adds to them
+    added: int = 0  # of ``infos``, those the chain's manifests added to its full list
 
 
 # The versions resolved last in this process, by (store path, version): a commit resolves
@@ -289,7 +290,7 @@ class VersionLog:
                 raise StoreError(f"{where} does not add to the segments of version {m['base']} as found (one of "
                                  "them replaced by another store's manifest or an older copy?); restore it from a "
                                  "backup")
-            resolved = SegmentList(resolved.infos + infos, resolved.depth + 1, crc, True)
+            resolved = SegmentList(resolved.infos + infos, resolved.depth + 1, crc, True, resolved.added + len(infos))
         _remember(self.root, version, resolved)
         return resolved
 
@@ -311,13 +312,18 @@ class VersionLog:
                        appended: list[SegmentInfo] | None) -> tuple[dict, SegmentList]:
         """The manifest fields that give a new version's segments ``infos``, and their
         list: only ``appended`` (the segments added to ``base``'s, a commit's) while the
-        chain is short and in format 2, or every one."""
-        if appended is not None and base_version and base.chainable and base.depth + 1 < DELTA_DEPTH:
+        chain is in format 2, shorter than ``DELTA_DEPTH`` and adds no more entries than
+        its full list holds, or every one. Full lists then come as the segments double
+        (or every ``DELTA_DEPTH`` versions): a store's manifests grow with its segments,
+        where a full list every 64 versions grew with their square."""
+        added = base.added + len(appended or ())
+        if (appended is not None and base_version and base.chainable and base.depth + 1 < DELTA_DEPTH
+                and added <= len(base.infos) - base.added):
             entries = [i.to_dict() for i in appended]
             crc = segments_crc(entries, base.crc)
             fields = {"base": base_version, "depth": base.depth + 1, "added": entries, "segments_crc32": crc,
                       "segment_count": len(infos), "segment_bytes": sum(i.bytes for i in infos)}
-            return fields, SegmentList(base.infos + tuple(appended), base.depth + 1, crc, True)
+            return fields, SegmentList(base.infos + tuple(appended), base.depth + 1, crc, True, added)
         entries = [i.to_dict() for i in infos]
         crc = segments_crc(entries)
         return {"segments": entries, "segments_crc32": crc}, SegmentList(tuple(infos), 0, crc, True)
