@@ -4,10 +4,12 @@ One manifest per published version lives in ``versions/``; a version is publishe
 hard-linking its manifest into place, which either succeeds whole or fails because
 another writer took the number. A commit's manifest lists only the segments it adds to
 its parent's (manifests listing every segment made a store of 600 commits hold 308 MB
-of them, a commit 98 ms); every ``DELTA_DEPTH``-th, and every compaction's and
-deletion's, lists them all, so opening a version reads a bounded chain. Each manifest
+of them, a commit 98 ms); one lists them all where its chain would add more than its
+full list holds (so the full lists double: the manifests grow with the segments), at
+least every ``DELTA_DEPTH``-th, and for every compaction and deletion. Each manifest
 carries a CRC-32 chained over the segment lists it adds to, so a chain that mixes in
-another store's manifest or an older copy is refused. Cleanup never frees a number: it
+another store's manifest or an older copy is refused; manifests are of format 2 (see
+``MANIFEST_CRC``). Cleanup never frees a number: it
 replaces a retired version's manifest by a small tombstone (keeping the segment list a
 kept version's manifest adds to), so a slow writer that meant to publish that number
 fails with ``CommitConflict`` instead of publishing a version nobody reads.
