@@ -1021,6 +1021,18 @@ def test_format_2_manifests_are_refused_by_a_lateseq_that_would_misread_them(mak
         assert "crc32" not in content and content["format"] == 2, path.name
 
 
+def test_a_manifest_of_a_later_format_is_named_as_such(make_store):
+    store = make_store().commit(events([1], [1], [1]))
+    path = store.path / "versions" / "00000001.json"
+    content = json.loads(path.read_text())
+    content.pop("crc32_format2")
+    body = {**content, "format": 3}
+    path.write_text(json.dumps({**body, "crc32_format3": lateseq._versions.content_crc(body)}))
+    with pytest.raises(lateseq.StoreError, match="written by a newer lateseq \\(manifest format 3; this one reads "
+                                                 "formats up to 2\\): upgrade"):
+        lateseq.open(store.path)
+
+
 def test_a_store_written_before_chains_reads_and_grows_in_format_2(make_store):
     store = make_store(partitions=2)
     for step in range(3):

@@ -136,6 +136,9 @@ def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
         content = None
     key = MANIFEST_CRC if isinstance(content, dict) and MANIFEST_CRC in content else "crc32"
     if isinstance(content, dict) and key not in content:
+        if is_integer(content.get("format")) and content["format"] > MANIFEST_FORMAT:  # its CRC under a key of its own
+            raise StoreError(f"{path} was written by a newer lateseq (manifest format {content['format']}; this one "
+                             f"reads formats up to {MANIFEST_FORMAT}): upgrade lateseq to read this store")
         if kept_since_v01 and ("version" in content or "columns" in content):
             raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
                              "from a backup, or rebuild a 0.1 store from its events")
