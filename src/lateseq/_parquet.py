@@ -22,19 +22,30 @@ def open_checked(path: str | os.PathLike, checked: pq.FileMetaData | None = None
     checked as they are read where it has them; or, with ``checked``, read through that
     footer, already checked, which the caller knows to be the file's. FileNotFoundError
     if there is none; SchemaError naming it if it cannot be read."""
+    return _opened(path, checked, what)[0]
+
+
+def _opened(path: str | os.PathLike, checked: pq.FileMetaData | None,
+            what: str) -> tuple[pq.ParquetFile, bool, bool]:
+    """``open_checked``'s file, and whether its INT96 times hold one beyond the nanosecond
+    range and one finer than a microsecond (``_int96_times``): it is then read in
+    microseconds (pyarrow reads INT96 as nanoseconds, which silently wrap outside
+    1677-2262, 9999-12-31 becoming 1816-03-29)."""
     try:
         source = pq.ParquetFile(path, metadata=checked, page_checksum_verification=True)
-        if (unit := _int96_unit(source, path, what)) is not None:
+        beyond, finer = _int96_times(source, path)
+        _check_int96(beyond, finer, path, what)
+        if beyond:
             source.close()
             source = pq.ParquetFile(path, metadata=source.metadata, page_checksum_verification=True,
-                                    coerce_int96_timestamp_unit=unit)
+                                    coerce_int96_timestamp_unit="us")
         if checked is None:
             check_footer(source, path, what)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a name's damaged byte: not UTF-8
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
-    return source
+    return source, beyond, finer
 
 
 def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
@@ -52,15 +63,6 @@ def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
 
 
 _NS_RANGE_US = (2**63 - 1) // 1000  # a time in microseconds beyond this is no int64 of nanoseconds
-
-
-def _int96_unit(source: pq.ParquetFile, path: str | os.PathLike, what: str) -> str | None:
-    """The unit to read the file's INT96 times in (Spark's, Hive's and Impala's legacy
-    timestamps: pyarrow reads them as nanoseconds, which silently wrap outside 1677-2262,
-    9999-12-31 becoming 1816-03-29): None (nanoseconds) while every time fits, else "us"."""
-    beyond, finer = _int96_times(source, path)
-    _check_int96(beyond, finer, path, what)
-    return "us" if beyond else None
 
 
 def _check_int96(beyond: bool, finer: bool, path: str | os.PathLike, what: str) -> None:
@@ -101,11 +103,11 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
     rows, beyond, finer = 0, False, False
     for file in files:
-        with open_checked(file, what=what) as source:
+        source, file_beyond, file_finer = _opened(file, None, what)
+        with source:
             rows += source.metadata.num_rows
-            times = _int96_times(pq.ParquetFile(file), file)  # as pyarrow reads it, nanoseconds
-            beyond, finer = beyond or times[0], finer or times[1]
-    _check_int96(beyond, finer, path, what)
+        beyond, finer = beyond or file_beyond, finer or file_finer
+    _check_int96(beyond, finer, path, what)  # each file may hold one kind, the folder both
     if beyond:  # one file's INT96 times need microseconds: all are read so
         folder = ds.dataset(path, partitioning="hive", format=ds.ParquetFileFormat(
             read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
