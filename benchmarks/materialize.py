@@ -19,6 +19,10 @@ and the original sparse one. For each state and N in (256, 1024, 4096), projecti
   three forms: Parquet with pyarrow's defaults, Parquet in its smallest form (sorted by
   user then time, zstd, the smallest of several encodings), and an Arrow IPC file read
   through a memory map with each batch's values copied out into numpy.
+- **an events table** built by hand (``workload.EventsTable``, the brief's reference
+  design: every event once, sorted, memory-mapped, a CSR user index and a numba binary
+  search), on the compacted-latest state's examples only: it has no versions, so that is
+  the one state where it is exact.
 
 Before anything is timed, an untimed pass reads every Fat Row form and rebuilds the same
 examples with lateseq, and checks each batch equal (offsets and values, bit for bit).
@@ -85,6 +89,7 @@ from workload import (  # noqa: E402
     BATCH,
     COLUMNS,
     FORMS,
+    EventsTable,
     FatRowMismatch,
     Histories,
     State,
@@ -98,6 +103,7 @@ from workload import (  # noqa: E402
     readable_days,
     realistic,
     request_sample,
+    same_jagged,
     smallest_settings,
     sparse,
     store_files,
@@ -424,14 +430,19 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
             "examples": work.requests.num_rows, "timed_examples": len(samples[n].timed),
             "sample": samples[n].describe(work.requests), "fat_rows": {}, "lateseq": {},
         }
+    with step(f"{work.name}: an events table built by hand (every event once, sorted, mapped)", steps):
+        table = EventsTable(work.events, root / "events-table.arrow")
+    out["events_table_bytes"] = table.bytes
     for visibility in dict.fromkeys(s.visibility for s in states):
         group = [s for s in states if s.visibility == visibility]
         with step(f"{work.name}: Fat Row oracle, history = {visibility}", steps):
             histories = Histories(work.events, readable_days(work, visibility))
             read_day = read_days(visibility, work.requests)
         for n in NS:
-            measure(work, group, histories, read_day, n, samples[n], root, opts, steps, out)
+            measure(work, group, histories, read_day, n, samples[n], root, opts, steps, out,
+                    table if visibility == "all" else None)
         del histories
+    table.path.unlink()
     for at in out["n"].values():
         base = at["lateseq"]["compacted-latest"]
         for s in at["lateseq"].values():
@@ -444,9 +455,11 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
 
 
 def measure(work: Workload, group: list[State], histories: Histories, read_day: np.ndarray, n: int,
-            sample: Sample, root: Path, opts: Options, steps: dict[str, float], out: dict) -> None:
+            sample: Sample, root: Path, opts: Options, steps: dict[str, float], out: dict,
+            table: EventsTable | None = None) -> None:
     """Builds one history's Fat Rows at N=n, checks them against every state that shares
-    that history, times both sides, and fills ``out["n"][n]``."""
+    that history, times both sides, and fills ``out["n"][n]``. ``table`` (for the history
+    of every event) is timed beside them, checked against the first state first."""
     at = out["n"][str(n)]
     visibility = group[0].visibility
     tag = f"{work.name}-{visibility}-n{n}"
@@ -473,6 +486,9 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
             for files in same_order:
                 compared = check_equal(files, handles[state.name], state.log, n, f"{tag}/{state.name}")
                 checked[state.name].update({file.form: compared for file in files})
+        if table is not None:
+            checked[group[0].name]["events-table"] = check_table(table, handles[group[0].name], logs[group[0].name],
+                                                                 n, f"{tag}/{group[0].name}")
 
     def sides(cold: bool) -> dict[str, Callable[[], Batches]]:
         made: dict[str, Callable[[], Batches]] = {
@@ -480,6 +496,8 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         for state in group:
             opener = state.open if cold else (lambda h=handles[state.name]: h)
             made[state.name] = lambda opener=opener, log=logs[state.name]: lateseq_batches(opener, log, n)
+        if table is not None:
+            made["events-table"] = lambda: table.batches(logs[group[0].name], n, reopen=cold)
         return made
 
     with step(f"{tag}: time, warm", steps):
@@ -487,10 +505,12 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
     cold = None
     if opts.cold:
         handles.clear()
-        for file in forms.values():
+        for file in [*forms.values(), *([table] if table is not None else [])]:
             file.mapped = None  # the warm passes' maps go, or their pages would stay cached
         gc.collect()
         files = [file.path for file in forms.values()] + list(logs.values())
+        if table is not None:
+            files.append(table.path)
         for state in group:
             durable, cache = store_files(state)
             files += durable + cache
@@ -520,6 +540,14 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         if cold:
             fat[form]["cold"] = _cold(cold[f"fat:{form}"])
     at["fat_rows"][visibility] = fat
+    if table is not None:
+        run = warm["events-table"]
+        base = warm[group[0].name]
+        at["events_table"] = {**run.figures(opts.memcpy), "state": group[0].name, "lateseq_ex_s": base.ex_s,
+                              "lateseq_vs_events_table": base.ex_s / run.ex_s}
+        if cold:
+            at["events_table"]["cold"] = {**_cold(cold["events-table"]),
+                                          "lateseq_vs_events_table": cold[group[0].name].ex_s / cold["events-table"].ex_s}
     for state in group:
         run = warm[state.name]
         info = out["states"][state.name]
@@ -545,6 +573,19 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         for state in group:
             if not state.merged_reads:
                 at["lateseq"][state.name]["epoch"] = epoch(state, n, root, opts.memcpy)
+
+
+def check_table(table: EventsTable, store: lateseq.Store, log: Path, max_len: int, what: str) -> int:
+    """Checks the events table's batches of ``log`` against lateseq's, bit for bit;
+    returns the examples compared."""
+    done = 0
+    projection = lateseq.Projection(max_len, table.columns)
+    pointers = pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names, use_threads=False)
+    for k, ((offsets, values), batch) in enumerate(zip(table.batches(log, max_len), pointers, strict=True)):
+        if not same_jagged(offsets, values, lateseq.materialize(store, batch, projection)):
+            raise FatRowMismatch(f"{what}: lateseq and the events table differ in batch {k}")
+        done += len(offsets) - 1
+    return done
 
 
 def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,9 +65,11 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                 assert set(forms) == FORMS
                 for form in forms.values():
                     assert form["ex_s"] > 0 and form["bytes"] > 0 and form["file_bytes"] > 0
-            for s in at["lateseq"].values():
-                # the untimed pass compared every timed example with every form, batch by batch
-                assert s["checked"] == {form: at["timed_examples"] for form in FORMS}
+            for name, s in at["lateseq"].items():
+                # the untimed pass compared every timed example with every form, batch by batch (and with
+                # the events table, where it is exact)
+                table = {"events-table"} if name == "compacted-latest" else set()
+                assert s["checked"] == {form: at["timed_examples"] for form in FORMS | table}
                 assert at["timed_examples"] > 0
                 assert {"ex_s", "gb_s", "memcpy_fraction", "vs_compacted_latest", "bytes"} <= s.keys()
                 assert set(s["vs_fat_row"]) == set(s["bytes_vs_fat_row"]) == FORMS
@@ -77,6 +80,9 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                     continue
                 assert s["epoch"]["examples"] == work["workload"]["examples"] and s["epoch"]["ex_s"] > 0
                 assert s["epoch"]["merged_copies"] == 0 or work["states"][name]["segments"] > 1
+            t = at["events_table"]  # timed beside the compacted-latest state, on its examples
+            assert t["state"] == "compacted-latest" and t["ex_s"] > 0 and "cold" not in t
+            assert t["lateseq_vs_events_table"] == pytest.approx(at["lateseq"]["compacted-latest"]["ex_s"] / t["ex_s"])
             if "daily-30" in at["lateseq"]:  # an epoch reads each event far more than 32 times: "auto" merged
                 assert at["lateseq"]["daily-30"]["epoch"]["merged_copies"] > 0
     assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
@@ -106,6 +112,17 @@ def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
     for form in ("arrow-ipc", *workload.MORE_FORMS):
         with pytest.raises(workload.FatRowMismatch, match=f"differ in batch 0.*{form}|{form}.*differ in batch 0"):
             workload.check_equal([forms[form]], daily.open(), daily.log, 64)
+    # the events table: equal where it is exact, caught where it is not (it has no versions)
+    materialize = _module("materialize")
+    table = workload.EventsTable(work.events, tmp_path / "events.arrow")
+    for state in (latest, daily):
+        log = tmp_path / f"{state.name}.parquet"
+        pq.write_table(state.log, log)
+        if state is latest:
+            assert materialize.check_table(table, state.open(), log, 64, "latest") == len(rows)
+        else:
+            with pytest.raises(workload.FatRowMismatch, match="events table differ in batch 0"):
+                materialize.check_table(table, state.open(), log, 64, "daily")
 
 
 def _hand_made() -> dict:
