@@ -392,6 +392,26 @@ def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small
     assert not list(log.parent.glob("*examples.parquet"))
 
 
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_file_system_without_hard_links_is_named(tmp_path, small_store, monkeypatch, refusal):
+    """Publishing hard-links a manifest into place. A file system without hard links (a
+    FUSE mount of an object store: gcsfuse, s3fs) refused it with "Operation not
+    permitted" and lateseq asked whether the disk was full: the cause is now named, at
+    ``create`` already, and the store is left as it was."""
+    def refused(*args, **kwargs):
+        raise OSError(refusal, os.strerror(refusal))
+
+    before = {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")}
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", refused)
+        with pytest.raises(lateseq.StoreError, match=r"by hard links, which this file system refuses.*gcsfuse"):
+            lateseq.create(tmp_path / "bucket", lateseq.Schema({"item": "int64"}))
+        with pytest.raises(lateseq.StoreError, match=rf"cannot hard-link .* as {small_store.path / 'versions'}"):
+            small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1], "rating": pa.array([1], pa.int8())}))
+    assert {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")} == before
+    assert lateseq.open(small_store.path).version == small_store.version
+
+
 @pytest.mark.parametrize("operation", ["commit", "compact", "delete"])
 def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store, monkeypatch, operation):
     """A full disk at a segment's read-cache copy, or at a later partition's segment, left

@@ -349,7 +349,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
             for path in paths:
                 if os.path.lexists(path):
                     kept[path] = temporary_path(path)
-                    os.link(path, kept[path], follow_symlinks=False)
+                    hard_link(path, kept[path])
         for tmp, path in zip(temporaries, paths, strict=True):
             os.replace(tmp, path)
             placed.append(path)
@@ -398,6 +398,28 @@ def written_in_place(path: Path) -> Iterator[Path]:
 # what a write fails with when the disk is full or not writable: the errors named as a failed
 # write where the block may also read (an error while reading is not the output's fault)
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+# what os.link fails with where a file system has no hard links (FUSE mounts of object
+# stores such as gcsfuse or s3fs, FAT, some SMB shares); EPERM also where the file is another
+# user's and fs.protected_hardlinks is set
+_NO_HARD_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def hard_link(source: Path, target: Path) -> None:
+    """``os.link``, never following a symbolic link, with an error that names hard links
+    where the file system refuses them (else the OSError as it came)."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINK:
+            raise
+        raise StoreError(
+            f"cannot hard-link {source} as {target} ({exc.strerror}): lateseq publishes versions and replaces files "
+            "by hard links, which this file system refuses (FUSE mounts of object stores such as gcsfuse or s3fs, "
+            "FAT and some SMB shares have none; EPERM also comes from a file of another user where "
+            "fs.protected_hardlinks is set); keep stores and outputs on a file system with hard links (ext4, xfs, "
+            "NFS, ...)") from exc
 
 
 def write_failed(path: str | os.PathLike, exc: OSError) -> StoreError:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, is_integer
-from ._format import SegmentInfo, open_lock_file, read_regular, write_failed, write_synced
+from ._format import SegmentInfo, hard_link, open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit
@@ -166,8 +166,8 @@ def write_new(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
-    except FileExistsError:
+        hard_link(tmp, path)
+    except (FileExistsError, StoreError):
         raise
     except OSError as exc:
         raise write_failed(path, exc) from exc
