@@ -546,8 +546,8 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         at["events_table"] = {**run.figures(opts.memcpy), "state": group[0].name, "lateseq_ex_s": base.ex_s,
                               "lateseq_vs_events_table": base.ex_s / run.ex_s}
         if cold:
-            at["events_table"]["cold"] = {**_cold(cold["events-table"]),
-                                          "lateseq_vs_events_table": cold[group[0].name].ex_s / cold["events-table"].ex_s}
+            ratio = cold[group[0].name].ex_s / cold["events-table"].ex_s
+            at["events_table"]["cold"] = {**_cold(cold["events-table"]), "lateseq_vs_events_table": ratio}
     for state in group:
         run = warm[state.name]
         info = out["states"][state.name]

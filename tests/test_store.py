@@ -412,6 +412,25 @@ def test_a_file_system_without_hard_links_is_named(tmp_path, small_store, monkey
     assert lateseq.open(small_store.path).version == small_store.version
 
 
+def test_a_file_system_without_locks_is_named(small_store, monkeypatch):
+    """Writers exclude each other with flock; where the file system has none (NFS without
+    its lock service: ENOLCK) a commit raised a bare "[Errno 37] No locks available"."""
+    def refused(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    before = {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")}
+    monkeypatch.setattr(lateseq._versions.fcntl, "flock", refused)
+    for act in (lambda: small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1],
+                                                     "rating": pa.array([1], pa.int8())})),
+                lambda: small_store.tag("prod", 1), small_store.compact):
+        with pytest.raises(lateseq.StoreError, match=rf"cannot lock {small_store.path}: No locks available .*flock"):
+            act()
+    assert {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")} == before
+    monkeypatch.setattr(lateseq._segments.fcntl, "flock", refused)  # a read cache on such a file system
+    with pytest.raises(lateseq.StoreError, match=r"cannot lock the read cache .*No locks available.*cache_dir="):
+        lateseq.open(small_store.path, cache_dir=small_store.path.parent / "nfs", merged_reads=False).prefault(["item"])
+
+
 @pytest.mark.parametrize("operation", ["commit", "compact", "delete"])
 def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store, monkeypatch, operation):
     """A full disk at a segment's read-cache copy, or at a later partition's segment, left

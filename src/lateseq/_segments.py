@@ -53,7 +53,12 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
         raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
                          "open the store with cache_dir= a writable folder") from exc
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StoreError(f"cannot lock the read cache {folder} ({exc.strerror} at {name}): its file system "
+                             "offers no file locks (flock); open the store with cache_dir= a folder on a local "
+                             "disk") from exc
         yield
     finally:
         os.close(lock)

@@ -514,7 +514,13 @@ class VersionLog:
                    "store")
             raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} ({why})") from exc
         try:
-            fcntl.flock(lock, mode)
+            try:
+                fcntl.flock(lock, mode)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot lock {self.root}: {exc.strerror} at {path}: writers exclude each other with file locks "
+                    "(flock), which this file system does not offer (an NFS mount without its lock service, some "
+                    "FUSE mounts); keep the store on one that does") from exc
             yield
         finally:
             os.close(lock)
