@@ -235,19 +235,22 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
 def test_cleanup_removes_the_merged_copies_of_retired_versions_whose_segments_stay(store):
     """Each uncompacted version's merged copy holds every earlier day's events as well:
     their segments stay (the latest version still uses them), but only a kept version can
-    read such a copy again, so the others go: kept, they added up to 14x the store."""
+    read such a copy again, so the others go: kept, they added up to 14x the store. So do
+    the filtered copies made of them (a stranger's: they stayed, growing with days²)."""
     rng = np.random.default_rng(11)
     versions = [store]
     for day in range(3):
         versions.append(versions[-1].commit(events(rng, 100, 3000 + day * 500)))
-    for version in versions:  # a day's training job through each version's merged copy
+    for version in versions:  # a day's training jobs through each version's merged copy, one filtered
         lateseq.open(version.path, version.version, merged_reads=True).prefault(["item"])
+        read(store, "filtered", lateseq.open(version.path, version.version, merged_reads=True))
     partitions = 2
-    assert len(copy_files(store, ".json")) == partitions * len(versions)
+    assert len(copy_files(store, ".json")) == 2 * partitions * len(versions)  # merged, and filtered of those
     latest = versions[-1]
     latest.tag("kept", versions[1].version)
     latest.cleanup(before=latest.version, grace_s=0)
-    assert len(copy_files(store, ".json")) == partitions * 2  # the latest's and the tagged version's
+    assert len(copy_files(store, ".json")) == 2 * partitions * 2  # the latest's and the tagged version's
+    assert read(latest, "filtered", lateseq.open(latest.path, merged_reads=True)) == expected(latest, "filtered")
     for handle in (lateseq.open(latest.path, "kept", merged_reads=True), lateseq.open(latest.path, merged_reads=True)):
         files = set(copy_files(store))
         handle.prefault(["item"])

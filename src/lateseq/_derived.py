@@ -223,8 +223,8 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     """Deletes the copies in the read cache ``cache`` made from a segment no kept version
     references, merged copies not named in ``merged`` (a version's partition of several
     segments: each daily version's copy holds every earlier day's events too, so copies of
-    retired versions would add up to many times the store), and unreadable ones, once
-    older than ``grace_s``, and builders' temporary
+    retired versions would add up to many times the store), filtered copies of either,
+    and unreadable ones, once older than ``grace_s``, and builders' temporary
     files (a crashed build's leftovers) once older than ``temporary_grace_s``, or with
     their copy (its build lock and merged-reads tally: any build of it now would read
     segments no version keeps)."""
@@ -232,11 +232,14 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     for path in folder.glob(".tmp-*") if folder.is_dir() else []:
         if older_than(path, temporary_grace_s):
             path.unlink(missing_ok=True)  # a build lock going only lets a second builder in
+    readable = referenced | merged  # what a kept version reads: a filtered copy of anything else is stale
     for sidecar in folder.glob("[!.]*.json") if folder.is_dir() else []:  # not a builder's temporary (.tmp-*)
         try:
             content = load_checked(sidecar)
+            key = content["key"]
             stale = (not set(content["sources"]) <= referenced
-                     or ("merged" in content["key"] and sidecar.name[:-len(".json")] not in merged))
+                     or ("merged" in key and sidecar.name[:-len(".json")] not in merged)
+                     or ("filtered" in key and key["filtered"] not in readable))
         except (StoreError, KeyError, TypeError):
             stale = True
         if stale and older_than(sidecar, grace_s):
