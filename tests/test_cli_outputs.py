@@ -356,3 +356,85 @@ main()
     assert [c == OLD for c in contents] == [kill_at == 1, True], "each output is its old or its new file"
     if kill_at == 2:
         assert pq.read_table(out / "a.parquet").num_rows == 20  # the new one
+
+
+@pytest.mark.parametrize("signum, code, message", [(15, 143, "error: terminated (SIGTERM)"),
+                                                   (2, 130, "error: interrupted")])
+def test_a_signal_ends_a_command_with_one_line_and_removes_what_it_was_writing(plain, signum, code, message):
+    """SIGTERM (what Airflow, Kubernetes and `timeout` send) ended the process at once: no
+    message, and the partial temporary output stayed in the folder for good. SIGINT exited
+    130 without the promised `error:` line (typer answered it before the command could)."""
+    import subprocess
+    import sys
+    import time
+    out = plain / "out"
+    out.mkdir()
+    # each batch takes a while, so that the signal lands while the output is being written
+    script = """
+import time
+import lateseq.cli._app as cli
+real = cli.materialize_log
+def slow(*args, progress, **kwargs):
+    def written(rows):
+        time.sleep(0.2)
+        progress(rows)
+    return real(*args, progress=written, **kwargs)
+cli.materialize_log = slow
+from lateseq.cli import main
+main()
+"""
+    run = subprocess.Popen([sys.executable, "-c", script, "materialize", str(plain / "store"),
+                            str(plain / "ex.parquet"), "--max-len", "5", "--batch-size", "2", "--out",
+                            str(out / "seq.parquet")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".tmp-*")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.poll() is None, run.communicate()
+    run.send_signal(signum)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == code and stderr.strip() == message, (run.returncode, stderr)
+    assert not list(out.iterdir())  # neither the output nor its temporary
+    again = cli("materialize", plain / "store", plain / "ex.parquet", "--max-len", 5, "--out", out / "seq.parquet")
+    assert again[0] == 0
+
+
+def test_ingest_takes_what_exports_are(tmp_path):
+    """A Spark folder (part files and _SUCCESS) was refused ("is not a file") though the
+    library reads it; a pandas export's unnamed index was refused as a reserved name; a
+    quiet hour's empty export failed the pipeline with no way to accept it."""
+    spark = tmp_path / "spark"
+    spark.mkdir()
+    for k in range(2):
+        pq.write_table(pa.table({"user_id": [k, k], "ts": [1, 2], "item": [10 + k, 20 + k]}),
+                       spark / f"part-{k:05d}.parquet")
+    (spark / "_SUCCESS").write_text("")
+    code, out, err = cli("ingest", tmp_path / "store", spark)
+    assert (code, out.strip()) == (0, "1"), err
+    import pandas as pd
+    frame = pd.DataFrame({"user_id": [5, 6, 7, 8], "ts": [3, 4, 5, 6], "item": [1, 2, 3, 4]})
+    frame[frame.ts != 5].to_parquet(tmp_path / "pandas.parquet")  # its index (0, 1, 3): __index_level_0__
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "pandas.parquet").names
+    assert cli("ingest", tmp_path / "store", tmp_path / "pandas.parquet")[:2] == (0, "2\n")
+    store = lateseq.open(tmp_path / "store")
+    assert list(store.schema.columns) == ["item"] and store.num_events == 7
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "ts": pa.array([], pa.int64()),
+                             "item": pa.array([], pa.int64())}), empty)
+    code, _, err = cli("ingest", tmp_path / "store", empty)
+    one_line_error(code, err, str(empty), "--allow-empty")
+    assert cli("ingest", tmp_path / "store", empty, "--allow-empty")[:2] == (0, "2\n")  # the latest, unchanged
+    assert lateseq.open(tmp_path / "store").latest_version == 2
+    code, out, _ = cli("ingest", tmp_path / "new", empty, "--allow-empty")  # a store made, nothing committed
+    assert (code, out) == (0, "0\n") and lateseq.open(tmp_path / "new").schema.columns == {"item": "int64"}
+
+
+def test_piped_tables_keep_their_title_on_one_line_and_a_moved_tag_is_said(tmp_path):
+    store = tmp_path / ("a-store-with-a-long-name-" + "x" * 60)
+    pq.write_table(pa.table({"user_id": [1], "ts": [1], "item": [1]}), tmp_path / "e.parquet")
+    for _ in range(2):
+        assert cli("ingest", store, tmp_path / "e.parquet")[0] == 0
+    code, out, _ = cli("versions", store)
+    assert code == 0 and any(line.strip() == f"versions of {store}" for line in out.splitlines()), out
+    assert cli("tag", store, 1, "run")[0] == 0
+    code, _, err = cli("tag", store, 2, "run")
+    assert code == 0 and "moved from version 1" in err, err

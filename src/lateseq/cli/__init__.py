@@ -12,10 +12,13 @@ from typing import Any
 def main() -> None:
     """The ``lateseq`` console script."""
     try:
-        from ._app import app
+        from ._app import run
     except ImportError as exc:
         sys.exit(f"error: the lateseq command line needs its extra: pip install 'lateseq[cli]' ({exc})")
-    app()
+    except KeyboardInterrupt:  # while it loads: nothing started yet (the app reports later ones)
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    run()
 
 
 def human_bytes(n: float) -> str:

@@ -9,13 +9,17 @@ command's inputs, or inside the store); outputs are written whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +66,70 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+class _Terminated(BaseException):
+    """SIGTERM (what Airflow, Kubernetes and ``timeout`` send), raised where the command
+    was, as SIGINT raises KeyboardInterrupt: what it was writing is removed on the way out
+    (by default SIGTERM ended the process at once, leaving a partial temporary output)."""
+
+
+_SIGNALS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
+_received: list[int] = []  # the signals that reached this command
+_owns_process = False  # set by ``run``: the command is the whole process (not CliRunner, not app() in a program)
+
+
+def run() -> None:
+    """The command line as a process of its own (the ``lateseq`` script)."""
+    global _owns_process
+    _owns_process = True
+    app()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+
+
+@contextlib.contextmanager
+def _handled_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raised where the command is while it runs; after, ignored by a
+    process that is only exiting now (one that arrived then turned a command already done
+    into a failure, and a retry of an ingest committed it twice), else as they were."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    # pyarrow imports pandas (where installed) on its first array and swallows what
+    # interrupts that import (a signal raised there was lost and the command ran on):
+    # made to happen now, the signals held until the handlers are in place
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(_SIGNALS))
+    pa.array([])
+    previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if _owns_process else handler)
+
+
+def _signalled() -> None:
+    """Exits as the first signal received says, if any was: an error that followed one
+    (a library's import cut short by it) is its consequence, not a bug to report. A process
+    of its own exits at once: what was being written is already removed, and objects a
+    compiler left half made would print "Exception ignored" lines as Python tore them down."""
+    if not _received:
+        return
+    message, code = _SIGNALS[_received[0]]
+    print(f"error: {message}", file=sys.stderr)
+    if not _owns_process:
+        raise SystemExit(code)
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _is_usage_error(exc: BaseException) -> bool:
     """Click's usage errors (click is vendored by newer typer, so matched by shape)."""
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "exit_code")
@@ -74,17 +142,28 @@ class _Group(TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        with _handled_signals():
+            code = self._reported(args, prog_name, complete_var, **extra)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _reported(self, args: Sequence[str] | None, prog_name: str | None, complete_var: str | None,
+                  **extra: Any) -> Any:
+        """The command's exit code; any failure reported as one line (and exited)."""
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except typer.Abort:
+            _signalled()
             _fail("aborted", 1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated):
+            _signalled()
             _fail("interrupted", 130)
         except ChecksumMismatch as exc:  # its hint names the Python API's option
             _fail(f"{exc.problem} `lateseq audit STORE EXAMPLES` reports each row and its cause.")
         except _USER_ERRORS as exc:
+            _signalled()
             _fail(str(exc) or type(exc).__name__)
         except Exception as exc:
+            _signalled()
             if _is_usage_error(exc):
                 if type(exc).__name__ == "NoArgsIsHelpError":
                     ctx = getattr(exc, "ctx", None)
@@ -95,7 +174,12 @@ class _Group(TyperGroup):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with LATESEQ_DEBUG=1 "
                   "for a traceback, and please report it)")
-        sys.exit(code if isinstance(code, int) else 0)
+        if code == 130:  # typer's answer to KeyboardInterrupt, whatever the command was doing
+            _signalled()
+        if _received:  # raised where something swallowed it: the command finished all the same
+            print(f"warning: {signal.Signals(_received[0]).name} arrived and was lost inside a library; the "
+                  "command ran to its end", file=sys.stderr)
+        return code
 
 
 app = typer.Typer(
@@ -153,6 +237,15 @@ def _out() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
+def _print_table(table: Table) -> None:
+    """A table on stdout; piped, its title stays one line (a table narrower than its title
+    wrapped it, a long store path split over lines that a log search then missed)."""
+    out = _out()
+    if not out.is_terminal and table.title:
+        table.min_width = len(str(table.title))
+    out.print(table)
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -165,8 +258,18 @@ def _input_file(path: Path, what: str) -> Path:
 
 
 def _read_parquet(path: Path, what: str) -> pa.Table:
-    _input_file(path, what)
+    """A Parquet file, or a folder of them (Spark's output, hive partitions too)."""
+    if not path.is_dir():
+        _input_file(path, what)
     return read_checked(path, f"{what} file")
+
+
+def _without_pandas_index(table: pa.Table) -> pa.Table:
+    """``table`` without the unnamed index pandas writes beside the data (a filtered
+    frame's ``to_parquet`` keeps it as ``__index_level_0__``): row labels, not events."""
+    listed = (table.schema.pandas_metadata or {}).get("index_columns", [])
+    return table.drop_columns([name for name in listed if isinstance(name, str) and name in table.column_names
+                               and re.fullmatch(r"__index_level_\d+__", name)])
 
 
 def _open(store: Path, version: str | None = None) -> Store:
@@ -268,7 +371,8 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
 @app.command()
 def ingest(
     store: StoreArg,
-    events: Annotated[Path, typer.Argument(help="Parquet file of events.", show_default=False)],
+    events: Annotated[Path, typer.Argument(help="Parquet file of events, or a folder of them (Spark's output, hive "
+                                             "partitions too).", show_default=False)],
     user_col: Annotated[str | None, typer.Option(help="User column.", show_default="user_id")] = None,
     time_col: Annotated[str | None, typer.Option(help="Event time column.", show_default="ts")] = None,
     tiebreak: Annotated[str | None, typer.Option(help="Integer column ordering events that share a time.")] = None,
@@ -279,10 +383,20 @@ def ingest(
         show_default="the time column's timestamp unit, else none: plain integers")] = None,
     commit_id: Annotated[str | None, typer.Option(
         help="Names this ingest: rerunning it with the same id (and file) commits nothing and prints "
-             "the version that holds it.")] = None,
+             "the version that holds it. Without --commit-id, a rerun commits the events again.")] = None,
+    allow_empty: Annotated[bool, typer.Option(
+        "--allow-empty", help="An input without events commits nothing and prints the latest version (a "
+                              "scheduled export of a quiet hour), instead of failing.")] = False,
 ) -> None:
-    """Commit EVENTS as a new version (creating the store on first use); print its number."""
-    table = _read_parquet(events, "events")
+    """Commit EVENTS as a new version (creating the store on first use); print its number.
+
+    Each run commits what it reads: a retry of a run that may have committed (it was
+    killed, or its output lost) commits the events again, unless both runs pass the same
+    --commit-id (or the store's schema names an event id column, which drops repeats)."""
+    table = _without_pandas_index(_read_parquet(events, "events"))
+    if table.num_rows == 0 and not allow_empty:
+        raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
+                          "commits nothing)")
     unit = None if time_unit is None else time_unit.value
     if (store / "schema.json").is_file():
         handle = _open(store)
@@ -304,12 +418,19 @@ def ingest(
         options: dict[str, Any] = {"time_unit": unit} if unit is not None else {}
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
                               partitions=1 if partitions is None else partitions, **options)
-        schema.conform(table)  # check everything before creating anything
+        if table.num_rows or not allow_empty:
+            schema.conform(table)  # check everything before creating anything
         check_commit_id(commit_id)
         Store.create(store, schema)
         handle = _open(store)
         created = True
     latest = handle.latest_version
+    if table.num_rows == 0 and allow_empty:
+        schema.check_columns(table)
+        print(latest)
+        _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
+                   f"version is {latest}", highlight=False)
+        return
     new = handle.commit(table, commit_id=commit_id)
     print(new.version)
     if new.version <= latest:
@@ -343,7 +464,7 @@ def versions(
         created = _dt.datetime.fromtimestamp(v.created_at).isoformat(sep=" ", timespec="seconds")
         table.add_row(str(v.version), created, v.operation, f"{v.events:,}", str(v.segments),
                       f"{v.bytes:,}", ", ".join(v.tags))
-    _out().print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -374,8 +495,12 @@ def tag(
 ) -> None:
     """Name VERSION as NAME (moving NAME if it exists); a tagged version is pinned."""
     handle = _open(store)
+    before = handle.tags().get(name)
     handle.tag(name, version)
-    _err.print(f"tagged version {handle.tags()[name]} as {name!r}", highlight=False)
+    now = handle.tags()[name]
+    moved = (f" (moved from version {before}, which it no longer pins)" if before is not None and before != now
+             else "")
+    _err.print(f"tagged version {now} as {name!r}{moved}", highlight=False)
 
 
 @app.command()
@@ -615,7 +740,7 @@ def loader(
             ("history values copied out", f"{metrics.history_bytes / 1e6:,.1f} MB"),
             ("examples sharing a history in their batch", f"{metrics.shared_share:.1%}")):
         table.add_row(label, value)
-    _out().print(table)
+    _print_table(table)
     if json_path is not None:
         with replaced_when_written(json_path) as tmp:
             tmp.write_text(json.dumps(figures, indent=2))
@@ -652,7 +777,7 @@ def tenants_check(
         where = "" if p.where is None else str(p.where)
         table.add_row(name, ", ".join(p.resolve(handle.schema)), str(p.max_len), _window_text(p, handle.schema),
                       where, ", ".join(f"{k}={v}" for k, v in p.transforms.items()))
-    _out().print(table)
+    _print_table(table)
     _err.print(f"{config}: {len(tenants)} tenant(s) fit {store}", highlight=False)
 
 
@@ -762,7 +887,7 @@ def audit(
     table.add_row("matched", f"{report.matched:,}")
     for cause, count in sorted(report.causes.items()):
         table.add_row(f"mismatch: {cause}", f"{count:,}")
-    _out().print(table)
+    _print_table(table)
     if report.mismatches:
         rows = sorted(report.mismatches)[:5]
         _fail(f"{len(report.mismatches)} examples do not match what online served (first rows: {rows})")
@@ -810,7 +935,7 @@ def simulate(
                   f"{result['batch_leaked_events']:,}")
     table.add_row("naive join on event time", f"{result['naive_match_rate']:.4f}",
                   f"{result['naive_leaked_events']:,}")
-    _out().print(table)
+    _print_table(table)
     _out().print(f"example log: {result['log_bytes_per_example_inline']:.1f} bytes/example with tails inline, "
                  f"{result['log_bytes_per_example_stripped']:.1f} after stripping {result['tails_stripped']:,}",
                  highlight=False)
