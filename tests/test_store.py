@@ -392,6 +392,39 @@ def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small
     assert not list(log.parent.glob("*examples.parquet"))
 
 
+def test_cleanup_on_a_full_disk_makes_room_from_the_read_cache_first(make_store, monkeypatch):
+    """Cleanup writes a tombstone for each version it retires before it deletes anything,
+    so on a full disk it failed at the first one and freed nothing (a stranger's, on a
+    full tmpfs): the store could not be brought back with lateseq. Now it deletes the read
+    cache's copies that no version it keeps reads, and tries again."""
+    store = make_store({"item": "int64"})
+    rng = np.random.default_rng(4)
+    for day in range(4):
+        store = store.commit(pa.table({"user_id": rng.integers(0, 30, 300), "ts": day * 1000 + rng.integers(0, 999, 300),
+                                       "item": rng.integers(0, 99, 300)}))
+    store = store.compact()
+    decoded = {p.name for p in store.cache_dir.glob("*.arrow")}
+    assert len(decoded) == 5  # four daily copies, and the compacted one's
+    real = lateseq._versions.write_durably
+
+    def no_room(path, data):
+        cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise lateseq._format.write_failed(path, cause) from cause
+
+    def full(path, data):  # no room while the cache holds the daily copies
+        return (no_room if len(list(store.cache_dir.glob("*.arrow"))) > 1 else real)(path, data)
+
+    monkeypatch.setattr(lateseq._versions, "write_durably", full)
+    assert store.cleanup(before=store.version, grace_s=0) == [1, 2, 3, 4]
+    assert {p.name for p in store.cache_dir.glob("*.arrow")} == {f"{store.segment_infos[0].name}.arrow"}
+    assert segment_files(store) == referenced_files(lateseq.open(store.path))
+    assert lateseq.open(store.path).num_events == 1200
+    monkeypatch.setattr(lateseq._versions, "write_durably", no_room)
+    more = store.commit(pa.table({"user_id": [1], "ts": [5000], "item": [1]}))
+    with pytest.raises(lateseq.StoreError, match="No space left on device"):  # nothing more to free: said
+        more.cleanup(before=more.version, grace_s=0)
+
+
 @pytest.mark.parametrize("refusal", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS])
 def test_a_file_system_without_hard_links_is_named(tmp_path, small_store, monkeypatch, refusal):
     """Publishing hard-links a manifest into place. A file system without hard links (a

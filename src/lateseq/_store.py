@@ -23,6 +23,7 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -484,11 +485,20 @@ class Store:
         still rebuild, because events keep their version; their checksums prove it.
         A handle on a retired version keeps the segments it has mapped; one it has not
         opened yet is gone, and reading it raises VersionNotFound: tag what must stay.
+        On a disk too full for its records, it first deletes the read cache's copies that
+        no version it keeps reads (their room is freed once no process maps them).
         """
         if not isinstance(grace_s, int | float) or not 0 <= grace_s < float("inf"):
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
         before = exact_integer("before", before, kind="a version number")
-        retired = self._log.retire_before(before)
+        try:
+            retired = self._log.retire_before(before)
+        except StoreError as exc:  # a full disk: no room for a tombstone, so nothing would ever be freed
+            if getattr(exc.__cause__, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            with self._log.deleting():  # the read cache's copies the kept versions will not read make room
+                self._remove_cached(self._log.kept_partitions(before), grace_s)
+            retired = self._log.retire_before(before)
         with self._log.deleting():
             with self._log.tagging():  # crashed publishes, retirements and tags: none is under way
                 for folder in (self._log.versions_dir, self._log.tags_dir):
@@ -501,18 +511,25 @@ class Store:
                 name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
                 if name not in referenced and not path.is_dir() and older_than(path, grace_s):  # a folder: not ours
                     path.unlink(missing_ok=True)
-            for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
-                if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
-                    stale = path.name[len(".tmp-lock-"):] not in referenced
-                elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
-                    stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
-                else:  # decoded copies of segments no kept version uses
-                    stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
-                if stale and older_than(path, grace_s):
-                    path.unlink(missing_ok=True)
-            merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
-            remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
+            self._remove_cached(kept, grace_s)
         return retired
+
+    def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
+        """Deletes what this handle's read cache holds for no version of ``kept`` (see
+        ``VersionLog.kept_partitions``): decoded copies, merged and filtered copies, and
+        builders' leftovers."""
+        referenced = {name for _, names in kept for name in names}
+        for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
+            if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
+                stale = path.name[len(".tmp-lock-"):] not in referenced
+            elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
+                stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
+            else:  # decoded copies of segments no kept version uses
+                stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
+            if stale and older_than(path, grace_s):
+                path.unlink(missing_ok=True)
+        merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
+        remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
 
     # ------------------------------------------------------------ reading
 

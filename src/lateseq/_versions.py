@@ -574,14 +574,17 @@ class VersionLog:
                     retired.append(number)
         return sorted(retired)
 
-    def kept_partitions(self) -> set[tuple[int, tuple[str, ...]]]:
+    def kept_partitions(self, before: int | None = None) -> set[tuple[int, tuple[str, ...]]]:
         """Every kept version's partitions: (partition, the names of its segments, oldest
         first), each manifest read once (another cleanup may retire versions meanwhile,
-        which only ever frees names)."""
+        which only ever frees names). With ``before``: those of the versions that
+        ``retire_before(before)`` would keep."""
         kept = set()
+        if before is not None:
+            before, tagged = min(before, self.latest), set(self.tags().values())
         for number in self.numbers():
             m = self._version_file(number)
-            if m.get("retired"):
+            if m.get("retired") or (before is not None and number < before and number not in tagged):
                 continue
             try:
                 segments = self.segments(number, m).infos
