@@ -22,6 +22,27 @@ def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
     return out
 
 
+class Taken(Mapping):
+    """Payload columns at ``order``, each gathered when read: a segment's writer then holds
+    one decoded column at a time (taking every column at once held them all: a deletion
+    of one user needed more memory than compacting everything)."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray], order: np.ndarray):
+        self._columns, self._order = columns, order
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._columns[name][self._order]
+
+    def __iter__(self):
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def take(self, order: np.ndarray) -> Taken:
+        return Taken(self._columns, self._order[order])
+
+
 @dataclass
 class Events:
     """Decoded, sorted event columns of one partition, on their way into a segment."""
@@ -36,10 +57,8 @@ class Events:
         return len(self.user)
 
     def take(self, order: np.ndarray) -> Events:
-        return Events(
-            self.user[order], self.ts[order], {k: v[order] for k, v in self.payload.items()},
-            self.version[order], self.hashes[order],
-        )
+        payload = self.payload.take(order) if isinstance(self.payload, Taken) else Taken(self.payload, order)
+        return Events(self.user[order], self.ts[order], payload, self.version[order], self.hashes[order])
 
     @classmethod
     def from_table(cls, table: pa.Table, schema: Schema, version: int) -> Events:

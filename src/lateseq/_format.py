@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import mmap
 import os
 import re
@@ -171,7 +172,8 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
     ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
     bases: dict[str, int] = {}
     stored: dict[str, np.ndarray] = {}
-    for column, values in [(TIME, events.ts), *events.payload.items(), ("_version", events.version)]:
+    # one decoded column at a time: a payload gathered when read (``Taken``) is read here
+    for column, values in itertools.chain([(TIME, events.ts)], events.payload.items(), [("_version", events.version)]):
         stored[column], bases[column] = _encode(values)
 
     index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})

@@ -7,22 +7,21 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._events import Events
+from ._events import Events, Taken
 from ._format import TIME
 from ._kernels import merge_order
 from ._schema import Schema
 from ._segments import Segment
 
 
-class _Gathered(Mapping):
-    """Payload columns of several segments in a merged order, each gathered only when
-    read: a compaction writing them one by one holds one decoded column at a time."""
+class _Concatenated(Mapping):
+    """Payload columns of several segments end to end, each decoded only when read."""
 
-    def __init__(self, segments: list[Segment], schema: Schema, order: np.ndarray):
-        self._segments, self._schema, self._order = segments, schema, order
+    def __init__(self, segments: list[Segment], schema: Schema):
+        self._segments, self._schema = segments, schema
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.concatenate([s.payload(name, self._schema) for s in self._segments])[self._order]
+        return np.concatenate([s.payload(name, self._schema) for s in self._segments])
 
     def __iter__(self):
         return iter(self._schema.columns)
@@ -44,4 +43,4 @@ def merge_segments(segments: list[Segment], schema: Schema) -> Events:
     del tiebreak
     version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
     hashes = np.concatenate([s.hashes() for s in segments])[order]
-    return Events(user[order], ts[order], _Gathered(segments, schema, order), version, hashes)
+    return Events(user[order], ts[order], Taken(_Concatenated(segments, schema), order), version, hashes)
