@@ -400,8 +400,8 @@ def test_cleanup_on_a_full_disk_makes_room_from_the_read_cache_first(make_store,
     store = make_store({"item": "int64"})
     rng = np.random.default_rng(4)
     for day in range(4):
-        store = store.commit(pa.table({"user_id": rng.integers(0, 30, 300), "ts": day * 1000 + rng.integers(0, 999, 300),
-                                       "item": rng.integers(0, 99, 300)}))
+        store = store.commit(pa.table({"user_id": rng.integers(0, 30, 300),
+                                       "ts": day * 1000 + rng.integers(0, 999, 300), "item": rng.integers(0, 99, 300)}))
     store = store.compact()
     decoded = {p.name for p in store.cache_dir.glob("*.arrow")}
     assert len(decoded) == 5  # four daily copies, and the compacted one's
