@@ -438,3 +438,62 @@ def test_piped_tables_keep_their_title_on_one_line_and_a_moved_tag_is_said(tmp_p
     assert cli("tag", store, 1, "run")[0] == 0
     code, _, err = cli("tag", store, 2, "run")
     assert code == 0 and "moved from version 1" in err, err
+
+
+def test_a_signal_held_while_the_handlers_go_in_or_repeated_during_cleanup_still_ends_with_one_line(plain, tmp_path):
+    """A signal that arrived while the CLI installed its handlers (they are held around
+    pyarrow's lazy pandas import) was released before the command's handling began: a
+    traceback (SIGINT) or a bare kill (SIGTERM). A second signal during the first's
+    cleanup cut that cleanup short: a compaction's temporary segment stayed in the store."""
+    import subprocess
+    import sys
+    early = """
+import os, sys
+import pyarrow as pa
+import lateseq.cli._app  # loaded first: the next array made is the one made while the signals are held
+real = pa.array
+def array(*args, **kwargs):
+    pa.array = real
+    os.kill(os.getpid(), 15)  # while the signals are held
+    return real(*args, **kwargs)
+pa.array = array
+from lateseq.cli import main
+main()
+"""
+    store = plain / "store"
+    assert cli("ingest", store, plain / "events.parquet")[0] == 0  # two segments: something to compact
+    before = {p.name for p in (store / "versions").iterdir()}
+    done = subprocess.run([sys.executable, "-c", early, "compact", str(store)], capture_output=True, text=True)
+    assert (done.returncode, done.stderr.strip()) == (143, "error: terminated (SIGTERM)"), done.stderr
+    assert {p.name for p in (store / "versions").iterdir()} == before
+    twice = """
+import os, sys
+import lateseq._store as store
+real = store.Store._write
+def write(self, *args, **kwargs):
+    info = real(self, *args, **kwargs)
+    os.kill(os.getpid(), 2)  # the first: raised here
+    os.kill(os.getpid(), 15)  # the second, while the first's way out removes the segment just written
+    return info
+store.Store._write = write
+from lateseq.cli import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", twice, "compact", str(store)], capture_output=True, text=True)
+    assert (done.returncode, done.stderr.strip()) == (130, "error: interrupted"), done.stderr
+    assert no_temporaries(store) and not [p for p in (store / "segments").iterdir() if p.name.startswith(".")]
+    assert {p.name for p in (store / "versions").iterdir()} == before
+
+
+def test_ingest_reads_a_named_range_index_as_pandas_does(tmp_path):
+    """pandas keeps a RangeIndex in its metadata only (``set_index("user_id")`` of ids 1..N
+    makes one): ingest dropped a named one silently, or failed 'input has no column user_id'."""
+    import pandas as pd
+    frame = pd.DataFrame({"user_id": [1, 2, 3], "ts": [5, 6, 7], "item": [7, 8, 9]}).set_index("user_id")
+    frame.to_parquet(tmp_path / "by-user.parquet")
+    assert "user_id" not in pq.read_schema(tmp_path / "by-user.parquet").names  # in the metadata only
+    assert cli("ingest", tmp_path / "store", tmp_path / "by-user.parquet")[:2] == (0, "1\n")
+    store = lateseq.open(tmp_path / "store")
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2, 3], "request_ts": [9] * 3}))
+    got = lateseq.materialize(store, log, lateseq.Projection(5, ("item",)))
+    assert got.values["item"].tolist() == [7, 8, 9] and got.offsets.tolist() == [0, 1, 2, 3]

@@ -439,6 +439,7 @@ def test_a_file_system_without_hard_links_is_named(tmp_path, small_store, monkey
         patch.setattr(os, "link", refused)
         with pytest.raises(lateseq.StoreError, match=r"by hard links, which this file system refuses.*gcsfuse"):
             lateseq.create(tmp_path / "bucket", lateseq.Schema({"item": "int64"}))
+        assert not (tmp_path / "bucket").exists()  # no half-made store for the next create to refuse
         with pytest.raises(lateseq.StoreError, match=rf"cannot hard-link .* as {small_store.path / 'versions'}"):
             small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1], "rating": pa.array([1], pa.int8())}))
     assert {name: data for name, data in snapshot(small_store.path).items() if not name.endswith(".lock")} == before

@@ -206,17 +206,25 @@ class Store:
         inside = _store_holding(path.resolve().parent)
         if inside is not None:
             raise StoreError(f"{path} is inside the store {inside}; create a store elsewhere")
+        made = [p for p in (path, *(path / sub for sub in ("versions", "segments", "tags"))) if not p.exists()]
         try:
+            try:
+                for sub in ("versions", "segments", "tags"):
+                    (path / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
             for sub in ("versions", "segments", "tags"):
-                (path / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
-        for sub in ("versions", "segments", "tags"):
-            fsync_dir(path / sub)
-        try:  # never replaces a schema: two processes creating one store at once, one of them is refused
-            write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
-        except FileExistsError as exc:
-            raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
+                fsync_dir(path / sub)
+            try:  # never replaces a schema: two processes creating one store at once, one of them is refused
+                write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
+            except FileExistsError as exc:
+                made = []  # the other process's store, not ours to remove
+                raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
+        except BaseException:  # no half-made store stays for the next create to take for another's folder
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # empty, as made (another writer's files keep it)
+            raise
         fsync_dir(path)
         return cls(path)
 

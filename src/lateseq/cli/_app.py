@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pyarrow as pa
 import typer
 from rich.console import Console
@@ -86,30 +87,49 @@ def run() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     _received.append(signum)
-    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+    if len(_received) == 1 and not _deferred:  # a second one would cut short the first's way out
+        _raise_received()
+
+
+def _raise_received() -> None:
+    raise KeyboardInterrupt if _received[0] == signal.SIGINT else _Terminated
+
+
+_deferred = False  # while the handlers go in: a signal is recorded, and raised once the command's handling began
 
 
 @contextlib.contextmanager
-def _handled_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raised where the command is while it runs; after, ignored by a
-    process that is only exiting now (one that arrived then turned a command already done
-    into a failure, and a retry of an ingest committed it twice), else as they were."""
+def _handled_signals() -> Iterator[bool]:
+    """SIGINT and SIGTERM raised where the command is while it runs (the first of them);
+    after, ignored by a process that is only exiting now (one that arrived then turned a
+    command already done into a failure, and a retry of an ingest committed it twice),
+    else as they were. Gives whether they are handled here (only in the main thread);
+    one that arrives before the command's handling began is raised there (``_begin``)."""
+    global _deferred
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield False
         return
     _received.clear()
-    # pyarrow imports pandas (where installed) on its first array and swallows what
-    # interrupts that import (a signal raised there was lost and the command ran on):
-    # made to happen now, the signals held until the handlers are in place
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(_SIGNALS))
-    pa.array([])
+    _deferred = True
     previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        yield
+        # pyarrow imports pandas (where installed) on its first array and swallows what
+        # interrupts that import (a signal raised there was lost and the command ran on):
+        # made to happen now, while a signal is only recorded
+        pa.array([])
+        yield True
     finally:
+        _deferred = False
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if _owns_process else handler)
+
+
+def _begin() -> None:
+    """The command's handling has begun: a signal recorded meanwhile is raised now."""
+    global _deferred
+    _deferred = False
+    if _received:
+        _raise_received()
 
 
 def _signalled() -> None:
@@ -142,14 +162,16 @@ class _Group(TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        with _handled_signals():
-            code = self._reported(args, prog_name, complete_var, **extra)
+        with _handled_signals() as handled:
+            code = self._reported(handled, args, prog_name, complete_var, **extra)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def _reported(self, args: Sequence[str] | None, prog_name: str | None, complete_var: str | None,
-                  **extra: Any) -> Any:
+    def _reported(self, handled: bool, args: Sequence[str] | None, prog_name: str | None,
+                  complete_var: str | None, **extra: Any) -> Any:
         """The command's exit code; any failure reported as one line (and exited)."""
         try:
+            if handled:
+                _begin()
             code = super().main(args, prog_name, complete_var, False, **extra)
         except typer.Abort:
             _signalled()
@@ -264,10 +286,20 @@ def _read_parquet(path: Path, what: str) -> pa.Table:
     return read_checked(path, f"{what} file")
 
 
-def _without_pandas_index(table: pa.Table) -> pa.Table:
-    """``table`` without the unnamed index pandas writes beside the data (a filtered
-    frame's ``to_parquet`` keeps it as ``__index_level_0__``): row labels, not events."""
+def _with_pandas_index(table: pa.Table) -> pa.Table:
+    """``table`` as pandas reads it back, less row labels: the unnamed index pandas writes
+    beside the data (a filtered frame's ``to_parquet`` keeps it as ``__index_level_0__``)
+    is left out, and a named index pandas kept in its metadata only (a RangeIndex, as
+    ``set_index("user_id")`` makes of ids 1..N) becomes the column it names."""
     listed = (table.schema.pandas_metadata or {}).get("index_columns", [])
+    for index in listed:
+        if isinstance(index, dict) and index.get("kind") == "range" and index.get("name") is not None:
+            name = index["name"]
+            values = np.arange(index["start"], index["stop"], index["step"], dtype=np.int64)
+            if name in table.column_names or len(values) != table.num_rows:  # a folder's files: one file's range
+                raise SchemaError(f"the pandas index {name!r} is kept in the file's metadata only, and cannot be "
+                                  "read back here; write it as a column (DataFrame.reset_index())")
+            table = table.append_column(name, pa.array(values))
     return table.drop_columns([name for name in listed if isinstance(name, str) and name in table.column_names
                                and re.fullmatch(r"__index_level_\d+__", name)])
 
@@ -393,7 +425,7 @@ def ingest(
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
     --commit-id (or the store's schema names an event id column, which drops repeats)."""
-    table = _without_pandas_index(_read_parquet(events, "events"))
+    table = _with_pandas_index(_read_parquet(events, "events"))
     if table.num_rows == 0 and not allow_empty:
         raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
                           "commits nothing)")
