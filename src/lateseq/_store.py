@@ -221,7 +221,7 @@ class Store:
                 made = []  # the other process's store, not ours to remove
                 raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
         except BaseException:  # no half-made store stays for the next create to take for another's folder
-            for folder in reversed(made):
+            for folder in reversed(made if not (path / "schema.json").exists() else []):  # else another's store
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # empty, as made (another writer's files keep it)
             raise

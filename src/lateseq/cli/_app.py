@@ -62,6 +62,7 @@ _USER_ERRORS = (LateseqError, OSError, pa.ArrowException)
 
 
 def _fail(message: str, code: int = 1) -> None:
+    _settle()
     lines = (" ".join(line.split()) for line in str(message).splitlines())  # a list of problems keeps its lines
     print("error: " + "\n  ".join(line for line in lines if line), file=sys.stderr)
     sys.exit(code)
@@ -119,9 +120,16 @@ def _handled_signals() -> Iterator[bool]:
         pa.array([])
         yield True
     finally:
-        _deferred = False
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if _owns_process else handler)
+        _deferred = False
+
+
+def _settle() -> None:
+    """The outcome is decided: a signal from now on is recorded only (raised while the
+    process reports or exits, it turned a finished command into a traceback)."""
+    global _deferred
+    _deferred = True
 
 
 def _begin() -> None:
@@ -198,6 +206,7 @@ class _Group(TyperGroup):
                   "for a traceback, and please report it)")
         if code == 130:  # typer's answer to KeyboardInterrupt, whatever the command was doing
             _signalled()
+        _settle()
         if _received:  # raised where something swallowed it: the command finished all the same
             print(f"warning: {signal.Signals(_received[0]).name} arrived and was lost inside a library; the "
                   "command ran to its end", file=sys.stderr)
