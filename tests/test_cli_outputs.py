@@ -497,3 +497,35 @@ def test_ingest_reads_a_named_range_index_as_pandas_does(tmp_path):
     log = lateseq.log_examples(store, pa.table({"user_id": [1, 2, 3], "request_ts": [9] * 3}))
     got = lateseq.materialize(store, log, lateseq.Projection(5, ("item",)))
     assert got.values["item"].tolist() == [7, 8, 9] and got.offsets.tolist() == [0, 1, 2, 3]
+
+
+def test_an_interrupted_first_ingest_leaves_no_store_and_an_int_named_index_is_read(tmp_path):
+    """An ingest into a new path interrupted after it created the store left that store
+    (its schema inferred from this input), and a rerun with other options was refused as
+    disagreeing with it. A RangeIndex named 5 (pandas allows any name) was an internal error."""
+    import subprocess
+    import sys
+    pq.write_table(pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [3, 4]}), tmp_path / "ev.parquet")
+    hooked = """
+import os, signal, lateseq.cli._app as app
+real = app._open
+def opened(*args, **kwargs):
+    handle = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)  # the store made, its first commit not begun
+    return handle
+app._open = opened
+from lateseq.cli import main
+main()
+"""
+    new = tmp_path / "new"
+    done = subprocess.run([sys.executable, "-c", hooked, "ingest", str(new), str(tmp_path / "ev.parquet")],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr.strip()) == (130, "error: interrupted") and not new.exists()
+    assert cli("ingest", new, tmp_path / "ev.parquet", "--partitions", 4)[:2] == (0, "1\n")
+    import pandas as pd
+    frame = pd.DataFrame({"user_id": [1, 2], "ts": [3, 4], "item": [5, 6]})
+    frame.index = pd.RangeIndex(0, 2, name=5)
+    frame.to_parquet(tmp_path / "named.parquet")
+    code, _, err = cli("ingest", tmp_path / "other", tmp_path / "named.parquet")
+    assert code == 0, err
+    assert lateseq.open(tmp_path / "other").schema.columns == {"item": "int64", "5": "int64"}

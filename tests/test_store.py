@@ -1150,3 +1150,39 @@ def test_a_version_retired_while_its_chain_is_read_is_read_again_or_skipped(make
         kept = lateseq._versions.VersionLog(store.path).kept_partitions()
         assert (0, tuple(i.name for i in lateseq.open(store.path).segment_infos)) in kept
     assert read_back(store.path, lateseq.open(store.path).version, [1])[1][:5] == [(t, t) for t in range(5)]
+
+
+def test_a_create_that_fails_leaves_nothing_it_made_and_keeps_what_it_did_not(tmp_path, monkeypatch):
+    """A create that failed (its folder's fsync: EIO) left a whole store behind, or, earlier,
+    the folders it made (parents included), which the next create took for someone else's."""
+    real = lateseq._store.fsync_dir
+
+    def failing(path):
+        if (Path(path) / "schema.json").exists():  # the last one: the store's own folder
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(path)
+
+    monkeypatch.setattr(lateseq._store, "fsync_dir", failing)
+    kept = tmp_path / "kept"
+    kept.mkdir()  # an empty folder the user made: stays
+    for target, left in ((tmp_path / "a" / "b" / "store", []), (kept, ["kept"])):
+        with pytest.raises(lateseq.StoreError, match=rf"cannot create a store at {target}: .*syncing its folder"):
+            lateseq.create(target, lateseq.Schema({"item": "int64"}))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(left + (["kept"] if target != kept else []))
+        assert not any(kept.iterdir())
+    monkeypatch.undo()
+    assert lateseq.create(kept, lateseq.Schema({"item": "int64"})).version == 0
+
+
+def test_an_interrupt_before_a_file_is_put_in_place_leaves_no_temporary(small_store, monkeypatch):
+    """SIGINT or SIGTERM (raised by the CLI) between a segment's finished temporary and its
+    rename left the full-size ``.tmp-*`` file in segments/ for good."""
+    def interrupted(tmp, path):
+        raise KeyboardInterrupt
+
+    before = snapshot(small_store.path)
+    monkeypatch.setattr(lateseq._format, "put_in_place", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1], "rating": pa.array([1], pa.int8())}))
+    assert {n: d for n, d in snapshot(small_store.path).items() if not n.endswith(".lock")} == {
+        n: d for n, d in before.items() if not n.endswith(".lock")}

@@ -389,12 +389,12 @@ def written_in_place(path: Path) -> Iterator[Path]:
     tmp = temporary_path(path)
     try:
         yield tmp
-    except BaseException as exc:
+        put_in_place(tmp, path)
+    except BaseException as exc:  # an interrupt too, up to the rename
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
             raise write_failed(path, exc) from exc
         raise
-    put_in_place(tmp, path)
 
 
 # what a write fails with when the disk is full or not writable: the errors named as a failed

@@ -206,26 +206,35 @@ class Store:
         inside = _store_holding(path.resolve().parent)
         if inside is not None:
             raise StoreError(f"{path} is inside the store {inside}; create a store elsewhere")
-        made = [p for p in (path, *(path / sub for sub in ("versions", "segments", "tags"))) if not p.exists()]
+        absolute = path.absolute()
+        made = [p for p in (*reversed(absolute.parents), absolute) if not p.exists()]  # outermost first
+        made += [absolute / sub for sub in ("versions", "segments", "tags") if not (absolute / sub).exists()]
+        ours = False  # whether the schema.json there is this call's
         try:
             try:
                 for sub in ("versions", "segments", "tags"):
                     (path / sub).mkdir(parents=True, exist_ok=True)
+                for sub in ("versions", "segments", "tags"):
+                    fsync_dir(path / sub)
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
-            for sub in ("versions", "segments", "tags"):
-                fsync_dir(path / sub)
             try:  # never replaces a schema: two processes creating one store at once, one of them is refused
                 write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
             except FileExistsError as exc:
-                made = []  # the other process's store, not ours to remove
                 raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
+            ours = True
+            try:
+                fsync_dir(path)
+            except OSError as exc:
+                raise StoreError(f"cannot create a store at {path}: {exc.strerror} syncing its folder") from exc
         except BaseException:  # no half-made store stays for the next create to take for another's folder
-            for folder in reversed(made if not (path / "schema.json").exists() else []):  # else another's store
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # empty, as made (another writer's files keep it)
+            if ours:
+                (path / "schema.json").unlink(missing_ok=True)
+            if not (path / "schema.json").exists():  # else another process's store: its folders stay
+                for folder in reversed(made):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # empty, as made (another writer's files keep it)
             raise
-        fsync_dir(path)
         return cls(path)
 
     @property

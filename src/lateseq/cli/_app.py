@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,10 +81,22 @@ _owns_process = False  # set by ``run``: the command is the whole process (not C
 
 
 def run() -> None:
-    """The command line as a process of its own (the ``lateseq`` script)."""
-    global _owns_process
-    _owns_process = True
+    """The command line as a process of its own (the ``lateseq`` script): the handlers go in
+    at once (typer builds the command before it runs it), recording a signal until the
+    command's handling began."""
+    global _owns_process, _deferred
+    _owns_process = _deferred = True
+    for signum in _SIGNALS:
+        signal.signal(signum, _on_signal)
+    sys.unraisablehook = _unraisable
     app()
+
+
+def _unraisable(unraisable: Any) -> None:
+    """A signal raised where Python cannot pass it on (a finalizer, a weakref callback) is
+    recorded already, and said at the end; anything else as Python reports it."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt | _Terminated):
+        sys.__unraisablehook__(unraisable)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -110,7 +123,8 @@ def _handled_signals() -> Iterator[bool]:
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
-    _received.clear()
+    if not _owns_process:  # (a process of its own records from its start: ``run``)
+        _received.clear()
     _deferred = True
     previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
     try:
@@ -123,6 +137,8 @@ def _handled_signals() -> Iterator[bool]:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if _owns_process else handler)
         _deferred = False
+        if not _owns_process:  # a program's next command, from any thread, starts with none
+            _received.clear()
 
 
 def _settle() -> None:
@@ -171,7 +187,11 @@ class _Group(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         with _handled_signals() as handled:
-            code = self._reported(handled, args, prog_name, complete_var, **extra)
+            try:
+                code = self._reported(handled, args, prog_name, complete_var, **extra)
+            except (KeyboardInterrupt, _Terminated):  # one that arrived while a failure was reported
+                _signalled()
+                raise
         sys.exit(code if isinstance(code, int) else 0)
 
     def _reported(self, handled: bool, args: Sequence[str] | None, prog_name: str | None,
@@ -303,7 +323,7 @@ def _with_pandas_index(table: pa.Table) -> pa.Table:
     listed = (table.schema.pandas_metadata or {}).get("index_columns", [])
     for index in listed:
         if isinstance(index, dict) and index.get("kind") == "range" and index.get("name") is not None:
-            name = index["name"]
+            name = str(index["name"])  # (pandas allows any hashable name; a column's is a string)
             values = np.arange(index["start"], index["stop"], index["step"], dtype=np.int64)
             if name in table.column_names or len(values) != table.num_rows:  # a folder's files: one file's range
                 raise SchemaError(f"the pandas index {name!r} is kept in the file's metadata only, and cannot be "
@@ -463,11 +483,21 @@ def ingest(
             schema.conform(table)  # check everything before creating anything
         check_commit_id(commit_id)
         Store.create(store, schema)
-        handle = _open(store)
         created = True
+        try:
+            _commit(_open(store), table, events, commit_id, allow_empty, created)
+        except BaseException:
+            _remove_unused(store)
+            raise
+        return
+    _commit(handle, table, events, commit_id, allow_empty, created)
+
+
+def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None, allow_empty: bool,
+            created: bool) -> None:
     latest = handle.latest_version
     if table.num_rows == 0 and allow_empty:
-        schema.check_columns(table)
+        handle.schema.check_columns(table)
         print(latest)
         _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
@@ -479,6 +509,20 @@ def ingest(
         return
     _err.print(f"{'created store, ' if created else ''}committed {table.num_rows:,} events from {events} "
                f"as version {new.version} ({new.num_events:,} events in all)", highlight=False)
+
+
+def _remove_unused(store: Path) -> None:
+    """Removes a store this run created whose first commit failed (interrupted, a full
+    disk): left, it held the schema inferred from this input, and a corrected rerun (other
+    options) was refused as disagreeing with it. Kept where anything was written to it."""
+    if any(any((store / sub).iterdir()) for sub in ("versions", "segments", "tags")):
+        return
+    for name in ("schema.json", ".lock", "cache"):
+        with contextlib.suppress(OSError):
+            (store / name).unlink() if name != "cache" else shutil.rmtree(store / name)
+    for sub in ("versions", "segments", "tags", ""):
+        with contextlib.suppress(OSError):
+            (store / sub).rmdir()
 
 
 @app.command()
