@@ -77,6 +77,7 @@ class _Terminated(BaseException):
 
 _SIGNALS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
 _received: list[int] = []  # the signals that reached this command
+_deferred = False  # while the handlers go in, and once the outcome is decided: a signal is recorded, not raised
 _owns_process = False  # set by ``run``: the command is the whole process (not CliRunner, not app() in a program)
 
 
@@ -108,8 +109,6 @@ def _on_signal(signum: int, frame: Any) -> None:
 def _raise_received() -> None:
     raise KeyboardInterrupt if _received[0] == signal.SIGINT else _Terminated
 
-
-_deferred = False  # while the handlers go in: a signal is recorded, and raised once the command's handling began
 
 
 @contextlib.contextmanager
