@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -542,14 +542,13 @@ class VersionLog:
         """Retires versions older than ``before`` (never the latest, never a tagged one):
         each manifest becomes a tombstone that keeps its number and commit id taken, and
         the segment list where a kept version's manifest adds to it."""
-        before = min(before, self.latest)
         retired = []
         with self.tagging():
-            tagged = set(self.tags().values())
+            stays = self._staying(before)
             # every file read (and checked) before any is retired: a damaged one stops
             # cleanup before it changed anything
             files = {number: self._version_file(number) for number in self.numbers()}
-            kept = [n for n, m in files.items() if not m.get("retired") and (n >= before or n in tagged)]
+            kept = [n for n, m in files.items() if not m.get("retired") and stays(n)]
             needed = set()  # the retired versions whose segment lists a kept version's adds to
             for number in kept:
                 m = files[number]
@@ -560,7 +559,7 @@ class VersionLog:
             # older ones, all still as they were
             for number in sorted(files, reverse=True):
                 m = files[number]
-                if number >= before or number in tagged or (m.get("retired") and (
+                if stays(number) or (m.get("retired") and (
                         number in needed or not any(k in m for k in _CHAIN_FIELDS))):
                     continue
                 tombstone = {"version": number, "format": MANIFEST_FORMAT, "retired": True,
@@ -574,17 +573,22 @@ class VersionLog:
                     retired.append(number)
         return sorted(retired)
 
+    def _staying(self, before: int) -> Callable[[int], bool]:
+        """Whether a version stays through ``retire_before(before)``: from ``before`` on
+        (the latest always), and every tagged one."""
+        before, tagged = min(before, self.latest), set(self.tags().values())
+        return lambda number: number >= before or number in tagged
+
     def kept_partitions(self, before: int | None = None) -> set[tuple[int, tuple[str, ...]]]:
         """Every kept version's partitions: (partition, the names of its segments, oldest
         first), each manifest read once (another cleanup may retire versions meanwhile,
         which only ever frees names). With ``before``: those of the versions that
         ``retire_before(before)`` would keep."""
         kept = set()
-        if before is not None:
-            before, tagged = min(before, self.latest), set(self.tags().values())
+        stays = self._staying(before) if before is not None else lambda number: True
         for number in self.numbers():
             m = self._version_file(number)
-            if m.get("retired") or (before is not None and number < before and number not in tagged):
+            if m.get("retired") or not stays(number):
                 continue
             try:
                 segments = self.segments(number, m).infos

@@ -516,9 +516,10 @@ def _remove_unused(store: Path) -> None:
     options) was refused as disagreeing with it. Kept where anything was written to it."""
     if any(any((store / sub).iterdir()) for sub in ("versions", "segments", "tags")):
         return
-    for name in ("schema.json", ".lock", "cache"):
+    for name in ("schema.json", ".lock"):
         with contextlib.suppress(OSError):
-            (store / name).unlink() if name != "cache" else shutil.rmtree(store / name)
+            (store / name).unlink(missing_ok=True)
+    shutil.rmtree(store / "cache", ignore_errors=True)
     for sub in ("versions", "segments", "tags", ""):
         with contextlib.suppress(OSError):
             (store / sub).rmdir()
