@@ -13,6 +13,7 @@ oracle in test_tenants).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import subprocess
@@ -318,6 +319,44 @@ def test_a_handle_keeps_reading_what_it_mapped_after_its_version_is_cleaned_up(s
         lateseq.open(store.path, version=store.version)
     for _ in range(2):
         assert read(store, "merged", handle) == want == expected(newer, "merged")
+
+
+def removed_files_mapped(store: lateseq.Store) -> list[str]:
+    """The files of ``store`` and its read cache that this process maps though they were removed."""
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-2] for line in maps if line.rstrip().endswith("(deleted)")
+                       and (str(store.path) in line or str(store.cache_dir) in line)})
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_process_moving_to_new_versions_lets_go_of_the_copies_cleanup_removed(make_store, monkeypatch, kind):
+    """A streaming trainer (or an ingest service) moves from version to version on one
+    handle while another process compacts and cleans up: the removed copies stayed mapped
+    by its segment cache, up to 4,096 of them with their room, for the process's life (a
+    stranger's cleanup on a full disk freed nothing while such a process lived). A handle
+    still on a retired version keeps what it mapped (the test above)."""
+    monkeypatch.setattr(lateseq._segments, "SWEEP_S", 0.0)  # the caches look at every opening
+    rng = np.random.default_rng(4)
+    writer = make_store({"item": "int64", "rating": "int8"}, partitions=2)
+    path = writer.path
+    for day in range(4):
+        writer = writer.commit(events(rng, 150, day * 500))
+    requests = pa.table({"user_id": np.arange(1, 41, dtype=np.int64), "request_ts": np.full(40, 10**6)})
+    LOG[path] = lateseq.log_examples(writer, requests)
+    reader = lateseq.open(path, merged_reads=kind == "merged")
+    read(writer, kind, reader)
+    writer = writer.compact().commit(events(rng, 100, 4000))  # another process: a segment cache of its own
+    writer.cleanup(before=writer.version, grace_s=0)
+    LOG[path] = lateseq.log_examples(writer, requests)
+    reader = reader.latest()
+    assert read(writer, kind, reader) == expected(writer, kind)  # opens the new version's segments
+    assert removed_files_mapped(writer) == []
+    del reader
+    gc.collect()
+    writer = writer.compact()
+    writer.cleanup(before=writer.version, grace_s=0)
+    assert removed_files_mapped(writer) == []  # the cleaning process let go of what it removed, at once
 
 
 def partition_copies(store: lateseq.Store) -> set[int]:

@@ -7,6 +7,7 @@ import functools
 import itertools
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from ._format import (
 )
 from ._kernels import late_rows
 from ._schema import Schema
-from ._watch import CacheWatch
+from ._watch import SWEEP_S, CacheWatch
 
 _TRACKED = itertools.count()  # keys of the segments a watch follows: never reused, unlike id()
 
@@ -120,8 +121,8 @@ class SegmentCache:
 
     Segments are immutable, so one map serves every handle on the store; a decoded file
     replaced on disk (decoded again after damage, or by another process) is noticed on
-    the next lookup and mapped again. The least recently used maps are let go (a deleted
-    file's space returns when it is unmapped).
+    the next lookup and mapped again. The least recently used maps are let go, and so are
+    those of files removed from the read cache (``forget_removed``).
     """
 
     def __init__(self, directory: Path, cache: Path, size: int = 4096):
@@ -133,6 +134,7 @@ class SegmentCache:
         self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
         self._lock = threading.Lock()
         self.watch = CacheWatch([cache, cache / DERIVED_DIR])  # tells when the stats are needed at all
+        _CACHES.add(self)
 
     def get(self, info: SegmentInfo) -> Segment:
         path = self._paths.get(info.name)
@@ -145,12 +147,30 @@ class SegmentCache:
                 self._open[info.name] = segment
                 return segment
         segment = Segment(self.directory, info, self.cache, self.random_access)  # unlocked: decoding may take a while
+        self._keep(info.name, segment)
+        return segment
+
+    def _keep(self, name: str, segment: Segment) -> None:
+        """Keeps a segment just opened, in place of the least recently used beyond ``size``;
+        a process opening segments (moving to new versions) lets go of removed files' maps
+        at most every ``SWEEP_S``."""
         self._track(segment)
         with self._lock:
-            self._open[info.name] = segment
+            self._open[name] = segment
             while len(self._open) > self._size:
                 self._open.popitem(last=False)
-        return segment
+        if time.monotonic() - _forgotten_at >= SWEEP_S:
+            forget_removed()
+
+    def _forget_removed(self) -> None:
+        with self._lock:
+            held = list(self._open.items())
+        gone = [(name, segment) for name, segment in held if _identity(segment.path) != segment.identity]
+        with self._lock:
+            for name, segment in gone:
+                if self._open.get(name) is segment:
+                    del self._open[name]
+            self._paths = {name: path for name, path in self._paths.items() if name in self._open}
 
     def _track(self, segment: Segment) -> None:
         """Has the watch follow the file ``segment`` maps (the one it maps after decoding
@@ -179,16 +199,30 @@ class SegmentCache:
                 self._open[name] = segment
             return segment
         segment = build()  # unlocked: merging may take a while
-        self._track(segment)
-        with self._lock:
-            self._open[name] = segment
-            while len(self._open) > self._size:
-                self._open.popitem(last=False)
+        self._keep(name, segment)
         return segment
 
     def clear(self) -> None:
         with self._lock:
             self._open.clear()
+
+
+_CACHES: weakref.WeakSet[SegmentCache] = weakref.WeakSet()  # every segment cache of this process
+_forgotten_at = time.monotonic()
+
+
+def forget_removed() -> None:
+    """Has every segment cache of this process let go of its maps of decoded copies removed
+    (or replaced) on disk since they were opened. Cleanup removes a retired version's
+    copies, but their room returns only once no process maps them: a long-lived process (a
+    streaming trainer moving to each new version, an ingest service, an idle handle beside
+    them) kept up to ``size`` of them mapped per cache, and every segment name it had read,
+    for good. A handle still reading a retired version holds its segments itself
+    (``Store.cleanup``)."""
+    global _forgotten_at
+    _forgotten_at = time.monotonic()
+    for cache in list(_CACHES):
+        cache._forget_removed()
 
 
 class Segment:

@@ -49,7 +49,7 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
-from ._segments import Segment, SegmentCache
+from ._segments import Segment, SegmentCache, forget_removed
 from ._versions import (
     LATEST,
     SegmentList,
@@ -529,6 +529,7 @@ class Store:
                 if name not in referenced and not path.is_dir() and older_than(path, grace_s):  # a folder: not ours
                     path.unlink(missing_ok=True)
             self._remove_cached(kept, grace_s)
+        forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
 
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
