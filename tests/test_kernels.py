@@ -41,7 +41,7 @@ from lateseq._kernels import (
     remap_ranges,
     segment_table,
 )
-from lateseq._events import partition_of
+from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import locate as locate_in_segments
 
 
@@ -431,6 +431,14 @@ def test_remap_ranges_matches_searchsorted(kept, ranges, dtype):
 def test_partition_of_matches_reference(users, partitions):
     got = partition_of(np.array(users, np.int64), partitions)
     assert got.tolist() == [partition_of_reference(u, partitions) for u in users]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 9), max_size=60))
+def test_rows_by_partition_are_each_partitions_rows_in_order(parts):
+    parts = np.array(parts, np.int64)
+    got = [(p, rows.tolist()) for p, rows in rows_by_partition(parts)]
+    assert got == [(p, [i for i, q in enumerate(parts) if q == p]) for p in sorted(set(parts.tolist()))]
 
 
 def test_partitions_stay_what_they_were():

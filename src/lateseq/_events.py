@@ -3,7 +3,7 @@ time, with the helpers that partition, order and deduplicate them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,18 @@ def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
     if partitions > 1:
         _partition_of(frozen(users, np.int64), np.int64(partitions), out)
     return out
+
+
+def rows_by_partition(parts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Each partition in ``parts`` with its rows, in order: one stable sort, where a scan
+    of every row per partition cost a commit into 1,024 partitions more than its sorting."""
+    counts = np.bincount(parts)
+    order = np.argsort(parts, kind="stable")
+    if len(order) < 2**31:  # held while the partitions are used (a commit's, written): half the bytes
+        order = order.astype(np.int32)
+    ends = np.cumsum(counts)
+    for p in np.flatnonzero(counts):
+        yield int(p), order[ends[p] - counts[p]:ends[p]]
 
 
 class Taken(Mapping):
@@ -69,20 +81,22 @@ class Events:
         hashes = event_hashes(user, ts, list(payload.values()))
         return cls(user, ts, payload, np.full(len(user), version, np.uint32), hashes)
 
-    def digest(self) -> str:
-        """A digest of the events' contents in their order (what a commit id vouches for)."""
-        return xxhash.xxh3_64(np.ascontiguousarray(self.hashes)).hexdigest()
+    def digest(self, order: np.ndarray | None = None) -> str:
+        """A digest of the events' contents in their order, or in ``order`` (what a commit
+        id vouches for)."""
+        return xxhash.xxh3_64(np.ascontiguousarray(self.hashes if order is None else self.hashes[order])).hexdigest()
 
-    def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> Events:
-        """Drops redeliveries: rows whose (user, event id) is ``known`` or came earlier."""
-        return self.take(np.flatnonzero(first_deliveries(self.user, self.payload[event_id], *known)))
+    def first_deliveries(self, event_id: str, known: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Mask of the rows whose (user, event id) is neither ``known`` nor came earlier."""
+        return first_deliveries(self.user, self.payload[event_id], *known)
 
-    def sorted(self, tiebreak: str | None) -> Events:
-        """Stable sort by (user, time, tie-break): equal keys keep their current order."""
-        keys = [self.ts, self.user]
+    def order(self, tiebreak: str | None, rows: np.ndarray | None = None) -> np.ndarray:
+        """``rows`` (ascending; all by default) sorted by (user, time, tie-break), stably:
+        equal keys keep their order."""
+        keys = [self.ts, self.user] if rows is None else [self.ts[rows], self.user[rows]]
         if tiebreak is not None:
-            keys.insert(0, self.payload[tiebreak])
-        return self.take(np.lexsort(keys))
+            keys.insert(0, self.payload[tiebreak] if rows is None else self.payload[tiebreak][rows])
+        return np.lexsort(keys) if rows is None else rows[np.lexsort(keys)]
 
 
 def row_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _kernels
 from ._errors import PointerError
-from ._events import partition_of
+from ._events import partition_of, rows_by_partition
 from ._format import TIME
 from ._kernels import (
     E_HASH,
@@ -206,7 +206,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             located.partition = parts
             groups = [(view, np.arange(n))]
         else:  # read one by one
-            groups = [(view[int(p)], np.flatnonzero(parts == p)) for p in touched]
+            groups = [(view[p], rows) for p, rows in rows_by_partition(parts)]
     for view, rows in groups:
         if view is None:
             continue

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
-from ._events import Events, partition_of, row_ranges
+from ._events import Events, partition_of, row_ranges, rows_by_partition
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
@@ -327,8 +327,8 @@ class Store:
             # what a commit id vouches for: the events as stored (sorted by user and time, ties
             # in their given order), so a rerun that reads the same files in another order
             # is the same commit; the given order too, as recorded before this was so
-            content = f"watermark {watermark}" if incoming is None else (
-                incoming.sorted(self.schema.tiebreak) if commit_id is not None else incoming).digest()
+            content = f"watermark {watermark}" if incoming is None else incoming.digest(
+                incoming.order(self.schema.tiebreak) if commit_id is not None else None)
             # a rerun first: it is a no-op even after a later commit moved the watermark on
             if commit_id is not None and (done := self._log.find_commit(commit_id)) is not None:
                 if done[1] not in (content, None if incoming is None else incoming.digest()):
@@ -343,16 +343,21 @@ class Store:
                 if commit_id is not None:
                     self._log.mark_commit(commit_id, version)
                 return base._publish(version, "commit", base.segment_infos, [], watermark, commit_id, content)
+            delivered = None
             if self.schema.event_id_col:
                 known = base.event_ids(np.unique(incoming.user))
-                incoming = incoming.first_deliveries(self.schema.event_id_col, known)
+                delivered = incoming.first_deliveries(self.schema.event_id_col, known)
             if watermark is None:
                 watermark = base.watermark
-            parts = partition_of(incoming.user, self.schema.partitions)
+            partitions = self.schema.partitions
             with self._unpublished() as new:
-                for p in np.unique(parts):  # none when every event was a redelivery
-                    chunk = incoming.take(np.flatnonzero(parts == p)).sorted(self.schema.tiebreak)
-                    self._write(int(p), chunk, new)
+                for p, rows in (rows_by_partition(partition_of(incoming.user, partitions)) if partitions > 1
+                                else [(0, np.arange(len(incoming)))]):
+                    if delivered is not None:
+                        rows = rows[delivered[rows]]  # none left: every event was a redelivery
+                    if len(rows):  # sorted, then taken once (a take and a sorted take doubled a commit's memory)
+                        whole = len(rows) == len(incoming)
+                        self._write(p, incoming.take(incoming.order(self.schema.tiebreak, None if whole else rows)), new)
                 if commit_id is not None:
                     self._log.mark_commit(commit_id, version)
             return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
@@ -450,6 +455,8 @@ class Store:
         new: list[SegmentInfo] = []
         try:
             yield new
+            if new:  # the files survive a power loss before a manifest names them
+                fsync_dir(self.path / "segments")
         except BaseException:
             for info in new:
                 self._remove_segment(info)
@@ -458,7 +465,6 @@ class Store:
     def _write(self, partition: int, events: Events, new: list[SegmentInfo]) -> SegmentInfo:
         """Writes a segment for a version not published yet, into ``new`` (``_unpublished``)."""
         new.append(write_segment(self.path / "segments", partition, events, self.cache_dir))
-        fsync_dir(self.path / "segments")  # the files survive a power loss before the manifest names them
         return new[-1]
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
