@@ -225,6 +225,54 @@ def test_compaction_keeps_every_version_rebuildable(make_store):
         assert_batch_equal(batch, offsets, values, f"max_len={max_len}")
 
 
+@pytest.mark.parametrize("meanwhile", ["commit", "compact", "delete"])
+def test_a_compaction_lands_on_the_commits_published_while_it_merged(make_store, monkeypatch, meanwhile):
+    """Commits every few seconds beside a compaction that takes minutes: it lost every race
+    and threw its merge away each time (a stranger's: 6 of 6 attempts). Commits published
+    meanwhile only add segments after every one it merged: it lands on top of them. A
+    compaction or deletion meanwhile changed what it merged: CommitConflict, and its files go."""
+    store = make_store(partitions=2)
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        users, ts, items = (rng.integers(0, 6, 20).tolist(), rng.integers(0, 10, 20).tolist(),
+                            rng.integers(0, 1000, 20).tolist())
+        oracle.commit(users, ts, {"item": items})
+        store = store.commit(events(users, ts, items))
+    late = ([1, 2, 3], [0, 4, 9], [7, 8, 9])  # late and tied times: the commit's segment comes after the merge
+    real, calls = lateseq._store.merge_segments, []
+
+    def merge_while_another_writes(*args):
+        merged = real(*args)
+        if not calls:
+            calls.append(meanwhile)
+            other = lateseq.open(store.path)  # another process
+            {"commit": lambda: other.commit(events(*late)), "compact": other.compact,
+             "delete": lambda: other.delete([1])}[meanwhile]()
+        return merged
+
+    monkeypatch.setattr(lateseq._store, "merge_segments", merge_while_another_writes)
+    if meanwhile != "commit":
+        with pytest.raises(lateseq.CommitConflict):
+            store.compact()
+        assert segment_files(store) == referenced_files(store)  # the merge's files went
+        return
+    compacted = store.compact()
+    oracle.commit(*late[:2], {"item": late[2]})
+    oracle.compact()
+    assert compacted.version == store.version + 2 and compacted.versions()[-1].operation == "compact"
+    assert len(compacted.segment_infos) == 2 + 2  # a merged segment per partition, then the commit's
+    requests = pa.table({"user_id": np.repeat(np.arange(0, 7), 12), "request_ts": np.tile(np.arange(12), 7)})
+    log = pa.concat_tables([lateseq.log_examples(compacted.checkout(v), requests)
+                            for v in (store.version, store.version + 1, compacted.version)])
+    reqs = [Request(u, t, v) for u, t, v in zip(*(log.column(c).to_pylist()
+                                                  for c in ("user_id", "request_ts", "uih_version")), strict=True)]
+    offsets, values = oracle.expected(reqs, 100, ("ts", "item"))
+    assert_batch_equal(lateseq.materialize(compacted, log, lateseq.Projection(100, ("ts", "item"))), offsets, values,
+                       "compacted on top of a commit")
+    assert segment_files(store) <= referenced_files(store)
+
+
 @pytest.mark.parametrize("merged_reads", [False, "auto"])
 def test_a_batch_over_many_partitions_reads_as_each_partition_alone(make_store, merged_reads, monkeypatch):
     """A batch touching many partitions is located in one view of them all: it must give

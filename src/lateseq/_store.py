@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
-from ._errors import SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
+from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
 from ._events import Events, partition_of, row_ranges, rows_by_partition
 from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
 from ._kernels import Visibility
@@ -166,6 +166,7 @@ class Store:
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
         self.num_events: int = manifest["events"]
         self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
+        self._held: dict[str, Segment] = {}  # the segments this handle opened: what it reads once cleaned up
         if not self._reads_ahead() and not self._segments.random_access:
             self._segments.read_at_random()  # the lineage's first handles saw a smaller store
         # every event that arrived before the watermark is in this version (two-tier stores)
@@ -374,7 +375,8 @@ class Store:
         segments (the cheapest adjacent ones merge past that). Only adjacent segments
         merge, so events that tie keep their commit order. Events keep the
         version they became visible in, so every pointer into any kept version rebuilds
-        the same sequence. Returns this handle if nothing needs merging.
+        the same sequence. Commits published while it merges stay: it lands on top of
+        them. Returns this handle if nothing needs merging.
         """
         if policy not in ("full", "tiered"):
             raise SchemaError(f"compaction policy must be 'full' or 'tiered', not {policy!r}")
@@ -398,7 +400,28 @@ class Store:
                             merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
                             infos.append(self._write(p, merged, new))
                         i = end
-            return base._publish(base.version + 1, "compact", infos, new, base.watermark)
+            return base._publish_compaction(infos, new)
+
+    def _publish_compaction(self, infos: list[SegmentInfo], new: list[SegmentInfo]) -> Store:
+        """Publishes ``infos``, a compaction of this handle's segments, as the next version;
+        where commits were published meanwhile, on top of them: their segments come after
+        every one compacted, so the merge stands. Retried from the start, a compaction that
+        takes minutes lost every race against commits every few seconds (a stranger's: 6 of
+        6). A compaction or deletion published meanwhile is a CommitConflict, as before."""
+        base, added = self, []
+        while True:
+            try:
+                return base._publish(base.version + 1, "compact", infos + added, new, base.watermark,
+                                     keep_on_conflict=True)
+            except CommitConflict:
+                latest = self._handle()
+                names = [i.name for i in latest.segment_infos]
+                if latest.version <= base.version or names[:len(self.segment_infos)] != [
+                        i.name for i in self.segment_infos]:  # not only commits since: this merge is stale
+                    for info in new:
+                        self._remove_segment(info)
+                    raise
+                base, added = latest, latest.segment_infos[len(self.segment_infos):]
 
     def delete(self, users: np.ndarray | list[int]) -> Store:
         """Publishes a version without any event of ``users`` (a privacy request).
@@ -469,9 +492,10 @@ class Store:
 
     def _publish(self, version: int, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
                  watermark: int | None, commit_id: str | None = None, content: str | None = None,
-                 deleted: list[int] | None = None) -> Store:
+                 deleted: list[int] | None = None, keep_on_conflict: bool = False) -> Store:
         """Publishes ``infos`` as ``version``, on this handle's; a commit's (``infos`` this
-        handle's segments and then ``new``) lists only ``new``."""
+        handle's segments and then ``new``) lists only ``new``. The ``new`` files are removed
+        where nothing was published, except, with ``keep_on_conflict``, for a CommitConflict."""
         fields, segments = self._log.segment_fields(self.version, self._segment_list, infos,
                                                     new if operation == "commit" else None)
         manifest = {
@@ -489,9 +513,10 @@ class Store:
         }
         try:
             self._log.publish(version, manifest)
-        except StoreError:  # another writer's version, a full disk: nothing published, the new files are
-            for info in new:  # nobody's (after any other error the version may be published: they stay,
-                self._remove_segment(info)  # and cleanup removes them if it was not)
+        except StoreError as exc:  # another writer's version, a full disk: nothing published, the new files
+            if not (keep_on_conflict and isinstance(exc, CommitConflict)):  # are nobody's (after any other
+                for info in new:  # error the version may be published: they stay, and cleanup removes them
+                    self._remove_segment(info)  # if it was not)
             raise
         self._log.remember(version, segments)
         return self._handle(version)
@@ -590,7 +615,7 @@ class Store:
         """Open segments of this version (of one partition), oldest first."""
         infos = self.segment_infos if partition is None else self._by_partition.get(partition, [])
         try:
-            return [self._segments.get(i) for i in infos]
+            return [self._opened(i) for i in infos]
         except StoreError as exc:
             if not isinstance(exc.__cause__, FileNotFoundError):  # damaged, not gone: restore it
                 raise
@@ -600,6 +625,16 @@ class Store:
                 raise VersionNotFound(f"{gone}, while this handle still read it ({exc.args[0]}); a tagged version "
                                       "is never cleaned up") from exc
             raise
+
+    def _opened(self, info: SegmentInfo) -> Segment:
+        """``info``'s segment as this handle opened it: one whose decoded copy was removed
+        since (its version cleaned up) is still read through this map, which the process's
+        segment cache lets go of (a merged copy built after the cleanup reopened the segments
+        from disk, and found them gone); one replaced on disk is opened anew."""
+        segment = self._held.get(info.name)
+        if segment is None or segment.changed():
+            segment = self._held[info.name] = self._segments.get(info)
+        return segment
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
                max_len: int, lengths: np.ndarray | None = None) -> Located:
