@@ -202,10 +202,6 @@ class SegmentCache:
         self._keep(name, segment)
         return segment
 
-    def clear(self) -> None:
-        with self._lock:
-            self._open.clear()
-
 
 _CACHES: weakref.WeakSet[SegmentCache] = weakref.WeakSet()  # every segment cache of this process
 _forgotten_at = time.monotonic()
