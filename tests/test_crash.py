@@ -55,7 +55,7 @@ def child() -> None:
     parent's checks and the kill window holds nothing but writing.
     """
     pa.table(crash_events(0))  # the first pa.table() imports pandas: not inside the kill window
-    with tempfile.TemporaryDirectory() as scratch:  # nor loading the kernels (~0.3 s: every kill landed there)
+    with tempfile.TemporaryDirectory() as scratch:  # nor loading the kernels (~0.3 s: nearly every kill landed there)
         warm = lateseq.create(Path(scratch) / "warm", lateseq.Schema(columns=COLUMNS, tiebreak="seq", partitions=2))
         warm.commit(pa.table(crash_events(0))).commit(pa.table(crash_events(1))).compact()
     print("ready", flush=True)
