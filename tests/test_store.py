@@ -273,6 +273,47 @@ def test_a_compaction_lands_on_the_commits_published_while_it_merged(make_store,
     assert segment_files(store) <= referenced_files(store)
 
 
+@pytest.mark.parametrize("meanwhile", ["commit", "compact"])
+def test_a_deletion_lands_on_the_commits_published_while_it_rewrote(make_store, monkeypatch, meanwhile):
+    """A privacy deletion on a live store lost every race against frequent commits (a
+    stranger's: 8 of 8). It lands on top of commits published meanwhile, and deletes the
+    users' events they brought too; a compaction meanwhile is a CommitConflict."""
+    store = make_store(partitions=2)
+    rng = np.random.default_rng(8)
+    model = []  # (user, ts, item, commit, row): the events, in the order ties keep
+    for c in range(3):
+        users, ts, items = (rng.integers(1, 7, 15).tolist(), rng.integers(0, 10, 15).tolist(),
+                            rng.integers(0, 1000, 15).tolist())
+        model += [(u, t, i, c, r) for r, (u, t, i) in enumerate(zip(users, ts, items, strict=True))]
+        store = store.commit(events(users, ts, items))
+    late = ([1, 2, 1], [0, 4, 4], [7, 8, 9])  # user 1 again, committed while the deletion rewrites
+    real, calls = lateseq._store.merge_segments, []
+
+    def merge_while_another_writes(*args):
+        if not calls:
+            calls.append(meanwhile)
+            other = lateseq.open(store.path)  # another process
+            other.commit(events(*late)) if meanwhile == "commit" else other.compact()
+        return real(*args)
+
+    monkeypatch.setattr(lateseq._store, "merge_segments", merge_while_another_writes)
+    if meanwhile == "compact":
+        with pytest.raises(lateseq.CommitConflict):
+            store.delete([1])
+        assert segment_files(store) == referenced_files(store)  # the rewritten files went
+        return
+    deleted = store.delete([1])
+    model += [(u, t, i, 3, r) for r, (u, t, i) in enumerate(zip(*late, strict=True))]
+    assert deleted.version == store.version + 2 and deleted.versions()[-1].operation == "delete"
+    ordered = sorted(model, key=lambda e: (e[1], e[3], e[4]))
+    assert read_back(store.path, deleted.version, list(range(1, 7))) == {
+        u: [(t, i) for user, t, i, _, _ in ordered if user == u and u != 1] for u in range(1, 7)}
+    assert deleted.deleted_users().tolist() == [1]
+    # a pointer logged at the commit's version counted user 1's events: reported as deleted
+    assert deleted.deleted_after(np.array([1, 2]), np.array([store.version + 1] * 2)).tolist() == [True, False]
+    assert segment_files(store) <= referenced_files(store)
+
+
 @pytest.mark.parametrize("merged_reads", [False, "auto"])
 def test_a_batch_over_many_partitions_reads_as_each_partition_alone(make_store, merged_reads, monkeypatch):
     """A batch touching many partitions is located in one view of them all: it must give

@@ -33,7 +33,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -404,57 +404,73 @@ class Store:
                             merged = merge_segments([base._segments.get(s) for s in segments[i:end]], self.schema)
                             infos.append(self._write(p, merged, new))
                         i = end
-            return base._publish_compaction(infos, new)
+            return base._publish_rewritten("compact", infos, new)
 
-    def _publish_compaction(self, infos: list[SegmentInfo], new: list[SegmentInfo]) -> Store:
-        """Publishes ``infos``, a compaction of this handle's segments, as the next version;
-        where commits were published meanwhile, on top of them: their segments come after
-        every one compacted, so the merge stands (so do versions since that rewrote only
-        segments added after them). Retried from the start, a compaction that takes minutes
-        lost every race against commits every few seconds (a stranger's: 6 of 6). One that
-        rewrote a segment it merged (a compaction, a deletion) is a CommitConflict."""
+    def _publish_rewritten(self, operation: str, infos: list[SegmentInfo], new: list[SegmentInfo],
+                           deleted: list[int] | None = None,
+                           rewrite: Callable[[list[SegmentInfo], list[SegmentInfo]], list[SegmentInfo]] | None = None,
+                           ) -> Store:
+        """Publishes ``infos``, what ``operation`` made of this handle's segments, as the next
+        version; where commits were published meanwhile, on top of them, their segments after
+        (as ``rewrite`` makes them, writing into its second argument): they come after every
+        one rewritten, so the work stands (so do versions since that rewrote only segments
+        added after them). Retried from the start, a compaction or a deletion that takes
+        minutes lost every race against commits every few seconds (strangers': 6 of 6, 8 of
+        8). One that rewrote a segment this one did (a compaction, a deletion) is a
+        CommitConflict."""
         base, added = self, []
         while True:
             try:
-                return base._publish(base.version + 1, "compact", infos + added, new, base.watermark,
-                                     keep_on_conflict=True)
+                return base._publish(base.version + 1, operation, infos + added, new, base.watermark,
+                                     deleted=deleted, keep_on_conflict=True)
             except CommitConflict:
                 latest = self._handle()
                 names = [i.name for i in latest.segment_infos]
                 if latest.version <= base.version or names[:len(self.segment_infos)] != [
-                        i.name for i in self.segment_infos]:  # not only commits since: this merge is stale
-                    for info in new:
-                        self._remove_segment(info)
+                        i.name for i in self.segment_infos]:  # not only commits since: this work is stale
+                    self._remove_unpublished(new)
                     raise
-                base, added = latest, latest.segment_infos[len(self.segment_infos):]
+                try:
+                    with self._unpublished() as more:
+                        added = latest.segment_infos[len(self.segment_infos):]
+                        added = added if rewrite is None else rewrite(added, more)
+                except BaseException:
+                    self._remove_unpublished(new)
+                    raise
+                base, new = latest, new + more
 
     def delete(self, users: np.ndarray | list[int]) -> Store:
         """Publishes a version without any event of ``users`` (a privacy request).
 
         Older versions still hold the events until ``cleanup`` retires them (tagged
         versions stay until untagged); the manifest records the users, so the audit
-        reports their pointers as ``deleted``. Returns this handle when none is stored.
+        reports their pointers as ``deleted``. Commits published while it rewrites stay,
+        without the users' events. Returns this handle when none is stored.
         """
         users = np.unique(as_user_ids(users, "users to delete"))
-        with self._log.writing():
-            base = self._handle()
-            touched = []
-            for info in base.segment_infos:
-                lo, hi = base._segments.get(info).user_ranges(users)
+        rewritten: dict[str, SegmentInfo | None] = {}  # segments that held them: without them, or none
+
+        def without_users(infos: list[SegmentInfo], new: list[SegmentInfo]) -> list[SegmentInfo]:
+            """``infos``, each that holds any of ``users`` rewritten without them (once) in its
+            place: segment order breaks time ties."""
+            for info in infos:
+                if info.name in rewritten:
+                    continue
+                lo, hi = self._segments.get(info).user_ranges(users)
                 if (hi > lo).any():
-                    touched.append(info)
-            if not touched:
-                return base
-            rewritten: dict[str, SegmentInfo | None] = {}
-            with self._unpublished() as new:
-                for info in touched:
-                    events = merge_segments([base._segments.get(info)], self.schema)
+                    events = merge_segments([self._segments.get(info)], self.schema)
                     keep = np.flatnonzero(~np.isin(events.user, users))
                     rewritten[info.name] = self._write(info.partition, events.take(keep), new) if len(keep) else None
-            # each rewritten segment takes its original's place: segment order breaks time ties
-            infos = [rewritten.get(i.name, i) for i in base.segment_infos]
-            return base._publish(base.version + 1, "delete", [i for i in infos if i is not None], new,
-                                 base.watermark, deleted=users.tolist())
+            return [kept for i in infos if (kept := rewritten.get(i.name, i)) is not None]
+
+        with self._log.writing():
+            base = self._handle()
+            with self._unpublished() as new:
+                infos = without_users(base.segment_infos, new)
+            if not rewritten:
+                return base
+            # commits published meanwhile may hold their events too: theirs are rewritten as well
+            return base._publish_rewritten("delete", infos, new, users.tolist(), without_users)
 
     def deleted_users(self) -> np.ndarray:
         """Users whose events a kept or retired version's deletion (up to this handle's) removed."""
@@ -486,9 +502,12 @@ class Store:
             if new:  # the files survive a power loss before a manifest names them
                 fsync_dir(self.path / "segments")
         except BaseException:
-            for info in new:
-                self._remove_segment(info)
+            self._remove_unpublished(new)
             raise
+
+    def _remove_unpublished(self, new: list[SegmentInfo]) -> None:
+        for info in new:
+            self._remove_segment(info)
 
     def _write(self, partition: int, events: Events, new: list[SegmentInfo]) -> SegmentInfo:
         """Writes a segment for a version not published yet, into ``new`` (``_unpublished``)."""
@@ -520,9 +539,8 @@ class Store:
             self._log.publish(version, manifest)
         except StoreError as exc:  # another writer's version, a full disk: nothing published, the new files
             if not (keep_on_conflict and isinstance(exc, CommitConflict)):  # are nobody's (after any other
-                for info in new:  # error the version may be published: they stay, and cleanup removes them
-                    self._remove_segment(info)  # if it was not)
-            raise
+                self._remove_unpublished(new)  # error the version may be published: they stay, and cleanup
+            raise  # removes them if it was not)
         self._log.remember(version, segments)
         return self._handle(version)
 
