@@ -541,6 +541,14 @@ def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
     return ts_a < ts_b or (ts_a == ts_b and tb_a < tb_b)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _window_before(key_ts, key_tb, a, b):  # pragma: no cover - compiled
+    """Whether window a's key comes before window b's in the merge's order: on equal keys
+    the later segment's event (the larger window index) is the newer."""
+    return _key_before(key_ts[a], key_tb[a], key_ts[b], key_tb[b]) or (
+        key_ts[a] == key_ts[b] and key_tb[a] == key_tb[b] and a < b)
+
+
 @njit(cache=True, nogil=True)
 def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len, hint,
                  v_users, v_low, v_slots, v_first, entries,
@@ -740,8 +748,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
                 arrival_limit):  # pragma: no cover - compiled
     """Each pointer's newest events over windows that overlap in time, newest first by
     (time, tie-break, segment order), as runs of consecutive rows of one segment: the
-    window holding the newest event gives a run down to the next window's newest, so
-    windows are scanned once per run, not once per event, and a run's end is searched
+    window holding the newest event gives a run down to the next window's newest (the
+    windows kept in key order, so the two are at hand), and a run's end is searched
     for, not stepped to (its invisible rows are late rows, found in ``late_l`` from
     ``w_late``), except for pointers bounded by arrival. Returns the runs (one row per
     field: segment, lo, hi, output position)."""
@@ -752,10 +760,13 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
     cursor = np.empty(widest, np.int64)  # each window's newest unused event: only the window
     key_ts = np.empty(widest, np.int64)  # a run came from moves, so only its key is read again
     key_tb = np.zeros(widest, np.int64)
+    # the windows with events left, oldest key first: the newest two are at its end. A scan
+    # of every window per run cost 1.6x more on daily segments with late events (30 windows)
+    order = np.empty(widest, np.int64)
     k, r = 0, 0
     while True:
-        k, r = _merge_pointers(runs, k, r, cursor, key_ts, key_tb, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi,
-                               w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l,
+        k, r = _merge_pointers(runs, k, r, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo,
+                               w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l,
                                arr_b, version, version_hi, arrival_limit)
         if r == rows.shape[0]:
             return runs[:, :k]
@@ -763,8 +774,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
 
 
 @njit(cache=True, nogil=True)
-def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes,
-                    w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version,
+def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi,
+                    w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version,
                     version_hi, arrival_limit):  # pragma: no cover - compiled
     """``_merge_view`` for pointers ``first``... from ``runs[:, k]`` on; returns (runs
     written, pointers done): fewer than all when ``runs`` is full (see ``_put_run``)."""
@@ -782,21 +793,16 @@ def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, rows, offsets, p_w0,
             key_ts[j] = w_top[j0 + j]
             if has_tb:
                 key_tb[j] = tb_b[w_seg[j0 + j]] + np.int64(segment(tb_l, w_seg[j0 + j])[cursor[j]])
+            t = j  # windows come oldest segment first, so mostly in key order already: few moves
+            while t > 0 and _window_before(key_ts, key_tb, j, order[t - 1]):
+                order[t] = order[t - 1]
+                t -= 1
+            order[t] = j
+        left = m
         pos = offsets[p + 1] - 1
-        while pos >= offsets[p]:
-            best = -1
-            second = -1
-            for j in range(m):
-                if cursor[j] < w_lo[j0 + j]:
-                    continue
-                # on equal keys the later segment's event is the newer: j grows, so ties replace
-                if best < 0 or not _key_before(key_ts[j], key_tb[j], key_ts[best], key_tb[best]):
-                    second = best
-                    best = j
-                elif second < 0 or not _key_before(key_ts[j], key_tb[j], key_ts[second], key_tb[second]):
-                    second = j
-            if best < 0:  # cannot happen: the windows hold every event the offsets count
-                break
+        while pos >= offsets[p] and left > 0:  # left == 0 cannot happen: the windows hold every event counted
+            best = order[left - 1]
+            second = order[left - 2] if left > 1 else -1
             w = j0 + best
             g = w_seg[w]
             i = cursor[best]
@@ -864,6 +870,15 @@ def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, rows, offsets, p_w0,
                 key_ts[best] = ts_b[g] + np.int64(segment(ts_l, g)[i])
                 if has_tb:
                     key_tb[best] = tb_b[g] + np.int64(segment(tb_l, g)[i])
+                # its key went down: moved past the windows now newer (a late event's few). This
+                # loop and the one above are written out: as an inlined helper, 1.5x slower
+                t = left - 1
+                while t > 0 and _window_before(key_ts, key_tb, best, order[t - 1]):
+                    order[t] = order[t - 1]
+                    t -= 1
+                order[t] = best
+            else:
+                left -= 1
     return k, rows.shape[0]
 
 
