@@ -73,6 +73,30 @@ def test_streaming_and_batch_rebuild_exactly(world):
     assert again.values["item_id"].tolist() == served.values["item_id"].tolist()
 
 
+@pytest.mark.parametrize("id_type", [pa.uint64(), pa.int32(), "dictionary", "chunked"])
+def test_online_serves_the_tail_of_user_ids_of_any_integer_type(world, id_type):
+    """Ids as Arrow sends them: uint64 ids above 2**53 searched among the tier's int64
+    ones compared as floats, and users whose events were all in the tier were served none."""
+    store, tier = world
+    big = 2**60 if id_type != pa.int32() else 2**30
+    users = [big + 1, big + 2, big + 3]
+    tier.append(events((users[0], 1, 1, 1), (users[1], 1, 1, 2)))
+    store = fold(store, tier, 5)
+    tier.append(events((users[0], 6, 6, 3), (users[1], 6, 7, 4), (users[2], 7, 8, 5)))
+    reader = OnlineReader(store, tier, PROJECTION)
+    ids = pa.array(users, pa.int64())
+    if id_type == "dictionary":
+        ids = ids.dictionary_encode()
+    elif id_type == "chunked":
+        ids = pa.chunked_array([ids[:1], ids[1:]])
+    else:
+        ids = ids.cast(id_type)
+    log, served = reader.serve(pa.table({"user_id": ids, "request_ts": [10, 10, 10]}))
+    assert [served.values["item_id"][a:b].tolist() for a, b in zip(served.offsets[:-1], served.offsets[1:])] == [
+        [10, 30], [20, 40], [50]]
+    assert log.column("seq_length").to_pylist() == [2, 2, 1]
+
+
 def test_a_log_whose_tail_columns_do_not_match_the_store_is_refused(world):
     """A damaged footer renamed a tail column: a SchemaError naming the columns, not a raw KeyError."""
     store, log, _ = serve_one_scenario(*world)

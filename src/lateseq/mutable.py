@@ -168,6 +168,7 @@ class InMemoryTier(MutableTier):
         return self._index
 
     def tail(self, users, since, until):
+        users = as_user_ids(users, "users")  # uint64 ids searched among int64 ones compare as floats
         order, keys, user_ids, arrivals = self._by_user()
         if len(order) == 0:
             return np.empty(0, np.int64), self._table
