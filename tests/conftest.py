@@ -98,3 +98,22 @@ def world(tmp_path):
     from lateseq.mutable import InMemoryTier
 
     return lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA), InMemoryTier(TWO_TIER_SCHEMA, retention=100)
+
+
+class ArrowExporter:
+    """A column as polars hands it over: it exports Arrow (the PyCapsule stream), and reads
+    through numpy to the microsecond, as polars' datetime[ns] Series did."""
+
+    def __init__(self, array: pa.Array):
+        self.array = array
+        self.dtype = "exported"
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return pa.chunked_array([self.array]).__arrow_c_stream__(requested_schema)
+
+    def __array__(self, dtype=None, copy=None):
+        values = self.array.to_numpy(zero_copy_only=False)
+        return values.astype("datetime64[us]") if values.dtype.kind == "M" else values.astype(float)
+
+    def __len__(self):
+        return len(self.array)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import snapshot
+from conftest import ArrowExporter, snapshot
 
 import lateseq
 
@@ -416,6 +416,25 @@ def test_user_ids_in_every_form_users_hold_them(store):
         lateseq.make_pointers(store, pd.Series([1, 2], dtype="Int64"), [30, 30]))
     assert 1 in store.delete(1).deleted_users()
     assert 2 in store.delete(pd.Categorical([2])).deleted_users()
+
+
+def test_columns_of_types_arrow_cannot_compare_or_decode_are_read_or_refused_by_name(make_store):
+    """Half floats into a float32 column are stored exactly (their check compared them with
+    Arrow, which has no comparison of half floats: Arrow's error named no column); polars'
+    categories of string_view, which Arrow cannot decode, are refused naming the column;
+    ids exported with a null are refused for the null, not as floats."""
+    store = make_store({"score": "float32"})
+    halves = np.array([0.5, -0.0, np.inf, 65504.0], np.float16)
+    stored = store.commit(pa.table({"user_id": [1] * 4, "ts": [1, 2, 3, 4], "score": halves}))
+    batch = lateseq.materialize(stored, lateseq.make_pointers(stored, [1], [10]), lateseq.Projection(8, ("score",)))
+    assert batch.values["score"].view(np.uint32).tolist() == halves.astype(np.float32).view(np.uint32).tolist()
+    categories = pa.DictionaryArray.from_arrays(pa.array([0], pa.uint32()), pa.array(["u1"], pa.string_view()))
+    raises_and_changes_nothing(stored, lateseq.SchemaError, ValueError, r"'user_id' is categorical, of string_view",
+                               lambda: stored.commit(pa.table({"user_id": categories, "ts": [5], "score": [1.0]})))
+    with pytest.raises(lateseq.SchemaError, match="user_id is categorical, of string_view.*map string ids"):
+        lateseq.log_examples(stored, pa.table({"user_id": categories, "request_ts": [5]}))
+    with pytest.raises(lateseq.SchemaError, match="user_id has 1 null values"):
+        lateseq.make_pointers(stored, ArrowExporter(pa.array([1, None], pa.int64())), [5, 5])
 
 
 def test_values_a_column_cannot_hold_as_given_are_refused(make_store):

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ArrowExporter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -288,14 +289,18 @@ def test_the_issue_millisecond_requests_against_a_microsecond_store(make_store):
 
 def test_pandas_request_times_keep_every_nanosecond(make_store):
     """numpy turns a time-zoned Series into Timestamp objects, which Arrow read to the
-    microsecond: the pointer named another time, and its checksum agreed with it."""
+    microsecond: the pointer named another time, and its checksum agreed with it. So did a
+    Series of Timestamp objects (through pandas' own Arrow export) and a column that
+    exports Arrow (polars) read through numpy."""
     t = 1_700_000_000_000_000_000
     store = make_store({"item": "int64"}, time_unit="ns")
     store = store.commit(pa.table({"user_id": [1], "ts": [t + 100], "item": [7]}))
     tz_series = pd.Series(pd.to_datetime([t + 500], unit="ns", utc=True))
+    paris = pd.Timestamp(t + 500, tz="Europe/Paris")
     for times in (tz_series, pd.DatetimeIndex(tz_series), tz_series.dt.tz_convert("Asia/Kolkata"),
-                  [pd.Timestamp(t + 500)], [pd.Timestamp(t + 500, tz="Europe/Paris")],
-                  np.array([pd.Timestamp(t + 500)], dtype=object)):
+                  [pd.Timestamp(t + 500)], [paris], np.array([pd.Timestamp(t + 500)], dtype=object),
+                  pd.Series([paris], dtype=object), pd.Series([pd.Timestamp(t + 500)], dtype=object),
+                  pd.Index([paris], dtype=object), ArrowExporter(pa.array([t + 500], pa.timestamp("ns")))):
         pointers = lateseq.make_pointers(store, [1], times)
         assert pointers.column("request_ts").to_pylist() == [t + 500], times
         assert pointers.column("uih_length").to_pylist() == [1], times

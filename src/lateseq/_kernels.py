@@ -766,8 +766,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
     k, r = 0, 0
     while True:
         k, r = _merge_pointers(runs, k, r, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo,
-                               w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l,
-                               arr_b, version, version_hi, arrival_limit)
+                               w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b,
+                               arr_l, arr_b, version, version_hi, arrival_limit)
         if r == rows.shape[0]:
             return runs[:, :k]
         runs = _doubled(runs)

@@ -39,7 +39,7 @@ from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
 from ._parquet import columns_described
-from ._schema import Schema, as_user_ids, frame_hint, string_ids_hint
+from ._schema import Schema, as_user_ids, exported_arrow, frame_hint, string_ids_hint
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -219,12 +219,16 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
 
 
 def _arrow_times(values: Any) -> pa.Array:
-    """Request times as Arrow, read as user ids are (scalars, byte-swapped arrays, an
-    empty list): datetime64 of a unit Arrow lacks (days, hours, minutes) in exact seconds;
-    of a unit of no fixed length (months, years) or finer than ns, refused. A pandas
-    Series or Index goes to Arrow as it is: numpy makes Timestamp objects of time-zoned
-    times, which Arrow would read to the microsecond only."""
-    if hasattr(values, "dtype") and not isinstance(values, np.ndarray):
+    """Request times as Arrow, read as user ids are (what exports Arrow, scalars,
+    byte-swapped arrays, an empty list): datetime64 of a unit Arrow lacks (days, hours,
+    minutes) in exact seconds; of a unit of no fixed length (months, years) or finer than
+    ns, refused. A pandas Series or Index of a datetime dtype goes to Arrow as it is: numpy
+    makes Timestamp objects of time-zoned times, which Arrow reads to the microsecond
+    only; one of objects (Timestamps) goes through numpy, where their nanoseconds are kept."""
+    exported = exported_arrow(values)
+    if exported is not None:
+        return exported
+    if hasattr(values, "dtype") and not isinstance(values, np.ndarray) and values.dtype != object:
         try:
             return pa.array(values)
         except (pa.ArrowException, TypeError, ValueError):

@@ -145,7 +145,7 @@ class Schema:
         for name in expected:
             col = table.column(name)
             if pa.types.is_dictionary(col.type):  # a categorical column: its values, exactly
-                col = col.cast(col.type.value_type)
+                col = decoded(col, f"column {name!r}", name == self.user_col)
             if col.null_count:
                 nan = (" (pa.Table.from_pandas makes nulls of pandas' NaN: to store NaN, fill them back with "
                        "pyarrow.compute.fill_null(column, float('nan')))" if pa.types.is_floating(col.type) else "")
@@ -168,7 +168,9 @@ class Schema:
                 cast = pc.cast(col, target, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaError(f"column {name!r} does not fit {target}: {exc}") from exc
-            if pa.types.is_floating(col.type) and pa.types.is_floating(target) and col.type != target:
+            if (pa.types.is_floating(col.type) and pa.types.is_floating(target)
+                    and col.type.bit_width > target.bit_width):  # narrowed (wider is exact; Arrow has no
+                # comparison of half floats, so checking float16 into float32 failed with Arrow's error)
                 if pc.sum(pc.is_finite(cast)).as_py() != pc.sum(pc.is_finite(col)).as_py():
                     raise SchemaError(f"column {name!r} holds values too large for {target}")
                 if pc.sum(pc.equal(cast, 0)).as_py() != pc.sum(pc.equal(col, 0)).as_py():
@@ -296,6 +298,18 @@ def string_ids_hint(type_: pa.DataType) -> str:
             "collide with a chance of about 3%, and share one history))")
 
 
+def decoded(column: pa.Array | pa.ChunkedArray, what: str, ids: bool = False) -> pa.Array | pa.ChunkedArray:
+    """A categorical (dictionary) column as its values, exactly. SchemaError, naming
+    ``what``, where Arrow cannot decode them (polars' categories of string_view): lateseq
+    stores numbers, so such a column is refused either way."""
+    try:
+        return column.cast(column.type.value_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        kind = "user ids" if ids else "values"
+        raise SchemaError(f"{what} is categorical, of {column.type.value_type}: lateseq takes integer {kind}"
+                          f"{string_ids_hint(column.type.value_type) if ids else ''}") from exc
+
+
 def frame_hint(value: Any) -> str:
     """How to make the Arrow table lateseq takes of ``value``, exactly, where it is a
     DataFrame (for an error refusing it), else nothing."""
@@ -322,7 +336,7 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     if len(array) == 0:
         return np.empty(0, np.int64)
     if pa.types.is_dictionary(array.type):  # a categorical column of ids
-        array = array.cast(array.type.value_type)
+        array = decoded(array, what, ids=True)
     if not pa.types.is_integer(array.type):
         raise SchemaError(f"{what} must be integer user ids, not {array.type}{string_ids_hint(array.type)}")
     if array.null_count:
@@ -333,11 +347,33 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
         raise SchemaError(f"{what} holds ids that do not fit int64: {exc}") from exc
 
 
-def _arrow_ids(values: Any, what: str) -> pa.Array | pa.ChunkedArray:
-    """``values`` as Arrow: lists and pandas objects as Arrow reads them (their nulls
-    stay nulls), anything else through numpy (tensors, scalars, byte-swapped arrays)."""
+def exported_arrow(values: Any) -> pa.Array | pa.ChunkedArray | None:
+    """``values`` as the Arrow it exports (the Arrow PyCapsule interface: a polars Series,
+    a nanoarrow or DuckDB array), exactly; None where it exports none. ``pa.array`` reads
+    such an object through numpy or Python objects: polars' nanosecond times came back in
+    microseconds, and its nulls as NaN (ids refused as floats). Not pandas objects: their
+    export (pandas 3) reads a column of Timestamp objects to the microsecond too."""
     if isinstance(values, pa.Array | pa.ChunkedArray):
         return values
+    if type(values).__module__.split(".")[0] == "pandas":
+        return None
+    try:
+        if hasattr(values, "__arrow_c_stream__"):
+            return pa.chunked_array(values)
+        if hasattr(values, "__arrow_c_array__"):
+            return pa.array(values)
+    except (TypeError, pa.ArrowNotImplementedError):  # an export this pyarrow cannot import: read as before
+        pass
+    return None
+
+
+def _arrow_ids(values: Any, what: str) -> pa.Array | pa.ChunkedArray:
+    """``values`` as Arrow: what exports Arrow as it is, lists and pandas objects as Arrow
+    reads them (their nulls stay nulls), anything else through numpy (tensors, scalars,
+    byte-swapped arrays)."""
+    exported = exported_arrow(values)
+    if exported is not None:
+        return exported
     if isinstance(values, list | tuple | range) or type(values).__module__.split(".")[0] == "pandas":
         return pa.array(values)
     raw = np.atleast_1d(np.asarray(values))
