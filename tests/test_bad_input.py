@@ -101,6 +101,24 @@ def test_bad_events_in_a_record_batch_reader_or_parquet_file(store, tmp_path):
                                lambda: store.commit(tmp_path / "dataset"))
 
 
+@pytest.mark.parametrize("first", ["narrow", "wide"])
+def test_a_folder_whose_files_hold_different_columns_is_refused(store, tmp_path, first):
+    """pyarrow reads a folder with its first file's columns: a column that a later file
+    added (an upstream export's schema grew) was silently dropped, and the other way round
+    refused for its nulls, depending on the files' names."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    narrow = pa.table({"user_id": [1], "ts": [1], "item": [10]})
+    wide = narrow.append_column("rating", pa.array([5], pa.int8()))
+    files = [narrow, wide] if first == "narrow" else [wide, narrow]
+    for i, table in enumerate(files):
+        pq.write_table(table, folder / f"part-{i}.parquet")
+    pattern = (r"part-1.parquet has \['rating'\], which .*part-0.parquet has not" if first == "narrow"
+               else r"part-1.parquet has not \['rating'\], which .*part-0.parquet has")
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "hold different columns: .*" + pattern,
+                               lambda: store.commit(folder))
+
+
 def test_bad_event_sources(store, tmp_path):
     missing = tmp_path / "nope.parquet"
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, re.escape(str(missing)),

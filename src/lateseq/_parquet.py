@@ -101,12 +101,23 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         files = [fragment.path for fragment in folder.get_fragments()]
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
-    rows, beyond, finer = 0, False, False
+    rows, beyond, finer, columns = 0, False, False, None
     for file in files:
         source, file_beyond, file_finer = _opened(file, None, what)
         with source:
             rows += source.metadata.num_rows
+            names = source.schema_arrow.names
         beyond, finer = beyond or file_beyond, finer or file_finer
+        if columns is None:
+            columns = (file, names)
+        elif set(names) != set(columns[1]):  # pyarrow reads the folder with the first file's columns only
+            extra, lacking = sorted(set(names) - set(columns[1])), sorted(set(columns[1]) - set(names))
+            raise SchemaError(
+                f"the files of {what} {path} hold different columns: {file} has "
+                + " and ".join(part for part in (f"{extra}, which {columns[0]} has not" if extra else "",
+                                                 f"not {lacking}, which {columns[0]} has" if lacking else "") if part)
+                + "; read as one, a column would be dropped or filled with nulls: write every file with the same "
+                "columns, or give the files one at a time")
     _check_int96(beyond, finer, path, what)  # each file may hold one kind, the folder both
     if beyond:  # one file's INT96 times need microseconds: all are read so
         folder = ds.dataset(path, partitioning="hive", format=ds.ParquetFileFormat(
