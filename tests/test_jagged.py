@@ -52,6 +52,30 @@ def test_to_torch_shares_the_data():
     assert batch.to_torch(device="cpu")["item"].device.type == "cpu"
 
 
+PADS = [  # (dtype, pad value, whether the column holds it exactly)
+    ("int64", -1, True), ("int64", 0.0, True), ("int64", 1.7, False), ("int64", float("nan"), False),
+    ("int64", 2**64, False), ("int64", "0", False), ("int64", None, False), ("uint8", -1, False),
+    ("int8", 300, False), ("int8", -128, True), ("bool", -1, False), ("bool", True, True), ("bool", 1, True),
+    ("float32", float("nan"), True), ("float32", -np.inf, True), ("float32", 1e300, False),
+    ("float32", 2**24 + 1, False), ("float64", np.float32(0.5), True), ("int32", np.int64(2**31), False),
+]
+
+
+@pytest.mark.parametrize("dtype, pad_value, fits", PADS)
+def test_padded_refuses_a_pad_value_its_column_does_not_hold_exactly(dtype, pad_value, fits):
+    """numpy casts a pad value silently: 1.7 into an id column padded with item 1, -1 into
+    a bool one with True, and a mask made from the padding then marked real events."""
+    values = np.array([1, 0, 1], dtype)
+    batch = JaggedBatch(np.array([0, 3, 3]), {"x": values}, np.zeros(2, bool))
+    if not fits:
+        with pytest.raises(SchemaError, match=f"pad_value .* does not fit column 'x' of {dtype}"):
+            batch.padded("x", 4, pad_value=pad_value)
+        return
+    dense = batch.padded("x", 4, pad_value=pad_value)
+    pad = np.array(pad_value, dtype) if not isinstance(pad_value, float) else np.array(pad_value).astype(dtype)
+    assert dense[1].view(np.uint8).tolist() == np.full(4, pad, dtype).view(np.uint8).tolist()
+
+
 def test_padded_refuses_a_side_or_column_it_does_not_know_and_takes_side_by_keyword_only():
     batch = batch_of([[1, 2], [3]])
     for side in ("Left", "left ", "both"):  # anything but 'left' used to pad on the right

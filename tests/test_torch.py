@@ -714,6 +714,12 @@ def test_padded_is_the_newest_events_like_the_numpy_batch(batch, side, length):
         assert got.dtype == batch.values[name].dtype and np.array_equal(got.numpy(), want)
 
 
+def test_padded_refuses_a_pad_value_its_column_does_not_hold_as_the_numpy_batch_does(batch):
+    for name, pad_value in (("item_id", 1.5), ("rating", 300), ("ts", float("nan"))):
+        with pytest.raises(lateseq.SchemaError, match=f"pad_value {pad_value} does not fit column '{name}'"):
+            batch.padded(name, 4, pad_value=pad_value)
+
+
 def test_to_hstu_gives_sequential_features_fields_right_padded(batch):
     hstu = batch.to_hstu(max_len=4)
     assert set(hstu) == {"past_lengths", "past_ids", "past_embeddings", "past_payloads"}

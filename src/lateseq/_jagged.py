@@ -62,7 +62,7 @@ class JaggedBatch:
         """A dense (rows, length) array of one column: each row's newest ``length`` events,
         oldest first, padded on ``side`` (``length`` None: the longest here). ``side`` and
         ``pad_value`` are keywords: positional, the two classes' orders could be confused."""
-        check_padding(self.values, name, side)
+        check_padding(self.values, name, side, pad_value)
         lengths = self.lengths
         width = int(lengths.max(initial=0)) if length is None else exact_integer("padded: length", length, 0)
         values = self.values[name]
@@ -100,13 +100,38 @@ class JaggedBatch:
         return out
 
 
-def check_padding(values: dict, name: str, side: str) -> None:
-    """SchemaError for a column a batch lacks or a side that is not 'right' or 'left'
-    (anything else would quietly pad on the right)."""
+def check_padding(values: dict, name: str, side: str, pad_value: Any, dtype: np.dtype | None = None) -> None:
+    """SchemaError for a column a batch lacks, a side that is not 'right' or 'left'
+    (anything else would quietly pad on the right), or a pad value the column's ``dtype``
+    (its values' by default) cannot hold: numpy and torch cast it silently, 1.7 into an id
+    column padding with item 1, -1 into a bool one with True."""
     if name not in values:
         raise SchemaError(f"batch has no column {name!r}; it has {sorted(values)}")
     if side not in ("right", "left"):
         raise SchemaError(f"side must be 'right' or 'left', got {side!r}")
+    dtype = np.dtype(values[name].dtype if dtype is None else dtype)
+    if not _holds(dtype, pad_value):
+        raise SchemaError(f"pad_value {pad_value!r} does not fit column {name!r} of {dtype}: give one it holds "
+                          "exactly (padding that reads as another value would pass for an event)")
+
+
+def _holds(dtype: np.dtype, value: Any) -> bool:
+    """Whether ``value`` is a number that ``dtype`` holds exactly (NaN and infinities in floats)."""
+    if isinstance(value, bool | np.bool_):
+        return dtype.kind in "biu"
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(value, int | np.integer):
+            if dtype.kind == "b":
+                return value in (0, 1)
+            if dtype.kind == "f":
+                cast = dtype.type(value)
+                return bool(np.isfinite(cast)) and int(cast) == int(value)
+            return np.iinfo(dtype).min <= int(value) <= np.iinfo(dtype).max
+        if isinstance(value, float | np.floating):
+            if dtype.kind == "f":
+                return not np.isfinite(value) or bool(np.isfinite(dtype.type(value)))
+            return float(value).is_integer() and _holds(dtype, int(value))
+    return False
 
 
 def _bits(values: np.ndarray) -> np.ndarray:

@@ -165,7 +165,8 @@ class Batch:
     def padded(self, name: str, length: int | None = None, *, side: Literal["right", "left"] = "right",
                pad_value: Any = 0) -> torch.Tensor:
         """``JaggedBatch.padded`` as a tensor, on the batch's device."""
-        check_padding(self.values, name, side)
+        values = self.values.get(name)
+        check_padding(self.values, name, side, pad_value, None if values is None else _numpy_dtype(values.dtype))
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
         length = exact_integer("length", length, 0)
@@ -951,6 +952,13 @@ def _aligned(nbytes: int) -> int:
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch one (a float of the same width for bfloat16, which numpy lacks)."""
+    if dtype == torch.bfloat16:
+        return np.dtype(np.float32)  # the same exponent range: what it holds, bar precision
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
