@@ -441,6 +441,37 @@ def test_a_state_saved_at_an_epochs_end_resumes_at_the_start_of_the_next(world, 
     assert all(same(a, b) for a, b in zip(again, epoch1, strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rebatch_saved_at_an_epochs_last_step_resumes_with_nothing_left_of_it(world, num_workers):
+    """The short last training batch draws the loader to its end, so the loader's state
+    saved at that step says its pass is over, and torchdata starts a new pass: the whole
+    epoch was trained again. The next epoch then starts afresh."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    _, oracle, log, _ = world
+
+    def loader() -> tuple[ExampleDataset, StatefulDataLoader]:
+        ds = dataset(world, batch_size=7, shuffle=True, seed=5)
+        ds.set_epoch(3)
+        return ds, StatefulDataLoader(ds, batch_size=None, num_workers=num_workers)
+
+    ds, whole = loader()
+    steps = rebatch(whole, 25)
+    for _ in steps:  # a checkpoint after every step: the last one counts
+        saved = {"loader": whole.state_dict(), "rebatch": steps.state_dict()}
+    assert log.num_rows % 25  # a short last batch
+    ds.set_epoch(4)
+    epoch4 = list(rebatch(whole, 25))
+    ds, resumed = loader()
+    resumed.load_state_dict(saved["loader"])
+    assert list(rebatch(resumed, 25, state=saved["rebatch"])) == []
+    ds.set_epoch(4)
+    again = list(rebatch(resumed, 25, state=saved["rebatch"]))  # the state of an earlier epoch: not this one's
+    check(again, oracle, log)
+    assert all(same(a, b) for a, b in zip(again, epoch4, strict=True))
+
+
 def test_resume_state_is_checked(world):
     ds = dataset(world, shuffle=True)
     it = iter(ds)

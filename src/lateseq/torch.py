@@ -263,20 +263,31 @@ class Rebatched(Iterator[Batch]):
 
     def __init__(self, batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | None = None):
         self.batch_size = exact_integer("batch_size", batch_size, 1)
-        self._batches = iter(batches)
         self._pending: list[Batch] = []
+        # the epoch of the ExampleDataset the loader reads (None: another source), and
+        # whether this pass has drawn its last batch
+        dataset = getattr(batches, "dataset", batches)
+        self._epoch = dataset.epoch if isinstance(dataset, ExampleDataset) else None
+        self._exhausted = False
         if state is not None:
             try:
                 held = state["held"]
                 self._pending = [] if held is None else [Batch(**held)]
             except (KeyError, TypeError) as exc:
                 raise SchemaError(f"not a rebatch state: {state!r}") from exc
+            # saved at the epoch's last step, which drew the loader to its end to fill the
+            # short last batch: the loader's state says its pass is over, and torchdata
+            # then starts a new pass, the same epoch again. Nothing of it is left.
+            self._exhausted = bool(state.get("exhausted")) and self._epoch is not None and (
+                state.get("epoch") == self._epoch)
+        self._batches = iter(()) if self._exhausted else iter(batches)
         self._count = sum(len(b) for b in self._pending)
 
     def __next__(self) -> Batch:
         while self._count < self.batch_size:
             batch = next(self._batches, None)
             if batch is None:
+                self._exhausted = True
                 break
             self._pending.append(batch)
             self._count += len(batch)
@@ -289,12 +300,14 @@ class Rebatched(Iterator[Batch]):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The examples held (as tensors; None: none), to save beside the loader's state."""
+        """The examples held (as tensors; None: none), and whether the loader's pass of
+        this epoch is over, to save beside the loader's state."""
+        done = {"exhausted": self._exhausted, "epoch": self._epoch}
         if not self._pending:
-            return {"held": None}
+            return {"held": None, **done}
         held = Batch.cat(self._pending)
         return {"held": {"rows": held.rows, "examples": held.examples, "offsets": held.offsets,
-                         "lengths": held.lengths, "values": held.values}}
+                         "lengths": held.lengths, "values": held.values}, **done}
 
 
 @dataclass
