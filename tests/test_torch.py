@@ -472,6 +472,16 @@ def test_rebatch_saved_at_an_epochs_last_step_resumes_with_nothing_left_of_it(wo
     assert all(same(a, b) for a, b in zip(again, epoch4, strict=True))
 
 
+def test_a_log_named_relative_to_the_directory_it_was_made_in_is_read_after_a_chdir(world, monkeypatch):
+    """Launchers (Hydra's) change directory after the trainer built its dataset: the log
+    was found and checked at construction, then not found at the first read."""
+    store, oracle, log, path = world
+    monkeypatch.chdir(path.parent)
+    ds = ExampleDataset(store.path.name, path.name, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=50)
+    monkeypatch.chdir(path.parent.parent)
+    check(list(ds), oracle, log)
+
+
 def test_resume_state_is_checked(world):
     ds = dataset(world, shuffle=True)
     it = iter(ds)

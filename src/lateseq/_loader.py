@@ -215,13 +215,15 @@ def _read_schema(examples: ExampleSource) -> pa.Schema:
 
 
 def parquet_path(path: str | os.PathLike) -> str:
-    """``path`` as a string, once it is known to name a file."""
+    """``path`` as an absolute path, once it is known to name a file: a loader reads it
+    later, maybe after the trainer changed directory (Hydra's launcher does) or in a
+    worker of another one."""
     if not isinstance(path, str | os.PathLike):
         raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
                           f"{frame_hint(path)}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
-    return os.fspath(path)
+    return os.path.abspath(path)
 
 
 def footer_digest(path: str) -> str:
