@@ -252,7 +252,9 @@ def rebatch(batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | N
     """Training batches of exactly ``batch_size`` examples (the last may be smaller) from
     smaller worker batches, in order: workers make small batches (less memory, finer
     resume), the trainer takes big ones. ``state``: a ``Rebatched.state_dict()`` to
-    resume from, with the loader resumed from its own state saved at the same step."""
+    resume from, with the loader resumed from its own state saved at the same step.
+    ``batches`` is the DataLoader itself (or the dataset): its epoch tells a state saved
+    at that epoch's last step (nothing left of it) from one of an earlier epoch."""
     return Rebatched(batches, batch_size, state)
 
 
