@@ -544,14 +544,10 @@ class VersionLog:
         the segment list where a kept version's manifest adds to it."""
         retired = []
         with self.tagging():
-            numbers = self.numbers()
-            if numbers and before > numbers[-1]:  # a typo, or a version of another store: not "all"
-                raise SchemaError(f"cleanup before version {before}: the latest version is {numbers[-1]}, and "
-                                  f"cleanup({numbers[-1]}) retires every version but the latest")
             stays = self._staying(before)
             # every file read (and checked) before any is retired: a damaged one stops
             # cleanup before it changed anything
-            files = {number: self._version_file(number) for number in numbers}
+            files = {number: self._version_file(number) for number in self.numbers()}
             kept = [n for n, m in files.items() if not m.get("retired") and stays(n)]
             needed = set()  # the retired versions whose segment lists a kept version's adds to
             for number in kept:
