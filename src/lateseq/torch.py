@@ -170,7 +170,6 @@ class Batch:
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
         length = exact_integer("length", length, 0)
-        values = self.values[name]
         keep = torch.clamp(self.lengths, max=length)[:, None]
         col = torch.arange(length, device=values.device)
         end = self.offsets[1:, None]
