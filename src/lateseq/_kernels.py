@@ -763,7 +763,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
     # the windows with events left, oldest key first: the newest two are at its end. A scan
     # of every window per run cost 1.6x more on daily segments with late events (30 windows)
     order = np.empty(widest, np.int64)
-    k, r = 0, 0
+    k, r = np.int64(0), np.int64(0)  # not literals: a literal argument compiles the callee twice
     while True:
         k, r = _merge_pointers(runs, k, r, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo,
                                w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b,
@@ -900,7 +900,7 @@ def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - comp
 def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
                  arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
     runs = np.empty((4, 4 * w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
-    k, w = 0, 0
+    k, w = np.int64(0), np.int64(0)
     while True:
         k, w = _cut_windows(runs, k, w, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l,
                             ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit)
