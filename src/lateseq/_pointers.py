@@ -145,11 +145,26 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         try:
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise PointerError(f"pointer column {f.name!r} has type {column.type}, "
-                               f"expected {f.type}") from exc
+            raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
+                               + _out_of_range(column, f.type)) from exc
     if not converted:
         _last_plain = (examples.schema, [positions[f.name][0] for f in POINTER_FIELDS])
     return _pointers(arrays)
+
+
+def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> str:
+    """Why integers did not fit ``target``: the values past its range (a -1 version, a
+    length past 2**32), which say more than the types do."""
+    if not (pa.types.is_integer(column.type) and pa.types.is_integer(target)):
+        return ""
+    info, values = np.iinfo(target.to_pandas_dtype()), np.asarray(column)
+    have = np.iinfo(values.dtype)  # the bounds compared in the column's own type (no -1 as uint64)
+    low, high = values.dtype.type(max(info.min, have.min)), values.dtype.type(min(info.max, have.max))
+    bad = values[(values < low) | (values > high)]
+    if not len(bad):
+        return ""
+    return (f": {len(bad)} of its values lie outside {target}'s {info.min}..{info.max} "
+            f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds")
 
 
 def _pointers(arrays: list[np.ndarray]) -> Pointers:
