@@ -433,6 +433,7 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
     with step(f"{work.name}: an events table built by hand (every event once, sorted, mapped)", steps):
         table = EventsTable(work.events, root / "events-table.arrow")
     out["events_table_bytes"] = table.bytes
+    reference = next(s for s in states if s.name == "compacted-latest")
     for visibility in dict.fromkeys(s.visibility for s in states):
         group = [s for s in states if s.visibility == visibility]
         with step(f"{work.name}: Fat Row oracle, history = {visibility}", steps):
@@ -440,26 +441,29 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
             read_day = read_days(visibility, work.requests)
         for n in NS:
             measure(work, group, histories, read_day, n, samples[n], root, opts, steps, out,
-                    table if visibility == "all" else None)
+                    table if visibility == "all" else None, None if reference in group else reference)
         del histories
     table.path.unlink()
     for at in out["n"].values():
         base = at["lateseq"]["compacted-latest"]
         for s in at["lateseq"].values():
-            s["vs_compacted_latest"] = s["ex_s"] / base["ex_s"]
+            s.setdefault("vs_compacted_latest", s["ex_s"] / base["ex_s"])
             if "epoch" in s:
                 s["epoch"]["vs_compacted_latest"] = s["epoch"]["ex_s"] / base["epoch"]["ex_s"]
             if "cold" in s:
-                s["cold"]["vs_compacted_latest"] = s["cold"]["ex_s"] / base["cold"]["ex_s"]
+                s["cold"].setdefault("vs_compacted_latest", s["cold"]["ex_s"] / base["cold"]["ex_s"])
     return out
 
 
 def measure(work: Workload, group: list[State], histories: Histories, read_day: np.ndarray, n: int,
             sample: Sample, root: Path, opts: Options, steps: dict[str, float], out: dict,
-            table: EventsTable | None = None) -> None:
+            table: EventsTable | None = None, reference: State | None = None) -> None:
     """Builds one history's Fat Rows at N=n, checks them against every state that shares
     that history, times both sides, and fills ``out["n"][n]``. ``table`` (for the history
-    of every event) is timed beside them, checked against the first state first."""
+    of every event) is timed beside them, checked against the first state first. The
+    ``reference`` state (compacted-latest, of another history) is timed in the same
+    interleaved passes on the same requests, and each state's ``vs_compacted_latest`` is
+    taken against it: states timed minutes apart on a shared VM differ by up to 1.3x."""
     at = out["n"][str(n)]
     visibility = group[0].visibility
     tag = f"{work.name}-{visibility}-n{n}"
@@ -474,10 +478,11 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
                                 settings, forms=("parquet-smallest",))["parquet-smallest"]
             sized.path.unlink()
     logs = {}
-    for state in group:  # the timed example log: the same rows, pointer columns + label
+    timed = [*group, *([reference] if reference is not None else [])]
+    for state in timed:  # the timed example log: the same rows, pointer columns + label
         logs[state.name] = root / f"{tag}-{state.name}-examples.parquet"
         pq.write_table(state.log.take(pa.array(rows)), logs[state.name])
-    handles = {state.name: state.open() for state in group}
+    handles = {state.name: state.open() for state in timed}
     checked: dict[str, dict[str, int]] = {}
     with step(f"{tag}: untimed pass, every form checked equal to lateseq in {len(group)} state(s)", steps):
         same_order = [[forms["parquet-default"], forms["arrow-ipc"]], [forms["parquet-smallest"]]]
@@ -493,7 +498,7 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
     def sides(cold: bool) -> dict[str, Callable[[], Batches]]:
         made: dict[str, Callable[[], Batches]] = {
             f"fat:{form}": (lambda file=file: read_fat_rows(file, reopen=cold)) for form, file in forms.items()}
-        for state in group:
+        for state in timed:
             opener = state.open if cold else (lambda h=handles[state.name]: h)
             made[state.name] = lambda opener=opener, log=logs[state.name]: lateseq_batches(opener, log, n)
         if table is not None:
@@ -511,12 +516,12 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         files = [file.path for file in forms.values()] + list(logs.values())
         if table is not None:
             files.append(table.path)
-        for state in group:
+        for state in timed:
             durable, cache = store_files(state)
             files += durable + cache
         with step(f"{tag}: time, cold", steps):
             cold = best_of(opts.repeat, sides(cold=True), cold_files=files, patience=opts.patience)
-    counts = {(run.examples, run.events) for run in warm.values()}
+    counts = {(run.examples, run.events) for name, run in warm.items() if reference is None or name != reference.name}
     if len(counts) != 1:
         raise SystemExit(f"{tag}: the sides produced different examples/events: {counts}")
 
@@ -561,9 +566,13 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
             "written_per_day": {"lateseq": (info["written_bytes"] + info["example_log_bytes"]) / days,
                                 "fat_rows": {form: fat[form]["bytes"] / days for form in FORMS}},
         }
+        if reference is not None:
+            entry["vs_compacted_latest"] = run.ex_s / warm[reference.name].ex_s
         if cold:
             entry["cold"] = {**_cold(cold[state.name]),
                              "vs_fat_row": {form: cold[state.name].ex_s / fat[form]["cold"]["ex_s"] for form in FORMS}}
+            if reference is not None:
+                entry["cold"]["vs_compacted_latest"] = cold[state.name].ex_s / cold[reference.name].ex_s
         at["lateseq"][state.name] = entry
     for file in forms.values():
         file.path.unlink()
@@ -699,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"batch": BATCH, "repeat": args.repeat, "patience_s": args.patience,
                      "columns": list(COLUMNS), "n": list(NS),
                      "cold": args.cold, "pinned_cpu": cpu, "verify": True,
-                     "auto_merge_rent": AUTO_MERGE_RENT},
+                     "auto_merge_rent": AUTO_MERGE_RENT, "reference_timed_alongside": True},
         "workloads": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="lateseq-bench-", dir=args.workdir))

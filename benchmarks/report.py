@@ -137,6 +137,9 @@ def _speed(name: str, work: dict, results: dict) -> TableSpec:
         spec.notes.append(f"N={n}: timed on {at['sample']}")
     spec.notes.append("÷ form: lateseq ex/s over that Fat Row form's, on the same examples, after checking every "
                       "batch equal (offsets and values, bit for bit)")
+    if results["settings"].get("reference_timed_alongside"):
+        spec.notes.append("vs compacted-latest: over compacted-latest's ex/s on the same requests, timed in the same "
+                          "interleaved passes as the state (not in its own passes, minutes apart)")
     spec.notes.append("CPU share: the process's CPU time over the wall time of the pass counted (below 100%: other "
                       "processes took the core for part of it); passes: how many were made, the fastest counts "
                       f"(fewer than {results['settings']['repeat']} where a side's passes took over "
