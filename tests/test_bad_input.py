@@ -228,9 +228,11 @@ def test_bad_pointer_tables(store):
          r"'uih_version' has type int64, expected uint32: 1 of its values lie outside uint32's 0..4294967295 "
          r"\(first: \[-1\]\)"),
         (examples.set_column(0, "user_id", pa.array([1, 2**63, 3], pa.uint64())),
-         r"'user_id' has type uint64, expected int64: 1 of its values lie outside .*\(first: \[9223372036854775808\]\)"),
+         r"'user_id' has type uint64, expected int64: 1 of its values lie outside .*"
+         r"\(first: \[9223372036854775808\]\)"),
         (examples.set_column(3, "uih_length", pa.array([2**40, 1, 2**41], pa.uint64())),
-         r"'uih_length' has type uint64, expected uint32: 2 of its values lie outside .*\(first: \[1099511627776, 2199023255552\]\)"),
+         r"'uih_length' has type uint64, expected uint32: 2 of its values lie outside .*"
+         r"\(first: \[1099511627776, 2199023255552\]\)"),
         (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
         # whole floats: above 2**53 a float names another user or time (pandas makes them of an int column with a null)
         (examples.set_column(0, "user_id", examples.column("user_id").cast(pa.float64())),

@@ -74,7 +74,8 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                 assert {"ex_s", "gb_s", "memcpy_fraction", "vs_compacted_latest", "bytes"} <= s.keys()
                 # against compacted-latest timed in the state's own passes: not the quotient of two groups' figures
                 own = s["ex_s"] / at["lateseq"]["compacted-latest"]["ex_s"]
-                assert s["vs_compacted_latest"] > 0 and (name == "compacted-latest") == (s["vs_compacted_latest"] == own)
+                assert s["vs_compacted_latest"] > 0
+                assert (name == "compacted-latest") == (s["vs_compacted_latest"] == own)
                 assert set(s["vs_fat_row"]) == set(s["bytes_vs_fat_row"]) == FORMS
                 assert set(s["written_per_day"]["fat_rows"]) == FORMS
             for name, s in at["lateseq"].items():  # a first epoch with the default reads, every example
