@@ -659,6 +659,21 @@ def test_even_batches_warn_when_they_leave_out_much_of_an_epoch(tmp_path):
                    world_size=2)  # without even_batches, nothing is left out: no warning
 
 
+def test_even_batches_that_would_serve_no_rank_anything_are_refused(tmp_path):
+    """60 examples on 100 ranks: the ranks without one make even_batches give every rank
+    none, an epoch that trains on nothing (it only warned that every example was left out)."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
+    store = store.commit(pa.table({"user_id": np.arange(60), "ts": np.zeros(60, np.int64), "item_id": np.arange(60)}))
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(60), "request_ts": np.ones(60, np.int64)}))
+    pq.write_table(log, tmp_path / "log.parquet")
+    projection = lateseq.Projection(5, ("item_id",))
+    with pytest.raises(lateseq.SchemaError, match=r"world_size=100 ranks gets none of the log's 60 examples"):
+        ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, even_batches=True, rank=7,
+                       world_size=100)
+    served = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, rank=7, world_size=100)
+    assert sum(len(b) for b in served) <= 1  # without even_batches a rank serves its own share
+
+
 def test_even_batches_warn_past_five_percent_even_when_that_is_less_than_a_batch_per_rank(tmp_path):
     """The README's promise, on a small log: 100 rows in row groups of 30, 30, 30, 10 on 2
     ranks leave 20 out (the warning waited for a batch per rank, 80 rows, to be lost)."""

@@ -457,6 +457,11 @@ class ExampleDataset(IterableDataset):
                         "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
                         "block_rows": block_rows, "window_rows": window_rows, "row_group_partitions": partitions}
         plan = self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
+        if even_batches and num_rows and plan.rows_left_out == num_rows:  # a run that trains on nothing
+            raise SchemaError(f"even_batches gives every rank as many batches as the rank with fewest, and one of the "
+                              f"world_size={world_size} ranks gets none of the log's {num_rows:,} examples: every "
+                              "rank would get no batch (use fewer ranks than examples, a log in smaller row groups"
+                              f"{', a store of more partitions' if copartition else ''}, or no even_batches)")
         if even_batches and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
                           f"rank): the ranks' shares differ by up to a {'partition' if copartition else 'block'}'s "
