@@ -441,7 +441,8 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
             read_day = read_days(visibility, work.requests)
         for n in NS:
             measure(work, group, histories, read_day, n, samples[n], root, opts, steps, out,
-                    table if visibility == "all" else None, None if reference in group else reference)
+                    table if visibility == "all" else None,
+                    None if any(s.name == reference.name for s in group) else reference)
         del histories
     table.path.unlink()
     for at in out["n"].values():
