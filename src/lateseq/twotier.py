@@ -47,7 +47,6 @@ from ._records import (
     rebuild_streaming,
     tail_intact,
 )
-from ._schema import as_user_ids
 from ._select import transform
 from ._store import Store, check_watermark
 from .mutable import MutableTier
@@ -99,8 +98,8 @@ class OnlineReader:
         """The log records and the sequences served, for requests at ``request_ts``."""
         store = self.store.latest()
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts"))
-        users = as_user_ids(requests.column("user_id"), "requests' user_id")
         log = log_examples(store, requests)  # refuses a request before the version's watermark
+        users = log.column("user_id").to_numpy()  # the requests' ids, read (int64) by log_examples
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
             raise StoreError("the mutable tier dropped events the store does not hold yet: "
                              "fold more often than the tier's retention")
