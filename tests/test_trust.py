@@ -1084,8 +1084,9 @@ def test_a_handle_whose_version_was_cleaned_up_says_so_not_that_the_store_is_dam
     reader = lateseq.open(store.path, merged_reads=False)  # nothing opened yet
     other = lateseq.open(store.path).compact()
     other.cleanup(before=other.version, grace_s=0)
-    with pytest.raises(lateseq.VersionNotFound, match=f"version {reader.version} .* cleaned up.*still read it"):
+    with pytest.raises(lateseq.VersionNotFound, match=f"version {reader.version} .* cleaned up.*still read it") as err:
         lateseq.materialize(reader, log, PROJECTION)
+    assert "backup" not in str(err.value) and "lateseq.open" in str(err.value)  # nothing to restore: open it again
     assert same(lateseq.materialize(other, log, PROJECTION), output(other.path, log))  # nothing is damaged
 
 

@@ -647,8 +647,10 @@ class Store:
             try:  # a missing file of a version cleaned up since this handle opened it is no damage
                 self._log.manifest(self.version)
             except VersionNotFound as gone:
-                raise VersionNotFound(f"{gone}, while this handle still read it ({exc.args[0]}); a tagged version "
-                                      "is never cleaned up") from exc
+                missing = getattr(exc.__cause__, "filename", None) or exc.args[0]
+                raise VersionNotFound(f"{gone}, while this handle still read it ({missing} is gone with it): open "
+                                      "the store again (lateseq.open), whose latest version rebuilds every pointer of "
+                                      "a retired one; tag a version to keep reading it as it is") from exc
             raise
 
     def _opened(self, info: SegmentInfo) -> Segment:
