@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -1013,6 +1014,22 @@ def test_buffers_of_a_loop_left_early_are_freed(world):
                 break
     fell_back = [batch.slot is None for batch in loader]
     assert len(fell_back) > 8 and not any(fell_back)
+
+
+def test_lock_files_of_trainers_killed_are_removed_by_the_next_dataset(world, tmp_path, monkeypatch):
+    """A trainer killed (kill -9) never removes its slot lock file; the next dataset
+    made on the host removes those of trainers that are gone, and only those."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = tmp_path / f"lateseq-slots-{int(gone.stdout)}-abc123"
+    alive = tmp_path / f"lateseq-slots-{os.getppid()}-def456"
+    unrelated = tmp_path / "lateseq-slots-notapid"
+    for path in (orphan, alive, unrelated):
+        path.touch()
+    made = dataset(world, batch_size=4)
+    assert not orphan.exists() and alive.exists() and unrelated.exists()
+    assert Path(made._slots.lock_path).parent == tmp_path and Path(made._slots.lock_path).exists()
 
 
 def test_a_copy_of_a_batch_let_go_does_not_free_the_batch_it_copied(world):

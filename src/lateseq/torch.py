@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -687,7 +688,8 @@ class _Slots:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
         self.flags = torch.zeros((self.WORKERS, self.SLOTS), dtype=torch.int32).share_memory_()
-        fd, self.lock_path = tempfile.mkstemp(prefix="lateseq-slots-")
+        _remove_orphaned_lock_files()
+        fd, self.lock_path = tempfile.mkstemp(prefix=f"{_LOCK_PREFIX}{os.getpid()}-")
         os.close(fd)
         weakref.finalize(self, _unlink, self.lock_path, os.getpid())
         self.__setstate__(self.__getstate__())
@@ -947,6 +949,21 @@ def _locked(file: Any) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(file, fcntl.LOCK_UN)
+
+
+_LOCK_PREFIX = "lateseq-slots-"
+
+
+def _remove_orphaned_lock_files() -> None:
+    """Removes the slot lock files of trainers that are gone: one killed (kill -9, the OOM
+    killer) never ran the finalizer that removes its own. The file is named after the
+    trainer's process id (one in another PID namespace sharing this directory looks gone:
+    its workers that open the file after it is removed make plain batches, correct, slower)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_LOCK_PREFIX}*-*"):
+        owner = path.name[len(_LOCK_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _unlink(path: str, owner: int) -> None:
