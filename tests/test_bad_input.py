@@ -119,6 +119,24 @@ def test_a_folder_whose_files_hold_different_columns_is_refused(store, tmp_path,
                                lambda: store.commit(folder))
 
 
+def test_hive_folders_keyed_by_integer_user_ids_past_int32_read_as_integers(make_store, tmp_path):
+    """pyarrow infers a hive key as int32, and as a string once a value is past int32: a
+    folder ``user_id=3000000000/`` was refused as string ids, with advice to hash them."""
+    folder = tmp_path / "events"
+    for user, items in ((7, [70, 71]), (3_000_000_000, [30, 31])):
+        (folder / f"user_id={user}").mkdir(parents=True)
+        pq.write_table(pa.table({"ts": [1, 2], "item": items}), folder / f"user_id={user}" / "part.parquet")
+    version = make_store({"item": "int64"}, partitions=2).commit(folder)
+    examples = lateseq.log_examples(version, pa.table({"user_id": [7, 3_000_000_000], "request_ts": [10, 10]}))
+    batch = lateseq.materialize(version, examples, lateseq.Projection(10, ("item",)))
+    assert batch.offsets.tolist() == [0, 2, 4] and batch.values["item"].tolist() == [70, 71, 30, 31]
+    other = tmp_path / "past-int64"
+    (other / f"user_id={2**64 - 1}").mkdir(parents=True)
+    pq.write_table(pa.table({"ts": [1], "item": [1]}), other / f"user_id={2**64 - 1}" / "part.parquet")
+    raises_and_changes_nothing(version, lateseq.SchemaError, ValueError, "'user_id' does not fit int64",
+                               lambda: version.commit(other))
+
+
 def test_bad_event_sources(store, tmp_path):
     missing = tmp_path / "nope.parquet"
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, re.escape(str(missing)),

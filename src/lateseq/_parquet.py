@@ -128,6 +128,24 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         raise SchemaError(f"cannot read {what} {path}: {exc}") from exc
     if table.num_rows != rows:
         raise SchemaError(f"{what} {path} is damaged: {table.num_rows:,} of its files' {rows:,} rows could be read")
+    return _integer_keys(table, set(table.column_names) - set(columns[1]) if columns else set())
+
+
+def _integer_keys(table: pa.Table, keys: set[str]) -> pa.Table:
+    """Hive folder keys whose every value is an integer, as integers: pyarrow infers int32
+    for them, and strings once one value is past int32 (``user_id=3000000000/``), which a
+    user id column would then refuse as string ids."""
+    for name in keys:
+        column = table.column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        for integers in (pa.int64(), pa.uint64()):
+            try:
+                cast = column.cast(integers)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            table = table.set_column(table.column_names.index(name), name, cast)
+            break
     return table
 
 
