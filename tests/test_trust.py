@@ -531,7 +531,11 @@ def test_delete_removes_every_byte_of_a_user_once_cleaned_up(store, log):
     for info in lateseq.open(store.path).segment_infos:
         segment = lateseq.open(store.path)._segments.get(info)
         assert not np.isin(segment.user_ids, deleted).any()
-    assert store.delete([999]).version == lateseq.open(store.path).version  # nobody to delete: no version
+    latest = lateseq.open(store.path)
+    assert latest.delete([]).version == latest.version  # nobody to delete: no version
+    absent = latest.delete([999])  # no event stored, yet recorded: a two-tier log may hold its tier events
+    assert absent.version == latest.version + 1 and absent.deleted_after(np.array([999]), np.array([latest.version]))
+    assert [i.name for i in absent.segment_infos] == [i.name for i in latest.segment_infos]
 
 
 def test_a_deletion_leaves_every_other_history_in_its_order(make_store):

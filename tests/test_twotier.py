@@ -453,6 +453,53 @@ def test_a_user_back_after_a_deletion_keeps_its_new_records(world):
         lateseq.materialize(store, plain, PROJECTION)
 
 
+def test_a_user_deleted_while_only_in_the_tier_has_its_served_tails_erased(world):
+    """A new user's events all in the tier, served inline, then deleted: the store held
+    none of them, so its deletion published nothing and recorded nothing, and
+    ``strip_tails(drop_deleted=True)`` kept the tail (a stranger's find)."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((7, 21, 22, 2)))
+    log, served = OnlineReader(store, tier, PROJECTION).serve(requests((7, 30), (1, 30)))
+    assert served.values["item_id"].tolist() == [20, 10]
+    store = store.delete([7])
+    assert store.deleted_users().tolist() == [7]
+    assert tier.delete([7]) == 1
+    store = fold(store, tier, 40)
+    stripped, count = strip_tails(store, log, drop_deleted=True)
+    assert count == 2 and stripped.column("tail_item_id").to_pylist() == [[], []]  # 7 erased, 1 stripped
+    assert audit(store, stripped).mismatches == {0: "deleted"}
+
+
+def test_expire_never_drops_what_no_fold_holds_yet(world):
+    """``expire``'s folded watermark is capped by what the tier knows was folded: one ahead
+    of the folds (the watermark about to be folded) dropped events no version held, the
+    fold then committed without them, and their requests were served and rebuilt short."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 25, 30, 2)))
+    tier.expire(now=200, folded_watermark=60)  # retention 100: 30 is old enough, and not folded
+    store = fold(store, tier, 60)
+    log, served = OnlineReader(store, tier, PROJECTION).serve(requests((1, 70)))
+    assert served.values["item_id"].tolist() == [10, 20]
+
+
+def test_a_fold_over_events_the_tier_dropped_is_refused(world):
+    """A tier (any implementation) that expired events past the store's watermark: the fold
+    would publish a version without them; refused, nothing published."""
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 25, 30, 2)))
+    tier._drop_before(40)
+    tier.expired_before = 40
+    with pytest.raises(StoreError, match="dropped events"):
+        fold(store, tier, 60)
+    assert lateseq.open(store.path).version == store.version
+
+
 def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
     """One record naming a version beyond the handle (tampered, or from a newer replica)
     is a mismatch with its cause; it made the whole audit raise PointerError."""

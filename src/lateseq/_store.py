@@ -445,7 +445,9 @@ class Store:
         Older versions still hold the events until ``cleanup`` retires them (tagged
         versions stay until untagged); the manifest records the users, so the audit
         reports their pointers as ``deleted``. Commits published while it rewrites stay,
-        without the users' events. Returns this handle when none is stored.
+        without the users' events. Users without a stored event are recorded too (a new
+        version of the same segments): a two-tier log may hold their events inline, served
+        from the mutable tier, which ``strip_tails(drop_deleted=True)`` then erases.
         """
         users = np.unique(as_user_ids(users, "users to delete"))
         rewritten: dict[str, SegmentInfo | None] = {}  # segments that held them: without them, or none
@@ -467,7 +469,7 @@ class Store:
             base = self._handle()
             with self._unpublished() as new:
                 infos = without_users(base.segment_infos, new)
-            if not rewritten:
+            if not len(users):
                 return base
             # commits published meanwhile may hold their events too: theirs are rewritten as well
             return base._publish_rewritten("delete", infos, new, users.tolist(), without_users)

@@ -101,11 +101,13 @@ class MutableTier(ABC):
 
     def expire(self, now: int, folded_watermark: int | None) -> int:
         """Drops what retention allows: older than ``now - retention`` and already
-        folded into a store version. Returns the cutoff applied."""
+        folded into a store version (``folded_watermark``, the store's, counts only as far
+        as folds told this tier: one given ahead of them would drop what no version holds).
+        Returns the cutoff applied."""
         cutoff = now - self._retention_ticks
         if folded_watermark is None:
             return self.expired_before
-        cutoff = min(cutoff, folded_watermark)
+        cutoff = min(cutoff, folded_watermark, self.folded_before)
         if cutoff > self.expired_before:
             self._drop_before(cutoff)
             self.expired_before = cutoff

@@ -75,6 +75,10 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")
+    if tier.expired_before > (np.iinfo(np.int64).min if since is None else since):
+        raise StoreError(f"the mutable tier dropped events that arrived before {tier.expired_before}, which no "
+                         f"version holds (the store's watermark is {since}): a fold would publish a version "
+                         "without them; expire only what a fold has committed")
     folded = store.commit(tier.drain(since, watermark), watermark=watermark)
     tier.folded(watermark)
     return folded
