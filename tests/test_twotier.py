@@ -500,6 +500,61 @@ def test_a_fold_over_events_the_tier_dropped_is_refused(world):
     assert lateseq.open(store.path).version == store.version
 
 
+def test_a_column_whose_tail_would_be_a_record_field_is_refused_before_serving(tmp_path):
+    """A payload column ``version`` has the tail column ``tail_version``, every record's own
+    field: each serve failed on a missing column, after marking the tier as read."""
+    schema = lateseq.Schema({"item_id": "int64", "version": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                            arrival_col="arrival_ts", event_id_col="event_id")
+    store = lateseq.create(tmp_path / "store", schema)
+    with pytest.raises(SchemaError, match="column 'version' .* 'tail_version' is a field every record has"):
+        OnlineReader(store, InMemoryTier(schema, retention=100), lateseq.Projection(5, ("item_id",)))
+
+
+@pytest.mark.parametrize("shape", ["large lists", "record batch"])
+def test_strip_takes_the_log_shapes_materialize_takes(world, shape):
+    """Tails as large lists (polars, Arrow readers set to large types) raised Arrow's "Field
+    type did not match data type"; a RecordBatch, Python's AttributeError."""
+    store, log, served = serve_one_scenario(*world)
+    if shape == "large lists":
+        log = pa.table([c.cast(pa.large_list(f.type.value_type)) if pa.types.is_list(f.type) else c
+                        for f, c in zip(log.schema, log.columns, strict=True)], names=log.column_names)
+    else:
+        log = log.to_batches()[0]
+    stripped, count = strip_tails(store, log)
+    assert count == 3 and stripped.schema.field("tail_item_id").type == log.schema.field("tail_item_id").type
+    assert lateseq.materialize(store, stripped, PROJECTION).values["item_id"].tolist() == \
+        served.values["item_id"].tolist()
+
+
+def test_strip_refuses_a_log_of_plain_pointers_naming_it(world):
+    store, tier = world
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    with pytest.raises(SchemaError, match="holds plain pointers"):
+        strip_tails(store, lateseq.log_examples(store, requests((1, 25))))
+
+
+@pytest.mark.parametrize("retention, pattern", [(float("nan"), "positive number of seconds"),
+                                                ("10", "positive number of seconds"), (True, "positive number"),
+                                                (0.0001, "less than one tick")])
+def test_a_retention_that_is_no_positive_duration_is_refused(retention, pattern):
+    schema = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                            arrival_col="arrival_ts", event_id_col="event_id", time_unit="ms")
+    with pytest.raises(SchemaError, match=pattern):
+        InMemoryTier(schema, retention=retention)
+
+
+def test_expire_takes_a_timedelta_retention_and_refuses_times_that_are_no_integers(world):
+    import datetime
+
+    store, tier = world
+    assert InMemoryTier(SCHEMA, retention=datetime.timedelta(minutes=2))._retention_ticks == 120
+    with pytest.raises(SchemaError, match="expire's now .* must be an integer, got str"):
+        tier.expire("100", 0)
+    with pytest.raises(SchemaError, match="folded_watermark must be an integer, got float"):
+        tier.expire(100, 1.5)
+
+
 def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
     """One record naming a version beyond the handle (tampered, or from a newer replica)
     is a mismatch with its cause; it made the whole audit raise PointerError."""

@@ -12,12 +12,13 @@ drops redeliveries of an event it holds, or, given the store, of one already sto
 
 from __future__ import annotations
 
+import datetime
 from abc import ABC, abstractmethod
 
 import numpy as np
 import pyarrow as pa
 
-from ._errors import SchemaError
+from ._errors import SchemaError, exact_integer
 from ._events import first_deliveries, row_ranges
 from ._schema import Schema, as_user_ids, ticks_per_second
 from ._store import Store
@@ -31,12 +32,19 @@ class MutableTier(ABC):
     def __init__(self, schema: Schema, retention: int):
         if schema.arrival_col is None or schema.event_id_col is None:
             raise SchemaError("a mutable tier needs a schema with arrival_col and event_id_col")
-        if retention <= 0:
-            raise SchemaError(f"retention must be positive seconds, got {retention}")
+        if isinstance(retention, datetime.timedelta):  # pandas' Timedelta too
+            retention = retention.total_seconds()
+        if (isinstance(retention, bool) or not isinstance(retention, int | float | np.integer | np.floating)
+                or not np.isfinite(retention) or retention <= 0):
+            raise SchemaError(f"retention must be a positive number of seconds (or a timedelta), got "
+                              f"{type(retention).__name__} {retention!r}")
         self.schema = schema
         self.retention = retention
         # in the store's time unit, which arrival times count (plain integers: seconds are theirs)
         self._retention_ticks = int(retention * (ticks_per_second(schema.time_unit) if schema.time_unit else 1))
+        if self._retention_ticks < 1:
+            raise SchemaError(f"retention {retention} s is less than one tick of the store's time unit "
+                              f"({schema.time_unit or 'plain integers'}): the tier would keep nothing")
         # events that arrived before this were dropped; reads must not reach below it
         self.expired_before = _FAR_PAST
         # a store version holds every event that arrived before this: the next fold
@@ -104,9 +112,11 @@ class MutableTier(ABC):
         folded into a store version (``folded_watermark``, the store's, counts only as far
         as folds told this tier: one given ahead of them would drop what no version holds).
         Returns the cutoff applied."""
-        cutoff = now - self._retention_ticks
+        now = exact_integer("expire's now (an arrival time in the store's time unit)", now)
         if folded_watermark is None:
             return self.expired_before
+        folded_watermark = exact_integer("expire's folded_watermark", folded_watermark)
+        cutoff = now - self._retention_ticks
         cutoff = min(cutoff, folded_watermark, self.folded_before)
         if cutoff > self.expired_before:
             self._drop_before(cutoff)

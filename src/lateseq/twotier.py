@@ -93,6 +93,10 @@ class OnlineReader:
         if projection.selects:  # training could not rebuild it from the records: refused there too
             raise SchemaError("OnlineReader serves the newest max_len events (and transforms); a window or "
                               "filter reads the store alone, so select after `strip` at training time")
+        clash = [name for name in store.schema.columns if TAIL_PREFIX + name in RECORD_FIELDS.names]
+        if clash:  # its tail column would be the record's own field
+            raise SchemaError(f"column {clash[0]!r} cannot be served in two-tier records: its tail column "
+                              f"{TAIL_PREFIX + clash[0]!r} is a field every record has; rename it in the schema")
         projection.resolve(store.schema)
         self.store = store
         self.tier = tier
@@ -119,7 +123,7 @@ class OnlineReader:
         return log, transform(served, self.projection, store.schema, times) if self.projection.transforms else served
 
 
-def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tuple[pa.Table, int]:
+def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool = False) -> tuple[pa.Table, int]:
     """Drops inline tails that a kept version covers and rebuilds; returns the log and how many.
 
     A tail stays, with a warning, where the covering version does not rebuild its record:
@@ -130,6 +134,11 @@ def strip_tails(store: Store, log: pa.Table, drop_deleted: bool = False) -> tupl
     longer verify, and the audit reports them as ``deleted``. A record served after the
     deletion holds only the user's new events, and keeps them.
     """
+    if isinstance(log, pa.RecordBatch):
+        log = pa.Table.from_batches([log])
+    if not is_two_tier(log):
+        raise SchemaError("strip_tails takes a two-tier log (records with tail_version and tail_* columns, as "
+                          "OnlineReader.serve writes them); this one holds plain pointers, with no tail to strip")
     request_ts = np.asarray(store.schema.times_to_store(log.column("request_ts"), "request_ts"))
     covering = covering_versions(store, request_ts)
     current = log.column("tail_version").to_numpy().astype(np.int64)
@@ -164,7 +173,9 @@ def _without_tails(store: Store, log: pa.Table, drop: np.ndarray, tail_version: 
         lengths = pc.list_value_length(column).to_numpy()
         keep = np.repeat(~drop, lengths)
         lengths = np.where(drop, 0, lengths)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        large = pa.types.is_large_list(column.type)  # polars' lists, and Arrow readers set to large types
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64 if large else np.int32))
         values = pc.list_flatten(column).filter(pa.array(keep))
-        log = log.set_column(index, log.schema.field(index), pa.ListArray.from_arrays(offsets, values))
+        lists = (pa.LargeListArray if large else pa.ListArray).from_arrays(offsets, values, type=column.type)
+        log = log.set_column(index, log.schema.field(index), lists)
     return log
