@@ -37,6 +37,7 @@ import lateseq._select
 import lateseq._store
 import lateseq._versions
 import lateseq._watch
+from lateseq._derived import DERIVED_DIR
 from lateseq._loader import _open_parquet
 from lateseq._versions import dump_checked, load_checked
 from lateseq.audit import audit, verify
@@ -897,6 +898,30 @@ def test_a_store_file_made_a_folder_is_named_and_leaks_nothing(store, log, name)
         with pytest.raises(lateseq.StoreError, match=f"{path.name} is not a regular file"):
             output(store.path, log) if name != "tag" else lateseq.open(store.path, "good")
     assert descriptors is None or len(os.listdir("/proc/self/fd")) == descriptors
+
+
+@pytest.mark.parametrize("where", ["derived sidecar", "derived temporary", "cache temporary",
+                                   "versions temporary", "tags temporary"])
+def test_a_folder_where_cleanup_removes_files_is_left_alone_and_cleanup_goes_on(store, log, where):
+    """A folder in place of a derived copy's sidecar or of an old temporary stopped every
+    cleanup with Python's IsADirectoryError, so nothing after it was ever freed (a stranger's)."""
+    lateseq.materialize(lateseq.open(store.path, merged_reads=True), log, PROJECTION)  # a merged copy
+    derived = store.cache_dir / DERIVED_DIR
+    folder = {"derived sidecar": next(derived.glob("[!.]*.json")), "derived temporary": derived / ".tmp-x",
+              "cache temporary": store.cache_dir / ".tmp-x", "versions temporary": store.path / "versions" / ".tmp-x",
+              "tags temporary": store.path / "tags" / ".tmp-x"}[where]
+    folder.unlink(missing_ok=True)
+    folder.mkdir()
+    (folder / "someone's").write_bytes(b"")
+    old = time.time() - 7200
+    os.utime(folder, (old, old))
+    store.untag("good")
+    unused = {i.name for v in range(1, store.version) for i in lateseq.open(store.path, v).segment_infos}
+    unused -= {i.name for i in store.segment_infos}
+    assert unused and store.cleanup(before=store.version, grace_s=0)
+    assert (folder / "someone's").exists()  # not lateseq's
+    assert not any((store.path / "segments" / f"{name}.index.arrow").exists() for name in unused)  # freed
+    assert same(output(store.path, log), lateseq.materialize(lateseq.open(store.path), log, PROJECTION))
 
 
 def test_a_read_cache_entry_made_a_folder_is_built_again_or_named(store, log):

@@ -46,7 +46,7 @@ from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
 from ._segments import UNREADABLE, Segment, cache_lock
-from ._versions import dump_checked, load_checked, older_than
+from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
 
@@ -231,7 +231,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     folder = cache / DERIVED_DIR
     for path in folder.glob(".tmp-*") if folder.is_dir() else []:
         if older_than(path, temporary_grace_s):
-            path.unlink(missing_ok=True)  # a build lock going only lets a second builder in
+            remove_file(path)  # a build lock going only lets a second builder in
     readable = referenced | merged  # what a kept version reads: a filtered copy of anything else is stale
     for sidecar in folder.glob("[!.]*.json") if folder.is_dir() else []:  # not a builder's temporary (.tmp-*)
         try:
@@ -246,8 +246,8 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
             name = sidecar.name[:-len(".json")]
             for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
                          folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
-                path.unlink(missing_ok=True)
+                remove_file(path)
     for path in folder.glob("[!.]*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
         name = path.name.removesuffix(".arrow").removesuffix(".index")
         if not (folder / f"{name}.json").exists() and older_than(path, temporary_grace_s):
-            path.unlink(missing_ok=True)
+            remove_file(path)

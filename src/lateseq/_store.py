@@ -60,6 +60,7 @@ from ._versions import (
     fsync_dir,
     load_checked,
     older_than,
+    remove_file,
     write_new,
 )
 
@@ -577,7 +578,7 @@ class Store:
                 for folder in (self._log.versions_dir, self._log.tags_dir):
                     for path in folder.glob(".tmp-*"):
                         if older_than(path, grace_s):
-                            path.unlink(missing_ok=True)
+                            remove_file(path)
             kept = self._log.kept_partitions()
             referenced = {name for _, names in kept for name in names}
             for path in (self.path / "segments").iterdir():
@@ -601,7 +602,7 @@ class Store:
             else:  # decoded copies of segments no kept version uses
                 stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
             if stale and older_than(path, grace_s):
-                path.unlink(missing_ok=True)
+                remove_file(path)
         merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
         remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
 

@@ -630,6 +630,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def remove_file(path: Path) -> None:
+    """Removes ``path`` (a file or link) if it is there; a folder in its place is no file of
+    lateseq's and is left alone: cleanup stopped at one, and freed nothing after it, ever."""
+    if path.is_dir() and not path.is_symlink():
+        return
+    path.unlink(missing_ok=True)
+
+
 def older_than(path: Path, grace_s: float) -> bool:
     """Whether ``path`` was last changed more than ``grace_s`` ago (False if it is gone)."""
     try:
