@@ -977,6 +977,40 @@ def test_an_age_that_does_not_fit_int64_is_an_error(tmp_path):
 
 
 
+def test_the_calls_users_get_wrong_are_refused_naming_what_is_expected_or_taken(small_store, tmp_path):
+    """Raw TypeErrors and AttributeErrors a stranger got from the tenant API."""
+    examples = lateseq.log_examples(small_store, pa.table({"user_id": [1], "request_ts": [31]}))
+    one = Projection(3, ("rating",))
+    with pytest.raises(SchemaError, match="got Projection .for one Projection, call materialize"):
+        lateseq.materialize_tenants(small_store, examples, one)
+    with pytest.raises(SchemaError, match="mapping of name -> lateseq.Projection, got list"):
+        lateseq.materialize_tenants(small_store, examples, [one, one])
+    for call in (lateseq.materialize_tenants, lambda s, e, t: lateseq.materialize(s, e, t["a"])):
+        with pytest.raises(SchemaError, match="expected a store handle .lateseq.open"):
+            call(str(small_store.path), examples, {"a": one})
+    path = write_config(tmp_path, VALID.replace('"item_id"', '"item"'))
+    assert lateseq.load_tenants(path, small_store) == lateseq.load_tenants(path, small_store.schema)  # a Store too
+    assert lateseq.check_tenants(path, small_store) == []  # a config's path, as load_tenants takes
+    assert lateseq.check_tenants(path, CONFIG_SCHEMA) == ["tenant 'ok': columns: unknown columns ['item']; "
+                                                          "the store has ['action', 'clicked', 'dwell', 'item_id', 'ts']"]
+    with pytest.raises(SchemaError, match="expected a lateseq.Schema .or a Store., got str"):
+        lateseq.check_tenants(path, "schema.json")
+    # integers in any container users hold them in; a 0-d array or a string is no list
+    assert Filter("action", isin=np.array([3, 1])) == Filter("action", isin=range(1, 4, 2)) == Filter("action",
+                                                                                                   isin=[1, 3])
+    for values in (np.array(3), "13", np.array([1.5])):
+        with pytest.raises(SchemaError, match="non-empty list .tuple, set, range or array. of integers"):
+            Filter("action", isin=values)
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad's UTF-8: tomllib said "Invalid statement (at line 1, column 1)"."""
+    path = write_config(tmp_path, VALID)
+    expected = lateseq.load_tenants(path, CONFIG_SCHEMA)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert lateseq.load_tenants(path, CONFIG_SCHEMA) == expected
+
+
 def test_materialize_refuses_bad_tenants_by_name(small_store):
     examples = lateseq.log_examples(small_store, pa.table({"user_id": [1], "request_ts": [31]}))
     with pytest.raises(SchemaError, match="tenant 'late'.*unit"):

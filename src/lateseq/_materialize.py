@@ -40,9 +40,16 @@ def materialize(
     record's; a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks
     the row. Two-tier records are always verified (their merge relies on it).
     """
+    _check_store(store)
     if projection.selects:
         return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
     return _steady(store, lambda: _materialize(store, examples, projection, verify, on_mismatch))
+
+
+def _check_store(store: object) -> None:
+    if not isinstance(store, Store):  # a path: opening one per batch would be slow, so it is not done here
+        raise SchemaError(f"expected a store handle (lateseq.open(path), once, then reused), got "
+                          f"{type(store).__name__} {store!r:.80}")
 
 
 _READS = 3  # reads of one batch before a read cache written in place every time is an error
@@ -107,6 +114,10 @@ def materialize_tenants(
     with its window, filter, length and columns. A two-tier log is rebuilt once per
     tenant instead, and only for tenants without a window or filter.
     """
+    _check_store(store)
+    if not isinstance(tenants, Mapping):
+        one = " (for one Projection, call materialize)" if isinstance(tenants, Projection) else ""
+        raise SchemaError(f"tenants must be a mapping of name -> lateseq.Projection, got {type(tenants).__name__}{one}")
     tenants = dict(tenants)
     for name, projection in tenants.items():
         if not isinstance(projection, Projection):

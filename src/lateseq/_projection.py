@@ -46,10 +46,12 @@ class Filter:
             raise SchemaError(f"where: a filter on {self.column!r} needs exactly one of isin, any_bits, all_bits; "
                               f"got {given or 'none'}")
         if self.isin is not None:
-            values = tuple(self.isin) if isinstance(self.isin, (list, tuple, set, frozenset)) else ()
+            listed = isinstance(self.isin, list | tuple | set | frozenset | range) or (
+                isinstance(self.isin, np.ndarray) and self.isin.ndim == 1)
+            values = tuple(self.isin) if listed else ()
             if not values or not all(is_integer(v) or isinstance(v, bool | np.bool_) for v in values):
-                raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list of "
-                                  f"integers (or bools, for a bool column), got {self.isin!r}")
+                raise SchemaError(f"where: isin of the filter on {self.column!r} must be a non-empty list (tuple, "
+                                  f"set, range or array) of integers (or bools, for a bool column), got {self.isin!r}")
             object.__setattr__(self, "isin", tuple(sorted({int(v) for v in values})))
             object.__setattr__(self, "_bools", any(isinstance(v, bool | np.bool_) for v in values))  # see problems
         for key in ("any_bits", "all_bits"):

@@ -31,8 +31,8 @@ _FILTER_FIELDS = {"column", "isin", "any_bits", "all_bits"}
 
 def load_tenants(source: str | os.PathLike, schema: Schema | None = None) -> dict[str, Projection]:
     """The tenants of a TOML config (a path), as name -> Projection, checked against
-    ``schema`` when given. Raises SchemaError listing every problem, each naming the
-    tenant and the field."""
+    ``schema`` (a Schema, or a Store's) when given. Raises SchemaError listing every
+    problem, each naming the tenant and the field."""
     problems, tenants, partial = _parse(source)
     if schema is not None:
         problems += check_tenants({**tenants, **partial}, schema)
@@ -41,8 +41,16 @@ def load_tenants(source: str | os.PathLike, schema: Schema | None = None) -> dic
     return tenants
 
 
-def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
-    """Every way ``tenants`` do not fit ``schema``, one line each naming the tenant."""
+def check_tenants(tenants: dict[str, Projection] | str | os.PathLike, schema: Schema) -> list[str]:
+    """Every way ``tenants`` (name -> Projection, or a TOML config's path) do not fit
+    ``schema`` (a Schema, or a Store's), one line each naming the tenant."""
+    schema = _schema_of(schema)
+    if isinstance(tenants, str | os.PathLike):
+        problems, parsed, partial = _parse(tenants)
+        return problems + check_tenants({**parsed, **partial}, schema)
+    if not isinstance(tenants, dict):
+        raise SchemaError(f"tenants must be a dict of name -> lateseq.Projection (or a config's path), "
+                          f"got {type(tenants).__name__}")
     problems = []
     for name, projection in tenants.items():
         if not isinstance(projection, Projection):
@@ -50,6 +58,14 @@ def check_tenants(tenants: dict[str, Projection], schema: Schema) -> list[str]:
             continue
         problems += [f"tenant {name!r}: {problem}" for problem in projection.problems(schema)]
     return problems
+
+
+def _schema_of(schema: object) -> Schema:
+    """``schema``, or a Store's (both are what a user has at hand)."""
+    schema = getattr(schema, "schema", schema)
+    if not isinstance(schema, Schema):
+        raise SchemaError(f"expected a lateseq.Schema (or a Store), got {type(schema).__name__}")
+    return schema
 
 
 def is_tenant_name(name: str) -> bool:
@@ -62,7 +78,9 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     of its other fields, so that the schema check finds their problems in the same run."""
     try:
         with open(source, "rb") as file:
-            config = tomllib.load(file)
+            text = file.read()
+        # a byte-order mark (Notepad's UTF-8) is no TOML: "Invalid statement at line 1" named nothing
+        config = tomllib.loads(text.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except OSError as exc:
         raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
