@@ -3,6 +3,9 @@ tenant, each equal to materialize for that tenant alone; bad configs change noth
 
 from __future__ import annotations
 
+import os
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +103,24 @@ def test_a_link_at_an_old_temporary_name_is_never_written_through(world, tmp_pat
     assert code == 0, stderr
     assert (store.path / "schema.json").read_bytes() == schema
     assert not (out / "recent.parquet").is_symlink() and pq.read_table(out / "recent.parquet").num_rows == 3
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next_one(world, tmp_path):
+    """A run killed (kill -9) leaves its hidden temporaries in --out; they stayed through
+    every later run. The next run removes those untouched for an hour, only those."""
+    store, log, config = world
+    out = tmp_path / "out"
+    out.mkdir()
+    abandoned, live = out / ".tmp-0123abcd-recent.parquet", out / ".tmp-4567abcd-recent.parquet"
+    others = [out / ".tmp-89abcdef-notes.parquet", out / ".tmp-someone-recent.parquet"]
+    for path in (abandoned, live, *others):
+        path.write_bytes(b"half a file")
+    old = time.time() - 7200
+    for path in (abandoned, *others):
+        os.utime(path, (old, old))
+    code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out)
+    assert code == 0, stderr
+    assert not abandoned.exists() and live.exists() and all(path.exists() for path in others)
 
 
 def test_tenants_check_lists_a_good_config(world):

@@ -40,10 +40,12 @@ import mmap
 import os
 import re
 import stat
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +320,22 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
+_ABANDONED_S = 3600  # a temporary not written to for this long is a killed writer's (a live one appends)
+
+
+def _remove_abandoned_temporaries(path: Path) -> None:
+    """Removes ``temporary_path``s of ``path`` left by a writer killed (kill -9, the OOM
+    killer) before it could, untouched for ``_ABANDONED_S``: hidden files that stayed in an
+    output folder through every later run."""
+    pattern = re.compile(r"\.tmp-[0-9a-f]{8}-" + re.escape(path.name))
+    for candidate in path.parent.glob(f".tmp-*-{glob_escape(path.name)}"):
+        with contextlib.suppress(OSError):
+            found = candidate.lstat()
+            if (pattern.fullmatch(candidate.name) and stat.S_ISREG(found.st_mode)
+                    and found.st_mtime < time.time() - _ABANDONED_S):
+                candidate.unlink()
+
+
 @contextlib.contextmanager
 def replaced_when_written(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary to write ``path``'s new content to, renamed over ``path`` when the block
@@ -339,6 +357,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             raise IsADirectoryError(f"cannot write {path}: it is a directory")
+        _remove_abandoned_temporaries(path)
     temporaries: list[Path] = []
     kept: dict[Path, Path] = {}  # path -> a second name of its old file, until all are in place
     placed: list[Path] = []
