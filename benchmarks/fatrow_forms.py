@@ -59,7 +59,7 @@ from workload import (
     store_files,
 )
 
-FORMS = ("arrow-ipc", *MORE_FORMS, "parquet-smallest")  # the last: beside the flat Parquet, its usual settings
+FORMS = ("arrow-ipc", "flat-npy", *MORE_FORMS, "parquet-smallest")  # the last: beside the flat Parquet, its usual settings
 NS = (256, 4096)
 EVENT_BYTES = materialize.EVENT_BYTES
 

@@ -23,18 +23,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-FORM_SHORT = {"arrow-ipc": "IPC mmap", "parquet-smallest": "PQ smallest", "parquet-default": "PQ default"}
-FORM_ORDER = ("arrow-ipc", "parquet-smallest", "parquet-default")
+FORM_SHORT = {"arrow-ipc": "IPC mmap", "flat-npy": "flat mmap", "parquet-smallest": "PQ smallest",
+              "parquet-default": "PQ default"}
+FORM_ORDER = ("arrow-ipc", "flat-npy", "parquet-smallest", "parquet-default")
 FORM_TEXT = {
     "arrow-ipc": "an Arrow IPC file, one record batch per 1024 examples, memory-mapped once and kept (as lateseq's "
-                 "handle is), each batch's columns viewed as numpy once; a batch's offsets and values copied out "
-                 "(the fastest Fat Row reader we know)",
+                 "handle is), each batch's columns viewed as numpy once; a batch's offsets and values copied out",
+    "flat-npy": "no Arrow at all: a .npy file per column, every example's values end to end, and one of offsets, "
+                "memory-mapped once and kept; a batch is a slice of the offsets and a copy per column (the fastest "
+                "Fat Row reader we know)",
     "parquet-smallest": "Parquet sorted by user then time, zstd; the smallest of several encodings and page sizes "
                         "on a trial slice (settings)",
     "parquet-default": "Parquet with pyarrow's defaults (dictionary, snappy), in log order",
 }
 VISIBILITY = {"all": "every event before the request", "daily": "events of days before the request's",
               "daily-late": "events that arrived on days before the request's"}
+
+
+def _forms(work: dict) -> list[str]:
+    """The Fat Row forms a workload's results hold (runs before the flat form have none of it)."""
+    held = {form for at in work["n"].values() for fat in at["fat_rows"].values() for form in fat}
+    return [form for form in FORM_ORDER if form in held]
 
 
 @dataclass
@@ -82,7 +91,8 @@ def tables(results: dict) -> list[TableSpec]:
         if any("events_table" in at for at in work["n"].values()):
             out.append(_events_table(name, work))
         if any("cold" in s for n in work["n"].values() for s in n["lateseq"].values()):
-            out.append(_cold(name, work, results.get("eviction")))
+            lazily = results["settings"].get("ipc_cold_viewed_lazily", False)
+            out.append(_cold(name, work, results.get("eviction"), lazily))
         out += [_bytes(name, work), _written(name, work)]
     out.append(_targets(results))
     return out
@@ -123,17 +133,18 @@ def _states(name: str, work: dict) -> TableSpec:
 
 
 def _speed(name: str, work: dict, results: dict) -> TableSpec:
+    order = _forms(work)
     repeat = results["settings"]["repeat"]
     spec = TableSpec(f"{name}: lateseq, warm (one core, batches of {results['settings']['batch']}, "
                      + (f"best of {repeat} passes)" if repeat > 1 else "one pass)"),
                      ["N", "state", "examples timed", "events/ex", "ex/s", "GB/s", "% memcpy", "CPU share",
-                      "passes", "vs compacted-latest", *[f"÷ {FORM_SHORT[f]}" for f in FORM_ORDER]])
+                      "passes", "vs compacted-latest", *[f"÷ {FORM_SHORT[f]}" for f in order]])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             spec.rows.append([n, state, _n(at["timed_examples"]), f"{s['events_per_example']:.0f}", _n(s["ex_s"]),
                               f"{s['gb_s']:.2f}", _pct(s["memcpy_fraction"]), _pct(s.get("cpu_share")),
                               _n(s.get("passes")), _x(s["vs_compacted_latest"]),
-                              *[_x(s["vs_fat_row"].get(f)) for f in FORM_ORDER]])
+                              *[_x(s["vs_fat_row"].get(f)) for f in order]])
         spec.notes.append(f"N={n}: timed on {at['sample']}")
     spec.notes.append("÷ form: lateseq ex/s over that Fat Row form's, on the same examples, after checking every "
                       "batch equal (offsets and values, bit for bit)")
@@ -165,16 +176,17 @@ def _epoch(name: str, work: dict, rent: int | None) -> TableSpec:
 
 
 def _fat_speed(name: str, work: dict) -> TableSpec:
+    order = _forms(work)
     spec = TableSpec(f"{name}: Fat Rows, warm", ["N", "history", "form", "ex/s", "GB/s", "% memcpy", "CPU share",
                                                  "passes", "settings"])
     for n, at in work["n"].items():
         for visibility, forms in at["fat_rows"].items():
-            for form in FORM_ORDER:
+            for form in order:
                 f = forms[form]
                 spec.rows.append([n, visibility, FORM_SHORT[form], _n(f["ex_s"]), f"{f['gb_s']:.2f}",
                                   _pct(f["memcpy_fraction"]), _pct(f.get("cpu_share")), _n(f.get("passes")),
                                   f.get("settings", "")])
-    spec.notes += [f"{FORM_SHORT[form]}: {text}" for form, text in FORM_TEXT.items()]
+    spec.notes += [f"{FORM_SHORT[form]}: {FORM_TEXT[form]}" for form in order]
     spec.notes += [f"history {k}: {v}" for k, v in VISIBILITY.items()]
     return spec
 
@@ -200,10 +212,11 @@ def _events_table(name: str, work: dict) -> TableSpec:
     return spec
 
 
-def _cold(name: str, work: dict, eviction: dict | None) -> TableSpec:
+def _cold(name: str, work: dict, eviction: dict | None, lazily: bool = False) -> TableSpec:
+    order = _forms(work)
     spec = TableSpec(f"{name}: cold (every file of both sides evicted from the page cache before each pass)",
-                     ["N", "state", "lateseq ex/s", *[f"{FORM_SHORT[f]} ex/s" for f in FORM_ORDER],
-                      *[f"÷ {FORM_SHORT[f]}" for f in FORM_ORDER], "lateseq read from disk",
+                     ["N", "state", "lateseq ex/s", *[f"{FORM_SHORT[f]} ex/s" for f in order],
+                      *[f"÷ {FORM_SHORT[f]}" for f in order], "lateseq read from disk",
                       "IPC read from disk", "left cached after eviction"])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
@@ -211,12 +224,15 @@ def _cold(name: str, work: dict, eviction: dict | None) -> TableSpec:
             if not cold:
                 continue
             fat = at["fat_rows"][work["states"][state]["visibility"]]
-            spec.rows.append([n, state, _n(cold["ex_s"]), *[_n(fat[f]["cold"]["ex_s"]) for f in FORM_ORDER],
-                              *[_x(cold["vs_fat_row"].get(f)) for f in FORM_ORDER], _gb(cold["disk_read_bytes"]),
+            spec.rows.append([n, state, _n(cold["ex_s"]), *[_n(fat[f]["cold"]["ex_s"]) for f in order],
+                              *[_x(cold["vs_fat_row"].get(f)) for f in order], _gb(cold["disk_read_bytes"]),
                               _gb(fat["arrow-ipc"]["cold"]["disk_read_bytes"]), _pct(cold["resident_after_evict"])])
     spec.notes.append("lateseq's cold pass includes opening the store, as a new process does (each projected "
                       "column is checked against its digest on first use, which reads it whole: the whole store "
                       "is read even for a sample of the examples, so this understates lateseq on a sample)")
+    spec.notes.append("IPC mmap, cold: each record batch viewed as the pass reaches it" if lazily else
+                      "IPC mmap, cold: every record batch viewed before the first is copied, which reads the whole "
+                      "file first (a skeptic's find: a lazy reader is faster cold; the runs since view them lazily)")
     if eviction:
         spec.notes.append(f"eviction {'worked' if eviction['worked'] else 'DID NOT WORK'}: at most "
                           f"{_pct(eviction['max_resident_after_evict'])} of the evicted bytes stayed cached "
@@ -225,17 +241,18 @@ def _cold(name: str, work: dict, eviction: dict | None) -> TableSpec:
 
 
 def _bytes(name: str, work: dict) -> TableSpec:
+    order = _forms(work)
     spec = TableSpec(f"{name}: bytes on disk (all examples)",
                      ["N", "state", "lateseq: durable store + example log", "read cache",
-                      *[FORM_SHORT[f] for f in FORM_ORDER], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in FORM_ORDER]])
+                      *[FORM_SHORT[f] for f in order], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in order]])
     extrapolated = False
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             fat = at["fat_rows"][work["states"][state]["visibility"]]
             extrapolated |= any(f["extrapolated"] for f in fat.values())
             spec.rows.append([n, state, _gb(s["bytes"]), _gb(work["states"][state]["read_cache_bytes"]),
-                              *[_gb(fat[f]["bytes"]) for f in FORM_ORDER],
-                              *[_x(s["bytes_vs_fat_row"].get(f)) for f in FORM_ORDER]])
+                              *[_gb(fat[f]["bytes"]) for f in order],
+                              *[_x(s["bytes_vs_fat_row"].get(f)) for f in order]])
     if extrapolated:
         spec.notes.append("Fat Row bytes for all examples are extrapolated from samples: IPC and default Parquet "
                           "from the timed sample's files by output events; the smallest Parquet from the file of "
@@ -245,15 +262,16 @@ def _bytes(name: str, work: dict) -> TableSpec:
 
 
 def _written(name: str, work: dict) -> TableSpec:
+    order = _forms(work)
     spec = TableSpec(f"{name}: bytes written per day of data",
                      ["N", "state", "lateseq: segments (compactions included) + example log",
-                      *[FORM_SHORT[f] for f in FORM_ORDER], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in FORM_ORDER]])
+                      *[FORM_SHORT[f] for f in order], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in order]])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             w = s["written_per_day"]
-            spec.rows.append([n, state, _gb(w["lateseq"]), *[_gb(w["fat_rows"].get(f)) for f in FORM_ORDER],
+            spec.rows.append([n, state, _gb(w["lateseq"]), *[_gb(w["fat_rows"].get(f)) for f in order],
                               *[_x(w["fat_rows"][f] / w["lateseq"]) if f in w["fat_rows"] else "–"
-                                for f in FORM_ORDER]])
+                                for f in order]])
     days = {s["days"] for s in work["states"].values()}
     spec.notes.append(f"everything written over the {'/'.join(map(str, sorted(days)))} days of data, divided by "
                       "the days; Fat Rows: the file for all examples (written as their day's examples come)")
@@ -637,11 +655,11 @@ def plot(results: dict, path: Path) -> bool:
                  [work["n"][n]["lateseq"][s]["bytes"] for n in ns]) for s in states]
         first = work["states"][states[0]]["visibility"]
         bars += [(f"Fat Row {FORM_SHORT[f]}", [work["n"][n]["fat_rows"][first][f]["ex_s"] for n in ns],
-                  [work["n"][n]["fat_rows"][first][f]["bytes"] for n in ns]) for f in FORM_ORDER]
+                  [work["n"][n]["fat_rows"][first][f]["bytes"] for n in ns]) for f in _forms(work)]
         width = 0.8 / len(bars)
         blues = plt.get_cmap("Blues")
         colors = [blues(0.45 + 0.5 * k / max(len(states) - 1, 1)) for k in range(len(states))]
-        colors += ["#d62728", "#ff7f0e", "#8c564b"]  # the Fat Row forms
+        colors += ["#d62728", "#9467bd", "#ff7f0e", "#8c564b"]  # the Fat Row forms
         for k, (label, speed, size) in enumerate(bars):
             xs = [i + (k - len(bars) / 2 + 0.5) * width for i in range(len(ns))]
             hatch = "//" if label.startswith("Fat Row") else None

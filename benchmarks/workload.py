@@ -59,11 +59,14 @@ REALISTIC_DAYS = 30
 ALL_DAYS = np.iinfo(np.int64).max  # "reads every event": the read day of a pointer at the latest version
 TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, where it exists
 
-FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc")
-# forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: flat .npy
-# memmaps (no Arrow at all), compressed IPC (about lateseq's bytes), and the smallest
-# Parquet's settings over flat event columns (no list levels to decode; s21d)
-MORE_FORMS = ("flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",
+# flat .npy memmaps (no Arrow at all: one array per column, every row's values end to
+# end) read 2-15% faster than the IPC file warm, and 1.3-2.4x cold (s26's skeptic): the
+# fastest form, timed beside the others in every run
+FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc", "flat-npy")
+# forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: compressed IPC
+# (about lateseq's bytes), and the smallest Parquet's settings over flat event columns
+# (no list levels to decode; s21d)
+MORE_FORMS = ("arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",
               "parquet-flat-by-user")
 _IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd", "arrow-ipc-lz4-by-user": "lz4",
                     "arrow-ipc-zstd-by-user": "zstd"}
@@ -706,8 +709,8 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
         for batch in record_batches(file, file.columns):
             yield _jagged(batch, file.columns)
         return
-    if reopen:
-        mapped = ipc_views(file.path, file.columns)
+    if reopen:  # each batch viewed as it comes: viewing all first read the whole cold file before a copy
+        mapped = ipc_views(file.path, file.columns, lazily=True)
     else:
         mapped = file.mapped = file.mapped or ipc_views(file.path, file.columns)
     for offsets, values, _ in mapped:
@@ -741,12 +744,20 @@ def _flat_parquet_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[s
             yield copied_out(local[lo:lo + BATCH + 1], values)
 
 
-def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (),
-              random_access: bool = False) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (), random_access: bool = False,
+              lazily: bool = False) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Each record batch of a memory-mapped Fat Row IPC file as (list offsets, {list
     column: values}, {``flat`` column: values}), zero-copy numpy views into the map (which
     they keep open). ``random_access``: the map is advised ``MADV_RANDOM``, so a fault
-    reads its page and no readahead (the fewest pages for a reader of each row's last N)."""
+    reads its page and no readahead (the fewest pages for a reader of each row's last N).
+    ``lazily``: an iterator viewing each batch as it is reached (a cold pass's: each
+    batch's header faults in, with readahead, the pages around it)."""
+    views = _ipc_views(path, columns, flat, random_access)
+    return views if lazily else list(views)
+
+
+def _ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...],
+               random_access: bool) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     if random_access:
         with open(path, "rb") as file:
             mapped = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
@@ -755,14 +766,11 @@ def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (),
     else:
         source = pa.memory_map(str(path))
     reader = pa.ipc.open_file(source)
-    out = []
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
         lists = [batch.column(name) for name in columns]
-        out.append((lists[0].offsets.to_numpy(),
-                    {name: c.values.to_numpy() for name, c in zip(columns, lists, strict=True)},
-                    {name: batch.column(name).to_numpy() for name in flat}))
-    return out
+        yield (lists[0].offsets.to_numpy(), {name: c.values.to_numpy() for name, c in zip(columns, lists, strict=True)},
+               {name: batch.column(name).to_numpy() for name in flat})
 
 
 def copied_out(offsets: np.ndarray, values: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-FORMS = {"parquet-default", "parquet-smallest", "arrow-ipc"}
+FORMS = {"parquet-default", "parquet-smallest", "arrow-ipc", "flat-npy"}
 NS = {"256", "1024", "4096"}
 
 
@@ -92,6 +92,7 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
     assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
     names = {t["target"] for t in r["targets"]}
     assert any("smallest Parquet" in n for n in names) and any("Arrow IPC" in n for n in names)
+    assert any("flat .npy" in n for n in names)  # the fastest Fat Row form too
 
 
 def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
