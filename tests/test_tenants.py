@@ -991,8 +991,8 @@ def test_the_calls_users_get_wrong_are_refused_naming_what_is_expected_or_taken(
     path = write_config(tmp_path, VALID.replace('"item_id"', '"item"'))
     assert lateseq.load_tenants(path, small_store) == lateseq.load_tenants(path, small_store.schema)  # a Store too
     assert lateseq.check_tenants(path, small_store) == []  # a config's path, as load_tenants takes
-    assert lateseq.check_tenants(path, CONFIG_SCHEMA) == ["tenant 'ok': columns: unknown columns ['item']; "
-                                                          "the store has ['action', 'clicked', 'dwell', 'item_id', 'ts']"]
+    assert lateseq.check_tenants(path, CONFIG_SCHEMA) == [
+        "tenant 'ok': columns: unknown columns ['item']; the store has ['action', 'clicked', 'dwell', 'item_id', 'ts']"]
     with pytest.raises(SchemaError, match="expected a lateseq.Schema .or a Store., got str"):
         lateseq.check_tenants(path, "schema.json")
     # integers in any container users hold them in; a 0-d array or a string is no list

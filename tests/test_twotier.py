@@ -199,6 +199,9 @@ def test_pointers_are_refused_before_their_versions_watermark(world):
     with pytest.raises(PointerError, match="before the watermark 100"):
         lateseq.log_examples(store, requests((1, 20)))  # would see event 2, which arrived after the request
     assert lateseq.log_examples(store, requests((1, 100))).column("uih_length").to_pylist() == [2]
+    with pytest.raises(PointerError, match="before the watermark 100 .* the newest: OnlineReader serves") as err:
+        OnlineReader(store, tier, PROJECTION).serve(requests((1, 20)))
+    assert "serve it with lateseq.twotier.OnlineReader" not in str(err.value)  # it said so to the OnlineReader
 
 
 def test_online_serves_transforms_as_training_rebuilds_them_and_refuses_selections(world):

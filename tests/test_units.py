@@ -364,7 +364,8 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     # milliseconds taken as the store's microseconds were events in January 1970)
     one_line_error(*cli("ingest", tmp_path / "a", ints)[::2], "plain integers", "counts ms", "--time-unit")
     one_line_error(*cli("ingest", tmp_path / "a", stamps, "--time-unit", "us")[::2], "its own unit")
-    one_line_error(*cli("ingest", tmp_path / "a", fine_ints, "--time-unit", "us")[::2], "not whole milliseconds")
+    one_line_error(*cli("ingest", tmp_path / "a", fine_ints, "--time-unit", "us")[::2], "not whole milliseconds",
+                   "integer 'ts' read as --time-unit us")  # about the option given, not a type made of it
     one_line_error(*cli("ingest", tmp_path / "c", ints, "--time-unit", "s")[::2], "--time-unit")
     one_line_error(*cli("ingest", tmp_path / "c", stamps)[::2], "plain integer", "--time-unit us")
     one_line_error(*cli("ingest", tmp_path / "d", ints, "--time-unit", "hours")[::2], "hours")

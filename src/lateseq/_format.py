@@ -24,10 +24,10 @@ column of the decoded copy against its xxh3 digest (also in the manifest) the fi
 time a process reads that column. A decoded copy that fails is decoded again from the
 durable files; a durable file that fails is named in the error.
 
-Compression cannot sit on the read path (BRIEF section 3: decompressing chunks per
-batch was ~200x slower), and the decoded form is 2-3x the durable one; so the store
-pays for the small form and each reading host for one decoded copy, shared through the
-page cache by all its processes.
+Compression cannot sit on the read path (in the measurements this project started from,
+decompressing chunks per batch was ~200x slower), and the decoded form is 2-3x the
+durable one; so the store pays for the small form and each reading host for one decoded
+copy, shared through the page cache by all its processes.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ PAYLOAD_TYPES: dict[str, pa.DataType] = {
 _TYPE_NAMES = {str(t): name for name, t in PAYLOAD_TYPES.items()}
 DEFAULT_GROUP = "default"
 TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
-_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
 def ticks_per_second(unit: str) -> int:
@@ -223,7 +223,7 @@ class Schema:
                 f"(Schema(time_unit={source.unit!r}), or `lateseq ingest --time-unit {source.unit}`)")
         raw = pc.cast(times, pa.int64())
         shift = 3 * (TIME_UNITS.index(self.time_unit) - TIME_UNITS.index(source.unit))
-        unit = _UNIT_WORDS[self.time_unit]
+        unit = UNIT_WORDS[self.time_unit]
         if shift > 0:
             factor = 10 ** shift
             limit = np.iinfo(np.int64).max // factor  # the same bound both ways: 10**k never divides 2**63

@@ -297,6 +297,7 @@ class Store:
         self._log.tag(name, number)
 
     def untag(self, name: str) -> None:
+        """Removes tag ``name``; its version stays until a ``cleanup`` retires it."""
         self._log.untag(name)
 
     # ------------------------------------------------------------ writing

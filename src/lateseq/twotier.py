@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import SchemaError, StoreError
+from ._errors import PointerError, SchemaError, StoreError
 from ._jagged import JaggedBatch
 from ._materialize import materialize
 from ._pointers import log_examples, pointers_from_log
@@ -106,7 +106,12 @@ class OnlineReader:
         """The log records and the sequences served, for requests at ``request_ts``."""
         store = self.store.latest()
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts"))
-        log = log_examples(store, requests)  # refuses a request before the version's watermark
+        early = np.flatnonzero(times < store.watermark) if store.watermark is not None and len(times) else ()
+        if len(early):  # what log_examples says sends the caller here
+            raise PointerError(f"request {int(early[0])} at {int(times[early[0]])} is before the watermark "
+                               f"{store.watermark} of version {store.version}, the newest: OnlineReader serves "
+                               "requests as they come, and the store has folded past this one")
+        log = log_examples(store, requests)
         users = log.column("user_id").to_numpy()  # the requests' ids, read (int64) by log_examples
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
             raise StoreError("the mutable tier dropped events the store does not hold yet: "

@@ -54,7 +54,7 @@ from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import open_checked, read_checked
 from lateseq._pointers import write_log
-from lateseq._schema import as_user_ids, ticks_per_second
+from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
 from lateseq._store import check_commit_id
 from lateseq.cli import human_bytes
 
@@ -421,6 +421,14 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
             times = table.column(column).cast(pa.int64())
         except pa.ArrowInvalid as exc:
             raise SchemaError(f"{source}'s column {column!r} holds integers that do not fit int64: {exc}") from exc
+        finer = ticks_per_second(unit) // ticks_per_second(schema.time_unit)
+        if finer > 1:  # said here, about the integers and the option: the store would name a timestamp type
+            values = times.drop_null().to_numpy()  # a null: the schema names it
+            lossy = int(np.count_nonzero(values % finer))
+            if lossy:
+                raise SchemaError(f"{source}'s integer {column!r} read as --time-unit {unit}: {lossy:,} of "
+                                  f"{len(values):,} values are not whole {UNIT_WORDS[schema.time_unit]}, which this "
+                                  "store counts; check what the integers count")
         table = table.set_column(table.column_names.index(column), column, times.cast(pa.timestamp(unit)))
     return table
 
