@@ -185,7 +185,7 @@ def test_online_refuses_unsafe_reads(world):
     tier.append(events((1, 5, 6, 1)))
     store = fold(store, tier, 20)
     reader = OnlineReader(store, tier, PROJECTION)
-    with pytest.raises(PointerError, match="published before"):
+    with pytest.raises(PointerError, match="before the watermark 20 of version 1"):
         reader.serve(requests((1, 10)))  # version 1 holds arrivals up to 20 > request 10
     tier.expired_before = 30  # the tier lost events the store does not hold
     with pytest.raises(StoreError, match="fold more often"):
