@@ -288,13 +288,14 @@ def test_workers_share_what_auto_merged_reads_paid_for(world, tmp_path):
 
 def test_more_workers_than_row_groups_and_rows_fewer_than_a_batch(world, tmp_path):
     store, oracle, log, _ = world
-    small = log.slice(5, 7)
-    path = tmp_path / "small.parquet"
-    pq.write_table(small, path)  # one row group for two workers: cut in two, each gets a share
-    ds = ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10, shuffle=True)
-    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
-    assert sorted(len(b) for b in batches) == [3, 4]
-    check(batches, oracle, small)
+    for rows, sizes in ((7, [7]), (25, [5, 10, 10])):  # fewer rows than a batch: one batch, not two short
+        small = log.slice(5, rows)
+        path = tmp_path / f"small{rows}.parquet"
+        pq.write_table(small, path)  # one row group for two workers: cut in runs of whole batches
+        ds = ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10, shuffle=True)
+        batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+        assert sorted(len(b) for b in batches) == sizes
+        check(batches, oracle, small)
     empty = ExampleDataset(store, log.slice(0, 0), lateseq.Projection(MAX_LEN, COLUMNS), batch_size=4)
     assert list(DataLoader(empty, batch_size=None, num_workers=2)) == []
 
@@ -626,6 +627,23 @@ def test_example_columns_with_nulls_are_refused_when_the_dataset_is_made(world, 
         with pytest.raises(lateseq.SchemaError, match="example columns with nulls: {'label': 1}"):
             ExampleDataset(store, source, projection)
         assert len(list(ExampleDataset(store, source, projection, example_columns=["weight"]))) > 0
+
+
+def test_a_dictionary_encoded_label_is_an_example_column_from_a_table_as_from_parquet(world, tmp_path):
+    """Parquet reads a dictionary<int64> column back as its values: from a Table the same
+    label was left out of Batch.examples (a stranger's)."""
+    store, _, log, _ = world
+    coded = log.set_column(log.schema.get_field_index("label"), "label", log.column("label").dictionary_encode())
+    pq.write_table(coded, tmp_path / "coded.parquet", row_group_size=16)
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    labels = []
+    for source in (coded, tmp_path / "coded.parquet"):
+        ds = ExampleDataset(store, source, projection)
+        assert "label" in ds.example_columns
+        batches = list(ds)
+        rows = np.concatenate([b.rows.numpy() for b in batches])
+        labels.append(np.concatenate([b.examples["label"].numpy() for b in batches])[np.argsort(rows)])
+    assert np.array_equal(labels[0], log.column("label").to_numpy()) and np.array_equal(labels[0], labels[1])
 
 
 def test_unsigned_values_past_int64_and_repeated_columns_are_refused_when_the_dataset_is_made(world, tmp_path):

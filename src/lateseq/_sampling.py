@@ -8,27 +8,34 @@ bounded whatever the size of the log, because nothing is planned per row globall
    row groups, since reading part of a row group costs reading all of it; but a log of
    fewer blocks than ranks is cut again into blocks of about a rank's share, row groups
    split). The blocks are permuted with ``(seed, epoch)`` and dealt, in that order, each
-   to the rank with the fewest rows so far, then among each rank's workers the same
-   way: ranks differ by at most a block's rows, whatever the blocks' sizes (dealt round
-   robin, a short last block could be all a rank got), and a rank's rows do not depend
-   on its number of workers. A shard reads only its own blocks.
-2. A shard's blocks, in dealt order, are grouped into *windows* of about
+   to the rank with the fewest rows so far: ranks differ by at most a block's rows,
+   whatever the blocks' sizes (dealt round robin, a short last block could be all a
+   rank got). Nothing here depends on ``num_workers``: ranks on hosts with other CPU
+   counts may run other numbers of workers, and every row still comes out once.
+2. A rank's rows (its blocks in dealt order) are cut into one run per worker, each a
+   whole number of batches but the last: a rank yields as many batches of the same rows
+   whatever its number of workers, and a block is split between two workers at most at a run's end.
+3. A worker's pieces of blocks, in order, are grouped into *windows* of about
    ``window_rows`` rows; rows are shuffled within a window only, so one window is all a
    shard ever holds. With ``affinity``, a window's rows are ordered by a salted hash of
    the user, then user, then request time: one user's examples sit together (a history
    read serves several of them) while users still come in random order.
-3. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
+4. Batches are consecutive runs of ``batch_size`` rows of the shard's stream (a batch
    may span two windows); only a shard's last batch can be short (or is dropped).
-4. With ``row_group_partitions`` (a log written by ``copartition_log``: each row group
+5. With ``row_group_partitions`` (a log written by ``copartition_log``: each row group
    holds examples of one store partition), blocks never mix partitions and whole
    partitions are dealt as in 1 (in the order of their first block in the permutation),
-   so a worker maps the segments of its own partitions only. Ranks then differ by up to
-   a partition's rows, and a log of fewer partitions with examples than ranks is refused
-   (a rank would have none).
-5. With ``even_batches``, every rank yields as many batches as the rank with fewest
+   to ranks and then to the rank's workers, so a worker maps the segments of its own
+   partitions only. Ranks then differ by up to a partition's rows, and a log of fewer
+   partitions with examples than ranks is refused (a rank would have none).
+6. With ``even_batches``, every rank yields as many batches as the rank with fewest
    (DistributedDataParallel steps all ranks together: a rank with one more batch would
-   wait forever for the others). Ranks with more drop their last batches, from their
-   workers with the most first; each shard works this out alone, from the plan.
+   wait forever for the others), a count worked out from the ranks' rows alone, never
+   from their numbers of workers. Ranks with more drop their last batches (the end of
+   their rows; with partitions, their workers' short last batches first); each shard
+   works this out alone, from the plan. With
+   partitions a rank's workers each end on a short batch, so up to a batch per worker
+   more than in 2 can be left out.
 
 Resuming after ``i`` batches is arithmetic on block sizes: ``slices(start=i)`` begins
 at the window holding row ``i * batch_size`` without touching the batches before.
@@ -55,8 +62,10 @@ BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align wit
 WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at once
 # bumped whenever a plan deals rows in another order for the same settings (2: blocks dealt to
 # the rank and worker with the fewest rows; 3: a log of fewer blocks than ranks x workers cut
-# again): a resume state saved under other rules is refused, not resumed into a different order
-DEALING_RULES = 3
+# again; 4: nothing dealt to ranks by num_workers, a rank's rows cut into one run of whole
+# batches per worker): a resume state saved under other rules is refused, not resumed into a
+# different order
+DEALING_RULES = 4
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -68,7 +77,8 @@ class ShardPlan:
     ``row_groups`` (rows per Parquet row group, in file order) aligns blocks with row
     groups: a block is one or more whole consecutive row groups of at most
     ``block_rows`` rows in all (a bigger row group is a block by itself), unless there
-    would be fewer blocks than ranks (see ``_block_table``).
+    would be fewer blocks than ranks (see ``_block_table``); a worker reads pieces of
+    blocks (``pieces``).
     """
 
     num_rows: int
@@ -112,19 +122,18 @@ class ShardPlan:
                                   f"world_size={self.world_size} ranks: {self.world_size - filled} would get none "
                                   "(read it without copartition, or from a store of more partitions)")
 
-    # ------------------------------------------------------------ blocks and windows
+    # ------------------------------------------------------------ blocks, ranks and workers
 
     @cached_property
     def _block_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row bounds: blocks+1, first row group: blocks, end row group: blocks) of every
-        non-empty block. A log of fewer blocks than shards (a log in one big row group) is
-        cut again into blocks of at most a shard's share, row groups split: a rank with no
-        rows would make ``even_batches`` give every rank none, and a worker with none
-        leaves the others all the work."""
+        non-empty block. A log of fewer blocks than ranks (a log in one big row group) is
+        cut again into blocks of about a rank's share, row groups split: a rank with no
+        rows would make ``even_batches`` give every rank none. Never by ``num_workers``:
+        ranks may run different numbers of workers, and each must still get its own rows."""
         table = self._blocks_of(self.block_rows, split=False)
-        shards = self.world_size * self.num_workers
-        if self.row_group_partitions is None and len(table[1]) < shards <= self.num_rows:
-            table = self._blocks_of(-(-self.num_rows // shards), split=True)
+        if self.row_group_partitions is None and len(table[1]) < self.world_size <= self.num_rows:
+            table = self._blocks_of(-(-self.num_rows // self.world_size), split=True)
         return table
 
     def _blocks_of(self, span: int, split: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,46 +179,72 @@ class ShardPlan:
 
     @cached_property
     def _dealt(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(every block in read order, the rank and the worker of each block, by block id):
-        the same for every shard, so each works out its own blocks and every shard's count."""
+        """(every block in read order, the rank of each block by id, the deal unit of each
+        block by id: itself, or its partition): the same for every shard whatever its
+        number of workers."""
         order = np.arange(self.num_blocks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_blocks)
-        bounds, first_group = self._block_table[0], self._block_table[1]
-        sizes = np.diff(bounds)
         if self.row_group_partitions is None:
             unit = np.arange(self.num_blocks)  # each block is dealt alone
         else:  # a partition's blocks go together
-            unit = np.array(self.row_group_partitions, np.int64)[first_group]
+            unit = np.array(self.row_group_partitions, np.int64)[self._block_table[1]]
         units = list(dict.fromkeys(unit[order].tolist()))  # in the order their first block comes
-        unit_rows: dict[int, int] = {}
-        for u, n in zip(unit.tolist(), sizes.tolist(), strict=True):
-            unit_rows[u] = unit_rows.get(u, 0) + n
-        rank_of = _deal(units, unit_rows, self.world_size)
-        by_rank: list[list[int]] = [[] for _ in range(self.world_size)]
-        for u in units:
-            by_rank[rank_of[u]].append(u)
-        worker_of: dict[int, int] = {}
-        for mine in by_rank:
-            worker_of.update(_deal(mine, unit_rows, self.num_workers))
-        return (order, np.array([rank_of[u] for u in unit.tolist()], np.int64),
-                np.array([worker_of[u] for u in unit.tolist()], np.int64))
+        rank_of = _deal(units, self._unit_rows(unit), self.world_size)
+        return order, np.array([rank_of[u] for u in unit.tolist()], np.int64), unit
+
+    def _unit_rows(self, unit: np.ndarray) -> dict[int, int]:
+        rows: dict[int, int] = {}
+        for u, n in zip(unit.tolist(), np.diff(self._block_table[0]).tolist(), strict=True):
+            rows[u] = rows.get(u, 0) + n
+        return rows
 
     @cached_property
-    def blocks(self) -> np.ndarray:
-        """This shard's block ids, in the order it reads them."""
-        order, rank, worker = self._dealt
-        return order[(rank[order] == self.rank) & (worker[order] == self.worker)]
+    def _rank_rows(self) -> np.ndarray:
+        """Rows of every rank."""
+        rows = np.zeros(self.world_size, np.int64)
+        np.add.at(rows, self._dealt[1], np.diff(self._block_table[0]))
+        return rows
+
+    def _pieces_of(self, worker: int) -> np.ndarray:
+        """(start, stop) log rows of the pieces of blocks a worker of this rank reads, in
+        order. Without partitions the rank's rows, its blocks in dealt order, are cut into
+        one run per worker of a whole number of batches (the last run shorter): a rank
+        yields as many batches of the same rows whatever its number of workers, and a
+        block is split between two workers at most once per worker. With partitions, whole
+        partitions go to the worker with the fewest rows so far: a worker maps the
+        segments of its own partitions only."""
+        order, rank, unit = self._dealt
+        bounds = self._block_table[0]
+        mine = order[rank[order] == self.rank]
+        if self.row_group_partitions is not None:
+            units = list(dict.fromkeys(unit[mine].tolist()))
+            worker_of = _deal(units, self._unit_rows(unit), self.num_workers)
+            mine = mine[np.array([worker_of[u] == worker for u in unit[mine].tolist()], bool)]
+            return np.stack([bounds[mine], bounds[mine + 1]], axis=1).reshape(-1, 2)
+        sizes = bounds[mine + 1] - bounds[mine]
+        at = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # each block's place in the rank's rows
+        run = -(-int(at[-1]) // self.num_workers)
+        run = -(-run // self.batch_size) * self.batch_size
+        lo, hi = min(worker * run, int(at[-1])), min((worker + 1) * run, int(at[-1]))
+        keep = (at[1:] > lo) & (at[:-1] < hi)
+        starts = bounds[mine[keep]] + np.maximum(lo - at[:-1][keep], 0)
+        stops = bounds[mine[keep]] + np.minimum(hi, at[1:][keep]) - at[:-1][keep]
+        return np.stack([starts, stops], axis=1).reshape(-1, 2)
+
+    @cached_property
+    def pieces(self) -> np.ndarray:
+        """This shard's (start, stop) log rows, in the order it reads them."""
+        return self._pieces_of(self.worker)
 
     @cached_property
     def windows(self) -> list[np.ndarray]:
-        """This shard's blocks grouped into windows of at least ``window_rows`` rows (but
-        the last)."""
-        bounds = self._block_table[0]
+        """This shard's pieces (indices into ``pieces``) grouped into windows of at least
+        ``window_rows`` rows (but the last)."""
         out, current, size = [], [], 0
-        for b in self.blocks.tolist():
-            current.append(b)
-            size += int(bounds[b + 1] - bounds[b])
+        for k, (a, b) in enumerate(self.pieces.tolist()):
+            current.append(k)
+            size += b - a
             if size >= self.window_rows:
                 out.append(np.array(current, np.int64))
                 current, size = [], 0
@@ -219,8 +254,7 @@ class ShardPlan:
 
     @cached_property
     def _window_starts(self) -> np.ndarray:
-        bounds = self._block_table[0]
-        sizes = [int((bounds[w + 1] - bounds[w]).sum()) for w in self.windows]
+        sizes = [int(np.diff(self.pieces[w], axis=1).sum()) for w in self.windows]
         return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
     @property
@@ -228,45 +262,76 @@ class ShardPlan:
         """Rows this shard holds (before ``drop_last``)."""
         return int(self._window_starts[-1])
 
-    @cached_property
-    def num_batches(self) -> int:
-        if not self.even_batches or self.world_size == 1:
-            return self._own_batches
-        return self._shard_counts[1][self.rank][self.worker]
+    # ------------------------------------------------------------ batch counts
+
+    def _batches_of(self, rows: np.ndarray | int) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     @cached_property
-    def _shard_counts(self) -> tuple[np.ndarray, list[list[int]]]:
-        """(rows of every shard, batches of every shard): under ``even_batches``, ranks
-        with more batches than the rank with fewest drop theirs from the worker with most."""
-        _, rank, worker = self._dealt
-        rows = np.zeros((self.world_size, self.num_workers), np.int64)
-        np.add.at(rows, (rank, worker), np.diff(self._block_table[0]))
-        counts = (rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)).tolist()
-        fewest = min(map(sum, counts)) if self.even_batches else None
-        for mine in counts if fewest is not None else []:
-            for _ in range(sum(mine) - fewest):
-                mine[max(range(self.num_workers), key=lambda w: (mine[w], w))] -= 1
-        return rows, counts
+    def _even(self) -> int:
+        """The batches every rank yields under ``even_batches``, from what does not depend
+        on any rank's number of workers (hosts with other CPU counts run other numbers):
+        without partitions a rank yields batches of its rows whatever its workers; with
+        them, at least one per whole batch of each of its partitions (or, without
+        ``drop_last``, of all its rows), however they are dealt."""
+        if self.row_group_partitions is None or not self.drop_last:
+            return int(self._batches_of(self._rank_rows).min())
+        _, rank, unit = self._dealt
+        full = np.zeros(self.world_size, np.int64)
+        for u, n in self._unit_rows(unit).items():
+            full[rank[np.flatnonzero(unit == u)[0]]] += n // self.batch_size
+        return int(full.min())
+
+    @cached_property
+    def _worker_batches(self) -> list[int]:
+        """Batches of each of this rank's workers. Under ``even_batches`` a rank with more
+        than ``_even`` drops its last ones: the end of its rows (its last workers' last
+        batches, the same rows whatever its number of workers), or with partitions the
+        last batch of the worker whose last batch is smallest, the short ones first."""
+        rows = [int(np.diff(self._pieces_of(w), axis=1).sum()) for w in range(self.num_workers)]
+        counts = self._batches_of(np.array(rows)).tolist()
+        if not self.even_batches or self.world_size == 1:
+            return counts
+        for _ in range(sum(counts) - self._even):
+            if self.row_group_partitions is None:
+                w = max(w for w in range(self.num_workers) if counts[w])
+            else:
+                w = min((w for w in range(self.num_workers) if counts[w]),
+                        key=lambda w: (min(self.batch_size, rows[w] - (counts[w] - 1) * self.batch_size), -w))
+            counts[w] -= 1
+        return counts
+
+    @cached_property
+    def num_batches(self) -> int:
+        return self._worker_batches[self.worker]
 
     @property
     def rows_left_out(self) -> int:
-        """Rows of the log (every shard's) this epoch does not serve: by ``drop_last``
-        and ``even_batches``."""
-        rows, counts = self._shard_counts
-        return self.num_rows - int(np.minimum(np.array(counts, np.int64) * self.batch_size, rows).sum())
+        """Rows of the log (every rank's) this epoch does not serve, by ``drop_last`` and
+        ``even_batches``; with partitions, as if every rank ran this shard's number of workers."""
+        if self.row_group_partitions is None:
+            served = np.minimum(self._batches_of(self._rank_rows) * self.batch_size, self._rank_rows)
+            if self.even_batches and self.world_size > 1:
+                served = np.minimum(served, self._even * self.batch_size)
+            return self.num_rows - int(served.sum())
+        served = 0
+        for r in range(self.world_size):
+            plan = ShardPlan(**{**self._settings, "rank": r, "worker": 0})
+            rows = [int(np.diff(plan._pieces_of(w), axis=1).sum()) for w in range(self.num_workers)]
+            served += sum(min(n * self.batch_size, m) for n, m in zip(plan._worker_batches, rows, strict=True))
+        return self.num_rows - served
 
     @property
-    def _own_batches(self) -> int:
-        rows = self.num_rows_shard
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+    def _settings(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     def ranges_of(self, window: int) -> list[tuple[int, int]]:
-        """The (start, stop) log rows of a window's blocks, in read order."""
-        bounds = self._block_table[0]
-        return [(int(bounds[b]), int(bounds[b + 1])) for b in self.windows[window].tolist()]
+        """The (start, stop) log rows of a window's pieces, in read order."""
+        return [(int(a), int(b)) for a, b in self.pieces[self.windows[window]].tolist()]
 
     def window_rows_of(self, window: int) -> np.ndarray:
-        """The log rows of a window, in read order (its blocks' rows, block after block)."""
+        """The log rows of a window, in read order (its pieces' rows, piece after piece)."""
         return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.ranges_of(window)])
 
     def row_groups_of(self, window: int) -> list[int]:
@@ -274,15 +339,18 @@ class ShardPlan:
         return list(dict.fromkeys(g for groups, _, _ in self.reads_of(window) for g in groups))
 
     def reads_of(self, window: int) -> list[tuple[list[int], int, int]]:
-        """How to read a window: per block, the Parquet row groups holding it, and the
-        rows of them to keep (skip, take): all of them, but for a piece of a split row
-        group (needs ``row_groups``)."""
+        """How to read a window: per piece, the Parquet row groups holding it, and the
+        rows of them to keep (skip, take): all of them, but for part of a row group
+        (needs ``row_groups``)."""
         if self.row_groups is None:
             raise SchemaError("this plan was made without row_groups")
-        bounds, first, end = self._block_table
         group_start = np.concatenate([[0], np.cumsum(self.row_groups, dtype=np.int64)])
-        return [(list(range(int(first[b]), int(end[b]))), int(bounds[b] - group_start[first[b]]),
-                 int(bounds[b + 1] - bounds[b])) for b in self.windows[window].tolist()]
+        out = []
+        for a, b in self.ranges_of(window):
+            first = int(np.searchsorted(group_start, a, side="right")) - 1  # the group holding row a
+            end = int(np.searchsorted(group_start, b - 1, side="right"))  # after the one holding row b - 1
+            out.append((list(range(first, end)), a - int(group_start[first]), b - a))
+        return out
 
     # ------------------------------------------------------------ order and batches
 
@@ -294,7 +362,7 @@ class ShardPlan:
         with ``affinity`` only.
         """
         size = int(self._window_starts[window + 1] - self._window_starts[window])
-        first = int(self.windows[window][0])
+        first = int(self.pieces[self.windows[window][0], 0])  # the window's first log row: no other's
         if self.shuffle:
             perm = np.random.default_rng([self.seed, self.epoch, first, 1]).permutation(size)
         else:

@@ -362,6 +362,8 @@ class LoaderMetrics:
 
 
 def _numeric(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):  # as Parquet reads it back: its values
+        t = t.value_type
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
@@ -386,7 +388,7 @@ class ExampleDataset(IterableDataset):
     drops each shard's short last batch; ``even_batches`` gives every rank as many
     batches as the rank with fewest (what DistributedDataParallel needs; the others drop
     their last, up to about a block per rank, or a partition's examples with
-    ``copartition``). ``example_columns``
+    ``copartition``); neither depends on any rank's number of workers. ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
@@ -924,6 +926,8 @@ def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list
 
 def _example_numpy(table: pa.Table, name: str) -> np.ndarray:
     column = table.column(name)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
     if column.null_count:
         raise SchemaError(f"example column {name!r} has nulls; fill them before training")
     array = np.asarray(column.to_numpy())
