@@ -206,17 +206,17 @@ class ShardPlan:
         np.add.at(rows, self._dealt[1], np.diff(self._block_table[0]))
         return rows
 
-    def _pieces_of(self, worker: int) -> np.ndarray:
-        """(start, stop) log rows of the pieces of blocks a worker of this rank reads, in
+    def _pieces_of(self, worker: int, rank: int) -> np.ndarray:
+        """(start, stop) log rows of the pieces of blocks a worker of a rank reads, in
         order. Without partitions the rank's rows, its blocks in dealt order, are cut into
         one run per worker of a whole number of batches (the last run shorter): a rank
         yields as many batches of the same rows whatever its number of workers, and a
         block is split between two workers at most once per worker. With partitions, whole
         partitions go to the worker with the fewest rows so far: a worker maps the
         segments of its own partitions only."""
-        order, rank, unit = self._dealt
+        order, rank_of, unit = self._dealt
         bounds = self._block_table[0]
-        mine = order[rank[order] == self.rank]
+        mine = order[rank_of[order] == rank]
         if self.row_group_partitions is not None:
             units = list(dict.fromkeys(unit[mine].tolist()))
             worker_of = _deal(units, self._unit_rows(unit), self.num_workers)
@@ -235,7 +235,7 @@ class ShardPlan:
     @cached_property
     def pieces(self) -> np.ndarray:
         """This shard's (start, stop) log rows, in the order it reads them."""
-        return self._pieces_of(self.worker)
+        return self._pieces_of(self.worker, self.rank)
 
     @cached_property
     def windows(self) -> list[np.ndarray]:
@@ -278,21 +278,21 @@ class ShardPlan:
         if self.row_group_partitions is None or not self.drop_last:
             return int(self._batches_of(self._rank_rows).min())
         _, rank, unit = self._dealt
+        rank_of = dict(zip(unit.tolist(), rank.tolist(), strict=True))  # a partition's blocks share a rank
         full = np.zeros(self.world_size, np.int64)
         for u, n in self._unit_rows(unit).items():
-            full[rank[np.flatnonzero(unit == u)[0]]] += n // self.batch_size
+            full[rank_of[u]] += n // self.batch_size
         return int(full.min())
 
-    @cached_property
-    def _worker_batches(self) -> list[int]:
-        """Batches of each of this rank's workers. Under ``even_batches`` a rank with more
+    def _worker_batches(self, rank: int) -> tuple[list[int], list[int]]:
+        """(rows, batches) of each of a rank's workers (if it runs this shard's number). Under ``even_batches`` a rank with more
         than ``_even`` drops its last ones: the end of its rows (its last workers' last
         batches, the same rows whatever its number of workers), or with partitions the
         last batch of the worker whose last batch is smallest, the short ones first."""
-        rows = [int(np.diff(self._pieces_of(w), axis=1).sum()) for w in range(self.num_workers)]
+        rows = [int(np.diff(self._pieces_of(w, rank), axis=1).sum()) for w in range(self.num_workers)]
         counts = self._batches_of(np.array(rows)).tolist()
         if not self.even_batches or self.world_size == 1:
-            return counts
+            return rows, counts
         for _ in range(sum(counts) - self._even):
             if self.row_group_partitions is None:
                 w = max(w for w in range(self.num_workers) if counts[w])
@@ -300,11 +300,11 @@ class ShardPlan:
                 w = min((w for w in range(self.num_workers) if counts[w]),
                         key=lambda w: (min(self.batch_size, rows[w] - (counts[w] - 1) * self.batch_size), -w))
             counts[w] -= 1
-        return counts
+        return rows, counts
 
     @cached_property
     def num_batches(self) -> int:
-        return self._worker_batches[self.worker]
+        return self._worker_batches(self.rank)[1][self.worker]
 
     @property
     def rows_left_out(self) -> int:
@@ -315,16 +315,9 @@ class ShardPlan:
             if self.even_batches and self.world_size > 1:
                 served = np.minimum(served, self._even * self.batch_size)
             return self.num_rows - int(served.sum())
-        served = 0
-        for r in range(self.world_size):
-            plan = ShardPlan(**{**self._settings, "rank": r, "worker": 0})
-            rows = [int(np.diff(plan._pieces_of(w), axis=1).sum()) for w in range(self.num_workers)]
-            served += sum(min(n * self.batch_size, m) for n, m in zip(plan._worker_batches, rows, strict=True))
+        served = sum(min(n * self.batch_size, m) for r in range(self.world_size)
+                     for m, n in zip(*self._worker_batches(r), strict=True))
         return self.num_rows - served
-
-    @property
-    def _settings(self) -> dict:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     def ranges_of(self, window: int) -> list[tuple[int, int]]:
         """The (start, stop) log rows of a window's pieces, in read order."""
