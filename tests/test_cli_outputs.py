@@ -218,9 +218,10 @@ def kept(path: Path) -> list[int]:
     return out
 
 
-def test_cleanup_retires_untagged_versions_before_the_latest(history):
+@pytest.mark.parametrize("latest", [[], ["--before", "latest"]])  # as --help names the default
+def test_cleanup_retires_untagged_versions_before_the_latest(history, latest):
     path, log = history
-    code, out, err = cli("cleanup", path)
+    code, out, err = cli("cleanup", path, *latest)
     assert code == 0, err
     assert out.split() == ["2"]
     assert kept(path) == [1, 3, 4]
@@ -236,9 +237,10 @@ def test_cleanup_retires_untagged_versions_before_the_latest(history):
     assert (code, out) == (0, "")
 
 
-def test_cleanup_no_keep_tags_removes_older_tags_first(history):
+@pytest.mark.parametrize("before", ["3", "third"])  # a number or a tag, as tag and checkout take
+def test_cleanup_no_keep_tags_removes_older_tags_first(history, before):
     path, _ = history
-    code, out, err = cli("cleanup", path, "--before", 3, "--no-keep-tags")
+    code, out, err = cli("cleanup", path, "--before", before, "--no-keep-tags")
     assert code == 0, err
     assert out.split() == ["1", "2"]
     assert lateseq.open(path).tags() == {"third": 3}  # a tag at --before or later stays
@@ -279,7 +281,7 @@ def test_cleanup_grace_spares_young_files(history):
     (["--grace", "inf"], "--grace"),
     (["--grace", "soon"], "--grace"),
     (["--before", "x"], "--before"),
-    (["--before", "first"], "--before"),
+    (["--before", "nope"], "nor one of its tags (first, third)"),
     (["--before", "1.5"], "--before"),
     (["--before", "-1"], "--before"),
     (["--before", "99"], "--before 99"),

@@ -606,8 +606,8 @@ def untag(store: StoreArg, name: Annotated[str, typer.Argument(help="Tag name.",
 @app.command()
 def cleanup(
     store: StoreArg,
-    before: Annotated[int | None, typer.Option(help="Retire versions older than this one.",
-                                               show_default="the latest")] = None,
+    before: Annotated[str | None, typer.Option(help="Retire versions older than this one: a number, a tag or "
+                                                    "'latest'.", show_default="latest")] = None,
     keep_tags: Annotated[bool, typer.Option(
         "--keep-tags/--no-keep-tags",
         help="Keep tagged versions; --no-keep-tags first removes the tags of versions older than --before.")] = True,
@@ -620,9 +620,16 @@ def cleanup(
         raise SchemaError(f"--grace must be a finite number of seconds, zero or more, got {grace}")
     handle = _open(store)
     latest = handle.latest_version
-    before = latest if before is None else before
-    if not 0 <= before <= latest:
-        raise SchemaError(f"--before {before} is not a version of {store} (0 to the latest, {latest})")
+    tags = handle.tags()
+    if before is None or before == "latest":
+        before = latest
+    elif before in tags:
+        before = tags[before]
+    elif before.isdecimal() and 0 <= int(before) <= latest:
+        before = int(before)
+    else:
+        raise SchemaError(f"--before {before} is neither a version of {store} (0 to the latest, {latest}), "
+                          f"'latest', nor one of its tags ({', '.join(sorted(tags)) or 'none'})")
     untagged = []
     if not keep_tags:
         handle.versions()  # every manifest checked first: a damaged one fails the command before a tag goes
