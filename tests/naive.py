@@ -136,3 +136,16 @@ def merge_order_reference(user, ts, tiebreak):
     """``merge_order``: the rows sorted by (user, time, tie-break), ties in row order."""
     keys = [ts, user] if tiebreak is None else [tiebreak, ts, user]
     return np.lexsort(keys)
+
+
+def version_bounds_reference(version, starts):
+    """``version_bounds``: per user, the running max of the version, and the running min
+    taken from the user's last row backwards."""
+    vmax, vmin = list(version), list(version)
+    bounds = [*map(int, starts), len(version)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for i in range(a + 1, b):
+            vmax[i] = max(vmax[i - 1], version[i])
+        for i in range(b - 2, a - 1, -1):
+            vmin[i] = min(vmin[i + 1], version[i])
+    return vmax, vmin

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import (
@@ -19,6 +20,7 @@ from naive import (
     merge_order_reference,
     partition_of_reference,
     select_reference,
+    version_bounds_reference,
 )
 from numba import njit
 
@@ -40,6 +42,8 @@ from lateseq._kernels import (
     prefetch,
     remap_ranges,
     segment_table,
+    user_starts,
+    version_bounds,
 )
 from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import locate as locate_in_segments
@@ -447,3 +451,26 @@ def test_partitions_stay_what_they_were():
     assert partition_of(ids, 2).tolist() == [0, 1, 1, 1, 0, 0, 0]
     assert partition_of(ids, 16).tolist() == [0, 5, 11, 13, 10, 0, 2]
     assert partition_of(ids, 1000).tolist() == [0, 789, 67, 533, 50, 584, 962]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=12), max_size=20),
+       st.sampled_from(["uint8", "uint16", "uint32", "int64"]))
+def test_version_bounds_match_reference(users, dtype):
+    top = np.iinfo(dtype).max
+    version = np.array([v % (top + 1) for rows in users for v in rows], dtype)
+    starts = np.cumsum([0] + [len(rows) for rows in users[:-1]]).astype(np.int64)[:len(users)]
+    vmax, vmin = version_bounds(version, starts)
+    assert vmax.dtype == vmin.dtype == version.dtype
+    want = version_bounds_reference(version.tolist(), starts.tolist())
+    assert vmax.tolist() == want[0] and vmin.tolist() == want[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40))
+def test_user_starts_are_np_unique_of_sorted_users_and_refuse_unsorted(users):
+    user = np.sort(np.array(users, np.int64))
+    assert np.array_equal(user_starts(user), np.unique(user, return_index=True)[1])
+    if len(np.unique(user)) > 1:
+        with pytest.raises(ValueError, match="sorted by user"):
+            user_starts(user[::-1].copy())

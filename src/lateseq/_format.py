@@ -56,7 +56,7 @@ import xxhash
 
 from ._errors import StoreError
 from ._events import Events
-from ._kernels import event_hashes
+from ._kernels import event_hashes, user_starts, version_bounds
 
 TIME = "_ts"  # the time column's name in segments, whatever the schema calls it
 SYSTEM_COLUMNS = ("_version", "_vmax", "_vmin", "_hcum")
@@ -170,7 +170,8 @@ def write_unpacked_segment(directory: Path, name: str, partition: int, events: E
 
 def _write_segment(directory: Path, name: str, partition: int, events: Events, cache: Path,
                    packed: bool) -> SegmentInfo:
-    user_ids, starts = np.unique(events.user, return_index=True)
+    starts = user_starts(events.user)
+    user_ids = events.user[starts]
     ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
     bases: dict[str, int] = {}
     stored: dict[str, np.ndarray] = {}
@@ -273,16 +274,9 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
                    hashes: np.ndarray, expect: dict[str, str] | None = None) -> dict[str, str]:
     """Writes the decoded copy; returns its column digests, which must equal ``expect``
     (the writer's) when given, or nothing is written."""
-    version = stored["_version"]
-    # running max (and, backwards, min) of the version within each user: offsetting each
-    # user's versions by its rank makes one accumulate restart at every user
-    offset = np.repeat(np.arange(len(starts), dtype=np.int64) << 32, np.diff(np.append(starts, len(version))))
-    keyed = offset + version.astype(np.int64)
-    vmax = np.maximum.accumulate(keyed) - offset
-    vmin = np.minimum.accumulate(keyed[::-1])[::-1] - offset
+    vmax, vmin = version_bounds(stored["_version"], starts)
     # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
-    table = pa.record_batch({**stored, "_vmax": vmax.astype(version.dtype), "_vmin": vmin.astype(version.dtype),
-                             "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    table = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
     digests = {name: column_digest(column.to_numpy(zero_copy_only=False))
                for name, column in zip(table.schema.names, table.columns, strict=True)}
     if expect is not None and digests != expect:

@@ -106,6 +106,41 @@ def _partition_of(users, partitions, out):  # pragma: no cover - compiled; parti
         out[i] = np.int64((x ^ (x >> np.uint64(31))) % np.uint64(partitions))
 
 
+@njit(cache=True, nogil=True)
+def _version_bounds(version, starts, vmax, vmin):  # pragma: no cover - compiled; version_bounds_reference
+    for u in range(starts.shape[0]):
+        a = starts[u]
+        b = starts[u + 1] if u + 1 < starts.shape[0] else version.shape[0]
+        high = version[a]
+        for i in range(a, b):
+            high = max(high, version[i])
+            vmax[i] = high
+        low = version[b - 1]
+        for i in range(b - 1, a - 1, -1):
+            low = min(low, version[i])
+            vmin[i] = low
+
+
+def version_bounds(version: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's highest version so far in its user's rows and lowest from it on (users
+    start at ``starts``, each non-empty), in ``version``'s dtype: what ``locate`` skips
+    whole runs of one version by. One pass each way into the two outputs; the numpy form
+    (a keyed running max, a reversed running min) made seven arrays of the segment's
+    length, and a merged copy's build first-touches every page it allocates."""
+    vmax, vmin = np.empty_like(version), np.empty_like(version)
+    if len(version):
+        _version_bounds(version, np.ascontiguousarray(starts, np.int64), vmax, vmin)
+    return vmax, vmin
+
+
+def user_starts(user: np.ndarray) -> np.ndarray:
+    """The first row of each user's run in ``user``, sorted by user (checked): what
+    ``np.unique(user, return_index=True)`` gives sorted input, without sorting a copy."""
+    if len(user) > 1 and bool((user[1:] < user[:-1]).any()):
+        raise ValueError("events must be sorted by user")
+    return np.flatnonzero(np.concatenate([[len(user) > 0], user[1:] != user[:-1]]))
+
+
 def value_bits(values: np.ndarray) -> np.ndarray:
     """The 64 bits that identify each value: integers by value, floats by the IEEE bits of
     their float64. Widening sets a signalling NaN's quiet bit (with no warning: the value
