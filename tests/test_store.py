@@ -314,6 +314,60 @@ def test_a_deletion_lands_on_the_commits_published_while_it_rewrote(make_store, 
     assert segment_files(store) <= referenced_files(store)
 
 
+
+@pytest.mark.parametrize("meanwhile", ["compact", "tiered twice", "delete", "commit"])
+def test_a_commit_lands_on_the_compactions_published_while_it_wrote(make_store, monkeypatch, meanwhile):
+    """A daily commit raced by a background compaction got CommitConflict (a stranger's:
+    about one commit in 20), every caller writing its own retry loop. A compaction holds
+    the same events: the commit goes on top of it, its events stamped with the version it
+    lands as, its commit id naming that version. A commit or a deletion meanwhile changed
+    what the store holds: CommitConflict still, and its files go."""
+    store = make_store(partitions=2)
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        users, ts, items = (rng.integers(0, 6, 20).tolist(), rng.integers(0, 10, 20).tolist(),
+                            rng.integers(0, 1000, 20).tolist())
+        oracle.commit(users, ts, {"item": items})
+        store = store.commit(events(users, ts, items))
+    late = ([1, 2, 3, 9], [0, 4, 9, 3], [7, 8, 9, 10])  # late and tied times, and a new user
+    real_write, raced = lateseq._store.write_segment, []
+
+    def write_while_another_publishes(*args, **kwargs):
+        if not raced:
+            raced.append(meanwhile)
+            other = lateseq.open(store.path)  # another process
+            if meanwhile == "tiered twice":
+                other.compact("tiered", fanout=2).compact()
+            else:
+                {"compact": other.compact, "delete": lambda: other.delete([1]),
+                 "commit": lambda: other.commit(events([5], [5], [5]))}[meanwhile]()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(lateseq._store, "write_segment", write_while_another_publishes)
+    if meanwhile in ("delete", "commit"):
+        with pytest.raises(lateseq.CommitConflict):
+            store.commit(events(*late), commit_id="late")
+        assert segment_files(store) == referenced_files(store)  # the commit's files went
+        return
+    landed = store.commit(events(*late), commit_id="late")
+    compactions = landed.version - store.version - 1
+    assert compactions == (1 if meanwhile == "compact" else 2)
+    assert [v.operation for v in landed.versions()[-compactions - 1:]] == ["compact"] * compactions + ["commit"]
+    for _ in range(compactions):
+        oracle.compact()
+    assert oracle.commit(*late[:2], {"item": late[2]}) == landed.version
+    assert segment_files(store) == referenced_files(landed)  # the first attempt's files went
+    assert landed.commit(events(*late), commit_id="late").version == landed.version  # a rerun: the same version
+    requests = pa.table({"user_id": np.repeat(np.arange(0, 10), 12), "request_ts": np.tile(np.arange(12), 10)})
+    log = pa.concat_tables([lateseq.log_examples(landed.checkout(v), requests)
+                            for v in range(store.version, landed.version + 1)])
+    reqs = [Request(u, t, v) for u, t, v in zip(*(log.column(c).to_pylist()
+                                                  for c in ("user_id", "request_ts", "uih_version")), strict=True)]
+    offsets, values = oracle.expected(reqs, 100, ("ts", "item"))
+    assert_batch_equal(lateseq.materialize(landed, log, lateseq.Projection(100, ("ts", "item"))), offsets, values,
+                       "committed on top of a compaction")
+
 @pytest.mark.parametrize("merged_reads", [False, "auto"])
 def test_a_batch_over_many_partitions_reads_as_each_partition_alone(make_store, merged_reads, monkeypatch):
     """A batch touching many partitions is located in one view of them all: it must give

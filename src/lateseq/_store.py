@@ -312,6 +312,9 @@ class Store:
         commit idempotent: when a version was already published with that id (and the
         same events), nothing is written and a handle on that version is returned (on the
         latest, if cleanup retired it); the same id with other events is an error.
+        Compactions published while it writes do not stop it: it lands on top of them.
+        Another writer's commit or deletion published first is a CommitConflict, with
+        nothing published: retry (with the same ``commit_id``).
         """
         table = _read_events(events)
         check_commit_id(commit_id)
@@ -346,18 +349,41 @@ class Store:
                     return base
             if watermark is not None and base.watermark is not None and watermark < base.watermark:
                 raise SchemaError(f"watermark {watermark} is older than the store's {base.watermark}")
-            if incoming is None:
-                if commit_id is not None:
-                    self._log.mark_commit(commit_id, version)
-                return base._publish(version, "commit", base.segment_infos, [], watermark, commit_id, content)
             delivered = None
-            if self.schema.event_id_col:
+            if incoming is not None and self.schema.event_id_col:
                 known = base.event_ids(np.unique(incoming.user))
                 delivered = incoming.first_deliveries(self.schema.event_id_col, known)
             if watermark is None:
                 watermark = base.watermark
-            partitions = self.schema.partitions
-            with self._unpublished() as new:
+            while True:
+                try:
+                    return self._publish_commit(base, incoming, delivered, watermark, commit_id, content)
+                except CommitConflict:
+                    # compactions published meanwhile hold the same events: the commit goes on top,
+                    # its events stamped anew (a daily commit raced by a tiered compaction lost about
+                    # one race in 20, left to every caller's retry loop)
+                    if (compacted := self._compacted_since(base)) is None:
+                        raise
+                    base = compacted
+
+    def _compacted_since(self, base: Store) -> Store | None:
+        """The latest version if every one since ``base`` is a compaction; None otherwise, or
+        where one cannot be read (the caller's conflict stands; reading reports the file)."""
+        try:
+            latest = self._handle()
+            return latest if self._log.only_compactions(base.version, latest.version) else None
+        except (StoreError, VersionNotFound):
+            return None
+
+    def _publish_commit(self, base: Store, incoming: Events | None, delivered: np.ndarray | None,
+                        watermark: int | None, commit_id: str | None, content: str) -> Store:
+        """Writes ``incoming`` (but the redeliveries ``delivered`` leaves out) as segments
+        and publishes them as the version after ``base``."""
+        version = base.version + 1
+        with self._unpublished() as new:
+            if incoming is not None:
+                incoming.version.fill(version)
+                partitions = self.schema.partitions
                 for p, rows in (rows_by_partition(partition_of(incoming.user, partitions)) if partitions > 1
                                 else [(0, np.arange(len(incoming)))]):
                     if delivered is not None:
@@ -365,9 +391,9 @@ class Store:
                     if len(rows):  # sorted, then taken once (a take and a sorted take doubled a commit's memory)
                         order = incoming.order(self.schema.tiebreak, None if len(rows) == len(incoming) else rows)
                         self._write(p, incoming.take(order), new)
-                if commit_id is not None:
-                    self._log.mark_commit(commit_id, version)
-            return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
+            if commit_id is not None:
+                self._log.mark_commit(commit_id, version)
+        return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
     def compact(self, policy: Literal["full", "tiered"] = "full", *, fanout: int = 4) -> Store:
         """Merges segments into sorted ones, as a new version.

@@ -525,6 +525,13 @@ class VersionLog:
         finally:
             os.close(lock)
 
+    def only_compactions(self, since: int, through: int) -> bool:
+        """Whether every version after ``since`` up to ``through`` is a kept compaction's:
+        the same events as ``since``, in other segments."""
+        return through > since and all(
+            not (m := self.published(number)).get("retired") and m.get("operation") == "compact"
+            for number in range(since + 1, through + 1))
+
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
         was ever taken (published, or published and retired since). A StoreError means
