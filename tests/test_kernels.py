@@ -24,6 +24,7 @@ from naive import (
 )
 from numba import njit
 
+from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import (
     E_HI,
     E_LATE,
@@ -45,7 +46,6 @@ from lateseq._kernels import (
     user_starts,
     version_bounds,
 )
-from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import locate as locate_in_segments
 
 

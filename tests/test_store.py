@@ -225,20 +225,26 @@ def test_compaction_keeps_every_version_rebuildable(make_store):
         assert_batch_equal(batch, offsets, values, f"max_len={max_len}")
 
 
+def four_commits(make_store, seed: int) -> tuple[lateseq.Store, Oracle]:
+    """A store of two partitions after four commits of late and tied times, and its oracle."""
+    store = make_store(partitions=2)
+    oracle = Oracle.for_schema(store.schema)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        users, ts, items = (rng.integers(0, 6, 20).tolist(), rng.integers(0, 10, 20).tolist(),
+                            rng.integers(0, 1000, 20).tolist())
+        oracle.commit(users, ts, {"item": items})
+        store = store.commit(events(users, ts, items))
+    return store, oracle
+
+
 @pytest.mark.parametrize("meanwhile", ["commit", "compact", "delete"])
 def test_a_compaction_lands_on_the_commits_published_while_it_merged(make_store, monkeypatch, meanwhile):
     """Commits every few seconds beside a compaction that takes minutes: it lost every race
     and threw its merge away each time (a stranger's: 6 of 6 attempts). Commits published
     meanwhile only add segments after every one it merged: it lands on top of them. A
     compaction or deletion meanwhile changed what it merged: CommitConflict, and its files go."""
-    store = make_store(partitions=2)
-    oracle = Oracle.for_schema(store.schema)
-    rng = np.random.default_rng(5)
-    for _ in range(4):
-        users, ts, items = (rng.integers(0, 6, 20).tolist(), rng.integers(0, 10, 20).tolist(),
-                            rng.integers(0, 1000, 20).tolist())
-        oracle.commit(users, ts, {"item": items})
-        store = store.commit(events(users, ts, items))
+    store, oracle = four_commits(make_store, seed=5)
     late = ([1, 2, 3], [0, 4, 9], [7, 8, 9])  # late and tied times: the commit's segment comes after the merge
     real, calls = lateseq._store.merge_segments, []
 
@@ -322,14 +328,7 @@ def test_a_commit_lands_on_the_compactions_published_while_it_wrote(make_store, 
     the same events: the commit goes on top of it, its events stamped with the version it
     lands as, its commit id naming that version. A commit or a deletion meanwhile changed
     what the store holds: CommitConflict still, and its files go."""
-    store = make_store(partitions=2)
-    oracle = Oracle.for_schema(store.schema)
-    rng = np.random.default_rng(11)
-    for _ in range(4):
-        users, ts, items = (rng.integers(0, 6, 20).tolist(), rng.integers(0, 10, 20).tolist(),
-                            rng.integers(0, 1000, 20).tolist())
-        oracle.commit(users, ts, {"item": items})
-        store = store.commit(events(users, ts, items))
+    store, oracle = four_commits(make_store, seed=11)
     late = ([1, 2, 3, 9], [0, 4, 9, 3], [7, 8, 9, 10])  # late and tied times, and a new user
     real_write, raced = lateseq._store.write_segment, []
 
