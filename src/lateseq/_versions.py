@@ -526,11 +526,10 @@ class VersionLog:
             os.close(lock)
 
     def only_compactions(self, since: int, through: int) -> bool:
-        """Whether every version after ``since`` up to ``through`` is a kept compaction's:
-        the same events as ``since``, in other segments."""
+        """Whether every version after ``since`` up to ``through`` is a compaction's (kept,
+        or retired since): the same events as ``since``, in other segments."""
         return through > since and all(
-            not (m := self.published(number)).get("retired") and m.get("operation") == "compact"
-            for number in range(since + 1, through + 1))
+            self.published(number).get("operation") == "compact" for number in range(since + 1, through + 1))
 
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
@@ -572,7 +571,7 @@ class VersionLog:
                 tombstone = {"version": number, "format": MANIFEST_FORMAT, "retired": True,
                              "retired_at": m.get("retired_at", time.time()),
                              "commit_id": m.get("commit_id"), "content": m.get("content"),
-                             "deleted": m.get("deleted")}
+                             "deleted": m.get("deleted"), "operation": m.get("operation")}
                 if number in needed:
                     tombstone.update((k, m[k]) for k in _CHAIN_FIELDS if k in m)
                 write_durably(self.manifest_path(number), dump_checked(tombstone, MANIFEST_CRC))
