@@ -343,17 +343,21 @@ def test_the_plan_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("row_groups", [None, (1000,), (3, 990, 7)])
-def test_a_log_of_fewer_blocks_than_ranks_is_cut_so_every_rank_gets_rows(row_groups):
+@pytest.mark.parametrize(("num_rows", "world_size", "row_groups"), [
+    (1000, 3, None), (1000, 3, (1000,)), (1000, 3, (3, 990, 7)),
+    # cut into blocks of ceil(rows / ranks), these left the last ranks without (a stranger's)
+    (9, 4, None), (997, 64, (997,)), (997, 64, (10, 987)), (130, 64, (0, 2, 0, 128, 0)), (64, 64, (64,))])
+def test_a_log_of_fewer_blocks_than_ranks_is_cut_so_every_rank_gets_rows(num_rows, world_size, row_groups):
     """A small log in one big row group (pyarrow writes up to a million rows in one) was a
     single block: rank 1 got nothing, and even_batches then gave every rank nothing."""
     for even in (False, True):
-        shards = every_shard(num_rows=1000, batch_size=64, world_size=3, num_workers=2, shuffle=True,
+        shards = every_shard(num_rows=num_rows, batch_size=64, world_size=world_size, num_workers=2, shuffle=True,
                              row_groups=row_groups, even_batches=even)
-        per_rank = [sum(len(b) for (rank, _), bs in shards.items() if rank == r for b in bs) for r in range(3)]
+        per_rank = [sum(len(b) for (rank, _), bs in shards.items() if rank == r for b in bs)
+                    for r in range(world_size)]
         assert min(per_rank) > 0, per_rank
         rows = np.concatenate([b for bs in shards.values() for b in bs])
-        assert len(rows) == len(np.unique(rows)) and (even or len(rows) == 1000)
+        assert len(rows) == len(np.unique(rows)) and (even or len(rows) == num_rows)
     plan = ShardPlan(1000, 64, row_groups=(3, 990, 7), world_size=3, rank=1)
     bounds = np.concatenate([[0], np.cumsum(plan.row_groups)])
     for w in range(len(plan.windows)):  # each piece read from its whole row group, then cut

@@ -523,6 +523,12 @@ def test_a_state_saved_between_epochs_or_right_after_resuming_says_where_it_stan
     resumed = dataset(world, shuffle=True, seed=3)
     resumed.load_state_dict(state)
     check(list(resumed), oracle, log)
+    # iterated with no worker, then set to epoch 1: the state resumes with any number (it was
+    # refused by 2 workers, as if saved mid-epoch by the one in-process shard)
+    assert state["num_workers"] is None
+    two = dataset(world, shuffle=True, seed=3)
+    two.load_state_dict(state)
+    check(list(DataLoader(two, batch_size=None, num_workers=2)), oracle, log)
     middle = dataset(world, shuffle=True, seed=3)
     middle.load_state_dict({**ds.state_dict(), "epoch": 0, "batches": 4})
     assert middle.state_dict()["batches"] == 4  # saved again before the next batch: the same place
@@ -691,6 +697,11 @@ def test_even_batches_that_would_serve_no_rank_anything_are_refused(tmp_path):
                        world_size=100)
     served = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, rank=7, world_size=100)
     assert sum(len(b) for b in served) <= 1  # without even_batches a rank serves its own share
+    # 60 examples in one row group on 50 ranks: each rank gets one or two (blocks of 2 left 20 ranks without)
+    for rank in (0, 49):
+        ds = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, even_batches=True, rank=rank,
+                            world_size=50)
+        assert [len(b) in (1, 2) for b in ds] == [True]
 
 
 def test_even_batches_warn_past_five_percent_even_when_that_is_less_than_a_batch_per_rank(tmp_path):

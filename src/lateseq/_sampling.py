@@ -6,8 +6,8 @@ bounded whatever the size of the log, because nothing is planned per row globall
 
 1. The log is cut into *blocks* of consecutive rows (``block_rows``, or whole Parquet
    row groups, since reading part of a row group costs reading all of it; but a log of
-   fewer blocks than ranks is cut again into blocks of about a rank's share, row groups
-   split). The blocks are permuted with ``(seed, epoch)`` and dealt, in that order, each
+   fewer blocks than ranks is cut again into one block per rank, of its even share of
+   the rows, row groups split). The blocks are permuted with ``(seed, epoch)`` and dealt, in that order, each
    to the rank with the fewest rows so far: ranks differ by at most a block's rows,
    whatever the blocks' sizes (dealt round robin, a short last block could be all a
    rank got). Nothing here depends on ``num_workers``: ranks on hosts with other CPU
@@ -63,9 +63,9 @@ WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at 
 # bumped whenever a plan deals rows in another order for the same settings (2: blocks dealt to
 # the rank and worker with the fewest rows; 3: a log of fewer blocks than ranks x workers cut
 # again; 4: nothing dealt to ranks by num_workers, a rank's rows cut into one run of whole
-# batches per worker): a resume state saved under other rules is refused, not resumed into a
-# different order
-DEALING_RULES = 4
+# batches per worker; 5: a log of fewer blocks than ranks cut at the ranks' even shares): a
+# resume state saved under other rules is refused, not resumed into a different order
+DEALING_RULES = 5
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -128,15 +128,27 @@ class ShardPlan:
     def _block_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row bounds: blocks+1, first row group: blocks, end row group: blocks) of every
         non-empty block. A log of fewer blocks than ranks (a log in one big row group) is
-        cut again into blocks of about a rank's share, row groups split: a rank with no
+        cut again into one block per rank, row groups split: a rank with no
         rows would make ``even_batches`` give every rank none. Never by ``num_workers``:
         ranks may run different numbers of workers, and each must still get its own rows."""
-        table = self._blocks_of(self.block_rows, split=False)
+        table = self._blocks_of(self.block_rows)
         if self.row_group_partitions is None and len(table[1]) < self.world_size <= self.num_rows:
-            table = self._blocks_of(-(-self.num_rows // self.world_size), split=True)
+            table = self._rank_shares()
         return table
 
-    def _blocks_of(self, span: int, split: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rank_shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One block per rank, of its even share of the rows (blocks of ceil(rows / ranks)
+        rows left ranks without: 9 rows in 3 blocks for 4 ranks); a block may start or
+        end inside a row group, read whole by each of its blocks."""
+        rows = self.num_rows * np.arange(self.world_size + 1, dtype=np.int64) // self.world_size
+        if self.row_groups is None:
+            return rows, np.arange(self.world_size), np.arange(1, self.world_size + 1)
+        group_start = np.concatenate([[0], np.cumsum(self.row_groups, dtype=np.int64)])
+        first = np.searchsorted(group_start, rows[:-1], side="right") - 1  # the group holding a block's first row
+        end = np.searchsorted(group_start, rows[1:] - 1, side="right")  # after the one holding its last row
+        return rows, first, end
+
+    def _blocks_of(self, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.row_groups is None:
             rows = np.append(np.arange(0, self.num_rows, span, dtype=np.int64), self.num_rows)
             if not self.num_rows:
@@ -159,14 +171,6 @@ class ShardPlan:
                 continue  # an empty row group holds nothing to read
             if size and (size + n > span or (parts is not None and parts[g] != parts[start])):
                 close(g)
-            if split and n > span:  # a row group cut into pieces of about ``span`` rows, each read whole
-                close(g)
-                pieces = -(-n // span)
-                for k in range(pieces):
-                    rows.append(rows[-1] + (n * (k + 1)) // pieces - (n * k) // pieces)
-                    first.append(g)
-                    end.append(g + 1)
-                continue
             if not size:
                 start = g
             size += n

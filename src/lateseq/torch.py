@@ -462,8 +462,9 @@ class ExampleDataset(IterableDataset):
         plan = self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
         if even_batches and num_rows and plan.rows_left_out == num_rows:  # a run that trains on nothing
             raise SchemaError(f"even_batches gives every rank as many batches as the rank with fewest, and one of the "
-                              f"world_size={world_size} ranks gets none of the log's {num_rows:,} examples: every "
-                              "rank would get no batch (use fewer ranks than examples, a log in smaller row groups"
+                              f"world_size={world_size} ranks gets none of the log's {num_rows:,} examples"
+                              f"{' in a whole batch' if drop_last else ''}: every rank would get no batch (use fewer "
+                              f"ranks{', a smaller batch_size' if drop_last else ''}"
                               f"{', a store of more partitions' if copartition else ''}, or no even_batches)")
         if even_batches and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
@@ -499,7 +500,8 @@ class ExampleDataset(IterableDataset):
         too, through memory shared with them)."""
         epoch = exact_integer("epoch", epoch, 0)
         if epoch != self.epoch:
-            self._resume, self._yielded, self._shard_plan = None, 0, None  # a state saved now starts the new epoch
+            # a state saved now starts the new epoch, with any number of workers
+            self._resume, self._yielded, self._shard_plan, self._shard = None, 0, None, None
         self.epoch = int(epoch)
         self._shared_epoch[0] = self.epoch
 
