@@ -390,6 +390,18 @@ def test_an_example_log_is_never_written_into_the_store(store, inside):
                                                                store.path / inside))
 
 
+def test_an_example_log_is_not_written_over_unless_asked(store, tmp_path):
+    """A log records what online served, which a later version cannot make again: written
+    over silently by a rerun (the CLI asks for --force)."""
+    path = tmp_path / "log.parquet"
+    first = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), path)
+    with pytest.raises(FileExistsError, match="log.parquet exists; pass overwrite=True"):
+        lateseq.log_examples(store, pa.table({"user_id": [2], "request_ts": [40]}), path)
+    assert pq.read_table(path).equals(first)
+    second = lateseq.log_examples(store, pa.table({"user_id": [2], "request_ts": [40]}), path, overwrite=True)
+    assert pq.read_table(path).equals(second)
+
+
 def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     twice = pa.table([pa.array([1]), pa.array([1]), pa.array([2])], names=["user_id", "ts", "ts"])
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"columns \['ts'\] more than once",
@@ -412,7 +424,13 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     named = pa.table({"user_id": pa.array(["u1"], pa.large_string()), "request_ts": [30]})
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, f"not large_string.*{strings}",
                                lambda: lateseq.log_examples(store, named))
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "'item' has type string.*map the strings to "
+                               "integer ids", lambda: store.commit(good(item=pa.array(["a", "b"]))))
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
+    for path in ("log.parquet", Path("log.parquet")):  # the other calls take one: the message says how
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not a \w*Path.*read_table\(path\)"
+                                   if isinstance(path, Path) else r"not a str.*iter_batches\(store, path",
+                                   lambda path=path: lateseq.materialize(store, path, lateseq.Projection(3)))
     raises_and_changes_nothing(store, lateseq.PointerError, ValueError, f"'user_id' has type string.*{strings}",
                                lambda: lateseq.materialize(store, log.set_column(0, "user_id", pa.array(["1"])),
                                                            lateseq.Projection(3)))

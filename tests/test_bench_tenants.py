@@ -110,6 +110,7 @@ def test_report_renders_the_tenants_section(tiny):
     for title in ("examples/s per tenant", "bytes read per example", "bytes kept on disk", "build cost", "targets"):
         assert f"**{title}" in text
     assert "| late_ranking |" in text and ("met" in text or "MISSED" in text)
+    assert "this run says little about them" in text  # 100 users: not read as a verdict
 
 
 def test_the_union_projection_is_checked_against_lateseq(tmp_path):

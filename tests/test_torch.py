@@ -98,6 +98,14 @@ def same(a: Batch, b: Batch) -> bool:
 # ---------------------------------------------------------------------- loading
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_loader_made_without_batch_size_none_says_how_to_make_it(world, num_workers):
+    """DataLoader(ds), torch's default batch_size=1, failed with torch's own "default_collate:
+    batch must contain tensors ... found Batch" (a new user's first try)."""
+    with pytest.raises(lateseq.SchemaError, match=r"DataLoader\(dataset, batch_size=None\)"):
+        next(iter(DataLoader(dataset(world), num_workers=num_workers)))
+
+
 @pytest.mark.parametrize("source", ["path", "table"])
 @pytest.mark.parametrize("shuffle, affinity", [(False, False), (True, False), (True, True)])
 def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(world, source, shuffle,

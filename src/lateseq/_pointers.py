@@ -200,11 +200,16 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     )
 
 
-def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | None = None) -> pa.Table:
+def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | None = None, *,
+                 overwrite: bool = False) -> pa.Table:
     """Adds a pointer to every request (columns ``user_id``, ``request_ts``, any others kept).
 
-    Writes the example log to ``path`` as Parquet when given, and returns it.
+    Writes the example log to ``path`` as Parquet when given, and returns it. A file
+    already there is replaced only with ``overwrite``: a log records what online served,
+    which a later version of the store cannot make again (the CLI asks for ``--force``).
     """
+    if path is not None and not overwrite and ((at := outside_store(store, path)).exists() or at.is_symlink()):
+        raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")
     if not isinstance(requests, pa.Table):
         raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__}"
                           + frame_hint(requests))

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -154,7 +156,10 @@ def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
     if not isinstance(log, pa.Table | pa.RecordBatch):
-        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{frame_hint(log)}")
+        path = isinstance(log, str | os.PathLike)
+        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{frame_hint(log)}" + (
+            ": read the file first (pyarrow.parquet.read_table(path)), or stream it in batches with "
+            "lateseq.iter_batches(store, path, projection)" if path else ""))
     return holds_records(log.schema)
 
 

@@ -157,7 +157,7 @@ class Schema:
                                   "converted from timestamps: give it as integers (in a unit you choose)")
             target = targets[name]
             if not _castable(col.type, target):
-                hint = string_ids_hint(col.type) if name == self.user_col else ""
+                hint = (string_ids_hint if name == self.user_col else string_values_hint)(col.type)
                 raise SchemaError(f"column {name!r} has type {col.type}, expected {target}{hint}")
             if pa.types.is_boolean(target) and pa.types.is_integer(col.type):
                 bounds = pc.min_max(col).as_py()  # a cast would turn any nonzero into True
@@ -286,11 +286,24 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
 
 
+def _is_text(type_: pa.DataType) -> bool:
+    return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                          pa.types.is_binary, pa.types.is_large_binary))
+
+
+def string_values_hint(type_: pa.DataType) -> str:
+    """What to do with a payload column of ``type_``, for an error refusing it: how to map
+    strings to integer ids where they are strings (or bytes), else nothing."""
+    if not _is_text(type_):
+        return ""
+    return (" (lateseq stores numbers: map the strings to integer ids with a vocabulary you keep, the same "
+            "for every commit, e.g. pyarrow.compute.index_in(column, value_set=vocabulary))")
+
+
 def string_ids_hint(type_: pa.DataType) -> str:
     """What to do with user ids of ``type_``, for an error refusing them: how to map string
     ids to int64 where they are strings (or bytes), else nothing."""
-    if not any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                          pa.types.is_binary, pa.types.is_large_binary)):
+    if not _is_text(type_):
         return ""
     return (" (lateseq keys users by int64: map string ids to integers the same way for events and requests, "
             "with a table of ids you keep, or a 64-bit hash such as "

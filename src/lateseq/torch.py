@@ -248,6 +248,23 @@ class Batch:
         }
 
 
+def _refuse_collating(batch: Sequence[Batch], *, collate_fn_map: Any = None) -> Batch:
+    """A DataLoader made without ``batch_size=None`` collates the dataset's batches: torch
+    said only that it cannot collate a Batch."""
+    raise SchemaError(f"a DataLoader tried to join {len(batch)} lateseq Batch(es) into one: an ExampleDataset "
+                      "yields whole batches (of its own batch_size), so make the loader with "
+                      "DataLoader(dataset, batch_size=None); to train on bigger batches than the workers "
+                      "build, join them with lateseq.torch.rebatch")
+
+
+try:  # torch's documented hook for collating a type of one's own (default_collate's docstring)
+    from torch.utils.data._utils.collate import default_collate_fn_map
+except ImportError:  # pragma: no cover - a torch that moved it: its own error stands
+    pass
+else:
+    default_collate_fn_map.setdefault(Batch, _refuse_collating)
+
+
 def rebatch(batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | None = None) -> Rebatched:
     """Training batches of exactly ``batch_size`` examples (the last may be smaller) from
     smaller worker batches, in order: workers make small batches (less memory, finer

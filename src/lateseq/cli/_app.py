@@ -989,8 +989,13 @@ def audit(
         table.add_row(f"mismatch: {cause}", f"{count:,}")
     _print_table(table)
     if report.mismatches:
-        rows = sorted(report.mismatches)[:5]
-        _fail(f"{len(report.mismatches)} examples do not match what online served (first rows: {rows})")
+        deleted = sorted(row for row, cause in report.mismatches.items() if cause == "deleted")
+        others = sorted(row for row, cause in report.mismatches.items() if cause != "deleted")
+        _fail("; ".join(
+            ([f"{len(others):,} examples do not match what online served (first rows: {others[:5]})"] if others
+             else []) + ([f"{len(deleted):,} examples were served from a version before their user's deletion (first "
+                          f"rows: {deleted[:5]}): leave them out of training (the rows where "
+                          "Store.deleted_after(user_id, uih_version) is true)"] if deleted else [])))
 
 
 @app.command()
