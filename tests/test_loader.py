@@ -176,6 +176,8 @@ def test_bad_inputs(world, tmp_path):
     projection = lateseq.Projection(3, ("item_id",))
     with pytest.raises(FileNotFoundError):
         iter_batches(store, tmp_path / "missing.parquet", projection)
+    with pytest.raises(IsADirectoryError, match="is a directory.*join them into one"):  # Spark's part files
+        iter_batches(store, tmp_path, projection)
     not_parquet = tmp_path / "junk.parquet"
     not_parquet.write_text("not parquet")
     with pytest.raises(lateseq.SchemaError, match="Parquet"):

@@ -221,6 +221,10 @@ def parquet_path(path: str | os.PathLike) -> str:
     if not isinstance(path, str | os.PathLike):
         raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
                           f"{frame_hint(path)}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"example log {path} is a directory; lateseq reads a log from one Parquet file "
+                                "(a dataset of part files, as Spark writes: join them into one with "
+                                "pyarrow.parquet.write_table(pyarrow.dataset.dataset(path).to_table(), file))")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no example log at {path}")
     return os.path.abspath(path)
