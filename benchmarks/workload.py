@@ -434,20 +434,30 @@ class EventsTable:
     each request's cut and copies the newest N events. It has no versions, late events or
     checks: exact for pointers at the latest version of a store that saw no late event
     (the compacted-latest state), nothing verified. It reads the same example log as
-    lateseq (its ``user_id`` and ``request_ts``), so both pay that read."""
+    lateseq (its ``user_id`` and ``request_ts``), so both pay that read.
+
+    In its strongest form (a stranger's review: the first version was 1.3-1.5x slower than
+    it need be): each integer column stored narrow, as offsets from its smallest value in
+    the smallest unsigned type that holds them (what lateseq stores), widened as it is
+    copied, by a loop over slices that LLVM vectorizes."""
 
     def __init__(self, events: pa.Table, path: Path, columns: tuple[str, ...] = COLUMNS):
         user = events.column("user_id").to_numpy()
         ts = events.column("ts").to_numpy()
         order = np.lexsort((ts, user))  # stable: a tie keeps input order, its commit order here (a tie shares a day)
-        table = pa.table({"user_id": user[order], **{name: events.column(name).to_numpy()[order] for name in columns}})
+        stored, self.bases = {}, {}
+        for name in columns:
+            values = events.column(name).to_numpy()[order]
+            stored[name], self.bases[name] = _narrowed(values)
+        self.dtypes = {name: events.column(name).to_numpy().dtype for name in columns}
+        table = pa.table({"user_id": user[order], **stored})
         with pa.ipc.new_file(path, table.schema) as writer:
             writer.write_table(table)
         self.path, self.columns, self.bytes = path, columns, path.stat().st_size
         self.mapped: tuple | None = None
 
     def _open(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(user ids, CSR bounds, {column: values}) over a new map of the file."""
+        """(user ids, CSR bounds, {column: stored values}) over a new map of the file."""
         batch = pa.ipc.open_file(pa.memory_map(str(self.path))).get_batch(0)
         users, starts = np.unique(batch.column("user_id").to_numpy(), return_index=True)
         values = {name: batch.column(name).to_numpy() for name in self.columns}
@@ -459,32 +469,44 @@ class EventsTable:
             users, bounds, values = self._open()
         else:
             users, bounds, values = self.mapped = self.mapped or self._open()
-        ts = values["ts"]
+        ts, ts_base = values["ts"], self.dtypes["ts"].type(self.bases["ts"])
         for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=["user_id", "request_ts"], use_threads=False):
             user = batch.column(0).to_numpy()
             slot = np.minimum(np.searchsorted(users, user), len(users) - 1)
             found = users[slot] == user
             start = np.where(found, bounds[slot], 0)
             count = np.where(found, bounds[slot + 1], 0)  # the user's end, then how many rows are taken
-            _table_windows(start, count, ts, batch.column(1).to_numpy(), max_len)
+            _table_windows(start, count, ts, ts_base, batch.column(1).to_numpy(), max_len)
             offsets = np.zeros(len(user) + 1, np.int64)
             np.cumsum(count, out=offsets[1:])
             out = {}
             for name, column in values.items():
-                out[name] = np.empty(int(offsets[-1]), column.dtype)
-                _table_copy(column, start, offsets, out[name])
+                out[name] = np.empty(int(offsets[-1]), self.dtypes[name])
+                _table_copy(column, out[name].dtype.type(self.bases[name]), start, offsets, out[name])
             yield offsets, out
 
 
+def _narrowed(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """(values as offsets from their smallest in the narrowest unsigned type that holds
+    them, that smallest); other columns as they are, with base 0."""
+    if values.dtype.kind not in "iu" or not len(values):
+        return values, 0
+    low, high = int(values.min()), int(values.max())
+    for narrow in (np.uint8, np.uint16, np.uint32):
+        if high - low <= np.iinfo(narrow).max:
+            return (values.astype(np.int64) - low).astype(narrow), low
+    return values, 0
+
+
 @numba.njit(cache=True)
-def _table_windows(start, count, ts, request_ts, max_len):  # pragma: no cover - jitted
+def _table_windows(start, count, ts, ts_base, request_ts, max_len):  # pragma: no cover - jitted
     """[start, end) of a user's rows becomes [start, start + count): the newest ``max_len``
-    rows before the request (a binary search of the cut)."""
+    rows before the request (a binary search of the cut, on times stored as offsets)."""
     for i in range(len(start)):
         lo, hi = start[i], count[i]
         while lo < hi:
             mid = (lo + hi) >> 1
-            if ts[mid] < request_ts[i]:
+            if ts_base + ts[mid] < request_ts[i]:
                 lo = mid + 1
             else:
                 hi = mid
@@ -493,11 +515,16 @@ def _table_windows(start, count, ts, request_ts, max_len):  # pragma: no cover -
 
 
 @numba.njit(cache=True)
-def _table_copy(column, start, offsets, out):  # pragma: no cover - jitted
+def _table_copy(column, base, start, offsets, out):  # pragma: no cover - jitted
+    """Each example's rows, widened: a loop over two slices, which LLVM vectorizes (slice
+    assignment, the first version, was not)."""
     for i in range(len(start)):
         d = offsets[i]
         n = offsets[i + 1] - d
-        out[d:d + n] = column[start[i]:start[i] + n]
+        source = column[start[i]:start[i] + n]
+        target = out[d:d + n]
+        for k in range(n):
+            target[k] = base + source[k]
 
 
 # ---------------------------------------------------------------- Fat Row forms

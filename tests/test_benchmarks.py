@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -120,6 +121,11 @@ def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
     # the events table: equal where it is exact, caught where it is not (it has no versions)
     materialize = _module("materialize")
     table = workload.EventsTable(work.events, tmp_path / "events.arrow")
+    stored = pa.ipc.open_file(pa.memory_map(str(tmp_path / "events.arrow"))).schema  # its strongest form: narrow
+    assert all(pa.types.is_unsigned_integer(stored.field(name).type) and stored.field(name).type.bit_width <= 32
+               for name in ("item_id", "action", "ts"))
+    narrow, base = workload._narrowed(np.array([-100, 100, 27], np.int8))  # offsets past the type's own range
+    assert narrow.dtype == np.uint8 and narrow.tolist() == [0, 200, 127] and base == -100
     for state in (latest, daily):
         log = tmp_path / f"{state.name}.parquet"
         pq.write_table(state.log, log)
