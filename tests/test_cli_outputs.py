@@ -285,6 +285,7 @@ def test_cleanup_grace_spares_young_files(history):
     (["--before", "1.5"], "--before"),
     (["--before", "-1"], "--before"),
     (["--before", "99"], "--before 99"),
+    (["--before", "\uff13"], "--before \uff13"),  # a full-width 3: a digit to Python, not a version number
 ])
 def test_cleanup_bad_input_changes_nothing(history, dir_snapshot, args, needle):
     path, _ = history
@@ -440,6 +441,42 @@ def test_piped_tables_keep_their_title_on_one_line_and_a_moved_tag_is_said(tmp_p
     assert cli("tag", store, 1, "run")[0] == 0
     code, _, err = cli("tag", store, 2, "run")
     assert code == 0 and "moved from version 1" in err, err
+
+
+def test_a_signal_the_parent_ignored_stays_ignored(plain):
+    """A script's background job (and nohup) starts with SIGINT ignored: the CLI put its own
+    handler in, so the same SIGINT was ignored before that and ended the command after
+    (an ingest committed or not by a tenth of a second). Ignored throughout now."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = plain / "out"
+    out.mkdir()
+    script = """
+import time
+import lateseq.cli._app as cli
+real = cli.materialize_log
+def slow(*args, progress, **kwargs):
+    def written(rows):
+        time.sleep(0.2)
+        progress(rows)
+    return real(*args, progress=written, **kwargs)
+cli.materialize_log = slow
+from lateseq.cli import main
+main()
+"""
+    run = subprocess.Popen([sys.executable, "-c", script, "materialize", str(plain / "store"),
+                            str(plain / "ex.parquet"), "--max-len", "5", "--batch-size", "2", "--out",
+                            str(out / "seq.parquet")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".tmp-*")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGINT)  # while it writes
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, (run.returncode, stderr)
+    assert [p.name for p in out.iterdir()] == ["seq.parquet"]
 
 
 def test_a_signal_held_while_the_handlers_go_in_or_repeated_during_cleanup_still_ends_with_one_line(plain, tmp_path):

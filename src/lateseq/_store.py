@@ -599,6 +599,7 @@ class Store:
                 raise
             with self._log.deleting():  # the read cache's copies the kept versions will not read make room
                 self._remove_cached(self._log.kept_partitions(before), grace_s)
+            forget_removed()  # once this process maps them no more (it read them to commit or compact)
             retired = self._log.retire_before(before)
         with self._log.deleting():
             with self._log.tagging():  # crashed publishes, retirements and tags: none is under way

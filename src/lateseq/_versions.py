@@ -508,6 +508,9 @@ class VersionLog:
         try:
             lock = open_lock_file(path)
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not (self.root / "schema.json").exists():
+                raise StoreError(f"the store at {self.root} is gone: moved or removed since it was opened "
+                                 "(open it where it is now)") from exc
             why = ("this user may not write there: writers need a store they can write to"
                    if isinstance(exc, PermissionError | FileNotFoundError) or exc.errno == errno.EROFS else
                    "a lock file must be a regular file: lateseq follows no symbolic link and opens no FIFO inside a "

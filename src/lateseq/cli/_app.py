@@ -79,6 +79,7 @@ _SIGNALS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated (S
 _received: list[int] = []  # the signals that reached this command
 _deferred = False  # while the handlers go in, and once the outcome is decided: a signal is recorded, not raised
 _owns_process = False  # set by ``run``: the command is the whole process (not CliRunner, not app() in a program)
+_inherited_ignored: set[int] = set()  # ignored by the parent (nohup, a script's background job): left ignored
 
 
 def run() -> None:
@@ -87,10 +88,20 @@ def run() -> None:
     command's handling began."""
     global _owns_process, _deferred
     _owns_process = _deferred = True
-    for signum in _SIGNALS:
+    _inherited_ignored.update(signum for signum in _SIGNALS if signal.getsignal(signum) == signal.SIG_IGN)
+    for signum in _listened():
         signal.signal(signum, _on_signal)
     sys.unraisablehook = _unraisable
     app()
+
+
+def _listened() -> list[int]:
+    """The signals this command answers: not one ignored where it began (the convention for
+    nohup and a script's background jobs; a SIGINT ignored until the handlers went in, then
+    obeyed, ended an ingest or not by a tenth of a second)."""
+    if _owns_process:
+        return [signum for signum in _SIGNALS if signum not in _inherited_ignored]
+    return [signum for signum in _SIGNALS if signal.getsignal(signum) != signal.SIG_IGN]
 
 
 def _unraisable(unraisable: Any) -> None:
@@ -125,7 +136,7 @@ def _handled_signals() -> Iterator[bool]:
     if not _owns_process:  # (a process of its own records from its start: ``run``)
         _received.clear()
     _deferred = True
-    previous = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+    previous = {signum: signal.signal(signum, _on_signal) for signum in _listened()}
     try:
         # pyarrow imports pandas (where installed) on its first array and swallows what
         # interrupts that import (a signal raised there was lost and the command ran on):
@@ -625,7 +636,7 @@ def cleanup(
         before = latest
     elif before in tags:
         before = tags[before]
-    elif before.isdecimal() and 0 <= int(before) <= latest:
+    elif before.isascii() and before.isdecimal() and 0 <= int(before) <= latest:  # "３" is decimal to Python
         before = int(before)
     else:
         raise SchemaError(f"--before {before} is neither a version of {store} (0 to the latest, {latest}), "
