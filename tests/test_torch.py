@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 import lateseq
 from lateseq import JaggedBatch
 from lateseq._derived import DERIVED_DIR
+from lateseq._errors import TransformOverflow
 from lateseq._pointers import write_log
 from lateseq._store import AUTO_MERGE_RENT
 from lateseq.torch import Batch, BatchStats, ExampleDataset, LoaderMetrics, rebatch
@@ -950,6 +951,10 @@ def test_bad_input_raises_clear_lateseq_errors(world):
         ({"example_columns": ["note"]}, lateseq.SchemaError, r"note \(string\)"),
         ({"example_columns": ["nope"]}, lateseq.SchemaError, "no columns"),
         ({"rank": 3, "world_size": 2}, lateseq.SchemaError, "rank"),
+        # strings are true to Python: shuffle="no" shuffled, drop_last="False" dropped (a stranger's)
+        ({"shuffle": "no"}, lateseq.SchemaError, "shuffle must be True or False, not 'no'"),
+        ({"drop_last": "False"}, lateseq.SchemaError, "drop_last must be True or False, not 'False'"),
+        ({"prefetch": 1}, lateseq.SchemaError, "prefetch must be True or False"),
     ]
     for kwargs, error, words in cases:
         with pytest.raises(error, match=words):
@@ -960,7 +965,7 @@ def test_bad_input_raises_clear_lateseq_errors(world):
         ExampleDataset(store, log, lateseq.Projection(3, ("price",)))
     with pytest.raises(lateseq.StoreError):
         ExampleDataset(path.parent / "nowhere", log, projection)
-    ds = ExampleDataset(store, log, projection, example_columns=["user_id", "uih_length"])
+    ds = ExampleDataset(store, log, projection, example_columns=["user_id", "uih_length"], shuffle=np.bool_(False))
     b = next(iter(ds))
     assert sorted(b.examples) == ["uih_length", "user_id"] and b.examples["uih_length"].dtype == torch.int64
     with pytest.raises(lateseq.SchemaError, match="side"):
@@ -1001,6 +1006,12 @@ def test_a_mismatch_names_its_row_of_the_log_whatever_the_order(world):
     with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad}\]") as info:
         list(ds)
     assert info.value.rows == [bad]
+    # from a worker, torch raises it again from its message: it stays a ChecksumMismatch (it was
+    # a RuntimeError, which `except lateseq.LateseqError` missed), the rows in the message
+    with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad}\]"):
+        list(DataLoader(ds, batch_size=None, num_workers=1))
+    overflow = TransformOverflow("Caught TransformOverflow in DataLoader worker process 0 {where}")
+    assert str(overflow) == "Caught TransformOverflow in DataLoader worker process 0 {where}"
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
@@ -1127,3 +1138,15 @@ def test_persistent_workers_left_early_with_prefetch_still_reuse_buffers(world):
     ds.set_epoch(6)
     fell_back = [batch.slot is None for batch in loader]
     assert len(fell_back) > 8 and not any(fell_back)
+
+
+def test_a_log_that_is_not_parquet_is_said_to_be_so(world, tmp_path):
+    """Text, an empty file or a log cut short said "[Errno 22] Invalid argument" (a seek
+    before the file's start, looking for a footer it does not have)."""
+    store, _, _, path = world
+    good = Path(path).read_bytes()
+    for name, data in (("text", b"user_id,request_ts\n1,2\n"), ("empty", b""), ("short", b"PAR"),
+                       ("cut", good[:-100])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(lateseq.SchemaError, match=rf"{name} is not a Parquet file \({len(data):,} bytes"):
+            ExampleDataset(store, tmp_path / name, lateseq.Projection(MAX_LEN, COLUMNS))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class LateseqError(Exception):
     """Root of every lateseq error."""
@@ -43,11 +45,14 @@ class PointerError(LateseqError, ValueError):
 
 
 class ChecksumMismatch(LateseqError, ValueError):
-    """Rebuilt sequences differ from the length or checksum recorded online."""
+    """Rebuilt sequences differ from the length or checksum recorded online. ``rows`` is
+    empty where a DataLoader raised it again from a worker: torch hands over the message
+    only (which names the first rows), and an error it cannot make of one became a plain
+    RuntimeError that ``except lateseq.LateseqError`` missed."""
 
-    def __init__(self, message: str, rows: list[int], hint: str = ""):
+    def __init__(self, message: str, rows: list[int] | None = None, hint: str = ""):
         super().__init__(f"{message} {hint}".strip())
-        self.rows = rows
+        self.rows = [] if rows is None else rows
         self.problem, self.hint = message, hint  # the CLI gives its own hint
 
     def __reduce__(self) -> tuple:  # pickled whole (a worker process raises it to its parent)
@@ -65,8 +70,12 @@ class TransformOverflow(SchemaError):
     """A transform's result for one example does not fit its type. Says which example:
     in a log read batch by batch, its row in the log; in a tenant's read, the tenant."""
 
-    def __init__(self, problem: str, row: int, where: str = "", tenant: str = ""):
+    def __init__(self, problem: str, row: int | None = None, where: str = "", tenant: str = ""):
         self.problem, self.row, self.tenant = problem, row, tenant  # problem: with a {where} to fill
+        if row is None:  # a message only (a DataLoader raising it again from a worker, as ChecksumMismatch)
+            self.where = where
+            super().__init__(problem)
+            return
         self.where = where or f"example {row}"
         super().__init__((f"tenant {tenant!r}: " if tenant else "") + "transforms: " + problem.format(where=self.where))
 
@@ -74,6 +83,8 @@ class TransformOverflow(SchemaError):
         return TransformOverflow, (self.problem, self.row, self.where, self.tenant)
 
     def in_log(self, log_rows: Sequence[int]) -> TransformOverflow:
+        if self.row is None:
+            return self
         row = int(log_rows[self.row])
         return TransformOverflow(self.problem, row, f"row {row} of the example log", self.tenant)
 
@@ -85,6 +96,15 @@ def is_integer(value: object) -> bool:
     """An integer, numpy's included (what configs and arrays hand over); not a bool, nor a
     whole float or a string, which would be a guess."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def exact_bool(name: str, value: object) -> bool:
+    """``value`` as a bool where it is one (numpy's included); else a SchemaError naming
+    ``name``: a string such as "no" or "False" is true to Python, and read as such it
+    turned a flag on."""
+    if not isinstance(value, bool | np.bool_):
+        raise SchemaError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
 
 
 def exact_integer(name: str, value: object, low: int | None = None, high: int | None = None,

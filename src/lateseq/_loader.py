@@ -236,12 +236,19 @@ def footer_digest(path: str) -> str:
     digest = xxhash.xxh3_64()
     try:
         with open(path, "rb") as file:
-            file.seek(-8, os.SEEK_END)
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(size - 8, 0))
             tail = file.read(8)
-            file.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
-            digest.update(file.read())
-    except (OSError, ValueError) as exc:
+            footer = int.from_bytes(tail[:4], "little")
+            parquet = size >= 12 and tail[4:] == b"PAR1" and footer <= size - 12  # else a seek said EINVAL
+            if parquet:
+                file.seek(size - 8 - footer)
+                digest.update(file.read())
+    except OSError as exc:
         raise SchemaError(f"cannot read example log {path}: {exc}") from exc
+    if not parquet:
+        raise SchemaError(f"example log {path} is not a Parquet file ({size:,} bytes, without Parquet's footer at "
+                          "the end: empty, cut short, or another format)")
     return digest.hexdigest()
 
 

@@ -48,7 +48,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_integer
+from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_bool, exact_integer
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
 from ._loader import _open_parquet, check_not_rewritten, footer_digest, log_identity, parquet_path
@@ -421,6 +421,10 @@ class ExampleDataset(IterableDataset):
                  verify: bool = True, rank: int | None = None, world_size: int | None = None,
                  block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
         super().__init__()
+        shuffle, drop_last, even_batches, affinity, copartition, prefetch, verify = (
+            exact_bool(name, value) for name, value in (
+                ("shuffle", shuffle), ("drop_last", drop_last), ("even_batches", even_batches),
+                ("affinity", affinity), ("copartition", copartition), ("prefetch", prefetch), ("verify", verify)))
         self._store: Store | None = store if isinstance(store, Store) else Store(store)
         if not isinstance(projection, Projection):
             raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
