@@ -361,19 +361,8 @@ main()
         assert pq.read_table(out / "a.parquet").num_rows == 20  # the new one
 
 
-@pytest.mark.parametrize("signum, code, message", [(15, 143, "error: terminated (SIGTERM)"),
-                                                   (2, 130, "error: interrupted")])
-def test_a_signal_ends_a_command_with_one_line_and_removes_what_it_was_writing(plain, signum, code, message):
-    """SIGTERM (what Airflow, Kubernetes and `timeout` send) ended the process at once: no
-    message, and the partial temporary output stayed in the folder for good. SIGINT exited
-    130 without the promised `error:` line (typer answered it before the command could)."""
-    import subprocess
-    import sys
-    import time
-    out = plain / "out"
-    out.mkdir()
-    # each batch takes a while, so that the signal lands while the output is being written
-    script = """
+# a materialize whose every batch takes a while, so that a signal lands while it writes
+SLOW_MATERIALIZE = """
 import time
 import lateseq.cli._app as cli
 real = cli.materialize_log
@@ -386,12 +375,33 @@ cli.materialize_log = slow
 from lateseq.cli import main
 main()
 """
-    run = subprocess.Popen([sys.executable, "-c", script, "materialize", str(plain / "store"),
+
+
+def writing_slowly(plain: Path, out: Path, **popen):
+    """``lateseq materialize`` of ``plain``'s store into ``out`` (made), in a process of its
+    own, once its temporary output is there (or it ended)."""
+    import subprocess
+    import sys
+    import time
+    out.mkdir()
+    run = subprocess.Popen([sys.executable, "-c", SLOW_MATERIALIZE, "materialize", str(plain / "store"),
                             str(plain / "ex.parquet"), "--max-len", "5", "--batch-size", "2", "--out",
-                            str(out / "seq.parquet")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            str(out / "seq.parquet")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           **popen)
     deadline = time.monotonic() + 120
     while not list(out.glob(".tmp-*")) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    return run
+
+
+@pytest.mark.parametrize("signum, code, message", [(15, 143, "error: terminated (SIGTERM)"),
+                                                   (2, 130, "error: interrupted")])
+def test_a_signal_ends_a_command_with_one_line_and_removes_what_it_was_writing(plain, signum, code, message):
+    """SIGTERM (what Airflow, Kubernetes and `timeout` send) ended the process at once: no
+    message, and the partial temporary output stayed in the folder for good. SIGINT exited
+    130 without the promised `error:` line (typer answered it before the command could)."""
+    out = plain / "out"
+    run = writing_slowly(plain, out)
     assert run.poll() is None, run.communicate()
     run.send_signal(signum)
     _, stderr = run.communicate(timeout=120)
@@ -448,31 +458,8 @@ def test_a_signal_the_parent_ignored_stays_ignored(plain):
     handler in, so the same SIGINT was ignored before that and ended the command after
     (an ingest committed or not by a tenth of a second). Ignored throughout now."""
     import signal
-    import subprocess
-    import sys
-    import time
     out = plain / "out"
-    out.mkdir()
-    script = """
-import time
-import lateseq.cli._app as cli
-real = cli.materialize_log
-def slow(*args, progress, **kwargs):
-    def written(rows):
-        time.sleep(0.2)
-        progress(rows)
-    return real(*args, progress=written, **kwargs)
-cli.materialize_log = slow
-from lateseq.cli import main
-main()
-"""
-    run = subprocess.Popen([sys.executable, "-c", script, "materialize", str(plain / "store"),
-                            str(plain / "ex.parquet"), "--max-len", "5", "--batch-size", "2", "--out",
-                            str(out / "seq.parquet")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".tmp-*")) and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    run = writing_slowly(plain, out, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     run.send_signal(signal.SIGINT)  # while it writes
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, (run.returncode, stderr)
