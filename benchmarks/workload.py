@@ -445,11 +445,11 @@ class EventsTable:
         user = events.column("user_id").to_numpy()
         ts = events.column("ts").to_numpy()
         order = np.lexsort((ts, user))  # stable: a tie keeps input order, its commit order here (a tie shares a day)
-        stored, self.bases = {}, {}
+        stored, self.bases, self.dtypes = {}, {}, {}
         for name in columns:
             values = events.column(name).to_numpy()[order]
             stored[name], self.bases[name] = _narrowed(values)
-        self.dtypes = {name: events.column(name).to_numpy().dtype for name in columns}
+            self.dtypes[name] = values.dtype
         table = pa.table({"user_id": user[order], **stored})
         with pa.ipc.new_file(path, table.schema) as writer:
             writer.write_table(table)
