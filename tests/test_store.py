@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import lateseq._segments
 import lateseq._store
 import lateseq._versions
 import lateseq.audit
+from lateseq._versions import dump_checked
 from lateseq._store import _tiered_runs
 
 
@@ -1213,9 +1215,10 @@ def test_a_manifest_chain_mixing_another_store_s_file_is_refused(make_store):
             store = store.commit(events([1], [step], [sign * step]))
     (a.path / "versions" / "00000002.json").write_bytes((b.path / "versions" / "00000002.json").read_bytes())
     forget_resolved()
-    for version in (2, 3):
-        with pytest.raises(lateseq.StoreError, match="does not add to the segments of version"):
-            lateseq.open(a.path, version)
+    with pytest.raises(lateseq.StoreError, match="it or 00000002.json was copied from another store"):
+        lateseq.open(a.path, 2)  # its manifest names the other store's schema (its id)
+    with pytest.raises(lateseq.StoreError, match="does not add to the segments of version"):
+        lateseq.open(a.path, 3)
     assert lateseq.open(a.path, 1).version == 1
 
 
@@ -1359,6 +1362,64 @@ def test_an_interrupt_before_a_file_is_put_in_place_leaves_no_temporary(small_st
         small_store.commit(pa.table({"user_id": [3], "ts": [1], "item": [1], "rating": pa.array([1], pa.int8())}))
     assert {n: d for n, d in snapshot(small_store.path).items() if not n.endswith(".lock")} == {
         n: d for n, d in before.items() if not n.endswith(".lock")}
+
+
+def _replaced_by_another(store: lateseq.Store, commits: int) -> lateseq.Store:
+    """``store`` removed and a store of the same schema made at its path, ``commits`` versions long."""
+    shutil.rmtree(store.path)
+    other = lateseq.create(store.path, store.schema)
+    for k in range(commits):
+        other = other.commit(pa.table({"user_id": [7], "ts": [100 + k], "item": [k]}))
+    return other
+
+
+@pytest.mark.parametrize("write", ["commit", "compact", "delete", "cleanup", "tag"])
+def test_an_old_handle_never_writes_into_another_store_made_at_its_path(make_store, dir_snapshot, write):
+    """A handle of a removed store committed into the store created at its path since (on
+    top of its latest version: commits land on the latest whatever the handle), and its
+    cleanup would retire that store's versions by the old one's numbers (a stranger's)."""
+    store = make_store({"item": "int64"})
+    for k in range(3):
+        store = store.commit(pa.table({"user_id": [1], "ts": [10 + k], "item": [k]}))
+    other = _replaced_by_another(store, commits=4)
+    before = dir_snapshot(other.path)
+    attempt = {"commit": lambda: store.commit(pa.table({"user_id": [1], "ts": [50], "item": [9]})),
+               "compact": store.compact, "delete": lambda: store.delete([7]),
+               "cleanup": lambda: store.cleanup(store.version + 1, grace_s=0), "tag": lambda: store.tag("mine")}
+    with pytest.raises(lateseq.StoreError, match=r"not the one this handle opened: that store was removed and "
+                                                 r"another created at its path since; open it again"):
+        attempt[write]()
+    assert dir_snapshot(other.path) == before
+
+
+def test_an_old_handle_reading_another_store_made_at_its_path_says_so(make_store):
+    """It said a segment index "is missing; restore it from a backup": the other store holds
+    this version number, not its files (a stranger's)."""
+    store = make_store({"item": "int64"})
+    store = store.commit(pa.table({"user_id": [1, 2], "ts": [10, 11], "item": [1, 2]}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [20]}))
+    unread = lateseq.open(store.path)  # has mapped nothing yet
+    _replaced_by_another(store, commits=3)
+    projection = lateseq.Projection(5, ("item",))
+    assert lateseq.materialize(store, log, projection).values["item"].tolist() == [1]  # what it mapped: kept
+    for attempt in (lambda: lateseq.materialize(unread, log, projection), store.latest):
+        with pytest.raises(lateseq.StoreError, match=r"not the one this handle opened"):
+            attempt()
+
+
+def test_a_store_without_an_id_opens_and_takes_writes(make_store, dir_snapshot):
+    """Stores made before they had an id (no ``store_id`` in schema.json) are read and
+    written as before."""
+    store = make_store({"item": "int64"})
+    path = store.path / "schema.json"
+    written = json.loads(path.read_text())
+    del written["store_id"]
+    path.write_bytes(dump_checked(written))
+    old = lateseq.open(store.path)
+    newer = old.commit(pa.table({"user_id": [1], "ts": [10], "item": [1]}))
+    newer = newer.commit(pa.table({"user_id": [1], "ts": [20], "item": [2]})).compact()
+    newer.tag("kept")
+    assert (newer.version, newer.num_events, lateseq.open(store.path, "kept").version) == (3, 2, 3)
 
 
 def test_a_store_moved_since_it_was_opened_is_said_to_be_gone(make_store, tmp_path):

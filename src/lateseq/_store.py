@@ -2,7 +2,7 @@
 
 Layout of a store directory::
 
-    schema.json               the schema, written once at creation
+    schema.json               the schema and the store's id, written once at creation
     versions/00000007.json    one manifest per published version: its segments (a commit's:
                               those it adds to its parent's) and stats
     segments/p00000-<id>.parquet, .index.arrow   a segment's durable files (packed, CRC-checked)
@@ -32,6 +32,7 @@ import os
 import re
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -144,9 +145,9 @@ class Store:
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         schema = load_checked(schema_file, kept_since_v01=True)
-        self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
-        self._log = VersionLog(self.path)
+        self._log = VersionLog(self.path, schema.pop("store_id", None))
+        self.schema = Schema.from_json(json.dumps(schema))
         manifest, self._segment_list = self._read_version(version)  # sets self.version
         self.segment_infos = list(self._segment_list.infos)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
@@ -178,8 +179,9 @@ class Store:
         known to be written with this store's schema."""
         recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
         if recorded is not None and recorded != self._schema_crc:
-            raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
-                             "file copied from another store?); restore it from a backup")
+            raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with: it "
+                             f"or {self._log.manifest_path(version).name} was copied from another store; restore it "
+                             "from a backup")
         return self._log.segments(version, manifest) if version else SegmentList((), 0, 0, False)
 
     def _read_version(self, version: int | str | None) -> tuple[dict, SegmentList]:
@@ -221,7 +223,9 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
             try:  # never replaces a schema: two processes creating one store at once, one of them is refused
-                write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
+                # an id of its own: a handle of a store removed since tells this one from it
+                written = {**json.loads(schema.to_json()), "store_id": uuid.uuid4().hex}
+                write_new(path / "schema.json", dump_checked(written))
             except FileExistsError as exc:
                 raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
             ours = True
@@ -257,8 +261,11 @@ class Store:
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
-        return Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
-                     readahead=self.readahead, _segments=self._segments)
+        handle = Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
+                       readahead=self.readahead, _segments=self._segments)
+        if handle._log.store_id != self._log.store_id:
+            raise self._log.replaced()
+        return handle
 
     def __repr__(self) -> str:
         settings = "".join(f", {name}={value}" for name, value in (
@@ -675,6 +682,8 @@ class Store:
         except StoreError as exc:
             if not isinstance(exc.__cause__, FileNotFoundError):  # damaged, not gone: restore it
                 raise
+            if not self._log.same_store():
+                raise self._log.replaced() from exc
             try:  # a missing file of a version cleaned up since this handle opened it is no damage
                 self._log.manifest(self.version)
             except VersionNotFound as gone:

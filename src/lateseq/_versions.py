@@ -182,11 +182,25 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+_READ_IT = object()
+
+
+def _written_id(root: Path, unknown: str | None = None) -> str | None:
+    """The id in ``root``'s schema.json; ``unknown`` where it cannot be read."""
+    try:
+        written = json.loads((root / "schema.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return unknown
+    return written.get("store_id") if isinstance(written, dict) else unknown
+
+
 class VersionLog:
     """The versioned side of a store directory (never its data files' contents)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store_id: str | None | object = _READ_IT):
         self.root = root
+        # written in schema.json at creation (None: before stores had one); a handle's, as it read it
+        self.store_id = _written_id(root) if store_id is _READ_IT else store_id
         self.versions_dir = root / "versions"
         self.tags_dir = root / "tags"
 
@@ -502,9 +516,21 @@ class VersionLog:
         with self._lock(fcntl.LOCK_EX, self.tags_dir / ".lock"):
             yield
 
+    def same_store(self) -> bool:
+        """Whether ``root`` still holds the store of ``store_id`` (or its schema is gone or
+        damaged, which the caller's own error then tells)."""
+        written = _written_id(self.root, unknown=self.store_id)
+        return written == self.store_id
+
+    def replaced(self) -> StoreError:
+        return StoreError(f"the store at {self.root} is not the one this handle opened: that store was removed and "
+                          "another created at its path since; open it again (lateseq.open)")
+
     @contextlib.contextmanager
     def _lock(self, mode: int, path: Path | None = None) -> Iterator[None]:
         path = path or self.root / ".lock"
+        if not self.same_store():  # refused before a lock file is made in the other store
+            raise self.replaced()
         try:
             lock = open_lock_file(path)
         except OSError as exc:
@@ -524,6 +550,8 @@ class VersionLog:
                     f"cannot lock {self.root}: {exc.strerror} at {path}: writers exclude each other with file locks "
                     "(flock), which this file system does not offer (an NFS mount without its lock service, some "
                     "FUSE mounts); keep the store on one that does") from exc
+            if not self.same_store():  # made while this waited for the lock
+                raise self.replaced()
             yield
         finally:
             os.close(lock)

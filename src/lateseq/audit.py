@@ -153,7 +153,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
             return False
         return True
 
-    log = VersionLog(store.path)
+    log = store._log
     check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
     for path in sorted(log.tags_dir.glob("*.json")):
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
