@@ -119,6 +119,36 @@ def test_a_folder_whose_files_hold_different_columns_is_refused(store, tmp_path,
                                lambda: store.commit(folder))
 
 
+@pytest.mark.parametrize("payload, column, first, second", [
+    ("int64", "ts", pa.array([1_700_000_000_000], pa.timestamp("ms")), pa.array([1_700_000_001])),  # s read as ms
+    ("int64", "ts", pa.array([1_700_000_000_000]), pa.array([1_700_000_001_000_000_000], pa.timestamp("ns"))),
+    ("float64", "item", pa.array([0.5], pa.float32()), pa.array([0.1], pa.float64())),  # 0.1 narrowed, 1e300: inf
+    ("bool", "item", pa.array([True]), pa.array([2], pa.int8())),  # 2 cast to True, where a table's is refused
+])
+def test_a_folder_whose_files_hold_different_types_is_refused(make_store, tmp_path, dir_snapshot, payload, column,
+                                                              first, second):
+    """pyarrow reads a folder with its first file's types, casting the others silently: a
+    file of epoch seconds after one of timestamp[ms] was stored as January 1970, float64
+    values narrowed through float32 (a stranger's)."""
+    store = make_store({"item": payload}, time_unit="ms")
+    item = pa.array([1], pa.int64()).cast(pa.from_numpy_dtype(np.dtype(payload)))
+    store = store.commit(pa.table({"user_id": [9], "ts": pa.array([5], pa.timestamp("ms")), "item": item}))
+    folder = tmp_path / "events"
+    folder.mkdir()
+    for i, values in enumerate([first, second]):
+        table = {"user_id": pa.array([1]), "ts": pa.array([1_700_000_000_000 + i], pa.timestamp("ms")), "item": item}
+        pq.write_table(pa.table({**table, column: values}), folder / f"part-{i}.parquet")
+    pq.write_table(pa.table({"user_id": pa.array([], pa.null()), "ts": pa.array([], pa.null()),
+                             "item": pa.array([], pa.null())}), folder / "part-2.parquet")  # pandas' empty frame
+    before = dir_snapshot(store.path)
+    with pytest.raises(lateseq.SchemaError, match=rf"hold different types: .*part-1.parquet has {column} "
+                                                  rf"{re.escape(str(second.type))}, .*part-0.parquet has {column}"):
+        store.commit(folder)
+    assert dir_snapshot(store.path) == before
+    (folder / "part-1.parquet").unlink()  # one file of rows, one empty of null columns: read with the first's
+    assert store.commit(folder).num_events == 2
+
+
 def test_hive_folders_keyed_by_integer_user_ids_past_int32_read_as_integers(make_store, tmp_path):
     """pyarrow infers a hive key as int32, and as a string once a value is past int32: a
     folder ``user_id=3000000000/`` was refused as string ids, with advice to hash them."""

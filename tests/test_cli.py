@@ -147,6 +147,30 @@ def test_materialize_defaults_to_every_payload_column(files):
     assert table.num_rows == 60
 
 
+def test_materialize_and_loader_read_a_folder_of_part_files(files):
+    """An example log as Spark writes it: part files, ``_SUCCESS``, checksum files."""
+    store, d = files["store"], files["dir"]
+    lateseq("ingest", store, files["e1"])
+    lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")
+    log = pq.read_table(d / "ex.parquet")
+    (d / "log").mkdir()
+    for k, (lo, hi) in enumerate([(0, 25), (25, 60)]):
+        pq.write_table(log.slice(lo, hi - lo), d / "log" / f"part-{k:05d}.parquet")
+        (d / "log" / f".part-{k:05d}.parquet.crc").write_bytes(b"crc")
+    (d / "log" / "_SUCCESS").write_text("")
+    args = ["--max-len", 3, "--keep", "label"]
+    assert lateseq("materialize", store, d / "ex.parquet", *args, "--out", d / "one.parquet")[0] == 0
+    code, _, err = lateseq("materialize", store, d / "log", *args, "--out", d / "parts.parquet")
+    assert code == 0, err
+    assert pq.read_table(d / "parts.parquet").equals(pq.read_table(d / "one.parquet"))
+    assert "wrote 60 histories" in err
+    code, _, err = lateseq("materialize", store, d / "log", *args, "--out", d / "log" / "part-00002.parquet")
+    assert code == 1 and "inside" in err and "a folder this command reads" in err
+    assert sorted(p.name for p in (d / "log").iterdir())[-1] == "part-00001.parquet"  # nothing written there
+    code, out, err = lateseq("loader", store, d / "log", "--max-len", 3, "--batch-size", 16)
+    assert code == 0 and "60" in out + err, err
+
+
 def test_cache_dir_moves_the_decoded_segments(files):
     store, d = Path(files["store"]), files["dir"]
     assert lateseq("--cache-dir", d / "local", "ingest", store, files["e1"])[0] == 0

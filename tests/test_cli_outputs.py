@@ -436,6 +436,9 @@ def test_ingest_takes_what_exports_are(tmp_path):
     code, _, err = cli("ingest", tmp_path / "store", empty)
     one_line_error(code, err, str(empty), "--allow-empty")
     assert cli("ingest", tmp_path / "store", empty, "--allow-empty")[:2] == (0, "2\n")  # the latest, unchanged
+    (tmp_path / "quiet-hour").mkdir()  # Spark's export of no rows: _SUCCESS alone
+    (tmp_path / "quiet-hour" / "_SUCCESS").write_text("")
+    assert cli("ingest", tmp_path / "store", tmp_path / "quiet-hour", "--allow-empty")[:2] == (0, "2\n")
     assert lateseq.open(tmp_path / "store").latest_version == 2
     code, out, _ = cli("ingest", tmp_path / "new", empty, "--allow-empty")  # a store made, nothing committed
     assert (code, out) == (0, "0\n") and lateseq.open(tmp_path / "new").schema.columns == {"item": "int64"}

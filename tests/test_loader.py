@@ -67,6 +67,26 @@ def world(tmp_path_factory):
     return store, events, log, path
 
 
+def write_parts(log: pa.Table, folder, cuts=(0, 5, 5, 61, 100)) -> None:
+    """``log`` as Spark leaves a log: part files in name order (one empty, row groups that
+    end inside batches), ``_SUCCESS``, checksum files, an unfinished ``_temporary/``."""
+    folder.mkdir()
+    bounds = [*cuts, log.num_rows]
+    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        pq.write_table(log.slice(lo, hi - lo), folder / f"part-{k:05d}-0a1b.snappy.parquet", row_group_size=23)
+        (folder / f".part-{k:05d}-0a1b.snappy.parquet.crc").write_bytes(b"crc")
+    (folder / "_SUCCESS").write_text("")
+    (folder / "_temporary" / "0").mkdir(parents=True)
+    (folder / "_temporary" / "0" / "part-00099.parquet").write_text("not yet written")
+
+
+@pytest.fixture(scope="module")
+def parts(world, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parts") / "log"
+    write_parts(world[2], folder)
+    return folder
+
+
 def expected(events, log, max_len, columns=COLUMNS):
     out = []
     for r in log.to_pylist():
@@ -74,11 +94,11 @@ def expected(events, log, max_len, columns=COLUMNS):
     return out
 
 
-@pytest.mark.parametrize("source", ["path", "table"])
+@pytest.mark.parametrize("source", ["path", "table", "folder"])
 @pytest.mark.parametrize("max_len", [1, 4, 1000])
-def test_iter_batches_matches_brute_force(world, source, max_len):
+def test_iter_batches_matches_brute_force(world, parts, source, max_len):
     store, events, log, path = world
-    examples = path if source == "path" else log
+    examples = {"path": path, "table": log, "folder": parts}[source]
     projection = lateseq.Projection(max_len, COLUMNS)
     want = expected(events, log, max_len)
     got, labels, sizes = [], [], []
@@ -113,13 +133,14 @@ def test_store_given_as_path_opens_latest(world):
     assert np.concatenate([g.values["item_id"] for g in got]).tolist() == flat
 
 
-@pytest.mark.parametrize("source", ["path", "table"])
-def test_materialize_log_round_trip(world, tmp_path, source, monkeypatch):
+@pytest.mark.parametrize("source", ["path", "table", "folder"])
+def test_materialize_log_round_trip(world, parts, tmp_path, source, monkeypatch):
     store, events, log, path = world
     monkeypatch.setattr(loader, "_ROW_GROUP_ROWS", 20)  # several row groups
     out = tmp_path / "out.parquet"
     seen = []
-    rows = materialize_log(store, path if source == "path" else log, lateseq.Projection(3, COLUMNS), out,
+    examples = {"path": path, "table": log, "folder": parts}[source]
+    rows = materialize_log(store, examples, lateseq.Projection(3, COLUMNS), out,
                            batch_size=8, columns=["label", "user_id"], progress=seen.append)
     assert rows == log.num_rows
     assert seen[-1] == rows and seen == sorted(seen)
@@ -176,8 +197,10 @@ def test_bad_inputs(world, tmp_path):
     projection = lateseq.Projection(3, ("item_id",))
     with pytest.raises(FileNotFoundError):
         iter_batches(store, tmp_path / "missing.parquet", projection)
-    with pytest.raises(IsADirectoryError, match="is a directory.*join them into one"):  # Spark's part files
-        iter_batches(store, tmp_path, projection)
+    (tmp_path / "spark").mkdir()
+    (tmp_path / "spark" / "_SUCCESS").write_text("")
+    with pytest.raises(lateseq.SchemaError, match="is a folder without Parquet files"):
+        iter_batches(store, tmp_path / "spark", projection)
     not_parquet = tmp_path / "junk.parquet"
     not_parquet.write_text("not parquet")
     with pytest.raises(lateseq.SchemaError, match="Parquet"):
@@ -195,6 +218,23 @@ def test_bad_inputs(world, tmp_path):
     # pointers into a version newer than the handle cannot be served
     with pytest.raises(lateseq.PointerError):
         next(iter_batches(store.checkout(1), log, projection))
+
+
+def test_a_folder_log_of_unlike_files_or_written_into_is_refused(world, tmp_path, dir_snapshot):
+    """Read as one log, a file with other columns would change a batch's columns midway;
+    an output written into the folder would be read as a part file next time."""
+    store, _, log, _ = world
+    folder = tmp_path / "log"
+    write_parts(log, folder, cuts=(0, 50))
+    projection = lateseq.Projection(3, COLUMNS)
+    before = dir_snapshot(tmp_path)
+    with pytest.raises(lateseq.SchemaError, match="is in the example log this reads"):
+        materialize_log(store, folder, projection, folder / "sequences.parquet")
+    assert dir_snapshot(tmp_path) == before
+    pq.write_table(log.slice(50).append_column("extra", pa.array(np.zeros(log.num_rows - 50))),
+                   folder / "part-00001-0a1b.snappy.parquet")
+    with pytest.raises(lateseq.SchemaError, match=r"hold different columns: \S+part-00001-0a1b.snappy.parquet has"):
+        iter_batches(store, folder, projection)
 
 
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):

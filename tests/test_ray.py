@@ -100,6 +100,14 @@ def test_read_examples_numbers_rows_across_row_groups(local_ray, world, tmp_path
     refs = read_examples(small).to_arrow_refs()
     assert len(refs) < 40
     assert sorted(pa.concat_tables(ray.get(refs)).column(ROW).to_pylist()) == list(range(log.num_rows))
+    parts = tmp_path / "parts"  # Spark's part files: rows numbered across them in name order
+    parts.mkdir()
+    for k, lo in enumerate(range(0, log.num_rows, 70)):
+        pq.write_table(log.slice(lo, 70), parts / f"part-{k:05d}.parquet", row_group_size=30)
+    (parts / "_SUCCESS").write_text("")
+    got = pa.concat_tables(ray.get(read_examples(parts).to_arrow_refs())).sort_by(ROW)
+    assert got.column(ROW).to_pylist() == list(range(log.num_rows))
+    assert np.array_equal(got.column("request_ts").to_numpy(), log.column("request_ts").to_numpy())
 
 
 def test_a_log_rewritten_after_it_was_planned_is_refused(local_ray, world, tmp_path):
@@ -108,7 +116,7 @@ def test_a_log_rewritten_after_it_was_planned_is_refused(local_ray, world, tmp_p
     pq.write_table(log, path, row_group_size=40)
     planned = read_examples(path)
     pq.write_table(log.slice(1), path, row_group_size=40)  # one example fewer: every row group moves
-    with pytest.raises(Exception, match="changed since lateseq.ray planned its reads"):
+    with pytest.raises(Exception, match=r"log.parquet changed, or is gone, since the log was first read"):
         planned.count()
 
 

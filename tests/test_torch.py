@@ -8,6 +8,7 @@ import hashlib
 import mmap
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,10 +84,25 @@ def check(batches: list[Batch], oracle: Oracle, log: pa.Table, rows_expected: in
             assert np.array_equal(b.examples[name].numpy(), picked.column(name).to_numpy()), name
 
 
+@pytest.fixture(scope="module")
+def parts(world, tmp_path_factory):
+    """The log as part files, as Spark writes it (``_SUCCESS``, checksums, ``_temporary/``)."""
+    folder = tmp_path_factory.mktemp("parts") / "log"
+    folder.mkdir()
+    log = world[2]
+    for k, (lo, hi) in enumerate([(0, 7), (7, 7), (7, 100), (100, log.num_rows)]):
+        pq.write_table(log.slice(lo, hi - lo), folder / f"part-{k:05d}.snappy.parquet", row_group_size=16)
+        (folder / f".part-{k:05d}.snappy.parquet.crc").write_bytes(b"crc")
+    (folder / "_SUCCESS").write_text("")
+    (folder / "_temporary").mkdir()
+    (folder / "_temporary" / "part-00009.parquet").write_text("a task still writing")
+    return folder
+
+
 def dataset(world, source="path", **options) -> ExampleDataset:
     store, _, log, path = world
     options = {"batch_size": 10, "block_rows": 32, "window_rows": 64, **options}  # several per shard
-    return ExampleDataset(store, path if source == "path" else log, lateseq.Projection(MAX_LEN, COLUMNS),
+    return ExampleDataset(store, {"path": path, "table": log}.get(source, source), lateseq.Projection(MAX_LEN, COLUMNS),
                           **options)
 
 
@@ -107,12 +123,13 @@ def test_a_loader_made_without_batch_size_none_says_how_to_make_it(world, num_wo
         next(iter(DataLoader(dataset(world), num_workers=num_workers)))
 
 
-@pytest.mark.parametrize("source", ["path", "table"])
+@pytest.mark.parametrize("source", ["path", "table", "folder"])
 @pytest.mark.parametrize("shuffle, affinity", [(False, False), (True, False), (True, True)])
-def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(world, source, shuffle,
+def test_single_process_loader_gives_every_example_once_with_its_exact_sequence(world, parts, source, shuffle,
                                                                                 affinity):
     _, oracle, log, _ = world
-    ds = dataset(world, source, shuffle=shuffle, affinity=affinity, block_rows=40, window_rows=60)
+    ds = dataset(world, parts if source == "folder" else source, shuffle=shuffle, affinity=affinity, block_rows=40,
+                 window_rows=60)
     batches = list(DataLoader(ds, batch_size=None))
     check(batches, oracle, log)
     assert [len(b) for b in batches[:-1]] == [10] * (len(batches) - 1)
@@ -180,14 +197,17 @@ def test_will_need_asks_once_per_run_of_pages(monkeypatch):
     assert calls == []
 
 
-def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world):
+@pytest.mark.parametrize("source", ["path", "folder"])
+def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world, parts, source):
     _, oracle, log, _ = world
     per_rank = []
     for rank in range(3):
-        ds = dataset(world, shuffle=True, seed=4, rank=rank, world_size=3)
-        per_rank.append(list(DataLoader(ds, batch_size=None)))
+        ds = dataset(world, parts if source == "folder" else source, shuffle=True, seed=4, rank=rank, world_size=3)
+        per_rank.append(list(DataLoader(ds, batch_size=None, num_workers=2 if rank == 1 else 0)))
         assert per_rank[-1], "every rank has row groups here"
     check([b for bs in per_rank for b in bs], oracle, log)
+    if source == "folder":
+        return
     ds = dataset(world, shuffle=True, seed=4)
     first = np.concatenate([b.rows.numpy() for b in ds])
     assert np.array_equal(first, np.concatenate([b.rows.numpy() for b in ds]))  # same epoch: same order
@@ -566,6 +586,41 @@ def test_a_state_does_not_resume_over_another_log(world, tmp_path):
     with pytest.raises(lateseq.SchemaError, match="'log'"):
         other.load_state_dict(ExampleDataset(store, log.slice(0, log.num_rows - 1), projection, batch_size=10,
                                              shuffle=True).state_dict())
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+def test_a_folder_log_resumes_and_refuses_a_part_file_added_or_rewritten(world, parts, tmp_path):
+    """Rows are numbered across the part files in name order: a file added (a late Spark
+    task) or rewritten would renumber them under a saved state or a running epoch."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    _, oracle, log, _ = world
+    folder = tmp_path / "log"
+    shutil.copytree(parts, folder)
+
+    def loader():
+        return StatefulDataLoader(dataset(world, folder, batch_size=7, shuffle=True, seed=3), batch_size=None)
+
+    full = list(loader())
+    check(full, oracle, log)
+    interrupted = loader()
+    it = iter(interrupted)
+    for _ in range(4):
+        next(it)
+    resumed = loader()
+    resumed.load_state_dict(interrupted.state_dict())
+    assert all(same(a, b) for a, b in zip(list(resumed), full[4:], strict=True))
+    ds = dataset(world, folder, batch_size=7)
+    pq.write_table(log.slice(0, 3), folder / "part-00000-late.parquet")
+    with pytest.raises(lateseq.SchemaError, match="changed since this dataset was made"):
+        list(ds)
+    (folder / "part-00000-late.parquet").unlink()
+    running = iter(ds)
+    next(running)
+    last = folder / "part-00003.snappy.parquet"
+    pq.write_table(pq.read_table(last).slice(1), last, row_group_size=16)  # a file not yet opened
+    with pytest.raises(lateseq.SchemaError, match="part-00003.snappy.parquet changed, or is gone, since"):
+        list(running)
 
 
 def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):

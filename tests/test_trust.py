@@ -38,7 +38,7 @@ import lateseq._store
 import lateseq._versions
 import lateseq._watch
 from lateseq._derived import DERIVED_DIR
-from lateseq._loader import _open_parquet
+from lateseq._examplelog import ExampleLog
 from lateseq._versions import dump_checked, load_checked
 from lateseq.audit import audit, verify
 from lateseq.cli import app
@@ -993,7 +993,7 @@ def test_a_damaged_example_log_is_an_error_not_another_window(store, tmp_path):
         bad.write_bytes(bytes(damaged))
         if at in count_at and row_counts(bad) not in (None, row_counts(path)):  # every reader refuses (Ray's too)
             with pytest.raises(lateseq.SchemaError, match="row counts disagree"):
-                _open_parquet(bad)
+                ExampleLog(bad)
         for reader, got in example_log_reads(store, bad).items():
             if got is not None:
                 assert len(got) == len(expected[reader]) and all(

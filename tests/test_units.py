@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import ArrowExporter
@@ -310,10 +311,19 @@ def test_pandas_request_times_keep_every_nanosecond(make_store):
             lateseq.make_pointers(seconds, [1], times)
 
 
-def test_request_times_that_would_lose_precision_are_refused(make_store):
+def test_request_times_that_would_lose_precision_are_refused_with_the_exact_advice(make_store):
+    """It said "round them first": rounded down or to the nearest, a request at 11.4 s lost
+    the event at 11 s; rounded up, as it now says, it is exact (a stranger's)."""
     store = make_store({"item": "int64"}, time_unit="s")
-    with pytest.raises(SchemaError, match="request_ts.*not whole seconds"):
-        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([1500], pa.timestamp("ms"))}))
+    store = store.commit(events(pa.array([10, 11], pa.int64())))
+    at = pa.array([11_400], pa.timestamp("ms"))
+    with pytest.raises(SchemaError, match=r"request_ts.*not whole seconds.*round them up first \(pyarrow.compute"
+                                          r".ceil_temporal\(times, unit='second'\)\)"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": at}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pc.ceil_temporal(at, unit="second")}))
+    assert log.column("uih_length").to_pylist() == [2]  # the events before 11.4 s
+    with pytest.raises(SchemaError, match=r"column 'ts'.*not whole seconds.*round them first, or use"):
+        store.commit(events(at))  # an event's time: no rounding is the exact one
 
 
 def test_logs_with_timestamp_request_times_are_read_against_the_schema(make_store):

@@ -13,21 +13,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
+from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
-from ._parquet import check_rows_read, open_checked
 from ._pointers import outside_store
 from ._projection import Projection
 from ._records import protocol_columns
-from ._schema import PAYLOAD_TYPES, frame_hint
+from ._schema import PAYLOAD_TYPES
 from ._store import Store
 from ._tenants import is_tenant_name
 
@@ -47,9 +47,10 @@ def iter_batches(
 ) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     """Yields ``(example batch, sequences)`` for consecutive batches of the example log.
 
-    ``examples`` is an example log (a Parquet path or a pyarrow Table holding pointer
-    columns). Each example batch holds ``columns`` of the log (every column when None),
-    in log order; batches have ``batch_size`` rows except perhaps the last.
+    ``examples`` is an example log (a Parquet file, a folder of Parquet part files read
+    as one log in path order, or a pyarrow Table holding pointer columns). Each example
+    batch holds ``columns`` of the log (every column when None), in log order; batches
+    have ``batch_size`` rows except perhaps the last.
     ``store`` is a handle or a path (opened at its latest version); it must be at a
     version at least as new as every pointer's. ``verify`` and ``on_mismatch`` are
     passed to :func:`lateseq.materialize`.
@@ -151,8 +152,9 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         for n in projected]) for tenant, projected in names.items()}
     for path in outs.values():
         outside_store(store, path)
-        if not isinstance(examples, pa.Table) and os.path.exists(path) and os.path.samefile(path, examples):
-            raise SchemaError(f"{path} is the example log this reads; write the sequences elsewhere")
+        if not isinstance(examples, pa.Table) and os.path.exists(examples) and _within(path, examples):
+            raise SchemaError(f"{path} is {'in ' * os.path.isdir(examples)}the example log this reads; write the "
+                              "sequences elsewhere")
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{path}: directory {folder} does not exist")
@@ -188,6 +190,13 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
 # ---------------------------------------------------------------- reading the example log
 
 
+def _within(path: str, examples: str | os.PathLike) -> bool:
+    """Whether ``path`` is the example log's file, or one of its folder's."""
+    if os.path.isdir(examples):
+        return Path(path).resolve().is_relative_to(Path(examples).resolve())
+    return os.path.exists(path) and os.path.samefile(path, examples)
+
+
 def _selected(schema: pa.Schema, columns: Sequence[str] | None) -> list[str]:
     return list(schema.names) if columns is None else list(columns)
 
@@ -208,74 +217,7 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str
 
 
 def _read_schema(examples: ExampleSource) -> pa.Schema:
-    if isinstance(examples, pa.Table):
-        return examples.schema
-    with _open_parquet(examples) as source:
-        return source.schema_arrow
-
-
-def parquet_path(path: str | os.PathLike) -> str:
-    """``path`` as an absolute path, once it is known to name a file: a loader reads it
-    later, maybe after the trainer changed directory (Hydra's launcher does) or in a
-    worker of another one."""
-    if not isinstance(path, str | os.PathLike):
-        raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
-                          f"{frame_hint(path)}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"example log {path} is a directory; lateseq reads a log from one Parquet file "
-                                "(a dataset of part files, as Spark writes: join them into one with "
-                                "pyarrow.parquet.write_table(pyarrow.dataset.dataset(path).to_table(), file))")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no example log at {path}")
-    return os.path.abspath(path)
-
-
-def footer_digest(path: str) -> str:
-    """A digest of a Parquet file's footer (its schema, row groups, column chunk offsets
-    and statistics), read in one small read: what tells a log from the same file rewritten."""
-    digest = xxhash.xxh3_64()
-    try:
-        with open(path, "rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(size - 8, 0))
-            tail = file.read(8)
-            footer = int.from_bytes(tail[:4], "little")
-            parquet = size >= 12 and tail[4:] == b"PAR1" and footer <= size - 12  # else a seek said EINVAL
-            if parquet:
-                file.seek(size - 8 - footer)
-                digest.update(file.read())
-    except OSError as exc:
-        raise SchemaError(f"cannot read example log {path}: {exc}") from exc
-    if not parquet:
-        raise SchemaError(f"example log {path} is not a Parquet file ({size:,} bytes, without Parquet's footer at "
-                          "the end: empty, cut short, or another format)")
-    return digest.hexdigest()
-
-
-def _open_parquet(path: str | os.PathLike, checked: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """The example log at ``path``, its footer checked; or, with ``checked``, read through
-    that footer, already checked, which the caller knows to be the file's (a log of 10,000
-    row groups has a 6 MB footer: parsed and checked in ~0.2 s, every epoch of every worker)."""
-    return open_checked(parquet_path(path), checked)
-
-
-def log_identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
-    """(device, inode, size, modification time) of a log file, as its reader opens it."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def check_not_rewritten(path: str | os.PathLike, opened: tuple[int, int, int, int]) -> None:
-    """SchemaError if the file a reader opened as ``opened`` was rewritten in place since:
-    its later row groups would be read through the old footer from the new bytes (a file
-    renamed over it is no harm: the open file keeps its bytes)."""
-    try:
-        now = log_identity(path)
-    except OSError:  # removed or renamed away: the open file still reads its own bytes
-        return
-    if now[:2] == opened[:2] and now != opened:
-        raise SchemaError(f"example log {path} was rewritten in place while it was read (rows of two files would "
-                          "be mixed): write a new file and rename it into place, then make a new reader")
+    return examples.schema if isinstance(examples, pa.Table) else ExampleLog(examples).schema
 
 
 def _example_batches(examples: ExampleSource, batch_size: int,
@@ -284,10 +226,8 @@ def _example_batches(examples: ExampleSource, batch_size: int,
     if isinstance(examples, pa.Table):
         read = _check_columns(examples.schema, columns)
         return _table_batches(examples if read is None else examples.select(read), batch_size)
-    opened = log_identity(parquet_path(examples))
-    source = _open_parquet(examples)
-    read = _check_columns(source.schema_arrow, columns)
-    return _parquet_batches(source, str(examples), batch_size, read, opened)
+    log = ExampleLog(examples)
+    return _parquet_batches(log, batch_size, _check_columns(log.schema, columns))
 
 
 def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -296,18 +236,6 @@ def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]
         yield table.slice(start, batch_size).combine_chunks().to_batches()[0]
 
 
-def _parquet_batches(source: pq.ParquetFile, name: str, batch_size: int, read: list[str] | None,
-                     opened: tuple[int, int, int, int]) -> Iterator[pa.RecordBatch]:
-    with source:
-        rows = 0
-        try:
-            # one thread: Arrow's pool costs more than it saves on a batch (4x on 1024 pointers),
-            # and a loader's worker is one core already
-            for batch in source.iter_batches(batch_size=batch_size, columns=read, use_threads=False):
-                check_not_rewritten(parquet_path(name), opened)
-                rows += batch.num_rows
-                yield batch
-        except (pa.ArrowException, OSError) as exc:
-            check_not_rewritten(parquet_path(name), opened)  # the likeliest cause, named
-            raise SchemaError(f"cannot read example log {name}: {exc}") from exc
-        check_rows_read(rows, source.metadata, name, "example log")
+def _parquet_batches(log: ExampleLog, batch_size: int, read: list[str] | None) -> Iterator[pa.RecordBatch]:
+    with log.open() as reader:
+        yield from reader.iter_batches(batch_size, read)

@@ -101,12 +101,14 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         files = [fragment.path for fragment in folder.get_fragments()]
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
-    rows, beyond, finer, columns = 0, False, False, None
+    rows, beyond, finer, columns, typed = 0, False, False, None, None
     for file in files:
         source, file_beyond, file_finer = _opened(file, None, what)
         with source:
             rows += source.metadata.num_rows
             names = source.schema_arrow.names
+            if source.metadata.num_rows:  # an empty file's types (pandas writes nulls) change no value
+                typed = _same_types(typed, (file, source.schema_arrow), path, what)
         beyond, finer = beyond or file_beyond, finer or file_finer
         if columns is None:
             columns = (file, names)
@@ -119,9 +121,13 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                 + "; read as one, a column would be dropped or filled with nulls: write every file with the same "
                 "columns, or give the files one at a time")
     _check_int96(beyond, finer, path, what)  # each file may hold one kind, the folder both
-    if beyond:  # one file's INT96 times need microseconds: all are read so
-        folder = ds.dataset(path, partitioning="hive", format=ds.ParquetFileFormat(
-            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
+    # read with the types of its files that hold rows (pyarrow would take the first file's)
+    schema = None if typed is None else pa.schema(
+        [*typed[1], *(f for f in folder.schema if f.name not in typed[1].names)], metadata=typed[1].metadata)
+    file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")) \
+        if beyond else "parquet"  # one file's INT96 times need microseconds: all are read so
+    if beyond or schema is not None:
+        folder = ds.dataset(path, partitioning="hive", format=file_format, schema=schema)
     try:
         table = folder.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
     except (pa.ArrowException, OSError) as exc:
@@ -129,6 +135,24 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     if table.num_rows != rows:
         raise SchemaError(f"{what} {path} is damaged: {table.num_rows:,} of its files' {rows:,} rows could be read")
     return _integer_keys(table, set(table.column_names) - set(columns[1]) if columns else set())
+
+
+def _same_types(first: tuple[str, pa.Schema] | None, file: tuple[str, pa.Schema], path: str | os.PathLike,
+                what: str) -> tuple[str, pa.Schema]:
+    """The first file's (name, schema), once ``file``'s columns are known to have its types:
+    read as one, pyarrow casts every file to the first one's types, silently (seconds read
+    as milliseconds, float64 narrowed to float32, int8 2 cast to bool True)."""
+    if first is None:
+        return file
+    types = {field.name: field.type for field in first[1]}
+    differ = [(first[1].field(b.name), b) for b in file[1] if b.name in types and types[b.name] != b.type]
+    if differ:
+        a, b = differ[0]
+        raise SchemaError(f"the files of {what} {path} hold different types: {file[0]} has {b.name} {b.type}, "
+                          f"{first[0]} has {a.name} {a.type}; read as one, values would be cast to one file's type "
+                          "(times' units, float widths, integers as bools): write every file with the same types, or "
+                          "give the files one at a time")
+    return first
 
 
 def _integer_keys(table: pa.Table, keys: set[str]) -> pa.Table:

@@ -136,7 +136,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             if schema is None:
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "
                                    "against the store's schema, which knows the store's time unit")
-            column = schema.times_to_store(column, "example log column 'request_ts'")
+            column = schema.times_to_store(column, "example log column 'request_ts'", requests=True)
         elif not pa.types.is_integer(column.type):  # a whole float would be cast: above 2**53 another id or time
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
                                + (" (floats cannot hold every id and time exactly: write the log's pointer "
@@ -184,7 +184,7 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
         raise SchemaError(f"request_ts has {request_ts.null_count} null values")
     if len(request_ts) != len(user_id):
         raise SchemaError(f"{len(user_id)} user ids but {len(request_ts)} request times")
-    request_ts = np.asarray(store.schema.times_to_store(request_ts, "request_ts"))
+    request_ts = np.asarray(store.schema.times_to_store(request_ts, "request_ts", requests=True))
     two_tier = store.watermark is not None and store.schema.arrival_col is not None  # arrivals are known
     early = np.flatnonzero(request_ts < store.watermark) if two_tier else ()
     if len(early):

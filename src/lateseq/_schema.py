@@ -195,7 +195,8 @@ class Schema:
             raise SchemaError(f"input has columns {extra} that the store's schema does not know")
         return expected
 
-    def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str) -> pa.Array | pa.ChunkedArray:
+    def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str,
+                       requests: bool = False) -> pa.Array | pa.ChunkedArray:
         """``times`` as int64 counts of the store's ``time_unit``, converted exactly.
 
         The one place event, arrival and request times meet the store's unit, so a
@@ -204,6 +205,7 @@ class Schema:
         integers are taken as already in the store's unit. Raises SchemaError, naming
         ``what``, for a timestamp into a store of plain integers, a conversion that
         would drop precision or overflow int64, or any other type. Nulls pass through.
+        ``requests``: the times are requests', whose exact whole-unit form is rounded up.
         """
         if _as_time(times.type) != times.type:
             times = pc.cast(times, _as_time(times.type))
@@ -241,7 +243,10 @@ class Schema:
                 raise SchemaError(
                     f"{what} has type {source} but the store's times are timestamp[{self.time_unit}]: "
                     f"{lossy} of {len(times)} values are not whole {unit} and would lose precision; "
-                    f"round them first, or use a store with a finer time_unit")
+                    + (f"round them up first (pyarrow.compute.ceil_temporal(times, unit={unit[:-1]!r})): a history "
+                       f"holds events strictly before its request, so an event of the request's own {unit[:-1]} is in "
+                       "it, and rounding down or to the nearest leaves it out" if requests else "round them first")
+                    + ", or use a store with a finer time_unit")
             return whole
         return raw
 

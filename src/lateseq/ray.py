@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 try:
     import ray.data
@@ -31,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._errors import SchemaError, exact_integer
 from ._events import partition_of
-from ._loader import _open_parquet, footer_digest, parquet_path
+from ._examplelog import ExampleLog
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
@@ -81,18 +80,15 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
         step = max(1, min(BLOCK_ROWS, -(-table.num_rows // blocks)))
         parts = [table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]
         return ray.data.from_arrow(parts), example_columns
-    path = parquet_path(examples)
-    footer = footer_digest(path)  # before the footer is parsed: a file replaced in between fails every task
-    with _open_parquet(path) as source:
-        if store is not None:
-            _refuse_newer(store, source.metadata)
-        read, example_columns = _log_columns(source.schema_arrow, example_columns)
-        sizes = np.array([source.metadata.row_group(i).num_rows for i in range(source.metadata.num_row_groups)],
-                         np.int64)
-        empty = source.schema_arrow.empty_table().select(read)
+    log = ExampleLog(examples)
+    if store is not None:
+        _refuse_newer(store, log.metadata)
+    read, example_columns = _log_columns(log.schema, example_columns)
+    sizes = np.array(log.row_groups, np.int64)
     _check_row_name(read)
     if not len(sizes):
-        return ray.data.from_arrow(empty.append_column(ROW, pa.array([], pa.int64()))), example_columns
+        return ray.data.from_arrow(log.schema.empty_table().select(read).append_column(ROW, pa.array([], pa.int64()))
+                                   ), example_columns
     # a task reads consecutive row groups up to a block's rows, as a table is cut (a log of
     # 10,000 small row groups is not 10,000 tasks, each opening the file)
     firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -102,7 +98,7 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
              for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
     return ray.data.from_items(tasks).map_batches(
         _read_row_groups, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"path": path, "columns": read, "footer": footer}), example_columns
+        fn_kwargs={"log": log, "columns": read}), example_columns
 
 
 def _check_row_name(read: list[str]) -> None:
@@ -111,21 +107,14 @@ def _check_row_name(read: list[str]) -> None:
                           "rename it or leave it out of example_columns")
 
 
-_FOOTERS: dict[str, pq.FileMetaData] = {}  # the footers this process checked (a Ray worker runs many tasks)
-
-
-def _read_row_groups(tasks: pa.Table, path: str, columns: list[str], footer: str) -> pa.Table:
-    if footer_digest(path) != footer:
-        raise SchemaError(f"example log {path} changed since lateseq.ray planned its reads; read it again")
-    checked = _FOOTERS.get(footer)
-    with _open_parquet(path, checked) as source:
-        if checked is None:
-            _FOOTERS.clear()  # one log at a time, mostly: kept small
-            _FOOTERS[footer] = source.metadata
-        tables = []
+def _read_row_groups(tasks: pa.Table, log: ExampleLog, columns: list[str]) -> pa.Table:
+    """Each task's row groups (through the footers the planner checked: each file is read
+    only if it is still the one they were read from), with their rows' numbers."""
+    tables = []
+    with log.open() as reader:
         for (lo, hi), first in zip(tasks.column("groups").to_pylist(), tasks.column("first").to_pylist(),
                                    strict=True):
-            table = source.read_row_groups(list(range(lo, hi)), columns=columns)
+            table = reader.read_row_groups(range(lo, hi), columns)
             tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows,
                                                                       dtype=np.int64))))
     return pa.concat_tables(tables)
@@ -172,7 +161,7 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     Ray decides the order).
 
     ``store`` is a handle or a path (opened here at its latest version, which every
-    actor then reads). ``examples`` is an example log (a Parquet path or a Table; see
+    actor then reads). ``examples`` is an example log (a Parquet file or folder, or a Table; see
     ``read_examples``). ``by_partition`` gives each actor its own store partitions
     (those ``p`` with ``p % actors == k``; a user's examples all go to one actor), so
     each actor maps and reads only its partitions' segments: worth it when a store's

@@ -49,9 +49,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
 from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_bool, exact_integer
+from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
-from ._loader import _open_parquet, check_not_rewritten, footer_digest, log_identity, parquet_path
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -388,10 +388,11 @@ class ExampleDataset(IterableDataset):
     """Batches of an example log with their exact sequences, sharded by rank and worker.
 
     ``store`` is a handle or a path (opened once, here, at its latest version; workers
-    reopen that same version). ``examples`` is a Parquet path (each worker reads only
-    its own row groups: write logs with row groups of ~64k rows) or a pyarrow Table
-    (copied into each worker). It yields whole batches: give it to a DataLoader with
-    ``batch_size=None`` (the default, 1, would collate them again, and fails).
+    reopen that same version). ``examples`` is a Parquet file or a folder of part files
+    read as one log (each worker reads only its own row groups: write logs with row
+    groups of ~64k rows) or a pyarrow Table (copied into each worker). It yields whole
+    batches: give it to a DataLoader with ``batch_size=None`` (the default, 1, would
+    collate them again, and fails).
     Every example comes out exactly once per epoch; with ``shuffle``, in a new order
     each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
@@ -435,25 +436,23 @@ class ExampleDataset(IterableDataset):
             if copartition:
                 raise SchemaError("copartition reads a Parquet log written by lateseq.copartition_log, not a table")
             self._table: pa.Table | None = examples
-            self._path: str | None = None
-            schema, num_rows, row_groups, meta = examples.schema, examples.num_rows, None, None
+            self._file = None
+            schema, num_rows, row_groups = examples.schema, examples.num_rows, None
         else:
-            self._table, self._path = None, parquet_path(examples)
-            # digested before its footer is parsed: a file replaced in between fails every later check
-            self._log = footer_digest(self._path)
-            with _open_parquet(self._path) as source:
-                schema, meta = source.schema_arrow, source.metadata
-                num_rows = meta.num_rows
-                row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            self._table = None
+            self._file: ExampleLog | None = ExampleLog(examples)  # its footers checked: workers read through them
+            schema, num_rows, row_groups = self._file.schema, self._file.num_rows, self._file.row_groups
             if copartition:
+                if len(self._file.files) > 1:
+                    raise SchemaError(f"copartition reads one Parquet file written by lateseq.copartition_log, not "
+                                      f"the folder {self._file.path}")
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
-                                                  f"example log {self._path}")
-        self._footer = meta  # a Parquet log's, checked: later reads go through it, not a new parse
+                                                  f"example log {self._file.path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
-        _refuse_unfit(self.example_columns, examples if self._table is not None else meta)
-        _refuse_newer(self.store, examples if self._table is not None else meta)
-        if self._table is not None:
-            self._log = _table_identity(self._table)
+        source = examples if self._table is not None else self._file.metadata
+        _refuse_unfit(self.example_columns, source)
+        _refuse_newer(self.store, source)
+        self._log = _table_identity(self._table) if self._table is not None else self._file.digest
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
@@ -597,12 +596,11 @@ class ExampleDataset(IterableDataset):
         return self._batches(plan, start)
 
     def _batches(self, plan: ShardPlan, start: int) -> Iterator[Batch]:
-        if self._path is not None and footer_digest(self._path) != self._log:
-            raise SchemaError(f"example log {self._path} changed since this dataset was made; make a new "
+        if self._file is not None and self._file.changed():
+            raise SchemaError(f"example log {self._file} changed since this dataset was made; make a new "
                               "dataset (a state saved over the old log does not resume over the new one)")
-        opened = None if self._path is None else log_identity(self._path)
-        source = None if self._path is None else _open_parquet(self._path, self._footer)  # the footer digested
-        made = (self._made(*read) for read in self._reads(plan, source, start, opened))
+        source = None if self._file is None else self._file.open()
+        made = (self._made(*read) for read in self._reads(plan, source, start))
         if self.prefetch:
             made = _ahead(made)
         try:
@@ -636,8 +634,8 @@ class ExampleDataset(IterableDataset):
         batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes)
         return batch
 
-    def _reads(self, plan: ShardPlan, source: Any, start: int,
-               opened: tuple[int, int, int, int] | None) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
+    def _reads(self, plan: ShardPlan, source: LogReader | None,
+               start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:
         """Each batch's rows of the log (served order), their row numbers, and the seconds
         reading them took."""
         reorder = plan.shuffle or plan.affinity
@@ -647,33 +645,26 @@ class ExampleDataset(IterableDataset):
             pieces, rows = [], []
             for w, lo, hi in parts:
                 if window is None or window[0] != w:
-                    window = self._window(plan, source, w, opened)
-                    if opened is not None:
-                        check_not_rewritten(self._path, opened)
+                    window = self._window(plan, source, w)
                 _, table, window_rows, order = window
                 pieces.append(table.take(pa.array(order[lo:hi])) if reorder else table.slice(lo, hi - lo))
                 rows.append(window_rows[order[lo:hi]])
             examples = pa.concat_tables(pieces).combine_chunks() if len(pieces) > 1 else pieces[0]
             yield examples, np.concatenate(rows), time.perf_counter() - t0
 
-    def _window(self, plan: ShardPlan, source: Any, w: int,
-                opened: tuple[int, int, int, int] | None) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
+    def _window(self, plan: ShardPlan, source: LogReader | None,
+                w: int) -> tuple[int, pa.Table, np.ndarray, np.ndarray]:
         """A window's rows of the log (read order), their row numbers, and their serving order."""
         if source is None:
             table = pa.concat_tables([self._table.slice(a, b - a) for a, b in plan.ranges_of(w)])
             table = table.select(self._read)
         else:
-            try:
-                reads = plan.reads_of(w)
-                if all(skip == 0 and take == sum(plan.row_groups[g] for g in groups) for groups, skip, take in reads):
-                    table = source.read_row_groups(plan.row_groups_of(w), columns=self._read)  # whole row groups
-                else:  # pieces of a row group split between ranks: each read, then cut
-                    table = pa.concat_tables([source.read_row_groups(groups, columns=self._read).slice(skip, take)
-                                              for groups, skip, take in reads])
-            except (pa.ArrowException, OSError) as exc:
-                if opened is not None:
-                    check_not_rewritten(self._path, opened)  # the likeliest cause, named
-                raise SchemaError(f"cannot read example log {self._path}: {exc}") from exc
+            reads = plan.reads_of(w)
+            if all(skip == 0 and take == sum(plan.row_groups[g] for g in groups) for groups, skip, take in reads):
+                table = source.read_row_groups(plan.row_groups_of(w), self._read)  # whole row groups
+            else:  # pieces of a row group split between ranks: each read, then cut
+                table = pa.concat_tables([source.read_row_groups(groups, self._read).slice(skip, take)
+                                          for groups, skip, take in reads])
         keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
         return w, table, plan.window_rows_of(w), plan.order(w, *keys)
 
@@ -859,7 +850,7 @@ def _disk_read_bytes() -> int:
 
 
 def _table_identity(table: pa.Table) -> str:
-    """A digest of a table's pointer columns (a Parquet log's: ``footer_digest``)."""
+    """A digest of a table's pointer columns (a Parquet log's: ``ExampleLog.digest``)."""
     digest = xxhash.xxh3_64()
     for name in [f.name for f in POINTER_FIELDS]:
         for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
@@ -868,45 +859,42 @@ def _table_identity(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def _refuse_newer(store: Store, source: pa.Table | pq.FileMetaData) -> None:
+def _statistics(footers: Sequence[pq.FileMetaData], name: str) -> Iterator[Any]:
+    """The statistics a Parquet log's footers keep of column ``name``, row group by row group."""
+    for meta in footers:
+        index = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == name), None)
+        for g in range(meta.num_row_groups if index is not None else 0):
+            stats = meta.row_group(g).column(index).statistics
+            if stats is not None:
+                yield stats
+
+
+def _refuse_newer(store: Store, source: pa.Table | Sequence[pq.FileMetaData]) -> None:
     """Pointers into versions newer than the handle, found now (from a Parquet log's
     statistics where it keeps them) rather than at the batch that holds one, mid-epoch."""
     if isinstance(source, pa.Table):
         newest = pc.max(source.column("uih_version")).as_py() if source.num_rows else None
     else:
-        index = next((i for i in range(source.num_columns) if source.schema.column(i).path == "uih_version"), None)
-        maxima = [stats.max for g in range(source.num_row_groups) if index is not None
-                  for stats in [source.row_group(g).column(index).statistics]
-                  if stats is not None and stats.has_min_max]
-        newest = max(maxima, default=None)
+        newest = max((stats.max for stats in _statistics(source, "uih_version") if stats.has_min_max), default=None)
     if newest is not None and newest > store.version:
         raise PointerError(f"the example log points into versions up to {newest} but this store handle is at "
                            f"version {store.version}; open the store at a version >= every pointer's")
 
 
-def _refuse_unfit(columns: list[str], source: pa.Table | pq.FileMetaData | None) -> None:
+def _refuse_unfit(columns: list[str], source: pa.Table | Sequence[pq.FileMetaData]) -> None:
     """Example columns with nulls, or uint64 values past int64 (tensors are signed), found
     now (in a Parquet log, where its statistics count nulls and give maxima) rather than
     at the batch that holds one, mid-epoch, in a worker."""
-    if source is None:
-        return
-    nulls = {name: 0 for name in columns}
-    schema = source.schema if isinstance(source, pa.Table) else source.schema.to_arrow_schema()
-    unsigned = {name for name in columns if pa.types.is_uint64(schema.field(name).type)}
-    too_big = set()
     if isinstance(source, pa.Table):
-        for name in columns:
-            nulls[name] = source.column(name).null_count
+        nulls = {name: source.column(name).null_count for name in columns}
+        unsigned = [name for name in columns if pa.types.is_uint64(source.schema.field(name).type)]
         too_big = {name for name in unsigned if (pc.max(source.column(name)).as_py() or 0) >= 2**63}
     else:
-        index = {source.schema.column(i).path: i for i in range(source.num_columns)}
-        for g in range(source.num_row_groups):
-            for name in columns:
-                stats = source.row_group(g).column(index[name]).statistics
-                if stats is not None and stats.has_null_count:
-                    nulls[name] += stats.null_count
-                if name in unsigned and stats is not None and stats.has_min_max and stats.max >= 2**63:
-                    too_big.add(name)
+        nulls = {name: sum(stats.null_count for stats in _statistics(source, name) if stats.has_null_count)
+                 for name in columns}
+        schema = source[0].schema.to_arrow_schema()
+        too_big = {name for name in columns if pa.types.is_uint64(schema.field(name).type)
+                   and any(stats.has_min_max and stats.max >= 2**63 for stats in _statistics(source, name))}
     bad = {name: n for name, n in nulls.items() if n}
     if bad:
         raise SchemaError(f"example columns with nulls: {bad}; fill them, or name the columns to use with "

@@ -105,7 +105,8 @@ class OnlineReader:
     def serve(self, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
         """The log records and the sequences served, for requests at ``request_ts``."""
         store = self.store.latest()
-        times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts"))
+        times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts",
+                                                       requests=True))
         early = np.flatnonzero(times < store.watermark) if store.watermark is not None and len(times) else ()
         if len(early):  # what log_examples says sends the caller here
             raise PointerError(f"request {int(early[0])} at {int(times[early[0]])} is before the watermark "
@@ -144,7 +145,7 @@ def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool
     if not is_two_tier(log):
         raise SchemaError("strip_tails takes a two-tier log (records with tail_version and tail_* columns, as "
                           "OnlineReader.serve writes them); this one holds plain pointers, with no tail to strip")
-    request_ts = np.asarray(store.schema.times_to_store(log.column("request_ts"), "request_ts"))
+    request_ts = np.asarray(store.schema.times_to_store(log.column("request_ts"), "request_ts", requests=True))
     covering = covering_versions(store, request_ts)
     current = log.column("tail_version").to_numpy().astype(np.int64)
     strip = (current == 0) & (covering > 0)

@@ -50,9 +50,10 @@ from lateseq import (
     load_tenants,
     log_examples,
 )
+from lateseq._examplelog import ExampleLog
 from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
-from lateseq._parquet import open_checked, read_checked
+from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
 from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
 from lateseq._store import check_commit_id
@@ -377,6 +378,10 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
     if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in inputs):
         raise FileExistsError(f"{option} {out} is also this command's input; write to another path "
                               "(--force never overwrites an input)")
+    holding = next((p for p in inputs if p.is_dir() and out.resolve().is_relative_to(p.resolve())), None)
+    if holding is not None:
+        raise FileExistsError(f"{option} {out} is inside {holding}, a folder this command reads (its next run "
+                              "would read the output as an input); write it elsewhere")
     if out.is_dir():
         raise IsADirectoryError(f"{option} {out} is a directory")
     if (out.exists() or out.is_symlink()) and not force:
@@ -515,7 +520,8 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
             created: bool) -> None:
     latest = handle.latest_version
     if table.num_rows == 0 and allow_empty:
-        handle.schema.check_columns(table)
+        if table.num_columns:  # none: a quiet hour's folder of no part file, only _SUCCESS
+            handle.schema.check_columns(table)
         print(latest)
         _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
@@ -705,7 +711,8 @@ def pointers(
 @app.command()
 def materialize(
     store: StoreArg,
-    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers).", show_default=False)],
+    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers), or a folder of part "
+                                             "files (Spark's output).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write (with --tenants: a directory, one "
                                       "NAME.parquet per tenant).", show_default=False)],
     max_len: Annotated[int | None, typer.Option("--max-len", help="Newest events per example.",
@@ -723,7 +730,7 @@ def materialize(
         raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG")
     if batch_size < 1:
         raise SchemaError(f"--batch-size must be positive, got {batch_size}")
-    _input_file(examples, "example log")
+    log = ExampleLog(examples)  # checked now: a refusal makes no output
     handle = _open(store)
     if tenants is not None:
         config = load_tenants(_input_file(tenants, "tenant config"), handle.schema)
@@ -740,8 +747,7 @@ def materialize(
     else:
         _check_output(out, force, "--out", [examples], store)
         config = {"": Projection(max_len, _columns(columns))}
-    with open_checked(_input_file(examples, "example log")) as source:  # its rows: the progress bar's total
-        total = source.metadata.num_rows
+    total = log.num_rows  # the progress bar's
     kept = _columns(keep) if keep else ()
     made = tenants is not None and not out.exists()
     try:
@@ -768,7 +774,8 @@ def materialize(
 @app.command()
 def loader(
     store: StoreArg,
-    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers).", show_default=False)],
+    examples: Annotated[Path, typer.Argument(help="Example log (Parquet, with pointers), or a folder of part "
+                                             "files (Spark's output).", show_default=False)],
     max_len: Annotated[int | None, typer.Option("--max-len", help="Newest events per example.",
                                                 show_default=False)] = None,
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns.", show_default="all payload")] = None,
@@ -811,7 +818,7 @@ def loader(
         projection = config[tenant]
     else:
         projection = Projection(max_len, _columns(columns))
-    dataset = ExampleDataset(handle, _input_file(examples, "example log"), projection, batch_size=batch_size,
+    dataset = ExampleDataset(handle, examples, projection, batch_size=batch_size,
                              shuffle=shuffle, seed=seed, affinity=affinity, copartition=copartition,
                              prefetch=prefetch)
     metrics = LoaderMetrics()
