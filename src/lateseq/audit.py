@@ -19,7 +19,7 @@ from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
 from ._store import Store
-from ._versions import COMMIT_INDEX, VersionLog, load_checked
+from ._versions import COMMIT_INDEX, load_checked
 
 __all__ = ["AuditReport", "Problem", "audit", "verify"]
 
