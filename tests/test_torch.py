@@ -884,6 +884,33 @@ def test_to_hstu_gives_sequential_features_fields_right_padded(batch):
         batch.to_hstu(ids="movie")
 
 
+@pytest.mark.parametrize("unit", [None, "ms"])
+def test_to_hstu_widens_for_the_targets_as_hstu_s_own_features_do(batch, unit):
+    """HSTU's training loop writes each target id at ``past_lengths``: a full history's
+    (200 of 200) raised "index 200 is out of bounds" on to_hstu's rows, and the target's
+    timestamp was 0 there (a stranger's). Checked against the rows built one by one."""
+    width, extra = 3, 2
+    targets = torch.arange(len(batch), dtype=torch.int64) * 1000 + 7
+    hstu = batch.to_hstu(max_len=width, time_unit=unit, max_output_length=extra, target_timestamps=targets)
+    per_second = 1 if unit is None else 1000
+    for i in range(len(batch)):
+        lo, hi = int(batch.offsets[i]), int(batch.offsets[i + 1])
+        kept = list(range(max(lo, hi - width), hi))
+        n = len(kept)
+        ids = [int(batch.values["item_id"][k]) for k in kept] + [0] * (width + extra - n)
+        stamps = [int(batch.values["ts"][k]) for k in kept] + [0] * (width + extra - n)
+        stamps[n] = int(targets[i])
+        assert int(hstu["past_lengths"][i]) == n
+        assert hstu["past_ids"][i].tolist() == ids
+        assert hstu["past_payloads"]["timestamps"][i].tolist() == [t // per_second for t in stamps]
+    assert any(int(n) == width for n in hstu["past_lengths"])  # a full history: its target at column 3 of 5
+    for wrong in ({"target_timestamps": targets}, {"max_output_length": 1, "target_timestamps": targets[:1]}):
+        with pytest.raises(lateseq.SchemaError, match="target_timestamps must be one per example"):
+            batch.to_hstu(max_len=width, **wrong)
+    with pytest.raises(lateseq.SchemaError, match="max_output_length"):
+        batch.to_hstu(max_output_length=-1)
+
+
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
 def test_to_hstu_gives_timestamps_in_seconds_for_a_store_s_unit(batch, unit):
     """HSTU buckets time gaps as seconds (log of the gap): a millisecond store's came out

@@ -74,9 +74,7 @@ def _check_int96(beyond: bool, finer: bool, path: str | os.PathLike, what: str) 
 def _int96_times(source: pq.ParquetFile, path: str | os.PathLike) -> tuple[bool, bool]:
     """Whether the file's INT96 times hold one beyond the nanosecond range, and one (that
     fits it) finer than a microsecond."""
-    schema = source.schema
-    names = list(dict.fromkeys(schema.column(i).path.split(".")[0] for i in range(len(schema))
-                               if schema.column(i).physical_type == "INT96"))
+    names = _int96_columns(source)
     if not names:
         return False, False
     as_us = pq.ParquetFile(path, coerce_int96_timestamp_unit="us").read(columns=names, use_threads=False)
@@ -93,6 +91,22 @@ def _int96_times(source: pq.ParquetFile, path: str | os.PathLike) -> tuple[bool,
     return beyond, finer
 
 
+def _int96_columns(source: pq.ParquetFile) -> list[str]:
+    """The file's columns stored as INT96 (top-level names)."""
+    schema = source.schema
+    return list(dict.fromkeys(schema.column(i).path.split(".")[0] for i in range(len(schema))
+                              if schema.column(i).physical_type == "INT96"))
+
+
+def _int96_in(schema: pa.Schema, names: list[str], unit: str) -> pa.Schema:
+    """``schema`` with its INT96 timestamp columns ``names`` read in ``unit``."""
+    for name in dict.fromkeys(names):
+        field = schema.field(name) if name in schema.names else None
+        if field is not None and pa.types.is_timestamp(field.type):
+            schema = schema.set(schema.get_field_index(name), field.with_type(pa.timestamp(unit, field.type.tz)))
+    return schema
+
+
 def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     import pyarrow.dataset as ds  # here: it imports pandas, which lateseq's import does not need
 
@@ -101,14 +115,15 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
         files = [fragment.path for fragment in folder.get_fragments()]
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
-    rows, beyond, finer, columns, typed = 0, False, False, None, None
+    rows, beyond, finer, columns, typed, int96 = 0, False, False, None, None, []
     for file in files:
         source, file_beyond, file_finer = _opened(file, None, what)
         with source:
             rows += source.metadata.num_rows
             names = source.schema_arrow.names
             if source.metadata.num_rows:  # an empty file's types (pandas writes nulls) change no value
-                typed = _same_types(typed, (file, source.schema_arrow), path, what)
+                int96 += _int96_columns(source)  # compared in one unit: which is read is the folder's choice
+                typed = _same_types(typed, (file, _int96_in(source.schema_arrow, int96, "ns")), path, what)
         beyond, finer = beyond or file_beyond, finer or file_finer
         if columns is None:
             columns = (file, names)
@@ -124,6 +139,8 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     # read with the types of its files that hold rows (pyarrow would take the first file's)
     schema = None if typed is None else pa.schema(
         [*typed[1], *(f for f in folder.schema if f.name not in typed[1].names)], metadata=typed[1].metadata)
+    if schema is not None and beyond:
+        schema = _int96_in(schema, int96, "us")
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")) \
         if beyond else "parquet"  # one file's INT96 times need microseconds: all are read so
     if beyond or schema is not None:

@@ -211,7 +211,8 @@ class Batch:
         )
 
     def to_hstu(self, ids: str = "item_id", timestamps: str = "ts", max_len: int | None = None,
-                time_unit: str | None = None) -> dict[str, Any]:
+                time_unit: str | None = None, max_output_length: int = 0,
+                target_timestamps: torch.Tensor | None = None) -> dict[str, Any]:
         """The fields of generative-recommenders' ``SequentialFeatures`` (HSTU's input).
 
         As its ``DatasetV2(chronological=True)`` makes them: each example's newest
@@ -219,12 +220,19 @@ class Batch:
         ``past_lengths[i]`` says where the target goes; HSTU wants it > 0, so leave out
         examples with empty histories); ``past_payloads`` holds
         ``timestamps`` and every other column under its own name, padded alike.
-        ``SequentialFeatures(**batch.to_hstu())`` builds it.
+        ``SequentialFeatures(**batch.to_hstu())`` builds it. Its training loop writes
+        each target at ``past_lengths`` (``movielens_seq_features_from_row`` first widens
+        the rows by ``max_output_length`` zeros and puts the target's timestamp there):
+        ``max_output_length`` and ``target_timestamps`` (one per example, in the store's
+        unit, e.g. the log's ``request_ts``) do the same here.
 
         HSTU buckets time gaps as if timestamps were seconds: ``time_unit`` (the store's,
         ``store.schema.time_unit``: "s", "ms", "us" or "ns") turns them into whole
         seconds (rounded down); without it they are as stored (a millisecond store's gaps
-        would fall 10 buckets too high).
+        would fall 10 buckets too high). A history holds the events strictly before its
+        request: in a store of whole seconds, a rating's history leaves out the ratings
+        of its own second (77% of MovieLens ratings share one); docs/hstu.md stores a
+        tie rank under the second instead.
         """
         for name in (ids, timestamps):
             if name not in self.values:
@@ -234,15 +242,27 @@ class Batch:
         if time_unit is not None and time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
+        extra = exact_integer("max_output_length", max_output_length, 0)
+        if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
+            raise SchemaError(f"target_timestamps must be one per example ({len(self)}), with max_output_length >= 1 "
+                              f"(a full history's target goes past max_len); got shape "
+                              f"{tuple(target_timestamps.shape)} and max_output_length={extra}")
         width = max_len if max_len is not None else (int(self.lengths.max()) if len(self) else 0)
-        stamps = self.padded(timestamps, width).to(torch.int64)
+
+        def padded(name: str) -> torch.Tensor:
+            return torch.nn.functional.pad(self.padded(name, width), (0, extra))
+
+        stamps = padded(timestamps).to(torch.int64)
+        lengths = torch.clamp(self.lengths, max=width)
+        if target_timestamps is not None:
+            stamps.scatter_(1, lengths.view(-1, 1), target_timestamps.to(torch.int64).view(-1, 1))
         if time_unit is not None:
             stamps = torch.div(stamps, ticks_per_second(time_unit), rounding_mode="floor")
         payloads = {"timestamps": stamps}
-        payloads |= {k: self.padded(k, width) for k in self.values if k not in (ids, timestamps)}
+        payloads |= {k: padded(k) for k in self.values if k not in (ids, timestamps)}
         return {
-            "past_lengths": torch.clamp(self.lengths, max=width),
-            "past_ids": self.padded(ids, width).to(torch.int64),
+            "past_lengths": lengths,
+            "past_ids": padded(ids).to(torch.int64),
             "past_embeddings": None,
             "past_payloads": payloads,
         }
