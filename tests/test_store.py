@@ -1430,3 +1430,11 @@ def test_a_store_moved_since_it_was_opened_is_said_to_be_gone(make_store, tmp_pa
     with pytest.raises(lateseq.StoreError, match=r"is gone: moved or removed since it was opened"):
         store.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]}))
     assert not store.path.exists()  # nothing made where it was
+
+
+def test_a_record_batch_commits_as_its_table(make_store):
+    """It was refused with a hint for pandas frames (a stranger's)."""
+    batch = pa.record_batch({"user_id": [1, 1], "ts": [5, 6], "item": [50, 60]})
+    store = make_store().commit(batch)
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]}))
+    assert lateseq.materialize(store, log, lateseq.Projection(5, ("item",))).values["item"].tolist() == [50, 60]

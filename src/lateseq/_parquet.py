@@ -44,7 +44,10 @@ def _opened(path: str | os.PathLike, checked: pq.FileMetaData | None,
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a name's damaged byte: not UTF-8
-        raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
+        text = os.fspath(path).lower().endswith((".csv", ".tsv", ".txt", ".dat", ".json", ".jsonl"))
+        hint = (" (lateseq reads Parquet: read a text file with pyarrow.csv.read_csv or pandas, then write it "
+                "with pyarrow.parquet.write_table, or give the table itself to the Python API)") if text else ""
+        raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}{hint}") from exc
     return source, beyond, finer
 
 

@@ -65,7 +65,7 @@ from ._versions import (
     write_new,
 )
 
-EventSource = pa.Table | pa.RecordBatchReader | str | os.PathLike
+EventSource = pa.Table | pa.RecordBatch | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
@@ -876,6 +876,8 @@ def _run_by_size(groups: list[tuple[int, int, int]], newest: int) -> tuple[int, 
 def _read_events(source: EventSource) -> pa.Table:
     if isinstance(source, pa.Table):
         return source
+    if isinstance(source, pa.RecordBatch):
+        return pa.Table.from_batches([source])
     if isinstance(source, pa.RecordBatchReader):
         return source.read_all()
     if isinstance(source, str | os.PathLike):
@@ -883,8 +885,8 @@ def _read_events(source: EventSource) -> pa.Table:
             return read_checked(source, "events file")
         except FileNotFoundError as exc:
             raise SchemaError(f"no events file at {source}") from exc
-    raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatchReader or "
-                      f"Parquet path{frame_hint(source)}")
+    raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatch, "
+                      f"RecordBatchReader or Parquet path{frame_hint(source)}")
 
 
 def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",
