@@ -289,10 +289,11 @@ class ShardPlan:
         return int(full.min())
 
     def _worker_batches(self, rank: int) -> tuple[list[int], list[int]]:
-        """(rows, batches) of each of a rank's workers (if it runs this shard's number). Under ``even_batches`` a rank with more
-        than ``_even`` drops its last ones: the end of its rows (its last workers' last
-        batches, the same rows whatever its number of workers), or with partitions the
-        last batch of the worker whose last batch is smallest, the short ones first."""
+        """(rows, batches) of each of a rank's workers (if it runs this shard's number).
+        Under ``even_batches`` a rank with more than ``_even`` drops its last ones: the end
+        of its rows (its last workers' last batches, the same rows whatever its number of
+        workers), or with partitions the last batch of the worker whose last batch is
+        smallest, the short ones first."""
         rows = [int(np.diff(self._pieces_of(w, rank), axis=1).sum()) for w in range(self.num_workers)]
         counts = self._batches_of(np.array(rows)).tolist()
         if not self.even_batches or self.world_size == 1:
