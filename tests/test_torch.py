@@ -216,6 +216,20 @@ def test_ranks_split_the_log_and_a_new_epoch_reshuffles(world, parts, source):
     assert not np.array_equal(first, second) and np.array_equal(np.sort(first), np.sort(second))
 
 
+@pytest.mark.filterwarnings("ignore:even_batches leaves out")
+@pytest.mark.parametrize("options", [{}, {"drop_last": True}, {"even_batches": True}, {"shuffle": True}])
+def test_len_is_the_batches_a_rank_yields_whatever_its_workers(world, options):
+    """A learning-rate schedule needs the steps of an epoch: len() raised TypeError (a
+    stranger's)."""
+    for rank in range(3):
+        ds = dataset(world, batch_size=7, seed=2, rank=rank, world_size=3, **options)
+        for epoch in (0, 1):
+            ds.set_epoch(epoch)
+            for workers in (0, 2):
+                loader = DataLoader(ds, batch_size=None, num_workers=workers)
+                assert len(loader) == len(ds) == len(list(loader)), (rank, epoch, workers)
+
+
 def test_even_batches_step_every_rank_the_same_number_of_times(world):
     """What DistributedDataParallel needs: 3 ranks of 2 workers with uneven shards all
     yield the fewest rank's count of batches, each an exact, distinct set of examples."""
@@ -263,6 +277,8 @@ def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path
     two = ExampleDataset(store, path, projection, batch_size=8, copartition=True)
     got = np.concatenate([b.rows.numpy() for b in DataLoader(two, batch_size=None, num_workers=2)])
     assert np.array_equal(np.sort(got), np.arange(len(log)))
+    with pytest.raises(TypeError, match="copartitioned ExampleDataset has no len"):
+        len(two)
     pq.write_table(log, tmp_path / "plain.parquet")
     with pytest.raises(lateseq.SchemaError, match="not co-partitioned"):
         ExampleDataset(store, tmp_path / "plain.parquet", projection, copartition=True)

@@ -530,6 +530,16 @@ class ExampleDataset(IterableDataset):
     def _plan(self, worker: int, num_workers: int) -> ShardPlan:
         return ShardPlan(**self._config, epoch=self.epoch, worker=worker, num_workers=num_workers)
 
+    def __len__(self) -> int:
+        """The batches this rank yields in this epoch, across its DataLoader's workers
+        (their number never changes it): a learning-rate schedule's steps per epoch, and
+        ``len(loader)``. A copartitioned log has none (TypeError): each worker's own
+        partitions end in a short batch, so it depends on the number of workers."""
+        if self._config["row_group_partitions"] is not None:
+            raise TypeError("a copartitioned ExampleDataset has no len(): how many batches a rank yields depends on "
+                            "its DataLoader's num_workers (each worker's partitions end in a short batch)")
+        return self._plan(0, 1).num_batches
+
     def __getstate__(self) -> dict[str, Any]:
         # the store travels as how to reopen it, reopened when the copy first uses it: a
         # spawned worker unpickles its copy before the DataLoader can pass on its errors,
