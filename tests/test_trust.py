@@ -1172,16 +1172,12 @@ def test_a_store_folder_made_a_link_is_refused_and_nothing_is_deleted_through_it
     assert (elsewhere / "notes.txt").read_text() == "not lateseq's"
 
 
-@pytest.mark.parametrize("same", [False, True], ids=["other-schema", "same-schema"])
-def test_a_schema_file_from_another_store_is_refused(store, make_store, same):
+def test_a_schema_file_from_another_store_is_refused(store, make_store):
     """Another store's valid schema.json (same columns, a time unit) would change what a
-    window means: a version remembers the schema it was written with. One of the very
-    same schema is another store's too (its id)."""
-    other = make_store(store.schema.columns, partitions=store.schema.partitions) if same else make_store(
-        {"item": "int64", "rating": "int8"}, partitions=2, time_unit="ms")
+    window means: a version remembers the schema it was written with."""
+    other = make_store({"item": "int64", "rating": "int8"}, partitions=2, time_unit="ms")
     shutil.copyfile(other.path / "schema.json", store.path / "schema.json")
-    with pytest.raises(lateseq.StoreError, match=r"schema.json is not the schema version \d+ was written "
-                                                 r"with: it or \d+.json was copied from another store"):
+    with pytest.raises(lateseq.StoreError, match=r"schema.json is not the schema version \d+ was written with"):
         lateseq.open(store.path)
 
 

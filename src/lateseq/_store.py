@@ -2,7 +2,9 @@
 
 Layout of a store directory::
 
-    schema.json               the schema and the store's id, written once at creation
+    schema.json               the schema, written once at creation
+    id                        the store's random id, written once at creation: a handle tells
+                              its store from another made at its path since
     versions/00000007.json    one manifest per published version: its segments (a commit's:
                               those it adds to its parent's) and stats
     segments/p00000-<id>.parquet, .index.arrow   a segment's durable files (packed, CRC-checked)
@@ -32,7 +34,6 @@ import os
 import re
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import Segment, SegmentCache, forget_removed
 from ._versions import (
     LATEST,
+    STORE_ID,
     SegmentList,
     VersionInfo,
     VersionLog,
@@ -63,6 +65,7 @@ from ._versions import (
     older_than,
     remove_file,
     write_new,
+    write_store_id,
 )
 
 EventSource = pa.Table | pa.RecordBatch | pa.RecordBatchReader | str | os.PathLike
@@ -145,9 +148,9 @@ class Store:
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         schema = load_checked(schema_file, kept_since_v01=True)
-        self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
-        self._log = VersionLog(self.path, schema.pop("store_id", None))
         self.schema = Schema.from_json(json.dumps(schema))
+        self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
+        self._log = VersionLog(self.path)
         manifest, self._segment_list = self._read_version(version)  # sets self.version
         self.segment_infos = list(self._segment_list.infos)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
@@ -179,9 +182,8 @@ class Store:
         known to be written with this store's schema."""
         recorded = manifest.get("schema_crc32")  # None: the empty version, or written before it was kept
         if recorded is not None and recorded != self._schema_crc:
-            raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with: it "
-                             f"or {self._log.manifest_path(version).name} was copied from another store; restore it "
-                             "from a backup")
+            raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
+                             "file copied from another store?); restore it from a backup")
         return self._log.segments(version, manifest) if version else SegmentList((), 0, 0, False)
 
     def _read_version(self, version: int | str | None) -> tuple[dict, SegmentList]:
@@ -223,12 +225,11 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
             try:  # never replaces a schema: two processes creating one store at once, one of them is refused
-                # an id of its own: a handle of a store removed since tells this one from it
-                written = {**json.loads(schema.to_json()), "store_id": uuid.uuid4().hex}
-                write_new(path / "schema.json", dump_checked(written))
+                write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
             except FileExistsError as exc:
                 raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
             ours = True
+            write_store_id(path)
             try:
                 fsync_dir(path)
             except OSError as exc:
@@ -236,6 +237,7 @@ class Store:
         except BaseException:  # no half-made store stays for the next create to take for another's folder
             if ours:
                 (path / "schema.json").unlink(missing_ok=True)
+                (path / STORE_ID).unlink(missing_ok=True)
             if not (path / "schema.json").exists():  # else another process's store: its folders stay
                 for folder in reversed(made):
                     with contextlib.suppress(OSError):
@@ -263,7 +265,7 @@ class Store:
         """Another handle on this store, sharing this one's open segments."""
         handle = Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
                        readahead=self.readahead, _segments=self._segments)
-        if handle._log.store_id != self._log.store_id:
+        if self._log.store_id not in (None, handle._log.store_id):
             raise self._log.replaced()
         return handle
 

@@ -182,25 +182,34 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-_READ_IT = object()
+STORE_ID = "id"  # the store's random id, in its own file: a lateseq that predates it reads the store as before
 
 
-def _written_id(root: Path, unknown: str | None = None) -> str | None:
-    """The id in ``root``'s schema.json; ``unknown`` where it cannot be read."""
+def write_store_id(root: Path) -> None:
+    """Gives a store just created (its schema.json written: the store is this process's)
+    an id, in hex; durably, over any leftover of a create that failed there."""
+    write_durably(root / STORE_ID, uuid.uuid4().hex.encode())
+
+
+def _written_id(root: Path, unknown: str | None) -> str | None:
+    """The id of the store at ``root``: None for a store without one (made before stores
+    had one, or by a create that stopped before writing it), ``unknown`` where it cannot be
+    told (no store there, or an id file that cannot be read)."""
     try:
-        written = json.loads((root / "schema.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
+        written = (root / STORE_ID).read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        return None if (root / "schema.json").exists() else unknown
+    except (OSError, UnicodeDecodeError):
         return unknown
-    return written.get("store_id") if isinstance(written, dict) else unknown
+    return written if re.fullmatch(r"[0-9a-f]{32}", written) else unknown
 
 
 class VersionLog:
     """The versioned side of a store directory (never its data files' contents)."""
 
-    def __init__(self, root: Path, store_id: str | None | object = _READ_IT):
+    def __init__(self, root: Path):
         self.root = root
-        # written in schema.json at creation (None: before stores had one); a handle's, as it read it
-        self.store_id = _written_id(root) if store_id is _READ_IT else store_id
+        self.store_id = _written_id(root, None)  # as its handle opened it (None: it cannot tell)
         self.versions_dir = root / "versions"
         self.tags_dir = root / "tags"
 
@@ -517,10 +526,9 @@ class VersionLog:
             yield
 
     def same_store(self) -> bool:
-        """Whether ``root`` still holds the store of ``store_id`` (or its schema is gone or
-        damaged, which the caller's own error then tells)."""
-        written = _written_id(self.root, unknown=self.store_id)
-        return written == self.store_id
+        """Whether ``root`` still holds the store of ``store_id``, as far as can be told (a
+        store gone or damaged is for the caller's own error to tell)."""
+        return self.store_id is None or _written_id(self.root, self.store_id) == self.store_id
 
     def replaced(self) -> StoreError:
         return StoreError(f"the store at {self.root} is not the one this handle opened: that store was removed and "
