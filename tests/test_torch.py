@@ -812,7 +812,7 @@ def test_numpy_integers_and_a_rank_without_a_world_size(world):
         dataset(world, world_size=2)
 
 
-def test_a_spawned_worker_reports_a_version_cleaned_up_since_the_dataset_was_made(tmp_path):
+def test_a_spawned_worker_reports_a_store_gone_since_the_dataset_was_made(tmp_path):
     """A spawned worker unpickles its copy of the dataset before the DataLoader can pass
     on an error: reopening the store there killed it, and the trainer saw only "worker
     exited unexpectedly" (the reason on the worker's stderr)."""
@@ -821,10 +821,70 @@ def test_a_spawned_worker_reports_a_version_cleaned_up_since_the_dataset_was_mad
     path = tmp_path / "examples.parquet"
     lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [5, 5]}), path)
     ds = ExampleDataset(store, path, lateseq.Projection(3, ("item_id",)), batch_size=2)
-    store = store.commit(pa.table({"user_id": [1], "ts": [3], "item_id": [30]})).compact()
-    assert store.cleanup(before=store.version) == [1, 2]
-    with pytest.raises(Exception, match="version 1 .* was cleaned up"):
+    store.path.rename(tmp_path / "moved")
+    with pytest.raises(Exception, match="is not a lateseq store"):
         list(DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn"))
+
+
+@pytest.mark.filterwarnings("ignore:version \\d+ of .* was cleaned up while this dataset read it")
+@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (1, "spawn")])
+def test_a_run_outlives_the_cleanup_of_the_version_it_opened(tmp_path, workers, context):
+    """Workers reopen the dataset's version each epoch: once a daily cleanup retired it,
+    every later epoch failed (fork: a segment "is gone with it"; spawn: "was cleaned up")
+    and a run of many epochs died (a stranger's). Pointers rebuild from any newer version:
+    the dataset moves on to the latest and every row stays exact."""
+    rng = np.random.default_rng(5)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=2))
+    oracle = Oracle({"item_id": "int64"})
+    logs = []
+    for day in range(3):
+        users, ts = rng.integers(0, 20, 200), rng.integers(0, 300, 200)
+        items = rng.integers(1, 999, 200)
+        store = store.commit(pa.table({"user_id": users, "ts": ts, "item_id": items}))
+        oracle.commit(users.tolist(), ts.tolist(), {"item_id": items})
+        logs.append(lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 22, 60),
+                                                          "request_ts": rng.integers(0, 320, 60)})))
+    log = pa.concat_tables(logs)
+    path = tmp_path / "examples.parquet"
+    pq.write_table(log, path, row_group_size=20)
+    ds = ExampleDataset(lateseq.open(store.path), path, lateseq.Projection(MAX_LEN, ("item_id",)), batch_size=16,
+                        shuffle=True)
+    options = {"multiprocessing_context": context} if workers else {}
+    requests = [Request(r["user_id"], r["request_ts"], r["uih_version"]) for r in log.to_pylist()]
+    offsets, values = oracle.expected(requests, MAX_LEN, ("item_id",))
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        batches = list(DataLoader(ds, batch_size=None, num_workers=workers, **options))
+        rows = np.concatenate([b.rows.numpy() for b in batches])
+        assert sorted(rows.tolist()) == list(range(log.num_rows)), epoch
+        for b in batches:
+            for i, row in enumerate(b.rows.tolist()):
+                got = b.values["item_id"][b.offsets[i]:b.offsets[i + 1]].tolist()
+                assert got == values["item_id"][offsets[row]:offsets[row + 1]].tolist(), (epoch, row)
+        newer = store.commit(pa.table({"user_id": [99], "ts": [1], "item_id": [1]})).compact()
+        newer.cleanup(before=newer.version, grace_s=0)  # the dataset's version too: its files deleted
+        store = newer
+    if workers == 0:
+        assert ds.store.version == store.version - 2  # moved on at the start of the last epoch
+
+
+def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path):
+    """A batch that needs a segment the dataset had not mapped yet, deleted with its
+    retired version mid-epoch, is read at the latest version instead."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=8))
+    users = np.arange(40)
+    store = store.commit(pa.table({"user_id": users, "ts": users, "item_id": users + 100}))
+    log = lateseq.log_examples(store, pa.table({"user_id": users, "request_ts": users + 1}))
+    ds = ExampleDataset(lateseq.open(store.path), log, lateseq.Projection(3, ("item_id",)), batch_size=1)
+    running = iter(ds)
+    first = next(running)
+    newer = store.commit(pa.table({"user_id": [99], "ts": [1], "item_id": [1]})).compact()
+    newer.cleanup(before=newer.version, grace_s=0)
+    with pytest.warns(UserWarning, match=f"version 1 of .* was cleaned up while this dataset read it; it reads "
+                                         f"version {newer.version}, the latest"):
+        rest = list(running)
+    got = [b.values["item_id"].tolist() for b in [first, *rest]]
+    assert got == [[u + 100] for u in users.tolist()]
 
 
 def test_persistent_workers_reshuffle_at_set_epoch(world):

@@ -274,6 +274,14 @@ class Store:
             ("merged_reads", self.merged_reads), ("readahead", self.readahead)) if value != "auto")
         return f"Store({str(self.path)!r}, version={self.version}{settings})"
 
+    def _kept(self, version: int | None = None) -> bool:
+        """Whether ``version`` (this handle's when None) is still kept, not retired by cleanup."""
+        try:
+            self._log.manifest(self.version if version is None else version)
+        except VersionNotFound:
+            return False
+        return True
+
     def latest(self) -> Store:
         """A handle on the newest published version."""
         return self._handle()

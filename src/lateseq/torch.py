@@ -48,7 +48,15 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._errors import ChecksumMismatch, PointerError, SchemaError, TransformOverflow, exact_bool, exact_integer
+from ._errors import (
+    ChecksumMismatch,
+    PointerError,
+    SchemaError,
+    TransformOverflow,
+    VersionNotFound,
+    exact_bool,
+    exact_integer,
+)
 from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding
@@ -419,7 +427,8 @@ class ExampleDataset(IterableDataset):
     """Batches of an example log with their exact sequences, sharded by rank and worker.
 
     ``store`` is a handle or a path (opened once, here, at its latest version; workers
-    reopen that same version). ``examples`` is a Parquet file or a folder of part files
+    reopen that same version, or the latest once cleanup retired it: a pointer rebuilds
+    from any newer version, and a run of many epochs outlives a daily cleanup). ``examples`` is a Parquet file or a folder of part files
     read as one log (each worker reads only its own row groups: write logs with row
     groups of ~64k rows) or a pyarrow Table (copied into each worker). It yields whole
     batches: give it to a DataLoader with ``batch_size=None`` (the default, 1, would
@@ -550,11 +559,33 @@ class ExampleDataset(IterableDataset):
     @property
     def store(self) -> Store:
         """The store's handle (a copy made for a worker reopens it at the same version
-        when it is first used)."""
+        when it is first used, or at the latest once cleanup retired that one)."""
         if self._store is None:
             reopen, arguments = self._reopen
-            self._store = reopen(*arguments)
+            try:
+                self._store = reopen(*arguments)
+            except VersionNotFound:
+                latest = reopen(arguments[0], None, *arguments[2:])
+                if latest._kept(arguments[1]):  # not retired: another reason
+                    raise
+                self._store = self._moved_on(latest, arguments[1])
         return self._store
+
+    def _still_kept(self) -> None:
+        """Moves this copy to the store's latest version if cleanup retired its own: a
+        training run of many epochs outlives a daily cleanup, and a pointer into a retired
+        version rebuilds from any newer one (its events keep their version; its checksum
+        proves it)."""
+        store = self.store
+        if not store._kept():
+            self._store = self._moved_on(store.latest(), store.version)
+
+    @staticmethod
+    def _moved_on(latest: Store, version: int) -> Store:
+        warnings.warn(f"version {version} of {latest.path} was cleaned up while this dataset read it; it reads "
+                      f"version {latest.version}, the latest, from now on (pointers into a retired version rebuild "
+                      "from any newer one, their checksums prove it; tag a version to keep it)", stacklevel=3)
+        return latest
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
@@ -640,6 +671,7 @@ class ExampleDataset(IterableDataset):
         if self._file is not None and self._file.changed():
             raise SchemaError(f"example log {self._file} changed since this dataset was made; make a new "
                               "dataset (a state saved over the old log does not resume over the new one)")
+        self._still_kept()
         source = None if self._file is None else self._file.open()
         made = (self._made(*read) for read in self._reads(plan, source, start))
         if self.prefetch:
@@ -664,7 +696,13 @@ class ExampleDataset(IterableDataset):
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         try:
-            sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+            try:
+                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+            except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
+                if self.store._kept():
+                    raise
+                self._still_kept()
+                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
         except (ChecksumMismatch, TransformOverflow) as exc:
             raise exc.in_log(rows) from None
         t1 = time.perf_counter()
