@@ -53,6 +53,21 @@ def test_loader_takes_a_tenant_and_stops_at_the_limit(logged):
     assert json.loads((d / "m2.json").read_text())["batches"] == 2
 
 
+def test_loader_drops_the_examples_of_deleted_users_when_asked(logged):
+    store, d, events, examples = logged
+    pd.DataFrame({"user_id": [2, 5]}).to_parquet(d / "gone.parquet")
+    assert lateseq("delete", store, d / "gone.parquet")[0] == 0
+    code, _, err = lateseq("loader", store, d / "ex.parquet", "--max-len", 3)
+    assert code != 0 and "deleted" in err
+    code, out, err = lateseq("loader", store, d / "ex.parquet", "--max-len", 3, "--drop-deleted", "--json",
+                             d / "m.json")
+    assert code == 0, err
+    gone = int(examples.user_id.isin([2, 5]).sum())
+    got = json.loads((d / "m.json").read_text())
+    assert gone and (got["examples"], got["deleted_dropped"]) == (len(examples) - gone, gone)
+    assert "examples of deleted users left out" in out
+
+
 @pytest.mark.parametrize("args, match", [
     (["--max-len", 3, "--tenants", "T"], "either --max-len"),
     (["--tenants", "T"], "either --max-len"),

@@ -41,6 +41,19 @@ def test_to_arrow_is_one_list_per_row(rows):
     assert table.schema.field("item").type == pa.list_(pa.int64())
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=rows_strategy, data=st.data())
+def test_take_is_the_rows_asked_for_in_their_order(rows, data):
+    batch = batch_of(rows)
+    batch.mismatched = np.arange(len(rows)) % 2 == 1
+    picked = data.draw(st.lists(st.integers(0, max(len(rows) - 1, 0)), max_size=8) if rows else st.just([]))
+    taken = batch.take(np.array(picked, np.int64))
+    assert taken.to_arrow().column("item").to_pylist() == [rows[i] for i in picked]
+    assert taken.to_arrow().column("flag").to_pylist() == [[v % 2 == 0 for v in rows[i]] for i in picked]
+    assert taken.mismatched.tolist() == [i % 2 == 1 for i in picked]
+    assert taken.values["item"].dtype == np.int64 and taken.offsets[0] == 0
+
+
 def test_to_torch_shares_the_data():
     torch = pytest.importorskip("torch")
     batch = batch_of([[1, 2], [], [3]])

@@ -887,6 +887,45 @@ def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path):
     assert got == [[u + 100] for u in users.tolist()]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_drop_deleted_leaves_out_every_example_of_a_user_deleted_since(tmp_path, workers):
+    """A user deleted mid-run ended the epoch with ChecksumMismatch, and verify=False, the
+    way out the error named, trained on their labels with emptied histories (a stranger's).
+    drop_deleted leaves their examples out (an empty history's too) and keeps raising for
+    any other mismatch."""
+    rng = np.random.default_rng(9)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
+    users, ts = rng.integers(0, 12, 300), rng.integers(1, 500, 300)
+    store = store.commit(pa.table({"user_id": users, "ts": ts, "item_id": rng.integers(1, 99, 300)}))
+    requests = pa.table({"user_id": rng.integers(0, 14, 200), "request_ts": rng.integers(0, 520, 200)})
+    log = lateseq.log_examples(store, requests)
+    path = tmp_path / "examples.parquet"
+    pq.write_table(log, path, row_group_size=25)
+    deleted = store.delete([3, 7, 13])  # 13 never had events: its examples' histories stay empty
+    projection = lateseq.Projection(MAX_LEN, ("item_id",))
+    with pytest.raises(lateseq.ChecksumMismatch, match="users deleted from the store"):
+        list(DataLoader(ExampleDataset(deleted, path, projection, batch_size=16), batch_size=None,
+                        num_workers=workers))
+    ds = ExampleDataset(deleted, path, projection, batch_size=16, shuffle=True, drop_deleted=True)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+    rows = np.concatenate([b.rows.numpy() for b in batches])
+    gone = np.isin(log.column("user_id").to_numpy(), [3, 7, 13])
+    assert gone.any() and sorted(rows.tolist()) == np.flatnonzero(~gone).tolist()
+    assert sum(b.stats.deleted_dropped for b in batches) == gone.sum()
+    plain = lateseq.materialize(deleted, log.filter(pa.array(~gone)), projection)
+    got = {int(r): b.values["item_id"][b.offsets[i]:b.offsets[i + 1]].tolist()
+           for b in batches for i, r in enumerate(b.rows)}
+    want = {int(r): plain.values["item_id"][plain.offsets[i]:plain.offsets[i + 1]].tolist()
+            for i, r in enumerate(np.flatnonzero(~gone))}
+    assert got == want
+    tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                              pc.bit_wise_xor(log.column("uih_checksum"), pa.scalar(1, pa.uint32())))
+    with pytest.raises(lateseq.ChecksumMismatch, match="not of users deleted since"):
+        list(ExampleDataset(deleted, tampered, projection, batch_size=16, drop_deleted=True))
+    with pytest.raises(lateseq.SchemaError, match="drop_deleted .* needs verify=True"):
+        ExampleDataset(deleted, path, projection, drop_deleted=True, verify=False)
+
+
 def test_persistent_workers_reshuffle_at_set_epoch(world):
     """A persistent worker keeps its copy of the dataset across epochs: set_epoch on the
     trainer's copy reaches it through shared memory."""

@@ -39,6 +39,15 @@ class JaggedBatch:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def take(self, rows: np.ndarray) -> JaggedBatch:
+        """The batch of ``rows`` (indices of this one's rows), in that order."""
+        rows = np.asarray(rows, np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        index = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return JaggedBatch(offsets, {name: v[index] for name, v in self.values.items()}, self.mismatched[rows])
+
     def rows_differ(self, other: JaggedBatch) -> np.ndarray:
         """Per row: a different length, or a value of one of this batch's columns that
         differs in its bits (so -0.0 is not 0.0); every row when a column is missing

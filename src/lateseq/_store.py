@@ -528,14 +528,21 @@ class Store:
         ``users[i]``'s events: a history read at that version counted events the store has
         since lost (up to this handle's version: a deletion after it is not in what it reads).
         A user deleted and back since holds only new events in later versions."""
-        last = self._log.deletions(self.version)
+        ids, at = self._deleted
         users = np.asarray(users, np.int64)
-        if not last:
+        if not len(ids):
             return np.zeros(len(users), bool)
-        ids = np.array(sorted(last), np.int64)
-        at = np.array([last[user] for user in ids.tolist()], np.int64)
         pos = np.minimum(np.searchsorted(ids, users), len(ids) - 1)
         return (ids[pos] == users) & (np.asarray(versions, np.int64) < at[pos])
+
+    @functools.cached_property
+    def _deleted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(users deleted up to this handle's version, sorted; the version of each one's
+        last deletion): read once per handle from every version's record (a loader asks
+        for each batch)."""
+        last = self._log.deletions(self.version)
+        ids = np.array(sorted(last), np.int64)
+        return ids, np.array([last[user] for user in ids.tolist()], np.int64)
 
     @contextlib.contextmanager
     def _unpublished(self) -> Iterator[list[SegmentInfo]]:

@@ -84,6 +84,7 @@ class BatchStats:
     shared_histories: int = 0  # examples whose user already has an example in the batch
     disk_read_bytes: int = 0  # what the making process read from storage meanwhile (Linux; else 0)
     history_bytes: int = 0  # the sequences' values, as copied out of the store
+    deleted_dropped: int = 0  # examples of users deleted since their pointer's version, left out (drop_deleted)
 
     def __add__(self, other: BatchStats) -> BatchStats:
         return BatchStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -382,6 +383,7 @@ class LoaderMetrics:
     shared_histories: int = 0
     disk_read_bytes: int = 0
     history_bytes: int = 0
+    deleted_dropped: int = 0
     waited_s: float = 0.0  # the consumer's time between asking for a batch and getting it
 
     def add(self, batch: Batch, waited_s: float = 0.0) -> None:
@@ -449,6 +451,9 @@ class ExampleDataset(IterableDataset):
     their last, up to about a block per rank, or a partition's examples with
     ``copartition``); neither depends on any rank's number of workers. ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
+    ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
+    their pointer's version, labels too, where they would raise ChecksumMismatch (its
+    batches may then be smaller; ``Batch.stats.deleted_dropped`` counts them).
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
     worker, batches are written into shared-memory buffers reused once the trainer has
@@ -460,13 +465,17 @@ class ExampleDataset(IterableDataset):
                  drop_last: bool = False, even_batches: bool = False, affinity: bool = False,
                  copartition: bool = False, prefetch: bool = False,
                  example_columns: Sequence[str] | None = None,
-                 verify: bool = True, rank: int | None = None, world_size: int | None = None,
-                 block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
+                 verify: bool = True, drop_deleted: bool = False, rank: int | None = None,
+                 world_size: int | None = None, block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
         super().__init__()
-        shuffle, drop_last, even_batches, affinity, copartition, prefetch, verify = (
+        shuffle, drop_last, even_batches, affinity, copartition, prefetch, verify, drop_deleted = (
             exact_bool(name, value) for name, value in (
                 ("shuffle", shuffle), ("drop_last", drop_last), ("even_batches", even_batches),
-                ("affinity", affinity), ("copartition", copartition), ("prefetch", prefetch), ("verify", verify)))
+                ("affinity", affinity), ("copartition", copartition), ("prefetch", prefetch), ("verify", verify),
+                ("drop_deleted", drop_deleted)))
+        if drop_deleted and not verify:
+            raise SchemaError("drop_deleted finds the examples of deleted users by their checksums: it needs "
+                              "verify=True")
         self._store: Store | None = store if isinstance(store, Store) else Store(store)
         if not isinstance(projection, Projection):
             raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
@@ -506,6 +515,7 @@ class ExampleDataset(IterableDataset):
             rank = (dist.get_rank() if ready else 0) if rank is None else rank
             world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
         self.verify = verify
+        self.drop_deleted = drop_deleted
         self.prefetch = bool(prefetch)
         self.epoch = 0
         # set_epoch writes it too: a persistent worker (which keeps its copy of this
@@ -696,23 +706,46 @@ class ExampleDataset(IterableDataset):
         t0, io = time.perf_counter(), _disk_read_bytes()
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
+        on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
         try:
             try:
-                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+                sequences = materialize(self.store, examples, self.projection, verify=self.verify,
+                                        on_mismatch=on_mismatch)
             except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
                 if self.store._kept():
                     raise
                 self._still_kept()
-                sequences = materialize(self.store, examples, self.projection, verify=self.verify)
+                sequences = materialize(self.store, examples, self.projection, verify=self.verify,
+                                        on_mismatch=on_mismatch)
+            kept = self._undeleted(examples, sequences) if self.drop_deleted else None
         except (ChecksumMismatch, TransformOverflow) as exc:
             raise exc.in_log(rows) from None
+        dropped = 0
+        if kept is not None:
+            dropped = len(rows) - len(kept)
+            examples, rows, sequences = examples.take(pa.array(kept)), rows[kept], sequences.take(kept)
         t1 = time.perf_counter()
         batch = self._batch(rows, examples, sequences)
         shared = len(batch) - len(np.unique(examples.column("user_id").to_numpy()))
         history_bytes = sum(v.nbytes for v in sequences.values.values())
         read = _disk_read_bytes() - io
-        batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes)
+        batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes,
+                                 dropped)
         return batch
+
+    def _undeleted(self, examples: pa.Table, sequences: JaggedBatch) -> np.ndarray | None:
+        """The rows of a batch to keep under ``drop_deleted`` (None: all): every example of
+        a user deleted since its pointer's version is left out, its label too, whether or not
+        its history changed (an empty one does not); any other mismatch is a ChecksumMismatch."""
+        deleted = self.store.deleted_after(examples.column("user_id").to_numpy(),
+                                           examples.column("uih_version").to_numpy())
+        other = np.flatnonzero(sequences.mismatched & ~deleted)
+        if len(other):
+            raise ChecksumMismatch(
+                f"{len(other)} of {len(examples)} rebuilt histories differ from what online saw (first rows: "
+                f"{other[:5].tolist()}), and are not of users deleted since (drop_deleted leaves those out): "
+                "the store lost or gained events those pointers counted.", other.tolist())
+        return np.flatnonzero(~deleted) if deleted.any() else None
 
     def _reads(self, plan: ShardPlan, source: LogReader | None,
                start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:

@@ -792,6 +792,8 @@ def loader(
     copartition: Annotated[bool, typer.Option(help="The log was written by copartition_log; deal it "
                                               "to workers by the store's partitions.")] = False,
     prefetch: Annotated[bool, typer.Option(help="Make batch i+1 in a thread while batch i is used.")] = False,
+    drop_deleted: Annotated[bool, typer.Option("--drop-deleted", help="Leave out the examples of users deleted "
+                                               "since their pointer's version.")] = False,
     limit: Annotated[int | None, typer.Option(help="Stop after this many batches.", show_default="all")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here too.")] = None,
     force: ForceOpt = False,
@@ -821,7 +823,7 @@ def loader(
         projection = Projection(max_len, _columns(columns))
     dataset = ExampleDataset(handle, examples, projection, batch_size=batch_size,
                              shuffle=shuffle, seed=seed, affinity=affinity, copartition=copartition,
-                             prefetch=prefetch)
+                             prefetch=prefetch, drop_deleted=drop_deleted)
     metrics = LoaderMetrics()
     started = time.perf_counter()
     first: tuple[float, int] | None = None  # (when, examples) the first batch arrived: workers started, kernels loaded
@@ -841,7 +843,8 @@ def loader(
         "read_s": metrics.read_s, "materialize_s": metrics.materialize_s,
         "disk_read_bytes": metrics.disk_read_bytes, "history_bytes": metrics.history_bytes,
         "shared_histories": metrics.shared_histories, "shared_share": metrics.shared_share,
-        "workers": workers, "prefetch": prefetch, "affinity": affinity, "max_len": projection.max_len,
+        "deleted_dropped": metrics.deleted_dropped, "workers": workers, "prefetch": prefetch, "affinity": affinity,
+        "max_len": projection.max_len,
         "columns": list(projection.resolve(handle.schema)),
     }
     table = Table("metric", "value")
@@ -857,7 +860,8 @@ def loader(
                                                         f"{metrics.busy_s:.2f} s"),
             ("read from storage", f"{metrics.disk_read_bytes / 1e6:,.1f} MB"),
             ("history values copied out", f"{metrics.history_bytes / 1e6:,.1f} MB"),
-            ("examples sharing a history in their batch", f"{metrics.shared_share:.1%}")):
+            ("examples sharing a history in their batch", f"{metrics.shared_share:.1%}"),
+            *((("examples of deleted users left out", f"{metrics.deleted_dropped:,}"),) if drop_deleted else ())):
         table.add_row(label, value)
     _print_table(table)
     if json_path is not None:
