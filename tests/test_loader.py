@@ -237,6 +237,55 @@ def test_a_folder_log_of_unlike_files_or_written_into_is_refused(world, tmp_path
         iter_batches(store, folder, projection)
 
 
+def test_a_folder_log_reads_linked_folders_and_files_whose_nullability_differs(world, tmp_path):
+    """A linked folder's rows were left out silently (os.walk follows no link; pyarrow's
+    datasets do), and files that differed only in a column declared not-null were refused
+    with two lists that read the same (a stranger's)."""
+    store, events, log, _ = world
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    pq.write_table(log.slice(0, 60), shared / "part-0.parquet")
+    folder = tmp_path / "log"
+    (folder / "date=2").mkdir(parents=True)
+    (folder / "date=1").symlink_to(shared, target_is_directory=True)
+    (folder / "date=2" / "loop").symlink_to(folder, target_is_directory=True)  # a link above: read once
+    strict = pa.schema([f.with_nullable(f.name != "label") for f in log.schema])
+    pq.write_table(log.slice(60).cast(strict), folder / "date=2" / "part-0.parquet")
+    projection = lateseq.Projection(4, COLUMNS)
+    got = [(b, s) for b, s in iter_batches(store, folder, projection, batch_size=16)]
+    assert pa.concat_tables([pa.Table.from_batches([b]) for b, _ in got]).column("label").to_pylist() == \
+        log.column("label").to_pylist()
+    values = [v for _, seqs in got for v in seqs.values["item_id"].tolist()]
+    assert values == [v for w in expected(events, log, 4) for v in w["item_id"]]
+
+
+def test_a_sequences_file_written_through_a_link_into_a_folder_log_is_refused(world, tmp_path, dir_snapshot):
+    """The output named a link in the folder (or its target elsewhere): it was written over
+    the part file, and the log, which cannot be made again, was lost (a stranger's)."""
+    store, _, log, _ = world
+    shared, folder = tmp_path / "shared", tmp_path / "log"
+    shared.mkdir()
+    folder.mkdir()
+    pq.write_table(log.slice(0, 60), folder / "part-0.parquet")
+    pq.write_table(log.slice(60), shared / "part-1.parquet")
+    (folder / "part-1.parquet").symlink_to(shared / "part-1.parquet")
+    before = dir_snapshot(tmp_path)
+    for out in (folder / "part-1.parquet", shared / "part-1.parquet"):
+        with pytest.raises(lateseq.SchemaError, match="the example log this reads"):
+            materialize_log(store, folder, lateseq.Projection(3, COLUMNS), out)
+    assert dir_snapshot(tmp_path) == before
+
+
+def test_a_part_file_whose_name_is_not_utf8_is_named_in_a_lateseq_error(world, tmp_path):
+    _, _, log, _ = world
+    folder = tmp_path / "log"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"part-\xff.parquet"), "wb") as file:
+        pq.write_table(log, file)
+    with pytest.raises(lateseq.SchemaError, match=r"part-\\udcff.parquet'.* not UTF-8"):
+        iter_batches(world[0], folder, lateseq.Projection(3, COLUMNS))
+
+
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):
     store, _, log, _ = world
     out = tmp_path / "out"

@@ -639,6 +639,31 @@ def test_a_folder_log_resumes_and_refuses_a_part_file_added_or_rewritten(world, 
         list(running)
 
 
+def test_a_rewrite_that_keeps_the_footer_is_refused_too(world, tmp_path):
+    """A label corrected in a file without compression or dictionaries leaves its footer
+    byte for byte: the footer's digest alone let the next epoch read the new labels (a
+    stranger's)."""
+    store, _, log, _ = world
+    path = tmp_path / "log.parquet"
+    options = {"compression": "none", "use_dictionary": False, "row_group_size": 16}
+    pq.write_table(log, path, **options)
+    ds = ExampleDataset(store, path, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10)
+    assert sum(len(b) for b in ds) == log.num_rows
+    def footer() -> bytes:
+        data = path.read_bytes()
+        return data[len(data) - 8 - int.from_bytes(data[-8:-4], "little"):]
+
+    before = footer()
+    labels = log.column("label").to_numpy().copy()
+    j = int(np.flatnonzero(labels[:16] != labels[0])[0])
+    labels[0], labels[j] = labels[j], labels[0]  # two of a row group's labels swapped: the same statistics
+    time.sleep(0.01)
+    pq.write_table(log.set_column(log.schema.get_field_index("label"), "label", pa.array(labels)), path, **options)
+    assert footer() == before
+    with pytest.raises(lateseq.SchemaError, match="changed since this dataset was made"):
+        list(ds)
+
+
 def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):
     store, _, log, _ = world
     path = tmp_path / "log.parquet"

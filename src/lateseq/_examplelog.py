@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,9 +40,15 @@ def parquet_path(path: str | os.PathLike) -> str:
 
 
 def part_files(folder: str) -> list[str]:
-    """A folder log's files, in path order (those pyarrow's datasets read)."""
-    found = []
-    for root, dirs, files in os.walk(folder):
+    """A folder log's files, in path order (those pyarrow's datasets read: linked folders
+    too, each real folder once, so a link to a folder above ends no walk)."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
         found += [os.path.join(root, f) for f in files if not f.startswith(("_", "."))]
     if not found:
@@ -77,6 +84,13 @@ def file_identity(path: str) -> Identity:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _identity(path: str) -> Identity | None:
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
+
+
 class ExampleLog:
     """A Parquet example log (a file or a folder of them), its footers checked and
     digested; picklable, so a loader's workers read it without parsing them again (a log
@@ -85,6 +99,7 @@ class ExampleLog:
     def __init__(self, path: str | os.PathLike):
         self.path = parquet_path(path)
         self.files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
+        self._identities = tuple(_identity(f) for f in self.files)
         # digested before a footer is parsed: a file replaced in between fails every later check
         self.footers = tuple(footer_digest(f) for f in self.files)
         footers = [_checked_footer(f) for f in self.files]
@@ -108,10 +123,13 @@ class ExampleLog:
         return named.hexdigest()
 
     def changed(self) -> bool:
-        """Whether a file was rewritten, replaced, added or removed since this was read."""
+        """Whether a file was rewritten, replaced, touched, added or removed since this was
+        read (a rewrite can leave the footer as it was: one label corrected in a file without
+        compression or dictionaries)."""
         try:
             files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
-            return files != self.files or tuple(footer_digest(f) for f in files) != self.footers
+            return files != self.files or tuple(_identity(f) for f in files) != self._identities or tuple(
+                footer_digest(f) for f in files) != self.footers
         except (OSError, SchemaError):
             return True
 
@@ -166,6 +184,7 @@ class LogReader:
                 # pointers), and a loader's worker is one core already
                 for batch in source.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
                     self._check(index)
+                    batch = self._as_log(batch)
                     rows += batch.num_rows
                     if not held and batch.num_rows == batch_size:
                         yield batch
@@ -186,7 +205,15 @@ class LogReader:
         with self._named(index):
             table = source.read_row_groups(groups, columns=columns, use_threads=False)
         self._check(index)
-        return table
+        return self._as_log(table)
+
+    def _as_log(self, data: pa.Table | pa.RecordBatch) -> Any:
+        """``data`` read from one file, with the log's schema (its files may differ in what
+        they declare nullable, and in their metadata)."""
+        schema = pa.schema([self.log.schema.field(name) for name in data.schema.names],
+                           metadata=self.log.schema.metadata)
+        return data if data.schema.equals(schema, check_metadata=True) else type(data).from_arrays(
+            data.columns, schema=schema)
 
     def _source(self, index: int) -> tuple[pq.ParquetFile, Identity]:
         """File ``index`` opened through its checked footer, once it is known to be the file
@@ -232,8 +259,10 @@ def _checked_footer(file: str) -> tuple[pq.FileMetaData, pa.Schema]:
 
 
 def _one_schema(files: tuple[str, ...], schemas: list[pa.Schema]) -> pa.Schema:
-    """The files' one Arrow schema, or SchemaError naming a file that differs (read as one
-    log, a column would change type or go missing between batches)."""
+    """The files' one Arrow schema, every column nullable (writers differ in what they
+    declare), or SchemaError naming a file that differs (read as one log, a column would
+    change type or go missing between batches)."""
+    schemas = [pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata) for schema in schemas]
     for file, schema in zip(files[1:], schemas[1:], strict=True):
         if not schema.equals(schemas[0]):
             raise SchemaError(f"the files of example log {os.path.dirname(file)} hold different columns: {file} has "

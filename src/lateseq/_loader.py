@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
-from ._examplelog import ExampleLog
+from ._examplelog import ExampleLog, part_files
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
@@ -191,9 +191,12 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
 
 
 def _within(path: str, examples: str | os.PathLike) -> bool:
-    """Whether ``path`` is the example log's file, or one of its folder's."""
+    """Whether ``path`` is the example log's file, or in its folder (by name, or through a
+    link: a part file linked from elsewhere, written through, would be lost)."""
     if os.path.isdir(examples):
-        return Path(path).resolve().is_relative_to(Path(examples).resolve())
+        out, folder = Path(os.path.abspath(path)), Path(os.path.abspath(examples))
+        return (out.is_relative_to(folder) or out.resolve().is_relative_to(folder.resolve())
+                or os.path.realpath(out) in {os.path.realpath(f) for f in part_files(os.fspath(folder))})
     return os.path.exists(path) and os.path.samefile(path, examples)
 
 

@@ -43,6 +43,9 @@ def _opened(path: str | os.PathLike, checked: pq.FileMetaData | None,
             check_footer(source, path, what)
     except FileNotFoundError:
         raise
+    except UnicodeEncodeError as exc:  # pyarrow takes names as UTF-8
+        raise SchemaError(f"cannot read {what} {os.fsdecode(path)!r}: its name is not UTF-8, which pyarrow "
+                          "needs; rename it") from exc
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a name's damaged byte: not UTF-8
         text = os.fspath(path).lower().endswith((".csv", ".tsv", ".txt", ".dat", ".json", ".jsonl"))
         hint = (" (lateseq reads Parquet: read a text file with pyarrow.csv.read_csv or pandas, then write it "
