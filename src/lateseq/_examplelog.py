@@ -84,9 +84,11 @@ def file_identity(path: str) -> Identity:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _identity(path: str) -> Identity | None:
+def _written(path: str) -> tuple[int, int] | None:
+    """(size, modification time) of a file: what a rewrite changes, on any host that reads
+    it (a dataset made on one host may be read on another, where device and inode differ)."""
     try:
-        return file_identity(path)
+        return file_identity(path)[2:]
     except OSError:
         return None
 
@@ -99,7 +101,7 @@ class ExampleLog:
     def __init__(self, path: str | os.PathLike):
         self.path = parquet_path(path)
         self.files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
-        self._identities = tuple(_identity(f) for f in self.files)
+        self._written = tuple(_written(f) for f in self.files)
         # digested before a footer is parsed: a file replaced in between fails every later check
         self.footers = tuple(footer_digest(f) for f in self.files)
         footers = [_checked_footer(f) for f in self.files]
@@ -128,7 +130,7 @@ class ExampleLog:
         compression or dictionaries)."""
         try:
             files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
-            return files != self.files or tuple(_identity(f) for f in files) != self._identities or tuple(
+            return files != self.files or tuple(_written(f) for f in files) != self._written or tuple(
                 footer_digest(f) for f in files) != self.footers
         except (OSError, SchemaError):
             return True
