@@ -433,9 +433,9 @@ class ExampleDataset(IterableDataset):
     from any newer version, and a run of many epochs outlives a daily cleanup).
     ``examples`` is a Parquet file or a folder of part files read as one log (each
     worker reads only its own row groups: write logs with row groups of ~64k rows) or a
-    pyarrow Table (copied into each worker). It yields whole
-    batches: give it to a DataLoader with ``batch_size=None`` (the default, 1, would
-    collate them again, and fails).
+    pyarrow Table (copied into each worker). It yields whole batches: give it to a
+    DataLoader with ``batch_size=None`` (the default, 1, would collate them again, and
+    fails).
     Every example comes out exactly once per epoch; with ``shuffle``, in a new order
     each epoch (``set_epoch``) at two levels, blocks of rows across shards and rows
     within windows of ``window_rows``. ``affinity`` groups each window's examples by
