@@ -1426,6 +1426,44 @@ def test_a_store_without_an_id_is_read_and_written_as_before(make_store, how):
     assert (newer.version, newer.num_events, lateseq.open(store.path, "kept").version) == (3, 2, 3)
 
 
+def test_a_pickled_handle_knows_its_store(make_store, dir_snapshot):
+    """A handle pickled to a worker (a spawned DataLoader's, a Ray actor's) reopened by path
+    and version alone: after its store was replaced, it wrote into the other one (a
+    stranger's)."""
+    store = make_store({"item": "int64"})
+    store = store.commit(pa.table({"user_id": [1], "ts": [10], "item": [1]}))
+    shipped = pickle.dumps(store)
+    other = _replaced_by_another(store, commits=2)
+    before = dir_snapshot(other.path)
+    with pytest.raises(lateseq.StoreError, match="not the one this handle opened"):
+        pickle.loads(shipped)
+    assert dir_snapshot(other.path) == before
+    assert pickle.loads(pickle.dumps(other)).version == other.version
+
+
+@pytest.mark.parametrize("damage", ["removed", "garbage"])
+def test_a_missing_or_damaged_id_file_is_named(make_store, damage):
+    """Its handles said the store "was removed and another created at its path", which it
+    was not; verify said every file was sound (a stranger's)."""
+    store = make_store({"item": "int64"})
+    store = store.commit(pa.table({"user_id": [1], "ts": [10], "item": [1]}))
+    ident = store.path / "id"
+    if damage == "removed":
+        ident.unlink()
+    else:
+        ident.write_text("not an id")
+    state = "missing" if damage == "removed" else "damaged"
+    with pytest.raises(lateseq.StoreError, match=rf"id, the store's id, is {state} \(it read [0-9a-f]{{32}} when "
+                                                 r"this handle opened the store\)"):
+        store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]}))
+    fresh = lateseq.open(store.path)
+    problems = [p.message for p in lateseq.audit.verify(fresh)]
+    if damage == "garbage":
+        assert any("the store's id, is damaged" in p for p in problems), problems
+    else:  # a store made before stores had ids looks the same
+        assert problems == []
+
+
 def test_a_store_moved_since_it_was_opened_is_said_to_be_gone(make_store, tmp_path):
     """A commit on a handle whose store was renamed said "cannot lock ... (this user may not
     write there)", sending an operator to permissions (a stranger's)."""

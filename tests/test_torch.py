@@ -893,6 +893,32 @@ def test_a_run_outlives_the_cleanup_of_the_version_it_opened(tmp_path, workers, 
         assert ds.store.version == store.version - 2  # moved on at the start of the last epoch
 
 
+def test_a_dataset_over_a_replaced_store_or_unverified_refuses_to_read_on(tmp_path):
+    """Spawned workers reopened the store by path: after it was replaced they read the
+    other store's events (with verify=False, silently); and with verify=False a retired
+    version was read on at the latest, where a deletion since empties histories unseen
+    (a stranger's)."""
+    def made(path: Path, rows: int) -> lateseq.Store:
+        store = lateseq.create(path, lateseq.Schema({"item_id": "int64"}))
+        return store.commit(pa.table({"user_id": np.arange(rows), "ts": np.ones(rows, np.int64),
+                                      "item_id": np.arange(rows) + 100}))
+
+    store = made(tmp_path / "store", 6)
+    log = lateseq.log_examples(store, pa.table({"user_id": np.arange(6), "request_ts": np.full(6, 5)}))
+    projection = lateseq.Projection(3, ("item_id",))
+    ds = ExampleDataset(store, log, projection, batch_size=3, verify=False)
+    shutil.rmtree(store.path)
+    made(tmp_path / "store", 9)
+    with pytest.raises(lateseq.StoreError, match="not the one this handle opened"):
+        list(DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn"))
+    store = made(tmp_path / "again", 6)
+    ds = ExampleDataset(lateseq.open(store.path), log, projection, batch_size=3, verify=False)
+    newer = store.delete([2]).compact()
+    newer.cleanup(before=newer.version, grace_s=0)
+    with pytest.raises(lateseq.VersionNotFound, match="with verify=False it does not read on at a newer version"):
+        list(ds)
+
+
 def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path):
     """A batch that needs a segment the dataset had not mapped yet, deleted with its
     retired version mid-epoch, is read at the latest version instead."""

@@ -71,7 +71,9 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
             deleted = 0 if store is None else int(store.deleted_after(pointers.user_id[rows],
                                                                       pointers.version[rows]).sum())
             why = (f"{deleted} of them are examples of users deleted from the store (Store.delete): drop those "
-                   "examples from the log" if deleted else "the store lost or gained events those pointers counted")
+                   "examples from the log, or train with lateseq.torch.ExampleDataset(drop_deleted=True) (lateseq "
+                   "loader --drop-deleted), which leaves them out" if deleted else
+                   "the store lost or gained events those pointers counted")
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
                 f"(first rows: {rows[:5].tolist()}); {why}.", rows.tolist(),

@@ -119,7 +119,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
                  cache_dir: str | os.PathLike | None = None, merged_reads: Setting = "auto",
-                 readahead: Setting = "auto", _segments: SegmentCache | None = None):
+                 readahead: Setting = "auto", _segments: SegmentCache | None = None,
+                 _store_id: str | None = None):
         for name, value in (("merged_reads", merged_reads), ("readahead", readahead)):
             if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
                 raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
@@ -151,6 +152,9 @@ class Store:
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
+        if _store_id is not None and self._log.store_id != _store_id:  # a handle of that store: is it still there?
+            self._log.store_id = _store_id
+            self._log.check_same_store()
         manifest, self._segment_list = self._read_version(version)  # sets self.version
         self.segment_infos = list(self._segment_list.infos)
         self._by_partition: dict[int, list[SegmentInfo]] = {}
@@ -259,15 +263,12 @@ class Store:
 
     def __reduce__(self):
         root = None if self._cache_root is None else str(self._cache_root)
-        return (_unpickle, (str(self.path), self.version, root, self.merged_reads, self.readahead))
+        return (_unpickle, (str(self.path), self.version, root, self.merged_reads, self.readahead, self._log.store_id))
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
-        handle = Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
-                       readahead=self.readahead, _segments=self._segments)
-        if self._log.store_id not in (None, handle._log.store_id):
-            raise self._log.replaced()
-        return handle
+        return Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
+                     readahead=self.readahead, _segments=self._segments, _store_id=self._log.store_id)
 
     def __repr__(self) -> str:
         settings = "".join(f", {name}={value}" for name, value in (
@@ -699,8 +700,7 @@ class Store:
         except StoreError as exc:
             if not isinstance(exc.__cause__, FileNotFoundError):  # damaged, not gone: restore it
                 raise
-            if not self._log.same_store():
-                raise self._log.replaced() from exc
+            self._log.check_same_store()
             try:  # a missing file of a version cleaned up since this handle opened it is no damage
                 self._log.manifest(self.version)
             except VersionNotFound as gone:
@@ -906,9 +906,11 @@ def _read_events(source: EventSource) -> pa.Table:
                       f"RecordBatchReader or Parquet path{frame_hint(source)}")
 
 
-def _unpickle(path: str, version: int, cache_dir: str | None, merged_reads: Setting = "auto",
-              readahead: Setting = "auto") -> Store:
-    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead)
+def _unpickle(path: str, version: int | None, cache_dir: str | None, merged_reads: Setting = "auto",
+              readahead: Setting = "auto", store_id: str | None = None) -> Store:
+    """A handle pickled (to a worker process, a Ray actor): the same store, or an error."""
+    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead,
+                 _store_id=store_id)
 
 
 def _store_holding(path: Path) -> Path | None:

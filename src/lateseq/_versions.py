@@ -191,17 +191,17 @@ def write_store_id(root: Path) -> None:
     write_durably(root / STORE_ID, uuid.uuid4().hex.encode())
 
 
-def _written_id(root: Path, unknown: str | None) -> str | None:
-    """The id of the store at ``root``: None for a store without one (made before stores
-    had one, or by a create that stopped before writing it), ``unknown`` where it cannot be
-    told (no store there, or an id file that cannot be read)."""
+def _written_id(root: Path) -> tuple[str | None, str]:
+    """(the id of the store at ``root``, "") or (None, why there is none: "missing" (a store
+    made before stores had one, or by a create that stopped before writing it), "damaged",
+    or "gone" (no store there))."""
     try:
         written = (root / STORE_ID).read_bytes().decode("ascii").strip()
     except FileNotFoundError:
-        return None if (root / "schema.json").exists() else unknown
+        return None, "missing" if (root / "schema.json").exists() else "gone"
     except (OSError, UnicodeDecodeError):
-        return unknown
-    return written if re.fullmatch(r"[0-9a-f]{32}", written) else unknown
+        return None, "damaged"
+    return (written, "") if re.fullmatch(r"[0-9a-f]{32}", written) else (None, "damaged")
 
 
 class VersionLog:
@@ -209,7 +209,7 @@ class VersionLog:
 
     def __init__(self, root: Path):
         self.root = root
-        self.store_id = _written_id(root, None)  # as its handle opened it (None: it cannot tell)
+        self.store_id = _written_id(root)[0]  # as its handle opened it (None: it cannot tell)
         self.versions_dir = root / "versions"
         self.tags_dir = root / "tags"
 
@@ -525,20 +525,33 @@ class VersionLog:
         with self._lock(fcntl.LOCK_EX, self.tags_dir / ".lock"):
             yield
 
-    def same_store(self) -> bool:
-        """Whether ``root`` still holds the store of ``store_id``, as far as can be told (a
-        store gone or damaged is for the caller's own error to tell)."""
-        return self.store_id is None or _written_id(self.root, self.store_id) == self.store_id
+    def check_same_store(self) -> None:
+        """StoreError unless ``root`` still holds the store of ``store_id``, as far as can be
+        told (a store gone is for the caller's own error to tell)."""
+        if self.store_id is None:
+            return
+        written, why = _written_id(self.root)
+        if written == self.store_id or why == "gone":
+            return
+        if why:
+            raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why} (it read {self.store_id} when this "
+                             "handle opened the store): if the store is the one it was, write that id back into the "
+                             "file; else it was replaced by another store: open it again (lateseq.open)")
+        raise StoreError(f"the store at {self.root} is not the one this handle opened: that store was removed and "
+                         "another created at its path since; open it again (lateseq.open)")
 
-    def replaced(self) -> StoreError:
-        return StoreError(f"the store at {self.root} is not the one this handle opened: that store was removed and "
-                          "another created at its path since; open it again (lateseq.open)")
+    def check_id_file(self) -> None:
+        """``check_same_store``, and a damaged id file named even where this handle read
+        none (fsck: ``verify``)."""
+        if _written_id(self.root)[1] == "damaged" and self.store_id is None:
+            raise StoreError(f"{self.root / STORE_ID}, the store's id, is damaged: write back the id (32 hex digits) "
+                             "a backup of this store holds, or remove the file (the store then has no id)")
+        self.check_same_store()
 
     @contextlib.contextmanager
     def _lock(self, mode: int, path: Path | None = None) -> Iterator[None]:
         path = path or self.root / ".lock"
-        if not self.same_store():  # refused before a lock file is made in the other store
-            raise self.replaced()
+        self.check_same_store()  # refused before a lock file is made in another store
         try:
             lock = open_lock_file(path)
         except OSError as exc:
@@ -558,8 +571,7 @@ class VersionLog:
                     f"cannot lock {self.root}: {exc.strerror} at {path}: writers exclude each other with file locks "
                     "(flock), which this file system does not offer (an NFS mount without its lock service, some "
                     "FUSE mounts); keep the store on one that does") from exc
-            if not self.same_store():  # made while this waited for the lock
-                raise self.replaced()
+            self.check_same_store()  # replaced while this waited for the lock
             yield
         finally:
             os.close(lock)

@@ -19,7 +19,7 @@ from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
 from ._store import Store
-from ._versions import COMMIT_INDEX, load_checked
+from ._versions import COMMIT_INDEX, STORE_ID, load_checked
 
 __all__ = ["AuditReport", "Problem", "audit", "verify"]
 
@@ -155,6 +155,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
 
     log = store._log
     check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
+    check(store.path / STORE_ID, log.check_id_file)  # this handle's store, its id file sound
     for path in sorted(log.tags_dir.glob("*.json")):
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}

@@ -591,8 +591,12 @@ class ExampleDataset(IterableDataset):
         if not store._kept():
             self._store = self._moved_on(store.latest(), store.version)
 
-    @staticmethod
-    def _moved_on(latest: Store, version: int) -> Store:
+    def _moved_on(self, latest: Store, version: int) -> Store:
+        if not self.verify:
+            raise VersionNotFound(f"version {version} of {latest.path} was cleaned up while this dataset read it; "
+                                  "with verify=False it does not read on at a newer version, whose histories no "
+                                  "checksum would compare with the pointers' (a deletion since would empty them "
+                                  "unnoticed): tag the versions a run reads, or verify")
         warnings.warn(f"version {version} of {latest.path} was cleaned up while this dataset read it; it reads "
                       f"version {latest.version}, the latest, from now on (pointers into a retired version rebuild "
                       "from any newer one, their checksums prove it; tag a version to keep it)", stacklevel=3)
