@@ -149,15 +149,17 @@ def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool
     covering = covering_versions(store, request_ts)
     current = log.column("tail_version").to_numpy().astype(np.int64)
     strip = (current == 0) & (covering > 0)
-    erase = np.zeros(log.num_rows, bool)
+    erase = deleted = np.zeros(log.num_rows, bool)
     if drop_deleted:  # the tails left of deleted users (a tail stripped before counts no more)
         held = pc.list_value_length(log.column(TAIL_PREFIX + store.schema.time_col).combine_chunks()).to_numpy()
         pointers = pointers_from_log(log, store.schema)
-        erase = store.deleted_after(pointers.user_id, pointers.version) & (held > 0)
+        deleted = store.deleted_after(pointers.user_id, pointers.version)
+        erase = deleted & (held > 0)
     if not (strip | erase).any():
         return log, 0
     stripped = _without_tails(store, log, strip | erase, np.where(strip, covering, current))
-    checked = np.flatnonzero(strip & ~erase)  # an erased tail's record no longer verifies: it is not to
+    # a deleted user's record no longer verifies (its tail erased, or none left): not checked
+    checked = np.flatnonzero(strip & ~deleted)
     failed = checked[materialize(store, stripped.take(pa.array(checked)), Projection(1, (store.schema.time_col,)),
                                  on_mismatch="flag").mismatched]
     if len(failed):
