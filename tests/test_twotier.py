@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
