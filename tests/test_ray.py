@@ -4,6 +4,7 @@ not; and the collate that makes lateseq.torch Batches of Arrow list columns."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -84,6 +85,20 @@ def test_every_example_exactly_once_with_its_exact_sequence(local_ray, world, so
         assert {int(parts[b.column(ROW).to_numpy()][0] % actors) for b in blocks} == set(range(actors))
         batches = [Collate()(b) for b in blocks]
     expect_exact(batches, store, log)
+
+
+@pytest.mark.filterwarnings("ignore:version \\d+ of .* was cleaned up while it was read")
+def test_an_epoch_after_a_cleanup_reads_on_at_the_latest_version(local_ray, world, tmp_path):
+    """Each execution of the dataset (each epoch) starts its actors anew, which reopened
+    the driver's version: once a cleanup retired it, every later epoch failed."""
+    _, log, path = world
+    shutil.copytree(world[0].path, tmp_path / "store")
+    store = lateseq.open(tmp_path / "store")
+    ds = materialized(store, path, PROJECTION, actors=1, batch_size=16)
+    expect_exact(list(ds.iter_torch_batches(batch_size=40, collate_fn=Collate())), store, log)
+    newer = store.commit(pa.table({"user_id": [99], "ts": [1], "item_id": [1], "liked": [True]})).compact()
+    newer.cleanup(before=newer.version, grace_s=0)
+    expect_exact(list(ds.iter_torch_batches(batch_size=40, collate_fn=Collate())), newer, log)
 
 
 def test_read_examples_numbers_rows_across_row_groups(local_ray, world, tmp_path):

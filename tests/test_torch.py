@@ -851,7 +851,7 @@ def test_a_spawned_worker_reports_a_store_gone_since_the_dataset_was_made(tmp_pa
         list(DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn"))
 
 
-@pytest.mark.filterwarnings("ignore:version \\d+ of .* was cleaned up while this dataset read it")
+@pytest.mark.filterwarnings("ignore:version \\d+ of .* was cleaned up while it was read")
 @pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (1, "spawn")])
 def test_a_run_outlives_the_cleanup_of_the_version_it_opened(tmp_path, workers, context):
     """Workers reopen the dataset's version each epoch: once a daily cleanup retired it,
@@ -915,7 +915,7 @@ def test_a_dataset_over_a_replaced_store_or_unverified_refuses_to_read_on(tmp_pa
     ds = ExampleDataset(lateseq.open(store.path), log, projection, batch_size=3, verify=False)
     newer = store.delete([2]).compact()
     newer.cleanup(before=newer.version, grace_s=0)
-    with pytest.raises(lateseq.VersionNotFound, match="with verify=False it does not read on at a newer version"):
+    with pytest.raises(lateseq.VersionNotFound, match="with verify=False reading does not go on at a newer version"):
         list(ds)
 
 
@@ -931,8 +931,8 @@ def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path):
     first = next(running)
     newer = store.commit(pa.table({"user_id": [99], "ts": [1], "item_id": [1]})).compact()
     newer.cleanup(before=newer.version, grace_s=0)
-    with pytest.warns(UserWarning, match=f"version 1 of .* was cleaned up while this dataset read it; it reads "
-                                         f"version {newer.version}, the latest"):
+    with pytest.warns(UserWarning, match=f"version 1 of .* was cleaned up while it was read; version "
+                                         f"{newer.version}, the latest, is read from now on"):
         rest = list(running)
     got = [b.values["item_id"].tolist() for b in [first, *rest]]
     assert got == [[u + 100] for u in users.tolist()]

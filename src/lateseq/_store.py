@@ -906,6 +906,41 @@ def _read_events(source: EventSource) -> pa.Table:
                       f"RecordBatchReader or Parquet path{frame_hint(source)}")
 
 
+class Reopening:
+    """A handle as a reader of pointers sends it to another process (a DataLoader worker, a
+    Ray actor): reopened there at its version, or at the latest once cleanup retired that
+    one (``read_on``)."""
+
+    def __init__(self, store: Store, verify: bool):
+        self.arguments, self.verify = store.__reduce__()[1], verify
+
+    def open(self) -> Store:
+        try:
+            return _unpickle(*self.arguments)
+        except VersionNotFound:
+            path, version, *options = self.arguments
+            latest = _unpickle(path, None, *options)
+            if latest._kept(version):  # not retired: another reason
+                raise
+            return read_on(latest, version, self.verify)
+
+
+def read_on(latest: Store, version: int, verify: bool) -> Store:
+    """``latest`` for a reader of pointers whose ``version`` cleanup retired: a run of many
+    epochs outlives a daily cleanup, and a pointer into a retired version rebuilds from
+    any newer one (its events keep their version; its checksum proves it, so not without
+    ``verify``: a deletion since would empty histories unnoticed)."""
+    if not verify:
+        raise VersionNotFound(f"version {version} of {latest.path} was cleaned up while it was read; with "
+                              "verify=False reading does not go on at a newer version, whose histories no checksum "
+                              "would compare with the pointers' (a deletion since would empty them unnoticed): tag "
+                              "the versions a run reads, or verify")
+    warnings.warn(f"version {version} of {latest.path} was cleaned up while it was read; version {latest.version}, "
+                  "the latest, is read from now on (pointers into a retired version rebuild from any newer one, "
+                  "their checksums prove it; tag a version to keep it)", stacklevel=3)
+    return latest
+
+
 def _unpickle(path: str, version: int | None, cache_dir: str | None, merged_reads: Setting = "auto",
               readahead: Setting = "auto", store_id: str | None = None) -> Store:
     """A handle pickled (to a worker process, a Ray actor): the same store, or an error."""

@@ -34,7 +34,7 @@ from ._examplelog import ExampleLog
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
-from ._store import Store
+from ._store import Reopening, Store
 
 # lateseq.torch (and so torch) is imported where it is used, on the driver and the
 # trainer: Ray's workers unpickle this module's tasks and actors, and need not load torch
@@ -124,17 +124,18 @@ class Materializer:
     """Rebuilds the sequences of batches of an example log (a callable class for Ray
     Data's ``map_batches``).
 
-    ``store`` pickles as (path, version), so each actor opens exactly the driver's
-    version, once, and keeps its segments mapped across batches. Each call's output:
+    ``store`` (a handle, or how to reopen one) is opened once per actor, at the driver's
+    version (or the latest once cleanup retired it), and keeps its segments mapped across
+    batches. Each call's output:
     ``ROW``, the example columns, then one list column per projected column
     (``large_list``: 64-bit offsets, as ``Batch.offsets``), one row per example.
     """
 
-    def __init__(self, store: Store, projection: Projection, example_columns: Sequence[str],
+    def __init__(self, store: Store | Reopening, projection: Projection, example_columns: Sequence[str],
                  batch_size: int = 1024, verify: bool = True):
-        self.store = store
+        self.store = store.open() if isinstance(store, Reopening) else store
         self.projection = projection
-        self.names = projection.resolve(store.schema)
+        self.names = projection.resolve(self.store.schema)
         self.example_columns = list(example_columns)
         clash = [c for c in [ROW, *self.example_columns] if c in self.names]
         if clash:
@@ -178,7 +179,9 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     Materializer(store, projection, example_columns, batch_size, verify)
     options: dict[str, Any] = {
         "batch_size": batch_size, "batch_format": "pyarrow",
-        "fn_constructor_args": (store, projection, example_columns, batch_size, verify)}
+        # each actor reopens the store: at its version, or the latest once cleanup retired it (an epoch's
+        # actors start anew, and a run of many epochs outlives a daily cleanup)
+        "fn_constructor_args": (Reopening(store, verify), projection, example_columns, batch_size, verify)}
     if not by_partition:
         return ds.map_batches(Materializer, compute=ray.data.ActorPoolStrategy(size=actors), **options)
     # one branch per actor, each keeping its partitions' examples (Ray Data cannot route

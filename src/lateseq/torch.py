@@ -66,7 +66,7 @@ from ._projection import Projection
 from ._records import protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._schema import TIME_UNITS, ticks_per_second
-from ._store import Store
+from ._store import Reopening, Store, read_on
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
 
@@ -564,7 +564,7 @@ class ExampleDataset(IterableDataset):
         # the store travels as how to reopen it, reopened when the copy first uses it: a
         # spawned worker unpickles its copy before the DataLoader can pass on its errors,
         # so a version retired since (cleanup) killed it with the reason on its stderr only
-        reopen = self._reopen if self._store is None else self._store.__reduce__()
+        reopen = self._reopen if self._store is None else Reopening(self._store, self.verify)
         return dict(self.__dict__, _store=None, _reopen=reopen)
 
     @property
@@ -572,35 +572,14 @@ class ExampleDataset(IterableDataset):
         """The store's handle (a copy made for a worker reopens it at the same version
         when it is first used, or at the latest once cleanup retired that one)."""
         if self._store is None:
-            reopen, arguments = self._reopen
-            try:
-                self._store = reopen(*arguments)
-            except VersionNotFound:
-                latest = reopen(arguments[0], None, *arguments[2:])
-                if latest._kept(arguments[1]):  # not retired: another reason
-                    raise
-                self._store = self._moved_on(latest, arguments[1])
+            self._store = self._reopen.open()
         return self._store
 
     def _still_kept(self) -> None:
-        """Moves this copy to the store's latest version if cleanup retired its own: a
-        training run of many epochs outlives a daily cleanup, and a pointer into a retired
-        version rebuilds from any newer one (its events keep their version; its checksum
-        proves it)."""
+        """Moves this copy to the store's latest version if cleanup retired its own."""
         store = self.store
         if not store._kept():
-            self._store = self._moved_on(store.latest(), store.version)
-
-    def _moved_on(self, latest: Store, version: int) -> Store:
-        if not self.verify:
-            raise VersionNotFound(f"version {version} of {latest.path} was cleaned up while this dataset read it; "
-                                  "with verify=False it does not read on at a newer version, whose histories no "
-                                  "checksum would compare with the pointers' (a deletion since would empty them "
-                                  "unnoticed): tag the versions a run reads, or verify")
-        warnings.warn(f"version {version} of {latest.path} was cleaned up while this dataset read it; it reads "
-                      f"version {latest.version}, the latest, from now on (pointers into a retired version rebuild "
-                      "from any newer one, their checksums prove it; tag a version to keep it)", stacklevel=3)
-        return latest
+            self._store = read_on(store.latest(), store.version, self.verify)
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
