@@ -52,6 +52,8 @@ def test_take_is_the_rows_asked_for_in_their_order(rows, data):
     assert taken.to_arrow().column("flag").to_pylist() == [[v % 2 == 0 for v in rows[i]] for i in picked]
     assert taken.mismatched.tolist() == [i % 2 == 1 for i in picked]
     assert taken.values["item"].dtype == np.int64 and taken.offsets[0] == 0
+    kept = batch.take(~batch.mismatched)  # a mask, as the class docstring says to drop them
+    assert kept.to_arrow().column("item").to_pylist() == rows[::2]
 
 
 def test_to_torch_shares_the_data():

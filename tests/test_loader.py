@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -284,6 +285,48 @@ def test_a_part_file_whose_name_is_not_utf8_is_named_in_a_lateseq_error(world, t
         pq.write_table(log, file)
     with pytest.raises(lateseq.SchemaError, match=r"part-\\udcff.parquet'.* not UTF-8"):
         iter_batches(world[0], folder, lateseq.Projection(3, COLUMNS))
+
+
+def test_a_log_changed_in_place_with_the_same_footer_before_it_is_read_is_refused(world, tmp_path):
+    """iter_batches opens its files as it reaches them: one changed in place before that,
+    its footer byte for byte the same (two labels of a row group swapped, no compression
+    or dictionaries), was read with the new labels (a stranger's, on a folder and on a file)."""
+    store, _, log, _ = world
+    options = {"compression": "none", "use_dictionary": False}
+    labels = log.column("label").to_numpy().copy()
+    j = int(np.flatnonzero(labels != labels[0])[0])
+    labels[0], labels[j] = labels[j], labels[0]
+    swapped = log.set_column(log.schema.get_field_index("label"), "label", pa.array(labels))
+    for as_folder in (False, True):
+        path = tmp_path / ("log" if as_folder else "log.parquet")
+        target = path / "part-1.parquet" if as_folder else path
+        if as_folder:
+            path.mkdir()
+            pq.write_table(log.slice(0, 0), path / "part-0.parquet", **options)
+        pq.write_table(log, target, **options)
+        reader = iter_batches(store, path, lateseq.Projection(3, COLUMNS), batch_size=16)
+        time.sleep(0.01)
+        pq.write_table(swapped, target, **options)  # in place: the same file, truncated and written again
+        with pytest.raises(lateseq.SchemaError, match="changed, or is gone, since the log was first read"):
+            list(reader)
+
+
+def test_a_folder_it_cannot_list_is_an_error_not_rows_left_out(world, tmp_path, monkeypatch):
+    store, _, log, _ = world
+    folder = tmp_path / "log"
+    for day in ("date=1", "date=2"):
+        (folder / day).mkdir(parents=True)
+        pq.write_table(log, folder / day / "part-0.parquet")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("date=2"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(lateseq.SchemaError, match=r"cannot list \S+date=2, a folder of example log"):
+        iter_batches(store, folder, lateseq.Projection(3, COLUMNS))
 
 
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):

@@ -1070,6 +1070,9 @@ def test_to_hstu_widens_for_the_targets_as_hstu_s_own_features_do(batch, unit):
         assert hstu["past_ids"][i].tolist() == ids
         assert hstu["past_payloads"]["timestamps"][i].tolist() == [t // per_second for t in stamps]
     assert any(int(n) == width for n in hstu["past_lengths"])  # a full history: its target at column 3 of 5
+    as_array = batch.to_hstu(max_len=width, time_unit=unit, max_output_length=extra,
+                             target_timestamps=targets.numpy().tolist())  # a list or an array as well
+    assert torch.equal(as_array["past_payloads"]["timestamps"], hstu["past_payloads"]["timestamps"])
     for wrong in ({"target_timestamps": targets}, {"max_output_length": 1, "target_timestamps": targets[:1]}):
         with pytest.raises(lateseq.SchemaError, match="target_timestamps must be one per example"):
             batch.to_hstu(max_len=width, **wrong)

@@ -531,6 +531,20 @@ def test_int96_nanoseconds_are_kept_where_every_time_fits(make_store, tmp_path, 
     assert history(whole, 1, pa.array([2**62], pa.int64())) == [10**15, 253402214400 * 10**6]
 
 
+@pytest.mark.parametrize("int96_first", [True, False])
+def test_a_folder_of_int96_and_millisecond_times_is_refused_whichever_file_comes_first(make_store, tmp_path,
+                                                                                        int96_first):
+    """It was read or refused depending on the files' names (a stranger's)."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    names = ("a.parquet", "b.parquet") if int96_first else ("b.parquet", "a.parquet")
+    pq.write_table(events(pa.array([10**12], pa.timestamp("ms"))), folder / names[0],
+                   use_deprecated_int96_timestamps=True)
+    pq.write_table(events(pa.array([10**12 + 1], pa.timestamp("ms"))), folder / names[1])
+    with pytest.raises(SchemaError, match="hold different types"):
+        make_store(time_unit="ms").commit(folder)
+
+
 def test_tier_retention_counts_seconds_whatever_the_store_unit(tmp_path):
     """An hour of retention kept events 3.6 s in a millisecond store: a redelivery 20 s
     later was no longer known, and the tier served the event twice."""

@@ -42,8 +42,11 @@ def parquet_path(path: str | os.PathLike) -> str:
 def part_files(folder: str) -> list[str]:
     """A folder log's files, in path order (those pyarrow's datasets read: linked folders
     too, each real folder once, so a link to a folder above ends no walk)."""
+    def unreadable(exc: OSError) -> None:  # os.walk would leave a folder it cannot list out, its rows lost
+        raise SchemaError(f"cannot list {exc.filename}, a folder of example log {folder}: {exc.strerror}") from exc
+
     found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
@@ -224,7 +227,7 @@ class LogReader:
             file = self.log.files[index]
             try:
                 opened = file_identity(file)
-                same = footer_digest(file) == self.log.footers[index]
+                same = opened[2:] == self.log._written[index] and footer_digest(file) == self.log.footers[index]
             except (OSError, SchemaError):
                 same = False
             if not same:

@@ -40,8 +40,14 @@ class JaggedBatch:
         return np.diff(self.offsets)
 
     def take(self, rows: np.ndarray) -> JaggedBatch:
-        """The batch of ``rows`` (indices of this one's rows), in that order."""
-        rows = np.asarray(rows, np.int64)
+        """The batch of ``rows`` (indices of this one's rows, in that order, or a mask of
+        them: ``take(~batch.mismatched)``)."""
+        rows = np.asarray(rows)
+        if rows.dtype == np.bool_:
+            if rows.shape != (len(self),):
+                raise SchemaError(f"a mask of rows must have one entry per row ({len(self)}), got shape {rows.shape}")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False)
         lengths = self.lengths[rows]
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])

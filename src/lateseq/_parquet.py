@@ -128,8 +128,9 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
             rows += source.metadata.num_rows
             names = source.schema_arrow.names
             if source.metadata.num_rows:  # an empty file's types (pandas writes nulls) change no value
-                int96 += _int96_columns(source)  # compared in one unit: which is read is the folder's choice
-                typed = _same_types(typed, (file, _int96_in(source.schema_arrow, int96, "ns")), path, what)
+                own = _int96_columns(source)  # compared in one unit: which is read is the folder's choice
+                int96 += own
+                typed = _same_types(typed, (file, _int96_in(source.schema_arrow, own, "ns")), path, what)
         beyond, finer = beyond or file_beyond, finer or file_finer
         if columns is None:
             columns = (file, names)

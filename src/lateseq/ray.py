@@ -98,7 +98,7 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
              for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
     return ray.data.from_items(tasks).map_batches(
         _read_row_groups, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"log": log, "columns": read}), example_columns
+        fn_kwargs={"path": log.path, "digest": log.digest, "written": log._written, "columns": read}), example_columns
 
 
 def _check_row_name(read: list[str]) -> None:
@@ -107,9 +107,20 @@ def _check_row_name(read: list[str]) -> None:
                           "rename it or leave it out of example_columns")
 
 
-def _read_row_groups(tasks: pa.Table, log: ExampleLog, columns: list[str]) -> pa.Table:
-    """Each task's row groups (through the footers the planner checked: each file is read
-    only if it is still the one they were read from), with their rows' numbers."""
+_LOGS: dict[str, ExampleLog] = {}  # the logs this process read, by digest: a Ray worker runs many tasks
+
+
+def _read_row_groups(tasks: pa.Table, path: str, digest: str, written: tuple, columns: list[str]) -> pa.Table:
+    """Each task's row groups, with their rows' numbers, through footers this process
+    parsed once (a log of 10,000 row groups has a 6 MB footer: ~0.1 s a task), of the log
+    the driver planned (each file is read only if it is still the one it was)."""
+    log = _LOGS.get(digest)
+    if log is None:
+        log = ExampleLog(path)
+        if (log.digest, log._written) != (digest, written):
+            raise SchemaError(f"example log {path} changed since lateseq.ray planned its reads; read it again")
+        _LOGS.clear()  # one log at a time, mostly: kept small
+        _LOGS[digest] = log
     tables = []
     with log.open() as reader:
         for (lo, hi), first in zip(tasks.column("groups").to_pylist(), tasks.column("first").to_pylist(),

@@ -262,6 +262,9 @@ class Batch:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
         extra = exact_integer("max_output_length", max_output_length, 0)
+        if target_timestamps is not None:
+            target_timestamps = torch.as_tensor(np.asarray(target_timestamps) if not isinstance(
+                target_timestamps, torch.Tensor) else target_timestamps)
         if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
             raise SchemaError(f"target_timestamps must be one per example ({len(self)}), with max_output_length >= 1 "
                               f"(a full history's target goes past max_len); got shape "
@@ -275,7 +278,7 @@ class Batch:
         stamps = padded(timestamps).to(torch.int64)
         lengths = torch.clamp(self.lengths, max=width)
         if target_timestamps is not None:
-            stamps.scatter_(1, lengths.view(-1, 1), target_timestamps.to(torch.int64).view(-1, 1))
+            stamps.scatter_(1, lengths.view(-1, 1), target_timestamps.to(stamps.device, torch.int64).view(-1, 1))
         if time_unit is not None:
             stamps = torch.div(stamps, ticks_per_second(time_unit), rounding_mode="floor")
         payloads = {"timestamps": stamps}
@@ -453,7 +456,9 @@ class ExampleDataset(IterableDataset):
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
     their pointer's version, labels too, where they would raise ChecksumMismatch (its
-    batches may then be smaller; ``Batch.stats.deleted_dropped`` counts them).
+    batches may then be smaller, even empty, which a training step skips: the number of
+    batches stays, as DistributedDataParallel needs; ``Batch.stats.deleted_dropped``
+    counts them).
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
     worker, batches are written into shared-memory buffers reused once the trainer has
