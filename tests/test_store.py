@@ -1400,7 +1400,8 @@ def test_an_old_handle_reading_another_store_made_at_its_path_says_so(make_store
     _replaced_by_another(store, commits=3)
     projection = lateseq.Projection(5, ("item",))
     assert lateseq.materialize(store, log, projection).values["item"].tolist() == [1]  # what it mapped: kept
-    for attempt in (lambda: lateseq.materialize(unread, log, projection), store.latest):
+    for attempt in (lambda: lateseq.materialize(unread, log, projection), store.latest, lambda: store.latest_version,
+                    store.versions, store.tags):
         with pytest.raises(lateseq.StoreError, match=r"not the one this handle opened"):
             attempt()
 

@@ -293,6 +293,7 @@ class Store:
 
     @property
     def latest_version(self) -> int:
+        self._log.check_same_store()  # the store's state now: not another's made at its path
         return self._log.latest
 
     # ------------------------------------------------------------ versions and tags
@@ -301,9 +302,11 @@ class Store:
         """The kept versions, oldest first: the newest ``last`` only (when given), the
         tagged ones only with ``tagged``. Each is read from its manifest: on a store of
         thousands of versions, ``last`` reads only those."""
+        self._log.check_same_store()
         return self._log.infos(None if last is None else exact_integer("last", last, 0), tagged)
 
     def tags(self) -> dict[str, int]:
+        self._log.check_same_store()
         return self._log.tags()
 
     def tag(self, name: str, version: int | None = None) -> None:
