@@ -977,6 +977,31 @@ def test_drop_deleted_leaves_out_every_example_of_a_user_deleted_since(tmp_path,
         ExampleDataset(deleted, path, projection, drop_deleted=True, verify=False)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_follow_latest_lets_a_deletion_take_effect_at_the_next_epoch(tmp_path, workers):
+    """A dataset reads the version it opened: a user deleted mid-run stayed in training
+    until the run ended. With follow_latest each epoch reads the latest version."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=2))
+    users = np.arange(12)
+    store = store.commit(pa.table({"user_id": users, "ts": users, "item_id": users + 100}))
+    log = lateseq.log_examples(store, pa.table({"user_id": users, "request_ts": users + 1}))
+    projection = lateseq.Projection(3, ("item_id",))
+    pinned = ExampleDataset(lateseq.open(store.path), log, projection, batch_size=4, drop_deleted=True)
+    following = ExampleDataset(lateseq.open(store.path), log, projection, batch_size=4, drop_deleted=True,
+                               follow_latest=True)
+
+    def epoch(ds: ExampleDataset, number: int) -> list[int]:
+        ds.set_epoch(number)
+        return sorted(r for b in DataLoader(ds, batch_size=None, num_workers=workers) for r in b.rows.tolist())
+
+    assert epoch(pinned, 0) == epoch(following, 0) == users.tolist()
+    store.delete([3, 8])
+    assert epoch(pinned, 1) == users.tolist()  # its own version still holds them
+    assert epoch(following, 1) == [u for u in users.tolist() if u not in (3, 8)]
+    with pytest.raises(lateseq.SchemaError, match="follow_latest .* needs verify=True"):
+        ExampleDataset(store, log, projection, follow_latest=True, verify=False)
+
+
 def test_persistent_workers_reshuffle_at_set_epoch(world):
     """A persistent worker keeps its copy of the dataset across epochs: set_epoch on the
     trainer's copy reaches it through shared memory."""

@@ -458,7 +458,10 @@ class ExampleDataset(IterableDataset):
     their pointer's version, labels too, where they would raise ChecksumMismatch (its
     batches may then be smaller, even empty, which a training step skips: the number of
     batches stays, as DistributedDataParallel needs; ``Batch.stats.deleted_dropped``
-    counts them).
+    counts them). A dataset reads the version it opened (a deletion after it is not in
+    what it reads); ``follow_latest`` reads each epoch at the store's latest version
+    instead, so deletions take effect within a run (with ``drop_deleted``) and
+    compactions speed its reads.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
     worker, batches are written into shared-memory buffers reused once the trainer has
@@ -470,14 +473,18 @@ class ExampleDataset(IterableDataset):
                  drop_last: bool = False, even_batches: bool = False, affinity: bool = False,
                  copartition: bool = False, prefetch: bool = False,
                  example_columns: Sequence[str] | None = None,
-                 verify: bool = True, drop_deleted: bool = False, rank: int | None = None,
+                 verify: bool = True, drop_deleted: bool = False, follow_latest: bool = False,
+                 rank: int | None = None,
                  world_size: int | None = None, block_rows: int = BLOCK_ROWS, window_rows: int = WINDOW_ROWS):
         super().__init__()
-        shuffle, drop_last, even_batches, affinity, copartition, prefetch, verify, drop_deleted = (
+        shuffle, drop_last, even_batches, affinity, copartition, prefetch, verify, drop_deleted, follow_latest = (
             exact_bool(name, value) for name, value in (
                 ("shuffle", shuffle), ("drop_last", drop_last), ("even_batches", even_batches),
                 ("affinity", affinity), ("copartition", copartition), ("prefetch", prefetch), ("verify", verify),
-                ("drop_deleted", drop_deleted)))
+                ("drop_deleted", drop_deleted), ("follow_latest", follow_latest)))
+        if follow_latest and not verify:
+            raise SchemaError("follow_latest reads each epoch at the store's latest version, which rebuilds the "
+                              "pointers' histories only as their checksums prove: it needs verify=True")
         if drop_deleted and not verify:
             raise SchemaError("drop_deleted finds the examples of deleted users by their checksums: it needs "
                               "verify=True")
@@ -521,6 +528,7 @@ class ExampleDataset(IterableDataset):
             world_size = (dist.get_world_size() if ready else 1) if world_size is None else world_size
         self.verify = verify
         self.drop_deleted = drop_deleted
+        self.follow_latest = follow_latest
         self.prefetch = bool(prefetch)
         self.epoch = 0
         # set_epoch writes it too: a persistent worker (which keeps its copy of this
@@ -581,10 +589,13 @@ class ExampleDataset(IterableDataset):
         return self._store
 
     def _still_kept(self) -> None:
-        """Moves this copy to the store's latest version if cleanup retired its own."""
+        """Moves this copy to the store's latest version if cleanup retired its own, or,
+        with ``follow_latest``, if there is a newer one (at each epoch's start)."""
         store = self.store
         if not store._kept():
             self._store = read_on(store.latest(), store.version, self.verify)
+        elif self.follow_latest and store.latest_version > store.version:
+            self._store = store.latest()
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
