@@ -1002,6 +1002,34 @@ def test_follow_latest_lets_a_deletion_take_effect_at_the_next_epoch(tmp_path, w
         ExampleDataset(store, log, projection, follow_latest=True, verify=False)
 
 
+@pytest.mark.filterwarnings("ignore:version \\d+ of .* was cleaned up while it was read")
+def test_once_its_version_is_retired_every_loader_reads_each_epoch_at_the_latest(tmp_path):
+    """Fresh workers reopened the retired version each epoch and read on at the latest then,
+    while the trainer's own copy and persistent workers stayed where they first moved: a
+    later deletion took effect or not depending on num_workers (a stranger's)."""
+    served = {}
+    for workers, persistent in ((0, False), (2, False), (2, True)):
+        root = tmp_path / f"store-{workers}-{persistent}"
+        store = lateseq.create(root, lateseq.Schema({"item_id": "int64"}))
+        users = np.arange(8)
+        store = store.commit(pa.table({"user_id": users, "ts": users, "item_id": users + 100}))
+        log = lateseq.log_examples(store, pa.table({"user_id": users, "request_ts": users + 1}))
+        ds = ExampleDataset(lateseq.open(root), log, lateseq.Projection(3, ("item_id",)), batch_size=4,
+                            drop_deleted=True)
+        options = {"num_workers": workers, "persistent_workers": persistent} if workers else {}
+        loader = DataLoader(ds, batch_size=None, **options)
+        for epoch in range(3):
+            if epoch == 1:
+                newer = lateseq.open(root).commit(pa.table({"user_id": [99], "ts": [1], "item_id": [1]}))
+                newer.cleanup(before=newer.version, grace_s=0)  # the dataset's version retired
+            if epoch == 2:
+                lateseq.open(root).delete([3])
+            ds.set_epoch(epoch)
+            rows = sorted(r for b in loader for r in b.rows.tolist())
+        served[workers, persistent] = rows
+    assert set(map(tuple, served.values())) == {(0, 1, 2, 4, 5, 6, 7)}, served
+
+
 def test_persistent_workers_reshuffle_at_set_epoch(world):
     """A persistent worker keeps its copy of the dataset across epochs: set_epoch on the
     trainer's copy reaches it through shared memory."""

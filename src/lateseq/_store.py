@@ -914,8 +914,8 @@ class Reopening:
     Ray actor): reopened there at its version, or at the latest once cleanup retired that
     one (``read_on``)."""
 
-    def __init__(self, store: Store, verify: bool):
-        self.arguments, self.verify = store.__reduce__()[1], verify
+    def __init__(self, store: Store, verify: bool, quiet: bool = False):
+        self.arguments, self.verify, self.quiet = store.__reduce__()[1], verify, quiet
 
     def open(self) -> Store:
         try:
@@ -925,22 +925,24 @@ class Reopening:
             latest = _unpickle(path, None, *options)
             if latest._kept(version):  # not retired: another reason
                 raise
-            return read_on(latest, version, self.verify)
+            return read_on(latest, version, self.verify, self.quiet)
 
 
-def read_on(latest: Store, version: int, verify: bool) -> Store:
+def read_on(latest: Store, version: int, verify: bool, quiet: bool = False) -> Store:
     """``latest`` for a reader of pointers whose ``version`` cleanup retired: a run of many
     epochs outlives a daily cleanup, and a pointer into a retired version rebuilds from
     any newer one (its events keep their version; its checksum proves it, so not without
-    ``verify``: a deletion since would empty histories unnoticed)."""
+    ``verify``: a deletion since would empty histories unnoticed). ``quiet``: a reader
+    that moves to the latest on purpose is not warned."""
     if not verify:
         raise VersionNotFound(f"version {version} of {latest.path} was cleaned up while it was read; with "
                               "verify=False reading does not go on at a newer version, whose histories no checksum "
                               "would compare with the pointers' (a deletion since would empty them unnoticed): tag "
                               "the versions a run reads, or verify")
-    warnings.warn(f"version {version} of {latest.path} was cleaned up while it was read; version {latest.version}, "
-                  "the latest, is read from now on (pointers into a retired version rebuild from any newer one, "
-                  "their checksums prove it; tag a version to keep it)", stacklevel=3)
+    if not quiet:
+        warnings.warn(f"version {version} of {latest.path} was cleaned up while it was read; version "
+                      f"{latest.version}, the latest, is read from now on (pointers into a retired version rebuild "
+                      "from any newer one, their checksums prove it; tag a version to keep it)", stacklevel=3)
     return latest
 
 

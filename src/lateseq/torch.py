@@ -457,8 +457,8 @@ class ExampleDataset(IterableDataset):
     ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
     their pointer's version, labels too, where they would raise ChecksumMismatch (its
     batches may then be smaller, even empty, which a training step skips: the number of
-    batches stays, as DistributedDataParallel needs; ``Batch.stats.deleted_dropped``
-    counts them). A dataset reads the version it opened (a deletion after it is not in
+    batches stays, as DistributedDataParallel needs, but ``rebatch``'s joined batches may
+    then number differently on each rank; ``Batch.stats.deleted_dropped`` counts them). A dataset reads the version it opened (a deletion after it is not in
     what it reads); ``follow_latest`` reads each epoch at the store's latest version
     instead, so deletions take effect within a run (with ``drop_deleted``) and
     compactions speed its reads.
@@ -489,6 +489,7 @@ class ExampleDataset(IterableDataset):
             raise SchemaError("drop_deleted finds the examples of deleted users by their checksums: it needs "
                               "verify=True")
         self._store: Store | None = store if isinstance(store, Store) else Store(store)
+        self._opened = self._store.version  # once cleanup retires it, every epoch reads the latest
         if not isinstance(projection, Projection):
             raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
         projection.resolve(self.store.schema)  # unknown columns fail here, not in a worker
@@ -577,7 +578,7 @@ class ExampleDataset(IterableDataset):
         # the store travels as how to reopen it, reopened when the copy first uses it: a
         # spawned worker unpickles its copy before the DataLoader can pass on its errors,
         # so a version retired since (cleanup) killed it with the reason on its stderr only
-        reopen = self._reopen if self._store is None else Reopening(self._store, self.verify)
+        reopen = self._reopen if self._store is None else Reopening(self._store, self.verify, self.follow_latest)
         return dict(self.__dict__, _store=None, _reopen=reopen)
 
     @property
@@ -589,12 +590,15 @@ class ExampleDataset(IterableDataset):
         return self._store
 
     def _still_kept(self) -> None:
-        """Moves this copy to the store's latest version if cleanup retired its own, or,
-        with ``follow_latest``, if there is a newer one (at each epoch's start)."""
+        """Moves this copy to the store's latest version (at an epoch's start): with
+        ``follow_latest``, and once cleanup retired the version the dataset opened, so
+        every copy reads the same (a DataLoader's fresh workers reopen the latest each
+        epoch; the trainer's own copy, or a persistent worker's, now does too); or when
+        cleanup retired this copy's version under it."""
         store = self.store
         if not store._kept():
-            self._store = read_on(store.latest(), store.version, self.verify)
-        elif self.follow_latest and store.latest_version > store.version:
+            self._store = read_on(store.latest(), store.version, self.verify, quiet=self.follow_latest)
+        elif (self.follow_latest or not store._kept(self._opened)) and store.latest_version > store.version:
             self._store = store.latest()
 
     def set_epoch(self, epoch: int) -> None:
@@ -604,6 +608,8 @@ class ExampleDataset(IterableDataset):
         if epoch != self.epoch:
             # a state saved now starts the new epoch, with any number of workers
             self._resume, self._yielded, self._shard_plan, self._shard = None, 0, None, None
+            if get_worker_info() is None:  # the trainer's copy, which the epoch's fresh workers copy
+                self._still_kept()
         self.epoch = int(epoch)
         self._shared_epoch[0] = self.epoch
 
