@@ -458,9 +458,10 @@ class ExampleDataset(IterableDataset):
     their pointer's version, labels too, where they would raise ChecksumMismatch (its
     batches may then be smaller, even empty, which a training step skips: the number of
     batches stays, as DistributedDataParallel needs, but ``rebatch``'s joined batches may
-    then number differently on each rank; ``Batch.stats.deleted_dropped`` counts them). A dataset reads the version it opened (a deletion after it is not in
-    what it reads); ``follow_latest`` reads each epoch at the store's latest version
-    instead, so deletions take effect within a run (with ``drop_deleted``) and
+    then number differently on each rank; ``Batch.stats.deleted_dropped`` counts them).
+    A dataset reads the version it opened (a deletion after it is not in what it reads)
+    until cleanup retires it; ``follow_latest`` reads each epoch at the store's latest
+    version instead, so deletions take effect within a run (with ``drop_deleted``) and
     compactions speed its reads.
     ``rank`` and ``world_size`` default to ``torch.distributed``'s when it is
     initialised (create the dataset after ``init_process_group``). In a DataLoader
