@@ -104,7 +104,7 @@ class ExampleLog:
     def __init__(self, path: str | os.PathLike):
         self.path = parquet_path(path)
         self.files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
-        self._written = tuple(_written(f) for f in self.files)
+        self.written = tuple(_written(f) for f in self.files)  # what a rewrite changes, per file
         # digested before a footer is parsed: a file replaced in between fails every later check
         self.footers = tuple(footer_digest(f) for f in self.files)
         footers = [_checked_footer(f) for f in self.files]
@@ -133,7 +133,7 @@ class ExampleLog:
         compression or dictionaries)."""
         try:
             files = tuple(part_files(self.path)) if os.path.isdir(self.path) else (self.path,)
-            return files != self.files or tuple(_written(f) for f in files) != self._written or tuple(
+            return files != self.files or tuple(_written(f) for f in files) != self.written or tuple(
                 footer_digest(f) for f in files) != self.footers
         except (OSError, SchemaError):
             return True
@@ -227,7 +227,7 @@ class LogReader:
             file = self.log.files[index]
             try:
                 opened = file_identity(file)
-                same = opened[2:] == self.log._written[index] and footer_digest(file) == self.log.footers[index]
+                same = opened[2:] == self.log.written[index] and footer_digest(file) == self.log.footers[index]
             except (OSError, SchemaError):
                 same = False
             if not same:

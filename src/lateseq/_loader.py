@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
-from ._examplelog import ExampleLog, part_files
+from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
@@ -145,16 +145,17 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         if clash:
             label = f"tenant {tenant!r}: " if tenant else ""
             raise SchemaError(f"{label}example columns {clash} clash with projected columns of the same name")
-    log_schema = _read_schema(examples)
+    examples = examples if isinstance(examples, pa.Table) else ExampleLog(examples)  # its footers read once
+    log_schema = examples.schema
     _check_columns(log_schema, columns)  # unknown ones are named
     schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
         pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]))
         for n in projected]) for tenant, projected in names.items()}
     for path in outs.values():
         outside_store(store, path)
-        if not isinstance(examples, pa.Table) and os.path.exists(examples) and _within(path, examples):
-            raise SchemaError(f"{path} is {'in ' * os.path.isdir(examples)}the example log this reads; write the "
-                              "sequences elsewhere")
+        if isinstance(examples, ExampleLog) and _within(path, examples):
+            raise SchemaError(f"{path} is {'in ' * os.path.isdir(examples.path)}the example log this reads; write "
+                              "the sequences elsewhere")
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{path}: directory {folder} does not exist")
@@ -190,14 +191,12 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
 # ---------------------------------------------------------------- reading the example log
 
 
-def _within(path: str, examples: str | os.PathLike) -> bool:
-    """Whether ``path`` is the example log's file, or in its folder (by name, or through a
-    link: a part file linked from elsewhere, written through, would be lost)."""
-    if os.path.isdir(examples):
-        out, folder = Path(os.path.abspath(path)), Path(os.path.abspath(examples))
-        return (out.is_relative_to(folder) or out.resolve().is_relative_to(folder.resolve())
-                or os.path.realpath(out) in {os.path.realpath(f) for f in part_files(os.fspath(folder))})
-    return os.path.exists(path) and os.path.samefile(path, examples)
+def _within(path: str, log: ExampleLog) -> bool:
+    """Whether ``path`` is one of the example log's files (through a link or another name
+    too: a part file linked from elsewhere, written through, would be lost), or in its folder."""
+    out, folder = Path(os.path.abspath(path)), Path(log.path)
+    return (out.exists() and any(os.path.samefile(out, f) for f in log.files)
+            or (folder.is_dir() and (out.is_relative_to(folder) or out.resolve().is_relative_to(folder.resolve()))))
 
 
 def _selected(schema: pa.Schema, columns: Sequence[str] | None) -> list[str]:
@@ -219,17 +218,13 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str
     return list(dict.fromkeys(protocol_columns(schema) + list(columns)))
 
 
-def _read_schema(examples: ExampleSource) -> pa.Schema:
-    return examples.schema if isinstance(examples, pa.Table) else ExampleLog(examples).schema
-
-
-def _example_batches(examples: ExampleSource, batch_size: int,
+def _example_batches(examples: ExampleSource | ExampleLog, batch_size: int,
                      columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """Checks the log and its columns now; returns an iterator over its batches."""
     if isinstance(examples, pa.Table):
         read = _check_columns(examples.schema, columns)
         return _table_batches(examples if read is None else examples.select(read), batch_size)
-    log = ExampleLog(examples)
+    log = examples if isinstance(examples, ExampleLog) else ExampleLog(examples)
     return _parquet_batches(log, batch_size, _check_columns(log.schema, columns))
 
 

@@ -98,7 +98,7 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
              for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
     return ray.data.from_items(tasks).map_batches(
         _read_row_groups, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"path": log.path, "digest": log.digest, "written": log._written, "columns": read}), example_columns
+        fn_kwargs={"path": log.path, "digest": log.digest, "written": log.written, "columns": read}), example_columns
 
 
 def _check_row_name(read: list[str]) -> None:
@@ -117,7 +117,7 @@ def _read_row_groups(tasks: pa.Table, path: str, digest: str, written: tuple, co
     log = _LOGS.get(digest)
     if log is None:
         log = ExampleLog(path)
-        if (log.digest, log._written) != (digest, written):
+        if (log.digest, log.written) != (digest, written):
             raise SchemaError(f"example log {path} changed since lateseq.ray planned its reads; read it again")
         _LOGS.clear()  # one log at a time, mostly: kept small
         _LOGS[digest] = log

@@ -263,8 +263,7 @@ class Batch:
                               f"got {time_unit!r}")
         extra = exact_integer("max_output_length", max_output_length, 0)
         if target_timestamps is not None:
-            target_timestamps = torch.as_tensor(np.asarray(target_timestamps) if not isinstance(
-                target_timestamps, torch.Tensor) else target_timestamps)
+            target_timestamps = torch.as_tensor(target_timestamps)  # a tensor, an array or a list
         if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
             raise SchemaError(f"target_timestamps must be one per example ({len(self)}), with max_output_length >= 1 "
                               f"(a full history's target goes past max_len); got shape "
