@@ -632,6 +632,29 @@ def test_a_decoded_copy_written_in_place_during_a_batch_is_never_returned(store,
     assert len(writes) == 1
 
 
+def test_a_read_that_raised_leaves_no_stale_look_at_the_read_cache(store, log, monkeypatch):
+    """A read looks at the read cache once, as it begins, and its lookups reuse that look;
+    one that raised (out of memory, interrupted) must not leave it behind: a later lookup
+    outside a read (logging pointers) would take it, and miss a decoded copy written in
+    place since."""
+    requests = pa.table({"user_id": np.arange(1, 31, dtype=np.int64), "request_ts": np.full(30, 500, np.int64)})
+    handle = lateseq.open(store.path, merged_reads=False)
+    expected = lateseq.log_examples(handle, requests)  # each cut searched for in the time column
+    assert same(lateseq.materialize(handle, log, PROJECTION), output(store.path, log))
+
+    def out_of_memory(*args):
+        raise MemoryError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lateseq._gather, "copy_runs", out_of_memory)
+        with pytest.raises(MemoryError):
+            lateseq.materialize(handle, log, PROJECTION)
+    for info in handle.segment_infos:
+        path = store.cache_dir / f"{info.name}.arrow"
+        _damage_in_place(path, path.stat().st_size // 8, path.stat().st_size * 7 // 8, through_a_map=False)
+    assert lateseq.log_examples(handle, requests).equals(expected)
+
+
 def _damage_in_place(path: Path, start: int, end: int, through_a_map: bool) -> mmap.mmap | None:
     """Flips every byte of [start, end) of ``path`` in place; through a shared map, kept
     open (closing it would tell inotify), which is returned."""

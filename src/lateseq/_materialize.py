@@ -63,14 +63,18 @@ def _steady(store: Store, read: Callable[[], T]) -> T:
     the copy changed, checks it, and decodes it again from the store."""
     for _ in range(_READS):
         generation = store._read_cache_generation()
+        mismatch = None
         try:
             result = read()
-        except ChecksumMismatch:
-            if store._overwritten_since(generation):
-                continue
-            raise
-        if not store._overwritten_since(generation):
-            return result
+        except ChecksumMismatch as exc:
+            mismatch = exc
+        finally:  # ends the read, whatever it raised: the next one looks at the cache afresh
+            overwritten = store._overwritten_since(generation)
+        if overwritten:
+            continue
+        if mismatch is not None:
+            raise mismatch
+        return result
     raise StoreError(f"the read cache's decoded copies were written in place during {_READS} reads in a row: "
                      f"another program writes into {store.cache_dir} (lateseq never writes a copy in place); stop it, "
                      "or give this reader a cache of its own (cache_dir=)")

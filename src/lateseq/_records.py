@@ -163,14 +163,24 @@ def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     return holds_records(log.schema)
 
 
+# the schema of the last log found to hold plain pointers: a loader asks batch after batch
+_last_plain: pa.Schema | None = None
+
+
 def holds_records(schema: pa.Schema) -> bool:
     """Whether a log of ``schema`` holds two-tier records: all of ``RECORD_FIELDS``. Some
     of them only is an error, not a plain log: its tails would be left out unseen."""
-    present = [name for name in RECORD_FIELDS.names if name in schema.names]
+    global _last_plain
+    if _last_plain is not None and schema.equals(_last_plain):
+        return False
+    names = schema.names
+    present = [name for name in RECORD_FIELDS.names if name in names]
     if present and len(present) < len(RECORD_FIELDS):
         missing = [name for name in RECORD_FIELDS.names if name not in present]
         raise SchemaError(f"example log has two-tier record columns {present} but not {missing}: a two-tier log "
                           f"has all of {RECORD_FIELDS.names}, and a plain log cannot use these names")
+    if not present:
+        _last_plain = schema
     return bool(present)
 
 

@@ -734,9 +734,11 @@ class Store:
 
     def _read_cache_generation(self) -> int:
         """The read cache's generation as a read begins; the views it reads are noted from
-        here on (``_note_read``), in this thread."""
+        here on (``_note_read``), in this thread, and looked up at this generation (what
+        changes during the read, ``_overwritten_since`` finds)."""
         self._reading.views = []
-        return self._segments.watch.generation()
+        self._reading.generation = generation = self._segments.watch.generation()
+        return generation
 
     def _note_read(self, views: Iterable[PartitionView]) -> None:
         known = getattr(self._reading, "views", None)
@@ -747,7 +749,7 @@ class Store:
         """Whether a decoded copy the read begun at ``generation`` read (plain, merged or
         filtered) was written in place since (a stat of each only when anything changed)."""
         views = getattr(self._reading, "views", [])
-        self._reading.views = None
+        self._reading.views = self._reading.generation = None
         return self._segments.watch.generation() != generation and any(
             segment.overwritten() for view in views for segment in view.segments)
 
@@ -779,7 +781,7 @@ class Store:
         it costs (a partition each, against one per member): many small batches of new
         partitions do not rebuild it each time."""
         with self._views_lock:
-            generation = self._segments.watch.generation()
+            generation = self._generation()
             members, view, waiting, cost = self._join
             if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all():
                 return view
@@ -797,6 +799,12 @@ class Store:
             self._join = (members, view, set(), 0)
             self._in_join[list(members)] = True
             return view
+
+    def _generation(self) -> int:
+        """The read cache's generation: the one the read under way in this thread began at,
+        else a fresh look."""
+        generation = getattr(self._reading, "generation", None)
+        return self._segments.watch.generation() if generation is None else generation
 
     def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
@@ -820,7 +828,7 @@ class Store:
         last look)."""
         with self._views_lock:
             if generation is None:
-                generation = self._segments.watch.generation()
+                generation = self._generation()
             infos = self._by_partition.get(partition, [])
             merged = len(infos) > 1 and self._reads_merged(partition, infos)
             known = self._views.get(partition)
