@@ -75,7 +75,7 @@ def test_tiny_run_reports_every_tenant_and_form(tiny):
         assert read["total"] == read["copied"] + read["scanned"] + read["example_log"] == t["lateseq"]["read_bytes"]
         assert t["lateseq"]["events_per_example"] <= t["projection"]["max_len"]
         # IPC: the buffers of the columns read, at least their values' bytes
-        widths = {"item_id": 8, "action": 1, "dwell": 4, "ts": 8, "request_ts": 0}
+        widths = {"item_id": 4, "action": 1, "dwell": 4, "ts": 8, "request_ts": 0}
         per_event = sum(widths[c] for c in t["fat_rows"]["arrow-ipc"]["columns_read"])
         assert t["fat_rows"]["arrow-ipc"]["read_bytes_per_example"] >= per_event * r["union"]["events_per_example"]
         # by page, cold: whole pages came in; the fewer of each side's ways counts, and the ratios are of those
