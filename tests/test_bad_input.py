@@ -167,6 +167,22 @@ def test_hive_folders_keyed_by_integer_user_ids_past_int32_read_as_integers(make
                                lambda: version.commit(other))
 
 
+@pytest.mark.parametrize("width", [pa.int32(), pa.int64()])
+@pytest.mark.parametrize("key", ["user_id", "item"])
+def test_a_folder_key_naming_a_column_its_files_hold_is_refused(make_store, tmp_path, width, key):
+    """pyarrow reads a hive key over the file's column of that name: a folder
+    ``user_id=1/`` whose file held user 2's events stored them as user 1's, silently
+    (an int64 column gave pyarrow's "Unable to merge" instead)."""
+    folder = tmp_path / "events" / f"{key}=1"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": pa.array([2, 2], width), "ts": [1, 2], "item": pa.array([5, 6], width)}),
+                   folder / "part-0.parquet")
+    store = make_store({"item": "int64"})
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
+                               rf"folder keys \({key}=\.\.\. in its paths\) that name a column its files also hold",
+                               lambda: store.commit(tmp_path / "events"))
+
+
 def test_bad_event_sources(store, tmp_path):
     missing = tmp_path / "nope.parquet"
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, re.escape(str(missing)),
@@ -449,6 +465,12 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
                                lambda: store.commit(frame))
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not a DataFrame \(pa.Table.from_pandas",
                                lambda: lateseq.materialize(store, frame, lateseq.Projection(3)))
+    sorted_frame = good().to_pandas().set_axis([7, 3])  # an index as sorting leaves it: kept as a column
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"\['__index_level_0__'\] that the store's "
+                               r"schema does not know \(.*pa.Table.from_pandas\(df, preserve_index=False\)",
+                               lambda: store.commit(pa.Table.from_pandas(sorted_frame)))
+    requests = pa.table(frame)  # a RecordBatch is taken as commit and materialize take it
+    assert lateseq.log_examples(store, requests.to_batches()[0]).equals(lateseq.log_examples(store, requests))
     strings = "map string ids to integers the same way for events and requests.*hash_array"
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, f"'user_id' has type string.*{strings}",
                                lambda: store.commit(good(user_id=pa.array(["u1", "u2"]))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -368,6 +369,25 @@ def test_commit_drops_events_already_stored(tmp_path):
     assert store.num_events == 2  # user 1's event 1 is a redelivery; user 2's is new
     again = store.commit(events((1, 5, 9, 1)))
     assert (again.version, again.num_events) == (store.version + 1, 2)
+
+
+def test_a_log_whose_tail_columns_changed_type_is_refused_naming_them(world):
+    """Tails read back as text (a CSV round trip) raised pyarrow's "no kernel matching
+    input types", not a LateseqError; as floats, a ChecksumMismatch blamed the data.
+    Integers of another width still rebuild exactly."""
+    store, log, served = serve_one_scenario(*world)
+
+    def retyped(how):
+        return pa.table({n: how(log.column(n)) if n == "tail_ts" else log.column(n) for n in log.column_names})
+
+    for how, what in ((lambda c: pa.array([str(v) for v in c.to_pylist()]), "string"),
+                      (lambda c: c.cast(pa.list_(pa.float64())), "list<item: double>")):
+        with pytest.raises(lateseq.PointerError, match=rf"column 'tail_ts' has type {re.escape(what)}, expected "
+                                                       r"list<int64>"):
+            lateseq.materialize(store, retyped(how), PROJECTION)
+    for width in (pa.int32(), pa.uint64()):
+        batch = lateseq.materialize(store, retyped(lambda c, w=width: c.cast(pa.large_list(w))), PROJECTION)
+        assert not batch.rows_differ(served).any()
 
 
 def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):

@@ -117,8 +117,7 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     import pyarrow.dataset as ds  # here: it imports pandas, which lateseq's import does not need
 
     try:
-        folder = ds.dataset(path, format="parquet", partitioning="hive")
-        files = [fragment.path for fragment in folder.get_fragments()]
+        files = [fragment.path for fragment in ds.dataset(path, format="parquet").get_fragments()]
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
     rows, beyond, finer, columns, typed, int96 = 0, False, False, None, None, []
@@ -142,7 +141,18 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                                                  f"not {lacking}, which {columns[0]} has" if lacking else "") if part)
                 + "; read as one, a column would be dropped or filled with nulls: write every file with the same "
                 "columns, or give the files one at a time")
+    keys = {part.split("=", 1)[0] for file in files for part in os.path.relpath(file, path).split(os.sep)[:-1]
+            if "=" in part}
+    both = sorted(keys & set(columns[1] if columns else ()))
+    if both:  # pyarrow takes the folder's value over the file's, silently (a user's events under another id)
+        raise SchemaError(f"{what} {path} has folder keys ({both[0]}=... in its paths) that name a column its files "
+                          f"also hold ({both}); read as one, the folder's value would replace every file's: rename "
+                          "the folders, or write the files without those columns")
     _check_int96(beyond, finer, path, what)  # each file may hold one kind, the folder both
+    try:
+        folder = ds.dataset(path, format="parquet", partitioning="hive")
+    except (pa.ArrowException, OSError) as exc:
+        raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
     # read with the types of its files that hold rows (pyarrow would take the first file's)
     schema = None if typed is None else pa.schema(
         [*typed[1], *(f for f in folder.schema if f.name not in typed[1].names)], metadata=typed[1].metadata)

@@ -210,6 +210,8 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     """
     if path is not None and not overwrite and ((at := outside_store(store, path)).exists() or at.is_symlink()):
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")
+    if isinstance(requests, pa.RecordBatch):
+        requests = pa.Table.from_batches([requests])
     if not isinstance(requests, pa.Table):
         raise SchemaError(f"requests are a pyarrow Table, not a {type(requests).__name__}"
                           + frame_hint(requests))

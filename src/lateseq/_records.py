@@ -66,18 +66,28 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarra
     if missing or extra:
         raise SchemaError(f"two-tier example log: its tail columns do not match the store's columns (missing "
                           f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
-    first = log.column(TAIL_PREFIX + names[0])
-    if isinstance(first, pa.ChunkedArray):
-        first = first.combine_chunks()
-    lengths = pc.list_value_length(first).fill_null(0).to_numpy()
+    tails = {name: _tail_column(store, log, name) for name in names}
+    lengths = pc.list_value_length(tails[names[0]]).fill_null(0).to_numpy()
     owners = np.repeat(np.arange(len(lengths)), lengths)
-    columns = {}
-    for name in names:
-        column = log.column(TAIL_PREFIX + name)
-        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        columns[name] = column_numpy(pc.list_flatten(column))
+    columns = {name: column_numpy(pc.list_flatten(column)) for name, column in tails.items()}
     user = log.column("user_id").to_numpy()[owners]
     return owners, user, columns
+
+
+def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    """A tail column, refused where its type would change the events' hashes (a float or
+    text for an integer, another float width) rather than blamed on the checksum;
+    integers of any width hash as the store's."""
+    column = log.column(TAIL_PREFIX + name)
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    stored = pa.int64() if name == store.schema.time_col else pa.type_for_alias(store.schema.columns[name])
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+            kind.value_type == stored or pa.types.is_integer(kind.value_type) and pa.types.is_integer(stored)):
+        raise PointerError(f"two-tier example log column {TAIL_PREFIX + name!r} has type {kind}, expected "
+                           f"list<{stored}> (the inline tail as it was served; a round trip through text or floats "
+                           "changes it): keep the log's tail columns in the types lateseq wrote")
+    return column
 
 
 def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,

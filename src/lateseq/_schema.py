@@ -7,6 +7,7 @@ every commit is checked against it so a version never holds data of another shap
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,7 +193,10 @@ class Schema:
             raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
         extra = [c for c in table.column_names if c not in expected]
         if extra:
-            raise SchemaError(f"input has columns {extra} that the store's schema does not know")
+            index = any(re.fullmatch(r"__index_level_\d+__", c) for c in extra)
+            raise SchemaError(f"input has columns {extra} that the store's schema does not know" + (
+                " (__index_level_N__ is a pandas DataFrame's index: pa.Table.from_pandas(df, preserve_index=False) "
+                "leaves it out)" if index else ""))
         return expected
 
     def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str,
