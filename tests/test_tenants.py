@@ -873,6 +873,16 @@ def test_check_tenants_collects_problems_across_tenants():
     assert len(plain) == 2 and plain[0].startswith("tenant 'fine'") and plain[1].startswith("tenant 'aged'")
 
 
+def test_a_transform_renamed_after_the_projection_was_made_is_refused_at_the_read():
+    """``transforms`` is a dict a caller can still change: a name changed after the check at
+    construction was read as 'age' (the store's unit, where 'age_days' was meant)."""
+    projection = Projection(5, ("ts",), transforms={"ts": "age_s"})
+    assert projection.resolve(CONFIG_SCHEMA) == ["ts"]
+    projection.transforms["ts"] = "age_days"
+    with pytest.raises(SchemaError, match=r"transforms: unknown \{'ts': 'age_days'\}; known: \['age', 'age_s'\]"):
+        projection.resolve(CONFIG_SCHEMA)
+
+
 def test_valid_config_round_trips(tmp_path):
     path = write_config(tmp_path, '''
 [tenants.retrieval]
@@ -919,6 +929,9 @@ columns = ["ts"]
     ("[tenants]\n", "tenants"),
     ("tenants = 5\n", "tenants"),
     ('[tenants.ok]\nmax_len = 1\n[other]\nx = 1\n', "other"),
+    ('[[tenants]]\nname = "a"\nmax_len = 1\n', r"found an array of tables \(\[\[tenants\]\]\)"),
+    ("[tenants.early.ranking]\nmax_len = 1\n",  # TOML's dotted key: tenant 'early', field 'ranking'
+     r"tenant 'early': unknown field\(s\) \['ranking'\].*quoted in TOML: \[tenants.\"early.ranking\"\]"),
 ])
 def test_malformed_config_files(tmp_path, body, expected):
     path = write_config(tmp_path, body)

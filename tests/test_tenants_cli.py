@@ -55,6 +55,11 @@ def test_materialize_tenants_writes_each_tenant_as_materialize_would(world, tmp_
     assert pq.read_table(out / "engaged.parquet").column("item_id").to_pylist() == [[2, 3, 4], [5], [2, 3]]
     code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out)
     assert code != 0 and "--force" in stderr  # nothing overwritten without --force
+    config.write_text(CONFIG.replace("tenants.engaged", "tenants.engaged_v2"))  # an old output stays, and is named
+    code, _, stderr = lateseq("materialize", store.path, log, "--tenants", config, "--out", out, "--force")
+    assert code == 0, stderr
+    assert "also holds ['engaged.parquet'], which this run did not write" in " ".join(stderr.split())
+    assert sorted(p.name for p in out.iterdir()) == ["engaged.parquet", "engaged_v2.parquet", "recent.parquet"]
 
 
 @pytest.mark.parametrize("text, match", [

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import importlib.util
 import json
 import mmap
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -191,6 +193,16 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
     assert {p.name for p in damaged} <= found
 
 
+def test_verify_passes_a_store_where_a_tag_write_was_killed(store):
+    """A tag written is a temporary renamed into place: one killed before the rename left
+    tags/.tmp-*.json, which verify called a bad tag name (for the hour before cleanup
+    removes it) while the store was sound."""
+    leftover = store.path / "tags" / ".tmp-bac04c02-t1.json"
+    leftover.write_bytes((store.path / "tags" / "good.json").read_bytes())
+    assert verify(store) == []
+    assert store.tags() == {"good": store.checkout("good").version}
+
+
 def test_verify_finds_tag_files_swapped(store):
     store.tag("other", store.version)
     tags = store.path / "tags"
@@ -286,6 +298,46 @@ def test_a_store_this_user_cannot_write_says_so_when_a_writer_locks_it(store, mo
     with pytest.raises(lateseq.StoreError, match="Permission denied .*may not write there") as caught:
         store.cleanup(before=store.version)
     assert "symbolic link" not in str(caught.value)
+
+
+@pytest.mark.parametrize("lock", ["writing", "tagging"])
+def test_a_process_forked_while_a_lock_is_held_does_not_keep_it(store, lock):
+    """A lock belongs to the open file, and a child forked without exec kept the parent's
+    descriptor: a DataLoader worker forked during a commit held the store's lock for its
+    whole life, after the commit was done, and cleanup waited on it without a word."""
+    started, ready = os.pipe()
+    with getattr(store._log, lock)():
+        pid = os.fork()
+        if pid == 0:  # the child lives on, as a worker would, and never leaves the block
+            os.write(ready, b"1")
+            time.sleep(30)
+            os._exit(0)
+    os.read(started, 1)  # the child runs
+    os.close(started)
+    os.close(ready)
+    try:
+        path = store.path / ("tags" if lock == "tagging" else "") / ".lock"
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # cleanup's lock: free at once
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_a_long_wait_for_the_store_lock_is_reported(store, monkeypatch):
+    """Waiting for the store's lock has no end of its own (a process holding it may live
+    on): after ``LOCK_NOTICE_S`` a warning names the lock file, and the wait goes on."""
+    monkeypatch.setattr(lateseq._versions, "LOCK_NOTICE_S", 0.2)
+    held = os.open(store.path / ".lock", os.O_WRONLY)
+    fcntl.flock(held, fcntl.LOCK_SH)  # as a writer midway holds it
+    release = threading.Timer(1.0, os.close, [held])
+    release.start()
+    with pytest.warns(UserWarning, match=r"waiting for .*\.lock, which another process has held for 0 s"):
+        store.cleanup(before=store.version)
+    release.join()
 
 
 def test_a_dangling_manifest_names_the_missing_file(store, log, tmp_path):

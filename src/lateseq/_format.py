@@ -460,14 +460,43 @@ def put_in_place(tmp: Path, path: Path) -> None:
         raise write_failed(path, exc) from exc
 
 
+_OPEN_LOCKS: set[int] = set()  # descriptors of this process's lock files, open now
+
+
 def open_lock_file(path: Path) -> int:
     """A lock file's descriptor (made if missing), never through a symbolic link and never
-    a FIFO or device, on which opening or locking could wait forever; else OSError."""
+    a FIFO or device, on which opening or locking could wait forever; else OSError.
+    Closed with ``close_lock_file``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file")
+    _OPEN_LOCKS.add(fd)
     return fd
+
+
+def close_lock_file(fd: int) -> None:
+    _OPEN_LOCKS.discard(fd)
+    os.close(fd)
+
+
+def _drop_inherited_locks() -> None:
+    """A forked child lets go of the lock files its parent held: a lock belongs to the
+    open file, which the child's copy of the descriptor kept locked after the parent was
+    done (a DataLoader worker forked during a commit held the store's lock for its whole
+    life, and cleanup waited on it). Each descriptor becomes /dev/null's, so that the
+    parent's code, running on in the child, closes it as it would have."""
+    if not _OPEN_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _OPEN_LOCKS:
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def read_regular(path: Path) -> bytes:

@@ -91,6 +91,11 @@ class Filter:
         return np.array([mask], np.uint64).view(np.int64)
 
 
+def _unknown_transforms(transforms: Mapping[str, str]) -> str:
+    bad = {k: v for k, v in transforms.items() if v not in TRANSFORMS}
+    return f"transforms: unknown {bad}; known: {sorted(TRANSFORMS)}" if bad else ""
+
+
 @dataclass(frozen=True)
 class Projection:
     """The newest ``max_len`` events before each request that a model reads.
@@ -135,10 +140,9 @@ class Projection:
         if not isinstance(self.transforms, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.transforms.items()):
             raise SchemaError(f"transforms must map column names to transform names, got {self.transforms!r}")
-        bad = {k: v for k, v in self.transforms.items() if v not in TRANSFORMS}
-        if bad:
-            raise SchemaError(f"transforms: unknown {bad}; known: {sorted(TRANSFORMS)}")
         object.__setattr__(self, "transforms", dict(self.transforms))
+        if unknown := _unknown_transforms(self.transforms):
+            raise SchemaError(unknown)
 
     def __hash__(self) -> int:
         return hash((self.max_len, self.columns, self.feature_groups, self.window, self.where,
@@ -175,7 +179,11 @@ class Projection:
         if missing:
             problems.append(f"feature_groups: unknown feature groups {missing}; the store has {sorted(groups)}")
         wanted = self._wanted(schema)
+        if unknown := _unknown_transforms(self.transforms):  # the dict may have changed since it was checked
+            problems.append(unknown)
         for name, transform in self.transforms.items():
+            if transform not in TRANSFORMS:
+                continue
             if name != schema.time_col:
                 problems.append(f"transforms: {transform!r} applies to the time column {schema.time_col!r}, "
                                 f"not {name!r}")

@@ -24,6 +24,7 @@ from ._format import (
     MADV_NORMAL,
     MADV_RANDOM,
     SegmentInfo,
+    close_lock_file,
     decode_segment,
     decode_values,
     decoded_file,
@@ -62,7 +63,7 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
                              "disk") from exc
         yield
     finally:
-        os.close(lock)
+        close_lock_file(lock)
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,

@@ -90,15 +90,16 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
                           f"{exc.object[exc.start:exc.start + 1]!r})") from None
     unknown = sorted(set(config) - {"tenants"})
     if unknown or not isinstance(config.get("tenants"), dict) or not config["tenants"]:
-        raise SchemaError(f"{os.fspath(source)}: expected [tenants.NAME] tables and nothing else; found "
-                          f"{unknown or 'no tenants'}")
+        found = unknown or ("an array of tables ([[tenants]]), where each tenant is a table named for it"
+                            if isinstance(config.get("tenants"), list) else "no tenants")
+        raise SchemaError(f"{os.fspath(source)}: expected [tenants.NAME] tables and nothing else; found {found}")
     problems: list[str] = []
     tenants: dict[str, Projection] = {}
     partial: dict[str, Projection] = {}
     folded: dict[str, str] = {}
     for name, spec in config["tenants"].items():
         if not is_tenant_name(name):
-            problems.append(f"tenant {name!r}: a name is 1 to 128 letters, digits, '_', '-' and '.', not "
+            problems.append(f"tenant {name!r}: a name is 1 to 128 ASCII letters, digits, '_', '-' and '.', not "
                             "starting with '.' or '-' (it names the tenant's output file)")
             continue
         twin = folded.setdefault(name.casefold(), name)
@@ -110,6 +111,10 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
             tenants[name] = _projection(spec)
         except SchemaError as exc:
             own, rest = _sound_part(spec)
+            dotted = [f'[tenants."{name}.{key}"]' for key, value in spec.items()
+                      if key not in _FIELDS and isinstance(value, dict)] if isinstance(spec, dict) else []
+            if dotted:  # TOML reads [tenants.a.b] as tenant a's field b
+                exc = SchemaError(f"{exc} (a tenant name with a dot is quoted in TOML: {', '.join(dotted)})")
             problems += [f"tenant {name!r}: {problem}" for problem in dict.fromkeys([str(exc), *own])]
             if rest is not None:
                 partial[name] = rest

@@ -34,6 +34,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, is_integer
-from ._format import SegmentInfo, hard_link, open_lock_file, read_regular, write_failed, write_synced
+from ._format import SegmentInfo, close_lock_file, hard_link, open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit
@@ -86,6 +87,7 @@ class SegmentList:
 _resolved: collections.OrderedDict[tuple[str, int], SegmentList] = collections.OrderedDict()
 _resolved_lock = threading.Lock()
 _RESOLVED_KEPT = 4
+LOCK_NOTICE_S = 10.0  # a wait for the store's lock this long is reported (it has no end of its own)
 
 
 def _remember(root: Path, version: int, segments: SegmentList) -> None:
@@ -112,7 +114,7 @@ def segments_crc(entries: list[dict], start: int = 0) -> int:
 def check_tag_name(name: Any) -> str:
     """Tag names become file names: only plain, non-numeric names of at most 128 characters."""
     if not isinstance(name, str) or not _TAG_NAME.fullmatch(name) or name.isdigit():
-        raise SchemaError(f"tag name {str(name)[:80]!r} is not allowed: use 1-128 letters, digits, '.', '_' "
+        raise SchemaError(f"tag name {str(name)[:80]!r} is not allowed: use 1-128 ASCII letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit, and not only digits")
     return name
 
@@ -565,7 +567,7 @@ class VersionLog:
             raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} ({why})") from exc
         try:
             try:
-                fcntl.flock(lock, mode)
+                _wait_for(lock, mode, path)
             except OSError as exc:
                 raise StoreError(
                     f"cannot lock {self.root}: {exc.strerror} at {path}: writers exclude each other with file locks "
@@ -574,7 +576,7 @@ class VersionLog:
             self.check_same_store()  # replaced while this waited for the lock
             yield
         finally:
-            os.close(lock)
+            close_lock_file(lock)
 
     def only_compactions(self, since: int, through: int) -> bool:
         """Whether every version after ``since`` up to ``through`` is a compaction's (kept,
@@ -701,3 +703,25 @@ def older_than(path: Path, grace_s: float) -> bool:
         return path.lstat().st_mtime < time.time() - grace_s
     except FileNotFoundError:
         return False
+
+
+def _wait_for(lock: int, mode: int, path: Path) -> None:
+    """``flock(lock, mode)``, with a warning once another process has held the lock for
+    ``LOCK_NOTICE_S``: a wait for a writer or cleanup midway ends with it, but a process
+    that holds a lock it inherited (forked by a writer, without exec, outside lateseq)
+    holds it until it exits, and the wait said nothing."""
+    try:
+        fcntl.flock(lock, mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    notice = threading.Timer(LOCK_NOTICE_S, warnings.warn, [
+        f"lateseq: waiting for {path}, which another process has held for {LOCK_NOTICE_S:.0f} s (a writer or "
+        "cleanup midway; if none runs, a process still alive that a writer forked, which holds the lock until it "
+        "exits: `fuser -v` names it)"])
+    notice.daemon = True
+    notice.start()
+    try:
+        fcntl.flock(lock, mode)
+    finally:
+        notice.cancel()

@@ -156,7 +156,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     log = store._log
     check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
     check(store.path / STORE_ID, log.check_id_file)  # this handle's store, its id file sound
-    for path in sorted(log.tags_dir.glob("*.json")):
+    for path in sorted(log.tags_dir.glob("[!.]*.json")):  # not a temporary a crash left (cleanup removes it)
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
     markers: set[tuple[str, int]] = set()  # (commit id, version) of every commit id's file
