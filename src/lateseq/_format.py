@@ -40,6 +40,7 @@ import mmap
 import os
 import re
 import stat
+import threading
 import time
 import uuid
 import zlib
@@ -461,23 +462,28 @@ def put_in_place(tmp: Path, path: Path) -> None:
 
 
 _OPEN_LOCKS: set[int] = set()  # descriptors of this process's lock files, open now
+# held while a lock file's descriptor opens or closes, and across a fork: a fork between
+# the open and the set (or the set and the close) gave the child a descriptor it kept
+_LOCKS_STEADY = threading.Lock()
 
 
 def open_lock_file(path: Path) -> int:
     """A lock file's descriptor (made if missing), never through a symbolic link and never
     a FIFO or device, on which opening or locking could wait forever; else OSError.
     Closed with ``close_lock_file``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    with _LOCKS_STEADY:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        _OPEN_LOCKS.add(fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+        close_lock_file(fd)
         raise OSError(errno.EINVAL, "not a regular file")
-    _OPEN_LOCKS.add(fd)
     return fd
 
 
 def close_lock_file(fd: int) -> None:
-    _OPEN_LOCKS.discard(fd)
-    os.close(fd)
+    with _LOCKS_STEADY:
+        _OPEN_LOCKS.discard(fd)
+        os.close(fd)
 
 
 def _drop_inherited_locks() -> None:
@@ -486,6 +492,8 @@ def _drop_inherited_locks() -> None:
     done (a DataLoader worker forked during a commit held the store's lock for its whole
     life, and cleanup waited on it). Each descriptor becomes /dev/null's, so that the
     parent's code, running on in the child, closes it as it would have."""
+    global _LOCKS_STEADY
+    _LOCKS_STEADY = threading.Lock()  # the parent's was held across the fork
     if not _OPEN_LOCKS:
         return
     null = os.open(os.devnull, os.O_RDONLY)
@@ -496,7 +504,8 @@ def _drop_inherited_locks() -> None:
         os.close(null)
 
 
-os.register_at_fork(after_in_child=_drop_inherited_locks)
+os.register_at_fork(before=lambda: _LOCKS_STEADY.acquire(), after_in_parent=lambda: _LOCKS_STEADY.release(),
+                    after_in_child=_drop_inherited_locks)
 
 
 def read_regular(path: Path) -> bytes:
