@@ -112,7 +112,7 @@ from workload import (  # noqa: E402
 )
 
 NS = (256, 1024, 4096)
-EVENT_BYTES = 17  # item_id + action + ts: what one projected event costs in memory
+EVENT_BYTES = 13  # item_id (int32) + action (int8) + ts (int64): what one projected event costs in memory
 console = Console(highlight=False, width=150)
 
 

@@ -932,6 +932,7 @@ columns = ["ts"]
     ('[[tenants]]\nname = "a"\nmax_len = 1\n', r"found an array of tables \(\[\[tenants\]\]\)"),
     ("[tenants.early.ranking]\nmax_len = 1\n",  # TOML's dotted key: tenant 'early', field 'ranking'
      r"tenant 'early': unknown field\(s\) \['ranking'\].*quoted in TOML: \[tenants.\"early.ranking\"\]"),
+    ("[tenants.ranking.v2.early]\nmax_len = 1\n", r"quoted in TOML: \[tenants.\"ranking.v2.early\"\]"),
 ])
 def test_malformed_config_files(tmp_path, body, expected):
     path = write_config(tmp_path, body)

@@ -164,7 +164,8 @@ def filtered_view(view: PartitionView, where: Filter, cache: Path) -> FilteredVi
     """The filtered copies of ``view``'s segments, made once per view and filter (and
     opened and checked again when a file changed on disk meanwhile)."""
     key = ("filtered", where)
-    if key not in view.derived or any(c.changed() for c in view.derived[key].view.segments):
+    if key not in view.derived or view.derived[key].view.remapped() or any(
+            c.changed() for c in view.derived[key].view.segments):
         copies = [filtered_copy(s, where, view.schema, cache) for s in view.segments]
         view.derived[key] = FilteredView(PartitionView(copies, view.schema), [c.decoded(ROW) for c in copies])
     return view.derived[key]

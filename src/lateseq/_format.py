@@ -461,9 +461,9 @@ def put_in_place(tmp: Path, path: Path) -> None:
         raise write_failed(path, exc) from exc
 
 
-_OPEN_LOCKS: set[int] = set()  # descriptors of this process's lock files, open now
+_OPEN_LOCKS: dict[int, int] = {}  # descriptors of this process's lock files, open now -> the thread that opened it
 # held while a lock file's descriptor opens or closes, and across a fork: a fork between
-# the open and the set (or the set and the close) gave the child a descriptor it kept
+# the open and the listing (or the unlisting and the close) gave the child a descriptor it kept
 _LOCKS_STEADY = threading.Lock()
 
 
@@ -473,7 +473,7 @@ def open_lock_file(path: Path) -> int:
     Closed with ``close_lock_file``."""
     with _LOCKS_STEADY:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        _OPEN_LOCKS.add(fd)
+        _OPEN_LOCKS[fd] = threading.get_ident()
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         close_lock_file(fd)
         raise OSError(errno.EINVAL, "not a regular file")
@@ -482,7 +482,7 @@ def open_lock_file(path: Path) -> int:
 
 def close_lock_file(fd: int) -> None:
     with _LOCKS_STEADY:
-        _OPEN_LOCKS.discard(fd)
+        _OPEN_LOCKS.pop(fd, None)
         os.close(fd)
 
 
@@ -490,10 +490,15 @@ def _drop_inherited_locks() -> None:
     """A forked child lets go of the lock files its parent held: a lock belongs to the
     open file, which the child's copy of the descriptor kept locked after the parent was
     done (a DataLoader worker forked during a commit held the store's lock for its whole
-    life, and cleanup waited on it). Each descriptor becomes /dev/null's, so that the
-    parent's code, running on in the child, closes it as it would have."""
+    life, and cleanup waited on it). Those of other threads, which the child has not, are
+    closed; those of the forking thread become /dev/null's, so that its code, running on
+    in the child, closes them as it would have."""
     global _LOCKS_STEADY
     _LOCKS_STEADY = threading.Lock()  # the parent's was held across the fork
+    forking = threading.get_ident()
+    for fd in [fd for fd, owner in _OPEN_LOCKS.items() if owner != forking]:
+        del _OPEN_LOCKS[fd]
+        os.close(fd)
     if not _OPEN_LOCKS:
         return
     null = os.open(os.devnull, os.O_RDONLY)

@@ -45,6 +45,7 @@ class PartitionView:
     def __init__(self, segments: list[Segment], schema: Schema):
         self.segments = segments
         self.schema = schema
+        self._remaps = [s.remaps for s in segments]  # as its columns were first read: see ``remapped``
         ids = np.concatenate([s.user_ids for s in segments])
         seg = np.repeat(np.arange(len(segments)), [len(s.user_ids) for s in segments])
         order = np.lexsort((seg, ids))  # by user, then segment order
@@ -85,6 +86,11 @@ class PartitionView:
                     [s.base(name) for s in self.segments], np.int64)
                 self._columns[name] = (segment_table(arrays), bases, arrays)  # the arrays outlive their table
             return self._columns[name][:2]
+
+    def remapped(self) -> bool:
+        """Whether a segment was decoded again since this view was made (a column failed its
+        digest): the column tables it keeps point into the map written into."""
+        return any(s.remaps != r for s, r in zip(self.segments, self._remaps, strict=True))
 
     @property
     def one_range(self) -> bool:

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import urllib.parse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -141,8 +142,8 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                                                  f"not {lacking}, which {columns[0]} has" if lacking else "") if part)
                 + "; read as one, a column would be dropped or filled with nulls: write every file with the same "
                 "columns, or give the files one at a time")
-    keys = {part.split("=", 1)[0] for file in files for part in os.path.relpath(file, path).split(os.sep)[:-1]
-            if "=" in part}
+    keys = {urllib.parse.unquote(part.split("=", 1)[0])  # as pyarrow reads them: user%5Fid= is user_id=
+            for file in files for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part}
     both = sorted(keys & set(columns[1] if columns else ()))
     if both:  # pyarrow takes the folder's value over the file's, silently (a user's events under another id)
         raise SchemaError(f"{what} {path} has folder keys ({both[0]}=... in its paths) that name a column its files "

@@ -246,6 +246,7 @@ class Segment:
         except UNREADABLE:  # not decoded here yet, or a truncated copy
             self._data = _decode_once(directory, info, cache, random_access)
         self.identity = _identity(self.path)
+        self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
         self._verified: set[str] = set()
         self._lock = threading.Lock()
         self.remapped: Callable[[Path], None] | None = None  # told the file mapped after decoding it again
@@ -278,6 +279,7 @@ class Segment:
             self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
                                       damaged=self.identity)
             self.identity = _identity(self.path)
+            self.remaps += 1
             if self.remapped is not None:
                 self.remapped(self.path)
             self._verified.clear()

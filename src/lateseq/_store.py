@@ -743,15 +743,17 @@ class Store:
     def _note_read(self, views: Iterable[PartitionView]) -> None:
         known = getattr(self._reading, "views", None)
         if known is not None:
-            known.extend(views)
+            known.extend((segment, segment.remaps) for view in views for segment in view.segments)
 
     def _overwritten_since(self, generation: int) -> bool:
         """Whether a decoded copy the read begun at ``generation`` read (plain, merged or
-        filtered) was written in place since (a stat of each only when anything changed)."""
-        views = getattr(self._reading, "views", [])
+        filtered) was written in place since (a stat of each only when anything changed),
+        or decoded again during the read: a column that failed its digest then had the
+        copy replaced, and the columns copied before came from the map written into."""
+        noted = getattr(self._reading, "views", None) or []
         self._reading.views = self._reading.generation = None
-        return self._segments.watch.generation() != generation and any(
-            segment.overwritten() for view in views for segment in view.segments)
+        return any(segment.remaps != remaps for segment, remaps in noted) or (
+            self._segments.watch.generation() != generation and any(segment.overwritten() for segment, _ in noted))
 
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
@@ -832,7 +834,7 @@ class Store:
             infos = self._by_partition.get(partition, [])
             merged = len(infos) > 1 and self._reads_merged(partition, infos)
             known = self._views.get(partition)
-            if known is not None and self._view_merged[partition] == merged and (
+            if known is not None and self._view_merged[partition] == merged and not known.remapped() and (
                     self._checked[partition] == generation or not any(s.changed() for s in known.segments)):
                 self._checked[partition] = generation
                 return known  # nothing changed on disk: no trip through the segment cache
@@ -853,7 +855,7 @@ class Store:
                     self._rents.pop(partition)  # not tried again by this handle
             if segments is None:
                 segments = self.segments(partition)
-            if known is None or len(known.segments) != len(segments) or any(
+            if known is None or known.remapped() or len(known.segments) != len(segments) or any(
                     a is not b for a, b in zip(known.segments, segments, strict=True)):
                 known = self._views[partition] = PartitionView(segments, self.schema) if segments else None
                 self._in_join[partition] = known is None  # the joined view holds the old one

@@ -111,14 +111,28 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
             tenants[name] = _projection(spec)
         except SchemaError as exc:
             own, rest = _sound_part(spec)
-            dotted = [f'[tenants."{name}.{key}"]' for key, value in spec.items()
-                      if key not in _FIELDS and isinstance(value, dict)] if isinstance(spec, dict) else []
+            dotted = [f'[tenants."{dotted}"]' for dotted in _dotted_names(name, spec)]
             if dotted:  # TOML reads [tenants.a.b] as tenant a's field b
                 exc = SchemaError(f"{exc} (a tenant name with a dot is quoted in TOML: {', '.join(dotted)})")
             problems += [f"tenant {name!r}: {problem}" for problem in dict.fromkeys([str(exc), *own])]
             if rest is not None:
                 partial[name] = rest
     return problems, tenants, partial
+
+
+def _dotted_names(name: str, spec: Any) -> list[str]:
+    """The names a tenant's nested tables spell (TOML reads ``[tenants.a.b.c]`` as tenant
+    a's field b holding c), down to the table that holds a tenant's fields."""
+    names = []
+    for key, value in spec.items() if isinstance(spec, dict) else ():
+        if key in _FIELDS or not isinstance(value, dict):
+            continue
+        dotted = f"{name}.{key}"
+        while len(value) == 1 and not set(value) & _FIELDS and isinstance(next(iter(value.values())), dict):
+            inner, value = next(iter(value.items()))
+            dotted += f".{inner}"
+        names.append(dotted)
+    return names
 
 
 def _sound_part(spec: Any) -> tuple[list[str], Projection | None]:

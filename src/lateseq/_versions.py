@@ -715,10 +715,11 @@ def _wait_for(lock: int, mode: int, path: Path) -> None:
         return
     except BlockingIOError:
         pass
-    notice = threading.Timer(LOCK_NOTICE_S, warnings.warn, [
-        f"lateseq: waiting for {path}, which another process has held for {LOCK_NOTICE_S:.0f} s (a writer or "
-        "cleanup midway; if none runs, a process still alive that a writer forked, which holds the lock until it "
-        "exits: `fuser -v` names it)"])
+    notice = threading.Timer(LOCK_NOTICE_S, warnings.warn_explicit, [  # no registry: every wait is told
+        f"lateseq: waiting since {time.strftime('%H:%M:%S')} for {path}, which another process or thread has held "
+        f"for {LOCK_NOTICE_S:.0f} s (a writer or cleanup midway; if none runs, a process still alive that a writer "
+        "forked, which holds the lock until it exits: `fuser -v` names it)", UserWarning, __file__,
+        _wait_for.__code__.co_firstlineno])
     notice.daemon = True
     notice.start()
     try:
