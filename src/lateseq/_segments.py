@@ -37,6 +37,7 @@ from ._kernels import late_rows
 from ._schema import Schema
 from ._watch import SWEEP_S, CacheWatch
 
+REMAPS = [0]  # segments of this process decoded again after a failed digest: a read that saw it move checks
 _TRACKED = itertools.count()  # keys of the segments a watch follows: never reused, unlike id()
 
 # what reading a missing, truncated or garbled decoded copy raises
@@ -280,6 +281,7 @@ class Segment:
                                       damaged=self.identity)
             self.identity = _identity(self.path)
             self.remaps += 1
+            REMAPS[0] += 1
             if self.remapped is not None:
                 self.remapped(self.path)
             self._verified.clear()

@@ -51,7 +51,7 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
-from ._segments import Segment, SegmentCache, forget_removed
+from ._segments import REMAPS, Segment, SegmentCache, forget_removed
 from ._versions import (
     LATEST,
     STORE_ID,
@@ -167,6 +167,7 @@ class Store:
         # holds that view as it is (or it has no segments: nothing to read)
         self._checked = np.full(self.schema.partitions, -1, np.int64)
         self._in_join = np.zeros(self.schema.partitions, bool)
+        self._join_remaps = REMAPS[0]  # the joined view holds no segment decoded again as of this count
         self._views_lock = threading.RLock()  # threads reading one handle see views and the join whole
         self._reading = threading.local()  # the views a read in this thread used (``_note_read``)
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
@@ -737,23 +738,28 @@ class Store:
         here on (``_note_read``), in this thread, and looked up at this generation (what
         changes during the read, ``_overwritten_since`` finds)."""
         self._reading.views = []
+        self._reading.remaps = REMAPS[0]
         self._reading.generation = generation = self._segments.watch.generation()
         return generation
 
     def _note_read(self, views: Iterable[PartitionView]) -> None:
         known = getattr(self._reading, "views", None)
         if known is not None:
-            known.extend((segment, segment.remaps) for view in views for segment in view.segments)
+            known.extend(views)
 
     def _overwritten_since(self, generation: int) -> bool:
         """Whether a decoded copy the read begun at ``generation`` read (plain, merged or
         filtered) was written in place since (a stat of each only when anything changed),
-        or decoded again during the read: a column that failed its digest then had the
-        copy replaced, and the columns copied before came from the map written into."""
-        noted = getattr(self._reading, "views", None) or []
-        self._reading.views = self._reading.generation = None
-        return any(segment.remaps != remaps for segment, remaps in noted) or (
-            self._segments.watch.generation() != generation and any(segment.overwritten() for segment, _ in noted))
+        or decoded again since its view was made: a column that failed its digest had the
+        copy replaced, and the columns copied before came from the map written into (a
+        look at each view only when some segment of this process was)."""
+        views = getattr(self._reading, "views", None) or []
+        remaps = getattr(self._reading, "remaps", None)
+        self._reading.views = self._reading.generation = self._reading.remaps = None
+        if remaps != REMAPS[0] and any(view.remapped() for view in views):
+            return True
+        return self._segments.watch.generation() != generation and any(
+            segment.overwritten() for view in views for segment in view.segments)
 
     def _record_reads(self, located: Located, max_len: int) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
@@ -785,7 +791,9 @@ class Store:
         with self._views_lock:
             generation = self._generation()
             members, view, waiting, cost = self._join
-            if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all():
+            if view is not None and self._in_join[touched].all() and (self._checked[touched] == generation).all() \
+                    and (self._join_remaps == REMAPS[0] or not view.remapped()):
+                self._join_remaps = REMAPS[0]
                 return view
             views = {int(p): self._view(int(p), generation) for p in touched}
             current = {p: v for p, v in views.items() if v is not None}
