@@ -264,7 +264,9 @@ def test_a_copy_is_not_kept_when_what_it_was_built_from_was_written_in_place_mea
     """A decoded copy written in place (by another program) after its column was checked,
     while a merged or filtered copy was built from it: the copy got digests of the damaged
     bytes, and every reader in any process read them until it was deleted (a stranger's:
-    29 of 29 rows). What it was built from is checked again before the copy is kept."""
+    29 of 29 rows). What it was built from is checked again before the copy is kept, and
+    a copy built from bytes written meanwhile is built again; a build written into every
+    time is an error, and keeps nothing."""
     want = expected(store, kind)
     real, hit = lateseq._segments.Segment._verify, []
 
@@ -275,9 +277,28 @@ def test_a_copy_is_not_kept_when_what_it_was_built_from_was_written_in_place_mea
             edit_in_place(segment.path, 0.5, 0x01)
 
     monkeypatch.setattr(lateseq._segments.Segment, "_verify", checked_then_written)
+    assert read(store, kind, lateseq.open(store.path, merged_reads=kind == "merged")) == want  # built again
+    assert hit
+    monkeypatch.undo()
+    for path in copy_files(store, ".json"):  # what was kept: removed, and made again written into every time
+        path.unlink()
+    build = lateseq._derived.write_unpacked_segment
+
+    def written_during_every_build(*args):
+        for path in store.cache_dir.glob("[!.]*.arrow"):  # the decoded copies' columns, all of them
+            if not path.name.endswith(".index.arrow"):
+                with open(path, "r+b") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(size // 8)
+                    data = bytes(b ^ 0xFF for b in f.read(size * 3 // 4))
+                    f.seek(size // 8)
+                    f.write(data)
+        return build(*args)
+
+    monkeypatch.setattr(lateseq._derived, "write_unpacked_segment", written_during_every_build)
     with pytest.raises(lateseq.StoreError, match="was built from it: not kept|another process writing into the read"):
         read(store, kind, lateseq.open(store.path, merged_reads=kind == "merged"))
-    assert hit and not copy_files(store, ".json")  # nothing kept
+    assert not copy_files(store, ".json")  # nothing kept
     monkeypatch.undo()
     assert read(store, kind) == want  # built again from the copies, checked and decoded anew
 

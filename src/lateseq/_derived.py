@@ -45,7 +45,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, Segment, cache_lock
+from ._segments import REMAPS, UNREADABLE, Segment, cache_lock
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -117,7 +117,7 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
     opened: list[Segment] = []
 
     def events() -> Events:
-        opened.extend(segments())
+        opened[:] = segments()  # (again, where a build is made again)
         return merge_segments(opened, schema)
 
     return _derive(cache, infos[0].partition, names, _merged_key(names), events, random_access, lambda: opened)
@@ -160,13 +160,16 @@ class FilteredView:
         return out_lo, out_hi
 
 
-def filtered_view(view: PartitionView, where: Filter, cache: Path) -> FilteredView:
+def filtered_view(view: PartitionView, where: Filter, cache: Path, track: Callable[[Segment], None]) -> FilteredView:
     """The filtered copies of ``view``'s segments, made once per view and filter (and
-    opened and checked again when a file changed on disk meanwhile)."""
+    opened and checked again when a file changed on disk meanwhile), each ``track``ed: a
+    write into one during a read (through another name of it too) is then heard."""
     key = ("filtered", where)
     if key not in view.derived or view.derived[key].view.remapped() or any(
             c.changed() for c in view.derived[key].view.segments):
         copies = [filtered_copy(s, where, view.schema, cache) for s in view.segments]
+        for copy in copies:
+            track(copy)
         view.derived[key] = FilteredView(PartitionView(copies, view.schema), [c.decoded(ROW) for c in copies])
     return view.derived[key]
 
@@ -174,6 +177,9 @@ def filtered_view(view: PartitionView, where: Filter, cache: Path) -> FilteredVi
 def _name(partition: int, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return f"p{partition:05d}-{digest}"
+
+
+_BUILDS = 3  # builds of a copy whose sources were written into meanwhile, before it is an error
 
 
 def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events],
@@ -191,12 +197,20 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
             return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
-        info = write_unpacked_segment(folder, name, partition, events())  # (payloads are read as written)
-        if not all(segment.intact() for segment in read()):
+        for attempt in range(_BUILDS):  # again from the copies decoded again
+            remaps = REMAPS[0]
+            info = write_unpacked_segment(folder, name, partition, events())  # (payloads are read as written)
+            # a segment decoded again meanwhile (a column failed its digest) had given the columns read
+            # before from the map written into, and ``intact`` checks only those checked since
+            if REMAPS[0] == remaps and all(segment.intact() for segment in read()):
+                break
             for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
                 path.unlink(missing_ok=True)
-            raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
-                             "not kept (another program writes into the read cache; lateseq only replaces files)")
+            for segment in read():  # what it read checked before trusted again (decoded again where damaged)
+                segment.check_again()
+            if attempt == _BUILDS - 1:
+                raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
+                                 "not kept (another program writes into the read cache; lateseq only replaces files)")
         with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
             tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         return _open_checked(folder, name, key, random_access)

@@ -156,7 +156,7 @@ class SegmentCache:
         """Keeps a segment just opened, in place of the least recently used beyond ``size``;
         a process opening segments (moving to new versions) lets go of removed files' maps
         at most every ``SWEEP_S``."""
-        self._track(segment)
+        self.track(segment)
         with self._lock:
             self._open[name] = segment
             while len(self._open) > self._size:
@@ -174,9 +174,10 @@ class SegmentCache:
                     del self._open[name]
             self._paths = {name: path for name, path in self._paths.items() if name in self._open}
 
-    def _track(self, segment: Segment) -> None:
+    def track(self, segment: Segment) -> None:
         """Has the watch follow the file ``segment`` maps (the one it maps after decoding
-        it again too) while the segment lives."""
+        it again too) while the segment lives: the cache's own, and copies made from them
+        elsewhere (filtered copies)."""
         key = next(_TRACKED)
         follow = functools.partial(self.watch.track, key)
         follow(segment.path)
@@ -276,10 +277,14 @@ class Segment:
             if self._sound(name):
                 self._verified.add(name)
                 return
-            # the decoded copy is damaged: decode it again and check everything anew
+            # the decoded copy is damaged: decode it again and check everything anew (the file this maps,
+            # written in place since it was opened, is the damaged one too: not a copy another process made)
+            current = _identity(self.path)
+            mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
             self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
-                                      damaged=self.identity)
+                                      damaged=current if mapped else self.identity)
             self.identity = _identity(self.path)
+            self.__dict__.pop("late", None)  # found in the map written into
             self.remaps += 1
             REMAPS[0] += 1
             if self.remapped is not None:
@@ -290,6 +295,11 @@ class Segment:
                                  f"digest for column {name!r} even after decoding it again; is another "
                                  "process writing into the read cache?")
             self._verified.add(name)
+
+    def check_again(self) -> None:
+        """Each column checked against its digest again at its next use."""
+        with self._lock:
+            self._verified.clear()
 
     def _sound(self, name: str) -> bool:
         if name not in self.info.decoded:
