@@ -303,6 +303,39 @@ def test_a_copy_is_not_kept_when_what_it_was_built_from_was_written_in_place_mea
     assert read(store, kind) == want  # built again from the copies, checked and decoded anew
 
 
+@pytest.mark.parametrize("kind", ["merged", "filtered"])
+def test_a_copy_is_built_whatever_other_segments_of_the_process_decode_meanwhile(store, monkeypatch, kind):
+    """A build was judged by a count of every segment this process decoded again: another
+    store's damaged copy, decoded again while this one was built, failed every attempt
+    ("not kept"), and "auto" gave up the partition's merged copy for good."""
+    want = expected(store, kind)
+    build = lateseq._derived.write_unpacked_segment
+
+    def another_store_decodes_again(*args):
+        lateseq._segments.REMAPS[0] += 1
+        return build(*args)
+
+    monkeypatch.setattr(lateseq._derived, "write_unpacked_segment", another_store_decodes_again)
+    assert read(store, kind) == want
+    assert copy_files(store, ".json")  # built and kept
+
+
+def test_a_recheck_of_a_sound_copy_keeps_what_it_checked(store):
+    """A failed build checks what it read again. Clearing the columns checked (to check them
+    at their next use) left another thread's build, from the same segment, with nothing to
+    check: it kept a copy of bytes written meanwhile (a stranger's race). A recheck checks
+    them now, and decodes the copy again only where one fails."""
+    handle = lateseq.open(store.path, merged_reads=False)
+    read(store, "filtered", handle)
+    segment = handle.segments(0)[0]
+    checked, remaps = set(segment._verified), segment.remaps
+    segment.recheck()
+    assert checked and segment._verified == checked and segment.remaps == remaps
+    edit_in_place(segment.path, 0.5, 0x01)
+    segment.recheck()
+    assert segment.remaps == remaps + 1 and segment.intact()
+
+
 def test_cleanup_leaves_a_copy_being_built_alone(store, monkeypatch):
     """A cleanup took a builder's temporary sidecar (``.tmp-*.json``, not yet renamed) for
     the sidecar of a retired version's merged copy, and deleted it: the build failed, and

@@ -45,7 +45,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import REMAPS, UNREADABLE, Segment, cache_lock
+from ._segments import UNREADABLE, Segment, cache_lock
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -114,13 +114,8 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
     segment, in the order a full compaction writes them; ``segments`` opens them, only
     when the copy must be built. ``random_access``: see ``Segment``."""
     names = [info.name for info in infos]
-    opened: list[Segment] = []
-
-    def events() -> Events:
-        opened[:] = segments()  # (again, where a build is made again)
-        return merge_segments(opened, schema)
-
-    return _derive(cache, infos[0].partition, names, _merged_key(names), events, random_access, lambda: opened)
+    return _derive(cache, infos[0].partition, names, _merged_key(names), lambda opened: merge_segments(opened, schema),
+                   random_access, segments)
 
 
 def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
@@ -132,7 +127,7 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
     column, the time, the version and ``ROW``."""
     key = {"filtered": segment.info.name, "where": dataclasses.asdict(where)}
 
-    def events() -> Events:
+    def events(_: list[Segment]) -> Events:
         keep = np.flatnonzero(where.keeps(segment.decoded(where.column)))
         user = np.repeat(segment.user_ids, np.diff(np.append(segment.starts, segment.info.rows)))
         payload = {name: segment.payload(name, schema)[keep] for name in schema.columns}
@@ -182,13 +177,14 @@ def _name(partition: int, key: dict) -> str:
 _BUILDS = 3  # builds of a copy whose sources were written into meanwhile, before it is an error
 
 
-def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[], Events],
+def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[list[Segment]], Events],
             random_access: bool, read: Callable[[], list[Segment]]) -> Segment:
-    """The copy named after ``key``, made by ``events`` when not built yet; ``sources``
-    are the store segments its events come from (cleanup removes it with the last), and
-    ``read`` the open segments ``events`` read, checked again once it is made: one written
-    in place meanwhile (by another program) may have given damaged bytes, which the copy's
-    own digests would then vouch for, in every process, until it was deleted."""
+    """The copy named after ``key``, made by ``events`` from the open segments ``read``
+    gives when not built yet; ``sources`` are the store segments its events come from
+    (cleanup removes it with the last). What it read is checked again once it is made: one
+    written in place meanwhile (by another program) may have given damaged bytes, which
+    the copy's own digests would then vouch for, in every process, until it was deleted.
+    Such a copy is built again from them checked anew (decoded again where damaged)."""
     name = _name(partition, key)
     sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
@@ -197,20 +193,22 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
             return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):
             pass  # not built on this host yet, or damaged: build it (again)
-        for attempt in range(_BUILDS):  # again from the copies decoded again
-            remaps = REMAPS[0]
-            info = write_unpacked_segment(folder, name, partition, events())  # (payloads are read as written)
-            # a segment decoded again meanwhile (a column failed its digest) had given the columns read
-            # before from the map written into, and ``intact`` checks only those checked since
-            if REMAPS[0] == remaps and all(segment.intact() for segment in read()):
+        for attempt in range(_BUILDS):
+            opened = read()
+            remaps = [segment.remaps for segment in opened]
+            info = write_unpacked_segment(folder, name, partition, events(opened))  # (payloads are read as written)
+            # one decoded again meanwhile (a column failed its digest, here or in another thread) had given the
+            # columns read before from the map written into, which ``intact`` no longer sees
+            if [s.remaps for s in opened] == remaps and all(segment.intact() for segment in opened):
                 break
             for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
                 path.unlink(missing_ok=True)
-            for segment in read():  # what it read checked before trusted again (decoded again where damaged)
-                segment.check_again()
-            if attempt == _BUILDS - 1:
+            derived = any(segment.path.parent == folder for segment in opened)  # rebuilt by its reader, not here
+            if derived or attempt == _BUILDS - 1:
                 raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
                                  "not kept (another program writes into the read cache; lateseq only replaces files)")
+            for segment in opened:
+                segment.recheck()
         with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
             tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         return _open_checked(folder, name, key, random_access)

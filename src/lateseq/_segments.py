@@ -274,32 +274,36 @@ class Segment:
         with self._lock:
             if name in self._verified:
                 return
-            if self._sound(name):
-                self._verified.add(name)
-                return
-            # the decoded copy is damaged: decode it again and check everything anew (the file this maps,
-            # written in place since it was opened, is the damaged one too: not a copy another process made)
-            current = _identity(self.path)
-            mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
-            self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
-                                      damaged=current if mapped else self.identity)
-            self.identity = _identity(self.path)
-            self.__dict__.pop("late", None)  # found in the map written into
-            self.remaps += 1
-            REMAPS[0] += 1
-            if self.remapped is not None:
-                self.remapped(self.path)
-            self._verified.clear()
             if not self._sound(name):
-                raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "
-                                 f"digest for column {name!r} even after decoding it again; is another "
-                                 "process writing into the read cache?")
+                self._decode_again()
+                if not self._sound(name):
+                    raise StoreError(f"the decoded copy {self.path} of segment {self.info.name} fails its "
+                                     f"digest for column {name!r} even after decoding it again; is another "
+                                     "process writing into the read cache?")
             self._verified.add(name)
 
-    def check_again(self) -> None:
-        """Each column checked against its digest again at its next use."""
+    def recheck(self) -> None:
+        """Every column checked so far checked again, and the copy decoded again where one
+        fails (``remaps`` then moves: whatever read it before can tell)."""
         with self._lock:
-            self._verified.clear()
+            if not all(self._sound(name) for name in self._verified):
+                self._decode_again()
+
+    def _decode_again(self) -> None:
+        """The decoded copy is damaged: decoded again, and every column to be checked anew
+        (the file this maps, written in place since it was opened, is the damaged one too:
+        not a copy another process made). Called with ``_lock`` held."""
+        current = _identity(self.path)
+        mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
+        self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
+                                  damaged=current if mapped else self.identity)
+        self.identity = _identity(self.path)
+        self.__dict__.pop("late", None)  # found in the map written into
+        self.remaps += 1
+        REMAPS[0] += 1
+        if self.remapped is not None:
+            self.remapped(self.path)
+        self._verified.clear()
 
     def _sound(self, name: str) -> bool:
         if name not in self.info.decoded:
