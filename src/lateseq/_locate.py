@@ -45,7 +45,7 @@ class PartitionView:
     def __init__(self, segments: list[Segment], schema: Schema):
         self.segments = segments
         self.schema = schema
-        self._remaps = [s.remaps for s in segments]  # as its columns were first read: see ``remapped``
+        self._remaps = [s.remaps for s in segments]  # as they were when it was made: see ``remapped``
         ids = np.concatenate([s.user_ids for s in segments])
         seg = np.repeat(np.arange(len(segments)), [len(s.user_ids) for s in segments])
         order = np.lexsort((seg, ids))  # by user, then segment order

@@ -150,8 +150,13 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                           f"also hold ({both}); read as one, the folder's value would replace every file's: rename "
                           "the folders, or write the files without those columns")
     _check_int96(beyond, finer, path, what)  # each file may hold one kind, the folder both
+    def dataset(file_format: str | ds.FileFormat = "parquet", schema: pa.Schema | None = None) -> ds.Dataset:
+        """The files found and checked above, not the folder walked again."""
+        return ds.dataset(files, format=file_format, partitioning="hive", partition_base_dir=os.fspath(path),
+                          schema=schema)
+
     try:
-        folder = ds.dataset(path, format="parquet", partitioning="hive")
+        folder = dataset()
     except (pa.ArrowException, OSError) as exc:
         raise SchemaError(f"cannot read {what} {path} as Parquet: {exc}") from exc
     # read with the types of its files that hold rows (pyarrow would take the first file's)
@@ -162,7 +167,7 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")) \
         if beyond else "parquet"  # one file's INT96 times need microseconds: all are read so
     if beyond or schema is not None:
-        folder = ds.dataset(path, partitioning="hive", format=file_format, schema=schema)
+        folder = dataset(file_format, schema)
     try:
         table = folder.to_table(fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
     except (pa.ArrowException, OSError) as exc:
