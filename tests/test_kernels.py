@@ -41,6 +41,7 @@ from lateseq._kernels import (
     late_rows,
     merge_order,
     prefetch,
+    rank_index,
     remap_ranges,
     segment_table,
     user_starts,
@@ -422,9 +423,31 @@ def test_remap_ranges_matches_searchsorted(kept, ranges, dtype):
     rows = np.array(sorted(kept), dtype)
     lo = np.array([a for a, _ in ranges], np.int64)
     hi = lo + np.array([n for _, n in ranges], np.int64)
-    got_lo, got_hi = remap_ranges(rows, lo, hi)
+    got_lo, got_hi = remap_ranges(rank_index(rows, 241), lo, hi)
     assert got_lo.tolist() == np.searchsorted(rows, lo).tolist()
     assert got_hi.tolist() == np.searchsorted(rows, hi).tolist()
+
+
+@given(st.integers(0, 300), st.data())
+@settings(max_examples=200)
+def test_rank_index_counts_the_rows_before_every_place(n, data):
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1)) if n else st.just(set()))), np.int64)
+    places = np.arange(64 * ((n >> 6) + 1))
+    got, _ = remap_ranges(rank_index(rows, n), places, places)
+    assert got.tolist() == np.searchsorted(rows, places).tolist()
+
+
+@pytest.mark.parametrize(("rows", "n"), [([3, 2], 10), ([2, 2], 10), ([-1], 10), ([10], 10)])
+def test_rank_index_refuses_rows_it_cannot_rank(rows, n):
+    with pytest.raises(ValueError, match="distinct, sorted"):
+        rank_index(np.array(rows, np.int64), n)
+
+
+def test_remap_ranges_refuses_places_outside_the_index():
+    index = rank_index(np.array([1, 5]), 10)
+    for lo, hi in ((-1, 0), (0, 64)):
+        with pytest.raises(ValueError, match="must lie in"):
+            remap_ranges(index, np.array([lo]), np.array([hi]))
 
 
 # ---------------------------------------------------------------- partitions

@@ -40,7 +40,7 @@ from ._format import (
     write_unpacked_segment,
     written_in_place,
 )
-from ._kernels import remap_ranges
+from ._kernels import rank_index, remap_ranges
 from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
@@ -141,17 +141,20 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
 @dataclass
 class FilteredView:
     """One partition's filtered copies (one per segment of ``PartitionView`` it came from,
-    in the same order), laid out for the kernels, and each copy's rows in its segment."""
+    in the same order), laid out for the kernels, and the ``rank_index`` of each copy's
+    rows in its segment."""
 
     view: PartitionView
-    rows: list[np.ndarray]
+    ranks: list[np.ndarray]
 
     def remap(self, seg: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The row ranges of the copies holding the kept rows of segment ranges [lo, hi)."""
+        if len(self.ranks) == 1:
+            return remap_ranges(self.ranks[0], lo, hi)
         out_lo, out_hi = np.empty_like(lo), np.empty_like(hi)
         for g in np.unique(seg):
             at = seg == g
-            out_lo[at], out_hi[at] = remap_ranges(self.rows[g], lo[at], hi[at])
+            out_lo[at], out_hi[at] = remap_ranges(self.ranks[g], lo[at], hi[at])
         return out_lo, out_hi
 
 
@@ -165,7 +168,8 @@ def filtered_view(view: PartitionView, where: Filter, cache: Path, track: Callab
         copies = [filtered_copy(s, where, view.schema, cache) for s in view.segments]
         for copy in copies:
             track(copy)
-        view.derived[key] = FilteredView(PartitionView(copies, view.schema), [c.decoded(ROW) for c in copies])
+        ranks = [rank_index(c.decoded(ROW), s.info.rows) for c, s in zip(copies, view.segments, strict=True)]
+        view.derived[key] = FilteredView(PartitionView(copies, view.schema), ranks)
     return view.derived[key]
 
 

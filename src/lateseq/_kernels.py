@@ -1017,21 +1017,66 @@ def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: 
         _copy_runs(*runs, src, bases.astype(out.dtype, copy=False), out.dtype.kind != "f", out)
 
 
+@intrinsic
+def _popcount(typingctx, word):
+    """The number of bits set in a uint64 (one instruction where the CPU has it)."""
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+        return builder.call(fn, [args[0]])
+    return types.uint64(types.uint64), codegen
+
+
 @njit(cache=True, nogil=True)
-def _remap_ranges(rows, lo, hi, out_lo, out_hi):  # pragma: no cover - compiled
+def _rank_index(rows, index):  # pragma: no cover - compiled
+    for i in range(rows.shape[0]):
+        r = np.uint64(rows[i])
+        index[r >> np.uint64(6), 1] |= np.uint64(1) << (r & np.uint64(63))
+    total = np.uint64(0)
+    for w in range(index.shape[0]):
+        index[w, 0] = total
+        total += _popcount(index[w, 1])
+
+
+def rank_index(rows: np.ndarray, n: int) -> np.ndarray:
+    """The rank structure of ``rows``, distinct and sorted in [0, n): per 64 of the n
+    places, one cache line's half holding the count of ``rows`` before them and a bit per
+    place in ``rows`` (a quarter byte per place). ``remap_ranges`` then answers
+    ``searchsorted(rows, x)`` with one memory read instead of a binary search over
+    ``rows`` (two per pointer in a filtered read: 40% of its time at 20k users)."""
+    rows = np.ascontiguousarray(rows)
+    if len(rows) and (rows[0] < 0 or rows[-1] >= n or np.any(rows[1:] <= rows[:-1])):
+        raise ValueError(f"rows must be distinct, sorted and in [0, {n})")
+    index = np.zeros(((n >> 6) + 1, 2), np.uint64)
+    _rank_index(rows, index)
+    return index
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rank(index, x):  # pragma: no cover - compiled
+    word = np.uint64(x) >> np.uint64(6)
+    below = (np.uint64(1) << (np.uint64(x) & np.uint64(63))) - np.uint64(1)
+    return np.int64(index[word, 0] + _popcount(index[word, 1] & below))
+
+
+@njit(cache=True, nogil=True)
+def _remap_ranges(index, lo, hi, out_lo, out_hi):  # pragma: no cover - compiled
     for k in range(lo.shape[0]):
-        a = _first_at_least(rows, 0, 0, rows.shape[0], lo[k])
-        out_lo[k] = a
-        # at most hi - lo of the sorted, distinct ``rows`` lie in [lo, hi): a short search
-        out_hi[k] = _first_at_least(rows, 0, a, min(rows.shape[0], a + hi[k] - lo[k]), hi[k])
+        if k + AHEAD < lo.shape[0]:
+            prefetch(index, (lo[k + AHEAD] >> 6) * 2)
+            prefetch(index, (hi[k + AHEAD] >> 6) * 2)
+        out_lo[k] = _rank(index, lo[k])
+        out_hi[k] = _rank(index, hi[k])
 
 
-def remap_ranges(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.searchsorted(rows, lo)`` and ``np.searchsorted(rows, hi)`` for sorted, distinct
-    ``rows`` and ranges ``lo <= hi``: the second found near the first, in the few cache
-    lines after it, instead of by a second search over all of ``rows``."""
+def remap_ranges(index: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.searchsorted(rows, lo)`` and ``np.searchsorted(rows, hi)`` from ``rows``'
+    ``rank_index`` (of n places), for ranges in [0, n]."""
     out_lo, out_hi = np.empty(len(lo), np.int64), np.empty(len(hi), np.int64)
-    _remap_ranges(rows, np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64), out_lo, out_hi)
+    lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
+    if len(lo) and (min(lo.min(), hi.min()) < 0 or max(lo.max(), hi.max()) >= 64 * len(index)):
+        raise ValueError(f"ranges must lie in [0, {64 * len(index) - 1}]")
+    _remap_ranges(index, lo, hi, out_lo, out_hi)
     return out_lo, out_hi
 
 

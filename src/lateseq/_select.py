@@ -7,9 +7,9 @@ can take: the longest tenant's, or the whole visible history where a tenant filt
 tenant then walks those windows newest first: a slice it takes whole costs one binary
 search (a window cut) or none, and becomes a run. A filtered tenant walks the same
 windows in the filtered copies of the segments (``_derived``: the rows that pass, made
-once per host), where each window is a slice again, found by one binary search and a
-short one after it (``remap_ranges``); so a filter costs about what a shorter history
-does, not a test of every row. Only the columns a tenant reads are copied, from the runs.
+once per host), where each window is a slice again, its ends found by a memory read each
+(``remap_ranges``); so a filter costs about what a shorter history does, not a test of
+every row. Only the columns a tenant reads are copied, from the runs.
 """
 
 from __future__ import annotations
@@ -167,22 +167,30 @@ def _runs(schema: Schema, view: PartitionView, cand: tuple[np.ndarray, ...], pro
              *view.column(TIME), *view.column("_version"), *view.column(schema.arrival_col),
              visibility.version, visibility.version_hi, visibility.arrival_limit, lengths)
     ptr = cand[0]
-    starts = np.flatnonzero(np.r_[True, ptr[1:] != ptr[:-1]]) if len(ptr) else np.zeros(0, np.int64)
-    ranges = np.diff(np.append(starts, len(ptr)))  # candidates per pointer
-    bound = ranges.copy()
+    if not len(ptr):
+        return tuple(np.zeros(0, np.int64) for _ in range(5)), 0
+    first_of_pointer = np.empty(len(ptr), bool)
+    first_of_pointer[0] = True
+    np.not_equal(ptr[1:], ptr[:-1], out=first_of_pointer[1:])
+    starts = np.flatnonzero(first_of_pointer)
+    bound = np.empty(len(starts), np.int64)  # candidates per pointer
+    np.subtract(starts[1:], starts[:-1], out=bound[:-1])
+    bound[-1] = len(ptr) - starts[-1]
     if cand[4].any():  # rows scanned one by one: a run per row at worst
         bound += np.minimum(count[ptr[starts]], projection.max_len)
+    one_chunk = int(bound.sum()) <= _CHUNK_RUNS  # a batch's usual case
     parts, scanned, first = [], 0, 0
     while first < len(starts):
-        last = max(first + 1, int(np.searchsorted(np.cumsum(bound[first:]), _CHUNK_RUNS, side="right")) + first)
+        last = len(starts) if one_chunk else max(
+            first + 1, int(np.searchsorted(np.cumsum(bound[first:]), _CHUNK_RUNS, side="right")) + first)
         lo, hi = starts[first], starts[last] if last < len(starts) else len(ptr)
-        runs = tuple(np.empty(int(bound[first:last].sum()), np.int64) for _ in range(5))
+        runs = np.empty((5, int(bound[first:last].sum())), np.int64)
         found, rows = _kernels._select(*(a[lo:hi] for a in cand), *fixed, *runs)
         parts.append(tuple(r[:found] for r in runs))
         scanned += rows
         first = last
-    if not parts:
-        return tuple(np.zeros(0, np.int64) for _ in range(5)), 0
+    if len(parts) == 1:
+        return parts[0], scanned
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True)), scanned
 
 
