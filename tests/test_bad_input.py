@@ -454,9 +454,12 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     twice = pa.table([pa.array([1]), pa.array([1]), pa.array([2])], names=["user_id", "ts", "ts"])
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"columns \['ts'\] more than once",
                                lambda: store.commit(twice))
-    for before, grace in (("x", 0), (1, float("nan")), (True, 0), (1, float("inf"))):
-        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "before must be|grace_s must be",
+    for before, grace in (("x/y", 0), (1, float("nan")), (True, 0), (1, float("inf"))):
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
+                                   "before must be|grace_s must be|'x/y' is neither a version number",
                                    lambda before=before, grace=grace: store.cleanup(before, grace_s=grace))
+    raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, "no tag 'x'",
+                               lambda: store.cleanup("x"))
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"user_id": [1], "request_ts": [30]})
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "requests are a pyarrow Table, not a "
@@ -485,6 +488,8 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
         raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not a \w*Path.*read_table\(path\)"
                                    if isinstance(path, Path) else r"not a str.*iter_batches\(store, path",
                                    lambda path=path: lateseq.materialize(store, path, lateseq.Projection(3)))
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"not a \w*(Path|str).*read_table\(path\)",
+                                   lambda path=path: lateseq.copartition_log(store, path, tmp_path / "co.parquet"))
     raises_and_changes_nothing(store, lateseq.PointerError, ValueError, f"'user_id' has type string.*{strings}",
                                lambda: lateseq.materialize(store, log.set_column(0, "user_id", pa.array(["1"])),
                                                            lateseq.Projection(3)))

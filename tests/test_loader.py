@@ -260,6 +260,22 @@ def test_a_folder_log_reads_linked_folders_and_files_whose_nullability_differs(w
     assert values == [v for w in expected(events, log, 4) for v in w["item_id"]]
 
 
+def test_a_log_path_through_a_link_and_up_reads_the_file_the_system_opens(world, tmp_path):
+    """``data/../ex.parquet``, ``data`` a link to ``vol/deep``, names ``vol/ex.parquet``;
+    the path was shortened as text to ``ex.parquet`` beside the link, and another log
+    there was read in its place, with valid pointers (a stranger's)."""
+    store, _, log, _ = world
+    (tmp_path / "vol" / "deep").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "data").symlink_to(tmp_path / "vol" / "deep", target_is_directory=True)
+    pq.write_table(log.slice(0, 3), tmp_path / "vol" / "ex.parquet")
+    pq.write_table(log.slice(3, 4), tmp_path / "work" / "ex.parquet")
+    path = str(tmp_path / "work" / "data" / ".." / "ex.parquet")
+    assert pq.read_table(path).num_rows == 3
+    read = [b for b, _ in iter_batches(store, path, lateseq.Projection(3, COLUMNS))]
+    assert sum(b.num_rows for b in read) == 3
+
+
 def test_a_sequences_file_written_through_a_link_into_a_folder_log_is_refused(world, tmp_path, dir_snapshot):
     """The output named a link in the folder (or its target elsewhere): it was written over
     the part file, and the log, which cannot be made again, was lost (a stranger's)."""

@@ -105,6 +105,9 @@ def test_versions_as_users_hold_them(make_store):
     for wrong in (True, 1.0):
         with pytest.raises(lateseq.SchemaError, match="a version is a number or a tag name"):
             lateseq.open(store.path, wrong)
+    for wrong in (" 1", "../x", "１"):  # the version is what is wrong, not a tag name given elsewhere
+        with pytest.raises(lateseq.SchemaError, match=f"version {wrong!r} is neither a version number"):
+            store.tag("fine", wrong)
 
 
 def test_tags_pin_resolve_list_and_untag(make_store):
@@ -814,6 +817,17 @@ def test_a_cache_dir_inside_the_store_is_refused_but_its_own_cache(small_store):
     assert lateseq.open(small_store.path, cache_dir=small_store.path / "cache").cache_dir == small_store.path / "cache"
 
 
+def test_a_relative_cache_dir_stays_where_it_was_when_the_directory_changes(small_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = lateseq.open(small_store.path, cache_dir="rc")
+    assert store.cache_dir.is_absolute() and store.cache_dir.is_relative_to(tmp_path / "rc")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [10**6]})),
+                        lateseq.Projection(3))
+    assert not (tmp_path / "elsewhere" / "rc").exists()
+
+
 def test_a_cache_dir_that_is_a_file_is_named(small_store, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(lateseq.StoreError, match="is a file, not a folder for the read cache"):
@@ -875,6 +889,68 @@ def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_
     with pytest.raises(lateseq.VersionNotFound):
         store.checkout(3)
     assert store.commit(events([1], [0], [0])).version == 6  # numbers are never reused
+
+
+@pytest.mark.parametrize("operation", ["commit", "compact"])
+def test_a_write_outlasting_another_hosts_grace_stamps_its_files_or_publishes_nothing(make_store, monkeypatch,
+                                                                                     operation):
+    """A cleanup on another host (its lock not this host's) removes unreferenced files older
+    than its grace: a compaction taking longer lost its first segments, and its version
+    was published naming files that were gone (a stranger's, with locks that did not reach
+    across hosts). Before publishing, a writer stamps its files, and publishes nothing
+    where one is gone."""
+    store = make_store(partitions=2)
+    for step in range(2):
+        store = store.commit(events([1, 2, 3], [step, step, step], [step, step, step]))
+    stamp = lateseq._store.Store._stamp_unpublished
+    hour_ago = time.time() - 3600
+
+    def aged(self, new, version):  # the files written an hour ago, as a long write's first ones
+        for info in new:
+            for path in info.files(self.path / "segments"):
+                os.utime(path, (hour_ago, hour_ago))
+        stamp(self, new, version)
+
+    def write() -> lateseq.Store:
+        return store.compact() if operation == "compact" else store.commit(events([4], [9], [9]))
+
+    monkeypatch.setattr(lateseq._store.Store, "_stamp_unpublished", aged)
+    written = write()
+    assert all(p.stat().st_mtime > hour_ago + 1800 for i in written.segment_infos
+               if i.name not in {j.name for j in store.segment_infos} for p in i.files(store.path / "segments"))
+    assert written.cleanup(before="latest", grace_s=1800) is not None  # another host's cleanup now: nothing lost
+    assert lateseq.audit.verify(lateseq.open(store.path)) == []
+
+    def gone(self, new, version):  # another host's cleanup took one meanwhile
+        new[0].files(self.path / "segments")[0].unlink()
+        stamp(self, new, version)
+
+    monkeypatch.setattr(lateseq._store.Store, "_stamp_unpublished", stamp)
+    store = lateseq.open(store.path).commit(events([5], [10], [10]))  # something to compact again
+    lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [99]})),
+                        lateseq.Projection(3))  # its read cache filled before the snapshot
+    before = snapshot(store.path)
+    monkeypatch.setattr(lateseq._store.Store, "_stamp_unpublished", gone)
+    with pytest.raises(lateseq.StoreError, match="was removed before it was published.*nothing was published"):
+        write()
+    assert lateseq.open(store.path).version == store.version
+    assert snapshot(store.path) == before  # its other files removed too
+
+
+def test_cleanup_takes_a_tag_or_latest_as_the_cli_does(make_store):
+    store = make_store()
+    for step in range(4):
+        store = store.commit(events([1], [step], [step]))
+    store.tag("v3", 3)
+    with pytest.raises(lateseq.SchemaError, match="a version number, a tag or 'latest', got float"):
+        store.cleanup(before=2.0)
+    with pytest.raises(lateseq.SchemaError, match="tag name"):
+        store.cleanup(before="no such/tag")
+    assert [v.version for v in store.versions()] == [1, 2, 3, 4]
+    assert store.cleanup(before="v3") == [1, 2]
+    assert store.cleanup(before="latest") == []  # 3 is tagged
+    store.untag("v3")
+    assert store.cleanup(before="4") == [3]
 
 
 def test_any_time_column_name_next_to_a_payload_called_ts(tmp_path):

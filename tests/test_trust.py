@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 import lateseq
 import lateseq._events
+import lateseq._format
 import lateseq._gather
 import lateseq._locate
 import lateseq._merge
@@ -193,6 +194,24 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
         flip(path, path.stat().st_size // 2)
     found = {Path(p.path).name for p in verify(store)}
     assert {p.name for p in damaged} <= found
+
+
+def test_verify_and_reads_name_a_file_they_may_not_read_as_unreadable(store, monkeypatch):
+    """A segment file of mode 000 was said to fail its CRC-32 (restore from a backup, when
+    its permissions were the matter), and a read blamed symbolic links (a stranger's)."""
+    target = next(p for p in store.segment_infos[0].files(store.path / "segments") if p.name.endswith(".parquet"))
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if Path(path) == target:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    assert [(Path(p.path), p.message) for p in verify(store)] == [
+        (target, f"segment {store.segment_infos[0].name}: {target.name} cannot be read (Permission denied)")]
+    with pytest.raises(lateseq.StoreError, match=r"cannot read .*: Permission denied$"):
+        lateseq._format.read_regular(target)
 
 
 def test_verify_passes_a_store_where_a_tag_write_was_killed(store):

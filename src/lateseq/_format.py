@@ -133,15 +133,18 @@ class SegmentInfo:
         """Whether ``column`` (from a decoded copy; None if absent) is what the writer wrote."""
         return column is not None and len(column) == self.rows and column_digest(column) == self.decoded[name]
 
-    def corrupt_files(self, directory: Path) -> list[Path]:
-        """Durable files that are missing, not regular files, or fail their CRC-32."""
+    def corrupt_files(self, directory: Path) -> list[tuple[Path, str]]:
+        """Durable files that are missing, unreadable, not regular files, or fail their
+        CRC-32, each with what is wrong with it."""
         bad = []
         for path, crc in zip(self.files(directory), self.crc32, strict=True):
             try:
                 if zlib.crc32(read_regular(path)) != crc:
-                    bad.append(path)
-            except StoreError:
-                bad.append(path)
+                    bad.append((path, "fails its CRC-32"))
+            except StoreError as exc:
+                cause = exc.__cause__
+                bad.append((path, "is missing" if isinstance(cause, FileNotFoundError) else f"cannot be read "
+                            f"({cause.strerror})" if isinstance(cause, OSError) else "is not a regular file"))
         return bad
 
 
@@ -440,6 +443,10 @@ def hard_link(source: Path, target: Path) -> None:
 
 def write_failed(path: str | os.PathLike, exc: OSError) -> StoreError:
     """The error of a write that failed (a full disk, a read-only folder), naming the file."""
+    if exc.errno == errno.ENOENT:  # the file being written, or its folder, removed meanwhile
+        return StoreError(f"cannot write {path} ({exc.strerror or exc}): its folder is missing, or it was removed "
+                          "while it was written (in a store: by a cleanup on another host whose clock runs ahead of "
+                          "this one's by more than its grace_s, or whose grace_s is shorter than this write took)")
     return StoreError(f"cannot write {path} ({exc.strerror or exc}); is its disk full, or not writable?")
 
 
@@ -521,8 +528,8 @@ def read_regular(path: Path) -> bytes:
     except FileNotFoundError as exc:
         raise StoreError(f"{path} is missing; restore it from a backup or replica") from exc
     except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror} (lateseq never follows symbolic links "
-                         "inside a store)") from exc
+        why = " (lateseq never follows symbolic links inside a store)" if exc.errno == errno.ELOOP else ""
+        raise StoreError(f"cannot read {path}: {exc.strerror}{why}") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a folder with a bare fd number
         os.close(fd)
         raise StoreError(f"{path} is not a regular file; restore it from a backup or replica")

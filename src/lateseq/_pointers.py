@@ -94,6 +94,16 @@ class Pointers:
         return _read_pointers(examples, None)
 
 
+def require_table(log: object) -> None:
+    """Refuses an example log that is not a pyarrow Table or RecordBatch, saying what to
+    do with a path (a user with a log on disk passes its path first)."""
+    if not isinstance(log, pa.Table | pa.RecordBatch):
+        path = isinstance(log, str | os.PathLike)
+        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{frame_hint(log)}" + (
+            ": read the file first (pyarrow.parquet.read_table(path)), or stream it in batches with "
+            "lateseq.iter_batches(store, path, projection)" if path else ""))
+
+
 def pointers_from_log(log: pa.Table | pa.RecordBatch, schema: Schema) -> Pointers:
     """The pointer columns of an example log read against the store's ``schema``: a
     timestamp-typed ``request_ts`` is converted exactly to the store's time unit."""
@@ -318,6 +328,7 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     groups by partition (``ExampleDataset(copartition=True)``) then has each worker read
     the segments of its own partitions only."""
     row_group_rows = exact_integer("row_group_rows", row_group_rows, 1)
+    require_table(examples)
     if isinstance(examples, pa.RecordBatch):
         examples = pa.Table.from_batches([examples])
     users = pointers_from_log(examples, store.schema).user_id

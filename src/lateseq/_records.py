@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,9 +20,8 @@ from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
 from ._kernels import event_hashes, merge_newest
-from ._pointers import POINTER_FIELDS, RECORD_FIELDS, TAIL_PREFIX, Pointers, pointers_from_log
+from ._pointers import POINTER_FIELDS, RECORD_FIELDS, TAIL_PREFIX, Pointers, pointers_from_log, require_table
 from ._projection import Projection
-from ._schema import frame_hint
 from ._store import Store
 
 
@@ -165,11 +162,7 @@ def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
 
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
     """Whether a log holds two-tier records (else plain pointers)."""
-    if not isinstance(log, pa.Table | pa.RecordBatch):
-        path = isinstance(log, str | os.PathLike)
-        raise SchemaError(f"an example log is a pyarrow Table, not a {type(log).__name__}{frame_hint(log)}" + (
-            ": read the file first (pyarrow.parquet.read_table(path)), or stream it in batches with "
-            "lateseq.iter_batches(store, path, projection)" if path else ""))
+    require_table(log)
     return holds_records(log.schema)
 
 

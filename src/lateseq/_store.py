@@ -128,7 +128,7 @@ class Store:
         self.readahead = readahead
         self.path = Path(path).absolute()  # a relative path would follow later changes of directory
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
-        self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(Path(cache_dir), self.path)
+        self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(self._cache_root, self.path)
         if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
                 ).is_relative_to(self.path.resolve() / "cache"):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
@@ -564,6 +564,21 @@ class Store:
             self._remove_unpublished(new)
             raise
 
+    def _stamp_unpublished(self, new: list[SegmentInfo], version: int) -> None:
+        """Marks the durable files written for ``version`` as written now, and checks that
+        none is gone. A cleanup on another host (which this host's lock does not hold
+        back) spares files younger than its grace: a write longer than that (a big
+        compaction) may have lost its first files meanwhile, and its version, published,
+        would name files that are not there. Stamped, they are spared for that long again."""
+        for info in new:
+            for path in info.files(self.path / "segments"):
+                try:
+                    os.utime(path)
+                except FileNotFoundError:
+                    raise StoreError(f"{path}, written for version {version}, was removed before it was published "
+                                     "(by a cleanup on another host whose grace_s is shorter than this write took, or "
+                                     "whose clock runs ahead of this one's by more); nothing was published") from None
+
     def _remove_unpublished(self, new: list[SegmentInfo]) -> None:
         for info in new:
             self._remove_segment(info)
@@ -595,6 +610,7 @@ class Store:
             "schema_crc32": self._schema_crc,  # a schema.json replaced later is refused when a version is opened
         }
         try:
+            self._stamp_unpublished(new, version)
             self._log.publish(version, manifest)
         except StoreError as exc:  # another writer's version, a full disk: nothing published, the new files
             if not (keep_on_conflict and isinstance(exc, CommitConflict)):  # are nobody's (after any other
@@ -603,9 +619,9 @@ class Store:
         self._log.remember(version, segments)
         return self._handle(version)
 
-    def cleanup(self, before: int, grace_s: float = 3600.0) -> list[int]:
-        """Retires versions older than ``before`` (tagged ones stay, the latest always
-        does) and deletes every file no kept version references: segments, their decoded
+    def cleanup(self, before: int | str, grace_s: float = 3600.0) -> list[int]:
+        """Retires versions older than ``before`` (a number, a tag or ``"latest"``, as the
+        CLI takes it; tagged versions stay, the latest always does) and deletes every file no kept version references: segments, their decoded
         copies in this handle's read cache, and crashed writers' leftovers. Returns the
         versions retired.
 
@@ -620,7 +636,9 @@ class Store:
         """
         if not isinstance(grace_s, int | float) or not 0 <= grace_s < float("inf"):
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
-        before = exact_integer("before", before, kind="a version number")
+        if isinstance(before, str):
+            before = self._log.resolve(before, checked=False)
+        before = exact_integer("before", before, kind="a version number, a tag or 'latest'")
         try:
             retired = self._log.retire_before(before)
         except StoreError as exc:  # a full disk: no room for a tombstone, so nothing would ever be freed

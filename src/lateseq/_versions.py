@@ -242,7 +242,12 @@ class VersionLog:
         if version is None or version == LATEST:
             return self.latest
         if isinstance(version, str) and not _VERSION_NUMBER.fullmatch(version):
-            return self.tags_of(check_tag_name(version))
+            try:
+                check_tag_name(version)
+            except SchemaError:
+                raise SchemaError(f"version {version[:80]!r} is neither a version number (ASCII digits) nor a tag "
+                                  "name (1-128 ASCII letters, digits, '.', '_' or '-')") from None
+            return self.tags_of(version)
         if not (isinstance(version, str) or is_integer(version)):  # numpy's integers too, not bools
             raise SchemaError(f"a version is a number or a tag name, not {type(version).__name__}")
         number = int(version)

@@ -185,8 +185,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     segments = store.path / "segments"
     with tempfile.TemporaryDirectory(prefix="lateseq-verify-") as scratch:
         for info in kept.values():
-            for bad in info.corrupt_files(segments):
-                what = "fails its CRC-32" if bad.exists() else "is missing"
+            for bad, what in info.corrupt_files(segments):
                 problems.append(Problem(str(bad), f"segment {info.name}: {bad.name} {what}"))
             if not check(segments / f"{info.name}.index.arrow", lambda info=info: read_index(segments, info)):
                 continue
