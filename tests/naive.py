@@ -149,3 +149,11 @@ def version_bounds_reference(version, starts):
         for i in range(b - 2, a - 1, -1):
             vmin[i] = min(vmin[i + 1], version[i])
     return vmax, vmin
+
+
+def rows_since_reference(w_ptr, w_seg, w_lo, w_hi, ts_by_segment, lower, pointers):
+    """Per pointer, its windows' rows [lo, hi) whose time is at least the pointer's lower bound."""
+    out = [0] * pointers
+    for p, g, lo, hi in zip(w_ptr, w_seg, w_lo, w_hi, strict=True):
+        out[p] += sum(1 for t in ts_by_segment[g][lo:hi] if t >= lower[p])
+    return out

@@ -19,6 +19,7 @@ from naive import (
     locate_reference,
     merge_order_reference,
     partition_of_reference,
+    rows_since_reference,
     select_reference,
     version_bounds_reference,
 )
@@ -43,6 +44,7 @@ from lateseq._kernels import (
     prefetch,
     rank_index,
     remap_ranges,
+    rows_since,
     segment_table,
     user_starts,
     version_bounds,
@@ -448,6 +450,32 @@ def test_remap_ranges_refuses_places_outside_the_index():
     for lo, hi in ((-1, 0), (0, 64)):
         with pytest.raises(ValueError, match="must lie in"):
             remap_ranges(index, np.array([lo]), np.array([hi]))
+
+
+@st.composite
+def windows_in_segments(draw):
+    segments = [np.array(sorted(draw(st.lists(st.integers(-50, 50), max_size=12))), np.int64)
+                for _ in range(draw(st.integers(1, 3)))]
+    pointers = draw(st.integers(1, 4))
+    windows = []
+    for _ in range(draw(st.integers(0, 8))):
+        g = draw(st.integers(0, len(segments) - 1))
+        lo = draw(st.integers(0, len(segments[g])))
+        windows.append((draw(st.integers(0, pointers - 1)), g, lo, draw(st.integers(lo, len(segments[g])))))
+    lower = [draw(st.integers(-60, 60)) for _ in range(pointers)]
+    return segments, windows, lower
+
+
+@given(windows_in_segments(), st.sampled_from([np.uint8, np.uint16, np.int64]))
+@settings(max_examples=200)
+def test_rows_since_matches_reference(case, dtype):
+    segments, windows, lower = case
+    bases = np.array([(int(s.min()) if len(s) else 0) for s in segments], np.int64)
+    stored = [(s - b).astype(dtype) for s, b in zip(segments, bases, strict=True)]  # as segments store times
+    w_ptr, w_seg, w_lo, w_hi = (np.array([w[i] for w in windows], np.int64) for i in range(4))
+    out = np.zeros(len(lower), np.int64)
+    rows_since(w_ptr, w_seg, w_lo, w_hi, segment_table(stored), bases, np.array(lower, np.int64), out)
+    assert out.tolist() == rows_since_reference(w_ptr, w_seg, w_lo, w_hi, segments, lower, len(lower))
 
 
 # ---------------------------------------------------------------- partitions

@@ -1080,6 +1080,22 @@ def remap_ranges(index: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.
     return out_lo, out_hi
 
 
+@njit(cache=True, nogil=True)
+def _rows_since(w_ptr, w_seg, w_lo, w_hi, ts_l, ts_b, lower, out):  # pragma: no cover - compiled
+    for k in range(w_ptr.shape[0]):
+        p, g = w_ptr[k], w_seg[k]
+        out[p] += w_hi[k] - _first_at_least(segment(ts_l, g), ts_b[g], w_lo[k], w_hi[k], lower[p])
+
+
+def rows_since(w_ptr: np.ndarray, w_seg: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray,
+               ts: tuple[np.ndarray, ...], bases: np.ndarray, lower: np.ndarray, out: np.ndarray) -> None:
+    """Adds to ``out[p]``, for each window (pointer p, segment, rows [lo, hi) sorted by
+    time), its rows whose time is at least ``lower[p]``: a bound on the events a window
+    of time can take from a pointer's windows, whatever their visibility."""
+    if len(w_ptr):
+        _rows_since(w_ptr, w_seg, w_lo, w_hi, ts, bases, np.ascontiguousarray(lower, np.int64), out)
+
+
 # ---------------------------------------------------------------- merge with a tail
 
 

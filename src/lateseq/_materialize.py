@@ -16,7 +16,7 @@ from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
-from ._select import reach, select, transform
+from ._select import merge_depths, reach, select, transform
 from ._store import Store
 
 T = TypeVar("T")
@@ -152,17 +152,19 @@ def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Project
     depth = reach(tenants.values())
     located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth, pointers.length)
     mismatched = compare(pointers, located, verify, on_mismatch, store)
-    store._record_reads(located, depth)  # a filtered tenant merges whole histories: what merged copies save
-    chunks = _merge_chunks(located.merge, np.minimum(located.count, depth))
+    depths = merge_depths(store, pointers, located, tenants, depth)
+    store._record_reads(located, depths)  # a filtered tenant merges whole histories: what merged copies save
+    chunks = _merge_chunks(located.merge, np.minimum(located.count, depths))
     if len(chunks) == 1:
         return {name: batch for name, (batch, _) in select(store, pointers, located, tenants, mismatched,
-                                                          depth).items()}
+                                                          depths).items()}
     parts: dict[str, list[JaggedBatch]] = {name: [] for name in tenants}
     for start, end in chunks:  # each located again: its merge's runs held for those pointers only
         part = _rows(pointers, start, end)
         part_located = store.locate(part.user_id, part.request_ts, part.visibility, depth, part.length)
         try:
-            selected = select(store, part, part_located, tenants, mismatched[start:end], depth)
+            selected = select(store, part, part_located, tenants, mismatched[start:end],
+                              depths if np.isscalar(depths) else depths[start:end])
         except TransformOverflow as exc:
             raise TransformOverflow(exc.problem, exc.row + start, "", exc.tenant) from None
         for name, (batch, _) in selected.items():

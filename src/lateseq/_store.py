@@ -779,17 +779,18 @@ class Store:
         return self._segments.watch.generation() != generation and any(
             segment.overwritten() for view in views for segment in view.segments)
 
-    def _record_reads(self, located: Located, max_len: int) -> None:
+    def _record_reads(self, located: Located, max_len: int | np.ndarray) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
-        returns (its newest ``max_len`` per pointer) from partitions read segment by segment."""
+        returns (its newest ``max_len`` per pointer, or each one's) from partitions read
+        segment by segment."""
         if self.merged_reads != "auto" or not self._rents:
             return
+        returned = np.minimum(located.count, max_len)
         if located.partition is None:  # a view per partition
             paid = {w.view.segments[0].info.partition: (w.rows, len(w.view.segments) > 1) for w in located.partitions}
-            totals = {p: int(np.minimum(located.count[rows], max_len).sum()) for p, (rows, many) in paid.items()
-                      if many}
+            totals = {p: int(returned[rows].sum()) for p, (rows, many) in paid.items() if many}
         else:  # one view of several partitions
-            events = np.bincount(located.partition, np.minimum(located.count, max_len), self.schema.partitions)
+            events = np.bincount(located.partition, returned, self.schema.partitions)
             totals = {int(p): int(events[p]) for p in np.flatnonzero(events) if int(p) not in self._merged}
         for partition, events in totals.items():
             rent = self._rents.get(partition)
