@@ -212,6 +212,12 @@ def test_verify_and_reads_name_a_file_they_may_not_read_as_unreadable(store, mon
         (target, f"segment {store.segment_infos[0].name}: {target.name} cannot be read (Permission denied)")]
     with pytest.raises(lateseq.StoreError, match=r"cannot read .*: Permission denied$"):
         lateseq._format.read_regular(target)
+    monkeypatch.setattr(os, "open", real_open)
+    moved = target.with_name("elsewhere")
+    target.rename(moved)
+    target.symlink_to(moved)
+    assert [p.message for p in verify(store)] == [f"segment {store.segment_infos[0].name}: {target.name} is a "
+                                                  "symbolic link (lateseq never follows links inside a store)"]
 
 
 def test_verify_passes_a_store_where_a_tag_write_was_killed(store):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,16 +29,17 @@ Identity = tuple[int, int, int, int]  # device, inode, size, modification time o
 
 
 def parquet_path(path: str | os.PathLike) -> str:
-    """``path`` as the absolute path of what it names, once it is known to name a file or
-    a folder: a loader reads it later, maybe after the trainer changed directory (Hydra's
-    launcher does) or in a worker of another one. Links are resolved as the system
-    resolves them (``link/../x`` is x beside the link's target, not beside the link)."""
+    """``path`` as an absolute path, once it is known to name a file or a folder: a loader
+    reads it later, maybe after the trainer changed directory (Hydra's launcher does) or
+    in a worker of another one, maybe on another host (so links are not resolved here:
+    they may lead elsewhere there). ``..`` stays for the system to resolve
+    (``link/../x`` is x beside the link's target, which shortening the text would miss)."""
     if not isinstance(path, str | os.PathLike):
         raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
                           f"{frame_hint(path)}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no example log at {path}")
-    return os.path.realpath(path)
+    return str(Path(path).absolute())
 
 
 def part_files(folder: str) -> list[str]:

@@ -143,8 +143,10 @@ class SegmentInfo:
                     bad.append((path, "fails its CRC-32"))
             except StoreError as exc:
                 cause = exc.__cause__
-                bad.append((path, "is missing" if isinstance(cause, FileNotFoundError) else f"cannot be read "
-                            f"({cause.strerror})" if isinstance(cause, OSError) else "is not a regular file"))
+                bad.append((path, "is missing" if isinstance(cause, FileNotFoundError) else
+                            "is a symbolic link (lateseq never follows links inside a store)"
+                            if getattr(cause, "errno", None) == errno.ELOOP else f"cannot be read ({cause.strerror})"
+                            if isinstance(cause, OSError) else "is not a regular file"))
         return bad
 
 

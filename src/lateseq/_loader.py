@@ -156,7 +156,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         if isinstance(examples, ExampleLog) and _within(path, examples):
             raise SchemaError(f"{path} is {'in ' * os.path.isdir(examples.path)}the example log this reads; write "
                               "the sequences elsewhere")
-        folder = os.path.dirname(os.path.realpath(path))
+        folder = os.path.dirname(Path(path).absolute())
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{path}: directory {folder} does not exist")
     rows = 0
@@ -194,7 +194,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
 def _within(path: str, log: ExampleLog) -> bool:
     """Whether ``path`` is one of the example log's files (through a link or another name
     too: a part file linked from elsewhere, written through, would be lost), or in its folder."""
-    out, folder = Path(os.path.realpath(path)), Path(log.path)
+    out, folder = Path(path).absolute(), Path(log.path)
     return (out.exists() and any(os.path.samefile(out, f) for f in log.files)
             or (folder.is_dir() and (out.is_relative_to(folder) or out.resolve().is_relative_to(folder.resolve()))))
 
