@@ -621,9 +621,9 @@ class Store:
 
     def cleanup(self, before: int | str, grace_s: float = 3600.0) -> list[int]:
         """Retires versions older than ``before`` (a number, a tag or ``"latest"``, as the
-        CLI takes it; tagged versions stay, the latest always does) and deletes every file no kept version references: segments, their decoded
-        copies in this handle's read cache, and crashed writers' leftovers. Returns the
-        versions retired.
+        CLI takes it; tagged versions stay, the latest always does) and deletes every file
+        no kept version references: segments, their decoded copies in this handle's read
+        cache, and crashed writers' leftovers. Returns the versions retired.
 
         Writers on this host hold the store's lock while their files are unpublished, so
         cleanup never deletes those; ``grace_s`` also spares files younger than that, for
