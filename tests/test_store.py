@@ -935,6 +935,18 @@ def test_a_write_outlasting_another_hosts_grace_stamps_its_files_or_publishes_no
         write()
     assert lateseq.open(store.path).version == store.version
     assert snapshot(store.path) == before  # its other files removed too
+    monkeypatch.setattr(lateseq._store.Store, "_stamp_unpublished", stamp)
+    real_write = lateseq._format.write_synced
+
+    def taken_at_once(path, data):  # removed right after it was written: a bare FileNotFoundError escaped
+        crc = real_write(path, data)
+        path.unlink()
+        return crc
+
+    monkeypatch.setattr(lateseq._format, "write_synced", taken_at_once)
+    with pytest.raises(lateseq.StoreError, match="was removed before it was published.*nothing was published"):
+        write()
+    assert snapshot(store.path) == before
 
 
 def test_cleanup_takes_a_tag_or_latest_as_the_cli_does(make_store):

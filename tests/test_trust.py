@@ -212,6 +212,10 @@ def test_verify_and_reads_name_a_file_they_may_not_read_as_unreadable(store, mon
         (target, f"segment {store.segment_infos[0].name}: {target.name} cannot be read (Permission denied)")]
     with pytest.raises(lateseq.StoreError, match=r"cannot read .*: Permission denied$"):
         lateseq._format.read_regular(target)
+    parquet, target = target, target.with_name(target.name.replace(".parquet", ".index.arrow"))
+    assert [p.message for p in verify(store)] == [  # named once, not again by the index's own check
+        f"segment {store.segment_infos[0].name}: {target.name} cannot be read (Permission denied)"]
+    target = parquet
     monkeypatch.setattr(os, "open", real_open)
     moved = target.with_name("elsewhere")
     target.rename(moved)

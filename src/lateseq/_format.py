@@ -187,17 +187,19 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
 
     index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
     parquet, index_file = (directory / f"{name}{suffix}" for suffix in SEGMENT_FILES)
+    # (sized as written: a stat after the write met a file another host's cleanup had removed)
+    written = [_parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}) if packed else b"",
+               _ipc_bytes(index)]
     try:
-        crc32 = [write_synced(parquet, _parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}))
-                 if packed else 0,  # an unpacked segment has no Parquet file to check
-                 write_synced(index_file, _ipc_bytes(index))]
+        crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
+                 write_synced(index_file, written[1])]
         cache.mkdir(parents=True, exist_ok=True)
         decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):
             path.unlink(missing_ok=True)
         raise
-    size = (parquet.stat().st_size if packed else 0) + index_file.stat().st_size
+    size = len(written[0]) + len(written[1])
     versions = (int(events.version.min()), int(events.version.max())) if len(events) else (0, 0)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),

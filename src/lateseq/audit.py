@@ -185,10 +185,12 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     segments = store.path / "segments"
     with tempfile.TemporaryDirectory(prefix="lateseq-verify-") as scratch:
         for info in kept.values():
-            for bad, what in info.corrupt_files(segments):
+            corrupt = info.corrupt_files(segments)
+            for bad, what in corrupt:
                 problems.append(Problem(str(bad), f"segment {info.name}: {bad.name} {what}"))
-            if not check(segments / f"{info.name}.index.arrow", lambda info=info: read_index(segments, info)):
-                continue
+            index = segments / f"{info.name}.index.arrow"
+            if index in {bad for bad, _ in corrupt} or not check(index, lambda info=info: read_index(segments, info)):
+                continue  # (a file that failed its CRC-32 is named once)
             decoded = decoded_file(store.cache_dir, info.name)
             if decoded.exists():
                 check(decoded, lambda info=info, decoded=decoded: _check_decoded(decoded, info))
