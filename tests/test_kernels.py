@@ -8,6 +8,10 @@ versions' events that arrived before a limit.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -476,6 +480,45 @@ def test_rows_since_matches_reference(case, dtype):
     out = np.zeros(len(lower), np.int64)
     rows_since(w_ptr, w_seg, w_lo, w_hi, segment_table(stored), bases, np.array(lower, np.int64), out)
     assert out.tolist() == rows_since_reference(w_ptr, w_seg, w_lo, w_hi, segments, lower, len(lower))
+
+
+# ---------------------------------------------------------------- where compiled code is cached
+
+_NOWHERE_TO_CACHE = """
+import warnings, tempfile, pyarrow as pa
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import lateseq
+print([str(w.message) for w in caught if "nowhere to cache" in str(w.message)])
+if {read}:
+    store = lateseq.create(tempfile.mkdtemp(), lateseq.Schema({{"item": "int64"}}))
+    store = store.commit(pa.table({{"user_id": [1, 1], "ts": [1, 2], "item": [7, 8]}}))
+    log = lateseq.log_examples(store, pa.table({{"user_id": [1], "request_ts": [3]}}))
+    print(lateseq.materialize(store, log, lateseq.Projection(5, ("item",))).values["item"].tolist())
+"""
+
+
+def test_kernels_are_cached_in_a_private_temporary_folder_where_numba_has_no_place(tmp_path):
+    """A read-only install run by a user without a writable home (many containers): numba
+    found no place to cache a kernel and raised at the decorator, so ``import lateseq``
+    failed (a stranger's). Here numba is given no place the same way, whatever this
+    user may write: its only locator is NUMBA_CACHE_DIR's, unset."""
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator", "TMPDIR": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", _NOWHERE_TO_CACHE.format(read=True)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    warned, values = run.stdout.splitlines()
+    folder = tmp_path / f"lateseq-numba-{os.getuid()}"
+    assert f"caches it in {folder}" in warned and values == "[7, 8]"
+    assert any(folder.rglob("*.nbi")) and folder.stat().st_mode & 0o777 == 0o700
+    shutil.rmtree(folder)
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)  # another user's could be: never taken
+    run = subprocess.run([sys.executable, "-c", _NOWHERE_TO_CACHE.format(read=False)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "cannot cache it" in run.stdout and not any(folder.rglob("*"))
 
 
 # ---------------------------------------------------------------- partitions

@@ -20,14 +20,71 @@ for all columns, and the copy kernel is compiled per (stored, output) dtype pair
 
 from __future__ import annotations
 
+import functools
+import os
+import stat
+import tempfile
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import carray, config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+# ---------------------------------------------------------------- compiled, and cached on disk
+
+
+def _cached(**options: object) -> Callable:
+    """``njit(cache=True, **options)``: machine code kept on disk where numba finds a
+    writable place (``NUMBA_CACHE_DIR``, beside this file, ``~/.cache/numba``). Where it
+    finds none (a read-only install run by a user without a writable home, as in many
+    containers), numba refused the decorator, and ``import lateseq`` failed: the code is
+    then cached in a folder of this user's in the system's temporary directory, or not
+    at all (every process compiles again), with a warning."""
+    def decorate(function: Callable) -> Callable:
+        try:
+            return njit(cache=True, **options)(function)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available for file ..."
+            if "no locator available" not in str(exc):
+                raise
+        folder = _private_cache()
+        if folder is not None:
+            previous, config.CACHE_DIR = config.CACHE_DIR, folder  # read as the decorator finds a place
+            try:
+                return njit(cache=True, **options)(function)
+            except RuntimeError:
+                pass
+            finally:
+                config.CACHE_DIR = previous
+        return njit(**options)(function)
+    return decorate
+
+
+@functools.cache
+def _private_cache() -> str | None:
+    """A folder of the system's temporary directory that only this user can write (cached
+    code is run as it is read: another user's folder must not be taken), or None."""
+    folder = os.path.join(tempfile.gettempdir(), f"lateseq-numba-{os.getuid()}")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+    except OSError:
+        private = False
+    where = f"caches it in {folder}" if private else f"cannot cache it ({folder} is not this user's alone)"
+    warnings.warn(f"numba has nowhere to cache lateseq's compiled kernels ({os.path.dirname(__file__)} and "
+                  f"~/.cache/numba are not writable): lateseq {where}; set NUMBA_CACHE_DIR to a writable folder "
+                  "(kept across runs, or each process compiles its kernels again, seconds per process)",
+                  RuntimeWarning, stacklevel=2)
+    return folder if private else None
+
+
+kernel = _cached(nogil=True)
+inline_kernel = _cached(nogil=True, inline="always")
 
 # ---------------------------------------------------------------- prefetch
 
@@ -80,14 +137,14 @@ def segment_table(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return (np.array([a.ctypes.data for a in arrays], np.int64), np.array([len(a) for a in arrays], np.int64), like)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def segment(table, g):  # pragma: no cover - compiled
     """Segment ``g``'s array of a 1-D column table."""
     addresses, lengths, like = table
     return carray(_pointer(addresses[g]), lengths[g], like.dtype)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def segment_rows(table, g):  # pragma: no cover - compiled
     """Segment ``g``'s array of a 2-D table (rows of a fixed width)."""
     addresses, lengths, like = table
@@ -97,7 +154,7 @@ def segment_rows(table, g):  # pragma: no cover - compiled
 # ---------------------------------------------------------------- event hashing
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _partition_of(users, partitions, out):  # pragma: no cover - compiled; partition_of_reference is its reference
     for i in range(users.shape[0]):
         x = np.uint64(users[i])  # the id's 64 bits: negative ids wrap, as intended
@@ -106,7 +163,7 @@ def _partition_of(users, partitions, out):  # pragma: no cover - compiled; parti
         out[i] = np.int64((x ^ (x >> np.uint64(31))) % np.uint64(partitions))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _version_bounds(version, starts, vmax, vmin):  # pragma: no cover - compiled; version_bounds_reference
     for u in range(starts.shape[0]):
         a = starts[u]
@@ -151,7 +208,7 @@ def value_bits(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64).view(np.uint64)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _hash_rows(bits):  # pragma: no cover - compiled; event_hash_reference is its reference
     out = np.empty(bits.shape[1], np.uint32)
     for i in range(bits.shape[1]):
@@ -181,13 +238,13 @@ def event_hashes(user: np.ndarray, ts: np.ndarray, payload: list[np.ndarray]) ->
 # ---------------------------------------------------------------- locate
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _visible(i, ver, ver_base, arrival, arrival_base, version, version_hi, arrival_limit):  # pragma: no cover
     v = ver_base + np.int64(ver[i])
     return v <= version or (v <= version_hi and arrival_base + np.int64(arrival[i]) < arrival_limit)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _first_at_least(values, base, a, b, bound):  # pragma: no cover - compiled
     """The first i in [a, b) with ``base + values[i] >= bound`` (b if none), for values
     that never decrease over [a, b)."""
@@ -200,7 +257,7 @@ def _first_at_least(values, base, a, b, bound):  # pragma: no cover - compiled
     return a
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - compiled
     """``_first_at_least`` for an answer expected near ``b``: steps of 1, 2, 4, ... down
     from ``b``, then a binary search in the last step."""
@@ -213,7 +270,7 @@ def _first_at_least_from_end(values, base, a, b, bound):  # pragma: no cover - c
     return _first_at_least(values, base, a, b, bound)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover - compiled
     """``_first_at_least`` for an answer expected near ``a``: steps of 1, 2, 4, ... up
     from ``a``, then a binary search in the last step."""
@@ -229,7 +286,7 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
 # not inlined: compiled once it serves both locate kernels, and inlined it doubled the
 # compilation of each (a kernel per column dtypes: CI compiles dozens from a cold cache);
 # the call costs 0-7% on 30 daily segments, inside this VM's noise
-@njit(cache=True, nogil=True)
+@kernel
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
@@ -309,7 +366,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes, 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma: no cover
     """The slow path of ``_locate_range`` for a pointer that sees one version: below
     ``a`` a row is invisible only if it is late (``late_rows``) with a version past the
@@ -349,7 +406,7 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
         k -= 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
     """Index of ``user`` in the sorted ``v_users``, or -1; one lookup when ids are dense."""
     if v_slots.shape[0] > 0:
@@ -359,7 +416,7 @@ def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
     return a if a < v_users.shape[0] and v_users[a] == user else -1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _locate(
     users, v_users, v_low, v_slots, entries, ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b,
     request_ts, version, version_hi, arrival_limit, max_len, hint, seg, count, checksum, lo, hi, holes, late_at,
@@ -495,7 +552,7 @@ def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: V
 # ---------------------------------------------------------------- merging segments
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _row_before(user, ts, tb, i, j):  # pragma: no cover - compiled
     if user[i] != user[j]:
         return user[i] < user[j]
@@ -506,7 +563,7 @@ def _row_before(user, ts, tb, i, j):  # pragma: no cover - compiled
     return i < j
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _sift_down(heap, size, heads, user, ts, tb):  # pragma: no cover - compiled
     i = 0
     while 2 * i + 1 < size:
@@ -519,7 +576,7 @@ def _sift_down(heap, size, heads, user, ts, tb):  # pragma: no cover - compiled
         i = c
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _merge_order(user, ts, tb, bounds):  # pragma: no cover - compiled; merge_order_reference is its reference
     heads = bounds[:-1].copy()
     order = np.empty(bounds[-1], np.int64)
@@ -571,12 +628,12 @@ def merge_order(user: np.ndarray, ts: np.ndarray, tiebreak: np.ndarray | None, r
 # so a batch costs a few calls whatever the number of segments.
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _key_before(ts_a, tb_a, ts_b, tb_b):  # pragma: no cover - compiled
     return ts_a < ts_b or (ts_a == ts_b and tb_a < tb_b)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _window_before(key_ts, key_tb, a, b):  # pragma: no cover - compiled
     """Whether window a's key comes before window b's in the merge's order: on equal keys
     the later segment's event (the larger window index) is the newer."""
@@ -584,7 +641,7 @@ def _window_before(key_ts, key_tb, a, b):  # pragma: no cover - compiled
         key_ts[a] == key_ts[b] and key_tb[a] == key_tb[b] and a < b)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len, hint,
                  v_users, v_low, v_slots, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b, tb_l, tb_b, has_tb,
@@ -705,7 +762,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
     return nw
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _doubled(runs):  # pragma: no cover - compiled
     """``runs`` in an array twice as wide. A call, not inlined: it is rare."""
     grown = np.empty((4, 2 * runs.shape[1]), np.int64)
@@ -713,7 +770,7 @@ def _doubled(runs):  # pragma: no cover - compiled
     return grown
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _put_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
     """Writes run k (segment, lo, hi, output position) into ``runs`` (one row per field);
     False, writing nothing, when it is full. The kernels that cut runs never reassign
@@ -726,7 +783,7 @@ def _put_run(runs, k, g, lo, hi, d):  # pragma: no cover - compiled
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _by_segment(g_seg, g_lo, g_hi, g_dst, segments):  # pragma: no cover - compiled
     start = np.zeros(segments + 1, np.int64)
     for i in range(g_seg.shape[0]):
@@ -750,7 +807,7 @@ def by_segment(runs: tuple[np.ndarray, ...], segments: int) -> tuple[np.ndarray,
     return tuple(_by_segment(*runs, np.int64(segments)))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _stays(ts, ts_base, tb, tb_base, has_tb, i, key_ts, key_tb, ties_stay):  # pragma: no cover - compiled
     """Whether row i comes after the key (key_ts, key_tb) in the merge's order (newest
     first): a later key, or the same key in a later segment (``ties_stay``)."""
@@ -759,7 +816,7 @@ def _stays(ts, ts_base, tb, tb_base, has_tb, i, key_ts, key_tb, ties_stay):  # p
     return key_ts < t or (key_ts == t and (key_tb < b or (key_tb == b and ties_stay)))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _run_start(ts, ts_base, tb, tb_base, has_tb, lo, i, key_ts, key_tb, ties_stay):  # pragma: no cover - compiled
     """The first row r in [lo, i] such that rows r..i all come after the key (row i does):
     steps of 1, 2, 4, ... down from i, then a binary search in the last step."""
@@ -777,7 +834,7 @@ def _run_start(ts, ts_base, tb, tb_base, has_tb, lo, i, key_ts, key_tb, ties_sta
     return i
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l,
                 tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version, version_hi,
                 arrival_limit):  # pragma: no cover - compiled
@@ -808,7 +865,7 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
         runs = _doubled(runs)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi,
                     w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b, arr_l, arr_b, version,
                     version_hi, arrival_limit):  # pragma: no cover - compiled
@@ -917,7 +974,7 @@ def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, order, rows, offsets
     return k, rows.shape[0]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - compiled
     """Copies rows [lo, hi) to ``out[d:]`` with a plain counter over slices: the form
     LLVM vectorizes (2.3x over a running index)."""
@@ -931,7 +988,7 @@ def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - comp
             target[k] = window[k]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
                  arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
     runs = np.empty((4, 4 * w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
@@ -944,7 +1001,7 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
         runs = _doubled(runs)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b,
                  late_l, arr_l, arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
     """Cuts windows ``first``... into runs from ``runs[:, k]`` on; returns (runs written,
@@ -990,7 +1047,7 @@ def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n,
     return k, w_ptr.shape[0]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragma: no cover - compiled
     if g_seg.shape[0] == 0:
         return
@@ -1027,7 +1084,7 @@ def _popcount(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rank_index(rows, index):  # pragma: no cover - compiled
     for i in range(rows.shape[0]):
         r = np.uint64(rows[i])
@@ -1052,14 +1109,14 @@ def rank_index(rows: np.ndarray, n: int) -> np.ndarray:
     return index
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline_kernel
 def _rank(index, x):  # pragma: no cover - compiled
     word = np.uint64(x) >> np.uint64(6)
     below = (np.uint64(1) << (np.uint64(x) & np.uint64(63))) - np.uint64(1)
     return np.int64(index[word, 0] + _popcount(index[word, 1] & below))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _remap_ranges(index, lo, hi, out_lo, out_hi):  # pragma: no cover - compiled
     for k in range(lo.shape[0]):
         if k + AHEAD < lo.shape[0]:
@@ -1080,7 +1137,7 @@ def remap_ranges(index: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.
     return out_lo, out_hi
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rows_since(w_ptr, w_seg, w_lo, w_hi, ts_l, ts_b, lower, out):  # pragma: no cover - compiled
     for k in range(w_ptr.shape[0]):
         p, g = w_ptr[k], w_seg[k]
@@ -1099,7 +1156,7 @@ def rows_since(w_ptr: np.ndarray, w_seg: np.ndarray, w_lo: np.ndarray, w_hi: np.
 # ---------------------------------------------------------------- merge with a tail
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _merge_newest(head_offsets, head_ts, head_tb, tail_offsets, tail_ts, tail_tb, max_len,
                   out_offsets, out):  # pragma: no cover
     tail_base = head_ts.shape[0]
@@ -1138,7 +1195,7 @@ def merge_newest(head_offsets: np.ndarray, head_ts: np.ndarray, head_tb: np.ndar
 # ---------------------------------------------------------------- selection (windows)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _select(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_len,
             ts_l, ts_b, ver_l, ver_b, arr_l, arr_b, version, version_hi, arrival_limit,
             lengths, r_ptr, r_seg, r_lo, r_hi, r_at):  # pragma: no cover - tests/naive.py: select_reference
