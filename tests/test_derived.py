@@ -13,6 +13,7 @@ oracle in test_tenants).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import pickle
@@ -30,6 +31,7 @@ from conftest import files_at_most
 from oracle import edit_in_place
 
 import lateseq
+import lateseq._derived
 import lateseq._segments
 from lateseq._derived import DERIVED_DIR
 from lateseq._events import partition_of
@@ -231,6 +233,100 @@ def test_cleanup_removes_copies_of_retired_versions_only(store):
     # and with them their build locks and merged-reads tallies (not an hour later)
     assert not [p for p in (store.cache_dir / DERIVED_DIR).glob(".tmp-*") if p.name.split("-", 2)[-1] in old_names]
     assert read(newer, "merged") == expected(newer, "merged")
+
+
+def test_cleanup_leaves_a_stale_copy_alone_while_it_is_built_or_opened(store):
+    """Cleanup removed a retired version's filtered copy between its build and its first
+    open by a handle on that version, and the read said to restore it from a backup (a
+    stranger's threads and a cleaning process). A copy whose build lock is held stays."""
+    read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+    old = set(copy_files(store))
+    newer = store.compact().commit(events(np.random.default_rng(9), 100, 0))
+    names = {p.name.split(".")[0] for p in old}
+    folder = store.cache_dir / DERIVED_DIR
+    with contextlib.ExitStack() as held:
+        for name in names:  # (as a builder holds it, in this process or another)
+            held.enter_context(lateseq._segments.cache_lock(folder, f".tmp-build-{name}"))
+        newer.cleanup(before=newer.version, grace_s=0)
+        assert set(copy_files(store)) == old
+    newer.cleanup(before=newer.version, grace_s=0)
+    assert not set(copy_files(store)) & old
+
+
+def test_a_builder_that_waited_on_a_lock_file_cleanup_removed_locks_the_one_there_now(tmp_path):
+    """Cleanup removes a stale copy with its build lock file, holding it; a builder that
+    waited on that file then held a removed one, which kept no one out: the next cleanup
+    took the path's new lock file as free and removed the copy being built (a stranger's
+    threads and a cleaning process: 'restore it from a backup')."""
+    folder, name = tmp_path, ".tmp-build-x"
+    acquired, release = threading.Event(), threading.Event()
+
+    def builder():
+        with lateseq._segments.cache_lock(folder, name):
+            acquired.set()
+            release.wait(10)
+
+    with lateseq._segments.cache_lock(folder, name):  # cleanup holds it...
+        thread = threading.Thread(target=builder)
+        thread.start()
+        time.sleep(0.2)  # (the builder waits on this file)
+        (folder / name).unlink()  # ...and removes it with the copy
+    assert acquired.wait(10)
+    fd = os.open(folder / name, os.O_RDONLY | os.O_CREAT)
+    try:
+        with pytest.raises(BlockingIOError):  # the builder holds the lock file at the path
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+        release.set()
+        thread.join()
+
+
+def test_a_copy_that_cannot_be_mapped_for_want_of_maps_says_so(store, monkeypatch):
+    """A process out of map areas (vm.max_map_count) failed to map a filtered copy, tried
+    to decode it again, and said its Parquet file (a derived copy has none) was missing, to
+    restore from a backup (a stranger's 16 threads on a version retired as they read)."""
+    read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+    real = lateseq._segments.map_decoded
+
+    def out_of_maps(path, random_access=False):
+        if DERIVED_DIR in str(path):
+            raise OSError("Memory mapping file failed: Cannot allocate memory")
+        return real(path, random_access)
+
+    monkeypatch.setattr(lateseq._segments, "map_decoded", out_of_maps)
+    with pytest.raises(lateseq.StoreError, match=r"cannot map .*Cannot allocate memory.*memory maps.*max_map_count"):
+        read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+
+
+def test_threads_paying_one_merge_rent_at_once_keep_its_count(tmp_path, monkeypatch):
+    """Two threads paying at once both wrote the tally and both took it off what was
+    pending, which went negative: the next payment raised ValueError (bytes(-n)) in a
+    read (a stranger's 32 threads on one handle)."""
+    rent = lateseq._derived.MergeRent(tmp_path, "p00000-x", 10**9)
+    real_write = os.write
+
+    def slow_write(fd, data):  # the GIL let go mid-payment, as a file write does
+        time.sleep(0.001)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(lateseq._derived.os, "write", slow_write)
+    paid = 10**9 // 64  # each payment writes the tally
+    threads = [threading.Thread(target=lambda: [rent.pay(paid) for _ in range(8)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert rent._units() * rent._unit + rent._pending == 64 * paid and rent.settled
+
+
+def test_a_copy_gone_before_it_was_looked_at_was_not_written_in_place(store):
+    """A copy cleaned up between its map and its first stat has no identity: a file back at
+    its path raised TypeError in the read's check for writes in place (a stranger's)."""
+    handle = lateseq.open(store.path)
+    segment = handle.segments(0)[0]
+    segment.identity = None
+    assert segment.path.exists() and not segment.overwritten() and segment.changed()
 
 
 def test_cleanup_removes_the_merged_copies_of_retired_versions_whose_segments_stay(store):

@@ -19,12 +19,15 @@ store segments a copy came from, so cleanup deletes it with them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,9 @@ from ._format import (
     DERIVED_DIR,
     TIME,
     SegmentInfo,
+    close_lock_file,
     decoded_file,
+    open_lock_file,
     write_unpacked_segment,
     written_in_place,
 )
@@ -80,8 +85,13 @@ class MergeRent:
         self._pending = 0  # events read here, not yet in the file
         self._paid = self._units() * self._unit
         self.settled = self._paid >= price or derived_built(name, cache)
+        self._lock = threading.Lock()  # threads reading one handle pay at once (a tally paid twice went negative)
 
     def pay(self, events: int) -> None:
+        with self._lock:
+            self._pay(events)
+
+    def _pay(self, events: int) -> None:
         self._pending += events
         if self._pending >= self._every or self._paid + self._pending >= self.price:
             whole = self._pending // self._unit
@@ -235,6 +245,27 @@ def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Se
     return segment
 
 
+@contextlib.contextmanager
+def _idle(folder: Path, name: str) -> Iterator[bool]:
+    """Whether no process builds copy ``name`` or opens it now, its build lock held while
+    so: cleanup removed a stale copy (a retired version's, read by a handle on it) between
+    its build and its first open, and the reader was told to restore it from a backup."""
+    try:
+        lock = open_lock_file(folder / f".tmp-build-{name}")
+    except OSError:  # (a folder it cannot write in: nothing of it can be removed either)
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            idle = True
+        except BlockingIOError:
+            idle = False
+        yield idle
+    finally:
+        close_lock_file(lock)
+
+
 def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], grace_s: float,
                         temporary_grace_s: float) -> None:
     """Deletes the copies in the read cache ``cache`` made from a segment no kept version
@@ -259,11 +290,13 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
                      or ("filtered" in key and key["filtered"] not in readable))
         except (StoreError, KeyError, TypeError):
             stale = True
+        name = sidecar.name[:-len(".json")]
         if stale and older_than(sidecar, grace_s):
-            name = sidecar.name[:-len(".json")]
-            for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
-                         folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
-                remove_file(path)
+            with _idle(folder, name) as idle:
+                if idle:
+                    for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
+                                 folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
+                        remove_file(path)
     for path in folder.glob("[!.]*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
         name = path.name.removesuffix(".arrow").removesuffix(".index")
         if not (folder / f"{name}.json").exists() and older_than(path, temporary_grace_s):

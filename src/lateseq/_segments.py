@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import itertools
@@ -49,22 +50,49 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     """Holds the lock file ``name`` of a read cache folder (made if missing): processes
     that need the same file of the cache at once (a loader's workers) take turns, so one
     writes it and the others map it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open_lock_file(folder / name)
-    except OSError as exc:
-        raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
-                         "open the store with cache_dir= a writable folder") from exc
-    try:
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open_lock_file(folder / name)
+        except OSError as exc:
+            raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
+                             "open the store with cache_dir= a writable folder") from exc
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as exc:
+            close_lock_file(lock)
             raise StoreError(f"cannot lock the read cache {folder} ({exc.strerror} at {name}): its file system "
                              "offers no file locks (flock); open the store with cache_dir= a folder on a local "
                              "disk") from exc
+        current = _identity(folder / name)
+        if current is not None and current[:2] == _fd_identity(lock):
+            break
+        # cleanup removed the lock file (with the copy it guards) while this waited on it:
+        # holding the removed one would keep no one else out
+        close_lock_file(lock)
+    try:
         yield
     finally:
         close_lock_file(lock)
+
+
+def _refuse_out_of_maps(path: Path, exc: BaseException) -> None:
+    """Raises where a map failed for want of address space or map areas (the process's
+    ``vm.max_map_count``): decoding the copy again would fail the same way, and a derived
+    copy, which has no durable file, was said to be missing, to restore from a backup."""
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOMEM or "Cannot allocate memory" in str(exc)):
+        try:
+            with open("/proc/self/maps", "rb") as maps:
+                held = f"; this process holds {sum(1 for _ in maps):,} memory maps"
+        except OSError:
+            held = ""
+        raise StoreError(f"cannot map {path} ({exc}){held}: the process is out of memory maps "
+                         "(vm.max_map_count) or address space; fewer handles on fewer versions map fewer files") from exc
+
+
+def _fd_identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
@@ -245,7 +273,8 @@ class Segment:
         self.user_ids, self.ends = read_index(directory, info)
         try:
             self._data = map_decoded(self.path, random_access)
-        except UNREADABLE:  # not decoded here yet, or a truncated copy
+        except UNREADABLE as exc:  # not decoded here yet, or a truncated copy
+            _refuse_out_of_maps(self.path, exc)
             self._data = _decode_once(directory, info, cache, random_access)
         self.identity = _identity(self.path)
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
@@ -328,9 +357,12 @@ class Segment:
     def overwritten(self) -> bool:
         """Whether the very file this segment maps was written since it was checked (a copy
         replaced by a rename leaves the map holding the checked bytes; one written in place
-        changes what the map reads)."""
+        changes what the map reads). One gone before it was first looked at (``identity``
+        None: a retired version's copy, cleaned up as it was mapped) was not written: what
+        is at its path now is another file."""
         current = _identity(self.path)
-        return current is not None and current[:2] == self.identity[:2] and current != self.identity
+        return (current is not None and self.identity is not None and current[:2] == self.identity[:2]
+                and current != self.identity)
 
     def intact(self) -> bool:
         """Whether every column checked so far still passes its digest: a pass over each,
