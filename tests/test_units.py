@@ -478,8 +478,9 @@ def test_counts_refuse_what_is_not_an_integer(tmp_path, bad):
     store = lateseq.create(tmp_path / "s", Schema({"item": "int64"})).commit(events(pa.array([5], pa.int64())))
     with pytest.raises(SchemaError, match="fanout must be an integer >= 2, got"):
         store.compact(policy="tiered", fanout=bad)
-    with pytest.raises(SchemaError, match="before must be a version number, got"):
-        store.cleanup(grace_s=0, before=bad)
+    if bad != "4":  # a version's number written out names it, as the CLI's --before 4 does
+        with pytest.raises(SchemaError, match="before must be a version number, a tag or 'latest', got"):
+            store.cleanup(grace_s=0, before=bad)
     batch = lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]})),
                                 PROJECTION)
     if bad is not None:  # None is the longest history's length
