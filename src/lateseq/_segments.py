@@ -64,9 +64,11 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
             raise StoreError(f"cannot lock the read cache {folder} ({exc.strerror} at {name}): its file system "
                              "offers no file locks (flock); open the store with cache_dir= a folder on a local "
                              "disk") from exc
-        current = _identity(folder / name)
-        if current is not None and current[:2] == _fd_identity(lock):
-            break
+        try:
+            if os.path.samestat(os.fstat(lock), os.stat(folder / name)):
+                break
+        except FileNotFoundError:
+            pass
         # cleanup removed the lock file (with the copy it guards) while this waited on it:
         # holding the removed one would keep no one else out
         close_lock_file(lock)
@@ -88,11 +90,6 @@ def _refuse_out_of_maps(path: Path, exc: BaseException) -> None:
             held = ""
         raise StoreError(f"cannot map {path} ({exc}){held}: the process is out of memory maps "
                          "(vm.max_map_count) or address space; fewer handles on fewer versions map fewer files") from exc
-
-
-def _fd_identity(fd: int) -> tuple[int, int]:
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
