@@ -142,12 +142,20 @@ class SegmentInfo:
                 if zlib.crc32(read_regular(path)) != crc:
                     bad.append((path, "fails its CRC-32"))
             except StoreError as exc:
-                cause = exc.__cause__
-                bad.append((path, "is missing" if isinstance(cause, FileNotFoundError) else
-                            "is a symbolic link (lateseq never follows links inside a store)"
-                            if getattr(cause, "errno", None) == errno.ELOOP else f"cannot be read ({cause.strerror})"
-                            if isinstance(cause, OSError) else "is not a regular file"))
+                bad.append((path, _unreadable(exc.__cause__)))
         return bad
+
+
+def _unreadable(cause: BaseException | None) -> str:
+    """What is wrong with a durable file ``read_regular`` refused for ``cause`` (None: not
+    a regular file)."""
+    if isinstance(cause, FileNotFoundError):
+        return "is missing"
+    if isinstance(cause, OSError):
+        if cause.errno == errno.ELOOP:
+            return "is a symbolic link (lateseq never follows links inside a store)"
+        return f"cannot be read ({cause.strerror})"
+    return "is not a regular file"
 
 
 def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -88,8 +88,8 @@ def _refuse_out_of_maps(path: Path, exc: BaseException) -> None:
                 held = f"; this process holds {sum(1 for _ in maps):,} memory maps"
         except OSError:
             held = ""
-        raise StoreError(f"cannot map {path} ({exc}){held}: the process is out of memory maps "
-                         "(vm.max_map_count) or address space; fewer handles on fewer versions map fewer files") from exc
+        raise StoreError(f"cannot map {path} ({exc}){held}: the process is out of memory maps (vm.max_map_count) "
+                         "or address space; fewer handles on fewer versions map fewer files") from exc
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
