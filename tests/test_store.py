@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -10,6 +11,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -947,6 +949,77 @@ def test_a_write_outlasting_another_hosts_grace_stamps_its_files_or_publishes_no
     with pytest.raises(lateseq.StoreError, match="was removed before it was published.*nothing was published"):
         write()
     assert snapshot(store.path) == before
+
+
+@pytest.mark.parametrize("stamped", ["before the move", "after the move"])
+def test_cleanup_racing_another_hosts_publish_loses_no_version(make_store, monkeypatch, stamped):
+    """A cleanup looked at a file's age, a writer on another host (its lock not this
+    host's) then stamped the file and published, and cleanup removed it: the version named
+    a file that was gone (a stranger's, 7 of 40 trials with a slow unlink). Cleanup moves
+    a file aside and looks again: stamped before the move, the file goes back; stamped
+    after it, the writer finds it gone and publishes nothing."""
+    store = make_store(partitions=1).commit(events([1, 2], [0, 0], [0, 0]))
+    monkeypatch.setattr(lateseq._versions.VersionLog, "writing", lambda self: contextlib.nullcontext())
+    stamp, looked = lateseq._store.Store._stamp_unpublished, lateseq._store.older_than
+    ready, go, written, outcome = threading.Event(), threading.Event(), set(), {}
+
+    def long_write(self, new, version):  # written an hour ago, published now
+        for path in (path for info in new for path in info.files(self.path / "segments")):
+            os.utime(path, (time.time() - 3600,) * 2)
+            written.add(path.name)
+        ready.set()
+        go.wait(30)
+        stamp(self, new, version)
+
+    def write():
+        try:
+            outcome["store"] = store.commit(events([3], [1], [1]))
+        except lateseq.StoreError as exc:
+            outcome["error"] = str(exc)
+
+    def racing(path, grace_s):  # the other host's stamp and publish land right after this look
+        old = looked(path, grace_s)
+        moved = path.name not in written
+        if any(path.name.endswith(name) for name in written) and moved == (stamped == "after the move"):
+            go.set()
+            writer.join(30)
+        return old
+
+    monkeypatch.setattr(lateseq._store.Store, "_stamp_unpublished", long_write)
+    monkeypatch.setattr(lateseq._store, "older_than", racing)
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert ready.wait(30)
+    store.cleanup(before="latest", grace_s=1800)
+    go.set()
+    writer.join(30)
+    reopened = lateseq.open(store.path)
+    assert lateseq.audit.verify(reopened) == []
+    assert not [p for p in (store.path / "segments").iterdir() if p.name.startswith(".tmp-")]
+    if stamped == "before the move":
+        assert "error" not in outcome and reopened.version == store.version + 1
+        log = lateseq.log_examples(reopened, pa.table({"user_id": [3], "request_ts": [5]}))
+        assert lateseq.materialize(reopened, log, lateseq.Projection(3)).values["item"].tolist() == [1]
+    else:
+        assert "was removed before it was published" in outcome["error"] and reopened.version == store.version
+        assert segment_files(reopened) == referenced_files(reopened)
+
+
+def test_cleanup_puts_back_what_a_stopped_cleanup_moved_aside(make_store):
+    """A cleanup killed between moving a file aside and looking at it again left a kept
+    version without it; the next cleanup puts it back, and deletes what nothing names."""
+    store = make_store(partitions=1).commit(events([1, 2], [0, 0], [0, 0]))
+    store = store.commit(events([1], [1], [1]))
+    old = store.segment_infos[0].files(store.path / "segments")[0]
+    orphan = store.path / "segments" / f"p00000-{'f' * 32}.parquet"
+    orphan.write_bytes(b"from a crashed write")
+    for path, aside in ((old, ".tmp-aside-0badcafe-"), (orphan, ".tmp-aside-12345678-")):
+        os.utime(path, (time.time() - 7200,) * 2)
+        path.rename(path.with_name(aside + path.name))
+    assert lateseq.audit.verify(lateseq.open(store.path)) != []
+    store.cleanup(before="latest", grace_s=3600)
+    assert lateseq.audit.verify(lateseq.open(store.path)) == []
+    assert segment_files(store) == referenced_files(store)
 
 
 def test_cleanup_takes_a_tag_or_latest_as_the_cli_does(make_store):

@@ -70,6 +70,7 @@ from ._versions import (
 
 EventSource = pa.Table | pa.RecordBatch | pa.RecordBatchReader | str | os.PathLike
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
+_ASIDE = re.compile(r"\.tmp-aside-[0-9a-f]{8}-(.+)")  # a file cleanup moved aside to look at again
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
 AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
 Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
@@ -569,15 +570,18 @@ class Store:
         none is gone. A cleanup on another host (which this host's lock does not hold
         back) spares files younger than its grace: a write longer than that (a big
         compaction) may have lost its first files meanwhile, and its version, published,
-        would name files that are not there. Stamped, they are spared for that long again."""
-        for info in new:
-            for path in info.files(self.path / "segments"):
-                try:
-                    os.utime(path)
-                except FileNotFoundError:
-                    raise StoreError(f"{path}, written for version {version}, was removed before it was published "
-                                     "(by a cleanup on another host whose grace_s is shorter than this write took, or "
-                                     "whose clock runs ahead of this one's by more); nothing was published") from None
+        would name files that are not there. Stamped, they are spared for that long again.
+        Each is looked for once more after every stamp: one that cleanup moved aside while
+        it was stamped is gone from its name now (``_remove_unreferenced``)."""
+        paths = [path for info in new for path in info.files(self.path / "segments")]
+        for path in paths:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                raise _lost_unpublished(path, version) from None
+        for path in paths:
+            if not os.path.lexists(path):
+                raise _lost_unpublished(path, version)
 
     def _remove_unpublished(self, new: list[SegmentInfo]) -> None:
         for info in new:
@@ -654,15 +658,39 @@ class Store:
                     for path in folder.glob(".tmp-*"):
                         if older_than(path, grace_s):
                             remove_file(path)
-            kept = self._log.kept_partitions()
-            referenced = {name for _, names in kept for name in names}
-            for path in (self.path / "segments").iterdir():
-                name = path.name.split(".")[0]  # "" for a crashed writer's temporary file
-                if name not in referenced and not path.is_dir() and older_than(path, grace_s):  # a folder: not ours
-                    path.unlink(missing_ok=True)
-            self._remove_cached(kept, grace_s)
+            self._remove_unreferenced(grace_s)
+            self._remove_cached(self._log.kept_partitions(), grace_s)
         forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
+
+    def _remove_unreferenced(self, grace_s: float) -> None:
+        """Deletes the durable files no kept version names and older than ``grace_s``.
+
+        Each is first moved aside, and looked at again once all are: a writer on another
+        host (which this host's lock does not hold back) may have stamped it, or published
+        a version naming it, between the first look and the move; it gets the file back.
+        One that stamps after the move finds the file gone and publishes nothing
+        (``_stamp_unpublished``). A cleanup stopped midway leaves files aside: the next
+        one puts back those a kept version names and deletes the others."""
+        folder = self.path / "segments"
+        aside: list[tuple[Path, Path]] = []  # (aside, where it was)
+        referenced = {name for _, names in self._log.kept_partitions() for name in names}
+        for path in folder.iterdir():
+            if path.is_dir():  # a folder: not ours
+                continue
+            if stopped := _ASIDE.fullmatch(path.name):  # a stopped cleanup's
+                aside.append((path, folder / stopped.group(1)))
+            elif path.name.split(".")[0] not in referenced and older_than(path, grace_s):  # "": a crashed write's
+                aside.append((folder / f".tmp-aside-{os.urandom(4).hex()}-{path.name}", path))
+                with contextlib.suppress(FileNotFoundError):  # another cleanup's meanwhile
+                    os.rename(path, aside[-1][0])
+        referenced = {name for _, names in self._log.kept_partitions() for name in names}
+        for moved, original in aside:
+            if original.name.split(".")[0] in referenced or not older_than(moved, grace_s):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(moved, original)
+            else:
+                moved.unlink(missing_ok=True)
 
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         """Deletes what this handle's read cache holds for no version of ``kept`` (see
@@ -1017,3 +1045,9 @@ def _physical_memory() -> int:
         except (OSError, ValueError):  # absent, or "max"
             continue
     return memory
+
+
+def _lost_unpublished(path: Path, version: int) -> StoreError:
+    return StoreError(f"{path}, written for version {version}, was removed before it was published (by a cleanup on "
+                      "another host whose grace_s is shorter than this write took, or whose clock runs ahead of this "
+                      "one's by more); nothing was published")
