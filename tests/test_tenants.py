@@ -227,7 +227,7 @@ def check(handle: lateseq.Store, examples, requests: list[Request], oracle: Orac
     patch = contextlib.ExitStack()
     if chunk:
         patch.enter_context(mock.patch.object(lateseq._select, "_CHUNK_RUNS", chunk))
-        patch.enter_context(mock.patch.object(lateseq._materialize, "_MERGE_BUDGET", chunk))
+        patch.enter_context(mock.patch.object(lateseq._gather, "MERGE_BUDGET", chunk))
     with patch:
         together = lateseq.materialize_tenants(handle, examples, tenants)
         assert list(together) == list(tenants)
@@ -449,9 +449,9 @@ def test_a_window_merges_no_deeper_than_the_tenants_take(make_store):
     merged = []
     real = lateseq._select.merge_runs
 
-    def counted(store, located, w, visibility, offsets):
+    def counted(store, located, w, rows, visibility, offsets):
         merged.append(int(offsets[-1]))
-        return real(store, located, w, visibility, offsets)
+        return real(store, located, w, rows, visibility, offsets)
 
     windowed = Projection(5, ("item",), window=10**6)  # every event is in it: the plain read's output
     filtered = Projection(5, ("item",), where=Filter("item", isin=list(range(99))))
@@ -482,9 +482,9 @@ def test_a_short_window_without_a_length_limit_merges_only_its_rows(make_store, 
     merged = []
     real = lateseq._select.merge_runs
 
-    def counted(store, located, w, visibility, offsets):
+    def counted(store, located, w, rows, visibility, offsets):
         merged.append(int(offsets[-1]))
-        return real(store, located, w, visibility, offsets)
+        return real(store, located, w, rows, visibility, offsets)
 
     for window in (150, 1, 10**6):
         merged.clear()

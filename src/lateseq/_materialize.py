@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._errors import ChecksumMismatch, SchemaError, StoreError, TransformOverflow
-from ._gather import compare, gather
+from ._gather import budget_chunks, compare, gather
 from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
@@ -177,23 +177,10 @@ def _rows(pointers: Pointers, start: int, end: int) -> Pointers:
     return Pointers(**{name: None if column is None else column[start:end] for name, column in columns.items()})
 
 
-_MERGE_BUDGET = 1 << 22  # events of overlapping windows merged at once (their runs: at most ~170 MB)
-
-
 def _merge_chunks(merge: np.ndarray, depths: np.ndarray) -> list[tuple[int, int]]:
     """Row ranges of pointers whose overlapping windows (late events, uncompacted) hold at
-    most ``_MERGE_BUDGET`` events between them (a pointer alone may hold more). A filtered
+    most ``MERGE_BUDGET`` events between them (a pointer alone may hold more). A filtered
     tenant merges each such pointer's whole history, and a batch of a heavy user's
     examples held runs for all of them at once: 2.7 GB for 1,000 pointers into one user's
     400k events (a stranger's trial; a million-event user's batch was killed)."""
-    merged = np.cumsum(np.where(merge, depths, 0))
-    if not len(merged) or merged[-1] <= _MERGE_BUDGET:
-        return [(0, len(merge))]
-    chunks, start = [], 0
-    while start < len(merge):
-        before = merged[start - 1] if start else 0
-        end = max(start + 1, int(np.searchsorted(merged, before + _MERGE_BUDGET, side="right")))
-        chunks.append((start, end))
-        start = end
-    return chunks
-
+    return budget_chunks(np.where(merge, depths, 0))

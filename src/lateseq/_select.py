@@ -178,7 +178,7 @@ def _candidates(store: Store, located: Located, w: Windows, visibility: Visibili
     if len(merging):
         offsets = np.zeros(len(located.count) + 1, np.int64)
         np.cumsum(np.where(located.merge, np.minimum(located.count, depth), 0), out=offsets[1:])
-        g_seg, g_lo, g_hi, g_dst = merge_runs(store, located, w, visibility, offsets)
+        g_seg, g_lo, g_hi, g_dst = merge_runs(store, located, w, merging, visibility, offsets)
         g_ptr = np.searchsorted(offsets, g_dst, side="right") - 1
         ptr, seg, lo, hi = (np.concatenate(pair) for pair in ((ptr, g_ptr), (seg, g_seg), (lo, g_lo), (hi, g_hi)))
         holes = np.concatenate([holes, np.zeros(len(g_seg), bool)])
