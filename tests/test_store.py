@@ -1031,6 +1031,9 @@ def test_cleanup_takes_a_tag_or_latest_as_the_cli_does(make_store):
         store.cleanup(before=2.0)
     with pytest.raises(lateseq.SchemaError, match="tag name"):
         store.cleanup(before="no such/tag")
+    for past_either_end in (5, 999_999, "1000", -5):  # a typo's 1000 for 100 retired every untagged version
+        with pytest.raises(lateseq.VersionNotFound, match="has versions 0 to the latest, 4; nothing was retired"):
+            store.cleanup(before=past_either_end)
     assert [v.version for v in store.versions()] == [1, 2, 3, 4]
     assert store.cleanup(before="v3") == [1, 2]
     assert store.cleanup(before="latest") == []  # 3 is tagged

@@ -643,6 +643,10 @@ class Store:
         if isinstance(before, str):
             before = self._log.resolve(before, checked=False)
         before = exact_integer("before", before, kind="a version number, a tag or 'latest'")
+        latest = self._log.latest
+        if not 0 <= before <= latest:  # a typo's 1000 for 100 retired every untagged version
+            raise VersionNotFound(f"cleanup(before={before}): {self.path} has versions 0 to the latest, {latest}; "
+                                  "nothing was retired")
         try:
             retired = self._log.retire_before(before)
         except StoreError as exc:  # a full disk: no room for a tombstone, so nothing would ever be freed
