@@ -1022,6 +1022,23 @@ def test_cleanup_puts_back_what_a_stopped_cleanup_moved_aside(make_store):
     assert segment_files(store) == referenced_files(store)
 
 
+def test_cleanup_ages_leftovers_dated_in_the_future_from_now(make_store):
+    """A crashed write on a host whose clock ran years ahead left files dated then: they
+    stayed young, and no cleanup ever removed them (a stranger's). Cleanup dates them now;
+    they age from then."""
+    store = make_store(partitions=1).commit(events([1], [0], [0]))
+    leftovers = [store.path / "segments" / f"p00000-{'e' * 32}.parquet", store.path / "versions" / ".tmp-0123"]
+    for path in leftovers:
+        path.write_bytes(b"a crashed write's")
+        os.utime(path, (time.time() + 10 * 365 * 86400,) * 2)
+    store.cleanup(before="latest", grace_s=0)
+    assert all(path.exists() and path.stat().st_mtime <= time.time() for path in leftovers)  # young: from now on
+    time.sleep(0.01)
+    store.cleanup(before="latest", grace_s=0)
+    assert not any(path.exists() for path in leftovers)
+    assert segment_files(store) == referenced_files(store)
+
+
 def test_cleanup_takes_a_tag_or_latest_as_the_cli_does(make_store):
     store = make_store()
     for step in range(4):

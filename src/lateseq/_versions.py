@@ -703,9 +703,16 @@ def remove_file(path: Path) -> None:
 
 
 def older_than(path: Path, grace_s: float) -> bool:
-    """Whether ``path`` was last changed more than ``grace_s`` ago (False if it is gone)."""
+    """Whether ``path`` was last changed more than ``grace_s`` ago (False if it is gone).
+    One dated in the future (by a host whose clock runs ahead) is dated now, to age from
+    now: left so, a leftover stayed young until that time came, years for a clock set
+    wrong (a stranger's)."""
     try:
-        return path.lstat().st_mtime < time.time() - grace_s
+        changed, now = path.lstat().st_mtime, time.time()
+        if changed > now:
+            with contextlib.suppress(OSError):
+                os.utime(path, follow_symlinks=False)
+        return changed < now - grace_s
     except FileNotFoundError:
         return False
 
