@@ -254,7 +254,7 @@ def test_a_cache_dir_inside_another_store_is_refused(store, make_store, tmp_path
             lateseq.open(store.path, cache_dir=inside)
     # a folder planted in the segments (nothing lateseq writes): cleanup leaves it, and finishes
     (other.path / "segments" / "foreign").mkdir()
-    other.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]})).cleanup(before=99, grace_s=0)
+    other.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]})).cleanup(before="latest", grace_s=0)
     assert (other.path / "segments" / "foreign").is_dir()
 
 
@@ -488,7 +488,7 @@ def test_cleanup_waits_for_a_writer_between_its_segments_and_its_manifest(store,
 
     def publish_while_cleanup_runs(self, version, manifest):
         cleaner = threading.Thread(target=lambda: cleaned.append(
-            lateseq.open(store.path).cleanup(before=10**6, grace_s=0)))
+            lateseq.open(store.path).cleanup(before="latest", grace_s=0)))
         cleaner.start()
         cleaner.join(0.5)  # cleanup must be blocked by our lock, not delete our files
         assert cleaner.is_alive()
@@ -526,7 +526,7 @@ def test_a_commit_id_makes_a_rerun_a_no_op(store):
     assert again.version == first.version and again.num_events == first.num_events
     with pytest.raises(lateseq.SchemaError, match="used by version .* for other events"):
         first.commit(events([70], [1], [3]), commit_id="ingest-2026-11-30")
-    first.commit(events([72], [1], [1])).cleanup(before=10**6, grace_s=0)  # retires the first commit
+    first.commit(events([72], [1], [1])).cleanup(before="latest", grace_s=0)  # retires the first commit
     assert lateseq.open(store.path).commit(table, commit_id="ingest-2026-11-30").version == first.version + 1
     for bad in ["", "has space", "x" * 300, 12]:
         with pytest.raises(lateseq.SchemaError, match="commit id"):
