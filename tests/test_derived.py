@@ -32,6 +32,7 @@ from oracle import edit_in_place
 
 import lateseq
 import lateseq._derived
+import lateseq.audit
 import lateseq._segments
 from lateseq._derived import DERIVED_DIR
 from lateseq._events import partition_of
@@ -137,6 +138,26 @@ def test_every_damaged_copy_file_is_built_again(store, kind, suffix):
         path.unlink()
         assert read(store, kind) == want, f"{path.name} missing"
         assert path.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_verify_names_a_damaged_copy(store, kind):
+    """verify said every file was sound over a read cache whose merged and filtered copies
+    were damaged (a stranger's): a read builds them again, but a check of the cache says so."""
+    read(store, kind)
+    handle = lateseq.open(store.path)
+    assert lateseq.audit.verify(handle) == []
+    for suffix in (".arrow", ".index.arrow", ".json"):
+        path = copy_files(store, suffix)[0]
+        pristine = path.read_bytes()
+        damaged = bytearray(pristine)
+        damaged[len(pristine) // 2] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        problems = lateseq.audit.verify(handle)
+        copy = path.name.split(".")[0]
+        assert [(p.path, copy in p.message) for p in problems] == [(str(path.with_name(f"{copy}.json")), True)], suffix
+        path.write_bytes(pristine)
+    assert lateseq.audit.verify(handle) == []
 
 
 @pytest.mark.parametrize("kind", KINDS)

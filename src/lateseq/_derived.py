@@ -245,6 +245,19 @@ def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Se
     return segment
 
 
+def damaged_copies(cache: Path) -> list[tuple[Path, str]]:
+    """(sidecar, what is wrong) of each built copy in the read cache ``cache`` that fails
+    the checks a process opening it makes (``verify``; a read builds it again)."""
+    folder = cache / DERIVED_DIR
+    damaged = []
+    for sidecar in sorted(folder.glob("[!.]*.json")) if folder.is_dir() else []:  # not a builder's temporary
+        try:
+            _open_checked(folder, sidecar.name[:-len(".json")], load_checked(sidecar)["key"], random_access=False)
+        except (*UNREADABLE, StoreError, TypeError) as exc:
+            damaged.append((sidecar, str(exc)))
+    return damaged
+
+
 @contextlib.contextmanager
 def _idle(folder: Path, name: str) -> Iterator[bool]:
     """Whether no process builds copy ``name`` or opens it now, its build lock held while

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ._derived import damaged_copies
 from ._errors import LateseqError, StoreError
 from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
@@ -136,10 +137,11 @@ class Problem:
 def verify(store: Store, deep: bool = False) -> list[Problem]:
     """Checks every file of ``store`` that a kept version needs: the schema, every
     manifest, tag and commit id's file (and that every id has one, up to the version the
-    index says), each segment's durable files (CRC-32 and index), and the decoded
-    copies in this handle's read cache (digest of every column). ``deep`` also decodes
-    every segment again from its durable files into a scratch cache and checks that the
-    result is what its writer wrote (every event re-hashed). Returns the problems found.
+    index says), each segment's durable files (CRC-32 and index), and the decoded,
+    merged and filtered copies in this handle's read cache (digest of every column).
+    ``deep`` also decodes every segment again from its durable files into a scratch
+    cache and checks that the result is what its writer wrote (every event re-hashed).
+    Returns the problems found.
     """
     import tempfile
 
@@ -197,6 +199,9 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
             if deep:
                 check(segments / f"{info.name}.parquet",
                       lambda info=info: decode_segment(segments, info, Path(scratch)))
+    for sidecar, what in damaged_copies(store.cache_dir):
+        problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
+                                "read builds it again from the store's segments)"))
     return problems
 
 
