@@ -819,6 +819,44 @@ def test_a_cache_dir_inside_the_store_is_refused_but_its_own_cache(small_store):
     assert lateseq.open(small_store.path, cache_dir=small_store.path / "cache").cache_dir == small_store.path / "cache"
 
 
+def test_a_shared_cache_dir_gives_each_user_a_folder_no_other_can_write(small_store, tmp_path):
+    """In one LATESEQ_CACHE_DIR for all, another user made a store's folder writable and
+    forged a merged copy there, digests and all: reads returned wrong values that passed
+    every check; another planted a link there, and reads wrote, and cleanup deleted,
+    through it (a stranger's). Each user gets a folder of their own, made for them alone,
+    and one another user could write into is refused."""
+    shared = tmp_path / "shared"
+    handle = lateseq.open(small_store.path, cache_dir=shared)
+    mine = handle.cache_dir
+    assert mine.parent == shared and mine.name.endswith(f"-u{os.geteuid()}") and mine.is_dir()
+    assert (mine.stat().st_mode & 0o777) == 0o700
+    assert lateseq.open(small_store.path, cache_dir=shared).cache_dir == mine  # this user's processes share it
+    examples = lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": [10**6]}))
+    expected = lateseq.materialize(handle, examples, lateseq.Projection(3)).values
+    elsewhere = tmp_path / "docs"
+    elsewhere.mkdir()
+    shutil.rmtree(mine)
+    mine.symlink_to(elsewhere)
+    with pytest.raises(lateseq.StoreError, match="is a symbolic link: lateseq reads copies only from a folder no "
+                                                 "other user can write"):
+        lateseq.open(small_store.path, cache_dir=shared)
+    assert not list(elsewhere.iterdir())
+    mine.unlink()
+    mine.mkdir(0o700)
+    mine.chmod(0o777)
+    with pytest.raises(lateseq.StoreError, match=r"may be written by its group or others \(mode 777; chmod go-w it\)"):
+        lateseq.open(small_store.path, cache_dir=shared)
+    if os.geteuid() == 0:  # (only root gives a folder away)
+        mine.chmod(0o700)
+        os.chown(mine, 65534, -1)
+        with pytest.raises(lateseq.StoreError, match="belongs to user 65534, not this one"):
+            lateseq.open(small_store.path, cache_dir=shared)
+    shutil.rmtree(mine)
+    again = lateseq.open(small_store.path, cache_dir=shared)
+    assert all(np.array_equal(lateseq.materialize(again, examples, lateseq.Projection(3)).values[name], column)
+               for name, column in expected.items())
+
+
 def test_a_relative_cache_dir_stays_where_it_was_when_the_directory_changes(small_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = lateseq.open(small_store.path, cache_dir="rc")

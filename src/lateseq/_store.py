@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 import warnings
@@ -130,15 +131,6 @@ class Store:
         self.path = Path(path).absolute()  # a relative path would follow later changes of directory
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
         self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(self._cache_root, self.path)
-        if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
-                ).is_relative_to(self.path.resolve() / "cache"):
-            raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
-        holder = None if cache_dir is None else _store_holding(self.cache_dir.resolve())  # the default: our own
-        if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
-            raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
-                              "folder of its own")
-        if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
-            raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         linked = [sub for sub in ("versions", "segments", "tags", *(("cache",) if cache_dir is None else ()))
@@ -149,6 +141,17 @@ class Store:
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
+        if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
+                ).is_relative_to(self.path.resolve() / "cache"):
+            raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
+        if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
+        if self.cache_dir != self.path / "cache" and self.cache_dir != self._cache_root:  # a shared cache's
+            _make_private(self.cache_dir, self._cache_root)
+        holder = None if cache_dir is None else _store_holding(self.cache_dir.resolve())  # the default: our own
+        if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
+            raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
+                              "folder of its own")
         schema = load_checked(schema_file, kept_since_v01=True)
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
@@ -1029,14 +1032,47 @@ def _store_holding(path: Path) -> Path | None:
 
 
 def _own_cache(root: Path, store: Path) -> Path:
-    """A store's folder in a read cache ``root`` that other stores may share (one
-    LATESEQ_CACHE_DIR for all): cleanup deletes what its store no longer uses there, so
-    no store may see another's files."""
+    """A store's folder in a read cache ``root`` that other stores and users may share
+    (one LATESEQ_CACHE_DIR for all), this user's alone: cleanup deletes what its store no
+    longer uses there, so no store may see another's files, and a merged or filtered copy
+    is checked only against the digests its builder wrote, so no user may read copies
+    another could write (a stranger's forged copy passed every check)."""
     where = store.resolve()
     if root.resolve() == where / "cache":  # the store's own read cache, named explicitly
         return root
-    name = where.name.encode()[:200].decode(errors="ignore")  # a file name holds 255 bytes; the hash tells apart
-    return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
+    name = where.name.encode()[:190].decode(errors="ignore")  # a file name holds 255 bytes; the hash tells apart
+    return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-u{os.geteuid()}"
+
+
+def _make_private(folder: Path, root: Path) -> None:
+    """Makes ``folder``, a store's folder in the shared read cache ``root``, for this user
+    alone if missing, and refuses one another user could write into."""
+    with contextlib.suppress(OSError):  # where it cannot be made, a read that needs it says so
+        root.mkdir(parents=True, exist_ok=True)
+        os.mkdir(folder, 0o700)
+    try:
+        found = folder.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot look at {folder}, this store's folder in the read cache {root}: {exc.strerror}") \
+            from None
+    if why := _not_private(found):
+        raise StoreError(f"{folder}, this store's folder in the read cache {root}, {why}: lateseq reads copies only "
+                         "from a folder no other user can write (remove it, or give cache_dir= another folder)")
+
+
+def _not_private(found: os.stat_result) -> str | None:
+    """Why a folder so found may hold what another user wrote, if it may."""
+    if stat.S_ISLNK(found.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(found.st_mode):
+        return "is not a folder"
+    if found.st_uid != os.geteuid():
+        return f"belongs to user {found.st_uid}, not this one ({os.geteuid()})"
+    if found.st_mode & 0o022:
+        return f"may be written by its group or others (mode {stat.S_IMODE(found.st_mode):o}; chmod go-w it)"
+    return None
 
 
 @functools.cache
