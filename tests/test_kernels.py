@@ -519,6 +519,12 @@ def test_kernels_are_cached_in_a_private_temporary_folder_where_numba_has_no_pla
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "cannot cache it" in run.stdout and not any(folder.rglob("*"))
+    no_temporary = "import tempfile\ndef none():\n    raise FileNotFoundError('No usable temporary directory')\n" \
+                   "tempfile.gettempdir = none\n"  # a read-only container: import lateseq raised this
+    run = subprocess.run([sys.executable, "-c", no_temporary + _NOWHERE_TO_CACHE.format(read=False)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "cannot cache it (the temporary directory is not this user's alone)" in run.stdout
 
 
 # ---------------------------------------------------------------- partitions

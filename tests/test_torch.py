@@ -292,6 +292,14 @@ def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path
         ExampleDataset(store, tmp_path / "damaged.parquet", projection, copartition=True)
 
 
+def test_a_dataset_without_a_writable_temporary_directory_makes_plain_batches(world, monkeypatch):
+    """A read-only container: the dataset's slot lock file had nowhere to go, and making
+    the dataset raised a bare FileNotFoundError (a stranger's)."""
+    _store, oracle, log, _ = world
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/lateseq-tmp")
+    check(list(DataLoader(dataset(world), batch_size=None, num_workers=0)), oracle, log)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_two_workers_under_fork_and_spawn(world, context):
     _store, oracle, log, _ = world

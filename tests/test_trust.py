@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -194,6 +195,13 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
         flip(path, path.stat().st_size // 2)
     found = {Path(p.path).name for p in verify(store)}
     assert {p.name for p in damaged} <= found
+
+
+def test_verify_needs_no_temporary_directory_but_deep(store, monkeypatch):
+    """A read-only container: verify made a scratch folder even where only ``deep`` uses
+    one, and raised a bare FileNotFoundError (a stranger's)."""
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/lateseq-tmp")
+    assert verify(store) == []
 
 
 def test_verify_and_reads_name_a_file_they_may_not_read_as_unreadable(store, monkeypatch):

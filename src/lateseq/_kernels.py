@@ -68,8 +68,9 @@ def _cached(**options: object) -> Callable:
 def _private_cache() -> str | None:
     """A folder of the system's temporary directory that only this user can write (cached
     code is run as it is read: another user's folder must not be taken), or None."""
-    folder = os.path.join(tempfile.gettempdir(), f"lateseq-numba-{os.getuid()}")
+    folder = "the temporary directory"
     try:
+        folder = os.path.join(tempfile.gettempdir(), f"lateseq-numba-{os.getuid()}")  # (raises where there is none)
         os.makedirs(folder, mode=0o700, exist_ok=True)
         info = os.lstat(folder)
         private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077

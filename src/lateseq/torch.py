@@ -822,10 +822,14 @@ class _Slots:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
         self.flags = torch.zeros((self.WORKERS, self.SLOTS), dtype=torch.int32).share_memory_()
-        _remove_orphaned_lock_files()
-        fd, self.lock_path = tempfile.mkstemp(prefix=f"{_LOCK_PREFIX}{os.getpid()}-")
-        os.close(fd)
-        weakref.finalize(self, _unlink, self.lock_path, os.getpid())
+        self.lock_path: str | None = None  # none: no writable temporary directory (a read-only container), and
+        try:  # workers make plain batches, slower
+            _remove_orphaned_lock_files()
+            fd, self.lock_path = tempfile.mkstemp(prefix=f"{_LOCK_PREFIX}{os.getpid()}-")
+            os.close(fd)
+            weakref.finalize(self, _unlink, self.lock_path, os.getpid())
+        except OSError:
+            pass
         self.__setstate__(self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:
@@ -862,6 +866,8 @@ class _Slots:
     def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int] | None:
         """A free buffer of this worker with room for ``arrays`` (grown when too small),
         marked in use; None when all are in the trainer's hands."""
+        if self.lock_path is None:
+            return None
         if self._lock_file is None or self._lock_file[0] != os.getpid():  # a lock per process
             try:
                 self._lock_file = (os.getpid(), open(self.lock_path, "rb"))  # noqa: SIM115 - kept open
