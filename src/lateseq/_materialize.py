@@ -77,7 +77,7 @@ def _steady(store: Store, read: Callable[[], T]) -> T:
         return result
     raise StoreError(f"the read cache's decoded copies were written in place during {_READS} reads in a row: "
                      f"another program writes into {store.cache_dir} (lateseq never writes a copy in place); stop it, "
-                     "or give this reader a cache of its own (cache_dir=)")
+                     "or give this reader a cache of its own (cache_dir=, the CLI's --cache-dir)")
 
 
 def _materialize(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, projection: Projection, verify: bool,

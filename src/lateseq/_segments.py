@@ -56,14 +56,15 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
             lock = open_lock_file(folder / name)
         except OSError as exc:
             raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
-                             "open the store with cache_dir= a writable folder") from exc
+                             "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
+                             "LATESEQ_CACHE_DIR)") from exc
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as exc:
             close_lock_file(lock)
             raise StoreError(f"cannot lock the read cache {folder} ({exc.strerror} at {name}): its file system "
-                             "offers no file locks (flock); open the store with cache_dir= a folder on a local "
-                             "disk") from exc
+                             "offers no file locks (flock); give the read cache a folder on a local disk: "
+                             "cache_dir= (the CLI's --cache-dir, or LATESEQ_CACHE_DIR)") from exc
         try:
             if os.path.samestat(os.fstat(lock), os.stat(folder / name)):
                 break

@@ -137,7 +137,7 @@ class Store:
                   if (self.path / sub).is_symlink()]
         if linked:  # cleanup would delete, through the link, whatever it finds there that no version uses
             raise StoreError(f"{self.path / linked[0]} is a symbolic link; lateseq never follows links inside a "
-                             "store (move the store itself, or give the read cache a folder with cache_dir=)")
+                             "store (move the store itself, or give the read cache a folder with cache_dir=, the CLI's --cache-dir)")
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
@@ -1059,7 +1059,8 @@ def _make_private(folder: Path, root: Path) -> None:
             from None
     if why := _not_private(found):
         raise StoreError(f"{folder}, this store's folder in the read cache {root}, {why}: lateseq reads copies only "
-                         "from a folder no other user can write (remove it, or give cache_dir= another folder)")
+                         "from a folder no other user can write (remove it, or give cache_dir=, the CLI's --cache-dir, another "
+                         "folder)")
 
 
 def _not_private(found: os.stat_result) -> str | None:
