@@ -132,7 +132,7 @@ def test_a_copartitioned_log_deals_each_partition_to_one_shard_and_every_row_onc
 
 @settings(max_examples=100)
 @given(plans(), st.booleans())
-def test_ranks_differ_by_at_most_a_block_whatever_the_blocks_sizes(config, copartition):
+def test_ranks_differ_by_at_most_a_block_and_keep_their_rows_every_epoch(config, copartition):
     """Blocks (or, co-partitioned, partitions) dealt round robin left a rank with only a
     short last block in some epochs, and even_batches then cut every rank to its one
     batch: 53 of 305 examples an epoch."""
@@ -149,6 +149,11 @@ def test_ranks_differ_by_at_most_a_block_whatever_the_blocks_sizes(config, copar
     # a partition is a row group here
     largest = max(config["row_groups"], default=0) if copartition else int(np.diff(bounds).max(initial=0))
     assert max(per_rank) - min(per_rank) <= largest, (per_rank, largest)
+    # and as many rows every epoch: a shuffled epoch's deal left a rank short of a batch, and even_batches gave
+    # every rank none that epoch, where the dataset had checked epoch 0 only (a stranger's)
+    later = [ShardPlan(**{**config, "epoch": config["epoch"] + 1}, rank=r, world_size=world, worker=w,
+                       num_workers=workers) for r in range(world) for w in range(workers)]
+    assert [sum(p.num_rows_shard for p in later if p.rank == r) for r in range(world)] == per_rank
 
 
 def test_even_batches_drop_at_most_about_a_block_per_rank():

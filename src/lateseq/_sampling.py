@@ -194,7 +194,10 @@ class ShardPlan:
         else:  # a partition's blocks go together
             unit = np.array(self.row_group_partitions, np.int64)[self._block_table[1]]
         units = list(dict.fromkeys(unit[order].tolist()))  # in the order their first block comes
-        rank_of = _deal(units, self._unit_rows(unit), self.world_size)
+        rows = self._unit_rows(unit)
+        # the largest first (ties in that order): each rank's rows are then the same in every epoch; dealt in read
+        # order, a later epoch left a rank short of a batch, and under even_batches every rank got none (a stranger's)
+        rank_of = _deal(sorted(units, key=lambda u: -rows[u]), rows, self.world_size)
         return order, np.array([rank_of[u] for u in unit.tolist()], np.int64), unit
 
     def _unit_rows(self, unit: np.ndarray) -> dict[int, int]:
