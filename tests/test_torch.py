@@ -465,6 +465,21 @@ def test_stateful_dataloader_resumes_with_exactly_the_next_batches(world, num_wo
         assert all(same(a, b) for a, b in zip(rest, full[stop + 1:], strict=True)), f"after batch {stop}"
 
 
+def test_the_datasets_state_after_an_epoch_resumes_with_any_workers(world):
+    """The dataset's own state saved once an epoch was over, loaded with other workers,
+    was refused as a state saved mid-epoch (a stranger's): it resumes at that epoch's end."""
+    _, oracle, log, _ = world
+    ds = dataset(world, batch_size=7, shuffle=True, seed=5)
+    list(DataLoader(ds, batch_size=None, num_workers=0))
+    state = ds.state_dict()
+    assert state["done"]
+    resumed = dataset(world, batch_size=7, shuffle=True, seed=5)
+    resumed.load_state_dict(state)
+    assert list(DataLoader(resumed, batch_size=None, num_workers=2)) == []
+    resumed.set_epoch(1)
+    check(list(DataLoader(resumed, batch_size=None, num_workers=2)), oracle, log)
+
+
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("set_epoch_before_loading", [False, True])

@@ -63,9 +63,10 @@ WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at 
 # bumped whenever a plan deals rows in another order for the same settings (2: blocks dealt to
 # the rank and worker with the fewest rows; 3: a log of fewer blocks than ranks x workers cut
 # again; 4: nothing dealt to ranks by num_workers, a rank's rows cut into one run of whole
-# batches per worker; 5: a log of fewer blocks than ranks cut at the ranks' even shares): a
-# resume state saved under other rules is refused, not resumed into a different order
-DEALING_RULES = 5
+# batches per worker; 5: a log of fewer blocks than ranks cut at the ranks' even shares; 6: blocks
+# dealt to ranks largest first): a resume state saved under other rules is refused, not resumed
+# into a different order
+DEALING_RULES = 6
 
 Keys = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 

@@ -671,7 +671,9 @@ class ExampleDataset(IterableDataset):
             self.set_epoch(int(self._shared_epoch[0]))
         plan = self._plan(worker, workers)
         start = 0
-        if self._resume is not None:
+        if self._resume is not None and self._resume.get("done"):  # that epoch was over, whatever the workers now
+            start, self._resume = plan.num_batches, None
+        elif self._resume is not None:
             saved = (self._resume.get("worker"), self._resume.get("num_workers"))
             if saved != (None, None) and saved != (worker, workers):
                 raise SchemaError(f"cannot resume worker {worker} of {workers} from the state of "
