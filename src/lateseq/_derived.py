@@ -27,6 +27,7 @@ import json
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, Segment, cache_lock
+from ._segments import UNREADABLE, Segment, SegmentCache, cache_lock
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -135,7 +136,6 @@ def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
 def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) -> Segment:
     """The rows of ``segment`` that pass ``where``, in their order, with every payload
     column, the time, the version and ``ROW``."""
-    key = {"filtered": segment.info.name, "where": dataclasses.asdict(where)}
 
     def events(_: list[Segment]) -> Events:
         keep = np.flatnonzero(where.keeps(segment.decoded(where.column)))
@@ -144,8 +144,12 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
         return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
                       segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
 
-    return _derive(cache, segment.info.partition, list(segment.sources), key, events, segment.random_access,
-                   lambda: [segment])
+    return _derive(cache, segment.info.partition, list(segment.sources), _filtered_key(segment.info.name, where),
+                   events, segment.random_access, lambda: [segment])
+
+
+def _filtered_key(segment: str, where: Filter) -> dict:
+    return {"filtered": segment, "where": dataclasses.asdict(where)}
 
 
 @dataclass
@@ -168,19 +172,33 @@ class FilteredView:
         return out_lo, out_hi
 
 
-def filtered_view(view: PartitionView, where: Filter, cache: Path, track: Callable[[Segment], None]) -> FilteredView:
+def filtered_view(view: PartitionView, where: Filter, cache: Path, segments: SegmentCache) -> FilteredView:
     """The filtered copies of ``view``'s segments, made once per view and filter (and
-    opened and checked again when a file changed on disk meanwhile), each ``track``ed: a
-    write into one during a read (through another name of it too) is then heard."""
+    opened and checked again when a file changed on disk meanwhile), each opened once per
+    process (``segments``: every handle shares its map, and its ``rank_index``; opened by
+    each view, they were mapped and checked once per handle, a thread's handle each, and
+    maps grew by thousands a minute, a stranger's). A write into one during a read
+    (through another name of it too) is heard."""
     key = ("filtered", where)
     if key not in view.derived or view.derived[key].view.remapped() or any(
             c.changed() for c in view.derived[key].view.segments):
-        copies = [filtered_copy(s, where, view.schema, cache) for s in view.segments]
-        for copy in copies:
-            track(copy)
-        ranks = [rank_index(c.decoded(ROW), s.info.rows) for c, s in zip(copies, view.segments, strict=True)]
+        copies = [segments.derived(_name(s.info.partition, _filtered_key(s.info.name, where)),
+                                   lambda s=s: filtered_copy(s, where, view.schema, cache)) for s in view.segments]
+        ranks = [_ranks(c, s.info.rows) for c, s in zip(copies, view.segments, strict=True)]
         view.derived[key] = FilteredView(PartitionView(copies, view.schema), ranks)
     return view.derived[key]
+
+
+_RANK_INDEXES: weakref.WeakKeyDictionary[Segment, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _ranks(copy: Segment, rows: int) -> np.ndarray:
+    """The ``rank_index`` of a filtered copy's rows in its segment of ``rows`` rows, made
+    once per opened copy."""
+    ranks = _RANK_INDEXES.get(copy)
+    if ranks is None:
+        ranks = _RANK_INDEXES[copy] = rank_index(copy.decoded(ROW), rows)
+    return ranks
 
 
 def _name(partition: int, key: dict) -> str:

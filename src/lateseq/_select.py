@@ -110,7 +110,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         for w, cand in zip(located.partitions, candidates, strict=True):
             view = w.view
             if projection.where is not None:  # the same walk over the copy of the rows that pass
-                filtered = filtered_view(view, projection.where, store.cache_dir, store._segments.track)
+                filtered = filtered_view(view, projection.where, store.cache_dir, store._segments)
                 view = filtered.view
                 store._note_read([view])
                 cand = (cand[0], cand[1], *filtered.remap(*cand[1:4]), cand[4])
