@@ -857,6 +857,36 @@ def test_a_shared_cache_dir_gives_each_user_a_folder_no_other_can_write(small_st
                for name, column in expected.items())
 
 
+def test_a_shared_cache_dir_is_refused_where_another_user_could_take_this_users_place(small_store, tmp_path):
+    """Whoever may rename what is in a shared root (anyone, in one writable by all and not
+    sticky; its owner, in a sticky one) could put a folder of theirs in place of this
+    user's after it was checked, and a live handle read forged copies (a stranger's); so
+    could whoever re-pointed a link in the root's path, and anyone writing a store's own
+    cache/ writable by all."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(lateseq.StoreError, match=r"shared, above this store's folder .* may be written by every user "
+                                                 r"\(mode 777\) and belongs to user"):
+        lateseq.open(small_store.path, cache_dir=shared)
+    shared.chmod(0o1777)  # sticky and this user's (or root's), as /tmp
+    assert lateseq.open(small_store.path, cache_dir=shared).cache_dir.parent == shared
+    if os.geteuid() == 0:  # (only root gives a folder away)
+        os.chown(shared, 65534, -1)
+        with pytest.raises(lateseq.StoreError, match=r"mode 1777, sticky\) and belongs to user 65534"):
+            lateseq.open(small_store.path, cache_dir=shared)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    handle = lateseq.open(small_store.path, cache_dir=tmp_path / "link")
+    assert handle.cache_dir.parent == tmp_path / "real"  # resolved once: a link re-pointed later is not followed
+    own = small_store.path / "cache"
+    own.chmod(0o1777)
+    with pytest.raises(lateseq.StoreError, match=r"cache may be written by every user \(mode 1777, sticky\): a "
+                                                 r"merged or filtered copy there decides what a read returns"):
+        lateseq.open(small_store.path)
+    own.chmod(0o755)
+
+
 def test_a_relative_cache_dir_stays_where_it_was_when_the_directory_changes(small_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = lateseq.open(small_store.path, cache_dir="rc")

@@ -137,17 +137,22 @@ class Store:
                   if (self.path / sub).is_symlink()]
         if linked:  # cleanup would delete, through the link, whatever it finds there that no version uses
             raise StoreError(f"{self.path / linked[0]} is a symbolic link; lateseq never follows links inside a "
-                             "store (move the store itself, or give the read cache a folder with cache_dir=, the CLI's --cache-dir)")
+                             "store (move the store itself, or give the read cache a folder with cache_dir=, the "
+                             "CLI's --cache-dir)")
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
                 ).is_relative_to(self.path.resolve() / "cache"):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
-        if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        if cache_dir is not None and os.path.isfile(cache_dir):
             raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
         if self.cache_dir != self.path / "cache" and self.cache_dir != self._cache_root:  # a shared cache's
-            _make_private(self.cache_dir, self._cache_root)
+            self.cache_dir = _make_private(self.cache_dir, self._cache_root)
+        elif (found := _stat_or_none(self.cache_dir)) is not None and found.st_mode & stat.S_IWOTH:
+            raise StoreError(f"{self.cache_dir} {_writable_by_all(found)}: a merged or filtered copy there decides "
+                             "what a read returns, so it must be written by the store's writers only (chmod o-w it); "
+                             "give other readers a read cache of their own (cache_dir=, the CLI's --cache-dir)")
         holder = None if cache_dir is None else _store_holding(self.cache_dir.resolve())  # the default: our own
         if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
             raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
@@ -1044,23 +1049,53 @@ def _own_cache(root: Path, store: Path) -> Path:
     return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-u{os.geteuid()}"
 
 
-def _make_private(folder: Path, root: Path) -> None:
-    """Makes ``folder``, a store's folder in the shared read cache ``root``, for this user
-    alone if missing, and refuses one another user could write into."""
+def _make_private(folder: Path, root: Path) -> Path:
+    """``folder``, a store's folder in the shared read cache ``root``, made for this user
+    alone if missing, where links in ``root``'s path are resolved once (a link re-pointed
+    later is not followed). Refused: one another user could write into, or rename, or
+    whose place they could take: a folder writable by all above it that is not sticky
+    and owned by root or this user (whoever made a shared root can rename what is in it)."""
     with contextlib.suppress(OSError):  # where it cannot be made, a read that needs it says so
         root.mkdir(parents=True, exist_ok=True)
+    try:
+        root = root.resolve(strict=True)
+    except OSError:
+        return folder
+    for above in (root, *root.parents):
+        found = _stat_or_none(above)
+        if found and found.st_mode & stat.S_IWOTH and not (found.st_mode & stat.S_ISVTX
+                                                          and found.st_uid in (0, os.geteuid())):
+            raise StoreError(f"{above}, above this store's folder in the read cache {root}, {_writable_by_all(found)} "
+                             f"and belongs to user {found.st_uid}: another user could put a folder of theirs in place "
+                             "of this user's; give cache_dir= (the CLI's --cache-dir) a folder only this user and root "
+                             "can write above")
+    folder = root / folder.name
+    with contextlib.suppress(OSError):
         os.mkdir(folder, 0o700)
     try:
         found = folder.lstat()
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return folder
     except OSError as exc:
         raise StoreError(f"cannot look at {folder}, this store's folder in the read cache {root}: {exc.strerror}") \
             from None
     if why := _not_private(found):
         raise StoreError(f"{folder}, this store's folder in the read cache {root}, {why}: lateseq reads copies only "
-                         "from a folder no other user can write (remove it, or give cache_dir=, the CLI's --cache-dir, another "
-                         "folder)")
+                         "from a folder no other user can write (remove it, or give cache_dir=, the CLI's "
+                         "--cache-dir, another folder)")
+    return folder
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _writable_by_all(found: os.stat_result) -> str:
+    return (f"may be written by every user (mode {stat.S_IMODE(found.st_mode):o}"
+            f"{', sticky' if found.st_mode & stat.S_ISVTX else ''})")
 
 
 def _not_private(found: os.stat_result) -> str | None:
