@@ -32,8 +32,8 @@ from oracle import edit_in_place
 
 import lateseq
 import lateseq._derived
-import lateseq.audit
 import lateseq._segments
+import lateseq.audit
 from lateseq._derived import DERIVED_DIR
 from lateseq._events import partition_of
 from lateseq._store import AUTO_MERGE_RENT

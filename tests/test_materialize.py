@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from unittest import mock
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa

@@ -1216,7 +1216,8 @@ def test_a_damaged_durable_file_is_named_and_never_decoded(small_store, tmp_path
 def test_a_cache_that_cannot_be_created_is_named(small_store, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(lateseq.StoreError, match="cannot create the read cache .*cache_dir= \\(the CLI.s --cache-dir, or LATESEQ_CACHE_DIR\\)"):
+    with pytest.raises(lateseq.StoreError,
+                       match="cannot create the read cache .*cache_dir= \\(the CLI.s --cache-dir, or LATESEQ_CACHE_DIR\\)"):
         lateseq.open(small_store.path, cache_dir=blocker / "cache").segments()
 
 
