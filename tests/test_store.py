@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -858,33 +859,55 @@ def test_a_shared_cache_dir_gives_each_user_a_folder_no_other_can_write(small_st
 
 
 def test_a_shared_cache_dir_is_refused_where_another_user_could_take_this_users_place(small_store, tmp_path):
-    """Whoever may rename what is in a shared root (anyone, in one writable by all and not
-    sticky; its owner, in a sticky one) could put a folder of theirs in place of this
+    """Whoever may rename what is in a shared root (its owner, sticky or not; anyone, in
+    one writable by all and not sticky) could put a folder of theirs in place of this
     user's after it was checked, and a live handle read forged copies (a stranger's); so
-    could whoever re-pointed a link in the root's path, and anyone writing a store's own
-    cache/ writable by all."""
+    could whoever re-pointed a link in the root's path. Another user's such folder is
+    refused; root's or this user's not sticky is warned of (one user's container volume)."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(lateseq.StoreError, match=r"shared, above this store's folder .* may be written by every user "
-                                                 r"\(mode 777\) and belongs to user"):
+    with pytest.warns(RuntimeWarning, match=r"shared, above this store's folder .* may be written by every user "
+                                            r"\(mode 777\): any user of this host could put a folder of theirs"):
         lateseq.open(small_store.path, cache_dir=shared)
     shared.chmod(0o1777)  # sticky and this user's (or root's), as /tmp
-    assert lateseq.open(small_store.path, cache_dir=shared).cache_dir.parent == shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lateseq.open(small_store.path, cache_dir=shared).cache_dir.parent == shared
     if os.geteuid() == 0:  # (only root gives a folder away)
         os.chown(shared, 65534, -1)
-        with pytest.raises(lateseq.StoreError, match=r"mode 1777, sticky\) and belongs to user 65534"):
+        with pytest.raises(lateseq.StoreError, match=r"mode 1777, sticky\) and belongs to user 65534: they could put"):
             lateseq.open(small_store.path, cache_dir=shared)
     (tmp_path / "real").mkdir()
+    (tmp_path / "other").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     handle = lateseq.open(small_store.path, cache_dir=tmp_path / "link")
     assert handle.cache_dir.parent == tmp_path / "real"  # resolved once: a link re-pointed later is not followed
-    own = small_store.path / "cache"
-    own.chmod(0o1777)
-    with pytest.raises(lateseq.StoreError, match=r"cache may be written by every user \(mode 1777, sticky\): a "
-                                                 r"merged or filtered copy there decides what a read returns"):
-        lateseq.open(small_store.path)
-    own.chmod(0o755)
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to(tmp_path / "other")
+    assert handle.latest().cache_dir == handle.cache_dir == handle.checkout(1).cache_dir  # by its other handles too
+
+
+def test_the_stores_own_cache_is_never_made_writable_by_all_and_is_warned_of_when_it_is(tmp_path):
+    """Under umask 0 (a container's root), STORE/cache was made writable by every user,
+    so anyone could write the merged and filtered copies reads trust; refusing such a
+    cache at open then refused the store its first commit had published (a stranger's)."""
+    previous = os.umask(0)
+    try:
+        store = lateseq.create(tmp_path / "s", lateseq.Schema({"item": "int64"}))
+        store = store.commit(pa.table({"user_id": [1], "ts": [1], "item": [7]}))
+        log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [5]}))
+        lateseq.materialize(store, log, lateseq.Projection(3, where=lateseq.Filter("item", isin=[7])))
+    finally:
+        os.umask(previous)
+    assert [p for p in (store.path / "cache").rglob("*") if p.is_dir()]  # (derived/ made too)
+    assert not [p for p in [store.path / "cache", *(store.path / "cache").rglob("*")]
+                if p.is_dir() and p.stat().st_mode & 0o002]
+    (store.path / "cache").chmod(0o1777)
+    with pytest.warns(RuntimeWarning, match=r"cache may be written by every user \(mode 1777, sticky\): a merged or "
+                                            "filtered copy there decides what a read returns"):
+        reopened = lateseq.open(store.path)
+    assert lateseq.materialize(reopened, log, lateseq.Projection(3)).values["item"].tolist() == [7]
 
 
 def test_a_relative_cache_dir_stays_where_it_was_when_the_directory_changes(small_store, tmp_path, monkeypatch):

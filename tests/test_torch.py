@@ -478,6 +478,10 @@ def test_the_datasets_state_after_an_epoch_resumes_with_any_workers(world):
     assert list(DataLoader(resumed, batch_size=None, num_workers=2)) == []
     resumed.set_epoch(1)
     check(list(DataLoader(resumed, batch_size=None, num_workers=2)), oracle, log)
+    one_worker = dataset(world, batch_size=7, shuffle=True, seed=5)  # one worker's part done: not the rank's epoch
+    one_worker.load_state_dict({**state, "worker": 0, "num_workers": 2})
+    with pytest.raises(lateseq.SchemaError, match="cannot resume worker 0 of 1 from the state of worker 0 of 2"):
+        list(DataLoader(one_worker, batch_size=None, num_workers=0))
 
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13

@@ -257,13 +257,18 @@ def test_verify_finds_tag_files_swapped(store):
 
 def test_a_cache_dir_inside_another_store_is_refused(store, make_store, tmp_path):
     other = make_store({"item": "int64"})
-    for inside in (other.path / "segments", other.path / "segments" / "new", other.path):
+    before = sorted(other.path.rglob("*"))
+    for inside in (other.path / "segments", other.path / "segments" / "new", other.path, other.path / "mine"):
         with pytest.raises(lateseq.SchemaError, match=f"inside another store, {other.path.resolve()}"):
             lateseq.open(store.path, cache_dir=inside)
-    # a folder planted in the segments (nothing lateseq writes): cleanup leaves it, and finishes
+    assert sorted(other.path.rglob("*")) == before  # refused before a folder is made there
+    # a folder planted in the segments (nothing lateseq writes), and a file whose name is too long to move aside:
+    # cleanup leaves both, and finishes
     (other.path / "segments" / "foreign").mkdir()
+    (other.path / "segments" / ("x" * 250)).write_bytes(b"not lateseq's")
+    os.utime(other.path / "segments" / ("x" * 250), (time.time() - 7200,) * 2)
     other.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]})).cleanup(before="latest", grace_s=0)
-    assert (other.path / "segments" / "foreign").is_dir()
+    assert (other.path / "segments" / "foreign").is_dir() and (other.path / "segments" / ("x" * 250)).is_file()
 
 
 def test_a_handle_opened_by_a_relative_path_stays_on_its_store(store, log, tmp_path, monkeypatch):

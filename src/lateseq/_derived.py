@@ -98,7 +98,7 @@ class MergeRent:
             whole = self._pending // self._unit
             if self._path is not None and whole:
                 try:
-                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    self._path.parent.mkdir(mode=0o775, parents=True, exist_ok=True)
                     tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                                     | os.O_NONBLOCK, 0o644)  # a FIFO: no reader, refused, not waited on
                     try:

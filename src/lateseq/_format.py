@@ -201,7 +201,7 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
     try:
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o775, parents=True, exist_ok=True)  # never writable by all, whatever the umask
         decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):

@@ -52,7 +52,7 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     while True:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o775, parents=True, exist_ok=True)  # never writable by all, whatever the umask
             lock = open_lock_file(folder / name)
         except OSError as exc:
             raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
@@ -221,11 +221,11 @@ class SegmentCache:
         """A segment made from others (a merged copy, checked whole when built or opened):
         kept with the open segments, and built or opened by ``build`` when not open yet or
         when its decoded file changed on disk since."""
-        with self._lock:
-            segment = self._open.pop(name, None)
+        with self._lock:  # looked up in place: taken out meanwhile, another thread's lookup built it again
+            segment = self._open.get(name)
+            if segment is not None:
+                self._open.move_to_end(name)
         if segment is not None and not segment.changed():
-            with self._lock:
-                self._open[name] = segment
             return segment
         segment = build()  # unlocked: merging may take a while
         self._keep(name, segment)

@@ -130,7 +130,6 @@ class Store:
         self.readahead = readahead
         self.path = Path(path).absolute()  # a relative path would follow later changes of directory
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
-        self.cache_dir = self.path / "cache" if cache_dir is None else _own_cache(self._cache_root, self.path)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         linked = [sub for sub in ("versions", "segments", "tags", *(("cache",) if cache_dir is None else ()))
@@ -142,21 +141,8 @@ class Store:
         schema_file = self.path / "schema.json"
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
-        if self.cache_dir.resolve().is_relative_to(self.path.resolve()) and not self.cache_dir.resolve(
-                ).is_relative_to(self.path.resolve() / "cache"):
-            raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
-        if cache_dir is not None and os.path.isfile(cache_dir):
-            raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
-        if self.cache_dir != self.path / "cache" and self.cache_dir != self._cache_root:  # a shared cache's
-            self.cache_dir = _make_private(self.cache_dir, self._cache_root)
-        elif (found := _stat_or_none(self.cache_dir)) is not None and found.st_mode & stat.S_IWOTH:
-            raise StoreError(f"{self.cache_dir} {_writable_by_all(found)}: a merged or filtered copy there decides "
-                             "what a read returns, so it must be written by the store's writers only (chmod o-w it); "
-                             "give other readers a read cache of their own (cache_dir=, the CLI's --cache-dir)")
-        holder = None if cache_dir is None else _store_holding(self.cache_dir.resolve())  # the default: our own
-        if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
-            raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
-                              "folder of its own")
+        # another handle of an open one keeps its read cache, checked (and its root's links resolved) then
+        self.cache_dir = _segments.cache if _segments is not None else self._read_cache(cache_dir)
         schema = load_checked(schema_file, kept_since_v01=True)
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
@@ -274,6 +260,29 @@ class Store:
     def __reduce__(self):
         root = None if self._cache_root is None else str(self._cache_root)
         return (_unpickle, (str(self.path), self.version, root, self.merged_reads, self.readahead, self._log.store_id))
+
+    def _read_cache(self, cache_dir: str | os.PathLike | None) -> Path:
+        """This store's folder of the read cache ``cache_dir`` (None: ``STORE/cache``),
+        made and checked where another user may share it (``_make_private``)."""
+        if cache_dir is None:
+            folder = self.path / "cache"
+            if (found := _stat_or_none(folder)) is not None and found.st_mode & stat.S_IWOTH:
+                warnings.warn(f"lateseq: {folder} {_writable_by_all(found)}: a merged or filtered copy there decides "
+                              "what a read returns, so any user of this host may decide what yours return; make it "
+                              "writable by the store's writers only (chmod o-w), and give other readers a read cache "
+                              "of their own (cache_dir=, the CLI's --cache-dir)", RuntimeWarning, stacklevel=3)
+            return folder
+        folder = _own_cache(self._cache_root, self.path)
+        if folder.resolve().is_relative_to(self.path.resolve()) and not folder.resolve().is_relative_to(
+                self.path.resolve() / "cache"):
+            raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
+        if os.path.isfile(cache_dir):
+            raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
+        holder = _store_holding(folder.resolve())
+        if holder is not None and holder != self.path.resolve():  # its cleanup would delete this cache's files
+            raise SchemaError(f"cache_dir {cache_dir} is inside another store, {holder}; give the read cache a "
+                              "folder of its own")
+        return folder if folder == self._cache_root else _make_private(folder, self._cache_root)
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
@@ -693,9 +702,12 @@ class Store:
             if stopped := _ASIDE.fullmatch(path.name):  # a stopped cleanup's
                 aside.append((path, folder / stopped.group(1)))
             elif path.name.split(".")[0] not in referenced and older_than(path, grace_s):  # "": a crashed write's
-                aside.append((folder / f".tmp-aside-{os.urandom(4).hex()}-{path.name}", path))
-                with contextlib.suppress(FileNotFoundError):  # another cleanup's meanwhile
-                    os.rename(path, aside[-1][0])
+                moved = folder / f".tmp-aside-{os.urandom(4).hex()}-{path.name}"
+                try:
+                    os.rename(path, moved)
+                except OSError:  # gone (another cleanup's), or no file of lateseq's (a name too long): left alone
+                    continue
+                aside.append((moved, path))
         referenced = {name for _, names in self._log.kept_partitions() for name in names}
         for moved, original in aside:
             if original.name.split(".")[0] in referenced or not older_than(moved, grace_s):
@@ -1031,9 +1043,9 @@ def _unpickle(path: str, version: int | None, cache_dir: str | None, merged_read
 
 
 def _store_holding(path: Path) -> Path | None:
-    """The store whose directory is ``path`` or holds it, if any."""
-    return next((p for p in (path, *path.parents) if (p / "schema.json").is_file() and (p / "versions").is_dir()),
-                None)
+    """The store whose directory is ``path`` or holds it, if any (as far as this user may look)."""
+    return next((p for p in (path, *path.parents) if os.path.isfile(p / "schema.json")
+                 and os.path.isdir(p / "versions")), None)
 
 
 def _own_cache(root: Path, store: Path) -> Path:
@@ -1052,9 +1064,11 @@ def _own_cache(root: Path, store: Path) -> Path:
 def _make_private(folder: Path, root: Path) -> Path:
     """``folder``, a store's folder in the shared read cache ``root``, made for this user
     alone if missing, where links in ``root``'s path are resolved once (a link re-pointed
-    later is not followed). Refused: one another user could write into, or rename, or
-    whose place they could take: a folder writable by all above it that is not sticky
-    and owned by root or this user (whoever made a shared root can rename what is in it)."""
+    later is not followed). Refused: one another user could write into, and one another
+    user may rename, being the owner of a folder writable by all above it (whoever made a
+    shared root may rename what is in it, sticky or not). A folder writable by all above
+    it, root's or this user's, that is not sticky, lets any user do so: warned (a
+    container's volume of one user)."""
     with contextlib.suppress(OSError):  # where it cannot be made, a read that needs it says so
         root.mkdir(parents=True, exist_ok=True)
     try:
@@ -1063,12 +1077,17 @@ def _make_private(folder: Path, root: Path) -> Path:
         return folder
     for above in (root, *root.parents):
         found = _stat_or_none(above)
-        if found and found.st_mode & stat.S_IWOTH and not (found.st_mode & stat.S_ISVTX
-                                                          and found.st_uid in (0, os.geteuid())):
-            raise StoreError(f"{above}, above this store's folder in the read cache {root}, {_writable_by_all(found)} "
-                             f"and belongs to user {found.st_uid}: another user could put a folder of theirs in place "
+        if found is None or not found.st_mode & stat.S_IWOTH or (found.st_mode & stat.S_ISVTX
+                                                                 and found.st_uid in (0, os.geteuid())):
+            continue
+        where = f"{above}, above this store's folder in the read cache {root}, {_writable_by_all(found)}"
+        if found.st_uid not in (0, os.geteuid()):  # whoever made it may rename what is in it, sticky or not
+            raise StoreError(f"{where} and belongs to user {found.st_uid}: they could put a folder of theirs in place "
                              "of this user's; give cache_dir= (the CLI's --cache-dir) a folder only this user and root "
                              "can write above")
+        warnings.warn(f"lateseq: {where}: any user of this host could put a folder of theirs in place of this user's "
+                      "(one user's container need not mind); make it sticky (chmod +t), as /tmp is", RuntimeWarning,
+                      stacklevel=4)
     folder = root / folder.name
     with contextlib.suppress(OSError):
         os.mkdir(folder, 0o700)

@@ -671,10 +671,10 @@ class ExampleDataset(IterableDataset):
             self.set_epoch(int(self._shared_epoch[0]))
         plan = self._plan(worker, workers)
         start = 0
-        if self._resume is not None and self._resume.get("done"):  # that epoch was over, whatever the workers now
-            start, self._resume = plan.num_batches, None
+        saved = (None, None) if self._resume is None else (self._resume.get("worker"), self._resume.get("num_workers"))
+        if self._resume is not None and self._resume.get("done") and saved[1] in (None, 1):
+            start, self._resume = plan.num_batches, None  # the rank's epoch was over, whatever its workers now
         elif self._resume is not None:
-            saved = (self._resume.get("worker"), self._resume.get("num_workers"))
             if saved != (None, None) and saved != (worker, workers):
                 raise SchemaError(f"cannot resume worker {worker} of {workers} from the state of "
                                   f"worker {saved[0]} of {saved[1]}: a state saved mid-epoch resumes with the "
