@@ -202,6 +202,9 @@ def test_verify_needs_no_temporary_directory_but_deep(store, monkeypatch):
     one, and raised a bare FileNotFoundError (a stranger's)."""
     monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/lateseq-tmp")
     assert verify(store) == []
+    with pytest.raises(lateseq.StoreError, match="verify.deep=True. decodes every segment into a scratch folder, and "
+                                                 "cannot make one .*set TMPDIR to a writable folder"):
+        verify(store, deep=True)
 
 
 def test_verify_and_reads_name_a_file_they_may_not_read_as_unreadable(store, monkeypatch):

@@ -186,7 +186,12 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     for number in log.numbers():  # each manifest read once (a handle per version cost 20 ms each)
         check(log.manifest_path(number), lambda number=number: read_version(number))
     segments = store.path / "segments"
-    with tempfile.TemporaryDirectory(prefix="lateseq-verify-") if deep else contextlib.nullcontext("") as scratch:
+    try:
+        scratch_folder = tempfile.TemporaryDirectory(prefix="lateseq-verify-") if deep else contextlib.nullcontext("")
+    except OSError as exc:  # no writable temporary directory (a read-only container)
+        raise StoreError(f"verify(deep=True) decodes every segment into a scratch folder, and cannot make one "
+                         f"({exc}): set TMPDIR to a writable folder") from None
+    with scratch_folder as scratch:
         for info in kept.values():
             corrupt = info.corrupt_files(segments)
             for bad, what in corrupt:
