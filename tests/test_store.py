@@ -859,25 +859,30 @@ def test_a_shared_cache_dir_gives_each_user_a_folder_no_other_can_write(small_st
 
 
 def test_a_shared_cache_dir_is_refused_where_another_user_could_take_this_users_place(small_store, tmp_path):
-    """Whoever may rename what is in a shared root (its owner, sticky or not; anyone, in
-    one writable by all and not sticky) could put a folder of theirs in place of this
-    user's after it was checked, and a live handle read forged copies (a stranger's); so
-    could whoever re-pointed a link in the root's path. Another user's such folder is
-    refused; root's or this user's not sticky is warned of (one user's container volume)."""
+    """Whoever may rename what is in a folder above this user's (its owner, whatever its
+    mode; anyone, or its group, in one they may write that is not sticky) could put a
+    folder of theirs in place of this user's after it was checked, and a live handle read
+    forged copies (strangers'); so could whoever re-pointed a link in the root's path. A
+    folder of another user's above is refused; one of root's or this user's that its
+    group or every user may write, not sticky, is warned of (a one-user container's volume)."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o777)
-    with pytest.warns(RuntimeWarning, match=r"shared, above this store's folder .* may be written by every user "
-                                            r"\(mode 777\): any user of this host could put a folder of theirs"):
-        lateseq.open(small_store.path, cache_dir=shared)
+    for mode, who in ((0o777, "every user"), (0o775, "its group")):
+        shared.chmod(mode)
+        with pytest.warns(RuntimeWarning, match=rf"shared, above this store's folder .* may be written by {who} "
+                                                rf"\(mode {mode:o}\), who may put a folder of theirs in place"):
+            lateseq.open(small_store.path, cache_dir=shared)
     shared.chmod(0o1777)  # sticky and this user's (or root's), as /tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert lateseq.open(small_store.path, cache_dir=shared).cache_dir.parent == shared
     if os.geteuid() == 0:  # (only root gives a folder away)
-        os.chown(shared, 65534, -1)
-        with pytest.raises(lateseq.StoreError, match=r"mode 1777, sticky\) and belongs to user 65534: they could put"):
-            lateseq.open(small_store.path, cache_dir=shared)
+        for mode in (0o1777, 0o755):  # whatever its mode: its owner may rename what is in it
+            shared.chmod(mode)
+            os.chown(shared, 65534, -1)
+            with pytest.raises(lateseq.StoreError, match="shared/below, belongs to user 65534, who may put a folder "
+                                                         "of theirs in place of this user's"):
+                lateseq.open(small_store.path, cache_dir=shared / "below")
     (tmp_path / "real").mkdir()
     (tmp_path / "other").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -886,6 +891,22 @@ def test_a_shared_cache_dir_is_refused_where_another_user_could_take_this_users_
     (tmp_path / "link").unlink()
     (tmp_path / "link").symlink_to(tmp_path / "other")
     assert handle.latest().cache_dir == handle.cache_dir == handle.checkout(1).cache_dir  # by its other handles too
+
+
+def test_a_shared_cache_dir_made_by_lateseq_is_this_users_alone_whatever_the_umask(small_store, tmp_path):
+    """Under umask 0, the folders lateseq made for a cache_dir (and those above a cache
+    folder made again) were writable by every user (a stranger's)."""
+    previous = os.umask(0)
+    try:
+        handle = lateseq.open(small_store.path, cache_dir=tmp_path / "made" / "here")
+        examples = lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": [10**6]}))
+        shutil.rmtree(tmp_path / "made" / "here")
+        lateseq.materialize(handle, examples, lateseq.Projection(3, where=lateseq.Filter("item", isin=[1, 2, 3])))
+    finally:
+        os.umask(previous)
+    made = [tmp_path / "made", *(tmp_path / "made").rglob("*")]
+    assert len(made) > 3 and not [p for p in made if p.is_dir() and p.stat().st_mode & 0o002]
+    assert (tmp_path / "made").stat().st_mode & 0o777 == 0o700
 
 
 def test_the_stores_own_cache_is_never_made_writable_by_all_and_is_warned_of_when_it_is(tmp_path):

@@ -42,6 +42,7 @@ from ._format import (
     SegmentInfo,
     close_lock_file,
     decoded_file,
+    make_folders,
     open_lock_file,
     write_unpacked_segment,
     written_in_place,
@@ -98,7 +99,7 @@ class MergeRent:
             whole = self._pending // self._unit
             if self._path is not None and whole:
                 try:
-                    self._path.parent.mkdir(mode=0o775, parents=True, exist_ok=True)
+                    make_folders(self._path.parent, 0o775)
                     tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                                     | os.O_NONBLOCK, 0o644)  # a FIFO: no reader, refused, not waited on
                     try:

@@ -75,6 +75,21 @@ def decoded_file(cache: Path, name: str) -> Path:
     return cache / f"{name}.arrow"
 
 
+def make_folders(path: Path, mode: int) -> None:
+    """Makes ``path`` and the folders missing above it, each with ``mode`` (at most: the
+    umask takes away more); ``mkdir(parents=True)`` gives those above the umask's mode,
+    777 under umask 0. Where one cannot be made, stops there: a use of it says why."""
+    missing = [path, *(p for p in path.parents)]
+    missing = missing[:next((i for i, p in enumerate(missing) if p.is_dir()), len(missing))]
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            continue
+        except OSError:
+            return
+
+
 def is_segment_name(name: str) -> bool:
     return _SEGMENT_NAME.fullmatch(name) is not None
 
@@ -201,7 +216,7 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
     try:
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
-        cache.mkdir(mode=0o775, parents=True, exist_ok=True)  # never writable by all, whatever the umask
+        make_folders(cache, 0o775)  # never writable by all, whatever the umask
         decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):

@@ -30,6 +30,7 @@ from ._format import (
     decode_values,
     decoded_file,
     madvise,
+    make_folders,
     map_decoded,
     open_lock_file,
     read_index,
@@ -52,7 +53,7 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     while True:
         try:
-            folder.mkdir(mode=0o775, parents=True, exist_ok=True)  # never writable by all, whatever the umask
+            make_folders(folder, 0o775)  # never writable by all, whatever the umask
             lock = open_lock_file(folder / name)
         except OSError as exc:
             raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "

@@ -46,7 +46,7 @@ import pyarrow as pa
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
 from ._events import Events, partition_of, row_ranges, rows_by_partition
-from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, write_segment
+from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, make_folders, write_segment
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
@@ -1064,30 +1064,27 @@ def _own_cache(root: Path, store: Path) -> Path:
 def _make_private(folder: Path, root: Path) -> Path:
     """``folder``, a store's folder in the shared read cache ``root``, made for this user
     alone if missing, where links in ``root``'s path are resolved once (a link re-pointed
-    later is not followed). Refused: one another user could write into, and one another
-    user may rename, being the owner of a folder writable by all above it (whoever made a
-    shared root may rename what is in it, sticky or not). A folder writable by all above
-    it, root's or this user's, that is not sticky, lets any user do so: warned (a
-    container's volume of one user)."""
-    with contextlib.suppress(OSError):  # where it cannot be made, a read that needs it says so
-        root.mkdir(parents=True, exist_ok=True)
-    try:
-        root = root.resolve(strict=True)
-    except OSError:
-        return folder
+    later is not followed). Refused: one another user could write into, and one under a
+    folder of another user's (root's aside), who may rename what is in it and put their
+    own in its place. One under a folder its group or every user may write, not sticky,
+    lets them do so: warned (a container's volume of one user, a team's folder)."""
+    make_folders(root, 0o700)  # (where it cannot be made, a read that needs it says so)
+    root = root.resolve()  # (where a folder in the way may not be looked into, as it was given)
     for above in (root, *root.parents):
         found = _stat_or_none(above)
-        if found is None or not found.st_mode & stat.S_IWOTH or (found.st_mode & stat.S_ISVTX
-                                                                 and found.st_uid in (0, os.geteuid())):
+        if found is None:  # (missing, or not this user's to look into: the one above it tells)
             continue
-        where = f"{above}, above this store's folder in the read cache {root}, {_writable_by_all(found)}"
-        if found.st_uid not in (0, os.geteuid()):  # whoever made it may rename what is in it, sticky or not
-            raise StoreError(f"{where} and belongs to user {found.st_uid}: they could put a folder of theirs in place "
-                             "of this user's; give cache_dir= (the CLI's --cache-dir) a folder only this user and root "
-                             "can write above")
-        warnings.warn(f"lateseq: {where}: any user of this host could put a folder of theirs in place of this user's "
-                      "(one user's container need not mind); make it sticky (chmod +t), as /tmp is", RuntimeWarning,
-                      stacklevel=4)
+        where = f"{above}, above this store's folder in the read cache {root},"
+        if found.st_uid not in (0, os.geteuid()):
+            raise StoreError(f"{where} belongs to user {found.st_uid}, who may put a folder of theirs in place of this "
+                             "user's; give cache_dir= (the CLI's --cache-dir) a folder only this user and root own "
+                             "all the way up (a shared one as /tmp is: root's, mode 1777)")
+        if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not found.st_mode & stat.S_ISVTX:
+            who = "every user" if found.st_mode & stat.S_IWOTH else "its group"
+            warnings.warn(f"lateseq: {where} may be written by {who} "
+                          f"(mode {stat.S_IMODE(found.st_mode):o}), who may put a folder of theirs in place of this "
+                          "user's (one user's container need not mind); make it sticky (chmod +t), as /tmp is",
+                          RuntimeWarning, stacklevel=4)
     folder = root / folder.name
     with contextlib.suppress(OSError):
         os.mkdir(folder, 0o700)
