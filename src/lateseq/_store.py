@@ -270,7 +270,7 @@ class Store:
                 warnings.warn(f"lateseq: {folder} {_writable_by_all(found)}: a merged or filtered copy there decides "
                               "what a read returns, so any user of this host may decide what yours return; make it "
                               "writable by the store's writers only (chmod o-w), and give other readers a read cache "
-                              "of their own (cache_dir=, the CLI's --cache-dir)", RuntimeWarning, stacklevel=3)
+                              "of their own (cache_dir=, the CLI's --cache-dir)", RuntimeWarning, stacklevel=4)
             return folder
         folder = _own_cache(self._cache_root, self.path)
         if folder.resolve().is_relative_to(self.path.resolve()) and not folder.resolve().is_relative_to(
@@ -1084,7 +1084,7 @@ def _make_private(folder: Path, root: Path) -> Path:
             warnings.warn(f"lateseq: {where} may be written by {who} "
                           f"(mode {stat.S_IMODE(found.st_mode):o}), who may put a folder of theirs in place of this "
                           "user's (one user's container need not mind); make it sticky (chmod +t), as /tmp is",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=5)  # (lateseq.open's caller)
     folder = root / folder.name
     with contextlib.suppress(OSError):
         os.mkdir(folder, 0o700)
