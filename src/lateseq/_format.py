@@ -79,7 +79,7 @@ def make_folders(path: Path, mode: int) -> None:
     """Makes ``path`` and the folders missing above it, each with ``mode`` (at most: the
     umask takes away more); ``mkdir(parents=True)`` gives those above the umask's mode,
     777 under umask 0. Where one cannot be made, stops there: a use of it says why."""
-    missing = [path, *(p for p in path.parents)]
+    missing = [path, *path.parents]
     missing = missing[:next((i for i, p in enumerate(missing) if p.is_dir()), len(missing))]
     for folder in reversed(missing):
         try:

@@ -679,13 +679,13 @@ class Store:
                     for path in folder.glob(".tmp-*"):
                         if older_than(path, grace_s):
                             remove_file(path)
-            self._remove_unreferenced(grace_s)
-            self._remove_cached(self._log.kept_partitions(), grace_s)
+            self._remove_cached(self._remove_unreferenced(grace_s), grace_s)
         forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
 
-    def _remove_unreferenced(self, grace_s: float) -> None:
-        """Deletes the durable files no kept version names and older than ``grace_s``.
+    def _remove_unreferenced(self, grace_s: float) -> set[tuple[int, tuple[str, ...]]]:
+        """Deletes the durable files no kept version names and older than ``grace_s``;
+        returns the kept versions' partitions it read last (``VersionLog.kept_partitions``).
 
         Each is first moved aside, and looked at again once all are: a writer on another
         host (which this host's lock does not hold back) may have stamped it, or published
@@ -708,13 +708,15 @@ class Store:
                 except OSError:  # gone (another cleanup's), or no file of lateseq's (a name too long): left alone
                     continue
                 aside.append((moved, path))
-        referenced = {name for _, names in self._log.kept_partitions() for name in names}
+        kept = self._log.kept_partitions()
+        referenced = {name for _, names in kept for name in names}
         for moved, original in aside:
             if original.name.split(".")[0] in referenced or not older_than(moved, grace_s):
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(moved, original)
             else:
                 moved.unlink(missing_ok=True)
+        return kept
 
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         """Deletes what this handle's read cache holds for no version of ``kept`` (see
