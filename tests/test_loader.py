@@ -351,6 +351,16 @@ def test_a_folder_it_cannot_list_is_an_error_not_rows_left_out(world, tmp_path, 
         iter_batches(store, folder, lateseq.Projection(3, COLUMNS))
 
 
+def test_tenant_names_are_checked_as_the_config_checks_them(world, tmp_path):
+    store, _, log, _ = world
+    projection = lateseq.Projection(2, ("item_id",))
+    for tenants, problem in (({"Rank": projection, "rank": projection}, "differs from tenant 'Rank' only in case"),
+                             ({"../x": projection}, "'../x': a name is 1 to 128"), ({}, "no tenants")):
+        with pytest.raises(lateseq.SchemaError, match=problem):
+            materialize_log_tenants(store, log, tenants, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):
     store, _, log, _ = world
     out = tmp_path / "out"

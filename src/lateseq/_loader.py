@@ -29,7 +29,7 @@ from ._projection import Projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES
 from ._store import Store
-from ._tenants import is_tenant_name
+from ._tenants import name_problem
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
@@ -120,9 +120,12 @@ def materialize_log_tenants(
 ) -> dict[str, str]:
     """:func:`materialize_log` for several tenants in one pass over the log (each
     history located once): ``out_dir/NAME.parquet`` per tenant; returns those paths."""
-    bad = [name for name in tenants if not is_tenant_name(name)]
-    if bad:
-        raise SchemaError(f"tenant names {bad} cannot name output files; use letters, digits, '_', '-', '.'")
+    if not tenants:
+        raise SchemaError("no tenants: give at least one name and its Projection")
+    folded: dict[str, str] = {}
+    problems = [problem for name in tenants if (problem := name_problem(name, folded))]
+    if problems:
+        raise SchemaError("; ".join(problems))
     outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
     _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, progress)
     return outs

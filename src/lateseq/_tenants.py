@@ -68,9 +68,18 @@ def _schema_of(schema: object) -> Schema:
     return schema
 
 
-def is_tenant_name(name: str) -> bool:
-    """Whether ``name`` can name a tenant (and its output file: no path, no dot file)."""
-    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+def name_problem(name: object, folded: dict[str, str]) -> str | None:
+    """What makes ``name`` unfit to name a tenant (its output file: no path, no dot file,
+    none that case alone tells from another's), or None; ``folded`` collects the names
+    seen so far, by their case-folded form."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        return (f"tenant {name!r}: a name is 1 to 128 ASCII letters, digits, '_', '-' and '.', not starting with "
+                "'.' or '-' (it names the tenant's output file)")
+    twin = folded.setdefault(name.casefold(), name)
+    if twin != name:
+        return (f"tenant {name!r}: differs from tenant {twin!r} only in case; their output files would be one "
+                "file where names ignore case (macOS, Windows)")
+    return None
 
 
 def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection], dict[str, Projection]]:
@@ -98,14 +107,9 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     partial: dict[str, Projection] = {}
     folded: dict[str, str] = {}
     for name, spec in config["tenants"].items():
-        if not is_tenant_name(name):
-            problems.append(f"tenant {name!r}: a name is 1 to 128 ASCII letters, digits, '_', '-' and '.', not "
-                            "starting with '.' or '-' (it names the tenant's output file)")
-            continue
-        twin = folded.setdefault(name.casefold(), name)
-        if twin != name:
-            problems.append(f"tenant {name!r}: differs from tenant {twin!r} only in case; their output files "
-                            "would be one file where names ignore case (macOS, Windows)")
+        problem = name_problem(name, folded)
+        if problem:
+            problems.append(problem)
             continue
         try:
             tenants[name] = _projection(spec)
