@@ -96,6 +96,45 @@ def test_a_failed_fold_does_not_move_the_tier(world, monkeypatch):
     assert stored_ids(store) == [1, 2]
 
 
+def test_an_append_while_a_fold_commits_is_folded_or_refused(world, monkeypatch):
+    """A producer (another thread or host) appends after the fold drained the tier, before
+    its version is published: accepted, it would be in neither that version nor the next."""
+    store, tier = world
+    tier.append(events((1, 5, 10, 1)))
+    commit, refused = lateseq.Store.commit, []
+
+    def commit_meanwhile(self, *args, **kwargs):
+        with pytest.raises(SchemaError, match="arrived before 30") as err:
+            tier.append(events((1, 15, 20, 2)))
+        refused.append(err)
+        assert tier.append(events((1, 16, 30, 3))) == 1  # at the watermark: the next fold's
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(lateseq.Store, "commit", commit_meanwhile)
+    store = fold(store, tier, 30)
+    monkeypatch.undo()
+    assert refused and stored_ids(store) == [1]
+    assert stored_ids(fold(store, tier, 100)) == [1, 3]
+
+
+def test_a_fold_that_fails_after_publishing_keeps_refusing(world, monkeypatch):
+    store, tier = world
+    tier.append(events((1, 5, 10, 1)))
+    commit = lateseq.Store.commit
+
+    def published_then_failed(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lateseq.Store, "commit", published_then_failed)
+    with pytest.raises(KeyboardInterrupt):
+        fold(store, tier, 30)
+    monkeypatch.undo()
+    assert store.latest().watermark == 30 and tier.folded_before == 30
+    with pytest.raises(SchemaError, match="arrived before 30"):
+        tier.append(events((1, 15, 20, 2)))
+
+
 @settings(max_examples=60)
 @given(st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(-5, 30), st.integers(1, 3)),  # arrival step, how many

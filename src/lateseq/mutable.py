@@ -29,7 +29,10 @@ _FAR_PAST = np.iinfo(np.int64).min
 
 
 class MutableTier(ABC):
-    """Arrival-ordered recent events, queried by user and arrival window."""
+    """Arrival-ordered recent events, queried by user and arrival window. ``fold`` raises
+    ``folded_before`` before it drains: an implementation shared by threads or hosts
+    checks it (``_refuse_folded``) and stores an append as one step, or an event checked
+    before a fold and stored after its drain would be in neither that version nor the next."""
 
     def __init__(self, schema: Schema, retention: int):
         if schema.arrival_col is None or schema.event_id_col is None:

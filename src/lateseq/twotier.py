@@ -68,7 +68,8 @@ __all__ = [
 
 def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     """Commits the tier's events that arrived before ``watermark`` as a new version,
-    and tells the tier, which from then on refuses appends that arrive before it."""
+    having told the tier first, which from then on refuses appends that arrive before it
+    (again accepted if the commit fails)."""
     watermark = check_watermark(watermark)
     if watermark is None:
         raise SchemaError("fold needs a watermark: the arrival time before which every event is folded")
@@ -79,9 +80,24 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
         raise StoreError(f"the mutable tier dropped events that arrived before {tier.expired_before}, which no "
                          f"version holds (the store's watermark is {since}): a fold would publish a version "
                          "without them; expire only what a fold has committed")
-    folded = store.commit(tier.drain(since, watermark), watermark=watermark)
-    tier.folded(watermark)
-    return folded
+    previous = tier.folded_before
+    tier.folded(watermark)  # before the drain: an append arriving before it now is refused, not left behind
+    try:
+        return store.commit(tier.drain(since, watermark), watermark=watermark)
+    except BaseException:
+        if tier.folded_before == watermark > previous and not _published(store, watermark):
+            tier.folded_before = previous  # no version holds them: such appends are on time again
+        raise
+
+
+def _published(store: Store, watermark: int) -> bool:
+    """Whether a version folded to ``watermark`` or past it was published (a commit can
+    fail after publishing); True where that cannot be read, which only refuses appends."""
+    try:
+        latest = store.latest().watermark
+    except Exception:
+        return True
+    return latest is not None and latest >= watermark
 
 
 class OnlineReader:
