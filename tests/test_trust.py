@@ -323,7 +323,7 @@ def test_symlinks_planted_in_a_store_are_not_followed(store, log, tmp_path):
         output(store.path, log)
 
 
-@pytest.mark.parametrize("lock", [".lock", "tags/.lock"])
+@pytest.mark.parametrize("lock", [".lock", ".gate.lock", "tags/.lock"])
 @pytest.mark.parametrize("plant", ["symlink", "fifo"])
 def test_a_lock_file_that_is_a_link_or_fifo_is_refused_not_followed_or_waited_on(store, tmp_path, lock, plant):
     path = store.path / lock

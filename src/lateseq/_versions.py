@@ -18,7 +18,9 @@ tombstones, tags) carries a CRC-32 of its content, checked on every read.
 
 Writers hold a shared lock on ``.lock`` from their first segment write until their
 manifest is published (or their files removed); cleanup deletes files only under the
-exclusive lock, so it never deletes a segment a writer is about to publish.
+exclusive lock, so it never deletes a segment a writer is about to publish. A writer
+first passes ``.gate.lock`` (a shared lock, let go at once), which cleanup holds
+exclusively while it waits and deletes, so writers arriving meanwhile wait for it.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+GATE = ".gate.lock"  # closed by a cleanup, so that writers arriving while it waits wait for it
 STORE_ID = "id"  # the store's random id, in its own file: a lateseq that predates it reads the store as before
 
 
@@ -515,14 +518,20 @@ class VersionLog:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Held by a writer from its first data file until its version is published."""
+        """Held by a writer from its first data file until its version is published. It
+        starts only past the gate, which a cleanup waiting for writers midway closes."""
+        with self._lock(fcntl.LOCK_SH, self.root / GATE):
+            pass
         with self._lock(fcntl.LOCK_SH):
             yield
 
     @contextlib.contextmanager
     def deleting(self) -> Iterator[None]:
-        """Held by cleanup while it deletes files: no writer is midway meanwhile."""
-        with self._lock(fcntl.LOCK_EX):
+        """Held by cleanup while it deletes files: no writer is midway meanwhile. Writers
+        whose shared locks overlap, one starting before the last ends (a few committers and
+        a compaction), never left the lock free: cleanup waited for minutes (s34D). The
+        gate, closed first, lets those midway finish and holds new ones back."""
+        with self._lock(fcntl.LOCK_EX, self.root / GATE), self._lock(fcntl.LOCK_EX):
             yield
 
     @contextlib.contextmanager

@@ -57,7 +57,7 @@ from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
 from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
 from lateseq._store import check_commit_id
-from lateseq._versions import STORE_ID
+from lateseq._versions import GATE, STORE_ID
 from lateseq.cli import human_bytes
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
@@ -542,7 +542,7 @@ def _remove_unused(store: Path) -> None:
     options) was refused as disagreeing with it. Kept where anything was written to it."""
     if any(any((store / sub).iterdir()) for sub in ("versions", "segments", "tags")):
         return
-    for name in ("schema.json", STORE_ID, ".lock"):
+    for name in ("schema.json", STORE_ID, ".lock", GATE):
         with contextlib.suppress(OSError):
             (store / name).unlink(missing_ok=True)
     shutil.rmtree(store / "cache", ignore_errors=True)
