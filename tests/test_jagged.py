@@ -32,6 +32,29 @@ def test_padded_keeps_the_newest_events(rows, width, side):
         assert got.tolist() == (newest + pad if side == "right" else pad + newest)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint16", "int32", "uint64", "float16", "float32", "float64", "bool"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), width=st.integers(0, 9), side=st.sampled_from(["right", "left"]))
+def test_padded_copies_every_dtype_bit_for_bit(dtype, data, width, side):
+    """Values as bits: NaN payloads, -0.0 and the largest integers come out as they went in."""
+    lengths = data.draw(st.lists(st.integers(0, 12), max_size=6))
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+    raw = np.array(data.draw(st.lists(st.integers(0, np.iinfo(bits).max), min_size=sum(lengths),
+                                      max_size=sum(lengths))), bits)
+    values = (raw % 2).astype(bool) if dtype == "bool" else raw.view(dtype)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    batch = JaggedBatch(offsets, {"x": values}, np.zeros(len(lengths), bool))
+    pad = True if dtype == "bool" else 7
+    dense = batch.padded("x", width, side=side, pad_value=pad)
+    assert dense.dtype == values.dtype and dense.shape == (len(lengths), width)
+    for r, got in enumerate(dense):
+        row = values[offsets[r]:offsets[r + 1]]
+        newest = row[len(row) - min(len(row), width):]
+        fill = np.full(width - len(newest), pad, values.dtype)
+        want = np.concatenate([newest, fill] if side == "right" else [fill, newest])
+        assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes()
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=rows_strategy)
 def test_to_arrow_is_one_list_per_row(rows):

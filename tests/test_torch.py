@@ -1110,6 +1110,18 @@ def test_padded_is_the_newest_events_like_the_numpy_batch(batch, side, length):
         assert got.dtype == batch.values[name].dtype and np.array_equal(got.numpy(), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.bool, torch.int16, torch.float64])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_in_host_memory_is_the_devices_gather_and_fill(batch, dtype, side):
+    """A CPU batch pads by a compiled copy of bits; a device's by a gather and a fill: the same."""
+    values = batch.values["item_id"].to(dtype)
+    for length in (0, 2, 7):
+        got = lateseq.torch._padded_on_cpu(values, batch.offsets, length, side == "left", 1)
+        want = batch._padded(values, *batch._padding(length, side), 1)
+        assert got.dtype == dtype and got.shape == want.shape
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+
+
 def test_padded_refuses_a_pad_value_its_column_does_not_hold_as_the_numpy_batch_does(batch):
     for name, pad_value in (("item_id", 1.5), ("rating", 300), ("ts", float("nan"))):
         with pytest.raises(lateseq.SchemaError, match=f"pad_value {pad_value} does not fit column '{name}'"):

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from ._errors import SchemaError, exact_integer
 from ._events import row_ranges
+from ._kernels import pad_rows
 
 
 @dataclass
@@ -78,20 +79,8 @@ class JaggedBatch:
         oldest first, padded on ``side`` (``length`` None: the longest here). ``side`` and
         ``pad_value`` are keywords: positional, the two classes' orders could be confused."""
         check_padding(self.values, name, side, pad_value)
-        lengths = self.lengths
-        width = int(lengths.max(initial=0)) if length is None else exact_integer("padded: length", length, 0)
-        values = self.values[name]
-        out = np.full((len(self), width), pad_value, dtype=values.dtype)
-        keep = np.minimum(lengths, width)
-        rows = np.repeat(np.arange(len(self)), keep)
-        # keep the newest `width` events of each row
-        first = self.offsets[1:] - keep
-        src = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(first, keep)
-        cols = src - np.repeat(first, keep)
-        if side == "left":
-            cols = cols + np.repeat(width - keep, keep)
-        out[rows, cols] = values[src]
-        return out
+        width = int(self.lengths.max(initial=0)) if length is None else exact_integer("padded: length", length, 0)
+        return pad_rows(self.values[name], self.offsets, width, side == "left", pad_value)
 
     def to_arrow(self) -> pa.Table:
         """One list column per projected column, one row per pointer."""
