@@ -618,3 +618,15 @@ def test_copartition_log_names_columns_it_cannot_reorder(store, tmp_path):
     with pytest.raises(lateseq.SchemaError, match="cast such columns to string"):
         lateseq.copartition_log(store, log, tmp_path / "c.parquet")
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_copartition_log_replaces_a_file_only_when_told(store, tmp_path):
+    """It wrote over any file at its path, the log it was reading from included (s34E)."""
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [5, 5]}))
+    kept = tmp_path / "precious.txt"
+    kept.write_text("not a log")
+    with pytest.raises(FileExistsError, match="precious.txt exists; pass overwrite=True"):
+        lateseq.copartition_log(store, log, kept)
+    assert kept.read_text() == "not a log"
+    lateseq.copartition_log(store, log, kept, overwrite=True)
+    assert pq.read_table(kept).num_rows == 2

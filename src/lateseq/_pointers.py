@@ -215,11 +215,10 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     """Adds a pointer to every request (columns ``user_id``, ``request_ts``, any others kept).
 
     Writes the example log to ``path`` as Parquet when given, and returns it. A file
-    already there is replaced only with ``overwrite``: a log records what online served,
-    which a later version of the store cannot make again (the CLI asks for ``--force``).
+    already there is replaced only with ``overwrite`` (see ``new_log``).
     """
-    if path is not None and not overwrite and ((at := outside_store(store, path)).exists() or at.is_symlink()):
-        raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")
+    if path is not None:
+        new_log(store, path, overwrite)
     if isinstance(requests, pa.RecordBatch):
         requests = pa.Table.from_batches([requests])
     if not isinstance(requests, pa.Table):
@@ -320,13 +319,25 @@ def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path`` checked for an example log to be written: outside ``store``, and not
+    there already unless ``overwrite`` (a log records what online served, which a later
+    version of the store cannot make again; the CLI asks for ``--force``)."""
+    at = outside_store(store, path)
+    if not overwrite and (at.exists() or at.is_symlink()):
+        raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")
+    return at
+
+
 def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str | os.PathLike, *,
-                    row_group_rows: int = 65536) -> None:
+                    row_group_rows: int = 65536, overwrite: bool = False) -> None:
     """Writes ``examples`` to ``path`` as Parquet co-partitioned with ``store``: each row
     group holds examples of one of the store's user-hash partitions (in log order within
     it), and the file's metadata names each group's partition. A loader dealing row
     groups by partition (``ExampleDataset(copartition=True)``) then has each worker read
-    the segments of its own partitions only."""
+    the segments of its own partitions only. A file at ``path`` is replaced only with
+    ``overwrite``."""
+    new_log(store, path, overwrite)
     row_group_rows = exact_integer("row_group_rows", row_group_rows, 1)
     require_table(examples)
     if isinstance(examples, pa.RecordBatch):
