@@ -1073,3 +1073,14 @@ def test_materialize_refuses_bad_tenants_by_name(small_store):
         lateseq.materialize_tenants(small_store, examples, {"odd": "not a projection"})
     with pytest.raises(SchemaError, match="unknown column 'nope'"):
         lateseq.materialize(small_store, examples, Projection(1, ("rating",), where=Filter("nope", isin=[1])))
+
+
+def test_an_empty_list_of_columns_is_refused_not_read_as_every_column(tmp_path):
+    """``columns = []`` read every payload column, where the CLI's ``--columns ''`` is refused (s34E)."""
+    for field in ("columns", "feature_groups"):
+        path = write_config(tmp_path, VALID + f"\n[tenants.empty]\nmax_len = 4\n{field} = []\n")
+        with pytest.raises(SchemaError, match=f"tenant 'empty': field '{field}' names none; leave it out"):
+            lateseq.load_tenants(path, CONFIG_SCHEMA)
+    for body, found in (("tenants = 3", "found tenants = 3"), ("[tenants]", "found no tenants")):
+        with pytest.raises(SchemaError, match=found):
+            lateseq.load_tenants(write_config(tmp_path, body), CONFIG_SCHEMA)

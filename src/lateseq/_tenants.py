@@ -99,8 +99,10 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
                           f"{exc.object[exc.start:exc.start + 1]!r})") from None
     unknown = sorted(set(config) - {"tenants"})
     if unknown or not isinstance(config.get("tenants"), dict) or not config["tenants"]:
+        value = config.get("tenants")
         found = unknown or ("an array of tables ([[tenants]]), where each tenant is a table named for it"
-                            if isinstance(config.get("tenants"), list) else "no tenants")
+                            if isinstance(value, list) else "no tenants" if value in (None, {})
+                            else f"tenants = {value!r}")
         raise SchemaError(f"{os.fspath(source)}: expected [tenants.NAME] tables and nothing else; found {found}")
     problems: list[str] = []
     tenants: dict[str, Projection] = {}
@@ -173,6 +175,8 @@ def _projection(spec: Any) -> Projection:
         value = spec.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SchemaError(f"field {key!r} must be a list of names, got {value!r}")
+        if key in spec and not value:  # read as every column: a list emptied by mistake would read them all
+            raise SchemaError(f"field {key!r} names none; leave it out to read every column")
     where = spec.get("where")
     if where is not None:
         if not isinstance(where, dict) or "column" not in where or set(where) - _FILTER_FIELDS:

@@ -62,6 +62,10 @@ _CHAIN_FIELDS = ("segments", "base", "depth", "added", "segments_crc32")  # what
 
 @dataclass(frozen=True)
 class VersionInfo:
+    """A kept version as ``Store.versions`` lists it: when it was made (``created_at``,
+    seconds since 1970), by which ``operation`` (commit, compact, delete), how many
+    events and segments (and their bytes) it reads, its tags, and its watermark."""
+
     version: int
     created_at: float
     operation: str
