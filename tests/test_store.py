@@ -1173,6 +1173,31 @@ def test_cleanup_waits_for_writers_midway_not_for_writers_that_come_after_it(mak
     assert order.index("cleanup") < order.index("second in"), order
 
 
+def test_a_version_retired_before_its_writer_opened_it_returns_the_latest(make_store, monkeypatch):
+    """A writer paused after publishing, while another committed and cleaned up, raised
+    VersionNotFound for a commit that was made (s34B): a caller retrying it commits twice."""
+    store = make_store(partitions=1).commit(events([1], [0], [0]))
+    remember = lateseq._versions.VersionLog.remember
+
+    cleaner = []
+
+    def meanwhile(log, version, segments):  # the writer still holds its lock: cleanup retires, then waits
+        remember(log, version, segments)
+        monkeypatch.setattr(lateseq._versions.VersionLog, "remember", remember)
+        other = lateseq.open(store.path).commit(events([2], [5], [5]))
+        cleaner.append(threading.Thread(target=other.cleanup, args=("latest", 0)))
+        cleaner[0].start()
+        deadline = time.monotonic() + 10
+        while other._kept(version) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(lateseq._versions.VersionLog, "remember", meanwhile)
+    with pytest.warns(UserWarning, match="version 2 \\(commit\\) was published, and retired by a cleanup"):
+        latest = store.commit(events([1], [3], [3]))
+    cleaner[0].join(10)
+    assert latest.version == 3 and latest.num_events == 3
+
+
 def test_cleanup_ages_leftovers_dated_in_the_future_from_now(make_store):
     """A crashed write on a host whose clock ran years ahead left files dated then: they
     stayed young, and no cleanup ever removed them (a stranger's). Cleanup dates them now;

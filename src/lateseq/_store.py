@@ -638,7 +638,14 @@ class Store:
                 self._remove_unpublished(new)  # error the version may be published: they stay, and cleanup
             raise  # removes them if it was not)
         self._log.remember(version, segments)
-        return self._handle(version)
+        try:
+            return self._handle(version)
+        except VersionNotFound:  # a cleanup retired it already (later versions were published meanwhile)
+            latest = self._handle()
+            warnings.warn(f"lateseq: version {version} ({operation}) was published, and retired by a cleanup before "
+                          f"this handle opened it; returning the latest, {latest.version}, which was made on it "
+                          "and every version published since", UserWarning, stacklevel=3)
+            return latest
 
     def cleanup(self, before: int | str, grace_s: float = 3600.0) -> list[int]:
         """Retires versions older than ``before`` (a number, a tag or ``"latest"``, as the
