@@ -703,3 +703,17 @@ def test_prefault_builds_the_copies_an_auto_handle_reads(store):
     assert partition_copies(store) == {0, 1}
     assert read(store, "merged", handle) == expected(store, "merged")
     lateseq.open(store.path, merged_reads=False).prefault(list(COLUMNS))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_built_copies_are_read_from_a_cache_this_process_cannot_write(store, monkeypatch, kind):
+    """A read-only store (its cache in it) or cache_dir refused filtered and merged reads
+    whose copies were all built: a build lock was taken before each was opened (s34B)."""
+    want = expected(store, kind)
+    assert read(store, kind) == want
+
+    def read_only(folder, name):
+        raise lateseq.StoreError(f"cannot create the read cache {folder} (Read-only file system at {name})")
+
+    monkeypatch.setattr(lateseq._derived, "cache_lock", read_only)
+    assert read(store, kind) == want

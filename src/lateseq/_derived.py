@@ -221,6 +221,10 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
     name = _name(partition, key)
     sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
+    try:  # built: opened without the build lock, which a read-only cache has no room for (s34B). Every
+        return _open_checked(folder, name, key, random_access)  # column is checked against the sidecar it read
+    except (*UNREADABLE, StoreError):
+        pass
     with cache_lock(folder, f".tmp-build-{name}"):
         try:
             return _open_checked(folder, name, key, random_access)
