@@ -161,6 +161,20 @@ def test_verify_names_a_damaged_copy(store, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_verify_names_a_copy_whose_files_are_another_copys(store, kind):
+    """Each file sound, but under another copy's name (an older version's merged copy
+    copied over the newer's): reads build it again, and verify said every file sound (s34B)."""
+    read(store, kind)
+    sidecars = copy_files(store, ".json")
+    source, target = sidecars[0].name[:-len(".json")], sidecars[1].name[:-len(".json")]
+    for suffix in (".json", ".index.arrow", ".arrow"):
+        (sidecars[1].parent / f"{target}{suffix}").write_bytes((sidecars[0].parent / f"{source}{suffix}").read_bytes())
+    problems = lateseq.audit.verify(lateseq.open(store.path))
+    assert [(p.path, "describes another copy" in p.message) for p in problems] == [(str(sidecars[1]), True)]
+    assert read(store, kind) == expected(store, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_copy_changed_under_an_open_handle_is_checked_again(store, kind):
     """lateseq only replaces files, but another program may write into the cache in place:
     a changed copy (new mtime) is opened and checked again before the next batch."""

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import threading
 import weakref
@@ -202,6 +203,9 @@ def _ranks(copy: Segment, rows: int) -> np.ndarray:
     return ranks
 
 
+_COPY_NAME = re.compile(r"p(\d{5,})-[0-9a-f]{32}")  # what ``_name`` makes
+
+
 def _name(partition: int, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return f"p{partition:05d}-{digest}"
@@ -274,8 +278,13 @@ def damaged_copies(cache: Path) -> list[tuple[Path, str]]:
     folder = cache / DERIVED_DIR
     damaged = []
     for sidecar in sorted(folder.glob("[!.]*.json")) if folder.is_dir() else []:  # not a builder's temporary
+        name = sidecar.name[:-len(".json")]
         try:
-            _open_checked(folder, sidecar.name[:-len(".json")], load_checked(sidecar)["key"], random_access=False)
+            key = load_checked(sidecar)["key"]
+            named = _COPY_NAME.fullmatch(name)
+            if not named or _name(int(named.group(1)), key) != name:  # another copy's files
+                raise StoreError(f"{sidecar} describes another copy")  # (a read finds it so: see _open_checked)
+            _open_checked(folder, name, key, random_access=False)
         except (*UNREADABLE, StoreError, TypeError) as exc:
             damaged.append((sidecar, str(exc)))
     return damaged
