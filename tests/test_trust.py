@@ -1275,6 +1275,26 @@ def test_a_read_cache_entry_made_a_folder_is_built_again_or_named(store, log):
     assert (entry / "someone's").exists() and not list(store.cache_dir.glob(".tmp-*.arrow"))
 
 
+def test_a_read_cache_lock_made_a_folder_is_made_again_or_named(store, log):
+    """It said 'give the read cache a writable folder' of a writable one (s34B)."""
+    expected = output(store.path, log)
+    entry = store.cache_dir / f"{store.segment_infos[0].name}.arrow"
+    lock = store.cache_dir / f".tmp-lock-{store.segment_infos[0].name}"
+    for planted in ([], ["someone's"]):
+        entry.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        lock.mkdir()
+        for name in planted:
+            (lock / name).write_bytes(b"")
+        if planted:
+            with pytest.raises(lateseq.StoreError, match=f"{lock.name} is not a regular file, where the read cache "
+                                                         "keeps a lock file"):
+                output(store.path, log)
+            assert (lock / "someone's").exists()
+        else:
+            assert same(output(store.path, log), expected) and lock.is_file()
+
+
 def example_log_reads(store: lateseq.Store, path: Path) -> dict[str, list | None]:
     """The log as each of lateseq's log readers gives it (None: it raised a LateseqError):
     iter_batches, and the PyTorch dataset's (whole row groups, planned from the footer)."""

@@ -46,6 +46,14 @@ _TRACKED = itertools.count()  # keys of the segments a watch follows: never reus
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
 
 
+def _removed_if_empty(folder: Path) -> bool:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        return False
+    return True
+
+
 @contextmanager
 def cache_lock(folder: Path, name: str) -> Iterator[None]:
     """Holds the lock file ``name`` of a read cache folder (made if missing): processes
@@ -56,6 +64,11 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
             make_folders(folder, 0o775)  # never writable by all, whatever the umask
             lock = open_lock_file(folder / name)
         except OSError as exc:
+            if exc.errno == errno.EISDIR and _removed_if_empty(folder / name):
+                continue  # lateseq's own name, nothing of anyone's in it: made a lock file again
+            if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP):  # (a folder, a FIFO or device, a link)
+                raise StoreError(f"{folder / name} is not a regular file, where the read cache keeps a lock file "
+                                 "(lateseq follows no link there, nor waits on a FIFO): remove it") from exc
             raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
                              "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
                              "LATESEQ_CACHE_DIR)") from exc
