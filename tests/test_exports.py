@@ -21,6 +21,7 @@ EXPORTED = {
     "SchemaError",
     "Store",
     "StoreError",
+    "TransformOverflow",
     "VersionInfo",
     "VersionNotFound",
     "check_tenants",
@@ -71,6 +72,7 @@ def test_errors_subclass_the_root_and_the_matching_builtin():
         lateseq.VersionNotFound: LookupError,
         lateseq.PointerError: ValueError,
         lateseq.ChecksumMismatch: ValueError,
+        lateseq.TransformOverflow: lateseq.SchemaError,
     }
     for error, builtin in expected.items():
         assert issubclass(error, lateseq.LateseqError) and issubclass(error, builtin), error

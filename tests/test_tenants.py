@@ -570,6 +570,28 @@ def test_window_reaching_below_the_smallest_time(make_store):
     assert batch.values["ts"].tolist() == [low, low + 1, low + 3]
 
 
+@pytest.mark.parametrize("time_unit", ["s", "ms", "us", "ns"])
+def test_ages_in_seconds_are_exact_where_the_age_in_ticks_is_past_int64(make_store, time_unit):
+    """An event at pandas' smallest time (an 'unknown time' placeholder) read by a request
+    of 2024 in a store of nanoseconds: the age in seconds fits int64, the age in ns does not,
+    and it was refused as an overflow (s34A)."""
+    store = make_store({"flag": "int8"}, time_unit=time_unit)
+    per = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[time_unit]
+    low, high = INT64
+    ts = [low, low + 1, low + per - 1, -per - 1, -1, 0, 1, high - per - 3]
+    store = store.commit(pa.table({"user_id": [1] * len(ts), "ts": ts, "flag": pa.array([1] * len(ts), pa.int8())}))
+    requests = [low + per, -1, 0, 5, high]
+    examples = lateseq.log_examples(store, pa.table({"user_id": [1] * len(requests), "request_ts": requests}))
+    projection = Projection(20, ("ts",), transforms={"ts": "age_s"})
+    want = [[(request - t) // per for t in sorted(ts) if t < request] for request in requests]
+    if per == 1:  # ages in seconds are the ages in ticks: some are past int64
+        with pytest.raises(lateseq.TransformOverflow, match="does not fit int64"):
+            lateseq.materialize(store, examples, projection)
+        return
+    batch = lateseq.materialize(store, examples, projection)
+    assert [batch.values["ts"][a:b].tolist() for a, b in zip(batch.offsets, batch.offsets[1:])] == want
+
+
 @pytest.mark.parametrize("window, time_unit", [
     (2**62, None), (2**63 - 1, None), (2**63, None), (2**63 + 5, None), (2**64 - 1, None), (2**64, None),
     (10**30, None),

@@ -16,6 +16,7 @@ from ._errors import (
     PointerError,
     SchemaError,
     StoreError,
+    TransformOverflow,
     VersionNotFound,
 )
 from ._jagged import JaggedBatch
@@ -74,6 +75,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreError",
+    "TransformOverflow",
     "VersionInfo",
     "VersionNotFound",
     "check_tenants",

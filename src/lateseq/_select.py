@@ -153,14 +153,17 @@ def _window_start(request_ts: np.ndarray, window: int) -> np.ndarray:
 def transform(batch: JaggedBatch, projection: Projection, schema: Schema, request_ts: np.ndarray) -> JaggedBatch:
     """``batch`` with ``projection.transforms`` applied (a new array per transformed column)."""
     for name, how in projection.transforms.items():
-        age = np.repeat(request_ts, np.diff(batch.offsets)) - batch.values[name]
-        if np.any(age <= 0):  # every event is before its request: only wrapping around int64 gives this
-            event = int(np.flatnonzero(age <= 0)[0])
-            row = int(np.searchsorted(batch.offsets, event, side="right")) - 1
-            raise TransformOverflow(f"the {how!r} of an event of {{where}} does not fit int64 (its request at "
-                                    f"{int(request_ts[row])}, the event at {int(batch.values[name][event])})", row)
-        if how == "age_s":
-            age //= ticks_per_second(schema.time_unit)
+        events, requests = batch.values[name], np.repeat(request_ts, np.diff(batch.offsets))
+        per = ticks_per_second(schema.time_unit) if how == "age_s" else 1
+        if per > 1:  # floor((request - event) / per) from the quotients: the difference in ticks may not fit
+            age = (requests // per - events // per) - (requests % per < events % per)  # where this always does
+        else:
+            age = requests - events
+            if np.any(age <= 0):  # every event is before its request: only wrapping around int64 gives this
+                event = int(np.flatnonzero(age <= 0)[0])
+                row = int(np.searchsorted(batch.offsets, event, side="right")) - 1
+                raise TransformOverflow(f"the {how!r} of an event of {{where}} does not fit int64 (its request at "
+                                        f"{int(request_ts[row])}, the event at {int(events[event])})", row)
         batch.values[name] = age
     return batch
 
