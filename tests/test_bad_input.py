@@ -167,6 +167,23 @@ def test_hive_folders_keyed_by_integer_user_ids_past_int32_read_as_integers(make
                                lambda: version.commit(other))
 
 
+@pytest.mark.parametrize("folders, problem", [
+    (["007", "7"], "has folders user_id=007 and user_id=7, which pyarrow reads as one integer, 7"),
+    (["-0", "0", "5"], "has folders user_id=-0 and user_id=0, which pyarrow reads as one integer, 0"),
+    (["+3", "3"], "has folders user_id=\\+3 and user_id=3"),
+    ([str(2**64 - 1), "-1"], f"folder key user_id={2**64 - 1} does not fit int64"),
+])
+def test_hive_folders_whose_keys_are_one_integer_or_none_are_refused(make_store, tmp_path, folders, problem):
+    """``user_id=007/`` and ``user_id=7/`` were one user's history; an id past int64 among
+    negative ones was refused as string ids (s34A)."""
+    folder = tmp_path / "events"
+    for k, user in enumerate(folders):
+        (folder / f"user_id={user}").mkdir(parents=True)
+        pq.write_table(pa.table({"ts": [1], "item": [k]}), folder / f"user_id={user}" / "part.parquet")
+    version = make_store({"item": "int64"}, partitions=2).commit(pa.table({"user_id": [1], "ts": [0], "item": [0]}))
+    raises_and_changes_nothing(version, lateseq.SchemaError, ValueError, problem, lambda: version.commit(folder))
+
+
 @pytest.mark.parametrize("width", [pa.int32(), pa.int64()])
 @pytest.mark.parametrize("key, written", [("user_id", "user_id"), ("item", "item"), ("user_id", "user%5Fid")])
 def test_a_folder_key_naming_a_column_its_files_hold_is_refused(make_store, tmp_path, width, key, written):

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import urllib.parse
 
 import pyarrow as pa
@@ -142,8 +143,14 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                                                  f"not {lacking}, which {columns[0]} has" if lacking else "") if part)
                 + "; read as one, a column would be dropped or filled with nulls: write every file with the same "
                 "columns, or give the files one at a time")
-    keys = {urllib.parse.unquote(part.split("=", 1)[0])  # as pyarrow reads them: user%5Fid= is user_id=
-            for file in files for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part}
+    folder_values: dict[str, set[str]] = {}  # as pyarrow reads them: user%5Fid= is user_id=
+    for file in files:
+        for part in os.path.relpath(file, path).split(os.sep)[:-1]:
+            if "=" in part:
+                key, value = (urllib.parse.unquote(half) for half in part.split("=", 1))
+                folder_values.setdefault(key, set()).add(value)
+    keys = set(folder_values)
+    _one_integer_each(folder_values, path, what)
     both = sorted(keys & set(columns[1] if columns else ()))
     if both:  # pyarrow takes the folder's value over the file's, silently (a user's events under another id)
         raise SchemaError(f"{what} {path} has folder keys ({both[0]}=... in its paths) that name a column its files "
@@ -195,6 +202,22 @@ def _same_types(first: tuple[str, pa.Schema] | None, file: tuple[str, pa.Schema]
     return first
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _one_integer_each(folder_values: dict[str, set[str]], path: str | os.PathLike, what: str) -> None:
+    """SchemaError where two folders' values of a key are one integer written two ways
+    (``user_id=007/`` and ``user_id=7/``, ``-0`` and ``0``): pyarrow reads both as that
+    integer, and two users' events would be one history."""
+    for key, values in folder_values.items():
+        spelled: dict[int, str] = {}
+        for value in sorted(values):
+            if _INTEGER.fullmatch(value) and spelled.setdefault(int(value), value) != value:
+                raise SchemaError(f"{what} {path} has folders {key}={spelled[int(value)]} and {key}={value}, which "
+                                  f"pyarrow reads as one integer, {int(value)}: two ids would be one; name the "
+                                  "folders by the integers as written, or map string ids to integers first")
+
+
 def _integer_keys(table: pa.Table, keys: set[str]) -> pa.Table:
     """Hive folder keys whose every value is an integer, as integers: pyarrow infers int32
     for them, and strings once one value is past int32 (``user_id=3000000000/``), which a
@@ -210,6 +233,12 @@ def _integer_keys(table: pa.Table, keys: set[str]) -> pa.Table:
                 continue
             table = table.set_column(table.column_names.index(name), name, cast)
             break
+        else:
+            values = column.unique().drop_null().to_pylist()
+            past = [v for v in values if _INTEGER.fullmatch(v) and not -2**63 <= int(v) < 2**63]
+            if past and all(_INTEGER.fullmatch(v) for v in values):  # else strings, named as such later
+                raise SchemaError(f"folder key {name}={past[0]} does not fit int64, nor do its other values fit "
+                                  "one integer type")
     return table
 
 
