@@ -211,6 +211,7 @@ class Schema:
         would drop precision or overflow int64, or any other type. Nulls pass through.
         ``requests``: the times are requests', whose exact whole-unit form is rounded up.
         """
+        given = times.type  # a date is named as such, not as the timestamp it is read as
         if _as_time(times.type) != times.type:
             times = pc.cast(times, _as_time(times.type))
         source = times.type
@@ -223,7 +224,7 @@ class Schema:
             raise SchemaError(f"{what} has type {source}; times must be integers, timestamps or dates")
         if self.time_unit is None:
             raise SchemaError(
-                f"{what} has type {source}, but the store holds plain integer times (its schema has no "
+                f"{what} has type {given}, but the store holds plain integer times (its schema has no "
                 f"time_unit), so lateseq cannot tell which unit they count: cast the column to int64 in the "
                 f"store's time scale yourself, or create the store with a time_unit "
                 f"(Schema(time_unit={source.unit!r}), or `lateseq ingest --time-unit {source.unit}`)")
