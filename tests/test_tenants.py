@@ -1106,3 +1106,11 @@ def test_an_empty_list_of_columns_is_refused_not_read_as_every_column(tmp_path):
     for body, found in (("tenants = 3", "found tenants = 3"), ("[tenants]", "found no tenants")):
         with pytest.raises(SchemaError, match=found):
             lateseq.load_tenants(write_config(tmp_path, body), CONFIG_SCHEMA)
+
+
+def test_every_problem_of_a_transform_is_told_at_once():
+    """'age_s' on a column not read, in a store of plain integers: the second problem was
+    told only once the first was mended (s34A)."""
+    problems = Projection(4, ("item_id",), transforms={"ts": "age_s"}).problems(PLAIN_SCHEMA)
+    assert any("which the projection does not read" in p for p in problems), problems
+    assert any("'age_s' needs a store with a time_unit" in p for p in problems), problems

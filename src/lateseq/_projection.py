@@ -190,7 +190,7 @@ class Projection:
             elif name not in wanted:
                 problems.append(f"transforms: {transform!r} on {name!r}, which the projection does not read; "
                                 "add it to columns")
-            elif transform == "age_s" and schema.time_unit is None:
+            if transform == "age_s" and schema.time_unit is None:  # whichever column: told in the same run
                 problems.append("transforms: 'age_s' needs a store with a time_unit; this one holds plain "
                                 "integers: use 'age' (in the store's own unit)")
         if self.where is not None:
