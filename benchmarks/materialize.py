@@ -446,6 +446,7 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
                     None if any(s.name == reference.name for s in group) else reference)
         del histories
     table.path.unlink()
+    table.index_path.unlink()
     for at in out["n"].values():
         base = at["lateseq"]["compacted-latest"]
         for s in at["lateseq"].values():
@@ -517,7 +518,7 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
         gc.collect()
         files = [path for file in forms.values() for path in _files(file.path)] + list(logs.values())
         if table is not None:
-            files.append(table.path)
+            files += [table.path, table.index_path]
         for state in timed:
             durable, cache = store_files(state)
             files += durable + cache

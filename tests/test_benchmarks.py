@@ -126,14 +126,15 @@ def test_the_equality_check_catches_a_fat_row_that_differs(tmp_path):
                for name in ("item_id", "action", "ts"))
     narrow, base = workload._narrowed(np.array([-100, 100, 27], np.int8))  # offsets past the type's own range
     assert narrow.dtype == np.uint8 and narrow.tolist() == [0, 200, 127] and base == -100
-    for state in (latest, daily):
+    late = next(s for s in states if s.visibility == "daily-late")
+    for state in (latest, daily, late):  # exact where no event came late (it follows the logged lengths)
         log = tmp_path / f"{state.name}.parquet"
         pq.write_table(state.log, log)
-        if state is latest:
-            assert materialize.check_table(table, state.open(), log, 64, "latest") == len(rows)
+        if state is not late:
+            assert materialize.check_table(table, state.open(), log, 64, state.name) == len(rows)
         else:
             with pytest.raises(workload.FatRowMismatch, match="events table differ in batch 0"):
-                materialize.check_table(table, state.open(), log, 64, "daily")
+                materialize.check_table(table, state.open(), log, 64, state.name)
 
 
 def _hand_made() -> dict:
