@@ -203,12 +203,17 @@ def _events_table(name: str, work: dict) -> TableSpec:
         spec.rows.append([n, t["state"], _n(t["lateseq_ex_s"]), _n(t["ex_s"]), _x(t["lateseq_vs_events_table"]),
                           _x(cold["lateseq_vs_events_table"]) if cold else "–", _gb(work.get("events_table_bytes")),
                           _gb(work["states"][t["state"]]["durable_bytes"])])
-    narrow = work.get("events_table_form") == "narrow"
+    form = work.get("events_table_form")
+    narrow, logged = form in ("narrow", "logged-lengths"), form == "logged-lengths"
     spec.notes.append("events table: what a skeptic builds instead (the brief's reference design): every event once, "
                       "sorted by user and time, in one uncompressed Arrow IPC file read through a memory map"
                       + (", integer columns stored as offsets in the narrowest unsigned type that holds them (as "
-                         "lateseq stores them)" if narrow else "") + "; a CSR "
-                      "user index; a numba kernel that binary-searches each request's cut and copies the newest N"
+                         "lateseq stores them)" if narrow else "")
+                      + ("; its user index stored beside it (dense ids looked up by slot); each example's newest N "
+                         "events found from the history length its log row records (the pointer's uih_length, what "
+                         "an online service logs), no search; a numba kernel copies them" if logged else
+                         "; a CSR user index; a numba kernel that binary-searches each request's cut and copies the "
+                         "newest N")
                       + (", widening as it copies, in a loop LLVM vectorizes" if narrow else
                          " (this run's table: int64 columns copied by slice assignment, a form a later review "
                          "measured 1.3-1.5x slower than it need be)") + ". "
@@ -235,7 +240,10 @@ def _cold(name: str, work: dict, eviction: dict | None, lazily: bool = False) ->
                               _gb(fat["arrow-ipc"]["cold"]["disk_read_bytes"]), _pct(cold["resident_after_evict"])])
     spec.notes.append("lateseq's cold pass includes opening the store, as a new process does (each projected "
                       "column is checked against its digest on first use, which reads it whole: the whole store "
-                      "is read even for a sample of the examples, so this understates lateseq on a sample)")
+                      "is read even for a sample of the examples, so this understates lateseq on a sample); not "
+                      "what a new process pays before that, importing lateseq and loading its compiled kernels "
+                      "(about 0.7 s on an idle AMD VM with numba's cache filled, 4 s with it empty, as in a new "
+                      "container), once per process: a loader's worker pays it each epoch unless its workers persist")
     spec.notes.append("IPC mmap, cold: each record batch viewed as the pass reaches it" if lazily else
                       "IPC mmap, cold: every record batch viewed before the first is copied, which reads the whole "
                       "file first (a skeptic's find: a lazy reader is faster cold; the runs since view them lazily)")
