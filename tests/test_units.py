@@ -163,7 +163,8 @@ def test_other_time_types_are_refused():
     assert schema.times_to_store(pa.array([1], pa.date32()), "'t'").to_pylist() == [86_400 * 10**6]
     assert schema.times_to_store(pa.array([86_400_000], pa.date64()), "'t'").to_pylist() == [86_400 * 10**6]
     for date in (pa.date32(), pa.date64()):  # named as given: it said timestamp[s] of a date32 column (s34A)
-        with pytest.raises(SchemaError, match=re.escape(f"'t' has type {date}, but the store holds plain integer times")):
+        message = f"'t' has type {date}, but the store holds plain integer times"
+        with pytest.raises(SchemaError, match=re.escape(message)):
             Schema({"item": "int64"}).times_to_store(pa.array([1], date), "'t'")
 
 
