@@ -381,3 +381,96 @@ def test_python_dash_m_lateseq_runs_the_command_line():
     """Where the console script is not on PATH (a venv not activated), ``python -m lateseq``."""
     done = subprocess.run([sys.executable, "-m", "lateseq", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "materialize" in done.stdout, done.stderr
+
+
+# ---------------------------------------------------------------- what the command line says
+
+
+@pytest.mark.parametrize("case", ["events", "requests", "users", "example log", "swapped ingest",
+                                  "swapped materialize", "swapped delete"])
+def test_a_store_given_for_a_file_is_named_as_such(files, dir_snapshot, case):
+    """A store where a file is expected was read as a folder of part files, and a cache file
+    deep inside it was blamed for not being Parquet."""
+    store, d = files["store"], files["dir"]
+    assert lateseq("ingest", store, files["e1"])[0] == 0
+    assert lateseq("pointers", store, files["req"], "--out", d / "ex.parquet")[0] == 0
+    before = dir_snapshot(d)
+    args, match = {
+        "events": (["ingest", store, store], f"{store} is a lateseq store (it has schema.json), not an events file"),
+        "requests": (["pointers", store, store, "--out", d / "o.parquet"], "lateseq store (it has schema.json), "
+                                                                            "not a requests file"),
+        "users": (["delete", store, store], "lateseq store (it has schema.json), not a users file"),
+        "example log": (["materialize", store, store, "--max-len", 3, "--out", d / "o.parquet"],
+                        "lateseq store (it has schema.json), not an example log"),
+        "swapped ingest": (["ingest", files["e1"], store], f"STORE {files['e1']} is a file, not a store directory; "
+                                                           f"{store} is a store: STORE comes first"),
+        "swapped materialize": (["materialize", d / "ex.parquet", store, "--max-len", 3, "--out", d / "o.parquet"],
+                                "is a file, not a store directory"),
+        "swapped delete": (["delete", files["e1"], store], "is a file, not a store directory"),
+    }[case]
+    code, _, err = lateseq(*args)
+    assert_one_line_error(code, err, match)
+    assert "cache" not in err
+    assert dir_snapshot(d) == before
+
+
+def test_time_unit_for_a_file_without_the_time_column_says_it_is_missing(files, dir_snapshot):
+    d = files["dir"]
+    store = d / "seconds"
+    assert lateseq("ingest", store, files["e1"], "--time-unit", "s")[0] == 0  # a store that counts a unit
+    before = dir_snapshot(store)
+    code, _, err = lateseq("ingest", store, files["req"], "--time-unit", "s")
+    assert_one_line_error(code, err, f"{files['req']} has no time column 'ts'")
+    code, _, err = lateseq("pointers", store, files["e1"], "--out", d / "o.parquet", "--time-unit", "s")
+    assert_one_line_error(code, err, f"{files['e1']} has no time column 'request_ts'")
+    assert dir_snapshot(store) == before and not (d / "o.parquet").exists()
+
+
+def test_an_empty_input_with_allow_empty_commits_nothing_where_the_store_counts_a_unit(files, dir_snapshot):
+    """Its integer time column holds no integers to say the unit of: no --time-unit needed."""
+    d = files["dir"]
+    store = d / "seconds"
+    assert lateseq("ingest", store, files["e1"], "--time-unit", "s")[0] == 0
+    empty = write(d / "empty.parquet", user_id=pa.array([], pa.int64()), ts=pa.array([], pa.int64()),
+                  item_id=pa.array([], pa.int64()), rating=pa.array([], pa.int8()))
+    before = dir_snapshot(store)
+    code, out, err = lateseq("ingest", store, empty, "--allow-empty")
+    assert (code, out) == (0, "1\n"), err
+    assert "nothing committed" in err
+    assert dir_snapshot(store) == before
+
+
+def test_delete_says_how_many_users_it_was_given(files):
+    store, d = files["store"], files["dir"]
+    assert lateseq("ingest", store, files["e1"])[0] == 0
+    code, out, err = lateseq("delete", store, write(d / "one.parquet", user_id=[1]))
+    assert (code, out) == (0, "2\n"), err
+    err = " ".join(err.split())
+    assert "holds no event of the user given. Still holding its events:" in err, err
+    code, out, err = lateseq("delete", store, write(d / "two.parquet", user_id=[2, 3, 3]))
+    assert "holds no event of the 2 users given. Still holding their events:" in " ".join(err.split()), err
+
+
+def test_a_bad_setting_names_the_flag_or_the_variable_it_came_from(files, monkeypatch):
+    store = files["store"]
+    assert lateseq("ingest", store, files["e1"])[0] == 0
+    code, _, err = lateseq("--readahead", "yes", "versions", store)
+    assert_one_line_error(code, err, "'--readahead'")
+    assert "LATESEQ_READAHEAD" not in err and "yes" in err
+    monkeypatch.setenv("LATESEQ_READAHEAD", "yes")
+    code, _, err = lateseq("versions", store)
+    assert_one_line_error(code, err, "LATESEQ_READAHEAD")
+
+
+@pytest.mark.parametrize("args", [["ingest"], ["materialize"], ["tenants"], []])
+def test_help_reads_as_written(args):
+    """Paragraphs are rewrapped to the terminal (a docstring's line breaks were kept, and the
+    terminal broke each line again: "(it" / "was" / "killed"), and flags, --help included,
+    show no value (typer labelled each ``<bool>``)."""
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "--help" in result.output
+    description = result.output.split("╭")[0].split("\n\n")[1:]  # below the usage line, above the panels
+    for paragraph in filter(None, (p.strip("\n") for p in description)):
+        lines = paragraph.splitlines()
+        assert all(len(line.rstrip()) > 60 for line in lines[:-1]), paragraph  # each full but the last

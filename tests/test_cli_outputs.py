@@ -558,3 +558,51 @@ main()
     code, _, err = cli("ingest", tmp_path / "other", tmp_path / "named.parquet")
     assert code == 0, err
     assert lateseq.open(tmp_path / "other").schema.columns == {"item": "int64", "5": "int64"}
+
+
+# ---------------------------------------------------------------- bench and demo: refused before they run
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """The benchmark's commands, recorded instead of run (minutes each)."""
+    import lateseq.cli._app as cli_app
+
+    ran = []
+    monkeypatch.setattr(cli_app.subprocess, "call", lambda command: ran.append(command) or 0)
+    return ran
+
+
+def test_bench_checks_its_options_and_outputs_before_running(tmp_path, dir_snapshot, no_benchmark):
+    (tmp_path / "a-dir").mkdir()
+    figures = tmp_path / "bench.json"
+    figures.write_bytes(OLD)
+    before = dir_snapshot(tmp_path)
+    one_line_error(*cli("bench", "--json", tmp_path / "a-dir")[::2], "--json", "is a directory")
+    one_line_error(*cli("bench", "--json", figures)[::2], f"--json {figures} exists", "--force")
+    one_line_error(*cli("bench", "--plot", figures)[::2], "--plot", "--force")
+    one_line_error(*cli("bench", "--plot", tmp_path / "missing" / "b.png")[::2], "--plot", "does not exist")
+    for scale in ("huge", "-5", "0"):
+        one_line_error(*cli("bench", "--scale", scale)[::2], f"--scale must be tiny, small, full or a number "
+                                                             f"of users (a positive integer), not '{scale}'")
+    assert no_benchmark == [] and dir_snapshot(tmp_path) == before
+    code, _, err = cli("bench", "--scale", "500", "--json", figures, "--force")
+    assert code == 0, err
+    assert no_benchmark[0][-4:] == ["--scale", "500", "--json", str(figures)]
+
+
+def test_demo_refuses_options_of_the_other_dataset_and_a_file_for_workdir(tmp_path, dir_snapshot, monkeypatch):
+    from lateseq.cli import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: pytest.fail("the demo ran"))
+    (tmp_path / "a-file").write_bytes(OLD)
+    before = dir_snapshot(tmp_path)
+    for args, needles in (
+            (["--users", 100], ["--users applies to --dataset synthetic only, not movielens"]),
+            (["--dataset", "movielens", "--examples", 10], ["--examples applies to --dataset synthetic only"]),
+            (["--dataset", "synthetic", "--cadence", "week"], ["--cadence applies to --dataset movielens only"]),
+            (["--dataset", "synthetic", "--workdir", tmp_path / "a-file"],
+             [f"--workdir {tmp_path / 'a-file'} is a file, not a directory"]),
+            (["--dataset", "synthetic", "--workdir", tmp_path / "a-file" / "sub"], ["a-file is a file"])):
+        one_line_error(*cli("demo", *args)[::2], *needles)
+    assert dir_snapshot(tmp_path) == before

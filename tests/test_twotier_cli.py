@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
@@ -27,6 +29,8 @@ def test_simulate_writes_the_figures(tmp_path):
     assert figures["streaming_match_rate"] == figures["batch_match_rate"] == 1.0
     assert figures["leaked_events"] == 0 and figures["naive_leaked_events"] > 0
     assert "naive join" in result.output
+    assert re.search(r"[\d.]+ bytes/example with tails inline, [\d.]+ bytes/example after stripping [\d,]+ tails",
+                     result.output), result.output
 
 
 def test_strip_then_audit(world, tmp_path):
@@ -81,3 +85,29 @@ def test_materialize_rebuilds_two_tier_records_on_every_path(world, tmp_path):
         assert [v for row in pq.read_table(out).column("item_id").to_pylist() for v in row] == want, name
         batches = lateseq.iter_batches(store, tmp_path / f"{name}.parquet", PROJECTION, columns=["label"])
         assert [v for _, seqs in batches for v in seqs.values["item_id"].tolist()] == want, name
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lag", "-1"], "--lag must be a number at least 0 and at most 3,600"),
+    (["--lag", "inf"], "--lag must be"),
+    (["--events-per-day", "-1"], "--events-per-day must be a number more than 0, got -1"),
+    (["--events-per-day", "0"], "--events-per-day must be a number more than 0, got 0"),
+    (["--requests-per-day", "nan"], "--requests-per-day must be a number more than 0, got nan"),
+    (["--days", "nan"], "--days must be a number at least 0.001 (86 seconds), got nan"),
+    (["--users", "99999999999"], "--users must be a number at least 1 and at most 5,000,000"),
+    (["--users", "0"], "--users must be"),
+    (["--days", "1e12"], "--days 1e+12 x --events-per-day 30 makes about 9,000,000,000,000,000 events"),
+    (["--users", "100000"], "--users 100000 x --days 4 x --events-per-day 30 makes about 12,000,000 events"),
+    (["--requests-per-day", "1000"], "makes about 1,200,000 requests"),
+    (["--compaction-hours", "0.0001"], "--compaction-hours 0.0001 makes about 1,680,000 folds"),
+    (["--late-share", "2"], "--late-share must be a number at least 0 and at most 1, got 2"),
+    (["--tie-share", "-0.1"], "--tie-share must be"),
+    (["--max-len", "0"], "--max-len must be a number at least 1"),
+    (["--seed", "-1"], "--seed must be a number at least 0, got -1"),
+    (["--users", "1", "--days", "0.01", "--events-per-day", "0.001"], "the scenario makes no events"),
+])
+def test_simulate_refuses_a_bad_number_by_its_option(args, needle):
+    result = runner.invoke(app, ["simulate", *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0] and "internal error" not in lines[0], result.stderr

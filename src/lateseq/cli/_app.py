@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +39,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from lateseq import (
     ChecksumMismatch,
@@ -191,8 +193,23 @@ def _is_usage_error(exc: BaseException) -> bool:
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "exit_code")
 
 
+def _usage_message(exc: Any) -> str:
+    """Click's message for a usage error; a bad value of an option that an environment
+    variable can also set names the option alone where it was typed (``--readahead yes``
+    blamed LATESEQ_READAHEAD too, as if the variable were set)."""
+    param, ctx = getattr(exc, "param", None), getattr(exc, "ctx", None)
+    if getattr(param, "envvar", None) and ctx is not None and getattr(exc, "param_hint", "") is None:
+        source = ctx.get_parameter_source(param.name)  # type: ignore[union-attr]
+        if source is not None and source.name == "COMMANDLINE":
+            exc.param_hint = " / ".join(f"'{name}'" for name in param.opts)  # type: ignore[union-attr]
+    return exc.format_message()
+
+
 class _Group(TyperGroup):
     """Reports every user error, usage errors included, as one ``error:`` line."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _valueless_flags(super().get_params(ctx))
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -231,7 +248,7 @@ class _Group(TyperGroup):
                     ctx = getattr(exc, "ctx", None)
                     print(ctx.get_help() if ctx is not None else "", file=sys.stderr)
                     sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-                _fail(exc.format_message(), exc.exit_code)  # type: ignore[attr-defined]
+                _fail(_usage_message(exc), exc.exit_code)  # type: ignore[attr-defined]
             if os.environ.get("LATESEQ_DEBUG"):  # a bug: still one line, the traceback on request
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with LATESEQ_DEBUG=1 "
@@ -245,7 +262,47 @@ class _Group(TyperGroup):
         return code
 
 
-app = typer.Typer(
+class _Command(TyperCommand):
+    """A command whose help reads as written: paragraphs rewrapped to the terminal, flags
+    shown as taking no value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _paragraphs(self.help)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _valueless_flags(super().get_params(ctx))
+
+
+def _paragraphs(text: str | None) -> str | None:
+    """``text`` with each paragraph on one line, for the help to wrap: typer's rich help
+    keeps a docstring's line breaks after its first paragraph, and the terminal's wrapping
+    then broke each line again ("(it" / "was" / "killed, ..."). A paragraph that starts with
+    ``\\b`` keeps its lines, as in click."""
+    if text is None:
+        return None
+    return "\n\n".join(part if part.startswith("\b") else " ".join(part.split())
+                       for part in inspect.cleandoc(text).split("\n\n"))
+
+
+def _valueless_flags(params: list[Any]) -> list[Any]:
+    """``params`` with each flag's value label left empty: typer 0.29 (its own copy of click)
+    labels every flag, --help included, ``<bool>``, as if it took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Typer(typer.Typer):
+    """A typer app whose commands are ``_Command``s."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     cls=_Group,
     name="lateseq",
     help="Versioned late materialization of user histories for sequential recommendation.",
@@ -320,8 +377,30 @@ def _input_file(path: Path, what: str) -> Path:
     return path
 
 
+def _is_store(path: Path) -> bool:
+    return (path / "schema.json").is_file()
+
+
+def _not_a_store(path: Path, what: str) -> None:
+    """Refuses a store given where a file (or a folder of part files) is expected: read as
+    Parquet, it was blamed for a file deep in its read cache."""
+    if _is_store(path):
+        article = "an" if what[0] in "aeio" else "a"  # (a users file)
+        raise IsADirectoryError(f"{path} is a lateseq store (it has schema.json), not {article} {what}")
+
+
+def _check_arguments(store: Path, path: Path, what: str) -> None:
+    """STORE and the input that follows it, before either is read: given in each other's
+    place (or the store twice), each was blamed for what it holds."""
+    if store.exists() and not store.is_dir():
+        swapped = f"; {path} is a store: STORE comes first" if _is_store(path) else ""
+        raise StoreError(f"STORE {store} is a file, not a store directory{swapped}")
+    _not_a_store(path, what)
+
+
 def _read_parquet(path: Path, what: str) -> pa.Table:
     """A Parquet file, or a folder of them (Spark's output, hive partitions too)."""
+    _not_a_store(path, f"{what} file")
     if not path.is_dir():
         _input_file(path, what)
     return read_checked(path, f"{what} file")
@@ -419,6 +498,8 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
                               "leave --time-unit out")
         return table
     if not integers:
+        if unit is not None and columns[0] not in table.column_names:
+            raise SchemaError(f"{source} has no time column {columns[0]!r} (it has {table.column_names})")
         if unit is not None:
             kinds = ", ".join(f"{c!r} holds {table.column(c).type}" for c in present)
             if all(pa.types.is_timestamp(table.column(c).type) or pa.types.is_date(table.column(c).type)
@@ -478,6 +559,7 @@ def ingest(
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
     --commit-id (or the store's schema names an event id column, which drops repeats)."""
+    _check_arguments(store, events, "events file")
     table = _with_pandas_index(_read_parquet(events, "events"))
     if table.num_rows == 0 and not allow_empty:
         raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
@@ -492,11 +574,10 @@ def ingest(
             if value is not None and value != existing:
                 raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
                                   "a store's schema is fixed when it is created")
-        table = _integer_times(table, [schema.time_col, schema.arrival_col], unit, schema, events)
+        if table.num_rows or unit is not None:  # no rows: no integers to say the unit of (--allow-empty)
+            table = _integer_times(table, [schema.time_col, schema.arrival_col], unit, schema, events)
         created = False
     else:
-        if store.exists() and not store.is_dir():
-            raise StoreError(f"{store} is a file, not a store directory")
         if store.is_dir() and any(store.iterdir()):
             raise StoreError(f"{store} exists and is not a lateseq store (no schema.json); "
                              "pick a new or empty directory")
@@ -699,6 +780,7 @@ def pointers(
     force: ForceOpt = False,
 ) -> None:
     """Log REQUESTS as examples with pointers into the store, as online does."""
+    _check_arguments(store, requests, "requests file")
     _check_output(out, force, "--out", [requests], store)
     handle = _open(store, version)
     table = _integer_times(_read_parquet(requests, "requests"), ["request_ts"],
@@ -731,6 +813,7 @@ def materialize(
         raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG")
     if batch_size < 1:
         raise SchemaError(f"--batch-size must be positive, got {batch_size}")
+    _check_arguments(store, examples, "example log")
     log = ExampleLog(examples)  # checked now: a refusal makes no output
     handle = _open(store)
     if tenants is not None:
@@ -815,6 +898,7 @@ def loader(
     for option, value, least in (("--workers", workers, 0), ("--limit", limit, 1)):
         if value is not None and value < least:
             raise SchemaError(f"{option} must be at least {least}, got {value}")
+    _check_arguments(store, examples, "example log")
     if json_path is not None:
         _check_output(json_path, force, "--json", [examples, *([tenants] if tenants else [])], store)
     handle = _open(store)
@@ -873,7 +957,7 @@ def loader(
             tmp.write_text(json.dumps(figures, indent=2))
 
 
-tenants_app = typer.Typer(help="Tenant configs: the projections of several models.", no_args_is_help=True)
+tenants_app = _Typer(cls=_Group, help="Tenant configs: the projections of several models.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 
 
@@ -913,8 +997,17 @@ def bench(
     scale: Annotated[str, typer.Option(help="tiny (seconds), small (minutes), full, or a number of users.")] = "small",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here (needs the bench extra).")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Run the reference multi-tenant benchmark (lateseq vs the Fat Row union)."""
+    if scale not in ("tiny", "small", "full") and not (scale.isascii() and scale.isdecimal() and int(scale) > 0):
+        raise SchemaError(f"--scale must be tiny, small, full or a number of users (a positive integer), "
+                          f"not {scale!r}")
+    outputs = [(option, path) for option, path in (("--json", json_path), ("--plot", plot)) if path is not None]
+    for option, path in outputs:  # checked before the benchmark's minutes, not after them
+        _check_output(path, force, option)
+    if len(outputs) == 2 and json_path.resolve() == plot.resolve():  # type: ignore[union-attr]
+        raise FileExistsError(f"--json and --plot name the same file, {json_path}; give each its own")
     script = Path(__file__).resolve().parents[3] / "benchmarks" / "tenants.py"
     if not script.is_file():
         raise FileNotFoundError("lateseq bench runs benchmarks/tenants.py from a source checkout of lateseq "
@@ -937,6 +1030,7 @@ def strip(
     """Drop the inline tails that a kept version covers; batch rebuilds stay exact."""
     from lateseq.twotier import is_two_tier, strip_tails
 
+    _check_arguments(store, examples, "example log")
     _check_output(out, force, "--out", [examples], store)
     log = _read_parquet(examples, "example log")
     if not is_two_tier(log):
@@ -971,6 +1065,7 @@ def delete(
     users: Annotated[Path, typer.Argument(help="Parquet file with a user_id column.", show_default=False)],
 ) -> None:
     """Publish a version without USERS' events; print its number and what still holds them."""
+    _check_arguments(store, users, "users file")
     table = _read_parquet(users, "users")
     if "user_id" not in table.column_names:
         raise SchemaError(f"{users} has no user_id column (columns: {table.column_names})")
@@ -980,13 +1075,15 @@ def delete(
     handle = _open(store)
     new = handle.delete(ids)
     print(new.version)
+    count = len(set(ids.tolist()))  # "of 1 users" read as user id 1
+    given, held = ("the user given", "its") if count == 1 else (f"the {count:,} users given", "their")
     if new.version == handle.version:
-        _err.print(f"none of the {len(set(ids.tolist())):,} users has events in {store}: nothing to do",
-                   highlight=False)
+        _err.print(f"{'the user given has no' if count == 1 else f'none of {given} has'} events in {store}: "
+                   "nothing to do", highlight=False)
         return
     older = sorted({v.version for v in new.versions() if v.version < new.version})
     pinned = {name: v for name, v in new.tags().items() if v < new.version}
-    _err.print(f"version {new.version} holds no event of {len(set(ids.tolist())):,} users. Still holding them: "
+    _err.print(f"version {new.version} holds no event of {given}. Still holding {held} events: "
                f"{len(older)} older kept versions (`lateseq cleanup {store}` retires them"
                + (f"; tags {sorted(pinned)} pin some: untag them or use --no-keep-tags" if pinned else "")
                + "), read caches on other hosts (their `lateseq cleanup` clears them), inline tails "
@@ -1006,6 +1103,7 @@ def audit(
 
     if sample is not None and sample < 1:
         raise SchemaError(f"--sample must be positive, got {sample}")
+    _check_arguments(store, examples, "example log")
     report = run_audit(_open(store), _read_parquet(examples, "example log"), sample, seed)
     table = Table(title=f"audit of {examples}")
     table.add_column("")
@@ -1023,6 +1121,17 @@ def audit(
              else []) + ([f"{len(deleted):,} examples were served from a version before their user's deletion (first "
                           f"rows: {deleted[:5]}): leave them out of training (the rows where "
                           "Store.deleted_after(user_id, uih_version) is true)"] if deleted else [])))
+
+
+def _in_range(option: str, value: float, least: float, most: float = float("inf"), note: str = "",
+              above: bool = False) -> None:
+    """Refuses ``option``'s ``value`` outside [least, most] (``above``: more than ``least``),
+    nan and infinity included, naming the option, the value and the range."""
+    if math.isfinite(value) and (value > least if above else value >= least) and value <= most:
+        return
+    low = f"more than {least:,}" if above else f"at least {least:,}"
+    high = "" if most == float("inf") else f" and at most {most:,}"
+    raise SchemaError(f"{option} must be a number {low}{high}{' ' + note if note else ''}, got {value}")
 
 
 @app.command()
@@ -1043,14 +1152,36 @@ def simulate(
     force: ForceOpt = False,
 ) -> None:
     """Serve, fold and rebuild a synthetic stream; compare with the naive join."""
+    from lateseq.cli import simulate as scenario
     from lateseq.cli.simulate import SimulationConfig
     from lateseq.cli.simulate import simulate as run
 
     if json_path is not None:
         _check_output(json_path, force, "--json")
-    shares = (late_share, out_of_order_share, duplicate_share, tie_share)
-    if users < 1 or days <= 0 or compaction_hours <= 0 or max_len < 1 or not all(0 <= x <= 1 for x in shares):
-        raise SchemaError("--users, --days, --compaction-hours, --max-len must be positive and shares in [0, 1]")
+    _in_range("--seed", seed, 0)
+    _in_range("--users", users, 1, scenario.MAX_EVENTS, "(memory would run out)")
+    _in_range("--days", days, 0.001, note="(86 seconds)")
+    for option, value in (("--events-per-day", events_per_day),
+                          ("--requests-per-day", requests_per_day), ("--compaction-hours", compaction_hours)):
+        _in_range(option, value, 0, above=True)
+    _in_range("--lag", lag, 0, scenario.MAX_LAG_S, "(longer delays are --late-share's, 1 hour to 2 days)")
+    for option, value in (("--late-share", late_share), ("--out-of-order-share", out_of_order_share),
+                          ("--duplicate-share", duplicate_share), ("--tie-share", tie_share)):
+        _in_range(option, value, 0, 1)
+    _in_range("--max-len", max_len, 1, 2**31 - 1)
+    scale = f"--users {users} x --days {days:g}"
+    for what, count, most, each, remedy in (
+            (f"{scale} x --events-per-day {events_per_day:g}", users * days * events_per_day,
+             scenario.MAX_EVENTS, "events, about 0.6 KB of memory each", "lower one of them"),
+            (f"{scale} x --requests-per-day {requests_per_day:g}", users * days * requests_per_day,
+             scenario.MAX_REQUESTS, "requests, about 18 KB of memory each in the brute-force checks",
+             "lower one of them"),
+            (f"(--days {days:g} + 3) x 24 / --compaction-hours {compaction_hours:g}",
+             (days + 3) * 24 / compaction_hours, scenario.MAX_FOLDS, "folds, a version of about 0.4 MB each",
+             "raise --compaction-hours or lower --days")):
+        if count > most:
+            raise SchemaError(f"{what} makes about {count:,.0f} {each}; the simulation runs at most {most:,} "
+                              f"(memory would run out): {remedy}")
     config = SimulationConfig(seed, users, days, events_per_day, requests_per_day, lag, late_share,
                               out_of_order_share, duplicate_share, tie_share, compaction_hours, max_len)
     with _progress() as bar:
@@ -1069,8 +1200,8 @@ def simulate(
                   f"{result['naive_leaked_events']:,}")
     _print_table(table)
     _out().print(f"example log: {result['log_bytes_per_example_inline']:.1f} bytes/example with tails inline, "
-                 f"{result['log_bytes_per_example_stripped']:.1f} after stripping {result['tails_stripped']:,}",
-                 highlight=False)
+                 f"{result['log_bytes_per_example_stripped']:.1f} bytes/example after stripping "
+                 f"{result['tails_stripped']:,} tails", highlight=False)
     if json_path is not None:
         with replaced_when_written(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
@@ -1081,7 +1212,7 @@ def simulate(
 @app.command()
 def demo(
     dataset: Annotated[str, typer.Option(help="movielens (MovieLens-1M) or synthetic.")] = "movielens",
-    users: Annotated[int, typer.Option(help="Users of the synthetic dataset.")] = 200_000,
+    users: Annotated[int | None, typer.Option(help="Users of the synthetic dataset.", show_default="200,000")] = None,
     examples: Annotated[int | None, typer.Option(help="Synthetic examples.", show_default="10 per user")] = None,
     cadence: Annotated[str | None, typer.Option(
         help="MovieLens commit period: month, week or day.", show_default="the coarsest leaving most "
@@ -1102,13 +1233,25 @@ def demo(
         raise SchemaError(f"--dataset must be movielens or synthetic, not {dataset!r}")
     if cadence is not None and cadence not in ("month", "week", "day"):
         raise SchemaError(f"--cadence must be month, week or day, not {cadence!r}")
-    if users < 1 or (examples is not None and examples < 1) or (fat_sample is not None and fat_sample < 1):
-        raise SchemaError("--users, --examples and --fat-sample must be positive")
+    other = {"movielens": "synthetic", "synthetic": "movielens"}[dataset]
+    for option, value, applies_to in (("--users", users, "synthetic"), ("--examples", examples, "synthetic"),
+                                      ("--cadence", cadence, "movielens")):
+        if value is not None and applies_to != dataset:  # silently ignored, it read as applied
+            raise SchemaError(f"{option} applies to --dataset {applies_to} only, not {dataset}: leave it out, "
+                              f"or pass --dataset {other}")
+    for option, value in (("--users", users), ("--examples", examples), ("--fat-sample", fat_sample)):
+        if value is not None and value < 1:
+            raise SchemaError(f"{option} must be positive, got {value}")
+    if workdir is not None:
+        existing = next(p for p in (workdir, *workdir.parents) if p.exists() or p.is_symlink())
+        if not existing.is_dir():
+            where = "" if existing == workdir else f": {existing}"
+            raise NotADirectoryError(f"--workdir {workdir}{where} is a file, not a directory")
     if workdir is not None and workdir.is_dir() and any(workdir.iterdir()) and not force:
         raise FileExistsError(f"--workdir {workdir} is not empty; the demo replaces its store and files there: "
                               "pass --force, or pick an empty directory")
-    summary = run_demo(dataset, users=users, workdir=workdir, seed=seed, cadence=cadence,
-                       examples=examples, fat_sample=fat_sample, console=_err)
+    summary = run_demo(dataset, users=200_000 if users is None else users, workdir=workdir, seed=seed,
+                       cadence=cadence, examples=examples, fat_sample=fat_sample, console=_err)
     _err.print(f"demo finished in {summary['seconds']:.1f}s", highlight=False)
     if summary["mismatches"] or summary["checksum_mismatches"]:
         _fail(f"{summary['mismatches']} histories differ from the Fat Rows and "
