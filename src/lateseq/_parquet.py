@@ -206,13 +206,16 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _one_integer_each(folder_values: dict[str, set[str]], path: str | os.PathLike, what: str) -> None:
-    """SchemaError where two folders' values of a key are one integer written two ways
-    (``user_id=007/`` and ``user_id=7/``, ``-0`` and ``0``): pyarrow reads both as that
-    integer, and two users' events would be one history."""
+    """SchemaError where two folders' values of an id key (``user_id``, or any ``*_id``),
+    all integers, are one integer written two ways (``user_id=007/`` and ``user_id=7/``,
+    ``-0`` and ``0``): pyarrow reads both as that integer, and two users' events would be
+    one history. (``hour=07/`` and ``hour=7/`` are one hour: left as pyarrow reads them.)"""
     for key, values in folder_values.items():
+        if not key.endswith("_id") or not all(_INTEGER.fullmatch(value) for value in values):
+            continue  # not an id, or strings: pyarrow keeps them apart
         spelled: dict[int, str] = {}
         for value in sorted(values):
-            if _INTEGER.fullmatch(value) and spelled.setdefault(int(value), value) != value:
+            if spelled.setdefault(int(value), value) != value:
                 raise SchemaError(f"{what} {path} has folders {key}={spelled[int(value)]} and {key}={value}, which "
                                   f"pyarrow reads as one integer, {int(value)}: two ids would be one; name the "
                                   "folders by the integers as written, or map string ids to integers first")

@@ -644,7 +644,7 @@ class Store:
             latest = self._handle()
             warnings.warn(f"lateseq: version {version} ({operation}) was published, and retired by a cleanup before "
                           f"this handle opened it; returning the latest, {latest.version}, which was made on it "
-                          "and every version published since", UserWarning, stacklevel=3)
+                          "and every version published since", UserWarning, stacklevel=4)
             return latest
 
     def cleanup(self, before: int | str, grace_s: float = 3600.0) -> list[int]:
