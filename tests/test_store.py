@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import multiprocessing
@@ -1134,43 +1135,57 @@ def test_cleanup_puts_back_what_a_stopped_cleanup_moved_aside(make_store):
     assert segment_files(store) == referenced_files(store)
 
 
-def test_cleanup_waits_for_writers_midway_not_for_writers_that_come_after_it(make_store):
+@pytest.mark.parametrize("patience_s", [0.1, 30.0])
+def test_cleanup_closes_the_gate_to_writers_once_it_waited_its_patience(make_store, monkeypatch, patience_s):
     """Writers whose shared locks overlapped never left the store's lock free, and cleanup
-    waited as long as they came (s34D: 15 s median, 33 s at most, with 4 committers)."""
+    waited as long as they came (s34D: 15 s median, 33 s at most, with 4 committers).
+    Closed at once, the gate made every commit wait out a long compaction whenever a
+    cleanup came (s34G): it closes after GATE_AFTER_S."""
+    monkeypatch.setattr(lateseq._versions, "GATE_AFTER_S", patience_s)
     store = make_store(partitions=1).commit(events([1], [0], [0]))
     log = lateseq._versions.VersionLog(store.path)
-    order, midway, cleaning = [], threading.Event(), threading.Event()
+    order, midway, first_done, go_on = [], threading.Event(), threading.Event(), threading.Event()
+    go_on.set()
 
     def writer(name, hold):
         with log.writing():
             order.append(f"{name} in")
             midway.set()
-            hold.wait(5)
+            hold.wait(10)
         order.append(f"{name} out")
 
-    first_done = threading.Event()
-    first = threading.Thread(target=writer, args=("first", first_done))
-    first.start()
-    midway.wait(5)
-
     def cleanup():
-        cleaning.set()
         with log.deleting():
             order.append("cleanup")
 
+    first = threading.Thread(target=writer, args=("first", first_done))
+    first.start()
+    midway.wait(10)
     cleaner = threading.Thread(target=cleanup)
     cleaner.start()
-    cleaning.wait(5)
-    time.sleep(0.2)  # cleanup now waits for the first writer
-    go_on = threading.Event()
-    go_on.set()
+    gate = os.open(store.path / lateseq._versions.GATE, os.O_RDONLY | os.O_CREAT)
+    deadline = time.monotonic() + 10
+    while patience_s < 1 and time.monotonic() < deadline:  # until the cleanup has closed the gate
+        try:
+            fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            time.sleep(0.01)
+        except BlockingIOError:
+            break
+    os.close(gate)
     second = threading.Thread(target=writer, args=("second", go_on))
     second.start()
-    time.sleep(0.2)
-    first_done.set()  # the second writer, had it started, would now hold the lock alone
+    if patience_s > 1:  # the gate is open: the second writer goes in beside the first
+        deadline = time.monotonic() + 10
+        while "second in" not in order and time.monotonic() < deadline:
+            time.sleep(0.01)
+    first_done.set()
     for thread in (first, cleaner, second):
-        thread.join(10)
-    assert order.index("cleanup") < order.index("second in"), order
+        thread.join(20)
+    if patience_s < 1:
+        assert order.index("cleanup") < order.index("second in"), order
+    else:
+        assert order.index("second in") < order.index("cleanup"), order
 
 
 def test_a_version_retired_before_its_writer_opened_it_returns_the_latest(make_store, monkeypatch):

@@ -19,8 +19,9 @@ tombstones, tags) carries a CRC-32 of its content, checked on every read.
 Writers hold a shared lock on ``.lock`` from their first segment write until their
 manifest is published (or their files removed); cleanup deletes files only under the
 exclusive lock, so it never deletes a segment a writer is about to publish. A writer
-first passes ``.gate.lock`` (a shared lock, let go at once), which cleanup holds
-exclusively while it waits and deletes, so writers arriving meanwhile wait for it.
+first passes ``.gate.lock`` (a shared lock, let go at once), which cleanup closes
+(holds exclusively) once it has waited ``GATE_AFTER_S`` for the store's lock, until it
+has deleted: writers arriving meanwhile wait for it.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 GATE = ".gate.lock"  # closed by a cleanup, so that writers arriving while it waits wait for it
+GATE_AFTER_S = 5.0  # how long cleanup waits for a moment without writers before it closes the gate
 STORE_ID = "id"  # the store's random id, in its own file: a lateseq that predates it reads the store as before
 
 
@@ -533,8 +535,14 @@ class VersionLog:
     def deleting(self) -> Iterator[None]:
         """Held by cleanup while it deletes files: no writer is midway meanwhile. Writers
         whose shared locks overlap, one starting before the last ends (a few committers and
-        a compaction), never left the lock free: cleanup waited for minutes (s34D). The
-        gate, closed first, lets those midway finish and holds new ones back."""
+        a compaction), never left the lock free: cleanup waited for minutes (s34D). After
+        ``GATE_AFTER_S`` of that, cleanup closes the gate: those midway finish, new ones
+        wait for it. Not at once: a commit would then wait out any long compaction under way
+        whenever a cleanup came (s34G)."""
+        with self._lock(fcntl.LOCK_EX, patience_s=GATE_AFTER_S) as held:
+            if held:
+                yield
+                return
         with self._lock(fcntl.LOCK_EX, self.root / GATE), self._lock(fcntl.LOCK_EX):
             yield
 
@@ -569,7 +577,9 @@ class VersionLog:
         self.check_same_store()
 
     @contextlib.contextmanager
-    def _lock(self, mode: int, path: Path | None = None) -> Iterator[None]:
+    def _lock(self, mode: int, path: Path | None = None, patience_s: float | None = None) -> Iterator[bool]:
+        """Holds ``path``'s lock (the store's by default) in ``mode``; with ``patience_s``,
+        only if it comes within that many seconds (yields False, holding nothing, if not)."""
         path = path or self.root / ".lock"
         self.check_same_store()  # refused before a lock file is made in another store
         try:
@@ -585,14 +595,17 @@ class VersionLog:
             raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} ({why})") from exc
         try:
             try:
-                _wait_for(lock, mode, path)
+                if patience_s is None:
+                    _wait_for(lock, mode, path)
+                held = patience_s is None or _tried_for(lock, mode, patience_s)
             except OSError as exc:
                 raise StoreError(
                     f"cannot lock {self.root}: {exc.strerror} at {path}: writers exclude each other with file locks "
                     "(flock), which this file system does not offer (an NFS mount without its lock service, some "
                     "FUSE mounts); keep the store on one that does") from exc
-            self.check_same_store()  # replaced while this waited for the lock
-            yield
+            if held:
+                self.check_same_store()  # replaced while this waited for the lock
+            yield held
         finally:
             close_lock_file(lock)
 
@@ -728,6 +741,19 @@ def older_than(path: Path, grace_s: float) -> bool:
         return changed < now - grace_s
     except FileNotFoundError:
         return False
+
+
+def _tried_for(lock: int, mode: int, seconds: float) -> bool:
+    """Whether ``flock(lock, mode)`` was had within ``seconds`` (tried every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(0.05)
 
 
 def _wait_for(lock: int, mode: int, path: Path) -> None:
