@@ -4,6 +4,8 @@ nor served. A refused append changes nothing; an accepted one is never lost."""
 
 from __future__ import annotations
 
+import threading
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -133,6 +135,60 @@ def test_a_fold_that_fails_after_publishing_keeps_refusing(world, monkeypatch):
     assert store.latest().watermark == 30 and tier.folded_before == 30
     with pytest.raises(SchemaError, match="arrived before 30"):
         tier.append(events((1, 15, 20, 2)))
+
+
+def test_a_fold_that_fails_beside_one_that_published_keeps_what_that_one_folded(world):
+    """Fold B (to 50) marked, fold A (to 30) published, then B failed: its rollback took
+    the tier back below 30, and a tier without its store accepted an append at 20 that
+    no fold would drain (s34G)."""
+    store, tier = world
+    tier.append(events((1, 5, 10, 1)))
+    tier.begin_fold(50)  # fold B, under way
+    store = fold(store, tier, 30)  # fold A
+    tier.end_fold(50, published=False)  # B failed
+    with pytest.raises(SchemaError, match="arrived before 30"):
+        tier.append(events((1, 6, 20, 2)))
+    assert tier.append(events((1, 7, 40, 3))) == 1  # B's range is on time again
+    assert stored_ids(fold(store, tier, 100)) == [1, 3]
+
+
+def test_expire_keeps_what_a_fold_under_way_has_not_published(world, monkeypatch):
+    """The fold's mark refuses appends before it, but expire counts only what a version
+    holds: an expire during the commit dropped events that the failed commit left out (s34G)."""
+    store, tier = world
+    tier.append(events((1, 5, 10, 1)))
+
+    def expire_then_fail(*args, **kwargs):
+        tier.expire(now=10**6, folded_watermark=30)  # a watermark given ahead of the folds
+        raise lateseq.StoreError("disk full")
+
+    monkeypatch.setattr(lateseq.Store, "commit", expire_then_fail)
+    with pytest.raises(lateseq.StoreError):
+        fold(store, tier, 30)
+    monkeypatch.undo()
+    assert len(tier) == 1
+    assert stored_ids(fold(store, tier, 30)) == [1]
+
+
+def test_a_fold_from_another_thread_waits_for_an_append_it_would_miss(tmp_path, monkeypatch):
+    """InMemoryTier checked an append, read the store's event ids, then stored it: a fold
+    from another thread in between drained without it, and the append said 1 (s34G)."""
+    store = lateseq.create(tmp_path / "store", TWO_TIER_SCHEMA)
+    store = store.commit(events((9, 1, 1, 99)), watermark=2)
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=1000, store=store)
+    event_ids, folds = lateseq.Store.event_ids, []
+
+    def fold_meanwhile(self, users):
+        monkeypatch.setattr(lateseq.Store, "event_ids", event_ids)
+        folds.append(threading.Thread(target=lambda: folds.append(fold(store, tier, 30))))
+        folds[0].start()
+        folds[0].join(0.5)  # it waits for this append to be stored (it would finish at once without it)
+        return event_ids(self, users)
+
+    monkeypatch.setattr(lateseq.Store, "event_ids", fold_meanwhile)
+    assert tier.append(events((1, 6, 20, 2))) == 1
+    folds[0].join(30)
+    assert stored_ids(folds[1]) == [2, 99]
 
 
 @settings(max_examples=60)

@@ -13,6 +13,7 @@ drops redeliveries of an event it holds, or, given the store, of one already sto
 from __future__ import annotations
 
 import datetime
+import threading
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -29,10 +30,15 @@ _FAR_PAST = np.iinfo(np.int64).min
 
 
 class MutableTier(ABC):
-    """Arrival-ordered recent events, queried by user and arrival window. ``fold`` raises
-    ``folded_before`` before it drains: an implementation shared by threads or hosts
-    checks it (``_refuse_folded``) and stores an append as one step, or an event checked
-    before a fold and stored after its drain would be in neither that version nor the next."""
+    """Arrival-ordered recent events, queried by user and arrival window.
+
+    ``fold`` marks its watermark (``begin_fold``) before it drains: appends that arrive
+    before it are refused from then on. An implementation shared by threads or hosts must
+    check an append (``_refuse_folded``) and store it as one step against that mark, or an
+    event checked before a fold and stored after its drain would be in neither that
+    version nor the next. ``InMemoryTier`` does so with a lock across threads of one
+    process; a key-value store would with a conditional write.
+    """
 
     def __init__(self, schema: Schema, retention: int):
         if schema.arrival_col is None or schema.event_id_col is None:
@@ -58,6 +64,10 @@ class MutableTier(ABC):
         # a request at this time read the tier: an event appended later that arrived
         # before it would be in what the store says that request saw, and it was not
         self.served_before = _FAR_PAST
+        # the watermarks of folds under way: appends before them are refused, but events
+        # stay until a version holds them (``expire`` looks at ``folded_before`` only)
+        self._folding: list[int] = []
+        self._lock = threading.RLock()  # an append's check and store, and a fold's mark, one at a time
 
     @abstractmethod
     def append(self, events: pa.Table) -> int:
@@ -86,31 +96,49 @@ class MutableTier(ABC):
     def folded(self, watermark: int) -> None:
         """Records that a store version now holds every event that arrived before
         ``watermark`` (``twotier.fold`` calls this after committing)."""
-        self.folded_before = max(self.folded_before, watermark)
+        with self._lock:
+            self.folded_before = max(self.folded_before, watermark)
+
+    def begin_fold(self, watermark: int) -> None:
+        """Marks a fold to ``watermark`` under way (``twotier.fold`` calls this before it
+        drains): appends that arrive before it are refused until ``end_fold``."""
+        with self._lock:
+            self._folding.append(watermark)
+
+    def end_fold(self, watermark: int, published: bool) -> None:
+        """Ends the fold ``begin_fold`` marked: its version was published (the watermark
+        is then folded) or not (appends before it are on time again, unless another fold
+        or the store covers them)."""
+        with self._lock:
+            if published:
+                self.folded_before = max(self.folded_before, watermark)
+            self._folding.remove(watermark)
 
     def served(self, until: int) -> None:
         """Records that a request at ``until`` read the tier (``OnlineReader.serve`` calls
         this): from then on, appends that arrived before it are refused."""
-        self.served_before = max(self.served_before, until)
+        with self._lock:
+            self.served_before = max(self.served_before, until)
 
     def _refuse_folded(self, arrival: np.ndarray, store_watermark: int | None) -> None:
         """Raises SchemaError if any arrival time is below the folded watermark (the
         tier's own, or ``store_watermark``, its store's newest) or a request already
         served; implementations call this in ``append`` before changing anything."""
-        floor = max(self.folded_before, _FAR_PAST if store_watermark is None else store_watermark)
+        stored = max(self.folded_before, _FAR_PAST if store_watermark is None else store_watermark)
+        floor = max([stored, *self._folding])
         first = int(arrival.min())
         if first < floor:
             raise SchemaError(
                 f"{int((arrival < floor).sum())} events arrived before {floor} (the first at {first}), "
-                f"the watermark already folded into the store: the next fold starts there, so they would "
-                f"never be stored nor served; append events as they arrive, before folding past them")
+                f"the watermark already folded (or being folded) into the store: the next fold starts there, so "
+                f"they would never be stored nor served; append events as they arrive, before folding past them")
         if first < self.served_before:
             raise SchemaError(
                 f"{int((arrival < self.served_before).sum())} events arrived before {self.served_before} (the first "
                 f"at {first}), when a request already read the tier without them: the store would hold them as "
                 f"seen by that request, and its log record would no longer verify; stamp arrival times as events "
                 f"reach the tier")
-        self.folded_before = floor
+        self.folded_before = stored  # learned from the store: a fold under way may still fail
 
     def expire(self, now: int, folded_watermark: int | None) -> int:
         """Drops what retention allows: older than ``now - retention`` and already
@@ -121,16 +149,17 @@ class MutableTier(ABC):
         if folded_watermark is None:
             return self.expired_before
         folded_watermark = exact_integer("expire's folded_watermark", folded_watermark)
-        cutoff = now - self._retention_ticks
-        cutoff = min(cutoff, folded_watermark, self.folded_before)
-        if cutoff > self.expired_before:
-            self._drop_before(cutoff)
-            self.expired_before = cutoff
-        return self.expired_before
+        with self._lock:
+            cutoff = min(now - self._retention_ticks, folded_watermark, self.folded_before)
+            if cutoff > self.expired_before:
+                self._drop_before(cutoff)
+                self.expired_before = cutoff
+            return self.expired_before
 
 
 class InMemoryTier(MutableTier):
-    """Columns in arrival order, with a (user, arrival) index rebuilt after appends."""
+    """Columns in arrival order, with a (user, arrival) index rebuilt after appends; safe
+    across the threads of one process."""
 
     def __init__(self, schema: Schema, retention: int, store: Store | None = None):
         super().__init__(schema, retention)
@@ -145,25 +174,26 @@ class InMemoryTier(MutableTier):
         if events.num_rows == 0:
             return 0
         events = self.schema.conform(events)
-        arrival = events.column(self.schema.arrival_col).to_numpy()
-        last = self._last_arrival()
-        if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
-            raise SchemaError("events must be appended in arrival order")
-        latest = self._store.latest() if self._store is not None else None
-        self._refuse_folded(arrival, latest.watermark if latest is not None else None)
-        users = events.column(self.schema.user_col).to_numpy()
-        ids = events.column(self.schema.event_id_col).to_numpy()
-        known_users = [self._table.column(self.schema.user_col).to_numpy()]
-        known_ids = [self._table.column(self.schema.event_id_col).to_numpy()]
-        if latest is not None:  # events folded and expired from the tier are still known
-            stored_users, stored_ids = latest.event_ids(np.unique(users))
-            known_users.append(stored_users)
-            known_ids.append(stored_ids)
-        keep = first_deliveries(users, ids, np.concatenate(known_users), np.concatenate(known_ids))
-        if keep.any():
-            self._table = pa.concat_tables([self._table, events.filter(pa.array(keep))]).combine_chunks()
-            self._index = None
-        return int(keep.sum())
+        with self._lock:  # checked and stored as one step: a fold's mark comes before or after
+            arrival = events.column(self.schema.arrival_col).to_numpy()
+            last = self._last_arrival()
+            if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
+                raise SchemaError("events must be appended in arrival order")
+            latest = self._store.latest() if self._store is not None else None
+            self._refuse_folded(arrival, latest.watermark if latest is not None else None)
+            users = events.column(self.schema.user_col).to_numpy()
+            ids = events.column(self.schema.event_id_col).to_numpy()
+            known_users = [self._table.column(self.schema.user_col).to_numpy()]
+            known_ids = [self._table.column(self.schema.event_id_col).to_numpy()]
+            if latest is not None:  # events folded and expired from the tier are still known
+                stored_users, stored_ids = latest.event_ids(np.unique(users))
+                known_users.append(stored_users)
+                known_ids.append(stored_ids)
+            keep = first_deliveries(users, ids, np.concatenate(known_users), np.concatenate(known_ids))
+            if keep.any():
+                self._table = pa.concat_tables([self._table, events.filter(pa.array(keep))]).combine_chunks()
+                self._index = None
+            return int(keep.sum())
 
     def _last_arrival(self) -> int | None:
         if self._table.num_rows == 0:
@@ -185,32 +215,36 @@ class InMemoryTier(MutableTier):
         return self._index
 
     def tail(self, users, since, until):
-        users = as_user_ids(users, "users")  # uint64 ids searched among int64 ones compare as floats
-        order, keys, user_ids, arrivals = self._by_user()
-        if len(order) == 0:
-            return np.empty(0, np.int64), self._table
-        slot = np.searchsorted(user_ids, users)
-        present = (slot < len(user_ids)) & (user_ids[np.minimum(slot, len(user_ids) - 1)] == users)
-        since = np.full(len(users), _FAR_PAST if since is None else since, np.int64)
-        base = slot * (len(arrivals) + 1)
-        lo = np.searchsorted(keys, base + np.searchsorted(arrivals, since), "left")
-        hi = np.searchsorted(keys, base + np.searchsorted(arrivals, until), "left")
-        hi = np.where(present, np.maximum(hi, lo), lo)
-        rows = order[row_ranges(lo, hi)]
-        return np.repeat(np.arange(len(users)), hi - lo), self._table.take(pa.array(rows, pa.int64()))
+        with self._lock:
+            users = as_user_ids(users, "users")  # uint64 ids searched among int64 ones compare as floats
+            order, keys, user_ids, arrivals = self._by_user()
+            if len(order) == 0:
+                return np.empty(0, np.int64), self._table
+            slot = np.searchsorted(user_ids, users)
+            present = (slot < len(user_ids)) & (user_ids[np.minimum(slot, len(user_ids) - 1)] == users)
+            since = np.full(len(users), _FAR_PAST if since is None else since, np.int64)
+            base = slot * (len(arrivals) + 1)
+            lo = np.searchsorted(keys, base + np.searchsorted(arrivals, since), "left")
+            hi = np.searchsorted(keys, base + np.searchsorted(arrivals, until), "left")
+            hi = np.where(present, np.maximum(hi, lo), lo)
+            rows = order[row_ranges(lo, hi)]
+            return np.repeat(np.arange(len(users)), hi - lo), self._table.take(pa.array(rows, pa.int64()))
 
     def drain(self, since, until):
-        arrival = self._table.column(self.schema.arrival_col).to_numpy()
-        since = _FAR_PAST if since is None else since
-        return self._table.filter(pa.array((arrival >= since) & (arrival < until)))
+        with self._lock:
+            arrival = self._table.column(self.schema.arrival_col).to_numpy()
+            since = _FAR_PAST if since is None else since
+            return self._table.filter(pa.array((arrival >= since) & (arrival < until)))
 
     def _drop_before(self, cutoff):
-        arrival = self._table.column(self.schema.arrival_col).to_numpy()
-        self._table = self._table.filter(pa.array(arrival >= cutoff))
-        self._index = None
+        with self._lock:
+            arrival = self._table.column(self.schema.arrival_col).to_numpy()
+            self._table = self._table.filter(pa.array(arrival >= cutoff))
+            self._index = None
 
     def delete(self, users):
-        gone = np.isin(self._table.column(self.schema.user_col).to_numpy(), as_user_ids(users, "users to delete"))
-        self._table = self._table.filter(pa.array(~gone))
-        self._index = None
-        return int(gone.sum())
+        with self._lock:
+            gone = np.isin(self._table.column(self.schema.user_col).to_numpy(), as_user_ids(users, "users to delete"))
+            self._table = self._table.filter(pa.array(~gone))
+            self._index = None
+            return int(gone.sum())

@@ -80,23 +80,25 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
         raise StoreError(f"the mutable tier dropped events that arrived before {tier.expired_before}, which no "
                          f"version holds (the store's watermark is {since}): a fold would publish a version "
                          "without them; expire only what a fold has committed")
-    previous = tier.folded_before
-    tier.folded(watermark)  # before the drain: an append arriving before it now is refused, not left behind
+    tier.begin_fold(watermark)  # before the drain: an append arriving before it now is refused, not left behind
     try:
-        return store.commit(tier.drain(since, watermark), watermark=watermark)
+        folded = store.commit(tier.drain(since, watermark), watermark=watermark)
     except BaseException:
-        if tier.folded_before == watermark > previous and not _published(store, watermark):
-            tier.folded_before = previous  # no version holds them: such appends are on time again
+        published = _published(store, watermark)
+        if published is not None:  # unknown: appends before it stay refused (were it published, they'd be lost)
+            tier.end_fold(watermark, published)
         raise
+    tier.end_fold(watermark, True)
+    return folded
 
 
-def _published(store: Store, watermark: int) -> bool:
+def _published(store: Store, watermark: int) -> bool | None:
     """Whether a version folded to ``watermark`` or past it was published (a commit can
-    fail after publishing); True where that cannot be read, which only refuses appends."""
+    fail after publishing); None where that cannot be read."""
     try:
         latest = store.latest().watermark
     except Exception:
-        return True
+        return None
     return latest is not None and latest >= watermark
 
 
