@@ -442,6 +442,7 @@ def test_a_long_wait_for_the_store_lock_is_reported(store, monkeypatch):
     """Waiting for the store's lock has no end of its own (a process holding it may live
     on): after ``LOCK_NOTICE_S`` a warning names the lock file, and the wait goes on."""
     monkeypatch.setattr(lateseq._versions, "LOCK_NOTICE_S", 0.2)
+    monkeypatch.setattr(lateseq._versions, "GATE_AFTER_S", 0.0)  # cleanup's wait before it closes the gate
     for _ in range(2):  # each wait is told (a warning's own filter showed one per process)
         held = os.open(store.path / ".lock", os.O_WRONLY)
         fcntl.flock(held, fcntl.LOCK_SH)  # as a writer midway holds it
