@@ -585,6 +585,8 @@ def test_bench_checks_its_options_and_outputs_before_running(tmp_path, dir_snaps
     for scale in ("huge", "-5", "0"):
         one_line_error(*cli("bench", "--scale", scale)[::2], f"--scale must be tiny, small, full or a number "
                                                              f"of users (a positive integer), not '{scale}'")
+    one_line_error(*cli("bench", "--scale", "99999999999")[::2],  # numpy's MemoryError once running (s34H)
+                   "--scale 99,999,999,999 would need about 50,000,000 GB of memory", "more than this machine's")
     assert no_benchmark == [] and dir_snapshot(tmp_path) == before
     code, _, err = cli("bench", "--scale", "500", "--json", figures, "--force")
     assert code == 0, err
@@ -603,6 +605,7 @@ def test_demo_refuses_options_of_the_other_dataset_and_a_file_for_workdir(tmp_pa
             (["--dataset", "synthetic", "--cadence", "week"], ["--cadence applies to --dataset movielens only"]),
             (["--dataset", "synthetic", "--workdir", tmp_path / "a-file"],
              [f"--workdir {tmp_path / 'a-file'} is a file, not a directory"]),
-            (["--dataset", "synthetic", "--workdir", tmp_path / "a-file" / "sub"], ["a-file is a file"])):
+            (["--dataset", "synthetic", "--workdir", tmp_path / "a-file" / "sub"], ["a-file is a file"]),
+            (["--dataset", "synthetic", "--users", 99999999999], ["--users 99,999,999,999 would need about"])):
         one_line_error(*cli("demo", *args)[::2], *needles)
     assert dir_snapshot(tmp_path) == before
