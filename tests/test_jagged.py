@@ -123,3 +123,12 @@ def test_padded_refuses_a_side_or_column_it_does_not_know_and_takes_side_by_keyw
         batch.padded("itemid", 3)
     with pytest.raises(TypeError):  # positional, lateseq.torch.Batch.padded's order would be misread
         batch.padded("flag", 3, "left")
+
+
+def test_padded_names_an_item_size_it_does_not_take():
+    wide = np.dtype(np.longdouble)  # 16 bytes on x86-64 Linux: a batch built by hand
+    if wide.itemsize == 8:
+        pytest.skip("long double is a double here")
+    batch = JaggedBatch(np.array([0, 1]), {"x": np.zeros(1, wide)}, np.zeros(1, bool))
+    with pytest.raises(TypeError, match=f"padded takes columns of 1, 2, 4 or 8-byte items, not {wide}"):
+        batch.padded("x", 2)
