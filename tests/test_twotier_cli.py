@@ -6,8 +6,8 @@ import json
 import re
 
 import pyarrow as pa
-import pytest
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 import lateseq
