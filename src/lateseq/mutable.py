@@ -95,7 +95,8 @@ class MutableTier(ABC):
 
     def folded(self, watermark: int) -> None:
         """Records that a store version now holds every event that arrived before
-        ``watermark`` (``twotier.fold`` calls this after committing)."""
+        ``watermark`` (``end_fold`` does so for ``twotier.fold``; a writer that commits
+        with a watermark another way tells the tier here)."""
         with self._lock:
             self.folded_before = max(self.folded_before, watermark)
 
