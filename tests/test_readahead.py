@@ -85,7 +85,7 @@ def test_on_leaves_the_kernel_readahead(store):
 def test_auto_turns_it_off_for_a_version_bigger_than_half_the_memory(store, monkeypatch):
     row = 8 + 8 + 4 * 4  # item, time and the four system columns, as decoded at most
     for memory, random in ((10**15, False), (2 * 900 * row, False), (2 * 900 * row - 2, True)):
-        monkeypatch.setattr(_store, "_physical_memory", lambda memory=memory: memory)
+        monkeypatch.setattr(_store, "physical_memory", lambda memory=memory: memory)
         handle = lateseq.open(store.path)
         assert handle.num_events == 900
         lateseq.materialize(handle, examples(store), PROJECTION)
@@ -133,11 +133,11 @@ def test_a_map_stays_one_area_however_many_columns_are_read(make_store):
 def test_auto_decides_again_for_each_handle_of_a_growing_store(store, monkeypatch):
     """A lineage of handles starts small (create, then commits): a handle on a version
     past half the memory reads at random however its lineage began."""
-    monkeypatch.setattr(_store, "_physical_memory", lambda: 10**15)
+    monkeypatch.setattr(_store, "physical_memory", lambda: 10**15)
     small = lateseq.open(store.path, 1)
     lateseq.materialize(small, examples(small), PROJECTION)
     assert not any(advised_random(c) for c in read_columns(small))
-    monkeypatch.setattr(_store, "_physical_memory", lambda: 1000)  # the store outgrew the machine
+    monkeypatch.setattr(_store, "physical_memory", lambda: 1000)  # the store outgrew the machine
     grown = small.latest()
     lateseq.materialize(grown, examples(grown), PROJECTION)
     assert all(advised_random(c) for c in read_columns(grown))

@@ -255,7 +255,7 @@ class Store:
         if self.readahead != "auto":
             return self.readahead
         row = 8 + 4 * len(SYSTEM_COLUMNS) + sum(np.dtype(t).itemsize for t in self.schema.columns.values())
-        return self.num_events * row <= _physical_memory() // 2  # an upper bound: decoding packs narrower
+        return self.num_events * row <= physical_memory() // 2  # an upper bound: decoding packs narrower
 
     def __reduce__(self):
         root = None if self._cache_root is None else str(self._cache_root)
@@ -1137,7 +1137,7 @@ def _not_private(found: os.stat_result) -> str | None:
 
 
 @functools.cache
-def _physical_memory() -> int:
+def physical_memory() -> int:
     """This machine's memory, or the container's where a cgroup limits it to less."""
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v2, v1

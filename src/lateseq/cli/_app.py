@@ -58,7 +58,7 @@ from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
 from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
-from lateseq._store import check_commit_id
+from lateseq._store import check_commit_id, physical_memory
 from lateseq._versions import GATE, STORE_ID
 from lateseq.cli import human_bytes
 
@@ -565,7 +565,7 @@ def ingest(
         raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
                           "commits nothing)")
     unit = None if time_unit is None else time_unit.value
-    if (store / "schema.json").is_file():
+    if _is_store(store):
         handle = _open(store)
         schema = handle.schema
         given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
@@ -995,10 +995,10 @@ def tenants_check(
 def _fits_in_memory(option: str, value: int, bytes_each: float, measured: str) -> None:
     """Refuses a size that would need more memory than this machine has (from a measured
     run's peak), before the run: it died midway with numpy's MemoryError (s34H)."""
-    need, have = value * bytes_each, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need, have = value * bytes_each, physical_memory()
     if need > have:
         raise SchemaError(f"{option} {value:,} would need about {need / 1e9:,.0f} GB of memory ({measured}), more "
-                          f"than this machine's {have / 1e9:,.0f} GB")
+                          f"than this machine's {have / 1e9:,.0f} GB (its container's, where a cgroup limits it)")
 
 
 @app.command()
