@@ -7,6 +7,7 @@ byte-for-byte the same afterwards.
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -660,3 +661,21 @@ def test_copartition_log_replaces_a_file_only_when_told(store, tmp_path):
     assert kept.read_text() == "not a log"
     lateseq.copartition_log(store, log, kept, overwrite=True)
     assert pq.read_table(kept).num_rows == 2
+
+
+@pytest.mark.parametrize("overwrite", ["no", "false", 0, None])
+def test_overwrite_is_a_bool_not_a_truthy_string(store, tmp_path, overwrite):
+    """``overwrite="no"`` replaced the log: a string is truthy."""
+    kept = tmp_path / "log.parquet"
+    first = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), kept)
+    for write in (lambda: lateseq.log_examples(store, pa.table({"user_id": [2], "request_ts": [40]}), kept,
+                                               overwrite=overwrite),
+                  lambda: lateseq.copartition_log(store, first, kept, overwrite=overwrite)):
+        with pytest.raises(TypeError, match=f"overwrite must be True or False, not {overwrite!r}"):
+            write()
+        assert pq.read_table(kept).equals(first)
+
+
+def test_the_store_constructor_shows_only_public_parameters():
+    """Its signature listed the handles' shared segments and store id (private plumbing)."""
+    assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []

@@ -323,6 +323,8 @@ def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
     """``path`` checked for an example log to be written: outside ``store``, and not
     there already unless ``overwrite`` (a log records what online served, which a later
     version of the store cannot make again; the CLI asks for ``--force``)."""
+    if not isinstance(overwrite, (bool, np.bool_)):  # "no" and "false" are truthy strings
+        raise TypeError(f"overwrite must be True or False, not {overwrite!r}")
     at = outside_store(store, path)
     if not overwrite and (at.exists() or at.is_symlink()):
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")

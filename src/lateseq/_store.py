@@ -121,8 +121,22 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, version: int | str | None = None, *,
                  cache_dir: str | os.PathLike | None = None, merged_reads: Setting = "auto",
-                 readahead: Setting = "auto", _segments: SegmentCache | None = None,
-                 _store_id: str | None = None):
+                 readahead: Setting = "auto"):
+        self._open(path, version, cache_dir, merged_reads, readahead, None, None)
+
+    @classmethod
+    def _sharing(cls, path: str | os.PathLike, version: int | str | None, cache_dir: str | os.PathLike | None,
+                 merged_reads: Setting, readahead: Setting, segments: SegmentCache | None,
+                 store_id: str | None) -> Store:
+        """A handle sharing another's open segments, or checked to be the store a pickled one was of
+        (kept out of the public constructor's signature)."""
+        store = cls.__new__(cls)
+        store._open(path, version, cache_dir, merged_reads, readahead, segments, store_id)
+        return store
+
+    def _open(self, path: str | os.PathLike, version: int | str | None, cache_dir: str | os.PathLike | None,
+              merged_reads: Setting, readahead: Setting, segments: SegmentCache | None,
+              store_id: str | None) -> None:
         for name, value in (("merged_reads", merged_reads), ("readahead", readahead)):
             if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
                 raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
@@ -142,13 +156,13 @@ class Store:
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         # another handle of an open one keeps its read cache, checked (and its root's links resolved) then
-        self.cache_dir = _segments.cache if _segments is not None else self._read_cache(cache_dir)
+        self.cache_dir = segments.cache if segments is not None else self._read_cache(cache_dir)
         schema = load_checked(schema_file, kept_since_v01=True)
         self.schema = Schema.from_json(json.dumps(schema))
         self._schema_crc = content_crc(schema)  # of the file as written: a newer lateseq reads it the same
         self._log = VersionLog(self.path)
-        if _store_id is not None and self._log.store_id != _store_id:  # a handle of that store: is it still there?
-            self._log.store_id = _store_id
+        if store_id is not None and self._log.store_id != store_id:  # a handle of that store: is it still there?
+            self._log.store_id = store_id
             self._log.check_same_store()
         manifest, self._segment_list = self._read_version(version)  # sets self.version
         self.segment_infos = list(self._segment_list.infos)
@@ -170,7 +184,7 @@ class Store:
         self._merged: set[int] = set()  # partitions read through their merged copy
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
         self.num_events: int = manifest["events"]
-        self._segments = _segments or SegmentCache(self.path / "segments", self.cache_dir)
+        self._segments = segments or SegmentCache(self.path / "segments", self.cache_dir)
         self._held: dict[str, Segment] = {}  # the segments this handle opened: what it reads once cleaned up
         if not self._reads_ahead() and not self._segments.random_access:
             self._segments.read_at_random()  # the lineage's first handles saw a smaller store
@@ -286,8 +300,8 @@ class Store:
 
     def _handle(self, version: int | str | None = None) -> Store:
         """Another handle on this store, sharing this one's open segments."""
-        return Store(self.path, version, cache_dir=self._cache_root, merged_reads=self.merged_reads,
-                     readahead=self.readahead, _segments=self._segments, _store_id=self._log.store_id)
+        return Store._sharing(self.path, version, self._cache_root, self.merged_reads, self.readahead,
+                              self._segments, self._log.store_id)
 
     def __repr__(self) -> str:
         settings = "".join(f", {name}={value}" for name, value in (
@@ -1047,8 +1061,7 @@ def read_on(latest: Store, version: int, verify: bool, quiet: bool = False) -> S
 def _unpickle(path: str, version: int | None, cache_dir: str | None, merged_reads: Setting = "auto",
               readahead: Setting = "auto", store_id: str | None = None) -> Store:
     """A handle pickled (to a worker process, a Ray actor): the same store, or an error."""
-    return Store(path, version, cache_dir=cache_dir, merged_reads=merged_reads, readahead=readahead,
-                 _store_id=store_id)
+    return Store._sharing(path, version, cache_dir, merged_reads, readahead, None, store_id)
 
 
 def _store_holding(path: Path) -> Path | None:
