@@ -12,7 +12,9 @@ lz4 and with zstd (each batch decompressed into its own buffers), in log order a
 by user (a compressor then finds each row's history in the row before; lateseq is timed
 reading the examples in that order too, its own side).
 The smallest Parquet form (nested lists, with the settings it usually picks) sits beside
-the same settings over flat columns; its choice of settings and the states of many
+the same settings over flat columns, and beside those flat columns as plain zstd frames of
+8 loader batches each (by user: the smallest form a skeptic has found, no Parquet pages or
+levels to decode); its choice of settings and the states of many
 segments are materialize.py's. Every
 form is checked equal to lateseq's rebuild before timing. Where the Fat Rows of every
 example would not fit, both sides are timed on the same uniform sample of requests (all
@@ -59,7 +61,7 @@ from workload import (
     store_files,
 )
 
-FORMS = ("arrow-ipc", "flat-npy", *MORE_FORMS, "parquet-smallest")  # the last: beside the flat Parquet, its usual settings
+FORMS = ("arrow-ipc", "flat-npy", *MORE_FORMS, "parquet-smallest")  # the last: beside the flat ones, its usual settings
 NS = (256, 4096)
 EVENT_BYTES = materialize.EVENT_BYTES
 

@@ -587,6 +587,7 @@ FORMS_TEXT = {"arrow-ipc": "IPC mmap (materialize.py's)", "flat-npy": "flat .npy
               "arrow-ipc-lz4": "IPC lz4", "arrow-ipc-zstd": "IPC zstd", "arrow-ipc-lz4-by-user": "IPC lz4, by user",
               "arrow-ipc-zstd-by-user": "IPC zstd, by user",
               "parquet-flat-by-user": "PQ zstd, flat columns + offsets, by user",
+              "zstd-frames-by-user": "zstd frames of flat columns, 8 batches each, by user",
               "parquet-smallest": "PQ zstd, nested lists, by user (materialize.py's smallest)"}
 
 

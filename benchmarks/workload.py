@@ -66,14 +66,15 @@ TIERED_POLICY = "tiered"  # what ``Store.compact(policy=...)`` is asked for, whe
 # fastest form, timed beside the others in every run
 FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc", "flat-npy")
 # forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: compressed IPC
-# (about lateseq's bytes), and the smallest Parquet's settings over flat event columns
-# (no list levels to decode; s21d)
+# (about lateseq's bytes), the smallest Parquet's settings over flat event columns
+# (no list levels to decode; s21d), and those flat columns as zstd frames of a few loader
+# batches each (smaller than any Parquet form, no page or level decoding at all; s34C)
 MORE_FORMS = ("arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",
-              "parquet-flat-by-user")
+              "parquet-flat-by-user", "zstd-frames-by-user")
 _IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd", "arrow-ipc-lz4-by-user": "lz4",
                     "arrow-ipc-zstd-by-user": "zstd"}
 BY_USER = ("parquet-smallest", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",  # examples ordered by ``by_user``:
-           "parquet-flat-by-user")
+           "parquet-flat-by-user", "zstd-frames-by-user")
 # a compressor finds a user's previous history in each row
 
 
@@ -575,8 +576,11 @@ class FatRowFile:
     mapped: list | None = field(default=None, repr=False, compare=False)  # IPC: see read_fat_rows
 
 
+_FRAME_TYPES = {"item_id": np.int32, "action": np.int8, "ts": np.int64, "dwell": np.float32}
+
+
 def fat_row_schema(columns: tuple[str, ...] = COLUMNS) -> pa.Schema:
-    types = {"item_id": pa.int32(), "action": pa.int8(), "ts": pa.int64(), "dwell": pa.float32()}
+    types = {name: pa.from_numpy_dtype(dtype) for name, dtype in _FRAME_TYPES.items()}
     return pa.schema([("user_id", pa.int64()), ("request_ts", pa.int64()), ("label", pa.int8()),
                       *[(name, pa.list_(types[name])) for name in columns]])
 
@@ -614,7 +618,7 @@ def write_fat_rows(form: str, path: Path, chunks: Iterator[pa.Table], rows: np.n
     """Writes Fat Row tables (one schema) in ``form``; IPC files get one record batch per
     loader batch; ``flat-npy`` is a folder of one .npy per column (every row's values end
     to end, example columns included) and ``offsets.npy`` (int64, from 0)."""
-    if form in ("flat-npy", "parquet-flat-by-user"):
+    if form in _FLAT_FORMS:
         return _write_flat(form, path, chunks, rows)
     writer = schema = None
     events = 0
@@ -641,13 +645,21 @@ def _events(chunk: pa.Table) -> int:
 
 FLAT_PARQUET = "zstd-9, plain, 32 MB pages"  # the smallest form's usual choice (SMALLEST_CANDIDATES)
 _FLAT_GROUP_EVENTS = 8 << 20  # a row group: whole loader batches, at least this many events
+_FLAT_FORMS = ("flat-npy", "parquet-flat-by-user", "zstd-frames-by-user")
+# a zstd frame holds one column of this many loader batches: 4-16 wrote within 3% of one
+# another at N=256 and 4096 (s34C), more only costs a reader memory; level 9, as the Parquet forms
+_FRAME_BATCHES = 8
+_FRAME_LEVEL = 9
 
 
 def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> FatRowFile:
     """Every row's values end to end, and ``offsets.npy`` (int64, from 0): one .npy per
     column (``flat-npy``), or (``parquet-flat-by-user``) the history columns in
     ``events.parquet``, a row group per run of whole loader batches, and the example
-    columns in ``examples.parquet``, both written with ``FLAT_PARQUET``'s settings."""
+    columns in ``examples.parquet``, both written with ``FLAT_PARQUET``'s settings, or
+    (``zstd-frames-by-user``) each column of every ``_FRAME_BATCHES`` loader batches, the
+    rows' lengths and the example columns included, one zstd frame in ``frames.bin``,
+    with ``frames.npy`` (per group: first row, last row, then each frame's start and size)."""
     parts: dict[str, list[np.ndarray]] = {}
     lengths = []
     for chunk in chunks:
@@ -665,6 +677,8 @@ def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.nd
     if form == "flat-npy":
         for name, values in columns.items():
             np.save(folder / f"{name}.npy", values)
+    elif form == "zstd-frames-by-user":
+        _write_frames(folder, offsets, columns, lists)
     else:
         options = SMALLEST_CANDIDATES[FLAT_PARQUET]
         pq.write_table(pa.table({name: columns[name] for name in columns if name not in lists}),
@@ -674,8 +688,29 @@ def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.nd
             for first, last in _flat_groups(offsets):
                 writer.write_table(pa.table({name: columns[name][offsets[first]:offsets[last]] for name in lists}),
                                    row_group_size=int(offsets[last] - offsets[first]))
+    settings = {"parquet-flat-by-user": FLAT_PARQUET,
+                "zstd-frames-by-user": f"zstd-{_FRAME_LEVEL}, {_FRAME_BATCHES} batches a frame"}.get(form, "")
     return FatRowFile(form, folder, rows, sum(p.stat().st_size for p in folder.iterdir()), int(offsets[-1]),
-                      tuple(lists), FLAT_PARQUET if form != "flat-npy" else "")
+                      tuple(lists), settings)
+
+
+def _write_frames(folder: Path, offsets: np.ndarray, columns: dict[str, np.ndarray], lists: list[str]) -> None:
+    codec = pa.Codec("zstd", compression_level=_FRAME_LEVEL)
+    (folder / "offsets.npy").unlink()  # the lengths travel in the frames
+    index = []
+    with open(folder / "frames.bin", "wb") as out:
+        for first in range(0, len(offsets) - 1, _FRAME_BATCHES * BATCH):
+            last = min(first + _FRAME_BATCHES * BATCH, len(offsets) - 1)
+            parts = [np.diff(offsets[first:last + 1]).astype(np.int32),
+                     *(columns[name][offsets[first]:offsets[last]] for name in lists),
+                     *(values[first:last] for name, values in columns.items() if name not in lists)]
+            entry = [first, last]
+            for part in parts:
+                frame = codec.compress(np.ascontiguousarray(part), asbytes=True)
+                entry += [out.tell(), len(frame)]
+                out.write(frame)
+            index.append(entry)
+    np.save(folder / "frames.npy", np.array(index, np.int64))
 
 
 def _flat_groups(offsets: np.ndarray) -> list[tuple[int, int]]:
@@ -718,7 +753,7 @@ def build_forms(histories: Histories, requests: pa.Table, read_day: np.ndarray, 
     for form in forms:
         order = by_user(requests, rows) if form in BY_USER else rows
         options = SMALLEST_CANDIDATES[smallest] if form == "parquet-smallest" else {}
-        suffix = "" if form == "flat-npy" else ".arrow" if form in _IPC_COMPRESSION else ".parquet"
+        suffix = "" if form in _FLAT_FORMS else ".arrow" if form in _IPC_COMPRESSION else ".parquet"
         path = folder / f"{tag}-{form}{suffix}"
         chunks = fat_row_chunks(histories, requests, read_day, order, max_len)
         out[form] = write_fat_rows(form, path, chunks, order, **options)
@@ -742,6 +777,9 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
         return
     if file.form == "parquet-flat-by-user":
         yield from _flat_parquet_batches(file)
+        return
+    if file.form == "zstd-frames-by-user":
+        yield from _frame_batches(file)
         return
     if file.form != "arrow-ipc":
         for batch in record_batches(file, file.columns):
@@ -780,6 +818,27 @@ def _flat_parquet_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[s
         local = offsets[first:last + 1] - offsets[first]
         for lo in range(0, last - first, BATCH):
             yield copied_out(local[lo:lo + BATCH + 1], values)
+
+
+def _frame_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The ``zstd-frames-by-user`` form: each group's lengths and history columns
+    decompressed from the mapped file (the example columns left alone, as Parquet's
+    column pruning would), then a batch is a slice of the offsets and a copy per column."""
+    codec = pa.Codec("zstd")
+    index = np.load(file.path / "frames.npy")
+    itemsizes = [np.dtype(_FRAME_TYPES[name]).itemsize for name in file.columns]
+    with pa.memory_map(str(file.path / "frames.bin")) as source:
+        for first, last, *frames in index.tolist():
+            rows = last - first
+            lengths = np.frombuffer(codec.decompress(source.read_at(frames[1], frames[0]), rows * 4), np.int32)
+            offsets = np.zeros(rows + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            events = int(offsets[-1])
+            values = {name: np.frombuffer(codec.decompress(source.read_at(frames[2 * i + 3], frames[2 * i + 2]),
+                                                           events * size), _FRAME_TYPES[name])
+                      for i, (name, size) in enumerate(zip(file.columns, itemsizes, strict=True))}
+            for lo in range(0, rows, BATCH):
+                yield copied_out(offsets[lo:lo + BATCH + 1], values)
 
 
 def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (), random_access: bool = False,

@@ -225,7 +225,7 @@ def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads(out.read_text())
     forms = set(r["settings"]["forms"])
-    assert {"arrow-ipc", "flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd"} <= forms
+    assert {"arrow-ipc", "flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "zstd-frames-by-user"} <= forms
     for work in r["workloads"].values():
         for at in work["n"].values():
             assert set(at["forms"]) == forms and at["lateseq"]["ex_s"] > 0
@@ -234,9 +234,10 @@ def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
             # compressed Fat Rows are smaller than the uncompressed ones, and sorted by user smaller still
             assert at["forms"]["arrow-ipc-zstd"]["bytes"] < at["forms"]["arrow-ipc"]["bytes"]
             assert at["forms"]["arrow-ipc-zstd-by-user"]["bytes"] < at["forms"]["arrow-ipc-zstd"]["bytes"]
+            assert at["forms"]["zstd-frames-by-user"]["bytes"] < at["forms"]["arrow-ipc-zstd"]["bytes"]
             assert at["lateseq_by_user"]["ex_s"] > 0
     text = _module("report").forms_markdown(r, "`x.json`")
-    assert "flat .npy memmaps" in text and "IPC zstd" in text and r["command"] in text
+    assert "flat .npy memmaps" in text and "IPC zstd" in text and "zstd frames" in text and r["command"] in text
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (BENCHMARKS / "results").glob("materialize-*.json")))
