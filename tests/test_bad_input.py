@@ -389,6 +389,18 @@ def test_a_watermark_that_is_not_an_integer_is_refused_before_anything_is_writte
                                lambda: store.commit(events, watermark=watermark))
 
 
+@pytest.mark.parametrize("column, kind, pattern", [
+    ("item", pa.string(), "column 'item' has type string, expected int64"),
+    ("ts", pa.float64(), "column 'ts' has type double; times must be integers"),
+    ("user_id", pa.float32(), "column 'user_id' has type float, expected int64")])
+def test_a_commit_of_no_events_checks_the_types_of_the_columns_it_names(store, column, kind, pattern):
+    """A watermark's commit checked only the names of its columns: a broken export of a
+    quiet hour (strings where ids go) moved the watermark, and the next busy hour failed."""
+    empty = pa.table({column: pa.array([], kind)})
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
+                               lambda: store.commit(empty, watermark=90))
+
+
 def test_a_numpy_integer_watermark_is_published_as_an_int(store):
     events = good(ts=pa.array([40, 40], pa.int64()))
     assert store.commit(events, watermark=np.int64(50)).watermark == 50

@@ -436,6 +436,11 @@ def test_ingest_takes_what_exports_are(tmp_path):
     code, _, err = cli("ingest", tmp_path / "store", empty)
     one_line_error(code, err, str(empty), "--allow-empty")
     assert cli("ingest", tmp_path / "store", empty, "--allow-empty")[:2] == (0, "2\n")  # the latest, unchanged
+    broken = tmp_path / "broken-export.parquet"  # no rows, but strings where the store holds integers
+    pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "ts": pa.array([], pa.int64()),
+                             "item": pa.array([], pa.int64())}), broken)
+    code, _, err = cli("ingest", tmp_path / "store", broken, "--allow-empty")
+    one_line_error(code, err, "column 'user_id' has type string, expected int64")
     (tmp_path / "quiet-hour").mkdir()  # Spark's export of no rows: _SUCCESS alone
     (tmp_path / "quiet-hour" / "_SUCCESS").write_text("")
     assert cli("ingest", tmp_path / "store", tmp_path / "quiet-hour", "--allow-empty")[:2] == (0, "2\n")

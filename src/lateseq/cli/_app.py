@@ -603,7 +603,8 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
     latest = handle.latest_version
     if table.num_rows == 0 and allow_empty:
         if table.num_columns:  # none: a quiet hour's folder of no part file, only _SUCCESS
-            handle.schema.check_columns(table)
+            handle.schema.check_columns(table)  # every column, as a busy hour's export has
+            handle.schema.conform(table, empty=True)
         print(latest)
         _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
