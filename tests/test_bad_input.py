@@ -250,6 +250,10 @@ def test_store_paths_that_are_not_stores(tmp_path):
 @pytest.mark.parametrize("options, pattern", [
     ({"columns": {"item": "uint64"}}, r"'item' has type 'uint64'"),
     ({"columns": {"item": "string"}}, r"supported payload types"),
+    ({"columns": {"item": pa.string()}}, r"'item' has type DataType\(string\); supported payload types"),
+    ({"columns": {"item": pa.uint64()}}, r"'item' has type DataType\(uint64\); supported payload types"),
+    ({"columns": {"item": np.uint32}}, r"'item' has type <class 'numpy.uint32'>; supported payload types"),
+    ({"columns": {3: "int64"}}, r"column names are strings, not int \(3\)"),
     ({"columns": {"_item": "int64"}}, r"reserved"),
     ({"columns": {"ts": "int64"}}, r"'ts' is the user or time column"),
     ({"columns": {"user_id": "int64"}}, r"'user_id' is the user or time column"),
@@ -268,6 +272,21 @@ def test_bad_schemas(options, pattern):
     with pytest.raises(lateseq.SchemaError, match=pattern) as info:
         lateseq.Schema(**options)
     assert isinstance(info.value, ValueError)
+
+
+def test_a_schema_takes_the_pyarrow_and_numpy_types_of_its_columns_by_name(tmp_path):
+    """``pa.int64() == "int64"`` holds: a DataType passed the check by name, then create
+    failed to write it as JSON and a tenant's filter failed to read it as a dtype (s35A);
+    pa.float32() was refused as "DataType(float)"."""
+    given = {"a": pa.int64(), "b": pa.float32(), "c": pa.float64(), "d": pa.bool_(), "e": np.int8,
+             "f": np.dtype("int16"), "g": "int32"}
+    schema = lateseq.Schema(given)
+    assert schema.columns == {"a": "int64", "b": "float32", "c": "float64", "d": "bool", "e": "int8",
+                              "f": "int16", "g": "int32"}
+    assert lateseq.create(tmp_path / "s", schema).schema == schema
+    assert lateseq.check_tenants({"t": lateseq.Projection(10, ("a",), where=lateseq.Filter("e", isin=[1, 3])),
+                                  "u": lateseq.Projection(10, ("a",), where=lateseq.Filter("e", any_bits=1))},
+                                 schema) == []
 
 
 @pytest.mark.parametrize("max_len", [0, -1, 2.5, "3", None, True, np.bool_(True), 2**63, np.uint64(2**63)])
@@ -497,12 +516,13 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     twice = pa.table([pa.array([1]), pa.array([1]), pa.array([2])], names=["user_id", "ts", "ts"])
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"columns \['ts'\] more than once",
                                lambda: store.commit(twice))
-    for before, grace in (("x/y", 0), (1, float("nan")), (True, 0), (1, float("inf"))):
+    for before, grace in (("x/y", 0), (1, float("nan")), (True, 0), (1, float("inf")), (1, True), (1, "0")):
         raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
                                    "before must be|grace_s must be|'x/y' is neither a version number",
                                    lambda before=before, grace=grace: store.cleanup(before, grace_s=grace))
     raises_and_changes_nothing(store, lateseq.VersionNotFound, LookupError, "no tag 'x'",
                                lambda: store.cleanup("x"))
+    assert store.cleanup(1, grace_s=np.int64(0)) == []  # numpy's numbers are numbers (s35A)
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"user_id": [1], "request_ts": [30]})
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "requests are a pyarrow Table, not a "
@@ -683,7 +703,7 @@ def test_overwrite_is_a_bool_not_a_truthy_string(store, tmp_path, overwrite):
     for write in (lambda: lateseq.log_examples(store, pa.table({"user_id": [2], "request_ts": [40]}), kept,
                                                overwrite=overwrite),
                   lambda: lateseq.copartition_log(store, first, kept, overwrite=overwrite)):
-        with pytest.raises(TypeError, match=f"overwrite must be True or False, not {overwrite!r}"):
+        with pytest.raises(lateseq.SchemaError, match=f"overwrite must be True or False, not {overwrite!r}"):
             write()
         assert pq.read_table(kept).equals(first)
 

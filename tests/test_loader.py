@@ -211,8 +211,10 @@ def test_bad_inputs(world, tmp_path):
         iter_batches(store, path, projection, columns=["nope"])
     with pytest.raises(lateseq.SchemaError, match="unknown columns"):
         iter_batches(store, path, lateseq.Projection(3, ("nope",)))
-    with pytest.raises(lateseq.SchemaError, match="batch_size"):
-        iter_batches(store, path, projection, batch_size=0)
+    for wrong in (0, True, 2.0, "8"):
+        with pytest.raises(lateseq.SchemaError, match="batch_size must be a positive integer"):
+            iter_batches(store, path, projection, batch_size=wrong)
+    assert next(iter_batches(store, path, projection, batch_size=np.int64(1)))[0].num_rows == 1  # refused (s35A)
     with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
         next(iter_batches(store, log.drop_columns(["uih_checksum"]), projection))
     with pytest.raises(lateseq.SchemaError, match="clash"):

@@ -19,7 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import ChecksumMismatch, SchemaError, TransformOverflow
+from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
@@ -57,8 +57,7 @@ def iter_batches(
     """
     if not isinstance(store, Store):
         store = Store(store)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise SchemaError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = exact_integer("batch_size", batch_size, 1)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
     batches = _example_batches(examples, batch_size, columns)  # validates the log eagerly
     return _materialized(store, batches, projection, columns, verify, on_mismatch)

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import PointerError, SchemaError, exact_integer
+from ._errors import PointerError, SchemaError, exact_bool, exact_integer
 from ._events import partition_of
 from ._format import replaced_when_written
 from ._kernels import Visibility
@@ -323,8 +323,7 @@ def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
     """``path`` checked for an example log to be written: outside ``store``, and not
     there already unless ``overwrite`` (a log records what online served, which a later
     version of the store cannot make again; the CLI asks for ``--force``)."""
-    if not isinstance(overwrite, (bool, np.bool_)):  # "no" and "false" are truthy strings
-        raise TypeError(f"overwrite must be True or False, not {overwrite!r}")
+    overwrite = exact_bool("overwrite", overwrite)  # "no" and "false" are truthy strings
     at = outside_store(store, path)
     if not overwrite and (at.exists() or at.is_symlink()):
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")

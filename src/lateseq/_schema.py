@@ -69,12 +69,10 @@ class Schema:
     def __post_init__(self) -> None:
         if not isinstance(self.columns, dict):
             raise SchemaError(f"columns must map names to types, e.g. {{'item_id': 'int64'}}; got {self.columns!r}")
-        for name, dtype in self.columns.items():
-            if dtype not in PAYLOAD_TYPES:
-                raise SchemaError(
-                    f"column {name!r} has type {dtype!r}; supported payload types are "
-                    f"{', '.join(PAYLOAD_TYPES)}"
-                )
+        object.__setattr__(self, "columns", {name: _type_name(name, dtype) for name, dtype in self.columns.items()})
+        for name in self.columns:
+            if not isinstance(name, str):
+                raise SchemaError(f"column names are strings, not {type(name).__name__} ({name!r})")
             if name.startswith("_"):
                 raise SchemaError(f"column {name!r}: names starting with '_' are reserved")
         if self.user_col == self.time_col:
@@ -405,6 +403,24 @@ def _arrow_ids(values: Any, what: str) -> pa.Array | pa.ChunkedArray:
     if raw.ndim != 1:
         raise SchemaError(f"{what} must be one-dimensional, not of shape {raw.shape}")
     return pa.array(raw if raw.dtype.isnative else raw.astype(raw.dtype.newbyteorder("=")))
+
+
+def _type_name(column: str, dtype: Any) -> str:
+    """A payload column's type as its name in ``PAYLOAD_TYPES``, from the name or the
+    pyarrow or numpy type a user writes (``pa.int64() == "int64"`` holds, so a DataType
+    passed a check by name and then failed to be written as JSON)."""
+    if isinstance(dtype, str) and dtype in PAYLOAD_TYPES:
+        return dtype
+    if isinstance(dtype, pa.DataType):
+        name = next((n for n, t in PAYLOAD_TYPES.items() if t == dtype), None)
+    elif isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        name = np.dtype(dtype).name
+    else:
+        name = None
+    if name not in PAYLOAD_TYPES:
+        raise SchemaError(f"column {column!r} has type {dtype!r}; supported payload types are "
+                          f"{', '.join(PAYLOAD_TYPES)}")
+    return name
 
 
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import stat
@@ -676,7 +677,7 @@ class Store:
         On a disk too full for its records, it first deletes the read cache's copies that
         no version it keeps reads (their room is freed once no process maps them).
         """
-        if not isinstance(grace_s, int | float) or not 0 <= grace_s < float("inf"):
+        if not isinstance(grace_s, numbers.Real) or isinstance(grace_s, bool) or not 0 <= grace_s < float("inf"):
             raise SchemaError(f"grace_s must be a non-negative number of seconds, got {grace_s!r}")
         if isinstance(before, str):
             before = self._log.resolve(before, checked=False)
