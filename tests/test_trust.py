@@ -1296,6 +1296,24 @@ def test_a_read_cache_lock_made_a_folder_is_made_again_or_named(store, log):
             assert same(output(store.path, log), expected) and lock.is_file()
 
 
+def test_a_read_cache_on_a_read_only_disk_is_named_as_such(store, log, monkeypatch):
+    """A store copied without its read cache, on a read-only mount: the error said "No such
+    file or directory" (of the lock file in the folder it could not make), not why (s35B)."""
+    shutil.rmtree(store.cache_dir)
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if Path(path) == store.cache_dir:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(lateseq.StoreError, match=f"cannot create the read cache .*{store.cache_dir.name} "
+                                                 r"\(Read-only file system at cache\); give the read cache a "
+                                                 "writable folder"):
+        output(store.path, log)
+
+
 def example_log_reads(store: lateseq.Store, path: Path) -> dict[str, list | None]:
     """The log as each of lateseq's log readers gives it (None: it raised a LateseqError):
     iter_batches, and the PyTorch dataset's (whole row groups, planned from the footer)."""

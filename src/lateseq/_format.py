@@ -75,10 +75,11 @@ def decoded_file(cache: Path, name: str) -> Path:
     return cache / f"{name}.arrow"
 
 
-def make_folders(path: Path, mode: int) -> None:
+def make_folders(path: Path, mode: int) -> OSError | None:
     """Makes ``path`` and the folders missing above it, each with ``mode`` (at most: the
     umask takes away more); ``mkdir(parents=True)`` gives those above the umask's mode,
-    777 under umask 0. Where one cannot be made, stops there: a use of it says why."""
+    777 under umask 0. Where one cannot be made, stops there and returns why (a use of a
+    file in it would only say the file is missing; a read-only disk is the reason)."""
     missing = [path, *path.parents]
     missing = missing[:next((i for i, p in enumerate(missing) if p.is_dir()), len(missing))]
     for folder in reversed(missing):
@@ -86,8 +87,9 @@ def make_folders(path: Path, mode: int) -> None:
             os.mkdir(folder, mode)
         except FileExistsError:
             continue
-        except OSError:
-            return
+        except OSError as exc:
+            return exc
+    return None
 
 
 def is_segment_name(name: str) -> bool:

@@ -61,7 +61,9 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
     writes it and the others map it."""
     while True:
         try:
-            make_folders(folder, 0o775)  # never writable by all, whatever the umask
+            stopped = make_folders(folder, 0o775)  # never writable by all, whatever the umask
+            if stopped is not None:
+                raise stopped
             lock = open_lock_file(folder / name)
         except OSError as exc:
             if exc.errno == errno.EISDIR and _removed_if_empty(folder / name):
@@ -69,7 +71,8 @@ def cache_lock(folder: Path, name: str) -> Iterator[None]:
             if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP):  # (a folder, a FIFO or device, a link)
                 raise StoreError(f"{folder / name} is not a regular file, where the read cache keeps a lock file "
                                  "(lateseq follows no link there, nor waits on a FIFO): remove it") from exc
-            raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at {name}); "
+            raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at "
+                             f"{Path(exc.filename).name if exc.filename else name}); "
                              "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
                              "LATESEQ_CACHE_DIR)") from exc
         try:
