@@ -197,6 +197,15 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
     assert {p.name for p in damaged} <= found
 
 
+def test_verify_names_a_damaged_commit_id_file_once(store):
+    """It named the damaged file, then said its version "has no file commit-*" (s35B)."""
+    first = store.commit(pa.table({"user_id": [3], "ts": [5000], "item": [1], "rating": [1]}), commit_id="day-1")
+    stored = first.commit(pa.table({"user_id": [3], "ts": [5001], "item": [1], "rating": [1]}), commit_id="day-2")
+    path = next(stored.path.glob(f"versions/commit-*-{first.version:08d}.json"))
+    flip(path, path.stat().st_size // 2)
+    assert [(Path(p.path).name, "damaged" in p.message) for p in verify(stored)] == [(path.name, True)]
+
+
 def test_verify_needs_no_temporary_directory_but_deep(store, monkeypatch):
     """A read-only container: verify made a scratch folder even where only ``deep`` uses
     one, and raised a bare FileNotFoundError (a stranger's)."""

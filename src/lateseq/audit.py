@@ -163,9 +163,10 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
     markers: set[tuple[str, int]] = set()  # (commit id, version) of every commit id's file
+    damaged: set[str] = set()  # the version numbers in the names of those that failed (already named)
     for path in sorted(log.versions_dir.glob("commit-*.json")):
-        if path.name != COMMIT_INDEX:
-            check(path, lambda path=path: markers.add(log.marker(path)))
+        if path.name != COMMIT_INDEX and not check(path, lambda path=path: markers.add(log.marker(path))):
+            damaged.add(path.stem.rsplit("-", 1)[-1])
     try:  # the version up to which every commit id claims its file
         through = log.marked_through()
     except StoreError as exc:
@@ -178,7 +179,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         if not manifest.get("retired"):
             kept.update({i.name: i for i in store._segments_of(number, manifest).infos})
         cid = manifest.get("commit_id")
-        if cid is not None and number <= through and (cid, number) not in markers:
+        if cid is not None and number <= through and (cid, number) not in markers and f"{number:08d}" not in damaged:
             raise StoreError(f"version {number} holds commit id {cid!r}, which has no file commit-*-{number:08d}"
                              f".json (a rerun would commit it again): delete {log.versions_dir / COMMIT_INDEX}, "
                              "and the next commit with an id writes every id's file again")
