@@ -206,6 +206,30 @@ def test_verify_names_a_damaged_commit_id_file_once(store):
     assert [(Path(p.path).name, "damaged" in p.message) for p in verify(stored)] == [(path.name, True)]
 
 
+def test_verify_names_no_file_a_cleanup_deleted_meanwhile_but_those_kept_versions_lack(store, monkeypatch):
+    """A cleanup retiring versions while verify ran deleted segments verify had listed, and
+    verify named them missing in a sound store (s35D)."""
+    from lateseq._format import SegmentInfo
+    old = store.checkout("good")
+    compacted = store.compact()
+    retired = {i.name for i in old.segment_infos} - {i.name for i in compacted.segment_infos}
+    lacking = compacted.path / "segments" / f"{compacted.segment_infos[0].name}.index.arrow"
+    lacking.unlink()  # a kept version's file: always named
+    store.untag("good")
+    checked, cleaned = SegmentInfo.corrupt_files, []
+    assert retired
+
+    def cleaned_first(self, directory):
+        if self.name in retired and not cleaned:  # verify listed it; a cleanup retires its versions now
+            cleaned.extend(compacted.cleanup("latest", grace_s=0))
+        return checked(self, directory)
+
+    monkeypatch.setattr(SegmentInfo, "corrupt_files", cleaned_first)
+    found = verify(compacted)
+    assert {Path(p.path).name for p in found} == {lacking.name}, found
+    assert not any((compacted.path / "segments" / f"{name}.parquet").exists() for name in retired)
+
+
 def test_verify_needs_no_temporary_directory_but_deep(store, monkeypatch):
     """A read-only container: verify made a scratch folder even where only ``deep`` uses
     one, and raised a bare FileNotFoundError (a stranger's)."""

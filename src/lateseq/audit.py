@@ -192,6 +192,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     except OSError as exc:  # no writable temporary directory (a read-only container)
         raise StoreError(f"verify(deep=True) decodes every segment into a scratch folder, and cannot make one "
                          f"({exc}): set TMPDIR to a writable folder") from None
+    found_before = len(problems)
     with scratch_folder as scratch:
         for info in kept.values():
             corrupt = info.corrupt_files(segments)
@@ -206,10 +207,19 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
             if deep:
                 check(segments / f"{info.name}.parquet",
                       lambda info=info: decode_segment(segments, info, Path(scratch)))
+    if len(problems) > found_before:  # a cleanup meanwhile may have retired the versions naming a segment
+        # and deleted its files, which no kept version reads now: no problem (as a reader's VersionNotFound)
+        still = {name for _, names in log.kept_partitions() for name in names}
+        problems[found_before:] = [p for p in problems[found_before:] if _segment_of(p.path) in still]
     for sidecar, what in damaged_copies(store.cache_dir):
         problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
                                 "read builds it again from the store's segments)"))
     return problems
+
+
+def _segment_of(path: str) -> str:
+    """The segment a file of the store or of its read cache belongs to (its name's stem)."""
+    return Path(path).name.split(".")[0]
 
 
 def _check_decoded(path: Path, info: SegmentInfo) -> None:
