@@ -520,6 +520,20 @@ class VersionLog:
                 raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
             fsync_dir(self.tags_dir)
 
+    def untag_before(self, before: int) -> list[str]:
+        """Removes the tags of versions older than ``before``, each checked and removed under
+        the tags lock (a listing first, then an untag each, removed a tag another process
+        had moved to a kept version meanwhile, or failed on one it had removed); their names."""
+        removed = []
+        with self.tagging():
+            for name, version in sorted(self.tags().items()):
+                if version < before:
+                    (self.tags_dir / f"{name}.json").unlink(missing_ok=True)
+                    removed.append(name)
+            if removed:
+                fsync_dir(self.tags_dir)
+        return removed
+
     # ------------------------------------------------------------ publishing and cleanup
 
     @contextlib.contextmanager

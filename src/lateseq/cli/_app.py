@@ -733,10 +733,7 @@ def cleanup(
     untagged = []
     if not keep_tags:
         handle.versions()  # every manifest checked first: a damaged one fails the command before a tag goes
-        for name, version in sorted(handle.tags().items()):
-            if version < before:
-                handle.untag(name)
-                untagged.append(name)
+        untagged = handle._log.untag_before(before)
     held = _bytes_under(handle.path, handle.cache_dir)
     retired = handle.cleanup(before, grace_s=grace)
     for version in retired:
