@@ -681,6 +681,10 @@ def test_a_rewrite_that_keeps_the_footer_is_refused_too(world, tmp_path):
         return data[len(data) - 8 - int.from_bytes(data[-8:-4], "little"):]
 
     before = footer()
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    saving = ExampleDataset(store, path, projection, batch_size=10)
+    next(iter(saving))
+    state = saving.state_dict()
     labels = log.column("label").to_numpy().copy()
     j = int(np.flatnonzero(labels[:16] != labels[0])[0])
     labels[0], labels[j] = labels[j], labels[0]  # two of a row group's labels swapped: the same statistics
@@ -689,6 +693,32 @@ def test_a_rewrite_that_keeps_the_footer_is_refused_too(world, tmp_path):
     assert footer() == before
     with pytest.raises(lateseq.SchemaError, match="changed since this dataset was made"):
         list(ds)
+    # nor does a state saved before resume over it in a new process (the swap moved a
+    # trained example into the batches to come, s35C); a copy given its times back does
+    written = state["plan"]["log_written"][0]
+    with pytest.raises(lateseq.SchemaError, match=r"cannot resume: example log .*log.parquet was written again "
+                                                  r"since the state was saved .*os.utime\(path, ns=\(t, t\)\)"):
+        ExampleDataset(store, path, projection, batch_size=10).load_state_dict(state)
+    os.utime(path, ns=(written[1], written[1]))
+    ExampleDataset(store, path, projection, batch_size=10).load_state_dict(state)
+    older = {**state, "plan": {k: v for k, v in state["plan"].items() if k != "log_written"}}
+    ExampleDataset(store, path, projection, batch_size=10).load_state_dict(older)  # saved before it was kept
+
+
+def test_a_state_does_not_resume_over_a_table_whose_examples_moved(world):
+    """A table's identity was its pointer columns: two examples of one pointer with their
+    labels swapped resumed, training one twice and the other never (s35C)."""
+    store, _, log, _ = world
+    projection = lateseq.Projection(MAX_LEN, COLUMNS)
+    labels = log.column("label").to_numpy().copy()
+    j = int(np.flatnonzero(labels != labels[0])[0])
+    labels[0], labels[j] = labels[j], labels[0]
+    swapped = log.set_column(log.schema.get_field_index("label"), "label", pa.array(labels))
+    ds = ExampleDataset(store, log, projection, batch_size=10)
+    next(iter(ds))
+    with pytest.raises(lateseq.SchemaError, match=r"another plan or log \(differing in \['log'\]\)"):
+        ExampleDataset(store, swapped, projection, batch_size=10).load_state_dict(ds.state_dict())
+    ExampleDataset(store, log.slice(0), projection, batch_size=10).load_state_dict(ds.state_dict())
 
 
 def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):

@@ -523,7 +523,7 @@ class ExampleDataset(IterableDataset):
         source = examples if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
         _refuse_newer(self.store, source)
-        self._log = _table_identity(self._table) if self._table is not None else self._file.digest
+        self._log = _table_identity(self._table, self._read) if self._table is not None else self._file.digest
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
@@ -644,8 +644,17 @@ class ExampleDataset(IterableDataset):
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"not an ExampleDataset state: {state!r}") from exc
         mine = self._fingerprint()
+        if isinstance(plan, dict) and "log_written" not in plan:  # saved by a lateseq before it was kept
+            mine.pop("log_written")
         if plan != mine:
             differ = sorted(k for k in mine if not isinstance(plan, dict) or plan.get(k) != mine[k])
+            if differ == ["log_written"]:
+                raise SchemaError(
+                    f"cannot resume: example log {self._file.path} was written again since the state was saved "
+                    f"(its files' sizes and modification times (ns) were {plan['log_written']}, now "
+                    f"{mine['log_written']}). Its footer is the same, but a rewrite can put rows in another order "
+                    "without changing it, and the saved position would then repeat some and skip others. If it is "
+                    "the same file copied without its times, give them back (os.utime(path, ns=(t, t)))")
             raise SchemaError(f"cannot resume: the state was saved with another plan or log (differing in "
                               f"{differ}): saved {plan}, this dataset has {mine}")
         if state.get("done") and epoch < self.epoch:
@@ -666,6 +675,9 @@ class ExampleDataset(IterableDataset):
         out = {k: v for k, v in self._config.items() if k != "row_groups"}
         out["row_groups"] = None if self._config["row_groups"] is None else len(self._config["row_groups"])
         out["log"] = self._log
+        # a rewrite can leave the footer as it was (rows reordered within their row groups,
+        # s35C): what it cannot leave is the files' modification times
+        out["log_written"] = None if self._file is None else [list(w) for w in self._file.written]
         out["dealing_rules"] = DEALING_RULES
         return out
 
@@ -983,10 +995,13 @@ def _disk_read_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
 
 
-def _table_identity(table: pa.Table) -> str:
-    """A digest of a table's pointer columns (a Parquet log's: ``ExampleLog.digest``)."""
+def _table_identity(table: pa.Table, columns: Sequence[str]) -> str:
+    """A digest of the table's ``columns`` a dataset reads, its pointers' and its examples'
+    (two examples of one pointer with their labels swapped are another log; a Parquet
+    log's: ``ExampleLog.digest`` and its files' times)."""
     digest = xxhash.xxh3_64()
-    for name in [f.name for f in POINTER_FIELDS]:
+    for name in columns:
+        digest.update(f"{name}\0".encode())
         for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
             digest.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)).view(np.uint8))
     digest.update(str(table.num_rows).encode())
