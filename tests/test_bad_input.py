@@ -708,6 +708,29 @@ def test_overwrite_is_a_bool_not_a_truthy_string(store, tmp_path, overwrite):
         assert pq.read_table(kept).equals(first)
 
 
+@pytest.mark.parametrize("argument, value", [("on_mismatch", "RAISE"), ("on_mismatch", "error"),
+                                             ("on_mismatch", None), ("verify", "false"), ("verify", None),
+                                             ("verify", 0)])
+def test_a_misspelt_on_mismatch_or_verify_is_refused_not_read_as_flag(store, tmp_path, argument, value):
+    """Anything but "raise" returned histories that failed their checksum, only flagged:
+    a typo turned the check off (s35E)."""
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [30, 30]}))
+    damaged = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                             pa.array([1, 2], log.schema.field("uih_checksum").type))
+    projection = lateseq.Projection(4, ("item",))
+    pq.write_table(damaged, tmp_path / "log.parquet")
+    reads = [lambda kw: lateseq.materialize(store, damaged, projection, **kw),
+             lambda kw: lateseq.materialize_tenants(store, damaged, {"t": projection}, **kw),
+             lambda kw: next(lateseq.iter_batches(store, tmp_path / "log.parquet", projection, **kw))]
+    for read in reads:
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
+                                   f"{argument} must be .*, not {re.escape(repr(value))}",
+                                   lambda read=read: read({argument: value}))
+    with pytest.raises(lateseq.ChecksumMismatch):
+        lateseq.materialize(store, damaged, projection, on_mismatch="raise")
+    assert lateseq.materialize(store, damaged, projection, on_mismatch="flag").mismatched.all()
+
+
 def test_the_store_constructor_shows_only_public_parameters():
     """Its signature listed the handles' shared segments and store id (private plumbing)."""
     assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []

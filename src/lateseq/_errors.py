@@ -107,6 +107,14 @@ def exact_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def reading_checks(verify: object, on_mismatch: object) -> tuple[bool, str]:
+    """``verify`` and ``on_mismatch`` checked: any ``on_mismatch`` but "raise" (a typo's
+    "RAISE", "error", None) returned histories that failed their checksum, only flagged."""
+    if not isinstance(on_mismatch, str) or on_mismatch not in ("raise", "flag"):
+        raise SchemaError(f"on_mismatch must be 'raise' or 'flag', not {on_mismatch!r}")
+    return exact_bool("verify", verify), on_mismatch
+
+
 def exact_integer(name: str, value: object, low: int | None = None, high: int | None = None,
                   kind: str = "an integer") -> int:
     """``value`` as an int when ``is_integer`` and within [low, high]; else a SchemaError

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _kernels
-from ._errors import ChecksumMismatch
+from ._errors import ChecksumMismatch, reading_checks
 from ._format import TIME
 from ._jagged import JaggedBatch
 from ._kernels import Visibility, by_segment, copy_runs
@@ -35,6 +35,7 @@ def gather(
     nearly free), each history's length and checksum are compared with the pointer's;
     a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks the row.
     """
+    verify, on_mismatch = reading_checks(verify, on_mismatch)
     if not isinstance(pointers, Pointers):
         pointers = pointers_from_log(pointers, store.schema)
     columns = projection.resolve(store.schema)

@@ -19,7 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer
+from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer, reading_checks
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
@@ -58,6 +58,7 @@ def iter_batches(
     if not isinstance(store, Store):
         store = Store(store)
     batch_size = exact_integer("batch_size", batch_size, 1)
+    verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
     batches = _example_batches(examples, batch_size, columns)  # validates the log eagerly
     return _materialized(store, batches, projection, columns, verify, on_mismatch)

@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from ._errors import ChecksumMismatch, SchemaError, StoreError, TransformOverflow
+from ._errors import ChecksumMismatch, SchemaError, StoreError, TransformOverflow, reading_checks
 from ._gather import budget_chunks, compare, gather
 from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
@@ -119,6 +119,7 @@ def materialize_tenants(
     tenant instead, and only for tenants without a window or filter.
     """
     _check_store(store)
+    verify, on_mismatch = reading_checks(verify, on_mismatch)
     if not isinstance(tenants, Mapping):
         one = " (for one Projection, call materialize)" if isinstance(tenants, Projection) else ""
         raise SchemaError(f"tenants must be a mapping of name -> lateseq.Projection, got {type(tenants).__name__}{one}")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import ChecksumMismatch, PointerError, SchemaError
+from ._errors import ChecksumMismatch, PointerError, SchemaError, reading_checks
 from ._events import column_numpy
 from ._gather import gather
 from ._jagged import JaggedBatch
@@ -101,6 +101,7 @@ def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
 def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
                       on_mismatch: str = "raise") -> JaggedBatch:
     """Version ``uih_version`` through the pointer, plus the inline tail."""
+    _, on_mismatch = reading_checks(True, on_mismatch)
     inline = inline_tail(store, log)
     bad = ~tail_intact(store, log, inline)
     _check(bad, on_mismatch, "the inline tail does not match the record's seq_checksum")
