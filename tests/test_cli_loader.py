@@ -84,3 +84,20 @@ def test_loader_bad_input_is_one_line(logged, args, match):
     args = [config if a == "T" else d / "ex.parquet" if a == "EX" else a for a in args]
     code, _, err = lateseq("loader", store, d / "ex.parquet", *args)
     assert_one_line_error(code, err, match)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_workers_error_is_one_line_too(logged, workers):
+    """With workers, torch raises a worker's error again with its traceback for text: the
+    CLI printed all 18 lines of it (s35E)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store, d, _, examples = logged
+    log = pq.read_table(d / "ex.parquet")
+    broken = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                            pa.array(range(1, log.num_rows + 1), log.schema.field("uih_checksum").type))
+    pq.write_table(broken, d / "bad.parquet")
+    code, _, err = lateseq("loader", store, d / "bad.parquet", "--max-len", 3, "--workers", workers)
+    assert_one_line_error(code, err, "rebuilt histories differ from what online saw")
+    assert "Traceback" not in err and "worker process" not in err

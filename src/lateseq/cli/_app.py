@@ -73,6 +73,18 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _from_worker(message: str) -> str:
+    """A DataLoader worker's error as its own message: torch raises it again in the parent
+    with the worker's traceback for its text ("Caught X in DataLoader worker process 0.
+    Original Traceback ... X: message")."""
+    lines = message.splitlines()
+    if not (lines and lines[0].startswith("Caught ") and " in DataLoader worker process " in lines[0]):
+        return message
+    last = max((i for i, line in enumerate(lines) if i > 1 and line[:1] not in ("", " ") and ": " in line),
+               default=None)
+    return message if last is None else "\n".join(lines[last:]).split(": ", 1)[1]
+
+
 class _Terminated(BaseException):
     """SIGTERM (what Airflow, Kubernetes and ``timeout`` send), raised where the command
     was, as SIGINT raises KeyboardInterrupt: what it was writing is removed on the way out
@@ -237,10 +249,10 @@ class _Group(TyperGroup):
             _signalled()
             _fail("interrupted", 130)
         except ChecksumMismatch as exc:  # its hint names the Python API's option
-            _fail(f"{exc.problem} `lateseq audit STORE EXAMPLES` reports each row and its cause.")
+            _fail(f"{_from_worker(exc.problem)} `lateseq audit STORE EXAMPLES` reports each row and its cause.")
         except _USER_ERRORS as exc:
             _signalled()
-            _fail(str(exc) or type(exc).__name__)
+            _fail(_from_worker(str(exc)) or type(exc).__name__)
         except Exception as exc:
             _signalled()
             if _is_usage_error(exc):
