@@ -77,6 +77,19 @@ def test_streaming_and_batch_rebuild_exactly(world):
     assert again.values["item_id"].tolist() == served.values["item_id"].tolist()
 
 
+def test_online_names_requests_that_are_no_table(world):
+    """A DataFrame failed with AttributeError ('DataFrame' object has no attribute 'column'),
+    where log_examples says how to make the table (s35E)."""
+    pd = pytest.importorskip("pandas")
+    store, tier = world
+    with pytest.raises(lateseq.SchemaError, match=r"requests are a pyarrow Table, not a DataFrame \(pa.Table"):
+        OnlineReader(store, tier, PROJECTION).serve(pd.DataFrame({"user_id": [1], "request_ts": [25]}))
+    with pytest.raises(lateseq.SchemaError, match="requests have no column 'request_ts'"):
+        OnlineReader(store, tier, PROJECTION).serve(pa.table({"user_id": [1]}))
+    log, _ = OnlineReader(store, tier, PROJECTION).serve(pa.record_batch({"user_id": [1], "request_ts": [25]}))
+    assert log.num_rows == 1
+
+
 @pytest.mark.parametrize("id_type", [pa.uint64(), pa.int32(), "dictionary", "chunked"])
 def test_online_serves_the_tail_of_user_ids_of_any_integer_type(world, id_type):
     """Ids as Arrow sends them: uint64 ids above 2**53 searched among the tier's int64

@@ -210,15 +210,9 @@ def make_pointers(store: Store, user_id: np.ndarray, request_ts: np.ndarray | pa
     )
 
 
-def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | None = None, *,
-                 overwrite: bool = False) -> pa.Table:
-    """Adds a pointer to every request (columns ``user_id``, ``request_ts``, any others kept).
-
-    Writes the example log to ``path`` as Parquet when given, and returns it. A file
-    already there is replaced only with ``overwrite`` (see ``new_log``).
-    """
-    if path is not None:
-        new_log(store, path, overwrite)
+def checked_requests(requests: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Requests checked to be a table with one ``user_id`` and one ``request_ts`` column,
+    without nulls, and no column lateseq adds."""
     if isinstance(requests, pa.RecordBatch):
         requests = pa.Table.from_batches([requests])
     if not isinstance(requests, pa.Table):
@@ -239,6 +233,19 @@ def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | Non
     if clashes:
         raise SchemaError(f"requests already have pointer columns {clashes}: lateseq adds these (uih_*, and "
                           "seq_length, seq_checksum, tail_version and tail_* in two-tier records); rename them")
+    return requests
+
+
+def log_examples(store: Store, requests: pa.Table, path: str | os.PathLike | None = None, *,
+                 overwrite: bool = False) -> pa.Table:
+    """Adds a pointer to every request (columns ``user_id``, ``request_ts``, any others kept).
+
+    Writes the example log to ``path`` as Parquet when given, and returns it. A file
+    already there is replaced only with ``overwrite`` (see ``new_log``).
+    """
+    if path is not None:
+        new_log(store, path, overwrite)
+    requests = checked_requests(requests)
     pointers = make_pointers(store, requests.column("user_id"), requests.column("request_ts"))
     examples = pointers
     for name in requests.column_names:

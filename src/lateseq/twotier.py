@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from ._errors import PointerError, SchemaError, StoreError
 from ._jagged import JaggedBatch
 from ._materialize import materialize
-from ._pointers import log_examples, pointers_from_log
+from ._pointers import checked_requests, log_examples, pointers_from_log
 from ._projection import Projection
 from ._records import (
     RECORD_FIELDS,
@@ -122,6 +122,7 @@ class OnlineReader:
 
     def serve(self, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
         """The log records and the sequences served, for requests at ``request_ts``."""
+        requests = checked_requests(requests)
         store = self.store.latest()
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts",
                                                        requests=True))
