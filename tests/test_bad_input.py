@@ -8,6 +8,7 @@ byte-for-byte the same afterwards.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -729,6 +730,17 @@ def test_a_misspelt_on_mismatch_or_verify_is_refused_not_read_as_flag(store, tmp
     with pytest.raises(lateseq.ChecksumMismatch):
         lateseq.materialize(store, damaged, projection, on_mismatch="raise")
     assert lateseq.materialize(store, damaged, projection, on_mismatch="flag").mismatched.all()
+
+
+@pytest.mark.parametrize("name", ["a" * 245 + ".parquet", "é" * 123 + ".parquet"])
+def test_an_output_named_near_the_limit_is_written(store, tmp_path, name):
+    """Its temporary's name (14 bytes more) was too long: a name the file system takes
+    was refused, the error naming the temporary (s35E). A character cut in two is kept."""
+    assert len(os.fsencode(name)) <= 255
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "out" / name
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), path)
+    assert pq.read_table(path).equals(log) and os.listdir(tmp_path / "out") == [name]
 
 
 def test_the_store_constructor_shows_only_public_parameters():

@@ -344,7 +344,19 @@ def _ipc_bytes(batch: pa.RecordBatch) -> pa.Buffer:
 def temporary_path(path: Path) -> Path:
     """A name no other process writes to, renamed into place when complete: readers
     never see half a file, and two processes decoding the same segment cannot mix."""
-    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{_temporary_tail(path.name)}")
+
+
+_NAME_MAX = 255  # bytes in a file's name, on Linux's file systems
+_TEMPORARY_PREFIX = len(".tmp-01234567-")
+
+
+def _temporary_tail(name: str) -> str:
+    """``name`` cut to fit after a temporary's prefix: an output named near the limit was
+    refused (its temporary's name too long, s35E)."""
+    encoded = os.fsencode(name)
+    return name if len(encoded) <= _NAME_MAX - _TEMPORARY_PREFIX else os.fsdecode(
+        encoded[:_NAME_MAX - _TEMPORARY_PREFIX])  # a character cut in two: its bytes kept (surrogateescape)
 
 
 _ABANDONED_S = 3600  # a temporary not written to for this long is a killed writer's (a live one appends)
@@ -354,8 +366,9 @@ def _remove_abandoned_temporaries(path: Path) -> None:
     """Removes ``temporary_path``s of ``path`` left by a writer killed (kill -9, the OOM
     killer) before it could, untouched for ``_ABANDONED_S``: hidden files that stayed in an
     output folder through every later run."""
-    pattern = re.compile(r"\.tmp-[0-9a-f]{8}-" + re.escape(path.name))
-    for candidate in path.parent.glob(f".tmp-*-{glob_escape(path.name)}"):
+    tail = _temporary_tail(path.name)
+    pattern = re.compile(r"\.tmp-[0-9a-f]{8}-" + re.escape(tail))
+    for candidate in path.parent.glob(f".tmp-*-{glob_escape(tail)}"):
         with contextlib.suppress(OSError):
             found = candidate.lstat()
             if (pattern.fullmatch(candidate.name) and stat.S_ISREG(found.st_mode)
