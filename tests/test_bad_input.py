@@ -735,7 +735,7 @@ def test_a_misspelt_on_mismatch_or_verify_is_refused_not_read_as_flag(store, tmp
 @pytest.mark.parametrize("name", ["a" * 245 + ".parquet", "é" * 123 + ".parquet"])
 def test_an_output_named_near_the_limit_is_written(store, tmp_path, name):
     """Its temporary's name (14 bytes more) was too long: a name the file system takes
-    was refused, the error naming the temporary (s35E). A character cut in two is kept."""
+    was refused, the error naming the temporary (s35E)."""
     assert len(os.fsencode(name)) <= 255
     (tmp_path / "out").mkdir()
     path = tmp_path / "out" / name

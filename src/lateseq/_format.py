@@ -352,11 +352,11 @@ _TEMPORARY_PREFIX = len(".tmp-01234567-")
 
 
 def _temporary_tail(name: str) -> str:
-    """``name`` cut to fit after a temporary's prefix: an output named near the limit was
-    refused (its temporary's name too long, s35E)."""
-    encoded = os.fsencode(name)
-    return name if len(encoded) <= _NAME_MAX - _TEMPORARY_PREFIX else os.fsdecode(
-        encoded[:_NAME_MAX - _TEMPORARY_PREFIX])  # a character cut in two: its bytes kept (surrogateescape)
+    """``name``'s end, whole characters, that fits after a temporary's prefix: an output
+    named near the limit was refused (its temporary's name too long, s35E)."""
+    while len(os.fsencode(name)) > _NAME_MAX - _TEMPORARY_PREFIX:
+        name = name[1:]
+    return name
 
 
 _ABANDONED_S = 3600  # a temporary not written to for this long is a killed writer's (a live one appends)
