@@ -743,6 +743,27 @@ def test_an_output_named_near_the_limit_is_written(store, tmp_path, name):
     assert pq.read_table(path).equals(log) and os.listdir(tmp_path / "out") == [name]
 
 
+def test_a_store_is_created_in_a_new_or_empty_folder_only(tmp_path, monkeypatch):
+    """create("") made the current folder a store, and a folder holding other stores took
+    them inside it (s35E); the CLI's ingest refused both already."""
+    schema = lateseq.Schema({"item": "int64"})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(lateseq.StoreError, match="a store's path is empty"):
+        lateseq.create("", schema)
+    with pytest.raises(lateseq.SchemaError, match="cache_dir is empty"):
+        lateseq.open(lateseq.create(tmp_path / "inner", schema).path, cache_dir="")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(lateseq.StoreError, match=r"is not empty \(it holds inner, notes.txt\); create a store in a "
+                                                 "new or empty folder"):
+        lateseq.create(tmp_path, schema)
+    assert snapshot(tmp_path) == before
+    killed = tmp_path / "killed"  # a create killed before its schema: its empty folders
+    for sub in ("versions", "segments", "tags"):
+        (killed / sub).mkdir(parents=True)
+    assert lateseq.create(killed, schema).version == 0
+
+
 def test_the_store_constructor_shows_only_public_parameters():
     """Its signature listed the handles' shared segments and store id (private plumbing)."""
     assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []

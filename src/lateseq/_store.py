@@ -144,6 +144,8 @@ class Store:
         self.merged_reads = merged_reads
         self.readahead = readahead
         self.path = Path(path).absolute()  # a relative path would follow later changes of directory
+        if isinstance(cache_dir, str | bytes) and not cache_dir:  # an unset variable's "": not the current folder
+            raise SchemaError("cache_dir is empty; name the read cache's folder, or leave it None (inside the store)")
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
@@ -218,12 +220,21 @@ class Store:
 
     @classmethod
     def create(cls, path: str | os.PathLike, schema: Schema) -> Store:
-        """A new, empty store (version 0) at ``path``, which must not hold one already."""
+        """A new, empty store (version 0) at ``path``: a new or empty folder."""
+        if isinstance(path, str | bytes) and not path:  # an unset variable's "": not the current folder
+            raise StoreError("a store's path is empty; name its folder ('.' for the current one)")
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not a store directory")
         if (path / "schema.json").exists():
             raise StoreError(f"{path} already holds a store")
+        # what a folder may hold: the empty folders of a create killed before its schema
+        held = sorted(p.name for p in path.iterdir() if not (p.name in ("versions", "segments", "tags")
+                                                              and p.is_dir() and not any(p.iterdir()))
+                      ) if path.is_dir() else []
+        if held:  # its cleanup would leave them be, but a store in it would sit inside this one
+            raise StoreError(f"{path} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                             "create a store in a new or empty folder")
         inside = _store_holding(path.resolve().parent)
         if inside is not None:
             raise StoreError(f"{path} is inside the store {inside}; create a store elsewhere")
