@@ -764,6 +764,24 @@ def test_a_store_is_created_in_a_new_or_empty_folder_only(tmp_path, monkeypatch)
     assert lateseq.create(killed, schema).version == 0
 
 
+def test_integers_past_int64_strings_for_lists_and_ids_of_other_types_are_named(store, tmp_path):
+    """Each failed with numpy's, pyarrow's or a wrong reason's error (s35E)."""
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30], "label": [1]}))
+    projection = lateseq.Projection(4, ("item",))
+    for call, pattern in (
+            (lambda: next(lateseq.iter_batches(store, log, projection, batch_size=2**64)),
+             "batch_size must be an integer from 1 to 9223372036854775807, got 18446744073709551616"),
+            (lambda: next(lateseq.iter_batches(store, log, projection, columns="label")),
+             r"columns must be a list of names, not the string 'label' \(columns=\['label'\]\)"),
+            (lambda: lateseq.materialize(store, log, projection).padded("item", 2**64),
+             "padded: length must be an integer from 0 to 9223372036854775807"),
+            (lambda: store.commit(good(), commit_id=5), r"a commit id is a string, not int \(5\)"),
+            (lambda: store.commit(good(), commit_id="ü"), "must be 1-256 printable ASCII characters")):
+        with pytest.raises(lateseq.SchemaError, match=pattern):
+            call()
+    assert lateseq.open(store.path).version == store.version
+
+
 def test_the_store_constructor_shows_only_public_parameters():
     """Its signature listed the handles' shared segments and store id (private plumbing)."""
     assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []

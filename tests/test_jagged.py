@@ -96,6 +96,7 @@ PADS = [  # (dtype, pad value, whether the column holds it exactly)
     ("int8", 300, False), ("int8", -128, True), ("bool", -1, False), ("bool", True, True), ("bool", 1, True),
     ("float32", float("nan"), True), ("float32", -np.inf, True), ("float32", 1e300, False),
     ("float32", 2**24 + 1, False), ("float64", np.float32(0.5), True), ("int32", np.int64(2**31), False),
+    ("int64", True, False), ("uint8", np.bool_(False), False), ("float32", True, False),  # s35E: True padded with 1
 ]
 
 

@@ -465,6 +465,13 @@ def test_stateful_dataloader_resumes_with_exactly_the_next_batches(world, num_wo
         assert all(same(a, b) for a, b in zip(rest, full[stop + 1:], strict=True)), f"after batch {stop}"
 
 
+@pytest.mark.parametrize("epoch", [-1, 2**63, True, "1"])
+def test_an_epoch_is_a_non_negative_int64(world, epoch):
+    """2**64 failed with torch's "Overflow when unpacking long long" (s35E)."""
+    with pytest.raises(lateseq.SchemaError, match="epoch must be an integer from 0 to 9223372036854775807"):
+        dataset(world).set_epoch(epoch)
+
+
 def test_the_datasets_state_after_an_epoch_resumes_with_any_workers(world):
     """The dataset's own state saved once an epoch was over, loaded with other workers,
     was refused as a state saved mid-epoch (a stranger's): it resumes at that epoch's end."""

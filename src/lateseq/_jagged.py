@@ -79,7 +79,8 @@ class JaggedBatch:
         oldest first, padded on ``side`` (``length`` None: the longest here). ``side`` and
         ``pad_value`` are keywords: positional, the two classes' orders could be confused."""
         check_padding(self.values, name, side, pad_value)
-        width = int(self.lengths.max(initial=0)) if length is None else exact_integer("padded: length", length, 0)
+        width = (int(self.lengths.max(initial=0)) if length is None
+                 else exact_integer("padded: length", length, 0, 2**63 - 1))
         return pad_rows(self.values[name], self.offsets, width, side == "left", pad_value)
 
     def to_arrow(self) -> pa.Table:
@@ -121,8 +122,8 @@ def check_padding(values: dict, name: str, side: str, pad_value: Any, dtype: np.
 
 def _holds(dtype: np.dtype, value: Any) -> bool:
     """Whether ``value`` is a number that ``dtype`` holds exactly (NaN and infinities in floats)."""
-    if isinstance(value, bool | np.bool_):
-        return dtype.kind in "biu"
+    if isinstance(value, bool | np.bool_):  # into a bool column only: True padding ids is item 1
+        return dtype.kind == "b"
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(value, int | np.integer):
             if dtype.kind == "b":

@@ -57,7 +57,7 @@ def iter_batches(
     """
     if not isinstance(store, Store):
         store = Store(store)
-    batch_size = exact_integer("batch_size", batch_size, 1)
+    batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
     batches = _example_batches(examples, batch_size, columns)  # validates the log eagerly
@@ -215,6 +215,8 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str
                           "(columns=) without them, or rename them")
     if columns is None:
         return None
+    if isinstance(columns, str):  # read letter by letter: "no columns ['l', 'a', 'b', ...]"
+        raise SchemaError(f"columns must be a list of names, not the string {columns!r} (columns=[{columns!r}])")
     unknown = [c for c in columns if c not in schema.names]
     if unknown:
         raise SchemaError(f"example log has no columns {unknown} (it has {schema.names})")

@@ -80,8 +80,10 @@ Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or late
 
 def check_commit_id(commit_id: str | None) -> None:
     """Refuses a commit id that is not 1-256 printable characters without spaces."""
-    if commit_id is not None and (not isinstance(commit_id, str) or not _COMMIT_ID.fullmatch(commit_id)):
-        raise SchemaError(f"commit id {str(commit_id)[:80]!r} must be 1-256 printable characters without spaces")
+    if commit_id is not None and not isinstance(commit_id, str):
+        raise SchemaError(f"a commit id is a string, not {type(commit_id).__name__} ({commit_id!r})")
+    if commit_id is not None and not _COMMIT_ID.fullmatch(commit_id):
+        raise SchemaError(f"commit id {commit_id[:80]!r} must be 1-256 printable ASCII characters without spaces")
 
 
 def check_watermark(watermark: object) -> int | None:

@@ -612,7 +612,7 @@ class ExampleDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Shuffles anew for ``epoch`` (call before each epoch; persistent workers see it
         too, through memory shared with them)."""
-        epoch = exact_integer("epoch", epoch, 0)
+        epoch = exact_integer("epoch", epoch, 0, 2**63 - 1)
         if epoch != self.epoch:
             # a state saved now starts the new epoch, with any number of workers
             self._resume, self._yielded, self._shard_plan, self._shard = None, 0, None, None
