@@ -472,6 +472,15 @@ def test_an_epoch_is_a_non_negative_int64(world, epoch):
         dataset(world).set_epoch(epoch)
 
 
+def test_lengths_past_int64_are_named(world):
+    batch = next(iter(dataset(world)))
+    for call, name in ((lambda: batch.padded("item_id", 2**64), "length"),
+                       (lambda: batch.to_hstu("item_id", "ts", max_len=2**64), "max_len"),
+                       (lambda: batch.to_hstu("item_id", "ts", max_output_length=2**64), "max_output_length")):
+        with pytest.raises(lateseq.SchemaError, match=f"{name} must be an integer from 0 to 9223372036854775807"):
+            call()
+
+
 def test_the_datasets_state_after_an_epoch_resumes_with_any_workers(world):
     """The dataset's own state saved once an epoch was over, loaded with other workers,
     was refused as a state saved mid-epoch (a stranger's): it resumes at that epoch's end."""

@@ -180,7 +180,7 @@ class Batch:
         check_padding(self.values, name, side, pad_value, None if values is None else _numpy_dtype(values.dtype))
         if length is None:
             length = int(self.lengths.max()) if len(self) else 0
-        length = exact_integer("length", length, 0)
+        length = exact_integer("length", length, 0, 2**63 - 1)
         if values.device.type == "cpu":
             return _padded_on_cpu(values, self.offsets, length, side == "left", pad_value)
         return self._padded(values, *self._padding(length, side), pad_value)
@@ -265,7 +265,7 @@ class Batch:
         if time_unit is not None and time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
-        extra = exact_integer("max_output_length", max_output_length, 0)
+        extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
         if target_timestamps is not None:
             target_timestamps = torch.as_tensor(target_timestamps)  # a tensor, an array or a list
         if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
@@ -273,7 +273,7 @@ class Batch:
                               f"(a full history's target goes past max_len); got shape "
                               f"{tuple(target_timestamps.shape)} and max_output_length={extra}")
         width = max_len if max_len is not None else (int(self.lengths.max()) if len(self) else 0)
-        width = exact_integer("max_len", width, 0)
+        width = exact_integer("max_len", width, 0, 2**63 - 1)
         on_cpu = self.offsets.device.type == "cpu"
         padding = None if on_cpu else self._padding(width, "right")  # found once for every column
 
