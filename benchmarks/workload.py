@@ -837,8 +837,10 @@ def _frame_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.
             values = {name: np.frombuffer(codec.decompress(source.read_at(frames[2 * i + 3], frames[2 * i + 2]),
                                                            events * size), _FRAME_TYPES[name])
                       for i, (name, size) in enumerate(zip(file.columns, itemsizes, strict=True))}
-            for lo in range(0, rows, BATCH):
-                yield copied_out(offsets[lo:lo + BATCH + 1], values)
+            for lo in range(0, rows, BATCH):  # views: the buffers are this group's own, fresh (nothing to copy)
+                first_event, last_event = int(offsets[lo]), int(offsets[min(lo + BATCH, rows)])
+                yield (offsets[lo:lo + BATCH + 1] - first_event,
+                       {name: v[first_event:last_event] for name, v in values.items()})
 
 
 def ipc_views(path: Path, columns: tuple[str, ...], flat: tuple[str, ...] = (), random_access: bool = False,
