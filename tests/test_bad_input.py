@@ -770,11 +770,11 @@ def test_integers_past_int64_strings_for_lists_and_ids_of_other_types_are_named(
     projection = lateseq.Projection(4, ("item",))
     for call, pattern in (
             (lambda: next(lateseq.iter_batches(store, log, projection, batch_size=2**64)),
-             "batch_size must be an integer from 1 to 9223372036854775807, got 18446744073709551616"),
+             "batch_size must be a positive integer that fits int64, got 18446744073709551616"),
             (lambda: next(lateseq.iter_batches(store, log, projection, columns="label")),
              r"columns must be a list of names, not the string 'label' \(columns=\['label'\]\)"),
             (lambda: lateseq.materialize(store, log, projection).padded("item", 2**64),
-             "padded: length must be an integer from 0 to 9223372036854775807"),
+             "padded: length must be a non-negative integer that fits int64"),
             (lambda: store.commit(good(), commit_id=5), r"a commit id is a string, not int \(5\)"),
             (lambda: store.commit(good(), commit_id="ü"), "must be 1-256 printable ASCII characters")):
         with pytest.raises(lateseq.SchemaError, match=pattern):

@@ -468,7 +468,7 @@ def test_stateful_dataloader_resumes_with_exactly_the_next_batches(world, num_wo
 @pytest.mark.parametrize("epoch", [-1, 2**63, True, "1"])
 def test_an_epoch_is_a_non_negative_int64(world, epoch):
     """2**64 failed with torch's "Overflow when unpacking long long" (s35E)."""
-    with pytest.raises(lateseq.SchemaError, match="epoch must be an integer from 0 to 9223372036854775807"):
+    with pytest.raises(lateseq.SchemaError, match="epoch must be a non-negative integer"):
         dataset(world).set_epoch(epoch)
 
 
@@ -477,7 +477,7 @@ def test_lengths_past_int64_are_named(world):
     for call, name in ((lambda: batch.padded("item_id", 2**64), "length"),
                        (lambda: batch.to_hstu("item_id", "ts", max_len=2**64), "max_len"),
                        (lambda: batch.to_hstu("item_id", "ts", max_output_length=2**64), "max_output_length")):
-        with pytest.raises(lateseq.SchemaError, match=f"{name} must be an integer from 0 to 9223372036854775807"):
+        with pytest.raises(lateseq.SchemaError, match=f"{name} must be a non-negative integer that fits int64"):
             call()
 
 

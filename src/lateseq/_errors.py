@@ -120,8 +120,10 @@ def exact_integer(name: str, value: object, low: int | None = None, high: int | 
     """``value`` as an int when ``is_integer`` and within [low, high]; else a SchemaError
     naming ``name`` and what it must be."""
     if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):
-        if kind == "an integer" and high is None and low in (0, 1):
-            kind, low = ("a non-negative integer", "a positive integer")[low], None
+        if kind == "an integer" and high in (None, 2**63 - 1) and low in (0, 1):
+            past = high is not None and is_integer(value) and value > high
+            kind = ("a non-negative integer", "a positive integer")[low] + (" that fits int64" if past else "")
+            low = high = None
         bounds = (f" from {low} to {high}" if low is not None and high is not None
                   else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
         got = int(value) if is_integer(value) else f"{type(value).__name__} {value!r}"

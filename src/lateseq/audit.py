@@ -209,7 +209,10 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
                       lambda info=info: decode_segment(segments, info, Path(scratch)))
     if len(problems) > found_before:  # a cleanup meanwhile may have retired the versions naming a segment
         # and deleted its files, which no kept version reads now: no problem (as a reader's VersionNotFound)
-        still = {name for _, names in log.kept_partitions() for name in names}
+        try:
+            still = {name for _, names in log.kept_partitions() for name in names}
+        except StoreError:  # a damaged manifest (named above): which segments stay cannot be told
+            still = {_segment_of(p.path) for p in problems[found_before:]}
         problems[found_before:] = [p for p in problems[found_before:] if _segment_of(p.path) in still]
     for sidecar, what in damaged_copies(store.cache_dir):
         problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "

@@ -1002,10 +1002,19 @@ def _table_identity(table: pa.Table, columns: Sequence[str]) -> str:
     digest = xxhash.xxh3_64()
     for name in columns:
         digest.update(f"{name}\0".encode())
-        for chunk in table.column(name).chunks:  # hashed as a stream: the same whatever the chunking
-            digest.update(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)).view(np.uint8))
+        _digest_values(digest, table.column(name).combine_chunks())  # the same whatever the chunking
     digest.update(str(table.num_rows).encode())
     return digest.hexdigest()
+
+
+def _digest_values(digest: Any, array: pa.Array) -> None:
+    """Adds ``array``'s values to ``digest``: a list column (a two-tier record's tail) as
+    its lengths and its values."""
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        digest.update(np.ascontiguousarray(pc.fill_null(pc.list_value_length(array), -1).to_numpy()).view(np.uint8))
+        _digest_values(digest, array.flatten())
+    else:
+        digest.update(np.ascontiguousarray(array.to_numpy(zero_copy_only=False)).view(np.uint8))
 
 
 def _statistics(footers: Sequence[pq.FileMetaData], name: str) -> Iterator[Any]:
