@@ -588,6 +588,7 @@ FORMS_TEXT = {"arrow-ipc": "IPC mmap (materialize.py's)", "flat-npy": "flat .npy
               "arrow-ipc-zstd-by-user": "IPC zstd, by user",
               "parquet-flat-by-user": "PQ zstd, flat columns + offsets, by user",
               "zstd-frames-by-user": "zstd frames of flat columns, 8 batches each, by user",
+              "lz4-frames-by-user": "LZ4 HC frames of flat columns, 8 batches each, by user",
               "parquet-smallest": "PQ zstd, nested lists, by user (materialize.py's smallest)"}
 
 
@@ -617,7 +618,9 @@ def forms_markdown(results: dict, source: str) -> str:
                     cells += [_n(ours["ex_s"]), "1.00×", _gb(ours["bytes"])]
                 lines.append(f"| {name} | {text} | " + " | ".join(cells) + " |")
     lines += ["", "¹ timed on a uniform sample of requests (all their examples); bytes scaled to every example by "
-              "output events. Bytes in brackets: the form's bytes ÷ lateseq's durable store + example log.",
+              "output events, those of a form by user from every example of random whole users (a uniform sample "
+              "parts a user's examples, which such a form compresses away), scaled by examples. Bytes in brackets: "
+              "the form's bytes ÷ lateseq's durable store + example log.",
               "", "by user: the examples sorted by user, then request time (the form's rows, and lateseq's side "
               "it is divided by: lateseq reading the same examples in the same order); the others in log order."]
     return "\n".join(lines) + "\n"

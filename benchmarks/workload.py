@@ -68,13 +68,14 @@ FORMS = ("parquet-default", "parquet-smallest", "arrow-ipc", "flat-npy")
 # forms a skeptic also picks, compared once in benchmarks/fatrow_forms.py: compressed IPC
 # (about lateseq's bytes), the smallest Parquet's settings over flat event columns
 # (no list levels to decode; s21d), and those flat columns as zstd frames of a few loader
-# batches each (smaller than any Parquet form, no page or level decoding at all; s34C)
+# batches each (smaller than any Parquet form, no page or level decoding at all; s34C) or
+# LZ4 HC ones (bigger, and faster to read than lateseq at N=256; s35H)
 MORE_FORMS = ("arrow-ipc-lz4", "arrow-ipc-zstd", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",
-              "parquet-flat-by-user", "zstd-frames-by-user")
+              "parquet-flat-by-user", "zstd-frames-by-user", "lz4-frames-by-user")
 _IPC_COMPRESSION = {"arrow-ipc": None, "arrow-ipc-lz4": "lz4", "arrow-ipc-zstd": "zstd", "arrow-ipc-lz4-by-user": "lz4",
                     "arrow-ipc-zstd-by-user": "zstd"}
 BY_USER = ("parquet-smallest", "arrow-ipc-lz4-by-user", "arrow-ipc-zstd-by-user",  # examples ordered by ``by_user``:
-           "parquet-flat-by-user", "zstd-frames-by-user")
+           "parquet-flat-by-user", "zstd-frames-by-user", "lz4-frames-by-user")
 # a compressor finds a user's previous history in each row
 
 
@@ -645,11 +646,13 @@ def _events(chunk: pa.Table) -> int:
 
 FLAT_PARQUET = "zstd-9, plain, 32 MB pages"  # the smallest form's usual choice (SMALLEST_CANDIDATES)
 _FLAT_GROUP_EVENTS = 8 << 20  # a row group: whole loader batches, at least this many events
-_FLAT_FORMS = ("flat-npy", "parquet-flat-by-user", "zstd-frames-by-user")
-# a zstd frame holds one column of this many loader batches: 4-16 wrote within 3% of one
-# another at N=256 and 4096 (s34C), more only costs a reader memory; level 9, as the Parquet forms
+# a frame holds one column of this many loader batches: 4-16 wrote within 3% of one
+# another at N=256 and 4096 (s34C), 1 2% more and read 6% slower (s35), more only costs a
+# reader memory; each codec at level 9 (zstd's as the Parquet forms'; LZ4 HC's, s35H's pick)
 _FRAME_BATCHES = 8
+_FRAME_CODECS = {"zstd-frames-by-user": "zstd", "lz4-frames-by-user": "lz4_raw"}
 _FRAME_LEVEL = 9
+_FLAT_FORMS = ("flat-npy", "parquet-flat-by-user", *_FRAME_CODECS)
 
 
 def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.ndarray) -> FatRowFile:
@@ -657,8 +660,9 @@ def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.nd
     column (``flat-npy``), or (``parquet-flat-by-user``) the history columns in
     ``events.parquet``, a row group per run of whole loader batches, and the example
     columns in ``examples.parquet``, both written with ``FLAT_PARQUET``'s settings, or
-    (``zstd-frames-by-user``) each column of every ``_FRAME_BATCHES`` loader batches, the
-    rows' lengths and the example columns included, one zstd frame in ``frames.bin``,
+    (``zstd-frames-by-user``, ``lz4-frames-by-user``) each column of every
+    ``_FRAME_BATCHES`` loader batches, the rows' lengths and the example columns
+    included, one frame of the form's codec in ``frames.bin``,
     with ``frames.npy`` (per group: first row, last row, then each frame's start and size)."""
     parts: dict[str, list[np.ndarray]] = {}
     lengths = []
@@ -677,8 +681,8 @@ def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.nd
     if form == "flat-npy":
         for name, values in columns.items():
             np.save(folder / f"{name}.npy", values)
-    elif form == "zstd-frames-by-user":
-        _write_frames(folder, offsets, columns, lists)
+    elif form in _FRAME_CODECS:
+        _write_frames(folder, offsets, columns, lists, pa.Codec(_FRAME_CODECS[form], compression_level=_FRAME_LEVEL))
     else:
         options = SMALLEST_CANDIDATES[FLAT_PARQUET]
         pq.write_table(pa.table({name: columns[name] for name in columns if name not in lists}),
@@ -689,13 +693,14 @@ def _write_flat(form: str, folder: Path, chunks: Iterator[pa.Table], rows: np.nd
                 writer.write_table(pa.table({name: columns[name][offsets[first]:offsets[last]] for name in lists}),
                                    row_group_size=int(offsets[last] - offsets[first]))
     settings = {"parquet-flat-by-user": FLAT_PARQUET,
-                "zstd-frames-by-user": f"zstd-{_FRAME_LEVEL}, {_FRAME_BATCHES} batches a frame"}.get(form, "")
+                **{frames: f"{codec}-{_FRAME_LEVEL}, {_FRAME_BATCHES} batches a frame"
+                   for frames, codec in _FRAME_CODECS.items()}}.get(form, "")
     return FatRowFile(form, folder, rows, sum(p.stat().st_size for p in folder.iterdir()), int(offsets[-1]),
                       tuple(lists), settings)
 
 
-def _write_frames(folder: Path, offsets: np.ndarray, columns: dict[str, np.ndarray], lists: list[str]) -> None:
-    codec = pa.Codec("zstd", compression_level=_FRAME_LEVEL)
+def _write_frames(folder: Path, offsets: np.ndarray, columns: dict[str, np.ndarray], lists: list[str],
+                  codec: pa.Codec) -> None:
     (folder / "offsets.npy").unlink()  # the lengths travel in the frames
     index = []
     with open(folder / "frames.bin", "wb") as out:
@@ -778,7 +783,7 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
     if file.form == "parquet-flat-by-user":
         yield from _flat_parquet_batches(file)
         return
-    if file.form == "zstd-frames-by-user":
+    if file.form in _FRAME_CODECS:
         yield from _frame_batches(file)
         return
     if file.form != "arrow-ipc":
@@ -821,10 +826,10 @@ def _flat_parquet_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[s
 
 
 def _frame_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """The ``zstd-frames-by-user`` form: each group's lengths and history columns
+    """A frames form (``_FRAME_CODECS``): each group's lengths and history columns
     decompressed from the mapped file (the example columns left alone, as Parquet's
     column pruning would), then a batch is a slice of the offsets and a copy per column."""
-    codec = pa.Codec("zstd")
+    codec = pa.Codec(_FRAME_CODECS[file.form])
     index = np.load(file.path / "frames.npy")
     itemsizes = [np.dtype(_FRAME_TYPES[name]).itemsize for name in file.columns]
     with pa.memory_map(str(file.path / "frames.bin")) as source:
