@@ -225,7 +225,8 @@ def test_fat_row_forms_benchmark_checks_and_reports_every_form(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads(out.read_text())
     forms = set(r["settings"]["forms"])
-    assert {"arrow-ipc", "flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "zstd-frames-by-user", "lz4-frames-by-user"} <= forms
+    assert {"arrow-ipc", "flat-npy", "arrow-ipc-lz4", "arrow-ipc-zstd", "zstd-frames-by-user",
+            "lz4-frames-by-user"} <= forms
     for work in r["workloads"].values():
         for at in work["n"].values():
             assert set(at["forms"]) == forms and at["lateseq"]["ex_s"] > 0
