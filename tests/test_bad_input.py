@@ -255,6 +255,7 @@ def test_store_paths_that_are_not_stores(tmp_path):
     ({"columns": {"item": pa.uint64()}}, r"'item' has type DataType\(uint64\); supported payload types"),
     ({"columns": {"item": np.uint32}}, r"'item' has type <class 'numpy.uint32'>; supported payload types"),
     ({"columns": {3: "int64"}}, r"column names are strings, not int \(3\)"),
+    ({"columns": {"item": np.integer}}, r"'item' has type <class 'numpy.integer'>; supported payload types"),
     ({"columns": {"_item": "int64"}}, r"reserved"),
     ({"columns": {"ts": "int64"}}, r"'ts' is the user or time column"),
     ({"columns": {"user_id": "int64"}}, r"'user_id' is the user or time column"),
@@ -419,6 +420,8 @@ def test_a_commit_of_no_events_checks_the_types_of_the_columns_it_names(store, c
     empty = pa.table({column: pa.array([], kind)})
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
                                lambda: store.commit(empty, watermark=90))
+    # columns of no type (pa.table of empty lists, an empty DataFrame's) hold nothing wrong
+    assert store.commit(pa.table({"user_id": [], "ts": []}), watermark=90).watermark == 90
 
 
 def test_a_numpy_integer_watermark_is_published_as_an_int(store):
@@ -745,7 +748,7 @@ def test_an_output_named_near_the_limit_is_written(store, tmp_path, name):
 
 def test_a_store_is_created_in_a_new_or_empty_folder_only(tmp_path, monkeypatch):
     """create("") made the current folder a store, and a folder holding other stores took
-    them inside it (s35E); the CLI's ingest refused both already."""
+    them inside it (s35E)."""
     schema = lateseq.Schema({"item": "int64"})
     monkeypatch.chdir(tmp_path)
     with pytest.raises(lateseq.StoreError, match="a store's path is empty"):

@@ -441,12 +441,28 @@ def test_ingest_takes_what_exports_are(tmp_path):
                              "item": pa.array([], pa.int64())}), broken)
     code, _, err = cli("ingest", tmp_path / "store", broken, "--allow-empty")
     one_line_error(code, err, "column 'user_id' has type string, expected int64")
+    untyped = tmp_path / "untyped.parquet"  # an empty DataFrame's columns: of no type, nothing in them wrong
+    pq.write_table(pa.table({"user_id": pa.array([]), "ts": pa.array([]), "item": pa.array([])}), untyped)
+    assert cli("ingest", tmp_path / "store", untyped, "--allow-empty")[:2] == (0, "2\n")
     (tmp_path / "quiet-hour").mkdir()  # Spark's export of no rows: _SUCCESS alone
     (tmp_path / "quiet-hour" / "_SUCCESS").write_text("")
     assert cli("ingest", tmp_path / "store", tmp_path / "quiet-hour", "--allow-empty")[:2] == (0, "2\n")
     assert lateseq.open(tmp_path / "store").latest_version == 2
     code, out, _ = cli("ingest", tmp_path / "new", empty, "--allow-empty")  # a store made, nothing committed
     assert (code, out) == (0, "0\n") and lateseq.open(tmp_path / "new").schema.columns == {"item": "int64"}
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    """Path("") is ".": an unset variable's "" made the current folder a store, or put a
+    read cache in it (s35F)."""
+    events = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": [1], "ts": [1], "item": [1]}), events)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for args, name in ((("ingest", "", events), "'store'"), (("--cache-dir", "", "verify", tmp_path), "'--cache-dir'")):
+        code, _, err = cli(*args)
+        one_line_error(code, err, f"Invalid value for {name}: is empty; name a file or folder")
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_piped_tables_keep_their_title_on_one_line_and_a_moved_tag_is_said(tmp_path):

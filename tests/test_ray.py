@@ -166,6 +166,8 @@ def test_bad_input_is_refused_on_the_driver(world, tmp_path):
         materialized(store, path, lateseq.Projection(3, ("price",)))
     with pytest.raises(lateseq.SchemaError, match="actors"):
         materialized(store, path, PROJECTION, actors=0)
+    with pytest.raises(lateseq.SchemaError, match="verify must be True or False, not .no."):  # not in an actor
+        materialized(store, path, PROJECTION, verify="no")
     with pytest.raises(lateseq.SchemaError, match="clashes with the row numbers"):
         read_examples(log.append_column(ROW, pa.array(np.zeros(log.num_rows, np.int64))), [ROW])
     with pytest.raises(lateseq.PointerError, match="missing pointer columns"):

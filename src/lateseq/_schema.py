@@ -139,7 +139,8 @@ class Schema:
         """
         if table.num_rows == 0 and not empty:
             raise SchemaError("no events to commit: the input is empty")
-        expected = [name for name in self.check_columns(table, partial=empty) if name in table.column_names]
+        expected = [name for name in self.check_columns(table, partial=empty) if name in table.column_names
+                    and not (empty and pa.types.is_null(table.schema.field(name).type))]  # no values: none wrong
         targets = {self.user_col: pa.int64(), self.time_col: pa.int64()}
         targets.update({n: PAYLOAD_TYPES[t] for n, t in self.columns.items()})
         arrays = []
@@ -414,7 +415,10 @@ def _type_name(column: str, dtype: Any) -> str:
     if isinstance(dtype, pa.DataType):
         name = next((n for n, t in PAYLOAD_TYPES.items() if t == dtype), None)
     elif isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
-        name = np.dtype(dtype).name
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:  # an abstract one (np.integer): no type of its own
+            name = None
     else:
         name = None
     if name not in PAYLOAD_TYPES:

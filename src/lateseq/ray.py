@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.ray needs Ray Data: pip install 'lateseq[ray]'") from exc
 
-from ._errors import SchemaError, exact_integer
+from ._errors import SchemaError, exact_bool, exact_integer
 from ._events import partition_of
 from ._examplelog import ExampleLog
 from ._materialize import materialize
@@ -152,7 +152,7 @@ class Materializer:
         if clash:
             raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
         self.batch_size = batch_size
-        self.verify = verify
+        self.verify = exact_bool("verify", verify)  # "no" is true: checked here, not at an actor's first batch
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""

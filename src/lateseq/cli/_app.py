@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import inspect
 import json
 import math
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -78,11 +79,12 @@ def _from_worker(message: str) -> str:
     with the worker's traceback for its text ("Caught X in DataLoader worker process 0.
     Original Traceback ... X: message")."""
     lines = message.splitlines()
-    if not (lines and lines[0].startswith("Caught ") and " in DataLoader worker process " in lines[0]):
+    caught = re.fullmatch(r"Caught (\w+) in DataLoader worker process \d+\.", lines[0]) if lines else None
+    if caught is None:
         return message
-    last = max((i for i, line in enumerate(lines) if i > 1 and line[:1] not in ("", " ") and ": " in line),
-               default=None)
-    return message if last is None else "\n".join(lines[last:]).split(": ", 1)[1]
+    raised = re.compile(rf"(?:[\w.]+\.)?{caught.group(1)}: ")  # the traceback's last line, the error's own
+    last = max((i for i, line in enumerate(lines) if i > 1 and raised.match(line)), default=None)
+    return message if last is None else raised.sub("", "\n".join(lines[last:]), count=1)
 
 
 class _Terminated(BaseException):
@@ -299,11 +301,22 @@ def _paragraphs(text: str | None) -> str | None:
 
 def _valueless_flags(params: list[Any]) -> list[Any]:
     """``params`` with each flag's value label left empty: typer 0.29 (its own copy of click)
-    labels every flag, --help included, ``<bool>``, as if it took a value."""
+    labels every flag, --help included, ``<bool>``, as if it took a value; and each path
+    refusing an empty value (``Path("")`` is the current folder: an unset variable's ""
+    made it a store, or put a read cache in it)."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        path = getattr(getattr(param, "type_descriptor", None), "annotation", None) is Path
+        if path and not isinstance(param.process_value, functools.partial):
+            param.process_value = functools.partial(_non_empty_path, param, param.process_value)
     return params
+
+
+def _non_empty_path(param: Any, process: Callable[[Any, Any], Any], ctx: Any, value: Any) -> Any:
+    if isinstance(value, str) and not value:
+        raise typer.BadParameter("is empty; name a file or folder ('.' for the current one)", ctx=ctx, param=param)
+    return process(ctx, value)
 
 
 class _Typer(typer.Typer):
