@@ -785,6 +785,14 @@ def test_integers_past_int64_strings_for_lists_and_ids_of_other_types_are_named(
     assert lateseq.open(store.path).version == store.version
 
 
+def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
+    """Valid on Linux, but pyarrow's writer raised a bare UnicodeEncodeError (s35G)."""
+    path = tmp_path / os.fsdecode(b"log-\xff.parquet")
+    with pytest.raises(lateseq.SchemaError, match="pyarrow writes only UTF-8 file names"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), path)
+    assert not any(tmp_path.glob("log-*"))
+
+
 def test_the_store_constructor_shows_only_public_parameters():
     """Its signature listed the handles' shared segments and store id (private plumbing)."""
     assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []

@@ -141,6 +141,9 @@ def test_strip_keeps_uncovered_tails(world):
     log, _ = OnlineReader(store, tier, PROJECTION).serve(requests((1, 10)))
     stripped, count = strip_tails(store, log)
     assert count == 0 and stripped.equals(log)
+    for flag in ("no", "False", 0):  # "no" erased tails of deleted users (s35G)
+        with pytest.raises(lateseq.SchemaError, match=f"drop_deleted must be True or False, not {flag!r}"):
+            strip_tails(store, log, drop_deleted=flag)
     with pytest.raises(PointerError, match="no kept version covers"):
         rebuild_batch(store, log, PROJECTION)
     assert lateseq.materialize(store, log, PROJECTION).values["item_id"].tolist() == [10]

@@ -41,6 +41,7 @@ def materialize(
     the row. Two-tier records are always verified (their merge relies on it).
     """
     _check_store(store)
+    verify, on_mismatch = reading_checks(verify, on_mismatch)  # (a two-tier log's read ignores verify)
     if projection.selects:
         return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
     return _steady(store, lambda: _materialize(store, examples, projection, verify, on_mismatch))

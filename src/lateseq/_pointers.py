@@ -331,6 +331,10 @@ def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
     there already unless ``overwrite`` (a log records what online served, which a later
     version of the store cannot make again; the CLI asks for ``--force``)."""
     overwrite = exact_bool("overwrite", overwrite)  # "no" and "false" are truthy strings
+    try:
+        os.fsdecode(path).encode()
+    except UnicodeEncodeError:  # bytes of no UTF-8 in a Linux name: pyarrow cannot open it
+        raise SchemaError(f"example log {os.fsdecode(path)!r}: pyarrow writes only UTF-8 file names") from None
     at = outside_store(store, path)
     if not overwrite and (at.exists() or at.is_symlink()):
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")

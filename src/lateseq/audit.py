@@ -4,6 +4,7 @@ match; ``verify`` (``lateseq verify``, an fsck) checks every file of a store."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,15 +14,15 @@ import numpy as np
 import pyarrow as pa
 
 from ._derived import damaged_copies
-from ._errors import LateseqError, StoreError
+from ._errors import LateseqError, SchemaError, StoreError, VersionNotFound, exact_bool, exact_integer
 from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize
-from ._pointers import Pointers, pointers_from_log
+from ._pointers import Pointers, pointers_from_log, require_table
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
 from ._store import Store
-from ._versions import COMMIT_INDEX, STORE_ID, load_checked
+from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked
 
 __all__ = ["AuditReport", "Problem", "audit", "verify"]
 
@@ -47,6 +48,10 @@ class AuditReport:
 
 def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0) -> AuditReport:
     """Rebuilds ``sample`` random records (all by default) and explains mismatches."""
+    if not isinstance(store, Store):
+        raise SchemaError(f"audit reads a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
+    require_table(log)
+    sample = None if sample is None else exact_integer("sample", sample, 1)
     rows = np.arange(log.num_rows)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
@@ -146,6 +151,9 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     """
     import tempfile
 
+    if not isinstance(store, Store):
+        raise SchemaError(f"verify checks a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
+    deep = exact_bool("deep", deep)
     problems: list[Problem] = []
 
     def check(path: Path, action: Callable[[], object]) -> bool:
@@ -160,7 +168,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
     check(store.path / STORE_ID, log.check_id_file)  # this handle's store, its id file sound
     for path in sorted(log.tags_dir.glob("[!.]*.json")):  # not a temporary a crash left (cleanup removes it)
-        check(path, lambda path=path: log.manifest(log.tags_of(path.stem)))  # a tag's own file, and kept
+        check(path, lambda path=path: _tag_kept(log, path))  # a tag's own file, and kept
     kept: dict[str, SegmentInfo] = {}
     markers: set[tuple[str, int]] = set()  # (commit id, version) of every commit id's file
     damaged: set[str] = set()  # the version numbers in the names of those that failed (already named)
@@ -218,6 +226,16 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
                                 "read builds it again from the store's segments)"))
     return problems
+
+
+def _tag_kept(log: VersionLog, path: Path) -> None:
+    """A tag's file checked, and its version kept; nothing where another process untagged
+    it since it was listed (and a cleanup may then have retired its version)."""
+    try:
+        log.manifest(log.tags_of(path.stem))
+    except VersionNotFound:
+        if os.path.lexists(path):
+            raise
 
 
 def _segment_of(path: str) -> str:

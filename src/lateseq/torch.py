@@ -655,8 +655,10 @@ class ExampleDataset(IterableDataset):
                     f"{mine['log_written']}). Its footer is the same, but a rewrite can put rows in another order "
                     "without changing it, and the saved position would then repeat some and skip others. If it is "
                     "the same file copied without its times, give them back (os.utime(path, ns=(t, t)))")
+            older = (" (or by a lateseq before 2026-12-05, whose digest of a table log took its pointer columns "
+                     "only)" if differ == ["log"] and self._table is not None else "")
             raise SchemaError(f"cannot resume: the state was saved with another plan or log (differing in "
-                              f"{differ}): saved {plan}, this dataset has {mine}")
+                              f"{differ}){older}: saved {plan}, this dataset has {mine}")
         if state.get("done") and epoch < self.epoch:
             # this shard's part of that epoch was over and a later epoch is set: it starts
             # afresh. A loader that puts states back as it starts iterating (torchdata's)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import PointerError, SchemaError, StoreError
+from ._errors import PointerError, SchemaError, StoreError, exact_bool
 from ._jagged import JaggedBatch
 from ._materialize import materialize
 from ._pointers import checked_requests, log_examples, pointers_from_log
@@ -159,6 +159,7 @@ def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool
     longer verify, and the audit reports them as ``deleted``. A record served after the
     deletion holds only the user's new events, and keeps them.
     """
+    drop_deleted = exact_bool("drop_deleted", drop_deleted)  # "no" is true: it erased tails
     if isinstance(log, pa.RecordBatch):
         log = pa.Table.from_batches([log])
     if not is_two_tier(log):
