@@ -788,9 +788,11 @@ def test_integers_past_int64_strings_for_lists_and_ids_of_other_types_are_named(
 def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
     """Valid on Linux, but pyarrow's writer raised a bare UnicodeEncodeError (s35G)."""
     path = tmp_path / os.fsdecode(b"log-\xff.parquet")
-    with pytest.raises(lateseq.SchemaError, match="pyarrow writes only UTF-8 file names"):
+    with pytest.raises(lateseq.SchemaError, match="pyarrow reads and writes only UTF-8 file names"):
         lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), path)
-    assert not any(tmp_path.glob("log-*"))
+    with pytest.raises(lateseq.SchemaError, match="pyarrow reads and writes only UTF-8 file names"):
+        lateseq.create(tmp_path / os.fsdecode(b"store-\xff"), store.schema)
+    assert not any(tmp_path.glob("log-*")) and not any(tmp_path.glob("store-*"))
 
 
 def test_the_store_constructor_shows_only_public_parameters():

@@ -465,6 +465,18 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     assert list((tmp_path / "work").iterdir()) == []
 
 
+def test_an_output_name_of_no_utf8_is_one_line(tmp_path):
+    """pointers --out with a name of no UTF-8 (valid on Linux) said 'internal error:
+    UnicodeEncodeError' (s35I)."""
+    pq.write_table(pa.table({"user_id": [1], "ts": [1], "item": [1]}), tmp_path / "e.parquet")
+    pq.write_table(pa.table({"user_id": [1], "request_ts": [5]}), tmp_path / "r.parquet")
+    assert cli("ingest", tmp_path / "store", tmp_path / "e.parquet")[0] == 0
+    out = tmp_path / os.fsdecode(b"log-\xff.parquet")
+    code, _, err = cli("pointers", tmp_path / "store", tmp_path / "r.parquet", "--out", out)
+    one_line_error(code, err, "pyarrow reads and writes only UTF-8 file names")
+    assert not any(tmp_path.glob("log-*"))
+
+
 def test_piped_tables_keep_their_title_on_one_line_and_a_moved_tag_is_said(tmp_path):
     store = tmp_path / ("a-store-with-a-long-name-" + "x" * 60)
     pq.write_table(pa.table({"user_id": [1], "ts": [1], "item": [1]}), tmp_path / "e.parquet")

@@ -244,6 +244,24 @@ def test_verify_names_no_tag_another_process_removed_meanwhile(store, monkeypatc
     assert verify(store) == []
 
 
+def test_verify_names_no_tag_another_process_moved_and_cleaned_meanwhile(store, monkeypatch):
+    """A tag moved to the latest version and the one it named retired, between verify's
+    read of the tag and of the version: 'version 1 was cleaned up' of a sound store (s35I)."""
+    from lateseq._versions import VersionLog
+    read, moved = VersionLog.tags_of, []
+
+    def moved_first(self, name):
+        version = read(self, name)
+        if not moved:
+            other = lateseq.open(store.path)
+            other.tag(name, other.version)
+            moved.extend(other.cleanup("latest", grace_s=0))
+        return version
+
+    monkeypatch.setattr(VersionLog, "tags_of", moved_first)
+    assert verify(store) == [] and moved
+
+
 def test_verify_and_audit_name_what_they_take(store, log):
     for call, pattern in ((lambda: verify(store.path), "verify checks a lateseq Store"),
                           (lambda: verify(store, deep="no"), "deep must be True or False"),

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from ._errors import StoreError
+from ._errors import SchemaError, StoreError
 from ._events import Events
 from ._kernels import event_hashes, user_starts, version_bounds
 
@@ -73,6 +73,15 @@ DERIVED_DIR = "derived"  # the read cache's folder of derived copies
 def decoded_file(cache: Path, name: str) -> Path:
     """Where segment ``name``'s decoded copy lives in a read cache."""
     return cache / f"{name}.arrow"
+
+
+def utf8_path(path: str | os.PathLike) -> None:
+    """SchemaError for a path of bytes that are no UTF-8 (valid on Linux): pyarrow opens
+    only UTF-8 names, and failed with a bare UnicodeEncodeError (s35G)."""
+    try:
+        os.fsdecode(path).encode()
+    except UnicodeEncodeError:
+        raise SchemaError(f"{os.fsdecode(path)!r}: pyarrow reads and writes only UTF-8 file names") from None
 
 
 def make_folders(path: Path, mode: int) -> OSError | None:

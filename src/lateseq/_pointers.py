@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError, exact_bool, exact_integer
 from ._events import partition_of
-from ._format import replaced_when_written
+from ._format import replaced_when_written, utf8_path
 from ._kernels import Visibility
 from ._parquet import columns_described
 from ._schema import Schema, as_user_ids, exported_arrow, frame_hint, string_ids_hint
@@ -320,6 +320,7 @@ def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None =
 def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
     """``path``, refused if it is in ``store``'s directory: a log written over a manifest
     or the schema would destroy the store."""
+    utf8_path(path)
     target = Path(path).resolve()
     if store is not None and store.path.resolve() in (target, *target.parents):
         raise SchemaError(f"{path} is inside the store {store.path}; write it elsewhere")
@@ -331,10 +332,6 @@ def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
     there already unless ``overwrite`` (a log records what online served, which a later
     version of the store cannot make again; the CLI asks for ``--force``)."""
     overwrite = exact_bool("overwrite", overwrite)  # "no" and "false" are truthy strings
-    try:
-        os.fsdecode(path).encode()
-    except UnicodeEncodeError:  # bytes of no UTF-8 in a Linux name: pyarrow cannot open it
-        raise SchemaError(f"example log {os.fsdecode(path)!r}: pyarrow writes only UTF-8 file names") from None
     at = outside_store(store, path)
     if not overwrite and (at.exists() or at.is_symlink()):
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")

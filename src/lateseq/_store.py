@@ -47,7 +47,16 @@ import pyarrow as pa
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
 from ._events import Events, partition_of, row_ranges, rows_by_partition
-from ._format import SYSTEM_COLUMNS, TIME, SegmentInfo, decoded_file, is_segment_name, make_folders, write_segment
+from ._format import (
+    SYSTEM_COLUMNS,
+    TIME,
+    SegmentInfo,
+    decoded_file,
+    is_segment_name,
+    make_folders,
+    utf8_path,
+    write_segment,
+)
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
@@ -225,6 +234,7 @@ class Store:
         """A new, empty store (version 0) at ``path``: a new or empty folder."""
         if isinstance(path, str | bytes) and not path:  # an unset variable's "": not the current folder
             raise StoreError("a store's path is empty; name its folder ('.' for the current one)")
+        utf8_path(path)
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not a store directory")

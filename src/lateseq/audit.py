@@ -4,7 +4,6 @@ match; ``verify`` (``lateseq verify``, an fsck) checks every file of a store."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,12 +229,20 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
 
 def _tag_kept(log: VersionLog, path: Path) -> None:
     """A tag's file checked, and its version kept; nothing where another process untagged
-    it since it was listed (and a cleanup may then have retired its version)."""
+    or moved it since it was listed (and a cleanup may then have retired the version it
+    named: s35G, s35I)."""
+    version = None
     try:
-        log.manifest(log.tags_of(path.stem))
+        version = log.tags_of(path.stem)  # VersionNotFound only when it is gone
+        log.manifest(version)
     except VersionNotFound:
-        if os.path.lexists(path):
+        try:
+            now = log.tags_of(path.stem)
+        except VersionNotFound:
+            return  # untagged meanwhile
+        if now == version:
             raise
+        log.manifest(now)  # moved meanwhile: the version it names now must be kept
 
 
 def _segment_of(path: str) -> str:
