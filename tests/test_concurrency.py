@@ -304,8 +304,9 @@ def run_rounds(tmp_path: Path, seeds: list[int], extra: Iterable[int] = ()) -> C
 
 def test_concurrent_commits_compactions_cleanups_and_reads(tmp_path):
     # a mix (see round_config); extra rounds only while an interleaving is missing: on a machine
-    # busy with other work, 15 rounds once met no cleanup retiring a commit's base (5 do, idle)
-    seen = run_rounds(tmp_path, [101, 102, 103, 106, 110], extra=range(200, 225))
+    # busy with other work, 15 rounds once met no cleanup retiring a commit's base (5 do, idle),
+    # and 30 rounds of a quiet one beside the rest of the suite no read while a cleanup deleted
+    seen = run_rounds(tmp_path, [101, 102, 103, 106, 110], extra=range(200, 250))
     assert not [what for what in MUST_SEE if not seen[what]], f"interleavings never seen; saw {dict(seen)}"
 
 
