@@ -512,27 +512,30 @@ class VersionLog:
         if not os.path.lexists(path):  # refused before the lock: a refusal leaves the store as it was
             raise VersionNotFound(f"no tag {name!r} in {self.root}")
         with self.tagging():
-            try:
-                path.unlink()
-            except FileNotFoundError as exc:
-                raise VersionNotFound(f"no tag {name!r} in {self.root}") from exc
-            except OSError as exc:
-                raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
+            if not self._removed_tag(name):
+                raise VersionNotFound(f"no tag {name!r} in {self.root}")
             fsync_dir(self.tags_dir)
 
     def untag_before(self, before: int) -> list[str]:
         """Removes the tags of versions older than ``before``, each checked and removed under
         the tags lock (a listing first, then an untag each, removed a tag another process
         had moved to a kept version meanwhile, or failed on one it had removed); their names."""
-        removed = []
         with self.tagging():
-            for name, version in sorted(self.tags().items()):
-                if version < before:
-                    (self.tags_dir / f"{name}.json").unlink(missing_ok=True)
-                    removed.append(name)
+            removed = [name for name, version in sorted(self.tags().items())
+                       if version < before and self._removed_tag(name)]
             if removed:
                 fsync_dir(self.tags_dir)
         return removed
+
+    def _removed_tag(self, name: str) -> bool:
+        """Removes tag ``name``'s file (under the tags lock); False where it is gone already."""
+        try:
+            (self.tags_dir / f"{name}.json").unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot untag {name!r} in {self.root}: {exc.strerror}") from exc
+        return True
 
     # ------------------------------------------------------------ publishing and cleanup
 

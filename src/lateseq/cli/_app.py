@@ -223,7 +223,7 @@ class _Group(TyperGroup):
     """Reports every user error, usage errors included, as one ``error:`` line."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _valueless_flags(super().get_params(ctx))
+        return _paths_refuse_empty(_valueless_flags(super().get_params(ctx)))
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -285,7 +285,7 @@ class _Command(TyperCommand):
         self.help = _paragraphs(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _valueless_flags(super().get_params(ctx))
+        return _paths_refuse_empty(_valueless_flags(super().get_params(ctx)))
 
 
 def _paragraphs(text: str | None) -> str | None:
@@ -301,14 +301,19 @@ def _paragraphs(text: str | None) -> str | None:
 
 def _valueless_flags(params: list[Any]) -> list[Any]:
     """``params`` with each flag's value label left empty: typer 0.29 (its own copy of click)
-    labels every flag, --help included, ``<bool>``, as if it took a value; and each path
-    refusing an empty value (``Path("")`` is the current folder: an unset variable's ""
-    made it a store, or put a read cache in it)."""
+    labels every flag, --help included, ``<bool>``, as if it took a value."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+    return params
+
+
+def _paths_refuse_empty(params: list[Any]) -> list[Any]:
+    """``params`` with each path refusing an empty value: ``Path("")`` is the current
+    folder, and an unset variable's "" made it a store, or put a read cache in it."""
+    for param in params:
         path = getattr(getattr(param, "type_descriptor", None), "annotation", None) is Path
-        if path and not isinstance(param.process_value, functools.partial):
+        if path and not isinstance(param.process_value, functools.partial):  # wrapped once
             param.process_value = functools.partial(_non_empty_path, param, param.process_value)
     return params
 
