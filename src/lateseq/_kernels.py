@@ -284,9 +284,11 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
     return _first_at_least(values, base, a, b, bound)
 
 
-# not inlined: compiled once it serves both locate kernels, and inlined it doubled the
-# compilation of each (a kernel per column dtypes: CI compiles dozens from a cold cache);
-# the call costs 0-7% on 30 daily segments, inside this VM's noise
+# a call from _locate_view, which compiles once it serves both locate kernels: inlined
+# there, it tripled that kernel's compilation (a kernel per column dtypes: CI compiles
+# dozens from a cold cache), and the call costs 0-7% on 30 daily segments. Inlined into
+# _locate (every compacted read), where the call was a third of the kernel's time: 25-40
+# us a batch of 1024 pointers, for 1.1 s more compilation (_locate_range_inlined, below)
 @kernel
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
                   t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
@@ -365,6 +367,9 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     if min(n, max_len) == 0:
         return n, s, start, start, False, 0
     return n, s, window_lo, newest + 1 if newest >= 0 else prefix_end, holes, 0
+
+
+_locate_range_inlined = inline_kernel(_locate_range.py_func)
 
 
 @inline_kernel
@@ -450,7 +455,7 @@ def _locate(
         entry = entries[found[p]]
         g = entry[E_SEG]
         seg[p] = g
-        count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range(
+        count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range_inlined(
             entry[E_LO], entry[E_HI], segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
             segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entry[E_LATE],
             segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
