@@ -88,6 +88,8 @@ def test_to_torch_shares_the_data():
     assert tensors["item"].dtype == torch.int64 and tensors["item"].tolist() == [1, 2, 3]
     assert tensors["flag"].dtype == torch.bool
     assert batch.to_torch(device="cpu")["item"].device.type == "cpu"
+    if not torch.cuda.is_available():  # nothing to pin for: plain tensors, as Batch.pin_memory (it raised, s36C)
+        assert batch.to_torch(pin_memory=True)["item"].tolist() == [1, 2, 3]
 
 
 PADS = [  # (dtype, pad value, whether the column holds it exactly)

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -1237,6 +1238,12 @@ def test_to_hstu_and_to_kjt_refuse_what_they_would_misread(batch):
         scored.to_hstu(ids="score")
     with pytest.raises(lateseq.SchemaError, match=r"pass keys=\['item_id'\]"):  # 'batch has no columns ['i', 't', ...
         batch.to_kjt("item_id")
+    with pytest.raises(lateseq.SchemaError, match="timestamps column 'score' holds floats"):  # NaN became -2**63
+        scored.to_hstu(timestamps="score")
+    with pytest.raises(lateseq.SchemaError, match="target_timestamps must be integers"):  # 31.9 became 31
+        batch.to_hstu(max_output_length=1, target_timestamps=[31.9] * len(batch))
+    with pytest.raises(lateseq.SchemaError, match=r"names columns \['item_id'\] more than once"):  # s36C
+        batch.to_kjt(["item_id", "rating", "item_id"])
 
 
 def test_to_kjt_builds_the_documented_constructor_call(batch, monkeypatch):
@@ -1296,7 +1303,7 @@ def test_to_device_and_pin_memory_move_every_tensor(batch, monkeypatch):
     if not torch.cuda.is_available():  # nothing to pin for: the batch itself, as DataLoader(pin_memory=True) does
         assert batch.pin_memory() is batch
     pinned = []
-    monkeypatch.setattr(lateseq.torch, "_has_accelerator", lambda: True)
+    monkeypatch.setattr(lateseq.torch, "has_accelerator", lambda: True)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t) or t.clone())
     from torch.utils.data._utils.pin_memory import (
         pin_memory,  # what DataLoader(pin_memory=True) calls
@@ -1539,3 +1546,44 @@ def test_a_log_that_is_not_parquet_is_said_to_be_so(world, tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(lateseq.SchemaError, match=rf"{name} is not a Parquet file \({len(data):,} bytes"):
             ExampleDataset(store, tmp_path / name, lateseq.Projection(MAX_LEN, COLUMNS))
+
+
+def _labels_and_views(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """A user's collate_fn: tensors of the batch, not the batch."""
+    return batch.rows, batch.examples["label"], batch.offsets, batch.values[COLUMNS[0]]
+
+
+class _Unwrapped(torch.utils.data.IterableDataset):
+    """A user's dataset wrapping the loader's: yields a dict of the batch's tensors."""
+
+    def __init__(self, ds: ExampleDataset):
+        self.ds = ds
+
+    def __iter__(self):
+        return map(self._tensors, self.ds)
+
+    @staticmethod
+    def _tensors(batch: Batch) -> dict[str, torch.Tensor]:
+        return {"rows": batch.rows, "label": batch.examples["label"], "offsets": batch.offsets,
+                "values": batch[1:].values[COLUMNS[0]]}
+
+
+def _as_lists(items: Iterable) -> list:
+    """Batches' tensors (tuples or dicts of them) as lists, in the order of their rows
+    (workers deal batches in turn)."""
+    items = [dict(enumerate(i)) if isinstance(i, tuple) else i for i in items]
+    return sorted(({k: v.tolist() for k, v in i.items()} for i in items), key=lambda i: i[next(iter(i))])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tensors_a_worker_takes_out_of_its_batches_keep_their_values(world, workers):
+    """A collate_fn or a wrapping dataset that sends a batch's tensors, not the batch: the
+    batch died in the worker unsent and freed its buffer, which the worker wrote the next
+    batches into while the trainer still read these (labels of other examples, s36C)."""
+    ds = dataset(world, batch_size=4, shuffle=True, seed=3)
+    got = list(DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_labels_and_views))
+    wrapped = list(DataLoader(_Unwrapped(ds), batch_size=None, num_workers=workers))
+    # made last: batches held take every buffer, and the loaders above would have had none to reuse
+    batches = list(DataLoader(ds, batch_size=None, num_workers=workers))  # each sent whole: held exact
+    assert len(got) == len(batches) > 2 * 8 and _as_lists(got) == _as_lists(map(_labels_and_views, batches))
+    assert _as_lists(wrapped) == _as_lists(_Unwrapped._tensors(b) for b in batches)

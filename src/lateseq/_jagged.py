@@ -90,12 +90,14 @@ class JaggedBatch:
         return pa.table({name: make.from_arrays(offsets, pa.array(v)) for name, v in self.values.items()})
 
     def to_torch(self, device: Any = None, pin_memory: bool = False) -> dict[str, Any]:
-        """Tensors: ``offsets``, ``lengths`` and one values tensor per column."""
+        """Tensors: ``offsets``, ``lengths`` and one values tensor per column (in page-locked
+        memory with ``pin_memory``, on a machine with an accelerator to pin for)."""
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("to_torch needs PyTorch: pip install 'lateseq[torch]'") from exc
         arrays = {"offsets": self.offsets, "lengths": self.lengths, **self.values}
+        pin_memory = pin_memory and has_accelerator()  # torch raises without one
         out = {}
         for name, array in arrays.items():
             tensor = torch.from_numpy(np.ascontiguousarray(array))
@@ -103,6 +105,14 @@ class JaggedBatch:
                 tensor = tensor.pin_memory()
             out[name] = tensor.to(device, non_blocking=pin_memory) if device is not None else tensor
         return out
+
+
+def has_accelerator() -> bool:
+    """Whether torch has a device to pin memory for (pinning without one raises)."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA alone before
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def check_padding(values: dict, name: str, side: str, pad_value: Any, dtype: np.dtype | None = None) -> None:

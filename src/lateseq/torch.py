@@ -59,7 +59,7 @@ from ._errors import (
 )
 from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
-from ._jagged import JaggedBatch, check_padding
+from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
@@ -141,7 +141,7 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Page-locked copies, so ``DataLoader(pin_memory=True)`` and ``to(non_blocking=True)``
         work; this batch itself on a machine without an accelerator (nothing to pin for)."""
-        if not _has_accelerator():
+        if not has_accelerator():
             return self
         return self._map(lambda t: t.pin_memory())
 
@@ -214,18 +214,21 @@ class Batch:
         """
         if isinstance(keys, str):  # list("item_id") would be its letters
             raise SchemaError(f"keys is a list of column names; pass keys=[{keys!r}]")
-        try:
-            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-        except ImportError as exc:
-            raise ImportError("to_kjt needs TorchRec: pip install 'lateseq[torchrec]'") from exc
         keys = list(self.values) if keys is None else list(keys)
         unknown = [k for k in keys if k not in self.values]
         if unknown:
             raise SchemaError(f"batch has no columns {unknown}; it has {sorted(self.values)}")
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:  # a KeyedJaggedTensor holds one feature per key: its to_dict() kept one of them
+            raise SchemaError(f"keys names columns {twice} more than once; name each once")
         floats = [k for k in keys if self.values[k].is_floating_point()]
         if floats:
             raise SchemaError(f"columns {floats} are floats, and KeyedJaggedTensor values are ids; "
                               "pass keys= naming the integer columns")
+        try:
+            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+        except ImportError as exc:
+            raise ImportError("to_kjt needs TorchRec: pip install 'lateseq[torchrec]'") from exc
         values = [self.values[k].to(torch.int64) for k in keys]
         return KeyedJaggedTensor(
             keys=keys,
@@ -260,14 +263,19 @@ class Batch:
         for name in (ids, timestamps):
             if name not in self.values:
                 raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
-        if self.values[ids].is_floating_point():
-            raise SchemaError(f"ids column {ids!r} holds floats; HSTU's ids are integers (name an integer column)")
+        for name, what in ((ids, "ids"), (timestamps, "timestamps")):  # cast to int64: NaN became -2**63
+            if self.values[name].is_floating_point():
+                raise SchemaError(f"{what} column {name!r} holds floats; HSTU's {what} are integers "
+                                  "(name an integer column)")
         if time_unit is not None and time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
         extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
         if target_timestamps is not None:
             target_timestamps = torch.as_tensor(target_timestamps)  # a tensor, an array or a list
+            if target_timestamps.is_floating_point():  # 31.9 became 31
+                raise SchemaError(f"target_timestamps must be integers in the store's time unit, got "
+                                  f"{target_timestamps.dtype}")
         if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
             raise SchemaError(f"target_timestamps must be one per example ({len(self)}), with max_output_length >= 1 "
                               f"(a full history's target goes past max_len); got shape "
@@ -832,7 +840,8 @@ class _Slots:
     A slot holds the process id of the worker that took it, taken under a file lock
     (several iterators' workers share a row): one taken by a worker that is gone (the
     trainer left the loop early; its batch will never arrive) is freed too, and one whose
-    batch the worker dropped unsent frees itself. A batch pickled or copied again in the
+    batch the worker dropped unsent frees itself, its buffer given away (``_given_away``:
+    a collate_fn may send tensors of it instead). A batch pickled or copied again in the
     trainer is copied out of the buffer. Outside a worker (nothing crosses processes)
     batches are plain tensors."""
 
@@ -884,8 +893,16 @@ class _Slots:
         batch = Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
                       slot=(self.token, info.id, slot, os.getpid()) if named else None)
         if place is not None:
-            batch._unsent = weakref.finalize(batch, self.flags.__setitem__, (info.id, slot), 0)
+            batch._unsent = weakref.finalize(batch, self._given_away, info.id, slot)
         return batch
+
+    def _given_away(self, worker: int, slot: int) -> None:
+        """A batch that dies in its worker unsent frees its slot, and the slot's buffer goes
+        with it: tensors taken from the batch (a ``collate_fn`` returning them, a dataset
+        wrapping this one) may be on their way to the trainer, which cannot say when it let
+        go of them. Written again, that buffer gave the trainer later batches' values."""
+        self._buffers[slot] = None  # before the slot is free: no thread takes it with the old buffer
+        self.flags[worker, slot] = 0
 
     def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int] | None:
         """A free buffer of this worker with room for ``arrays`` (grown when too small),
@@ -1107,11 +1124,6 @@ def _example_numpy(table: pa.Table, name: str) -> np.ndarray:
             raise SchemaError(f"example column {name!r} holds uint64 values that do not fit int64")
         array = array.astype(np.int64)
     return array
-
-
-def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA alone before
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 _ALIGN = 64  # each array of a shared buffer starts on a cache line
