@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -133,6 +134,27 @@ def test_a_log_rewritten_after_it_was_planned_is_refused(local_ray, world, tmp_p
     pq.write_table(log.slice(1), path, row_group_size=40)  # one example fewer: every row group moves
     with pytest.raises(Exception, match=r"log.parquet changed since lateseq.ray planned its reads"):
         planned.count()
+
+
+def test_a_worker_that_read_one_log_reads_another_with_the_same_footer_afresh(world, tmp_path):
+    """A Ray worker keeps the logs it read: kept by footer digest alone, a copy with labels
+    corrected in place (no compression or dictionaries: the footer byte for byte) read as
+    the first one's rows, wrong labels and all (s36A)."""
+    from lateseq._examplelog import ExampleLog
+    from lateseq.ray import _read_row_groups
+
+    _, log, _ = world
+    fixed = log.set_column(log.schema.get_field_index("label"), "label",
+                           pc.subtract(pa.scalar(1, pa.int8()), log.column("label")))
+    plain = {"compression": "none", "use_dictionary": False, "row_group_size": 40}
+    pq.write_table(log, tmp_path / "v1.parquet", **plain)
+    pq.write_table(fixed, tmp_path / "v2.parquet", **plain)
+    first, second = ExampleLog(tmp_path / "v1.parquet"), ExampleLog(tmp_path / "v2.parquet")
+    assert first.digest == second.digest
+    task = pa.table({"groups": [[0, len(first.row_groups)]], "first": [0]})
+    for each, table in ((first, log), (second, fixed), (first, log)):
+        got = _read_row_groups(task, path=each.path, digest=each.digest, written=each.written, columns=["label"])
+        assert got.column("label").to_pylist() == table.column("label").to_pylist()
 
 
 def test_collate_makes_a_batch_of_values_and_offsets_from_chunked_list_columns():

@@ -107,20 +107,24 @@ def _check_row_name(read: list[str]) -> None:
                           "rename it or leave it out of example_columns")
 
 
-_LOGS: dict[str, ExampleLog] = {}  # the logs this process read, by digest: a Ray worker runs many tasks
+# the logs this process read, by path, footer digest and the files' sizes and times: a Ray
+# worker runs many tasks. The digest alone named a rewrite that kept the footer (labels
+# corrected in place), or another folder's parts of the same names: its rows were the first's
+_LOGS: dict[tuple[str, str, tuple], ExampleLog] = {}
 
 
 def _read_row_groups(tasks: pa.Table, path: str, digest: str, written: tuple, columns: list[str]) -> pa.Table:
     """Each task's row groups, with their rows' numbers, through footers this process
     parsed once (a log of 10,000 row groups has a 6 MB footer: ~0.1 s a task), of the log
     the driver planned (each file is read only if it is still the one it was)."""
-    log = _LOGS.get(digest)
+    key = (str(path), digest, written)
+    log = _LOGS.get(key)
     if log is None:
         log = ExampleLog(path)
         if (log.digest, log.written) != (digest, written):
             raise SchemaError(f"example log {path} changed since lateseq.ray planned its reads; read it again")
         _LOGS.clear()  # one log at a time, mostly: kept small
-        _LOGS[digest] = log
+        _LOGS[key] = log
     tables = []
     with log.open() as reader:
         for (lo, hi), first in zip(tasks.column("groups").to_pylist(), tasks.column("first").to_pylist(),
