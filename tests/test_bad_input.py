@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -793,6 +794,11 @@ def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
     with pytest.raises(lateseq.SchemaError, match="pyarrow reads and writes only UTF-8 file names"):
         lateseq.create(tmp_path / os.fsdecode(b"store-\xff"), store.schema)
     assert not any(tmp_path.glob("log-*")) and not any(tmp_path.glob("store-*"))
+    moved = tmp_path / os.fsdecode(b"moved-\xe9")  # a store moved there opened, then every read failed (s36A)
+    shutil.copytree(store.path, moved)
+    for call in (lambda: lateseq.open(moved), lambda: lateseq.open(store.path, cache_dir=moved / "cache")):
+        with pytest.raises(lateseq.SchemaError, match="pyarrow reads and writes only UTF-8 file names"):
+            call()
 
 
 def test_the_store_constructor_shows_only_public_parameters():

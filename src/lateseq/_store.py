@@ -158,6 +158,9 @@ class Store:
         if isinstance(cache_dir, str | bytes) and not cache_dir:  # an unset variable's "": not the current folder
             raise SchemaError("cache_dir is empty; name the read cache's folder, or leave it None (inside the store)")
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
+        for where in (self.path, self._cache_root):  # as create does: it opened, then every read failed (s36A)
+            if where is not None:
+                utf8_path(where)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         linked = [sub for sub in ("versions", "segments", "tags", *(("cache",) if cache_dir is None else ()))
