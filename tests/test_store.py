@@ -1848,6 +1848,27 @@ def test_a_store_moved_since_it_was_opened_is_said_to_be_gone(make_store, tmp_pa
     assert not store.path.exists()  # nothing made where it was
 
 
+def test_reads_of_a_store_moved_away_make_nothing_where_it_was(make_store, tmp_path):
+    """A read's tally towards a merged copy made the store's old path again for its read
+    cache; a commit then took its locks there and said "not a lateseq store", and create
+    refused the path as not empty (s36A)."""
+    store = make_store({"item": "int64"})
+    for day in range(3):  # uncompacted: reads count towards a merged copy
+        store = store.commit(pa.table({"user_id": [1, 2], "ts": [day, day], "item": [day, day]}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2] * 200, "request_ts": [9] * 400}))
+    projection = lateseq.Projection(5, ("item",))
+    lateseq.materialize(store, log, projection)
+    old = store.path
+    old.rename(tmp_path / "moved")
+    with pytest.warns(RuntimeWarning, match=r"read cache .* is gone with its folder .*: moved or removed"):
+        for _ in range(20):  # reads pay their tally, then the merged copy is wanted: read segment by segment
+            assert lateseq.materialize(store, log, projection).values["item"].tolist()[:3] == [0, 1, 2]
+    with pytest.raises(lateseq.StoreError, match=r"is gone: moved or removed since it was opened"):
+        store.commit(pa.table({"user_id": [1], "ts": [5], "item": [5]}))
+    assert not old.exists()
+    lateseq.create(old, store.schema)
+
+
 def test_a_record_batch_commits_as_its_table(make_store):
     """It was refused with a hint for pandas frames (a stranger's)."""
     batch = pa.record_batch({"user_id": [1, 1], "ts": [5, 6], "item": [50, 60]})

@@ -43,7 +43,7 @@ from ._format import (
     SegmentInfo,
     close_lock_file,
     decoded_file,
-    make_folders,
+    make_cache_folder,
     open_lock_file,
     write_unpacked_segment,
     written_in_place,
@@ -100,7 +100,9 @@ class MergeRent:
             whole = self._pending // self._unit
             if self._path is not None and whole:
                 try:
-                    make_folders(self._path.parent, 0o775)
+                    stopped = make_cache_folder(self._path.parent, self._cache)
+                    if stopped is not None:
+                        raise stopped
                     tally = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                                     | os.O_NONBLOCK, 0o644)  # a FIFO: no reader, refused, not waited on
                     try:
@@ -109,7 +111,7 @@ class MergeRent:
                         os.close(tally)
                     self._pending -= whole * self._unit
                     self._paid = self._units() * self._unit
-                except OSError:
+                except (OSError, StoreError):  # the tally's file cannot be written, or its folder is gone
                     self._path = None
             self.settled = self._paid + self._pending >= self.price or derived_built(self._name, self._cache)
 
@@ -229,7 +231,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         return _open_checked(folder, name, key, random_access)  # column is checked against the sidecar it read
     except (*UNREADABLE, StoreError):
         pass
-    with cache_lock(folder, f".tmp-build-{name}"):
+    with cache_lock(folder, f".tmp-build-{name}", cache):
         try:
             return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):

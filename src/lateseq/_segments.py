@@ -30,7 +30,7 @@ from ._format import (
     decode_values,
     decoded_file,
     madvise,
-    make_folders,
+    make_cache_folder,
     map_decoded,
     open_lock_file,
     read_index,
@@ -55,16 +55,18 @@ def _removed_if_empty(folder: Path) -> bool:
 
 
 @contextmanager
-def cache_lock(folder: Path, name: str) -> Iterator[None]:
-    """Holds the lock file ``name`` of a read cache folder (made if missing): processes
-    that need the same file of the cache at once (a loader's workers) take turns, so one
-    writes it and the others map it."""
+def cache_lock(folder: Path, name: str, cache: Path | None = None) -> Iterator[None]:
+    """Holds the lock file ``name`` of a read cache folder (of the read cache ``cache``, the
+    folder itself by default; made if missing): processes that need the same file of the
+    cache at once (a loader's workers) take turns, so one writes it and the others map it."""
     while True:
         try:
-            stopped = make_folders(folder, 0o775)  # never writable by all, whatever the umask
+            stopped = make_cache_folder(folder, folder if cache is None else cache)
             if stopped is not None:
                 raise stopped
             lock = open_lock_file(folder / name)
+        except StoreError:  # its folder is gone: said as it is
+            raise
         except OSError as exc:
             if exc.errno == errno.EISDIR and _removed_if_empty(folder / name):
                 continue  # lateseq's own name, nothing of anyone's in it: made a lock file again
