@@ -645,3 +645,28 @@ def test_a_handle_from_before_a_deletion_does_not_blame_it(world):
     assert audit(lateseq.open(store.path), damaged).mismatches[0] == "deleted"
     with pytest.raises(SchemaError, match="fold needs a watermark"):
         fold(store, tier, None)
+
+
+def test_a_mismatch_in_a_log_of_stripped_and_inline_records_names_its_row(tmp_path):
+    """Each kind of record is rebuilt apart: the error named the row among its kind (a
+    good row of the log, which a caller dropping ``exc.rows`` dropped instead, s36E)."""
+    store = lateseq.create(tmp_path / "store", SCHEMA)
+    tier = InMemoryTier(SCHEMA, retention=3600, store=store)
+    tier.append(events(*((u, 5, 6, u) for u in (1, 2, 3, 4))))
+    store = fold(store, tier, 10)
+    tier.append(events(*((u, 11, 11, 10 + u) for u in (1, 2, 3, 4))))
+    online = OnlineReader(store, tier, PROJECTION)
+    early, _ = online.serve(pa.table({"user_id": [1, 2], "request_ts": [15, 15]}))
+    store = fold(store, tier, 20)
+    late, _ = online.serve(pa.table({"user_id": [3, 4], "request_ts": [25, 25]}))
+    early, _ = strip_tails(store, early)
+    log = pa.concat_tables([late.slice(0, 1), early.slice(0, 1), late.slice(1, 1), early.slice(1, 1)])
+    for row in (3, 2):  # a stripped record, then an inline one
+        checksum = log.column("seq_checksum").to_numpy().copy()
+        checksum[row] += 1
+        bad = log.set_column(log.schema.get_field_index("seq_checksum"), "seq_checksum",
+                             pa.array(checksum, pa.uint32()))
+        assert lateseq.materialize(store, bad, PROJECTION, on_mismatch="flag").mismatched.nonzero()[0].tolist() == [row]
+        with pytest.raises(lateseq.ChecksumMismatch, match=rf"\(first rows: \[{row}\]\)") as info:
+            lateseq.materialize(store, bad, PROJECTION)
+        assert info.value.rows == [row]

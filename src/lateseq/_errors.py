@@ -61,9 +61,14 @@ class ChecksumMismatch(LateseqError, ValueError):
     def in_log(self, log_rows: Sequence[int]) -> ChecksumMismatch:
         """The same mismatch, its rows renumbered: row ``i`` of the batch is ``log_rows[i]``
         of the example log it came from (readers that batch a log say where in it)."""
-        rows = [int(log_rows[r]) for r in self.rows]
-        problem = self.problem.replace(f"(first rows: {self.rows[:5]})", f"(first rows of the log: {rows[:5]})")
-        return ChecksumMismatch(problem, rows, self.hint)
+        return self.renumbered(log_rows, "first rows of the log")
+
+    def renumbered(self, rows: Sequence[int], label: str = "first rows") -> ChecksumMismatch:
+        """The same mismatch, row ``i`` of the batch it names being row ``rows[i]`` of
+        the batch asked for (one rebuilt in parts)."""
+        mapped = [int(rows[r]) for r in self.rows]
+        problem = self.problem.replace(f"(first rows: {self.rows[:5]})", f"({label}: {mapped[:5]})")
+        return ChecksumMismatch(problem, mapped, self.hint)
 
 
 class TransformOverflow(SchemaError):

@@ -101,7 +101,10 @@ def _rebuild(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, proje
     parts = []
     for mask, how in ((stripped, rebuild_batch), (~stripped, rebuild_streaming)):
         index = np.flatnonzero(mask)
-        parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
+        try:
+            parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
+        except ChecksumMismatch as exc:  # it named rows of the part: a good row of the log, dropped (s36E)
+            raise exc.renumbered(index) from None
     return stitch(parts, len(stripped))
 
 
