@@ -239,3 +239,15 @@ def test_an_append_that_arrived_before_a_request_already_served_is_refused(world
         tier.append(events((3, 13, 23, 3), (3, 14, 26, 4)))
     assert state(tier) == before and dir_snapshot(store.path) == files
     assert tier.append(events((3, 13, 25, 3))) == 1  # at the request's time: it did not read it, as the store says
+
+
+def test_an_append_of_a_dataframe_or_a_dict_is_refused_by_name():
+    """Read as a table first: a bare AttributeError of num_rows (s36E)."""
+    tier = InMemoryTier(TWO_TIER_SCHEMA, retention=3600)
+    frame = events((1, 5, 6, 1)).to_pandas()
+    with pytest.raises(SchemaError, match=r"events are a pyarrow Table, not a DataFrame \(pa.Table.from_pandas"):
+        tier.append(frame)
+    with pytest.raises(SchemaError, match="events are a pyarrow Table, not a dict"):
+        tier.append(frame.to_dict("list"))
+    assert state(tier) == state(InMemoryTier(TWO_TIER_SCHEMA, retention=3600))
+    assert tier.append(pa.Table.from_pandas(frame, preserve_index=False)) == 1

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ._errors import SchemaError, exact_integer
 from ._events import first_deliveries, row_ranges
-from ._schema import Schema, as_user_ids, ticks_per_second
+from ._schema import Schema, as_user_ids, frame_hint, ticks_per_second
 from ._store import Store
 
 __all__ = ["InMemoryTier", "MutableTier"]
@@ -172,6 +172,8 @@ class InMemoryTier(MutableTier):
         return self._table.num_rows
 
     def append(self, events: pa.Table) -> int:
+        if not isinstance(events, pa.Table | pa.RecordBatch):  # a DataFrame raised a bare AttributeError (s36E)
+            raise SchemaError(f"events are a pyarrow Table, not a {type(events).__name__}{frame_hint(events)}")
         if events.num_rows == 0:
             return 0
         events = self.schema.conform(events)
