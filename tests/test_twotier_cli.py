@@ -111,3 +111,27 @@ def test_simulate_refuses_a_bad_number_by_its_option(args, needle):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert needle in lines[0] and "internal error" not in lines[0], result.stderr
+
+
+@pytest.mark.filterwarnings("default::UserWarning")  # shown, as outside the tests
+def test_strip_warns_of_a_deleted_users_record_as_one_line_naming_drop_deleted(world, tmp_path):
+    """A record of a user deleted since: the warning blamed online ("what online served
+    differs"), and the CLI printed Python's form of it, a source path and a line of its
+    own code (s36E)."""
+    from lateseq.twotier import OnlineReader, fold
+    from tests.test_twotier import events, requests
+
+    store, tier = world
+    tier.append(events((2, 5, 6, 1)))
+    store = fold(store, tier, 10)
+    tier.append(events((2, 11, 11, 2)))
+    log, _ = OnlineReader(store, tier, PROJECTION).serve(requests((2, 15)))
+    store = fold(store, tier, 20).delete([2])
+    pq.write_table(log, tmp_path / "log.parquet")
+    result = runner.invoke(app, ["strip", str(store.path), str(tmp_path / "log.parquet"),
+                                 "--out", str(tmp_path / "out.parquet")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "kept the tails" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: kept the tails of 1 records"), result.output
+    assert "users deleted since (Store.delete)" in warned[0] and "--drop-deleted" in warned[0]
+    assert "online served differs" not in warned[0] and "UserWarning" not in result.output

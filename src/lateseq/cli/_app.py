@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
@@ -72,6 +73,20 @@ def _fail(message: str, code: int = 1) -> None:
     lines = (" ".join(line.split()) for line in str(message).splitlines())  # a list of problems keeps its lines
     print("error: " + "\n  ".join(line for line in lines if line), file=sys.stderr)
     sys.exit(code)
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])  # lateseq's source folder
+
+
+def _show_warning(show: Callable[..., None], message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """lateseq's warnings as the CLI's other lines ("warning: ..."): Python's form showed a
+    source path and a line of the CLI's code (s36E). Other libraries' go to ``show``."""
+    if not str(Path(filename).resolve()).startswith(_PACKAGE):
+        show(message, category, filename, lineno, file, line)
+        return
+    lines = (" ".join(part.split()) for part in str(message).splitlines())
+    print("warning: " + "\n  ".join(part for part in lines if part), file=sys.stderr if file is None else file)
 
 
 def _from_worker(message: str) -> str:
@@ -243,7 +258,9 @@ class _Group(TyperGroup):
         try:
             if handled:
                 _begin()
-            code = super().main(args, prog_name, complete_var, False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                code = super().main(args, prog_name, complete_var, False, **extra)
         except typer.Abort:
             _signalled()
             _fail("aborted", 1)
