@@ -1860,7 +1860,7 @@ def test_reads_of_a_store_moved_away_make_nothing_where_it_was(make_store, tmp_p
     lateseq.materialize(store, log, projection)
     old = store.path
     old.rename(tmp_path / "moved")
-    with pytest.warns(RuntimeWarning, match=r"read cache .* is gone with its folder .*: moved or removed"):
+    with pytest.warns(RuntimeWarning, match=r"the store .* is gone: moved or removed since this handle opened it"):
         for _ in range(20):  # reads pay their tally, then the merged copy is wanted: read segment by segment
             assert lateseq.materialize(store, log, projection).values["item"].tolist()[:3] == [0, 1, 2]
     with pytest.raises(lateseq.StoreError, match=r"is gone: moved or removed since it was opened"):
@@ -1875,3 +1875,26 @@ def test_a_record_batch_commits_as_its_table(make_store):
     store = make_store().commit(batch)
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]}))
     assert lateseq.materialize(store, log, lateseq.Projection(5, ("item",))).values["item"].tolist() == [50, 60]
+
+
+def test_cleanup_of_a_store_missing_a_kept_versions_segment_retires_nothing(make_store):
+    """A partial copy (segments/ copied before a commit published, versions/ after): its
+    latest version reads a segment that is missing. Cleanup retired the older, whole
+    versions, and no version read the partition again (s36A)."""
+    store = make_store({"item": "int64"})
+    first = store.commit(pa.table({"user_id": [1, 1], "ts": [1, 2], "item": [10, 11]}))
+    log = lateseq.log_examples(first, pa.table({"user_id": [1], "request_ts": [5]}))
+    latest = first.commit(pa.table({"user_id": [1], "ts": [3], "item": [12]}))
+    lost = next(i.name for i in latest.segment_infos if i.name not in {j.name for j in first.segment_infos})
+    for path in (store.path / "segments").glob(f"{lost}*"):
+        path.unlink()
+    before = sorted(p.name for p in (store.path / "versions").iterdir())
+    for call in (lambda: lateseq.open(store.path).cleanup("latest", grace_s=0),
+                 lambda: lateseq.open(store.path).cleanup(latest.version, grace_s=0)):
+        with pytest.raises(lateseq.StoreError, match=rf"1 segments that versions kept by this cleanup read are "
+                                                     rf"missing \(segments/{lost}.index.arrow"):
+            call()
+    assert sorted(p.name for p in (store.path / "versions").iterdir()) == before
+    projection = lateseq.Projection(5, ("item",))
+    assert lateseq.materialize(lateseq.open(store.path, first.version), log, projection).values["item"].tolist() == [
+        10, 11]

@@ -84,13 +84,16 @@ def utf8_path(path: str | os.PathLike) -> None:
         raise SchemaError(f"{os.fsdecode(path)!r}: pyarrow reads and writes only UTF-8 file names") from None
 
 
+STORE_CACHE = "cache"  # a store's own read cache, STORE/cache (a shared one's folders are named after stores)
+
+
 def make_cache_folder(folder: Path, cache: Path) -> OSError | StoreError | None:
-    """``make_folders`` for the read cache ``cache`` or a folder in it, made only inside the
-    folder that holds the cache, which must exist: a handle of a store moved away made the
-    store's old path again for its own cache, then lock files there (s36A)."""
-    if not cache.parent.is_dir():
-        return StoreError(f"the read cache {cache} is gone with its folder {cache.parent}: moved or removed since "
-                          "this handle opened it (open the store again, where it is now)")
+    """``make_folders`` for the read cache ``cache`` or a folder in it; a store's own cache
+    only while the store's folder is there: a handle of a store moved away made the store's
+    old path again, then a commit its lock files there (s36A)."""
+    if cache.name == STORE_CACHE and not cache.parent.is_dir():
+        return StoreError(f"the store {cache.parent} is gone: moved or removed since this handle opened it (open it "
+                          "where it is now)")
     return make_folders(folder, 0o775)  # never writable by all, whatever the umask
 
 

@@ -48,6 +48,8 @@ from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
 from ._events import Events, partition_of, row_ranges, rows_by_partition
 from ._format import (
+    SEGMENT_FILES,
+    STORE_CACHE,
     SYSTEM_COLUMNS,
     TIME,
     SegmentInfo,
@@ -163,7 +165,7 @@ class Store:
                 utf8_path(where)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
-        linked = [sub for sub in ("versions", "segments", "tags", *(("cache",) if cache_dir is None else ()))
+        linked = [sub for sub in ("versions", "segments", "tags", *((STORE_CACHE,) if cache_dir is None else ()))
                   if (self.path / sub).is_symlink()]
         if linked:  # cleanup would delete, through the link, whatever it finds there that no version uses
             raise StoreError(f"{self.path / linked[0]} is a symbolic link; lateseq never follows links inside a "
@@ -306,7 +308,7 @@ class Store:
         """This store's folder of the read cache ``cache_dir`` (None: ``STORE/cache``),
         made and checked where another user may share it (``_make_private``)."""
         if cache_dir is None:
-            folder = self.path / "cache"
+            folder = self.path / STORE_CACHE
             if (found := _stat_or_none(folder)) is not None and found.st_mode & stat.S_IWOTH:
                 warnings.warn(f"lateseq: {folder} {_writable_by_all(found)}: a merged or filtered copy there decides "
                               "what a read returns, so any user of this host may decide what yours return; make it "
@@ -315,7 +317,7 @@ class Store:
             return folder
         folder = _own_cache(self._cache_root, self.path)
         if folder.resolve().is_relative_to(self.path.resolve()) and not folder.resolve().is_relative_to(
-                self.path.resolve() / "cache"):
+                self.path.resolve() / STORE_CACHE):
             raise SchemaError(f"cache_dir {cache_dir} is inside the store {self.path} (only its own cache/ may be)")
         if os.path.isfile(cache_dir):
             raise StoreError(f"cache_dir {cache_dir} is a file, not a folder for the read cache")
@@ -712,6 +714,7 @@ class Store:
         if not 0 <= before <= latest:  # a typo's 1000 for 100 retired every untagged version
             raise VersionNotFound(f"cleanup(before={before}): {self.path} has versions 0 to the latest, {latest}; "
                                   "nothing was retired")
+        self._refuse_missing_segments(before)
         try:
             retired = self._log.retire_before(before)
         except StoreError as exc:  # a full disk: no room for a tombstone, so nothing would ever be freed
@@ -730,6 +733,25 @@ class Store:
             self._remove_cached(self._remove_unreferenced(grace_s), grace_s)
         forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
+
+    def _refuse_missing_segments(self, before: int) -> None:
+        """StoreError where a version that ``cleanup(before)`` keeps names a segment whose
+        files are gone (a partial copy of the store): retiring the versions before it took
+        the last ones that read what it lost, and no version read its partition again (s36A)."""
+        folder = self.path / "segments"
+
+        def missing() -> set[str]:
+            named = {name for _, names in self._log.kept_partitions(before) for name in names}
+            return {name for name in named if not (folder / f"{name}{SEGMENT_FILES[1]}").exists()}
+
+        gone = missing()
+        if gone:
+            gone &= missing()  # named still: not the segment of a version another cleanup retired meanwhile
+        if gone:
+            raise StoreError(f"{len(gone)} segments that versions kept by this cleanup read are missing (segments/"
+                             f"{min(gone)}{SEGMENT_FILES[1]} ...): the store is damaged, a partial copy perhaps; "
+                             "nothing was retired, as retiring older versions may leave none that reads what they "
+                             "lost (`lateseq verify` names every problem; restore the files from a whole copy)")
 
     def _remove_unreferenced(self, grace_s: float) -> set[tuple[int, tuple[str, ...]]]:
         """Deletes the durable files no kept version names and older than ``grace_s``;
@@ -1104,7 +1126,7 @@ def _own_cache(root: Path, store: Path) -> Path:
     is checked only against the digests its builder wrote, so no user may read copies
     another could write (a stranger's forged copy passed every check)."""
     where = store.resolve()
-    if root.resolve() == where / "cache":  # the store's own read cache, named explicitly
+    if root.resolve() == where / STORE_CACHE:  # the store's own read cache, named explicitly
         return root
     name = where.name.encode()[:190].decode(errors="ignore")  # a file name holds 255 bytes; the hash tells apart
     return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-u{os.geteuid()}"
