@@ -251,3 +251,24 @@ def test_an_append_of_a_dataframe_or_a_dict_is_refused_by_name():
         tier.append(frame.to_dict("list"))
     assert state(tier) == state(InMemoryTier(TWO_TIER_SCHEMA, retention=3600))
     assert tier.append(pa.Table.from_pandas(frame, preserve_index=False)) == 1
+
+
+def test_a_request_or_a_watermark_in_a_finer_unit_is_refused_before_it_blocks_the_tier(tmp_path):
+    """A request in ms to a store in s was served, and the tier then refused every event
+    arriving before it, for every user, for good (s36E); a fold's watermark the same."""
+    schema = lateseq.Schema(dict(TWO_TIER_SCHEMA.columns), arrival_col="arrival_ts", event_id_col="event_id",
+                            time_unit="s")
+    store = lateseq.create(tmp_path / "store", schema)
+    tier = InMemoryTier(schema, retention=3600, store=store)
+    now = 1_700_000_000
+    tier.append(events((1, now, now + 1, 1)))
+    online = OnlineReader(store, tier, PROJECTION)
+    with pytest.raises(SchemaError, match=r"request_ts 1700000002000 is after the year 3000 in the store's time "
+                                          r"unit \(s\): a time in a finer unit"):
+        online.serve(pa.table({"user_id": [1], "request_ts": [(now + 2) * 1000]}))
+    with pytest.raises(SchemaError, match="fold's watermark 1700000005000 is after the year 3000"):
+        fold(store, tier, (now + 5) * 1000)
+    assert tier.append(events((2, now + 3, now + 3, 2))) == 1  # not blocked
+    _, served = online.serve(pa.table({"user_id": [1, 2], "request_ts": [now + 4, now + 4]}))
+    assert served.values["item_id"].tolist() == [10, 20]
+    assert stored_ids(fold(store, tier, now + 5)) == [1, 2]
