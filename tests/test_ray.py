@@ -157,6 +157,22 @@ def test_a_worker_that_read_one_log_reads_another_with_the_same_footer_afresh(wo
         assert got.column("label").to_pylist() == table.column("label").to_pylist()
 
 
+def test_a_mismatch_in_an_actor_names_rows_of_the_log(world):
+    """An actor rebuilds parts of the blocks Ray gives it: the error named rows of its part
+    (a user dropping them dropped healthy examples, s36F)."""
+    from lateseq.ray import Materializer
+
+    store, log, _ = world
+    part = log.slice(90, 30).append_column(ROW, pa.array(np.arange(90, 120)))
+    checksum = part.column("uih_checksum").to_numpy().copy()
+    checksum[21] += 1
+    part = part.set_column(part.schema.get_field_index("uih_checksum"), "uih_checksum", pa.array(checksum))
+    actor = Materializer(store, PROJECTION, ["label"], batch_size=16)
+    with pytest.raises(lateseq.ChecksumMismatch, match=r"first rows of the log: \[111\]") as info:
+        list(actor(part))  # the second part of 16 holds row 21 of this block: the log's row 111
+    assert info.value.rows == [111]
+
+
 def test_collate_makes_a_batch_of_values_and_offsets_from_chunked_list_columns():
     def part(rows, lists, labels):
         offsets = pa.array(np.r_[0, np.cumsum([len(x) for x in lists])].astype(np.int64))
