@@ -898,7 +898,8 @@ def materialize(
         label = f"{name}: " if name else ""
         _err.print(f"{label}wrote {total:,} histories (max {projection.max_len} events of "
                    f"{', '.join(projection.resolve(handle.schema))}) to {where}", highlight=False)
-    others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config) if tenants is not None else []
+    others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config and not p.name.startswith(
+        (".", "_"))) if tenants is not None else []  # (hidden: a killed run's temporaries, which readers skip, s36F)
     if others:  # an earlier config's tenants: left alone (lateseq removes no file it was not asked to write)
         _err.print(f"note: {out} also holds {others}, which this run did not write (tenants of another config?); "
                    f"a job that reads every file of {out} reads them too", highlight=False)
