@@ -763,7 +763,8 @@ class ExampleDataset(IterableDataset):
             examples, rows, sequences = examples.take(pa.array(kept)), rows[kept], sequences.take(kept)
         t1 = time.perf_counter()
         batch = self._batch(rows, examples, sequences)
-        shared = len(batch) - len(np.unique(examples.column("user_id").to_numpy()))
+        users = np.sort(examples.column("user_id").to_numpy())  # np.unique hashed them: 60 us a batch of 1024
+        shared = int(np.count_nonzero(users[1:] == users[:-1]))
         history_bytes = sum(v.nbytes for v in sequences.values.values())
         read = _disk_read_bytes() - io
         batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes,
