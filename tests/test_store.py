@@ -1886,15 +1886,15 @@ def test_cleanup_of_a_store_missing_a_kept_versions_segment_retires_nothing(make
     log = lateseq.log_examples(first, pa.table({"user_id": [1], "request_ts": [5]}))
     latest = first.commit(pa.table({"user_id": [1], "ts": [3], "item": [12]}))
     lost = next(i.name for i in latest.segment_infos if i.name not in {j.name for j in first.segment_infos})
-    for path in (store.path / "segments").glob(f"{lost}*"):
-        path.unlink()
     before = sorted(p.name for p in (store.path / "versions").iterdir())
-    for call in (lambda: lateseq.open(store.path).cleanup("latest", grace_s=0),
-                 lambda: lateseq.open(store.path).cleanup(latest.version, grace_s=0)):
-        with pytest.raises(lateseq.StoreError, match=rf"1 segments that versions kept by this cleanup read are "
-                                                     rf"missing \(segments/{lost}.index.arrow"):
-            call()
-    assert sorted(p.name for p in (store.path / "versions").iterdir()) == before
+    for suffix, missing in ((".parquet", 1), (".index.arrow", 2)):  # rsync cut midway: the index came first
+        (store.path / "segments" / f"{lost}{suffix}").unlink()
+        for call in (lambda: lateseq.open(store.path).cleanup("latest", grace_s=0),
+                     lambda: lateseq.open(store.path).cleanup(latest.version, grace_s=0)):
+            with pytest.raises(lateseq.StoreError, match=rf"{missing} segment files that versions kept by this "
+                                                         rf"cleanup read are missing \(segments/{lost}"):
+                call()
+        assert sorted(p.name for p in (store.path / "versions").iterdir()) == before
     projection = lateseq.Projection(5, ("item",))
     assert lateseq.materialize(lateseq.open(store.path, first.version), log, projection).values["item"].tolist() == [
         10, 11]

@@ -4,6 +4,7 @@ spawn), ranks, exact resume through torchdata's StatefulDataLoader, and the Batc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -1588,3 +1589,20 @@ def test_tensors_a_worker_takes_out_of_its_batches_keep_their_values(world, work
     batches = list(DataLoader(ds, batch_size=None, num_workers=workers))  # each sent whole: held exact
     assert len(got) == len(batches) > 2 * 8 and _as_lists(got) == _as_lists(map(_labels_and_views, batches))
     assert _as_lists(wrapped) == _as_lists(_Unwrapped._tensors(b) for b in batches)
+
+
+def _with_twice(batch: Batch) -> Batch:
+    """A user's collate_fn adding an example column."""
+    return dataclasses.replace(batch, examples={**batch.examples, "twice": batch.examples["label"] * 2})
+
+
+@pytest.mark.parametrize("collate", [copy.copy, copy.deepcopy, _with_twice])
+def test_a_copy_of_a_batch_sent_by_its_worker_keeps_its_values(world, collate):
+    """A copy named its batch's slot without the means to free it: pickling it to send
+    raised in the DataLoader's feeder thread, and the loader hung (s36R)."""
+    ds = dataset(world, batch_size=4, shuffle=True, seed=3)
+    got = list(DataLoader(ds, batch_size=None, num_workers=1, collate_fn=collate, timeout=60))
+    batches = list(DataLoader(ds, batch_size=None, num_workers=1))
+    assert len(got) == len(batches) > 2 * 8
+    assert _as_lists(map(_labels_and_views, got)) == _as_lists(map(_labels_and_views, batches))
+

@@ -670,3 +670,9 @@ def test_a_mismatch_in_a_log_of_stripped_and_inline_records_names_its_row(tmp_pa
         with pytest.raises(lateseq.ChecksumMismatch, match=rf"\(first rows: \[{row}\]\)") as info:
             lateseq.materialize(store, bad, PROJECTION)
         assert info.value.rows == [row]
+    checksum = log.column("seq_checksum").to_numpy().copy()
+    checksum[[2, 3]] += 1  # one of each kind: both named (s36R)
+    bad = log.set_column(log.schema.get_field_index("seq_checksum"), "seq_checksum", pa.array(checksum, pa.uint32()))
+    with pytest.raises(lateseq.ChecksumMismatch, match=r"first rows: \[3\]\).*; .*first rows: \[2\]\)") as info:
+        lateseq.materialize(store, bad, PROJECTION)
+    assert info.value.rows == [2, 3]

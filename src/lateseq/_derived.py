@@ -111,7 +111,7 @@ class MergeRent:
                         os.close(tally)
                     self._pending -= whole * self._unit
                     self._paid = self._units() * self._unit
-                except (OSError, StoreError):  # the tally's file cannot be written, or its folder is gone
+                except OSError:  # the tally's file cannot be written, or its store is gone (a StoreError)
                     self._path = None
             self.settled = self._paid + self._pending >= self.price or derived_built(self._name, self._cache)
 

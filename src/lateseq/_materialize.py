@@ -98,13 +98,16 @@ def _rebuild(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, proje
     if stripped.all() or not stripped.any():
         how = rebuild_batch if stripped.all() and len(stripped) else rebuild_streaming
         return how(store, examples, projection, on_mismatch)
-    parts = []
+    parts, failed = [], []
     for mask, how in ((stripped, rebuild_batch), (~stripped, rebuild_streaming)):
         index = np.flatnonzero(mask)
         try:
             parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
-        except ChecksumMismatch as exc:  # it named rows of the part: a good row of the log, dropped (s36E)
-            raise exc.renumbered(index) from None
+        except ChecksumMismatch as exc:  # it named rows of the part: good rows of the log, dropped (s36E)
+            failed.append(exc.renumbered(index))
+    if failed:  # both kinds' rows: a caller dropping them all drops every one that failed
+        raise ChecksumMismatch("; ".join(exc.problem for exc in failed),
+                               sorted(row for exc in failed for row in exc.rows), failed[0].hint)
     return stitch(parts, len(stripped))
 
 

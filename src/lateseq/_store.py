@@ -740,18 +740,21 @@ class Store:
         the last ones that read what it lost, and no version read its partition again (s36A)."""
         folder = self.path / "segments"
 
-        def missing() -> set[str]:
+        def missing() -> set[str]:  # a store's segments have both files (rsync copies the index first)
             named = {name for _, names in self._log.kept_partitions(before) for name in names}
-            return {name for name in named if not (folder / f"{name}{SEGMENT_FILES[1]}").exists()}
+            aside = {found.group(1) for path in folder.iterdir() if (found := _ASIDE.fullmatch(path.name))}
+            return {f"{name}{suffix}" for name in named for suffix in SEGMENT_FILES  # (one moved aside by a
+                    if f"{name}{suffix}" not in aside and not (folder / f"{name}{suffix}").exists()}  # stopped
+            # cleanup is put back by this one)
 
         gone = missing()
         if gone:
             gone &= missing()  # named still: not the segment of a version another cleanup retired meanwhile
         if gone:
-            raise StoreError(f"{len(gone)} segments that versions kept by this cleanup read are missing (segments/"
-                             f"{min(gone)}{SEGMENT_FILES[1]} ...): the store is damaged, a partial copy perhaps; "
-                             "nothing was retired, as retiring older versions may leave none that reads what they "
-                             "lost (`lateseq verify` names every problem; restore the files from a whole copy)")
+            raise StoreError(f"{len(gone)} segment files that versions kept by this cleanup read are missing "
+                             f"(segments/{min(gone)} ...): the store is damaged, a partial copy perhaps; nothing was "
+                             "retired, as retiring older versions may leave none that reads what they lost (`lateseq "
+                             "verify` names every problem; restore the files from a whole copy)")
 
     def _remove_unreferenced(self, grace_s: float) -> set[tuple[int, tuple[str, ...]]]:
         """Deletes the durable files no kept version names and older than ``grace_s``;

@@ -119,12 +119,23 @@ class Batch:
         state = {k: v for k, v in self.__dict__.items() if k != "_unsent"}
         if self.slot is None or self.slot[2] < 0:  # memory of its own
             return state
-        if self.slot[3] == os.getpid():  # its worker sends it: the trainer frees its slot from now on
-            self._unsent.detach()
+        if self.slot[3] == os.getpid() and "_unsent" in self.__dict__:  # its worker sends it: the trainer
+            self._unsent.detach()  # frees its slot from now on
             return state
-        # pickled or copied again after it arrived: the copy gets memory of its own, as
-        # the trainer cannot know when another process lets go of the worker's buffer
+        # pickled again after it arrived, or a copy of it sent by its worker (a collate_fn's
+        # copy.copy or dataclasses.replace: naming the slot, it hung the loader, s36R): memory
+        # of its own, as no process can say when another lets go of the worker's buffer
         return dict(self._map(torch.clone).__dict__)
+
+    def __copy__(self) -> Batch:
+        """The same tensors, the same slot; not its worker's batch to send (``__getstate__``)."""
+        return Batch(self.rows, dict(self.examples), self.offsets, self.lengths, dict(self.values), self.stats,
+                     self.slot)
+
+    def __deepcopy__(self, memo: dict) -> Batch:
+        """Tensors of its own: copied through ``__getstate__``, a worker's batch was taken
+        for sent, and its buffer was never freed."""
+        return self._map(torch.clone)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -75,14 +75,14 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-_PACKAGE = str(Path(__file__).resolve().parents[1])  # lateseq's source folder
+_PACKAGE = Path(__file__).resolve().parents[1]  # lateseq's source folder
 
 
 def _show_warning(show: Callable[..., None], message: Warning | str, category: type[Warning], filename: str,
                   lineno: int, file: Any = None, line: str | None = None) -> None:
     """lateseq's warnings as the CLI's other lines ("warning: ..."): Python's form showed a
     source path and a line of the CLI's code (s36E). Other libraries' go to ``show``."""
-    if not str(Path(filename).resolve()).startswith(_PACKAGE):
+    if not Path(filename).resolve().is_relative_to(_PACKAGE):  # (a prefix: lateseq_plugins/ too, s36R)
         show(message, category, filename, lineno, file, line)
         return
     lines = (" ".join(part.split()) for part in str(message).splitlines())
