@@ -1898,3 +1898,26 @@ def test_cleanup_of_a_store_missing_a_kept_versions_segment_retires_nothing(make
     projection = lateseq.Projection(5, ("item",))
     assert lateseq.materialize(lateseq.open(store.path, first.version), log, projection).values["item"].tolist() == [
         10, 11]
+
+
+def test_a_schema_holding_the_store_id_as_some_lateseqs_wrote_it_opens(tmp_path):
+    """Eight commits of lateseq kept the store's id inside schema.json; a store they made
+    opened with a bare TypeError, every CLI command an "internal error" (s36H). A field no
+    lateseq knows (a newer one's) is refused by name."""
+    from lateseq._versions import dump_checked, load_checked
+
+    for extra, error in (({"store_id": "2aaaeb392b3940658e7ea48fdbea47be"}, None),
+                         ({"retention_days": 30}, r"schema.json has fields this lateseq does not know "
+                                                  r"\(retention_days\): a newer lateseq wrote it")):
+        path = tmp_path / next(iter(extra))
+        lateseq.create(path, lateseq.Schema({"item": "int64"}))
+        written = load_checked(path / "schema.json", kept_since_v01=True)
+        (path / "schema.json").write_bytes(dump_checked({**written, **extra}))
+        if error is not None:
+            with pytest.raises(lateseq.SchemaError, match=error):
+                lateseq.open(path)
+            continue
+        store = lateseq.open(path).commit(pa.table({"user_id": [1], "ts": [1], "item": [7]}))
+        log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [5]}))
+        assert lateseq.materialize(lateseq.open(path), log, lateseq.Projection(3, ("item",))).values[
+            "item"].tolist() == [7]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -281,9 +281,16 @@ class Schema:
 
     @classmethod
     def from_json(cls, text: str) -> Schema:
-        """Older schema.json files have no ``time_unit``: they load as plain integer times."""
+        """Older schema.json files have no ``time_unit``: they load as plain integer times.
+        Some held the store's id, now a file of its own (``id``): such a store opened with
+        a bare TypeError (s36H); its id is left there, unread (the store is one without)."""
         data = json.loads(text)
         data.pop("format", None)
+        data.pop("store_id", None)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:  # a field a newer lateseq added, whose meaning this one cannot honour
+            raise SchemaError(f"schema.json has fields this lateseq does not know ({', '.join(unknown)}): a newer "
+                              "lateseq wrote it; upgrade lateseq to read this store")
         return cls(**data)
 
 
