@@ -799,6 +799,12 @@ def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
     for call in (lambda: lateseq.open(moved), lambda: lateseq.open(store.path, cache_dir=moved / "cache")):
         with pytest.raises(lateseq.SchemaError, match="pyarrow reads and writes only UTF-8 file names"):
             call()
+    (tmp_path / "link").symlink_to(moved)  # a UTF-8 name for it: read, in a shared cache too (s36G)
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [10**6]}))
+    for options in ({}, {"cache_dir": tmp_path / "shared"}):
+        handle = lateseq.open(tmp_path / "link", **options)
+        assert lateseq.materialize(handle, log, lateseq.Projection(3)).lengths.tolist() == [
+            lateseq.materialize(store, log, lateseq.Projection(3)).lengths[0]]
 
 
 def test_the_store_constructor_shows_only_public_parameters():

@@ -1131,8 +1131,10 @@ def _own_cache(root: Path, store: Path) -> Path:
     where = store.resolve()
     if root.resolve() == where / STORE_CACHE:  # the store's own read cache, named explicitly
         return root
-    name = where.name.encode()[:190].decode(errors="ignore")  # a file name holds 255 bytes; the hash tells apart
-    return root / f"{name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-u{os.geteuid()}"
+    # a file name holds 255 bytes; the hash tells apart. As bytes: a link's target that is no UTF-8 (the link
+    # is) raised a bare UnicodeEncodeError (s36G); its name keeps its UTF-8 part, which pyarrow can open
+    name = os.fsencode(where.name)[:190].decode(errors="ignore")
+    return root / f"{name}-{hashlib.sha256(os.fsencode(where)).hexdigest()[:12]}-u{os.geteuid()}"
 
 
 def _make_private(folder: Path, root: Path) -> Path:
