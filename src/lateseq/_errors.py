@@ -63,11 +63,13 @@ class ChecksumMismatch(LateseqError, ValueError):
         of the example log it came from (readers that batch a log say where in it)."""
         return self.renumbered(log_rows, "first rows of the log")
 
-    def renumbered(self, rows: Sequence[int], label: str = "first rows") -> ChecksumMismatch:
+    def renumbered(self, rows: Sequence[int], label: str = "first rows", total: int | None = None) -> ChecksumMismatch:
         """The same mismatch, row ``i`` of the batch it names being row ``rows[i]`` of
-        the batch asked for (one rebuilt in parts)."""
+        the batch asked for (one rebuilt in parts, of ``total`` rows)."""
         mapped = [int(rows[r]) for r in self.rows]
         problem = self.problem.replace(f"(first rows: {self.rows[:5]})", f"({label}: {mapped[:5]})")
+        if total is not None:  # "1 of 2 rebuilt histories" in a batch of 4 (s36G)
+            problem = problem.replace(f" of {len(rows)} rebuilt histories", f" of {total} rebuilt histories", 1)
         return ChecksumMismatch(problem, mapped, self.hint)
 
 

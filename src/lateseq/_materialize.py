@@ -104,7 +104,7 @@ def _rebuild(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, proje
         try:
             parts.append((index, how(store, examples.take(pa.array(index)), projection, on_mismatch)))
         except ChecksumMismatch as exc:  # it named rows of the part: good rows of the log, dropped (s36E)
-            failed.append(exc.renumbered(index))
+            failed.append(exc.renumbered(index, total=len(stripped)))
     if failed:  # both kinds' rows: a caller dropping them all drops every one that failed
         raise ChecksumMismatch("; ".join(exc.problem for exc in failed),
                                sorted(row for exc in failed for row in exc.rows), failed[0].hint)

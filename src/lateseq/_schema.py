@@ -32,6 +32,9 @@ TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
 UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
+_YEAR_3000_S = 32_503_680_000  # 3000-01-01T00:00:00Z, in seconds since 1970
+
+
 def ticks_per_second(unit: str) -> int:
     """How many of ``unit`` (one of ``TIME_UNITS``) make a second."""
     return 10 ** (3 * TIME_UNITS.index(unit))
@@ -199,6 +202,18 @@ class Schema:
                 " (__index_level_N__ is a pandas DataFrame's index: pa.Table.from_pandas(df, preserve_index=False) "
                 "leaves it out)" if index else ""))
         return expected
+
+    def refuse_far_future(self, times: np.ndarray, what: str) -> None:
+        """SchemaError for a time after the year 3000 in the store's unit: one in a finer unit
+        (ms for a store in s). A request, an arrival or a fold's watermark so stamped is for
+        good: the tier then refused every event arriving before it, for every user (s36E,
+        s36G). Plain integer times (no ``time_unit``) cannot be told so."""
+        if self.time_unit is None or not len(times):
+            return
+        newest = int(np.max(times))
+        if newest // ticks_per_second(self.time_unit) >= _YEAR_3000_S:
+            raise SchemaError(f"{what} {newest} is after the year 3000 in the store's time unit ({self.time_unit}): "
+                              "a time in a finer unit? The tier would refuse every event arriving before it, for good")
 
     def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str,
                        requests: bool = False) -> pa.Array | pa.ChunkedArray:

@@ -179,6 +179,7 @@ class InMemoryTier(MutableTier):
         events = self.schema.conform(events)
         with self._lock:  # checked and stored as one step: a fold's mark comes before or after
             arrival = events.column(self.schema.arrival_col).to_numpy()
+            self.schema.refuse_far_future(arrival, "arrival")
             last = self._last_arrival()
             if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
                 raise SchemaError("events must be appended in arrival order")

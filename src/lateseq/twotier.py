@@ -47,7 +47,6 @@ from ._records import (
     rebuild_streaming,
     tail_intact,
 )
-from ._schema import Schema, ticks_per_second
 from ._select import transform
 from ._store import Store, check_watermark
 from .mutable import MutableTier
@@ -67,21 +66,6 @@ __all__ = [
 ]
 
 
-_YEAR_3000_S = 32_503_680_000  # 3000-01-01T00:00:00Z, in seconds since 1970
-
-
-def _refuse_far_future(times: np.ndarray, schema: Schema, what: str) -> None:
-    """SchemaError for a time after the year 3000 in the store's unit: one in a finer unit
-    (ms for a store in s). Served or folded, it is for good: the tier then refused every
-    event arriving before it, for every user, and served histories without them (s36E)."""
-    if schema.time_unit is None or not len(times):
-        return
-    newest = int(times.max())
-    if newest // ticks_per_second(schema.time_unit) >= _YEAR_3000_S:
-        raise SchemaError(f"{what} {newest} is after the year 3000 in the store's time unit ({schema.time_unit}): a "
-                          "time in a finer unit? The tier would refuse every event arriving before it, for good")
-
-
 def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     """Commits the tier's events that arrived before ``watermark`` as a new version,
     having told the tier first, which from then on refuses appends that arrive before it
@@ -89,7 +73,7 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     watermark = check_watermark(watermark)
     if watermark is None:
         raise SchemaError("fold needs a watermark: the arrival time before which every event is folded")
-    _refuse_far_future(np.array([watermark]), store.schema, "fold's watermark")
+    store.schema.refuse_far_future(np.array([watermark]), "fold's watermark")
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")
@@ -143,7 +127,7 @@ class OnlineReader:
         store = self.store.latest()
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts",
                                                        requests=True))
-        _refuse_far_future(times, store.schema, "request_ts")
+        store.schema.refuse_far_future(times, "request_ts")
         early = np.flatnonzero(times < store.watermark) if store.watermark is not None and len(times) else ()
         if len(early):  # what log_examples says sends the caller here
             raise PointerError(f"request {int(early[0])} at {int(times[early[0]])} is before the watermark "
