@@ -91,7 +91,9 @@ def make_cache_folder(folder: Path, cache: Path) -> OSError | StoreError | None:
     """``make_folders`` for the read cache ``cache`` or a folder in it; a store's own cache
     only while the store's folder is there: a handle of a store moved away made the store's
     old path again, then a commit its lock files there (s36A)."""
-    if cache.name == STORE_CACHE and not cache.parent.is_dir():
+    if cache.name != STORE_CACHE:  # a shared cache's folders, removed under a live handle: this user's alone, as
+        return make_folders(folder, 0o700)  # made at open (made again 755, s36G)
+    if not cache.parent.is_dir():
         return StoreError(f"the store {cache.parent} is gone: moved or removed since this handle opened it (open it "
                           "where it is now)")
     return make_folders(folder, 0o775)  # never writable by all, whatever the umask
