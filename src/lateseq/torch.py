@@ -133,8 +133,8 @@ class Batch:
                      self.slot)
 
     def __deepcopy__(self, memo: dict) -> Batch:
-        """Tensors of its own: copied through ``__getstate__``, a worker's batch was taken
-        for sent, and its buffer was never freed."""
+        """Tensors of its own. Made through ``__getstate__``, a deep copy in the worker
+        detached its batch's finalizer, as a send does, and the slot was never freed."""
         return self._map(torch.clone)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
