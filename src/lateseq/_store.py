@@ -740,12 +740,13 @@ class Store:
         the last ones that read what it lost, and no version read its partition again (s36A)."""
         folder = self.path / "segments"
 
-        def missing() -> set[str]:  # a store's segments have both files (rsync copies the index first)
+        def missing() -> set[str]:
+            """Files of kept segments that are not there: each has both (rsync copies the index
+            first); one that a stopped cleanup moved aside is there (this one puts it back)."""
             named = {name for _, names in self._log.kept_partitions(before) for name in names}
             aside = {found.group(1) for path in folder.iterdir() if (found := _ASIDE.fullmatch(path.name))}
-            return {f"{name}{suffix}" for name in named for suffix in SEGMENT_FILES  # (one moved aside by a
-                    if f"{name}{suffix}" not in aside and not (folder / f"{name}{suffix}").exists()}  # stopped
-            # cleanup is put back by this one)
+            files = {f"{name}{suffix}" for name in named for suffix in SEGMENT_FILES}
+            return {file for file in files - aside if not (folder / file).exists()}
 
         gone = missing()
         if gone:

@@ -188,14 +188,16 @@ def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool
         strip[failed] = False
         pointers = pointers_from_log(log.take(pa.array(failed)), store.schema)
         gone = int(store.deleted_after(pointers.user_id, pointers.version).sum())  # not online's doing (s36E)
-        why = (f"{gone} of them are records of users deleted since (Store.delete), whose tails "
-               "drop_deleted=True (`lateseq strip --drop-deleted`) erases" + ("; for the others, what" if gone <
-                                                                             len(failed) else "")
-               if gone else "what")
+        why = []
+        if gone:
+            why.append(f"{gone} of them are records of users deleted since (Store.delete), whose tails "
+                       "drop_deleted=True (`lateseq strip --drop-deleted`) erases")
+        if gone < len(failed):
+            why.append(f"{'for the others, ' if gone else ''}what online served differs from what the store holds as "
+                       "served")
         warnings.warn(f"kept the tails of {len(failed):,} records that their covering versions do not rebuild (the "
-                      f"first at row {failed[0]}): {why}"
-                      + (" online served differs from what the store holds as served" if gone < len(failed) else "")
-                      + " (`lateseq audit` on the log says why)", stacklevel=2)
+                      f"first at row {failed[0]}): {'; '.join(why)} (`lateseq audit` on the log says why)",
+                      stacklevel=2)
         stripped = _without_tails(store, log, strip | erase, np.where(strip, covering, current))
     return stripped, int((strip | erase).sum())
 
