@@ -14,8 +14,9 @@ can catch either::
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -120,6 +121,17 @@ def reading_checks(verify: object, on_mismatch: object) -> tuple[bool, str]:
     if not isinstance(on_mismatch, str) or on_mismatch not in ("raise", "flag"):
         raise SchemaError(f"on_mismatch must be 'raise' or 'flag', not {on_mismatch!r}")
     return exact_bool("verify", verify), on_mismatch
+
+
+@contextlib.contextmanager
+def rows_in_log(log_rows: Sequence[int]) -> Iterator[None]:
+    """A ChecksumMismatch or TransformOverflow in a batch whose row ``i`` is row
+    ``log_rows[i]`` of the example log names rows of the log, not of the batch (a user
+    dropping the rows it names drops those that failed)."""
+    try:
+        yield
+    except (ChecksumMismatch, TransformOverflow) as exc:
+        raise exc.in_log(log_rows) from None
 
 
 def exact_integer(name: str, value: object, low: int | None = None, high: int | None = None,

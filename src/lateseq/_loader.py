@@ -19,7 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer, reading_checks
+from ._errors import SchemaError, exact_integer, reading_checks, rows_in_log
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._jagged import JaggedBatch
@@ -69,20 +69,10 @@ def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: P
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
     for batch in batches:
-        with _rows_in_log(first, batch.num_rows):
+        with rows_in_log(range(first, first + batch.num_rows)):
             sequences = materialize(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
         first += batch.num_rows
         yield batch.select(_selected(batch.schema, columns)), sequences
-
-
-@contextlib.contextmanager
-def _rows_in_log(first: int, count: int) -> Iterator[None]:
-    """A ChecksumMismatch or TransformOverflow in the batch of the log's rows [first,
-    first + count) names rows of the log, not of the batch."""
-    try:
-        yield
-    except (ChecksumMismatch, TransformOverflow) as exc:
-        raise exc.in_log(range(first, first + count)) from None
 
 
 def materialize_log(
@@ -167,7 +157,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
         for batch in _example_batches(examples, batch_size, columns):
-            with _rows_in_log(rows, batch.num_rows):
+            with rows_in_log(range(rows, rows + batch.num_rows)):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
                     sequences = {tenant: materialize(store, batch, projection, verify=verify)}

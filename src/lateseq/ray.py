@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.ray needs Ray Data: pip install 'lateseq[ray]'") from exc
 
-from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_bool, exact_integer
+from ._errors import SchemaError, exact_bool, exact_integer, rows_in_log
 from ._events import partition_of
 from ._examplelog import ExampleLog
 from ._materialize import materialize
@@ -162,10 +162,8 @@ class Materializer:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
-            try:
+            with rows_in_log(part.column(ROW).to_numpy()):  # it named rows of this part, not of the log (s36F)
                 sequences = materialize(self.store, part, self.projection, verify=self.verify)
-            except (ChecksumMismatch, TransformOverflow) as exc:  # it named rows of this part, not of the log (s36F)
-                raise exc.in_log(part.column(ROW).to_numpy()) from None
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
             yield pa.Table.from_arrays([part.column(c) for c in [ROW, *self.example_columns]] + lists,

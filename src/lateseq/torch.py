@@ -52,10 +52,10 @@ from ._errors import (
     ChecksumMismatch,
     PointerError,
     SchemaError,
-    TransformOverflow,
     VersionNotFound,
     exact_bool,
     exact_integer,
+    rows_in_log,
 )
 from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
@@ -755,7 +755,7 @@ class ExampleDataset(IterableDataset):
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
-        try:
+        with rows_in_log(rows):
             try:
                 sequences = materialize(self.store, examples, self.projection, verify=self.verify,
                                         on_mismatch=on_mismatch)
@@ -766,8 +766,6 @@ class ExampleDataset(IterableDataset):
                 sequences = materialize(self.store, examples, self.projection, verify=self.verify,
                                         on_mismatch=on_mismatch)
             kept = self._undeleted(examples, sequences) if self.drop_deleted else None
-        except (ChecksumMismatch, TransformOverflow) as exc:
-            raise exc.in_log(rows) from None
         dropped = 0
         if kept is not None:
             dropped = len(rows) - len(kept)
