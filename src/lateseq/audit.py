@@ -47,8 +47,7 @@ class AuditReport:
 
 def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0) -> AuditReport:
     """Rebuilds ``sample`` random records (all by default) and explains mismatches."""
-    if not isinstance(store, Store):
-        raise SchemaError(f"audit reads a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
+    _require_store(store, "audit reads")
     require_table(log)
     sample = None if sample is None else exact_integer("sample", sample, 1)
     rows = np.arange(log.num_rows)
@@ -150,8 +149,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     """
     import tempfile
 
-    if not isinstance(store, Store):
-        raise SchemaError(f"verify checks a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
+    _require_store(store, "verify checks")
     deep = exact_bool("deep", deep)
     problems: list[Problem] = []
 
@@ -225,6 +223,12 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
                                 "read builds it again from the store's segments)"))
     return problems
+
+
+def _require_store(store: object, what: str) -> None:
+    """SchemaError naming what audit or verify takes, unless ``store`` is a handle."""
+    if not isinstance(store, Store):
+        raise SchemaError(f"{what} a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
 
 
 def _tag_kept(log: VersionLog, path: Path) -> None:
