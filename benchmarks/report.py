@@ -1,12 +1,14 @@
-"""The README's performance tables, rendered from the results files in benchmarks/results/.
+"""The performance tables of README.md and docs/performance.md, rendered from the results
+files in benchmarks/results/.
 
     python benchmarks/report.py            # print every results file's section as Markdown
-    python benchmarks/report.py --write    # rewrite those sections in README.md
-    python benchmarks/report.py --check    # exit 1 when README.md differs from the results files
+    python benchmarks/report.py --write    # rewrite those sections in README.md and docs/performance.md
+    python benchmarks/report.py --check    # exit 1 when either differs from the results files
     python benchmarks/report.py --plot out.png benchmarks/results/materialize.json   # or a tenants-*.json
 
-A results file ``benchmarks/results/NAME.json`` fills the README section between
-``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``. The tables here are also what
+A results file ``benchmarks/results/NAME.json`` fills the section between
+``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` (``summary``, every run's
+targets, is the README's; the rest are docs/performance.md's). The tables here are also what
 ``benchmarks/materialize.py`` and ``benchmarks/tenants.py`` print on the console
 (``tables``), so the two never differ.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "performance.md")  # where the sections go
 FORM_SHORT = {"arrow-ipc": "IPC mmap", "flat-npy": "flat mmap", "parquet-smallest": "PQ smallest",
               "parquet-default": "PQ default"}
 FORM_ORDER = ("arrow-ipc", "flat-npy", "parquet-smallest", "parquet-default")
@@ -516,11 +518,11 @@ def tenant_plot(results: dict, path: Path, plt) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- Markdown and the README
+# ---------------------------------------------------------------- Markdown and the pages
 
 
 def markdown(results: dict, source: str) -> str:
-    """A results file as a README section: how it was made, then every table."""
+    """A results file as a page section: how it was made, then every table."""
     m = results["machine"]
     made = (f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, "
             f"{m['cores']} cores, {m['memory_gb']} GB, single-core memcpy {m['memcpy_gb_s']:.1f} GB/s, "
@@ -558,16 +560,47 @@ def machines_markdown(runs: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(runs: dict[str, dict]) -> str:
+    """Every target of the newest run of each benchmark (source -> results) in one short
+    table: a target checked in several states, tenants or forms is one row, with the
+    range of its values and how many of them met it (the README's summary; each run's
+    own section has every value)."""
+    newest: dict[str, tuple[str, dict]] = {}
+    for source, results in sorted(runs.items(), key=lambda item: item[1]["date"]):
+        newest[results["benchmark"]] = (source, results)
+    lines = ["| benchmark | target | N | needed | lateseq | met |", "|---|---|---|---|---|---|"]
+    made = []
+    for source, results in newest.values():
+        made.append(f"{results['benchmark']}: {source}, {results['date']}, {results['machine']['cpu']}")
+        groups: dict[tuple, list[dict]] = {}
+        for t in results["targets"]:
+            target = t["target"] + (f" ({t['workload']})" if t.get("workload") else "")
+            groups.setdefault((target, str(t.get("n") or "-"), f"{t.get('direction', '>=')} {t['threshold']}"),
+                              []).append(t)
+        for (target, n, needed), found in groups.items():
+            show = _pct if target.endswith("less than off by") else _x  # a share of the bytes, not a ratio
+            low, high = (show(f(t["value"] for t in found)) for f in (min, max))
+            needed = f"{needed.split()[0]} {show(found[0]['threshold'])}"
+            value = low if low == high else f"{low} – {high}"
+            met = sum(t["met"] for t in found)
+            lines.append(f"| {results['benchmark']} | {target} | {n} | {needed} | {value} | {met} of {len(found)} |")
+    return "\n".join(lines + ["", *(f"- {line}" for line in made)]) + "\n"
+
+
 def sections(folder: Path = RESULTS) -> dict[str, str]:
-    """NAME -> rendered section, for every results file in ``folder`` (and, where several
-    materialize runs are there, ``materialize-machines``: their targets side by side)."""
+    """NAME -> rendered section, for every results file in ``folder``; ``summary``, every
+    benchmark's targets in one table; and, where several materialize runs are there,
+    ``materialize-machines``: their targets side by side."""
     out = {}
     machines = {}
+    targeted = {}
     for path in sorted(folder.glob("*.json")):
         results = json.loads(path.read_text())
         source = f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
         if results.get("benchmark") == "materialize":
             machines[source] = results
+        if results.get("targets") and results.get("benchmark"):
+            targeted[source] = results
         if results.get("benchmark") in ("materialize", "tenants"):
             out[path.stem] = markdown(results, source)
         elif results.get("benchmark") == "loader":  # its renderer lives with it (it needs torch)
@@ -580,6 +613,8 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
             out[path.stem] = forms_markdown(results, source)
     if len(machines) > 1:
         out["materialize-machines"] = machines_markdown(machines)
+    if targeted:
+        out["summary"] = summary_markdown(targeted)
     return out
 
 
@@ -593,7 +628,7 @@ FORMS_TEXT = {"arrow-ipc": "IPC mmap (materialize.py's)", "flat-npy": "flat .npy
 
 
 def forms_markdown(results: dict, source: str) -> str:
-    """A Fat Row forms run (benchmarks/fatrow_forms.py) as a README section."""
+    """A Fat Row forms run (benchmarks/fatrow_forms.py) as a page section."""
     m = results["machine"]
     ns = [str(n) for n in results["settings"]["n"]]
     lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, {m['cores']} cores, "
@@ -627,7 +662,7 @@ def forms_markdown(results: dict, source: str) -> str:
 
 
 def faults_markdown(results: dict, source: str) -> str:
-    """A fault-injection run (benchmarks/faults.py) as a README section."""
+    """A fault-injection run (benchmarks/faults.py) as a page section."""
     m = results["machine"]
     columns = ["correct", "clear error", "unclear error", "raw exception", "silently wrong", "crash"]
     lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, {m['cores']} cores; "
@@ -704,8 +739,8 @@ def plot(results: dict, path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", action="store_true", help="rewrite the results sections of README.md")
-    action.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the results")
+    action.add_argument("--write", action="store_true", help="rewrite the results sections of the pages")
+    action.add_argument("--check", action="store_true", help="exit 1 when a page differs from the results")
     action.add_argument("--plot", type=Path, metavar="PNG", help="chart one results file (given after)")
     parser.add_argument("results", nargs="?", type=Path, help="the results file for --plot")
     args = parser.parse_args()
@@ -720,17 +755,23 @@ def main() -> None:
         for name, body in rendered.items():
             print(f"<!-- results:{name} -->\n{body}<!-- /results:{name} -->\n")
         return
-    current = README.read_text()
-    updated, missing = rewrite(current, rendered)
-    for name in missing:
-        print(f"README.md has no <!-- results:{name} --> ... <!-- /results:{name} --> markers", file=sys.stderr)
+    placed: set[str] = set()
+    stale = []
+    for page in PAGES:
+        current = page.read_text()
+        updated, missing = rewrite(current, rendered)
+        placed |= set(rendered) - set(missing)
+        if args.write and updated != current:
+            page.write_text(updated)
+        elif updated != current:
+            stale.append(page.relative_to(ROOT))
+    for name in sorted(set(rendered) - placed):
+        print(f"no page has <!-- results:{name} --> ... <!-- /results:{name} --> markers", file=sys.stderr)
     if args.write:
-        if updated != current:
-            README.write_text(updated)
-        print(f"README.md: {len(rendered) - len(missing)} section(s) rendered")
-    elif updated != current or missing:
-        sys.exit("README.md differs from benchmarks/results/: run python benchmarks/report.py --write")
-
+        print(f"{len(placed)} section(s) rendered")
+    elif stale or placed != set(rendered):
+        sys.exit(f"{', '.join(map(str, stale)) or 'a section'} differs from benchmarks/results/: run "
+                 "python benchmarks/report.py --write")
 
 if __name__ == "__main__":
     main()
