@@ -90,6 +90,8 @@ def test_to_torch_shares_the_data():
     assert batch.to_torch(device="cpu")["item"].device.type == "cpu"
     if not torch.cuda.is_available():  # nothing to pin for: plain tensors, as Batch.pin_memory (it raised, s36C)
         assert batch.to_torch(pin_memory=True)["item"].tolist() == [1, 2, 3]
+    with pytest.raises(SchemaError, match="pin_memory must be True or False, not 'no'"):  # s36G: "no" was true
+        batch.to_torch(pin_memory="no")
 
 
 PADS = [  # (dtype, pad value, whether the column holds it exactly)

@@ -1246,6 +1246,12 @@ def test_to_hstu_and_to_kjt_refuse_what_they_would_misread(batch):
         batch.to_hstu(max_output_length=1, target_timestamps=[31.9] * len(batch))
     with pytest.raises(lateseq.SchemaError, match=r"names columns \['item_id'\] more than once"):  # s36C
         batch.to_kjt(["item_id", "rating", "item_id"])
+    flagged = Batch(batch.rows, batch.examples, batch.offsets, batch.lengths,
+                    {**batch.values, "clicked": batch.values["rating"] > 2})
+    with pytest.raises(lateseq.SchemaError, match="timestamps column 'clicked' holds bools"):  # s36G: 0s and 1s
+        flagged.to_hstu(timestamps="clicked")
+    with pytest.raises(lateseq.SchemaError, match="target_timestamps must be integers"):
+        batch.to_hstu(max_output_length=1, target_timestamps=[True] * len(batch))
 
 
 def test_to_kjt_builds_the_documented_constructor_call(batch, monkeypatch):

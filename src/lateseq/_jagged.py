@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ._errors import SchemaError, exact_integer
+from ._errors import SchemaError, exact_bool, exact_integer
 from ._events import row_ranges
 from ._kernels import pad_rows
 
@@ -97,7 +97,7 @@ class JaggedBatch:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("to_torch needs PyTorch: pip install 'lateseq[torch]'") from exc
         arrays = {"offsets": self.offsets, "lengths": self.lengths, **self.values}
-        pin_memory = pin_memory and has_accelerator()  # torch raises without one
+        pin_memory = exact_bool("pin_memory", pin_memory) and has_accelerator()  # torch raises without one
         out = {}
         for name, array in arrays.items():
             tensor = torch.from_numpy(np.ascontiguousarray(array))

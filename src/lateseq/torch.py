@@ -275,8 +275,9 @@ class Batch:
             if name not in self.values:
                 raise SchemaError(f"batch has no column {name!r}; it has {sorted(self.values)}")
         for name, what in ((ids, "ids"), (timestamps, "timestamps")):  # cast to int64: NaN became -2**63
-            if self.values[name].is_floating_point():
-                raise SchemaError(f"{what} column {name!r} holds floats; HSTU's {what} are integers "
+            if self.values[name].is_floating_point() or self.values[name].dtype == torch.bool:
+                kind = "bools" if self.values[name].dtype == torch.bool else "floats"
+                raise SchemaError(f"{what} column {name!r} holds {kind}; HSTU's {what} are integers "
                                   "(name an integer column)")
         if time_unit is not None and time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
@@ -284,7 +285,7 @@ class Batch:
         extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
         if target_timestamps is not None:
             target_timestamps = torch.as_tensor(target_timestamps)  # a tensor, an array or a list
-            if target_timestamps.is_floating_point():  # 31.9 became 31
+            if target_timestamps.is_floating_point() or target_timestamps.dtype == torch.bool:  # 31.9 became 31
                 raise SchemaError(f"target_timestamps must be integers in the store's time unit, got "
                                   f"{target_timestamps.dtype}")
         if target_timestamps is not None and (extra < 1 or tuple(target_timestamps.shape) != (len(self),)):
