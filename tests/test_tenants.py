@@ -1061,8 +1061,10 @@ def test_the_calls_users_get_wrong_are_refused_naming_what_is_expected_or_taken(
         lateseq.materialize_tenants(small_store, examples, one)
     with pytest.raises(SchemaError, match="mapping of name -> lateseq.Projection, got list"):
         lateseq.materialize_tenants(small_store, examples, [one, one])
-    for call in (lateseq.materialize_tenants, lambda s, e, t: lateseq.materialize(s, e, t["a"])):
-        with pytest.raises(SchemaError, match="expected a store handle .lateseq.open"):
+    for call, what in ((lateseq.materialize_tenants, "materialize_tenants"),
+                       (lambda s, e, t: lateseq.materialize(s, e, t["a"]), "materialize")):
+        with pytest.raises(SchemaError, match=f"^{what} reads a lateseq Store .lateseq.open.path., once, then reused., "
+                                              "not a str '/"):
             call(str(small_store.path), examples, {"a": one})
     path = write_config(tmp_path, VALID.replace('"item_id"', '"item"'))
     assert lateseq.load_tenants(path, small_store) == lateseq.load_tenants(path, small_store.schema)  # a Store too

@@ -40,16 +40,18 @@ def materialize(
     record's; a difference raises ChecksumMismatch, or with ``on_mismatch="flag"`` marks
     the row. Two-tier records are always verified (their merge relies on it).
     """
-    _check_store(store)
+    require_store(store, "materialize reads")
     verify, on_mismatch = reading_checks(verify, on_mismatch)  # (a two-tier log's read ignores verify)
     if projection.selects:
         return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
     return _steady(store, lambda: _materialize(store, examples, projection, verify, on_mismatch))
 
 
-def _check_store(store: object) -> None:
-    if not isinstance(store, Store):  # a path: opening one per batch would be slow, so it is not done here
-        raise SchemaError(f"expected a store handle (lateseq.open(path), once, then reused), got "
+def require_store(store: object, what: str) -> None:
+    """SchemaError naming what ``what`` takes, unless ``store`` is a handle: a path is not
+    opened here, as opening one per batch would be slow."""
+    if not isinstance(store, Store):
+        raise SchemaError(f"{what} a lateseq Store (lateseq.open(path), once, then reused), not a "
                           f"{type(store).__name__} {store!r:.80}")
 
 
@@ -125,7 +127,7 @@ def materialize_tenants(
     with its window, filter, length and columns. A two-tier log is rebuilt once per
     tenant instead, and only for tenants without a window or filter.
     """
-    _check_store(store)
+    require_store(store, "materialize_tenants reads")
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     if not isinstance(tenants, Mapping):
         one = " (for one Projection, call materialize)" if isinstance(tenants, Projection) else ""

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 
 from ._derived import damaged_copies
-from ._errors import LateseqError, SchemaError, StoreError, VersionNotFound, exact_bool, exact_integer
+from ._errors import LateseqError, StoreError, VersionNotFound, exact_bool, exact_integer
 from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
-from ._materialize import materialize
+from ._materialize import materialize, require_store
 from ._pointers import Pointers, pointers_from_log, require_table
 from ._projection import Projection
 from ._records import is_two_tier, tail_intact
@@ -47,7 +47,7 @@ class AuditReport:
 
 def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0) -> AuditReport:
     """Rebuilds ``sample`` random records (all by default) and explains mismatches."""
-    _require_store(store, "audit reads")
+    require_store(store, "audit reads")
     require_table(log)
     sample = None if sample is None else exact_integer("sample", sample, 1)
     rows = np.arange(log.num_rows)
@@ -149,7 +149,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
     """
     import tempfile
 
-    _require_store(store, "verify checks")
+    require_store(store, "verify checks")
     deep = exact_bool("deep", deep)
     problems: list[Problem] = []
 
@@ -223,12 +223,6 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
                                 "read builds it again from the store's segments)"))
     return problems
-
-
-def _require_store(store: object, what: str) -> None:
-    """SchemaError naming what audit or verify takes, unless ``store`` is a handle."""
-    if not isinstance(store, Store):
-        raise SchemaError(f"{what} a lateseq Store (lateseq.open(path)), not a {type(store).__name__}")
 
 
 def _tag_kept(log: VersionLog, path: Path) -> None:
