@@ -36,3 +36,11 @@ def test_readme_performance_tables_are_the_committed_results():
     done = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=root, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_names_every_public_name():
+    """The README's list of the public API holds every name ``lateseq.__all__`` exports."""
+    import lateseq
+
+    listed = README[README.index("The public API (`lateseq.__all__`)"):README.index("## CLI")]
+    assert [name for name in lateseq.__all__ if f"`{name}" not in listed] == []
