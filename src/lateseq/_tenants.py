@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from typing import Any
 
@@ -24,7 +25,7 @@ from ._errors import SchemaError
 from ._projection import Filter, Projection
 from ._schema import Schema
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # whole names only: fullmatch
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole names only: fullmatch
 _FIELDS = {"max_len", "columns", "feature_groups", "window", "where", "transforms"}
 _FILTER_FIELDS = {"column", "isin", "any_bits", "all_bits"}
 
@@ -73,8 +74,9 @@ def name_problem(name: object, folded: dict[str, str]) -> str | None:
     none that case alone tells from another's), or None; ``folded`` collects the names
     seen so far, by their case-folded form."""
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
-        return (f"tenant {name!r}: a name is 1 to 128 ASCII letters, digits, '_', '-' and '.', not starting with "
-                "'.' or '-' (it names the tenant's output file)")
+        return (f"tenant {name!r}: a name is 1 to 128 ASCII letters, digits, '_', '-' and '.', starting with a "
+                "letter or digit (it names the tenant's output file, and readers of a folder, lateseq's and "
+                "pyarrow's, leave out files whose names start with '_' or '.')")
     twin = folded.setdefault(name.casefold(), name)
     if twin != name:
         return (f"tenant {name!r}: differs from tenant {twin!r} only in case; their output files would be one "
@@ -86,12 +88,17 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     """(problems, tenants, partial): ``partial`` holds each tenant with a bad field made
     of its other fields, so that the schema check finds their problems in the same run."""
     try:
-        with open(source, "rb") as file:
+        # opened without waiting for a writer, then refused unless a file: a FIFO (or a
+        # device) read as a config blocked the caller until a writer came, forever if none
+        with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise SchemaError(f"tenant config {os.fspath(source)!r} is not a file (a pipe or a device?): write "
+                                  "the config to a file")
             text = file.read()
         # a byte-order mark (Notepad's UTF-8) is no TOML: "Invalid statement at line 1" named nothing
         config = tomllib.loads(text.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except OSError as exc:
-        raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror}") from None
+        raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SchemaError(f"{os.fspath(source)}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
