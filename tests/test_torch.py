@@ -1304,6 +1304,63 @@ def test_rebatch_joins_worker_batches_into_exact_training_batches(world):
         next(rebatch(small, 0))
 
 
+@pytest.mark.filterwarnings("ignore:even_batches leaves out")
+def test_rebatch_under_even_batches_makes_every_rank_as_many_steps(world):
+    """even_batches gives ranks as many batches, not as many rows (a rank's last one may be
+    short): joined by rebatch, a rank made one step more, and under DistributedDataParallel
+    waited forever in its all-reduce (s37C). Each rank's steps are the first rows of its
+    stream, all but its last step full; a state saved at any step resumes the same."""
+    uneven = 0
+    for world_size, size in ((2, 25), (2, 13), (3, 25), (3, 16)):
+        for epoch in range(3):
+            counts = []
+            for rank in range(world_size):
+                ds = dataset(world, batch_size=7, shuffle=True, seed=3, even_batches=True, rank=rank,
+                             world_size=world_size)
+                ds.set_epoch(epoch)
+                stream = torch.cat([b.rows for b in ds])
+                whole = list(rebatch(ds, size))
+                counts.append(len(whole))
+                uneven += len(stream) % size != 0
+                assert [len(b) for b in whole[:-1]] == [size] * (len(whole) - 1) and 0 < len(whole[-1]) <= size
+                assert torch.equal(torch.cat([b.rows for b in whole]), stream[:sum(len(b) for b in whole)])
+                for stop in range(len(whole)):  # saved after step ``stop``, resumed on a fresh dataset
+                    ds = dataset(world, batch_size=7, shuffle=True, seed=3, even_batches=True, rank=rank,
+                                 world_size=world_size)
+                    ds.set_epoch(epoch)
+                    steps = rebatch(ds, size)
+                    taken = [next(steps) for _ in range(stop + 1)]
+                    saved = {"loader": ds.state_dict(), "rebatch": steps.state_dict()}
+                    resumed = dataset(world, batch_size=7, shuffle=True, seed=3, even_batches=True, rank=rank,
+                                      world_size=world_size)
+                    resumed.set_epoch(epoch)
+                    resumed.load_state_dict(saved["loader"])
+                    rest = list(rebatch(resumed, size, state=saved["rebatch"]))
+                    assert all(same(a, b) for a, b in zip(taken + rest, whole, strict=True)), (rank, stop)
+            assert len(set(counts)) == 1, (world_size, size, epoch, counts)
+    assert uneven  # ranks held rows that no whole step took
+
+
+@pytest.mark.filterwarnings("ignore:even_batches leaves out")
+def test_rebatch_of_a_copartitioned_log_under_even_batches_needs_drop_last(tmp_path):
+    """Each worker's partitions end in a short batch: a rank's rows depend on every rank's
+    num_workers, which no rank knows, so joined steps cannot be made even (s37C)."""
+    rng = np.random.default_rng(5)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=4))
+    users = rng.integers(0, 40, 600)
+    store = store.commit(pa.table({"user_id": users, "ts": rng.integers(0, 1000, 600), "item_id": users * 7}))
+    log = lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 44, 300),
+                                                "request_ts": rng.integers(0, 1100, 300)}))
+    lateseq.copartition_log(store, log, tmp_path / "co.parquet", row_group_rows=16)
+    projection = lateseq.Projection(10, ("item_id",))
+    options = {"batch_size": 7, "copartition": True, "even_batches": True, "world_size": 2}
+    with pytest.raises(lateseq.SchemaError, match="needs drop_last=True"):
+        rebatch(ExampleDataset(store, tmp_path / "co.parquet", projection, rank=0, **options), 25)
+    steps = [[len(b) for b in rebatch(ExampleDataset(store, tmp_path / "co.parquet", projection, rank=rank,
+                                                     drop_last=True, **options), 14)] for rank in (0, 1)]
+    assert steps[0] == steps[1] and set(steps[0]) == {14}
+
+
 def test_to_device_and_pin_memory_move_every_tensor(batch, monkeypatch):
     moved = batch.to("meta")
     tensors = [moved.rows, moved.offsets, moved.lengths, *moved.values.values(), *moved.examples.values()]

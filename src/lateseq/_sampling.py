@@ -315,6 +315,22 @@ class ShardPlan:
     def num_batches(self) -> int:
         return self._worker_batches(self.rank)[1][self.worker]
 
+    def even_steps(self, size: int) -> int | None:
+        """Under ``even_batches``, how many batches of ``size`` rows joined from the loader's
+        (``rebatch``) every rank can make this epoch: ranks yield as many batches but not as
+        many rows (a rank's last batch may be short), so the joined batches' counts differed
+        and, under DistributedDataParallel, a rank with one more waited forever (s37C). None
+        where they agree anyway (one rank, no ``even_batches``, ``drop_last``: full batches)."""
+        if not self.even_batches or self.world_size == 1 or self.drop_last:
+            return None
+        if self.row_group_partitions is not None:  # each worker's partitions end in a short batch
+            raise SchemaError("rebatch of a copartitioned ExampleDataset with even_batches=True needs drop_last=True: "
+                              "without it each worker's partitions end in a short batch, so a rank's rows, and the "
+                              "joined batches of them, depend on every rank's num_workers, and ranks would make "
+                              "different numbers (a DistributedDataParallel step would wait forever)")
+        served = np.minimum(self._rank_rows, self._even * self.batch_size)
+        return int((-(-served // size)).min())
+
     @property
     def rows_left_out(self) -> int:
         """Rows of the log (every rank's) this epoch does not serve, by ``drop_last`` and

@@ -341,7 +341,8 @@ def rebatch(batches: Iterable[Batch], batch_size: int, state: dict[str, Any] | N
     resume), the trainer takes big ones. ``state``: a ``Rebatched.state_dict()`` to
     resume from, with the loader resumed from its own state saved at the same step.
     ``batches`` is the DataLoader itself (or the dataset): its epoch tells a state saved
-    at that epoch's last step (nothing left of it) from one of an earlier epoch."""
+    at that epoch's last step (nothing left of it) from one of an earlier epoch, and
+    under ``even_batches`` its plan tells how many training batches every rank makes."""
     return Rebatched(batches, batch_size, state)
 
 
@@ -357,6 +358,10 @@ class Rebatched(Iterator[Batch]):
         # whether this pass has drawn its last batch
         dataset = getattr(batches, "dataset", batches)
         self._epoch = dataset.epoch if isinstance(dataset, ExampleDataset) else None
+        # under even_batches, the batches every rank makes this epoch (None: no limit); the
+        # rows past them are dropped, as even_batches drops a rank's extra batches
+        self._limit = dataset._plan(0, 1).even_steps(self.batch_size) if isinstance(dataset, ExampleDataset) else None
+        self._steps = 0  # made in this epoch
         self._exhausted = False
         if state is not None:
             try:
@@ -369,6 +374,7 @@ class Rebatched(Iterator[Batch]):
             # then starts a new pass, the same epoch again. Nothing of it is left.
             self._exhausted = bool(state.get("exhausted")) and self._epoch is not None and (
                 state.get("epoch") == self._epoch)
+            self._steps = exact_integer("a rebatch state's steps", state.get("steps", 0), 0)
         self._batches = iter(()) if self._exhausted else iter(batches)
         self._count = sum(len(b) for b in self._pending)
 
@@ -386,12 +392,17 @@ class Rebatched(Iterator[Batch]):
         out, rest = joined[:self.batch_size], joined[self.batch_size:]
         rest.stats = BatchStats()  # counted once, in the batch handed out
         self._pending, self._count = ([rest] if len(rest) else []), len(rest)
+        self._steps += 1
+        if self._limit is not None and self._steps >= self._limit and not self._exhausted:
+            for _ in self._batches:  # the loader's pass ends at this epoch's last step, as when it is drawn dry
+                pass
+            self._pending, self._count, self._exhausted = [], 0, True
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """The examples held (as tensors; None: none), and whether the loader's pass of
         this epoch is over, to save beside the loader's state."""
-        done = {"exhausted": self._exhausted, "epoch": self._epoch}
+        done = {"exhausted": self._exhausted, "epoch": self._epoch, "steps": self._steps}
         if not self._pending:
             return {"held": None, **done}
         held = Batch.cat(self._pending)
