@@ -251,15 +251,20 @@ def test_even_batches_step_every_rank_the_same_number_of_times(world):
     check(batches, oracle, log, rows_expected=len(rows))
 
 
-def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path):
+def copartitioned(tmp_path: Path) -> tuple[lateseq.Store, pa.Table, Path]:
+    """A store of 4 partitions, a log of 300 examples, and the log written by copartition_log."""
     rng = np.random.default_rng(5)
     store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=4))
     users = rng.integers(0, 40, 600)
     store = store.commit(pa.table({"user_id": users, "ts": rng.integers(0, 1000, 600), "item_id": users * 7}))
     log = lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 44, 300),
                                                 "request_ts": rng.integers(0, 1100, 300)}))
-    path = tmp_path / "log.parquet"
-    lateseq.copartition_log(store, log, path, row_group_rows=16)
+    lateseq.copartition_log(store, log, tmp_path / "log.parquet", row_group_rows=16)
+    return store, log, tmp_path / "log.parquet"
+
+
+def test_a_copartitioned_log_has_each_shard_map_its_own_partitions_only(tmp_path):
+    store, log, path = copartitioned(tmp_path)
     written = pq.read_table(path)
     assert sorted(written.to_pylist(), key=str) == sorted(log.to_pylist(), key=str)  # the same examples
     projection = lateseq.Projection(10, ("item_id",))
@@ -1345,19 +1350,13 @@ def test_rebatch_under_even_batches_makes_every_rank_as_many_steps(world):
 def test_rebatch_of_a_copartitioned_log_under_even_batches_needs_drop_last(tmp_path):
     """Each worker's partitions end in a short batch: a rank's rows depend on every rank's
     num_workers, which no rank knows, so joined steps cannot be made even (s37C)."""
-    rng = np.random.default_rng(5)
-    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=4))
-    users = rng.integers(0, 40, 600)
-    store = store.commit(pa.table({"user_id": users, "ts": rng.integers(0, 1000, 600), "item_id": users * 7}))
-    log = lateseq.log_examples(store, pa.table({"user_id": rng.integers(0, 44, 300),
-                                                "request_ts": rng.integers(0, 1100, 300)}))
-    lateseq.copartition_log(store, log, tmp_path / "co.parquet", row_group_rows=16)
+    store, _, path = copartitioned(tmp_path)
     projection = lateseq.Projection(10, ("item_id",))
     options = {"batch_size": 7, "copartition": True, "even_batches": True, "world_size": 2}
     with pytest.raises(lateseq.SchemaError, match="needs drop_last=True"):
-        rebatch(ExampleDataset(store, tmp_path / "co.parquet", projection, rank=0, **options), 25)
-    steps = [[len(b) for b in rebatch(ExampleDataset(store, tmp_path / "co.parquet", projection, rank=rank,
-                                                     drop_last=True, **options), 14)] for rank in (0, 1)]
+        rebatch(ExampleDataset(store, path, projection, rank=0, **options), 25)
+    steps = [[len(b) for b in rebatch(ExampleDataset(store, path, projection, rank=rank, drop_last=True, **options),
+                                      14)] for rank in (0, 1)]
     assert steps[0] == steps[1] and set(steps[0]) == {14}
 
 
