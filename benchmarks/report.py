@@ -561,29 +561,30 @@ def machines_markdown(runs: dict[str, dict]) -> str:
 
 
 def summary_markdown(runs: dict[str, dict]) -> str:
-    """Every target of the newest run of each benchmark (source -> results) in one short
-    table: a target checked in several states, tenants or forms is one row, with the
-    range of its values and how many of them met it (the README's summary; each run's
-    own section has every value)."""
-    newest: dict[str, tuple[str, dict]] = {}
-    for source, results in sorted(runs.items(), key=lambda item: item[1]["date"]):
-        newest[results["benchmark"]] = (source, results)
+    """Every target of every run (source -> results) in one short table: a target checked
+    in several states, tenants or forms is one row, with the range of its values over
+    every run and how many of them met it in every run that checked them (a target met on
+    one machine and missed on another is missed; each run's own section has every
+    value)."""
     lines = ["| benchmark | target | N | needed | lateseq | met |", "|---|---|---|---|---|---|"]
     made = []
-    for source, results in newest.values():
+    groups: dict[tuple, dict[tuple, list[dict]]] = {}
+    # the newest run first: its order of targets is the table's
+    for source, results in sorted(runs.items(), key=lambda item: (item[1]["benchmark"], item[1]["date"]), reverse=True):
         made.append(f"{results['benchmark']}: {source}, {results['date']}, {results['machine']['cpu']}")
-        groups: dict[tuple, list[dict]] = {}
         for t in results["targets"]:
             target = t["target"] + (f" ({t['workload']})" if t.get("workload") else "")
-            groups.setdefault((target, str(t.get("n") or "-"), f"{t.get('direction', '>=')} {t['threshold']}"),
-                              []).append(t)
-        for (target, n, needed), found in groups.items():
-            show = _pct if target.endswith("less than off by") else _x  # a share of the bytes, not a ratio
-            low, high = (show(f(t["value"] for t in found)) for f in (min, max))
-            needed = f"{needed.split()[0]} {show(found[0]['threshold'])}"
-            value = low if low == high else f"{low} – {high}"
-            met = sum(t["met"] for t in found)
-            lines.append(f"| {results['benchmark']} | {target} | {n} | {needed} | {value} | {met} of {len(found)} |")
+            row = (results["benchmark"], target, str(t.get("n") or "-"), f"{t.get('direction', '>=')} {t['threshold']}")
+            cell = tuple(sorted((k, str(v)) for k, v in t.items() if k not in ("value", "met")))
+            groups.setdefault(row, {}).setdefault(cell, []).append(t)
+    for (benchmark, target, n, needed), cells in sorted(groups.items(), key=lambda item: item[0][0]):
+        found = [t for runs_of_cell in cells.values() for t in runs_of_cell]
+        show = _pct if target.endswith("less than off by") else _x  # a share of the bytes, not a ratio
+        low, high = (show(f(t["value"] for t in found)) for f in (min, max))
+        needed = f"{needed.split()[0]} {show(found[0]['threshold'])}"
+        value = low if low == high else f"{low} – {high}"
+        met = sum(all(t["met"] for t in runs_of_cell) for runs_of_cell in cells.values())
+        lines.append(f"| {benchmark} | {target} | {n} | {needed} | {value} | {met} of {len(cells)} |")
     return "\n".join(lines + ["", *(f"- {line}" for line in made)]) + "\n"
 
 
