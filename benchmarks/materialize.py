@@ -616,7 +616,25 @@ def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:
     pq.write_table(state.log, log)
     run = drain(lateseq_batches(lambda: store, log, n))
     log.unlink()
-    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": sum(p.suffix == ".json" for p in derived_files(store))}
+    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": sum(p.suffix == ".json" for p in derived_files(store)),
+            "new_host": new_host_epoch(state, n, root)}
+
+
+def new_host_epoch(state: State, n: int, root: Path) -> dict:
+    """The same pass on a host that has never read the store: an empty read cache and the
+    durable files and example log evicted from the page cache, so the pass decodes every
+    segment it needs (once) from disk. The cold passes above read a host's built cache."""
+    durable, _ = store_files(state)
+    log = root / f"{state.name}-new-host-examples.parquet"
+    pq.write_table(state.log, log)
+    with tempfile.TemporaryDirectory(dir=root, prefix="new-host-cache-") as cache:
+        evict([*durable, log])
+        before = disk_read_bytes()
+        run = drain(lateseq_batches(lambda: lateseq.open(state.path, state.version, cache_dir=cache), log, n))
+        read = disk_read_bytes()
+    log.unlink()
+    return {"ex_s": run.ex_s, "seconds": run.seconds, "examples": run.examples,
+            "disk_read_bytes": None if before is None else read - before}
 
 
 def _files(path: Path) -> list[Path]:

@@ -85,6 +85,8 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                     continue
                 assert s["epoch"]["examples"] == work["workload"]["examples"] and s["epoch"]["ex_s"] > 0
                 assert s["epoch"]["merged_copies"] == 0 or work["states"][name]["segments"] > 1
+                new_host = s["epoch"]["new_host"]  # the same pass decoding every segment into an empty cache
+                assert new_host["examples"] == s["epoch"]["examples"] and new_host["ex_s"] > 0
             t = at["events_table"]  # timed beside the compacted-latest state, on its examples
             assert t["state"] == "compacted-latest" and t["ex_s"] > 0 and "cold" not in t
             assert t["lateseq_vs_events_table"] == pytest.approx(at["lateseq"]["compacted-latest"]["ex_s"] / t["ex_s"])
