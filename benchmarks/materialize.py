@@ -616,7 +616,8 @@ def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:
     pq.write_table(state.log, log)
     run = drain(lateseq_batches(lambda: store, log, n))
     log.unlink()
-    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": sum(p.suffix == ".json" for p in derived_files(store)),
+    merged = sum(p.suffix == ".json" for p in derived_files(store))
+    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
             "new_host": new_host_epoch(state, n, root)}
 
 
