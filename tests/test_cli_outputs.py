@@ -626,6 +626,22 @@ def test_bench_checks_its_options_and_outputs_before_running(tmp_path, dir_snaps
     assert no_benchmark[0][-4:] == ["--scale", "500", "--json", str(figures)]
 
 
+def test_named_and_default_sizes_are_held_to_this_machines_memory(tmp_path, monkeypatch, no_benchmark):
+    """--scale small (the default) and a synthetic demo without --users ran unchecked (s38A)."""
+    import lateseq.cli._app as cli_app
+    from lateseq.cli import demo
+
+    monkeypatch.setattr(cli_app, "physical_memory", lambda: 8e9)
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: pytest.fail("the demo ran"))
+    one_line_error(*cli("bench")[::2], "--scale small (20,000 users) would need about 10 GB", "than this machine's 8 GB")
+    one_line_error(*cli("bench", "--scale", "full")[::2], "--scale full (200,000 users) would need about 100 GB")
+    one_line_error(*cli("demo", "--dataset", "synthetic")[::2],
+                   "--dataset synthetic (200,000 users unless --users says) would need about 13 GB")
+    assert no_benchmark == []
+    code, _, err = cli("bench", "--scale", "tiny")
+    assert code == 0 and no_benchmark[0][-2:] == ["--scale", "tiny"], err
+
+
 def test_demo_refuses_options_of_the_other_dataset_and_a_file_for_workdir(tmp_path, dir_snapshot, monkeypatch):
     from lateseq.cli import demo
 

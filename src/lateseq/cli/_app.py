@@ -1040,12 +1040,13 @@ def tenants_check(
     _err.print(f"{config}: {len(tenants)} tenant(s) fit {store}", highlight=False)
 
 
-def _fits_in_memory(option: str, value: int, bytes_each: float, measured: str) -> None:
-    """Refuses a size that would need more memory than this machine has (from a measured
-    run's peak), before the run: it died midway with numpy's MemoryError (s34H)."""
-    need, have = value * bytes_each, physical_memory()
+def _fits_in_memory(what: str, users: int, bytes_each: float, measured: str) -> None:
+    """Refuses a size (named, a number or a default) that would need more memory than this
+    machine has (from a measured run's peak), before the run: it died midway with numpy's
+    MemoryError (s34H)."""
+    need, have = users * bytes_each, physical_memory()
     if need > have:
-        raise SchemaError(f"{option} {value:,} would need about {need / 1e9:,.0f} GB of memory ({measured}), more "
+        raise SchemaError(f"{what} would need about {need / 1e9:,.0f} GB of memory ({measured}), more "
                           f"than this machine's {have / 1e9:,.0f} GB (its container's, where a cgroup limits it)")
 
 
@@ -1060,8 +1061,9 @@ def bench(
     if scale not in ("tiny", "small", "full") and not (scale.isascii() and scale.isdecimal() and int(scale) > 0):
         raise SchemaError(f"--scale must be tiny, small, full or a number of users (a positive integer), "
                           f"not {scale!r}")
-    if scale.isdecimal():
-        _fits_in_memory("--scale", int(scale), 0.5e6, "a run of 20,000 users, --scale small, peaked at 9.6 GB")
+    users = {"tiny": 100, "small": 20_000, "full": 200_000}.get(scale) or int(scale)  # benchmarks/tenants.py's
+    _fits_in_memory(f"--scale {scale} ({users:,} users)" if not scale.isdecimal() else f"--scale {users:,}", users,
+                    0.5e6, "a run of 20,000 users, --scale small, peaked at 9.6 GB")
     outputs = [(option, path) for option, path in (("--json", json_path), ("--plot", plot)) if path is not None]
     for option, path in outputs:  # checked before the benchmark's minutes, not after them
         _check_output(path, force, option)
@@ -1301,8 +1303,9 @@ def demo(
     for option, value in (("--users", users), ("--examples", examples), ("--fat-sample", fat_sample)):
         if value is not None and value < 1:
             raise SchemaError(f"{option} must be positive, got {value}")
-    if users is not None:
-        _fits_in_memory("--users", users, 65e3, "a run of 20,000 users peaked at 1.3 GB")
+    if dataset == "synthetic":  # its default size too
+        what = "--dataset synthetic (200,000 users unless --users says)" if users is None else f"--users {users:,}"
+        _fits_in_memory(what, 200_000 if users is None else users, 65e3, "a run of 20,000 users peaked at 1.3 GB")
     if workdir is not None:
         existing = next(p for p in (workdir, *workdir.parents) if p.exists() or p.is_symlink())
         if not existing.is_dir():
