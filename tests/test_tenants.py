@@ -1013,6 +1013,11 @@ def test_tenant_names_and_unreadable_files(tmp_path):
     for name in (".hidden", "a/b", "abc\n", "x" * 129, "_legacy"):  # a newline at the end is no name either
         assert repr(name) in str(info.value), name
     assert "5 problem(s)" in str(info.value) and "1 to 128" in str(info.value)
+    # a bad name's fields are checked in the same run, its columns against the schema too (s38A)
+    path.write_text(VALID + '\n[tenants._b]\nmax_len = 1\ncolumns = ["nope"]\nwindow = "3 days"\n')
+    with pytest.raises(SchemaError) as info:
+        lateseq.load_tenants(path, CONFIG_SCHEMA)
+    assert "3 problem(s)" in str(info.value) and "'nope'" in str(info.value) and "window" in str(info.value)
     with pytest.raises(SchemaError, match="cannot read"):
         lateseq.load_tenants(tmp_path / "missing.toml", CONFIG_SCHEMA)
     fifo = tmp_path / "fifo.toml"

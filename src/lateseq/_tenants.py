@@ -116,12 +116,11 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     partial: dict[str, Projection] = {}
     folded: dict[str, str] = {}
     for name, spec in config["tenants"].items():
-        problem = name_problem(name, folded)
-        if problem:
-            problems.append(problem)
-            continue
+        bad_name = name_problem(name, folded)
+        if bad_name:  # its fields are checked all the same: every problem in one run
+            problems.append(bad_name)
         try:
-            tenants[name] = _projection(spec)
+            (partial if bad_name else tenants)[name] = _projection(spec)
         except SchemaError as exc:
             own, rest = _sound_part(spec)
             dotted = [f'[tenants."{dotted}"]' for dotted in _dotted_names(name, spec)]
