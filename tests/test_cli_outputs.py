@@ -106,6 +106,24 @@ def test_strip_and_simulate_outputs_need_force(two_tier, dir_snapshot):
     assert no_temporaries(d)
 
 
+def test_a_missing_extra_is_named_with_its_install_line_not_as_a_bug(monkeypatch):
+    """simulate without pandas said 'internal error: ImportError ... please report it' (s38A)."""
+    from lateseq.cli import simulate
+
+    def without_pandas(*args, **kwargs):  # what simulate raises where pandas is not installed
+        raise ImportError("the simulation's brute-force checks need pandas: pip install 'lateseq[demo]'")
+
+    monkeypatch.setattr(simulate, "simulate", without_pandas)
+    one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "need pandas: pip install 'lateseq[demo]'")
+    assert "internal error" not in cli("simulate", "--users", 5, "--days", 0.5)[2]
+
+    def a_bug(*args, **kwargs):  # any other ImportError stays a bug to report
+        raise ImportError("cannot import name 'x' from 'y'")
+
+    monkeypatch.setattr(simulate, "simulate", a_bug)
+    one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "internal error: ImportError")
+
+
 def test_an_input_is_never_overwritten_even_with_force(plain, two_tier, dir_snapshot):
     """An in-place rewrite would lose the only copy of what the command reads (an example
     log records what online served) if the output is wrong; write elsewhere, then move."""

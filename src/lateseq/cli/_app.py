@@ -282,6 +282,8 @@ class _Group(TyperGroup):
                     print(ctx.get_help() if ctx is not None else "", file=sys.stderr)
                     sys.exit(exc.exit_code)  # type: ignore[attr-defined]
                 _fail(_usage_message(exc), exc.exit_code)  # type: ignore[attr-defined]
+            if isinstance(exc, ImportError) and "pip install 'lateseq[" in str(exc):
+                _fail(str(exc))  # a missing extra, named with the line that installs it: no bug
             if os.environ.get("LATESEQ_DEBUG"):  # a bug: still one line, the traceback on request
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with LATESEQ_DEBUG=1 "
