@@ -403,6 +403,18 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     pq.write_table(events(pa.array([1, 1_500], pa.timestamp("ms"))), fine)
     one_line_error(*cli("ingest", tmp_path / "f", fine, "--time-unit", "s")[::2], "not whole seconds")
     assert not (tmp_path / "f").exists()
+    # a daily job's one command line: --time-unit that made the store is its unit, so it stays welcome (s38A)
+    code, out, err = cli("ingest", tmp_path / "b", stamps, "--time-unit", "us")
+    assert (code, out) == (0, "2\n"), err
+    one_line_error(*cli("ingest", tmp_path / "b", stamps, "--time-unit", "ms")[::2], "its own unit",
+                   "this store counts us")
+    # a new store's first input a quiet hour's folder (only _SUCCESS): no columns to take a schema from
+    quiet = tmp_path / "hour00"
+    quiet.mkdir()
+    (quiet / "_SUCCESS").touch()
+    one_line_error(*cli("ingest", tmp_path / "g", quiet, "--allow-empty")[::2], "holds no columns",
+                   "a new store takes its schema from its first input")
+    assert not (tmp_path / "g").exists()
 
 
 def test_pointers_time_unit(tmp_path):

@@ -555,8 +555,11 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
             kinds = ", ".join(f"{c!r} holds {table.column(c).type}" for c in present)
             if all(pa.types.is_timestamp(table.column(c).type) or pa.types.is_date(table.column(c).type)
                    for c in present):
+                if unit == schema.time_unit:  # the run that created the store, as a daily job repeats it
+                    return table
                 raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}, "
-                                  "which brings its own unit): leave --time-unit out")
+                                  f"which brings its own unit; this store counts {schema.time_unit}): leave "
+                                  "--time-unit out")
             raise SchemaError(f"--time-unit says what integer times count, and {source} has none ({kinds}): times "
                               "must be integers, timestamps or dates; cast them to int64 first where they hold "
                               "whole numbers")
@@ -632,6 +635,10 @@ def ingest(
         if store.is_dir() and any(store.iterdir()):
             raise StoreError(f"{store} exists and is not a lateseq store (no schema.json); "
                              "pick a new or empty directory")
+        if not table.num_columns:  # a quiet hour's folder of no part file: nothing to take a schema from
+            raise SchemaError(f"{events} holds no columns (a folder of no data file?), and a new store takes its "
+                              "schema from its first input: create the store from an input with its columns (an "
+                              "empty file of them will do with --allow-empty)")
         options: dict[str, Any] = {"time_unit": unit} if unit is not None else {}
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
                               partitions=1 if partitions is None else partitions, **options)
