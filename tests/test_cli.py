@@ -227,6 +227,21 @@ def test_ingest_options_create_the_schema(files, tmp_path):
     assert lateseq("ingest", store, path, "--partitions", 2)[0] == 0
     assert_one_line_error(*lateseq("ingest", store, path, "--partitions", 3)[::2], "--partitions")
     assert_one_line_error(*lateseq("ingest", store, path, "--time-col", "ts")[::2], "--time-col")
+    # requests and users to delete name their user column as the events did (s38A): read as user_id
+    requests = write(tmp_path / "req.parquet", uid=[1, 2], request_ts=[6, 7])
+    code, _, err = lateseq("pointers", store, requests, "--out", tmp_path / "ex.parquet")
+    assert code == 0, err
+    log = pq.read_table(tmp_path / "ex.parquet")
+    assert log.column("user_id").to_pylist() == [1, 2] and log.column("uih_length").to_pylist() == [4, 2]
+    code, out, err = lateseq("delete", store, write(tmp_path / "gone.parquet", uid=[2]))
+    assert code == 0, err
+    assert lateseq("pointers", store, requests, "--out", tmp_path / "after.parquet")[0] == 0
+    assert pq.read_table(tmp_path / "after.parquet").column("uih_length").to_pylist() == [4, 0]
+    assert_one_line_error(*lateseq("delete", store, write(tmp_path / "x.parquet", who=[2]))[::2],
+                          "no user_id or uid column")
+    assert_one_line_error(*lateseq("ingest", tmp_path / "s3", path)[::2],
+                          "no column 'user_id' (columns: ['uid', 't', 'seq', 'item_id']): name the column of its "
+                          "user ids (user_col=, or the CLI's --user-col)")
 
 
 @pytest.mark.parametrize("case", [

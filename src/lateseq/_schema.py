@@ -112,9 +112,10 @@ class Schema:
         options name one; an integer time column gives none (plain integers).
         """
         names = arrow_schema.names
-        for needed in (user_col, time_col):
+        for needed, what, option in ((user_col, "user ids", "user"), (time_col, "event times", "time")):
             if needed not in names:
-                raise SchemaError(f"input has no column {needed!r} (columns: {names})")
+                raise SchemaError(f"input has no column {needed!r} (columns: {names}): name the column of its "
+                                  f"{what} ({option}_col=, or the CLI's --{option}-col)")
         time_type = _as_time(arrow_schema.field(time_col).type)
         if pa.types.is_timestamp(time_type):
             options.setdefault("time_unit", time_type.unit)

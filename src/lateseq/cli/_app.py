@@ -826,7 +826,7 @@ def _bytes_under(*folders: Path) -> int:
 @app.command()
 def pointers(
     store: StoreArg,
-    requests: Annotated[Path, typer.Argument(help="Parquet file: user_id, request_ts, any other columns.",
+    requests: Annotated[Path, typer.Argument(help="Parquet file: user_id (or the store's --user-col), request_ts, any other columns.",
                                              show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
     version: Annotated[str | None, typer.Option(help="Version or tag served from.", show_default="latest")] = None,
@@ -839,7 +839,7 @@ def pointers(
     _check_arguments(store, requests, "requests file")
     _check_output(out, force, "--out", [requests], store)
     handle = _open(store, version)
-    table = _integer_times(_read_parquet(requests, "requests"), ["request_ts"],
+    table = _integer_times(_with_user_id(_read_parquet(requests, "requests"), handle.schema), ["request_ts"],
                            None if time_unit is None else time_unit.value, handle.schema, requests)
     examples = log_examples(handle, table)
     write_log(examples, out)
@@ -1129,20 +1129,30 @@ def verify(
     _err.print(f"{store}: {kept} kept versions, every file sound{' (deep)' if deep else ''}", highlight=False)
 
 
+def _with_user_id(table: pa.Table, schema: Schema) -> pa.Table:
+    """``table`` whose user ids are in a column named as the store's events name them
+    (``--user-col`` at ingest), that column read as the ``user_id`` that pointers carry."""
+    if "user_id" in table.column_names or schema.user_col not in table.column_names:
+        return table
+    return table.rename_columns(["user_id" if n == schema.user_col else n for n in table.column_names])
+
+
 @app.command()
 def delete(
     store: StoreArg,
-    users: Annotated[Path, typer.Argument(help="Parquet file with a user_id column.", show_default=False)],
+    users: Annotated[Path, typer.Argument(help="Parquet file with a user_id column (or the store's --user-col).",
+                                          show_default=False)],
 ) -> None:
     """Publish a version without USERS' events; print its number and what still holds them."""
     _check_arguments(store, users, "users file")
-    table = _read_parquet(users, "users")
+    handle = _open(store)
+    table = _with_user_id(_read_parquet(users, "users"), handle.schema)
     if "user_id" not in table.column_names:
-        raise SchemaError(f"{users} has no user_id column (columns: {table.column_names})")
+        other = f" or {handle.schema.user_col}" if handle.schema.user_col != "user_id" else ""
+        raise SchemaError(f"{users} has no user_id{other} column (columns: {table.column_names})")
     if table.column("user_id").null_count:
         raise SchemaError(f"{users}: user_id has {table.column('user_id').null_count} null values")
     ids = as_user_ids(table.column("user_id"), f"{users}: user_id")  # as Store.delete reads them: exactly
-    handle = _open(store)
     new = handle.delete(ids)
     print(new.version)
     count = len(set(ids.tolist()))  # "of 1 users" read as user id 1
