@@ -489,3 +489,31 @@ def test_help_reads_as_written(args):
     for paragraph in filter(None, (p.strip("\n") for p in description)):
         lines = paragraph.splitlines()
         assert all(len(line.rstrip()) > 60 for line in lines[:-1]), paragraph  # each full but the last
+
+
+def test_an_ingest_that_another_writer_beat_lands_after_it(tmp_path, monkeypatch):
+    """Ingests run side by side (an hour's files each): one that loses the race to
+    publish commits again on top of the winner, rather than failing (s38A: 2 of 3 failed)."""
+    import lateseq.cli._app as cli_app
+    from lateseq import CommitConflict
+
+    store = tmp_path / "s"
+    assert lateseq("ingest", store, write(tmp_path / "h0.parquet", user_id=[1], ts=[1], item_id=[1]))[0] == 0
+    real_commit, raced = Store.commit, []
+
+    def another_writer_first(handle, table, **options):
+        if len(raced) < 2:  # another ingest publishes the version this one meant to, twice
+            raced.append(real_commit(handle, pa.table({"user_id": [9], "ts": [5], "item_id": [9]})).version)
+            raise CommitConflict(f"version {raced[-1]} was published by another writer; retry")
+        return real_commit(handle, table, **options)
+
+    monkeypatch.setattr(Store, "commit", another_writer_first)
+    monkeypatch.setattr(cli_app.time, "sleep", lambda seconds: None)
+    code, out, err = lateseq("ingest", store, write(tmp_path / "h1.parquet", user_id=[1], ts=[2], item_id=[2]),
+                             "--commit-id", "h1")
+    assert (code, out, raced) == (0, "4\n", [2, 3]), err
+    assert Store(store).num_events == 4
+    raced.clear()
+    monkeypatch.setattr(cli_app, "COMMIT_TRIES", 2)  # a store that busy: the conflict, after as many tries
+    assert_one_line_error(*lateseq("ingest", store, write(tmp_path / "h2.parquet", user_id=[1], ts=[3], item_id=[3]))[
+        ::2], "version 6 was published by another writer")

@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -45,6 +46,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lateseq import (
     ChecksumMismatch,
+    CommitConflict,
     LateseqError,
     Projection,
     Schema,
@@ -656,6 +658,9 @@ def ingest(
     _commit(handle, table, events, commit_id, allow_empty, created)
 
 
+COMMIT_TRIES = 8  # another writer published first this often in a row: a store that busy needs one writer
+
+
 def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None, allow_empty: bool,
             created: bool) -> None:
     latest = handle.latest_version
@@ -667,7 +672,14 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
         _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
         return
-    new = handle.commit(table, commit_id=commit_id)
+    for attempt in range(COMMIT_TRIES):  # ingests run side by side (an hour's files each): each lands in turn
+        try:
+            new = handle.commit(table, commit_id=commit_id)
+            break
+        except CommitConflict:
+            if attempt == COMMIT_TRIES - 1:
+                raise
+            time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)  # apart, lest they meet again
     print(new.version)
     if new.version <= latest:
         _err.print(f"{events} was committed before under id {commit_id!r}: nothing to do", highlight=False)
