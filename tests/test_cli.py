@@ -396,6 +396,9 @@ def test_python_dash_m_lateseq_runs_the_command_line():
     """Where the console script is not on PATH (a venv not activated), ``python -m lateseq``."""
     done = subprocess.run([sys.executable, "-m", "lateseq", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "materialize" in done.stdout, done.stderr
+    from importlib.metadata import version
+
+    assert lateseq("--version")[:2] == (0, f"lateseq {version('lateseq')}\n")  # what a bug report names
 
 
 # ---------------------------------------------------------------- what the command line says

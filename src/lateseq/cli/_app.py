@@ -383,6 +383,14 @@ def _setting_option(flag: str, text: str) -> Any:
     return typer.Option(flag, envvar=f"LATESEQ_{flag[2:].upper().replace('-', '_')}", case_sensitive=False, help=text)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"lateseq {version('lateseq')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     cache_dir: Annotated[Path | None, typer.Option(
@@ -398,6 +406,9 @@ def _global_options(
         "--readahead", "Let the kernel read ahead of the store pages a read needs: always, never (for random "
         "reads of a store bigger than memory), or auto (never when the version would take more than half of "
         "this machine's memory).")] = Setting.auto,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print lateseq's version and exit.")] = False,
 ) -> None:
     _read_cache["dir"] = cache_dir
     _read_cache["merged"] = _SETTING[merged_reads]
