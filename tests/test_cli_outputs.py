@@ -651,7 +651,8 @@ def test_named_and_default_sizes_are_held_to_this_machines_memory(tmp_path, monk
 
     monkeypatch.setattr(cli_app, "physical_memory", lambda: 8e9)
     monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: pytest.fail("the demo ran"))
-    one_line_error(*cli("bench")[::2], "--scale small (20,000 users) would need about 10 GB", "than this machine's 8 GB")
+    one_line_error(*cli("bench")[::2], "--scale small (20,000 users) would need about 10 GB",
+                   "than this machine's 8 GB")
     one_line_error(*cli("bench", "--scale", "full")[::2], "--scale full (200,000 users) would need about 100 GB")
     one_line_error(*cli("demo", "--dataset", "synthetic")[::2],
                    "--dataset synthetic (200,000 users unless --users says) would need about 13 GB")
