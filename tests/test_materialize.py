@@ -580,3 +580,36 @@ def test_windows_cut_into_more_runs_than_a_batch_first_holds(make_store, state):
             assert np.array_equal(batch.offsets, [0, min(2, max_len)] + [min(2, max_len) + len(ones) * i
                                                                           for i in (1, 2, 3)])
             assert np.array_equal(batch.values["item"], np.r_[[5, 6][-max_len:], ones, ones, ones])
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.05, 0.3, 0.9]))
+@settings(max_examples=6, deadline=None)
+def test_late_events_backfilled_deep_into_compacted_histories_equal_oracle(seed, late_share):
+    """Late events land anywhere in a user's past, hundreds of them (many blocks of
+    ``late_rows``), compacted: every pointer against every version counts those it cannot
+    see a block at a time (s38B: it visited them one by one), and its window skips them."""
+    rng = np.random.default_rng(seed)
+    oracle = Oracle({"item": "int64"})
+    logs = []
+    with tempfile.TemporaryDirectory() as root:
+        store = lateseq.create(Path(root) / "s", lateseq.Schema({"item": "int64"}))
+        for day in range(12):
+            n = int(rng.integers(1, 120))
+            users = rng.integers(0, 3, n)
+            ts = rng.integers(day * 100, (day + 1) * 100, n)
+            late = rng.random(n) < late_share
+            ts[late] = rng.integers(0, (day + 1) * 100, int(late.sum()))  # anywhere in the past: a backfill
+            item = rng.integers(0, 1 << 40, n)
+            store = store.commit(pa.table({"user_id": users, "ts": ts, "item": item}))
+            oracle.commit(users.tolist(), ts.tolist(), {"item": item.tolist()})
+            requests = pa.table({"user_id": rng.integers(0, 4, 30), "request_ts": rng.integers(0, 1400, 30)})
+            logs.append(lateseq.log_examples(store, requests))
+        store = store.compact()
+        oracle.compact()
+        log = pa.concat_tables(logs)
+        requests = oracle_requests(log)
+        for projection in (lateseq.Projection(1, ("item", "ts")), lateseq.Projection(70, ("item", "ts")),
+                           lateseq.Projection(1 << 40, ("item", "ts")),
+                           lateseq.Projection(1 << 40, ("item", "ts"), window=150)):
+            offsets, values = oracle.expected_projection(requests, projection)
+            assert_batch_equal(lateseq.materialize(store, log, projection), offsets, values, str(projection))
