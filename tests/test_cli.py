@@ -516,7 +516,20 @@ def test_an_ingest_that_another_writer_beat_lands_after_it(tmp_path, monkeypatch
                              "--commit-id", "h1")
     assert (code, out, raced) == (0, "4\n", [2, 3]), err
     assert Store(store).num_events == 4
+
+    def a_twin_first(handle, table, **options):  # the same run, scheduled twice, publishes it first
+        if not raced:
+            raced.append(real_commit(handle, table, **options).version)
+            raise CommitConflict(f"version {raced[-1]} was published by another writer; retry")
+        return real_commit(handle, table, **options)
+
+    raced.clear()
+    monkeypatch.setattr(Store, "commit", a_twin_first)
+    code, out, err = lateseq("ingest", store, write(tmp_path / "h3.parquet", user_id=[1], ts=[4], item_id=[4]),
+                             "--commit-id", "h3")
+    assert (code, out) == (0, "5\n") and "committed before under id 'h3': nothing to do" in err, err
+    monkeypatch.setattr(Store, "commit", another_writer_first)
     raced.clear()
     monkeypatch.setattr(cli_app, "COMMIT_TRIES", 2)  # a store that busy: the conflict, after as many tries
     assert_one_line_error(*lateseq("ingest", store, write(tmp_path / "h2.parquet", user_id=[1], ts=[3], item_id=[3]))[
-        ::2], "version 6 was published by another writer")
+        ::2], "version 7 was published by another writer")

@@ -122,20 +122,21 @@ def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tup
 
 
 @st.composite
-def cases(draw) -> Case:
-    sizes = draw(st.lists(st.integers(0, 12), min_size=1, max_size=5))
-    ts_dtype, ver_dtype = draw(st.sampled_from(STORED))
+def cases(draw, longest: int = 12, span: int = 6, versions: int = 4) -> Case:
+    """Users of up to ``longest`` rows, times in [0, span], versions in [0, versions]."""
+    sizes = draw(st.lists(st.integers(0, longest), min_size=1, max_size=5))
+    ts_dtype, ver_dtype = draw(st.sampled_from([pair for pair in STORED if np.iinfo(pair[0]).max >= span]))
     ts_base = draw(st.integers(-(10**15), 10**15))
     ver_base = draw(st.integers(0, 4))
     with_arrival = draw(st.booleans())
     arrival_base = draw(st.integers(-100, 100))
     ts, ver, arrival, vmax, vmin = [], [], [], [], []
     for size in sizes:
-        ts += sorted(draw(st.lists(st.integers(0, 6), min_size=size, max_size=size)))  # ties
-        versions = draw(st.lists(st.integers(0, 4), min_size=size, max_size=size))
-        ver += versions
-        vmax += np.maximum.accumulate(versions).tolist() if size else []
-        vmin += np.minimum.accumulate(versions[::-1])[::-1].tolist() if size else []
+        ts += sorted(draw(st.lists(st.integers(0, span), min_size=size, max_size=size)))  # ties
+        drawn = draw(st.lists(st.integers(0, versions), min_size=size, max_size=size))
+        ver += drawn
+        vmax += np.maximum.accumulate(drawn).tolist() if size else []
+        vmin += np.minimum.accumulate(drawn[::-1])[::-1].tolist() if size else []
         arrival += draw(st.lists(st.integers(0, 10), min_size=size, max_size=size))
     n = len(ts)
     hashes = np.array(draw(st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)), np.uint32)
@@ -144,8 +145,8 @@ def cases(draw) -> Case:
 
     pointers = draw(st.integers(0, 8))
     users = draw(st.lists(st.integers(0, len(sizes) - 1), min_size=pointers, max_size=pointers))
-    request_ts = [ts_base + draw(st.integers(-1, 8)) for _ in users]
-    version = [ver_base + draw(st.integers(-2, 5)) for _ in users]
+    request_ts = [ts_base + draw(st.integers(-1, span + 2)) for _ in users]
+    version = [ver_base + draw(st.integers(-2, versions + 1)) for _ in users]
     if with_arrival:
         version_hi = [v + draw(st.integers(0, 4)) for v in version]
         limit = [arrival_base + draw(st.integers(-1, 12)) for _ in users]
@@ -163,7 +164,7 @@ def cases(draw) -> Case:
         np.array(arrival, np.uint8) if with_arrival else None, arrival_base,
         np.array(request_ts, np.int64) if ts_dtype != np.int64 else np.array(request_ts, np.int64) - ts_base,
         Visibility(np.array(version, np.int64), np.array(version_hi, np.int64), np.array(limit, np.int64)),
-        draw(st.integers(0, 14)), np.array(hint, np.int64),
+        draw(st.integers(0, 14) | st.integers(0, 2 * longest)), np.array(hint, np.int64),
     )
 
 
@@ -175,6 +176,18 @@ def window_rows(case: Case, p: int, lo: int, hi: int, holes: bool) -> list[int]:
 @given(cases())
 @settings(max_examples=400)
 def test_locate_matches_reference(case):
+    check_locate(case)
+
+
+@given(cases(longest=400, span=300, versions=40))
+@settings(max_examples=60, deadline=None)
+def test_locate_matches_reference_over_many_blocks_of_late_rows(case):
+    """Hundreds of late rows per user: the unseen ones are counted a block of
+    ``LATE_BLOCK`` at a time, whole blocks partly visible included (s38B)."""
+    check_locate(case)
+
+
+def check_locate(case: Case) -> None:
     count, checksum, lo, hi, holes, _ = locate(*case.args())
     r_count, r_checksum, r_lo, r_hi, r_holes = locate_reference(*case.reference_args())
     for array, dtype in ((count, np.int64), (checksum, np.uint32), (lo, np.int64), (hi, np.int64)):

@@ -685,6 +685,7 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
         return
     for attempt in range(COMMIT_TRIES):  # ingests run side by side (an hour's files each): each lands in turn
         try:
+            latest = handle.latest_version  # a twin run with the same id may have published it meanwhile
             new = handle.commit(table, commit_id=commit_id)
             break
         except CommitConflict:
