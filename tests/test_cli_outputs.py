@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -395,6 +396,12 @@ main()
 """
 
 
+def obeying_sigint() -> None:
+    """A child's SIGINT back to its default (``preexec_fn``): a suite run as a background job
+    (nohup, a script's ``cmd &``) passes it on ignored, and lateseq leaves an ignored one so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def writing_slowly(plain: Path, out: Path, **popen):
     """``lateseq materialize`` of ``plain``'s store into ``out`` (made), in a process of its
     own, once its temporary output is there (or it ended)."""
@@ -419,7 +426,7 @@ def test_a_signal_ends_a_command_with_one_line_and_removes_what_it_was_writing(p
     message, and the partial temporary output stayed in the folder for good. SIGINT exited
     130 without the promised `error:` line (typer answered it before the command could)."""
     out = plain / "out"
-    run = writing_slowly(plain, out)
+    run = writing_slowly(plain, out, preexec_fn=obeying_sigint)
     assert run.poll() is None, run.communicate()
     run.send_signal(signum)
     _, stderr = run.communicate(timeout=120)
@@ -511,7 +518,6 @@ def test_a_signal_the_parent_ignored_stays_ignored(plain):
     """A script's background job (and nohup) starts with SIGINT ignored: the CLI put its own
     handler in, so the same SIGINT was ignored before that and ended the command after
     (an ingest committed or not by a tenth of a second). Ignored throughout now."""
-    import signal
     out = plain / "out"
     run = writing_slowly(plain, out, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     run.send_signal(signal.SIGINT)  # while it writes
@@ -559,7 +565,8 @@ store.Store._write = write
 from lateseq.cli import main
 main()
 """
-    done = subprocess.run([sys.executable, "-c", twice, "compact", str(store)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", twice, "compact", str(store)], capture_output=True, text=True,
+                          preexec_fn=obeying_sigint)
     assert (done.returncode, done.stderr.strip()) == (130, "error: interrupted"), done.stderr
     assert no_temporaries(store) and not [p for p in (store / "segments").iterdir() if p.name.startswith(".")]
     assert {p.name for p in (store / "versions").iterdir()} == before
@@ -599,7 +606,7 @@ main()
 """
     new = tmp_path / "new"
     done = subprocess.run([sys.executable, "-c", hooked, "ingest", str(new), str(tmp_path / "ev.parquet")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=obeying_sigint)
     assert (done.returncode, done.stderr.strip()) == (130, "error: interrupted") and not new.exists()
     assert cli("ingest", new, tmp_path / "ev.parquet", "--partitions", 4)[:2] == (0, "1\n")
     import pandas as pd
