@@ -850,8 +850,8 @@ def _bytes_under(*folders: Path) -> int:
 @app.command()
 def pointers(
     store: StoreArg,
-    requests: Annotated[Path, typer.Argument(help="Parquet file: user_id (or the store's --user-col), request_ts, any other columns.",
-                                             show_default=False)],
+    requests: Annotated[Path, typer.Argument(
+        help="Parquet file: user_id (or the store's --user-col), request_ts, any other columns.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
     version: Annotated[str | None, typer.Option(help="Version or tag served from.", show_default="latest")] = None,
     time_unit: Annotated[TimeUnit | None, typer.Option(
