@@ -291,12 +291,14 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
 # us a batch of 1024 pointers, for 1.1 s more compilation (_locate_range_inlined, below)
 @kernel
 def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, arrival, arrival_base,
-                  t, version, version_hi, arrival_limit, max_len, hint):  # pragma: no cover - compiled
+                  t, version, version_hi, arrival_limit, max_len, hint, lower):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
     checksum, lo, hi, holes, late_at) of its visible events and the window of the newest
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
     is the range's first late row, if it has any. ``hint`` is a guess of how many rows
     come before the request (the pointer's recorded length): checked, it saves a search.
+    ``lower`` (NO_LOWER: none) is the earliest time a reader keeps (a window's start): a
+    window with holes need not reach below it (its rows are visited one late row at a time).
     A window with holes that sees one version has every late row inside it that it cannot
     see at ``late[late_at:]`` (0 otherwise): the copy starts there, without a search."""
     if start == end or max(version, version_hi) < ver_base:
@@ -338,7 +340,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         # row is near the cut: searched from there.
         a = _first_at_least_from_end(vmin, ver_base, start, cut, max(version, version_hi) + 1)
     if version_hi == version:  # one call site: the kernels inlining this compile once
-        return _locate_late(start, a, hcum, late, late_start, version, max_len)
+        return _locate_late(start, a, hcum, late, late_start, version, max_len, ts, ts_base, lower)
     # bounded by arrival too: the rows up to ``a`` are scanned one by one. _vmax never
     # decreases within a user either, so every row before the first _vmax > version is
     # visible: only the rows from there to ``a`` are
@@ -403,7 +405,7 @@ def _unseen_late(late, a, b, version):  # pragma: no cover - compiled
 
 
 @inline_kernel
-def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma: no cover
+def _locate_late(start, a, hcum, late, late_start, version, max_len, ts, ts_base, lower):  # pragma: no cover
     """The slow path of ``_locate_range`` for a pointer that sees one version: below
     ``a`` a row is invisible only if it is late (``late_rows``) with a version past the
     pointer's. Those from the first whose _vmax is past the pointer's version (every row
@@ -422,6 +424,11 @@ def _locate_late(start, a, hcum, late, late_start, version, max_len):  # pragma:
     n -= unseen
     s -= unseen_hash
     remaining = min(n, max_len)
+    if remaining > 0 and ts_base + np.int64(ts[start]) < lower:  # rows before ``lower`` need no window
+        floor = _first_at_least(ts, ts_base, start, a, lower)
+        above, _ = _unseen_late(late, max(k0, _first_at_least(late[:, LATE_ROW], 0, late_start, k1, floor)), k1,
+                                version)
+        remaining = min(remaining, a - floor - above)
     if remaining == 0:
         return n, s, start, start, False, 0
     # the window, newest first: stretches of visible rows between invisible late rows
@@ -458,7 +465,7 @@ def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
 @kernel
 def _locate(
     users, v_users, v_low, v_slots, entries, ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, arr_l, arr_b,
-    request_ts, version, version_hi, arrival_limit, max_len, hint, seg, count, checksum, lo, hi, holes, late_at,
+    request_ts, version, version_hi, arrival_limit, max_len, hint, lower, seg, count, checksum, lo, hi, holes, late_at,
 ):  # pragma: no cover - compiled; tests/naive.py holds its reference
     n = users.shape[0]
     found = np.empty(n, np.int64)
@@ -491,7 +498,8 @@ def _locate(
         count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range_inlined(
             entry[E_LO], entry[E_HI], segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
             segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entry[E_LATE],
-            segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p])
+            segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p],
+            lower[p])
 
 
 def frozen(array: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -550,6 +558,7 @@ NO_COLUMN = frozen(np.zeros(1, np.int64))  # stands in for an absent arrival or 
 LATE_ROW, LATE_VERSION, LATE_VMAX, LATE_HASH, LATE_SORTED, LATE_SORTED_HASH = range(6)
 LATE_WIDTH = 6
 LATE_BLOCK = 64
+NO_LOWER = np.int64(np.iinfo(np.int64).min)  # ``_locate_range``'s ``lower`` where no window bounds a read
 
 
 def late_rows(ver: np.ndarray, vmax: np.ndarray, vmin: np.ndarray, ver_base: int, hcum: np.ndarray) -> np.ndarray:
@@ -583,14 +592,15 @@ ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
 def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
-           hint: np.ndarray) -> tuple[np.ndarray, ...]:
+           hint: np.ndarray, lower: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Returns (segment, count, checksum, lo, hi, holes, late_at), one entry per pointer
     (see ``_locate_range``), in a view whose every user has one range of rows (one
     segment, or compacted partitions side by side): ``view`` is (user index: ids, low,
     slots, see ``_find_user``; the range summaries, of which E_SEG, E_LO, E_HI and E_LATE
     are read; then segment tables and bases of time, version, _vmax, _vmin, _hcum, the
     ``late_rows`` and arrival, and whether there is an arrival column). ``hint[p]`` is a
-    guess of the pointer's count (its recorded length, or -1), checked before it is used."""
+    guess of the pointer's count (its recorded length, or -1), checked before it is used;
+    ``lower[p]`` the earliest time its reader keeps (None: every time)."""
     *arguments, has_arrival = view
     if not has_arrival and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")
@@ -598,7 +608,8 @@ def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: V
     out = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint32), np.empty(n, np.int64),
            np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.int64))
     _locate(frozen(users, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
-            visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64), *out)
+            visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64),
+            frozen(np.full(n, NO_LOWER) if lower is None else lower, np.int64), *out)
     return out
 
 
@@ -748,7 +759,7 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                     e_lo, e_hi, segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
                     segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entries[e, E_LATE],
                     segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p],
-                    max_len, hint[p] - total)
+                    max_len, hint[p] - total, NO_LOWER)
             total += c
             digest += s
             if hi <= lo:

@@ -178,13 +178,16 @@ class Located:
 
 def locate(schema: Schema, views: Callable[[int], PartitionView | None], version: int, users: np.ndarray,
            request_ts: np.ndarray, visibility: Visibility, max_len: int, lengths: np.ndarray | None = None,
-           joined: Callable[[np.ndarray], PartitionView | dict[int, PartitionView | None]] | None = None) -> Located:
+           joined: Callable[[np.ndarray], PartitionView | dict[int, PartitionView | None]] | None = None,
+           lower: np.ndarray | None = None) -> Located:
     """Finds each pointer's visible events (time before the request, and ``visibility``)
     in the ``views(partition)`` of a handle at ``version``; a batch of several partitions
     in one view ``joined(those partitions)`` of them all when it gives one (else it gives
     each one's view), so that its cost does not grow with the partitions it touches (a
     kernel call per partition would). ``lengths`` (the pointers' recorded lengths) saves
-    most searches for where a history ends; never trusted."""
+    most searches for where a history ends; never trusted. ``lower`` (per pointer, or None)
+    is the earliest time every reader of the result keeps (tenants' windows): a compacted
+    history's window need not reach below it."""
     if len(users) and (visibility.version_hi.max() > version or visibility.version.min() < 0):
         raise PointerError(
             f"pointers need versions up to {int(visibility.version_hi.max())} but this handle "
@@ -218,7 +221,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             continue
         if view.one_range:
             located.partitions.append(_locate_one_range(view, rows, users, request_ts, visibility, max_len, hint,
-                                                        located))
+                                                        located, lower))
             continue
         found = view.users.find(users[rows])
         capacity = view.ranges(found)
@@ -241,14 +244,16 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
 
 
 def _locate_one_range(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
-                      visibility: Visibility, max_len: int, hint: np.ndarray, located: Located) -> Windows:
+                      visibility: Visibility, max_len: int, hint: np.ndarray, located: Located,
+                      lower: np.ndarray | None) -> Windows:
     """A view whose every user has one range of rows (a compacted version, one partition or
     several side by side): each pointer has one window (empty for a user without events
     before the request), and the segments' arrays go to the kernel as they are."""
     everyone = len(rows) == len(located.count)  # one view: rows are 0..n-1, nothing to gather
     seg, count, checksum, lo, hi, holes, late = _kernels.locate(
         users if everyone else users[rows], view.locate_arguments(), request_ts if everyone else request_ts[rows],
-        visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows])
+        visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows],
+        lower if everyone or lower is None else lower[rows])
     if everyone:
         located.count, located.checksum = count, checksum
     else:

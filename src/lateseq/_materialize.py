@@ -16,7 +16,7 @@ from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
-from ._select import merge_depths, reach, select, transform
+from ._select import earliest_kept, merge_depths, reach, select, transform
 from ._store import Store
 
 T = TypeVar("T")
@@ -160,7 +160,8 @@ def materialize_tenants(
 def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Projection], verify: bool,
                     on_mismatch: Literal["raise", "flag"]) -> dict[str, JaggedBatch]:
     depth = reach(tenants.values())
-    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth, pointers.length)
+    lower = earliest_kept(store, pointers, tenants)
+    located = store.locate(pointers.user_id, pointers.request_ts, pointers.visibility, depth, pointers.length, lower)
     mismatched = compare(pointers, located, verify, on_mismatch, store)
     depths = merge_depths(store, pointers, located, tenants, depth)
     store._record_reads(located, depths)  # a filtered tenant merges whole histories: what merged copies save
@@ -171,7 +172,8 @@ def _select_tenants(store: Store, pointers: Pointers, tenants: dict[str, Project
     parts: dict[str, list[JaggedBatch]] = {name: [] for name in tenants}
     for start, end in chunks:  # each located again: its merge's runs held for those pointers only
         part = _rows(pointers, start, end)
-        part_located = store.locate(part.user_id, part.request_ts, part.visibility, depth, part.length)
+        part_located = store.locate(part.user_id, part.request_ts, part.visibility, depth, part.length,
+                                    None if lower is None else lower[start:end])
         try:
             selected = select(store, part, part_located, tenants, mismatched[start:end],
                               depths if np.isscalar(depths) else depths[start:end])

@@ -62,6 +62,17 @@ def reach(tenants: Iterable[Projection]) -> int:
     return min(FULL, max((p.max_len for p in tenants), default=0))
 
 
+def earliest_kept(store: Store, pointers: Pointers, tenants: Mapping[str, Projection]) -> np.ndarray | None:
+    """Per pointer, the earliest event time any tenant keeps, where every tenant has a
+    window (else None): a window of no length limit over a compacted history with late
+    events backfilled deep into it visited every stretch between them down to its first
+    event (2 s for 3,000 pointers of a 1.5M-event user, s38B)."""
+    windows = [p.window_in(store.schema) for p in tenants.values()]
+    if not windows or any(w is None for w in windows):
+        return None
+    return _window_start(pointers.request_ts, max(windows))
+
+
 def merge_depths(store: Store, pointers: Pointers, located: Located, tenants: Mapping[str, Projection],
                  depth: int) -> int | np.ndarray:
     """How many of each pointer's newest visible events a merge (``located.merge``) must

@@ -871,11 +871,12 @@ class Store:
         return segment
 
     def locate(self, users: np.ndarray, request_ts: np.ndarray, visibility: Visibility,
-               max_len: int, lengths: np.ndarray | None = None) -> Located:
+               max_len: int, lengths: np.ndarray | None = None, lower: np.ndarray | None = None) -> Located:
         """Finds each pointer's visible events: time before the request, and ``visibility``
-        (``lengths``, the pointers' recorded ones, only speed the search up)."""
+        (``lengths``, the pointers' recorded ones, only speed the search up; ``lower``, the
+        earliest time the readers keep, bounds the windows)."""
         located = locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
-                         self._joined)
+                         self._joined, lower)
         self._note_read(w.view for w in located.partitions)
         return located
 
