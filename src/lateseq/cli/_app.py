@@ -1329,8 +1329,9 @@ def demo(
                                                          "demo's files there.")] = False,
 ) -> None:
     """Ingest, log pointers, materialize and check every history against Fat Rows."""
-    from lateseq.cli.demo import (
-        run_demo,  # the demo pulls in the datasets: load it only when asked
+    from lateseq.cli.demo import (  # the demo pulls in the datasets: load it only when asked
+        SYNTHETIC_USERS,
+        run_demo,
     )
 
     if dataset not in ("movielens", "synthetic"):
@@ -1346,9 +1347,10 @@ def demo(
     for option, value in (("--users", users), ("--examples", examples), ("--fat-sample", fat_sample)):
         if value is not None and value < 1:
             raise SchemaError(f"{option} must be positive, got {value}")
+    size = SYNTHETIC_USERS if users is None else users
     if dataset == "synthetic":  # its default size too
-        what = "--dataset synthetic (200,000 users unless --users says)" if users is None else f"--users {users:,}"
-        _fits_in_memory(what, 200_000 if users is None else users, 65e3, "a run of 20,000 users peaked at 1.3 GB")
+        what = f"--dataset synthetic ({size:,} users unless --users says)" if users is None else f"--users {size:,}"
+        _fits_in_memory(what, size, 65e3, "a run of 20,000 users peaked at 1.3 GB")
     if workdir is not None:
         existing = next(p for p in (workdir, *workdir.parents) if p.exists() or p.is_symlink())
         if not existing.is_dir():
@@ -1357,7 +1359,7 @@ def demo(
     if workdir is not None and workdir.is_dir() and any(workdir.iterdir()) and not force:
         raise FileExistsError(f"--workdir {workdir} is not empty; the demo replaces its store and files there: "
                               "pass --force, or pick an empty directory")
-    summary = run_demo(dataset, users=200_000 if users is None else users, workdir=workdir, seed=seed,
+    summary = run_demo(dataset, users=size, workdir=workdir, seed=seed,
                        cadence=cadence, examples=examples, fat_sample=fat_sample, console=_err)
     _err.print(f"demo finished in {summary['seconds']:.1f}s", highlight=False)
     if summary["mismatches"] or summary["checksum_mismatches"]:

@@ -64,6 +64,7 @@ _DATETIME_UNIT = {"month": "M", "week": "W", "day": "D"}
 # with daily or weekly commits, compact about once a month of data, as production does
 _COMPACT_EVERY = {"month": 0, "week": 4, "day": 30}
 BATCH_SIZE = 1024
+SYNTHETIC_USERS = 200_000  # the synthetic dataset's size unless told
 _DAY = 86400
 
 
@@ -87,7 +88,7 @@ class _Inputs:
 
 def run_demo(
     dataset: str = "movielens",
-    users: int = 200_000,
+    users: int = SYNTHETIC_USERS,
     workdir: str | os.PathLike | None = None,
     seed: int = 0,
     cadence: str | None = None,
