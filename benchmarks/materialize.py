@@ -350,12 +350,11 @@ def best_of(repeat: int, sides: dict[str, Callable[[], Batches]], cold_files: li
 
 
 def lateseq_batches(open_store: Callable[[], lateseq.Store], log: Path, max_len: int) -> Batches:
-    """A loader's loop: read a batch of pointers from the example log, materialize it (verified)."""
+    """A loader's loop: the library's streaming loader over the example log's pointer
+    columns (verified), batches of ``BATCH`` (it rebuilds a few small batches in one read
+    and hands each its part: up to ``READ_BYTES`` of sequences, 4 batches at N=256)."""
     store = open_store()
-    projection = lateseq.Projection(max_len, COLUMNS)
-    for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names,
-                                                      use_threads=False):
-        jagged = lateseq.materialize(store, batch, projection)
+    for _, jagged in lateseq.iter_batches(store, log, lateseq.Projection(max_len, COLUMNS), BATCH, columns=[]):
         yield jagged.offsets, jagged.values
 
 

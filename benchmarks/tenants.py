@@ -305,9 +305,9 @@ def parquet_read_bytes(path: Path, columns: tuple[str, ...]) -> int:
 
 
 def lateseq_tenant(store: lateseq.Store, log: Path, projection: lateseq.Projection) -> Batches:
-    """A tenant's loader: a batch of pointers from the example log, its projection materialized (verified)."""
-    for pointers in pq.ParquetFile(log).iter_batches(BATCH, columns=lateseq.POINTER_FIELDS.names, use_threads=False):
-        batch = lateseq.materialize(store, pointers, projection)
+    """A tenant's loader: the library's streaming loader over the example log's pointer
+    columns, its projection materialized (verified), as ``materialize.lateseq_batches``."""
+    for _, batch in lateseq.iter_batches(store, log, projection, BATCH, columns=[]):
         yield batch.offsets, batch.values
 
 

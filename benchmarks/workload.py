@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 import lateseq
 from lateseq import datasets
 from lateseq._derived import DERIVED_DIR
+from lateseq._loader import batches_per_read  # lateseq's read size, given to the table too
 
 # item ids fit int32 (a million items): both sides hold them so, the narrowest type that
 # holds them, as a skeptic's Fat Row would (lateseq's own store narrows any integer)
@@ -497,18 +498,22 @@ class EventsTable:
         return search, starts, values
 
     def batches(self, log: Path, max_len: int, reopen: bool = False) -> Iterator[tuple[np.ndarray, dict]]:
-        """(offsets, {column: values}) per batch of ``log``, as ``lateseq_batches`` reads it."""
+        """(offsets, {column: values}) per batch of ``log``, as ``lateseq_batches`` reads it:
+        as many batches in one read as lateseq's loader rebuilds in one, each handed its part."""
         if reopen:
             find, bounds, values = self._open()
         else:
             find, bounds, values = self.mapped = self.mapped or self._open()
-        for batch in pq.ParquetFile(log).iter_batches(BATCH, columns=["user_id", "uih_length"], use_threads=False):
+        read = BATCH * batches_per_read(BATCH, max_len, sum(out.itemsize for out in self.dtypes.values()))
+        for batch in pq.ParquetFile(log).iter_batches(read, columns=["user_id", "uih_length"], use_threads=False):
             offsets, start = _table_rows(find(batch.column(0).to_numpy()), batch.column(1).to_numpy(), bounds,
                                          max_len)
             out = {name: np.empty(int(offsets[-1]), self.dtypes[name]) for name in values}
             _table_copy(*[part for name, column in values.items()
                           for part in (column, out[name].dtype.type(self.bases[name]), out[name])], start, offsets)
-            yield offsets, out
+            for lo in range(0, batch.num_rows, BATCH):
+                part = offsets[lo:lo + BATCH + 1]
+                yield part - part[0], {name: column[part[0]:part[-1]] for name, column in out.items()}
 
 
 def _narrowed(values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -79,6 +79,23 @@ def test_take_is_the_rows_asked_for_in_their_order(rows, data):
     assert kept.to_arrow().column("item").to_pylist() == rows[::2]
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=rows_strategy, data=st.data())
+def test_slice_is_the_rows_between_sharing_their_values(rows, data):
+    batch = batch_of(rows)
+    batch.mismatched = np.arange(len(rows)) % 3 == 1
+    start = data.draw(st.integers(0, len(rows)))
+    stop = data.draw(st.integers(start, len(rows)))
+    part = batch.slice(start, stop)
+    assert part.to_arrow().column("item").to_pylist() == rows[start:stop]
+    assert part.mismatched.tolist() == batch.mismatched[start:stop].tolist()
+    assert part.offsets[0] == 0 and len(part.offsets) == stop - start + 1
+    taken = batch.take(np.arange(start, stop))  # a copy of the same rows
+    assert all(np.array_equal(part.values[k], taken.values[k]) for k in taken.values)
+    if len(part.values["item"]):  # views: no copy made
+        assert np.shares_memory(part.values["item"], batch.values["item"])
+
+
 def test_to_torch_shares_the_data():
     torch = pytest.importorskip("torch")
     batch = batch_of([[1, 2], [], [3]])

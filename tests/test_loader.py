@@ -98,8 +98,10 @@ def expected(events, log, max_len, columns=COLUMNS):
 
 @pytest.mark.parametrize("source", ["path", "table", "folder"])
 @pytest.mark.parametrize("max_len", [1, 4, 1000])
-def test_iter_batches_matches_brute_force(world, parts, source, max_len):
+@pytest.mark.parametrize("read_bytes", [1, 3300, loader.READ_BYTES])  # batches per read: 1; 12, 3 or 1; all
+def test_iter_batches_matches_brute_force(world, parts, source, max_len, read_bytes, monkeypatch):
     store, events, log, path = world
+    monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # a batch: 16 x max_len events of 17 bytes
     examples = {"path": path, "table": log, "folder": parts}[source]
     projection = lateseq.Projection(max_len, COLUMNS)
     want = expected(events, log, max_len)
@@ -166,8 +168,10 @@ def test_materialize_log_empty(world, tmp_path):
     assert table.schema == pa.schema([("label", pa.int8()), ("item_id", pa.list_(pa.int64()))])
 
 
-def test_tampered_pointer_raises_or_flags(world, tmp_path):
+@pytest.mark.parametrize("read_bytes", [1, 3300, loader.READ_BYTES])  # batches per read: 1, 3, all
+def test_tampered_pointer_raises_or_flags(world, tmp_path, read_bytes, monkeypatch):
     store, _, log, _ = world
+    monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # a batch: 16 x 4 events of 8 bytes
     nonempty = np.flatnonzero(log.column("uih_length").to_numpy() > 0)
     bad_row = int(nonempty[len(nonempty) // 2])
     checksum = log.column("uih_checksum").to_numpy().copy()

@@ -152,6 +152,7 @@ def test_prefetch_makes_the_next_batch_ahead_and_changes_nothing(world, source, 
                                                                   monkeypatch):
     store, oracle, log, path = world
     store = lateseq.open(store.path, readahead=readahead)  # without readahead, the loader asks for pages itself
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: its pages asked for, made ahead
     options = {"shuffle": True, "affinity": True, "seed": 2, "batch_size": 9}
 
     def batches(prefetch: bool) -> list[Batch]:
@@ -442,6 +443,45 @@ def test_two_tier_logs_with_inline_tails_load_as_served(tmp_path):
         assert all(np.array_equal(b.values[k].numpy(), served.values[k]) for k in served.values)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_rebuilt_several_in_one_read_are_those_rebuilt_one_by_one(world, tmp_path, monkeypatch, num_workers):
+    """Small batches are rebuilt a few at a time (``READ_BYTES``) and each handed its part:
+    shuffled with affinity, with deleted users' examples dropped, and resumed in the middle
+    of a read, every batch is the one a read of its own makes, and its stats add up."""
+    store, oracle, log, path = world
+    shutil.copytree(store.path, tmp_path / "store")  # the world's store stays as it is for other tests
+    deleted = lateseq.open(tmp_path / "store").delete([3, 8])
+    options = {"batch_size": 10, "shuffle": True, "affinity": True, "seed": 5, "block_rows": 32, "window_rows": 64,
+               "drop_deleted": True}
+
+    def made(read_bytes: int, **more) -> ExampleDataset:
+        monkeypatch.setattr(lateseq._loader, "READ_BYTES", read_bytes)
+        return ExampleDataset(deleted, path, lateseq.Projection(MAX_LEN, COLUMNS), **options, **more)
+
+    alone = list(DataLoader(made(1), batch_size=None, num_workers=num_workers))
+    dropped = sum(b.stats.deleted_dropped for b in alone)
+    assert dropped > 0
+    for read_bytes in (3 * 10 * MAX_LEN * 17, 10**9):  # 3 batches a read (17 bytes an event); a shard's all
+        ds = made(read_bytes)
+        together = list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+        assert len(together) == len(alone) and all(same(a, b) for a, b in zip(alone, together, strict=True))
+        assert sum(b.stats.deleted_dropped for b in together) == dropped
+        assert sum(b.stats.history_bytes for b in together) == sum(b.stats.history_bytes for b in alone)
+        if num_workers == 0:
+            assert ds.metrics.batches == len(together) and 0 < ds.metrics.materialize_s < ds.metrics.busy_s
+    if num_workers == 0:
+        for stop in (1, 4):  # in the middle of a read of 3, and where the next read begins
+            ds = made(3 * 10 * MAX_LEN * 17)
+            running = iter(ds)
+            for _ in range(stop + 1):
+                next(running)
+            resumed = made(3 * 10 * MAX_LEN * 17)
+            resumed.load_state_dict(ds.state_dict())
+            rest = list(resumed)
+            assert len(rest) == len(alone) - stop - 1
+            assert all(same(a, b) for a, b in zip(alone[stop + 1:], rest, strict=True))
+
+
 # ---------------------------------------------------------------------- resuming
 
 
@@ -656,9 +696,10 @@ def test_a_state_does_not_resume_over_another_log(world, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
-def test_a_folder_log_resumes_and_refuses_a_part_file_added_or_rewritten(world, parts, tmp_path):
+def test_a_folder_log_resumes_and_refuses_a_part_file_added_or_rewritten(world, parts, tmp_path, monkeypatch):
     """Rows are numbered across the part files in name order: a file added (a late Spark
     task) or rewritten would renumber them under a saved state or a running epoch."""
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: the last file is not read ahead
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     _, oracle, log, _ = world
@@ -759,11 +800,13 @@ def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):
 
 
 @pytest.mark.parametrize("reader", ["dataset", "iter_batches"])
-def test_a_log_rewritten_in_place_while_read_is_refused_and_one_renamed_over_it_is_no_harm(world, tmp_path, reader):
+def test_a_log_rewritten_in_place_while_read_is_refused_and_one_renamed_over_it_is_no_harm(world, tmp_path, reader,
+                                                                                           monkeypatch):
     """The footer is read once, when reading starts: a log rewritten in place mid-epoch
     was read on through the old footer from the new bytes (300 rows of one file, 2,700 of
     the other, no error); a new file renamed over it leaves the open file's bytes."""
     store, _, log, _ = world
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: the rest is read after the rewrite
     path = tmp_path / "log.parquet"
     pq.write_table(log, path, row_group_size=16)
     projection = lateseq.Projection(MAX_LEN, COLUMNS)
@@ -1000,9 +1043,10 @@ def test_a_dataset_over_a_replaced_store_or_unverified_refuses_to_read_on(tmp_pa
         list(ds)
 
 
-def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path):
+def test_a_version_retired_mid_epoch_is_read_on_at_the_latest(tmp_path, monkeypatch):
     """A batch that needs a segment the dataset had not mapped yet, deleted with its
     retired version mid-epoch, is read at the latest version instead."""
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: later ones map other segments
     store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}, partitions=8))
     users = np.arange(40)
     store = store.commit(pa.table({"user_id": users, "ts": users, "item_id": users + 100}))

@@ -55,6 +55,15 @@ class JaggedBatch:
         index = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return JaggedBatch(offsets, {name: v[index] for name, v in self.values.items()}, self.mismatched[rows])
 
+    def slice(self, start: int, stop: int) -> JaggedBatch:
+        """Rows ``start`` to ``stop`` (0 <= start <= stop <= len), sharing this batch's
+        values (numpy views, as slicing makes): a read of several loader batches at once
+        hands each its part without a copy."""
+        offsets = self.offsets[start:stop + 1]
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        return JaggedBatch(offsets - lo, {name: v[lo:hi] for name, v in self.values.items()},
+                           self.mismatched[start:stop])
+
     def rows_differ(self, other: JaggedBatch) -> np.ndarray:
         """Per row: a different length, or a value of one of this batch's columns that
         differs in its bits (so -0.0 is not 0.0); every row when a column is missing

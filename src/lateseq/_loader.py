@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -22,17 +22,36 @@ import pyarrow.parquet as pq
 from ._errors import SchemaError, exact_integer, reading_checks, rows_in_log
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
+from ._gather import output_dtype
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
 from ._pointers import outside_store
 from ._projection import Projection
 from ._records import protocol_columns
-from ._schema import PAYLOAD_TYPES
+from ._schema import PAYLOAD_TYPES, Schema
 from ._store import Store
 from ._tenants import name_problem
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
+# bytes of sequences and pointers one read rebuilds at most, where loader batches are
+# smaller: a read's fixed cost (reading the log's batch, finding the segments, checking the
+# read cache: about 0.1 ms) was a third of a batch of 1024 pointers at N=256 (3.4 MB); past
+# about 16 MB the outputs outgrow the CPU's caches and reads slow down (54 MB: 0.9x)
+READ_BYTES = 16 << 20
+READ_POINTERS = 8192
+
+
+def batches_per_read(batch_size: int, max_len: int, event_bytes: int) -> int:
+    """How many consecutive loader batches one read rebuilds at once (``max_len`` events
+    of ``event_bytes`` each, the most any reader takes, size its output)."""
+    return max(1, min(READ_BYTES // max(1, batch_size * max_len * event_bytes), READ_POINTERS // batch_size))
+
+
+def event_bytes(schema: Schema, projections: Iterable[Projection]) -> int:
+    """Bytes of one event as the ``projections`` return it, all of them together."""
+    names = {name for projection in projections for name in projection.resolve(schema)}
+    return sum(output_dtype(schema, name).itemsize for name in names)
 
 
 def iter_batches(
@@ -53,26 +72,32 @@ def iter_batches(
     have ``batch_size`` rows except perhaps the last.
     ``store`` is a handle or a path (opened at its latest version); it must be at a
     version at least as new as every pointer's. ``verify`` and ``on_mismatch`` are
-    passed to :func:`lateseq.materialize`.
+    passed to :func:`lateseq.materialize`. Small batches are rebuilt several at a time
+    (``READ_BYTES`` of sequences at most), each yielded as its part of the read: a mismatch
+    that raises is raised at the read of the batches around it.
     """
     if not isinstance(store, Store):
         store = Store(store)
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
-    batches = _example_batches(examples, batch_size, columns)  # validates the log eagerly
-    return _materialized(store, batches, projection, columns, verify, on_mismatch)
+    read_size = batch_size * batches_per_read(batch_size, projection.max_len, event_bytes(store.schema, [projection]))
+    reads = _example_batches(examples, read_size, columns)  # validates the log eagerly
+    return _materialized(store, reads, batch_size, projection, columns, verify, on_mismatch)
 
 
-def _materialized(store: Store, batches: Iterator[pa.RecordBatch], projection: Projection,
+def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int, projection: Projection,
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
-    for batch in batches:
-        with rows_in_log(range(first, first + batch.num_rows)):
-            sequences = materialize(store, batch, projection, on_mismatch=on_mismatch, verify=verify)
-        first += batch.num_rows
-        yield batch.select(_selected(batch.schema, columns)), sequences
+    for read in reads:
+        with rows_in_log(range(first, first + read.num_rows)):
+            sequences = materialize(store, read, projection, on_mismatch=on_mismatch, verify=verify)
+        first += read.num_rows
+        read = read.select(_selected(read.schema, columns))
+        for start in range(0, read.num_rows, batch_size):
+            stop = min(start + batch_size, read.num_rows)
+            yield read.slice(start, stop - start), sequences.slice(start, stop)
 
 
 def materialize_log(
@@ -156,7 +181,9 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
-        for batch in _example_batches(examples, batch_size, columns):
+        per_read = batches_per_read(batch_size, max(p.max_len for p in tenants.values()),
+                                    event_bytes(store.schema, tenants.values()))
+        for batch in _example_batches(examples, batch_size * per_read, columns):
             with rows_in_log(range(rows, rows + batch.num_rows)):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
@@ -170,14 +197,14 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
                 arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
                 pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
                 if sum(t.num_rows for t in pending[tenant]) >= _ROW_GROUP_ROWS:
-                    writers[tenant].write_table(pa.concat_tables(pending[tenant]))
+                    writers[tenant].write_table(pa.concat_tables(pending[tenant]), _ROW_GROUP_ROWS)
                     pending[tenant].clear()
             rows += batch.num_rows
             if progress is not None:
                 progress(rows)
         for tenant, tables in pending.items():
             if tables:
-                writers[tenant].write_table(pa.concat_tables(tables))
+                writers[tenant].write_table(pa.concat_tables(tables), _ROW_GROUP_ROWS)
     return rows
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import resource
 import sys
@@ -61,6 +62,7 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
+from ._loader import batches_per_read, event_bytes
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -744,7 +746,9 @@ class ExampleDataset(IterableDataset):
                               "dataset (a state saved over the old log does not resume over the new one)")
         self._still_kept()
         source = None if self._file is None else self._file.open()
-        made = (self._made(*read) for read in self._reads(plan, source, start))
+        per_read = batches_per_read(self._config["batch_size"], self.projection.max_len,
+                                    event_bytes(self.store.schema, [self.projection]))
+        made = (batch for reads in _groups(self._reads(plan, source, start), per_read) for batch in self._made(reads))
         if self.prefetch:
             made = _ahead(made)
         try:
@@ -761,9 +765,13 @@ class ExampleDataset(IterableDataset):
             if source is not None:
                 source.close()
 
-    def _made(self, examples: pa.Table, rows: np.ndarray, read_s: float) -> Batch:
-        """The batch of ``examples`` (their rows of the log ``rows``, read in ``read_s``)."""
+    def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]]) -> Iterator[Batch]:
+        """The batches of ``reads`` (each one's rows of the log in serving order, their row
+        numbers, the seconds reading them took), their histories rebuilt in one read: its
+        cost is shared by the batches by their rows."""
         t0, io = time.perf_counter(), _disk_read_bytes()
+        examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
+        rows = np.concatenate([part_rows for _, part_rows, _ in reads]) if len(reads) > 1 else reads[0][1]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
@@ -777,20 +785,28 @@ class ExampleDataset(IterableDataset):
                 self._still_kept()
                 sequences = materialize(self.store, examples, self.projection, verify=self.verify,
                                         on_mismatch=on_mismatch)
-            kept = self._undeleted(examples, sequences) if self.drop_deleted else None
-        dropped = 0
-        if kept is not None:
-            dropped = len(rows) - len(kept)
-            examples, rows, sequences = examples.take(pa.array(kept)), rows[kept], sequences.take(kept)
-        t1 = time.perf_counter()
-        batch = self._batch(rows, examples, sequences)
-        users = np.sort(examples.column("user_id").to_numpy())  # np.unique hashed them: 60 us a batch of 1024
-        shared = int(np.count_nonzero(users[1:] == users[:-1]))
-        history_bytes = sum(v.nbytes for v in sequences.values.values())
-        read = _disk_read_bytes() - io
-        batch.stats = BatchStats(read_s, t1 - t0, read_s + time.perf_counter() - t0, shared, read, history_bytes,
-                                 dropped)
-        return batch
+        rebuilt_s, read_bytes = time.perf_counter() - t0, _disk_read_bytes() - io
+        start = 0
+        for part, part_rows, read_s in reads:
+            t1 = time.perf_counter()
+            share = len(part_rows) / max(len(rows), 1)
+            part_sequences = sequences.slice(start, start + len(part_rows))
+            start += len(part_rows)
+            kept = None
+            if self.drop_deleted:
+                with rows_in_log(part_rows):
+                    kept = self._undeleted(part, part_sequences)
+            dropped = 0
+            if kept is not None:
+                dropped = len(part_rows) - len(kept)
+                part, part_rows, part_sequences = part.take(pa.array(kept)), part_rows[kept], part_sequences.take(kept)
+            batch = self._batch(part_rows, part, part_sequences)
+            users = np.sort(part.column("user_id").to_numpy())  # np.unique hashed them: 60 us a batch of 1024
+            shared = int(np.count_nonzero(users[1:] == users[:-1]))
+            history_bytes = sum(v.nbytes for v in part_sequences.values.values())
+            batch.stats = BatchStats(read_s, rebuilt_s * share, read_s + rebuilt_s * share + time.perf_counter() - t1,
+                                     shared, round(read_bytes * share), history_bytes, dropped)
+            yield batch
 
     def _undeleted(self, examples: pa.Table, sequences: JaggedBatch) -> np.ndarray | None:
         """The rows of a batch to keep under ``drop_deleted`` (None: all): every example of
@@ -983,6 +999,12 @@ class _Slots:
 
 T = TypeVar("T")
 _GAP_PAGES = 8  # runs of pages closer than this are asked for in one call: fewer calls, little more read
+
+
+def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    while group := list(itertools.islice(items, size)):
+        yield group
 
 
 def _ahead(items: Iterator[T]) -> Iterator[T]:
