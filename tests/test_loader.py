@@ -138,9 +138,11 @@ def test_store_given_as_path_opens_latest(world):
 
 
 @pytest.mark.parametrize("source", ["path", "table", "folder"])
-def test_materialize_log_round_trip(world, parts, tmp_path, source, monkeypatch):
+@pytest.mark.parametrize("read_bytes", [1, 1300, loader.READ_BYTES])  # reads of 8, 24 and all rows
+def test_materialize_log_round_trip(world, parts, tmp_path, source, read_bytes, monkeypatch):
     store, events, log, path = world
     monkeypatch.setattr(loader, "_ROW_GROUP_ROWS", 20)  # several row groups
+    monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # a batch: 8 x 3 events of 17 bytes
     out = tmp_path / "out.parquet"
     seen = []
     examples = {"path": path, "table": log, "folder": parts}[source]
@@ -151,7 +153,9 @@ def test_materialize_log_round_trip(world, parts, tmp_path, source, monkeypatch)
     table = pq.read_table(out)
     assert table.column_names == ["label", "user_id", *COLUMNS]
     assert table.schema.field("action").type == pa.list_(pa.int8())
-    assert pq.ParquetFile(out).metadata.num_row_groups > 1
+    meta = pq.ParquetFile(out).metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert len(sizes) > 1 and set(sizes[:-1]) == {20} and 0 < sizes[-1] <= 20  # whatever the reads' sizes
     assert table.column("label").to_pylist() == log.column("label").to_pylist()
     want = expected(events, log, 3)
     for c in COLUMNS:

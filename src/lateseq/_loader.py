@@ -196,9 +196,11 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
                 schema = schemas[tenant]
                 arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
                 pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
-                if sum(t.num_rows for t in pending[tenant]) >= _ROW_GROUP_ROWS:
-                    writers[tenant].write_table(pa.concat_tables(pending[tenant]), _ROW_GROUP_ROWS)
-                    pending[tenant].clear()
+                held = pa.concat_tables(pending[tenant])
+                whole = held.num_rows - held.num_rows % _ROW_GROUP_ROWS  # row groups of _ROW_GROUP_ROWS, the last aside
+                if whole:
+                    writers[tenant].write_table(held.slice(0, whole), _ROW_GROUP_ROWS)
+                    pending[tenant] = [held.slice(whole)]
             rows += batch.num_rows
             if progress is not None:
                 progress(rows)
