@@ -748,7 +748,10 @@ class ExampleDataset(IterableDataset):
         source = None if self._file is None else self._file.open()
         per_read = batches_per_read(self._config["batch_size"], self.projection.max_len,
                                     event_bytes(self.store.schema, [self.projection]))
-        made = (batch for reads in _groups(self._reads(plan, source, start), per_read) for batch in self._made(reads))
+        rebuilt = (self._rebuilt(reads) for reads in _groups(self._reads(plan, source, start), per_read))
+        if self.prefetch:  # the next read is rebuilt while this one's batches are used, and each next batch made
+            rebuilt = _ahead(rebuilt)
+        made = (batch for read in rebuilt for batch in self._made(*read))
         if self.prefetch:
             made = _ahead(made)
         try:
@@ -761,14 +764,16 @@ class ExampleDataset(IterableDataset):
                 self.metrics.add(batch, time.perf_counter() - asked)
                 yield batch
         finally:
-            made.close()  # first: a batch under way still reads from the source
+            made.close()
+            rebuilt.close()  # first: a read under way still reads from the source
             if source is not None:
                 source.close()
 
-    def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]]) -> Iterator[Batch]:
-        """The batches of ``reads`` (each one's rows of the log in serving order, their row
-        numbers, the seconds reading them took), their histories rebuilt in one read: its
-        cost is shared by the batches by their rows."""
+    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]],
+                 ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch, float, int]:
+        """The histories of ``reads`` (each batch's rows of the log in serving order, their
+        row numbers, the seconds reading them took) rebuilt in one read, with what it cost
+        (seconds, bytes read from storage)."""
         t0, io = time.perf_counter(), _disk_read_bytes()
         examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
         rows = np.concatenate([part_rows for _, part_rows, _ in reads]) if len(reads) > 1 else reads[0][1]
@@ -785,11 +790,18 @@ class ExampleDataset(IterableDataset):
                 self._still_kept()
                 sequences = materialize(self.store, examples, self.projection, verify=self.verify,
                                         on_mismatch=on_mismatch)
-        rebuilt_s, read_bytes = time.perf_counter() - t0, _disk_read_bytes() - io
+        return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io
+
+    def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch, rebuilt_s: float,
+              read_bytes: int) -> Iterator[Batch]:
+        """The batches of ``reads``, each its part of the read's ``sequences`` (and of its
+        cost, by rows), made as they are asked for: a DataLoader worker writes each into a
+        buffer it reuses, of which it has only a few."""
+        rows = sum(len(part_rows) for _, part_rows, _ in reads)
         start = 0
         for part, part_rows, read_s in reads:
             t1 = time.perf_counter()
-            share = len(part_rows) / max(len(rows), 1)
+            share = len(part_rows) / max(rows, 1)
             part_sequences = sequences.slice(start, start + len(part_rows))
             start += len(part_rows)
             kept = None
