@@ -94,6 +94,7 @@ from workload import (
     build_forms,
     copied_out,
     ipc_views,
+    loader_reads,
     check_equal,
     read_days,
     readable_days,
@@ -564,8 +565,8 @@ def markdown(results: dict) -> str:
                                   "it: readahead on, as lateseq's auto sets it)"),
                         ("epoch-no-readahead", "the same with readahead off (readahead=False: each fault reads "
                                                "its page)"),
-                        ("batch", f"cold, store dropped before each of {COLD_BATCHES} batches (a store far bigger "
-                                  "than RAM: readahead off, as lateseq's auto sets it)"),
+                        ("batch", f"cold, store dropped before each of {COLD_BATCHES} batches, a batch a read (a "
+                                  "store far bigger than RAM: readahead off, as lateseq's auto sets it)"),
                         ("batch-readahead", "the same with the kernel's readahead (readahead=True; "
                                             f"read_ahead_kb {results['settings'].get('read_ahead_kb')})")):
         rows = [[n, config, f"{e['ex_s']:,.0f}", _mb(e["disk_read_bytes"]), f"{e['vs_off']:.2f}×",
@@ -633,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "loader",
         "command": shlex.join(["python", "benchmarks/loader.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "scale": scale_name, "scale_settings": asdict(scale),
-        "settings": {"batch": BATCH, "repeat": repeat, "columns": list(COLUMNS), "n": list(NS),
+        "settings": {"batch": BATCH, **loader_reads(), "repeat": repeat, "columns": list(COLUMNS), "n": list(NS),
                      "workers": list(WORKERS), "log_row_group": LOG_ROW_GROUP, "verify": True},
     }
     steps: dict[str, float] = {}

@@ -91,6 +91,7 @@ from workload import (  # noqa: E402
     day_of,
     derived_files,
     ipc_views,
+    loader_reads,
     read_days,
     readable_days,
     realistic,
@@ -608,13 +609,14 @@ def build_union(work: Workload, columns: tuple[str, ...], union_len: int, timed:
 
 
 def check_tenant(file: FatRowFile, plan: Plan, store: lateseq.Store, log: pa.Table) -> int:
-    """Checks a tenant's projection of the union file equal to lateseq's (offsets and values,
-    bit for bit) batch by batch; raises FatRowMismatch. Returns the examples compared."""
+    """Checks a tenant's projection of the union file equal to lateseq's as it is timed
+    (``iter_batches``), offsets and values bit for bit, batch by batch; raises
+    FatRowMismatch. Returns the examples compared."""
     done = 0
-    for k, (offsets, values) in enumerate(fat_row_tenant(file, plan)):
-        size = len(offsets) - 1
-        ours = lateseq.materialize(store, log.take(pa.array(file.rows[done:done + size])), plan.projection)
-        done += size
+    ours_batches = (seqs for _, seqs in lateseq.iter_batches(store, log.take(pa.array(file.rows)), plan.projection,
+                                                               BATCH, columns=[]))
+    for k, ((offsets, values), ours) in enumerate(zip(fat_row_tenant(file, plan), ours_batches, strict=True)):
+        done += len(ours)
         if set(values) != set(ours.values) or not same_jagged(offsets, values, ours):
             raise FatRowMismatch(f"tenant {plan.name}: lateseq and the Fat Row union ({file.form}) differ in batch {k}")
     if done != len(file.rows):
@@ -719,7 +721,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "benchmarks/tenants.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "scale": scale_name, "scale_settings": dataclasses.asdict(scale),
-        "settings": {"batch": BATCH, "repeat": args.repeat, "timer": "process_time", "pinned_cpu": cpu,
+        "settings": {"batch": BATCH, **loader_reads(), "repeat": args.repeat, "timer": "process_time",
+                     "pinned_cpu": cpu,
                      "verify": True, "tenants": str(args.tenants.resolve().relative_to(report.ROOT)
                                                     if args.tenants.resolve().is_relative_to(report.ROOT)
                                                     else args.tenants)},

@@ -73,7 +73,8 @@ def iter_batches(
     ``store`` is a handle or a path (opened at its latest version); it must be at a
     version at least as new as every pointer's. ``verify`` and ``on_mismatch`` are
     passed to :func:`lateseq.materialize`. Small batches are rebuilt several at a time
-    (``READ_BYTES`` of sequences at most), each yielded as its part of the read: a mismatch
+    (``READ_BYTES`` of sequences at most), each yielded as its part of the read (views of
+    its arrays: a batch kept alive keeps the whole read; copy what you keep): a mismatch
     that raises is raised at the read of the batches around it.
     """
     if not isinstance(store, Store):
