@@ -184,10 +184,12 @@ def test_tampered_pointer_raises_or_flags(world, tmp_path, read_bytes, monkeypat
                               pa.array(checksum, pa.uint32()))
     projection = lateseq.Projection(4, ("item_id",))
     assert bad_row >= 16  # not in the first batch: the error names the row of the log, not of its batch
+    got = []
     with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{bad_row}\]") as info:
-        for _ in iter_batches(store, tampered, projection, batch_size=16):
-            pass
+        for batch, _ in iter_batches(store, tampered, projection, batch_size=16):
+            got.append(batch.num_rows)
     assert info.value.rows == [bad_row]
+    assert got == [16] * (bad_row // 16)  # every batch before the bad one's, wherever its read began
     flagged = np.concatenate([s.mismatched for _, s in iter_batches(store, tampered, projection, 16,
                                                                    on_mismatch="flag")])
     assert np.flatnonzero(flagged).tolist() == [bad_row]

@@ -49,9 +49,9 @@ def batches_per_read(batch_size: int, max_len: int, event_bytes: int) -> int:
 
 
 def event_bytes(schema: Schema, projections: Iterable[Projection]) -> int:
-    """Bytes of one event as the ``projections`` return it, all of them together."""
-    names = {name for projection in projections for name in projection.resolve(schema)}
-    return sum(output_dtype(schema, name).itemsize for name in names)
+    """Bytes of one event as the ``projections`` return it, each its own output."""
+    return sum(output_dtype(schema, name).itemsize for projection in projections
+               for name in projection.resolve(schema))
 
 
 def iter_batches(
@@ -72,10 +72,10 @@ def iter_batches(
     have ``batch_size`` rows except perhaps the last.
     ``store`` is a handle or a path (opened at its latest version); it must be at a
     version at least as new as every pointer's. ``verify`` and ``on_mismatch`` are
-    passed to :func:`lateseq.materialize`. Small batches are rebuilt several at a time
-    (``READ_BYTES`` of sequences at most), each yielded as its part of the read (views of
-    its arrays: a batch kept alive keeps the whole read; copy what you keep): a mismatch
-    that raises is raised at the read of the batches around it.
+    passed to :func:`lateseq.materialize` (a mismatch raises at its batch, the batches
+    before it yielded). Small batches are rebuilt several at a time (``READ_BYTES`` of
+    sequences at most), each yielded as its part of the read: views of its arrays, so a
+    batch kept alive keeps the whole read (copy what you keep).
     """
     if not isinstance(store, Store):
         store = Store(store)
@@ -93,12 +93,16 @@ def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int
     first = 0
     for read in reads:
         with rows_in_log(range(first, first + read.num_rows)):
-            sequences = materialize(store, read, projection, on_mismatch=on_mismatch, verify=verify)
-        first += read.num_rows
-        read = read.select(_selected(read.schema, columns))
+            sequences = materialize(store, read, projection, on_mismatch="flag", verify=verify)
+        kept = read.select(_selected(read.schema, columns))
         for start in range(0, read.num_rows, batch_size):
             stop = min(start + batch_size, read.num_rows)
-            yield read.slice(start, stop - start), sequences.slice(start, stop)
+            part = sequences.slice(start, stop)
+            if on_mismatch == "raise" and part.mismatched.any():  # raised as a read of this batch alone raises
+                with rows_in_log(range(first + start, first + stop)):
+                    part = materialize(store, read.slice(start, stop - start), projection, verify=verify)
+            yield kept.slice(start, stop - start), part
+        first += read.num_rows
 
 
 def materialize_log(
@@ -116,8 +120,8 @@ def materialize_log(
 
     One row per example, in log order: first the example-log ``columns`` asked for,
     then one list column per projected column, named as the column (oldest event
-    first). Streams batch by batch with constant memory. ``progress`` is called with
-    the number of rows after each batch is written.
+    first). Streams read by read with constant memory. ``progress`` is called with
+    the number of rows read after each read (several batches, up to ``READ_BYTES``).
     """
     return _write_logs(store, examples, {"": projection}, {"": os.fspath(out_path)}, batch_size, columns,
                        verify, progress)
@@ -180,6 +184,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
             raise FileNotFoundError(f"{path}: directory {folder} does not exist")
     rows = 0
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
+    held = dict.fromkeys(tenants, 0)  # rows in pending
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
         per_read = batches_per_read(batch_size, max(p.max_len for p in tenants.values()),
@@ -197,11 +202,12 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
                 schema = schemas[tenant]
                 arrays = list(kept.columns) + [lists.column(n).cast(schema.field(n).type) for n in names[tenant]]
                 pending[tenant].append(pa.Table.from_arrays(arrays, schema=schema))
-                held = pa.concat_tables(pending[tenant])
-                whole = held.num_rows - held.num_rows % _ROW_GROUP_ROWS  # row groups of _ROW_GROUP_ROWS, the last aside
-                if whole:
-                    writers[tenant].write_table(held.slice(0, whole), _ROW_GROUP_ROWS)
-                    pending[tenant] = [held.slice(whole)]
+                held[tenant] += batch.num_rows
+                if held[tenant] >= _ROW_GROUP_ROWS:  # row groups of _ROW_GROUP_ROWS, the last aside
+                    table = pa.concat_tables(pending[tenant])
+                    whole = held[tenant] - held[tenant] % _ROW_GROUP_ROWS
+                    writers[tenant].write_table(table.slice(0, whole), _ROW_GROUP_ROWS)
+                    pending[tenant], held[tenant] = [table.slice(whole)], held[tenant] - whole
             rows += batch.num_rows
             if progress is not None:
                 progress(rows)

@@ -779,24 +779,24 @@ class ExampleDataset(IterableDataset):
         rows = np.concatenate([part_rows for _, part_rows, _ in reads]) if len(reads) > 1 else reads[0][1]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
-        on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
-        with rows_in_log(rows):
-            try:
-                sequences = materialize(self.store, examples, self.projection, verify=self.verify,
-                                        on_mismatch=on_mismatch)
-            except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
-                if self.store._kept():
-                    raise
-                self._still_kept()
-                sequences = materialize(self.store, examples, self.projection, verify=self.verify,
-                                        on_mismatch=on_mismatch)
+        with rows_in_log(rows):  # mismatches flagged, raised batch by batch (``_made``)
+            sequences = self._materialized(examples, "flag")
         return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io
+
+    def _materialized(self, examples: pa.Table, on_mismatch: Literal["raise", "flag"]) -> JaggedBatch:
+        try:
+            return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
+        except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
+            if self.store._kept():
+                raise
+            self._still_kept()
+            return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
 
     def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch, rebuilt_s: float,
               read_bytes: int) -> Iterator[Batch]:
         """The batches of ``reads``, each its part of the read's ``sequences`` (and of its
         cost, by rows), made as they are asked for: a DataLoader worker writes each into a
-        buffer it reuses, of which it has only a few."""
+        buffer it reuses, of which it has only a few; a mismatch raises at its batch."""
         rows = sum(len(part_rows) for _, part_rows, _ in reads)
         start = 0
         for part, part_rows, read_s in reads:
@@ -808,6 +808,9 @@ class ExampleDataset(IterableDataset):
             if self.drop_deleted:
                 with rows_in_log(part_rows):
                     kept = self._undeleted(part, part_sequences)
+            elif part_sequences.mismatched.any():  # raised as a read of this batch alone raises: those before it out
+                with rows_in_log(part_rows):
+                    part_sequences = self._materialized(part, "raise")
             dropped = 0
             if kept is not None:
                 dropped = len(part_rows) - len(kept)
