@@ -172,7 +172,7 @@ def test_materialize_log_empty(world, tmp_path):
     assert table.schema == pa.schema([("label", pa.int8()), ("item_id", pa.list_(pa.int64()))])
 
 
-@pytest.mark.parametrize("read_bytes", [1, 3300, loader.READ_BYTES])  # batches per read: 1, 3, all
+@pytest.mark.parametrize("read_bytes", [1, 3300, loader.READ_BYTES])  # batches per read: 1, 6, all
 def test_tampered_pointer_raises_or_flags(world, tmp_path, read_bytes, monkeypatch):
     store, _, log, _ = world
     monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # a batch: 16 x 4 events of 8 bytes
