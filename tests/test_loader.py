@@ -204,6 +204,24 @@ def test_tampered_pointer_raises_or_flags(world, tmp_path, read_bytes, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_transform_overflow_raises_at_its_batch_of_a_read_of_several(tmp_path, monkeypatch):
+    """Rebuilt 4 batches a read, an age past int64 in the read's last batch raises there,
+    naming its row of the log: the batches before it come out, as a read per batch gave."""
+    low = np.iinfo(np.int64).min
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"flag": "int8"}, time_unit="s"))
+    store = store.commit(pa.table({"user_id": [1, 1], "ts": [low, -5], "flag": pa.array([1, 0], pa.int8())}))
+    requests = [-1] * 12
+    requests[7] = 5  # its age of the event at int64's smallest time does not fit int64
+    log = lateseq.log_examples(store, pa.table({"user_id": [1] * 12, "request_ts": requests}))
+    monkeypatch.setattr(loader, "READ_BYTES", 4 * 2 * 20 * 8)  # 4 batches a read: 2 x 20 events of 8 bytes
+    projection = lateseq.Projection(20, ("ts",), transforms={"ts": "age_s"})
+    got = []
+    with pytest.raises(lateseq.TransformOverflow, match="row 7 of the example log"):
+        for batch, _ in iter_batches(store, log, projection, batch_size=2):
+            got.append(batch.num_rows)
+    assert got == [2, 2, 2]
+
+
 def test_bad_inputs(world, tmp_path):
     store, _, log, path = world
     projection = lateseq.Projection(3, ("item_id",))

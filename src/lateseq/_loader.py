@@ -19,7 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import SchemaError, exact_integer, reading_checks, rows_in_log
+from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer, reading_checks, rows_in_log
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._gather import output_dtype
@@ -72,8 +72,8 @@ def iter_batches(
     have ``batch_size`` rows except perhaps the last.
     ``store`` is a handle or a path (opened at its latest version); it must be at a
     version at least as new as every pointer's. ``verify`` and ``on_mismatch`` are
-    passed to :func:`lateseq.materialize` (a mismatch raises at its batch, the batches
-    before it yielded). Small batches are rebuilt several at a time (``READ_BYTES`` of
+    passed to :func:`lateseq.materialize` (a mismatch, or a transform's overflow, raises
+    at its batch, the batches before it yielded). Small batches are rebuilt several at a time (``READ_BYTES`` of
     sequences at most), each yielded as its part of the read: views of its arrays, so a
     batch kept alive keeps the whole read (copy what you keep).
     """
@@ -92,15 +92,20 @@ def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
     for read in reads:
-        with rows_in_log(range(first, first + read.num_rows)):
-            sequences = materialize(store, read, projection, on_mismatch="flag", verify=verify)
+        try:
+            sequences: JaggedBatch | None = materialize(store, read, projection, on_mismatch=on_mismatch,
+                                                        verify=verify)
+        except (ChecksumMismatch, TransformOverflow):  # read again batch by batch: it raises at its batch
+            sequences = None
         kept = read.select(_selected(read.schema, columns))
         for start in range(0, read.num_rows, batch_size):
             stop = min(start + batch_size, read.num_rows)
-            part = sequences.slice(start, stop)
-            if on_mismatch == "raise" and part.mismatched.any():  # raised as a read of this batch alone raises
+            if sequences is not None:
+                part = sequences.slice(start, stop)
+            else:
                 with rows_in_log(range(first + start, first + stop)):
-                    part = materialize(store, read.slice(start, stop - start), projection, verify=verify)
+                    part = materialize(store, read.slice(start, stop - start), projection, on_mismatch=on_mismatch,
+                                       verify=verify)
             yield kept.slice(start, stop - start), part
         first += read.num_rows
 

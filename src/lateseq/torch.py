@@ -53,6 +53,7 @@ from ._errors import (
     ChecksumMismatch,
     PointerError,
     SchemaError,
+    TransformOverflow,
     VersionNotFound,
     exact_bool,
     exact_integer,
@@ -770,20 +771,22 @@ class ExampleDataset(IterableDataset):
                 source.close()
 
     def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]],
-                 ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch, float, int]:
+                 ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
         """The histories of ``reads`` (each batch's rows of the log in serving order, their
         row numbers, the seconds reading them took) rebuilt in one read, with what it cost
-        (seconds, bytes read from storage)."""
+        (seconds, bytes read from storage); None where the read raised."""
         t0, io = time.perf_counter(), _disk_read_bytes()
         examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
-        rows = np.concatenate([part_rows for _, part_rows, _ in reads]) if len(reads) > 1 else reads[0][1]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
-        with rows_in_log(rows):  # mismatches flagged, raised batch by batch (``_made``)
-            sequences = self._materialized(examples, "flag")
+        try:
+            sequences = self._materialized(examples)
+        except (ChecksumMismatch, TransformOverflow):  # read again batch by batch (``_made``): it raises at its batch
+            sequences = None
         return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io
 
-    def _materialized(self, examples: pa.Table, on_mismatch: Literal["raise", "flag"]) -> JaggedBatch:
+    def _materialized(self, examples: pa.Table) -> JaggedBatch:
+        on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
         try:
             return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
         except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
@@ -792,25 +795,27 @@ class ExampleDataset(IterableDataset):
             self._still_kept()
             return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
 
-    def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch, rebuilt_s: float,
-              read_bytes: int) -> Iterator[Batch]:
+    def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch | None,
+              rebuilt_s: float, read_bytes: int) -> Iterator[Batch]:
         """The batches of ``reads``, each its part of the read's ``sequences`` (and of its
         cost, by rows), made as they are asked for: a DataLoader worker writes each into a
-        buffer it reuses, of which it has only a few; a mismatch raises at its batch."""
+        buffer it reuses, of which it has only a few. Where the read raised (None), each is
+        read again alone: the error raises at its batch, those before it handed out."""
         rows = sum(len(part_rows) for _, part_rows, _ in reads)
         start = 0
         for part, part_rows, read_s in reads:
             t1 = time.perf_counter()
             share = len(part_rows) / max(rows, 1)
-            part_sequences = sequences.slice(start, start + len(part_rows))
+            if sequences is not None:
+                part_sequences = sequences.slice(start, start + len(part_rows))
+            else:
+                with rows_in_log(part_rows):
+                    part_sequences = self._materialized(part)
             start += len(part_rows)
             kept = None
             if self.drop_deleted:
                 with rows_in_log(part_rows):
                     kept = self._undeleted(part, part_sequences)
-            elif part_sequences.mismatched.any():  # raised as a read of this batch alone raises: those before it out
-                with rows_in_log(part_rows):
-                    part_sequences = self._materialized(part, "raise")
             dropped = 0
             if kept is not None:
                 dropped = len(part_rows) - len(kept)
