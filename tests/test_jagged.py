@@ -94,6 +94,9 @@ def test_slice_is_the_rows_between_sharing_their_values(rows, data):
     assert all(np.array_equal(part.values[k], taken.values[k]) for k in taken.values)
     if len(part.values["item"]):  # views: no copy made
         assert np.shares_memory(part.values["item"], batch.values["item"])
+    for bad in ((stop, start - 1), (-1, stop), (start, len(rows) + 1), (0.5, 1)):
+        with pytest.raises(SchemaError, match="slice: st"):
+            batch.slice(*bad)
 
 
 def test_to_torch_shares_the_data():
