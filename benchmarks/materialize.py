@@ -99,6 +99,7 @@ from workload import (  # noqa: E402
     build_states,
     check_equal,
     derived_files,
+    lateseq_reads,
     loader_reads,
     read_days,
     read_fat_rows,
@@ -352,11 +353,9 @@ def best_of(repeat: int, sides: dict[str, Callable[[], Batches]], cold_files: li
 
 
 def lateseq_batches(open_store: Callable[[], lateseq.Store], log: Path, max_len: int) -> Batches:
-    """A loader's loop: the library's streaming loader over the example log's pointer
-    columns (verified), batches of ``BATCH`` (it rebuilds a few small batches in one read
-    and hands each its part: up to ``READ_BYTES`` of sequences, 4 batches at N=256)."""
-    store = open_store()
-    for _, jagged in lateseq.iter_batches(store, log, lateseq.Projection(max_len, COLUMNS), BATCH, columns=[]):
+    """A loader's loop (``workload.lateseq_reads``: 4 batches a read at N=256), as
+    (offsets, values)."""
+    for jagged in lateseq_reads(open_store(), log, lateseq.Projection(max_len, COLUMNS)):
         yield jagged.offsets, jagged.values
 
 

@@ -91,6 +91,7 @@ from workload import (  # noqa: E402
     day_of,
     derived_files,
     ipc_views,
+    lateseq_reads,
     loader_reads,
     read_days,
     readable_days,
@@ -306,9 +307,8 @@ def parquet_read_bytes(path: Path, columns: tuple[str, ...]) -> int:
 
 
 def lateseq_tenant(store: lateseq.Store, log: Path, projection: lateseq.Projection) -> Batches:
-    """A tenant's loader: the library's streaming loader over the example log's pointer
-    columns, its projection materialized (verified), as ``materialize.lateseq_batches``."""
-    for _, batch in lateseq.iter_batches(store, log, projection, BATCH, columns=[]):
+    """A tenant's loader (``workload.lateseq_reads``), its projection materialized, as (offsets, values)."""
+    for batch in lateseq_reads(store, log, projection):
         yield batch.offsets, batch.values
 
 
@@ -613,8 +613,7 @@ def check_tenant(file: FatRowFile, plan: Plan, store: lateseq.Store, log: pa.Tab
     (``iter_batches``), offsets and values bit for bit, batch by batch; raises
     FatRowMismatch. Returns the examples compared."""
     done = 0
-    ours_batches = (seqs for _, seqs in lateseq.iter_batches(store, log.take(pa.array(file.rows)), plan.projection,
-                                                               BATCH, columns=[]))
+    ours_batches = lateseq_reads(store, log.take(pa.array(file.rows)), plan.projection)
     for k, ((offsets, values), ours) in enumerate(zip(fat_row_tenant(file, plan), ours_batches, strict=True)):
         done += len(ours)
         if set(values) != set(ours.values) or not same_jagged(offsets, values, ours):

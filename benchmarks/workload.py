@@ -956,6 +956,15 @@ def same_jagged(offsets: np.ndarray, values: dict[str, np.ndarray], ours: latese
         and np.array_equal(values[c].view(np.uint8), ours.values[c].view(np.uint8)) for c in values)
 
 
+def lateseq_reads(store: lateseq.Store, log: Path | pa.Table, projection: lateseq.Projection,
+                  ) -> Iterator[lateseq.JaggedBatch]:
+    """lateseq's batches of ``log`` as the benchmarks time them: the library's streaming
+    loader over the example log's pointer columns, batches of ``BATCH``, verified (it
+    rebuilds a few small batches in one read and hands each its part)."""
+    for _, jagged in lateseq.iter_batches(store, log, projection, BATCH, columns=[]):
+        yield jagged
+
+
 def check_equal(files: list[FatRowFile], store: lateseq.Store, log: pa.Table, max_len: int,
                 what: str = "") -> int:
     """Reads Fat Row files holding the same rows in the same order and checks each batch
@@ -966,8 +975,7 @@ def check_equal(files: list[FatRowFile], store: lateseq.Store, log: pa.Table, ma
     projection = lateseq.Projection(max_len, tuple(files[0].columns))
     rows = files[0].rows
     done = 0
-    ours_batches = (seqs for _, seqs in lateseq.iter_batches(store, log.take(pa.array(rows)), projection, BATCH,
-                                                               columns=[]))
+    ours_batches = lateseq_reads(store, log.take(pa.array(rows)), projection)
     for k, (*batches, ours) in enumerate(zip(*(read_fat_rows(file) for file in files), ours_batches, strict=True)):
         done += len(ours)
         for file, (offsets, values) in zip(files, batches, strict=True):
