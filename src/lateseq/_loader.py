@@ -42,16 +42,13 @@ READ_BYTES = 16 << 20
 READ_POINTERS = 8192
 
 
-def batches_per_read(batch_size: int, max_len: int, event_bytes: int) -> int:
-    """How many consecutive loader batches one read rebuilds at once (``max_len`` events
-    of ``event_bytes`` each, the most any reader takes, size its output)."""
-    return max(1, min(READ_BYTES // max(1, batch_size * max_len * event_bytes), READ_POINTERS // batch_size))
-
-
-def event_bytes(schema: Schema, projections: Iterable[Projection]) -> int:
-    """Bytes of one event as the ``projections`` return it, each its own output."""
-    return sum(output_dtype(schema, name).itemsize for projection in projections
-               for name in projection.resolve(schema))
+def batches_per_read(batch_size: int, schema: Schema, projections: Iterable[Projection]) -> int:
+    """How many consecutive loader batches one read rebuilds at once for ``projections``
+    (each its own output: the longest ``max_len`` of their events' bytes sizes a read)."""
+    projections = list(projections)
+    event_bytes = sum(output_dtype(schema, name).itemsize for p in projections for name in p.resolve(schema))
+    biggest = batch_size * max(p.max_len for p in projections) * event_bytes
+    return max(1, min(READ_BYTES // max(1, biggest), READ_POINTERS // batch_size))
 
 
 def iter_batches(
@@ -82,7 +79,7 @@ def iter_batches(
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
-    read_size = batch_size * batches_per_read(batch_size, projection.max_len, event_bytes(store.schema, [projection]))
+    read_size = batch_size * batches_per_read(batch_size, store.schema, [projection])
     reads = _example_batches(examples, read_size, columns)  # validates the log eagerly
     return _materialized(store, reads, batch_size, projection, columns, verify, on_mismatch)
 
@@ -192,8 +189,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     held = dict.fromkeys(tenants, 0)  # rows in pending
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
-        per_read = batches_per_read(batch_size, max(p.max_len for p in tenants.values()),
-                                    event_bytes(store.schema, tenants.values()))
+        per_read = batches_per_read(batch_size, store.schema, tenants.values())
         for batch in _example_batches(examples, batch_size * per_read, columns):
             with rows_in_log(range(rows, rows + batch.num_rows)):
                 if len(tenants) == 1:

@@ -63,7 +63,7 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
-from ._loader import batches_per_read, event_bytes
+from ._loader import batches_per_read
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -747,8 +747,7 @@ class ExampleDataset(IterableDataset):
                               "dataset (a state saved over the old log does not resume over the new one)")
         self._still_kept()
         source = None if self._file is None else self._file.open()
-        per_read = batches_per_read(self._config["batch_size"], self.projection.max_len,
-                                    event_bytes(self.store.schema, [self.projection]))
+        per_read = batches_per_read(self._config["batch_size"], self.store.schema, [self.projection])
         rebuilt = (self._rebuilt(reads) for reads in _groups(self._reads(plan, source, start), per_read))
         if self.prefetch:  # the next read is rebuilt while this one's batches are used, and each next batch made
             rebuilt = _ahead(rebuilt)
