@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -425,3 +426,33 @@ def test_example_columns_to_keep_are_checked_and_kept_once(world, tmp_path):
         materialize_log(store, log, projection, tmp_path / "a.parquet", columns="label")
     materialize_log(store, log, projection, tmp_path / "a.parquet", columns=["label", "label"])
     assert pq.read_table(tmp_path / "a.parquet").column_names == ["label", "item_id"]
+
+
+def test_batches_kept_in_any_form_keep_their_values_and_dropped_ones_give_theirs_back(world, monkeypatch):
+    """Reads write into the arrays of earlier reads once nothing holds those (``_buffers``):
+    a batch kept whole, as a slice of its values, a tensor or an Arrow array keeps its
+    values; batches dropped as they come give their arrays back for later reads."""
+    import torch
+
+    store, events, log, path = world
+    monkeypatch.setattr(loader, "READ_BYTES", 1)  # a read per batch: many reads
+    projection = lateseq.Projection(1000, COLUMNS)
+    want = expected(events, log, 1000)
+    holders = [lambda s: s, lambda s: s.values["item_id"][:], lambda s: torch.from_numpy(s.values["item_id"]),
+               lambda s: pa.array(s.values["item_id"])]
+    kept, offsets = [], []
+    for k, (_, seqs) in enumerate(iter_batches(store, path, projection, batch_size=8, columns=[])):
+        kept.append(holders[k % len(holders)](seqs))
+        offsets.append(seqs.offsets)
+    got = []
+    for held, offs in zip(kept, offsets, strict=True):
+        values = held.values["item_id"] if isinstance(held, lateseq.JaggedBatch) else np.asarray(held)
+        got += [values[lo:hi].tolist() for lo, hi in zip(offs[:-1], offs[1:], strict=True)]
+    assert got == [w["item_id"] for w in want]
+
+    seen, again = [], 0  # (weak references: a fresh array's dies with its batch)
+    for _, seqs in iter_batches(store, path, projection, batch_size=8, columns=[]):
+        base = seqs.values["item_id"].base
+        again += any(ref() is base for ref in seen)
+        seen.append(weakref.ref(base))
+    assert again >= len(seen) // 2  # most reads wrote into the array of a read before

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from . import _kernels
+from . import _buffers, _kernels
 from ._errors import ChecksumMismatch, reading_checks
 from ._format import TIME
 from ._jagged import JaggedBatch
@@ -53,7 +53,7 @@ def gather(
     if int(lengths[located.merge].sum()) <= MERGE_BUDGET:
         plans = [list(plan) for plan in plans]
     dtypes = {name: output_dtype(store.schema, name) for name in columns}
-    values = {name: np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+    values = {name: _buffers.empty(name, int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
               for name, dtype in dtypes.items()}
     for w, plan in zip(located.partitions, plans, strict=True):
         for runs in plan:

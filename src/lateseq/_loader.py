@@ -19,6 +19,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._buffers import Recycler, recycling
 from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer, reading_checks, rows_in_log
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
@@ -88,10 +89,12 @@ def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
+    recycler = Recycler()
     for read in reads:
         try:
-            sequences: JaggedBatch | None = materialize(store, read, projection, on_mismatch=on_mismatch,
-                                                        verify=verify)
+            with recycling(recycler):
+                sequences: JaggedBatch | None = materialize(store, read, projection, on_mismatch=on_mismatch,
+                                                            verify=verify)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch: it raises at its batch
             sequences = None
         kept = read.select(_selected(read.schema, columns))

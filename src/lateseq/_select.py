@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _buffers, _kernels
 from ._derived import filtered_view
 from ._errors import TransformOverflow
 from ._format import TIME
@@ -135,7 +135,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
         for column in columns:
             stored = TIME if column == schema.time_col else column
             dtype = output_dtype(schema, column)
-            target = np.empty(int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+            target = _buffers.empty((name, column), int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
             for view, (ptr, seg, lo, hi, at) in picked:
                 copy_runs((seg, lo, hi, offsets[ptr] + at), *view.column(stored), target)
             if picked:  # every chosen row, at the column's stored width

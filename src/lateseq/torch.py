@@ -49,6 +49,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
+from ._buffers import Recycler, recycling
 from ._errors import (
     ChecksumMismatch,
     PointerError,
@@ -581,6 +582,7 @@ class ExampleDataset(IterableDataset):
         # while workers iterate, this copy's count of batches says nothing (state_dict)
         self._iterated_by_workers = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._slots = _Slots()
+        self._recycler = Recycler()  # the reads' outputs, reused once their batches are dropped
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
@@ -787,7 +789,9 @@ class ExampleDataset(IterableDataset):
     def _materialized(self, examples: pa.Table) -> JaggedBatch:
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
         try:
-            return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
+            with recycling(self._recycler):
+                return materialize(self.store, examples, self.projection, verify=self.verify,
+                                   on_mismatch=on_mismatch)
         except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
             if self.store._kept():
                 raise

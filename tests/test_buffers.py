@@ -1,0 +1,85 @@
+"""The loaders' output arrays are given out again only once nothing holds them."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from lateseq._buffers import Recycler, empty, recycling
+from lateseq._jagged import JaggedBatch
+
+HOLDERS = {  # what holds the array, and its values as the holder sees them
+    "the array": (lambda a: a, lambda h: h.tolist()),
+    "a slice": (lambda a: a[3:7], lambda h: h.tolist()),
+    "a view as another dtype": (lambda a: a.view(np.uint8), lambda h: h.view(np.int64).tolist()),
+    "a torch tensor": (torch.from_numpy, lambda h: h.tolist()),
+    "an arrow array": (pa.array, lambda h: h.to_pylist()),
+    "a memoryview": (memoryview, lambda h: h.tolist()),
+    "a batch's part": (lambda a: JaggedBatch(np.array([0, 4, 10]), {"x": a}, np.zeros(2, bool)).slice(1, 2),
+                       lambda h: h.values["x"].tolist()),
+}
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+def test_an_array_held_in_any_form_is_not_given_out_again(holder):
+    recycler = Recycler()
+    first = recycler.empty("x", 10, np.int64)
+    first[:] = np.arange(10)
+    hold, values = HOLDERS[holder]
+    held = hold(first)
+    want = values(hold(np.arange(10)))
+    del first
+    for _ in range(2 * recycler.depth):  # more asks than it keeps
+        other = recycler.empty("x", 10, np.int64)
+        other[:] = -1
+    assert values(held) == want
+
+
+def address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def test_a_free_array_is_given_out_again_and_a_busy_or_small_one_is_not():
+    recycler = Recycler(depth=3)
+    a = recycler.empty("x", 100, np.int64)
+    first = address(a)  # (the recycler keeps it: no other array can be given this address)
+    del a
+    b = recycler.empty("x", 80, np.int32)  # free and big enough: the same memory, as another dtype
+    assert address(b) == first and b.dtype == np.int32 and len(b) == 80
+    c = recycler.empty("x", 100, np.int64)  # the only one is held (by b): a new one
+    second = address(c)
+    assert second != first
+    assert address(recycler.empty("y", 100, np.int64)) != first  # another kind of output never shares
+    del b, c
+    big = recycler.empty("x", 1000, np.int64)  # both free, neither big enough
+    assert address(big) not in (first, second) and len(big) == 1000
+
+
+def test_it_keeps_at_most_depth_arrays_of_a_kind():
+    recycler = Recycler(depth=3)
+    held = [recycler.empty("x", 10, np.int64) for _ in range(5)]  # all held: each new
+    assert len({id(a.base) for a in held}) == 5
+    assert len(recycler._held["x"]) == 3
+    del held
+    kept = [recycler.empty("x", 10, np.int64) for _ in range(3)]
+    assert len({id(a.base) for a in kept}) == 3
+
+
+def test_a_copy_of_a_recycler_starts_empty():
+    recycler = Recycler(depth=2)
+    recycler.empty("x", 10, np.int64)
+    copy = pickle.loads(pickle.dumps(recycler))
+    assert copy.depth == 2 and not copy._held and len(recycler._held["x"]) == 1
+
+
+def test_outside_a_loader_reads_get_new_arrays():
+    lent = Recycler()
+    with recycling(lent):
+        inside = address(empty("x", 10, np.int64))
+    assert address(empty("x", 10, np.int64)) != inside
+    with recycling(lent):
+        assert address(empty("x", 10, np.int64)) == inside
