@@ -647,9 +647,10 @@ def test_a_file_system_without_locks_is_named(small_store, monkeypatch):
 
 @pytest.mark.parametrize("operation", ["commit", "compact", "delete"])
 def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store, monkeypatch, operation):
-    """A full disk at a segment's read-cache copy, or at a later partition's segment, left
-    the segments already written in segments/ (until cleanup's grace passed; every retry
-    added more): the store was not as it was."""
+    """A write that failed at a later partition's segment (here: an error at its read-cache
+    copy other than a full cache, which leaves the copy out) left the segments already
+    written in segments/ (until cleanup's grace passed; every retry added more): the store
+    was not as it was."""
     store = make_store({"item": "int64"}, partitions=4)
     for seed in (1, 2):
         rng = np.random.default_rng(seed)
@@ -658,11 +659,11 @@ def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store
     before = snapshot(store.path)
     real, written = lateseq._format._write_decoded, []
 
-    def third_fails(*args):
+    def third_fails(*args, **kwargs):
         if len(written) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written.append(args[0])
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(lateseq._format, "_write_decoded", third_fails)
     rng = np.random.default_rng(3)
@@ -684,6 +685,45 @@ def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store
         with pytest.raises(OSError, match="No space left on device"):
             store.commit(more, commit_id="job")
         assert snapshot(store.path) == before
+
+
+@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_read_cache_leaves_commits_and_compactions_durable(make_store, tmp_path, monkeypatch,
+                                                                               errno_):
+    """A read cache of its own disk (``cache_dir=``) that was full failed a commit or a
+    compaction, naming the cache's file, though the copy is derived: the durable files
+    were written. Now the copy is left out with a warning, and a read makes it once the
+    cache has room (a read, compactions' included, needs room for the copies it reads)."""
+    make_store({"item": "int64"})
+    cache = tmp_path / "cache"
+    store = lateseq.Store(tmp_path / "store0", cache_dir=cache)
+    rng = np.random.default_rng(2)
+    days = [pa.table({"user_id": rng.integers(0, 20, 200), "ts": day * 1000 + rng.integers(0, 999, 200),
+                      "item": rng.integers(0, 99, 200)}) for day in range(3)]
+    store = store.commit(days[0]).commit(days[1])
+    real = lateseq._format.put_in_place
+
+    def cache_full(tmp, path):
+        if cache in Path(path).parents:
+            raise OSError(errno_, os.strerror(errno_))
+        return real(tmp, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lateseq._format, "put_in_place", cache_full)
+        with pytest.warns(RuntimeWarning, match=rf"read cache's copy of segment p\d+-\w+ is left out, its durable "
+                                                rf"files written: cannot write {cache}/\S+ \({os.strerror(errno_)}\)"):
+            store = store.compact()  # (it reads the copies made before the disk filled)
+        with pytest.warns(RuntimeWarning, match="is left out"):
+            store = store.commit(days[2])
+    assert not list(cache.rglob("*.tmp*"))
+    assert lateseq.open(tmp_path / "store0", cache_dir=cache).version == store.version == 4
+    # the cache has room again: a read makes the copies left out
+    requests = pa.table({"user_id": np.arange(20), "request_ts": np.full(20, 10**6)})
+    got = lateseq.materialize(store, lateseq.log_examples(store, requests), lateseq.Projection(1000, ["item"]))
+    events = pa.concat_tables(days).to_pandas().sort_values(["user_id", "ts"], kind="stable")
+    for user in range(20):
+        want = events[events.user_id == user].sort_values("ts", kind="stable")["item"].tolist()
+        assert sorted(got.values["item"][got.offsets[user]:got.offsets[user + 1]].tolist()) == sorted(want)
 
 
 @pytest.mark.parametrize("operation", ["commit", "compact", "tag", "cleanup"])

@@ -43,6 +43,7 @@ import stat
 import threading
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
         make_folders(cache, 0o775)  # never writable by all, whatever the umask
-        decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes)
+        decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes, optional=packed)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):
             path.unlink(missing_ok=True)
@@ -327,10 +328,13 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return sums
 
 
-def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray,
-                   hashes: np.ndarray, expect: dict[str, str] | None = None) -> dict[str, str]:
+def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray, hashes: np.ndarray,
+                   expect: dict[str, str] | None = None, optional: bool = False) -> dict[str, str]:
     """Writes the decoded copy; returns its column digests, which must equal ``expect``
-    (the writer's) when given, or nothing is written."""
+    (the writer's) when given, or nothing is written. An ``optional`` copy (a durable
+    segment's, which a read makes again from the durable files) is left out with a warning
+    where the read cache's disk is full or read-only: a commit or compaction is durable
+    without it, and failed there on a disk it never needed."""
     vmax, vmin = version_bounds(stored["_version"], starts)
     # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
     table = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
@@ -341,8 +345,16 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
         raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
     # derived data: no fsync, a crash at worst loses the copy
-    with written_in_place(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-        w.write_batch(table)
+    try:
+        with (written_in_place(path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
+              pa.ipc.new_file(sink, table.schema) as w):
+            w.write_batch(table)
+    except StoreError as exc:
+        if not optional or getattr(exc.__cause__, "errno", None) not in _WRITE_ERRORS:
+            raise
+        warnings.warn(f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
+                      "A read makes the copy when it first needs it, once the cache has room", RuntimeWarning,
+                      stacklevel=2)
     return digests
 
 
