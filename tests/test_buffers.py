@@ -48,8 +48,8 @@ def test_a_free_array_is_given_out_again_and_a_busy_or_small_one_is_not():
     a = recycler.empty("x", 100, np.int64)
     first = address(a)  # (the recycler keeps it: no other array can be given this address)
     del a
-    b = recycler.empty("x", 80, np.int32)  # free and big enough: the same memory, as another dtype
-    assert address(b) == first and b.dtype == np.int32 and len(b) == 80
+    b = recycler.empty("x", 125, np.int32)  # free, big enough (1,000 bytes), at most twice: the same memory
+    assert address(b) == first and b.dtype == np.int32 and len(b) == 125
     c = recycler.empty("x", 100, np.int64)  # the only one is held (by b): a new one
     second = address(c)
     assert second != first
@@ -57,6 +57,18 @@ def test_a_free_array_is_given_out_again_and_a_busy_or_small_one_is_not():
     del b, c
     big = recycler.empty("x", 1000, np.int64)  # both free, neither big enough
     assert address(big) not in (first, second) and len(big) == 1000
+
+
+def test_a_small_output_never_gets_an_array_of_more_than_twice_its_size():
+    """A small batch kept keeps its array: had it been given a big read's, it kept that."""
+    recycler = Recycler()
+    big = recycler.empty("x", 1000, np.int64)
+    first = address(big)
+    del big
+    small = recycler.empty("x", 10, np.int64)
+    assert address(small) != first and recycler._held["x"][-1].nbytes <= 2 * 80
+    assert address(recycler.empty("x", 700, np.int64)) == first  # its 10,000 bytes for 5,600: under twice
+    assert len(recycler.empty("x", 0, np.int64)) == 0 and len(recycler._held["x"]) == 2  # nothing kept for none
 
 
 def test_it_keeps_at_most_depth_arrays_of_a_kind():

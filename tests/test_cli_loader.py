@@ -101,3 +101,36 @@ def test_a_workers_error_is_one_line_too(logged, workers):
     code, _, err = lateseq("loader", store, d / "bad.parquet", "--max-len", 3, "--workers", workers)
     assert_one_line_error(code, err, "rebuilt histories differ from what online saw")
     assert "Traceback" not in err and "worker process" not in err
+
+
+def test_copartition_writes_the_log_grouped_by_partition_for_the_loader(logged):
+    """`lateseq copartition` (the API's copartition_log): every example once, each row
+    group of one partition as the metadata says; `loader --copartition` reads it whole."""
+    import pyarrow.parquet as pq
+
+    from lateseq import open as open_store
+    from lateseq._events import partition_of
+    from lateseq._pointers import row_group_partitions
+
+    store, d, events, examples = logged
+    out = d / "grouped.parquet"
+    code, _, err = lateseq("copartition", store, d / "ex.parquet", "--out", out, "--row-group-rows", 3)
+    assert code == 0, err
+    assert "row groups" in err
+    grouped = pq.ParquetFile(out)
+    total = open_store(store).schema.partitions
+    partitions = row_group_partitions(grouped.schema_arrow.metadata, total, str(out))
+    assert len(partitions) == grouped.num_row_groups > 1
+    for k, partition in enumerate(partitions):
+        group = grouped.read_row_group(k)
+        assert 0 < group.num_rows <= 3
+        assert set(partition_of(group.column("user_id").to_numpy(), total).tolist()) == {partition}
+    key = list(examples.columns)
+    got = pd.read_parquet(out).sort_values(key, kind="stable").reset_index(drop=True)
+    assert got.equals(examples.sort_values(key, kind="stable").reset_index(drop=True))
+    code, _, err = lateseq("loader", store, out, "--max-len", 3, "--copartition", "--workers", 2,
+                           "--json", d / "m.json")
+    assert code == 0, err
+    assert json.loads((d / "m.json").read_text())["examples"] == len(examples)
+    code, _, err = lateseq("copartition", store, d / "ex.parquet", "--out", out)
+    assert_one_line_error(code, err, "exists; pass --force")

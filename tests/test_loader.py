@@ -455,4 +455,4 @@ def test_batches_kept_in_any_form_keep_their_values_and_dropped_ones_give_theirs
         base = seqs.values["item_id"].base
         again += any(ref() is base for ref in seen)
         seen.append(weakref.ref(base))
-    assert again >= len(seen) // 2  # most reads wrote into the array of a read before
+    assert again >= len(seen) // 4  # (sizes vary several-fold here; an array serves reads up to twice its size)

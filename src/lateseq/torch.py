@@ -582,7 +582,6 @@ class ExampleDataset(IterableDataset):
         # while workers iterate, this copy's count of batches says nothing (state_dict)
         self._iterated_by_workers = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._slots = _Slots()
-        self._recycler = Recycler()  # the reads' outputs, reused once their batches are dropped
         self.metrics = LoaderMetrics()
         self._config = {"num_rows": num_rows, "batch_size": batch_size, "shuffle": bool(shuffle),
                         "seed": seed, "rank": rank, "world_size": world_size, "drop_last": bool(drop_last),
@@ -750,10 +749,11 @@ class ExampleDataset(IterableDataset):
         self._still_kept()
         source = None if self._file is None else self._file.open()
         per_read = batches_per_read(self._config["batch_size"], self.store.schema, [self.projection])
-        rebuilt = (self._rebuilt(reads) for reads in _groups(self._reads(plan, source, start), per_read))
+        recycler = Recycler()  # the reads' outputs, reused once their batches are dropped, for this pass
+        rebuilt = (self._rebuilt(reads, recycler) for reads in _groups(self._reads(plan, source, start), per_read))
         if self.prefetch:  # the next read is rebuilt while this one's batches are used, and each next batch made
             rebuilt = _ahead(rebuilt)
-        made = (batch for read in rebuilt for batch in self._made(*read))
+        made = (batch for read in rebuilt for batch in self._made(*read, recycler))
         if self.prefetch:
             made = _ahead(made)
         try:
@@ -771,7 +771,7 @@ class ExampleDataset(IterableDataset):
             if source is not None:
                 source.close()
 
-    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]],
+    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler,
                  ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
         """The histories of ``reads`` (each batch's rows of the log in serving order, their
         row numbers, the seconds reading them took) rebuilt in one read, with what it cost
@@ -781,15 +781,15 @@ class ExampleDataset(IterableDataset):
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         try:
-            sequences = self._materialized(examples)
+            sequences = self._materialized(examples, recycler)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch (``_made``): it raises at its batch
             sequences = None
         return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io
 
-    def _materialized(self, examples: pa.Table) -> JaggedBatch:
+    def _materialized(self, examples: pa.Table, recycler: Recycler) -> JaggedBatch:
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
         try:
-            with recycling(self._recycler):
+            with recycling(recycler):
                 return materialize(self.store, examples, self.projection, verify=self.verify,
                                    on_mismatch=on_mismatch)
         except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
@@ -799,7 +799,7 @@ class ExampleDataset(IterableDataset):
             return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
 
     def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch | None,
-              rebuilt_s: float, read_bytes: int) -> Iterator[Batch]:
+              rebuilt_s: float, read_bytes: int, recycler: Recycler) -> Iterator[Batch]:
         """The batches of ``reads``, each its part of the read's ``sequences`` (and of its
         cost, by rows), made as they are asked for: a DataLoader worker writes each into a
         buffer it reuses, of which it has only a few. Where the read raised (None), each is
@@ -813,7 +813,7 @@ class ExampleDataset(IterableDataset):
                 part_sequences = sequences.slice(start, start + len(part_rows))
             else:
                 with rows_in_log(part_rows):
-                    part_sequences = self._materialized(part)
+                    part_sequences = self._materialized(part, recycler)
             start += len(part_rows)
             kept = None
             if self.drop_deleted:

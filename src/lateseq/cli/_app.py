@@ -32,6 +32,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -53,6 +54,7 @@ from lateseq import (
     SchemaError,
     Store,
     StoreError,
+    copartition_log,
     load_tenants,
     log_examples,
 )
@@ -1133,6 +1135,26 @@ def strip(
     write_log(stripped, out)
     _err.print(f"stripped {count:,} of {log.num_rows:,} tails; {out} is "
                f"{out.stat().st_size:,} bytes (was {examples.stat().st_size:,})", highlight=False)
+
+
+@app.command()
+def copartition(
+    store: StoreArg,
+    examples: Annotated[Path, typer.Argument(help="Example log (a Parquet file, or a folder of them).",
+                                             show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Example log to write (Parquet).", show_default=False)],
+    row_group_rows: Annotated[int, typer.Option(help="Rows a row group holds at most.")] = 65536,
+    force: ForceOpt = False,
+) -> None:
+    """Write EXAMPLES again grouped by the store's partitions, for `loader --copartition`."""
+    _check_arguments(store, examples, "example log")
+    _check_output(out, force, "--out", [examples], store)
+    log = _read_parquet(examples, "example log")
+    handle = _open(store)
+    copartition_log(handle, log, out, row_group_rows=row_group_rows, overwrite=True)
+    groups = pq.ParquetFile(out).num_row_groups
+    _err.print(f"{log.num_rows:,} examples in {groups:,} row groups of {handle.schema.partitions} partitions; "
+               f"each worker of `lateseq loader --copartition` reads its own partitions' segments", highlight=False)
 
 
 @app.command()
