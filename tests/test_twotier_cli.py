@@ -135,3 +135,21 @@ def test_strip_warns_of_a_deleted_users_record_as_one_line_naming_drop_deleted(w
     assert len(warned) == 1 and warned[0].startswith("warning: kept the tails of 1 records"), result.output
     assert "users deleted since (Store.delete)" in warned[0] and "--drop-deleted" in warned[0]
     assert "online served differs" not in warned[0] and "UserWarning" not in result.output
+
+
+def test_versions_lists_each_folded_versions_watermark(world):
+    """A folded version holds every event that arrived before its watermark: the table shows
+    it beside the rest (only ``--json`` did), and a store never folded has no such column."""
+    store, _, _ = serve_one_scenario(*world)
+    marks = {v.version: v.watermark for v in store.versions()}
+    assert any(mark is not None for mark in marks.values())
+    result = runner.invoke(app, ["versions", str(store.path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "watermark" in result.output
+    rows = {int(line.split("│")[1]): line.split("│")[-2].strip()
+            for line in result.output.splitlines() if re.match(r"^│\s+\d+ │", line)}
+    assert rows == {version: "" if mark is None else str(mark) for version, mark in marks.items()}
+    plain = lateseq.create(store.path.parent / "plain", lateseq.Schema({"item": "int64"}))
+    plain.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]}))
+    result = runner.invoke(app, ["versions", str(plain.path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "watermark" not in result.output

@@ -734,13 +734,16 @@ def versions(
                               "tags": list(v.tags), "watermark": v.watermark}))
         return
     table = Table(title=f"versions of {store}")
+    folded = any(v.watermark is not None for v in infos)  # a two-tier store's: what each version holds
     for name, justify in [("version", "right"), ("created", "left"), ("operation", "left"),
-                          ("events", "right"), ("segments", "right"), ("bytes", "right"), ("tags", "left")]:
+                          ("events", "right"), ("segments", "right"), ("bytes", "right"), ("tags", "left"),
+                          *([("watermark", "right")] if folded else [])]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for v in infos:
         created = _dt.datetime.fromtimestamp(v.created_at).isoformat(sep=" ", timespec="seconds")
         table.add_row(str(v.version), created, v.operation, f"{v.events:,}", str(v.segments),
-                      f"{v.bytes:,}", ", ".join(v.tags))
+                      f"{v.bytes:,}", ", ".join(v.tags),
+                      *([] if not folded else ["" if v.watermark is None else str(v.watermark)]))
     _print_table(table)
 
 
