@@ -687,42 +687,71 @@ def test_a_write_that_fails_before_the_publish_leaves_no_segment_file(make_store
         assert snapshot(store.path) == before
 
 
-@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EROFS])
-def test_a_full_or_read_only_read_cache_leaves_commits_and_compactions_durable(make_store, tmp_path, monkeypatch,
-                                                                               errno_):
+def unwritable_cache(patch: pytest.MonkeyPatch, cache: Path, how: str) -> None:
+    """Makes the read cache ``cache`` fail as a disk does: full (the write fails at the
+    end), mounted read-only (every change fails with EROFS, a missing file's removal too),
+    or refused by its folders' permissions (EACCES; removing a missing file says so)."""
+    def inside(path) -> bool:
+        return cache in Path(path).parents or Path(path) == cache
+
+    def refused(code: int):
+        raise OSError(code, os.strerror(code))
+
+    if how == "full":
+        real = lateseq._format.put_in_place
+        patch.setattr(lateseq._format, "put_in_place",
+                      lambda tmp, path: refused(errno.ENOSPC) if inside(path) else real(tmp, path))
+        return
+    code = errno.EROFS if how == "read-only" else errno.EACCES
+    real_file, real_unlink, real_mkdir = pa.OSFile, os.unlink, os.mkdir
+    patch.setattr(pa, "OSFile", lambda path, *args: refused(code) if inside(path) else real_file(path, *args))
+    patch.setattr(os, "mkdir", lambda path, *args: refused(code) if inside(path) else real_mkdir(path, *args))
+
+    def unlink(path, *args, **kwargs):
+        if inside(path) and (how == "read-only" or os.path.lexists(path)):
+            refused(code)
+        return real_unlink(path, *args, **kwargs)
+
+    patch.setattr(os, "unlink", unlink)
+
+
+@pytest.mark.parametrize("how", ["full", "read-only", "no permission"])
+def test_an_unwritable_read_cache_leaves_commits_and_compactions_durable(make_store, tmp_path, monkeypatch, how):
     """A read cache of its own disk (``cache_dir=``) that was full failed a commit or a
     compaction, naming the cache's file, though the copy is derived: the durable files
-    were written. Now the copy is left out with a warning, and a read makes it once the
-    cache has room (a read, compactions' included, needs room for the copies it reads)."""
+    were written. Read-only, it failed with a bare EROFS from removing the temporary that
+    was never made, and refused by permissions, naming the file (s40B). Now the copy is
+    left out with a warning, and a read makes it once it can (a read, compactions'
+    included, needs the cache for the copies it reads)."""
     make_store({"item": "int64"})
     cache = tmp_path / "cache"
     store = lateseq.Store(tmp_path / "store0", cache_dir=cache)
     rng = np.random.default_rng(2)
     days = [pa.table({"user_id": rng.integers(0, 20, 200), "ts": day * 1000 + rng.integers(0, 999, 200),
-                      "item": rng.integers(0, 99, 200)}) for day in range(3)]
+                      "item": rng.integers(0, 99, 200)}) for day in range(4)]
     store = store.commit(days[0]).commit(days[1])
-    real = lateseq._format.put_in_place
-
-    def cache_full(tmp, path):
-        if cache in Path(path).parents:
-            raise OSError(errno_, os.strerror(errno_))
-        return real(tmp, path)
-
+    reason = {"full": errno.ENOSPC, "read-only": errno.EROFS, "no permission": errno.EACCES}[how]
     with monkeypatch.context() as patch:
-        patch.setattr(lateseq._format, "put_in_place", cache_full)
+        unwritable_cache(patch, cache, how)
         with pytest.warns(RuntimeWarning, match=rf"read cache's copy of segment p\d+-\w+ is left out, its durable "
-                                                rf"files written: cannot write {cache}/\S+ \({os.strerror(errno_)}\)"):
+                                                rf"files written: cannot write {cache}/\S+ \({os.strerror(reason)}"):
             store = store.compact()  # (it reads the copies made before the disk filled)
         with pytest.warns(RuntimeWarning, match="is left out"):
             store = store.commit(days[2])
-    assert not list(cache.rglob("*.tmp*"))
+    assert not [p for p in cache.rglob("*") if p.is_file() and ".tmp" in p.name and "lock" not in p.name]
     assert lateseq.open(tmp_path / "store0", cache_dir=cache).version == store.version == 4
-    # the cache has room again: a read makes the copies left out
+    fresh = tmp_path / "fresh-cache"  # a new cache whose folder cannot be made: the reason named, not "missing"
+    unmade = errno.EROFS if how == "full" else reason  # (a full disk has room for a folder: read-only stands in)
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, fresh, "read-only" if how == "full" else how)
+        with pytest.warns(RuntimeWarning, match=rf"cannot write {fresh}/\S+ \({os.strerror(unmade)}"):
+            lateseq.Store(store.path, cache_dir=fresh).commit(days[3])
+    store = lateseq.Store(store.path, cache_dir=cache)  # the cache can be written again: a read makes the copies
     requests = pa.table({"user_id": np.arange(20), "request_ts": np.full(20, 10**6)})
     got = lateseq.materialize(store, lateseq.log_examples(store, requests), lateseq.Projection(1000, ["item"]))
-    events = pa.concat_tables(days).to_pandas().sort_values(["user_id", "ts"], kind="stable")
+    events = pa.concat_tables(days).to_pandas()
     for user in range(20):
-        want = events[events.user_id == user].sort_values("ts", kind="stable")["item"].tolist()
+        want = events[events.user_id == user]["item"].tolist()
         assert sorted(got.values["item"][got.offsets[user]:got.offsets[user + 1]].tolist()) == sorted(want)
 
 

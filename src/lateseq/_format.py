@@ -117,6 +117,19 @@ def make_folders(path: Path, mode: int) -> OSError | None:
     return None
 
 
+def discard(path: Path) -> None:
+    """Removes ``path`` if it is there (a failed write's temporary or part): on a read-only
+    disk removing a file that is not there fails with EROFS, not "no such file", and that
+    error hid the write's own."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if os.path.lexists(path):
+            raise
+
+
 def is_segment_name(name: str) -> bool:
     return _SEGMENT_NAME.fullmatch(name) is not None
 
@@ -243,11 +256,12 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
     try:
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
-        make_folders(cache, 0o775)  # never writable by all, whatever the umask
-        decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes, optional=packed)
+        unmade = make_folders(cache, 0o775)  # never writable by all, whatever the umask
+        decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes, optional=packed,
+                                 unmade=unmade)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):
-            path.unlink(missing_ok=True)
+            discard(path)
         raise
     size = len(written[0]) + len(written[1])
     versions = (int(events.version.min()), int(events.version.max())) if len(events) else (0, 0)
@@ -329,12 +343,14 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray, hashes: np.ndarray,
-                   expect: dict[str, str] | None = None, optional: bool = False) -> dict[str, str]:
+                   expect: dict[str, str] | None = None, optional: bool = False,
+                   unmade: OSError | None = None) -> dict[str, str]:
     """Writes the decoded copy; returns its column digests, which must equal ``expect``
-    (the writer's) when given, or nothing is written. An ``optional`` copy (a durable
-    segment's, which a read makes again from the durable files) is left out with a warning
-    where the read cache's disk is full or read-only: a commit or compaction is durable
-    without it, and failed there on a disk it never needed."""
+    (the writer's) when given, or nothing is written. ``unmade`` is why its folder could
+    not be made, if it could not. An ``optional`` copy (a durable segment's, which a read
+    makes again from the durable files) is left out with a warning where the read cache
+    is full or cannot be written: a commit or compaction is durable without it, and
+    failed there on a disk it never needed."""
     vmax, vmin = version_bounds(stored["_version"], starts)
     # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
     table = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
@@ -346,11 +362,13 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
     # derived data: no fsync, a crash at worst loses the copy
     try:
+        if unmade is not None:  # (the write would only say the folder is missing)
+            raise write_failed(path.parent, unmade) from unmade
         with (written_in_place(path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
               pa.ipc.new_file(sink, table.schema) as w):
             w.write_batch(table)
     except StoreError as exc:
-        if not optional or getattr(exc.__cause__, "errno", None) not in _WRITE_ERRORS:
+        if not optional or getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
             raise
         warnings.warn(f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
                       "A read makes the copy when it first needs it, once the cache has room", RuntimeWarning,
@@ -461,7 +479,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         raise
     finally:
         for tmp in [*temporaries, *kept.values()]:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def write_synced(path: Path, data: pa.Buffer | bytes) -> int:
@@ -486,7 +504,7 @@ def written_in_place(path: Path) -> Iterator[Path]:
         yield tmp
         put_in_place(tmp, path)
     except BaseException as exc:  # an interrupt too, up to the rename
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
             raise write_failed(path, exc) from exc
         raise
@@ -495,6 +513,7 @@ def written_in_place(path: Path) -> Iterator[Path]:
 # what a write fails with when the disk is full or not writable: the errors named as a failed
 # write where the block may also read (an error while reading is not the output's fault)
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_UNWRITABLE = _WRITE_ERRORS | {errno.EACCES, errno.EPERM}  # and a folder whose permissions refuse the write
 
 
 # what os.link fails with where a file system has no hard links (FUSE mounts of object
@@ -539,10 +558,10 @@ def put_in_place(tmp: Path, path: Path) -> None:
             os.rmdir(path)
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
             raise StoreError(f"{path} is a folder where lateseq keeps a file; remove it ({exc.strerror})") from exc
     except OSError as exc:  # a full disk, a folder made read-only: the temporary would stay
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise write_failed(path, exc) from exc
 
 
