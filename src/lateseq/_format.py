@@ -371,7 +371,7 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
         if not optional or getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
             raise
         warnings.warn(f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
-                      "A read makes the copy when it first needs it, once the cache has room", RuntimeWarning,
+                      "A read makes the copy when it first needs it, once the cache can take it", RuntimeWarning,
                       stacklevel=2)
     return digests
 
