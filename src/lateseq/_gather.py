@@ -77,8 +77,9 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
             why = (f"{deleted} of them are examples of users deleted from the store (Store.delete): drop those "
                    "examples from the log, or train with lateseq.torch.ExampleDataset(drop_deleted=True) (lateseq "
                    "loader --drop-deleted), which leaves them out" if deleted else
-                   "the store lost or gained events those pointers counted, or the log's pointer columns "
-                   "(user_id, request_ts, uih_*) were changed since they were logged")
+                   "the store lost or gained events those pointers counted, the log's pointer columns "
+                   "(user_id, request_ts, uih_*) were changed since they were logged, or the log was logged "
+                   "against another store (most of a batch differing says so)")
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "
                 f"(first rows: {rows[:5].tolist()}); {why}.", rows.tolist(),

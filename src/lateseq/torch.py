@@ -842,7 +842,8 @@ class ExampleDataset(IterableDataset):
             raise ChecksumMismatch(
                 f"{len(other)} of {len(examples)} rebuilt histories differ from what online saw (first rows: "
                 f"{other[:5].tolist()}), and are not of users deleted since (drop_deleted leaves those out): "
-                "the store lost or gained events those pointers counted.", other.tolist())
+                "the store lost or gained events those pointers counted, or the log was logged against another "
+                "store.", other.tolist())
         return np.flatnonzero(~deleted) if deleted.any() else None
 
     def _reads(self, plan: ShardPlan, source: LogReader | None,
