@@ -244,6 +244,27 @@ def test_ingest_options_create_the_schema(files, tmp_path):
                           "user ids (user_col=, or the CLI's --user-col)")
 
 
+def test_ingest_names_an_event_id_column_and_a_redelivered_event_is_kept_once(tmp_path):
+    """Only the Python API could name ``event_id_col`` (s40C): a store made by ``ingest``
+    kept a duplicated or redelivered row twice, silently."""
+    day1 = write(tmp_path / "d1.parquet", user_id=[1, 1, 1, 2], ts=[1, 1, 2, 3], item_id=[5, 5, 6, 7],
+                 event_id=[100, 100, 101, 102])
+    day2 = write(tmp_path / "d2.parquet", user_id=[1, 2], ts=[2, 4], item_id=[6, 8], event_id=[101, 103])
+    store = tmp_path / "s"
+    assert lateseq("ingest", store, day1, "--event-id-col", "event_id")[0] == 0
+    assert json.loads((store / "schema.json").read_text())["event_id_col"] == "event_id"
+    assert lateseq("ingest", store, day2)[0] == 0  # its 101 is day 1's, delivered again
+    assert_one_line_error(*lateseq("ingest", store, day2, "--event-id-col", "item_id")[::2], "--event-id-col")
+    requests = write(tmp_path / "req.parquet", user_id=[1, 2], request_ts=[10, 10])
+    assert lateseq("pointers", store, requests, "--out", tmp_path / "ex.parquet")[0] == 0
+    code, _, err = lateseq("materialize", store, tmp_path / "ex.parquet", "--max-len", 9, "--out", tmp_path / "s.pq")
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "s.pq").to_pylist() == [{"item_id": [5, 6], "event_id": [100, 101]},
+                                                             {"item_id": [7, 8], "event_id": [102, 103]}]
+    assert_one_line_error(*lateseq("ingest", tmp_path / "s2", day1, "--event-id-col", "ts")[::2],
+                          "event_id_col 'ts' must name an int64 payload column")
+
+
 @pytest.mark.parametrize("case", [
     "missing events file", "events missing user column", "store path is a file", "unknown version",
     "unknown tag", "missing requests file", "requests missing column", "missing example log",

@@ -612,6 +612,9 @@ def ingest(
     time_col: Annotated[str | None, typer.Option(help="Event time column.", show_default="ts")] = None,
     tiebreak: Annotated[str | None, typer.Option(help="Integer column ordering events that share a time.")] = None,
     partitions: Annotated[int | None, typer.Option(help="User-hash partitions.", show_default="1")] = None,
+    event_id_col: Annotated[str | None, typer.Option(
+        help="int64 column of event ids: a new store keeps one copy of events sharing (user, event id), so a "
+             "redelivered or duplicated event is stored once.", show_default="none: every row is an event")] = None,
     time_unit: Annotated[TimeUnit | None, typer.Option(
         help="What the file's integer times count: a new store's unit, converted exactly to an existing "
              "store's (needed there for integer times; a timestamp time column brings its own unit).",
@@ -627,7 +630,7 @@ def ingest(
 
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
-    --commit-id (or the store's schema names an event id column, which drops repeats)."""
+    --commit-id (or the store names an event id column, --event-id-col, which drops repeats)."""
     _check_arguments(store, events, "events file")
     table = _with_pandas_index(_read_parquet(events, "events"))
     if table.num_rows == 0 and not allow_empty:
@@ -638,7 +641,8 @@ def ingest(
         handle = _open(store)
         schema = handle.schema
         given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
-                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions)}
+                 "--tiebreak": (tiebreak, schema.tiebreak), "--partitions": (partitions, schema.partitions),
+                 "--event-id-col": (event_id_col, schema.event_id_col)}
         for option, (value, existing) in given.items():
             if value is not None and value != existing:
                 raise SchemaError(f"{option} {value} disagrees with the store's schema ({existing}); "
@@ -656,7 +660,8 @@ def ingest(
                               "empty file of them will do with --allow-empty)")
         options: dict[str, Any] = {"time_unit": unit} if unit is not None else {}
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
-                              partitions=1 if partitions is None else partitions, **options)
+                              partitions=1 if partitions is None else partitions, event_id_col=event_id_col,
+                              **options)
         if table.num_rows or not allow_empty:
             schema.conform(table)  # check everything before creating anything
         check_commit_id(commit_id)
