@@ -66,6 +66,16 @@ def test_loader_drops_the_examples_of_deleted_users_when_asked(logged):
     got = json.loads((d / "m.json").read_text())
     assert gone and (got["examples"], got["deleted_dropped"]) == (len(examples) - gone, gone)
     assert "examples of deleted users left out" in out
+    # and a training set rebuilt after the deletion (s40C: materialize had no --drop-deleted)
+    code, _, err = lateseq("materialize", store, d / "ex.parquet", "--max-len", 3, "--keep", "user_id",
+                           "--out", d / "seqs.parquet")
+    assert code != 0 and "--drop-deleted" in err
+    code, _, err = lateseq("materialize", store, d / "ex.parquet", "--max-len", 3, "--keep", "user_id",
+                           "--out", d / "seqs.parquet", "--drop-deleted")
+    assert code == 0, err
+    assert f"wrote {len(examples) - gone:,} histories" in err and f"left out the {gone:,} examples" in err
+    kept = examples[~examples.user_id.isin([2, 5])]
+    assert pd.read_parquet(d / "seqs.parquet").user_id.tolist() == kept.user_id.tolist()
 
 
 @pytest.mark.parametrize("args, match", [

@@ -456,3 +456,39 @@ def test_batches_kept_in_any_form_keep_their_values_and_dropped_ones_give_theirs
         again += any(ref() is base for ref in seen)
         seen.append(weakref.ref(base))
     assert again >= len(seen) // 4  # (sizes vary several-fold here; an array serves reads up to twice its size)
+
+
+def test_materialize_log_drops_the_examples_of_deleted_users_when_asked(world, tmp_path):
+    """After ``Store.delete``, the examples of deleted users make ``materialize_log`` raise
+    (their histories changed); with ``drop_deleted`` they are left out, labels too, as the
+    training loader leaves them out, and any other mismatch still raises naming its rows
+    (s40C: the CLI had no way to rebuild a log after a GDPR deletion but to filter it by hand)."""
+    import shutil
+
+    store, events, log, path = world
+    shutil.copytree(store.path, tmp_path / "store")  # the module's store stays as it is
+    gone = [3, 8]
+    deleted = lateseq.open(tmp_path / "store").delete(gone)
+    projection = lateseq.Projection(4, COLUMNS)
+    with pytest.raises(lateseq.ChecksumMismatch, match="drop_deleted"):
+        materialize_log(deleted, path, projection, tmp_path / "all.parquet", batch_size=16)
+    kept = [r for r in range(log.num_rows) if log.column("user_id")[r].as_py() not in gone]
+    written = materialize_log(deleted, path, projection, tmp_path / "kept.parquet", batch_size=16,
+                              columns=["label"], drop_deleted=True)
+    out = pq.read_table(tmp_path / "kept.parquet")
+    assert written == out.num_rows == len(kept) < log.num_rows
+    assert out.column("label").to_pylist() == log.column("label").to_numpy()[kept].tolist()
+    want = expected(events, log.take(pa.array(kept)), 4)
+    assert [{c: row[c] for c in COLUMNS} for row in out.select(list(COLUMNS)).to_pylist()] == want
+    paths = materialize_log_tenants(deleted, path, {"a": projection, "b": lateseq.Projection(1, ["ts"])},
+                                    tmp_path, batch_size=16, drop_deleted=True)
+    assert [pq.read_metadata(p).num_rows for p in paths.values()] == [len(kept)] * 2
+    checksum = log.column("uih_checksum").to_numpy().copy()
+    checksum[kept[5]] ^= 1  # a mismatch no deletion explains
+    tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                              pa.array(checksum, pa.uint32()))
+    with pytest.raises(lateseq.ChecksumMismatch, match="not of users deleted since") as info:
+        materialize_log(deleted, tampered, projection, tmp_path / "t.parquet", batch_size=16, drop_deleted=True)
+    assert info.value.rows == [kept[5]]
+    with pytest.raises(lateseq.SchemaError, match="needs verify=True"):
+        materialize_log(deleted, path, projection, tmp_path / "v.parquet", verify=False, drop_deleted=True)

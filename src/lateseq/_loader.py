@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -119,17 +120,21 @@ def materialize_log(
     columns: Sequence[str] = (),
     *,
     verify: bool = True,
+    drop_deleted: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Writes every example's sequences to ``out_path`` (Parquet); returns the row count.
+    """Writes every example's sequences to ``out_path`` (Parquet); returns the rows written.
 
     One row per example, in log order: first the example-log ``columns`` asked for,
     then one list column per projected column, named as the column (oldest event
-    first). Streams read by read with constant memory. ``progress`` is called with
-    the number of rows read after each read (several batches, up to ``READ_BYTES``).
+    first). Streams read by read with constant memory. ``drop_deleted`` leaves out the
+    examples of users deleted (``Store.delete``) since their pointer's version, as the
+    training loader does (without it their changed histories are a ChecksumMismatch).
+    ``progress`` is called with the number of rows read after each read (several
+    batches, up to ``READ_BYTES``).
     """
     return _write_logs(store, examples, {"": projection}, {"": os.fspath(out_path)}, batch_size, columns,
-                       verify, progress)
+                       verify, drop_deleted, progress)
 
 
 def materialize_log_tenants(
@@ -141,6 +146,7 @@ def materialize_log_tenants(
     columns: Sequence[str] = (),
     *,
     verify: bool = True,
+    drop_deleted: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, str]:
     """:func:`materialize_log` for several tenants in one pass over the log (each
@@ -152,18 +158,20 @@ def materialize_log_tenants(
     if problems:
         raise SchemaError("; ".join(problems))
     outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
-    _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, progress)
+    _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, drop_deleted, progress)
     return outs
 
 
 def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenants: dict[str, Projection],
-                outs: dict[str, str], batch_size: int, columns: Sequence[str], verify: bool,
+                outs: dict[str, str], batch_size: int, columns: Sequence[str], verify: bool, drop_deleted: bool,
                 progress: Callable[[int], None] | None) -> int:
     """Each tenant's sequences to its own Parquet file (outside the store), all written
     under temporary names and renamed only once every file is complete: a failed run
     replaces none."""
     if not isinstance(store, Store):
         store = Store(store)
+    if drop_deleted and not verify:
+        raise SchemaError(DROP_NEEDS_VERIFY)
     names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
     if isinstance(columns, str):
         raise SchemaError(f"columns must be a list of example-log column names, not the string {columns!r}")
@@ -187,19 +195,27 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         folder = os.path.dirname(Path(path).absolute())
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{path}: directory {folder} does not exist")
-    rows = 0
+    rows = written_rows = 0
+    on_mismatch: Literal["raise", "flag"] = "flag" if drop_deleted else "raise"
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}
     held = dict.fromkeys(tenants, 0)  # rows in pending
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
         per_read = batches_per_read(batch_size, store.schema, tenants.values())
         for batch in _example_batches(examples, batch_size * per_read, columns):
-            with rows_in_log(range(rows, rows + batch.num_rows)):
+            read_rows = batch.num_rows
+            with rows_in_log(range(rows, rows + read_rows)):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
-                    sequences = {tenant: materialize(store, batch, projection, verify=verify)}
+                    sequences = {tenant: materialize(store, batch, projection, verify=verify,
+                                                     on_mismatch=on_mismatch)}
                 else:
-                    sequences = materialize_tenants(store, batch, tenants, verify=verify)
+                    sequences = materialize_tenants(store, batch, tenants, verify=verify, on_mismatch=on_mismatch)
+                undeleted = None if not drop_deleted else undeleted_rows(store, batch, next(
+                    iter(sequences.values())).mismatched)
+            if undeleted is not None:
+                batch = batch.take(pa.array(undeleted))
+                sequences = {tenant: seqs.take(undeleted) for tenant, seqs in sequences.items()}
             kept = batch.select(columns)
             for tenant, seqs in sequences.items():
                 lists = seqs.to_arrow()
@@ -212,13 +228,33 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
                     whole = held[tenant] - held[tenant] % _ROW_GROUP_ROWS
                     writers[tenant].write_table(table.slice(0, whole), _ROW_GROUP_ROWS)
                     pending[tenant], held[tenant] = [table.slice(whole)], held[tenant] - whole
-            rows += batch.num_rows
+            rows += read_rows
+            written_rows += batch.num_rows
             if progress is not None:
                 progress(rows)
         for tenant, tables in pending.items():
             if tables:
                 writers[tenant].write_table(pa.concat_tables(tables), _ROW_GROUP_ROWS)
-    return rows
+    return written_rows
+
+
+DROP_NEEDS_VERIFY = "drop_deleted finds the examples of deleted users by their checksums: it needs verify=True"
+
+
+def undeleted_rows(store: Store, examples: pa.Table | pa.RecordBatch, mismatched: np.ndarray) -> np.ndarray | None:
+    """The rows of ``examples`` to keep where the examples of deleted users are left out
+    (None: all): every example of a user deleted since its pointer's version, its label
+    too, whether or not its history changed (an empty one does not); any other mismatch
+    is a ChecksumMismatch naming its rows."""
+    deleted = store.deleted_after(examples.column("user_id").to_numpy(), examples.column("uih_version").to_numpy())
+    other = np.flatnonzero(mismatched & ~deleted)
+    if len(other):
+        raise ChecksumMismatch(
+            f"{len(other)} of {len(examples)} rebuilt histories differ from what online saw (first rows: "
+            f"{other[:5].tolist()}), and are not of users deleted since (drop_deleted leaves those out): "
+            "the store lost or gained events those pointers counted, or the log was logged against another "
+            "store.", other.tolist())
+    return np.flatnonzero(~deleted) if deleted.any() else None
 
 
 # ---------------------------------------------------------------- reading the example log

@@ -64,7 +64,7 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
-from ._loader import batches_per_read
+from ._loader import DROP_NEEDS_VERIFY, batches_per_read, undeleted_rows
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -529,8 +529,7 @@ class ExampleDataset(IterableDataset):
             raise SchemaError("follow_latest reads each epoch at the store's latest version, which rebuilds the "
                               "pointers' histories only as their checksums prove: it needs verify=True")
         if drop_deleted and not verify:
-            raise SchemaError("drop_deleted finds the examples of deleted users by their checksums: it needs "
-                              "verify=True")
+            raise SchemaError(DROP_NEEDS_VERIFY)
         self._store: Store | None = store if isinstance(store, Store) else Store(store)
         self._opened = self._store.version  # once cleanup retires it, every epoch reads the latest
         if not isinstance(projection, Projection):
@@ -818,7 +817,7 @@ class ExampleDataset(IterableDataset):
             kept = None
             if self.drop_deleted:
                 with rows_in_log(part_rows):
-                    kept = self._undeleted(part, part_sequences)
+                    kept = undeleted_rows(self.store, part, part_sequences.mismatched)
             dropped = 0
             if kept is not None:
                 dropped = len(part_rows) - len(kept)
@@ -830,21 +829,6 @@ class ExampleDataset(IterableDataset):
             batch.stats = BatchStats(read_s, rebuilt_s * share, read_s + rebuilt_s * share + time.perf_counter() - t1,
                                      shared, round(read_bytes * share), history_bytes, dropped)
             yield batch
-
-    def _undeleted(self, examples: pa.Table, sequences: JaggedBatch) -> np.ndarray | None:
-        """The rows of a batch to keep under ``drop_deleted`` (None: all): every example of
-        a user deleted since its pointer's version is left out, its label too, whether or not
-        its history changed (an empty one does not); any other mismatch is a ChecksumMismatch."""
-        deleted = self.store.deleted_after(examples.column("user_id").to_numpy(),
-                                           examples.column("uih_version").to_numpy())
-        other = np.flatnonzero(sequences.mismatched & ~deleted)
-        if len(other):
-            raise ChecksumMismatch(
-                f"{len(other)} of {len(examples)} rebuilt histories differ from what online saw (first rows: "
-                f"{other[:5].tolist()}), and are not of users deleted since (drop_deleted leaves those out): "
-                "the store lost or gained events those pointers counted, or the log was logged against another "
-                "store.", other.tolist())
-        return np.flatnonzero(~deleted) if deleted.any() else None
 
     def _reads(self, plan: ShardPlan, source: LogReader | None,
                start: int) -> Iterator[tuple[pa.Table, np.ndarray, float]]:

@@ -896,6 +896,9 @@ def materialize(
     keep: Annotated[str | None, typer.Option(help="Comma-separated example-log columns to copy over.")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
     verify: Annotated[bool, typer.Option(help="Check each history against its pointer's checksum.")] = True,
+    drop_deleted: Annotated[bool, typer.Option(
+        help="Leave out the examples of users deleted from the store since their pointer's version (their changed "
+             "histories are otherwise an error).")] = False,
     force: ForceOpt = False,
 ) -> None:
     """Rebuild each example's history: one row per example, a list column per column."""
@@ -929,11 +932,13 @@ def materialize(
             task = bar.add_task("materialize", total=total)
             advance = lambda n: bar.update(task, completed=n)  # noqa: E731
             if tenants is None:
-                materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify, progress=advance)
+                written = materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify,
+                                          drop_deleted=drop_deleted, progress=advance)
             else:
                 out.mkdir(exist_ok=True)
-                materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
-                                        progress=advance)
+                paths = materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
+                                                drop_deleted=drop_deleted, progress=advance)
+                written = pq.ParquetFile(next(iter(paths.values()))).metadata.num_rows
     except BaseException:
         if made and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no folder it made
@@ -941,8 +946,11 @@ def materialize(
     for name, projection in config.items():
         where = out / f"{name}.parquet" if name else out
         label = f"{name}: " if name else ""
-        _err.print(f"{label}wrote {total:,} histories (max {projection.max_len} events of "
+        _err.print(f"{label}wrote {written:,} histories (max {projection.max_len} events of "
                    f"{', '.join(projection.resolve(handle.schema))}) to {where}", highlight=False)
+    if written < total:
+        _err.print(f"left out the {total - written:,} examples of users deleted since their pointers' versions "
+                   "(--drop-deleted)", highlight=False)
     others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config and not p.name.startswith(
         (".", "_"))) if tenants is not None else []  # (hidden: a killed run's temporaries, which readers skip, s36F)
     if others:  # an earlier config's tenants: left alone (lateseq removes no file it was not asked to write)
