@@ -239,6 +239,13 @@ def test_ingest_options_create_the_schema(files, tmp_path):
     assert pq.read_table(tmp_path / "after.parquet").column("uih_length").to_pylist() == [4, 0]
     assert_one_line_error(*lateseq("delete", store, write(tmp_path / "x.parquet", who=[2]))[::2],
                           "no user_id or uid column")
+    # both named: user_id may be another column of the store's; a guess deleted by it (s40D)
+    both = write(tmp_path / "both.parquet", uid=[1], user_id=[2])
+    before = lateseq("versions", store, "--json")[1]
+    assert_one_line_error(*lateseq("delete", store, both)[::2],
+                          "has both a user_id column and 'uid', the store's user column")
+    assert_one_line_error(*lateseq("pointers", store, both, "--out", tmp_path / "b.parquet")[::2], "has both")
+    assert lateseq("versions", store, "--json")[1] == before
     assert_one_line_error(*lateseq("ingest", tmp_path / "s3", path)[::2],
                           "no column 'user_id' (columns: ['uid', 't', 'seq', 'item_id']): name the column of its "
                           "user ids (user_col=, or the CLI's --user-col)")
@@ -251,9 +258,11 @@ def test_ingest_names_an_event_id_column_and_a_redelivered_event_is_kept_once(tm
                  event_id=[100, 100, 101, 102])
     day2 = write(tmp_path / "d2.parquet", user_id=[1, 2], ts=[2, 4], item_id=[6, 8], event_id=[101, 103])
     store = tmp_path / "s"
-    assert lateseq("ingest", store, day1, "--event-id-col", "event_id")[0] == 0
+    code, _, err = lateseq("ingest", store, day1, "--event-id-col", "event_id")
+    assert code == 0 and "committed 3 of the 4 events" in err and "(1 repeated an event id)" in err, err
     assert json.loads((store / "schema.json").read_text())["event_id_col"] == "event_id"
-    assert lateseq("ingest", store, day2)[0] == 0  # its 101 is day 1's, delivered again
+    code, _, err = lateseq("ingest", store, day2)  # its 101 is day 1's, delivered again
+    assert code == 0 and "committed 1 of the 2 events" in err and "(4 events in all)" in err, err
     assert_one_line_error(*lateseq("ingest", store, day2, "--event-id-col", "item_id")[::2], "--event-id-col")
     requests = write(tmp_path / "req.parquet", user_id=[1, 2], request_ts=[10, 10])
     assert lateseq("pointers", store, requests, "--out", tmp_path / "ex.parquet")[0] == 0

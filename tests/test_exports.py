@@ -32,6 +32,8 @@ EXPORTED = {
     "log_examples",
     "make_pointers",
     "materialize",
+    "materialize_log",
+    "materialize_log_tenants",
     "materialize_tenants",
     "open",
 }

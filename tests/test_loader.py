@@ -492,3 +492,6 @@ def test_materialize_log_drops_the_examples_of_deleted_users_when_asked(world, t
     assert info.value.rows == [kept[5]]
     with pytest.raises(lateseq.SchemaError, match="needs verify=True"):
         materialize_log(deleted, path, projection, tmp_path / "v.parquet", verify=False, drop_deleted=True)
+    with pytest.raises(lateseq.SchemaError, match="drop_deleted must be True or False, not 'no'"):
+        materialize_log(deleted, path, projection, tmp_path / "v.parquet", drop_deleted="no")
+    assert lateseq.materialize_log is materialize_log  # public, as the errors and README name it (s40D)

@@ -20,7 +20,7 @@ from ._errors import (
     VersionNotFound,
 )
 from ._jagged import JaggedBatch
-from ._loader import iter_batches
+from ._loader import iter_batches, materialize_log, materialize_log_tenants
 from ._materialize import materialize, materialize_tenants
 from ._pointers import (
     POINTER_BYTES,
@@ -86,6 +86,8 @@ __all__ = [
     "log_examples",
     "make_pointers",
     "materialize",
+    "materialize_log",
+    "materialize_log_tenants",
     "materialize_tenants",
     "open",
 ]

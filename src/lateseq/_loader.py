@@ -21,7 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._buffers import Recycler, recycling
-from ._errors import ChecksumMismatch, SchemaError, TransformOverflow, exact_integer, reading_checks, rows_in_log
+from ._errors import (
+    ChecksumMismatch,
+    SchemaError,
+    TransformOverflow,
+    exact_bool,
+    exact_integer,
+    reading_checks,
+    rows_in_log,
+)
 from ._examplelog import ExampleLog
 from ._format import all_replaced_when_written
 from ._gather import output_dtype
@@ -170,7 +178,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     replaces none."""
     if not isinstance(store, Store):
         store = Store(store)
-    if drop_deleted and not verify:
+    if exact_bool("drop_deleted", drop_deleted) and not exact_bool("verify", verify):
         raise SchemaError(DROP_NEEDS_VERIFY)
     names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
     if isinstance(columns, str):
@@ -238,7 +246,8 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     return written_rows
 
 
-DROP_NEEDS_VERIFY = "drop_deleted finds the examples of deleted users by their checksums: it needs verify=True"
+DROP_NEEDS_VERIFY = ("drop_deleted leaves out the examples of deleted users and raises on any other changed history, "
+                     "which only the checksums find: it needs verify=True")
 
 
 def undeleted_rows(store: Store, examples: pa.Table | pa.RecordBatch, mismatched: np.ndarray) -> np.ndarray | None:

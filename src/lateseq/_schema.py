@@ -50,7 +50,8 @@ class Schema:
     ``partitions`` splits users by hash into independently written and read parts.
     ``arrival_col`` names the int64 column holding when each event became readable
     online (the two-tier protocol bounds by it); ``event_id_col`` names an int64 event
-    id, and a commit keeps one copy of events sharing (user, event id).
+    id, and a commit keeps one copy of events sharing (user, event id): the one delivered
+    first (stored before, or earlier in the commit's input).
 
     ``time_unit`` ("s", "ms", "us" or "ns") says what the stored int64 times count, so
     timestamp-typed inputs (events, arrivals, request times) are converted to it

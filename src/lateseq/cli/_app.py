@@ -703,8 +703,14 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
     if new.version <= latest:
         _err.print(f"{events} was committed before under id {commit_id!r}: nothing to do", highlight=False)
         return
-    _err.print(f"{'created store, ' if created else ''}committed {table.num_rows:,} events from {events} "
-               f"as version {new.version} ({new.num_events:,} events in all)", highlight=False)
+    repeated = 0
+    if new.schema.event_id_col is not None:  # events of an id stored before, or earlier in the file: kept once
+        with contextlib.suppress(LateseqError):  # (the version before, retired meanwhile: no count)
+            repeated = table.num_rows - (new.num_events - new.checkout(new.version - 1).num_events)
+    what = (f"{table.num_rows - repeated:,} of the {table.num_rows:,} events in {events} ({repeated:,} repeated an "
+            f"event id)" if repeated else f"{table.num_rows:,} events from {events}")
+    _err.print(f"{'created store, ' if created else ''}committed {what} as version {new.version} "
+               f"({new.num_events:,} events in all)", highlight=False)
 
 
 def _remove_unused(store: Path) -> None:
@@ -873,8 +879,9 @@ def pointers(
     _check_arguments(store, requests, "requests file")
     _check_output(out, force, "--out", [requests], store)
     handle = _open(store, version)
-    table = _integer_times(_with_user_id(_read_parquet(requests, "requests"), handle.schema), ["request_ts"],
-                           None if time_unit is None else time_unit.value, handle.schema, requests)
+    table = _with_user_id(_read_parquet(requests, "requests"), handle.schema, requests)
+    table = _integer_times(table, ["request_ts"], None if time_unit is None else time_unit.value, handle.schema,
+                           requests)
     examples = log_examples(handle, table)
     write_log(examples, out)
     _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
@@ -1191,11 +1198,16 @@ def verify(
     _err.print(f"{store}: {kept} kept versions, every file sound{' (deep)' if deep else ''}", highlight=False)
 
 
-def _with_user_id(table: pa.Table, schema: Schema) -> pa.Table:
+def _with_user_id(table: pa.Table, schema: Schema, source: Path) -> pa.Table:
     """``table`` whose user ids are in a column named as the store's events name them
-    (``--user-col`` at ingest), that column read as the ``user_id`` that pointers carry."""
-    if "user_id" in table.column_names or schema.user_col not in table.column_names:
+    (``--user-col`` at ingest), that column read as the ``user_id`` that pointers carry.
+    Both named is refused: ``user_id`` may be another column of the store's (an event id),
+    and the one read was a guess (s40D: a delete by it left the users' events)."""
+    if schema.user_col == "user_id" or schema.user_col not in table.column_names:
         return table
+    if "user_id" in table.column_names:
+        raise SchemaError(f"{source} has both a user_id column and {schema.user_col!r}, the store's user column: "
+                          "leave out the one that does not hold the users")
     return table.rename_columns(["user_id" if n == schema.user_col else n for n in table.column_names])
 
 
@@ -1208,7 +1220,7 @@ def delete(
     """Publish a version without USERS' events; print its number and what still holds them."""
     _check_arguments(store, users, "users file")
     handle = _open(store)
-    table = _with_user_id(_read_parquet(users, "users"), handle.schema)
+    table = _with_user_id(_read_parquet(users, "users"), handle.schema, users)
     if "user_id" not in table.column_names:
         other = f" or {handle.schema.user_col}" if handle.schema.user_col != "user_id" else ""
         raise SchemaError(f"{users} has no user_id{other} column (columns: {table.column_names})")
