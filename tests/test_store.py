@@ -755,6 +755,34 @@ def test_an_unwritable_read_cache_leaves_commits_and_compactions_durable(make_st
         assert sorted(got.values["item"][got.offsets[user]:got.offsets[user + 1]].tolist()) == sorted(want)
 
 
+def test_copies_left_out_are_told_of_once_the_write_is_published_and_at_the_callers_line(make_store, tmp_path,
+                                                                                           monkeypatch):
+    """A write that left a copy out and then failed (a later file, the publish) warned that
+    the segment's durable files were written, of segments it then removed (s40B); and the
+    warning named lateseq's own line. Now it is given once the write returns, at its caller."""
+    make_store({"item": "int64"})
+    cache = tmp_path / "cache"
+    store = lateseq.Store(tmp_path / "store0", cache_dir=cache)
+    events = pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [3, 4]})
+
+    def publish_fails(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, cache, "full")
+        patch.setattr(lateseq._versions.VersionLog, "publish", publish_fails)
+        with warnings.catch_warnings(record=True) as told, pytest.raises(OSError):
+            warnings.simplefilter("always")
+            store.commit(events)
+        assert told == []
+        assert lateseq.open(tmp_path / "store0").version == 0
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, cache, "full")
+        with pytest.warns(RuntimeWarning, match="is left out") as told:
+            store.commit(events)
+    assert [Path(w.filename).name for w in told] == [Path(__file__).name]
+
+
 @pytest.mark.parametrize("operation", ["commit", "compact", "tag", "cleanup"])
 def test_a_rename_that_fails_leaves_no_temporary_and_names_the_file(small_store, monkeypatch, operation):
     """A file is written under a temporary name, then renamed into place: a rename that

@@ -46,6 +46,7 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
@@ -370,10 +371,34 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
     except StoreError as exc:
         if not optional or getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
             raise
-        warnings.warn(f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
-                      "A read makes the copy when it first needs it, once the cache can take it", RuntimeWarning,
-                      stacklevel=2)
+        message = (f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
+                   "A read makes the copy when it first needs it, once the cache can take it")
+        pending = _LEFT_OUT.get()
+        if pending is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        else:
+            pending.append(message)
     return digests
+
+
+# the warnings of copies left out during a store's write, given once it is published
+_LEFT_OUT: ContextVar[list[str] | None] = ContextVar("lateseq_left_out", default=None)
+
+
+@contextlib.contextmanager
+def copies_left_out() -> Iterator[list[str]]:
+    """Collects the warnings of read-cache copies left out while a write runs, for it to
+    give once it is published: a write that fails removes its segments, and said of
+    them that their durable files were written (s40B). Within another such block, that
+    one collects them (this one's list stays empty)."""
+    if _LEFT_OUT.get() is not None:
+        yield []
+        return
+    token = _LEFT_OUT.set(found := [])
+    try:
+        yield found
+    finally:
+        _LEFT_OUT.reset(token)
 
 
 def _parquet_bytes(columns: dict[str, np.ndarray]) -> pa.Buffer:

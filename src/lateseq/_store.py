@@ -39,7 +39,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +53,7 @@ from ._format import (
     SYSTEM_COLUMNS,
     TIME,
     SegmentInfo,
+    copies_left_out,
     decoded_file,
     is_segment_name,
     make_folders,
@@ -108,6 +109,19 @@ def check_watermark(watermark: object) -> int | None:
     if not np.iinfo(np.int64).min <= int(watermark) <= np.iinfo(np.int64).max:
         raise SchemaError(f"watermark {watermark} does not fit in int64")
     return int(watermark)
+
+
+def _warns_of_copies_left_out(write: Callable[..., Store]) -> Callable[..., Store]:
+    """``write`` (a commit, compaction or deletion), giving the warnings of the read-cache
+    copies it left out (a full cache) once it returns: one that fails gives none."""
+    @functools.wraps(write)
+    def published(*args: Any, **kwargs: Any) -> Store:
+        with copies_left_out() as left_out:  # (within another write: that one warns)
+            store = write(*args, **kwargs)
+        for message in left_out:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return store
+    return published
 
 
 class Store:
@@ -385,6 +399,7 @@ class Store:
 
     # ------------------------------------------------------------ writing
 
+    @_warns_of_copies_left_out
     def commit(self, events: EventSource, *, watermark: int | None = None,
                commit_id: str | None = None) -> Store:
         """Publishes ``events`` as the next version; returns a handle on it.
@@ -478,6 +493,7 @@ class Store:
                 self._log.mark_commit(commit_id, version)
         return base._publish(version, "commit", base.segment_infos + new, new, watermark, commit_id, content)
 
+    @_warns_of_copies_left_out
     def compact(self, policy: Literal["full", "tiered"] = "full", *, fanout: int = 4) -> Store:
         """Merges segments into sorted ones, as a new version.
 
@@ -550,6 +566,7 @@ class Store:
                     raise
                 base, new = latest, new + more
 
+    @_warns_of_copies_left_out
     def delete(self, users: np.ndarray | list[int]) -> Store:
         """Publishes a version without any event of ``users`` (a privacy request).
 
