@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -79,13 +77,6 @@ def test_it_keeps_at_most_depth_arrays_of_a_kind():
     del held
     kept = [recycler.empty("x", 10, np.int64) for _ in range(3)]
     assert len({id(a.base) for a in kept}) == 3
-
-
-def test_a_copy_of_a_recycler_starts_empty():
-    recycler = Recycler(depth=2)
-    recycler.empty("x", 10, np.int64)
-    copy = pickle.loads(pickle.dumps(recycler))
-    assert copy.depth == 2 and not copy._held and len(recycler._held["x"]) == 1
 
 
 def test_outside_a_loader_reads_get_new_arrays():

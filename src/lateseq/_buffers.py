@@ -44,9 +44,6 @@ class Recycler:
         self._held: dict[Hashable, list[np.ndarray]] = {}
         self._lock = threading.Lock()
 
-    def __reduce__(self) -> tuple:
-        return Recycler, (self.depth,)  # a copy (a DataLoader worker's) starts with none: arrays stay where made
-
     def empty(self, key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray:
         """An uninitialized array of ``size`` items of ``dtype``: a free one of ``key``'s
         that is big enough and at most twice the size (a small batch kept must not keep a

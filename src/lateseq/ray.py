@@ -28,7 +28,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.ray needs Ray Data: pip install 'lateseq[ray]'") from exc
 
-from ._buffers import Recycler, recycling
 from ._errors import SchemaError, exact_bool, exact_integer, rows_in_log
 from ._events import partition_of
 from ._examplelog import ExampleLog
@@ -158,15 +157,13 @@ class Materializer:
             raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
         self.batch_size = batch_size
         self.verify = exact_bool("verify", verify)  # "no" is true: checked here, not at an actor's first batch
-        self._recycler = Recycler()  # output arrays reused once Ray has taken a batch's copy
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
             with rows_in_log(part.column(ROW).to_numpy()):  # it named rows of this part, not of the log (s36F)
-                with recycling(self._recycler):
-                    sequences = materialize(self.store, part, self.projection, verify=self.verify)
+                sequences = materialize(self.store, part, self.projection, verify=self.verify)
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
             yield pa.Table.from_arrays([part.column(c) for c in [ROW, *self.example_columns]] + lists,
