@@ -945,7 +945,7 @@ def materialize(
                 out.mkdir(exist_ok=True)
                 paths = materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
                                                 drop_deleted=drop_deleted, progress=advance)
-                written = pq.ParquetFile(next(iter(paths.values()))).metadata.num_rows
+                written = pq.read_metadata(next(iter(paths.values()))).num_rows
     except BaseException:
         if made and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no folder it made
@@ -1175,7 +1175,7 @@ def copartition(
     log = _read_parquet(examples, "example log")
     handle = _open(store)
     copartition_log(handle, log, out, row_group_rows=row_group_rows, overwrite=True)
-    groups = pq.ParquetFile(out).num_row_groups
+    groups = pq.read_metadata(out).num_row_groups
     _err.print(f"{log.num_rows:,} examples in {groups:,} row groups of {handle.schema.partitions} partitions; "
                f"each worker of `lateseq loader --copartition` reads its own partitions' segments", highlight=False)
 
