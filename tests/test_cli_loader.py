@@ -76,6 +76,9 @@ def test_loader_drops_the_examples_of_deleted_users_when_asked(logged):
     assert f"wrote {len(examples) - gone:,} histories" in err and f"left out the {gone:,} examples" in err
     kept = examples[~examples.user_id.isin([2, 5])]
     assert pd.read_parquet(d / "seqs.parquet").user_id.tolist() == kept.user_id.tolist()
+    code, _, err = lateseq("materialize", store, d / "ex.parquet", "--max-len", 3, "--out", d / "all.parquet",
+                           "--no-verify")  # unchecked: every example, and a note of the deleted users (s40D)
+    assert code == 0 and f"wrote {len(examples):,} histories" in err and "2 users were deleted" in err, err
 
 
 @pytest.mark.parametrize("args, match", [

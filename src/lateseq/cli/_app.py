@@ -958,6 +958,10 @@ def materialize(
     if written < total:
         _err.print(f"left out the {total - written:,} examples of users deleted since their pointers' versions "
                    "(--drop-deleted)", highlight=False)
+    elif not verify and len(handle.deleted_users()):  # unchecked, their examples look like users without events
+        _err.print(f"note: {len(handle.deleted_users()):,} users were deleted from {store}; unchecked (--no-verify), "
+                   "their examples were written with the events left of them (none or fewer); --drop-deleted "
+                   "leaves them out", highlight=False)
     others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config and not p.name.startswith(
         (".", "_"))) if tenants is not None else []  # (hidden: a killed run's temporaries, which readers skip, s36F)
     if others:  # an earlier config's tenants: left alone (lateseq removes no file it was not asked to write)
