@@ -563,3 +563,16 @@ def test_an_ingest_that_another_writer_beat_lands_after_it(tmp_path, monkeypatch
     monkeypatch.setattr(cli_app, "COMMIT_TRIES", 2)  # a store that busy: the conflict, after as many tries
     assert_one_line_error(*lateseq("ingest", store, write(tmp_path / "h2.parquet", user_id=[1], ts=[3], item_id=[3]))[
         ::2], "version 7 was published by another writer")
+    # a delete that a compaction beat (s40F: a privacy request among ingests failed, 3 of 4)
+    real_delete, raced = Store.delete, []
+
+    def compacted_first(handle, users):
+        if not raced:
+            raced.append(Store(store).compact().version)
+            raise CommitConflict(f"version {raced[-1]} was published by another writer; retry")
+        return real_delete(handle, users)
+
+    monkeypatch.setattr(Store, "delete", compacted_first)
+    code, out, err = lateseq("delete", store, write(tmp_path / "gone.parquet", user_id=[9]))
+    assert code == 0 and int(out) == raced[0] + 1, err
+    assert Store(store).deleted_users().tolist() == [9]

@@ -319,7 +319,15 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
         rows = slice(lo, lo + _HASH_CHUNK)
         ts, *payload = (decode_values(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
-    _write_decoded(decoded_file(cache, info.name), stored, starts, hashes, expect=info.decoded)
+    try:
+        _write_decoded(decoded_file(cache, info.name), stored, starts, hashes, expect=info.decoded)
+    except StoreError as exc:
+        if getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
+            raise
+        raise StoreError(f"{exc} A read decodes each segment it reads into the read cache {cache} (a compaction or "
+                         "a delete reads them too), and this one has no room or cannot be written: make room (it holds "
+                         "copies only: `lateseq cleanup` removes those no kept version reads), or read through a cache "
+                         "that can hold the store decoded (cache_dir=, --cache-dir)") from exc.__cause__
 
 
 def decode_values(stored: np.ndarray, base: int) -> np.ndarray:
@@ -377,24 +385,32 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
         if pending is None:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         else:
-            pending.append(message)
+            pending[path.stem] = message
     return digests
 
 
-# the warnings of copies left out during a store's write, given once it is published
-_LEFT_OUT: ContextVar[list[str] | None] = ContextVar("lateseq_left_out", default=None)
+# the warnings of copies left out during a store's write (segment -> warning), given once it is published
+_LEFT_OUT: ContextVar[dict[str, str] | None] = ContextVar("lateseq_left_out", default=None)
+
+
+def forget_left_out(name: str) -> None:
+    """Drops the warning of segment ``name``'s copy: the write removed the segment (it
+    wrote it again on a version published meanwhile)."""
+    pending = _LEFT_OUT.get()
+    if pending is not None:
+        pending.pop(name, None)
 
 
 @contextlib.contextmanager
-def copies_left_out() -> Iterator[list[str]]:
+def copies_left_out() -> Iterator[dict[str, str]]:
     """Collects the warnings of read-cache copies left out while a write runs, for it to
     give once it is published: a write that fails removes its segments, and said of
     them that their durable files were written (s40B). Within another such block, that
-    one collects them (this one's list stays empty)."""
+    one collects them (this one's stays empty)."""
     if _LEFT_OUT.get() is not None:
-        yield []
+        yield {}
         return
-    token = _LEFT_OUT.set(found := [])
+    token = _LEFT_OUT.set(found := {})
     try:
         yield found
     finally:

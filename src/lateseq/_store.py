@@ -55,6 +55,8 @@ from ._format import (
     SegmentInfo,
     copies_left_out,
     decoded_file,
+    discard,
+    forget_left_out,
     is_segment_name,
     make_folders,
     utf8_path,
@@ -118,7 +120,7 @@ def _warns_of_copies_left_out(write: Callable[..., Store]) -> Callable[..., Stor
     def published(*args: Any, **kwargs: Any) -> Store:
         with copies_left_out() as left_out:  # (within another write: that one warns)
             store = write(*args, **kwargs)
-        for message in left_out:
+        for message in left_out.values():
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return store
     return published
@@ -573,9 +575,11 @@ class Store:
         Older versions still hold the events until ``cleanup`` retires them (tagged
         versions stay until untagged); the manifest records the users, so the audit
         reports their pointers as ``deleted``. Commits published while it rewrites stay,
-        without the users' events. Users without a stored event are recorded too (a new
-        version of the same segments): a two-tier log may hold their events inline, served
-        from the mutable tier, which ``strip_tails(drop_deleted=True)`` then erases.
+        without the users' events; a compaction or deletion published meanwhile is a
+        CommitConflict (retry: ``lateseq delete`` does, as ``ingest`` does). Users without
+        a stored event are recorded too (a new version of the same segments): a two-tier
+        log may hold their events inline, served from the mutable tier, which
+        ``strip_tails(drop_deleted=True)`` then erases.
         """
         users = np.unique(as_user_ids(users, "users to delete"))
         rewritten: dict[str, SegmentInfo | None] = {}  # segments that held them: without them, or none
@@ -830,7 +834,8 @@ class Store:
 
     def _remove_segment(self, info: SegmentInfo) -> None:
         for path in [*info.files(self.path / "segments"), decoded_file(self.cache_dir, info.name)]:
-            path.unlink(missing_ok=True)
+            discard(path)
+        forget_left_out(info.name)
 
     def event_ids(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(user, event id) of every stored event of ``users`` (unique), for dedup."""

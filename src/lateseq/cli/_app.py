@@ -679,6 +679,19 @@ def ingest(
 COMMIT_TRIES = 8  # another writer published first this often in a row: a store that busy needs one writer
 
 
+def _retried(write: Callable[[], Store]) -> Store:
+    """``write()``, made again where another writer published first: ingests run side by
+    side (an hour's files each), a privacy request among them; each lands in turn."""
+    for attempt in range(COMMIT_TRIES):
+        try:
+            return write()
+        except CommitConflict:
+            if attempt == COMMIT_TRIES - 1:
+                raise
+            time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)  # apart, lest they meet again
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None, allow_empty: bool,
             created: bool) -> None:
     latest = handle.latest_version
@@ -690,15 +703,12 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
         _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
         return
-    for attempt in range(COMMIT_TRIES):  # ingests run side by side (an hour's files each): each lands in turn
-        try:
-            latest = handle.latest_version  # a twin run with the same id may have published it meanwhile
-            new = handle.commit(table, commit_id=commit_id)
-            break
-        except CommitConflict:
-            if attempt == COMMIT_TRIES - 1:
-                raise
-            time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)  # apart, lest they meet again
+    def commit() -> Store:
+        nonlocal latest
+        latest = handle.latest_version  # a twin run with the same id may have published it meanwhile
+        return handle.commit(table, commit_id=commit_id)
+
+    new = _retried(commit)
     print(new.version)
     if new.version <= latest:
         _err.print(f"{events} was committed before under id {commit_id!r}: nothing to do", highlight=False)
@@ -1231,7 +1241,7 @@ def delete(
     if table.column("user_id").null_count:
         raise SchemaError(f"{users}: user_id has {table.column('user_id').null_count} null values")
     ids = as_user_ids(table.column("user_id"), f"{users}: user_id")  # as Store.delete reads them: exactly
-    new = handle.delete(ids)
+    new = _retried(lambda: handle.delete(ids))
     print(new.version)
     count = len(set(ids.tolist()))  # "of 1 users" read as user id 1
     given, held = ("the user given", "its") if count == 1 else (f"the {count:,} users given", "their")
