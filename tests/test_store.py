@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import math
 import multiprocessing
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from conftest import files_at_most, snapshot
-from oracle import Oracle, Request, assert_batch_equal, referenced_files
+from oracle import Oracle, Request, assert_batch_equal, oracle_requests, referenced_files
 
 import lateseq
 import lateseq._events
@@ -703,9 +705,17 @@ def unwritable_cache(patch: pytest.MonkeyPatch, cache: Path, how: str) -> None:
                       lambda tmp, path: refused(errno.ENOSPC) if inside(path) else real(tmp, path))
         return
     code = errno.EROFS if how == "read-only" else errno.EACCES
-    real_file, real_unlink, real_mkdir = pa.OSFile, os.unlink, os.mkdir
+    real_file, real_unlink, real_mkdir, real_open = pa.OSFile, os.unlink, os.mkdir, os.open
     patch.setattr(pa, "OSFile", lambda path, *args: refused(code) if inside(path) else real_file(path, *args))
     patch.setattr(os, "mkdir", lambda path, *args: refused(code) if inside(path) else real_mkdir(path, *args))
+
+    def open_(path, flags, *args, **kwargs):  # lock files: none opened for writing there, none made
+        writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        if inside(path) and writes and (how == "read-only" or not os.path.lexists(path)):
+            refused(code)
+        return real_open(path, flags, *args, **kwargs)
+
+    patch.setattr(os, "open", open_)
 
     def unlink(path, *args, **kwargs):
         if inside(path) and (how == "read-only" or os.path.lexists(path)):
@@ -721,8 +731,8 @@ def test_an_unwritable_read_cache_leaves_commits_and_compactions_durable(make_st
     compaction, naming the cache's file, though the copy is derived: the durable files
     were written. Read-only, it failed with a bare EROFS from removing the temporary that
     was never made, and refused by permissions, naming the file (s40B). Now the copy is
-    left out with a warning, and a read makes it once it can (a read, compactions'
-    included, needs the cache for the copies it reads)."""
+    left out with a warning, and a read makes it once it can (until then a read,
+    compactions' included, holds the copies it reads in memory)."""
     make_store({"item": "int64"})
     cache = tmp_path / "cache"
     store = lateseq.Store(tmp_path / "store0", cache_dir=cache)
@@ -738,10 +748,12 @@ def test_an_unwritable_read_cache_leaves_commits_and_compactions_durable(make_st
             store = store.compact()  # (it reads the copies made before the disk filled)
         with pytest.warns(RuntimeWarning, match="is left out"):
             store = store.commit(days[2])
-        with pytest.raises(lateseq.StoreError, match=r"this one has no room or cannot be written: make room"):
-            store.compact()  # (it must read the copies left out: what to do is said, s40F)
+        with pytest.warns(RuntimeWarning) as told:
+            store = store.compact()  # (it reads the copy left out: held in memory)
+        assert {re.search("is left out|holds it in memory", str(w.message)).group() for w in told} == {
+            "is left out", "holds it in memory"}
     assert not [p for p in cache.rglob("*") if p.is_file() and ".tmp" in p.name and "lock" not in p.name]
-    assert lateseq.open(tmp_path / "store0", cache_dir=cache).version == store.version == 4
+    assert lateseq.open(tmp_path / "store0", cache_dir=cache).version == store.version == 5
     fresh = tmp_path / "fresh-cache"  # a new cache whose folder cannot be made: the reason named, not "missing"
     unmade = errno.EROFS if how == "full" else reason  # (a full disk has room for a folder: read-only stands in)
     with monkeypatch.context() as patch:
@@ -755,6 +767,64 @@ def test_an_unwritable_read_cache_leaves_commits_and_compactions_durable(make_st
     for user in range(20):
         want = events[events.user_id == user]["item"].tolist()
         assert sorted(got.values["item"][got.offsets[user]:got.offsets[user + 1]].tolist()) == sorted(want)
+
+
+@pytest.mark.parametrize("how", ["full", "read-only", "no permission"])
+def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(make_store, tmp_path, monkeypatch,
+                                                                                how):
+    """With its read cache full, read-only or refused, a read (a compaction's and a
+    deletion's too) failed until room was made (s40F): a trainer whose disk filled
+    stopped. The copies the cache cannot take are now held in memory by the process
+    reading them, told once per cache, and give the oracle's values; where they would
+    take more than half the memory available the read is refused, naming what to do;
+    once the cache takes copies again, reads map them."""
+    store = make_store({"item": "int64"}, partitions=2)
+    oracle = Oracle({"item": "int64"})
+    rng = np.random.default_rng(7)
+    logs = []
+    for day in range(3):  # a late event or two each day: pointers at old versions hold back later rows
+        user, ts, item = rng.integers(0, 12, 150), rng.integers(0, (day + 1) * 100, 150), rng.integers(0, 99, 150)
+        store = store.commit(pa.table({"user_id": user, "ts": ts, "item": item}))
+        oracle.commit(user, ts, {"item": item})
+        logs.append(lateseq.log_examples(store, pa.table({"user_id": np.arange(14), "request_ts": np.full(14, 250)})))
+    log = pa.concat_tables(logs)
+    projection = lateseq.Projection(40, ("ts", "item"))
+
+    def check(reader: lateseq.Store, examples: pa.Table, context: str) -> None:
+        offsets, values = oracle.expected(oracle_requests(examples), 40, ("ts", "item"))
+        assert_batch_equal(lateseq.materialize(reader, examples, projection), offsets, values, context)
+
+    cache = tmp_path / "reader-cache"
+    held_before = lateseq._segments._IN_MEMORY[0]
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, cache, how)
+        reader = lateseq.Store(store.path, cache_dir=cache)
+        with pytest.warns(RuntimeWarning, match=rf"read cache {cache}/\S+ cannot take segment p\d+-\w+'s decoded "
+                                                r"copy \(.+\); this process holds it in memory") as told:
+            check(reader, log, how)
+        assert len(told) == 1  # once per cache, for all of its segments
+        assert lateseq._segments._IN_MEMORY[0] > held_before
+        with pytest.warns(RuntimeWarning, match="is left out"):  # reads its inputs from memory
+            compacted = reader.compact()
+        oracle.compact()
+        with pytest.warns(RuntimeWarning, match="is left out"):
+            deleted = compacted.delete([3])  # (it rewrites user 3's segments from what it reads)
+        oracle.compact()  # a version of the same events, for every user but 3 (whose examples are left out)
+        log = pa.concat_tables([log, lateseq.log_examples(deleted, pa.table({"user_id": np.arange(14),
+                                                                            "request_ts": np.full(14, 250)}))])
+        log = log.filter(pc.not_equal(log["user_id"], 3))
+        check(deleted, log, f"{how}, compacted, a user deleted")
+        gone = lateseq.log_examples(deleted, pa.table({"user_id": [3], "request_ts": [250]}))
+        assert gone["uih_length"].to_pylist() == [0]
+        patch.setattr(lateseq._segments, "_available_memory", lambda: 0)
+        with pytest.raises(lateseq.StoreError, match=r"nor held in memory: it needs \d+ MiB.*make room there"):
+            lateseq.materialize(lateseq.Store(store.path, cache_dir=cache / "another"), log, projection)
+    del reader, compacted, deleted
+    gc.collect()
+    assert lateseq._segments._IN_MEMORY[0] == held_before  # let go with the segments holding them
+    reader = lateseq.Store(store.path, cache_dir=cache)
+    check(reader, log, f"{how}, the cache writable again")
+    assert all(segment.mapped for segment in reader.segments(0) + reader.segments(1))
 
 
 def test_copies_left_out_are_told_of_once_the_write_is_published_and_at_the_callers_line(make_store, tmp_path,

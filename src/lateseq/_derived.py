@@ -30,6 +30,7 @@ import stat
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from ._format import (
     DERIVED_DIR,
     TIME,
     SegmentInfo,
+    cache_unwritable,
     close_lock_file,
     decoded_file,
+    discard,
     make_cache_folder,
     open_lock_file,
     write_unpacked_segment,
@@ -53,7 +56,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, Segment, SegmentCache, cache_lock
+from ._segments import UNREADABLE, Segment, SegmentCache, cache_lock, held_copy
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -130,7 +133,7 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
     when the copy must be built. ``random_access``: see ``Segment``."""
     names = [info.name for info in infos]
     return _derive(cache, infos[0].partition, names, _merged_key(names), lambda opened: merge_segments(opened, schema),
-                   random_access, segments)
+                   random_access, segments, hold=False)
 
 
 def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
@@ -149,7 +152,7 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
                       segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
 
     return _derive(cache, segment.info.partition, list(segment.sources), _filtered_key(segment.info.name, where),
-                   events, segment.random_access, lambda: [segment])
+                   events, segment.random_access, lambda: [segment], hold=True)
 
 
 def _filtered_key(segment: str, where: Filter) -> dict:
@@ -217,13 +220,15 @@ _BUILDS = 3  # builds of a copy whose sources were written into meanwhile, befor
 
 
 def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[list[Segment]], Events],
-            random_access: bool, read: Callable[[], list[Segment]]) -> Segment:
+            random_access: bool, read: Callable[[], list[Segment]], hold: bool) -> Segment:
     """The copy named after ``key``, made by ``events`` from the open segments ``read``
     gives when not built yet; ``sources`` are the store segments its events come from
     (cleanup removes it with the last). What it read is checked again once it is made: one
     written in place meanwhile (by another program) may have given damaged bytes, which
     the copy's own digests would then vouch for, in every process, until it was deleted.
-    Such a copy is built again from them checked anew (decoded again where damaged)."""
+    Such a copy is built again from them checked anew (decoded again where damaged). One the
+    cache cannot take is held in memory where ``hold`` (a filtered copy: no read goes
+    without it), and an error otherwise (a merged copy: its segments are read instead)."""
     name = _name(partition, key)
     sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
@@ -231,7 +236,13 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         return _open_checked(folder, name, key, random_access)  # column is checked against the sidecar it read
     except (*UNREADABLE, StoreError):
         pass
-    with cache_lock(folder, f".tmp-build-{name}", cache):
+    with ExitStack() as locked:
+        try:
+            locked.enter_context(cache_lock(folder, f".tmp-build-{name}", cache))
+        except StoreError as exc:  # a read-only cache: built in memory, by each process that reads it
+            if not hold or not cache_unwritable(exc):
+                raise
+            return _held(folder, name, partition, sources, events(read()), exc, random_access)
         try:
             return _open_checked(folder, name, key, random_access)
         except (*UNREADABLE, StoreError):
@@ -239,13 +250,21 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         for attempt in range(_BUILDS):
             opened = read()
             remaps = [segment.remaps for segment in opened]
-            info = write_unpacked_segment(folder, name, partition, events(opened))  # (payloads are read as written)
+            made = events(opened)  # (payloads are read as written)
+            try:
+                info, unwritten = write_unpacked_segment(folder, name, partition, made), None
+            except StoreError as exc:
+                if not hold or not cache_unwritable(exc):
+                    raise
+                info, unwritten = None, exc
             # one decoded again meanwhile (a column failed its digest, here or in another thread) had given the
             # columns read before from the map written into, which ``intact`` no longer sees
             if [s.remaps for s in opened] == remaps and all(segment.intact() for segment in opened):
+                if unwritten is not None:  # a full cache: held in memory
+                    return _held(folder, name, partition, sources, made, unwritten, random_access)
                 break
             for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
-                path.unlink(missing_ok=True)
+                discard(path)
             derived = any(segment.path.parent == folder for segment in opened)  # rebuilt by its reader, not here
             if derived or attempt == _BUILDS - 1:
                 raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
@@ -255,6 +274,13 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
             tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
         return _open_checked(folder, name, key, random_access)
+
+
+def _held(folder: Path, name: str, partition: int, sources: list[str], made: Events, why: StoreError,
+          random_access: bool) -> Segment:
+    segment = held_copy(folder, name, partition, made, why, random_access)
+    segment.sources = tuple(sources)
+    return segment
 
 
 def _sidecar(folder: Path, name: str) -> Path:

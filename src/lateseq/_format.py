@@ -238,17 +238,18 @@ def write_unpacked_segment(directory: Path, name: str, partition: int, events: E
     return _write_segment(directory, name, partition, events, directory, packed=False)
 
 
+def held_segment(name: str, partition: int, events: Events) -> tuple[SegmentInfo, np.ndarray, np.ndarray,
+                                                                      dict[str, np.ndarray]]:
+    """Segment ``name`` of sorted events, made in memory and written nowhere: its info, user
+    ids, ends and decoded columns. For a derived copy the read cache cannot take."""
+    starts, user_ids, ends, stored, bases = _laid_out(events)
+    copy, decoded = _decoded_copy(stored, starts, events.hashes, name)
+    return _segment_info(name, partition, events, user_ids, bases, 0, [0, 0], decoded), user_ids, ends, _columns(copy)
+
+
 def _write_segment(directory: Path, name: str, partition: int, events: Events, cache: Path,
                    packed: bool) -> SegmentInfo:
-    starts = user_starts(events.user)
-    user_ids = events.user[starts]
-    ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
-    bases: dict[str, int] = {}
-    stored: dict[str, np.ndarray] = {}
-    # one decoded column at a time: a payload gathered when read (``Taken``) is read here
-    for column, values in itertools.chain([(TIME, events.ts)], events.payload.items(), [("_version", events.version)]):
-        stored[column], bases[column] = _encode(values)
-
+    starts, user_ids, ends, stored, bases = _laid_out(events)
     index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
     parquet, index_file = (directory / f"{name}{suffix}" for suffix in SEGMENT_FILES)
     # (sized as written: a stat after the write met a file another host's cleanup had removed)
@@ -258,13 +259,31 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
         unmade = make_folders(cache, 0o775)  # never writable by all, whatever the umask
-        decoded = _write_decoded(decoded_file(cache, name), stored, starts, events.hashes, optional=packed,
-                                 unmade=unmade)
+        copy, decoded = _decoded_copy(stored, starts, events.hashes, name)
+        _write_decoded(decoded_file(cache, name), copy, optional=packed, unmade=unmade)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):
             discard(path)
         raise
-    size = len(written[0]) + len(written[1])
+    return _segment_info(name, partition, events, user_ids, bases, len(written[0]) + len(written[1]), crc32, decoded)
+
+
+def _laid_out(events: Events) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """(each user's first row, user ids, each user's end, the columns as stored, their
+    bases) of sorted events."""
+    starts = user_starts(events.user)
+    user_ids = events.user[starts]
+    ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
+    bases: dict[str, int] = {}
+    stored: dict[str, np.ndarray] = {}
+    # one decoded column at a time: a payload gathered when read (``Taken``) is read here
+    for column, values in itertools.chain([(TIME, events.ts)], events.payload.items(), [("_version", events.version)]):
+        stored[column], bases[column] = _encode(values)
+    return starts, user_ids, ends, stored, bases
+
+
+def _segment_info(name: str, partition: int, events: Events, user_ids: np.ndarray, bases: dict[str, int], size: int,
+                  crc32: list[int], decoded: dict[str, str]) -> SegmentInfo:
     versions = (int(events.version.min()), int(events.version.max())) if len(events) else (0, 0)
     return SegmentInfo(
         name=name, partition=partition, rows=len(events), users=len(user_ids),
@@ -296,10 +315,23 @@ def read_index(directory: Path, info: SegmentInfo) -> tuple[np.ndarray, np.ndarr
     return user_ids, ends
 
 
-def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
+@dataclass
+class Unwritten:
+    """A segment's decoded copy that the read cache could not take (full, read-only,
+    refused): its columns, checked against the writer's digests, and why."""
+
+    columns: dict[str, np.ndarray]
+    reason: str
+
+
+def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
+                   unlocked: StoreError | None = None) -> Unwritten | None:
     """Rebuilds a segment's decoded file in ``cache`` from its durable files, which must
     pass their CRC-32 first: a damaged file is reported, never decoded. The result must
-    match the digests its writer recorded, or nothing is written."""
+    match the digests its writer recorded, or nothing is written. Where the cache cannot
+    take it (or could not even be locked: ``unlocked`` says why), it is returned instead,
+    for the reader to hold in memory: a full disk on a reading host is no reason to stop
+    training."""
     path = directory / f"{info.name}.parquet"
     packed = read_regular(path)
     if zlib.crc32(packed) != info.crc32[0]:
@@ -319,15 +351,27 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path) -> None:
         rows = slice(lo, lo + _HASH_CHUNK)
         ts, *payload = (decode_values(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
+    copy, _ = _decoded_copy(stored, starts, hashes, info.name, expect=info.decoded)
+    if unlocked is not None:
+        return Unwritten(_columns(copy), str(unlocked))
     try:
-        _write_decoded(decoded_file(cache, info.name), stored, starts, hashes, expect=info.decoded)
+        _write_decoded(decoded_file(cache, info.name), copy)
     except StoreError as exc:
-        if getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
+        if not cache_unwritable(exc):
             raise
-        raise StoreError(f"{exc} A read decodes each segment it reads into the read cache {cache} (a compaction or "
-                         "a delete reads them too), and this one has no room or cannot be written: make room (it holds "
-                         "copies only: `lateseq cleanup` removes those no kept version reads), or read through a cache "
-                         "that can hold the store decoded (cache_dir=, --cache-dir)") from exc.__cause__
+        return Unwritten(_columns(copy), str(exc))
+    return None
+
+
+def cache_unwritable(exc: StoreError) -> bool:
+    """Whether a write into the read cache failed for want of room or of the right to
+    write (a read can go on without its copy), not for another reason."""
+    return getattr(exc.__cause__, "errno", None) in _UNWRITABLE
+
+
+def _columns(copy: pa.RecordBatch) -> dict[str, np.ndarray]:
+    return {name: column.to_numpy(zero_copy_only=False) for name, column in zip(copy.schema.names, copy.columns,
+                                                                                 strict=True)}
 
 
 def decode_values(stored: np.ndarray, base: int) -> np.ndarray:
@@ -351,33 +395,38 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return sums
 
 
-def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray, hashes: np.ndarray,
-                   expect: dict[str, str] | None = None, optional: bool = False,
-                   unmade: OSError | None = None) -> dict[str, str]:
-    """Writes the decoded copy; returns its column digests, which must equal ``expect``
-    (the writer's) when given, or nothing is written. ``unmade`` is why its folder could
-    not be made, if it could not. An ``optional`` copy (a durable segment's, which a read
-    makes again from the durable files) is left out with a warning where the read cache
-    is full or cannot be written: a commit or compaction is durable without it, and
-    failed there on a disk it never needed."""
+def _decoded_copy(stored: dict[str, np.ndarray], starts: np.ndarray, hashes: np.ndarray, name: str,
+                  expect: dict[str, str] | None = None) -> tuple[pa.RecordBatch, dict[str, str]]:
+    """Segment ``name``'s decoded copy and its column digests, which must equal ``expect``
+    (the writer's) when given."""
     vmax, vmin = version_bounds(stored["_version"], starts)
     # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
-    table = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
-    digests = {name: column_digest(column.to_numpy(zero_copy_only=False))
-               for name, column in zip(table.schema.names, table.columns, strict=True)}
+    copy = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    digests = {column: column_digest(values.to_numpy(zero_copy_only=False))
+               for column, values in zip(copy.schema.names, copy.columns, strict=True)}
     if expect is not None and digests != expect:
-        differ = sorted(name for name in expect.keys() | digests.keys() if expect.get(name) != digests.get(name))
-        raise StoreError(f"decoding segment {path.stem} gave other bytes than its writer wrote (columns "
+        differ = sorted(column for column in expect.keys() | digests.keys()
+                        if expect.get(column) != digests.get(column))
+        raise StoreError(f"decoding segment {name} gave other bytes than its writer wrote (columns "
                          f"{differ}); its durable files or manifest entry are damaged: restore them from a backup")
+    return copy, digests
+
+
+def _write_decoded(path: Path, copy: pa.RecordBatch, optional: bool = False, unmade: OSError | None = None) -> None:
+    """Writes the decoded copy. ``unmade`` is why its folder could not be made, if it could
+    not. An ``optional`` copy (a durable segment's, which a read makes again from the
+    durable files) is left out with a warning where the read cache is full or cannot be
+    written: a commit or compaction is durable without it, and failed there on a disk it
+    never needed."""
     # derived data: no fsync, a crash at worst loses the copy
     try:
         if unmade is not None:  # (the write would only say the folder is missing)
             raise write_failed(path.parent, unmade) from unmade
         with (written_in_place(path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
-              pa.ipc.new_file(sink, table.schema) as w):
-            w.write_batch(table)
+              pa.ipc.new_file(sink, copy.schema) as w):
+            w.write_batch(copy)
     except StoreError as exc:
-        if not optional or getattr(exc.__cause__, "errno", None) not in _UNWRITABLE:
+        if not optional or not cache_unwritable(exc):
             raise
         message = (f"the read cache's copy of segment {path.stem} is left out, its durable files written: {exc} "
                    "A read makes the copy when it first needs it, once the cache can take it")
@@ -386,7 +435,6 @@ def _write_decoded(path: Path, stored: dict[str, np.ndarray], starts: np.ndarray
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         else:
             pending[path.stem] = message
-    return digests
 
 
 # the warnings of copies left out during a store's write (segment -> warning), given once it is published

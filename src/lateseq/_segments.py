@@ -9,10 +9,11 @@ import itertools
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -20,15 +21,19 @@ import numpy as np
 import pyarrow as pa
 
 from ._errors import StoreError
+from ._events import Events
 from ._format import (
     DERIVED_DIR,
     MADV_NORMAL,
     MADV_RANDOM,
     SegmentInfo,
+    Unwritten,
+    cache_unwritable,
     close_lock_file,
     decode_segment,
     decode_values,
     decoded_file,
+    held_segment,
     madvise,
     make_cache_folder,
     map_decoded,
@@ -113,19 +118,92 @@ def _refuse_out_of_maps(path: Path, exc: BaseException) -> None:
 
 
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
-                 damaged: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-    """Decodes a segment into ``cache`` and maps it, one process at a time (``cache_lock``).
+                 damaged: tuple[int, ...] | None = None) -> tuple[dict[str, np.ndarray], bool]:
+    """Decodes a segment into ``cache`` and maps it, one process at a time (``cache_lock``);
+    returns its columns, and whether they are a map.
     ``damaged`` is the identity of a copy that failed verification: it is decoded again
-    unless another process replaced it meanwhile."""
+    unless another process replaced it meanwhile. Where the cache cannot take the copy,
+    this process holds it in memory (``_held_in_memory``): not a map."""
     path = decoded_file(cache, info.name)
-    with cache_lock(cache, f".tmp-lock-{info.name}"):
+    with ExitStack() as held:
+        try:
+            held.enter_context(cache_lock(cache, f".tmp-lock-{info.name}"))
+        except StoreError as exc:  # a read-only cache: no lock file can be made, nor a copy
+            if not cache_unwritable(exc):
+                raise
+            return _held_in_memory(decode_segment(directory, info, cache, unlocked=exc), info, cache), False
         if damaged is None or _identity(path) != damaged:
             try:
-                return map_decoded(path, random_access)  # decoded while we waited
+                return map_decoded(path, random_access), True  # decoded while we waited
             except UNREADABLE:
                 pass
-        decode_segment(directory, info, cache)
-        return map_decoded(path, random_access)
+        unwritten = decode_segment(directory, info, cache)
+        if unwritten is not None:
+            return _held_in_memory(unwritten, info, cache), False
+        return map_decoded(path, random_access), True
+
+
+_IN_MEMORY = [0]  # bytes of decoded copies this process holds in memory, for want of room in their read cache
+_IN_MEMORY_LOCK = threading.Lock()
+_TOLD_IN_MEMORY: set[Path] = set()  # the read caches whose copies this process was told it holds in memory
+
+
+def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dict[str, np.ndarray]:
+    """A decoded copy the read cache could not take, held by this process for as long as
+    it reads it: reads go on (a full disk on a reader's host stopped training until room
+    was made, s40F), with a warning once per cache. Refused, naming what to do, where the
+    copies held would take more than half the memory available (every process reading
+    the store holds its own)."""
+    size = sum(column.nbytes for column in unwritten.columns.values())
+    with _IN_MEMORY_LOCK:
+        room = _available_memory() // 2
+        if _IN_MEMORY[0] + size > room:
+            raise StoreError(
+                f"segment {info.name}'s decoded copy cannot be written in the read cache {cache} ({unwritten.reason}), "
+                f"nor held in memory: it needs {size / 2**20:.0f} MiB, and this process holds "
+                f"{_IN_MEMORY[0] / 2**20:.0f} MiB of such copies already, with {2 * room / 2**20:.0f} MiB of memory "
+                "available. A read decodes each segment it reads into the read cache (a compaction or a delete "
+                "reads them too): make room there (it holds copies only: `lateseq cleanup` removes those no kept "
+                "version reads), or read through a cache that can hold the store decoded (cache_dir=, --cache-dir, "
+                "LATESEQ_CACHE_DIR)")
+        _IN_MEMORY[0] += size
+        told = cache in _TOLD_IN_MEMORY
+        _TOLD_IN_MEMORY.add(cache)
+    if not told:
+        warnings.warn(f"lateseq: the read cache {cache} cannot take segment {info.name}'s decoded copy "
+                      f"({unwritten.reason}); this process holds it in memory ({size / 2**20:.1f} MiB), and any other "
+                      "copy the cache cannot take, each in every process that reads it. Reads go on; make room "
+                      "(`lateseq cleanup` removes copies no kept version reads), or give the read cache a folder "
+                      "that can hold the store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)",
+                      RuntimeWarning, stacklevel=2)
+    for column in unwritten.columns.values():  # (a column kept by a reader, a slice of it too, keeps its memory)
+        weakref.finalize(column, _release_memory, column.nbytes)
+    return unwritten.columns
+
+
+def held_copy(folder: Path, name: str, partition: int, events: Events, why: StoreError, random_access: bool) -> Segment:
+    """A copy made from the store's segments (merged, filtered) that the read cache
+    ``folder`` could not take (``why``), held in memory as ``_held_in_memory`` says."""
+    info, user_ids, ends, columns = held_segment(name, partition, events)
+    columns = _held_in_memory(Unwritten(columns, str(why)), info, folder.parent)
+    return Segment(folder, info, folder, random_access, held=(user_ids, ends, columns))
+
+
+def _release_memory(size: int) -> None:
+    with _IN_MEMORY_LOCK:
+        _IN_MEMORY[0] -= size
+
+
+def _available_memory() -> int:
+    """Bytes of memory this host can still give (MemAvailable: free and reclaimable)."""
+    try:
+        with open("/proc/meminfo", "rb") as info:
+            for line in info:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class UserIndex:
@@ -270,7 +348,8 @@ def forget_removed() -> None:
 
 
 class Segment:
-    """An open, memory-mapped segment; columns are zero-copy numpy views.
+    """An open, memory-mapped segment; columns are zero-copy numpy views (of a copy held in
+    memory where the read cache cannot take one: ``mapped`` False).
 
     Each column is checked against its digest the first time it is read; a damaged
     decoded copy is decoded again from the durable files, once, and checked again. With
@@ -280,19 +359,25 @@ class Segment:
     column whole, with readahead for that while.
     """
 
-    def __init__(self, directory: Path, info: SegmentInfo, cache: Path, random_access: bool = False):
+    def __init__(self, directory: Path, info: SegmentInfo, cache: Path, random_access: bool = False,
+                 held: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None):
+        """``held``: the user ids, ends and columns of a segment held in memory (``held_copy``)."""
         self.info = info
         self.random_access = random_access
         self._directory = directory
         self._cache = cache
         self.path = decoded_file(cache, info.name)
         self.sources: tuple[str, ...] = (info.name,)  # the store segments it holds (a derived copy: several)
-        self.user_ids, self.ends = read_index(directory, info)
-        try:
-            self._data = map_decoded(self.path, random_access)
-        except UNREADABLE as exc:  # not decoded here yet, or a truncated copy
-            _refuse_out_of_maps(self.path, exc)
-            self._data = _decode_once(directory, info, cache, random_access)
+        if held is not None:
+            self.user_ids, self.ends, self._data = held
+            self.mapped = False
+        else:
+            self.user_ids, self.ends = read_index(directory, info)
+            try:
+                self._data, self.mapped = map_decoded(self.path, random_access), True
+            except UNREADABLE as exc:  # not decoded here yet, or a truncated copy
+                _refuse_out_of_maps(self.path, exc)
+                self._data, self.mapped = _decode_once(directory, info, cache, random_access)
         self.identity = _identity(self.path)
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
         self._verified: set[str] = set()
@@ -300,11 +385,14 @@ class Segment:
         self.remapped: Callable[[Path], None] | None = None  # told the file mapped after decoding it again
 
     def read_at_random(self) -> None:
-        """Turns ``random_access`` on for an open segment: its columns' span is advised."""
+        """Turns ``random_access`` on for an open segment: its columns' span is advised (a
+        copy held in memory has no readahead to stop)."""
+        self.random_access = True
+        if not self.mapped:
+            return
         columns = list(self._data.values())
         first = min((c.ctypes.data for c in columns), default=0)
         madvise(first, max((c.ctypes.data + c.nbytes for c in columns), default=0) - first, MADV_RANDOM)
-        self.random_access = True
 
     @cached_property
     def starts(self) -> np.ndarray:
@@ -341,8 +429,8 @@ class Segment:
         not a copy another process made). Called with ``_lock`` held."""
         current = _identity(self.path)
         mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
-        self._data = _decode_once(self._directory, self.info, self._cache, self.random_access,
-                                  damaged=current if mapped else self.identity)
+        self._data, self.mapped = _decode_once(self._directory, self.info, self._cache, self.random_access,
+                                               damaged=current if mapped else self.identity)
         self.identity = _identity(self.path)
         self.__dict__.pop("late", None)  # found in the map written into
         self.remaps += 1
@@ -355,7 +443,7 @@ class Segment:
         if name not in self.info.decoded:
             raise StoreError(f"segment {self.info.name} has no column {name!r}")
         column = self._data.get(name)
-        if not self.random_access or column is None:
+        if not self.random_access or not self.mapped or column is None:
             return self.info.column_sound(name, column)
         madvise(column.ctypes.data, column.nbytes, MADV_NORMAL)  # read whole: with readahead
         try:
