@@ -1242,14 +1242,13 @@ def delete(
     new = _retried(lambda: handle.delete(ids))
     print(new.version)
     count = len(set(ids.tolist()))  # "of 1 users" read as user id 1
-    given, held = ("the user given", "its") if count == 1 else (f"the {count:,} users given", "their")
-    if new.version == handle.version:
-        _err.print(f"{'the user given has no' if count == 1 else f'none of {given} has'} events in {store}: "
-                   "nothing to do", highlight=False)
+    if not count:  # (any user given, with events or not, is recorded in a new version)
+        _err.print(f"{users} names no user: nothing to do", highlight=False)
         return
+    given, held = ("the user given", "it") if count == 1 else (f"the {count:,} users given", "they")
     older = sorted({v.version for v in new.versions() if v.version < new.version})
     pinned = {name: v for name, v in new.tags().items() if v < new.version}
-    _err.print(f"version {new.version} holds no event of {given}. Still holding {held} events: "
+    _err.print(f"version {new.version} holds no event of {given}. Still holding any events {held} had: "
                f"{len(older)} older kept versions (`lateseq cleanup {store}` retires them"
                + (f"; tags {sorted(pinned)} pin some: untag them or use --no-keep-tags" if pinned else "")
                + "), read caches on other hosts (their `lateseq cleanup` clears them), inline tails "
