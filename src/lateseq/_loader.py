@@ -109,14 +109,22 @@ def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int
         kept = read.select(_selected(read.schema, columns))
         for start in range(0, read.num_rows, batch_size):
             stop = min(start + batch_size, read.num_rows)
-            if sequences is not None:
-                part = sequences.slice(start, stop)
-            else:
-                with rows_in_log(range(first + start, first + stop)):
-                    part = materialize(store, read.slice(start, stop - start), projection, on_mismatch=on_mismatch,
-                                       verify=verify)
+            part = part_of(sequences, start, range(first + start, first + stop), lambda: materialize(
+                store, read.slice(start, stop - start), projection, on_mismatch=on_mismatch, verify=verify))
             yield kept.slice(start, stop - start), part
         first += read.num_rows
+
+
+def part_of(sequences: JaggedBatch | None, start: int, log_rows: Sequence[int],
+            read_alone: Callable[[], JaggedBatch]) -> JaggedBatch:
+    """The sequences of a part of a read (its rows from ``start``, rows ``log_rows`` of the
+    log): its slice of the read's ``sequences``, or, where the read raised (None), the part
+    read again alone (``read_alone``), whose error then names its rows of the log: the
+    batches before it are handed out first."""
+    if sequences is not None:
+        return sequences.slice(start, start + len(log_rows))
+    with rows_in_log(log_rows):
+        return read_alone()
 
 
 def materialize_log(

@@ -64,7 +64,7 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
-from ._loader import DROP_NEEDS_VERIFY, batches_per_read, undeleted_rows
+from ._loader import DROP_NEEDS_VERIFY, batches_per_read, part_of, undeleted_rows
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -808,11 +808,7 @@ class ExampleDataset(IterableDataset):
         for part, part_rows, read_s in reads:
             t1 = time.perf_counter()
             share = len(part_rows) / max(rows, 1)
-            if sequences is not None:
-                part_sequences = sequences.slice(start, start + len(part_rows))
-            else:
-                with rows_in_log(part_rows):
-                    part_sequences = self._materialized(part, recycler)
+            part_sequences = part_of(sequences, start, part_rows, lambda: self._materialized(part, recycler))
             start += len(part_rows)
             kept = None
             if self.drop_deleted:
