@@ -13,6 +13,7 @@ oracle in test_tenants).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import os
@@ -33,6 +34,7 @@ from oracle import edit_in_place
 
 import lateseq
 import lateseq._derived
+import lateseq._format
 import lateseq._segments
 import lateseq.audit
 from lateseq._derived import DERIVED_DIR
@@ -144,19 +146,25 @@ def test_every_damaged_copy_file_is_built_again(store, kind, suffix):
 @pytest.mark.parametrize("kind", KINDS)
 def test_verify_names_a_damaged_copy(store, kind):
     """verify said every file was sound over a read cache whose merged and filtered copies
-    were damaged (a stranger's): a read builds them again, but a check of the cache says so."""
+    were damaged (a stranger's): a read builds them again, but a check of the cache says so.
+    A copy's decoded file damaged or missing was said to be a missing Parquet file, to be
+    restored from a backup (a copy has none: s41A)."""
     read(store, kind)
     handle = lateseq.open(store.path)
     assert lateseq.audit.verify(handle) == []
-    for suffix in (".arrow", ".index.arrow", ".json"):
+    for suffix, damage in [(".arrow", "flip"), (".arrow", "remove"), (".index.arrow", "flip"), (".json", "flip")]:
         path = copy_files(store, suffix)[0]
         pristine = path.read_bytes()
         damaged = bytearray(pristine)
         damaged[len(pristine) // 2] ^= 0xFF
-        path.write_bytes(bytes(damaged))
+        path.unlink() if damage == "remove" else path.write_bytes(bytes(damaged))
         problems = lateseq.audit.verify(handle)
         copy = path.name.split(".")[0]
         assert [(p.path, copy in p.message) for p in problems] == [(str(path.with_name(f"{copy}.json")), True)], suffix
+        assert "parquet" not in problems[0].message and "a read builds it again" in problems[0].message
+        if suffix == ".arrow":  # (a flip in its IPC metadata makes it unreadable)
+            said = ("fails its digests", "is missing or unreadable") if damage == "flip" else ("is missing",)
+            assert any(f"the copy {path} {what}" in problems[0].message for what in said), problems[0].message
         path.write_bytes(pristine)
     assert lateseq.audit.verify(handle) == []
 
@@ -706,6 +714,28 @@ def test_a_full_read_cache_names_the_file_and_keeps_no_temporaries(store, kind):
         assert not [p.name for p in (store.cache_dir / DERIVED_DIR).iterdir() if p.name.startswith(".tmp-")
                     and not p.name.startswith((".tmp-build-", ".tmp-rent-"))]  # the locks and tallies stay
     assert read(store, kind) == want  # room again: built, exact
+
+
+def test_a_filtered_copy_whose_disk_fills_at_its_last_file_is_read_from_memory(store, monkeypatch):
+    """The disk filling as a filtered copy's sidecar (its last file) was written failed the
+    read (s41A read it in ``_derive``): the copy is held in memory like one that found no
+    room at all, its files removed (they hold room the disk lacks), told once."""
+    want = expected(store, "filtered")
+    real = lateseq._derived.written_in_place
+
+    def sidecar_fails(path):
+        if path.suffix == ".json":
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise lateseq._format.write_failed(path, full) from full
+        return real(path)
+
+    monkeypatch.setattr(lateseq._derived, "written_in_place", sidecar_fails)
+    with pytest.warns(RuntimeWarning, match=r"cannot write \S+\.json \(No space left on device\).*holds it in memory"):
+        assert read(store, "filtered") == want
+    assert not [p for p in (store.cache_dir / DERIVED_DIR).iterdir() if not p.name.startswith(".tmp-")]
+    monkeypatch.undo()
+    assert read(store, "filtered") == want  # room again: built
+    assert copy_files(store, ".json")
 
 
 def test_auto_reads_through_a_copy_another_reader_built(store):

@@ -802,7 +802,7 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
         with pytest.warns(RuntimeWarning, match=rf"read cache {cache}/\S+ cannot take segment p\d+-\w+'s decoded "
                                                 r"copy \(.+\); this process holds it in memory") as told:
             check(reader, log, how)
-        assert len(told) == 1  # once per cache, for all of its segments
+        assert len(told) == 1 and told[0].filename == __file__  # once per cache, at the caller's line
         assert lateseq._segments._IN_MEMORY[0] > held_before
         with pytest.warns(RuntimeWarning, match="is left out"):  # reads its inputs from memory
             compacted = reader.compact()
@@ -825,6 +825,73 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
     reader = lateseq.Store(store.path, cache_dir=cache)
     check(reader, log, f"{how}, the cache writable again")
     assert all(segment.mapped for segment in reader.segments(0) + reader.segments(1))
+
+
+def test_the_memory_copies_may_take_is_what_the_cgroups_leave(tmp_path, monkeypatch):
+    """Copies held in memory were bounded by the host's MemAvailable: in a container (a
+    cgroup limit far below it) a stranger's reader was OOM-killed before the bound was
+    reached (s41A). The room is the least of limit - usage + page cache over the
+    process's memory cgroup and those above it, v1 or v2."""
+    def tree(files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat")
+    tree({f"v1/{where}/{name}": text for where, values in {
+        ".": ("9223372036854771712", "5000", "total_cache 0\n"),
+        "a": ("900", "700", "cache 50\ntotal_cache 100\n"),  # the parent binds: 300
+        "a/b": ("2000", "600", "total_cache 100\n")}.items() for name, text in zip(v1, values, strict=True)})
+    tree({"v2/memory.max": "5000\n", "v2/memory.current": "1000\n", "v2/memory.stat": "anon 10\nfile 500\n",
+          "v2/x/memory.max": "max\n", "v2/x/memory.current": "900\n", "v2/x/memory.stat": "file 1\n"})
+    files = lateseq._segments._CGROUP_FILES
+    monkeypatch.setattr(lateseq._segments, "_CGROUP_FILES", {
+        "": (tmp_path / "v2", *files[""][1:]), "memory": (tmp_path / "v1", *files["memory"][1:])})
+    cgroups = tmp_path / "cgroup"
+    monkeypatch.setattr(lateseq._segments, "_PROC_CGROUP", cgroups)
+    for text, room in [("4:memory:/a/b\n0::/\n", 300), ("0::/x\n", 4500), ("4:cpu,memory:/a/b\n0::/x\n", 300),
+                       ("4:memory:/elsewhere/c\n", 9223372036854771712 - 5000), ("1:cpu:/\n", float("inf"))]:
+        cgroups.write_text(text)
+        assert lateseq._segments._cgroup_room() == room, text
+    cgroups.write_text("4:memory:/a/b\n")
+    assert lateseq._segments._available_memory() == 300
+
+
+def test_cleanup_leaves_a_read_only_cache_as_it_was_and_says_so(make_store, tmp_path, monkeypatch):
+    """A cleanup through a read cache on a read-only mount failed with a bare EROFS, every
+    time, after cleaning the store (s41A: a cron cleanup fails forever). It cleans the
+    store, leaves the cache with a warning, and a cleanup where the cache can be written
+    removes the stale copies."""
+    store = make_store({"item": "int64"}, partitions=2)
+    cache = tmp_path / "cache"
+    store = lateseq.Store(store.path, cache_dir=cache)
+    for day in range(3):
+        store = store.commit(pa.table({"user_id": np.arange(8), "ts": np.full(8, day), "item": np.arange(8)}))
+    store = store.compact()
+    copies = {p.name for p in cache.rglob("p*.arrow")}
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, cache, "read-only")
+        with pytest.warns(RuntimeWarning, match=rf"cleanup left the read cache {cache}/\S+ as it was: it cannot be "
+                                                r"written \(Read-only file system at \S+\)\. The store's own") as told:
+            assert store.cleanup(before="latest", grace_s=0) == [1, 2, 3]
+    assert told[0].filename == __file__
+    assert segment_files(store) == referenced_files(store)  # the store is cleaned up
+    assert {p.name for p in cache.rglob("p*.arrow")} == copies  # its cache is not
+    store.cleanup(before="latest", grace_s=0)
+    kept = {f"{info.name}.arrow" for info in store.segment_infos}
+    assert {p.name for p in cache.rglob("p*.arrow")} == kept < copies
+
+
+def test_a_write_that_leaves_many_copies_out_warns_once(make_store, tmp_path, monkeypatch):
+    """A compaction of every partition with a full read cache gave a warning per segment
+    (16k at 16k partitions, s41A): one now, naming how many others."""
+    store = lateseq.Store(make_store({"item": "int64"}, partitions=6).path, cache_dir=tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        unwritable_cache(patch, tmp_path / "cache", "full")
+        with pytest.warns(RuntimeWarning, match=r"is left out.* \(and 5 other segments' copies: (p\d+-\w+, ){2}"
+                                                r"p\d+-\w+, \.\.\.\)$") as told:
+            store.commit(pa.table({"user_id": np.arange(60), "ts": np.arange(60), "item": np.arange(60)}))
+    assert len(told) == 1
 
 
 def test_copies_left_out_are_told_of_once_the_write_is_published_and_at_the_callers_line(make_store, tmp_path,

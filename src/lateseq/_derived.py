@@ -271,8 +271,15 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
                                  "not kept (another program writes into the read cache; lateseq only replaces files)")
             for segment in opened:
                 segment.recheck()
-        with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
-            tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
+        try:
+            with written_in_place(_sidecar(folder, name)) as tmp:  # derived data: no fsync
+                tmp.write_bytes(dump_checked({"key": key, "sources": sources, "segment": info.to_dict()}))
+        except StoreError as exc:  # the disk filled at the last file: the copy is read, not kept
+            if not hold or not cache_unwritable(exc):
+                raise
+            for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
+                discard(path)
+            return _held(folder, name, partition, sources, made, exc, random_access)
         return _open_checked(folder, name, key, random_access)
 
 
@@ -293,7 +300,8 @@ def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Se
     content = load_checked(sidecar)
     if content.get("key") != json.loads(json.dumps(key)):
         raise StoreError(f"{sidecar} describes another copy")
-    segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder, random_access)
+    segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder, random_access,
+                      derived=True)
     for column in segment.info.decoded:  # all now: a copy is rebuilt, never decoded from a Parquet file
         segment.stored(column)
     segment.sources = tuple(content["sources"])

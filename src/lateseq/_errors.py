@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -148,3 +151,15 @@ def exact_integer(name: str, value: object, low: int | None = None, high: int | 
         got = int(value) if is_integer(value) else f"{type(value).__name__} {value!r}"
         raise SchemaError(f"{name} must be {kind}{bounds}, got {got}")
     return int(value)
+
+
+def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """Warns at the line of the first caller outside lateseq, however deep in lateseq the
+    cause was found (a read's copy held in memory is found in a segment's decode)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -363,10 +363,11 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
     return None
 
 
-def cache_unwritable(exc: StoreError) -> bool:
+def cache_unwritable(exc: OSError) -> bool:
     """Whether a write into the read cache failed for want of room or of the right to
     write (a read can go on without its copy), not for another reason."""
-    return getattr(exc.__cause__, "errno", None) in _UNWRITABLE
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc  # (a StoreError names the OSError it came from)
+    return getattr(cause, "errno", None) in _UNWRITABLE
 
 
 def _columns(copy: pa.RecordBatch) -> dict[str, np.ndarray]:

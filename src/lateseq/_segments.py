@@ -9,7 +9,6 @@ import itertools
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ._errors import StoreError
+from ._errors import StoreError, warn_at_caller
 from ._events import Events
 from ._format import (
     DERIVED_DIR,
@@ -78,8 +77,8 @@ def cache_lock(folder: Path, name: str, cache: Path | None = None) -> Iterator[N
             if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP):  # (a folder, a FIFO or device, a link)
                 raise StoreError(f"{folder / name} is not a regular file, where the read cache keeps a lock file "
                                  "(lateseq follows no link there, nor waits on a FIFO): remove it") from exc
-            raise StoreError(f"cannot create the read cache {folder} ({exc.strerror} at "
-                             f"{Path(exc.filename).name if exc.filename else name}); "
+            raise StoreError(f"cannot {'write in' if folder.is_dir() else 'create'} the read cache {folder} "
+                             f"({exc.strerror} at {Path(exc.filename).name if exc.filename else name}); "
                              "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
                              "LATESEQ_CACHE_DIR)") from exc
         try:
@@ -152,16 +151,16 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
     """A decoded copy the read cache could not take, held by this process for as long as
     it reads it: reads go on (a full disk on a reader's host stopped training until room
     was made, s40F), with a warning once per cache. Refused, naming what to do, where the
-    copies held would take more than half the memory available (every process reading
-    the store holds its own)."""
+    copies held, and this one's decoding (about twice its size at the peak), would take
+    more than half the memory available (every process reading the store holds its own)."""
     size = sum(column.nbytes for column in unwritten.columns.values())
     with _IN_MEMORY_LOCK:
-        room = _available_memory() // 2
-        if _IN_MEMORY[0] + size > room:
+        available = _available_memory()
+        if _IN_MEMORY[0] + 2 * size > available // 2:
             raise StoreError(
                 f"segment {info.name}'s decoded copy cannot be written in the read cache {cache} ({unwritten.reason}), "
                 f"nor held in memory: it needs {size / 2**20:.0f} MiB, and this process holds "
-                f"{_IN_MEMORY[0] / 2**20:.0f} MiB of such copies already, with {2 * room / 2**20:.0f} MiB of memory "
+                f"{_IN_MEMORY[0] / 2**20:.0f} MiB of such copies already, with {available / 2**20:.0f} MiB of memory "
                 "available. A read decodes each segment it reads into the read cache (a compaction or a delete "
                 "reads them too): make room there (it holds copies only: `lateseq cleanup` removes those no kept "
                 "version reads), or read through a cache that can hold the store decoded (cache_dir=, --cache-dir, "
@@ -170,12 +169,11 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
         told = cache in _TOLD_IN_MEMORY
         _TOLD_IN_MEMORY.add(cache)
     if not told:
-        warnings.warn(f"lateseq: the read cache {cache} cannot take segment {info.name}'s decoded copy "
+        warn_at_caller(f"lateseq: the read cache {cache} cannot take segment {info.name}'s decoded copy "
                       f"({unwritten.reason}); this process holds it in memory ({size / 2**20:.1f} MiB), and any other "
                       "copy the cache cannot take, each in every process that reads it. Reads go on; make room "
                       "(`lateseq cleanup` removes copies no kept version reads), or give the read cache a folder "
-                      "that can hold the store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)",
-                      RuntimeWarning, stacklevel=2)
+                       "that can hold the store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)")
     for column in unwritten.columns.values():  # (a column kept by a reader, a slice of it too, keeps its memory)
         weakref.finalize(column, _release_memory, column.nbytes)
     return unwritten.columns
@@ -186,7 +184,7 @@ def held_copy(folder: Path, name: str, partition: int, events: Events, why: Stor
     ``folder`` could not take (``why``), held in memory as ``_held_in_memory`` says."""
     info, user_ids, ends, columns = held_segment(name, partition, events)
     columns = _held_in_memory(Unwritten(columns, str(why)), info, folder.parent)
-    return Segment(folder, info, folder, random_access, held=(user_ids, ends, columns))
+    return Segment(folder, info, folder, random_access, held=(user_ids, ends, columns), derived=True)
 
 
 def _release_memory(size: int) -> None:
@@ -195,15 +193,51 @@ def _release_memory(size: int) -> None:
 
 
 def _available_memory() -> int:
-    """Bytes of memory this host can still give (MemAvailable: free and reclaimable)."""
+    """Bytes of memory this process can still be given: the host's MemAvailable (free and
+    reclaimable), or less where a cgroup limits it (a container: the host's figure got a
+    stranger's process OOM-killed, s41A)."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     try:
         with open("/proc/meminfo", "rb") as info:
-            for line in info:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith(b"MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(available, _cgroup_room())
+
+
+_PROC_CGROUP = Path("/proc/self/cgroup")
+_CGROUP_FILES = {  # controller -> (its mount, limit, usage, reclaimable page cache in memory.stat)
+    "": (Path("/sys/fs/cgroup"), "memory.max", "memory.current", b"file"),  # v2
+    "memory": (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", b"total_cache"),
+}
+
+
+def _cgroup_room() -> int | float:
+    """The least room (limit - usage + page cache) this process's memory cgroups leave, at
+    its own and every level above it (a limit above binds too); inf where none limits."""
+    room: int | float = float("inf")
+    try:
+        lines = _PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return room
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        found = _CGROUP_FILES.get("memory" if "memory" in controllers.split(",") else controllers)
+        if found is None:
+            continue
+        mount, limit, usage, cache = found
+        folder = mount / path.lstrip("/")
+        while mount in (folder, *folder.parents):  # from its own up to the mount's (a container's root)
+            try:
+                stat = (folder / "memory.stat").read_bytes().splitlines()
+                cached = next((int(line.split()[1]) for line in stat if line.split()[:1] == [cache]), 0)
+                room = min(room, int((folder / limit).read_text()) - int((folder / usage).read_text()) + cached)
+            except (OSError, ValueError, IndexError):  # not there (another namespace's path), or "max"
+                pass
+            if folder == mount:
+                break
+            folder = folder.parent
+    return room
 
 
 class UserIndex:
@@ -360,9 +394,13 @@ class Segment:
     """
 
     def __init__(self, directory: Path, info: SegmentInfo, cache: Path, random_access: bool = False,
-                 held: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None):
-        """``held``: the user ids, ends and columns of a segment held in memory (``held_copy``)."""
+                 held: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None, derived: bool = False):
+        """``held``: the user ids, ends and columns of a segment held in memory (``held_copy``).
+        ``derived``: a copy made from the store's segments (merged, filtered), which has no
+        durable files to decode again: one damaged or missing is an error, which a read
+        meets by building it again."""
         self.info = info
+        self.derived = derived
         self.random_access = random_access
         self._directory = directory
         self._cache = cache
@@ -377,6 +415,8 @@ class Segment:
                 self._data, self.mapped = map_decoded(self.path, random_access), True
             except UNREADABLE as exc:  # not decoded here yet, or a truncated copy
                 _refuse_out_of_maps(self.path, exc)
+                if derived:
+                    raise StoreError(f"the copy {self.path} is missing or unreadable ({exc})") from exc
                 self._data, self.mapped = _decode_once(directory, info, cache, random_access)
         self.identity = _identity(self.path)
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
@@ -427,6 +467,8 @@ class Segment:
         """The decoded copy is damaged: decoded again, and every column to be checked anew
         (the file this maps, written in place since it was opened, is the damaged one too:
         not a copy another process made). Called with ``_lock`` held."""
+        if self.derived:
+            raise StoreError(f"the copy {self.path} fails its digests: damaged")
         current = _identity(self.path)
         mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
         self._data, self.mapped = _decode_once(self._directory, self.info, self._cache, self.random_access,

@@ -45,7 +45,15 @@ import numpy as np
 import pyarrow as pa
 
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
-from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, exact_integer, is_integer
+from ._errors import (
+    CommitConflict,
+    SchemaError,
+    StoreError,
+    VersionNotFound,
+    exact_integer,
+    is_integer,
+    warn_at_caller,
+)
 from ._events import Events, partition_of, row_ranges, rows_by_partition
 from ._format import (
     SEGMENT_FILES,
@@ -53,6 +61,7 @@ from ._format import (
     SYSTEM_COLUMNS,
     TIME,
     SegmentInfo,
+    cache_unwritable,
     copies_left_out,
     decoded_file,
     discard,
@@ -114,14 +123,17 @@ def check_watermark(watermark: object) -> int | None:
 
 
 def _warns_of_copies_left_out(write: Callable[..., Store]) -> Callable[..., Store]:
-    """``write`` (a commit, compaction or deletion), giving the warnings of the read-cache
-    copies it left out (a full cache) once it returns: one that fails gives none."""
+    """``write`` (a commit, compaction or deletion), giving the warning of the read-cache
+    copies it left out (a full cache) once it returns: one that fails gives none. One
+    warning a write, naming the first copy: a compaction of 16k partitions gave 16k (s41A)."""
     @functools.wraps(write)
     def published(*args: Any, **kwargs: Any) -> Store:
         with copies_left_out() as left_out:  # (within another write: that one warns)
             store = write(*args, **kwargs)
-        for message in left_out.values():
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if left_out:
+            first, *others = left_out
+            more = f" (and {len(others)} other segments' copies: {', '.join(others[:3])}{', ...' * (len(others) > 3)})"
+            warnings.warn(left_out[first] + (more if others else ""), RuntimeWarning, stacklevel=2)
         return store
     return published
 
@@ -816,7 +828,19 @@ class Store:
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         """Deletes what this handle's read cache holds for no version of ``kept`` (see
         ``VersionLog.kept_partitions``): decoded copies, merged and filtered copies, and
-        builders' leftovers."""
+        builders' leftovers. A cache that cannot be written (a read-only mount) is left as
+        it is, with a warning: the store's own cleanup is done, and failed there (s41A)."""
+        try:
+            self._remove_stale_cached(kept, grace_s)
+        except OSError as exc:
+            if not cache_unwritable(exc):
+                raise
+            warn_at_caller(f"lateseq: cleanup left the read cache {self.cache_dir} as it was: it cannot be written "
+                           f"({exc.strerror or exc} at {exc.filename or self.cache_dir}). The store's own files are "
+                           "cleaned up; the copies there of versions it no longer keeps go when a cleanup runs where "
+                           "the cache can be written (or remove them yourself: they are copies only)")
+
+    def _remove_stale_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         referenced = {name for _, names in kept for name in names}
         for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
             if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
@@ -1027,8 +1051,8 @@ class Store:
                         raise
                     # "auto" on a full or unwritable cache: read segment by segment (a damaged
                     # store segment raises there too), and stop paying towards a copy
-                    warnings.warn(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
-                                  "reading its segments one by one", RuntimeWarning, stacklevel=2)
+                    warn_at_caller(f"lateseq: no merged copy of partition {partition} in {self.cache_dir} ({exc}); "
+                                   "reading its segments one by one")
                     self._merged.discard(partition)
                     self._rents.pop(partition)  # not tried again by this handle
             if segments is None:
