@@ -617,6 +617,8 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
             out[path.stem] = faults_markdown(results, source)
         elif results.get("benchmark") == "fatrow-forms":
             out[path.stem] = forms_markdown(results, source)
+        elif results.get("benchmark") == "join":
+            out[path.stem] = join_markdown(results, source)
     if len(machines) > 1:
         out["materialize-machines"] = machines_markdown(machines)
     if targeted:
@@ -664,6 +666,28 @@ def forms_markdown(results: dict, source: str) -> str:
               "the form's bytes ÷ lateseq's durable store + example log.",
               "", "by user: the examples sorted by user, then request time (the form's rows, and lateseq's side "
               "it is divided by: lateseq reading the same examples in the same order); the others in log order."]
+    return "\n".join(lines) + "\n"
+
+
+def join_markdown(results: dict, source: str) -> str:
+    """A point-in-time join run (benchmarks/join.py) as a page section."""
+    m, sample, b = results["machine"], results["sample"], results["bytes"]
+    lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, {m['cores']} cores, "
+             f"DuckDB {m['duckdb']} and polars {m['polars']} on one thread each, load average "
+             f"{m['load_average_start']} at the start and {m['load_average_end']} at the end; lateseq {m['lateseq']} "
+             f"at {m.get('git', 'unknown')}; {results['seconds']:.0f} s in all.", "",
+             "| N | side | ex/s | lateseq ÷ it | a pass over the whole log |", "|---|---|---|---|---|"]
+    for n, at in results["n"].items():
+        for side, text in (("lateseq", "lateseq (iter_batches)"), ("duckdb", "DuckDB join"),
+                           ("polars", "polars join")):
+            lines.append(f"| {n} | {text} | {_n(at[side]['ex_s'])} | {_x(at['lateseq']['ex_s'] / at[side]['ex_s'])} "
+                         f"| {at[side]['whole_log_s']:,.0f} s |")
+    lines += ["", f"- {results['state']} store state; timed on {sample['timed_examples']:,} of {sample['examples']:,} "
+              f"examples (uniform random requests, all their examples; a join reads {sample['join_rows_per_example']:,} "
+              "events an example there), each checked equal on all three sides, bit for bit, before timing; a whole "
+              "pass is extrapolated from the rate",
+              f"- bytes on disk: the joins' events file {_gb(b['events_parquet'])}, lateseq's durable store "
+              f"{_gb(b['lateseq_durable'])}; both read the example log, {_gb(b['example_log'])}"]
     return "\n".join(lines) + "\n"
 
 

@@ -271,3 +271,22 @@ def test_committed_targets_follow_from_their_runs_figures(name):
     results = json.loads((BENCHMARKS / "results" / name).read_text())
     assert results["targets"] == _module("materialize").targets(results)
     assert any(t["value"] != round(t["value"], 3) for t in results["targets"])  # ratios, not rounded ones
+
+
+def test_join_benchmark_checks_both_engines_against_lateseq(tmp_path):
+    """The point-in-time join baselines (DuckDB, polars) return lateseq's histories bit for
+    bit before they are timed, and a join that ignores the pointers' versions is caught."""
+    out = tmp_path / "join.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "join.py"), "--tiny", "--repeat", "1", "--json", str(out)],
+                          cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert set(r["n"]) == {"256", "4096"} and r["state"] == "late-compacted"
+    for at in r["n"].values():
+        assert set(at) == {"lateseq", "duckdb", "polars"}
+        assert all(side["ex_s"] > 0 and side["checked"] == r["sample"]["timed_examples"] > 0 for side in at.values())
+    unversioned = "import join; join.DUCKDB_QUERY = join.DUCKDB_QUERY.replace('AND e.version <= b.uih_version', '')"
+    done = subprocess.run([sys.executable, "-c", f"{unversioned}; join.main(['--tiny', '--repeat', '1'])"],
+                          cwd=BENCHMARKS, timeout=300, capture_output=True, text=True)
+    assert done.returncode != 0 and "lateseq and a join disagree: N=256: lateseq and duckdb differ" in done.stderr, (
+        done.stderr[-2000:])
