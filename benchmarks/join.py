@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=float, default=60.0,
                         help="a side whose passes took this many seconds in all makes no more (default 60)")
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
-    parser.add_argument("--workdir", type=Path, help="parent of the build folder (removed after; default: the system's)")
+    parser.add_argument("--workdir", type=Path,
+                        help="parent of the build folder (removed after; default: the system's)")
     args = parser.parse_args(argv)
     scale_name = "small" if args.small else "tiny" if args.tiny else "full"
     scale = materialize.SCALES[scale_name]
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     results["steps_s"] = steps
     results["seconds"] = round(time.perf_counter() - started, 1)
     print_table(results)
-    console.print(f"load average at the end: {results['machine']['load_average_end']}; {results['seconds']:.0f} s in all")
+    console.print(f"load average at the end: {results['machine']['load_average_end']}; "
+                  f"{results['seconds']:.0f} s in all")
     materialize.save(results, args.json, None)
 
 

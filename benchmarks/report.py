@@ -683,9 +683,9 @@ def join_markdown(results: dict, source: str) -> str:
             lines.append(f"| {n} | {text} | {_n(at[side]['ex_s'])} | {_x(at['lateseq']['ex_s'] / at[side]['ex_s'])} "
                          f"| {at[side]['whole_log_s']:,.0f} s |")
     lines += ["", f"- {results['state']} store state; timed on {sample['timed_examples']:,} of {sample['examples']:,} "
-              f"examples (uniform random requests, all their examples; a join reads {sample['join_rows_per_example']:,} "
-              "events an example there), each checked equal on all three sides, bit for bit, before timing; a whole "
-              "pass is extrapolated from the rate",
+              "examples (uniform random requests, all their examples; a join reads "
+              f"{sample['join_rows_per_example']:,} events an example there), each checked equal on all three sides, "
+              "bit for bit, before timing; a whole pass is extrapolated from the rate",
               f"- bytes on disk: the joins' events file {_gb(b['events_parquet'])}, lateseq's durable store "
               f"{_gb(b['lateseq_durable'])}; both read the example log, {_gb(b['example_log'])}"]
     return "\n".join(lines) + "\n"
