@@ -170,9 +170,9 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
         _TOLD_IN_MEMORY.add(cache)
     if not told:
         warn_at_caller(f"lateseq: the read cache {cache} cannot take segment {info.name}'s decoded copy "
-                      f"({unwritten.reason}); this process holds it in memory ({size / 2**20:.1f} MiB), and any other "
-                      "copy the cache cannot take, each in every process that reads it. Reads go on; make room "
-                      "(`lateseq cleanup` removes copies no kept version reads), or give the read cache a folder "
+                       f"({unwritten.reason}); this process holds it in memory ({size / 2**20:.1f} MiB), and any "
+                       "other copy the cache cannot take, each in every process that reads it. Reads go on; make room "
+                       "(`lateseq cleanup` removes copies no kept version reads), or give the read cache a folder "
                        "that can hold the store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)")
     for column in unwritten.columns.values():  # (a column kept by a reader, a slice of it too, keeps its memory)
         weakref.finalize(column, _release_memory, column.nbytes)
