@@ -230,6 +230,9 @@ def test_overflow_is_refused(make_store, dir_snapshot):
     assert "timestamp[ns]" in str(err.value)
     with pytest.raises(SchemaError, match="overflow"):
         lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([-far], pa.timestamp("s"))}))
+    # a date is named as the user gave it, not as the timestamp it is read as (s41C: "timestamp[s]")
+    with pytest.raises(SchemaError, match=r"'ts' has type date32\[day\]: 1 of 1 values overflow int64"):
+        store.commit(events(pa.array([dt.date(1600, 1, 1)], pa.date32())))
     assert dir_snapshot(store.path) == before
 
 

@@ -255,7 +255,7 @@ class Schema:
             overflow = pc.sum(pc.or_(pc.greater(raw, limit), pc.less(raw, -limit))).as_py() or 0
             if overflow:
                 raise SchemaError(
-                    f"{what} has type {source}: {overflow} of {len(times)} values overflow int64 when converted "
+                    f"{what} has type {given}: {overflow} of {len(times)} values overflow int64 when converted "
                     f"to the store's timestamp[{self.time_unit}] (int64 {unit} reach only ±{limit} {source.unit})")
             return pc.multiply(raw, factor)
         if shift < 0:
@@ -264,7 +264,7 @@ class Schema:
             lossy = pc.sum(pc.not_equal(pc.multiply(whole, divisor), raw)).as_py() or 0
             if lossy:
                 raise SchemaError(
-                    f"{what} has type {source} but the store's times are timestamp[{self.time_unit}]: "
+                    f"{what} has type {given} but the store's times are timestamp[{self.time_unit}]: "
                     f"{lossy} of {len(times)} values are not whole {unit} and would lose precision; "
                     + (f"round them up first (pyarrow.compute.ceil_temporal(times, unit={unit[:-1]!r})): a history "
                        f"holds events strictly before its request, so an event of the request's own {unit[:-1]} is in "
