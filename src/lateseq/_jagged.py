@@ -59,8 +59,9 @@ class JaggedBatch:
         """Rows ``start`` to ``stop`` (0 <= start <= stop <= len), sharing this batch's
         values (numpy views, as slicing makes: the part keeps the whole batch alive): a
         read of several loader batches at once hands each its part without a copy."""
-        start = exact_integer("slice: start", start, 0, len(self))
-        stop = exact_integer("slice: stop", stop, start, len(self))
+        if not (type(start) is int and type(stop) is int and 0 <= start <= stop <= len(self)):  # (the loaders')
+            start = exact_integer("slice: start", start, 0, len(self))
+            stop = exact_integer("slice: stop", stop, start, len(self))
         offsets = self.offsets[start:stop + 1]
         lo, hi = int(offsets[0]), int(offsets[-1])
         return JaggedBatch(offsets - lo, {name: v[lo:hi] for name, v in self.values.items()},
