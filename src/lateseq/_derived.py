@@ -263,8 +263,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
                 if unwritten is not None:  # a full cache: held in memory
                     return _held(folder, name, partition, sources, made, unwritten, random_access)
                 break
-            for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
-                discard(path)
+            _discard_copy(folder, name)
             derived = any(segment.path.parent == folder for segment in opened)  # rebuilt by its reader, not here
             if derived or attempt == _BUILDS - 1:
                 raise StoreError(f"a decoded copy in {cache} was written in place while {name} was built from it: "
@@ -277,10 +276,15 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
         except StoreError as exc:  # the disk filled at the last file: the copy is read, not kept
             if not hold or not cache_unwritable(exc):
                 raise
-            for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
-                discard(path)
+            _discard_copy(folder, name)
             return _held(folder, name, partition, sources, made, exc, random_access)
         return _open_checked(folder, name, key, random_access)
+
+
+def _discard_copy(folder: Path, name: str) -> None:
+    """Removes the files of copy ``name`` written before its sidecar (none names them yet)."""
+    for path in (folder / f"{name}.index.arrow", decoded_file(folder, name)):
+        discard(path)
 
 
 def _held(folder: Path, name: str, partition: int, sources: list[str], made: Events, why: StoreError,

@@ -790,15 +790,16 @@ class ExampleDataset(IterableDataset):
 
     def _materialized(self, examples: pa.Table, recycler: Recycler) -> JaggedBatch:
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
-        try:
-            with recycling(recycler):
+        with recycling(recycler):
+            try:
                 return materialize(self.store, examples, self.projection, verify=self.verify,
                                    on_mismatch=on_mismatch)
-        except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
-            if self.store._kept():
-                raise
-            self._still_kept()
-            return materialize(self.store, examples, self.projection, verify=self.verify, on_mismatch=on_mismatch)
+            except VersionNotFound:  # retired mid-epoch, and a segment not mapped yet is gone with it
+                if self.store._kept():
+                    raise
+                self._still_kept()
+                return materialize(self.store, examples, self.projection, verify=self.verify,
+                                   on_mismatch=on_mismatch)
 
     def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch | None,
               rebuilt_s: float, read_bytes: int, recycler: Recycler) -> Iterator[Batch]:

@@ -966,8 +966,8 @@ def materialize(
     if written < total:
         _err.print(f"left out the {total - written:,} examples of users deleted since their pointers' versions "
                    "(--drop-deleted)", highlight=False)
-    elif not verify and len(handle.deleted_users()):  # unchecked, their examples look like users without events
-        _err.print(f"note: {len(handle.deleted_users()):,} users were deleted from {store}; unchecked (--no-verify), "
+    elif not verify and (deleted := len(handle.deleted_users())):  # unchecked, they look like users without events
+        _err.print(f"note: {deleted:,} users were deleted from {store}; unchecked (--no-verify), "
                    "their examples were written with the events left of them (none or fewer); --drop-deleted "
                    "leaves them out", highlight=False)
     others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config and not p.name.startswith(
