@@ -43,6 +43,7 @@ from lateseq._kernels import (
     by_segment,
     copy_runs,
     frozen,
+    late_index,
     late_rows,
     merge_order,
     prefetch,
@@ -60,10 +61,11 @@ def locate(users, user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, h
            request_ts, visibility, max_len, hint) -> tuple:
     """The kernel on one segment given column by column (a view of one segment)."""
     ids, low, slots = user_index
-    held = [frozen(a) for a in (ts, ver, vmax, vmin, hcum, late, NO_COLUMN if arrival is None else arrival)]
-    ts, ver, vmax, vmin, hcum, late, arrival_values = (segment_table([a]) for a in held)  # tables of one segment
+    held = [frozen(a) for a in (ts, ver, vmax, vmin, hcum, late, late_index(late, len(ts)),
+                                NO_COLUMN if arrival is None else arrival)]
+    ts, ver, vmax, vmin, hcum, late, index, arrival_values = (segment_table([a]) for a in held)  # of one segment
     view = (ids, np.int64(low), slots, entries, ts, np.array([ts_base], np.int64), ver, np.array([ver_base], np.int64),
-            vmax, vmin, hcum, late, arrival_values, np.array([arrival_base], np.int64), arrival is not None)
+            vmax, vmin, hcum, late, index, arrival_values, np.array([arrival_base], np.int64), arrival is not None)
     _, *out = locate_in_segments(users, view, request_ts, visibility, max_len, hint)
     del held  # the tables hold the arrays' addresses: they lived until here
     return tuple(out)

@@ -64,7 +64,7 @@ class PartitionView:
                                   strict=True):
             self.entries[:, column] = np.concatenate(values)[order]
         self._columns: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]] = {}
-        self._late: tuple[tuple[np.ndarray, ...], list[np.ndarray]] | None = None
+        self._tables: dict[str, tuple[tuple[np.ndarray, ...], list[np.ndarray]]] = {}
         self._locate_arguments: tuple | None = None
         self._lock = threading.Lock()
         self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
@@ -107,7 +107,7 @@ class PartitionView:
             index = self.users
             known = ((index.ids, np.int64(index.low), index.slots, self.entries, *self.column(TIME),
                       *self.column("_version"), self.column("_vmax")[0], self.column("_vmin")[0],
-                      self.column("_hcum")[0], self.late(), *self.column(self.schema.arrival_col),
+                      self.column("_hcum")[0], self.late(), self.late_index(), *self.column(self.schema.arrival_col),
                       self.schema.arrival_col is not None))
             with self._lock:
                 self._locate_arguments = known
@@ -115,11 +115,18 @@ class PartitionView:
 
     def late(self) -> tuple[np.ndarray, ...]:
         """Each segment's ``Segment.late`` rows, as a segment table."""
+        return self._table("late")
+
+    def late_index(self) -> tuple[np.ndarray, ...]:
+        """Each segment's ``Segment.late_index``, as a segment table."""
+        return self._table("late_index")
+
+    def _table(self, attribute: str) -> tuple[np.ndarray, ...]:
         with self._lock:
-            if self._late is None:
-                arrays = [s.late for s in self.segments]
-                self._late = (segment_table(arrays), arrays)
-            return self._late[0]
+            if attribute not in self._tables:
+                arrays = [getattr(s, attribute) for s in self.segments]
+                self._tables[attribute] = (segment_table(arrays), arrays)  # the arrays outlive their table
+            return self._tables[attribute][0]
 
 
 def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
@@ -234,7 +241,8 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
             np.int64(max_len), hint, view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
             view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
-            view.column("_vmin")[0], view.column("_hcum")[0], view.late(), *view.column(schema.arrival_col), *tb,
+            view.column("_vmin")[0], view.column("_hcum")[0], view.late(), view.late_index(),
+            *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
             located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, w.top)
         for name in ("ptr", "seg", "lo", "hi", "holes", "late", "n", "off", "top"):

@@ -39,7 +39,7 @@ from ._format import (
     open_lock_file,
     read_index,
 )
-from ._kernels import late_rows
+from ._kernels import late_index, late_rows
 from ._schema import Schema
 from ._watch import SWEEP_S, CacheWatch
 
@@ -475,6 +475,7 @@ class Segment:
                                                damaged=current if mapped else self.identity)
         self.identity = _identity(self.path)
         self.__dict__.pop("late", None)  # found in the map written into
+        self.__dict__.pop("late_index", None)
         self.remaps += 1
         REMAPS[0] += 1
         if self.remapped is not None:
@@ -535,6 +536,11 @@ class Segment:
         """Rows that arrived after a later row of their user (see ``late_rows``)."""
         return late_rows(self.stored("_version"), self.stored("_vmax"), self.stored("_vmin"), self.base("_version"),
                          self.stored("_hcum"))
+
+    @cached_property
+    def late_index(self) -> np.ndarray:
+        """Where ``late`` rows begin, per block of rows (see ``late_index``)."""
+        return late_index(self.late, self.info.rows)
 
     @cached_property
     def index(self) -> UserIndex:
