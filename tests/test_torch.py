@@ -661,6 +661,31 @@ def test_rebatch_saved_at_an_epochs_last_step_resumes_with_nothing_left_of_it(wo
     assert all(same(a, b) for a, b in zip(again, epoch4, strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.filterwarnings("ignore:even_batches leaves out")
+def test_rebatch_under_even_batches_resumed_in_the_next_epoch_makes_all_of_its_steps(world):
+    """A state saved at the end of an epoch, resumed in the next: its steps were counted
+    towards the next epoch's even_batches limit, which ended after one step (s42B)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loader() -> tuple[ExampleDataset, StatefulDataLoader]:
+        ds = dataset(world, batch_size=7, shuffle=True, seed=5, even_batches=True, rank=0, world_size=2)
+        return ds, StatefulDataLoader(ds, batch_size=None, num_workers=0)
+
+    ds, whole = loader()
+    steps = rebatch(whole, 25)
+    for _ in steps:
+        saved = {"loader": whole.state_dict(), "rebatch": steps.state_dict()}
+    ds.set_epoch(1)
+    epoch1 = list(rebatch(whole, 25))
+    assert len(epoch1) > 1
+    ds, resumed = loader()
+    resumed.load_state_dict(saved["loader"])
+    ds.set_epoch(1)
+    again = list(rebatch(resumed, 25, state=saved["rebatch"]))
+    assert len(again) == len(epoch1) and all(same(a, b) for a, b in zip(again, epoch1, strict=True))
+
+
 def test_a_log_named_relative_to_the_directory_it_was_made_in_is_read_after_a_chdir(world, monkeypatch):
     """Launchers (Hydra's) change directory after the trainer built its dataset: the log
     was found and checked at construction, then not found at the first read."""
@@ -1246,6 +1271,19 @@ def test_a_small_log_in_one_row_group_feeds_every_rank(world, tmp_path):
 @pytest.fixture(scope="module")
 def batch(world):
     return next(iter(dataset(world, shuffle=True, seed=8)))
+
+
+def test_batches_of_other_columns_are_not_joined(batch):
+    """Joined, a batch without a column that the first had raised a bare KeyError; one
+    with a column the first lacked lost it silently (s42B)."""
+    assert len(Batch.cat([batch, batch])) == 2 * len(batch)
+    fewer = dataclasses.replace(batch, examples={k: v for k, v in batch.examples.items() if k != "label"})
+    for batches in ([batch, fewer], [fewer, batch]):
+        with pytest.raises(lateseq.SchemaError, match=r"batch 1 has example columns .* batch 0 "):
+            Batch.cat(batches)
+    other = dataclasses.replace(batch, values={"ts": batch.values["ts"]})
+    with pytest.raises(lateseq.SchemaError, match=r"batch 1 has sequence columns \['ts'\], batch 0 \["):
+        Batch.cat([batch, other])
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -212,6 +212,46 @@ def test_online_refuses_unsafe_reads(world):
         reader.serve(requests((1, 40)))
 
 
+def test_a_fold_and_expire_while_a_request_reads_the_tier_is_refused_not_served_short(world):
+    """Another thread folded and expired between serve's check of the tier and its read
+    of the tail: the request was served (and logged) without the dropped events (s42A)."""
+    store, _ = world
+
+    class Interrupted(InMemoryTier):
+        def tail(self, users, since, until):
+            folded = fold(store, self, 25)  # the folding job runs here, once
+            self.tail = super().tail
+            self.expire(now=100, folded_watermark=folded.watermark)
+            return super().tail(users, since, until)
+
+    tier = Interrupted(SCHEMA, retention=1, store=store)
+    tier.append(events((1, 5, 6, 1)))
+    store = fold(store, tier, 20)
+    tier.append(events((1, 12, 21, 2), (1, 13, 22, 3)))
+    with pytest.raises(StoreError, match="fold more often"):
+        OnlineReader(store, tier, PROJECTION).serve(requests((1, 30)))
+
+
+def test_a_tier_of_other_events_or_of_another_store_is_refused(world, tmp_path):
+    """A tier of another schema was taken, and the first request failed with a bare
+    KeyError; one bound to another store was folded into this one (s42A)."""
+    store, _ = world
+    other = lateseq.Schema({**{k: v for k, v in SCHEMA.columns.items() if k != "arrival_ts"}, "arrived": "int64"},
+                           arrival_col="arrived", event_id_col=SCHEMA.event_id_col)
+    stranger = InMemoryTier(other, retention=100)
+    with pytest.raises(SchemaError, match="the tier's schema is not the store's: its columns"):
+        OnlineReader(store, stranger, PROJECTION)
+    with pytest.raises(SchemaError, match="the tier's schema is not the store's"):
+        fold(store, stranger, 20)
+    elsewhere = lateseq.create(tmp_path / "elsewhere", SCHEMA)
+    bound = InMemoryTier(SCHEMA, retention=100, store=elsewhere)
+    bound.append(events((1, 5, 6, 1)))
+    with pytest.raises(SchemaError, match="made for the store at .*elsewhere"):
+        fold(store, bound, 20)
+    assert store.latest().version == 0 and bound.folded_before < 20  # nothing folded, nothing marked
+    assert fold(elsewhere, bound, 20).version == 1
+
+
 def test_pointers_are_refused_before_their_versions_watermark(world):
     store, tier = world
     tier.append(events((1, 5, 6, 1), (1, 8, 40, 2)))  # event 2 arrives at 40

@@ -153,8 +153,10 @@ class MutableTier(ABC):
         with self._lock:
             cutoff = min(now - self._retention_ticks, folded_watermark, self.folded_before)
             if cutoff > self.expired_before:
-                self._drop_before(cutoff)
+                # raised before the drop: a reader that checks it after its read (``serve``)
+                # knows whether the drop may have reached what it read, tier lock or not
                 self.expired_before = cutoff
+                self._drop_before(cutoff)
             return self.expired_before
 
 

@@ -179,10 +179,15 @@ class Batch:
         """One batch holding the examples of ``batches`` in order (same columns)."""
         if not batches:
             raise SchemaError("cannot join zero batches")
+        first = batches[0]
+        for i, b in enumerate(batches):
+            for what, mine, theirs in (("example", first.examples, b.examples), ("sequence", first.values, b.values)):
+                if mine.keys() != theirs.keys():
+                    raise SchemaError(f"cannot join batches of other columns: batch {i} has {what} columns "
+                                      f"{sorted(theirs)}, batch 0 {sorted(mine)}")
         lengths = torch.cat([b.lengths for b in batches])
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=lengths.device)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        first = batches[0]
         stats = BatchStats()
         for b in batches:
             stats = stats + b.stats
@@ -376,12 +381,15 @@ class Rebatched(Iterator[Batch]):
                 self._pending = [] if held is None else [Batch(**held)]
             except (KeyError, TypeError) as exc:
                 raise SchemaError(f"not a rebatch state: {state!r}") from exc
+            this_epoch = self._epoch is not None and state.get("epoch") == self._epoch
             # saved at the epoch's last step, which drew the loader to its end to fill the
             # short last batch: the loader's state says its pass is over, and torchdata
             # then starts a new pass, the same epoch again. Nothing of it is left.
-            self._exhausted = bool(state.get("exhausted")) and self._epoch is not None and (
-                state.get("epoch") == self._epoch)
-            self._steps = exact_integer("a rebatch state's steps", state.get("steps", 0), 0)
+            self._exhausted = bool(state.get("exhausted")) and this_epoch
+            # the steps count towards this epoch's even_batches limit only if they were its
+            # own: an earlier epoch's cut the next one short (s42B: 1 step of 17 made)
+            steps = exact_integer("a rebatch state's steps", state.get("steps", 0), 0)
+            self._steps = steps if this_epoch else 0
         self._batches = iter(()) if self._exhausted else iter(batches)
         self._count = sum(len(b) for b in self._pending)
 

@@ -74,6 +74,7 @@ def fold(store: Store, tier: MutableTier, watermark: int) -> Store:
     if watermark is None:
         raise SchemaError("fold needs a watermark: the arrival time before which every event is folded")
     store.schema.refuse_far_future(np.array([watermark]), "fold's watermark")
+    _check_tier(store, tier)
     since = store.latest().watermark
     if since is not None and watermark <= since:
         raise SchemaError(f"watermark {watermark} does not advance past {since}")
@@ -103,6 +104,20 @@ def _published(store: Store, watermark: int) -> bool | None:
     return latest is not None and latest >= watermark
 
 
+def _check_tier(store: Store, tier: MutableTier) -> None:
+    """Refuses a tier whose events are not the store's (a bare KeyError at the first
+    request), or that checks redeliveries against another store (s42A)."""
+    for name in ("columns", "user_col", "time_col", "arrival_col", "event_id_col", "time_unit"):
+        theirs, ours = getattr(tier.schema, name), getattr(store.schema, name)
+        if theirs != ours:
+            raise SchemaError(f"the tier's schema is not the store's: its {name} is {theirs!r}, the store's "
+                              f"{ours!r}; make the tier with the store's schema (store.schema)")
+    bound = getattr(tier, "_store", None)
+    if bound is not None and bound.path.resolve() != store.path.resolve():
+        raise SchemaError(f"the tier was made for the store at {bound.path}, not {store.path}: it checks "
+                          "redeliveries against that one's events")
+
+
 class OnlineReader:
     """Lateseq's reference online side: serves sequences and writes log records."""
 
@@ -117,6 +132,7 @@ class OnlineReader:
             raise SchemaError(f"column {clash[0]!r} cannot be served in two-tier records: its tail column "
                               f"{TAIL_PREFIX + clash[0]!r} is a field every record has; rename it in the schema")
         projection.resolve(store.schema)
+        _check_tier(store, tier)
         self.store = store
         self.tier = tier
         self.projection = projection
@@ -135,12 +151,14 @@ class OnlineReader:
                                "requests as they come, and the store has folded past this one")
         log = log_examples(store, requests)
         users = log.column("user_id").to_numpy()  # the requests' ids, read (int64) by log_examples
-        if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
-            raise StoreError("the mutable tier dropped events the store does not hold yet: "
-                             "fold more often than the tier's retention")
         if len(times):
             self.tier.served(int(times.max()))
         owners, tail = self.tier.tail(users, store.watermark, times)
+        # checked after the read: a fold and expire between a check and the read dropped
+        # tail events, and the short history was served and logged as whole (s42A)
+        if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
+            raise StoreError("the mutable tier dropped events the store does not hold yet: "
+                             "fold more often than the tier's retention")
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
         log = attach_tails(log, store, tail, owners)
