@@ -1002,6 +1002,11 @@ def test_even_batches_that_would_serve_no_rank_anything_are_refused(tmp_path):
                        world_size=100)
     served = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, rank=7, world_size=100)
     assert sum(len(b) for b in served) <= 1  # without even_batches a rank serves its own share
+    # one rank has nothing to even: drop_last's empty epoch is accepted as without even_batches
+    # (it was refused, saying to use fewer ranks than one, s42B)
+    alone = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=64, drop_last=True,
+                           even_batches=True)
+    assert len(alone) == 0 and list(alone) == []
     # 60 examples in one row group on 50 ranks: each rank gets one or two (blocks of 2 left 20 ranks without)
     for rank in (0, 49):
         ds = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, even_batches=True, rank=rank,

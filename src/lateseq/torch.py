@@ -598,13 +598,14 @@ class ExampleDataset(IterableDataset):
                         "even_batches": bool(even_batches), "affinity": bool(affinity), "row_groups": row_groups,
                         "block_rows": block_rows, "window_rows": window_rows, "row_group_partitions": partitions}
         plan = self._plan(0, 1)  # checks batch_size, seed, rank, world_size now
-        if even_batches and num_rows and plan.rows_left_out == num_rows:  # a run that trains on nothing
+        uneven = even_batches and world_size > 1  # one rank: nothing to even (drop_last's loss is its own)
+        if uneven and num_rows and plan.rows_left_out == num_rows:  # a run that trains on nothing
             raise SchemaError(f"even_batches gives every rank as many batches as the rank with fewest, and one of the "
                               f"world_size={world_size} ranks gets none of the log's {num_rows:,} examples"
                               f"{' in a whole batch' if drop_last else ''}: every rank would get no batch (use fewer "
                               f"ranks{', a smaller batch_size' if drop_last else ''}"
                               f"{', a store of more partitions' if copartition else ''}, or no even_batches)")
-        if even_batches and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
+        if uneven and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
                           f"rank): the ranks' shares differ by up to a {'partition' if copartition else 'block'}'s "
                           "examples; write the log in smaller row groups"
