@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import uuid
 import shutil
 import threading
 import time
@@ -2091,6 +2092,33 @@ def test_a_missing_or_damaged_id_file_is_named(make_store, damage):
         assert any("the store's id, is damaged" in p for p in problems), problems
     else:  # a store made before stores had ids looks the same
         assert problems == []
+
+
+def test_every_flipped_bit_of_the_id_is_damage_not_another_store(make_store):
+    """A flip that left 32 hex digits read as another store's id: an open handle said the
+    store was replaced, and verify passed it (s42A: 30 of 64 flips). The id's last digits
+    check the others; an older store's uuid4 id is still taken."""
+    store = make_store({"item": "int64"})
+    ident = store.path / "id"
+    sound = ident.read_bytes()
+    assert re.fullmatch(rb"[0-9a-f]{32}", sound)
+    flips = 0
+    for i in range(len(sound)):
+        for bit in range(8):
+            flipped = bytearray(sound)
+            flipped[i] ^= 1 << bit
+            if not re.fullmatch(rb"[0-9a-f]{32}", bytes(flipped)):
+                continue  # no hex: damaged before too
+            flips += 1
+            ident.write_bytes(bytes(flipped))
+            problems = [p.message for p in lateseq.audit.verify(lateseq.open(store.path))]
+            assert any("the store's id, is damaged" in p for p in problems), (i, bit, problems)
+            with pytest.raises(lateseq.StoreError, match="the store's id, is damaged"):
+                store.latest()
+    assert flips > 32
+    ident.write_bytes(uuid.uuid4().hex.encode())  # a store made before ids carried a check
+    older = lateseq.open(store.path)
+    assert lateseq.audit.verify(older) == [] and older.latest().version == 0
 
 
 def test_a_store_moved_since_it_was_opened_is_said_to_be_gone(make_store, tmp_path):

@@ -198,8 +198,25 @@ STORE_ID = "id"  # the store's random id, in its own file: a lateseq that predat
 
 def write_store_id(root: Path) -> None:
     """Gives a store just created (its schema.json written: the store is this process's)
-    an id, in hex; durably, over any leftover of a create that failed there."""
-    write_durably(root / STORE_ID, uuid.uuid4().hex.encode())
+    an id, in hex; durably, over any leftover of a create that failed there. Its last 8
+    digits are the CRC-32 of the others, so that a flipped bit is told as damage, not as
+    another store (s42A: 30 of 64 flips passed as ids); digits 12 and 16 are 0, so that
+    no single flip makes it look like the uuid4 ids that stores had before."""
+    random = uuid.uuid4().hex[:24]
+    body = f"{random[:12]}0{random[13:16]}0{random[17:]}"
+    write_durably(root / STORE_ID, (body + _id_check(body)).encode())
+
+
+def _id_check(body: str) -> str:
+    return f"{zlib.crc32(body.encode('ascii')):08x}"
+
+
+def _sound_id(written: str) -> bool:
+    """Whether ``written`` is an id ``write_store_id`` wrote, or a uuid4 (an older store's:
+    they carried no check)."""
+    if not re.fullmatch(r"[0-9a-f]{32}", written):
+        return False
+    return _id_check(written[:24]) == written[24:] or (written[12] == "4" and written[16] in "89ab")
 
 
 def _written_id(root: Path) -> tuple[str | None, str]:
@@ -212,7 +229,7 @@ def _written_id(root: Path) -> tuple[str | None, str]:
         return None, "missing" if (root / "schema.json").exists() else "gone"
     except (OSError, UnicodeDecodeError):
         return None, "damaged"
-    return (written, "") if re.fullmatch(r"[0-9a-f]{32}", written) else (None, "damaged")
+    return (written, "") if _sound_id(written) else (None, "damaged")
 
 
 class VersionLog:
