@@ -599,6 +599,21 @@ def test_the_datasets_state_after_an_epoch_resumes_with_any_workers(world):
         list(DataLoader(one_worker, batch_size=None, num_workers=0))
 
 
+def test_an_iterator_used_after_set_epoch_counts_nothing_of_the_new_epoch(world):
+    """Batches an epoch-0 iterator still yielded after set_epoch(1) were counted as epoch
+    1's: a state saved then skipped that many of epoch 1's batches (s42B)."""
+    ds = dataset(world, shuffle=True, seed=2)
+    old = iter(ds)
+    next(old)
+    ds.set_epoch(1)
+    next(old), next(old)
+    assert ds.state_dict()["epoch"] == 1 and ds.state_dict()["batches"] == 0
+    resumed = dataset(world, shuffle=True, seed=2)
+    resumed.load_state_dict(ds.state_dict())
+    ds.set_epoch(1)
+    assert all(same(a, b) for a, b in zip(resumed, ds, strict=True))
+
+
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("set_epoch_before_loading", [False, True])

@@ -767,13 +767,15 @@ class ExampleDataset(IterableDataset):
         made = (batch for read in rebuilt for batch in self._made(*read, recycler))
         if self.prefetch:
             made = _ahead(made)
+        epoch = self.epoch
         try:
             while True:
                 asked = time.perf_counter()
                 batch = next(made, None)
                 if batch is None:
                     return
-                self._yielded += 1  # before the yield: a checkpoint taken now must count it
+                if self.epoch == epoch:  # an iterator still used after set_epoch counts nothing of the new epoch's
+                    self._yielded += 1  # before the yield: a checkpoint taken now must count it
                 self.metrics.add(batch, time.perf_counter() - asked)
                 yield batch
         finally:
