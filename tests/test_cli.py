@@ -87,6 +87,8 @@ def test_ingest_versions_tag_compact_pointers_materialize(files):
     assert (code, out) == (0, "2\n"), err
     assert lateseq("tag", store, "1", "first")[0] == 0
     assert lateseq("tag", store, "first", "also-first")[0] == 0  # a tag names a version too
+    code, _, err = lateseq("tag", store, "-1", "x")  # typer said "No such option: -1", exit 2 (s42D)
+    assert_one_line_error(code, err, "no version -1")
     code, out, err = lateseq("pointers", store, files["req"], "--out", d / "ex_v1.parquet", "--version", "first")
     assert code == 0, err
     code, out, _ = lateseq("compact", store)

@@ -794,7 +794,8 @@ BAD_TENANTS = {
     "filter_time_column": ('max_len = 5\nwhere = { column = "ts", isin = [1] }', CONFIG_SCHEMA, "where"),
     "filter_not_a_table": ("max_len = 5\nwhere = 5", CONFIG_SCHEMA, "where"),
     "filter_no_column": ("max_len = 5\nwhere = { isin = [1] }", CONFIG_SCHEMA, "where"),
-    "filter_unknown_key": ('max_len = 5\nwhere = { column = "action", isnt = [1] }', CONFIG_SCHEMA, "where"),
+    "filter_unknown_key": ('max_len = 5\nwhere = { column = "action", isnt = [1] }', CONFIG_SCHEMA,
+                           "unknown key(s) ['isnt']"),
     "filter_no_test": ('max_len = 5\nwhere = { column = "action" }', CONFIG_SCHEMA, "isin"),
     "filter_two_tests": ('max_len = 5\nwhere = { column = "action", isin = [1], any_bits = 1 }', CONFIG_SCHEMA,
                          "any_bits"),
@@ -1110,6 +1111,11 @@ def test_materialize_refuses_bad_tenants_by_name(small_store):
         lateseq.materialize_tenants(small_store, examples, {"odd": "not a projection"})
     with pytest.raises(SchemaError, match="unknown column 'nope'"):
         lateseq.materialize(small_store, examples, Projection(1, ("rating",), where=Filter("nope", isin=[1])))
+    # the names materialize_log_tenants and a config refuse: this call took them (s42C)
+    for tenants, found in (({}, "no tenants"), ({1: Projection(1)}, "tenant 1: a name is"),
+                           ({"": Projection(1)}, "tenant '': a name is"), ({"../x": Projection(1)}, "'../x': a name")):
+        with pytest.raises(SchemaError, match=found):
+            lateseq.materialize_tenants(small_store, examples, tenants)
 
 
 def test_an_empty_list_of_columns_is_refused_not_read_as_every_column(tmp_path):

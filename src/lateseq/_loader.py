@@ -40,7 +40,7 @@ from ._projection import Projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES, Schema
 from ._store import Store
-from ._tenants import name_problem
+from ._tenants import check_tenant_names
 
 ExampleSource = pa.Table | str | os.PathLike
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
@@ -167,12 +167,7 @@ def materialize_log_tenants(
 ) -> dict[str, str]:
     """:func:`materialize_log` for several tenants in one pass over the log (each
     history located once): ``out_dir/NAME.parquet`` per tenant; returns those paths."""
-    if not tenants:
-        raise SchemaError("no tenants: give at least one name and its Projection")
-    folded: dict[str, str] = {}
-    problems = [problem for name in tenants if (problem := name_problem(name, folded))]
-    if problems:
-        raise SchemaError("; ".join(problems))
+    check_tenant_names(tenants)
     outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
     _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, drop_deleted, progress)
     return outs

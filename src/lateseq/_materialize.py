@@ -18,6 +18,7 @@ from ._projection import Projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
 from ._select import earliest_kept, merge_depths, reach, select, transform
 from ._store import Store
+from ._tenants import check_tenant_names
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ def materialize(
     require_store(store, "materialize reads")
     verify, on_mismatch = reading_checks(verify, on_mismatch)  # (a two-tier log's read ignores verify)
     if projection.selects:
-        return materialize_tenants(store, examples, {"": projection}, verify=verify, on_mismatch=on_mismatch)[""]
+        return _materialize_tenants(store, examples, {"": projection}, verify, on_mismatch)[""]
     return _steady(store, lambda: _materialize(store, examples, projection, verify, on_mismatch))
 
 
@@ -132,7 +133,14 @@ def materialize_tenants(
     if not isinstance(tenants, Mapping):
         one = " (for one Projection, call materialize)" if isinstance(tenants, Projection) else ""
         raise SchemaError(f"tenants must be a mapping of name -> lateseq.Projection, got {type(tenants).__name__}{one}")
-    tenants = dict(tenants)
+    check_tenant_names(tenants)
+    return _materialize_tenants(store, examples, dict(tenants), verify, on_mismatch)
+
+
+def _materialize_tenants(store: Store, examples: Pointers | pa.Table | pa.RecordBatch, tenants: dict[str, Projection],
+                         verify: bool, on_mismatch: Literal["raise", "flag"]) -> dict[str, JaggedBatch]:
+    """``materialize_tenants`` of checked arguments (``materialize``'s one projection,
+    named "")."""
     for name, projection in tenants.items():
         if not isinstance(projection, Projection):
             raise SchemaError(f"tenant {name!r}: expected a lateseq.Projection, got {type(projection).__name__}")

@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 from ._errors import SchemaError
@@ -82,6 +83,18 @@ def name_problem(name: object, folded: dict[str, str]) -> str | None:
         return (f"tenant {name!r}: differs from tenant {twin!r} only in case; their output files would be one "
                 "file where names ignore case (macOS, Windows)")
     return None
+
+
+def check_tenant_names(tenants: Mapping[str, object]) -> None:
+    """SchemaError unless ``tenants`` names at least one tenant, each by a sound name: the
+    same rule for every call that takes them (one that returns batches took ``{}``, ``1``
+    and ``""``, which one that writes files refused, s42C)."""
+    if not tenants:
+        raise SchemaError("no tenants: give at least one name and its Projection")
+    folded: dict[str, str] = {}
+    problems = [problem for name in tenants if (problem := name_problem(name, folded))]
+    if problems:
+        raise SchemaError("; ".join(problems))
 
 
 def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection], dict[str, Projection]]:
@@ -185,9 +198,11 @@ def _projection(spec: Any) -> Projection:
             raise SchemaError(f"field {key!r} names none; leave it out to read every column")
     where = spec.get("where")
     if where is not None:
-        if not isinstance(where, dict) or "column" not in where or set(where) - _FILTER_FIELDS:
+        unknown = sorted(set(where) - _FILTER_FIELDS) if isinstance(where, dict) else []
+        if not isinstance(where, dict) or "column" not in where or unknown:
+            found = f"unknown key(s) {unknown} in {where!r}" if unknown else repr(where)
             raise SchemaError(f"field 'where' must be a table with 'column' and one of isin, any_bits, all_bits; "
-                              f"got {where!r}")
+                              f"got {found}")
         where = Filter(**where)
     transforms = spec.get("transforms", {})
     if not isinstance(transforms, dict):

@@ -786,7 +786,7 @@ def compact(
                highlight=False)
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})  # ``tag STORE -1 x``: -1 is a version, not an option
 def tag(
     store: StoreArg,
     version: Annotated[str, typer.Argument(help="Version number (or a tag).", show_default=False)],
