@@ -540,7 +540,7 @@ class Segment:
     @cached_property
     def late_index(self) -> np.ndarray:
         """Where ``late`` rows begin, per block of rows (see ``late_index``)."""
-        return late_index(self.late, self.info.rows)
+        return late_index(self.late, len(self.stored("_version")))  # the rows read, whatever the info says
 
     @cached_property
     def index(self) -> UserIndex:
