@@ -306,8 +306,9 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
     """One pointer in one user's row range [start, end) of one segment: (count,
     checksum, lo, hi, holes, late_at) of its visible events and the window of the newest
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
-    is the range's first late row, if it has any; ``late_index`` the segment's. ``hint`` is a guess of how many rows
-    come before the request (the pointer's recorded length): checked, it saves a search.
+    is the range's first late row, if it has any (``late_index``: the segment's index of
+    them). ``hint`` is a guess of how many rows come before the request (the pointer's
+    recorded length): checked, it saves a search.
     ``lower`` (NO_LOWER: none) is the earliest time a reader keeps (a window's start): a
     window with holes need not reach below it (its rows are visited one late row at a time).
     A window with holes that sees one version has every late row inside it that it cannot
@@ -385,7 +386,6 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
 
 
 _locate_range_inlined = inline_kernel(_locate_range.py_func)
-
 
 
 @inline_kernel
@@ -631,9 +631,10 @@ def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: V
     segment, or compacted partitions side by side): ``view`` is (user index: ids, low,
     slots, see ``_find_user``; the range summaries, of which E_SEG, E_LO, E_HI, E_VMAX and
     E_LATE are read; then segment tables and bases of time, version, _vmax, _vmin, _hcum,
-    the ``late_rows``, their ``late_index`` and arrival, and whether there is an arrival column). ``hint[p]`` is a
-    guess of the pointer's count (its recorded length, or -1), checked before it is used;
-    ``lower[p]`` the earliest time its reader keeps (None: every time)."""
+    the ``late_rows``, their ``late_index`` and arrival, and whether there is an arrival
+    column). ``hint[p]`` is a guess of the pointer's count (its recorded length, or -1),
+    checked before it is used; ``lower[p]`` the earliest time its reader keeps (None:
+    every time)."""
     *arguments, has_arrival = view
     if not has_arrival and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")

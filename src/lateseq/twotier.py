@@ -151,14 +151,13 @@ class OnlineReader:
                                "requests as they come, and the store has folded past this one")
         log = log_examples(store, requests)
         users = log.column("user_id").to_numpy()  # the requests' ids, read (int64) by log_examples
+        self._refuse_expired(store)  # before the tier is told of a request it will not serve
         if len(times):
             self.tier.served(int(times.max()))
         owners, tail = self.tier.tail(users, store.watermark, times)
-        # checked after the read: a fold and expire between a check and the read dropped
-        # tail events, and the short history was served and logged as whole (s42A)
-        if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
-            raise StoreError("the mutable tier dropped events the store does not hold yet: "
-                             "fold more often than the tier's retention")
+        # and after the read: a fold and expire between the check and the read dropped tail
+        # events, and the short history was served and logged as whole (s42A)
+        self._refuse_expired(store)
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
         log = attach_tails(log, store, tail, owners)
@@ -166,6 +165,11 @@ class OnlineReader:
         served = merge_tail(store, log, inline_tail(store, log), self.projection, np.zeros(log.num_rows, bool),
                             "raise")
         return log, transform(served, self.projection, store.schema, times) if self.projection.transforms else served
+
+    def _refuse_expired(self, store: Store) -> None:
+        if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
+            raise StoreError("the mutable tier dropped events the store does not hold yet: "
+                             "fold more often than the tier's retention")
 
 
 def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool = False) -> tuple[pa.Table, int]:
