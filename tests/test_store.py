@@ -12,10 +12,10 @@ import multiprocessing
 import os
 import pickle
 import re
-import uuid
 import shutil
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 
