@@ -56,6 +56,9 @@ class MutableTier(ABC):
         if self._retention_ticks < 1:
             raise SchemaError(f"retention {retention} s is less than one tick of the store's time unit "
                               f"({schema.time_unit or 'plain integers'}): the tier would keep nothing")
+        # the store whose events this tier checks redeliveries against (None: none), which
+        # folds and readers must then be given (``twotier`` refuses another)
+        self.store: Store | None = None
         # events that arrived before this were dropped; reads must not reach below it
         self.expired_before = _FAR_PAST
         # a store version holds every event that arrived before this: the next fold
@@ -166,7 +169,7 @@ class InMemoryTier(MutableTier):
 
     def __init__(self, schema: Schema, retention: int, store: Store | None = None):
         super().__init__(schema, retention)
-        self._store = store
+        self.store = store
         self._table = schema.empty_table()
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -185,7 +188,7 @@ class InMemoryTier(MutableTier):
             last = self._last_arrival()
             if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
                 raise SchemaError("events must be appended in arrival order")
-            latest = self._store.latest() if self._store is not None else None
+            latest = self.store.latest() if self.store is not None else None
             self._refuse_folded(arrival, latest.watermark if latest is not None else None)
             users = events.column(self.schema.user_col).to_numpy()
             ids = events.column(self.schema.event_id_col).to_numpy()

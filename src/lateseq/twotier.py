@@ -112,7 +112,7 @@ def _check_tier(store: Store, tier: MutableTier) -> None:
         if theirs != ours:
             raise SchemaError(f"the tier's schema is not the store's: its {name} is {theirs!r}, the store's "
                               f"{ours!r}; make the tier with the store's schema (store.schema)")
-    bound = getattr(tier, "_store", None)
+    bound = tier.store
     if bound is not None and bound.path.resolve() != store.path.resolve():
         raise SchemaError(f"the tier was made for the store at {bound.path}, not {store.path}: it checks "
                           "redeliveries against that one's events")
