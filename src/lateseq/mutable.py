@@ -4,7 +4,8 @@ Online serving reads a store version plus this tier's events that arrived after 
 version's watermark. The tier keeps events at least ``retention`` seconds (one
 compaction period or more, so the next version always covers what it drops; in a store
 of plain integer times, ``time_unit=None``, that many of its own ticks) and
-drops redeliveries of an event it holds, or, given the store, of one already stored.
+drops redeliveries of an event it holds, or, given the store, of one already stored
+(without it, ``OnlineReader.serve`` leaves those out of the tails it reads).
 
 ``MutableTier`` is the interface a real key-value store would implement;
 ``InMemoryTier`` is the in-process reference implementation.

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._errors import PointerError, SchemaError, StoreError, exact_bool
+from ._events import known_pairs
 from ._jagged import JaggedBatch
 from ._materialize import materialize
 from ._pointers import checked_requests, log_examples, pointers_from_log
@@ -160,6 +161,8 @@ class OnlineReader:
         self._refuse_expired(store)
         before = tail.column(store.schema.time_col).to_numpy() < times[owners]
         tail, owners = tail.filter(pa.array(before)), owners[before]
+        if self.tier.store is None and tail.num_rows:  # a bound tier drops these as they arrive
+            tail, owners = _without_stored(store, tail, owners)
         log = attach_tails(log, store, tail, owners)
         # the tail's digest was just computed from these very rows: merge, don't re-verify
         served = merge_tail(store, log, inline_tail(store, log), self.projection, np.zeros(log.num_rows, bool),
@@ -170,6 +173,16 @@ class OnlineReader:
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
             raise StoreError("the mutable tier dropped events the store does not hold yet: "
                              "fold more often than the tier's retention")
+
+
+def _without_stored(store: Store, tail: pa.Table, owners: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """The tail without redeliveries of events the store holds: a tier that does not know
+    the store cannot tell one of an event it expired from a new event, and serving it
+    would show the event twice (s42)."""
+    users = tail.column(store.schema.user_col).to_numpy()
+    ids = tail.column(store.schema.event_id_col).to_numpy()
+    fresh = ~known_pairs(users, ids, *store.event_ids(np.unique(users)))
+    return tail.filter(pa.array(fresh)), owners[fresh]
 
 
 def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool = False) -> tuple[pa.Table, int]:
