@@ -41,7 +41,7 @@ from lateseq._kernels import (
     _select,
     _window_runs,
     by_segment,
-    copy_runs,
+    copy_columns,
     frozen,
     late_index,
     late_rows,
@@ -222,7 +222,7 @@ def copy_windows(case: Case, src: np.ndarray, base: int, lo: np.ndarray, hi: np.
                         np.append(dst, 0), segment_table([case.ver]), np.array([case.ver_base]),
                         segment_table([late]), segment_table([arrival]), np.array([case.arrival_base]),
                         case.visibility.version, case.visibility.version_hi, case.visibility.arrival_limit)
-    copy_runs(tuple(runs), segment_table([src]), np.array([base]), out)
+    copy_columns(tuple(runs), [(segment_table([src]), np.array([base]))], [out])
 
 
 @given(cases(), st.sampled_from(["uint8", "uint16", "int64", "float32", "float64"]), st.data())
@@ -280,14 +280,63 @@ def test_merge_order_is_the_stable_sort_of_its_sorted_segments(segments, with_ti
     assert got.tolist() == merge_order_reference(user, ts, tiebreak).tolist()
 
 
-def test_copy_runs_narrow_output_wraps_like_the_column_type():
+def test_copy_narrow_output_wraps_like_the_column_type():
     """int8 columns stored as uint8 above base -128 decode back into int8 exactly."""
     values = np.array([-128, -1, 0, 127], np.int8)
     stored = (values.astype(np.int64) + 128).astype(np.uint8)
     out = np.empty(4, np.int8)
     runs = (np.array([0]), np.array([0]), np.array([4]), np.array([0]))
-    copy_runs(runs, segment_table([stored]), np.array([-128]), out)
+    copy_columns(runs, [(segment_table([stored]), np.array([-128]))], [out])
     assert out.tolist() == values.tolist()
+
+
+_COLUMN_KINDS = [("uint8", "int8"), ("uint8", "int64"), ("uint16", "int32"), ("uint32", "int64"), ("uint64", "int64"),
+                 ("uint32", "uint32"), ("float32", "float32"), ("float64", "float64"), ("int64", "int64"),
+                 ("uint8", "uint8")]
+
+
+# each set of widths compiles a kernel (a second a set): a few sets, the first over three passes of slots
+@pytest.mark.parametrize("kinds", [_COLUMN_KINDS, _COLUMN_KINDS[2:5][::-1], [("float32", "float32")]])
+@given(segments=st.integers(1, 3), data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_copy_columns_copies_every_column_of_every_run(kinds, segments, data):
+    """Columns of mixed widths, more than one pass of slots, runs across segments in any
+    order: each output is its column's values, decoded, bit for bit (floats: -0.0, NaNs)."""
+    sizes = [data.draw(st.integers(0, 12)) for _ in range(segments)]
+    runs = []
+    for g, size in enumerate(sizes):
+        for _ in range(data.draw(st.integers(0, 3))):
+            lo = data.draw(st.integers(0, size))
+            runs.append((g, lo, data.draw(st.integers(lo, size))))
+    runs = data.draw(st.permutations(runs))
+    dst = np.concatenate([[0], np.cumsum([hi - lo for _, lo, hi in runs])]).astype(np.int64)
+    tables, outs, expected = [], [], []
+    for stored_type, out_type in kinds:
+        arrays, bases = [], []
+        for size in sizes:
+            if stored_type.startswith("float"):
+                bits = np.dtype(stored_type.replace("float", "uint"))
+                raw = data.draw(st.lists(st.integers(0, int(np.iinfo(bits).max)), min_size=size, max_size=size))
+                arrays.append(np.array(raw, bits).view(stored_type))
+                bases.append(0)
+            else:
+                info = np.iinfo(stored_type)
+                arrays.append(np.array(data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=size,
+                                                          max_size=size)), stored_type))
+                bases.append(data.draw(st.integers(-2**40, 2**40)) if stored_type[0] == "u" else 0)
+        tables.append((segment_table(arrays), np.array(bases, np.int64)))
+        outs.append(np.full(int(dst[-1]), 7, out_type))
+        width = np.dtype(out_type).itemsize * 8
+        want = [(bases[g] + int(v)) % 2**width if not stored_type.startswith("float") else int(v)
+                for g, lo, hi in runs for v in (arrays[g][lo:hi] if not stored_type.startswith("float")
+                                                 else arrays[g][lo:hi].view(stored_type.replace("float", "uint")))]
+        expected.append(want)
+        tables[-1] = (tables[-1], arrays)  # the table holds addresses: its arrays are kept alive here
+    run_arrays = tuple(np.array(field, np.int64) for field in zip(*runs, strict=True)) if runs else tuple(
+        np.zeros(0, np.int64) for _ in range(3))
+    copy_columns((*run_arrays, dst[:-1]), [table for table, _ in tables], outs)
+    for out, want in zip(outs, expected, strict=True):
+        assert out.view(f"uint{out.itemsize * 8}").tolist() == want
 
 
 def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
