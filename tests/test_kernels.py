@@ -29,6 +29,7 @@ from naive import (
 )
 from numba import njit
 
+from lateseq import StoreError
 from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import (
     E_HI,
@@ -638,3 +639,17 @@ def test_user_starts_are_np_unique_of_sorted_users_and_refuse_unsorted(users):
     if len(np.unique(user)) > 1:
         with pytest.raises(ValueError, match="sorted by user"):
             user_starts(user[::-1].copy())
+
+
+@pytest.mark.parametrize("run", [(0, 2, 6, 0), (0, -1, 2, 0), (1, 0, 2, 0), (0, 0, 3, 2), (0, 3, 2, 0)])
+def test_a_copy_run_outside_its_column_or_output_is_refused_not_followed(run):
+    """The copy goes through raw addresses: a run past the segment's rows, before them,
+    in no segment, or past the output would read or write another object's memory."""
+    stored = np.arange(5, dtype=np.uint32)
+    out = np.zeros(4, np.int64)
+    good = (np.array([0]), np.array([1]), np.array([3]), np.array([0]))
+    runs = tuple(np.array([a, b]) for a, b in zip((g[0] for g in good), run, strict=True))
+    with pytest.raises(StoreError, match=rf"rows \[{run[1]}, {run[2]}\) of segment {run[0]} to output "
+                                                 rf"position {run[3]} reaches outside"):
+        copy_columns(runs, [(segment_table([stored]), np.array([10]))], [out])
+    assert out.tolist() == [11, 12, 0, 0]  # the runs before it copied

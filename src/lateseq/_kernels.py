@@ -36,6 +36,8 @@ from numba import carray, config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._errors import StoreError
+
 # ---------------------------------------------------------------- compiled, and cached on disk
 
 
@@ -1159,23 +1161,30 @@ def _prefetch_slot(slot, g, lo):  # pragma: no cover - compiled
 
 
 @kernel
-def _copy_columns(g_seg, g_lo, g_hi, g_dst, c0, c1, c2, c3):  # pragma: no cover - compiled
+def _copy_columns(g_seg, g_lo, g_hi, g_dst, rows, size, c0, c1, c2, c3):  # pragma: no cover - compiled
     """Each run of up to ``COPY_SLOTS`` columns at once: a run's rows are fetched for all
     of them together, and its bounds read once (a column at a time over the same runs, a
     late state's pass copied 1.3x slower, s43). A slot's widths are part of the kernel's
-    type: each copy is a loop of one type, not a branch on widths (1.2x faster)."""
+    type: each copy is a loop of one type, not a branch on widths (1.2x faster).
+    The copy goes through raw addresses, where a slice would have been cut short: a run
+    must lie in its segment's ``rows`` and the ``size`` items of every output. Returns
+    the first that does not (the runs before it copied), or -1."""
     for k in range(g_seg.shape[0]):
         if k + AHEAD < g_seg.shape[0]:
             ahead, at = g_seg[k + AHEAD], g_lo[k + AHEAD]
-            _prefetch_slot(c0, ahead, at)
-            _prefetch_slot(c1, ahead, at)
-            _prefetch_slot(c2, ahead, at)
-            _prefetch_slot(c3, ahead, at)
+            if 0 <= ahead < rows.shape[0]:
+                _prefetch_slot(c0, ahead, at)
+                _prefetch_slot(c1, ahead, at)
+                _prefetch_slot(c2, ahead, at)
+                _prefetch_slot(c3, ahead, at)
         g, lo, n, d = g_seg[k], g_lo[k], g_hi[k] - g_lo[k], g_dst[k]
+        if not (0 <= g < rows.shape[0] and 0 <= lo and 0 <= n and lo + n <= rows[g] and 0 <= d and d + n <= size):
+            return k
         _copy_slot(c0, g, lo, n, d)
         _copy_slot(c1, g, lo, n, d)
         _copy_slot(c2, g, lo, n, d)
         _copy_slot(c3, g, lo, n, d)
+    return -1
 
 
 COPY_SLOTS = 4  # columns per pass of ``_copy_columns``
@@ -1198,12 +1207,19 @@ def copy_columns(runs: tuple[np.ndarray, ...], columns: list[tuple[tuple[np.ndar
             raise ValueError(f"copy_columns copies contiguous items of 1, 2, 4 or 8 bytes, not {table[2].dtype} "
                              f"into {out.dtype}")
         slots.append((table[0], bases, out.ctypes.data, _UNSIGNED[stored], _UNSIGNED[out.itemsize]))
-    if not len(runs[0]):
+    if not len(runs[0]) or not columns:
         return
+    rows = np.minimum.reduce([table[1] for table, _ in columns])
+    size = min(len(out) for out in outs)
     slots.sort(key=lambda slot: (slot[3].itemsize, slot[4].itemsize))
     for first in range(0, len(slots), COPY_SLOTS):
         chunk = slots[first:first + COPY_SLOTS]
-        _copy_columns(*runs, *chunk, *[None] * (COPY_SLOTS - len(chunk)))
+        bad = _copy_columns(*runs, rows, size, *chunk, *[None] * (COPY_SLOTS - len(chunk)))
+        if bad >= 0:
+            g, lo, hi, d = (int(field[bad]) for field in runs)
+            raise StoreError(f"a copy of rows [{lo}, {hi}) of segment {g} to output position {d} reaches outside "
+                             "the segment or the output: a damaged read cache or a lateseq bug; nothing was "
+                             "returned (report it with the store's files)")
 
 
 @kernel
