@@ -810,3 +810,12 @@ def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
 def test_the_store_constructor_shows_only_public_parameters():
     """Its signature listed the handles' shared segments and store id (private plumbing)."""
     assert [name for name in inspect.signature(lateseq.Store).parameters if name.startswith("_")] == []
+
+
+def test_prefault_names_a_column_the_store_lacks(store):
+    """It raised a StoreError saying a segment had no such column, as if a file were damaged."""
+    with pytest.raises(lateseq.SchemaError, match=r"prefault: unknown columns \['nope'\]; the store has \['ts'"):
+        store.prefault(["item", "nope"])
+    with pytest.raises(lateseq.SchemaError, match="not the string 'item'"):
+        store.prefault("item")
+    store.prefault(["ts", "item"])

@@ -641,10 +641,12 @@ def test_user_starts_are_np_unique_of_sorted_users_and_refuse_unsorted(users):
             user_starts(user[::-1].copy())
 
 
-@pytest.mark.parametrize("run", [(0, 2, 6, 0), (0, -1, 2, 0), (1, 0, 2, 0), (0, 0, 3, 2), (0, 3, 2, 0)])
+@pytest.mark.parametrize("run", [(0, 2, 6, 0), (0, -1, 2, 0), (1, 0, 2, 0), (0, 0, 3, 2), (0, 3, 2, 0),
+                                 (0, 0, 2, 2**63 - 2), (0, 2**63 - 3, -2**63 + 2, 0)])  # sums that wrap (s43A)
 def test_a_copy_run_outside_its_column_or_output_is_refused_not_followed(run):
     """The copy goes through raw addresses: a run past the segment's rows, before them,
-    in no segment, or past the output would read or write another object's memory."""
+    in no segment, or past the output would read or write another object's memory (a
+    check that summed ``d + n`` let a wrapped sum through: a write before the output)."""
     stored = np.arange(5, dtype=np.uint32)
     out = np.zeros(4, np.int64)
     good = (np.array([0]), np.array([1]), np.array([3]), np.array([0]))

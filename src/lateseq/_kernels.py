@@ -1178,7 +1178,8 @@ def _copy_columns(g_seg, g_lo, g_hi, g_dst, rows, size, c0, c1, c2, c3):  # prag
                 _prefetch_slot(c2, ahead, at)
                 _prefetch_slot(c3, ahead, at)
         g, lo, n, d = g_seg[k], g_lo[k], g_hi[k] - g_lo[k], g_dst[k]
-        if not (0 <= g < rows.shape[0] and 0 <= lo and 0 <= n and lo + n <= rows[g] and 0 <= d and d + n <= size):
+        if not (0 <= g < rows.shape[0] and 0 <= lo <= rows[g] and 0 <= n <= rows[g] - lo and 0 <= d <= size
+                and n <= size - d):  # (no sum that could wrap)
             return k
         _copy_slot(c0, g, lo, n, d)
         _copy_slot(c1, g, lo, n, d)

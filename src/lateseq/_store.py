@@ -879,6 +879,12 @@ class Store:
         """Touches every page of the columns a projection reads (building merged copies
         first, unless ``merged_reads=False``), so a long-running loader starts warm instead
         of faulting pages in, or merging, during its first batches."""
+        if isinstance(columns, str):
+            raise SchemaError(f"prefault takes a list of column names, not the string {columns!r}")
+        unknown = [c for c in columns if c != self.schema.time_col and c not in self.schema.columns]
+        if unknown:  # a segment "had no column" (s43A)
+            raise SchemaError(f"prefault: unknown columns {unknown}; the store has "
+                              f"{[self.schema.time_col, *self.schema.columns]}")
         if self.merged_reads == "auto":  # a loader that warms up reads long enough to pay for them
             self._merged.update(p for p, infos in self._by_partition.items() if len(infos) > 1
                                 and (p not in self._merged_names or p in self._rents))  # not one given up on
