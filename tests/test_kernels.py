@@ -655,3 +655,23 @@ def test_a_copy_run_outside_its_column_or_output_is_refused_not_followed(run):
                                                  rf"position {run[3]} reaches outside"):
         copy_columns(runs, [(segment_table([stored]), np.array([10]))], [out])
     assert out.tolist() == [11, 12, 0, 0]  # the runs before it copied
+
+
+def test_columns_of_long_runs_are_copied_one_at_a_time_to_the_same_values():
+    """Runs longer than ``LONG_RUN`` on average take a pass a column; short ones share one."""
+    from lateseq._kernels import LONG_RUN
+
+    rng = np.random.default_rng(3)
+    stored = [rng.integers(0, 2**k, 3 * LONG_RUN, dtype=f"uint{k}") for k in (8, 16, 32, 64)]
+    stored.append(rng.standard_normal(3 * LONG_RUN).astype(np.float32))
+    bases = [-5, 7, 2**40, 0, 0]
+    types = [np.int8, np.int32, np.int64, np.int64, np.float32]
+    for lo, hi in ((0, 3 * LONG_RUN), (LONG_RUN, LONG_RUN + 3)):  # one long run, one short
+        runs = (np.array([0, 0]), np.array([lo, 0]), np.array([hi, 2]), np.array([0, hi - lo]))
+        outs = [np.zeros(hi - lo + 2, t) for t in types]
+        copy_columns(runs, [(segment_table([s]), np.array([b])) for s, b in zip(stored, bases, strict=True)], outs)
+        for s, b, t, out in zip(stored, bases, types, outs, strict=True):
+            rows = np.concatenate([s[lo:hi], s[:2]])
+            want = rows if t == np.float32 else ((rows.astype(object) + b) % 2**(8 * np.dtype(t).itemsize))
+            assert out.view(f"uint{out.itemsize * 8}").tolist() == [int(v) for v in (
+                rows.view(np.uint32) if t == np.float32 else want)]
