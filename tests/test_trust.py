@@ -857,7 +857,7 @@ def test_a_decoded_copy_written_in_place_during_a_batch_is_never_returned(store,
     assert same(lateseq.materialize(handle, log, projection), expected)
     read = sorted((store.cache_dir / ("derived" if copies == "filtered" else "")).glob("[!.]*.arrow"))
     read = [path for path in read if not path.name.endswith(".index.arrow")]
-    real, writes = lateseq._gather.copy_columns, []
+    real, writes = lateseq._gather.copy_runs, []
 
     def written_meanwhile(*args):
         if every_read or not writes:
@@ -866,8 +866,8 @@ def test_a_decoded_copy_written_in_place_during_a_batch_is_never_returned(store,
                 edit_in_place(path, 1 / 3, 0x01)
         return real(*args)
 
-    monkeypatch.setattr(lateseq._gather, "copy_columns", written_meanwhile)
-    monkeypatch.setattr(lateseq._select, "copy_columns", written_meanwhile)
+    monkeypatch.setattr(lateseq._gather, "copy_runs", written_meanwhile)
+    monkeypatch.setattr(lateseq._select, "copy_runs", written_meanwhile)
     if every_read:
         with pytest.raises(lateseq.StoreError, match="written in place during 3 reads in a row"):
             lateseq.materialize(handle, log, projection)
@@ -890,7 +890,7 @@ def test_a_read_that_raised_leaves_no_stale_look_at_the_read_cache(store, log, m
         raise MemoryError
 
     with monkeypatch.context() as patch:
-        patch.setattr(lateseq._gather, "copy_columns", out_of_memory)
+        patch.setattr(lateseq._gather, "copy_runs", out_of_memory)
         with pytest.raises(MemoryError):
             lateseq.materialize(handle, log, PROJECTION)
     for info in handle.segment_infos:
@@ -928,8 +928,8 @@ def test_a_copy_written_in_place_during_a_read_that_checks_a_new_column_is_never
         begin = handle._read_cache_generation
         monkeypatch.setattr(handle, "_read_cache_generation", lambda: (begin(), write_once())[0])
     else:
-        copy = lateseq._gather.copy_columns
-        monkeypatch.setattr(lateseq._gather, "copy_columns", lambda *args: (write_once(), copy(*args))[1])
+        copy = lateseq._gather.copy_runs
+        monkeypatch.setattr(lateseq._gather, "copy_runs", lambda *args: (write_once(), copy(*args))[1])
     assert same(lateseq.materialize(handle, log, new), expected)
     assert written
 
@@ -1030,9 +1030,9 @@ def test_a_filtered_copy_written_through_another_name_during_a_read_is_never_ret
             links.append(tmp_path / f"link-{path.name}")
             os.link(path, links[-1])
     assert links
-    real, written = lateseq._select.copy_columns, []
+    real, written = lateseq._select.copy_runs, []
 
-    def copy_columns(*args):
+    def copy_runs(*args):
         if not written:
             written.append(1)
             for link in links:
@@ -1043,7 +1043,7 @@ def test_a_filtered_copy_written_through_another_name_during_a_read_is_never_ret
                 _damage_in_place(link, start, start + buffer.size, through_a_map=False)
         return real(*args)
 
-    monkeypatch.setattr(lateseq._select, "copy_columns", copy_columns)
+    monkeypatch.setattr(lateseq._select, "copy_runs", copy_runs)
     assert same(lateseq.materialize(handle, log, wanted), expected)
     assert written
 

@@ -12,7 +12,7 @@ from . import _buffers, _kernels
 from ._errors import ChecksumMismatch, reading_checks
 from ._format import TIME
 from ._jagged import JaggedBatch
-from ._kernels import Visibility, by_segment, copy_columns
+from ._kernels import Visibility, by_segment, copy_runs
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
@@ -56,9 +56,9 @@ def gather(
     values = {name: _buffers.empty(name, int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
               for name, dtype in dtypes.items()}
     for w, plan in zip(located.partitions, plans, strict=True):
-        stored = [w.view.column(TIME if name == store.schema.time_col else name) for name in values]
         for runs in plan:
-            copy_columns(runs, stored, list(values.values()))
+            for name, out in values.items():
+                copy_runs(runs, *w.view.column(TIME if name == store.schema.time_col else name), out)
     return JaggedBatch(offsets, {name: out.view(dtypes[name]) for name, out in values.items()}, mismatched)
 
 

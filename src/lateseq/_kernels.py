@@ -14,9 +14,8 @@ version, only a segment's late rows (``late_rows``) can be invisible below the f
 row of a newer version, so those are the rows visited, not every row.
 
 A batch is copied in two steps: ``_window_runs`` cuts every window into runs of visible
-rows once, then ``copy_columns`` copies the runs of every column. Visibility is settled
-once for all columns, and the copy kernel is compiled per set of (stored, output) item
-widths only.
+rows once, then ``copy_runs`` copies the runs of each column. Visibility is settled once
+for all columns, and the copy kernel is compiled per (stored, output) dtype pair only.
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ from llvmlite import ir
 from numba import carray, config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from ._errors import StoreError
 
 # ---------------------------------------------------------------- compiled, and cached on disk
 
@@ -1075,6 +1072,20 @@ def _merge_pointers(runs, k, first, cursor, key_ts, key_tb, order, rows, offsets
     return k, rows.shape[0]
 
 
+@inline_kernel
+def _copy_slice(src, base, add_base, lo, hi, out, d):  # pragma: no cover - compiled
+    """Copies rows [lo, hi) to ``out[d:]`` with a plain counter over slices: the form
+    LLVM vectorizes (2.3x over a running index)."""
+    window = src[lo:hi]
+    target = out[d:d + window.shape[0]]  # both cut short at their arrays' ends: never past them
+    if add_base:
+        for k in range(target.shape[0]):
+            target[k] = base + window[k]
+    else:
+        for k in range(target.shape[0]):
+            target[k] = window[k]
+
+
 @kernel
 def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l, ver_b, late_l, arr_l,
                  arr_b, version, version_hi, arrival_limit):  # pragma: no cover - compiled
@@ -1134,100 +1145,31 @@ def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n,
     return k, w_ptr.shape[0]
 
 
-@inline_kernel
-def _cast_run(src, dst, n, base, src_type, dst_type):  # pragma: no cover - compiled
-    """``dst[i] = base + src[i]`` for n items at two addresses, in unsigned arithmetic
-    that wraps to ``dst``'s width: a frame-of-reference integer decoded to its column's
-    type, or the bits of a float or bool (base 0) as they are. A plain counter over the
-    run: the form LLVM vectorizes (2.3x over a running index)."""
-    source = carray(_pointer(src), n, src_type)
-    target = carray(_pointer(dst), n, dst_type)
-    for i in range(n):
-        target[i] = base + np.uint64(source[i])
-
-
-@inline_kernel
-def _copy_slot(slot, g, lo, n, d):  # pragma: no cover - compiled
-    if slot is not None:  # settled as the kernel compiles: an empty slot is no code
-        src, bases, dst, src_like, dst_like = slot
-        _cast_run(src[g] + lo * src_like.itemsize, dst + d * dst_like.itemsize, n, np.uint64(bases[g]),
-                  src_like.dtype, dst_like.dtype)
-
-
-@inline_kernel
-def _prefetch_slot(slot, g, lo):  # pragma: no cover - compiled
-    if slot is not None:
-        prefetch(carray(_pointer(slot[0][g]), 1, np.uint8), lo * slot[3].itemsize)
-
-
 @kernel
-def _copy_columns(g_seg, g_lo, g_hi, g_dst, rows, size, c0, c1, c2, c3):  # pragma: no cover - compiled
-    """Each run of up to ``COPY_SLOTS`` columns at once: a run's rows are fetched for all
-    of them together, and its bounds read once (a column at a time over the same runs, a
-    late state's pass copied 1.3x slower, s43). A slot's widths are part of the kernel's
-    type: each copy is a loop of one type, not a branch on widths (1.2x faster).
-    The copy goes through raw addresses, where a slice would have been cut short: a run
-    must lie in its segment's ``rows`` and the ``size`` items of every output. Returns
-    the first that does not (the runs before it copied), or -1."""
+def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, out):  # pragma: no cover - compiled
+    if g_seg.shape[0] == 0:
+        return
+    g = g_seg[0]
+    src = segment(src_l, g)
+    base = base_l[g]
     for k in range(g_seg.shape[0]):
         if k + AHEAD < g_seg.shape[0]:
-            ahead, at = g_seg[k + AHEAD], g_lo[k + AHEAD]
-            if 0 <= ahead < rows.shape[0]:
-                _prefetch_slot(c0, ahead, at)
-                _prefetch_slot(c1, ahead, at)
-                _prefetch_slot(c2, ahead, at)
-                _prefetch_slot(c3, ahead, at)
-        g, lo, n, d = g_seg[k], g_lo[k], g_hi[k] - g_lo[k], g_dst[k]
-        if not (0 <= g < rows.shape[0] and 0 <= lo <= rows[g] and 0 <= n <= rows[g] - lo and 0 <= d <= size
-                and n <= size - d):  # (no sum that could wrap)
-            return k
-        _copy_slot(c0, g, lo, n, d)
-        _copy_slot(c1, g, lo, n, d)
-        _copy_slot(c2, g, lo, n, d)
-        _copy_slot(c3, g, lo, n, d)
-    return -1
+            ahead = g_seg[k + AHEAD]
+            prefetch(src if ahead == g else segment(src_l, ahead), g_lo[k + AHEAD])
+        if g_seg[k] != g:  # runs of one segment come together: fetch its array once for them
+            g = g_seg[k]
+            src = segment(src_l, g)
+            base = base_l[g]
+        _copy_slice(src, base, add_base, g_lo[k], g_hi[k], out, g_dst[k])
 
 
-COPY_SLOTS = 4  # columns per pass of ``_copy_columns``
-# the mean run (items) from which columns are copied one at a time: a long run streams, and
-# one column's two streams suit the prefetchers better than eight (four columns over runs of
-# ~1200: 7% slower; a tenant of 8192 events, 22%), where a short run's rows are misses best
-# taken together (runs of 20-150: 1.2-1.4x faster four at once)
-LONG_RUN = 512
-# an empty array of each item width: its dtype types a slot's loads or stores
-_UNSIGNED = {np.dtype(t).itemsize: np.empty(0, t) for t in (np.uint8, np.uint16, np.uint32, np.uint64)}
-
-
-def copy_columns(runs: tuple[np.ndarray, ...], columns: list[tuple[tuple[np.ndarray, ...], np.ndarray]],
-                 outs: list[np.ndarray]) -> None:
+def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: np.ndarray, out: np.ndarray) -> None:
     """Copies each run (segment, lo, hi, output position) of the segments' stored
-    ``columns`` (segment table and frame-of-reference bases each) into the matching
-    ``outs``, decoded to their dtypes: integers wrap to the output's width like the column
-    type; floats and bools (base 0) are copied bit for bit (a base added as a float would
-    turn -0.0 into 0.0 and quieten signalling NaNs). Up to four columns are copied a run at
-    a time where runs are short, one at a time where they are long (``LONG_RUN``); columns
-    of the same widths share a compiled kernel, in any order."""
-    slots = []
-    for (table, bases), out in zip(columns, outs, strict=True):
-        stored = table[2].dtype.itemsize
-        if stored not in _UNSIGNED or out.itemsize not in _UNSIGNED or not out.flags.c_contiguous:
-            raise ValueError(f"copy_columns copies contiguous items of 1, 2, 4 or 8 bytes, not {table[2].dtype} "
-                             f"into {out.dtype}")
-        slots.append((table[0], bases, out.ctypes.data, _UNSIGNED[stored], _UNSIGNED[out.itemsize]))
-    if not len(runs[0]) or not columns:
-        return
-    rows = np.minimum.reduce([table[1] for table, _ in columns])
-    size = min(len(out) for out in outs)
-    slots.sort(key=lambda slot: (slot[3].itemsize, slot[4].itemsize))
-    per_pass = COPY_SLOTS if int(runs[2].sum()) - int(runs[1].sum()) < LONG_RUN * len(runs[0]) else 1
-    for first in range(0, len(slots), per_pass):
-        chunk = slots[first:first + per_pass]
-        bad = _copy_columns(*runs, rows, size, *chunk, *[None] * (COPY_SLOTS - len(chunk)))
-        if bad >= 0:
-            g, lo, hi, d = (int(field[bad]) for field in runs)
-            raise StoreError(f"a copy of rows [{lo}, {hi}) of segment {g} to output position {d} reaches outside "
-                             "the segment or the output: a damaged read cache or a lateseq bug; nothing was "
-                             "returned (report it with the store's files)")
+    column ``src`` (with its frame-of-reference ``bases``) into ``out``, decoded to
+    ``out``'s dtype. Floats are never encoded and are copied bit for bit: adding a zero
+    base would turn -0.0 into 0.0 and quieten signalling NaNs."""
+    if len(runs[0]):
+        _copy_runs(*runs, src, bases.astype(out.dtype, copy=False), out.dtype.kind != "f", out)
 
 
 @kernel

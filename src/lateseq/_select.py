@@ -25,7 +25,7 @@ from ._errors import TransformOverflow
 from ._format import TIME
 from ._gather import merge_runs, output_dtype
 from ._jagged import JaggedBatch
-from ._kernels import Visibility, copy_columns, rows_since
+from ._kernels import Visibility, copy_runs, rows_since
 from ._locate import Located, PartitionView, Windows
 from ._pointers import Pointers
 from ._projection import Projection
@@ -131,16 +131,16 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             touched.scanned += scanned * _scan_bytes(view, projection)
         offsets = np.zeros(len(pointers) + 1, np.int64)
         np.add.accumulate(lengths, out=offsets[1:])
-        stored = [TIME if column == schema.time_col else column for column in columns]
-        dtypes = [output_dtype(schema, column) for column in columns]
-        targets = [_buffers.empty((name, column), int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
-                   for column, dtype in zip(columns, dtypes, strict=True)]
-        for view, (ptr, seg, lo, hi, at) in picked:
-            copy_columns((seg, lo, hi, offsets[ptr] + at), [view.column(s) for s in stored], targets)
-        if picked:  # every chosen row, at the columns' stored widths
-            touched.copied += int(offsets[-1]) * sum(picked[0][0].segments[0].stored(s).dtype.itemsize for s in stored)
-        values = {column: target.view(np.bool_) if dtype == np.bool_ else target
-                  for column, dtype, target in zip(columns, dtypes, targets, strict=True)}
+        values = {}
+        for column in columns:
+            stored = TIME if column == schema.time_col else column
+            dtype = output_dtype(schema, column)
+            target = _buffers.empty((name, column), int(offsets[-1]), np.uint8 if dtype == np.bool_ else dtype)
+            for view, (ptr, seg, lo, hi, at) in picked:
+                copy_runs((seg, lo, hi, offsets[ptr] + at), *view.column(stored), target)
+            if picked:  # every chosen row, at the column's stored width
+                touched.copied += int(offsets[-1]) * picked[0][0].segments[0].stored(stored).dtype.itemsize
+            values[column] = target.view(np.bool_) if dtype == np.bool_ else target
         batch = JaggedBatch(offsets, values, mismatched)
         try:
             out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
