@@ -326,7 +326,8 @@ def test_bad_input_is_one_line(files, case):
 
 def test_refused_deletes_and_ingests_change_nothing(files, dir_snapshot):
     """User ids to delete are read exactly, as ``Store.delete`` reads them (the CLI cast
-    them: ``True`` deleted user 1, ``2**53 + 1`` as a float user ``2**53``), and an ingest
+    them: ``True`` deleted user 1, ``2**53 + 1`` as a float user ``2**53``), an events file
+    or example log is no list of users to delete, and an ingest
     refused for its commit id creates no store (it did, fixing its schema)."""
     store, d = files["store"], files["dir"]
     lateseq("ingest", store, files["e1"])
@@ -336,6 +337,11 @@ def test_refused_deletes_and_ingests_change_nothing(files, dir_snapshot):
         code, _, err = lateseq("delete", store, write(d / "users.parquet", user_id=ids))
         assert_one_line_error(code, err, f"user_id must be integer user ids, not {kind}")
     assert dir_snapshot(store) == before
+    for given, columns in ((files["e1"], "'ts'"), (write(d / "log.parquet", user_id=[1], request_ts=[5]),
+                                                    "['request_ts'] besides")):
+        code, _, err = lateseq("delete", store, given)  # every user of an events file or log was deleted (s43B)
+        assert_one_line_error(code, err, "besides user ids, as an events file or example log does")
+        assert columns in err
     code, _, err = lateseq("ingest", d / "fresh", files["e1"], "--commit-id", "day 1")
     assert_one_line_error(code, err, "commit id 'day 1'")
     assert not (d / "fresh").exists()

@@ -1238,6 +1238,10 @@ def delete(
         raise SchemaError(f"{users} has no user_id{other} column (columns: {table.column_names})")
     if table.column("user_id").null_count:
         raise SchemaError(f"{users}: user_id has {table.column('user_id').null_count} null values")
+    events = [c for c in table.column_names if c in {handle.schema.time_col, "request_ts", *handle.schema.columns}]
+    if events:  # an events file or example log given by mistake deleted every user in it (s43B)
+        raise SchemaError(f"{users} holds {events} besides user ids, as an events file or example log does: "
+                          "delete would remove every user in it; give a file of the ids of the users to delete")
     ids = as_user_ids(table.column("user_id"), f"{users}: user_id")  # as Store.delete reads them: exactly
     new = _retried(lambda: handle.delete(ids))
     print(new.version)
