@@ -1119,11 +1119,15 @@ def test_materialize_refuses_bad_tenants_by_name(small_store):
 
 
 def test_an_empty_list_of_columns_is_refused_not_read_as_every_column(tmp_path):
-    """``columns = []`` read every payload column, where the CLI's ``--columns ''`` is refused (s34E)."""
+    """``columns = []`` read every payload column, where the CLI's ``--columns ''`` is refused (s34E);
+    a name given twice is refused too."""
     for field in ("columns", "feature_groups"):
         path = write_config(tmp_path, VALID + f"\n[tenants.empty]\nmax_len = 4\n{field} = []\n")
         with pytest.raises(SchemaError, match=f"tenant 'empty': field '{field}' names none; leave it out"):
             lateseq.load_tenants(path, CONFIG_SCHEMA)
+        path = write_config(tmp_path, VALID + f'\n[tenants.twice]\nmax_len = 4\n{field} = ["b", "a", "b"]\n')
+        with pytest.raises(SchemaError, match=rf"tenant 'twice': field '{field}' names \['b'\] more than once"):
+            lateseq.load_tenants(path, CONFIG_SCHEMA)  # read once, silently (s43B): likelier a typo
     for body, found in (("tenants = 3", "found tenants = 3"), ("[tenants]", "found no tenants")):
         with pytest.raises(SchemaError, match=found):
             lateseq.load_tenants(write_config(tmp_path, body), CONFIG_SCHEMA)

@@ -196,6 +196,9 @@ def _projection(spec: Any) -> Projection:
             raise SchemaError(f"field {key!r} must be a list of names, got {value!r}")
         if key in spec and not value:  # read as every column: a list emptied by mistake would read them all
             raise SchemaError(f"field {key!r} names none; leave it out to read every column")
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:  # a typo for another name, likeliest (read once, silently: s43B)
+            raise SchemaError(f"field {key!r} names {repeated} more than once")
     where = spec.get("where")
     if where is not None:
         unknown = sorted(set(where) - _FILTER_FIELDS) if isinstance(where, dict) else []
