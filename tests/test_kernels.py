@@ -591,14 +591,57 @@ def test_user_starts_are_np_unique_of_sorted_users_and_refuse_unsorted(users):
             user_starts(user[::-1].copy())
 
 
+# (stored, output) dtypes the read path pairs: integers stored unsigned under a base and
+# decoded to the column type (narrower, equal or wider), floats and bools bit for bit
+COPY_PAIRS = [("uint8", "int8"), ("uint8", "int64"), ("uint16", "int32"), ("uint32", "int32"), ("uint32", "int64"),
+              ("uint64", "int64"), ("uint64", "int32"), ("uint8", "uint8"), ("float32", "float32"),
+              ("float64", "float64")]
+
+
+@given(st.sampled_from(COPY_PAIRS), st.booleans(), st.integers(1, 3), st.data())
+@settings(max_examples=300)
+def test_copy_runs_matches_a_plain_copy_on_runs_of_every_length(pair, masked, segments, data):
+    """Runs from empty to past two vectors (the masked moves' limit: 8-64 items by width)
+    and beyond, in several segments, into disjoint places of one output: every item
+    decoded as the column type says (wrapping), floats bit for bit, nothing else written.
+    Both copies run on any CPU (masked moves are emulated where not native)."""
+    stored_dtype, out_dtype = np.dtype(pair[0]), np.dtype(pair[1])
+    sizes = data.draw(st.lists(st.integers(0, 300), min_size=segments, max_size=segments))
+    bits = np.dtype(f"u{stored_dtype.itemsize}")
+    stored = [np.frombuffer(data.draw(st.binary(min_size=n * stored_dtype.itemsize, max_size=n * stored_dtype.itemsize)),
+                            bits).view(stored_dtype).copy() for n in sizes]
+    info = np.iinfo(out_dtype) if out_dtype.kind in "iu" else None
+    bases = np.array([data.draw(st.integers(int(info.min), int(info.max))) if info else 0 for _ in sizes])
+    runs, at = [], 0
+    for _ in range(data.draw(st.integers(0, 12))):
+        g = data.draw(st.integers(0, segments - 1))
+        lo = data.draw(st.integers(0, sizes[g]))
+        hi = data.draw(st.integers(lo, sizes[g]))
+        at += data.draw(st.integers(0, 3))  # gaps the copy must leave alone
+        runs.append((g, lo, hi, at))
+        at += hi - lo
+    out_bits = np.dtype(f"u{out_dtype.itemsize}")
+    out = np.frombuffer(b"\xa5" * ((at + 5) * out_dtype.itemsize), out_dtype).copy()
+    expected = out.view(out_bits).copy()
+    for g, lo, hi, d in runs:
+        for i in range(hi - lo):
+            raw = stored[g][lo + i]
+            decoded = int(np.array(raw).view(bits)) + (int(bases[g]) if info else 0)
+            expected[d + i] = decoded % (1 << (8 * out_dtype.itemsize))
+    fields = tuple(np.array([r[k] for r in runs], np.int64) for k in range(4))
+    copy_runs(fields, segment_table(stored), bases.astype(out_dtype), out, masked=masked)
+    assert out.view(out_bits).tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("run", [(0, 2, 6, 0), (0, 0, 3, 2), (0, 0, 2, 2**63 - 2), (0, 2**63 - 3, 2**63 - 1, 0),
-                                 (0, 0, 5, 9)])
-def test_a_copy_run_past_its_column_or_output_never_writes_outside_the_output(run):
+                                 (0, 0, 5, 9), (0, -2, 3, 0), (0, 0, 3, -2)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_copy_run_past_its_column_or_output_never_writes_outside_the_output(run, masked):
     """Runs come from the kernels that locate windows, never from a user; still, one past
     the output wrote past it (its slice was cut short, the loop ran the run's length: s43A
     reached such a write through the copy's internals)."""
     stored = np.arange(5, dtype=np.uint32)
     whole = np.full(12, -1, np.int64)
     out = whole[4:8]
-    copy_runs(tuple(np.array([v]) for v in run), segment_table([stored]), np.array([10]), out)
+    copy_runs(tuple(np.array([v]) for v in run), segment_table([stored]), np.array([10]), out, masked=masked)
     assert whole[:4].tolist() == [-1] * 4 and whole[8:].tolist() == [-1] * 4
