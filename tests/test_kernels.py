@@ -594,7 +594,7 @@ def test_user_starts_are_np_unique_of_sorted_users_and_refuse_unsorted(users):
 # (stored, output) dtypes the read path pairs: integers stored unsigned under a base and
 # decoded to the column type (narrower, equal or wider), floats and bools bit for bit
 COPY_PAIRS = [("uint8", "int8"), ("uint8", "int64"), ("uint16", "int32"), ("uint32", "int32"), ("uint32", "int64"),
-              ("uint64", "int64"), ("uint64", "int32"), ("uint8", "uint8"), ("float32", "float32"),
+              ("uint64", "int64"), ("uint64", "int32"), ("uint8", "uint8"), ("bool", "uint8"), ("float32", "float32"),
               ("float64", "float64")]
 
 
@@ -608,8 +608,10 @@ def test_copy_runs_matches_a_plain_copy_on_runs_of_every_length(pair, masked, se
     stored_dtype, out_dtype = np.dtype(pair[0]), np.dtype(pair[1])
     sizes = data.draw(st.lists(st.integers(0, 300), min_size=segments, max_size=segments))
     bits = np.dtype(f"u{stored_dtype.itemsize}")
-    stored = [np.frombuffer(data.draw(st.binary(min_size=n * stored_dtype.itemsize, max_size=n * stored_dtype.itemsize)),
-                            bits).view(stored_dtype).copy() for n in sizes]
+    stored = [np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool) if stored_dtype == bool
+              else np.frombuffer(data.draw(st.binary(min_size=n * stored_dtype.itemsize,
+                                                     max_size=n * stored_dtype.itemsize)), bits).view(stored_dtype).copy()
+              for n in sizes]
     info = np.iinfo(out_dtype) if out_dtype.kind in "iu" else None
     bases = np.array([data.draw(st.integers(int(info.min), int(info.max))) if info else 0 for _ in sizes])
     runs, at = [], 0

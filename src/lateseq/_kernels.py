@@ -96,6 +96,11 @@ inline_kernel = _cached(nogil=True, inline="always")
 AHEAD = 8
 
 
+def _item_bits(array: types.Array) -> int:
+    """Bits an item of ``array`` takes in memory (numba's booleans have no bitwidth: a byte)."""
+    return 8 if isinstance(array.dtype, types.Boolean) else array.dtype.bitwidth
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Asks the CPU to bring ``array[index]``'s cache line in, without waiting for it
@@ -103,7 +108,7 @@ def prefetch(typingctx, array, index):
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
         view = context.make_array(array_type)(context, builder, args[0])
-        offset = builder.mul(args[1], context.get_constant(types.intp, array_type.dtype.bitwidth // 8))
+        offset = builder.mul(args[1], context.get_constant(types.intp, _item_bits(array_type) // 8))
         address = builder.gep(builder.bitcast(view.data, ir.IntType(8).as_pointer()), [offset])
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
@@ -1158,7 +1163,7 @@ MASKED_COPY = _masked_moves()
 
 
 def _vector_lanes(*arrays: types.Array) -> int:
-    return COPY_VECTOR_BYTES // max(array.dtype.bitwidth // 8 for array in arrays)
+    return COPY_VECTOR_BYTES // max(_item_bits(array) // 8 for array in arrays)
 
 
 def _intrinsic_name(name: str, vector: ir.VectorType, pointer: ir.Type) -> str:
@@ -1175,7 +1180,7 @@ def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
     wrapped to the output's width), anything else copied bit for bit. Masked-off lanes
     touch no memory."""
     lanes = _vector_lanes(out, src)
-    stored_bits, out_bits = src.dtype.bitwidth, out.dtype.bitwidth
+    stored_bits, out_bits = _item_bits(src), _item_bits(out)
 
     def codegen(context, builder, signature, args):
         out_value, d_value, src_value, lo_value, count_value, base_value, add_value = args
