@@ -1212,8 +1212,9 @@ def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
         if isinstance(signature.args[5], types.Integer):  # a float column's base is never added
             lane = builder.trunc(base_value, decoded.element) if signature.args[5].bitwidth > out_bits else (
                 builder.sext(base_value, decoded.element) if signature.args[5].bitwidth < out_bits else base_value)
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(decoded, None), lane, i32(0)),
-                                           ir.Constant(decoded, None), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+            first = builder.insert_element(ir.Constant(decoded, None), lane, i32(0))
+            splat = builder.shuffle_vector(first, ir.Constant(decoded, None),
+                                           ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
             value = builder.select(add_value, builder.add(value, splat), value)
         store = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [decoded, target.type, i32, mask.type]),
