@@ -636,14 +636,42 @@ def test_copy_runs_matches_a_plain_copy_on_runs_of_every_length(pair, masked, se
 
 
 @pytest.mark.parametrize("run", [(0, 2, 6, 0), (0, 0, 3, 2), (0, 0, 2, 2**63 - 2), (0, 2**63 - 3, 2**63 - 1, 0),
-                                 (0, 0, 5, 9), (0, -2, 3, 0), (0, 0, 3, -2)])
+                                 (0, 0, 5, 9), (0, -2, 3, 0), (0, 0, 3, -2), (0, 3, -2**63, 0),
+                                 (0, 2**62 + 1, -2**62, 0)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_a_copy_run_past_its_column_or_output_never_writes_outside_the_output(run, masked):
     """Runs come from the kernels that locate windows, never from a user; still, one past
     the output wrote past it (its slice was cut short, the loop ran the run's length: s43A
-    reached such a write through the copy's internals)."""
-    stored = np.arange(5, dtype=np.uint32)
+    reached such a write through the copy's internals), and one whose end lies far below
+    its start read past the column (its length wrapped: s44A)."""
+    backing = np.full(16, 7777, np.uint32)  # what lies past the column
+    stored = backing[:5]
+    stored[:] = np.arange(5)
     whole = np.full(12, -1, np.int64)
     out = whole[4:8]
     copy_runs(tuple(np.array([v]) for v in run), segment_table([stored]), np.array([10]), out, masked=masked)
     assert whole[:4].tolist() == [-1] * 4 and whole[8:].tolist() == [-1] * 4
+    assert set(out.tolist()) <= {-1, 10, 11, 12, 13, 14}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_copy_runs_refuses_what_it_cannot_copy_exactly(masked):
+    """A strided output (the masked moves address items by position: they wrote the
+    neighbouring columns of a 2-D array, and past a reversed view: s44A), a run naming a
+    segment the column lacks (read through a wild address), floats into another dtype
+    (copied bit for bit by one path, converted by the other)."""
+    stored = np.arange(1, 4, dtype=np.uint64)
+    runs = tuple(np.array([v]) for v in (0, 0, 3, 0))
+    table = np.zeros((4, 3), np.int64)
+    for out in (table[:, 0], np.zeros(8, np.int64)[::-2]):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            copy_runs(runs, segment_table([stored]), np.array([100]), out, masked=masked)
+    assert not table.any()
+    for g in (1, -1):
+        with pytest.raises(ValueError, match=f"names segment {g} of a column of 1 segments"):
+            copy_runs((np.array([g]), *runs[1:]), segment_table([stored]), np.array([100]), np.zeros(3, np.int64),
+                      masked=masked)
+    for stored_dtype, out_dtype in (("float32", "float64"), ("float64", "int64"), ("uint8", "float64")):
+        with pytest.raises(TypeError, match="floats bit for bit"):
+            copy_runs(runs, segment_table([stored.astype(stored_dtype)]), np.array([0]), np.zeros(3, out_dtype),
+                      masked=masked)

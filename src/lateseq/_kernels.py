@@ -1233,24 +1233,28 @@ def _lanes(typingctx, out, src):
 
 @kernel
 def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, masked, out):  # pragma: no cover - compiled
-    if g_seg.shape[0] == 0:
-        return
+    segments = min(src_l[0].shape[0], base_l.shape[0])
     g = g_seg[0]
+    if not 0 <= g < segments:
+        return 0
     src = segment(src_l, g)
     base = base_l[g]
     lanes = _lanes(out, src)
     for k in range(g_seg.shape[0]):
-        # runs of one segment come together (``by_segment``): the one AHEAD is prefetched
-        # where it is in this one (its array fetched from the table for it cost 4-7%)
-        if k + AHEAD < g_seg.shape[0] and g_seg[k + AHEAD] == g:
-            prefetch(src, g_lo[k + AHEAD])
-        if g_seg[k] != g:
+        if g_seg[k] != g:  # runs of one segment come together (``by_segment``)
             g = g_seg[k]
+            if not 0 <= g < segments:
+                return k  # a run names a segment the table lacks: the caller raises
             src = segment(src_l, g)
             base = base_l[g]
-        lo, d = g_lo[k], g_dst[k]
-        # cut at the column's and the output's ends: a run never reads or writes past them
-        n = min(min(g_hi[k], src.shape[0]) - lo, out.shape[0] - d) if lo >= 0 and d >= 0 else 0
+        # the run AHEAD is prefetched where it is in this segment (its array fetched from
+        # the table for every run cost 4-7%)
+        if k + AHEAD < g_seg.shape[0] and g_seg[k + AHEAD] == g:
+            prefetch(src, g_lo[k + AHEAD])
+        # cut at the column's and the output's ends (without a difference that could wrap):
+        # a run never reads or writes past them
+        lo, hi, d = g_lo[k], min(g_hi[k], src.shape[0]), g_dst[k]
+        n = min(hi - lo, out.shape[0] - d) if 0 <= lo < hi and 0 <= d else 0
         if n > 2 * lanes or not masked:  # a plain counter over slices: the form LLVM vectorizes
             window = src[lo:lo + n]
             target = out[d:d + n]
@@ -1263,6 +1267,7 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, masked, out): 
         else:
             _copy_vector(out, d, src, lo, n, base, add_base)
             _copy_vector(out, d + lanes, src, lo + lanes, n - lanes, base, add_base)
+    return -1
 
 
 def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: np.ndarray, out: np.ndarray,
@@ -1272,8 +1277,17 @@ def copy_runs(runs: tuple[np.ndarray, ...], src: tuple[np.ndarray, ...], bases: 
     ``out``'s dtype. Floats are never encoded and are copied bit for bit: adding a zero
     base would turn -0.0 into 0.0 and quieten signalling NaNs. ``masked``: short runs by
     masked vector moves (the default where the CPU has them; the tests take both paths)."""
-    if len(runs[0]):
-        _copy_runs(*runs, src, bases.astype(out.dtype, copy=False), out.dtype.kind != "f", bool(masked), out)
+    stored = src[2].dtype
+    if not out.flags.c_contiguous:  # the masked moves address items by position, not by strides
+        raise ValueError("copy_runs writes into a C-contiguous output only")
+    if "f" in (stored.kind, out.dtype.kind) and stored != out.dtype:
+        raise TypeError(f"copy_runs copies floats bit for bit, into their own dtype: not {stored} into {out.dtype}")
+    if not len(runs[0]):
+        return
+    bad = _copy_runs(*runs, src, bases.astype(out.dtype, copy=False), out.dtype.kind != "f", bool(masked), out)
+    if bad >= 0:
+        raise ValueError(f"run {bad} names segment {int(runs[0][bad])} of a column of {len(src[0])} segments "
+                         f"and {len(bases)} bases")
 
 
 @kernel
