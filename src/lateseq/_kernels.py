@@ -1150,7 +1150,7 @@ COPY_VECTOR_BYTES = 64  # one AVX-512 register
 def _masked_moves() -> bool:
     """Whether the CPU numba compiles for moves vectors under a mask natively (AVX-512
     BW and VL): elsewhere LLVM emulates a masked move lane by lane, slower than a loop."""
-    if config.CPU_NAME not in (None, "host"):
+    if config.CPU_NAME not in (None, "host") or getattr(config, "CPU_FEATURES", None):  # compiled for another CPU
         return False
     try:
         features = llvm.get_host_cpu_features()
