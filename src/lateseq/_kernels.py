@@ -34,6 +34,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import carray, config, njit, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 # ---------------------------------------------------------------- compiled, and cached on disk
@@ -101,15 +102,19 @@ def _item_bits(array: types.Array) -> int:
     return 8 if isinstance(array.dtype, types.Boolean) else array.dtype.bitwidth
 
 
+def _item_address(context, builder, array_type: types.Array, array, index) -> ir.Value:
+    """The address (an i8 pointer) of item ``index`` of a contiguous ``array``, unchecked."""
+    data = context.make_array(array_type)(context, builder, array).data
+    offset = builder.mul(index, context.get_constant(types.intp, _item_bits(array_type) // 8))
+    return builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [offset])
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Asks the CPU to bring ``array[index]``'s cache line in, without waiting for it
     (a hint: no fault, no bounds check is needed)."""
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        view = context.make_array(array_type)(context, builder, args[0])
-        offset = builder.mul(args[1], context.get_constant(types.intp, _item_bits(array_type) // 8))
-        address = builder.gep(builder.bitcast(view.data, ir.IntType(8).as_pointer()), [offset])
+        address = _item_address(context, builder, signature.args[0], args[0], args[1])
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
@@ -1181,6 +1186,8 @@ def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
     touch no memory."""
     lanes = _vector_lanes(out, src)
     stored_bits, out_bits = _item_bits(src), _item_bits(out)
+    if isinstance(base, types.Integer) and base.bitwidth != out_bits:  # copy_runs gives it the output's dtype
+        raise TypingError(f"_copy_vector adds a base of the output's width ({out_bits} bits), not {base}")
 
     def codegen(context, builder, signature, args):
         out_value, d_value, src_value, lo_value, count_value, base_value, add_value = args
@@ -1192,15 +1199,10 @@ def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
         mask = builder.bitcast(builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes))
         stored = ir.VectorType(ir.IntType(stored_bits), lanes)
         decoded = ir.VectorType(ir.IntType(out_bits), lanes)
-
-        def address(array_type, array_value, index, vector):
-            data = context.make_array(array_type)(context, builder, array_value).data
-            byte = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()),
-                               [builder.mul(index, i64(vector.element.width // 8))])
-            return builder.bitcast(byte, vector.as_pointer())
-
-        source = address(signature.args[2], src_value, lo_value, stored)
-        target = address(signature.args[0], out_value, d_value, decoded)
+        source = builder.bitcast(_item_address(context, builder, signature.args[2], src_value, lo_value),
+                                 stored.as_pointer())
+        target = builder.bitcast(_item_address(context, builder, signature.args[0], out_value, d_value),
+                                 decoded.as_pointer())
         load = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(stored, [source.type, i32, mask.type, stored]),
             _intrinsic_name("llvm.masked.load", stored, source.type))
@@ -1210,9 +1212,7 @@ def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
         elif out_bits < stored_bits:
             value = builder.trunc(value, decoded)
         if isinstance(signature.args[5], types.Integer):  # a float column's base is never added
-            lane = builder.trunc(base_value, decoded.element) if signature.args[5].bitwidth > out_bits else (
-                builder.sext(base_value, decoded.element) if signature.args[5].bitwidth < out_bits else base_value)
-            first = builder.insert_element(ir.Constant(decoded, None), lane, i32(0))
+            first = builder.insert_element(ir.Constant(decoded, None), base_value, i32(0))
             splat = builder.shuffle_vector(first, ir.Constant(decoded, None),
                                            ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
             value = builder.select(add_value, builder.add(value, splat), value)
