@@ -57,12 +57,14 @@ def world(tmp_path_factory):
     return store, log, path
 
 
-def expect_exact(batches: list, store: lateseq.Store, log: pa.Table) -> None:
-    """Every row of the log exactly once, each with lateseq.materialize's sequence."""
-    rows = np.concatenate([b.rows.numpy() for b in batches])
-    assert np.array_equal(np.sort(rows), np.arange(log.num_rows)), "rows missing or repeated"
+def expect_exact(batches: list, store: lateseq.Store, log: pa.Table, rows: np.ndarray | None = None) -> None:
+    """Every row of the log (``log`` holding those ``rows`` of it) exactly once, each with
+    lateseq.materialize's sequence."""
+    rows = np.arange(log.num_rows) if rows is None else rows
+    got = np.concatenate([b.rows.numpy() for b in batches])
+    assert np.array_equal(np.sort(got), rows), "rows missing or repeated"
     for b in batches:
-        picked = log.take(pa.array(b.rows.numpy()))
+        picked = log.take(pa.array(np.searchsorted(rows, b.rows.numpy())))
         want = lateseq.materialize(store, picked, PROJECTION)
         assert np.array_equal(b.offsets.numpy(), want.offsets)
         for name, values in want.values.items():
@@ -171,6 +173,32 @@ def test_a_mismatch_in_an_actor_names_rows_of_the_log(world):
     with pytest.raises(lateseq.ChecksumMismatch, match=r"first rows of the log: \[111\]") as info:
         list(actor(part))  # the second part of 16 holds row 21 of this block: the log's row 111
     assert info.value.rows == [111]
+
+
+def test_drop_deleted_leaves_out_the_examples_of_deleted_users_only(local_ray, world, tmp_path):
+    """lateseq.ray had no drop_deleted, and its error sent a user to verify=False, which
+    trained deleted users' examples with empty histories and their labels (s45A)."""
+    from lateseq.ray import Materializer
+
+    _, log, path = world
+    shutil.copytree(world[0].path, tmp_path / "store")
+    store = lateseq.open(tmp_path / "store").delete([3, 7])
+    users = log.column("user_id").to_numpy()
+    kept = np.flatnonzero(~np.isin(users, [3, 7]))
+    assert 0 < len(kept) < log.num_rows
+    ds = materialized(store, path, PROJECTION, actors=2, batch_size=16, drop_deleted=True)
+    expect_exact(list(ds.iter_torch_batches(batch_size=40, collate_fn=Collate())), store, log.take(kept),
+                 rows=kept)
+    with pytest.raises(Exception, match=r"lateseq\.ray\.materialized\(drop_deleted=True\)"):
+        list(materialized(store, path, PROJECTION, batch_size=16).iter_batches(batch_format="pyarrow"))
+    part = log.append_column(ROW, pa.array(np.arange(log.num_rows)))
+    checksum = part.column("uih_checksum").to_numpy().copy()
+    checksum[kept[0]] += 1  # another changed history still raises, naming its row
+    part = part.set_column(part.schema.get_field_index("uih_checksum"), "uih_checksum", pa.array(checksum))
+    with pytest.raises(lateseq.ChecksumMismatch, match=rf"first rows of the log: \[{kept[0]}\]"):
+        list(Materializer(store, PROJECTION, ["label"], batch_size=16, drop_deleted=True)(part))
+    with pytest.raises(lateseq.SchemaError, match="drop_deleted"):
+        materialized(store, path, PROJECTION, verify=False, drop_deleted=True)
 
 
 def test_collate_makes_a_batch_of_values_and_offsets_from_chunked_list_columns():

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._errors import SchemaError, exact_bool, exact_integer, rows_in_log
 from ._events import partition_of
 from ._examplelog import ExampleLog
+from ._loader import DROP_NEEDS_VERIFY, undeleted_rows
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
@@ -147,7 +148,11 @@ class Materializer:
     """
 
     def __init__(self, store: Store | Reopening, projection: Projection, example_columns: Sequence[str],
-                 batch_size: int = 1024, verify: bool = True):
+                 batch_size: int = 1024, verify: bool = True, drop_deleted: bool = False):
+        self.verify = exact_bool("verify", verify)  # "no" is true: checked here, not at an actor's first batch
+        self.drop_deleted = exact_bool("drop_deleted", drop_deleted)
+        if self.drop_deleted and not self.verify:
+            raise SchemaError(DROP_NEEDS_VERIFY)
         self.store = store.open() if isinstance(store, Reopening) else store
         self.projection = projection
         self.names = projection.resolve(self.store.schema)
@@ -156,14 +161,17 @@ class Materializer:
         if clash:
             raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
         self.batch_size = batch_size
-        self.verify = exact_bool("verify", verify)  # "no" is true: checked here, not at an actor's first batch
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
             with rows_in_log(part.column(ROW).to_numpy()):  # it named rows of this part, not of the log (s36F)
-                sequences = materialize(self.store, part, self.projection, verify=self.verify)
+                sequences = materialize(self.store, part, self.projection, verify=self.verify,
+                                        on_mismatch="flag" if self.drop_deleted else "raise")
+                kept = undeleted_rows(self.store, part, sequences.mismatched) if self.drop_deleted else None
+            if kept is not None:
+                part, sequences = part.take(pa.array(kept)), sequences.take(kept)
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
             yield pa.Table.from_arrays([part.column(c) for c in [ROW, *self.example_columns]] + lists,
@@ -172,7 +180,8 @@ class Materializer:
 
 def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,
                  projection: Projection, *, actors: int = 1, batch_size: int = 1024, by_partition: bool = False,
-                 example_columns: Sequence[str] | None = None, verify: bool = True) -> ray.data.Dataset:
+                 example_columns: Sequence[str] | None = None, verify: bool = True,
+                 drop_deleted: bool = False) -> ray.data.Dataset:
     """A Ray Dataset of the examples of ``examples`` with their exact sequences, rebuilt
     by ``actors`` ``Materializer`` actors on CPU workers (every example exactly once;
     Ray decides the order).
@@ -183,7 +192,9 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     (those ``p`` with ``p % actors == k``; a user's examples all go to one actor), so
     each actor maps and reads only its partitions' segments: worth it when a store's
     segments do not fit in one worker's page cache. It reads the log (pointers: small)
-    once per actor, and needs a store of several partitions.
+    once per actor, and needs a store of several partitions. ``drop_deleted`` leaves out
+    the examples of users deleted (``Store.delete``) since their pointer's version, as
+    ``lateseq.torch.ExampleDataset``'s does (any other changed history still raises).
     """
     store = store if isinstance(store, Store) else Store(store)
     actors, batch_size = exact_integer("actors", actors, 1), exact_integer("batch_size", batch_size, 1)
@@ -192,12 +203,13 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
                           "one actor would do everything; leave by_partition off")
     ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors, store)
     # the actors' checks (unknown columns, clashes) made here first, not in an actor
-    Materializer(store, projection, example_columns, batch_size, verify)
+    Materializer(store, projection, example_columns, batch_size, verify, drop_deleted)
     options: dict[str, Any] = {
         "batch_size": batch_size, "batch_format": "pyarrow",
         # each actor reopens the store: at its version, or the latest once cleanup retired it (an epoch's
         # actors start anew, and a run of many epochs outlives a daily cleanup)
-        "fn_constructor_args": (Reopening(store, verify), projection, example_columns, batch_size, verify)}
+        "fn_constructor_args": (Reopening(store, verify), projection, example_columns, batch_size, verify,
+                                drop_deleted)}
     if not by_partition:
         return ds.map_batches(Materializer, compute=ray.data.ActorPoolStrategy(size=actors), **options)
     # one branch per actor, each keeping its partitions' examples (Ray Data cannot route

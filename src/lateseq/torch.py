@@ -504,11 +504,13 @@ class ExampleDataset(IterableDataset):
     instead of one page fault at a time; batches are the same either way. ``drop_last``
     drops each shard's short last batch; ``even_batches`` gives every rank as many
     batches as the rank with fewest (what DistributedDataParallel needs; the others drop
-    their last, up to about a block per rank, or a partition's examples with
-    ``copartition``); neither depends on any rank's number of workers. ``example_columns``
+    their last: less than 5% of an epoch but for short last batches, or up to a
+    partition's examples with ``copartition``); neither depends on any rank's number of
+    workers. ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
-    their pointer's version, labels too, where they would raise ChecksumMismatch (its
+    their pointer's version, labels too, whether or not their history changed (one that
+    was empty is the same after; any other changed history still raises) (its
     batches may then be smaller, even empty, which a training step skips: the number of
     batches stays, as DistributedDataParallel needs, but ``rebatch``'s joined batches may
     then number differently on each rank; ``Batch.stats.deleted_dropped`` counts them).
@@ -568,7 +570,10 @@ class ExampleDataset(IterableDataset):
         source = examples if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
         _refuse_newer(self.store, source)
-        self._log = _table_identity(self._table, self._read) if self._table is not None else self._file.digest
+        # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
+        # and resuming with other example_columns was refused for a table only (s45A)
+        self._log = (_table_identity(self._table, _log_columns(schema, None)[0]) if self._table is not None
+                     else self._file.digest)
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
@@ -606,10 +611,13 @@ class ExampleDataset(IterableDataset):
                               f"ranks{', a smaller batch_size' if drop_last else ''}"
                               f"{', a store of more partitions' if copartition else ''}, or no even_batches)")
         if uneven and (left := plan.rows_left_out) > 0.05 * num_rows:  # as the README says
+            short = ", each dropping its short last" if drop_last else ""
+            why = ("the ranks' shares differ by up to a partition's examples; use a store of more partitions"
+                   if copartition else  # (a log's blocks leave ranks at most RANK_SPREAD apart)
+                   f"every rank stops at the batches of the rank with fewest{short}: a smaller batch_size leaves "
+                   "out fewer")
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
-                          f"rank): the ranks' shares differ by up to a {'partition' if copartition else 'block'}'s "
-                          "examples; write the log in smaller row groups"
-                          f"{' or use a store of more partitions' if copartition else ''}", stacklevel=2)
+                          f"rank): {why}", stacklevel=2)
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._shard: tuple[int, int] | None = None
@@ -701,8 +709,8 @@ class ExampleDataset(IterableDataset):
                     f"{mine['log_written']}). Its footer is the same, but a rewrite can put rows in another order "
                     "without changing it, and the saved position would then repeat some and skip others. If it is "
                     "the same file copied without its times, give them back (os.utime(path, ns=(t, t)))")
-            older = (" (or by a lateseq before 2026-12-05, whose digest of a table log took its pointer columns "
-                     "only)" if differ == ["log"] and self._table is not None else "")
+            older = (" (or by a lateseq before 2026-12-06, whose digest of a table log took only the columns it "
+                     "read)" if differ == ["log"] and self._table is not None else "")
             raise SchemaError(f"cannot resume: the state was saved with another plan or log (differing in "
                               f"{differ}){older}: saved {plan}, this dataset has {mine}")
         if state.get("done") and epoch < self.epoch:
@@ -1078,9 +1086,9 @@ def _disk_read_bytes() -> int:
 
 
 def _table_identity(table: pa.Table, columns: Sequence[str]) -> str:
-    """A digest of the table's ``columns`` a dataset reads, its pointers' and its examples'
-    (two examples of one pointer with their labels swapped are another log; a Parquet
-    log's: ``ExampleLog.digest`` and its files' times)."""
+    """A digest of the table's ``columns``, its pointers' and its examples' (two examples
+    of one pointer with their labels swapped are another log; a Parquet log's:
+    ``ExampleLog.digest`` and its files' times)."""
     digest = xxhash.xxh3_64()
     for name in columns:
         digest.update(f"{name}\0".encode())
