@@ -236,6 +236,9 @@ def check(handle: lateseq.Store, examples, requests: list[Request], oracle: Orac
             where = f"{context} tenant {name}: {projection}"
             assert_batch_equal(together[name], *expected[name], f"materialize_tenants {where}")
             assert not together[name].mismatched.any()
+            # each tenant's own: changing one tenant's flags in place changed every tenant's (s45B)
+            assert not any(np.shares_memory(together[name].mismatched, together[other].mismatched)
+                           for other in tenants if other != name)
             alone = lateseq.materialize(handle, examples, projection)
             assert_batch_equal(alone, *expected[name], f"materialize {where}")
             assert not alone.mismatched.any()
@@ -550,7 +553,8 @@ def test_numpy_and_pandas_windows_keep_their_length(time_unit, window, ns):
 
 
 @pytest.mark.parametrize("window", [np.timedelta64(1, "M"), np.timedelta64(1, "Y"), np.timedelta64(5),
-                                    np.timedelta64("NaT"), np.timedelta64(-1, "D"), pd.Timedelta(0)], ids=repr)
+                                    np.timedelta64("NaT"), np.timedelta64(-1, "D"), pd.Timedelta(0),
+                                    "٣d", "９０d", "3w"], ids=repr)  # digits other than ASCII's were taken (s45B)
 def test_timedelta64_windows_without_a_fixed_positive_length_are_refused(window):
     with pytest.raises(SchemaError, match="window"):
         Projection(3, window=window)
@@ -931,6 +935,9 @@ def test_check_tenants_collects_problems_across_tenants():
                                         "not_a_projection"], strict=True):
         assert problem.startswith(f"tenant '{name}'"), problem
     assert lateseq.check_tenants({"fine": tenants["fine"]}, CONFIG_SCHEMA) == []
+    on_time = lateseq.check_tenants({"t": Projection(5, where=Filter("ts", isin=[1]))}, CONFIG_SCHEMA)
+    assert on_time == ["tenant 't': where: filters select by a payload column; 'ts' is the time column: bound it "
+                       "with window"]  # it said 'ts' was an unknown column, which columns= takes (s45B)
     plain = lateseq.check_tenants({"fine": tenants["fine"], "aged": Projection(5, ("ts",),
                                                                                transforms={"ts": "age_s"})},
                                   PLAIN_SCHEMA)

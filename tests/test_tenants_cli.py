@@ -143,10 +143,11 @@ def test_tenants_check_says_what_span_an_integer_window_is(tmp_path):
     events = pa.table({"user_id": [1], "ts": pa.array([1_000], pa.timestamp("ms")), "item_id": [1]})
     store = ls.create(tmp_path / "store", ls.Schema.infer(events.schema)).commit(events)
     config = tmp_path / "tenants.toml"
-    config.write_text('[tenants.ints]\nmax_len = 5\nwindow = 259200\n[tenants.days]\nmax_len = 5\nwindow = "3d"\n')
+    config.write_text('[tenants.ints]\nmax_len = 5\nwindow = 259200\n[tenants.days]\nmax_len = 5\nwindow = "3d"\n'
+                      '[tenants.one]\nmax_len = 5\nwindow = "1d"\n')
     code, stdout, stderr = lateseq("tenants", "check", config, store.path)
     assert code == 0, stderr
-    assert "259200 (4.32 minutes)" in stdout and "3d (3 days)" in stdout
+    assert "259200 (4.32 minutes)" in stdout and "3d (3 days)" in stdout and "1d (1 day)" in stdout
 
 
 def test_an_out_folder_that_is_a_dangling_link_is_named(world, tmp_path):

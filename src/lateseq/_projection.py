@@ -21,7 +21,7 @@ TRANSFORMS = {
     "age": "request time minus event time, in the store's time unit (int64)",
     "age_s": "request time minus event time, in whole seconds (int64); needs a store with a time_unit",
 }
-_WINDOW = re.compile(r"^\s*(\d+)\s*(d|h|m|s|ms|us|ns)\s*$")
+_WINDOW = re.compile(r"^\s*([0-9]+)\s*(d|h|m|s|ms|us|ns)\s*$")  # ASCII digits: \d took '٣d' as 3 days (s45B)
 _SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _INTEGER_TYPES = ("int8", "int16", "int32", "int64", "bool")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -195,7 +195,10 @@ class Projection:
                                 "integers: use 'age' (in the store's own unit)")
         if self.where is not None:
             dtype = schema.columns.get(self.where.column)
-            if dtype is None:
+            if self.where.column == schema.time_col:  # a real column, which columns= takes (s45B)
+                problems.append(f"where: filters select by a payload column; {self.where.column!r} is the time "
+                                "column: bound it with window")
+            elif dtype is None:
                 problems.append(f"where: filter names unknown column {self.where.column!r}; the store's payload "
                                 f"columns are {sorted(schema.columns)}")
             elif dtype not in _INTEGER_TYPES:

@@ -141,7 +141,7 @@ def select(store: Store, pointers: Pointers, located: Located, tenants: Mapping[
             if picked:  # every chosen row, at the column's stored width
                 touched.copied += int(offsets[-1]) * picked[0][0].segments[0].stored(stored).dtype.itemsize
             values[column] = target.view(np.bool_) if dtype == np.bool_ else target
-        batch = JaggedBatch(offsets, values, mismatched)
+        batch = JaggedBatch(offsets, values, mismatched.copy())  # each tenant's own, as its values (s45B)
         try:
             out[name] = (transform(batch, projection, schema, pointers.request_ts), touched)
         except TransformOverflow as exc:

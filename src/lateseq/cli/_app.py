@@ -1087,9 +1087,9 @@ def _window_text(projection: Projection, schema: Schema) -> str:
     if schema.time_unit is None:
         return str(projection.window)
     seconds = projection.window_in(schema) / ticks_per_second(schema.time_unit)
-    span = next((f"{seconds / size:.3g} {name}" for name, size in (("days", 86_400), ("hours", 3_600),
-                                                                    ("minutes", 60)) if seconds >= size),
-                f"{seconds:.3g} seconds")
+    count, name = next(((seconds / size, name) for name, size in (("day", 86_400), ("hour", 3_600), ("minute", 60))
+                        if seconds >= size), (seconds, "second"))
+    span = f"{count:.3g} {name}{'' if f'{count:.3g}' == '1' else 's'}"
     return f"{projection.window} ({span})"
 
 
