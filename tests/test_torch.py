@@ -1045,7 +1045,8 @@ def test_even_batches_cut_uneven_row_groups_at_even_shares_and_warn_past_five_pe
     rows kept 13,464 on 2 ranks (s45A). Cut at even shares, every row is served; the README's
     warning past 5% still comes where short last batches are dropped."""
     store = lateseq.create(tmp_path / "store", lateseq.Schema({"item_id": "int64"}))
-    store = store.commit(pa.table({"user_id": np.arange(100), "ts": np.zeros(100, np.int64), "item_id": np.arange(100)}))
+    store = store.commit(pa.table({"user_id": np.arange(100), "ts": np.zeros(100, np.int64),
+                                   "item_id": np.arange(100)}))
     log = lateseq.log_examples(store, pa.table({"user_id": np.arange(100), "request_ts": np.ones(100, np.int64)}))
     pq.write_table(log, tmp_path / "log.parquet", row_group_size=30)
     projection = lateseq.Projection(5, ("item_id",))
