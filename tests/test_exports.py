@@ -14,6 +14,7 @@ EXPORTED = {
     "JaggedBatch",
     "Filter",
     "LateseqError",
+    "NotSynced",
     "PointerError",
     "Pointers",
     "Projection",

@@ -569,6 +569,46 @@ def test_a_full_disk_names_the_file_it_could_not_write_and_changes_nothing(small
     assert not list(log.parent.glob("*examples.parquet"))
 
 
+def test_a_failure_after_a_version_or_tag_is_in_place_says_it_is_done(small_store, monkeypatch):
+    """After the manifest's link, removing its temporary or syncing the folder failed with a
+    bare OSError, as if nothing was published: a retry without a commit_id stored the events
+    twice, an untag's retry found no tag (s45C). Now the temporary's removal cannot fail a
+    publish, and a failed sync is NotSynced, saying that it is done; the version's files stay."""
+    events = pa.table({"user_id": [1], "ts": [40], "item": [7], "rating": pa.array([1], pa.int8())})
+    real_unlink, real_sync = Path.unlink, lateseq._versions.fsync_dir
+
+    def unlink(path, *args, **kwargs):
+        if path.name.startswith(".tmp-") and path.parent.name == "versions":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_unlink(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "unlink", unlink)
+        v3 = small_store.commit(events)
+    assert v3.version == 3 == lateseq.open(small_store.path).version
+
+    def sync(path):
+        if path.name in ("versions", "tags"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_sync(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lateseq._versions, "fsync_dir", sync)
+        with pytest.raises(lateseq.NotSynced, match=r"version 4 of .* is in place .*Input/output error.*do not do it "
+                                                    r"again"):
+            v3.commit(events)
+        with pytest.raises(lateseq.NotSynced, match=r"tag 'prod' of version 4 is in place"):
+            v3.tag("prod", 4)
+        with pytest.raises(lateseq.NotSynced, match=r"the removal of tag 'prod' is in place"):
+            v3.untag("prod")
+    v4 = lateseq.open(small_store.path)
+    assert v4.version == 4 and v4.tags() == {}
+    assert segment_files(v4) == referenced_files(v4)  # the published version's files stayed
+    rebuilt = lateseq.materialize(v4, lateseq.log_examples(v4, pa.table({"user_id": [1], "request_ts": [99]})),
+                                  lateseq.Projection(10, ("item",)))
+    assert rebuilt.values["item"].tolist() == [100, 150, 200, 300, 7, 7]
+
+
 def test_cleanup_on_a_full_disk_makes_room_from_the_read_cache_first(make_store, monkeypatch):
     """Cleanup writes a tombstone for each version it retires before it deletes anything,
     so on a full disk it failed at the first one and freed nothing (a stranger's, on a

@@ -1545,7 +1545,7 @@ def test_logs_with_columns_of_every_kind_are_read_without_a_false_alarm(store, t
 def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):
     """Tagging checks that its version is kept, then writes the tag; a cleanup retiring in
     between would leave a tag naming a deleted version. Retirement waits for the tagger."""
-    real_write = lateseq._versions.write_durably
+    real_write = lateseq._versions.write_synced
     cleaner = []
 
     def tag_while_cleanup_runs(path, data):
@@ -1557,7 +1557,7 @@ def test_a_tag_written_while_cleanup_runs_pins_its_version(store, monkeypatch):
             assert cleaner[0].is_alive()  # waiting for this tag, not retiring the version under it
         real_write(path, data)
 
-    monkeypatch.setattr(lateseq._versions, "write_durably", tag_while_cleanup_runs)
+    monkeypatch.setattr(lateseq._versions, "write_synced", tag_while_cleanup_runs)
     old = store.version - 1
     store.tag("pinned", old)
     cleaner[0].join()

@@ -40,6 +40,12 @@ class CommitConflict(StoreError):
     """Another writer published the version this commit meant to publish."""
 
 
+class NotSynced(StoreError):
+    """A version or tag was put in place (readers see it), but syncing its folder to disk
+    failed: it may not survive a power loss. It is done: done again, a commit's events
+    would be stored twice (a ``commit_id`` makes a retry safe)."""
+
+
 class VersionNotFound(LateseqError, LookupError):
     """The requested version or tag does not exist (or is no longer kept)."""
 

@@ -47,6 +47,7 @@ import pyarrow as pa
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import (
     CommitConflict,
+    NotSynced,
     SchemaError,
     StoreError,
     VersionNotFound,
@@ -709,6 +710,8 @@ class Store:
         try:
             self._stamp_unpublished(new, version)
             self._log.publish(version, manifest)
+        except NotSynced:  # published: its files are the version's
+            raise
         except StoreError as exc:  # another writer's version, a full disk: nothing published, the new files
             if not (keep_on_conflict and isinstance(exc, CommitConflict)):  # are nobody's (after any other
                 self._remove_unpublished(new)  # error the version may be published: they stay, and cleanup

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import CommitConflict, SchemaError, StoreError, VersionNotFound, is_integer
+from ._errors import CommitConflict, NotSynced, SchemaError, StoreError, VersionNotFound, is_integer
 from ._format import SegmentInfo, close_lock_file, hard_link, open_lock_file, read_regular, write_failed, write_synced
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -181,7 +181,23 @@ def write_new(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise write_failed(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        try:  # after the link, a failure here raised as if nothing was placed (s45C)
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a leftover temporary, which cleanup removes
+
+
+def sync_placed(folder: Path, what: str) -> None:
+    """Syncs ``folder`` to disk once ``what`` is in place in it: a failure is NotSynced,
+    which says that it is (a raw OSError after a version was published read as a commit
+    that failed, and a retry stored its events twice, s45C)."""
+    try:
+        fsync_dir(folder)
+    except OSError as exc:
+        raise NotSynced(f"{what} is in place (readers see it), but syncing {folder} to disk failed "
+                        f"({exc.strerror or exc}): it may not survive a power loss. It is done: do not do it again "
+                        "(a commit's events would be stored twice; a commit_id makes a retry safe); check the "
+                        "disk") from exc
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -522,7 +538,8 @@ class VersionLog:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
         with self.tagging():  # retirement holds it too: a version kept here stays kept
             self.manifest(version)  # VersionNotFound when it was retired before the lock
-            write_durably(path, dump_checked({"version": version, "tag": name}))
+            write_synced(path, dump_checked({"version": version, "tag": name}))
+            sync_placed(self.tags_dir, f"tag {name!r} of version {version}")
 
     def untag(self, name: str) -> None:
         path = self.tags_dir / f"{check_tag_name(name)}.json"
@@ -531,7 +548,7 @@ class VersionLog:
         with self.tagging():
             if not self._removed_tag(name):
                 raise VersionNotFound(f"no tag {name!r} in {self.root}")
-            fsync_dir(self.tags_dir)
+            sync_placed(self.tags_dir, f"the removal of tag {name!r}")
 
     def untag_before(self, before: int) -> list[str]:
         """Removes the tags of versions older than ``before``, each checked and removed under
@@ -541,7 +558,7 @@ class VersionLog:
             removed = [name for name, version in sorted(self.tags().items())
                        if version < before and self._removed_tag(name)]
             if removed:
-                fsync_dir(self.tags_dir)
+                sync_placed(self.tags_dir, f"the removal of tags {removed}")
         return removed
 
     def _removed_tag(self, name: str) -> bool:
@@ -651,16 +668,16 @@ class VersionLog:
 
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
-        was ever taken (published, or published and retired since). A StoreError means
-        nothing was placed; any other error (the folder's fsync, an interrupt) may come
-        after the manifest was, so the version may be published."""
+        was ever taken (published, or published and retired since). A StoreError but
+        NotSynced (the folder's fsync failed: it is published) means nothing was placed;
+        an interrupt may come after the manifest was, so the version may be published."""
         try:
             write_new(self.manifest_path(version), dump_checked({**manifest, "format": MANIFEST_FORMAT}, MANIFEST_CRC))
         except FileExistsError as exc:
             raise CommitConflict(
                 f"version {version} of {self.root} was published by another writer; retry"
             ) from exc
-        fsync_dir(self.versions_dir)
+        sync_placed(self.versions_dir, f"version {version} of {self.root}")
 
     def retire_before(self, before: int) -> list[int]:
         """Retires versions older than ``before`` (never the latest, never a tagged one):
