@@ -618,6 +618,78 @@ main()
     assert lateseq.open(tmp_path / "other").schema.columns == {"item": "int64", "5": "int64"}
 
 
+def test_a_first_ingest_failing_before_it_publishes_leaves_no_store_and_its_errors_name_files(tmp_path,
+                                                                                                monkeypatch):
+    """A first ingest with a commit id that failed before publishing (EIO syncing segments/,
+    stamping a segment file) left the commit id's record in versions/, which kept the store
+    with the schema inferred from that input: a rerun with other options was refused. Its
+    error was a bare "[Errno 5] Input/output error" (s45D)."""
+    import errno
+
+    import lateseq._store
+    pq.write_table(pa.table({"user_id": [1, 2], "ts": [1, 2], "item": [3, 4]}), tmp_path / "ev.parquet")
+    real_sync, real_utime = lateseq._store.fsync_dir, os.utime
+
+    def sync(path):
+        if path.name == "segments" and any(path.iterdir()):  # the commit's files written (not the store made)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_sync(path)
+
+    def utime(path, *args, **kwargs):
+        if "segments" in str(path):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_utime(path, *args, **kwargs)
+
+    new = tmp_path / "new"
+    for name, fault, named in (("fsync_dir", sync, new / "segments"), ("utime", utime, new / "segments")):
+        with monkeypatch.context() as patch:
+            patch.setattr(lateseq._store if name == "fsync_dir" else os, name, fault)
+            code, _, err = cli("ingest", new, tmp_path / "ev.parquet", "--commit-id", "first")
+        one_line_error(code, err, f"cannot write {named}", "Input/output error")
+        assert not new.exists()
+    assert cli("ingest", new, tmp_path / "ev.parquet", "--partitions", 4, "--commit-id", "first")[:2] == (0, "1\n")
+    assert lateseq.open(new).schema.partitions == 4
+
+
+def test_cleanup_failing_after_it_removed_tags_says_so(small_store, monkeypatch):
+    """--no-keep-tags removes the tags, then retires: a failed retirement said only its own
+    error, as if nothing had changed, with the tags gone (s45D)."""
+    small_store.tag("first", 1)
+
+    def failing(self, *args, **kwargs):
+        raise lateseq.StoreError("cannot write versions/00000001.json (Input/output error)")
+
+    monkeypatch.setattr(lateseq.Store, "cleanup", failing)
+    code, _, err = cli("cleanup", small_store.path, "--before", "latest", "--no-keep-tags", "--grace", 0)
+    assert code == 1 and "removed tags first before the cleanup failed: run it again" in err, err
+    assert small_store.tags() == {}
+
+
+def test_outputs_all_in_place_are_not_reported_failed_for_a_temporary_left(tmp_path, monkeypatch):
+    """Replacing several outputs keeps each old file under a second name until all are in
+    place; a failure removing that name after them raised, and materialize --tenants said
+    it had failed with every output replaced (s45D)."""
+    import errno
+
+    import lateseq._format
+    from lateseq._format import all_replaced_when_written
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    for path in paths:
+        path.write_bytes(b"old")
+    real = lateseq._format.discard
+
+    def discard(path):
+        if path.exists():
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(path)
+
+    monkeypatch.setattr(lateseq._format, "discard", discard)
+    with all_replaced_when_written(paths) as temporaries:
+        for tmp in temporaries:
+            tmp.write_bytes(b"new")
+    assert [p.read_bytes() for p in paths] == [b"new", b"new"]
+
+
 # ---------------------------------------------------------------- bench and demo: refused before they run
 
 

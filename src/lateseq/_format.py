@@ -569,7 +569,8 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         raise
     finally:
         for tmp in [*temporaries, *kept.values()]:
-            discard(tmp)
+            with contextlib.suppress(OSError):  # raised, it said outputs all in place had failed (s45D): a
+                discard(tmp)  # leftover goes at the next write of its path (``_remove_abandoned_temporaries``)
 
 
 def write_synced(path: Path, data: pa.Buffer | bytes) -> int:

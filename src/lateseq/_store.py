@@ -70,6 +70,7 @@ from ._format import (
     is_segment_name,
     make_folders,
     utf8_path,
+    write_failed,
     write_segment,
 )
 from ._kernels import Visibility
@@ -654,7 +655,10 @@ class Store:
         try:
             yield new
             if new:  # the files survive a power loss before a manifest names them
-                fsync_dir(self.path / "segments")
+                try:
+                    fsync_dir(self.path / "segments")
+                except OSError as exc:  # named (a bare "Input/output error", s45D)
+                    raise write_failed(self.path / "segments", exc) from exc
         except BaseException:
             self._remove_unpublished(new)
             raise
@@ -673,6 +677,8 @@ class Store:
                 os.utime(path)
             except FileNotFoundError:
                 raise _lost_unpublished(path, version) from None
+            except OSError as exc:
+                raise write_failed(path, exc) from exc
         for path in paths:
             if not os.path.lexists(path):
                 raise _lost_unpublished(path, version)

@@ -50,7 +50,7 @@ from ._format import SegmentInfo, close_lock_file, hard_link, open_lock_file, re
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit
 LATEST = "latest"  # the newest version, wherever a version is asked for
-_MANIFEST_NAME = re.compile(r"(\d{8})\.json")
+MANIFEST_NAME = re.compile(r"(\d{8})\.json")
 COMMIT_INDEX = "commit-index.json"  # in versions/: the version up to which every commit id has its files
 DELTA_DEPTH = 1024  # a manifest lists all its segments at least every DELTA_DEPTH versions
 # Manifests and tombstones of format 2 (those a chain may pass through) keep their CRC under
@@ -270,7 +270,7 @@ class VersionLog:
             names = os.listdir(self.versions_dir)
         except OSError as exc:
             raise StoreError(f"cannot list {self.versions_dir}: {exc.strerror}") from exc
-        return sorted(int(m.group(1)) for n in names if (m := _MANIFEST_NAME.fullmatch(n)))
+        return sorted(int(m.group(1)) for n in names if (m := MANIFEST_NAME.fullmatch(n)))
 
     @property
     def latest(self) -> int:

@@ -65,7 +65,7 @@ from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
 from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
 from lateseq._store import check_commit_id, physical_memory
-from lateseq._versions import GATE, STORE_ID
+from lateseq._versions import GATE, MANIFEST_NAME, STORE_ID
 from lateseq.cli import human_bytes
 
 # errors that mean "bad input"; anything else is a bug (also one line, unless LATESEQ_DEBUG)
@@ -724,9 +724,19 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
 def _remove_unused(store: Path) -> None:
     """Removes a store this run created whose first commit failed (interrupted, a full
     disk): left, it held the schema inferred from this input, and a corrected rerun (other
-    options) was refused as disagreeing with it. Kept where anything was written to it."""
-    if any(any((store / sub).iterdir()) for sub in ("versions", "segments", "tags")):
+    options) was refused as disagreeing with it. Kept where a version or a tag was
+    published (or a folder is not lateseq's); the commit's other leftovers (its commit
+    id's record, unpublished segment files, temporaries) kept it too, and so the schema
+    (s45D)."""
+    try:
+        leftovers = [path for sub in ("versions", "segments") for path in (store / sub).iterdir()]
+        if any(MANIFEST_NAME.fullmatch(p.name) or p.is_dir() for p in leftovers) or any((store / "tags").iterdir()):
+            return
+    except OSError:
         return
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            path.unlink()
     for name in ("schema.json", STORE_ID, ".lock", GATE):
         with contextlib.suppress(OSError):
             (store / name).unlink(missing_ok=True)
@@ -841,7 +851,13 @@ def cleanup(
         handle.versions()  # every manifest checked first: a damaged one fails the command before a tag goes
         untagged = handle._log.untag_before(before)
     held = _bytes_under(handle.path, handle.cache_dir)
-    retired = handle.cleanup(before, grace_s=grace)
+    try:
+        retired = handle.cleanup(before, grace_s=grace)
+    except BaseException:
+        if untagged:  # gone already: unsaid, a failed run read as one that changed nothing (s45D)
+            _err.print(f"removed tags {', '.join(untagged)} before the cleanup failed: run it again to retire "
+                       "their versions", highlight=False)
+        raise
     for version in retired:
         print(version)
     pinned = sorted({v for v in handle.tags().values() if v < before})
