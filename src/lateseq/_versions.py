@@ -668,9 +668,9 @@ class VersionLog:
 
     def publish(self, version: int, manifest: dict) -> None:
         """Makes ``manifest`` version ``version``, or raises CommitConflict if the number
-        was ever taken (published, or published and retired since). A StoreError but
-        NotSynced (the folder's fsync failed: it is published) means nothing was placed;
-        an interrupt may come after the manifest was, so the version may be published."""
+        was ever taken (published, or published and retired since). A StoreError means
+        nothing was placed, but NotSynced (the folder's fsync failed: it is published); an
+        interrupt may come after the manifest was, so the version may be published."""
         try:
             write_new(self.manifest_path(version), dump_checked({**manifest, "format": MANIFEST_FORMAT}, MANIFEST_CRC))
         except FileExistsError as exc:

@@ -509,11 +509,11 @@ class ExampleDataset(IterableDataset):
     workers. ``example_columns``
     (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
     ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
-    their pointer's version, labels too, whether or not their history changed (one that
-    was empty is the same after; any other changed history still raises) (its
-    batches may then be smaller, even empty, which a training step skips: the number of
-    batches stays, as DistributedDataParallel needs, but ``rebatch``'s joined batches may
-    then number differently on each rank; ``Batch.stats.deleted_dropped`` counts them).
+    their pointer's version, labels too, whether or not their history changed (an empty
+    one did not); any other changed history still raises. Its batches may then be
+    smaller, even empty, which a training step skips: the number of batches stays, as
+    DistributedDataParallel needs, but ``rebatch``'s joined batches may then number
+    differently on each rank; ``Batch.stats.deleted_dropped`` counts them.
     A dataset reads the version it opened (a deletion after it is not in what it reads)
     until cleanup retires it; ``follow_latest`` reads each epoch at the store's latest
     version instead, so deletions take effect within a run (with ``drop_deleted``) and
