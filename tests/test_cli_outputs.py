@@ -688,6 +688,15 @@ def test_outputs_all_in_place_are_not_reported_failed_for_a_temporary_left(tmp_p
         for tmp in temporaries:
             tmp.write_bytes(b"new")
     assert [p.read_bytes() for p in paths] == [b"new", b"new"]
+    monkeypatch.undo()
+    names = sorted(p.name for p in tmp_path.iterdir())  # with the leftovers of the failed removals
+    # a writer's EIO was a bare "[Errno 5] Input/output error", naming no file (s45D)
+    with pytest.raises(lateseq.StoreError, match=rf"Input/output error while writing {paths[0]}, {paths[1]}, left"):
+        with all_replaced_when_written(paths) as temporaries:
+            temporaries[0].write_bytes(b"half")
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+    assert [p.read_bytes() for p in paths] == [b"new", b"new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 # ---------------------------------------------------------------- bench and demo: refused before they run

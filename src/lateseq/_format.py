@@ -564,8 +564,12 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
                 os.replace(kept[path], path)
             else:
                 path.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS and not isinstance(exc, StoreError):
-            raise write_failed(", ".join(map(str, paths)), exc) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+            if exc.errno in _WRITE_ERRORS:
+                raise write_failed(", ".join(map(str, paths)), exc) from exc
+            if exc.errno == errno.EIO:  # a writer's (or an input's) bare "[Errno 5] Input/output error" (s45D)
+                raise StoreError(f"{exc.strerror} while writing {', '.join(map(str, paths))}, left as they "
+                                 "were; is a disk failing?") from exc
         raise
     finally:
         for tmp in [*temporaries, *kept.values()]:
