@@ -206,9 +206,7 @@ class ShardPlan:
             unit = np.array(self.row_group_partitions, np.int64)[self._block_table[1]]
         units = list(dict.fromkeys(unit[order].tolist()))  # in the order their first block comes
         rows = self._unit_rows(unit)
-        # the largest first (ties in that order): each rank's rows are then the same in every epoch; dealt in read
-        # order, a later epoch left a rank short of a batch, and under even_batches every rank got none (a stranger's)
-        rank_of = _deal(sorted(units, key=lambda u: -rows[u]), rows, self.world_size)
+        rank_of = _deal_largest_first(units, rows, self.world_size)
         return order, np.array([rank_of[u] for u in unit.tolist()], np.int64), unit
 
     def _unit_rows(self, unit: np.ndarray) -> dict[int, int]:
@@ -450,18 +448,24 @@ class ShardPlan:
 
 
 def _uneven(sizes: np.ndarray, ranks: int) -> bool:
-    """Whether blocks of ``sizes`` rows, dealt as ``_dealt`` deals them (largest first,
-    each to the rank with the fewest rows), leave the ranks more than ``RANK_SPREAD`` of
+    """Whether blocks of ``sizes`` rows, dealt as ``_dealt`` deals them
+    (``_deal_largest_first``), leave the ranks more than ``RANK_SPREAD`` of
     an even share apart (or some rank without rows)."""
     if ranks == 1:
         return False
     if len(sizes) < ranks:
         return True
-    order = sorted(range(len(sizes)), key=lambda b: -int(sizes[b]))
-    dealt = _deal(order, dict(enumerate(sizes.tolist())), ranks)
+    dealt = _deal_largest_first(list(range(len(sizes))), dict(enumerate(sizes.tolist())), ranks)
     rows = np.zeros(ranks, np.int64)
     np.add.at(rows, list(dealt.values()), sizes[list(dealt)])
     return int(rows.max() - rows.min()) > RANK_SPREAD * int(sizes.sum()) / ranks
+
+
+def _deal_largest_first(units: list[int], rows: dict[int, int], bins: int) -> dict[int, int]:
+    """``_deal`` of ``units``, the largest first (ties in their order): each rank's rows are
+    then the same in every epoch; dealt in read order, a later epoch left a rank short of a
+    batch, and under even_batches every rank got none (a stranger's)."""
+    return _deal(sorted(units, key=lambda u: -rows[u]), rows, bins)
 
 
 def _deal(units: list[int], rows: dict[int, int], bins: int) -> dict[int, int]:
