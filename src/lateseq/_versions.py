@@ -180,11 +180,9 @@ def write_new(path: Path, data: bytes) -> None:
         raise
     except OSError as exc:
         raise write_failed(path, exc) from exc
-    finally:
-        try:  # after the link, a failure here raised as if nothing was placed (s45C)
+    finally:  # after the link, a failure here raised as if nothing was placed (s45C): a leftover
+        with contextlib.suppress(OSError):  # temporary is removed by cleanup
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a leftover temporary, which cleanup removes
 
 
 def sync_placed(folder: Path, what: str) -> None:
