@@ -52,3 +52,36 @@ def test_tiny_run_reports_loaders_cold_reads_and_ray(tmp_path):
     else:
         assert {"in-process", "1", "2"} == set(r["ray"]["256"])
     assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
+
+
+def _loader_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import loader
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return loader
+
+
+def test_affinity_targets_compare_each_side_at_its_faster_readahead():
+    """Affinity on (readahead off, as "auto" reads a store bigger than memory) against
+    affinity off at whichever readahead ran it faster: here readahead on, reading more
+    bytes faster; co-partitioning is held to 1/hosts of the plain log's reads."""
+    loader = _loader_module()
+
+    def entry(ex_s, read):
+        return {"ex_s": ex_s, "disk_read_bytes": read}
+    cold = {"256": {"batch": {"affinity off, prefetch off": entry(4_000, 400e6),
+                              "affinity on, prefetch off": entry(30_000, 40e6)},
+                    "batch-readahead": {"affinity off, prefetch off": entry(15_000, 1_600e6),
+                                        "affinity on, prefetch off": entry(17_000, 1_500e6)}}}
+    cop = [{"hosts": 2, "n": {"256": {"read_vs_off": 0.5}}}, {"hosts": 4, "n": {"256": {"read_vs_off": 0.4}}}]
+    found = {(t["target"].split(":")[-1].strip(), t["n"]): t for t in loader.targets({"cold": cold, "copartition": []})}
+    read = found[("disk bytes read, less than off by", 256)]
+    speed = found[("ex/s vs off", 256)]
+    assert read["value"] == 0.975 and read["met"]  # 40 MB against readahead's 1.6 GB
+    assert speed["value"] == 2.0 and speed["met"]  # 30k against 15k, not against 4k
+    hosts = {t["target"]: t for t in loader.targets({"cold": cold, "copartition": cop}) if "hosts" in t["target"]}
+    two, four = (hosts[f"co-partitioning ({k} hosts): disk bytes read per host vs 1/hosts of off"] for k in (2, 4))
+    assert two["value"] == 1.0 and two["met"]
+    assert four["value"] == 1.6 and not four["met"]  # a host reading more than its partitions' share
