@@ -1663,6 +1663,63 @@ def test_workers_reuse_shared_memory_only_once_the_trainer_let_go(world, context
     assert len(kept) > 2 * 8 and sum(b.slot[2] < 0 for b in kept) >= len(kept) - 2 * 8
 
 
+def _byte_offset(t: torch.Tensor) -> int:
+    return t.storage_offset() * t.element_size()
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_workers_read_of_one_batch_is_rebuilt_in_the_buffer_it_crosses_in(world, monkeypatch, prefetch):
+    """A worker's read of one batch (the reads from N=1024 on) is rebuilt straight into the
+    shared buffer its batch crosses to the trainer in (copied in after, it was a third of a
+    worker's time a batch at N=4096): its histories lie before the rows copied in after
+    them. Batches stay exact whether let go or all held (the buffers then all taken)."""
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: forked workers inherit it
+    _store, oracle, log, _ = world
+    ds = dataset(world, batch_size=4, shuffle=True, seed=3, prefetch=prefetch)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    in_place, slots, with_values = 0, [], 0
+    for batch in loader:  # each checked as it arrives, then let go
+        check([batch], oracle, log, rows_expected=len(batch))
+        slots.append(batch.slot[1:3])
+        filled = [v for v in batch.values.values() if v.numel()]
+        if filled:
+            with_values += 1
+            same_buffer = {v.untyped_storage().data_ptr() for v in filled} == {batch.rows.untyped_storage().data_ptr()}
+            in_place += same_buffer and all(_byte_offset(v) < _byte_offset(batch.rows) for v in filled)
+    assert all(s >= 0 for _, s in slots) and len(set(slots)) <= 2 * 8 < len(slots)
+    assert in_place >= with_values - 2 * 8 > 0  # a slot's first batch finds no buffer yet: it is copied in
+    kept = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork"))
+    check(kept, oracle, log)  # every batch held: none written over
+
+
+def test_a_slot_taken_for_a_read_that_raised_is_free_again(world, monkeypatch):
+    """A worker's slot taken for a read of one batch that raised (a tampered pointer) is
+    free again: none stays taken once the batches made are gone."""
+    import gc
+
+    from torch.utils.data._utils.worker import WorkerInfo
+
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)
+    store, _, log, _ = world
+    checksum = log.column("uih_checksum").to_numpy().copy()
+    checksum[23] ^= 1
+    tampered = log.set_column(log.schema.get_field_index("uih_checksum"), "uih_checksum",
+                              pa.array(checksum, pa.uint32()))
+    ds = ExampleDataset(store, tampered, lateseq.Projection(MAX_LEN, COLUMNS), batch_size=10)
+    info = WorkerInfo(id=0, num_workers=1, seed=0, dataset=ds)
+    monkeypatch.setattr(lateseq.torch, "get_worker_info", lambda: info)  # this process plays a worker
+    made = []
+    with pytest.raises(lateseq.ChecksumMismatch) as raised:
+        for batch in ds:
+            made.append(batch)
+    assert raised.value.rows == [23] and len(made) == 2
+    assert all(b.slot is not None and b.slot[2] >= 0 for b in made)  # made in slots, as a worker makes them
+    del made, batch, raised
+    gc.collect()
+    assert not ds._slots.flags[0].any(), ds._slots.flags[0]
+    ds._slots._lock_file[1].close()  # a worker's, kept open for its life: this process is none
+
+
 def test_buffers_the_trainer_held_all_at_once_are_reused_once_it_lets_go(world):
     """A trainer that held every buffer of a worker (a list of an epoch's batches) and let
     go: the batches of the next epoch reuse them. They were freed only when a batch in a

@@ -18,10 +18,19 @@ import sys
 import threading
 from collections.abc import Hashable, Iterator
 from contextvars import ContextVar
+from typing import Protocol
 
 import numpy as np
 
-_LENT: ContextVar[Recycler | None] = ContextVar("lateseq_recycler", default=None)
+
+class Lender(Protocol):
+    """What a read takes its output arrays from (a ``Recycler``, or a loader worker's
+    shared buffer that its batch then crosses to the trainer in)."""
+
+    def empty(self, key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray: ...
+
+
+_LENT: ContextVar[Lender | None] = ContextVar("lateseq_recycler", default=None)
 
 
 def _references(held: list[np.ndarray], i: int) -> int:
@@ -77,7 +86,7 @@ def empty(key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def recycling(recycler: Recycler) -> Iterator[None]:
+def recycling(recycler: Lender) -> Iterator[None]:
     """Lends ``recycler`` to the reads made in this block (in this thread)."""
     token = _LENT.set(recycler)
     try:

@@ -30,7 +30,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,7 +49,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lateseq.torch needs PyTorch: pip install 'lateseq[torch]'") from exc
 
-from ._buffers import Recycler, recycling
+from ._buffers import Lender, Recycler, recycling
 from ._errors import (
     ChecksumMismatch,
     PointerError,
@@ -801,13 +801,14 @@ class ExampleDataset(IterableDataset):
         examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
+        reserved = self._slots.reserve() if len(reads) == 1 else None  # a worker's batch, rebuilt in its slot
         try:
-            sequences = self._materialized(examples, recycler)
+            sequences = self._materialized(examples, reserved or recycler)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch (``_made``): it raises at its batch
             sequences = None
-        return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io
+        return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io, reserved
 
-    def _materialized(self, examples: pa.Table, recycler: Recycler) -> JaggedBatch:
+    def _materialized(self, examples: pa.Table, recycler: Lender) -> JaggedBatch:
         on_mismatch: Literal["raise", "flag"] = "flag" if self.drop_deleted else "raise"
         with recycling(recycler):
             try:
@@ -821,11 +822,15 @@ class ExampleDataset(IterableDataset):
                                    on_mismatch=on_mismatch)
 
     def _made(self, reads: list[tuple[pa.Table, np.ndarray, float]], sequences: JaggedBatch | None,
-              rebuilt_s: float, read_bytes: int, recycler: Recycler) -> Iterator[Batch]:
+              rebuilt_s: float, read_bytes: int, reserved: _Reserved | None, recycler: Recycler) -> Iterator[Batch]:
         """The batches of ``reads``, each its part of the read's ``sequences`` (and of its
         cost, by rows), made as they are asked for: a DataLoader worker writes each into a
-        buffer it reuses, of which it has only a few. Where the read raised (None), each is
-        read again alone: the error raises at its batch, those before it handed out."""
+        buffer it reuses, of which it has only a few (a read of one batch was rebuilt in
+        the one ``reserved`` for it). Where the read raised (None), each is read again
+        alone: the error raises at its batch, those before it handed out."""
+        if reserved is not None and sequences is None:
+            reserved.release()  # read again alone, into memory of its own
+            reserved = None
         rows = sum(len(part_rows) for _, part_rows, _ in reads)
         start = 0
         for part, part_rows, read_s in reads:
@@ -841,7 +846,7 @@ class ExampleDataset(IterableDataset):
             if kept is not None:
                 dropped = len(part_rows) - len(kept)
                 part, part_rows, part_sequences = part.take(pa.array(kept)), part_rows[kept], part_sequences.take(kept)
-            batch = self._batch(part_rows, part, part_sequences)
+            batch = self._batch(part_rows, part, part_sequences, reserved)
             users = np.sort(part.column("user_id").to_numpy())  # np.unique hashed them: 60 us a batch of 1024
             shared = int(np.count_nonzero(users[1:] == users[:-1]))
             history_bytes = sum(v.nbytes for v in part_sequences.values.values())
@@ -883,10 +888,11 @@ class ExampleDataset(IterableDataset):
         keys = (table.column("user_id").to_numpy(), table.column("request_ts").to_numpy()) if plan.affinity else ()
         return w, table, plan.window_rows_of(w), plan.order(w, *keys)
 
-    def _batch(self, rows: np.ndarray, examples: pa.Table, sequences: JaggedBatch) -> Batch:
+    def _batch(self, rows: np.ndarray, examples: pa.Table, sequences: JaggedBatch,
+               reserved: _Reserved | None = None) -> Batch:
         return self._slots.batch(rows.astype(np.int64, copy=False),
                                  {name: _example_numpy(examples, name) for name in self.example_columns},
-                                 sequences.offsets, sequences.lengths, sequences.values)
+                                 sequences.offsets, sequences.lengths, sequences.values, reserved)
 
 
 # ---------------------------------------------------------------------- worker -> trainer memory
@@ -938,22 +944,29 @@ class _Slots:
         self._tables.setdefault(self.token, self)
 
     def batch(self, rows: np.ndarray, examples: dict[str, np.ndarray], offsets: np.ndarray, lengths: np.ndarray,
-              values: dict[str, np.ndarray]) -> Batch:
+              values: dict[str, np.ndarray], reserved: _Reserved | None = None) -> Batch:
+        """The batch of these arrays: in a worker, in a slot's buffer (``reserved``, the
+        slot its histories were rebuilt in: those arrays stay where they are)."""
         arrays = [rows, *examples.values(), offsets, lengths, *values.values()]
         info = get_worker_info()
         named = info is not None and info.id < self.WORKERS  # a worker with a row of slots
-        place = self._place(info.id, arrays) if named else None
+        if reserved is not None:
+            place: tuple[torch.Tensor, int, int] | None = reserved.placed(arrays)
+        else:
+            place = self._place(info.id, arrays) if named else None
         if place is None:
             tensors = [_tensor(a) for a in arrays]
             slot = -1  # none free: memory of its own, yet its arrival frees those let go of since
         else:
-            buffer, slot = place
-            tensors, at = [], 0
+            buffer, slot, rebuilt = place
+            tensors, at = [], rebuilt
             for a in arrays:
                 a = np.ascontiguousarray(a)
-                buffer[at:at + a.nbytes].numpy()[:] = a.view(np.uint8)
-                tensors.append(buffer[at:at + a.nbytes].view(_torch_dtype(a.dtype)))
-                at += _aligned(a.nbytes)
+                offset = _offset_in(buffer, a, rebuilt)
+                if offset is None:  # not rebuilt in the buffer: copied in after what was
+                    buffer[at:at + a.nbytes].numpy()[:] = a.view(np.uint8)
+                    offset, at = at, at + _aligned(a.nbytes)
+                tensors.append(buffer[offset:offset + a.nbytes].view(_torch_dtype(a.dtype)))
         it = iter(tensors)
         batch = Batch(next(it), {k: next(it) for k in examples}, next(it), next(it), {k: next(it) for k in values},
                       slot=(self.token, info.id, slot, os.getpid()) if named else None)
@@ -969,9 +982,31 @@ class _Slots:
         self._buffers[slot] = None  # before the slot is free: no thread takes it with the old buffer
         self.flags[worker, slot] = 0
 
-    def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int] | None:
+    def reserve(self) -> _Reserved | None:
+        """In a DataLoader worker, a free slot for a batch to be rebuilt in; None elsewhere
+        or when all are in the trainer's hands."""
+        info = get_worker_info()
+        if info is None or info.id >= self.WORKERS:
+            return None
+        slot = self._take(info.id)
+        return None if slot is None else _Reserved(self, info.id, slot)
+
+    def _place(self, worker: int, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int, int] | None:
         """A free buffer of this worker with room for ``arrays`` (grown when too small),
-        marked in use; None when all are in the trainer's hands."""
+        marked in use, and the bytes of it already written (none); None when all are in
+        the trainer's hands."""
+        slot = self._take(worker)
+        return None if slot is None else (self._sized(slot, sum(_aligned(a.nbytes) for a in arrays)), slot, 0)
+
+    def _sized(self, slot: int, need: int) -> torch.Tensor:
+        """Slot ``slot``'s buffer, a new one where it has none or one of fewer than ``need`` bytes."""
+        buffer = self._buffers[slot]
+        if buffer is None or len(buffer) < need:
+            buffer = self._buffers[slot] = torch.empty(need + need // 2, dtype=torch.uint8).share_memory_()
+        return buffer
+
+    def _take(self, worker: int) -> int | None:
+        """A free slot of this worker, marked in use; None when all are in the trainer's hands."""
         if self.lock_path is None:
             return None
         if self._lock_file is None or self._lock_file[0] != os.getpid():  # a lock per process
@@ -985,11 +1020,11 @@ class _Slots:
                 return None
             slot = int(free[0, 0])
             self.flags[worker, slot] = os.getpid()
-        need = sum(_aligned(a.nbytes) for a in arrays)
-        buffer = self._buffers[slot]
-        if buffer is None or len(buffer) < need:
-            buffer = self._buffers[slot] = torch.empty(need + need // 2, dtype=torch.uint8).share_memory_()
-        return buffer, slot
+        return slot
+
+    def _given_back(self, worker: int, slot: int) -> None:
+        """A slot taken for a batch that was never made is free again (nothing of it left the worker)."""
+        self.flags[worker, slot] = 0
 
     @classmethod
     def arrived(cls, batch: Batch) -> None:
@@ -1020,6 +1055,52 @@ class _Slots:
             for s, pid in enumerate(table.flags[worker].tolist()):
                 if pid and s not in mine and not _alive(pid):
                     table.flags[worker, s] = 0
+
+
+class _Reserved:
+    """A worker's slot taken before its batch is rebuilt (a read of one batch), lent to
+    the read (``_buffers.recycling``): the read's arrays are made in the slot's buffer,
+    so the batch crosses to the trainer without a copy into it (at N=4096 that copy was a
+    third of a worker's time a batch, s46). Arrays that do not fit, and those the loader
+    makes after the read (a transform's, dropped examples'), are copied in as before.
+    The slot is free again when no batch took it."""
+
+    def __init__(self, slots: _Slots, worker: int, slot: int) -> None:
+        self.slots, self.slot = slots, slot
+        self.buffer = slots._buffers[slot]
+        self.used = 0  # bytes of the buffer handed out
+        self._unused = weakref.finalize(self, slots._given_back, worker, slot)
+
+    def empty(self, key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        need = size * dtype.itemsize
+        if self.buffer is None or self.used + need > len(self.buffer):  # made elsewhere, copied in with the batch
+            return np.empty(size, dtype)
+        out = self.buffer[self.used:self.used + need].numpy().view(dtype)
+        self.used += _aligned(need)
+        return out
+
+    def placed(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int, int]:
+        """(buffer, slot, bytes of it the read wrote) for the batch of ``arrays``, which
+        now owns the slot: a bigger buffer (every array copied in) where the arrays made
+        elsewhere do not fit after those made in it."""
+        self._unused.detach()
+        outside = sum(_aligned(a.nbytes) for a in arrays if _offset_in(self.buffer, a, self.used) is None)
+        if self.buffer is None or self.used + outside > len(self.buffer):
+            return self.slots._sized(self.slot, sum(_aligned(a.nbytes) for a in arrays)), self.slot, 0
+        return self.buffer, self.slot, self.used
+
+    def release(self) -> None:
+        """Frees the slot: no batch will take it."""
+        self._unused()
+
+
+def _offset_in(buffer: torch.Tensor | None, array: np.ndarray, written: int) -> int | None:
+    """Where ``array`` lies in the first ``written`` bytes of ``buffer``; None when it is elsewhere."""
+    if buffer is None or not array.nbytes:
+        return None
+    offset = array.ctypes.data - buffer.data_ptr()
+    return offset if 0 <= offset and offset + array.nbytes <= written else None
 
 
 # ---------------------------------------------------------------------- prefetching
