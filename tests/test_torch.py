@@ -1720,6 +1720,40 @@ def test_a_slot_taken_for_a_read_that_raised_is_free_again(world, monkeypatch):
     ds._slots._lock_file[1].close()  # a worker's, kept open for its life: this process is none
 
 
+def test_a_batch_whose_arrays_outgrow_the_buffer_they_were_rebuilt_in_keeps_its_values(monkeypatch):
+    """Arrays rebuilt in a slot's buffer beside arrays made elsewhere that do not fit after
+    them (a transform's column, examples dropped): the batch goes to a new buffer, every
+    array copied in. Copied into the same buffer from its start, an array rebuilt there
+    was written over before its turn."""
+    from torch.utils.data._utils.worker import WorkerInfo
+
+    from lateseq.torch import _aligned, _Slots
+
+    info = WorkerInfo(id=0, num_workers=1, seed=0, dataset=None)
+    monkeypatch.setattr(lateseq.torch, "get_worker_info", lambda: info)  # this process plays a worker
+    slots = _Slots()
+    try:
+        reserved = slots.reserve()
+        buffer = slots._buffers[reserved.slot] = torch.empty(4096, dtype=torch.uint8).share_memory_()
+        reserved.buffer = buffer  # the slot's buffer, as a batch of 4 KB left it
+        kept = reserved.empty("kept", 300, np.int64)  # rebuilt in the buffer, and in the batch
+        kept[:] = np.arange(300) * 7
+        reserved.empty("replaced", 100, np.int64)  # rebuilt in it, then replaced (by a transform's)
+        made = np.arange(150, dtype=np.int64) * -3  # made elsewhere
+        rows, offsets, lengths = np.arange(2, dtype=np.int64), np.array([0, 300, 450]), np.array([300, 150])
+        arrays = (rows, offsets, lengths, kept, made)
+        outside = sum(_aligned(a.nbytes) for a in (rows, offsets, lengths, made))
+        assert reserved.used + outside > len(buffer) >= sum(_aligned(a.nbytes) for a in arrays)
+        batch = slots.batch(rows, {}, offsets, lengths, {"kept": kept, "made": made}, reserved)
+        assert np.array_equal(batch.values["kept"].numpy(), np.arange(300) * 7)
+        assert np.array_equal(batch.values["made"].numpy(), np.arange(150) * -3)
+        assert np.array_equal(batch.offsets.numpy(), [0, 300, 450]) and batch.slot[2] == reserved.slot
+        assert batch.rows.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
+    finally:
+        if slots._lock_file is not None:
+            slots._lock_file[1].close()
+
+
 def test_buffers_the_trainer_held_all_at_once_are_reused_once_it_lets_go(world):
     """A trainer that held every buffer of a worker (a list of an epoch's batches) and let
     go: the batches of the next epoch reuse them. They were freed only when a batch in a

@@ -1087,6 +1087,9 @@ class _Reserved:
         self._unused.detach()
         outside = sum(_aligned(a.nbytes) for a in arrays if _offset_in(self.buffer, a, self.used) is None)
         if self.buffer is None or self.used + outside > len(self.buffer):
+            # a new buffer, never this one again: copied in from the start, the arrays made in it
+            # would be written over before their turn
+            self.slots._buffers[self.slot] = None
             return self.slots._sized(self.slot, sum(_aligned(a.nbytes) for a in arrays)), self.slot, 0
         return self.buffer, self.slot, self.used
 
