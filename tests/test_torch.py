@@ -1754,6 +1754,43 @@ def test_a_batch_whose_arrays_outgrow_the_buffer_they_were_rebuilt_in_keeps_its_
             slots._lock_file[1].close()
 
 
+def test_two_threads_of_a_worker_never_take_one_slot(monkeypatch):
+    """With prefetch a worker takes slots from two threads (the read ahead reserves one, the
+    batch maker places a batch in another). The file lock shuts out other processes, not
+    this one's threads: two took the same slot, and one batch was written over the other
+    (a stranger's: 194 wrong batches of 1,400, s46A)."""
+    from torch.utils.data._utils.worker import WorkerInfo
+
+    from lateseq.torch import _Slots
+
+    info = WorkerInfo(id=0, num_workers=1, seed=0, dataset=None)
+    monkeypatch.setattr(lateseq.torch, "get_worker_info", lambda: info)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the race shows within a few hundred tries
+    slots = _Slots()
+    try:
+        same = 0
+        for _ in range(300):
+            slots.flags.zero_()
+            got = [None, None]
+            start = threading.Barrier(2)
+
+            def take(k, start=start, got=got):
+                start.wait()
+                got[k] = slots._take(0)
+            threads = [threading.Thread(target=take, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            same += got[0] == got[1]
+        assert same == 0, f"both threads took one slot in {same} of 300 tries"
+    finally:
+        sys.setswitchinterval(interval)
+        if slots._lock_file is not None:
+            slots._lock_file[1].close()
+
+
 def test_buffers_the_trainer_held_all_at_once_are_reused_once_it_lets_go(world):
     """A trainer that held every buffer of a worker (a list of an epoch's batches) and let
     go: the batches of the next epoch reuse them. They were freed only when a batch in a

@@ -922,6 +922,7 @@ class _Slots:
     _held: list[tuple[list[StorageWeakRef], torch.Tensor, int, int]] = []  # the trainer's
     _held_by = os.getpid()  # a process forked from the trainer holds none of its batches
     _lock = threading.Lock()
+    _taking = threading.Lock()  # slots taken by one thread of a process at a time
 
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
@@ -1009,17 +1010,21 @@ class _Slots:
         """A free slot of this worker, marked in use; None when all are in the trainer's hands."""
         if self.lock_path is None:
             return None
-        if self._lock_file is None or self._lock_file[0] != os.getpid():  # a lock per process
-            try:
-                self._lock_file = (os.getpid(), open(self.lock_path, "rb"))  # noqa: SIM115 - kept open
-            except OSError:  # the dataset that made it is gone
-                return None
-        with _locked(self._lock_file[1]):
-            free = torch.nonzero(self.flags[worker] == 0)
-            if not len(free):
-                return None
-            slot = int(free[0, 0])
-            self.flags[worker, slot] = os.getpid()
+        # the file lock keeps other processes out (one lock file, open once in each), this
+        # process's other threads only the thread lock: a worker's read-ahead thread reserves
+        # slots while its batch-making thread places batches in others (two took one, s46A)
+        with self._taking:
+            if self._lock_file is None or self._lock_file[0] != os.getpid():  # a lock per process
+                try:
+                    self._lock_file = (os.getpid(), open(self.lock_path, "rb"))  # noqa: SIM115 - kept open
+                except OSError:  # the dataset that made it is gone
+                    return None
+            with _locked(self._lock_file[1]):
+                free = torch.nonzero(self.flags[worker] == 0)
+                if not len(free):
+                    return None
+                slot = int(free[0, 0])
+                self.flags[worker, slot] = os.getpid()
         return slot
 
     def _given_back(self, worker: int, slot: int) -> None:
