@@ -29,7 +29,10 @@ def test_loader_reads_every_example_and_reports_what_it_copied(logged, workers, 
                              *(["--prefetch"] if prefetch else []))
     assert code == 0, err
     assert "time the trainer waited" in out and "read from storage" in out
+    assert "examples sharing a history in their batch" in out
     got = json.loads((d / "m.json").read_text())
+    assert 0 <= got["shared_histories"] < got["examples"]
+    assert got["shared_share"] == pytest.approx(got["shared_histories"] / got["examples"])
     want = brute_force(events, examples, 3, ["item_id", "rating"])
     assert got["examples"] == len(examples) and got["batches"] >= len(examples) // 7
     # item_id is int64, rating int8: the bytes of exactly the histories online saw
