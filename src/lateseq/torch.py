@@ -1087,7 +1087,7 @@ class _Reserved:
 
     def placed(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, int, int]:
         """(buffer, slot, bytes of it the read wrote) for the batch of ``arrays``, which
-        now owns the slot: a bigger buffer (every array copied in) where the arrays made
+        now owns the slot: a new buffer (every array copied in) where the arrays made
         elsewhere do not fit after those made in it."""
         self._unused.detach()
         outside = sum(_aligned(a.nbytes) for a in arrays if _offset_in(self.buffer, a, self.used) is None)
