@@ -1734,8 +1734,7 @@ def test_a_batch_whose_arrays_outgrow_the_buffer_they_were_rebuilt_in_keeps_its_
     slots = _Slots()
     try:
         reserved = slots.reserve()
-        buffer = slots._buffers[reserved.slot] = torch.empty(4096, dtype=torch.uint8).share_memory_()
-        reserved.buffer = buffer  # the slot's buffer, as a batch of 4 KB left it
+        buffer = slots._buffers[reserved.slot] = torch.empty(4096, dtype=torch.uint8).share_memory_()  # as 4 KB left it
         kept = reserved.empty("kept", 300, np.int64)  # rebuilt in the buffer, and in the batch
         kept[:] = np.arange(300) * 7
         reserved.empty("replaced", 100, np.int64)  # rebuilt in it, then replaced (by a transform's)

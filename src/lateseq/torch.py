@@ -1072,9 +1072,12 @@ class _Reserved:
 
     def __init__(self, slots: _Slots, worker: int, slot: int) -> None:
         self.slots, self.slot = slots, slot
-        self.buffer = slots._buffers[slot]
         self.used = 0  # bytes of the buffer handed out
         self._unused = weakref.finalize(self, slots._given_back, worker, slot)
+
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        return self.slots._buffers[self.slot]  # the slot's, which no other batch writes while it is taken
 
     def empty(self, key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray:
         dtype = np.dtype(dtype)
