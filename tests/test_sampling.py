@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lateseq
@@ -132,6 +132,8 @@ def test_a_copartitioned_log_deals_each_partition_to_one_shard_and_every_row_onc
 
 @settings(max_examples=100)
 @given(plans(), st.booleans())
+@example({"num_rows": 2, "batch_size": 1, "world_size": 3, "num_workers": 1, "shuffle": False, "seed": 0,
+          "epoch": 0, "block_rows": 2, "window_rows": 1}, False)  # fewer rows than ranks: a block went whole to one
 def test_ranks_differ_by_at_most_a_block_and_keep_their_rows_every_epoch(config, copartition):
     """Blocks (or, co-partitioned, partitions) dealt round robin left a rank with only a
     short last block in some epochs, and even_batches then cut every rank to its one

@@ -66,9 +66,9 @@ WINDOW_ROWS = 262144  # rows a shard shuffles together (and holds in memory) at 
 # again; 4: nothing dealt to ranks by num_workers, a rank's rows cut into one run of whole
 # batches per worker; 5: a log of fewer blocks than ranks cut at the ranks' even shares; 6: blocks
 # dealt to ranks largest first; 7: a log whose blocks leave ranks more than RANK_SPREAD apart
-# cut at the ranks' even shares): a resume state saved under other rules is refused, not resumed
-# into a different order
-DEALING_RULES = 7
+# cut at the ranks' even shares; 8: those of fewer rows than ranks too, a block a row): a resume
+# state saved under other rules is refused, not resumed into a different order
+DEALING_RULES = 8
 # how far apart (a share of a rank's even share of the rows) blocks may leave the ranks before
 # the log is cut at even shares instead: under even_batches the others drop what the rank with
 # fewest lacks, less than RANK_SPREAD of the log (the dataset warns past 5%)
@@ -142,18 +142,18 @@ class ShardPlan:
         most the ranks whose shares it straddles. Never by ``num_workers``: ranks may run
         different numbers of workers, and each must still get its own rows."""
         table = self._blocks_of(self.block_rows)
-        if self.row_group_partitions is None and self.world_size <= self.num_rows and _uneven(
-                np.diff(table[0]), self.world_size):
+        if self.row_group_partitions is None and self.num_rows and _uneven(np.diff(table[0]), self.world_size):
             table = self._rank_shares()
         return table
 
     def _rank_shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One block per rank, of its even share of the rows (blocks of ceil(rows / ranks)
-        rows left ranks without: 9 rows in 3 blocks for 4 ranks); a block may start or
-        end inside a row group, read whole by each of its blocks."""
-        rows = self.num_rows * np.arange(self.world_size + 1, dtype=np.int64) // self.world_size
+        rows left ranks without: 9 rows in 3 blocks for 4 ranks), or one a row where ranks
+        outnumber rows (a block of 2 rows went whole to one of 3 ranks); a block may start
+        or end inside a row group, read whole by each of its blocks."""
+        rows = np.unique(self.num_rows * np.arange(self.world_size + 1, dtype=np.int64) // self.world_size)
         if self.row_groups is None:
-            return rows, np.arange(self.world_size), np.arange(1, self.world_size + 1)
+            return rows, np.arange(len(rows) - 1), np.arange(1, len(rows))
         group_start = np.concatenate([[0], np.cumsum(self.row_groups, dtype=np.int64)])
         first = np.searchsorted(group_start, rows[:-1], side="right") - 1  # the group holding a block's first row
         end = np.searchsorted(group_start, rows[1:] - 1, side="right")  # after the one holding its last row
