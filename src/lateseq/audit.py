@@ -29,8 +29,10 @@ __all__ = ["AuditReport", "Problem", "audit", "verify"]
 @dataclass
 class AuditReport:
     """Mismatch causes: "deleted" (the user's events were deleted), "corrupt data",
-    "version no longer kept", "tail stripped too early", "late event", "version newer
-    than this handle", or "unknown" when none of those explains it."""
+    "tail stripped too early", "late event", "version newer than this handle", "version
+    no longer kept" (none of those, and a version the record names was cleaned up, so its
+    own files cannot tell a rewrite of the store's events since then from a changed
+    record), or "unknown" when none of those explains it."""
 
     examples: int
     checked: int
@@ -91,15 +93,29 @@ class _Explainer:
             return "corrupt data"
         if self.two_tier and tail_version == 0 and not tail_intact(self.store, record)[0]:
             return "corrupt data"
-        kept = self.watermarks.keys() | {0}
-        if int(pointer.version[0]) not in kept or tail_version not in kept:
-            return "version no longer kept"
+        # the causes that can be checked first: a retired version is not one by itself (its
+        # pointers still rebuild, events keeping their version), and named before them it
+        # took every mismatch of a cleaned-up store's log, a late event's or a changed
+        # record's alike (s47B)
         mark = self.watermarks.get(tail_version)
-        if tail_version and (mark is None or mark < pointer.request_ts[0]):
+        if tail_version and mark is not None and mark < pointer.request_ts[0]:
             return "tail stripped too early"
         if _late_events(self.store, pointer) > 0:
             return "late event"
+        kept = self.watermarks.keys() | {0}
+        if (int(pointer.version[0]) not in kept or tail_version not in kept) and not self._more_now(pointer):
+            return "version no longer kept"
         return "unknown"
+
+    def _more_now(self, pointer: Pointers) -> bool:
+        """Whether a plain pointer's version shows more events now than it counted: a
+        rewrite of stored events (a purge) drops or changes events, and never adds one to
+        an old version, so the record changed."""
+        if self.two_tier:
+            return False
+        located = self.store.locate(pointer.user_id, pointer.request_ts, Visibility.of_versions(pointer.version),
+                                    max_len=1)
+        return bool(located.count[0] > pointer.length[0])
 
     def _rehash_differs(self, user: np.ndarray) -> bool:
         """Whether any of the user's events no longer hashes as it did when written
