@@ -463,6 +463,25 @@ def test_a_log_whose_tail_columns_changed_type_is_refused_naming_them(world):
         assert not batch.rows_differ(served).any()
 
 
+
+def test_a_log_whose_tail_columns_hold_different_numbers_of_events_is_refused_naming_them(world):
+    """An edited tail whose columns disagree on a record's event count raised numpy's
+    "could not broadcast" from the hashing kernel, through on_mismatch="flag" and audit
+    alike (s47B)."""
+    store, log, _ = serve_one_scenario(*world)
+    tails = [n for n in log.column_names if n.startswith("tail_") and n != "tail_version"]
+    name = tails[-1]
+    values = log.column(name).to_pylist()
+    row = next(i for i, v in enumerate(values) if v)
+    values[row] = values[row][:-1]
+    edited = log.set_column(log.column_names.index(name), log.schema.field(name),
+                            pa.array(values, log.schema.field(name).type))
+    pattern = rf"'{name}' holds another number of events than 'tail_\w+' in 1 records \(first rows: \[{row}\]\)"
+    for call in (lambda: lateseq.materialize(store, edited, PROJECTION, on_mismatch="flag"),
+                 lambda: audit(store, edited)):
+        with pytest.raises(lateseq.PointerError, match=pattern):
+            call()
+
 def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     schema = lateseq.Schema({"flag": "bool", "w": "float32", "arrival_ts": "int64", "event_id": "int64"},
                             arrival_col="arrival_ts", event_id_col="event_id")

@@ -65,6 +65,13 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarra
                           f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
     tails = {name: _tail_column(store, log, name) for name in names}
     lengths = pc.list_value_length(tails[names[0]]).fill_null(0).to_numpy()
+    for name in names[1:]:  # a tail event has every column: numpy's broadcast error otherwise (s47B)
+        differ = np.flatnonzero(pc.list_value_length(tails[name]).fill_null(0).to_numpy() != lengths)
+        if len(differ):
+            raise PointerError(f"two-tier example log: {TAIL_PREFIX + name!r} holds another number of events than "
+                               f"{TAIL_PREFIX + names[0]!r} in {len(differ)} records (first rows: "
+                               f"{differ[:5].tolist()}): each inline tail event has one value in every tail column, "
+                               "as served; the log was edited")
     owners = np.repeat(np.arange(len(lengths)), lengths)
     columns = {name: column_numpy(pc.list_flatten(column)) for name, column in tails.items()}
     user = log.column("user_id").to_numpy()[owners]
