@@ -601,6 +601,12 @@ def test_user_ids_in_every_form_users_hold_them(store):
     requests = pa.table({"user_id": pa.array([1, 2, 1]).dictionary_encode(), "request_ts": [30, 30, 30]})
     plain = pa.table({"user_id": [1, 2, 1], "request_ts": [30, 30, 30]})
     assert lateseq.log_examples(store, requests).equals(lateseq.log_examples(store, plain))
+    log = lateseq.log_examples(store, plain)  # and in a log that went through a categorical (s47B: refused)
+    coded = pa.table({n: log.column(n).dictionary_encode() if n in ("user_id", "uih_version") else log.column(n)
+                      for n in log.column_names})
+    projection = lateseq.Projection(4, ("ts",))
+    assert lateseq.materialize(store, coded, projection).rows_differ(lateseq.materialize(store, log, projection)) \
+        .sum() == 0
     assert lateseq.make_pointers(store, np.array([1, 2], ">i8"), [30, 30]).equals(
         lateseq.make_pointers(store, pd.Series([1, 2], dtype="Int64"), [30, 30]))
     assert 1 in store.delete(1).deleted_users()

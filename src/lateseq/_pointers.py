@@ -142,6 +142,8 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             arrays.append(column.to_numpy())
             continue
         converted = True
+        if pa.types.is_dictionary(column.type):  # (a pandas categorical's round trip) as log_examples takes them
+            column = column.cast(column.type.value_type)
         if f.name == "request_ts" and pa.types.is_timestamp(column.type):
             if schema is None:
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "
