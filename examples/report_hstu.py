@@ -8,6 +8,7 @@ numbers that were measured, not typed. Times are medians over epochs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -111,7 +112,8 @@ def gpu_train(name: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     sections = [("ML-1M, max length 200", lambda: ml1m("hstu-ml1m-200.json"), ["hstu-ml1m-200.json"])]
     study = sorted(RESULTS.glob("hstu-ml1m-len-*.json"), key=lambda p: (len(p.stem), p.stem))
     if study:

@@ -541,6 +541,10 @@ def test_more_mistakes_users_make_are_named_and_change_nothing(store, tmp_path):
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"\['__index_level_0__'\] that the store's "
                                r"schema does not know \(.*pa.Table.from_pandas\(df, preserve_index=False\)",
                                lambda: store.commit(pa.Table.from_pandas(sorted_frame)))
+    named = sorted_frame.rename_axis("row")  # a named index is a column too, named as the frame named it (s47A)
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"\['row'\] that the store's schema does "
+                               r"not know \('row': a pandas DataFrame's named index.*to_parquet\(index=False\)",
+                               lambda: store.commit(pa.Table.from_pandas(named)))
     requests = pa.table(frame)  # a RecordBatch is taken as commit and materialize take it
     assert lateseq.log_examples(store, requests.to_batches()[0]).equals(lateseq.log_examples(store, requests))
     strings = "map string ids to integers the same way for events and requests.*hash_array"

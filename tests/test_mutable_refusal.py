@@ -263,12 +263,12 @@ def test_a_request_or_a_watermark_in_a_finer_unit_is_refused_before_it_blocks_th
     now = 1_700_000_000
     tier.append(events((1, now, now + 1, 1)))
     online = OnlineReader(store, tier, PROJECTION)
-    with pytest.raises(SchemaError, match=r"request_ts 1700000002000 is after the year 3000 in the store's time "
-                                          r"unit \(s\): a time in a finer unit"):
+    with pytest.raises(SchemaError, match=r"request_ts holds 1700000002000, after the year 3000 counted in the "
+                                          r"store's unit \(seconds\).*a finer unit's"):
         online.serve(pa.table({"user_id": [1], "request_ts": [(now + 2) * 1000]}))
     with pytest.raises(SchemaError, match="fold's watermark 1700000005000 is after the year 3000"):
         fold(store, tier, (now + 5) * 1000)
-    with pytest.raises(SchemaError, match="arrival 1700000002000 is after the year 3000"):  # s36G
+    with pytest.raises(SchemaError, match="'arrival_ts' holds 1700000002000, after the year 3000"):  # s36G
         tier.append(events((2, now, (now + 2) * 1000, 3)))
     assert tier.append(events((2, now + 3, now + 3, 2))) == 1  # not blocked
     _, served = online.serve(pa.table({"user_id": [1, 2], "request_ts": [now + 4, now + 4]}))

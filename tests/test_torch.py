@@ -1390,6 +1390,11 @@ def test_to_hstu_widens_for_the_targets_as_hstu_s_own_features_do(batch, unit):
     as_array = batch.to_hstu(max_len=width, time_unit=unit, max_output_length=extra,
                              target_timestamps=targets.numpy().tolist())  # a list or an array as well
     assert torch.equal(as_array["past_payloads"]["timestamps"], hstu["past_payloads"]["timestamps"])
+    logged = dataclasses.replace(batch, examples={**batch.examples, "request_ts": targets})  # a name, as read (s47A)
+    by_name = logged.to_hstu(max_len=width, time_unit=unit, max_output_length=extra, target_timestamps="request_ts")
+    assert torch.equal(by_name["past_payloads"]["timestamps"], hstu["past_payloads"]["timestamps"])
+    with pytest.raises(lateseq.SchemaError, match=r"names example column 'request_ts', which this batch lacks"):
+        batch.to_hstu(max_len=width, max_output_length=extra, target_timestamps="request_ts")
     for wrong in ({"target_timestamps": targets}, {"max_output_length": 1, "target_timestamps": targets[:1]}):
         with pytest.raises(lateseq.SchemaError, match="target_timestamps must be one per example"):
             batch.to_hstu(max_len=width, **wrong)

@@ -30,6 +30,11 @@ from tests.test_cli_outputs import cli, one_line_error
 
 UNITS = ["s", "ms", "us", "ns"]
 PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+YEAR_3000_S = int(dt.datetime(3000, 1, 1, tzinfo=dt.UTC).timestamp())
+# a request after every event, in a store of microseconds: a timestamp (an integer past the
+# year 3000 is refused as a finer unit's)
+LATER = pa.array([2**62], pa.timestamp("us"))
 INT64 = (-(2**63), 2**63 - 1)
 PROJECTION = lateseq.Projection(100, ("item", "ts"))
 
@@ -149,9 +154,34 @@ def test_times_to_store_is_exact_or_refuses(values, source, target, tz, chunked)
 def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_type):
     info = np.iinfo(int_type.to_pandas_dtype())
     values = [min(max(v, int(info.min)), int(info.max)) for v in values]
-    got = Schema({"item": "int64"}, time_unit=unit).times_to_store(pa.array(values, int_type), "ts")
+    schema = Schema({"item": "int64"}, time_unit=unit)
+    if unit is not None and values and max(values) // PER_SECOND[unit] >= YEAR_3000_S:
+        # a finer unit's integers (ms into a store in s: the year 57,970), refused (s47A)
+        with pytest.raises(SchemaError, match=rf"ts holds {max(values)}, after the year 3000 counted in the "
+                                              rf"store's unit \({WORDS[unit]}\)"):
+            schema.times_to_store(pa.array(values, int_type), "ts")
+        return
+    got = schema.times_to_store(pa.array(values, int_type), "ts")
     assert got.type == pa.int64() and got.to_pylist() == values
 
+
+
+def test_integers_of_a_finer_unit_are_refused_where_they_meet_the_store(make_store, dir_snapshot):
+    """Milliseconds committed to a store in seconds were stored as the year 57,970, and a
+    request so stamped saw every event (s47A): refused at commit and at logging, naming the
+    column and the unit, the store left as it was; a timestamp past it is taken."""
+    store = make_store({"item": "int64"}, time_unit="s").commit(events([1_700_000_000]))
+    before = dir_snapshot(store.path)
+    with pytest.raises(SchemaError, match=r"column 'ts' holds 1700000000000, after the year 3000 counted in the "
+                                          r"store's unit \(seconds\)"):
+        store.commit(events([1_700_000_000_000]))
+    assert dir_snapshot(store.path) == before
+    for call in (lambda: lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [1_700_000_001_000]})),
+                 lambda: lateseq.make_pointers(store, [1], [1_700_000_001_000])):
+        with pytest.raises(SchemaError, match=r"request_ts holds 1700000001000, after the year 3000"):
+            call()
+    assert history(store, 1, pa.array([1_700_000_001], pa.int64())) == [1_700_000_000]
+    assert history(store, 1, pa.array([2**40], pa.timestamp("s"))) == [1_700_000_000]
 
 def test_other_time_types_are_refused():
     schema = Schema({"item": "int64"}, time_unit="us")
@@ -180,13 +210,13 @@ def test_events_convert_exactly_into_the_store_unit(make_store):
     store = make_store({"item": "int64"}, time_unit="us")
     ms = pa.array(when.values.astype("datetime64[ms]"), pa.timestamp("ms"))
     store = store.commit(events(ms))
-    assert history(store, 1, pa.array([2**62], pa.int64())) == want_us
+    assert history(store, 1, LATER) == want_us
 
     # the same instants, zoned: Arrow keeps UTC, so they store the same numbers
     zoned = when.tz_localize("UTC").tz_convert("America/New_York")
     tz_events = pa.array(zoned, pa.timestamp("ns", tz="America/New_York"))
     store = store.commit(events(tz_events, users=[2] * 4))
-    assert history(store, 2, pa.array([2**62], pa.int64())) == want_us
+    assert history(store, 2, LATER) == want_us
 
     # integers are already microseconds
     store = store.commit(events(pa.array([want_us[0] + 1], pa.int64()), users=[3]))
@@ -468,7 +498,7 @@ def test_ingest_time_unit_converts_every_time_column(tmp_path, dir_snapshot):
         code, _, err = cli("ingest", store, path, "--time-unit", "ms")
         assert code == 0, err
     handle = lateseq.open(store)
-    log = lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": pa.array([2**62], pa.int64())}))
+    log = lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": LATER}))
     got = lateseq.materialize(handle, log, lateseq.Projection(10, ("ts", "arrival_ts"))).values
     assert got["ts"].tolist() == [ms * 1000, (ms + 10) * 1000, (ms + 30) * 1000]
     assert got["arrival_ts"].tolist() == [(ms + 5) * 1000, (ms + 20) * 1000, (ms + 40) * 1000]
@@ -524,11 +554,11 @@ def test_int96_times_beyond_the_nanosecond_range_are_read_exactly(make_store, tm
     pq.write_table(events(pa.array(times, pa.timestamp("us"))), path, use_deprecated_int96_timestamps=True)
     expected = [(t - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) for t in times]
     store = make_store(time_unit="us").commit(path)
-    assert history(store, 1, pa.array([2**62], pa.int64())) == expected
+    assert history(store, 1, LATER) == expected
     assert history(store, 1, pa.array([expected[1] + 1], pa.int64())) == expected[:2]
     code, _, err = cli("ingest", tmp_path / "cli", path)
     assert code == 0, err
-    assert history(lateseq.open(tmp_path / "cli"), 1, pa.array([2**62], pa.int64())) == expected
+    assert history(lateseq.open(tmp_path / "cli"), 1, LATER) == expected
 
 
 def test_int96_nanoseconds_are_kept_where_every_time_fits(make_store, tmp_path, dir_snapshot):
@@ -549,7 +579,7 @@ def test_int96_nanoseconds_are_kept_where_every_time_fits(make_store, tmp_path, 
     pq.write_table(events(pa.array([10**18], pa.timestamp("ns"))), folder / "a.parquet",
                    use_deprecated_int96_timestamps=True)
     whole = make_store(time_unit="us").commit(folder)
-    assert history(whole, 1, pa.array([2**62], pa.int64())) == [10**15, 253402214400 * 10**6]
+    assert history(whole, 1, LATER) == [10**15, 253402214400 * 10**6]
 
 
 @pytest.mark.parametrize("int96_first", [True, False])

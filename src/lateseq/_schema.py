@@ -200,9 +200,14 @@ class Schema:
         extra = [c for c in table.column_names if c not in expected]
         if extra:
             index = any(re.fullmatch(r"__index_level_\d+__", c) for c in extra)
+            listed = (table.schema.pandas_metadata or {}).get("index_columns", [])
+            named = [c for c in extra if c in listed and not re.fullmatch(r"__index_level_\d+__", c)]
             raise SchemaError(f"input has columns {extra} that the store's schema does not know" + (
                 " (__index_level_N__ is a pandas DataFrame's index: pa.Table.from_pandas(df, preserve_index=False) "
-                "leaves it out)" if index else ""))
+                "leaves it out)" if index else "") + (
+                f" ({', '.join(map(repr, named))}: a pandas DataFrame's named index, which pandas writes as a "
+                "column; reset_index(drop=True) before writing, or to_parquet(index=False), leaves it out)"
+                if named else ""))
         return expected
 
     def refuse_far_future(self, times: np.ndarray, what: str) -> None:
@@ -235,9 +240,18 @@ class Schema:
         source = times.type
         if pa.types.is_integer(source):
             try:
-                return pc.cast(times, pa.int64(), safe=True)
+                times = pc.cast(times, pa.int64(), safe=True)
             except pa.ArrowInvalid as exc:
                 raise SchemaError(f"{what} has type {source} with values that do not fit int64: {exc}") from exc
+            newest = pc.max(times).as_py() if self.time_unit is not None and len(times) else None
+            if newest is not None and newest // ticks_per_second(self.time_unit) >= _YEAR_3000_S:
+                # ms into a store in s was stored as the year 57,970, and a request so stamped saw
+                # every event (s47A); the two-tier path refused it, commit and pointers did not
+                raise SchemaError(f"{what} holds {newest}, after the year 3000 counted in the store's unit "
+                                  f"({UNIT_WORDS[self.time_unit]}): integer times count the store's unit as they "
+                                  "are, and these look like a finer unit's: convert them, or give timestamps "
+                                  "(converted from their own unit)")
+            return times
         if not pa.types.is_timestamp(source):
             raise SchemaError(f"{what} has type {source}; times must be integers, timestamps or dates")
         if self.time_unit is None:

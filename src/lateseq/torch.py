@@ -261,7 +261,7 @@ class Batch:
 
     def to_hstu(self, ids: str = "item_id", timestamps: str = "ts", max_len: int | None = None,
                 time_unit: str | None = None, max_output_length: int = 0,
-                target_timestamps: torch.Tensor | None = None) -> dict[str, Any]:
+                target_timestamps: torch.Tensor | str | None = None) -> dict[str, Any]:
         """The fields of generative-recommenders' ``SequentialFeatures`` (HSTU's input).
 
         As its ``DatasetV2(chronological=True)`` makes them: each example's newest
@@ -273,7 +273,8 @@ class Batch:
         each target at ``past_lengths`` (``movielens_seq_features_from_row`` first widens
         the rows by ``max_output_length`` zeros and puts the target's timestamp there):
         ``max_output_length`` and ``target_timestamps`` (one per example, in the store's
-        unit, e.g. the log's ``request_ts``) do the same here.
+        unit: a tensor, or the name of an example column, e.g. ``"request_ts"`` read with
+        ``example_columns``) do the same here.
 
         HSTU buckets time gaps as if timestamps were seconds: ``time_unit`` (the store's,
         ``store.schema.time_unit``: "s", "ms", "us" or "ns") turns them into whole
@@ -295,6 +296,11 @@ class Batch:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
         extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
+        if isinstance(target_timestamps, str):  # (torch's "invalid data type 'str'" otherwise, s47A)
+            if target_timestamps not in self.examples:
+                raise SchemaError(f"target_timestamps names example column {target_timestamps!r}, which this batch "
+                                  f"lacks (it has {sorted(self.examples)}): read it with example_columns")
+            target_timestamps = self.examples[target_timestamps]
         if target_timestamps is not None:
             target_timestamps = torch.as_tensor(target_timestamps)  # a tensor, an array or a list
             if target_timestamps.is_floating_point() or target_timestamps.dtype == torch.bool:  # 31.9 became 31
