@@ -493,6 +493,8 @@ def test_ingest_time_unit_converts_every_time_column(tmp_path, dir_snapshot):
     one_line_error(*cli("ingest", store, mixed)[::2], "'arrival_ts' hold plain integers", "--time-unit")
     one_line_error(*cli("ingest", store, huge, "--time-unit", "ms")[::2], "'ts' holds integers that do not fit int64")
     one_line_error(*cli("ingest", store, dates, "--time-unit", "ms")[::2], "has none", "date32")
+    one_line_error(*cli("ingest", store, ints, "--time-unit", "s")[::2],  # ms said to be s: the year 55,840 (s47A)
+                   f"integer 'ts' read as --time-unit s: {ms + 10} is after the year 3000 in seconds")
     assert dir_snapshot(store) == before
     for path in (ints, mixed):
         code, _, err = cli("ingest", store, path, "--time-unit", "ms")

@@ -40,6 +40,12 @@ def ticks_per_second(unit: str) -> int:
     return 10 ** (3 * TIME_UNITS.index(unit))
 
 
+def past_year_3000(time: int, unit: str) -> bool:
+    """Whether ``time``, counted in ``unit`` since 1970, is after the year 3000: an integer
+    time that is most likely a finer unit's (ms read as s), as no event or request is."""
+    return time // ticks_per_second(unit) >= _YEAR_3000_S
+
+
 @dataclass(frozen=True)
 class Schema:
     """Names the user and time columns and the typed payload columns.
@@ -218,7 +224,7 @@ class Schema:
         if self.time_unit is None or not len(times):
             return
         newest = int(np.max(times))
-        if newest // ticks_per_second(self.time_unit) >= _YEAR_3000_S:
+        if past_year_3000(newest, self.time_unit):
             raise SchemaError(f"{what} {newest} is after the year 3000 in the store's time unit ({self.time_unit}): "
                               "a time in a finer unit? The tier would refuse every event arriving before it, for good")
 
@@ -244,7 +250,7 @@ class Schema:
             except pa.ArrowInvalid as exc:
                 raise SchemaError(f"{what} has type {source} with values that do not fit int64: {exc}") from exc
             newest = pc.max(times).as_py() if self.time_unit is not None and len(times) else None
-            if newest is not None and newest // ticks_per_second(self.time_unit) >= _YEAR_3000_S:
+            if newest is not None and past_year_3000(newest, self.time_unit):
                 # ms into a store in s was stored as the year 57,970, and a request so stamped saw
                 # every event (s47A); the two-tier path refused it, commit and pointers did not
                 raise SchemaError(f"{what} holds {newest}, after the year 3000 counted in the store's unit "

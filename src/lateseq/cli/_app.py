@@ -32,6 +32,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
@@ -63,7 +64,7 @@ from lateseq._format import replaced_when_written
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
-from lateseq._schema import UNIT_WORDS, as_user_ids, ticks_per_second
+from lateseq._schema import UNIT_WORDS, as_user_ids, past_year_3000, ticks_per_second
 from lateseq._store import check_commit_id, physical_memory
 from lateseq._versions import GATE, MANIFEST_NAME, STORE_ID
 from lateseq.cli import human_bytes
@@ -588,6 +589,10 @@ def _integer_times(table: pa.Table, columns: list[str], unit: str | None, schema
             times = table.column(column).cast(pa.int64())
         except pa.ArrowInvalid as exc:
             raise SchemaError(f"{source}'s column {column!r} holds integers that do not fit int64: {exc}") from exc
+        newest = pc.max(times).as_py()
+        if newest is not None and past_year_3000(newest, unit):  # the store's check would see a timestamp (s47A)
+            raise SchemaError(f"{source}'s integer {column!r} read as --time-unit {unit}: {newest} is after the "
+                              f"year 3000 in {UNIT_WORDS[unit]}; check what the integers count (a finer unit?)")
         finer = ticks_per_second(unit) // ticks_per_second(schema.time_unit)
         if finer > 1:  # said here, about the integers and the option: the store would name a timestamp type
             values = times.drop_null().to_numpy()  # a null: the schema names it
