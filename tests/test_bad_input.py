@@ -611,6 +611,10 @@ def test_user_ids_in_every_form_users_hold_them(store):
     projection = lateseq.Projection(4, ("ts",))
     assert lateseq.materialize(store, coded, projection).rows_differ(lateseq.materialize(store, log, projection)) \
         .sum() == 0
+    for _ in range(2):  # a null in the dictionary itself is no null of the column until decoded (s47C)
+        with pytest.raises(lateseq.PointerError, match="pointer column 'user_id' has null values"):
+            lateseq.materialize(store, coded.set_column(0, "user_id", pa.compute.dictionary_encode(
+                pa.array([1, None, 1], pa.int64()), null_encoding="encode")), projection)
     assert lateseq.make_pointers(store, np.array([1, 2], ">i8"), [30, 30]).equals(
         lateseq.make_pointers(store, pd.Series([1, 2], dtype="Int64"), [30, 30]))
     assert 1 in store.delete(1).deleted_users()

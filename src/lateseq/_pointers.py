@@ -136,14 +136,15 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
         if len(positions[f.name]) > 1:
             raise PointerError(f"example log has {len(positions[f.name])} columns named {f.name!r}")
         column = examples.column(positions[f.name][0])  # by position: a name is looked up each time
+        if pa.types.is_dictionary(column.type):  # (a pandas categorical's round trip) as log_examples takes them;
+            column = column.cast(column.type.value_type)  # decoded first: a null can sit in the dictionary (s47C)
+            converted = True  # (not the plain fast path next time)
         if column.null_count:
             raise PointerError(f"pointer column {f.name!r} has null values")
         if column.type.id == f.type.id:  # every batch of a log made by lateseq: nothing to convert
             arrays.append(column.to_numpy())
             continue
         converted = True
-        if pa.types.is_dictionary(column.type):  # (a pandas categorical's round trip) as log_examples takes them
-            column = column.cast(column.type.value_type)
         if f.name == "request_ts" and pa.types.is_timestamp(column.type):
             if schema is None:
                 raise PointerError(f"pointer column 'request_ts' has type {column.type}; read the log "

@@ -1219,7 +1219,9 @@ def _refuse_newer(store: Store, source: pa.Table | Sequence[pq.FileMetaData]) ->
     """Pointers into versions newer than the handle, found now (from a Parquet log's
     statistics where it keeps them) rather than at the batch that holds one, mid-epoch."""
     if isinstance(source, pa.Table):
-        newest = pc.max(source.column("uih_version")).as_py() if source.num_rows else None
+        versions = source.column("uih_version")  # a categorical's as its values: min_max has no dictionary kernel
+        versions = versions.cast(versions.type.value_type) if pa.types.is_dictionary(versions.type) else versions
+        newest = pc.max(versions).as_py() if source.num_rows else None
     else:
         newest = max((stats.max for stats in _statistics(source, "uih_version") if stats.has_min_max), default=None)
     if newest is not None and newest > store.version:
