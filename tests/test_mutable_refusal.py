@@ -270,6 +270,12 @@ def test_a_request_or_a_watermark_in_a_finer_unit_is_refused_before_it_blocks_th
         fold(store, tier, (now + 5) * 1000)
     with pytest.raises(SchemaError, match="'arrival_ts' holds 1700000002000, after the year 3000"):  # s36G
         tier.append(events((2, now, (now + 2) * 1000, 3)))
+    far = events((2, now, now + 2, 4)).set_column(1, "ts", pa.array([(now + 2) * 1000], pa.timestamp("s")))
+    with pytest.raises(SchemaError, match="event time 1700000002000 is after the year 3000.*Every fold of it would "
+                                          "be refused"):  # a timestamp, taken as is, then refused by each fold (s47C)
+        tier.append(far)
+    with pytest.raises(SchemaError, match="commit's watermark 1700000005000 is after the year 3000"):
+        store.commit(pa.table({"user_id": pa.array([], pa.int64())}), watermark=(now + 5) * 1000)
     assert tier.append(events((2, now + 3, now + 3, 2))) == 1  # not blocked
     _, served = online.serve(pa.table({"user_id": [1, 2], "request_ts": [now + 4, now + 4]}))
     assert served.values["item_id"].tolist() == [10, 20]

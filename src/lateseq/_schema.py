@@ -216,7 +216,8 @@ class Schema:
                 if named else ""))
         return expected
 
-    def refuse_far_future(self, times: np.ndarray, what: str) -> None:
+    def refuse_far_future(self, times: np.ndarray, what: str,
+                          why: str = "The tier would refuse every event arriving before it, for good") -> None:
         """SchemaError for a time after the year 3000 in the store's unit: one in a finer unit
         (ms for a store in s). A request, an arrival or a fold's watermark so stamped is for
         good: the tier then refused every event arriving before it, for every user (s36E,
@@ -226,7 +227,7 @@ class Schema:
         newest = int(np.max(times))
         if past_year_3000(newest, self.time_unit):
             raise SchemaError(f"{what} {newest} is after the year 3000 in the store's time unit ({self.time_unit}): "
-                              "a time in a finer unit? The tier would refuse every event arriving before it, for good")
+                              f"a time in a finer unit? {why}")
 
     def times_to_store(self, times: pa.Array | pa.ChunkedArray, what: str,
                        requests: bool = False) -> pa.Array | pa.ChunkedArray:

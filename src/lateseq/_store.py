@@ -433,6 +433,8 @@ class Store:
         table = _read_events(events)
         check_commit_id(commit_id)
         watermark = check_watermark(watermark)
+        if watermark is not None:  # every fold after it would not advance it (s47C)
+            self.schema.refuse_far_future(np.array([watermark]), "commit's watermark")
         if table.num_rows or watermark is None:
             table = self.schema.conform(table)
         else:  # an empty commit that only moves the watermark: it may name no column, not another one

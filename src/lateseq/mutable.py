@@ -186,6 +186,10 @@ class InMemoryTier(MutableTier):
         with self._lock:  # checked and stored as one step: a fold's mark comes before or after
             arrival = events.column(self.schema.arrival_col).to_numpy()
             self.schema.refuse_far_future(arrival, "arrival")
+            # an event time so stamped (a timestamp: integers are refused by conform) would be
+            # refused by every fold after it as an integer past the year 3000 (s47C)
+            self.schema.refuse_far_future(events.column(self.schema.time_col).to_numpy(), "event time",
+                                          "Every fold of it would be refused")
             last = self._last_arrival()
             if np.any(np.diff(arrival) < 0) or (last is not None and arrival[0] < last):
                 raise SchemaError("events must be appended in arrival order")
