@@ -355,6 +355,19 @@ def test_audit_late_event(world):
     assert audit(store, forged).mismatches == {0: "late event"}
 
 
+
+def test_audit_names_no_late_event_that_the_record_counted(tmp_path):
+    """Events backfilled (arriving after the request) that a pointer logged later counted:
+    a changed checksum was blamed on them as "late event" (s47C); late events explain a
+    record only where leaving them out gives what it counted."""
+    store = lateseq.create(tmp_path / "store", SCHEMA).commit(events((1, 10, 1000, 1), (1, 20, 1000, 2)))
+    logged = lateseq.log_examples(store, requests((1, 30)))
+    assert logged.column("uih_length").to_pylist() == [2]
+    column = logged.schema.get_field_index("uih_checksum")
+    changed = logged.set_column(column, "uih_checksum", pa.array([logged.column(column)[0].as_py() ^ 1], pa.uint32()))
+    assert audit(store, logged).mismatches == {}
+    assert audit(store, changed).mismatches == {0: "unknown"}
+
 def test_audit_names_a_late_event_of_a_cleaned_up_version(world):
     # a retired version is no cause by itself: its pointers still rebuild (s47B: named first,
     # "version no longer kept" took every mismatch of a cleaned-up store's log)

@@ -100,7 +100,7 @@ class _Explainer:
         mark = self.watermarks.get(tail_version)
         if tail_version and mark is not None and mark < pointer.request_ts[0]:
             return "tail stripped too early"
-        if _late_events(self.store, pointer) > 0:
+        if _late_events_explain(self.store, pointer):
             return "late event"
         kept = self.watermarks.keys() | {0}
         if (int(pointer.version[0]) not in kept or tail_version not in kept) and not self._more_now(pointer):
@@ -134,16 +134,18 @@ class _Explainer:
         return False
 
 
-def _late_events(store: Store, pointer: Pointers) -> int:
-    """Events the pointer's version shows that arrived at or after the request."""
-    arrival = store.schema.arrival_col
-    if arrival is None:
-        return 0
-    visibility = Visibility.of_versions(pointer.version)
-    located = store.locate(pointer.user_id, pointer.request_ts, visibility, max_len=1)
-    full = Pointers(pointer.user_id, pointer.request_ts, pointer.version, located.count, located.checksum)
-    batch = materialize(store, full, Projection(max(int(located.count[0]), 1), (arrival,)))
-    return int((batch.values[arrival] >= pointer.request_ts[0]).sum())
+def _late_events_explain(store: Store, pointer: Pointers) -> bool:
+    """Whether the pointer's version shows events that arrived at or after the request, and
+    without them the history is what the record counted (online never saw them). Events
+    that arrived late but that the record counted (a pointer logged after they arrived) are
+    no cause: the record was changed (s47C)."""
+    if store.schema.arrival_col is None:
+        return False
+    seen = Visibility(np.zeros(1, np.int64), pointer.version, pointer.request_ts)  # <= its version, arrived before
+    online = store.locate(pointer.user_id, pointer.request_ts, seen, max_len=1)
+    shown = store.locate(pointer.user_id, pointer.request_ts, Visibility.of_versions(pointer.version), max_len=1)
+    return bool(online.count[0] < shown.count[0] and online.count[0] == pointer.length[0]
+                and online.checksum[0] == pointer.checksum[0])
 
 
 @dataclass(frozen=True)
