@@ -982,10 +982,10 @@ def test_a_dictionary_encoded_label_is_an_example_column_from_a_table_as_from_pa
     assert np.array_equal(labels[0], log.column("label").to_numpy()) and np.array_equal(labels[0], labels[1])
     pointers = coded  # and its pointer columns dictionary-encoded: the dataset crashed on uih_version (s47C)
     for name in ("user_id", "uih_version", "uih_length"):
-        pointers = pointers.set_column(pointers.schema.get_field_index(name), name, log.column(name).dictionary_encode())
+        index = pointers.schema.get_field_index(name)
+        pointers = pointers.set_column(index, name, log.column(name).dictionary_encode())
     plain, decoded = (list(ExampleDataset(store, source, projection, shuffle=False)) for source in (log, pointers))
-    assert len(plain) == len(decoded) and all(torch.equal(a.values[k], b.values[k]) and torch.equal(a.offsets, b.offsets)
-                                              for a, b in zip(plain, decoded) for k in a.values)
+    assert len(plain) == len(decoded) and all(same(a, b) for a, b in zip(plain, decoded))
 
 
 def test_unsigned_values_past_int64_and_repeated_columns_are_refused_when_the_dataset_is_made(world, tmp_path):

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,8 +57,19 @@ def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray
     return log
 
 
-def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(owner per tail row, user per tail row, column values) from a log's tail columns."""
+class InlineTail(NamedTuple):
+    """A log's inline tail events: each one's record (``owners``) and user, its column
+    values, and per record whether its tail columns hold different numbers of events
+    (``ragged``: an edited log; its events are left out, and the record fails its check)."""
+
+    owners: np.ndarray
+    user: np.ndarray
+    columns: dict[str, np.ndarray]
+    ragged: np.ndarray
+
+
+def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> InlineTail:
+    """The inline tail of a two-tier log's records."""
     names = payload_names(store)
     have = {n for n in log.schema.names if n.startswith(TAIL_PREFIX) and n not in RECORD_FIELDS.names}
     missing, extra = sorted({TAIL_PREFIX + n for n in names} - have), sorted(have - {TAIL_PREFIX + n for n in names})
@@ -64,18 +77,18 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> tuple[np.ndarra
         raise SchemaError(f"two-tier example log: its tail columns do not match the store's columns (missing "
                           f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
     tails = {name: _tail_column(store, log, name) for name in names}
-    lengths = pc.list_value_length(tails[names[0]]).fill_null(0).to_numpy()
-    for name in names[1:]:  # a tail event has every column: numpy's broadcast error otherwise (s47B)
-        differ = np.flatnonzero(pc.list_value_length(tails[name]).fill_null(0).to_numpy() != lengths)
-        if len(differ):
-            raise PointerError(f"two-tier example log: {TAIL_PREFIX + name!r} holds another number of events than "
-                               f"{TAIL_PREFIX + names[0]!r} in {len(differ)} records (first rows: "
-                               f"{differ[:5].tolist()}): each inline tail event has one value in every tail column, "
-                               "as served; the log was edited")
-    owners = np.repeat(np.arange(len(lengths)), lengths)
+    lengths = {name: pc.list_value_length(column).fill_null(0).to_numpy() for name, column in tails.items()}
+    # a record whose columns disagree on its event count fails its check as any edit does
+    # (numpy's "could not broadcast" from the hashing kernel, through "flag" and audit, s47B, s47C)
+    ragged = np.zeros(log.num_rows, bool)
+    for name in names[1:]:
+        ragged |= lengths[name] != lengths[names[0]]
+    if ragged.any():
+        tails = {name: column.filter(pa.array(~ragged)) for name, column in tails.items()}
+    owners = np.repeat(np.arange(log.num_rows), np.where(ragged, 0, lengths[names[0]]))
     columns = {name: column_numpy(pc.list_flatten(column)) for name, column in tails.items()}
     user = log.column("user_id").to_numpy()[owners]
-    return owners, user, columns
+    return InlineTail(owners, user, columns, ragged)
 
 
 def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
@@ -95,14 +108,14 @@ def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.
 
 
 def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
-                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None) -> np.ndarray:
+                inline: InlineTail | None = None) -> np.ndarray:
     """Per record: pointer plus inline tail add up to the served length and checksum.
     ``inline`` is the log's ``inline_tail``, when the caller has it already."""
-    owners, user, tail = inline or inline_tail(store, log)
-    count, digest = _tail_digest(store, user, tail, owners, log.num_rows)
+    inline = inline or inline_tail(store, log)
+    count, digest = _tail_digest(store, inline.user, inline.columns, inline.owners, log.num_rows)
     pointers = pointers_from_log(log, store.schema)
     return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
-            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()))
+            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()) & ~inline.ragged)
 
 
 def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,
@@ -116,7 +129,7 @@ def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: 
 
 
 def merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
-                inline: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], projection: Projection,
+                inline: InlineTail, projection: Projection,
                 bad: np.ndarray, on_mismatch: str) -> JaggedBatch:
     """The newest ``max_len`` of each record's history: the store part through the
     pointer, merged with the inline tail in serving order."""
@@ -124,7 +137,7 @@ def merge_tail(store: Store, log: pa.Table | pa.RecordBatch,
     wanted = projection.resolve(schema)
     names = list(dict.fromkeys([*wanted, schema.time_col] + ([schema.tiebreak] if schema.tiebreak else [])))
     head = gather(store, log, Projection(projection.max_len, tuple(names)), on_mismatch=on_mismatch)
-    owners, _, tail = inline
+    owners, tail = inline.owners, inline.columns
     rows = len(head)
     bad = bad | head.mismatched
 
