@@ -257,7 +257,7 @@ class Schema:
                 raise SchemaError(f"{what} holds {newest}, after the year 3000 counted in the store's unit "
                                   f"({UNIT_WORDS[self.time_unit]}): integer times count the store's unit as they "
                                   "are, and these look like a finer unit's: convert them, or give timestamps "
-                                  "(converted from their own unit)")
+                                  "(converted from their own unit; a request meant to come after every event too)")
             return times
         if not pa.types.is_timestamp(source):
             raise SchemaError(f"{what} has type {source}; times must be integers, timestamps or dates")
