@@ -984,8 +984,14 @@ def test_a_dictionary_encoded_label_is_an_example_column_from_a_table_as_from_pa
     for name in ("user_id", "uih_version", "uih_length"):
         index = pointers.schema.get_field_index(name)
         pointers = pointers.set_column(index, name, log.column(name).dictionary_encode())
-    plain, decoded = (list(ExampleDataset(store, source, projection, shuffle=False)) for source in (log, pointers))
-    assert len(plain) == len(decoded) and all(same(a, b) for a, b in zip(plain, decoded))
+    ids = log.column("user_id").to_pylist()  # and chunks of their own dictionaries, each with a null (s47D)
+    chunks = [pa.DictionaryArray.from_arrays(pa.array([1 + sorted(set(part)).index(u) for u in part], pa.int32()),
+                                             pa.array([None, *sorted(set(part))], pa.int64()))
+              for part in (ids[:7], ids[7:])]
+    chunked = pointers.set_column(pointers.schema.get_field_index("user_id"), "user_id", pa.chunked_array(chunks))
+    plain, *decoded = (list(ExampleDataset(store, source, projection, shuffle=False))
+                       for source in (log, pointers, chunked))
+    assert all(len(plain) == len(other) and all(same(a, b) for a, b in zip(plain, other)) for other in decoded)
 
 
 def test_unsigned_values_past_int64_and_repeated_columns_are_refused_when_the_dataset_is_made(world, tmp_path):

@@ -341,6 +341,12 @@ def test_audit_version_no_longer_kept(world):
     info = write_segment(latest.path / "segments", 0, ev.take(np.flatnonzero(keep)), latest.cache_dir)
     rewritten = latest._publish(latest.version + 1, "compact", [info], [info], latest.watermark)
     assert audit(rewritten, stripped).mismatches == {0: "version no longer kept"}
+    # a stripped record counting fewer events than the store shows of it now was changed: a
+    # rewrite never adds events (s47D: said of plain records only)
+    index = stripped.schema.get_field_index("seq_length")
+    fewer = stripped.set_column(index, stripped.schema.field(index), pa.array(
+        [n - 1 if i == 0 else n for i, n in enumerate(stripped.column(index).to_pylist())], pa.uint32()))
+    assert audit(latest, fewer).mismatches == {0: "unknown"}
 
 
 def test_audit_late_event(world):
@@ -487,6 +493,28 @@ def test_a_record_whose_tail_columns_hold_different_numbers_of_events_fails_its_
         lateseq.materialize(store, edited, PROJECTION)
     assert raised.value.rows == [row]
     assert audit(store, edited).mismatches == {row: "corrupt data"}
+    # a null inside one record's tail made every value of its column a float, every
+    # record's hash wrong (s47D); a null list is an empty tail, strip_tails included
+    values = log.column(name).to_pylist()
+    values[row] = [None, *values[row][1:]]
+    holed = log.set_column(log.column_names.index(name), log.schema.field(name),
+                           pa.array(values, log.schema.field(name).type))
+    assert np.flatnonzero(lateseq.materialize(store, holed, PROJECTION, on_mismatch="flag").mismatched).tolist() == [row]
+    assert audit(store, holed).mismatches == {row: "corrupt data"}
+    empty = next(i for i, v in enumerate(values) if not v)
+    nulled = log.set_column(log.column_names.index(name), log.schema.field(name), pa.array(
+        [None if i == empty else v for i, v in enumerate(log.column(name).to_pylist())], log.schema.field(name).type))
+    assert not lateseq.materialize(store, nulled, PROJECTION).rows_differ(served).any()
+    stripped, _ = strip_tails(store, nulled)
+    assert not lateseq.materialize(store, stripped, PROJECTION).rows_differ(served).any()
+    # user ids of a categorical whose dictionary holds a null no row uses (s47D: tails were
+    # hashed with float ids, every record with a tail flagged)
+    ids = log.column("user_id").to_pylist()
+    coded = pa.DictionaryArray.from_arrays(pa.array([1 + sorted(set(ids)).index(u) for u in ids], pa.int32()),
+                                           pa.array([None, *sorted(set(ids))], pa.int64()))
+    by_category = log.set_column(log.column_names.index("user_id"), "user_id", coded)
+    assert not lateseq.materialize(store, by_category, PROJECTION, on_mismatch="flag").mismatched.any()
+    assert audit(store, by_category).mismatches == {}
 
 def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     schema = lateseq.Schema({"flag": "bool", "w": "float32", "arrival_ts": "int64", "event_id": "int64"},

@@ -35,7 +35,7 @@ from ._format import all_replaced_when_written
 from ._gather import output_dtype
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
-from ._pointers import outside_store
+from ._pointers import decoded_pointer_columns, outside_store
 from ._projection import Projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES, Schema
@@ -305,6 +305,7 @@ def _example_batches(examples: ExampleSource | ExampleLog, batch_size: int,
                      columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """Checks the log and its columns now; returns an iterator over its batches."""
     if isinstance(examples, pa.Table):
+        examples = decoded_pointer_columns(examples)
         read = _check_columns(examples.schema, columns)
         return _table_batches(examples if read is None else examples.select(read), batch_size)
     log = examples if isinstance(examples, ExampleLog) else ExampleLog(examples)

@@ -165,6 +165,18 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
     return _pointers(arrays)
 
 
+def decoded_pointer_columns(log: pa.Table) -> pa.Table:
+    """``log`` with its dictionary-encoded pointer columns (a pandas categorical's round
+    trip) as their values, chunk by chunk: chunks of other dictionaries holding a null
+    cannot be combined, taken or sliced across as dictionaries (s47D)."""
+    for field in POINTER_FIELDS:
+        index = log.schema.get_field_index(field.name)  # (-1 where absent or repeated: named by the checks)
+        if index >= 0 and pa.types.is_dictionary(log.schema.field(index).type):
+            column = log.column(index)
+            log = log.set_column(index, field.name, column.cast(column.type.value_type))
+    return log
+
+
 def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> str:
     """Why integers did not fit ``target``: the values past its range (a -1 version, a
     length past 2**32), which say more than the types do."""

@@ -59,13 +59,14 @@ def attach_tails(log: pa.Table, store: Store, tail: pa.Table, owners: np.ndarray
 
 class InlineTail(NamedTuple):
     """A log's inline tail events: each one's record (``owners``) and user, its column
-    values, and per record whether its tail columns hold different numbers of events
-    (``ragged``: an edited log; its events are left out, and the record fails its check)."""
+    values, and per record whether its tail is broken (``broken``: its columns hold
+    different numbers of events, or a null; an edited log: its events are left out, and
+    the record fails its check)."""
 
     owners: np.ndarray
     user: np.ndarray
     columns: dict[str, np.ndarray]
-    ragged: np.ndarray
+    broken: np.ndarray
 
 
 def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> InlineTail:
@@ -78,17 +79,21 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> InlineTail:
                           f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
     tails = {name: _tail_column(store, log, name) for name in names}
     lengths = {name: pc.list_value_length(column).fill_null(0).to_numpy() for name, column in tails.items()}
-    # a record whose columns disagree on its event count fails its check as any edit does
-    # (numpy's "could not broadcast" from the hashing kernel, through "flag" and audit, s47B, s47C)
-    ragged = np.zeros(log.num_rows, bool)
-    for name in names[1:]:
-        ragged |= lengths[name] != lengths[names[0]]
-    if ragged.any():
-        tails = {name: column.filter(pa.array(~ragged)) for name, column in tails.items()}
-    owners = np.repeat(np.arange(log.num_rows), np.where(ragged, 0, lengths[names[0]]))
+    # a record whose columns disagree on its event count, or hold a null, fails its check as
+    # any edit does, alone (numpy's "could not broadcast" from the hashing kernel, through
+    # "flag" and audit, s47B, s47C; a null made every value of its column a float, s47D)
+    broken = np.zeros(log.num_rows, bool)
+    for name, column in tails.items():
+        broken |= lengths[name] != lengths[names[0]]
+        nulls = pc.is_null(pc.list_flatten(column)).to_numpy(zero_copy_only=False)
+        if nulls.any():
+            broken[np.repeat(np.arange(log.num_rows), lengths[name])[nulls]] = True
+    if broken.any():
+        tails = {name: column.filter(pa.array(~broken)) for name, column in tails.items()}
+    owners = np.repeat(np.arange(log.num_rows), np.where(broken, 0, lengths[names[0]]))
     columns = {name: column_numpy(pc.list_flatten(column)) for name, column in tails.items()}
-    user = log.column("user_id").to_numpy()[owners]
-    return InlineTail(owners, user, columns, ragged)
+    user = pointers_from_log(log, store.schema).user_id[owners]  # decoded and checked as the pointers are
+    return InlineTail(owners, user, columns, broken)
 
 
 def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
@@ -115,7 +120,7 @@ def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,
     count, digest = _tail_digest(store, inline.user, inline.columns, inline.owners, log.num_rows)
     pointers = pointers_from_log(log, store.schema)
     return ((pointers.length + count == log.column("seq_length").to_numpy().astype(np.int64))
-            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()) & ~inline.ragged)
+            & (pointers.checksum + digest == log.column("seq_checksum").to_numpy()) & ~inline.broken)
 
 
 def rebuild_streaming(store: Store, log: pa.Table | pa.RecordBatch, projection: Projection,

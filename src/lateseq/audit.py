@@ -17,9 +17,9 @@ from ._errors import LateseqError, StoreError, VersionNotFound, exact_bool, exac
 from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize, require_store
-from ._pointers import Pointers, pointers_from_log, require_table
+from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
 from ._projection import Projection
-from ._records import is_two_tier, tail_intact
+from ._records import is_two_tier, stripped_pointers, tail_intact
 from ._store import Store
 from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked
 
@@ -55,7 +55,7 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     rows = np.arange(log.num_rows)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
-    subset = log.take(pa.array(rows, pa.int64()))
+    subset = decoded_pointer_columns(log).take(pa.array(rows, pa.int64()))
     two_tier = is_two_tier(subset)
     pointers = pointers_from_log(subset, store.schema)
     # a record of a version this handle cannot read (tampered, or from a newer replica) is a
@@ -103,18 +103,19 @@ class _Explainer:
         if _late_events_explain(self.store, pointer):
             return "late event"
         kept = self.watermarks.keys() | {0}
-        if (int(pointer.version[0]) not in kept or tail_version not in kept) and not self._more_now(pointer):
+        retired = int(pointer.version[0]) not in kept or tail_version not in kept
+        if retired and not self._more_now(record, pointer, tail_version):
             return "version no longer kept"
         return "unknown"
 
-    def _more_now(self, pointer: Pointers) -> bool:
-        """Whether a plain pointer's version shows more events now than it counted: a
-        rewrite of stored events (a purge) drops or changes events, and never adds one to
-        an old version, so the record changed."""
-        if self.two_tier:
-            return False
-        located = self.store.locate(pointer.user_id, pointer.request_ts, Visibility.of_versions(pointer.version),
-                                    max_len=1)
+    def _more_now(self, record: pa.Table, pointer: Pointers, tail_version: int) -> bool:
+        """Whether the store shows more of the record's events now than it counted (its
+        pointer's version; a stripped record's whole history): a rewrite of stored events (a
+        purge) drops or changes events, and never adds one to an old version, so the record
+        changed."""
+        if tail_version:  # the store alone holds what a stripped record counted (s47D: two-tier ones too)
+            pointer = stripped_pointers(self.store, record)
+        located = self.store.locate(pointer.user_id, pointer.request_ts, pointer.visibility, max_len=1)
         return bool(located.count[0] > pointer.length[0])
 
     def _rehash_differs(self, user: np.ndarray) -> bool:

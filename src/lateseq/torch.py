@@ -66,7 +66,7 @@ from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
 from ._loader import DROP_NEEDS_VERIFY, batches_per_read, part_of, undeleted_rows
 from ._materialize import materialize
-from ._pointers import POINTER_FIELDS, pointers_from_log, row_group_partitions
+from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_log, row_group_partitions
 from ._projection import Projection
 from ._records import protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
@@ -559,9 +559,9 @@ class ExampleDataset(IterableDataset):
         if isinstance(examples, pa.Table):
             if copartition:
                 raise SchemaError("copartition reads a Parquet log written by lateseq.copartition_log, not a table")
-            self._table: pa.Table | None = examples
+            self._table: pa.Table | None = decoded_pointer_columns(examples)
             self._file = None
-            schema, num_rows, row_groups = examples.schema, examples.num_rows, None
+            schema, num_rows, row_groups = self._table.schema, self._table.num_rows, None
         else:
             self._table = None
             self._file: ExampleLog | None = ExampleLog(examples)  # its footers checked: workers read through them
@@ -573,7 +573,7 @@ class ExampleDataset(IterableDataset):
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._file.path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
-        source = examples if self._table is not None else self._file.metadata
+        source = self._table if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
         _refuse_newer(self.store, source)
         # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
@@ -1219,9 +1219,7 @@ def _refuse_newer(store: Store, source: pa.Table | Sequence[pq.FileMetaData]) ->
     """Pointers into versions newer than the handle, found now (from a Parquet log's
     statistics where it keeps them) rather than at the batch that holds one, mid-epoch."""
     if isinstance(source, pa.Table):
-        versions = source.column("uih_version")  # a categorical's as its values: min_max has no dictionary kernel
-        versions = versions.cast(versions.type.value_type) if pa.types.is_dictionary(versions.type) else versions
-        newest = pc.max(versions).as_py() if source.num_rows else None
+        newest = pc.max(source.column("uih_version")).as_py() if source.num_rows else None
     else:
         newest = max((stats.max for stats in _statistics(source, "uih_version") if stats.has_min_max), default=None)
     if newest is not None and newest > store.version:

@@ -244,7 +244,7 @@ def _without_tails(store: Store, log: pa.Table, drop: np.ndarray, tail_version: 
     for name in payload_names(store):
         index = log.schema.get_field_index(TAIL_PREFIX + name)
         column = log.column(index).combine_chunks()
-        lengths = pc.list_value_length(column).to_numpy()
+        lengths = pc.list_value_length(column).fill_null(0).to_numpy()  # a null list: none (s47D)
         keep = np.repeat(~drop, lengths)
         lengths = np.where(drop, 0, lengths)
         large = pa.types.is_large_list(column.type)  # polars' lists, and Arrow readers set to large types
