@@ -499,7 +499,8 @@ def test_a_record_whose_tail_columns_hold_different_numbers_of_events_fails_its_
     values[row] = [None, *values[row][1:]]
     holed = log.set_column(log.column_names.index(name), log.schema.field(name),
                            pa.array(values, log.schema.field(name).type))
-    assert np.flatnonzero(lateseq.materialize(store, holed, PROJECTION, on_mismatch="flag").mismatched).tolist() == [row]
+    flagged = lateseq.materialize(store, holed, PROJECTION, on_mismatch="flag")
+    assert np.flatnonzero(flagged.mismatched).tolist() == [row]
     assert audit(store, holed).mismatches == {row: "corrupt data"}
     empty = next(i for i, v in enumerate(values) if not v)
     nulled = log.set_column(log.column_names.index(name), log.schema.field(name), pa.array(
