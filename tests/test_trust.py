@@ -275,7 +275,6 @@ def test_verify_and_audit_name_what_they_take(store, log):
             call()
 
 
-
 def test_audit_blames_a_cleaned_up_version_only_where_it_could_explain_the_record(make_store):
     """A retired version's pointers still rebuild; named before every other cause, "version
     no longer kept" took every mismatch of a cleaned-up store's log (s47B). A record counting
@@ -289,13 +288,14 @@ def test_audit_blames_a_cleaned_up_version_only_where_it_could_explain_the_recor
     for name, lengths in (("fewer", [1, 1]), ("more", [3, 1])):
         column = log.schema.get_field_index("uih_length")
         changed[name] = log.set_column(column, log.schema.field(column),
-                                           pa.array(lengths, log.schema.field(column).type))
+                                       pa.array(lengths, log.schema.field(column).type))
     assert audit(store, changed["fewer"]).mismatches == {0: "unknown"}
     assert audit(store, changed["more"]).mismatches == {0: "unknown"}
     assert store.cleanup(before=store.version, grace_s=0) == [1, 2]
     assert audit(store, log).mismatches == {}
     assert audit(store, changed["fewer"]).mismatches == {0: "unknown"}
     assert audit(store, changed["more"]).mismatches == {0: "version no longer kept"}
+
 
 def test_verify_needs_no_temporary_directory_but_deep(store, monkeypatch):
     """A read-only container: verify made a scratch folder even where only ``deep`` uses

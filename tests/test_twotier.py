@@ -517,6 +517,7 @@ def test_a_record_whose_tail_columns_hold_different_numbers_of_events_fails_its_
     assert not lateseq.materialize(store, by_category, PROJECTION, on_mismatch="flag").mismatched.any()
     assert audit(store, by_category).mismatches == {}
 
+
 def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     schema = lateseq.Schema({"flag": "bool", "w": "float32", "arrival_ts": "int64", "event_id": "int64"},
                             arrival_col="arrival_ts", event_id_col="event_id")

@@ -165,7 +165,6 @@ def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_
     assert got.type == pa.int64() and got.to_pylist() == values
 
 
-
 def test_integers_of_a_finer_unit_are_refused_where_they_meet_the_store(make_store, dir_snapshot):
     """Milliseconds committed to a store in seconds were stored as the year 57,970, and a
     request so stamped saw every event (s47A): refused at commit and at logging, naming the
@@ -182,6 +181,7 @@ def test_integers_of_a_finer_unit_are_refused_where_they_meet_the_store(make_sto
             call()
     assert history(store, 1, pa.array([1_700_000_001], pa.int64())) == [1_700_000_000]
     assert history(store, 1, pa.array([2**40], pa.timestamp("s"))) == [1_700_000_000]
+
 
 def test_other_time_types_are_refused():
     schema = Schema({"item": "int64"}, time_unit="us")
