@@ -187,9 +187,16 @@ def stripped_pointers(store: Store, log: pa.Table | pa.RecordBatch) -> Pointers:
 
 
 def is_two_tier(log: pa.Table | pa.RecordBatch) -> bool:
-    """Whether a log holds two-tier records (else plain pointers)."""
+    """Whether a log holds two-tier records (else plain pointers); PointerError for a null
+    in a record's columns (a null tail_version was read as a garbage version, s47E)."""
     require_table(log)
-    return holds_records(log.schema)
+    if not holds_records(log.schema):
+        return False
+    indices = (log.schema.get_field_index(name) for name in RECORD_FIELDS.names)
+    nulls = [log.schema.names[i] for i in indices if i >= 0 and log.column(i).null_count]
+    if nulls:
+        raise PointerError(f"two-tier record columns {nulls} have null values")
+    return True
 
 
 # the schema of the last log found to hold plain pointers: a loader asks batch after batch
