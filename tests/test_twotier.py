@@ -535,6 +535,10 @@ def test_columns_audit_and_strip_do_not_read_are_left_alone(world):
                  lambda: strip_tails(store, nulled)):
         with pytest.raises(lateseq.PointerError, match=r"two-tier record columns \['tail_version'\] have null"):
             call()
+    twice = pa.Table.from_arrays([*log.columns, log.column("user_id")], names=[*log.column_names, "user_id"])
+    for call in (lambda: audit(store, twice), lambda: strip_tails(store, twice)):  # named, not Arrow's KeyError
+        with pytest.raises(lateseq.PointerError, match="example log has 2 columns named 'user_id'"):
+            call()
 
 def test_tails_of_every_payload_type_rebuild_exactly(tmp_path):
     schema = lateseq.Schema({"flag": "bool", "w": "float32", "arrival_ts": "int64", "event_id": "int64"},

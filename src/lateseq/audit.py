@@ -19,7 +19,7 @@ from ._kernels import Visibility, event_hashes
 from ._materialize import materialize, require_store
 from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
 from ._projection import Projection
-from ._records import is_two_tier, protocol_columns, stripped_pointers, tail_intact
+from ._records import is_two_tier, protocol_part, stripped_pointers, tail_intact
 from ._store import Store
 from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked
 
@@ -55,8 +55,7 @@ def audit(store: Store, log: pa.Table, sample: int | None = None, seed: int = 0)
     rows = np.arange(log.num_rows)
     if sample is not None and sample < log.num_rows:
         rows = np.sort(np.random.default_rng(seed).choice(log.num_rows, sample, replace=False))
-    # the columns it reads only: others of types Arrow cannot take (string_view) are not its business (s47E)
-    subset = decoded_pointer_columns(log.select(protocol_columns(log.schema))).take(pa.array(rows, pa.int64()))
+    subset = decoded_pointer_columns(protocol_part(log)).take(pa.array(rows, pa.int64()))
     two_tier = is_two_tier(subset)
     pointers = pointers_from_log(subset, store.schema)
     # a record of a version this handle cannot read (tampered, or from a newer replica) is a

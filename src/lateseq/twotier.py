@@ -44,7 +44,7 @@ from ._records import (
     is_two_tier,
     merge_tail,
     payload_names,
-    protocol_columns,
+    protocol_part,
     rebuild_batch,
     rebuild_streaming,
     tail_intact,
@@ -218,12 +218,11 @@ def strip_tails(store: Store, log: pa.Table | pa.RecordBatch, drop_deleted: bool
     stripped = _without_tails(store, log, strip | erase, np.where(strip, covering, current))
     # a deleted user's record no longer verifies (its tail erased, or none left): not checked
     checked = np.flatnonzero(strip & ~deleted)
-    read = protocol_columns(log.schema)  # only those: others of types Arrow cannot take (string_view) stay (s47E)
-    failed = checked[materialize(store, stripped.select(read).take(pa.array(checked)),
+    failed = checked[materialize(store, protocol_part(stripped).take(pa.array(checked)),
                                  Projection(1, (store.schema.time_col,)), on_mismatch="flag").mismatched]
     if len(failed):
         strip[failed] = False
-        pointers = pointers_from_log(log.select(read).take(pa.array(failed)), store.schema)
+        pointers = pointers_from_log(protocol_part(log).take(pa.array(failed)), store.schema)
         gone = int(store.deleted_after(pointers.user_id, pointers.version).sum())  # not online's doing (s36E)
         why = []
         if gone:
