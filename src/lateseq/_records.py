@@ -229,13 +229,13 @@ def protocol_columns(schema: pa.Schema) -> list[str]:
     return names
 
 
-
 def protocol_part(log: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     """``log``'s ``protocol_columns`` alone (a repeated one each time, for the checks to
     name): what a pass that takes rows of a log reads; others may be of types Arrow cannot
     take (polars' and DuckDB's string_view, s47E)."""
     read = set(protocol_columns(log.schema))
     return log.select([i for i, name in enumerate(log.schema.names) if name in read])
+
 
 def covering_versions(store: Store, request_ts: np.ndarray) -> np.ndarray:
     """For each request time, a kept version whose watermark reaches it (0: none): this
