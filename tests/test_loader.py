@@ -246,6 +246,9 @@ def test_bad_inputs(world, tmp_path):
     assert next(iter_batches(store, path, projection, batch_size=np.int64(1)))[0].num_rows == 1  # refused (s35A)
     with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
         next(iter_batches(store, log.drop_columns(["uih_checksum"]), projection))
+    with pytest.raises(lateseq.SchemaError, match=r"not RecordBatch \(pa.Table.from_batches\(\[batch\]\) makes a "
+                                                  r"Table of a RecordBatch\)$"):  # (told of DataFrames, s47E)
+        iter_batches(store, log.to_batches()[0], projection)
     with pytest.raises(lateseq.SchemaError, match="clash"):
         materialize_log(store, path, projection, tmp_path / "o.parquet", columns=["item_id"])
     # pointers into a version newer than the handle cannot be served

@@ -384,6 +384,8 @@ def frame_hint(value: Any) -> str:
     DataFrame (for an error refusing it), else nothing."""
     if not hasattr(value, "columns"):
         return ""
+    if isinstance(value, pa.RecordBatch):  # (it has columns too: it was told how to convert a DataFrame, s47E)
+        return " (pa.Table.from_batches([batch]) makes a Table of a RecordBatch)"
     if type(value).__module__.split(".")[0] == "pandas":
         return (" (pa.Table.from_pandas(df, preserve_index=False) converts a pandas DataFrame (it turns NaN into "
                 "null: fill float columns back with pyarrow.compute.fill_null(column, float('nan'))))")
