@@ -646,6 +646,9 @@ def test_columns_of_types_arrow_cannot_compare_or_decode_are_read_or_refused_by_
                                lambda: stored.commit(pa.table({"user_id": categories, "ts": [5], "score": [1.0]})))
     with pytest.raises(lateseq.SchemaError, match="user_id is categorical, of string_view.*map string ids"):
         lateseq.log_examples(stored, pa.table({"user_id": categories, "request_ts": [5]}))
+    log = lateseq.log_examples(stored, pa.table({"user_id": [1], "request_ts": [5]}))
+    with pytest.raises(lateseq.SchemaError, match="pointer column 'user_id' is categorical, of string_view"):
+        lateseq.materialize(stored, log.set_column(0, "user_id", categories), lateseq.Projection(3))
     with pytest.raises(lateseq.SchemaError, match="user_id has 1 null values"):
         lateseq.make_pointers(stored, ArrowExporter(pa.array([1, None], pa.int64())), [5, 5])
 

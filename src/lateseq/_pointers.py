@@ -39,7 +39,7 @@ from ._events import partition_of
 from ._format import replaced_when_written, utf8_path
 from ._kernels import Visibility
 from ._parquet import columns_described
-from ._schema import Schema, as_user_ids, exported_arrow, frame_hint, string_ids_hint
+from ._schema import Schema, as_user_ids, decoded, exported_arrow, frame_hint, string_ids_hint
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -137,7 +137,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             raise PointerError(f"example log has {len(positions[f.name])} columns named {f.name!r}")
         column = examples.column(positions[f.name][0])  # by position: a name is looked up each time
         if pa.types.is_dictionary(column.type):  # (a pandas categorical's round trip) as log_examples takes them;
-            column = column.cast(column.type.value_type)  # decoded first: a null can sit in the dictionary (s47C)
+            column = _decoded_pointer(column, f.name)  # decoded first: a null can sit in the dictionary (s47C)
             converted = True  # (not the plain fast path next time)
         if column.null_count:
             raise PointerError(f"pointer column {f.name!r} has null values")
@@ -172,9 +172,14 @@ def decoded_pointer_columns(log: pa.Table) -> pa.Table:
     for field in POINTER_FIELDS:
         index = log.schema.get_field_index(field.name)  # (-1 where absent or repeated: named by the checks)
         if index >= 0 and pa.types.is_dictionary(log.schema.field(index).type):
-            column = log.column(index)
-            log = log.set_column(index, field.name, column.cast(column.type.value_type))
+            log = log.set_column(index, field.name, _decoded_pointer(log.column(index), field.name))
     return log
+
+
+def _decoded_pointer(column: pa.Array | pa.ChunkedArray, name: str) -> pa.Array | pa.ChunkedArray:
+    """A categorical pointer column as its values (``decoded``: one Arrow cannot decode,
+    polars' categories of string_view, is refused naming it)."""
+    return decoded(column, f"pointer column {name!r}", ids=name == "user_id")
 
 
 def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> str:
