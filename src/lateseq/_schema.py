@@ -205,9 +205,10 @@ class Schema:
             raise SchemaError(f"input is missing columns {missing} (it has {table.column_names})")
         extra = [c for c in table.column_names if c not in expected]
         if extra:
-            index = any(re.fullmatch(r"__index_level_\d+__", c) for c in extra)
+            unnamed = [c for c in extra if re.fullmatch(r"__index_level_\d+__", c)]
+            index = bool(unnamed)
             listed = (table.schema.pandas_metadata or {}).get("index_columns", [])
-            named = [c for c in extra if c in listed and not re.fullmatch(r"__index_level_\d+__", c)]
+            named = [c for c in extra if c in listed and c not in unnamed]
             raise SchemaError(f"input has columns {extra} that the store's schema does not know" + (
                 " (__index_level_N__ is a pandas DataFrame's index: pa.Table.from_pandas(df, preserve_index=False) "
                 "leaves it out)" if index else "") + (
