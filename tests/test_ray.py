@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import lateseq  # noqa: E402
 from lateseq._events import partition_of  # noqa: E402
-from lateseq.ray import ROW, Collate, materialized, read_examples  # noqa: E402
+from lateseq.ray import ROW, Collate, Materializer, materialized, read_examples  # noqa: E402
 
 PROJECTION = lateseq.Projection(5, ("item_id", "liked", "ts"))
 # Ray 2.60's DataContext sets three deprecated options of its own when it is first made
@@ -255,3 +255,19 @@ def test_import_error_names_the_extra_when_ray_is_missing():
             "try:\n    import lateseq.ray\nexcept ImportError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'lateseq[ray]'" in out.stdout
+
+
+def test_a_timestamp_example_column_comes_out_in_the_store_s_unit(tmp_path):
+    """As lateseq.torch.ExampleDataset gives it: a timestamp[ms] request_ts beside a store
+    in µs is counted in µs (it was refused as not numeric), without a Ray instance."""
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"item_id": "int64"}, time_unit="us"))
+    store = store.commit(pa.table({"user_id": [1, 1], "ts": pa.array([1_000, 2_500], pa.timestamp("us")),
+                                   "item_id": [10, 11]}))
+    stamps = pa.array([3, 2], pa.timestamp("ms"))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 1], "request_ts": stamps}))
+    log = log.set_column(log.schema.get_field_index("request_ts"), "request_ts", stamps)
+    log = log.append_column(ROW, pa.array([0, 1], pa.int64()))
+    (out,) = Materializer(store, lateseq.Projection(4, ("item_id",)), ["request_ts"])(log)
+    batch = Collate()(out)
+    assert batch.examples["request_ts"].tolist() == [3_000, 2_000]
+    assert batch.values["item_id"].tolist() == [10, 11, 10] and batch.lengths.tolist() == [2, 1]

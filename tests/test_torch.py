@@ -1983,3 +1983,31 @@ def test_a_copy_of_a_batch_sent_by_its_worker_keeps_its_values(world, collate):
     assert len(got) == len(batches) > 2 * 8
     assert _as_lists(map(_labels_and_views, got)) == _as_lists(map(_labels_and_views, batches))
 
+
+
+def test_a_timestamp_example_column_is_counted_in_the_store_s_unit(tmp_path):
+    """A log's request_ts as timestamp[ms] (a pandas round trip) beside a store in µs: it
+    was refused as an example column ("not numeric"), so to_hstu(target_timestamps=
+    "request_ts") needed a cast by hand; it is the history's unit now, converted exactly."""
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"item_id": "int64"}, time_unit="us"))
+    store = store.commit(pa.table({"user_id": [1, 1, 2], "ts": pa.array([1_000, 2_500, 4_000], pa.timestamp("us")),
+                                   "item_id": [10, 11, 20]}))
+    stamps = pa.array([3, 5, 1], pa.timestamp("ms"))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2, 1], "request_ts": stamps}))
+    assert log.column("request_ts").to_pylist() == [3_000, 5_000, 1_000]  # the oracle: log_examples' conversion
+    as_stamps = log.set_column(log.schema.get_field_index("request_ts"), "request_ts", stamps)
+    projection = lateseq.Projection(4, ("item_id", "ts"))
+    (batch,) = ExampleDataset(store, as_stamps, projection, example_columns=["request_ts"], batch_size=8)
+    (want,) = ExampleDataset(store, log, projection, example_columns=["request_ts"], batch_size=8)
+    assert batch.examples["request_ts"].dtype == torch.int64
+    assert batch.examples["request_ts"].tolist() == [3_000, 5_000, 1_000]
+    assert torch.equal(batch.to_hstu(max_output_length=1, target_timestamps="request_ts")["past_payloads"]["timestamps"],
+                       want.to_hstu(max_output_length=1, target_timestamps="request_ts")["past_payloads"]["timestamps"])
+    plain = lateseq.create(tmp_path / "p", lateseq.Schema({"item_id": "int64"}))  # integer times: no unit to count
+    plain = plain.commit(pa.table({"user_id": [1], "ts": [1], "item_id": [10]}))
+    integer_log = lateseq.log_examples(plain, pa.table({"user_id": [1], "request_ts": [5]}))
+    stamped = integer_log.append_column("seen", pa.array([5], pa.timestamp("ms")))
+    with pytest.raises(lateseq.SchemaError, match="example column 'seen' has type timestamp"):
+        ExampleDataset(plain, stamped, projection, example_columns=["seen"])
+    with pytest.raises(lateseq.SchemaError, match=r"\['note \(string\)'\] are not numeric, bool or timestamps"):
+        ExampleDataset(plain, integer_log.append_column("note", pa.array(["x"])), projection, example_columns=["note"])

@@ -174,8 +174,10 @@ class Materializer:
                 part, sequences = part.take(pa.array(kept)), sequences.take(kept)
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
-            yield pa.Table.from_arrays([part.column(c) for c in [ROW, *self.example_columns]] + lists,
-                                       names=[ROW, *self.example_columns, *self.names])
+            columns = {c: part.column(c) for c in [ROW, *self.example_columns]}
+            columns = {name: self.store.schema.times_to_store(c, f"example column {name!r}")  # in the store's unit
+                       if pa.types.is_timestamp(c.type) else c for name, c in columns.items()}
+            yield pa.Table.from_arrays([*columns.values(), *lists], names=[*columns, *self.names])
 
 
 def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os.PathLike,

@@ -70,7 +70,7 @@ from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_lo
 from ._projection import Projection
 from ._records import protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
-from ._schema import TIME_UNITS, ticks_per_second
+from ._schema import TIME_UNITS, Schema, ticks_per_second
 from ._store import Reopening, Store, read_on
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
@@ -513,7 +513,8 @@ class ExampleDataset(IterableDataset):
     their last: less than 5% of an epoch but for short last batches, or up to a
     partition's examples with ``copartition``); neither depends on any rank's number of
     workers. ``example_columns``
-    (default: every numeric or bool column but the pointer's) go to ``Batch.examples``.
+    (default: every numeric or bool column but the pointer's; timestamp ones when named,
+    counted in the store's time unit) go to ``Batch.examples``.
     ``drop_deleted`` leaves out the examples of users deleted (``Store.delete``) since
     their pointer's version, labels too, whether or not their history changed (an empty
     one did not); any other changed history still raises. Its batches may then be
@@ -575,6 +576,9 @@ class ExampleDataset(IterableDataset):
         self._read, self.example_columns = _log_columns(schema, example_columns)
         source = self._table if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
+        for name in self.example_columns:  # a timestamp column into a store of plain integers: refused now
+            if pa.types.is_timestamp(schema.field(name).type):
+                self.store.schema.times_to_store(pa.array([], schema.field(name).type), f"example column {name!r}")
         _refuse_newer(self.store, source)
         # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
         # and resuming with other example_columns was refused for a table only (s45A)
@@ -897,7 +901,8 @@ class ExampleDataset(IterableDataset):
     def _batch(self, rows: np.ndarray, examples: pa.Table, sequences: JaggedBatch,
                reserved: _Reserved | None = None) -> Batch:
         return self._slots.batch(rows.astype(np.int64, copy=False),
-                                 {name: _example_numpy(examples, name) for name in self.example_columns},
+                                 {name: _example_numpy(examples, name, self.store.schema)
+                                  for name in self.example_columns},
                                  sequences.offsets, sequences.lengths, sequences.values, reserved)
 
 
@@ -1274,19 +1279,29 @@ def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list
     unknown = [c for c in requested if c not in schema.names]
     if unknown:
         raise SchemaError(f"example log has no columns {unknown} (it has {schema.names})")
-    bad = [f"{c} ({schema.field(c).type})" for c in requested if not _numeric(schema.field(c).type)]
+    bad = [f"{c} ({schema.field(c).type})" for c in requested
+           if not (_numeric(schema.field(c).type) or pa.types.is_timestamp(schema.field(c).type))]
     if bad:
-        raise SchemaError(f"example columns {bad} are not numeric or bool, so cannot be tensors; "
+        raise SchemaError(f"example columns {bad} are not numeric, bool or timestamps, so cannot be tensors; "
                           "leave them out of example_columns")
     return list(dict.fromkeys(requested))
 
 
-def _example_numpy(table: pa.Table, name: str) -> np.ndarray:
+def _example_numpy(table: pa.Table, name: str, times: Schema | None = None) -> np.ndarray:
+    """An example column as a tensor's array; a timestamp one as counts of ``times``'
+    (the store's) unit, as the history's times are (a ``timestamp[ms]`` request_ts for
+    ``to_hstu(target_timestamps=)`` beside times in µs would be 1000x off)."""
     column = table.column(name)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if column.null_count:
         raise SchemaError(f"example column {name!r} has nulls; fill them before training")
+    if pa.types.is_timestamp(column.type):
+        if times is None:
+            raise SchemaError(f"example column {name!r} holds timestamps, which become counts of the store's time "
+                              "unit where a store is known (ExampleDataset, lateseq.ray.materialized): cast it to "
+                              "int64 yourself here")
+        column = times.times_to_store(column, f"example column {name!r}")
     array = np.asarray(column.to_numpy())
     if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # torch lacks most unsigned ops
         if array.dtype.itemsize == 8 and len(array) and array.max() >= 2**63:
