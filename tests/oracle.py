@@ -344,3 +344,21 @@ def referenced_files(store) -> set[str]:
 # the schema of the two-tier tests: events with an arrival time and an event id
 TWO_TIER_SCHEMA = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
                                  arrival_col="arrival_ts", event_id_col="event_id")
+
+
+def as_list_views(table):
+    """``table`` with its list columns as list views (DuckDB's, Arrow's view readers'),
+    their values stored in reverse row order, so that only offsets find them; built in
+    Python, not by Arrow's cast."""
+    import pyarrow as pa
+
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_list(field.type):
+            rows = [r or [] for r in column.to_pylist()]
+            sizes = np.array([len(r) for r in rows], np.int32)
+            offsets = (sizes.sum() - np.cumsum(sizes)).astype(np.int32)  # row i after the rows that follow it
+            values = pa.array([v for r in reversed(rows) for v in r], field.type.value_type)
+            column = pa.ListViewArray.from_arrays(pa.array(offsets), pa.array(sizes), values)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)

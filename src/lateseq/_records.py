@@ -77,7 +77,7 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> InlineTail:
     if missing or extra:
         raise SchemaError(f"two-tier example log: its tail columns do not match the store's columns (missing "
                           f"{missing}, unknown {extra}); a served log holds one {TAIL_PREFIX}<column> per column")
-    tails = {name: _tail_column(store, log, name) for name in names}
+    tails = {name: tail_column(store, log, name) for name in names}
     lengths = {name: pc.list_value_length(column).fill_null(0).to_numpy() for name, column in tails.items()}
     # a record whose columns disagree on its event count, or hold a null, fails its check as
     # any edit does, alone (numpy's "could not broadcast" from the hashing kernel, through
@@ -96,12 +96,14 @@ def inline_tail(store: Store, log: pa.Table | pa.RecordBatch) -> InlineTail:
     return InlineTail(owners, user, columns, broken)
 
 
-def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+def tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
     """A tail column, refused where its type would change the events' hashes (a float or
     text for an integer, another float width) rather than blamed on the checksum;
     integers of any width hash as the store's."""
     column = log.column(TAIL_PREFIX + name)
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list_view(column.type) or pa.types.is_large_list_view(column.type):
+        column = _as_list(column)
     stored = pa.int64() if name == store.schema.time_col else pa.type_for_alias(store.schema.columns[name])
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
@@ -110,6 +112,16 @@ def _tail_column(store: Store, log: pa.Table | pa.RecordBatch, name: str) -> pa.
                            f"list<{stored}> (the inline tail as it was served; a round trip through text or floats "
                            "changes it): keep the log's tail columns in the types lateseq wrote")
     return column
+
+
+def _as_list(column: pa.Array) -> pa.Array:
+    """A list_view column (DuckDB's, Arrow's view readers') as the list lateseq writes, its
+    values in row order (pyarrow 26's cast between them gives an invalid array)."""
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy()
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    large = pa.types.is_large_list_view(column.type)
+    return (pa.LargeListArray if large else pa.ListArray).from_arrays(
+        offsets if large else offsets.cast(pa.int32()), pc.list_flatten(column), mask=pc.is_null(column))
 
 
 def tail_intact(store: Store, log: pa.Table | pa.RecordBatch,

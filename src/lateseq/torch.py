@@ -68,7 +68,7 @@ from ._loader import DROP_NEEDS_VERIFY, batches_per_read, part_of, undeleted_row
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_log, row_group_partitions
 from ._projection import Projection
-from ._records import protocol_columns
+from ._records import holds_records, inline_tail, protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._schema import TIME_UNITS, Schema, ticks_per_second
 from ._store import Reopening, Store, read_on
@@ -574,6 +574,8 @@ class ExampleDataset(IterableDataset):
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._file.path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
+        if holds_records(schema):  # a two-tier log's tail columns refused now, as materialize would in a worker
+            inline_tail(self.store, schema.empty_table())
         source = self._table if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
         for name in self.example_columns:  # a timestamp column into a store of plain integers: refused now
@@ -1203,9 +1205,11 @@ def _table_identity(table: pa.Table, columns: Sequence[str]) -> str:
 def _digest_values(digest: Any, array: pa.Array) -> None:
     """Adds ``array``'s values to ``digest``: a list column (a two-tier record's tail) as
     its lengths and its values."""
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+    kind = array.type
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind)
+            or pa.types.is_large_list_view(kind)):
         digest.update(np.ascontiguousarray(pc.fill_null(pc.list_value_length(array), -1).to_numpy()).view(np.uint8))
-        _digest_values(digest, array.flatten())
+        _digest_values(digest, pc.list_flatten(array))
     else:
         digest.update(np.ascontiguousarray(array.to_numpy(zero_copy_only=False)).view(np.uint8))
 

@@ -47,6 +47,7 @@ from ._records import (
     protocol_part,
     rebuild_batch,
     rebuild_streaming,
+    tail_column,
     tail_intact,
 )
 from ._select import transform
@@ -244,7 +245,7 @@ def _without_tails(store: Store, log: pa.Table, drop: np.ndarray, tail_version: 
                          pa.array(tail_version.astype(np.uint32)))
     for name in payload_names(store):
         index = log.schema.get_field_index(TAIL_PREFIX + name)
-        column = log.column(index).combine_chunks()
+        column = tail_column(store, log, name)  # checked, and a list_view one as a list
         lengths = pc.list_value_length(column).fill_null(0).to_numpy()  # a null list: none (s47D)
         keep = np.repeat(~drop, lengths)
         lengths = np.where(drop, 0, lengths)
@@ -252,5 +253,5 @@ def _without_tails(store: Store, log: pa.Table, drop: np.ndarray, tail_version: 
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64 if large else np.int32))
         values = pc.list_flatten(column).filter(pa.array(keep))
         lists = (pa.LargeListArray if large else pa.ListArray).from_arrays(offsets, values, type=column.type)
-        log = log.set_column(index, log.schema.field(index), lists)
+        log = log.set_column(index, log.schema.field(index).with_type(column.type), lists)
     return log
