@@ -42,7 +42,7 @@ from lateseq import ChecksumMismatch, Filter, Projection, SchemaError
 ARROW_TYPES = {name: pa.from_numpy_dtype(np.dtype(t)) for name, t in NUMPY_TYPES.items()}
 INT64 = (-(2**63), 2**63 - 1)
 WIDE = 2**61  # wide times stay within +-2**61, so request_ts - window (window <= 2**61) fits int64
-YEAR_3000_S = int(dt.datetime(3000, 1, 1, tzinfo=dt.UTC).timestamp())
+AFTER_YEAR_3000_S = int(dt.datetime(3001, 1, 1, tzinfo=dt.UTC).timestamp())
 
 
 # ---------------------------------------------------------------------- worlds
@@ -108,7 +108,7 @@ def worlds(draw, max_commits: int = 6, max_rows: int = 10) -> World:
     # so an uncompacted history is slices of segments in order, not a merge of late events
     ordered = not wide and draw(st.booleans())
     # (a store with a time unit refuses integer times past the year 3000 in it, s47A)
-    top = WIDE if time_unit is None else min(WIDE, YEAR_3000_S * {"s": 1, "ms": 1000}[time_unit] - 2)
+    top = WIDE if time_unit is None else min(WIDE, AFTER_YEAR_3000_S * {"s": 1, "ms": 1000}[time_unit] - 2)
     ts_values = (st.integers(-4, 8) | st.integers(-WIDE, top)) if wide else st.integers(-4, 8)
     steps = []
     for k in range(draw(st.integers(1, max_commits))):
@@ -586,8 +586,8 @@ def test_ages_in_seconds_are_exact_where_the_age_in_ticks_is_past_int64(make_sto
     store = make_store({"flag": "int8"}, time_unit=time_unit)
     per = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[time_unit]
     low, high = INT64
-    # the newest time a store with a unit takes: the year 3000 (a later one is a finer unit's, s47A)
-    high = min(high, int(dt.datetime(3000, 1, 1, tzinfo=dt.UTC).timestamp()) * per - 1)
+    # the newest time a store with a unit takes: the year 3000's last (a later one is a finer unit's, s47A)
+    high = min(high, AFTER_YEAR_3000_S * per - 1)
     ts = [low, low + 1, low + per - 1, -per - 1, -1, 0, 1, high - per - 3]
     store = store.commit(pa.table({"user_id": [1] * len(ts), "ts": ts, "flag": pa.array([1] * len(ts), pa.int8())}))
     requests = [low + per, -1, 0, 5, high]

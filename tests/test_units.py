@@ -31,7 +31,7 @@ from tests.test_cli_outputs import cli, one_line_error
 UNITS = ["s", "ms", "us", "ns"]
 PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
-YEAR_3000_S = int(dt.datetime(3000, 1, 1, tzinfo=dt.UTC).timestamp())
+AFTER_YEAR_3000_S = int(dt.datetime(3001, 1, 1, tzinfo=dt.UTC).timestamp())
 # a request after every event, in a store of microseconds: a timestamp (an integer past the
 # year 3000 is refused as a finer unit's)
 LATER = pa.array([2**62], pa.timestamp("us"))
@@ -155,7 +155,7 @@ def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_
     info = np.iinfo(int_type.to_pandas_dtype())
     values = [min(max(v, int(info.min)), int(info.max)) for v in values]
     schema = Schema({"item": "int64"}, time_unit=unit)
-    if unit is not None and values and max(values) // PER_SECOND[unit] >= YEAR_3000_S:
+    if unit is not None and values and max(values) // PER_SECOND[unit] >= AFTER_YEAR_3000_S:
         # a finer unit's integers (ms into a store in s: the year 57,970), refused (s47A)
         with pytest.raises(SchemaError, match=rf"ts holds {max(values)}, after the year 3000 counted in the "
                                               rf"store's unit \({WORDS[unit]}\)"):
@@ -181,6 +181,17 @@ def test_integers_of_a_finer_unit_are_refused_where_they_meet_the_store(make_sto
             call()
     assert history(store, 1, pa.array([1_700_000_001], pa.int64())) == [1_700_000_000]
     assert history(store, 1, pa.array([2**40], pa.timestamp("s"))) == [1_700_000_000]
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])  # int64 nanoseconds end in 2262
+def test_the_year_3000_is_taken_to_its_last_tick_and_refused_after(unit):
+    """The bound counted 3000-01-01T00:00:00 itself as after the year 3000 (s47C)."""
+    schema = Schema({"item": "int64"}, time_unit=unit)
+    last = AFTER_YEAR_3000_S * PER_SECOND[unit] - 1
+    for time in (int(dt.datetime(3000, 1, 1, tzinfo=dt.UTC).timestamp()) * PER_SECOND[unit], last):
+        assert schema.times_to_store(pa.array([time]), "ts").to_pylist() == [time]
+    with pytest.raises(SchemaError, match=f"ts holds {last + 1}, after the year 3000"):
+        schema.times_to_store(pa.array([last + 1]), "ts")
 
 
 def test_other_time_types_are_refused():

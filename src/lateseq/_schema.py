@@ -32,7 +32,7 @@ TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
 UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
-_YEAR_3000_S = 32_503_680_000  # 3000-01-01T00:00:00Z, in seconds since 1970
+_AFTER_YEAR_3000_S = 32_535_216_000  # 3001-01-01T00:00:00Z, in seconds since 1970
 
 
 def ticks_per_second(unit: str) -> int:
@@ -43,7 +43,7 @@ def ticks_per_second(unit: str) -> int:
 def past_year_3000(time: int, unit: str) -> bool:
     """Whether ``time``, counted in ``unit`` since 1970, is after the year 3000: an integer
     time that is most likely a finer unit's (ms read as s), as no event or request is."""
-    return time // ticks_per_second(unit) >= _YEAR_3000_S
+    return time // ticks_per_second(unit) >= _AFTER_YEAR_3000_S
 
 
 @dataclass(frozen=True)
