@@ -354,6 +354,11 @@ def test_bad_pointer_tables(store):
          r"'uih_length' has type uint64, expected uint32: 2 of its values lie outside .*"
          r"\(first: \[1099511627776, 2199023255552\]\)"),
         (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
+        # a checksum's bits kept as int32 by a writer without unsigned types: told how to take them back
+        (examples.set_column(4, "uih_checksum", pa.array([-5, 1, 2], pa.int32())),
+         r"'uih_checksum' has type int32, expected uint32: 1 of its values lie outside .*\(first: \[-5\]\), "
+         r"which no pointer lateseq makes holds; a writer without unsigned types \(Spark, Java\) may have kept "
+         r"uint32's bits as int32: reinterpret them, pa.array\(column.to_numpy\(\).view\(np.uint32\)\)"),
         # whole floats: above 2**53 a float names another user or time (pandas makes them of an int column with a null)
         (examples.set_column(0, "user_id", examples.column("user_id").cast(pa.float64())),
          r"'user_id' has type double, expected int64 \(floats cannot hold every id"),

@@ -193,8 +193,11 @@ def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> st
     bad = values[(values < low) | (values > high)]
     if not len(bad):
         return ""
+    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as "
+            f"{column.type}: reinterpret them, pa.array(column.to_numpy().view(np.{target}))" if values.dtype.kind == "i"
+            and np.dtype(target.to_pandas_dtype()).kind == "u" and values.dtype.itemsize == target.byte_width else "")
     return (f": {len(bad)} of its values lie outside {target}'s {info.min}..{info.max} "
-            f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds")
+            f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds{bits}")
 
 
 def _pointers(arrays: list[np.ndarray]) -> Pointers:
