@@ -784,8 +784,9 @@ def test_a_store_is_created_in_a_new_or_empty_folder_only(tmp_path, monkeypatch)
     them inside it (s35E)."""
     schema = lateseq.Schema({"item": "int64"})
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(lateseq.StoreError, match="a store's path is empty"):
-        lateseq.create("", schema)
+    for make in (lateseq.create, lambda path, _: lateseq.open(path)):  # open("") opened the current folder (s48A)
+        with pytest.raises(lateseq.StoreError, match="a store's path is empty"):
+            make("", schema)
     with pytest.raises(lateseq.SchemaError, match="cache_dir is empty"):
         lateseq.open(lateseq.create(tmp_path / "inner", schema).path, cache_dir="")
     (tmp_path / "notes.txt").write_text("mine")
@@ -816,6 +817,23 @@ def test_integers_past_int64_strings_for_lists_and_ids_of_other_types_are_named(
         with pytest.raises(lateseq.SchemaError, match=pattern):
             call()
     assert lateseq.open(store.path).version == store.version
+
+
+def test_a_path_no_file_can_have_is_named_before_anything_is_written(store, tmp_path):
+    """A name over 255 bytes surfaced as the OS's "[Errno 36] File name too long", a NUL
+    byte as Python's "embedded null byte" (s48A)."""
+    before = snapshot(tmp_path)
+    for name, pattern in (("x" * 256, "is 256 bytes long, over the 255 a file system takes"),
+                          ("ü" * 128, "is 256 bytes long"), ("a\0b", "a path cannot hold a NUL byte")):
+        for call in (lambda: lateseq.create(tmp_path / name / "store", store.schema),
+                     lambda: lateseq.open(tmp_path / name), lambda: lateseq.open(store.path, cache_dir=tmp_path / name),
+                     lambda: lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}),
+                                                  tmp_path / name)):
+            with pytest.raises(lateseq.SchemaError, match=pattern):
+                call()
+    assert snapshot(tmp_path) == before
+    made = lateseq.create(tmp_path / ("x" * 255), store.schema)  # 255 bytes: a name a file system takes
+    assert lateseq.open(made.path).version == 0
 
 
 def test_an_output_name_of_no_utf8_is_named(store, tmp_path):

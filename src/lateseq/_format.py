@@ -77,13 +77,25 @@ def decoded_file(cache: Path, name: str) -> Path:
     return cache / f"{name}.arrow"
 
 
-def utf8_path(path: str | os.PathLike) -> None:
-    """SchemaError for a path of bytes that are no UTF-8 (valid on Linux): pyarrow opens
-    only UTF-8 names, and failed with a bare UnicodeEncodeError (s35G)."""
+NAME_MAX = 255  # bytes in one name of a path: Linux's file systems', macOS's
+
+
+def usable_path(path: str | os.PathLike) -> None:
+    """SchemaError for a path no file can have, named before any file is touched: bytes
+    that are no UTF-8 (valid on Linux; pyarrow opens only UTF-8 names, and failed with a
+    bare UnicodeEncodeError, s35G), a NUL byte, or a name longer than ``NAME_MAX`` bytes
+    (Python's "embedded null byte" and the OS's "[Errno 36]", s48A)."""
+    text = os.fsdecode(path)
     try:
-        os.fsdecode(path).encode()
+        text.encode()
     except UnicodeEncodeError:
-        raise SchemaError(f"{os.fsdecode(path)!r}: pyarrow reads and writes only UTF-8 file names") from None
+        raise SchemaError(f"{text!r}: pyarrow reads and writes only UTF-8 file names") from None
+    if "\0" in text:
+        raise SchemaError(f"{text!r}: a path cannot hold a NUL byte")
+    long = next((name for name in Path(text).parts if len(name.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise SchemaError(f"{text[:80]!r}...: its name {long[:40]!r}... is {len(long.encode())} bytes long, over the "
+                          f"{NAME_MAX} a file system takes")
 
 
 STORE_CACHE = "cache"  # a store's own read cache, STORE/cache (a shared one's folders are named after stores)

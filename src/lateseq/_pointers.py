@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError, exact_bool, exact_integer
 from ._events import partition_of
-from ._format import replaced_when_written, utf8_path
+from ._format import replaced_when_written, usable_path
 from ._kernels import Visibility
 from ._parquet import columns_described
 from ._schema import Schema, as_user_ids, decoded, exported_arrow, frame_hint, string_ids_hint
@@ -193,9 +193,10 @@ def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> st
     bad = values[(values < low) | (values > high)]
     if not len(bad):
         return ""
-    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as "
-            f"{column.type}: reinterpret them, pa.array(column.to_numpy().view(np.{target}))" if values.dtype.kind == "i"
-            and np.dtype(target.to_pandas_dtype()).kind == "u" and values.dtype.itemsize == target.byte_width else "")
+    same_width = values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
+        values.dtype.itemsize == target.byte_width)
+    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as {column.type}: "
+            f"reinterpret them, pa.array(column.to_numpy().view(np.{target}))" if same_width else "")
     return (f": {len(bad)} of its values lie outside {target}'s {info.min}..{info.max} "
             f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds{bits}")
 
@@ -343,7 +344,7 @@ def write_log(examples: pa.Table, path: str | os.PathLike, store: Store | None =
 def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
     """``path``, refused if it is in ``store``'s directory: a log written over a manifest
     or the schema would destroy the store."""
-    utf8_path(path)
+    usable_path(path)
     target = Path(path).resolve()
     if store is not None and store.path.resolve() in (target, *target.parents):
         raise SchemaError(f"{path} is inside the store {store.path}; write it elsewhere")

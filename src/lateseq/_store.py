@@ -69,7 +69,7 @@ from ._format import (
     forget_left_out,
     is_segment_name,
     make_folders,
-    utf8_path,
+    usable_path,
     write_failed,
     write_segment,
 )
@@ -140,6 +140,8 @@ def _warns_of_copies_left_out(write: Callable[..., Store]) -> Callable[..., Stor
     return published
 
 
+EMPTY_PATH = "a store's path is empty; name its folder ('.' for the current one)"  # an unset variable's ""
+
 class Store:
     """A handle on one version of a store. Pickles as (path, version, cache_dir,
     merged_reads, readahead).
@@ -186,13 +188,15 @@ class Store:
                 raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
         self.merged_reads = merged_reads
         self.readahead = readahead
+        if isinstance(path, str | bytes) and not path:  # as create: "" opened the current folder (s48A)
+            raise StoreError(EMPTY_PATH)
         self.path = Path(path).absolute()  # a relative path would follow later changes of directory
         if isinstance(cache_dir, str | bytes) and not cache_dir:  # an unset variable's "": not the current folder
             raise SchemaError("cache_dir is empty; name the read cache's folder, or leave it None (inside the store)")
         self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
         for where in (self.path, self._cache_root):  # as create does: it opened, then every read failed (s36A)
             if where is not None:
-                utf8_path(where)
+                usable_path(where)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         linked = [sub for sub in ("versions", "segments", "tags", *((STORE_CACHE,) if cache_dir is None else ()))
@@ -268,8 +272,8 @@ class Store:
     def create(cls, path: str | os.PathLike, schema: Schema) -> Store:
         """A new, empty store (version 0) at ``path``: a new or empty folder."""
         if isinstance(path, str | bytes) and not path:  # an unset variable's "": not the current folder
-            raise StoreError("a store's path is empty; name its folder ('.' for the current one)")
-        utf8_path(path)
+            raise StoreError(EMPTY_PATH)
+        usable_path(path)
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not a store directory")
