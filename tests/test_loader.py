@@ -395,6 +395,24 @@ def test_tenant_names_are_checked_as_the_config_checks_them(world, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_the_tenants_output_folder_is_made_as_the_cli_makes_it_and_removed_when_the_run_fails(world, tmp_path):
+    """The CLI made --out, the API refused it as missing (s48B)."""
+    store, _, log, _ = world
+    tenants = {"a": lateseq.Projection(2, ("item_id",)), "b": lateseq.Projection(3, ("item_id",))}
+    paths = materialize_log_tenants(store, log, tenants, tmp_path / "new")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.parquet", "b.parquet"]
+    for name, projection in tenants.items():
+        alone = materialize_log(store, log, projection, tmp_path / f"{name}-alone.parquet")
+        assert alone == log.num_rows
+        assert pq.read_table(paths[name]).equals(pq.read_table(tmp_path / f"{name}-alone.parquet"))
+    with pytest.raises(lateseq.SchemaError, match="example log has no columns"):
+        materialize_log_tenants(store, log, tenants, tmp_path / "failed", columns=["nope"])
+    assert not (tmp_path / "failed").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # its parent is not made
+        materialize_log_tenants(store, log, tenants, tmp_path / "missing" / "out")
+    assert not (tmp_path / "missing").exists()
+
+
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):
     store, _, log, _ = world
     out = tmp_path / "out"
@@ -498,3 +516,21 @@ def test_materialize_log_drops_the_examples_of_deleted_users_when_asked(world, t
     with pytest.raises(lateseq.SchemaError, match="drop_deleted must be True or False, not 'no'"):
         materialize_log(deleted, path, projection, tmp_path / "v.parquet", drop_deleted="no")
     assert lateseq.materialize_log is materialize_log  # public, as the errors and README name it (s40D)
+
+
+def test_a_written_transformed_column_says_what_it_holds(tmp_path):
+    """A tenant's ``ts`` as age_s kept the name ``ts`` and nothing in the file told ages from
+    times (s48B): its field names the transform, the file the projection."""
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"item_id": "int64"}, time_unit="s"))
+    store = store.commit(pa.table({"user_id": [1, 1], "ts": pa.array([10, 20], pa.timestamp("s")), "item_id": [1, 2]}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([30], pa.timestamp("s"))}))
+    tenants = {"aged": lateseq.Projection(4, ("item_id", "ts"), transforms={"ts": "age_s"}),
+               "plain": lateseq.Projection(4, ("item_id", "ts"))}
+    paths = materialize_log_tenants(store, log, tenants, tmp_path / "out")
+    aged, plain = (pq.read_table(paths[name]) for name in ("aged", "plain"))
+    assert aged.column("ts").to_pylist() == [[20, 10]] and plain.column("ts").to_pylist() == [[10, 20]]  # 30-10, 30-20
+    assert aged.schema.field("ts").metadata[b"lateseq.transform"] == b"age_s"
+    assert b"in whole seconds" in aged.schema.field("ts").metadata[b"description"]
+    assert plain.schema.field("ts").metadata is None and aged.schema.field("item_id").metadata is None
+    for name, table in (("aged", aged), ("plain", plain)):
+        assert table.schema.metadata[b"lateseq.projection"].decode() == repr(tenants[name])

@@ -1343,6 +1343,36 @@ def test_batches_of_other_columns_are_not_joined(batch):
         Batch.cat([batch, other])
 
 
+def test_a_batch_indexed_by_a_mask_or_positions_holds_those_examples_with_their_histories(batch):
+    """``batch[batch.lengths > 0]``: HSTU takes no empty history, and a tenant's window or
+    filter empties some whose pointer counts events, so dropping ``uih_length == 0`` from
+    the log was not enough (s48B)."""
+    def expected(positions):
+        rows = [i % len(batch) for i in positions]
+        history = {k: [x for i in rows for x in v[int(batch.offsets[i]):int(batch.offsets[i + 1])].tolist()]
+                   for k, v in batch.values.items()}
+        return [int(batch.rows[i]) for i in rows], history, [int(batch.lengths[i]) for i in rows]
+
+    n = len(batch)
+    mask = torch.arange(n) % 3 != 1
+    for index, positions in ((mask, [i for i in range(n) if i % 3 != 1]), ([n - 1, 0, 0, -2], [n - 1, 0, 0, n - 2]),
+                             (np.array([2, 1]), [2, 1]), (torch.tensor([], dtype=torch.int64), [])):
+        got = batch[index]
+        rows, history, lengths = expected(positions)
+        assert got.rows.tolist() == rows and got.lengths.tolist() == lengths
+        assert got.offsets.tolist() == np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).tolist()
+        assert {k: v.tolist() for k, v in got.values.items()} == history
+        assert {k: v.tolist() for k, v in got.examples.items()} == {
+            k: [v[i].item() for i in positions] for k, v in batch.examples.items()}
+        assert all(got.values[k].dtype == v.dtype for k, v in batch.values.items())
+    with pytest.raises(lateseq.SchemaError, match=f"one entry per example \\({n}\\), got shape \\(2,\\)"):
+        batch[torch.tensor([True, False])]
+    with pytest.raises(TypeError, match="a slice, a mask or a list of positions"):
+        batch[torch.tensor([0.5])]
+    nonempty = batch[batch.lengths > 0]
+    assert len(nonempty) == int((batch.lengths > 0).sum()) and bool((nonempty.to_hstu()["past_lengths"] > 0).all())
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("length", [None, 0, 1, 3, 20])
 def test_padded_is_the_newest_events_like_the_numpy_batch(batch, side, length):

@@ -36,7 +36,7 @@ from ._gather import output_dtype
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
 from ._pointers import decoded_pointer_columns, outside_store
-from ._projection import Projection
+from ._projection import TRANSFORMS, Projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES, Schema
 from ._store import Store
@@ -166,10 +166,21 @@ def materialize_log_tenants(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, str]:
     """:func:`materialize_log` for several tenants in one pass over the log (each
-    history located once): ``out_dir/NAME.parquet`` per tenant; returns those paths."""
+    history located once): ``out_dir/NAME.parquet`` per tenant; returns those paths.
+    ``out_dir`` is made if its parent folder exists (and removed again if the run fails),
+    as ``lateseq materialize --tenants`` makes it."""
     check_tenant_names(tenants)
     outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
-    _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, drop_deleted, progress)
+    folder = Path(out_dir)
+    made = not folder.exists() and not folder.is_symlink() and folder.absolute().parent.is_dir()
+    if made:
+        folder.mkdir()
+    try:
+        _write_logs(store, examples, dict(tenants), outs, batch_size, columns, verify, drop_deleted, progress)
+    except BaseException:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed run leaves no folder it made
+        raise
     return outs
 
 
@@ -195,9 +206,12 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     examples = examples if isinstance(examples, pa.Table) else ExampleLog(examples)  # its footers read once
     log_schema = examples.schema
     _check_columns(log_schema, columns)  # unknown ones are named
+    # a transformed column keeps its name: its field says what it holds (ages, not times: s48B)
     schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
-        pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]))
-        for n in projected]) for tenant, projected in names.items()}
+        pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]),
+                 metadata=_transform_note(tenants[tenant], n))
+        for n in projected], metadata={"lateseq.projection": repr(tenants[tenant])})
+        for tenant, projected in names.items()}
     for path in outs.values():
         outside_store(store, path)
         if isinstance(examples, ExampleLog) and _within(path, examples):
@@ -247,6 +261,11 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
             if tables:
                 writers[tenant].write_table(pa.concat_tables(tables), _ROW_GROUP_ROWS)
     return written_rows
+
+
+def _transform_note(projection: Projection, column: str) -> dict[str, str] | None:
+    transform = projection.transforms.get(column)
+    return None if transform is None else {"lateseq.transform": transform, "description": TRANSFORMS[transform]}
 
 
 DROP_NEEDS_VERIFY = ("drop_deleted leaves out the examples of deleted users and raises on any other changed history, "

@@ -163,9 +163,14 @@ class Batch:
             return self
         return self._map(lambda t: t.pin_memory())
 
-    def __getitem__(self, index: slice) -> Batch:
-        """Examples ``index`` (a slice with step 1), with their sequences."""
-        if not isinstance(index, slice) or index.step not in (None, 1):
+    def __getitem__(self, index: slice | torch.Tensor | Sequence[int] | np.ndarray) -> Batch:
+        """Examples ``index``, with their sequences: a slice of step 1 (sharing this batch's
+        memory), or a mask or positions (copied). ``batch[batch.lengths > 0]`` leaves out
+        empty histories, which HSTU cannot take: a tenant's window or filter can empty one
+        whose pointer counts events."""
+        if not isinstance(index, slice):
+            return self._take(index)
+        if index.step not in (None, 1):
             raise TypeError("a Batch is sliced by a slice of step 1")
         a, b, _ = index.indices(len(self))
         b = max(a, b)
@@ -173,6 +178,23 @@ class Batch:
         return Batch(self.rows[a:b], {k: v[a:b] for k, v in self.examples.items()},
                      self.offsets[a:b + 1] - lo, self.lengths[a:b],
                      {k: v[lo:hi] for k, v in self.values.items()}, self.stats)
+
+    def _take(self, index: torch.Tensor | Sequence[int] | np.ndarray) -> Batch:
+        keep = torch.as_tensor(index, device=self.lengths.device)
+        if keep.dtype == torch.bool:
+            if tuple(keep.shape) != (len(self),):
+                raise SchemaError(f"a mask of examples must have one entry per example ({len(self)}), got shape "
+                                  f"{tuple(keep.shape)}")
+            keep = keep.nonzero().flatten()
+        elif keep.dim() != 1 or keep.is_floating_point() or keep.is_complex():
+            raise TypeError(f"a Batch is indexed by a slice, a mask or a list of positions, not {index!r}")
+        lengths = self.lengths[keep]
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=lengths.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        events = torch.repeat_interleave(self.offsets[:-1][keep] - offsets[:-1], lengths) + torch.arange(
+            int(offsets[-1]), device=lengths.device)
+        return Batch(self.rows[keep], {k: v[keep] for k, v in self.examples.items()}, offsets, lengths,
+                     {k: v[events] for k, v in self.values.items()}, self.stats)
 
     @classmethod
     def cat(cls, batches: Sequence[Batch]) -> Batch:

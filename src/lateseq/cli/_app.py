@@ -962,23 +962,16 @@ def materialize(
         config = {"": Projection(max_len, _columns(columns))}
     total = log.num_rows  # the progress bar's
     kept = _columns(keep) if keep else ()
-    made = tenants is not None and not out.exists()
-    try:
-        with _progress() as bar:
-            task = bar.add_task("materialize", total=total)
-            advance = lambda n: bar.update(task, completed=n)  # noqa: E731
-            if tenants is None:
-                written = materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify,
-                                          drop_deleted=drop_deleted, progress=advance)
-            else:
-                out.mkdir(exist_ok=True)
-                paths = materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
-                                                drop_deleted=drop_deleted, progress=advance)
-                written = pq.read_metadata(next(iter(paths.values()))).num_rows
-    except BaseException:
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a failed run leaves no folder it made
-        raise
+    with _progress() as bar:
+        task = bar.add_task("materialize", total=total)
+        advance = lambda n: bar.update(task, completed=n)  # noqa: E731
+        if tenants is None:
+            written = materialize_log(handle, examples, config[""], out, batch_size, kept, verify=verify,
+                                      drop_deleted=drop_deleted, progress=advance)
+        else:  # (it makes the folder, and removes it if the run fails)
+            paths = materialize_log_tenants(handle, examples, config, out, batch_size, kept, verify=verify,
+                                            drop_deleted=drop_deleted, progress=advance)
+            written = pq.read_metadata(next(iter(paths.values()))).num_rows
     for name, projection in config.items():
         where = out / f"{name}.parquet" if name else out
         label = f"{name}: " if name else ""
