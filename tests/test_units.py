@@ -507,6 +507,10 @@ def test_ingest_time_unit_converts_every_time_column(tmp_path, dir_snapshot):
     one_line_error(*cli("ingest", store, ints, "--time-unit", "s")[::2],  # ms said to be s: the year 55,840 (s47A)
                    f"integer 'ts' read as --time-unit s: {ms + 10} is after the year 3000 in seconds")
     assert dir_snapshot(store) == before
+    fresh = tmp_path / "fresh"  # a new store named the column, not the file (s47C)
+    one_line_error(*cli("ingest", fresh, ints, "--time-unit", "s")[::2],
+                   f"ints.parquet's integer 'ts' read as --time-unit s: {ms + 10} is after the year 3000 in seconds")
+    assert not fresh.exists()
     for path in (ints, mixed):
         code, _, err = cli("ingest", store, path, "--time-unit", "ms")
         assert code == 0, err

@@ -667,6 +667,8 @@ def ingest(
         schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
                               partitions=1 if partitions is None else partitions, event_id_col=event_id_col,
                               **options)
+        if unit is not None and table.num_rows:  # integers of a finer unit named with the file, as for a store
+            table = _integer_times(table, [schema.time_col, schema.arrival_col], unit, schema, events)
         if table.num_rows or not allow_empty:
             schema.conform(table)  # check everything before creating anything
         check_commit_id(commit_id)
