@@ -139,24 +139,30 @@ def _speed(name: str, work: dict, results: dict) -> TableSpec:
     repeat = results["settings"]["repeat"]
     spec = TableSpec(f"{name}: lateseq, warm (one core, batches of {results['settings']['batch']}, "
                      + (f"best of {repeat} passes)" if repeat > 1 else "one pass)"),
-                     ["N", "state", "examples timed", "events/ex", "ex/s", "GB/s", "% memcpy", "CPU share",
-                      "passes", "vs compacted-latest", *[f"÷ {FORM_SHORT[f]}" for f in order]])
+                     ["N", "state", "examples timed", "events/ex", "ex/s", "median ex/s", "GB/s", "% memcpy",
+                      "CPU share", "passes", "vs compacted-latest: ex/s", "events/s",
+                      *[f"÷ {FORM_SHORT[f]}" for f in order]])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             spec.rows.append([n, state, _n(at["timed_examples"]), f"{s['events_per_example']:.0f}", _n(s["ex_s"]),
-                              f"{s['gb_s']:.2f}", _pct(s["memcpy_fraction"]), _pct(s.get("cpu_share")),
-                              _n(s.get("passes")), _x(s["vs_compacted_latest"]),
-                              *[_x(s["vs_fat_row"].get(f)) for f in order]])
+                              _n(s.get("ex_s_median")), f"{s['gb_s']:.2f}", _pct(s["memcpy_fraction"]),
+                              _pct(s.get("cpu_share")), _n(s.get("passes")), _x(s["vs_compacted_latest"]),
+                              _x(s.get("events_vs_compacted_latest")), *[_x(s["vs_fat_row"].get(f)) for f in order]])
         spec.notes.append(f"N={n}: timed on {at['sample']}")
     spec.notes.append("÷ form: lateseq ex/s over that Fat Row form's, on the same examples, after checking every "
                       "batch equal (offsets and values, bit for bit)")
+    spec.notes.append("vs compacted-latest, events/s: the same over events copied out; compacted-latest's pointers "
+                      "see their own day's events, the other states' (against the version online read) do not, so "
+                      "their histories are shorter and ex/s flatters them")
     if results["settings"].get("reference_timed_alongside"):
         spec.notes.append("vs compacted-latest: over compacted-latest's ex/s on the same requests, timed in the same "
                           "interleaved passes as the state (not in its own passes, minutes apart)")
     spec.notes.append("CPU share: the process's CPU time over the wall time of the pass counted (below 100%: other "
                       "processes took the core for part of it); passes: how many were made, the fastest counts "
                       f"(fewer than {results['settings']['repeat']} where a side's passes took over "
-                      f"{results['settings'].get('patience_s', '–')} s in all)")
+                      f"{results['settings'].get('patience_s', '–')} s in all)"
+                      + (f", each draining its side until it took {results['settings']['min_pass_s']:g} s"
+                         if results["settings"].get("min_pass_s") else "") + "; median ex/s: of those passes")
     return spec
 
 
@@ -286,16 +292,21 @@ def _written(name: str, work: dict) -> TableSpec:
     order = _forms(work)
     spec = TableSpec(f"{name}: bytes written per day of data",
                      ["N", "state", "lateseq: segments (compactions included) + example log",
-                      *[FORM_SHORT[f] for f in order], *[f"{FORM_SHORT[f]} ÷ lateseq" for f in order]])
+                      "+ read cache", *[FORM_SHORT[f] for f in order],
+                      *[f"{FORM_SHORT[f]} ÷ lateseq (+ read cache)" for f in order]])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             w = s["written_per_day"]
-            spec.rows.append([n, state, _gb(w["lateseq"]), *[_gb(w["fat_rows"].get(f)) for f in order],
-                              *[_x(w["fat_rows"][f] / w["lateseq"]) if f in w["fat_rows"] else "–"
-                                for f in order]])
+            cached = w.get("lateseq_with_read_cache")
+            spec.rows.append([n, state, _gb(w["lateseq"]), _gb(cached), *[_gb(w["fat_rows"].get(f)) for f in order],
+                              *[(_x(w["fat_rows"][f] / w["lateseq"]) + (f" ({_x(w['fat_rows'][f] / cached)})"
+                                                                       if cached else ""))
+                                if f in w["fat_rows"] else "–" for f in order]])
     days = {s["days"] for s in work["states"].values()}
     spec.notes.append(f"everything written over the {'/'.join(map(str, sorted(days)))} days of data, divided by "
-                      "the days; Fat Rows: the file for all examples (written as their day's examples come)")
+                      "the days; + read cache: with the decoded copies the writing host puts in its read cache at "
+                      "each commit and compaction (every reading host makes its own once); Fat Rows: the file for "
+                      "all examples (written as their day's examples come)")
     return spec
 
 
@@ -447,8 +458,12 @@ def _tenant_bytes(results: dict) -> TableSpec:
                           fat["settings"] + (" (extrapolated)" if fat["extrapolated"] else "")])
     spec.notes.append(f"lateseq wrote {_gb(ours['written_with_compaction'])} in all (every daily segment and the "
                       f"compaction's, plus the example log: the smallest union is "
-                      f"{_x(results['bytes_written_ratio_with_compaction'])} that); its read cache (decoded, per "
-                      f"reading host, not durable) is {_gb(ours['read_cache'])}"
+                      f"{_x(results['bytes_written_ratio_with_compaction'])} that"
+                      + (f"; {_gb(ours['written_with_read_cache'])} with the decoded copies the writing host put in "
+                         f"its read cache at each commit and compaction: "
+                         f"{_x(results['bytes_written_ratio_with_read_cache'])}" if "written_with_read_cache" in ours
+                         else "")
+                      + f"); its read cache (decoded, per reading host, not durable) is {_gb(ours['read_cache'])}"
                       + (f", and the filtered copies its filtered tenants read {_gb(ours['read_cache_filtered'])}"
                          if ours.get("read_cache_filtered") else ""))
     return spec
