@@ -81,6 +81,7 @@ from workload import (  # noqa: E402
     FatRowFile,
     FatRowMismatch,
     Histories,
+    Outputs,
     State,
     Workload,
     _ingest,
@@ -144,27 +145,37 @@ class Plan:
         return tuple(dict.fromkeys([*self.columns, *extra]))
 
     def project(self, offsets: np.ndarray, values: dict[str, np.ndarray], request_ts: np.ndarray | None,
-                copy: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                copy: bool, out: Outputs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The tenant's sequences from union rows (offsets from 0, the values it reads):
         with a filter, a compiled kernel walks each row back from its newest event and
         stops at N kept or the window's edge (numpy masks over whole rows cost 1.3-2.5x
         more), then one gather per column; without one, each row's part is one slice,
         copied as one (whole rows: one copy per column). ``copy``: the values are a view
-        into a memory map."""
+        into a memory map. The values go into ``out``'s arrays, reused from batch to batch
+        as lateseq's are."""
         where, n = self.projection.where, self.projection.max_len
+        out.next_batch()
         if where is None and self.window is None and int(np.diff(offsets).max(initial=0)) <= n:
-            return offsets, {c: np.array(values[c]) if copy else values[c] for c in self.columns}
+            if not copy:
+                return offsets, {c: values[c] for c in self.columns}
+            copied = {c: out.empty(c, len(values[c]), values[c].dtype) for c in self.columns}
+            for c in self.columns:
+                np.copyto(copied[c], values[c])
+            return offsets, copied
         ts = values["ts"] if self.window is not None else _NONE
         lower = request_ts - self.window if self.window is not None else _NONE
         if where is None:  # each row's events are one slice: copied as one (an index gather cost 1.7-2x)
             starts, out_offsets = _row_slices(offsets, ts, lower, self.window is not None, n)
-            return out_offsets, {c: _copy_slices(values[c], starts, out_offsets) for c in self.columns}
+            return out_offsets, {c: _copy_slices(values[c], starts, out_offsets,
+                                                 out.empty(c, int(out_offsets[-1]), values[c].dtype))
+                                 for c in self.columns}
         column = values[where.column]
         lut = _byte_lut(where, column.dtype) if column.dtype.itemsize == 1 else _NO_LUT
         column = column.view(np.uint8) if column.dtype.itemsize == 1 else column
         take, out_offsets = _tenant_rows(offsets, column, lut, where.mode, where.kernel_values(), ts, lower,
                                          self.window is not None, n)
-        return out_offsets, {c: values[c][take] for c in self.columns}
+        return out_offsets, {c: np.take(values[c], take, out=out.empty(c, len(take), values[c].dtype))
+                             for c in self.columns}
 
 
 def _keep(where: lateseq.Filter | None, values: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -199,8 +210,7 @@ def _row_slices(offsets, ts, lower, windowed, n):  # noqa: ANN001, ANN202
 
 
 @numba.njit(cache=True, nogil=True)
-def _copy_slices(src, starts, out_offsets):  # noqa: ANN001, ANN202
-    out = np.empty(out_offsets[-1], src.dtype)
+def _copy_slices(src, starts, out_offsets, out):  # noqa: ANN001, ANN202
     for r in range(len(starts)):
         window = src[starts[r]:starts[r] + out_offsets[r + 1] - out_offsets[r]]
         target = out[out_offsets[r]:out_offsets[r + 1]]
@@ -266,17 +276,18 @@ def fat_row_tenant(file: FatRowFile, plan: Plan, random_access: bool = False, vi
     as the materialize benchmark reads it: ``views`` made once by ``union_views`` and
     kept, as a loader keeps its map (``random_access``: a map without readahead)."""
     windowed = "request_ts" in plan.reads
+    out = Outputs()
     if file.form == "arrow-ipc":
         for offsets, values, flat in views if views is not None else union_views(file, plan, random_access):
             first = int(offsets[0])
             yield plan.project(offsets.astype(np.int64) - first,
                                {c: v[first:int(offsets[-1])] for c, v in values.items()}, flat.get("request_ts"),
-                               copy=True)
+                               copy=True, out=out)
     else:
         for batch in record_batches(file, plan.reads):
             offsets, values = _jagged(batch, tuple(c for c in plan.reads if c != "request_ts"))
             yield plan.project(offsets, values, batch.column("request_ts").to_numpy() if windowed else None,
-                               copy=False)
+                               copy=False, out=out)
 
 
 def union_views(file: FatRowFile, plan: Plan, random_access: bool = False) -> list:

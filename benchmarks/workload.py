@@ -812,7 +812,7 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
     lateseq's handle is (``reopen``: mapped anew, for a cold pass), each record batch's
     columns taken as numpy views once; a batch then costs its offsets and one copy per
     column out of the map (what a loader hands on must not pin the map), into arrays
-    reused batch after batch (``CopyOut``), as lateseq's are.
+    reused batch after batch (``Outputs``), as lateseq's are.
     """
     if file.form == "flat-npy":
         yield from _flat_batches(file, reopen)
@@ -831,7 +831,7 @@ def read_fat_rows(file: FatRowFile, reopen: bool = False) -> Iterator[tuple[np.n
         mapped = ipc_views(file.path, file.columns, lazily=True)
     else:
         mapped = file.mapped = file.mapped or ipc_views(file.path, file.columns)
-    copy = CopyOut()
+    copy = Outputs().copied_out
     for offsets, values, _ in mapped:
         yield copy(offsets, values)
 
@@ -846,7 +846,7 @@ def _flat_batches(file: FatRowFile, reopen: bool) -> Iterator[tuple[np.ndarray, 
         if not reopen:
             file.mapped = mapped
     offsets, values = mapped
-    copy = CopyOut()
+    copy = Outputs().copied_out
     for lo in range(0, len(offsets) - 1, BATCH):
         yield copy(offsets[lo:lo + BATCH + 1], values)
 
@@ -856,7 +856,7 @@ def _flat_parquet_batches(file: FatRowFile) -> Iterator[tuple[np.ndarray, dict[s
     numpy), then a batch is a slice of the offsets and a copy per column."""
     offsets = np.load(file.path / "offsets.npy")
     events = pq.ParquetFile(file.path / "events.parquet")
-    copy = CopyOut()
+    copy = Outputs().copied_out
     for group, (first, last) in enumerate(_flat_groups(offsets)):
         table = events.read_row_group(group, columns=list(file.columns), use_threads=False)
         values = {name: table.column(name).combine_chunks().to_numpy() for name in file.columns}
@@ -926,34 +926,39 @@ def copied_out(offsets: np.ndarray, values: dict[str, np.ndarray]) -> tuple[np.n
     return out, {name: v[first:last].copy() for name, v in values.items()}
 
 
-class CopyOut:
-    """Copies batches out of a map into arrays reused batch after batch, as lateseq's
-    loader reuses its outputs: fresh memory costs a fault and a zeroing per page, and
-    comes cold into the caches (1.1-1.2x of a mapped Fat Row's pass, up to 3.5x in a new
-    process, s48D). The last ``depth`` batches stay intact while the next are made."""
+class Outputs:
+    """Output arrays reused batch after batch, as lateseq's loader reuses its outputs:
+    fresh memory costs a fault and a zeroing per page, and comes cold into the caches
+    (1.1-1.2x of a mapped Fat Row's pass, up to 3.5x in a new process, s48D). Each batch
+    (``next_batch``) takes its arrays (``empty``) from the next of ``depth`` slots: the
+    last ``depth - 1`` batches stay intact while the next is made."""
 
     def __init__(self, depth: int = 4) -> None:
         self._slots: list[dict[str, np.ndarray]] = [{} for _ in range(depth)]
         self._turn = 0
 
-    def __call__(self, offsets: np.ndarray, values: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        slot = self._slots[self._turn]
+    def next_batch(self) -> None:
         self._turn = (self._turn + 1) % len(self._slots)
-        first, last = int(offsets[0]), int(offsets[-1])
-        out = self._room(slot, "offsets", len(offsets), np.dtype(np.int64))
-        np.subtract(offsets, first, out=out, casting="unsafe")
-        copied = {}
-        for name, v in values.items():
-            copied[name] = self._room(slot, name, last - first, v.dtype)
-            np.copyto(copied[name], v[first:last])
-        return out, copied
 
-    @staticmethod
-    def _room(slot: dict[str, np.ndarray], key: str, size: int, dtype: np.dtype) -> np.ndarray:
+    def empty(self, key: str, size: int, dtype: np.dtype) -> np.ndarray:
+        slot = self._slots[self._turn]
         held = slot.get(key)
         if held is None or held.dtype != dtype or len(held) < size:
             held = slot[key] = np.empty(size + size // 4, dtype)  # batches differ in size: room for the next
         return held[:size]
+
+    def copied_out(self, offsets: np.ndarray, values: dict[str, np.ndarray]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``copied_out`` into this batch's arrays."""
+        self.next_batch()
+        first, last = int(offsets[0]), int(offsets[-1])
+        out = self.empty("offsets", len(offsets), np.dtype(np.int64))
+        np.subtract(offsets, first, out=out, casting="unsafe")
+        copied = {}
+        for name, v in values.items():
+            copied[name] = self.empty(name, last - first, v.dtype)
+            np.copyto(copied[name], v[first:last])
+        return out, copied
 
 
 def record_batches(file: FatRowFile, columns: tuple[str, ...]) -> Iterator[pa.RecordBatch]:

@@ -129,7 +129,7 @@ def test_the_union_projection_is_checked_against_lateseq(tmp_path):
         "ts": pa.array([t for _, t in rows], pa.list_(pa.int64())),
     })
     offsets, values = plan.project(*workload._jagged(batch, ("item_id", "action", "ts")),
-                                   batch.column("request_ts").to_numpy(), copy=True)
+                                   batch.column("request_ts").to_numpy(), copy=True, out=workload.Outputs())
     expected = []
     for (actions, ts), request in zip(rows, [100, 5, 3], strict=True):
         kept = [10 * k for k in range(len(ts)) if actions[k] in (1, 3) and ts[k] >= request - 10]
@@ -140,7 +140,7 @@ def test_the_union_projection_is_checked_against_lateseq(tmp_path):
         plain = tenants.Plan("t", lateseq.Projection(2, ("item_id", "ts"), window=window), ("item_id", "ts"),
                              window)
         offsets, values = plain.project(*workload._jagged(batch, ("item_id", "action", "ts")),
-                                        batch.column("request_ts").to_numpy(), copy=True)
+                                        batch.column("request_ts").to_numpy(), copy=True, out=workload.Outputs())
         for i, ((_, ts), request) in enumerate(zip(rows, [100, 5, 3], strict=True)):
             kept = [k for k in range(len(ts)) if window is None or ts[k] >= request - window][-2:]
             assert values["item_id"][offsets[i]:offsets[i + 1]].tolist() == [10 * k for k in kept]
