@@ -354,11 +354,16 @@ def test_bad_pointer_tables(store):
          r"'uih_length' has type uint64, expected uint32: 2 of its values lie outside .*"
          r"\(first: \[1099511627776, 2199023255552\]\)"),
         (examples.set_column(1, "request_ts", pa.array(["a", "b", "c"])), r"'request_ts' has type string"),
-        # a checksum's bits kept as int32 by a writer without unsigned types: told how to take them back
-        (examples.set_column(4, "uih_checksum", pa.array([-5, 1, 2], pa.int32())),
-         r"'uih_checksum' has type int32, expected uint32: 1 of its values lie outside .*\(first: \[-5\]\), "
-         r"which no pointer lateseq makes holds; a writer without unsigned types \(Spark, Java\) may have kept "
-         r"uint32's bits as int32: reinterpret them, pa.array\(column.to_numpy\(\).view\(np.uint32\)\)"),
+        # a checksum's bits kept as int32 by a writer without unsigned types (and widened since, s48C): told how
+        # to take them back
+        *[(examples.set_column(4, "uih_checksum", pa.array([-5, 1, -2**31], kind)),
+           rf"'uih_checksum' has type {kind}, expected uint32: 2 of its values lie outside .*\(first: \[-5, "
+           r"-2147483648\]\), which no pointer lateseq makes holds; a writer without unsigned types \(Spark, Java\) "
+           r"may have kept uint32's bits as signed integers: reinterpret them, "
+           r"pa.array\(column.to_numpy\(\).astype\(np.int32\).view\(np.uint32\)\)$")
+          for kind in (pa.int32(), pa.int64())],
+        (examples.set_column(4, "uih_checksum", pa.array([-5, 1, -2**31 - 1], pa.int64())),  # no int32's bits
+         r"\(first: \[-5, -2147483649\]\), which no pointer lateseq makes holds$"),
         # whole floats: above 2**53 a float names another user or time (pandas makes them of an int column with a null)
         (examples.set_column(0, "user_id", examples.column("user_id").cast(pa.float64())),
          r"'user_id' has type double, expected int64 \(floats cannot hold every id"),
@@ -823,12 +828,17 @@ def test_a_path_no_file_can_have_is_named_before_anything_is_written(store, tmp_
     """A name over 255 bytes surfaced as the OS's "[Errno 36] File name too long", a NUL
     byte as Python's "embedded null byte" (s48A)."""
     before = snapshot(tmp_path)
+    deep = "/".join(["d" * 200] * 21)  # each name fits, the whole path does not (s48C)
     for name, pattern in (("x" * 256, "is 256 bytes long, over the 255 a file system takes"),
-                          ("ü" * 128, "is 256 bytes long"), ("a\0b", "a path cannot hold a NUL byte")):
+                          ("ü" * 128, "is 256 bytes long"), ("a\0b", "a path cannot hold a NUL byte"),
+                          (deep, r"the path is \d+ bytes long, over the 4095 the system takes")):
+        log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
         for call in (lambda: lateseq.create(tmp_path / name / "store", store.schema),
                      lambda: lateseq.open(tmp_path / name), lambda: lateseq.open(store.path, cache_dir=tmp_path / name),
                      lambda: lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}),
-                                                  tmp_path / name)):
+                                                  tmp_path / name),
+                     lambda: lateseq.materialize_log_tenants(store, log, {"a": lateseq.Projection(3)}, tmp_path / name),
+                     lambda: lateseq.iter_batches(store, tmp_path / name, lateseq.Projection(3))):
             with pytest.raises(lateseq.SchemaError, match=pattern):
                 call()
     assert snapshot(tmp_path) == before

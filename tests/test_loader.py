@@ -411,6 +411,13 @@ def test_the_tenants_output_folder_is_made_as_the_cli_makes_it_and_removed_when_
     with pytest.raises(FileNotFoundError, match="does not exist"):  # its parent is not made
         materialize_log_tenants(store, log, tenants, tmp_path / "missing" / "out")
     assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_text("mine")
+    for out_dir, error, pattern in (("", lateseq.SchemaError, "out_dir is empty"),  # it wrote to the current folder
+                                    (tmp_path / "file", NotADirectoryError, "is a file"),
+                                    (tmp_path / ("x" * 256), lateseq.SchemaError, "is 256 bytes long")):
+        with pytest.raises(error, match=pattern):
+            materialize_log_tenants(store, log, tenants, out_dir)
+    assert (tmp_path / "file").read_text() == "mine" and not any(p.name.startswith("x") for p in tmp_path.iterdir())
 
 
 def test_tenant_outputs_are_replaced_all_or_nothing(world, tmp_path, monkeypatch):

@@ -266,8 +266,8 @@ def test_a_timestamp_example_column_comes_out_in_the_store_s_unit(tmp_path):
     stamps = pa.array([3, 2], pa.timestamp("ms"))
     log = lateseq.log_examples(store, pa.table({"user_id": [1, 1], "request_ts": stamps}))
     log = log.set_column(log.schema.get_field_index("request_ts"), "request_ts", stamps)
-    log = log.append_column(ROW, pa.array([0, 1], pa.int64()))
-    (out,) = Materializer(store, lateseq.Projection(4, ("item_id",)), ["request_ts"])(log)
+    log = log.append_column(ROW, pa.array([0, 1], pa.int64())).append_column("coded", stamps.dictionary_encode())
+    (out,) = Materializer(store, lateseq.Projection(4, ("item_id",)), ["request_ts", "coded"])(log)
     batch = Collate()(out)
-    assert batch.examples["request_ts"].tolist() == [3_000, 2_000]
+    assert batch.examples["request_ts"].tolist() == [3_000, 2_000] == batch.examples["coded"].tolist()
     assert batch.values["item_id"].tolist() == [10, 11, 10] and batch.lengths.tolist() == [2, 1]

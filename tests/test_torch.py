@@ -1356,7 +1356,8 @@ def test_a_batch_indexed_by_a_mask_or_positions_holds_those_examples_with_their_
     n = len(batch)
     mask = torch.arange(n) % 3 != 1
     for index, positions in ((mask, [i for i in range(n) if i % 3 != 1]), ([n - 1, 0, 0, -2], [n - 1, 0, 0, n - 2]),
-                             (np.array([2, 1]), [2, 1]), (torch.tensor([], dtype=torch.int64), [])):
+                             (np.array([2, 1]), [2, 1]), (torch.tensor([], dtype=torch.int64), []),
+                             ([], [])):  # [] is a float tensor to torch (s48C)
         got = batch[index]
         rows, history, lengths = expected(positions)
         assert got.rows.tolist() == rows and got.lengths.tolist() == lengths
@@ -2038,6 +2039,9 @@ def test_a_timestamp_example_column_is_counted_in_the_store_s_unit(tmp_path):
     (want,) = ExampleDataset(store, log, projection, example_columns=["request_ts"], batch_size=8)
     assert batch.examples["request_ts"].dtype == torch.int64
     assert batch.examples["request_ts"].tolist() == [3_000, 5_000, 1_000]
+    coded = as_stamps.append_column("target", stamps.dictionary_encode())  # refused as not a timestamp (s48C)
+    (from_codes,) = ExampleDataset(store, coded, projection, example_columns=["target"], batch_size=8)
+    assert from_codes.examples["target"].tolist() == [3_000, 5_000, 1_000]
     targets = [b.to_hstu(max_output_length=1, target_timestamps="request_ts")["past_payloads"]["timestamps"]
                for b in (batch, want)]
     assert torch.equal(*targets)

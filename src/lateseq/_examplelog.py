@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from ._errors import SchemaError
+from ._format import usable_path
 from ._parquet import check_rows_read, open_checked
 from ._schema import frame_hint
 
@@ -37,6 +38,7 @@ def parquet_path(path: str | os.PathLike) -> str:
     if not isinstance(path, str | os.PathLike):
         raise SchemaError(f"examples must be a pyarrow Table or a Parquet path, not {type(path).__name__}"
                           f"{frame_hint(path)}")
+    usable_path(path)  # a NUL byte: "no example log at" the path printed with it raw (s48C)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no example log at {path}")
     return str(Path(path).absolute())

@@ -78,13 +78,15 @@ def decoded_file(cache: Path, name: str) -> Path:
 
 
 NAME_MAX = 255  # bytes in one name of a path: Linux's file systems', macOS's
+PATH_MAX = 4096  # bytes in a whole path, as the system takes it: Linux's
 
 
 def usable_path(path: str | os.PathLike) -> None:
     """SchemaError for a path no file can have, named before any file is touched: bytes
     that are no UTF-8 (valid on Linux; pyarrow opens only UTF-8 names, and failed with a
-    bare UnicodeEncodeError, s35G), a NUL byte, or a name longer than ``NAME_MAX`` bytes
-    (Python's "embedded null byte" and the OS's "[Errno 36]", s48A)."""
+    bare UnicodeEncodeError, s35G), a NUL byte, a name longer than ``NAME_MAX`` bytes or a
+    path longer than ``PATH_MAX`` (Python's "embedded null byte" and the OS's "[Errno 36]",
+    s48A, s48C)."""
     text = os.fsdecode(path)
     try:
         text.encode()
@@ -96,6 +98,10 @@ def usable_path(path: str | os.PathLike) -> None:
     if long is not None:
         raise SchemaError(f"{text[:80]!r}...: its name {long[:40]!r}... is {len(long.encode())} bytes long, over the "
                           f"{NAME_MAX} a file system takes")
+    size = len(os.fsencode(os.path.abspath(text)))
+    if size >= PATH_MAX:
+        raise SchemaError(f"{text[:80]!r}...: the path is {size} bytes long, over the {PATH_MAX - 1} the system "
+                          "takes")
 
 
 STORE_CACHE = "cache"  # a store's own read cache, STORE/cache (a shared one's folders are named after stores)

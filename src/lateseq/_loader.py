@@ -31,7 +31,7 @@ from ._errors import (
     rows_in_log,
 )
 from ._examplelog import ExampleLog
-from ._format import all_replaced_when_written
+from ._format import all_replaced_when_written, usable_path
 from ._gather import output_dtype
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
@@ -170,6 +170,11 @@ def materialize_log_tenants(
     ``out_dir`` is made if its parent folder exists (and removed again if the run fails),
     as ``lateseq materialize --tenants`` makes it."""
     check_tenant_names(tenants)
+    if isinstance(out_dir, str | bytes) and not out_dir:  # an unset variable's "": not the current folder (s48C)
+        raise SchemaError("out_dir is empty; name the folder the tenants' files go to ('.' for the current one)")
+    usable_path(out_dir)  # before the folder is made (s48C)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"out_dir {out_dir} is a file; it names the folder the tenants' files go to")
     outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
     folder = Path(out_dir)
     made = not folder.exists() and not folder.is_symlink() and folder.absolute().parent.is_dir()

@@ -193,10 +193,14 @@ def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> st
     bad = values[(values < low) | (values > high)]
     if not len(bad):
         return ""
-    same_width = values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
-        values.dtype.itemsize == target.byte_width)
-    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as {column.type}: "
-            f"reinterpret them, pa.array(column.to_numpy().view(np.{target}))" if same_width else "")
+    # a writer without unsigned types keeps them as signed ones of their width (Spark's int), maybe widened
+    # since (to long): negative, and within the signed type of the target's width (s48C)
+    signed = f"int{8 * target.byte_width}"
+    kept_bits = values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
+        (bad < 0) & (bad >= np.iinfo(signed).min)).all()
+    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as signed integers: "
+            f"reinterpret them, pa.array(column.to_numpy().astype(np.{signed}).view(np.{target}))"
+            if kept_bits else "")
     return (f": {len(bad)} of its values lie outside {target}'s {info.min}..{info.max} "
             f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds{bits}")
 

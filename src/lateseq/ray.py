@@ -175,8 +175,10 @@ class Materializer:
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
             columns = {c: part.column(c) for c in [ROW, *self.example_columns]}
-            columns = {name: self.store.schema.times_to_store(c, f"example column {name!r}")  # in the store's unit
-                       if pa.types.is_timestamp(c.type) else c for name, c in columns.items()}
+            for name, column in columns.items():  # timestamps (dictionary-encoded too) in the store's unit
+                kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+                if pa.types.is_timestamp(kind):
+                    columns[name] = self.store.schema.times_to_store(column.cast(kind), f"example column {name!r}")
             yield pa.Table.from_arrays([*columns.values(), *lists], names=[*columns, *self.names])
 
 

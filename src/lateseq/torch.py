@@ -181,6 +181,8 @@ class Batch:
 
     def _take(self, index: torch.Tensor | Sequence[int] | np.ndarray) -> Batch:
         keep = torch.as_tensor(index, device=self.lengths.device)
+        if keep.numel() == 0:  # [] is a float tensor (s48C)
+            keep = keep.to(torch.int64)
         if keep.dtype == torch.bool:
             if tuple(keep.shape) != (len(self),):
                 raise SchemaError(f"a mask of examples must have one entry per example ({len(self)}), got shape "
@@ -504,9 +506,13 @@ class LoaderMetrics:
 
 
 def _numeric(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):  # as Parquet reads it back: its values
-        t = t.value_type
+    t = _values_type(t)
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _values_type(t: pa.DataType) -> pa.DataType:
+    """A dictionary's values' type (as Parquet reads it back: its values), else ``t``."""
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 class ExampleDataset(IterableDataset):
@@ -601,8 +607,8 @@ class ExampleDataset(IterableDataset):
         source = self._table if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
         for name in self.example_columns:  # a timestamp column into a store of plain integers: refused now
-            if pa.types.is_timestamp(schema.field(name).type):
-                self.store.schema.times_to_store(pa.array([], schema.field(name).type), f"example column {name!r}")
+            if pa.types.is_timestamp(kind := _values_type(schema.field(name).type)):
+                self.store.schema.times_to_store(pa.array([], kind), f"example column {name!r}")
         _refuse_newer(self.store, source)
         # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
         # and resuming with other example_columns was refused for a table only (s45A)
@@ -1306,7 +1312,7 @@ def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list
     if unknown:
         raise SchemaError(f"example log has no columns {unknown} (it has {schema.names})")
     bad = [f"{c} ({schema.field(c).type})" for c in requested
-           if not (_numeric(schema.field(c).type) or pa.types.is_timestamp(schema.field(c).type))]
+           if not (_numeric(schema.field(c).type) or pa.types.is_timestamp(_values_type(schema.field(c).type)))]
     if bad:
         raise SchemaError(f"example columns {bad} are not numeric, bool or timestamps, so cannot be tensors; "
                           "leave them out of example_columns")
