@@ -290,6 +290,7 @@ class Run:
     resident_after_evict: float | None = None  # share of the evicted bytes still cached (cold passes)
     passes: int = 0  # passes made (this one is the fastest)
     pass_s: list[float] = field(default_factory=list)  # seconds an example, of every pass made (for the median)
+    drains: int = 1  # drains of the side this pass made (``min_pass_s``), each of every example once
 
     @property
     def ex_s(self) -> float:
@@ -309,14 +310,14 @@ class Run:
 
     def add(self, other: Run) -> None:
         """Counts ``other`` (a drain of the same side) into this pass."""
-        for name in ("examples", "events", "out_bytes", "seconds", "cpu_seconds"):
+        for name in ("examples", "events", "out_bytes", "seconds", "cpu_seconds", "drains"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def figures(self, memcpy: float) -> dict:
         return {"ex_s": self.ex_s, "ex_s_median": self.ex_s_median, "gb_s": self.gb_s,
                 "memcpy_fraction": self.gb_s / memcpy, "events_per_example": self.events / max(self.examples, 1),
                 "seconds": self.seconds, "cpu_share": self.cpu_seconds / self.seconds, "passes": self.passes,
-                "pass_ex_s": sorted(1 / t for t in self.pass_s)}
+                "pass_ex_s": sorted(1 / t for t in self.pass_s), "drains": self.drains}
 
 
 Batches = Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]
@@ -550,7 +551,8 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
             files += durable + cache
         with step(f"{tag}: time, cold", steps):
             cold = best_of(opts.repeat, sides(cold=True), cold_files=files, patience=opts.patience)
-    counts = {(run.examples, run.events) for name, run in warm.items() if reference is None or name != reference.name}
+    counts = {(run.examples // run.drains, run.events // run.drains) for name, run in warm.items()
+              if reference is None or name != reference.name}
     if len(counts) != 1:
         raise SystemExit(f"{tag}: the sides produced different examples/events: {counts}")
 
@@ -744,7 +746,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true", help="also time with both sides evicted from the page cache")
     parser.add_argument("--repeat", type=int, help="timed passes per side, the best counts (default 5; 1 with --tiny)")
     parser.add_argument("--min-pass-s", type=float,
-                        help="a warm pass drains its side again until it took this long (default 0.5; 0 with --tiny)")
+                        help="a warm pass drains its side again until it took this long (default 0.5; 0.05 with --tiny)")
     parser.add_argument("--patience", type=float, default=60.0,
                         help="a side whose passes took this many seconds in all makes no more (default 60)")
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
@@ -758,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeat is None:
         args.repeat = 1 if args.tiny else 5
     if args.min_pass_s is None:
-        args.min_pass_s = 0.0 if args.tiny else 0.5
+        args.min_pass_s = 0.05 if args.tiny else 0.5  # (a tiny run's drains take milliseconds: several a pass)
     if args.fat_budget_gb is not None:
         scale = Scale(**{**asdict(scale), "fat_budget": args.fat_budget_gb * 1e9})
 
