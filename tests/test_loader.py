@@ -395,9 +395,11 @@ def test_tenant_names_are_checked_as_the_config_checks_them(world, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_the_tenants_output_folder_is_made_as_the_cli_makes_it_and_removed_when_the_run_fails(world, tmp_path):
+def test_the_tenants_output_folder_is_made_as_the_cli_makes_it_and_removed_when_the_run_fails(world, tmp_path,
+                                                                                                monkeypatch):
     """The CLI made --out, the API refused it as missing (s48B)."""
     store, _, log, _ = world
+    monkeypatch.chdir(tmp_path)  # out_dir="" wrote into the current folder (s48C)
     tenants = {"a": lateseq.Projection(2, ("item_id",)), "b": lateseq.Projection(3, ("item_id",))}
     paths = materialize_log_tenants(store, log, tenants, tmp_path / "new")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.parquet", "b.parquet"]
