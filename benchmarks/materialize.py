@@ -4,7 +4,8 @@ strongest Fat Rows.
     python benchmarks/materialize.py            # 200k users per workload (realistic: 40M events, 43M examples)
     python benchmarks/materialize.py --small    # 20k users (with --cold: 13 minutes on the AMD VM, 7 on the Intel one)
     python benchmarks/materialize.py --tiny     # a smoke run of every part (seconds; what the tests run)
-    options: --json PATH  --plot PATH  --cold  --repeat R  --cpu K  --workdir DIR  --fat-budget-gb G
+    options: --json PATH  --plot PATH  --cold  --repeat R  --min-pass-s S  --cpu K  --workdir DIR
+             --fat-budget-gb G
 
 Workloads and store states are ``benchmarks/workload.py``'s: a realistic one (power-law
 users over 30 days, an example per event) read through five store states (compacted with
@@ -28,7 +29,9 @@ and the original sparse one. For each state and N in (256, 1024, 4096), projecti
 Before anything is timed, an untimed pass reads every Fat Row form and rebuilds the same
 examples with lateseq, and checks each batch equal (offsets and values, bit for bit).
 Then each side is timed ``--repeat`` times (fewer for a side whose passes took over
-``--patience`` seconds in all), the passes interleaved, and the best pass counts: one
+``--patience`` seconds in all; a warm pass drains its side again until it took
+``--min-pass-s``), the passes interleaved, and the best pass counts (the median is
+reported beside it); both sides' outputs go into arrays reused batch after batch: one
 core (the process is pinned; numba, Arrow and BLAS run one thread), warm page cache;
 each pass's CPU share (CPU time over wall time) shows whether other processes took the
 core meanwhile. With ``--cold`` every file of both sides (store segments, decoded read
@@ -746,7 +749,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true", help="also time with both sides evicted from the page cache")
     parser.add_argument("--repeat", type=int, help="timed passes per side, the best counts (default 5; 1 with --tiny)")
     parser.add_argument("--min-pass-s", type=float,
-                        help="a warm pass drains its side again until it took this long (default 0.5; 0.05 with --tiny)")
+                        help="a warm pass drains its side again until it took this long "
+                             "(default 0.5; 0.05 with --tiny)")
     parser.add_argument("--patience", type=float, default=60.0,
                         help="a side whose passes took this many seconds in all makes no more (default 60)")
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
