@@ -892,6 +892,15 @@ def test_a_state_does_not_resume_over_a_table_whose_examples_moved(world):
         with pytest.raises(lateseq.SchemaError, match=r"another plan or log \(differing in \['log'\]\)"):
             ExampleDataset(store, swapped, projection, batch_size=10,
                            example_columns=columns).load_state_dict(ds.state_dict())
+    # a timestamp column a dataset can read (s48): its values swapped are another log too
+    stamps = pa.array(np.arange(log.num_rows) * 1000, pa.timestamp("ms"))
+    timed = log.append_column("seen", stamps)
+    moved = log.append_column("seen", pa.array(np.arange(log.num_rows)[::-1] * 1000, pa.timestamp("ms")))
+    first = ExampleDataset(store, timed, projection, batch_size=10)
+    next(iter(first))
+    with pytest.raises(lateseq.SchemaError, match=r"another plan or log \(differing in \['log'\]\)"):
+        ExampleDataset(store, moved, projection, batch_size=10).load_state_dict(first.state_dict())
+    ExampleDataset(store, timed, projection, batch_size=10).load_state_dict(first.state_dict())
 
 
 def test_a_log_rewritten_after_the_dataset_was_made_is_refused(world, tmp_path):

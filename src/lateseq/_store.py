@@ -142,6 +142,7 @@ def _warns_of_copies_left_out(write: Callable[..., Store]) -> Callable[..., Stor
 
 EMPTY_PATH = "a store's path is empty; name its folder ('.' for the current one)"  # an unset variable's ""
 
+
 class Store:
     """A handle on one version of a store. Pickles as (path, version, cache_dir,
     merged_reads, readahead).

@@ -612,7 +612,9 @@ class ExampleDataset(IterableDataset):
         _refuse_newer(self.store, source)
         # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
         # and resuming with other example_columns was refused for a table only (s45A)
-        self._log = (_table_identity(self._table, _log_columns(schema, None)[0]) if self._table is not None
+        readable = _log_columns(schema, None)[0] + [f.name for f in schema
+                                                    if pa.types.is_timestamp(_values_type(f.type))]
+        self._log = (_table_identity(self._table, list(dict.fromkeys(readable))) if self._table is not None
                      else self._file.digest)
         if rank is None or world_size is None:
             dist = torch.distributed
