@@ -364,6 +364,8 @@ def test_bad_pointer_tables(store):
           for kind in (pa.int32(), pa.int64())],
         (examples.set_column(4, "uih_checksum", pa.array([-5, 1, -2**31 - 1], pa.int64())),  # no int32's bits
          r"\(first: \[-5, -2147483649\]\), which no pointer lateseq makes holds$"),
+        (examples.set_column(3, "uih_length", pa.array([-1, 1, 1], pa.int32())),  # a length's: no bits to take back
+         r"'uih_length' has type int32, .*\(first: \[-1\]\), which no pointer lateseq makes holds$"),
         # whole floats: above 2**53 a float names another user or time (pandas makes them of an int column with a null)
         (examples.set_column(0, "user_id", examples.column("user_id").cast(pa.float64())),
          r"'user_id' has type double, expected int64 \(floats cannot hold every id"),
@@ -829,9 +831,13 @@ def test_a_path_no_file_can_have_is_named_before_anything_is_written(store, tmp_
     byte as Python's "embedded null byte" (s48A)."""
     before = snapshot(tmp_path)
     deep = "/".join(["d" * 200] * 21)  # each name fits, the whole path does not (s48C)
+    near = "/".join(["d" * 200] * 19)  # it fits, but the names lateseq writes inside it would not (s48F)
+    folded = "/".join(["x/.."] * 900) + "/s"  # short once ".." is folded, not as the system is given it
     for name, pattern in (("x" * 256, "is 256 bytes long, over the 255 a file system takes"),
                           ("ü" * 128, "is 256 bytes long"), ("a\0b", "a path cannot hold a NUL byte"),
-                          (deep, r"the path is \d+ bytes long, over the 4095 the system takes")):
+                          (deep, r"the path is \d+ bytes long, over the 3840 that leave room for the names lateseq "
+                                 r"writes in or beside it \(the system takes 4095\)"),
+                          (near, "over the 3840 that leave room"), (folded, "over the 3840 that leave room")):
         log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
         for call in (lambda: lateseq.create(tmp_path / name / "store", store.schema),
                      lambda: lateseq.open(tmp_path / name), lambda: lateseq.open(store.path, cache_dir=tmp_path / name),
@@ -844,6 +850,29 @@ def test_a_path_no_file_can_have_is_named_before_anything_is_written(store, tmp_
     assert snapshot(tmp_path) == before
     made = lateseq.create(tmp_path / ("x" * 255), store.schema)  # 255 bytes: a name a file system takes
     assert lateseq.open(made.path).version == 0
+
+    class Given:  # a PathLike of the user's: "" opened the current folder, bytes raised pathlib's TypeError (s48F)
+        def __init__(self, path: str | bytes) -> None:
+            self.path = path
+
+        def __fspath__(self) -> str | bytes:
+            return self.path
+
+    for call, error, pattern in ((lambda p: lateseq.open(p), lateseq.StoreError, "a store's path is empty"),
+                                 (lambda p: lateseq.create(p, store.schema), lateseq.StoreError,
+                                  "a store's path is empty"),
+                                 (lambda p: lateseq.materialize_log_tenants(
+                                     store, log, {"a": lateseq.Projection(3)}, p), lateseq.SchemaError,
+                                  "out_dir is empty")):
+        with pytest.raises(error, match=pattern):
+            call(Given(""))
+        with pytest.raises(lateseq.SchemaError, match="give paths as str or pathlib.Path, not bytes"):
+            call(os.fsencode(tmp_path / "b"))
+    with pytest.raises(lateseq.SchemaError, match="not bytes"):
+        lateseq.open(store.path, cache_dir=os.fsencode(tmp_path / "cache"))
+    with pytest.raises(lateseq.SchemaError, match="not bytes"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), Given(os.fsencode(tmp_path / "l")))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "l").exists() and not (tmp_path / "cache").exists()
 
 
 def test_an_output_name_of_no_utf8_is_named(store, tmp_path):

@@ -1366,7 +1366,11 @@ def test_a_batch_indexed_by_a_mask_or_positions_holds_those_examples_with_their_
     mask = torch.arange(n) % 3 != 1
     for index, positions in ((mask, [i for i in range(n) if i % 3 != 1]), ([n - 1, 0, 0, -2], [n - 1, 0, 0, n - 2]),
                              (np.array([2, 1]), [2, 1]), (torch.tensor([], dtype=torch.int64), []),
-                             ([], [])):  # [] is a float tensor to torch (s48C)
+                             ([], []),  # [] is a float tensor to torch (s48C)
+                             # positions of narrow types: uint8 ones were taken for a mask, silently (s48F)
+                             (torch.tensor([1, 0, 1], dtype=torch.uint8), [1, 0, 1]),
+                             (np.array([n - 1, 0], np.uint8), [n - 1, 0]),
+                             (torch.tensor([2, 1], dtype=torch.int8), [2, 1]), (np.array([1, 2], np.uint16), [1, 2])):
         got = batch[index]
         rows, history, lengths = expected(positions)
         assert got.rows.tolist() == rows and got.lengths.tolist() == lengths

@@ -79,14 +79,18 @@ def decoded_file(cache: Path, name: str) -> Path:
 
 NAME_MAX = 255  # bytes in one name of a path: Linux's file systems', macOS's
 PATH_MAX = 4096  # bytes in a whole path, as the system takes it: Linux's
+ROOM = 256  # bytes a path leaves for the names lateseq writes inside or beside it (a store's files, a .tmp- twin)
 
 
 def usable_path(path: str | os.PathLike) -> None:
     """SchemaError for a path no file can have, named before any file is touched: bytes
     that are no UTF-8 (valid on Linux; pyarrow opens only UTF-8 names, and failed with a
     bare UnicodeEncodeError, s35G), a NUL byte, a name longer than ``NAME_MAX`` bytes or a
-    path longer than ``PATH_MAX`` (Python's "embedded null byte" and the OS's "[Errno 36]",
-    s48A, s48C)."""
+    path that leaves fewer than ``ROOM`` bytes of ``PATH_MAX`` for the names lateseq adds
+    (Python's "embedded null byte" and the OS's "[Errno 36]", s48A, s48C, s48F); bytes,
+    which pathlib does not take (its bare TypeError, s48F)."""
+    if isinstance(os.fspath(path), bytes):
+        raise SchemaError(f"{path!r}: give paths as str or pathlib.Path, not bytes")
     text = os.fsdecode(path)
     try:
         text.encode()
@@ -98,10 +102,10 @@ def usable_path(path: str | os.PathLike) -> None:
     if long is not None:
         raise SchemaError(f"{text[:80]!r}...: its name {long[:40]!r}... is {len(long.encode())} bytes long, over the "
                           f"{NAME_MAX} a file system takes")
-    size = len(os.fsencode(os.path.abspath(text)))
-    if size >= PATH_MAX:
-        raise SchemaError(f"{text[:80]!r}...: the path is {size} bytes long, over the {PATH_MAX - 1} the system "
-                          "takes")
+    size = len(os.fsencode(str(Path(text).absolute())))  # as the system is given it: ".." not folded
+    if size > PATH_MAX - ROOM:
+        raise SchemaError(f"{text[:80]!r}...: the path is {size} bytes long, over the {PATH_MAX - ROOM} that leave "
+                          f"room for the names lateseq writes in or beside it (the system takes {PATH_MAX - 1})")
 
 
 STORE_CACHE = "cache"  # a store's own read cache, STORE/cache (a shared one's folders are named after stores)

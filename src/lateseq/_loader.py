@@ -170,12 +170,13 @@ def materialize_log_tenants(
     ``out_dir`` is made if its parent folder exists (and removed again if the run fails),
     as ``lateseq materialize --tenants`` makes it."""
     check_tenant_names(tenants)
-    if isinstance(out_dir, str | bytes) and not out_dir:  # an unset variable's "": not the current folder (s48C)
+    if not os.fspath(out_dir):  # an unset variable's "": not the current folder (s48C)
         raise SchemaError("out_dir is empty; name the folder the tenants' files go to ('.' for the current one)")
     usable_path(out_dir)  # before the folder is made (s48C)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"out_dir {out_dir} is a file; it names the folder the tenants' files go to")
-    outs = {name: os.path.join(os.fspath(out_dir), f"{name}.parquet") for name in tenants}
+    # absolute: what it returns stays right after a change of directory (s48F)
+    outs = {name: os.path.join(Path(out_dir).absolute(), f"{name}.parquet") for name in tenants}
     folder = Path(out_dir)
     made = not folder.exists() and not folder.is_symlink() and folder.absolute().parent.is_dir()
     if made:

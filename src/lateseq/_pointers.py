@@ -159,7 +159,7 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
-                               + _out_of_range(column, f.type)) from exc
+                               + _out_of_range(column, f.type, bits=f.name == "uih_checksum")) from exc
     if not converted:
         _last_plain = (examples.schema, [positions[f.name][0] for f in POINTER_FIELDS])
     return _pointers(arrays)
@@ -182,9 +182,10 @@ def _decoded_pointer(column: pa.Array | pa.ChunkedArray, name: str) -> pa.Array 
     return decoded(column, f"pointer column {name!r}", ids=name == "user_id")
 
 
-def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> str:
+def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType, bits: bool = False) -> str:
     """Why integers did not fit ``target``: the values past its range (a -1 version, a
-    length past 2**32), which say more than the types do."""
+    length past 2**32), which say more than the types do. ``bits``: the column is a hash,
+    whose bits a writer without unsigned types may have kept signed (not so a length)."""
     if not (pa.types.is_integer(column.type) and pa.types.is_integer(target)):
         return ""
     info, values = np.iinfo(target.to_pandas_dtype()), np.asarray(column)
@@ -196,7 +197,7 @@ def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> st
     # a writer without unsigned types keeps them as signed ones of their width (Spark's int), maybe widened
     # since (to long): negative, and within the signed type of the target's width (s48C)
     signed = f"int{8 * target.byte_width}"
-    kept_bits = values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
+    kept_bits = bits and values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
         (bad < 0) & (bad >= np.iinfo(signed).min)).all()
     bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as signed integers: "
             f"reinterpret them, pa.array(column.to_numpy().astype(np.{signed}).view(np.{target}))"

@@ -189,15 +189,15 @@ class Store:
                 raise SchemaError(f"{name} must be True, False or 'auto', not {value!r}")
         self.merged_reads = merged_reads
         self.readahead = readahead
-        if isinstance(path, str | bytes) and not path:  # as create: "" opened the current folder (s48A)
+        if not os.fspath(path):  # as create: "" opened the current folder (s48A)
             raise StoreError(EMPTY_PATH)
-        self.path = Path(path).absolute()  # a relative path would follow later changes of directory
-        if isinstance(cache_dir, str | bytes) and not cache_dir:  # an unset variable's "": not the current folder
+        if cache_dir is not None and not os.fspath(cache_dir):  # an unset variable's "": not the current folder
             raise SchemaError("cache_dir is empty; name the read cache's folder, or leave it None (inside the store)")
-        self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
-        for where in (self.path, self._cache_root):  # as create does: it opened, then every read failed (s36A)
+        for where in (path, cache_dir):  # as create does: it opened, then every read failed (s36A)
             if where is not None:
                 usable_path(where)
+        self.path = Path(path).absolute()  # a relative path would follow later changes of directory
+        self._cache_root = None if cache_dir is None else Path(cache_dir).absolute()
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a store directory")
         linked = [sub for sub in ("versions", "segments", "tags", *((STORE_CACHE,) if cache_dir is None else ()))
@@ -272,7 +272,7 @@ class Store:
     @classmethod
     def create(cls, path: str | os.PathLike, schema: Schema) -> Store:
         """A new, empty store (version 0) at ``path``: a new or empty folder."""
-        if isinstance(path, str | bytes) and not path:  # an unset variable's "": not the current folder
+        if not os.fspath(path):  # an unset variable's "": not the current folder
             raise StoreError(EMPTY_PATH)
         usable_path(path)
         path = Path(path)

@@ -190,6 +190,8 @@ class Batch:
             keep = keep.nonzero().flatten()
         elif keep.dim() != 1 or keep.is_floating_point() or keep.is_complex():
             raise TypeError(f"a Batch is indexed by a slice, a mask or a list of positions, not {index!r}")
+        else:  # positions of any integer type (torch took uint8 ones for a mask, other narrow ones not at all: s48F)
+            keep = keep.to(torch.int64)
         lengths = self.lengths[keep]
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=lengths.device)
         torch.cumsum(lengths, 0, out=offsets[1:])
