@@ -38,7 +38,7 @@ from ._materialize import materialize, materialize_tenants
 from ._pointers import decoded_pointer_columns, outside_store
 from ._projection import TRANSFORMS, Projection
 from ._records import protocol_columns
-from ._schema import PAYLOAD_TYPES, Schema
+from ._schema import PAYLOAD_TYPES, Schema, decoded
 from ._store import Store
 from ._tenants import check_tenant_names
 
@@ -272,6 +272,17 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
 def _transform_note(projection: Projection, column: str) -> dict[str, str] | None:
     transform = projection.transforms.get(column)
     return None if transform is None else {"lateseq.transform": transform, "description": TRANSFORMS[transform]}
+
+
+def in_store_time(column: pa.Array | pa.ChunkedArray, name: str, schema: Schema) -> pa.Array | pa.ChunkedArray:
+    """An example column as the loaders hand it on: timestamps (dictionary-encoded too) as
+    counts of the store's time unit, as the histories' times are (a ``timestamp[ms]``
+    request_ts beside times in µs would be 1000x off); any other column as it is."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not pa.types.is_timestamp(kind):
+        return column
+    what = f"example column {name!r}"
+    return schema.times_to_store(column if kind == column.type else decoded(column, what), what)
 
 
 DROP_NEEDS_VERIFY = ("drop_deleted leaves out the examples of deleted users and raises on any other changed history, "

@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._errors import SchemaError, exact_bool, exact_integer, rows_in_log
 from ._events import partition_of
 from ._examplelog import ExampleLog
-from ._loader import DROP_NEEDS_VERIFY, undeleted_rows
+from ._loader import DROP_NEEDS_VERIFY, in_store_time, undeleted_rows
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
@@ -174,11 +174,7 @@ class Materializer:
                 part, sequences = part.take(pa.array(kept)), sequences.take(kept)
             offsets = pa.array(sequences.offsets)
             lists = [pa.LargeListArray.from_arrays(offsets, pa.array(sequences.values[n])) for n in self.names]
-            columns = {c: part.column(c) for c in [ROW, *self.example_columns]}
-            for name, column in columns.items():  # timestamps (dictionary-encoded too) in the store's unit
-                kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-                if pa.types.is_timestamp(kind):
-                    columns[name] = self.store.schema.times_to_store(column.cast(kind), f"example column {name!r}")
+            columns = {c: in_store_time(part.column(c), c, self.store.schema) for c in [ROW, *self.example_columns]}
             yield pa.Table.from_arrays([*columns.values(), *lists], names=[*columns, *self.names])
 
 

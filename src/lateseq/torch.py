@@ -64,7 +64,7 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
-from ._loader import DROP_NEEDS_VERIFY, batches_per_read, part_of, undeleted_rows
+from ._loader import DROP_NEEDS_VERIFY, batches_per_read, in_store_time, part_of, undeleted_rows
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -608,9 +608,9 @@ class ExampleDataset(IterableDataset):
             inline_tail(self.store, schema.empty_table())
         source = self._table if self._table is not None else self._file.metadata
         _refuse_unfit(self.example_columns, source)
+        empty = schema.empty_table()
         for name in self.example_columns:  # a timestamp column into a store of plain integers: refused now
-            if pa.types.is_timestamp(kind := _values_type(schema.field(name).type)):
-                self.store.schema.times_to_store(pa.array([], kind), f"example column {name!r}")
+            in_store_time(empty.column(name), name, self.store.schema)
         _refuse_newer(self.store, source)
         # a table's every column a dataset could read, whichever it reads: a Parquet log's digest is its footer's,
         # and resuming with other example_columns was refused for a table only (s45A)
@@ -1325,8 +1325,7 @@ def _example_columns(schema: pa.Schema, requested: Sequence[str] | None) -> list
 
 def _example_numpy(table: pa.Table, name: str, times: Schema | None = None) -> np.ndarray:
     """An example column as a tensor's array; a timestamp one as counts of ``times``'
-    (the store's) unit, as the history's times are (a ``timestamp[ms]`` request_ts for
-    ``to_hstu(target_timestamps=)`` beside times in µs would be 1000x off)."""
+    (the store's) unit (``in_store_time``)."""
     column = table.column(name)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
@@ -1337,7 +1336,7 @@ def _example_numpy(table: pa.Table, name: str, times: Schema | None = None) -> n
             raise SchemaError(f"example column {name!r} holds timestamps, which become counts of the store's time "
                               "unit where a store is known (ExampleDataset, lateseq.ray.materialized): cast it to "
                               "int64 yourself here")
-        column = times.times_to_store(column, f"example column {name!r}")
+        column = in_store_time(column, name, times)
     array = np.asarray(column.to_numpy())
     if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # torch lacks most unsigned ops
         if array.dtype.itemsize == 8 and len(array) and array.max() >= 2**63:
