@@ -875,6 +875,27 @@ def test_a_path_no_file_can_have_is_named_before_anything_is_written(store, tmp_
     assert not (tmp_path / "b").exists() and not (tmp_path / "l").exists() and not (tmp_path / "cache").exists()
 
 
+def test_a_url_is_refused_where_pathlib_would_take_it_for_a_relative_path(store, tmp_path, monkeypatch):
+    """``create("s3://bucket/store")`` made the folders ``s3:/bucket/store`` in the current
+    one, and a user took the store for one in the bucket."""
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
+    for url in ("s3://bucket/store", "gs://b/s", "file:///tmp/s", "hdfs://namenode:8020/s", Path("s3://bucket/x"),
+                "./s3://bucket/x"):
+        for call in (lambda: lateseq.create(url, store.schema), lambda: lateseq.open(url),
+                     lambda: lateseq.open(store.path, cache_dir=url),
+                     lambda: lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), url),
+                     lambda: lateseq.materialize_log(store, log, lateseq.Projection(3), url),
+                     lambda: lateseq.materialize_log_tenants(store, log, {"a": lateseq.Projection(3)}, url),
+                     lambda: lateseq.iter_batches(store, url, lateseq.Projection(3))):
+            with pytest.raises(lateseq.SchemaError, match="is a URL: lateseq reads and writes files on a file system"):
+                call()
+    assert snapshot(tmp_path) == before
+    made = lateseq.create(tmp_path / "in" / "s3:" / "x", store.schema)  # such a name inside a path is a name
+    assert lateseq.open(made.path).version == 0
+
+
 def test_an_output_name_of_no_utf8_is_named(store, tmp_path):
     """Valid on Linux, but pyarrow's writer raised a bare UnicodeEncodeError (s35G)."""
     path = tmp_path / os.fsdecode(b"log-\xff.parquet")

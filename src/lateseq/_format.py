@@ -80,6 +80,7 @@ def decoded_file(cache: Path, name: str) -> Path:
 NAME_MAX = 255  # bytes in one name of a path: Linux's file systems', macOS's
 PATH_MAX = 4096  # bytes in a whole path, as the system takes it: Linux's
 ROOM = 256  # bytes a path leaves for the names lateseq writes inside or beside it (a store's files, a .tmp- twin)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # a scheme, as in s3://, gs://, file:// (pathlib folds "//")
 
 
 def usable_path(path: str | os.PathLike) -> None:
@@ -88,10 +89,15 @@ def usable_path(path: str | os.PathLike) -> None:
     bare UnicodeEncodeError, s35G), a NUL byte, a name longer than ``NAME_MAX`` bytes or a
     path that leaves fewer than ``ROOM`` bytes of ``PATH_MAX`` for the names lateseq adds
     (Python's "embedded null byte" and the OS's "[Errno 36]", s48A, s48C, s48F); bytes,
-    which pathlib does not take (its bare TypeError, s48F)."""
+    which pathlib does not take (its bare TypeError, s48F); a URL, which pathlib takes for a
+    relative path: ``create("s3://bucket/store")`` made the folders ``s3:/bucket/store`` in
+    the current one."""
     if isinstance(os.fspath(path), bytes):
         raise SchemaError(f"{path!r}: give paths as str or pathlib.Path, not bytes")
     text = os.fsdecode(path)
+    if _URL.match(str(Path(text))):  # as every later use sees it: "./s3://x" is "s3:/x" there
+        raise SchemaError(f"{text!r} is a URL: lateseq reads and writes files on a file system, local or mounted "
+                          "(a store's needs hard links: ext4, xfs, NFS, ...); give the path there")
     try:
         text.encode()
     except UnicodeEncodeError:
