@@ -121,6 +121,39 @@ def test_iter_batches_matches_brute_force(world, parts, source, max_len, read_by
     assert any(len(w["item_id"]) for w in want) and any(not w["item_id"] for w in want)
 
 
+@pytest.mark.parametrize("source", ["path", "table"])
+def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, source, monkeypatch):
+    """Reads were sized by max_len alone: at N=4096 a read held one batch of 256 pointers
+    (13.6 MB allowed, about 2.7 MB returned) and paid a read's fixed cost every batch. Now
+    consecutive batches share a read while their pointers' recorded lengths (each at most
+    max_len) fit READ_BYTES; a batch alone may hold more."""
+    store, events, log, path = world
+    monkeypatch.setattr(loader, "READ_BYTES", 16 * 60 * 17)  # by max_len (60), a batch of 16 a read
+    reads = []
+
+    def counted(store, examples, *args, **kwargs):
+        reads.append(examples.num_rows)
+        return materialize(store, examples, *args, **kwargs)
+
+    materialize = loader.materialize
+    monkeypatch.setattr(loader, "materialize", counted)
+    projection = lateseq.Projection(60, COLUMNS)
+    got = [seqs for _, seqs in iter_batches(store, {"path": path, "table": log}[source], projection, batch_size=16)]
+    returned = [min(n, 60) * 17 for n in log.column("uih_length").to_pylist()]  # bytes, by what each recorded
+    want, taken, held = [], 0, 0
+    for start in range(0, len(returned), 16):  # greedily, batch by batch
+        size = sum(returned[start:start + 16])
+        if taken and held + size > loader.READ_BYTES:
+            want.append(taken)
+            taken = held = 0
+        taken, held = taken + len(returned[start:start + 16]), held + size
+    want.append(taken)
+    assert reads == want and len(reads) < len(got) and max(reads) > 16
+    flat = [w["item_id"] for w in expected(events, log, 60)]
+    assert [s.values["item_id"][lo:hi].tolist() for s in got
+            for lo, hi in zip(s.offsets[:-1], s.offsets[1:], strict=True)] == flat
+
+
 def test_iter_batches_value_types_and_all_columns(world):
     store, _, log, path = world
     batch, seqs = next(iter_batches(store, path, lateseq.Projection(3, COLUMNS)))

@@ -492,6 +492,34 @@ def test_batches_rebuilt_several_in_one_read_are_those_rebuilt_one_by_one(world,
             assert all(same(a, b) for a, b in zip(alone[stop + 1:], rest, strict=True))
 
 
+def test_reads_are_sized_by_recorded_lengths_in_the_trainer_and_by_max_len_in_a_worker(world, monkeypatch):
+    """In the trainer's process a read holds the batches whose recorded histories fit
+    READ_BYTES (by max_len alone, one batch a read at long max_len); in a worker a batch as
+    big as a read can be keeps its read to itself, rebuilt straight into shared memory."""
+    store, oracle, log, path = world
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 10 * 100 * 17)  # by max_len (100), a batch of 10 a read
+    ds = ExampleDataset(store, path, lateseq.Projection(100, COLUMNS), batch_size=10)
+    reads = []
+    rebuild = ExampleDataset._materialized
+
+    def counted(self, examples, recycler):
+        reads.append(examples.num_rows)
+        return rebuild(self, examples, recycler)
+
+    monkeypatch.setattr(ExampleDataset, "_materialized", counted)
+    batches = list(ds)
+    assert max(reads) > 10 and sum(reads) == log.num_rows == sum(len(b.rows) for b in batches)
+    alone = ExampleDataset(store, path, lateseq.Projection(100, COLUMNS), batch_size=10)
+    monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)
+    assert all(same(a, b) for a, b in zip(alone, batches, strict=True))
+
+    class Worker:
+        id, num_workers = 0, 2
+
+    monkeypatch.setattr(lateseq.torch, "get_worker_info", lambda: Worker())
+    assert ds._read_size()((log.slice(0, 10), np.arange(10), 0.0)) == 10 * 100 * 17
+
+
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_the_arrays_a_pass_reuses_go_when_it_ends_and_kept_batches_keep_theirs(world, monkeypatch, prefetch):
     """Each pass writes its reads into the arrays of earlier ones once nothing holds them
@@ -924,6 +952,7 @@ def test_a_log_rewritten_in_place_while_read_is_refused_and_one_renamed_over_it_
     the other, no error); a new file renamed over it leaves the open file's bytes."""
     store, _, log, _ = world
     monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: the rest is read after the rewrite
+    monkeypatch.setattr(lateseq._loader, "READ_POINTERS", 16)  # iter_batches: the log read a batch at a time
     path = tmp_path / "log.parquet"
     pq.write_table(log, path, row_group_size=16)
     projection = lateseq.Projection(MAX_LEN, COLUMNS)

@@ -14,7 +14,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,22 +43,65 @@ from ._store import Store
 from ._tenants import check_tenant_names
 
 ExampleSource = pa.Table | str | os.PathLike
+T = TypeVar("T")
 _ROW_GROUP_ROWS = 65536  # rows per row group of materialize_log's output
-# bytes of sequences and pointers one read rebuilds at most, where loader batches are
-# smaller: a read's fixed cost (reading the log's batch, finding the segments, checking the
-# read cache: about 0.1 ms) was a third of a batch of 1024 pointers at N=256 (3.4 MB); past
-# about 16 MB the outputs outgrow the CPU's caches and reads slow down (54 MB: 0.9x)
+# bytes of sequences one read rebuilds at most, where loader batches are smaller: a read's
+# fixed cost (reading the log's batch, finding the segments, checking the read cache: about
+# 0.2 ms) was a third of a batch of 1024 pointers at N=256 (3.4 MB); past about 16 MB the
+# outputs outgrow the CPU's caches and reads slow down (54 MB: 0.9x)
 READ_BYTES = 16 << 20
 READ_POINTERS = 8192
 
 
-def batches_per_read(batch_size: int, schema: Schema, projections: Iterable[Projection]) -> int:
-    """How many consecutive loader batches one read rebuilds at once for ``projections``
-    (each its own output: the longest ``max_len`` of their events' bytes sizes a read)."""
-    projections = list(projections)
-    event_bytes = sum(output_dtype(schema, name).itemsize for p in projections for name in p.resolve(schema))
-    biggest = batch_size * max(p.max_len for p in projections) * event_bytes
-    return max(1, min(READ_BYTES // max(1, biggest), READ_POINTERS // batch_size))
+def event_bytes(schema: Schema, projections: Iterable[Projection]) -> int:
+    """Bytes an event takes in the outputs of ``projections`` together."""
+    return sum(output_dtype(schema, name).itemsize for p in projections for name in p.resolve(schema))
+
+
+def sequence_bytes(examples: pa.Table | pa.RecordBatch, schema: Schema, projections: Sequence[Projection],
+                   ) -> np.ndarray:
+    """Per example, the bytes its sequences take at most by its pointer's recorded length
+    (``uih_length``, each projection's ``max_len`` at most; a window or filter returns
+    fewer, a two-tier record's tail a few more): what sizes a read. A read sized by
+    ``max_len`` alone held one batch of 256 pointers at N=4096 (13.6 MB allowed, 2.7 MB
+    returned) and paid its fixed cost every batch: 1.5-2x slower. A length column of no
+    integer type (a dictionary's too) counts ``max_len``."""
+    column = examples.column("uih_length")
+    if pa.types.is_integer(column.type):
+        lengths = np.maximum(column.fill_null(0).cast(pa.int64(), safe=False).to_numpy(), 0)
+    else:
+        lengths = np.full(len(examples), np.iinfo(np.int64).max)
+    return sum(np.minimum(lengths, p.max_len) * event_bytes(schema, [p]) for p in projections)
+
+
+def read_groups(items: Iterable[T], size: Callable[[T], int], most: int) -> Iterator[list[T]]:
+    """Consecutive loader batches grouped into reads: as many as ``size`` (bytes of
+    sequences a batch returns) puts within ``READ_BYTES``, ``most`` at most; a batch alone
+    may return more."""
+    group: list[T] = []
+    total = 0
+    for item in items:
+        bytes_ = size(item)
+        if group and (len(group) == most or total + bytes_ > READ_BYTES):
+            yield group
+            group, total = [], 0
+        group.append(item)
+        total += bytes_
+    if group:
+        yield group
+
+
+def _reads(chunks: Iterator[pa.RecordBatch], batch_size: int, schema: Schema,
+           projections: Sequence[Projection]) -> Iterator[pa.RecordBatch]:
+    """Chunks of whole batches of the log, each cut into reads (``read_groups``)."""
+    for chunk in chunks:
+        if not chunk.num_rows:
+            continue
+        starts = np.arange(0, chunk.num_rows, batch_size)
+        sizes = np.add.reduceat(sequence_bytes(chunk, schema, projections), starts)
+        for group in read_groups(range(len(starts)), lambda b: int(sizes[b]), len(starts)):
+            start = group[0] * batch_size
+            yield chunk.slice(start, min(chunk.num_rows, (group[-1] + 1) * batch_size) - start)
 
 
 def iter_batches(
@@ -89,9 +132,9 @@ def iter_batches(
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
-    read_size = batch_size * batches_per_read(batch_size, store.schema, [projection])
-    reads = _example_batches(examples, read_size, columns)  # validates the log eagerly
-    return _materialized(store, reads, batch_size, projection, columns, verify, on_mismatch)
+    chunks = _example_batches(examples, batch_size * max(1, READ_POINTERS // batch_size), columns)  # checked now
+    return _materialized(store, _reads(chunks, batch_size, store.schema, [projection]), batch_size, projection,
+                         columns, verify, on_mismatch)
 
 
 def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int, projection: Projection,
@@ -232,8 +275,8 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     held = dict.fromkeys(tenants, 0)  # rows in pending
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
-        per_read = batches_per_read(batch_size, store.schema, tenants.values())
-        for batch in _example_batches(examples, batch_size * per_read, columns):
+        chunks = _example_batches(examples, batch_size * max(1, READ_POINTERS // batch_size), columns)
+        for batch in _reads(chunks, batch_size, store.schema, list(tenants.values())):
             read_rows = batch.num_rows
             with rows_in_log(range(rows, rows + read_rows)):
                 if len(tenants) == 1:

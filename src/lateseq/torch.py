@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import os
 import resource
 import sys
@@ -30,7 +29,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,7 +63,16 @@ from ._examplelog import ExampleLog, LogReader
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
-from ._loader import DROP_NEEDS_VERIFY, batches_per_read, in_store_time, part_of, undeleted_rows
+from ._loader import (
+    DROP_NEEDS_VERIFY,
+    READ_POINTERS,
+    event_bytes,
+    in_store_time,
+    part_of,
+    read_groups,
+    sequence_bytes,
+    undeleted_rows,
+)
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_log, row_group_partitions
 from ._projection import Projection
@@ -811,9 +819,10 @@ class ExampleDataset(IterableDataset):
                               "dataset (a state saved over the old log does not resume over the new one)")
         self._still_kept()
         source = None if self._file is None else self._file.open()
-        per_read = batches_per_read(self._config["batch_size"], self.store.schema, [self.projection])
         recycler = Recycler()  # the reads' outputs, reused once their batches are dropped, for this pass
-        rebuilt = (self._rebuilt(reads, recycler) for reads in _groups(self._reads(plan, source, start), per_read))
+        groups = read_groups(self._reads(plan, source, start), self._read_size(),
+                             max(1, READ_POINTERS // self._config["batch_size"]))
+        rebuilt = (self._rebuilt(reads, recycler) for reads in groups)
         if self.prefetch:  # the next read is rebuilt while this one's batches are used, and each next batch made
             rebuilt = _ahead(rebuilt)
         made = (batch for read in rebuilt for batch in self._made(*read, recycler))
@@ -835,6 +844,17 @@ class ExampleDataset(IterableDataset):
             rebuilt.close()  # first: a read under way still reads from the source
             if source is not None:
                 source.close()
+
+    def _read_size(self) -> Callable[[tuple[pa.Table, np.ndarray, float]], int]:
+        """What sizes a batch for ``read_groups``: in the process that trains, what its
+        pointers recorded; in a worker, ``max_len`` for every example, so that a batch as big
+        as a read can be has its read to itself, rebuilt straight into the shared memory it
+        crosses in (``_Slots``; several batches of a read are each copied there)."""
+        schema, projection = self.store.schema, self.projection
+        if get_worker_info() is None:
+            return lambda batch: int(sequence_bytes(batch[0], schema, [projection]).sum())
+        most = projection.max_len * event_bytes(schema, [projection])
+        return lambda batch: batch[0].num_rows * most
 
     def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler,
                  ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
@@ -1163,12 +1183,6 @@ def _offset_in(buffer: torch.Tensor | None, array: np.ndarray, written: int) -> 
 
 T = TypeVar("T")
 _GAP_PAGES = 8  # runs of pages closer than this are asked for in one call: fewer calls, little more read
-
-
-def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last may be shorter)."""
-    while group := list(itertools.islice(items, size)):
-        yield group
 
 
 def _ahead(items: Iterator[T]) -> Iterator[T]:
