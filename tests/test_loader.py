@@ -277,8 +277,14 @@ def test_bad_inputs(world, tmp_path):
         with pytest.raises(lateseq.SchemaError, match="batch_size must be a positive integer"):
             iter_batches(store, path, projection, batch_size=wrong)
     assert next(iter_batches(store, path, projection, batch_size=np.int64(1)))[0].num_rows == 1  # refused (s35A)
-    with pytest.raises(lateseq.PointerError, match="missing pointer columns"):
-        next(iter_batches(store, log.drop_columns(["uih_checksum"]), projection))
+    for missing in ("uih_checksum", "uih_length"):  # the length sizes reads: its absence too is named (s49)
+        with pytest.raises(lateseq.PointerError, match=rf"missing pointer columns \['{missing}'\]"):
+            next(iter_batches(store, log.drop_columns([missing]), projection))
+        with pytest.raises(lateseq.PointerError, match=rf"missing pointer columns \['{missing}'\]"):
+            materialize_log(store, log.drop_columns([missing]), projection, tmp_path / "o.parquet")
+    twice = pa.Table.from_arrays([*log.columns, log.column("uih_length")], [*log.column_names, "uih_length"])
+    with pytest.raises(lateseq.SchemaError, match=r"columns named more than once: \['uih_length'\]"):
+        next(iter_batches(store, twice, projection))
     with pytest.raises(lateseq.SchemaError, match=r"not RecordBatch \(pa.Table.from_batches\(\[batch\]\) makes a "
                                                   r"Table of a RecordBatch\)$"):  # (told of DataFrames, s47E)
         iter_batches(store, log.to_batches()[0], projection)

@@ -65,9 +65,10 @@ def sequence_bytes(examples: pa.Table | pa.RecordBatch, schema: Schema, projecti
     fewer, a two-tier record's tail a few more): what sizes a read. A read sized by
     ``max_len`` alone held one batch of 256 pointers at N=4096 (13.6 MB allowed, 2.7 MB
     returned) and paid its fixed cost every batch: 1.5-2x slower. A length column of no
-    integer type (a dictionary's too) counts ``max_len``."""
-    column = examples.column("uih_length")
-    if pa.types.is_integer(column.type):
+    integer type (a dictionary's too), or none, counts ``max_len``."""
+    found = examples.schema.get_all_field_indices("uih_length")  # none or twice: the read names it
+    column = examples.column(found[0]) if len(found) == 1 else None
+    if column is not None and pa.types.is_integer(column.type):
         lengths = np.maximum(column.fill_null(0).cast(pa.int64(), safe=False).to_numpy(), 0)
     else:
         lengths = np.full(len(examples), np.iinfo(np.int64).max)
