@@ -576,7 +576,8 @@ def test_ingest_reads_a_named_range_index_as_pandas_does(tmp_path):
     """pandas keeps a RangeIndex in its metadata only (``set_index("user_id")`` of ids 1..N
     makes one): ingest dropped a named one silently, or failed 'input has no column user_id'."""
     import pandas as pd
-    frame = pd.DataFrame({"user_id": [1, 2, 3], "ts": [5, 6, 7], "item": [7, 8, 9]}).set_index("user_id")
+    frame = pd.DataFrame({"ts": [5, 6, 7], "item": [7, 8, 9]}, index=pd.RangeIndex(1, 4, name="user_id"))  # (pandas 3
+    # makes one of set_index("user_id"), 2.x an index of its values)
     frame.to_parquet(tmp_path / "by-user.parquet")
     assert "user_id" not in pq.read_schema(tmp_path / "by-user.parquet").names  # in the metadata only
     assert cli("ingest", tmp_path / "store", tmp_path / "by-user.parquet")[:2] == (0, "1\n")

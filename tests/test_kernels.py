@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -513,6 +514,8 @@ if {read}:
 """
 
 
+@pytest.mark.skipif(tuple(map(int, numba.__version__.split(".")[:2])) < (0, 62),
+                    reason="NUMBA_CACHE_LOCATOR_CLASSES, which takes numba's places away here, came with numba 0.62")
 def test_kernels_are_cached_in_a_private_temporary_folder_where_numba_has_no_place(tmp_path):
     """A read-only install run by a user without a writable home (many containers): numba
     found no place to cache a kernel and raised at the decorator, so ``import lateseq``

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -464,8 +465,10 @@ def _type_name(column: str, dtype: Any) -> str:
         name = next((n for n, t in PAYLOAD_TYPES.items() if t == dtype), None)
     elif isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
         try:
-            name = np.dtype(dtype).name
-        except TypeError:  # an abstract one (np.integer): no type of its own
+            with warnings.catch_warnings():  # numpy 1.x took an abstract one as a default, with this warning
+                warnings.simplefilter("error", DeprecationWarning)
+                name = np.dtype(dtype).name
+        except (TypeError, DeprecationWarning):  # an abstract one (np.integer): no type of its own
             name = None
     else:
         name = None
