@@ -447,6 +447,27 @@ def test_a_store_this_user_cannot_write_says_so_when_a_writer_locks_it(store, mo
     assert "symbolic link" not in str(caught.value)
 
 
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "is its disk full"), (errno.EDQUOT, "is its disk full"),
+                                        (errno.EROFS, "its file system is mounted read-only")])
+def test_a_lock_file_a_full_or_read_only_disk_cannot_hold_is_said_to_be_that(store, tmp_path, monkeypatch, code, said):
+    """A tag on a disk out of inodes said '[Errno 28] ... (a lock file must be a regular file:
+    lateseq follows no symbolic link and opens no FIFO)', and a read-only mount 'this user may
+    not write there' (s49A, on real file systems)."""
+    def failing(path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(lateseq._versions, "open_lock_file", failing)
+    for write in (lambda: store.tag("t", store.version), lambda: store.cleanup(before=store.version)):
+        with pytest.raises(lateseq.StoreError, match=said) as caught:
+            write()
+        assert "symbolic link" not in str(caught.value) and "may not write" not in str(caught.value)
+    monkeypatch.setattr(lateseq._segments, "open_lock_file", failing)  # the read goes on, from memory
+    log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [10**6]}))
+    with pytest.warns(RuntimeWarning, match=f"cannot write in the read cache .*; {said}"):
+        got = lateseq.materialize(lateseq.open(store.path, cache_dir=tmp_path / "cache"), log, lateseq.Projection(3))
+    assert got.lengths.tolist() == lateseq.materialize(store, log, lateseq.Projection(3)).lengths.tolist() != [0]
+
+
 @pytest.mark.parametrize("holder", ["the forking thread", "another thread"])
 @pytest.mark.parametrize("lock", ["writing", "tagging"])
 def test_a_process_forked_while_a_lock_is_held_does_not_keep_it(store, lock, holder):

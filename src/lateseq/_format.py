@@ -707,6 +707,18 @@ def open_lock_file(path: Path) -> int:
     return fd
 
 
+def lock_failure(exc: OSError, writable: str, regular: str) -> str:
+    """Why ``open_lock_file`` failed, for its error: a disk out of space or inodes was
+    blamed on a symbolic link, and a read-only file system on this user's rights (s49A)."""
+    if isinstance(exc, PermissionError | FileNotFoundError):
+        return f"this user may not write there: {writable}"
+    if exc.errno == errno.EROFS:
+        return f"its file system is mounted read-only: {writable}"
+    if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO):  # a folder, a FIFO or device, a link
+        return f"a lock file must be a regular file: {regular}"
+    return "is its disk full (of bytes or of inodes)?"
+
+
 def close_lock_file(fd: int) -> None:
     with _LOCKS_STEADY:
         _OPEN_LOCKS.pop(fd, None)

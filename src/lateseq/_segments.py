@@ -33,6 +33,7 @@ from ._format import (
     decode_values,
     decoded_file,
     held_segment,
+    lock_failure,
     madvise,
     make_cache_folder,
     map_decoded,
@@ -74,13 +75,13 @@ def cache_lock(folder: Path, name: str, cache: Path | None = None) -> Iterator[N
         except OSError as exc:
             if exc.errno == errno.EISDIR and _removed_if_empty(folder / name):
                 continue  # lateseq's own name, nothing of anyone's in it: made a lock file again
-            if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP):  # (a folder, a FIFO or device, a link)
+            if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO):  # a folder, FIFO or device, link
                 raise StoreError(f"{folder / name} is not a regular file, where the read cache keeps a lock file "
                                  "(lateseq follows no link there, nor waits on a FIFO): remove it") from exc
+            why = lock_failure(exc, "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
+                                    "LATESEQ_CACHE_DIR)", "lateseq follows no link there, nor waits on a FIFO")
             raise StoreError(f"cannot {'write in' if folder.is_dir() else 'create'} the read cache {folder} "
-                             f"({exc.strerror} at {Path(exc.filename).name if exc.filename else name}); "
-                             "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
-                             "LATESEQ_CACHE_DIR)") from exc
+                             f"({exc.strerror} at {Path(exc.filename).name if exc.filename else name}); {why}") from exc
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as exc:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -45,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, NotSynced, SchemaError, StoreError, VersionNotFound, is_integer
-from ._format import SegmentInfo, close_lock_file, hard_link, open_lock_file, read_regular, write_failed, write_synced
+from ._format import (
+    SegmentInfo,
+    close_lock_file,
+    hard_link,
+    lock_failure,
+    open_lock_file,
+    read_regular,
+    write_failed,
+    write_synced,
+)
 
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit
@@ -637,10 +645,8 @@ class VersionLog:
             if isinstance(exc, FileNotFoundError) and not (self.root / "schema.json").exists():
                 raise StoreError(f"the store at {self.root} is gone: moved or removed since it was opened "
                                  "(open it where it is now)") from exc
-            why = ("this user may not write there: writers need a store they can write to"
-                   if isinstance(exc, PermissionError | FileNotFoundError) or exc.errno == errno.EROFS else
-                   "a lock file must be a regular file: lateseq follows no symbolic link and opens no FIFO inside a "
-                   "store")
+            why = lock_failure(exc, "writers need a store they can write to",
+                               "lateseq follows no symbolic link and opens no FIFO inside a store")
             raise StoreError(f"cannot lock {self.root}: {exc.strerror} at {path} ({why})") from exc
         try:
             try:
