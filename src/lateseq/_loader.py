@@ -72,7 +72,8 @@ def sequence_bytes(examples: pa.Table | pa.RecordBatch, schema: Schema, projecti
         lengths = np.maximum(column.fill_null(0).cast(pa.int64(), safe=False).to_numpy(), 0)
     else:
         lengths = np.full(len(examples), np.iinfo(np.int64).max)
-    return sum(np.minimum(lengths, p.max_len) * event_bytes(schema, [p]) for p in projections)
+    # in floats: a max_len up to 2**63 - 1 times an event's bytes would wrap int64
+    return sum(np.minimum(lengths, p.max_len).astype(np.float64) * event_bytes(schema, [p]) for p in projections)
 
 
 def read_groups(items: Iterable[T], size: Callable[[T], int], most: int) -> Iterator[list[T]]:
