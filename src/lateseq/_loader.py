@@ -64,7 +64,7 @@ def sequence_bytes(examples: pa.Table | pa.RecordBatch, schema: Schema, projecti
     (``uih_length``, each projection's ``max_len`` at most; a window or filter returns
     fewer, a two-tier record's tail a few more): what sizes a read. A read sized by
     ``max_len`` alone held one batch of 256 pointers at N=4096 (13.6 MB allowed, 2.7 MB
-    returned) and paid its fixed cost every batch: 1.5-2x slower. A length column of no
+    returned) and paid its fixed cost every batch: 1.8-2.1x slower. A length column of no
     integer type (a dictionary's too), or none, counts ``max_len``."""
     found = examples.schema.get_all_field_indices("uih_length")  # none or twice: the read names it
     column = examples.column(found[0]) if len(found) == 1 else None
