@@ -882,7 +882,7 @@ def test_a_url_is_refused_where_pathlib_would_take_it_for_a_relative_path(store,
     before = snapshot(tmp_path)
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}))
     for url in ("s3://bucket/store", "gs://b/s", "file:///tmp/s", "hdfs://namenode:8020/s", Path("s3://bucket/x"),
-                "./s3://bucket/x"):
+                "./s3://bucket/x", "s3://", "gs:///", " s3://b/s", "S3://b", "weird+scheme://x"):  # (s49C: s3:// made ./s3:)
         for call in (lambda: lateseq.create(url, store.schema), lambda: lateseq.open(url),
                      lambda: lateseq.open(store.path, cache_dir=url),
                      lambda: lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [30]}), url),
@@ -894,6 +894,8 @@ def test_a_url_is_refused_where_pathlib_would_take_it_for_a_relative_path(store,
     assert snapshot(tmp_path) == before
     made = lateseq.create(tmp_path / "in" / "s3:" / "x", store.schema)  # such a name inside a path is a name
     assert lateseq.open(made.path).version == 0
+    for name in ("backup:/store", "v1.2:/s"):  # a folder whose name ends in ":" is no URL (s49C)
+        assert lateseq.open(lateseq.create(name, store.schema).path).version == 0
 
 
 def test_an_output_name_of_no_utf8_is_named(store, tmp_path):

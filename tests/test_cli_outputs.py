@@ -477,6 +477,24 @@ def test_ingest_takes_what_exports_are(tmp_path):
     assert (code, out) == (0, "0\n") and lateseq.open(tmp_path / "new").schema.columns == {"item": "int64"}
 
 
+def test_a_url_is_refused_as_one_by_the_commands(tmp_path, monkeypatch):
+    """`ingest s3:// events` made the store ./s3:, `materialize --out s3://` wrote the file
+    ./s3:, and `--out s3://b/o.parquet` was "directory s3:/b does not exist" (s49C)."""
+    events = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": [1], "ts": [1], "item": [1]}), events)
+    assert cli("ingest", tmp_path / "store", events)[0] == 0
+    log = tmp_path / "log.parquet"
+    lateseq.log_examples(lateseq.open(tmp_path / "store"), pa.table({"user_id": [1], "request_ts": [5]}), log)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for args in (("ingest", "s3://", events), ("ingest", "s3://b/s", events), ("ingest", tmp_path / "store", "s3://b/e"),
+                 ("materialize", tmp_path / "store", log, "--out", "s3://", "--max-len", 5),
+                 ("materialize", tmp_path / "store", log, "--out", "s3://b/o.parquet", "--max-len", 5)):
+        code, _, err = cli(*args)
+        one_line_error(code, err, "is a URL: lateseq reads and writes files on a file system")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
     """Path("") is ".": an unset variable's "" made the current folder a store, or put a
     read cache in it (s35F)."""

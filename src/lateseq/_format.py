@@ -80,7 +80,11 @@ def decoded_file(cache: Path, name: str) -> Path:
 NAME_MAX = 255  # bytes in one name of a path: Linux's file systems', macOS's
 PATH_MAX = 4096  # bytes in a whole path, as the system takes it: Linux's
 ROOM = 256  # bytes a path leaves for the names lateseq writes inside or beside it (a store's files, a .tmp- twin)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # a scheme, as in s3://, gs://, file:// (pathlib folds "//")
+_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme and "//": s3://, gs://, file:///, hdfs://host
+# the same, once pathlib folded "//" (a Path the caller made, or "./s3://x"): the schemes of
+# object stores and file services only, as "backup:/store" may name a local folder
+_FOLDED_URL = re.compile(r"(s3[an]?|gs|gcs|az|abfss?|adl|wasbs?|oss|r2|hdfs|webhdfs|viewfs|file|https?|s?ftp|hf|"
+                         r"memory|dbfs|lakefs|cos|obs|swift):(/|$)", re.IGNORECASE)  # Path("s3://") is "s3:"
 
 
 def usable_path(path: str | os.PathLike) -> None:
@@ -95,7 +99,7 @@ def usable_path(path: str | os.PathLike) -> None:
     if isinstance(os.fspath(path), bytes):
         raise SchemaError(f"{path!r}: give paths as str or pathlib.Path, not bytes")
     text = os.fsdecode(path)
-    if _URL.match(str(Path(text))):  # as every later use sees it: "./s3://x" is "s3:/x" there
+    if _URL.match(text) or _FOLDED_URL.match(str(Path(text))):
         raise SchemaError(f"{text!r} is a URL: lateseq reads and writes files on a file system, local or mounted "
                           "(a store's needs hard links: ext4, xfs, NFS, ...); give the path there")
     try:
@@ -708,15 +712,18 @@ def open_lock_file(path: Path) -> int:
 
 
 def lock_failure(exc: OSError, writable: str, regular: str) -> str:
-    """Why ``open_lock_file`` failed, for its error: a disk out of space or inodes was
-    blamed on a symbolic link, and a read-only file system on this user's rights (s49A)."""
+    """Why ``open_lock_file`` failed, for its error, where the error alone does not say: a
+    disk out of space or inodes was blamed on a symbolic link, and a read-only file system
+    on this user's rights (s49A); other errors ("Not a directory") are left to say it."""
     if isinstance(exc, PermissionError | FileNotFoundError):
         return f"this user may not write there: {writable}"
     if exc.errno == errno.EROFS:
         return f"its file system is mounted read-only: {writable}"
     if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO):  # a folder, a FIFO or device, a link
         return f"a lock file must be a regular file: {regular}"
-    return "is its disk full (of bytes or of inodes)?"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "its disk is full (of bytes or of inodes)"
+    return "a writer makes a lock file there"
 
 
 def close_lock_file(fd: int) -> None:

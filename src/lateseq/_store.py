@@ -1135,6 +1135,7 @@ def _read_events(source: EventSource) -> pa.Table:
     if isinstance(source, pa.RecordBatchReader):
         return source.read_all()
     if isinstance(source, str | os.PathLike):
+        usable_path(source)
         try:
             return read_checked(source, "events file")
         except FileNotFoundError as exc:

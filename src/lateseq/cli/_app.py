@@ -60,7 +60,7 @@ from lateseq import (
     log_examples,
 )
 from lateseq._examplelog import ExampleLog
-from lateseq._format import replaced_when_written
+from lateseq._format import replaced_when_written, usable_path
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
@@ -437,6 +437,7 @@ def _print_table(table: Table) -> None:
 
 
 def _input_file(path: Path, what: str) -> Path:
+    usable_path(path)  # a URL is named as one, not as a missing file (s49C)
     if not path.exists():
         raise FileNotFoundError(f"no {what} file at {path}")
     if not path.is_file():
@@ -520,6 +521,7 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
     the command's ``inputs`` or inside ``store`` (even with ``force``: a failed or wrong
     run would destroy what it reads), or whose directory does not exist (nor its parent,
     when the command makes it: ``folder_made_later``)."""
+    usable_path(out)  # a URL is named as one, not as a missing folder (s49C)
     if store is not None:
         _outside_store(out, option, store)
     if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in inputs):
@@ -954,6 +956,7 @@ def materialize(
         if out.is_symlink() and not out.exists():
             raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
                                     "make that directory, or name another")
+        usable_path(out)
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
         for name in config:  # before the folder is made: a refusal changes nothing
