@@ -154,6 +154,32 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
             for lo, hi in zip(s.offsets[:-1], s.offsets[1:], strict=True)] == flat
 
 
+@pytest.mark.parametrize("source", ["path", "table"])
+def test_wide_log_rows_are_read_a_few_batches_at_a_time(world, tmp_path, source, monkeypatch):
+    """Reads sized by their histories read the log 8,192 rows at a time: a log of 19 KB rows
+    held 360 MB (s49C). A chunk of the log holds what READ_BYTES of its columns allow."""
+    store, events, log, _ = world
+    blobs = [np.random.default_rng(i).bytes(2000) for i in range(log.num_rows)]  # as a Parquet footer sizes them
+    wide = log.append_column("blob", pa.array(blobs, pa.binary()))
+    pq.write_table(wide, tmp_path / "wide.parquet", row_group_size=64)
+    monkeypatch.setattr(loader, "READ_BYTES", 20_000)  # about 9 rows of the log's columns; histories fit easily
+    reads = []
+
+    def counted(store, examples, *args, **kwargs):
+        reads.append(examples.num_rows)
+        return materialize(store, examples, *args, **kwargs)
+
+    materialize = loader.materialize
+    monkeypatch.setattr(loader, "materialize", counted)
+    examples = {"path": tmp_path / "wide.parquet", "table": wide}[source]
+    got = list(iter_batches(store, examples, lateseq.Projection(2, ("item_id",)), batch_size=4, columns=["blob"]))
+    assert max(reads) <= 8 and sum(reads) == log.num_rows
+    assert [v for b, _ in got for v in b.column(0).to_pylist()] == blobs
+    flat = [w["item_id"] for w in expected(events, log, 2, ("item_id",))]
+    assert [s.values["item_id"][lo:hi].tolist() for _, s in got
+            for lo, hi in zip(s.offsets[:-1], s.offsets[1:], strict=True)] == flat
+
+
 def test_iter_batches_value_types_and_all_columns(world):
     store, _, log, path = world
     batch, seqs = next(iter_batches(store, path, lateseq.Projection(3, COLUMNS)))

@@ -134,7 +134,7 @@ def iter_batches(
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
-    chunks = _example_batches(examples, batch_size * max(1, READ_POINTERS // batch_size), columns)  # checked now
+    chunks = _example_chunks(examples, batch_size, columns)  # checked now
     return _materialized(store, _reads(chunks, batch_size, store.schema, [projection]), batch_size, projection,
                          columns, verify, on_mismatch)
 
@@ -277,7 +277,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     held = dict.fromkeys(tenants, 0)  # rows in pending
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
-        chunks = _example_batches(examples, batch_size * max(1, READ_POINTERS // batch_size), columns)
+        chunks = _example_chunks(examples, batch_size, columns)
         for batch in _reads(chunks, batch_size, store.schema, list(tenants.values())):
             read_rows = batch.num_rows
             with rows_in_log(range(rows, rows + read_rows)):
@@ -382,15 +382,38 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str
     return list(dict.fromkeys(protocol_columns(schema) + list(columns)))
 
 
-def _example_batches(examples: ExampleSource | ExampleLog, batch_size: int,
-                     columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
-    """Checks the log and its columns now; returns an iterator over its batches."""
+def _example_chunks(examples: ExampleSource | ExampleLog, batch_size: int,
+                    columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+    """Checks the log and its columns now; returns an iterator over chunks of whole
+    batches of it, as many as READ_POINTERS rows and READ_BYTES of the columns read allow
+    (``_reads`` cuts them into reads): read 8,192 rows at a time, a log of 19 KB rows held
+    360 MB (s49C)."""
     if isinstance(examples, pa.Table):
         examples = decoded_pointer_columns(examples)
         read = _check_columns(examples.schema, columns)
-        return _table_batches(examples if read is None else examples.select(read), batch_size)
+        table = examples if read is None else examples.select(read)
+        return _table_batches(table, _chunk_rows(batch_size, table.nbytes / max(1, table.num_rows)))
     log = examples if isinstance(examples, ExampleLog) else ExampleLog(examples)
-    return _parquet_batches(log, batch_size, _check_columns(log.schema, columns))
+    read = _check_columns(log.schema, columns)
+    return _parquet_batches(log, _chunk_rows(batch_size, _row_bytes(log, read)), read)
+
+
+def _chunk_rows(batch_size: int, row_bytes: float) -> int:
+    return batch_size * max(1, min(READ_POINTERS, int(READ_BYTES / max(1.0, row_bytes))) // batch_size)
+
+
+def _row_bytes(log: ExampleLog, read: list[str] | None) -> float:
+    """Bytes a row of ``log`` takes, of the columns ``read`` (all: None), as its first row
+    group with rows says (uncompressed; a dictionary-encoded column counts as encoded: an
+    estimate)."""
+    for meta in log.metadata:
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows:
+                columns = (group.column(c) for c in range(group.num_columns))
+                return sum(c.total_uncompressed_size for c in columns
+                           if read is None or c.path_in_schema.split(".")[0] in read) / group.num_rows
+    return 0.0
 
 
 def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
