@@ -449,7 +449,7 @@ def test_a_store_this_user_cannot_write_says_so_when_a_writer_locks_it(store, mo
 
 @pytest.mark.parametrize("code, said", [(errno.ENOSPC, "its disk is full"), (errno.EDQUOT, "its disk is full"),
                                         (errno.EROFS, "its file system is mounted read-only"),
-                                        (errno.ENOTDIR, "Not a directory at .*a writer makes a lock file there")])
+                                        (errno.ENOTDIR, "Not a directory at .*writers need a store they can write to")])
 def test_a_lock_file_a_full_or_read_only_disk_cannot_hold_is_said_to_be_that(store, tmp_path, monkeypatch, code, said):
     """A tag on a disk out of inodes said '[Errno 28] ... (a lock file must be a regular file:
     lateseq follows no symbolic link and opens no FIFO)', and a read-only mount 'this user may

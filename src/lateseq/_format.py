@@ -714,7 +714,7 @@ def open_lock_file(path: Path) -> int:
 def lock_failure(exc: OSError, writable: str, regular: str) -> str:
     """Why ``open_lock_file`` failed, for its error, where the error alone does not say: a
     disk out of space or inodes was blamed on a symbolic link, and a read-only file system
-    on this user's rights (s49A); other errors ("Not a directory") are left to say it."""
+    on this user's rights (s49A); other errors ("Not a directory") say it, with ``writable``."""
     if isinstance(exc, PermissionError | FileNotFoundError):
         return f"this user may not write there: {writable}"
     if exc.errno == errno.EROFS:
@@ -723,7 +723,7 @@ def lock_failure(exc: OSError, writable: str, regular: str) -> str:
         return f"a lock file must be a regular file: {regular}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "its disk is full (of bytes or of inodes)"
-    return "a writer makes a lock file there"
+    return writable
 
 
 def close_lock_file(fd: int) -> None:
