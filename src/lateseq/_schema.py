@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -28,6 +27,8 @@ PAYLOAD_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
 }
 _TYPE_NAMES = {str(t): name for name, t in PAYLOAD_TYPES.items()}
+_ABSTRACT_TYPES = (np.generic, np.number, np.integer, np.signedinteger, np.unsignedinteger, np.inexact, np.floating,
+                   np.complexfloating, np.flexible, np.character)
 DEFAULT_GROUP = "default"
 TIME_UNITS = ("s", "ms", "us", "ns")  # Arrow's timestamp units, coarsest first
 UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
@@ -464,12 +465,8 @@ def _type_name(column: str, dtype: Any) -> str:
     if isinstance(dtype, pa.DataType):
         name = next((n for n, t in PAYLOAD_TYPES.items() if t == dtype), None)
     elif isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
-        try:
-            with warnings.catch_warnings():  # numpy 1.x took an abstract one as a default, with this warning
-                warnings.simplefilter("error", DeprecationWarning)
-                name = np.dtype(dtype).name
-        except (TypeError, DeprecationWarning):  # an abstract one (np.integer): no type of its own
-            name = None
+        # an abstract one (np.integer) has no type of its own: numpy 1.x took it for a default one
+        name = None if dtype in _ABSTRACT_TYPES else np.dtype(dtype).name
     else:
         name = None
     if name not in PAYLOAD_TYPES:
