@@ -121,6 +121,23 @@ def test_iter_batches_matches_brute_force(world, parts, source, max_len, read_by
     assert any(len(w["item_id"]) for w in want) and any(not w["item_id"] for w in want)
 
 
+def reads_made(monkeypatch) -> list[int]:
+    """The rows of each read ``_loader`` makes from here on (one ``materialize`` each)."""
+    reads, materialize = [], loader.materialize
+
+    def counted(store, examples, *args, **kwargs):
+        reads.append(examples.num_rows)
+        return materialize(store, examples, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "materialize", counted)
+    return reads
+
+
+def item_ids(batches: list[lateseq.JaggedBatch]) -> list[list[int]]:
+    return [s.values["item_id"][lo:hi].tolist() for s in batches for lo, hi in zip(s.offsets[:-1], s.offsets[1:],
+                                                                                     strict=True)]
+
+
 @pytest.mark.parametrize("source", ["path", "table"])
 def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, source, monkeypatch):
     """Reads were sized by max_len alone: at N=4096 a read held one batch of 256 pointers
@@ -129,14 +146,7 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
     max_len) fit READ_BYTES; a batch alone may hold more."""
     store, events, log, path = world
     monkeypatch.setattr(loader, "READ_BYTES", 16 * 60 * 17)  # by max_len (60), a batch of 16 a read
-    reads = []
-
-    def counted(store, examples, *args, **kwargs):
-        reads.append(examples.num_rows)
-        return materialize(store, examples, *args, **kwargs)
-
-    materialize = loader.materialize
-    monkeypatch.setattr(loader, "materialize", counted)
+    reads = reads_made(monkeypatch)
     projection = lateseq.Projection(60, COLUMNS)
     got = [seqs for _, seqs in iter_batches(store, {"path": path, "table": log}[source], projection, batch_size=16)]
     returned = [min(n, 60) * 17 for n in log.column("uih_length").to_pylist()]  # bytes, by what each recorded
@@ -149,9 +159,7 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
         taken, held = taken + len(returned[start:start + 16]), held + size
     want.append(taken)
     assert reads == want and len(reads) < len(got) and max(reads) > 16
-    flat = [w["item_id"] for w in expected(events, log, 60)]
-    assert [s.values["item_id"][lo:hi].tolist() for s in got
-            for lo, hi in zip(s.offsets[:-1], s.offsets[1:], strict=True)] == flat
+    assert item_ids(got) == [w["item_id"] for w in expected(events, log, 60)]
 
 
 @pytest.mark.parametrize("source", ["path", "table"])
@@ -163,21 +171,12 @@ def test_wide_log_rows_are_read_a_few_batches_at_a_time(world, tmp_path, source,
     wide = log.append_column("blob", pa.array(blobs, pa.binary()))
     pq.write_table(wide, tmp_path / "wide.parquet", row_group_size=64)
     monkeypatch.setattr(loader, "READ_BYTES", 20_000)  # about 9 rows of the log's columns; histories fit easily
-    reads = []
-
-    def counted(store, examples, *args, **kwargs):
-        reads.append(examples.num_rows)
-        return materialize(store, examples, *args, **kwargs)
-
-    materialize = loader.materialize
-    monkeypatch.setattr(loader, "materialize", counted)
+    reads = reads_made(monkeypatch)
     examples = {"path": tmp_path / "wide.parquet", "table": wide}[source]
     got = list(iter_batches(store, examples, lateseq.Projection(2, ("item_id",)), batch_size=4, columns=["blob"]))
     assert max(reads) <= 8 and sum(reads) == log.num_rows
     assert [v for b, _ in got for v in b.column(0).to_pylist()] == blobs
-    flat = [w["item_id"] for w in expected(events, log, 2, ("item_id",))]
-    assert [s.values["item_id"][lo:hi].tolist() for _, s in got
-            for lo, hi in zip(s.offsets[:-1], s.offsets[1:], strict=True)] == flat
+    assert item_ids([seqs for _, seqs in got]) == [w["item_id"] for w in expected(events, log, 2, ("item_id",))]
 
 
 def test_iter_batches_value_types_and_all_columns(world):
