@@ -711,6 +711,9 @@ def open_lock_file(path: Path) -> int:
     return fd
 
 
+NOT_REGULAR = (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO)  # opening a folder, a FIFO or device, a link
+
+
 def lock_failure(exc: OSError, writable: str, regular: str) -> str:
     """Why ``open_lock_file`` failed, for its error, where the error alone does not say: a
     disk out of space or inodes was blamed on a symbolic link, and a read-only file system
@@ -719,7 +722,7 @@ def lock_failure(exc: OSError, writable: str, regular: str) -> str:
         return f"this user may not write there: {writable}"
     if exc.errno == errno.EROFS:
         return f"its file system is mounted read-only: {writable}"
-    if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO):  # a folder, a FIFO or device, a link
+    if exc.errno in NOT_REGULAR:
         return f"a lock file must be a regular file: {regular}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "its disk is full (of bytes or of inodes)"

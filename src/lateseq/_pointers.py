@@ -199,11 +199,11 @@ def _out_of_range(column: pa.Array | pa.ChunkedArray, target: pa.DataType, bits:
     signed = f"int{8 * target.byte_width}"
     kept_bits = bits and values.dtype.kind == "i" and np.dtype(target.to_pandas_dtype()).kind == "u" and (
         (bad < 0) & (bad >= np.iinfo(signed).min)).all()
-    bits = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as signed integers: "
+    hint = (f"; a writer without unsigned types (Spark, Java) may have kept {target}'s bits as signed integers: "
             f"reinterpret them, pa.array(column.to_numpy().astype(np.{signed}).view(np.{target}))"
             if kept_bits else "")
     return (f": {len(bad)} of its values lie outside {target}'s {info.min}..{info.max} "
-            f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds{bits}")
+            f"(first: {bad[:3].tolist()}), which no pointer lateseq makes holds{hint}")
 
 
 def _pointers(arrays: list[np.ndarray]) -> Pointers:

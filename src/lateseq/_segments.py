@@ -25,6 +25,7 @@ from ._format import (
     DERIVED_DIR,
     MADV_NORMAL,
     MADV_RANDOM,
+    NOT_REGULAR,
     SegmentInfo,
     Unwritten,
     cache_unwritable,
@@ -75,7 +76,7 @@ def cache_lock(folder: Path, name: str, cache: Path | None = None) -> Iterator[N
         except OSError as exc:
             if exc.errno == errno.EISDIR and _removed_if_empty(folder / name):
                 continue  # lateseq's own name, nothing of anyone's in it: made a lock file again
-            if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.ENXIO):  # a folder, FIFO or device, link
+            if exc.errno in NOT_REGULAR:  # said with what to do here: remove it
                 raise StoreError(f"{folder / name} is not a regular file, where the read cache keeps a lock file "
                                  "(lateseq follows no link there, nor waits on a FIFO): remove it") from exc
             why = lock_failure(exc, "give the read cache a writable folder: cache_dir= (the CLI's --cache-dir, or "
