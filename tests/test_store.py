@@ -2134,6 +2134,30 @@ def test_a_missing_or_damaged_id_file_is_named(make_store, damage):
         assert problems == []
 
 
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.EACCES, errno.EIO])
+def test_an_id_file_the_os_cannot_read_is_not_called_damaged(make_store, monkeypatch, error):
+    """Out of file handles, a commit said the store's id was damaged and told the user to
+    write it back (s49C): the OS's error is named, and nothing is changed."""
+    store = make_store({"item": "int64"})
+    store = store.commit(pa.table({"user_id": [1], "ts": [10], "item": [1]}))
+    before = snapshot(store.path)
+    read_bytes = Path.read_bytes
+
+    def failing(path):
+        if path.name == "id":
+            raise OSError(error, os.strerror(error), str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    with pytest.raises(lateseq.StoreError, match=rf"the store's id, is unreadable: {re.escape(os.strerror(error))} "
+                                                 r"\(it read [0-9a-f]{32} .*nothing was changed") as caught:
+        store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]}))
+    assert "damaged" not in str(caught.value)
+    monkeypatch.undo()
+    assert snapshot(store.path) == before
+    assert store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]})).version == store.version + 1
+
+
 def test_every_flipped_bit_of_the_id_is_damage_not_another_store(make_store):
     """A flip that left 32 hex digits read as another store's id: an open handle said the
     store was replaced, and verify passed it (s42A: 30 of 64 flips). The id's last digits

@@ -244,13 +244,16 @@ def _sound_id(written: str) -> bool:
 def _written_id(root: Path) -> tuple[str | None, str]:
     """(the id of the store at ``root``, "") or (None, why there is none: "missing" (a store
     made before stores had one, or by a create that stopped before writing it), "damaged",
-    or "gone" (no store there))."""
+    "gone" (no store there), or "unreadable: " and the OS's error (out of file handles,
+    no right to read it: the file may be sound, and is not called damaged))."""
     try:
         written = (root / STORE_ID).read_bytes().decode("ascii").strip()
     except FileNotFoundError:
         return None, "missing" if (root / "schema.json").exists() else "gone"
-    except (OSError, UnicodeDecodeError):
+    except (IsADirectoryError, UnicodeDecodeError):
         return None, "damaged"
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
     return (written, "") if _sound_id(written) else (None, "damaged")
 
 
@@ -618,6 +621,9 @@ class VersionLog:
         written, why = _written_id(self.root)
         if written == self.store_id or why == "gone":
             return
+        if why.startswith("unreadable"):
+            raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why} (it read {self.store_id} when this "
+                             "handle opened the store); nothing was changed: try again once it can be read")
         if why:
             raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why} (it read {self.store_id} when this "
                              "handle opened the store): if the store is the one it was, write that id back into the "
