@@ -844,6 +844,8 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
                                                 r"copy \(.+\); this process holds it in memory") as told:
             check(reader, log, how)
         assert len(told) == 1 and told[0].filename == __file__  # once per cache, at the caller's line
+        # a cleanup makes room, not a read-only or refused cache writable (it advised one there, s49C)
+        assert ("lateseq cleanup" in str(told[0].message)) == (how == "full"), told[0].message
         assert lateseq._segments._IN_MEMORY[0] > held_before
         with pytest.warns(RuntimeWarning, match="is left out"):  # reads its inputs from memory
             compacted = reader.compact()
@@ -858,8 +860,10 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
         gone = lateseq.log_examples(deleted, pa.table({"user_id": [3], "request_ts": [250]}))
         assert gone["uih_length"].to_pylist() == [0]
         patch.setattr(lateseq._segments, "_available_memory", lambda: 0)
-        with pytest.raises(lateseq.StoreError, match=r"nor held in memory: it needs \d+ MiB.*make room there"):
+        with pytest.raises(lateseq.StoreError, match=r"nor held in memory: it needs \d+ MiB.*read through a cache "
+                                                     "that this process can write") as refused:
             lateseq.materialize(lateseq.Store(store.path, cache_dir=cache / "another"), log, projection)
+        assert ("make room there" in str(refused.value)) == (how == "full"), refused.value
     del reader, compacted, deleted
     gc.collect()
     assert lateseq._segments._IN_MEMORY[0] == held_before  # let go with the segments holding them

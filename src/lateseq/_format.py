@@ -354,6 +354,11 @@ class Unwritten:
 
     columns: dict[str, np.ndarray]
     reason: str
+    full: bool  # for want of room (a read-only or refused cache is not helped by a cleanup)
+
+    @classmethod
+    def because(cls, columns: dict[str, np.ndarray], exc: OSError) -> Unwritten:
+        return cls(columns, str(exc), _errno(exc) in _OUT_OF_ROOM)
 
 
 def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
@@ -385,21 +390,25 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
         hashes[rows] = event_hashes(user[rows], ts, payload)
     copy, _ = _decoded_copy(stored, starts, hashes, info.name, expect=info.decoded)
     if unlocked is not None:
-        return Unwritten(_columns(copy), str(unlocked))
+        return Unwritten.because(_columns(copy), unlocked)
     try:
         _write_decoded(decoded_file(cache, info.name), copy)
     except StoreError as exc:
         if not cache_unwritable(exc):
             raise
-        return Unwritten(_columns(copy), str(exc))
+        return Unwritten.because(_columns(copy), exc)
     return None
 
 
 def cache_unwritable(exc: OSError) -> bool:
     """Whether a write into the read cache failed for want of room or of the right to
     write (a read can go on without its copy), not for another reason."""
+    return _errno(exc) in _UNWRITABLE
+
+
+def _errno(exc: OSError) -> int | None:
     cause = exc.__cause__ if isinstance(exc, StoreError) else exc  # (a StoreError names the OSError it came from)
-    return getattr(cause, "errno", None) in _UNWRITABLE
+    return getattr(cause, "errno", None)
 
 
 def _columns(copy: pa.RecordBatch) -> dict[str, np.ndarray]:
@@ -639,7 +648,8 @@ def written_in_place(path: Path) -> Iterator[Path]:
 
 # what a write fails with when the disk is full or not writable: the errors named as a failed
 # write where the block may also read (an error while reading is not the output's fault)
-_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_WRITE_ERRORS = _OUT_OF_ROOM | {errno.EROFS}
 _UNWRITABLE = _WRITE_ERRORS | {errno.EACCES, errno.EPERM}  # and a folder whose permissions refuse the write
 
 

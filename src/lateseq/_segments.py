@@ -156,6 +156,8 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
     copies held, and this one's decoding (about twice its size at the peak), would take
     more than half the memory available (every process reading the store holds its own)."""
     size = sum(column.nbytes for column in unwritten.columns.values())
+    room = "make room there (it holds copies only: `lateseq cleanup` removes those no kept version reads), or " if (
+        unwritten.full) else ""
     with _IN_MEMORY_LOCK:
         available = _available_memory()
         if _IN_MEMORY[0] + 2 * size > available // 2:
@@ -164,18 +166,17 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
                 f"nor held in memory: it needs {size / 2**20:.0f} MiB, and this process holds "
                 f"{_IN_MEMORY[0] / 2**20:.0f} MiB of such copies already, with {available / 2**20:.0f} MiB of memory "
                 "available. A read decodes each segment it reads into the read cache (a compaction or a delete "
-                "reads them too): make room there (it holds copies only: `lateseq cleanup` removes those no kept "
-                "version reads), or read through a cache that can hold the store decoded (cache_dir=, --cache-dir, "
-                "LATESEQ_CACHE_DIR)")
+                f"reads them too): {room}read through a cache that this process can write and that can hold the "
+                "store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)")
         _IN_MEMORY[0] += size
         told = cache in _TOLD_IN_MEMORY
         _TOLD_IN_MEMORY.add(cache)
     if not told:
         warn_at_caller(f"lateseq: the read cache {cache} cannot take segment {info.name}'s decoded copy "
                        f"({unwritten.reason}); this process holds it in memory ({size / 2**20:.1f} MiB), and any "
-                       "other copy the cache cannot take, each in every process that reads it. Reads go on; make room "
-                       "(`lateseq cleanup` removes copies no kept version reads), or give the read cache a folder "
-                       "that can hold the store decoded (cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)")
+                       "other copy the cache cannot take, each in every process that reads it. Reads go on; "
+                       f"{room}give the read cache a folder this process can write that can hold the store decoded "
+                       "(cache_dir=, --cache-dir, LATESEQ_CACHE_DIR)")
     for column in unwritten.columns.values():  # (a column kept by a reader, a slice of it too, keeps its memory)
         weakref.finalize(column, _release_memory, column.nbytes)
     return unwritten.columns
@@ -185,7 +186,7 @@ def held_copy(folder: Path, name: str, partition: int, events: Events, why: Stor
     """A copy made from the store's segments (merged, filtered) that the read cache
     ``folder`` could not take (``why``), held in memory as ``_held_in_memory`` says."""
     info, user_ids, ends, columns = held_segment(name, partition, events)
-    columns = _held_in_memory(Unwritten(columns, str(why)), info, folder.parent)
+    columns = _held_in_memory(Unwritten.because(columns, why), info, folder.parent)
     return Segment(folder, info, folder, random_access, held=(user_ids, ends, columns), derived=True)
 
 
