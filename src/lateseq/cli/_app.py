@@ -637,7 +637,10 @@ def ingest(
 
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
-    --commit-id (or the store names an event id column, --event-id-col, which drops repeats)."""
+    --commit-id (or the store names an event id column, --event-id-col, which drops repeats).
+    The file is read and committed whole, at 100-140 bytes of memory an event: split a
+    bigger input into several ingests (each a version), and give a store past some tens
+    of millions of events --partitions."""
     _check_arguments(store, events, "events file")
     table = _with_pandas_index(_read_parquet(events, "events"))
     if table.num_rows == 0 and not allow_empty:
