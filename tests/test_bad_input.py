@@ -931,3 +931,28 @@ def test_prefault_names_a_column_the_store_lacks(store):
     with pytest.raises(lateseq.SchemaError, match="not the string 'item'"):
         store.prefault("item")
     store.prefault(["ts", "item"])
+
+
+def test_hashed_uint64_ids_past_int64_are_refused_with_a_way_that_works(tmp_path):
+    """Hashed 64-bit ids (common in recommendation logs) past 2**63 got Arrow's "not in
+    range" alone (s50A): the error says to keep their bits as int64, and doing so gives
+    each user their own history back, in commits, pointers and reads."""
+    store = lateseq.create(tmp_path / "s", lateseq.Schema({"item": "int64"}))
+    hashed = pa.array([2**64 - 1, 2**63 + 5, 7, 2**63 + 5], pa.uint64())
+    events = pa.table({"user_id": hashed, "ts": [1, 2, 3, 4], "item": pa.array([2**63 + 1, 11, 12, 13], pa.uint64())})
+    hint = r"keep their bits as int64, pyarrow.compute.cast\(values, pa.int64\(\), safe=False\)"
+    with pytest.raises(lateseq.SchemaError, match=rf"'user_id' does not fit int64: .*{hint}.*requests alike"):
+        store.commit(events)
+    bits = events.set_column(0, "user_id", pa.compute.cast(hashed, pa.int64(), safe=False))
+    with pytest.raises(lateseq.SchemaError, match=rf"'item' does not fit int64: .*{hint}.*wherever they are compared"):
+        store.commit(bits)
+    assert store.latest().version == 0
+    with pytest.raises(lateseq.SchemaError, match=rf"user_id holds ids that do not fit int64: .*{hint}"):
+        lateseq.log_examples(store, pa.table({"user_id": hashed, "request_ts": [9, 9, 9, 9]}))
+    bits = bits.set_column(2, "item", pa.compute.cast(bits["item"], pa.int64(), safe=False))
+    store = store.commit(bits)
+    requests = pa.table({"user_id": pa.compute.cast(pa.array([2**63 + 5, 2**64 - 1, 7, 2**63 + 4], pa.uint64()),
+                                                    pa.int64(), safe=False), "request_ts": [9, 9, 9, 9]})
+    batch = lateseq.materialize(store, lateseq.log_examples(store, requests), lateseq.Projection(10, ["item"]))
+    assert batch.offsets.tolist() == [0, 2, 3, 4, 4]
+    assert batch.values["item"].tolist() == [11, 13, -(2**63) + 1, 12]

@@ -182,7 +182,8 @@ class Schema:
             try:
                 cast = pc.cast(col, target, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise SchemaError(f"column {name!r} does not fit {target}: {exc}") from exc
+                raise SchemaError(f"column {name!r} does not fit {target}: {exc}"
+                                  f"{unsigned_bits_hint(col.type, target, name == self.user_col)}") from exc
             if (pa.types.is_floating(col.type) and pa.types.is_floating(target)
                     and col.type.bit_width > target.bit_width):  # narrowed (wider is exact; Arrow has no
                 # comparison of half floats, so checking float16 into float32 failed with Arrow's error)
@@ -418,7 +419,19 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     try:
         return pc.cast(array, pa.int64(), safe=True).to_numpy()
     except pa.ArrowInvalid as exc:
-        raise SchemaError(f"{what} holds ids that do not fit int64: {exc}") from exc
+        raise SchemaError(f"{what} holds ids that do not fit int64: {exc}"
+                          f"{unsigned_bits_hint(array.type, pa.int64(), True)}") from exc
+
+
+def unsigned_bits_hint(given: pa.DataType, target: pa.DataType, ids: bool) -> str:
+    """How to keep 64-bit unsigned values (hashed ids, common in recommendation logs) that
+    int64 cannot hold: their bits, which name them as well."""
+    if not (given == pa.uint64() and target == pa.int64()):
+        return ""
+    where = "in the events and the requests alike, so that each id names one user" if ids else (
+        "wherever they are compared")
+    return (" (hashed 64-bit ids past 2**63: keep their bits as int64, pyarrow.compute.cast(values, pa.int64(), "
+            f"safe=False) or numpy's values.view(np.int64), {where})")
 
 
 def exported_arrow(values: Any) -> pa.Array | pa.ChunkedArray | None:
