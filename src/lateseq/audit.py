@@ -29,7 +29,8 @@ __all__ = ["AuditReport", "Problem", "audit", "verify"]
 @dataclass
 class AuditReport:
     """Mismatch causes: "deleted" (the user's events were deleted), "corrupt data",
-    "tail stripped too early", "late event", "version newer than this handle", "version
+    "tail stripped too early", "late event", "request time changed" (the record counted
+    its user's history at another request time), "version newer than this handle", "version
     no longer kept" (none of those, and a version the record names was cleaned up, so its
     own files cannot tell a rewrite of the store's events since then from a changed
     record), or "unknown" when none of those explains it."""
@@ -102,6 +103,8 @@ class _Explainer:
             return "tail stripped too early"
         if _late_events_explain(self.store, pointer):
             return "late event"
+        if not tail_version and self._counted_at_another_time(pointer):
+            return "request time changed"
         kept = self.watermarks.keys() | {0}
         retired = int(pointer.version[0]) not in kept or tail_version not in kept
         if retired and not self._more_now(record, pointer, tail_version):
@@ -117,6 +120,23 @@ class _Explainer:
             pointer = stripped_pointers(self.store, record)
         located = self.store.locate(pointer.user_id, pointer.request_ts, pointer.visibility, max_len=1)
         return bool(located.count[0] > pointer.length[0])
+
+    def _counted_at_another_time(self, pointer: Pointers) -> bool:
+        """Whether the record's count and checksum are those of its user's history at its
+        version for a request at another time: its request_ts was changed (a unit shifted,
+        a row joined to another's time), not the store (s50A: such records were "unknown")."""
+        user, count = pointer.user_id[:1], int(pointer.length[0])
+        times = []
+        for segment in self.store.segments():
+            lo, hi = segment.user_ranges(user)
+            rows = np.arange(lo[0], hi[0])
+            times.append(segment.decoded(TIME, rows)[segment.decoded("_version", rows) <= pointer.version[0]])
+        times = np.sort(np.concatenate(times))
+        if count > len(times) or (0 < count < len(times) and times[count - 1] == times[count]):
+            return False  # no request time sees that many events
+        at = np.array([times[count - 1] + 1 if count else times[0] if len(times) else 0], np.int64)
+        located = self.store.locate(user, at, Visibility.of_versions(pointer.version[:1]), max_len=1)
+        return bool(located.count[0] == count and located.checksum[0] == pointer.checksum[0])
 
     def _rehash_differs(self, user: np.ndarray) -> bool:
         """Whether any of the user's events no longer hashes as it did when written
