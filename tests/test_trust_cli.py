@@ -76,3 +76,23 @@ def test_delete_then_cleanup_then_strip(world, tmp_path):
     assert "served from a version before their user's deletion" in err and "deleted_after" in err
     assert run("cleanup", store.path, "--grace", "0")[0] == 0
     assert run("verify", store.path)[0] == 0
+
+
+def test_a_sampled_audit_says_what_its_sample_can_tell(tmp_path):
+    """A clean sample of 200 passed a log with 50 of 20,000 rows changed, saying only
+    "matched 200" (s50A): a sampled audit says how much of the log may mismatch unseen,
+    or how much does; an audit of every example says neither."""
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item": "int64"}))
+    store = store.commit(pa.table({"user_id": [1, 2] * 50, "ts": list(range(100)), "item": list(range(100))}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2] * 200, "request_ts": list(range(400))}))
+    pq.write_table(log, tmp_path / "log.parquet")
+    code, out, _ = run("audit", store.path, tmp_path / "log.parquet", "--sample", 40)
+    assert code == 0 and "none of 40 mismatched, so likely fewer than 7.50% of the log does" in " ".join(out.split())
+    code, out, _ = run("audit", store.path, tmp_path / "log.parquet")
+    assert code == 0 and "random sample" not in out
+    moved = log.set_column(1, "request_ts", pa.array([t + 50 if t < 100 else t for t in range(400)], pa.int64()))
+    pq.write_table(moved, tmp_path / "moved.parquet")  # a quarter of the rows mismatch
+    code, out, err = run("audit", store.path, tmp_path / "moved.parquet", "--sample", 200)
+    share = int(out.split("mismatch: request time changed")[1].split()[1]) / 200
+    assert code == 1 and f"about {share:.2%} of the log mismatches" in " ".join(out.split()), out
+    assert 0.1 < share < 0.4
