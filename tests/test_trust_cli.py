@@ -96,3 +96,22 @@ def test_a_sampled_audit_says_what_its_sample_can_tell(tmp_path):
     share = int(out.split("mismatch: request time changed")[1].split()[1]) / 200
     assert code == 1 and f"about {share:.2%} of the log mismatches" in " ".join(out.split()), out
     assert 0.1 < share < 0.4
+
+
+def test_ingest_that_creates_a_store_says_its_time_unit(tmp_path):
+    """A file's timestamps in us made a new store in us without a word, and every later
+    integer request time had to count us (s50A): creating a store says its unit."""
+    import datetime as dt
+
+    stamped = tmp_path / "stamped.parquet"
+    pq.write_table(pa.table({"user_id": [1], "ts": pa.array([dt.datetime(2020, 1, 1)], pa.timestamp("us")),
+                             "item": [1]}), stamped)
+    integers = events_file(tmp_path / "integers.parquet", [1], [5])
+    for store, args, said in [("a", [stamped], "times in us, the unit of the events file's timestamps"),
+                              ("b", [integers, "--time-unit", "ms"], "times in ms)"),
+                              ("c", [integers], "times are plain integers of no unit")]:
+        code, out, err = run("ingest", tmp_path / store, *args)
+        assert (code, out) == (0, "1\n") and f"created store ({said}" in err, err
+        assert (lateseq.open(tmp_path / store).schema.time_unit or "no unit") in said
+    code, _, err = run("ingest", tmp_path / "a", stamped)
+    assert code == 0 and "created" not in err

@@ -659,7 +659,7 @@ def ingest(
                                   "a store's schema is fixed when it is created")
         if table.num_rows or unit is not None:  # no rows: no integers to say the unit of (--allow-empty)
             table = _integer_times(table, [schema.time_col, schema.arrival_col], unit, schema, events)
-        created = False
+        created = ""
     else:
         if store.is_dir() and any(store.iterdir()):
             raise StoreError(f"{store} exists and is not a lateseq store (no schema.json); "
@@ -678,7 +678,10 @@ def ingest(
             schema.conform(table)  # check everything before creating anything
         check_commit_id(commit_id)
         Store.create(store, schema)
-        created = True
+        # its unit, said: integer request times must count it (a file's timestamps in us made a store in us, s50A)
+        origin = "" if unit is not None else ", the unit of the events file's timestamps"
+        created = ("created store (times are plain integers of no unit)" if schema.time_unit is None else
+                   f"created store (times in {schema.time_unit}{origin})")
         try:
             _commit(_open(store), table, events, commit_id, allow_empty, created)
         except BaseException:
@@ -703,14 +706,14 @@ def _retried(write: Callable[[], Store]) -> Store:
 
 
 def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None, allow_empty: bool,
-            created: bool) -> None:
+            created: str) -> None:
     latest = handle.latest_version
     if table.num_rows == 0 and allow_empty:
         if table.num_columns:  # none: a quiet hour's folder of no part file, only _SUCCESS
             handle.schema.check_columns(table)  # every column, as a busy hour's export has
             handle.schema.conform(table, empty=True)
         print(latest)
-        _err.print(f"{'created store; ' if created else ''}{events} holds no events: nothing committed, the latest "
+        _err.print(f"{created + '; ' if created else ''}{events} holds no events: nothing committed, the latest "
                    f"version is {latest}", highlight=False)
         return
     def commit() -> Store:
@@ -729,7 +732,7 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
             repeated = table.num_rows - (new.num_events - new.checkout(new.version - 1).num_events)
     what = (f"{table.num_rows - repeated:,} of the {table.num_rows:,} events in {events} ({repeated:,} repeated an "
             f"event id)" if repeated else f"{table.num_rows:,} events from {events}")
-    _err.print(f"{'created store, ' if created else ''}committed {what} as version {new.version} "
+    _err.print(f"{created + ', ' if created else ''}committed {what} as version {new.version} "
                f"({new.num_events:,} events in all)", highlight=False)
 
 
