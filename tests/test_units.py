@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,33 @@ def test_integers_of_a_finer_unit_are_refused_where_they_meet_the_store(make_sto
             call()
     assert history(store, 1, pa.array([1_700_000_001], pa.int64())) == [1_700_000_000]
     assert history(store, 1, pa.array([2**40], pa.timestamp("s"))) == [1_700_000_000]
+
+
+@pytest.mark.parametrize("store_unit, given", [("ms", "s"), ("us", "s"), ("us", "ms"), ("ns", "us")])
+def test_integers_of_a_coarser_unit_are_told_where_they_meet_the_store(make_store, store_unit, given):
+    """Seconds committed to a store in ms were stored as January 1970 without a word (s50A),
+    the mirror image of the year-3000 refusal: a warning names the column, both units and
+    the factor, where every value falls in the first weeks of 1970 in the store's unit and
+    in 1990-2100 in a coarser one; times near the epoch in the store's own unit (a
+    synthetic clock from 0) and converted timestamps are taken silently."""
+    seconds = [int(dt.datetime(y, 6, 1, tzinfo=dt.UTC).timestamp()) for y in (1990, 2024, 2099)]
+    times = [t * PER_SECOND[given] for t in seconds]
+    factor = PER_SECOND[store_unit] // PER_SECOND[given]
+    store = make_store({"item": "int64"}, time_unit=store_unit)
+    told = rf"runs from {min(times)} to {max(times)}: in the store's unit \({WORDS[store_unit]}\) all in the first "
+    with pytest.warns(UserWarning, match=rf"column 'ts' {told}.*if these count {WORDS[given]}, convert them \(times "
+                                         rf"\* {factor}\)") as caught:
+        store = store.commit(events(times))
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match=rf"request_ts runs from {max(times)} to {max(times)}: in the store's unit"):
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [max(times)]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.commit(events([t * factor for t in times]))  # converted
+        store.commit(events([0, max(times)]))  # from the epoch on: the store's own clock
+        store.commit(events(pa.array(seconds, pa.timestamp("s"))))
+        before_1990 = int(dt.datetime(1989, 12, 31, tzinfo=dt.UTC).timestamp()) * PER_SECOND[given]
+        store.commit(events([before_1990, max(times)]))  # not all in 1990-2100 in the coarser unit
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us"])  # int64 nanoseconds end in 2262
@@ -409,7 +437,7 @@ def test_ingest_time_unit(tmp_path, dir_snapshot):
     assert lateseq.open(tmp_path / "a").schema.time_unit == "ms"
     code, out, err = cli("ingest", tmp_path / "a", stamps)  # microseconds into a milliseconds store
     assert (code, out) == (0, "2\n"), err
-    assert history(lateseq.open(tmp_path / "a"), 1, pa.array([10**9], pa.int64())) == [1000, 2000, 3000, 4000]
+    assert history(lateseq.open(tmp_path / "a"), 1, pa.array([10**10], pa.int64())) == [1000, 2000, 3000, 4000]
 
     code, out, err = cli("ingest", tmp_path / "b", stamps)  # the column brings its unit
     assert code == 0, err

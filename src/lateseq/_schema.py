@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import SchemaError, exact_integer
+from ._errors import SchemaError, exact_integer, warn_at_caller
 
 PAYLOAD_TYPES: dict[str, pa.DataType] = {
     "int8": pa.int8(),
@@ -35,6 +35,20 @@ UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": 
 
 
 _AFTER_YEAR_3000_S = 32_535_216_000  # 3001-01-01T00:00:00Z, in seconds since 1970
+
+
+_YEARS_1990_TO_2100_S = (631_152_000, 4_102_444_800)  # 1990-01-01 and 2100-01-01, in seconds since 1970
+
+
+def coarser_unit_of(oldest: int, newest: int, unit: str) -> str | None:
+    """A unit coarser than ``unit`` in which times from ``oldest`` to ``newest`` all fall in
+    1990-2100, where counted in ``unit`` they fall in the first weeks of 1970: times of
+    that coarser unit, given as integers (seconds into a store in ms), or None."""
+    for coarse in TIME_UNITS[:TIME_UNITS.index(unit)]:
+        ticks = ticks_per_second(coarse)
+        if _YEARS_1990_TO_2100_S[0] * ticks <= oldest and newest < _YEARS_1990_TO_2100_S[1] * ticks:
+            return coarse
+    return None
 
 
 def ticks_per_second(unit: str) -> int:
@@ -262,6 +276,14 @@ class Schema:
                                   f"({UNIT_WORDS[self.time_unit]}): integer times count the store's unit as they "
                                   "are, and these look like a finer unit's: convert them, or give timestamps "
                                   "(converted from their own unit; a request meant to come after every event too)")
+            if newest is not None and (coarse := coarser_unit_of(pc.min(times).as_py(), newest, self.time_unit)):
+                # the mirror image: seconds into a store in ms were stored as January 1970, silently (s50A)
+                warn_at_caller(f"{what} runs from {pc.min(times).as_py()} to {newest}: in the store's unit "
+                               f"({UNIT_WORDS[self.time_unit]}) all in the first weeks of 1970, in "
+                               f"{UNIT_WORDS[coarse]} all in 1990-2100. Integer times count the store's unit as "
+                               f"they are: if these count {UNIT_WORDS[coarse]}, convert them (times * "
+                               f"{ticks_per_second(self.time_unit) // ticks_per_second(coarse)}) or give timestamps",
+                               UserWarning)
             return times
         if not pa.types.is_timestamp(source):
             raise SchemaError(f"{what} has type {source}; times must be integers, timestamps or dates")
