@@ -939,7 +939,9 @@ def materialize(
     columns: Annotated[str | None, typer.Option(help="Comma-separated columns.", show_default="all payload")] = None,
     tenants: Annotated[Path | None, typer.Option(help="Tenant config (TOML): every tenant in one pass, instead of "
                                                  "--max-len/--columns.", show_default=False)] = None,
-    keep: Annotated[str | None, typer.Option(help="Comma-separated example-log columns to copy over.")] = None,
+    keep: Annotated[str | None, typer.Option(help=(
+        "Comma-separated example-log columns to copy over (keys and labels: without them an output holds the "
+        "histories alone, row for row in log order)."))] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 1024,
     verify: Annotated[bool, typer.Option(help="Check each history against its pointer's checksum.")] = True,
     drop_deleted: Annotated[bool, typer.Option(
@@ -947,7 +949,10 @@ def materialize(
              "histories are otherwise an error).")] = False,
     force: ForceOpt = False,
 ) -> None:
-    """Rebuild each example's history: one row per example, a list column per column."""
+    """Rebuild each example's history: one row per example, a list column per column.
+
+    Rows follow the example log's order (each tenant's file too); --keep copies the
+    log's columns beside them (user_id,label, ...) to join or train on."""
     if (tenants is None) == (max_len is None) or (tenants is not None and columns is not None):
         raise SchemaError("give either --max-len (and optionally --columns) or --tenants CONFIG")
     if batch_size < 1:
