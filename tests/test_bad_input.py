@@ -949,6 +949,12 @@ def test_hashed_uint64_ids_past_int64_are_refused_with_a_way_that_works(tmp_path
     assert store.latest().version == 0
     with pytest.raises(lateseq.SchemaError, match=rf"user_id holds ids that do not fit int64: .*{hint}"):
         lateseq.log_examples(store, pa.table({"user_id": hashed, "request_ts": [9, 9, 9, 9]}))
+    with pytest.raises(lateseq.SchemaError, match=rf"must be integer user ids: .*{hint}"):
+        store.delete([2**64 - 1])
+    logged = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]}))  # a warehouse's log of them
+    with pytest.raises(lateseq.PointerError, match=rf"'user_id' has type uint64, expected int64: .*{hint}"):
+        lateseq.materialize(store, logged.set_column(0, "user_id", pa.array([2**63 + 5], pa.uint64())),
+                            lateseq.Projection(10, ["item"]))
     bits = bits.set_column(2, "item", pa.compute.cast(bits["item"], pa.int64(), safe=False))
     store = store.commit(bits)
     requests = pa.table({"user_id": pa.compute.cast(pa.array([2**63 + 5, 2**64 - 1, 7, 2**63 + 4], pa.uint64()),

@@ -2157,6 +2157,9 @@ def test_an_id_file_the_os_cannot_read_is_not_called_damaged(make_store, monkeyp
                                                  r"\(it read [0-9a-f]{32} .*nothing was changed") as caught:
         store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]}))
     assert "damaged" not in str(caught.value)
+    opened = lateseq.open(store.path)  # while it cannot be read: verify still names it (it passed, s50B)
+    assert [p.message for p in lateseq.audit.verify(opened)] == [
+        f"{store.path / 'id'}, the store's id, is unreadable: {os.strerror(error)}: make it readable by this process"]
     monkeypatch.undo()
     assert snapshot(store.path) == before
     assert store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]})).version == store.version + 1

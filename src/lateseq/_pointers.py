@@ -39,7 +39,7 @@ from ._events import partition_of
 from ._format import replaced_when_written, usable_path
 from ._kernels import Visibility
 from ._parquet import columns_described
-from ._schema import Schema, as_user_ids, decoded, exported_arrow, frame_hint, string_ids_hint
+from ._schema import Schema, as_user_ids, decoded, exported_arrow, frame_hint, string_ids_hint, unsigned_bits_hint
 from ._store import Store
 
 POINTER_FIELDS = pa.schema([
@@ -159,7 +159,9 @@ def _read_pointers(examples: pa.Table | pa.RecordBatch, schema: Schema | None) -
             arrays.append((column if column.type == f.type else column.cast(f.type)).to_numpy())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise PointerError(f"pointer column {f.name!r} has type {column.type}, expected {f.type}"
-                               + _out_of_range(column, f.type, bits=f.name == "uih_checksum")) from exc
+                               + _out_of_range(column, f.type, bits=f.name == "uih_checksum")
+                               + (unsigned_bits_hint(column.type, f.type, True) if f.name == "user_id" else "")
+                               ) from exc
     if not converted:
         _last_plain = (examples.schema, [positions[f.name][0] for f in POINTER_FIELDS])
     return _pointers(arrays)

@@ -277,11 +277,12 @@ class Schema:
                                   "are, and these look like a finer unit's: convert them, or give timestamps "
                                   "(converted from their own unit; a request meant to come after every event too)")
             if newest is not None and (coarse := coarser_unit_of(pc.min(times).as_py(), newest, self.time_unit)):
-                # the mirror image: seconds into a store in ms were stored as January 1970, silently (s50A)
-                warn_at_caller(f"{what} runs from {pc.min(times).as_py()} to {newest}: in the store's unit "
-                               f"({UNIT_WORDS[self.time_unit]}) all in the first weeks of 1970, in "
-                               f"{UNIT_WORDS[coarse]} all in 1990-2100. Integer times count the store's unit as "
-                               f"they are: if these count {UNIT_WORDS[coarse]}, convert them (times * "
+                # the mirror image: seconds into a store in ms were stored as January 1970, silently (s50A);
+                # the same words each time (no values), so that a serving loop is told once per line (s50B)
+                warn_at_caller(f"{what}: every integer time falls in the first weeks of 1970 counted in the store's "
+                               f"unit ({UNIT_WORDS[self.time_unit]}), and in 1990-2100 counted in "
+                               f"{UNIT_WORDS[coarse]}. Integer times count the store's unit as they are: if these "
+                               f"count {UNIT_WORDS[coarse]}, convert them (times * "
                                f"{ticks_per_second(self.time_unit) // ticks_per_second(coarse)}) or give timestamps",
                                UserWarning)
             return times
@@ -429,7 +430,9 @@ def as_user_ids(values: Any, what: str) -> np.ndarray:
     except SchemaError:
         raise
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-        raise SchemaError(f"{what} must be integer user ids: {exc}") from exc
+        past = isinstance(values, list | tuple) and any(isinstance(v, int) and v >= 2**63 for v in values)
+        raise SchemaError(f"{what} must be integer user ids: {exc}"
+                          f"{unsigned_bits_hint(pa.uint64(), pa.int64(), True) if past else ''}") from exc
     if len(array) == 0:
         return np.empty(0, np.int64)
     if pa.types.is_dictionary(array.type):  # a categorical column of ids

@@ -634,9 +634,12 @@ class VersionLog:
     def check_id_file(self) -> None:
         """``check_same_store``, and a damaged id file named even where this handle read
         none (fsck: ``verify``)."""
-        if _written_id(self.root)[1] == "damaged" and self.store_id is None:
+        why = _written_id(self.root)[1]
+        if why == "damaged" and self.store_id is None:
             raise StoreError(f"{self.root / STORE_ID}, the store's id, is damaged: write back the id (32 hex digits) "
                              "a backup of this store holds, or remove the file (the store then has no id)")
+        if why.startswith("unreadable") and self.store_id is None:  # (said by a handle that read it, s50B)
+            raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why}: make it readable by this process")
         self.check_same_store()
 
     @contextlib.contextmanager

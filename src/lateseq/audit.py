@@ -86,6 +86,7 @@ class _Explainer:
         self.store = store
         self.two_tier = two_tier
         self.watermarks = {v.version: v.watermark for v in store.versions()}
+        self._times: dict[tuple[int, int], np.ndarray] = {}
 
     def __call__(self, record: pa.Table) -> str:
         pointer = pointers_from_log(record, self.store.schema)
@@ -123,20 +124,34 @@ class _Explainer:
 
     def _counted_at_another_time(self, pointer: Pointers) -> bool:
         """Whether the record's count and checksum are those of its user's history at its
-        version for a request at another time: its request_ts was changed (a unit shifted,
-        a row joined to another's time), not the store (s50A: such records were "unknown")."""
-        user, count = pointer.user_id[:1], int(pointer.length[0])
-        times = []
-        for segment in self.store.segments():
-            lo, hi = segment.user_ranges(user)
-            rows = np.arange(lo[0], hi[0])
-            times.append(segment.decoded(TIME, rows)[segment.decoded("_version", rows) <= pointer.version[0]])
-        times = np.sort(np.concatenate(times))
-        if count > len(times) or (0 < count < len(times) and times[count - 1] == times[count]):
+        version for a request at another time, and at its own time under no other version:
+        its request_ts was changed (a unit shifted, a row joined to another's time), not
+        the store (s50A: such records were "unknown"). An empty history is no evidence:
+        every user has one before their first event (s50B: a changed user or version of a
+        first request was blamed on its time), nor is one the record's time shows at
+        another version (an edited uih_version, s50B)."""
+        user, count, version = pointer.user_id[:1], int(pointer.length[0]), int(pointer.version[0])
+        times = self._visible_times(int(user[0]), version)
+        if not 0 < count <= len(times) or (count < len(times) and times[count - 1] == times[count]):
             return False  # no request time sees that many events
-        at = np.array([times[count - 1] + 1 if count else times[0] if len(times) else 0], np.int64)
-        located = self.store.locate(user, at, Visibility.of_versions(pointer.version[:1]), max_len=1)
-        return bool(located.count[0] == count and located.checksum[0] == pointer.checksum[0])
+        versions = np.arange(self.store.version + 1)
+        at = np.concatenate([[times[count - 1] + 1], np.repeat(pointer.request_ts[:1], len(versions))])
+        located = self.store.locate(np.repeat(user, len(at)), at, Visibility.of_versions(np.r_[version, versions]),
+                                    max_len=1)
+        matches = (located.count == count) & (located.checksum == pointer.checksum[0])
+        return bool(matches[0] and not matches[1:].any())
+
+    def _visible_times(self, user: int, version: int) -> np.ndarray:
+        """The user's event times a pointer at ``version`` sees at any request time, sorted
+        (kept for the user's other records: a heavy user's were sorted again for each)."""
+        if (user, version) not in self._times:
+            times = []
+            for segment in self.store.segments():
+                lo, hi = segment.user_ranges(np.array([user], np.int64))
+                rows = np.arange(lo[0], hi[0])
+                times.append(segment.decoded(TIME, rows)[segment.decoded("_version", rows) <= version])
+            self._times[(user, version)] = np.sort(np.concatenate(times))
+        return self._times[(user, version)]
 
     def _rehash_differs(self, user: np.ndarray) -> bool:
         """Whether any of the user's events no longer hashes as it did when written

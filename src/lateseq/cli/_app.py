@@ -679,7 +679,7 @@ def ingest(
         check_commit_id(commit_id)
         Store.create(store, schema)
         # its unit, said: integer request times must count it (a file's timestamps in us made a store in us, s50A)
-        origin = "" if unit is not None else ", the unit of the events file's timestamps"
+        origin = "" if unit is not None else ", from the events file's time column"
         created = ("created store (times are plain integers of no unit)" if schema.time_unit is None else
                    f"created store (times in {schema.time_unit}{origin})")
         try:
@@ -1312,9 +1312,11 @@ def audit(
     for cause, count in sorted(report.causes.items()):
         table.add_row(f"mismatch: {cause}", f"{count:,}")
     if report.checked < report.examples:  # a clean sample passed a log with 50 changed rows in 20,000 (s50A)
-        table.caption = (f"a random sample: about {len(report.mismatches) / report.checked:.2%} of the log mismatches"
-                         if report.mismatches else f"a random sample: none of {report.checked:,} mismatched, so "
-                         f"likely fewer than {3 / report.checked:.2%} of the log does (95% confidence); audit "
+        # none in n: the exact one-sided 95% bound, 1 - 0.05 ** (1 / n) (3/n, the rule of three, said 300% at n=1)
+        table.caption = (f"a random sample: {len(report.mismatches):,} of {report.checked:,} mismatched, about "
+                         f"{_percent(len(report.mismatches) / report.checked)} of the log" if report.mismatches else
+                         f"a random sample: none of {report.checked:,} mismatched, so likely fewer than "
+                         f"{_percent(1 - 0.05 ** (1 / report.checked))} of the log does (95% confidence); audit "
                          "every example (no --sample) to be sure")
     _print_table(table)
     if report.mismatches:
@@ -1325,6 +1327,12 @@ def audit(
              else []) + ([f"{len(deleted):,} examples were served from a version before their user's deletion (first "
                           f"rows: {deleted[:5]}): leave them out of training (the rows where "
                           "Store.deleted_after(user_id, uih_version) is true)"] if deleted else [])))
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage of two significant digits (0.0015%, 95%), never 0.00% for a
+    share that is not 0."""
+    return f"{float(f'{share * 100:.2g}'):.12f}".rstrip("0").rstrip(".") + "%"
 
 
 def _in_range(option: str, value: float, least: float, most: float = float("inf"), note: str = "",
