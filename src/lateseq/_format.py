@@ -648,8 +648,8 @@ def written_in_place(path: Path) -> Iterator[Path]:
 
 # what a write fails with when the disk is full or not writable: the errors named as a failed
 # write where the block may also read (an error while reading is not the output's fault)
-_OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_WRITE_ERRORS = _OUT_OF_ROOM | {errno.EROFS}
+_OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT}  # (a file past the file system's largest size: no cleanup helps)
+_WRITE_ERRORS = _OUT_OF_ROOM | {errno.EFBIG, errno.EROFS}
 _UNWRITABLE = _WRITE_ERRORS | {errno.EACCES, errno.EPERM}  # and a folder whose permissions refuse the write
 
 
