@@ -117,3 +117,23 @@ def test_ingest_that_creates_a_store_says_its_time_unit(tmp_path):
         assert (lateseq.open(tmp_path / store).schema.time_unit or "no unit") in said
     code, _, err = run("ingest", tmp_path / "a", stamped)
     assert code == 0 and "created" not in err
+
+
+def test_ingest_drops_a_hive_folder_string_key_it_is_told_to(tmp_path):
+    """A Spark folder partitioned by a string date (dt=2024-01-01/) read as a string column
+    a store cannot hold, and ingest had no way to leave it out (s50A): --drop does, naming
+    a column the input lacks; the refusal without it says so."""
+    folder = tmp_path / "spark"
+    for day, users in (("2024-01-01", [1, 2]), ("2024-01-02", [1])):
+        (folder / f"dt={day}").mkdir(parents=True)
+        events_file(folder / f"dt={day}" / "part-0.parquet", users, [10 * len(users)] * len(users))
+    code, _, err = run("ingest", tmp_path / "store", folder)
+    assert code == 1 and "column 'dt' has type string" in err and "--drop dt" in err
+    assert not (tmp_path / "store").exists()
+    code, _, err = run("ingest", tmp_path / "store", folder, "--drop", "dt,nope")
+    assert code == 1 and "--drop names columns" in err and "['nope']" in err
+    code, out, err = run("ingest", tmp_path / "store", folder, "--drop", "dt")
+    assert (code, out) == (0, "1\n"), err
+    store = lateseq.open(tmp_path / "store")
+    assert list(store.schema.columns) == ["item"] and store.num_events == 3
+    assert run("ingest", tmp_path / "store", folder, "--drop", " , ")[0] == 1

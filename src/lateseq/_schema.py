@@ -150,7 +150,7 @@ class Schema:
             if dtype is None:
                 raise SchemaError(
                     f"column {f.name!r} has type {f.type}, which a store cannot hold; "
-                    f"drop it or cast it to one of {', '.join(PAYLOAD_TYPES)}"
+                    f"drop it (the CLI's ingest --drop {f.name}) or cast it to one of {', '.join(PAYLOAD_TYPES)}"
                 )
             columns[f.name] = dtype
         return cls(columns=columns, user_col=user_col, time_col=time_col, **options)

@@ -497,12 +497,12 @@ def _open(store: Path, version: str | None = None) -> Store:
                  readahead=_read_cache["readahead"])
 
 
-def _columns(option: str | None) -> tuple[str, ...]:
+def _columns(option: str | None, name: str = "--columns") -> tuple[str, ...]:
     if option is None:
         return ()
     names = tuple(c.strip() for c in option.split(",") if c.strip())
     if not names:
-        raise SchemaError(f"--columns {option!r} names no columns")
+        raise SchemaError(f"{name} {option!r} names no columns")
     return names
 
 
@@ -632,6 +632,9 @@ def ingest(
     allow_empty: Annotated[bool, typer.Option(
         "--allow-empty", help="An input without events commits nothing and prints the latest version (a "
                               "scheduled export of a quiet hour), instead of failing.")] = False,
+    drop: Annotated[str | None, typer.Option(
+        help="Comma-separated columns of the input to leave out: a hive folder's key (dt=2024-01-01/ reads as "
+             "a string column), or any column the store does not keep.", show_default=False)] = None,
 ) -> None:
     """Commit EVENTS as a new version (creating the store on first use); print its number.
 
@@ -643,6 +646,12 @@ def ingest(
     of millions of events --partitions."""
     _check_arguments(store, events, "events file")
     table = _with_pandas_index(_read_parquet(events, "events"))
+    if drop is not None:  # (s50A: a Spark folder partitioned by a string date could not be ingested as it was)
+        dropped = _columns(drop, "--drop")
+        unknown = [name for name in dropped if name not in table.column_names]
+        if unknown:
+            raise SchemaError(f"--drop names columns {events} does not have: {unknown} (it has {table.column_names})")
+        table = table.drop_columns(list(dropped))
     if table.num_rows == 0 and not allow_empty:
         raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
                           "commits nothing)")
@@ -977,7 +986,7 @@ def materialize(
         _check_output(out, force, "--out", [examples], store)
         config = {"": Projection(max_len, _columns(columns))}
     total = log.num_rows  # the progress bar's
-    kept = _columns(keep) if keep else ()
+    kept = _columns(keep, "--keep") if keep else ()
     with _progress() as bar:
         task = bar.add_task("materialize", total=total)
         advance = lambda n: bar.update(task, completed=n)  # noqa: E731
