@@ -2115,7 +2115,7 @@ def test_a_pickled_handle_knows_its_store(make_store, dir_snapshot):
     assert pickle.loads(pickle.dumps(other)).version == other.version
 
 
-@pytest.mark.parametrize("damage", ["removed", "garbage"])
+@pytest.mark.parametrize("damage", ["removed", "garbage", "folder"])
 def test_a_missing_or_damaged_id_file_is_named(make_store, damage):
     """Its handles said the store "was removed and another created at its path", which it
     was not; verify said every file was sound (a stranger's)."""
@@ -2124,16 +2124,20 @@ def test_a_missing_or_damaged_id_file_is_named(make_store, damage):
     ident = store.path / "id"
     if damage == "removed":
         ident.unlink()
+    elif damage == "folder":  # no id can be written into it: the advice says so (s50B)
+        ident.unlink()
+        ident.mkdir()
     else:
         ident.write_text("not an id")
     state = "missing" if damage == "removed" else "damaged"
+    advice = "remove the folder and write as a file" if damage == "folder" else "write back into the file"
     with pytest.raises(lateseq.StoreError, match=rf"id, the store's id, is {state} \(it read [0-9a-f]{{32}} when "
-                                                 r"this handle opened the store\)"):
+                                                 rf"this handle opened the store\): .*{advice} that id"):
         store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]}))
     fresh = lateseq.open(store.path)
     problems = [p.message for p in lateseq.audit.verify(fresh)]
-    if damage == "garbage":
-        assert any("the store's id, is damaged" in p for p in problems), problems
+    if damage != "removed":
+        assert any(f"the store's id, is damaged: {advice} the id" in p for p in problems), problems
     else:  # a store made before stores had ids looks the same
         assert problems == []
 

@@ -626,8 +626,8 @@ class VersionLog:
                              "handle opened the store); nothing was changed: try again once it can be read")
         if why:
             raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why} (it read {self.store_id} when this "
-                             "handle opened the store): if the store is the one it was, write that id back into the "
-                             "file; else it was replaced by another store: open it again (lateseq.open)")
+                             f"handle opened the store): if the store is the one it was, {self._write_back()} that id; "
+                             "else it was replaced by another store: open it again (lateseq.open)")
         raise StoreError(f"the store at {self.root} is not the one this handle opened: that store was removed and "
                          "another created at its path since; open it again (lateseq.open)")
 
@@ -636,11 +636,17 @@ class VersionLog:
         none (fsck: ``verify``)."""
         why = _written_id(self.root)[1]
         if why == "damaged" and self.store_id is None:
-            raise StoreError(f"{self.root / STORE_ID}, the store's id, is damaged: write back the id (32 hex digits) "
-                             "a backup of this store holds, or remove the file (the store then has no id)")
+            raise StoreError(f"{self.root / STORE_ID}, the store's id, is damaged: {self._write_back()} the id (32 hex "
+                             "digits) a backup of this store holds, or remove it (the store then has no id)")
         if why.startswith("unreadable") and self.store_id is None:  # (said by a handle that read it, s50B)
             raise StoreError(f"{self.root / STORE_ID}, the store's id, is {why}: make it readable by this process")
         self.check_same_store()
+
+    def _write_back(self) -> str:
+        """How to put an id back: into the file, or in place of a folder where the file was
+        (no id can be written into a folder, s50B)."""
+        return ("remove the folder and write as a file" if (self.root / STORE_ID).is_dir()
+                else "write back into the file")
 
     @contextlib.contextmanager
     def _lock(self, mode: int, path: Path | None = None, patience_s: float | None = None) -> Iterator[bool]:
