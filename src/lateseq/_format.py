@@ -358,7 +358,7 @@ class Unwritten:
 
     @classmethod
     def because(cls, columns: dict[str, np.ndarray], exc: OSError) -> Unwritten:
-        return cls(columns, str(exc), _errno(exc) in _OUT_OF_ROOM)
+        return cls(columns, str(exc), out_of_room(exc))
 
 
 def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
@@ -404,6 +404,11 @@ def cache_unwritable(exc: OSError) -> bool:
     """Whether a write into the read cache failed for want of room or of the right to
     write (a read can go on without its copy), not for another reason."""
     return _errno(exc) in _UNWRITABLE
+
+
+def out_of_room(exc: OSError) -> bool:
+    """Whether a write failed for want of bytes or inodes (a disk full, a quota spent)."""
+    return _errno(exc) in _OUT_OF_ROOM
 
 
 def _errno(exc: OSError) -> int | None:
@@ -734,7 +739,7 @@ def lock_failure(exc: OSError, writable: str, regular: str) -> str:
         return f"its file system is mounted read-only: {writable}"
     if exc.errno in NOT_REGULAR:
         return f"a lock file must be a regular file: {regular}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_room(exc):
         return "its disk is full (of bytes or of inodes)"
     return writable
 

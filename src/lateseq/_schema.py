@@ -268,7 +268,8 @@ class Schema:
                 times = pc.cast(times, pa.int64(), safe=True)
             except pa.ArrowInvalid as exc:
                 raise SchemaError(f"{what} has type {source} with values that do not fit int64: {exc}") from exc
-            newest = pc.max(times).as_py() if self.time_unit is not None and len(times) else None
+            bounds = pc.min_max(times).as_py() if self.time_unit is not None and len(times) else {}
+            oldest, newest = bounds.get("min"), bounds.get("max")  # (one pass for both checks)
             if newest is not None and past_year_3000(newest, self.time_unit):
                 # ms into a store in s was stored as the year 57,970, and a request so stamped saw
                 # every event (s47A); the two-tier path refused it, commit and pointers did not
@@ -276,7 +277,7 @@ class Schema:
                                   f"({UNIT_WORDS[self.time_unit]}): integer times count the store's unit as they "
                                   "are, and these look like a finer unit's: convert them, or give timestamps "
                                   "(converted from their own unit; a request meant to come after every event too)")
-            if newest is not None and (coarse := coarser_unit_of(pc.min(times).as_py(), newest, self.time_unit)):
+            if newest is not None and (coarse := coarser_unit_of(oldest, newest, self.time_unit)):
                 # the mirror image: seconds into a store in ms were stored as January 1970, silently (s50A);
                 # the same words each time (no values), so that a serving loop is told once per line (s50B)
                 warn_at_caller(f"{what}: every integer time falls in the first weeks of 1970 counted in the store's "

@@ -25,7 +25,6 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import json
@@ -69,6 +68,7 @@ from ._format import (
     forget_left_out,
     is_segment_name,
     make_folders,
+    out_of_room,
     usable_path,
     write_failed,
     write_segment,
@@ -767,7 +767,7 @@ class Store:
         try:
             retired = self._log.retire_before(before)
         except StoreError as exc:  # a full disk: no room for a tombstone, so nothing would ever be freed
-            if getattr(exc.__cause__, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+            if not out_of_room(exc):
                 raise
             with self._log.deleting():  # the read cache's copies the kept versions will not read make room
                 self._remove_cached(self._log.kept_partitions(before), grace_s)
