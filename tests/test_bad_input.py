@@ -739,6 +739,17 @@ def test_copartition_log_replaces_a_file_only_when_told(store, tmp_path):
     assert pq.read_table(kept).num_rows == 2
 
 
+def test_a_log_into_a_missing_folder_names_the_folder_not_a_temporary(store, tmp_path):
+    """log_examples to log/day=0.parquet before log/ existed raised "No such file or
+    directory: log/.tmp-fec6d758-day=0.parquet": a file the user never named."""
+    requests = pa.table({"user_id": [1], "request_ts": [5]})
+    for write in (lambda path: lateseq.log_examples(store, requests, path),
+                  lambda path: lateseq.copartition_log(store, lateseq.log_examples(store, requests), path)):
+        with pytest.raises(FileNotFoundError, match=r"day=0.parquet: directory .*/log does not exist$"):
+            write(tmp_path / "log" / "day=0.parquet")
+    assert not (tmp_path / "log").exists()
+
+
 @pytest.mark.parametrize("overwrite", ["no", "false", 0, None])
 def test_overwrite_is_a_bool_not_a_truthy_string(store, tmp_path, overwrite):
     """``overwrite="no"`` replaced the log: a string is truthy."""

@@ -272,9 +272,6 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         if isinstance(examples, ExampleLog) and _within(path, examples):
             raise SchemaError(f"{path} is {'in ' * os.path.isdir(examples.path)}the example log this reads; write "
                               "the sequences elsewhere")
-        folder = os.path.dirname(Path(path).absolute())
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{path}: directory {folder} does not exist")
     rows = written_rows = 0
     on_mismatch: Literal["raise", "flag"] = "flag" if drop_deleted else "raise"
     pending: dict[str, list[pa.Table]] = {tenant: [] for tenant in tenants}

@@ -372,8 +372,9 @@ class Batch:
 
 def _refuse_collating(batch: Sequence[Batch], *, collate_fn_map: Any = None) -> Batch:
     """A DataLoader made without ``batch_size=None`` collates the dataset's batches: torch
-    said only that it cannot collate a Batch."""
-    raise SchemaError(f"a DataLoader tried to join {len(batch)} lateseq Batch(es) into one: an ExampleDataset "
+    said only that it cannot collate a Batch. A TypeError, as torch's own collate raises
+    for a type it cannot join (a misuse of the loader, not a problem of the data)."""
+    raise TypeError(f"a DataLoader tried to join {len(batch)} lateseq Batch(es) into one: an ExampleDataset "
                       "yields whole batches (of its own batch_size), so make the loader with "
                       "DataLoader(dataset, batch_size=None); to train on bigger batches than the workers "
                       "build, join them with lateseq.torch.rebatch")
