@@ -1241,7 +1241,7 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, masked, out): 
     base = base_l[g]
     lanes = _lanes(out, src)
     for k in range(g_seg.shape[0]):
-        if g_seg[k] != g:  # runs of one segment come together (``by_segment``)
+        if g_seg[k] != g:  # runs of one segment often come together (``by_segment``)
             g = g_seg[k]
             if not 0 <= g < segments:
                 return k  # a run names a segment the table lacks: the caller raises
