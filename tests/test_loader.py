@@ -593,7 +593,7 @@ def test_materialize_log_drops_the_examples_of_deleted_users_when_asked(world, t
 
 def test_a_written_transformed_column_says_what_it_holds(tmp_path):
     """A tenant's ``ts`` as age_s kept the name ``ts`` and nothing in the file told ages from
-    times (s48B): its field names the transform, the file the projection."""
+    times (s48B): its field names the transform, the file the projection; times, their unit."""
     store = lateseq.create(tmp_path / "s", lateseq.Schema({"item_id": "int64"}, time_unit="s"))
     store = store.commit(pa.table({"user_id": [1, 1], "ts": pa.array([10, 20], pa.timestamp("s")), "item_id": [1, 2]}))
     log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": pa.array([30], pa.timestamp("s"))}))
@@ -604,6 +604,10 @@ def test_a_written_transformed_column_says_what_it_holds(tmp_path):
     assert aged.column("ts").to_pylist() == [[20, 10]] and plain.column("ts").to_pylist() == [[10, 20]]  # 30-10, 30-20
     assert aged.schema.field("ts").metadata[b"lateseq.transform"] == b"age_s"
     assert b"in whole seconds" in aged.schema.field("ts").metadata[b"description"]
-    assert plain.schema.field("ts").metadata is None and aged.schema.field("item_id").metadata is None
+    # times as integers name their unit (a Fat Row's timestamp[s] came back as int64 alone, s51A)
+    assert plain.schema.field("ts").metadata == {b"lateseq.time_unit": b"s",
+                                                 b"description": b"event times, seconds since 1970-01-01 UTC"}
+    assert aged.schema.field("item_id").metadata is None
     for name, table in (("aged", aged), ("plain", plain)):
         assert table.schema.metadata[b"lateseq.projection"].decode() == repr(tenants[name])
+        assert table.schema.metadata[b"lateseq.time_unit"] == b"s"

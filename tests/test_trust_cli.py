@@ -110,13 +110,26 @@ def test_ingest_that_creates_a_store_says_its_time_unit(tmp_path):
                              "item": [1]}), stamped)
     integers = events_file(tmp_path / "integers.parquet", [1], [5])
     for store, args, said in [("a", [stamped], "times in us, from the events file's time column"),
-                              ("b", [integers, "--time-unit", "ms"], "times in ms)"),
+                              ("b", [integers, "--time-unit", "ms"], "times in ms;"),
                               ("c", [integers], "times are plain integers of no unit")]:
         code, out, err = run("ingest", tmp_path / store, *args)
         assert (code, out) == (0, "1\n") and f"created store ({said}" in err, err
         assert (lateseq.open(tmp_path / store).schema.time_unit or "no unit") in said
     code, _, err = run("ingest", tmp_path / "a", stamped)
     assert code == 0 and "created" not in err
+
+
+def test_ingest_that_creates_a_store_names_its_columns(tmp_path):
+    """A Spark folder partitioned by integer keys (dt=20261101/hour=13/) gave the new store
+    columns dt and hour, read from the folder names, without a word (s51A)."""
+    folder = tmp_path / "spark"
+    for day, hour in (("20261101", "13"), ("20261102", "7")):
+        (folder / f"dt={day}" / f"hour={hour}").mkdir(parents=True)
+        events_file(folder / f"dt={day}" / f"hour={hour}" / "part-0.parquet", [1, 2], [10, 20])
+    code, out, err = run("ingest", tmp_path / "store", folder)
+    assert (code, out) == (0, "1\n") and "; columns: item int64, dt int32, hour int32)" in err, err
+    code, out, err = run("ingest", tmp_path / "other", folder, "--drop", "dt,hour")
+    assert (code, out) == (0, "1\n") and "; columns: item int64)" in err, err
 
 
 def test_ingest_drops_a_hive_folder_string_key_it_is_told_to(tmp_path):

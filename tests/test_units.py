@@ -113,6 +113,52 @@ def test_infer_takes_the_unit_from_a_timestamp_column(field_type, unit):
     assert Schema.infer(arrow, time_unit="s").time_unit == "s"  # an explicit unit wins
 
 
+def test_infer_names_every_column_it_cannot_store_at_once_and_widens_unsigned_ones(tmp_path):
+    """A Spark export's uint32, dictionary-string and date32 columns and string user ids were
+    refused one a run (four runs to find them), the categorical one told to be cast to an
+    integer; a uint32 column that an existing store took exactly could not make one (s51A)."""
+    arrow = pa.schema([("user_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("clicks", pa.uint8()),
+                       ("views", pa.uint16()), ("creator", pa.uint32()), ("surface", pa.dictionary(pa.int32(),
+                                                                                                  pa.string())),
+                       ("day", pa.date32()), ("hashed", pa.uint64()), ("price", pa.float32())])
+    with pytest.raises(SchemaError) as err:
+        Schema.infer(arrow)
+    message = str(err.value)
+    for part in ("column 'surface' has type dictionary", "index_in", "column 'day' has type date32",
+                 "integer count of a unit", "column 'hashed' has type uint64", "safe=False", "--drop surface,day,hashed",
+                 "user ids 'user_id' have type string", "hash_array"):
+        assert part in message, (part, message)
+    assert "'creator'" not in message and "'clicks'" not in message
+    schema = Schema.infer(pa.schema([f for f in arrow if f.name not in ("surface", "day", "hashed", "user_id")]
+                                    + [pa.field("user_id", pa.int64())]))
+    assert schema.columns == {"clicks": "int16", "views": "int32", "creator": "int64", "price": "float32"}
+    events = pa.table({"user_id": [1, 1], "ts": pa.array([1, 2], pa.timestamp("us", tz="UTC")),
+                       "clicks": pa.array([255, 0], pa.uint8()), "views": pa.array([65535, 1], pa.uint16()),
+                       "creator": pa.array([2**32 - 1, 7], pa.uint32()), "price": pa.array([1.5, 2], pa.float32())})
+    store = lateseq.create(tmp_path / "s", schema).commit(events)
+    got = lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [3]})),
+                              lateseq.Projection(5))
+    assert got.values["creator"].tolist() == [2**32 - 1, 7] and got.values["clicks"].tolist() == [255, 0]
+    assert got.values["views"].tolist() == [65535, 1]
+
+
+def test_a_log_whose_request_times_were_rewritten_in_a_coarser_unit_is_named_so(tmp_path):
+    """A log's request_ts rewritten as Spark's unix_millis against a store in us failed its
+    checksums with every cause but that one named (s51A)."""
+    store = lateseq.create(tmp_path / "s", Schema({"item": "int64"}, time_unit="us"))
+    day = 1_764_547_200_000_000  # 2025-12-01 in us
+    store = store.commit(pa.table({"user_id": [1, 1, 2], "ts": [day, day + 10**6, day], "item": [1, 2, 3]}))
+    log = lateseq.log_examples(store, pa.table({"user_id": [1, 2], "request_ts": [day + 2 * 10**6, day + 10**6]}))
+    millis = log.set_column(1, "request_ts", pc.divide(log["request_ts"], 1000))
+    with pytest.raises(lateseq.ChecksumMismatch, match=r"fall in 1970's first weeks counted in the store's unit "
+                       r"\(microseconds\) and in 1990-2100 counted in milliseconds: .*\(request_ts \* 1000\)"):
+        lateseq.materialize(store, millis, lateseq.Projection(5))
+    moved = log.set_column(1, "request_ts", pc.add(log["request_ts"], -1_500_000))  # not a unit: not said
+    with pytest.raises(lateseq.ChecksumMismatch) as err:
+        lateseq.materialize(store, moved, lateseq.Projection(5))
+    assert "1970" not in str(err.value)
+
+
 # ---------------------------------------------------------------- the conversion
 
 

@@ -16,7 +16,7 @@ from ._kernels import Visibility, by_segment, copy_runs
 from ._locate import Located, Windows
 from ._pointers import Pointers, pointers_from_log
 from ._projection import Projection
-from ._schema import Schema
+from ._schema import UNIT_WORDS, Schema, coarser_unit_of, ticks_per_second
 from ._store import Store
 
 
@@ -78,6 +78,7 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
                    "examples from the log, or read with drop_deleted, which leaves them out: "
                    "lateseq.torch.ExampleDataset(drop_deleted=True), lateseq.ray.materialized(drop_deleted=True), "
                    "materialize_log(drop_deleted=True) (lateseq loader or materialize --drop-deleted)" if deleted else
+                   _coarser_times(pointers.request_ts[rows], store) +
                    "the store lost or gained events those pointers counted, the log's pointer columns "
                    "(user_id, request_ts, uih_*) were changed since they were logged, or the log was logged "
                    "against another store (most of a batch differing says so)")
@@ -87,6 +88,20 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
                 "materialize and iter_batches take on_mismatch='flag' to keep the batch and mark them; "
                 "the loaders (lateseq.torch, lateseq.ray) take verify=False to read them unchecked.")
     return mismatched
+
+
+def _coarser_times(request_ts: np.ndarray, store: Store | None) -> str:
+    """Why histories differ where their request times look rewritten in a coarser unit than
+    the store's (a log's request_ts as Spark's unix_millis against a store in us: s51A),
+    else nothing."""
+    unit = None if store is None else store.schema.time_unit
+    coarse = unit and coarser_unit_of(int(request_ts.min()), int(request_ts.max()), unit)
+    if not coarse:
+        return ""
+    return (f"their request_ts all fall in 1970's first weeks counted in the store's unit ({UNIT_WORDS[unit]}) "
+            f"and in 1990-2100 counted in {UNIT_WORDS[coarse]}: if the log's times were rewritten in "
+            f"{UNIT_WORDS[coarse]}, convert them back (request_ts * "
+            f"{ticks_per_second(unit) // ticks_per_second(coarse)}) or write them as timestamps; else ")
 
 
 def copy_plan(store: Store, located: Located, w: Windows, visibility: Visibility,

@@ -38,7 +38,7 @@ from ._materialize import materialize, materialize_tenants
 from ._pointers import decoded_pointer_columns, outside_store
 from ._projection import TRANSFORMS, Projection
 from ._records import protocol_columns
-from ._schema import PAYLOAD_TYPES, Schema, decoded
+from ._schema import PAYLOAD_TYPES, UNIT_WORDS, Schema, decoded
 from ._store import Store
 from ._tenants import check_tenant_names
 
@@ -264,8 +264,10 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     # a transformed column keeps its name: its field says what it holds (ages, not times: s48B)
     schemas = {tenant: pa.schema([log_schema.field(c) for c in columns] + [
         pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]),
-                 metadata=_transform_note(tenants[tenant], n))
-        for n in projected], metadata={"lateseq.projection": repr(tenants[tenant])})
+                 metadata=_field_note(tenants[tenant], store.schema, n))
+        for n in projected], metadata={"lateseq.projection": repr(tenants[tenant]),
+                                       **({"lateseq.time_unit": store.schema.time_unit} if store.schema.time_unit
+                                          else {})})
         for tenant, projected in names.items()}
     for path in outs.values():
         outside_store(store, path)
@@ -315,9 +317,17 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     return written_rows
 
 
-def _transform_note(projection: Projection, column: str) -> dict[str, str] | None:
+def _field_note(projection: Projection, schema: Schema, column: str) -> dict[str, str] | None:
+    """What a projected column's values are, where its type does not say: a transform's
+    result, or times as integers (a Fat Row's timestamp[us] came back as int64 with nothing
+    naming the unit, s51A)."""
     transform = projection.transforms.get(column)
-    return None if transform is None else {"lateseq.transform": transform, "description": TRANSFORMS[transform]}
+    if transform is not None:
+        return {"lateseq.transform": transform, "description": TRANSFORMS[transform]}
+    if column == schema.time_col and schema.time_unit is not None:
+        return {"lateseq.time_unit": schema.time_unit,
+                "description": f"event times, {UNIT_WORDS[schema.time_unit]} since 1970-01-01 UTC"}
+    return None
 
 
 def in_store_time(column: pa.Array | pa.ChunkedArray, name: str, schema: Schema) -> pa.Array | pa.ChunkedArray:

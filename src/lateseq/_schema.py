@@ -142,17 +142,25 @@ class Schema:
         time_type = _as_time(arrow_schema.field(time_col).type)
         if pa.types.is_timestamp(time_type):
             options.setdefault("time_unit", time_type.unit)
-        columns = {}
+        columns, refused = {}, []
         for f in arrow_schema:
             if f.name in (user_col, time_col):
                 continue
-            dtype = _TYPE_NAMES.get(str(f.type.value_type if pa.types.is_dictionary(f.type) else f.type))
+            values = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            # unsigned integers as the signed type that holds them all (a commit casts them exactly)
+            dtype = _TYPE_NAMES.get(str(values)) or _WIDER_SIGNED.get(str(values))
             if dtype is None:
-                raise SchemaError(
-                    f"column {f.name!r} has type {f.type}, which a store cannot hold; "
-                    f"drop it (the CLI's ingest --drop {f.name}) or cast it to one of {', '.join(PAYLOAD_TYPES)}"
-                )
+                refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values)}")
             columns[f.name] = dtype
+        problems = [f"{'; '.join(refused)}: a store cannot hold {'it' if len(refused) == 1 else 'them'}; drop "
+                    f"{'it' if len(refused) == 1 else 'them'} (the CLI's ingest --drop "
+                    f"{','.join(n for n, dtype in columns.items() if dtype is None)}) or cast to one of "
+                    f"{', '.join(PAYLOAD_TYPES)}"] if refused else []
+        user_type = arrow_schema.field(user_col).type
+        if hint := string_ids_hint(user_type.value_type if pa.types.is_dictionary(user_type) else user_type):
+            problems.append(f"user ids {user_col!r} have type {user_type}, expected int64{hint}")
+        if problems:  # every one at once: a Spark export's four columns took four runs to find (s51A)
+            raise SchemaError(". ".join(problems))
         return cls(columns=columns, user_col=user_col, time_col=time_col, **options)
 
     def conform(self, table: pa.Table, *, empty: bool = False) -> pa.Table:
@@ -368,6 +376,17 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
     if pa.types.is_date32(type_):
         return pa.timestamp("s")
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
+
+
+_WIDER_SIGNED = {"uint8": "int16", "uint16": "int32", "uint32": "int64"}
+
+
+def _payload_hint(type_: pa.DataType) -> str:
+    """What to do with a payload column of ``type_`` that a store cannot hold, beyond a cast."""
+    if pa.types.is_temporal(type_):
+        return " (times other than the event's are stored as integers: cast to an integer count of a unit you choose)"
+    return string_values_hint(type_) or (" (bits above int64's: keep them as int64, pyarrow.compute.cast(column, "
+                                         "'int64', safe=False))" if pa.types.is_uint64(type_) else "")
 
 
 def _is_text(type_: pa.DataType) -> bool:

@@ -689,8 +689,10 @@ def ingest(
         Store.create(store, schema)
         # its unit, said: integer request times must count it (a file's timestamps in us made a store in us, s50A)
         origin = "" if unit is not None else ", from the events file's time column"
-        created = ("created store (times are plain integers of no unit)" if schema.time_unit is None else
-                   f"created store (times in {schema.time_unit}{origin})")
+        # and its columns: a hive folder's integer keys (dt=20261101/hour=13/) became columns silently (s51A)
+        columns = ", ".join(f"{name} {dtype}" for name, dtype in schema.columns.items()) or "none"
+        created = ("created store (times are plain integers of no unit" if schema.time_unit is None else
+                   f"created store (times in {schema.time_unit}{origin}") + f"; columns: {columns})"
         try:
             _commit(_open(store), table, events, commit_id, allow_empty, created)
         except BaseException:
