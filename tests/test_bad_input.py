@@ -747,7 +747,13 @@ def test_a_log_into_a_missing_folder_names_the_folder_not_a_temporary(store, tmp
                   lambda path: lateseq.copartition_log(store, lateseq.log_examples(store, requests), path)):
         with pytest.raises(FileNotFoundError, match=r"day=0.parquet: directory .*/log does not exist$"):
             write(tmp_path / "log" / "day=0.parquet")
-    assert not (tmp_path / "log").exists()
+        (tmp_path / "afile").write_text("mine")
+        with pytest.raises(NotADirectoryError, match=r"x.parquet: .*afile is a file, not a directory$"):
+            write(tmp_path / "afile" / "x.parquet")
+        with pytest.raises(IsADirectoryError, match="names a folder"):  # pathlib drops the slash (s51B)
+            write(f"{tmp_path}/newdir/")
+    assert not (tmp_path / "log").exists() and not (tmp_path / "newdir").exists()
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 @pytest.mark.parametrize("overwrite", ["no", "false", 0, None])

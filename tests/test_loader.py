@@ -610,4 +610,4 @@ def test_a_written_transformed_column_says_what_it_holds(tmp_path):
     assert aged.schema.field("item_id").metadata is None
     for name, table in (("aged", aged), ("plain", plain)):
         assert table.schema.metadata[b"lateseq.projection"].decode() == repr(tenants[name])
-        assert table.schema.metadata[b"lateseq.time_unit"] == b"s"
+        assert table.schema.metadata[b"lateseq.store_time_unit"] == b"s"  # (an age_s column's field says seconds)

@@ -129,6 +129,13 @@ def test_infer_names_every_column_it_cannot_store_at_once_and_widens_unsigned_on
                  "user ids 'user_id' have type string", "hash_array"):
         assert part in message, (part, message)
     assert "'creator'" not in message and "'clicks'" not in message
+    # the time column's type, float ids and what the schema itself refuses, in the same message (s51B)
+    with pytest.raises(SchemaError) as err:
+        Schema.infer(pa.schema([("user_id", pa.float64()), ("ts", pa.string()), ("_x", pa.int64()),
+                                ("y", pa.string())]))
+    for part in ("user ids 'user_id' have type double, expected int64", "event times 'ts' have type string",
+                 "column '_x': names starting with '_' are reserved", "column 'y' has type string"):
+        assert part in str(err.value), (part, str(err.value))
     schema = Schema.infer(pa.schema([f for f in arrow if f.name not in ("surface", "day", "hashed", "user_id")]
                                     + [pa.field("user_id", pa.int64())]))
     assert schema.columns == {"clicks": "int16", "views": "int32", "creator": "int64", "price": "float32"}
@@ -156,6 +163,16 @@ def test_a_log_whose_request_times_were_rewritten_in_a_coarser_unit_is_named_so(
     moved = log.set_column(1, "request_ts", pc.add(log["request_ts"], -1_500_000))  # not a unit: not said
     with pytest.raises(lateseq.ChecksumMismatch) as err:
         lateseq.materialize(store, moved, lateseq.Projection(5))
+    assert "1970" not in str(err.value)
+    # nor where the store's own events are as early (synthetic times), whatever else differs (s51B)
+    early = lateseq.create(tmp_path / "early", Schema({"item": "int64"}, time_unit="ms"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the 1970 warning, which this store earns)
+        early = early.commit(pa.table({"user_id": [1, 1], "ts": [7 * 10**8, 8 * 10**8], "item": [1, 2]}))
+        log = lateseq.log_examples(early, pa.table({"user_id": [1], "request_ts": [9 * 10**8]}))
+    forged = log.set_column(4, "uih_checksum", pa.array([1], pa.uint32()))
+    with pytest.raises(lateseq.ChecksumMismatch) as err:
+        lateseq.materialize(early, forged, lateseq.Projection(5))
     assert "1970" not in str(err.value)
 
 
@@ -208,7 +225,9 @@ def test_integer_times_are_taken_as_already_in_the_store_unit(values, unit, int_
                                               rf"store's unit \({WORDS[unit]}\)"):
             schema.times_to_store(pa.array(values, int_type), "ts")
         return
-    got = schema.times_to_store(pa.array(values, int_type), "ts")
+    with warnings.catch_warnings():  # seconds' range into a store in ms (a warning tested on its own) is taken
+        warnings.simplefilter("ignore", UserWarning)
+        got = schema.times_to_store(pa.array(values, int_type), "ts")
     assert got.type == pa.int64() and got.to_pylist() == values
 
 

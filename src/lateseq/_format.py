@@ -587,8 +587,11 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             raise IsADirectoryError(f"cannot write {path}: it is a directory")
-        if not path.absolute().parent.is_dir():  # else the error named a temporary of ours (log_examples)
-            raise FileNotFoundError(f"{path}: directory {path.absolute().parent} does not exist")
+        parent = path.absolute().parent
+        if not parent.is_dir():  # else the error named a temporary of ours (log_examples)
+            if parent.exists():
+                raise NotADirectoryError(f"{path}: {parent} is a file, not a directory")
+            raise FileNotFoundError(f"{path}: directory {parent} does not exist")
         _remove_abandoned_temporaries(path)
     temporaries: list[Path] = []
     kept: dict[Path, Path] = {}  # path -> a second name of its old file, until all are in place

@@ -96,7 +96,9 @@ def _coarser_times(request_ts: np.ndarray, store: Store | None) -> str:
     else nothing."""
     unit = None if store is None else store.schema.time_unit
     coarse = unit and coarser_unit_of(int(request_ts.min()), int(request_ts.max()), unit)
-    if not coarse:
+    # not where the store's own events are as early (its bases: each segment's oldest time)
+    oldest = min((info.bases.get(TIME, 0) for info in store.segment_infos), default=0) if coarse else 0
+    if not coarse or coarser_unit_of(oldest, oldest, unit):
         return ""
     return (f"their request_ts all fall in 1970's first weeks counted in the store's unit ({UNIT_WORDS[unit]}) "
             f"and in 1990-2100 counted in {UNIT_WORDS[coarse]}: if the log's times were rewritten in "

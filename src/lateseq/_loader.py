@@ -266,7 +266,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         pa.field(n, pa.list_(pa.int64() if n == store.schema.time_col else PAYLOAD_TYPES[store.schema.columns[n]]),
                  metadata=_field_note(tenants[tenant], store.schema, n))
         for n in projected], metadata={"lateseq.projection": repr(tenants[tenant]),
-                                       **({"lateseq.time_unit": store.schema.time_unit} if store.schema.time_unit
+                                       **({"lateseq.store_time_unit": store.schema.time_unit} if store.schema.time_unit
                                           else {})})
         for tenant, projected in names.items()}
     for path in outs.values():

@@ -352,6 +352,8 @@ def outside_store(store: Store | None, path: str | os.PathLike) -> Path:
     """``path``, refused if it is in ``store``'s directory: a log written over a manifest
     or the schema would destroy the store."""
     usable_path(path)
+    if os.fspath(path).endswith(("/", os.sep)):  # pathlib drops the slash: a file was written there (s51B)
+        raise IsADirectoryError(f"{path} names a folder (it ends with a slash); name the file to write")
     target = Path(path).resolve()
     if store is not None and store.path.resolve() in (target, *target.parents):
         raise SchemaError(f"{path} is inside the store {store.path}; write it elsewhere")

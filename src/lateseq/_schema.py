@@ -157,11 +157,20 @@ class Schema:
                     f"{','.join(n for n, dtype in columns.items() if dtype is None)}) or cast to one of "
                     f"{', '.join(PAYLOAD_TYPES)}"] if refused else []
         user_type = arrow_schema.field(user_col).type
-        if hint := string_ids_hint(user_type.value_type if pa.types.is_dictionary(user_type) else user_type):
-            problems.append(f"user ids {user_col!r} have type {user_type}, expected int64{hint}")
-        if problems:  # every one at once: a Spark export's four columns took four runs to find (s51A)
+        user_values = user_type.value_type if pa.types.is_dictionary(user_type) else user_type
+        if not pa.types.is_integer(user_values):
+            problems.append(f"user ids {user_col!r} have type {user_type}, expected int64{string_ids_hint(user_values)}")
+        if not (pa.types.is_integer(time_type) or pa.types.is_timestamp(time_type)):
+            problems.append(f"event times {time_col!r} have type {arrow_schema.field(time_col).type}; times must "
+                            "be integers, timestamps or dates")
+        try:  # what the schema itself refuses (a reserved name, an option), said with the rest
+            schema = cls(columns={n: t for n, t in columns.items() if t}, user_col=user_col, time_col=time_col,
+                         **options)
+        except SchemaError as exc:
+            problems.append(str(exc))
+        if problems:  # every one at once: a Spark export's four columns took four runs to find (s51B)
             raise SchemaError(". ".join(problems))
-        return cls(columns=columns, user_col=user_col, time_col=time_col, **options)
+        return schema
 
     def conform(self, table: pa.Table, *, empty: bool = False) -> pa.Table:
         """Check ``table`` against the schema and return it cast to the schema's types.
