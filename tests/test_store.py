@@ -836,7 +836,7 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
         assert_batch_equal(lateseq.materialize(reader, examples, projection), offsets, values, context)
 
     cache = tmp_path / "reader-cache"
-    held_before = lateseq._segments._IN_MEMORY[0]
+    held_before = lateseq._segments.in_memory_bytes()
     with monkeypatch.context() as patch:
         unwritable_cache(patch, cache, how)
         reader = lateseq.Store(store.path, cache_dir=cache)
@@ -846,7 +846,7 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
         assert len(told) == 1 and told[0].filename == __file__  # once per cache, at the caller's line
         # a cleanup makes room, not a read-only or refused cache writable (it advised one there, s49C)
         assert ("lateseq cleanup" in str(told[0].message)) == (how == "full"), told[0].message
-        assert lateseq._segments._IN_MEMORY[0] > held_before
+        assert lateseq._segments.in_memory_bytes() > held_before
         with pytest.warns(RuntimeWarning, match="is left out"):  # reads its inputs from memory
             compacted = reader.compact()
         oracle.compact()
@@ -866,10 +866,44 @@ def test_reads_through_a_read_cache_that_cannot_take_copies_hold_them_in_memory(
         assert ("make room there" in str(refused.value)) == (how == "full"), refused.value
     del reader, compacted, deleted
     gc.collect()
-    assert lateseq._segments._IN_MEMORY[0] == held_before  # let go with the segments holding them
+    assert lateseq._segments.in_memory_bytes() == held_before  # let go with the segments holding them
     reader = lateseq.Store(store.path, cache_dir=cache)
     check(reader, log, f"{how}, the cache writable again")
     assert all(segment.mapped for segment in reader.segments(0) + reader.segments(1))
+
+
+def test_a_copy_let_go_while_another_is_being_held_does_not_hang_the_reader(tmp_path, monkeypatch):
+    """A held copy's finalizer ran in a garbage collection inside ``_held_in_memory`` (its
+    memory check builds objects) and took the lock that call held: the reader hung for good
+    on a read-only cache (s51C). Its size now counts at the next look, by whoever looks."""
+    import threading
+    import weakref
+
+    from lateseq._format import SegmentInfo, Unwritten
+
+    segments = lateseq._segments
+    before = segments.in_memory_bytes()
+    let_go = [np.zeros(100)]
+    segments._IN_MEMORY[0] += let_go[0].nbytes  # as if held, with its finalizer
+    weakref.finalize(let_go[0], segments._release_memory, let_go[0].nbytes)
+
+    def available() -> int:
+        let_go.clear()  # the last reference goes here, inside the lock: its finalizer runs now
+        return 2**40
+    monkeypatch.setattr(segments, "_available_memory", available)
+    info = SegmentInfo("p0-held", 0, 10, 1, 1, 1, 80)
+    columns = {"x": np.ones(10)}
+    done: list[dict] = []
+    with pytest.warns(RuntimeWarning, match="holds it in memory"):
+        reader = threading.Thread(target=lambda: done.append(segments._held_in_memory(
+            Unwritten(columns, "read-only file system", False), info, tmp_path / "never-told")), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+    assert not reader.is_alive() and done[0] is columns
+    assert segments.in_memory_bytes() == before + columns["x"].nbytes  # the one let go, counted off
+    del done, columns
+    gc.collect()
+    assert segments.in_memory_bytes() == before
 
 
 def test_the_memory_copies_may_take_is_what_the_cgroups_leave(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -146,6 +147,10 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access:
 
 _IN_MEMORY = [0]  # bytes of decoded copies this process holds in memory, for want of room in their read cache
 _IN_MEMORY_LOCK = threading.Lock()
+# sizes of copies let go, counted under the lock by the next to take it: a copy's finalizer
+# runs wherever its last reference goes, a garbage collection inside the lock included, and
+# taking the lock there hung the reader for good (s51C); list.append needs no lock
+_RELEASED: list[int] = []
 _TOLD_IN_MEMORY: set[Path] = set()  # the read caches whose copies this process was told it holds in memory
 
 
@@ -160,7 +165,7 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
         unwritten.full) else ""
     with _IN_MEMORY_LOCK:
         available = _available_memory()
-        if _IN_MEMORY[0] + 2 * size > available // 2:
+        if in_memory_bytes(locked=True) + 2 * size > available // 2:
             raise StoreError(
                 f"segment {info.name}'s decoded copy cannot be written in the read cache {cache} ({unwritten.reason}), "
                 f"nor held in memory: it needs {size / 2**20:.0f} MiB, and this process holds "
@@ -191,8 +196,16 @@ def held_copy(folder: Path, name: str, partition: int, events: Events, why: Stor
 
 
 def _release_memory(size: int) -> None:
-    with _IN_MEMORY_LOCK:
-        _IN_MEMORY[0] -= size
+    _RELEASED.append(size)
+
+
+def in_memory_bytes(locked: bool = False) -> int:
+    """Bytes of decoded copies this process holds in memory now (``locked``: the caller
+    holds ``_IN_MEMORY_LOCK``)."""
+    with contextlib.nullcontext() if locked else _IN_MEMORY_LOCK:
+        while _RELEASED:
+            _IN_MEMORY[0] -= _RELEASED.pop()
+        return _IN_MEMORY[0]
 
 
 def _available_memory() -> int:
