@@ -276,6 +276,27 @@ def test_ingest_names_an_event_id_column_and_a_redelivered_event_is_kept_once(tm
                           "event_id_col 'ts' must name an int64 payload column")
 
 
+def test_an_ingest_of_events_committed_before_is_said_to_store_them_twice(tmp_path):
+    """A day's ingest rerun without --commit-id (a cron retry) committed its events again,
+    silently (s51A): each history then held them twice. It is said, with the remedy; the
+    same events in another order, or with an id, are not a rerun of the same input."""
+    day = write(tmp_path / "d1.parquet", user_id=[1, 1, 2], ts=[1, 2, 3], item_id=[5, 6, 7])
+    other = write(tmp_path / "d2.parquet", user_id=[2], ts=[4], item_id=[8])
+    store = tmp_path / "s"
+    for events in (day, other):
+        code, _, err = lateseq("ingest", store, events)
+        assert code == 0 and "warning" not in err, err
+    code, out, err = lateseq("ingest", store, day)
+    assert (code, out) == (0, "3\n") and "warning: version 1 committed the same events in the same order" in err, err
+    assert "--commit-id" in err and "(histories read at version 3 hold each of them twice)" in err, err
+    shuffled = write(tmp_path / "d3.parquet", user_id=[2, 1, 1], ts=[3, 1, 2], item_id=[7, 5, 6])
+    code, _, err = lateseq("ingest", store, shuffled)
+    assert code == 0 and "warning" not in err, err
+    for _ in range(2):  # with an id, the rerun commits nothing (and says so)
+        code, _, err = lateseq("ingest", store, other, "--commit-id", "day-2")
+        assert code == 0 and "warning" not in err, err
+
+
 @pytest.mark.parametrize("case", [
     "missing events file", "events missing user column", "store path is a file", "unknown version",
     "unknown tag", "missing requests file", "requests missing column", "missing example log",

@@ -485,6 +485,23 @@ class VersionLog:
                 return number, m.get("content", "")
         return None
 
+    def same_events(self, version: int, recent: int = 64) -> int | None:
+        """The newest of the ``recent`` commits before ``version`` whose events were the
+        same as its own, in the same order (their content digests match), or None: an
+        input committed twice (a scheduled ingest rerun without a commit id). A version
+        file that cannot be read is passed over (not this check's to report)."""
+        try:
+            content = self._version_file(version).get("content")
+            numbers = [n for n in self.numbers() if n < version][-recent:]
+        except StoreError:
+            return None
+        for number in reversed(numbers):
+            with contextlib.suppress(StoreError):
+                m = self._version_file(number)
+                if content and m.get("operation") == "commit" and m.get("content") == content:
+                    return number
+        return None
+
     def _marked_version(self, marker: Path, commit_id: str) -> int | None:
         """The version ``commit_id``'s file ``marker`` names; None where it is another id's
         that shares the name's hash prefix."""

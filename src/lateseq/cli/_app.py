@@ -640,7 +640,8 @@ def ingest(
 
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
-    --commit-id (or the store names an event id column, --event-id-col, which drops repeats).
+    --commit-id (or the store names an event id column, --event-id-col, which drops repeats);
+    a warning says so where one of the 64 commits before held the same events in the same order.
     The file is read and committed whole, at 100-140 bytes of memory an event: split a
     bigger input into several ingests (each a version), and give a store past some tens
     of millions of events --partitions."""
@@ -745,6 +746,11 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
             f"event id)" if repeated else f"{table.num_rows:,} events from {events}")
     _err.print(f"{created + ', ' if created else ''}committed {what} as version {new.version} "
                f"({new.num_events:,} events in all)", highlight=False)
+    if commit_id is None and (twin := new._log.same_events(new.version)) is not None:  # a rerun (s51A)
+        _err.print(f"warning: version {twin} committed the same events in the same order: they are now stored "
+                   f"twice (histories read at version {new.version} hold each of them twice). Rerun an ingest that "
+                   "may have committed with the first run's --commit-id, which then commits nothing (or give a new "
+                   "store --event-id-col, which keeps one copy of an event)", highlight=False)
 
 
 def _remove_unused(store: Path) -> None:
