@@ -901,7 +901,8 @@ def test_a_copy_let_go_while_another_is_being_held_does_not_hang_the_reader(tmp_
         reader.join(timeout=30)
     assert not reader.is_alive() and done[0] is columns
     assert segments.in_memory_bytes() == before + columns["x"].nbytes  # the one let go, counted off
-    del done, columns
+    done.clear()
+    columns.clear()  # the held array's last reference
     gc.collect()
     assert segments.in_memory_bytes() == before
 

@@ -125,8 +125,8 @@ def test_infer_names_every_column_it_cannot_store_at_once_and_widens_unsigned_on
         Schema.infer(arrow)
     message = str(err.value)
     for part in ("column 'surface' has type dictionary", "index_in", "column 'day' has type date32",
-                 "integer count of a unit", "column 'hashed' has type uint64", "safe=False", "--drop surface,day,hashed",
-                 "user ids 'user_id' have type string", "hash_array"):
+                 "integer count of a unit", "column 'hashed' has type uint64", "safe=False",
+                 "--drop surface,day,hashed", "user ids 'user_id' have type string", "hash_array"):
         assert part in message, (part, message)
     assert "'creator'" not in message and "'clicks'" not in message
     # the time column's type, float ids and what the schema itself refuses, in the same message (s51B)

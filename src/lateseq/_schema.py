@@ -159,7 +159,8 @@ class Schema:
         user_type = arrow_schema.field(user_col).type
         user_values = user_type.value_type if pa.types.is_dictionary(user_type) else user_type
         if not pa.types.is_integer(user_values):
-            problems.append(f"user ids {user_col!r} have type {user_type}, expected int64{string_ids_hint(user_values)}")
+            hint = string_ids_hint(user_values)
+            problems.append(f"user ids {user_col!r} have type {user_type}, expected int64{hint}")
         if not (pa.types.is_integer(time_type) or pa.types.is_timestamp(time_type)):
             problems.append(f"event times {time_col!r} have type {arrow_schema.field(time_col).type}; times must "
                             "be integers, timestamps or dates")
