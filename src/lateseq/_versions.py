@@ -485,11 +485,12 @@ class VersionLog:
                 return number, m.get("content", "")
         return None
 
-    def same_events(self, version: int, recent: int = 64) -> int | None:
-        """The newest of the ``recent`` commits before ``version`` whose events were the
-        same as its own, in the same order (their content digests match), or None: an
-        input committed twice (a scheduled ingest rerun without a commit id). A version
-        file that cannot be read is passed over (not this check's to report)."""
+    def same_events(self, version: int, recent: int = 8) -> int | None:
+        """The newest of the ``recent`` versions before ``version`` that committed the same
+        events as it, in the same order (their content digests match), or None: an input
+        committed twice (a scheduled ingest rerun without a commit id). Few, as a version
+        that lists all its segments is megabytes of JSON at 16k partitions; a version file
+        that cannot be read is passed over (not this check's to report)."""
         try:
             content = self._version_file(version).get("content")
             numbers = [n for n in self.numbers() if n < version][-recent:]

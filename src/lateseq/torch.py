@@ -375,9 +375,9 @@ def _refuse_collating(batch: Sequence[Batch], *, collate_fn_map: Any = None) -> 
     said only that it cannot collate a Batch. A TypeError, as torch's own collate raises
     for a type it cannot join (a misuse of the loader, not a problem of the data)."""
     raise TypeError(f"a DataLoader tried to join {len(batch)} lateseq Batch(es) into one: an ExampleDataset "
-                      "yields whole batches (of its own batch_size), so make the loader with "
-                      "DataLoader(dataset, batch_size=None); to train on bigger batches than the workers "
-                      "build, join them with lateseq.torch.rebatch")
+                    "yields whole batches (of its own batch_size), so make the loader with "
+                    "DataLoader(dataset, batch_size=None); to train on bigger batches than the workers "
+                    "build, join them with lateseq.torch.rebatch")
 
 
 try:  # torch's documented hook for collating a type of one's own (default_collate's docstring)

@@ -641,7 +641,7 @@ def ingest(
     Each run commits what it reads: a retry of a run that may have committed (it was
     killed, or its output lost) commits the events again, unless both runs pass the same
     --commit-id (or the store names an event id column, --event-id-col, which drops repeats);
-    a warning says so where one of the 64 commits before held the same events in the same order.
+    a warning says so where one of the 8 versions before committed the same events in the same order.
     The file is read and committed whole, at 100-140 bytes of memory an event: split a
     bigger input into several ingests (each a version), and give a store past some tens
     of millions of events --partitions."""
