@@ -80,7 +80,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
                    "materialize_log(drop_deleted=True) (lateseq loader or materialize --drop-deleted)" if deleted else
                    _coarser_times(pointers.request_ts[rows], store) +
                    "the store lost or gained events those pointers counted, the log's pointer columns "
-                   "(user_id, request_ts, uih_*) were changed since they were logged, or the log was logged "
+                   "(user_id, request_ts, uih_*) were changed since they were logged (a change that leaves a "
+                   "history as it was is not seen: the checksum vouches for the history), or the log was logged "
                    "against another store (most of a batch differing says so)")
             raise ChecksumMismatch(
                 f"{len(rows)} of {len(pointers)} rebuilt histories differ from what online saw "

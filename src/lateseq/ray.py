@@ -195,6 +195,9 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     once per actor, and needs a store of several partitions. ``drop_deleted`` leaves out
     the examples of users deleted (``Store.delete``) since their pointer's version, as
     ``lateseq.torch.ExampleDataset``'s does (any other changed history still raises).
+    Read it with ``iter_torch_batches(collate_fn=Collate())``: Ray's own conversion turns
+    a batch of histories all one length into a dense tensor of that width, silently (0
+    for empty ones), and fails on the first ragged batch (s51E).
     """
     store = store if isinstance(store, Store) else Store(store)
     actors, batch_size = exact_integer("actors", actors, 1), exact_integer("batch_size", batch_size, 1)
