@@ -152,8 +152,8 @@ class Schema:
             if dtype is None:
                 refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values)}")
             columns[f.name] = dtype
-        problems = [f"{'; '.join(refused)}: a store cannot hold {'it' if len(refused) == 1 else 'them'}; drop "
-                    f"{'it' if len(refused) == 1 else 'them'} (the CLI's ingest --drop "
+        them = "it" if len(refused) == 1 else "them"
+        problems = [f"{'; '.join(refused)}: a store cannot hold {them}; drop {them} (the CLI's ingest --drop "
                     f"{','.join(n for n, dtype in columns.items() if dtype is None)}) or cast to one of "
                     f"{', '.join(PAYLOAD_TYPES)}"] if refused else []
         user_type = arrow_schema.field(user_col).type
@@ -395,8 +395,7 @@ def _payload_hint(type_: pa.DataType) -> str:
     """What to do with a payload column of ``type_`` that a store cannot hold, beyond a cast."""
     if pa.types.is_temporal(type_):
         return " (times other than the event's are stored as integers: cast to an integer count of a unit you choose)"
-    return string_values_hint(type_) or (" (bits above int64's: keep them as int64, pyarrow.compute.cast(column, "
-                                         "'int64', safe=False))" if pa.types.is_uint64(type_) else "")
+    return string_values_hint(type_) or unsigned_bits_hint(type_, pa.int64(), False)
 
 
 def _is_text(type_: pa.DataType) -> bool:
