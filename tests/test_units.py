@@ -149,6 +149,24 @@ def test_infer_names_every_column_it_cannot_store_at_once_and_widens_unsigned_on
     assert got.values["views"].tolist() == [65535, 1]
 
 
+def test_infer_takes_a_table_and_float16_which_a_commit_stores_exactly(tmp_path):
+    """A table passed for its schema was an AttributeError; a float16 column a commit stores
+    exactly as float32 was refused by a new store (s52B)."""
+    halves = pa.array(np.array([1.5, -0.0, np.inf, np.nan, 6e-8], np.float16))
+    events = pa.table({"user_id": [1] * 5, "ts": [1, 2, 3, 4, 5], "half": halves})
+    schema = Schema.infer(events)
+    assert schema.columns == {"half": "float32"} and Schema.infer(events.to_batches()[0]) == schema
+    store = lateseq.create(tmp_path / "s", schema).commit(events)
+    got = lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]})),
+                              lateseq.Projection(5)).values["half"]
+    assert got.tobytes() == halves.to_numpy(zero_copy_only=False).astype(np.float32).tobytes()
+    with pytest.raises(SchemaError, match="Schema.infer takes a pyarrow Schema .or a Table., not a DataFrame"):
+        Schema.infer(events.to_pandas())
+    reader = pa.RecordBatchReader.from_batches(events.schema, events.to_batches())
+    with pytest.raises(SchemaError, match=r"not a RecordBatchReader \(reader.read_all\(\) reads it into a Table\)"):
+        lateseq.log_examples(store, reader)
+
+
 def test_a_log_whose_request_times_were_rewritten_in_a_coarser_unit_is_named_so(tmp_path):
     """A log's request_ts rewritten as Spark's unix_millis against a store in us failed its
     checksums with every cause but that one named (s51A)."""

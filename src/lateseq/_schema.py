@@ -127,13 +127,20 @@ class Schema:
 
     @classmethod
     def infer(
-        cls, arrow_schema: pa.Schema, user_col: str = "user_id", time_col: str = "ts", **options: Any
+        cls, arrow_schema: pa.Schema | pa.Table | pa.RecordBatch, user_col: str = "user_id", time_col: str = "ts",
+        **options: Any
     ) -> Schema:
         """Every column other than user and time becomes a payload column.
 
         A timestamp-typed time column gives the store its ``time_unit`` unless the
-        options name one; an integer time column gives none (plain integers).
+        options name one; an integer time column gives none (plain integers). A table
+        stands for its schema (passing one was an AttributeError, s52B).
         """
+        if isinstance(arrow_schema, pa.Table | pa.RecordBatch):
+            arrow_schema = arrow_schema.schema
+        if not isinstance(arrow_schema, pa.Schema):
+            raise SchemaError(f"Schema.infer takes a pyarrow Schema (or a Table), not a {type(arrow_schema).__name__}"
+                              + frame_hint(arrow_schema))
         names = arrow_schema.names
         for needed, what, option in ((user_col, "user ids", "user"), (time_col, "event times", "time")):
             if needed not in names:
@@ -388,7 +395,9 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
     return pa.timestamp("ms") if pa.types.is_date64(type_) else type_
 
 
-_WIDER_SIGNED = {"uint8": "int16", "uint16": "int32", "uint32": "int64"}
+# types no column has, as the one a commit casts them into exactly (an existing store took
+# them while a new one refused them: s51A's uint32, s52B's float16)
+_WIDER_SIGNED = {"uint8": "int16", "uint16": "int32", "uint32": "int64", "halffloat": "float32"}
 
 
 def _payload_hint(type_: pa.DataType) -> str:
@@ -438,6 +447,8 @@ def decoded(column: pa.Array | pa.ChunkedArray, what: str, ids: bool = False) ->
 def frame_hint(value: Any) -> str:
     """How to make the Arrow table lateseq takes of ``value``, exactly, where it is a
     DataFrame (for an error refusing it), else nothing."""
+    if isinstance(value, pa.RecordBatchReader):  # Store.commit takes one; log_examples and materialize a Table (s52B)
+        return " (reader.read_all() reads it into a Table)"
     if not hasattr(value, "columns"):
         return ""
     if isinstance(value, pa.RecordBatch):  # (it has columns too: it was told how to convert a DataFrame, s47E)
