@@ -631,15 +631,35 @@ def test_windows_as_wide_as_int64_and_wider(make_store, window, time_unit):
     # any_bits = 1 << 63 is a positive mask: it keeps the values with bit 63 set (the negative ones)
     (Filter("flags", any_bits=1 << 63), [-5, INT64[0]]),
     (Filter("flags", all_bits=(1 << 63) | 1), [-5]),
+    # the same masks as TOML writes them (its integers are int64): two's complement (s52A)
+    (Filter("flags", any_bits=-(1 << 63)), [-5, INT64[0]]),
+    (Filter("flags", all_bits=-(1 << 63) + 1), [-5]),
+    (Filter("flags", any_bits=-1), [-5, 5, INT64[0]]),
+    # on an int8 column, -4 is its bits there, 0xfc: -4 and -1 have them all, 4 does not (flags of those rows)
+    (Filter("small", all_bits=-4), [-5, 5]),
     # a value no int64 holds matches nothing; the others still match
     (Filter("flags", isin=[2**63, 5]), [5]),
 ])
 def test_filter_values_at_the_ends_of_int64(make_store, where, expected):
-    store = make_store({"flags": "int64"})
-    store = store.commit(pa.table({"user_id": [1, 1, 1], "ts": [1, 2, 3], "flags": [-5, 5, INT64[0]]}))
+    store = make_store({"flags": "int64", "small": "int8"})
+    store = store.commit(pa.table({"user_id": [1, 1, 1], "ts": [1, 2, 3], "flags": [-5, 5, INT64[0]],
+                                   "small": pa.array([-4, -1, 4], pa.int8())}))
     examples = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [4]}))
     batch = lateseq.materialize(store, examples, Projection(10, ("flags",), where=where))
     assert batch.values["flags"].tolist() == expected
+
+
+def test_a_toml_config_writes_bit_63_as_a_negative_int64(tmp_path):
+    """0x8000000000000000 is past TOML's int64 range (a spec-following parser refuses the
+    file); -9223372036854775808, the spelling TOML allows, was refused (s52A)."""
+    config = tmp_path / "t.toml"
+    config.write_text('[tenants.top]\nmax_len = 5\nwhere = { column = "flags", any_bits = -9223372036854775808 }\n')
+    schema = lateseq.Schema({"flags": "int64"})
+    assert lateseq.load_tenants(config, schema)["top"].where == Filter("flags", any_bits=1 << 63)
+    with pytest.raises(lateseq.SchemaError, match="a negative int64 for its two's-complement bits"):
+        Filter("flags", any_bits=-(1 << 63) - 1)
+    with pytest.raises(lateseq.SchemaError, match="mask of 1 to 64 bits"):
+        Filter("flags", all_bits=0)
 
 
 # ---------------------------------------------------------------------- verification
@@ -814,7 +834,8 @@ BAD_TENANTS = {
     "isin_scalar": ('max_len = 5\nwhere = { column = "action", isin = 1 }', CONFIG_SCHEMA, "isin"),
     "filter_column_list": ('max_len = 5\nwhere = { column = ["action"], isin = [1] }', CONFIG_SCHEMA, "where"),
     "any_bits_zero": ('max_len = 5\nwhere = { column = "action", any_bits = 0 }', CONFIG_SCHEMA, "any_bits"),
-    "any_bits_negative": ('max_len = 5\nwhere = { column = "action", any_bits = -4 }', CONFIG_SCHEMA, "any_bits"),
+    "any_bits_negative": ('max_len = 5\nwhere = { column = "action", any_bits = -129 }', CONFIG_SCHEMA, "any_bits"),
+    "any_bits_wide": ('max_len = 5\nwhere = { column = "action", any_bits = 256 }', CONFIG_SCHEMA, "any_bits"),
     "all_bits_zero": ('max_len = 5\nwhere = { column = "action", all_bits = 0 }', CONFIG_SCHEMA, "all_bits"),
     "transform_unknown": ('max_len = 5\ncolumns = ["ts"]\ntransforms = { ts = "weeks" }', CONFIG_SCHEMA,
                           "transforms"),

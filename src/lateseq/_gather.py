@@ -77,7 +77,8 @@ def compare(pointers: Pointers, located: Located, verify: bool, on_mismatch: Lit
             why = (f"{deleted} of them are examples of users deleted from the store (Store.delete): drop those "
                    "examples from the log, or read with drop_deleted, which leaves them out: "
                    "lateseq.torch.ExampleDataset(drop_deleted=True), lateseq.ray.materialized(drop_deleted=True), "
-                   "materialize_log(drop_deleted=True) (lateseq loader or materialize --drop-deleted)" if deleted else
+                   "materialize_log(drop_deleted=True), materialize_log_tenants(drop_deleted=True) (lateseq loader "
+                   "or materialize --drop-deleted)" if deleted else
                    _coarser_times(pointers.request_ts[rows], store) +
                    "the store lost or gained events those pointers counted, the log's pointer columns "
                    "(user_id, request_ts, uih_*) were changed since they were logged (a change that leaves a "

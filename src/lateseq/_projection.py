@@ -56,11 +56,14 @@ class Filter:
             object.__setattr__(self, "_bools", any(isinstance(v, bool | np.bool_) for v in values))  # see problems
         for key in ("any_bits", "all_bits"):
             bits = getattr(self, key)
-            if bits is not None and (not is_integer(bits) or not 0 < bits < 1 << 64):
+            # a negative int64 is its two's-complement bits: TOML's integers are int64, so bit 63 is
+            # -9223372036854775808 there (0x8000000000000000 is past its range, s52A)
+            if bits is not None and (not is_integer(bits) or not -(1 << 63) <= bits < 1 << 64 or bits == 0):
                 raise SchemaError(f"where: {key} of the filter on {self.column!r} must be a mask of 1 to 64 bits "
-                                  f"(a positive integer below 2**64), got {bits!r}")
+                                  f"(a positive integer below 2**64, or a negative int64 for its two's-complement "
+                                  f"bits: -9223372036854775808 is bit 63), got {bits!r}")
             if bits is not None:
-                object.__setattr__(self, key, int(bits))
+                object.__setattr__(self, key, int(bits) & ((1 << 64) - 1))
 
     @property
     def mode(self) -> int:
@@ -213,11 +216,15 @@ class Projection:
                     problems.append(f"where: isin values {list(self.where.isin)} all lie outside [{low}, {high}], "
                                     f"the values of {dtype} column {self.where.column!r}: no event can match")
             else:
-                mask = self.where.any_bits if self.where.any_bits is not None else self.where.all_bits
+                key = "any_bits" if self.where.any_bits is not None else "all_bits"
+                mask = getattr(self.where, key)
                 width = 1 if dtype == "bool" else np.dtype(dtype).itemsize * 8
-                if mask >> width:
-                    problems.append(f"where: mask {mask:#x} has bits beyond the {width} of {dtype} column "
-                                    f"{self.where.column!r}")
+                # a negative mask that fits a signed column (-4 on int8) is its bits there: the kernel
+                # compares sign-extended values, whose bits above the column's repeat its sign bit
+                sign_extended = dtype != "bool" and mask >> (width - 1) == (1 << (65 - width)) - 1
+                if mask >> width and not sign_extended:
+                    problems.append(f"where: {key} mask {mask:#x} has bits beyond the {width} of {dtype} column "
+                                    f"{self.where.column!r} (a negative mask must fit the column's type)")
         try:
             self.window_in(schema)
         except SchemaError as exc:
