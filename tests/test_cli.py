@@ -185,6 +185,24 @@ def test_cache_dir_moves_the_decoded_segments(files):
     assert pq.read_table(d / "o.parquet").num_rows == 60
 
 
+def test_cleanup_cache_only_cleans_a_reading_hosts_cache_and_retires_nothing(files):
+    store, d = Path(files["store"]), files["dir"]
+    for events in ("e1", "e2"):
+        assert lateseq("ingest", store, files[events])[0] == 0
+        assert lateseq("--cache-dir", d / "local", "pointers", store, files["req"], "--out", d / f"{events}.parquet",
+                       "--force")[0] == 0
+    assert lateseq("compact", store)[0] == 0
+    assert lateseq("cleanup", store, "--grace", 0)[0] == 0
+    assert len(list((d / "local").glob("*/*.arrow"))) == 2  # the writer's cleanup never sees them
+    versions = lateseq("versions", store)[1]
+    code, _, err = lateseq("--cache-dir", d / "local", "cleanup", store, "--cache-only", "--before", "1")
+    assert code == 1 and "--cache-only retires no version" in err
+    code, _, err = lateseq("--cache-dir", d / "local", "cleanup", store, "--cache-only", "--grace", 0)
+    assert code == 0, err
+    assert "freed" in err and "of the read cache" in err
+    assert not list((d / "local").glob("*/*.arrow")) and lateseq("versions", store)[1] == versions
+
+
 def test_merged_reads_give_the_same_sequences(files):
     store, d = Path(files["store"]), files["dir"]
     for events in ("e1", "e2", "e3"):  # three segments, late events among them

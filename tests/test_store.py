@@ -1305,6 +1305,34 @@ def test_stores_sharing_a_cache_dir_never_clean_up_each_other(make_store, tmp_pa
     assert len(list(stores[0].cache_dir.glob("*.arrow"))) == 1  # its retired versions' copies went
 
 
+def test_a_reading_hosts_own_cache_is_cleaned_up_by_cleanup_cache_alone(make_store, tmp_path, dir_snapshot):
+    """The writer's cleanup never sees a reader's cache_dir: it grew with every version
+    read (s52C). cleanup_cache deletes there what no kept version reads, and nothing else."""
+    writer = make_store({"item": "int64", "rating": "bool"})
+    reader_cache = tmp_path / "reader-cache"
+    examples = []
+    for day in range(6):
+        writer = writer.commit(events([1, 2, 3], [10 * day + 1] * 3, [day, day + 1, day + 2], rating=True))
+        writer = writer.compact()  # a new segment every version: each day's read decodes another
+        reader = lateseq.open(writer.path, cache_dir=reader_cache)
+        examples.append(lateseq.log_examples(reader, pa.table({"user_id": [1, 2, 3], "request_ts": [10 * day + 5] * 3})))
+        lateseq.materialize(reader, examples[-1], lateseq.Projection(10))
+        writer.cleanup(before=writer.version, grace_s=0)
+    copies = sorted(p.name for p in reader.cache_dir.glob("*.arrow"))
+    assert len(copies) == 6  # one per version read, five of them retired
+    store_files = dir_snapshot(writer.path)
+    with pytest.raises(lateseq.SchemaError, match="grace_s must be a non-negative number"):
+        reader.cleanup_cache(grace_s=-1)
+    reader.cleanup_cache(grace_s=0)
+    kept = {info.name for info in writer.segment_infos}
+    assert {p.name.split(".")[0] for p in reader.cache_dir.glob("*.arrow")} == kept  # the latest's alone
+    assert dir_snapshot(writer.path) == store_files  # retired nothing, touched nothing of the store
+    expected = [lateseq.materialize(writer, log, lateseq.Projection(10)) for log in examples]
+    for log, want in zip(examples, expected, strict=True):  # every pointer still rebuilds, through the latest
+        got = lateseq.materialize(lateseq.open(writer.path, cache_dir=reader_cache), log, lateseq.Projection(10))
+        assert not got.rows_differ(want).any()
+
+
 def test_cleanup_keeps_tagged_and_latest_versions_and_old_pointers_rebuild(make_store):
     store = make_store(partitions=2)
     logs = []

@@ -862,11 +862,24 @@ def cleanup(
     grace: Annotated[float, typer.Option(
         help="Seconds: files younger than this are spared (another host's writer may not have published them).",
     )] = 3600.0,
+    cache_only: Annotated[bool, typer.Option(
+        "--cache-only", help="Only delete the read cache's copies no kept version reads, retiring nothing and "
+                             "touching nothing of the store: for a reading host's own --cache-dir, which the "
+                             "writer's cleanup never sees.")] = False,
 ) -> None:
     """Retire versions older than BEFORE and delete the files no kept version uses; print the retired versions."""
     if not 0 <= grace < float("inf"):  # also refuses nan
         raise SchemaError(f"--grace must be a finite number of seconds, zero or more, got {grace}")
     handle = _open(store)
+    if cache_only:
+        if before is not None or not keep_tags:
+            raise SchemaError("--cache-only retires no version: it takes neither --before nor --no-keep-tags")
+        held = _bytes_under(handle.cache_dir)
+        handle.cleanup_cache(grace_s=grace)
+        _err.print(f"freed {human_bytes(max(0, held - _bytes_under(handle.cache_dir)))} of the read cache "
+                   f"{handle.cache_dir}" + (f" (copies younger than --grace {grace:g} s stay)" if grace else ""),
+                   highlight=False)
+        return
     latest = handle.latest_version
     tags = handle.tags()
     if before is None or before == "latest":
