@@ -138,6 +138,19 @@ def merge_order_reference(user, ts, tiebreak):
     return np.lexsort(keys)
 
 
+def pairs_seen_reference(user, ids, known_user, known_ids):
+    """``pairs_seen``: per row, whether an earlier row has its (user, id) pair, and whether
+    the known pairs hold it."""
+    known = set(zip(known_user.tolist(), known_ids.tolist(), strict=True))
+    seen: set[tuple[int, int]] = set()
+    repeat, found = [], []
+    for pair in zip(user.tolist(), ids.tolist(), strict=True):
+        repeat.append(pair in seen)
+        found.append(pair in known)
+        seen.add(pair)
+    return repeat, found
+
+
 def version_bounds_reference(version, starts):
     """``version_bounds``: per user, the running max of the version, and the running min
     taken from the user's last row backwards."""

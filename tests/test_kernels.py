@@ -23,6 +23,7 @@ from naive import (
     copy_windows_reference,
     locate_reference,
     merge_order_reference,
+    pairs_seen_reference,
     partition_of_reference,
     rows_since_reference,
     select_reference,
@@ -47,6 +48,7 @@ from lateseq._kernels import (
     late_index,
     late_rows,
     merge_order,
+    pairs_seen,
     prefetch,
     rank_index,
     remap_ranges,
@@ -569,6 +571,36 @@ def test_partitions_stay_what_they_were():
     assert partition_of(ids, 2).tolist() == [0, 1, 1, 1, 0, 0, 0]
     assert partition_of(ids, 16).tolist() == [0, 5, 11, 13, 10, 0, 2]
     assert partition_of(ids, 1000).tolist() == [0, 789, 67, 533, 50, 584, 962]
+
+
+PAIR_VALUES = st.integers(-3, 3) | st.sampled_from([-(2**63), 2**63 - 1, 2**62, -1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(PAIR_VALUES, PAIR_VALUES), max_size=60),
+       st.lists(st.tuples(PAIR_VALUES, PAIR_VALUES), max_size=60))
+def test_pairs_seen_matches_reference(rows, known):
+    """Few distinct values, so pairs repeat and the table's probe chains run long; ids at
+    the ends of int64 (the hash takes their 64 bits)."""
+    def columns(pairs):
+        return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64))
+
+    repeat, found = pairs_seen(*columns(rows), *columns(known))
+    assert (repeat.tolist(), found.tolist()) == pairs_seen_reference(*columns(rows), *columns(known))
+
+
+def test_pairs_seen_at_scale_matches_reference():
+    """Thousands of rows among a million known pairs, a tenth of them redelivered."""
+    rng = np.random.default_rng(5)
+    known_user, known_ids = rng.integers(0, 500, 1_000_000), rng.integers(0, 10**6, 1_000_000)
+    pick = rng.integers(0, 1_000_000, 500)
+    user = np.concatenate([rng.integers(0, 500, 4500), known_user[pick]])
+    ids = np.concatenate([rng.integers(0, 10**6, 4500), known_ids[pick]])
+    order = rng.permutation(len(user))
+    user, ids = np.concatenate([user[order], user[:300]]), np.concatenate([ids[order], ids[:300]])
+    repeat, found = pairs_seen(user, ids, known_user, known_ids)
+    want_repeat, want_found = pairs_seen_reference(user, ids, known_user, known_ids)
+    assert repeat.tolist() == want_repeat and found.tolist() == want_found and sum(want_found) >= 500
 
 
 @settings(max_examples=200, deadline=None)

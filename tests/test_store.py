@@ -1315,7 +1315,8 @@ def test_a_reading_hosts_own_cache_is_cleaned_up_by_cleanup_cache_alone(make_sto
         writer = writer.commit(events([1, 2, 3], [10 * day + 1] * 3, [day, day + 1, day + 2], rating=True))
         writer = writer.compact()  # a new segment every version: each day's read decodes another
         reader = lateseq.open(writer.path, cache_dir=reader_cache)
-        examples.append(lateseq.log_examples(reader, pa.table({"user_id": [1, 2, 3], "request_ts": [10 * day + 5] * 3})))
+        requests = pa.table({"user_id": [1, 2, 3], "request_ts": [10 * day + 5] * 3})
+        examples.append(lateseq.log_examples(reader, requests))
         lateseq.materialize(reader, examples[-1], lateseq.Projection(10))
         writer.cleanup(before=writer.version, grace_s=0)
     copies = sorted(p.name for p in reader.cache_dir.glob("*.arrow"))

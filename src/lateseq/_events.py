@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from ._kernels import _partition_of, event_hashes, frozen
+from ._kernels import _partition_of, event_hashes, frozen, pairs_seen
 from ._schema import Schema
 
 
@@ -109,31 +109,14 @@ def first_deliveries(user: np.ndarray, ids: np.ndarray, known_user: np.ndarray,
                      known_ids: np.ndarray) -> np.ndarray:
     """Mask of rows that are the first delivery of their (user, event id), counting
     the ``known`` pairs (already stored) as delivered before every row."""
-    order, repeat = _pairs_sorted(np.concatenate([known_user, user]), np.concatenate([known_ids, ids]))
-    seen = np.zeros(len(order), bool)
-    seen[order] = repeat
-    return ~seen[len(known_user):]
+    repeat, known = pairs_seen(user, ids, known_user, known_ids)
+    return ~(repeat | known)
 
 
 def known_pairs(user: np.ndarray, ids: np.ndarray, known_user: np.ndarray, known_ids: np.ndarray) -> np.ndarray:
     """Mask of rows whose (user, event id) is among the ``known`` pairs (rows may repeat
     a pair: a tail read for two requests of one user holds its events twice)."""
-    order, repeat = _pairs_sorted(np.concatenate([known_user, user]), np.concatenate([known_ids, ids]))
-    group = np.cumsum(~repeat) - 1
-    known = np.zeros(len(order), bool)
-    known[group[order < len(known_user)]] = True
-    mask = np.empty(len(order), bool)
-    mask[order] = known[group]
-    return mask[len(known_user):]
-
-
-def _pairs_sorted(user: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The stable order of rows by (user, event id), and which sorted rows repeat the pair before."""
-    order = np.lexsort((np.arange(len(user)), ids, user))
-    u, e = user[order], ids[order]
-    repeat = np.zeros(len(order), bool)
-    repeat[1:] = (u[1:] == u[:-1]) & (e[1:] == e[:-1])
-    return order, repeat
+    return pairs_seen(user, ids, known_user, known_ids)[1]
 
 
 def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
