@@ -179,6 +179,10 @@ def _sound_part(spec: Any) -> tuple[list[str], Projection | None]:
     kept = {key: value for key, value in spec.items() if key in _FIELDS and attempt({key: value}, own) is not None}
     if any(key in spec and key not in kept for key in ("columns", "feature_groups")):
         kept.pop("transforms", None)  # they name columns the dropped field may have read
+    where = spec.get("where")
+    if "where" not in kept and isinstance(where, dict) and isinstance(where.get("column"), str):
+        # its column, checked with a stand-in filter: an empty isin hid that the column does not exist (s52A)
+        kept["where"] = {"column": where["column"], "isin": [0]}
     return own, attempt(kept)
 
 
