@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 from conftest import files_at_most, snapshot
 from oracle import Oracle, Request, assert_batch_equal, oracle_requests, referenced_files
 
@@ -36,6 +37,7 @@ import lateseq._store
 import lateseq._versions
 import lateseq.audit
 from lateseq._store import _tiered_runs
+from lateseq.cli import app
 
 
 def events(users, ts, items, *, rating: bool = False) -> pa.Table:
@@ -957,6 +959,18 @@ def test_cleanup_leaves_a_read_only_cache_as_it_was_and_says_so(make_store, tmp_
     assert told[0].filename == __file__
     assert segment_files(store) == referenced_files(store)  # the store is cleaned up
     assert {p.name for p in cache.rglob("p*.arrow")} == copies  # its cache is not
+    with monkeypatch.context() as patch:  # nor by cleanup_cache, which says so of itself alone (s52D)
+        unwritable_cache(patch, cache, "read-only")
+        with pytest.warns(RuntimeWarning, match=r"cleanup_cache left the read cache .* Nothing was removed: run it "
+                                                "where the cache can be written"):
+            store.cleanup_cache(grace_s=0)
+        # and the CLI prints it as its own line: the warning was typer's, in Python's form
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # shown, as outside the tests (which make warnings errors)
+            result = CliRunner().invoke(app, ["--cache-dir", str(cache), "cleanup", str(store.path), "--cache-only",
+                                              "--grace", "0"])
+    assert result.exit_code == 0 and result.stderr.startswith("warning: lateseq: cleanup_cache left"), result.stderr
+    assert {p.name for p in cache.rglob("p*.arrow")} == copies
     store.cleanup(before="latest", grace_s=0)
     kept = {f"{info.name}.arrow" for info in store.segment_infos}
     assert {p.name for p in cache.rglob("p*.arrow")} == kept < copies

@@ -160,12 +160,16 @@ def exact_integer(name: str, value: object, low: int | None = None, high: int | 
 
 
 def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
-    """Warns at the line of the first caller outside lateseq, however deep in lateseq the
-    cause was found (a read's copy held in memory is found in a segment's decode)."""
+    """Warns at the line of the first caller outside the library, however deep in it the
+    cause was found (a read's copy held in memory is found in a segment's decode). The
+    CLI is such a caller: past it, the warning was typer's, which the CLI printed in
+    Python's form rather than as its own "warning: ..." line (s52D)."""
     frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while (frame is not None and frame.f_code.co_filename.startswith(_PACKAGE)
+           and not frame.f_code.co_filename.startswith(_CLI)):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_CLI = os.path.join(_PACKAGE, "cli") + os.sep

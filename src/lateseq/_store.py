@@ -789,7 +789,7 @@ class Store:
         writer's ``cleanup`` never sees: run there now and then, it grew with every version
         read (s52C: 23 MB after 60 days where the writer's cache held 9)."""
         _check_grace(grace_s)
-        self._remove_cached(self._log.kept_partitions(), grace_s)
+        self._remove_cached(self._log.kept_partitions(), grace_s, store_cleaned=False)
         forget_removed()
 
     def _refuse_missing_segments(self, before: int) -> None:
@@ -850,20 +850,24 @@ class Store:
                 moved.unlink(missing_ok=True)
         return kept
 
-    def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
+    def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float,
+                       store_cleaned: bool = True) -> None:
         """Deletes what this handle's read cache holds for no version of ``kept`` (see
         ``VersionLog.kept_partitions``): decoded copies, merged and filtered copies, and
         builders' leftovers. A cache that cannot be written (a read-only mount) is left as
-        it is, with a warning: the store's own cleanup is done, and failed there (s41A)."""
+        it is, with a warning: the store's own cleanup (``store_cleaned``) is done, and
+        failed there (s41A)."""
         try:
             self._remove_stale_cached(kept, grace_s)
         except OSError as exc:
             if not cache_unwritable(exc):
                 raise
-            warn_at_caller(f"lateseq: cleanup left the read cache {self.cache_dir} as it was: it cannot be written "
-                           f"({exc.strerror or exc} at {exc.filename or self.cache_dir}). The store's own files are "
-                           "cleaned up; the copies there of versions it no longer keeps go when a cleanup runs where "
-                           "the cache can be written (or remove them yourself: they are copies only)")
+            done = ("The store's own files are cleaned up; the copies there of versions it no longer keeps go when a "
+                    "cleanup runs" if store_cleaned else "Nothing was removed: run it")  # (s52D: said of cache-only)
+            warn_at_caller(f"lateseq: {'cleanup' if store_cleaned else 'cleanup_cache'} left the read cache "
+                           f"{self.cache_dir} as it was: it cannot be written ({exc.strerror or exc} at "
+                           f"{exc.filename or self.cache_dir}). {done} where the cache can be written (or remove "
+                           "them yourself: they are copies only)")
 
     def _remove_stale_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         referenced = {name for _, names in kept for name in names}
