@@ -862,12 +862,13 @@ class Store:
         except OSError as exc:
             if not cache_unwritable(exc):
                 raise
-            done = ("The store's own files are cleaned up; the copies there of versions it no longer keeps go when a "
-                    "cleanup runs" if store_cleaned else "Nothing was removed: run it")  # (s52D: said of cache-only)
+            done = ("The store's own files are cleaned up; the" if store_cleaned  # (s52D: said of cache-only)
+                    else "Nothing was removed; the")
             warn_at_caller(f"lateseq: {'cleanup' if store_cleaned else 'cleanup_cache'} left the read cache "
                            f"{self.cache_dir} as it was: it cannot be written ({exc.strerror or exc} at "
-                           f"{exc.filename or self.cache_dir}). {done} where the cache can be written (or remove "
-                           "them yourself: they are copies only)")
+                           f"{exc.filename or self.cache_dir}). {done} copies there of versions the store no longer "
+                           "keeps go when a cleanup runs where the cache can be written (or remove them yourself: "
+                           "they are copies only)")
 
     def _remove_stale_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         referenced = {name for _, names in kept for name in names}
