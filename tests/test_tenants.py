@@ -916,6 +916,14 @@ def test_every_problem_of_one_tenant_is_listed(tmp_path):
     assert "columns" in message and "window" in message, message
 
 
+def test_a_field_given_twice_is_quoted(tmp_path):
+    """tomllib's "Cannot overwrite a value (at line 3, column 12)" named neither the tenant
+    nor the field (s52A): the line is quoted."""
+    path = write_config(tmp_path, '[tenants.b]\nmax_len = 1\nmax_len = 2\n')
+    with pytest.raises(SchemaError, match=r"not valid TOML: .*\(at line 3, column \d+\): 'max_len = 2'$"):
+        lateseq.load_tenants(path)
+
+
 def test_every_field_that_cannot_be_read_is_listed(tmp_path):
     """Only the first field that failed was listed; the others were dropped unsaid."""
     path = write_config(tmp_path, '[tenants.a]\nmax_len = "200"\nwindow = "3x"\n'

@@ -113,7 +113,7 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
     except OSError as exc:
         raise SchemaError(f"cannot read tenant config {os.fspath(source)!r}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SchemaError(f"{os.fspath(source)}: not valid TOML: {exc}") from None
+        raise SchemaError(f"{os.fspath(source)}: not valid TOML: {exc}{_quoted_line(text, str(exc))}") from None
     except UnicodeDecodeError as exc:
         raise SchemaError(f"{os.fspath(source)}: not UTF-8 text, which TOML is (byte {exc.start}: "
                           f"{exc.object[exc.start:exc.start + 1]!r})") from None
@@ -143,6 +143,16 @@ def _parse(source: str | os.PathLike) -> tuple[list[str], dict[str, Projection],
             if rest is not None:
                 partial[name] = rest
     return problems, tenants, partial
+
+
+def _quoted_line(text: bytes, message: str) -> str:
+    """The line a TOML error names, quoted: "Cannot overwrite a value (at line 3, column
+    12)" named neither the tenant nor the field given twice (s52A)."""
+    found = re.search(r"at line (\d+), column \d+\)$", message)
+    lines = text.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").splitlines()
+    if found is None or not 1 <= int(found.group(1)) <= len(lines):
+        return ""
+    return f": {lines[int(found.group(1)) - 1].strip()[:200]!r}"
 
 
 def _dotted_names(name: str, spec: Any) -> list[str]:
