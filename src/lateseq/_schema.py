@@ -154,8 +154,9 @@ class Schema:
             if f.name in (user_col, time_col):
                 continue
             values = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
-            # unsigned integers as the signed type that holds them all (a commit casts them exactly)
-            dtype = _TYPE_NAMES.get(str(values)) or _WIDER_SIGNED.get(str(values))
+            # unsigned integers as the signed type that holds them all, float16 as float32 (a commit
+            # casts them exactly)
+            dtype = _TYPE_NAMES.get(str(values)) or _WIDENED.get(str(values))
             if dtype is None:
                 refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values)}")
             columns[f.name] = dtype
@@ -397,7 +398,7 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
 
 # types no column has, as the one a commit casts them into exactly (an existing store took
 # them while a new one refused them: s51A's uint32, s52B's float16)
-_WIDER_SIGNED = {"uint8": "int16", "uint16": "int32", "uint32": "int64", "halffloat": "float32"}
+_WIDENED = {"uint8": "int16", "uint16": "int32", "uint32": "int64", "halffloat": "float32"}
 
 
 def _payload_hint(type_: pa.DataType) -> str:
