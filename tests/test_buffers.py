@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import weakref
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
+from lateseq import _buffers
 from lateseq._buffers import Recycler, empty, recycling
 from lateseq._jagged import JaggedBatch
+
+
+@pytest.fixture(autouse=True)
+def no_spares():
+    """Each test starts and ends without spares of ended passes (theirs or another test's)."""
+    _buffers._spares.clear()
+    yield
+    _buffers._spares.clear()
 
 HOLDERS = {  # what holds the array, and its values as the holder sees them
     "the array": (lambda a: a, lambda h: h.tolist()),
@@ -86,3 +98,70 @@ def test_outside_a_loader_reads_get_new_arrays():
     assert address(empty("x", 10, np.int64)) != inside
     with recycling(lent):
         assert address(empty("x", 10, np.int64)) == inside
+
+
+def owner(array: np.ndarray) -> np.ndarray:
+    """The recycler's array an output is a view of."""
+    return array.base
+
+
+def test_an_ended_pass_leaves_its_free_arrays_to_the_next_one():
+    """A new pass faulted in every page of its reads again (glibc had given them back)."""
+    ended = Recycler()
+    out = ended.empty("x", 1000, np.int64)
+    kept = weakref.ref(owner(out))
+    del out, ended
+    assert kept() is not None  # a spare now
+    taken = Recycler().empty("y", 900, np.int64)  # any kind of output, within twice its size
+    assert owner(taken) is kept()
+    assert Recycler().empty("y", 900, np.int64).base is not kept()  # given out once
+
+
+def test_a_spare_the_last_batch_still_holds_is_taken_only_once_it_is_let_go():
+    ended = Recycler()
+    last = ended.empty("x", 1000, np.int64)
+    last[:] = 7
+    kept = weakref.ref(owner(last))
+    del ended  # the loop's variable still holds the pass's last batch
+    other = Recycler()
+    busy = other.empty("x", 1000, np.int64)
+    busy[:] = -1
+    assert owner(busy) is not kept() and last.tolist() == [7] * 1000
+    del last
+    assert owner(other.empty("x", 1000, np.int64)) is kept()
+
+
+def test_spares_are_the_latest_arrays_up_to_spare_bytes(monkeypatch):
+    monkeypatch.setattr(_buffers, "SPARE_BYTES", 25_000)
+    for size in (1000, 2000, 3000):  # three passes: arrays of 10, 20 and 30 kB (a quarter more than asked)
+        ended = Recycler()
+        ended.empty("x", size, np.int64)
+        del ended
+        assert sum(a.nbytes for a in _buffers._spares) <= 25_000
+    assert [a.nbytes for a in _buffers._spares] == [20_000]  # 30 kB alone is more than all; 20 kB, then 10 kB too many
+
+
+def test_a_pass_ending_while_a_spare_is_being_taken_keeps_nothing_and_waits_for_nothing():
+    ended = Recycler()
+    ended.empty("x", 1000, np.int64)
+    with _buffers._spares_lock:  # as when the collector ends a pass inside ``_take_spare``
+        del ended
+    assert _buffers._spares == []
+
+
+def test_a_forked_child_starts_without_spares_and_with_a_free_lock():
+    ended = Recycler()
+    ended.empty("x", 1000, np.int64)
+    del ended
+    assert len(_buffers._spares) == 1
+    read, write = os.pipe()
+    with _buffers._spares_lock:  # held by "another thread" as the process forks
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = not _buffers._spares and _buffers._spares_lock.acquire(timeout=5)
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.waitpid(pid, 0)
