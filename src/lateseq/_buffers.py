@@ -63,19 +63,24 @@ def _keep_spares(held: dict[Hashable, list[np.ndarray]]) -> None:
     ended = [array for arrays in held.values() for array in reversed(arrays)]
     if not ended or not _spares_lock.acquire(blocking=False):
         return
+    # no new object the collector counts is made while the lock is held: a collection could
+    # close a loader whose prefetch thread waits for the lock (s53A)
     try:
-        kept, total = [], 0
-        for array in ended + _spares:
-            if total + array.nbytes <= SPARE_BYTES:
-                kept.append(array)
-                total += array.nbytes
-        _spares[:] = kept
+        _spares[:0] = ended
+        total = i = 0
+        while i < len(_spares):
+            if total + _spares[i].nbytes <= SPARE_BYTES:
+                total += _spares[i].nbytes
+                i += 1
+            else:
+                del _spares[i]
     finally:
         _spares_lock.release()
 
 
 def _take_spare(need: int) -> np.ndarray | None:
-    """The latest free spare of ``need`` bytes to twice that (``Recycler.empty``'s rule), taken."""
+    """The latest free spare of ``need`` bytes to twice that (``Recycler.empty``'s rule),
+    taken (nothing the collector counts is made while the lock is held: see ``_keep_spares``)."""
     with _spares_lock:
         for i in range(len(_spares)):
             if need <= _spares[i].nbytes <= 2 * need and _references(_spares, i) == _UNSHARED:

@@ -27,7 +27,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from llvmlite import binding as llvm
@@ -36,6 +35,8 @@ from numba import carray, config, njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
+
+from ._compat import cached_property
 
 # ---------------------------------------------------------------- compiled, and cached on disk
 

@@ -53,10 +53,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
+from ._compat import cached_property
 from ._errors import SchemaError, exact_integer, is_integer
 
 BLOCK_ROWS = 65536  # rows per block when the log has no row groups to align with

@@ -14,12 +14,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from ._compat import cached_property
 from ._errors import StoreError, warn_at_caller
 from ._events import Events
 from ._format import (

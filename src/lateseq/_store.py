@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from ._compat import cached_property
 from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
 from ._errors import (
     CommitConflict,
@@ -643,7 +644,7 @@ class Store:
         pos = np.minimum(np.searchsorted(ids, users), len(ids) - 1)
         return (ids[pos] == users) & (np.asarray(versions, np.int64) < at[pos])
 
-    @functools.cached_property
+    @cached_property
     def _deleted(self) -> tuple[np.ndarray, np.ndarray]:
         """(users deleted up to this handle's version, sorted; the version of each one's
         last deletion): read once per handle from every version's record (a loader asks
