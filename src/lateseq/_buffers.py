@@ -10,10 +10,11 @@ reviewer's longer passes). Loaders lend a ``Recycler`` to the reads they make
 out an array again only once nothing else holds it: a batch the caller kept, a tensor made
 from one, or an Arrow array over one keeps its array from being written over.
 
-A pass's free arrays outlive it as spares (``SPARE_BYTES`` in all), which the next pass in
-the process takes first: glibc gave them back to the system when the pass ended, and a
-new pass faulted every page in again (2,400 faults, about 10 ms a pass: a pass over
-20,000 examples read 2.1x slower at N=256 than one whose arrays were kept).
+A pass's arrays outlive it as spares (``SPARE_BYTES`` in all), which the next pass in the
+process takes first, each once nothing else holds it: glibc gave them back to the system
+when the pass ended, and a new pass faulted every page in again (2,400 faults, about
+10 ms a pass: a pass over 20,000 examples read 2.1x slower at N=256 than one whose
+arrays were kept).
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ class Recycler:
     """Keeps, for each kind of output (``key``), the last ``depth`` arrays it gave out, to
     give each out again once it is free. ``depth`` covers the reads alive at once: the one
     the caller uses, the one before whose last batch it still holds, one rebuilt ahead.
-    A loader makes one per pass over its log; what it keeps free when the pass ends waits
-    for the next pass as spares."""
+    A loader makes one per pass over its log; what it keeps waits, when the pass ends, for
+    the next pass as spares."""
 
     def __init__(self, depth: int = 4) -> None:
         self.depth = depth
