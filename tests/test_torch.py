@@ -185,6 +185,37 @@ def test_prefetch_makes_the_next_batch_ahead_and_changes_nothing(world, source, 
         it.close()
 
 
+def test_a_prefetching_generator_closed_on_its_own_thread_does_not_wait_for_itself():
+    """A collection on the prefetch thread can close a generator in a garbage cycle there:
+    it joined its own thread, which raised and then hung (s53A)."""
+    from lateseq.torch import _ahead
+
+    closing, done = {}, threading.Event()
+
+    class ClosesItsReader:
+        def __init__(self) -> None:
+            self.made = 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> int:
+            self.made += 1
+            if self.made == 3:  # made on the prefetch thread, while item 2 is in use
+                try:
+                    closing["generator"].close()
+                except Exception as exc:  # noqa: BLE001 - what the old form raised here
+                    closing["error"] = exc
+                done.set()
+            return self.made
+
+    closing["generator"] = items = _ahead(ClosesItsReader())
+    assert next(items) == 1 and next(items) == 2
+    assert done.wait(30)
+    assert "error" not in closing, closing.get("error")
+    assert list(items) == []  # closed: nothing more
+
+
 def test_will_need_asks_once_per_run_of_pages(monkeypatch):
     calls = []
     monkeypatch.setattr(lateseq.torch, "madvise", lambda start, size, advice: calls.append((start, size, advice)))

@@ -1188,12 +1188,23 @@ _GAP_PAGES = 8  # runs of pages closer than this are asked for in one call: fewe
 
 def _ahead(items: Iterator[T]) -> Iterator[T]:
     """``items`` one ahead: a background thread makes item i+1 while item i is in use
-    (the kernels release the GIL). Closing the generator waits for the item under way."""
-    with ThreadPoolExecutor(1, thread_name_prefix="lateseq-prefetch") as pool:
-        pending = pool.submit(next, items, None)
+    (the kernels release the GIL). Closing the generator waits for the item under way,
+    but on that thread itself (a collection there closed a generator in a garbage cycle:
+    joining itself raised, then hung, s53A), where it lets the thread end on its own."""
+    workers: set[int] = set()
+
+    def step() -> T | None:
+        workers.add(threading.get_ident())
+        return next(items, None)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lateseq-prefetch")
+    try:
+        pending = pool.submit(step)
         while (item := pending.result()) is not None:
-            pending = pool.submit(next, items, None)
+            pending = pool.submit(step)
             yield item
+    finally:
+        pool.shutdown(wait=threading.get_ident() not in workers)
 
 
 def _will_need(store: Store, examples: pa.Table, projection: Projection) -> None:
