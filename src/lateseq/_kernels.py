@@ -33,12 +33,21 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import carray, config, njit, types
 from numba.core import cgutils
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._compat import cached_property
 
 # ---------------------------------------------------------------- compiled, and cached on disk
+
+# numba compiles under one process-wide lock. A process forked while another thread
+# compiled (a DataLoader forking its workers while an in-process loader's prefetch thread
+# compiled a kernel for a new column type) got the lock held by no thread of its own, and
+# its first compile hung (s53C). A fork waits for the compile under way; the child starts
+# with the lock free.
+os.register_at_fork(before=global_compiler_lock.acquire, after_in_parent=global_compiler_lock.release,
+                    after_in_child=global_compiler_lock.release)
 
 
 def _cached(**options: object) -> Callable:
