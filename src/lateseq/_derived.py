@@ -38,6 +38,7 @@ import numpy as np
 
 from ._errors import StoreError
 from ._events import Events
+from ._forks import fork_safe
 from ._format import (
     DERIVED_DIR,
     TIME,
@@ -91,7 +92,8 @@ class MergeRent:
         self._pending = 0  # events read here, not yet in the file
         self._paid = self._units() * self._unit
         self.settled = self._paid >= price or derived_built(name, cache)
-        self._lock = threading.Lock()  # threads reading one handle pay at once (a tally paid twice went negative)
+        # threads reading one handle pay at once (a tally paid twice went negative)
+        self._lock = fork_safe(threading.Lock())
 
     def pay(self, events: int) -> None:
         with self._lock:

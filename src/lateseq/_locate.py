@@ -18,6 +18,7 @@ import numpy as np
 from . import _kernels
 from ._errors import PointerError
 from ._events import partition_of, rows_by_partition
+from ._forks import fork_safe
 from ._format import TIME
 from ._kernels import (
     E_HASH,
@@ -66,7 +67,7 @@ class PartitionView:
         self._columns: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]] = {}
         self._tables: dict[str, tuple[tuple[np.ndarray, ...], list[np.ndarray]]] = {}
         self._locate_arguments: tuple | None = None
-        self._lock = threading.Lock()
+        self._lock = fork_safe(threading.Lock())
         self.derived: dict = {}  # views made from this one (its filtered copies), by what made them
 
     def ranges(self, found: np.ndarray) -> int:

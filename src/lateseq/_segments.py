@@ -22,6 +22,7 @@ import pyarrow as pa
 from ._compat import cached_property
 from ._errors import StoreError, warn_at_caller
 from ._events import Events
+from ._forks import fork_safe
 from ._format import (
     DERIVED_DIR,
     MADV_NORMAL,
@@ -146,7 +147,7 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access:
 
 
 _IN_MEMORY = [0]  # bytes of decoded copies this process holds in memory, for want of room in their read cache
-_IN_MEMORY_LOCK = threading.Lock()
+_IN_MEMORY_LOCK = fork_safe(threading.Lock())
 # sizes of copies let go, counted under the lock by the next to take it: a copy's finalizer
 # runs wherever its last reference goes, a garbage collection inside the lock included, and
 # taking the lock there hung the reader for good (s51C); list.append needs no lock
@@ -307,7 +308,7 @@ class SegmentCache:
         self._size = size
         self._open: OrderedDict[str, Segment] = OrderedDict()
         self._paths: dict[str, str] = {}  # a segment's decoded file, as a string: stat'ed every lookup
-        self._lock = threading.Lock()
+        self._lock = fork_safe(threading.Lock())
         self.watch = CacheWatch([cache, cache / DERIVED_DIR])  # tells when the stats are needed at all
         _CACHES.add(self)
 
@@ -437,7 +438,7 @@ class Segment:
         self.identity = _identity(self.path)
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
         self._verified: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = fork_safe(threading.Lock())
         self.remapped: Callable[[Path], None] | None = None  # told the file mapped after decoding it again
 
     def read_at_random(self) -> None:

@@ -56,6 +56,7 @@ from ._errors import (
     warn_at_caller,
 )
 from ._events import Events, partition_of, row_ranges, rows_by_partition
+from ._forks import fork_safe
 from ._format import (
     SEGMENT_FILES,
     STORE_CACHE,
@@ -232,7 +233,7 @@ class Store:
         self._checked = np.full(self.schema.partitions, -1, np.int64)
         self._in_join = np.zeros(self.schema.partitions, bool)
         self._join_remaps = REMAPS[0]  # the joined view holds no segment decoded again as of this count
-        self._views_lock = threading.RLock()  # threads reading one handle see views and the join whole
+        self._views_lock = fork_safe(threading.RLock())  # threads reading one handle see views and the join whole
         self._reading = threading.local()  # the views a read in this thread used (``_note_read``)
         self._view_merged: dict[int, bool] = {}  # whether a partition's view is of its merged copy
         self._merged_names: dict[int, str] = {}

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CommitConflict, NotSynced, SchemaError, StoreError, VersionNotFound, is_integer
+from ._forks import fork_safe
 from ._format import (
     SegmentInfo,
     close_lock_file,
@@ -100,7 +101,7 @@ class SegmentList:
 # The versions resolved last in this process, by (store path, version): a commit resolves
 # its parent's chain, and the next commit's handle needs that very list.
 _resolved: collections.OrderedDict[tuple[str, int], SegmentList] = collections.OrderedDict()
-_resolved_lock = threading.Lock()
+_resolved_lock = fork_safe(threading.Lock())
 _RESOLVED_KEPT = 4
 LOCK_NOTICE_S = 10.0  # a wait for the store's lock this long is reported (it has no end of its own)
 
