@@ -30,6 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ._forks import fork_safe
+
 
 class Lender(Protocol):
     """What a read takes its output arrays from (a ``Recycler``, or a loader worker's
@@ -110,7 +112,7 @@ class Recycler:
     def __init__(self, depth: int = 4) -> None:
         self.depth = depth
         self._held: dict[Hashable, list[np.ndarray]] = {}
-        self._lock = threading.Lock()
+        self._lock = fork_safe(threading.Lock())
         weakref.finalize(self, _keep_spares, self._held)
 
     def empty(self, key: Hashable, size: int, dtype: np.dtype | type) -> np.ndarray:

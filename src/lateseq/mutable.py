@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ._errors import SchemaError, exact_integer
 from ._events import first_deliveries, row_ranges
+from ._forks import fork_safe
 from ._schema import Schema, as_user_ids, frame_hint, ticks_per_second
 from ._store import Store
 
@@ -71,7 +72,7 @@ class MutableTier(ABC):
         # the watermarks of folds under way: appends before them are refused, but events
         # stay until a version holds them (``expire`` looks at ``folded_before`` only)
         self._folding: list[int] = []
-        self._lock = threading.RLock()  # an append's check and store, and a fold's mark, one at a time
+        self._lock = fork_safe(threading.RLock())  # an append's check and store, and a fold's mark, one at a time
 
     @abstractmethod
     def append(self, events: pa.Table) -> int:

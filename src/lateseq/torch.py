@@ -60,6 +60,7 @@ from ._errors import (
     rows_in_log,
 )
 from ._examplelog import ExampleLog, LogReader
+from ._forks import fork_safe
 from ._format import MADV_WILLNEED, PAGE, TIME, madvise
 from ._jagged import JaggedBatch, check_padding, has_accelerator
 from ._kernels import pad_rows
@@ -987,8 +988,8 @@ class _Slots:
     _tables: weakref.WeakValueDictionary[str, _Slots] = weakref.WeakValueDictionary()
     _held: list[tuple[list[StorageWeakRef], torch.Tensor, int, int]] = []  # the trainer's
     _held_by = os.getpid()  # a process forked from the trainer holds none of its batches
-    _lock = threading.Lock()
-    _taking = threading.Lock()  # slots taken by one thread of a process at a time
+    _lock = fork_safe(threading.Lock())
+    _taking = fork_safe(threading.Lock())  # slots taken by one thread of a process at a time
 
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex
