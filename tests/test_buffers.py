@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import weakref
@@ -11,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from forking import answer_of_forked_child
 
 from lateseq import _buffers
 from lateseq._buffers import Recycler, empty, recycling
@@ -156,17 +156,10 @@ def test_a_forked_child_starts_without_spares_and_with_a_free_lock():
     ended.empty("x", 1000, np.int64)
     del ended
     assert len(_buffers._spares) == 1
-    read, write = os.pipe()
     with _buffers._spares_lock:  # held by "another thread" as the process forks
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            ok = not _buffers._spares and _buffers._spares_lock.acquire(timeout=5)
-            os.write(write, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"1"
-    os.close(read)
-    os.waitpid(pid, 0)
+        answer = answer_of_forked_child(
+            lambda: b"1" if not _buffers._spares and _buffers._spares_lock.acquire(timeout=5) else b"0")
+    assert answer == b"1"
 
 
 PASSES_UNDER_A_COLLECTOR = """

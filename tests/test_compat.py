@@ -7,11 +7,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import os
 import pkgutil
-import select
-import signal
 import threading
+
+from forking import answer_of_forked_child
 
 import lateseq
 from lateseq._compat import cached_property
@@ -44,23 +43,11 @@ def test_a_child_forked_while_another_thread_computes_a_cached_property_computes
     computing = threading.Thread(target=lambda: Plan().batches, name="computing")
     computing.start()
     assert entered.wait(30)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        signal.alarm(30)
-        os.write(write, bytes([Plan().batches]))
-        os._exit(0)
-    os.close(write)
     try:
-        ready, _, _ = select.select([read], [], [], 20)
-        answer = os.read(read, 1) if ready else b""
+        answer = answer_of_forked_child(lambda: bytes([Plan().batches]))
     finally:
         release.set()
         computing.join()
-        if not answer:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read)
     assert answer == bytes([7])
 
 

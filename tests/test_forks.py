@@ -4,13 +4,11 @@ prefetch thread built a view or checked a column). The child finds them free."""
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import threading
 
 import numpy as np
 import pyarrow as pa
+from forking import answer_of_forked_child
 
 import lateseq
 
@@ -41,23 +39,10 @@ def test_a_child_forked_while_a_thread_holds_the_read_paths_locks_reads_the_same
     holder = threading.Thread(target=holding)
     holder.start()
     assert held.wait(30)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        signal.alarm(60)
-        got = lateseq.materialize(store, log, projection)
-        same = not want.rows_differ(got).any()
-        os.write(write, b"1" if same else b"0")
-        os._exit(0)
-    os.close(write)
     try:
-        ready, _, _ = select.select([read], [], [], 30)
-        answer = os.read(read, 1) if ready else b""
+        answer = answer_of_forked_child(
+            lambda: b"0" if want.rows_differ(lateseq.materialize(store, log, projection)).any() else b"1")
     finally:
         release.set()
         holder.join()
-        if not answer:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read)
     assert answer == b"1"

@@ -716,11 +716,10 @@ def test_a_process_forked_while_another_thread_compiles_compiles_in_the_child():
     """numba compiles under one process-wide lock: forked while another thread held it (a
     DataLoader forking its workers while a prefetch thread compiled a kernel), the child's
     first compile hung (s53C). The fork waits for the compile; the child's lock is free."""
-    import select
-    import signal
     import threading
     import time
 
+    from forking import answer_of_forked_child
     from numba.core.compiler_lock import global_compiler_lock
 
     held, forked = threading.Event(), []
@@ -734,21 +733,9 @@ def test_a_process_forked_while_another_thread_compiles_compiles_in_the_child():
     thread = threading.Thread(target=compiling)
     thread.start()
     assert held.wait(30)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        signal.alarm(60)
-        os.write(write, bytes([njit(lambda x: x + 1)(6)]))  # a new function: compiled here
-        os._exit(0)
-    os.close(write)
     try:
-        ready, _, _ = select.select([read], [], [], 30)
-        answer = os.read(read, 1) if ready else b""
+        answer = answer_of_forked_child(lambda: bytes([njit(lambda x: x + 1)(6)]))  # a new function: compiled there
     finally:
         thread.join()
-        if not answer:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read)
     assert answer == bytes([7])
     assert forked == [0]  # the compile ended before the fork (it waited)
