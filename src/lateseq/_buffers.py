@@ -54,7 +54,7 @@ _UNSHARED = _references([np.empty(1)], 0)
 
 SPARE_BYTES = 64 << 20  # kept between passes: what a pass keeps, its depth (4) of reads of READ_BYTES
 _spares: list[np.ndarray] = []  # arrays of ended passes, the latest first (one still in use: taken once let go)
-_spares_lock = threading.Lock()
+_spares_lock = fork_safe(threading.Lock())
 
 
 def _keep_spares(held: dict[Hashable, list[np.ndarray]]) -> None:
@@ -92,10 +92,8 @@ def _take_spare(need: int) -> np.ndarray | None:
 
 
 def _forget_spares() -> None:
-    """In a forked child: no spares (the parent's, copied on write), and a lock of its own
-    (the parent's may have been held by another thread as it forked)."""
-    global _spares_lock
-    _spares_lock = threading.Lock()
+    """In a forked child: no spares (the parent's, copied on write; its lock is free there,
+    ``fork_safe``)."""
     _spares.clear()
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from ._forks import fork_safe
 from ._format import LIBC
 
 SWEEP_S = 1.0  # the longest a change inotify cannot report goes unnoticed
@@ -109,17 +110,16 @@ class _Inotify:
 
 
 _instance: _Inotify | None = None
-_lock = threading.Lock()
+_lock = fork_safe(threading.Lock())  # free in a forked child: a thread of the parent may have held it
 
 
 def _after_fork() -> None:
-    """A forked child starts with a free lock (a thread of the parent may have held it)
-    and without the parent's instance (its copy of the descriptor closed: the parent's
-    stays open)."""
-    global _instance, _lock
+    """A forked child starts without the parent's instance (its copy of the descriptor
+    closed: the parent's stays open)."""
+    global _instance
     if _instance is not None and _instance.fd >= 0:
         os.close(_instance.fd)
-    _instance, _lock = None, threading.Lock()
+    _instance = None
 
 
 os.register_at_fork(after_in_child=_after_fork)
