@@ -820,8 +820,10 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
     nw = 0
     for r in range(rows.shape[0]):
         # prefetched in two stages, as in _locate: a pointer's summary rows (a line per
-        # (user, segment)), then, for a user held by one segment (every user of a joined
-        # view of compacted partitions), the rows its hint names
+        # (user, segment)), then the rows its hint names in each segment whose summary
+        # does not answer (the newest ones of a user spread over segments). Prefetched for
+        # users of one segment only, this kernel took 1.12x as long on tiered and on 30
+        # daily segments, N=256 (whole reads 1.04x and 1.09x)
         if r + 2 * AHEAD < rows.shape[0]:
             u = _find_user(users[rows[r + 2 * AHEAD]], v_users, v_low, v_slots)
             if u >= 0:
@@ -830,9 +832,15 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
         if r + AHEAD < rows.shape[0]:
             q = rows[r + AHEAD]
             u = _find_user(users[q], v_users, v_low, v_slots)
-            if u >= 0 and v_first[u + 1] - v_first[u] == 1:
-                g, e_lo = entries[v_first[u], E_SEG], entries[v_first[u], E_LO]
-                h = e_lo + max(hint[q], 0)
+            before = 0  # events of the segments before, where their summaries tell
+            for e in range(v_first[u], v_first[u + 1]) if u >= 0 else range(0):
+                g, e_lo, e_hi = entries[e, E_SEG], entries[e, E_LO], entries[e, E_HI]
+                if entries[e, E_TMIN] >= request_ts[q] or max(version[q], version_hi[q]) < ver_b[g]:
+                    continue
+                if entries[e, E_TMAX] < request_ts[q] and entries[e, E_VMAX] <= version[q]:
+                    before += e_hi - e_lo
+                    continue
+                h = e_lo + max(hint[q] - before, 0)
                 prefetch(segment(ts_l, g), h)
                 prefetch(segment(vmax_l, g), h - 1)
                 prefetch(segment(vmin_l, g), h - 1)
