@@ -1040,6 +1040,36 @@ def test_a_copy_written_in_place_during_a_read_that_checks_a_new_column_is_never
     assert written
 
 
+def test_late_rows_found_while_the_copy_is_decoded_again_are_found_again(make_store, monkeypatch):
+    """A thread finding a segment's late rows from its map while another thread decoded
+    the copy again (a column written in place failed its digest) stored them after that
+    thread had dropped the old ones: every view made since read the sound map through the
+    damaged map's late rows (a stranger saw the race, s53C)."""
+    store = make_store({"item": "int64", "rating": "int8"})
+    store = store.commit(events([1] * 5 + [2] * 5, [10, 20, 30, 40, 50] * 2, range(10)))
+    store = store.commit(events([1, 2], [15, 25], [98, 99])).compact()  # late rows: before older versions' rows
+    segment = lateseq.open(store.path, merged_reads=False).segments(0)[0]
+    columns = ("_version", "_vmax", "_vmin", "_hcum")
+    for name in columns:
+        segment.stored(name)  # checked: what the other thread finds written in place next
+    find = lateseq._segments.late_rows
+    found = []
+
+    def decoded_again_meanwhile(*arguments):
+        _damage_columns(segment.path, ["_vmin"], footer=False)
+        segment.recheck()  # the other thread: the copy fails its digest, and is decoded again
+        found.append(find(*arguments))  # from the map written into
+        return found[-1]
+
+    monkeypatch.setattr(lateseq._segments, "late_rows", decoded_again_meanwhile)
+    segment.late
+    monkeypatch.undo()
+    sound = find(*(segment.stored(name) for name in columns[:3]), segment.base("_version"), segment.stored("_hcum"))
+    assert segment.remaps == 1 and len(sound) and not np.array_equal(found[0], sound)
+    assert np.array_equal(segment.late, sound)
+    assert np.array_equal(segment.late_index, lateseq._kernels.late_index(sound, len(segment.stored("_version"))))
+
+
 def _write_once(store: lateseq.Store, write) -> tuple[list, object]:
     """(a list that says whether it wrote, a hook that writes into every decoded copy of
     ``store``'s read cache the first time it is called), as another program would."""

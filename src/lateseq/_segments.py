@@ -439,6 +439,7 @@ class Segment:
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
         self._verified: set[str] = set()
         self._lock = fork_safe(threading.Lock())
+        self._found: dict[str, tuple[int, np.ndarray]] = {}  # found from the map (at ``remaps``): ``_of_map``
         self.remapped: Callable[[Path], None] | None = None  # told the file mapped after decoding it again
 
     def read_at_random(self) -> None:
@@ -491,8 +492,6 @@ class Segment:
         self._data, self.mapped = _decode_once(self._directory, self.info, self._cache, self.random_access,
                                                damaged=current if mapped else self.identity)
         self.identity = _identity(self.path)
-        self.__dict__.pop("late", None)  # found in the map written into
-        self.__dict__.pop("late_index", None)
         self.remaps += 1
         REMAPS[0] += 1
         if self.remapped is not None:
@@ -548,16 +547,30 @@ class Segment:
         column = self.stored(name)
         return decode_values(column if rows is None else column[rows], self.base(name))
 
-    @cached_property
+    @property
     def late(self) -> np.ndarray:
         """Rows that arrived after a later row of their user (see ``late_rows``)."""
-        return late_rows(self.stored("_version"), self.stored("_vmax"), self.stored("_vmin"), self.base("_version"),
-                         self.stored("_hcum"))
+        return self._of_map("late", lambda: late_rows(self.stored("_version"), self.stored("_vmax"),
+                                                      self.stored("_vmin"), self.base("_version"),
+                                                      self.stored("_hcum")))
 
-    @cached_property
+    @property
     def late_index(self) -> np.ndarray:
         """Where ``late`` rows begin, per block of rows (see ``late_index``)."""
-        return late_index(self.late, len(self.stored("_version")))  # the rows read, whatever the info says
+        # the rows read, whatever the info says
+        return self._of_map("late_index", lambda: late_index(self.late, len(self.stored("_version"))))
+
+    def _of_map(self, name: str, find: Callable[[], np.ndarray]) -> np.ndarray:
+        """``find()``, kept for the map it was found in. Kept as a cached property, a value
+        found from a damaged map while another thread decoded the copy again was stored
+        after that thread dropped the old one, and served with the new map for good."""
+        remaps = self.remaps
+        known = self._found.get(name)
+        if known is not None and known[0] == remaps:
+            return known[1]
+        value = find()
+        self._found[name] = (remaps, value)
+        return value
 
     @cached_property
     def index(self) -> UserIndex:
