@@ -157,8 +157,19 @@ def machine() -> dict:
         "memory_gb": round(int(memory.split()[0]) * 1024 / 1e9, 1) if memory != "unknown" else None,
         "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
         "numba": numba.__version__, "lateseq": lateseq.__version__, "git": _git(),
-        "page_fault_us": round(page_fault_us(), 2),
+        "page_fault_us": round(page_fault_us(), 2), "llc": _last_level_cache(),
     }
+
+
+def _last_level_cache() -> str:
+    """The size of the CPU's last-level cache, as Linux names it ("480M"): whether a store
+    fits in it decides much of a ratio to a Fat Row read in file order (benchmarks/scale.py)."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
+    try:
+        return max(((int((c / "level").read_text()), (c / "size").read_text().strip()) for c in caches),
+                   default=(0, "unknown"))[1]
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _git() -> str:

@@ -634,6 +634,8 @@ def sections(folder: Path = RESULTS) -> dict[str, str]:
             out[path.stem] = forms_markdown(results, source)
         elif results.get("benchmark") == "join":
             out[path.stem] = join_markdown(results, source)
+        elif results.get("benchmark") == "scale":
+            out[path.stem] = scale_markdown(results, source)
     if len(machines) > 1:
         out["materialize-machines"] = machines_markdown(machines)
     if targeted:
@@ -703,6 +705,29 @@ def join_markdown(results: dict, source: str) -> str:
               "bit for bit, before timing; a whole pass is extrapolated from the rate",
               f"- bytes on disk: the joins' events file {_gb(b['events_parquet'])}, lateseq's durable store "
               f"{_gb(b['lateseq_durable'])}; both read the example log, {_gb(b['example_log'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def scale_markdown(results: dict, source: str) -> str:
+    """A store-size run (benchmarks/scale.py) as a page section."""
+    m = results["machine"]
+    forms = results["settings"]["forms"]
+    lines = [f"Made by `{results['command']}` on {results['date']} ({source}): {m['cpu']}, last-level cache "
+             f"{m['llc']}, single-core memcpy {m['memcpy_gb_s']:.1f} GB/s, load average {m['load_average_start']} "
+             f"at the start and {m['load_average_end']} at the end; lateseq {m['lateseq']} at "
+             f"{m.get('git', 'unknown')}; {results['seconds']:.0f} s in all.", "",
+             "| users | events | read cache | N | lateseq ex/s | "
+             + " | ".join(f"{FORM_SHORT[f]} ex/s | lateseq ÷ it" for f in forms) + " |",
+             "|" + "|".join("---" for _ in range(5 + 2 * len(forms))) + "|"]
+    for size in results["sizes"].values():
+        for n, at in size["n"].items():
+            cells = [f"{_n(at[f]['ex_s'])} | {_x(at[f'vs_{f}'])}" for f in forms]
+            lines.append(f"| {size['users']:,} | {size['events']:,} | {_gb(size['read_cache_bytes'])} | {n} | "
+                         f"{_n(at['lateseq']['ex_s'])} | " + " | ".join(cells) + " |")
+    size = next(iter(results["sizes"].values()))
+    lines += ["", f"- compacted store, pointers at the latest version; {size['timed_examples']:,} uniformly sampled "
+              "requests at each size, in log order, checked equal on every side bit for bit before timing; best of "
+              f"{results['settings']['repeat']} interleaved passes on one core, warm"]
     return "\n".join(lines) + "\n"
 
 

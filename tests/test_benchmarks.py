@@ -292,3 +292,28 @@ def test_join_benchmark_checks_both_engines_against_lateseq(tmp_path):
                           cwd=BENCHMARKS, timeout=300, capture_output=True, text=True)
     assert done.returncode != 0 and "lateseq and a join disagree: N=256: lateseq and duckdb differ" in done.stderr, (
         done.stderr[-2000:])
+
+
+def test_scale_benchmark_checks_each_size_and_reports_it(tmp_path):
+    """The store-size benchmark times lateseq against the mapped Fat Rows at each size only
+    after checking every example equal, and its section renders; Fat Rows one event
+    shorter than the N timed stop it."""
+    out = tmp_path / "scale.json"
+    tiny = ["--users", "60", "120", "--examples", "500", "--n", "16", "64", "--repeat", "1", "--min-pass-s", "0"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "scale.py"), *tiny, "--json", str(out)],
+                          cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert list(r["sizes"]) == ["60", "120"] and r["machine"]["llc"]
+    for size in r["sizes"].values():
+        assert size["read_cache_bytes"] > 0 and set(size["n"]) == {"16", "64"}
+        for at in size["n"].values():
+            assert at["checked_examples"] == size["timed_examples"] == 500
+            assert all(at[side]["ex_s"] > 0 for side in ("lateseq", "arrow-ipc", "flat-npy"))
+    assert "| 120 |" in _module("report").scale_markdown(r, "x")
+    wrong = ("import scale; build = scale.build_forms; "
+             "scale.build_forms = lambda h, r, d, rows, n, *rest: build(h, r, d, rows, n - 1, *rest)")
+    done = subprocess.run([sys.executable, "-c", f"{wrong}; scale.main({tiny!r})"],
+                          cwd=BENCHMARKS, timeout=300, capture_output=True, text=True)
+    assert done.returncode != 0 and "FatRowMismatch" in done.stderr and "60 users, N=16" in done.stderr, (
+        done.stderr[-2000:])
