@@ -20,7 +20,6 @@ warm, passes of the sides interleaved, the best of ``--repeat`` counts.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -34,7 +33,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from materialize import best_of, lateseq_batches, load_average, machine, memcpy_gb_s, pin_one_core  # noqa: E402
+from materialize import (  # noqa: E402
+    best_of,
+    lateseq_batches,
+    load_average,
+    machine,
+    memcpy_gb_s,
+    pin_one_core,
+    save,
+)
 from workload import (  # noqa: E402
     Histories,
     State,
@@ -124,10 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["load_average_end"] = load_average()
     results["seconds"] = time.perf_counter() - started
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    save(results, args.json, None)
 
 
 if __name__ == "__main__":
