@@ -1040,6 +1040,34 @@ def test_a_copy_written_in_place_during_a_read_that_checks_a_new_column_is_never
     assert written
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_copy_written_in_place_then_decoded_again_by_another_reader_during_a_read_is_never_returned(
+        store, log, monkeypatch, verify):
+    """A copy written in place during a read, which another handle then found damaged and
+    decoded again (renaming the sound copy over it) before the read ended: the read's end
+    check saw another file at the path, took it for a plain replacement (which leaves the
+    map holding the bytes checked), and returned the bytes written into the map, with
+    verify too (s54A)."""
+    expected = lateseq.materialize(lateseq.open(store.path, cache_dir=store.path.parent / "clean",
+                                                merged_reads=False), log, PROJECTION)
+    handle = lateseq.open(store.path, merged_reads=False)
+    assert same(lateseq.materialize(handle, log, PROJECTION), expected)  # every copy mapped and checked
+    copies = [p for p in sorted(store.cache_dir.glob("[!.]*.arrow")) if not p.name.endswith(".index.arrow")]
+    copy, written = lateseq._gather.copy_runs, []
+
+    def written_then_decoded_again(*args):
+        if not written:
+            written.append(1)
+            for path in copies:
+                _damage_columns(path, ["item"], footer=False)  # another program
+            assert same(output(store.path, log), expected)  # another reader: decoded again, renamed into place
+        return copy(*args)
+
+    monkeypatch.setattr(lateseq._gather, "copy_runs", written_then_decoded_again)
+    assert same(lateseq.materialize(handle, log, PROJECTION, verify=verify), expected)
+    assert written
+
+
 def test_late_rows_found_while_the_copy_is_decoded_again_are_found_again(make_store, monkeypatch):
     """A thread finding a segment's late rows from its map while another thread decoded
     the copy again (a column written in place failed its digest) stored them after that

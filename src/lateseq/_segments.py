@@ -519,14 +519,15 @@ class Segment:
         return current is not None and current != self.identity
 
     def overwritten(self) -> bool:
-        """Whether the very file this segment maps was written since it was checked (a copy
-        replaced by a rename leaves the map holding the checked bytes; one written in place
-        changes what the map reads). One gone before it was first looked at (``identity``
-        None: a retired version's copy, cleaned up as it was mapped) was not written: what
-        is at its path now is another file."""
+        """Whether the file this segment maps may have been written since it was checked:
+        written in place, or replaced. A replacement alone leaves the map holding the bytes
+        checked, but a reader that found the copy written in place decodes it again and
+        renames the sound copy over it: taken for a plain replacement, the bytes written
+        into the map before were returned, unflagged (s54A). One gone before it was first
+        looked at (``identity`` None: a retired version's copy, cleaned up as it was
+        mapped) was not written: what is at its path now is another file."""
         current = _identity(self.path)
-        return (current is not None and self.identity is not None and current[:2] == self.identity[:2]
-                and current != self.identity)
+        return current is not None and self.identity is not None and current != self.identity
 
     def intact(self) -> bool:
         """Whether every column checked so far still passes its digest: a pass over each,
