@@ -716,18 +716,18 @@ def scale_markdown(results: dict, source: str) -> str:
              f"{m['llc']}, single-core memcpy {m['memcpy_gb_s']:.1f} GB/s, load average {m['load_average_start']} "
              f"at the start and {m['load_average_end']} at the end; lateseq {m['lateseq']} at "
              f"{m.get('git', 'unknown')}; {results['seconds']:.0f} s in all.", "",
-             "| users | events | read cache | N | lateseq ex/s | "
+             "| users | events | read cache | examples timed | N | lateseq ex/s | "
              + " | ".join(f"{FORM_SHORT[f]} ex/s | lateseq ÷ it" for f in forms) + " |",
-             "|" + "|".join("---" for _ in range(5 + 2 * len(forms))) + "|"]
+             "|" + "|".join("---" for _ in range(6 + 2 * len(forms))) + "|"]
     for size in results["sizes"].values():
         for n, at in size["n"].items():
             cells = [f"{_n(at[f]['ex_s'])} | {_x(at[f'vs_{f}'])}" for f in forms]
-            lines.append(f"| {size['users']:,} | {size['events']:,} | {_gb(size['read_cache_bytes'])} | {n} | "
-                         f"{_n(at['lateseq']['ex_s'])} | " + " | ".join(cells) + " |")
-    size = next(iter(results["sizes"].values()))
-    lines += ["", f"- compacted store, pointers at the latest version; {size['timed_examples']:,} uniformly sampled "
-              "requests at each size, in log order, checked equal on every side bit for bit before timing; best of "
-              f"{results['settings']['repeat']} interleaved passes on one core, warm"]
+            lines.append(f"| {size['users']:,} | {size['events']:,} | {_gb(size['read_cache_bytes'])} | "
+                         f"{size['timed_examples']:,} | {n} | {_n(at['lateseq']['ex_s'])} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "- compacted store, pointers at the latest version; the examples timed: a uniform random sample of "
+              "requests with all their examples, in log order, checked equal on every side bit for bit before timing; "
+              f"best of {results['settings']['repeat']} interleaved passes on one core, warm"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,9 @@ examples timed at each.
 last-level cache holds whole (the Intel Xeon VM's: 480 MB), where lateseq's copies from
 random places of the store cost what a copy from the cache costs; a production store is
 far bigger than any cache. Here, for each size: daily commits compacted (pointers at the
-latest version, as materialize.py's compacted-latest state), a uniform random sample of
-``--examples`` requests in log order, their Fat Rows as the mapped Arrow IPC file and the
+latest version, as materialize.py's compacted-latest state), about ``--examples`` examples
+in log order (a uniform random sample of requests, all their examples, as materialize.py
+samples them), their Fat Rows as the mapped Arrow IPC file and the
 flat ``.npy`` memmaps (materialize.py's forms, copying each batch into reused arrays),
 checked equal to lateseq bit for bit, then timed as materialize.py times them: one core,
 warm, passes of the sides interleaved, the best of ``--repeat`` counts.
@@ -54,6 +55,7 @@ from workload import (  # noqa: E402
     read_fat_rows,
     readable_days,
     realistic,
+    request_sample,
     store_files,
 )
 
@@ -67,8 +69,7 @@ def measure_size(users: int, ns: list[int], examples: int, root: Path, repeat: i
     store, _ = _ingest(root / "store", work.events, day_of(work.events.column("ts").to_numpy()))
     store = store.compact()
     log = _log(store, work.requests, root / "log.arrow")
-    rows = np.sort(np.random.default_rng([users, 54]).choice(
-        work.requests.num_rows, min(examples, work.requests.num_rows), replace=False))
+    rows = request_sample(work.requests, np.ones(work.requests.num_rows), float("inf"), examples)
     timed_log = root / "examples.parquet"
     pq.write_table(log.take(pa.array(rows)), timed_log)
     state = State("compacted-latest", "daily commits + compaction; pointers at the latest version", store.path,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, nargs="+", default=[20_000, 200_000], help="store sizes, in users")
     parser.add_argument("--n", type=int, nargs="+", default=[256, 4096], help="max_len values")
-    parser.add_argument("--examples", type=int, default=200_000, help="requests timed at each size")
+    parser.add_argument("--examples", type=int, default=200_000, help="examples timed at each size (about)")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per side, the best counts")
     parser.add_argument("--min-pass-s", type=float, default=0.5, help="a pass drains its side until this long")
     parser.add_argument("--json", type=Path, help="write every figure here")
