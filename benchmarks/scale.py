@@ -1,8 +1,8 @@
 """lateseq against the memory-mapped Fat Rows as the store outgrows the CPU's cache: the
-realistic workload's compacted store at several numbers of users, the same number of
-examples timed at each.
+realistic workload's compacted store at several numbers of users, about the same number
+of examples timed at each.
 
-    python benchmarks/scale.py                          # 20k and 200k users (about 12 minutes on the Xeon VM)
+    python benchmarks/scale.py                          # 20k and 200k users (about 3 minutes on the Xeon VM)
     python benchmarks/scale.py --users 2000 20000       # other sizes
     options: --json PATH  --n N [N ...]  --examples K  --repeat R  --min-pass-s S  --cpu K  --workdir DIR
 
@@ -92,8 +92,11 @@ def measure_size(users: int, ns: list[int], examples: int, root: Path, repeat: i
             at[f"vs_{form}"] = runs["lateseq"].ex_s / runs[form].ex_s
         print(f"{users:,} users, N={n}: lateseq {runs['lateseq'].ex_s / 1e6:.2f}M ex/s, "
               + ", ".join(f"{at[f'vs_{form}']:.2f}x {form}" for form in FORMS), flush=True)
-        for file in forms.values():
-            shutil.rmtree(file.path) if file.path.is_dir() else file.path.unlink()
+        for file in forms.values():  # a flat form is a folder
+            if file.path.is_dir():
+                shutil.rmtree(file.path)
+            else:
+                file.path.unlink()
     return out
 
 
