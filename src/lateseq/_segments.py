@@ -526,8 +526,7 @@ class Segment:
         into the map before were returned, unflagged (s54A). One gone before it was first
         looked at (``identity`` None: a retired version's copy, cleaned up as it was
         mapped) was not written: what is at its path now is another file."""
-        current = _identity(self.path)
-        return current is not None and self.identity is not None and current != self.identity
+        return self.identity is not None and self.changed()
 
     def intact(self) -> bool:
         """Whether every column checked so far still passes its digest: a pass over each,
