@@ -36,11 +36,14 @@ from lateseq._kernels import (
     E_HI,
     E_LATE,
     E_LO,
+    E_SEG,
+    E_TMIN,
     ENTRY_WIDTH,
     LATE_ROW,
     NO_COLUMN,
     Visibility,
     _select,
+    _sole_ranges,
     _window_runs,
     by_segment,
     copy_runs,
@@ -58,18 +61,18 @@ from lateseq._kernels import (
     version_bounds,
 )
 from lateseq._kernels import locate as locate_in_segments
+from lateseq._segments import UserIndex
 
 
-def locate(users, user_index, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
+def locate(found, entries, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, arrival, arrival_base,
            request_ts, visibility, max_len, hint) -> tuple:
     """The kernel on one segment given column by column (a view of one segment)."""
-    ids, low, slots = user_index
     held = [frozen(a) for a in (ts, ver, vmax, vmin, hcum, late, late_index(late, len(ts)),
                                 NO_COLUMN if arrival is None else arrival)]
     ts, ver, vmax, vmin, hcum, late, index, arrival_values = (segment_table([a]) for a in held)  # of one segment
-    view = (ids, np.int64(low), slots, entries, ts, np.array([ts_base], np.int64), ver, np.array([ver_base], np.int64),
+    view = (entries, ts, np.array([ts_base], np.int64), ver, np.array([ver_base], np.int64),
             vmax, vmin, hcum, late, index, arrival_values, np.array([arrival_base], np.int64), arrival is not None)
-    _, *out = locate_in_segments(users, view, request_ts, visibility, max_len, hint)
+    _, *out = locate_in_segments(found, view, request_ts, visibility, max_len, hint)
     del held  # the tables hold the arrays' addresses: they lived until here
     return tuple(out)
 
@@ -117,13 +120,12 @@ class Case:
 
 
 def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tuple:
-    """(users, user index, entries) for the kernel: pointer p's user is p, with one
-    summary row (E_LO, E_HI, E_LATE), found by binary search in the index's ids."""
+    """(each pointer's summary row, the summary rows) for the kernel: pointer p's is row p
+    (E_LO, E_HI, E_LATE)."""
     entries = np.zeros((len(user_lo), ENTRY_WIDTH), np.int64)
     entries[:, E_LO], entries[:, E_HI] = user_lo, user_hi
     entries[:, E_LATE] = np.searchsorted(late[:, LATE_ROW], user_lo)
-    users = np.arange(len(user_lo), dtype=np.int64)
-    return users, (users, 0, np.zeros(0, np.int64)), entries
+    return np.arange(len(user_lo), dtype=np.int64), entries
 
 
 @st.composite
@@ -322,6 +324,45 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
             Visibility.of_versions(np.array([1])), 2, np.array([3]))
     count, checksum, lo, hi, holes, _ = locate(*args)
     assert (count[0], checksum[0], lo[0], hi[0], holes[0]) == (3, 60, 1, 3, False)  # a plain copy
+
+
+def sole_ranges_reference(users, request_ts, version, version_hi, ids, first, entries, ver_b) -> list[int]:
+    """Each pointer's only range that can hold events it sees (a user of one range: that
+    one, seen or not), -1 for none, -2 for several."""
+    out = []
+    for user, t, v, v_hi in zip(users, request_ts, version, version_hi, strict=True):
+        u = ids.index(user) if user in ids else -1
+        ranges = list(range(first[u], first[u + 1])) if u >= 0 else []
+        seen = [e for e in ranges if entries[e][E_TMIN] < t and max(v, v_hi) >= ver_b[entries[e][E_SEG]]]
+        out.append(ranges[0] if len(ranges) == 1 else -1 if not seen else seen[0] if len(seen) == 1 else -2)
+    return out
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), min_size=1, max_size=4,
+                         unique_by=lambda r: r[0]), max_size=12),
+       st.booleans(), st.lists(st.integers(0, 5), min_size=4, max_size=4), st.data())
+@settings(max_examples=300)
+def test_sole_ranges_matches_reference(users, sparse, ver_b, data):
+    """Users of 1-4 (segment, first time) ranges; ids dense (a direct lookup) or sparse (a
+    binary search); pointers of users with and without ranges, at any time and versions."""
+    ids = [k * (10**6 if sparse else 1) + 3 for k in range(len(users))]
+    ranges = [sorted(r) for r in users]  # a user's ranges in segment order, as the view keeps them
+    first = np.cumsum([0] + [len(r) for r in ranges]).astype(np.int64)
+    entries = np.zeros((int(first[-1]), ENTRY_WIDTH), np.int64)
+    for e, (g, tmin) in enumerate(r for user in ranges for r in user):
+        entries[e, E_SEG], entries[e, E_TMIN] = g, tmin
+    n = data.draw(st.integers(0, 30))
+    pointer_users = data.draw(st.lists(st.sampled_from(ids + [0, 2, 4, 10**9]), min_size=n, max_size=n))
+    request_ts, version, version_hi = (data.draw(st.lists(st.integers(0, 11), min_size=n, max_size=n))
+                                       for _ in range(3))
+    index = UserIndex(np.array(ids, np.int64))
+    assert bool(len(index.slots)) != sparse or len(ids) < 2
+    out = np.empty(n, np.int64)
+    _sole_ranges(np.array(pointer_users, np.int64), np.array(request_ts, np.int64), np.array(version, np.int64),
+                 np.array(version_hi, np.int64), index.ids, np.int64(index.low), index.slots, first, entries,
+                 np.array(ver_b, np.int64), out)
+    assert out.tolist() == sole_ranges_reference(pointer_users, request_ts, version, version_hi, ids, first.tolist(),
+                                                 entries.tolist(), ver_b)
 
 
 # ---------------------------------------------------------------- selection (windows)

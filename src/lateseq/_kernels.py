@@ -555,15 +555,42 @@ def _find_user(user, v_users, v_low, v_slots):  # pragma: no cover - compiled
 
 
 @kernel
-def _locate(
-    users, v_users, v_low, v_slots, entries, ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, lidx_l, arr_l,
-    arr_b, request_ts, version, version_hi, arrival_limit, max_len, hint, lower, seg, count, checksum, lo, hi, holes,
-    late_at,
-):  # pragma: no cover - compiled; tests/naive.py holds its reference
+def _sole_ranges(users, request_ts, version, version_hi, v_users, v_low, v_slots, v_first, entries, ver_b,
+                 out):  # pragma: no cover - compiled; tests/test_kernels.py holds its reference
+    """Each pointer's one (user, segment) range that can hold events it sees, as a row of
+    ``entries``: -1 where none can (no event before its request in its versions), -2
+    where several can. A user of one range needs no look at it."""
     n = users.shape[0]
-    found = np.empty(n, np.int64)
+    for p in range(n):  # a loop of its own: one that went on to the ranges took 3x as long
+        out[p] = _find_user(users[p], v_users, v_low, v_slots)
+    if entries.shape[0] == v_users.shape[0]:  # a range per user: the user's
+        return
     for p in range(n):
-        found[p] = _find_user(users[p], v_users, v_low, v_slots)
+        if p + AHEAD < n and out[p + AHEAD] >= 0:
+            u = out[p + AHEAD]
+            for e in range(v_first[u], v_first[u + 1]):
+                prefetch(entries, e * ENTRY_WIDTH)
+        u = out[p]
+        if u < 0:
+            continue
+        sole = v_first[u]
+        if v_first[u + 1] - sole > 1:
+            sole = -1
+            for e in range(v_first[u], v_first[u + 1]):  # as _locate_view skips a range
+                if entries[e, E_TMIN] < request_ts[p] and max(version[p], version_hi[p]) >= ver_b[entries[e, E_SEG]]:
+                    if sole >= 0:
+                        sole = -2
+                        break
+                    sole = e
+        out[p] = sole
+
+
+@kernel
+def _locate(
+    found, entries, ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, lidx_l, arr_l, arr_b, request_ts,
+    version, version_hi, arrival_limit, max_len, hint, lower, seg, count, checksum, lo, hi, holes, late_at,
+):  # pragma: no cover - compiled; tests/naive.py holds its reference
+    n = found.shape[0]
     for p in range(n):
         # pointers are users at random: every read below misses the cache. Prefetched in
         # stages, a pointer's summary row first, then (with it at hand) the rows its hint
@@ -696,24 +723,25 @@ E_SEG, E_LO, E_HI, E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE = range(8)  # E_LATE: 
 ENTRY_WIDTH = 8  # a 64-byte cache line
 
 
-def locate(users: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
+def locate(found: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: Visibility, max_len: int,
            hint: np.ndarray, lower: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Returns (segment, count, checksum, lo, hi, holes, late_at), one entry per pointer
-    (see ``_locate_range``), in a view whose every user has one range of rows (one
-    segment, or compacted partitions side by side): ``view`` is (user index: ids, low,
-    slots, see ``_find_user``; the range summaries, of which E_SEG, E_LO, E_HI, E_VMAX and
-    E_LATE are read; then segment tables and bases of time, version, _vmax, _vmin, _hcum,
-    the ``late_rows``, their ``late_index`` and arrival, and whether there is an arrival
-    column). ``hint[p]`` is a guess of the pointer's count (its recorded length, or -1),
-    checked before it is used; ``lower[p]`` the earliest time its reader keeps (None:
-    every time)."""
+    (see ``_locate_range``), for pointers each of whose visible events lie in one range of
+    rows, ``found[p]`` (a row of the range summaries; -1: none): every pointer of a view
+    whose users have one range each (one segment, or compacted partitions side by side),
+    and most of a tiered store's (``_sole_ranges``). ``view`` is (the range summaries, of
+    which E_SEG, E_LO, E_HI, E_VMAX and E_LATE are read; then segment tables and bases of
+    time, version, _vmax, _vmin, _hcum, the ``late_rows``, their ``late_index`` and
+    arrival, and whether there is an arrival column). ``hint[p]`` is a guess of the
+    pointer's count (its recorded length, or -1), checked before it is used; ``lower[p]``
+    the earliest time its reader keeps (None: every time)."""
     *arguments, has_arrival = view
     if not has_arrival and visibility.bounded_by_arrival:
         raise ValueError("arrival bounds need an arrival column")
-    n = users.shape[0]
+    n = found.shape[0]
     out = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint32), np.empty(n, np.int64),
            np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.int64))
-    _locate(frozen(users, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
+    _locate(frozen(found, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
             visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64),
             frozen(np.full(n, NO_LOWER) if lower is None else lower, np.int64), *out)
     return out

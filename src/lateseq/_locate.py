@@ -93,20 +93,12 @@ class PartitionView:
         digest): the column tables it keeps point into the map written into."""
         return any(s.remaps != r for s, r in zip(self.segments, self._remaps, strict=True))
 
-    @property
-    def one_range(self) -> bool:
-        """Whether each user's rows are one range of one segment: a single segment, or
-        compacted partitions side by side (a joined view). Its windows are then one per
-        pointer, never merged, and found by ``_kernels.locate``."""
-        return len(self.entries) == len(self.users.ids)
-
     def locate_arguments(self) -> tuple:
-        """The view's side of ``_kernels.locate`` (a ``one_range`` view), made once."""
+        """The view's side of ``_kernels.locate``, made once."""
         with self._lock:
             known = self._locate_arguments
         if known is None:
-            index = self.users
-            known = ((index.ids, np.int64(index.low), index.slots, self.entries, *self.column(TIME),
+            known = ((self.entries, *self.column(TIME),
                       *self.column("_version"), self.column("_vmax")[0], self.column("_vmin")[0],
                       self.column("_hcum")[0], self.late(), self.late_index(), *self.column(self.schema.arrival_col),
                       self.schema.arrival_col is not None))
@@ -155,7 +147,7 @@ class Windows:
 
     view: PartitionView
     rows: np.ndarray
-    single: bool  # one window per pointer (a ``one_range`` view): no window is merged
+    single: bool  # one window per pointer (``_locate_sole``): no window is merged
     ptr: np.ndarray
     seg: np.ndarray
     lo: np.ndarray
@@ -227,10 +219,14 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     for view, rows in groups:
         if view is None:
             continue
-        if view.one_range:
-            located.partitions.append(_locate_one_range(view, rows, users, request_ts, visibility, max_len, hint,
-                                                        located, lower))
+        sole = _sole_ranges(view, rows, users, request_ts, visibility)
+        several = sole == -2
+        if not several.all():
+            located.partitions.append(_locate_sole(view, rows[~several], sole[~several], request_ts, visibility,
+                                                   max_len, hint, located, lower))
+        if not several.any():
             continue
+        rows = rows[several]
         found = view.users.find(users[rows])
         capacity = view.ranges(found)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
@@ -252,15 +248,30 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
     return located
 
 
-def _locate_one_range(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
-                      visibility: Visibility, max_len: int, hint: np.ndarray, located: Located,
-                      lower: np.ndarray | None) -> Windows:
-    """A view whose every user has one range of rows (a compacted version, one partition or
-    several side by side): each pointer has one window (empty for a user without events
-    before the request), and the segments' arrays go to the kernel as they are."""
+def _sole_ranges(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
+                 visibility: Visibility) -> np.ndarray:
+    """``_kernels._sole_ranges`` of the pointers at ``rows``."""
+    sole = np.empty(len(rows), np.int64)
+    _kernels._sole_ranges(frozen(users[rows]), frozen(request_ts[rows]), visibility.version[rows],
+                          visibility.version_hi[rows], view.users.ids, np.int64(view.users.low), view.users.slots,
+                          view.first, view.entries, view.column("_version")[1], sole)
+    return sole
+
+
+def _locate_sole(view: PartitionView, rows: np.ndarray, sole: np.ndarray, request_ts: np.ndarray,
+                 visibility: Visibility, max_len: int, hint: np.ndarray, located: Located,
+                 lower: np.ndarray | None) -> Windows:
+    """Pointers each of whose visible events lie in one range of rows, ``sole`` (every
+    pointer of a compacted version, one partition or several side by side; most of a
+    tiered one's, whose older segments end before most requests and whose newer ones
+    begin after): one window each (empty for a user without events before the request),
+    found by ``_kernels.locate``, twice as fast a pointer as ``_locate_view``, which finds
+    several (on the tiered store of ``benchmarks/materialize.py``, 20k users, N=256, one
+    range held 99.6% of pointers' events: locate 313 -> 167 ns a pointer, the whole read
+    820 -> 665 ns an example, as fast as the same events compacted into one segment)."""
     everyone = len(rows) == len(located.count)  # one view: rows are 0..n-1, nothing to gather
     seg, count, checksum, lo, hi, holes, late = _kernels.locate(
-        users if everyone else users[rows], view.locate_arguments(), request_ts if everyone else request_ts[rows],
+        sole, view.locate_arguments(), request_ts if everyone else request_ts[rows],
         visibility if everyone else visibility.take(rows), max_len, hint if everyone else hint[rows],
         lower if everyone or lower is None else lower[rows])
     if everyone:

@@ -999,9 +999,12 @@ class Store:
         if self.merged_reads != "auto" or not self._rents:
             return
         returned = np.minimum(located.count, max_len)
-        if located.partition is None:  # a view per partition
-            paid = {w.view.segments[0].info.partition: (w.rows, len(w.view.segments) > 1) for w in located.partitions}
-            totals = {p: int(returned[rows].sum()) for p, (rows, many) in paid.items() if many}
+        if located.partition is None:  # a view per partition (its pointers' windows in one or two Windows)
+            totals = {}
+            for w in located.partitions:
+                if len(w.view.segments) > 1:
+                    partition = w.view.segments[0].info.partition
+                    totals[partition] = totals.get(partition, 0) + int(returned[w.rows].sum())
         else:  # one view of several partitions
             events = np.bincount(located.partition, returned, self.schema.partitions)
             totals = {int(p): int(events[p]) for p in np.flatnonzero(events) if int(p) not in self._merged}
