@@ -840,8 +840,7 @@ def _window_before(key_ts, key_tb, a, b):  # pragma: no cover - compiled
 
 
 @kernel
-def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, max_len, hint,
-                 v_users, v_low, v_slots, v_first, entries,
+def _locate_view(rows, index, request_ts, version, version_hi, arrival_limit, max_len, hint, v_first, entries,
                  ts_l, ts_b, ver_l, ver_b, vmax_l, vmin_l, hcum_l, late_l, lidx_l, arr_l, arr_b, tb_l, tb_b, has_tb,
                  count, checksum, merge, p_w0, p_w1,
                  w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, w_top):  # pragma: no cover - compiled
@@ -853,13 +852,13 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
         # users of one segment only, this kernel took 1.12x as long on tiered and on 30
         # daily segments, N=256 (whole reads 1.04x and 1.09x)
         if r + 2 * AHEAD < rows.shape[0]:
-            u = _find_user(users[rows[r + 2 * AHEAD]], v_users, v_low, v_slots)
+            u = index[r + 2 * AHEAD]
             if u >= 0:
                 for e in range(v_first[u], v_first[u + 1]):
                     prefetch(entries, e * ENTRY_WIDTH)
         if r + AHEAD < rows.shape[0]:
             q = rows[r + AHEAD]
-            u = _find_user(users[q], v_users, v_low, v_slots)
+            u = index[r + AHEAD]
             before = 0  # events of the segments before, where their summaries tell
             for e in range(v_first[u], v_first[u + 1]) if u >= 0 else range(0):
                 g, e_lo, e_hi = entries[e, E_SEG], entries[e, E_LO], entries[e, E_HI]
@@ -874,13 +873,15 @@ def _locate_view(rows, users, request_ts, version, version_hi, arrival_limit, ma
                 prefetch(segment(vmin_l, g), h - 1)
                 prefetch(segment(hcum_l, g), e_lo - 1)
                 prefetch(segment(hcum_l, g), h - 1)
+                if entries[e, E_VMAX] > version[q]:  # late rows it may not see: where they begin
+                    prefetch(segment(lidx_l, g), h // LATE_INDEX_STEP)
         p = rows[r]
         count[p] = 0
         checksum[p] = 0
         merge[p] = False
         p_w0[p] = nw
         p_w1[p] = nw
-        u = _find_user(users[p], v_users, v_low, v_slots)
+        u = index[r]  # the pointer's user in the view (-1: none)
         if u < 0:
             continue
         first = nw

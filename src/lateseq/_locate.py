@@ -227,18 +227,17 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         if not several.any():
             continue
         rows = rows[several]
-        found = view.users.find(users[rows])
-        capacity = view.ranges(found)
+        index = view.users.find(users[rows])  # each pointer's user in the view
+        capacity = view.ranges(index)
         w = Windows(view, rows, False, np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.bool_),
                     np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                     np.empty(capacity, np.int64))
         tb = view.column(schema.tiebreak)
         found = _kernels._locate_view(
-            rows, users, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
-            np.int64(max_len), hint, view.users.ids, np.int64(view.users.low), view.users.slots, view.first,
-            view.entries, *view.column(TIME), *view.column("_version"), view.column("_vmax")[0],
-            view.column("_vmin")[0], view.column("_hcum")[0], view.late(), view.late_index(),
+            rows, index, request_ts, visibility.version, visibility.version_hi, visibility.arrival_limit,
+            np.int64(max_len), hint, view.first, view.entries, *view.column(TIME), *view.column("_version"),
+            view.column("_vmax")[0], view.column("_vmin")[0], view.column("_hcum")[0], view.late(), view.late_index(),
             *view.column(schema.arrival_col), *tb,
             schema.tiebreak is not None, located.count, located.checksum, located.merge,
             located.first_window, located.end_window, w.ptr, w.seg, w.lo, w.hi, w.holes, w.late, w.n, w.off, w.top)
