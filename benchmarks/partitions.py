@@ -6,7 +6,7 @@ touches up to 1024 partitions), N=256, one core, warm, best of 7 passes interlea
 
 A batch over several partitions is located in one view of them all (``Store._joined``);
 a view of compacted partitions has one range of rows per user, so it is read as one
-segment is (one window per pointer, ``PartitionView.one_range``). What grows with the
+segment is (one window per pointer, ``_locate._locate_sole``). What grows with the
 partitions a batch touches: the copy's runs over many segment maps. Every store's output
 is checked equal to the one-partition store's first.
 """

@@ -117,12 +117,14 @@ def copy_plan(store: Store, located: Located, w: Windows, visibility: Visibility
     a full-history batch's output, a stranger's). Grouped, the windows of daily segments
     copied 1.15x faster at N=256 (a day's segment stays in cache while its runs are
     copied); merged pointers' runs, short and in a few segments, 1.2x faster left in
-    output order. So were a ``one_range`` view's, whose segments are compacted partitions
-    side by side, each user's rows in one of them: grouping kept the reads in one
-    partition, no smaller than the whole, and scattered the writes (64 partitions, the
-    copy prefetching the run ahead in any segment, in one process, interleaved: 1.38x at
-    N=256, 1.10x at 1024, 1.04x at 4096 on the benchmark's realistic store in log order,
-    1.20/1.09/1.14x shuffled; 1.10-1.18x on short uniform histories, s51B's)."""
+    output order. So were the windows of pointers whose events lie in one range
+    (``single``: a joined view's, whose segments are compacted partitions side by side,
+    each user's rows in one of them; most of a tiered store's, in its big segment):
+    grouping kept the reads in one partition, no smaller than the whole, and scattered
+    the writes (64 partitions, the copy prefetching the run ahead in any segment, in one
+    process, interleaved: 1.38x at N=256, 1.10x at 1024, 1.04x at 4096 on the
+    benchmark's realistic store in log order, 1.20/1.09/1.14x shuffled; 1.10-1.18x on
+    short uniform histories, s51B's)."""
     runs = window_runs(store, located, w, visibility, offsets)
     yield runs if w.single else by_segment(runs, len(w.view.segments))
     rows = w.rows[located.merge[w.rows]] if not w.single else w.rows[:0]
