@@ -157,7 +157,9 @@ class Store:
     rents before it buys: a partition is read segment by segment until the events read
     from it on this host (by every process: ``MergeRent``) reach ``AUTO_MERGE_RENT`` times
     the events it holds (about what building its copy costs, in the time those reads
-    lost), or until its copy exists on this host.
+    lost), or until its copy exists on this host. Only events of pointers whose events lie
+    in several of its segments count: one segment's are read as fast as through a copy
+    (most of a tiered store's, which then needs none).
 
     ``readahead`` says whether the kernel reads ahead of the pages a read faults in.
     Histories read at random from a store bigger than memory want it off (each fault
@@ -999,14 +1001,17 @@ class Store:
         if self.merged_reads != "auto" or not self._rents:
             return
         returned = np.minimum(located.count, max_len)
-        if located.partition is None:  # a view per partition (its pointers' windows in one or two Windows)
+        # only pointers whose events lie in several ranges pay: one range (most of a tiered
+        # store's pointers) is read as a merged copy would read it
+        paying = [w for w in located.partitions if not w.single]
+        if located.partition is None:  # a view per partition
             totals = {}
-            for w in located.partitions:
-                if len(w.view.segments) > 1:
-                    partition = w.view.segments[0].info.partition
-                    totals[partition] = totals.get(partition, 0) + int(returned[w.rows].sum())
+            for w in paying:
+                partition = w.view.segments[0].info.partition
+                totals[partition] = totals.get(partition, 0) + int(returned[w.rows].sum())
         else:  # one view of several partitions
-            events = np.bincount(located.partition, returned, self.schema.partitions)
+            rows = np.concatenate([w.rows for w in paying]) if paying else np.zeros(0, np.int64)
+            events = np.bincount(located.partition[rows], returned[rows], self.schema.partitions)
             totals = {int(p): int(events[p]) for p in np.flatnonzero(events) if int(p) not in self._merged}
         for partition, events in totals.items():
             rent = self._rents.get(partition)
