@@ -250,10 +250,12 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
 def _sole_ranges(view: PartitionView, rows: np.ndarray, users: np.ndarray, request_ts: np.ndarray,
                  visibility: Visibility) -> np.ndarray:
     """``_kernels._sole_ranges`` of the pointers at ``rows``."""
+    if len(rows) < len(users):  # else rows are 0..n-1: nothing to gather
+        users, request_ts, visibility = frozen(users[rows]), frozen(request_ts[rows]), visibility.take(rows)
     sole = np.empty(len(rows), np.int64)
-    _kernels._sole_ranges(frozen(users[rows]), frozen(request_ts[rows]), visibility.version[rows],
-                          visibility.version_hi[rows], view.users.ids, np.int64(view.users.low), view.users.slots,
-                          view.first, view.entries, view.column("_version")[1], sole)
+    _kernels._sole_ranges(users, request_ts, visibility.version, visibility.version_hi, view.users.ids,
+                          np.int64(view.users.low), view.users.slots, view.first, view.entries,
+                          view.column("_version")[1], sole)
     return sole
 
 
