@@ -32,7 +32,7 @@ import lateseq
 from lateseq import JaggedBatch
 from lateseq._derived import DERIVED_DIR
 from lateseq._errors import TransformOverflow
-from lateseq._pointers import write_log
+from lateseq._pointers import pointers_from_log, write_log
 from lateseq._store import AUTO_MERGE_RENT
 from lateseq.torch import Batch, BatchStats, ExampleDataset, LoaderMetrics, rebatch
 
@@ -366,7 +366,11 @@ def test_workers_share_what_auto_merged_reads_paid_for(world, tmp_path):
     plain = lateseq.open(store.path, 3, cache_dir=tmp_path / "cache", merged_reads=False)
     cache = plain.cache_dir  # the store's folder in it
     assert len(plain.segment_infos) == 3
-    per_epoch = int(lateseq.materialize(plain, log, projection).offsets[-1])
+    # what an epoch pays: the events of pointers whose events lie in more than one segment
+    pointers = pointers_from_log(pq.read_table(path), plain.schema)
+    located = plain.locate(pointers.user_id, pointers.request_ts, pointers.visibility, MAX_LEN, pointers.length)
+    paying = np.concatenate([w.rows for w in located.partitions if not w.single])
+    per_epoch = int(np.minimum(located.count[paying], MAX_LEN).sum())
     paid_after = -(-AUTO_MERGE_RENT * plain.num_events // per_epoch)  # epochs, the two workers together
     assert paid_after >= 3  # each worker alone would need about twice as many
     ds = ExampleDataset(lateseq.open(store.path, 3, cache_dir=tmp_path / "cache"), path, projection, batch_size=10,
