@@ -2,7 +2,7 @@
 strongest Fat Rows.
 
     python benchmarks/materialize.py            # 200k users per workload (realistic: 40M events, 43M examples)
-    python benchmarks/materialize.py --small    # 20k users (with --cold: 13-19 minutes on the AMD VM, 14-15 on the Intel one)
+    python benchmarks/materialize.py --small    # 20k users (--cold: 13-19 min on the AMD VM, 14-17 on the Intel one)
     python benchmarks/materialize.py --tiny     # a smoke run of every part (seconds; what the tests run)
     options: --json PATH  --plot PATH  --cold  --repeat R  --min-pass-s S  --cpu K  --workdir DIR
              --fat-budget-gb G

@@ -264,12 +264,13 @@ def _locate_sole(view: PartitionView, rows: np.ndarray, sole: np.ndarray, reques
                  lower: np.ndarray | None) -> Windows:
     """Pointers each of whose visible events lie in one range of rows, ``sole`` (every
     pointer of a compacted version, one partition or several side by side; most of a
-    tiered one's, whose older segments end before most requests and whose newer ones
-    begin after): one window each (empty for a user without events before the request),
-    found by ``_kernels.locate``, twice as fast a pointer as ``_locate_view``, which finds
-    several (on the tiered store of ``benchmarks/materialize.py``, 20k users, N=256, one
-    range held 99.6% of pointers' events: locate 313 -> 167 ns a pointer, the whole read
-    820 -> 665 ns an example, as fast as the same events compacted into one segment)."""
+    tiered one's, whose big old segment holds every event before most requests, its newer
+    ones beginning after them): one window each (empty for a user without events before
+    the request), found by ``_kernels.locate``, twice as fast a pointer as
+    ``_locate_view``, which finds several (on the tiered store of
+    ``benchmarks/materialize.py``, 20k users, N=256, one range held 99.6% of pointers'
+    events: locate 313 -> 167 ns a pointer, the whole read 820 -> 665 ns an example, as
+    fast as the same events compacted into one segment)."""
     everyone = len(rows) == len(located.count)  # one view: rows are 0..n-1, nothing to gather
     seg, count, checksum, lo, hi, holes, late = _kernels.locate(
         sole, view.locate_arguments(), request_ts if everyone else request_ts[rows],
