@@ -1004,11 +1004,8 @@ class Store:
         # only pointers whose events lie in several ranges pay: one range (most of a tiered
         # store's pointers) is read as a merged copy would read it
         paying = [w for w in located.partitions if not w.single]
-        if located.partition is None:  # a view per partition
-            totals = {}
-            for w in paying:
-                partition = w.view.segments[0].info.partition
-                totals[partition] = totals.get(partition, 0) + int(returned[w.rows].sum())
+        if located.partition is None:  # a view per partition: at most one Windows of it pays
+            totals = {w.view.segments[0].info.partition: int(returned[w.rows].sum()) for w in paying}
         else:  # one view of several partitions
             rows = np.concatenate([w.rows for w in paying]) if paying else np.zeros(0, np.int64)
             events = np.bincount(located.partition[rows], returned[rows], self.schema.partitions)
