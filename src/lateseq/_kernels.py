@@ -1074,8 +1074,8 @@ def _merge_view(rows, offsets, p_w0, p_w1, w_seg, w_lo, w_hi, w_holes, w_late, w
     order = np.empty(widest, np.int64)
     k, r = np.int64(0), np.int64(0)  # not literals: a literal argument compiles the callee twice
     while True:
-        k, r = _merge_pointers(borrowed(runs), k, r, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg, w_lo,
-                               w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b,
+        k, r = _merge_pointers(borrowed(runs), k, r, cursor, key_ts, key_tb, order, rows, offsets, p_w0, p_w1, w_seg,
+                               w_lo, w_hi, w_holes, w_late, w_top, late_l, ts_l, ts_b, tb_l, tb_b, has_tb, ver_l, ver_b,
                                arr_l, arr_b, version, version_hi, arrival_limit)
         if r == rows.shape[0]:
             return runs[:, :k]
@@ -1199,8 +1199,8 @@ def _window_runs(w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, o
     runs = np.empty((4, 4 * w_ptr.shape[0] + 16), np.int64)  # grown when holes cut windows into more
     k, w = np.int64(0), np.int64(0)
     while True:
-        k, w = _cut_windows(borrowed(runs), k, w, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets, ver_l,
-                            ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit)
+        k, w = _cut_windows(borrowed(runs), k, w, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n, w_off, merge, offsets,
+                            ver_l, ver_b, late_l, arr_l, arr_b, version, version_hi, arrival_limit)
         if w == w_ptr.shape[0]:
             return runs[:, :k]
         runs = _doubled(runs)
