@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -165,12 +166,60 @@ def test_verify_names_a_damaged_copy(store, kind):
         problems = lateseq.audit.verify(handle)
         copy = path.name.split(".")[0]
         assert [(p.path, copy in p.message) for p in problems] == [(str(path.with_name(f"{copy}.json")), True)], suffix
-        assert "parquet" not in problems[0].message and "a read builds it again" in problems[0].message
+        # a read-cache file: no backup holds it (a damaged sidecar was to be "restored from a backup": s56A)
+        assert "parquet" not in problems[0].message and "backup" not in problems[0].message
+        assert problems[0].message.endswith(lateseq._format.REBUILT)
         if suffix == ".arrow":  # (a flip in its IPC metadata makes it unreadable)
             said = ("fails its digests", "is missing or unreadable") if damage == "flip" else ("is missing",)
             assert any(f"the copy {path} {what}" in problems[0].message for what in said), problems[0].message
         path.write_bytes(pristine)
     assert lateseq.audit.verify(handle) == []
+
+
+@pytest.mark.parametrize("suffix", [".json", ".index.arrow"])
+def test_a_copy_file_grown_past_what_it_can_hold_is_refused_unread(store, suffix):
+    """A sidecar or index grown to a GiB (sparse: a stray write far out) was read whole
+    before its checksum failed; at 16 GiB the reader was killed for want of memory
+    (s56A). Its size is refused first: the copy is built again, and verify says why."""
+    want = expected(store, "merged")
+    read(store, "merged")
+    path = copy_files(store, suffix)[0]
+    os.truncate(path, 1 << 30)
+    tracemalloc.start()
+    try:
+        assert read(store, "merged") == want
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 28, f"{peak:,} bytes allocated at the peak: the grown file was read"
+    assert path.stat().st_size < 1 << 30  # built again
+    os.truncate(path, 1 << 30)
+    problems = lateseq.audit.verify(lateseq.open(store.path))
+    assert len(problems) == 1 and f"holds {1 << 30:,} bytes, more than" in problems[0].message
+    assert problems[0].message.endswith(lateseq._format.REBUILT) and "backup" not in problems[0].message
+
+
+def test_a_copy_written_into_between_its_build_and_its_first_read_says_so(store, monkeypatch):
+    """Another program writing into a copy just built, before its builder's first read
+    checked it, gave the builder "the copy ... fails its digests: damaged" (s56A): it is
+    the error that names the cause. "auto" then reads segment by segment, exactly."""
+    want = expected(store, "merged")
+    real = lateseq._derived.dump_checked
+
+    def sidecar_then_written(content):
+        for path in copy_files(store, ".arrow"):
+            edit_in_place(path, 0.5, 0xFF)
+        return real(content)
+
+    monkeypatch.setattr(lateseq._derived, "dump_checked", sidecar_then_written)
+    with pytest.raises(lateseq.StoreError, match="changed between its build and its first read.*another program "
+                                                 "writes into the read cache"):
+        read(store, "merged")
+    handle = lateseq.open(store.path, merged_reads="auto")
+    with pytest.warns(RuntimeWarning, match="changed between its build and its first read"):
+        handle.prefault(["item"])  # auto builds here: the same error, as a warning, and no copy
+    monkeypatch.undo()
+    assert read(store, "merged", handle) == want
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -345,6 +394,17 @@ def test_a_copy_that_cannot_be_mapped_for_want_of_maps_says_so(store, monkeypatc
     monkeypatch.setattr(lateseq._segments, "map_decoded", out_of_maps)
     with pytest.raises(lateseq.StoreError, match=r"cannot map .*Cannot allocate memory.*memory maps.*max_map_count"):
         read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+
+
+def test_one_big_read_writes_a_tally_no_bigger_than_its_price(tmp_path):
+    """A read of many events paid its rent a byte per event at once: a tally of 6 MB for a
+    partition of 300 events (s56A). A tally holds at most the units its price owes."""
+    rent = lateseq._derived.MergeRent(tmp_path, "p00000-x", 4800)
+    rent.pay(6_000_000)
+    assert rent.settled and rent._units() * rent._unit >= rent.price
+    assert rent._units() <= -(-rent.price // rent._unit)
+    rent.pay(6_000_000)
+    assert rent._units() <= -(-rent.price // rent._unit)
 
 
 def test_threads_paying_one_merge_rent_at_once_keep_its_count(tmp_path, monkeypatch):

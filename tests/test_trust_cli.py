@@ -47,7 +47,7 @@ def test_verify_exits_1_and_names_each_damaged_file(tmp_path):
     data[len(data) // 2] ^= 1
     packed.write_bytes(bytes(data))
     code, out, err = run("verify", store)
-    assert code == 1 and f"{info.name}.parquet" in out and "1 problems" in err
+    assert code == 1 and f"{info.name}.parquet" in out and "1 problem in" in err
     lateseq.open(store).tag("a", 1)
     lateseq.open(store).tag("b", 1)
     (store / "tags" / "a.json").write_bytes((store / "tags" / "b.json").read_bytes())  # b's file under a's name

@@ -41,6 +41,7 @@ from ._events import Events
 from ._forks import fork_safe
 from ._format import (
     DERIVED_DIR,
+    REBUILT,
     TIME,
     SegmentInfo,
     cache_unwritable,
@@ -102,7 +103,9 @@ class MergeRent:
     def _pay(self, events: int) -> None:
         self._pending += events
         if self._pending >= self._every or self._paid + self._pending >= self.price:
-            whole = self._pending // self._unit
+            # no more units than the price still owes: one read of many events paid a byte per event at
+            # once (a tally of 6 MB for a partition of 300 events: s56A)
+            whole = int(min(self._pending // self._unit, max(0, -(-(self.price - self._paid) // self._unit))))
             if self._path is not None and whole:
                 try:
                     stopped = make_cache_folder(self._path.parent, self._cache)
@@ -280,7 +283,11 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
                 raise
             _discard_copy(folder, name)
             return _held(folder, name, partition, sources, made, exc, random_access)
-        return _open_checked(folder, name, key, random_access)
+        try:
+            return _open_checked(folder, name, key, random_access)
+        except (*UNREADABLE, StoreError) as exc:  # just written, under the build lock: changed by no reader of ours
+            raise StoreError(f"the copy {name} in {cache} changed between its build and its first read ({exc}): "
+                             "another program writes into the read cache; lateseq only replaces files") from exc
 
 
 def _discard_copy(folder: Path, name: str) -> None:
@@ -296,6 +303,15 @@ def _held(folder: Path, name: str, partition: int, sources: list[str], made: Eve
     return segment
 
 
+SIDECAR_BYTES = 1 << 26  # a sidecar names a copy's sources and columns (kilobytes): one bigger is damaged
+
+
+def _load_sidecar(sidecar: Path) -> dict:
+    """A copy's sidecar, checked; StoreError if damaged, saying that a read builds the
+    copy again (a read-cache file: no backup holds it)."""
+    return load_checked(sidecar, limit=SIDECAR_BYTES, remedy=REBUILT)
+
+
 def _sidecar(folder: Path, name: str) -> Path:
     """The file naming what copy ``name`` is made of: written last, so a copy is built once it exists."""
     return folder / f"{name}.json"
@@ -303,7 +319,7 @@ def _sidecar(folder: Path, name: str) -> Path:
 
 def _open_checked(folder: Path, name: str, key: dict, random_access: bool) -> Segment:
     sidecar = _sidecar(folder, name)
-    content = load_checked(sidecar)
+    content = _load_sidecar(sidecar)
     if content.get("key") != json.loads(json.dumps(key)):
         raise StoreError(f"{sidecar} describes another copy")
     segment = Segment(folder, SegmentInfo.from_manifest(content["segment"], sidecar), folder, random_access,
@@ -322,7 +338,7 @@ def damaged_copies(cache: Path) -> list[tuple[Path, str]]:
     for sidecar in sorted(folder.glob("[!.]*.json")) if folder.is_dir() else []:  # not a builder's temporary
         name = sidecar.name[:-len(".json")]
         try:
-            key = load_checked(sidecar)["key"]
+            key = _load_sidecar(sidecar)["key"]
             named = _COPY_NAME.fullmatch(name)
             if not named or _name(int(named.group(1)), key) != name:  # another copy's files
                 raise StoreError(f"{sidecar} describes another copy")  # (a read finds it so: see _open_checked)
@@ -370,7 +386,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     readable = referenced | merged  # what a kept version reads: a filtered copy of anything else is stale
     for sidecar in folder.glob("[!.]*.json") if folder.is_dir() else []:  # not a builder's temporary (.tmp-*)
         try:
-            content = load_checked(sidecar)
+            content = _load_sidecar(sidecar)
             key = content["key"]
             stale = (not set(content["sources"]) <= referenced
                      or ("merged" in key and sidecar.name[:-len(".json")] not in merged)

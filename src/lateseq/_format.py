@@ -227,7 +227,7 @@ class SegmentInfo:
         bad = []
         for path, crc in zip(self.files(directory), self.crc32, strict=True):
             try:
-                if zlib.crc32(read_regular(path)) != crc:
+                if zlib.crc32(read_regular(path, self.bytes)) != crc:
                     bad.append((path, "fails its CRC-32"))
             except StoreError as exc:
                 bad.append((path, _unreadable(exc.__cause__)))
@@ -324,14 +324,18 @@ def _segment_info(name: str, partition: int, events: Events, user_ids: np.ndarra
     )
 
 
-def read_index(directory: Path, info: SegmentInfo) -> tuple[np.ndarray, np.ndarray]:
+DURABLE_REMEDY = "restore the file from a backup or replica"
+REBUILT = "a read builds the copy again from the store's segments"  # a damaged read-cache copy's: no backup has it
+
+
+def read_index(directory: Path, info: SegmentInfo, remedy: str = DURABLE_REMEDY) -> tuple[np.ndarray, np.ndarray]:
     """(user ids, end rows) of a segment, from index bytes that passed their CRC-32 and
-    describe exactly ``info``'s users and rows (kernels index with them unchecked)."""
+    describe exactly ``info``'s users and rows (kernels index with them unchecked);
+    StoreError saying ``remedy`` otherwise."""
     path = directory / f"{info.name}.index.arrow"
-    data = read_regular(path)
+    data = read_regular(path, info.bytes, remedy)
     if zlib.crc32(data) != info.crc32[1]:
-        raise StoreError(f"segment {info.name} is damaged: {path} fails its CRC-32; "
-                         "restore the file from a backup or replica")
+        raise StoreError(f"segment {info.name} is damaged: {path} fails its CRC-32; {remedy}")
     try:
         batch = pa.ipc.open_file(pa.BufferReader(data)).get_batch(0)
         user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
@@ -343,7 +347,7 @@ def read_index(directory: Path, info: SegmentInfo) -> tuple[np.ndarray, np.ndarr
              and bool(np.all(user_ids[1:] > user_ids[:-1])) and bool(np.all(ends[1:] > ends[:-1])))
     if not sound:
         raise StoreError(f"segment {info.name}: its index {path} does not describe {info.users} users "
-                         f"and {info.rows} rows; restore the file from a backup or replica")
+                         f"and {info.rows} rows; {remedy}")
     return user_ids, ends
 
 
@@ -370,7 +374,7 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
     for the reader to hold in memory: a full disk on a reading host is no reason to stop
     training."""
     path = directory / f"{info.name}.parquet"
-    packed = read_regular(path)
+    packed = read_regular(path, info.bytes)
     if zlib.crc32(packed) != info.crc32[0]:
         raise StoreError(f"segment {info.name} is damaged or missing ({path.name} fails its CRC-32); "
                          "restore the file from a backup or replica")
@@ -782,9 +786,12 @@ os.register_at_fork(before=lambda: _LOCKS_STEADY.acquire(), after_in_parent=lamb
                     after_in_child=_drop_inherited_locks)
 
 
-def read_regular(path: Path) -> bytes:
+def read_regular(path: Path, limit: int | None = None, remedy: str = "restore it from a backup or replica") -> bytes:
     """The bytes of a regular file of the store, never through a symbolic link (a link
-    planted in a store must not make lateseq read files elsewhere)."""
+    planted in a store must not make lateseq read files elsewhere). ``limit``: the most
+    bytes such a file holds; a bigger one is damaged, and refused before it is read (a
+    read-cache file grown to 16 GiB by a stray write was read whole, and the reader
+    killed for want of memory, before its checksum could fail: s56A)."""
     try:  # O_NONBLOCK: a FIFO planted in the store is refused below, not waited on forever
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError as exc:
@@ -792,9 +799,14 @@ def read_regular(path: Path) -> bytes:
     except OSError as exc:
         why = " (lateseq never follows symbolic links inside a store)" if exc.errno == errno.ELOOP else ""
         raise StoreError(f"cannot read {path}: {exc.strerror}{why}") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a folder with a bare fd number
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):  # before fdopen, which refuses a folder with a bare fd number
         os.close(fd)
         raise StoreError(f"{path} is not a regular file; restore it from a backup or replica")
+    if limit is not None and found.st_size > limit:
+        os.close(fd)
+        raise StoreError(f"{path} is damaged: it holds {found.st_size:,} bytes, more than the {limit:,} it can; "
+                         f"{remedy}")
     with os.fdopen(fd, "rb") as f:
         return f.read()
 

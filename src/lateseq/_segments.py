@@ -25,9 +25,11 @@ from ._events import Events
 from ._forks import fork_safe
 from ._format import (
     DERIVED_DIR,
+    DURABLE_REMEDY,
     MADV_NORMAL,
     MADV_RANDOM,
     NOT_REGULAR,
+    REBUILT,
     SegmentInfo,
     Unwritten,
     cache_unwritable,
@@ -427,7 +429,7 @@ class Segment:
             self.user_ids, self.ends, self._data = held
             self.mapped = False
         else:
-            self.user_ids, self.ends = read_index(directory, info)
+            self.user_ids, self.ends = read_index(directory, info, REBUILT if derived else DURABLE_REMEDY)
             try:
                 self._data, self.mapped = map_decoded(self.path, random_access), True
             except UNREADABLE as exc:  # not decoded here yet, or a truncated copy

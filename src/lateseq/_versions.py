@@ -143,11 +143,13 @@ def dump_checked(content: dict, key: str = "crc32") -> bytes:
     return (json.dumps({**body, key: content_crc(body)}) + "\n").encode()
 
 
-def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
-    """A file written by ``dump_checked``, or StoreError naming it. ``kept_since_v01``:
-    a kind of file lateseq 0.1 wrote without a checksum (manifests, tags, the schema),
-    which the error then names as a possible cause."""
-    data = read_regular(path)
+def load_checked(path: Path, kept_since_v01: bool = False, limit: int | None = None,
+                 remedy: str = "restore it from a backup") -> dict:
+    """A file written by ``dump_checked``, or StoreError naming it and ``remedy``.
+    ``kept_since_v01``: a kind of file lateseq 0.1 wrote without a checksum (manifests,
+    tags, the schema), which the error then names as a possible cause. ``limit``: see
+    ``read_regular``."""
+    data = read_regular(path, limit, remedy)
     try:
         content = json.loads(data)
     except (ValueError, RecursionError):  # truncated or garbled (a number of 5,000 digits, 10,000 brackets)
@@ -160,10 +162,10 @@ def load_checked(path: Path, kept_since_v01: bool = False) -> dict:
         if kept_since_v01 and ("version" in content or "columns" in content):
             raise StoreError(f"{path} is damaged or was written by lateseq 0.1 (it has no checksum); restore it "
                              "from a backup, or rebuild a 0.1 store from its events")
-        raise StoreError(f"{path} is damaged (it has no checksum); restore it from a backup")
+        raise StoreError(f"{path} is damaged (it has no checksum); {remedy}")
     valid = isinstance(content, dict) and content.pop(key, None) == content_crc(content)
     if not valid:
-        raise StoreError(f"{path} is damaged (it fails its checksum); restore it from a backup")
+        raise StoreError(f"{path} is damaged (it fails its checksum); {remedy}")
     return content
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ._derived import damaged_copies
 from ._errors import LateseqError, StoreError, VersionNotFound, exact_bool, exact_integer
-from ._format import TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
+from ._format import REBUILT, TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize, require_store
 from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
@@ -276,8 +276,8 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
             still = {_segment_of(p.path) for p in problems[found_before:]}
         problems[found_before:] = [p for p in problems[found_before:] if _segment_of(p.path) in still]
     for sidecar, what in damaged_copies(store.cache_dir):
-        problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what} (a "
-                                "read builds it again from the store's segments)"))
+        problems.append(Problem(str(sidecar), f"merged or filtered copy {sidecar.stem} in the read cache: {what}"
+                                + ("" if what.endswith(REBUILT) else f"; {REBUILT}")))
     return problems
 
 

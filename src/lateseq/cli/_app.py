@@ -1265,7 +1265,7 @@ def verify(
     for problem in problems:
         print(f"{problem.path}: {problem.message}")
     if problems:  # listing the versions could stumble on the same damage: no count
-        _fail(f"{len(problems)} problems in {store}")
+        _fail(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {store}")
     kept = len(handle.versions())
     _err.print(f"{store}: {kept} kept versions, every file sound{' (deep)' if deep else ''}", highlight=False)
 
