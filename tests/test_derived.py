@@ -392,8 +392,10 @@ def test_a_copy_that_cannot_be_mapped_for_want_of_maps_says_so(store, monkeypatc
         return real(path, random_access)
 
     monkeypatch.setattr(lateseq._segments, "map_decoded", out_of_maps)
-    with pytest.raises(lateseq.StoreError, match=r"cannot map .*Cannot allocate memory.*memory maps.*max_map_count"):
+    out_of_maps_said = r"cannot map .*Cannot allocate memory.*memory maps.*max_map_count"
+    with pytest.raises(lateseq.StoreError, match=out_of_maps_said) as said:
         read(store, "filtered", lateseq.open(store.path, merged_reads=True))
+    assert "another program" not in str(said.value)  # the copy built again did not change: no writer to suspect
 
 
 def test_one_big_read_writes_a_tally_no_bigger_than_its_price(tmp_path):

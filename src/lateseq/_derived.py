@@ -58,7 +58,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, Segment, SegmentCache, cache_lock, held_copy
+from ._segments import UNREADABLE, DamagedCopy, Segment, SegmentCache, cache_lock, held_copy
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -285,7 +285,7 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: 
             return _held(folder, name, partition, sources, made, exc, random_access)
         try:
             return _open_checked(folder, name, key, random_access)
-        except (*UNREADABLE, StoreError) as exc:  # just written, under the build lock: changed by no reader of ours
+        except DamagedCopy as exc:  # just written, under the build lock: changed by no reader of ours
             raise StoreError(f"the copy {name} in {cache} changed between its build and its first read ({exc}): "
                              "another program writes into the read cache; lateseq only replaces files") from exc
 

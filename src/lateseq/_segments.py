@@ -56,6 +56,11 @@ _TRACKED = itertools.count()  # keys of the segments a watch follows: never reus
 UNREADABLE = (OSError, pa.ArrowException, KeyError, ValueError)
 
 
+class DamagedCopy(StoreError):
+    """A derived copy's column failed its digest: it has no durable file to decode again
+    from, and is built again (its builder, finding it so, names the writer it suspects)."""
+
+
 def _removed_if_empty(folder: Path) -> bool:
     try:
         os.rmdir(folder)
@@ -488,7 +493,7 @@ class Segment:
         (the file this maps, written in place since it was opened, is the damaged one too:
         not a copy another process made). Called with ``_lock`` held."""
         if self.derived:
-            raise StoreError(f"the copy {self.path} fails its digests: damaged")
+            raise DamagedCopy(f"the copy {self.path} fails its digests: damaged")
         current = _identity(self.path)
         mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
         self._data, self.mapped = _decode_once(self._directory, self.info, self._cache, self.random_access,
