@@ -157,12 +157,17 @@ def test_verify_names_a_damaged_copy(store, kind):
     read(store, kind)
     handle = lateseq.open(store.path)
     assert lateseq.audit.verify(handle) == []
-    for suffix, damage in [(".arrow", "flip"), (".arrow", "remove"), (".index.arrow", "flip"), (".json", "flip")]:
+    for suffix, damage in [(".arrow", "flip"), (".arrow", "remove"), (".index.arrow", "flip"), (".json", "flip"),
+                           (".json", "folder")]:
         path = copy_files(store, suffix)[0]
         pristine = path.read_bytes()
         damaged = bytearray(pristine)
         damaged[len(pristine) // 2] ^= 0xFF
-        path.unlink() if damage == "remove" else path.write_bytes(bytes(damaged))
+        if damage == "folder":  # not a regular file
+            path.unlink()
+            path.mkdir()
+        else:
+            path.unlink() if damage == "remove" else path.write_bytes(bytes(damaged))
         problems = lateseq.audit.verify(handle)
         copy = path.name.split(".")[0]
         assert [(p.path, copy in p.message) for p in problems] == [(str(path.with_name(f"{copy}.json")), True)], suffix
@@ -172,6 +177,8 @@ def test_verify_names_a_damaged_copy(store, kind):
         if suffix == ".arrow":  # (a flip in its IPC metadata makes it unreadable)
             said = ("fails its digests", "is missing or unreadable") if damage == "flip" else ("is missing",)
             assert any(f"the copy {path} {what}" in problems[0].message for what in said), problems[0].message
+        if damage == "folder":
+            path.rmdir()
         path.write_bytes(pristine)
     assert lateseq.audit.verify(handle) == []
 

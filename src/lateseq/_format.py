@@ -377,7 +377,7 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
     packed = read_regular(path, info.bytes)
     if zlib.crc32(packed) != info.crc32[0]:
         raise StoreError(f"segment {info.name} is damaged or missing ({path.name} fails its CRC-32); "
-                         "restore the file from a backup or replica")
+                         f"{DURABLE_REMEDY}")
     user_ids, ends = read_index(directory, info)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     table = pq.read_table(pa.BufferReader(packed))
@@ -791,18 +791,19 @@ def read_regular(path: Path, limit: int | None = None, remedy: str = "restore it
     planted in a store must not make lateseq read files elsewhere). ``limit``: the most
     bytes such a file holds; a bigger one is damaged, and refused before it is read (a
     read-cache file grown to 16 GiB by a stray write was read whole, and the reader
-    killed for want of memory, before its checksum could fail: s56A)."""
+    killed for want of memory, before its checksum could fail: s56A). ``remedy``: what
+    every error here tells the user to do (a read-cache file is built again, not restored)."""
     try:  # O_NONBLOCK: a FIFO planted in the store is refused below, not waited on forever
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError as exc:
-        raise StoreError(f"{path} is missing; restore it from a backup or replica") from exc
+        raise StoreError(f"{path} is missing; {remedy}") from exc
     except OSError as exc:
         why = " (lateseq never follows symbolic links inside a store)" if exc.errno == errno.ELOOP else ""
         raise StoreError(f"cannot read {path}: {exc.strerror}{why}") from exc
     found = os.fstat(fd)
     if not stat.S_ISREG(found.st_mode):  # before fdopen, which refuses a folder with a bare fd number
         os.close(fd)
-        raise StoreError(f"{path} is not a regular file; restore it from a backup or replica")
+        raise StoreError(f"{path} is not a regular file; {remedy}")
     if limit is not None and found.st_size > limit:
         os.close(fd)
         raise StoreError(f"{path} is damaged: it holds {found.st_size:,} bytes, more than the {limit:,} it can; "
