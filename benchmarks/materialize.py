@@ -494,6 +494,9 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
                          / (base["ex_s"] * base["events_per_example"]))
             if "epoch" in s:
                 s["epoch"]["vs_compacted_latest"] = s["epoch"]["ex_s"] / base["epoch"]["ex_s"]
+                if "next_day" in s["epoch"]:
+                    s["epoch"]["next_day"]["vs_compacted_latest"] = (s["epoch"]["next_day"]["ex_s"]
+                                                                     / base["epoch"]["ex_s"])
             if "cold" in s:
                 s["cold"].setdefault("vs_compacted_latest", s["cold"]["ex_s"] / base["cold"]["ex_s"])
     return out
@@ -654,17 +657,52 @@ def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:
     """One pass over ``state``'s whole example log through a new handle with the default
     ``merged_reads="auto"`` and no merged copy on this host yet: a first epoch of training,
     reading segment by segment until the reads paid for the merged copies, then building
-    and reading through them."""
-    store = lateseq.open(state.path, state.version)
-    for path in [*derived_files(store), *(store.cache_dir / DERIVED_DIR).glob(".tmp-rent-*")]:
-        path.unlink()  # the copies, and what earlier reads paid towards them
+    and reading through them. Where a day's commit made the state's version from an
+    earlier one, the same pass again with that version's copies built (not timed) and
+    this version's not: the first epoch of the next day's training on one host."""
+    store = _without_copies(state)
     log = root / f"{state.name}-epoch-examples.parquet"
     pq.write_table(state.log, log)
     run = drain(lateseq_batches(lambda: store, log, n))
-    log.unlink()
     merged = sum(p.suffix == ".json" for p in derived_files(store))
-    return {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
-            "new_host": new_host_epoch(state, n, root)}
+    out = {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
+           "new_host": new_host_epoch(state, n, root)}
+    before = day_before(store)
+    if before is not None:  # a day's training on: the version before's copy built, this one's not
+        store = _without_copies(state)
+        lateseq.open(state.path, before, merged_reads=True).prefault([])
+        built = set(derived_files(store))
+        run = drain(lateseq_batches(lambda: store, log, n))
+        out["next_day"] = {**run.figures(memcpy), "examples": run.examples, "version_before": before,
+                           "merged_copies": sum(p.suffix == ".json" for p in set(derived_files(store)) - built)}
+    log.unlink()
+    return out
+
+
+def _without_copies(state: State) -> lateseq.Store:
+    """A new handle on ``state`` (``merged_reads="auto"``) whose read cache holds no merged copy."""
+    store = lateseq.open(state.path, state.version)
+    for path in [*derived_files(store), *(store.cache_dir / DERIVED_DIR).glob(".tmp-rent-*")]:
+        path.unlink()  # the copies, and what earlier reads paid towards them
+    return store
+
+
+def day_before(store: lateseq.Store) -> int | None:
+    """The newest version before ``store``'s whose segments of each partition begin its own,
+    fewer of them (a commit or more ago): None where none does (a compaction since)."""
+    def names(handle: lateseq.Store) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for info in handle.segment_infos:
+            out.setdefault(info.partition, []).append(info.name)
+        return out
+
+    latest = names(store)
+    for version in range(store.version - 1, 0, -1):
+        older = names(store.checkout(version))
+        if older.keys() == latest.keys() and all(1 < len(v) < len(latest[p]) and v == latest[p][:len(v)]
+                                                 for p, v in older.items()):
+            return version
+    return None
 
 
 def new_host_epoch(state: State, n: int, root: Path) -> dict:

@@ -170,18 +170,25 @@ def _epoch(name: str, work: dict, rent: int | None) -> TableSpec:
     spec = TableSpec(f"{name}: first epoch, default reads (one pass over every example, one core, a new handle "
                      "with merged_reads='auto' and no merged copy built yet)",
                      ["N", "state", "examples", "seconds", "ex/s", "vs compacted-latest", "merged copies built",
-                      "vs the same state's warm ex/s", "new host: ex/s", "new host: vs this epoch"])
+                      "vs the same state's warm ex/s", "new host: ex/s", "new host: vs this epoch",
+                      "a day on: ex/s", "a day on: vs compacted-latest"])
     for n, at in work["n"].items():
         for state, s in at["lateseq"].items():
             if "epoch" in s:
                 e = s["epoch"]
                 new = e.get("new_host", {}).get("ex_s")
+                day = e.get("next_day", {})
                 spec.rows.append([n, state, _n(e["examples"]), f"{e['seconds']:.1f}", _n(e["ex_s"]),
                                   _x(e["vs_compacted_latest"]), _n(e["merged_copies"]), _x(e["ex_s"] / s["ex_s"]),
-                                  _n(new), _x(new and new / e["ex_s"])])
+                                  _n(new), _x(new and new / e["ex_s"]), _n(day.get("ex_s")),
+                                  _x(day.get("vs_compacted_latest"))])
     spec.notes.append("a partition is read segment by segment until the events read from it reach "
                       f"AUTO_MERGE_RENT ({rent}) times the events it holds, then its merged copy is built "
                       "(timed here, in the epoch) and read; later epochs read as the +merged state above")
+    spec.notes.append("a day on: the same pass where the version a day's commit before this one (its segments "
+                      "this version's oldest) has its merged copies built on this host and this version has none, "
+                      "as on the next day of training: 'auto' reads the older segments through that copy, the "
+                      "newer beside it; a state a compaction made has no such version (–)")
     spec.notes.append("new host: the same pass where the store was never read (an empty read cache, the durable "
                       "files and example log evicted from the page cache): every segment is decoded from disk by "
                       "its first read, timed; the cold passes above read a host's built cache")

@@ -92,6 +92,12 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
             assert t["lateseq_vs_events_table"] == pytest.approx(at["lateseq"]["compacted-latest"]["ex_s"] / t["ex_s"])
             if "daily-30" in at["lateseq"]:  # an epoch reads each event far more than 32 times: "auto" merged
                 assert at["lateseq"]["daily-30"]["epoch"]["merged_copies"] > 0
+                # a day on, the version before's copy built: read through it, pointers each in it build none
+                day = at["lateseq"]["daily-30"]["epoch"]["next_day"]
+                assert day["examples"] == work["workload"]["examples"] and day["vs_compacted_latest"] > 0
+                assert day["merged_copies"] == 0 and day["version_before"] == work["states"]["daily-30"]["version"] - 1
+            if "compacted-latest" in at["lateseq"]:  # a compaction since every version before
+                assert "next_day" not in at["lateseq"]["compacted-latest"]["epoch"]
     assert r["targets"] and all({"target", "value", "threshold", "met"} <= t.keys() for t in r["targets"])
     names = {t["target"] for t in r["targets"]}
     assert any("smallest Parquet" in n for n in names) and any("Arrow IPC" in n for n in names)

@@ -283,6 +283,16 @@ def run_scenario(sc: Scenario, root: Path) -> None:
             # an empty cache: every segment read below is decoded from the durable files
             handles.append((v, lateseq.open(last.path, v, cache_dir=root / f"decoded-p{p}-v{v}",
                                             merged_reads=[False, True, "auto"][rng.integers(3)])))
+        # "auto" at the latest version, its oldest segments read through the merged copy an
+        # earlier version built on its host: the newest whose segments of a partition begin
+        # the latest's, two at least and fewer
+        latest = {q: [i.name for i in infos] for q, infos in _segments_by_partition(last).items()}
+        for base in range(final - 1, 0, -1):
+            if any(2 <= len(infos) < len(latest.get(q, [])) and [i.name for i in infos] == latest[q][:len(infos)]
+                   for q, infos in _segments_by_partition(last.checkout(base)).items()):
+                lateseq.open(last.path, base, cache_dir=root / f"based-p{p}", merged_reads=True).prefault([])
+                handles.append((final, lateseq.open(last.path, final, cache_dir=root / f"based-p{p}")))
+                break
         for k, projection in enumerate(sc.projections):
             columns = projected(projection, sc.columns)
             for hv, handle in handles:

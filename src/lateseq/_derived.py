@@ -141,6 +141,25 @@ def merged_copy(infos: list[SegmentInfo], segments: Callable[[], list[Segment]],
                    random_access, segments, hold=False)
 
 
+def merged_base(partition: int, segments: list[str], cache: Path) -> tuple[int, str] | None:
+    """The longest run of the oldest ``segments`` (a partition's names, oldest first; two at
+    least, fewer than all) whose merged copy was built on this host, as (its length, its
+    name), or None: an earlier version's copy, to which later commits added segments."""
+    for k in range(len(segments) - 1, 1, -1):
+        name = merged_name(partition, segments[:k])
+        if derived_built(name, cache):
+            return k, name
+    return None
+
+
+def built_merged_copy(infos: list[SegmentInfo], cache: Path, random_access: bool) -> Segment:
+    """The merged copy of the segments ``infos`` built on this host, opened and checked;
+    never built here (StoreError, or an ``UNREADABLE`` error, where missing or damaged)."""
+    names = [info.name for info in infos]
+    return _open_checked(cache / DERIVED_DIR, merged_name(infos[0].partition, names), _merged_key(names),
+                         random_access)
+
+
 def _merged_key(segments: list[str] | tuple[str, ...]) -> dict:
     return {"merged": list(segments)}
 

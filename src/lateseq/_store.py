@@ -44,7 +44,15 @@ import numpy as np
 import pyarrow as pa
 
 from ._compat import cached_property
-from ._derived import MergeRent, merged_copy, merged_name, remove_stale_copies
+from ._derived import (
+    MergeRent,
+    built_merged_copy,
+    derived_built,
+    merged_base,
+    merged_copy,
+    merged_name,
+    remove_stale_copies,
+)
 from ._errors import (
     CommitConflict,
     NotSynced,
@@ -80,7 +88,7 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
-from ._segments import REMAPS, Segment, SegmentCache, forget_removed
+from ._segments import REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed
 from ._versions import (
     LATEST,
     STORE_ID,
@@ -159,7 +167,10 @@ class Store:
     the events it holds (about what building its copy costs, in the time those reads
     lost), or until its copy exists on this host. Only events of pointers whose events lie
     in several of its segments count: one segment's are read as fast as through a copy
-    (most of a tiered store's, which then needs none).
+    (most of a tiered store's, which then needs none). Meanwhile its oldest segments are
+    read through the copy an earlier version built on this host, if one was: after a
+    day's commit, yesterday's copy and today's segment (cleanup keeps that copy while a
+    version reads through it).
 
     ``readahead`` says whether the kernel reads ahead of the pages a read faults in.
     Histories read at random from a store bigger than memory want it off (each fault
@@ -886,6 +897,10 @@ class Store:
             if stale and older_than(path, grace_s):
                 remove_file(path)
         merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
+        # and the copy a kept version without its own reads its oldest segments through
+        merged |= {base[1] for partition, names in kept if len(names) > 2
+                   and not derived_built(merged_name(partition, names), self.cache_dir)
+                   and (base := merged_base(partition, list(names), self.cache_dir)) is not None}
         remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
 
     # ------------------------------------------------------------ reading
@@ -930,7 +945,9 @@ class Store:
 
     def segments(self, partition: int | None = None) -> list[Segment]:
         """Open segments of this version (of one partition), oldest first."""
-        infos = self.segment_infos if partition is None else self._by_partition.get(partition, [])
+        return self._open_all(self.segment_infos if partition is None else self._by_partition.get(partition, []))
+
+    def _open_all(self, infos: list[SegmentInfo]) -> list[Segment]:
         try:
             return [self._opened(i) for i in infos]
         except StoreError as exc:
@@ -1098,6 +1115,8 @@ class Store:
                                    "reading its segments one by one")
                     self._merged.discard(partition)
                     self._rents.pop(partition)  # not tried again by this handle
+            if segments is None and self.merged_reads == "auto" and len(infos) > 2:
+                segments = self._on_merged_base(partition, infos)
             if segments is None:
                 segments = self.segments(partition)
             if known is None or known.remapped() or len(known.segments) != len(segments) or any(
@@ -1107,6 +1126,24 @@ class Store:
             self._view_merged[partition] = len(infos) > 1 and partition in self._merged
             self._checked[partition] = generation
             return known
+
+
+    def _on_merged_base(self, partition: int, infos: list[SegmentInfo]) -> list[Segment] | None:
+        """For "auto": the partition's segments, its oldest read through the merged copy of
+        them that a read of an earlier version built on this host (yesterday's, a commit ago),
+        so that a new version reads about as fast as the one before it from its first batch,
+        not segment by segment until its own copy is paid for; None without such a copy, or
+        with a damaged one (never built again here: segment by segment then)."""
+        found = merged_base(partition, [info.name for info in infos], self.cache_dir)
+        if found is None:
+            return None
+        k, name = found
+        try:
+            base = self._segments.derived(name, lambda: built_merged_copy(infos[:k], self.cache_dir,
+                                                                          self._segments.random_access))
+        except (*UNREADABLE, StoreError):
+            return None
+        return [base, *self._open_all(infos[k:])]
 
 
 def _check_grace(grace_s: object) -> None:
