@@ -911,6 +911,40 @@ def test_a_damaged_copy_of_the_version_before_is_passed_over_not_built_again(sto
     assert {path: path.read_bytes() for path in copy_files(store)} == damaged
 
 
+def copy_names(handle: lateseq.Store) -> dict[int, str]:
+    """Per partition, the name of the merged copy of the handle's version's segments."""
+    return {p: lateseq._derived.merged_name(p, [i.name for i in handle.segment_infos if i.partition == p])
+            for p in (0, 1)}
+
+
+@pytest.mark.parametrize("damaged", [".arrow", ".json"])
+def test_a_damaged_copy_of_the_version_before_gives_way_to_an_older_one(store, damaged):
+    """Copies of two earlier versions on the host, the newer damaged: the read goes through
+    the older (it went segment by segment, s57A), and cleanup keeps the longest copy whose
+    sidecar reads (the older one where the newer's sidecar is damaged)."""
+    older, newer = (lateseq.open(store.path, store.version - k, merged_reads=True) for k in (3, 1))
+    for handle in (older, newer):
+        handle.prefault([])
+    today = next_day(store, 11)
+    for name in copy_names(newer).values():
+        path = store.cache_dir / DERIVED_DIR / f"{name}{damaged}"
+        path.write_bytes(path.read_bytes()[:-40] + bytes(40))
+    handle = lateseq.open(today.path)
+    assert read(today, "merged", handle) == expected(today, "merged")
+    assert base_copies(handle) == [[True] + [False] * 4] * 2  # three segments in the copy, four beside it
+    today.cleanup(before=today.version, grace_s=0)
+    kept = copy_names(older) if damaged == ".json" else copy_names(newer)
+    assert {p.name.split(".")[0] for p in copy_files(store, ".json")} == set(kept.values())
+    assert read(today, "merged") == expected(today, "merged")
+
+
+def test_the_names_of_a_partitions_runs_of_segments_are_its_merged_copies_names():
+    rng = np.random.default_rng(4)
+    segments = [f"p{7:05d}-{rng.bytes(16).hex()}" for _ in range(40)]
+    names = lateseq._derived._merged_prefix_names(7, segments)
+    assert names[1:] == [lateseq._derived.merged_name(7, segments[:k]) for k in range(1, 41)]
+
+
 def test_cleanup_keeps_the_copy_a_kept_version_reads_through_until_it_has_its_own(store):
     """A retired version's merged copy goes at cleanup, unless a kept version without a
     copy of its own reads its oldest segments through it (yesterday's, after today's

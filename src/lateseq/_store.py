@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -47,11 +48,12 @@ from ._compat import cached_property
 from ._derived import (
     MergeRent,
     built_merged_copy,
-    derived_built,
-    merged_base,
+    copies_on_host,
+    merged_bases,
     merged_copy,
     merged_name,
     remove_stale_copies,
+    sidecar_readable,
 )
 from ._errors import (
     CommitConflict,
@@ -252,6 +254,7 @@ class Store:
         self._merged_names: dict[int, str] = {}
         self._merged: set[int] = set()  # partitions read through their merged copy
         self._rents: dict[int, MergeRent] = {}  # "auto": what reading segment by segment has cost
+        self._host_copies: tuple[int | None, dict[int, set[str]]] = (None, {})  # ``copies_on_host``, at a generation
         self.num_events: int = manifest["events"]
         self._segments = segments or SegmentCache(self.path / "segments", self.cache_dir)
         self._held: dict[str, Segment] = {}  # the segments this handle opened: what it reads once cleaned up
@@ -897,10 +900,12 @@ class Store:
             if stale and older_than(path, grace_s):
                 remove_file(path)
         merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
-        # and the copy a kept version without its own reads its oldest segments through
-        merged |= {base[1] for partition, names in kept if len(names) > 2
-                   and not derived_built(merged_name(partition, names), self.cache_dir)
-                   and (base := merged_base(partition, list(names), self.cache_dir)) is not None}
+        built = copies_on_host(self.cache_dir)
+        for partition, names in kept:  # and the copy a kept version without its own reads its oldest segments through
+            if len(names) > 2 and merged_name(partition, names) not in built.get(partition, ()):
+                bases = (name for _, name in merged_bases(partition, list(names), built)
+                         if sidecar_readable(self.cache_dir, name))  # the longest that reads
+                merged.update(itertools.islice(bases, 1))
         remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
 
     # ------------------------------------------------------------ reading
@@ -1116,7 +1121,7 @@ class Store:
                     self._merged.discard(partition)
                     self._rents.pop(partition)  # not tried again by this handle
             if segments is None and self.merged_reads == "auto" and len(infos) > 2:
-                segments = self._on_merged_base(partition, infos)
+                segments = self._on_merged_base(partition, infos, generation)
             if segments is None:
                 segments = self.segments(partition)
             if known is None or known.remapped() or len(known.segments) != len(segments) or any(
@@ -1128,22 +1133,23 @@ class Store:
             return known
 
 
-    def _on_merged_base(self, partition: int, infos: list[SegmentInfo]) -> list[Segment] | None:
+    def _on_merged_base(self, partition: int, infos: list[SegmentInfo], generation: int) -> list[Segment] | None:
         """For "auto": the partition's segments, its oldest read through the merged copy of
         them that a read of an earlier version built on this host (yesterday's, a commit ago),
         so that a new version reads about as fast as the one before it from its first batch,
-        not segment by segment until its own copy is paid for; None without such a copy, or
-        with a damaged one (never built again here: segment by segment then)."""
-        found = merged_base(partition, [info.name for info in infos], self.cache_dir)
-        if found is None:
-            return None
-        k, name = found
-        try:
-            base = self._segments.derived(name, lambda: built_merged_copy(infos[:k], self.cache_dir,
-                                                                          self._segments.random_access))
-        except (*UNREADABLE, StoreError):
-            return None
-        return [base, *self._open_all(infos[k:])]
+        not segment by segment until its own copy is paid for; None without such a copy. A
+        damaged one is passed over (for a shorter one, or segment by segment), not built
+        again here: it is another version's."""
+        if self._host_copies[0] != generation:  # listed once per generation of the read cache, not per view
+            self._host_copies = (generation, copies_on_host(self.cache_dir))
+        for k, name in merged_bases(partition, [info.name for info in infos], self._host_copies[1]):
+            try:
+                base = self._segments.derived(name, lambda k=k: built_merged_copy(
+                    infos[:k], self.cache_dir, self._segments.random_access))
+            except (*UNREADABLE, StoreError):
+                continue
+            return [base, *self._open_all(infos[k:])]
+        return None
 
 
 def _check_grace(grace_s: object) -> None:
