@@ -1132,7 +1132,6 @@ class Store:
             self._checked[partition] = generation
             return known
 
-
     def _on_merged_base(self, partition: int, infos: list[SegmentInfo], generation: int) -> list[Segment] | None:
         """For "auto": the partition's segments, its oldest read through the merged copy of
         them that a read of an earlier version built on this host (yesterday's, a commit ago),
