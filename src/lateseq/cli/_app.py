@@ -404,7 +404,8 @@ def _global_options(
     merged_reads: Annotated[Setting, _setting_option(
         "--merged-reads", "Read a version of many segments through merged copies built in the read cache (a "
         "local compaction, once per version and host): always, never, or auto (once the reads of a partition "
-        "have cost about what its copy does).")] = Setting.auto,
+        "have cost about what its copy does; until then, its older segments through an earlier version's copy "
+        "on this host).")] = Setting.auto,
     readahead: Annotated[Setting, _setting_option(
         "--readahead", "Let the kernel read ahead of the store pages a read needs: always, never (for random "
         "reads of a store bigger than memory), or auto (never when the version would take more than half of "
