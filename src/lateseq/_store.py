@@ -1153,7 +1153,6 @@ class Store:
             return [base, *self._open_all(infos[k:])]
         return None
 
-
     def _copies_on_host(self, generation: int) -> dict[int, set[str]]:
         """``copies_on_host``, listed once per generation of the read cache, not per view."""
         if self._host_copies[0] != generation:
