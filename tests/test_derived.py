@@ -893,38 +893,6 @@ def test_auto_reads_a_new_version_through_the_copy_the_version_before_built(stor
     assert not any(map(any, base_copies(lateseq.open(later.compact().path))))
 
 
-def test_reads_of_new_days_through_one_copy_add_up_to_a_copy_of_a_newer_version(store, monkeypatch):
-    """Training on each new day's examples only, through the copy an earlier version built:
-    one day's reads pay for no copy, but each version paid into its own tally from nothing,
-    so none was ever built and the segments read beside the old copy grew by one a day.
-    The versions read through one copy pay into one tally: a copy of a newer version is
-    built once they add up to the rent."""
-    monkeypatch.setattr(lateseq._store, "AUTO_MERGE_RENT", 2)
-    lateseq.open(store.path, merged_reads=True).prefault([])
-    base = set(copy_names(store).values())
-    rng = np.random.default_rng(12)
-    day, read, held = store, [], 0
-    for n in range(1, 8):
-        users = np.arange(1, 41, dtype=np.int64)
-        day = day.commit(pa.table({"user_id": users, "ts": np.full(40, 3000 + 100 * n), "item": rng.integers(0, 9, 40),
-                                   "rating": pa.array(rng.integers(0, 5, 40), pa.int8())}))
-        log = lateseq.log_examples(day, pa.table({"user_id": users, "request_ts": np.full(40, 3050 + 100 * n)}))
-        handle = lateseq.open(day.path)
-        for _ in range(2):
-            batch = lateseq.materialize(handle, log, PROJECTIONS["merged"])
-            read.append(int(np.diff(batch.offsets).sum()))  # every pointer's events lie in the copy and today's
-        held = day.num_events
-        built = {p.name.split(".")[0] for p in copy_files(store, ".json")} - base
-        if built:
-            break
-    # the rent: AUTO_MERGE_RENT times a version's events, over both partitions, paid by two reads a day
-    assert 2 * held > sum(read[-2:]), "a day's reads paid for a copy alone: the test proves nothing"
-    assert built and n <= -(-2 * held // (sum(read) // n)) + 1, (n, read, held)
-    assert built == set(copy_names(lateseq.open(day.path)).values())
-    assert rows(lateseq.materialize(lateseq.open(day.path), log, PROJECTIONS["merged"])) == rows(
-        lateseq.materialize(lateseq.open(day.path, merged_reads=False), log, PROJECTIONS["merged"]))
-
-
 def test_a_damaged_copy_of_the_version_before_is_passed_over_not_built_again(store):
     """The copy a new version would read its oldest segments through is another version's:
     damaged, the new version reads segment by segment (and pays towards its own copy); it

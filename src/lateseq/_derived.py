@@ -75,9 +75,6 @@ def derived_built(name: str, cache: Path) -> bool:
     return _sidecar(cache / DERIVED_DIR, name).is_file()
 
 
-TAIL = "-tail"  # a tally paid by the versions read through a copy (``MergeRent``'s ``base``)
-
-
 class MergeRent:
     """What the reads of one partition segment by segment have cost on this host, in events
     read, against the ``price`` of building its merged copy ``name``: shared by every
@@ -86,21 +83,12 @@ class MergeRent:
     events or so. A reader that cannot write there (or finds a link or a folder there: never
     followed) counts its own reads only. The file is
     a temporary of the cache (cleanup removes it once idle), and only its size counts: a
-    damaged one changes when the copy is built, never what a read returns.
+    damaged one changes when the copy is built, never what a read returns."""
 
-    ``base``: the copy of an earlier version the reads go through, beside this version's
-    newer segments (name, events), whose tally they pay into instead: shared by every
-    later version read through it (one a day), so that a day's reads of its new segments
-    add up across days to a copy of a newer version (each version's own tally started at
-    nothing, and reads of one day's examples never paid for one: the segments read beside
-    the old copy grew by one a day). Its bytes count events in units of that copy's size,
-    the same for every version that pays into it."""
-
-    def __init__(self, cache: Path, name: str, price: int, base: tuple[str, int] | None = None):
+    def __init__(self, cache: Path, name: str, price: int):
         self._cache, self._name, self.price = cache, name, price
-        self._path: Path | None = cache / DERIVED_DIR / (f".tmp-rent-{name}" if base is None
-                                                           else f".tmp-rent-{base[0]}{TAIL}")
-        self._unit = max(1, (price if base is None else base[1]) // 4096)  # a tally stays under about 4 KB
+        self._path: Path | None = cache / DERIVED_DIR / f".tmp-rent-{name}"
+        self._unit = max(1, price // 4096)  # a tally stays under about 4 KB
         self._every = max(self._unit, price // 64)
         self._pending = 0  # events read here, not yet in the file
         self._paid = self._units() * self._unit
@@ -470,8 +458,7 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
             with _idle(folder, name) as idle:
                 if idle:
                     for path in (sidecar, folder / f"{name}.index.arrow", decoded_file(folder, name),
-                                 folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}",
-                                 folder / f".tmp-rent-{name}{TAIL}"):
+                                 folder / f".tmp-build-{name}", folder / f".tmp-rent-{name}"):
                         remove_file(path)
     for path in folder.glob("[!.]*.arrow") if folder.is_dir() else []:  # a build killed before its sidecar
         name = path.name.removesuffix(".arrow").removesuffix(".index")

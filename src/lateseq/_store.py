@@ -172,8 +172,7 @@ class Store:
     (most of a tiered store's, which then needs none). Meanwhile its oldest segments are
     read through the copy an earlier version built on this host, if one was: after a
     day's commit, yesterday's copy and today's segment (cleanup keeps that copy while a
-    version reads through it). The versions read through one copy pay into one tally, so
-    that days of reads of new segments beside it add up to a newer version's copy.
+    version reads through it).
 
     ``readahead`` says whether the kernel reads ahead of the pages a read faults in.
     Histories read at random from a store bigger than memory want it off (each fault
@@ -1076,7 +1075,7 @@ class Store:
         generation = getattr(self._reading, "generation", None)
         return self._segments.watch.generation() if generation is None else generation
 
-    def _reads_merged(self, partition: int, infos: list[SegmentInfo], generation: int) -> bool:
+    def _reads_merged(self, partition: int, infos: list[SegmentInfo]) -> bool:
         """Whether ``partition`` (of segments ``infos``, more than one) is read through its
         merged copy; once so, for the rest of this handle's life."""
         if self.merged_reads is False:
@@ -1085,11 +1084,7 @@ class Store:
             self._merged_names[partition] = name = merged_name(partition, [info.name for info in infos])
             if self.merged_reads == "auto":
                 price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
-                base = None
-                for k, copy in merged_bases(partition, [info.name for info in infos], self._copies_on_host(generation)):
-                    base = (copy, AUTO_MERGE_RENT * sum(info.rows for info in infos[:k]))  # its tally is paid
-                    break
-                self._rents[partition] = MergeRent(self.cache_dir, name, price, base)
+                self._rents[partition] = MergeRent(self.cache_dir, name, price)
         rent = self._rents.get(partition)  # none once a copy could not be built here
         if self.merged_reads is True or (rent is not None and rent.settled):
             self._merged.add(partition)
@@ -1104,7 +1099,7 @@ class Store:
             if generation is None:
                 generation = self._generation()
             infos = self._by_partition.get(partition, [])
-            merged = len(infos) > 1 and self._reads_merged(partition, infos, generation)
+            merged = len(infos) > 1 and self._reads_merged(partition, infos)
             known = self._views.get(partition)
             if known is not None and self._view_merged[partition] == merged and not known.remapped() and (
                     self._checked[partition] == generation or not any(s.changed() for s in known.segments)):
@@ -1144,7 +1139,9 @@ class Store:
         not segment by segment until its own copy is paid for; None without such a copy. A
         damaged one is passed over (for a shorter one, or segment by segment), not built
         again here: it is another version's."""
-        for k, name in merged_bases(partition, [info.name for info in infos], self._copies_on_host(generation)):
+        if self._host_copies[0] != generation:  # listed once per generation of the read cache, not per view
+            self._host_copies = (generation, copies_on_host(self.cache_dir))
+        for k, name in merged_bases(partition, [info.name for info in infos], self._host_copies[1]):
             try:
                 base = self._segments.derived(name, lambda k=k: built_merged_copy(
                     infos[:k], self.cache_dir, self._segments.random_access))
@@ -1152,12 +1149,6 @@ class Store:
                 continue
             return [base, *self._open_all(infos[k:])]
         return None
-
-    def _copies_on_host(self, generation: int) -> dict[int, set[str]]:
-        """``copies_on_host``, listed once per generation of the read cache, not per view."""
-        if self._host_copies[0] != generation:
-            self._host_copies = (generation, copies_on_host(self.cache_dir))
-        return self._host_copies[1]
 
 
 def _check_grace(grace_s: object) -> None:
