@@ -899,10 +899,13 @@ class Store:
                 stale = is_segment_name(path.name.split(".")[0]) and path.name.split(".")[0] not in referenced
             if stale and older_than(path, grace_s):
                 remove_file(path)
-        merged = {merged_name(partition, names) for partition, names in kept if len(names) > 1}
+        merged: set[str] = set()
         built = copies_on_host(self.cache_dir)
-        for partition, names in kept:  # and the copy a kept version without its own reads its oldest segments through
-            if len(names) > 2 and merged_name(partition, names) not in built.get(partition, ()):
+        for partition, names in kept:
+            if len(names) < 2:
+                continue
+            merged.add(own := merged_name(partition, names))
+            if len(names) > 2 and own not in built.get(partition, ()):  # and the copy it reads its oldest through
                 bases = (name for _, name in merged_bases(partition, list(names), built)
                          if sidecar_readable(self.cache_dir, name))  # the longest that reads
                 merged.update(itertools.islice(bases, 1))
