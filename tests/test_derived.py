@@ -36,6 +36,7 @@ from oracle import edit_in_place
 import lateseq
 import lateseq._derived
 import lateseq._format
+import lateseq._loader
 import lateseq._segments
 import lateseq.audit
 from lateseq._derived import DERIVED_DIR
@@ -737,6 +738,46 @@ def test_auto_counts_what_every_reader_on_the_host_paid(store):
         built = partition_copies(store)
         for p, at in builds_at.items():
             assert (p in built) if n > at else (p not in built) if n < at else True, f"after read {n}"
+
+
+@pytest.mark.parametrize("enough", [True, False])
+@pytest.mark.parametrize("loader", ["iter_batches", "materialize_log", "ray"])
+def test_a_loaders_pass_builds_the_copy_once_the_rest_of_it_would_pay_for_it(store, monkeypatch, tmp_path, loader,
+                                                                             enough):
+    """A loader's pass (over the fixture's log ``k`` times, a read each) says how much it
+    has still to read: where the rest would pay for a partition's copy at the rate its
+    first read paid, "auto" builds the copy for the second read, not once the reads have
+    paid (``builds_at``); where the whole pass would not pay for it, none."""
+    want = expected(store, "merged")
+    builds_at = passes_to_build(store, want)
+    assert min(builds_at.values()) > 4
+    log = LOG[store.path]
+    k = max(builds_at.values()) - 1 if enough else min(builds_at.values()) - 2  # reads of the log in the pass
+    monkeypatch.setattr(lateseq._loader, "READ_POINTERS", len(log))  # a read per copy of the log
+    built = []  # the copies on disk after each read
+    if loader == "iter_batches":
+        got = []
+        for _, batch in lateseq.iter_batches(lateseq.open(store.path), pa.concat_tables([log] * k),
+                                             PROJECTIONS["merged"], batch_size=len(log), columns=[]):
+            got += rows(batch)
+            built.append(partition_copies(store))
+    elif loader == "ray":  # an actor, told its share of the pass
+        from lateseq.ray import ROW, Materializer
+        actor = Materializer(lateseq.open(store.path), PROJECTIONS["merged"], [], batch_size=len(log),
+                             pass_rows=k * len(log))
+        examples = pa.concat_tables([log] * k)
+        got = []
+        for out in actor(examples.append_column(ROW, pa.array(np.arange(examples.num_rows)))):
+            got += [list(zip(*(row[c] for c in COLUMNS), strict=True)) for row in out.to_pylist()]
+            built.append(partition_copies(store))
+    else:
+        lateseq.materialize_log(lateseq.open(store.path), pa.concat_tables([log] * k), PROJECTIONS["merged"],
+                                tmp_path / "out.parquet", batch_size=len(log),
+                                progress=lambda _: built.append(partition_copies(store)))
+        got = [list(zip(*(row[c] for c in COLUMNS), strict=True))
+               for row in pq.read_table(tmp_path / "out.parquet").to_pylist()]
+    assert got == want * k
+    assert built == [set()] + [{0, 1} if enough else set()] * (k - 1)  # the first read paid the rent's first part
 
 
 @pytest.mark.parametrize("damage", ["huge", "a folder", "a link", "flipped"])

@@ -385,6 +385,32 @@ def test_workers_share_what_auto_merged_reads_paid_for(world, tmp_path):
             assert built == 1, f"not built after epoch {epoch}"
 
 
+def test_an_epoch_that_would_pay_for_the_merged_copy_builds_it_after_its_first_read(world, tmp_path, monkeypatch):
+    """The dataset tells the store how much of the epoch is still to read: an epoch whose
+    reads would pay "auto"'s rent twice over has the copy built after its first read (of
+    eight), having paid less than the rent, not once it paid it all; and gives the oracle's
+    sequences."""
+    store, oracle, log, _ = world
+    plain = lateseq.open(store.path, 3, merged_reads=False)
+    pointers = pointers_from_log(log, plain.schema)
+    located = plain.locate(pointers.user_id, pointers.request_ts, pointers.visibility, MAX_LEN, pointers.length)
+    paying = np.concatenate([w.rows for w in located.partitions if not w.single])
+    price = AUTO_MERGE_RENT * plain.num_events
+    copies = -(-2 * price // int(np.minimum(located.count[paying], MAX_LEN).sum()))  # of the log: paid twice over
+    path = tmp_path / "examples.parquet"
+    pq.write_table(pa.concat_tables([log] * copies), path)
+    monkeypatch.setattr(lateseq.torch, "READ_POINTERS", -(-copies * log.num_rows // 8))  # eight reads an epoch
+    cache = tmp_path / "cache"
+    ds = ExampleDataset(lateseq.open(store.path, 3, cache_dir=cache), path, lateseq.Projection(MAX_LEN, COLUMNS),
+                        batch_size=10)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=0))
+    check(batches, oracle, pa.concat_tables([log] * copies))
+    derived = lateseq.open(store.path, 3, cache_dir=cache).cache_dir / DERIVED_DIR
+    assert len(list(derived.glob("p*.json"))) == 1
+    tally, = derived.glob(".tmp-rent-*")
+    assert tally.stat().st_size * max(1, price // 4096) < price / 2
+
+
 def test_more_workers_than_row_groups_and_rows_fewer_than_a_batch(world, tmp_path):
     store, oracle, log, _ = world
     for rows, sizes in ((7, [7]), (25, [5, 10, 10])):  # fewer rows than a batch: one batch, not two short

@@ -96,9 +96,12 @@ class MergeRent:
         # threads reading one handle pay at once (a tally paid twice went negative)
         self._lock = fork_safe(threading.Lock())
 
-    def pay(self, events: int) -> None:
+    def pay(self, events: int, foreseen: int = 0) -> None:
+        """Counts ``events`` read; ``foreseen``: what the reads still to come in this pass
+        will pay (settles it here if the two reach the price; never written in the tally)."""
         with self._lock:
             self._pay(events)
+            self.settled = self.settled or self._paid + self._pending + foreseen >= self.price
 
     def _pay(self, events: int) -> None:
         self._pending += events
@@ -121,7 +124,8 @@ class MergeRent:
                     self._paid = self._units() * self._unit
                 except OSError:  # the tally's file cannot be written, or its store is gone (a StoreError)
                     self._path = None
-            self.settled = self._paid + self._pending >= self.price or derived_built(self._name, self._cache)
+            self.settled = (self.settled or self._paid + self._pending >= self.price
+                            or derived_built(self._name, self._cache))
 
     def _units(self) -> int:
         try:

@@ -138,19 +138,20 @@ def iter_batches(
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
+    examples = examples if isinstance(examples, pa.Table) else ExampleLog(examples)  # its rows: the pass's
     chunks = _example_chunks(examples, batch_size, columns)  # checked now
-    return _materialized(store, _reads(chunks, batch_size, store.schema, [projection]), batch_size, projection,
-                         columns, verify, on_mismatch)
+    return _materialized(store, _reads(chunks, batch_size, store.schema, [projection]), examples.num_rows,
+                         batch_size, projection, columns, verify, on_mismatch)
 
 
-def _materialized(store: Store, reads: Iterator[pa.RecordBatch], batch_size: int, projection: Projection,
+def _materialized(store: Store, reads: Iterator[pa.RecordBatch], rows: int, batch_size: int, projection: Projection,
                   columns: Sequence[str] | None, verify: bool,
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
     recycler = Recycler()
     for read in reads:
         try:
-            with recycling(recycler):
+            with recycling(recycler), store._reading_ahead(rows - first - read.num_rows):
                 sequences: JaggedBatch | None = materialize(store, read, projection, on_mismatch=on_mismatch,
                                                             verify=verify)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch: it raises at its batch
@@ -283,7 +284,7 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         chunks = _example_chunks(examples, batch_size, columns)
         for batch in _reads(chunks, batch_size, store.schema, list(tenants.values())):
             read_rows = batch.num_rows
-            with rows_in_log(range(rows, rows + read_rows)):
+            with rows_in_log(range(rows, rows + read_rows)), store._reading_ahead(examples.num_rows - rows - read_rows):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
                     sequences = {tenant: materialize(store, batch, projection, verify=verify,

@@ -169,7 +169,10 @@ class Store:
     the events it holds (about what building its copy costs, in the time those reads
     lost), or until its copy exists on this host. Only events of pointers whose events lie
     in several of its segments count: one segment's are read as fast as through a copy
-    (most of a tiered store's, which then needs none). Meanwhile its oldest segments are
+    (most of a tiered store's, which then needs none). A loader's pass (``iter_batches``,
+    ``materialize_log``, ``lateseq.torch``) says how many pointers it has still to read:
+    where they would pay the rest at the rate its read just paid, the copy is built at once
+    instead of after (``_reading_ahead``). Meanwhile its oldest segments are
     read through the copy an earlier version built on this host, if one was: after a
     day's commit, yesterday's copy and today's segment (cleanup keeps that copy while a
     version reads through it).
@@ -1019,12 +1022,27 @@ class Store:
         return self._segments.watch.generation() != generation and any(
             segment.overwritten() for view in views for segment in view.segments)
 
+    @contextlib.contextmanager
+    def _reading_ahead(self, pointers: int) -> Iterator[None]:
+        """The reads in this thread meanwhile are part of a pass (a loader's epoch) that reads
+        ``pointers`` more after them: "auto" builds a partition's merged copy once the rent
+        paid and what the rest of the pass would pay at the rate of the read just made reach
+        its price, not after the pass has paid it (a first epoch of 30 daily segments read
+        segment by segment for its first ~10%)."""
+        before = getattr(self._reading, "ahead", 0)
+        self._reading.ahead = max(0, int(pointers))
+        try:
+            yield
+        finally:
+            self._reading.ahead = before
+
     def _record_reads(self, located: Located, max_len: int | np.ndarray) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
         returns (its newest ``max_len`` per pointer, or each one's) from partitions read
-        segment by segment."""
+        segment by segment, and what the rest of the pass would pay (``_reading_ahead``)."""
         if self.merged_reads != "auto" or not self._rents:
             return
+        ahead = getattr(self._reading, "ahead", 0) / max(1, len(located.count))  # per pointer read now
         returned = np.minimum(located.count, max_len)
         # only pointers whose events lie in several ranges pay: one range (most of a tiered
         # store's pointers) is read as a merged copy would read it
@@ -1038,7 +1056,7 @@ class Store:
         for partition, events in totals.items():
             rent = self._rents.get(partition)
             if rent is not None:
-                rent.pay(events)
+                rent.pay(events, foreseen=int(events * ahead))
                 if rent.settled:  # its view becomes the merged copy's at the next look
                     self._checked[partition] = -1
 

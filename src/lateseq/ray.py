@@ -63,8 +63,8 @@ def read_examples(examples: pa.Table | str | os.PathLike,
 
 
 def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str] | None,
-          blocks: int = 1, store: Store | None = None) -> tuple[ray.data.Dataset, list[str]]:
-    """(the log as a Dataset, its example columns), both from the log's schema alone; a
+          blocks: int = 1, store: Store | None = None) -> tuple[ray.data.Dataset, list[str], int]:
+    """(the log as a Dataset, its example columns, its rows), from the log's footers alone; a
     Table is cut into at least ``blocks`` blocks (of at most ``BLOCK_ROWS`` rows), so
     that as many actors share it, and a Parquet log's small row groups are read together
     up to that size. Pointers into versions newer than ``store`` are refused
@@ -80,7 +80,7 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
         table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         step = max(1, min(BLOCK_ROWS, -(-table.num_rows // blocks)))
         parts = [table.slice(a, step) for a in range(0, max(table.num_rows, 1), step)]
-        return ray.data.from_arrow(parts), example_columns
+        return ray.data.from_arrow(parts), example_columns, table.num_rows
     log = ExampleLog(examples)
     if store is not None:
         _refuse_newer(store, log.metadata)
@@ -89,7 +89,7 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
     _check_row_name(read)
     if not len(sizes):
         return ray.data.from_arrow(log.schema.empty_table().select(read).append_column(ROW, pa.array([], pa.int64()))
-                                   ), example_columns
+                                   ), example_columns, 0
     # a task reads consecutive row groups up to a block's rows, as a table is cut (a log of
     # 10,000 small row groups is not 10,000 tasks, each opening the file)
     firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -97,9 +97,10 @@ def _read(examples: pa.Table | str | os.PathLike, example_columns: Sequence[str]
     starts = np.flatnonzero(np.diff(firsts // step, prepend=-1))
     tasks = [{"groups": [int(a), int(b)], "first": int(firsts[a])}
              for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
-    return ray.data.from_items(tasks).map_batches(
+    ds = ray.data.from_items(tasks).map_batches(
         _read_row_groups, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"path": log.path, "digest": log.digest, "written": log.written, "columns": read}), example_columns
+        fn_kwargs={"path": log.path, "digest": log.digest, "written": log.written, "columns": read})
+    return ds, example_columns, log.num_rows
 
 
 def _check_row_name(read: list[str]) -> None:
@@ -145,10 +146,12 @@ class Materializer:
     batches. Each call's output:
     ``ROW``, the example columns, then one list column per projected column
     (``large_list``: 64-bit offsets, as ``Batch.offsets``), one row per example.
+    ``pass_rows``: about how many examples this actor reads in all, which lets a store read
+    with ``merged_reads="auto"`` build a merged copy as soon as the pass would pay for it.
     """
 
     def __init__(self, store: Store | Reopening, projection: Projection, example_columns: Sequence[str],
-                 batch_size: int = 1024, verify: bool = True, drop_deleted: bool = False):
+                 batch_size: int = 1024, verify: bool = True, drop_deleted: bool = False, *, pass_rows: int = 0):
         self.verify = exact_bool("verify", verify)  # "no" is true: checked here, not at an actor's first batch
         self.drop_deleted = exact_bool("drop_deleted", drop_deleted)
         if self.drop_deleted and not self.verify:
@@ -161,12 +164,15 @@ class Materializer:
         if clash:
             raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
         self.batch_size = batch_size
+        self._ahead = exact_integer("pass_rows", pass_rows, 0)
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
-            with rows_in_log(part.column(ROW).to_numpy()):  # it named rows of this part, not of the log (s36F)
+            self._ahead = max(0, self._ahead - part.num_rows)
+            # it named rows of this part, not of the log (s36F)
+            with rows_in_log(part.column(ROW).to_numpy()), self.store._reading_ahead(self._ahead):
                 sequences = materialize(self.store, part, self.projection, verify=self.verify,
                                         on_mismatch="flag" if self.drop_deleted else "raise")
                 kept = undeleted_rows(self.store, part, sequences.mismatched) if self.drop_deleted else None
@@ -204,7 +210,7 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
     if by_partition and store.schema.partitions == 1:
         raise SchemaError("by_partition shares store partitions out to actors, and this store has one: "
                           "one actor would do everything; leave by_partition off")
-    ds, example_columns = _read(examples, example_columns, 1 if by_partition else actors, store)
+    ds, example_columns, rows = _read(examples, example_columns, 1 if by_partition else actors, store)
     # the actors' checks (unknown columns, clashes) made here first, not in an actor
     Materializer(store, projection, example_columns, batch_size, verify, drop_deleted)
     options: dict[str, Any] = {
@@ -212,7 +218,8 @@ def materialized(store: Store | str | os.PathLike, examples: pa.Table | str | os
         # each actor reopens the store: at its version, or the latest once cleanup retired it (an epoch's
         # actors start anew, and a run of many epochs outlives a daily cleanup)
         "fn_constructor_args": (Reopening(store, verify), projection, example_columns, batch_size, verify,
-                                drop_deleted)}
+                                drop_deleted),
+        "fn_constructor_kwargs": {"pass_rows": -(-rows // actors)}}
     if not by_partition:
         return ds.map_batches(Materializer, compute=ray.data.ActorPoolStrategy(size=actors), **options)
     # one branch per actor, each keeping its partitions' examples (Ray Data cannot route

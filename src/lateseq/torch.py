@@ -824,7 +824,7 @@ class ExampleDataset(IterableDataset):
         recycler = Recycler()  # the reads' outputs, reused once their batches are dropped, for this pass
         groups = read_groups(self._reads(plan, source, start), self._read_size(),
                              max(1, READ_POINTERS // self._config["batch_size"]))
-        rebuilt = (self._rebuilt(reads, recycler) for reads in groups)
+        rebuilt = self._rebuilds(groups, recycler, plan.num_batches - start)
         if self.prefetch:  # the next read is rebuilt while this one's batches are used, and each next batch made
             rebuilt = _ahead(rebuilt)
         made = (batch for read in rebuilt for batch in self._made(*read, recycler))
@@ -858,18 +858,28 @@ class ExampleDataset(IterableDataset):
         most = projection.max_len * event_bytes(schema, [projection])
         return lambda batch: batch[0].num_rows * most
 
-    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler,
+    def _rebuilds(self, groups: Iterator[list[tuple[pa.Table, np.ndarray, float]]], recycler: Recycler,
+                  batches: int) -> Iterator[tuple]:
+        """``_rebuilt`` for each read of the pass, which has ``batches`` to go: the store
+        sees the rest of the pass coming (``Store._reading_ahead``)."""
+        for reads in groups:
+            batches -= len(reads)
+            yield self._rebuilt(reads, recycler, max(0, batches) * self._config["batch_size"])
+
+    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler, ahead: int,
                  ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
         """The histories of ``reads`` (each batch's rows of the log in serving order, their
         row numbers, the seconds reading them took) rebuilt in one read, with what it cost
-        (seconds, bytes read from storage); None where the read raised."""
+        (seconds, bytes read from storage); None where the read raised. ``ahead``: the
+        examples the pass reads after these."""
         t0, io = time.perf_counter(), _disk_read_bytes()
         examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         reserved = self._slots.reserve() if len(reads) == 1 else None  # a worker's batch, rebuilt in its slot
         try:
-            sequences = self._materialized(examples, reserved or recycler)
+            with self.store._reading_ahead(ahead):
+                sequences = self._materialized(examples, reserved or recycler)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch (``_made``): it raises at its batch
             sequences = None
         return reads, sequences, time.perf_counter() - t0, _disk_read_bytes() - io, reserved
