@@ -8,6 +8,7 @@ versions' events that arrived before a limit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -356,13 +357,38 @@ def test_sole_ranges_matches_reference(users, sparse, ver_b, data):
     request_ts, version, version_hi = (data.draw(st.lists(st.integers(0, 11), min_size=n, max_size=n))
                                        for _ in range(3))
     index = UserIndex(np.array(ids, np.int64))
-    assert bool(len(index.slots)) != sparse or len(ids) < 2
+    assert index.hashed == sparse or len(ids) < 2
     out = np.empty(n, np.int64)
     _sole_ranges(np.array(pointer_users, np.int64), np.array(request_ts, np.int64), np.array(version, np.int64),
-                 np.array(version_hi, np.int64), index.ids, np.int64(index.low), index.slots, first, entries,
-                 np.array(ver_b, np.int64), out)
+                 np.array(version_hi, np.int64), index.ids, np.int64(index.low), index.slots, index.hashed, first,
+                 entries, np.array(ver_b, np.int64), out)
     assert out.tolist() == sole_ranges_reference(pointer_users, request_ts, version, version_hi, ids, first.tolist(),
                                                  entries.tolist(), ver_b)
+
+
+ID_PATTERNS = {  # ids as services make them: counters, hashes, and strides that share low or high bits
+    "dense": lambda k: k,
+    "hashed": lambda k: int.from_bytes(hashlib.sha256(k.to_bytes(8, "little")).digest()[:8], "little", signed=True),
+    "stride 2**32": lambda k: k << 32,
+    "stride 2**40": lambda k: (k << 40) - (1 << 62),
+    "high bits": lambda k: -(2**63) + k * (2**63 // 5000),
+}
+
+
+@given(st.sampled_from(sorted(ID_PATTERNS)), st.integers(0, 3000), st.integers(-3, 3), st.data())
+@settings(max_examples=150)
+def test_user_index_finds_each_user_as_a_dict_would(pattern, n, shift, data):
+    """Each user's position among the sorted ids, or -1, whether the index looks users up
+    directly (dense ids) or through its hash table (any other ids), ids at both ends of
+    int64 and in patterns that share bits; pointers' users from inside and outside."""
+    made = {ID_PATTERNS[pattern](k) + shift for k in range(n)}
+    ids = sorted({user for user in made if -(2**63) <= user < 2**63}
+                 | set(data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5))))
+    index = UserIndex(np.array(ids, np.int64))
+    position = {user: k for k, user in enumerate(ids)}
+    asked = data.draw(st.lists(st.sampled_from(ids) if ids else st.just(0), max_size=200))
+    asked += data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50)) + [-(2**63), 2**63 - 1, 0]
+    assert index.find(np.array(asked, np.int64)).tolist() == [position.get(user, -1) for user in asked]
 
 
 # ---------------------------------------------------------------- selection (windows)

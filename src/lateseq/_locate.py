@@ -254,7 +254,7 @@ def _sole_ranges(view: PartitionView, rows: np.ndarray, users: np.ndarray, reque
         users, request_ts, visibility = frozen(users[rows]), frozen(request_ts[rows]), visibility.take(rows)
     sole = np.empty(len(rows), np.int64)
     _kernels._sole_ranges(users, request_ts, visibility.version, visibility.version_hi, view.users.ids,
-                          np.int64(view.users.low), view.users.slots, view.first, view.entries,
+                          np.int64(view.users.low), view.users.slots, view.users.hashed, view.first, view.entries,
                           view.column("_version")[1], sole)
     return sole
 

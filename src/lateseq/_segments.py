@@ -45,7 +45,7 @@ from ._format import (
     open_lock_file,
     read_index,
 )
-from ._kernels import late_index, late_rows
+from ._kernels import find_users, frozen, hash_slots, late_index, late_rows
 from ._schema import Schema
 from ._watch import SWEEP_S, CacheWatch
 
@@ -265,27 +265,27 @@ def _cgroup_room() -> int | float:
 
 
 class UserIndex:
-    """Sorted, unique user ids, found by one direct lookup when they are dense enough (a
-    binary search per user costs cache misses; a direct lookup costs one)."""
+    """Sorted, unique user ids, each found by one lookup (``_kernels.find_users``): direct
+    where they are dense enough, else through a hash table of their positions (hashed
+    64-bit ids, as many services use)."""
 
     def __init__(self, ids: np.ndarray):
-        self.ids = ids
+        self.ids = frozen(ids, np.int64)
         dense = len(ids) > 0 and int(ids[-1]) - int(ids[0]) + 1 <= 4 * len(ids) + 4096
+        self.hashed = not dense
         self.low = int(ids[0]) if dense else 0
-        self.slots = np.full(int(ids[-1]) - self.low + 1 if dense else 0, -1, np.int64)  # -1: absent
         if dense:
-            self.slots[ids - self.low] = np.arange(len(ids))
+            slots = np.full(int(ids[-1]) - self.low + 1, -1, np.int64)  # -1: absent
+            slots[ids - self.low] = np.arange(len(ids))
+        else:  # at most half full: a probe or two
+            slots = hash_slots(self.ids, 1 << max(1, (2 * len(ids) - 1).bit_length()))
+        self.slots = frozen(slots)
 
     def find(self, users: np.ndarray) -> np.ndarray:
         """Each user's position in ``ids``, or -1."""
-        if len(self.slots):
-            offset = users - self.low
-            inside = (offset >= 0) & (offset < len(self.slots))
-            return np.where(inside, self.slots[np.where(inside, offset, 0)], -1)
-        if len(self.ids) == 0:
-            return np.full(len(users), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.ids, users), len(self.ids) - 1)
-        return np.where(self.ids[pos] == users, pos, -1)
+        out = np.empty(len(users), np.int64)
+        find_users(frozen(users, np.int64), self.ids, np.int64(self.low), self.slots, self.hashed, out)
+        return out
 
 
 def _identity(path: Path | str) -> tuple[int, ...] | None:
