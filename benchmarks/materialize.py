@@ -837,7 +837,8 @@ def main(argv: list[str] | None = None) -> None:
                      "min_pass_s": args.min_pass_s, "fat_rows_reuse_outputs": True,
                      "columns": list(COLUMNS), "n": list(NS),
                      "cold": args.cold, "pinned_cpu": cpu, "verify": True,
-                     "auto_merge_rent": AUTO_MERGE_RENT, "reference_timed_alongside": True,
+                     "auto_merge_rent": AUTO_MERGE_RENT, "auto_merge_foresees_the_pass": True,
+                     "reference_timed_alongside": True,
                      "ipc_cold_viewed_lazily": True},
         "workloads": {},
     }

@@ -88,7 +88,8 @@ def tables(results: dict) -> list[TableSpec]:
     for name, work in results["workloads"].items():
         out += [_states(name, work), _speed(name, work, results)]
         if len(work["states"]) > 1 and any("epoch" in s for n in work["n"].values() for s in n["lateseq"].values()):
-            out.append(_epoch(name, work, results["settings"].get("auto_merge_rent")))
+            out.append(_epoch(name, work, results["settings"].get("auto_merge_rent"),
+                              results["settings"].get("auto_merge_foresees_the_pass", False)))
         out.append(_fat_speed(name, work))
         if any("events_table" in at for at in work["n"].values()):
             out.append(_events_table(name, work))
@@ -166,7 +167,7 @@ def _speed(name: str, work: dict, results: dict) -> TableSpec:
     return spec
 
 
-def _epoch(name: str, work: dict, rent: int | None) -> TableSpec:
+def _epoch(name: str, work: dict, rent: int | None, foresees: bool) -> TableSpec:
     spec = TableSpec(f"{name}: first epoch, default reads (one pass over every example, one core, a new handle "
                      "with merged_reads='auto' and no merged copy built yet)",
                      ["N", "state", "examples", "seconds", "ex/s", "vs compacted-latest", "merged copies built",
@@ -182,8 +183,10 @@ def _epoch(name: str, work: dict, rent: int | None) -> TableSpec:
                                   _x(e["vs_compacted_latest"]), _n(e["merged_copies"]), _x(e["ex_s"] / s["ex_s"]),
                                   _n(new), _x(new and new / e["ex_s"]), _n(day.get("ex_s")),
                                   _x(day.get("vs_compacted_latest"))])
-    spec.notes.append("a partition is read segment by segment until the events read from it reach "
-                      f"AUTO_MERGE_RENT ({rent}) times the events it holds, then its merged copy is built "
+    spec.notes.append("a partition is read segment by segment until the events read from it "
+                      + ("and those the rest of the pass would read (at the rate of the read just made: after "
+                         "its first read, in an epoch) " if foresees else "")
+                      + f"reach AUTO_MERGE_RENT ({rent}) times the events it holds, then its merged copy is built "
                       "(timed here, in the epoch) and read; later epochs read as the +merged state above")
     spec.notes.append("a day on: the same pass where the version a day's commit before this one (its segments "
                       "this version's oldest) has its merged copies built on this host and this version has none, "
