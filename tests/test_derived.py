@@ -746,8 +746,9 @@ def test_a_loaders_pass_builds_the_copy_once_the_rest_of_it_would_pay_for_it(sto
                                                                              enough):
     """A loader's pass (over the fixture's log ``k`` times, a read each) says how much it
     has still to read: where the rest would pay for a partition's copy at the rate its
-    first read paid, "auto" builds the copy for the second read, not once the reads have
-    paid (``builds_at``); where the whole pass would not pay for it, none."""
+    reads paid, "auto" builds the copy for the next read once that rate is trusted, not
+    once the reads have paid (``builds_at``); where the whole pass would not pay for it,
+    none."""
     want = expected(store, "merged")
     builds_at = passes_to_build(store, want)
     assert min(builds_at.values()) > 4
@@ -777,7 +778,29 @@ def test_a_loaders_pass_builds_the_copy_once_the_rest_of_it_would_pay_for_it(sto
         got = [list(zip(*(row[c] for c in COLUMNS), strict=True))
                for row in pq.read_table(tmp_path / "out.parquet").to_pylist()]
     assert got == want * k
-    assert built == [set()] + [{0, 1} if enough else set()] * (k - 1)  # the first read paid the rent's first part
+    # the pass trusts the rate of its reads once they paid 1/ReadPass.TRUSTED of the price
+    trusted_after = {p: -(-(at - 1) // lateseq._derived.ReadPass.TRUSTED) for p, at in builds_at.items()}
+    assert built == [{p for p in (0, 1) if enough and r > trusted_after[p]} for r in range(1, k + 1)]
+    assert not enough or max(trusted_after.values()) + 1 < min(builds_at.values())  # before the rent was paid
+
+
+def test_a_pass_given_up_after_its_first_read_builds_nothing_for_the_reads_after_it(store, monkeypatch):
+    """What a pass foresaw is its own: given up after a read that foresaw the copies, the
+    handle's later reads outside it, and a new pass's first read, read segment by segment
+    (as the rent alone decides)."""
+    want = expected(store, "merged")
+    builds_at = passes_to_build(store, want)
+    assert min(builds_at.values()) > 4
+    log = LOG[store.path]
+    monkeypatch.setattr(lateseq._loader, "READ_POINTERS", len(log))
+    auto = lateseq.open(store.path)
+    batches = lateseq.iter_batches(auto, pa.concat_tables([log] * max(builds_at.values())), PROJECTIONS["merged"],
+                                   batch_size=len(log), columns=[])
+    assert rows(next(batches)[1]) == want  # the read that foresaw both copies
+    batches.close()
+    assert read(store, "merged", auto) == want
+    _, again = next(lateseq.iter_batches(auto, log, PROJECTIONS["merged"], batch_size=len(log), columns=[]))
+    assert rows(again) == want and partition_copies(store) == set()  # three reads paid for neither copy
 
 
 @pytest.mark.parametrize("damage", ["huge", "a folder", "a link", "flipped"])

@@ -39,7 +39,7 @@ from ._pointers import decoded_pointer_columns, outside_store
 from ._projection import TRANSFORMS, Projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES, UNIT_WORDS, Schema, decoded
-from ._store import Store
+from ._store import ReadPass, Store
 from ._tenants import check_tenant_names
 
 ExampleSource = pa.Table | str | os.PathLike
@@ -149,9 +149,10 @@ def _materialized(store: Store, reads: Iterator[pa.RecordBatch], rows: int, batc
                   on_mismatch: Literal["raise", "flag"]) -> Iterator[tuple[pa.RecordBatch, JaggedBatch]]:
     first = 0
     recycler = Recycler()
+    reading = ReadPass()
     for read in reads:
         try:
-            with recycling(recycler), store._reading_ahead(rows - first - read.num_rows):
+            with recycling(recycler), store._in_pass(reading, rows - first):
                 sequences: JaggedBatch | None = materialize(store, read, projection, on_mismatch=on_mismatch,
                                                             verify=verify)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch: it raises at its batch
@@ -282,9 +283,10 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
     with all_replaced_when_written(list(outs.values())) as written, contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(pq.ParquetWriter(tmp, schemas[t])) for t, tmp in zip(outs, written)}
         chunks = _example_chunks(examples, batch_size, columns)
+        reading = ReadPass()
         for batch in _reads(chunks, batch_size, store.schema, list(tenants.values())):
             read_rows = batch.num_rows
-            with rows_in_log(range(rows, rows + read_rows)), store._reading_ahead(examples.num_rows - rows - read_rows):
+            with rows_in_log(range(rows, rows + read_rows)), store._in_pass(reading, examples.num_rows - rows):
                 if len(tenants) == 1:
                     (tenant, projection), = tenants.items()
                     sequences = {tenant: materialize(store, batch, projection, verify=verify,

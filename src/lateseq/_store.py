@@ -47,6 +47,7 @@ import pyarrow as pa
 from ._compat import cached_property
 from ._derived import (
     MergeRent,
+    ReadPass,
     built_merged_copy,
     copies_on_host,
     merged_bases,
@@ -170,9 +171,9 @@ class Store:
     lost), or until its copy exists on this host. Only events of pointers whose events lie
     in several of its segments count: one segment's are read as fast as through a copy
     (most of a tiered store's, which then needs none). A loader's pass (``iter_batches``,
-    ``materialize_log``, ``lateseq.torch``) says how many pointers it has still to read:
-    where they would pay the rest at the rate its read just paid, the copy is built at once
-    instead of after (``_reading_ahead``). Meanwhile its oldest segments are
+    ``materialize_log``, ``lateseq.torch``, ``lateseq.ray``) says how many pointers it has
+    still to read: where they would pay the rest at the rate its reads paid, the copy is
+    built at once instead of after (``ReadPass``). Meanwhile its oldest segments are
     read through the copy an earlier version built on this host, if one was: after a
     day's commit, yesterday's copy and today's segment (cleanup keeps that copy while a
     version reads through it).
@@ -1023,26 +1024,23 @@ class Store:
             segment.overwritten() for view in views for segment in view.segments)
 
     @contextlib.contextmanager
-    def _reading_ahead(self, pointers: int) -> Iterator[None]:
-        """The reads in this thread meanwhile are part of a pass (a loader's epoch) that reads
-        ``pointers`` more after them: "auto" builds a partition's merged copy once the rent
-        paid and what the rest of the pass would pay at the rate of the read just made reach
-        its price, not after the pass has paid it (a first epoch of 30 daily segments read
-        segment by segment for its first ~10%)."""
-        before = getattr(self._reading, "ahead", 0)
-        self._reading.ahead = max(0, int(pointers))
+    def _in_pass(self, reading: ReadPass, left: int) -> Iterator[None]:
+        """The reads in this thread meanwhile belong to the pass ``reading``, which has
+        ``left`` pointers to read, theirs included (``ReadPass``)."""
+        before = getattr(self._reading, "pass_", None)
+        reading.left, self._reading.pass_ = max(0, int(left)), reading
         try:
             yield
         finally:
-            self._reading.ahead = before
+            self._reading.pass_ = before
 
     def _record_reads(self, located: Located, max_len: int | np.ndarray) -> None:
         """Counts, for ``merged_reads="auto"``, the events a checked read of ``located``
         returns (its newest ``max_len`` per pointer, or each one's) from partitions read
-        segment by segment, and what the rest of the pass would pay (``_reading_ahead``)."""
+        segment by segment, towards their rents and the pass's (``ReadPass``)."""
         if self.merged_reads != "auto" or not self._rents:
             return
-        ahead = getattr(self._reading, "ahead", 0) / max(1, len(located.count))  # per pointer read now
+        reading: ReadPass | None = getattr(self._reading, "pass_", None)
         returned = np.minimum(located.count, max_len)
         # only pointers whose events lie in several ranges pay: one range (most of a tiered
         # store's pointers) is read as a merged copy would read it
@@ -1053,12 +1051,14 @@ class Store:
             rows = np.concatenate([w.rows for w in paying]) if paying else np.zeros(0, np.int64)
             events = np.bincount(located.partition[rows], returned[rows], self.schema.partitions)
             totals = {int(p): int(events[p]) for p in np.flatnonzero(events) if int(p) not in self._merged}
+        if reading is not None:
+            reading.record(len(returned), totals)
         for partition, events in totals.items():
             rent = self._rents.get(partition)
             if rent is not None:
-                rent.pay(events, foreseen=int(events * ahead))
-                if rent.settled:  # its view becomes the merged copy's at the next look
-                    self._checked[partition] = -1
+                rent.pay(events)
+                if rent.settled or (reading is not None and reading.foresees(partition, rent)):
+                    self._checked[partition] = -1  # looked at again by the next read
 
     def _joined(self, touched: np.ndarray) -> PartitionView | dict[int, PartitionView | None]:
         """One view of the segments of partitions ``touched`` and of the others this handle
@@ -1107,7 +1107,9 @@ class Store:
                 price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
                 self._rents[partition] = MergeRent(self.cache_dir, name, price)
         rent = self._rents.get(partition)  # none once a copy could not be built here
-        if self.merged_reads is True or (rent is not None and rent.settled):
+        reading: ReadPass | None = getattr(self._reading, "pass_", None)  # the pass this read belongs to
+        if self.merged_reads is True or (rent is not None and (
+                rent.settled or (reading is not None and reading.foresees(partition, rent)))):
             self._merged.add(partition)
         return partition in self._merged
 

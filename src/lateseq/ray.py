@@ -35,7 +35,7 @@ from ._loader import DROP_NEEDS_VERIFY, in_store_time, undeleted_rows
 from ._materialize import materialize
 from ._projection import Projection
 from ._sampling import BLOCK_ROWS
-from ._store import Reopening, Store
+from ._store import ReadPass, Reopening, Store
 
 # lateseq.torch (and so torch) is imported where it is used, on the driver and the
 # trainer: Ray's workers unpickle this module's tasks and actors, and need not load torch
@@ -164,18 +164,19 @@ class Materializer:
         if clash:
             raise SchemaError(f"example columns {clash} clash with projected columns of the same name")
         self.batch_size = batch_size
-        self._ahead = exact_integer("pass_rows", pass_rows, 0)
+        self._left = exact_integer("pass_rows", pass_rows, 0, 2**63 - 1)
+        self._reading = ReadPass()
 
     def __call__(self, examples: pa.Table) -> Iterator[pa.Table]:
         """Batches of at most ``batch_size`` examples (Ray may hand over more at once)."""
         for start in range(0, examples.num_rows, self.batch_size):
             part = examples.slice(start, self.batch_size).combine_chunks()
-            self._ahead = max(0, self._ahead - part.num_rows)
             # it named rows of this part, not of the log (s36F)
-            with rows_in_log(part.column(ROW).to_numpy()), self.store._reading_ahead(self._ahead):
+            with rows_in_log(part.column(ROW).to_numpy()), self.store._in_pass(self._reading, self._left):
                 sequences = materialize(self.store, part, self.projection, verify=self.verify,
                                         on_mismatch="flag" if self.drop_deleted else "raise")
                 kept = undeleted_rows(self.store, part, sequences.mismatched) if self.drop_deleted else None
+            self._left = max(0, self._left - part.num_rows)
             if kept is not None:
                 part, sequences = part.take(pa.array(kept)), sequences.take(kept)
             offsets = pa.array(sequences.offsets)

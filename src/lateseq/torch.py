@@ -80,7 +80,7 @@ from ._projection import Projection
 from ._records import holds_records, inline_tail, protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._schema import TIME_UNITS, Schema, ticks_per_second
-from ._store import Reopening, Store, read_on
+from ._store import ReadPass, Reopening, Store, read_on
 
 __all__ = ["Batch", "BatchStats", "ExampleDataset", "LoaderMetrics", "Rebatched", "rebatch"]
 
@@ -860,25 +860,29 @@ class ExampleDataset(IterableDataset):
 
     def _rebuilds(self, groups: Iterator[list[tuple[pa.Table, np.ndarray, float]]], recycler: Recycler,
                   batches: int) -> Iterator[tuple]:
-        """``_rebuilt`` for each read of the pass, which has ``batches`` to go: the store
-        sees the rest of the pass coming (``Store._reading_ahead``)."""
+        """``_rebuilt`` for each read of the epoch, this worker's share of which has
+        ``batches`` to go: the store sees the rest of the epoch coming (``ReadPass``), each
+        worker reckoning the others are as far along as itself."""
+        info = get_worker_info()
+        readers = 1 if info is None else info.num_workers
+        reading = ReadPass()
         for reads in groups:
+            yield self._rebuilt(reads, recycler, reading, max(0, batches) * self._config["batch_size"] * readers)
             batches -= len(reads)
-            yield self._rebuilt(reads, recycler, max(0, batches) * self._config["batch_size"])
 
-    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler, ahead: int,
-                 ) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
+    def _rebuilt(self, reads: list[tuple[pa.Table, np.ndarray, float]], recycler: Recycler, reading: ReadPass,
+                 left: int) -> tuple[list[tuple[pa.Table, np.ndarray, float]], JaggedBatch | None, float, int]:
         """The histories of ``reads`` (each batch's rows of the log in serving order, their
-        row numbers, the seconds reading them took) rebuilt in one read, with what it cost
-        (seconds, bytes read from storage); None where the read raised. ``ahead``: the
-        examples the pass reads after these."""
+        row numbers, the seconds reading them took) rebuilt in one read of the pass
+        ``reading`` (``left`` examples to go, theirs included), with what it cost (seconds,
+        bytes read from storage); None where the read raised."""
         t0, io = time.perf_counter(), _disk_read_bytes()
         examples = pa.concat_tables([part for part, _, _ in reads]) if len(reads) > 1 else reads[0][0]
         if self.prefetch and self.store.random_access:
             _will_need(self.store, examples, self.projection)
         reserved = self._slots.reserve() if len(reads) == 1 else None  # a worker's batch, rebuilt in its slot
         try:
-            with self.store._reading_ahead(ahead):
+            with self.store._in_pass(reading, left):
                 sequences = self._materialized(examples, reserved or recycler)
         except (ChecksumMismatch, TransformOverflow):  # read again batch by batch (``_made``): it raises at its batch
             sequences = None
