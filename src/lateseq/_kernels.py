@@ -569,17 +569,15 @@ def _user_hash(user, mask):  # pragma: no cover - compiled
 
 
 @kernel
-def hash_slots(ids, buckets):  # pragma: no cover - compiled; tests/test_kernels.py checks find_users
-    """A table of ``buckets`` (a power of two, at least twice the ids) holding each id's
-    position in ``ids`` (unique) at its bucket or the first free one after it, -1 elsewhere."""
-    table = np.full(buckets, -1, np.int64)
-    mask = buckets - 1
+def hash_slots(ids, table):  # pragma: no cover - compiled; tests/test_kernels.py checks find_users
+    """Fills ``table`` (all -1, a power of two long, at least twice the ids) with each id's
+    position in ``ids`` (unique), at its bucket or the first free one after it."""
+    mask = table.shape[0] - 1
     for s in range(ids.shape[0]):
         h = _user_hash(ids[s], mask)
         while table[h] >= 0:
             h = (h + 1) & mask
         table[h] = s
-    return table
 
 
 @kernel

@@ -274,11 +274,14 @@ class UserIndex:
         dense = len(ids) > 0 and int(ids[-1]) - int(ids[0]) + 1 <= 4 * len(ids) + 4096
         self.hashed = not dense
         self.low = int(ids[0]) if dense else 0
+        # positions (-1: absent) in 4 bytes while they fit: a table of 2-4 slots a user is as big as the ids
+        dtype = np.int32 if len(ids) < 2**31 else np.int64
         if dense:
-            slots = np.full(int(ids[-1]) - self.low + 1, -1, np.int64)  # -1: absent
+            slots = np.full(int(ids[-1]) - self.low + 1, -1, dtype)
             slots[ids - self.low] = np.arange(len(ids))
         else:  # at most half full: a probe or two
-            slots = hash_slots(self.ids, 1 << max(1, (2 * len(ids) - 1).bit_length()))
+            slots = np.full(1 << max(1, (2 * len(ids) - 1).bit_length()), -1, dtype)
+            hash_slots(self.ids, slots)
         self.slots = frozen(slots)
 
     def find(self, users: np.ndarray) -> np.ndarray:
