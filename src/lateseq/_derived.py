@@ -101,7 +101,7 @@ class MergeRent:
             self._pay(events)
 
     def owed(self) -> int:
-        """What is still to pay (read unlocked: an answer a read old changes only when it merges)."""
+        """What is still to pay (read unlocked: a stale answer changes only when a copy is built)."""
         return max(0, self.price - self._paid - self._pending)
 
     def _pay(self, events: int) -> None:
@@ -142,7 +142,7 @@ class ReadPass:
     copy once the rent paid and what the rest of the pass would pay at that rate reach its
     price (``foresees``), not once it has been paid: a training epoch read segment by
     segment for a tenth of itself first (a first epoch of 30 daily segments: 0.67x
-    compacted's, 0.84x so). Only a pass's own reads decide, and only while it reads: one
+    compacted's, 0.80x so). Only a pass's own reads decide, and only while it reads: one
     abandoned builds nothing for the reads after it."""
 
     TRUSTED = 32  # its reads paid at least 1/TRUSTED of the price: a rate from fewer is not trusted
