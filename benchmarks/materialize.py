@@ -85,6 +85,7 @@ from rich.table import Table  # noqa: E402
 
 import lateseq  # noqa: E402
 from lateseq._derived import DERIVED_DIR  # noqa: E402
+from lateseq._pointers import write_log  # noqa: E402
 from lateseq._store import AUTO_MERGE_RENT  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -446,7 +447,7 @@ def run_workload(work: Workload, root: Path, opts: Options, steps: dict[str, flo
                               progress=lambda text: console.print(f"[dim]  {text}[/dim]"))
     for state in states:
         log = root / f"{work.name}-{state.name}-examples.parquet"
-        pq.write_table(state.log, log)
+        write_log(state.log, log)  # as log_examples writes it
         durable, cache = store_files(state)
         out["states"][state.name] = {
             "title": state.title, "visibility": state.visibility, "version": state.version,
@@ -528,7 +529,7 @@ def measure(work: Workload, group: list[State], histories: Histories, read_day: 
     timed = [*group, *([reference] if reference is not None else [])]
     for state in timed:  # the timed example log: the same rows, pointer columns + label
         logs[state.name] = root / f"{tag}-{state.name}-examples.parquet"
-        pq.write_table(state.log.take(pa.array(rows)), logs[state.name])
+        write_log(state.log.take(pa.array(rows)), logs[state.name])
     handles = {state.name: state.open() for state in timed}
     checked: dict[str, dict[str, int]] = {}
     with step(f"{tag}: untimed pass, every form checked equal to lateseq in {len(group)} state(s)", steps):
@@ -662,7 +663,7 @@ def epoch(state: State, n: int, root: Path, memcpy: float) -> dict:
     this version's not: the first epoch of the next day's training on one host."""
     store = _without_copies(state)
     log = root / f"{state.name}-epoch-examples.parquet"
-    pq.write_table(state.log, log)
+    write_log(state.log, log)
     run = drain(lateseq_batches(lambda: store, log, n))
     merged = sum(p.suffix == ".json" for p in derived_files(store))
     out = {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
@@ -711,7 +712,7 @@ def new_host_epoch(state: State, n: int, root: Path) -> dict:
     segment it needs (once) from disk. The cold passes above read a host's built cache."""
     durable, _ = store_files(state)
     log = root / f"{state.name}-new-host-examples.parquet"
-    pq.write_table(state.log, log)
+    write_log(state.log, log)
     with tempfile.TemporaryDirectory(dir=root, prefix="new-host-cache-") as cache:
         evict([*durable, log])
         before = disk_read_bytes()
@@ -838,6 +839,7 @@ def main(argv: list[str] | None = None) -> None:
                      "columns": list(COLUMNS), "n": list(NS),
                      "cold": args.cold, "pinned_cpu": cpu, "verify": True,
                      "auto_merge_rent": AUTO_MERGE_RENT, "auto_merge_foresees_the_pass": True,
+                     "example_log_written_by": "lateseq (pointer columns delta-packed)",
                      "reference_timed_alongside": True,
                      "ipc_cold_viewed_lazily": True},
         "workloads": {},

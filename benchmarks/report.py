@@ -86,7 +86,8 @@ def tables(results: dict) -> list[TableSpec]:
         return tenant_tables(results)
     out = [_workloads(results)]
     for name, work in results["workloads"].items():
-        out += [_states(name, work), _speed(name, work, results)]
+        out += [_states(name, work, results["settings"].get("example_log_written_by", "pyarrow's defaults")),
+                _speed(name, work, results)]
         if len(work["states"]) > 1 and any("epoch" in s for n in work["n"].values() for s in n["lateseq"].values()):
             out.append(_epoch(name, work, results["settings"].get("auto_merge_rent"),
                               results["settings"].get("auto_merge_foresees_the_pass", False)))
@@ -114,7 +115,7 @@ def _workloads(results: dict) -> TableSpec:
     return spec
 
 
-def _states(name: str, work: dict) -> TableSpec:
+def _states(name: str, work: dict, log_writer: str) -> TableSpec:
     spec = TableSpec(f"{name}: store states", ["state", "segments read", "durable store", "example log",
                                                "read cache", "merge s", "written (durable)", "what it is"])
     for state, s in work["states"].items():
@@ -125,7 +126,7 @@ def _states(name: str, work: dict) -> TableSpec:
     spec.notes.append("durable store: the version's packed segment files; read cache: their decoded copies, "
                       "per reading host (and, for +merged states, the merged copies built from them); merge s: "
                       "building those merged copies on the reading host, once per version; written: every "
-                      "segment file ingestion and compaction wrote")
+                      f"segment file ingestion and compaction wrote; example log: Parquet written by {log_writer}")
     if len(work["states"]) > 1:
         spec.notes.append("a state without +merged is read segment by segment (merged_reads=False); by default "
                           "(merged_reads='auto') a handle reads it so until its reads of a partition paid for the "
