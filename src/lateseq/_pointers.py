@@ -421,7 +421,8 @@ def copartition_log(store: Store, examples: pa.Table | pa.RecordBatch, path: str
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), PARTITIONS_KEY: json.dumps(meta),
                                          **columns_described(table.schema)})
     with replaced_when_written(outside_store(store, path)) as tmp:
-        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # as ``write_log``
+        # written as ``write_log`` writes
+        with pq.ParquetWriter(tmp, schema, write_page_checksum=True, **pointer_encodings(schema)) as writer:
             for _, a, b in groups:
                 writer.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata),
                                    row_group_size=b - a)
