@@ -1057,7 +1057,7 @@ class Store:
             rent = self._rents.get(partition)
             if rent is not None:
                 rent.pay(events)
-                if rent.settled or (reading is not None and reading.foresees(partition, rent)):
+                if self._merge_due(partition, rent):
                     self._checked[partition] = -1  # looked at again by the next read
 
     def _joined(self, touched: np.ndarray) -> PartitionView | dict[int, PartitionView | None]:
@@ -1107,11 +1107,15 @@ class Store:
                 price = AUTO_MERGE_RENT * sum(info.rows for info in infos)
                 self._rents[partition] = MergeRent(self.cache_dir, name, price)
         rent = self._rents.get(partition)  # none once a copy could not be built here
-        reading: ReadPass | None = getattr(self._reading, "pass_", None)  # the pass this read belongs to
-        if self.merged_reads is True or (rent is not None and (
-                rent.settled or (reading is not None and reading.foresees(partition, rent)))):
+        if self.merged_reads is True or (rent is not None and self._merge_due(partition, rent)):
             self._merged.add(partition)
         return partition in self._merged
+
+    def _merge_due(self, partition: int, rent: MergeRent) -> bool:
+        """Whether ``partition``'s merged copy is paid for, or foreseen paid by the pass the
+        read under way in this thread belongs to (``ReadPass``)."""
+        reading: ReadPass | None = getattr(self._reading, "pass_", None)
+        return rent.settled or (reading is not None and reading.foresees(partition, rent))
 
     def _view(self, partition: int, generation: int | None = None) -> PartitionView | None:
         """The partition's segments laid out for the read kernels (or their merged copy):
