@@ -51,12 +51,13 @@ from lateseq._kernels import (
     frozen,
     late_index,
     late_rows,
-    merge_order,
+    merge_runs,
     pairs_seen,
     prefetch,
     rank_index,
     remap_ranges,
     rows_since,
+    runs_hcum,
     segment_table,
     user_starts,
     version_bounds,
@@ -275,15 +276,40 @@ def test_runs_grouped_by_segment_keep_their_order_within_one(segments, seg):
 
 
 @given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(-2, 2), st.integers(-1, 1)), max_size=12),
-                min_size=1, max_size=40), st.booleans())
-def test_merge_order_is_the_stable_sort_of_its_sorted_segments(segments, with_tiebreak):
+                min_size=1, max_size=40), st.booleans(), st.sampled_from([np.uint8, np.uint16, np.int64]),
+       st.integers(0, 3))
+def test_merge_runs_copy_the_stable_sort_of_sorted_segments(segments, with_tiebreak, stored_as, below):
     """Segments each sorted by (user, time, tie-break), with ties inside and across them
-    (equal keys keep segment order, then row order), some empty."""
+    (equal keys keep segment order, then row order), some empty, times stored above a base
+    of each segment's own: the runs, end to end, hold the rows in ``np.lexsort``'s order
+    (a user's rows of many segments, interleaved, need more runs than first made room for);
+    the users and their ends are the sort's, and the running hash sum is the sum of the
+    sorted rows' hashes."""
     rows = [sorted(segment, key=lambda e: e if with_tiebreak else e[:2]) for segment in segments]
     user, ts, tb = (np.array([e[k] for segment in rows for e in segment], np.int64) for k in range(3))
-    tiebreak = tb.astype(np.int8) if with_tiebreak else None
-    got = merge_order(user, ts, tiebreak, [len(segment) for segment in rows])
-    assert got.tolist() == merge_order_reference(user, ts, tiebreak).tolist()
+    firsts = np.cumsum([0] + [len(segment) for segment in rows])
+    parts = [slice(firsts[g], firsts[g + 1]) for g in range(len(rows))]
+    user_ids, ends, times, ties, bases = [], [], [], [], []
+    for part in parts:
+        ids, counts = np.unique(user[part], return_counts=True)
+        user_ids.append(ids)
+        ends.append(np.cumsum(counts).astype(np.int64))
+        bases.append(int(ts[part].min()) - below if len(ts[part]) else 0)
+        times.append((ts[part] - bases[-1]).astype(stored_as))
+        ties.append((tb[part] + 1).astype(np.uint8))
+    tiebreak = (segment_table(ties), np.full(len(rows), -1, np.int64)) if with_tiebreak else None
+    runs, merged_users, merged_ends = merge_runs(user_ids, ends, (segment_table(times), np.array(bases, np.int64)),
+                                                 tiebreak)
+    seg, lo, hi, dst = runs
+    order = [firsts[g] + r for g, a, b in zip(seg.tolist(), lo.tolist(), hi.tolist(), strict=True) for r in range(a, b)]
+    assert dst.tolist() == np.cumsum(np.append(0, hi - lo))[:-1].tolist()  # end to end
+    assert order == merge_order_reference(user, ts, tb if with_tiebreak else None).tolist()
+    ids, counts = np.unique(user, return_counts=True)
+    assert merged_users.tolist() == ids.tolist() and merged_ends.tolist() == np.cumsum(counts).tolist()
+    hashes = np.random.default_rng(len(user)).integers(0, 2**32, len(user), dtype=np.uint64).astype(np.uint32)
+    hcums = [np.cumsum(hashes[part], dtype=np.uint32) for part in parts]
+    assert runs_hcum(runs, segment_table(hcums), len(user)).tolist() == np.cumsum(hashes[order],
+                                                                                 dtype=np.uint32).tolist()
 
 
 def test_copy_runs_narrow_output_wraps_like_the_column_type():

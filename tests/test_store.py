@@ -32,6 +32,7 @@ from oracle import Oracle, Request, assert_batch_equal, oracle_requests, referen
 import lateseq
 import lateseq._events
 import lateseq._format
+import lateseq._merge
 import lateseq._segments
 import lateseq._store
 import lateseq._versions
@@ -306,16 +307,16 @@ def test_a_deletion_lands_on_the_commits_published_while_it_rewrote(make_store, 
         model += [(u, t, i, c, r) for r, (u, t, i) in enumerate(zip(users, ts, items, strict=True))]
         store = store.commit(events(users, ts, items))
     late = ([1, 2, 1], [0, 4, 4], [7, 8, 9])  # user 1 again, committed while the deletion rewrites
-    real, calls = lateseq._store.merge_segments, []
+    real, calls = lateseq._store.segment_events, []
 
-    def merge_while_another_writes(*args):
+    def rewrite_while_another_writes(*args):
         if not calls:
             calls.append(meanwhile)
             other = lateseq.open(store.path)  # another process
             other.commit(events(*late)) if meanwhile == "commit" else other.compact()
         return real(*args)
 
-    monkeypatch.setattr(lateseq._store, "merge_segments", merge_while_another_writes)
+    monkeypatch.setattr(lateseq._store, "segment_events", rewrite_while_another_writes)
     if meanwhile == "compact":
         with pytest.raises(lateseq.CommitConflict):
             store.delete([1])
@@ -1780,6 +1781,46 @@ def test_tiered_compaction_keeps_every_history(make_store):
         store.compact("nightly")
     with pytest.raises(lateseq.SchemaError, match="fanout"):
         store.compact("tiered", fanout=1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(commits=st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(-3, 40), st.integers(-2**63, 2**63 - 1),
+                                           st.booleans(), st.floats(width=32), st.integers(-128, 127)),
+                                 min_size=1, max_size=30), min_size=1, max_size=6),
+       wide=st.booleans())
+def test_a_merge_lays_out_the_segments_as_one_commit_of_their_sorted_events_would(tmp_path_factory, commits, wide):
+    """Compaction and merged copies copy the segments' stored columns run by run, each
+    re-encoded on the way: they must store exactly what encoding the events, decoded and
+    stably sorted, gives (the same narrow types and bases, floats bit for bit, running hash
+    sums), with ties broken by an int8 column, times and ids whose ranges span every width."""
+    path = tmp_path_factory.mktemp("merge") / "store"
+    columns = {"item": "int64", "flag": "bool", "score": "float32", "rank": "int8"}
+    store = lateseq.create(path, lateseq.Schema(columns, tiebreak="rank", partitions=2))
+    for rows in commits:
+        user, ts, item, flag, score, rank = (list(c) for c in zip(*rows, strict=True))
+        if not wide:
+            item = [i % 1000 for i in item]
+        store = store.commit(pa.table({"user_id": user, "ts": [t * (2**40 if wide else 1) for t in ts],
+                                       "item": pa.array(item, pa.int64()), "flag": flag,
+                                       "score": pa.array(score, pa.float32()), "rank": pa.array(rank, pa.int8())}))
+    for partition in sorted({info.partition for info in store.segment_infos}):
+        segments = store.segments(partition)
+        merged = lateseq._merge.merge_segments(segments, store.schema)
+        everything = [lateseq._merge.segment_events(segment, store.schema) for segment in segments]
+        user, ts = (np.concatenate([getattr(e, name) for e in everything]) for name in ("user", "ts"))
+        payload = {name: np.concatenate([e.payload[name] for e in everything]) for name in columns}
+        order = np.lexsort([payload["rank"].astype(np.int64), ts, user])  # stable: segment order, then row order
+        expected = lateseq._format.LaidOut.of(lateseq._events.Events(
+            user[order], ts[order], {name: values[order] for name, values in payload.items()},
+            np.concatenate([e.version for e in everything])[order],
+            np.concatenate([e.hashes for e in everything])[order]))
+        assert merged.user_ids.tolist() == expected.user_ids.tolist()
+        assert merged.ends.tolist() == expected.ends.tolist() and merged.bases == expected.bases
+        assert list(merged.stored) == list(expected.stored)
+        for name, values in expected.stored.items():
+            assert merged.stored[name].dtype == values.dtype, name
+            assert merged.stored[name].view(np.uint8).tobytes() == values.view(np.uint8).tobytes(), name
+        assert merged.hcum.tolist() == expected.hcum.tolist()
 
 
 def test_a_mismatch_from_a_deleted_user_says_so(make_store):

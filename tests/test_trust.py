@@ -1144,7 +1144,7 @@ def test_a_copy_built_while_its_decoded_copies_are_written_in_place_is_never_kep
     lateseq.materialize(handle, log, known)  # "ts" and "item" checked, "rating" never read
     written, write_once = _write_once(store, lambda path: _damage_columns(path, ["item", "rating"]))
 
-    hook = (lateseq._merge, "merge_order") if copy == "merged" else (lateseq._projection.Filter, "keeps")
+    hook = (lateseq._merge, "merge_runs") if copy == "merged" else (lateseq._projection.Filter, "keeps")
     real = getattr(*hook)
     monkeypatch.setattr(*hook, (lambda *args: (write_once(), real(*args))[1]))
     for _ in range(4):

@@ -16,7 +16,7 @@ from oracle import TWO_TIER_SCHEMA, as_list_views
 import lateseq
 from lateseq import PointerError, SchemaError, StoreError
 from lateseq._format import write_segment
-from lateseq._merge import merge_segments
+from lateseq._merge import segment_events
 from lateseq.audit import audit
 from lateseq.cli.simulate import SimulationConfig, simulate
 from lateseq.mutable import InMemoryTier
@@ -336,7 +336,7 @@ def test_audit_version_no_longer_kept(world):
     latest.cleanup(before=latest.version, grace_s=0)
     # a rewrite (as a purge would do) drops user 1's oldest event after its version is gone
     segment = latest.segments()[0]
-    ev = merge_segments([segment], SCHEMA)
+    ev = segment_events(segment, SCHEMA)
     keep = ~((ev.user == 1) & (ev.payload["event_id"] == 1))
     info = write_segment(latest.path / "segments", 0, ev.take(np.flatnonzero(keep)), latest.cache_dir)
     rewritten = latest._publish(latest.version + 1, "compact", [info], [info], latest.watermark)

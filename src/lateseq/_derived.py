@@ -43,6 +43,7 @@ from ._format import (
     DERIVED_DIR,
     REBUILT,
     TIME,
+    LaidOut,
     SegmentInfo,
     cache_unwritable,
     close_lock_file,
@@ -317,7 +318,8 @@ def _name(partition: int, key: dict) -> str:
 _BUILDS = 3  # builds of a copy whose sources were written into meanwhile, before it is an error
 
 
-def _derive(cache: Path, partition: int, sources: list[str], key: dict, events: Callable[[list[Segment]], Events],
+def _derive(cache: Path, partition: int, sources: list[str], key: dict,
+            events: Callable[[list[Segment]], Events | LaidOut],
             random_access: bool, read: Callable[[], list[Segment]], hold: bool) -> Segment:
     """The copy named after ``key``, made by ``events`` from the open segments ``read``
     gives when not built yet; ``sources`` are the store segments its events come from
@@ -389,7 +391,7 @@ def _discard_copy(folder: Path, name: str) -> None:
         discard(path)
 
 
-def _held(folder: Path, name: str, partition: int, sources: list[str], made: Events, why: StoreError,
+def _held(folder: Path, name: str, partition: int, sources: list[str], made: Events | LaidOut, why: StoreError,
           random_access: bool) -> Segment:
     segment = held_copy(folder, name, partition, made, why, random_access)
     segment.sources = tuple(sources)

@@ -257,32 +257,75 @@ def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
     return values, 0
 
 
-def write_segment(directory: Path, partition: int, events: Events, cache: Path) -> SegmentInfo:
+@dataclass
+class LaidOut:
+    """Events sorted by user and time, as a segment stores them: each user's id and end
+    row, the columns frame-of-reference encoded (``_encode``) with their bases, and the
+    running sum of the events' hashes (a copy's ``_hcum``)."""
+
+    user_ids: np.ndarray
+    ends: np.ndarray
+    stored: dict[str, np.ndarray]  # the time, the payload in schema order, then "_version"
+    bases: dict[str, int]
+    hcum: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+
+    def versions(self) -> tuple[int, int]:
+        """(oldest, newest) version of its events ((0, 0) without any)."""
+        if not self.rows:
+            return 0, 0
+        version, base = self.stored["_version"], self.bases["_version"]
+        return base + int(version.min()), base + int(version.max())
+
+    @classmethod
+    def of(cls, events: Events | LaidOut) -> LaidOut:
+        if isinstance(events, LaidOut):
+            return events
+        starts = user_starts(events.user)
+        ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
+        bases: dict[str, int] = {}
+        stored: dict[str, np.ndarray] = {}
+        # one decoded column at a time: a payload gathered when read (``Taken``) is read here
+        for column, values in itertools.chain([(TIME, events.ts)], events.payload.items(),
+                                              [("_version", events.version)]):
+            stored[column], bases[column] = _encode(values)
+        return cls(events.user[starts], ends, stored, bases, np.cumsum(events.hashes, dtype=np.uint32))
+
+
+def write_segment(directory: Path, partition: int, events: Events | LaidOut, cache: Path) -> SegmentInfo:
     """Writes sorted, non-empty events as a new segment: the durable files, durable
     before it returns, and the decoded file in ``cache``, so the writer reads it at once."""
-    return _write_segment(directory, f"p{partition:05d}-{uuid.uuid4().hex}", partition, events, cache, packed=True)
+    return _write_segment(directory, f"p{partition:05d}-{uuid.uuid4().hex}", partition, LaidOut.of(events), cache,
+                          packed=True)
 
 
-def write_unpacked_segment(directory: Path, name: str, partition: int, events: Events) -> SegmentInfo:
+def write_unpacked_segment(directory: Path, name: str, partition: int, events: Events | LaidOut) -> SegmentInfo:
     """Writes sorted events (none, too) as segment ``name`` without its Parquet file: the
     index and the decoded file only, both in ``directory``. For derived copies (a read
     cache's merged and filtered segments), which are rebuilt from the store, never decoded."""
-    return _write_segment(directory, name, partition, events, directory, packed=False)
+    return _write_segment(directory, name, partition, LaidOut.of(events), directory, packed=False)
 
 
-def held_segment(name: str, partition: int, events: Events) -> tuple[SegmentInfo, np.ndarray, np.ndarray,
-                                                                      dict[str, np.ndarray]]:
+def held_segment(name: str, partition: int, events: Events | LaidOut) -> tuple[SegmentInfo, np.ndarray, np.ndarray,
+                                                                                dict[str, np.ndarray]]:
     """Segment ``name`` of sorted events, made in memory and written nowhere: its info, user
     ids, ends and decoded columns. For a derived copy the read cache cannot take."""
-    starts, user_ids, ends, stored, bases = _laid_out(events)
-    copy, decoded = _decoded_copy(stored, starts, events.hashes, name)
-    return _segment_info(name, partition, events, user_ids, bases, 0, [0, 0], decoded), user_ids, ends, _columns(copy)
+    laid = LaidOut.of(events)
+    copy, decoded = _decoded_copy(laid.stored, laid.starts, laid.hcum, name)
+    return _segment_info(name, partition, laid, 0, [0, 0], decoded), laid.user_ids, laid.ends, _columns(copy)
 
 
-def _write_segment(directory: Path, name: str, partition: int, events: Events, cache: Path,
+def _write_segment(directory: Path, name: str, partition: int, laid: LaidOut, cache: Path,
                    packed: bool) -> SegmentInfo:
-    starts, user_ids, ends, stored, bases = _laid_out(events)
-    index = pa.record_batch({"user_id": user_ids.astype(np.int64), "end": ends})
+    starts, stored = laid.starts, laid.stored
+    index = pa.record_batch({"user_id": laid.user_ids.astype(np.int64), "end": laid.ends})
     parquet, index_file = (directory / f"{name}{suffix}" for suffix in SEGMENT_FILES)
     # (sized as written: a stat after the write met a file another host's cleanup had removed)
     written = [_parquet_bytes({**stored, TIME: _user_deltas(stored[TIME], starts)}) if packed else b"",
@@ -291,36 +334,22 @@ def _write_segment(directory: Path, name: str, partition: int, events: Events, c
         crc32 = [write_synced(parquet, written[0]) if packed else 0,  # an unpacked segment has no Parquet file
                  write_synced(index_file, written[1])]
         unmade = make_folders(cache, 0o775)  # never writable by all, whatever the umask
-        copy, decoded = _decoded_copy(stored, starts, events.hashes, name)
+        copy, decoded = _decoded_copy(stored, starts, laid.hcum, name)
         _write_decoded(decoded_file(cache, name), copy, optional=packed, unmade=unmade)
     except BaseException:  # a full disk at any file: none of this segment's stays (no version names it)
         for path in (parquet, index_file, decoded_file(cache, name)):
             discard(path)
         raise
-    return _segment_info(name, partition, events, user_ids, bases, len(written[0]) + len(written[1]), crc32, decoded)
+    return _segment_info(name, partition, laid, len(written[0]) + len(written[1]), crc32, decoded)
 
 
-def _laid_out(events: Events) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, int]]:
-    """(each user's first row, user ids, each user's end, the columns as stored, their
-    bases) of sorted events."""
-    starts = user_starts(events.user)
-    user_ids = events.user[starts]
-    ends = np.append(starts[1:], len(events)).astype(np.int64)[:len(starts)]  # (no users: no ends)
-    bases: dict[str, int] = {}
-    stored: dict[str, np.ndarray] = {}
-    # one decoded column at a time: a payload gathered when read (``Taken``) is read here
-    for column, values in itertools.chain([(TIME, events.ts)], events.payload.items(), [("_version", events.version)]):
-        stored[column], bases[column] = _encode(values)
-    return starts, user_ids, ends, stored, bases
-
-
-def _segment_info(name: str, partition: int, events: Events, user_ids: np.ndarray, bases: dict[str, int], size: int,
-                  crc32: list[int], decoded: dict[str, str]) -> SegmentInfo:
-    versions = (int(events.version.min()), int(events.version.max())) if len(events) else (0, 0)
+def _segment_info(name: str, partition: int, laid: LaidOut, size: int, crc32: list[int],
+                  decoded: dict[str, str]) -> SegmentInfo:
+    versions = laid.versions()
     return SegmentInfo(
-        name=name, partition=partition, rows=len(events), users=len(user_ids),
+        name=name, partition=partition, rows=laid.rows, users=len(laid.user_ids),
         min_version=versions[0], max_version=versions[1],
-        bytes=size, bases=bases, crc32=crc32, decoded=decoded,
+        bytes=size, bases=laid.bases, crc32=crc32, decoded=decoded,
     )
 
 
@@ -392,7 +421,7 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
         rows = slice(lo, lo + _HASH_CHUNK)
         ts, *payload = (decode_values(stored[name][rows], info.bases[name]) for name in content)
         hashes[rows] = event_hashes(user[rows], ts, payload)
-    copy, _ = _decoded_copy(stored, starts, hashes, info.name, expect=info.decoded)
+    copy, _ = _decoded_copy(stored, starts, np.cumsum(hashes, dtype=np.uint32), info.name, expect=info.decoded)
     if unlocked is not None:
         return Unwritten.because(_columns(copy), unlocked)
     try:
@@ -446,13 +475,13 @@ def _user_sums(deltas: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return sums
 
 
-def _decoded_copy(stored: dict[str, np.ndarray], starts: np.ndarray, hashes: np.ndarray, name: str,
+def _decoded_copy(stored: dict[str, np.ndarray], starts: np.ndarray, hcum: np.ndarray, name: str,
                   expect: dict[str, str] | None = None) -> tuple[pa.RecordBatch, dict[str, str]]:
     """Segment ``name``'s decoded copy and its column digests, which must equal ``expect``
     (the writer's) when given."""
     vmax, vmin = version_bounds(stored["_version"], starts)
     # one record batch, even of no rows (a filtered copy may keep none): readers map batch 0
-    copy = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": np.cumsum(hashes, dtype=np.uint32)})
+    copy = pa.record_batch({**stored, "_vmax": vmax, "_vmin": vmin, "_hcum": hcum})
     digests = {column: column_digest(values.to_numpy(zero_copy_only=False))
                for column, values in zip(copy.schema.names, copy.columns, strict=True)}
     if expect is not None and digests != expect:

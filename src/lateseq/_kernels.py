@@ -807,72 +807,214 @@ def locate(found: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: V
 
 
 @inline_kernel
-def _row_before(user, ts, tb, i, j):  # pragma: no cover - compiled
-    if user[i] != user[j]:
-        return user[i] < user[j]
-    if ts[i] != ts[j]:
-        return ts[i] < ts[j]
-    if tb[i] != tb[j]:
-        return tb[i] < tb[j]
-    return i < j
+def _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, g, row):  # pragma: no cover - compiled
+    """(time, tie-break) of row ``row`` of segment ``g``, decoded (tie-break 0 without one)."""
+    ts = ts_b[g] + np.int64(segment(ts_l, g)[row])
+    return ts, (tb_b[g] + np.int64(segment(tb_l, g)[row]) if has_tb else np.int64(0))
 
 
 @inline_kernel
-def _sift_down(heap, size, heads, user, ts, tb):  # pragma: no cover - compiled
+def _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, a, b):  # pragma: no cover - compiled
+    """Whether range a's head row comes before range b's: by key, equal keys in range (segment) order."""
+    ts_a, tb_a = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[a], heads[a])
+    ts_b_, tb_b_ = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[b], heads[b])
+    return ts_a < ts_b_ or (ts_a == ts_b_ and (tb_a < tb_b_ or (tb_a == tb_b_ and a < b)))
+
+
+@inline_kernel
+def _sift_ranges(heap, size, heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g):  # pragma: no cover - compiled
     i = 0
     while 2 * i + 1 < size:
         c = 2 * i + 1
-        if c + 1 < size and _row_before(user, ts, tb, heads[heap[c + 1]], heads[heap[c]]):
+        if c + 1 < size and _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, heap[c + 1], heap[c]):
             c += 1
-        if not _row_before(user, ts, tb, heads[heap[c]], heads[heap[i]]):
+        if not _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, heap[c], heap[i]):
             return
         heap[i], heap[c] = heap[c], heap[i]
         i = c
 
 
+@inline_kernel
+def _user_before(head_user, a, b):  # pragma: no cover - compiled
+    return head_user[a] < head_user[b] or (head_user[a] == head_user[b] and a < b)
+
+
+@inline_kernel
+def _push_segment(heap, size, head_user, g):  # pragma: no cover - compiled
+    heap[size] = g
+    i = size
+    while i > 0 and _user_before(head_user, heap[i], heap[(i - 1) // 2]):
+        heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
+        i = (i - 1) // 2
+    return size + 1
+
+
+@inline_kernel
+def _pop_segment(heap, size, head_user):  # pragma: no cover - compiled
+    size -= 1
+    heap[0] = heap[size]
+    i = 0
+    while 2 * i + 1 < size:
+        c = 2 * i + 1
+        if c + 1 < size and _user_before(head_user, heap[c + 1], heap[c]):
+            c += 1
+        if not _user_before(head_user, heap[c], heap[i]):
+            break
+        heap[i], heap[c] = heap[c], heap[i]
+        i = c
+    return size
+
+
 @kernel
-def _merge_order(user, ts, tb, bounds):  # pragma: no cover - compiled; merge_order_reference is its reference
-    heads = bounds[:-1].copy()
-    order = np.empty(bounds[-1], np.int64)
-    heap = np.empty(heads.shape[0], np.int64)  # segments with rows left, by their head row
-    size = 0
-    for g in range(heads.shape[0]):
-        if heads[g] < bounds[g + 1]:  # added in key order of their heads: a heap insertion each
-            heap[size] = g
-            i = size
-            size += 1
-            while i > 0 and _row_before(user, ts, tb, heads[heap[i]], heads[heap[(i - 1) // 2]]):
-                heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
-                i = (i - 1) // 2
-    out = 0
+def _merge_runs(runs, k, state, heap, cursor, head_user, u_l, e_l, ts_l, ts_b, tb_l, tb_b, has_tb, out_users,
+                out_ends, m_g, heads, m_hi, m_heap):  # pragma: no cover - compiled; tests/test_kernels.py
+    """Cuts the merge of a partition's segments into runs from ``runs[:, k]`` on; returns the
+    runs written. ``state`` (output row, users written, segments in ``heap``) and the heap
+    of segments by their next user carry over a return for want of room in ``runs``. Its
+    helpers are given borrowed arrays (``borrowed``): owned ones cost 1 us a run."""
+    return _cut_merge(borrowed(runs), k, borrowed(state), borrowed(heap), borrowed(cursor), borrowed(head_user),
+                      _borrowed_table(u_l), _borrowed_table(e_l), _borrowed_table(ts_l), borrowed(ts_b),
+                      _borrowed_table(tb_l), borrowed(tb_b), has_tb, borrowed(out_users), borrowed(out_ends),
+                      borrowed(m_g), borrowed(heads), borrowed(m_hi), borrowed(m_heap))
+
+
+@inline_kernel
+def _borrowed_table(table):  # pragma: no cover - compiled
+    return borrowed(table[0]), borrowed(table[1]), borrowed(table[2])
+
+
+@inline_kernel
+def _cut_merge(runs, k, state, heap, cursor, head_user, u_l, e_l, ts_l, ts_b, tb_l, tb_b, has_tb, out_users,
+               out_ends, m_g, heads, m_hi, m_heap):  # pragma: no cover - compiled
+    dst, written, size = state[0], state[1], state[2]
     while size > 0:
-        best = heap[0]
-        end = bounds[best + 1]
-        if size > 1:  # the run of ``best`` ends at the first row after the next segment's head
-            second = heap[1] if size == 2 or _row_before(user, ts, tb, heads[heap[1]], heads[heap[2]]) else heap[2]
-            end = heads[best] + 1
-            while end < bounds[best + 1] and _row_before(user, ts, tb, end, heads[second]):
-                end += 1
-        for row in range(heads[best], end):
-            order[out] = row
-            out += 1
-        heads[best] = end
-        if end == bounds[best + 1]:
-            size -= 1
-            heap[0] = heap[size]
-        _sift_down(heap, size, heads, user, ts, tb)
-    return order
+        user, m, rows = head_user[heap[0]], 0, np.int64(0)
+        while size > 0 and head_user[heap[0]] == user:  # the segments holding ``user``, in segment order
+            g = heap[0]
+            ends = segment(e_l, g)
+            m_g[m], heads[m], m_hi[m] = g, ends[cursor[g] - 1] if cursor[g] > 0 else 0, ends[cursor[g]]
+            rows += m_hi[m] - heads[m]
+            m += 1
+            size = _pop_segment(heap, size, head_user)
+        if k + rows > runs.shape[1]:  # a run holds a row or more: room for the user's runs, or back for more
+            for i in range(m):
+                size = _push_segment(heap, size, head_user, m_g[i])
+            break
+        ordered = True  # each segment's events of the user after the one before's (ties keep segment order)
+        for i in range(1, m):
+            ts_a, tb_a = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[i - 1], m_hi[i - 1] - 1)
+            ts_c, tb_c = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[i], heads[i])
+            if ts_a > ts_c or (ts_a == ts_c and tb_a > tb_c):
+                ordered = False
+                break
+        if ordered:
+            for i in range(m):
+                runs[0, k], runs[1, k], runs[2, k], runs[3, k] = m_g[i], heads[i], m_hi[i], dst
+                dst += m_hi[i] - heads[i]
+                k += 1
+        else:  # row by row, a run of one segment taken at once up to the next one's head
+            left = 0
+            for i in range(m):
+                m_heap[left] = i
+                j = left
+                left += 1
+                while j > 0 and _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, m_heap[j],
+                                             m_heap[(j - 1) // 2]):
+                    m_heap[j], m_heap[(j - 1) // 2] = m_heap[(j - 1) // 2], m_heap[j]
+                    j = (j - 1) // 2
+            while left > 0:
+                best = m_heap[0]
+                end = m_hi[best]
+                if left > 1:
+                    second = m_heap[1]
+                    if left > 2 and _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, m_heap[2], second):
+                        second = m_heap[2]
+                    ts_s, tb_s = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[second], heads[second])
+                    end = heads[best] + 1
+                    while end < m_hi[best]:
+                        ts_e, tb_e = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[best], end)
+                        if ts_e > ts_s or (ts_e == ts_s and (tb_e > tb_s or (tb_e == tb_s and best > second))):
+                            break
+                        end += 1
+                runs[0, k], runs[1, k], runs[2, k], runs[3, k] = m_g[best], heads[best], end, dst
+                dst += end - heads[best]
+                k += 1
+                heads[best] = end
+                if end == m_hi[best]:
+                    left -= 1
+                    m_heap[0] = m_heap[left]
+                _sift_ranges(m_heap, left, heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g)
+        for i in range(m):  # each segment on to its next user
+            g = m_g[i]
+            cursor[g] += 1
+            users = segment(u_l, g)
+            if cursor[g] < users.shape[0]:
+                head_user[g] = users[cursor[g]]
+                size = _push_segment(heap, size, head_user, g)
+        out_users[written], out_ends[written] = user, dst
+        written += 1
+    state[0], state[1], state[2] = dst, written, size
+    return k
 
 
-def merge_order(user: np.ndarray, ts: np.ndarray, tiebreak: np.ndarray | None, rows: list[int]) -> np.ndarray:
-    """The order of the rows of segments laid end to end (``rows`` each, each sorted by
-    (user, time, tie-break)) sorted by that key, ties in row order: ``np.lexsort``'s
-    result, by a k-way merge (a heap of the segments' heads) that takes each segment's run
-    before the next segment's head at once (a user's day of events in a daily segment is
-    one run): 5-20x faster than the lexsort on the benchmark's stores."""
-    bounds = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(rows, out=bounds[1:])
-    return _merge_order(user, ts, ts if tiebreak is None else tiebreak.astype(np.int64), bounds)
+def merge_runs(user_ids: list[np.ndarray], ends: list[np.ndarray], ts: tuple[tuple[np.ndarray, ...], np.ndarray],
+               tiebreak: tuple[tuple[np.ndarray, ...], np.ndarray] | None
+               ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """The merge of a partition's segments (each sorted by user, time and tie-break; oldest
+    first) as runs (segment, lo, hi, output row) in output order, with the merged user ids
+    and ends. Equal keys keep segment order, then row order: the order one commit of
+    everything would have. A user's events of one segment that all come after those of
+    the segment before (a daily segment's day of them) are one run, taken without a
+    comparison per event; only users whose segments' events interleave (late arrivals) are
+    merged event by event. ``ts`` and ``tiebreak``: (segment table, bases) of the stored
+    columns (``segment_table``)."""
+    segments = len(user_ids)
+    users = segment_table([np.ascontiguousarray(u, np.int64) for u in user_ids])
+    ends_table = segment_table([np.ascontiguousarray(e, np.int64) for e in ends])
+    rows = sum(int(e[-1]) for e in ends if len(e))
+    head_user = np.array([u[0] if len(u) else 0 for u in user_ids], np.int64)
+    heap, size = np.zeros(segments, np.int64), 0
+    for g in range(segments):  # in segment order, so a heap of (next user, segment) from the start
+        if len(user_ids[g]):
+            heap[size] = g
+            size += 1
+    heap[:size] = sorted(heap[:size], key=lambda g: (head_user[g], g))
+    state, cursor = np.array([0, 0, size], np.int64), np.zeros(segments, np.int64)
+    total_users = sum(len(u) for u in user_ids)
+    out_users, out_ends = np.empty(total_users, np.int64), np.empty(total_users, np.int64)
+    scratch = [np.empty(segments, np.int64) for _ in range(4)]
+    tb_table, tb_bases = ts if tiebreak is None else tiebreak
+    runs, k = np.empty((4, total_users + rows // 8 + 16), np.int64), 0
+    while True:
+        k = _merge_runs(runs, k, state, heap, cursor, head_user, users, ends_table, *ts, tb_table, tb_bases,
+                        tiebreak is not None, out_users, out_ends, *scratch)
+        if state[2] == 0:
+            break
+        runs = _doubled(runs)
+    return tuple(runs[:, :k]), out_users[:state[1]], out_ends[:state[1]]
+
+
+@kernel
+def _runs_hcum(g_seg, g_lo, g_hi, g_dst, hcum_l, out):  # pragma: no cover - compiled
+    total = np.int64(0)  # the running sum so far, mod 2**32
+    for k in range(g_seg.shape[0]):
+        src = segment(hcum_l, g_seg[k])
+        lo, hi, d = g_lo[k], g_hi[k], g_dst[k]
+        before = np.int64(src[lo - 1]) if lo > 0 else np.int64(0)
+        for i in range(lo, hi):
+            out[d + i - lo] = np.uint32((total + np.int64(src[i]) - before) & 0xFFFFFFFF)
+        if hi > lo:
+            total = (total + np.int64(src[hi - 1]) - before) & 0xFFFFFFFF
+
+
+def runs_hcum(runs: tuple[np.ndarray, ...], hcum: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
+    """The running hash sum (``_hcum``) of the events that runs in output order, end to
+    end, copy from segments with their own running sums (``hcum``, a segment table): a
+    run's hashes are its stretch of its segment's sum, less the sum before it."""
+    out = np.empty(rows, np.uint32)
+    if rows:
+        _runs_hcum(*runs, hcum, out)
+    return out
 
 
 # ---------------------------------------------------------------- a partition's segments at once

@@ -3,44 +3,67 @@ read of an uncompacted version must reproduce."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
-from ._events import Events, Taken
-from ._format import TIME
-from ._kernels import merge_order
+from ._events import Events
+from ._format import _UNSIGNED, TIME, LaidOut
+from ._kernels import copy_runs, merge_runs, runs_hcum, segment_table
 from ._schema import Schema
 from ._segments import Segment
 
 
-class _Concatenated(Mapping):
-    """Payload columns of several segments end to end, each decoded only when read."""
-
-    def __init__(self, segments: list[Segment], schema: Schema):
-        self._segments, self._schema = segments, schema
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return np.concatenate([s.payload(name, self._schema) for s in self._segments])
-
-    def __iter__(self):
-        return iter(self._schema.columns)
-
-    def __len__(self) -> int:
-        return len(self._schema.columns)
+def segment_events(segment: Segment, schema: Schema) -> Events:
+    """A segment's events, decoded, in its order."""
+    user = np.repeat(segment.user_ids, np.diff(np.append(segment.starts, segment.info.rows)))
+    payload = {name: segment.payload(name, schema) for name in schema.columns}
+    return Events(user, segment.decoded(TIME).astype(np.int64, copy=False), payload,
+                  segment.decoded("_version").astype(np.uint32), segment.hashes())
 
 
-def merge_segments(segments: list[Segment], schema: Schema) -> Events:
+def merge_segments(segments: list[Segment], schema: Schema) -> LaidOut:
     """The events of one partition's segments, oldest segment first, stably sorted by
-    (user, time, tie-break): equal keys keep segment order, then row order, which is
-    commit order, so the merge is the order a single commit of everything would have."""
-    user = np.concatenate([np.repeat(s.user_ids, np.diff(np.append(s.starts, s.info.rows))) for s in segments])
-    ts = np.concatenate([s.decoded(TIME) for s in segments]).astype(np.int64, copy=False)
-    tiebreak = None
-    if schema.tiebreak is not None:
-        tiebreak = np.concatenate([s.payload(schema.tiebreak, schema) for s in segments])
-    order = merge_order(user, ts, tiebreak, [s.info.rows for s in segments])
-    del tiebreak
-    version = np.concatenate([s.decoded("_version").astype(np.uint32) for s in segments])[order]
-    hashes = np.concatenate([s.hashes() for s in segments])[order]
-    return Events(user[order], ts[order], Taken(_Concatenated(segments, schema), order), version, hashes)
+    (user, time, tie-break) and laid out as a segment stores them: equal keys keep segment
+    order, then row order, which is commit order, so the merge is the order a single
+    commit of everything would have. Copied from the segments' stored columns run by run,
+    each re-encoded on the way (no column is decoded, sorted or encoded whole: a merged
+    copy of 32 daily segments, 4M events, built in 0.3 -> 0.1 s)."""
+    tables = {name: _column_table(segments, name) for name in (TIME, schema.tiebreak) if name is not None}
+    runs, user_ids, ends = merge_runs([s.user_ids for s in segments], [s.ends for s in segments],
+                                      tables[TIME][:2], tables[schema.tiebreak][:2] if schema.tiebreak else None)
+    rows = int(ends[-1]) if len(ends) else 0
+    stored, bases = {}, {}
+    for name, decoded in [(TIME, np.int64), *((n, _decoded_dtype(schema, n)) for n in schema.columns),
+                          ("_version", np.uint32)]:
+        table, source_bases, arrays = tables.pop(name, None) or _column_table(segments, name)
+        stored[name], bases[name] = _encoded_dtype(arrays, source_bases, np.dtype(decoded), rows)
+        offsets = [b - bases[name] for b in source_bases.tolist()]
+        copy_runs(runs, table, np.array(offsets, np.int64), stored[name])
+    hcums = [s.stored("_hcum") for s in segments]  # (outlive their table)
+    return LaidOut(user_ids, ends, stored, bases, runs_hcum(runs, segment_table(hcums), rows))
+
+
+def _decoded_dtype(schema: Schema, name: str) -> type:
+    return np.uint8 if schema.columns[name] == "bool" else np.dtype(schema.columns[name]).type
+
+
+def _column_table(segments: list[Segment], name: str) -> tuple[tuple[np.ndarray, ...], np.ndarray, list[np.ndarray]]:
+    """(segment table, bases, arrays) of a stored column across the segments, of one dtype
+    (a segment stored narrower than others widened in memory)."""
+    arrays = [s.stored(name) for s in segments]
+    common = np.result_type(*arrays)
+    arrays = [a if a.dtype == common else a.astype(common) for a in arrays]
+    return segment_table(arrays), np.array([s.base(name) for s in segments], np.int64), arrays
+
+
+def _encoded_dtype(arrays: list[np.ndarray], bases: np.ndarray, decoded: np.dtype,
+                   rows: int) -> tuple[np.ndarray, int]:
+    """(an empty output, base) of the merged column as ``_format._encode`` stores its values:
+    above their least in the narrowest unsigned type that holds them all, or as they are."""
+    if decoded.kind not in "iu" or not rows:
+        return np.empty(rows, arrays[0].dtype if decoded.kind == "f" else decoded), 0
+    spans = [(b + int(a.min()), b + int(a.max())) for a, b in zip(arrays, bases.tolist(), strict=True) if len(a)]
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+    for dtype in _UNSIGNED:
+        if high - low <= np.iinfo(dtype).max:
+            return np.empty(rows, dtype), low
+    return np.empty(rows, decoded), 0

@@ -30,6 +30,7 @@ from ._format import (
     MADV_RANDOM,
     NOT_REGULAR,
     REBUILT,
+    LaidOut,
     SegmentInfo,
     Unwritten,
     cache_unwritable,
@@ -195,7 +196,8 @@ def _held_in_memory(unwritten: Unwritten, info: SegmentInfo, cache: Path) -> dic
     return unwritten.columns
 
 
-def held_copy(folder: Path, name: str, partition: int, events: Events, why: StoreError, random_access: bool) -> Segment:
+def held_copy(folder: Path, name: str, partition: int, events: Events | LaidOut, why: StoreError,
+              random_access: bool) -> Segment:
     """A copy made from the store's segments (merged, filtered) that the read cache
     ``folder`` could not take (``why``), held in memory as ``_held_in_memory`` says."""
     info, user_ids, ends, columns = held_segment(name, partition, events)

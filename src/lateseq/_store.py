@@ -73,6 +73,7 @@ from ._format import (
     STORE_CACHE,
     SYSTEM_COLUMNS,
     TIME,
+    LaidOut,
     SegmentInfo,
     cache_unwritable,
     copies_left_out,
@@ -88,7 +89,7 @@ from ._format import (
 )
 from ._kernels import Visibility
 from ._locate import Located, PartitionView, locate
-from ._merge import merge_segments
+from ._merge import merge_segments, segment_events
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
 from ._segments import REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed
@@ -635,7 +636,7 @@ class Store:
                     continue
                 lo, hi = self._segments.get(info).user_ranges(users)
                 if (hi > lo).any():
-                    events = merge_segments([self._segments.get(info)], self.schema)
+                    events = segment_events(self._segments.get(info), self.schema)
                     keep = np.flatnonzero(~np.isin(events.user, users))
                     rewritten[info.name] = self._write(info.partition, events.take(keep), new) if len(keep) else None
             return [kept for i in infos if (kept := rewritten.get(i.name, i)) is not None]
@@ -716,7 +717,7 @@ class Store:
         for info in new:
             self._remove_segment(info)
 
-    def _write(self, partition: int, events: Events, new: list[SegmentInfo]) -> SegmentInfo:
+    def _write(self, partition: int, events: Events | LaidOut, new: list[SegmentInfo]) -> SegmentInfo:
         """Writes a segment for a version not published yet, into ``new`` (``_unpublished``)."""
         new.append(write_segment(self.path / "segments", partition, events, self.cache_dir))
         return new[-1]
