@@ -133,7 +133,8 @@ def select_reference(c_ptr, c_seg, c_lo, c_hi, c_holes, lower, has_window, max_l
 
 
 def merge_order_reference(user, ts, tiebreak):
-    """``merge_order``: the rows sorted by (user, time, tie-break), ties in row order."""
+    """``merge_runs``' order: the rows of segments laid end to end sorted by (user, time,
+    tie-break), ties in row order."""
     keys = [ts, user] if tiebreak is None else [tiebreak, ts, user]
     return np.lexsort(keys)
 

@@ -113,7 +113,7 @@ EventSource = pa.Table | pa.RecordBatch | pa.RecordBatchReader | str | os.PathLi
 _DECODE_GRACE_S = 3600.0  # a read cache's temporary younger than this may be a decode under way
 _ASIDE = re.compile(r"\.tmp-aside-[0-9a-f]{8}-(.+)")  # a file cleanup moved aside to look at again
 _COMMIT_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces
-AUTO_MERGE_RENT = 16  # events read segment by segment, per event held, before "auto" merges
+AUTO_MERGE_RENT = 10  # events read segment by segment, per event held, before "auto" merges (see the README)
 Setting = bool | Literal["auto"]  # merged_reads and readahead: on, off, or lateseq decides
 
 
