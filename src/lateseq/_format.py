@@ -275,7 +275,7 @@ class LaidOut:
 
     @property
     def starts(self) -> np.ndarray:
-        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+        return np.append(0, self.ends[:-1]).astype(np.int64)[:len(self.ends)]  # (no users: no starts)
 
     def versions(self) -> tuple[int, int]:
         """(oldest, newest) version of its events ((0, 0) without any)."""

@@ -969,8 +969,8 @@ def merge_runs(user_ids: list[np.ndarray], ends: list[np.ndarray], ts: tuple[tup
     merged event by event. ``ts`` and ``tiebreak``: (segment table, bases) of the stored
     columns (``segment_table``)."""
     segments = len(user_ids)
-    users = segment_table([np.ascontiguousarray(u, np.int64) for u in user_ids])
-    ends_table = segment_table([np.ascontiguousarray(e, np.int64) for e in ends])
+    user_ids, ends = ([np.ascontiguousarray(a, np.int64) for a in arrays] for arrays in (user_ids, ends))
+    users, ends_table = segment_table(user_ids), segment_table(ends)  # (tables of arrays held till the end)
     rows = sum(int(e[-1]) for e in ends if len(e))
     head_user = np.array([u[0] if len(u) else 0 for u in user_ids], np.int64)
     heap, size = np.zeros(segments, np.int64), 0
