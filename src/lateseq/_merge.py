@@ -26,7 +26,7 @@ def merge_segments(segments: list[Segment], schema: Schema) -> LaidOut:
     order, then row order, which is commit order, so the merge is the order a single
     commit of everything would have. Copied from the segments' stored columns run by run,
     each re-encoded on the way (no column is decoded, sorted or encoded whole: a merged
-    copy of 32 daily segments, 4M events, built in 0.3 -> 0.1 s)."""
+    copy of 4M events in 30-32 daily segments built in 0.3 -> 0.10-0.15 s)."""
     tables = {name: _column_table(segments, name) for name in (TIME, schema.tiebreak) if name is not None}
     runs, user_ids, ends = merge_runs([s.user_ids for s in segments], [s.ends for s in segments],
                                       tables[TIME][:2], tables[schema.tiebreak][:2] if schema.tiebreak else None)
