@@ -84,6 +84,11 @@ def test_tiny_run_reports_every_state_and_form(tiny_results):
                     assert "epoch" not in s
                     continue
                 assert s["epoch"]["examples"] == work["workload"]["examples"] and s["epoch"]["ex_s"] > 0
+                # timed in rounds beside compacted-latest: its median round, its ratio the median of the rounds'
+                rounds, base = s["epoch"]["rounds_ex_s"], s["epoch"]["compacted_latest_rounds_ex_s"]
+                assert len(rounds) == len(base) == 3 and s["epoch"]["ex_s"] == sorted(rounds)[1]
+                assert s["epoch"]["vs_compacted_latest"] == pytest.approx(np.median(np.divide(rounds, base)))
+                assert name != "compacted-latest" or s["epoch"]["vs_compacted_latest"] == 1
                 assert s["epoch"]["merged_copies"] == 0 or work["states"][name]["segments"] > 1
                 new_host = s["epoch"]["new_host"]  # the same pass decoding every segment into an empty cache
                 assert new_host["examples"] == s["epoch"]["examples"] and new_host["ex_s"] > 0
