@@ -187,9 +187,10 @@ def _epoch(name: str, work: dict, rent: int | None, foresees: bool) -> TableSpec
     rounds = {len(s["epoch"].get("rounds_ex_s", [])) for at in work["n"].values() for s in at["lateseq"].values()
               if "epoch" in s}
     if rounds != {0}:  # (runs before s59 timed one pass)
-        spec.notes.append(f"each state's first epoch was timed in {max(rounds)} rounds, each over every state in "
-                          "turn: its figures are its median round's, its ratio to compacted-latest the median of "
-                          "the rounds' own ratios (a single pass moved 25-50% between runs)")
+        spec.notes.append(f"each state's first epoch was timed in {max(rounds)} rounds, each over every state of "
+                          "its group and compacted-latest in turn: its figures are its median round's, its ratio to "
+                          "compacted-latest the median of the rounds' own ratios (a single pass moved 25-50% "
+                          "between runs); 'a day on' and 'new host' are one pass each")
     spec.notes.append("a partition is read segment by segment until the events read from it "
                       + ("and those the rest of the pass would read (at the rate of the read just made: after "
                          "its first read, in an epoch) " if foresees else "")
