@@ -817,8 +817,8 @@ def _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, g, row):  # pragma: no cover - compi
 def _head_before(heads, ts_l, ts_b, tb_l, tb_b, has_tb, m_g, a, b):  # pragma: no cover - compiled
     """Whether range a's head row comes before range b's: by key, equal keys in range (segment) order."""
     ts_a, tb_a = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[a], heads[a])
-    ts_b_, tb_b_ = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[b], heads[b])
-    return ts_a < ts_b_ or (ts_a == ts_b_ and (tb_a < tb_b_ or (tb_a == tb_b_ and a < b)))
+    ts_c, tb_c = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[b], heads[b])
+    return _window_before(ts_a, tb_a, a, ts_c, tb_c, b)
 
 
 @inline_kernel
@@ -904,7 +904,7 @@ def _cut_merge(runs, k, state, heap, cursor, head_user, u_l, e_l, ts_l, ts_b, tb
         for i in range(1, m):
             ts_a, tb_a = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[i - 1], m_hi[i - 1] - 1)
             ts_c, tb_c = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[i], heads[i])
-            if ts_a > ts_c or (ts_a == ts_c and tb_a > tb_c):
+            if _key_before(ts_c, tb_c, ts_a, tb_a):
                 ordered = False
                 break
         if ordered:
@@ -933,7 +933,7 @@ def _cut_merge(runs, k, state, heap, cursor, head_user, u_l, e_l, ts_l, ts_b, tb
                     end = heads[best] + 1
                     while end < m_hi[best]:
                         ts_e, tb_e = _key_at(ts_l, ts_b, tb_l, tb_b, has_tb, m_g[best], end)
-                        if ts_e > ts_s or (ts_e == ts_s and (tb_e > tb_s or (tb_e == tb_s and best > second))):
+                        if _window_before(ts_s, tb_s, second, ts_e, tb_e, best):  # the next one's head first
                             break
                         end += 1
                 runs[0, k], runs[1, k], runs[2, k], runs[3, k] = m_g[best], heads[best], end, dst
