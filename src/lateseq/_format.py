@@ -250,11 +250,15 @@ def _encode(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Frame-of-reference: (stored, base) with stored in the narrowest unsigned type."""
     if values.dtype.kind not in "iu" or len(values) == 0:
         return values, 0
-    low, high = int(values.min()), int(values.max())
-    for dtype in _UNSIGNED:
-        if high - low <= np.iinfo(dtype).max:
-            return (values.astype(np.int64) - low).astype(dtype), low
-    return values, 0
+    low = int(values.min())
+    dtype = encoded_type(low, int(values.max()))
+    return (values, 0) if dtype is None else ((values.astype(np.int64) - low).astype(dtype), low)
+
+
+def encoded_type(low: int, high: int) -> type | None:
+    """The narrowest unsigned type that holds integers from ``low`` to ``high`` above
+    ``low`` (None: none does, and they are stored as they are)."""
+    return next((dtype for dtype in _UNSIGNED if high - low <= np.iinfo(dtype).max), None)
 
 
 @dataclass

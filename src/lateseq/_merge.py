@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._events import Events
-from ._format import _UNSIGNED, TIME, LaidOut
+from ._format import TIME, LaidOut, encoded_type
 from ._kernels import copy_runs, merge_runs, runs_hcum, segment_table
 from ._schema import Schema
 from ._segments import Segment
@@ -63,7 +63,5 @@ def _encoded_dtype(arrays: list[np.ndarray], bases: np.ndarray, decoded: np.dtyp
         return np.empty(rows, arrays[0].dtype if decoded.kind == "f" else decoded), 0
     spans = [(b + int(a.min()), b + int(a.max())) for a, b in zip(arrays, bases.tolist(), strict=True) if len(a)]
     low, high = min(s[0] for s in spans), max(s[1] for s in spans)
-    for dtype in _UNSIGNED:
-        if high - low <= np.iinfo(dtype).max:
-            return np.empty(rows, dtype), low
-    return np.empty(rows, decoded), 0
+    dtype = encoded_type(low, high)
+    return (np.empty(rows, decoded), 0) if dtype is None else (np.empty(rows, dtype), low)
