@@ -31,13 +31,12 @@ from ._kernels import (
     E_VMAX,
     ENTRY_WIDTH,
     LATE_ROW,
-    NO_COLUMN,
     Visibility,
     frozen,
     segment_table,
 )
 from ._schema import Schema
-from ._segments import Segment, UserIndex
+from ._segments import Segment, UserIndex, column_table
 
 
 class PartitionView:
@@ -76,16 +75,10 @@ class PartitionView:
         return int((self.first[found + 1] - self.first[found]).sum())
 
     def column(self, name: str | None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        """(segment table, bases) of a column across the segments (``_kernels.segment_table``),
-        of one dtype: a segment stored narrower than the others is widened in memory (rare)."""
+        """(segment table, bases) of a column across the segments (``column_table``)."""
         with self._lock:
             if name not in self._columns:
-                arrays = [NO_COLUMN] * len(self.segments) if name is None else [s.stored(name) for s in self.segments]
-                common = np.result_type(*arrays)
-                arrays = [a if a.dtype == common else a.astype(common) for a in arrays]
-                bases = np.zeros(len(self.segments), np.int64) if name is None else np.array(
-                    [s.base(name) for s in self.segments], np.int64)
-                self._columns[name] = (segment_table(arrays), bases, arrays)  # the arrays outlive their table
+                self._columns[name] = column_table(self.segments, name)  # (its arrays kept: they outlive the table)
             return self._columns[name][:2]
 
     def remapped(self) -> bool:

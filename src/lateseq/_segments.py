@@ -46,7 +46,7 @@ from ._format import (
     open_lock_file,
     read_index,
 )
-from ._kernels import find_users, frozen, hash_slots, late_index, late_rows
+from ._kernels import NO_COLUMN, find_users, frozen, hash_slots, late_index, late_rows, segment_table
 from ._schema import Schema
 from ._watch import SWEEP_S, CacheWatch
 
@@ -605,3 +605,15 @@ class Segment:
     def payload(self, name: str, schema: Schema) -> np.ndarray:
         """A payload column decoded to its schema type (bools as uint8)."""
         return self.decoded(name).astype(np.uint8 if schema.columns[name] == "bool" else schema.columns[name])
+
+
+def column_table(segments: list[Segment], name: str | None) -> tuple[tuple[np.ndarray, ...], np.ndarray,
+                                                                    list[np.ndarray]]:
+    """(segment table, bases, arrays) of a stored column across ``segments``
+    (``_kernels.segment_table``; no column: empty ones), of one dtype: a segment stored
+    narrower than the others is widened in memory (rare). The arrays must outlive the table."""
+    arrays = [NO_COLUMN] * len(segments) if name is None else [s.stored(name) for s in segments]
+    common = np.result_type(*arrays)
+    arrays = [a if a.dtype == common else a.astype(common) for a in arrays]
+    bases = np.array([0 if name is None else s.base(name) for s in segments], np.int64)
+    return segment_table(arrays), bases, arrays
