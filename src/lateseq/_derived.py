@@ -42,7 +42,6 @@ from ._forks import fork_safe
 from ._format import (
     DERIVED_DIR,
     REBUILT,
-    TIME,
     LaidOut,
     SegmentInfo,
     cache_unwritable,
@@ -56,7 +55,7 @@ from ._format import (
 )
 from ._kernels import rank_index, remap_ranges
 from ._locate import PartitionView
-from ._merge import merge_segments
+from ._merge import merge_segments, segment_events
 from ._projection import Filter
 from ._schema import Schema
 from ._segments import UNREADABLE, DamagedCopy, Segment, SegmentCache, cache_lock, held_copy
@@ -245,10 +244,8 @@ def filtered_copy(segment: Segment, where: Filter, schema: Schema, cache: Path) 
 
     def events(_: list[Segment]) -> Events:
         keep = np.flatnonzero(where.keeps(segment.decoded(where.column)))
-        user = np.repeat(segment.user_ids, np.diff(np.append(segment.starts, segment.info.rows)))
-        payload = {name: segment.payload(name, schema)[keep] for name in schema.columns}
-        return Events(user[keep], segment.decoded(TIME)[keep], {**payload, ROW: keep},
-                      segment.decoded("_version")[keep].astype(np.uint32), segment.hashes()[keep])
+        kept = segment_events(segment, schema).take(keep)
+        return dataclasses.replace(kept, payload={**kept.payload, ROW: keep})
 
     return _derive(cache, segment.info.partition, list(segment.sources), _filtered_key(segment.info.name, where),
                    events, segment.random_access, lambda: [segment], hold=True)

@@ -261,6 +261,11 @@ def encoded_type(low: int, high: int) -> type | None:
     return next((dtype for dtype in _UNSIGNED if high - low <= np.iinfo(dtype).max), None)
 
 
+def starts_of(ends: np.ndarray) -> np.ndarray:
+    """Each user's first row, from the users' end rows (none for no users)."""
+    return np.append(0, ends[:-1]).astype(np.int64)[:len(ends)]
+
+
 @dataclass
 class LaidOut:
     """Events sorted by user and time, as a segment stores them: each user's id and end
@@ -279,7 +284,7 @@ class LaidOut:
 
     @property
     def starts(self) -> np.ndarray:
-        return np.append(0, self.ends[:-1]).astype(np.int64)[:len(self.ends)]  # (no users: no starts)
+        return starts_of(self.ends)
 
     def versions(self) -> tuple[int, int]:
         """(oldest, newest) version of its events ((0, 0) without any)."""

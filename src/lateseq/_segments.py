@@ -45,6 +45,7 @@ from ._format import (
     map_decoded,
     open_lock_file,
     read_index,
+    starts_of,
 )
 from ._kernels import NO_COLUMN, find_users, frozen, hash_slots, late_index, late_rows, segment_table
 from ._schema import Schema
@@ -466,7 +467,7 @@ class Segment:
 
     @cached_property
     def starts(self) -> np.ndarray:
-        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+        return starts_of(self.ends)
 
     def stored(self, name: str) -> np.ndarray:
         """A column as stored (checked before its first use)."""

@@ -1024,11 +1024,16 @@ class Store:
         return self._segments.watch.generation() != generation and any(
             segment.overwritten() for view in views for segment in view.segments)
 
+    @property
+    def _pass(self) -> ReadPass | None:
+        """The pass the reads in this thread belong to (``_in_pass``), if any."""
+        return getattr(self._reading, "pass_", None)
+
     @contextlib.contextmanager
     def _in_pass(self, reading: ReadPass, left: int) -> Iterator[None]:
         """The reads in this thread meanwhile belong to the pass ``reading``, which has
         ``left`` pointers to read, theirs included (``ReadPass``)."""
-        before = getattr(self._reading, "pass_", None)
+        before = self._pass
         reading.left, self._reading.pass_ = max(0, int(left)), reading
         try:
             yield
@@ -1041,7 +1046,7 @@ class Store:
         segment by segment, towards their rents and the pass's (``ReadPass``)."""
         if self.merged_reads != "auto" or not self._rents:
             return
-        reading: ReadPass | None = getattr(self._reading, "pass_", None)
+        reading = self._pass
         returned = np.minimum(located.count, max_len)
         # only pointers whose events lie in several ranges pay: one range (most of a tiered
         # store's pointers) is read as a merged copy would read it
@@ -1115,7 +1120,7 @@ class Store:
     def _merge_due(self, partition: int, rent: MergeRent) -> bool:
         """Whether ``partition``'s merged copy is paid for, or foreseen paid by the pass the
         read under way in this thread belongs to (``ReadPass``)."""
-        reading: ReadPass | None = getattr(self._reading, "pass_", None)
+        reading = self._pass
         return rent.settled or (reading is not None and reading.foresees(partition, rent))
 
     def _view(self, partition: int, generation: int | None = None) -> PartitionView | None:
