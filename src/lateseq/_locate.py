@@ -222,7 +222,7 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
         rows = rows[several]
         # by user: a user's pointers find its ranges, and its windows' runs (copied segment by
         # segment) read its rows, while they are in cache; a log in time order scatters them
-        # (best of 3 passes, one core, alternated: 30 daily segments 1.33-1.41 -> 1.23-1.35 us
+        # (best of 3 passes, one core, alternated: 30 daily segments 1.33-1.41 -> 1.23-1.56 us
         # an example at N=256, 1.72-2.08 -> 1.81-1.85 at 1024; 32 with late events 2.21-2.59 ->
         # 1.98-2.54 at 256, 3.82-4.48 -> 3.20-3.48 at 1024, 8.06-8.24 -> 7.39-7.72 at 4096)
         rows = rows[np.argsort(users[rows], kind="stable")]
