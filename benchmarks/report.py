@@ -743,9 +743,13 @@ def scale_markdown(results: dict, source: str) -> str:
             lines.append(f"| {size['users']:,} | {size['events']:,} | {_gb(size['read_cache_bytes'])} | "
                          f"{size['timed_examples']:,} | {n} | {_n(at['lateseq']['ex_s'])} | "
                          + " | ".join(cells) + " |")
+    low, high = results["settings"].get("history_lengths", (60, 50_000))  # (runs before the option: the default)
     lines += ["", "- compacted store, pointers at the latest version; the examples timed: a uniform random sample of "
               "requests with all their examples, in log order, checked equal on every side bit for bit before timing; "
-              f"best of {results['settings']['repeat']} interleaved passes on one core, warm"]
+              f"best of {results['settings']['repeat']} interleaved passes on one core, warm",
+              f"- history lengths Pareto(1.4) from {low:,} to {high:,} events; "
+              + ", ".join(f"{size['users']:,} users: {size['events'] / size['users']:.1f} events a user"
+                          for size in results["sizes"].values())]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,9 @@ of examples timed at each.
 
     python benchmarks/scale.py                          # 20k and 200k users (about 3 minutes on the Xeon VM)
     python benchmarks/scale.py --users 2000 20000       # other sizes
+    python benchmarks/scale.py --users 300000 --min-len 3 --max-len 200 --n 32 256   # short histories
     options: --json PATH  --n N [N ...]  --examples K  --repeat R  --min-pass-s S  --cpu K  --workdir DIR
+             --min-len L  --max-len L (the users' history lengths: Pareto(1.4) from L, capped)
 
 ``materialize.py --small`` times a store whose read cache (82 MB) a CPU with a large
 last-level cache holds whole (the Intel Xeon VM's: 480 MB), where lateseq's copies from
@@ -15,7 +17,11 @@ in log order (a uniform random sample of requests, all their examples, as materi
 samples them), their Fat Rows as the mapped Arrow IPC file and the
 flat ``.npy`` memmaps (materialize.py's forms, copying each batch into reused arrays),
 checked equal to lateseq bit for bit, then timed as materialize.py times them: one core,
-warm, passes of the sides interleaved, the best of ``--repeat`` counts.
+warm, passes of the sides interleaved, the best of ``--repeat`` counts. ``--min-len`` and
+``--max-len`` shape the histories (60 to 50,000 events, the realistic workload's, by
+default): short ones show the fixed cost of each example lateseq pays (finding its window,
+a copy per column from a random place, the pointer log), which a Fat Row of a few events
+does not.
 """
 
 from __future__ import annotations
@@ -63,9 +69,9 @@ FORMS = ("arrow-ipc", "flat-npy")
 
 
 def measure_size(users: int, ns: list[int], examples: int, root: Path, repeat: int, min_pass_s: float,
-                 memcpy: float) -> dict:
+                 memcpy: float, lengths: tuple[int, int] = (60, 50_000)) -> dict:
     """One store size: built, its sample's Fat Rows built and checked, both sides timed."""
-    work = realistic(users)
+    work = realistic(users, min_len=lengths[0], max_len=lengths[1])
     store, _ = _ingest(root / "store", work.events, day_of(work.events.column("ts").to_numpy()))
     store = store.compact()
     log = _log(store, work.requests, root / "log.arrow")
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[20_000, 200_000], help="store sizes, in users")
     parser.add_argument("--n", type=int, nargs="+", default=[256, 4096], help="max_len values")
     parser.add_argument("--examples", type=int, default=200_000, help="examples timed at each size (about)")
+    parser.add_argument("--min-len", type=int, default=60, help="the shortest history (Pareto(1.4) lengths)")
+    parser.add_argument("--max-len", type=int, default=50_000, help="the longest history")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per side, the best counts")
     parser.add_argument("--min-pass-s", type=float, default=0.5, help="a pass drains its side until this long")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                "command": shlex.join(["python", "benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)]),
                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "settings": {"n": args.n, "examples": args.examples, "repeat": args.repeat,
+                            "history_lengths": [args.min_len, args.max_len],
                             "min_pass_s": args.min_pass_s, "pinned_cpu": cpu, "forms": list(FORMS)},
                "machine": {**info, "memcpy_gb_s": memcpy, "load_average_start": load_start}, "sizes": {}}
     workdir = Path(tempfile.mkdtemp(prefix="lateseq-scale-", dir=args.workdir))
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         for users in args.users:
             folder = workdir / f"u{users}"
             results["sizes"][str(users)] = measure_size(users, args.n, args.examples, folder, args.repeat,
-                                                        args.min_pass_s, memcpy)
+                                                        args.min_pass_s, memcpy, (args.min_len, args.max_len))
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

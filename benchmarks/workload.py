@@ -123,11 +123,11 @@ def day_of(ts: np.ndarray) -> np.ndarray:
     return (np.asarray(ts, np.int64) - START_TS) // DAY
 
 
-def realistic(users: int, seed: int = 0) -> Workload:
-    events = realistic_events(users, seed=seed)
+def realistic(users: int, seed: int = 0, min_len: int = 60, max_len: int = 50_000) -> Workload:
+    events = realistic_events(users, seed=seed, min_len=min_len, max_len=max_len)
     return Workload("realistic", events, realistic_requests(events, seed=seed),
                     late_arrivals(events.column("ts").to_numpy(), seed=seed),
-                    [(f"{users:,} users, Pareto(1.4) history lengths of 60 to 50,000 events over "
+                    [(f"{users:,} users, Pareto(1.4) history lengths of {min_len:,} to {max_len:,} events over "
                       f"{REALISTIC_DAYS} days; a request at 90% of events (from day 1), 1 + Poisson(0.25) "
                       "examples each; 5% of events arrive 1 h to 2 days late in the late-ingestion states")])
 

@@ -310,7 +310,8 @@ def test_scale_benchmark_checks_each_size_and_reports_it(tmp_path):
     after checking every example equal, and its section renders; Fat Rows one event
     shorter than the N timed stop it."""
     out = tmp_path / "scale.json"
-    tiny = ["--users", "60", "120", "--examples", "500", "--n", "16", "64", "--repeat", "1", "--min-pass-s", "0"]
+    tiny = ["--users", "60", "120", "--examples", "500", "--n", "16", "64", "--repeat", "1", "--min-pass-s", "0",
+            "--min-len", "20", "--max-len", "300"]
     done = subprocess.run([sys.executable, str(BENCHMARKS / "scale.py"), *tiny, "--json", str(out)],
                           cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -321,7 +322,10 @@ def test_scale_benchmark_checks_each_size_and_reports_it(tmp_path):
         for at in size["n"].values():
             assert at["checked_examples"] == size["timed_examples"] > 300
             assert all(at[side]["ex_s"] > 0 for side in ("lateseq", "arrow-ipc", "flat-npy"))
-    assert "| 120 |" in _module("report").scale_markdown(r, "x")
+    assert r["settings"]["history_lengths"] == [20, 300]
+    assert all(20 <= size["events"] / size["users"] <= 100 for size in r["sizes"].values())  # (60 to 50,000: ~170)
+    section = _module("report").scale_markdown(r, "x")
+    assert "| 120 |" in section and "from 20 to 300 events" in section
     wrong = ("import scale; build = scale.build_forms; "
              "scale.build_forms = lambda h, r, d, rows, n, *rest: build(h, r, d, rows, n - 1, *rest)")
     done = subprocess.run([sys.executable, "-c", f"{wrong}; scale.main({tiny!r})"],
