@@ -671,41 +671,44 @@ def epochs(states: list[State], n: int, root: Path, memcpy: float,
     version from an earlier one, the first epoch of the next day's training on one host, and
     the same pass on a new host."""
     timed = [*states, *([reference] if reference is not None else [])]
-    rounds = [{state.name: first_epoch(state, n, root) for state in timed} for _ in range(EPOCH_ROUNDS)]
-    base = [r["compacted-latest"][0].ex_s for r in rounds]
-    out = {}
-    for state in states:
-        run, merged = sorted((r[state.name] for r in rounds), key=lambda done: done[0].seconds)[len(rounds) // 2]
-        own = [r[state.name][0].ex_s for r in rounds]
-        out[state.name] = {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
-                           "rounds_ex_s": own, "compacted_latest_rounds_ex_s": base,
-                           "vs_compacted_latest": float(np.median(np.divide(own, base))),
-                           "new_host": new_host_epoch(state, n, root)}
-        store = _without_copies(state)
-        before = day_before(store)
-        if before is not None:  # a day's training on: the version before's copy built, this one's not
-            log = root / f"{state.name}-epoch-examples.parquet"
-            write_log(state.log, log)
-            lateseq.open(state.path, before, merged_reads=True).prefault([])
-            built = set(derived_files(store))
-            day = drain(lateseq_batches(lambda: store, log, n))  # (drained before the loop moves on)
-            out[state.name]["next_day"] = {
-                **day.figures(memcpy), "examples": day.examples, "version_before": before,
-                "merged_copies": sum(p.suffix == ".json" for p in set(derived_files(store)) - built)}
-            log.unlink()
+    logs = {state.name: root / f"{state.name}-epoch-examples.parquet" for state in timed}
+    for state in timed:  # written once: every pass over a state reads its whole example log
+        write_log(state.log, logs[state.name])
+    try:
+        rounds = [{state.name: first_epoch(state, logs[state.name], n) for state in timed}
+                  for _ in range(EPOCH_ROUNDS)]
+        base = [r["compacted-latest"][0].ex_s for r in rounds]
+        out = {}
+        for state in states:
+            log = logs[state.name]
+            run, merged = sorted((r[state.name] for r in rounds), key=lambda done: done[0].seconds)[len(rounds) // 2]
+            own = [r[state.name][0].ex_s for r in rounds]
+            out[state.name] = {**run.figures(memcpy), "examples": run.examples, "merged_copies": merged,
+                               "rounds_ex_s": own, "compacted_latest_rounds_ex_s": base,
+                               "vs_compacted_latest": float(np.median(np.divide(own, base)))}
+            store = _without_copies(state)
+            before = day_before(store)
+            if before is not None:  # a day's training on: the version before's copy built, this one's not
+                lateseq.open(state.path, before, merged_reads=True).prefault([])
+                built = set(derived_files(store))
+                day = drain(lateseq_batches(lambda: store, log, n))  # (drained before the loop moves on)
+                out[state.name]["next_day"] = {
+                    **day.figures(memcpy), "examples": day.examples, "version_before": before,
+                    "merged_copies": sum(p.suffix == ".json" for p in set(derived_files(store)) - built)}
+            out[state.name]["new_host"] = new_host_epoch(state, log, n, root)  # last: it evicts the log
+    finally:
+        for log in logs.values():
+            log.unlink(missing_ok=True)
     return out
 
 
-def first_epoch(state: State, n: int, root: Path) -> tuple[Run, int]:
-    """One pass over ``state``'s whole example log through a new handle with the default
-    ``merged_reads="auto"`` and no merged copy on this host yet (a first epoch of training,
-    reading segment by segment until the reads paid for the merged copies, then building
-    and reading through them), and the merged copies it built."""
+def first_epoch(state: State, log: Path, n: int) -> tuple[Run, int]:
+    """One pass over ``state``'s whole example log (``log``) through a new handle with the
+    default ``merged_reads="auto"`` and no merged copy on this host yet (a first epoch of
+    training, reading segment by segment until the reads paid for the merged copies, then
+    building and reading through them), and the merged copies it built."""
     store = _without_copies(state)
-    log = root / f"{state.name}-epoch-examples.parquet"
-    write_log(state.log, log)
     run = drain(lateseq_batches(lambda: store, log, n))
-    log.unlink()
     return run, sum(p.suffix == ".json" for p in derived_files(store))
 
 
@@ -735,19 +738,17 @@ def day_before(store: lateseq.Store) -> int | None:
     return None
 
 
-def new_host_epoch(state: State, n: int, root: Path) -> dict:
-    """The same pass on a host that has never read the store: an empty read cache and the
-    durable files and example log evicted from the page cache, so the pass decodes every
-    segment it needs (once) from disk. The cold passes above read a host's built cache."""
+def new_host_epoch(state: State, log: Path, n: int, root: Path) -> dict:
+    """The same pass (over ``log``) on a host that has never read the store: an empty read
+    cache and the durable files and example log evicted from the page cache, so the pass
+    decodes every segment it needs (once) from disk. The cold passes above read a host's
+    built cache."""
     durable, _ = store_files(state)
-    log = root / f"{state.name}-new-host-examples.parquet"
-    write_log(state.log, log)
     with tempfile.TemporaryDirectory(dir=root, prefix="new-host-cache-") as cache:
         evict([*durable, log])
         before = disk_read_bytes()
         run = drain(lateseq_batches(lambda: lateseq.open(state.path, state.version, cache_dir=cache), log, n))
         read = disk_read_bytes()
-    log.unlink()
     return {"ex_s": run.ex_s, "seconds": run.seconds, "examples": run.examples,
             "disk_read_bytes": None if before is None else read - before}
 
