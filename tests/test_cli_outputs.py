@@ -784,3 +784,26 @@ def test_demo_refuses_options_of_the_other_dataset_and_a_file_for_workdir(tmp_pa
             (["--dataset", "synthetic", "--users", 99999999999], ["--users 99,999,999,999 would need about"])):
         one_line_error(*cli("demo", *args)[::2], *needles)
     assert dir_snapshot(tmp_path) == before
+
+
+def test_an_output_that_is_no_regular_file_is_refused_even_with_force(plain):
+    """A write renames a new file over its path: ``--out /dev/null --force`` run as root
+    replaced the machine's /dev/null with a Parquet file (s61C), and a pipe or a link was
+    replaced in the same way, each reported as written."""
+    d = plain
+    os.mkfifo(d / "pipe")
+    (d / "link.parquet").symlink_to(d / "elsewhere.parquet")
+    for out, kind in ((d / "pipe", "named pipe"), (d / "link.parquet", "symbolic link")):
+        for args in (["materialize", d / "store", d / "ex.parquet", "--max-len", 5, "--out", out],
+                     ["pointers", d / "store", d / "requests.parquet", "--out", out]):
+            for force in ([], ["--force"]):
+                one_line_error(*cli(*args, *force)[::2], str(out), kind, "regular file")
+    store = lateseq.open(d / "store")
+    log = pq.read_table(d / "ex.parquet")
+    for out in (d / "pipe", d / "link.parquet"):
+        with pytest.raises(FileExistsError, match="not a regular file"):
+            materialize_log(store, log, lateseq.Projection(5), out)
+        with pytest.raises(FileExistsError, match="not a regular file"):
+            lateseq.log_examples(store, pq.read_table(d / "requests.parquet"), out, overwrite=True)
+    assert (d / "pipe").is_fifo() and (d / "link.parquet").is_symlink() and not (d / "elsewhere.parquet").exists()
+    assert no_temporaries(d)

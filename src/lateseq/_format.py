@@ -608,6 +608,26 @@ def _remove_abandoned_temporaries(path: Path) -> None:
                 candidate.unlink()
 
 
+def replaceable(path: Path) -> None:
+    """Refuses a ``path`` that exists as anything but a regular file. A write renames a new
+    file over its path, which would replace a folder, a device, a named pipe or a link (not
+    what the link points to) with a plain file: ``--out /dev/null --force`` run as root
+    deleted the machine's /dev/null (s61C)."""
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    if not stat.S_ISREG(mode):
+        kind = ("symbolic link" if stat.S_ISLNK(mode) else "named pipe" if stat.S_ISFIFO(mode)
+                else "socket" if stat.S_ISSOCK(mode) else "device")
+        raise FileExistsError(f"cannot write {path}: it is a {kind}, not a regular file; lateseq writes a new file "
+                              f"under another name and renames it over the path, which would replace the {kind} "
+                              "itself: name a regular file"
+                              + (f" (the link points to {os.readlink(path)})" if stat.S_ISLNK(mode) else ""))
+
+
 @contextlib.contextmanager
 def replaced_when_written(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary to write ``path``'s new content to, renamed over ``path`` when the block
@@ -627,8 +647,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
     link) while the new ones are renamed over them, never moved aside first."""
     paths = [Path(p) for p in paths]
     for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            raise IsADirectoryError(f"cannot write {path}: it is a directory")
+        replaceable(path)
         parent = path.absolute().parent
         if not parent.is_dir():  # else the error named a temporary of ours (log_examples)
             if parent.exists():

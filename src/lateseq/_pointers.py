@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ._errors import PointerError, SchemaError, exact_bool, exact_integer
 from ._events import partition_of
-from ._format import replaced_when_written, usable_path
+from ._format import replaceable, replaced_when_written, usable_path
 from ._kernels import Visibility
 from ._parquet import columns_described
 from ._schema import Schema, as_user_ids, decoded, exported_arrow, frame_hint, string_ids_hint, unsigned_bits_hint
@@ -387,7 +387,8 @@ def new_log(store: Store, path: str | os.PathLike, overwrite: bool) -> Path:
     version of the store cannot make again; the CLI asks for ``--force``)."""
     overwrite = exact_bool("overwrite", overwrite)  # "no" and "false" are truthy strings
     at = outside_store(store, path)
-    if not overwrite and (at.exists() or at.is_symlink()):
+    replaceable(at)
+    if not overwrite and at.exists():
         raise FileExistsError(f"example log {path} exists; pass overwrite=True to replace it")
     return at
 

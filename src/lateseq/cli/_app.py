@@ -60,7 +60,7 @@ from lateseq import (
     log_examples,
 )
 from lateseq._examplelog import ExampleLog
-from lateseq._format import replaced_when_written, usable_path
+from lateseq._format import replaceable, replaced_when_written, usable_path
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
@@ -534,7 +534,8 @@ def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = 
                               "would read the output as an input); write it elsewhere")
     if out.is_dir():
         raise IsADirectoryError(f"{option} {out} is a directory")
-    if (out.exists() or out.is_symlink()) and not force:
+    replaceable(out)
+    if out.exists() and not force:
         raise FileExistsError(f"{option} {out} exists; pass --force to overwrite it")
     folder = out.parent.parent if folder_made_later and not out.parent.exists() else out.parent
     if not folder.is_dir():
