@@ -199,6 +199,26 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
     assert {p.name for p in damaged} <= found
 
 
+def test_a_lost_version_file_fails_verify_stops_cleanup_and_is_named_to_its_pointers(store, log, dir_snapshot):
+    """A version's manifest deleted by hand passed verify ("every file sound"), and the next
+    cleanup deleted the segments only it named, the last copy of its events; pointers into a
+    lost latest version were told to open "a version >= every pointer's", which none is (s61A)."""
+    latest = store.commit(pa.table({"user_id": [4], "ts": [3000], "item": [1], "rating": [1]}))
+    middle = latest.path / "versions" / f"{store.version:08d}.json"  # the version before the latest
+    assert verify(latest) == []
+    middle.unlink()
+    problems = verify(latest)
+    assert len(problems) == 1 and f"{store.version:08d}.json is missing" in problems[0].message
+    before = dir_snapshot(latest.path)
+    with pytest.raises(lateseq.StoreError, match=f"{store.version:08d}.json is missing.*cleanup refused"):
+        lateseq.open(latest.path).cleanup(before=latest.version, grace_s=0)
+    assert dir_snapshot(latest.path) == before
+    later = lateseq.log_examples(latest, pa.table({"user_id": [4], "request_ts": [4000]}))
+    (latest.path / "versions" / f"{latest.version:08d}.json").unlink()
+    with pytest.raises(lateseq.PointerError, match=f"latest is {store.version - 1}.*{latest.version:08d}.json was lost"):
+        lateseq.materialize(lateseq.open(latest.path), later, PROJECTION)
+
+
 def test_verify_names_a_damaged_commit_id_file_once(store):
     """It named the damaged file, then said its version "has no file commit-*" (s35B)."""
     first = store.commit(pa.table({"user_id": [3], "ts": [5000], "item": [1], "rating": [1]}), commit_id="day-1")

@@ -59,6 +59,7 @@ from ._derived import (
 from ._errors import (
     CommitConflict,
     NotSynced,
+    PointerError,
     SchemaError,
     StoreError,
     VersionNotFound,
@@ -785,6 +786,7 @@ class Store:
         if not 0 <= before <= latest:  # a typo's 1000 for 100 retired every untagged version
             raise VersionNotFound(f"cleanup(before={before}): {self.path} has versions 0 to the latest, {latest}; "
                                   "nothing was retired")
+        self._log.refuse_lost("cleanup")
         self._refuse_missing_segments(before)
         try:
             retired = self._log.retire_before(before)
@@ -991,10 +993,23 @@ class Store:
         """Finds each pointer's visible events: time before the request, and ``visibility``
         (``lengths``, the pointers' recorded ones, only speed the search up; ``lower``, the
         earliest time the readers keep, bounds the windows)."""
-        located = locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
-                         self._joined, lower)
+        try:
+            located = locate(self.schema, self._view, self.version, users, request_ts, visibility, max_len, lengths,
+                             self._joined, lower)
+        except PointerError:
+            self._refuse_unpublished(visibility)
+            raise
         self._note_read(w.view for w in located.partitions)
         return located
+
+    def _refuse_unpublished(self, visibility: Visibility) -> None:
+        """PointerError for pointers that need a version after the latest: no handle of this
+        store reads them (it said to open a later version, which none is, s61A)."""
+        needed, latest = int(visibility.version_hi.max()), self._log.latest
+        if needed > latest:
+            raise PointerError(f"pointers need version {needed}, but {self.path}'s latest is {latest}: they were "
+                               f"logged against another store, or its versions/{needed:08d}.json was lost (restore it "
+                               "from a backup)")
 
     def _read_cache_generation(self) -> int:
         """The read cache's generation as a read begins; the views it reads are noted from

@@ -284,6 +284,21 @@ class VersionLog:
             raise StoreError(f"cannot list {self.versions_dir}: {exc.strerror}") from exc
         return sorted(int(m.group(1)) for n in names if (m := MANIFEST_NAME.fullmatch(n)))
 
+    def lost(self) -> list[int]:
+        """The numbers before the latest that have no file: lost ones (deleted by hand, a
+        partial copy), as no version file is ever removed (a retired one is a tombstone)."""
+        numbers = self.numbers()
+        return sorted(set(range(1, numbers[-1])) - set(numbers)) if numbers else []
+
+    def refuse_lost(self, doing: str) -> None:
+        """StoreError naming the lost version files (``lost``) before ``doing`` (cleanup):
+        it would delete the segments that only a lost version names, its last copy (s61A)."""
+        lost = self.lost()
+        if lost:
+            raise StoreError(f"{self.versions_dir}: {lost_versions(lost)}; {doing} refused, as it would delete the "
+                             "segments that only lost versions name: restore the lost files from a backup (`lateseq "
+                             "verify` names every problem)")
+
     @property
     def latest(self) -> int:
         """The newest version (never retired: cleanup keeps the latest)."""
@@ -780,6 +795,14 @@ class VersionLog:
                 by_partition.setdefault(segment.partition, []).append(segment.name)
             kept.update((partition, tuple(names)) for partition, names in by_partition.items())
         return kept
+
+
+def lost_versions(lost: list[int]) -> str:
+    """What the ``lost`` version files of a store's versions/ are, said once for them all."""
+    names = ", ".join(f"{number:08d}.json" for number in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+    one = len(lost) == 1
+    return (f"{names} {'is' if one else 'are'} missing, though later versions exist; no version file "
+            f"is ever removed (a retired version keeps a tombstone), so {'it was' if one else 'they were'} lost")
 
 
 def _segment_totals(manifest: dict) -> tuple[int, int]:

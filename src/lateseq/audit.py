@@ -21,7 +21,7 @@ from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, req
 from ._projection import Projection
 from ._records import is_two_tier, protocol_part, stripped_pointers, tail_intact
 from ._store import Store
-from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked
+from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked, lost_versions
 
 __all__ = ["AuditReport", "Problem", "audit", "verify"]
 
@@ -247,6 +247,10 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
 
     for number in log.numbers():  # each manifest read once (a handle per version cost 20 ms each)
         check(log.manifest_path(number), lambda number=number: read_version(number))
+    lost = log.lost()
+    if lost:
+        problems.append(Problem(str(log.versions_dir), lost_versions(lost)
+                                + "; restore from a backup (cleanup refuses until then)"))
     segments = store.path / "segments"
     try:
         scratch_folder = tempfile.TemporaryDirectory(prefix="lateseq-verify-") if deep else contextlib.nullcontext("")
