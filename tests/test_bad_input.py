@@ -271,6 +271,13 @@ def test_store_paths_that_are_not_stores(tmp_path):
     ({"columns": {}, "partitions": "2"}, r"partitions must be an integer from 1 to 65536"),
     ({"columns": ["x"]}, r"columns must map names to types"),
     ({"columns": {}, "feature_groups": {"g": ["nope"]}}, r"feature group 'g' names unknown columns \['nope'\]"),
+    # accepted and written, then every commit failed; a key 5 read back as "5"; letters named as columns (s61C)
+    ({"columns": {}, "user_col": None}, r"user_col must name a column \(a non-empty string\), not None"),
+    ({"columns": {}, "time_col": 5}, r"time_col must name a column \(a non-empty string\), not 5"),
+    ({"columns": {}, "user_col": ""}, r"user_col must name a column"),
+    ({"columns": {"item": "int64"}, "feature_groups": {5: ["item"]}}, r"names \(strings\).*got \{5: \['item'\]\}"),
+    ({"columns": {"item": "int64"}, "feature_groups": {"g": "item"}}, r"lists of columns.*got \{'g': 'item'\}"),
+    ({"columns": {}, "feature_groups": None}, r"feature_groups must map group names"),
 ])
 def test_bad_schemas(options, pattern):
     with pytest.raises(lateseq.SchemaError, match=pattern) as info:
@@ -326,6 +333,33 @@ def test_bad_projections(store, projection, pattern):
     examples = examples_for(store)
     raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, pattern,
                                lambda: lateseq.materialize(store, examples, projection))
+
+
+def test_what_is_no_projection_or_schema_is_named(store, tmp_path):
+    """Each was a bare AttributeError ("'NoneType' object has no attribute 'resolve'") deep
+    in the read (s61C)."""
+    examples = examples_for(store)
+    for given in (None, 5, "item", {"max_len": 5}):
+        for call in (lambda: lateseq.materialize(store, examples, given),
+                     lambda: list(lateseq.iter_batches(store, examples, given)),
+                     lambda: lateseq.materialize_log(store, examples, given, tmp_path / "out.parquet")):
+            raises_and_changes_nothing(store, lateseq.SchemaError, ValueError,
+                                       rf"projection must be a lateseq.Projection .*not {type(given).__name__}", call)
+    raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, r"tenant 'a' must be a lateseq.Projection",
+                               lambda: lateseq.materialize_tenants(store, examples, {"a": "item"}))
+    with pytest.raises(lateseq.SchemaError, match=r"create takes a lateseq.Schema, e.g. lateseq.Schema\(\{'item'"):
+        lateseq.create(tmp_path / "new", {"item": "int64"})
+    assert not (tmp_path / "new").exists() and not (tmp_path / "out.parquet").exists()
+
+
+def test_a_store_given_as_its_example_log_is_named(store):
+    """Read as a folder log, a decoded copy deep in its read cache was named as no Parquet
+    file (the CLI said "is a lateseq store"; the Python API did not, s61C)."""
+    lateseq.materialize(store, examples_for(store), lateseq.Projection(5))  # (a read cache to blame)
+    for call in (lambda: list(lateseq.iter_batches(store, store.path, lateseq.Projection(5))),
+                 lambda: lateseq.materialize_log(store, store.path, lateseq.Projection(5), store.path.parent / "o")):
+        raises_and_changes_nothing(store, lateseq.SchemaError, ValueError, "is a lateseq store, not an example log",
+                                   call)
 
 
 def test_pointers_newer_than_the_handle(store):

@@ -625,3 +625,26 @@ def test_an_ingest_that_another_writer_beat_lands_after_it(tmp_path, monkeypatch
     code, out, err = lateseq("delete", store, write(tmp_path / "gone.parquet", user_id=[9]))
     assert code == 0 and int(out) == raced[0] + 1, err
     assert Store(store).deleted_users().tolist() == [9]
+
+
+def test_options_that_would_be_ignored_or_misread_are_refused(tmp_path, dir_snapshot, monkeypatch):
+    """Each did something else than asked, without a word: ``--user-col ""`` took the
+    default, ``--fanout`` was ignored by a full compaction, a blank LATESEQ_CACHE_DIR made a
+    folder named " " here, a tag differing from another only in case is the same file where
+    names ignore case; a store name too long was a bare "[Errno 36]" (s61C)."""
+    events = write(tmp_path / "events.parquet", user_id=[1, 2], ts=[10, 20], item=[5, 6])
+    store = tmp_path / "store"
+    assert lateseq("ingest", store, events)[0] == 0 and lateseq("tag", store, 1, "Daily")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    before = dir_snapshot(tmp_path)
+    for args, match in [
+        (["ingest", tmp_path / "new", events, "--user-col", ""], "--user-col '' names no column"),
+        (["ingest", tmp_path / "new", events, "--time-col", " "], "--time-col ' ' names no column"),
+        (["ingest", tmp_path / ("a" * 300), events], "is 300 bytes long"),
+        (["compact", store, "--fanout", "8"], "--fanout is for --policy tiered"),
+        (["--cache-dir", " ", "versions", store], "cache_dir is blank"),
+        (["tag", store, 1, "daily"], "tag 'daily' differs from the tag 'Daily' only in case"),
+    ]:
+        assert_one_line_error(*lateseq(*args)[::2], match)
+    assert dir_snapshot(tmp_path) == before
+    assert lateseq("compact", store, "--policy", "tiered", "--fanout", "2")[0] == 0

@@ -41,6 +41,9 @@ def parquet_path(path: str | os.PathLike) -> str:
     usable_path(path)  # a NUL byte: "no example log at" the path printed with it raw (s48C)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no example log at {path}")
+    if os.path.isfile(os.path.join(path, "schema.json")):  # read as a folder log, a file of its cache was blamed
+        raise SchemaError(f"{path} is a lateseq store, not an example log: pass the log (Parquet, with pointers) "
+                          "after the store")
     return str(Path(path).absolute())
 
 

@@ -36,7 +36,7 @@ from ._gather import output_dtype
 from ._jagged import JaggedBatch
 from ._materialize import materialize, materialize_tenants
 from ._pointers import decoded_pointer_columns, outside_store
-from ._projection import TRANSFORMS, Projection
+from ._projection import TRANSFORMS, Projection, require_projection
 from ._records import protocol_columns
 from ._schema import PAYLOAD_TYPES, UNIT_WORDS, Schema, decoded
 from ._store import ReadPass, Store
@@ -137,6 +137,7 @@ def iter_batches(
         store = Store(store)
     batch_size = exact_integer("batch_size", batch_size, 1, 2**63 - 1)
     verify, on_mismatch = reading_checks(verify, on_mismatch)
+    require_projection(projection)
     projection.resolve(store.schema)  # fail on unknown columns before reading anything
     examples = examples if isinstance(examples, pa.Table) else ExampleLog(examples)  # its rows: the pass's
     chunks = _example_chunks(examples, batch_size, columns)  # checked now
@@ -251,6 +252,8 @@ def _write_logs(store: Store | str | os.PathLike, examples: ExampleSource, tenan
         store = Store(store)
     if exact_bool("drop_deleted", drop_deleted) and not exact_bool("verify", verify):
         raise SchemaError(DROP_NEEDS_VERIFY)
+    for tenant, projection in tenants.items():
+        require_projection(projection, f"tenant {tenant!r} must be" if tenant else "projection must be")
     names = {tenant: projection.resolve(store.schema) for tenant, projection in tenants.items()}
     if isinstance(columns, str):
         raise SchemaError(f"columns must be a list of example-log column names, not the string {columns!r}")

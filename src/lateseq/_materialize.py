@@ -14,7 +14,7 @@ from ._errors import ChecksumMismatch, SchemaError, StoreError, TransformOverflo
 from ._gather import budget_chunks, compare, gather
 from ._jagged import JaggedBatch, stitch
 from ._pointers import Pointers, pointers_from_log
-from ._projection import Projection
+from ._projection import Projection, require_projection
 from ._records import is_two_tier, rebuild_batch, rebuild_streaming, stripped_pointers
 from ._select import earliest_kept, merge_depths, reach, select, transform
 from ._store import Store
@@ -42,6 +42,7 @@ def materialize(
     the row. Two-tier records are always verified (their merge relies on it).
     """
     require_store(store, "materialize reads")
+    require_projection(projection)
     verify, on_mismatch = reading_checks(verify, on_mismatch)  # (a two-tier log's read ignores verify)
     if projection.selects:
         return _materialize_tenants(store, examples, {"": projection}, verify, on_mismatch)[""]
@@ -142,8 +143,7 @@ def _materialize_tenants(store: Store, examples: Pointers | pa.Table | pa.Record
     """``materialize_tenants`` of checked arguments (``materialize``'s one projection,
     named "")."""
     for name, projection in tenants.items():
-        if not isinstance(projection, Projection):
-            raise SchemaError(f"tenant {name!r}: expected a lateseq.Projection, got {type(projection).__name__}")
+        require_projection(projection, f"tenant {name!r} must be")
         try:
             projection.resolve(store.schema)
         except SchemaError as exc:

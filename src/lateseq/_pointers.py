@@ -58,6 +58,16 @@ RECORD_FIELDS = pa.schema([
     ("tail_version", pa.uint32()),
 ])
 TAIL_PREFIX = "tail_"
+
+
+def check_servable(schema: Schema) -> None:
+    """SchemaError for a payload column no two-tier record can carry: its tail column
+    would be a field every record has. Said when the tier is made, not at the first
+    request, after events were folded (s61C)."""
+    clash = [name for name in schema.columns if TAIL_PREFIX + name in RECORD_FIELDS.names]
+    if clash:
+        raise SchemaError(f"column {clash[0]!r} cannot be served in two-tier records: its tail column "
+                          f"{TAIL_PREFIX + clash[0]!r} is a field every record has; rename it in the schema")
 PARTITIONS_KEY = b"lateseq.row_group_partitions"  # a co-partitioned log's metadata (see copartition_log)
 
 

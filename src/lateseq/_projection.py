@@ -263,6 +263,14 @@ _NUMPY_UNITS = {"W": ("d", 7), "D": ("d", 1), "h": ("h", 1), "m": ("m", 1), "s":
                 "us": ("us", 1), "ns": ("ns", 1)}
 
 
+def require_projection(projection: object, what: str = "projection must be") -> None:
+    """SchemaError naming what was given where a Projection is needed: a bare
+    AttributeError on ``resolve`` or ``selects`` said nothing of the argument (s61C)."""
+    if not isinstance(projection, Projection):
+        raise SchemaError(f"{what} a lateseq.Projection (e.g. lateseq.Projection(max_len=200)), not "
+                          f"{type(projection).__name__} {projection!r:.80}")
+
+
 def _exact_window(window: object) -> object:
     """numpy's timedelta64 and pandas' Timedelta as the window string they equal (numpy's
     counts as an integer, which would be read as store units, and pandas' is a

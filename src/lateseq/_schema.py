@@ -101,11 +101,21 @@ class Schema:
                 raise SchemaError(f"column names are strings, not {type(name).__name__} ({name!r})")
             if name.startswith("_"):
                 raise SchemaError(f"column {name!r}: names starting with '_' are reserved")
+        for role, name in (("user_col", self.user_col), ("time_col", self.time_col)):
+            if not isinstance(name, str) or not name:  # accepted, every commit then failed (s61C)
+                raise SchemaError(f"{role} must name a column (a non-empty string), not {name!r}")
         if self.user_col == self.time_col:
             raise SchemaError("user column and time column must differ")
         for reserved in (self.user_col, self.time_col):
             if reserved in self.columns:
                 raise SchemaError(f"{reserved!r} is the user or time column, not a payload column")
+        groups = self.feature_groups
+        if not isinstance(groups, dict) or not all(isinstance(g, str) and isinstance(m, (list, tuple))
+                                                   for g, m in groups.items()):  # a key 5 came back as "5", and a
+            raise SchemaError(  # string's letters were named as its columns (s61C)
+                f"feature_groups must map group names (strings) to lists of columns, e.g. {{'ids': ['item_id']}}; "
+                f"got {groups!r:.80}")
+        object.__setattr__(self, "feature_groups", {group: list(members) for group, members in groups.items()})
         for group, members in self.feature_groups.items():
             unknown = [m for m in members if m not in self.columns and m != self.time_col]
             if unknown:

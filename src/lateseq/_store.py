@@ -214,8 +214,9 @@ class Store:
         self.readahead = readahead
         if not os.fspath(path):  # as create: "" opened the current folder (s48A)
             raise StoreError(EMPTY_PATH)
-        if cache_dir is not None and not os.fspath(cache_dir):  # an unset variable's "": not the current folder
-            raise SchemaError("cache_dir is empty; name the read cache's folder, or leave it None (inside the store)")
+        if cache_dir is not None and not str(os.fspath(cache_dir)).strip():  # an unset variable's "" (and " ", s61C):
+            raise SchemaError(f"cache_dir is {'blank' if os.fspath(cache_dir) else 'empty'}; name the read cache's "
+                              "folder, or leave it None (inside the store)")  # not a folder in the current one
         for where in (path, cache_dir):  # as create does: it opened, then every read failed (s36A)
             if where is not None:
                 usable_path(where)
@@ -299,6 +300,10 @@ class Store:
         if not os.fspath(path):  # an unset variable's "": not the current folder
             raise StoreError(EMPTY_PATH)
         usable_path(path)
+        if not isinstance(schema, Schema):
+            hint = (f"lateseq.Schema({schema!r:.60})" if isinstance(schema, dict)
+                    else "lateseq.Schema({'item_id': 'int64'})")
+            raise SchemaError(f"create takes a lateseq.Schema, e.g. {hint}, not a {type(schema).__name__}")
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not a store directory")

@@ -581,6 +581,12 @@ class VersionLog:
             raise SchemaError(f"tag name {name!r} is not allowed: '{LATEST}' names the newest version wherever a "
                               "version is asked for")
         path = self.tags_dir / f"{check_tag_name(name)}.json"
+        twin = next((path.stem for path in self.tags_dir.glob("*.json") if path.stem != name
+                     and path.stem.casefold() == name.casefold() and _TAG_NAME.fullmatch(path.stem)), None)
+        if twin is not None:  # tenant names refused such pairs; tags took them (s61C)
+            raise SchemaError(f"tag {name!r} differs from the tag {twin!r} only in case; where names ignore case "
+                              f"(macOS, Windows) both are one file, and tagging one would move the other: untag "
+                              f"{twin!r} first, or pick another name")
         with self.tagging():  # retirement holds it too: a version kept here stays kept
             self.manifest(version)  # VersionNotFound when it was retired before the lock
             write_synced(path, dump_checked({"version": version, "tag": name}))
@@ -799,7 +805,8 @@ class VersionLog:
 
 def lost_versions(lost: list[int]) -> str:
     """What the ``lost`` version files of a store's versions/ are, said once for them all."""
-    names = ", ".join(f"{number:08d}.json" for number in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+    names = ", ".join(f"{number:08d}.json" for number in lost[:3])
+    names += f" and {len(lost) - 3} more" if len(lost) > 3 else ""
     one = len(lost) == 1
     return (f"{names} {'is' if one else 'are'} missing, though later versions exist; no version file "
             f"is ever removed (a retired version keeps a tombstone), so {'it was' if one else 'they were'} lost")

@@ -23,6 +23,7 @@ import pyarrow as pa
 from ._errors import SchemaError, exact_integer
 from ._events import first_deliveries, row_ranges
 from ._forks import fork_safe
+from ._pointers import check_servable
 from ._schema import Schema, as_user_ids, frame_hint, ticks_per_second
 from ._store import Store
 
@@ -45,6 +46,7 @@ class MutableTier(ABC):
     def __init__(self, schema: Schema, retention: int):
         if schema.arrival_col is None or schema.event_id_col is None:
             raise SchemaError("a mutable tier needs a schema with arrival_col and event_id_col")
+        check_servable(schema)
         if isinstance(retention, datetime.timedelta):  # pandas' Timedelta too
             retention = retention.total_seconds()
         if (isinstance(retention, bool) or not isinstance(retention, int | float | np.integer | np.floating)

@@ -33,7 +33,7 @@ from ._events import partition_of
 from ._examplelog import ExampleLog
 from ._loader import DROP_NEEDS_VERIFY, in_store_time, undeleted_rows
 from ._materialize import materialize
-from ._projection import Projection
+from ._projection import Projection, require_projection
 from ._sampling import BLOCK_ROWS
 from ._store import ReadPass, Reopening, Store
 
@@ -157,6 +157,7 @@ class Materializer:
         if self.drop_deleted and not self.verify:
             raise SchemaError(DROP_NEEDS_VERIFY)
         self.store = store.open() if isinstance(store, Reopening) else store
+        require_projection(projection)
         self.projection = projection
         self.names = projection.resolve(self.store.schema)
         self.example_columns = list(example_columns)

@@ -76,7 +76,7 @@ from ._loader import (
 )
 from ._materialize import materialize
 from ._pointers import POINTER_FIELDS, decoded_pointer_columns, pointers_from_log, row_group_partitions
-from ._projection import Projection
+from ._projection import Projection, require_projection
 from ._records import holds_records, inline_tail, protocol_columns
 from ._sampling import BLOCK_ROWS, DEALING_RULES, WINDOW_ROWS, ShardPlan
 from ._schema import TIME_UNITS, Schema, ticks_per_second
@@ -592,8 +592,7 @@ class ExampleDataset(IterableDataset):
             raise SchemaError(DROP_NEEDS_VERIFY)
         self._store: Store | None = store if isinstance(store, Store) else Store(store)
         self._opened = self._store.version  # once cleanup retires it, every epoch reads the latest
-        if not isinstance(projection, Projection):
-            raise SchemaError(f"projection must be a lateseq.Projection, not {type(projection).__name__}")
+        require_projection(projection)
         projection.resolve(self.store.schema)  # unknown columns fail here, not in a worker
         self.projection = projection
         partitions = None

@@ -33,8 +33,8 @@ from ._errors import PointerError, SchemaError, StoreError, exact_bool
 from ._events import known_pairs
 from ._jagged import JaggedBatch
 from ._materialize import materialize
-from ._pointers import checked_requests, log_examples, pointers_from_log
-from ._projection import Projection
+from ._pointers import check_servable, checked_requests, log_examples, pointers_from_log
+from ._projection import Projection, require_projection
 from ._records import (
     RECORD_FIELDS,
     TAIL_PREFIX,
@@ -127,13 +127,11 @@ class OnlineReader:
     def __init__(self, store: Store, tier: MutableTier, projection: Projection):
         if store.schema.arrival_col is None or store.schema.event_id_col is None:
             raise SchemaError("the two-tier protocol needs a schema with arrival_col and event_id_col")
+        require_projection(projection)
         if projection.selects:  # training could not rebuild it from the records: refused there too
             raise SchemaError("OnlineReader serves the newest max_len events (and transforms); a window or "
                               "filter reads the store alone, so select after `strip` at training time")
-        clash = [name for name in store.schema.columns if TAIL_PREFIX + name in RECORD_FIELDS.names]
-        if clash:  # its tail column would be the record's own field
-            raise SchemaError(f"column {clash[0]!r} cannot be served in two-tier records: its tail column "
-                              f"{TAIL_PREFIX + clash[0]!r} is a field every record has; rename it in the schema")
+        check_servable(store.schema)
         projection.resolve(store.schema)
         _check_tier(store, tier)
         self.store = store

@@ -461,6 +461,7 @@ def _not_a_store(path: Path, what: str) -> None:
 def _check_arguments(store: Path, path: Path, what: str) -> None:
     """STORE and the input that follows it, before either is read: given in each other's
     place (or the store twice), each was blamed for what it holds."""
+    usable_path(store)  # a name too long was a bare "[Errno 36]" (s61C)
     if store.exists() and not store.is_dir():
         swapped = f"; {path} is a store: STORE comes first" if _is_store(path) else ""
         raise StoreError(f"STORE {store} is a file, not a store directory{swapped}")
@@ -648,6 +649,9 @@ def ingest(
     bigger input into several ingests (each a version), and give a store past some tens
     of millions of events --partitions."""
     _check_arguments(store, events, "events file")
+    for option, name in (("--user-col", user_col), ("--time-col", time_col)):
+        if name is not None and not name.strip():  # "" was taken for the default (s61C)
+            raise SchemaError(f"{option} {name!r} names no column")
     table = _with_pandas_index(_read_parquet(events, "events"))
     if drop is not None:  # (s50A: a Spark folder partitioned by a string date could not be ingested as it was)
         dropped = _columns(drop, "--drop")
@@ -816,11 +820,14 @@ def compact(
     policy: Annotated[str, typer.Option(
         help="full: one segment per partition; tiered: merge runs of FANOUT adjacent segments of one size "
              "tier (bounded rewriting for daily commits).")] = "full",
-    fanout: Annotated[int, typer.Option(help="Segments a tiered merge joins.")] = 4,
+    fanout: Annotated[int | None, typer.Option(help="Segments a tiered merge joins (--policy tiered).",
+                                               show_default="4")] = None,
 ) -> None:
     """Merge segments (all of a partition's, or size tier by size tier), as a new version; print its number."""
+    if fanout is not None and policy == "full":  # it was ignored without a word (s61C)
+        raise SchemaError("--fanout is for --policy tiered; a full compaction merges all of a partition's segments")
     handle = _open(store)
-    new = handle.compact(policy, fanout=fanout)  # type: ignore[arg-type]
+    new = handle.compact(policy, fanout=4 if fanout is None else fanout)  # type: ignore[arg-type]
     print(new.version)
     if new.version == handle.version:
         _err.print(f"nothing to compact under the {policy} policy", highlight=False)
