@@ -199,7 +199,10 @@ def materialize_log(
     examples of users deleted (``Store.delete``) since their pointer's version, as the
     training loader does (without it their changed histories are a ChecksumMismatch).
     ``progress`` is called with the number of rows read after each read (several
-    batches, up to ``READ_BYTES``).
+    batches, up to ``READ_BYTES``). A file already at ``out_path`` is replaced once the
+    new one is whole, as ``pyarrow.parquet.write_table`` replaces it (the CLI asks for
+    ``--force``; what is there is output, made again by running this again); anything but
+    a regular file there is refused.
     """
     return _write_logs(store, examples, {"": projection}, {"": os.fspath(out_path)}, batch_size, columns,
                        verify, drop_deleted, progress)
