@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import types
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -1147,6 +1148,13 @@ def test_even_batches_that_would_serve_no_rank_anything_are_refused(tmp_path):
                        world_size=100)
     served = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, rank=7, world_size=100)
     assert sum(len(b) for b in served) <= 1  # without even_batches a rank serves its own share
+    # and a rank that gets none says so: under DDP the others would wait for it forever (s61F: silent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        empty = next(rank for rank in range(100) if len(ExampleDataset(store, tmp_path / "log.parquet", projection,
+                                                                       batch_size=4, rank=rank, world_size=100)) == 0)
+    with pytest.warns(UserWarning, match=rf"rank {empty} of world_size=100 gets no batch of the log's 60 examples"):
+        ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=4, rank=empty, world_size=100)
     # one rank has nothing to even: drop_last's empty epoch is accepted as without even_batches
     # (it was refused, saying to use fewer ranks than one, s42B)
     alone = ExampleDataset(store, tmp_path / "log.parquet", projection, batch_size=64, drop_last=True,

@@ -671,6 +671,11 @@ class ExampleDataset(IterableDataset):
                    "out fewer")
             warnings.warn(f"even_batches leaves out {left:,} of {num_rows:,} examples in epoch 0 (one worker per "
                           f"rank): {why}", stacklevel=2)
+        if world_size > 1 and not even_batches and num_rows and plan.num_batches == 0:  # (s61F: silent)
+            warnings.warn(f"rank {rank} of world_size={world_size} gets no batch of the log's {num_rows:,} examples in "
+                          "epoch 0: under DistributedDataParallel the other ranks' collectives would wait for it "
+                          "forever; even_batches=True evens the ranks (and refuses a log too small for them)",
+                          stacklevel=2)
         self._resume: dict[str, Any] | None = None
         self._yielded = 0
         self._shard: tuple[int, int] | None = None
