@@ -325,7 +325,8 @@ def _derive(cache: Path, partition: int, sources: list[str], key: dict,
     the copy's own digests would then vouch for, in every process, until it was deleted.
     Such a copy is built again from them checked anew (decoded again where damaged). One the
     cache cannot take is held in memory where ``hold`` (a filtered copy: no read goes
-    without it), and an error otherwise (a merged copy: its segments are read instead)."""
+    without it), and an error otherwise (a merged copy: ``merged_reads="auto"`` then reads
+    its segments instead; ``True`` raises it)."""
     name = _name(partition, key)
     sources = sorted(set(sources))
     folder = cache / DERIVED_DIR
