@@ -58,6 +58,7 @@ RECORD_FIELDS = pa.schema([
     ("tail_version", pa.uint32()),
 ])
 TAIL_PREFIX = "tail_"
+PARTITIONS_KEY = b"lateseq.row_group_partitions"  # a co-partitioned log's metadata (see copartition_log)
 
 
 def check_servable(schema: Schema) -> None:
@@ -68,7 +69,6 @@ def check_servable(schema: Schema) -> None:
     if clash:
         raise SchemaError(f"column {clash[0]!r} cannot be served in two-tier records: its tail column "
                           f"{TAIL_PREFIX + clash[0]!r} is a field every record has; rename it in the schema")
-PARTITIONS_KEY = b"lateseq.row_group_partitions"  # a co-partitioned log's metadata (see copartition_log)
 
 
 @dataclass(frozen=True)

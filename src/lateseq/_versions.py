@@ -581,8 +581,8 @@ class VersionLog:
             raise SchemaError(f"tag name {name!r} is not allowed: '{LATEST}' names the newest version wherever a "
                               "version is asked for")
         path = self.tags_dir / f"{check_tag_name(name)}.json"
-        twin = next((path.stem for path in self.tags_dir.glob("*.json") if path.stem != name
-                     and path.stem.casefold() == name.casefold() and _TAG_NAME.fullmatch(path.stem)), None)
+        twin = next((other.stem for other in self.tags_dir.glob("*.json") if other.stem != name
+                     and other.stem.casefold() == name.casefold() and _TAG_NAME.fullmatch(other.stem)), None)
         if twin is not None:  # tenant names refused such pairs; tags took them (s61C)
             raise SchemaError(f"tag {name!r} differs from the tag {twin!r} only in case; where names ignore case "
                               f"(macOS, Windows) both are one file, and tagging one would move the other: untag "
