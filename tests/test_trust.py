@@ -1851,3 +1851,39 @@ def test_a_fifo_in_the_store_is_refused_not_waited_on(store, log, where):
     script = f"import sys\ntry:\n    {call}\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "StoreError" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_deletions_cleanup_leaves_no_copy_of_its_events_in_either_cache(store, tmp_path):
+    """Two places a deleted user's events stayed after ``delete`` and ``cleanup(grace_s=0)``
+    (s61G): a decode killed midway (its temporary was kept an hour, whatever the grace),
+    and the store's own read cache where the cleanup ran through another (``cache_dir=``)."""
+    lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [2000]})),
+                        PROJECTION)  # decoded copies in STORE/cache
+    store.untag("good")
+    before = {info.name for info in store.checkout(store.version - 1).segment_infos} | {
+        info.name for info in store.segment_infos}
+    for name in before:
+        (store.cache_dir / f".tmp-0badc0de-{name}.arrow").write_bytes(b"half a decoded copy")
+    under_way = store.cache_dir / f".tmp-1badc0de-{min(before)}.arrow"
+    under_way.write_bytes(b"a decode that holds its lock")
+    (store.cache_dir / "derived").mkdir(exist_ok=True)
+    built = store.cache_dir / "derived" / ".tmp-2badc0de-p00000-0123456789abcdef.arrow"  # a merged copy's,
+    built.write_bytes(b"half a merged copy")  # its build killed
+    (store.cache_dir / "derived" / ".tmp-build-p00000-0123456789abcdef").touch()
+    for path in [*store.cache_dir.glob(".tmp-*"), built]:
+        os.utime(path, (time.time() - 10, time.time() - 10))  # older than a grace of 0 s, on any clock
+    held = os.open(store.cache_dir / f".tmp-lock-{min(before)}", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        deleted = store.delete(np.arange(1, 30))
+        elsewhere = lateseq.open(deleted.path, cache_dir=tmp_path / "host-cache")
+        elsewhere.cleanup(before="latest", grace_s=0)
+        assert under_way.exists() and not built.exists()  # its decoder holds the lock: left to finish
+    finally:
+        os.close(held)
+    kept = {info.name for info in lateseq.open(store.path).segment_infos}
+    assert not kept & before
+    left = {p.name for p in store.cache_dir.iterdir() if any(name in p.name for name in before)}
+    assert left == {under_way.name, f".tmp-0badc0de-{min(before)}.arrow", f".tmp-lock-{min(before)}"}  # decoded now
+    elsewhere.cleanup(before="latest", grace_s=0)
+    assert not [p for p in store.cache_dir.iterdir() if any(name in p.name for name in before)]

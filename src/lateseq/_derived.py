@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ import re
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +44,10 @@ from ._format import (
     LaidOut,
     SegmentInfo,
     cache_unwritable,
-    close_lock_file,
     decoded_file,
     discard,
     make_cache_folder,
-    open_lock_file,
+    temporary_of,
     write_unpacked_segment,
     written_in_place,
 )
@@ -58,7 +56,7 @@ from ._locate import PartitionView
 from ._merge import merge_segments, segment_events
 from ._projection import Filter
 from ._schema import Schema
-from ._segments import UNREADABLE, DamagedCopy, Segment, SegmentCache, cache_lock, held_copy
+from ._segments import UNREADABLE, DamagedCopy, Segment, SegmentCache, cache_lock, held_copy, lock_idle
 from ._versions import dump_checked, load_checked, older_than, remove_file
 
 ROW = "_row"  # a filtered copy's column: each row's row in the segment it came from
@@ -441,25 +439,11 @@ def damaged_copies(cache: Path) -> list[tuple[Path, str]]:
     return damaged
 
 
-@contextlib.contextmanager
-def _idle(folder: Path, name: str) -> Iterator[bool]:
+def _idle(folder: Path, name: str) -> contextlib.AbstractContextManager[bool]:
     """Whether no process builds copy ``name`` or opens it now, its build lock held while
     so: cleanup removed a stale copy (a retired version's, read by a handle on it) between
     its build and its first open, and the reader was told to restore it from a backup."""
-    try:
-        lock = open_lock_file(folder / f".tmp-build-{name}")
-    except OSError:  # (a folder it cannot write in: nothing of it can be removed either)
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            idle = True
-        except BlockingIOError:
-            idle = False
-        yield idle
-    finally:
-        close_lock_file(lock)
+    return lock_idle(folder / f".tmp-build-{name}")
 
 
 def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], grace_s: float,
@@ -476,6 +460,10 @@ def remove_stale_copies(cache: Path, referenced: set[str], merged: set[str], gra
     for path in folder.glob(".tmp-*") if folder.is_dir() else []:
         if older_than(path, temporary_grace_s):
             remove_file(path)  # a build lock going only lets a second builder in
+        elif (made := temporary_of(path.name)) is not None and older_than(path, grace_s):
+            with _idle(folder, made) as idle:  # no build of it under way: a killed one's, holding events
+                if idle:  # that a deletion's cleanup must not leave for an hour (s61G)
+                    remove_file(path)
     readable = referenced | merged  # what a kept version reads: a filtered copy of anything else is stale
     for sidecar in folder.glob("[!.]*.json") if folder.is_dir() else []:  # not a builder's temporary (.tmp-*)
         try:

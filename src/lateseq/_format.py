@@ -573,6 +573,16 @@ def _ipc_bytes(batch: pa.RecordBatch) -> pa.Buffer:
     return sink.getvalue()
 
 
+_TEMPORARY_OF = re.compile(r"\.tmp-[0-9a-f]{8}-([^.]+)\..*")
+
+
+def temporary_of(name: str) -> str | None:
+    """The name, up to its first dot, of the file a temporary named ``name`` was to become
+    (``temporary_path``): a segment's, or a copy's; None for any other name."""
+    found = _TEMPORARY_OF.fullmatch(name)
+    return None if found is None else found.group(1)
+
+
 def temporary_path(path: Path) -> Path:
     """A name no other process writes to, renamed into place when complete: readers
     never see half a file, and two processes decoding the same segment cannot mix."""

@@ -72,6 +72,27 @@ def _removed_if_empty(folder: Path) -> bool:
 
 
 @contextmanager
+def lock_idle(path: Path) -> Iterator[bool]:
+    """Whether no process holds the lock file ``path`` (a decode's, a build's), which this
+    one holds while so; True where it cannot be opened (a folder it cannot write in:
+    nothing in it can be removed either)."""
+    try:
+        lock = open_lock_file(path)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            idle = True
+        except BlockingIOError:
+            idle = False
+        yield idle
+    finally:
+        close_lock_file(lock)
+
+
+@contextlib.contextmanager
 def cache_lock(folder: Path, name: str, cache: Path | None = None) -> Iterator[None]:
     """Holds the lock file ``name`` of a read cache folder (of the read cache ``cache``, the
     folder itself by default; made if missing): processes that need the same file of the

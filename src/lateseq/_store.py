@@ -84,6 +84,7 @@ from ._format import (
     is_segment_name,
     make_folders,
     out_of_room,
+    temporary_of,
     usable_path,
     write_failed,
     write_segment,
@@ -93,7 +94,7 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments, segment_events
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
-from ._segments import REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed
+from ._segments import REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed, lock_idle
 from ._versions import (
     LATEST,
     STORE_ID,
@@ -772,7 +773,8 @@ class Store:
         """Retires versions older than ``before`` (a number, a tag or ``"latest"``, as the
         CLI takes it; tagged versions stay, the latest always does) and deletes every file
         no kept version references: segments, their decoded copies in this handle's read
-        cache, and crashed writers' leftovers. Returns the versions retired.
+        cache (and in the store's own, ``STORE/cache``, where the handle reads another), and
+        crashed writers' leftovers. Returns the versions retired.
 
         Writers on this host hold the store's lock while their files are unpublished, so
         cleanup never deletes those; ``grace_s`` also spares files younger than that, for
@@ -808,7 +810,11 @@ class Store:
                     for path in folder.glob(".tmp-*"):
                         if older_than(path, grace_s):
                             remove_file(path)
-            self._remove_cached(self._remove_unreferenced(grace_s), grace_s)
+            kept = self._remove_unreferenced(grace_s)
+            self._remove_cached(kept, grace_s)
+            own = self.path / STORE_CACHE  # the store's own read cache, where this handle reads another: a
+            if own.is_dir() and own.resolve() != self.cache_dir.resolve():  # deletion's events stayed in it (s61G)
+                Store(self.path)._remove_cached(kept, grace_s)
         forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
 
@@ -904,7 +910,11 @@ class Store:
         referenced = {name for _, names in kept for name in names}
         for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
             if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
-                stale = path.name[len(".tmp-lock-"):] not in referenced
+                stale = path.name[len(".tmp-lock-"):] not in referenced and self._decoding_none(path)
+            elif is_segment_name(segment := temporary_of(path.name) or "") and segment not in referenced:
+                # a killed decode of a segment no kept version reads: events a deletion's cleanup must
+                # not leave for an hour (s61G); one under way (its lock held) is left to finish
+                stale = self._decoding_none(self.cache_dir / f".tmp-lock-{segment}")
             elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
                 stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
             else:  # decoded copies of segments no kept version uses
@@ -922,6 +932,15 @@ class Store:
                          if sidecar_readable(self.cache_dir, name))  # the longest that reads
                 merged.update(itertools.islice(bases, 1))
         remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
+
+    @staticmethod
+    def _decoding_none(lock: Path) -> bool:
+        """Whether no process decodes the segment whose decode lock is ``lock`` (a lock
+        removed while held let a second decoder in)."""
+        if not lock.exists():
+            return True
+        with lock_idle(lock) as idle:
+            return idle
 
     # ------------------------------------------------------------ reading
 
