@@ -313,6 +313,12 @@ def test_an_ingest_of_events_committed_before_is_said_to_store_them_twice(tmp_pa
     for _ in range(2):  # with an id, the rerun commits nothing (and says so)
         code, _, err = lateseq("ingest", store, other, "--commit-id", "day-2")
         assert code == 0 and "warning" not in err, err
+    # in a store that keeps one copy of an event id, a rerun stores nothing twice: no warning (s61H: it
+    # said "stored twice", and to give the store the --event-id-col it had)
+    with_ids = write(tmp_path / "ids.parquet", user_id=[1, 1, 2], ts=[1, 2, 3], item_id=[5, 6, 7], eid=[1, 2, 3])
+    assert lateseq("ingest", tmp_path / "ids", with_ids, "--event-id-col", "eid")[0] == 0
+    code, _, err = lateseq("ingest", tmp_path / "ids", with_ids)
+    assert code == 0 and "warning" not in err and "3 repeated an event id" in err, err
 
 
 @pytest.mark.parametrize("case", [

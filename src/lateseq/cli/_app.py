@@ -752,7 +752,8 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
             f"event id)" if repeated else f"{table.num_rows:,} events from {events}")
     _err.print(f"{created + ', ' if created else ''}committed {what} as version {new.version} "
                f"({new.num_events:,} events in all)", highlight=False)
-    if commit_id is None and (twin := new._log.same_events(new.version)) is not None:  # a rerun (s51A)
+    if commit_id is None and new.schema.event_id_col is None and (  # (with one, a rerun stores no copy: s61H)
+            twin := new._log.same_events(new.version)) is not None:  # a rerun (s51A)
         _err.print(f"warning: version {twin} committed the same events in the same order: they are now stored "
                    f"twice (histories read at version {new.version} hold each of them twice). Rerun an ingest that "
                    "may have committed with the first run's --commit-id, which then commits nothing (or give a new "
