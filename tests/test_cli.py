@@ -548,10 +548,13 @@ def test_delete_says_how_many_users_it_was_given(files):
     assert (code, out) == (0, "2\n"), err
     err = " ".join(err.split())
     assert "holds no event of the user given. Still holding any events it had:" in err, err
+    assert "nothing was removed" not in err and "--cache-only" in err, err
+    code, out, err = lateseq("delete", store, write(d / "typo.parquet", user_id=[987654]))
+    assert "the version before held no event of the user given either: nothing was removed" in err, err  # (s61G)
     code, out, err = lateseq("delete", store, write(d / "two.parquet", user_id=[2, 3, 3]))
     assert "holds no event of the 2 users given. Still holding any events they had:" in " ".join(err.split()), err
     code, out, err = lateseq("delete", store, write(d / "none.parquet", user_id=pa.array([], pa.int64())))
-    assert (code, out) == (0, "3\n") and f"{d / 'none.parquet'} names no user: nothing to do" in err, err
+    assert (code, out) == (0, "4\n") and f"{d / 'none.parquet'} names no user: nothing to do" in err, err
 
 
 def test_a_bad_setting_names_the_flag_or_the_variable_it_came_from(files, monkeypatch):

@@ -1322,10 +1322,16 @@ def delete(
     given, held = ("the user given", "it") if count == 1 else (f"the {count:,} users given", "they")
     older = sorted({v.version for v in new.versions() if v.version < new.version})
     pinned = {name: v for name, v in new.tags().items() if v < new.version}
+    with contextlib.suppress(LateseqError):  # (the version before, retired meanwhile: no count)
+        removed = new.checkout(new.version - 1).num_events - new.num_events
+        if removed == 0:  # a typo'd id looked like an erasure done (s61G)
+            _err.print(f"note: the version before held no event of {given} either: nothing was removed",
+                       highlight=False)
     _err.print(f"version {new.version} holds no event of {given}. Still holding any events {held} had: "
                f"{len(older)} older kept versions (`lateseq cleanup {store}` retires them"
                + (f"; tags {sorted(pinned)} pin some: untag them or use --no-keep-tags" if pinned else "")
-               + "), read caches on other hosts (their `lateseq cleanup` clears them), inline tails "
+               + "), read caches on other hosts and in --cache-dir folders (`lateseq --cache-dir DIR cleanup "
+               f"{store} --cache-only` there clears them), inline tails "
                "in two-tier example logs (`lateseq strip --drop-deleted`), and a two-tier store's mutable tier "
                "(`tier.delete(users)`, or its next fold stores them again).", highlight=False)
 
