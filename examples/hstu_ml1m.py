@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--users", type=int, help="only the first U users (a quick run)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
+    if args.plot:  # said now, not after the hour of training (s61H)
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--plot needs matplotlib: pip install matplotlib (or 'lateseq[bench]', as `make bench` does)")
     torch.set_num_threads(args.threads)
     console = Console()
     device = torch.device(args.device)

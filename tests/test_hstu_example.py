@@ -183,3 +183,15 @@ def test_last_row_shortcut_matches_full_output():
     later[:, -1] = 1
     assert torch.allclose(model(later, batch.ts, batch.lengths, query_ts, last_only=True)[batch.lengths < 20],
                           last[batch.lengths < 20], atol=1e-6)
+
+
+def test_a_plot_without_matplotlib_is_refused_before_training(monkeypatch, capsys):
+    """It trained for the hour, wrote its JSON, then failed on the import (s61H)."""
+    import importlib.util
+
+    import hstu_ml1m
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit):
+        hstu_ml1m.main(["--plot", "x.png", "--epochs", "1"])
+    assert "--plot needs matplotlib" in capsys.readouterr().err
