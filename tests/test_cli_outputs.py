@@ -244,7 +244,7 @@ def test_cleanup_retires_untagged_versions_before_the_latest(history, latest):
     assert code == 0, err
     assert out.split() == ["2"]
     assert kept(path) == [1, 3, 4]
-    assert len(err.strip().splitlines()) == 1 and "retired 1 versions older than 4" in err
+    assert len(err.strip().splitlines()) == 1 and "retired 1 version older than 4" in err
     assert "kept tagged versions 1, 3" in err
     assert re.search(r"; freed [\d,.]+ k?B \(files younger than --grace 3600 s stay until a later cleanup\)", err)
     code, out, err = cli("cleanup", path, "--grace", "0")

@@ -517,6 +517,11 @@ StoreArg = Annotated[Path, typer.Argument(help="Store directory.", show_default=
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
 
 
+def _counted(count: int, one: str, many: str | None = None) -> str:
+    """``count`` things, in words that agree with it ("1 version", "2 versions")."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
+
+
 def _check_output(out: Path, force: bool, option: str, inputs: Sequence[Path] = (),
                   store: Path | None = None, folder_made_later: bool = False) -> None:
     """Refuses, before any work, an output that exists (unless ``force``), that is one of
@@ -918,7 +923,7 @@ def cleanup(
     pinned = sorted({v for v in handle.tags().values() if v < before})
     shown = ", ".join(map(str, pinned[:10])) + (f" and {len(pinned) - 10} more" if len(pinned) > 10 else "")
     freed = max(0, held - _bytes_under(handle.path, handle.cache_dir))
-    _err.print(f"retired {len(retired)} versions older than {before}"
+    _err.print(f"retired {_counted(len(retired), 'version')} older than {before}"
                + (f"; removed tags {', '.join(untagged)}" if untagged else "")
                + (f"; kept tagged versions {shown}" if pinned else "")
                + f"; freed {human_bytes(freed)}"
@@ -963,7 +968,7 @@ def pointers(
                            requests)
     examples = log_examples(handle, table)
     write_log(examples, out)
-    _err.print(f"wrote {examples.num_rows:,} examples with pointers into version {handle.version} to {out}",
+    _err.print(f"wrote {_counted(examples.num_rows, 'example')} with pointers into version {handle.version} to {out}",
                highlight=False)
 
 
@@ -1031,15 +1036,16 @@ def materialize(
     for name, projection in config.items():
         where = out / f"{name}.parquet" if name else out
         label = f"{name}: " if name else ""
-        _err.print(f"{label}wrote {written:,} histories (max {projection.max_len} events of "
+        _err.print(f"{label}wrote {_counted(written, 'history', 'histories')} (max {projection.max_len} events of "
                    f"{', '.join(projection.resolve(handle.schema))}) to {where}", highlight=False)
     if written < total:
         _err.print(f"left out the {total - written:,} examples of users deleted since their pointers' versions "
                    "(--drop-deleted)", highlight=False)
     elif not verify and (deleted := len(handle.deleted_users())):  # unchecked, they look like users without events
-        _err.print(f"note: {deleted:,} users were deleted from {store}; unchecked (--no-verify), "
-                   "their examples were written with the events left of them (none or fewer); --drop-deleted "
-                   "leaves them out", highlight=False)
+        _err.print(f"note: {deleted:,} {'user was' if deleted == 1 else 'users were'} deleted from {store}; "
+                   "unchecked (--no-verify), any examples of theirs logged before (this log may hold none) were "
+                   "written with the events left of them (none or fewer); --drop-deleted leaves them out",
+                   highlight=False)
     others = sorted(p.name for p in out.glob("*.parquet") if p.stem not in config and not p.name.startswith(
         (".", "_"))) if tenants is not None else []  # (hidden: a killed run's temporaries, which readers skip, s36F)
     if others:  # an earlier config's tenants: left alone (lateseq removes no file it was not asked to write)
