@@ -757,6 +757,32 @@ def test_expire_takes_a_timedelta_retention_and_refuses_times_that_are_no_intege
         tier.expire(100, 1.5)
 
 
+def test_a_numpy_timedelta_retention_counts_its_own_unit(world):
+    """An np.timedelta64 is an integer to numpy: in ns it was read as seconds (10 minutes
+    became 19,000 years), in s or ms a bare TypeError (s61I)."""
+    for given in (np.timedelta64(120, "s"), np.timedelta64(120_000, "ms"), np.timedelta64(120 * 10**9, "ns")):
+        assert InMemoryTier(SCHEMA, retention=given)._retention_ticks == 120
+    with pytest.raises(SchemaError, match="has no unit"):
+        InMemoryTier(SCHEMA, retention=np.timedelta64(120))
+
+
+def test_a_tier_made_without_its_store_learns_the_folded_watermark_from_a_reader(tmp_path):
+    """A tier made without ``store=`` after another folded (a restarted server) took an
+    event stamped before the store's watermark: never served, never folded, lost (s61I).
+    Given to a reader or a fold, it learns the watermark, and refuses such an append."""
+    schema = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                            arrival_col="arrival_ts", event_id_col="event_id")
+    store = lateseq.create(tmp_path / "store", schema)
+    first = InMemoryTier(schema, retention=100)
+    first.append(pa.table({"user_id": [1], "ts": [1], "item_id": [100], "arrival_ts": [1], "event_id": [1]}))
+    store = fold(store, first, 10)
+    restarted = InMemoryTier(schema, retention=100)
+    OnlineReader(store, restarted, lateseq.Projection(10, ("item_id",)))
+    with pytest.raises(SchemaError, match="arrived before 10"):
+        restarted.append(pa.table({"user_id": [1], "ts": [2], "item_id": [200], "arrival_ts": [5], "event_id": [2]}))
+    assert len(restarted) == 0
+
+
 def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
     """One record naming a version beyond the handle (tampered, or from a newer replica)
     is a mismatch with its cause; it made the whole audit raise PointerError."""

@@ -47,6 +47,10 @@ class MutableTier(ABC):
         if schema.arrival_col is None or schema.event_id_col is None:
             raise SchemaError("a mutable tier needs a schema with arrival_col and event_id_col")
         check_servable(schema)
+        if isinstance(retention, np.timedelta64):  # an integer to numpy: ns read as seconds, or a bare TypeError
+            if np.datetime_data(retention.dtype)[0] == "generic":  # (s61I)
+                raise SchemaError(f"retention {retention!r} has no unit; give np.timedelta64(N, 's') or a timedelta")
+            retention = float(retention / np.timedelta64(1, "s"))
         if isinstance(retention, datetime.timedelta):  # pandas' Timedelta too
             retention = retention.total_seconds()
         if (isinstance(retention, bool) or not isinstance(retention, int | float | np.integer | np.floating)

@@ -119,6 +119,8 @@ def _check_tier(store: Store, tier: MutableTier) -> None:
     if bound is not None and bound.path.resolve() != store.path.resolve():
         raise SchemaError(f"the tier was made for the store at {bound.path}, not {store.path}: it checks "
                           "redeliveries against that one's events")
+    if bound is None and (watermark := store.latest().watermark) is not None:  # a tier made without store=
+        tier.folded(watermark)  # after folds by another (a restart) took appends before them, lost (s61I)
 
 
 class OnlineReader:
