@@ -783,6 +783,34 @@ def test_a_tier_made_without_its_store_learns_the_folded_watermark_from_a_reader
     assert len(restarted) == 0
 
 
+def test_a_request_read_while_folds_and_expiry_pass_its_version_is_served_through_the_newest(tmp_path):
+    """Two folds and an expiry between a request's read of the newest version and its read
+    of the tier: it raised "fold more often than the tier's retention" though folds came
+    three times as often (s61I). Served again through the newest version, it is exact."""
+    schema = lateseq.Schema({"item_id": "int64", "arrival_ts": "int64", "event_id": "int64"},
+                            arrival_col="arrival_ts", event_id_col="event_id")
+    store = lateseq.create(tmp_path / "store", schema)
+    tier = InMemoryTier(schema, retention=30, store=store)
+    for k in range(1, 9):
+        tier.append(pa.table({"user_id": [1], "ts": [10 * k], "item_id": [k], "arrival_ts": [10 * k],
+                              "event_id": [k]}))
+    store = fold(store, tier, 45)
+    reader = OnlineReader(store, tier, lateseq.Projection(10, ("item_id",)))
+    real, passed = tier.tail, []
+
+    def passed_meanwhile(*args):
+        if not passed:  # another thread, between serve's read of the newest version and its read of the tier
+            passed.append(fold(fold(lateseq.open(store.path), tier, 60), tier, 75))
+            tier.expire(100, 75)
+        return real(*args)
+
+    tier.tail = passed_meanwhile
+    log, served = reader.serve(pa.table({"user_id": [1], "request_ts": [90]}))
+    assert served.values["item_id"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    again = lateseq.materialize(lateseq.open(store.path), log, lateseq.Projection(10, ("item_id",)))
+    assert again.values["item_id"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
 def test_audit_reports_records_of_versions_the_handle_cannot_read(world):
     """One record naming a version beyond the handle (tampered, or from a newer replica)
     is a mismatch with its cause; it made the whole audit raise PointerError."""

@@ -141,9 +141,20 @@ class OnlineReader:
         self.projection = projection
 
     def serve(self, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
-        """The log records and the sequences served, for requests at ``request_ts``."""
+        """The log records and the sequences served, for requests at ``request_ts``. Served
+        again through the newest version where folds and expiry passed the one it read while
+        it read (it raised, blaming the folds' pace, s61I)."""
         requests = checked_requests(requests)
-        store = self.store.latest()
+        for _ in range(_SERVE_TRIES - 1):
+            store = self.store.latest()
+            try:
+                return self._serve(store, requests)
+            except _ExpiredPast:
+                if self.store.latest().version == store.version:  # no fold since: the tier outran the store
+                    raise
+        return self._serve(self.store.latest(), requests)
+
+    def _serve(self, store: Store, requests: pa.Table) -> tuple[pa.Table, JaggedBatch]:
         times = np.asarray(store.schema.times_to_store(requests.column("request_ts"), "requests' request_ts",
                                                        requests=True))
         store.schema.refuse_far_future(times, "request_ts")
@@ -173,8 +184,15 @@ class OnlineReader:
 
     def _refuse_expired(self, store: Store) -> None:
         if self.tier.expired_before > (store.watermark if store.watermark is not None else np.iinfo(np.int64).min):
-            raise StoreError("the mutable tier dropped events the store does not hold yet: "
-                             "fold more often than the tier's retention")
+            raise _ExpiredPast(f"the mutable tier dropped events that version {store.version} does not hold: fold "
+                               "more often than the tier's retention")
+
+
+_SERVE_TRIES = 3  # reads of a request through the newest version, where folds pass each while it reads
+
+
+class _ExpiredPast(StoreError):
+    """The tier dropped events the version a request read does not hold."""
 
 
 def _without_stored(store: Store, tail: pa.Table, owners: np.ndarray) -> tuple[pa.Table, np.ndarray]:
