@@ -212,9 +212,11 @@ def test_online_refuses_unsafe_reads(world):
         reader.serve(requests((1, 40)))
 
 
-def test_a_fold_and_expire_while_a_request_reads_the_tier_is_refused_not_served_short(world):
+def test_a_fold_and_expire_while_a_request_reads_the_tier_is_never_served_short(world):
     """Another thread folded and expired between serve's check of the tier and its read
-    of the tail: the request was served (and logged) without the dropped events (s42A)."""
+    of the tail: the request was served (and logged) without the dropped events (s42A).
+    It is served again through the version that fold made (s61I: it was refused); where
+    no version holds what the tier dropped, it is refused."""
     store, _ = world
 
     class Interrupted(InMemoryTier):
@@ -228,8 +230,14 @@ def test_a_fold_and_expire_while_a_request_reads_the_tier_is_refused_not_served_
     tier.append(events((1, 5, 6, 1)))
     store = fold(store, tier, 20)
     tier.append(events((1, 12, 21, 2), (1, 13, 22, 3)))
+    log, served = OnlineReader(store, tier, PROJECTION).serve(requests((1, 30)))
+    assert served.lengths.tolist() == [3] and log.column("uih_version").to_pylist() == [store.version + 1]
+    assert not lateseq.materialize(lateseq.open(store.path), log, PROJECTION).rows_differ(served).any()
+    tier.append(events((1, 40, 41, 4)))
+    tier.folded(60)  # told of a fold no version holds: it drops what the store lacks
+    tier.expire(now=100, folded_watermark=60)
     with pytest.raises(StoreError, match="fold more often"):
-        OnlineReader(store, tier, PROJECTION).serve(requests((1, 30)))
+        OnlineReader(lateseq.open(store.path), tier, PROJECTION).serve(requests((1, 50)))
 
 
 def test_a_tier_of_other_events_or_of_another_store_is_refused(world, tmp_path):
