@@ -471,7 +471,8 @@ def test_compact_with_the_tiered_policy(files):
         assert lateseq("ingest", store, files[events])[0] == 0
     code, out, err = lateseq("compact", store, "--policy", "tiered", "--fanout", "2")
     assert (code, out) == (0, "4\n") and "segments ->" in err
-    assert_one_line_error(*lateseq("compact", store, "--policy", "weekly")[::2], "policy")
+    assert_one_line_error(*lateseq("compact", store, "--policy", "weekly")[::2],
+                          "Invalid value for '--policy': 'weekly' is not one of 'full', 'tiered'")
     assert_one_line_error(*lateseq("compact", store, "--policy", "tiered", "--fanout", "1")[::2], "fanout")
 
 

@@ -238,7 +238,7 @@ def _usage_message(exc: Any) -> str:
         source = ctx.get_parameter_source(param.name)  # type: ignore[union-attr]
         if source is not None and source.name == "COMMANDLINE":
             exc.param_hint = " / ".join(f"'{name}'" for name in param.opts)  # type: ignore[union-attr]
-    return exc.format_message()
+    return exc.format_message().replace(": Value error, ", ": ", 1)  # typer's wrapping of a choice's ValueError
 
 
 class _Group(TyperGroup):
@@ -820,23 +820,30 @@ def versions(
     _print_table(table)
 
 
+class Policy(str, Enum):
+    """``compact --policy``'s choices (``Store.compact``'s): listed in its help, where ``<str>`` named none."""
+
+    full = "full"
+    tiered = "tiered"
+
+
 @app.command()
 def compact(
     store: StoreArg,
-    policy: Annotated[str, typer.Option(
+    policy: Annotated[Policy, typer.Option(
         help="full: one segment per partition; tiered: merge runs of FANOUT adjacent segments of one size "
-             "tier (bounded rewriting for daily commits).")] = "full",
+             "tier (bounded rewriting for daily commits).")] = Policy.full,
     fanout: Annotated[int | None, typer.Option(help="Segments a tiered merge joins (--policy tiered).",
                                                show_default="4")] = None,
 ) -> None:
     """Merge segments (all of a partition's, or size tier by size tier), as a new version; print its number."""
-    if fanout is not None and policy == "full":  # it was ignored without a word (s61C)
+    if fanout is not None and policy is Policy.full:  # it was ignored without a word (s61C)
         raise SchemaError("--fanout is for --policy tiered; a full compaction merges all of a partition's segments")
     handle = _open(store)
-    new = handle.compact(policy, fanout=4 if fanout is None else fanout)  # type: ignore[arg-type]
+    new = handle.compact(policy.value, fanout=4 if fanout is None else fanout)
     print(new.version)
     if new.version == handle.version:
-        _err.print(f"nothing to compact under the {policy} policy", highlight=False)
+        _err.print(f"nothing to compact under the {policy.value} policy", highlight=False)
         return
     _err.print(f"{len(handle.segment_infos)} segments -> {len(new.segment_infos)}; wrote "
                f"{sum(i.bytes for i in new.segment_infos if i not in handle.segment_infos):,} bytes",
