@@ -814,7 +814,7 @@ class Store:
             self._remove_cached(kept, grace_s)
             own = self.path / STORE_CACHE  # the store's own read cache, where this handle reads another: a
             if own.is_dir() and own.resolve() != self.cache_dir.resolve():  # deletion's events stayed in it (s61G)
-                Store(self.path)._remove_cached(kept, grace_s)
+                self._remove_cached(kept, grace_s, cache=own)
         forget_removed()  # this process's maps of what it removed: their room returns now
         return retired
 
@@ -887,34 +887,35 @@ class Store:
         return kept
 
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float,
-                       store_cleaned: bool = True) -> None:
-        """Deletes what this handle's read cache holds for no version of ``kept`` (see
-        ``VersionLog.kept_partitions``): decoded copies, merged and filtered copies, and
-        builders' leftovers. A cache that cannot be written (a read-only mount) is left as
-        it is, with a warning: the store's own cleanup (``store_cleaned``) is done, and
-        failed there (s41A)."""
+                       store_cleaned: bool = True, cache: Path | None = None) -> None:
+        """Deletes what the read cache ``cache`` (this handle's by default) holds for no
+        version of ``kept`` (see ``VersionLog.kept_partitions``): decoded copies, merged and
+        filtered copies, and builders' leftovers. A cache that cannot be written (a
+        read-only mount) is left as it is, with a warning: the store's own cleanup
+        (``store_cleaned``) is done, and failed there (s41A)."""
+        cache = self.cache_dir if cache is None else cache
         try:
-            self._remove_stale_cached(kept, grace_s)
+            self._remove_stale_cached(cache, kept, grace_s)
         except OSError as exc:
             if not cache_unwritable(exc):
                 raise
             done = ("The store's own files are cleaned up; the" if store_cleaned  # (s52D: said of cache-only)
                     else "Nothing was removed; the")
             warn_at_caller(f"lateseq: {'cleanup' if store_cleaned else 'cleanup_cache'} left the read cache "
-                           f"{self.cache_dir} as it was: it cannot be written ({exc.strerror or exc} at "
-                           f"{exc.filename or self.cache_dir}). {done} copies there of versions the store no longer "
+                           f"{cache} as it was: it cannot be written ({exc.strerror or exc} at "
+                           f"{exc.filename or cache}). {done} copies there of versions the store no longer "
                            "keeps go when a cleanup runs where the cache can be written (or remove them yourself: "
                            "they are copies only)")
 
-    def _remove_stale_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
+    def _remove_stale_cached(self, cache: Path, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         referenced = {name for _, names in kept for name in names}
-        for path in self.cache_dir.glob("*") if self.cache_dir.is_dir() else []:
+        for path in cache.glob("*") if cache.is_dir() else []:
             if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
                 stale = path.name[len(".tmp-lock-"):] not in referenced and self._decoding_none(path)
             elif is_segment_name(segment := temporary_of(path.name) or "") and segment not in referenced:
                 # a killed decode of a segment no kept version reads: events a deletion's cleanup must
                 # not leave for an hour (s61G); one under way (its lock held) is left to finish
-                stale = self._decoding_none(self.cache_dir / f".tmp-lock-{segment}")
+                stale = self._decoding_none(cache / f".tmp-lock-{segment}")
             elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
                 stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
             else:  # decoded copies of segments no kept version uses
@@ -922,16 +923,16 @@ class Store:
             if stale and older_than(path, grace_s):
                 remove_file(path)
         merged: set[str] = set()
-        built = copies_on_host(self.cache_dir)
+        built = copies_on_host(cache)
         for partition, names in kept:
             if len(names) < 2:
                 continue
             merged.add(own := merged_name(partition, names))
             if len(names) > 2 and own not in built.get(partition, ()):  # and the copy it reads its oldest through
                 bases = (name for _, name in merged_bases(partition, list(names), built)
-                         if sidecar_readable(self.cache_dir, name))  # the longest that reads
+                         if sidecar_readable(cache, name))  # the longest that reads
                 merged.update(itertools.islice(bases, 1))
-        remove_stale_copies(self.cache_dir, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
+        remove_stale_copies(cache, referenced, merged, grace_s, max(grace_s, _DECODE_GRACE_S))
 
     @staticmethod
     def _decoding_none(lock: Path) -> bool:
