@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -27,7 +29,8 @@ def test_first_pipeline_runs_and_prints_what_it_says(tmp_path):
 def runs_and_prints(block: str, where: str, tmp_path: Path) -> None:
     code = block.replace('"/tmp/', f'"{tmp_path}/')
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    # the examples' tempfile.mkdtemp() folders go in tmp_path too: each run left 3-4 MB in /tmp
+    with contextlib.redirect_stdout(out), mock.patch.object(tempfile, "tempdir", str(tmp_path)):
         exec(compile(code, where, "exec"), {})
     printed = out.getvalue().splitlines()
     promised = [c.strip() for c in re.findall(r"print\(.*\)\s*#\s*(.*)", block)]

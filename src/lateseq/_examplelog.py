@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from ._errors import SchemaError
-from ._format import usable_path
+from ._format import holds_store, usable_path
 from ._parquet import check_rows_read, open_checked
 from ._schema import frame_hint
 
@@ -41,7 +41,7 @@ def parquet_path(path: str | os.PathLike) -> str:
     usable_path(path)  # a NUL byte: "no example log at" the path printed with it raw (s48C)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no example log at {path}")
-    if os.path.isfile(os.path.join(path, "schema.json")):  # read as a folder log, a file of its cache was blamed
+    if holds_store(path):  # read as a folder log, a file of its cache was blamed
         raise SchemaError(f"{path} is a lateseq store, not an example log: pass the log (Parquet, with pointers) "
                           "after the store")
     return str(Path(path).absolute())

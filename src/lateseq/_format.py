@@ -119,6 +119,12 @@ def usable_path(path: str | os.PathLike) -> None:
 
 
 STORE_CACHE = "cache"  # a store's own read cache, STORE/cache (a shared one's folders are named after stores)
+SCHEMA_FILE = "schema.json"  # a store's schema: the file that makes a folder a store
+
+
+def holds_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a store's folder (it has a schema file)."""
+    return os.path.isfile(os.path.join(path, SCHEMA_FILE))
 
 
 def make_cache_folder(folder: Path, cache: Path) -> OSError | StoreError | None:

@@ -70,6 +70,7 @@ from ._errors import (
 from ._events import Events, partition_of, row_ranges, rows_by_partition
 from ._forks import fork_safe
 from ._format import (
+    SCHEMA_FILE,
     SEGMENT_FILES,
     STORE_CACHE,
     SYSTEM_COLUMNS,
@@ -81,6 +82,7 @@ from ._format import (
     decoded_file,
     discard,
     forget_left_out,
+    holds_store,
     is_segment_name,
     make_folders,
     out_of_room,
@@ -231,7 +233,7 @@ class Store:
             raise StoreError(f"{self.path / linked[0]} is a symbolic link; lateseq never follows links inside a "
                              "store (move the store itself, or give the read cache a folder with cache_dir=, the "
                              "CLI's --cache-dir)")
-        schema_file = self.path / "schema.json"
+        schema_file = self.path / SCHEMA_FILE
         if not schema_file.is_file():
             raise StoreError(f"{self.path} is not a lateseq store (no schema.json); create one first")
         # another handle of an open one keeps its read cache, checked (and its root's links resolved) then
@@ -308,7 +310,7 @@ class Store:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not a store directory")
-        if (path / "schema.json").exists():
+        if (path / SCHEMA_FILE).exists():
             raise StoreError(f"{path} already holds a store")
         # what a folder may hold: the empty folders of a create killed before its schema
         held = sorted(p.name for p in path.iterdir() if not (p.name in ("versions", "segments", "tags")
@@ -333,7 +335,7 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror}") from exc
             try:  # never replaces a schema: two processes creating one store at once, one of them is refused
-                write_new(path / "schema.json", dump_checked(json.loads(schema.to_json())))
+                write_new(path / SCHEMA_FILE, dump_checked(json.loads(schema.to_json())))
             except FileExistsError as exc:
                 raise StoreError(f"{path} already holds a store (another process created it meanwhile)") from exc
             ours = True
@@ -344,9 +346,9 @@ class Store:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror} syncing its folder") from exc
         except BaseException:  # no half-made store stays for the next create to take for another's folder
             if ours:
-                (path / "schema.json").unlink(missing_ok=True)
+                (path / SCHEMA_FILE).unlink(missing_ok=True)
                 (path / STORE_ID).unlink(missing_ok=True)
-            if not (path / "schema.json").exists():  # else another process's store: its folders stay
+            if not (path / SCHEMA_FILE).exists():  # else another process's store: its folders stay
                 for folder in reversed(made):
                     with contextlib.suppress(OSError):
                         folder.rmdir()  # empty, as made (another writer's files keep it)
@@ -1330,7 +1332,7 @@ def _unpickle(path: str, version: int | None, cache_dir: str | None, merged_read
 
 def _store_holding(path: Path) -> Path | None:
     """The store whose directory is ``path`` or holds it, if any (as far as this user may look)."""
-    return next((p for p in (path, *path.parents) if os.path.isfile(p / "schema.json")
+    return next((p for p in (path, *path.parents) if holds_store(p)
                  and os.path.isdir(p / "versions")), None)
 
 

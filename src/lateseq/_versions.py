@@ -46,6 +46,7 @@ from typing import Any
 from ._errors import CommitConflict, NotSynced, SchemaError, StoreError, VersionNotFound, is_integer
 from ._forks import fork_safe
 from ._format import (
+    SCHEMA_FILE,
     SegmentInfo,
     close_lock_file,
     hard_link,
@@ -252,7 +253,7 @@ def _written_id(root: Path) -> tuple[str | None, str]:
     try:
         written = (root / STORE_ID).read_bytes().decode("ascii").strip()
     except FileNotFoundError:
-        return None, "missing" if (root / "schema.json").exists() else "gone"
+        return None, "missing" if (root / SCHEMA_FILE).exists() else "gone"
     except (IsADirectoryError, UnicodeDecodeError):
         return None, "damaged"
     except OSError as exc:
@@ -699,7 +700,7 @@ class VersionLog:
         try:
             lock = open_lock_file(path)
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not (self.root / "schema.json").exists():
+            if isinstance(exc, FileNotFoundError) and not (self.root / SCHEMA_FILE).exists():
                 raise StoreError(f"the store at {self.root} is gone: moved or removed since it was opened "
                                  "(open it where it is now)") from exc
             why = lock_failure(exc, "writers need a store they can write to",

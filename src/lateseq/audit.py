@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ._derived import damaged_copies
 from ._errors import LateseqError, StoreError, VersionNotFound, exact_bool, exact_integer
-from ._format import REBUILT, TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
+from ._format import REBUILT, SCHEMA_FILE, TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize, require_store
 from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
@@ -218,7 +218,7 @@ def verify(store: Store, deep: bool = False) -> list[Problem]:
         return True
 
     log = store._log
-    check(store.path / "schema.json", lambda: load_checked(store.path / "schema.json", kept_since_v01=True))
+    check(store.path / SCHEMA_FILE, lambda: load_checked(store.path / SCHEMA_FILE, kept_since_v01=True))
     check(store.path / STORE_ID, log.check_id_file)  # this handle's store, its id file sound
     for path in sorted(log.tags_dir.glob("[!.]*.json")):  # not a temporary a crash left (cleanup removes it)
         check(path, lambda path=path: _tag_kept(log, path))  # a tag's own file, and kept

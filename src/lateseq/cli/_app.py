@@ -60,7 +60,7 @@ from lateseq import (
     log_examples,
 )
 from lateseq._examplelog import ExampleLog
-from lateseq._format import replaceable, replaced_when_written, usable_path
+from lateseq._format import holds_store, replaceable, replaced_when_written, usable_path
 from lateseq._loader import materialize_log, materialize_log_tenants
 from lateseq._parquet import read_checked
 from lateseq._pointers import write_log
@@ -446,14 +446,10 @@ def _input_file(path: Path, what: str) -> Path:
     return path
 
 
-def _is_store(path: Path) -> bool:
-    return (path / "schema.json").is_file()
-
-
 def _not_a_store(path: Path, what: str) -> None:
     """Refuses a store given where a file (or a folder of part files) is expected: read as
     Parquet, it was blamed for a file deep in its read cache."""
-    if _is_store(path):
+    if holds_store(path):
         article = "an" if what[0] in "aeio" else "a"  # (a users file)
         raise IsADirectoryError(f"{path} is a lateseq store (it has schema.json), not {article} {what}")
 
@@ -463,7 +459,7 @@ def _check_arguments(store: Path, path: Path, what: str) -> None:
     place (or the store twice), each was blamed for what it holds."""
     usable_path(store)  # a name too long was a bare "[Errno 36]" (s61C)
     if store.exists() and not store.is_dir():
-        swapped = f"; {path} is a store: STORE comes first" if _is_store(path) else ""
+        swapped = f"; {path} is a store: STORE comes first" if holds_store(path) else ""
         raise StoreError(f"STORE {store} is a file, not a store directory{swapped}")
     _not_a_store(path, what)
 
@@ -668,7 +664,7 @@ def ingest(
         raise SchemaError(f"no events to commit: {events} holds none (--allow-empty makes that a success that "
                           "commits nothing)")
     unit = None if time_unit is None else time_unit.value
-    if _is_store(store):
+    if holds_store(store):
         handle = _open(store)
         schema = handle.schema
         given = {"--user-col": (user_col, schema.user_col), "--time-col": (time_col, schema.time_col),
