@@ -177,15 +177,20 @@ def test_hive_folders_keyed_by_integer_user_ids_past_int32_read_as_integers(make
     (["+3", "3"], "has folders user_id=\\+3 and user_id=3"),
     ([str(2**64 - 1), "-1"], f"folder key user_id={2**64 - 1} does not fit int64"),
 ])
-def test_hive_folders_whose_keys_are_one_integer_or_none_are_refused(make_store, tmp_path, folders, problem):
+@pytest.mark.parametrize("user_col", ["user_id", "customer"])
+def test_hive_folders_whose_keys_are_one_integer_or_none_are_refused(make_store, tmp_path, folders, problem,
+                                                                      user_col):
     """``user_id=007/`` and ``user_id=7/`` were one user's history; an id past int64 among
-    negative ones was refused as string ids (s34A)."""
+    negative ones was refused as string ids (s34A); a user column named otherwise than
+    ``*_id`` (``customer=007/``) was not checked (s62K)."""
     folder = tmp_path / "events"
     for k, user in enumerate(folders):
-        (folder / f"user_id={user}").mkdir(parents=True)
-        pq.write_table(pa.table({"ts": [1], "item": [k]}), folder / f"user_id={user}" / "part.parquet")
-    version = make_store({"item": "int64"}, partitions=2).commit(pa.table({"user_id": [1], "ts": [0], "item": [0]}))
-    raises_and_changes_nothing(version, lateseq.SchemaError, ValueError, problem, lambda: version.commit(folder))
+        (folder / f"{user_col}={user}").mkdir(parents=True)
+        pq.write_table(pa.table({"ts": [1], "item": [k]}), folder / f"{user_col}={user}" / "part.parquet")
+    version = make_store({"item": "int64"}, partitions=2, user_col=user_col).commit(
+        pa.table({user_col: [1], "ts": [0], "item": [0]}))
+    raises_and_changes_nothing(version, lateseq.SchemaError, ValueError, problem.replace("user_id", user_col),
+                               lambda: version.commit(folder))
 
 
 def test_hive_folders_of_one_value_written_two_ways_are_one_value_where_no_id(make_store, tmp_path):

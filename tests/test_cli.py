@@ -271,6 +271,24 @@ def test_ingest_options_create_the_schema(files, tmp_path):
                           "user ids (user_col=, or the CLI's --user-col)")
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_ingest_refuses_hive_folders_that_spell_one_user_of_its_user_column_two_ways(tmp_path, existing):
+    """``customer=007/`` and ``customer=7/`` with ``--user-col customer`` became one user's
+    history: only keys named ``*_id`` were checked (s62K)."""
+    for user, ts in (("007", 1), ("7", 3)):
+        (tmp_path / "events" / f"customer={user}").mkdir(parents=True)
+        write(tmp_path / "events" / f"customer={user}" / "part.parquet", ts=[ts], item=[ts * 100])
+    store = tmp_path / "store"
+    if existing:
+        assert lateseq("ingest", store, write(tmp_path / "first.parquet", customer=[1], ts=[0], item=[0]),
+                       "--user-col", "customer")[0] == 0
+    before = lateseq("versions", store, "--json")[1] if existing else None
+    named = [] if existing else ["--user-col", "customer"]
+    assert_one_line_error(*lateseq("ingest", store, tmp_path / "events", *named)[::2],
+                          "has folders customer=007 and customer=7, which pyarrow reads as one integer")
+    assert (lateseq("versions", store, "--json")[1] == before) if existing else not store.exists()
+
+
 def test_ingest_names_an_event_id_column_and_a_redelivered_event_is_kept_once(tmp_path):
     """Only the Python API could name ``event_id_col`` (s40C): a store made by ``ingest``
     kept a duplicated or redelivered row twice, silently."""

@@ -167,6 +167,29 @@ def test_infer_takes_a_table_and_float16_which_a_commit_stores_exactly(tmp_path)
         lateseq.log_examples(store, reader)
 
 
+@pytest.mark.parametrize("categorical", [False, True])
+def test_infer_given_a_table_takes_its_uint64_ids_that_fit_int64_and_event_ids_of_any_width(tmp_path, categorical):
+    """polars' and pandas' uint64 item ids, all below 2**63, were refused by a new store
+    (the CLI's too) with a hint about ids past 2**63, while a store named int64 took them
+    exactly; an int32 event id column was refused as no payload column (s62K)."""
+    items = pa.array([5, 2**63 - 1, 0], pa.uint64())
+    events = pa.table({"user_id": [1, 1, 2], "ts": [1, 2, 3], "item": items.dictionary_encode() if categorical
+                       else items, "eid": pa.array([1, 2, 3], pa.int32())})
+    schema = Schema.infer(events, event_id_col="eid")
+    assert schema.columns == {"item": "int64", "eid": "int64"}
+    store = lateseq.create(tmp_path / "s", schema).commit(events)
+    got = lateseq.materialize(store, lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [9]})),
+                              lateseq.Projection(5, ("item",)))
+    assert got.values["item"].tolist() == [5, 2**63 - 1]
+    past = events.set_column(2, "item", pa.array([5, 2**63, 0], pa.uint64()))
+    with pytest.raises(SchemaError, match="column 'item' has type uint64 .hashed 64-bit ids past 2..63"):
+        Schema.infer(past)
+    with pytest.raises(SchemaError, match="values below 2..63 go into an int64 column exactly"):
+        Schema.infer(past.schema)
+    with pytest.raises(SchemaError, match="event_id_col 'eid' must name an int64 payload column: it is int32"):
+        Schema({"eid": "int32"}, event_id_col="eid")
+
+
 def test_a_log_whose_request_times_were_rewritten_in_a_coarser_unit_is_named_so(tmp_path):
     """A log's request_ts rewritten as Spark's unix_millis against a store in us failed its
     checksums with every cause but that one named (s51A)."""

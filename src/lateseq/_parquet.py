@@ -9,6 +9,7 @@ import json
 import os
 import re
 import urllib.parse
+from collections.abc import Collection
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,11 +59,12 @@ def _opened(path: str | os.PathLike, checked: pq.FileMetaData | None,
     return source, beyond, finer
 
 
-def read_checked(path: str | os.PathLike, what: str) -> pa.Table:
+def read_checked(path: str | os.PathLike, what: str, ids: Collection[str] = ()) -> pa.Table:
     """A whole Parquet file (the CLI's events, requests, logs), checked as an example log
-    is; or a folder of them (hive partitions too), read as pyarrow reads one, each checked."""
+    is; or a folder of them (hive partitions too), read as pyarrow reads one, each checked.
+    ``ids``: columns that hold ids (the store's user column) besides any ``*_id``."""
     if os.path.isdir(path):
-        return _read_folder(path, what)
+        return _read_folder(path, what, ids)
     with open_checked(path, what=what) as source:
         try:
             table = source.read()
@@ -117,7 +119,7 @@ def _int96_in(schema: pa.Schema, names: list[str], unit: str) -> pa.Schema:
     return schema
 
 
-def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
+def _read_folder(path: str | os.PathLike, what: str, ids: Collection[str]) -> pa.Table:
     import pyarrow.dataset as ds  # here: it imports pandas, which lateseq's import does not need
 
     try:
@@ -152,7 +154,7 @@ def _read_folder(path: str | os.PathLike, what: str) -> pa.Table:
                 key, value = (urllib.parse.unquote(half) for half in part.split("=", 1))
                 folder_values.setdefault(key, set()).add(value)
     keys = set(folder_values)
-    _one_integer_each(folder_values, path, what)
+    _one_integer_each(folder_values, path, what, ids)
     both = sorted(keys & set(columns[1] if columns else ()))
     if both:  # pyarrow takes the folder's value over the file's, silently (a user's events under another id)
         raise SchemaError(f"{what} {path} has folder keys ({both[0]}=... in its paths) that name a column its files "
@@ -207,13 +209,14 @@ def _same_types(first: tuple[str, pa.Schema] | None, file: tuple[str, pa.Schema]
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def _one_integer_each(folder_values: dict[str, set[str]], path: str | os.PathLike, what: str) -> None:
-    """SchemaError where two folders' values of an id key (``user_id``, or any ``*_id``),
-    all integers, are one integer written two ways (``user_id=007/`` and ``user_id=7/``,
-    ``-0`` and ``0``): pyarrow reads both as that integer, and two users' events would be
-    one history. (``hour=07/`` and ``hour=7/`` are one hour: left as pyarrow reads them.)"""
+def _one_integer_each(folder_values: dict[str, set[str]], path: str | os.PathLike, what: str,
+                      ids: Collection[str]) -> None:
+    """SchemaError where two folders' values of an id key (``ids``, or any ``*_id``), all
+    integers, are one integer written two ways (``user_id=007/`` and ``user_id=7/``, ``-0``
+    and ``0``): pyarrow reads both as that integer, and two users' events would be one
+    history. (``hour=07/`` and ``hour=7/`` are one hour: left as pyarrow reads them.)"""
     for key, values in folder_values.items():
-        if not key.endswith("_id") or not all(_INTEGER.fullmatch(value) for value in values):
+        if not (key.endswith("_id") or key in ids) or not all(_INTEGER.fullmatch(value) for value in values):
             continue  # not an id, or strings: pyarrow keeps them apart
         spelled: dict[int, str] = {}
         for value in sorted(values):

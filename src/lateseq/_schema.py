@@ -124,7 +124,10 @@ class Schema:
             raise SchemaError(f"tiebreak {self.tiebreak!r} must name an integer payload column")
         for role, name in (("arrival_col", self.arrival_col), ("event_id_col", self.event_id_col)):
             if name is not None and self.columns.get(name) != "int64":
-                raise SchemaError(f"{role} {name!r} must name an int64 payload column")
+                what = (f"it is {self.columns[name]}" if name in self.columns else "it is the user column"
+                        if name == self.user_col else "it is the time column" if name == self.time_col
+                        else "the schema has no such column")
+                raise SchemaError(f"{role} {name!r} must name an int64 payload column: {what}")
         object.__setattr__(self, "partitions", exact_integer("partitions", self.partitions, 1, 65536))
         if self.time_unit is not None and self.time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} or None (plain integers), "
@@ -135,6 +138,11 @@ class Schema:
         """Feature groups, with every payload column in ``default`` when none are named."""
         return self.feature_groups or {DEFAULT_GROUP: list(self.columns)}
 
+    @property
+    def id_columns(self) -> list[str]:
+        """The columns of ids: a hive folder key naming one must not spell an id two ways."""
+        return [self.user_col, *([self.event_id_col] if self.event_id_col else [])]
+
     @classmethod
     def infer(
         cls, arrow_schema: pa.Schema | pa.Table | pa.RecordBatch, user_col: str = "user_id", time_col: str = "ts",
@@ -144,10 +152,12 @@ class Schema:
 
         A timestamp-typed time column gives the store its ``time_unit`` unless the
         options name one; an integer time column gives none (plain integers). A table
-        stands for its schema (passing one was an AttributeError, s52B).
+        stands for its schema (passing one was an AttributeError, s52B), and its values
+        tell whether a uint64 column fits int64 (polars' and pandas' ids often come so).
         """
-        if isinstance(arrow_schema, pa.Table | pa.RecordBatch):
-            arrow_schema = arrow_schema.schema
+        table = arrow_schema if isinstance(arrow_schema, pa.Table | pa.RecordBatch) else None
+        if table is not None:
+            arrow_schema = table.schema
         if not isinstance(arrow_schema, pa.Schema):
             raise SchemaError(f"Schema.infer takes a pyarrow Schema (or a Table), not a {type(arrow_schema).__name__}"
                               + frame_hint(arrow_schema))
@@ -167,9 +177,14 @@ class Schema:
             # unsigned integers as the signed type that holds them all, float16 as float32 (a commit
             # casts them exactly)
             dtype = _TYPE_NAMES.get(str(values)) or _WIDENED.get(str(values))
+            if values == pa.uint64() and table is not None and _fits_int64(table.column(f.name)):
+                dtype = "int64"
             if dtype is None:
-                refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values)}")
+                refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values, table is not None)}")
             columns[f.name] = dtype
+        for role in ("arrival_col", "event_id_col"):  # integers of any width, as int64 (a commit casts them exactly)
+            if str(columns.get(options.get(role), "")).startswith("int"):
+                columns[options[role]] = "int64"
         them = "it" if len(refused) == 1 else "them"
         problems = [f"{'; '.join(refused)}: a store cannot hold {them}; drop {them} (the CLI's ingest --drop "
                     f"{','.join(n for n, dtype in columns.items() if dtype is None)}) or cast to one of "
@@ -411,10 +426,22 @@ def _as_time(type_: pa.DataType) -> pa.DataType:
 _WIDENED = {"uint8": "int16", "uint16": "int32", "uint32": "int64", "halffloat": "float32"}
 
 
-def _payload_hint(type_: pa.DataType) -> str:
-    """What to do with a payload column of ``type_`` that a store cannot hold, beyond a cast."""
+def _fits_int64(column: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every value of a uint64 column (or one of uint64 categories) is below 2**63."""
+    if pa.types.is_dictionary(column.type):
+        column = column.combine_chunks().dictionary if isinstance(column, pa.ChunkedArray) else column.dictionary
+    largest = pc.max(column).as_py()
+    return largest is None or largest < 2**63
+
+
+def _payload_hint(type_: pa.DataType, looked: bool) -> str:
+    """What to do with a payload column of ``type_`` that a store cannot hold, beyond a cast
+    (``looked``: its values were seen, one past 2**63 for a uint64 column)."""
     if pa.types.is_temporal(type_):
         return " (times other than the event's are stored as integers: cast to an integer count of a unit you choose)"
+    if type_ == pa.uint64() and not looked:
+        return (" (values below 2**63 go into an int64 column exactly: name it int64 in the Schema, or give "
+                "Schema.infer the table itself, which looks at them; " + unsigned_bits_hint(type_, pa.int64(), False)[2:])
     return string_values_hint(type_) or unsigned_bits_hint(type_, pa.int64(), False)
 
 

@@ -467,7 +467,7 @@ class Store:
         Another writer's commit or deletion published first is a CommitConflict, with
         nothing published: retry (with the same ``commit_id``).
         """
-        table = _read_events(events)
+        table = _read_events(events, self.schema.id_columns)
         check_commit_id(commit_id)
         watermark = check_watermark(watermark)
         if watermark is not None:  # every fold after it would not advance it (s47C)
@@ -1270,7 +1270,7 @@ def _run_by_size(groups: list[tuple[int, int, int]], newest: int) -> tuple[int, 
     return first, newest + 1, total
 
 
-def _read_events(source: EventSource) -> pa.Table:
+def _read_events(source: EventSource, ids: list[str]) -> pa.Table:
     if isinstance(source, pa.Table):
         return source
     if isinstance(source, pa.RecordBatch):
@@ -1280,7 +1280,7 @@ def _read_events(source: EventSource) -> pa.Table:
     if isinstance(source, str | os.PathLike):
         usable_path(source)
         try:
-            return read_checked(source, "events file")
+            return read_checked(source, "events file", ids)
         except FileNotFoundError as exc:
             raise SchemaError(f"no events file at {source}") from exc
     raise SchemaError(f"cannot commit a {type(source).__name__}; pass a pyarrow Table, RecordBatch, "

@@ -464,12 +464,13 @@ def _check_arguments(store: Path, path: Path, what: str) -> None:
     _not_a_store(path, what)
 
 
-def _read_parquet(path: Path, what: str) -> pa.Table:
-    """A Parquet file, or a folder of them (Spark's output, hive partitions too)."""
+def _read_parquet(path: Path, what: str, ids: list[str] | None = None) -> pa.Table:
+    """A Parquet file, or a folder of them (Spark's output, hive partitions too); ``ids``:
+    the store's id columns (``Schema.id_columns``), which a folder key may name."""
     _not_a_store(path, f"{what} file")
     if not path.is_dir():
         _input_file(path, what)
-    return read_checked(path, f"{what} file")
+    return read_checked(path, f"{what} file", ids or [])
 
 
 def _with_pandas_index(table: pa.Table) -> pa.Table:
@@ -653,7 +654,9 @@ def ingest(
     for option, name in (("--user-col", user_col), ("--time-col", time_col)):
         if name is not None and not name.strip():  # "" was taken for the default (s61C)
             raise SchemaError(f"{option} {name!r} names no column")
-    table = _with_pandas_index(_read_parquet(events, "events"))
+    ids = (_open(store).schema.id_columns if holds_store(store)
+           else [user_col or "user_id", *([event_id_col] if event_id_col else [])])
+    table = _with_pandas_index(_read_parquet(events, "events", ids))
     if drop is not None:  # (s50A: a Spark folder partitioned by a string date could not be ingested as it was)
         dropped = _columns(drop, "--drop")
         unknown = [name for name in dropped if name not in table.column_names]
@@ -686,7 +689,7 @@ def ingest(
                               "schema from its first input: create the store from an input with its columns (an "
                               "empty file of them will do with --allow-empty)")
         options: dict[str, Any] = {"time_unit": unit} if unit is not None else {}
-        schema = Schema.infer(table.schema, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
+        schema = Schema.infer(table, user_col or "user_id", time_col or "ts", tiebreak=tiebreak,
                               partitions=1 if partitions is None else partitions, event_id_col=event_id_col,
                               **options)
         if unit is not None and table.num_rows:  # integers of a finer unit named with the file, as for a store
@@ -966,7 +969,7 @@ def pointers(
     _check_arguments(store, requests, "requests file")
     _check_output(out, force, "--out", [requests], store)
     handle = _open(store, version)
-    table = _with_user_id(_read_parquet(requests, "requests"), handle.schema, requests)
+    table = _with_user_id(_read_parquet(requests, "requests", handle.schema.id_columns), handle.schema, requests)
     table = _integer_times(table, ["request_ts"], None if time_unit is None else time_unit.value, handle.schema,
                            requests)
     examples = log_examples(handle, table)
@@ -1311,7 +1314,7 @@ def delete(
     """Publish a version without USERS' events; print its number and what still holds them."""
     _check_arguments(store, users, "users file")
     handle = _open(store)
-    table = _with_user_id(_read_parquet(users, "users"), handle.schema, users)
+    table = _with_user_id(_read_parquet(users, "users", handle.schema.id_columns), handle.schema, users)
     if "user_id" not in table.column_names:
         other = f" or {handle.schema.user_col}" if handle.schema.user_col != "user_id" else ""
         raise SchemaError(f"{users} has no user_id{other} column (columns: {table.column_names})")
