@@ -218,3 +218,41 @@ def verify_after_kill(path: Path, oracle: FrameOracle, known: dict) -> bool:
     return orphans
 
 
+
+
+def synced_order(monkeypatch) -> list[tuple[str, str]]:
+    """What the process syncs and renames, in order: ("sync", path) and ("rename", destination)."""
+    done: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        done.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        done.append(("rename", os.fspath(Path(dst).absolute())))
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return done
+
+
+def test_a_power_loss_loses_no_example_log_nor_new_store_once_written(tmp_path, monkeypatch):
+    """An example log (the one record of what was served) was renamed into place unsynced,
+    and a new store's folders were never synced in their parents: after a power loss the
+    log could be empty and the store gone (s62P). Each file is synced before its rename,
+    its folder after, and every folder a create makes, in its parent."""
+    done = synced_order(monkeypatch)
+    store = lateseq.create(tmp_path / "a" / "b" / "store", lateseq.Schema({"item": "int64"}))
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "a" / "b"):
+        assert ("sync", str(folder)) in done, (folder, done)
+    store = store.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]}))
+    for overwrite in (False, True):
+        done.clear()
+        log = tmp_path / "log.parquet"
+        lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [5]}), log, overwrite=overwrite)
+        renamed = done.index(("rename", str(log)))
+        assert [kind for kind, path in done[:renamed] if ".tmp-" in path and path.endswith("-log.parquet")] == \
+            ["sync"], done
+        assert ("sync", str(tmp_path)) in done[renamed:], done

@@ -199,6 +199,27 @@ def test_verify_finds_nothing_in_a_sound_store_and_each_damaged_file(store):
     assert {p.name for p in damaged} <= found
 
 
+@pytest.mark.parametrize("damage", ["emptied", "flipped"])
+def test_verify_removes_a_damaged_decoded_copy_a_host_reading_merged_copies_never_decodes_again(store, log, damage):
+    """A decoded copy a power loss emptied (the read cache is not synced) failed every verify
+    after, on a host whose reads go through merged copies and so never decode the segment
+    again (s62P): verify now removes it, and says so."""
+    want = lateseq.materialize(lateseq.open(store.path, merged_reads=False), log, PROJECTION)
+    assert same(lateseq.materialize(lateseq.open(store.path, merged_reads=True), log, PROJECTION), want)  # built
+    copy = store.cache_dir / f"{store.segment_infos[0].name}.arrow"
+    assert copy.exists()
+    copy.write_bytes(b"") if damage == "emptied" else flip(copy, copy.stat().st_size // 2)
+    assert same(lateseq.materialize(lateseq.open(store.path, merged_reads=True), log, PROJECTION), want)
+    assert copy.exists()  # (not decoded again: the merged copies hold its events)
+    (problem,) = verify(store)
+    assert problem.path == str(copy) and problem.message.endswith(
+        "removed, it is decoded again from the durable files when a read needs it"), problem.message
+    assert not copy.exists()
+    assert same(lateseq.materialize(lateseq.open(store.path, merged_reads=True), log, PROJECTION), want)
+    assert verify(store) == []
+    assert same(output(store.path, log), want) and copy.exists()
+
+
 def test_a_lost_version_file_fails_verify_stops_cleanup_and_is_named_to_its_pointers(store, log, dir_snapshot):
     """A version's manifest deleted by hand passed verify ("every file sound"), and the next
     cleanup deleted the segments only it named, the last copy of its events; pointers into a

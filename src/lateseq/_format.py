@@ -660,7 +660,9 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
     block, and a rename that fails puts back what the others replaced (only a crash
     between two renames can leave some replaced). Each path holds its old or its new file
     at every instant, crashes included: the old one is kept under a second name (a hard
-    link) while the new ones are renamed over them, never moved aside first."""
+    link) while the new ones are renamed over them, never moved aside first; the new ones
+    are synced before they are renamed, and their folders after (a power loss neither
+    empties nor loses a written file)."""
     paths = [Path(p) for p in paths]
     for path in paths:
         replaceable(path)
@@ -678,6 +680,8 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
             temporaries.append(temporary_path(path))
             os.close(os.open(temporaries[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         yield temporaries
+        for tmp in temporaries:  # an example log is the one record of what was served: as durable as the store
+            fsync_file(tmp)
         if len(paths) > 1:
             for path in paths:
                 if os.path.lexists(path):
@@ -686,6 +690,8 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         for tmp, path in zip(temporaries, paths, strict=True):
             os.replace(tmp, path)
             placed.append(path)
+        for folder in dict.fromkeys(path.absolute().parent for path in paths):
+            fsync_dir(folder)
     except BaseException as exc:
         for path in placed:
             if path in kept:
@@ -703,6 +709,24 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         for tmp in [*temporaries, *kept.values()]:
             with contextlib.suppress(OSError):  # raised, it said outputs all in place had failed (s45D): a
                 discard(tmp)  # leftover goes at the next write of its path (``_remove_abandoned_temporaries``)
+
+
+def fsync_dir(path: Path) -> None:
+    """Makes the names in folder ``path`` (a rename into it, a file made) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Makes the bytes written to file ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_synced(path: Path, data: pa.Buffer | bytes) -> int:

@@ -441,7 +441,8 @@ def _payload_hint(type_: pa.DataType, looked: bool) -> str:
         return " (times other than the event's are stored as integers: cast to an integer count of a unit you choose)"
     if type_ == pa.uint64() and not looked:
         return (" (values below 2**63 go into an int64 column exactly: name it int64 in the Schema, or give "
-                "Schema.infer the table itself, which looks at them; " + unsigned_bits_hint(type_, pa.int64(), False)[2:])
+                "Schema.infer the table itself, which looks at them; "
+                + unsigned_bits_hint(type_, pa.int64(), False)[2:])
     return string_values_hint(type_) or unsigned_bits_hint(type_, pa.int64(), False)
 
 

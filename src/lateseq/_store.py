@@ -82,6 +82,7 @@ from ._format import (
     decoded_file,
     discard,
     forget_left_out,
+    fsync_dir,
     holds_store,
     is_segment_name,
     make_folders,
@@ -105,7 +106,6 @@ from ._versions import (
     VersionLog,
     content_crc,
     dump_checked,
-    fsync_dir,
     load_checked,
     older_than,
     remove_file,
@@ -342,6 +342,8 @@ class Store:
             write_store_id(path)
             try:
                 fsync_dir(path)
+                for folder in dict.fromkeys(p.parent for p in made if p == absolute or p in absolute.parents):
+                    fsync_dir(folder)  # each folder made for it is named in its parent
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror} syncing its folder") from exc
         except BaseException:  # no half-made store stays for the next create to take for another's folder

@@ -49,6 +49,7 @@ from ._format import (
     SCHEMA_FILE,
     SegmentInfo,
     close_lock_file,
+    fsync_dir,
     hard_link,
     lock_failure,
     open_lock_file,
@@ -832,14 +833,6 @@ def _tagged(path: Path, name: str) -> int:
 
 def _id_hash(commit_id: str) -> str:
     return hashlib.sha256(commit_id.encode()).hexdigest()[:32]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_file(path: Path) -> None:

@@ -14,7 +14,17 @@ import pyarrow as pa
 
 from ._derived import damaged_copies
 from ._errors import LateseqError, StoreError, VersionNotFound, exact_bool, exact_integer
-from ._format import REBUILT, SCHEMA_FILE, TIME, SegmentInfo, decode_segment, decoded_file, map_decoded, read_index
+from ._format import (
+    REBUILT,
+    SCHEMA_FILE,
+    TIME,
+    SegmentInfo,
+    decode_segment,
+    decoded_file,
+    discard,
+    map_decoded,
+    read_index,
+)
 from ._kernels import Visibility, event_hashes
 from ._materialize import materialize, require_store
 from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
@@ -309,12 +319,25 @@ def _segment_of(path: str) -> str:
 
 
 def _check_decoded(path: Path, info: SegmentInfo) -> None:
+    """A decoded copy that fails is removed: a host reading through merged copies never
+    decodes the segment again, and its damaged copy (a power loss empties an unsynced
+    one) failed every verify after (s62P)."""
     try:
         columns = map_decoded(path)
-    except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
-        raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); it is decoded "
-                         "again from the durable files when next read") from exc
+    except OSError as exc:  # out of file handles, no right to read it: the file may be sound
+        raise StoreError(f"decoded copy of segment {info.name} cannot be read ({exc})") from exc
+    except (pa.ArrowException, KeyError, ValueError) as exc:
+        raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); {_removed(path)}") from exc
     bad = [name for name in info.decoded if not info.column_sound(name, columns.get(name))]
+    del columns  # (its map, before the file goes)
     if bad:
-        raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; it is "
-                         "decoded again from the durable files when next read")
+        raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; {_removed(path)}")
+
+
+def _removed(path: Path) -> str:
+    """Removes a damaged read-cache copy; says what happened to it."""
+    try:
+        discard(path)
+    except OSError as exc:
+        return f"it could not be removed ({exc.strerror}): remove it, or read the segment unmerged"
+    return "removed, it is decoded again from the durable files when a read needs it"
