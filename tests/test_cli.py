@@ -337,6 +337,11 @@ def test_an_ingest_of_events_committed_before_is_said_to_store_them_twice(tmp_pa
     assert lateseq("ingest", tmp_path / "ids", with_ids, "--event-id-col", "eid")[0] == 0
     code, _, err = lateseq("ingest", tmp_path / "ids", with_ids)
     assert code == 0 and "warning" not in err and "3 repeated an event id" in err, err
+    # a rerun after its users were deleted stores each event once: no warning (s62L)
+    assert lateseq("ingest", tmp_path / "del", day)[0] == 0
+    assert lateseq("delete", tmp_path / "del", write(tmp_path / "gone.parquet", user_id=[1, 2]))[0] == 0
+    code, _, err = lateseq("ingest", tmp_path / "del", day)
+    assert code == 0 and "warning" not in err, err
 
 
 @pytest.mark.parametrize("case", [

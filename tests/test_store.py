@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -2051,6 +2052,43 @@ def as_written_before_chains(store: lateseq.Store) -> None:
     forget_resolved()
 
 
+@pytest.mark.parametrize("lie", ["rows", "bases", "tag"])
+def test_crafted_files_whose_checksums_hold_are_refused_by_name_not_decoded_or_crashed_on(make_store, lie):
+    """Files rewritten consistently, checksums recomputed (s62T): a 1.6 MB segment of 2**27
+    rows where its manifest said 40 was decoded whole (3.7 GB) before any count was
+    checked; a manifest's value base of 2**63, and a tag naming "1", were a bare
+    OverflowError and TypeError; each is now a StoreError naming the file."""
+    import pyarrow.parquet as pq
+
+    store = make_store().commit(events([1, 1, 2], [1, 2, 3], [10, 20, 30]))
+    as_written_before_chains(store)
+    manifest_path = store.path / "versions" / f"{store.version:08d}.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["segments"][0]
+    segment = store.path / "segments" / f"{entry['name']}.parquet"
+    if lie == "rows":
+        table = pq.read_table(segment)
+        pq.write_table(pa.concat_tables([table] * 1000), segment)
+        entry["crc32"][0] = zlib.crc32(segment.read_bytes())
+        entry["bytes"] += segment.stat().st_size
+        (store.cache_dir / f"{entry['name']}.arrow").unlink()
+        named, message = segment, f"holds {3000:,} rows, where its manifest and index say 3"
+    elif lie == "bases":
+        entry["bases"]["item"] = 2**63
+        named, message = manifest_path, "lists a malformed segment entry"
+    else:
+        (store.path / "tags" / "x.json").write_bytes(lateseq._versions.dump_checked({"version": "1", "tag": "x"}))
+        named, message = store.path / "tags" / "x.json", "names no version (it holds '1')"
+    manifest_path.write_bytes(lateseq._versions.dump_checked(manifest))
+    forget_resolved()
+    with pytest.raises(lateseq.StoreError, match=re.escape(message)):
+        handle = lateseq.open(store.path, "x" if lie == "tag" else None, merged_reads=False)
+        lateseq.materialize(handle, lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": [9]})),
+                            lateseq.Projection(5, ("item",)))
+    if lie != "bases":  # (a manifest the handle cannot open is the error verify's caller gets)
+        assert any(p.path == str(named) and message in p.message for p in lateseq.audit.verify(store, deep=True))
+
+
 def test_format_2_manifests_are_refused_by_a_lateseq_that_would_misread_them(make_store):
     """lateseq before format 2 read a manifest without "segments" as a version of none, and
     its cleanup deleted the segments that version added: it requires a "crc32" key, which
@@ -2272,14 +2310,14 @@ def test_an_id_file_the_os_cannot_read_is_not_called_damaged(make_store, monkeyp
     store = make_store({"item": "int64"})
     store = store.commit(pa.table({"user_id": [1], "ts": [10], "item": [1]}))
     before = snapshot(store.path)
-    read_bytes = Path.read_bytes
+    real_open = os.open
 
-    def failing(path):
-        if path.name == "id":
+    def failing(path, flags, *args, **kwargs):
+        if Path(path) == store.path / "id" and not flags & (os.O_WRONLY | os.O_RDWR):
             raise OSError(error, os.strerror(error), str(path))
-        return read_bytes(path)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", failing)
+    monkeypatch.setattr(os, "open", failing)
     with pytest.raises(lateseq.StoreError, match=rf"the store's id, is unreadable: {re.escape(os.strerror(error))} "
                                                  r"\(it read [0-9a-f]{32} .*nothing was changed") as caught:
         store.commit(pa.table({"user_id": [1], "ts": [11], "item": [2]}))

@@ -1908,3 +1908,22 @@ def test_a_deletions_cleanup_leaves_no_copy_of_its_events_in_either_cache(store,
     assert left == {under_way.name, f".tmp-0badc0de-{min(before)}.arrow", f".tmp-lock-{min(before)}"}  # decoded now
     elsewhere.cleanup(before="latest", grace_s=0)
     assert not [p for p in store.cache_dir.iterdir() if any(name in p.name for name in before)]
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link", "huge"])
+def test_an_id_file_that_is_no_small_regular_file_is_damaged_not_waited_on_nor_read_whole(store, planted, tmp_path):
+    """The store's id was read with a plain read: a FIFO there hung ``open`` forever, a link
+    to /dev/zero ate every byte of memory, and a 3 GiB file was read whole (s62T)."""
+    path = store.path / "id"
+    path.unlink()
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "link":
+        (tmp_path / "elsewhere").write_text(store._log.store_id)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        with open(path, "wb") as f:
+            f.truncate(3 * 2**30)
+    assert lateseq.open(store.path).version == store.version
+    (problem,) = verify(lateseq.open(store.path))
+    assert problem.path == str(path) and "the store's id, is damaged" in problem.message

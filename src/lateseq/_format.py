@@ -180,6 +180,10 @@ def column_digest(values: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _is_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """A segment's entry in a version manifest.
@@ -209,7 +213,13 @@ class SegmentInfo:
             valid = (match is not None and int(match.group(1)) == info.partition
                      and all(isinstance(getattr(info, f), int) and getattr(info, f) >= 0
                              for f in ("rows", "users", "min_version", "max_version", "bytes"))
-                     and len(info.crc32) == len(SEGMENT_FILES) and info.decoded)
+                     and len(info.crc32) == len(SEGMENT_FILES) and info.decoded
+                     # (a crafted base of 2**63, "x" or a list was a bare OverflowError or TypeError, s62T)
+                     and isinstance(info.bases, dict) and all(isinstance(k, str) and _is_int64(v)
+                                                              for k, v in info.bases.items())
+                     and all(isinstance(c, int) and 0 <= c < 2**32 for c in info.crc32)
+                     and isinstance(info.decoded, dict)
+                     and all(isinstance(k, str) and isinstance(v, str) for k, v in info.decoded.items()))
         except (TypeError, ValueError):
             valid = False
         if not valid:
@@ -424,6 +434,14 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
                          f"{DURABLE_REMEDY}")
     user_ids, ends = read_index(directory, info)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    try:  # its footer's row count, before it is decoded: a few MB can declare billions of rows (s62T)
+        declared = pq.ParquetFile(pa.BufferReader(packed)).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"segment {info.name} is damaged ({path.name} cannot be read: {exc}); "
+                         f"{DURABLE_REMEDY}") from exc
+    if declared != info.rows:  # (the index was held to the manifest's count when read)
+        raise StoreError(f"segment {info.name} is damaged ({path.name} holds {declared:,} rows, where its manifest "
+                         f"and index say {info.rows:,}); {DURABLE_REMEDY}")
     table = pq.read_table(pa.BufferReader(packed))
     del packed
     stored = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns, strict=True)}

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -221,6 +223,7 @@ def write_durably(path: Path, data: bytes) -> None:
 GATE = ".gate.lock"  # closed by a cleanup, so that writers arriving while it waits wait for it
 GATE_AFTER_S = 5.0  # how long cleanup waits for a moment without writers before it closes the gate
 STORE_ID = "id"  # the store's random id, in its own file: a lateseq that predates it reads the store as before
+_ID_BYTES = 64  # the most an id file holds (32 hex digits, and a line end or spaces an editor added)
 
 
 def write_store_id(root: Path) -> None:
@@ -251,14 +254,23 @@ def _written_id(root: Path) -> tuple[str | None, str]:
     made before stores had one, or by a create that stopped before writing it), "damaged",
     "gone" (no store there), or "unreadable: " and the OS's error (out of file handles,
     no right to read it: the file may be sound, and is not called damaged))."""
-    try:
-        written = (root / STORE_ID).read_bytes().decode("ascii").strip()
+    try:  # never through a link, nor waiting on a FIFO, nor reading a file of gigabytes whole (s62T)
+        fd = os.open(root / STORE_ID, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None, "missing" if (root / SCHEMA_FILE).exists() else "gone"
-    except (IsADirectoryError, UnicodeDecodeError):
+    except OSError as exc:
+        return (None, "damaged") if exc.errno == errno.ELOOP else (None, f"unreadable: {exc.strerror or exc}")
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > _ID_BYTES:  # a folder, a FIFO, a device, grown
+            return None, "damaged"
+        written = os.read(fd, _ID_BYTES + 1).decode("ascii").strip()
+    except UnicodeDecodeError:
         return None, "damaged"
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
     return (written, "") if _sound_id(written) else (None, "damaged")
 
 
@@ -521,6 +533,8 @@ class VersionLog:
                 m = self._version_file(number)
                 if content and m.get("operation") == "commit" and m.get("content") == content:
                     return number
+                if m.get("deleted"):  # the events of users deleted since may be held once only (s62L)
+                    return None
         return None
 
     def _marked_version(self, marker: Path, commit_id: str) -> int | None:
@@ -828,7 +842,11 @@ def _tagged(path: Path, name: str) -> int:
     if content.get("tag", name) != name:  # tags written before names were kept in them: trusted
         raise StoreError(f"{path} is the file of tag {content.get('tag')!r}, not of {name!r}; restore it from a "
                          "backup or tag the version again")
-    return content["version"]
+    version = content.get("version")
+    if not is_integer(version) or version < 1:  # (a crafted "1", [1] or null was a bare TypeError, s62T)
+        raise StoreError(f"{path} names no version (it holds {version!r}); restore it from a backup or tag the "
+                         "version again")
+    return int(version)
 
 
 def _id_hash(commit_id: str) -> str:
