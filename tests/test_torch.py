@@ -1528,6 +1528,14 @@ def test_to_hstu_gives_sequential_features_fields_right_padded(batch):
     assert batch.to_hstu()["past_ids"].shape[1] == int(batch.lengths.max())
     with pytest.raises(lateseq.SchemaError, match="no column 'movie'"):
         batch.to_hstu(ids="movie")
+    # a column named "timestamps" took the place of the times (s62M); ids <= 0 read as padding
+    clash = dataclasses.replace(batch, values={**batch.values, "timestamps": batch.values["rating"]})
+    with pytest.raises(lateseq.SchemaError, match="a column named 'timestamps', which would take the place"):
+        clash.to_hstu()
+    zero = dataclasses.replace(batch, values={**batch.values, "item_id": batch.values["item_id"]
+                                              - batch.values["item_id"].min()})
+    with pytest.raises(lateseq.SchemaError, match="ids column 'item_id' holds ids <= 0 .the smallest is 0."):
+        zero.to_hstu()
 
 
 @pytest.mark.parametrize("unit", [None, "ms"])

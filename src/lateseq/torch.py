@@ -268,7 +268,9 @@ class Batch:
 
         A KJT has one values tensor, and its values are ids for embedding tables: integer
         and bool columns are widened to int64 (lossless); a float column raises, name
-        the id columns in ``keys`` and read floats from ``values`` or ``padded``.
+        the id columns in ``keys`` and read floats from ``values`` or ``padded``. A batch of
+        no examples (``drop_deleted`` can leave one) makes a KJT that TorchRec itself cannot
+        take apart (its ``to_dict()`` raises IndexError): skip such batches.
         """
         if isinstance(keys, str):  # list("item_id") would be its letters
             raise SchemaError(f"keys is a list of column names; pass keys=[{keys!r}]")
@@ -330,6 +332,12 @@ class Batch:
         if time_unit is not None and time_unit not in TIME_UNITS:
             raise SchemaError(f"time_unit must be one of {', '.join(TIME_UNITS)} (the store's schema.time_unit), "
                               f"got {time_unit!r}")
+        if "timestamps" in self.values and timestamps != "timestamps" and ids != "timestamps":  # (s62M: it won)
+            raise SchemaError(f"the batch has a column named 'timestamps', which would take the place of HSTU's "
+                              f"timestamps payload (the times of {timestamps!r}): leave it out of the projection")
+        if len(self.values[ids]) and int(self.values[ids].min()) <= 0:  # (0 pads: such an id reads as padding)
+            raise SchemaError(f"ids column {ids!r} holds ids <= 0 (the smallest is {int(self.values[ids].min())}); "
+                              "HSTU pads with 0, so its ids are > 0: shift them, or map them to 1..n")
         extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
         if isinstance(target_timestamps, str):  # (torch's "invalid data type 'str'" otherwise, s47A)
             if target_timestamps not in self.examples:
