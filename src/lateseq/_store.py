@@ -163,7 +163,8 @@ EMPTY_PATH = "a store's path is empty; name its folder ('.' for the current one)
 
 class Store:
     """A handle on one version of a store. Pickles as (path, version, cache_dir,
-    merged_reads, readahead).
+    merged_reads, readahead) and the store's id, so that an unpickled handle refuses
+    another store made at that path since.
 
     A partition of more than one segment can be read through one merged copy of them in
     the read cache, built on this host by the first read that needs it (a local
