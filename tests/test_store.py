@@ -2052,7 +2052,7 @@ def as_written_before_chains(store: lateseq.Store) -> None:
     forget_resolved()
 
 
-@pytest.mark.parametrize("lie", ["rows", "bases", "tag"])
+@pytest.mark.parametrize("lie", ["rows", "bases", "tag", "twice", "partition"])
 def test_crafted_files_whose_checksums_hold_are_refused_by_name_not_decoded_or_crashed_on(make_store, lie):
     """Files rewritten consistently, checksums recomputed (s62T): a 1.6 MB segment of 2**27
     rows where its manifest said 40 was decoded whole (3.7 GB) before any count was
@@ -2076,6 +2076,12 @@ def test_crafted_files_whose_checksums_hold_are_refused_by_name_not_decoded_or_c
     elif lie == "bases":
         entry["bases"]["item"] = 2**63
         named, message = manifest_path, "lists a malformed segment entry"
+    elif lie == "twice":  # verify passed it, and new pointers counted the history twice
+        manifest["segments"].append(dict(entry))
+        named, message = manifest_path, f"version 1 lists segment {entry['name']} twice"
+    elif lie == "partition":  # verify passed it, and its users' histories were empty
+        entry["name"], entry["partition"] = "p00007" + entry["name"][6:], 7
+        named, message = manifest_path, f"lists segment {entry['name']} of partition 7, where the store has 1"
     else:
         (store.path / "tags" / "x.json").write_bytes(lateseq._versions.dump_checked({"version": "1", "tag": "x"}))
         named, message = store.path / "tags" / "x.json", "names no version (it holds '1')"
@@ -2085,7 +2091,7 @@ def test_crafted_files_whose_checksums_hold_are_refused_by_name_not_decoded_or_c
         handle = lateseq.open(store.path, "x" if lie == "tag" else None, merged_reads=False)
         lateseq.materialize(handle, lateseq.log_examples(handle, pa.table({"user_id": [1], "request_ts": [9]})),
                             lateseq.Projection(5, ("item",)))
-    if lie != "bases":  # (a manifest the handle cannot open is the error verify's caller gets)
+    if lie in ("rows", "tag"):  # (a manifest the handle cannot open is the error verify's caller gets)
         assert any(p.path == str(named) and message in p.message for p in lateseq.audit.verify(store, deep=True))
 
 

@@ -1927,3 +1927,24 @@ def test_an_id_file_that_is_no_small_regular_file_is_damaged_not_waited_on_nor_r
     assert lateseq.open(store.path).version == store.version
     (problem,) = verify(lateseq.open(store.path))
     assert problem.path == str(path) and "the store's id, is damaged" in problem.message
+
+
+def test_cleanup_cache_leaves_a_writers_copy_of_its_unpublished_segment_being_written(store):
+    """A commit writes its segment's durable files, then its decoded copy under a temporary
+    name, then publishes: ``cleanup_cache(grace_s=0)`` in another thread took that
+    temporary for a killed decode of a segment no version reads, removed it, and the
+    commit failed (s62Q, 274 of 450 commits). Its durable files there, it is a
+    temporary like any other (kept an hour); once they are gone, it goes."""
+    name = "p00000-" + "ab" * 16
+    segments = store.path / "segments"
+    for suffix in (".parquet", ".index.arrow"):
+        (segments / f"{name}{suffix}").write_bytes(b"an unpublished segment")
+    writing = store.cache_dir / f".tmp-0badc0de-{name}.arrow"
+    writing.write_bytes(b"its decoded copy, half written")
+    os.utime(writing, (time.time() - 10, time.time() - 10))  # older than a grace of 0 s, on any clock
+    store.cleanup_cache(grace_s=0)
+    assert writing.exists()
+    for suffix in (".parquet", ".index.arrow"):
+        (segments / f"{name}{suffix}").unlink()
+    store.cleanup_cache(grace_s=0)
+    assert not writing.exists()

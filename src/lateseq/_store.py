@@ -281,7 +281,18 @@ class Store:
         if recorded is not None and recorded != self._schema_crc:
             raise StoreError(f"{self.path / 'schema.json'} is not the schema version {version} was written with (a "
                              "file copied from another store?); restore it from a backup")
-        return self._log.segments(version, manifest) if version else SegmentList((), 0, 0, False)
+        if not version:
+            return SegmentList((), 0, 0, False)
+        listed = self._log.segments(version, manifest)
+        names = [info.name for info in listed.infos]
+        foreign = next((i for i in listed.infos if i.partition >= self.schema.partitions), None)
+        if foreign is not None or len(set(names)) < len(names):  # (a crafted list, s62T: verify passed both)
+            what = (f"segment {foreign.name} of partition {foreign.partition}, where the store has "
+                    f"{self.schema.partitions}" if foreign is not None else
+                    f"segment {next(n for n in names if names.count(n) > 1)} twice")
+            raise StoreError(f"version {version} lists {what} (a manifest crafted or copied from another store?); "
+                             "restore it from a backup")
+        return listed
 
     def _read_version(self, version: int | str | None) -> tuple[dict, SegmentList]:
         """Sets ``self.version`` and returns its manifest and segments. "The latest" is read
@@ -917,9 +928,12 @@ class Store:
         for path in cache.glob("*") if cache.is_dir() else []:
             if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
                 stale = path.name[len(".tmp-lock-"):] not in referenced and self._decoding_none(path)
-            elif is_segment_name(segment := temporary_of(path.name) or "") and segment not in referenced:
-                # a killed decode of a segment no kept version reads: events a deletion's cleanup must
-                # not leave for an hour (s61G); one under way (its lock held) is left to finish
+            elif (is_segment_name(segment := temporary_of(path.name) or "") and segment not in referenced
+                  and not any((self.path / "segments" / f"{segment}{suffix}").exists() for suffix in SEGMENT_FILES)):
+                # a killed decode of a segment gone from the store: events a deletion's cleanup must not
+                # leave for an hour (s61G); one under way (its lock held) is left to finish. (A segment whose
+                # files are there may be a writer's, unpublished, writing its copy: s62Q's cleanup_cache
+                # removed that under it, and the commit failed)
                 stale = self._decoding_none(cache / f".tmp-lock-{segment}")
             elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
                 stale = older_than(path, max(grace_s, _DECODE_GRACE_S))

@@ -590,7 +590,11 @@ class VersionLog:
                     break
                 if attempt == 3:
                     raise
-        raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {sorted(self.tags())}")
+        tags = sorted(self.tags())
+        if name in tags:  # untagged while it was read, tagged again since (s62Q: "no tag 'prod'; tags: ['prod']")
+            raise VersionNotFound(f"tag {name!r} of {self.root} was removed while it was read, and made again "
+                                  "since: open it again")
+        raise VersionNotFound(f"no tag {name!r} in {self.root}; tags: {tags}")
 
     def tag(self, name: str, version: int) -> None:
         if isinstance(name, str) and name.casefold() == LATEST:
