@@ -1117,6 +1117,19 @@ def test_unsigned_values_past_int64_and_repeated_columns_are_refused_when_the_da
         ExampleDataset(store, twice, projection)
 
 
+def test_a_log_whose_row_groups_a_worker_cannot_hold_is_warned_of(world, monkeypatch):
+    """A worker reads a whole row group and holds it while it shuffles it: one of 2**26
+    rows (1.2 MB on disk) ran it out of memory, unsaid (s62T). Sized as read, not as
+    encoded (the footer gave that one 1 MB)."""
+    store, _, log, path = world
+    row = sum(f.type.bit_width // 8 if pa.types.is_primitive(f.type) else 32 for f in log.schema)
+    monkeypatch.setattr(lateseq.torch, "_ROW_GROUP_WARNED", 16 * row - 1)  # its row groups hold 16 rows
+    with pytest.warns(UserWarning, match="has a row group of 16 rows, about .* GiB read: each worker reads a whole"):
+        ExampleDataset(store, path, lateseq.Projection(4, ("item_id",)), batch_size=8)
+    monkeypatch.setattr(lateseq.torch, "_ROW_GROUP_WARNED", 16 * row)
+    ExampleDataset(store, path, lateseq.Projection(4, ("item_id",)), batch_size=8)  # no warning
+
+
 def test_even_batches_warn_when_they_leave_out_much_of_an_epoch(tmp_path):
     """A co-partitioned log of 3 partitions on 2 ranks: one rank gets two, the other one,
     and even_batches serves the second's share twice over: about a third left out."""

@@ -535,6 +535,9 @@ def _values_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
+_ROW_GROUP_WARNED = 2**30  # bytes of a log's row group, uncompressed, that a worker is warned it will hold
+
+
 class ExampleDataset(IterableDataset):
     """Batches of an example log with their exact sequences, sharded by rank and worker.
 
@@ -614,6 +617,14 @@ class ExampleDataset(IterableDataset):
             self._table = None
             self._file: ExampleLog | None = ExampleLog(examples)  # its footers checked: workers read through them
             schema, num_rows, row_groups = self._file.schema, self._file.num_rows, self._file.row_groups
+            # in memory as read (a footer's sizes are encoded: a run of one value is a few bytes)
+            row = sum(f.type.bit_width // 8 if pa.types.is_primitive(f.type) else 32 for f in schema)
+            biggest = max(row_groups, default=0) * row
+            if biggest > _ROW_GROUP_WARNED:  # (s62T: one row group of 2**26 rows ran a worker out of memory)
+                warnings.warn(f"example log {self._file.path} has a row group of {max(row_groups):,} rows, about "
+                              f"{biggest / 2**30:.1f} GiB read: each worker reads a whole row group and holds it "
+                              "while it shuffles it; write the log with smaller ones "
+                              "(pyarrow.parquet.write_table(..., row_group_size=1_000_000))", stacklevel=2)
             if copartition:
                 if len(self._file.files) > 1:
                     raise SchemaError(f"copartition reads one Parquet file written by lateseq.copartition_log, not "
