@@ -125,6 +125,18 @@ def test_a_missing_extra_is_named_with_its_install_line_not_as_a_bug(monkeypatch
     one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "internal error: ImportError")
 
 
+def test_running_out_of_memory_is_said_as_such_not_as_a_bug(monkeypatch):
+    """A 1.1 MB events file of 64M events said 'internal error: MemoryError ... please report
+    it' (s62T): the input is too big for the machine, and the message says what to do."""
+    from lateseq.cli import simulate
+
+    def too_big(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(simulate, "simulate", too_big)
+    one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "out of memory: the command needs more")
+
+
 def test_an_input_is_never_overwritten_even_with_force(plain, two_tier, dir_snapshot):
     """An in-place rewrite would lose the only copy of what the command reads (an example
     log records what online served) if the output is wrong; write elsewhere, then move."""

@@ -279,6 +279,10 @@ class _Group(TyperGroup):
         except _USER_ERRORS as exc:
             _signalled()
             _fail(_from_worker(str(exc)) or type(exc).__name__)
+        except MemoryError:  # no bug to report: an input too big for this machine (s62T: "internal error")
+            _signalled()
+            _fail("out of memory: the command needs more than this machine gives it (ingest and pointers read a "
+                  "file whole, ingest at 100-140 bytes an event: split a big input into several runs)")
         except Exception as exc:
             _signalled()
             if _is_usage_error(exc):
