@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -819,3 +820,32 @@ def test_an_output_that_is_no_regular_file_is_refused_even_with_force(plain):
             lateseq.log_examples(store, pq.read_table(d / "requests.parquet"), out, overwrite=True)
     assert (d / "pipe").is_fifo() and (d / "link.parquet").is_symlink() and not (d / "elsewhere.parquet").exists()
     assert no_temporaries(d)
+
+
+def test_a_first_compile_is_said_on_a_terminal_once_and_never_in_a_pipe(monkeypatch, capsys):
+    """A first use on a machine compiled the kernels in silence, 10-50 s (strangers' first
+    runs, s61H and s62O): on a terminal it is said, once a process; in a pipe (a script's
+    output, these tests) nothing is added."""
+    import numba
+    from numba.core import event
+
+    from lateseq.cli import _app
+
+    listeners: list = []
+    monkeypatch.setattr(event, "register", lambda kind, listener: listeners.append((kind, listener)))
+
+    def compiled(module: str):
+        scope = {"__name__": module}
+        exec("def twice(x):\n    return 2 * x", scope)
+        return numba.njit(scope["twice"])
+
+    _app._say_compiling()
+    assert listeners == []  # stderr is captured here: no terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _app._say_compiling()
+    ((kind, listener),) = listeners
+    assert kind == "numba:compile"
+    for module in ("someone.else", "lateseq._kernels", "lateseq._kernels"):
+        function = compiled(module)
+        listener.on_start(event.Event("numba:compile", event.EventStatus.START, data={"dispatcher": function}))
+    assert capsys.readouterr().err.count("compiling lateseq's kernels for this machine") == 1

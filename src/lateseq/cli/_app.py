@@ -206,6 +206,31 @@ def _begin() -> None:
         _raise_received()
 
 
+def _say_compiling() -> None:
+    """On a terminal, says when numba first compiles a kernel of lateseq's in this process:
+    a first use on a machine compiles them (10-50 s in strangers' runs, silent until then),
+    later runs load them from numba's cache."""
+    if not sys.stderr.isatty():
+        return
+    from numba.core import event
+
+    class FirstCompile(event.Listener):
+        said = False
+
+        def on_start(self, ev: event.Event) -> None:
+            dispatcher = (ev.data or {}).get("dispatcher")
+            module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
+            if not self.said and module.startswith("lateseq."):
+                self.said = True
+                _err.print("compiling lateseq's kernels for this machine (once: numba caches them; 10-60 s)",
+                           highlight=False)
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    event.register("numba:compile", FirstCompile())
+
+
 def _signalled() -> None:
     """Exits as the first signal received says, if any was: an error that followed one
     (a library's import cut short by it) is its consequence, not a bug to report. A process
@@ -265,6 +290,7 @@ class _Group(TyperGroup):
         try:
             if handled:
                 _begin()
+                _say_compiling()
             with warnings.catch_warnings():
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
                 code = super().main(args, prog_name, complete_var, False, **extra)
