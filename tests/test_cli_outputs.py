@@ -131,11 +131,12 @@ def test_running_out_of_memory_is_said_as_such_not_as_a_bug(monkeypatch):
     it' (s62T): the input is too big for the machine, and the message says what to do."""
     from lateseq.cli import simulate
 
-    def too_big(*args, **kwargs):
-        raise MemoryError()
+    for error in (MemoryError(), pa.lib.ArrowMemoryError("malloc of size 64 failed")):  # (pyarrow's: an
+        def too_big(*args, error=error, **kwargs):  # ArrowException too, which was said bare, a review found)
+            raise error
 
-    monkeypatch.setattr(simulate, "simulate", too_big)
-    one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "out of memory: the command needs more")
+        monkeypatch.setattr(simulate, "simulate", too_big)
+        one_line_error(*cli("simulate", "--users", 5, "--days", 0.5)[::2], "out of memory: the command needs more")
 
 
 def test_an_input_is_never_overwritten_even_with_force(plain, two_tier, dir_snapshot):
@@ -839,10 +840,13 @@ def test_a_first_compile_is_said_on_a_terminal_once_and_never_in_a_pipe(monkeypa
         exec("def twice(x):\n    return 2 * x", scope)
         return numba.njit(scope["twice"])
 
+    _app._say_compiling.cache_clear()
     _app._say_compiling()
     assert listeners == []  # stderr is captured here: no terminal
+    _app._say_compiling.cache_clear()
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     _app._say_compiling()
+    _app._say_compiling()  # a second command in the process: no second listener
     ((kind, listener),) = listeners
     assert kind == "numba:compile"
     for module in ("someone.else", "lateseq._kernels", "lateseq._kernels"):

@@ -256,3 +256,23 @@ def test_a_power_loss_loses_no_example_log_nor_new_store_once_written(tmp_path, 
         assert [kind for kind, path in done[:renamed] if ".tmp-" in path and path.endswith("-log.parquet")] == \
             ["sync"], done
         assert ("sync", str(tmp_path)) in done[renamed:], done
+
+
+def test_a_folder_that_cannot_be_synced_keeps_the_file_written_into_it(tmp_path, monkeypatch):
+    """A folder one may write into but not open (mode 0733) cannot be synced: the sync added
+    for power losses ran inside the write's rollback, which then took the new log back
+    after the old one was replaced, leaving no file at all (s62R). And a create in such a
+    folder failed, naming the wrong folder."""
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(lateseq._format, "fsync_dir", refused)
+    store = lateseq.create(tmp_path / "store", lateseq.Schema({"item": "int64"}))
+    store = store.commit(pa.table({"user_id": [1], "ts": [1], "item": [1]}))
+    log = tmp_path / "log.parquet"
+    log.write_bytes(b"an older log")
+    lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [5]}), log, overwrite=True)
+    import pyarrow.parquet as pq
+
+    assert lateseq.materialize(store, pq.read_table(log), lateseq.Projection(5, ("item",))).values["item"].tolist() \
+        == [1]

@@ -146,8 +146,9 @@ class ExampleLog:
         except (OSError, SchemaError):
             return True
 
-    def open(self) -> LogReader:
-        return LogReader(self)
+    def open(self, streamed: bool = False) -> LogReader:
+        """A reader of its row groups, or (``streamed``) of its batches (``LogReader.iter_batches``)."""
+        return LogReader(self, streamed)
 
     def __str__(self) -> str:
         return self.path
@@ -159,8 +160,9 @@ class LogReader:
     groups would be read through the old footer from the new bytes; a file renamed over
     it is no harm: the open file keeps its bytes)."""
 
-    def __init__(self, log: ExampleLog):
+    def __init__(self, log: ExampleLog, streamed: bool = False):
         self.log = log
+        self.streamed = streamed  # (see open_checked)
         self._open: dict[int, tuple[pq.ParquetFile, Identity]] = {}
 
     def __enter__(self) -> LogReader:
@@ -186,7 +188,8 @@ class LogReader:
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     def iter_batches(self, batch_size: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
-        """The log's rows in batches of ``batch_size`` (the last may be shorter), across files."""
+        """The log's rows in batches of ``batch_size`` (the last may be shorter), across files
+        (of a reader opened ``streamed``: one that is not holds what it read till closed)."""
         held: list[pa.RecordBatch] = []
         count = 0
         for index in range(len(self.log.files)):
@@ -242,7 +245,7 @@ class LogReader:
             if not same:
                 raise SchemaError(f"example log {file} changed, or is gone, since the log was first read; read it "
                                   "again (a new dataset or reader)")
-            self._open[index] = (open_checked(file, self.log.metadata[index]), opened)
+            self._open[index] = (open_checked(file, self.log.metadata[index], streamed=self.streamed), opened)
         return self._open[index]
 
     def _check(self, index: int) -> None:

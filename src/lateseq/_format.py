@@ -708,8 +708,6 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         for tmp, path in zip(temporaries, paths, strict=True):
             os.replace(tmp, path)
             placed.append(path)
-        for folder in dict.fromkeys(path.absolute().parent for path in paths):
-            fsync_dir(folder)
     except BaseException as exc:
         for path in placed:
             if path in kept:
@@ -727,6 +725,8 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
         for tmp in [*temporaries, *kept.values()]:
             with contextlib.suppress(OSError):  # raised, it said outputs all in place had failed (s45D): a
                 discard(tmp)  # leftover goes at the next write of its path (``_remove_abandoned_temporaries``)
+    for folder in dict.fromkeys(path.absolute().parent for path in paths):  # the renames made, kept whatever
+        synced_if_possible(folder)  # befalls this: a sync that failed after them took the new files back (s62R)
 
 
 def fsync_dir(path: Path) -> None:
@@ -736,6 +736,15 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def synced_if_possible(folder: Path) -> None:
+    """``fsync_dir`` where the folder can be opened: one this process may write into but not
+    read (mode 0733) takes files all the same, and a write there is no less done."""
+    try:
+        fsync_dir(folder)
+    except OSError:
+        pass
 
 
 def fsync_file(path: Path) -> None:

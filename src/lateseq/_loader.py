@@ -443,5 +443,5 @@ def _table_batches(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]
 
 
 def _parquet_batches(log: ExampleLog, batch_size: int, read: list[str] | None) -> Iterator[pa.RecordBatch]:
-    with log.open() as reader:
+    with log.open(streamed=True) as reader:
         yield from reader.iter_batches(batch_size, read)

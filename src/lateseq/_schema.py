@@ -170,14 +170,14 @@ class Schema:
         if pa.types.is_timestamp(time_type):
             options.setdefault("time_unit", time_type.unit)
         columns, refused = {}, []
-        for f in arrow_schema:
+        for i, f in enumerate(arrow_schema):
             if f.name in (user_col, time_col):
                 continue
             values = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
             # unsigned integers as the signed type that holds them all, float16 as float32 (a commit
             # casts them exactly)
             dtype = _TYPE_NAMES.get(str(values)) or _WIDENED.get(str(values))
-            if values == pa.uint64() and table is not None and _fits_int64(table.column(f.name)):
+            if values == pa.uint64() and table is not None and _fits_int64(table.column(i)):  # (a name twice, too)
                 dtype = "int64"
             if dtype is None:
                 refused.append(f"column {f.name!r} has type {f.type}{_payload_hint(values, table is not None)}")

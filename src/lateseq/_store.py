@@ -24,6 +24,7 @@ number. A ``Store`` handle is pinned to one version; ``commit``, ``compact`` and
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -87,6 +88,7 @@ from ._format import (
     is_segment_name,
     make_folders,
     out_of_room,
+    synced_if_possible,
     temporary_of,
     usable_path,
     write_failed,
@@ -289,7 +291,7 @@ class Store:
         if foreign is not None or len(set(names)) < len(names):  # (a crafted list, s62T: verify passed both)
             what = (f"segment {foreign.name} of partition {foreign.partition}, where the store has "
                     f"{self.schema.partitions}" if foreign is not None else
-                    f"segment {next(n for n in names if names.count(n) > 1)} twice")
+                    f"segment {collections.Counter(names).most_common(1)[0][0]} twice")
             raise StoreError(f"version {version} lists {what} (a manifest crafted or copied from another store?); "
                              "restore it from a backup")
         return listed
@@ -355,7 +357,7 @@ class Store:
             try:
                 fsync_dir(path)
                 for folder in dict.fromkeys(p.parent for p in made if p == absolute or p in absolute.parents):
-                    fsync_dir(folder)  # each folder made for it is named in its parent
+                    synced_if_possible(folder)  # each folder made for it is named in its parent
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {path}: {exc.strerror} syncing its folder") from exc
         except BaseException:  # no half-made store stays for the next create to take for another's folder

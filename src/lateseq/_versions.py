@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._errors import CommitConflict, NotSynced, SchemaError, StoreError, VersionNotFound, is_integer
 from ._forks import fork_safe
 from ._format import (
@@ -517,12 +519,13 @@ class VersionLog:
                 return number, m.get("content", "")
         return None
 
-    def same_events(self, version: int, recent: int = 8) -> int | None:
+    def same_events(self, version: int, users: np.ndarray, recent: int = 8) -> int | None:
         """The newest of the ``recent`` versions before ``version`` that committed the same
         events as it, in the same order (their content digests match), or None: an input
         committed twice (a scheduled ingest rerun without a commit id). Few, as a version
         that lists all its segments is megabytes of JSON at 16k partitions; a version file
-        that cannot be read is passed over (not this check's to report)."""
+        that cannot be read is passed over (not this check's to report). ``users``: those
+        of the events, whose deletion in between leaves each event stored once."""
         try:
             content = self._version_file(version).get("content")
             numbers = [n for n in self.numbers() if n < version][-recent:]
@@ -533,8 +536,8 @@ class VersionLog:
                 m = self._version_file(number)
                 if content and m.get("operation") == "commit" and m.get("content") == content:
                     return number
-                if m.get("deleted"):  # the events of users deleted since may be held once only (s62L)
-                    return None
+                if m.get("deleted") and np.isin(np.asarray(m["deleted"], np.int64), users).any():
+                    return None  # some of them deleted since: held once (s62L)
         return None
 
     def _marked_version(self, marker: Path, commit_id: str) -> int | None:

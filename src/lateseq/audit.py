@@ -4,6 +4,7 @@ match; ``verify`` (``lateseq verify``, an fsck) checks every file of a store."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -323,21 +324,34 @@ def _check_decoded(path: Path, info: SegmentInfo) -> None:
     decodes the segment again, and its damaged copy (a power loss empties an unsynced
     one) failed every verify after (s62P)."""
     try:
+        checked = _identity(path)
         columns = map_decoded(path)
     except OSError as exc:  # out of file handles, no right to read it: the file may be sound
         raise StoreError(f"decoded copy of segment {info.name} cannot be read ({exc})") from exc
     except (pa.ArrowException, KeyError, ValueError) as exc:
-        raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); {_removed(path)}") from exc
+        raise StoreError(f"decoded copy of segment {info.name} is unreadable ({exc}); "
+                         f"{_removed(path, checked)}") from exc
     bad = [name for name in info.decoded if not info.column_sound(name, columns.get(name))]
     del columns  # (its map, before the file goes)
     if bad:
-        raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; {_removed(path)}")
+        raise StoreError(f"decoded copy of segment {info.name} fails its digest for columns {bad}; "
+                         f"{_removed(path, checked)}")
 
 
-def _removed(path: Path) -> str:
-    """Removes a damaged read-cache copy; says what happened to it."""
+def _identity(path: Path) -> tuple[int, int, int]:
+    found = os.stat(path)
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def _removed(path: Path, checked: tuple[int, int, int]) -> str:
+    """Removes a damaged read-cache copy, unless another process decoded it again since it
+    was checked; says what happened to it."""
     try:
+        if _identity(path) != checked:
+            return "another process has decoded it again since"
         discard(path)
+    except FileNotFoundError:
+        return "removed meanwhile, it is decoded again from the durable files when a read needs it"
     except OSError as exc:
         return f"it could not be removed ({exc.strerror}): remove it, or read the segment unmerged"
     return "removed, it is decoded again from the durable files when a read needs it"

@@ -335,9 +335,6 @@ class Batch:
         if "timestamps" in self.values and timestamps != "timestamps" and ids != "timestamps":  # (s62M: it won)
             raise SchemaError(f"the batch has a column named 'timestamps', which would take the place of HSTU's "
                               f"timestamps payload (the times of {timestamps!r}): leave it out of the projection")
-        if len(self.values[ids]) and int(self.values[ids].min()) <= 0:  # (0 pads: such an id reads as padding)
-            raise SchemaError(f"ids column {ids!r} holds ids <= 0 (the smallest is {int(self.values[ids].min())}); "
-                              "HSTU pads with 0, so its ids are > 0: shift them, or map them to 1..n")
         extra = exact_integer("max_output_length", max_output_length, 0, 2**63 - 1)
         if isinstance(target_timestamps, str):  # (torch's "invalid data type 'str'" otherwise, s47A)
             if target_timestamps not in self.examples:
@@ -371,9 +368,15 @@ class Batch:
             stamps = torch.div(stamps, ticks_per_second(time_unit), rounding_mode="floor")
         payloads = {"timestamps": stamps}
         payloads |= {k: padded(k) for k in self.values if k not in (ids, timestamps)}
+        past_ids = padded(ids).to(torch.int64)
+        if on_cpu:  # (0 pads: such an id reads as padding; on a GPU the check would wait for it, every batch)
+            kept = past_ids[:, :width][torch.arange(width) < lengths.view(-1, 1)]
+            if len(kept) and int(kept.min()) <= 0:
+                raise SchemaError(f"ids column {ids!r} holds ids <= 0 (the smallest is {int(kept.min())}); HSTU "
+                                  "pads with 0, so its ids are > 0: shift them, or map them to 1..n")
         return {
             "past_lengths": lengths,
-            "past_ids": padded(ids).to(torch.int64),
+            "past_ids": past_ids,
             "past_embeddings": None,
             "past_payloads": payloads,
         }
@@ -617,14 +620,6 @@ class ExampleDataset(IterableDataset):
             self._table = None
             self._file: ExampleLog | None = ExampleLog(examples)  # its footers checked: workers read through them
             schema, num_rows, row_groups = self._file.schema, self._file.num_rows, self._file.row_groups
-            # in memory as read (a footer's sizes are encoded: a run of one value is a few bytes)
-            row = sum(f.type.bit_width // 8 if pa.types.is_primitive(f.type) else 32 for f in schema)
-            biggest = max(row_groups, default=0) * row
-            if biggest > _ROW_GROUP_WARNED:  # (s62T: one row group of 2**26 rows ran a worker out of memory)
-                warnings.warn(f"example log {self._file.path} has a row group of {max(row_groups):,} rows, about "
-                              f"{biggest / 2**30:.1f} GiB read: each worker reads a whole row group and holds it "
-                              "while it shuffles it; write the log with smaller ones "
-                              "(pyarrow.parquet.write_table(..., row_group_size=1_000_000))", stacklevel=2)
             if copartition:
                 if len(self._file.files) > 1:
                     raise SchemaError(f"copartition reads one Parquet file written by lateseq.copartition_log, not "
@@ -632,6 +627,14 @@ class ExampleDataset(IterableDataset):
                 partitions = row_group_partitions(schema.metadata, self.store.schema.partitions,
                                                   f"example log {self._file.path}")
         self._read, self.example_columns = _log_columns(schema, example_columns)
+        if row_groups:  # in memory as read (a footer's sizes are encoded: a run of one value is a few bytes)
+            row = sum(f.type.bit_width // 8 if pa.types.is_primitive(f.type) else 32 for f in schema
+                      if f.name in self._read)
+            if max(row_groups) * row > _ROW_GROUP_WARNED:  # (s62T: one of 2**26 rows ran a worker out of memory)
+                warnings.warn(f"example log {self._file.path} has a row group of {max(row_groups):,} rows, about "
+                              f"{max(row_groups) * row / 2**30:.1f} GiB read: each worker reads a whole row group "
+                              "and holds it while it shuffles it; write the log with smaller ones "
+                              "(pyarrow.parquet.write_table(..., row_group_size=1_000_000))", stacklevel=2)
         if holds_records(schema):  # a two-tier log's tail columns refused now, as materialize would in a worker
             inline_tail(self.store, schema.empty_table())
         source = self._table if self._table is not None else self._file.metadata

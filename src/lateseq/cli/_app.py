@@ -206,6 +206,7 @@ def _begin() -> None:
         _raise_received()
 
 
+@functools.cache  # once a process: commands run in one (tests, notebooks) said it at each
 def _say_compiling() -> None:
     """On a terminal, says when numba first compiles a kernel of lateseq's in this process:
     a first use on a machine compiles them (10-50 s in strangers' runs, silent until then),
@@ -222,8 +223,8 @@ def _say_compiling() -> None:
             module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
             if not self.said and module.startswith("lateseq."):
                 self.said = True
-                _err.print("compiling lateseq's kernels for this machine (once: numba caches them; 10-60 s)",
-                           highlight=False)
+                _err.print("compiling lateseq's kernels for this machine (10-60 s; numba keeps them for the next "
+                           "runs where its cache can be written)", highlight=False)
 
         def on_end(self, ev: event.Event) -> None:
             pass
@@ -302,13 +303,13 @@ class _Group(TyperGroup):
             _fail("interrupted", 130)
         except ChecksumMismatch as exc:  # its hint names the Python API's option
             _fail(f"{_from_worker(exc.problem)} `lateseq audit STORE EXAMPLES` reports each row and its cause.")
+        except MemoryError:  # no bug to report: an input too big for this machine (s62T: "internal error");
+            _signalled()  # before the user errors: pyarrow's own is an ArrowException too ("malloc of size ...")
+            _fail("out of memory: the command needs more than this machine gives it (ingest and pointers read a "
+                  "file whole, ingest at 100-140 bytes an event: split a big input into several runs)")
         except _USER_ERRORS as exc:
             _signalled()
             _fail(_from_worker(str(exc)) or type(exc).__name__)
-        except MemoryError:  # no bug to report: an input too big for this machine (s62T: "internal error")
-            _signalled()
-            _fail("out of memory: the command needs more than this machine gives it (ingest and pointers read a "
-                  "file whole, ingest at 100-140 bytes an event: split a big input into several runs)")
         except Exception as exc:
             _signalled()
             if _is_usage_error(exc):
@@ -787,11 +788,16 @@ def _commit(handle: Store, table: pa.Table, events: Path, commit_id: str | None,
     _err.print(f"{created + ', ' if created else ''}committed {what} as version {new.version} "
                f"({new.num_events:,} events in all)", highlight=False)
     if commit_id is None and new.schema.event_id_col is None and (  # (with one, a rerun stores no copy: s61H)
-            twin := new._log.same_events(new.version)) is not None:  # a rerun (s51A)
+            twin := new._log.same_events(new.version, _user_ids(table, new.schema))) is not None:  # a rerun (s51A)
         _err.print(f"warning: version {twin} committed the same events in the same order: they are now stored "
                    f"twice (histories read at version {new.version} hold each of them twice). Rerun an ingest that "
                    "may have committed with the first run's --commit-id, which then commits nothing (or give a new "
                    "store --event-id-col, which keeps one copy of an event)", highlight=False)
+
+
+def _user_ids(table: pa.Table, schema: Schema) -> np.ndarray:
+    """The ids of the users ``table``'s events (committed: their ids are sound) are of."""
+    return pc.unique(table.column(schema.user_col)).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _remove_unused(store: Path) -> None:
