@@ -2446,3 +2446,20 @@ def test_a_schema_holding_the_store_id_as_some_lateseqs_wrote_it_opens(tmp_path)
         log = lateseq.log_examples(store, pa.table({"user_id": [1], "request_ts": [5]}))
         assert lateseq.materialize(lateseq.open(path), log, lateseq.Projection(3, ("item",))).values[
             "item"].tolist() == [7]
+
+
+def test_cleanup_warns_of_the_folder_an_older_lateseq_kept_in_a_shared_read_cache(make_store, tmp_path):
+    """Before each user had a folder (``-u<uid>``), a shared read cache held a store's copies
+    in ``<name>-<hash>``: no cleanup reaches it now, and a deleted user's events stayed in it
+    after delete, cleanup and cleanup_cache, unsaid (s62U)."""
+    store = make_store().commit(events([1, 2], [1, 2], [10, 20]))
+    shared = lateseq.open(store.path, cache_dir=tmp_path / "shared")
+    older = shared.cache_dir.with_name(shared.cache_dir.name.rsplit("-u", 1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shared.cleanup_cache(grace_s=0)  # none there: nothing said
+    older.mkdir()
+    with pytest.warns(RuntimeWarning, match=f"{re.escape(str(older))} is this store's read-cache folder as an older"):
+        shared.cleanup_cache(grace_s=0)
+    with pytest.warns(RuntimeWarning, match="may hold events of users since deleted: remove it"):
+        shared.delete([1]).cleanup(before="latest", grace_s=0)

@@ -904,6 +904,18 @@ class Store:
                 moved.unlink(missing_ok=True)
         return kept
 
+    def _warn_of_older_folder(self) -> None:
+        """A shared read cache's folder of this store as lateseq kept it before each user had
+        one (no ``-u<uid>``): nothing cleans it any more, and a deletion's events stay in it
+        (s62U: 28 of a deleted user's events after delete, cleanup and cleanup_cache)."""
+        if self._cache_root is None or self.cache_dir == self._cache_root:
+            return
+        older = self.cache_dir.with_name(self.cache_dir.name.rsplit("-u", 1)[0])
+        if older != self.cache_dir and older.is_dir():
+            warn_at_caller(f"lateseq: {older} is this store's read-cache folder as an older lateseq kept it; no "
+                           "cleanup reaches it now, and it may hold events of users since deleted: remove it (its "
+                           f"copies are rebuilt in {self.cache_dir.name} as reads need them)")
+
     def _remove_cached(self, kept: set[tuple[int, tuple[str, ...]]], grace_s: float,
                        store_cleaned: bool = True, cache: Path | None = None) -> None:
         """Deletes what the read cache ``cache`` (this handle's by default) holds for no
@@ -911,6 +923,8 @@ class Store:
         filtered copies, and builders' leftovers. A cache that cannot be written (a
         read-only mount) is left as it is, with a warning: the store's own cleanup
         (``store_cleaned``) is done, and failed there (s41A)."""
+        if cache is None:
+            self._warn_of_older_folder()
         cache = self.cache_dir if cache is None else cache
         try:
             self._remove_stale_cached(cache, kept, grace_s)
