@@ -538,7 +538,7 @@ def _values_type(t: pa.DataType) -> pa.DataType:
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
-_ROW_GROUP_WARNED = 2**30  # bytes of a log's row group, uncompressed, that a worker is warned it will hold
+_ROW_GROUP_WARNED = 2**30  # bytes of a log's row group as read (its columns read) that a worker is warned it will hold
 
 
 class ExampleDataset(IterableDataset):
