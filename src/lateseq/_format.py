@@ -435,15 +435,15 @@ def decode_segment(directory: Path, info: SegmentInfo, cache: Path,
     user_ids, ends = read_index(directory, info)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     try:  # its footer's row count, before it is decoded: a few MB can declare billions of rows (s62T)
-        declared = pq.ParquetFile(pa.BufferReader(packed)).metadata.num_rows
+        source = pq.ParquetFile(pa.BufferReader(packed))
     except (pa.ArrowException, OSError) as exc:
         raise StoreError(f"segment {info.name} is damaged ({path.name} cannot be read: {exc}); "
                          f"{DURABLE_REMEDY}") from exc
-    if declared != info.rows:  # (the index was held to the manifest's count when read)
-        raise StoreError(f"segment {info.name} is damaged ({path.name} holds {declared:,} rows, where its manifest "
-                         f"and index say {info.rows:,}); {DURABLE_REMEDY}")
-    table = pq.read_table(pa.BufferReader(packed))
-    del packed
+    if source.metadata.num_rows != info.rows:  # (the index was held to the manifest's count when read)
+        raise StoreError(f"segment {info.name} is damaged ({path.name} holds {source.metadata.num_rows:,} rows, "
+                         f"where its manifest and index say {info.rows:,}); {DURABLE_REMEDY}")
+    table = source.read()
+    del source, packed
     stored = {name: column.to_numpy() for name, column in zip(table.column_names, table.columns, strict=True)}
     deltas = stored[TIME]
     stored[TIME] = _user_sums(deltas, starts).astype(deltas.dtype)
@@ -731,11 +731,7 @@ def all_replaced_when_written(paths: list[str | os.PathLike]) -> Iterator[list[P
 
 def fsync_dir(path: Path) -> None:
     """Makes the names in folder ``path`` (a rename into it, a file made) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_RDONLY)
 
 
 def synced_if_possible(folder: Path) -> None:
@@ -749,7 +745,11 @@ def synced_if_possible(folder: Path) -> None:
 
 def fsync_file(path: Path) -> None:
     """Makes the bytes written to file ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    _fsync(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

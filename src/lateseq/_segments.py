@@ -150,6 +150,9 @@ def _refuse_out_of_maps(path: Path, exc: BaseException) -> None:
                          "or address space; fewer handles on fewer versions map fewer files") from exc
 
 
+DECODE_LOCK = ".tmp-lock-"  # and a segment's name: the lock file its decoders take turns by, in the read cache
+
+
 def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access: bool,
                  damaged: tuple[int, ...] | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Decodes a segment into ``cache`` and maps it, one process at a time (``cache_lock``);
@@ -160,12 +163,12 @@ def _decode_once(directory: Path, info: SegmentInfo, cache: Path, random_access:
     path = decoded_file(cache, info.name)
     with ExitStack() as held:
         try:
-            held.enter_context(cache_lock(cache, f".tmp-lock-{info.name}"))
+            held.enter_context(cache_lock(cache, f"{DECODE_LOCK}{info.name}"))
         except StoreError as exc:  # a read-only cache: no lock file can be made, nor a copy
             if not cache_unwritable(exc):
                 raise
             return _held_in_memory(decode_segment(directory, info, cache, unlocked=exc), info, cache), False
-        if damaged is None or _identity(path) != damaged:
+        if damaged is None or file_identity(path) != damaged:
             try:
                 return map_decoded(path, random_access), True  # decoded while we waited
             except UNREADABLE:
@@ -315,7 +318,7 @@ class UserIndex:
         return out
 
 
-def _identity(path: Path | str) -> tuple[int, ...] | None:
+def file_identity(path: Path | str) -> tuple[int, ...] | None:
     """What tells one file at ``path`` from a replacement or a file written in place
     (None: no file). The change time, not the modification time: a writer can set the
     latter back, while the kernel moves the former on every write, and only it can."""
@@ -350,7 +353,7 @@ class SegmentCache:
         path = self._paths.get(info.name)
         if path is None:
             path = self._paths[info.name] = str(decoded_file(self.cache, info.name))
-        current = _identity(path)
+        current = file_identity(path)
         with self._lock:
             segment = self._open.pop(info.name, None)
             if segment is not None and (current is None or segment.identity == current):  # gone: see changed
@@ -375,7 +378,7 @@ class SegmentCache:
     def _forget_removed(self) -> None:
         with self._lock:
             held = list(self._open.items())
-        gone = [(name, segment) for name, segment in held if _identity(segment.path) != segment.identity]
+        gone = [(name, segment) for name, segment in held if file_identity(segment.path) != segment.identity]
         with self._lock:
             for name, segment in gone:
                 if self._open.get(name) is segment:
@@ -469,7 +472,7 @@ class Segment:
                 if derived:
                     raise StoreError(f"the copy {self.path} is missing or unreadable ({exc})") from exc
                 self._data, self.mapped = _decode_once(directory, info, cache, random_access)
-        self.identity = _identity(self.path)
+        self.identity = file_identity(self.path)
         self.remaps = 0  # decoded again after a column failed its digest (a read that began before redoes it)
         self._verified: set[str] = set()
         self._lock = fork_safe(threading.Lock())
@@ -521,11 +524,11 @@ class Segment:
         not a copy another process made). Called with ``_lock`` held."""
         if self.derived:
             raise DamagedCopy(f"the copy {self.path} fails its digests: damaged")
-        current = _identity(self.path)
+        current = file_identity(self.path)
         mapped = current is not None and self.identity is not None and current[:2] == self.identity[:2]
         self._data, self.mapped = _decode_once(self._directory, self.info, self._cache, self.random_access,
                                                damaged=current if mapped else self.identity)
-        self.identity = _identity(self.path)
+        self.identity = file_identity(self.path)
         self.remaps += 1
         REMAPS[0] += 1
         if self.remapped is not None:
@@ -549,7 +552,7 @@ class Segment:
         checked it. A file gone from the cache (a retired version's, cleaned up) is not: a
         deleted file lives on while mapped, so the map still holds the bytes checked, and a
         handle on a retired version keeps reading what it mapped (``Store.cleanup``)."""
-        current = _identity(self.path)
+        current = file_identity(self.path)
         return current is not None and current != self.identity
 
     def overwritten(self) -> bool:

@@ -99,7 +99,7 @@ from ._locate import Located, PartitionView, locate
 from ._merge import merge_segments, segment_events
 from ._parquet import read_checked
 from ._schema import Schema, as_user_ids, frame_hint
-from ._segments import REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed, lock_idle
+from ._segments import DECODE_LOCK, REMAPS, UNREADABLE, Segment, SegmentCache, forget_removed, lock_idle
 from ._versions import (
     LATEST,
     STORE_ID,
@@ -942,15 +942,15 @@ class Store:
     def _remove_stale_cached(self, cache: Path, kept: set[tuple[int, tuple[str, ...]]], grace_s: float) -> None:
         referenced = {name for _, names in kept for name in names}
         for path in cache.glob("*") if cache.is_dir() else []:
-            if path.name.startswith(".tmp-lock-"):  # a decode lock: only its segment's going frees it
-                stale = path.name[len(".tmp-lock-"):] not in referenced and self._decoding_none(path)
+            if path.name.startswith(DECODE_LOCK):  # a decode lock: only its segment's going frees it
+                stale = path.name[len(DECODE_LOCK):] not in referenced and self._decoding_none(path)
             elif (is_segment_name(segment := temporary_of(path.name) or "") and segment not in referenced
                   and not any((self.path / "segments" / f"{segment}{suffix}").exists() for suffix in SEGMENT_FILES)):
                 # a killed decode of a segment gone from the store: events a deletion's cleanup must not
                 # leave for an hour (s61G); one under way (its lock held) is left to finish. (A segment whose
                 # files are there may be a writer's, unpublished, writing its copy: s62Q's cleanup_cache
                 # removed that under it, and the commit failed)
-                stale = self._decoding_none(cache / f".tmp-lock-{segment}")
+                stale = self._decoding_none(cache / f"{DECODE_LOCK}{segment}")
             elif path.name.startswith(".tmp-"):  # a decode under way, or a crashed one's leftovers
                 stale = older_than(path, max(grace_s, _DECODE_GRACE_S))
             else:  # decoded copies of segments no kept version uses

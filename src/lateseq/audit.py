@@ -4,7 +4,6 @@ match; ``verify`` (``lateseq verify``, an fsck) checks every file of a store."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from ._materialize import materialize, require_store
 from ._pointers import Pointers, decoded_pointer_columns, pointers_from_log, require_table
 from ._projection import Projection
 from ._records import is_two_tier, protocol_part, stripped_pointers, tail_intact
+from ._segments import file_identity
 from ._store import Store
 from ._versions import COMMIT_INDEX, STORE_ID, VersionLog, load_checked, lost_versions
 
@@ -324,7 +324,7 @@ def _check_decoded(path: Path, info: SegmentInfo) -> None:
     decodes the segment again, and its damaged copy (a power loss empties an unsynced
     one) failed every verify after (s62P)."""
     try:
-        checked = _identity(path)
+        checked = file_identity(path)
         columns = map_decoded(path)
     except OSError as exc:  # out of file handles, no right to read it: the file may be sound
         raise StoreError(f"decoded copy of segment {info.name} cannot be read ({exc})") from exc
@@ -338,20 +338,16 @@ def _check_decoded(path: Path, info: SegmentInfo) -> None:
                          f"{_removed(path, checked)}")
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
-    found = os.stat(path)
-    return found.st_ino, found.st_size, found.st_mtime_ns
-
-
-def _removed(path: Path, checked: tuple[int, int, int]) -> str:
+def _removed(path: Path, checked: tuple[int, ...] | None) -> str:
     """Removes a damaged read-cache copy, unless another process decoded it again since it
     was checked; says what happened to it."""
-    try:
-        if _identity(path) != checked:
-            return "another process has decoded it again since"
-        discard(path)
-    except FileNotFoundError:
+    now = file_identity(path)
+    if now is None:
         return "removed meanwhile, it is decoded again from the durable files when a read needs it"
+    if now != checked:
+        return "another process has decoded it again since"
+    try:
+        discard(path)
     except OSError as exc:
         return f"it could not be removed ({exc.strerror}): remove it, or read the segment unmerged"
     return "removed, it is decoded again from the durable files when a read needs it"
