@@ -1441,14 +1441,20 @@ def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n,
     return k, w_ptr.shape[0]
 
 
-# A run's copy: where runs are short (a late state's windows are cut around the rows a
-# pointer cannot see: runs of 20 events at the median), a loop's exits, taken after a
-# number of steps that changes from run to run, were mispredicted: runs all 43 events
-# long copied 1.3x faster than runs of lengths varying about that mean. Where the CPU
-# stores under a mask (AVX-512), a run of up to two vectors is copied by two masked
-# vector moves, without a branch on its length: a late state's copy 1.26x faster, a
-# compacted one's 1.05-1.13x (``benchmarks/materialize.py``'s states replayed, s44).
-COPY_VECTOR_BYTES = 64  # one AVX-512 register
+# A run's copy: a loop over its items, vectorized by LLVM, ends in a scalar loop over the
+# items left past its last whole step (up to 4 vectors of them: LLVM unrolls by 4), and
+# exits after a number of steps that changes from run to run, mispredicted: runs all 43
+# events long copied 1.3x faster than runs of lengths varying about that mean (s44). So a
+# run is copied in fixed-size vector moves as memcpy copies short blocks: 64-byte moves,
+# the last one ending at the run's end (overlapping the one before: the same items written
+# twice), and a run shorter than 64 bytes by two moves of the largest size below it that
+# cover it, one from each end. Nothing is read or written outside the run. Against the
+# loop (s63, AMD EPYC, AVX2; the benchmark's compacted realistic store's runs replayed):
+# 1.2-1.3x faster at N=256, 1.6x on runs of 1-40 items. Where the CPU stores under a mask
+# (AVX-512), a run of up to two vectors is instead two masked moves, without a branch on
+# its length (a late state's copy 1.26x faster than the loop, a compacted one's 1.05-1.13x,
+# s44).
+COPY_VECTOR_BYTES = 64  # one AVX-512 register, two AVX2 ones
 
 
 def _masked_moves() -> bool:
@@ -1466,8 +1472,9 @@ def _masked_moves() -> bool:
 MASKED_COPY = _masked_moves()
 
 
-def _vector_lanes(*arrays: types.Array) -> int:
-    return COPY_VECTOR_BYTES // max(_item_bits(array) // 8 for array in arrays)
+def _vector_lanes(out: types.Array, src: types.Array, nbytes: int = COPY_VECTOR_BYTES) -> int:
+    """Items of a vector of ``nbytes`` of the wider array."""
+    return max(1, nbytes // (max(_item_bits(out), _item_bits(src)) // 8))
 
 
 def _intrinsic_name(name: str, vector: ir.VectorType, pointer: ir.Type) -> str:
@@ -1476,58 +1483,134 @@ def _intrinsic_name(name: str, vector: ir.VectorType, pointer: ir.Type) -> str:
     return f"{name}.{mangled}.p0" + ("" if str(pointer) == "ptr" else mangled)
 
 
-@intrinsic
-def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
-    """Copies min(count, lanes) items (none where count <= 0) of ``src`` from ``lo`` to
-    ``out`` at ``d`` as one masked vector move, lanes filling ``COPY_VECTOR_BYTES`` of the
-    wider array: integers decoded as the loop does (``base`` added where ``add_base``,
-    wrapped to the output's width), anything else copied bit for bit. Masked-off lanes
-    touch no memory."""
-    lanes = _vector_lanes(out, src)
-    stored_bits, out_bits = _item_bits(src), _item_bits(out)
-    if isinstance(base, types.Integer) and base.bitwidth != out_bits:  # copy_runs gives it the output's dtype
-        raise TypingError(f"_copy_vector adds a base of the output's width ({out_bits} bits), not {base}")
+def _literal_bytes(nbytes: types.Type) -> int:
+    if not isinstance(nbytes, types.IntegerLiteral):
+        raise TypingError("a vector move's size in bytes is a constant")
+    return nbytes.literal_value
 
-    def codegen(context, builder, signature, args):
-        out_value, d_value, src_value, lo_value, count_value, base_value, add_value = args
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        count_value = builder.select(builder.icmp_signed("<", count_value, i64(0)), i64(0), count_value)
-        whole = builder.icmp_signed(">=", count_value, i64(lanes))
-        bits = builder.sub(builder.shl(i64(1), builder.select(whole, i64(0), count_value)), i64(1))
+
+def _check_base(out: types.Array, base: types.Type) -> None:
+    if isinstance(base, types.Integer) and base.bitwidth != _item_bits(out):  # copy_runs gives it the output's dtype
+        raise TypingError(f"a vector move adds a base of the output's width ({_item_bits(out)} bits), not {base}")
+
+
+def _move_vector(context, builder, arg_types, args, lanes: int, count=None) -> None:
+    """Emits one vector move of ``lanes`` items from ``src`` at ``lo`` to ``out`` at ``d``
+    (args: out, d, src, lo, base, add_base), decoded as ``_copy_runs`` decodes (a base added
+    to integers where add_base, wrapped to the output's width; anything else bit for bit):
+    under a mask of the first ``count`` lanes where a count is given, else whole."""
+    out_value, d_value, src_value, lo_value, base_value, add_value = args
+    out_type, _, src_type, _, base_type, _ = arg_types
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    stored_bits, out_bits = _item_bits(src_type), _item_bits(out_type)
+    stored = ir.VectorType(ir.IntType(stored_bits), lanes)
+    decoded = ir.VectorType(ir.IntType(out_bits), lanes)
+    source = builder.bitcast(_item_address(context, builder, src_type, src_value, lo_value), stored.as_pointer())
+    target = builder.bitcast(_item_address(context, builder, out_type, out_value, d_value), decoded.as_pointer())
+    mask = None
+    if count is not None:
+        count = builder.select(builder.icmp_signed("<", count, i64(0)), i64(0), count)
+        whole = builder.icmp_signed(">=", count, i64(lanes))
+        bits = builder.sub(builder.shl(i64(1), builder.select(whole, i64(0), count)), i64(1))
         bits = builder.select(whole, i64(-1), bits)
         mask = builder.bitcast(builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes))
-        stored = ir.VectorType(ir.IntType(stored_bits), lanes)
-        decoded = ir.VectorType(ir.IntType(out_bits), lanes)
-        source = builder.bitcast(_item_address(context, builder, signature.args[2], src_value, lo_value),
-                                 stored.as_pointer())
-        target = builder.bitcast(_item_address(context, builder, signature.args[0], out_value, d_value),
-                                 decoded.as_pointer())
         load = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(stored, [source.type, i32, mask.type, stored]),
             _intrinsic_name("llvm.masked.load", stored, source.type))
         value = builder.call(load, [source, i32(1), mask, ir.Constant(stored, None)])
-        if out_bits > stored_bits:
-            value = builder.zext(value, decoded)
-        elif out_bits < stored_bits:
-            value = builder.trunc(value, decoded)
-        if isinstance(signature.args[5], types.Integer):  # a float column's base is never added
-            first = builder.insert_element(ir.Constant(decoded, None), base_value, i32(0))
-            splat = builder.shuffle_vector(first, ir.Constant(decoded, None),
-                                           ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-            value = builder.select(add_value, builder.add(value, splat), value)
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [decoded, target.type, i32, mask.type]),
-            _intrinsic_name("llvm.masked.store", decoded, target.type))
-        builder.call(store, [value, target, i32(1), mask])
+    else:
+        value = builder.load(source, align=1)
+    if out_bits > stored_bits:
+        value = builder.zext(value, decoded)
+    elif out_bits < stored_bits:
+        value = builder.trunc(value, decoded)
+    if isinstance(base_type, types.Integer):  # a float column's base is never added
+        first = builder.insert_element(ir.Constant(decoded, None), base_value, i32(0))
+        splat = builder.shuffle_vector(first, ir.Constant(decoded, None),
+                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+        value = builder.select(add_value, builder.add(value, splat), value)
+    if mask is None:
+        builder.store(value, target, align=1)
+        return
+    store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [decoded, target.type, i32, mask.type]),
+        _intrinsic_name("llvm.masked.store", decoded, target.type))
+    builder.call(store, [value, target, i32(1), mask])
+
+
+@intrinsic
+def _copy_vector(typingctx, out, d, src, lo, count, base, add_base):
+    """Copies min(count, lanes) items (none where count <= 0) of ``src`` from ``lo`` to
+    ``out`` at ``d`` as one masked vector move, lanes filling ``COPY_VECTOR_BYTES`` of the
+    wider array. Masked-off lanes touch no memory."""
+    _check_base(out, base)
+    lanes = _vector_lanes(out, src)
+
+    def codegen(context, builder, signature, args):
+        both = signature.args[:4] + signature.args[5:], args[:4] + args[5:]  # without the count
+        _move_vector(context, builder, *both, lanes, count=args[4])
         return context.get_dummy_value()
     return types.void(out, d, src, lo, count, base, add_base), codegen
 
 
-@intrinsic
-def _lanes(typingctx, out, src):
-    """How many items ``_copy_vector`` moves at once between these arrays (a constant)."""
-    lanes = _vector_lanes(out, src)
-    return types.int64(out, src), lambda context, builder, signature, args: context.get_constant(types.int64, lanes)
+@intrinsic(prefer_literal=True)
+def _copy_block(typingctx, out, d, src, lo, base, add_base, nbytes):
+    """Copies the ``_lanes(out, src, nbytes)`` items of ``src`` from ``lo`` to ``out`` at
+    ``d`` as one vector move (whole: the caller knows they are there)."""
+    _check_base(out, base)
+    lanes = _vector_lanes(out, src, _literal_bytes(nbytes))
+
+    def codegen(context, builder, signature, args):
+        _move_vector(context, builder, signature.args[:6], args[:6], lanes)
+        return context.get_dummy_value()
+    return types.void(out, d, src, lo, base, add_base, nbytes), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _lanes(typingctx, out, src, nbytes):
+    """How many items a vector move of ``nbytes`` of the wider array holds (a constant)."""
+    lanes = _vector_lanes(out, src, _literal_bytes(nbytes))
+    return (types.int64(out, src, nbytes),
+            lambda context, builder, signature, args: context.get_constant(types.int64, lanes))
+
+
+@inline_kernel
+def _copy_pair(out, d, src, lo, n, base, add_base, nbytes):  # pragma: no cover - compiled
+    """Copies n items, ``_lanes(out, src, nbytes)`` <= n <= twice that, by two vector moves
+    of nbytes, one from each end."""
+    lanes = _lanes(out, src, nbytes)
+    _copy_block(out, d, src, lo, base, add_base, nbytes)
+    _copy_block(out, d + n - lanes, src, lo + n - lanes, base, add_base, nbytes)
+
+
+@inline_kernel
+def _copy_run(out, d, src, lo, n, base, add_base, masked):  # pragma: no cover - compiled
+    """Copies n items of ``src`` from ``lo`` to ``out`` at ``d`` (see the note above)."""
+    lanes = _lanes(out, src, COPY_VECTOR_BYTES)
+    if masked and n <= 2 * lanes:
+        _copy_vector(out, d, src, lo, n, base, add_base)
+        _copy_vector(out, d + lanes, src, lo + lanes, n - lanes, base, add_base)
+    elif n >= lanes:
+        i = 0
+        while i + lanes < n:
+            _copy_block(out, d + i, src, lo + i, base, add_base, COPY_VECTOR_BYTES)
+            i += lanes
+        _copy_block(out, d + n - lanes, src, lo + n - lanes, base, add_base, COPY_VECTOR_BYTES)
+    elif n >= _lanes(out, src, 32):
+        _copy_pair(out, d, src, lo, n, base, add_base, 32)
+    elif n >= _lanes(out, src, 16):
+        _copy_pair(out, d, src, lo, n, base, add_base, 16)
+    elif n >= _lanes(out, src, 8):
+        _copy_pair(out, d, src, lo, n, base, add_base, 8)
+    else:  # under 8 bytes of 1- to 4-byte items
+        window = src[lo:lo + n]
+        target = out[d:d + n]
+        if add_base:
+            for i in range(n):
+                target[i] = base + window[i]
+        else:
+            for i in range(n):
+                target[i] = window[i]
 
 
 @kernel
@@ -1538,7 +1621,6 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, masked, out): 
         return 0
     src = segment(src_l, g)
     base = base_l[g]
-    lanes = _lanes(out, src)
     for k in range(g_seg.shape[0]):
         if g_seg[k] != g:  # runs of one segment often come together (``by_segment``)
             g = g_seg[k]
@@ -1560,18 +1642,7 @@ def _copy_runs(g_seg, g_lo, g_hi, g_dst, src_l, base_l, add_base, masked, out): 
         # a run never reads or writes past them
         lo, hi, d = g_lo[k], min(g_hi[k], src.shape[0]), g_dst[k]
         n = min(hi - lo, out.shape[0] - d) if 0 <= lo < hi and 0 <= d else 0
-        if n > 2 * lanes or not masked:  # a plain counter over slices: the form LLVM vectorizes
-            window = src[lo:lo + n]
-            target = out[d:d + n]
-            if add_base:
-                for i in range(n):
-                    target[i] = base + window[i]
-            else:
-                for i in range(n):
-                    target[i] = window[i]
-        else:
-            _copy_vector(out, d, src, lo, n, base, add_base)
-            _copy_vector(out, d + lanes, src, lo + lanes, n - lanes, base, add_base)
+        _copy_run(out, d, src, lo, n, base, add_base, masked)
     return -1
 
 
