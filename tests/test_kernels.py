@@ -34,13 +34,15 @@ from numba import njit
 
 from lateseq._events import partition_of, rows_by_partition
 from lateseq._kernels import (
+    E_HASH,
     E_HI,
     E_LATE,
     E_LO,
     E_SEG,
+    E_TMAX,
     E_TMIN,
+    E_VMAX,
     ENTRY_WIDTH,
-    LATE_ROW,
     NO_COLUMN,
     Visibility,
     _select,
@@ -54,6 +56,7 @@ from lateseq._kernels import (
     merge_runs,
     pairs_seen,
     prefetch,
+    range_summaries,
     rank_index,
     remap_ranges,
     rows_since,
@@ -104,7 +107,8 @@ class Case:
 
     def args(self) -> tuple:
         """The kernel's arguments: each pointer's user as a row of range summaries."""
-        return (*summaries(self.user_lo, self.user_hi, self.late()), *self.reference_args()[2:], self.hint)
+        return (*summaries(self.user_lo, self.user_hi, self.ts, self.ts_base, self.vmax, self.ver_base, self.hcum,
+                           self.late()), *self.reference_args()[2:], self.hint)
 
     def reference_args(self) -> tuple:
         return (self.user_lo, self.user_hi, self.ts, self.ts_base, self.ver, self.vmax, self.vmin, self.ver_base,
@@ -121,12 +125,14 @@ class Case:
                 and self.arrival_base + int(self.arrival[i]) < self.visibility.arrival_limit[p])
 
 
-def summaries(user_lo: np.ndarray, user_hi: np.ndarray, late: np.ndarray) -> tuple:
-    """(each pointer's summary row, the summary rows) for the kernel: pointer p's is row p
-    (E_LO, E_HI, E_LATE)."""
+def summaries(user_lo: np.ndarray, user_hi: np.ndarray, ts: np.ndarray, ts_base: int, vmax: np.ndarray,
+              ver_base: int, hcum: np.ndarray, late: np.ndarray) -> tuple:
+    """(each pointer's summary row, the summary rows) for the kernel: pointer p's is row p."""
     entries = np.zeros((len(user_lo), ENTRY_WIDTH), np.int64)
     entries[:, E_LO], entries[:, E_HI] = user_lo, user_hi
-    entries[:, E_LATE] = np.searchsorted(late[:, LATE_ROW], user_lo)
+    for column, values in zip((E_TMIN, E_TMAX, E_VMAX, E_HASH, E_LATE),
+                              range_summaries(user_lo, user_hi, ts, ts_base, vmax, ver_base, hcum, late), strict=True):
+        entries[:, column] = values
     return np.arange(len(user_lo), dtype=np.int64), entries
 
 
@@ -331,7 +337,8 @@ def test_locate_fast_path_and_slow_path_agree_on_a_late_arrival():
     hcum = np.cumsum(np.array([10, 20, 30, 40], np.uint32))
     vis = Visibility.of_versions(np.array([1, 2, 1, 1]))
     late = late_rows(ver, vmax, vmin, 0, hcum)
-    args = (*summaries(np.zeros(4, np.int64), np.full(4, 4, np.int64), late), ts, 0, ver, vmax, vmin, 0, hcum, late,
+    args = (*summaries(np.zeros(4, np.int64), np.full(4, 4, np.int64), ts, 0, vmax, 0, hcum, late),
+            ts, 0, ver, vmax, vmin, 0, hcum, late,
             None, 0, np.array([5, 5, 3, 4]), vis, 2, np.full(4, -1))
     count, checksum, lo, hi, holes, _ = locate(*args)
     assert count.tolist() == [3, 4, 2, 2]
@@ -346,7 +353,9 @@ def test_locate_of_an_old_pointer_ends_its_window_at_the_visible_prefix():
     ver = np.array([1, 1, 1, 2, 3], np.uint8)
     hcum = np.cumsum(np.array([10, 20, 30, 40, 50], np.uint32))
     late = np.zeros((0, 4), np.int64)
-    args = (*summaries(np.zeros(1, np.int64), np.full(1, 5, np.int64), late), ts, 0, ver, np.maximum.accumulate(ver),
+    vmax = np.maximum.accumulate(ver)
+    args = (*summaries(np.zeros(1, np.int64), np.full(1, 5, np.int64), ts, 0, vmax, 0, hcum, late),
+            ts, 0, ver, vmax,
             np.minimum.accumulate(ver[::-1])[::-1], 0, hcum, late, None, 0, np.array([9]),
             Visibility.of_versions(np.array([1])), 2, np.array([3]))
     count, checksum, lo, hi, holes, _ = locate(*args)

@@ -30,9 +30,9 @@ from ._kernels import (
     E_TMIN,
     E_VMAX,
     ENTRY_WIDTH,
-    LATE_ROW,
     Visibility,
     frozen,
+    range_summaries,
     segment_table,
 )
 from ._schema import Schema
@@ -116,19 +116,9 @@ class PartitionView:
 
 
 def _summary(segment: Segment) -> tuple[np.ndarray, ...]:
-    """Per user of ``segment``: first time, last time, newest version, the hash of its
-    rows (as the kernels read them: absolute int64 values, the hash's bits) and where its
-    late rows begin in ``segment.late``."""
-    lo, hi = segment.starts, segment.ends.astype(np.int64)
-    if not segment.info.rows:
-        return (np.zeros(len(lo), np.int64),) * 5
-    last = np.maximum(hi - 1, 0)
-    ts, hcum = segment.stored(TIME), segment.stored("_hcum")
-    tmin = segment.base(TIME) + ts[np.minimum(lo, len(ts) - 1)].astype(np.int64)
-    tmax = segment.base(TIME) + ts[last].astype(np.int64)
-    vmax = segment.base("_version") + segment.stored("_vmax")[last].astype(np.int64)
-    before = np.where(lo > 0, hcum[np.maximum(lo - 1, 0)], np.uint32(0))
-    return tmin, tmax, vmax, (hcum[last] - before).astype(np.int64), np.searchsorted(segment.late[:, LATE_ROW], lo)
+    """``range_summaries`` of each user's rows of ``segment``."""
+    return range_summaries(segment.starts, segment.ends.astype(np.int64), segment.stored(TIME), segment.base(TIME),
+                           segment.stored("_vmax"), segment.base("_version"), segment.stored("_hcum"), segment.late)
 
 
 @dataclass
