@@ -367,12 +367,11 @@ def _first_at_least_from_start(values, base, a, b, bound):  # pragma: no cover -
 
 
 @inline_kernel
-def _visible_slice(start, top, hcum, max_len):  # pragma: no cover - compiled
+def _visible_slice(start, top, hcum, before, max_len):  # pragma: no cover - compiled
     """``_locate_range``'s answer for a pointer that sees every row of [start, top) and
-    none after."""
+    none after (``before``: the running hash before ``start``)."""
     if top == start:
         return 0, np.uint32(0), start, start, False, 0
-    before = hcum[start - 1] if start > 0 else np.uint32(0)
     n = top - start
     return n, np.uint32(hcum[top - 1] - before), top - min(n, max_len), top, False, 0
 
@@ -390,14 +389,21 @@ def _request_cut(start, end, ts, ts_base, t, hint):  # pragma: no cover - compil
     return end
 
 
+@inline_kernel
+def _hash_before(summary_hash):  # pragma: no cover - compiled
+    """The running hash before a range, from its summary's E_HASH (``range_summaries``)."""
+    return np.uint32(summary_hash >> 32)
+
+
 # a call from _locate_view, which compiles once it serves both locate kernels: inlined
 # there, it tripled that kernel's compilation (a kernel per column dtypes: CI compiles
 # dozens from a cold cache), and the call costs 0-7% on 30 daily segments. Inlined into
 # _locate (every compacted read), where the call was a third of the kernel's time: 25-40
 # us a batch of 1024 pointers, for 1.1 s more compilation (_locate_range_inlined, below)
 @kernel
-def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late, late_start, late_index, arrival,
-                  arrival_base, t, version, version_hi, arrival_limit, max_len, hint, lower):  # pragma: no cover
+def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, before, late, late_start, late_index,
+                  arrival, arrival_base, t, version, version_hi, arrival_limit, max_len, hint,
+                  lower):  # pragma: no cover - compiled
     """One pointer in one user's row range [start, end) of one segment: (count,
     checksum, lo, hi, holes, late_at) of its visible events and the window of the newest
     ``max_len`` of them. ``lo`` and ``hi - 1`` are always visible rows. ``late[late_start]``
@@ -435,7 +441,7 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         cut = _first_at_least(ts, ts_base, start, end, t)
     if a < 0:
         if cut == start or ver_base + np.int64(vmax[cut - 1]) <= version:
-            return _visible_slice(start, cut, hcum, max_len)
+            return _visible_slice(start, cut, hcum, before, max_len)
         # slow path: events invisible to this pointer sit among the visible ones. _vmin
         # (the smallest version from a row to the user's end) never decreases: rows from
         # the first whose _vmin is past every version the pointer can see are all
@@ -448,8 +454,8 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
             # see are the rows from ``a`` on (its request's day, newer than its version), and
             # the window is a slice found without a late row: half the pointers against the
             # version online read (late-compacted locate at N=256: 39 -> 34 ms a pass, s42)
-            return _visible_slice(start, a, hcum, max_len)
-        return _locate_late(start, a, hcum, late, late_start, late_index, version, max_len, ts, ts_base, lower)
+            return _visible_slice(start, a, hcum, before, max_len)
+        return _locate_late(start, a, hcum, before, late, late_start, late_index, version, max_len, ts, ts_base, lower)
     # bounded by arrival too: the rows up to ``a`` are scanned one by one. _vmax never
     # decreases within a user either, so every row before the first _vmax > version is
     # visible: only the rows from there to ``a`` are
@@ -470,7 +476,6 @@ def _locate_range(start, end, ts, ts_base, ver, vmax, vmin, ver_base, hcum, late
         elif n < max_len and newest >= 0:
             holes = True
     if prefix_end > start:
-        before = hcum[start - 1] if start > 0 else np.uint32(0)
         s += hcum[prefix_end - 1] - before
         if n < max_len:
             window_lo = max(start, prefix_end - (max_len - n))
@@ -523,7 +528,7 @@ def _late_from(late, late_index, row):  # pragma: no cover - compiled
 
 
 @inline_kernel
-def _locate_late(start, a, hcum, late, late_start, late_index, version, max_len, ts, ts_base,
+def _locate_late(start, a, hcum, before, late, late_start, late_index, version, max_len, ts, ts_base,
                  lower):  # pragma: no cover - compiled
     """The slow path of ``_locate_range`` for a pointer that sees one version: below
     ``a`` a row is invisible only if it is late (``late_rows``) with a version past the
@@ -532,7 +537,7 @@ def _locate_late(start, a, hcum, late, late_start, late_index, version, max_len,
     then visits them newest first, as far down as it reaches."""
     k1 = _late_from(late, late_index, a)
     n = a - start
-    s = np.uint32(hcum[a - 1] - (hcum[start - 1] if start > 0 else np.uint32(0))) if a > start else np.uint32(0)
+    s = np.uint32(hcum[a - 1] - before) if a > start else np.uint32(0)
     # the oldest late row that can be invisible: _vmax never decreases within a user, and
     # every row before the first past the pointer's version is visible
     k0 = _first_at_least_from_end(late[:, LATE_VMAX], 0, late_start, k1, version + 1)
@@ -676,7 +681,6 @@ def _locate(
             prefetch(segment(ts_l, g), h)
             prefetch(segment(hcum_l, g), h - 1)
             if e[E_VMAX] > version[q]:
-                prefetch(segment(hcum_l, g), e[E_LO] - 1)
                 prefetch(segment(vmax_l, g), h - 1)
                 prefetch(segment(vmin_l, g), h - 1)
                 prefetch(segment(lidx_l, g), h // LATE_INDEX_STEP)
@@ -686,18 +690,16 @@ def _locate(
         entry = entries[found[p]]
         g = entry[E_SEG]
         seg[p] = g
-        if entry[E_VMAX] <= version[p]:  # every row of the range is visible: a slice up to the request,
-            start = entry[E_LO]  # its checksum from the range's summary and one line of _hcum
-            cut = _request_cut(start, entry[E_HI], segment(ts_l, g), ts_b[g], request_ts[p], hint[p])
-            c = cut - start
-            count[p], lo[p], hi[p], holes[p], late_at[p] = c, cut - min(c, max_len), cut, False, 0
-            checksum[p] = segment(hcum_l, g)[cut - 1] - np.uint32(entry[E_HASH] >> 32) if c else np.uint32(0)
+        if entry[E_VMAX] <= version[p]:  # every row of the range is visible: a slice up to the request
+            cut = _request_cut(entry[E_LO], entry[E_HI], segment(ts_l, g), ts_b[g], request_ts[p], hint[p])
+            count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _visible_slice(
+                entry[E_LO], cut, segment(hcum_l, g), _hash_before(entry[E_HASH]), max_len)
             continue
         count[p], checksum[p], lo[p], hi[p], holes[p], late_at[p] = _locate_range_inlined(
             entry[E_LO], entry[E_HI], segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
-            segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entry[E_LATE],
-            segment(lidx_l, g), segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p], arrival_limit[p],
-            max_len, hint[p], lower[p])
+            segment(vmin_l, g), ver_b[g], segment(hcum_l, g), _hash_before(entry[E_HASH]), segment_rows(late_l, g),
+            entry[E_LATE], segment(lidx_l, g), segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p],
+            arrival_limit[p], max_len, hint[p], lower[p])
 
 
 def frozen(array: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -805,9 +807,9 @@ def range_summaries(lo: np.ndarray, hi: np.ndarray, ts: np.ndarray, ts_base: int
     hash and where its late rows begin in ``late`` (columns E_TMIN, E_TMAX, E_VMAX, E_HASH
     and E_LATE). The hash of its rows (as the kernels read them: absolute int64 values, the
     hash's bits) takes E_HASH's low 32 bits, the running hash before the range (``hcum[lo -
-    1]``) its high 32: a pointer that sees every row of its range by version reads its
-    checksum from one line of ``hcum`` instead of two, and no line of ``_vmax`` (``_locate``:
-    a compacted read's locate 1.3-1.4x faster, s63)."""
+    1]``) its high 32 (``_hash_before``): a pointer's checksum then takes one line of
+    ``hcum``, not two; and one that sees every row of its range by version reads no line of
+    ``_vmax`` (``_locate``). The benchmark's compacted locate 1.35-1.5x faster, s63."""
     if not len(ts):
         return (np.zeros(len(lo), np.int64),) * 5
     last = np.maximum(hi - 1, 0)
@@ -1110,7 +1112,6 @@ def _locate_view(rows, index, request_ts, version, version_hi, arrival_limit, ma
                 prefetch(segment(ts_l, g), h)
                 prefetch(segment(vmax_l, g), h - 1)
                 prefetch(segment(vmin_l, g), h - 1)
-                prefetch(segment(hcum_l, g), e_lo - 1)
                 prefetch(segment(hcum_l, g), h - 1)
                 if entries[e, E_VMAX] > version[q]:  # late rows it may not see: where they begin
                     prefetch(segment(lidx_l, g), h // LATE_INDEX_STEP)
@@ -1139,9 +1140,9 @@ def _locate_view(rows, index, request_ts, version, version_hi, arrival_limit, ma
             else:
                 c, s, lo, hi, holes, late_at = _locate_range(
                     e_lo, e_hi, segment(ts_l, g), ts_b[g], segment(ver_l, g), segment(vmax_l, g),
-                    segment(vmin_l, g), ver_b[g], segment(hcum_l, g), segment_rows(late_l, g), entries[e, E_LATE],
-                    segment(lidx_l, g), segment(arr_l, g), arr_b[g], request_ts[p], version[p], version_hi[p],
-                    arrival_limit[p], max_len, hint[p] - total, NO_LOWER)
+                    segment(vmin_l, g), ver_b[g], segment(hcum_l, g), _hash_before(entries[e, E_HASH]),
+                    segment_rows(late_l, g), entries[e, E_LATE], segment(lidx_l, g), segment(arr_l, g), arr_b[g],
+                    request_ts[p], version[p], version_hi[p], arrival_limit[p], max_len, hint[p] - total, NO_LOWER)
             total += c
             digest += s
             if hi <= lo:
