@@ -1490,8 +1490,8 @@ def _cut_windows(runs, k, first, w_ptr, w_seg, w_lo, w_hi, w_holes, w_late, w_n,
 # the last one ending at the run's end (overlapping the one before: the same items written
 # twice), and a run shorter than 64 bytes by two moves of the largest size below it that
 # cover it, one from each end. Nothing is read or written outside the run. Against the
-# loop (s63, AMD EPYC, AVX2; the benchmark's compacted realistic store's runs replayed):
-# 1.2-1.3x faster at N=256, 1.6x on runs of 1-40 items. Where the CPU stores under a mask
+# loop (s63, AMD EPYC, AVX2; the benchmark's compacted realistic store's runs replayed,
+# alternated in one process): 1.15x faster at N=256, 1.4x on runs of 1-40 items. Where the CPU stores under a mask
 # (AVX-512), a run of up to two vectors is instead two masked moves, without a branch on
 # its length (a late state's copy 1.26x faster than the loop, a compacted one's 1.05-1.13x,
 # s44).
