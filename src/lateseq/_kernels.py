@@ -395,6 +395,12 @@ def _hash_before(summary_hash):  # pragma: no cover - compiled
     return np.uint32(summary_hash >> 32)
 
 
+@inline_kernel
+def _range_hash(summary_hash):  # pragma: no cover - compiled
+    """The hash of a range's rows, from its summary's E_HASH (``range_summaries``)."""
+    return np.uint32(summary_hash & 0xFFFFFFFF)
+
+
 # a call from _locate_view, which compiles once it serves both locate kernels: inlined
 # there, it tripled that kernel's compilation (a kernel per column dtypes: CI compiles
 # dozens from a cold cache), and the call costs 0-7% on 30 daily segments. Inlined into
@@ -806,9 +812,9 @@ def range_summaries(lo: np.ndarray, hi: np.ndarray, ts: np.ndarray, ts_base: int
     """Per range [lo, hi) of a segment's rows: its first time, last time, newest version,
     hash and where its late rows begin in ``late`` (columns E_TMIN, E_TMAX, E_VMAX, E_HASH
     and E_LATE). The hash of its rows (as the kernels read them: absolute int64 values, the
-    hash's bits) takes E_HASH's low 32 bits, the running hash before the range (``hcum[lo -
-    1]``) its high 32 (``_hash_before``): a pointer's checksum then takes one line of
-    ``hcum``, not two; and one that sees every row of its range by version reads no line of
+    hash's bits) takes E_HASH's low 32 bits (``_range_hash``), the running hash before the
+    range (``hcum[lo - 1]``) its high 32 (``_hash_before``): a pointer's checksum then takes
+    one line of ``hcum``, not two; and one that sees every row of its range by version reads no line of
     ``_vmax`` (``_locate``). The benchmark's compacted locate 1.35-1.5x faster, s63."""
     if not len(ts):
         return (np.zeros(len(lo), np.int64),) * 5
@@ -1135,7 +1141,7 @@ def _locate_view(rows, index, request_ts, version, version_hi, arrival_limit, ma
                 continue  # wholly at or after the request, or newer than the pointer's version
             summarised = entries[e, E_TMAX] < request_ts[p] and entries[e, E_VMAX] <= version[p]
             if summarised:  # wholly before the request and visible: the summary answers
-                c, s, hi, holes, late_at = e_hi - e_lo, np.uint32(entries[e, E_HASH]), e_hi, False, 0
+                c, s, hi, holes, late_at = e_hi - e_lo, _range_hash(entries[e, E_HASH]), e_hi, False, 0
                 lo = hi - min(c, max_len)
             else:
                 c, s, lo, hi, holes, late_at = _locate_range(
