@@ -140,13 +140,20 @@ def item_ids(batches: list[lateseq.JaggedBatch]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("source", ["path", "table"])
-def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, source, monkeypatch):
+@pytest.mark.parametrize(("read_pointers", "read_bytes"), [(loader.READ_POINTERS, 16 * 60 * 17), (96, 9000)])
+def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, source, read_pointers, read_bytes,
+                                                                         monkeypatch):
     """Reads were sized by max_len alone: at N=4096 a read held one batch of 256 pointers
     (13.6 MB allowed, about 2.7 MB returned) and paid a read's fixed cost every batch. Now
     consecutive batches share a read while their pointers' recorded lengths (each at most
-    max_len) fit READ_BYTES; a batch alone may hold more."""
+    max_len) fit READ_BYTES and they are READ_POINTERS at most; a batch alone may hold
+    more. The log is read four reads' pointers at a time: read one read's at a time, every
+    second read was the rest of its chunk (12 of the benchmark's 37 at N=256 held 1-2 of
+    its batches), and a read costs about 0.1 ms whatever it holds."""
     store, events, log, path = world
-    monkeypatch.setattr(loader, "READ_BYTES", 16 * 60 * 17)  # by max_len (60), a batch of 16 a read
+    monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # 16 * 60 * 17: by max_len (60), a batch of 16 a read
+    # 96: 6 batches, the log's 176 rows one chunk; read 96 at a time, its reads held 5, 1, 2, 1, 1, 1 batches
+    monkeypatch.setattr(loader, "READ_POINTERS", read_pointers)
     reads = reads_made(monkeypatch)
     projection = lateseq.Projection(60, COLUMNS)
     got = [seqs for _, seqs in iter_batches(store, {"path": path, "table": log}[source], projection, batch_size=16)]
@@ -154,7 +161,7 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
     want, taken, held = [], 0, 0
     for start in range(0, len(returned), 16):  # greedily, batch by batch
         size = sum(returned[start:start + 16])
-        if taken and held + size > loader.READ_BYTES:
+        if taken and (held + size > loader.READ_BYTES or taken + 16 > read_pointers):
             want.append(taken)
             taken = held = 0
         taken, held = taken + len(returned[start:start + 16]), held + size

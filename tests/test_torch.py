@@ -1017,6 +1017,7 @@ def test_a_log_rewritten_in_place_while_read_is_refused_and_one_renamed_over_it_
     store, _, log, _ = world
     monkeypatch.setattr(lateseq._loader, "READ_BYTES", 1)  # a read per batch: the rest is read after the rewrite
     monkeypatch.setattr(lateseq._loader, "READ_POINTERS", 16)  # iter_batches: the log read a batch at a time
+    monkeypatch.setattr(lateseq._loader, "_CHUNK_READS", 1)
     path = tmp_path / "log.parquet"
     pq.write_table(log, path, row_group_size=16)
     projection = lateseq.Projection(MAX_LEN, COLUMNS)

@@ -105,7 +105,7 @@ def _reads(chunks: Iterator[pa.RecordBatch], batch_size: int, schema: Schema,
             continue
         starts = np.arange(0, chunk.num_rows, batch_size)
         sizes = np.add.reduceat(sequence_bytes(chunk, schema, projections), starts)
-        for group in read_groups(range(len(starts)), lambda b: int(sizes[b]), len(starts)):
+        for group in read_groups(range(len(starts)), lambda b: int(sizes[b]), max(1, READ_POINTERS // batch_size)):
             start = group[0] * batch_size
             yield chunk.slice(start, min(chunk.num_rows, (group[-1] + 1) * batch_size) - start)
 
@@ -405,9 +405,9 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str] | None) -> list[str
 def _example_chunks(examples: ExampleSource | ExampleLog, batch_size: int,
                     columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """Checks the log and its columns now; returns an iterator over chunks of whole
-    batches of it, as many as READ_POINTERS rows and READ_BYTES of the columns read allow
-    (``_reads`` cuts them into reads): read 8,192 rows at a time, a log of 19 KB rows held
-    360 MB (s49C)."""
+    batches of it, as many as ``_CHUNK_READS`` reads' rows (READ_POINTERS each) and
+    READ_BYTES of the columns read allow (``_reads`` cuts them into reads): read 8,192 rows
+    at a time, a log of 19 KB rows held 360 MB (s49C)."""
     if isinstance(examples, pa.Table):
         examples = decoded_pointer_columns(examples)
         read = _check_columns(examples.schema, columns)
@@ -418,8 +418,16 @@ def _example_chunks(examples: ExampleSource | ExampleLog, batch_size: int,
     return _parquet_batches(log, _chunk_rows(batch_size, _row_bytes(log, read)), read)
 
 
+# a chunk holds several reads' pointers: each chunk's last read is what is left of it, and
+# a read costs ~0.1 ms whatever its size (chunks of one read's pointers: 12 of the
+# benchmark's 37 reads at N=256 held 1-2 batches of 1024; 1.09x, 1.07x, 1.05x slower at
+# N=256, 1024, 4096, alternated in one process)
+_CHUNK_READS = 4
+
+
 def _chunk_rows(batch_size: int, row_bytes: float) -> int:
-    return batch_size * max(1, min(READ_POINTERS, int(READ_BYTES / max(1.0, row_bytes))) // batch_size)
+    most = min(_CHUNK_READS * READ_POINTERS, int(READ_BYTES / max(1.0, row_bytes)))
+    return batch_size * max(1, most // batch_size)
 
 
 def _row_bytes(log: ExampleLog, read: list[str] | None) -> float:
