@@ -847,8 +847,20 @@ def locate(found: np.ndarray, view: tuple, request_ts: np.ndarray, visibility: V
            np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.int64))
     _locate(frozen(found, np.int64), *arguments, frozen(request_ts, np.int64), visibility.version,
             visibility.version_hi, visibility.arrival_limit, np.int64(max_len), frozen(hint, np.int64),
-            frozen(np.full(n, NO_LOWER) if lower is None else lower, np.int64), *out)
+            _unbounded(n) if lower is None else frozen(lower, np.int64), *out)
     return out
+
+
+_UNBOUNDED = frozen(np.full(0, NO_LOWER))
+
+
+def _unbounded(n: int) -> np.ndarray:
+    """``n`` NO_LOWERs, read-only: a view of one array, grown as asked (a read filled a new
+    one each time, 5 us of 8,192 pointers)."""
+    global _UNBOUNDED
+    if len(_UNBOUNDED) < n:
+        _UNBOUNDED = frozen(np.full(max(n, 2 * len(_UNBOUNDED)), NO_LOWER))
+    return _UNBOUNDED[:n]
 
 
 # ---------------------------------------------------------------- merging segments

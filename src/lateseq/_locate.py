@@ -204,10 +204,12 @@ def locate(schema: Schema, views: Callable[[int], PartitionView | None], version
             continue
         sole = _sole_ranges(view, rows, users, request_ts, visibility)
         several = sole == -2
-        if not several.all():
-            located.partitions.append(_locate_sole(view, rows[~several], sole[~several], request_ts, visibility,
+        mixed = bool(several.any())  # (else every pointer's: no copies of rows and sole without them)
+        if not mixed or not several.all():
+            alone = ~several if mixed else slice(None)
+            located.partitions.append(_locate_sole(view, rows[alone], sole[alone], request_ts, visibility,
                                                    max_len, hint, located, lower))
-        if not several.any():
+        if not mixed:
             continue
         rows = rows[several]
         # by user: a user's pointers find its ranges, and its windows' runs (copied segment by
