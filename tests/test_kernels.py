@@ -58,6 +58,7 @@ from lateseq._kernels import (
     prefetch,
     range_summaries,
     rank_index,
+    repeated_ids,
     remap_ranges,
     rows_since,
     runs_hcum,
@@ -424,6 +425,18 @@ def test_user_index_finds_each_user_as_a_dict_would(pattern, n, shift, data):
     asked = data.draw(st.lists(st.sampled_from(ids) if ids else st.just(0), max_size=200))
     asked += data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=50)) + [-(2**63), 2**63 - 1, 0]
     assert index.find(np.array(asked, np.int64)).tolist() == [position.get(user, -1) for user in asked]
+
+
+@given(st.sampled_from(sorted(ID_PATTERNS)), st.integers(0, 1500), st.data())
+@settings(max_examples=150)
+def test_repeated_ids_counts_the_ids_seen_before_as_a_set_would(pattern, n, data):
+    """A batch's examples whose user already has one in it: ids in the patterns above, at
+    both ends of int64, each drawn again any number of times, in any order."""
+    made = [ID_PATTERNS[pattern](k) for k in range(n)]
+    made = [user for user in made if -(2**63) <= user < 2**63] + [-(2**63), 2**63 - 1, 0]
+    ids = data.draw(st.lists(st.sampled_from(made), max_size=600)) + made[:data.draw(st.integers(0, len(made)))]
+    ids = data.draw(st.permutations(ids))
+    assert repeated_ids(np.array(ids, np.int64)) == len(ids) - len(set(ids))
 
 
 # ---------------------------------------------------------------- selection (windows)

@@ -605,6 +605,31 @@ def hash_slots(ids, table):  # pragma: no cover - compiled; tests/test_kernels.p
 
 
 @kernel
+def _repeats(ids, table):  # pragma: no cover - compiled; tests/test_kernels.py checks repeated_ids
+    mask = table.shape[0] - 1
+    repeats = 0
+    for i in range(ids.shape[0]):
+        h = _user_hash(ids[i], mask)
+        while table[h] >= 0 and ids[table[h]] != ids[i]:
+            h = (h + 1) & mask
+        if table[h] >= 0:
+            repeats += 1
+        else:
+            table[h] = i
+    return repeats
+
+
+def repeated_ids(ids: np.ndarray) -> int:
+    """How many of ``ids`` equal one before them (a loader batch's examples whose user
+    already has one in it), through a hash table: sorting a batch of 1024 took 14 us, 4%
+    of making it at N=256."""
+    if len(ids) < 2:
+        return 0
+    table = np.full(1 << (2 * len(ids) - 1).bit_length(), -1, np.int64)
+    return int(_repeats(frozen(ids, np.int64), table))
+
+
+@kernel
 def find_users(users, ids, low, slots, hashed, out):  # pragma: no cover - compiled; tests/test_kernels.py
     """Each user's position in ``ids`` (-1: absent), through ``slots``: where the ids are
     dense, indexed by ``user - low``; else ``hash_slots``'s table. Each is one lookup where
