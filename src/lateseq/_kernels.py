@@ -881,11 +881,13 @@ _UNBOUNDED = frozen(np.full(0, NO_LOWER))
 
 def _unbounded(n: int) -> np.ndarray:
     """``n`` NO_LOWERs, read-only: a view of one array, grown as asked (a read filled a new
-    one each time, 5 us of 8,192 pointers)."""
+    one each time, 5 us of 8,192 pointers). Threads racing to grow it each return a view
+    of the array they made or saw, at least ``n`` long, whichever one is kept."""
     global _UNBOUNDED
-    if len(_UNBOUNDED) < n:
-        _UNBOUNDED = frozen(np.full(max(n, 2 * len(_UNBOUNDED)), NO_LOWER))
-    return _UNBOUNDED[:n]
+    unbounded = _UNBOUNDED
+    if len(unbounded) < n:
+        unbounded = _UNBOUNDED = frozen(np.full(max(n, 2 * len(unbounded)), NO_LOWER))
+    return unbounded[:n]
 
 
 # ---------------------------------------------------------------- merging segments

@@ -76,7 +76,7 @@ def sequence_bytes(examples: pa.Table | pa.RecordBatch, sizes: list[tuple[float,
     column = examples.column(found[0]) if len(found) == 1 else None
     # in floats (a null is NaN, counted as 0): a max_len up to 2**63 - 1 times an event's
     # bytes would wrap int64; and no Arrow kernel calls, which cost ~100 us a chunk (~10 ns
-    # an example at N=256, a few % of a read); in place, a batch of 1024 in 4 us, not 13
+    # an example at N=256, a few % of a read); in place: a batch of 1024 in 8 us, not 13
     if column is not None and pa.types.is_integer(column.type):
         lengths = np.asarray(pa.chunked_array([column]) if isinstance(column, pa.Array) else column, np.float64)
         if column.null_count:
