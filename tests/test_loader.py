@@ -147,7 +147,7 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
     (13.6 MB allowed, about 2.7 MB returned) and paid a read's fixed cost every batch. Now
     consecutive batches share a read while their pointers' recorded lengths (each at most
     max_len) fit READ_BYTES and they are READ_POINTERS at most; a batch alone may hold
-    more. The log is read four reads' pointers at a time: read one read's at a time, every
+    more. The log is read many reads' pointers at a time: read one read's at a time, every
     second read was the rest of its chunk (12 of the benchmark's 37 at N=256 held 1-2 of
     its batches), and a read costs about 0.1 ms whatever it holds."""
     store, events, log, path = world

@@ -429,11 +429,12 @@ def _example_chunks(examples: ExampleSource | ExampleLog, batch_size: int,
     return _parquet_batches(log, _chunk_rows(batch_size, _row_bytes(log, read)), read)
 
 
-# a chunk holds several reads' pointers: each chunk's last read is what is left of it, and
-# a read costs ~0.1 ms whatever its size (chunks of one read's pointers: 12 of the
+# a chunk holds many reads' pointers: each chunk's last read is what is left of it, and a
+# read costs ~0.1 ms whatever its size (chunks of one read's pointers: 12 of the
 # benchmark's 37 reads at N=256 held 1-2 batches of 1024; 1.09x, 1.07x, 1.05x slower at
-# N=256, 1024, 4096, alternated in one process)
-_CHUNK_READS = 4
+# N=256, 1024, 4096 than chunks of 4, alternated in one process; 4 1.06x slower than 16
+# at N=256, the same at 1024 and 4096). At most READ_BYTES of the log's columns still.
+_CHUNK_READS = 16
 
 
 def _chunk_rows(batch_size: int, row_bytes: float) -> int:
