@@ -140,7 +140,8 @@ def item_ids(batches: list[lateseq.JaggedBatch]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("source", ["path", "table"])
-@pytest.mark.parametrize(("read_pointers", "read_bytes"), [(loader.READ_POINTERS, 16 * 60 * 17), (96, 9000)])
+@pytest.mark.parametrize(("read_pointers", "read_bytes"),
+                         [(loader.READ_POINTERS, 16 * 60 * 17), (96, 9000), (32, loader.READ_BYTES)])
 def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, source, read_pointers, read_bytes,
                                                                          monkeypatch):
     """Reads were sized by max_len alone: at N=4096 a read held one batch of 256 pointers
@@ -152,7 +153,8 @@ def test_a_read_holds_the_batches_whose_recorded_histories_fit_its_bytes(world, 
     its batches), and a read costs about 0.1 ms whatever it holds."""
     store, events, log, path = world
     monkeypatch.setattr(loader, "READ_BYTES", read_bytes)  # 16 * 60 * 17: by max_len (60), a batch of 16 a read
-    # 96: 6 batches, the log's 176 rows one chunk; read 96 at a time, its reads held 5, 1, 2, 1, 1, 1 batches
+    # 96: 6 batches, the log's 176 rows one chunk; read 96 at a time, its reads held 5, 1, 2, 1, 1, 1 batches;
+    # 32: reads of 2 batches, where the bytes would allow them all
     monkeypatch.setattr(loader, "READ_POINTERS", read_pointers)
     reads = reads_made(monkeypatch)
     projection = lateseq.Projection(60, COLUMNS)
